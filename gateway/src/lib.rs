@@ -1,0 +1,1 @@
+//! yellowstone-gateway: the router process (ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! yellowstone-loadgen: simulated users and providers over the real protocol.

@@ -1,0 +1,3 @@
+//! yellowstone-wire: the binary protocol spoken to the router (SPEC.md section 2).
+
+pub mod frame;
