@@ -1,1 +1,10 @@
 //! yellowstone-gateway: the router process (ARCHITECTURE.md).
+//!
+//! - `net`: connections (sans-IO) and the io_uring / mio network loops.
+//! - `journal`: the write-ahead journal, snapshots on disk and recovery.
+//! - `config`, `metrics`: operator surface shared by the threads.
+
+pub mod config;
+pub mod journal;
+pub mod metrics;
+pub mod net;

@@ -1,0 +1,2 @@
+//! Placeholder until its owner fills it in.
+fn main() {}

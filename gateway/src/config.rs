@@ -1,0 +1,1 @@
+//! Operator configuration (TOML + CLI), every limit named with its unit last.

@@ -1,0 +1,1 @@
+//! Write-ahead journal of engine inputs, snapshots on disk, and recovery.

@@ -1,0 +1,1 @@
+//! Prometheus text metrics and per-stage latency histograms.
