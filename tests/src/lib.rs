@@ -1,1 +1,241 @@
-//! Helpers for the end-to-end tests: locating and starting the router binary.
+//! Helpers for the end-to-end tests: building, starting and stopping the real
+//! `yellowstone-router` binary on loopback.
+//!
+//! The router's start-up contract (relied on here and by operators' scripts): once it
+//! serves, it prints one line to stdout
+//! `READY listen=<ip:port> metrics=<ip:port> router=<0x address> network_id=<n>`.
+//! Every process started here is killed (by its own pid) when its handle drops, so a
+//! failing test never leaves a router behind.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long a router may take to print its READY line (recovery included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The profile directory the running test binary was built into (target/debug or
+/// target/release), so the router is built with the same profile.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Builds `yellowstone-router` once per test process (a no-op when fresh) and
+/// returns its path.
+pub fn router_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let profile_dir = profile_dir();
+            let release = profile_dir
+                .file_name()
+                .is_some_and(|name| name == "release");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let mut command = Command::new(cargo);
+            command.current_dir(workspace_root()).args([
+                "build",
+                "-q",
+                "-p",
+                "yellowstone-gateway",
+                "--bin",
+                "yellowstone-router",
+            ]);
+            if release {
+                command.arg("--release");
+            }
+            let status = command.status().expect("run cargo build for the router");
+            assert!(status.success(), "building yellowstone-router failed");
+            let path = profile_dir.join("yellowstone-router");
+            assert!(path.exists(), "router binary missing at {}", path.display());
+            path
+        })
+        .clone()
+}
+
+/// Where a started router listens and who it is.
+#[derive(Clone, Debug)]
+pub struct ReadyLine {
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    pub router_address: String,
+    pub network_id: u32,
+}
+
+impl ReadyLine {
+    pub fn parse(line: &str) -> Option<ReadyLine> {
+        let rest = line.strip_prefix("READY ")?;
+        let mut listen = None;
+        let mut metrics = None;
+        let mut router_address = None;
+        let mut network_id = None;
+        for field in rest.split_whitespace() {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "listen" => listen = value.parse().ok(),
+                "metrics" => metrics = value.parse().ok(),
+                "router" => router_address = Some(value.to_string()),
+                "network_id" => network_id = value.parse().ok(),
+                _ => {}
+            }
+        }
+        Some(ReadyLine {
+            listen: listen?,
+            metrics: metrics?,
+            router_address: router_address?,
+            network_id: network_id?,
+        })
+    }
+}
+
+/// A router process; killed with SIGKILL on drop unless already waited for.
+pub struct RouterProcess {
+    child: Child,
+    pub ready: ReadyLine,
+    stdout_lines: mpsc::Receiver<String>,
+}
+
+impl RouterProcess {
+    /// Starts the router with `args` (e.g. `["--data-dir", dir, "--backend", "mio"]`;
+    /// the listen and metrics ports default to 0 here) and waits for READY.
+    pub fn start(args: &[&str]) -> RouterProcess {
+        let mut command = Command::new(router_binary());
+        command.arg("run");
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--metrics-listen") {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .stdin(Stdio::null());
+        let mut child = command.spawn().expect("spawn yellowstone-router");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdout_lines = forward_lines(stdout);
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match stdout_lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(ready) = ReadyLine::parse(&line) {
+                        return RouterProcess {
+                            child,
+                            ready,
+                            stdout_lines,
+                        };
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    panic!(
+                        "router did not print READY within {READY_TIMEOUT:?} (exit: {status:?})"
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lines the router printed to stdout since READY, without waiting.
+    pub fn drain_stdout(&self) -> Vec<String> {
+        self.stdout_lines.try_iter().collect()
+    }
+
+    /// Sends SIGKILL: the crash tests' "power cut".
+    pub fn kill_hard(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.
+    pub fn terminate(mut self, timeout: Duration) -> bool {
+        // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        false
+    }
+
+    /// Resident memory of the process in KiB, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+impl Drop for RouterProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_parses_and_rejects_others() {
+        let ready = ReadyLine::parse(
+            "READY listen=127.0.0.1:7400 metrics=127.0.0.1:7401 router=0xAb network_id=7",
+        )
+        .unwrap();
+        assert_eq!(ready.listen.port(), 7400);
+        assert_eq!(ready.metrics.port(), 7401);
+        assert_eq!(ready.network_id, 7);
+        assert!(ReadyLine::parse("starting up").is_none());
+        assert!(ReadyLine::parse(
+            "READY listen=nonsense metrics=127.0.0.1:1 router=0x network_id=1"
+        )
+        .is_none());
+    }
+}
