@@ -1,1 +1,45 @@
-//! yellowstone-engine: the market as a pure state machine (see SPEC.md sections 4-7).
+//! yellowstone-engine: the Yellowstone market as a pure, deterministic state machine
+//! (SPEC.md sections 4 to 7). No IO, no threads, no clock, no randomness: time and
+//! balances are inputs, so the same commands give the same effects and state hash.
+//!
+//! ```
+//! use yellowstone_engine::{Command, Engine, MarketConfig};
+//! let mut engine = Engine::new(MarketConfig::default());
+//! let mut effects = Vec::new();
+//! engine.apply(&Command::Tick, 12_000, &mut effects); // seals block 0
+//! assert_eq!(engine.block(), 1);
+//! ```
+//!
+//! - `Engine::apply(&Command, now_ms, &mut Vec<Effect>)`: the only way state changes.
+//! - `Engine::snapshot` / `Engine::restore` / `Engine::state_hash`: bincode state.
+//! - `Engine::check_invariants`: solvency, capacity, quota, book consistency.
+//! - `ledger::Ledger`: the Compute Contract, usable on its own.
+//! - `merkle`: the receipt leaf and tree rules of the credit batch's root.
+
+mod blocks;
+pub mod command;
+pub mod config;
+mod engine;
+pub mod error;
+mod flow;
+mod invariants;
+pub mod ledger;
+pub mod merkle;
+mod operator;
+mod provider;
+pub mod quota;
+mod slab;
+pub mod speed;
+pub mod state;
+pub mod types;
+
+pub use command::{
+    BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ProviderTotals,
+    RfcFailure, Ticket,
+};
+pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
+pub use engine::{Engine, RestoreError};
+pub use error::{Limit, MarketError};
+pub use types::{
+    Address, ModelId, ProbeId, RfcId, SessionId, Unit, BLOCKS_PER_DAY, BLOCK_MS, WEI_PER_MOR,
+};

@@ -1,0 +1,325 @@
+//! The engine's inputs (`Command`) and outputs (`Effect`).
+//!
+//! Commands arrive already authenticated: the router verified the signature and put
+//! the signer's address in the command. Everything the engine decides depends only on
+//! the commands and the `now_ms` given with each, so a journal of both replays exactly.
+
+use crate::error::MarketError;
+use crate::types::{Address, ModelId, ProbeId, RfcId, SessionId};
+use bincode::{Decode, Encode};
+
+/// One model a provider offers (R-PROV-1).
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct OfferSpec {
+    pub model: ModelId,
+    /// SPEC.md section 8 unit code; only 0 (token) is accepted.
+    pub unit: u8,
+    /// Must equal the catalog's hash; the router checked the provider's signature on it.
+    pub weights_hash: [u8; 32],
+    pub price_wei_per_token: u128,
+    pub capacity: u32,
+}
+
+/// Operator-settable market parameters, by stable id (`Command::SetParams`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ParamId {
+    ComputeBudgetWeiPerDay = 1,
+    TokenPriceWeiPer1000 = 2,
+    MorSupplyWei = 3,
+    SpeedTolerancePercent = 4,
+    SpeedWindowReports = 5,
+    SpeedReportsMin = 6,
+    FailPolicy = 7,
+    PenaltyPointsSuspend = 8,
+    SuspensionMs = 9,
+    ProbeTimeoutMs = 10,
+    UnusedBudget = 11,
+    BudgetPolicy = 12,
+}
+
+impl ParamId {
+    pub fn from_u16(id: u16) -> Option<ParamId> {
+        use ParamId::*;
+        Some(match id {
+            1 => ComputeBudgetWeiPerDay,
+            2 => TokenPriceWeiPer1000,
+            3 => MorSupplyWei,
+            4 => SpeedTolerancePercent,
+            5 => SpeedWindowReports,
+            6 => SpeedReportsMin,
+            7 => FailPolicy,
+            8 => PenaltyPointsSuspend,
+            9 => SuspensionMs,
+            10 => ProbeTimeoutMs,
+            11 => UnusedBudget,
+            12 => BudgetPolicy,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Command {
+    /// Fires everything due at `now`: probe timeouts, expiries, block seals, days.
+    Tick,
+    /// R-QUOTA-6: operator balance snapshot or update.
+    SetBalances {
+        operator: Address,
+        nonce: u64,
+        entries: Vec<(Address, u128)>,
+    },
+    SetParams {
+        operator: Address,
+        nonce: u64,
+        params: Vec<(u16, u128)>,
+    },
+    /// R-PROV-1: (re-)registration; also marks the provider reachable.
+    RegisterProvider {
+        provider: Address,
+        nonce: u64,
+        endpoint: Vec<u8>,
+        offers: Vec<OfferSpec>,
+    },
+    /// Changing the price gives the bid a new time (R-MATCH-1).
+    UpdateBid {
+        provider: Address,
+        nonce: u64,
+        model: ModelId,
+        price_wei_per_token: u128,
+        capacity: u32,
+    },
+    WithdrawBid {
+        provider: Address,
+        nonce: u64,
+        model: ModelId,
+    },
+    /// Back in matching after being marked unreachable (R-MATCH-2).
+    ProviderAnnounce { provider: Address, nonce: u64 },
+    /// Router-originated: the provider's connection closed.
+    ProviderDisconnected { provider: Address },
+    /// R-RFC-1.
+    SubmitRfc {
+        user: Address,
+        nonce: u64,
+        model: ModelId,
+        tokens_max: u64,
+        expires_at_ms: u64,
+    },
+    /// Cancels a queued RFC by the nonce it was submitted with (refunded).
+    CancelRfc {
+        user: Address,
+        nonce: u64,
+        rfc_nonce: u64,
+    },
+    /// R-MATCH-2.
+    ProbeAnswer {
+        provider: Address,
+        nonce: u64,
+        probe: ProbeId,
+    },
+    /// R-REPORT-1. `report_digest` is the signed report's digest, kept in the receipt.
+    Report {
+        user: Address,
+        nonce: u64,
+        session: SessionId,
+        elapsed_ms: u64,
+        tokens: u64,
+        pass: bool,
+        report_digest: [u8; 32],
+    },
+    /// R-CLAIM-1: `amount_wei` 0 claims everything owed.
+    Claim {
+        provider: Address,
+        nonce: u64,
+        amount_wei: u128,
+    },
+}
+
+impl Command {
+    /// The authenticated originator and its nonce, for commands a party signed.
+    pub fn origin(&self) -> Option<(Address, u64)> {
+        match self {
+            Command::Tick | Command::ProviderDisconnected { .. } => None,
+            Command::SetBalances {
+                operator, nonce, ..
+            }
+            | Command::SetParams {
+                operator, nonce, ..
+            } => Some((*operator, *nonce)),
+            Command::RegisterProvider {
+                provider, nonce, ..
+            }
+            | Command::UpdateBid {
+                provider, nonce, ..
+            }
+            | Command::WithdrawBid {
+                provider, nonce, ..
+            }
+            | Command::ProviderAnnounce { provider, nonce }
+            | Command::ProbeAnswer {
+                provider, nonce, ..
+            }
+            | Command::Claim {
+                provider, nonce, ..
+            } => Some((*provider, *nonce)),
+            Command::SubmitRfc { user, nonce, .. }
+            | Command::CancelRfc { user, nonce, .. }
+            | Command::Report { user, nonce, .. } => Some((*user, *nonce)),
+        }
+    }
+}
+
+/// R-MATCH-6: what the router signs and sends to both sides.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct Ticket {
+    pub session: SessionId,
+    pub user: Address,
+    pub provider: Address,
+    pub endpoint: Vec<u8>,
+    pub model: ModelId,
+    pub tokens_max: u64,
+    pub price_wei_per_token: u128,
+    pub expires_at_ms: u64,
+    /// The nonce of the RFC this session serves, so the user can correlate.
+    pub rfc_nonce: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum RfcFailure {
+    Expired = 1,
+    NoProvider = 2,
+    Cancelled = 3,
+}
+
+/// Why a report did or did not earn a credit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum CreditReason {
+    Credited = 0,
+    ReportedFail = 1,
+    TooSlow = 2,
+    /// Fail under `balance-weighted` where the user's balance did not exceed the
+    /// provider's: credited, with a penalty point.
+    CreditedDespiteFail = 3,
+    ZeroTokens = 4,
+}
+
+/// Per-provider totals of one block (R-BLOCK-2).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ProviderTotals {
+    pub provider: Address,
+    pub wei: u128,
+    pub tokens: u64,
+    pub sessions: u32,
+}
+
+/// R-BLOCK-2: a block's credit batch, before the router's signature.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct CreditBatch {
+    pub block: u64,
+    /// Sorted by provider address.
+    pub totals: Vec<ProviderTotals>,
+    pub merkle_root: [u8; 32],
+    pub receipts: u64,
+}
+
+impl CreditBatch {
+    pub fn total_wei(&self) -> u128 {
+        self.totals.iter().map(|t| t.wei).sum()
+    }
+}
+
+/// What the ledger did with a batch (R-CONTRACT-2).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct BatchApplied {
+    pub credited_wei: u128,
+    pub shortfall_wei: u128,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Effect {
+    /// A refused command, to its originator (SPEC.md section 9).
+    Rejected {
+        to: Address,
+        nonce: u64,
+        error: MarketError,
+    },
+    RfcAccepted {
+        user: Address,
+        nonce: u64,
+        rfc: RfcId,
+        tokens_left: u64,
+    },
+    /// R-MATCH-2: send a liveness probe to `provider`.
+    Probe {
+        provider: Address,
+        probe: ProbeId,
+        model: ModelId,
+        tokens_max: u64,
+        deadline_ms: u64,
+    },
+    /// R-MATCH-6: sign and send to both sides.
+    SessionOpened {
+        ticket: Ticket,
+    },
+    RfcFailed {
+        user: Address,
+        nonce: u64,
+        rfc: RfcId,
+        reason: RfcFailure,
+        refunded_tokens: u64,
+    },
+    ReportAccepted {
+        user: Address,
+        nonce: u64,
+        session: SessionId,
+        reason: CreditReason,
+        amount_wei: u128,
+    },
+    /// A session closed without a report before its expiry (no credit).
+    SessionExpired {
+        session: SessionId,
+        user: Address,
+        provider: Address,
+    },
+    ProviderUnreachable {
+        provider: Address,
+    },
+    ProviderSuspended {
+        provider: Address,
+        until_ms: u64,
+    },
+    BatchSealed {
+        batch: CreditBatch,
+        applied: BatchApplied,
+    },
+    ClaimPaid {
+        provider: Address,
+        nonce: u64,
+        amount_wei: u128,
+        owed_left_wei: u128,
+    },
+    /// Acknowledges operator and provider commands that have no other answer.
+    Done {
+        to: Address,
+        nonce: u64,
+    },
+}
+
+impl Effect {
+    /// The address the effect is for (batches go to subscribers: `None`).
+    pub fn recipient(&self) -> Option<Address> {
+        match self {
+            Effect::Rejected { to, .. } | Effect::Done { to, .. } => Some(*to),
+            Effect::RfcAccepted { user, .. }
+            | Effect::RfcFailed { user, .. }
+            | Effect::ReportAccepted { user, .. } => Some(*user),
+            Effect::Probe { provider, .. }
+            | Effect::ProviderUnreachable { provider }
+            | Effect::ProviderSuspended { provider, .. }
+            | Effect::ClaimPaid { provider, .. } => Some(*provider),
+            Effect::SessionOpened { ticket } => Some(ticket.user),
+            Effect::SessionExpired { user, .. } => Some(*user),
+            Effect::BatchSealed { .. } => None,
+        }
+    }
+}

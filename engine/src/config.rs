@@ -1,0 +1,205 @@
+//! Market parameters and limits (MarketConfig). Every limit carries its unit last
+//! and has a sane default; `validate` refuses a configuration that cannot work.
+
+use crate::types::{Address, ModelId, Unit, WEI_PER_MOR};
+use bincode::{Decode, Encode};
+
+/// R-PERF-3: what a fail report does to the provider's credit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum FailPolicy {
+    /// Any fail means no credit (default).
+    NoCredit,
+    /// A fail withholds credit only if the user's balance exceeds the provider's.
+    BalanceWeighted,
+}
+
+/// R-CONTRACT-3: what happens to the part of a day's compute emission not spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum UnusedBudget {
+    Carry,
+    Burn,
+}
+
+/// R-CONTRACT-5: where the day's compute budget B comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum BudgetPolicy {
+    /// B = `compute_budget_wei_per_day`.
+    Fixed,
+    /// B = 1 % of the contract's MOR balance at the end of the prior day.
+    PoolPercent,
+}
+
+/// One model of the operator's catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ModelSpec {
+    pub id: ModelId,
+    /// BLAKE3 of the model's weights; providers must present the same hash.
+    pub weights_hash: [u8; 32],
+    pub unit: Unit,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct MarketConfig {
+    /// Unix ms of block 0's start (R-TIME-1).
+    pub genesis_ms: u64,
+    /// The only address allowed to send balance and parameter updates.
+    pub operator: Address,
+    pub models: Vec<ModelSpec>,
+
+    // Section 4: access rate.
+    pub mor_supply_wei: u128,
+    pub compute_budget_wei_per_day: u128,
+    /// P: MOR wei per 1,000 tokens.
+    pub token_price_wei_per_1000: u128,
+    pub budget_policy: BudgetPolicy,
+
+    // Section 5: flow and limits.
+    pub rfc_queue_depth_max: u32,
+    pub rfc_ttl_max_ms: u64,
+    pub rfc_retry_after_ms: u32,
+    pub tokens_max_limit: u64,
+    pub probe_timeout_ms: u64,
+    pub probe_tries_max: u8,
+    pub session_ttl_ms: u64,
+    pub sessions_open_max: u32,
+    pub rfcs_open_max: u32,
+    pub accounts_max: u32,
+    pub providers_max: u32,
+    pub offers_per_provider_max: u32,
+    pub offer_capacity_max: u32,
+    pub endpoint_bytes_max: u32,
+    pub balance_entries_max: u32,
+
+    // Section 6: quality.
+    /// X: a report may be at most this many percent slower than the model's mean.
+    pub speed_tolerance_percent: u32,
+    /// Z: how many passing reports the model's mean covers.
+    pub speed_window_reports: u32,
+    /// Below this many passing reports the speed test passes.
+    pub speed_reports_min: u32,
+    pub fail_policy: FailPolicy,
+    /// How many of a provider's most recent reports its penalty count covers.
+    pub penalty_window_reports: u32,
+    /// Penalty points within the window that suspend a provider.
+    pub penalty_points_suspend: u32,
+    pub suspension_ms: u64,
+
+    // Section 7: the Compute Contract.
+    pub emission_wei_per_day: u128,
+    /// Share of the daily emission that goes to the Compute Contract, in basis points.
+    pub compute_share_bps: u32,
+    pub unused_budget: UnusedBudget,
+    pub bootstrap_days: u64,
+    pub bootstrap_providers_max: u32,
+    /// Extra share of the day's total emission for bootstrap providers, in bps.
+    pub bootstrap_share_bps: u32,
+    /// Daily spend may exceed the day's emission by this share of the unused pool, bps.
+    pub pool_daily_spend_bps: u32,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        MarketConfig {
+            genesis_ms: 0,
+            operator: Address::default(),
+            models: Vec::new(),
+            mor_supply_wei: 10_000_000 * WEI_PER_MOR,
+            compute_budget_wei_per_day: 3_000 * WEI_PER_MOR,
+            token_price_wei_per_1000: WEI_PER_MOR / 10_000,
+            budget_policy: BudgetPolicy::Fixed,
+            rfc_queue_depth_max: 100_000,
+            rfc_ttl_max_ms: 300_000,
+            rfc_retry_after_ms: 1_000,
+            tokens_max_limit: 1_000_000,
+            probe_timeout_ms: 2_000,
+            probe_tries_max: 3,
+            session_ttl_ms: 600_000,
+            sessions_open_max: 4_000_000,
+            rfcs_open_max: 4_000_000,
+            accounts_max: 10_000_000,
+            providers_max: 100_000,
+            offers_per_provider_max: 64,
+            offer_capacity_max: 100_000,
+            endpoint_bytes_max: 255,
+            balance_entries_max: 100_000,
+            speed_tolerance_percent: 50,
+            speed_window_reports: 100,
+            speed_reports_min: 10,
+            fail_policy: FailPolicy::NoCredit,
+            penalty_window_reports: 20,
+            penalty_points_suspend: 5,
+            suspension_ms: 60_000,
+            emission_wei_per_day: 14_400 * WEI_PER_MOR,
+            compute_share_bps: 2_400,
+            unused_budget: UnusedBudget::Carry,
+            bootstrap_days: 365,
+            bootstrap_providers_max: 100,
+            bootstrap_share_bps: 240,
+            pool_daily_spend_bps: 100,
+        }
+    }
+}
+
+impl MarketConfig {
+    /// Refuses configurations the engine cannot run, with the reason.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks: [(bool, &str); 12] = [
+            (self.mor_supply_wei > 0, "mor_supply_wei must be > 0"),
+            (
+                self.token_price_wei_per_1000 > 0,
+                "token_price_wei_per_1000 must be > 0",
+            ),
+            (
+                self.rfc_queue_depth_max > 0,
+                "rfc_queue_depth_max must be > 0",
+            ),
+            (self.probe_tries_max > 0, "probe_tries_max must be > 0"),
+            (self.probe_timeout_ms > 0, "probe_timeout_ms must be > 0"),
+            (self.session_ttl_ms > 0, "session_ttl_ms must be > 0"),
+            (
+                self.sessions_open_max as u64 <= crate::types::SLOT_MASK,
+                "sessions_open_max must fit the slot bits",
+            ),
+            (
+                self.rfcs_open_max as u64 <= crate::types::SLOT_MASK,
+                "rfcs_open_max must fit the slot bits",
+            ),
+            (
+                self.speed_window_reports > 0,
+                "speed_window_reports must be > 0",
+            ),
+            (
+                self.penalty_window_reports > 0 && self.penalty_window_reports <= 1024,
+                "penalty_window_reports must be 1..=1024",
+            ),
+            (
+                self.compute_share_bps <= 10_000,
+                "compute_share_bps must be <= 10000",
+            ),
+            (
+                self.pool_daily_spend_bps <= 10_000,
+                "pool_daily_spend_bps must be <= 10000",
+            ),
+        ];
+        for (ok, reason) in checks {
+            if !ok {
+                return Err(reason.to_string());
+            }
+        }
+        let mut ids: Vec<ModelId> = self.models.iter().map(|m| m.id).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err("model ids must be unique".to_string());
+        }
+        if self.models.len() > u16::MAX as usize {
+            return Err("too many models".to_string());
+        }
+        Ok(())
+    }
+
+    /// The compute share of the daily emission (3,456 MOR with the defaults).
+    pub fn compute_emission_wei_per_day(&self) -> u128 {
+        self.emission_wei_per_day / 10_000 * self.compute_share_bps as u128
+            + self.emission_wei_per_day % 10_000 * self.compute_share_bps as u128 / 10_000
+    }
+}

@@ -1,0 +1,482 @@
+//! The Engine: `apply(command, now) -> effects`, the only way market state changes.
+//! It checks the nonce (R-ID-4), fires what is due at `now`, dispatches the command
+//! and runs matching for the models the command touched. Pure: no IO, no clock.
+
+use crate::command::{Command, Effect};
+use crate::config::MarketConfig;
+use crate::error::MarketError;
+use crate::ledger::Ledger;
+use crate::merkle::MerkleAccumulator;
+use crate::quota;
+use crate::slab::Slab;
+use crate::speed::SpeedWindow;
+use crate::state::{Account, AccountIdx, Counters, ModelIdx, ModelState, State};
+use crate::types::{Address, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+pub struct Engine {
+    pub(crate) state: State,
+    /// Address -> account: derived from `state.accounts`, rebuilt on restore.
+    pub(crate) account_index: HashMap<Address, AccountIdx>,
+    /// Models whose book or queue changed during this command: matched at its end.
+    pub(crate) pending_match: Vec<ModelIdx>,
+}
+
+#[derive(Debug)]
+pub enum RestoreError {
+    Decode(String),
+    TrailingBytes(usize),
+    InvalidConfig(String),
+}
+
+impl std::fmt::Display for RestoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreError::Decode(reason) => write!(f, "snapshot does not decode: {reason}"),
+            RestoreError::TrailingBytes(n) => write!(f, "snapshot has {n} trailing bytes"),
+            RestoreError::InvalidConfig(reason) => write!(f, "snapshot config invalid: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for RestoreError {}
+
+impl Engine {
+    /// Panics on an invalid configuration: call `MarketConfig::validate` first to
+    /// report it to the operator.
+    pub fn new(config: MarketConfig) -> Engine {
+        if let Err(reason) = config.validate() {
+            panic!("invalid market config: {reason}");
+        }
+        let models = config
+            .models
+            .iter()
+            .map(|spec| ModelState {
+                spec: spec.clone(),
+                queue: BTreeMap::new(),
+                book: BTreeMap::new(),
+                speed: SpeedWindow::default(),
+            })
+            .collect();
+        let model_index = config
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.id, i as ModelIdx))
+            .collect();
+        let mut state = State {
+            now_ms: config.genesis_ms,
+            block: 0,
+            max_tokens_per_day: 0,
+            budget_wei_today: 0,
+            seq: 0,
+            accounts: Vec::new(),
+            providers: Vec::new(),
+            models,
+            model_index,
+            rfcs: Slab::new(config.rfcs_open_max),
+            sessions: Slab::new(config.sessions_open_max),
+            closed_sessions: Vec::new(),
+            probes_open: 0,
+            probe_deadlines: BTreeSet::new(),
+            rfc_expiries: BTreeSet::new(),
+            session_expiries: BTreeSet::new(),
+            suspensions: BTreeSet::new(),
+            block_totals: BTreeMap::new(),
+            merkle: MerkleAccumulator::default(),
+            ledger: Ledger::default(),
+            counters: Counters::default(),
+            config,
+        };
+        state.budget_wei_today = state.config.compute_budget_wei_per_day;
+        state.max_tokens_per_day = quota::max_tokens_per_day(
+            state.budget_wei_today,
+            state.config.token_price_wei_per_1000,
+        );
+        let emission = state.config.compute_emission_wei_per_day();
+        state
+            .ledger
+            .start_day(0, emission, state.config.pool_daily_spend_bps);
+        Engine {
+            state,
+            account_index: HashMap::new(),
+            pending_match: Vec::new(),
+        }
+    }
+
+    /// Applies one command at `now_ms`, appending what the router must do to `effects`.
+    pub fn apply(&mut self, command: &Command, now_ms: u64, effects: &mut Vec<Effect>) {
+        // Time never goes back: a late timestamp is taken as the last one seen.
+        let now = now_ms.max(self.state.now_ms);
+        self.state.now_ms = now;
+        self.advance(now, effects);
+        let origin = command.origin();
+        if let Some((address, nonce)) = origin {
+            if let Some(&idx) = self.account_index.get(&address) {
+                let last = self.state.accounts[idx as usize].nonce_last;
+                if let Some(nonce_last) = last.filter(|&last| nonce <= last) {
+                    effects.push(Effect::Rejected {
+                        to: address,
+                        nonce,
+                        error: MarketError::Replay { nonce_last },
+                    });
+                    return;
+                }
+            }
+        }
+        let result = self.dispatch(command, now, effects);
+        if let Some((address, nonce)) = origin {
+            // The nonce is spent whatever the outcome, so a refused message can never
+            // be replayed into acceptance later (say, after the quota resets).
+            if let Some(&idx) = self.account_index.get(&address) {
+                let account = &mut self.state.accounts[idx as usize];
+                debug_assert!(account.nonce_last.is_none_or(|last| last < nonce));
+                account.nonce_last = Some(nonce);
+            }
+            if let Err(error) = result {
+                effects.push(Effect::Rejected {
+                    to: address,
+                    nonce,
+                    error,
+                });
+            }
+        }
+        self.run_pending_matches(now, effects);
+    }
+
+    fn dispatch(
+        &mut self,
+        command: &Command,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        match command {
+            Command::Tick => Ok(()),
+            Command::SetBalances {
+                operator,
+                nonce,
+                entries,
+            } => self.set_balances(*operator, *nonce, entries, effects),
+            Command::SetParams {
+                operator,
+                nonce,
+                params,
+            } => self.set_params(*operator, *nonce, params, effects),
+            Command::RegisterProvider {
+                provider,
+                nonce,
+                endpoint,
+                offers,
+            } => self.register_provider(*provider, *nonce, endpoint, offers, effects),
+            Command::UpdateBid {
+                provider,
+                nonce,
+                model,
+                price_wei_per_token,
+                capacity,
+            } => self.update_bid(
+                *provider,
+                *nonce,
+                *model,
+                *price_wei_per_token,
+                *capacity,
+                effects,
+            ),
+            Command::WithdrawBid {
+                provider,
+                nonce,
+                model,
+            } => self.withdraw_bid(*provider, *nonce, *model, effects),
+            Command::ProviderAnnounce { provider, nonce } => {
+                self.announce(*provider, *nonce, effects)
+            }
+            Command::ProviderDisconnected { provider } => {
+                self.disconnected(*provider);
+                Ok(())
+            }
+            Command::SubmitRfc {
+                user,
+                nonce,
+                model,
+                tokens_max,
+                expires_at_ms,
+            } => self.submit_rfc(
+                *user,
+                *nonce,
+                *model,
+                *tokens_max,
+                *expires_at_ms,
+                now,
+                effects,
+            ),
+            Command::CancelRfc {
+                user,
+                nonce,
+                rfc_nonce,
+            } => self.cancel_rfc(*user, *nonce, *rfc_nonce, effects),
+            Command::ProbeAnswer {
+                provider, probe, ..
+            } => self.probe_answer(*provider, *probe, now, effects),
+            Command::Report {
+                user,
+                nonce,
+                session,
+                elapsed_ms,
+                tokens,
+                pass,
+                report_digest,
+            } => self.report(
+                *user,
+                *nonce,
+                *session,
+                *elapsed_ms,
+                *tokens,
+                *pass,
+                report_digest,
+                now,
+                effects,
+            ),
+            Command::Claim {
+                provider,
+                nonce,
+                amount_wei,
+            } => {
+                let (amount, left) = self.state.ledger.claim(*provider, *amount_wei)?;
+                effects.push(Effect::ClaimPaid {
+                    provider: *provider,
+                    nonce: *nonce,
+                    amount_wei: amount,
+                    owed_left_wei: left,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Fires every timer due at `now`, then seals every block that ended.
+    fn advance(&mut self, now: u64, effects: &mut Vec<Effect>) {
+        while let Some(&(deadline, rfc)) = self.state.probe_deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.state.probe_deadlines.pop_first();
+            self.probe_timeout(rfc, now, effects);
+        }
+        while let Some(&(expiry, rfc)) = self.state.rfc_expiries.first() {
+            if expiry > now {
+                break;
+            }
+            self.state.rfc_expiries.pop_first();
+            self.rfc_expired(rfc, effects);
+        }
+        while let Some(&(expiry, session)) = self.state.session_expiries.first() {
+            if expiry > now {
+                break;
+            }
+            self.state.session_expiries.pop_first();
+            self.session_expired(session, effects);
+        }
+        while let Some(&(until, provider)) = self.state.suspensions.first() {
+            if until > now {
+                break;
+            }
+            self.state.suspensions.pop_first();
+            self.refresh_provider(provider);
+        }
+        let genesis = self.state.config.genesis_ms;
+        while now >= genesis.saturating_add((self.state.block + 1).saturating_mul(BLOCK_MS)) {
+            self.seal_block(effects);
+            self.state.block += 1;
+            if self.state.block % BLOCKS_PER_DAY == 0 {
+                self.roll_day();
+            }
+        }
+        self.run_pending_matches(now, effects);
+    }
+
+    pub(crate) fn account_of(&self, address: &Address) -> Option<AccountIdx> {
+        self.account_index.get(address).copied()
+    }
+
+    /// Returns the account for `address`, creating it within `accounts_max`.
+    pub(crate) fn account_or_create(
+        &mut self,
+        address: Address,
+    ) -> Result<AccountIdx, MarketError> {
+        if let Some(idx) = self.account_of(&address) {
+            return Ok(idx);
+        }
+        let max = self.state.config.accounts_max;
+        if self.state.accounts.len() as u64 >= max as u64 {
+            return Err(MarketError::LimitReached {
+                limit: crate::error::Limit::Accounts,
+                max: max as u64,
+            });
+        }
+        let idx = self.state.accounts.len() as AccountIdx;
+        let day = self.state.day();
+        self.state.accounts.push(Account {
+            address,
+            balance_wei: 0,
+            nonce_last: None,
+            quota_day: day,
+            quota_used_tokens: 0,
+            provider: None,
+        });
+        self.account_index.insert(address, idx);
+        Ok(idx)
+    }
+
+    pub(crate) fn model_of(&self, model: ModelId) -> Result<ModelIdx, MarketError> {
+        self.state
+            .model_index
+            .get(&model)
+            .copied()
+            .ok_or(MarketError::UnknownModel { model })
+    }
+
+    // ---- queries -------------------------------------------------------------
+
+    pub fn config(&self) -> &MarketConfig {
+        &self.state.config
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.state.now_ms
+    }
+
+    pub fn block(&self) -> u64 {
+        self.state.block
+    }
+
+    pub fn day(&self) -> u64 {
+        self.state.day()
+    }
+
+    /// Unix ms at which the open block ends (when the router should next tick).
+    pub fn block_end_ms(&self) -> u64 {
+        self.state
+            .config
+            .genesis_ms
+            .saturating_add((self.state.block + 1).saturating_mul(BLOCK_MS))
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.state.ledger
+    }
+
+    pub fn counters(&self) -> &crate::state::Counters {
+        &self.state.counters
+    }
+
+    pub fn max_tokens_per_day(&self) -> u64 {
+        self.state.max_tokens_per_day
+    }
+
+    pub fn balance_wei(&self, address: &Address) -> u128 {
+        self.account_of(address)
+            .map_or(0, |idx| self.state.accounts[idx as usize].balance_wei)
+    }
+
+    pub fn nonce_last(&self, address: &Address) -> Option<u64> {
+        self.account_of(address)
+            .and_then(|idx| self.state.accounts[idx as usize].nonce_last)
+    }
+
+    /// UserMax (R-QUOTA-3) of `address` for the current day.
+    pub fn user_max_tokens(&self, address: &Address) -> u64 {
+        quota::user_max_tokens(
+            self.state.max_tokens_per_day,
+            self.balance_wei(address),
+            self.state.config.mor_supply_wei,
+        )
+    }
+
+    /// What is left of today's UserMax (never negative).
+    pub fn tokens_left(&self, address: &Address) -> u64 {
+        self.account_of(address)
+            .map_or(0, |idx| self.tokens_left_of(idx))
+    }
+
+    pub(crate) fn tokens_left_of(&self, idx: AccountIdx) -> u64 {
+        let account = &self.state.accounts[idx as usize];
+        let user_max = quota::user_max_tokens(
+            self.state.max_tokens_per_day,
+            account.balance_wei,
+            self.state.config.mor_supply_wei,
+        );
+        let used = if account.quota_day == self.state.day() {
+            account.quota_used_tokens
+        } else {
+            0
+        };
+        user_max.saturating_sub(used)
+    }
+
+    pub fn provider_endpoint(&self, address: &Address) -> Option<&[u8]> {
+        let idx = self.account_of(address)?;
+        let provider = self.state.accounts[idx as usize].provider?;
+        Some(&self.state.providers[provider as usize].endpoint)
+    }
+
+    pub fn queue_depth(&self, model: ModelId) -> usize {
+        self.model_of(model)
+            .map_or(0, |m| self.state.models[m as usize].queue.len())
+    }
+
+    pub fn queue_depth_total(&self) -> usize {
+        self.state.models.iter().map(|m| m.queue.len()).sum()
+    }
+
+    pub fn sessions_open(&self) -> u32 {
+        self.state.sessions.len()
+    }
+
+    pub fn probes_open(&self) -> u32 {
+        self.state.probes_open
+    }
+
+    pub fn accounts_len(&self) -> usize {
+        self.state.accounts.len()
+    }
+
+    pub fn providers_len(&self) -> usize {
+        self.state.providers.len()
+    }
+
+    // ---- snapshots and hashes ------------------------------------------------
+
+    /// The whole state, bincode-encoded (canonical: no hash-map iteration order).
+    pub fn snapshot(&self) -> Vec<u8> {
+        bincode::encode_to_vec(&self.state, bincode::config::standard()).expect("state encodes")
+    }
+
+    pub fn restore(bytes: &[u8]) -> Result<Engine, RestoreError> {
+        let (state, read): (State, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard())
+                .map_err(|e| RestoreError::Decode(e.to_string()))?;
+        if read != bytes.len() {
+            return Err(RestoreError::TrailingBytes(bytes.len() - read));
+        }
+        state
+            .config
+            .validate()
+            .map_err(RestoreError::InvalidConfig)?;
+        let account_index = state
+            .accounts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.address, i as AccountIdx))
+            .collect();
+        Ok(Engine {
+            state,
+            account_index,
+            pending_match: Vec::new(),
+        })
+    }
+
+    /// BLAKE3 of the canonical encoding: equal for equal states.
+    pub fn state_hash(&self) -> [u8; 32] {
+        *blake3::hash(&self.snapshot()).as_bytes()
+    }
+}

@@ -1,0 +1,236 @@
+//! Market refusals: one enum, stable codes in 0x0200..0x02FF (SPEC.md section 9),
+//! with the data a client needs to act (quota left, when to retry).
+
+use crate::types::{ModelId, SessionId};
+use bincode::{Decode, Encode};
+
+/// Which bound was hit, for `MarketError::LimitReached`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum Limit {
+    Accounts,
+    Providers,
+    OffersPerProvider,
+    OfferCapacity,
+    EndpointBytes,
+    BalanceEntries,
+    TokensMax,
+    RfcsOpen,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum MarketError {
+    /// R-ID-4: nonce not above the last accepted one.
+    Replay {
+        nonce_last: u64,
+    },
+    /// R-QUOTA-6: a zero balance cannot submit RFCs.
+    ZeroBalance,
+    /// R-QUOTA-5: TokenMax above what is left today.
+    QuotaExceeded {
+        tokens_left: u64,
+    },
+    UnknownModel {
+        model: ModelId,
+    },
+    /// R-RFC-2: the model's queue is full.
+    Overloaded {
+        retry_after_ms: u32,
+    },
+    NotYourSession {
+        session: SessionId,
+    },
+    AlreadyReported {
+        session: SessionId,
+    },
+    UnknownSession {
+        session: SessionId,
+    },
+    TokensOverMax {
+        tokens_max: u64,
+    },
+    SessionExpired {
+        session: SessionId,
+    },
+    NotOperator,
+    UnknownProvider,
+    UnsupportedUnit {
+        unit: u8,
+    },
+    WeightsHashMismatch {
+        model: ModelId,
+    },
+    InvalidExpiry {
+        expires_at_ms: u64,
+    },
+    InvalidTokensMax,
+    UnknownProbe {
+        probe: u64,
+    },
+    LimitReached {
+        limit: Limit,
+        max: u64,
+    },
+    ClaimExceedsOwed {
+        owed_wei: u128,
+    },
+    NothingOwed,
+    UnknownRfc {
+        nonce: u64,
+    },
+    InvalidParam {
+        param: u16,
+    },
+    ArithmeticOverflow,
+    NoOffer {
+        model: ModelId,
+    },
+    InvalidCapacity {
+        capacity: u32,
+    },
+    DuplicateModel {
+        model: ModelId,
+    },
+}
+
+impl MarketError {
+    /// Stable wire code; never renumber, only append.
+    pub fn code(&self) -> u16 {
+        match self {
+            MarketError::Replay { .. } => 0x0201,
+            MarketError::ZeroBalance => 0x0202,
+            MarketError::QuotaExceeded { .. } => 0x0203,
+            MarketError::UnknownModel { .. } => 0x0204,
+            MarketError::Overloaded { .. } => 0x0205,
+            MarketError::NotYourSession { .. } => 0x0206,
+            MarketError::AlreadyReported { .. } => 0x0207,
+            MarketError::UnknownSession { .. } => 0x0208,
+            MarketError::TokensOverMax { .. } => 0x0209,
+            MarketError::SessionExpired { .. } => 0x020A,
+            MarketError::NotOperator => 0x020B,
+            MarketError::UnknownProvider => 0x020C,
+            MarketError::UnsupportedUnit { .. } => 0x020D,
+            MarketError::WeightsHashMismatch { .. } => 0x020E,
+            MarketError::InvalidExpiry { .. } => 0x020F,
+            MarketError::InvalidTokensMax => 0x0210,
+            MarketError::UnknownProbe { .. } => 0x0211,
+            MarketError::LimitReached { .. } => 0x0212,
+            MarketError::ClaimExceedsOwed { .. } => 0x0213,
+            MarketError::NothingOwed => 0x0214,
+            MarketError::UnknownRfc { .. } => 0x0215,
+            MarketError::InvalidParam { .. } => 0x0216,
+            MarketError::ArithmeticOverflow => 0x0217,
+            MarketError::NoOffer { .. } => 0x0218,
+            MarketError::InvalidCapacity { .. } => 0x0219,
+            MarketError::DuplicateModel { .. } => 0x021A,
+        }
+    }
+
+    /// Short snake_case name, used in metrics labels and reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MarketError::Replay { .. } => "replay",
+            MarketError::ZeroBalance => "zero_balance",
+            MarketError::QuotaExceeded { .. } => "quota_exceeded",
+            MarketError::UnknownModel { .. } => "unknown_model",
+            MarketError::Overloaded { .. } => "overloaded",
+            MarketError::NotYourSession { .. } => "not_your_session",
+            MarketError::AlreadyReported { .. } => "already_reported",
+            MarketError::UnknownSession { .. } => "unknown_session",
+            MarketError::TokensOverMax { .. } => "tokens_over_max",
+            MarketError::SessionExpired { .. } => "session_expired",
+            MarketError::NotOperator => "not_operator",
+            MarketError::UnknownProvider => "unknown_provider",
+            MarketError::UnsupportedUnit { .. } => "unsupported_unit",
+            MarketError::WeightsHashMismatch { .. } => "weights_hash_mismatch",
+            MarketError::InvalidExpiry { .. } => "invalid_expiry",
+            MarketError::InvalidTokensMax => "invalid_tokens_max",
+            MarketError::UnknownProbe { .. } => "unknown_probe",
+            MarketError::LimitReached { .. } => "limit_reached",
+            MarketError::ClaimExceedsOwed { .. } => "claim_exceeds_owed",
+            MarketError::NothingOwed => "nothing_owed",
+            MarketError::UnknownRfc { .. } => "unknown_rfc",
+            MarketError::InvalidParam { .. } => "invalid_param",
+            MarketError::ArithmeticOverflow => "arithmetic_overflow",
+            MarketError::NoOffer { .. } => "no_offer",
+            MarketError::InvalidCapacity { .. } => "invalid_capacity",
+            MarketError::DuplicateModel { .. } => "duplicate_model",
+        }
+    }
+
+    /// The number a client most needs (quota left, retry-after, owed), else 0.
+    pub fn detail(&self) -> u128 {
+        match self {
+            MarketError::Replay { nonce_last } => *nonce_last as u128,
+            MarketError::QuotaExceeded { tokens_left } => *tokens_left as u128,
+            MarketError::Overloaded { retry_after_ms } => *retry_after_ms as u128,
+            MarketError::TokensOverMax { tokens_max } => *tokens_max as u128,
+            MarketError::LimitReached { max, .. } => *max as u128,
+            MarketError::ClaimExceedsOwed { owed_wei } => *owed_wei,
+            _ => 0,
+        }
+    }
+
+    pub fn retry_after_ms(&self) -> u32 {
+        match self {
+            MarketError::Overloaded { retry_after_ms } => *retry_after_ms,
+            _ => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for MarketError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MarketError::Replay { nonce_last } => {
+                write!(f, "replay: nonce must be above {nonce_last}")
+            }
+            MarketError::ZeroBalance => write!(f, "zero MOR balance: cannot submit requests"),
+            MarketError::QuotaExceeded { tokens_left } => {
+                write!(f, "quota exceeded: {tokens_left} tokens left today")
+            }
+            MarketError::UnknownModel { model } => write!(f, "unknown model {model}"),
+            MarketError::Overloaded { retry_after_ms } => {
+                write!(f, "overloaded, retry after {retry_after_ms} ms")
+            }
+            MarketError::NotYourSession { session } => write!(f, "session {session} is not yours"),
+            MarketError::AlreadyReported { session } => {
+                write!(f, "session {session} was already reported")
+            }
+            MarketError::UnknownSession { session } => write!(f, "unknown session {session}"),
+            MarketError::TokensOverMax { tokens_max } => {
+                write!(f, "tokens above the session's TokenMax of {tokens_max}")
+            }
+            MarketError::SessionExpired { session } => write!(f, "session {session} expired"),
+            MarketError::NotOperator => write!(f, "only the operator may send this"),
+            MarketError::UnknownProvider => write!(f, "not a registered provider"),
+            MarketError::UnsupportedUnit { unit } => {
+                write!(f, "unit {unit} is not supported (only tokens)")
+            }
+            MarketError::WeightsHashMismatch { model } => {
+                write!(f, "weights hash does not match model {model}")
+            }
+            MarketError::InvalidExpiry { expires_at_ms } => {
+                write!(f, "expiry {expires_at_ms} is in the past or too far")
+            }
+            MarketError::InvalidTokensMax => {
+                write!(f, "TokenMax must be above 0 and within the limit")
+            }
+            MarketError::UnknownProbe { probe } => write!(f, "unknown or expired probe {probe}"),
+            MarketError::LimitReached { limit, max } => {
+                write!(f, "limit {limit:?} reached ({max})")
+            }
+            MarketError::ClaimExceedsOwed { owed_wei } => {
+                write!(f, "claim above the {owed_wei} wei owed")
+            }
+            MarketError::NothingOwed => write!(f, "nothing is owed"),
+            MarketError::UnknownRfc { nonce } => write!(f, "no open request with nonce {nonce}"),
+            MarketError::InvalidParam { param } => write!(f, "invalid market parameter {param}"),
+            MarketError::ArithmeticOverflow => write!(f, "amount overflows"),
+            MarketError::NoOffer { model } => write!(f, "no offer for model {model}"),
+            MarketError::InvalidCapacity { capacity } => write!(f, "invalid capacity {capacity}"),
+            MarketError::DuplicateModel { model } => write!(f, "model {model} listed twice"),
+        }
+    }
+}
+
+impl std::error::Error for MarketError {}

@@ -1,0 +1,580 @@
+//! Section 5: RFC admission and queueing (R-RFC-1/2, R-QUOTA-4/5/6), matching with
+//! price-time priority (R-MATCH-1), probes and re-matching (R-MATCH-2), sessions and
+//! tickets (R-MATCH-6), and reports with the speed gate and fail policies
+//! (R-REPORT-1, R-PERF-1..4).
+
+use crate::command::{CreditReason, Effect, RfcFailure, Ticket};
+use crate::config::FailPolicy;
+use crate::engine::Engine;
+use crate::error::{Limit, MarketError};
+use crate::merkle::Receipt;
+use crate::speed::speed_of;
+use crate::state::{Closed, ModelIdx, Probing, Rfc, Session};
+use crate::types::{compose_id, slot_of, Address, ModelId, ProbeId, RfcId, SessionId};
+
+impl Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn submit_rfc(
+        &mut self,
+        user: Address,
+        nonce: u64,
+        model: ModelId,
+        tokens_max: u64,
+        expires_at_ms: u64,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let model_idx = self.model_of(model)?;
+        let config = &self.state.config;
+        if tokens_max == 0 || tokens_max > config.tokens_max_limit {
+            return Err(MarketError::InvalidTokensMax);
+        }
+        if expires_at_ms <= now || expires_at_ms > now.saturating_add(config.rfc_ttl_max_ms) {
+            return Err(MarketError::InvalidExpiry { expires_at_ms });
+        }
+        let retry_after_ms = config.rfc_retry_after_ms;
+        let queue_full = self.state.models[model_idx as usize].queue.len()
+            >= config.rfc_queue_depth_max as usize;
+        let user_idx = self.account_of(&user).ok_or(MarketError::ZeroBalance)?;
+        let balance = self.state.accounts[user_idx as usize].balance_wei;
+        if balance == 0 {
+            return Err(MarketError::ZeroBalance);
+        }
+        let tokens_left = self.tokens_left_of(user_idx);
+        if tokens_max > tokens_left {
+            return Err(MarketError::QuotaExceeded { tokens_left });
+        }
+        if queue_full {
+            return Err(MarketError::Overloaded { retry_after_ms });
+        }
+        let Some(slot) = self.state.rfcs.next_slot() else {
+            return Err(MarketError::LimitReached {
+                limit: Limit::RfcsOpen,
+                max: self.state.config.rfcs_open_max as u64,
+            });
+        };
+        // R-QUOTA-4: charged at admission.
+        let day = self.state.day();
+        let account = &mut self.state.accounts[user_idx as usize];
+        if account.quota_day != day {
+            account.quota_day = day;
+            account.quota_used_tokens = 0;
+        }
+        account.quota_used_tokens += tokens_max;
+        let seq = self.state.next_seq();
+        let id = compose_id(seq, slot);
+        let queue_key = (u128::MAX - balance, seq);
+        let rfc = Rfc {
+            id,
+            user: user_idx,
+            nonce,
+            model: model_idx,
+            tokens_max,
+            expires_at_ms,
+            charged_day: day,
+            queue_key,
+            probing: None,
+            tries: 0,
+        };
+        let inserted = self.state.rfcs.insert(rfc);
+        debug_assert_eq!(inserted, Some(slot));
+        self.state.models[model_idx as usize]
+            .queue
+            .insert(queue_key, slot);
+        self.state.rfc_expiries.insert((expires_at_ms, id));
+        self.state.counters.rfcs_accepted += 1;
+        effects.push(Effect::RfcAccepted {
+            user,
+            nonce,
+            rfc: id,
+            tokens_left: tokens_left - tokens_max,
+        });
+        self.pending_match.push(model_idx);
+        Ok(())
+    }
+
+    pub(crate) fn cancel_rfc(
+        &mut self,
+        user: Address,
+        _nonce: u64,
+        rfc_nonce: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let user_idx = self
+            .account_of(&user)
+            .ok_or(MarketError::UnknownRfc { nonce: rfc_nonce })?;
+        // Cancellation is rare: a scan of the user's queued RFCs by nonce is fine.
+        let found = self
+            .state
+            .rfcs
+            .iter()
+            .find(|(_, rfc)| {
+                rfc.user == user_idx && rfc.nonce == rfc_nonce && rfc.probing.is_none()
+            })
+            .map(|(slot, _)| slot);
+        let slot = found.ok_or(MarketError::UnknownRfc { nonce: rfc_nonce })?;
+        self.fail_rfc(slot, RfcFailure::Cancelled, effects);
+        Ok(())
+    }
+
+    pub(crate) fn run_pending_matches(&mut self, now: u64, effects: &mut Vec<Effect>) {
+        while let Some(model) = self.pending_match.pop() {
+            self.try_match(model, now, effects);
+        }
+    }
+
+    /// R-MATCH-1: pairs the queue's head with the best available offer while both
+    /// exist and the session limit allows.
+    fn try_match(&mut self, model: ModelIdx, now: u64, effects: &mut Vec<Effect>) {
+        loop {
+            let busy = self.state.sessions.len() as u64 + self.state.probes_open as u64;
+            if busy >= self.state.config.sessions_open_max as u64 {
+                return;
+            }
+            let model_state = &mut self.state.models[model as usize];
+            let (Some((_, &rfc_slot)), Some((_, &(provider, offer)))) = (
+                model_state.queue.first_key_value(),
+                model_state.book.first_key_value(),
+            ) else {
+                return;
+            };
+            model_state.queue.pop_first();
+            self.start_probe(rfc_slot as usize, provider, offer, now, effects);
+        }
+    }
+
+    fn start_probe(
+        &mut self,
+        rfc_slot: usize,
+        provider: u32,
+        offer: u16,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) {
+        let deadline_ms = now.saturating_add(self.state.config.probe_timeout_ms);
+        let seq = self.state.next_seq();
+        let probe = compose_id(seq, rfc_slot as u32);
+        let offer_state = &mut self.state.providers[provider as usize].offers[offer as usize];
+        offer_state.busy += 1;
+        assert!(
+            offer_state.busy <= offer_state.capacity,
+            "matched a full offer"
+        );
+        let rfc = self
+            .state
+            .rfcs
+            .get_mut(rfc_slot)
+            .expect("queued RFC exists");
+        debug_assert!(rfc.probing.is_none());
+        rfc.probing = Some(Probing {
+            probe,
+            provider,
+            offer,
+            deadline_ms,
+        });
+        rfc.tries += 1;
+        let (rfc_id, model, tokens_max) = (rfc.id, rfc.model, rfc.tokens_max);
+        self.state.probe_deadlines.insert((deadline_ms, rfc_id));
+        self.state.probes_open += 1;
+        self.refresh_offer(provider, offer);
+        let provider_address = self.state.providers[provider as usize].address;
+        let model_id = self.state.models[model as usize].spec.id;
+        effects.push(Effect::Probe {
+            provider: provider_address,
+            probe,
+            model: model_id,
+            tokens_max,
+            deadline_ms,
+        });
+    }
+
+    /// Ends an RFC's probe, freeing the reserved capacity; returns the RFC's slot.
+    fn end_probe(&mut self, rfc_slot: usize) -> Option<Probing> {
+        let rfc = self.state.rfcs.get_mut(rfc_slot)?;
+        let probing = rfc.probing.take()?;
+        let rfc_id = rfc.id;
+        self.state
+            .probe_deadlines
+            .remove(&(probing.deadline_ms, rfc_id));
+        self.state.probes_open -= 1;
+        Some(probing)
+    }
+
+    pub(crate) fn probe_answer(
+        &mut self,
+        provider: Address,
+        probe: ProbeId,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let rfc_slot = slot_of(probe);
+        let provider_idx = self
+            .account_of(&provider)
+            .and_then(|a| self.state.accounts[a as usize].provider);
+        let valid = match (self.state.rfcs.get(rfc_slot), provider_idx) {
+            (Some(rfc), Some(p)) => rfc
+                .probing
+                .as_ref()
+                .is_some_and(|probing| probing.probe == probe && probing.provider == p),
+            _ => false,
+        };
+        if !valid {
+            return Err(MarketError::UnknownProbe { probe });
+        }
+        let probing = self.end_probe(rfc_slot).expect("validated above");
+        let rfc = self.state.rfcs.get(rfc_slot).expect("validated above");
+        if now >= rfc.expires_at_ms {
+            self.release_capacity(probing.provider, probing.offer);
+            self.fail_rfc(rfc_slot, RfcFailure::Expired, effects);
+            return Ok(());
+        }
+        self.open_session(rfc_slot, probing, now, effects);
+        Ok(())
+    }
+
+    fn open_session(
+        &mut self,
+        rfc_slot: usize,
+        probing: Probing,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) {
+        let rfc = self.state.rfcs.remove(rfc_slot).expect("probed RFC exists");
+        self.state.rfc_expiries.remove(&(rfc.expires_at_ms, rfc.id));
+        let expires_at_ms = now.saturating_add(self.state.config.session_ttl_ms);
+        let slot = self
+            .state
+            .sessions
+            .next_slot()
+            .expect("session slots are reserved by the match limit");
+        let seq = self.state.next_seq();
+        let id = compose_id(seq, slot);
+        let provider = &self.state.providers[probing.provider as usize];
+        let price = provider.offers[probing.offer as usize].price_wei_per_token;
+        let ticket = Ticket {
+            session: id,
+            user: self.state.accounts[rfc.user as usize].address,
+            provider: provider.address,
+            endpoint: provider.endpoint.clone(),
+            model: self.state.models[rfc.model as usize].spec.id,
+            tokens_max: rfc.tokens_max,
+            price_wei_per_token: price,
+            expires_at_ms,
+            rfc_nonce: rfc.nonce,
+        };
+        let session = Session {
+            id,
+            user: rfc.user,
+            provider: probing.provider,
+            offer: probing.offer,
+            model: rfc.model,
+            tokens_max: rfc.tokens_max,
+            price_wei_per_token: price,
+            expires_at_ms,
+            rfc_nonce: rfc.nonce,
+        };
+        self.state.sessions.insert(session);
+        self.state.session_expiries.insert((expires_at_ms, id));
+        self.state.counters.sessions_opened += 1;
+        effects.push(Effect::SessionOpened { ticket });
+    }
+
+    /// R-MATCH-2: no answer in time: the provider is unreachable until it announces
+    /// itself again, and the RFC tries the next provider (bounded).
+    pub(crate) fn probe_timeout(&mut self, rfc_id: RfcId, now: u64, effects: &mut Vec<Effect>) {
+        let slot = slot_of(rfc_id);
+        if self.state.rfcs.get(slot).is_none_or(|rfc| rfc.id != rfc_id) {
+            return;
+        }
+        // The deadline was already popped from the index by `advance`.
+        let rfc = self.state.rfcs.get_mut(slot).expect("checked above");
+        let Some(probing) = rfc.probing.take() else {
+            return;
+        };
+        self.state.probes_open -= 1;
+        self.release_capacity(probing.provider, probing.offer);
+        let provider = &mut self.state.providers[probing.provider as usize];
+        if provider.reachable {
+            provider.reachable = false;
+            effects.push(Effect::ProviderUnreachable {
+                provider: provider.address,
+            });
+            self.refresh_provider(probing.provider);
+        }
+        let rfc = self.state.rfcs.get(slot).expect("checked above");
+        if now >= rfc.expires_at_ms {
+            self.fail_rfc(slot, RfcFailure::Expired, effects);
+        } else if rfc.tries >= self.state.config.probe_tries_max {
+            self.fail_rfc(slot, RfcFailure::NoProvider, effects);
+        } else {
+            // Back at its original place in the queue: it keeps its priority.
+            let (key, model) = (rfc.queue_key, rfc.model);
+            self.state.models[model as usize]
+                .queue
+                .insert(key, slot as u32);
+            self.pending_match.push(model);
+        }
+    }
+
+    pub(crate) fn rfc_expired(&mut self, rfc_id: RfcId, effects: &mut Vec<Effect>) {
+        let slot = slot_of(rfc_id);
+        match self.state.rfcs.get(slot) {
+            // A probing RFC resolves when its probe ends; its expiry is checked then.
+            Some(rfc) if rfc.id == rfc_id && rfc.probing.is_none() => {
+                self.fail_rfc(slot, RfcFailure::Expired, effects)
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes an unmatched RFC with a full refund (R-QUOTA-4).
+    pub(crate) fn fail_rfc(&mut self, slot: usize, reason: RfcFailure, effects: &mut Vec<Effect>) {
+        let Some(rfc) = self.state.rfcs.remove(slot) else {
+            return;
+        };
+        debug_assert!(rfc.probing.is_none(), "end the probe before failing");
+        self.state.models[rfc.model as usize]
+            .queue
+            .remove(&rfc.queue_key);
+        self.state.rfc_expiries.remove(&(rfc.expires_at_ms, rfc.id));
+        let day = self.state.day();
+        let account = &mut self.state.accounts[rfc.user as usize];
+        let refunded_tokens = if rfc.charged_day == day && account.quota_day == day {
+            debug_assert!(account.quota_used_tokens >= rfc.tokens_max);
+            account.quota_used_tokens -= rfc.tokens_max;
+            rfc.tokens_max
+        } else {
+            0 // the day turned: usage was reset already
+        };
+        self.state.counters.rfcs_failed += 1;
+        effects.push(Effect::RfcFailed {
+            user: account.address,
+            nonce: rfc.nonce,
+            rfc: rfc.id,
+            reason,
+            refunded_tokens,
+        });
+    }
+
+    pub(crate) fn session_expired(&mut self, session_id: SessionId, effects: &mut Vec<Effect>) {
+        let slot = slot_of(session_id);
+        if self
+            .state
+            .sessions
+            .get(slot)
+            .is_none_or(|s| s.id != session_id)
+        {
+            return;
+        }
+        let session = self.close_session(slot, Closed::Expired);
+        self.state.counters.sessions_expired += 1;
+        let user = self.state.accounts[session.user as usize].address;
+        let provider = self.state.providers[session.provider as usize].address;
+        effects.push(Effect::SessionExpired {
+            session: session_id,
+            user,
+            provider,
+        });
+    }
+
+    fn close_session(&mut self, slot: usize, how: Closed) -> Session {
+        let session = self.state.sessions.remove(slot).expect("open session");
+        self.state
+            .session_expiries
+            .remove(&(session.expires_at_ms, session.id));
+        if self.state.closed_sessions.len() <= slot {
+            self.state.closed_sessions.resize(slot + 1, None);
+        }
+        self.state.closed_sessions[slot] = Some((session.id, how));
+        self.release_capacity(session.provider, session.offer);
+        session
+    }
+
+    fn release_capacity(&mut self, provider: u32, offer: u16) {
+        let offer_state = &mut self.state.providers[provider as usize].offers[offer as usize];
+        assert!(offer_state.busy > 0, "capacity released twice");
+        offer_state.busy -= 1;
+        self.refresh_offer(provider, offer);
+    }
+
+    /// R-REPORT-1 and R-PERF-1..4.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn report(
+        &mut self,
+        user: Address,
+        nonce: u64,
+        session_id: SessionId,
+        elapsed_ms: u64,
+        tokens: u64,
+        pass: bool,
+        report_digest: &[u8; 32],
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let slot = slot_of(session_id);
+        let Some(session) = self.state.sessions.get(slot).filter(|s| s.id == session_id) else {
+            return Err(
+                match self.state.closed_sessions.get(slot).copied().flatten() {
+                    Some((id, Closed::Reported)) if id == session_id => {
+                        MarketError::AlreadyReported {
+                            session: session_id,
+                        }
+                    }
+                    Some((id, Closed::Expired)) if id == session_id => {
+                        MarketError::SessionExpired {
+                            session: session_id,
+                        }
+                    }
+                    _ => MarketError::UnknownSession {
+                        session: session_id,
+                    },
+                },
+            );
+        };
+        if self.state.accounts[session.user as usize].address != user {
+            return Err(MarketError::NotYourSession {
+                session: session_id,
+            });
+        }
+        if tokens > session.tokens_max {
+            return Err(MarketError::TokensOverMax {
+                tokens_max: session.tokens_max,
+            });
+        }
+        debug_assert!(
+            now < session.expires_at_ms,
+            "expired sessions close in advance()"
+        );
+        let amount_wei = (tokens as u128)
+            .checked_mul(session.price_wei_per_token)
+            .ok_or(MarketError::ArithmeticOverflow)?;
+        let session = self.close_session(slot, Closed::Reported);
+        self.state.counters.reports += 1;
+        let reason = self.judge_report(&session, elapsed_ms, tokens, pass);
+        let penalty = matches!(
+            reason,
+            CreditReason::ReportedFail | CreditReason::TooSlow | CreditReason::CreditedDespiteFail
+        );
+        let credited = matches!(
+            reason,
+            CreditReason::Credited | CreditReason::CreditedDespiteFail
+        );
+        if credited {
+            self.credit(&session, elapsed_ms, tokens, amount_wei, report_digest);
+        }
+        self.record_outcome(session.provider, penalty, now, effects);
+        let amount_wei = if credited { amount_wei } else { 0 };
+        effects.push(Effect::ReportAccepted {
+            user,
+            nonce,
+            session: session_id,
+            reason,
+            amount_wei,
+        });
+        self.pending_match.push(session.model);
+        Ok(())
+    }
+
+    fn judge_report(
+        &mut self,
+        session: &Session,
+        elapsed_ms: u64,
+        tokens: u64,
+        pass: bool,
+    ) -> CreditReason {
+        let config = &self.state.config;
+        if !pass {
+            return match config.fail_policy {
+                FailPolicy::NoCredit => CreditReason::ReportedFail,
+                FailPolicy::BalanceWeighted => {
+                    let user_balance = self.state.accounts[session.user as usize].balance_wei;
+                    let provider_account = self.state.providers[session.provider as usize].account;
+                    let provider_balance =
+                        self.state.accounts[provider_account as usize].balance_wei;
+                    if user_balance > provider_balance || tokens == 0 {
+                        CreditReason::ReportedFail
+                    } else {
+                        CreditReason::CreditedDespiteFail
+                    }
+                }
+            };
+        }
+        if tokens == 0 {
+            return CreditReason::ZeroTokens;
+        }
+        let (percent, reports_min, window) = (
+            config.speed_tolerance_percent,
+            config.speed_reports_min,
+            config.speed_window_reports,
+        );
+        let speed = speed_of(elapsed_ms, tokens);
+        let model = &mut self.state.models[session.model as usize];
+        let fast_enough = model.speed.passes(speed, percent, reports_min);
+        model.speed.record(speed, window);
+        if fast_enough {
+            CreditReason::Credited
+        } else {
+            CreditReason::TooSlow
+        }
+    }
+
+    fn credit(
+        &mut self,
+        session: &Session,
+        elapsed_ms: u64,
+        tokens: u64,
+        amount_wei: u128,
+        report_digest: &[u8; 32],
+    ) {
+        let provider = &self.state.providers[session.provider as usize];
+        let receipt = Receipt {
+            session: session.id,
+            user: self.state.accounts[session.user as usize].address,
+            provider: provider.address,
+            model: self.state.models[session.model as usize].spec.id,
+            tokens,
+            price_wei_per_token: session.price_wei_per_token,
+            elapsed_ms,
+            report_digest: *report_digest,
+        };
+        self.state.merkle.push(receipt.leaf_hash());
+        let totals = self.state.block_totals.entry(session.provider).or_default();
+        totals.provider = provider.address;
+        totals.wei = totals.wei.saturating_add(amount_wei);
+        totals.tokens = totals.tokens.saturating_add(tokens);
+        totals.sessions += 1;
+        self.state.counters.sessions_credited += 1;
+    }
+
+    /// R-PERF-4: too many penalty points among the recent reports suspend.
+    fn record_outcome(
+        &mut self,
+        provider_idx: u32,
+        penalty: bool,
+        now: u64,
+        effects: &mut Vec<Effect>,
+    ) {
+        let (window, threshold, suspension_ms) = (
+            self.state.config.penalty_window_reports,
+            self.state.config.penalty_points_suspend,
+            self.state.config.suspension_ms,
+        );
+        let provider = &mut self.state.providers[provider_idx as usize];
+        provider.recent_penalties.push_back(penalty);
+        while provider.recent_penalties.len() > window as usize {
+            provider.recent_penalties.pop_front();
+        }
+        let points = provider.recent_penalties.iter().filter(|&&p| p).count() as u32;
+        if penalty && threshold > 0 && points >= threshold {
+            provider.recent_penalties.clear();
+            let until_ms = now.saturating_add(suspension_ms);
+            provider.suspended_until_ms = until_ms;
+            effects.push(Effect::ProviderSuspended {
+                provider: provider.address,
+                until_ms,
+            });
+            self.state.suspensions.insert((until_ms, provider_idx));
+            self.refresh_provider(provider_idx);
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! Invariant checks, one named function each, called by the tests after every step
+//! (STYLE.md section 2). They are O(state): never call them on the hot path.
+
+use crate::engine::Engine;
+use crate::quota;
+
+impl Engine {
+    pub fn check_invariants(&self) {
+        self.state.ledger.check_solvency();
+        self.check_capacity();
+        self.check_quota();
+        self.check_book();
+    }
+
+    /// Open sessions + probes of each offer equal its `busy`, never above capacity.
+    pub fn check_capacity(&self) {
+        let mut busy = vec![Vec::new(); self.state.providers.len()];
+        for (p, provider) in self.state.providers.iter().enumerate() {
+            busy[p] = vec![0u32; provider.offers.len()];
+            for offer in &provider.offers {
+                assert!(
+                    offer.busy <= offer.capacity,
+                    "offer over capacity: {offer:?}"
+                );
+            }
+        }
+        for (_, session) in self.state.sessions.iter() {
+            busy[session.provider as usize][session.offer as usize] += 1;
+        }
+        let mut probes = 0;
+        for (_, rfc) in self.state.rfcs.iter() {
+            if let Some(probing) = &rfc.probing {
+                busy[probing.provider as usize][probing.offer as usize] += 1;
+                probes += 1;
+            }
+        }
+        assert_eq!(probes, self.state.probes_open, "probe count drifted");
+        for (p, provider) in self.state.providers.iter().enumerate() {
+            for (o, offer) in provider.offers.iter().enumerate() {
+                assert_eq!(
+                    offer.busy, busy[p][o],
+                    "busy drifted for provider {p} offer {o}"
+                );
+            }
+        }
+    }
+
+    /// Today's usage never above UserMax (balances only fall by operator update; the
+    /// tests that check this raise balances only), and tokens left never negative.
+    pub fn check_quota(&self) {
+        let day = self.state.day();
+        for account in &self.state.accounts {
+            if account.quota_day != day {
+                continue;
+            }
+            let user_max = quota::user_max_tokens(
+                self.state.max_tokens_per_day,
+                account.balance_wei,
+                self.state.config.mor_supply_wei,
+            );
+            assert!(
+                account.quota_used_tokens <= user_max,
+                "quota used above UserMax: {account:?}"
+            );
+        }
+    }
+
+    /// Every offer in a book is available, and every queued RFC is not probing.
+    pub fn check_book(&self) {
+        for model in &self.state.models {
+            for &(provider, offer) in model.book.values() {
+                let offer = &self.state.providers[provider as usize].offers[offer as usize];
+                assert!(offer.in_book && offer.active && offer.busy < offer.capacity);
+            }
+            for &slot in model.queue.values() {
+                let rfc = self
+                    .state
+                    .rfcs
+                    .get(slot as usize)
+                    .expect("queued RFC exists");
+                assert!(rfc.probing.is_none());
+            }
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The Compute Contract ledger (R-CONTRACT-1..5): receives the compute share of the
+//! emission each day, applies credit batches once and in order, tracks what each
+//! provider is owed, pays claims, and never spends what it did not receive.
+//!
+//! Solvency (R-CONTRACT-2): `paid + owed <= emitted - burned` at every step, checked
+//! by `check_solvency`. The daily spend cap is the day's compute emission plus
+//! `pool_daily_spend_bps` of the pool unused at the day's start; a batch above what is
+//! left is credited pro rata and the shortfall recorded.
+
+use crate::command::{BatchApplied, CreditBatch};
+use crate::error::MarketError;
+use crate::quota::mul_div;
+use crate::types::Address;
+use bincode::{Decode, Encode};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerError {
+    /// A batch skipped a block number (batches must come in order).
+    OutOfOrder { expected: u64, got: u64 },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct Ledger {
+    pub emitted_wei: u128,
+    pub paid_wei: u128,
+    pub burned_wei: u128,
+    pub owed_total_wei: u128,
+    pub credited_total_wei: u128,
+    pub shortfall_total_wei: u128,
+    pub bootstrap_total_wei: u128,
+    pub owed_wei: BTreeMap<Address, u128>,
+    /// The last block whose batch was applied.
+    pub last_block: Option<u64>,
+    pub day: u64,
+    pub day_emission_wei: u128,
+    pub day_cap_wei: u128,
+    pub day_spent_wei: u128,
+    /// R-CONTRACT-4: the first providers to register, and their credits today.
+    pub bootstrap_providers: BTreeSet<Address>,
+    pub bootstrap_day_credits_wei: BTreeMap<Address, u128>,
+}
+
+impl Ledger {
+    /// MOR the contract holds: received and neither burned nor paid.
+    pub fn contract_balance_wei(&self) -> u128 {
+        self.emitted_wei - self.burned_wei - self.paid_wei
+    }
+
+    /// Received, and neither burned, paid nor owed.
+    pub fn pool_wei(&self) -> u128 {
+        self.contract_balance_wei() - self.owed_total_wei
+    }
+
+    pub fn owed(&self, provider: &Address) -> u128 {
+        self.owed_wei.get(provider).copied().unwrap_or(0)
+    }
+
+    /// R-CONTRACT-2, asserted after every change and called by the tests.
+    pub fn check_solvency(&self) {
+        assert!(
+            self.burned_wei + self.paid_wei + self.owed_total_wei <= self.emitted_wei,
+            "ledger insolvent: {self:?}"
+        );
+        assert_eq!(
+            self.owed_total_wei,
+            self.owed_wei.values().sum::<u128>(),
+            "owed total drifted"
+        );
+        assert!(
+            self.day_spent_wei <= self.day_cap_wei
+                || self.day_cap_wei == 0 && self.day_spent_wei == 0
+        );
+    }
+
+    /// Starts day `day`: the compute emission arrives and today's spend cap is set.
+    pub fn start_day(&mut self, day: u64, compute_emission_wei: u128, pool_daily_spend_bps: u32) {
+        let pool_before = self.pool_wei();
+        self.emitted_wei = self.emitted_wei.saturating_add(compute_emission_wei);
+        self.day = day;
+        self.day_emission_wei = compute_emission_wei;
+        self.day_cap_wei = compute_emission_wei.saturating_add(
+            mul_div(pool_before, pool_daily_spend_bps as u128, 10_000).unwrap_or(0),
+        );
+        self.day_spent_wei = 0;
+        self.bootstrap_day_credits_wei.clear();
+        self.check_solvency();
+    }
+
+    /// Ends the current day: burns the unspent emission if asked (R-CONTRACT-3) and
+    /// shares the bootstrap bonus pro rata to the day's credits (R-CONTRACT-4).
+    pub fn end_day(&mut self, burn_unused: bool, bootstrap_bonus_wei: u128) {
+        if bootstrap_bonus_wei > 0 {
+            self.distribute_bootstrap(bootstrap_bonus_wei);
+        }
+        if burn_unused {
+            let unused = self
+                .day_emission_wei
+                .saturating_sub(self.day_spent_wei)
+                .min(self.pool_wei());
+            self.burned_wei += unused;
+        }
+        self.check_solvency();
+    }
+
+    fn distribute_bootstrap(&mut self, bonus_wei: u128) {
+        let day_total: u128 = self.bootstrap_day_credits_wei.values().sum();
+        if day_total == 0 {
+            return;
+        }
+        let mut distributed = 0u128;
+        let shares: Vec<(Address, u128)> = self
+            .bootstrap_day_credits_wei
+            .iter()
+            .map(|(provider, credits)| {
+                (
+                    *provider,
+                    mul_div(bonus_wei, *credits, day_total).unwrap_or(0),
+                )
+            })
+            .collect();
+        for (provider, share) in shares {
+            *self.owed_wei.entry(provider).or_insert(0) += share;
+            distributed += share;
+        }
+        debug_assert!(distributed <= bonus_wei);
+        // The bonus is emission earmarked for bootstrap providers: it arrives and is
+        // owed in the same step, so solvency is untouched.
+        self.emitted_wei += distributed;
+        self.owed_total_wei += distributed;
+        self.bootstrap_total_wei += distributed;
+    }
+
+    /// R-CONTRACT-1: applies a batch once, in block order. A batch already applied is
+    /// a no-op returning `None`.
+    pub fn apply_batch(
+        &mut self,
+        batch: &CreditBatch,
+    ) -> Result<Option<BatchApplied>, LedgerError> {
+        if let Some(last) = self.last_block {
+            if batch.block <= last {
+                return Ok(None);
+            }
+            if batch.block != last + 1 {
+                return Err(LedgerError::OutOfOrder {
+                    expected: last + 1,
+                    got: batch.block,
+                });
+            }
+        }
+        let requested = batch.total_wei();
+        let left_today = self.day_cap_wei.saturating_sub(self.day_spent_wei);
+        let allowed = left_today.min(self.pool_wei());
+        let mut credited = 0u128;
+        for totals in &batch.totals {
+            let amount = if requested <= allowed {
+                totals.wei
+            } else {
+                mul_div(totals.wei, allowed, requested).unwrap_or(0)
+            };
+            if amount == 0 {
+                continue;
+            }
+            *self.owed_wei.entry(totals.provider).or_insert(0) += amount;
+            if self.bootstrap_providers.contains(&totals.provider) {
+                *self
+                    .bootstrap_day_credits_wei
+                    .entry(totals.provider)
+                    .or_insert(0) += amount;
+            }
+            credited += amount;
+        }
+        assert!(credited <= allowed || requested <= allowed);
+        self.owed_total_wei += credited;
+        self.day_spent_wei += credited;
+        self.credited_total_wei += credited;
+        let shortfall = requested - credited;
+        self.shortfall_total_wei += shortfall;
+        self.last_block = Some(batch.block);
+        self.check_solvency();
+        Ok(Some(BatchApplied {
+            credited_wei: credited,
+            shortfall_wei: shortfall,
+        }))
+    }
+
+    /// R-CLAIM-1: pays `amount_wei` (0: everything owed) to `provider`.
+    pub fn claim(
+        &mut self,
+        provider: Address,
+        amount_wei: u128,
+    ) -> Result<(u128, u128), MarketError> {
+        let owed = self.owed(&provider);
+        if owed == 0 {
+            return Err(MarketError::NothingOwed);
+        }
+        let amount = if amount_wei == 0 { owed } else { amount_wei };
+        if amount > owed {
+            return Err(MarketError::ClaimExceedsOwed { owed_wei: owed });
+        }
+        let left = owed - amount;
+        if left == 0 {
+            self.owed_wei.remove(&provider);
+        } else {
+            self.owed_wei.insert(provider, left);
+        }
+        self.owed_total_wei -= amount;
+        self.paid_wei += amount;
+        self.check_solvency();
+        Ok((amount, left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::ProviderTotals;
+    use crate::types::WEI_PER_MOR;
+
+    fn batch(block: u64, entries: &[(u8, u128)]) -> CreditBatch {
+        CreditBatch {
+            block,
+            totals: entries
+                .iter()
+                .map(|&(p, wei)| ProviderTotals {
+                    provider: Address([p; 20]),
+                    wei,
+                    tokens: 1,
+                    sessions: 1,
+                })
+                .collect(),
+            merkle_root: [0; 32],
+            receipts: entries.len() as u64,
+        }
+    }
+
+    #[test]
+    fn r_contract_1_batches_apply_once_and_in_order() {
+        let mut ledger = Ledger::default();
+        ledger.start_day(0, 3_456 * WEI_PER_MOR, 100);
+        assert!(ledger.apply_batch(&batch(0, &[(1, 10)])).unwrap().is_some());
+        assert_eq!(
+            ledger.apply_batch(&batch(0, &[(1, 10)])).unwrap(),
+            None,
+            "second application is a no-op"
+        );
+        assert_eq!(ledger.owed(&Address([1; 20])), 10);
+        assert_eq!(
+            ledger.apply_batch(&batch(2, &[])),
+            Err(LedgerError::OutOfOrder {
+                expected: 1,
+                got: 2
+            })
+        );
+        assert!(ledger.apply_batch(&batch(1, &[])).unwrap().is_some());
+    }
+
+    #[test]
+    fn r_contract_2_daily_cap_is_emission_plus_one_percent_of_pool_pro_rata() {
+        let mut ledger = Ledger::default();
+        ledger.start_day(0, 1_000, 100);
+        assert_eq!(ledger.day_cap_wei, 1_000);
+        ledger.end_day(false, 0);
+        ledger.start_day(1, 1_000, 100); // pool before: 1,000 -> cap 1,000 + 10
+        assert_eq!(ledger.day_cap_wei, 1_010);
+        let applied = ledger
+            .apply_batch(&batch(0, &[(1, 1_500), (2, 500)]))
+            .unwrap()
+            .unwrap();
+        // 2,000 asked, 1,010 allowed: 1,500 * 1010 / 2000 = 757, 500 * 1010 / 2000 = 252.
+        assert_eq!(applied.credited_wei, 757 + 252);
+        assert_eq!(applied.shortfall_wei, 2_000 - 1_009);
+        ledger.check_solvency();
+        let applied = ledger.apply_batch(&batch(1, &[(1, 5)])).unwrap().unwrap();
+        assert_eq!(applied.credited_wei, 1, "only 1 wei left of today's cap");
+    }
+
+    #[test]
+    fn r_contract_3_burn_removes_the_unspent_day() {
+        let mut ledger = Ledger::default();
+        ledger.start_day(0, 1_000, 100);
+        ledger.apply_batch(&batch(0, &[(1, 300)])).unwrap();
+        ledger.end_day(true, 0);
+        assert_eq!(ledger.burned_wei, 700);
+        assert_eq!(ledger.pool_wei(), 0);
+        let mut carry = Ledger::default();
+        carry.start_day(0, 1_000, 100);
+        carry.end_day(false, 0);
+        assert_eq!(carry.pool_wei(), 1_000);
+    }
+
+    #[test]
+    fn r_contract_4_bootstrap_bonus_pro_rata_to_day_credits() {
+        let mut ledger = Ledger::default();
+        ledger.bootstrap_providers.insert(Address([1; 20]));
+        ledger.bootstrap_providers.insert(Address([2; 20]));
+        ledger.start_day(0, 10_000, 100);
+        ledger
+            .apply_batch(&batch(0, &[(1, 300), (2, 100), (3, 600)]))
+            .unwrap();
+        ledger.end_day(false, 1_000);
+        assert_eq!(ledger.owed(&Address([1; 20])), 300 + 750);
+        assert_eq!(ledger.owed(&Address([2; 20])), 100 + 250);
+        assert_eq!(
+            ledger.owed(&Address([3; 20])),
+            600,
+            "not a bootstrap provider"
+        );
+        ledger.check_solvency();
+    }
+
+    #[test]
+    fn r_claim_1_pays_what_is_owed() {
+        let mut ledger = Ledger::default();
+        ledger.start_day(0, 1_000, 100);
+        ledger.apply_batch(&batch(0, &[(1, 300)])).unwrap();
+        let provider = Address([1; 20]);
+        assert_eq!(
+            ledger.claim(provider, 400),
+            Err(MarketError::ClaimExceedsOwed { owed_wei: 300 })
+        );
+        assert_eq!(ledger.claim(provider, 100), Ok((100, 200)));
+        assert_eq!(ledger.claim(provider, 0), Ok((200, 0)));
+        assert_eq!(ledger.claim(provider, 0), Err(MarketError::NothingOwed));
+        assert_eq!(ledger.paid_wei, 300);
+        ledger.check_solvency();
+    }
+}

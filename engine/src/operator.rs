@@ -1,0 +1,128 @@
+//! Operator commands: balance snapshots and updates (R-QUOTA-6) and market
+//! parameters. Only the configured operator address may send them; a command is
+//! validated whole before any of it is applied.
+
+use crate::command::{Effect, ParamId};
+use crate::config::{BudgetPolicy, FailPolicy, UnusedBudget};
+use crate::engine::Engine;
+use crate::error::{Limit, MarketError};
+use crate::quota;
+use crate::types::Address;
+
+impl Engine {
+    fn check_operator(&self, origin: Address) -> Result<(), MarketError> {
+        if origin != self.state.config.operator {
+            return Err(MarketError::NotOperator);
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_balances(
+        &mut self,
+        operator: Address,
+        nonce: u64,
+        entries: &[(Address, u128)],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        self.check_operator(operator)?;
+        let max = self.state.config.balance_entries_max;
+        if entries.len() > max as usize {
+            return Err(MarketError::LimitReached {
+                limit: Limit::BalanceEntries,
+                max: max as u64,
+            });
+        }
+        let new_accounts = entries
+            .iter()
+            .filter(|(address, _)| self.account_of(address).is_none())
+            .count();
+        let accounts_max = self.state.config.accounts_max as usize;
+        if self.state.accounts.len() + new_accounts > accounts_max {
+            return Err(MarketError::LimitReached {
+                limit: Limit::Accounts,
+                max: accounts_max as u64,
+            });
+        }
+        for &(address, balance_wei) in entries {
+            let account = self.account_or_create(address).expect("room checked above");
+            let account = &mut self.state.accounts[account as usize];
+            account.balance_wei = balance_wei;
+            if let Some(provider) = account.provider {
+                self.refresh_provider(provider);
+            }
+        }
+        effects.push(Effect::Done {
+            to: operator,
+            nonce,
+        });
+        Ok(())
+    }
+
+    pub(crate) fn set_params(
+        &mut self,
+        operator: Address,
+        nonce: u64,
+        params: &[(u16, u128)],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        self.check_operator(operator)?;
+        let mut config = self.state.config.clone();
+        for &(id, value) in params {
+            let invalid = MarketError::InvalidParam { param: id };
+            let param = ParamId::from_u16(id).ok_or(invalid.clone())?;
+            let as_u32 = || u32::try_from(value).map_err(|_| invalid.clone());
+            let as_u64 = || u64::try_from(value).map_err(|_| invalid.clone());
+            match param {
+                ParamId::ComputeBudgetWeiPerDay => config.compute_budget_wei_per_day = value,
+                ParamId::TokenPriceWeiPer1000 if value > 0 => {
+                    config.token_price_wei_per_1000 = value
+                }
+                ParamId::MorSupplyWei if value > 0 => config.mor_supply_wei = value,
+                ParamId::SpeedTolerancePercent => config.speed_tolerance_percent = as_u32()?,
+                ParamId::SpeedWindowReports if value > 0 => config.speed_window_reports = as_u32()?,
+                ParamId::SpeedReportsMin => config.speed_reports_min = as_u32()?,
+                ParamId::FailPolicy if value <= 1 => {
+                    config.fail_policy = if value == 0 {
+                        FailPolicy::NoCredit
+                    } else {
+                        FailPolicy::BalanceWeighted
+                    }
+                }
+                ParamId::PenaltyPointsSuspend => config.penalty_points_suspend = as_u32()?,
+                ParamId::SuspensionMs => config.suspension_ms = as_u64()?,
+                ParamId::ProbeTimeoutMs if value > 0 => config.probe_timeout_ms = as_u64()?,
+                ParamId::UnusedBudget if value <= 1 => {
+                    config.unused_budget = if value == 0 {
+                        UnusedBudget::Carry
+                    } else {
+                        UnusedBudget::Burn
+                    }
+                }
+                ParamId::BudgetPolicy if value <= 1 => {
+                    config.budget_policy = if value == 0 {
+                        BudgetPolicy::Fixed
+                    } else {
+                        BudgetPolicy::PoolPercent
+                    }
+                }
+                _ => return Err(invalid),
+            }
+        }
+        config.validate().map_err(|_| MarketError::InvalidParam {
+            param: params.first().map_or(0, |p| p.0),
+        })?;
+        self.state.config = config;
+        if self.state.config.budget_policy == BudgetPolicy::Fixed {
+            self.state.budget_wei_today = self.state.config.compute_budget_wei_per_day;
+        }
+        self.state.max_tokens_per_day = quota::max_tokens_per_day(
+            self.state.budget_wei_today,
+            self.state.config.token_price_wei_per_1000,
+        );
+        effects.push(Effect::Done {
+            to: operator,
+            nonce,
+        });
+        Ok(())
+    }
+}

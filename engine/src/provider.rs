@@ -1,0 +1,273 @@
+//! Section 6, provider side: registration with the model-hash proof (R-PROV-1), bids
+//! and capacity, reachability (R-MATCH-2), and keeping each offer's presence in its
+//! model's book in step with whether it can take a session (R-MATCH-1, R-PROV-2).
+
+use crate::command::{Effect, OfferSpec};
+use crate::engine::Engine;
+use crate::error::{Limit, MarketError};
+use crate::state::{Offer, Provider, ProviderIdx};
+use crate::types::{Address, ModelId, Unit};
+use std::collections::VecDeque;
+
+impl Engine {
+    fn validate_offer(&self, spec: &OfferSpec) -> Result<u16, MarketError> {
+        let model = self.model_of(spec.model)?;
+        if Unit::from_u8(spec.unit) != Some(Unit::Token) {
+            return Err(MarketError::UnsupportedUnit { unit: spec.unit });
+        }
+        if self.state.models[model as usize].spec.weights_hash != spec.weights_hash {
+            return Err(MarketError::WeightsHashMismatch { model: spec.model });
+        }
+        self.validate_capacity(spec.capacity)?;
+        Ok(model)
+    }
+
+    fn validate_capacity(&self, capacity: u32) -> Result<(), MarketError> {
+        if capacity == 0 || capacity > self.state.config.offer_capacity_max {
+            return Err(MarketError::InvalidCapacity { capacity });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn register_provider(
+        &mut self,
+        address: Address,
+        nonce: u64,
+        endpoint: &[u8],
+        offers: &[OfferSpec],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let config = &self.state.config;
+        if endpoint.len() > config.endpoint_bytes_max as usize {
+            return Err(MarketError::LimitReached {
+                limit: Limit::EndpointBytes,
+                max: config.endpoint_bytes_max as u64,
+            });
+        }
+        if offers.len() > config.offers_per_provider_max as usize {
+            return Err(MarketError::LimitReached {
+                limit: Limit::OffersPerProvider,
+                max: config.offers_per_provider_max as u64,
+            });
+        }
+        let mut models = Vec::with_capacity(offers.len());
+        for spec in offers {
+            let model = self.validate_offer(spec)?;
+            if models.contains(&model) {
+                return Err(MarketError::DuplicateModel { model: spec.model });
+            }
+            models.push(model);
+        }
+        let existing = self
+            .account_of(&address)
+            .and_then(|a| self.state.accounts[a as usize].provider);
+        if let Some(p) = existing {
+            // Capacity may not drop below what is in use (open sessions + probes).
+            for (spec, &model) in offers.iter().zip(&models) {
+                if let Some(offer) = self.state.providers[p as usize]
+                    .offers
+                    .iter()
+                    .find(|o| o.model == model)
+                {
+                    if spec.capacity < offer.busy {
+                        return Err(MarketError::InvalidCapacity {
+                            capacity: spec.capacity,
+                        });
+                    }
+                }
+            }
+        } else if self.state.providers.len() >= self.state.config.providers_max as usize {
+            return Err(MarketError::LimitReached {
+                limit: Limit::Providers,
+                max: self.state.config.providers_max as u64,
+            });
+        }
+        let account = self.account_or_create(address)?;
+        let provider_idx = match existing {
+            Some(p) => p,
+            None => self.new_provider(account, address),
+        };
+        self.state.providers[provider_idx as usize].endpoint = endpoint.to_vec();
+        self.state.providers[provider_idx as usize].reachable = true;
+        for offer in &mut self.state.providers[provider_idx as usize].offers {
+            offer.active = false; // offers not listed again are withdrawn
+        }
+        for (spec, model) in offers.iter().zip(models) {
+            self.upsert_offer(provider_idx, model, spec.price_wei_per_token, spec.capacity);
+        }
+        self.refresh_provider(provider_idx);
+        effects.push(Effect::Done { to: address, nonce });
+        Ok(())
+    }
+
+    fn new_provider(&mut self, account: u32, address: Address) -> ProviderIdx {
+        let idx = self.state.providers.len() as ProviderIdx;
+        self.state.providers.push(Provider {
+            account,
+            address,
+            endpoint: Vec::new(),
+            reachable: true,
+            suspended_until_ms: 0,
+            offers: Vec::new(),
+            recent_penalties: VecDeque::new(),
+        });
+        self.state.accounts[account as usize].provider = Some(idx);
+        // R-CONTRACT-4: the first providers to register earn the bootstrap bonus.
+        if (idx as u64) < self.state.config.bootstrap_providers_max as u64 {
+            self.state.ledger.bootstrap_providers.insert(address);
+        }
+        idx
+    }
+
+    /// Sets an offer's price and capacity; a new price takes a new time (R-MATCH-1).
+    fn upsert_offer(&mut self, provider: ProviderIdx, model: u16, price: u128, capacity: u32) {
+        let position = self.state.providers[provider as usize]
+            .offers
+            .iter()
+            .position(|o| o.model == model);
+        let offer_idx = match position {
+            Some(i) => i as u16,
+            None => {
+                let seq = self.state.next_seq();
+                let offers = &mut self.state.providers[provider as usize].offers;
+                offers.push(Offer {
+                    model,
+                    price_wei_per_token: price,
+                    capacity,
+                    busy: 0,
+                    bid_seq: seq,
+                    active: true,
+                    in_book: false,
+                });
+                (offers.len() - 1) as u16
+            }
+        };
+        let current =
+            self.state.providers[provider as usize].offers[offer_idx as usize].price_wei_per_token;
+        if position.is_some() && current != price {
+            self.take_out_of_book(provider, offer_idx);
+            let seq = self.state.next_seq();
+            let offer = &mut self.state.providers[provider as usize].offers[offer_idx as usize];
+            offer.price_wei_per_token = price;
+            offer.bid_seq = seq;
+        }
+        let offer = &mut self.state.providers[provider as usize].offers[offer_idx as usize];
+        debug_assert!(capacity >= offer.busy);
+        offer.capacity = capacity;
+        offer.active = true;
+    }
+
+    fn provider_of(&self, address: &Address) -> Result<ProviderIdx, MarketError> {
+        self.account_of(address)
+            .and_then(|a| self.state.accounts[a as usize].provider)
+            .ok_or(MarketError::UnknownProvider)
+    }
+
+    fn offer_of(&self, provider: ProviderIdx, model: ModelId) -> Result<u16, MarketError> {
+        let model_idx = self.model_of(model)?;
+        let offers = &self.state.providers[provider as usize].offers;
+        offers
+            .iter()
+            .position(|o| o.model == model_idx)
+            .map(|i| i as u16)
+            .ok_or(MarketError::NoOffer { model })
+    }
+
+    pub(crate) fn update_bid(
+        &mut self,
+        address: Address,
+        nonce: u64,
+        model: ModelId,
+        price: u128,
+        capacity: u32,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let provider = self.provider_of(&address)?;
+        let offer = self.offer_of(provider, model)?;
+        self.validate_capacity(capacity)?;
+        if capacity < self.state.providers[provider as usize].offers[offer as usize].busy {
+            return Err(MarketError::InvalidCapacity { capacity });
+        }
+        let model_idx = self.state.providers[provider as usize].offers[offer as usize].model;
+        self.upsert_offer(provider, model_idx, price, capacity);
+        self.refresh_offer(provider, offer);
+        effects.push(Effect::Done { to: address, nonce });
+        Ok(())
+    }
+
+    pub(crate) fn withdraw_bid(
+        &mut self,
+        address: Address,
+        nonce: u64,
+        model: ModelId,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let provider = self.provider_of(&address)?;
+        let offer = self.offer_of(provider, model)?;
+        self.state.providers[provider as usize].offers[offer as usize].active = false;
+        self.refresh_offer(provider, offer);
+        effects.push(Effect::Done { to: address, nonce });
+        Ok(())
+    }
+
+    pub(crate) fn announce(
+        &mut self,
+        address: Address,
+        nonce: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let provider = self.provider_of(&address)?;
+        self.state.providers[provider as usize].reachable = true;
+        self.refresh_provider(provider);
+        effects.push(Effect::Done { to: address, nonce });
+        Ok(())
+    }
+
+    pub(crate) fn disconnected(&mut self, address: Address) {
+        if let Ok(provider) = self.provider_of(&address) {
+            self.state.providers[provider as usize].reachable = false;
+            self.refresh_provider(provider);
+        }
+    }
+
+    pub(crate) fn refresh_provider(&mut self, provider: ProviderIdx) {
+        for offer in 0..self.state.providers[provider as usize].offers.len() {
+            self.refresh_offer(provider, offer as u16);
+        }
+    }
+
+    /// Puts the offer in its model's book exactly when it can take a session now.
+    pub(crate) fn refresh_offer(&mut self, provider_idx: ProviderIdx, offer_idx: u16) {
+        let now = self.state.now_ms;
+        let provider = &self.state.providers[provider_idx as usize];
+        let balance = self.state.accounts[provider.account as usize].balance_wei;
+        let offer = &provider.offers[offer_idx as usize];
+        let available = offer.active
+            && provider.reachable
+            && provider.suspended_until_ms <= now
+            && balance > 0 // R-PROV-2
+            && offer.busy < offer.capacity;
+        if available == offer.in_book {
+            return;
+        }
+        let (model, key) = (offer.model, offer.book_key());
+        let book = &mut self.state.models[model as usize].book;
+        if available {
+            let previous = book.insert(key, (provider_idx, offer_idx));
+            debug_assert!(previous.is_none(), "book keys are unique");
+            self.pending_match.push(model);
+        } else {
+            book.remove(&key);
+        }
+        self.state.providers[provider_idx as usize].offers[offer_idx as usize].in_book = available;
+    }
+
+    fn take_out_of_book(&mut self, provider_idx: ProviderIdx, offer_idx: u16) {
+        let offer = &mut self.state.providers[provider_idx as usize].offers[offer_idx as usize];
+        if offer.in_book {
+            offer.in_book = false;
+            let (model, key) = (offer.model, offer.book_key());
+            self.state.models[model as usize].book.remove(&key);
+        }
+    }
+}
