@@ -105,11 +105,11 @@ pub enum Command {
         tokens_max: u64,
         expires_at_ms: u64,
     },
-    /// Cancels a queued RFC by the nonce it was submitted with (refunded).
+    /// Cancels a queued RFC by the id `RfcAccepted` gave (refunded).
     CancelRfc {
         user: Address,
         nonce: u64,
-        rfc_nonce: u64,
+        rfc: RfcId,
     },
     /// R-MATCH-2.
     ProbeAnswer {

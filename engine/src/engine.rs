@@ -209,11 +209,7 @@ impl Engine {
                 now,
                 effects,
             ),
-            Command::CancelRfc {
-                user,
-                nonce,
-                rfc_nonce,
-            } => self.cancel_rfc(*user, *nonce, *rfc_nonce, effects),
+            Command::CancelRfc { user, rfc, .. } => self.cancel_rfc(*user, *rfc, effects),
             Command::ProbeAnswer {
                 provider, probe, ..
             } => self.probe_answer(*provider, *probe, now, effects),

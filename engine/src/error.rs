@@ -75,7 +75,7 @@ pub enum MarketError {
     },
     NothingOwed,
     UnknownRfc {
-        nonce: u64,
+        rfc: u64,
     },
     InvalidParam {
         param: u16,
@@ -223,7 +223,7 @@ impl std::fmt::Display for MarketError {
                 write!(f, "claim above the {owed_wei} wei owed")
             }
             MarketError::NothingOwed => write!(f, "nothing is owed"),
-            MarketError::UnknownRfc { nonce } => write!(f, "no open request with nonce {nonce}"),
+            MarketError::UnknownRfc { rfc } => write!(f, "no queued request {rfc} of yours"),
             MarketError::InvalidParam { param } => write!(f, "invalid market parameter {param}"),
             MarketError::ArithmeticOverflow => write!(f, "amount overflows"),
             MarketError::NoOffer { model } => write!(f, "no offer for model {model}"),

@@ -96,23 +96,18 @@ impl Engine {
     pub(crate) fn cancel_rfc(
         &mut self,
         user: Address,
-        _nonce: u64,
-        rfc_nonce: u64,
+        rfc_id: RfcId,
         effects: &mut Vec<Effect>,
     ) -> Result<(), MarketError> {
-        let user_idx = self
-            .account_of(&user)
-            .ok_or(MarketError::UnknownRfc { nonce: rfc_nonce })?;
-        // Cancellation is rare: a scan of the user's queued RFCs by nonce is fine.
-        let found = self
-            .state
-            .rfcs
-            .iter()
-            .find(|(_, rfc)| {
-                rfc.user == user_idx && rfc.nonce == rfc_nonce && rfc.probing.is_none()
-            })
-            .map(|(slot, _)| slot);
-        let slot = found.ok_or(MarketError::UnknownRfc { nonce: rfc_nonce })?;
+        let slot = slot_of(rfc_id);
+        let owner = self.account_of(&user);
+        // Only a queued RFC of the caller's: one being probed resolves by itself.
+        let queued = self.state.rfcs.get(slot).is_some_and(|rfc| {
+            rfc.id == rfc_id && Some(rfc.user) == owner && rfc.probing.is_none()
+        });
+        if !queued {
+            return Err(MarketError::UnknownRfc { rfc: rfc_id });
+        }
         self.fail_rfc(slot, RfcFailure::Cancelled, effects);
         Ok(())
     }
@@ -391,6 +386,13 @@ impl Engine {
     }
 
     fn release_capacity(&mut self, provider: u32, offer: u16) {
+        // Just below the global session limit again: every model may match now, not
+        // only the one whose capacity was freed.
+        let busy = self.state.sessions.len() as u64 + self.state.probes_open as u64;
+        if busy + 1 == self.state.config.sessions_open_max as u64 {
+            self.pending_match
+                .extend(0..self.state.models.len() as ModelIdx);
+        }
         let offer_state = &mut self.state.providers[provider as usize].offers[offer as usize];
         assert!(offer_state.busy > 0, "capacity released twice");
         offer_state.busy -= 1;

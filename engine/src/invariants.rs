@@ -10,6 +10,7 @@ impl Engine {
         self.check_capacity();
         self.check_quota();
         self.check_book();
+        self.check_matching();
     }
 
     /// Open sessions + probes of each offer equal its `busy`, never above capacity.
@@ -61,6 +62,40 @@ impl Engine {
             assert!(
                 account.quota_used_tokens <= user_max,
                 "quota used above UserMax: {account:?}"
+            );
+        }
+    }
+
+    /// Reference check of the book: an offer is in its model's book exactly when a
+    /// naive scan says it can take a session; and matching is exhaustive (no model
+    /// has both a queued RFC and an available offer while session room is left).
+    pub fn check_matching(&self) {
+        let now = self.state.now_ms;
+        for (p, provider) in self.state.providers.iter().enumerate() {
+            let balance = self.state.accounts[provider.account as usize].balance_wei;
+            for (o, offer) in provider.offers.iter().enumerate() {
+                let naive = offer.active
+                    && provider.reachable
+                    && provider.suspended_until_ms <= now
+                    && balance > 0
+                    && offer.busy < offer.capacity;
+                assert_eq!(
+                    offer.in_book, naive,
+                    "book membership wrong for provider {p} offer {o}"
+                );
+                let listed = self.state.models[offer.model as usize]
+                    .book
+                    .get(&offer.book_key())
+                    == Some(&(p as u32, o as u16));
+                assert_eq!(listed, naive, "book entry wrong for provider {p} offer {o}");
+            }
+        }
+        let room = (self.state.sessions.len() as u64 + self.state.probes_open as u64)
+            < self.state.config.sessions_open_max as u64;
+        for model in &self.state.models {
+            assert!(
+                !(room && !model.queue.is_empty() && !model.book.is_empty()),
+                "a possible match was left undone"
             );
         }
     }

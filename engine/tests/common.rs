@@ -32,8 +32,16 @@ pub fn config() -> MarketConfig {
         genesis_ms: GENESIS_MS,
         operator: OPERATOR,
         models: vec![
-            ModelSpec { id: MODEL_A, weights_hash: weights(MODEL_A), unit: Unit::Token },
-            ModelSpec { id: MODEL_B, weights_hash: weights(MODEL_B), unit: Unit::Token },
+            ModelSpec {
+                id: MODEL_A,
+                weights_hash: weights(MODEL_A),
+                unit: Unit::Token,
+            },
+            ModelSpec {
+                id: MODEL_B,
+                weights_hash: weights(MODEL_B),
+                unit: Unit::Token,
+            },
         ],
         speed_reports_min: 3,
         ..MarketConfig::default()
@@ -53,7 +61,11 @@ impl Market {
 
     pub fn with(config: MarketConfig) -> Market {
         let now = config.genesis_ms;
-        Market { engine: Engine::new(config), now, nonces: Default::default() }
+        Market {
+            engine: Engine::new(config),
+            now,
+            nonces: Default::default(),
+        }
     }
 
     pub fn nonce(&mut self, who: Address) -> u64 {
@@ -76,33 +88,79 @@ impl Market {
 
     pub fn fund(&mut self, who: Address, mor: u128) {
         let nonce = self.nonce(OPERATOR);
-        let effects = self.apply(Command::SetBalances { operator: OPERATOR, nonce, entries: vec![(who, mor * WEI_PER_MOR)] });
-        assert_eq!(effects, vec![Effect::Done { to: OPERATOR, nonce }]);
+        let effects = self.apply(Command::SetBalances {
+            operator: OPERATOR,
+            nonce,
+            entries: vec![(who, mor * WEI_PER_MOR)],
+        });
+        assert_eq!(
+            effects,
+            vec![Effect::Done {
+                to: OPERATOR,
+                nonce
+            }]
+        );
     }
 
     pub fn offer(model: ModelId, price: u128, capacity: u32) -> OfferSpec {
-        OfferSpec { model, unit: 0, weights_hash: weights(model), price_wei_per_token: price, capacity }
+        OfferSpec {
+            model,
+            unit: 0,
+            weights_hash: weights(model),
+            price_wei_per_token: price,
+            capacity,
+        }
     }
 
     pub fn register(&mut self, who: Address, offers: Vec<OfferSpec>) -> Vec<Effect> {
         let nonce = self.nonce(who);
-        self.apply(Command::RegisterProvider { provider: who, nonce, endpoint: b"127.0.0.1:9000".to_vec(), offers })
+        self.apply(Command::RegisterProvider {
+            provider: who,
+            nonce,
+            endpoint: b"127.0.0.1:9000".to_vec(),
+            offers,
+        })
     }
 
     pub fn rfc(&mut self, who: Address, model: ModelId, tokens_max: u64) -> Vec<Effect> {
         let nonce = self.nonce(who);
         let expires_at_ms = self.now + 60_000;
-        self.apply(Command::SubmitRfc { user: who, nonce, model, tokens_max, expires_at_ms })
+        self.apply(Command::SubmitRfc {
+            user: who,
+            nonce,
+            model,
+            tokens_max,
+            expires_at_ms,
+        })
     }
 
     pub fn answer(&mut self, who: Address, probe: ProbeId) -> Vec<Effect> {
         let nonce = self.nonce(who);
-        self.apply(Command::ProbeAnswer { provider: who, nonce, probe })
+        self.apply(Command::ProbeAnswer {
+            provider: who,
+            nonce,
+            probe,
+        })
     }
 
-    pub fn report(&mut self, who: Address, session: SessionId, elapsed_ms: u64, tokens: u64, pass: bool) -> Vec<Effect> {
+    pub fn report(
+        &mut self,
+        who: Address,
+        session: SessionId,
+        elapsed_ms: u64,
+        tokens: u64,
+        pass: bool,
+    ) -> Vec<Effect> {
         let nonce = self.nonce(who);
-        self.apply(Command::Report { user: who, nonce, session, elapsed_ms, tokens, pass, report_digest: [nonce as u8; 32] })
+        self.apply(Command::Report {
+            user: who,
+            nonce,
+            session,
+            elapsed_ms,
+            tokens,
+            pass,
+            report_digest: [nonce as u8; 32],
+        })
     }
 
     /// RFC -> probe -> answer: returns the ticket.
@@ -116,7 +174,9 @@ impl Market {
 
 pub fn probe_in(effects: &[Effect]) -> Option<(ProbeId, Address)> {
     effects.iter().find_map(|e| match e {
-        Effect::Probe { probe, provider, .. } => Some((*probe, *provider)),
+        Effect::Probe {
+            probe, provider, ..
+        } => Some((*probe, *provider)),
         _ => None,
     })
 }

@@ -8,17 +8,50 @@ use yellowstone_engine::*;
 fn r_id_4_replayed_nonce_is_rejected_and_spent_even_when_refused() {
     let mut m = Market::new();
     m.fund(user(1), 5);
-    let effects = m.apply(Command::SubmitRfc { user: user(1), nonce: 10, model: MODEL_A, tokens_max: 10, expires_at_ms: m.now + 1000 });
+    let effects = m.apply(Command::SubmitRfc {
+        user: user(1),
+        nonce: 10,
+        model: MODEL_A,
+        tokens_max: 10,
+        expires_at_ms: m.now + 1000,
+    });
     assert!(matches!(effects[0], Effect::RfcAccepted { nonce: 10, .. }));
     for nonce in [10, 9] {
-        let effects = m.apply(Command::SubmitRfc { user: user(1), nonce, model: MODEL_A, tokens_max: 10, expires_at_ms: m.now + 1000 });
-        assert_eq!(rejection_in(&effects), Some(MarketError::Replay { nonce_last: 10 }));
+        let effects = m.apply(Command::SubmitRfc {
+            user: user(1),
+            nonce,
+            model: MODEL_A,
+            tokens_max: 10,
+            expires_at_ms: m.now + 1000,
+        });
+        assert_eq!(
+            rejection_in(&effects),
+            Some(MarketError::Replay { nonce_last: 10 })
+        );
     }
     // A refused command spends its nonce too.
-    let effects = m.apply(Command::SubmitRfc { user: user(1), nonce: 11, model: 999, tokens_max: 10, expires_at_ms: m.now + 1000 });
-    assert_eq!(rejection_in(&effects), Some(MarketError::UnknownModel { model: 999 }));
-    let effects = m.apply(Command::SubmitRfc { user: user(1), nonce: 11, model: MODEL_A, tokens_max: 10, expires_at_ms: m.now + 1000 });
-    assert_eq!(rejection_in(&effects), Some(MarketError::Replay { nonce_last: 11 }));
+    let effects = m.apply(Command::SubmitRfc {
+        user: user(1),
+        nonce: 11,
+        model: 999,
+        tokens_max: 10,
+        expires_at_ms: m.now + 1000,
+    });
+    assert_eq!(
+        rejection_in(&effects),
+        Some(MarketError::UnknownModel { model: 999 })
+    );
+    let effects = m.apply(Command::SubmitRfc {
+        user: user(1),
+        nonce: 11,
+        model: MODEL_A,
+        tokens_max: 10,
+        expires_at_ms: m.now + 1000,
+    });
+    assert_eq!(
+        rejection_in(&effects),
+        Some(MarketError::Replay { nonce_last: 11 })
+    );
 }
 
 #[test]
@@ -39,10 +72,23 @@ fn r_quota_4_charged_at_admission_refunded_when_unmatched_reset_daily() {
     assert_eq!(m.engine.tokens_left(&user(1)), 5_000);
     // No provider: the RFC expires after 60 s and is refunded in full.
     let effects = m.advance(61_000);
-    assert!(effects.iter().any(|e| matches!(e, Effect::RfcFailed { reason: RfcFailure::Expired, refunded_tokens: 10_000, .. })));
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::RfcFailed {
+            reason: RfcFailure::Expired,
+            refunded_tokens: 10_000,
+            ..
+        }
+    )));
     assert_eq!(m.engine.tokens_left(&user(1)), 15_000);
     // Used quota resets at the day boundary.
-    m.apply(Command::SubmitRfc { user: user(1), nonce: 100, model: MODEL_A, tokens_max: 15_000, expires_at_ms: m.now + 300_000 });
+    m.apply(Command::SubmitRfc {
+        user: user(1),
+        nonce: 100,
+        model: MODEL_A,
+        tokens_max: 15_000,
+        expires_at_ms: m.now + 300_000,
+    });
     assert_eq!(m.engine.tokens_left(&user(1)), 0);
     m.now = GENESIS_MS + BLOCK_MS * BLOCKS_PER_DAY;
     m.apply(Command::Tick);
@@ -66,25 +112,51 @@ fn r_quota_5_over_quota_says_how_much_is_left() {
 #[test]
 fn r_quota_6_zero_balance_cannot_submit() {
     let mut m = Market::new();
-    assert_eq!(rejection_in(&m.rfc(user(1), MODEL_A, 1)), Some(MarketError::ZeroBalance));
+    assert_eq!(
+        rejection_in(&m.rfc(user(1), MODEL_A, 1)),
+        Some(MarketError::ZeroBalance)
+    );
     m.fund(user(1), 0);
-    assert_eq!(rejection_in(&m.rfc(user(1), MODEL_A, 1)), Some(MarketError::ZeroBalance));
+    assert_eq!(
+        rejection_in(&m.rfc(user(1), MODEL_A, 1)),
+        Some(MarketError::ZeroBalance)
+    );
 }
 
 #[test]
 fn r_rfc_1_validation_errors() {
     let mut m = Market::new();
     m.fund(user(1), 5);
-    assert_eq!(rejection_in(&m.rfc(user(1), 42, 1)), Some(MarketError::UnknownModel { model: 42 }));
-    assert_eq!(rejection_in(&m.rfc(user(1), MODEL_A, 0)), Some(MarketError::InvalidTokensMax));
+    assert_eq!(
+        rejection_in(&m.rfc(user(1), 42, 1)),
+        Some(MarketError::UnknownModel { model: 42 })
+    );
+    assert_eq!(
+        rejection_in(&m.rfc(user(1), MODEL_A, 0)),
+        Some(MarketError::InvalidTokensMax)
+    );
     let nonce = m.nonce(user(1));
-    let e = m.apply(Command::SubmitRfc { user: user(1), nonce, model: MODEL_A, tokens_max: 1, expires_at_ms: m.now });
-    assert_eq!(rejection_in(&e), Some(MarketError::InvalidExpiry { expires_at_ms: m.now }));
+    let e = m.apply(Command::SubmitRfc {
+        user: user(1),
+        nonce,
+        model: MODEL_A,
+        tokens_max: 1,
+        expires_at_ms: m.now,
+    });
+    assert_eq!(
+        rejection_in(&e),
+        Some(MarketError::InvalidExpiry {
+            expires_at_ms: m.now
+        })
+    );
 }
 
 #[test]
 fn r_rfc_2_queue_orders_by_balance_then_arrival_and_is_bounded() {
-    let mut m = Market::with(MarketConfig { rfc_queue_depth_max: 3, ..config() });
+    let mut m = Market::with(MarketConfig {
+        rfc_queue_depth_max: 3,
+        ..config()
+    });
     for (n, mor) in [(1, 5), (2, 500), (3, 50), (4, 500)] {
         m.fund(user(n), mor);
     }
@@ -92,8 +164,17 @@ fn r_rfc_2_queue_orders_by_balance_then_arrival_and_is_bounded() {
         m.rfc(user(n), MODEL_A, 10);
     }
     let effects = m.rfc(user(4), MODEL_A, 10);
-    assert_eq!(rejection_in(&effects), Some(MarketError::Overloaded { retry_after_ms: 1_000 }));
-    assert_eq!(m.engine.tokens_left(&user(4)), 1_500_000, "a refused RFC is not charged");
+    assert_eq!(
+        rejection_in(&effects),
+        Some(MarketError::Overloaded {
+            retry_after_ms: 1_000
+        })
+    );
+    assert_eq!(
+        m.engine.tokens_left(&user(4)),
+        1_500_000,
+        "a refused RFC is not charged"
+    );
     // One provider of capacity 1: matched one by one, highest balance first.
     m.fund(provider(1), 1);
     let effects = m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
@@ -127,20 +208,39 @@ fn r_match_1_lowest_price_then_oldest_bid_skipping_full_without_losing_priority(
     m.report(user(1), t1.session, 10, 10, true);
     m.report(user(1), t2.session, 10, 10, true);
     let t4 = m.open_session(user(1), MODEL_A, 10);
-    assert_eq!(t4.provider, provider(2), "provider 2 kept its time priority");
+    assert_eq!(
+        t4.provider,
+        provider(2),
+        "provider 2 kept its time priority"
+    );
     // A price change gives a new time: provider 2 re-bids the same price after 3.
     m.report(user(1), t4.session, 10, 10, true);
     let nonce = m.nonce(provider(2));
-    m.apply(Command::UpdateBid { provider: provider(2), nonce, model: MODEL_A, price_wei_per_token: 11, capacity: 1 });
+    m.apply(Command::UpdateBid {
+        provider: provider(2),
+        nonce,
+        model: MODEL_A,
+        price_wei_per_token: 11,
+        capacity: 1,
+    });
     let nonce = m.nonce(provider(2));
-    m.apply(Command::UpdateBid { provider: provider(2), nonce, model: MODEL_A, price_wei_per_token: 10, capacity: 1 });
+    m.apply(Command::UpdateBid {
+        provider: provider(2),
+        nonce,
+        model: MODEL_A,
+        price_wei_per_token: 10,
+        capacity: 1,
+    });
     let t5 = m.open_session(user(1), MODEL_A, 10);
     assert_eq!(t5.provider, provider(3));
 }
 
 #[test]
 fn r_match_2_probe_timeout_marks_unreachable_and_rematches_bounded() {
-    let mut m = Market::with(MarketConfig { probe_tries_max: 2, ..config() });
+    let mut m = Market::with(MarketConfig {
+        probe_tries_max: 2,
+        ..config()
+    });
     m.fund(user(1), 500);
     for n in 1..=3 {
         m.fund(provider(n), 1);
@@ -149,16 +249,38 @@ fn r_match_2_probe_timeout_marks_unreachable_and_rematches_bounded() {
     let effects = m.rfc(user(1), MODEL_A, 10);
     assert_eq!(probe_in(&effects).unwrap().1, provider(1));
     let effects = m.advance(2_000);
-    assert!(effects.contains(&Effect::ProviderUnreachable { provider: provider(1) }));
-    assert_eq!(probe_in(&effects).unwrap().1, provider(2), "re-matched with the next provider");
+    assert!(effects.contains(&Effect::ProviderUnreachable {
+        provider: provider(1)
+    }));
+    assert_eq!(
+        probe_in(&effects).unwrap().1,
+        provider(2),
+        "re-matched with the next provider"
+    );
     let effects = m.advance(2_000);
-    assert!(effects.iter().any(|e| matches!(e, Effect::RfcFailed { reason: RfcFailure::NoProvider, refunded_tokens: 10, .. })));
+    assert!(effects.iter().any(|e| matches!(
+        e,
+        Effect::RfcFailed {
+            reason: RfcFailure::NoProvider,
+            refunded_tokens: 10,
+            ..
+        }
+    )));
     // Unreachable providers are out of matching until they announce themselves.
     let effects = m.rfc(user(1), MODEL_A, 10);
     assert_eq!(probe_in(&effects).unwrap().1, provider(3));
     let nonce = m.nonce(provider(1));
-    let effects = m.apply(Command::ProviderAnnounce { provider: provider(1), nonce });
-    assert_eq!(effects, vec![Effect::Done { to: provider(1), nonce }]);
+    let effects = m.apply(Command::ProviderAnnounce {
+        provider: provider(1),
+        nonce,
+    });
+    assert_eq!(
+        effects,
+        vec![Effect::Done {
+            to: provider(1),
+            nonce
+        }]
+    );
     let effects = m.rfc(user(1), MODEL_A, 10);
     assert_eq!(probe_in(&effects).unwrap().1, provider(1));
 }
@@ -172,9 +294,15 @@ fn r_match_2_wrong_or_late_probe_answer_is_refused() {
     m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
     m.register(provider(2), vec![Market::offer(MODEL_B, 10, 1)]);
     let (probe, _) = probe_in(&m.rfc(user(1), MODEL_A, 10)).unwrap();
-    assert_eq!(rejection_in(&m.answer(provider(2), probe)), Some(MarketError::UnknownProbe { probe }));
+    assert_eq!(
+        rejection_in(&m.answer(provider(2), probe)),
+        Some(MarketError::UnknownProbe { probe })
+    );
     m.advance(2_000);
-    assert_eq!(rejection_in(&m.answer(provider(1), probe)), Some(MarketError::UnknownProbe { probe }));
+    assert_eq!(
+        rejection_in(&m.answer(provider(1), probe)),
+        Some(MarketError::UnknownProbe { probe })
+    );
 }
 
 #[test]
@@ -193,7 +321,15 @@ fn r_match_6_ticket_carries_everything_both_sides_need() {
     assert_eq!(ticket.user, user(1));
     assert_eq!(ticket.provider, provider(1));
     assert_eq!(ticket.endpoint, b"127.0.0.1:9000");
-    assert_eq!((ticket.model, ticket.tokens_max, ticket.price_wei_per_token, ticket.rfc_nonce), (MODEL_A, 99, 25, rfc_nonce));
+    assert_eq!(
+        (
+            ticket.model,
+            ticket.tokens_max,
+            ticket.price_wei_per_token,
+            ticket.rfc_nonce
+        ),
+        (MODEL_A, 99, 25, rfc_nonce)
+    );
     assert_eq!(ticket.expires_at_ms, m.now + config().session_ttl_ms);
 }
 
@@ -205,18 +341,44 @@ fn r_report_1_only_the_user_once_within_token_max_and_expiry() {
     m.fund(provider(1), 1);
     m.register(provider(1), vec![Market::offer(MODEL_A, 10, 2)]);
     let t = m.open_session(user(1), MODEL_A, 100);
-    assert_eq!(rejection_in(&m.report(user(2), t.session, 10, 10, true)), Some(MarketError::NotYourSession { session: t.session }));
-    assert_eq!(rejection_in(&m.report(user(1), t.session, 10, 101, true)), Some(MarketError::TokensOverMax { tokens_max: 100 }));
+    assert_eq!(
+        rejection_in(&m.report(user(2), t.session, 10, 10, true)),
+        Some(MarketError::NotYourSession { session: t.session })
+    );
+    assert_eq!(
+        rejection_in(&m.report(user(1), t.session, 10, 101, true)),
+        Some(MarketError::TokensOverMax { tokens_max: 100 })
+    );
     let effects = m.report(user(1), t.session, 10, 100, true);
-    assert!(matches!(effects[0], Effect::ReportAccepted { reason: CreditReason::Credited, amount_wei: 1_000, .. }));
-    assert_eq!(rejection_in(&m.report(user(1), t.session, 10, 100, true)), Some(MarketError::AlreadyReported { session: t.session }));
+    assert!(matches!(
+        effects[0],
+        Effect::ReportAccepted {
+            reason: CreditReason::Credited,
+            amount_wei: 1_000,
+            ..
+        }
+    ));
+    assert_eq!(
+        rejection_in(&m.report(user(1), t.session, 10, 100, true)),
+        Some(MarketError::AlreadyReported { session: t.session })
+    );
     // Not reported before expiry: closes without credit, capacity freed.
     let t2 = m.open_session(user(1), MODEL_A, 100);
     let effects = m.advance(config().session_ttl_ms);
-    assert!(effects.iter().any(|e| matches!(e, Effect::SessionExpired { session, .. } if *session == t2.session)));
-    assert_eq!(rejection_in(&m.report(user(1), t2.session, 10, 1, true)), Some(MarketError::SessionExpired { session: t2.session }));
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::SessionExpired { session, .. } if *session == t2.session)));
+    assert_eq!(
+        rejection_in(&m.report(user(1), t2.session, 10, 1, true)),
+        Some(MarketError::SessionExpired {
+            session: t2.session
+        })
+    );
     assert_eq!(m.engine.sessions_open(), 0);
-    assert_eq!(rejection_in(&m.report(user(1), 12345, 10, 1, true)), Some(MarketError::UnknownSession { session: 12345 }));
+    assert_eq!(
+        rejection_in(&m.report(user(1), 12345, 10, 1, true)),
+        Some(MarketError::UnknownSession { session: 12345 })
+    );
 }
 
 #[test]
@@ -231,30 +393,65 @@ fn r_perf_1_and_2_too_slow_earns_nothing_and_a_penalty() {
     }
     let t = m.open_session(user(1), MODEL_A, 100);
     let effects = m.report(user(1), t.session, 1_501, 100, true); // > 50 % slower
-    assert!(matches!(effects[0], Effect::ReportAccepted { reason: CreditReason::TooSlow, amount_wei: 0, .. }));
+    assert!(matches!(
+        effects[0],
+        Effect::ReportAccepted {
+            reason: CreditReason::TooSlow,
+            amount_wei: 0,
+            ..
+        }
+    ));
     let t = m.open_session(user(1), MODEL_A, 100);
     let effects = m.report(user(1), t.session, 1_000, 100, false);
-    assert!(matches!(effects[0], Effect::ReportAccepted { reason: CreditReason::ReportedFail, amount_wei: 0, .. }));
+    assert!(matches!(
+        effects[0],
+        Effect::ReportAccepted {
+            reason: CreditReason::ReportedFail,
+            amount_wei: 0,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn r_perf_3_balance_weighted_credits_a_fail_from_a_smaller_holder() {
-    let mut m = Market::with(MarketConfig { fail_policy: FailPolicy::BalanceWeighted, ..config() });
+    let mut m = Market::with(MarketConfig {
+        fail_policy: FailPolicy::BalanceWeighted,
+        ..config()
+    });
     m.fund(user(1), 5);
     m.fund(user(2), 500);
     m.fund(provider(1), 100);
     m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
     let t = m.open_session(user(1), MODEL_A, 100);
     let effects = m.report(user(1), t.session, 10, 100, false);
-    assert!(matches!(effects[0], Effect::ReportAccepted { reason: CreditReason::CreditedDespiteFail, amount_wei: 1_000, .. }));
+    assert!(matches!(
+        effects[0],
+        Effect::ReportAccepted {
+            reason: CreditReason::CreditedDespiteFail,
+            amount_wei: 1_000,
+            ..
+        }
+    ));
     let t = m.open_session(user(2), MODEL_A, 100);
     let effects = m.report(user(2), t.session, 10, 100, false);
-    assert!(matches!(effects[0], Effect::ReportAccepted { reason: CreditReason::ReportedFail, amount_wei: 0, .. }));
+    assert!(matches!(
+        effects[0],
+        Effect::ReportAccepted {
+            reason: CreditReason::ReportedFail,
+            amount_wei: 0,
+            ..
+        }
+    ));
 }
 
 #[test]
 fn r_perf_4_penalties_suspend_then_the_provider_returns() {
-    let mut m = Market::with(MarketConfig { penalty_points_suspend: 2, suspension_ms: 5_000, ..config() });
+    let mut m = Market::with(MarketConfig {
+        penalty_points_suspend: 2,
+        suspension_ms: 5_000,
+        ..config()
+    });
     m.fund(user(1), 500);
     m.fund(provider(1), 1);
     m.fund(provider(2), 1);
@@ -265,11 +462,17 @@ fn r_perf_4_penalties_suspend_then_the_provider_returns() {
     let t = m.open_session(user(1), MODEL_A, 10);
     assert_eq!(t.provider, provider(1));
     let effects = m.report(user(1), t.session, 10, 10, false);
-    assert!(effects.iter().any(|e| matches!(e, Effect::ProviderSuspended { provider: p, .. } if *p == provider(1))));
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::ProviderSuspended { provider: p, .. } if *p == provider(1))));
     assert_eq!(m.open_session(user(1), MODEL_A, 10).provider, provider(2));
     m.advance(5_000);
     let effects = m.rfc(user(1), MODEL_A, 10);
-    assert_eq!(probe_in(&effects).unwrap().1, provider(1), "suspension over");
+    assert_eq!(
+        probe_in(&effects).unwrap().1,
+        provider(1),
+        "suspension over"
+    );
 }
 
 #[test]
@@ -277,18 +480,48 @@ fn r_prov_1_registration_checks_model_hash_unit_and_limits() {
     let mut m = Market::new();
     let mut bad_hash = Market::offer(MODEL_A, 10, 1);
     bad_hash.weights_hash = [0; 32];
-    assert_eq!(rejection_in(&m.register(provider(1), vec![bad_hash])), Some(MarketError::WeightsHashMismatch { model: MODEL_A }));
+    assert_eq!(
+        rejection_in(&m.register(provider(1), vec![bad_hash])),
+        Some(MarketError::WeightsHashMismatch { model: MODEL_A })
+    );
     let mut audio = Market::offer(MODEL_A, 10, 1);
     audio.unit = 1;
-    assert_eq!(rejection_in(&m.register(provider(1), vec![audio])), Some(MarketError::UnsupportedUnit { unit: 1 }));
-    assert_eq!(rejection_in(&m.register(provider(1), vec![Market::offer(99, 10, 1)])), Some(MarketError::UnknownModel { model: 99 }));
-    assert_eq!(rejection_in(&m.register(provider(1), vec![Market::offer(MODEL_A, 10, 0)])), Some(MarketError::InvalidCapacity { capacity: 0 }));
+    assert_eq!(
+        rejection_in(&m.register(provider(1), vec![audio])),
+        Some(MarketError::UnsupportedUnit { unit: 1 })
+    );
+    assert_eq!(
+        rejection_in(&m.register(provider(1), vec![Market::offer(99, 10, 1)])),
+        Some(MarketError::UnknownModel { model: 99 })
+    );
+    assert_eq!(
+        rejection_in(&m.register(provider(1), vec![Market::offer(MODEL_A, 10, 0)])),
+        Some(MarketError::InvalidCapacity { capacity: 0 })
+    );
     let twice = vec![Market::offer(MODEL_A, 10, 1), Market::offer(MODEL_A, 11, 1)];
-    assert_eq!(rejection_in(&m.register(provider(1), twice)), Some(MarketError::DuplicateModel { model: MODEL_A }));
+    assert_eq!(
+        rejection_in(&m.register(provider(1), twice)),
+        Some(MarketError::DuplicateModel { model: MODEL_A })
+    );
     let nonce = m.nonce(provider(1));
-    let e = m.apply(Command::RegisterProvider { provider: provider(1), nonce, endpoint: vec![b'x'; 256], offers: vec![] });
-    assert_eq!(rejection_in(&e), Some(MarketError::LimitReached { limit: Limit::EndpointBytes, max: 255 }));
-    assert_eq!(m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]).len(), 1);
+    let e = m.apply(Command::RegisterProvider {
+        provider: provider(1),
+        nonce,
+        endpoint: vec![b'x'; 256],
+        offers: vec![],
+    });
+    assert_eq!(
+        rejection_in(&e),
+        Some(MarketError::LimitReached {
+            limit: Limit::EndpointBytes,
+            max: 255
+        })
+    );
+    assert_eq!(
+        m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)])
+            .len(),
+        1
+    );
     assert_eq!(m.engine.providers_len(), 1);
 }
 
@@ -298,10 +531,21 @@ fn r_prov_2_zero_balance_provider_is_not_matched() {
     m.fund(user(1), 500);
     m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
     let effects = m.rfc(user(1), MODEL_A, 10);
-    assert!(probe_in(&effects).is_none(), "zero-balance provider skipped");
+    assert!(
+        probe_in(&effects).is_none(),
+        "zero-balance provider skipped"
+    );
     let nonce = m.nonce(OPERATOR);
-    let effects = m.apply(Command::SetBalances { operator: OPERATOR, nonce, entries: vec![(provider(1), WEI_PER_MOR)] });
-    assert_eq!(probe_in(&effects).map(|p| p.1), Some(provider(1)), "funded: matched at once");
+    let effects = m.apply(Command::SetBalances {
+        operator: OPERATOR,
+        nonce,
+        entries: vec![(provider(1), WEI_PER_MOR)],
+    });
+    assert_eq!(
+        probe_in(&effects).map(|p| p.1),
+        Some(provider(1)),
+        "funded: matched at once"
+    );
 }
 
 #[test]
@@ -314,10 +558,21 @@ fn r_block_1_and_2_one_batch_per_block_empty_ones_included() {
     m.report(user(1), t.session, 10, 100, true);
     let effects = m.advance(3 * BLOCK_MS); // three blocks end
     let batches = batches_in(&effects);
-    assert_eq!(batches.iter().map(|b| b.0.block).collect::<Vec<_>>(), vec![0, 1, 2]);
+    assert_eq!(
+        batches.iter().map(|b| b.0.block).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
     let (first, applied) = &batches[0];
     assert_eq!(first.receipts, 1);
-    assert_eq!(first.totals, vec![ProviderTotals { provider: provider(1), wei: 1_000, tokens: 100, sessions: 1 }]);
+    assert_eq!(
+        first.totals,
+        vec![ProviderTotals {
+            provider: provider(1),
+            wei: 1_000,
+            tokens: 100,
+            sessions: 1
+        }]
+    );
     assert_eq!(applied.credited_wei, 1_000);
     assert_ne!(first.merkle_root, [0; 32]);
     assert!(batches[1].0.totals.is_empty() && batches[1].0.merkle_root == [0; 32]);
@@ -334,10 +589,29 @@ fn r_contract_1_2_claim_and_solvency_through_the_engine() {
     m.report(user(1), t.session, 10, 100, true);
     m.advance(BLOCK_MS);
     let nonce = m.nonce(provider(1));
-    let effects = m.apply(Command::Claim { provider: provider(1), nonce, amount_wei: 0 });
-    assert_eq!(effects, vec![Effect::ClaimPaid { provider: provider(1), nonce, amount_wei: 1_000, owed_left_wei: 0 }]);
+    let effects = m.apply(Command::Claim {
+        provider: provider(1),
+        nonce,
+        amount_wei: 0,
+    });
+    assert_eq!(
+        effects,
+        vec![Effect::ClaimPaid {
+            provider: provider(1),
+            nonce,
+            amount_wei: 1_000,
+            owed_left_wei: 0
+        }]
+    );
     let nonce = m.nonce(provider(1));
-    assert_eq!(rejection_in(&m.apply(Command::Claim { provider: provider(1), nonce, amount_wei: 0 })), Some(MarketError::NothingOwed));
+    assert_eq!(
+        rejection_in(&m.apply(Command::Claim {
+            provider: provider(1),
+            nonce,
+            amount_wei: 0
+        })),
+        Some(MarketError::NothingOwed)
+    );
     let ledger = m.engine.ledger();
     assert_eq!(ledger.emitted_wei, 3_456 * WEI_PER_MOR);
     assert_eq!(ledger.paid_wei, 1_000);
@@ -345,7 +619,10 @@ fn r_contract_1_2_claim_and_solvency_through_the_engine() {
 
 #[test]
 fn r_contract_4_bootstrap_providers_share_the_bonus() {
-    let mut m = Market::with(MarketConfig { bootstrap_providers_max: 1, ..config() });
+    let mut m = Market::with(MarketConfig {
+        bootstrap_providers_max: 1,
+        ..config()
+    });
     m.fund(user(1), 500);
     m.fund(provider(1), 1);
     m.fund(provider(2), 1);
@@ -364,20 +641,36 @@ fn r_contract_4_bootstrap_providers_share_the_bonus() {
 
 #[test]
 fn r_contract_5_pool_percent_budget_follows_the_contract_balance() {
-    let mut m = Market::with(MarketConfig { budget_policy: BudgetPolicy::PoolPercent, ..config() });
+    let mut m = Market::with(MarketConfig {
+        budget_policy: BudgetPolicy::PoolPercent,
+        ..config()
+    });
     m.now = GENESIS_MS + BLOCK_MS * BLOCKS_PER_DAY;
     m.apply(Command::Tick);
     // Contract balance at the end of day 0: 3,456 MOR -> budget 34.56 MOR.
     let budget = 3_456 * WEI_PER_MOR / 100;
-    assert_eq!(m.engine.max_tokens_per_day(), quota::max_tokens_per_day(budget, WEI_PER_MOR / 10_000));
+    assert_eq!(
+        m.engine.max_tokens_per_day(),
+        quota::max_tokens_per_day(budget, WEI_PER_MOR / 10_000)
+    );
 }
 
 #[test]
 fn r_contract_3_burn_policy_via_params() {
     let mut m = Market::new();
     let nonce = m.nonce(OPERATOR);
-    let effects = m.apply(Command::SetParams { operator: OPERATOR, nonce, params: vec![(ParamId::UnusedBudget as u16, 1)] });
-    assert_eq!(effects, vec![Effect::Done { to: OPERATOR, nonce }]);
+    let effects = m.apply(Command::SetParams {
+        operator: OPERATOR,
+        nonce,
+        params: vec![(ParamId::UnusedBudget as u16, 1)],
+    });
+    assert_eq!(
+        effects,
+        vec![Effect::Done {
+            to: OPERATOR,
+            nonce
+        }]
+    );
     m.now = GENESIS_MS + BLOCK_MS * BLOCKS_PER_DAY;
     m.apply(Command::Tick);
     assert_eq!(m.engine.ledger().burned_wei, 3_456 * WEI_PER_MOR);
@@ -386,10 +679,21 @@ fn r_contract_3_burn_policy_via_params() {
 #[test]
 fn operator_commands_need_the_operator() {
     let mut m = Market::new();
-    let e = m.apply(Command::SetBalances { operator: user(1), nonce: 1, entries: vec![] });
+    let e = m.apply(Command::SetBalances {
+        operator: user(1),
+        nonce: 1,
+        entries: vec![],
+    });
     assert_eq!(rejection_in(&e), Some(MarketError::NotOperator));
-    let e = m.apply(Command::SetParams { operator: OPERATOR, nonce: 1, params: vec![(999, 1)] });
-    assert_eq!(rejection_in(&e), Some(MarketError::InvalidParam { param: 999 }));
+    let e = m.apply(Command::SetParams {
+        operator: OPERATOR,
+        nonce: 1,
+        params: vec![(999, 1)],
+    });
+    assert_eq!(
+        rejection_in(&e),
+        Some(MarketError::InvalidParam { param: 999 })
+    );
 }
 
 #[test]
@@ -412,10 +716,13 @@ fn error_codes_are_stable_and_unique() {
         MarketError::InvalidExpiry { expires_at_ms: 0 },
         MarketError::InvalidTokensMax,
         MarketError::UnknownProbe { probe: 0 },
-        MarketError::LimitReached { limit: Limit::Accounts, max: 0 },
+        MarketError::LimitReached {
+            limit: Limit::Accounts,
+            max: 0,
+        },
         MarketError::ClaimExceedsOwed { owed_wei: 0 },
         MarketError::NothingOwed,
-        MarketError::UnknownRfc { nonce: 0 },
+        MarketError::UnknownRfc { rfc: 0 },
         MarketError::InvalidParam { param: 0 },
         MarketError::ArithmeticOverflow,
         MarketError::NoOffer { model: 0 },
@@ -426,20 +733,54 @@ fn error_codes_are_stable_and_unique() {
     assert_eq!(codes, (0x0201..=0x021A).collect::<Vec<u16>>());
     codes.dedup();
     assert_eq!(codes.len(), errors.len());
-    assert!(errors.iter().all(|e| !e.to_string().is_empty() && !e.name().is_empty()));
+    assert!(errors
+        .iter()
+        .all(|e| !e.to_string().is_empty() && !e.name().is_empty()));
 }
 
 #[test]
 fn cancel_refunds_a_queued_rfc() {
     let mut m = Market::new();
     m.fund(user(1), 5);
-    m.rfc(user(1), MODEL_A, 1_000);
+    let rfc = match m.rfc(user(1), MODEL_A, 1_000)[0] {
+        Effect::RfcAccepted { rfc, .. } => rfc,
+        ref other => panic!("{other:?}"),
+    };
+    let nonce = m.nonce(user(2));
+    let effects = m.apply(Command::CancelRfc {
+        user: user(2),
+        nonce,
+        rfc,
+    });
+    assert_eq!(
+        rejection_in(&effects),
+        Some(MarketError::UnknownRfc { rfc }),
+        "not the owner"
+    );
     let nonce = m.nonce(user(1));
-    let effects = m.apply(Command::CancelRfc { user: user(1), nonce, rfc_nonce: 1 });
-    assert!(matches!(effects[0], Effect::RfcFailed { reason: RfcFailure::Cancelled, refunded_tokens: 1_000, .. }));
+    let effects = m.apply(Command::CancelRfc {
+        user: user(1),
+        nonce,
+        rfc,
+    });
+    assert!(matches!(
+        effects[0],
+        Effect::RfcFailed {
+            reason: RfcFailure::Cancelled,
+            refunded_tokens: 1_000,
+            ..
+        }
+    ));
     let nonce = m.nonce(user(1));
-    let effects = m.apply(Command::CancelRfc { user: user(1), nonce, rfc_nonce: 1 });
-    assert_eq!(rejection_in(&effects), Some(MarketError::UnknownRfc { nonce: 1 }));
+    let effects = m.apply(Command::CancelRfc {
+        user: user(1),
+        nonce,
+        rfc,
+    });
+    assert_eq!(
+        rejection_in(&effects),
+        Some(MarketError::UnknownRfc { rfc })
+    );
 }
 
 #[test]
@@ -462,4 +803,28 @@ fn snapshot_restore_and_replay_give_the_same_state_hash() {
     assert_eq!(restored.state_hash(), a.engine.state_hash());
     assert!(restored.tokens_left(&user(1)) > 0, "index rebuilt");
     assert!(Engine::restore(&a.engine.snapshot()[..10]).is_err());
+}
+
+#[test]
+fn r_match_1_global_session_limit_frees_other_models_too() {
+    let mut m = Market::with(MarketConfig {
+        sessions_open_max: 1,
+        ..config()
+    });
+    m.fund(user(1), 500);
+    m.fund(provider(1), 1);
+    m.register(
+        provider(1),
+        vec![Market::offer(MODEL_A, 10, 2), Market::offer(MODEL_B, 10, 2)],
+    );
+    let t = m.open_session(user(1), MODEL_A, 10);
+    assert!(
+        probe_in(&m.rfc(user(1), MODEL_B, 10)).is_none(),
+        "at the global limit"
+    );
+    let effects = m.report(user(1), t.session, 10, 10, true);
+    assert!(
+        probe_in(&effects).is_some(),
+        "model B matched when model A freed the slot"
+    );
 }
