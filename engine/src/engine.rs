@@ -11,13 +11,13 @@ use crate::quota;
 use crate::slab::Slab;
 use crate::speed::SpeedWindow;
 use crate::state::{Account, AccountIdx, Counters, ModelIdx, ModelState, State};
-use crate::types::{Address, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
+use crate::types::{Address, AddressBuildHasher, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 pub struct Engine {
     pub(crate) state: State,
     /// Address -> account: derived from `state.accounts`, rebuilt on restore.
-    pub(crate) account_index: HashMap<Address, AccountIdx>,
+    pub(crate) account_index: HashMap<Address, AccountIdx, AddressBuildHasher>,
     /// Models whose book or queue changed during this command: matched at its end.
     pub(crate) pending_match: Vec<ModelIdx>,
 }
@@ -99,7 +99,7 @@ impl Engine {
             .start_day(0, emission, state.config.pool_daily_spend_bps);
         Engine {
             state,
-            account_index: HashMap::new(),
+            account_index: HashMap::default(),
             pending_match: Vec::new(),
         }
     }

@@ -2,10 +2,12 @@
 //! incrementally so that sealing a block with millions of receipts costs O(log n).
 //!
 //! Rule (so that anyone can recompute it):
-//! - leaf  = BLAKE3("yellowstone/receipt/v1" || session_id u64 LE || user [20] ||
-//!           provider [20] || model u32 LE || tokens u64 LE || price_wei_per_token
-//!           u128 LE || elapsed_ms u64 LE || report_digest [32])
-//! - node  = BLAKE3("yellowstone/node/v1" || left [32] || right [32])
+//! - leaf  = BLAKE3-keyed(LEAF_KEY, session_id u64 LE || user [20] || provider [20] ||
+//!           model u32 LE || tokens u64 LE || price_wei_per_token u128 LE ||
+//!           elapsed_ms u64 LE || report_digest [32] || 20 zero bytes)  (136 bytes)
+//! - node  = BLAKE3-keyed(NODE_KEY, left [32] || right [32])   (64 bytes: one compression)
+//! - LEAF_KEY and NODE_KEY are the ASCII strings below, zero-padded to 32 bytes; the
+//!   two keys separate leaves from nodes, so no leaf can pose as a node.
 //! - Leaves are appended in the order the reports were accepted. They form perfect
 //!   subtrees ("peaks", as in a Merkle mountain range): each append merges equal-height
 //!   peaks. The root bags the peaks from the right: with peaks p1 (tallest, oldest)
@@ -15,8 +17,8 @@
 use crate::types::{Address, ModelId, SessionId};
 use bincode::{Decode, Encode};
 
-const LEAF_TAG: &[u8] = b"yellowstone/receipt/v1";
-const NODE_TAG: &[u8] = b"yellowstone/node/v1";
+pub const LEAF_KEY: [u8; 32] = *b"yellowstone/receipt-leaf/v1\0\0\0\0\0";
+pub const NODE_KEY: [u8; 32] = *b"yellowstone/merkle-node/v1\0\0\0\0\0\0";
 
 /// One credited session, as committed in the block's Merkle root.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -33,26 +35,25 @@ pub struct Receipt {
 
 impl Receipt {
     pub fn leaf_hash(&self) -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(LEAF_TAG);
-        hasher.update(&self.session.to_le_bytes());
-        hasher.update(&self.user.0);
-        hasher.update(&self.provider.0);
-        hasher.update(&self.model.to_le_bytes());
-        hasher.update(&self.tokens.to_le_bytes());
-        hasher.update(&self.price_wei_per_token.to_le_bytes());
-        hasher.update(&self.elapsed_ms.to_le_bytes());
-        hasher.update(&self.report_digest);
-        *hasher.finalize().as_bytes()
+        let mut bytes = [0u8; 136];
+        bytes[0..8].copy_from_slice(&self.session.to_le_bytes());
+        bytes[8..28].copy_from_slice(&self.user.0);
+        bytes[28..48].copy_from_slice(&self.provider.0);
+        bytes[48..52].copy_from_slice(&self.model.to_le_bytes());
+        bytes[52..60].copy_from_slice(&self.tokens.to_le_bytes());
+        bytes[60..76].copy_from_slice(&self.price_wei_per_token.to_le_bytes());
+        bytes[76..84].copy_from_slice(&self.elapsed_ms.to_le_bytes());
+        bytes[84..116].copy_from_slice(&self.report_digest);
+        // The last 20 bytes stay zero: 136 bytes keep the layout 8-aligned.
+        *blake3::keyed_hash(&LEAF_KEY, &bytes).as_bytes()
     }
 }
 
 pub fn node_hash(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(NODE_TAG);
-    hasher.update(left);
-    hasher.update(right);
-    *hasher.finalize().as_bytes()
+    let mut bytes = [0u8; 64];
+    bytes[..32].copy_from_slice(left);
+    bytes[32..].copy_from_slice(right);
+    *blake3::keyed_hash(&NODE_KEY, &bytes).as_bytes()
 }
 
 /// Peaks of perfect subtrees, tallest first; at most 64 for any count of leaves.

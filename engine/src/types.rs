@@ -66,3 +66,27 @@ impl Unit {
         }
     }
 }
+
+/// Hasher for the address index. Addresses are keccak outputs and accounts are only
+/// created by the operator or by (bounded) provider registration, so a fast fixed
+/// mix is safe here, and it keeps SipHash off the hot path. It never affects
+/// outputs: the index is not iterated.
+#[derive(Default, Clone, Copy)]
+pub struct AddressHasher(u64);
+
+impl std::hash::Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            let mixed = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            self.0 = mixed ^ (mixed >> 29);
+        }
+    }
+}
+
+pub type AddressBuildHasher = std::hash::BuildHasherDefault<AddressHasher>;
