@@ -283,7 +283,7 @@ impl Engine {
         while now >= genesis.saturating_add((self.state.block + 1).saturating_mul(BLOCK_MS)) {
             self.seal_block(effects);
             self.state.block += 1;
-            if self.state.block % BLOCKS_PER_DAY == 0 {
+            if self.state.block.is_multiple_of(BLOCKS_PER_DAY) {
                 self.roll_day();
             }
         }

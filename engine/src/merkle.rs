@@ -3,8 +3,8 @@
 //!
 //! Rule (so that anyone can recompute it):
 //! - leaf  = BLAKE3-keyed(LEAF_KEY, session_id u64 LE || user [20] || provider [20] ||
-//!           model u32 LE || tokens u64 LE || price_wei_per_token u128 LE ||
-//!           elapsed_ms u64 LE || report_digest [32] || 20 zero bytes)  (136 bytes)
+//!   model u32 LE || tokens u64 LE || price_wei_per_token u128 LE || elapsed_ms u64 LE
+//!   || report_digest [32] || 20 zero bytes), 136 bytes
 //! - node  = BLAKE3-keyed(NODE_KEY, left [32] || right [32])   (64 bytes: one compression)
 //! - LEAF_KEY and NODE_KEY are the ASCII strings below, zero-padded to 32 bytes; the
 //!   two keys separate leaves from nodes, so no leaf can pose as a node.

@@ -7,7 +7,7 @@
 mod common;
 use common::*;
 use proptest::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use yellowstone_engine::*;
 
 #[derive(Clone, Debug)]

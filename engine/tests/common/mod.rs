@@ -54,6 +54,12 @@ pub struct Market {
     nonces: std::collections::HashMap<Address, u64>,
 }
 
+impl Default for Market {
+    fn default() -> Self {
+        Market::new()
+    }
+}
+
 impl Market {
     pub fn new() -> Market {
         Market::with(config())
