@@ -1,0 +1,282 @@
+//! The mio (epoll) backend: the fallback network loop, driving the same `Connection`.
+//!
+//! Guarantees: the loop blocks in `poll` when idle (a timeout of the idle sweep tick;
+//! zero in spin mode); sockets are edge-triggered, so every read runs to EWOULDBLOCK
+//! unless the connection's in-flight window is full, and such a connection is read
+//! again as soon as an answer frees the window; every closed connection is
+//! deregistered, removed and released exactly once.
+
+use crate::net::conn_id::{ConnId, ConnSlab};
+use crate::net::connection::{CloseReason, Connection};
+use crate::net::driver::{self, Shared, ThreadSettings};
+use crate::net::handler::FrameHandler;
+use crate::net::outbox::Lane;
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read, Write};
+use std::time::Duration;
+
+const LISTENER: Token = Token(0);
+const WAKE: Token = Token(1);
+const FIRST_CONN: usize = 2;
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+const EVENTS_MAX: usize = 1024;
+
+struct MioConn {
+    conn: Connection,
+    stream: TcpStream,
+    /// Stopped reading before EWOULDBLOCK (window full): read again when it frees.
+    read_paused: bool,
+}
+
+pub(crate) struct MioLoop<'a, H: FrameHandler> {
+    settings: ThreadSettings,
+    shared: &'a Shared,
+    lane: &'a Lane,
+    handler: H,
+    poll: Poll,
+    listener: TcpListener,
+    slab: ConnSlab<MioConn>,
+    scratch: Vec<u8>,
+    touched: Vec<ConnId>,
+}
+
+impl<'a, H: FrameHandler> MioLoop<'a, H> {
+    pub(crate) fn new(
+        settings: ThreadSettings,
+        shared: &'a Shared,
+        lane: &'a Lane,
+        handler: H,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&lane.wake.raw_fd()), WAKE, Interest::READABLE)?;
+        Ok(MioLoop {
+            slab: ConnSlab::with_capacity(settings.thread_index, shared.connections_max),
+            settings,
+            shared,
+            lane,
+            handler,
+            poll,
+            listener,
+            scratch: vec![0u8; READ_CHUNK_BYTES],
+            touched: Vec::new(),
+        })
+    }
+
+    pub(crate) fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_MAX);
+        let mut next_tick_ms = self.shared.now_ms() + self.settings.tick_ms;
+        while !self.shared.is_shutdown() {
+            let now_ms = self.shared.now_ms();
+            let timeout = if self.settings.spin {
+                Duration::ZERO
+            } else {
+                Duration::from_millis(next_tick_ms.saturating_sub(now_ms).max(1))
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(error),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKE => self.lane.wake.drain(),
+                    Token(token) => {
+                        let slot = (token - FIRST_CONN) as u32;
+                        if let Some(id) = self.slab.id_at(slot) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                self.read(id);
+                            }
+                            self.touched.push(id);
+                        }
+                    }
+                }
+            }
+            driver::drain_outbox(
+                self.lane,
+                &mut self.slab,
+                |entry| &mut entry.conn,
+                self.shared,
+                &mut self.touched,
+            );
+            let now_ms = self.shared.now_ms();
+            if now_ms >= next_tick_ms {
+                next_tick_ms = now_ms + self.settings.tick_ms;
+                for id in self.slab.ids() {
+                    if let Some(entry) = self.slab.get_mut(id) {
+                        if entry.conn.on_tick(now_ms) {
+                            self.touched.push(id);
+                        }
+                    }
+                }
+            }
+            let mut touched = std::mem::take(&mut self.touched);
+            for id in touched.drain(..) {
+                self.service(id);
+            }
+            self.touched = touched;
+        }
+        self.close_all();
+        Ok(())
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => {
+                    // EMFILE and friends: leave the rest in the backlog for now.
+                    tracing::warn!(%error, "accept failed");
+                    return;
+                }
+            };
+            if !self.shared.try_reserve_connection() {
+                self.shared.metrics.connections_refused.inc();
+                let refusal = driver::refusal_bytes(&mut self.handler, self.shared);
+                // A fresh socket's send buffer is empty: one non-blocking write fits.
+                let _ = stream.write(&refusal);
+                let _ = stream.shutdown(std::net::Shutdown::Write);
+                tracing::debug!(%peer, "refused: connections_max reached");
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let now_ms = self.shared.now_ms();
+            let limits = self.settings.limits;
+            let inserted = self.slab.insert_with(|_| MioConn {
+                conn: Connection::new(limits, now_ms),
+                stream,
+                read_paused: false,
+            });
+            let Some(id) = inserted else {
+                // Cannot happen: the slab holds connections_max and we reserved one.
+                self.shared.release_connection();
+                debug_assert!(false, "slab full below connections_max");
+                continue;
+            };
+            let token = Token(id.slot() as usize + FIRST_CONN);
+            let entry = self.slab.get_mut(id).expect("just inserted");
+            if let Err(error) = self.poll.registry().register(
+                &mut entry.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!(%error, "register failed");
+                entry.conn.close_now(CloseReason::Io {
+                    errno: error.raw_os_error().unwrap_or(0),
+                });
+            }
+            self.handler.on_open(id, Some(peer));
+            self.touched.push(id);
+        }
+    }
+
+    /// Reads until EWOULDBLOCK, the peer's EOF, or a full in-flight window.
+    fn read(&mut self, id: ConnId) {
+        let Some(entry) = self.slab.get_mut(id) else {
+            return;
+        };
+        loop {
+            if !entry.conn.wants_recv() {
+                entry.read_paused = entry.conn.is_open();
+                return;
+            }
+            match entry.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    entry.conn.on_peer_closed();
+                    entry.read_paused = false;
+                    return;
+                }
+                Ok(n) => {
+                    self.shared.metrics.bytes_received.add(n as u64);
+                    entry
+                        .conn
+                        .on_bytes(&self.scratch[..n], self.shared.now_ms());
+                    driver::dispatch_frames(&mut self.handler, self.shared, id, &mut entry.conn);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    entry.read_paused = false;
+                    return;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    entry.conn.close_now(CloseReason::Io {
+                        errno: error.raw_os_error().unwrap_or(0),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After events or outbox messages: resume paused reads, hand out buffered
+    /// frames, write what is queued, and remove the connection if it closed.
+    fn service(&mut self, id: ConnId) {
+        let Some(entry) = self.slab.get_mut(id) else {
+            return;
+        };
+        driver::dispatch_frames(&mut self.handler, self.shared, id, &mut entry.conn);
+        if entry.read_paused && entry.conn.wants_recv() {
+            self.read(id);
+        }
+        let Some(entry) = self.slab.get_mut(id) else {
+            return;
+        };
+        let now_ms = self.shared.now_ms();
+        while let Some(bytes) = entry.conn.poll_transmit() {
+            match entry.stream.write(bytes) {
+                Ok(n) => {
+                    self.shared.metrics.bytes_sent.add(n as u64);
+                    entry.conn.on_sent(n, now_ms);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    entry.conn.close_now(CloseReason::Io {
+                        errno: error.raw_os_error().unwrap_or(0),
+                    });
+                }
+            }
+        }
+        debug_assert!({
+            entry.conn.check_invariants();
+            true
+        });
+        if entry.conn.is_closed() {
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: ConnId) {
+        let Some(mut entry) = self.slab.remove(id) else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut entry.stream);
+        let reason = entry
+            .conn
+            .close_reason()
+            .cloned()
+            .unwrap_or(CloseReason::Shutdown);
+        drop(entry);
+        driver::on_removed(&mut self.handler, self.shared, id, &reason);
+    }
+
+    fn close_all(&mut self) {
+        for id in self.slab.ids() {
+            if let Some(entry) = self.slab.get_mut(id) {
+                entry.conn.close_now(CloseReason::Shutdown);
+            }
+            self.remove(id);
+        }
+        assert!(self.slab.is_empty());
+    }
+}

@@ -1,0 +1,201 @@
+//! Cross-thread delivery to connections: `Outbox`, one bounded lock-free queue per
+//! gateway thread plus an eventfd that wakes that thread (io_uring reads the eventfd;
+//! mio polls it).
+//!
+//! Guarantees: a message for connection `c` goes to the lane of `c`'s gateway thread
+//! and is applied there in the order it was sent from one sender thread; a full lane
+//! is an error returned to the sender (never growth); a message for a closed (stale)
+//! id is dropped and counted, never applied to the connection reusing its slot; a
+//! sender writes the eventfd at most once per drain (the `notified` flag).
+
+use crate::net::conn_id::ConnId;
+use crossbeam::queue::ArrayQueue;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// A non-blocking eventfd used as a wake-up.
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64. EAGAIN (counter saturated) still
+        // leaves the fd readable, which is all a wake-up needs.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Resets the counter (mio backend; io_uring reads it with an SQE).
+    pub fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a valid u64.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// What the outbox asks a gateway thread to do to a connection.
+#[derive(Debug)]
+pub enum OutKind {
+    /// Queue `bytes` (one or more encoded frames); mark `answers` in-flight frames answered.
+    Send { bytes: Vec<u8>, answers: u32 },
+    /// Close once what is queued is sent.
+    Close,
+}
+
+#[derive(Debug)]
+pub struct OutMsg {
+    pub conn: ConnId,
+    pub kind: OutKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxError {
+    /// The gateway thread's lane is full (`outbound_queue_depth`): the caller decides
+    /// (retry, drop, or close the connection later).
+    Full,
+    /// The id names a gateway thread that does not exist.
+    NoSuchThread,
+}
+
+impl std::fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutboxError::Full => write!(f, "gateway outbox full"),
+            OutboxError::NoSuchThread => write!(f, "no such gateway thread"),
+        }
+    }
+}
+
+impl std::error::Error for OutboxError {}
+
+/// One gateway thread's inbox.
+pub(crate) struct Lane {
+    pub(crate) queue: ArrayQueue<OutMsg>,
+    pub(crate) wake: EventFd,
+    notified: AtomicBool,
+}
+
+impl Lane {
+    pub(crate) fn new(depth: usize) -> io::Result<Lane> {
+        assert!(depth >= 1);
+        Ok(Lane {
+            queue: ArrayQueue::new(depth),
+            wake: EventFd::new()?,
+            notified: AtomicBool::new(false),
+        })
+    }
+
+    /// Called by the gateway thread before draining: later pushes wake it again.
+    pub(crate) fn begin_drain(&self) {
+        self.notified.store(false, Ordering::SeqCst);
+    }
+
+    fn notify(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            self.wake.wake();
+        }
+    }
+
+    /// Wakes the thread unconditionally (shutdown).
+    pub(crate) fn force_wake(&self) {
+        self.wake.wake();
+    }
+}
+
+/// Cloneable handle to every gateway thread's lane.
+#[derive(Clone)]
+pub struct Outbox {
+    lanes: Arc<[Lane]>,
+}
+
+impl Outbox {
+    pub(crate) fn new(lanes: Vec<Lane>) -> Outbox {
+        assert!(!lanes.is_empty() && lanes.len() <= 256);
+        Outbox {
+            lanes: lanes.into(),
+        }
+    }
+
+    pub(crate) fn lane(&self, thread_index: u8) -> &Lane {
+        &self.lanes[thread_index as usize]
+    }
+
+    pub(crate) fn lanes(&self) -> &[Lane] {
+        &self.lanes
+    }
+
+    fn push(&self, msg: OutMsg) -> Result<(), OutboxError> {
+        let lane = self
+            .lanes
+            .get(msg.conn.thread_index() as usize)
+            .ok_or(OutboxError::NoSuchThread)?;
+        lane.queue.push(msg).map_err(|_| OutboxError::Full)?;
+        lane.notify();
+        Ok(())
+    }
+
+    /// Sends frames that do not answer a request (pushes).
+    pub fn send(&self, conn: ConnId, frame_bytes: Vec<u8>) -> Result<(), OutboxError> {
+        self.push(OutMsg {
+            conn,
+            kind: OutKind::Send {
+                bytes: frame_bytes,
+                answers: 0,
+            },
+        })
+    }
+
+    /// Sends the answer to one in-flight frame of `conn`.
+    pub fn reply(&self, conn: ConnId, frame_bytes: Vec<u8>) -> Result<(), OutboxError> {
+        self.push(OutMsg {
+            conn,
+            kind: OutKind::Send {
+                bytes: frame_bytes,
+                answers: 1,
+            },
+        })
+    }
+
+    /// Marks `count` in-flight frames of `conn` answered without sending anything.
+    pub fn answer(&self, conn: ConnId, count: u32) -> Result<(), OutboxError> {
+        self.push(OutMsg {
+            conn,
+            kind: OutKind::Send {
+                bytes: Vec::new(),
+                answers: count,
+            },
+        })
+    }
+
+    /// Closes `conn` once what is queued for it is sent.
+    pub fn close(&self, conn: ConnId) -> Result<(), OutboxError> {
+        self.push(OutMsg {
+            conn,
+            kind: OutKind::Close,
+        })
+    }
+
+    pub fn gateway_threads(&self) -> usize {
+        self.lanes.len()
+    }
+}
