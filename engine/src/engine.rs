@@ -97,11 +97,18 @@ impl Engine {
         state
             .ledger
             .start_day(0, emission, state.config.pool_daily_spend_bps);
-        Engine {
+        let operator = state.config.operator;
+        let mut engine = Engine {
             state,
             account_index: HashMap::default(),
             pending_match: Vec::new(),
-        }
+        };
+        // The operator holds an account from genesis, so that its nonces are tracked
+        // (R-ID-4) before it ever receives a balance.
+        engine
+            .account_or_create(operator)
+            .expect("the first account always fits");
+        engine
     }
 
     /// Applies one command at `now_ms`, appending what the router must do to `effects`.

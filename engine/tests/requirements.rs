@@ -828,3 +828,24 @@ fn r_match_1_global_session_limit_frees_other_models_too() {
         "model B matched when model A freed the slot"
     );
 }
+
+#[test]
+fn r_id_4_operator_commands_cannot_be_replayed() {
+    let mut m = Market::new();
+    let command = Command::SetBalances {
+        operator: OPERATOR,
+        nonce: 1,
+        entries: vec![],
+    };
+    assert_eq!(
+        m.apply(command.clone()),
+        vec![Effect::Done {
+            to: OPERATOR,
+            nonce: 1
+        }]
+    );
+    assert_eq!(
+        rejection_in(&m.apply(command)),
+        Some(MarketError::Replay { nonce_last: 1 })
+    );
+}

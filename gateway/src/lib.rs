@@ -8,3 +8,4 @@ pub mod config;
 pub mod journal;
 pub mod metrics;
 pub mod net;
+pub mod sequencer;
