@@ -253,11 +253,17 @@ fn truncated_frame_then_close_leaks_nothing(backend: Backend) {
         let bytes = frame(PING, &[1u8; 100]);
         stream.write_all(&bytes[..50]).unwrap();
     }
+    // Connected is not yet accepted: wait for all 20, then for all to be released.
+    wait_until(
+        || {
+            harness
+                .registry
+                .render()
+                .contains("yellowstone_connections_accepted_total 20")
+        },
+        || "20 accepted".into(),
+    );
     harness.wait_connections(0);
-    assert!(harness
-        .registry
-        .render()
-        .contains("yellowstone_connections_accepted_total 20"));
     harness.stop();
 }
 
@@ -275,6 +281,7 @@ fn slow_reader_is_disconnected(backend: Backend) {
     let harness = Harness::start(backend, |n| n.conn_send_bytes_max = send_bytes_max);
     let mut slow = harness.connect();
     let mut good = harness.connect();
+    harness.wait_connections(2);
     let deadline = Instant::now() + Duration::from_secs(10);
     // Ask for 60 KB a request and never read, until the router gives up on us.
     while harness.handle().connections_open() == 2 {
