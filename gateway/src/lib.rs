@@ -7,5 +7,6 @@
 pub mod config;
 pub mod journal;
 pub mod metrics;
+pub mod metrics_http;
 pub mod net;
 pub mod sequencer;
