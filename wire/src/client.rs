@@ -1,0 +1,176 @@
+//! A small blocking client: connect, answer the login challenge, send signed
+//! messages, read frames. Used by the load generator, the tests and third parties.
+//!
+//! ```no_run
+//! use yellowstone_wire::{client::Client, SigningKey, Rfc, Message};
+//! let key = SigningKey::from_seed(b"alice");
+//! let mut client = Client::connect("127.0.0.1:7400", key).unwrap();
+//! let rfc = Rfc { from: client.address(), nonce: client.next_nonce(), model_id: 1, tokens_max: 100, expires_at_ms: 0, ..Rfc::default() };
+//! client.send_signed(rfc.into()).unwrap();
+//! let reply = client.recv().unwrap();
+//! ```
+
+use crate::address::Address;
+use crate::frame::{FrameDecoder, FrameError};
+use crate::messages::{LoginAnswer, Message};
+use crate::signature::SigningKey;
+use crate::DecodeError;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Clients accept large router frames (credit batches list every provider).
+pub const CLIENT_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+#[derive(Debug)]
+pub enum ClientError {
+    Io(std::io::Error),
+    Frame(FrameError),
+    Decode(DecodeError),
+    /// The router answered the login with something else.
+    Login(String),
+    Closed,
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Io(e) => write!(f, "io: {e}"),
+            ClientError::Frame(e) => write!(f, "frame: {e}"),
+            ClientError::Decode(e) => write!(f, "decode: {e}"),
+            ClientError::Login(e) => write!(f, "login refused: {e}"),
+            ClientError::Closed => write!(f, "connection closed by the router"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    decoder: FrameDecoder,
+    key: SigningKey,
+    network_id: u32,
+    router: Address,
+    nonce: u64,
+    read_buffer: Vec<u8>,
+}
+
+impl Client {
+    /// Connects and logs in with `key` (answers the router's signed challenge).
+    pub fn connect(addr: impl ToSocketAddrs, key: SigningKey) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        let mut client = Client::from_stream(stream, key);
+        client.login()?;
+        Ok(client)
+    }
+
+    /// Wraps a connected stream without logging in (for hostile-input tests).
+    pub fn from_stream(stream: TcpStream, key: SigningKey) -> Client {
+        // Nonces start from the clock so a restarted client never replays.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Client {
+            stream,
+            decoder: FrameDecoder::new(CLIENT_FRAME_BYTES_MAX),
+            key,
+            network_id: 0,
+            router: Address::default(),
+            nonce,
+            read_buffer: vec![0u8; 64 * 1024],
+        }
+    }
+
+    pub fn login(&mut self) -> Result<(), ClientError> {
+        let challenge = match self.recv()? {
+            Message::LoginChallenge(challenge) => challenge,
+            other => {
+                return Err(ClientError::Login(format!(
+                    "expected a challenge, got {other:?}"
+                )))
+            }
+        };
+        self.network_id = challenge.network_id;
+        self.router = challenge.router;
+        let answer = LoginAnswer {
+            address: self.key.address(),
+            challenge: challenge.challenge,
+            ..LoginAnswer::default()
+        };
+        self.send_signed(answer.into())?;
+        match self.recv()? {
+            Message::LoginOk(_) => Ok(()),
+            other => Err(ClientError::Login(format!("{other:?}"))),
+        }
+    }
+
+    pub fn address(&self) -> Address {
+        self.key.address()
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    pub fn network_id(&self) -> u32 {
+        self.network_id
+    }
+
+    pub fn router(&self) -> Address {
+        self.router
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// A fresh nonce, strictly above every one this client issued (R-ID-4).
+    pub fn next_nonce(&mut self) -> u64 {
+        self.nonce += 1;
+        self.nonce
+    }
+
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Signs with this client's key and sends.
+    pub fn send_signed(&mut self, mut message: Message) -> Result<(), ClientError> {
+        let frame = message.sign(&self.key, self.network_id);
+        self.send_raw(&frame)
+    }
+
+    pub fn send(&mut self, message: &Message) -> Result<(), ClientError> {
+        self.send_raw(&message.to_frame())
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.stream.write_all(bytes)?;
+        Ok(())
+    }
+
+    /// Reads the next whole frame and decodes it.
+    pub fn recv(&mut self) -> Result<Message, ClientError> {
+        loop {
+            if let Some(frame) = self.decoder.next_frame().map_err(ClientError::Frame)? {
+                return Message::decode(frame.header.msg_type, &frame.body)
+                    .map_err(ClientError::Decode);
+            }
+            let n = self.stream.read(&mut self.read_buffer)?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.decoder.extend(&self.read_buffer[..n]);
+        }
+    }
+}

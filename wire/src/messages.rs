@@ -1,0 +1,374 @@
+//! The message catalog: one struct per message type with a fixed little-endian
+//! layout (fields in declaration order), and `Message`, the enum over all of them.
+//!
+//! Signed messages end with the 65-byte signature; their digest covers the exact body
+//! bytes before it (`signed_digest`), so verifying needs no re-encoding. Every list
+//! and string is bounded by a named constant. Type codes are stable: new messages get
+//! new codes; an unknown code decodes to `DecodeError::UnknownMessageType`, which the
+//! router answers with an error reply without closing the connection.
+
+use crate::address::Address;
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::signature::{self, SigError, Signature, SigningKey, SIGNATURE_LEN};
+
+pub const ENDPOINT_BYTES_MAX: usize = 255;
+pub const REASON_BYTES_MAX: usize = 1024;
+pub const OFFERS_MAX: usize = 64;
+pub const BALANCE_ENTRIES_MAX: usize = 100_000;
+pub const PARAMS_MAX: usize = 64;
+pub const BATCH_TOTALS_MAX: usize = 1_000_000;
+
+/// A value carried in a message: how it is written and read.
+pub trait Field: Sized {
+    fn write(&self, w: &mut Writer<'_>);
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError>;
+}
+
+macro_rules! scalar_field {
+    ($($t:ty => $m:ident),*) => {$(
+        impl Field for $t {
+            fn write(&self, w: &mut Writer<'_>) { w.$m(*self); }
+            fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> { r.$m(field) }
+        }
+    )*};
+}
+scalar_field!(u8 => u8, u16 => u16, u32 => u32, u64 => u64, u128 => u128, bool => bool);
+
+impl Field for [u8; 32] {
+    fn write(&self, w: &mut Writer<'_>) {
+        w.bytes(self);
+    }
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.bytes32(field)
+    }
+}
+
+impl Field for Address {
+    fn write(&self, w: &mut Writer<'_>) {
+        w.address(self);
+    }
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.address(field)
+    }
+}
+
+impl Field for Signature {
+    fn write(&self, w: &mut Writer<'_>) {
+        w.signature(self);
+    }
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.signature(field)
+    }
+}
+
+impl Field for String {
+    fn write(&self, w: &mut Writer<'_>) {
+        w.string(self);
+    }
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        r.string(field, REASON_BYTES_MAX.max(ENDPOINT_BYTES_MAX))
+    }
+}
+
+/// A list item type with its bound and minimum encoded size.
+pub trait ListItem: Field {
+    const MAX: usize;
+    const BYTES: usize;
+}
+
+impl<T: ListItem> Field for Vec<T> {
+    fn write(&self, w: &mut Writer<'_>) {
+        w.list_len(self.len());
+        for item in self {
+            item.write(w);
+        }
+    }
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        let len = r.list_len(field, T::MAX, T::BYTES)?;
+        let mut out = Vec::with_capacity(len);
+        for _ in 0..len {
+            out.push(T::read(r, field)?);
+        }
+        Ok(out)
+    }
+}
+
+macro_rules! record {
+    ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? } max = $max:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct $name { $(pub $field: $ty),* }
+        impl Field for $name {
+            fn write(&self, w: &mut Writer<'_>) { $(self.$field.write(w);)* }
+            fn read(r: &mut Reader<'_>, _field: &'static str) -> Result<Self, DecodeError> {
+                Ok($name { $($field: <$ty as Field>::read(r, concat!(stringify!($name), ".", stringify!($field)))?),* })
+            }
+        }
+        impl ListItem for $name {
+            const MAX: usize = $max;
+            const BYTES: usize = 0 $(+ std::mem::size_of::<$ty>())*;
+        }
+    };
+}
+
+record!(
+    /// One model a provider offers (R-PROV-1). `unit`: 0 token (SPEC section 8).
+    Offer { model_id: u32, unit: u8, weights_hash: [u8; 32], weights_proof: Signature, price_wei_per_token: u128, capacity: u32 }
+    max = OFFERS_MAX
+);
+record!(BalanceEntry { address: Address, balance_wei: u128 } max = BALANCE_ENTRIES_MAX);
+record!(ParamEntry { param_id: u16, value: u128 } max = PARAMS_MAX);
+record!(BatchTotals { provider: Address, wei: u128, tokens: u64, sessions: u32 } max = BATCH_TOTALS_MAX);
+
+pub mod msg_type {
+    pub const LOGIN_CHALLENGE: u16 = 0x0001;
+    pub const LOGIN_ANSWER: u16 = 0x0002;
+    pub const LOGIN_OK: u16 = 0x0003;
+    pub const REGISTER_PROVIDER: u16 = 0x0010;
+    pub const UPDATE_BID: u16 = 0x0011;
+    pub const WITHDRAW_BID: u16 = 0x0012;
+    pub const PROVIDER_ANNOUNCE: u16 = 0x0013;
+    pub const RFC: u16 = 0x0020;
+    pub const RFC_CANCEL: u16 = 0x0021;
+    pub const RFC_ACCEPTED: u16 = 0x0022;
+    pub const RFC_FAILED: u16 = 0x0023;
+    pub const PROBE: u16 = 0x0030;
+    pub const PROBE_ANSWER: u16 = 0x0031;
+    pub const SESSION_TICKET: u16 = 0x0040;
+    pub const REPORT: u16 = 0x0050;
+    pub const REPORT_ACK: u16 = 0x0051;
+    pub const SUBSCRIBE_BATCHES: u16 = 0x0060;
+    pub const CREDIT_BATCH: u16 = 0x0061;
+    pub const CLAIM: u16 = 0x0070;
+    pub const CLAIM_ACK: u16 = 0x0071;
+    pub const BALANCE_UPDATE: u16 = 0x0080;
+    pub const SET_PARAMS: u16 = 0x0081;
+    pub const ACK: u16 = 0x0082;
+    pub const NOTICE: u16 = 0x0083;
+    pub const PING: u16 = 0x0090;
+    pub const PONG: u16 = 0x0091;
+    pub const ERROR_REPLY: u16 = 0x00F0;
+}
+
+macro_rules! messages {
+    ($($(#[$doc:meta])* $name:ident = $code:ident, signed: $signed:tt { $($field:ident : $ty:ty),* $(,)? })*) => {
+        $(
+            $(#[$doc])*
+            #[derive(Clone, Debug, Default, PartialEq, Eq)]
+            pub struct $name { $(pub $field: $ty),* }
+            impl $name {
+                pub const MSG_TYPE: u16 = msg_type::$code;
+                pub fn encode(&self, out: &mut Vec<u8>) {
+                    let mut w = Writer(out);
+                    $(self.$field.write(&mut w);)*
+                }
+                pub fn decode(body: &[u8]) -> Result<$name, DecodeError> {
+                    let mut r = Reader::new(body);
+                    let message = $name { $($field: <$ty as Field>::read(&mut r, concat!(stringify!($name), ".", stringify!($field)))?),* };
+                    r.finish()?;
+                    Ok(message)
+                }
+            }
+            impl From<$name> for Message {
+                fn from(m: $name) -> Message { Message::$name(m) }
+            }
+        )*
+
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        pub enum Message { $($name($name)),* }
+
+        impl Message {
+            pub fn msg_type(&self) -> u16 {
+                match self { $(Message::$name(_) => msg_type::$code),* }
+            }
+            pub fn name(&self) -> &'static str {
+                match self { $(Message::$name(_) => stringify!($name)),* }
+            }
+            /// Whether the body ends with an originator's (or the router's) signature.
+            pub fn is_signed(&self) -> bool {
+                match self { $(Message::$name(_) => $signed),* }
+            }
+            pub fn encode(&self, out: &mut Vec<u8>) {
+                match self { $(Message::$name(m) => m.encode(out)),* }
+            }
+            pub fn decode(msg_type: u16, body: &[u8]) -> Result<Message, DecodeError> {
+                match msg_type {
+                    $(msg_type::$code => Ok(Message::$name($name::decode(body)?)),)*
+                    other => Err(DecodeError::UnknownMessageType { msg_type: other }),
+                }
+            }
+            pub fn type_is_signed(msg_type: u16) -> Option<bool> {
+                match msg_type { $(msg_type::$code => Some($signed),)* _ => None }
+            }
+        }
+    };
+}
+
+messages! {
+    /// Router -> client on connect: sign this challenge to prove your address.
+    LoginChallenge = LOGIN_CHALLENGE, signed: false { challenge: [u8; 32], network_id: u32, router: Address }
+    /// Client -> router: `signature` over `signature::login_digest(network_id, challenge)`.
+    LoginAnswer = LOGIN_ANSWER, signed: true { address: Address, challenge: [u8; 32], signature: Signature }
+    LoginOk = LOGIN_OK, signed: false { address: Address }
+    /// R-PROV-1.
+    RegisterProvider = REGISTER_PROVIDER, signed: true { from: Address, nonce: u64, endpoint: String, offers: Vec<Offer>, signature: Signature }
+    UpdateBid = UPDATE_BID, signed: true { from: Address, nonce: u64, model_id: u32, price_wei_per_token: u128, capacity: u32, signature: Signature }
+    WithdrawBid = WITHDRAW_BID, signed: true { from: Address, nonce: u64, model_id: u32, signature: Signature }
+    ProviderAnnounce = PROVIDER_ANNOUNCE, signed: true { from: Address, nonce: u64, signature: Signature }
+    /// R-RFC-1.
+    Rfc = RFC, signed: true { from: Address, nonce: u64, model_id: u32, tokens_max: u64, expires_at_ms: u64, signature: Signature }
+    RfcCancel = RFC_CANCEL, signed: true { from: Address, nonce: u64, rfc_id: u64, signature: Signature }
+    RfcAccepted = RFC_ACCEPTED, signed: false { nonce: u64, rfc_id: u64, tokens_left: u64 }
+    /// `reason`: 1 expired, 2 no provider available, 3 cancelled.
+    RfcFailed = RFC_FAILED, signed: false { nonce: u64, rfc_id: u64, reason: u8, refunded_tokens: u64 }
+    /// R-MATCH-2: router -> provider liveness check.
+    Probe = PROBE, signed: false { probe_id: u64, model_id: u32, tokens_max: u64, deadline_ms: u64 }
+    ProbeAnswer = PROBE_ANSWER, signed: true { from: Address, nonce: u64, probe_id: u64, signature: Signature }
+    /// R-MATCH-6: router-signed, sent to both sides.
+    SessionTicket = SESSION_TICKET, signed: true {
+        session_id: u64, user: Address, provider: Address, endpoint: String, model_id: u32, tokens_max: u64,
+        price_wei_per_token: u128, expires_at_ms: u64, rfc_nonce: u64, signature: Signature
+    }
+    /// R-REPORT-1.
+    Report = REPORT, signed: true { from: Address, nonce: u64, session_id: u64, elapsed_ms: u64, tokens: u64, pass: bool, signature: Signature }
+    /// `reason`: 0 credited, 1 reported fail, 2 too slow, 3 credited despite fail, 4 zero tokens.
+    ReportAck = REPORT_ACK, signed: false { nonce: u64, session_id: u64, credited: bool, reason: u8, amount_wei: u128 }
+    SubscribeBatches = SUBSCRIBE_BATCHES, signed: true { from: Address, nonce: u64, signature: Signature }
+    /// R-BLOCK-2: router-signed.
+    CreditBatch = CREDIT_BATCH, signed: true {
+        block: u64, merkle_root: [u8; 32], receipts: u64, credited_wei: u128, shortfall_wei: u128,
+        totals: Vec<BatchTotals>, signature: Signature
+    }
+    /// R-CLAIM-1: `amount_wei` 0 claims all that is owed.
+    Claim = CLAIM, signed: true { from: Address, nonce: u64, amount_wei: u128, signature: Signature }
+    ClaimAck = CLAIM_ACK, signed: false { nonce: u64, amount_wei: u128, owed_left_wei: u128 }
+    /// R-QUOTA-6: operator balance snapshot or update.
+    BalanceUpdate = BALANCE_UPDATE, signed: true { from: Address, nonce: u64, entries: Vec<BalanceEntry>, signature: Signature }
+    SetParams = SET_PARAMS, signed: true { from: Address, nonce: u64, params: Vec<ParamEntry>, signature: Signature }
+    /// Acknowledges a command that has no other answer (registration, bids, operator).
+    Ack = ACK, signed: false { nonce: u64 }
+    /// Unsolicited news for a provider: `kind` 1 unreachable, 2 suspended (until_ms).
+    Notice = NOTICE, signed: false { kind: u8, until_ms: u64 }
+    Ping = PING, signed: false { payload: u64 }
+    Pong = PONG, signed: false { payload: u64 }
+    /// SPEC section 9: every refusal. `detail` holds e.g. the quota left.
+    ErrorReply = ERROR_REPLY, signed: false { code: u16, ref_msg_type: u16, ref_nonce: u64, retry_after_ms: u32, detail: u128, reason: String }
+}
+
+/// The digest of a signed body: everything before the trailing signature.
+pub fn signed_digest(network_id: u32, msg_type: u16, body: &[u8]) -> Option<[u8; 32]> {
+    let unsigned = body.len().checked_sub(SIGNATURE_LEN)?;
+    Some(signature::digest(network_id, msg_type, &body[..unsigned]))
+}
+
+impl Message {
+    /// The address a signed client message claims to come from, and its nonce.
+    pub fn claimed_origin(&self) -> Option<(Address, u64)> {
+        match self {
+            Message::RegisterProvider(m) => Some((m.from, m.nonce)),
+            Message::UpdateBid(m) => Some((m.from, m.nonce)),
+            Message::WithdrawBid(m) => Some((m.from, m.nonce)),
+            Message::ProviderAnnounce(m) => Some((m.from, m.nonce)),
+            Message::Rfc(m) => Some((m.from, m.nonce)),
+            Message::RfcCancel(m) => Some((m.from, m.nonce)),
+            Message::ProbeAnswer(m) => Some((m.from, m.nonce)),
+            Message::Report(m) => Some((m.from, m.nonce)),
+            Message::SubscribeBatches(m) => Some((m.from, m.nonce)),
+            Message::Claim(m) => Some((m.from, m.nonce)),
+            Message::BalanceUpdate(m) => Some((m.from, m.nonce)),
+            Message::SetParams(m) => Some((m.from, m.nonce)),
+            Message::LoginAnswer(m) => Some((m.address, 0)),
+            _ => None,
+        }
+    }
+
+    fn signature_mut(&mut self) -> Option<&mut Signature> {
+        Some(match self {
+            Message::LoginAnswer(m) => &mut m.signature,
+            Message::RegisterProvider(m) => &mut m.signature,
+            Message::UpdateBid(m) => &mut m.signature,
+            Message::WithdrawBid(m) => &mut m.signature,
+            Message::ProviderAnnounce(m) => &mut m.signature,
+            Message::Rfc(m) => &mut m.signature,
+            Message::RfcCancel(m) => &mut m.signature,
+            Message::ProbeAnswer(m) => &mut m.signature,
+            Message::SessionTicket(m) => &mut m.signature,
+            Message::Report(m) => &mut m.signature,
+            Message::SubscribeBatches(m) => &mut m.signature,
+            Message::CreditBatch(m) => &mut m.signature,
+            Message::Claim(m) => &mut m.signature,
+            Message::BalanceUpdate(m) => &mut m.signature,
+            Message::SetParams(m) => &mut m.signature,
+            _ => return None,
+        })
+    }
+
+    pub fn signature(&self) -> Option<Signature> {
+        self.clone().signature_mut().map(|s| *s)
+    }
+
+    /// Signs the message in place (the signature field is replaced) and returns the
+    /// whole frame bytes. Login answers sign the challenge digest instead.
+    pub fn sign(&mut self, key: &SigningKey, network_id: u32) -> Vec<u8> {
+        let msg_type = self.msg_type();
+        let digest = match self {
+            Message::LoginAnswer(m) => signature::login_digest(network_id, &m.challenge),
+            _ => {
+                let mut body = Vec::with_capacity(128);
+                self.encode(&mut body);
+                match signed_digest(network_id, msg_type, &body) {
+                    Some(digest) => digest,
+                    None => return self.to_frame(),
+                }
+            }
+        };
+        if let Some(slot) = self.signature_mut() {
+            *slot = key.sign_digest(&digest);
+        }
+        self.to_frame()
+    }
+
+    /// Header + body.
+    pub fn to_frame(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        self.write_frame(0, &mut out);
+        out
+    }
+
+    /// Appends header + body to `out` (no intermediate buffer).
+    pub fn write_frame(&self, flags: u8, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0u8; crate::frame::HEADER_LEN]);
+        self.encode(out);
+        let body_len = out.len() - start - crate::frame::HEADER_LEN;
+        let header = crate::frame::FrameHeader::new(self.msg_type(), flags, body_len);
+        out[start..start + crate::frame::HEADER_LEN].copy_from_slice(&header.encode());
+    }
+
+    /// R-ID-2/3: recovers the signer from the received body bytes and checks it is
+    /// the claimed originator. Returns the verified address. Router-signed messages
+    /// (tickets, batches) are checked with `verify_router`.
+    pub fn verify(&self, network_id: u32, body: &[u8]) -> Result<Address, SigError> {
+        let (claimed, _) = self.claimed_origin().ok_or(SigError::BadSignature)?;
+        let signature = self.signature().ok_or(SigError::BadSignature)?;
+        let digest = match self {
+            Message::LoginAnswer(m) => signature::login_digest(network_id, &m.challenge),
+            _ => signed_digest(network_id, self.msg_type(), body).ok_or(SigError::BadSignature)?,
+        };
+        signature::verify_signer(&digest, &signature, &claimed)?;
+        Ok(claimed)
+    }
+
+    /// Checks a router-signed message (ticket, batch) against the router's address.
+    pub fn verify_router(
+        &self,
+        network_id: u32,
+        body: &[u8],
+        router: &Address,
+    ) -> Result<(), SigError> {
+        let signature = self.signature().ok_or(SigError::BadSignature)?;
+        let digest =
+            signed_digest(network_id, self.msg_type(), body).ok_or(SigError::BadSignature)?;
+        signature::verify_signer(&digest, &signature, router)
+    }
+}
