@@ -296,3 +296,24 @@ fn run_thread<H: FrameHandler>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_plan_on_two_cores_puts_gateway_on_0_and_engine_on_1() {
+        let plan = plan_cores(&ThreadsConfig::default(), 2);
+        assert_eq!(plan.gateways, vec![Some(0)]);
+        assert_eq!(plan.engine, Some(1));
+        let one_core = plan_cores(&ThreadsConfig::default(), 1);
+        assert_eq!((one_core.gateways, one_core.engine), (vec![None], None));
+        let four = ThreadsConfig {
+            gateway_threads: 3,
+            ..ThreadsConfig::default()
+        };
+        let plan = plan_cores(&four, 4);
+        assert_eq!(plan.gateways, vec![Some(0), Some(1), Some(2)]);
+        assert_eq!(plan.engine, Some(3));
+    }
+}
