@@ -1,0 +1,474 @@
+//! Round trips for every message, every malformed case with its specific error, and
+//! signature checks on whole frames (R-ID-2, R-ID-3).
+
+use proptest::prelude::*;
+use yellowstone_wire::frame::{FrameDecoder, FrameError, HEADER_LEN};
+use yellowstone_wire::signature::{to_high_s, weights_proof_digest};
+use yellowstone_wire::*;
+
+const NET: u32 = 7;
+
+fn key(name: &str) -> SigningKey {
+    SigningKey::from_seed(name.as_bytes())
+}
+
+/// One instance of every message type, with every field set.
+pub fn samples() -> Vec<Message> {
+    let a = key("alice").address();
+    let p = key("provider").address();
+    let offer = Offer {
+        model_id: 3,
+        unit: 0,
+        weights_hash: [9; 32],
+        weights_proof: key("provider").sign_digest(&weights_proof_digest(NET, 3, &[9; 32])),
+        price_wei_per_token: 1_000_000_000,
+        capacity: 8,
+    };
+    vec![
+        LoginChallenge {
+            challenge: [1; 32],
+            network_id: NET,
+            router: p,
+        }
+        .into(),
+        LoginAnswer {
+            address: a,
+            challenge: [1; 32],
+            signature: Signature::default(),
+        }
+        .into(),
+        LoginOk { address: a }.into(),
+        RegisterProvider {
+            from: p,
+            nonce: 1,
+            endpoint: "10.0.0.1:9000".into(),
+            offers: vec![offer.clone(), offer],
+            signature: Signature::default(),
+        }
+        .into(),
+        UpdateBid {
+            from: p,
+            nonce: 2,
+            model_id: 3,
+            price_wei_per_token: 5,
+            capacity: 4,
+            signature: Signature::default(),
+        }
+        .into(),
+        WithdrawBid {
+            from: p,
+            nonce: 3,
+            model_id: 3,
+            signature: Signature::default(),
+        }
+        .into(),
+        ProviderAnnounce {
+            from: p,
+            nonce: 4,
+            signature: Signature::default(),
+        }
+        .into(),
+        Rfc {
+            from: a,
+            nonce: 5,
+            model_id: 3,
+            tokens_max: 100,
+            expires_at_ms: 1_700_000_060_000,
+            signature: Signature::default(),
+        }
+        .into(),
+        RfcCancel {
+            from: a,
+            nonce: 6,
+            rfc_id: 77,
+            signature: Signature::default(),
+        }
+        .into(),
+        RfcAccepted {
+            nonce: 5,
+            rfc_id: 77,
+            tokens_left: 14_900,
+        }
+        .into(),
+        RfcFailed {
+            nonce: 5,
+            rfc_id: 77,
+            reason: 1,
+            refunded_tokens: 100,
+        }
+        .into(),
+        Probe {
+            probe_id: 88,
+            model_id: 3,
+            tokens_max: 100,
+            deadline_ms: 1_700_000_002_000,
+        }
+        .into(),
+        ProbeAnswer {
+            from: p,
+            nonce: 7,
+            probe_id: 88,
+            signature: Signature::default(),
+        }
+        .into(),
+        SessionTicket {
+            session_id: 99,
+            user: a,
+            provider: p,
+            endpoint: "10.0.0.1:9000".into(),
+            model_id: 3,
+            tokens_max: 100,
+            price_wei_per_token: 1_000_000_000,
+            expires_at_ms: 1_700_000_600_000,
+            rfc_nonce: 5,
+            signature: Signature::default(),
+        }
+        .into(),
+        Report {
+            from: a,
+            nonce: 8,
+            session_id: 99,
+            elapsed_ms: 1_234,
+            tokens: 90,
+            pass: true,
+            signature: Signature::default(),
+        }
+        .into(),
+        ReportAck {
+            nonce: 8,
+            session_id: 99,
+            credited: true,
+            reason: 0,
+            amount_wei: 90_000_000_000,
+        }
+        .into(),
+        SubscribeBatches {
+            from: a,
+            nonce: 9,
+            signature: Signature::default(),
+        }
+        .into(),
+        CreditBatch {
+            block: 12,
+            merkle_root: [4; 32],
+            receipts: 1,
+            credited_wei: 90_000_000_000,
+            shortfall_wei: 0,
+            totals: vec![BatchTotals {
+                provider: p,
+                wei: 90_000_000_000,
+                tokens: 90,
+                sessions: 1,
+            }],
+            signature: Signature::default(),
+        }
+        .into(),
+        Claim {
+            from: p,
+            nonce: 10,
+            amount_wei: 0,
+            signature: Signature::default(),
+        }
+        .into(),
+        ClaimAck {
+            nonce: 10,
+            amount_wei: 90_000_000_000,
+            owed_left_wei: 0,
+        }
+        .into(),
+        BalanceUpdate {
+            from: a,
+            nonce: 11,
+            entries: vec![BalanceEntry {
+                address: a,
+                balance_wei: 5,
+            }],
+            signature: Signature::default(),
+        }
+        .into(),
+        SetParams {
+            from: a,
+            nonce: 12,
+            params: vec![ParamEntry {
+                param_id: 4,
+                value: 50,
+            }],
+            signature: Signature::default(),
+        }
+        .into(),
+        Ack { nonce: 12 }.into(),
+        Notice {
+            kind: 2,
+            until_ms: 5,
+        }
+        .into(),
+        Ping { payload: 42 }.into(),
+        Pong { payload: 42 }.into(),
+        ErrorReply {
+            code: 0x0203,
+            ref_msg_type: 0x0020,
+            ref_nonce: 5,
+            retry_after_ms: 0,
+            detail: 1_000,
+            reason: "quota exceeded: 1000 tokens left today".into(),
+        }
+        .into(),
+    ]
+}
+
+fn decode_frame(bytes: &[u8]) -> (u16, bytes::Bytes) {
+    let mut decoder = FrameDecoder::new(1 << 20);
+    decoder.extend(bytes);
+    let frame = decoder.next_frame().unwrap().unwrap();
+    assert_eq!(decoder.buffered_len(), 0);
+    (frame.header.msg_type, frame.body)
+}
+
+#[test]
+fn every_message_round_trips_through_a_frame() {
+    let samples = samples();
+    let mut types: Vec<u16> = samples.iter().map(Message::msg_type).collect();
+    types.sort_unstable();
+    types.dedup();
+    assert_eq!(types.len(), samples.len(), "one sample per type");
+    for message in samples {
+        let frame = message.to_frame();
+        let (msg_type, body) = decode_frame(&frame);
+        assert_eq!(msg_type, message.msg_type());
+        assert_eq!(
+            Message::decode(msg_type, &body).unwrap(),
+            message,
+            "{}",
+            message.name()
+        );
+    }
+}
+
+#[test]
+fn r_id_2_signed_frames_verify_and_tampering_is_caught() {
+    let alice = key("alice");
+    for mut message in samples()
+        .into_iter()
+        .filter(|m| m.claimed_origin().is_some())
+    {
+        let signer = match message.claimed_origin().unwrap().0 {
+            a if a == alice.address() => alice.clone(),
+            _ => key("provider"),
+        };
+        let frame = message.sign(&signer, NET);
+        let (msg_type, body) = decode_frame(&frame);
+        let decoded = Message::decode(msg_type, &body).unwrap();
+        assert_eq!(
+            decoded.verify(NET, &body),
+            Ok(signer.address()),
+            "{}",
+            message.name()
+        );
+        // Another network id: the signature no longer matches the claimed address.
+        assert!(
+            matches!(
+                decoded.verify(NET + 1, &body),
+                Err(SigError::SignerMismatch { .. })
+            ),
+            "{}",
+            message.name()
+        );
+        if !matches!(decoded, Message::LoginAnswer(_)) {
+            let mut tampered = body.to_vec();
+            tampered[21] ^= 1; // inside the nonce / first field after `from`
+            let tampered_msg = Message::decode(msg_type, &tampered).unwrap();
+            assert!(
+                tampered_msg.verify(NET, &tampered).is_err(),
+                "{}",
+                message.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn r_id_3_signer_not_the_claimed_address() {
+    let mallory = key("mallory");
+    let mut message: Message = Rfc {
+        from: key("alice").address(),
+        nonce: 1,
+        model_id: 1,
+        tokens_max: 1,
+        expires_at_ms: 1,
+        ..Rfc::default()
+    }
+    .into();
+    let frame = message.sign(&mallory, NET);
+    let (msg_type, body) = decode_frame(&frame);
+    let decoded = Message::decode(msg_type, &body).unwrap();
+    assert_eq!(
+        decoded.verify(NET, &body),
+        Err(SigError::SignerMismatch {
+            recovered: mallory.address()
+        })
+    );
+}
+
+#[test]
+fn r_id_2_high_s_and_garbage_signatures_are_refused() {
+    let alice = key("alice");
+    let mut message: Message = Rfc {
+        from: alice.address(),
+        nonce: 1,
+        model_id: 1,
+        tokens_max: 1,
+        expires_at_ms: 1,
+        ..Rfc::default()
+    }
+    .into();
+    message.sign(&alice, NET);
+    let Message::Rfc(mut rfc) = message else {
+        unreachable!()
+    };
+    rfc.signature = to_high_s(&rfc.signature);
+    let high: Message = rfc.clone().into();
+    let (t, body) = decode_frame(&high.to_frame());
+    assert_eq!(
+        Message::decode(t, &body).unwrap().verify(NET, &body),
+        Err(SigError::HighS)
+    );
+    rfc.signature = Signature::default();
+    let zero: Message = rfc.into();
+    let (t, body) = decode_frame(&zero.to_frame());
+    assert_eq!(
+        Message::decode(t, &body).unwrap().verify(NET, &body),
+        Err(SigError::BadSignature)
+    );
+}
+
+#[test]
+fn malformed_bodies_get_specific_errors() {
+    let rfc: Message = Rfc {
+        from: Address([1; 20]),
+        nonce: 1,
+        model_id: 1,
+        tokens_max: 1,
+        expires_at_ms: 1,
+        ..Rfc::default()
+    }
+    .into();
+    let mut body = Vec::new();
+    rfc.encode(&mut body);
+    assert_eq!(
+        Message::decode(0x0020, &body[..body.len() - 1]),
+        Err(DecodeError::Truncated {
+            field: "Rfc.signature"
+        })
+    );
+    assert_eq!(
+        Message::decode(0x0020, &body[..3]),
+        Err(DecodeError::Truncated { field: "Rfc.from" })
+    );
+    let mut long = body.clone();
+    long.push(0);
+    assert_eq!(
+        Message::decode(0x0020, &long),
+        Err(DecodeError::TrailingBytes { count: 1 })
+    );
+    assert_eq!(
+        Message::decode(0x7777, &body),
+        Err(DecodeError::UnknownMessageType { msg_type: 0x7777 })
+    );
+    // A bool that is neither 0 nor 1.
+    let report: Message = Report {
+        pass: true,
+        ..Report::default()
+    }
+    .into();
+    let mut body = Vec::new();
+    report.encode(&mut body);
+    body[20 + 8 + 8 + 8 + 8] = 2;
+    assert_eq!(
+        Message::decode(0x0050, &body),
+        Err(DecodeError::BadEnumValue {
+            field: "Report.pass",
+            value: 2
+        })
+    );
+    // A list claiming more items than allowed, and more than the bytes hold.
+    let mut body = Vec::new();
+    body.extend_from_slice(&[0; 28]);
+    body.extend_from_slice(&(100_001u32).to_le_bytes());
+    assert!(matches!(
+        Message::decode(0x0080, &body),
+        Err(DecodeError::ListTooLong { max: 100_000, .. })
+    ));
+    let mut body = Vec::new();
+    body.extend_from_slice(&[0; 28]);
+    body.extend_from_slice(&(1000u32).to_le_bytes());
+    assert_eq!(
+        Message::decode(0x0080, &body),
+        Err(DecodeError::Truncated {
+            field: "BalanceUpdate.entries"
+        })
+    );
+    // A string that is not UTF-8.
+    let mut body = vec![0u8; 28];
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&[0xff, 0xfe]);
+    assert_eq!(
+        Message::decode(0x0010, &body),
+        Err(DecodeError::NotUtf8 {
+            field: "RegisterProvider.endpoint"
+        })
+    );
+}
+
+#[test]
+fn malformed_frames_get_specific_errors() {
+    let frame = Message::from(Ping { payload: 1 }).to_frame();
+    let mut decoder = FrameDecoder::new(64);
+    decoder.extend(&frame[..HEADER_LEN - 1]);
+    assert_eq!(decoder.next_frame(), Ok(None), "short header waits");
+    let mut bad = frame.clone();
+    bad[8..12].copy_from_slice(&1000u32.to_le_bytes());
+    let mut decoder = FrameDecoder::new(64);
+    decoder.extend(&bad);
+    assert_eq!(
+        decoder.next_frame(),
+        Err(FrameError::TooLarge {
+            frame_bytes: 1012,
+            frame_bytes_max: 64
+        })
+    );
+    assert_eq!(
+        codes::of_frame_error(&FrameError::TooLarge {
+            frame_bytes: 1,
+            frame_bytes_max: 0
+        }),
+        codes::FRAME_TOO_LARGE
+    );
+    assert_eq!(codes::name(0x0203), "quota_exceeded");
+}
+
+fn arb_address() -> impl Strategy<Value = Address> {
+    any::<[u8; 20]>().prop_map(Address)
+}
+
+proptest! {
+    #[test]
+    fn rfc_and_report_round_trip(from in arb_address(), nonce: u64, model_id: u32, tokens_max: u64, expires_at_ms: u64, sig in prop::collection::vec(any::<u8>(), 65)) {
+        let mut signature = Signature::default();
+        signature.0.copy_from_slice(&sig);
+        let rfc: Message = Rfc { from, nonce, model_id, tokens_max, expires_at_ms, signature }.into();
+        let (t, body) = decode_frame(&rfc.to_frame());
+        prop_assert_eq!(Message::decode(t, &body).unwrap(), rfc);
+        let report: Message = Report { from, nonce, session_id: tokens_max, elapsed_ms: expires_at_ms, tokens: nonce, pass: nonce % 2 == 0, signature }.into();
+        let (t, body) = decode_frame(&report.to_frame());
+        prop_assert_eq!(Message::decode(t, &body).unwrap(), report);
+    }
+
+    #[test]
+    fn arbitrary_bodies_never_panic(msg_type in 0u16..0x100, body in prop::collection::vec(any::<u8>(), 0..300)) {
+        if let Ok(message) = Message::decode(msg_type, &body) {
+            let mut again = Vec::new();
+            message.encode(&mut again);
+            prop_assert_eq!(again, body);
+        }
+    }
+}
