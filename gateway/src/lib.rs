@@ -9,4 +9,5 @@ pub mod journal;
 pub mod metrics;
 pub mod metrics_http;
 pub mod net;
+pub mod router;
 pub mod sequencer;

@@ -1,4 +1,156 @@
+//! `yellowstone-router`: the process an operator runs. See `--help`.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use yellowstone_gateway::config::Backend;
+use yellowstone_gateway::router::config::RouterConfig;
+use yellowstone_wire::SigningKey;
+
+#[derive(Parser)]
+#[command(
+    name = "yellowstone-router",
+    version,
+    about = "Yellowstone compute-market router: matches signed requests for compute with the cheapest live provider, every 12-second block emits a signed credit batch."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the router until SIGINT/SIGTERM (then seals the current block and stops).
+    Run(RunArgs),
+    /// Prints a new secret key (hex) and its address, for the router or an operator.
+    Keygen,
+    /// Prints the configuration in force (defaults merged with --config) as TOML.
+    PrintConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// TOML configuration file; every key has a default (see print-config).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides network.listen (e.g. 127.0.0.1:7400; port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Overrides metrics.listen (Prometheus text at GET /metrics).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Overrides network.backend: uring or mio.
+    #[arg(long)]
+    backend: Option<String>,
+    /// Overrides journal.data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Overrides journal.durability: always, interval or none.
+    #[arg(long)]
+    durability: Option<String>,
+    /// Overrides identity.operator (address).
+    #[arg(long)]
+    operator: Option<String>,
+    /// Overrides identity.router_key_hex.
+    #[arg(long)]
+    router_key_hex: Option<String>,
+    /// Overrides identity.balance_snapshot (address,balance_wei per line).
+    #[arg(long)]
+    balance_snapshot: Option<PathBuf>,
+    /// Overrides identity.network_id.
+    #[arg(long)]
+    network_id: Option<u32>,
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<RouterConfig, String> {
+    match path {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            RouterConfig::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        None => Ok(RouterConfig::default()),
+    }
+}
+
+fn run(args: RunArgs) -> Result<(), String> {
+    let mut config = load_config(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.network.listen = listen;
+    }
+    if let Some(listen) = args.metrics_listen {
+        config.metrics.listen = listen;
+    }
+    if let Some(backend) = args.backend {
+        config.network.backend = match backend.as_str() {
+            "uring" => Backend::Uring,
+            "mio" => Backend::Mio,
+            other => return Err(format!("--backend must be uring or mio, not {other:?}")),
+        };
+    }
+    if let Some(dir) = args.data_dir {
+        config.journal.data_dir = Some(dir);
+    }
+    if let Some(mode) = args.durability {
+        config.journal.durability = mode;
+    }
+    if let Some(operator) = args.operator {
+        config.identity.operator = operator;
+    }
+    if let Some(key) = args.router_key_hex {
+        config.identity.router_key_hex = key;
+    }
+    if let Some(path) = args.balance_snapshot {
+        config.identity.balance_snapshot = Some(path);
+    }
+    if let Some(network_id) = args.network_id {
+        config.identity.network_id = network_id;
+    }
+    config.validate()?;
+    let router = yellowstone_gateway::router::start_from_config(config)?;
+    let metrics = router
+        .metrics_addr
+        .map_or("none".to_string(), |a| a.to_string());
+    // The start-up contract scripts and tests rely on: one line, then serve.
+    println!(
+        "READY listen={} metrics={} router={} network_id={}",
+        router.listen, metrics, router.router_address, router.network_id
+    );
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    tracing::info!(listen = %router.listen, backends = ?router.backends, "router serving");
+    let engine = router.run_until_signal()?;
+    tracing::info!(block = engine.block(), "router stopped");
+    Ok(())
+}
+
 fn main() {
-    eprintln!("yellowstone-router: not yet wired");
-    std::process::exit(2);
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => run(args),
+        Cmd::Keygen => {
+            let key = SigningKey::random();
+            println!(
+                "secret_hex={}\naddress={}",
+                hex::encode(key.secret_bytes()),
+                key.address()
+            );
+            Ok(())
+        }
+        Cmd::PrintConfig { config } => load_config(&config)
+            .and_then(|c| toml::to_string_pretty(&c).map_err(|e| e.to_string()))
+            .map(|text| print!("{text}")),
+    };
+    if let Err(error) = result {
+        eprintln!("yellowstone-router: {error}");
+        std::process::exit(1);
+    }
 }

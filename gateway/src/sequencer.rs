@@ -120,6 +120,8 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     last_snapshot_block: u64,
     /// Spare effect vectors, so steady state does not allocate per command.
     spare: Vec<Vec<Effect>>,
+    /// Called after each burst, e.g. to publish engine gauges.
+    observer: Option<Box<dyn FnMut(&Engine) + Send>>,
 }
 
 impl<D: Durability, S: EffectSink> Sequencer<D, S> {
@@ -135,7 +137,14 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             last_tick_ms: 0,
             last_snapshot_block: block,
             spare: Vec::new(),
+            observer: None,
         }
+    }
+
+    /// Calls `observer` with the engine after each burst of commands.
+    pub fn with_observer(mut self, observer: impl FnMut(&Engine) + Send + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
     }
 
     /// Replaces the wall clock (tests drive time themselves).
@@ -178,6 +187,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             }
             self.tick_if_due()?;
             self.release_durable();
+            if let Some(observer) = self.observer.as_mut() {
+                observer(&self.engine);
+            }
         }
         // Graceful stop: seal what is due, make everything durable, answer it.
         self.tick_if_due()?;

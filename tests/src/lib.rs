@@ -239,3 +239,124 @@ mod tests {
         .is_none());
     }
 }
+
+pub mod market {
+    //! Clients for the end-to-end tests: an operator, users and providers speaking
+    //! the real protocol through the wire client.
+
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+    use yellowstone_gateway::router::config::demo_weights_hash;
+    use yellowstone_wire::client::{Client, ClientError};
+    use yellowstone_wire::signature::weights_proof_digest;
+    use yellowstone_wire::*;
+
+    pub const WEI_PER_MOR: u128 = 1_000_000_000_000_000_000;
+
+    pub fn operator_key() -> SigningKey {
+        SigningKey::from_seed(b"yellowstone-test-operator")
+    }
+
+    pub fn connect(addr: SocketAddr, key: SigningKey) -> Client {
+        let client = Client::connect(addr, key).expect("connect and log in");
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        client
+    }
+
+    /// Reads until `pick` accepts a message (others are skipped), within `timeout`.
+    pub fn expect<T>(
+        client: &mut Client,
+        timeout: Duration,
+        mut pick: impl FnMut(&Message) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            assert!(Instant::now() < deadline, "timed out waiting for a message");
+            match client.recv() {
+                Ok(message) => {
+                    if let Some(value) = pick(&message) {
+                        return value;
+                    }
+                }
+                Err(ClientError::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("connection failed while waiting: {e}"),
+            }
+        }
+    }
+
+    pub fn fund(operator: &mut Client, entries: &[(Address, u128)]) {
+        let nonce = operator.next_nonce();
+        let entries = entries
+            .iter()
+            .map(|(address, balance_wei)| BalanceEntry {
+                address: *address,
+                balance_wei: *balance_wei,
+            })
+            .collect();
+        operator
+            .send_signed(
+                BalanceUpdate {
+                    from: operator.address(),
+                    nonce,
+                    entries,
+                    signature: Signature::default(),
+                }
+                .into(),
+            )
+            .unwrap();
+        expect(operator, Duration::from_secs(10), |m| match m {
+            Message::Ack(ack) if ack.nonce == nonce => Some(()),
+            Message::ErrorReply(e) => panic!("balance update refused: {e:?}"),
+            _ => None,
+        });
+    }
+
+    pub fn register(
+        provider: &mut Client,
+        network_id: u32,
+        model_id: u32,
+        price: u128,
+        capacity: u32,
+    ) {
+        let weights_hash = demo_weights_hash(model_id);
+        let weights_proof =
+            provider
+                .key()
+                .sign_digest(&weights_proof_digest(network_id, model_id, &weights_hash));
+        let offer = Offer {
+            model_id,
+            unit: 0,
+            weights_hash,
+            weights_proof,
+            price_wei_per_token: price,
+            capacity,
+        };
+        let nonce = provider.next_nonce();
+        let message = RegisterProvider {
+            from: provider.address(),
+            nonce,
+            endpoint: "127.0.0.1:9999".into(),
+            offers: vec![offer],
+            signature: Signature::default(),
+        };
+        provider.send_signed(message.into()).unwrap();
+        expect(provider, Duration::from_secs(10), |m| match m {
+            Message::Ack(ack) if ack.nonce == nonce => Some(()),
+            Message::ErrorReply(e) => panic!("registration refused: {e:?}"),
+            _ => None,
+        });
+    }
+
+    pub fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+}

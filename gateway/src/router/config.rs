@@ -1,0 +1,337 @@
+//! The router's whole configuration: one TOML file whose sections are the network
+//! layer's (`[network]`, `[threads]`, `[metrics]`), `[identity]`, `[market]` and
+//! `[journal]`. Every key has a sane default, so `yellowstone-router run` starts with
+//! no file at all on loopback; unknown keys are errors naming the key.
+
+use crate::config::{MetricsConfig, NetworkConfig, ThreadsConfig};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use yellowstone_engine::{
+    BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, Unit, UnusedBudget, WEI_PER_MOR,
+};
+use yellowstone_wire::Address;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    pub network: NetworkConfig,
+    pub threads: ThreadsConfig,
+    pub metrics: MetricsConfig,
+    pub identity: IdentityConfig,
+    pub market: MarketSection,
+    pub journal: JournalSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Bound into every signature (R-ID-2).
+    pub network_id: u32,
+    /// The router's secret key, 64 hex digits. Empty: read `<data_dir>/router.key`,
+    /// creating it on first start (or a fresh key per run without a data dir).
+    pub router_key_hex: String,
+    /// The operator's address (EIP-55 or lower case); empty: no operator, so no
+    /// balance or parameter updates are accepted.
+    pub operator: String,
+    /// Balance snapshot loaded at start: one `address,balance_wei` per line, `#`
+    /// comments allowed (see README).
+    pub balance_snapshot: Option<PathBuf>,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            network_id: 1,
+            router_key_hex: String::new(),
+            operator: String::new(),
+            balance_snapshot: None,
+        }
+    }
+}
+
+/// One model of the catalog: providers must present this weights hash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    pub id: u32,
+    /// 64 hex digits (BLAKE3 of the weights).
+    pub weights_hash: String,
+}
+
+/// The demo catalog used when none is configured: models 1..=4 whose weights hash is
+/// BLAKE3("yellowstone-demo-model-<id>"); the load generator knows it too.
+pub fn demo_weights_hash(model_id: u32) -> [u8; 32] {
+    *blake3::hash(format!("yellowstone-demo-model-{model_id}").as_bytes()).as_bytes()
+}
+
+pub const DEMO_MODELS: [u32; 4] = [1, 2, 3, 4];
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketSection {
+    /// Unix ms of block 0; 0: the first start's time (kept in the data directory).
+    pub genesis_ms: u64,
+    pub models: Vec<ModelEntry>,
+    pub mor_supply_mor: u64,
+    pub compute_budget_mor_per_day: u64,
+    pub token_price_wei_per_1000: u128,
+    /// "fixed" or "pool-percent".
+    pub budget_policy: String,
+    pub rfc_queue_depth_max: u32,
+    pub rfc_ttl_max_ms: u64,
+    pub rfc_retry_after_ms: u32,
+    pub tokens_max_limit: u64,
+    pub probe_timeout_ms: u64,
+    pub probe_tries_max: u8,
+    pub session_ttl_ms: u64,
+    pub sessions_open_max: u32,
+    pub rfcs_open_max: u32,
+    pub accounts_max: u32,
+    pub providers_max: u32,
+    pub speed_tolerance_percent: u32,
+    pub speed_window_reports: u32,
+    pub speed_reports_min: u32,
+    /// "no-credit" or "balance-weighted".
+    pub fail_policy: String,
+    pub penalty_window_reports: u32,
+    pub penalty_points_suspend: u32,
+    pub suspension_ms: u64,
+    /// "carry" or "burn".
+    pub unused_budget: String,
+}
+
+impl Default for MarketSection {
+    fn default() -> Self {
+        let d = MarketConfig::default();
+        MarketSection {
+            genesis_ms: 0,
+            models: Vec::new(),
+            mor_supply_mor: (d.mor_supply_wei / WEI_PER_MOR) as u64,
+            compute_budget_mor_per_day: (d.compute_budget_wei_per_day / WEI_PER_MOR) as u64,
+            token_price_wei_per_1000: d.token_price_wei_per_1000,
+            budget_policy: "fixed".into(),
+            rfc_queue_depth_max: d.rfc_queue_depth_max,
+            rfc_ttl_max_ms: d.rfc_ttl_max_ms,
+            rfc_retry_after_ms: d.rfc_retry_after_ms,
+            tokens_max_limit: d.tokens_max_limit,
+            probe_timeout_ms: d.probe_timeout_ms,
+            probe_tries_max: d.probe_tries_max,
+            session_ttl_ms: d.session_ttl_ms,
+            sessions_open_max: d.sessions_open_max,
+            rfcs_open_max: d.rfcs_open_max,
+            accounts_max: d.accounts_max,
+            providers_max: d.providers_max,
+            speed_tolerance_percent: d.speed_tolerance_percent,
+            speed_window_reports: d.speed_window_reports,
+            speed_reports_min: d.speed_reports_min,
+            fail_policy: "no-credit".into(),
+            penalty_window_reports: d.penalty_window_reports,
+            penalty_points_suspend: d.penalty_points_suspend,
+            suspension_ms: d.suspension_ms,
+            unused_budget: "carry".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalSection {
+    /// Where the journal, snapshots, router key and genesis live; none: in memory
+    /// only (nothing survives a restart).
+    pub data_dir: Option<PathBuf>,
+    /// "always" (default: replies leave after fsync), "interval" or "none".
+    pub durability: String,
+    pub fsync_interval_ms: u64,
+    pub segment_bytes_max: u64,
+    /// Snapshot every this many blocks (0: never).
+    pub snapshot_every_blocks: u64,
+    /// Start even if the journal is corrupt before its tail, cutting it there.
+    pub allow_corrupt_truncate: bool,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        JournalSection {
+            data_dir: None,
+            durability: "always".into(),
+            fsync_interval_ms: 10,
+            segment_bytes_max: 256 * 1024 * 1024,
+            snapshot_every_blocks: 25,
+            allow_corrupt_truncate: false,
+        }
+    }
+}
+
+impl RouterConfig {
+    pub fn from_toml(text: &str) -> Result<RouterConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn operator(&self) -> Result<Option<Address>, String> {
+        if self.identity.operator.is_empty() {
+            return Ok(None);
+        }
+        self.identity
+            .operator
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("identity.operator: {e}"))
+    }
+
+    /// The engine's configuration; `genesis_ms` is resolved by the caller.
+    pub fn market_config(&self, genesis_ms: u64) -> Result<MarketConfig, String> {
+        let m = &self.market;
+        let operator = self
+            .operator()?
+            .map(|a| yellowstone_engine::Address(a.0))
+            .unwrap_or_default();
+        let models = if m.models.is_empty() {
+            DEMO_MODELS
+                .iter()
+                .map(|&id| ModelSpec {
+                    id,
+                    weights_hash: demo_weights_hash(id),
+                    unit: Unit::Token,
+                })
+                .collect()
+        } else {
+            m.models
+                .iter()
+                .map(|entry| {
+                    let mut hash = [0u8; 32];
+                    hex::decode_to_slice(entry.weights_hash.trim_start_matches("0x"), &mut hash)
+                        .map_err(|e| {
+                            format!(
+                                "market.models id {}: weights_hash must be 64 hex digits: {e}",
+                                entry.id
+                            )
+                        })?;
+                    Ok(ModelSpec {
+                        id: entry.id,
+                        weights_hash: hash,
+                        unit: Unit::Token,
+                    })
+                })
+                .collect::<Result<Vec<_>, String>>()?
+        };
+        let pick = |key: &str, value: &str, options: &[&str]| -> Result<usize, String> {
+            options
+                .iter()
+                .position(|o| *o == value)
+                .ok_or_else(|| format!("market.{key} must be one of {options:?}, not {value:?}"))
+        };
+        let config = MarketConfig {
+            genesis_ms,
+            operator,
+            models,
+            mor_supply_wei: m.mor_supply_mor as u128 * WEI_PER_MOR,
+            compute_budget_wei_per_day: m.compute_budget_mor_per_day as u128 * WEI_PER_MOR,
+            token_price_wei_per_1000: m.token_price_wei_per_1000,
+            budget_policy: [BudgetPolicy::Fixed, BudgetPolicy::PoolPercent][pick(
+                "budget_policy",
+                &m.budget_policy,
+                &["fixed", "pool-percent"],
+            )?],
+            rfc_queue_depth_max: m.rfc_queue_depth_max,
+            rfc_ttl_max_ms: m.rfc_ttl_max_ms,
+            rfc_retry_after_ms: m.rfc_retry_after_ms,
+            tokens_max_limit: m.tokens_max_limit,
+            probe_timeout_ms: m.probe_timeout_ms,
+            probe_tries_max: m.probe_tries_max,
+            session_ttl_ms: m.session_ttl_ms,
+            sessions_open_max: m.sessions_open_max,
+            rfcs_open_max: m.rfcs_open_max,
+            accounts_max: m.accounts_max,
+            providers_max: m.providers_max,
+            speed_tolerance_percent: m.speed_tolerance_percent,
+            speed_window_reports: m.speed_window_reports,
+            speed_reports_min: m.speed_reports_min,
+            fail_policy: [FailPolicy::NoCredit, FailPolicy::BalanceWeighted][pick(
+                "fail_policy",
+                &m.fail_policy,
+                &["no-credit", "balance-weighted"],
+            )?],
+            penalty_window_reports: m.penalty_window_reports,
+            penalty_points_suspend: m.penalty_points_suspend,
+            suspension_ms: m.suspension_ms,
+            unused_budget: [UnusedBudget::Carry, UnusedBudget::Burn]
+                [pick("unused_budget", &m.unused_budget, &["carry", "burn"])?],
+            ..MarketConfig::default()
+        };
+        config.validate().map_err(|e| format!("market: {e}"))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.network.validate().map_err(|e| e.to_string())?;
+        self.market_config(1)?;
+        if !["always", "interval", "none"].contains(&self.journal.durability.as_str()) {
+            return Err(format!(
+                "journal.durability must be always, interval or none, not {:?}",
+                self.journal.durability
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses a balance snapshot: `address,balance_wei` per line; blank lines and `#`
+/// comments are skipped. Errors name the line.
+pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String> {
+    let mut out = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (address, balance) = line
+            .split_once(',')
+            .ok_or_else(|| format!("line {}: expected address,balance_wei", number + 1))?;
+        let address: Address = address
+            .trim()
+            .parse()
+            .map_err(|e| format!("line {}: {e}", number + 1))?;
+        let balance: u128 = balance
+            .trim()
+            .parse()
+            .map_err(|e| format!("line {}: balance_wei: {e}", number + 1))?;
+        out.push((address, balance));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_toml_gives_defaults_that_validate() {
+        let config = RouterConfig::from_toml("").unwrap();
+        assert_eq!(config, RouterConfig::default());
+        config.validate().unwrap();
+        let market = config.market_config(5).unwrap();
+        assert_eq!(market.models.len(), DEMO_MODELS.len());
+        assert_eq!(market.mor_supply_wei, 10_000_000 * WEI_PER_MOR);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let error = RouterConfig::from_toml("[market]\nrfc_queue_depth = 3\n").unwrap_err();
+        assert!(error.contains("rfc_queue_depth"), "{error}");
+        let config = RouterConfig::from_toml("[market]\nfail_policy = \"sometimes\"\n").unwrap();
+        assert!(config.validate().unwrap_err().contains("fail_policy"));
+        let config = RouterConfig::from_toml("[journal]\ndurability = \"maybe\"\n").unwrap();
+        assert!(config.validate().unwrap_err().contains("durability"));
+    }
+
+    #[test]
+    fn balance_snapshot_format() {
+        let text = "# address,balance_wei\n0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed, 5000000000000000000\n\n";
+        let entries = parse_balance_snapshot(text).unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].1, 5 * WEI_PER_MOR);
+        assert!(parse_balance_snapshot("0x12,5")
+            .unwrap_err()
+            .starts_with("line 1"));
+    }
+}

@@ -1,0 +1,447 @@
+//! The router's frame handler, one per gateway thread: login by signed challenge,
+//! decode, signature recovery (R-ID-2/3), cheap pre-checks, and the hand-off of
+//! authenticated commands to the engine thread. Every refusal is an `ErrorReply`
+//! with a stable code; only a broken frame header costs the connection.
+
+use super::shared::{to_engine, RouterShared};
+use crate::metrics::{Stage, StageRecorder};
+use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
+use crate::sequencer::SequencerInput;
+use crossbeam_channel::TrySendError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use yellowstone_engine::{Command, OfferSpec};
+use yellowstone_wire::frame::Frame;
+use yellowstone_wire::messages::{self, signed_digest, Message};
+use yellowstone_wire::signature::{recover_signer, weights_proof_digest};
+use yellowstone_wire::{codes, Address};
+
+struct ConnState {
+    challenge: [u8; 32],
+    address: Option<Address>,
+    /// Sent provider messages: its disconnect makes it unreachable (R-MATCH-2).
+    provider: bool,
+}
+
+pub struct RouterHandler {
+    shared: Arc<RouterShared>,
+    context: GatewayContext,
+    conns: HashMap<ConnId, ConnState>,
+    stages: StageRecorder,
+}
+
+/// A refusal before the engine: code, reason.
+type Refused = (u16, String);
+
+impl RouterHandler {
+    pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
+        let stages = shared.registry.stage_recorder();
+        RouterHandler {
+            shared,
+            context,
+            conns: HashMap::new(),
+            stages,
+        }
+    }
+
+    fn refuse(
+        &self,
+        replies: &mut Replies<'_>,
+        code: u16,
+        ref_msg_type: u16,
+        ref_nonce: u64,
+        reason: String,
+    ) {
+        self.shared.count_rejection(code);
+        let retry_after_ms = if code == codes::OVERLOADED {
+            self.shared.retry_after_ms
+        } else {
+            0
+        };
+        let reply = messages::ErrorReply {
+            code,
+            ref_msg_type,
+            ref_nonce,
+            retry_after_ms,
+            detail: 0,
+            reason,
+        };
+        replies.reply_with(|out| {
+            Message::from(reply).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
+        });
+    }
+
+    fn login(
+        &mut self,
+        conn: ConnId,
+        answer: &messages::LoginAnswer,
+        body: &[u8],
+    ) -> Result<Address, Refused> {
+        let state = self
+            .conns
+            .get_mut(&conn)
+            .ok_or((codes::NOT_LOGGED_IN, "unknown connection".to_string()))?;
+        if answer.challenge != state.challenge {
+            return Err((
+                codes::NOT_ALLOWED,
+                "login answer does not carry this connection's challenge".into(),
+            ));
+        }
+        let message = Message::LoginAnswer(answer.clone());
+        let address = message
+            .verify(self.shared.network_id, body)
+            .map_err(|e| (codes::of_sig_error(&e), e.to_string()))?;
+        state.address = Some(address);
+        self.shared.routes.insert(address, conn);
+        Ok(address)
+    }
+
+    /// Maps a verified client message to the engine command it asks for.
+    fn to_command(
+        &mut self,
+        conn: ConnId,
+        from: Address,
+        message: Message,
+        body: &[u8],
+    ) -> Result<Option<Command>, Refused> {
+        let origin = to_engine(from);
+        let network_id = self.shared.network_id;
+        let mark_provider = |handler: &mut RouterHandler| {
+            if let Some(state) = handler.conns.get_mut(&conn) {
+                state.provider = true;
+            }
+        };
+        let command = match message {
+            Message::RegisterProvider(m) => {
+                if m.endpoint.len() > messages::ENDPOINT_BYTES_MAX {
+                    return Err((codes::BAD_FIELD, "endpoint too long".into()));
+                }
+                let mut offers = Vec::with_capacity(m.offers.len());
+                for offer in &m.offers {
+                    // R-PROV-1: the weights hash must be signed by the provider itself.
+                    let digest =
+                        weights_proof_digest(network_id, offer.model_id, &offer.weights_hash);
+                    match recover_signer(&digest, &offer.weights_proof) {
+                        Ok(signer) if signer == from => {}
+                        Ok(_) => {
+                            return Err((
+                                codes::SIGNER_MISMATCH,
+                                format!(
+                                    "weights proof of model {} is not signed by the provider",
+                                    offer.model_id
+                                ),
+                            ))
+                        }
+                        Err(e) => {
+                            return Err((
+                                codes::of_sig_error(&e),
+                                format!("weights proof of model {}: {e}", offer.model_id),
+                            ))
+                        }
+                    }
+                    offers.push(OfferSpec {
+                        model: offer.model_id,
+                        unit: offer.unit,
+                        weights_hash: offer.weights_hash,
+                        price_wei_per_token: offer.price_wei_per_token,
+                        capacity: offer.capacity,
+                    });
+                }
+                mark_provider(self);
+                Command::RegisterProvider {
+                    provider: origin,
+                    nonce: m.nonce,
+                    endpoint: m.endpoint.into_bytes(),
+                    offers,
+                }
+            }
+            Message::UpdateBid(m) => Command::UpdateBid {
+                provider: origin,
+                nonce: m.nonce,
+                model: m.model_id,
+                price_wei_per_token: m.price_wei_per_token,
+                capacity: m.capacity,
+            },
+            Message::WithdrawBid(m) => Command::WithdrawBid {
+                provider: origin,
+                nonce: m.nonce,
+                model: m.model_id,
+            },
+            Message::ProviderAnnounce(m) => {
+                mark_provider(self);
+                Command::ProviderAnnounce {
+                    provider: origin,
+                    nonce: m.nonce,
+                }
+            }
+            Message::ProbeAnswer(m) => {
+                mark_provider(self);
+                Command::ProbeAnswer {
+                    provider: origin,
+                    nonce: m.nonce,
+                    probe: m.probe_id,
+                }
+            }
+            Message::Rfc(m) => {
+                // Pre-check (R-QUOTA-6): the engine would refuse it too, but this
+                // spares the journal and the engine thread a sybil flood.
+                if self.shared.balances.get(&from).is_none_or(|b| *b == 0) {
+                    return Err((0x0202, "zero MOR balance: cannot submit requests".into()));
+                }
+                Command::SubmitRfc {
+                    user: origin,
+                    nonce: m.nonce,
+                    model: m.model_id,
+                    tokens_max: m.tokens_max,
+                    expires_at_ms: m.expires_at_ms,
+                }
+            }
+            Message::RfcCancel(m) => Command::CancelRfc {
+                user: origin,
+                nonce: m.nonce,
+                rfc: m.rfc_id,
+            },
+            Message::Report(m) => {
+                let report_digest =
+                    signed_digest(network_id, messages::msg_type::REPORT, body).unwrap_or_default();
+                Command::Report {
+                    user: origin,
+                    nonce: m.nonce,
+                    session: m.session_id,
+                    elapsed_ms: m.elapsed_ms,
+                    tokens: m.tokens,
+                    pass: m.pass,
+                    report_digest,
+                }
+            }
+            Message::SubscribeBatches(_) => {
+                self.shared.subscribers.insert(conn, ());
+                return Ok(None);
+            }
+            Message::Claim(m) => Command::Claim {
+                provider: origin,
+                nonce: m.nonce,
+                amount_wei: m.amount_wei,
+            },
+            Message::BalanceUpdate(m) => {
+                if self.shared.operator == Some(from) {
+                    for entry in &m.entries {
+                        self.shared
+                            .balances
+                            .insert(entry.address, entry.balance_wei);
+                    }
+                }
+                let entries = m
+                    .entries
+                    .iter()
+                    .map(|e| (to_engine(e.address), e.balance_wei))
+                    .collect();
+                Command::SetBalances {
+                    operator: origin,
+                    nonce: m.nonce,
+                    entries,
+                }
+            }
+            Message::SetParams(m) => Command::SetParams {
+                operator: origin,
+                nonce: m.nonce,
+                params: m.params.iter().map(|p| (p.param_id, p.value)).collect(),
+            },
+            other => {
+                return Err((
+                    codes::NOT_ALLOWED,
+                    format!("{} is not sent by clients", other.name()),
+                ))
+            }
+        };
+        Ok(Some(command))
+    }
+}
+
+impl FrameHandler for RouterHandler {
+    fn on_open(&mut self, conn: ConnId, _peer: Option<SocketAddr>) {
+        let challenge: [u8; 32] = rand::random();
+        self.conns.insert(
+            conn,
+            ConnState {
+                challenge,
+                address: None,
+                provider: false,
+            },
+        );
+        let hello = messages::LoginChallenge {
+            challenge,
+            network_id: self.shared.network_id,
+            router: self.shared.router_key.address(),
+        };
+        let _ = self
+            .context
+            .outbox
+            .send(conn, Message::from(hello).to_frame());
+    }
+
+    fn on_frame(&mut self, conn: ConnId, frame: Frame, replies: &mut Replies<'_>) {
+        let started = Instant::now();
+        let msg_type = frame.header.msg_type;
+        let message = match Message::decode(msg_type, &frame.body) {
+            Ok(message) => message,
+            Err(error) => {
+                return self.refuse(
+                    replies,
+                    codes::of_decode_error(&error),
+                    msg_type,
+                    0,
+                    error.to_string(),
+                )
+            }
+        };
+        self.stages
+            .record_ns(Stage::Decode, started.elapsed().as_nanos() as u64);
+        let logged_in = self.conns.get(&conn).and_then(|s| s.address);
+        let address = match (&message, logged_in) {
+            (Message::Ping(ping), _) => {
+                let pong = Message::from(messages::Pong {
+                    payload: ping.payload,
+                });
+                replies.reply_with(|out| {
+                    pong.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
+                });
+                return;
+            }
+            (Message::LoginAnswer(answer), _) => {
+                match self.login(conn, answer, &frame.body) {
+                    Ok(address) => {
+                        let ok = Message::from(messages::LoginOk { address });
+                        replies.reply_with(|out| {
+                            ok.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
+                        });
+                    }
+                    Err((code, reason)) => self.refuse(replies, code, msg_type, 0, reason),
+                }
+                return;
+            }
+            (_, None) => {
+                return self.refuse(
+                    replies,
+                    codes::NOT_LOGGED_IN,
+                    msg_type,
+                    0,
+                    "log in first: answer the challenge".into(),
+                )
+            }
+            (_, Some(address)) => address,
+        };
+        let Some((claimed, nonce)) = message.claimed_origin() else {
+            return self.refuse(
+                replies,
+                codes::NOT_ALLOWED,
+                msg_type,
+                0,
+                format!("{} is not sent by clients", message.name()),
+            );
+        };
+        let verify_started = Instant::now();
+        if let Err(error) = message.verify(self.shared.network_id, &frame.body) {
+            return self.refuse(
+                replies,
+                codes::of_sig_error(&error),
+                msg_type,
+                nonce,
+                error.to_string(),
+            );
+        }
+        self.stages
+            .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
+        if claimed != address {
+            return self.refuse(
+                replies,
+                codes::WRONG_SENDER,
+                msg_type,
+                nonce,
+                format!("signed by {claimed}, but this connection logged in as {address}"),
+            );
+        }
+        let is_subscribe = matches!(message, Message::SubscribeBatches(_));
+        let command = match self.to_command(conn, address, message, &frame.body) {
+            Ok(Some(command)) => command,
+            Ok(None) => {
+                if is_subscribe {
+                    let ack = Message::from(messages::Ack { nonce });
+                    replies.reply_with(|out| {
+                        ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
+                    });
+                }
+                return;
+            }
+            Err((code, reason)) => return self.refuse(replies, code, msg_type, nonce, reason),
+        };
+        match self.shared.inbound.try_send(SequencerInput::Command {
+            origin: conn.as_u64(),
+            command,
+        }) {
+            Ok(()) => {
+                self.shared.commands_total.inc();
+                // Answered by the engine's effects, sent through the outbox.
+                replies.answer();
+            }
+            Err(TrySendError::Full(_)) => self.refuse(
+                replies,
+                codes::OVERLOADED,
+                msg_type,
+                nonce,
+                "overloaded, retry after the given delay".into(),
+            ),
+            Err(TrySendError::Disconnected(_)) => self.refuse(
+                replies,
+                codes::SHUTTING_DOWN,
+                msg_type,
+                nonce,
+                "router shutting down".into(),
+            ),
+        }
+    }
+
+    fn on_close(&mut self, conn: ConnId, reason: &CloseReason) {
+        let Some(state) = self.conns.remove(&conn) else {
+            return;
+        };
+        self.shared.subscribers.remove(&conn);
+        if let Some(address) = state.address {
+            self.shared
+                .routes
+                .remove_if(&address, |_, routed| *routed == conn);
+            if state.provider {
+                let command = Command::ProviderDisconnected {
+                    provider: to_engine(address),
+                };
+                let _ = self.shared.inbound.try_send(SequencerInput::Command {
+                    origin: crate::sequencer::ORIGIN_INTERNAL,
+                    command,
+                });
+            }
+        }
+        tracing::debug!(conn = conn.as_u64(), %reason, "connection closed");
+    }
+
+    fn error_frame(&mut self, refusal: &Refusal, out: &mut Vec<u8>) {
+        let (code, reason) = match refusal {
+            Refusal::Frame(error) => (codes::of_frame_error(error), error.to_string()),
+            Refusal::ConnectionsMax { connections_max } => (
+                codes::TOO_MANY_CONNECTIONS,
+                format!("the router holds its maximum of {connections_max} connections"),
+            ),
+        };
+        self.shared.count_rejection(code);
+        let reply = messages::ErrorReply {
+            code,
+            ref_msg_type: 0,
+            ref_nonce: 0,
+            retry_after_ms: 0,
+            detail: 0,
+            reason,
+        };
+        Message::from(reply).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out);
+    }
+}

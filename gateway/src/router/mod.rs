@@ -1,0 +1,319 @@
+//! The router assembled: engine thread (sequencer), signer threads, gateway threads
+//! with the router's frame handler, and the metrics endpoint. `Router::start` is what
+//! the `yellowstone-router` binary, the load generator's embedded mode and the tests
+//! all run.
+
+pub mod config;
+pub mod handler;
+pub mod shared;
+pub mod sink;
+
+use crate::metrics::Registry;
+use crate::metrics_http::MetricsServer;
+use crate::net::{self, GatewayHandle};
+use crate::sequencer::{
+    self, NoJournal, Sequencer, SequencerConfig, SequencerInput, ORIGIN_INTERNAL,
+};
+use config::RouterConfig;
+use shared::{to_engine, RouterShared};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use yellowstone_engine::{Command, Engine};
+use yellowstone_wire::{Address, SigningKey};
+
+pub struct RouterHandle {
+    gateways: Option<GatewayHandle>,
+    sequencer: Option<JoinHandle<Result<Engine, String>>>,
+    signers: Vec<JoinHandle<()>>,
+    metrics: Option<MetricsServer>,
+    shared: Arc<RouterShared>,
+    pub listen: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub router_address: Address,
+    pub network_id: u32,
+    pub backends: Vec<net::BackendInUse>,
+}
+
+/// Everything needed to start, resolved from the config.
+pub struct StartOptions {
+    pub config: RouterConfig,
+    pub router_key: SigningKey,
+    pub genesis_ms: u64,
+}
+
+impl StartOptions {
+    /// Resolves the router key and genesis without a data directory.
+    pub fn ephemeral(config: RouterConfig) -> Result<StartOptions, String> {
+        let router_key = if config.identity.router_key_hex.is_empty() {
+            SigningKey::random()
+        } else {
+            SigningKey::from_hex(&config.identity.router_key_hex)
+                .map_err(|e| format!("identity.router_key_hex: {e}"))?
+        };
+        let genesis_ms = if config.market.genesis_ms == 0 {
+            sequencer::unix_ms()
+        } else {
+            config.market.genesis_ms
+        };
+        Ok(StartOptions {
+            config,
+            router_key,
+            genesis_ms,
+        })
+    }
+}
+
+impl RouterHandle {
+    pub fn registry(&self) -> &Registry {
+        &self.shared.registry
+    }
+
+    /// Graceful stop: the engine seals what is due and answers everything durable,
+    /// then the gateways close. Returns the final engine.
+    pub fn shutdown(mut self) -> Result<Engine, String> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<Engine, String> {
+        let _ = self.shared.inbound.send(SequencerInput::Shutdown);
+        let engine = match self.sequencer.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| "engine thread panicked".to_string())?,
+            None => Err("already stopped".to_string()),
+        };
+        // Signers end when the sink (and its job sender) is gone with the sequencer.
+        for signer in self.signers.drain(..) {
+            let _ = signer.join();
+        }
+        if let Some(gateways) = self.gateways.take() {
+            gateways.shutdown().map_err(|e| format!("gateways: {e}"))?;
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+        engine
+    }
+
+    /// Blocks until SIGINT/SIGTERM, then stops gracefully.
+    pub fn run_until_signal(mut self) -> Result<Engine, String> {
+        let trigger = self.gateways.as_ref().map(|g| g.shutdown_trigger());
+        if let Some(trigger) = trigger {
+            let signals =
+                net::install_signal_handlers(trigger).map_err(|e| format!("signals: {e}"))?;
+            let _ = signals.recv();
+        }
+        self.stop()
+    }
+}
+
+impl Drop for RouterHandle {
+    fn drop(&mut self) {
+        if self.sequencer.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+pub struct Router;
+
+impl Router {
+    /// Starts a router with a fresh in-memory engine (no data directory).
+    pub fn start(options: StartOptions) -> Result<RouterHandle, String> {
+        let market = options.config.market_config(options.genesis_ms)?;
+        Router::start_with(options, Engine::new(market), NoJournal::default())
+    }
+
+    /// Starts around a given (possibly recovered) engine and journal.
+    pub fn start_with<D: sequencer::Durability + 'static>(
+        options: StartOptions,
+        engine: Engine,
+        journal: D,
+    ) -> Result<RouterHandle, String> {
+        let StartOptions {
+            config, router_key, ..
+        } = options;
+        config.validate()?;
+        let registry = Registry::new();
+        let (inbound_tx, inbound_rx) =
+            crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
+        let shared = Arc::new(RouterShared {
+            network_id: config.identity.network_id,
+            router_key: router_key.clone(),
+            operator: config.operator()?,
+            routes: Default::default(),
+            balances: Default::default(),
+            subscribers: Default::default(),
+            inbound: inbound_tx,
+            retry_after_ms: config.market.rfc_retry_after_ms,
+            commands_total: registry.counter(
+                "yellowstone_commands_total",
+                "Authenticated commands handed to the engine.",
+                &[],
+            ),
+            replies_dropped_total: registry.counter(
+                "yellowstone_replies_dropped_total",
+                "Replies not delivered: recipient not connected or its outbound lane full.",
+                &[],
+            ),
+            registry: registry.clone(),
+        });
+        // Warm the pre-check cache from the recovered engine is not possible without
+        // iterating accounts; the balance snapshot below fills it.
+        let handler_shared = shared.clone();
+        let gateways = net::start_gateways(
+            &config.network,
+            &config.threads,
+            &registry,
+            move |context| handler::RouterHandler::new(handler_shared.clone(), context),
+        )
+        .map_err(|e| format!("gateways: {e}"))?;
+        let outbox = gateways.outbox();
+        let (sign_tx, sign_rx) = crossbeam_channel::bounded(65_536);
+        let signer_count = gateways.backends().len().max(1);
+        let signers = (0..signer_count)
+            .map(|i| {
+                let (shared, outbox, jobs) = (shared.clone(), outbox.clone(), sign_rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("ys-signer-{i}"))
+                    .spawn(move || sink::run_signer(shared, outbox, jobs))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("signer threads: {e}"))?;
+        let sink = sink::RouterSink::new(shared.clone(), outbox, sign_tx);
+        let sequencer_config = SequencerConfig {
+            snapshot_every_blocks: config.journal.snapshot_every_blocks,
+            ..SequencerConfig::default()
+        };
+        let gauges = EngineGauges::new(&registry);
+        let mut sequencer = Sequencer::new(engine, journal, sink, sequencer_config)
+            .with_observer(move |engine| gauges.update(engine));
+        load_balance_snapshot(&config, &shared, &mut sequencer)?;
+        let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
+        let engine_core = net::plan_cores(&config.threads, cores).engine;
+        let sequencer_thread = std::thread::Builder::new()
+            .name("ys-engine".into())
+            .spawn(move || {
+                net::pin_current_thread(engine_core);
+                sequencer.run(inbound_rx)
+            })
+            .map_err(|e| format!("engine thread: {e}"))?;
+        let metrics = if config.metrics.enabled {
+            Some(
+                MetricsServer::start(&config.metrics, registry.clone())
+                    .map_err(|e| format!("metrics endpoint: {e}"))?,
+            )
+        } else {
+            None
+        };
+        Ok(RouterHandle {
+            listen: gateways.local_addr(),
+            metrics_addr: metrics.as_ref().map(|m| m.local_addr()),
+            router_address: router_key.address(),
+            network_id: config.identity.network_id,
+            backends: gateways.backends().to_vec(),
+            gateways: Some(gateways),
+            sequencer: Some(sequencer_thread),
+            signers,
+            metrics,
+            shared,
+        })
+    }
+}
+
+/// R-QUOTA-6: the balance snapshot, applied through the journal as operator commands.
+fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
+    config: &RouterConfig,
+    shared: &RouterShared,
+    sequencer: &mut Sequencer<D, S>,
+) -> Result<(), String> {
+    let Some(path) = &config.identity.balance_snapshot else {
+        return Ok(());
+    };
+    let operator = config
+        .operator()?
+        .ok_or("identity.balance_snapshot needs identity.operator")?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("balance snapshot {}: {e}", path.display()))?;
+    let entries = config::parse_balance_snapshot(&text)
+        .map_err(|e| format!("balance snapshot {}: {e}", path.display()))?;
+    let chunk_max = sequencer.engine.config().balance_entries_max.max(1) as usize;
+    for chunk in entries.chunks(chunk_max) {
+        let nonce = sequencer
+            .engine
+            .nonce_last(&to_engine(operator))
+            .unwrap_or(0)
+            + 1;
+        let command = Command::SetBalances {
+            operator: to_engine(operator),
+            nonce,
+            entries: chunk.iter().map(|(a, b)| (to_engine(*a), *b)).collect(),
+        };
+        sequencer.apply(ORIGIN_INTERNAL, command)?;
+    }
+    for (address, balance) in entries {
+        shared.balances.insert(address, balance);
+    }
+    tracing::info!(path = %path.display(), "balance snapshot loaded");
+    Ok(())
+}
+
+struct EngineGauges {
+    sessions_open: Arc<crate::metrics::Gauge>,
+    probes_open: Arc<crate::metrics::Gauge>,
+    queue_depth: Arc<crate::metrics::Gauge>,
+    block: Arc<crate::metrics::Gauge>,
+    sessions_credited: Arc<crate::metrics::Gauge>,
+    batches: Arc<crate::metrics::Gauge>,
+}
+
+impl EngineGauges {
+    fn new(registry: &Registry) -> EngineGauges {
+        EngineGauges {
+            sessions_open: registry.gauge("yellowstone_sessions_open", "Open sessions.", &[]),
+            probes_open: registry.gauge(
+                "yellowstone_probes_open",
+                "Probes awaiting an answer.",
+                &[],
+            ),
+            queue_depth: registry.gauge(
+                "yellowstone_rfc_queue_depth",
+                "Queued RFCs, all models.",
+                &[],
+            ),
+            block: registry.gauge("yellowstone_block", "The open block number.", &[]),
+            sessions_credited: registry.gauge(
+                "yellowstone_sessions_credited",
+                "Sessions credited since genesis.",
+                &[],
+            ),
+            batches: registry.gauge(
+                "yellowstone_batches",
+                "Credit batches sealed since genesis.",
+                &[],
+            ),
+        }
+    }
+
+    fn update(&self, engine: &Engine) {
+        self.sessions_open.set(engine.sessions_open() as i64);
+        self.probes_open.set(engine.probes_open() as i64);
+        self.queue_depth.set(engine.queue_depth_total() as i64);
+        self.block.set(engine.block() as i64);
+        self.sessions_credited
+            .set(engine.counters().sessions_credited as i64);
+        self.batches.set(engine.counters().batches as i64);
+    }
+}
+
+/// Starts from a validated config: with a data directory, recovers from it (the
+/// durability layer); without, starts fresh in memory.
+pub fn start_from_config(config: RouterConfig) -> Result<RouterHandle, String> {
+    match config.journal.data_dir.clone() {
+        None => Router::start(StartOptions::ephemeral(config)?),
+        Some(dir) => durable::start_durable(config, &dir),
+    }
+}
+
+pub mod durable;
