@@ -11,9 +11,9 @@
 //! ```
 
 use crate::address::Address;
-use crate::frame::{FrameDecoder, FrameError};
-use crate::messages::{LoginAnswer, Message};
-use crate::signature::SigningKey;
+use crate::frame::{Frame, FrameDecoder, FrameError};
+use crate::messages::{LoginAnswer, Message, Report, Rfc};
+use crate::signature::{SigError, SigningKey};
 use crate::DecodeError;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -29,6 +29,8 @@ pub enum ClientError {
     Decode(DecodeError),
     /// The router answered the login with something else.
     Login(String),
+    /// A ticket or batch not signed by the router this client logged in to.
+    RouterSignature(SigError),
     Closed,
 }
 
@@ -39,6 +41,7 @@ impl std::fmt::Display for ClientError {
             ClientError::Frame(e) => write!(f, "frame: {e}"),
             ClientError::Decode(e) => write!(f, "decode: {e}"),
             ClientError::Login(e) => write!(f, "login refused: {e}"),
+            ClientError::RouterSignature(e) => write!(f, "router signature: {e}"),
             ClientError::Closed => write!(f, "connection closed by the router"),
         }
     }
@@ -161,10 +164,16 @@ impl Client {
 
     /// Reads the next whole frame and decodes it.
     pub fn recv(&mut self) -> Result<Message, ClientError> {
+        let frame = self.recv_frame()?;
+        Message::decode(frame.header.msg_type, &frame.body).map_err(ClientError::Decode)
+    }
+
+    /// Reads the next whole frame without decoding its body (to verify router
+    /// signatures over the exact bytes, or to measure without decoding).
+    pub fn recv_frame(&mut self) -> Result<Frame, ClientError> {
         loop {
             if let Some(frame) = self.decoder.next_frame().map_err(ClientError::Frame)? {
-                return Message::decode(frame.header.msg_type, &frame.body)
-                    .map_err(ClientError::Decode);
+                return Ok(frame);
             }
             let n = self.stream.read(&mut self.read_buffer)?;
             if n == 0 {
@@ -173,4 +182,75 @@ impl Client {
             self.decoder.extend(&self.read_buffer[..n]);
         }
     }
+
+    /// Reads the next frame and decodes it; a router-signed message (session
+    /// ticket, credit batch) is checked against the router address learnt at login
+    /// (R-ID-5) before it is returned.
+    pub fn recv_verified(&mut self) -> Result<Message, ClientError> {
+        let frame = self.recv_frame()?;
+        let message =
+            Message::decode(frame.header.msg_type, &frame.body).map_err(ClientError::Decode)?;
+        if matches!(message, Message::SessionTicket(_) | Message::CreditBatch(_)) {
+            message
+                .verify_router(self.network_id, &frame.body, &self.router)
+                .map_err(ClientError::RouterSignature)?;
+        }
+        Ok(message)
+    }
+}
+
+/// Signs `message` with `key` for `network_id` and appends its frame to `out`: a pure
+/// function, so a load generator can pre-sign its RFCs and reports into one buffer
+/// before its measured window and then only write bytes.
+pub fn presign_into(key: &SigningKey, network_id: u32, mut message: Message, out: &mut Vec<u8>) {
+    message.sign_frame_into(key, network_id, 0, out);
+}
+
+/// One signed frame in its own buffer.
+pub fn presign(key: &SigningKey, network_id: u32, message: Message) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    presign_into(key, network_id, message, &mut out);
+    out
+}
+
+/// A signed RFC frame (R-RFC-1) from `key`'s address.
+pub fn presign_rfc(
+    key: &SigningKey,
+    network_id: u32,
+    nonce: u64,
+    model_id: u32,
+    tokens_max: u64,
+    expires_at_ms: u64,
+) -> Vec<u8> {
+    let rfc = Rfc {
+        from: key.address(),
+        nonce,
+        model_id,
+        tokens_max,
+        expires_at_ms,
+        signature: Default::default(),
+    };
+    presign(key, network_id, rfc.into())
+}
+
+/// A signed report frame (R-REPORT-1) from `key`'s address.
+pub fn presign_report(
+    key: &SigningKey,
+    network_id: u32,
+    nonce: u64,
+    session_id: u64,
+    elapsed_ms: u64,
+    tokens: u64,
+    pass: bool,
+) -> Vec<u8> {
+    let report = Report {
+        from: key.address(),
+        nonce,
+        session_id,
+        elapsed_ms,
+        tokens,
+        pass,
+        signature: Default::default(),
+    };
+    presign(key, network_id, report.into())
 }

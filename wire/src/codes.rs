@@ -6,6 +6,35 @@ use crate::codec::DecodeError;
 use crate::frame::FrameError;
 use crate::signature::SigError;
 
+/// Protocol errors (frames, bodies, signatures, login): this crate.
+pub const PROTOCOL_RANGE: std::ops::RangeInclusive<u16> = 0x0100..=0x01FF;
+/// Market errors (replay, quota, sessions, claims): the engine's `MarketError::code`.
+pub const MARKET_RANGE: std::ops::RangeInclusive<u16> = 0x0200..=0x02FF;
+/// Router errors (load shedding, connection limits): the gateway.
+pub const ROUTER_RANGE: std::ops::RangeInclusive<u16> = 0x0300..=0x03FF;
+
+/// Which layer a code belongs to, for logs and clients deciding whether to retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Protocol,
+    Market,
+    Router,
+    Unknown,
+}
+
+pub fn layer(code: u16) -> Layer {
+    if PROTOCOL_RANGE.contains(&code) {
+        Layer::Protocol
+    } else if MARKET_RANGE.contains(&code) {
+        Layer::Market
+    } else if ROUTER_RANGE.contains(&code) {
+        Layer::Router
+    } else {
+        Layer::Unknown
+    }
+}
+
+/// The frame could not be parsed (unknown flags, reserved bits set).
 pub const MALFORMED_FRAME: u16 = 0x0101;
 pub const BAD_MAGIC: u16 = 0x0102;
 pub const UNSUPPORTED_VERSION: u16 = 0x0103;
@@ -16,11 +45,16 @@ pub const UNKNOWN_MESSAGE_TYPE: u16 = 0x0107;
 pub const BAD_SIGNATURE: u16 = 0x0108;
 pub const HIGH_S_SIGNATURE: u16 = 0x0109;
 pub const SIGNER_MISMATCH: u16 = 0x010A;
+/// A message other than the login answer before login completed.
 pub const NOT_LOGGED_IN: u16 = 0x010B;
+/// A bad enum value, a string too long or not UTF-8, a list too long.
 pub const BAD_FIELD: u16 = 0x010C;
+/// This message type may not be sent by a client (router-only messages).
 pub const NOT_ALLOWED: u16 = 0x010D;
+/// The signed originator is not the address this connection logged in as.
 pub const WRONG_SENDER: u16 = 0x010E;
 
+/// Queue full: retry after `ErrorReply.retry_after_ms` (R-RFC-2).
 pub const OVERLOADED: u16 = 0x0301;
 pub const TOO_MANY_CONNECTIONS: u16 = 0x0302;
 pub const SLOW_CONSUMER: u16 = 0x0303;
@@ -102,5 +136,50 @@ pub fn name(code: u16) -> &'static str {
         0x0219 => "invalid_capacity",
         0x021A => "duplicate_model",
         _ => "unknown_code",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_codes_stay_in_their_range_and_have_names() {
+        let protocol = [
+            MALFORMED_FRAME,
+            BAD_MAGIC,
+            UNSUPPORTED_VERSION,
+            FRAME_TOO_LARGE,
+            TRUNCATED_BODY,
+            TRAILING_BYTES,
+            UNKNOWN_MESSAGE_TYPE,
+            BAD_SIGNATURE,
+            HIGH_S_SIGNATURE,
+            SIGNER_MISMATCH,
+            NOT_LOGGED_IN,
+            BAD_FIELD,
+            NOT_ALLOWED,
+            WRONG_SENDER,
+        ];
+        for code in protocol {
+            assert_eq!(layer(code), Layer::Protocol);
+            assert_ne!(name(code), "unknown_code");
+        }
+        for code in [
+            OVERLOADED,
+            TOO_MANY_CONNECTIONS,
+            SLOW_CONSUMER,
+            IDLE_TIMEOUT,
+            SHUTTING_DOWN,
+        ] {
+            assert_eq!(layer(code), Layer::Router);
+            assert_ne!(name(code), "unknown_code");
+        }
+        assert_eq!(layer(0x0203), Layer::Market);
+        assert_eq!(layer(0x0400), Layer::Unknown);
+        let mut sorted = protocol.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), protocol.len(), "codes are unique");
     }
 }

@@ -61,12 +61,23 @@ impl Field for Signature {
     }
 }
 
+/// The bound of each string field, by its qualified name: endpoints (R-PROV-1,
+/// R-MATCH-6) are `ENDPOINT_BYTES_MAX`, every other string (error reasons) is
+/// `REASON_BYTES_MAX`. Field names are compile-time constants, so this folds.
+pub fn string_bytes_max(field: &'static str) -> usize {
+    if field.ends_with(".endpoint") {
+        ENDPOINT_BYTES_MAX
+    } else {
+        REASON_BYTES_MAX
+    }
+}
+
 impl Field for String {
     fn write(&self, w: &mut Writer<'_>) {
         w.string(self);
     }
     fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
-        r.string(field, REASON_BYTES_MAX.max(ENDPOINT_BYTES_MAX))
+        r.string(field, string_bytes_max(field))
     }
 }
 
@@ -282,6 +293,28 @@ impl Message {
         }
     }
 
+    /// The signature slot, without copying the message (verify is on the hot path).
+    pub fn signature_ref(&self) -> Option<&Signature> {
+        Some(match self {
+            Message::LoginAnswer(m) => &m.signature,
+            Message::RegisterProvider(m) => &m.signature,
+            Message::UpdateBid(m) => &m.signature,
+            Message::WithdrawBid(m) => &m.signature,
+            Message::ProviderAnnounce(m) => &m.signature,
+            Message::Rfc(m) => &m.signature,
+            Message::RfcCancel(m) => &m.signature,
+            Message::ProbeAnswer(m) => &m.signature,
+            Message::SessionTicket(m) => &m.signature,
+            Message::Report(m) => &m.signature,
+            Message::SubscribeBatches(m) => &m.signature,
+            Message::CreditBatch(m) => &m.signature,
+            Message::Claim(m) => &m.signature,
+            Message::BalanceUpdate(m) => &m.signature,
+            Message::SetParams(m) => &m.signature,
+            _ => return None,
+        })
+    }
+
     fn signature_mut(&mut self) -> Option<&mut Signature> {
         Some(match self {
             Message::LoginAnswer(m) => &mut m.signature,
@@ -304,28 +337,49 @@ impl Message {
     }
 
     pub fn signature(&self) -> Option<Signature> {
-        self.clone().signature_mut().map(|s| *s)
+        self.signature_ref().copied()
     }
 
     /// Signs the message in place (the signature field is replaced) and returns the
     /// whole frame bytes. Login answers sign the challenge digest instead.
     pub fn sign(&mut self, key: &SigningKey, network_id: u32) -> Vec<u8> {
-        let msg_type = self.msg_type();
+        let mut out = Vec::with_capacity(128);
+        self.sign_frame_into(key, network_id, 0, &mut out);
+        out
+    }
+
+    /// Appends the signed frame to `out` with one encoding pass: the body is written,
+    /// its digest taken over the bytes before the signature slot, and the signature
+    /// written over the slot (and into `self`). Unsigned messages are appended as
+    /// they are. This is what pre-signing load generators call in a loop.
+    pub fn sign_frame_into(
+        &mut self,
+        key: &SigningKey,
+        network_id: u32,
+        flags: u8,
+        out: &mut Vec<u8>,
+    ) {
+        let start = out.len();
+        self.write_frame(flags, out);
+        if self.signature_ref().is_none() {
+            return;
+        }
+        let body_start = start + crate::frame::HEADER_LEN;
+        let slot_start = out.len() - SIGNATURE_LEN;
+        assert!(
+            slot_start >= body_start,
+            "a signed body ends with its signature"
+        );
         let digest = match self {
             Message::LoginAnswer(m) => signature::login_digest(network_id, &m.challenge),
-            _ => {
-                let mut body = Vec::with_capacity(128);
-                self.encode(&mut body);
-                match signed_digest(network_id, msg_type, &body) {
-                    Some(digest) => digest,
-                    None => return self.to_frame(),
-                }
-            }
+            _ => signature::digest(network_id, self.msg_type(), &out[body_start..slot_start]),
         };
+        let signed = key.sign_digest(&digest);
+        out[slot_start..].copy_from_slice(&signed.0);
         if let Some(slot) = self.signature_mut() {
-            *slot = key.sign_digest(&digest);
+            *slot = signed;
         }
-        self.to_frame()
+        debug_assert_eq!(self.signature_ref(), Some(&signed));
     }
 
     /// Header + body.
@@ -350,12 +404,12 @@ impl Message {
     /// (tickets, batches) are checked with `verify_router`.
     pub fn verify(&self, network_id: u32, body: &[u8]) -> Result<Address, SigError> {
         let (claimed, _) = self.claimed_origin().ok_or(SigError::BadSignature)?;
-        let signature = self.signature().ok_or(SigError::BadSignature)?;
+        let signature = self.signature_ref().ok_or(SigError::BadSignature)?;
         let digest = match self {
             Message::LoginAnswer(m) => signature::login_digest(network_id, &m.challenge),
             _ => signed_digest(network_id, self.msg_type(), body).ok_or(SigError::BadSignature)?,
         };
-        signature::verify_signer(&digest, &signature, &claimed)?;
+        signature::verify_signer(&digest, signature, &claimed)?;
         Ok(claimed)
     }
 
@@ -366,9 +420,9 @@ impl Message {
         body: &[u8],
         router: &Address,
     ) -> Result<(), SigError> {
-        let signature = self.signature().ok_or(SigError::BadSignature)?;
+        let signature = self.signature_ref().ok_or(SigError::BadSignature)?;
         let digest =
             signed_digest(network_id, self.msg_type(), body).ok_or(SigError::BadSignature)?;
-        signature::verify_signer(&digest, &signature, router)
+        signature::verify_signer(&digest, signature, router)
     }
 }

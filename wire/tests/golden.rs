@@ -33,29 +33,135 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
     let proof = k[1].1.sign_digest(&weights_proof_digest(NET, 1, &weights));
     let sig = Signature::default();
     let list: Vec<(Message, Option<&'static str>)> = vec![
-        (LoginChallenge { challenge: [0x5A; 32], network_id: NET, router }.into(), None),
-        (LoginAnswer { address: user, challenge: [0x5A; 32], signature: sig }.into(), Some("user")),
+        (
+            LoginChallenge {
+                challenge: [0x5A; 32],
+                network_id: NET,
+                router,
+            }
+            .into(),
+            None,
+        ),
+        (
+            LoginAnswer {
+                address: user,
+                challenge: [0x5A; 32],
+                signature: sig,
+            }
+            .into(),
+            Some("user"),
+        ),
         (LoginOk { address: user }.into(), None),
         (
             RegisterProvider {
                 from: provider,
                 nonce: 1,
                 endpoint: "203.0.113.7:8443".into(),
-                offers: vec![Offer { model_id: 1, unit: 0, weights_hash: weights, weights_proof: proof, price_wei_per_token: 100_000_000_000, capacity: 16 }],
+                offers: vec![Offer {
+                    model_id: 1,
+                    unit: 0,
+                    weights_hash: weights,
+                    weights_proof: proof,
+                    price_wei_per_token: 100_000_000_000,
+                    capacity: 16,
+                }],
                 signature: sig,
             }
             .into(),
             Some("provider"),
         ),
-        (UpdateBid { from: provider, nonce: 2, model_id: 1, price_wei_per_token: 90_000_000_000, capacity: 32, signature: sig }.into(), Some("provider")),
-        (WithdrawBid { from: provider, nonce: 3, model_id: 1, signature: sig }.into(), Some("provider")),
-        (ProviderAnnounce { from: provider, nonce: 4, signature: sig }.into(), Some("provider")),
-        (Rfc { from: user, nonce: 1, model_id: 1, tokens_max: 512, expires_at_ms: 1_767_225_600_000, signature: sig }.into(), Some("user")),
-        (RfcCancel { from: user, nonce: 2, rfc_id: 16_777_217, signature: sig }.into(), Some("user")),
-        (RfcAccepted { nonce: 1, rfc_id: 16_777_217, tokens_left: 14_488 }.into(), None),
-        (RfcFailed { nonce: 1, rfc_id: 16_777_217, reason: 1, refunded_tokens: 512 }.into(), None),
-        (Probe { probe_id: 33_554_432, model_id: 1, tokens_max: 512, deadline_ms: 1_767_225_602_000 }.into(), None),
-        (ProbeAnswer { from: provider, nonce: 5, probe_id: 33_554_432, signature: sig }.into(), Some("provider")),
+        (
+            UpdateBid {
+                from: provider,
+                nonce: 2,
+                model_id: 1,
+                price_wei_per_token: 90_000_000_000,
+                capacity: 32,
+                signature: sig,
+            }
+            .into(),
+            Some("provider"),
+        ),
+        (
+            WithdrawBid {
+                from: provider,
+                nonce: 3,
+                model_id: 1,
+                signature: sig,
+            }
+            .into(),
+            Some("provider"),
+        ),
+        (
+            ProviderAnnounce {
+                from: provider,
+                nonce: 4,
+                signature: sig,
+            }
+            .into(),
+            Some("provider"),
+        ),
+        (
+            Rfc {
+                from: user,
+                nonce: 1,
+                model_id: 1,
+                tokens_max: 512,
+                expires_at_ms: 1_767_225_600_000,
+                signature: sig,
+            }
+            .into(),
+            Some("user"),
+        ),
+        (
+            RfcCancel {
+                from: user,
+                nonce: 2,
+                rfc_id: 16_777_217,
+                signature: sig,
+            }
+            .into(),
+            Some("user"),
+        ),
+        (
+            RfcAccepted {
+                nonce: 1,
+                rfc_id: 16_777_217,
+                tokens_left: 14_488,
+            }
+            .into(),
+            None,
+        ),
+        (
+            RfcFailed {
+                nonce: 1,
+                rfc_id: 16_777_217,
+                reason: 1,
+                refunded_tokens: 512,
+            }
+            .into(),
+            None,
+        ),
+        (
+            Probe {
+                probe_id: 33_554_432,
+                model_id: 1,
+                tokens_max: 512,
+                deadline_ms: 1_767_225_602_000,
+            }
+            .into(),
+            None,
+        ),
+        (
+            ProbeAnswer {
+                from: provider,
+                nonce: 5,
+                probe_id: 33_554_432,
+                signature: sig,
+            }
+            .into(),
+            Some("provider"),
+        ),
         (
             SessionTicket {
                 session_id: 50_331_648,
@@ -72,9 +178,39 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             .into(),
             Some("router"),
         ),
-        (Report { from: user, nonce: 3, session_id: 50_331_648, elapsed_ms: 2_048, tokens: 400, pass: true, signature: sig }.into(), Some("user")),
-        (ReportAck { nonce: 3, session_id: 50_331_648, credited: true, reason: 0, amount_wei: 36_000_000_000_000 }.into(), None),
-        (SubscribeBatches { from: operator, nonce: 1, signature: sig }.into(), Some("operator")),
+        (
+            Report {
+                from: user,
+                nonce: 3,
+                session_id: 50_331_648,
+                elapsed_ms: 2_048,
+                tokens: 400,
+                pass: true,
+                signature: sig,
+            }
+            .into(),
+            Some("user"),
+        ),
+        (
+            ReportAck {
+                nonce: 3,
+                session_id: 50_331_648,
+                credited: true,
+                reason: 0,
+                amount_wei: 36_000_000_000_000,
+            }
+            .into(),
+            None,
+        ),
+        (
+            SubscribeBatches {
+                from: operator,
+                nonce: 1,
+                signature: sig,
+            }
+            .into(),
+            Some("operator"),
+        ),
         (
             CreditBatch {
                 block: 42,
@@ -82,28 +218,111 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
                 receipts: 1,
                 credited_wei: 36_000_000_000_000,
                 shortfall_wei: 0,
-                totals: vec![BatchTotals { provider, wei: 36_000_000_000_000, tokens: 400, sessions: 1 }],
+                totals: vec![BatchTotals {
+                    provider,
+                    wei: 36_000_000_000_000,
+                    tokens: 400,
+                    sessions: 1,
+                }],
                 signature: sig,
             }
             .into(),
             Some("router"),
         ),
-        (Claim { from: provider, nonce: 6, amount_wei: 0, signature: sig }.into(), Some("provider")),
-        (ClaimAck { nonce: 6, amount_wei: 36_000_000_000_000, owed_left_wei: 0 }.into(), None),
-        (BalanceUpdate { from: operator, nonce: 2, entries: vec![BalanceEntry { address: user, balance_wei: 5_000_000_000_000_000_000 }], signature: sig }.into(), Some("operator")),
-        (SetParams { from: operator, nonce: 3, params: vec![ParamEntry { param_id: 4, value: 50 }], signature: sig }.into(), Some("operator")),
+        (
+            Claim {
+                from: provider,
+                nonce: 6,
+                amount_wei: 0,
+                signature: sig,
+            }
+            .into(),
+            Some("provider"),
+        ),
+        (
+            ClaimAck {
+                nonce: 6,
+                amount_wei: 36_000_000_000_000,
+                owed_left_wei: 0,
+            }
+            .into(),
+            None,
+        ),
+        (
+            BalanceUpdate {
+                from: operator,
+                nonce: 2,
+                entries: vec![BalanceEntry {
+                    address: user,
+                    balance_wei: 5_000_000_000_000_000_000,
+                }],
+                signature: sig,
+            }
+            .into(),
+            Some("operator"),
+        ),
+        (
+            SetParams {
+                from: operator,
+                nonce: 3,
+                params: vec![ParamEntry {
+                    param_id: 4,
+                    value: 50,
+                }],
+                signature: sig,
+            }
+            .into(),
+            Some("operator"),
+        ),
         (Ack { nonce: 3 }.into(), None),
-        (Notice { kind: 2, until_ms: 1_767_225_660_000 }.into(), None),
-        (Ping { payload: 0x0102030405060708 }.into(), None),
-        (Pong { payload: 0x0102030405060708 }.into(), None),
-        (ErrorReply { code: 0x0203, ref_msg_type: 0x0020, ref_nonce: 1, retry_after_ms: 0, detail: 15_000, reason: "quota exceeded: 15000 tokens left today".into() }.into(), None),
+        (
+            Notice {
+                kind: 2,
+                until_ms: 1_767_225_660_000,
+            }
+            .into(),
+            None,
+        ),
+        (
+            Ping {
+                payload: 0x0102030405060708,
+            }
+            .into(),
+            None,
+        ),
+        (
+            Pong {
+                payload: 0x0102030405060708,
+            }
+            .into(),
+            None,
+        ),
+        (
+            ErrorReply {
+                code: 0x0203,
+                ref_msg_type: 0x0020,
+                ref_nonce: 1,
+                retry_after_ms: 0,
+                detail: 15_000,
+                reason: "quota exceeded: 15000 tokens left today".into(),
+            }
+            .into(),
+            None,
+        ),
     ];
-    list.into_iter().map(|(m, signer)| (m.name().to_string(), m, signer)).collect()
+    list.into_iter()
+        .map(|(m, signer)| (m.name().to_string(), m, signer))
+        .collect()
 }
 
 fn build() -> Value {
     let keys = keys();
-    let key_of = |name: &str| keys.iter().find(|(n, _)| *n == name).map(|(_, k)| k.clone()).unwrap();
+    let key_of = |name: &str| {
+        keys.iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, k)| k.clone())
+            .unwrap()
+    };
     let mut out = Vec::new();
     for (name, mut message, signer) in vectors() {
         let frame = match signer {
@@ -134,9 +353,17 @@ fn golden_vectors_are_produced_and_accepted_byte_for_byte() {
         std::fs::create_dir_all(std::path::Path::new(PATH).parent().unwrap()).unwrap();
         std::fs::write(PATH, serde_json::to_string_pretty(&fresh).unwrap() + "\n").unwrap();
     }
-    let stored: Value = serde_json::from_str(&std::fs::read_to_string(PATH).expect("golden file exists")).unwrap();
-    assert_eq!(stored, fresh, "the code no longer produces the committed golden frames");
-    let router = stored["keys"][3]["address"].as_str().unwrap().parse::<Address>().unwrap();
+    let stored: Value =
+        serde_json::from_str(&std::fs::read_to_string(PATH).expect("golden file exists")).unwrap();
+    assert_eq!(
+        stored, fresh,
+        "the code no longer produces the committed golden frames"
+    );
+    let router = stored["keys"][3]["address"]
+        .as_str()
+        .unwrap()
+        .parse::<Address>()
+        .unwrap();
     for vector in stored["vectors"].as_array().unwrap() {
         let bytes = hex::decode(vector["frame_hex"].as_str().unwrap()).unwrap();
         let mut decoder = FrameDecoder::new(1 << 20);
@@ -147,10 +374,20 @@ fn golden_vectors_are_produced_and_accepted_byte_for_byte() {
         if let Some(signer) = vector["signer"].as_str() {
             let signer: Address = signer.parse().unwrap();
             if message.claimed_origin().is_some() {
-                assert_eq!(message.verify(NET, &frame.body), Ok(signer), "{}", vector["name"]);
+                assert_eq!(
+                    message.verify(NET, &frame.body),
+                    Ok(signer),
+                    "{}",
+                    vector["name"]
+                );
             } else {
                 assert_eq!(signer, router);
-                assert_eq!(message.verify_router(NET, &frame.body, &router), Ok(()), "{}", vector["name"]);
+                assert_eq!(
+                    message.verify_router(NET, &frame.body, &router),
+                    Ok(()),
+                    "{}",
+                    vector["name"]
+                );
             }
         }
     }

@@ -472,3 +472,135 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn strings_over_their_bound_are_refused() {
+    // R-PROV-1: an endpoint of ENDPOINT_BYTES_MAX + 1 bytes.
+    let register: Message = RegisterProvider {
+        endpoint: "e".repeat(ENDPOINT_BYTES_MAX + 1),
+        ..RegisterProvider::default()
+    }
+    .into();
+    let mut body = Vec::new();
+    register.encode(&mut body);
+    assert_eq!(
+        Message::decode(register.msg_type(), &body),
+        Err(DecodeError::StringTooLong {
+            field: "RegisterProvider.endpoint",
+            len: ENDPOINT_BYTES_MAX as u64 + 1,
+            max: ENDPOINT_BYTES_MAX as u64
+        })
+    );
+    let at_bound: Message = RegisterProvider {
+        endpoint: "e".repeat(ENDPOINT_BYTES_MAX),
+        ..RegisterProvider::default()
+    }
+    .into();
+    let mut body = Vec::new();
+    at_bound.encode(&mut body);
+    assert_eq!(Message::decode(at_bound.msg_type(), &body), Ok(at_bound));
+    let reply: Message = ErrorReply {
+        reason: "r".repeat(REASON_BYTES_MAX + 1),
+        ..ErrorReply::default()
+    }
+    .into();
+    let mut body = Vec::new();
+    reply.encode(&mut body);
+    assert!(matches!(
+        Message::decode(reply.msg_type(), &body),
+        Err(DecodeError::StringTooLong {
+            field: "ErrorReply.reason",
+            ..
+        })
+    ));
+    assert_eq!(
+        codes::of_decode_error(&DecodeError::StringTooLong {
+            field: "x",
+            len: 2,
+            max: 1
+        }),
+        codes::BAD_FIELD
+    );
+}
+
+#[test]
+fn every_error_maps_to_its_code() {
+    use yellowstone_wire::frame::FrameError as F;
+    assert_eq!(
+        codes::of_frame_error(&F::BadMagic { found: *b"XX" }),
+        codes::BAD_MAGIC
+    );
+    assert_eq!(
+        codes::of_frame_error(&F::UnsupportedVersion { found: 2 }),
+        codes::UNSUPPORTED_VERSION
+    );
+    assert_eq!(
+        codes::of_frame_error(&F::UnknownFlags { flags: 2 }),
+        codes::MALFORMED_FRAME
+    );
+    assert_eq!(
+        codes::of_decode_error(&DecodeError::Truncated { field: "x" }),
+        codes::TRUNCATED_BODY
+    );
+    assert_eq!(
+        codes::of_decode_error(&DecodeError::TrailingBytes { count: 1 }),
+        codes::TRAILING_BYTES
+    );
+    assert_eq!(
+        codes::of_decode_error(&DecodeError::UnknownMessageType { msg_type: 9 }),
+        codes::UNKNOWN_MESSAGE_TYPE
+    );
+    assert_eq!(
+        codes::of_sig_error(&SigError::HighS),
+        codes::HIGH_S_SIGNATURE
+    );
+    assert_eq!(
+        codes::of_sig_error(&SigError::BadSignature),
+        codes::BAD_SIGNATURE
+    );
+    assert_eq!(
+        codes::of_sig_error(&SigError::SignerMismatch {
+            recovered: Address::default()
+        }),
+        codes::SIGNER_MISMATCH
+    );
+}
+
+#[test]
+fn sign_frame_into_appends_the_same_frame_as_sign() {
+    let alice = key("alice");
+    let mut buffer = b"prefix".to_vec();
+    for sample in samples() {
+        let mut a = sample.clone();
+        let mut b = sample;
+        let alone = a.sign(&alice, NET);
+        let start = buffer.len();
+        b.sign_frame_into(&alice, NET, 0, &mut buffer);
+        assert_eq!(&buffer[start..], &alone[..], "{}", a.name());
+        assert_eq!(a, b);
+    }
+}
+
+proptest! {
+    /// Every message type: random bytes in a valid body's shape decode to a message
+    /// that re-encodes to exactly those bytes, or to a specific error (never a panic).
+    #[test]
+    fn every_type_mutated_bodies_decode_to_themselves_or_error(seed: u64, flips in prop::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+        let samples = samples();
+        let sample = &samples[(seed % samples.len() as u64) as usize];
+        let mut body = Vec::new();
+        sample.encode(&mut body);
+        for (at, value) in flips {
+            let at = at % body.len();
+            body[at] = value;
+        }
+        match Message::decode(sample.msg_type(), &body) {
+            Ok(message) => {
+                let mut again = Vec::new();
+                message.encode(&mut again);
+                prop_assert_eq!(again, body);
+            }
+            Err(error) => prop_assert_ne!(codes::of_decode_error(&error), 0),
+        }
+    }
+}
