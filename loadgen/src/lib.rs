@@ -9,3 +9,4 @@ pub mod latency;
 pub mod plot;
 pub mod rate;
 pub mod report;
+pub mod sim;

@@ -1,0 +1,939 @@
+//! The simulated market: an operator, users and providers, each a real client of
+//! the router speaking the wire protocol with real signatures. Users send RFCs on an
+//! open-loop schedule (pre-signed before the measured window), providers answer probes
+//! (a share slowly or never), users report (a share fail), the operator collects the
+//! credit batches, and the run checks that every acknowledged creditable report was
+//! credited exactly once.
+
+use crate::latency::LatencyRecorder;
+use crate::report::{ConsistencyCheck, Latencies, RunSummary};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use yellowstone_gateway::router::config::demo_weights_hash;
+use yellowstone_wire::client::{Client, ClientError};
+use yellowstone_wire::signature::weights_proof_digest;
+use yellowstone_wire::*;
+
+pub const WEI_PER_MOR: u128 = 1_000_000_000_000_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Constant rate, enough supply.
+    Steady,
+    /// One second at 3x the rate in every three.
+    Burst,
+    /// Demand above supply: queues fill, priority by balance shows.
+    Overload,
+    /// Providers drop their connection and come back during the run.
+    Churn,
+    /// Many zero- and low-balance addresses flood RFCs alongside real users.
+    Sybil,
+}
+
+impl Scenario {
+    pub fn parse(text: &str) -> Result<Scenario, String> {
+        Ok(match text {
+            "steady" => Scenario::Steady,
+            "burst" => Scenario::Burst,
+            "overload" => Scenario::Overload,
+            "churn" => Scenario::Churn,
+            "sybil" => Scenario::Sybil,
+            other => {
+                return Err(format!(
+                    "unknown scenario {other:?}: steady, burst, overload, churn or sybil"
+                ))
+            }
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Steady => "steady",
+            Scenario::Burst => "burst",
+            Scenario::Overload => "overload",
+            Scenario::Churn => "churn",
+            Scenario::Sybil => "sybil",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub scenario: Scenario,
+    pub duration: Duration,
+    pub rate_per_s: f64,
+    pub users: usize,
+    pub providers: usize,
+    pub models: Vec<u32>,
+    pub tokens_max: u64,
+    /// Per-user balance drawn uniformly from this range, in whole MOR.
+    pub balance_mor: (u64, u64),
+    pub provider_capacity: u32,
+    pub reference_price_wei: u128,
+    /// Share of providers that answer probes too late / never.
+    pub slow_provider_share: f64,
+    pub dead_provider_share: f64,
+    pub fail_report_share: f64,
+    /// Mean service time per token the users report, in ms.
+    pub service_ms_per_token: u64,
+    pub seed: u64,
+    /// How long after the sending window replies may still arrive.
+    pub drain: Duration,
+    /// If known (embedded router): to wait for exactly the right batch.
+    pub genesis_ms: Option<u64>,
+    pub progress: bool,
+    /// Each RFC expires this long after it is due.
+    pub rfc_ttl_ms: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            scenario: Scenario::Steady,
+            duration: Duration::from_secs(10),
+            rate_per_s: 2_000.0,
+            users: 32,
+            providers: 16,
+            models: vec![1, 2, 3, 4],
+            tokens_max: 200,
+            balance_mor: (100, 10_000),
+            provider_capacity: 256,
+            reference_price_wei: 1_000_000_000,
+            slow_provider_share: 0.0,
+            dead_provider_share: 0.0,
+            fail_report_share: 0.02,
+            service_ms_per_token: 5,
+            seed: 1,
+            drain: Duration::from_secs(5),
+            genesis_ms: None,
+            progress: true,
+            rfc_ttl_ms: 60_000,
+        }
+    }
+}
+
+/// Where to run and with which operator key.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub operator: SigningKey,
+    pub description: String,
+    pub backend: String,
+}
+
+#[derive(Default)]
+struct Counters {
+    rfcs_sent: AtomicU64,
+    tickets: AtomicU64,
+    acks: AtomicU64,
+}
+
+/// What each user thread learned; merged at the end.
+#[derive(Default)]
+struct UserOutcome {
+    latencies: Latencies,
+    rejected: BTreeMap<String, u64>,
+    failed: BTreeMap<String, u64>,
+    sessions: u64,
+    acknowledged_reports: u64,
+    /// Expected credit per provider from creditable acks.
+    expected_wei: BTreeMap<Address, u128>,
+    expected_sessions: u64,
+    last_ack: Option<Instant>,
+    outstanding: usize,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn is_timeout(error: &ClientError) -> bool {
+    matches!(error, ClientError::Io(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+}
+
+fn connect(addr: SocketAddr, key: SigningKey) -> Result<Client, String> {
+    let client = Client::connect(addr, key).map_err(|e| format!("connect {addr}: {e}"))?;
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    Ok(client)
+}
+
+fn wait_for<T>(
+    client: &mut Client,
+    timeout: Duration,
+    mut pick: impl FnMut(&Message) -> Option<Result<T, String>>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        match client.recv() {
+            Ok(message) => {
+                if let Some(result) = pick(&message) {
+                    return result;
+                }
+            }
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Err("timed out waiting for the router".into())
+}
+
+/// Funds addresses through operator balance updates (chunked to fit frames).
+fn fund(operator: &mut Client, entries: &[(Address, u128)]) -> Result<(), String> {
+    for chunk in entries.chunks(400) {
+        let nonce = operator.next_nonce();
+        let entries = chunk
+            .iter()
+            .map(|(address, balance_wei)| BalanceEntry {
+                address: *address,
+                balance_wei: *balance_wei,
+            })
+            .collect();
+        operator
+            .send_signed(
+                BalanceUpdate {
+                    from: operator.address(),
+                    nonce,
+                    entries,
+                    signature: Signature::default(),
+                }
+                .into(),
+            )
+            .map_err(|e| e.to_string())?;
+        wait_for(operator, Duration::from_secs(10), |m| match m {
+            Message::Ack(a) if a.nonce == nonce => Some(Ok(())),
+            Message::ErrorReply(e) if e.ref_nonce == nonce => {
+                Some(Err(format!("balance update refused: {}", e.reason)))
+            }
+            _ => None,
+        })?;
+    }
+    Ok(())
+}
+
+fn register(
+    provider: &mut Client,
+    models: &[u32],
+    price: u128,
+    capacity: u32,
+) -> Result<(), String> {
+    let network_id = provider.network_id();
+    let offers = models
+        .iter()
+        .map(|&model_id| {
+            let weights_hash = demo_weights_hash(model_id);
+            let weights_proof = provider.key().sign_digest(&weights_proof_digest(
+                network_id,
+                model_id,
+                &weights_hash,
+            ));
+            Offer {
+                model_id,
+                unit: 0,
+                weights_hash,
+                weights_proof,
+                price_wei_per_token: price,
+                capacity,
+            }
+        })
+        .collect();
+    let nonce = provider.next_nonce();
+    let message = RegisterProvider {
+        from: provider.address(),
+        nonce,
+        endpoint: "127.0.0.1:9000".into(),
+        offers,
+        signature: Signature::default(),
+    };
+    provider
+        .send_signed(message.into())
+        .map_err(|e| e.to_string())?;
+    wait_for(provider, Duration::from_secs(10), |m| match m {
+        Message::Ack(a) if a.nonce == nonce => Some(Ok(())),
+        Message::ErrorReply(e) if e.ref_nonce == nonce => {
+            Some(Err(format!("registration refused: {}", e.reason)))
+        }
+        _ => None,
+    })
+}
+
+/// Pre-signed RFCs use every NONCE_STRIDE-th nonce; reports sent between two RFCs
+/// take the nonces in between, under the same write lock, so that nonces arrive
+/// strictly increasing (R-ID-4) although RFCs are signed ahead.
+const NONCE_STRIDE: u64 = 1_000_000;
+
+/// Pre-signed RFC frames with the instant each is due (open loop).
+fn presign_rfcs(
+    key: &SigningKey,
+    network_id: u32,
+    first_nonce: u64,
+    due: &[Duration],
+    config: &SimConfig,
+    rng: &mut ChaCha8Rng,
+) -> Vec<(u64, Vec<u8>)> {
+    // Signed before the window opens (up to a few seconds before `start`).
+    let base_ms = now_ms() + 5_000;
+    due.iter()
+        .enumerate()
+        .map(|(i, offset)| {
+            let expires_at_ms = base_ms + offset.as_millis() as u64 + config.rfc_ttl_ms;
+            let nonce = first_nonce + i as u64 * NONCE_STRIDE;
+            let model_id = config.models[rng.gen_range(0..config.models.len())];
+            let mut message: Message = Rfc {
+                from: key.address(),
+                nonce,
+                model_id,
+                tokens_max: config.tokens_max,
+                expires_at_ms,
+                signature: Signature::default(),
+            }
+            .into();
+            (nonce, message.sign(key, network_id))
+        })
+        .collect()
+}
+
+/// Due offsets of one user's RFCs for the scenario's rate shape.
+fn schedule(config: &SimConfig, share: f64, phase: f64) -> Vec<Duration> {
+    let rate = config.rate_per_s * share;
+    let mut out = Vec::new();
+    if rate <= 0.0 {
+        return out;
+    }
+    let end = config.duration.as_secs_f64();
+    let mut t = phase / rate;
+    while t < end {
+        out.push(Duration::from_secs_f64(t));
+        let multiplier = match config.scenario {
+            Scenario::Burst if (t % 3.0) < 1.0 => 3.0,
+            Scenario::Burst => 0.5,
+            _ => 1.0,
+        };
+        t += 1.0 / (rate * multiplier);
+    }
+    out
+}
+
+struct UserPlan {
+    key: SigningKey,
+    due: Vec<Duration>,
+    sybil: bool,
+}
+
+fn run_user(
+    addr: SocketAddr,
+    plan: UserPlan,
+    config: SimConfig,
+    start: Instant,
+    counters: Arc<Counters>,
+    stop_reading: Arc<AtomicBool>,
+) -> Result<UserOutcome, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        config.seed ^ u64::from_le_bytes(plan.key.address().0[..8].try_into().unwrap_or([0; 8])),
+    );
+    let mut client = connect(addr, plan.key.clone())?;
+    let network_id = client.network_id();
+    let first_nonce = client.next_nonce();
+    let frames = presign_rfcs(
+        &plan.key,
+        network_id,
+        first_nonce,
+        &plan.due,
+        &config,
+        &mut rng,
+    );
+    let due_of: Arc<Mutex<HashMap<u64, Instant>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(frames.len())));
+    let writer_stream = client.stream().try_clone().map_err(|e| e.to_string())?;
+    // (stream, last nonce written): RFCs and reports share it.
+    let writer = Arc::new(Mutex::new((writer_stream, first_nonce.saturating_sub(1))));
+    // The sender: writes each pre-signed RFC when it is due.
+    let sender = {
+        let (writer, due_of, counters, due) = (
+            writer.clone(),
+            due_of.clone(),
+            counters.clone(),
+            plan.due.clone(),
+        );
+        std::thread::spawn(move || {
+            for ((nonce, frame), offset) in frames.into_iter().zip(due) {
+                let due_at = start + offset;
+                let now = Instant::now();
+                if due_at > now {
+                    std::thread::sleep(due_at - now);
+                }
+                if let Ok(mut map) = due_of.lock() {
+                    map.insert(nonce, due_at);
+                }
+                let Ok(mut guard) = writer.lock() else { return };
+                debug_assert!(nonce > guard.1);
+                if guard.0.write_all(&frame).is_err() {
+                    return;
+                }
+                guard.1 = nonce;
+                counters.rfcs_sent.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let mut outcome = UserOutcome::default();
+    let mut reports_sent: HashMap<u64, (Instant, Address, u128)> = HashMap::new();
+    let mut resolved = 0usize;
+    let total = plan.due.len();
+    loop {
+        let sending_done = sender.is_finished();
+        if sending_done && resolved >= total && reports_sent.is_empty() {
+            break;
+        }
+        if stop_reading.load(Ordering::Relaxed) {
+            break;
+        }
+        let message = match client.recv() {
+            Ok(message) => message,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(format!("user connection: {e}")),
+        };
+        let received = Instant::now();
+        match message {
+            Message::RfcAccepted(_) => {}
+            Message::SessionTicket(ticket) => {
+                resolved += 1;
+                outcome.sessions += 1;
+                counters.tickets.fetch_add(1, Ordering::Relaxed);
+                if let Some(due) = due_of
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.remove(&ticket.rfc_nonce))
+                {
+                    outcome
+                        .latencies
+                        .rfc_to_ticket
+                        .record_us(received.duration_since(due).as_micros() as u64);
+                }
+                let tokens = rng.gen_range(1..=ticket.tokens_max);
+                let jitter = rng.gen_range(50..150) as u64;
+                let elapsed_ms = tokens * config.service_ms_per_token * jitter / 100;
+                let pass = rng.gen::<f64>() >= config.fail_report_share;
+                let Ok(mut guard) = writer.lock() else {
+                    return Err("writer lock poisoned".into());
+                };
+                let nonce = guard.1 + 1;
+                let mut report: Message = Report {
+                    from: plan.key.address(),
+                    nonce,
+                    session_id: ticket.session_id,
+                    elapsed_ms,
+                    tokens,
+                    pass,
+                    signature: Signature::default(),
+                }
+                .into();
+                let frame = report.sign(&plan.key, network_id);
+                reports_sent.insert(
+                    nonce,
+                    (
+                        Instant::now(),
+                        ticket.provider,
+                        tokens as u128 * ticket.price_wei_per_token,
+                    ),
+                );
+                guard
+                    .0
+                    .write_all(&frame)
+                    .map_err(|e| format!("send report: {e}"))?;
+                guard.1 = nonce;
+                drop(guard);
+            }
+            Message::ReportAck(ack) => {
+                if let Some((sent, provider, _)) = reports_sent.remove(&ack.nonce) {
+                    outcome
+                        .latencies
+                        .report_to_ack
+                        .record_us(received.duration_since(sent).as_micros() as u64);
+                    outcome.acknowledged_reports += 1;
+                    counters.acks.fetch_add(1, Ordering::Relaxed);
+                    outcome.last_ack = Some(received);
+                    if ack.credited {
+                        *outcome.expected_wei.entry(provider).or_default() += ack.amount_wei;
+                        outcome.expected_sessions += 1;
+                    }
+                }
+            }
+            Message::RfcFailed(failed) => {
+                resolved += 1;
+                let reason = match failed.reason {
+                    1 => "expired",
+                    2 => "no_provider",
+                    3 => "cancelled",
+                    _ => "other",
+                };
+                *outcome.failed.entry(reason.to_string()).or_default() += 1;
+            }
+            Message::ErrorReply(error) => {
+                *outcome
+                    .rejected
+                    .entry(codes::name(error.code).to_string())
+                    .or_default() += 1;
+                if error.ref_msg_type == msg_type::RFC {
+                    resolved += 1;
+                } else if error.ref_msg_type == msg_type::REPORT {
+                    reports_sent.remove(&error.ref_nonce);
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = sender.join();
+    outcome.outstanding = total.saturating_sub(resolved) + reports_sent.len();
+    let _ = plan.sybil;
+    Ok(outcome)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    Good,
+    Slow,
+    Dead,
+}
+
+#[derive(Default)]
+struct ProviderOutcome {
+    probe_rtt: LatencyRecorder,
+    probes: u64,
+}
+
+fn run_provider(
+    addr: SocketAddr,
+    key: SigningKey,
+    config: SimConfig,
+    behaviour: Behaviour,
+    price: u128,
+    stop: Arc<AtomicBool>,
+    churn: bool,
+) -> Result<ProviderOutcome, String> {
+    let mut outcome = ProviderOutcome::default();
+    let mut client = connect(addr, key.clone())?;
+    register(&mut client, &config.models, price, config.provider_capacity)?;
+    let network_id = client.network_id();
+    let mut answered: std::collections::VecDeque<Instant> = Default::default();
+    let mut late: Vec<(Instant, u64)> = Vec::new();
+    let mut reconnect_at = Instant::now() + Duration::from_millis(1_500 + (price % 1_000) as u64);
+    while !stop.load(Ordering::Relaxed) {
+        if churn && Instant::now() >= reconnect_at {
+            // Churn: drop the connection (the router marks us unreachable), come back.
+            drop(client);
+            std::thread::sleep(Duration::from_millis(300));
+            client = connect(addr, key.clone())?;
+            let nonce = client.next_nonce();
+            client
+                .send_signed(
+                    ProviderAnnounce {
+                        from: key.address(),
+                        nonce,
+                        signature: Signature::default(),
+                    }
+                    .into(),
+                )
+                .map_err(|e| e.to_string())?;
+            answered.clear();
+            reconnect_at = Instant::now() + Duration::from_secs(3);
+        }
+        let now = Instant::now();
+        for (_, probe_id) in late.iter().filter(|(due, _)| *due <= now) {
+            let nonce = client.next_nonce();
+            let _ = client.send_signed(
+                ProbeAnswer {
+                    from: key.address(),
+                    nonce,
+                    probe_id: *probe_id,
+                    signature: Signature::default(),
+                }
+                .into(),
+            );
+        }
+        late.retain(|(due, _)| *due > now);
+        let message = match client.recv() {
+            Ok(message) => message,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(format!("provider connection: {e}")),
+        };
+        match message {
+            Message::Probe(probe) => {
+                outcome.probes += 1;
+                match behaviour {
+                    Behaviour::Good => {
+                        let nonce = client.next_nonce();
+                        let mut answer: Message = ProbeAnswer {
+                            from: key.address(),
+                            nonce,
+                            probe_id: probe.probe_id,
+                            signature: Signature::default(),
+                        }
+                        .into();
+                        let frame = answer.sign(&key, network_id);
+                        answered.push_back(Instant::now());
+                        client.send_raw(&frame).map_err(|e| e.to_string())?;
+                    }
+                    Behaviour::Slow => late.push((
+                        Instant::now() + Duration::from_millis(2_500),
+                        probe.probe_id,
+                    )),
+                    Behaviour::Dead => {}
+                }
+            }
+            Message::SessionTicket(_) => {
+                if let Some(sent) = answered.pop_front() {
+                    outcome
+                        .probe_rtt
+                        .record_us(sent.elapsed().as_micros() as u64);
+                }
+            }
+            Message::Notice(notice) if notice.kind == 1 => {
+                // Marked unreachable: announce ourselves again.
+                let nonce = client.next_nonce();
+                let _ = client.send_signed(
+                    ProviderAnnounce {
+                        from: key.address(),
+                        nonce,
+                        signature: Signature::default(),
+                    }
+                    .into(),
+                );
+            }
+            Message::ErrorReply(error) if error.ref_msg_type == msg_type::PROBE_ANSWER => {
+                answered.pop_front();
+            }
+            _ => {}
+        }
+    }
+    Ok(outcome)
+}
+
+struct BatchLog {
+    blocks: Vec<u64>,
+    credited_wei: BTreeMap<Address, u128>,
+    receipts: u64,
+    received_at: Vec<Instant>,
+    total_wei: u128,
+}
+
+fn run_operator_subscriber(
+    mut operator: Client,
+    router: Address,
+    stop: Arc<AtomicBool>,
+) -> Result<BatchLog, String> {
+    let nonce = operator.next_nonce();
+    operator
+        .send_signed(
+            SubscribeBatches {
+                from: operator.address(),
+                nonce,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
+        .map_err(|e| e.to_string())?;
+    let network_id = operator.network_id();
+    let mut log = BatchLog {
+        blocks: Vec::new(),
+        credited_wei: BTreeMap::new(),
+        receipts: 0,
+        received_at: Vec::new(),
+        total_wei: 0,
+    };
+    while !stop.load(Ordering::Relaxed) {
+        let message = match operator.recv() {
+            Ok(message) => message,
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(format!("operator connection: {e}")),
+        };
+        if let Message::CreditBatch(batch) = &message {
+            let mut body = Vec::new();
+            message.encode(&mut body);
+            message
+                .verify_router(network_id, &body, &router)
+                .map_err(|e| format!("batch {} has a bad router signature: {e}", batch.block))?;
+            log.blocks.push(batch.block);
+            log.receipts += batch.receipts;
+            log.received_at.push(Instant::now());
+            for totals in &batch.totals {
+                *log.credited_wei.entry(totals.provider).or_default() += totals.wei;
+                log.total_wei += totals.wei;
+            }
+        }
+    }
+    Ok(log)
+}
+
+static LAST_LATENCIES: Mutex<Option<Latencies>> = Mutex::new(None);
+
+/// The latency recorders of the last run (for `.hgrm` files and plots).
+pub fn last_latencies() -> Latencies {
+    LAST_LATENCIES
+        .lock()
+        .ok()
+        .and_then(|l| l.clone())
+        .unwrap_or_default()
+}
+
+/// Runs the simulation against `target` and returns the summary.
+pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut operator = connect(target.addr, target.operator.clone())?;
+    let router = operator.router();
+    // Keys: users, sybils and providers, deterministic from the seed.
+    let user_keys: Vec<SigningKey> = (0..config.users)
+        .map(|i| SigningKey::from_seed(format!("ys-user-{}-{i}", config.seed).as_bytes()))
+        .collect();
+    let sybil_count = if config.scenario == Scenario::Sybil {
+        config.users
+    } else {
+        0
+    };
+    let sybil_keys: Vec<SigningKey> = (0..sybil_count)
+        .map(|i| SigningKey::from_seed(format!("ys-sybil-{}-{i}", config.seed).as_bytes()))
+        .collect();
+    let provider_keys: Vec<SigningKey> = (0..config.providers)
+        .map(|i| SigningKey::from_seed(format!("ys-provider-{}-{i}", config.seed).as_bytes()))
+        .collect();
+    let mut balances: Vec<(Address, u128)> = user_keys
+        .iter()
+        .map(|k| {
+            (
+                k.address(),
+                rng.gen_range(config.balance_mor.0..=config.balance_mor.1) as u128 * WEI_PER_MOR,
+            )
+        })
+        .collect();
+    // Sybils: half hold nothing, half a dust balance.
+    balances.extend(
+        sybil_keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, k)| (k.address(), WEI_PER_MOR / 1_000)),
+    );
+    balances.extend(provider_keys.iter().map(|k| (k.address(), WEI_PER_MOR)));
+    fund(&mut operator, &balances)?;
+
+    let stop_providers = Arc::new(AtomicBool::new(false));
+    let slow = (config.providers as f64 * config.slow_provider_share).round() as usize;
+    let dead = (config.providers as f64 * config.dead_provider_share).round() as usize;
+    let mut provider_threads = Vec::new();
+    for (i, key) in provider_keys.into_iter().enumerate() {
+        let behaviour = if i < dead {
+            Behaviour::Dead
+        } else if i < dead + slow {
+            Behaviour::Slow
+        } else {
+            Behaviour::Good
+        };
+        // Bids spread +-20 % around the reference price.
+        let price = config.reference_price_wei * rng.gen_range(80..=120) / 100;
+        let churn = config.scenario == Scenario::Churn && i % 2 == 0;
+        let (addr, config, stop) = (target.addr, config.clone(), stop_providers.clone());
+        provider_threads.push(std::thread::spawn(move || {
+            run_provider(addr, key, config, behaviour, price, stop, churn)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // registrations land first
+
+    let stop_batches = Arc::new(AtomicBool::new(false));
+    let subscriber = {
+        let stop = stop_batches.clone();
+        std::thread::spawn(move || run_operator_subscriber(operator, router, stop))
+    };
+
+    // Signing ahead happens inside each user thread before `start`.
+    let counters = Arc::new(Counters::default());
+    let stop_users = Arc::new(AtomicBool::new(false));
+    let start =
+        Instant::now() + Duration::from_millis(500 + 30 * (config.users + sybil_count) as u64 / 8);
+    let all_users = config.users + sybil_count;
+    let mut user_threads = Vec::new();
+    for (i, key) in user_keys.into_iter().chain(sybil_keys).enumerate() {
+        let sybil = i >= config.users;
+        let share = if config.scenario == Scenario::Sybil {
+            0.5
+        } else {
+            1.0
+        } / config.users.max(1) as f64;
+        let due = schedule(config, share, (i as f64) / all_users as f64);
+        let plan = UserPlan { key, due, sybil };
+        let (addr, config, counters, stop) = (
+            target.addr,
+            config.clone(),
+            counters.clone(),
+            stop_users.clone(),
+        );
+        user_threads.push(std::thread::spawn(move || {
+            run_user(addr, plan, config, start, counters, stop)
+        }));
+    }
+    // Progress line while it runs.
+    let window_end = start + config.duration;
+    while Instant::now() < window_end + config.drain {
+        std::thread::sleep(Duration::from_millis(500));
+        if config.progress {
+            let elapsed = Instant::now()
+                .saturating_duration_since(start)
+                .as_secs_f64();
+            eprint!(
+                "\r  {:>5.1}s  rfcs {:>8}  sessions {:>8}  acks {:>8}   ",
+                elapsed,
+                counters.rfcs_sent.load(Ordering::Relaxed),
+                counters.tickets.load(Ordering::Relaxed),
+                counters.acks.load(Ordering::Relaxed)
+            );
+        }
+        if user_threads.iter().all(|t| t.is_finished()) {
+            break;
+        }
+    }
+    if config.progress {
+        eprintln!();
+    }
+    stop_users.store(true, Ordering::Relaxed);
+    let mut outcome = UserOutcome::default();
+    for thread in user_threads {
+        let user = thread
+            .join()
+            .map_err(|_| "user thread panicked".to_string())??;
+        outcome.latencies.merge(&user.latencies);
+        for (code, n) in user.rejected {
+            *outcome.rejected.entry(code).or_default() += n;
+        }
+        for (reason, n) in user.failed {
+            *outcome.failed.entry(reason).or_default() += n;
+        }
+        outcome.sessions += user.sessions;
+        outcome.acknowledged_reports += user.acknowledged_reports;
+        outcome.expected_sessions += user.expected_sessions;
+        for (provider, wei) in user.expected_wei {
+            *outcome.expected_wei.entry(provider).or_default() += wei;
+        }
+        outcome.last_ack = outcome.last_ack.max(user.last_ack);
+        outcome.outstanding += user.outstanding;
+    }
+    let sent_window = Instant::now()
+        .saturating_duration_since(start)
+        .min(config.duration + config.drain)
+        .as_secs_f64()
+        .max(0.001);
+
+    // Wait for the batch that covers the last acknowledged report.
+    let last_ack_ms = now_ms();
+    let wait_until = Instant::now() + Duration::from_secs(30);
+    let covering_block = config
+        .genesis_ms
+        .map(|g| last_ack_ms.saturating_sub(g) / 12_000);
+    let started_wait = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if subscriber.is_finished() || Instant::now() >= wait_until {
+            break;
+        }
+        // Peek through the subscriber's progress: finish once enough time has passed
+        // for the covering block to be sealed (embedded) or 13 s (external).
+        let needed = match (covering_block, config.genesis_ms) {
+            (Some(block), Some(genesis)) => Duration::from_millis(
+                (genesis + (block + 1) * 12_000 + 700).saturating_sub(last_ack_ms),
+            ),
+            _ => Duration::from_secs(13),
+        };
+        if started_wait.elapsed() >= needed {
+            break;
+        }
+    }
+    stop_batches.store(true, Ordering::Relaxed);
+    stop_providers.store(true, Ordering::Relaxed);
+    let batches = subscriber
+        .join()
+        .map_err(|_| "subscriber panicked".to_string())??;
+    let mut probe_rtt = LatencyRecorder::new();
+    for thread in provider_threads {
+        let provider = thread
+            .join()
+            .map_err(|_| "provider thread panicked".to_string())??;
+        probe_rtt.merge(&provider.probe_rtt);
+    }
+    outcome.latencies.probe_rtt = probe_rtt;
+
+    // The self-check: every creditable ack credited exactly once, no batch gap.
+    let mut missing = 0u64;
+    let mut unexpected = 0u64;
+    for (provider, wei) in &outcome.expected_wei {
+        let got = batches.credited_wei.get(provider).copied().unwrap_or(0);
+        if got < *wei {
+            missing += 1;
+        } else if got > *wei {
+            unexpected += 1;
+        }
+    }
+    unexpected += batches
+        .credited_wei
+        .keys()
+        .filter(|p| !outcome.expected_wei.contains_key(*p))
+        .count() as u64;
+    let gaps = batches
+        .blocks
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0] + 1))
+        .sum::<u64>();
+    let receipts_match = batches.receipts == outcome.expected_sessions;
+    let consistency = ConsistencyCheck {
+        expected_credits: outcome.expected_sessions,
+        credited_once: if receipts_match && missing == 0 && unexpected == 0 {
+            outcome.expected_sessions
+        } else {
+            batches.receipts.min(outcome.expected_sessions)
+        },
+        missing: missing + outcome.expected_sessions.saturating_sub(batches.receipts),
+        unexpected: unexpected + batches.receipts.saturating_sub(outcome.expected_sessions),
+        batch_gaps: gaps,
+        ok: receipts_match
+            && missing == 0
+            && unexpected == 0
+            && gaps == 0
+            && !batches.blocks.is_empty(),
+    };
+    let mut summary = RunSummary {
+        scenario: config.scenario.name().to_string(),
+        target: target.description.clone(),
+        backend: target.backend.clone(),
+        duration_s: sent_window,
+        rfc_rate_target_per_s: config.rate_per_s,
+        rfcs_sent: counters.rfcs_sent.load(Ordering::Relaxed),
+        sessions_completed: outcome.sessions,
+        sessions_per_s: outcome.sessions as f64 / config.duration.as_secs_f64().max(0.001),
+        rejected: outcome.rejected,
+        rfcs_failed: outcome.failed,
+        acknowledged_reports: outcome.acknowledged_reports,
+        credited_sessions: batches.receipts,
+        credited_wei: batches.total_wei.to_string(),
+        batches: batches.blocks.len() as u64,
+        pings: 0,
+        consistency,
+        ..RunSummary::default()
+    };
+    summary.set_latencies(&outcome.latencies);
+    if let Ok(mut last) = LAST_LATENCIES.lock() {
+        *last = Some(outcome.latencies.clone());
+    }
+    if outcome.outstanding > 0 {
+        tracing::warn!(
+            outstanding = outcome.outstanding,
+            "requests without an answer at the end of the drain"
+        );
+    }
+    let _ = TcpStream::connect_timeout(&target.addr, Duration::from_millis(1));
+    Ok(summary)
+}
