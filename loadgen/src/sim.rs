@@ -388,9 +388,48 @@ fn run_user(
     let mut reports_sent: HashMap<u64, (Instant, Address, u128)> = HashMap::new();
     let mut resolved = 0usize;
     let total = plan.due.len();
+    let mut pending_reports: Vec<(Instant, u64, Address, u64, u128, u64, bool)> = Vec::new();
+    client
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .map_err(|e| e.to_string())?;
     loop {
+        let now = Instant::now();
+        let mut index = 0;
+        while index < pending_reports.len() {
+            if pending_reports[index].0 > now {
+                index += 1;
+                continue;
+            }
+            let (_, session_id, provider, tokens, price, elapsed_ms, pass) =
+                pending_reports.swap_remove(index);
+            let Ok(mut guard) = writer.lock() else {
+                return Err("writer lock poisoned".into());
+            };
+            let nonce = guard.1 + 1;
+            let mut report: Message = Report {
+                from: plan.key.address(),
+                nonce,
+                session_id,
+                elapsed_ms,
+                tokens,
+                pass,
+                signature: Signature::default(),
+            }
+            .into();
+            let frame = report.sign(&plan.key, network_id);
+            reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
+            guard
+                .0
+                .write_all(&frame)
+                .map_err(|e| format!("send report: {e}"))?;
+            guard.1 = nonce;
+        }
         let sending_done = sender.is_finished();
-        if sending_done && resolved >= total && reports_sent.is_empty() {
+        if sending_done
+            && resolved >= total
+            && reports_sent.is_empty()
+            && pending_reports.is_empty()
+        {
             break;
         }
         if stop_reading.load(Ordering::Relaxed) {
@@ -422,35 +461,17 @@ fn run_user(
                 let jitter = rng.gen_range(50..150) as u64;
                 let elapsed_ms = tokens * config.service_ms_per_token * jitter / 100;
                 let pass = rng.gen::<f64>() >= config.fail_report_share;
-                let Ok(mut guard) = writer.lock() else {
-                    return Err("writer lock poisoned".into());
-                };
-                let nonce = guard.1 + 1;
-                let mut report: Message = Report {
-                    from: plan.key.address(),
-                    nonce,
-                    session_id: ticket.session_id,
-                    elapsed_ms,
+                // The user holds the session while the provider computes, then reports.
+                let due = received + Duration::from_millis(elapsed_ms);
+                pending_reports.push((
+                    due,
+                    ticket.session_id,
+                    ticket.provider,
                     tokens,
+                    ticket.price_wei_per_token,
+                    elapsed_ms,
                     pass,
-                    signature: Signature::default(),
-                }
-                .into();
-                let frame = report.sign(&plan.key, network_id);
-                reports_sent.insert(
-                    nonce,
-                    (
-                        Instant::now(),
-                        ticket.provider,
-                        tokens as u128 * ticket.price_wei_per_token,
-                    ),
-                );
-                guard
-                    .0
-                    .write_all(&frame)
-                    .map_err(|e| format!("send report: {e}"))?;
-                guard.1 = nonce;
-                drop(guard);
+                ));
             }
             Message::ReportAck(ack) => {
                 if let Some((sent, provider, _)) = reports_sent.remove(&ack.nonce) {
@@ -492,7 +513,8 @@ fn run_user(
         }
     }
     let _ = sender.join();
-    outcome.outstanding = total.saturating_sub(resolved) + reports_sent.len();
+    outcome.outstanding =
+        total.saturating_sub(resolved) + reports_sent.len() + pending_reports.len();
     let _ = plan.sybil;
     Ok(outcome)
 }
