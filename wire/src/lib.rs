@@ -17,4 +17,6 @@ pub mod signature;
 pub use address::Address;
 pub use codec::DecodeError;
 pub use messages::*;
+/// The secp256k1 crate this one signs with, for callers that need raw keys.
+pub use secp256k1;
 pub use signature::{SigError, Signature, SigningKey};

@@ -203,6 +203,10 @@ macro_rules! messages {
                 match self { $(Message::$name(m) => m.encode(out)),* }
             }
             pub fn decode(msg_type: u16, body: &[u8]) -> Result<Message, DecodeError> {
+                // Hot messages of exact size: fields at fixed offsets, no cursor.
+                if let Some(message) = fast::decode(msg_type, body) {
+                    return Ok(message);
+                }
                 match msg_type {
                     $(msg_type::$code => Ok(Message::$name($name::decode(body)?)),)*
                     other => Err(DecodeError::UnknownMessageType { msg_type: other }),
@@ -424,5 +428,57 @@ impl Message {
         let digest =
             signed_digest(network_id, self.msg_type(), body).ok_or(SigError::BadSignature)?;
         signature::verify_signer(&digest, signature, router)
+    }
+}
+
+/// Fixed-offset decoding of the hot client messages (RFC, report, probe answer): one
+/// length check, then every field read at its offset. Any other length goes through
+/// the general decoder, which names the exact error.
+mod fast {
+    use super::*;
+
+    pub const RFC_BODY_LEN: usize = 20 + 8 + 4 + 8 + 8 + SIGNATURE_LEN;
+    pub const REPORT_BODY_LEN: usize = 20 + 8 + 8 + 8 + 8 + 1 + SIGNATURE_LEN;
+    pub const PROBE_ANSWER_BODY_LEN: usize = 20 + 8 + 8 + SIGNATURE_LEN;
+
+    fn array<const N: usize>(body: &[u8], at: usize) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&body[at..at + N]);
+        out
+    }
+
+    fn u64_at(body: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(array(body, at))
+    }
+
+    pub fn decode(msg_type: u16, body: &[u8]) -> Option<Message> {
+        match (msg_type, body.len()) {
+            (msg_type::RFC, RFC_BODY_LEN) => Some(Message::Rfc(Rfc {
+                from: Address(array(body, 0)),
+                nonce: u64_at(body, 20),
+                model_id: u32::from_le_bytes(array(body, 28)),
+                tokens_max: u64_at(body, 32),
+                expires_at_ms: u64_at(body, 40),
+                signature: Signature(array(body, 48)),
+            })),
+            (msg_type::REPORT, REPORT_BODY_LEN) if body[52] <= 1 => Some(Message::Report(Report {
+                from: Address(array(body, 0)),
+                nonce: u64_at(body, 20),
+                session_id: u64_at(body, 28),
+                elapsed_ms: u64_at(body, 36),
+                tokens: u64_at(body, 44),
+                pass: body[52] == 1,
+                signature: Signature(array(body, 53)),
+            })),
+            (msg_type::PROBE_ANSWER, PROBE_ANSWER_BODY_LEN) => {
+                Some(Message::ProbeAnswer(ProbeAnswer {
+                    from: Address(array(body, 0)),
+                    nonce: u64_at(body, 20),
+                    probe_id: u64_at(body, 28),
+                    signature: Signature(array(body, 36)),
+                }))
+            }
+            _ => None,
+        }
     }
 }

@@ -63,7 +63,25 @@ impl std::fmt::Display for SigError {
 
 impl std::error::Error for SigError {}
 
+/// Bodies up to this size are hashed from one stack buffer (one `blake3::hash` call,
+/// cheaper than the incremental hasher for small inputs); larger ones incrementally.
+/// Both give the same digest.
+const DIGEST_STACK_BYTES_MAX: usize = 512;
+
 pub fn digest(network_id: u32, msg_type: u16, body: &[u8]) -> [u8; 32] {
+    const PREFIX_LEN: usize = DOMAIN_TAG.len() + 4 + 2;
+    if body.len() <= DIGEST_STACK_BYTES_MAX - PREFIX_LEN {
+        let mut buffer = [0u8; DIGEST_STACK_BYTES_MAX];
+        buffer[..DOMAIN_TAG.len()].copy_from_slice(DOMAIN_TAG);
+        buffer[DOMAIN_TAG.len()..DOMAIN_TAG.len() + 4].copy_from_slice(&network_id.to_le_bytes());
+        buffer[DOMAIN_TAG.len() + 4..PREFIX_LEN].copy_from_slice(&msg_type.to_le_bytes());
+        buffer[PREFIX_LEN..PREFIX_LEN + body.len()].copy_from_slice(body);
+        return *blake3::hash(&buffer[..PREFIX_LEN + body.len()]).as_bytes();
+    }
+    digest_incremental(network_id, msg_type, body)
+}
+
+fn digest_incremental(network_id: u32, msg_type: u16, body: &[u8]) -> [u8; 32] {
     let mut hasher = blake3::Hasher::new();
     hasher.update(DOMAIN_TAG);
     hasher.update(&network_id.to_le_bytes());
@@ -177,6 +195,17 @@ impl SigningKey {
         self.address
     }
 
+    /// The 64-byte uncompressed public key (x || y, without the 0x04 prefix): what
+    /// the address is the keccak-256 of (R-ID-1).
+    pub fn public_key_xy(&self) -> [u8; 64] {
+        let public = PublicKey::from_secret_key(SECP256K1, &self.secret);
+        let uncompressed = public.serialize_uncompressed();
+        let mut xy = [0u8; 64];
+        xy.copy_from_slice(&uncompressed[1..]);
+        debug_assert_eq!(Address::from_public_key_xy(&xy), self.address);
+        xy
+    }
+
     /// RFC 6979 deterministic, low-s (libsecp256k1 normalises s).
     pub fn sign_digest(&self, digest: &[u8; 32]) -> Signature {
         let message = Message::from_digest(*digest);
@@ -222,6 +251,18 @@ mod tests {
         assert_ne!(digest(1, 0x21, b"body"), d, "message type is bound");
         let other = recover_signer(&digest(1, 0x21, b"body"), &signature);
         assert_ne!(other, Ok(key.address()));
+    }
+
+    #[test]
+    fn r_id_2_digest_fast_path_equals_incremental() {
+        for len in [0usize, 1, 63, 64, 65, 400, 491, 492, 493, 1024, 5000] {
+            let body: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert_eq!(
+                digest(3, 0x20, &body),
+                digest_incremental(3, 0x20, &body),
+                "{len}"
+            );
+        }
     }
 
     #[test]
