@@ -180,7 +180,7 @@ impl Market {
         };
         self.apply(&report);
         // Time moves 1 ms per 100 lifecycles, so blocks seal as they would at 100k/s.
-        if u % 100 == 0 {
+        if u.is_multiple_of(100) {
             self.now += 1;
         }
         matches!(

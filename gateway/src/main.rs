@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs the router until SIGINT/SIGTERM (then seals the current block and stops).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Prints a new secret key (hex) and its address, for the router or an operator.
     Keygen,
     /// Prints the configuration in force (defaults merged with --config) as TOML.
@@ -135,7 +135,7 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run(args) => run(args),
+        Cmd::Run(args) => run(*args),
         Cmd::Keygen => {
             let key = SigningKey::random();
             println!(

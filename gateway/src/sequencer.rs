@@ -121,8 +121,11 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     /// Spare effect vectors, so steady state does not allocate per command.
     spare: Vec<Vec<Effect>>,
     /// Called after each burst, e.g. to publish engine gauges.
-    observer: Option<Box<dyn FnMut(&Engine) + Send>>,
+    observer: Option<EngineObserver>,
 }
+
+/// Looks at the engine between bursts (gauges); never changes it.
+pub type EngineObserver = Box<dyn FnMut(&Engine) + Send>;
 
 impl<D: Durability, S: EffectSink> Sequencer<D, S> {
     pub fn new(engine: Engine, journal: D, sink: S, config: SequencerConfig) -> Self {

@@ -122,6 +122,10 @@ impl RouterProcess {
         if !args.contains(&"--metrics-listen") {
             command.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        // Tests read the router's refusals from the wire; its INFO lines only bury failures.
+        if std::env::var_os("RUST_LOG").is_none() {
+            command.env("RUST_LOG", "warn");
+        }
         command
             .args(args)
             .stdout(Stdio::piped())

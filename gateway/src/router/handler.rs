@@ -99,7 +99,7 @@ impl RouterHandler {
     }
 
     /// Maps a verified client message to the engine command it asks for.
-    fn to_command(
+    fn command_for(
         &mut self,
         conn: ConnId,
         from: Address,
@@ -323,13 +323,16 @@ impl FrameHandler for RouterHandler {
                 return;
             }
             (_, None) => {
+                // Echo the nonce so a client that sent before logging in can tell which
+                // of its messages was turned away.
+                let nonce = message.claimed_origin().map_or(0, |(_, nonce)| nonce);
                 return self.refuse(
                     replies,
                     codes::NOT_LOGGED_IN,
                     msg_type,
-                    0,
+                    nonce,
                     "log in first: answer the challenge".into(),
-                )
+                );
             }
             (_, Some(address)) => address,
         };
@@ -364,7 +367,7 @@ impl FrameHandler for RouterHandler {
             );
         }
         let is_subscribe = matches!(message, Message::SubscribeBatches(_));
-        let command = match self.to_command(conn, address, message, &frame.body) {
+        let command = match self.command_for(conn, address, message, &frame.body) {
             Ok(Some(command)) => command,
             Ok(None) => {
                 if is_subscribe {
