@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use yellowstone_gateway::config::Backend;
 use yellowstone_gateway::router::config::RouterConfig;
-use yellowstone_gateway::router::{Router, StartOptions};
+use yellowstone_gateway::router::start_from_config;
 use yellowstone_loadgen::plot::write_spectrum_svg;
 use yellowstone_loadgen::sim::{self, Scenario, SimConfig, Target};
 use yellowstone_wire::SigningKey;
@@ -69,6 +69,14 @@ struct Args {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// Durability of the embedded router's journal: always (replies after fsync),
+    /// interval or none.
+    #[arg(long, default_value = "always")]
+    durability: String,
+    /// Data directory of the embedded router (default: a temporary one, removed at
+    /// the end of the run).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
 }
 
 fn scenario_config(args: &Args, scenario: Scenario) -> SimConfig {
@@ -97,6 +105,8 @@ fn scenario_config(args: &Args, scenario: Scenario) -> SimConfig {
 
 struct Embedded {
     router: Option<yellowstone_gateway::router::RouterHandle>,
+    /// Kept alive for the run; dropped (removed) after the router stops.
+    _data_dir: Option<tempfile::TempDir>,
 }
 
 fn start_embedded(
@@ -119,8 +129,23 @@ fn start_embedded(
     let first_boundary = now + run_ms + 2_000;
     let genesis_ms = first_boundary - 12_000 * first_boundary.saturating_sub(now).div_ceil(12_000);
     config.market.genesis_ms = genesis_ms;
-    let options = StartOptions::ephemeral(config)?;
-    let router = Router::start(options)?;
+    config.journal.durability = args.durability.clone();
+    let temporary = match &args.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("yellowstone-loadgen-")
+                .tempdir()
+                .map_err(|e| format!("temporary data directory: {e}"))?,
+        ),
+    };
+    config.journal.data_dir = Some(match (&args.data_dir, &temporary) {
+        (Some(dir), _) => dir.clone(),
+        (None, Some(dir)) => dir.path().to_path_buf(),
+        (None, None) => unreachable!("a temporary directory is made when none is given"),
+    });
+    config.validate()?;
+    let router = start_from_config(config)?;
     let target = Target {
         addr: router.listen,
         operator: operator.clone(),
@@ -134,6 +159,7 @@ fn start_embedded(
     Ok((
         Embedded {
             router: Some(router),
+            _data_dir: temporary,
         },
         target,
         genesis_ms,
@@ -162,7 +188,10 @@ fn run_once(
                 .ok_or("--target needs --operator-key")?;
             let operator = SigningKey::from_hex(key)?;
             (
-                Embedded { router: None },
+                Embedded {
+                    router: None,
+                    _data_dir: None,
+                },
                 Target {
                     addr,
                     operator,
