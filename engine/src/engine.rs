@@ -439,6 +439,16 @@ impl Engine {
         self.state.probes_open
     }
 
+    /// Every account holding MOR, with its balance (e.g. to warm a gateway's
+    /// pre-check cache after recovery).
+    pub fn balances(&self) -> impl Iterator<Item = (Address, u128)> + '_ {
+        self.state
+            .accounts
+            .iter()
+            .filter(|a| a.balance_wei > 0)
+            .map(|a| (a.address, a.balance_wei))
+    }
+
     pub fn accounts_len(&self) -> usize {
         self.state.accounts.len()
     }

@@ -32,6 +32,7 @@ mod slab;
 pub mod speed;
 pub mod state;
 pub mod types;
+pub mod workload;
 
 pub use command::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ProviderTotals,

@@ -1,1 +1,20 @@
-//! Write-ahead journal of engine inputs, snapshots on disk, and recovery.
+//! Write-ahead journal of engine inputs, snapshots on disk, and recovery
+//! (ARCHITECTURE.md, "Determinism and durability").
+//!
+//! - `record`: one checksummed, length-framed record.
+//! - `files`: segment and snapshot files, atomic replacement, directory fsync.
+//! - `writer`: the `Durability` the engine thread appends to; group commit on the
+//!   journal thread, snapshots on their own thread.
+//! - `uring_file`: the open segment, written and fsynced through io_uring.
+//! - `recovery`: snapshot + replay at start, torn-tail cut, corruption refusal.
+//! - `tools`: what the operator subcommands print (records, verification, ledger).
+
+pub mod files;
+pub mod record;
+pub mod recovery;
+pub mod tools;
+pub mod uring_file;
+pub mod writer;
+
+pub use recovery::{recover, RecoverOptions, Recovered};
+pub use writer::{DurabilityMode, Journal, JournalConfig, JournalStats};

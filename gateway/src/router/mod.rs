@@ -159,8 +159,10 @@ impl Router {
             ),
             registry: registry.clone(),
         });
-        // Warm the pre-check cache from the recovered engine is not possible without
-        // iterating accounts; the balance snapshot below fills it.
+        // A recovered engine knows balances the gateways' pre-check cache does not yet.
+        for (address, balance) in engine.balances() {
+            shared.balances.insert(shared::to_wire(address), balance);
+        }
         let handler_shared = shared.clone();
         let gateways = net::start_gateways(
             &config.network,

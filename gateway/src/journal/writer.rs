@@ -1,0 +1,489 @@
+//! The journal as the engine thread sees it (`Durability`), and the two threads
+//! behind it: the writer, which group-commits whatever the engine appended since its
+//! last write (one write and one fdatasync per group, through io_uring when it is
+//! available), and the snapshot thread, which writes engine snapshots off the
+//! engine thread and then prunes what they cover.
+
+use super::files;
+use super::record;
+use super::uring_file::SegmentFile;
+use crate::sequencer::Durability;
+use crossbeam_channel::{Receiver, Sender};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// When a command counts as durable (Redis' appendfsync).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityMode {
+    /// Replies leave only after the command's record is fsynced (default).
+    Always,
+    /// Replies leave at once; the writer fsyncs every `fsync_interval_ms`.
+    Interval,
+    /// Replies leave at once; the kernel writes back when it likes.
+    None,
+}
+
+impl std::str::FromStr for DurabilityMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "always" => Ok(DurabilityMode::Always),
+            "interval" => Ok(DurabilityMode::Interval),
+            "none" => Ok(DurabilityMode::None),
+            other => Err(format!(
+                "durability must be always, interval or none, not {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    pub mode: DurabilityMode,
+    pub fsync_interval_ms: u64,
+    /// A segment is closed and a new one started once it holds this many bytes.
+    pub segment_bytes_max: u64,
+    /// Appended bytes not yet written; the engine waits when the writer is this far
+    /// behind (backpressure instead of unbounded memory).
+    pub buffer_bytes_max: usize,
+    /// Write and fsync through io_uring (falls back to write(2)/fdatasync(2)).
+    pub io_uring: bool,
+    /// Snapshots kept; segments are removed once the oldest kept one covers them.
+    pub snapshots_kept: usize,
+}
+
+impl JournalConfig {
+    pub fn new(dir: PathBuf, mode: DurabilityMode) -> JournalConfig {
+        JournalConfig {
+            dir,
+            mode,
+            fsync_interval_ms: 10,
+            segment_bytes_max: 256 * 1024 * 1024,
+            buffer_bytes_max: 64 * 1024 * 1024,
+            io_uring: true,
+            snapshots_kept: 2,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    first_seq: u64,
+    last_seq: u64,
+    /// Someone (flush, a snapshot) needs everything up to here fsynced.
+    sync_to: u64,
+    closing: bool,
+    writer_waiting: bool,
+    failure: Option<String>,
+}
+
+/// Counters an operator can watch.
+#[derive(Default, Debug)]
+pub struct JournalStats {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub writes: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub snapshots: AtomicU64,
+    pub segments_removed: AtomicU64,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// The writer waits here for records.
+    work: Condvar,
+    /// The engine waits here when the buffer is full.
+    room: Condvar,
+    /// Flushes and snapshots wait here for fsyncs.
+    synced: Condvar,
+    written_seq: AtomicU64,
+    synced_seq: AtomicU64,
+    stats: JournalStats,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A panicking writer leaves the data consistent enough to report its failure.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, error: String) {
+        tracing::error!(%error, "journal failed: no further command can become durable");
+        self.lock().failure.get_or_insert(error);
+        self.work.notify_all();
+        self.room.notify_all();
+        self.synced.notify_all();
+    }
+
+    /// Blocks until every record up to `seq` is fsynced.
+    fn sync_up_to(&self, seq: u64) -> Result<(), String> {
+        let mut pending = self.lock();
+        if self.synced_seq.load(Ordering::Acquire) >= seq {
+            return Ok(());
+        }
+        pending.sync_to = pending.sync_to.max(seq);
+        self.work.notify_one();
+        while self.synced_seq.load(Ordering::Acquire) < seq {
+            if let Some(failure) = &pending.failure {
+                return Err(failure.clone());
+            }
+            pending = self.synced.wait(pending).unwrap_or_else(|e| e.into_inner());
+        }
+        Ok(())
+    }
+}
+
+pub struct Journal {
+    shared: Arc<Shared>,
+    mode: DurabilityMode,
+    next_seq: u64,
+    buffer_bytes_max: usize,
+    updates: Receiver<u64>,
+    writer: Option<JoinHandle<()>>,
+    snapshot_jobs: Option<Sender<(u64, Vec<u8>)>>,
+    snapshotter: Option<JoinHandle<()>>,
+}
+
+impl Journal {
+    /// Opens the journal for appending from `next_seq` (1 on a fresh directory, the
+    /// recovered last seq + 1 otherwise), in a new segment.
+    pub fn open(config: JournalConfig, next_seq: u64) -> Result<Journal, String> {
+        assert!(next_seq >= 1, "sequence numbers start at 1");
+        let (file, path) = files::create_segment(&config.dir, next_seq)?;
+        let segment = SegmentFile::new(file, path, config.io_uring)?;
+        let last = next_seq - 1;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            work: Condvar::new(),
+            room: Condvar::new(),
+            synced: Condvar::new(),
+            written_seq: AtomicU64::new(last),
+            synced_seq: AtomicU64::new(last),
+            stats: JournalStats::default(),
+        });
+        let (updates_tx, updates) = crossbeam_channel::bounded(1);
+        let writer = {
+            let (shared, config) = (shared.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("ys-journal".into())
+                .spawn(move || {
+                    let mut writer = Writer {
+                        shared: shared.clone(),
+                        config,
+                        segment,
+                        updates: updates_tx,
+                        spare: Vec::new(),
+                        last_sync: Instant::now(),
+                    };
+                    if let Err(error) = writer.run() {
+                        shared.fail(error);
+                    }
+                })
+                .map_err(|e| format!("journal thread: {e}"))?
+        };
+        let (jobs_tx, jobs) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(1);
+        let snapshotter = {
+            let (shared, config) = (shared.clone(), config.clone());
+            std::thread::Builder::new()
+                .name("ys-snapshot".into())
+                .spawn(move || {
+                    for (seq, state) in jobs {
+                        if let Err(error) = write_snapshot(&shared, &config, seq, &state) {
+                            // A missed snapshot costs replay time, not data.
+                            tracing::error!(%error, seq, "snapshot not written");
+                        }
+                    }
+                })
+                .map_err(|e| format!("snapshot thread: {e}"))?
+        };
+        Ok(Journal {
+            shared,
+            mode: config.mode,
+            next_seq,
+            buffer_bytes_max: config.buffer_bytes_max.max(1),
+            updates,
+            writer: Some(writer),
+            snapshot_jobs: Some(jobs_tx),
+            snapshotter: Some(snapshotter),
+        })
+    }
+
+    pub fn stats(&self) -> &JournalStats {
+        &self.shared.stats
+    }
+
+    /// The last sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn mode(&self) -> DurabilityMode {
+        self.mode
+    }
+
+    fn close(&mut self) {
+        self.snapshot_jobs = None;
+        if let Some(snapshotter) = self.snapshotter.take() {
+            let _ = snapshotter.join();
+        }
+        self.shared.lock().closing = true;
+        self.shared.work.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+impl Durability for Journal {
+    fn append(&mut self, payload: &[u8]) -> Result<u64, String> {
+        let seq = self.next_seq;
+        let mut pending = self.shared.lock();
+        while pending.bytes.len() >= self.buffer_bytes_max && pending.failure.is_none() {
+            pending = self
+                .shared
+                .room
+                .wait(pending)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(failure) = &pending.failure {
+            return Err(failure.clone());
+        }
+        if pending.bytes.is_empty() {
+            pending.first_seq = seq;
+        }
+        record::encode_into(&mut pending.bytes, seq, payload)?;
+        pending.last_seq = seq;
+        let wake = pending.writer_waiting;
+        drop(pending);
+        if wake {
+            self.shared.work.notify_one();
+        }
+        self.next_seq += 1;
+        Ok(seq)
+    }
+
+    fn durable_updates(&self) -> Receiver<u64> {
+        self.updates.clone()
+    }
+
+    fn durable_seq(&self) -> u64 {
+        match self.mode {
+            DurabilityMode::Always => self.shared.synced_seq.load(Ordering::Acquire),
+            DurabilityMode::Interval | DurabilityMode::None => self.next_seq - 1,
+        }
+    }
+
+    fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String> {
+        let Some(jobs) = &self.snapshot_jobs else {
+            return Ok(());
+        };
+        if jobs.try_send((seq, state)).is_err() {
+            tracing::warn!(
+                seq,
+                "snapshot skipped: the previous one is still being written"
+            );
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        self.shared.sync_up_to(self.next_seq - 1)
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    config: JournalConfig,
+    segment: SegmentFile,
+    updates: Sender<u64>,
+    spare: Vec<u8>,
+    last_sync: Instant,
+}
+
+impl Writer {
+    fn run(&mut self) -> Result<(), String> {
+        let interval = Duration::from_millis(self.config.fsync_interval_ms.max(1));
+        loop {
+            let (first_seq, last_seq, sync_to, closing) = {
+                let mut pending = self.shared.lock();
+                loop {
+                    let synced = self.shared.synced_seq.load(Ordering::Acquire);
+                    if !pending.bytes.is_empty() || pending.closing || pending.sync_to > synced {
+                        break;
+                    }
+                    pending.writer_waiting = true;
+                    let unsynced = self.shared.written_seq.load(Ordering::Acquire) > synced;
+                    if self.config.mode == DurabilityMode::Interval && unsynced {
+                        let left = interval.saturating_sub(self.last_sync.elapsed());
+                        let (guard, timeout) = self
+                            .shared
+                            .work
+                            .wait_timeout(pending, left)
+                            .unwrap_or_else(|e| e.into_inner());
+                        pending = guard;
+                        if timeout.timed_out() {
+                            pending.writer_waiting = false;
+                            break;
+                        }
+                    } else {
+                        pending = self
+                            .shared
+                            .work
+                            .wait(pending)
+                            .unwrap_or_else(|e| e.into_inner());
+                    }
+                    pending.writer_waiting = false;
+                }
+                std::mem::swap(&mut pending.bytes, &mut self.spare);
+                (
+                    pending.first_seq,
+                    pending.last_seq,
+                    pending.sync_to,
+                    pending.closing,
+                )
+            };
+            self.shared.room.notify_all();
+            let group_written = !self.spare.is_empty();
+            if group_written {
+                self.write_group(first_seq, last_seq)?;
+            }
+            let written = self.shared.written_seq.load(Ordering::Acquire);
+            let synced = self.shared.synced_seq.load(Ordering::Acquire);
+            let interval_due = self.config.mode == DurabilityMode::Interval
+                && self.last_sync.elapsed() >= interval;
+            if written > synced && (sync_to > synced || interval_due || closing) {
+                self.sync()?;
+            }
+            if closing && !group_written && self.shared.lock().bytes.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn write_group(&mut self, first_seq: u64, last_seq: u64) -> Result<(), String> {
+        if self.segment.len() >= self.config.segment_bytes_max {
+            self.roll(first_seq)?;
+        }
+        let always = self.config.mode == DurabilityMode::Always;
+        self.segment.append(&self.spare, always)?;
+        let stats = &self.shared.stats;
+        stats
+            .records
+            .fetch_add(last_seq.saturating_sub(first_seq) + 1, Ordering::Relaxed);
+        stats
+            .bytes
+            .fetch_add(self.spare.len() as u64, Ordering::Relaxed);
+        stats.writes.fetch_add(1, Ordering::Relaxed);
+        self.spare.clear();
+        self.shared.written_seq.store(last_seq, Ordering::Release);
+        if always {
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.mark_synced(last_seq);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        let written = self.shared.written_seq.load(Ordering::Acquire);
+        self.segment.sync()?;
+        self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.mark_synced(written);
+        Ok(())
+    }
+
+    fn mark_synced(&mut self, seq: u64) {
+        self.last_sync = Instant::now();
+        // Publish under the lock so a waiter cannot miss the notification.
+        let guard = self.shared.lock();
+        self.shared.synced_seq.store(seq, Ordering::Release);
+        drop(guard);
+        self.shared.synced.notify_all();
+        let _ = self.updates.try_send(seq);
+    }
+
+    /// Closes the full segment (fsynced whatever the mode: a closed segment is never
+    /// written again) and starts the next at `first_seq`.
+    fn roll(&mut self, first_seq: u64) -> Result<(), String> {
+        self.segment.sync()?;
+        let written = self.shared.written_seq.load(Ordering::Acquire);
+        self.mark_synced(written);
+        let (file, path) = files::create_segment(&self.config.dir, first_seq)?;
+        self.segment = SegmentFile::new(file, path, self.config.io_uring)?;
+        Ok(())
+    }
+}
+
+/// Writes one snapshot once the records it covers are on disk, then removes old
+/// snapshots and the segments the oldest kept snapshot covers.
+fn write_snapshot(
+    shared: &Shared,
+    config: &JournalConfig,
+    seq: u64,
+    state: &[u8],
+) -> Result<(), String> {
+    // A snapshot must never be ahead of the journal: after a crash, the next record
+    // would otherwise reuse a sequence number the snapshot already contains.
+    shared.sync_up_to(seq)?;
+    let started = Instant::now();
+    files::write_snapshot(&config.dir, seq, state)?;
+    shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
+    let removed = prune(config, seq)?;
+    shared
+        .stats
+        .segments_removed
+        .fetch_add(removed, Ordering::Relaxed);
+    tracing::info!(
+        seq,
+        bytes = state.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        segments_removed = removed,
+        "snapshot written"
+    );
+    Ok(())
+}
+
+pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, String> {
+    let listing = files::list(&config.dir)?;
+    let kept = config.snapshots_kept.max(1);
+    let snapshots: Vec<_> = listing
+        .snapshots
+        .iter()
+        .filter(|(seq, _)| *seq <= newest)
+        .collect();
+    let mut removed = 0;
+    let mut covered = 0;
+    if snapshots.len() > kept {
+        for (_, path) in &snapshots[..snapshots.len() - kept] {
+            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    if let Some((oldest_kept, _)) = snapshots
+        .len()
+        .checked_sub(kept.min(snapshots.len()))
+        .and_then(|first_kept| snapshots.get(first_kept))
+    {
+        covered = *oldest_kept;
+    }
+    // A segment is covered when the next one starts at or before covered + 1; the
+    // last segment is the one being written and is never removed.
+    for pair in listing.segments.windows(2) {
+        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        if *next_first <= covered + 1 {
+            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            removed += 1;
+        }
+    }
+    files::sync_dir(&config.dir)?;
+    Ok(removed)
+}

@@ -1,0 +1,363 @@
+//! The journal on disk: recovery reaches the state hash the engine had after every
+//! durable record; torn tails are cut; corruption before the tail refuses to start
+//! (naming file and offset) unless explicitly allowed; damaged snapshots fall back to
+//! older ones; segments are pruned only once a snapshot covers them.
+
+use std::path::{Path, PathBuf};
+use yellowstone_engine::workload::{Workload, WorkloadSizes};
+use yellowstone_engine::{Command, Engine, MarketConfig};
+use yellowstone_gateway::journal::{
+    files, recover, DurabilityMode, Journal, JournalConfig, RecoverOptions, Recovered,
+};
+use yellowstone_gateway::sequencer::{Durability, JournalRecord};
+
+struct Written {
+    market: MarketConfig,
+    /// hashes[k]: state hash after records 1..=k (hashes[0]: genesis).
+    hashes: Vec<[u8; 32]>,
+}
+
+fn sizes() -> WorkloadSizes {
+    WorkloadSizes {
+        models: 3,
+        providers: 12,
+        users: 200,
+        // Slow time so that a few thousand lifecycles cross block boundaries.
+        lifecycles_per_ms: 1,
+    }
+}
+
+fn commands(lifecycles: usize) -> (MarketConfig, Vec<(u64, Command)>) {
+    let mut out = Vec::new();
+    let mut workload = Workload::new(sizes(), &mut out);
+    for _ in 0..lifecycles {
+        workload.lifecycle(&mut out);
+    }
+    (Workload::market_config(&sizes()), out)
+}
+
+fn config(dir: &Path, mode: DurabilityMode) -> JournalConfig {
+    JournalConfig {
+        segment_bytes_max: 16 * 1024,
+        ..JournalConfig::new(dir.to_path_buf(), mode)
+    }
+}
+
+/// Journals `lifecycles` lifecycles, snapshotting every `snapshot_every` records.
+fn write(
+    dir: &Path,
+    mode: DurabilityMode,
+    lifecycles: usize,
+    snapshot_every: Option<u64>,
+) -> Written {
+    let (market, commands) = commands(lifecycles);
+    let mut journal = Journal::open(config(dir, mode), 1).unwrap();
+    let mut engine = Engine::new(market.clone());
+    let mut hashes = vec![engine.state_hash()];
+    let mut effects = Vec::new();
+    for (now_ms, command) in commands {
+        let record = JournalRecord { now_ms, command };
+        let seq = journal.append(&record.encode()).unwrap();
+        engine.apply(&record.command, now_ms, &mut effects);
+        hashes.push(engine.state_hash());
+        assert_eq!(seq as usize, hashes.len() - 1);
+        if snapshot_every.is_some_and(|every| seq.is_multiple_of(every)) {
+            journal.snapshot(seq, engine.snapshot()).unwrap();
+            // Let the snapshot thread take it before the next one comes.
+            journal.flush().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    journal.flush().unwrap();
+    drop(journal);
+    Written { market, hashes }
+}
+
+fn recover_in(
+    dir: &Path,
+    market: &MarketConfig,
+    options: RecoverOptions,
+) -> Result<Recovered, String> {
+    recover(dir, market, options, |_, _, _| {})
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    files::list(dir)
+        .unwrap()
+        .segments
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
+}
+
+fn copy_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+/// Offsets of every record boundary in a segment.
+fn record_offsets(bytes: &[u8]) -> Vec<usize> {
+    let mut offsets = Vec::new();
+    let mut at = files::SEGMENT_HEADER_BYTES;
+    while at < bytes.len() {
+        offsets.push(at);
+        at += yellowstone_gateway::journal::record::parse(&bytes[at..])
+            .unwrap()
+            .framed_len;
+    }
+    offsets
+}
+
+#[test]
+fn every_mode_recovers_the_exact_state_and_continues_the_sequence() {
+    for mode in [
+        DurabilityMode::Always,
+        DurabilityMode::Interval,
+        DurabilityMode::None,
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write(dir.path(), mode, 3_000, None);
+        let total = written.hashes.len() as u64 - 1;
+        assert!(segments(dir.path()).len() > 3, "small segments roll over");
+        let recovered = recover_in(dir.path(), &written.market, RecoverOptions::default()).unwrap();
+        assert_eq!(recovered.last_seq, total, "{mode:?}");
+        assert_eq!(recovered.records_replayed, total);
+        assert_eq!(
+            recovered.engine.state_hash(),
+            written.hashes[total as usize]
+        );
+        assert!(recovered.notes.is_empty(), "{:?}", recovered.notes);
+        recovered.engine.check_invariants();
+
+        // The restarted journal continues the sequence, and a second recovery
+        // replays both runs.
+        let mut journal = Journal::open(config(dir.path(), mode), total + 1).unwrap();
+        let mut engine = recovered.engine;
+        let mut effects = Vec::new();
+        let tick = JournalRecord {
+            now_ms: engine.now_ms() + 60_000,
+            command: Command::Tick,
+        };
+        assert_eq!(journal.append(&tick.encode()).unwrap(), total + 1);
+        engine.apply(&tick.command, tick.now_ms, &mut effects);
+        journal.flush().unwrap();
+        drop(journal);
+        let again = recover_in(dir.path(), &written.market, RecoverOptions::default()).unwrap();
+        assert_eq!(again.last_seq, total + 1);
+        assert_eq!(again.engine.state_hash(), engine.state_hash());
+    }
+}
+
+#[test]
+fn a_torn_tail_at_any_byte_recovers_the_last_whole_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write(dir.path(), DurabilityMode::Always, 400, None);
+    let last = segments(dir.path()).pop().unwrap();
+    let bytes = std::fs::read(&last).unwrap();
+    let offsets = record_offsets(&bytes);
+    let total = written.hashes.len() - 1;
+    let first_seq_in_last = total - offsets.len() + 1;
+    let ends: Vec<usize> = offsets[1..].iter().copied().chain([bytes.len()]).collect();
+    // Cut inside each of the last records, and just after the header.
+    let mut cuts: Vec<usize> = offsets.iter().rev().take(25).map(|o| o + 3).collect();
+    cuts.extend([bytes.len() - 1, files::SEGMENT_HEADER_BYTES + 1]);
+    for cut in cuts {
+        let copy = copy_dir(dir.path());
+        let path = copy.path().join(last.file_name().unwrap());
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let recovered =
+            recover_in(copy.path(), &written.market, RecoverOptions::default()).unwrap();
+        // Records wholly before the cut survive; the one the cut is inside does not.
+        let whole = ends.iter().filter(|end| **end <= cut).count();
+        let kept_bytes = ends
+            .iter()
+            .copied()
+            .filter(|end| *end <= cut)
+            .max()
+            .unwrap_or(files::SEGMENT_HEADER_BYTES);
+        assert_eq!(
+            recovered.last_seq as usize,
+            first_seq_in_last - 1 + whole,
+            "cut at {cut}"
+        );
+        assert_eq!(
+            recovered.engine.state_hash(),
+            written.hashes[recovered.last_seq as usize],
+            "cut at {cut}"
+        );
+        assert_eq!(
+            recovered.bytes_cut as usize,
+            cut - kept_bytes,
+            "cut at {cut}"
+        );
+        assert!(
+            recovered.notes[0].contains("journal tail cut"),
+            "{:?}",
+            recovered.notes
+        );
+        assert!(recovered.notes[0].contains("bytes removed"));
+        // The cut is made on disk: a second recovery is clean.
+        let again = recover_in(copy.path(), &written.market, RecoverOptions::default()).unwrap();
+        assert!(again.notes.is_empty());
+        assert_eq!(again.last_seq, recovered.last_seq);
+    }
+}
+
+#[test]
+fn zeros_or_garbage_after_the_last_record_are_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write(dir.path(), DurabilityMode::Always, 200, None);
+    let total = written.hashes.len() as u64 - 1;
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.extend_from_slice(&[0u8; 4096]);
+    bytes.extend_from_slice(b"\xff\xff\x00\x00garbage");
+    std::fs::write(&last, &bytes).unwrap();
+    let recovered = recover_in(dir.path(), &written.market, RecoverOptions::default()).unwrap();
+    assert_eq!(recovered.last_seq, total);
+    assert_eq!(recovered.bytes_cut, 4096 + 11);
+    assert_eq!(
+        recovered.engine.state_hash(),
+        written.hashes[total as usize]
+    );
+}
+
+#[test]
+fn corruption_before_the_tail_refuses_to_start_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write(dir.path(), DurabilityMode::Always, 600, None);
+    let all = segments(dir.path());
+    assert!(all.len() >= 3);
+    // A bit flip in the middle of the second segment, inside its fifth record.
+    let pristine = copy_dir(dir.path());
+    let victim = &all[1];
+    let bytes = std::fs::read(victim).unwrap();
+    let offsets = record_offsets(&bytes);
+    let flip_at = offsets[4] + 30;
+    let mut flipped = bytes.clone();
+    flipped[flip_at] ^= 0x04;
+    std::fs::write(victim, &flipped).unwrap();
+
+    let copy = copy_dir(dir.path());
+    let error = recover_in(dir.path(), &written.market, RecoverOptions::default())
+        .err()
+        .expect("refused");
+    assert!(error.contains("corrupt before its tail"), "{error}");
+    assert!(error.contains(&victim.display().to_string()), "{error}");
+    assert!(error.contains(&format!("offset {}", offsets[4])), "{error}");
+    assert_eq!(
+        std::fs::read(victim).unwrap(),
+        flipped,
+        "a refusal changes nothing"
+    );
+
+    // The same damage in the last segment, with whole records after it, is not a
+    // tail either. (Drop the newest segment so that a full one is last.)
+    let other = pristine;
+    std::fs::remove_file(other.path().join(all.last().unwrap().file_name().unwrap())).unwrap();
+    let last = other.path().join(all[all.len() - 2].file_name().unwrap());
+    let mut last_bytes = std::fs::read(&last).unwrap();
+    let last_offsets = record_offsets(&last_bytes);
+    assert!(last_offsets.len() > 10);
+    last_bytes[last_offsets[2] + 2] ^= 0x01;
+    std::fs::write(&last, &last_bytes).unwrap();
+    let error = recover_in(other.path(), &written.market, RecoverOptions::default())
+        .err()
+        .expect("damage followed by whole records is refused");
+    assert!(
+        error.contains(&format!("offset {}", last_offsets[2])),
+        "{error}"
+    );
+
+    // Allowed: cut there, keeping the exact prefix.
+    let recovered = recover_in(
+        copy.path(),
+        &written.market,
+        RecoverOptions {
+            allow_corrupt_truncate: true,
+            read_only: false,
+        },
+    )
+    .unwrap();
+    assert!(
+        recovered.notes[0].contains("CORRUPT"),
+        "{:?}",
+        recovered.notes
+    );
+    assert_eq!(
+        recovered.engine.state_hash(),
+        written.hashes[recovered.last_seq as usize]
+    );
+    assert!(recovered.last_seq < written.hashes.len() as u64 - 1);
+    assert_eq!(segments(copy.path()).len(), 2, "later segments removed");
+}
+
+#[test]
+fn snapshots_prune_covered_segments_and_a_damaged_one_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write(dir.path(), DurabilityMode::Always, 2_000, Some(1_500));
+    let total = written.hashes.len() as u64 - 1;
+    let listing = files::list(dir.path()).unwrap();
+    assert_eq!(listing.snapshots.len(), 2, "two snapshots kept");
+    let oldest_kept = listing.snapshots[0].0;
+    assert!(
+        listing.segments[0].0 <= oldest_kept + 1,
+        "the oldest kept snapshot is still covered by the journal"
+    );
+    assert!(listing.segments[0].0 > 1, "segments before it were removed");
+
+    let recovered = recover_in(dir.path(), &written.market, RecoverOptions::default()).unwrap();
+    assert_eq!(recovered.snapshot_seq, Some(listing.snapshots[1].0));
+    assert_eq!(recovered.last_seq, total);
+    assert_eq!(
+        recovered.engine.state_hash(),
+        written.hashes[total as usize]
+    );
+    assert!(recovered.records_replayed < total);
+
+    // Flip a byte of the newest snapshot: recovery uses the older one.
+    let newest = &listing.snapshots[1].1;
+    let mut bytes = std::fs::read(newest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x80;
+    std::fs::write(newest, &bytes).unwrap();
+    let recovered = recover_in(dir.path(), &written.market, RecoverOptions::default()).unwrap();
+    assert_eq!(recovered.snapshot_seq, Some(oldest_kept));
+    assert!(recovered.notes[0].contains("trying an older snapshot"));
+    assert_eq!(
+        recovered.engine.state_hash(),
+        written.hashes[total as usize]
+    );
+
+    // Both snapshots damaged and the journal's start pruned: refuse.
+    let oldest = &listing.snapshots[0].1;
+    std::fs::write(oldest, b"not a snapshot").unwrap();
+    let error = recover_in(dir.path(), &written.market, RecoverOptions::default())
+        .err()
+        .expect("refused");
+    assert!(
+        error.contains("missing") || error.contains("no valid snapshot"),
+        "{error}"
+    );
+}
+
+#[test]
+fn read_only_recovery_reports_the_cut_without_making_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write(dir.path(), DurabilityMode::Always, 100, None);
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.truncate(bytes.len() - 5);
+    std::fs::write(&last, &bytes).unwrap();
+    let options = RecoverOptions {
+        read_only: true,
+        ..RecoverOptions::default()
+    };
+    let recovered = recover_in(dir.path(), &written.market, options).unwrap();
+    assert!(recovered.bytes_cut > 0);
+    assert_eq!(std::fs::read(&last).unwrap(), bytes, "nothing written");
+}
