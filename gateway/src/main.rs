@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use yellowstone_gateway::config::Backend;
+use yellowstone_gateway::journal::tools;
 use yellowstone_gateway::router::config::RouterConfig;
 use yellowstone_wire::SigningKey;
 
@@ -27,6 +28,36 @@ enum Cmd {
     PrintConfig {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Prints the journal's records (read-only): sequence, time, engine command.
+    Journal {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// First sequence number to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Most records to print.
+        #[arg(long, default_value_t = u64::MAX)]
+        limit: u64,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verifies a data directory (read-only): snapshot, every record's checksum and
+    /// sequence, replay, invariants. Exits 1 if the router would refuse to start.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows the Compute Contract ledger (read-only): owed per provider, credited,
+    /// paid, last block.
+    Ledger {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -62,6 +93,10 @@ struct RunArgs {
     /// Overrides identity.network_id.
     #[arg(long)]
     network_id: Option<u32>,
+    /// Start even if the journal is corrupt before its tail: cut it at the damage,
+    /// losing every record after it (journal.allow_corrupt_truncate).
+    #[arg(long)]
+    allow_corrupt_truncate: bool,
 }
 
 fn load_config(path: &Option<PathBuf>) -> Result<RouterConfig, String> {
@@ -108,6 +143,9 @@ fn run(args: RunArgs) -> Result<(), String> {
     if let Some(network_id) = args.network_id {
         config.identity.network_id = network_id;
     }
+    if args.allow_corrupt_truncate {
+        config.journal.allow_corrupt_truncate = true;
+    }
     config.validate()?;
     let router = yellowstone_gateway::router::start_from_config(config)?;
     let metrics = router
@@ -145,6 +183,31 @@ fn main() {
             );
             Ok(())
         }
+        Cmd::Journal {
+            data_dir,
+            from,
+            limit,
+            json,
+        } => {
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            tools::dump(&data_dir, from, limit, json, &mut out).map(|_| ())
+        }
+        Cmd::Verify { data_dir, json } => tools::verify(&data_dir).map(|report| {
+            if json {
+                println!("{report}");
+            } else {
+                println!("{report:#}");
+                println!("verify: OK");
+            }
+        }),
+        Cmd::Ledger { data_dir, json } => tools::ledger(&data_dir).map(|ledger| {
+            if json {
+                println!("{ledger}");
+            } else {
+                print!("{}", tools::ledger_text(&ledger));
+            }
+        }),
         Cmd::PrintConfig { config } => load_config(&config)
             .and_then(|c| toml::to_string_pretty(&c).map_err(|e| e.to_string()))
             .map(|text| print!("{text}")),

@@ -1,1 +1,194 @@
+//! What the operator subcommands print: journal records, a verification of a data
+//! directory, and the Compute Contract ledger. All read-only: they never cut a tail
+//! or remove a file, so they are safe on a directory a stopped router will reuse.
 
+use super::files;
+use super::record;
+use super::recovery::{recover, RecoverOptions, Recovered};
+use crate::sequencer::JournalRecord;
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::Path;
+
+fn market_of(dir: &Path) -> Result<yellowstone_engine::MarketConfig, String> {
+    files::read_market(dir)?.ok_or_else(|| {
+        format!(
+            "{}: no {} here: not a router data directory",
+            dir.display(),
+            files::MARKET_FILE
+        )
+    })
+}
+
+/// Recovers the engine from `dir` without changing anything on disk.
+pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
+    let market = market_of(dir)?;
+    let options = RecoverOptions {
+        allow_corrupt_truncate: false,
+        read_only: true,
+    };
+    recover(dir, &market, options, |_, _, _| {})
+}
+
+/// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.
+/// Returns how many were printed.
+pub fn dump(
+    dir: &Path,
+    from: u64,
+    limit: u64,
+    json_lines: bool,
+    out: &mut dyn Write,
+) -> Result<u64, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut printed = 0;
+    for (_, path) in files::list(dir)?.segments {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        files::check_segment_header(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut offset = files::SEGMENT_HEADER_BYTES;
+        while offset < bytes.len() && printed < limit {
+            let rec = match record::parse(&bytes[offset..]) {
+                Ok(rec) => rec,
+                Err(fault) => {
+                    let line = format!(
+                        "damage: {} at offset {offset}: {fault} ({} bytes after it)",
+                        path.display(),
+                        bytes.len() - offset
+                    );
+                    writeln!(out, "{line}").map_err(io)?;
+                    break;
+                }
+            };
+            if rec.seq >= from {
+                let decoded = JournalRecord::decode(rec.payload)
+                    .map_err(|e| format!("{} at offset {offset}: {e}", path.display()))?;
+                if json_lines {
+                    let line = json!({
+                        "seq": rec.seq,
+                        "now_ms": decoded.now_ms,
+                        "command": format!("{:?}", decoded.command),
+                    });
+                    writeln!(out, "{line}").map_err(io)?;
+                } else {
+                    writeln!(
+                        out,
+                        "{:>10}  {}  {:?}",
+                        rec.seq, decoded.now_ms, decoded.command
+                    )
+                    .map_err(io)?;
+                }
+                printed += 1;
+            }
+            offset += rec.framed_len;
+        }
+    }
+    Ok(printed)
+}
+
+/// Recovers read-only and checks the engine's invariants (solvency, capacity,
+/// quota, book). Err if the directory would not start or an invariant fails.
+pub fn verify(dir: &Path) -> Result<Value, String> {
+    let recovered = recover_read_only(dir)?;
+    let engine = &recovered.engine;
+    let invariants =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.check_invariants()))
+            .map_err(|panic| {
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "invariant check failed".into())
+            });
+    let report = json!({
+        "data_dir": dir.display().to_string(),
+        "snapshot_seq": recovered.snapshot_seq,
+        "records_replayed": recovered.records_replayed,
+        "records_covered_by_snapshot": recovered.records_covered,
+        "last_seq": recovered.last_seq,
+        "tail_bytes_to_cut": recovered.bytes_cut,
+        "notes": recovered.notes,
+        "block": engine.block(),
+        "state_hash": hex::encode(engine.state_hash()),
+        "replay_ms": recovered.elapsed.as_millis() as u64,
+        "invariants": match &invariants { Ok(()) => "ok".to_string(), Err(e) => e.clone() },
+    });
+    match invariants {
+        Ok(()) => Ok(report),
+        Err(error) => Err(format!(
+            "invariant broken after recovery: {error}\n{report:#}"
+        )),
+    }
+}
+
+/// The Compute Contract ledger as the recovered engine holds it.
+pub fn ledger(dir: &Path) -> Result<Value, String> {
+    let recovered = recover_read_only(dir)?;
+    let engine = &recovered.engine;
+    let ledger = engine.ledger();
+    let solvent =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ledger.check_solvency())).is_ok();
+    let providers: Vec<Value> = ledger
+        .owed_wei
+        .iter()
+        .map(|(address, owed)| {
+            json!({
+                "provider": yellowstone_wire::Address(address.0).to_string(),
+                "owed_wei": owed.to_string(),
+            })
+        })
+        .collect();
+    let counters = engine.counters();
+    // Wei amounts are strings: they exceed what JSON numbers carry exactly.
+    Ok(json!({
+        "block": engine.block(),
+        "last_batch_block": ledger.last_block,
+        "batches": counters.batches,
+        "sessions_credited": counters.sessions_credited,
+        "reports": counters.reports,
+        "emitted_wei": ledger.emitted_wei.to_string(),
+        "credited_wei": ledger.credited_total_wei.to_string(),
+        "paid_wei": ledger.paid_wei.to_string(),
+        "burned_wei": ledger.burned_wei.to_string(),
+        "owed_wei": ledger.owed_total_wei.to_string(),
+        "shortfall_wei": ledger.shortfall_total_wei.to_string(),
+        "contract_balance_wei": ledger.contract_balance_wei().to_string(),
+        "solvent": solvent,
+        "providers": providers,
+        "last_seq": recovered.last_seq,
+    }))
+}
+
+/// The ledger as an operator reads it.
+pub fn ledger_text(ledger: &Value) -> String {
+    let field = |key: &str| match &ledger[key] {
+        Value::String(s) => s.clone(),
+        Value::Null => "none".into(),
+        other => other.to_string(),
+    };
+    let mut text = String::new();
+    for (label, key) in [
+        ("block (open)", "block"),
+        ("last batch block", "last_batch_block"),
+        ("batches", "batches"),
+        ("sessions credited", "sessions_credited"),
+        ("emitted (wei)", "emitted_wei"),
+        ("credited (wei)", "credited_wei"),
+        ("paid (wei)", "paid_wei"),
+        ("burned (wei)", "burned_wei"),
+        ("owed (wei)", "owed_wei"),
+        ("shortfall (wei)", "shortfall_wei"),
+        ("contract balance (wei)", "contract_balance_wei"),
+        ("solvent", "solvent"),
+    ] {
+        text.push_str(&format!("{label:<24}{}\n", field(key)));
+    }
+    let providers = ledger["providers"].as_array().cloned().unwrap_or_default();
+    text.push_str(&format!("owed per provider ({}):\n", providers.len()));
+    for provider in providers {
+        text.push_str(&format!(
+            "  {}  {}\n",
+            provider["provider"].as_str().unwrap_or("?"),
+            provider["owed_wei"].as_str().unwrap_or("?")
+        ));
+    }
+    text
+}

@@ -147,6 +147,10 @@ pub struct JournalSection {
     pub snapshot_every_blocks: u64,
     /// Start even if the journal is corrupt before its tail, cutting it there.
     pub allow_corrupt_truncate: bool,
+    /// Appended bytes the journal thread may lag behind before the engine waits.
+    pub buffer_bytes_max: u64,
+    /// Snapshots kept on disk; segments go once the oldest kept one covers them.
+    pub snapshots_kept: u32,
 }
 
 impl Default for JournalSection {
@@ -158,6 +162,8 @@ impl Default for JournalSection {
             segment_bytes_max: 256 * 1024 * 1024,
             snapshot_every_blocks: 25,
             allow_corrupt_truncate: false,
+            buffer_bytes_max: 64 * 1024 * 1024,
+            snapshots_kept: 2,
         }
     }
 }
@@ -270,6 +276,21 @@ impl RouterConfig {
                 "journal.durability must be always, interval or none, not {:?}",
                 self.journal.durability
             ));
+        }
+        let journal = &self.journal;
+        if journal.segment_bytes_max < 4096 || journal.buffer_bytes_max < 4096 {
+            return Err(
+                "journal.segment_bytes_max and journal.buffer_bytes_max must be at least 4096"
+                    .into(),
+            );
+        }
+        if journal.snapshots_kept == 0 {
+            return Err("journal.snapshots_kept must be at least 1".into());
+        }
+        if journal.durability == "interval" && journal.fsync_interval_ms == 0 {
+            return Err(
+                "journal.fsync_interval_ms must be at least 1 with durability interval".into(),
+            );
         }
         Ok(())
     }

@@ -1,8 +1,11 @@
-//! Starting a router on a data directory: the router key and genesis are kept there,
-//! so that a restart is the same market. (Journal recovery plugs in here.)
+//! Starting a router on a data directory: the router key, genesis and market
+//! parameters are kept there so that a restart is the same market; the engine is
+//! recovered from the newest snapshot and the journal, which then continues.
 
 use super::config::RouterConfig;
 use super::{Router, RouterHandle, StartOptions};
+use crate::config::Backend;
+use crate::journal::{self, files, DurabilityMode, Journal, JournalConfig, RecoverOptions};
 use std::path::Path;
 use yellowstone_wire::SigningKey;
 
@@ -45,9 +48,55 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
     let genesis_ms: u64 = genesis_text
         .parse()
         .map_err(|e| format!("{}: {e}", dir.join("genesis_ms").display()))?;
-    Router::start(StartOptions {
-        config,
-        router_key,
-        genesis_ms,
-    })
+    let market = config.market_config(genesis_ms)?;
+    match files::read_market(dir)? {
+        None => files::write_market(dir, &market)?,
+        Some(stored) if stored != market => {
+            return Err(format!(
+                "{}: the market parameters in the configuration differ from those this \
+                 journal was written under (replaying it under others would reach another \
+                 state); change them at run time with SetParams, or start on a new data \
+                 directory",
+                dir.join(files::MARKET_FILE).display()
+            ))
+        }
+        Some(_) => {}
+    }
+    let options = RecoverOptions {
+        allow_corrupt_truncate: config.journal.allow_corrupt_truncate,
+        read_only: false,
+    };
+    let recovered = journal::recover(dir, &market, options, |_, _, _| {})?;
+    for note in &recovered.notes {
+        tracing::warn!("{note}");
+    }
+    tracing::info!(
+        dir = %dir.display(),
+        snapshot_seq = ?recovered.snapshot_seq,
+        records_replayed = recovered.records_replayed,
+        last_seq = recovered.last_seq,
+        bytes_cut = recovered.bytes_cut,
+        block = recovered.engine.block(),
+        elapsed_ms = recovered.elapsed.as_millis() as u64,
+        "recovered"
+    );
+    let mode: DurabilityMode = config.journal.durability.parse()?;
+    let journal_config = JournalConfig {
+        fsync_interval_ms: config.journal.fsync_interval_ms,
+        segment_bytes_max: config.journal.segment_bytes_max,
+        buffer_bytes_max: config.journal.buffer_bytes_max as usize,
+        io_uring: config.network.backend == Backend::Uring,
+        snapshots_kept: config.journal.snapshots_kept as usize,
+        ..JournalConfig::new(dir.to_path_buf(), mode)
+    };
+    let journal = Journal::open(journal_config, recovered.last_seq + 1)?;
+    Router::start_with(
+        StartOptions {
+            config,
+            router_key,
+            genesis_ms,
+        },
+        recovered.engine,
+        journal,
+    )
 }
