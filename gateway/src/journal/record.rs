@@ -12,8 +12,9 @@
 /// Bytes before the payload.
 pub const RECORD_HEADER_BYTES: usize = 28;
 /// A payload longer than this is refused when written and taken as corruption when
-/// read (the largest command, a balance update, is far below it).
-pub const RECORD_PAYLOAD_MAX: usize = 1 << 20;
+/// read (the largest command, a balance update of `balance_entries_max` = 100,000
+/// entries, is about 4 MiB).
+pub const RECORD_PAYLOAD_MAX: usize = 8 << 20;
 
 const CHECKSUM_BYTES: usize = 16;
 
