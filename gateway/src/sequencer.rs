@@ -66,6 +66,12 @@ pub trait Durability: Send {
     fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String>;
     /// Flushes and syncs everything appended; used at shutdown.
     fn flush(&mut self) -> Result<(), String>;
+    /// Returns once record `seq` is on stable storage whatever the durability mode
+    /// (credit batches are never published before their block's seal is durable).
+    /// Journals that release only synced records already guarantee it.
+    fn make_durable(&mut self, _seq: u64) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Receives effects once the command that caused them is durable.
@@ -229,6 +235,12 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let mut effects = self.spare.pop().unwrap_or_default();
         let block_before = self.engine.block();
         self.engine.apply(&record.command, now_ms, &mut effects);
+        if effects
+            .iter()
+            .any(|e| matches!(e, Effect::BatchSealed { .. }))
+        {
+            self.journal.make_durable(seq)?;
+        }
         if self.engine.block() != block_before {
             self.maybe_snapshot(seq)?;
         }

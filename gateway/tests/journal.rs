@@ -361,3 +361,33 @@ fn read_only_recovery_reports_the_cut_without_making_it() {
     assert!(recovered.bytes_cut > 0);
     assert_eq!(std::fs::read(&last).unwrap(), bytes, "nothing written");
 }
+
+#[test]
+fn without_fsync_per_record_a_batch_seal_still_waits_for_disk() {
+    use std::sync::atomic::Ordering;
+    for mode in [DurabilityMode::None, DurabilityMode::Interval] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(
+            JournalConfig {
+                fsync_interval_ms: 60_000,
+                ..config(dir.path(), mode)
+            },
+            1,
+        )
+        .unwrap();
+        let tick = JournalRecord {
+            now_ms: 1,
+            command: Command::Tick,
+        };
+        for _ in 0..10 {
+            journal.append(&tick.encode()).unwrap();
+        }
+        assert_eq!(journal.durable_seq(), 10, "{mode:?}: released at once");
+        let fsyncs = journal.stats().fsyncs.load(Ordering::Relaxed);
+        journal.make_durable(7).unwrap();
+        assert!(
+            journal.stats().fsyncs.load(Ordering::Relaxed) > fsyncs,
+            "{mode:?}: make_durable fsyncs"
+        );
+    }
+}

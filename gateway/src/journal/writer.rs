@@ -294,6 +294,14 @@ impl Durability for Journal {
     fn flush(&mut self) -> Result<(), String> {
         self.shared.sync_up_to(self.next_seq - 1)
     }
+
+    fn make_durable(&mut self, seq: u64) -> Result<(), String> {
+        match self.mode {
+            // Released only once synced anyway; waiting here would stall the engine.
+            DurabilityMode::Always => Ok(()),
+            DurabilityMode::Interval | DurabilityMode::None => self.shared.sync_up_to(seq),
+        }
+    }
 }
 
 impl Drop for Journal {
