@@ -72,6 +72,10 @@ pub trait Durability: Send {
     fn make_durable(&mut self, _seq: u64) -> Result<(), String> {
         Ok(())
     }
+    /// Counters for the metrics endpoint, if this journal keeps any.
+    fn stats(&self) -> Option<std::sync::Arc<crate::journal::JournalStats>> {
+        None
+    }
 }
 
 /// Receives effects once the command that caused them is durable.

@@ -95,6 +95,7 @@ pub struct JournalStats {
 
 struct Shared {
     pending: Mutex<Pending>,
+    stats: Arc<JournalStats>,
     /// The writer waits here for records.
     work: Condvar,
     /// The engine waits here when the buffer is full.
@@ -103,7 +104,6 @@ struct Shared {
     synced: Condvar,
     written_seq: AtomicU64,
     synced_seq: AtomicU64,
-    stats: JournalStats,
 }
 
 impl Shared {
@@ -164,7 +164,7 @@ impl Journal {
             synced: Condvar::new(),
             written_seq: AtomicU64::new(last),
             synced_seq: AtomicU64::new(last),
-            stats: JournalStats::default(),
+            stats: Arc::new(JournalStats::default()),
         });
         let (updates_tx, updates) = crossbeam_channel::bounded(1);
         let writer = {
@@ -293,6 +293,10 @@ impl Durability for Journal {
 
     fn flush(&mut self) -> Result<(), String> {
         self.shared.sync_up_to(self.next_seq - 1)
+    }
+
+    fn stats(&self) -> Option<Arc<JournalStats>> {
+        Some(self.shared.stats.clone())
     }
 
     fn make_durable(&mut self, seq: u64) -> Result<(), String> {

@@ -189,8 +189,16 @@ impl Router {
             ..SequencerConfig::default()
         };
         let gauges = EngineGauges::new(&registry);
-        let mut sequencer = Sequencer::new(engine, journal, sink, sequencer_config)
-            .with_observer(move |engine| gauges.update(engine));
+        let journal_gauges = journal
+            .stats()
+            .map(|stats| JournalGauges::new(&registry, stats));
+        let mut sequencer =
+            Sequencer::new(engine, journal, sink, sequencer_config).with_observer(move |engine| {
+                gauges.update(engine);
+                if let Some(journal_gauges) = &journal_gauges {
+                    journal_gauges.update();
+                }
+            });
         load_balance_snapshot(&config, &shared, &mut sequencer)?;
         let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
         let engine_core = net::plan_cores(&config.threads, cores).engine;
@@ -259,6 +267,59 @@ fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
     }
     tracing::info!(path = %path.display(), "balance snapshot loaded");
     Ok(())
+}
+
+type ReadStat = fn(&crate::journal::JournalStats) -> u64;
+
+/// The journal's counters, published from the engine thread between bursts.
+struct JournalGauges {
+    stats: Arc<crate::journal::JournalStats>,
+    published: Vec<(Arc<crate::metrics::Gauge>, ReadStat)>,
+}
+
+impl JournalGauges {
+    fn new(registry: &Registry, stats: Arc<crate::journal::JournalStats>) -> JournalGauges {
+        use std::sync::atomic::Ordering::Relaxed;
+        let specs: [(&str, &str, ReadStat); 6] = [
+            (
+                "yellowstone_journal_records",
+                "Journal records written.",
+                |s| s.records.load(Relaxed),
+            ),
+            ("yellowstone_journal_bytes", "Journal bytes written.", |s| {
+                s.bytes.load(Relaxed)
+            }),
+            (
+                "yellowstone_journal_writes",
+                "Journal group writes (one per group commit).",
+                |s| s.writes.load(Relaxed),
+            ),
+            ("yellowstone_journal_fsyncs", "Journal fsyncs.", |s| {
+                s.fsyncs.load(Relaxed)
+            }),
+            ("yellowstone_snapshots", "Snapshots written.", |s| {
+                s.snapshots.load(Relaxed)
+            }),
+            (
+                "yellowstone_journal_segments_removed",
+                "Segments removed once covered by a snapshot.",
+                |s| s.segments_removed.load(Relaxed),
+            ),
+        ];
+        JournalGauges {
+            stats,
+            published: specs
+                .into_iter()
+                .map(|(name, help, read)| (registry.gauge(name, help, &[]), read))
+                .collect(),
+        }
+    }
+
+    fn update(&self) {
+        for (gauge, read) in &self.published {
+            gauge.set(read(&self.stats) as i64);
+        }
+    }
 }
 
 struct EngineGauges {
