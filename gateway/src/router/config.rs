@@ -151,6 +151,9 @@ pub struct JournalSection {
     pub buffer_bytes_max: u64,
     /// Snapshots kept on disk; segments go once the oldest kept one covers them.
     pub snapshots_kept: u32,
+    /// Journal writes: "uring" (write + linked fdatasync in one submission) or
+    /// "sync" (pwrite + fdatasync from the journal thread).
+    pub io: String,
 }
 
 impl Default for JournalSection {
@@ -164,6 +167,7 @@ impl Default for JournalSection {
             allow_corrupt_truncate: false,
             buffer_bytes_max: 64 * 1024 * 1024,
             snapshots_kept: 2,
+            io: "uring".into(),
         }
     }
 }
@@ -283,6 +287,12 @@ impl RouterConfig {
                 "journal.segment_bytes_max and journal.buffer_bytes_max must be at least 4096"
                     .into(),
             );
+        }
+        if !["uring", "sync"].contains(&journal.io.as_str()) {
+            return Err(format!(
+                "journal.io must be uring or sync, not {:?}",
+                journal.io
+            ));
         }
         if journal.snapshots_kept == 0 {
             return Err("journal.snapshots_kept must be at least 1".into());

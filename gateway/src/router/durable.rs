@@ -85,7 +85,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         fsync_interval_ms: config.journal.fsync_interval_ms,
         segment_bytes_max: config.journal.segment_bytes_max,
         buffer_bytes_max: config.journal.buffer_bytes_max as usize,
-        io_uring: config.network.backend == Backend::Uring,
+        io_uring: config.journal.io == "uring" && config.network.backend == Backend::Uring,
         snapshots_kept: config.journal.snapshots_kept as usize,
         ..JournalConfig::new(dir.to_path_buf(), mode)
     };
