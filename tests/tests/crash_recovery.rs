@@ -349,3 +349,100 @@ fn sigkill_at_random_moments_loses_no_acknowledged_report() {
         );
     }
 }
+
+#[test]
+fn a_journal_corrupt_before_its_tail_refuses_to_start_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.display().to_string();
+    let router = start_router(dir.path(), &config);
+    let mut operator = connect(router.ready.listen, operator_key());
+    for n in 0..20u8 {
+        fund(&mut operator, &[(Address([n; 20]), WEI_PER_MOR)]);
+    }
+    drop(operator);
+    assert!(router.terminate(Duration::from_secs(20)));
+
+    let data = dir.path().join("data");
+    let operator_address = operator_key().address().to_string();
+    let segment = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a journal segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    assert!(
+        bytes.len() > 600,
+        "records were journaled ({} bytes)",
+        bytes.len()
+    );
+    bytes[100] ^= 0x20;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let output = std::process::Command::new(router_binary())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--config",
+            &config,
+            "--operator",
+            &operator_address,
+            "--data-dir",
+        ])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "refused to start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("corrupt before its tail"), "{stderr}");
+    assert!(
+        stderr.contains(&segment.display().to_string()),
+        "names the file: {stderr}"
+    );
+    assert!(stderr.contains("offset"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&segment).unwrap(),
+        bytes,
+        "a refusal changes nothing"
+    );
+
+    let router = RouterProcess::start(&[
+        "--config",
+        &config,
+        "--operator",
+        &operator_address,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--allow-corrupt-truncate",
+    ]);
+    assert!(router.terminate(Duration::from_secs(20)));
+    assert_eq!(tool(dir.path(), "verify")["invariants"], "ok");
+
+    // Other market parameters (here: no operator) are refused, naming the file.
+    let output = std::process::Command::new(router_binary())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--config", &config, "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("market.bin") && stderr.contains("differ"),
+        "{stderr}"
+    );
+}

@@ -24,6 +24,9 @@ use yellowstone_wire::{Address, SigningKey};
 
 pub struct RouterHandle {
     gateways: Option<GatewayHandle>,
+    /// Fires if the engine thread stops on its own (a journal failure): the
+    /// process must not keep accepting what it can no longer make durable.
+    engine_stopped: crossbeam_channel::Receiver<()>,
     sequencer: Option<JoinHandle<Result<Engine, String>>>,
     signers: Vec<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
@@ -102,7 +105,10 @@ impl RouterHandle {
         if let Some(trigger) = trigger {
             let signals =
                 net::install_signal_handlers(trigger).map_err(|e| format!("signals: {e}"))?;
-            let _ = signals.recv();
+            crossbeam_channel::select! {
+                recv(signals) -> _ => {}
+                recv(self.engine_stopped) -> _ => {}
+            }
         }
         self.stop()
     }
@@ -202,11 +208,17 @@ impl Router {
         load_balance_snapshot(&config, &shared, &mut sequencer)?;
         let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
         let engine_core = net::plan_cores(&config.threads, cores).engine;
+        let (stopped_tx, engine_stopped) = crossbeam_channel::bounded::<()>(0);
         let sequencer_thread = std::thread::Builder::new()
             .name("ys-engine".into())
             .spawn(move || {
                 net::pin_current_thread(engine_core);
-                sequencer.run(inbound_rx)
+                let result = sequencer.run(inbound_rx);
+                if let Err(error) = &result {
+                    tracing::error!(%error, "engine thread stopped: the router shuts down");
+                }
+                drop(stopped_tx);
+                result
             })
             .map_err(|e| format!("engine thread: {e}"))?;
         let metrics = if config.metrics.enabled {
@@ -224,6 +236,7 @@ impl Router {
             network_id: config.identity.network_id,
             backends: gateways.backends().to_vec(),
             gateways: Some(gateways),
+            engine_stopped,
             sequencer: Some(sequencer_thread),
             signers,
             metrics,
