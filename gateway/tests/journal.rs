@@ -508,3 +508,39 @@ fn random_damage_never_yields_a_wrong_state() {
         "both outcomes seen ({refused} refused)"
     );
 }
+
+#[test]
+fn a_journal_that_cannot_write_fails_stop_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    std::fs::create_dir(&path).unwrap();
+    let mut journal = Journal::open(
+        JournalConfig {
+            segment_bytes_max: 4096,
+            ..JournalConfig::new(path.clone(), DurabilityMode::Always)
+        },
+        1,
+    )
+    .unwrap();
+    // The directory disappears: the next segment cannot be created.
+    std::fs::remove_dir_all(&path).unwrap();
+    let record = JournalRecord {
+        now_ms: 1,
+        command: Command::Tick,
+    }
+    .encode();
+    let mut error = None;
+    for _ in 0..10_000 {
+        if let Err(e) = journal.append(&record).and_then(|_| journal.flush()) {
+            error = Some(e);
+            break;
+        }
+    }
+    let error = error.expect("the failure surfaces to the engine thread");
+    assert!(error.contains("data"), "names the path: {error}");
+    assert!(journal.append(&record).is_err(), "and stays failed");
+    assert!(
+        journal.durable_seq() < journal.last_seq(),
+        "nothing more is durable"
+    );
+}
