@@ -88,6 +88,10 @@ pub struct ThreadsConfig {
     pub gateway_cores: Vec<usize>,
     /// Core to pin the engine thread to; None = automatic (the last core). None.
     pub engine_core: Option<usize>,
+    /// Core to pin the journal and snapshot threads to; None = automatic (the
+    /// engine's core: the engine waits on the journal, they rarely run together).
+    /// Signer threads stay unpinned so the scheduler spreads signatures. None.
+    pub journal_core: Option<usize>,
     /// Pin threads at all. true (automatic pinning leaves threads unpinned when the
     /// machine has fewer cores than threads).
     pub pin: bool,
@@ -101,6 +105,7 @@ impl Default for ThreadsConfig {
             gateway_threads: 0,
             gateway_cores: Vec::new(),
             engine_core: None,
+            journal_core: None,
             pin: true,
             spin: false,
         }

@@ -54,6 +54,8 @@ pub struct JournalConfig {
     pub io_uring: bool,
     /// Snapshots kept; segments are removed once the oldest kept one covers them.
     pub snapshots_kept: usize,
+    /// Core for the journal and snapshot threads (None: unpinned).
+    pub core: Option<usize>,
 }
 
 impl JournalConfig {
@@ -66,6 +68,7 @@ impl JournalConfig {
             buffer_bytes_max: 64 * 1024 * 1024,
             io_uring: true,
             snapshots_kept: 2,
+            core: None,
         }
     }
 }
@@ -172,6 +175,7 @@ impl Journal {
             std::thread::Builder::new()
                 .name("ys-journal".into())
                 .spawn(move || {
+                    crate::net::pin_current_thread(config.core);
                     let mut writer = Writer {
                         shared: shared.clone(),
                         config,
@@ -192,6 +196,7 @@ impl Journal {
             std::thread::Builder::new()
                 .name("ys-snapshot".into())
                 .spawn(move || {
+                    crate::net::pin_current_thread(config.core);
                     for (seq, state) in jobs {
                         if let Err(error) = write_snapshot(&shared, &config, seq, &state) {
                             // A missed snapshot costs replay time, not data.

@@ -26,6 +26,8 @@ use std::thread::JoinHandle;
 pub struct CorePlan {
     pub gateways: Vec<Option<usize>>,
     pub engine: Option<usize>,
+    /// The journal and snapshot threads.
+    pub journal: Option<usize>,
 }
 
 /// Decides thread counts and pinning for `available_cores`. Automatic: the engine
@@ -42,6 +44,7 @@ pub fn plan_cores(threads: &ThreadsConfig, available_cores: usize) -> CorePlan {
         return CorePlan {
             gateways: vec![None; gateway_threads],
             engine: None,
+            journal: None,
         };
     }
     let engine = Some(threads.engine_core.unwrap_or(available_cores - 1));
@@ -55,7 +58,12 @@ pub fn plan_cores(threads: &ThreadsConfig, available_cores: usize) -> CorePlan {
     let gateways = (0..gateway_threads)
         .map(|i| gateway_cores.get(i % gateway_cores.len().max(1)).copied())
         .collect();
-    CorePlan { gateways, engine }
+    let journal = threads.journal_core.or(engine);
+    CorePlan {
+        gateways,
+        engine,
+        journal,
+    }
 }
 
 /// Pins the calling thread (the engine thread calls this with `CorePlan::engine`).
@@ -315,5 +323,11 @@ mod tests {
         let plan = plan_cores(&four, 4);
         assert_eq!(plan.gateways, vec![Some(0), Some(1), Some(2)]);
         assert_eq!(plan.engine, Some(3));
+        assert_eq!(plan.journal, Some(3), "the journal follows the engine");
+        let journal_apart = ThreadsConfig {
+            journal_core: Some(2),
+            ..four
+        };
+        assert_eq!(plan_cores(&journal_apart, 4).journal, Some(2));
     }
 }
