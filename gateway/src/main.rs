@@ -151,15 +151,19 @@ fn run(args: RunArgs) -> Result<(), String> {
     let metrics = router
         .metrics_addr
         .map_or("none".to_string(), |a| a.to_string());
-    // The start-up contract scripts and tests rely on: one line, then serve.
-    println!(
+    let backends = router.backends.clone();
+    let listen = router.listen;
+    let ready_line = format!(
         "READY listen={} metrics={} router={} network_id={}",
         router.listen, metrics, router.router_address, router.network_id
     );
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-    tracing::info!(listen = %router.listen, backends = ?router.backends, "router serving");
-    let engine = router.run_until_signal()?;
+    let engine = router.run_until_signal_after(move || {
+        // The start-up contract scripts and tests rely on: one line, then serve.
+        println!("{ready_line}");
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        tracing::info!(%listen, ?backends, "router serving");
+    })?;
     tracing::info!(block = engine.block(), "router stopped");
     Ok(())
 }

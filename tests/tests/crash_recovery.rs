@@ -187,6 +187,24 @@ fn start_router(dir: &Path, config: &str) -> RouterProcess {
     ])
 }
 
+/// Runs `yellowstone-router run` expecting it to refuse to start; returns stderr.
+fn refused_start(args: &[&str]) -> String {
+    let output = std::process::Command::new(router_binary())
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the router");
+    assert!(!output.status.success(), "the router refused to start");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 fn tool(dir: &Path, subcommand: &str) -> Value {
     let output = std::process::Command::new(router_binary())
         .args([subcommand, "--data-dir"])
@@ -380,27 +398,14 @@ fn a_journal_corrupt_before_its_tail_refuses_to_start_unless_allowed() {
     bytes[100] ^= 0x20;
     std::fs::write(&segment, &bytes).unwrap();
 
-    let output = std::process::Command::new(router_binary())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--config",
-            &config,
-            "--operator",
-            &operator_address,
-            "--data-dir",
-        ])
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(!output.status.success(), "refused to start");
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&[
+        "--config",
+        &config,
+        "--operator",
+        &operator_address,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
     assert!(stderr.contains("corrupt before its tail"), "{stderr}");
     assert!(
         stderr.contains(&segment.display().to_string()),
@@ -426,21 +431,7 @@ fn a_journal_corrupt_before_its_tail_refuses_to_start_unless_allowed() {
     assert_eq!(tool(dir.path(), "verify")["invariants"], "ok");
 
     // Other market parameters (here: no operator) are refused, naming the file.
-    let output = std::process::Command::new(router_binary())
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--config", &config, "--data-dir"])
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_start(&["--config", &config, "--data-dir", data.to_str().unwrap()]);
     assert!(
         stderr.contains("market.bin") && stderr.contains("differ"),
         "{stderr}"

@@ -100,15 +100,23 @@ impl RouterHandle {
     }
 
     /// Blocks until SIGINT/SIGTERM, then stops gracefully.
-    pub fn run_until_signal(mut self) -> Result<Engine, String> {
-        let trigger = self.gateways.as_ref().map(|g| g.shutdown_trigger());
-        if let Some(trigger) = trigger {
-            let signals =
-                net::install_signal_handlers(trigger).map_err(|e| format!("signals: {e}"))?;
-            crossbeam_channel::select! {
-                recv(signals) -> _ => {}
-                recv(self.engine_stopped) -> _ => {}
-            }
+    pub fn run_until_signal(self) -> Result<Engine, String> {
+        self.run_until_signal_after(|| {})
+    }
+
+    /// Installs the signal handlers, calls `ready` (e.g. to announce READY: a
+    /// SIGTERM sent right after it must already mean a graceful stop), then blocks
+    /// until SIGINT/SIGTERM and stops gracefully.
+    pub fn run_until_signal_after(mut self, ready: impl FnOnce()) -> Result<Engine, String> {
+        let Some(trigger) = self.gateways.as_ref().map(|g| g.shutdown_trigger()) else {
+            ready();
+            return self.stop();
+        };
+        let signals = net::install_signal_handlers(trigger).map_err(|e| format!("signals: {e}"))?;
+        ready();
+        crossbeam_channel::select! {
+            recv(signals) -> _ => {}
+            recv(self.engine_stopped) -> _ => {}
         }
         self.stop()
     }
