@@ -284,6 +284,21 @@ fn lifecycles(c: &mut Criterion) {
     );
     market.engine.check_invariants();
 
+    // What a snapshot costs at this size: the engine thread encodes it at a block
+    // boundary (the journal's snapshot thread writes it), so this is a pause.
+    let started = Instant::now();
+    let snapshot = market.engine.snapshot();
+    let encode = started.elapsed();
+    let started = Instant::now();
+    let restored = Engine::restore(&snapshot).expect("restores");
+    let decode = started.elapsed();
+    assert_eq!(restored.state_hash(), market.engine.state_hash());
+    println!(
+        "snapshot: {:.1} MiB, encoded in {encode:.2?} (engine-thread pause), restored in {decode:.2?}",
+        snapshot.len() as f64 / (1 << 20) as f64
+    );
+    drop(restored);
+
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Elements(1));
     group
