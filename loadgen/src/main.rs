@@ -7,6 +7,7 @@ use std::time::Duration;
 use yellowstone_gateway::config::Backend;
 use yellowstone_gateway::router::config::RouterConfig;
 use yellowstone_gateway::router::start_from_config;
+use yellowstone_loadgen::ping::PingConfig;
 use yellowstone_loadgen::plot::write_spectrum_svg;
 use yellowstone_loadgen::sim::{self, Scenario, SimConfig, Target};
 use yellowstone_wire::SigningKey;
@@ -77,6 +78,22 @@ struct Args {
     /// the end of the run).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// With --target: the external router's genesis (its market.genesis_ms, Unix
+    /// ms), so that the run waits only for the block covering its last report
+    /// instead of a whole block period.
+    #[arg(long)]
+    genesis_ms: Option<u64>,
+    /// Ping mode: drive this many connections with Ping frames from one event-loop
+    /// thread (like redis-benchmark -c) for --duration seconds, instead of the
+    /// market simulation. Reports pings per second and Ping-to-Pong latency.
+    #[arg(long, default_value_t = 0)]
+    ping_connections: usize,
+    /// Ping mode: Pings written per batch on each connection (like redis-benchmark -P).
+    #[arg(long, default_value_t = 1)]
+    ping_pipeline: usize,
+    /// Ping mode: warm-up before the measured window, in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    ping_warmup_ms: u64,
 }
 
 fn scenario_config(args: &Args, scenario: Scenario) -> SimConfig {
@@ -209,6 +226,9 @@ fn run_once(
             (embedded, target)
         }
     };
+    if args.target.is_some() {
+        config.genesis_ms = args.genesis_ms;
+    }
     let summary = sim::run(&target, &config);
     if let Some(router) = embedded.router.take() {
         router.shutdown()?;
@@ -244,6 +264,9 @@ fn tracing_subscriber_init() {
 
 /// Returns whether the self-check passed.
 fn real_main(args: &Args) -> Result<bool, String> {
+    if args.ping_connections > 0 {
+        return ping(args);
+    }
     let scenario = Scenario::parse(&args.scenario)?;
     if args.find_max {
         return find_max(args, scenario);
@@ -252,6 +275,42 @@ fn real_main(args: &Args) -> Result<bool, String> {
     println!("{}", summary.to_text());
     write_outputs(args, &summary)?;
     Ok(summary.consistency.ok)
+}
+
+/// Ping mode: against --target, or an embedded router started for it.
+fn ping(args: &Args) -> Result<bool, String> {
+    let config = PingConfig {
+        connections: args.ping_connections,
+        pipeline: args.ping_pipeline.max(1),
+        duration: Duration::from_secs(args.duration.max(1)),
+        warmup: Duration::from_millis(args.ping_warmup_ms),
+    };
+    let (mut embedded, addr) = match args.target {
+        Some(addr) => (
+            Embedded {
+                router: None,
+                _data_dir: None,
+            },
+            addr,
+        ),
+        None => {
+            let operator =
+                SigningKey::from_seed(format!("ys-loadgen-operator-{}", args.seed).as_bytes());
+            let run_ms = config.duration.as_millis() as u64 + config.warmup.as_millis() as u64;
+            let (embedded, target, _) = start_embedded(args, &operator, run_ms)?;
+            (embedded, target.addr)
+        }
+    };
+    let summary = yellowstone_loadgen::ping::run(addr, &config);
+    if let Some(router) = embedded.router.take() {
+        router.shutdown()?;
+    }
+    let summary = summary?;
+    println!("{}", summary.to_text());
+    if let Some(path) = &args.json {
+        std::fs::write(path, summary.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(summary.pings > 0 && summary.connection_errors == 0)
 }
 
 fn write_outputs(
