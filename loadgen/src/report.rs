@@ -56,6 +56,11 @@ pub struct RunSummary {
     pub rfcs_sent: u64,
     pub sessions_completed: u64,
     pub sessions_per_s: f64,
+    /// Sessions whose ticket arrived before the sending window closed, and their
+    /// rate over the window: under overload, the router's throughput (the sessions
+    /// completed during the drain after the window are not counted).
+    pub sessions_in_window: u64,
+    pub sessions_in_window_per_s: f64,
     /// Rejections by wire error code name (e.g. "quota_exceeded").
     pub rejected: BTreeMap<String, u64>,
     pub rfcs_failed: BTreeMap<String, u64>,
@@ -100,8 +105,11 @@ impl RunSummary {
         let _ = writeln!(out, "  rfcs sent           {}", self.rfcs_sent);
         let _ = writeln!(
             out,
-            "  sessions completed  {} ({:.0} /s)",
-            self.sessions_completed, self.sessions_per_s
+            "  sessions completed  {} ({:.0} /s; {} in the window, {:.0} /s)",
+            self.sessions_completed,
+            self.sessions_per_s,
+            self.sessions_in_window,
+            self.sessions_in_window_per_s
         );
         let _ = writeln!(out, "  reports acknowledged {}", self.acknowledged_reports);
         let _ = writeln!(
@@ -171,6 +179,8 @@ mod tests {
         for key in [
             "sessions_completed",
             "sessions_per_s",
+            "sessions_in_window",
+            "sessions_in_window_per_s",
             "rejected",
             "acknowledged_reports",
             "credited_sessions",

@@ -140,6 +140,8 @@ struct UserOutcome {
     rejected: BTreeMap<String, u64>,
     failed: BTreeMap<String, u64>,
     sessions: u64,
+    /// Tickets received before the sending window closed.
+    sessions_in_window: u64,
     acknowledged_reports: u64,
     /// Expected credit per provider from creditable acks.
     expected_wei: BTreeMap<Address, u128>,
@@ -446,6 +448,9 @@ fn run_user(
             Message::SessionTicket(ticket) => {
                 resolved += 1;
                 outcome.sessions += 1;
+                if received < start + config.duration {
+                    outcome.sessions_in_window += 1;
+                }
                 counters.tickets.fetch_add(1, Ordering::Relaxed);
                 if let Some(due) = due_of
                     .lock()
@@ -837,6 +842,7 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
             *outcome.failed.entry(reason).or_default() += n;
         }
         outcome.sessions += user.sessions;
+        outcome.sessions_in_window += user.sessions_in_window;
         outcome.acknowledged_reports += user.acknowledged_reports;
         outcome.expected_sessions += user.expected_sessions;
         for (provider, wei) in user.expected_wei {
@@ -936,6 +942,9 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         rfcs_sent: counters.rfcs_sent.load(Ordering::Relaxed),
         sessions_completed: outcome.sessions,
         sessions_per_s: outcome.sessions as f64 / config.duration.as_secs_f64().max(0.001),
+        sessions_in_window: outcome.sessions_in_window,
+        sessions_in_window_per_s: outcome.sessions_in_window as f64
+            / config.duration.as_secs_f64().max(0.001),
         rejected: outcome.rejected,
         rfcs_failed: outcome.failed,
         acknowledged_reports: outcome.acknowledged_reports,
