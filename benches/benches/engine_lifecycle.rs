@@ -9,6 +9,7 @@ use criterion::{criterion_group, Criterion, Throughput};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use yellowstone_engine::workload::address;
 use yellowstone_engine::*;
 
 struct CountingAllocator;
@@ -39,15 +40,6 @@ const PROVIDERS: u32 = 10_000;
 const USERS: u32 = 1_000_000;
 const OPERATOR: Address = Address([0xEE; 20]);
 const GENESIS_MS: u64 = 1_700_000_000_000;
-
-fn address(kind: u8, n: u32) -> Address {
-    let mut bytes = [0u8; 20];
-    bytes[0] = kind;
-    bytes[1..5].copy_from_slice(&n.to_le_bytes());
-    // Spread the rest like a hash would, so the address index sees realistic keys.
-    bytes[5..13].copy_from_slice(&(n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes());
-    Address(bytes)
-}
 
 fn weights(model: u32) -> [u8; 32] {
     *blake3::hash(&model.to_le_bytes()).as_bytes()

@@ -31,7 +31,10 @@ impl Default for WorkloadSizes {
 pub const WORKLOAD_GENESIS_MS: u64 = 1_700_000_000_000;
 const OPERATOR: Address = Address([0xEE; 20]);
 
-fn address(kind: u8, n: u32) -> Address {
+/// The `n`th simulated address of a kind (1: users, 2: providers): the kind and `n`
+/// in the first bytes (so a provider's index can be read back), the rest spread like
+/// a hash would be, so the address index sees realistic keys.
+pub fn address(kind: u8, n: u32) -> Address {
     let mut bytes = [0u8; 20];
     bytes[0] = kind;
     bytes[1..5].copy_from_slice(&n.to_le_bytes());
