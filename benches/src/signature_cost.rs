@@ -4,7 +4,7 @@
 //! verifies three client signatures with `Message::verify` (digest of the received
 //! body + secp256k1 public-key recovery + address derivation + comparison): the
 //! user's RFC, the provider's probe answer and the user's report. It signs one
-//! session ticket (`Message::sign` with the router key, on a signer thread) that is
+//! session ticket (`Message::sign` with the router key, on a gateway thread) that is
 //! sent to both sides, and once per 12-second block one credit batch. Acks, probes,
 //! RFC acceptances and report acknowledgements are not signed.
 //!

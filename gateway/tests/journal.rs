@@ -544,3 +544,64 @@ fn a_journal_that_cannot_write_fails_stop_and_says_why() {
         "nothing more is durable"
     );
 }
+
+/// Polls `journal.durable_seq()` until it reaches `seq`; false after `limit`.
+fn durable_within(journal: &Journal, seq: u64, limit: std::time::Duration) -> bool {
+    let started = std::time::Instant::now();
+    while journal.durable_seq() < seq {
+        if started.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    true
+}
+
+#[test]
+fn the_group_commit_window_holds_records_but_never_a_flush_or_a_full_group() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::open(
+        JournalConfig {
+            // Far longer than the test: anything written early was not held by it.
+            group_commit_us: 60_000_000,
+            group_bytes_max: 4096,
+            ..config(dir.path(), DurabilityMode::Always)
+        },
+        1,
+    )
+    .unwrap();
+    let tick = JournalRecord {
+        now_ms: 1,
+        command: Command::Tick,
+    }
+    .encode();
+    // After a quiet spell the first record goes at once.
+    journal.append(&tick).unwrap();
+    assert!(durable_within(&journal, 1, Duration::from_secs(20)));
+    // The next ones wait for the window (or a reason to go earlier).
+    for _ in 0..10 {
+        journal.append(&tick).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(journal.durable_seq(), 1, "held by the window");
+    assert_eq!(journal.stats().writes.load(Ordering::Relaxed), 1);
+    // A flush (shutdown, snapshot, sealed block) does not sit out the window.
+    let started = Instant::now();
+    journal.flush().unwrap();
+    assert_eq!(journal.durable_seq(), 11);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // Nor does a group that reached group_bytes_max.
+    let mut last = 11;
+    let mut bytes = 0;
+    while bytes < 4096 {
+        last = journal.append(&tick).unwrap();
+        bytes += tick.len() + 28;
+    }
+    assert!(
+        durable_within(&journal, last, Duration::from_secs(20)),
+        "a full group is written at once"
+    );
+    assert!(journal.stats().writes.load(Ordering::Relaxed) >= 3);
+}

@@ -379,6 +379,43 @@ fn outbox_delivers_from_another_thread(backend: Backend) {
     harness.stop();
 }
 
+fn jobs_run_on_the_gateway_thread_and_send_from_there(backend: Backend) {
+    let harness = Harness::start(backend, |_| {});
+    let outbox = harness.handle().outbox();
+    let mut stream = harness.connect();
+    let opened = harness.opened.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (ran_tx, ran) = crossbeam_channel::unbounded::<String>();
+    let job = {
+        let ran_tx = ran_tx.clone();
+        Box::new(move |outbox: &yellowstone_gateway::net::Outbox| {
+            let thread = std::thread::current().name().unwrap_or("").to_string();
+            let _ = ran_tx.send(thread);
+            // Work done here is sent from here, through the lanes as usual.
+            outbox.send(opened, frame(PING, b"from a job")).unwrap();
+        })
+    };
+    outbox.run_near(opened, job).unwrap();
+    let thread = ran.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(thread.starts_with("ys-gateway-"), "ran on {thread:?}");
+    let (header, body) = read_frame(&mut stream).expect("the job's frame");
+    assert_eq!(
+        (header.msg_type, body.as_slice()),
+        (PING, &b"from a job"[..])
+    );
+    // The id only picks the thread: a job near a closed connection still runs.
+    drop(stream);
+    harness.wait_connections(0);
+    let job = Box::new(move |_: &yellowstone_gateway::net::Outbox| {
+        let _ = ran_tx.send("after close".into());
+    });
+    outbox.run_near(opened, job).unwrap();
+    assert_eq!(
+        ran.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "after close"
+    );
+    harness.stop();
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod mio {
@@ -399,4 +436,5 @@ both_backends!(
     slow_reader_is_disconnected,
     connections_max_enforced,
     outbox_delivers_from_another_thread,
+    jobs_run_on_the_gateway_thread_and_send_from_there,
 );

@@ -56,6 +56,15 @@ pub struct JournalConfig {
     pub snapshots_kept: usize,
     /// Core for the journal and snapshot threads (None: unpinned).
     pub core: Option<usize>,
+    /// Group commit window: a group is written no sooner than this after the
+    /// previous group started (0: as soon as the previous one is done). Under steady
+    /// load this trades up to this much latency per durable step for far fewer
+    /// writes and fsyncs (each costs CPU and a device flush); after a quiet spell
+    /// the first record goes at once. Waits for a flush, a snapshot or a sealed
+    /// block never sit out the window.
+    pub group_commit_us: u64,
+    /// A group this large is written without waiting for the window to end.
+    pub group_bytes_max: usize,
 }
 
 impl JournalConfig {
@@ -69,6 +78,8 @@ impl JournalConfig {
             io_uring: true,
             snapshots_kept: 2,
             core: None,
+            group_commit_us: 0,
+            group_bytes_max: 1024 * 1024,
         }
     }
 }
@@ -82,6 +93,8 @@ struct Pending {
     sync_to: u64,
     closing: bool,
     writer_waiting: bool,
+    /// The writer sits out the group commit window; wake it only for a full group.
+    writer_in_window: bool,
     failure: Option<String>,
 }
 
@@ -146,6 +159,7 @@ pub struct Journal {
     mode: DurabilityMode,
     next_seq: u64,
     buffer_bytes_max: usize,
+    group_bytes_max: usize,
     updates: Receiver<u64>,
     writer: Option<JoinHandle<()>>,
     snapshot_jobs: Option<Sender<(u64, Vec<u8>)>>,
@@ -183,6 +197,7 @@ impl Journal {
                         updates: updates_tx,
                         spare: Vec::new(),
                         last_sync: Instant::now(),
+                        last_group: None,
                     };
                     if let Err(error) = writer.run() {
                         shared.fail(error);
@@ -211,6 +226,7 @@ impl Journal {
             mode: config.mode,
             next_seq,
             buffer_bytes_max: config.buffer_bytes_max.max(1),
+            group_bytes_max: config.group_bytes_max.max(1),
             updates,
             writer: Some(writer),
             snapshot_jobs: Some(jobs_tx),
@@ -263,7 +279,8 @@ impl Durability for Journal {
         }
         record::encode_into(&mut pending.bytes, seq, payload)?;
         pending.last_seq = seq;
-        let wake = pending.writer_waiting;
+        let wake = pending.writer_waiting
+            || (pending.writer_in_window && pending.bytes.len() >= self.group_bytes_max);
         drop(pending);
         if wake {
             self.shared.work.notify_one();
@@ -326,6 +343,8 @@ struct Writer {
     updates: Sender<u64>,
     spare: Vec<u8>,
     last_sync: Instant,
+    /// When the last group's write started (the group commit window counts from it).
+    last_group: Option<Instant>,
 }
 
 impl Writer {
@@ -362,6 +381,7 @@ impl Writer {
                     }
                     pending.writer_waiting = false;
                 }
+                pending = self.sit_out_window(pending);
                 std::mem::swap(&mut pending.bytes, &mut self.spare);
                 (
                     pending.first_seq,
@@ -388,7 +408,42 @@ impl Writer {
         }
     }
 
+    /// Waits until the group commit window since the last group has passed, unless
+    /// someone needs a sync now, the journal closes, or the group is already full.
+    /// Appends during the wait join this group without waking the writer.
+    fn sit_out_window<'a>(&self, mut pending: MutexGuard<'a, Pending>) -> MutexGuard<'a, Pending> {
+        let window = Duration::from_micros(self.config.group_commit_us);
+        let Some(last_group) = self.last_group else {
+            return pending;
+        };
+        if window.is_zero() {
+            return pending;
+        }
+        let due = last_group + window;
+        loop {
+            let synced = self.shared.synced_seq.load(Ordering::Acquire);
+            let now = Instant::now();
+            if now >= due
+                || pending.closing
+                || pending.sync_to > synced
+                || pending.failure.is_some()
+                || pending.bytes.len() >= self.config.group_bytes_max
+            {
+                return pending;
+            }
+            pending.writer_in_window = true;
+            let (guard, _) = self
+                .shared
+                .work
+                .wait_timeout(pending, due - now)
+                .unwrap_or_else(|e| e.into_inner());
+            pending = guard;
+            pending.writer_in_window = false;
+        }
+    }
+
     fn write_group(&mut self, first_seq: u64, last_seq: u64) -> Result<(), String> {
+        self.last_group = Some(Instant::now());
         if self.segment.len() >= self.config.segment_bytes_max {
             self.roll(first_seq)?;
         }

@@ -10,7 +10,7 @@ use crate::metrics::NetMetrics;
 use crate::net::conn_id::{ConnId, ConnSlab};
 use crate::net::connection::{CloseReason, ConnLimits, Connection, Refusal};
 use crate::net::handler::{FrameHandler, Replies};
-use crate::net::outbox::{Lane, OutKind};
+use crate::net::outbox::{Lane, OutKind, Outbox};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -122,6 +122,7 @@ pub(crate) fn refusal_bytes<H: FrameHandler>(handler: &mut H, shared: &Shared) -
 /// Re-wakes the lane if messages remain, so the next wait returns at once.
 pub(crate) fn drain_outbox<T>(
     lane: &Lane,
+    outbox: &Outbox,
     slab: &mut ConnSlab<T>,
     conn_of: impl Fn(&mut T) -> &mut Connection,
     shared: &Shared,
@@ -130,6 +131,12 @@ pub(crate) fn drain_outbox<T>(
     lane.begin_drain();
     for _ in 0..OUTBOX_BATCH_MAX {
         let Some(msg) = lane.queue.pop() else { return };
+        if let OutKind::Run(job) = msg.kind {
+            lane.pushing_to_self();
+            job(outbox);
+            lane.begin_drain();
+            continue;
+        }
         let Some(entry) = slab.get_mut(msg.conn) else {
             shared.metrics.outbox_stale.inc();
             continue;
@@ -145,6 +152,7 @@ pub(crate) fn drain_outbox<T>(
                 }
             }
             OutKind::Close => conn.close_after_flush(CloseReason::ByOutbox),
+            OutKind::Run(_) => unreachable!("jobs run above"),
         }
         touched.push(msg.conn);
     }

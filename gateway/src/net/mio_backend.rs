@@ -10,7 +10,7 @@ use crate::net::conn_id::{ConnId, ConnSlab};
 use crate::net::connection::{CloseReason, Connection};
 use crate::net::driver::{self, Shared, ThreadSettings};
 use crate::net::handler::FrameHandler;
-use crate::net::outbox::Lane;
+use crate::net::outbox::{Lane, Outbox};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -34,6 +34,7 @@ pub(crate) struct MioLoop<'a, H: FrameHandler> {
     settings: ThreadSettings,
     shared: &'a Shared,
     lane: &'a Lane,
+    outbox: &'a Outbox,
     handler: H,
     poll: Poll,
     listener: TcpListener,
@@ -46,10 +47,11 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
     pub(crate) fn new(
         settings: ThreadSettings,
         shared: &'a Shared,
-        lane: &'a Lane,
+        outbox: &'a Outbox,
         handler: H,
         listener: std::net::TcpListener,
     ) -> io::Result<Self> {
+        let lane = outbox.lane(settings.thread_index);
         listener.set_nonblocking(true)?;
         let poll = Poll::new()?;
         let mut listener = TcpListener::from_std(listener);
@@ -62,6 +64,7 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             settings,
             shared,
             lane,
+            outbox,
             handler,
             poll,
             listener,
@@ -102,6 +105,7 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             }
             driver::drain_outbox(
                 self.lane,
+                self.outbox,
                 &mut self.slab,
                 |entry| &mut entry.conn,
                 self.shared,

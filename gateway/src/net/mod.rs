@@ -17,7 +17,7 @@ mod uring_backend;
 pub use conn_id::ConnId;
 pub use connection::{CloseReason, ConnLimits, Connection, Refusal};
 pub use handler::{FrameHandler, GatewayContext, Replies};
-pub use outbox::{Outbox, OutboxError};
+pub use outbox::{GatewayJob, Outbox, OutboxError};
 pub use server::{
     install_signal_handlers, pin_current_thread, plan_cores, start_gateways, BackendInUse,
     CorePlan, GatewayHandle, ShutdownTrigger,

@@ -53,13 +53,34 @@ impl EventFd {
     }
 }
 
+/// Work a gateway thread runs for another thread when it drains its lane, e.g.
+/// signing a session ticket: signatures then run in parallel on the gateway threads,
+/// next to the sends they feed, with no thread of their own to wake. It gets the
+/// outbox to send what it produced (to this thread's connections or others').
+pub type GatewayJob = Box<dyn FnOnce(&Outbox) + Send>;
+
 /// What the outbox asks a gateway thread to do to a connection.
-#[derive(Debug)]
 pub enum OutKind {
     /// Queue `bytes` (one or more encoded frames); mark `answers` in-flight frames answered.
     Send { bytes: Vec<u8>, answers: u32 },
     /// Close once what is queued is sent.
     Close,
+    /// Run a job on the thread (the id only picks the thread).
+    Run(GatewayJob),
+}
+
+impl std::fmt::Debug for OutKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutKind::Send { bytes, answers } => f
+                .debug_struct("Send")
+                .field("bytes", &bytes.len())
+                .field("answers", answers)
+                .finish(),
+            OutKind::Close => write!(f, "Close"),
+            OutKind::Run(_) => write!(f, "Run"),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -108,6 +129,13 @@ impl Lane {
     /// Called by the gateway thread before draining: later pushes wake it again.
     pub(crate) fn begin_drain(&self) {
         self.notified.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by the gateway thread before it pushes to its own lane while draining:
+    /// it will pop those itself, so they need no wake-up. `begin_drain` afterwards,
+    /// then popping until empty, still catches every other thread's push.
+    pub(crate) fn pushing_to_self(&self) {
+        self.notified.store(true, Ordering::SeqCst);
     }
 
     fn notify(&self) {
@@ -185,6 +213,19 @@ impl Outbox {
                 answers: count,
             },
         })
+    }
+
+    /// Runs `job` on the gateway thread that owns `conn` (open or not).
+    pub fn run_near(&self, conn: ConnId, job: GatewayJob) -> Result<(), OutboxError> {
+        self.push(OutMsg {
+            conn,
+            kind: OutKind::Run(job),
+        })
+    }
+
+    /// Runs `job` on gateway thread `thread_index`.
+    pub fn run_on(&self, thread_index: u8, job: GatewayJob) -> Result<(), OutboxError> {
+        self.run_near(ConnId::new(thread_index, 0, 0), job)
     }
 
     /// Closes `conn` once what is queued for it is sent.

@@ -250,9 +250,14 @@ where
             .spawn(move || {
                 pin_current_thread(core);
                 let handler = make_handler(context.clone());
-                let lane = context.outbox.lane(context.thread_index);
                 run_thread(
-                    &network, settings, &shared, lane, handler, listener, ready_tx,
+                    &network,
+                    settings,
+                    &shared,
+                    &context.outbox,
+                    handler,
+                    listener,
+                    ready_tx,
                 )
             })?;
         handle.threads.push(thread);
@@ -273,7 +278,7 @@ fn run_thread<H: FrameHandler>(
     network: &NetworkConfig,
     settings: ThreadSettings,
     shared: &Shared,
-    lane: &Lane,
+    outbox: &Outbox,
     handler: H,
     listener: std::net::TcpListener,
     ready: crossbeam_channel::Sender<io::Result<BackendInUse>>,
@@ -281,7 +286,7 @@ fn run_thread<H: FrameHandler>(
     let index = settings.thread_index;
     let mut handler = Some(handler);
     if network.backend == Backend::Uring {
-        match UringLoop::setup(network, settings.clone(), shared, lane, &listener) {
+        match UringLoop::setup(network, settings.clone(), shared, outbox, &listener) {
             Ok(ring) => {
                 let _ = ready.send(Ok(BackendInUse::Uring));
                 let handler = handler.take().expect("handler present");
@@ -293,7 +298,7 @@ fn run_thread<H: FrameHandler>(
         }
     }
     let handler = handler.take().expect("handler present");
-    match MioLoop::new(settings, shared, lane, handler, listener) {
+    match MioLoop::new(settings, shared, outbox, handler, listener) {
         Ok(mio_loop) => {
             let _ = ready.send(Ok(BackendInUse::Mio));
             mio_loop.run()

@@ -18,7 +18,7 @@ use crate::net::conn_id::{ConnId, ConnSlab};
 use crate::net::connection::{CloseReason, Connection};
 use crate::net::driver::{self, Shared, ThreadSettings};
 use crate::net::handler::FrameHandler;
-use crate::net::outbox::Lane;
+use crate::net::outbox::{Lane, Outbox};
 use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -131,6 +131,7 @@ pub(crate) struct UringLoop<'a> {
     settings: ThreadSettings,
     shared: &'a Shared,
     lane: &'a Lane,
+    outbox: &'a Outbox,
     slab: ConnSlab<UringConn>,
     cqes: Vec<(u64, i32, u32)>,
     touched: Vec<ConnId>,
@@ -173,7 +174,7 @@ impl<'a> UringLoop<'a> {
         network: &NetworkConfig,
         settings: ThreadSettings,
         shared: &'a Shared,
-        lane: &'a Lane,
+        outbox: &'a Outbox,
         listener: &std::net::TcpListener,
     ) -> io::Result<UringLoop<'a>> {
         let ring = build_ring(network, settings.spin, settings.thread_index)?;
@@ -190,6 +191,7 @@ impl<'a> UringLoop<'a> {
                 0,
             )?;
         }
+        let lane = outbox.lane(settings.thread_index);
         let mut this = UringLoop {
             ring,
             bufs,
@@ -198,6 +200,7 @@ impl<'a> UringLoop<'a> {
             settings,
             shared,
             lane,
+            outbox,
             cqes: Vec::with_capacity(1024),
             touched: Vec::new(),
             listener_fd: listener.as_raw_fd(),
@@ -246,6 +249,7 @@ impl<'a> UringLoop<'a> {
             self.complete(&mut handler)?;
             driver::drain_outbox(
                 self.lane,
+                self.outbox,
                 &mut self.slab,
                 |entry| &mut entry.conn,
                 self.shared,

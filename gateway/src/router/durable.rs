@@ -87,6 +87,8 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         buffer_bytes_max: config.journal.buffer_bytes_max as usize,
         io_uring: config.journal.io == "uring" && config.network.backend == Backend::Uring,
         snapshots_kept: config.journal.snapshots_kept as usize,
+        group_commit_us: config.journal.group_commit_us,
+        group_bytes_max: config.journal.group_bytes_max as usize,
         core: crate::net::plan_cores(
             &config.threads,
             core_affinity::get_core_ids().map_or(1, |ids| ids.len()),

@@ -1,5 +1,6 @@
-//! The router assembled: engine thread (sequencer), signer threads, gateway threads
-//! with the router's frame handler, and the metrics endpoint. `Router::start` is what
+//! The router assembled: engine thread (sequencer), gateway threads with the
+//! router's frame handler (they also sign tickets and batches), and the metrics
+//! endpoint. `Router::start` is what
 //! the `yellowstone-router` binary, the load generator's embedded mode and the tests
 //! all run.
 
@@ -28,7 +29,6 @@ pub struct RouterHandle {
     /// process must not keep accepting what it can no longer make durable.
     engine_stopped: crossbeam_channel::Receiver<()>,
     sequencer: Option<JoinHandle<Result<Engine, String>>>,
-    signers: Vec<JoinHandle<()>>,
     metrics: Option<MetricsServer>,
     shared: Arc<RouterShared>,
     pub listen: SocketAddr,
@@ -86,10 +86,6 @@ impl RouterHandle {
                 .map_err(|_| "engine thread panicked".to_string())?,
             None => Err("already stopped".to_string()),
         };
-        // Signers end when the sink (and its job sender) is gone with the sequencer.
-        for signer in self.signers.drain(..) {
-            let _ = signer.join();
-        }
         if let Some(gateways) = self.gateways.take() {
             gateways.shutdown().map_err(|e| format!("gateways: {e}"))?;
         }
@@ -185,19 +181,7 @@ impl Router {
             move |context| handler::RouterHandler::new(handler_shared.clone(), context),
         )
         .map_err(|e| format!("gateways: {e}"))?;
-        let outbox = gateways.outbox();
-        let (sign_tx, sign_rx) = crossbeam_channel::bounded(65_536);
-        let signer_count = gateways.backends().len().max(1);
-        let signers = (0..signer_count)
-            .map(|i| {
-                let (shared, outbox, jobs) = (shared.clone(), outbox.clone(), sign_rx.clone());
-                std::thread::Builder::new()
-                    .name(format!("ys-signer-{i}"))
-                    .spawn(move || sink::run_signer(shared, outbox, jobs))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("signer threads: {e}"))?;
-        let sink = sink::RouterSink::new(shared.clone(), outbox, sign_tx);
+        let sink = sink::RouterSink::new(shared.clone(), gateways.outbox());
         let sequencer_config = SequencerConfig {
             snapshot_every_blocks: config.journal.snapshot_every_blocks,
             ..SequencerConfig::default()
@@ -246,7 +230,6 @@ impl Router {
             gateways: Some(gateways),
             engine_stopped,
             sequencer: Some(sequencer_thread),
-            signers,
             metrics,
             shared,
         })

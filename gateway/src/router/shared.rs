@@ -1,4 +1,4 @@
-//! State the gateway threads, the engine thread and the signer threads share: the
+//! State the gateway threads and the engine thread share: the
 //! router's identity, the address -> connection routes, the balance pre-check cache,
 //! the batch subscribers, the inbound queue and the metrics. Read-mostly tables are
 //! dashmaps; the market state itself stays on the engine thread.

@@ -1,11 +1,11 @@
-//! From engine effects to frames (on the engine thread), and the signer threads that
-//! sign tickets and credit batches (R-ID-5) off the engine thread: a signature costs
-//! tens of microseconds, the engine's whole lifecycle about one.
+//! From engine effects to frames (on the engine thread). Session tickets and credit
+//! batches (R-ID-5) are signed on a gateway thread, as jobs in its outbox lane: a
+//! signature costs tens of microseconds, the engine's whole lifecycle about one, and
+//! the gateway threads already wake for the sends the signature feeds.
 
 use super::shared::{to_wire, RouterShared};
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{EffectSink, Origin, ORIGIN_INTERNAL};
-use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
 use yellowstone_engine::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, RfcFailure, Ticket,
@@ -14,15 +14,9 @@ use yellowstone_wire::frame::FLAG_RESPONSE;
 use yellowstone_wire::messages::{self, msg_type, Message};
 use yellowstone_wire::Address;
 
-pub enum SignJob {
-    Ticket(Ticket),
-    Batch(CreditBatch, BatchApplied),
-}
-
 pub struct RouterSink {
     shared: Arc<RouterShared>,
     outbox: Outbox,
-    signer: Sender<SignJob>,
 }
 
 /// The wire type of the message a command came from, for `ErrorReply.ref_msg_type`.
@@ -61,12 +55,8 @@ fn route(shared: &RouterShared, address: Address) -> Option<ConnId> {
 }
 
 impl RouterSink {
-    pub fn new(shared: Arc<RouterShared>, outbox: Outbox, signer: Sender<SignJob>) -> RouterSink {
-        RouterSink {
-            shared,
-            outbox,
-            signer,
-        }
+    pub fn new(shared: Arc<RouterShared>, outbox: Outbox) -> RouterSink {
+        RouterSink { shared, outbox }
     }
 
     fn origin_or_route(&self, origin: Origin, address: Address) -> Option<ConnId> {
@@ -138,7 +128,19 @@ impl EffectSink for RouterSink {
                     );
                 }
                 Effect::SessionOpened { ticket } => {
-                    if self.signer.send(SignJob::Ticket(ticket.clone())).is_err() {
+                    // Signed on the thread of the provider that just answered the
+                    // probe (else the user's): it is awake for that connection anyway.
+                    let near = self
+                        .origin_or_route(origin, to_wire(ticket.provider))
+                        .or_else(|| route(shared, to_wire(ticket.user)));
+                    let (job_shared, ticket) = (self.shared.clone(), ticket.clone());
+                    let queued = near.is_some_and(|conn| {
+                        let job = Box::new(move |outbox: &Outbox| {
+                            sign_and_send_ticket(&job_shared, outbox, &ticket)
+                        });
+                        self.outbox.run_near(conn, job).is_ok()
+                    });
+                    if !queued {
                         shared.replies_dropped_total.inc();
                     }
                 }
@@ -218,11 +220,13 @@ impl EffectSink for RouterSink {
                     );
                 }
                 Effect::BatchSealed { batch, applied } => {
-                    if self
-                        .signer
-                        .send(SignJob::Batch(batch.clone(), applied.clone()))
-                        .is_err()
-                    {
+                    let (job_shared, batch, applied) =
+                        (self.shared.clone(), batch.clone(), applied.clone());
+                    let job = Box::new(move |outbox: &Outbox| {
+                        sign_and_send_batch(&job_shared, outbox, &batch, &applied)
+                    });
+                    // Once a block: the first gateway thread signs it.
+                    if self.outbox.run_on(0, job).is_err() {
                         shared.replies_dropped_total.inc();
                     }
                 }
@@ -279,48 +283,49 @@ pub fn batch_message(batch: &CreditBatch, applied: &BatchApplied) -> Message {
     })
 }
 
-/// One signer thread: signs tickets (sent to both sides, R-MATCH-6) and batches
-/// (sent to every subscriber) until the job channel closes.
-pub fn run_signer(shared: Arc<RouterShared>, outbox: Outbox, jobs: Receiver<SignJob>) {
-    for job in jobs {
-        match job {
-            SignJob::Ticket(ticket) => {
-                let mut message = Message::from(messages::SessionTicket {
-                    session_id: ticket.session,
-                    user: to_wire(ticket.user),
-                    provider: to_wire(ticket.provider),
-                    endpoint: String::from_utf8_lossy(&ticket.endpoint).into_owned(),
-                    model_id: ticket.model,
-                    tokens_max: ticket.tokens_max,
-                    price_wei_per_token: ticket.price_wei_per_token,
-                    expires_at_ms: ticket.expires_at_ms,
-                    rfc_nonce: ticket.rfc_nonce,
-                    signature: Default::default(),
-                });
-                let mut frame = message.sign(&shared.router_key, shared.network_id);
-                frame[3] |= FLAG_RESPONSE;
-                for address in [to_wire(ticket.provider), to_wire(ticket.user)] {
-                    match route(&shared, address) {
-                        Some(conn) if outbox.send(conn, frame.clone()).is_ok() => {}
-                        _ => shared.replies_dropped_total.inc(),
-                    }
-                }
-            }
-            SignJob::Batch(batch, applied) => {
-                let mut message = batch_message(&batch, &applied);
-                let mut frame = message.sign(&shared.router_key, shared.network_id);
-                frame[3] |= FLAG_RESPONSE;
-                let subscribers: Vec<ConnId> = shared
-                    .subscribers
-                    .iter()
-                    .map(|entry| *entry.key())
-                    .collect();
-                for conn in subscribers {
-                    if outbox.send(conn, frame.clone()).is_err() {
-                        shared.replies_dropped_total.inc();
-                    }
-                }
-            }
+/// Signs a session ticket and sends it to both sides (R-MATCH-6); runs on a
+/// gateway thread.
+fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, ticket: &Ticket) {
+    let mut message = Message::from(messages::SessionTicket {
+        session_id: ticket.session,
+        user: to_wire(ticket.user),
+        provider: to_wire(ticket.provider),
+        endpoint: String::from_utf8_lossy(&ticket.endpoint).into_owned(),
+        model_id: ticket.model,
+        tokens_max: ticket.tokens_max,
+        price_wei_per_token: ticket.price_wei_per_token,
+        expires_at_ms: ticket.expires_at_ms,
+        rfc_nonce: ticket.rfc_nonce,
+        signature: Default::default(),
+    });
+    let mut frame = message.sign(&shared.router_key, shared.network_id);
+    frame[3] |= FLAG_RESPONSE;
+    for address in [to_wire(ticket.provider), to_wire(ticket.user)] {
+        match route(shared, address) {
+            Some(conn) if outbox.send(conn, frame.clone()).is_ok() => {}
+            _ => shared.replies_dropped_total.inc(),
+        }
+    }
+}
+
+/// Signs a credit batch and sends it to every subscriber; runs on a gateway thread.
+fn sign_and_send_batch(
+    shared: &RouterShared,
+    outbox: &Outbox,
+    batch: &CreditBatch,
+    applied: &BatchApplied,
+) {
+    let mut message = batch_message(batch, applied);
+    let mut frame = message.sign(&shared.router_key, shared.network_id);
+    frame[3] |= FLAG_RESPONSE;
+    let subscribers: Vec<ConnId> = shared
+        .subscribers
+        .iter()
+        .map(|entry| *entry.key())
+        .collect();
+    for conn in subscribers {
+        if outbox.send(conn, frame.clone()).is_err() {
+            shared.replies_dropped_total.inc();
         }
     }
 }
