@@ -36,6 +36,10 @@ pub trait FrameHandler {
     /// The connection is gone; its id will never be used again.
     fn on_close(&mut self, _conn: ConnId, _reason: &CloseReason) {}
 
+    /// The gateway thread finished a loop turn (every completion it had was handled)
+    /// and is about to wait: the moment to hand on what the turn collected in one go.
+    fn end_of_turn(&mut self) {}
+
     /// Appends the error frame (the wire's `ErrorReply`) for `refusal` to `out`.
     fn error_frame(&mut self, refusal: &Refusal, out: &mut Vec<u8>);
 }

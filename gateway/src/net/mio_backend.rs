@@ -127,7 +127,9 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                 self.service(id);
             }
             self.touched = touched;
+            self.handler.end_of_turn();
         }
+        self.handler.end_of_turn();
         self.close_all();
         Ok(())
     }

@@ -267,7 +267,9 @@ impl<'a> UringLoop<'a> {
                 }
             }
             self.service_touched(&mut handler)?;
+            handler.end_of_turn();
         }
+        handler.end_of_turn();
         self.close_all(&mut handler)?;
         drop(self);
         drop(listener);

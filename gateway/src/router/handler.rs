@@ -25,11 +25,26 @@ struct ConnState {
     provider: bool,
 }
 
+/// An authenticated command waiting for the end of the gateway's loop turn.
+struct Accepted {
+    conn: ConnId,
+    msg_type: u16,
+    nonce: u64,
+    command: Command,
+}
+
+/// Commands handed to the engine at once, at most: a long turn does not hold the
+/// first ones back for long.
+const HANDOFF_BATCH_MAX: usize = 64;
+
 pub struct RouterHandler {
     shared: Arc<RouterShared>,
     context: GatewayContext,
     conns: HashMap<ConnId, ConnState>,
     stages: StageRecorder,
+    /// Commands accepted this loop turn, handed to the engine together at its end:
+    /// the engine wakes once per turn instead of once per command.
+    accepted: Vec<Accepted>,
 }
 
 /// A refusal before the engine: code, reason.
@@ -43,7 +58,56 @@ impl RouterHandler {
             context,
             conns: HashMap::new(),
             stages,
+            accepted: Vec::with_capacity(HANDOFF_BATCH_MAX),
         }
+    }
+
+    /// Hands the accepted commands to the engine, in order. One the queue cannot
+    /// take after all (it filled since the frame was checked, or the router is
+    /// stopping) is refused to its sender through the outbox.
+    fn hand_off(&mut self) {
+        let mut accepted = std::mem::take(&mut self.accepted);
+        for Accepted {
+            conn,
+            msg_type,
+            nonce,
+            command,
+        } in accepted.drain(..)
+        {
+            let origin = conn.as_u64();
+            let (code, reason) = match self
+                .shared
+                .inbound
+                .try_send(SequencerInput::Command { origin, command })
+            {
+                Ok(()) => continue,
+                Err(TrySendError::Full(_)) => {
+                    (codes::OVERLOADED, "overloaded, retry after the given delay")
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    (codes::SHUTTING_DOWN, "router shutting down")
+                }
+            };
+            self.shared.count_rejection(code);
+            let reply = messages::ErrorReply {
+                code,
+                ref_msg_type: msg_type,
+                ref_nonce: nonce,
+                retry_after_ms: if code == codes::OVERLOADED {
+                    self.shared.retry_after_ms
+                } else {
+                    0
+                },
+                detail: 0,
+                reason: reason.into(),
+            };
+            let mut frame = Vec::new();
+            Message::from(reply).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+            if self.context.outbox.send(conn, frame).is_err() {
+                self.shared.replies_dropped_total.inc();
+            }
+        }
+        self.accepted = accepted;
     }
 
     fn refuse(
@@ -380,33 +444,44 @@ impl FrameHandler for RouterHandler {
             }
             Err((code, reason)) => return self.refuse(replies, code, msg_type, nonce, reason),
         };
-        match self.shared.inbound.try_send(SequencerInput::Command {
-            origin: conn.as_u64(),
-            command,
-        }) {
-            Ok(()) => {
-                self.shared.commands_total.inc();
-                // Answered by the engine's effects, sent through the outbox.
-                replies.answer();
-            }
-            Err(TrySendError::Full(_)) => self.refuse(
+        let queued = self.shared.inbound.len() + self.accepted.len();
+        if self
+            .shared
+            .inbound
+            .capacity()
+            .is_some_and(|capacity| queued >= capacity)
+        {
+            return self.refuse(
                 replies,
                 codes::OVERLOADED,
                 msg_type,
                 nonce,
                 "overloaded, retry after the given delay".into(),
-            ),
-            Err(TrySendError::Disconnected(_)) => self.refuse(
-                replies,
-                codes::SHUTTING_DOWN,
-                msg_type,
-                nonce,
-                "router shutting down".into(),
-            ),
+            );
+        }
+        self.accepted.push(Accepted {
+            conn,
+            msg_type,
+            nonce,
+            command,
+        });
+        self.shared.commands_total.inc();
+        // Answered by the engine's effects, sent through the outbox.
+        replies.answer();
+        if self.accepted.len() >= HANDOFF_BATCH_MAX {
+            self.hand_off();
+        }
+    }
+
+    fn end_of_turn(&mut self) {
+        if !self.accepted.is_empty() {
+            self.hand_off();
         }
     }
 
     fn on_close(&mut self, conn: ConnId, reason: &CloseReason) {
+        // What the connection sent before it closed goes first.
+        self.end_of_turn();
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };

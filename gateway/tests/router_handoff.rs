@@ -1,0 +1,104 @@
+//! The gateway's hand-off to the engine: commands accepted during a loop turn reach
+//! the inbound queue in order at the end of the turn; when the queue is full the
+//! sender gets OVERLOADED (with its nonce and a retry delay), and once the engine is
+//! gone SHUTTING_DOWN: nothing is dropped without an answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+use yellowstone_gateway::config::{NetworkConfig, ThreadsConfig};
+use yellowstone_gateway::metrics::Registry;
+use yellowstone_gateway::net::start_gateways;
+use yellowstone_gateway::router::handler::RouterHandler;
+use yellowstone_gateway::router::shared::RouterShared;
+use yellowstone_gateway::sequencer::SequencerInput;
+use yellowstone_wire::client::Client;
+use yellowstone_wire::codes;
+use yellowstone_wire::messages::{self, Message};
+use yellowstone_wire::SigningKey;
+
+fn shared(
+    registry: &Registry,
+    inbound: crossbeam_channel::Sender<SequencerInput>,
+) -> Arc<RouterShared> {
+    Arc::new(RouterShared {
+        network_id: 7,
+        router_key: SigningKey::from_seed(b"handoff-router"),
+        operator: None,
+        routes: Default::default(),
+        balances: Default::default(),
+        subscribers: Default::default(),
+        inbound,
+        retry_after_ms: 250,
+        commands_total: registry.counter("yellowstone_commands_total", "", &[]),
+        replies_dropped_total: registry.counter("yellowstone_replies_dropped_total", "", &[]),
+        registry: registry.clone(),
+    })
+}
+
+fn cancel(client: &mut Client, rfc_id: u64) -> u64 {
+    let nonce = client.next_nonce();
+    client
+        .send_signed(Message::from(messages::RfcCancel {
+            from: client.address(),
+            nonce,
+            rfc_id,
+            signature: Default::default(),
+        }))
+        .unwrap();
+    nonce
+}
+
+fn refusal(client: &mut Client) -> messages::ErrorReply {
+    match client.recv().unwrap() {
+        Message::ErrorReply(reply) => reply,
+        other => panic!("expected an ErrorReply, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_full_queue_refuses_with_overloaded_and_a_stopped_engine_with_shutting_down() {
+    let registry = Registry::new();
+    let (inbound, engine) = crossbeam_channel::bounded(3);
+    let shared = shared(&registry, inbound);
+    let network = NetworkConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..NetworkConfig::default()
+    };
+    let handler_shared = shared.clone();
+    let gateways = start_gateways(&network, &ThreadsConfig::default(), &registry, move |c| {
+        RouterHandler::new(handler_shared.clone(), c)
+    })
+    .unwrap();
+    drop(shared);
+    let mut client =
+        Client::connect(gateways.local_addr(), SigningKey::from_seed(b"user")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Three fit (in order); the rest are refused, each with its own nonce.
+    let nonces: Vec<u64> = (0..6).map(|i| cancel(&mut client, i)).collect();
+    for expected in &nonces[3..] {
+        let reply = refusal(&mut client);
+        assert_eq!(reply.code, codes::OVERLOADED);
+        assert_eq!(reply.ref_nonce, *expected);
+        assert_eq!(reply.retry_after_ms, 250);
+    }
+    let queued: Vec<u64> = (0..3)
+        .map(
+            |_| match engine.recv_timeout(Duration::from_secs(10)).unwrap() {
+                SequencerInput::Command {
+                    command: yellowstone_engine::Command::CancelRfc { rfc, .. },
+                    ..
+                } => rfc,
+                other => panic!("unexpected {other:?}"),
+            },
+        )
+        .collect();
+    assert_eq!(queued, vec![0, 1, 2], "handed over in order");
+    // The engine is gone: refused as shutting down, not silently dropped.
+    drop(engine);
+    let nonce = cancel(&mut client, 9);
+    let reply = refusal(&mut client);
+    assert_eq!((reply.code, reply.ref_nonce), (codes::SHUTTING_DOWN, nonce));
+    gateways.shutdown().unwrap();
+}
