@@ -56,6 +56,12 @@ fn short_mode_writes_every_figure() {
     }
     assert!(number(&report, &["crypto", "sessions"]) > 0.0);
     assert!(number(&report, &["crypto", "router_cpu_s"]) > 0.0);
+    // The same share with the cost the router measured in place.
+    let in_situ = number(&report, &["crypto", "efficiency_in_situ"]);
+    assert!(in_situ > 0.0 && in_situ < 10.0, "{in_situ}");
+    for op in ["in_situ_verify_us", "in_situ_sign_us"] {
+        assert!(number(&report, &["crypto", op]) > 0.0, "{op}");
+    }
 
     // 2. Ping vs Redis: a ratio when redis is installed (.ci/run installs it),
     // otherwise null with the reason.

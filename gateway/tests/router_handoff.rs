@@ -31,6 +31,7 @@ fn shared(
         retry_after_ms: 250,
         commands_total: registry.counter("yellowstone_commands_total", "", &[]),
         replies_dropped_total: registry.counter("yellowstone_replies_dropped_total", "", &[]),
+        signature_cpu: yellowstone_gateway::router::signature_cpu::SignatureCpu::new(registry),
         registry: registry.clone(),
     })
 }

@@ -175,7 +175,41 @@ struct MarketRun {
     batches_signed: u64,
     /// Client signatures the router verified (its verify-stage count).
     router_verifications: Option<u64>,
+    /// The router's own count of signature operations and their mean thread CPU
+    /// time measured in place (one in 16 timed), microseconds.
+    in_situ: Option<InSituSignatures>,
     router_exit_ok: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct InSituSignatures {
+    verify_ops: u64,
+    sign_ops: u64,
+    verify_us: f64,
+    sign_us: f64,
+}
+
+impl InSituSignatures {
+    fn from_metrics(text: &str) -> Option<InSituSignatures> {
+        let get =
+            |name: &str, op: &str| RouterChild::metric(text, &format!("{name}{{op=\"{op}\"}}"));
+        let mean_us = |op: &str| -> Option<f64> {
+            let samples = get("yellowstone_signature_samples_total", op)?;
+            let ns = get("yellowstone_signature_sampled_cpu_ns_total", op)?;
+            (samples > 0.0).then(|| ns / samples / 1_000.0)
+        };
+        Some(InSituSignatures {
+            verify_ops: get("yellowstone_signature_ops_total", "verify")? as u64,
+            sign_ops: get("yellowstone_signature_ops_total", "sign")? as u64,
+            verify_us: mean_us("verify")?,
+            sign_us: mean_us("sign")?,
+        })
+    }
+
+    /// Signature CPU of the run as measured in place, seconds.
+    fn work_s(&self) -> f64 {
+        (self.verify_ops as f64 * self.verify_us + self.sign_ops as f64 * self.sign_us) / 1e6
+    }
 }
 
 /// The criteria of `yellowstone-loadgen --find-max`.
@@ -371,6 +405,7 @@ impl Bench {
         );
         let cpu_after = router.cpu_s();
         let metrics = router.metrics_text().unwrap_or_default();
+        run.in_situ = InSituSignatures::from_metrics(&metrics);
         let (router_usage, router_log) = router.stop(Duration::from_secs(20));
         run.router_cpu_s = router_usage.cpu_s();
         run.router_exit_ok = router_usage.success;
@@ -790,6 +825,14 @@ fn real_main(args: &Args) -> Result<Value, String> {
     let (crypto_efficiency, signature_work_s, router_cpu_s, sessions, batches) =
         efficiency(&uring_ok);
     let (mio_efficiency, ..) = efficiency(&mio_ok);
+    // The same share with the signature cost the router measured in place (under
+    // the run's load) instead of on an idle machine: the difference between the
+    // two is signature work made slower by the load, not work besides signatures.
+    let in_situ_runs: Vec<InSituSignatures> = uring_ok.iter().filter_map(|r| r.in_situ).collect();
+    let in_situ_work: f64 = in_situ_runs.iter().map(|s| s.work_s()).sum();
+    let in_situ_efficiency = (in_situ_runs.len() == uring_ok.len() && !uring_ok.is_empty())
+        .then(|| in_situ_work / router_cpu_s);
+    let in_situ_mean = |f: fn(&InSituSignatures) -> f64| mean(in_situ_runs.iter().map(f));
     let window_cpu: Option<f64> = uring_ok
         .iter()
         .map(|r| r.router_cpu_loadgen_s)
@@ -840,6 +883,10 @@ fn real_main(args: &Args) -> Result<Value, String> {
             "router_cpu_loadgen_window_s": window_cpu,
             "efficiency_loadgen_window": round3(efficiency_loadgen_window),
             "efficiency_mio": round3(mio_efficiency),
+            "efficiency_in_situ": round3(in_situ_efficiency),
+            "signature_work_in_situ_s": in_situ_work,
+            "in_situ_verify_us": in_situ_mean(|s| s.verify_us),
+            "in_situ_sign_us": in_situ_mean(|s| s.sign_us),
             "router_verifications": uring_ok.iter().map(|r| r.router_verifications).sum::<Option<u64>>(),
         },
         "ping": ping_detail,
@@ -900,6 +947,15 @@ fn table(r: &Value) -> String {
         c["sessions"],
         fmt(&c["per_session_us"], 1),
         c["batches_signed"],
+    ));
+    out.push_str(&format!(
+        "    in place                            {}   (signature CPU the router measured under load {} s: verify {} us, sign {} us, against {} / {} us idle)\n",
+        fmt(&c["efficiency_in_situ"], 3),
+        fmt(&c["signature_work_in_situ_s"], 3),
+        fmt(&c["in_situ_verify_us"], 1),
+        fmt(&c["in_situ_sign_us"], 1),
+        fmt(&c["signature_cost_us"]["rfc_verify_us"], 1),
+        fmt(&c["signature_cost_us"]["ticket_sign_us"], 1),
     ));
     out.push_str(&format!(
         "  ping_vs_redis                         {}   (c={} P={}: router {} pings/s p50 {} us p99 {} us; redis {} pings/s p50 {} us p99 {} us)\n",

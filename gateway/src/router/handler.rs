@@ -4,6 +4,7 @@
 //! with a stable code; only a broken frame header costs the connection.
 
 use super::shared::{to_engine, RouterShared};
+use super::signature_cpu::SignatureOp;
 use crate::metrics::{Stage, StageRecorder};
 use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
 use crate::sequencer::SequencerInput;
@@ -154,8 +155,12 @@ impl RouterHandler {
             ));
         }
         let message = Message::LoginAnswer(answer.clone());
-        let address = message
-            .verify(self.shared.network_id, body)
+        let address = self
+            .shared
+            .signature_cpu
+            .measure(SignatureOp::Verify, || {
+                message.verify(self.shared.network_id, body)
+            })
             .map_err(|e| (codes::of_sig_error(&e), e.to_string()))?;
         state.address = Some(address);
         self.shared.routes.insert(address, conn);
@@ -187,7 +192,10 @@ impl RouterHandler {
                     // R-PROV-1: the weights hash must be signed by the provider itself.
                     let digest =
                         weights_proof_digest(network_id, offer.model_id, &offer.weights_hash);
-                    match recover_signer(&digest, &offer.weights_proof) {
+                    let signer = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
+                        recover_signer(&digest, &offer.weights_proof)
+                    });
+                    match signer {
                         Ok(signer) if signer == from => {}
                         Ok(_) => {
                             return Err((
@@ -410,7 +418,10 @@ impl FrameHandler for RouterHandler {
             );
         };
         let verify_started = Instant::now();
-        if let Err(error) = message.verify(self.shared.network_id, &frame.body) {
+        let verified = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
+            message.verify(self.shared.network_id, &frame.body)
+        });
+        if let Err(error) = verified {
             return self.refuse(
                 replies,
                 codes::of_sig_error(&error),

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod handler;
 pub mod shared;
+pub mod signature_cpu;
 pub mod sink;
 
 use crate::metrics::Registry;
@@ -167,6 +168,7 @@ impl Router {
                 "Replies not delivered: recipient not connected or its outbound lane full.",
                 &[],
             ),
+            signature_cpu: signature_cpu::SignatureCpu::new(&registry),
             registry: registry.clone(),
         });
         // A recovered engine knows balances the gateways' pre-check cache does not yet.

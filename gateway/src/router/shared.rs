@@ -3,6 +3,7 @@
 //! the batch subscribers, the inbound queue and the metrics. Read-mostly tables are
 //! dashmaps; the market state itself stays on the engine thread.
 
+use super::signature_cpu::SignatureCpu;
 use crate::metrics::{Counter, Registry};
 use crate::net::ConnId;
 use crate::sequencer::SequencerInput;
@@ -26,6 +27,8 @@ pub struct RouterShared {
     pub registry: Registry,
     pub commands_total: Arc<Counter>,
     pub replies_dropped_total: Arc<Counter>,
+    /// Where the signature work goes, measured in place.
+    pub signature_cpu: SignatureCpu,
 }
 
 impl RouterShared {

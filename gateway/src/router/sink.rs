@@ -4,6 +4,7 @@
 //! the gateway threads already wake for the sends the signature feeds.
 
 use super::shared::{to_wire, RouterShared};
+use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{EffectSink, Origin, ORIGIN_INTERNAL};
 use std::sync::Arc;
@@ -298,7 +299,9 @@ fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, ticket: &Ticket)
         rfc_nonce: ticket.rfc_nonce,
         signature: Default::default(),
     });
-    let mut frame = message.sign(&shared.router_key, shared.network_id);
+    let mut frame = shared.signature_cpu.measure(SignatureOp::Sign, || {
+        message.sign(&shared.router_key, shared.network_id)
+    });
     frame[3] |= FLAG_RESPONSE;
     for address in [to_wire(ticket.provider), to_wire(ticket.user)] {
         match route(shared, address) {
@@ -316,7 +319,9 @@ fn sign_and_send_batch(
     applied: &BatchApplied,
 ) {
     let mut message = batch_message(batch, applied);
-    let mut frame = message.sign(&shared.router_key, shared.network_id);
+    let mut frame = shared.signature_cpu.measure(SignatureOp::Sign, || {
+        message.sign(&shared.router_key, shared.network_id)
+    });
     frame[3] |= FLAG_RESPONSE;
     let subscribers: Vec<ConnId> = shared
         .subscribers
