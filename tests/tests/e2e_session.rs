@@ -1,5 +1,6 @@
-//! A full session over the real binary, on both network backends: register, RFC,
-//! probe, ticket (router-signed, to both sides), report, credit batch (router-signed).
+//! A full session over the real binary, on both network backends and with tickets
+//! signed on either thread: register, RFC, probe, ticket (router-signed, to both
+//! sides), report, credit batch (router-signed).
 
 use std::time::Duration;
 use yellowstone_tests::market::*;
@@ -7,16 +8,20 @@ use yellowstone_tests::RouterProcess;
 use yellowstone_wire::*;
 
 /// A config whose block 0 ends about a second after start, so a batch comes soon.
-fn config_file(dir: &std::path::Path) -> String {
+fn config_file(dir: &std::path::Path, ticket_signing: &str) -> String {
     let path = dir.join("router.toml");
     let genesis_ms = now_ms() - 10_500;
-    std::fs::write(&path, format!("[market]\ngenesis_ms = {genesis_ms}\n")).unwrap();
+    std::fs::write(
+        &path,
+        format!("[market]\ngenesis_ms = {genesis_ms}\n[threads]\nticket_signing = \"{ticket_signing}\"\n"),
+    )
+    .unwrap();
     path.display().to_string()
 }
 
-fn full_session(backend: &str) {
+fn full_session(backend: &str, ticket_signing: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let config = config_file(dir.path());
+    let config = config_file(dir.path(), ticket_signing);
     let operator = operator_key();
     let operator_address = operator.address().to_string();
     let router = RouterProcess::start(&[
@@ -168,10 +173,15 @@ fn full_session(backend: &str) {
 
 #[test]
 fn full_session_over_io_uring() {
-    full_session("uring");
+    full_session("uring", "gateway");
 }
 
 #[test]
 fn full_session_over_mio() {
-    full_session("mio");
+    full_session("mio", "gateway");
+}
+
+#[test]
+fn full_session_with_tickets_signed_on_the_engine_thread() {
+    full_session("uring", "engine");
 }

@@ -304,6 +304,12 @@ impl RouterConfig {
                 journal.io
             ));
         }
+        if !["gateway", "engine"].contains(&self.threads.ticket_signing.as_str()) {
+            return Err(format!(
+                "threads.ticket_signing must be gateway or engine, not {:?}",
+                self.threads.ticket_signing
+            ));
+        }
         if journal.group_commit_us > 100_000 {
             return Err(format!(
                 "journal.group_commit_us must be at most 100000 (100 ms), not {}",
@@ -375,6 +381,14 @@ mod tests {
         assert!(config.validate().unwrap_err().contains("fail_policy"));
         let config = RouterConfig::from_toml("[journal]\ndurability = \"maybe\"\n").unwrap();
         assert!(config.validate().unwrap_err().contains("durability"));
+        for (toml, key) in [
+            ("[threads]\nticket_signing = \"signer\"\n", "ticket_signing"),
+            ("[journal]\ngroup_commit_us = 1000000\n", "group_commit_us"),
+            ("[journal]\ngroup_bytes_max = 100\n", "group_bytes_max"),
+        ] {
+            let config = RouterConfig::from_toml(toml).unwrap();
+            assert!(config.validate().unwrap_err().contains(key), "{toml}");
+        }
     }
 
     #[test]

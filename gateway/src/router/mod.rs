@@ -183,7 +183,11 @@ impl Router {
             move |context| handler::RouterHandler::new(handler_shared.clone(), context),
         )
         .map_err(|e| format!("gateways: {e}"))?;
-        let sink = sink::RouterSink::new(shared.clone(), gateways.outbox());
+        let sink = sink::RouterSink::new(
+            shared.clone(),
+            gateways.outbox(),
+            config.threads.ticket_signing == "engine",
+        );
         let sequencer_config = SequencerConfig {
             snapshot_every_blocks: config.journal.snapshot_every_blocks,
             ..SequencerConfig::default()

@@ -18,6 +18,9 @@ use yellowstone_wire::Address;
 pub struct RouterSink {
     shared: Arc<RouterShared>,
     outbox: Outbox,
+    /// `threads.ticket_signing = "engine"`: sign tickets here instead of in a
+    /// gateway job.
+    sign_on_engine: bool,
 }
 
 /// The wire type of the message a command came from, for `ErrorReply.ref_msg_type`.
@@ -56,8 +59,12 @@ fn route(shared: &RouterShared, address: Address) -> Option<ConnId> {
 }
 
 impl RouterSink {
-    pub fn new(shared: Arc<RouterShared>, outbox: Outbox) -> RouterSink {
-        RouterSink { shared, outbox }
+    pub fn new(shared: Arc<RouterShared>, outbox: Outbox, sign_on_engine: bool) -> RouterSink {
+        RouterSink {
+            shared,
+            outbox,
+            sign_on_engine,
+        }
     }
 
     fn origin_or_route(&self, origin: Origin, address: Address) -> Option<ConnId> {
@@ -127,6 +134,9 @@ impl EffectSink for RouterSink {
                         route(shared, to_wire(*provider)),
                         probe.into(),
                     );
+                }
+                Effect::SessionOpened { ticket } if self.sign_on_engine => {
+                    sign_and_send_ticket(shared, &self.outbox, ticket);
                 }
                 Effect::SessionOpened { ticket } => {
                     // Signed on the thread of the provider that just answered the
