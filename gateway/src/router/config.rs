@@ -66,6 +66,36 @@ pub fn demo_weights_hash(model_id: u32) -> [u8; 32] {
 
 pub const DEMO_MODELS: [u32; 4] = [1, 2, 3, 4];
 
+/// TOML integers are i64: wei amounts are written as integers when they fit and as
+/// strings of digits when they do not, and read from either.
+mod wei_in_toml {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &u128, serializer: S) -> Result<S::Ok, S::Error> {
+        match i64::try_from(*value) {
+            Ok(small) => serializer.serialize_i64(small),
+            Err(_) => serializer.serialize_str(&value.to_string()),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Amount {
+        Integer(i64),
+        Digits(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u128, D::Error> {
+        match Amount::deserialize(deserializer)? {
+            Amount::Integer(value) => u128::try_from(value)
+                .map_err(|_| serde::de::Error::custom("a wei amount cannot be negative")),
+            Amount::Digits(text) => text.trim().parse::<u128>().map_err(|_| {
+                serde::de::Error::custom(format!("not a wei amount (digits only): {text:?}"))
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketSection {
@@ -74,6 +104,8 @@ pub struct MarketSection {
     pub models: Vec<ModelEntry>,
     pub mor_supply_mor: u64,
     pub compute_budget_mor_per_day: u64,
+    /// Wei; a TOML integer, or a string of digits above 2^63 - 1 (TOML's limit).
+    #[serde(with = "wei_in_toml")]
     pub token_price_wei_per_1000: u128,
     /// "fixed" or "pool-percent".
     pub budget_policy: String,
@@ -389,6 +421,23 @@ mod tests {
             let config = RouterConfig::from_toml(toml).unwrap();
             assert!(config.validate().unwrap_err().contains(key), "{toml}");
         }
+    }
+
+    #[test]
+    fn print_config_output_reads_back_as_the_same_config() {
+        let mut config = RouterConfig::default();
+        let text = toml::to_string_pretty(&config).expect("every key serializes");
+        assert_eq!(RouterConfig::from_toml(&text).unwrap(), config);
+        // Wei amounts above TOML's i64 go as strings and come back whole.
+        config.market.token_price_wei_per_1000 = u128::from(u64::MAX) * 3;
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(RouterConfig::from_toml(&text).unwrap(), config);
+        let error =
+            RouterConfig::from_toml("[market]\ntoken_price_wei_per_1000 = -5\n").unwrap_err();
+        assert!(error.contains("negative"), "{error}");
+        let error =
+            RouterConfig::from_toml("[market]\ntoken_price_wei_per_1000 = \"12x\"\n").unwrap_err();
+        assert!(error.contains("wei amount"), "{error}");
     }
 
     #[test]
