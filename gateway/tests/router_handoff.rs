@@ -101,5 +101,11 @@ fn a_full_queue_refuses_with_overloaded_and_a_stopped_engine_with_shutting_down(
     let nonce = cancel(&mut client, 9);
     let reply = refusal(&mut client);
     assert_eq!((reply.code, reply.ref_nonce), (codes::SHUTTING_DOWN, nonce));
+    // Only what reached the engine's queue counts as a command.
+    assert!(
+        registry.render().contains("yellowstone_commands_total 3"),
+        "{}",
+        registry.render()
+    );
     gateways.shutdown().unwrap();
 }

@@ -81,7 +81,10 @@ impl RouterHandler {
                 .inbound
                 .try_send(SequencerInput::Command { origin, command })
             {
-                Ok(()) => continue,
+                Ok(()) => {
+                    self.shared.commands_total.inc();
+                    continue;
+                }
                 Err(TrySendError::Full(_)) => {
                     (codes::OVERLOADED, "overloaded, retry after the given delay")
                 }
@@ -89,26 +92,32 @@ impl RouterHandler {
                     (codes::SHUTTING_DOWN, "router shutting down")
                 }
             };
-            self.shared.count_rejection(code);
-            let reply = messages::ErrorReply {
-                code,
-                ref_msg_type: msg_type,
-                ref_nonce: nonce,
-                retry_after_ms: if code == codes::OVERLOADED {
-                    self.shared.retry_after_ms
-                } else {
-                    0
-                },
-                detail: 0,
-                reason: reason.into(),
-            };
             let mut frame = Vec::new();
-            Message::from(reply).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+            self.error_reply(code, msg_type, nonce, reason.into())
+                .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
             if self.context.outbox.send(conn, frame).is_err() {
                 self.shared.replies_dropped_total.inc();
             }
         }
         self.accepted = accepted;
+    }
+
+    /// The `ErrorReply` refusing a message (counted by its code).
+    fn error_reply(&self, code: u16, ref_msg_type: u16, ref_nonce: u64, reason: String) -> Message {
+        self.shared.count_rejection(code);
+        let retry_after_ms = if code == codes::OVERLOADED {
+            self.shared.retry_after_ms
+        } else {
+            0
+        };
+        Message::from(messages::ErrorReply {
+            code,
+            ref_msg_type,
+            ref_nonce,
+            retry_after_ms,
+            detail: 0,
+            reason,
+        })
     }
 
     fn refuse(
@@ -119,23 +128,8 @@ impl RouterHandler {
         ref_nonce: u64,
         reason: String,
     ) {
-        self.shared.count_rejection(code);
-        let retry_after_ms = if code == codes::OVERLOADED {
-            self.shared.retry_after_ms
-        } else {
-            0
-        };
-        let reply = messages::ErrorReply {
-            code,
-            ref_msg_type,
-            ref_nonce,
-            retry_after_ms,
-            detail: 0,
-            reason,
-        };
-        replies.reply_with(|out| {
-            Message::from(reply).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
-        });
+        let reply = self.error_reply(code, ref_msg_type, ref_nonce, reason);
+        replies.reply_with(|out| reply.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
     }
 
     fn login(
@@ -476,8 +470,8 @@ impl FrameHandler for RouterHandler {
             nonce,
             command,
         });
-        self.shared.commands_total.inc();
-        // Answered by the engine's effects, sent through the outbox.
+        // Answered by the engine's effects, sent through the outbox (or refused there
+        // if the queue cannot take it at the end of the turn after all).
         replies.answer();
         if self.accepted.len() >= HANDOFF_BATCH_MAX {
             self.hand_off();

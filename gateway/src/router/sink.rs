@@ -294,6 +294,16 @@ pub fn batch_message(batch: &CreditBatch, applied: &BatchApplied) -> Message {
     })
 }
 
+/// Signs `message` with the router key (timed as signature work) into a frame
+/// flagged as the router's.
+fn signed_frame(shared: &RouterShared, message: &mut Message) -> Vec<u8> {
+    let mut frame = shared.signature_cpu.measure(SignatureOp::Sign, || {
+        message.sign(&shared.router_key, shared.network_id)
+    });
+    frame[3] |= FLAG_RESPONSE;
+    frame
+}
+
 /// Signs a session ticket and sends it to both sides (R-MATCH-6); runs on a
 /// gateway thread.
 fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, ticket: &Ticket) {
@@ -309,10 +319,7 @@ fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, ticket: &Ticket)
         rfc_nonce: ticket.rfc_nonce,
         signature: Default::default(),
     });
-    let mut frame = shared.signature_cpu.measure(SignatureOp::Sign, || {
-        message.sign(&shared.router_key, shared.network_id)
-    });
-    frame[3] |= FLAG_RESPONSE;
+    let frame = signed_frame(shared, &mut message);
     for address in [to_wire(ticket.provider), to_wire(ticket.user)] {
         match route(shared, address) {
             Some(conn) if outbox.send(conn, frame.clone()).is_ok() => {}
@@ -328,11 +335,7 @@ fn sign_and_send_batch(
     batch: &CreditBatch,
     applied: &BatchApplied,
 ) {
-    let mut message = batch_message(batch, applied);
-    let mut frame = shared.signature_cpu.measure(SignatureOp::Sign, || {
-        message.sign(&shared.router_key, shared.network_id)
-    });
-    frame[3] |= FLAG_RESPONSE;
+    let frame = signed_frame(shared, &mut batch_message(batch, applied));
     let subscribers: Vec<ConnId> = shared
         .subscribers
         .iter()
