@@ -3,7 +3,7 @@
 //! authenticated commands to the engine thread. Every refusal is an `ErrorReply`
 //! with a stable code; only a broken frame header costs the connection.
 
-use super::shared::{to_engine, RouterShared};
+use super::shared::{to_engine, to_wire, RouterShared};
 use super::signature_cpu::SignatureOp;
 use crate::metrics::{Stage, StageRecorder};
 use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
@@ -22,8 +22,6 @@ use yellowstone_wire::{codes, Address};
 struct ConnState {
     challenge: [u8; 32],
     address: Option<Address>,
-    /// Sent provider messages: its disconnect makes it unreachable (R-MATCH-2).
-    provider: bool,
 }
 
 /// An authenticated command waiting for the end of the gateway's loop turn.
@@ -76,6 +74,18 @@ impl RouterHandler {
         } in accepted.drain(..)
         {
             let origin = conn.as_u64();
+            // R-ID-6: the route moves to the connection that registers, announces or
+            // submits, before the engine can answer with something to route.
+            match &command {
+                Command::RegisterProvider { provider, .. }
+                | Command::ProviderAnnounce { provider, .. } => {
+                    self.shared.routes.provider.insert(to_wire(*provider), conn);
+                }
+                Command::SubmitRfc { user, .. } => {
+                    self.shared.routes.user.insert(to_wire(*user), conn);
+                }
+                _ => {}
+            }
             let (code, reason) = match self
                 .shared
                 .inbound
@@ -95,7 +105,8 @@ impl RouterHandler {
             let mut frame = Vec::new();
             self.error_reply(code, msg_type, nonce, reason.into())
                 .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
-            if self.context.outbox.send(conn, frame).is_err() {
+            // Answers the frame, still in flight (R-ID-6, half-close).
+            if self.context.outbox.reply(conn, frame).is_err() {
                 self.shared.replies_dropped_total.inc();
             }
         }
@@ -156,8 +167,8 @@ impl RouterHandler {
                 message.verify(self.shared.network_id, body)
             })
             .map_err(|e| (codes::of_sig_error(&e), e.to_string()))?;
+        // R-ID-6: a login takes no route; registering, announcing or submitting does.
         state.address = Some(address);
-        self.shared.routes.insert(address, conn);
         Ok(address)
     }
 
@@ -171,11 +182,6 @@ impl RouterHandler {
     ) -> Result<Option<Command>, Refused> {
         let origin = to_engine(from);
         let network_id = self.shared.network_id;
-        let mark_provider = |handler: &mut RouterHandler| {
-            if let Some(state) = handler.conns.get_mut(&conn) {
-                state.provider = true;
-            }
-        };
         let command = match message {
             Message::RegisterProvider(m) => {
                 if m.endpoint.len() > messages::ENDPOINT_BYTES_MAX {
@@ -215,7 +221,6 @@ impl RouterHandler {
                         capacity: offer.capacity,
                     });
                 }
-                mark_provider(self);
                 Command::RegisterProvider {
                     provider: origin,
                     nonce: m.nonce,
@@ -235,21 +240,15 @@ impl RouterHandler {
                 nonce: m.nonce,
                 model: m.model_id,
             },
-            Message::ProviderAnnounce(m) => {
-                mark_provider(self);
-                Command::ProviderAnnounce {
-                    provider: origin,
-                    nonce: m.nonce,
-                }
-            }
-            Message::ProbeAnswer(m) => {
-                mark_provider(self);
-                Command::ProbeAnswer {
-                    provider: origin,
-                    nonce: m.nonce,
-                    probe: m.probe_id,
-                }
-            }
+            Message::ProviderAnnounce(m) => Command::ProviderAnnounce {
+                provider: origin,
+                nonce: m.nonce,
+            },
+            Message::ProbeAnswer(m) => Command::ProbeAnswer {
+                provider: origin,
+                nonce: m.nonce,
+                probe: m.probe_id,
+            },
             Message::Rfc(m) => {
                 // Pre-check (R-QUOTA-6): the engine would refuse it too, but this
                 // spares the journal and the engine thread a sybil flood.
@@ -334,7 +333,6 @@ impl FrameHandler for RouterHandler {
             ConnState {
                 challenge,
                 address: None,
-                provider: false,
             },
         );
         let hello = messages::LoginChallenge {
@@ -445,6 +443,8 @@ impl FrameHandler for RouterHandler {
                         ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
                     });
                 }
+                // Whatever needs no engine is answered now: nothing stays in flight.
+                replies.answer();
                 return;
             }
             Err((code, reason)) => return self.refuse(replies, code, msg_type, nonce, reason),
@@ -470,9 +470,9 @@ impl FrameHandler for RouterHandler {
             nonce,
             command,
         });
-        // Answered by the engine's effects, sent through the outbox (or refused there
-        // if the queue cannot take it at the end of the turn after all).
-        replies.answer();
+        // Stays in flight until the engine's effects answer it through the outbox (or
+        // it is refused there if the queue cannot take it at the end of the turn after
+        // all): a connection half-closed meanwhile waits for that answer (R-ID-6).
         if self.accepted.len() >= HANDOFF_BATCH_MAX {
             self.hand_off();
         }
@@ -492,10 +492,10 @@ impl FrameHandler for RouterHandler {
         };
         self.shared.subscribers.remove(&conn);
         if let Some(address) = state.address {
-            self.shared
-                .routes
-                .remove_if(&address, |_, routed| *routed == conn);
-            if state.provider {
+            // R-ID-6: only the routes this connection holds go; only then is the
+            // provider unreachable (a newer connection keeps it reachable).
+            let released = self.shared.routes.release(&address, conn);
+            if released.provider {
                 let command = Command::ProviderDisconnected {
                     provider: to_engine(address),
                 };

@@ -16,8 +16,8 @@ pub struct RouterShared {
     pub network_id: u32,
     pub router_key: SigningKey,
     pub operator: Option<Address>,
-    /// Latest logged-in connection of each address.
-    pub routes: DashMap<Address, ConnId>,
+    /// Where messages for an address go (R-ID-6); a login takes no route.
+    pub routes: Routes,
     /// Balances as last set by the operator: lets gateways refuse zero-balance RFCs
     /// without a trip to the engine (the engine checks again).
     pub balances: DashMap<Address, u128>,
@@ -41,6 +41,54 @@ impl RouterShared {
                 &[("code", yellowstone_wire::codes::name(code))],
             )
             .inc();
+    }
+}
+
+/// The connection each address's pushed messages go to (R-ID-6). An address may hold
+/// several connections; a route moves only when a connection does what the route is
+/// for, and a close removes only the routes that connection holds:
+/// - `provider`: where the provider last registered or announced (probes, its copy of
+///   a ticket, notices);
+/// - `user`: where the user last submitted an RFC (its copy of a ticket, an RFC's
+///   failure).
+#[derive(Default)]
+pub struct Routes {
+    pub provider: DashMap<Address, ConnId>,
+    pub user: DashMap<Address, ConnId>,
+}
+
+/// The routes a closed connection held and gave up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutesReleased {
+    pub provider: bool,
+    pub user: bool,
+}
+
+impl Routes {
+    pub fn provider(&self, address: &Address) -> Option<ConnId> {
+        self.provider.get(address).map(|c| *c)
+    }
+
+    pub fn user(&self, address: &Address) -> Option<ConnId> {
+        self.user.get(address).map(|c| *c)
+    }
+
+    /// Removes the routes of `address` that point at `conn`, and only those: a newer
+    /// connection of the same address keeps its routes.
+    pub fn release(&self, address: &Address, conn: ConnId) -> RoutesReleased {
+        let released = RoutesReleased {
+            provider: self
+                .provider
+                .remove_if(address, |_, routed| *routed == conn)
+                .is_some(),
+            user: self
+                .user
+                .remove_if(address, |_, routed| *routed == conn)
+                .is_some(),
+        };
+        debug_assert!(self.provider(address) != Some(conn));
+        debug_assert!(self.user(address) != Some(conn));
+        released
     }
 }
 
