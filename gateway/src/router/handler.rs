@@ -16,7 +16,7 @@ use std::time::Instant;
 use yellowstone_engine::{Command, OfferSpec};
 use yellowstone_wire::frame::Frame;
 use yellowstone_wire::messages::{self, signed_digest, Message};
-use yellowstone_wire::signature::{recover_signer, weights_proof_digest};
+use yellowstone_wire::signature::{recover_signer, weights_proof_digest, SigError};
 use yellowstone_wire::{codes, Address};
 
 struct ConnState {
@@ -48,6 +48,24 @@ pub struct RouterHandler {
 
 /// A refusal before the engine: code, reason.
 type Refused = (u16, String);
+
+/// The refusal of a signature, after `context`. R-ID-7: a signature that recovers
+/// another address (or none) names the network id the router checks against, since
+/// a message signed for another network id is the common cause.
+fn sig_refusal(network_id: u32, error: &SigError, context: String) -> Refused {
+    let mut reason = context;
+    reason.push_str(&error.to_string());
+    if matches!(
+        error,
+        SigError::SignerMismatch { .. } | SigError::BadSignature
+    ) {
+        reason.push_str(&format!(
+            " (this router expects signatures for network id {network_id}; a message \
+             signed for another network id recovers another address)"
+        ));
+    }
+    (codes::of_sig_error(error), reason)
+}
 
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
@@ -166,7 +184,7 @@ impl RouterHandler {
             .measure(SignatureOp::Verify, || {
                 message.verify(self.shared.network_id, body)
             })
-            .map_err(|e| (codes::of_sig_error(&e), e.to_string()))?;
+            .map_err(|e| sig_refusal(self.shared.network_id, &e, String::new()))?;
         // R-ID-6: a login takes no route; registering, announcing or submitting does.
         state.address = Some(address);
         Ok(address)
@@ -197,19 +215,18 @@ impl RouterHandler {
                     });
                     match signer {
                         Ok(signer) if signer == from => {}
-                        Ok(_) => {
-                            return Err((
-                                codes::SIGNER_MISMATCH,
-                                format!(
-                                    "weights proof of model {} is not signed by the provider",
-                                    offer.model_id
-                                ),
+                        Ok(recovered) => {
+                            return Err(sig_refusal(
+                                network_id,
+                                &SigError::SignerMismatch { recovered },
+                                format!("weights proof of model {}: ", offer.model_id),
                             ))
                         }
                         Err(e) => {
-                            return Err((
-                                codes::of_sig_error(&e),
-                                format!("weights proof of model {}: {e}", offer.model_id),
+                            return Err(sig_refusal(
+                                network_id,
+                                &e,
+                                format!("weights proof of model {}: ", offer.model_id),
                             ))
                         }
                     }
@@ -414,13 +431,8 @@ impl FrameHandler for RouterHandler {
             message.verify(self.shared.network_id, &frame.body)
         });
         if let Err(error) = verified {
-            return self.refuse(
-                replies,
-                codes::of_sig_error(&error),
-                msg_type,
-                nonce,
-                error.to_string(),
-            );
+            let (code, reason) = sig_refusal(self.shared.network_id, &error, String::new());
+            return self.refuse(replies, code, msg_type, nonce, reason);
         }
         self.stages
             .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
