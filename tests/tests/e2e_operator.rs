@@ -305,3 +305,51 @@ fn run_help_says_what_a_stop_seals() {
     assert!(stdout.contains("not sealed early"), "{stdout}");
     assert!(stdout.contains("--in-memory"), "{stdout}");
 }
+
+/// The metrics endpoint with a client trickling a request one byte every 1.5 s
+/// beside it: every scrape is answered within its timeout, and the trickler is
+/// closed at the whole-request deadline (2 s by default) instead of held.
+#[test]
+fn metrics_scrapes_are_answered_beside_a_trickling_client() {
+    use std::io::Write as _;
+    use std::net::TcpStream;
+    let router = RouterProcess::start(&["--in-memory"]);
+    let metrics = router.ready.metrics;
+    let trickler = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(metrics).unwrap();
+        let started = Instant::now();
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" {
+            if stream.write_all(&[*byte]).is_err() {
+                return Some(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(1_500));
+        }
+        None
+    });
+    let scrape_timeout = Duration::from_secs(2);
+    for scrape in 0..6 {
+        let started = Instant::now();
+        let mut stream = TcpStream::connect(metrics).unwrap();
+        stream.set_read_timeout(Some(scrape_timeout)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        let read = stream.read_to_string(&mut response);
+        assert!(
+            read.is_ok() && response.starts_with("HTTP/1.1 200 OK"),
+            "scrape {scrape} not answered within {scrape_timeout:?}: {read:?} {response:?}"
+        );
+        assert!(
+            response.contains("yellowstone_connections_open"),
+            "{response}"
+        );
+        assert!(started.elapsed() < scrape_timeout);
+        std::thread::sleep(Duration::from_millis(1_000));
+    }
+    let closed_after = trickler.join().unwrap();
+    assert!(
+        closed_after.is_some_and(|t| t < Duration::from_secs(8)),
+        "the trickler is closed near its deadline: {closed_after:?}"
+    );
+}
