@@ -822,7 +822,7 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
     while Instant::now() < window_end + config.drain {
         std::thread::sleep(Duration::from_millis(500));
         tick += 1;
-        if config.progress && tick % ticks_per_line == 0 {
+        if config.progress && tick.is_multiple_of(ticks_per_line) {
             let elapsed = Instant::now()
                 .saturating_duration_since(start)
                 .as_secs_f64();
