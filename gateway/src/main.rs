@@ -20,8 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Runs the router until SIGINT/SIGTERM. On a stop it answers everything already
-    /// made durable and exits; a block still in progress is not sealed early, and
+    /// Runs the router until SIGINT/SIGTERM.
+    ///
+    /// On a stop it answers everything already made durable and exits; a block still in progress is not sealed early, and
     /// nothing is lost: the next start seals it at its boundary (its batch then
     /// follows). Keeps its state in a data directory (`yellowstone-data` in the
     /// working directory unless --data-dir; --in-memory keeps none).
