@@ -34,8 +34,9 @@ pub struct NetworkConfig {
     pub connections_max: usize,
     /// Largest frame (header + body) accepted, in bytes. 16 KiB (the wire default).
     pub frame_bytes_max: usize,
-    /// Frames of one connection handed to the handler and not yet answered; past it
-    /// the connection is not read (TCP back-pressure). 64.
+    /// Frames of one connection handed to the handler and not yet answered (a command
+    /// handed to the engine counts until the engine's reply is queued); past it the
+    /// connection is not read (TCP back-pressure). 64.
     pub conn_inflight_frames_max: u32,
     /// Bytes queued for one connection and not yet sent; past it the client, too slow
     /// to read its replies, is disconnected. 1 MiB.

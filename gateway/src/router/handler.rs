@@ -46,6 +46,22 @@ pub struct RouterHandler {
     accepted: Vec<Accepted>,
 }
 
+/// The route a command moves to its connection (R-ID-6).
+enum RouteKind {
+    Provider(Address),
+    User(Address),
+}
+
+fn route_taken(command: &Command) -> Option<RouteKind> {
+    match command {
+        Command::RegisterProvider { provider, .. } | Command::ProviderAnnounce { provider, .. } => {
+            Some(RouteKind::Provider(to_wire(*provider)))
+        }
+        Command::SubmitRfc { user, .. } => Some(RouteKind::User(to_wire(*user))),
+        _ => None,
+    }
+}
+
 /// A refusal before the engine: code, reason.
 type Refused = (u16, String);
 
@@ -92,23 +108,26 @@ impl RouterHandler {
         } in accepted.drain(..)
         {
             let origin = conn.as_u64();
+            let send = |command: Command| {
+                self.shared
+                    .inbound
+                    .try_send(SequencerInput::Command { origin, command })
+            };
             // R-ID-6: the route moves to the connection that registers, announces or
             // submits, before the engine can answer with something to route.
-            match &command {
-                Command::RegisterProvider { provider, .. }
-                | Command::ProviderAnnounce { provider, .. } => {
-                    self.shared.routes.provider.insert(to_wire(*provider), conn);
+            let sent = match route_taken(&command) {
+                Some(RouteKind::Provider(provider)) => {
+                    self.shared
+                        .routes
+                        .move_provider_then(provider, conn, || send(command))
                 }
-                Command::SubmitRfc { user, .. } => {
-                    self.shared.routes.user.insert(to_wire(*user), conn);
+                Some(RouteKind::User(user)) => {
+                    self.shared.routes.user.insert(user, conn);
+                    send(command)
                 }
-                _ => {}
-            }
-            let (code, reason) = match self
-                .shared
-                .inbound
-                .try_send(SequencerInput::Command { origin, command })
-            {
+                None => send(command),
+            };
+            let (code, reason) = match sent {
                 Ok(()) => {
                     self.shared.commands_total.inc();
                     continue;
@@ -506,16 +525,16 @@ impl FrameHandler for RouterHandler {
         if let Some(address) = state.address {
             // R-ID-6: only the routes this connection holds go; only then is the
             // provider unreachable (a newer connection keeps it reachable).
-            let released = self.shared.routes.release(&address, conn);
-            if released.provider {
+            let inbound = &self.shared.inbound;
+            self.shared.routes.release(&address, conn, || {
                 let command = Command::ProviderDisconnected {
                     provider: to_engine(address),
                 };
-                let _ = self.shared.inbound.try_send(SequencerInput::Command {
+                let _ = inbound.try_send(SequencerInput::Command {
                     origin: crate::sequencer::ORIGIN_INTERNAL,
                     command,
                 });
-            }
+            });
         }
         tracing::debug!(conn = conn.as_u64(), %reason, "connection closed");
     }

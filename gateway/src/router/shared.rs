@@ -73,22 +73,47 @@ impl Routes {
         self.user.get(address).map(|c| *c)
     }
 
+    /// Points the provider route of `address` at `conn` and runs `then` (handing the
+    /// registration or announce to the engine) before anyone else may change that
+    /// route: a concurrent close of the old connection then tells the engine either
+    /// before this command or not at all, never after it.
+    pub fn move_provider_then<R>(
+        &self,
+        address: Address,
+        conn: ConnId,
+        then: impl FnOnce() -> R,
+    ) -> R {
+        let route = self.provider.entry(address).insert(conn);
+        let result = then();
+        drop(route);
+        result
+    }
+
     /// Removes the routes of `address` that point at `conn`, and only those: a newer
-    /// connection of the same address keeps its routes.
-    pub fn release(&self, address: &Address, conn: ConnId) -> RoutesReleased {
-        let released = RoutesReleased {
-            provider: self
-                .provider
-                .remove_if(address, |_, routed| *routed == conn)
-                .is_some(),
-            user: self
-                .user
-                .remove_if(address, |_, routed| *routed == conn)
-                .is_some(),
+    /// connection of the same address keeps its routes. When the provider route was
+    /// this connection's, `on_provider_released` runs (telling the engine) before the
+    /// route can change again (see `move_provider_then`).
+    pub fn release(
+        &self,
+        address: &Address,
+        conn: ConnId,
+        on_provider_released: impl FnOnce(),
+    ) -> RoutesReleased {
+        let provider = match self.provider.entry(*address) {
+            dashmap::Entry::Occupied(route) if *route.get() == conn => {
+                on_provider_released();
+                route.remove();
+                true
+            }
+            _ => false,
         };
+        let user = self
+            .user
+            .remove_if(address, |_, routed| *routed == conn)
+            .is_some();
         debug_assert!(self.provider(address) != Some(conn));
         debug_assert!(self.user(address) != Some(conn));
-        released
+        RoutesReleased { provider, user }
     }
 }
 
