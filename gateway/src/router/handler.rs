@@ -108,10 +108,12 @@ impl RouterHandler {
         } in accepted.drain(..)
         {
             let origin = conn.as_u64();
+            // Only whether the queue was full or gone: the command itself is dropped.
             let send = |command: Command| {
                 self.shared
                     .inbound
                     .try_send(SequencerInput::Command { origin, command })
+                    .map_err(|error| matches!(error, TrySendError::Full(_)))
             };
             // R-ID-6: the route moves to the connection that registers, announces or
             // submits, before the engine can answer with something to route.
@@ -132,12 +134,8 @@ impl RouterHandler {
                     self.shared.commands_total.inc();
                     continue;
                 }
-                Err(TrySendError::Full(_)) => {
-                    (codes::OVERLOADED, "overloaded, retry after the given delay")
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    (codes::SHUTTING_DOWN, "router shutting down")
-                }
+                Err(true) => (codes::OVERLOADED, "overloaded, retry after the given delay"),
+                Err(false) => (codes::SHUTTING_DOWN, "router shutting down"),
             };
             let mut frame = Vec::new();
             self.error_reply(code, msg_type, nonce, reason.into())
