@@ -124,3 +124,37 @@ pub fn to_engine(address: Address) -> yellowstone_engine::Address {
 pub fn to_wire(address: yellowstone_engine::Address) -> Address {
     Address(address.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_id_6_a_close_releases_only_the_routes_its_connection_holds() {
+        let routes = Routes::default();
+        let address = Address([7; 20]);
+        let (a, b) = (ConnId::new(0, 1, 1), ConnId::new(1, 2, 1));
+        routes.move_provider_then(address, a, || ());
+        routes.user.insert(address, a);
+        // B took the provider route (an announce), A keeps the user route.
+        routes.move_provider_then(address, b, || ());
+        let mut told = false;
+        let released = routes.release(&address, a, || told = true);
+        assert_eq!(
+            released,
+            RoutesReleased {
+                provider: false,
+                user: true
+            }
+        );
+        assert!(
+            !told,
+            "A held no provider route: the provider stays reachable"
+        );
+        assert_eq!(routes.provider(&address), Some(b));
+        assert_eq!(routes.user(&address), None);
+        let released = routes.release(&address, b, || told = true);
+        assert!(released.provider && told);
+        assert_eq!(routes.provider(&address), None);
+    }
+}
