@@ -150,7 +150,8 @@ mod tests {
     #[test]
     fn r_block_2_a_consistent_batch_passes_and_each_inconsistency_is_named() {
         assert_eq!(check_content(&batch()), Ok(()));
-        let cases: [(fn(&mut CreditBatch), &str); 5] = [
+        type Spoil = fn(&mut CreditBatch);
+        let cases: [(Spoil, &str); 5] = [
             (|b| b.merkle_root = [0; 32], "root is empty"),
             (|b| b.receipts = 4, "count 3 sessions"),
             (|b| b.totals.swap(0, 1), "strictly ordered"),

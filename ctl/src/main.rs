@@ -205,7 +205,7 @@ fn balance(cli: &Cli, command: &BalanceCmd) -> Result<(), CtlError> {
             let chunks = entries.chunks(*entries_per_message);
             let messages = chunks.len();
             for (index, chunk) in chunks.enumerate() {
-                set_balances(&mut session, chunk).map_err(|error| {
+                set_balances(&mut session, chunk).inspect_err(|_| {
                     eprintln!(
                         "yellowstone-ctl: message {} of {messages} (entries {}..{}) not applied; \
                          the {} entries before it were. Setting is idempotent: rerun the file.",
@@ -214,7 +214,6 @@ fn balance(cli: &Cli, command: &BalanceCmd) -> Result<(), CtlError> {
                         index * entries_per_message + chunk.len(),
                         index * entries_per_message
                     );
-                    error
                 })?;
             }
             println!(
