@@ -42,7 +42,7 @@ pub use command::{
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
 pub use engine::{Engine, RestoreError};
 pub use error::{Limit, MarketError};
-pub use figures::{MarketFigures, ModelFigures};
+pub use figures::{MarketFigures, ModelFigures, ModelProviders};
 pub use types::{
     Address, ModelId, ProbeId, RfcId, SessionId, Unit, BLOCKS_PER_DAY, BLOCK_MS, WEI_PER_MOR,
 };
