@@ -284,7 +284,9 @@ messages! {
     MarketStateQuery = MARKET_STATE_QUERY, signed: false { query_id: u64 }
     /// R-OPS-3: the market's figures as the engine last published them (republished
     /// every 100 ms of engine time, and at once for a new block, an operator command
-    /// or a claim, before its `Ack`/`ClaimAck` leaves). Amounts in MOR wei; `max_tokens_per_day` is MaxT
+    /// or a claim, before its `Ack`/`ClaimAck` leaves; the per-model provider
+    /// figures every 100 ms, or less often in a market so large that their pass over
+    /// every offer would take over 2 % of the engine thread). Amounts in MOR wei; `max_tokens_per_day` is MaxT
     /// (R-QUOTA-1), `access_rate_tokens_per_mor` tokens per day per whole MOR
     /// (R-QUOTA-2); emitted, paid, owed, burned, credited and shortfall are since
     /// genesis; the pool is received and neither paid, owed nor burned;
