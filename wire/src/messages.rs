@@ -138,7 +138,7 @@ record!(ParamEntry { param_id: u16, value: u128 } max = PARAMS_MAX);
 record!(BatchTotals { provider: Address, wei: u128, tokens: u64, sessions: u32 } max = BATCH_TOTALS_MAX);
 
 /// One row of the message catalog (`CATALOG`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub struct MessageInfo {
     pub msg_type: u16,
     pub name: &'static str,
@@ -146,6 +146,9 @@ pub struct MessageInfo {
     pub signed: bool,
     /// (name, Rust type) in wire order.
     pub fields: &'static [(&'static str, &'static str)],
+    /// The body of the message with every field zero or empty (the size of its
+    /// fixed part, strings and lists counting their length prefixes only).
+    pub default_body: fn() -> Vec<u8>,
 }
 
 /// The list records carried inside messages, with their fields in wire order.
@@ -223,6 +226,11 @@ macro_rules! messages {
             name: stringify!($name),
             signed: $signed,
             fields: $name::FIELDS,
+            default_body: || {
+                let mut body = Vec::new();
+                $name::default().encode(&mut body);
+                body
+            },
         }),*];
 
         impl Message {
