@@ -256,7 +256,7 @@ fn the_doc_states_the_constants_the_code_uses() {
         format!("0x{LOGIN_TYPE:04X}"),
         format!("0x{WEIGHTS_PROOF_TYPE:04X}"),
         format!("A frame is a\n{HEADER_LEN}-byte header"),
-        format!("bit 0 `FLAG_RESPONSE`"),
+        "bit 0 `FLAG_RESPONSE`".to_string(),
         "(default 16,384)".to_string(),
     ] {
         assert!(DOC.contains(&needle), "docs/PROTOCOL.md lacks `{needle}`");
