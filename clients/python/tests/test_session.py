@@ -170,3 +170,99 @@ def test_full_session_with_batch_verification_and_claim(router):
 
     for client in (operator, user, provider):
         client.close()
+
+
+def test_probe_time_out_cancel_announce_and_set_params(router):
+    """A provider that misses its probe is told it is unreachable; the RFC keeps its
+    place and, cancelled, fails with reason 3 and the RFC's own nonce; the provider
+    announces itself back; SetParams by id sets the probe time-out."""
+    host, port = router["host"], router["port"]
+    operator = Client(host, port, router["operator"])
+    user = Client(host, port, Key.from_seed(b"python-client-user-2"))
+    provider = Client(host, port, Key.from_seed(b"python-client-provider-2"))
+    network_id = user.network_id
+
+    # A provider is matched only with a MOR balance above 0 (R-PROV-2).
+    nonce = operator.send_signed("BalanceUpdate", entries=[
+        {"address": user.address, "balance_wei": 5 * WEI_PER_MOR},
+        {"address": provider.address, "balance_wei": WEI_PER_MOR}])
+    operator.answer(nonce, "Ack")
+    # Param 10 is probe_timeout_ms (docs/PROTOCOL.md, ParamEntry).
+    nonce = operator.send_signed("SetParams", params=[{"param_id": 10, "value": 300}])
+    operator.answer(nonce, "Ack")
+    # Only the operator may: others get not_operator.
+    nonce = user.send_signed("SetParams", params=[{"param_id": 10, "value": 300}])
+    with pytest.raises(RouterError) as refused:
+        user.answer(nonce, "Ack")
+    assert refused.value.name == "not_operator"
+
+    weights_hash = blake3.blake3(b"yellowstone-demo-model-2").digest()
+    proof = provider.key.sign_digest(p.weights_proof_digest(network_id, 2, weights_hash))
+    nonce = provider.send_signed("RegisterProvider", endpoint="127.0.0.1:9998", offers=[{
+        "model_id": 2, "unit": 0, "weights_hash": weights_hash, "weights_proof": proof,
+        "price_wei_per_token": PRICE_WEI_PER_TOKEN, "capacity": 1}])
+    provider.answer(nonce, "Ack")
+
+    rfc_nonce = user.send_signed("Rfc", model_id=2, tokens_max=400, expires_at_ms=now_ms() + 60_000)
+    accepted = user.answer(rfc_nonce, "RfcAccepted")
+    probe = provider.expect(lambda n, f: f if n == "Probe" else None)
+    started = now_ms()
+    assert probe["deadline_ms"] - started <= 300 + 1_000
+    # No answer: the provider hears it is unreachable (kind 1).
+    notice = provider.expect(lambda n, f: f if n == "Notice" else None)
+    assert (notice["kind"], notice["until_ms"]) == (1, 0)
+    # Answering too late is refused.
+    late = provider.send_signed("ProbeAnswer", probe_id=probe["probe_id"])
+    with pytest.raises(RouterError) as refused:
+        provider.answer(late, "Ack")
+    assert refused.value.name == "unknown_probe"
+
+    # The RFC waits in the queue (no reachable provider); cancelling it is answered by
+    # RfcFailed carrying the RFC's nonce, not the cancel's.
+    cancel_nonce = user.send_signed("RfcCancel", rfc_id=accepted["rfc_id"])
+    failed = user.expect(lambda n, f: f if n == "RfcFailed" else None)
+    assert failed["nonce"] == rfc_nonce != cancel_nonce
+    assert (failed["rfc_id"], failed["reason"], failed["refunded_tokens"]) == (accepted["rfc_id"], 3, 400)
+    # Cancelling it again: unknown_rfc, naming the cancel's nonce.
+    again = user.send_signed("RfcCancel", rfc_id=accepted["rfc_id"])
+    with pytest.raises(RouterError) as refused:
+        user.answer(again, "RfcFailed")
+    assert refused.value.name == "unknown_rfc"
+
+    # Back in matching after ProviderAnnounce: the next RFC gets a ticket.
+    nonce = provider.send_signed("ProviderAnnounce")
+    provider.answer(nonce, "Ack")
+    rfc_nonce = user.send_signed("Rfc", model_id=2, tokens_max=400, expires_at_ms=now_ms() + 60_000)
+    user.answer(rfc_nonce, "RfcAccepted")
+    probe = provider.expect(lambda n, f: f if n == "Probe" else None)
+    provider.send_signed("ProbeAnswer", probe_id=probe["probe_id"])
+    ticket = user.expect(lambda n, f: f if n == "SessionTicket" else None)
+    assert ticket["rfc_nonce"] == rfc_nonce and ticket["model_id"] == 2
+
+    for client in (operator, user, provider):
+        client.close()
+
+
+def test_a_broken_header_is_refused_and_closes_only_that_connection(router):
+    import socket
+    host, port = router["host"], router["port"]
+    bystander = Client(host, port, Key.from_seed(b"python-client-bystander"))
+    raw = socket.create_connection((host, port), timeout=10)
+    raw.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    data = b""
+    while True:
+        chunk = raw.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    frames = []
+    while data:
+        _, _, body_len = p.decode_header(data[:p.HEADER_LEN])
+        frames.append(p.decode_frame(data[:p.HEADER_LEN + body_len]))
+        data = data[p.HEADER_LEN + body_len:]
+    names = [(name, fields.get("code")) for _, _, name, fields, _ in frames]
+    assert names == [("LoginChallenge", None), ("ErrorReply", 0x0102)], names
+    raw.close()
+    bystander.send("Ping", {"payload": 5})
+    assert bystander.expect(lambda n, f: f if n == "Pong" else None)["payload"] == 5
+    bystander.close()
