@@ -167,6 +167,7 @@ pub const RECORDS: &[(&str, &[(&str, &str)])] = &[
     ("BalanceEntry", BalanceEntry::FIELDS),
     ("ParamEntry", ParamEntry::FIELDS),
     ("BatchTotals", BatchTotals::FIELDS),
+    ("MarketModel", MarketModel::FIELDS),
 ];
 
 pub mod msg_type {
@@ -356,6 +357,14 @@ pub fn signed_digest(network_id: u32, msg_type: u16, body: &[u8]) -> Option<[u8;
 }
 
 impl Message {
+    /// Whether clients send this message to the router: every message with a signed
+    /// originator, and the unsigned queries (`Ping`, `MarketStateQuery`). The router
+    /// sends all the others, with FLAG_RESPONSE.
+    pub fn is_sent_by_client(&self) -> bool {
+        self.claimed_origin().is_some()
+            || matches!(self, Message::Ping(_) | Message::MarketStateQuery(_))
+    }
+
     /// The address a signed client message claims to come from, and its nonce.
     pub fn claimed_origin(&self) -> Option<(Address, u64)> {
         match self {

@@ -356,10 +356,10 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
         .collect()
 }
 
-/// Who sends a message: the client for what carries a signed originator (and
-/// `Ping`), the router for everything else. Router frames carry FLAG_RESPONSE.
+/// Who sends a message (`Message::is_sent_by_client`). Router frames carry
+/// FLAG_RESPONSE.
 fn sent_by_router(message: &Message) -> bool {
-    message.claimed_origin().is_none() && !matches!(message, Message::Ping(_))
+    !message.is_sent_by_client()
 }
 
 /// A second, table-driven decoder: walks a body by the catalog's field types
