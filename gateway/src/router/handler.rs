@@ -374,10 +374,10 @@ impl FrameHandler for RouterHandler {
             network_id: self.shared.network_id,
             router: self.shared.router_key.address(),
         };
-        let _ = self
-            .context
-            .outbox
-            .send(conn, Message::from(hello).to_frame());
+        // Like every frame the router sends, flagged FLAG_RESPONSE.
+        let mut frame = Vec::with_capacity(72);
+        Message::from(hello).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+        let _ = self.context.outbox.send(conn, frame);
     }
 
     fn on_frame(&mut self, conn: ConnId, frame: Frame, replies: &mut Replies<'_>) {
@@ -434,6 +434,17 @@ impl FrameHandler for RouterHandler {
             }
             (_, Some(address)) => address,
         };
+        if let Message::MarketStateQuery(query) = &message {
+            // R-OPS-3: public figures, answered here from the engine's last
+            // publication; the engine thread is not involved.
+            let state = Message::from(super::market::market_state(
+                &self.shared.market.load(),
+                query.query_id,
+            ));
+            replies
+                .reply_with(|out| state.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+            return;
+        }
         let Some((claimed, nonce)) = message.claimed_origin() else {
             return self.refuse(
                 replies,
