@@ -298,6 +298,10 @@ pub enum Effect {
         amount_wei: u128,
         owed_left_wei: u128,
     },
+    /// R-CHAIN-1: an epoch ended; the router signs and publishes its settlement.
+    SettlementSealed {
+        settlement: crate::settlement::SettlementRecord,
+    },
     /// Acknowledges operator and provider commands that have no other answer.
     Done {
         to: Address,
@@ -319,7 +323,7 @@ impl Effect {
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
             Effect::SessionExpired { user, .. } => Some(*user),
-            Effect::BatchSealed { .. } => None,
+            Effect::BatchSealed { .. } | Effect::SettlementSealed { .. } => None,
         }
     }
 }
