@@ -113,7 +113,11 @@ impl Engine {
         while settlement.history.len() > self.state.config.settlements_kept_max as usize {
             settlement.history.pop_front();
         }
-        effects.push(Effect::SettlementSealed { settlement: record });
+        effects.push(Effect::SettlementSealed {
+            settlement: record,
+            chain_id: self.state.config.settlement_chain_id,
+            contract: self.state.config.settlement_contract,
+        });
     }
 }
 

@@ -241,7 +241,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         self.engine.apply(&record.command, now_ms, &mut effects);
         if effects
             .iter()
-            .any(|e| matches!(e, Effect::BatchSealed { .. }))
+            .any(|e| matches!(e, Effect::BatchSealed { .. } | Effect::SettlementSealed { .. }))
         {
             self.journal.make_durable(seq)?;
         }
