@@ -82,8 +82,7 @@ impl DeployParams {
             )
             .unwrap_or(0),
             bootstrap_days: market.bootstrap_days,
-            pool_spend_bps: u16::try_from(market.pool_daily_spend_bps)
-                .expect("validated <= 10000"),
+            pool_spend_bps: u16::try_from(market.pool_daily_spend_bps).expect("validated <= 10000"),
             burn_unused: market.unused_budget == UnusedBudget::Burn,
         }
     }

@@ -230,11 +230,17 @@ pub enum ProofError {
 
 impl ClaimProof {
     /// The proof of `provider` in the last settled epoch of `state`.
-    pub fn from_state(state: &SettlementState, provider: &Address) -> Result<ClaimProof, ProofError> {
+    pub fn from_state(
+        state: &SettlementState,
+        provider: &Address,
+    ) -> Result<ClaimProof, ProofError> {
         let last = state.last().ok_or(ProofError::NoSettlement)?;
         let proof = ClaimProof::from_cumulative(&state.cumulative, provider)
             .ok_or(ProofError::NotCredited(*provider))?;
-        assert_eq!(proof.root, last.merkle_root, "cumulative list matches the record");
+        assert_eq!(
+            proof.root, last.merkle_root,
+            "cumulative list matches the record"
+        );
         Ok(ClaimProof {
             epoch: last.epoch,
             ..proof
@@ -242,7 +248,10 @@ impl ClaimProof {
     }
 
     /// The proof of `provider` in the tree of `cumulative` (epoch left 0).
-    pub fn from_cumulative(cumulative: &[(Address, u128)], provider: &Address) -> Option<ClaimProof> {
+    pub fn from_cumulative(
+        cumulative: &[(Address, u128)],
+        provider: &Address,
+    ) -> Option<ClaimProof> {
         let (_, cumulative_wei) = cumulative.iter().find(|(p, _)| p == provider)?;
         let leaves = leaves(cumulative);
         let leaf = leaf_hash(provider, *cumulative_wei);

@@ -59,8 +59,14 @@ fn selectors_of(abi: &Value, kind: &str) -> BTreeSet<[u8; 4]> {
                 .iter()
                 .map(canonical)
                 .collect();
-            let signature = format!("{}({})", item["name"].as_str().expect("name"), inputs.join(","));
-            keccak256(signature.as_bytes())[..4].try_into().expect("4 bytes")
+            let signature = format!(
+                "{}({})",
+                item["name"].as_str().expect("name"),
+                inputs.join(",")
+            );
+            keccak256(signature.as_bytes())[..4]
+                .try_into()
+                .expect("4 bytes")
         })
         .collect()
 }
@@ -70,16 +76,21 @@ fn r_chain_1_rust_interface_matches_the_compiled_abi() {
     let abi = Artifact::compute_contract().abi;
     let functions = selectors_of(&abi, "function");
     for selector in IComputeContract::IComputeContractCalls::selectors() {
-        assert!(functions.contains(&selector), "function {selector:02x?} not in the ABI");
+        assert!(
+            functions.contains(&selector),
+            "function {selector:02x?} not in the ABI"
+        );
     }
     let errors = selectors_of(&abi, "error");
     for selector in IComputeContract::IComputeContractErrors::selectors() {
-        assert!(errors.contains(&selector), "error {selector:02x?} not in the ABI");
+        assert!(
+            errors.contains(&selector),
+            "error {selector:02x?} not in the ABI"
+        );
     }
     assert_eq!(
         errors.len(),
-        IComputeContract::IComputeContractErrors::selectors().count()
-            + 3,
+        IComputeContract::IComputeContractErrors::selectors().count() + 3,
         "every custom error is known to the router side (besides OpenZeppelin's \
          SafeERC20FailedOperation, InvalidShortString and StringTooLong)"
     );

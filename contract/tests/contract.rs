@@ -58,7 +58,12 @@ impl Router {
     }
 
     /// Credits `credits` (and `bonus` shares) in the next epoch and signs it.
-    fn next(&mut self, d: &Deployment, credits: &[(u8, u128)], bonus: &[(u8, u128)]) -> SignedSettlement {
+    fn next(
+        &mut self,
+        d: &Deployment,
+        credits: &[(u8, u128)],
+        bonus: &[(u8, u128)],
+    ) -> SignedSettlement {
         let mut credited = 0;
         let mut bootstrap = 0;
         for (list, total) in [(credits, &mut credited), (bonus, &mut bootstrap)] {
@@ -110,15 +115,25 @@ fn r_chain_1_deploys_with_the_routers_parameters_and_the_same_digest() {
     assert_eq!(d.chain.view(&c, IComputeContract::networkIdCall {})._0, 7);
     let fp = d.fingerprint();
     assert_eq!((fp.next_epoch, fp.day), (0, 0));
-    assert_eq!(fp.day_cap, U256::from(EMISSION), "day 0: the emission, no pool yet");
+    assert_eq!(
+        fp.day_cap,
+        U256::from(EMISSION),
+        "day 0: the emission, no pool yet"
+    );
     assert_eq!(fp.emitted, U256::from(EMISSION));
     let mut router = Router::new();
     let signed = router.next(&d, &[(1, 5)], &[]);
     let on_chain = d
         .chain
-        .view(&c, IComputeContract::settlementDigestCall { s: signed.data() })
+        .view(
+            &c,
+            IComputeContract::settlementDigestCall { s: signed.data() },
+        )
         ._0;
-    assert_eq!(on_chain.0, signed.digest, "EIP-712 digest agrees with the contract's");
+    assert_eq!(
+        on_chain.0, signed.digest,
+        "EIP-712 digest agrees with the contract's"
+    );
     assert_eq!(
         signed.digest,
         settlement_digest(&signed.record, NETWORK_ID, CHAIN_ID, &d.contract)
@@ -137,7 +152,11 @@ fn r_chain_1_settlements_over_days_and_claims_pay_cumulative_minus_paid() {
     d.check_solvent();
     let p1 = router.proof(1);
     d.claim(&RELAYER, &p1).expect_ok("claim of provider 1");
-    assert_eq!(d.balance_of(&provider(1)), 300_000, "anyone may claim; MOR goes to the provider");
+    assert_eq!(
+        d.balance_of(&provider(1)),
+        300_000,
+        "anyone may claim; MOR goes to the provider"
+    );
     assert_eq!(
         d.claim(&RELAYER, &p1).error(),
         ContractError::NothingToClaim(IComputeContract::NothingToClaim {
@@ -186,12 +205,19 @@ fn r_contract_3_burn_sends_the_unspent_emission_away_at_the_days_end() {
     assert_eq!(d.balance_of(&dead), 700_000);
     let fp = d.fingerprint();
     assert_eq!(fp.burned, U256::from(700_000));
-    assert_eq!(fp.day_cap, U256::from(EMISSION), "nothing left in the pool to add");
+    assert_eq!(
+        fp.day_cap,
+        U256::from(EMISSION),
+        "nothing left in the pool to add"
+    );
     d.check_solvent();
 }
 
 fn hex_address(text: &str) -> [u8; 20] {
-    hex::decode(text).expect("hex").try_into().expect("20 bytes")
+    hex::decode(text)
+        .expect("hex")
+        .try_into()
+        .expect("20 bytes")
 }
 
 /// Runs a refused transaction and checks its error and that nothing changed.
@@ -200,7 +226,11 @@ fn refused(d: &mut Deployment, what: &str, data: Vec<u8>, expected: ContractErro
     let contract = d.contract;
     let outcome = d.chain.send(&RELAYER, &contract, data);
     assert_eq!(outcome.error(), expected, "{what}");
-    assert_eq!(d.fingerprint(), before, "{what} changed the contract's state");
+    assert_eq!(
+        d.fingerprint(),
+        before,
+        "{what} changed the contract's state"
+    );
 }
 
 #[test]
@@ -219,12 +249,16 @@ fn r_chain_1_hostile_settlements_are_refused_without_change() {
         forged.settle_calldata(),
         ContractError::BadSigner(IComputeContract::BadSigner { recovered }),
     );
-    let other_network = SignedSettlement::sign(&record, &router.key, NETWORK_ID + 1, CHAIN_ID, &d.contract);
+    let other_network =
+        SignedSettlement::sign(&record, &router.key, NETWORK_ID + 1, CHAIN_ID, &d.contract);
     refused(
         &mut d,
         "another network id",
         other_network.settle_calldata(),
-        ContractError::WrongNetwork(IComputeContract::WrongNetwork { expected: 7, got: 8 }),
+        ContractError::WrongNetwork(IComputeContract::WrongNetwork {
+            expected: 7,
+            got: 8,
+        }),
     );
     for (what, chain_id, contract) in [
         ("another chain", CHAIN_ID + 1, d.contract),
@@ -238,7 +272,10 @@ fn r_chain_1_hostile_settlements_are_refused_without_change() {
             assert_eq!(d.fingerprint(), before, "{what} changed state");
             outcome
         };
-        assert!(matches!(outcome.error(), ContractError::BadSigner(_)), "{what}");
+        assert!(
+            matches!(outcome.error(), ContractError::BadSigner(_)),
+            "{what}"
+        );
     }
     // Altered after signing: the credited amount.
     let mut altered = s0.clone();
@@ -257,7 +294,10 @@ fn r_chain_1_hostile_settlements_are_refused_without_change() {
         &mut d,
         "epoch out of order",
         s1.settle_calldata(),
-        ContractError::EpochOutOfOrder(IComputeContract::EpochOutOfOrder { expected: 0, got: 1 }),
+        ContractError::EpochOutOfOrder(IComputeContract::EpochOutOfOrder {
+            expected: 0,
+            got: 1,
+        }),
     );
     d.settle(&RELAYER, &s0).expect_ok("epoch 0");
     refused(
@@ -307,11 +347,17 @@ fn r_chain_1_hostile_settlements_are_refused_without_change() {
 }
 
 fn recover_of(signed: &SignedSettlement) -> alloy_primitives::Address {
-    let digest = settlement_digest(&signed.record, signed.network_id, signed.chain_id, &signed.contract);
+    let digest = settlement_digest(
+        &signed.record,
+        signed.network_id,
+        signed.chain_id,
+        &signed.contract,
+    );
     let mut sig = signed.signature;
     sig[64] -= 27;
-    let address = yellowstone_wire::signature::recover_signer(&digest, &yellowstone_wire::Signature(sig))
-        .expect("recoverable");
+    let address =
+        yellowstone_wire::signature::recover_signer(&digest, &yellowstone_wire::Signature(sig))
+            .expect("recoverable");
     evm_address(&Address(address.0))
 }
 

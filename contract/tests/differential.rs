@@ -60,9 +60,17 @@ impl Market {
                 unit: Unit::Token,
             }],
             // From a cap that binds most days to one that never does.
-            emission_wei_per_day: [10u128.pow(14), 10u128.pow(15), 10u128.pow(16), 10u128.pow(18)]
-                [rng.gen_range(0..4)],
-            unused_budget: if rng.gen_bool(0.5) { UnusedBudget::Burn } else { UnusedBudget::Carry },
+            emission_wei_per_day: [
+                10u128.pow(14),
+                10u128.pow(15),
+                10u128.pow(16),
+                10u128.pow(18),
+            ][rng.gen_range(0..4)],
+            unused_budget: if rng.gen_bool(0.5) {
+                UnusedBudget::Burn
+            } else {
+                UnusedBudget::Carry
+            },
             bootstrap_days: rng.gen_range(0..4),
             bootstrap_providers_max: rng.gen_range(0..5),
             pool_daily_spend_bps: rng.gen_range(0..=500),
@@ -71,9 +79,19 @@ impl Market {
             ..MarketConfig::default()
         };
         config.validate().expect("valid market");
-        let users = (0..20).map(|n| Address([0x10, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])).collect();
+        let users = (0..20)
+            .map(|n| {
+                Address([
+                    0x10, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+                ])
+            })
+            .collect();
         let providers = (0..rng.gen_range(1..8))
-            .map(|n| Address([0x20, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]))
+            .map(|n| {
+                Address([
+                    0x20, n, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2,
+                ])
+            })
             .collect();
         let mut market = Market {
             engine: Engine::new(config),
@@ -92,7 +110,11 @@ impl Market {
             .map(|a| (*a, 1_000 * WEI_PER_MOR))
             .collect();
         let nonce = market.nonce(OPERATOR);
-        market.apply(Command::SetBalances { operator: OPERATOR, nonce, entries });
+        market.apply(Command::SetBalances {
+            operator: OPERATOR,
+            nonce,
+            entries,
+        });
         for p in market.providers.clone() {
             let nonce = market.nonce(p);
             let price = market.rng.gen_range(10u128.pow(9)..10u128.pow(12));
@@ -181,13 +203,19 @@ impl Market {
             expires_at_ms: self.now_ms + 60_000,
         });
         let Some((probe, provider)) = self.effects.iter().find_map(|e| match e {
-            Effect::Probe { probe, provider, .. } => Some((*probe, *provider)),
+            Effect::Probe {
+                probe, provider, ..
+            } => Some((*probe, *provider)),
             _ => None,
         }) else {
             return;
         };
         let nonce = self.nonce(provider);
-        self.apply(Command::ProbeAnswer { provider, nonce, probe });
+        self.apply(Command::ProbeAnswer {
+            provider,
+            nonce,
+            probe,
+        });
         if let Some(session) = self.effects.iter().find_map(|e| match e {
             Effect::SessionOpened { ticket } => Some(ticket.session),
             _ => None,
@@ -254,19 +282,32 @@ fn run_seed(seed: u64) -> Coverage {
         let r = &sealed.record;
         // The emission of a day arrives before its first settlement.
         if funded_day != Some(r.day) {
-            let bonus = if r.day < params.bootstrap_days { params.bootstrap_bonus_wei_per_day } else { 0 };
+            let bonus = if r.day < params.bootstrap_days {
+                params.bootstrap_bonus_wei_per_day
+            } else {
+                0
+            };
             d.fund(params.compute_emission_wei_per_day + bonus);
             funded_day = Some(r.day);
         }
         let signed = SignedSettlement::sign(r, &key, NETWORK_ID, CHAIN_ID, &d.contract);
-        d.settle(&relayer, &signed).expect_ok(&format!("seed {seed} epoch {}", r.epoch));
+        d.settle(&relayer, &signed)
+            .expect_ok(&format!("seed {seed} epoch {}", r.epoch));
         let fp = d.fingerprint();
         let ctx = format!("seed {seed} epoch {} (of {epochs_per_day}/day)", r.epoch);
         assert_eq!(fp.emitted, U256::from(sealed.emitted_wei), "{ctx}: emitted");
         assert_eq!(fp.burned, U256::from(sealed.burned_wei), "{ctx}: burned");
         assert_eq!(fp.day_cap, U256::from(sealed.day_cap_wei), "{ctx}: day cap");
-        assert_eq!(fp.day_spent, U256::from(sealed.day_spent_wei), "{ctx}: day spent");
-        assert_eq!(fp.credited, U256::from(r.credited_cumulative_wei), "{ctx}: credited");
+        assert_eq!(
+            fp.day_spent,
+            U256::from(sealed.day_spent_wei),
+            "{ctx}: day spent"
+        );
+        assert_eq!(
+            fp.credited,
+            U256::from(r.credited_cumulative_wei),
+            "{ctx}: credited"
+        );
         d.check_solvent();
         // Some providers claim now, against this epoch's root.
         for (provider, cumulative) in &sealed.cumulative {
@@ -280,7 +321,10 @@ fn run_seed(seed: u64) -> Coverage {
                 outcome.expect_ok(&ctx);
                 paid.insert(*provider, *cumulative);
             } else {
-                assert!(matches!(outcome.error(), ContractError::NothingToClaim(_)), "{ctx}");
+                assert!(
+                    matches!(outcome.error(), ContractError::NothingToClaim(_)),
+                    "{ctx}"
+                );
             }
             d.check_solvent();
         }
@@ -305,7 +349,10 @@ fn run_seed(seed: u64) -> Coverage {
             .find(|(p, _)| p == provider)
             .map_or(0, |(_, c)| *c);
         let balance = d.balance_of(provider);
-        assert_eq!(balance, expected, "seed {seed}: provider {provider} paid to the wei");
+        assert_eq!(
+            balance, expected,
+            "seed {seed}: provider {provider} paid to the wei"
+        );
         assert_eq!(d.paid_to(provider), expected);
         total_paid += balance;
     }
@@ -315,7 +362,11 @@ fn run_seed(seed: u64) -> Coverage {
     assert_eq!(ledger.credited_wei.values().sum::<u128>(), credited_at_last);
     assert_eq!(ledger.paid_wei, 0);
     for (provider, cumulative) in &last.cumulative {
-        assert_eq!(ledger.owed(provider), *cumulative, "seed {seed}: ledger owes {provider}");
+        assert_eq!(
+            ledger.owed(provider),
+            *cumulative,
+            "seed {seed}: ledger owes {provider}"
+        );
     }
     Coverage {
         shortfall: ledger.shortfall_total_wei > 0,

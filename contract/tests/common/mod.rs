@@ -72,7 +72,13 @@ impl Chain {
         );
     }
 
-    fn run(&mut self, from: &Address, to: TxKind, data: Vec<u8>, commit: bool) -> (Outcome, Option<EvmAddress>) {
+    fn run(
+        &mut self,
+        from: &Address,
+        to: TxKind,
+        data: Vec<u8>,
+        commit: bool,
+    ) -> (Outcome, Option<EvmAddress>) {
         let tx = self.evm.tx_mut();
         tx.caller = evm_address(from);
         tx.transact_to = to;
@@ -83,24 +89,37 @@ impl Chain {
         tx.nonce = None;
         tx.chain_id = Some(self.chain_id);
         let result = if commit {
-            self.evm.transact_commit().expect("the EVM runs the transaction")
+            self.evm
+                .transact_commit()
+                .expect("the EVM runs the transaction")
         } else {
             self.evm.transact().expect("the EVM runs the call").result
         };
         match result {
-            ExecutionResult::Success { gas_used, output, .. } => {
+            ExecutionResult::Success {
+                gas_used, output, ..
+            } => {
                 let created = match &output {
                     Output::Create(_, address) => *address,
                     Output::Call(_) => None,
                 };
                 (
-                    Outcome { success: true, output: output.into_data(), gas_used },
+                    Outcome {
+                        success: true,
+                        output: output.into_data(),
+                        gas_used,
+                    },
                     created,
                 )
             }
-            ExecutionResult::Revert { gas_used, output } => {
-                (Outcome { success: false, output, gas_used }, None)
-            }
+            ExecutionResult::Revert { gas_used, output } => (
+                Outcome {
+                    success: false,
+                    output,
+                    gas_used,
+                },
+                None,
+            ),
             ExecutionResult::Halt { reason, gas_used } => {
                 panic!("transaction halted ({reason:?}) after {gas_used} gas")
             }
@@ -123,7 +142,12 @@ impl Chain {
     /// Calls a view without committing.
     pub fn view<C: SolCall>(&mut self, to: &Address, call: C) -> C::Return {
         let outcome = self
-            .run(&Address([0xCA; 20]), TxKind::Call(evm_address(to)), call.abi_encode(), false)
+            .run(
+                &Address([0xCA; 20]),
+                TxKind::Call(evm_address(to)),
+                call.abi_encode(),
+                false,
+            )
             .0
             .expect_ok("view");
         C::abi_decode_returns(&outcome.output, true).expect("view returns its type")
@@ -164,21 +188,37 @@ impl Deployment {
         let token = chain.deploy(&deployer, Artifact::test_mor().bytecode);
         params.token = token;
         let contract = chain.deploy(&deployer, params.deploy_code());
-        Deployment { chain, token, contract, deployer, params }
+        Deployment {
+            chain,
+            token,
+            contract,
+            deployer,
+            params,
+        }
     }
 
     /// Mints `amount` MOR wei to the contract (an emission arriving).
     pub fn fund(&mut self, amount: u128) {
-        let call = ITestMOR::mintCall { to: evm_address(&self.contract), amount: U256::from(amount) };
+        let call = ITestMOR::mintCall {
+            to: evm_address(&self.contract),
+            amount: U256::from(amount),
+        };
         let (deployer, token) = (self.deployer, self.token);
-        self.chain.send(&deployer, &token, call.abi_encode()).expect_ok("mint");
+        self.chain
+            .send(&deployer, &token, call.abi_encode())
+            .expect_ok("mint");
     }
 
     pub fn balance_of(&mut self, who: &Address) -> u128 {
         let token = self.token;
         let balance = self
             .chain
-            .view(&token, ITestMOR::balanceOfCall { account: evm_address(who) })
+            .view(
+                &token,
+                ITestMOR::balanceOfCall {
+                    account: evm_address(who),
+                },
+            )
             ._0;
         balance.try_into().expect("fits u128")
     }
@@ -186,7 +226,8 @@ impl Deployment {
     /// Relays a settlement from `relayer` (anyone).
     pub fn settle(&mut self, relayer: &Address, settlement: &SignedSettlement) -> Outcome {
         let contract = self.contract;
-        self.chain.send(relayer, &contract, settlement.settle_calldata())
+        self.chain
+            .send(relayer, &contract, settlement.settle_calldata())
     }
 
     /// Claims for a provider from `caller` (anyone).
@@ -215,7 +256,12 @@ impl Deployment {
     pub fn paid_to(&mut self, provider: &Address) -> u128 {
         let c = self.contract;
         self.chain
-            .view(&c, IComputeContract::paidToCall { provider: evm_address(provider) })
+            .view(
+                &c,
+                IComputeContract::paidToCall {
+                    provider: evm_address(provider),
+                },
+            )
             ._0
             .try_into()
             .expect("fits u128")
@@ -225,7 +271,10 @@ impl Deployment {
     pub fn check_solvent(&mut self) {
         let fp = self.fingerprint();
         assert!(fp.paid <= fp.credited);
-        assert!(fp.balance >= fp.credited - fp.paid, "contract holds less than it owes: {fp:?}");
+        assert!(
+            fp.balance >= fp.credited - fp.paid,
+            "contract holds less than it owes: {fp:?}"
+        );
         assert!(fp.credited + fp.burned <= fp.emitted, "{fp:?}");
     }
 }
