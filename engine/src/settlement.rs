@@ -213,7 +213,9 @@ mod tests {
     use super::*;
 
     fn list(n: u8) -> Vec<(Address, u128)> {
-        (1..=n).map(|i| (Address([i; 20]), i as u128 * 1_000)).collect()
+        (1..=n)
+            .map(|i| (Address([i; 20]), i as u128 * 1_000))
+            .collect()
     }
 
     #[test]
@@ -229,7 +231,11 @@ mod tests {
                 assert!(proof.len() <= 5);
                 // Another amount or another provider does not prove.
                 assert!(!verify_proof(&proof, &root, &leaf_hash(provider, wei + 1)));
-                assert!(!verify_proof(&proof, &root, &leaf_hash(&Address([0xAB; 20]), *wei)));
+                assert!(!verify_proof(
+                    &proof,
+                    &root,
+                    &leaf_hash(&Address([0xAB; 20]), *wei)
+                ));
             }
         }
         assert_eq!(merkle_root(&[]), [0; 32]);

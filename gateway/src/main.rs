@@ -258,7 +258,8 @@ fn main() {
             json,
         } => load_config(&config)
             .and_then(|config| {
-                let key_hex = Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
+                let key_hex =
+                    Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
                 let network_id = network_id.unwrap_or(config.identity.network_id);
                 let signer = settlement::Signer::from_data_dir(&data_dir, key_hex, network_id)?;
                 settlement::export(&data_dir, epoch, &signer)

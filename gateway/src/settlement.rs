@@ -20,13 +20,20 @@ pub struct Signer {
 
 impl Signer {
     /// `key_hex` if given, else `<dir>/router.key` (the router's own key file).
-    pub fn from_data_dir(dir: &Path, key_hex: Option<&str>, network_id: u32) -> Result<Signer, String> {
+    pub fn from_data_dir(
+        dir: &Path,
+        key_hex: Option<&str>,
+        network_id: u32,
+    ) -> Result<Signer, String> {
         let text = match key_hex {
             Some(text) => text.to_string(),
             None => {
                 let path = dir.join("router.key");
                 std::fs::read_to_string(&path).map_err(|e| {
-                    format!("{}: {e} (give the router's key with identity.router_key_hex)", path.display())
+                    format!(
+                        "{}: {e} (give the router's key with identity.router_key_hex)",
+                        path.display()
+                    )
                 })?
             }
         };
@@ -69,9 +76,8 @@ pub fn export(dir: &Path, epoch: Option<u64>, signer: &Signer) -> Result<Value, 
 /// `provider`'s proof against the last settled epoch's root, with the
 /// `claim(address, uint256, bytes32[])` calldata.
 pub fn claim_proof(dir: &Path, provider: &str) -> Result<Value, String> {
-    let address: yellowstone_wire::Address = provider
-        .parse()
-        .map_err(|e| format!("--provider: {e}"))?;
+    let address: yellowstone_wire::Address =
+        provider.parse().map_err(|e| format!("--provider: {e}"))?;
     let recovered = recover_read_only(dir)?;
     let proof = ClaimProof::from_state(recovered.engine.settlement(), &Address(address.0))
         .map_err(|e| e.to_string())?;
@@ -88,7 +94,10 @@ pub fn text(value: &Value) -> String {
                 Value::Array(items) => {
                     out.push_str(&format!("{key}:\n"));
                     for item in items {
-                        out.push_str(&format!("  {}\n", item.as_str().map_or(item.to_string(), str::to_string)));
+                        out.push_str(&format!(
+                            "  {}\n",
+                            item.as_str().map_or(item.to_string(), str::to_string)
+                        ));
                     }
                 }
                 other => out.push_str(&format!("{key}: {other}\n")),

@@ -8,12 +8,12 @@ use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{EffectSink, Origin, ORIGIN_INTERNAL};
 use std::sync::Arc;
+use yellowstone_contract::SignedSettlement;
 use yellowstone_engine::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, RfcFailure, Ticket,
 };
 use yellowstone_wire::frame::FLAG_RESPONSE;
 use yellowstone_wire::messages::{self, msg_type, Message};
-use yellowstone_contract::SignedSettlement;
 use yellowstone_wire::Address;
 
 pub struct RouterSink {
@@ -247,8 +247,12 @@ impl EffectSink for RouterSink {
                     chain_id,
                     contract,
                 } => {
-                    let (job_shared, settlement, chain_id, contract) =
-                        (self.shared.clone(), settlement.clone(), *chain_id, *contract);
+                    let (job_shared, settlement, chain_id, contract) = (
+                        self.shared.clone(),
+                        settlement.clone(),
+                        *chain_id,
+                        *contract,
+                    );
                     let job = Box::new(move |outbox: &Outbox| {
                         let signed = SignedSettlement::sign(
                             &settlement,
