@@ -420,6 +420,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn r_chain_1_settlement_keys_reach_the_market_and_bad_ones_are_named() {
+        let config = RouterConfig::from_toml(
+            "[market]\nsettlement_epoch_blocks = 1\nsettlement_chain_id = 31337\n\
+             settlement_contract = \"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\"\n",
+        )
+        .unwrap();
+        let market = config.market_config(5).unwrap();
+        assert_eq!(market.settlement_epoch_blocks, 1);
+        assert_eq!(market.settlement_chain_id, 31_337);
+        assert_eq!(market.settlement_contract.0[0], 0x5a);
+        assert_eq!(
+            RouterConfig::default()
+                .market_config(5)
+                .unwrap()
+                .settlement_epoch_blocks,
+            300
+        );
+        for (toml, key) in [
+            (
+                "[market]\nsettlement_epoch_blocks = 7\n",
+                "settlement_epoch_blocks",
+            ),
+            (
+                "[market]\nsettlement_contract = \"0x12\"\n",
+                "market.settlement_contract",
+            ),
+            (
+                "[market]\nsettlements_kept_max = 0\n",
+                "settlements_kept_max",
+            ),
+        ] {
+            let error = RouterConfig::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
+
+    #[test]
     fn empty_toml_gives_defaults_that_validate() {
         let config = RouterConfig::from_toml("").unwrap();
         assert_eq!(config, RouterConfig::default());
