@@ -68,6 +68,44 @@ impl SettlementState {
     pub fn last(&self) -> Option<&SettlementRecord> {
         self.history.back()
     }
+
+    /// R-CHAIN-1 invariants, checked with the engine's: every epoch that ended is
+    /// sealed and none that did not; the history is consecutive and ends with the
+    /// last sealed epoch; the cumulative list is sorted, positive, sums to the last
+    /// record's total and never exceeds what the ledger credited since.
+    pub fn check(&self, block: u64, epoch_blocks: u64, ledger: &crate::ledger::Ledger) {
+        assert_eq!(
+            self.next_epoch,
+            block / epoch_blocks,
+            "an ended epoch is unsealed"
+        );
+        assert!(self
+            .history
+            .iter()
+            .zip(self.history.iter().skip(1))
+            .all(|(a, b)| b.epoch == a.epoch + 1
+                && b.credited_cumulative_wei >= a.credited_cumulative_wei));
+        match self.last() {
+            Some(last) => {
+                assert_eq!(last.epoch + 1, self.next_epoch);
+                assert_eq!(
+                    self.cumulative.iter().map(|(_, wei)| wei).sum::<u128>(),
+                    last.credited_cumulative_wei
+                );
+            }
+            None => assert!(self.cumulative.is_empty() && self.next_epoch == 0),
+        }
+        assert!(self.cumulative.windows(2).all(|w| w[0].0 < w[1].0));
+        for (provider, wei) in &self.cumulative {
+            assert!(
+                *wei > 0
+                    && ledger
+                        .credited_wei
+                        .get(provider)
+                        .is_some_and(|now| now >= wei)
+            );
+        }
+    }
 }
 
 impl Engine {
