@@ -35,6 +35,8 @@ pub enum ParamId {
     ProbeTimeoutMs = 10,
     UnusedBudget = 11,
     BudgetPolicy = 12,
+    /// R-MONEY-1: `bid_wei_per_token_max` (> 0, not below any current offer's price).
+    BidWeiPerTokenMax = 13,
 }
 
 impl ParamId {
@@ -53,6 +55,7 @@ impl ParamId {
             10 => ProbeTimeoutMs,
             11 => UnusedBudget,
             12 => BudgetPolicy,
+            13 => BidWeiPerTokenMax,
             _ => return None,
         })
     }
@@ -133,13 +136,24 @@ pub enum Command {
         nonce: u64,
         amount_wei: u128,
     },
+    /// R-QUOTA-6: router-originated, the operator's balance snapshot file applied
+    /// when the data directory is created (or when the operator explicitly asks to
+    /// apply a different one). It carries no operator nonce, so it never spends
+    /// one; `file_blake3` identifies the file so that later starts can tell whether
+    /// they were given the same one. At most `balance_entries_max` entries a command.
+    LoadBalanceSnapshot {
+        file_blake3: [u8; 32],
+        entries: Vec<(Address, u128)>,
+    },
 }
 
 impl Command {
     /// The authenticated originator and its nonce, for commands a party signed.
     pub fn origin(&self) -> Option<(Address, u64)> {
         match self {
-            Command::Tick | Command::ProviderDisconnected { .. } => None,
+            Command::Tick
+            | Command::ProviderDisconnected { .. }
+            | Command::LoadBalanceSnapshot { .. } => None,
             Command::SetBalances {
                 operator, nonce, ..
             }
@@ -203,11 +217,16 @@ pub enum CreditReason {
     ZeroTokens = 4,
 }
 
-/// Per-provider totals of one block (R-BLOCK-2).
+/// Per-provider totals of one block (R-BLOCK-2, R-CONTRACT-2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct ProviderTotals {
     pub provider: Address,
-    pub wei: u128,
+    /// What the provider's credited sessions earned in the block: Σ tokens × price.
+    pub earned_wei: u128,
+    /// What the ledger credited of it after the day's cap (pro rata when the cap
+    /// cuts the block): `credited_wei <= earned_wei`. Filled in when the block is
+    /// sealed; a ledger applying a batch ignores it.
+    pub credited_wei: u128,
     pub tokens: u64,
     pub sessions: u32,
 }
@@ -223,8 +242,9 @@ pub struct CreditBatch {
 }
 
 impl CreditBatch {
-    pub fn total_wei(&self) -> u128 {
-        self.totals.iter().map(|t| t.wei).sum()
+    /// Σ earned_wei (R-MONEY-1: checked; a batch the engine seals always fits).
+    pub fn earned_total_wei(&self) -> Result<u128, crate::money::MoneyOverflow> {
+        crate::money::sum(self.totals.iter().map(|t| t.earned_wei))
     }
 }
 
@@ -233,6 +253,8 @@ impl CreditBatch {
 pub struct BatchApplied {
     pub credited_wei: u128,
     pub shortfall_wei: u128,
+    /// What each entry of `CreditBatch::totals` was credited, in the same order.
+    pub provider_credited_wei: Vec<u128>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -273,7 +295,9 @@ pub enum Effect {
         nonce: u64,
         session: SessionId,
         reason: CreditReason,
-        amount_wei: u128,
+        /// What the session earned (tokens × price when credited, else 0), to be
+        /// credited subject to the day's cap when its block is sealed (R-BLOCK-2).
+        earned_wei: u128,
     },
     /// A session closed without a report before its expiry (no credit).
     SessionExpired {
@@ -303,6 +327,11 @@ pub enum Effect {
         to: Address,
         nonce: u64,
     },
+    /// R-QUOTA-6: balances the engine applied (an operator update or the snapshot),
+    /// for the gateways' pre-check cache, which follows only this effect.
+    BalancesSet {
+        entries: Vec<(Address, u128)>,
+    },
 }
 
 impl Effect {
@@ -319,7 +348,7 @@ impl Effect {
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
             Effect::SessionExpired { user, .. } => Some(*user),
-            Effect::BatchSealed { .. } => None,
+            Effect::BatchSealed { .. } | Effect::BalancesSet { .. } => None,
         }
     }
 }

@@ -131,7 +131,7 @@ pub struct State {
     pub now_ms: u64,
     /// The open block (R-TIME-1).
     pub block: u64,
-    pub max_tokens_per_day: u64,
+    /// B for the current day (R-CONTRACT-5); MaxT is derived from it exactly.
     pub budget_wei_today: u128,
     /// Monotonic sequence for ids, bid times and arrival order.
     pub seq: u64,
@@ -148,9 +148,13 @@ pub struct State {
     pub session_expiries: BTreeSet<(u64, SessionId)>,
     pub suspensions: BTreeSet<(u64, ProviderIdx)>,
     pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
+    /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).
+    pub block_earned_wei: u128,
     pub merkle: MerkleAccumulator,
     pub ledger: Ledger,
     pub counters: Counters,
+    /// R-QUOTA-6: BLAKE3 of the last balance snapshot file applied, if any.
+    pub balance_snapshot_blake3: Option<[u8; 32]>,
 }
 
 impl State {

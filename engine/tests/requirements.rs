@@ -354,7 +354,7 @@ fn r_report_1_only_the_user_once_within_token_max_and_expiry() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::Credited,
-            amount_wei: 1_000,
+            earned_wei: 1_000,
             ..
         }
     ));
@@ -397,7 +397,7 @@ fn r_perf_1_and_2_too_slow_earns_nothing_and_a_penalty() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::TooSlow,
-            amount_wei: 0,
+            earned_wei: 0,
             ..
         }
     ));
@@ -407,7 +407,7 @@ fn r_perf_1_and_2_too_slow_earns_nothing_and_a_penalty() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::ReportedFail,
-            amount_wei: 0,
+            earned_wei: 0,
             ..
         }
     ));
@@ -429,7 +429,7 @@ fn r_perf_3_balance_weighted_credits_a_fail_from_a_smaller_holder() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::CreditedDespiteFail,
-            amount_wei: 1_000,
+            earned_wei: 1_000,
             ..
         }
     ));
@@ -439,7 +439,7 @@ fn r_perf_3_balance_weighted_credits_a_fail_from_a_smaller_holder() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::ReportedFail,
-            amount_wei: 0,
+            earned_wei: 0,
             ..
         }
     ));
@@ -568,7 +568,8 @@ fn r_block_1_and_2_one_batch_per_block_empty_ones_included() {
         first.totals,
         vec![ProviderTotals {
             provider: provider(1),
-            wei: 1_000,
+            earned_wei: 1_000,
+            credited_wei: 1_000,
             tokens: 100,
             sessions: 1
         }]
@@ -839,10 +840,13 @@ fn r_id_4_operator_commands_cannot_be_replayed() {
     };
     assert_eq!(
         m.apply(command.clone()),
-        vec![Effect::Done {
-            to: OPERATOR,
-            nonce: 1
-        }]
+        vec![
+            Effect::BalancesSet { entries: vec![] },
+            Effect::Done {
+                to: OPERATOR,
+                nonce: 1
+            }
+        ]
     );
     assert_eq!(
         rejection_in(&m.apply(command)),

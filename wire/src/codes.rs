@@ -135,6 +135,10 @@ pub fn name(code: u16) -> &'static str {
         0x0218 => "no_offer",
         0x0219 => "invalid_capacity",
         0x021A => "duplicate_model",
+        0x021B => "bid_above_max",
+        0x021C => "credit_unrepresentable",
+        0x021D => "credit_overflow",
+        0x021E => "invalid_param_set",
         _ => "unknown_code",
     }
 }
