@@ -412,6 +412,11 @@ impl Engine {
             .map_or(0, |idx| self.state.accounts[idx as usize].balance_wei)
     }
 
+    /// Whether `address` holds an account (funded, a provider, or the operator).
+    pub fn has_account(&self, address: &Address) -> bool {
+        self.account_of(address).is_some()
+    }
+
     pub fn nonce_last(&self, address: &Address) -> Option<u64> {
         self.account_of(address)
             .and_then(|idx| self.state.accounts[idx as usize].nonce_last)

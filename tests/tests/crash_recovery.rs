@@ -126,7 +126,7 @@ fn run_user(addr: SocketAddr, key: SigningKey, stop: Arc<AtomicBool>, seen: Arc<
         });
         let Some(ack) = ack else { return };
         assert!(
-            ack.credited,
+            ack.earned,
             "a passing report at a steady speed is credited"
         );
         let mut seen = seen.lock().unwrap();
@@ -138,7 +138,7 @@ fn run_user(addr: SocketAddr, key: SigningKey, stop: Arc<AtomicBool>, seen: Arc<
         unknown.1 -= most;
         let acknowledged = seen.acknowledged.entry(ticket.provider).or_default();
         acknowledged.0 += 1;
-        acknowledged.1 += ack.amount_wei;
+        acknowledged.1 += ack.earned_wei;
     }
 }
 

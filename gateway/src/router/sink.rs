@@ -37,7 +37,9 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::ProbeAnswer { .. } => msg_type::PROBE_ANSWER,
         Command::Report { .. } => msg_type::REPORT,
         Command::Claim { .. } => msg_type::CLAIM,
-        Command::Tick | Command::ProviderDisconnected { .. } => 0,
+        Command::Tick
+        | Command::ProviderDisconnected { .. }
+        | Command::LoadBalanceSnapshot { .. } => 0,
     }
 }
 
@@ -185,18 +187,19 @@ impl EffectSink for RouterSink {
                     nonce,
                     session,
                     reason,
-                    amount_wei,
+                    earned_wei,
                 } => {
-                    let credited = matches!(
+                    let earned = matches!(
                         reason,
                         CreditReason::Credited | CreditReason::CreditedDespiteFail
                     );
+                    // R-BLOCK-2: earned, subject to the day's cap at the block's seal.
                     let reply = messages::ReportAck {
                         nonce: *nonce,
                         session_id: *session,
-                        credited,
+                        earned,
                         reason: *reason as u8,
-                        amount_wei: *amount_wei,
+                        earned_wei: *earned_wei,
                     };
                     send(
                         shared,
@@ -259,6 +262,12 @@ impl EffectSink for RouterSink {
                         reply.into(),
                     );
                 }
+                Effect::BalancesSet { entries } => {
+                    // R-QUOTA-6: the pre-check cache follows what the engine applied.
+                    for (address, balance_wei) in entries {
+                        shared.balances.insert(to_wire(*address), *balance_wei);
+                    }
+                }
                 Effect::Done { to, nonce } => {
                     send(
                         shared,
@@ -285,7 +294,8 @@ pub fn batch_message(batch: &CreditBatch, applied: &BatchApplied) -> Message {
             .iter()
             .map(|t| messages::BatchTotals {
                 provider: to_wire(t.provider),
-                wei: t.wei,
+                earned_wei: t.earned_wei,
+                credited_wei: t.credited_wei,
                 tokens: t.tokens,
                 sessions: t.sessions,
             })
