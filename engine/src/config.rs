@@ -210,13 +210,16 @@ impl MarketConfig {
             ));
         }
         // R-CONTRACT-6: parameter sets that would stop the market.
-        if self.unused_budget == UnusedBudget::Burn && self.budget_policy == BudgetPolicy::PoolPercent
+        if self.unused_budget == UnusedBudget::Burn
+            && self.budget_policy == BudgetPolicy::PoolPercent
         {
-            return Err("unused_budget = burn with budget_policy = pool-percent leaves no \
+            return Err(
+                "unused_budget = burn with budget_policy = pool-percent leaves no \
                  compute budget from the second day: pool-percent takes 1 % of the \
                  contract's balance, and burn empties that balance of everything unspent \
                  each day; use carry, or a fixed budget"
-                .to_string());
+                    .to_string(),
+            );
         }
         let mut ids: Vec<ModelId> = self.models.iter().map(|m| m.id).collect();
         ids.sort_unstable();

@@ -58,7 +58,10 @@ impl Ledger {
     /// MOR the contract holds: received and neither burned nor paid.
     pub fn contract_balance_wei(&self) -> u128 {
         let gone = checked(money::add(self.burned_wei, self.paid_wei), "burned + paid");
-        checked(money::sub(self.emitted_wei, gone), "emitted - burned - paid")
+        checked(
+            money::sub(self.emitted_wei, gone),
+            "emitted - burned - paid",
+        )
     }
 
     /// Received, and neither burned, paid nor owed.

@@ -43,7 +43,10 @@ pub struct UserMaxRate {
 
 impl UserMaxRate {
     pub fn new(max_t: U256, supply_wei: u128) -> UserMaxRate {
-        assert!(supply_wei > 0, "supply must be positive (validated in config)");
+        assert!(
+            supply_wei > 0,
+            "supply must be positive (validated in config)"
+        );
         let supply = U256::from(supply_wei);
         let remainder = u128::try_from(max_t % supply).expect("a remainder below S fits u128");
         UserMaxRate {
@@ -78,8 +81,11 @@ pub fn user_max_tokens(
     balance_wei: u128,
     supply_wei: u128,
 ) -> u64 {
-    UserMaxRate::new(max_tokens_per_day(budget_wei, price_wei_per_1000), supply_wei)
-        .user_max_tokens(balance_wei)
+    UserMaxRate::new(
+        max_tokens_per_day(budget_wei, price_wei_per_1000),
+        supply_wei,
+    )
+    .user_max_tokens(balance_wei)
 }
 
 /// `a × b / c` rounding down, exact for any u128 inputs; `None` if c is 0 or the
@@ -101,7 +107,10 @@ mod tests {
         let max_t = max_tokens_per_day(budget, price);
         assert_eq!(max_t, U256::from(30_000_000_000u64));
         assert_eq!(access_rate_tokens_per_mor(max_t, supply), 3_000);
-        assert_eq!(user_max_tokens(budget, price, 5 * WEI_PER_MOR, supply), 15_000);
+        assert_eq!(
+            user_max_tokens(budget, price, 5 * WEI_PER_MOR, supply),
+            15_000
+        );
         assert_eq!(
             user_max_tokens(budget, price, 500 * WEI_PER_MOR, supply),
             1_500_000
@@ -124,7 +133,10 @@ mod tests {
     fn r_quota_3_rounds_down_and_never_overflows() {
         assert_eq!(user_max_tokens(3, 1000, 1, 2), 1);
         assert_eq!(user_max_tokens(u128::MAX, 1, u128::MAX, 1), u64::MAX);
-        assert_eq!(user_max_tokens(u128::MAX, 1, u128::MAX, u128::MAX), u64::MAX);
+        assert_eq!(
+            user_max_tokens(u128::MAX, 1, u128::MAX, u128::MAX),
+            u64::MAX
+        );
         assert_eq!(user_max_tokens(u128::MAX, 1, 0, 1), 0);
         assert_eq!(max_tokens_per_day_u64(u128::MAX, 1), u64::MAX);
         assert_eq!(mul_div(u128::MAX, u128::MAX, u128::MAX), Some(u128::MAX));

@@ -102,8 +102,8 @@ mod tests {
         let mut window = SpeedWindow::default();
         window.record(10, 1, 10); // 10 ms per token, 1 token
         window.record(90, 90, 10); // 1 ms per token, 90 tokens
-        // Token-weighted mean: 100 / 91 ms per token; with X = 0, 100 ms for 91 passes
-        // and 101 ms fails, while the unweighted mean (5.5 ms) would pass both.
+                                   // Token-weighted mean: 100 / 91 ms per token; with X = 0, 100 ms for 91 passes
+                                   // and 101 ms fails, while the unweighted mean (5.5 ms) would pass both.
         assert!(window.passes(100, 91, 0, 2));
         assert!(!window.passes(101, 91, 0, 2));
         // Extremes never overflow.

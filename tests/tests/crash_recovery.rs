@@ -125,10 +125,7 @@ fn run_user(addr: SocketAddr, key: SigningKey, stop: Arc<AtomicBool>, seen: Arc<
             _ => None,
         });
         let Some(ack) = ack else { return };
-        assert!(
-            ack.earned,
-            "a passing report at a steady speed is credited"
-        );
+        assert!(ack.earned, "a passing report at a steady speed is credited");
         let mut seen = seen.lock().unwrap();
         let unknown = seen
             .unknown

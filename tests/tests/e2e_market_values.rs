@@ -163,9 +163,11 @@ fn balance_update(
 fn provider_offer(provider: &Client, network_id: u32, price: u128, capacity: u32) -> Offer {
     use yellowstone_gateway::router::config::demo_weights_hash;
     let weights_hash = demo_weights_hash(1);
-    let weights_proof = provider
-        .key()
-        .sign_digest(&signature::weights_proof_digest(network_id, 1, &weights_hash));
+    let weights_proof = provider.key().sign_digest(&signature::weights_proof_digest(
+        network_id,
+        1,
+        &weights_hash,
+    ));
     Offer {
         model_id: 1,
         unit: 0,
@@ -322,8 +324,13 @@ fn r_money_1_bids_are_bounded_and_rfcs_must_fit_the_worst_case() {
     let refused = try_register(&mut provider, network_id, u128::MAX, 1).unwrap_err();
     assert_eq!(codes::name(refused.code), "bid_above_max");
     assert_eq!(refused.detail, 1_000_000_000_000_000_000_000_000);
-    try_register(&mut provider, network_id, 1_000_000_000_000_000_000_000_000, 1)
-        .expect("a bid at the maximum is accepted");
+    try_register(
+        &mut provider,
+        network_id,
+        1_000_000_000_000_000_000_000_000,
+        1,
+    )
+    .expect("a bid at the maximum is accepted");
     let nonce = provider.next_nonce();
     let update = UpdateBid {
         from: provider.address(),
@@ -592,7 +599,11 @@ fn r_perf_1_speed_gate_is_exact_at_the_threshold() {
     let t = session(&mut user, &mut provider, 10);
     let ack = report(&mut user, t.session_id, 4, 6).unwrap();
     assert!(!ack.earned);
-    assert_eq!((ack.reason, ack.earned_wei), (2, 0), "too slow, nothing earned");
+    assert_eq!(
+        (ack.reason, ack.earned_wei),
+        (2, 0),
+        "too slow, nothing earned"
+    );
 }
 
 /// R-CONTRACT-6: `burn` with `pool-percent` is refused at start and in SetParams,
@@ -632,5 +643,9 @@ fn r_contract_6_burn_with_pool_percent_is_refused() {
     };
     let refused = signed_ack(&mut operator, message.into(), nonce).unwrap_err();
     assert_eq!(codes::name(refused.code), "invalid_param_set");
-    assert!(refused.reason.contains("pool-percent"), "{}", refused.reason);
+    assert!(
+        refused.reason.contains("pool-percent"),
+        "{}",
+        refused.reason
+    );
 }
