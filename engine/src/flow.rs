@@ -71,6 +71,9 @@ impl Engine {
         account.quota_used_tokens += tokens_max;
         let seq = self.state.next_seq();
         let id = compose_id(seq, slot);
+        // R-RFC-2: priority is the user's balance at admission (a later balance update
+        // does not reorder queued RFCs), then arrival. `balance <= u128::MAX`, so the
+        // subtraction cannot underflow.
         let queue_key = (u128::MAX - balance, seq);
         let rfc = Rfc {
             id,

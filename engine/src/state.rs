@@ -61,8 +61,8 @@ pub struct Provider {
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct ModelState {
     pub spec: ModelSpec,
-    /// R-RFC-2: (u128::MAX - balance, arrival seq) -> RFC slot: highest balance first,
-    /// then earliest.
+    /// R-RFC-2: (u128::MAX - balance at admission, arrival seq) -> RFC slot: highest
+    /// balance first, then earliest.
     pub queue: BTreeMap<(u128, u64), u32>,
     /// R-MATCH-1: available offers by (price, bid time) -> (provider, offer index).
     /// An offer that is full, suspended or unreachable leaves this map but keeps its
