@@ -84,7 +84,10 @@ fn r_contract_6_burn_with_pool_percent_is_refused_with_the_reason() {
         ..config()
     };
     let reason = burn_pool.validate().unwrap_err();
-    assert!(reason.contains("burn") && reason.contains("pool-percent"), "{reason}");
+    assert!(
+        reason.contains("burn") && reason.contains("pool-percent"),
+        "{reason}"
+    );
 
     let mut m = Market::with(MarketConfig {
         budget_policy: BudgetPolicy::PoolPercent,
@@ -103,7 +106,11 @@ fn r_contract_6_burn_with_pool_percent_is_refused_with_the_reason() {
         }
         other => panic!("expected invalid_param_set, got {other:?}"),
     }
-    assert_eq!(m.engine.config().unused_budget, UnusedBudget::Carry, "unchanged");
+    assert_eq!(
+        m.engine.config().unused_budget,
+        UnusedBudget::Carry,
+        "unchanged"
+    );
 }
 
 #[test]
@@ -163,7 +170,11 @@ fn r_quota_6_snapshot_command_spends_no_operator_nonce_and_is_recorded() {
         }]
     );
     assert_eq!(m.engine.balance_snapshot_blake3(), Some([9; 32]));
-    assert_eq!(m.engine.nonce_last(&OPERATOR), None, "no operator nonce spent");
+    assert_eq!(
+        m.engine.nonce_last(&OPERATOR),
+        None,
+        "no operator nonce spent"
+    );
     m.fund(user(1), 0); // the operator's own nonce 1 is still free
     assert_eq!(m.engine.balance_wei(&user(1)), 0);
     // The hash survives a snapshot and restore (it is market state).
