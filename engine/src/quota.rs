@@ -60,6 +60,13 @@ impl UserMaxRate {
     /// where it enters a u64 field.
     #[inline]
     pub fn user_max_tokens(&self, balance_wei: u128) -> u64 {
+        if self.quotient == U256::ZERO {
+            // MaxT < S (every realistic market): UserMax = r × balance / S, in u128
+            // when the product fits, else in 256 bits; exact either way.
+            if let Some(product) = self.remainder.checked_mul(balance_wei) {
+                return u64::try_from(product / self.supply_wei).unwrap_or(u64::MAX);
+            }
+        }
         let balance = U256::from(balance_wei);
         let Some(whole) = self.quotient.checked_mul(balance) else {
             return u64::MAX;

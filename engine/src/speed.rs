@@ -30,8 +30,18 @@ impl SpeedWindow {
         }
         debug_assert!(self.tokens_sum > 0);
         // ms / tokens ≤ (Σms / Σtokens) × (100 + X) / 100, multiplied out: < 2^200.
+        let tolerance = 100 + percent as u128;
+        let left = (elapsed_ms as u128)
+            .checked_mul(self.tokens_sum)
+            .and_then(|v| v.checked_mul(100));
+        let right = (tokens as u128)
+            .checked_mul(self.ms_sum)
+            .and_then(|v| v.checked_mul(tolerance));
+        if let (Some(left), Some(right)) = (left, right) {
+            return left <= right; // the common case fits u128: the same exact test
+        }
         let left = U256::from(elapsed_ms) * U256::from(self.tokens_sum) * U256::from(100u32);
-        let right = U256::from(tokens) * U256::from(self.ms_sum) * U256::from(100 + percent as u64);
+        let right = U256::from(tokens) * U256::from(self.ms_sum) * U256::from(tolerance);
         left <= right
     }
 
