@@ -86,6 +86,7 @@ impl Engine {
             suspensions: BTreeSet::new(),
             block_totals: BTreeMap::new(),
             block_earned_wei: 0,
+            block_tokens: 0,
             merkle: MerkleAccumulator::default(),
             ledger: Ledger::default(),
             counters: Counters::default(),

@@ -507,13 +507,19 @@ impl Engine {
         tokens: u64,
         now: u64,
     ) -> Result<(), MarketError> {
+        let block_fits = money::add(self.state.block_earned_wei, amount_wei).is_ok();
+        // A provider's totals are parts of the block's: when the block's sums fit, so
+        // do the provider's, and the lookup is skipped (the hot path).
+        if block_fits && self.state.block_tokens + (tokens as u128) <= u64::MAX as u128 {
+            return Ok(());
+        }
         let (provider_wei, provider_tokens) = self
             .state
             .block_totals
             .get(&provider)
             .map_or((0, 0), |t| (t.earned_wei, t.tokens));
-        let fits = money::add(provider_wei, amount_wei).is_ok()
-            && money::add(self.state.block_earned_wei, amount_wei).is_ok()
+        let fits = block_fits
+            && money::add(provider_wei, amount_wei).is_ok()
             && provider_tokens.checked_add(tokens).is_some();
         if fits {
             return Ok(());
@@ -591,6 +597,9 @@ impl Engine {
             .expect("provider block total checked before the report was accepted");
         self.state.block_earned_wei = money::add(self.state.block_earned_wei, amount_wei)
             .expect("block total checked before the report was accepted");
+        // A bound for the fast path of `check_credit_fits` only: saturating merely
+        // sends later reports of the block to the exact per-provider check.
+        self.state.block_tokens = self.state.block_tokens.saturating_add(tokens as u128);
         totals.tokens = totals
             .tokens
             .checked_add(tokens)

@@ -150,6 +150,8 @@ pub struct State {
     pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
     /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).
     pub block_earned_wei: u128,
+    /// Σ tokens over `block_totals` (a bound for the credit check's fast path).
+    pub block_tokens: u128,
     pub merkle: MerkleAccumulator,
     pub ledger: Ledger,
     pub counters: Counters,
