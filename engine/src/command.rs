@@ -205,15 +205,16 @@ pub enum RfcFailure {
     Cancelled = 3,
 }
 
-/// Why a report did or did not earn a credit.
+/// Why a report did or did not earn a credit. What it earned is credited subject to
+/// the day's cap when its block is sealed (R-BLOCK-2), so the names say "earned".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum CreditReason {
-    Credited = 0,
+    Earned = 0,
     ReportedFail = 1,
     TooSlow = 2,
     /// Fail under `balance-weighted` where the user's balance did not exceed the
-    /// provider's: credited, with a penalty point.
-    CreditedDespiteFail = 3,
+    /// provider's: earned, with a penalty point.
+    EarnedDespiteFail = 3,
     ZeroTokens = 4,
 }
 
@@ -221,7 +222,7 @@ pub enum CreditReason {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct ProviderTotals {
     pub provider: Address,
-    /// What the provider's credited sessions earned in the block: Σ tokens × price.
+    /// What the provider's sessions earned in the block: Σ tokens × price.
     pub earned_wei: u128,
     /// What the ledger credited of it after the day's cap (pro rata when the cap
     /// cuts the block): `credited_wei <= earned_wei`. Filled in when the block is

@@ -469,7 +469,7 @@ impl Engine {
         let reason = self.judge_report(session, elapsed_ms, tokens, pass);
         let credited = matches!(
             reason,
-            CreditReason::Credited | CreditReason::CreditedDespiteFail
+            CreditReason::Earned | CreditReason::EarnedDespiteFail
         );
         if credited {
             self.check_credit_fits(session.provider, amount_wei, tokens, now)?;
@@ -485,7 +485,7 @@ impl Engine {
         }
         let penalty = matches!(
             reason,
-            CreditReason::ReportedFail | CreditReason::TooSlow | CreditReason::CreditedDespiteFail
+            CreditReason::ReportedFail | CreditReason::TooSlow | CreditReason::EarnedDespiteFail
         );
         if credited {
             self.credit(&session, elapsed_ms, tokens, amount_wei, report_digest);
@@ -556,7 +556,7 @@ impl Engine {
                     if user_balance > provider_balance || tokens == 0 {
                         CreditReason::ReportedFail
                     } else {
-                        CreditReason::CreditedDespiteFail
+                        CreditReason::EarnedDespiteFail
                     }
                 }
             };
@@ -571,7 +571,7 @@ impl Engine {
             config.speed_tolerance_percent,
             config.speed_reports_min,
         ) {
-            CreditReason::Credited
+            CreditReason::Earned
         } else {
             CreditReason::TooSlow
         }

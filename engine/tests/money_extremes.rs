@@ -323,7 +323,7 @@ fn check_step(m: &Market, seen: &mut Seen, bid_max: u128, command: &Command, eff
                 };
                 let credited = matches!(
                     reason,
-                    CreditReason::Credited | CreditReason::CreditedDespiteFail
+                    CreditReason::Earned | CreditReason::EarnedDespiteFail
                 );
                 let exact = big(*tokens as u128) * big(ticket.price_wei_per_token);
                 if credited {

@@ -362,7 +362,7 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
                 }
                 if matches!(
                     reason,
-                    CreditReason::Credited | CreditReason::CreditedDespiteFail
+                    CreditReason::Earned | CreditReason::EarnedDespiteFail
                 ) {
                     assert!(
                         seen.credited.insert(*session, *earned_wei).is_none(),

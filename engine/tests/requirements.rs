@@ -377,7 +377,7 @@ fn r_report_1_only_the_user_once_within_token_max_and_expiry() {
     assert!(matches!(
         effects[0],
         Effect::ReportAccepted {
-            reason: CreditReason::Credited,
+            reason: CreditReason::Earned,
             earned_wei: 1_000,
             ..
         }
@@ -452,7 +452,7 @@ fn r_perf_3_balance_weighted_credits_a_fail_from_a_smaller_holder() {
     assert!(matches!(
         effects[0],
         Effect::ReportAccepted {
-            reason: CreditReason::CreditedDespiteFail,
+            reason: CreditReason::EarnedDespiteFail,
             earned_wei: 1_000,
             ..
         }

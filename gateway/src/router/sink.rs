@@ -191,7 +191,7 @@ impl EffectSink for RouterSink {
                 } => {
                     let earned = matches!(
                         reason,
-                        CreditReason::Credited | CreditReason::CreditedDespiteFail
+                        CreditReason::Earned | CreditReason::EarnedDespiteFail
                     );
                     // R-BLOCK-2: earned, subject to the day's cap at the block's seal.
                     let reply = messages::ReportAck {
