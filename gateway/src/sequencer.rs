@@ -199,10 +199,13 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                 Err(_) => {} // timeout: tick below
             }
             self.tick_if_due()?;
-            self.release_durable();
+            // Observed before the burst's replies leave, so that what the observer
+            // publishes (the market's figures) is never older than a reply a client
+            // already holds.
             if let Some(observer) = self.observer.as_mut() {
                 observer(&self.engine);
             }
+            self.release_durable();
         }
         // Graceful stop: seal what is due, make everything durable, answer it.
         self.tick_if_due()?;

@@ -33,6 +33,9 @@ fn shared(
         replies_dropped_total: registry.counter("yellowstone_replies_dropped_total", "", &[]),
         signature_cpu: yellowstone_gateway::router::signature_cpu::SignatureCpu::new(registry),
         registry: registry.clone(),
+        market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
+            Default::default(),
+        )),
     })
 }
 

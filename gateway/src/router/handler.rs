@@ -399,6 +399,17 @@ impl FrameHandler for RouterHandler {
             }
             (_, Some(address)) => address,
         };
+        if let Message::MarketStateQuery(query) = &message {
+            // R-OPS-3: public figures, answered here from the engine's last
+            // publication; the engine thread is not involved.
+            let state = Message::from(super::market::market_state(
+                &self.shared.market.load(),
+                query.query_id,
+            ));
+            replies
+                .reply_with(|out| state.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+            return;
+        }
         let Some((claimed, nonce)) = message.claimed_origin() else {
             return self.refuse(
                 replies,

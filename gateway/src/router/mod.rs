@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod market;
 pub mod shared;
 pub mod signature_cpu;
 pub mod sink;
@@ -147,6 +148,8 @@ impl Router {
         } = options;
         config.validate()?;
         let registry = Registry::new();
+        let market = Arc::new(market::MarketBoard::new(engine.market_figures()));
+        market.register_metrics(&registry);
         let (inbound_tx, inbound_rx) =
             crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
         let shared = Arc::new(RouterShared {
@@ -170,6 +173,7 @@ impl Router {
             ),
             signature_cpu: signature_cpu::SignatureCpu::new(&registry),
             registry: registry.clone(),
+            market: market.clone(),
         });
         // A recovered engine knows balances the gateways' pre-check cache does not yet.
         for (address, balance) in engine.balances() {
@@ -196,9 +200,12 @@ impl Router {
         let journal_gauges = journal
             .stats()
             .map(|stats| JournalGauges::new(&registry, stats));
+        let mut figures =
+            market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
         let mut sequencer =
             Sequencer::new(engine, journal, sink, sequencer_config).with_observer(move |engine| {
                 gauges.update(engine);
+                figures.observe(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();
                 }
