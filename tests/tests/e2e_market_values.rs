@@ -617,7 +617,8 @@ fn r_contract_6_burn_with_pool_percent_is_refused() {
         9_000,
     );
     let output = std::process::Command::new(router_binary())
-        .args(["run", "--config", bad.as_str(), "--listen", "127.0.0.1:0"])
+        .args(["run", "--in-memory", "--config", bad.as_str()])
+        .args(["--listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
