@@ -178,7 +178,7 @@ impl Market {
         matches!(
             self.effects.last(),
             Some(Effect::ReportAccepted {
-                reason: CreditReason::Credited,
+                reason: CreditReason::Earned,
                 ..
             })
         )

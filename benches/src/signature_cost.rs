@@ -172,7 +172,8 @@ pub fn measure(iterations: usize, rounds: usize, batch_providers: usize) -> Sign
         totals: (0..batch_providers)
             .map(|i| BatchTotals {
                 provider: SigningKey::from_seed(format!("p{i}").as_bytes()).address(),
-                wei: 1_000_000_000 * i as u128,
+                earned_wei: 1_000_000_000 * i as u128,
+                credited_wei: 1_000_000_000 * i as u128,
                 tokens: 1_000,
                 sessions: 10,
             })

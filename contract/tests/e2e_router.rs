@@ -115,8 +115,8 @@ fn report(user: &mut client::Client, ticket: &SessionTicket) -> (Address, u128) 
         Message::ErrorReply(e) => panic!("report refused: {e:?}"),
         _ => None,
     });
-    assert!(ack.credited);
-    (ticket.provider, ack.amount_wei)
+    assert!(ack.earned);
+    (ticket.provider, ack.earned_wei)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //!   pinned with `--router-address`, or the one announced at login);
 //! - the root rule (`engine::merkle`): 32 zero bytes exactly when there is no receipt;
 //! - receipts = Σ sessions over the provider totals, totals strictly ordered by
-//!   provider (so one row per provider), credited + shortfall = Σ wei;
+//!   provider (so one row per provider), credited + shortfall = Σ earned_wei, each provider credited at most its earned and the parts summing to the credited;
 //! - block numbers follow each other without a gap (`Follower`).
 //!
 //! Anyone holding the receipts (each user holds its own) recomputes the root with
@@ -47,12 +47,30 @@ pub fn check_content(batch: &CreditBatch) -> Result<(), String> {
     let earned = batch
         .totals
         .iter()
-        .try_fold(0u128, |sum, t| sum.checked_add(t.wei))
+        .try_fold(0u128, |sum, t| sum.checked_add(t.earned_wei))
         .ok_or_else(|| format!("block {}: totals overflow u128", batch.block))?;
     if batch.credited_wei.checked_add(batch.shortfall_wei) != Some(earned) {
         return Err(format!(
             "block {}: credited {} + shortfall {} differ from the totals' {earned} wei",
             batch.block, batch.credited_wei, batch.shortfall_wei
+        ));
+    }
+    // R-BLOCK-2: each provider's credited part is at most what it earned, and the
+    // parts add up to what the batch says was credited.
+    if let Some(t) = batch.totals.iter().find(|t| t.credited_wei > t.earned_wei) {
+        return Err(format!(
+            "block {}: provider {} credited {} above its earned {} wei",
+            batch.block, t.provider, t.credited_wei, t.earned_wei
+        ));
+    }
+    let credited = batch
+        .totals
+        .iter()
+        .try_fold(0u128, |sum, t| sum.checked_add(t.credited_wei));
+    if credited != Some(batch.credited_wei) {
+        return Err(format!(
+            "block {}: the providers' credited parts differ from the batch's credited {} wei",
+            batch.block, batch.credited_wei
         ));
     }
     Ok(())
@@ -107,7 +125,8 @@ pub fn to_json(batch: &CreditBatch) -> Value {
         "shortfall_wei": batch.shortfall_wei.to_string(),
         "totals": batch.totals.iter().map(|t| json!({
             "provider": t.provider.to_string(),
-            "wei": t.wei.to_string(),
+            "earned_wei": t.earned_wei.to_string(),
+            "credited_wei": t.credited_wei.to_string(),
             "tokens": t.tokens,
             "sessions": t.sessions,
         })).collect::<Vec<_>>(),
@@ -127,18 +146,20 @@ mod tests {
             block: 4,
             merkle_root: [7; 32],
             receipts: 3,
-            credited_wei: 250,
-            shortfall_wei: 50,
+            credited_wei: 249,
+            shortfall_wei: 51,
             totals: vec![
                 BatchTotals {
                     provider: Address([1; 20]),
-                    wei: 100,
+                    earned_wei: 100,
+                    credited_wei: 83,
                     tokens: 10,
                     sessions: 1,
                 },
                 BatchTotals {
                     provider: Address([2; 20]),
-                    wei: 200,
+                    earned_wei: 200,
+                    credited_wei: 166,
                     tokens: 20,
                     sessions: 2,
                 },
@@ -151,11 +172,18 @@ mod tests {
     fn r_block_2_a_consistent_batch_passes_and_each_inconsistency_is_named() {
         assert_eq!(check_content(&batch()), Ok(()));
         type Spoil = fn(&mut CreditBatch);
-        let cases: [(Spoil, &str); 5] = [
+        let cases: [(Spoil, &str); 7] = [
             (|b| b.merkle_root = [0; 32], "root is empty"),
             (|b| b.receipts = 4, "count 3 sessions"),
             (|b| b.totals.swap(0, 1), "strictly ordered"),
-            (|b| b.shortfall_wei = 51, "differ from the totals"),
+            (|b| b.shortfall_wei = 52, "differ from the totals"),
+            (|b| b.totals[0].credited_wei = 101, "above its earned"),
+            (
+                |b| {
+                    b.totals[0].credited_wei = 82;
+                },
+                "credited parts differ",
+            ),
             (
                 |b| {
                     b.totals.clear();

@@ -246,7 +246,7 @@ fn r_ops_3_operator_sets_balances_and_params_by_name_and_reads_the_market() {
     let error = fails(&addr, None, &["market", "show"], 2);
     assert!(error.contains("--key-file"), "{error}");
     let list = ok(&addr, None, &["params", "list"]);
-    assert_eq!(list.lines().count(), 1 + 12, "{list}");
+    assert_eq!(list.lines().count(), 1 + 13, "{list}");
 
     // The query needs a login, as every message but Ping does.
     let stream = std::net::TcpStream::connect(router.ready.listen).unwrap();
@@ -417,7 +417,7 @@ fn r_ops_3_provider_claims_batches_follow_and_metrics_match_the_ledger() {
         Message::ReportAck(a) if a.nonce == nonce => Some(a.clone()),
         _ => None,
     });
-    assert!(ack.credited);
+    assert!(ack.earned);
 
     // batches follow: one verified JSON line, the session's block.
     let out = follower.wait_with_output().unwrap();
@@ -441,7 +441,8 @@ fn r_ops_3_provider_claims_batches_follow_and_metrics_match_the_ledger() {
         batch["totals"][0]["provider"],
         provider_key.address().to_string()
     );
-    assert_eq!(batch["totals"][0]["wei"], "300000000");
+    assert_eq!(batch["totals"][0]["earned_wei"], "300000000");
+    assert_eq!(batch["totals"][0]["credited_wei"], "300000000");
     assert_eq!(batch["credited_wei"], "300000000");
     let out = impostor.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));

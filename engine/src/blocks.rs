@@ -5,12 +5,14 @@
 use crate::command::{CreditBatch, Effect};
 use crate::config::{BudgetPolicy, UnusedBudget};
 use crate::engine::Engine;
-use crate::quota::{self, mul_div};
+use crate::quota::mul_div;
 
 impl Engine {
     /// R-BLOCK-2: one batch per block, empty when nothing was credited.
     pub(crate) fn seal_block(&mut self, effects: &mut Vec<Effect>) {
         let totals_map = std::mem::take(&mut self.state.block_totals);
+        let earned_total_wei = std::mem::take(&mut self.state.block_earned_wei);
+        self.state.block_tokens = 0;
         let mut totals: Vec<_> = totals_map.into_values().collect();
         totals.sort_unstable_by_key(|t| t.provider);
         let (merkle_root, receipts) = self.state.merkle.take_root();
@@ -18,18 +20,25 @@ impl Engine {
             receipts,
             totals.iter().map(|t| t.sessions as u64).sum::<u64>()
         );
-        let batch = CreditBatch {
+        let mut batch = CreditBatch {
             block: self.state.block,
             totals,
             merkle_root,
             receipts,
         };
+        debug_assert_eq!(batch.earned_total_wei(), Ok(earned_total_wei));
         let applied = self
             .state
             .ledger
             .apply_batch(&batch)
-            .expect("the engine seals blocks in order")
+            .expect("the engine seals blocks in order, each total checked as it grew")
             .expect("a block is sealed once");
+        // R-BLOCK-2: each provider's total says what it earned and what was credited.
+        debug_assert_eq!(applied.provider_credited_wei.len(), batch.totals.len());
+        for (totals, &credited) in batch.totals.iter_mut().zip(&applied.provider_credited_wei) {
+            debug_assert!(credited <= totals.earned_wei);
+            totals.credited_wei = credited;
+        }
         self.state.counters.batches += 1;
         effects.push(Effect::BatchSealed { batch, applied });
     }
@@ -62,7 +71,6 @@ impl Engine {
         self.state
             .ledger
             .start_day(day, emission, self.state.config.pool_daily_spend_bps);
-        self.state.max_tokens_per_day =
-            quota::max_tokens_per_day(budget, self.state.config.token_price_wei_per_1000);
+        self.refresh_quota_rate();
     }
 }

@@ -35,6 +35,8 @@ pub enum ParamId {
     ProbeTimeoutMs = 10,
     UnusedBudget = 11,
     BudgetPolicy = 12,
+    /// R-MONEY-1: `bid_wei_per_token_max` (> 0, not below any current offer's price).
+    BidWeiPerTokenMax = 13,
 }
 
 /// How a parameter's value is written by name: a plain integer, or one of a few
@@ -49,7 +51,7 @@ pub enum ParamKind {
 
 impl ParamId {
     /// Every run-time parameter, in id order (R-OPS-3).
-    pub const ALL: [ParamId; 12] = [
+    pub const ALL: [ParamId; 13] = [
         ParamId::ComputeBudgetWeiPerDay,
         ParamId::TokenPriceWeiPer1000,
         ParamId::MorSupplyWei,
@@ -62,6 +64,7 @@ impl ParamId {
         ParamId::ProbeTimeoutMs,
         ParamId::UnusedBudget,
         ParamId::BudgetPolicy,
+        ParamId::BidWeiPerTokenMax,
     ];
 
     /// The parameter's name: the `[market]` configuration key it overrides.
@@ -79,6 +82,7 @@ impl ParamId {
             ParamId::ProbeTimeoutMs => "probe_timeout_ms",
             ParamId::UnusedBudget => "unused_budget",
             ParamId::BudgetPolicy => "budget_policy",
+            ParamId::BidWeiPerTokenMax => "bid_wei_per_token_max",
         }
     }
 
@@ -109,6 +113,9 @@ impl ParamId {
             ParamId::ProbeTimeoutMs => "liveness probe timeout, ms (R-MATCH-2; > 0)",
             ParamId::UnusedBudget => "the unspent part of a day's emission (R-CONTRACT-3)",
             ParamId::BudgetPolicy => "where the day's budget B comes from (R-CONTRACT-5)",
+            ParamId::BidWeiPerTokenMax => {
+                "the highest bid, MOR wei per token (R-MONEY-1; > 0, not below a live offer)"
+            }
         }
     }
 
@@ -178,6 +185,7 @@ impl ParamId {
             10 => ProbeTimeoutMs,
             11 => UnusedBudget,
             12 => BudgetPolicy,
+            13 => BidWeiPerTokenMax,
             _ => return None,
         })
     }
@@ -258,13 +266,24 @@ pub enum Command {
         nonce: u64,
         amount_wei: u128,
     },
+    /// R-QUOTA-6: router-originated, the operator's balance snapshot file applied
+    /// when the data directory is created (or when the operator explicitly asks to
+    /// apply a different one). It carries no operator nonce, so it never spends
+    /// one; `file_blake3` identifies the file so that later starts can tell whether
+    /// they were given the same one. At most `balance_entries_max` entries a command.
+    LoadBalanceSnapshot {
+        file_blake3: [u8; 32],
+        entries: Vec<(Address, u128)>,
+    },
 }
 
 impl Command {
     /// The authenticated originator and its nonce, for commands a party signed.
     pub fn origin(&self) -> Option<(Address, u64)> {
         match self {
-            Command::Tick | Command::ProviderDisconnected { .. } => None,
+            Command::Tick
+            | Command::ProviderDisconnected { .. }
+            | Command::LoadBalanceSnapshot { .. } => None,
             Command::SetBalances {
                 operator, nonce, ..
             }
@@ -316,23 +335,29 @@ pub enum RfcFailure {
     Cancelled = 3,
 }
 
-/// Why a report did or did not earn a credit.
+/// Why a report did or did not earn a credit. What it earned is credited subject to
+/// the day's cap when its block is sealed (R-BLOCK-2), so the names say "earned".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum CreditReason {
-    Credited = 0,
+    Earned = 0,
     ReportedFail = 1,
     TooSlow = 2,
     /// Fail under `balance-weighted` where the user's balance did not exceed the
-    /// provider's: credited, with a penalty point.
-    CreditedDespiteFail = 3,
+    /// provider's: earned, with a penalty point.
+    EarnedDespiteFail = 3,
     ZeroTokens = 4,
 }
 
-/// Per-provider totals of one block (R-BLOCK-2).
+/// Per-provider totals of one block (R-BLOCK-2, R-CONTRACT-2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct ProviderTotals {
     pub provider: Address,
-    pub wei: u128,
+    /// What the provider's sessions earned in the block: Σ tokens × price.
+    pub earned_wei: u128,
+    /// What the ledger credited of it after the day's cap (pro rata when the cap
+    /// cuts the block): `credited_wei <= earned_wei`. Filled in when the block is
+    /// sealed; a ledger applying a batch ignores it.
+    pub credited_wei: u128,
     pub tokens: u64,
     pub sessions: u32,
 }
@@ -348,8 +373,9 @@ pub struct CreditBatch {
 }
 
 impl CreditBatch {
-    pub fn total_wei(&self) -> u128 {
-        self.totals.iter().map(|t| t.wei).sum()
+    /// Σ earned_wei (R-MONEY-1: checked; a batch the engine seals always fits).
+    pub fn earned_total_wei(&self) -> Result<u128, crate::money::MoneyOverflow> {
+        crate::money::sum(self.totals.iter().map(|t| t.earned_wei))
     }
 }
 
@@ -358,6 +384,8 @@ impl CreditBatch {
 pub struct BatchApplied {
     pub credited_wei: u128,
     pub shortfall_wei: u128,
+    /// What each entry of `CreditBatch::totals` was credited, in the same order.
+    pub provider_credited_wei: Vec<u128>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -398,7 +426,9 @@ pub enum Effect {
         nonce: u64,
         session: SessionId,
         reason: CreditReason,
-        amount_wei: u128,
+        /// What the session earned (tokens × price when credited, else 0), to be
+        /// credited subject to the day's cap when its block is sealed (R-BLOCK-2).
+        earned_wei: u128,
     },
     /// A session closed without a report before its expiry (no credit).
     SessionExpired {
@@ -440,6 +470,11 @@ pub enum Effect {
         to: Address,
         nonce: u64,
     },
+    /// R-QUOTA-6: balances the engine applied (an operator update or the snapshot),
+    /// for the gateways' pre-check cache, which follows only this effect.
+    BalancesSet {
+        entries: Vec<(Address, u128)>,
+    },
 }
 
 impl Effect {
@@ -457,7 +492,9 @@ impl Effect {
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
             Effect::SessionExpired { user, .. } => Some(*user),
-            Effect::BatchSealed { .. } | Effect::SettlementSealed { .. } => None,
+            Effect::BatchSealed { .. }
+            | Effect::SettlementSealed { .. }
+            | Effect::BalancesSet { .. } => None,
         }
     }
 }

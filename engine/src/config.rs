@@ -104,7 +104,20 @@ pub struct MarketConfig {
     /// EIP-712 domain of the settlements: the chain's id and the contract's address.
     pub settlement_chain_id: u64,
     pub settlement_contract: Address,
+    // Section 3: money.
+    /// R-MONEY-1: the highest bid a provider may make, wei per token (default 10^24,
+    /// a million MOR per token: a price no real market reaches, yet far from overflow).
+    /// An RFC is admitted only if TokenMax × this bound fits u128, so that no
+    /// session's credit can overflow whatever provider it is matched with.
+    pub bid_wei_per_token_max: u128,
 }
+
+/// R-MONEY-1: the default `bid_wei_per_token_max`, 10^24 wei (a million MOR) per token.
+pub const BID_WEI_PER_TOKEN_MAX_DEFAULT: u128 = 1_000_000_000_000_000_000_000_000;
+
+/// R-MONEY-1: bound on `emission_wei_per_day` (10^12 MOR a day, far above any real
+/// emission) so that the ledger's cumulative emission fits u128 for 10^8 days.
+pub const EMISSION_WEI_PER_DAY_LIMIT: u128 = 1_000_000_000_000_000_000_000_000_000_000;
 
 impl Default for MarketConfig {
     fn default() -> Self {
@@ -149,6 +162,7 @@ impl Default for MarketConfig {
             settlements_kept_max: 8_760,
             settlement_chain_id: 1,
             settlement_contract: Address::default(),
+            bid_wei_per_token_max: BID_WEI_PER_TOKEN_MAX_DEFAULT,
         }
     }
 }
@@ -211,6 +225,26 @@ impl MarketConfig {
         if self.settlements_kept_max == 0 {
             return Err("settlements_kept_max must be > 0".to_string());
         }
+        if self.bid_wei_per_token_max == 0 {
+            return Err("bid_wei_per_token_max must be > 0".to_string());
+        }
+        if self.emission_wei_per_day > EMISSION_WEI_PER_DAY_LIMIT {
+            return Err(format!(
+                "emission_wei_per_day must be <= {EMISSION_WEI_PER_DAY_LIMIT} (10^12 MOR)"
+            ));
+        }
+        // R-CONTRACT-6: parameter sets that would stop the market.
+        if self.unused_budget == UnusedBudget::Burn
+            && self.budget_policy == BudgetPolicy::PoolPercent
+        {
+            return Err(
+                "unused_budget = burn with budget_policy = pool-percent leaves no \
+                 compute budget from the second day: pool-percent takes 1 % of the \
+                 contract's balance, and burn empties that balance of everything unspent \
+                 each day; use carry, or a fixed budget"
+                    .to_string(),
+            );
+        }
         let mut ids: Vec<ModelId> = self.models.iter().map(|m| m.id).collect();
         ids.sort_unstable();
         if ids.windows(2).any(|w| w[0] == w[1]) {
@@ -224,7 +258,12 @@ impl MarketConfig {
 
     /// The compute share of the daily emission (3,456 MOR with the defaults).
     pub fn compute_emission_wei_per_day(&self) -> u128 {
-        self.emission_wei_per_day / 10_000 * self.compute_share_bps as u128
-            + self.emission_wei_per_day % 10_000 * self.compute_share_bps as u128 / 10_000
+        debug_assert!(self.compute_share_bps <= 10_000);
+        crate::money::mul_div(
+            self.emission_wei_per_day,
+            self.compute_share_bps as u128,
+            10_000,
+        )
+        .expect("a share of at most 100 % of a u128 fits")
     }
 }

@@ -20,6 +20,9 @@ pub struct Engine {
     pub(crate) account_index: HashMap<Address, AccountIdx, AddressBuildHasher>,
     /// Models whose book or queue changed during this command: matched at its end.
     pub(crate) pending_match: Vec<ModelIdx>,
+    /// R-QUOTA-3 for today's B, P and S: derived from the state, rebuilt whenever
+    /// one of them changes and on restore.
+    pub(crate) user_max_rate: quota::UserMaxRate,
 }
 
 #[derive(Debug)]
@@ -67,7 +70,6 @@ impl Engine {
         let mut state = State {
             now_ms: config.genesis_ms,
             block: 0,
-            max_tokens_per_day: 0,
             budget_wei_today: 0,
             seq: 0,
             accounts: Vec::new(),
@@ -83,26 +85,27 @@ impl Engine {
             session_expiries: BTreeSet::new(),
             suspensions: BTreeSet::new(),
             block_totals: BTreeMap::new(),
+            block_earned_wei: 0,
+            block_tokens: 0,
             merkle: MerkleAccumulator::default(),
             ledger: Ledger::default(),
             settlement: Default::default(),
             counters: Counters::default(),
+            balance_snapshot_blake3: None,
             config,
         };
         state.budget_wei_today = state.config.compute_budget_wei_per_day;
-        state.max_tokens_per_day = quota::max_tokens_per_day(
-            state.budget_wei_today,
-            state.config.token_price_wei_per_1000,
-        );
         let emission = state.config.compute_emission_wei_per_day();
         state
             .ledger
             .start_day(0, emission, state.config.pool_daily_spend_bps);
         let operator = state.config.operator;
+        let user_max_rate = Engine::quota_rate_of(&state);
         let mut engine = Engine {
             state,
             account_index: HashMap::default(),
             pending_match: Vec::new(),
+            user_max_rate,
         };
         // The operator holds an account from genesis, so that its nonces are tracked
         // (R-ID-4) before it ever receives a balance.
@@ -240,6 +243,10 @@ impl Engine {
                 now,
                 effects,
             ),
+            Command::LoadBalanceSnapshot {
+                file_blake3,
+                entries,
+            } => self.load_balance_snapshot(*file_blake3, entries, effects),
             Command::Claim {
                 provider,
                 nonce,
@@ -297,6 +304,22 @@ impl Engine {
             self.seal_epoch_if_due(effects);
         }
         self.run_pending_matches(now, effects);
+    }
+
+    /// UserMax's rate for the state's B, P and S (R-QUOTA-1..3).
+    fn quota_rate_of(state: &State) -> quota::UserMaxRate {
+        quota::UserMaxRate::new(
+            quota::max_tokens_per_day(
+                state.budget_wei_today,
+                state.config.token_price_wei_per_1000,
+            ),
+            state.config.mor_supply_wei,
+        )
+    }
+
+    /// Rebuilds the derived UserMax rate after B, P or S changed.
+    pub(crate) fn refresh_quota_rate(&mut self) {
+        self.user_max_rate = Engine::quota_rate_of(&self.state);
     }
 
     pub(crate) fn account_of(&self, address: &Address) -> Option<AccountIdx> {
@@ -379,13 +402,27 @@ impl Engine {
         &self.state.counters
     }
 
-    pub fn max_tokens_per_day(&self) -> u64 {
-        self.state.max_tokens_per_day
+    /// MaxT for the current day, exact (R-QUOTA-1; may exceed u64).
+    pub fn max_tokens_per_day(&self) -> quota::U256 {
+        quota::max_tokens_per_day(
+            self.state.budget_wei_today,
+            self.state.config.token_price_wei_per_1000,
+        )
+    }
+
+    /// The compute budget B in force today, wei (R-CONTRACT-5).
+    pub fn budget_wei_today(&self) -> u128 {
+        self.state.budget_wei_today
     }
 
     pub fn balance_wei(&self, address: &Address) -> u128 {
         self.account_of(address)
             .map_or(0, |idx| self.state.accounts[idx as usize].balance_wei)
+    }
+
+    /// Whether `address` holds an account (funded, a provider, or the operator).
+    pub fn has_account(&self, address: &Address) -> bool {
+        self.account_of(address).is_some()
     }
 
     pub fn nonce_last(&self, address: &Address) -> Option<u64> {
@@ -395,11 +432,8 @@ impl Engine {
 
     /// UserMax (R-QUOTA-3) of `address` for the current day.
     pub fn user_max_tokens(&self, address: &Address) -> u64 {
-        quota::user_max_tokens(
-            self.state.max_tokens_per_day,
-            self.balance_wei(address),
-            self.state.config.mor_supply_wei,
-        )
+        self.user_max_rate
+            .user_max_tokens(self.balance_wei(address))
     }
 
     /// What is left of today's UserMax (never negative).
@@ -410,11 +444,7 @@ impl Engine {
 
     pub(crate) fn tokens_left_of(&self, idx: AccountIdx) -> u64 {
         let account = &self.state.accounts[idx as usize];
-        let user_max = quota::user_max_tokens(
-            self.state.max_tokens_per_day,
-            account.balance_wei,
-            self.state.config.mor_supply_wei,
-        );
+        let user_max = self.user_max_rate.user_max_tokens(account.balance_wei);
         let used = if account.quota_day == self.state.day() {
             account.quota_used_tokens
         } else {
@@ -456,6 +486,11 @@ impl Engine {
             .map(|a| (a.address, a.balance_wei))
     }
 
+    /// BLAKE3 of the last balance snapshot file applied (R-QUOTA-6), if any.
+    pub fn balance_snapshot_blake3(&self) -> Option<[u8; 32]> {
+        self.state.balance_snapshot_blake3
+    }
+
     pub fn accounts_len(&self) -> usize {
         self.state.accounts.len()
     }
@@ -488,10 +523,12 @@ impl Engine {
             .enumerate()
             .map(|(i, a)| (a.address, i as AccountIdx))
             .collect();
+        let user_max_rate = Engine::quota_rate_of(&state);
         Ok(Engine {
             state,
             account_index,
             pending_match: Vec::new(),
+            user_max_rate,
         })
     }
 

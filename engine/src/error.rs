@@ -99,6 +99,25 @@ pub enum MarketError {
     DuplicateModel {
         model: ModelId,
     },
+    /// R-MONEY-1: a bid above `bid_wei_per_token_max`.
+    BidAboveMax {
+        bid_wei_per_token_max: u128,
+    },
+    /// R-MONEY-1: TokenMax × `bid_wei_per_token_max` (the session's worst-case credit)
+    /// does not fit u128; `tokens_max_fit` is the largest TokenMax that would.
+    CreditUnrepresentable {
+        tokens_max_fit: u64,
+    },
+    /// R-MONEY-1: the report's credit would overflow its provider's block total or
+    /// the block's batch total; nothing changed (the session stays open), so the
+    /// same report may be sent again once the block is sealed.
+    CreditOverflow {
+        retry_after_ms: u32,
+    },
+    /// R-CONTRACT-6: a parameter set that would stop the market, with why.
+    InvalidParamSet {
+        reason: String,
+    },
 }
 
 impl MarketError {
@@ -131,6 +150,10 @@ impl MarketError {
             MarketError::NoOffer { .. } => 0x0218,
             MarketError::InvalidCapacity { .. } => 0x0219,
             MarketError::DuplicateModel { .. } => 0x021A,
+            MarketError::BidAboveMax { .. } => 0x021B,
+            MarketError::CreditUnrepresentable { .. } => 0x021C,
+            MarketError::CreditOverflow { .. } => 0x021D,
+            MarketError::InvalidParamSet { .. } => 0x021E,
         }
     }
 
@@ -164,6 +187,10 @@ impl MarketError {
             MarketError::NoOffer { .. } => "no_offer",
             MarketError::InvalidCapacity { .. } => "invalid_capacity",
             MarketError::DuplicateModel { .. } => "duplicate_model",
+            MarketError::BidAboveMax { .. } => "bid_above_max",
+            MarketError::CreditUnrepresentable { .. } => "credit_unrepresentable",
+            MarketError::CreditOverflow { .. } => "credit_overflow",
+            MarketError::InvalidParamSet { .. } => "invalid_param_set",
         }
     }
 
@@ -178,6 +205,11 @@ impl MarketError {
             MarketError::InvalidExpiry { .. } => self.expiry_bound_ms().map_or(0, u128::from),
             MarketError::InvalidTokensMax { limit, .. } => *limit as u128,
             MarketError::ClaimExceedsOwed { owed_wei } => *owed_wei,
+            MarketError::BidAboveMax {
+                bid_wei_per_token_max,
+            } => *bid_wei_per_token_max,
+            MarketError::CreditUnrepresentable { tokens_max_fit } => *tokens_max_fit as u128,
+            MarketError::CreditOverflow { retry_after_ms } => *retry_after_ms as u128,
             _ => 0,
         }
     }
@@ -240,6 +272,14 @@ impl MarketError {
             MarketError::NoOffer { model: 0 },
             MarketError::InvalidCapacity { capacity: 0 },
             MarketError::DuplicateModel { model: 0 },
+            MarketError::BidAboveMax {
+                bid_wei_per_token_max: 0,
+            },
+            MarketError::CreditUnrepresentable { tokens_max_fit: 0 },
+            MarketError::CreditOverflow { retry_after_ms: 0 },
+            MarketError::InvalidParamSet {
+                reason: String::new(),
+            },
         ];
         for error in &all {
             // Add a new variant to the list above, then here.
@@ -269,7 +309,11 @@ impl MarketError {
                 | MarketError::ArithmeticOverflow
                 | MarketError::NoOffer { .. }
                 | MarketError::InvalidCapacity { .. }
-                | MarketError::DuplicateModel { .. } => {}
+                | MarketError::DuplicateModel { .. }
+                | MarketError::BidAboveMax { .. }
+                | MarketError::CreditUnrepresentable { .. }
+                | MarketError::CreditOverflow { .. }
+                | MarketError::InvalidParamSet { .. } => {}
             }
         }
         all
@@ -277,7 +321,8 @@ impl MarketError {
 
     pub fn retry_after_ms(&self) -> u32 {
         match self {
-            MarketError::Overloaded { retry_after_ms } => *retry_after_ms,
+            MarketError::Overloaded { retry_after_ms }
+            | MarketError::CreditOverflow { retry_after_ms } => *retry_after_ms,
             _ => 0,
         }
     }
@@ -359,6 +404,25 @@ impl std::fmt::Display for MarketError {
             MarketError::NoOffer { model } => write!(f, "no offer for model {model}"),
             MarketError::InvalidCapacity { capacity } => write!(f, "invalid capacity {capacity}"),
             MarketError::DuplicateModel { model } => write!(f, "model {model} listed twice"),
+            MarketError::BidAboveMax {
+                bid_wei_per_token_max,
+            } => write!(
+                f,
+                "bid above the market's maximum of {bid_wei_per_token_max} wei per token"
+            ),
+            MarketError::CreditUnrepresentable { tokens_max_fit } => write!(
+                f,
+                "TokenMax times the highest allowed bid does not fit a u128 wei amount; \
+                 at most {tokens_max_fit} tokens"
+            ),
+            MarketError::CreditOverflow { retry_after_ms } => write!(
+                f,
+                "credit would overflow this block's totals; nothing changed, report again \
+                 in {retry_after_ms} ms (next block)"
+            ),
+            MarketError::InvalidParamSet { reason } => {
+                write!(f, "parameter set refused: {reason}")
+            }
         }
     }
 }

@@ -94,6 +94,7 @@ pub fn param_value(config: &MarketConfig, param: ParamId) -> u128 {
             BudgetPolicy::Fixed => 0,
             BudgetPolicy::PoolPercent => 1,
         },
+        ParamId::BidWeiPerTokenMax => config.bid_wei_per_token_max,
     }
 }
 
@@ -136,11 +137,13 @@ impl Engine {
     pub fn market_figures_core(&self) -> MarketFigures {
         let state = &self.state;
         let ledger = &state.ledger;
-        let max_tokens_per_day = u128::from(state.max_tokens_per_day);
+        // MaxT is exact (R-QUOTA-1, below 2^138); this display figure is capped at
+        // u128::MAX, and the access rate is computed from the exact value.
+        let max_t = self.max_tokens_per_day();
+        let max_tokens_per_day = u128::try_from(max_t).unwrap_or(u128::MAX);
         let supply = state.config.mor_supply_wei;
         debug_assert!(supply > 0, "validated config");
-        let access_rate =
-            U256::from(max_tokens_per_day) * U256::from(WEI_PER_MOR) / U256::from(supply.max(1));
+        let access_rate = max_t * U256::from(WEI_PER_MOR) / U256::from(supply.max(1));
         let models = state
             .models
             .iter()

@@ -8,7 +8,7 @@ use crate::config::FailPolicy;
 use crate::engine::Engine;
 use crate::error::{Limit, MarketError};
 use crate::merkle::Receipt;
-use crate::speed::speed_of;
+use crate::money;
 use crate::state::{Closed, ModelIdx, Probing, Rfc, Session};
 use crate::types::{compose_id, slot_of, Address, ModelId, ProbeId, RfcId, SessionId};
 
@@ -30,6 +30,14 @@ impl Engine {
             return Err(MarketError::InvalidTokensMax {
                 tokens_max,
                 limit: config.tokens_max_limit,
+            });
+        }
+        // R-MONEY-1: whichever provider it is matched with, the session's credit
+        // (tokens ≤ TokenMax, price ≤ bid_wei_per_token_max) must be representable.
+        if money::credit(tokens_max, config.bid_wei_per_token_max).is_err() {
+            let fit = u128::MAX / config.bid_wei_per_token_max;
+            return Err(MarketError::CreditUnrepresentable {
+                tokens_max_fit: u64::try_from(fit).unwrap_or(u64::MAX),
             });
         }
         if expires_at_ms <= now || expires_at_ms > now.saturating_add(config.rfc_ttl_max_ms) {
@@ -70,6 +78,9 @@ impl Engine {
         account.quota_used_tokens += tokens_max;
         let seq = self.state.next_seq();
         let id = compose_id(seq, slot);
+        // R-RFC-2: priority is the user's balance at admission (a later balance update
+        // does not reorder queued RFCs), then arrival. `balance <= u128::MAX`, so the
+        // subtraction cannot underflow.
         let queue_key = (u128::MAX - balance, seq);
         let rfc = Rfc {
             id,
@@ -454,38 +465,80 @@ impl Engine {
             now < session.expires_at_ms,
             "expired sessions close in advance()"
         );
-        let amount_wei = (tokens as u128)
-            .checked_mul(session.price_wei_per_token)
-            .ok_or(MarketError::ArithmeticOverflow)?;
-        let session = self.close_session(slot, Closed::Reported);
-        self.state.counters.reports += 1;
-        let reason = self.judge_report(&session, elapsed_ms, tokens, pass);
-        let penalty = matches!(
-            reason,
-            CreditReason::ReportedFail | CreditReason::TooSlow | CreditReason::CreditedDespiteFail
-        );
+        let amount_wei = money::credit(tokens, session.price_wei_per_token)?;
+        let reason = self.judge_report(session, elapsed_ms, tokens, pass);
         let credited = matches!(
             reason,
-            CreditReason::Credited | CreditReason::CreditedDespiteFail
+            CreditReason::Earned | CreditReason::EarnedDespiteFail
+        );
+        if credited {
+            self.check_credit_fits(session.provider, amount_wei, tokens, now)?;
+        }
+        let session = self.close_session(slot, Closed::Reported);
+        self.state.counters.reports += 1;
+        if pass && tokens > 0 {
+            // R-PERF-1: every report the user marked pass joins the window.
+            let window = self.state.config.speed_window_reports;
+            self.state.models[session.model as usize]
+                .speed
+                .record(elapsed_ms, tokens, window);
+        }
+        let penalty = matches!(
+            reason,
+            CreditReason::ReportedFail | CreditReason::TooSlow | CreditReason::EarnedDespiteFail
         );
         if credited {
             self.credit(&session, elapsed_ms, tokens, amount_wei, report_digest);
         }
         self.record_outcome(session.provider, penalty, now, effects);
-        let amount_wei = if credited { amount_wei } else { 0 };
+        // R-BLOCK-2: what the session earned; the ledger credits it subject to the
+        // day's cap when the block is sealed.
+        let earned_wei = if credited { amount_wei } else { 0 };
         effects.push(Effect::ReportAccepted {
             user,
             nonce,
             session: session_id,
             reason,
-            amount_wei,
+            earned_wei,
         });
         self.pending_match.push(session.model);
         Ok(())
     }
 
+    /// R-MONEY-1: refuses (changing nothing) a credit that would overflow its
+    /// provider's block totals (wei or tokens) or the block's batch total.
+    fn check_credit_fits(
+        &self,
+        provider: u32,
+        amount_wei: u128,
+        tokens: u64,
+        now: u64,
+    ) -> Result<(), MarketError> {
+        let block_fits = money::add(self.state.block_earned_wei, amount_wei).is_ok();
+        // A provider's totals are parts of the block's: when the block's sums fit, so
+        // do the provider's, and the lookup is skipped (the hot path).
+        if block_fits && self.state.block_tokens + (tokens as u128) <= u64::MAX as u128 {
+            return Ok(());
+        }
+        let (provider_wei, provider_tokens) = self
+            .state
+            .block_totals
+            .get(&provider)
+            .map_or((0, 0), |t| (t.earned_wei, t.tokens));
+        let fits = block_fits
+            && money::add(provider_wei, amount_wei).is_ok()
+            && provider_tokens.checked_add(tokens).is_some();
+        if fits {
+            return Ok(());
+        }
+        let retry_after_ms = self.block_end_ms().saturating_sub(now).min(u32::MAX as u64) as u32;
+        Err(MarketError::CreditOverflow { retry_after_ms })
+    }
+
+    /// R-PERF-1..3: what the report earns (pure: the speed window is updated by the
+    /// caller once the report is accepted).
     fn judge_report(
-        &mut self,
+        &self,
         session: &Session,
         elapsed_ms: u64,
         tokens: u64,
@@ -503,7 +556,7 @@ impl Engine {
                     if user_balance > provider_balance || tokens == 0 {
                         CreditReason::ReportedFail
                     } else {
-                        CreditReason::CreditedDespiteFail
+                        CreditReason::EarnedDespiteFail
                     }
                 }
             };
@@ -511,17 +564,14 @@ impl Engine {
         if tokens == 0 {
             return CreditReason::ZeroTokens;
         }
-        let (percent, reports_min, window) = (
+        let model = &self.state.models[session.model as usize];
+        if model.speed.passes(
+            elapsed_ms,
+            tokens,
             config.speed_tolerance_percent,
             config.speed_reports_min,
-            config.speed_window_reports,
-        );
-        let speed = speed_of(elapsed_ms, tokens);
-        let model = &mut self.state.models[session.model as usize];
-        let fast_enough = model.speed.passes(speed, percent, reports_min);
-        model.speed.record(speed, window);
-        if fast_enough {
-            CreditReason::Credited
+        ) {
+            CreditReason::Earned
         } else {
             CreditReason::TooSlow
         }
@@ -549,8 +599,18 @@ impl Engine {
         self.state.merkle.push(receipt.leaf_hash());
         let totals = self.state.block_totals.entry(session.provider).or_default();
         totals.provider = provider.address;
-        totals.wei = totals.wei.saturating_add(amount_wei);
-        totals.tokens = totals.tokens.saturating_add(tokens);
+        // Checked by `check_credit_fits` before anything changed.
+        totals.earned_wei = money::add(totals.earned_wei, amount_wei)
+            .expect("provider block total checked before the report was accepted");
+        self.state.block_earned_wei = money::add(self.state.block_earned_wei, amount_wei)
+            .expect("block total checked before the report was accepted");
+        // A bound for the fast path of `check_credit_fits` only: saturating merely
+        // sends later reports of the block to the exact per-provider check.
+        self.state.block_tokens = self.state.block_tokens.saturating_add(tokens as u128);
+        totals.tokens = totals
+            .tokens
+            .checked_add(tokens)
+            .expect("provider token total checked before the report was accepted");
         totals.sessions += 1;
         self.state.counters.sessions_credited += 1;
     }

@@ -59,10 +59,17 @@ impl Engine {
             if account.quota_day != day {
                 continue;
             }
+            // The independent path: from B, P and S, not the cached rate.
             let user_max = quota::user_max_tokens(
-                self.state.max_tokens_per_day,
+                self.state.budget_wei_today,
+                self.state.config.token_price_wei_per_1000,
                 account.balance_wei,
                 self.state.config.mor_supply_wei,
+            );
+            assert_eq!(
+                user_max,
+                self.user_max_rate.user_max_tokens(account.balance_wei),
+                "cached UserMax rate drifted"
             );
             assert!(
                 account.quota_used_tokens <= user_max,

@@ -9,7 +9,7 @@
 
 use crate::command::{BatchApplied, CreditBatch};
 use crate::error::MarketError;
-use crate::quota::mul_div;
+use crate::money;
 use crate::types::Address;
 use bincode::{Decode, Encode};
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,6 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 pub enum LedgerError {
     /// A batch skipped a block number (batches must come in order).
     OutOfOrder { expected: u64, got: u64 },
+    /// R-MONEY-1: the batch's earned total does not fit u128 (never from the engine,
+    /// which refuses such credits when they are reported).
+    Overflow,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
@@ -48,52 +51,90 @@ pub struct Ledger {
     pub bootstrap_day_credits_wei: BTreeMap<Address, u128>,
 }
 
+/// An accounting step that cannot happen in a solvent ledger (owed or spent above
+/// what was received) or a cumulative amount beyond u128 (prevented by the bounds
+/// `MarketConfig::validate` puts on emission): stop rather than wrap.
+fn checked(result: Result<u128, money::MoneyOverflow>, what: &str) -> u128 {
+    match result {
+        Ok(value) => value,
+        Err(_) => panic!("ledger arithmetic out of range: {what}"),
+    }
+}
+
 impl Ledger {
     /// MOR the contract holds: received and neither burned nor paid.
     pub fn contract_balance_wei(&self) -> u128 {
-        self.emitted_wei - self.burned_wei - self.paid_wei
+        let gone = checked(money::add(self.burned_wei, self.paid_wei), "burned + paid");
+        checked(
+            money::sub(self.emitted_wei, gone),
+            "emitted - burned - paid",
+        )
     }
 
     /// Received, and neither burned, paid nor owed.
     pub fn pool_wei(&self) -> u128 {
-        self.contract_balance_wei() - self.owed_total_wei
+        checked(
+            money::sub(self.contract_balance_wei(), self.owed_total_wei),
+            "balance - owed",
+        )
     }
 
     pub fn owed(&self, provider: &Address) -> u128 {
         self.owed_wei.get(provider).copied().unwrap_or(0)
     }
 
+    /// R-CONTRACT-2 (`burned + paid + owed <= emitted`), with checked sums so that a
+    /// wrapped total can never pass for solvency. Ok, or the first broken invariant.
+    pub fn solvency(&self) -> Result<(), String> {
+        let outgoing = money::sum([self.burned_wei, self.paid_wei, self.owed_total_wei])
+            .map_err(|_| format!("burned + paid + owed overflows u128: {self:?}"))?;
+        if outgoing > self.emitted_wei {
+            return Err(format!("ledger insolvent: {self:?}"));
+        }
+        let owed_sum = money::sum(self.owed_wei.values().copied())
+            .map_err(|_| "owed amounts overflow u128".to_string())?;
+        if owed_sum != self.owed_total_wei {
+            return Err(format!(
+                "owed total drifted: {} recorded, {owed_sum} summed",
+                self.owed_total_wei
+            ));
+        }
+        if self.day_spent_wei > self.day_cap_wei {
+            return Err(format!(
+                "day spend {} above the cap {}",
+                self.day_spent_wei, self.day_cap_wei
+            ));
+        }
+        Ok(())
+    }
+
     /// R-CONTRACT-2, asserted after every change and called by the tests.
     pub fn check_solvency(&self) {
+        if let Err(reason) = self.solvency() {
+            panic!("{reason}");
+        }
+        let credited_sum = money::sum(self.credited_wei.values().copied());
+        let credited_expected = money::add(self.credited_total_wei, self.bootstrap_total_wei);
         assert!(
-            self.burned_wei + self.paid_wei + self.owed_total_wei <= self.emitted_wei,
-            "ledger insolvent: {self:?}"
-        );
-        assert_eq!(
-            self.owed_total_wei,
-            self.owed_wei.values().sum::<u128>(),
-            "owed total drifted"
-        );
-        assert_eq!(
-            self.credited_wei.values().sum::<u128>(),
-            self.credited_total_wei + self.bootstrap_total_wei,
-            "cumulative credits drifted"
-        );
-        assert!(
-            self.day_spent_wei <= self.day_cap_wei
-                || self.day_cap_wei == 0 && self.day_spent_wei == 0
+            credited_sum.is_ok() && credited_sum == credited_expected,
+            "cumulative credits drifted: {credited_sum:?} summed, {credited_expected:?} expected"
         );
     }
 
     /// Starts day `day`: the compute emission arrives and today's spend cap is set.
     pub fn start_day(&mut self, day: u64, compute_emission_wei: u128, pool_daily_spend_bps: u32) {
         let pool_before = self.pool_wei();
-        self.emitted_wei = self.emitted_wei.saturating_add(compute_emission_wei);
+        self.emitted_wei = checked(
+            money::add(self.emitted_wei, compute_emission_wei),
+            "cumulative emission",
+        );
         self.day = day;
         self.day_emission_wei = compute_emission_wei;
-        self.day_cap_wei = compute_emission_wei.saturating_add(
-            mul_div(pool_before, pool_daily_spend_bps as u128, 10_000).unwrap_or(0),
+        let pool_share = checked(
+            money::mul_div(pool_before, pool_daily_spend_bps as u128, 10_000),
+            "pool share",
         );
+        self.day_cap_wei = checked(money::add(compute_emission_wei, pool_share), "day cap");
         self.day_spent_wei = 0;
         self.bootstrap_day_credits_wei.clear();
         self.check_solvency();
@@ -108,15 +149,18 @@ impl Ledger {
         if burn_unused {
             let unused = self
                 .day_emission_wei
-                .saturating_sub(self.day_spent_wei)
+                .saturating_sub(self.day_spent_wei) // spent above emission: none unused
                 .min(self.pool_wei());
-            self.burned_wei += unused;
+            self.burned_wei = checked(money::add(self.burned_wei, unused), "burned");
         }
         self.check_solvency();
     }
 
     fn distribute_bootstrap(&mut self, bonus_wei: u128) {
-        let day_total: u128 = self.bootstrap_day_credits_wei.values().sum();
+        let day_total = checked(
+            money::sum(self.bootstrap_day_credits_wei.values().copied()),
+            "bootstrap day credits",
+        );
         if day_total == 0 {
             return;
         }
@@ -125,27 +169,31 @@ impl Ledger {
             .bootstrap_day_credits_wei
             .iter()
             .map(|(provider, credits)| {
-                (
-                    *provider,
-                    mul_div(bonus_wei, *credits, day_total).unwrap_or(0),
-                )
+                let share = money::mul_div(bonus_wei, *credits, day_total)
+                    .expect("a share of the bonus is at most the bonus");
+                (*provider, share)
             })
             .collect();
         for (provider, share) in shares {
-            *self.owed_wei.entry(provider).or_insert(0) += share;
-            *self.credited_wei.entry(provider).or_insert(0) += share;
-            distributed += share;
+            let owed = self.owed_wei.entry(provider).or_insert(0);
+            *owed = checked(money::add(*owed, share), "owed");
+            distributed = checked(money::add(distributed, share), "bonus distributed");
+            let credited = self.credited_wei.entry(provider).or_insert(0);
+            *credited = checked(money::add(*credited, share), "credited");
         }
         debug_assert!(distributed <= bonus_wei);
         // The bonus is emission earmarked for bootstrap providers: it arrives and is
         // owed in the same step, so solvency is untouched.
-        self.emitted_wei += distributed;
-        self.owed_total_wei += distributed;
-        self.bootstrap_total_wei += distributed;
+        self.emitted_wei = checked(money::add(self.emitted_wei, distributed), "emission");
+        self.owed_total_wei = checked(money::add(self.owed_total_wei, distributed), "owed");
+        self.bootstrap_total_wei =
+            checked(money::add(self.bootstrap_total_wei, distributed), "bonus");
     }
 
     /// R-CONTRACT-1: applies a batch once, in block order. A batch already applied is
-    /// a no-op returning `None`.
+    /// a no-op returning `None`. Each provider is credited its `earned_wei`, pro rata
+    /// when the day's cap (or the pool) allows less than the batch earned; the
+    /// result says what each was credited and the shortfall.
     pub fn apply_batch(
         &mut self,
         batch: &CreditBatch,
@@ -161,35 +209,47 @@ impl Ledger {
                 });
             }
         }
-        let requested = batch.total_wei();
-        let left_today = self.day_cap_wei.saturating_sub(self.day_spent_wei);
+        let requested = batch
+            .earned_total_wei()
+            .map_err(|_| LedgerError::Overflow)?;
+        let left_today = self.day_cap_wei.saturating_sub(self.day_spent_wei); // cap ≥ spent
         let allowed = left_today.min(self.pool_wei());
         let mut credited = 0u128;
+        let mut provider_credited_wei = Vec::with_capacity(batch.totals.len());
         for totals in &batch.totals {
             let amount = if requested <= allowed {
-                totals.wei
+                totals.earned_wei
             } else {
-                mul_div(totals.wei, allowed, requested).unwrap_or(0)
+                money::mul_div(totals.earned_wei, allowed, requested)
+                    .expect("a pro rata share is at most the amount")
             };
+            debug_assert!(amount <= totals.earned_wei);
+            provider_credited_wei.push(amount);
             if amount == 0 {
                 continue;
             }
-            *self.owed_wei.entry(totals.provider).or_insert(0) += amount;
-            *self.credited_wei.entry(totals.provider).or_insert(0) += amount;
+            let owed = self.owed_wei.entry(totals.provider).or_insert(0);
+            *owed = checked(money::add(*owed, amount), "owed");
+            let cumulative = self.credited_wei.entry(totals.provider).or_insert(0);
+            *cumulative = checked(money::add(*cumulative, amount), "credited");
             if self.bootstrap_providers.contains(&totals.provider) {
-                *self
+                let day = self
                     .bootstrap_day_credits_wei
                     .entry(totals.provider)
-                    .or_insert(0) += amount;
+                    .or_insert(0);
+                *day = checked(money::add(*day, amount), "bootstrap day credits");
             }
-            credited += amount;
+            credited = checked(money::add(credited, amount), "credited");
         }
-        assert!(credited <= allowed || requested <= allowed);
-        self.owed_total_wei += credited;
-        self.day_spent_wei += credited;
-        self.credited_total_wei += credited;
-        let shortfall = requested - credited;
-        self.shortfall_total_wei += shortfall;
+        assert!(credited <= allowed, "credited above what the day allows");
+        assert!(credited <= requested);
+        self.owed_total_wei = checked(money::add(self.owed_total_wei, credited), "owed");
+        self.day_spent_wei = checked(money::add(self.day_spent_wei, credited), "spent");
+        self.credited_total_wei =
+            checked(money::add(self.credited_total_wei, credited), "credited");
+        let shortfall = requested - credited; // asserted above
+        self.shortfall_total_wei =
+            checked(money::add(self.shortfall_total_wei, shortfall), "shortfall");
         self.last_block = Some(batch.block);
         self.last_batch_credited_wei = credited;
         self.last_batch_shortfall_wei = shortfall;
@@ -197,6 +257,7 @@ impl Ledger {
         Ok(Some(BatchApplied {
             credited_wei: credited,
             shortfall_wei: shortfall,
+            provider_credited_wei,
         }))
     }
 
@@ -214,14 +275,14 @@ impl Ledger {
         if amount > owed {
             return Err(MarketError::ClaimExceedsOwed { owed_wei: owed });
         }
-        let left = owed - amount;
+        let left = owed - amount; // amount <= owed, checked above
         if left == 0 {
             self.owed_wei.remove(&provider);
         } else {
             self.owed_wei.insert(provider, left);
         }
-        self.owed_total_wei -= amount;
-        self.paid_wei += amount;
+        self.owed_total_wei = checked(money::sub(self.owed_total_wei, amount), "owed");
+        self.paid_wei = checked(money::add(self.paid_wei, amount), "paid");
         self.check_solvency();
         Ok((amount, left))
     }
@@ -240,7 +301,8 @@ mod tests {
                 .iter()
                 .map(|&(p, wei)| ProviderTotals {
                     provider: Address([p; 20]),
-                    wei,
+                    earned_wei: wei,
+                    credited_wei: 0,
                     tokens: 1,
                     sessions: 1,
                 })

@@ -28,6 +28,7 @@ mod flow;
 mod invariants;
 pub mod ledger;
 pub mod merkle;
+pub mod money;
 mod operator;
 mod provider;
 pub mod quota;

@@ -6,7 +6,6 @@ use crate::command::{Effect, ParamId};
 use crate::config::{BudgetPolicy, FailPolicy, UnusedBudget};
 use crate::engine::Engine;
 use crate::error::{Limit, MarketError};
-use crate::quota;
 use crate::types::Address;
 
 impl Engine {
@@ -25,6 +24,32 @@ impl Engine {
         effects: &mut Vec<Effect>,
     ) -> Result<(), MarketError> {
         self.check_operator(operator)?;
+        self.apply_balances(entries, effects)?;
+        effects.push(Effect::Done {
+            to: operator,
+            nonce,
+        });
+        Ok(())
+    }
+
+    /// R-QUOTA-6: the snapshot file, applied without an operator nonce.
+    pub(crate) fn load_balance_snapshot(
+        &mut self,
+        file_blake3: [u8; 32],
+        entries: &[(Address, u128)],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        self.apply_balances(entries, effects)?;
+        self.state.balance_snapshot_blake3 = Some(file_blake3);
+        Ok(())
+    }
+
+    /// Validates the whole update, then applies it and reports what it applied.
+    fn apply_balances(
+        &mut self,
+        entries: &[(Address, u128)],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
         let max = self.state.config.balance_entries_max;
         if entries.len() > max as usize {
             return Err(MarketError::LimitReached {
@@ -51,9 +76,8 @@ impl Engine {
                 self.refresh_provider(provider);
             }
         }
-        effects.push(Effect::Done {
-            to: operator,
-            nonce,
+        effects.push(Effect::BalancesSet {
+            entries: entries.to_vec(),
         });
         Ok(())
     }
@@ -105,20 +129,38 @@ impl Engine {
                         BudgetPolicy::PoolPercent
                     }
                 }
+                ParamId::BidWeiPerTokenMax if value > 0 => config.bid_wei_per_token_max = value,
                 _ => return Err(invalid),
             }
         }
-        config.validate().map_err(|_| MarketError::InvalidParam {
-            param: params.first().map_or(0, |p| p.0),
-        })?;
+        // R-CONTRACT-6: the whole set is refused, saying why.
+        config
+            .validate()
+            .map_err(|reason| MarketError::InvalidParamSet { reason })?;
+        // R-MONEY-1: RFCs are admitted against this bound, so no live offer may sit
+        // above it (a session's credit must stay representable).
+        let bid_max = config.bid_wei_per_token_max;
+        let above = self
+            .state
+            .providers
+            .iter()
+            .flat_map(|p| p.offers.iter())
+            .filter(|o| o.active)
+            .map(|o| o.price_wei_per_token)
+            .find(|&price| price > bid_max);
+        if let Some(price) = above {
+            return Err(MarketError::InvalidParamSet {
+                reason: format!(
+                    "an active offer bids {price} wei per token, above the new \
+                     bid_wei_per_token_max of {bid_max}"
+                ),
+            });
+        }
         self.state.config = config;
         if self.state.config.budget_policy == BudgetPolicy::Fixed {
             self.state.budget_wei_today = self.state.config.compute_budget_wei_per_day;
         }
-        self.state.max_tokens_per_day = quota::max_tokens_per_day(
-            self.state.budget_wei_today,
-            self.state.config.token_price_wei_per_1000,
-        );
+        self.refresh_quota_rate();
         effects.push(Effect::Done {
             to: operator,
             nonce,

@@ -19,7 +19,19 @@ impl Engine {
             return Err(MarketError::WeightsHashMismatch { model: spec.model });
         }
         self.validate_capacity(spec.capacity)?;
+        self.validate_bid(spec.price_wei_per_token)?;
         Ok(model)
+    }
+
+    /// R-MONEY-1: a bid is at most `bid_wei_per_token_max`.
+    fn validate_bid(&self, price_wei_per_token: u128) -> Result<(), MarketError> {
+        let max = self.state.config.bid_wei_per_token_max;
+        if price_wei_per_token > max {
+            return Err(MarketError::BidAboveMax {
+                bid_wei_per_token_max: max,
+            });
+        }
+        Ok(())
     }
 
     fn validate_capacity(&self, capacity: u32) -> Result<(), MarketError> {
@@ -90,7 +102,9 @@ impl Engine {
         self.state.providers[provider_idx as usize].endpoint = endpoint.to_vec();
         self.state.providers[provider_idx as usize].reachable = true;
         for offer in &mut self.state.providers[provider_idx as usize].offers {
-            offer.active = false; // offers not listed again are withdrawn
+            if !models.contains(&offer.model) {
+                offer.active = false; // offers not listed again are withdrawn
+            }
         }
         for (spec, model) in offers.iter().zip(models) {
             self.upsert_offer(provider_idx, model, spec.price_wei_per_token, spec.capacity);
@@ -123,7 +137,9 @@ impl Engine {
         idx
     }
 
-    /// Sets an offer's price and capacity; a new price takes a new time (R-MATCH-1).
+    /// Sets an offer's price and capacity (R-MATCH-1): a new price takes a new time,
+    /// and so does bidding again after a withdrawal (a cancel and a new order); an
+    /// active offer bid again at its price keeps its time.
     fn upsert_offer(&mut self, provider: ProviderIdx, model: u16, price: u128, capacity: u32) {
         let position = self.state.providers[provider as usize]
             .offers
@@ -146,9 +162,9 @@ impl Engine {
                 (offers.len() - 1) as u16
             }
         };
-        let current =
-            self.state.providers[provider as usize].offers[offer_idx as usize].price_wei_per_token;
-        if position.is_some() && current != price {
+        let current = &self.state.providers[provider as usize].offers[offer_idx as usize];
+        let new_time = current.price_wei_per_token != price || !current.active;
+        if position.is_some() && new_time {
             self.take_out_of_book(provider, offer_idx);
             let seq = self.state.next_seq();
             let offer = &mut self.state.providers[provider as usize].offers[offer_idx as usize];
@@ -189,6 +205,7 @@ impl Engine {
         let provider = self.provider_of(&address)?;
         let offer = self.offer_of(provider, model)?;
         self.validate_capacity(capacity)?;
+        self.validate_bid(price)?;
         if capacity < self.state.providers[provider as usize].offers[offer as usize].busy {
             return Err(MarketError::InvalidCapacity { capacity });
         }

@@ -16,6 +16,7 @@
 
 use crate::command::Effect;
 use crate::engine::Engine;
+use crate::money;
 use crate::types::Address;
 use bincode::{Decode, Encode};
 use std::collections::VecDeque;
@@ -89,8 +90,8 @@ impl SettlementState {
             Some(last) => {
                 assert_eq!(last.epoch + 1, self.next_epoch);
                 assert_eq!(
-                    self.cumulative.iter().map(|(_, wei)| wei).sum::<u128>(),
-                    last.credited_cumulative_wei
+                    money::sum(self.cumulative.iter().map(|(_, wei)| *wei)),
+                    Ok(last.credited_cumulative_wei)
                 );
             }
             None => assert!(self.cumulative.is_empty() && self.next_epoch == 0),
@@ -132,15 +133,29 @@ impl Engine {
             day: last_block / crate::types::BLOCKS_PER_DAY,
             first_block: epoch * epoch_blocks,
             last_block,
-            credited_wei: ledger.credited_total_wei - settlement.credited_total_at_last_wei,
-            bootstrap_wei: ledger.bootstrap_total_wei - settlement.bootstrap_total_at_last_wei,
-            credited_cumulative_wei: ledger.credited_total_wei + ledger.bootstrap_total_wei,
+            // R-MONEY-1: checked; the ledger's totals only grow, and their sum is
+            // bounded by what was emitted (solvency), so a failure is a broken invariant.
+            credited_wei: money::sub(
+                ledger.credited_total_wei,
+                settlement.credited_total_at_last_wei,
+            )
+            .expect("the ledger's credited total only grows"),
+            bootstrap_wei: money::sub(
+                ledger.bootstrap_total_wei,
+                settlement.bootstrap_total_at_last_wei,
+            )
+            .expect("the ledger's bootstrap total only grows"),
+            credited_cumulative_wei: money::add(
+                ledger.credited_total_wei,
+                ledger.bootstrap_total_wei,
+            )
+            .expect("credited + bootstrap is bounded by the emission (solvency)"),
             providers: cumulative.len() as u32,
             merkle_root: merkle_root(&leaves(&cumulative)),
         };
         debug_assert_eq!(
-            cumulative.iter().map(|(_, wei)| wei).sum::<u128>(),
-            record.credited_cumulative_wei
+            money::sum(cumulative.iter().map(|(_, wei)| *wei)),
+            Ok(record.credited_cumulative_wei)
         );
         let settlement = &mut self.state.settlement;
         settlement.credited_total_at_last_wei = ledger.credited_total_wei;

@@ -61,8 +61,8 @@ pub struct Provider {
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct ModelState {
     pub spec: ModelSpec,
-    /// R-RFC-2: (u128::MAX - balance, arrival seq) -> RFC slot: highest balance first,
-    /// then earliest.
+    /// R-RFC-2: (u128::MAX - balance at admission, arrival seq) -> RFC slot: highest
+    /// balance first, then earliest.
     pub queue: BTreeMap<(u128, u64), u32>,
     /// R-MATCH-1: available offers by (price, bid time) -> (provider, offer index).
     /// An offer that is full, suspended or unreachable leaves this map but keeps its
@@ -131,7 +131,7 @@ pub struct State {
     pub now_ms: u64,
     /// The open block (R-TIME-1).
     pub block: u64,
-    pub max_tokens_per_day: u64,
+    /// B for the current day (R-CONTRACT-5); MaxT is derived from it exactly.
     pub budget_wei_today: u128,
     /// Monotonic sequence for ids, bid times and arrival order.
     pub seq: u64,
@@ -148,11 +148,17 @@ pub struct State {
     pub session_expiries: BTreeSet<(u64, SessionId)>,
     pub suspensions: BTreeSet<(u64, ProviderIdx)>,
     pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
+    /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).
+    pub block_earned_wei: u128,
+    /// Σ tokens over `block_totals` (a bound for the credit check's fast path).
+    pub block_tokens: u128,
     pub merkle: MerkleAccumulator,
     pub ledger: Ledger,
     /// R-CHAIN-1: the epochs settled so far.
     pub settlement: crate::settlement::SettlementState,
     pub counters: Counters,
+    /// R-QUOTA-6: BLAKE3 of the last balance snapshot file applied, if any.
+    pub balance_snapshot_blake3: Option<[u8; 32]>,
 }
 
 impl State {

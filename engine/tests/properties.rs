@@ -354,7 +354,7 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
             Effect::ReportAccepted {
                 session,
                 reason,
-                amount_wei,
+                earned_wei,
                 ..
             } => {
                 if let Command::Report { pass: true, .. } = command {
@@ -362,13 +362,13 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
                 }
                 if matches!(
                     reason,
-                    CreditReason::Credited | CreditReason::CreditedDespiteFail
+                    CreditReason::Earned | CreditReason::EarnedDespiteFail
                 ) {
                     assert!(
-                        seen.credited.insert(*session, *amount_wei).is_none(),
+                        seen.credited.insert(*session, *earned_wei).is_none(),
                         "session credited twice"
                     );
-                    seen.credited_wei += amount_wei;
+                    seen.credited_wei += earned_wei;
                 }
             }
             Effect::BatchSealed { batch, applied } => {
@@ -376,11 +376,13 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
                     assert_eq!(batch.block, last + 1, "batch gap");
                 }
                 seen.batch_blocks.push(batch.block);
-                seen.batched_wei_requested += batch.total_wei();
-                assert_eq!(
-                    applied.credited_wei + applied.shortfall_wei,
-                    batch.total_wei()
-                );
+                let earned = batch.earned_total_wei().expect("batch total fits");
+                seen.batched_wei_requested += earned;
+                assert_eq!(applied.credited_wei + applied.shortfall_wei, earned);
+                // R-BLOCK-2: each provider's credited part, and their sum.
+                let credited: u128 = batch.totals.iter().map(|t| t.credited_wei).sum();
+                assert_eq!(credited, applied.credited_wei);
+                assert!(batch.totals.iter().all(|t| t.credited_wei <= t.earned_wei));
             }
             _ => {}
         }

@@ -377,8 +377,8 @@ fn r_report_1_only_the_user_once_within_token_max_and_expiry() {
     assert!(matches!(
         effects[0],
         Effect::ReportAccepted {
-            reason: CreditReason::Credited,
-            amount_wei: 1_000,
+            reason: CreditReason::Earned,
+            earned_wei: 1_000,
             ..
         }
     ));
@@ -421,7 +421,7 @@ fn r_perf_1_and_2_too_slow_earns_nothing_and_a_penalty() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::TooSlow,
-            amount_wei: 0,
+            earned_wei: 0,
             ..
         }
     ));
@@ -431,7 +431,7 @@ fn r_perf_1_and_2_too_slow_earns_nothing_and_a_penalty() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::ReportedFail,
-            amount_wei: 0,
+            earned_wei: 0,
             ..
         }
     ));
@@ -452,8 +452,8 @@ fn r_perf_3_balance_weighted_credits_a_fail_from_a_smaller_holder() {
     assert!(matches!(
         effects[0],
         Effect::ReportAccepted {
-            reason: CreditReason::CreditedDespiteFail,
-            amount_wei: 1_000,
+            reason: CreditReason::EarnedDespiteFail,
+            earned_wei: 1_000,
             ..
         }
     ));
@@ -463,7 +463,7 @@ fn r_perf_3_balance_weighted_credits_a_fail_from_a_smaller_holder() {
         effects[0],
         Effect::ReportAccepted {
             reason: CreditReason::ReportedFail,
-            amount_wei: 0,
+            earned_wei: 0,
             ..
         }
     ));
@@ -607,7 +607,8 @@ fn r_block_1_and_2_one_batch_per_block_empty_ones_included() {
         first.totals,
         vec![ProviderTotals {
             provider: provider(1),
-            wei: 1_000,
+            earned_wei: 1_000,
+            credited_wei: 1_000,
             tokens: 100,
             sessions: 1
         }]
@@ -739,7 +740,7 @@ fn operator_commands_need_the_operator() {
 fn error_codes_are_stable_and_unique() {
     let errors = MarketError::one_of_each();
     let mut codes: Vec<u16> = errors.iter().map(MarketError::code).collect();
-    assert_eq!(codes, (0x0201..=0x021A).collect::<Vec<u16>>());
+    assert_eq!(codes, (0x0201..=0x021E).collect::<Vec<u16>>());
     codes.dedup();
     assert_eq!(codes.len(), errors.len());
     assert!(errors
@@ -848,10 +849,13 @@ fn r_id_4_operator_commands_cannot_be_replayed() {
     };
     assert_eq!(
         m.apply(command.clone()),
-        vec![Effect::Done {
-            to: OPERATOR,
-            nonce: 1
-        }]
+        vec![
+            Effect::BalancesSet { entries: vec![] },
+            Effect::Done {
+                to: OPERATOR,
+                nonce: 1
+            }
+        ]
     );
     assert_eq!(
         rejection_in(&m.apply(command)),

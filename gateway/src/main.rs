@@ -140,6 +140,11 @@ struct RunArgs {
     /// Overrides identity.balance_snapshot (address,balance_wei per line).
     #[arg(long)]
     balance_snapshot: Option<PathBuf>,
+    /// Apply --balance-snapshot even though the data directory's market already
+    /// exists (identity.balance_snapshot_reapply): without it, a snapshot is applied
+    /// only when the data directory is created, and a different file is refused.
+    #[arg(long)]
+    reapply_balance_snapshot: bool,
     /// Overrides identity.network_id.
     #[arg(long)]
     network_id: Option<u32>,
@@ -223,6 +228,9 @@ fn run(args: RunArgs) -> Result<(), String> {
     }
     if let Some(path) = args.balance_snapshot {
         config.identity.balance_snapshot = Some(path);
+    }
+    if args.reapply_balance_snapshot {
+        config.identity.balance_snapshot_reapply = true;
     }
     if let Some(network_id) = args.network_id {
         config.identity.network_id = network_id;

@@ -453,13 +453,21 @@ mod tests {
         sequencer.release_durable();
         assert_eq!(
             sink.0.lock().unwrap().as_slice(),
-            &[(
-                7,
-                Effect::Done {
-                    to: OPERATOR,
-                    nonce: 1
-                }
-            )]
+            &[
+                (
+                    7,
+                    Effect::BalancesSet {
+                        entries: vec![(Address([1; 20]), 5)]
+                    }
+                ),
+                (
+                    7,
+                    Effect::Done {
+                        to: OPERATOR,
+                        nonce: 1
+                    }
+                )
+            ]
         );
         // Ticks are journaled: a block seal replays exactly.
         *time.lock().unwrap() += 12_000;

@@ -490,8 +490,8 @@ fn run_user(
                     outcome.acknowledged_reports += 1;
                     counters.acks.fetch_add(1, Ordering::Relaxed);
                     outcome.last_ack = Some(received);
-                    if ack.credited {
-                        *outcome.expected_wei.entry(provider).or_default() += ack.amount_wei;
+                    if ack.earned {
+                        *outcome.expected_wei.entry(provider).or_default() += ack.earned_wei;
                         outcome.expected_sessions += 1;
                     }
                 }
@@ -695,8 +695,8 @@ fn run_operator_subscriber(
             log.receipts += batch.receipts;
             log.received_at.push(Instant::now());
             for totals in &batch.totals {
-                *log.credited_wei.entry(totals.provider).or_default() += totals.wei;
-                log.total_wei += totals.wei;
+                *log.credited_wei.entry(totals.provider).or_default() += totals.earned_wei;
+                log.total_wei += totals.earned_wei;
             }
         }
     }

@@ -125,10 +125,7 @@ fn run_user(addr: SocketAddr, key: SigningKey, stop: Arc<AtomicBool>, seen: Arc<
             _ => None,
         });
         let Some(ack) = ack else { return };
-        assert!(
-            ack.credited,
-            "a passing report at a steady speed is credited"
-        );
+        assert!(ack.earned, "a passing report at a steady speed is credited");
         let mut seen = seen.lock().unwrap();
         let unknown = seen
             .unknown
@@ -138,7 +135,7 @@ fn run_user(addr: SocketAddr, key: SigningKey, stop: Arc<AtomicBool>, seen: Arc<
         unknown.1 -= most;
         let acknowledged = seen.acknowledged.entry(ticket.provider).or_default();
         acknowledged.0 += 1;
-        acknowledged.1 += ack.amount_wei;
+        acknowledged.1 += ack.earned_wei;
     }
 }
 

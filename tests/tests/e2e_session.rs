@@ -138,8 +138,8 @@ fn full_session(backend: &str, ticket_signing: &str) {
         Message::ErrorReply(e) => panic!("report refused: {e:?}"),
         _ => None,
     });
-    assert!(ack.credited);
-    assert_eq!(ack.amount_wei, 300 * 1_000_000);
+    assert!(ack.earned);
+    assert_eq!(ack.earned_wei, 300 * 1_000_000);
     // A second report of the same session: refused with its own code.
     let nonce = user.next_nonce();
     user.send_signed(Report { nonce, ..report }.into()).unwrap();
@@ -164,7 +164,8 @@ fn full_session(backend: &str, ticket_signing: &str) {
     });
     assert_eq!(batch.receipts, 1);
     assert_eq!(batch.totals[0].provider, provider.address());
-    assert_eq!(batch.totals[0].wei, 300 * 1_000_000);
+    assert_eq!(batch.totals[0].earned_wei, 300 * 1_000_000);
+    assert_eq!(batch.totals[0].credited_wei, 300 * 1_000_000);
     assert!(
         router.terminate(Duration::from_secs(20)),
         "clean exit on SIGTERM"

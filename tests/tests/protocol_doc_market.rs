@@ -56,10 +56,10 @@ fn rfc_failed_reasons_are_the_engines() {
 #[test]
 fn report_ack_reasons_are_the_engines() {
     let values: Vec<(u8, String)> = [
-        CreditReason::Credited,
+        CreditReason::Earned,
         CreditReason::ReportedFail,
         CreditReason::TooSlow,
-        CreditReason::CreditedDespiteFail,
+        CreditReason::EarnedDespiteFail,
         CreditReason::ZeroTokens,
     ]
     .iter()

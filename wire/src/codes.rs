@@ -94,6 +94,16 @@ codes! {
     NO_OFFER = 0x0218, "no_offer";
     INVALID_CAPACITY = 0x0219, "invalid_capacity";
     DUPLICATE_MODEL = 0x021A, "duplicate_model";
+    /// R-MONEY-1: a bid above `market.bid_wei_per_token_max` (detail: the bound).
+    BID_ABOVE_MAX = 0x021B, "bid_above_max";
+    /// R-MONEY-1: TokenMax × the bid bound does not fit u128 (detail: the largest
+    /// TokenMax that does).
+    CREDIT_UNREPRESENTABLE = 0x021C, "credit_unrepresentable";
+    /// R-MONEY-1: the report's credit would overflow the block's totals; nothing
+    /// changed, report again after `retry_after_ms` (the next block).
+    CREDIT_OVERFLOW = 0x021D, "credit_overflow";
+    /// R-CONTRACT-6: a parameter set that would stop the market (the reason says why).
+    INVALID_PARAM_SET = 0x021E, "invalid_param_set";
 
     /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
     OVERLOADED = 0x0301, "overloaded";

@@ -137,7 +137,13 @@ record!(
 );
 record!(BalanceEntry { address: Address, balance_wei: u128 } max = BALANCE_ENTRIES_MAX);
 record!(ParamEntry { param_id: u16, value: u128 } max = PARAMS_MAX);
-record!(BatchTotals { provider: Address, wei: u128, tokens: u64, sessions: u32 } max = BATCH_TOTALS_MAX);
+record!(
+    /// One provider's totals in a block (R-BLOCK-2): `earned_wei` is Σ tokens × price
+    /// of its credited sessions, `credited_wei` what the ledger credited of it after
+    /// the day's cap (pro rata when the cap cuts the block; never above earned).
+    BatchTotals { provider: Address, earned_wei: u128, credited_wei: u128, tokens: u64, sessions: u32 }
+    max = BATCH_TOTALS_MAX
+);
 record!(
     /// One model's side of the market in `MarketState` (R-OPS-3): RFCs queued,
     /// providers with an active offer that are live (reachable, not suspended, funded)
@@ -305,8 +311,11 @@ messages! {
     }
     /// R-REPORT-1.
     Report = REPORT, signed: true { from: Address, nonce: u64, session_id: u64, elapsed_ms: u64, tokens: u64, pass: bool, signature: Signature }
-    /// `reason`: 0 credited, 1 reported fail, 2 too slow, 3 credited despite fail, 4 zero tokens.
-    ReportAck = REPORT_ACK, signed: false { nonce: u64, session_id: u64, credited: bool, reason: u8, amount_wei: u128 }
+    /// `reason`: 0 earned, 1 reported fail, 2 too slow, 3 earned despite fail, 4 zero tokens.
+    /// `earned`/`earned_wei`: whether the session earned a credit and how much
+    /// (tokens × price), to be credited subject to the day's cap when its block is
+    /// sealed; the block's CreditBatch says what was credited (R-BLOCK-2).
+    ReportAck = REPORT_ACK, signed: false { nonce: u64, session_id: u64, earned: bool, reason: u8, earned_wei: u128 }
     SubscribeBatches = SUBSCRIBE_BATCHES, signed: true { from: Address, nonce: u64, signature: Signature }
     /// R-BLOCK-2: router-signed.
     CreditBatch = CREDIT_BATCH, signed: true {

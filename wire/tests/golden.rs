@@ -196,9 +196,9 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             ReportAck {
                 nonce: 3,
                 session_id: 50_331_648,
-                credited: true,
+                earned: true,
                 reason: 0,
-                amount_wei: 36_000_000_000_000,
+                earned_wei: 36_000_000_000_000,
             }
             .into(),
             None,
@@ -221,7 +221,8 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
                 shortfall_wei: 0,
                 totals: vec![BatchTotals {
                     provider,
-                    wei: 36_000_000_000_000,
+                    earned_wei: 36_000_000_000_000,
+                    credited_wei: 36_000_000_000_000,
                     tokens: 400,
                     sessions: 1,
                 }],

@@ -137,9 +137,9 @@ pub fn samples() -> Vec<Message> {
         ReportAck {
             nonce: 8,
             session_id: 99,
-            credited: true,
+            earned: true,
             reason: 0,
-            amount_wei: 90_000_000_000,
+            earned_wei: 90_000_000_000,
         }
         .into(),
         SubscribeBatches {
@@ -156,7 +156,8 @@ pub fn samples() -> Vec<Message> {
             shortfall_wei: 0,
             totals: vec![BatchTotals {
                 provider: p,
-                wei: 90_000_000_000,
+                earned_wei: 90_000_000_000,
+                credited_wei: 90_000_000_000,
                 tokens: 90,
                 sessions: 1,
             }],

@@ -142,8 +142,8 @@ def test_full_session_with_batch_verification_and_claim(router):
     frame = p.sign_message(user.key, network_id, p.TYPE_OF["Report"], report)
     user.send_frame(frame)
     ack = user.answer(report["nonce"], "ReportAck")
-    assert ack["credited"] and ack["reason"] == 0
-    assert ack["amount_wei"] == 300 * PRICE_WEI_PER_TOKEN
+    assert ack["earned"] and ack["reason"] == 0
+    assert ack["earned_wei"] == 300 * PRICE_WEI_PER_TOKEN
 
     # The block's batch: signed by the router (checked in recv), totals consistent,
     # and its root is the leaf of our one receipt (the only session of the block).
@@ -164,8 +164,8 @@ def test_full_session_with_batch_verification_and_claim(router):
             batch = fields
     assert batch is not None, "no credit batch with the session"
     assert batch["receipts"] == 1
-    assert batch["totals"] == [{"provider": provider.address, "wei": 300 * PRICE_WEI_PER_TOKEN,
-                                "tokens": 300, "sessions": 1}]
+    assert batch["totals"] == [{"provider": provider.address, "earned_wei": 300 * PRICE_WEI_PER_TOKEN,
+                                "credited_wei": 300 * PRICE_WEI_PER_TOKEN, "tokens": 300, "sessions": 1}]
     assert batch["credited_wei"] == 300 * PRICE_WEI_PER_TOKEN
     assert batch["merkle_root"] == p.merkle_root([leaf])
 

@@ -93,18 +93,28 @@ impl Market {
     }
 
     pub fn fund(&mut self, who: Address, mor: u128) {
+        self.fund_wei(who, mor * WEI_PER_MOR);
+    }
+
+    /// R-QUOTA-6: sets a balance in wei; the engine reports what it applied.
+    pub fn fund_wei(&mut self, who: Address, balance_wei: u128) {
         let nonce = self.nonce(OPERATOR);
         let effects = self.apply(Command::SetBalances {
             operator: OPERATOR,
             nonce,
-            entries: vec![(who, mor * WEI_PER_MOR)],
+            entries: vec![(who, balance_wei)],
         });
         assert_eq!(
             effects,
-            vec![Effect::Done {
-                to: OPERATOR,
-                nonce
-            }]
+            vec![
+                Effect::BalancesSet {
+                    entries: vec![(who, balance_wei)]
+                },
+                Effect::Done {
+                    to: OPERATOR,
+                    nonce
+                }
+            ]
         );
     }
 

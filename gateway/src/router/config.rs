@@ -33,9 +33,15 @@ pub struct IdentityConfig {
     /// The operator's address (EIP-55 or lower case); empty: no operator, so no
     /// balance or parameter updates are accepted.
     pub operator: String,
-    /// Balance snapshot loaded at start: one `address,balance_wei` per line, `#`
-    /// comments allowed (see README).
+    /// Balance snapshot: one `address,balance_wei` per line, `#` comments allowed
+    /// (see README). R-QUOTA-6: applied once, when the market is created (a new data
+    /// directory); later starts with the same file skip it, and a different file is
+    /// refused unless `balance_snapshot_reapply`.
     pub balance_snapshot: Option<PathBuf>,
+    /// Apply `balance_snapshot` on this start even though the market already exists
+    /// (it sets every balance it lists; no operator nonce is spent). Meant for one
+    /// start: the CLI flag `--reapply-balance-snapshot`.
+    pub balance_snapshot_reapply: bool,
 }
 
 impl Default for IdentityConfig {
@@ -45,6 +51,7 @@ impl Default for IdentityConfig {
             router_key_hex: String::new(),
             operator: String::new(),
             balance_snapshot: None,
+            balance_snapshot_reapply: false,
         }
     }
 }
@@ -139,6 +146,11 @@ pub struct MarketSection {
     /// (their EIP-712 domain); empty address: not deployed yet (the zero address).
     pub settlement_chain_id: u64,
     pub settlement_contract: String,
+    /// R-MONEY-1: the highest bid, wei per token (default 10^24, written as digits
+    /// since it is above TOML's 2^63 - 1). An RFC is admitted only if TokenMax times
+    /// this fits a u128 wei amount.
+    #[serde(with = "wei_in_toml")]
+    pub bid_wei_per_token_max: u128,
 }
 
 impl Default for MarketSection {
@@ -174,6 +186,7 @@ impl Default for MarketSection {
             settlements_kept_max: d.settlements_kept_max,
             settlement_chain_id: d.settlement_chain_id,
             settlement_contract: String::new(),
+            bid_wei_per_token_max: d.bid_wei_per_token_max,
         }
     }
 }
@@ -332,6 +345,7 @@ impl RouterConfig {
                     .map(|a| yellowstone_engine::Address(a.0))
                     .map_err(|e| format!("market.settlement_contract: {e}"))?
             },
+            bid_wei_per_token_max: m.bid_wei_per_token_max,
             ..MarketConfig::default()
         };
         config.validate().map_err(|e| format!("market: {e}"))?;

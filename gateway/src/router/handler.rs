@@ -325,13 +325,10 @@ impl RouterHandler {
                 amount_wei: m.amount_wei,
             },
             Message::BalanceUpdate(m) => {
-                if self.shared.operator == Some(from) {
-                    for entry in &m.entries {
-                        self.shared
-                            .balances
-                            .insert(entry.address, entry.balance_wei);
-                    }
-                }
+                // R-QUOTA-6: the pre-check cache is written from the engine's
+                // `BalancesSet` effect (sink.rs), never from the request: a refused
+                // update (replayed nonce, not the operator, over a limit) changes
+                // nothing.
                 let entries = m
                     .entries
                     .iter()

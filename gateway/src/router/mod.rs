@@ -249,7 +249,12 @@ impl Router {
     }
 }
 
-/// R-QUOTA-6: the balance snapshot, applied through the journal as operator commands.
+/// R-QUOTA-6: the balance snapshot file is applied once, when the market is new (a
+/// fresh data directory, or an in-memory router), through the journal as
+/// router-originated `LoadBalanceSnapshot` commands that spend no operator nonce.
+/// A later start given the same file (same BLAKE3) skips it; a different file, or
+/// one given to a market that has run without it, is refused unless the operator
+/// asks for it with `identity.balance_snapshot_reapply` (`--reapply-balance-snapshot`).
 fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
     config: &RouterConfig,
     shared: &RouterShared,
@@ -258,31 +263,73 @@ fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
     let Some(path) = &config.identity.balance_snapshot else {
         return Ok(());
     };
-    let operator = config
-        .operator()?
-        .ok_or("identity.balance_snapshot needs identity.operator")?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("balance snapshot {}: {e}", path.display()))?;
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("balance snapshot {}: {e}", path.display()))?;
+    let file_blake3 = *blake3::hash(&bytes).as_bytes();
+    let text = String::from_utf8(bytes)
+        .map_err(|e| format!("balance snapshot {}: not UTF-8: {e}", path.display()))?;
     let entries = config::parse_balance_snapshot(&text)
         .map_err(|e| format!("balance snapshot {}: {e}", path.display()))?;
-    let chunk_max = sequencer.engine.config().balance_entries_max.max(1) as usize;
+    let engine = &sequencer.engine;
+    let applied = engine.balance_snapshot_blake3();
+    let reapply = config.identity.balance_snapshot_reapply;
+    // A market that never ran holds only the operator's account.
+    let new_market = applied.is_none() && engine.accounts_len() <= 1;
+    if applied == Some(file_blake3) && !reapply {
+        tracing::info!(
+            path = %path.display(),
+            "balance snapshot already applied when this market was created: not applied again"
+        );
+        return Ok(());
+    }
+    if !new_market && !reapply {
+        let what = match applied {
+            Some(hash) => format!("a different file (BLAKE3 {})", hex::encode(hash)),
+            None => "none".to_string(),
+        };
+        return Err(format!(
+            "balance snapshot {} (BLAKE3 {}) is not the one this market was created with \
+             ({what}): a snapshot is applied once, when the data directory is created, so \
+             that restarts never revert run-time balance updates; to apply this one now \
+             (it sets every balance it lists), start once with --reapply-balance-snapshot",
+            path.display(),
+            hex::encode(file_blake3)
+        ));
+    }
+    let distinct: std::collections::BTreeSet<_> = entries.iter().map(|(a, _)| *a).collect();
+    let new_accounts = distinct
+        .iter()
+        .filter(|a| !engine.has_account(&to_engine(**a)))
+        .count();
+    let accounts_max = engine.config().accounts_max as usize;
+    if engine.accounts_len() + new_accounts > accounts_max {
+        return Err(format!(
+            "balance snapshot {}: {} addresses would exceed market.accounts_max = {accounts_max}",
+            path.display(),
+            distinct.len()
+        ));
+    }
+    let chunk_max = engine.config().balance_entries_max.max(1) as usize;
     for chunk in entries.chunks(chunk_max) {
-        let nonce = sequencer
-            .engine
-            .nonce_last(&to_engine(operator))
-            .unwrap_or(0)
-            + 1;
-        let command = Command::SetBalances {
-            operator: to_engine(operator),
-            nonce,
+        let command = Command::LoadBalanceSnapshot {
+            file_blake3,
             entries: chunk.iter().map(|(a, b)| (to_engine(*a), *b)).collect(),
         };
         sequencer.apply(ORIGIN_INTERNAL, command)?;
     }
-    for (address, balance) in entries {
+    if sequencer.engine.balance_snapshot_blake3() != Some(file_blake3) && !entries.is_empty() {
+        return Err(format!(
+            "balance snapshot {}: refused by the engine (limits)",
+            path.display()
+        ));
+    }
+    // The pre-check cache follows what the engine holds now (its BalancesSet
+    // effects will say the same once delivered).
+    for address in distinct {
+        let balance = sequencer.engine.balance_wei(&to_engine(address));
         shared.balances.insert(address, balance);
     }
-    tracing::info!(path = %path.display(), "balance snapshot loaded");
+    tracing::info!(path = %path.display(), entries = entries.len(), "balance snapshot applied");
     Ok(())
 }
 

@@ -18,8 +18,9 @@ pub struct RouterShared {
     pub operator: Option<Address>,
     /// Where messages for an address go (R-ID-6); a login takes no route.
     pub routes: Routes,
-    /// Balances as last set by the operator: lets gateways refuse zero-balance RFCs
-    /// without a trip to the engine (the engine checks again).
+    /// Balances as the engine last applied them (its `BalancesSet` effects, and the
+    /// recovered engine at start): lets gateways refuse zero-balance RFCs without a
+    /// trip to the engine (the engine checks again). Never written from a request.
     pub balances: DashMap<Address, u128>,
     pub subscribers: DashMap<ConnId, ()>,
     pub inbound: Sender<SequencerInput>,

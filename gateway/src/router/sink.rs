@@ -38,7 +38,9 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::ProbeAnswer { .. } => msg_type::PROBE_ANSWER,
         Command::Report { .. } => msg_type::REPORT,
         Command::Claim { .. } => msg_type::CLAIM,
-        Command::Tick | Command::ProviderDisconnected { .. } => 0,
+        Command::Tick
+        | Command::ProviderDisconnected { .. }
+        | Command::LoadBalanceSnapshot { .. } => 0,
     }
 }
 
@@ -231,18 +233,19 @@ impl EffectSink for RouterSink {
                     nonce,
                     session,
                     reason,
-                    amount_wei,
+                    earned_wei,
                 } => {
-                    let credited = matches!(
+                    let earned = matches!(
                         reason,
-                        CreditReason::Credited | CreditReason::CreditedDespiteFail
+                        CreditReason::Earned | CreditReason::EarnedDespiteFail
                     );
+                    // R-BLOCK-2: earned, subject to the day's cap at the block's seal.
                     let reply = messages::ReportAck {
                         nonce: *nonce,
                         session_id: *session,
-                        credited,
+                        earned,
                         reason: *reason as u8,
-                        amount_wei: *amount_wei,
+                        earned_wei: *earned_wei,
                     };
                     out.reply(route_user(shared, to_wire(*user)), reply.into());
                 }
@@ -323,6 +326,12 @@ impl EffectSink for RouterSink {
                     };
                     out.reply(route_provider(shared, to_wire(*provider)), reply.into());
                 }
+                Effect::BalancesSet { entries } => {
+                    // R-QUOTA-6: the pre-check cache follows what the engine applied.
+                    for (address, balance_wei) in entries {
+                        shared.balances.insert(to_wire(*address), *balance_wei);
+                    }
+                }
                 Effect::Done { to, nonce } => {
                     let ack = messages::Ack { nonce: *nonce };
                     out.reply(
@@ -350,7 +359,8 @@ pub fn batch_message(batch: &CreditBatch, applied: &BatchApplied) -> Message {
             .iter()
             .map(|t| messages::BatchTotals {
                 provider: to_wire(t.provider),
-                wei: t.wei,
+                earned_wei: t.earned_wei,
+                credited_wei: t.credited_wei,
                 tokens: t.tokens,
                 sessions: t.sessions,
             })
