@@ -649,6 +649,9 @@ fn r_ops_3_hostile_values_are_refused_clearly_and_lose_nothing() {
         ("mor_supply_wei=0", "above 0"),
         ("speed_window_reports=0", "above 0"),
         ("probe_timeout_ms=0", "above 0"),
+        // Above the RFC lifetime a silent provider would hold an RFC past its expiry.
+        ("probe_timeout_ms=300001", "rfc_ttl_max_ms"),
+        ("probe_timeout_ms=18446744073709551615", "rfc_ttl_max_ms"),
         ("speed_tolerance_percent=4294967296", "at most 4294967295"),
         (
             "suspension_ms=18446744073709551616",

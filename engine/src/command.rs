@@ -181,7 +181,7 @@ impl ParamId {
             SpeedWindowReports => "a whole number, above 0 and at most 4294967295 (u32)",
             SuspensionMs => "a whole number of ms, at most 18446744073709551615 (u64)",
             ProbeTimeoutMs => {
-                "a whole number of ms, above 0 and at most 18446744073709551615 (u64)"
+                "a whole number of ms, above 0 and at most market.rfc_ttl_max_ms (300000 by default)"
             }
             FailPolicy => "0 (no-credit) or 1 (balance-weighted)",
             UnusedBudget => "0 (carry) or 1 (burn)",
