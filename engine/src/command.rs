@@ -439,6 +439,11 @@ pub enum Effect {
         provider: Address,
         until_ms: u64,
     },
+    /// R-PROV-2: a registration from a provider with no MOR balance was accepted,
+    /// but the provider will not be matched until it is funded.
+    ProviderUnfunded {
+        provider: Address,
+    },
     BatchSealed {
         batch: CreditBatch,
         applied: BatchApplied,
@@ -467,6 +472,7 @@ impl Effect {
             Effect::Probe { provider, .. }
             | Effect::ProviderUnreachable { provider }
             | Effect::ProviderSuspended { provider, .. }
+            | Effect::ProviderUnfunded { provider }
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
             Effect::SessionExpired { user, .. } => Some(*user),

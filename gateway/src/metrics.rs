@@ -251,7 +251,13 @@ impl Registry {
         for (stage, histogram) in Stage::ALL.iter().zip(merged.iter()) {
             let stage = stage.name();
             for quantile in [0.5, 0.9, 0.99, 0.999] {
-                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e9;
+                // No sample: the quantile is unknown, NaN as Prometheus writes it
+                // (a 0 would read as "zero latency").
+                let seconds = if histogram.is_empty() {
+                    "NaN".to_string()
+                } else {
+                    (histogram.value_at_quantile(quantile) as f64 / 1e9).to_string()
+                };
                 let _ = writeln!(
                     out,
                     "{name}{{stage=\"{stage}\",quantile=\"{quantile}\"}} {seconds}"
@@ -376,6 +382,11 @@ mod tests {
         );
         assert!(text.contains("# TYPE yellowstone_depth gauge\nyellowstone_depth -2"));
         assert!(text.contains("yellowstone_stage_latency_seconds_count{stage=\"decode\"} 2"));
-        assert!(text.contains("stage=\"verify\",quantile=\"0.999\"} 0"));
+        // An empty summary's quantiles are unknown, not zero.
+        assert!(
+            text.contains("stage=\"verify\",quantile=\"0.999\"} NaN\n"),
+            "{text}"
+        );
+        assert!(text.contains("yellowstone_stage_latency_seconds_count{stage=\"verify\"} 0"));
     }
 }

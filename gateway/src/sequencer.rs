@@ -80,6 +80,8 @@ pub trait Durability: Send {
 
 /// Receives effects once the command that caused them is durable.
 pub trait EffectSink: Send {
+    /// Called once per command, in order: with its effects (possibly none when the
+    /// command came from a connection, whose frame the sink must answer).
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]);
     /// Called after each burst of deliveries, to flush outboxes.
     fn flush(&mut self) {}
@@ -295,7 +297,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let mut delivered = false;
         while self.pending.front().is_some_and(|p| p.seq <= durable) {
             let mut pending = self.pending.pop_front().expect("checked");
-            if !pending.effects.is_empty() {
+            // A command from a connection is delivered even without effects: the
+            // sink answers its frame (R-ID-6, half-close).
+            if !pending.effects.is_empty() || pending.origin != ORIGIN_INTERNAL {
                 self.sink
                     .deliver(pending.origin, &pending.command, &pending.effects);
                 delivered = true;

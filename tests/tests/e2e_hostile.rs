@@ -420,6 +420,7 @@ fn a_second_router_on_a_busy_port_refuses_to_start() {
     let first = start();
     let operator = operator_key().address().to_string();
     let listen = first.ready.listen.to_string();
+    let scratch = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(yellowstone_tests::router_binary())
         .args([
             "run",
@@ -431,6 +432,8 @@ fn a_second_router_on_a_busy_port_refuses_to_start() {
             &operator,
         ])
         .env("RUST_LOG", "warn")
+        // Its default data directory goes into a temporary directory.
+        .current_dir(scratch.path())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

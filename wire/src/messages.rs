@@ -320,7 +320,8 @@ messages! {
     SetParams = SET_PARAMS, signed: true { from: Address, nonce: u64, params: Vec<ParamEntry>, signature: Signature }
     /// Acknowledges a command that has no other answer (registration, bids, operator).
     Ack = ACK, signed: false { nonce: u64 }
-    /// Unsolicited news for a provider: `kind` 1 unreachable, 2 suspended (until_ms).
+    /// Unsolicited news for a provider: `kind` 1 unreachable, 2 suspended (until_ms),
+    /// 3 registered without a MOR balance: not matched until funded (R-PROV-2).
     Notice = NOTICE, signed: false { kind: u8, until_ms: u64 }
     Ping = PING, signed: false { payload: u64 }
     Pong = PONG, signed: false { payload: u64 }
@@ -349,6 +350,15 @@ messages! {
     /// SPEC section 9: every refusal. `detail` holds e.g. the quota left.
     ErrorReply = ERROR_REPLY, signed: false { code: u16, ref_msg_type: u16, ref_nonce: u64, retry_after_ms: u32, detail: u128, reason: String }
 }
+
+/// `Notice.kind`: the provider is out of matching until it announces itself again
+/// (R-MATCH-2).
+pub const NOTICE_UNREACHABLE: u8 = 1;
+/// `Notice.kind`: the provider is suspended until `until_ms` (R-PERF-4).
+pub const NOTICE_SUSPENDED: u8 = 2;
+/// `Notice.kind`: the registration was accepted but the provider holds no MOR
+/// balance and will not be matched until funded (R-PROV-2).
+pub const NOTICE_UNFUNDED: u8 = 3;
 
 /// The digest of a signed body: everything before the trailing signature.
 pub fn signed_digest(network_id: u32, msg_type: u16, body: &[u8]) -> Option<[u8; 32]> {

@@ -41,7 +41,8 @@ def router():
             [str(router_binary()), "run", "--config", config, "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", "--backend", "mio",
              "--operator", p.checksummed(operator.address)],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+            # Its default data directory (R-OPS-1) goes into the temporary directory.
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env, cwd=tmp)
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
         try:
