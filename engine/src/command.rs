@@ -454,6 +454,13 @@ pub enum Effect {
         amount_wei: u128,
         owed_left_wei: u128,
     },
+    /// R-CHAIN-1: an epoch ended; the router signs and publishes its settlement for
+    /// the Compute Contract at `contract` on chain `chain_id` (the EIP-712 domain).
+    SettlementSealed {
+        settlement: crate::settlement::SettlementRecord,
+        chain_id: u64,
+        contract: Address,
+    },
     /// Acknowledges operator and provider commands that have no other answer.
     Done {
         to: Address,
@@ -476,7 +483,7 @@ impl Effect {
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
             Effect::SessionExpired { user, .. } => Some(*user),
-            Effect::BatchSealed { .. } => None,
+            Effect::BatchSealed { .. } | Effect::SettlementSealed { .. } => None,
         }
     }
 }

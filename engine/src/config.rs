@@ -95,6 +95,15 @@ pub struct MarketConfig {
     pub bootstrap_share_bps: u32,
     /// Daily spend may exceed the day's emission by this share of the unused pool, bps.
     pub pool_daily_spend_bps: u32,
+
+    // R-CHAIN-1: settlement with the Compute Contract on a chain.
+    /// Blocks per settlement epoch; must divide a day (7,200 blocks). 300: one hour.
+    pub settlement_epoch_blocks: u64,
+    /// Settlement records the engine keeps (older epochs can no longer be exported).
+    pub settlements_kept_max: u32,
+    /// EIP-712 domain of the settlements: the chain's id and the contract's address.
+    pub settlement_chain_id: u64,
+    pub settlement_contract: Address,
 }
 
 impl Default for MarketConfig {
@@ -136,6 +145,10 @@ impl Default for MarketConfig {
             bootstrap_providers_max: 100,
             bootstrap_share_bps: 240,
             pool_daily_spend_bps: 100,
+            settlement_epoch_blocks: 300,
+            settlements_kept_max: 8_760,
+            settlement_chain_id: 1,
+            settlement_contract: Address::default(),
         }
     }
 }
@@ -185,6 +198,18 @@ impl MarketConfig {
             if !ok {
                 return Err(reason.to_string());
             }
+        }
+        if self.settlement_epoch_blocks == 0
+            || !crate::types::BLOCKS_PER_DAY.is_multiple_of(self.settlement_epoch_blocks)
+        {
+            return Err(format!(
+                "settlement_epoch_blocks must divide a day of {} blocks, not {}",
+                crate::types::BLOCKS_PER_DAY,
+                self.settlement_epoch_blocks
+            ));
+        }
+        if self.settlements_kept_max == 0 {
+            return Err("settlements_kept_max must be > 0".to_string());
         }
         let mut ids: Vec<ModelId> = self.models.iter().map(|m| m.id).collect();
         ids.sort_unstable();

@@ -85,6 +85,7 @@ impl Engine {
             block_totals: BTreeMap::new(),
             merkle: MerkleAccumulator::default(),
             ledger: Ledger::default(),
+            settlement: Default::default(),
             counters: Counters::default(),
             config,
         };
@@ -293,6 +294,7 @@ impl Engine {
             if self.state.block.is_multiple_of(BLOCKS_PER_DAY) {
                 self.roll_day();
             }
+            self.seal_epoch_if_due(effects);
         }
         self.run_pending_matches(now, effects);
     }
@@ -362,6 +364,11 @@ impl Engine {
             .config
             .genesis_ms
             .saturating_add((self.state.block + 1).saturating_mul(BLOCK_MS))
+    }
+
+    /// R-CHAIN-1: the settled epochs and the cumulative credits of the last one.
+    pub fn settlement(&self) -> &crate::settlement::SettlementState {
+        &self.state.settlement
     }
 
     pub fn ledger(&self) -> &Ledger {

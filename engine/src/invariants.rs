@@ -11,6 +11,11 @@ impl Engine {
         self.check_quota();
         self.check_book();
         self.check_matching();
+        self.state.settlement.check(
+            self.state.block,
+            self.state.config.settlement_epoch_blocks,
+            &self.state.ledger,
+        );
     }
 
     /// Open sessions + probes of each offer equal its `busy`, never above capacity.

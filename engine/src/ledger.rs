@@ -30,6 +30,9 @@ pub struct Ledger {
     pub shortfall_total_wei: u128,
     pub bootstrap_total_wei: u128,
     pub owed_wei: BTreeMap<Address, u128>,
+    /// Cumulative MOR wei ever credited to each provider (batches and bootstrap bonus),
+    /// never decreasing: what a settlement's Merkle root commits to (R-CHAIN-1).
+    pub credited_wei: BTreeMap<Address, u128>,
     /// The last block whose batch was applied.
     pub last_block: Option<u64>,
     /// What that batch credited and what it fell short (R-CONTRACT-2), for the
@@ -70,6 +73,11 @@ impl Ledger {
             self.owed_total_wei,
             self.owed_wei.values().sum::<u128>(),
             "owed total drifted"
+        );
+        assert_eq!(
+            self.credited_wei.values().sum::<u128>(),
+            self.credited_total_wei + self.bootstrap_total_wei,
+            "cumulative credits drifted"
         );
         assert!(
             self.day_spent_wei <= self.day_cap_wei
@@ -125,6 +133,7 @@ impl Ledger {
             .collect();
         for (provider, share) in shares {
             *self.owed_wei.entry(provider).or_insert(0) += share;
+            *self.credited_wei.entry(provider).or_insert(0) += share;
             distributed += share;
         }
         debug_assert!(distributed <= bonus_wei);
@@ -166,6 +175,7 @@ impl Ledger {
                 continue;
             }
             *self.owed_wei.entry(totals.provider).or_insert(0) += amount;
+            *self.credited_wei.entry(totals.provider).or_insert(0) += amount;
             if self.bootstrap_providers.contains(&totals.provider) {
                 *self
                     .bootstrap_day_credits_wei

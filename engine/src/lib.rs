@@ -15,6 +15,8 @@
 //! - `Engine::check_invariants`: solvency, capacity, quota, book consistency.
 //! - `ledger::Ledger`: the Compute Contract, usable on its own.
 //! - `merkle`: the receipt leaf and tree rules of the credit batch's root.
+//! - `settlement`: the per-epoch settlement with the on-chain Compute Contract and its
+//!   keccak Merkle tree over (provider, cumulative credited) (R-CHAIN-1).
 
 mod blocks;
 pub mod command;
@@ -29,6 +31,7 @@ pub mod merkle;
 mod operator;
 mod provider;
 pub mod quota;
+pub mod settlement;
 mod slab;
 pub mod speed;
 pub mod state;

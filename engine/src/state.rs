@@ -150,6 +150,8 @@ pub struct State {
     pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
     pub merkle: MerkleAccumulator,
     pub ledger: Ledger,
+    /// R-CHAIN-1: the epochs settled so far.
+    pub settlement: crate::settlement::SettlementState,
     pub counters: Counters,
 }
 

@@ -11,3 +11,4 @@ pub mod metrics_http;
 pub mod net;
 pub mod router;
 pub mod sequencer;
+pub mod settlement;

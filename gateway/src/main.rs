@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use yellowstone_gateway::config::Backend;
 use yellowstone_gateway::journal::tools;
 use yellowstone_gateway::router::config::RouterConfig;
+use yellowstone_gateway::settlement;
 use yellowstone_wire::SigningKey;
 
 #[derive(Parser)]
@@ -63,6 +64,35 @@ enum Cmd {
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exports an epoch's settlement for the on-chain Compute Contract (read-only,
+    /// R-CHAIN-1): the record, the router's EIP-712 signature and the `settle`
+    /// calldata anyone may relay.
+    Settlement {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The epoch (default: the last settled).
+        #[arg(long)]
+        epoch: Option<u64>,
+        /// The router's configuration file (identity.network_id, router_key_hex).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Overrides identity.network_id.
+        #[arg(long)]
+        network_id: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a provider's Merkle proof against the last settled epoch's root and
+    /// the `claim` calldata for the Compute Contract (read-only, R-CLAIM-1).
+    ClaimProof {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The provider's address (0x…).
+        #[arg(long)]
+        provider: String,
         #[arg(long)]
         json: bool,
     },
@@ -225,6 +255,14 @@ fn run(args: RunArgs) -> Result<(), String> {
 /// The data directory used when none is given, in the working directory (R-OPS-1).
 const DATA_DIR_DEFAULT: &str = "yellowstone-data";
 
+fn print_value(value: &serde_json::Value, json: bool) {
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", settlement::text(value));
+    }
+}
+
 fn main() {
     use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
@@ -273,6 +311,26 @@ fn main() {
                 print!("{}", tools::ledger_text(&ledger));
             }
         }),
+        Cmd::Settlement {
+            data_dir,
+            epoch,
+            config,
+            network_id,
+            json,
+        } => load_config(&config)
+            .and_then(|config| {
+                let key_hex =
+                    Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
+                let network_id = network_id.unwrap_or(config.identity.network_id);
+                let signer = settlement::Signer::from_data_dir(&data_dir, key_hex, network_id)?;
+                settlement::export(&data_dir, epoch, &signer)
+            })
+            .map(|value| print_value(&value, json)),
+        Cmd::ClaimProof {
+            data_dir,
+            provider,
+            json,
+        } => settlement::claim_proof(&data_dir, &provider).map(|value| print_value(&value, json)),
         Cmd::PrintConfig { config } => load_config(&config)
             .and_then(|c| toml::to_string_pretty(&c).map_err(|e| e.to_string()))
             .map(|text| print!("{text}")),

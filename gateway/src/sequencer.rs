@@ -244,10 +244,12 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let mut effects = self.spare.pop().unwrap_or_default();
         let block_before = self.engine.block();
         self.engine.apply(&record.command, now_ms, &mut effects);
-        if effects
-            .iter()
-            .any(|e| matches!(e, Effect::BatchSealed { .. }))
-        {
+        if effects.iter().any(|e| {
+            matches!(
+                e,
+                Effect::BatchSealed { .. } | Effect::SettlementSealed { .. }
+            )
+        }) {
             self.journal.make_durable(seq)?;
         }
         if self.engine.block() != block_before {

@@ -206,7 +206,10 @@ impl Client {
         let frame = self.recv_frame()?;
         let message =
             Message::decode(frame.header.msg_type, &frame.body).map_err(ClientError::Decode)?;
-        if matches!(message, Message::SessionTicket(_) | Message::CreditBatch(_)) {
+        if matches!(
+            message,
+            Message::SessionTicket(_) | Message::CreditBatch(_) | Message::Settlement(_)
+        ) {
             message
                 .verify_router(self.network_id, &frame.body, &self.router)
                 .map_err(ClientError::RouterSignature)?;

@@ -189,6 +189,7 @@ pub mod msg_type {
     pub const REPORT_ACK: u16 = 0x0051;
     pub const SUBSCRIBE_BATCHES: u16 = 0x0060;
     pub const CREDIT_BATCH: u16 = 0x0061;
+    pub const SETTLEMENT: u16 = 0x0062;
     pub const CLAIM: u16 = 0x0070;
     pub const CLAIM_ACK: u16 = 0x0071;
     pub const BALANCE_UPDATE: u16 = 0x0080;
@@ -312,6 +313,16 @@ messages! {
         block: u64, merkle_root: [u8; 32], receipts: u64, credited_wei: u128, shortfall_wei: u128,
         totals: Vec<BatchTotals>, signature: Signature
     }
+    /// R-CHAIN-1: router-signed, sent to batch subscribers at each epoch's end.
+    /// `eip712_signature` (r ‖ s ‖ v, v 27 or 28) is the router's signature over the
+    /// EIP-712 typed data `Settlement(uint64 networkId,uint64 epoch,uint256 credited,
+    /// uint256 bootstrap,bytes32 root)` in the domain ("Yellowstone Compute Contract",
+    /// "1", `chain_id`, `contract`): what anyone relays to the Compute Contract.
+    Settlement = SETTLEMENT, signed: true {
+        epoch: u64, day: u64, first_block: u64, last_block: u64, credited_wei: u128, bootstrap_wei: u128,
+        credited_cumulative_wei: u128, providers: u32, merkle_root: [u8; 32], chain_id: u64, contract: Address,
+        eip712_signature: Signature, signature: Signature
+    }
     /// R-CLAIM-1: `amount_wei` 0 claims all that is owed.
     Claim = CLAIM, signed: true { from: Address, nonce: u64, amount_wei: u128, signature: Signature }
     ClaimAck = CLAIM_ACK, signed: false { nonce: u64, amount_wei: u128, owed_left_wei: u128 }
@@ -410,6 +421,7 @@ impl Message {
             Message::Report(m) => &m.signature,
             Message::SubscribeBatches(m) => &m.signature,
             Message::CreditBatch(m) => &m.signature,
+            Message::Settlement(m) => &m.signature,
             Message::Claim(m) => &m.signature,
             Message::BalanceUpdate(m) => &m.signature,
             Message::SetParams(m) => &m.signature,
@@ -431,6 +443,7 @@ impl Message {
             Message::Report(m) => &mut m.signature,
             Message::SubscribeBatches(m) => &mut m.signature,
             Message::CreditBatch(m) => &mut m.signature,
+            Message::Settlement(m) => &mut m.signature,
             Message::Claim(m) => &mut m.signature,
             Message::BalanceUpdate(m) => &mut m.signature,
             Message::SetParams(m) => &mut m.signature,

@@ -231,6 +231,25 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             Some("router"),
         ),
         (
+            Settlement {
+                epoch: 3,
+                day: 0,
+                first_block: 900,
+                last_block: 1_199,
+                credited_wei: 36_000_000_000_000,
+                bootstrap_wei: 0,
+                credited_cumulative_wei: 72_000_000_000_000,
+                providers: 1,
+                merkle_root: [0xEF; 32],
+                chain_id: 31_337,
+                contract: provider,
+                eip712_signature: Signature([0x1B; 65]),
+                signature: sig,
+            }
+            .into(),
+            Some("router"),
+        ),
+        (
             Claim {
                 from: provider,
                 nonce: 6,

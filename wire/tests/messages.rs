@@ -163,6 +163,22 @@ pub fn samples() -> Vec<Message> {
             signature: Signature::default(),
         }
         .into(),
+        Settlement {
+            epoch: 3,
+            day: 0,
+            first_block: 900,
+            last_block: 1_199,
+            credited_wei: 90_000_000_000,
+            bootstrap_wei: 0,
+            credited_cumulative_wei: 180_000_000_000,
+            providers: 1,
+            merkle_root: [5; 32],
+            chain_id: 31_337,
+            contract: a,
+            eip712_signature: Signature([7; 65]),
+            signature: Signature::default(),
+        }
+        .into(),
         Claim {
             from: p,
             nonce: 10,

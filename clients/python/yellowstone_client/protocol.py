@@ -75,6 +75,11 @@ MESSAGES = {
     0x0061: ("CreditBatch", [("block", "u64"), ("merkle_root", "bytes32"), ("receipts", "u64"),
                              ("credited_wei", "u128"), ("shortfall_wei", "u128"),
                              ("totals", "list<BatchTotals>"), ("signature", "signature")]),
+    0x0062: ("Settlement", [("epoch", "u64"), ("day", "u64"), ("first_block", "u64"), ("last_block", "u64"),
+                            ("credited_wei", "u128"), ("bootstrap_wei", "u128"),
+                            ("credited_cumulative_wei", "u128"), ("providers", "u32"),
+                            ("merkle_root", "bytes32"), ("chain_id", "u64"), ("contract", "address"),
+                            ("eip712_signature", "signature"), ("signature", "signature")]),
     0x0070: ("Claim", [("from", "address"), ("nonce", "u64"), ("amount_wei", "u128"), ("signature", "signature")]),
     0x0071: ("ClaimAck", [("nonce", "u64"), ("amount_wei", "u128"), ("owed_left_wei", "u128")]),
     0x0080: ("BalanceUpdate", [("from", "address"), ("nonce", "u64"), ("entries", "list<BalanceEntry>"),
@@ -100,7 +105,7 @@ MESSAGES = {
 }
 TYPE_OF = {name: msg_type for msg_type, (name, _) in MESSAGES.items()}
 # Router-signed messages (section 4).
-ROUTER_SIGNED = {"SessionTicket", "CreditBatch"}
+ROUTER_SIGNED = {"SessionTicket", "CreditBatch", "Settlement"}
 
 # Section 9 (names only; the document explains when and what `detail` holds).
 ERROR_NAMES = {

@@ -130,6 +130,15 @@ pub struct MarketSection {
     pub suspension_ms: u64,
     /// "carry" or "burn".
     pub unused_budget: String,
+    /// R-CHAIN-1: blocks per settlement with the on-chain Compute Contract; must
+    /// divide a day (7,200 blocks). 300: one hour.
+    pub settlement_epoch_blocks: u64,
+    /// Settlements kept for export (`yellowstone-router settlement`).
+    pub settlements_kept_max: u32,
+    /// The chain id and Compute Contract address the settlements are signed for
+    /// (their EIP-712 domain); empty address: not deployed yet (the zero address).
+    pub settlement_chain_id: u64,
+    pub settlement_contract: String,
 }
 
 impl Default for MarketSection {
@@ -161,6 +170,10 @@ impl Default for MarketSection {
             penalty_points_suspend: d.penalty_points_suspend,
             suspension_ms: d.suspension_ms,
             unused_budget: "carry".into(),
+            settlement_epoch_blocks: d.settlement_epoch_blocks,
+            settlements_kept_max: d.settlements_kept_max,
+            settlement_chain_id: d.settlement_chain_id,
+            settlement_contract: String::new(),
         }
     }
 }
@@ -308,6 +321,17 @@ impl RouterConfig {
             suspension_ms: m.suspension_ms,
             unused_budget: [UnusedBudget::Carry, UnusedBudget::Burn]
                 [pick("unused_budget", &m.unused_budget, &["carry", "burn"])?],
+            settlement_epoch_blocks: m.settlement_epoch_blocks,
+            settlements_kept_max: m.settlements_kept_max,
+            settlement_chain_id: m.settlement_chain_id,
+            settlement_contract: if m.settlement_contract.is_empty() {
+                yellowstone_engine::Address::default()
+            } else {
+                m.settlement_contract
+                    .parse::<Address>()
+                    .map(|a| yellowstone_engine::Address(a.0))
+                    .map_err(|e| format!("market.settlement_contract: {e}"))?
+            },
             ..MarketConfig::default()
         };
         config.validate().map_err(|e| format!("market: {e}"))?;
@@ -415,6 +439,46 @@ pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r_chain_1_settlement_keys_reach_the_market_and_bad_ones_are_named() {
+        let config = RouterConfig::from_toml(
+            "[market]\nsettlement_epoch_blocks = 1\nsettlement_chain_id = 31337\n\
+             settlement_contract = \"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\"\n",
+        )
+        .unwrap();
+        let market = config.market_config(5).unwrap();
+        assert_eq!(market.settlement_epoch_blocks, 1);
+        assert_eq!(market.settlement_chain_id, 31_337);
+        assert_eq!(market.settlement_contract.0[0], 0x5a);
+        assert_eq!(
+            RouterConfig::default()
+                .market_config(5)
+                .unwrap()
+                .settlement_epoch_blocks,
+            300
+        );
+        for (toml, key) in [
+            (
+                "[market]\nsettlement_epoch_blocks = 7\n",
+                "settlement_epoch_blocks",
+            ),
+            (
+                "[market]\nsettlement_contract = \"0x12\"\n",
+                "market.settlement_contract",
+            ),
+            (
+                "[market]\nsettlements_kept_max = 0\n",
+                "settlements_kept_max",
+            ),
+        ] {
+            let error = RouterConfig::from_toml(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
+    }
 
     #[test]
     fn empty_toml_gives_defaults_that_validate() {

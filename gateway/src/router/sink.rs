@@ -8,6 +8,7 @@ use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{EffectSink, Origin, ORIGIN_INTERNAL};
 use std::sync::Arc;
+use yellowstone_contract::SignedSettlement;
 use yellowstone_engine::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, RfcFailure, Ticket,
 };
@@ -279,6 +280,36 @@ impl EffectSink for RouterSink {
                         shared.replies_dropped_total.inc();
                     }
                 }
+                Effect::SettlementSealed {
+                    settlement,
+                    chain_id,
+                    contract,
+                } => {
+                    let (job_shared, settlement, chain_id, contract) = (
+                        self.shared.clone(),
+                        settlement.clone(),
+                        *chain_id,
+                        *contract,
+                    );
+                    let job = Box::new(move |outbox: &Outbox| {
+                        let signed = SignedSettlement::sign(
+                            &settlement,
+                            &job_shared.router_key,
+                            job_shared.network_id,
+                            chain_id,
+                            &contract,
+                        );
+                        send_to_subscribers(
+                            &job_shared,
+                            outbox,
+                            signed_frame(&job_shared, &mut settlement_message(&signed)),
+                        );
+                    });
+                    // Once an epoch: the first gateway thread signs it (EIP-712 and wire).
+                    if self.outbox.run_on(0, job).is_err() {
+                        shared.replies_dropped_total.inc();
+                    }
+                }
                 Effect::ClaimPaid {
                     provider,
                     nonce,
@@ -374,6 +405,32 @@ fn sign_and_send_batch(
     applied: &BatchApplied,
 ) {
     let frame = signed_frame(shared, &mut batch_message(batch, applied));
+    send_to_subscribers(shared, outbox, frame);
+}
+
+/// Builds the SETTLEMENT message (R-CHAIN-1) of a signed settlement; the wire
+/// signature is added by `signed_frame`.
+pub fn settlement_message(signed: &SignedSettlement) -> Message {
+    let r = &signed.record;
+    Message::from(messages::Settlement {
+        epoch: r.epoch,
+        day: r.day,
+        first_block: r.first_block,
+        last_block: r.last_block,
+        credited_wei: r.credited_wei,
+        bootstrap_wei: r.bootstrap_wei,
+        credited_cumulative_wei: r.credited_cumulative_wei,
+        providers: r.providers,
+        merkle_root: r.merkle_root,
+        chain_id: signed.chain_id,
+        contract: to_wire(signed.contract),
+        eip712_signature: yellowstone_wire::Signature(signed.signature),
+        signature: Default::default(),
+    })
+}
+
+/// Sends one router-signed frame to every batch subscriber.
+fn send_to_subscribers(shared: &RouterShared, outbox: &Outbox, frame: Vec<u8>) {
     let subscribers: Vec<ConnId> = shared
         .subscribers
         .iter()
