@@ -17,6 +17,7 @@
 //! - `merkle`: the receipt leaf and tree rules of the credit batch's root.
 
 mod blocks;
+pub mod catalog;
 pub mod command;
 pub mod config;
 mod engine;
@@ -38,6 +39,7 @@ pub use command::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ProviderTotals,
     RfcFailure, Ticket,
 };
+pub use catalog::CatalogEntry;
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
 pub use engine::{Engine, RestoreError};
 pub use error::{Limit, MarketError};

@@ -17,6 +17,10 @@ pub const OFFERS_MAX: usize = 64;
 pub const BALANCE_ENTRIES_MAX: usize = 100_000;
 pub const PARAMS_MAX: usize = 64;
 pub const BATCH_TOTALS_MAX: usize = 1_000_000;
+/// Models in one `Catalog` answer (the router's catalog has at most this many).
+pub const CATALOG_MODELS_MAX: usize = 4096;
+/// Bytes of a model's name in the catalog (UTF-8).
+pub const MODEL_NAME_BYTES_MAX: usize = 128;
 
 /// A value carried in a message: how it is written and read.
 pub trait Field: Sized {
@@ -62,11 +66,14 @@ impl Field for Signature {
 }
 
 /// The bound of each string field, by its qualified name: endpoints (R-PROV-1,
-/// R-MATCH-6) are `ENDPOINT_BYTES_MAX`, every other string (error reasons) is
-/// `REASON_BYTES_MAX`. Field names are compile-time constants, so this folds.
+/// R-MATCH-6) are `ENDPOINT_BYTES_MAX`, model names `MODEL_NAME_BYTES_MAX`, every
+/// other string (error reasons) is `REASON_BYTES_MAX`. Field names are compile-time
+/// constants, so this folds.
 pub fn string_bytes_max(field: &'static str) -> usize {
     if field.ends_with(".endpoint") {
         ENDPOINT_BYTES_MAX
+    } else if field.ends_with(".name") {
+        MODEL_NAME_BYTES_MAX
     } else {
         REASON_BYTES_MAX
     }
@@ -131,6 +138,49 @@ record!(BalanceEntry { address: Address, balance_wei: u128 } max = BALANCE_ENTRI
 record!(ParamEntry { param_id: u16, value: u128 } max = PARAMS_MAX);
 record!(BatchTotals { provider: Address, wei: u128, tokens: u64, sessions: u32 } max = BATCH_TOTALS_MAX);
 
+/// One model of the router's catalog with its best live bid (`Catalog`, R-NODE-2).
+///
+/// Layout: `model_id` u32, `unit` u8 (0 token, SPEC section 8), `weights_hash`
+/// 32 bytes (BLAKE3 of the weights, R-PROV-1), `best_price_wei_per_token` u128 (0:
+/// no live offer), `offers_live` u32 (offers that could take a session now),
+/// `name` string (u16 length + UTF-8, at most `MODEL_NAME_BYTES_MAX` bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogModel {
+    pub model_id: u32,
+    pub unit: u8,
+    pub weights_hash: [u8; 32],
+    pub best_price_wei_per_token: u128,
+    pub offers_live: u32,
+    pub name: String,
+}
+
+impl Field for CatalogModel {
+    fn write(&self, w: &mut Writer<'_>) {
+        self.model_id.write(w);
+        self.unit.write(w);
+        self.weights_hash.write(w);
+        self.best_price_wei_per_token.write(w);
+        self.offers_live.write(w);
+        self.name.write(w);
+    }
+    fn read(r: &mut Reader<'_>, _field: &'static str) -> Result<Self, DecodeError> {
+        Ok(CatalogModel {
+            model_id: Field::read(r, "CatalogModel.model_id")?,
+            unit: Field::read(r, "CatalogModel.unit")?,
+            weights_hash: Field::read(r, "CatalogModel.weights_hash")?,
+            best_price_wei_per_token: Field::read(r, "CatalogModel.best_price_wei_per_token")?,
+            offers_live: Field::read(r, "CatalogModel.offers_live")?,
+            name: Field::read(r, "CatalogModel.name")?,
+        })
+    }
+}
+
+impl ListItem for CatalogModel {
+    const MAX: usize = CATALOG_MODELS_MAX;
+    /// The fixed fields and the name's u16 length (an empty name is valid).
+    const BYTES: usize = 4 + 1 + 32 + 16 + 4 + 2;
+}
+
 pub mod msg_type {
     pub const LOGIN_CHALLENGE: u16 = 0x0001;
     pub const LOGIN_ANSWER: u16 = 0x0002;
@@ -158,6 +208,8 @@ pub mod msg_type {
     pub const NOTICE: u16 = 0x0083;
     pub const PING: u16 = 0x0090;
     pub const PONG: u16 = 0x0091;
+    pub const CATALOG_QUERY: u16 = 0x00A0;
+    pub const CATALOG: u16 = 0x00A1;
     pub const ERROR_REPLY: u16 = 0x00F0;
 }
 
@@ -266,6 +318,13 @@ messages! {
     Notice = NOTICE, signed: false { kind: u8, until_ms: u64 }
     Ping = PING, signed: false { payload: u64 }
     Pong = PONG, signed: false { payload: u64 }
+    /// R-NODE-2: a logged-in client asks for the router's model catalog; `query_id`
+    /// is echoed in the answer. Unsigned: it changes nothing and promises nothing.
+    CatalogQuery = CATALOG_QUERY, signed: false { query_id: u64 }
+    /// The answer to `CatalogQuery`: every model of the market's catalog with its
+    /// name and best live bid, as of `as_of_ms` (Unix ms of the engine's clock; the
+    /// figures may lag the engine by up to one of its ticks).
+    Catalog = CATALOG, signed: false { query_id: u64, as_of_ms: u64, models: Vec<CatalogModel> }
     /// SPEC section 9: every refusal. `detail` holds e.g. the quota left.
     ErrorReply = ERROR_REPLY, signed: false { code: u16, ref_msg_type: u16, ref_nonce: u64, retry_after_ms: u32, detail: u128, reason: String }
 }

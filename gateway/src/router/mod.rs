@@ -4,6 +4,7 @@
 //! the `yellowstone-router` binary, the load generator's embedded mode and the tests
 //! all run.
 
+pub mod catalog;
 pub mod config;
 pub mod handler;
 pub mod shared;
@@ -169,6 +170,7 @@ impl Router {
                 &[],
             ),
             signature_cpu: signature_cpu::SignatureCpu::new(&registry),
+            catalog: catalog::CatalogBoard::new(config.model_names()),
             registry: registry.clone(),
         });
         // A recovered engine knows balances the gateways' pre-check cache does not yet.
@@ -196,9 +198,13 @@ impl Router {
         let journal_gauges = journal
             .stats()
             .map(|stats| JournalGauges::new(&registry, stats));
+        // Queries that arrive before the engine's first burst see the catalog too.
+        shared.catalog.publish_if_due(&engine);
+        let catalog_shared = shared.clone();
         let mut sequencer =
             Sequencer::new(engine, journal, sink, sequencer_config).with_observer(move |engine| {
                 gauges.update(engine);
+                catalog_shared.catalog.publish_if_due(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();
                 }

@@ -29,6 +29,8 @@ pub struct RouterShared {
     pub replies_dropped_total: Arc<Counter>,
     /// Where the signature work goes, measured in place.
     pub signature_cpu: SignatureCpu,
+    /// The catalog the engine thread publishes and gateways answer queries from.
+    pub catalog: super::catalog::CatalogBoard,
 }
 
 impl RouterShared {
