@@ -35,11 +35,11 @@ pub mod state;
 pub mod types;
 pub mod workload;
 
+pub use catalog::CatalogEntry;
 pub use command::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ProviderTotals,
     RfcFailure, Ticket,
 };
-pub use catalog::CatalogEntry;
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
 pub use engine::{Engine, RestoreError};
 pub use error::{Limit, MarketError};

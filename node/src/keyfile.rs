@@ -61,10 +61,8 @@ pub fn create(path: &Path) -> Result<SigningKey, KeyFileError> {
                 source,
             },
         })?;
-    writeln!(file, "{}", hex::encode(key.secret_bytes())).map_err(|source| KeyFileError::Io {
-        path: name,
-        source,
-    })?;
+    writeln!(file, "{}", hex::encode(key.secret_bytes()))
+        .map_err(|source| KeyFileError::Io { path: name, source })?;
     Ok(key)
 }
 

@@ -190,14 +190,13 @@ impl Link {
         let network_id = config.network_id;
         tokio::spawn(async move {
             loop {
-                let incoming =
-                    match read_one(&mut reader, &mut decoder, &mut buffer, &addr).await {
-                        Ok(incoming) => incoming,
-                        Err(error) => {
-                            tracing::warn!(%error, "router connection ended");
-                            break;
-                        }
-                    };
+                let incoming = match read_one(&mut reader, &mut decoder, &mut buffer, &addr).await {
+                    Ok(incoming) => incoming,
+                    Err(error) => {
+                        tracing::warn!(%error, "router connection ended");
+                        break;
+                    }
+                };
                 if matches!(
                     incoming.message,
                     Message::SessionTicket(_) | Message::CreditBatch(_)
@@ -287,13 +286,10 @@ async fn read_one(
                 })
             }
         }
-        let n = reader
-            .read(buffer)
-            .await
-            .map_err(|source| LinkError::Io {
-                addr: addr.to_string(),
-                source,
-            })?;
+        let n = reader.read(buffer).await.map_err(|source| LinkError::Io {
+            addr: addr.to_string(),
+            source,
+        })?;
         if n == 0 {
             return Err(LinkError::Closed {
                 addr: addr.to_string(),

@@ -101,10 +101,20 @@ mod tests {
     fn metrics_render_with_labels() {
         let metrics = Metrics::new();
         let requests = metrics.counter_family("consumer_requests", "Requests by outcome.");
-        requests.get_or_create(&vec![("outcome", "ok".into())]).inc();
-        metrics.seconds("consumer_ttft_seconds", "TTFT.").observe(0.01);
+        requests
+            .get_or_create(&vec![("outcome", "ok".into())])
+            .inc();
+        metrics
+            .seconds("consumer_ttft_seconds", "TTFT.")
+            .observe(0.01);
         let text = metrics.render();
-        assert!(text.contains("yellowstone_consumer_requests_total{outcome=\"ok\"} 1"), "{text}");
-        assert!(text.contains("yellowstone_consumer_ttft_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("yellowstone_consumer_requests_total{outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("yellowstone_consumer_ttft_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -242,7 +242,10 @@ impl SseSplitter {
 }
 
 fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|at| (at, 2));
+    let lf = buffer
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|at| (at, 2));
     let crlf = buffer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -105,7 +105,9 @@ async fn set_mode(State(shared): State<Shared>, Json(mode): Json<Mode>) -> Json<
 }
 
 async fn models() -> Json<Value> {
-    Json(json!({"object": "list", "data": [{"id": "standin", "object": "model", "created": 0, "owned_by": "yellowstone-standin"}]}))
+    Json(
+        json!({"object": "list", "data": [{"id": "standin", "object": "model", "created": 0, "owned_by": "yellowstone-standin"}]}),
+    )
 }
 
 fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> String {
@@ -148,7 +150,11 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
         .and_then(Value::as_u64)
         .unwrap_or(u64::MAX);
     let tokens = mode.tokens.min(max_tokens).min(TOKENS_MAX);
-    let finish = if tokens < mode.tokens { "length" } else { "stop" };
+    let finish = if tokens < mode.tokens {
+        "length"
+    } else {
+        "stop"
+    };
     let prompt = prompt_of(&request);
     let prompt_tokens = prompt.split_whitespace().count() as u64;
     let words = completion_words(&prompt, tokens);
@@ -188,14 +194,21 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
     tokio::spawn(async move {
         let send = |text: String| sender.send(Ok(text));
-        if send(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None))
-            .await
-            .is_err()
+        if send(chunk(
+            &id,
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))
+        .await
+        .is_err()
         {
             return;
         }
         for (i, word) in words.iter().enumerate() {
             if mode.cut_after_tokens > 0 && i as u64 >= mode.cut_after_tokens {
+                // Let what was sent leave before the connection is torn down.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 let _ = sender
                     .send(Err(std::io::Error::other("stand-in cut the stream")))
                     .await;
@@ -235,6 +248,9 @@ mod tests {
         assert_eq!(completion_words("hi", 5), completion_words("hi", 5));
         assert_ne!(completion_words("hi", 8), completion_words("ho", 8));
         assert_eq!(completion_words("hi", 3).len(), 3);
-        assert_eq!(completion_words("hi", 3)[..], completion_words("hi", 5)[..3]);
+        assert_eq!(
+            completion_words("hi", 3)[..],
+            completion_words("hi", 5)[..3]
+        );
     }
 }

@@ -78,7 +78,10 @@ mod tests {
             .collect();
         std::fs::write(&path, &data).unwrap();
         let mut calls = Vec::new();
-        let hash = hash_file(&path, Duration::ZERO, |done, total| calls.push((done, total))).unwrap();
+        let hash = hash_file(&path, Duration::ZERO, |done, total| {
+            calls.push((done, total))
+        })
+        .unwrap();
         assert_eq!(hash, *blake3::hash(&data).as_bytes());
         assert_eq!(calls.last(), Some(&(data.len() as u64, data.len() as u64)));
         std::fs::write(&path, b"yellowstone-demo-model-1").unwrap();

@@ -24,7 +24,10 @@ fn query_until(client: &mut Client, mut accept: impl FnMut(&Catalog) -> bool) ->
         if accept(&catalog) {
             return catalog;
         }
-        assert!(Instant::now() < deadline, "catalog never showed: {catalog:?}");
+        assert!(
+            Instant::now() < deadline,
+            "catalog never showed: {catalog:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     unreachable!()
@@ -63,7 +66,10 @@ fn r_node_2_catalog_lists_configured_names_and_the_best_live_bid() {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut stranger = Client::from_stream(stream, SigningKey::from_seed(b"stranger"));
-    assert!(matches!(stranger.recv().unwrap(), Message::LoginChallenge(_)));
+    assert!(matches!(
+        stranger.recv().unwrap(),
+        Message::LoginChallenge(_)
+    ));
     stranger.send(&CatalogQuery { query_id: 1 }.into()).unwrap();
     match stranger.recv().unwrap() {
         Message::ErrorReply(e) => assert_eq!(e.code, codes::NOT_LOGGED_IN, "{e:?}"),
@@ -85,7 +91,10 @@ fn r_node_2_catalog_lists_configured_names_and_the_best_live_bid() {
     let mut dear = connect(addr, SigningKey::from_seed(b"catalog-dear"));
     fund(
         &mut operator,
-        &[(cheap.address(), WEI_PER_MOR), (dear.address(), WEI_PER_MOR)],
+        &[
+            (cheap.address(), WEI_PER_MOR),
+            (dear.address(), WEI_PER_MOR),
+        ],
     );
     register(&mut dear, network_id, 1, 9_000, 2);
     register(&mut cheap, network_id, 1, 5_000, 2);

@@ -641,7 +641,10 @@ fn r_node_2_catalog_model_names_are_bounded_and_empty_lists_decode() {
     too_long.encode(&mut body);
     assert!(matches!(
         Message::decode(too_long.msg_type(), &body),
-        Err(DecodeError::StringTooLong { field: "CatalogModel.name", .. })
+        Err(DecodeError::StringTooLong {
+            field: "CatalogModel.name",
+            ..
+        })
     ));
     let empty: Message = Catalog::default().into();
     let mut body = Vec::new();
@@ -653,7 +656,10 @@ fn r_node_2_catalog_model_names_are_bounded_and_empty_lists_decode() {
 fn r_node_1_inference_digest_binds_network_session_and_body() {
     use yellowstone_wire::signature::inference_request_digest;
     let base = inference_request_digest(NET, 5, b"{\"model\":\"m\"}");
-    assert_ne!(base, inference_request_digest(NET + 1, 5, b"{\"model\":\"m\"}"));
+    assert_ne!(
+        base,
+        inference_request_digest(NET + 1, 5, b"{\"model\":\"m\"}")
+    );
     assert_ne!(base, inference_request_digest(NET, 6, b"{\"model\":\"m\"}"));
     assert_ne!(base, inference_request_digest(NET, 5, b"{\"model\":\"n\"}"));
     assert_eq!(base, inference_request_digest(NET, 5, b"{\"model\":\"m\"}"));

@@ -8,7 +8,10 @@ use yellowstone_node::consumer::config::ConsumerConfig;
 use yellowstone_node::consumer::Consumer;
 
 #[derive(Parser)]
-#[command(version, about = "Yellowstone consumer node: serves local applications with the OpenAI API; each completion is an RFC to the router, a direct call to the matched provider and a signed report")]
+#[command(
+    version,
+    about = "Yellowstone consumer node: serves local applications with the OpenAI API; each completion is an RFC to the router, a direct call to the matched provider and a signed report"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,8 +46,7 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -57,8 +59,8 @@ fn main() {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::PrintConfig => {
-            let text = toml::to_string_pretty(&ConsumerConfig::default())
-                .map_err(|e| e.to_string())?;
+            let text =
+                toml::to_string_pretty(&ConsumerConfig::default()).map_err(|e| e.to_string())?;
             print!("{text}");
             Ok(())
         }
@@ -87,7 +89,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 config.router_addr = router;
             }
             config.validate()?;
-            let key = yellowstone_node::keyfile::load(&config.key_file).map_err(|e| e.to_string())?;
+            let key =
+                yellowstone_node::keyfile::load(&config.key_file).map_err(|e| e.to_string())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -8,7 +8,10 @@ use yellowstone_node::provider::config::ProviderConfig;
 use yellowstone_node::provider::Provider;
 
 #[derive(Parser)]
-#[command(version, about = "Yellowstone provider node: registers models with the router, answers probes, and serves ticket holders with the OpenAI API, forwarding to an OpenAI-compatible model server (llama.cpp server, vLLM, Ollama…)")]
+#[command(
+    version,
+    about = "Yellowstone provider node: registers models with the router, answers probes, and serves ticket holders with the OpenAI API, forwarding to an OpenAI-compatible model server (llama.cpp server, vLLM, Ollama…)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,8 +46,7 @@ enum Command {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -57,8 +59,8 @@ fn main() {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::PrintConfig => {
-            let text = toml::to_string_pretty(&ProviderConfig::example())
-                .map_err(|e| e.to_string())?;
+            let text =
+                toml::to_string_pretty(&ProviderConfig::example()).map_err(|e| e.to_string())?;
             print!("{text}");
             Ok(())
         }
@@ -87,7 +89,8 @@ fn run(cli: Cli) -> Result<(), String> {
                 config.router_addr = router;
             }
             config.validate()?;
-            let key = yellowstone_node::keyfile::load(&config.key_file).map_err(|e| e.to_string())?;
+            let key =
+                yellowstone_node::keyfile::load(&config.key_file).map_err(|e| e.to_string())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

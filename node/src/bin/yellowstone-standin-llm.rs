@@ -7,7 +7,10 @@ use clap::Parser;
 use yellowstone_node::standin::{router, Mode};
 
 #[derive(Parser)]
-#[command(version, about = "Test stand-in for an OpenAI-compatible model server (deterministic, not a model). POST /standin/mode changes the switches at run time.")]
+#[command(
+    version,
+    about = "Test stand-in for an OpenAI-compatible model server (deterministic, not a model). POST /standin/mode changes the switches at run time."
+)]
 struct Cli {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,

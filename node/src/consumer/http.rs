@@ -84,7 +84,10 @@ fn rfc_error(outcome: RfcOutcome) -> ApiError {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_error",
                     "insufficient_quota",
-                    format!("quota exceeded: {} tokens left today ({reason})", error.detail),
+                    format!(
+                        "quota exceeded: {} tokens left today ({reason})",
+                        error.detail
+                    ),
                 ),
                 "zero_balance" => ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -333,7 +336,10 @@ impl Call {
         message: String,
     ) -> Failure {
         self.report(0, false);
-        (outcome, ApiError::new(status, "server_error", code, message))
+        (
+            outcome,
+            ApiError::new(status, "server_error", code, message),
+        )
     }
 
     /// R-REPORT-1: the signed report, in the background (the application does not
@@ -443,8 +449,12 @@ impl Call {
                 let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
                     Err(_) => break Some(("timeout", "the provider's answer timed out".into())),
                     Ok(None) if done => break None,
-                    Ok(None) => break Some(("cut", "the provider's stream ended before its end".into())),
-                    Ok(Some(Err(error))) => break Some(("cut", format!("the provider's stream was cut: {error}"))),
+                    Ok(None) => {
+                        break Some(("cut", "the provider's stream ended before its end".into()))
+                    }
+                    Ok(Some(Err(error))) => {
+                        break Some(("cut", format!("the provider's stream was cut: {error}")))
+                    }
                     Ok(Some(Ok(chunk))) => chunk,
                 };
                 let events = match splitter.push(&chunk) {
@@ -463,7 +473,9 @@ impl Call {
                                 let choices = value.get("choices").and_then(Value::as_array);
                                 let has_content = choices.is_some_and(|c| {
                                     c.iter().any(|c| {
-                                        c["delta"]["content"].as_str().is_some_and(|s| !s.is_empty())
+                                        c["delta"]["content"]
+                                            .as_str()
+                                            .is_some_and(|s| !s.is_empty())
                                     })
                                 });
                                 if has_content {
@@ -485,7 +497,8 @@ impl Call {
                         }
                         None => {}
                     }
-                    if forward && app_open && sender.send(Ok(Bytes::from(event.raw))).await.is_err() {
+                    if forward && app_open && sender.send(Ok(Bytes::from(event.raw))).await.is_err()
+                    {
                         app_open = false; // the application left; the report still tells the truth
                     }
                 }
@@ -504,7 +517,9 @@ impl Call {
                     if app_open {
                         // OpenAI clients raise an APIError on an error event.
                         let event = json!({"error": {"message": message, "type": "server_error", "code": "provider_stream_failed", "param": null}});
-                        let _ = sender.send(Ok(Bytes::from(format!("data: {event}\n\n")))).await;
+                        let _ = sender
+                            .send(Ok(Bytes::from(format!("data: {event}\n\n"))))
+                            .await;
                     }
                 }
             }

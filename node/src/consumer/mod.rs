@@ -132,7 +132,10 @@ impl Consumer {
                 .await
                 .map_err(|e| format!("metrics_listen {}: {e}", self.config.metrics_listen))?;
             let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-            tokio::spawn(crate::metrics::serve(metrics_listener, self.metrics.clone()));
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                self.metrics.clone(),
+            ));
             Some(addr)
         };
         let backoff = Backoff::new(

@@ -155,7 +155,9 @@ impl RouterClient {
             expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
             ..Rfc::default()
         };
-        self.send(rfc.into()).await.map_err(RfcOutcome::RouterDown)?;
+        self.send(rfc.into())
+            .await
+            .map_err(RfcOutcome::RouterDown)?;
         // A little past the expiry: the router answers "expired" itself then.
         let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(2);
         loop {

@@ -142,7 +142,9 @@ impl ProviderConfig {
         for model in &self.models {
             let at = format!("models (model_id {})", model.model_id);
             if model.weights_file.is_some() == model.weights_hash.is_some() {
-                return Err(format!("{at}: give exactly one of weights_file and weights_hash"));
+                return Err(format!(
+                    "{at}: give exactly one of weights_file and weights_hash"
+                ));
             }
             if let Some(hash) = &model.weights_hash {
                 parse_hash(hash).map_err(|e| format!("{at}: weights_hash: {e}"))?;

@@ -81,12 +81,18 @@ fn claim_error(error: ClaimError) -> ApiError {
             "not_your_ticket",
             message,
         ),
-        ClaimError::Expired { .. } => {
-            ApiError::new(StatusCode::GONE, "invalid_request_error", "ticket_expired", message)
-        }
-        ClaimError::Used(_) => {
-            ApiError::new(StatusCode::CONFLICT, "invalid_request_error", "ticket_used", message)
-        }
+        ClaimError::Expired { .. } => ApiError::new(
+            StatusCode::GONE,
+            "invalid_request_error",
+            "ticket_expired",
+            message,
+        ),
+        ClaimError::Used(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "ticket_used",
+            message,
+        ),
     }
 }
 
@@ -114,7 +120,11 @@ async fn claim(
     }
 }
 
-async fn serve(provider: &Provider, headers: &HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn serve(
+    provider: &Provider,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (session, signer) = recover_requester(
         provider.config.network_id,
@@ -165,7 +175,10 @@ async fn serve(provider: &Provider, headers: &HeaderMap, body: Bytes) -> Result<
     if !request.stream() || !status.is_success() {
         let bytes =
             read_bounded(&url, upstream, provider.config.response_bytes_max as usize).await?;
-        provider.stats.upstream_seconds.observe(started.elapsed().as_secs_f64());
+        provider
+            .stats
+            .upstream_seconds
+            .observe(started.elapsed().as_secs_f64());
         if status.is_success() {
             if let Some(usage) = serde_json::from_slice::<Value>(&bytes)
                 .ok()

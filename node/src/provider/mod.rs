@@ -151,7 +151,10 @@ impl Provider {
                 .await
                 .map_err(|e| format!("metrics_listen {}: {e}", self.config.metrics_listen))?;
             let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-            tokio::spawn(crate::metrics::serve(metrics_listener, self.metrics.clone()));
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                self.metrics.clone(),
+            ));
             Some(addr)
         };
         let app = http::router(self.clone());
@@ -258,7 +261,10 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
             }
         }
         let delay = backoff.next_delay();
-        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting to the router");
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to the router"
+        );
         tokio::time::sleep(delay).await;
     }
 }
@@ -308,7 +314,10 @@ async fn serve_router(
             Message::SessionTicket(ticket) => {
                 // The link checked the router's signature (R-ID-5).
                 if ticket.provider != provider.key.address() {
-                    tracing::warn!(session = ticket.session_id, "ticket for another provider ignored");
+                    tracing::warn!(
+                        session = ticket.session_id,
+                        "ticket for another provider ignored"
+                    );
                     continue;
                 }
                 let mut tickets = provider.tickets.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,7 +340,11 @@ async fn serve_router(
                 }
             }
             Message::Notice(notice) => {
-                tracing::warn!(kind = notice.kind, until_ms = notice.until_ms, "router notice");
+                tracing::warn!(
+                    kind = notice.kind,
+                    until_ms = notice.until_ms,
+                    "router notice"
+                );
             }
             Message::ErrorReply(error) => {
                 tracing::warn!(code = error.code, reason = %error.reason, "router refused a message");
