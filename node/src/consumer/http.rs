@@ -224,10 +224,12 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
         )
         .await
         .map_err(|outcome| ("refused", rfc_error(outcome)))?;
+    let ticket_us = started.elapsed().as_micros() as u64;
     consumer
         .stats
         .ticket_seconds
         .observe(started.elapsed().as_secs_f64());
+    let session_id = ticket.session_id;
     let call = Call {
         consumer: consumer.clone(),
         ticket,
@@ -285,12 +287,21 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
             format!("the provider answered {status}: {message}"),
         ));
     }
-    if request.stream() {
-        Ok(call.relay_stream(response, app_wants_usage))
+    let mut response = if request.stream() {
+        call.relay_stream(response, app_wants_usage)
     } else {
-        call.whole_answer(response).await
-    }
+        call.whole_answer(response).await?
+    };
+    // For applications and benchmarks: the session, and what the market's matching
+    // took (application request to ticket).
+    let headers = response.headers_mut();
+    headers.insert(SESSION_HEADER, session_id.into());
+    headers.insert(TICKET_US_HEADER, ticket_us.into());
+    Ok(response)
 }
+
+/// Response header: microseconds from the application's request to the ticket.
+pub const TICKET_US_HEADER: &str = "x-yellowstone-ticket-us";
 
 /// The ticket's endpoint as a base URL (`host:port` means plain HTTP).
 fn provider_url(endpoint: &str) -> String {
