@@ -59,10 +59,19 @@ pub enum MarketError {
     WeightsHashMismatch {
         model: ModelId,
     },
+    /// R-RFC-1: `expires_at_ms` must lie in `(now_ms, now_ms + ttl_max_ms]` (Unix ms).
     InvalidExpiry {
         expires_at_ms: u64,
+        /// The router's clock when it judged the RFC.
+        now_ms: u64,
+        /// `rfc_ttl_max_ms`.
+        ttl_max_ms: u64,
     },
-    InvalidTokensMax,
+    /// R-RFC-1: TokenMax must be in `1..=limit` (`tokens_max_limit`).
+    InvalidTokensMax {
+        tokens_max: u64,
+        limit: u64,
+    },
     UnknownProbe {
         probe: u64,
     },
@@ -111,7 +120,7 @@ impl MarketError {
             MarketError::UnsupportedUnit { .. } => 0x020D,
             MarketError::WeightsHashMismatch { .. } => 0x020E,
             MarketError::InvalidExpiry { .. } => 0x020F,
-            MarketError::InvalidTokensMax => 0x0210,
+            MarketError::InvalidTokensMax { .. } => 0x0210,
             MarketError::UnknownProbe { .. } => 0x0211,
             MarketError::LimitReached { .. } => 0x0212,
             MarketError::ClaimExceedsOwed { .. } => 0x0213,
@@ -132,7 +141,8 @@ impl MarketError {
             MarketError::ZeroBalance => "zero_balance",
             MarketError::QuotaExceeded { .. } => "quota_exceeded",
             MarketError::UnknownModel { .. } => "unknown_model",
-            MarketError::Overloaded { .. } => "overloaded",
+            // One name per code across wire, metrics and engine (wire's codes::ALL).
+            MarketError::Overloaded { .. } => "queue_full",
             MarketError::NotYourSession { .. } => "not_your_session",
             MarketError::AlreadyReported { .. } => "already_reported",
             MarketError::UnknownSession { .. } => "unknown_session",
@@ -143,7 +153,7 @@ impl MarketError {
             MarketError::UnsupportedUnit { .. } => "unsupported_unit",
             MarketError::WeightsHashMismatch { .. } => "weights_hash_mismatch",
             MarketError::InvalidExpiry { .. } => "invalid_expiry",
-            MarketError::InvalidTokensMax => "invalid_tokens_max",
+            MarketError::InvalidTokensMax { .. } => "invalid_tokens_max",
             MarketError::UnknownProbe { .. } => "unknown_probe",
             MarketError::LimitReached { .. } => "limit_reached",
             MarketError::ClaimExceedsOwed { .. } => "claim_exceeds_owed",
@@ -165,9 +175,104 @@ impl MarketError {
             MarketError::Overloaded { retry_after_ms } => *retry_after_ms as u128,
             MarketError::TokensOverMax { tokens_max } => *tokens_max as u128,
             MarketError::LimitReached { max, .. } => *max as u128,
+            MarketError::InvalidExpiry { .. } => self.expiry_bound_ms().map_or(0, u128::from),
+            MarketError::InvalidTokensMax { limit, .. } => *limit as u128,
             MarketError::ClaimExceedsOwed { owed_wei } => *owed_wei,
             _ => 0,
         }
+    }
+
+    /// For `InvalidExpiry`, the bound the expiry broke, in Unix ms: the router's
+    /// time (an expiry must be above it) when in the past, else the latest accepted
+    /// expiry (`now + rfc_ttl_max_ms`). What `ErrorReply.detail` carries.
+    pub fn expiry_bound_ms(&self) -> Option<u64> {
+        match self {
+            MarketError::InvalidExpiry {
+                expires_at_ms,
+                now_ms,
+                ttl_max_ms,
+            } => Some(if expires_at_ms <= now_ms {
+                *now_ms
+            } else {
+                now_ms.saturating_add(*ttl_max_ms)
+            }),
+            _ => None,
+        }
+    }
+
+    /// One value of every variant (fields zero), for tests that check every code,
+    /// name and message. A variant missing here fails to compile (the match below).
+    pub fn one_of_each() -> Vec<MarketError> {
+        let all = vec![
+            MarketError::Replay { nonce_last: 0 },
+            MarketError::ZeroBalance,
+            MarketError::QuotaExceeded { tokens_left: 0 },
+            MarketError::UnknownModel { model: 0 },
+            MarketError::Overloaded { retry_after_ms: 0 },
+            MarketError::NotYourSession { session: 0 },
+            MarketError::AlreadyReported { session: 0 },
+            MarketError::UnknownSession { session: 0 },
+            MarketError::TokensOverMax { tokens_max: 0 },
+            MarketError::SessionExpired { session: 0 },
+            MarketError::NotOperator,
+            MarketError::UnknownProvider,
+            MarketError::UnsupportedUnit { unit: 0 },
+            MarketError::WeightsHashMismatch { model: 0 },
+            MarketError::InvalidExpiry {
+                expires_at_ms: 0,
+                now_ms: 0,
+                ttl_max_ms: 0,
+            },
+            MarketError::InvalidTokensMax {
+                tokens_max: 0,
+                limit: 0,
+            },
+            MarketError::UnknownProbe { probe: 0 },
+            MarketError::LimitReached {
+                limit: Limit::Accounts,
+                max: 0,
+            },
+            MarketError::ClaimExceedsOwed { owed_wei: 0 },
+            MarketError::NothingOwed,
+            MarketError::UnknownRfc { rfc: 0 },
+            MarketError::InvalidParam { param: 0 },
+            MarketError::ArithmeticOverflow,
+            MarketError::NoOffer { model: 0 },
+            MarketError::InvalidCapacity { capacity: 0 },
+            MarketError::DuplicateModel { model: 0 },
+        ];
+        for error in &all {
+            // Add a new variant to the list above, then here.
+            match error {
+                MarketError::Replay { .. }
+                | MarketError::ZeroBalance
+                | MarketError::QuotaExceeded { .. }
+                | MarketError::UnknownModel { .. }
+                | MarketError::Overloaded { .. }
+                | MarketError::NotYourSession { .. }
+                | MarketError::AlreadyReported { .. }
+                | MarketError::UnknownSession { .. }
+                | MarketError::TokensOverMax { .. }
+                | MarketError::SessionExpired { .. }
+                | MarketError::NotOperator
+                | MarketError::UnknownProvider
+                | MarketError::UnsupportedUnit { .. }
+                | MarketError::WeightsHashMismatch { .. }
+                | MarketError::InvalidExpiry { .. }
+                | MarketError::InvalidTokensMax { .. }
+                | MarketError::UnknownProbe { .. }
+                | MarketError::LimitReached { .. }
+                | MarketError::ClaimExceedsOwed { .. }
+                | MarketError::NothingOwed
+                | MarketError::UnknownRfc { .. }
+                | MarketError::InvalidParam { .. }
+                | MarketError::ArithmeticOverflow
+                | MarketError::NoOffer { .. }
+                | MarketError::InvalidCapacity { .. }
+                | MarketError::DuplicateModel { .. } => {}
+            }
+        }
+        all
     }
 
     pub fn retry_after_ms(&self) -> u32 {
@@ -209,11 +314,36 @@ impl std::fmt::Display for MarketError {
             MarketError::WeightsHashMismatch { model } => {
                 write!(f, "weights hash does not match model {model}")
             }
-            MarketError::InvalidExpiry { expires_at_ms } => {
-                write!(f, "expiry {expires_at_ms} is in the past or too far")
+            MarketError::InvalidExpiry {
+                expires_at_ms,
+                now_ms,
+                ttl_max_ms,
+            } => {
+                if expires_at_ms <= now_ms {
+                    write!(
+                        f,
+                        "expiry {expires_at_ms} is in the past: it must be after the router's \
+                         time {now_ms} (Unix ms), by at most rfc_ttl_max_ms = {ttl_max_ms}"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "expiry {expires_at_ms} is too far: {} ms ahead, the limit is \
+                         rfc_ttl_max_ms = {ttl_max_ms} (at most {} Unix ms)",
+                        expires_at_ms - now_ms,
+                        now_ms.saturating_add(*ttl_max_ms)
+                    )
+                }
             }
-            MarketError::InvalidTokensMax => {
-                write!(f, "TokenMax must be above 0 and within the limit")
+            MarketError::InvalidTokensMax { tokens_max, limit } => {
+                if *tokens_max == 0 {
+                    write!(f, "TokenMax must be above 0 (and at most {limit})")
+                } else {
+                    write!(
+                        f,
+                        "TokenMax {tokens_max} is above the limit of {limit} (tokens_max_limit)"
+                    )
+                }
             }
             MarketError::UnknownProbe { probe } => write!(f, "unknown or expired probe {probe}"),
             MarketError::LimitReached { limit, max } => {

@@ -27,10 +27,17 @@ impl Engine {
         let model_idx = self.model_of(model)?;
         let config = &self.state.config;
         if tokens_max == 0 || tokens_max > config.tokens_max_limit {
-            return Err(MarketError::InvalidTokensMax);
+            return Err(MarketError::InvalidTokensMax {
+                tokens_max,
+                limit: config.tokens_max_limit,
+            });
         }
         if expires_at_ms <= now || expires_at_ms > now.saturating_add(config.rfc_ttl_max_ms) {
-            return Err(MarketError::InvalidExpiry { expires_at_ms });
+            return Err(MarketError::InvalidExpiry {
+                expires_at_ms,
+                now_ms: now,
+                ttl_max_ms: config.rfc_ttl_max_ms,
+            });
         }
         let retry_after_ms = config.rfc_retry_after_ms;
         let queue_full = self.state.models[model_idx as usize].queue.len()

@@ -133,7 +133,10 @@ fn r_rfc_1_validation_errors() {
     );
     assert_eq!(
         rejection_in(&m.rfc(user(1), MODEL_A, 0)),
-        Some(MarketError::InvalidTokensMax)
+        Some(MarketError::InvalidTokensMax {
+            tokens_max: 0,
+            limit: 1_000_000
+        })
     );
     let nonce = m.nonce(user(1));
     let e = m.apply(Command::SubmitRfc {
@@ -146,9 +149,30 @@ fn r_rfc_1_validation_errors() {
     assert_eq!(
         rejection_in(&e),
         Some(MarketError::InvalidExpiry {
-            expires_at_ms: m.now
+            expires_at_ms: m.now,
+            now_ms: m.now,
+            ttl_max_ms: 300_000
         })
     );
+    let error = rejection_in(&e).unwrap();
+    assert_eq!(error.detail(), m.now as u128, "in the past: detail is now");
+    assert!(error.to_string().contains("in the past"), "{error}");
+    let nonce = m.nonce(user(1));
+    let e = m.apply(Command::SubmitRfc {
+        user: user(1),
+        nonce,
+        model: MODEL_A,
+        tokens_max: 1,
+        expires_at_ms: m.now + 300_001,
+    });
+    let error = rejection_in(&e).unwrap();
+    assert_eq!(
+        error.detail(),
+        (m.now + 300_000) as u128,
+        "too far: detail is the latest"
+    );
+    assert!(error.to_string().contains("too far"), "{error}");
+    assert!(error.to_string().contains("300000"), "{error}");
 }
 
 #[test]
@@ -698,37 +722,7 @@ fn operator_commands_need_the_operator() {
 
 #[test]
 fn error_codes_are_stable_and_unique() {
-    let errors = [
-        MarketError::Replay { nonce_last: 0 },
-        MarketError::ZeroBalance,
-        MarketError::QuotaExceeded { tokens_left: 0 },
-        MarketError::UnknownModel { model: 0 },
-        MarketError::Overloaded { retry_after_ms: 0 },
-        MarketError::NotYourSession { session: 0 },
-        MarketError::AlreadyReported { session: 0 },
-        MarketError::UnknownSession { session: 0 },
-        MarketError::TokensOverMax { tokens_max: 0 },
-        MarketError::SessionExpired { session: 0 },
-        MarketError::NotOperator,
-        MarketError::UnknownProvider,
-        MarketError::UnsupportedUnit { unit: 0 },
-        MarketError::WeightsHashMismatch { model: 0 },
-        MarketError::InvalidExpiry { expires_at_ms: 0 },
-        MarketError::InvalidTokensMax,
-        MarketError::UnknownProbe { probe: 0 },
-        MarketError::LimitReached {
-            limit: Limit::Accounts,
-            max: 0,
-        },
-        MarketError::ClaimExceedsOwed { owed_wei: 0 },
-        MarketError::NothingOwed,
-        MarketError::UnknownRfc { rfc: 0 },
-        MarketError::InvalidParam { param: 0 },
-        MarketError::ArithmeticOverflow,
-        MarketError::NoOffer { model: 0 },
-        MarketError::InvalidCapacity { capacity: 0 },
-        MarketError::DuplicateModel { model: 0 },
-    ];
+    let errors = MarketError::one_of_each();
     let mut codes: Vec<u16> = errors.iter().map(MarketError::code).collect();
     assert_eq!(codes, (0x0201..=0x021A).collect::<Vec<u16>>());
     codes.dedup();

@@ -5,10 +5,26 @@
 //! use yellowstone_wire::{client::Client, SigningKey, Rfc, Message};
 //! let key = SigningKey::from_seed(b"alice");
 //! let mut client = Client::connect("127.0.0.1:7400", key).unwrap();
-//! let rfc = Rfc { from: client.address(), nonce: client.next_nonce(), model_id: 1, tokens_max: 100, expires_at_ms: 0, ..Rfc::default() };
+//! // expires_at_ms is Unix time in ms, after the router's clock and at most
+//! // market.rfc_ttl_max_ms (default 300,000) ahead of it: here 30 s from now.
+//! let now_ms = std::time::SystemTime::now()
+//!     .duration_since(std::time::UNIX_EPOCH)
+//!     .unwrap()
+//!     .as_millis() as u64;
+//! let rfc = Rfc {
+//!     from: client.address(),
+//!     nonce: client.next_nonce(),
+//!     model_id: 1,
+//!     tokens_max: 100,
+//!     expires_at_ms: now_ms + 30_000,
+//!     ..Rfc::default()
+//! };
 //! client.send_signed(rfc.into()).unwrap();
-//! let reply = client.recv().unwrap();
+//! // RfcAccepted (then a SessionTicket), or an ErrorReply with ref_nonce = the RFC's nonce.
+//! let reply = client.recv_verified().unwrap();
 //! ```
+//!
+//! The protocol itself is specified in `docs/PROTOCOL.md`.
 
 use crate::address::Address;
 use crate::frame::{Frame, FrameDecoder, FrameError};

@@ -34,32 +34,74 @@ pub fn layer(code: u16) -> Layer {
     }
 }
 
-/// The frame could not be parsed (unknown flags, reserved bits set).
-pub const MALFORMED_FRAME: u16 = 0x0101;
-pub const BAD_MAGIC: u16 = 0x0102;
-pub const UNSUPPORTED_VERSION: u16 = 0x0103;
-pub const FRAME_TOO_LARGE: u16 = 0x0104;
-pub const TRUNCATED_BODY: u16 = 0x0105;
-pub const TRAILING_BYTES: u16 = 0x0106;
-pub const UNKNOWN_MESSAGE_TYPE: u16 = 0x0107;
-pub const BAD_SIGNATURE: u16 = 0x0108;
-pub const HIGH_S_SIGNATURE: u16 = 0x0109;
-pub const SIGNER_MISMATCH: u16 = 0x010A;
-/// A message other than the login answer before login completed.
-pub const NOT_LOGGED_IN: u16 = 0x010B;
-/// A bad enum value, a string too long or not UTF-8, a list too long.
-pub const BAD_FIELD: u16 = 0x010C;
-/// This message type may not be sent by a client (router-only messages).
-pub const NOT_ALLOWED: u16 = 0x010D;
-/// The signed originator is not the address this connection logged in as.
-pub const WRONG_SENDER: u16 = 0x010E;
+/// Declares every code once: its constant, its name, and its row in `ALL`.
+macro_rules! codes {
+    ($($(#[$doc:meta])* $konst:ident = $code:expr, $name:expr;)*) => {
+        $($(#[$doc])* pub const $konst: u16 = $code;)*
+        /// Every code of every layer with its one name (wire, metrics labels, docs):
+        /// `docs/PROTOCOL.md`'s error table is checked against this.
+        pub const ALL: &[(u16, &str)] = &[$(($code, $name)),*];
+    };
+}
 
-/// Queue full: retry after `ErrorReply.retry_after_ms` (R-RFC-2).
-pub const OVERLOADED: u16 = 0x0301;
-pub const TOO_MANY_CONNECTIONS: u16 = 0x0302;
-pub const SLOW_CONSUMER: u16 = 0x0303;
-pub const IDLE_TIMEOUT: u16 = 0x0304;
-pub const SHUTTING_DOWN: u16 = 0x0305;
+codes! {
+    /// The frame could not be parsed (unknown flags, reserved bits set).
+    MALFORMED_FRAME = 0x0101, "malformed_frame";
+    BAD_MAGIC = 0x0102, "bad_magic";
+    UNSUPPORTED_VERSION = 0x0103, "unsupported_version";
+    FRAME_TOO_LARGE = 0x0104, "frame_too_large";
+    TRUNCATED_BODY = 0x0105, "truncated_body";
+    TRAILING_BYTES = 0x0106, "trailing_bytes";
+    UNKNOWN_MESSAGE_TYPE = 0x0107, "unknown_message_type";
+    BAD_SIGNATURE = 0x0108, "bad_signature";
+    HIGH_S_SIGNATURE = 0x0109, "high_s_signature";
+    SIGNER_MISMATCH = 0x010A, "signer_mismatch";
+    /// A message other than the login answer before login completed.
+    NOT_LOGGED_IN = 0x010B, "not_logged_in";
+    /// A bad enum value, a string too long or not UTF-8, a list too long.
+    BAD_FIELD = 0x010C, "bad_field";
+    /// This message type may not be sent by a client (router-only messages).
+    NOT_ALLOWED = 0x010D, "not_allowed";
+    /// The signed originator is not the address this connection logged in as.
+    WRONG_SENDER = 0x010E, "wrong_sender";
+
+    // Market codes: the engine's `MarketError::code` and `MarketError::name` give
+    // the same numbers and names (checked by a test in the workspace's tests).
+    REPLAY = 0x0201, "replay";
+    ZERO_BALANCE = 0x0202, "zero_balance";
+    QUOTA_EXCEEDED = 0x0203, "quota_exceeded";
+    UNKNOWN_MODEL = 0x0204, "unknown_model";
+    /// The model's RFC queue is full (R-RFC-2); not the router's `OVERLOADED`.
+    QUEUE_FULL = 0x0205, "queue_full";
+    NOT_YOUR_SESSION = 0x0206, "not_your_session";
+    ALREADY_REPORTED = 0x0207, "already_reported";
+    UNKNOWN_SESSION = 0x0208, "unknown_session";
+    TOKENS_OVER_MAX = 0x0209, "tokens_over_max";
+    SESSION_EXPIRED = 0x020A, "session_expired";
+    NOT_OPERATOR = 0x020B, "not_operator";
+    UNKNOWN_PROVIDER = 0x020C, "unknown_provider";
+    UNSUPPORTED_UNIT = 0x020D, "unsupported_unit";
+    WEIGHTS_HASH_MISMATCH = 0x020E, "weights_hash_mismatch";
+    INVALID_EXPIRY = 0x020F, "invalid_expiry";
+    INVALID_TOKENS_MAX = 0x0210, "invalid_tokens_max";
+    UNKNOWN_PROBE = 0x0211, "unknown_probe";
+    LIMIT_REACHED = 0x0212, "limit_reached";
+    CLAIM_EXCEEDS_OWED = 0x0213, "claim_exceeds_owed";
+    NOTHING_OWED = 0x0214, "nothing_owed";
+    UNKNOWN_RFC = 0x0215, "unknown_rfc";
+    INVALID_PARAM = 0x0216, "invalid_param";
+    ARITHMETIC_OVERFLOW = 0x0217, "arithmetic_overflow";
+    NO_OFFER = 0x0218, "no_offer";
+    INVALID_CAPACITY = 0x0219, "invalid_capacity";
+    DUPLICATE_MODEL = 0x021A, "duplicate_model";
+
+    /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
+    OVERLOADED = 0x0301, "overloaded";
+    TOO_MANY_CONNECTIONS = 0x0302, "too_many_connections";
+    SLOW_CONSUMER = 0x0303, "slow_consumer";
+    IDLE_TIMEOUT = 0x0304, "idle_timeout";
+    SHUTTING_DOWN = 0x0305, "shutting_down";
+}
 
 pub fn of_frame_error(error: &FrameError) -> u16 {
     match error {
@@ -87,56 +129,12 @@ pub fn of_sig_error(error: &SigError) -> u16 {
     }
 }
 
-/// Short snake_case name of a code of any layer, for reports and metrics labels.
+/// Short snake_case name of a code of any layer, for reports and metrics labels
+/// (`"unknown_code"` for a code not in `ALL`).
 pub fn name(code: u16) -> &'static str {
-    match code {
-        MALFORMED_FRAME => "malformed_frame",
-        BAD_MAGIC => "bad_magic",
-        UNSUPPORTED_VERSION => "unsupported_version",
-        FRAME_TOO_LARGE => "frame_too_large",
-        TRUNCATED_BODY => "truncated_body",
-        TRAILING_BYTES => "trailing_bytes",
-        UNKNOWN_MESSAGE_TYPE => "unknown_message_type",
-        BAD_SIGNATURE => "bad_signature",
-        HIGH_S_SIGNATURE => "high_s_signature",
-        SIGNER_MISMATCH => "signer_mismatch",
-        NOT_LOGGED_IN => "not_logged_in",
-        BAD_FIELD => "bad_field",
-        NOT_ALLOWED => "not_allowed",
-        WRONG_SENDER => "wrong_sender",
-        OVERLOADED => "overloaded",
-        TOO_MANY_CONNECTIONS => "too_many_connections",
-        SLOW_CONSUMER => "slow_consumer",
-        IDLE_TIMEOUT => "idle_timeout",
-        SHUTTING_DOWN => "shutting_down",
-        0x0201 => "replay",
-        0x0202 => "zero_balance",
-        0x0203 => "quota_exceeded",
-        0x0204 => "unknown_model",
-        0x0205 => "queue_full",
-        0x0206 => "not_your_session",
-        0x0207 => "already_reported",
-        0x0208 => "unknown_session",
-        0x0209 => "tokens_over_max",
-        0x020A => "session_expired",
-        0x020B => "not_operator",
-        0x020C => "unknown_provider",
-        0x020D => "unsupported_unit",
-        0x020E => "weights_hash_mismatch",
-        0x020F => "invalid_expiry",
-        0x0210 => "invalid_tokens_max",
-        0x0211 => "unknown_probe",
-        0x0212 => "limit_reached",
-        0x0213 => "claim_exceeds_owed",
-        0x0214 => "nothing_owed",
-        0x0215 => "unknown_rfc",
-        0x0216 => "invalid_param",
-        0x0217 => "arithmetic_overflow",
-        0x0218 => "no_offer",
-        0x0219 => "invalid_capacity",
-        0x021A => "duplicate_model",
-        _ => "unknown_code",
-    }
+    ALL.iter()
+        .find(|(c, _)| *c == code)
+        .map_or("unknown_code", |(_, name)| name)
 }
 
 #[cfg(test)]
@@ -177,9 +175,16 @@ mod tests {
         }
         assert_eq!(layer(0x0203), Layer::Market);
         assert_eq!(layer(0x0400), Layer::Unknown);
-        let mut sorted = protocol.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        assert_eq!(sorted.len(), protocol.len(), "codes are unique");
+        let mut codes: Vec<u16> = ALL.iter().map(|(c, _)| *c).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), ALL.len(), "codes are unique");
+        let mut names: Vec<&str> = ALL.iter().map(|(_, n)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "names are unique");
+        assert!(ALL.iter().all(|(c, _)| layer(*c) != Layer::Unknown));
+        assert_eq!(name(QUEUE_FULL), "queue_full");
+        assert_eq!(name(0x0400), "unknown_code");
     }
 }

@@ -1,4 +1,6 @@
 //! yellowstone-wire: the binary protocol spoken to the router (SPEC.md section 2).
+//! The normative description for clients in any language is `docs/PROTOCOL.md`
+//! (checked against `messages::CATALOG` and `codes::ALL` by `tests/protocol_doc.rs`).
 //!
 //! - `frame`: the 12-byte header and the stream decoder.
 //! - `messages`: the catalog, fixed little-endian layouts, `Message`.

@@ -126,6 +126,12 @@ macro_rules! record {
             const MAX: usize = $max;
             const BYTES: usize = 0 $(+ std::mem::size_of::<$ty>())*;
         }
+        impl $name {
+            /// Field names and Rust types in wire order (docs/PROTOCOL.md is checked
+            /// against this).
+            pub const FIELDS: &'static [(&'static str, &'static str)] =
+                &[$((stringify!($field), stringify!($ty))),*];
+        }
     };
 }
 
@@ -175,11 +181,47 @@ impl Field for CatalogModel {
     }
 }
 
+impl CatalogModel {
+    /// Field names and Rust types in wire order (docs/PROTOCOL.md is checked
+    /// against this).
+    pub const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("model_id", "u32"),
+        ("unit", "u8"),
+        ("weights_hash", "[u8; 32]"),
+        ("best_price_wei_per_token", "u128"),
+        ("offers_live", "u32"),
+        ("name", "String"),
+    ];
+}
+
 impl ListItem for CatalogModel {
     const MAX: usize = CATALOG_MODELS_MAX;
     /// The fixed fields and the name's u16 length (an empty name is valid).
     const BYTES: usize = 4 + 1 + 32 + 16 + 4 + 2;
 }
+
+/// One row of the message catalog (`CATALOG`).
+#[derive(Clone, Copy, Debug)]
+pub struct MessageInfo {
+    pub msg_type: u16,
+    pub name: &'static str,
+    /// The body ends with a 65-byte signature (the sender's or the router's).
+    pub signed: bool,
+    /// (name, Rust type) in wire order.
+    pub fields: &'static [(&'static str, &'static str)],
+    /// The body of the message with every field zero or empty (the size of its
+    /// fixed part, strings and lists counting their length prefixes only).
+    pub default_body: fn() -> Vec<u8>,
+}
+
+/// The list records carried inside messages, with their fields in wire order.
+pub const RECORDS: &[(&str, &[(&str, &str)])] = &[
+    ("Offer", Offer::FIELDS),
+    ("BalanceEntry", BalanceEntry::FIELDS),
+    ("ParamEntry", ParamEntry::FIELDS),
+    ("BatchTotals", BatchTotals::FIELDS),
+    ("CatalogModel", CatalogModel::FIELDS),
+];
 
 pub mod msg_type {
     pub const LOGIN_CHALLENGE: u16 = 0x0001;
@@ -221,6 +263,9 @@ macro_rules! messages {
             pub struct $name { $(pub $field: $ty),* }
             impl $name {
                 pub const MSG_TYPE: u16 = msg_type::$code;
+                /// Field names and Rust types in wire order.
+                pub const FIELDS: &'static [(&'static str, &'static str)] =
+                    &[$((stringify!($field), stringify!($ty))),*];
                 pub fn encode(&self, out: &mut Vec<u8>) {
                     let mut w = Writer(out);
                     $(self.$field.write(&mut w);)*
@@ -239,6 +284,20 @@ macro_rules! messages {
 
         #[derive(Clone, Debug, PartialEq, Eq)]
         pub enum Message { $($name($name)),* }
+
+        /// Every message type: code, name, whether signed, fields in wire order
+        /// (what docs/PROTOCOL.md's tables are checked against).
+        pub const CATALOG: &[MessageInfo] = &[$(MessageInfo {
+            msg_type: msg_type::$code,
+            name: stringify!($name),
+            signed: $signed,
+            fields: $name::FIELDS,
+            default_body: || {
+                let mut body = Vec::new();
+                $name::default().encode(&mut body);
+                body
+            },
+        }),*];
 
         impl Message {
             pub fn msg_type(&self) -> u16 {

@@ -7,7 +7,8 @@
 //! `YELLOWSTONE_WRITE_GOLDEN=1 cargo test -p yellowstone-wire --test golden`
 
 use serde_json::{json, Value};
-use yellowstone_wire::frame::FrameDecoder;
+use yellowstone_wire::codec::Reader;
+use yellowstone_wire::frame::{FrameDecoder, FLAG_RESPONSE, HEADER_LEN};
 use yellowstone_wire::signature::weights_proof_digest;
 use yellowstone_wire::*;
 
@@ -297,6 +298,33 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             .into(),
             None,
         ),
+        (CatalogQuery { query_id: 9 }.into(), None),
+        (
+            Catalog {
+                query_id: 9,
+                as_of_ms: 1_767_225_600_000,
+                models: vec![
+                    CatalogModel {
+                        model_id: 1,
+                        unit: 0,
+                        weights_hash: *blake3::hash(b"yellowstone-demo-model-1").as_bytes(),
+                        best_price_wei_per_token: 1_000_000_000,
+                        offers_live: 2,
+                        name: "demo-model-1".into(),
+                    },
+                    CatalogModel {
+                        model_id: 2,
+                        unit: 0,
+                        weights_hash: *blake3::hash(b"yellowstone-demo-model-2").as_bytes(),
+                        best_price_wei_per_token: 0,
+                        offers_live: 0,
+                        name: "demo-model-2".into(),
+                    },
+                ],
+            }
+            .into(),
+            None,
+        ),
         (
             ErrorReply {
                 code: 0x0203,
@@ -315,6 +343,62 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
         .collect()
 }
 
+/// Who sends a message: the client for what carries a signed originator (and
+/// `Ping`, `CatalogQuery`), the router for everything else. Router frames carry FLAG_RESPONSE.
+fn sent_by_router(message: &Message) -> bool {
+    message.claimed_origin().is_none()
+        && !matches!(message, Message::Ping(_) | Message::CatalogQuery(_))
+}
+
+/// A second, table-driven decoder: walks a body by the catalog's field types
+/// (`CATALOG`, `RECORDS`) and gives the values as JSON (u128 as decimal strings,
+/// bytes as hex, addresses EIP-55), for clients in other languages to compare.
+fn walk(ty: &str, r: &mut Reader<'_>) -> Value {
+    match ty {
+        "u8" => json!(r.u8("u8").unwrap()),
+        "u16" => json!(r.u16("u16").unwrap()),
+        "u32" => json!(r.u32("u32").unwrap()),
+        "u64" => json!(r.u64("u64").unwrap()),
+        "u128" => json!(r.u128("u128").unwrap().to_string()),
+        "bool" => json!(r.bool("bool").unwrap()),
+        "[u8; 32]" => json!(hex::encode(r.bytes32("bytes32").unwrap())),
+        "Address" => json!(r.address("address").unwrap().to_string()),
+        "Signature" => json!(hex::encode(r.signature("signature").unwrap().0)),
+        "String" => json!(r.string("string", usize::MAX).unwrap()),
+        list => {
+            let item = list
+                .strip_prefix("Vec<")
+                .and_then(|t| t.strip_suffix('>'))
+                .unwrap_or_else(|| panic!("unknown field type {list}"));
+            let (_, fields) = RECORDS
+                .iter()
+                .find(|(name, _)| *name == item)
+                .unwrap_or_else(|| panic!("record {item} not in RECORDS"));
+            let len = r.list_len("list", usize::MAX, 0).unwrap();
+            (0..len).map(|_| walk_fields(fields, r)).collect()
+        }
+    }
+}
+
+fn walk_fields(fields: &[(&str, &str)], r: &mut Reader<'_>) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, ty) in fields {
+        out.insert(name.to_string(), walk(ty, r));
+    }
+    Value::Object(out)
+}
+
+fn fields_of(msg_type: u16, body: &[u8]) -> Value {
+    let info = CATALOG
+        .iter()
+        .find(|i| i.msg_type == msg_type)
+        .expect("in the catalog");
+    let mut r = Reader::new(body);
+    let value = walk_fields(info.fields, &mut r);
+    assert_eq!(r.remaining(), 0, "{} walked whole", info.name);
+    value
+}
+
 fn build() -> Value {
     let keys = keys();
     let key_of = |name: &str| {
@@ -325,22 +409,32 @@ fn build() -> Value {
     };
     let mut out = Vec::new();
     for (name, mut message, signer) in vectors() {
-        let frame = match signer {
-            Some(signer) => message.sign(&key_of(signer), NET),
-            None => message.to_frame(),
+        let flags = if sent_by_router(&message) {
+            FLAG_RESPONSE
+        } else {
+            0
         };
+        let mut frame = Vec::new();
+        match signer {
+            Some(signer) => message.sign_frame_into(&key_of(signer), NET, flags, &mut frame),
+            None => message.write_frame(flags, &mut frame),
+        }
         out.push(json!({
             "name": name,
             "msg_type": message.msg_type(),
+            "sender": if flags == FLAG_RESPONSE { "router" } else { "client" },
             "frame_hex": hex::encode(&frame),
             "signer": signer.map(|s| key_of(s).address().to_string()),
             "fields": format!("{message:?}"),
+            "values": fields_of(message.msg_type(), &frame[HEADER_LEN..]),
         }));
     }
     json!({
         "network_id": NET,
         "domain_tag": "yellowstone/v1",
-        "digest": "BLAKE3(domain_tag || network_id u32 LE || msg_type u16 LE || body without the trailing 65-byte signature); login answers sign BLAKE3(domain_tag || network_id || 0xFF02 LE || challenge)",
+        "digest": "BLAKE3(domain_tag || network_id u32 LE || msg_type u16 LE || body without the trailing 65-byte signature); login answers sign BLAKE3(domain_tag || network_id || 0xFF02 LE || challenge); weights proofs sign BLAKE3(domain_tag || network_id || 0xFF01 LE || model_id u32 LE || weights_hash); see docs/PROTOCOL.md",
+        "flags": "router frames carry flags 0x01 (FLAG_RESPONSE), client frames 0x00",
+        "values": "the fields decoded by type: u128 as a decimal string, bytes and signatures as lower-case hex, addresses EIP-55",
         "keys": keys.iter().map(|(n, k)| json!({"name": n, "secret_hex": hex::encode(k.secret_bytes()), "address": k.address().to_string()})).collect::<Vec<_>>(),
         "vectors": out,
     })
@@ -359,6 +453,16 @@ fn golden_vectors_are_produced_and_accepted_byte_for_byte() {
         stored, fresh,
         "the code no longer produces the committed golden frames"
     );
+    let mut names: Vec<&str> = stored["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    let mut catalog: Vec<&str> = CATALOG.iter().map(|i| i.name).collect();
+    catalog.sort_unstable();
+    assert_eq!(names, catalog, "every message type has a golden vector");
     let router = stored["keys"][3]["address"]
         .as_str()
         .unwrap()
@@ -371,6 +475,12 @@ fn golden_vectors_are_produced_and_accepted_byte_for_byte() {
         let frame = decoder.next_frame().unwrap().unwrap();
         let message = Message::decode(frame.header.msg_type, &frame.body).unwrap();
         assert_eq!(format!("{message:?}"), vector["fields"].as_str().unwrap());
+        let router_flag = frame.header.flags == FLAG_RESPONSE;
+        assert_eq!(router_flag, sent_by_router(&message), "{}", vector["name"]);
+        assert_eq!(
+            fields_of(frame.header.msg_type, &frame.body),
+            vector["values"]
+        );
         if let Some(signer) = vector["signer"].as_str() {
             let signer: Address = signer.parse().unwrap();
             if message.claimed_origin().is_some() {

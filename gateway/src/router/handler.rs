@@ -342,10 +342,10 @@ impl FrameHandler for RouterHandler {
             network_id: self.shared.network_id,
             router: self.shared.router_key.address(),
         };
-        let _ = self
-            .context
-            .outbox
-            .send(conn, Message::from(hello).to_frame());
+        // Like every frame the router sends, flagged FLAG_RESPONSE.
+        let mut frame = Vec::with_capacity(72);
+        Message::from(hello).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+        let _ = self.context.outbox.send(conn, frame);
     }
 
     fn on_frame(&mut self, conn: ConnId, frame: Frame, replies: &mut Replies<'_>) {
