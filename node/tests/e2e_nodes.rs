@@ -445,3 +445,63 @@ async fn r_node_1_provider_and_consumer_reconnect_after_a_router_restart() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_router_refusals_map_to_openai_statuses() {
+    let stack = Stack::start(Tuning {
+        consumer: "tokens_max_limit = 5000000".into(),
+        market: "tokens_max_limit = 5000000".into(),
+        ..Tuning::default()
+    })
+    .await;
+    let post = |body: serde_json::Value| {
+        stack
+            .http
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+    };
+    // 500 MOR give 1,500,000 tokens a day (R-QUOTA-3): more is a 429 saying what is left.
+    let response = post(chat("big", 1_600_000, false)).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "insufficient_quota");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1500000 tokens left"),
+        "{error}"
+    );
+    // A model of the catalog nobody offers: 503 with Retry-After.
+    let response =
+        post(json!({"model": "demo-model-2", "messages": [{"role": "user", "content": "x"}]}))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "no_provider", "{error}");
+    // Not in the catalog: 404. Not JSON: 400.
+    let response = post(json!({"model": "gpt-17", "messages": []}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Refused requests were never sessions: nothing was reported.
+    assert_eq!(
+        stack
+            .consumer_metric(
+                "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}"
+            )
+            .await,
+        0.0
+    );
+}

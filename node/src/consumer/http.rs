@@ -58,12 +58,28 @@ async fn models(State(consumer): State<Arc<Consumer>>) -> Result<Json<Value>, Ap
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
+/// The catalog id of the model named `name`. A model no live offer serves is a 503
+/// at once (the cached catalog is refreshed first), rather than an RFC that would
+/// wait in the queue until it expires.
 async fn resolve_model(consumer: &Consumer, name: &str) -> Result<u32, ApiError> {
+    let mut known = false;
     for fresh in [false, true] {
         let catalog = consumer.catalog(fresh).await.map_err(router_unavailable)?;
         if let Some(model) = catalog.models.iter().find(|m| m.name == name) {
-            return Ok(model.model_id);
+            known = true;
+            if model.offers_live > 0 {
+                return Ok(model.model_id);
+            }
         }
+    }
+    if known {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "no_provider",
+            format!("no provider offers {name:?} now"),
+        )
+        .retry_after(1));
     }
     Err(ApiError::new(
         StatusCode::NOT_FOUND,
@@ -101,6 +117,13 @@ fn rfc_error(outcome: RfcOutcome) -> ApiError {
                     "model_not_found",
                     reason,
                 ),
+                "no_offer" => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "no_provider",
+                    format!("no provider offers this model now: {reason}"),
+                )
+                .retry_after(1),
                 "invalid_tokens_max" | "tokens_over_max" | "limit_reached" => {
                     ApiError::bad_request("invalid_max_tokens", reason)
                 }
