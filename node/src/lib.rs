@@ -33,3 +33,17 @@ pub fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// A listener whose accepted sockets send at once (TCP_NODELAY): a streamed answer
+/// is many small writes, which Nagle's algorithm would hold back for the peer's
+/// delayed ACK (about 40 ms each).
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|socket| {
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::warn!(%error, "TCP_NODELAY not set");
+        }
+    })
+}

@@ -166,7 +166,9 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
         .unwrap_or(false);
     let delay = Duration::from_millis(mode.delay_ms_per_token);
     if !stream {
-        tokio::time::sleep(delay * tokens as u32).await;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay * tokens as u32).await;
+        }
         let answer = json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": finish}],
             "usage": usage});
@@ -214,7 +216,10 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
                     .await;
                 return;
             }
-            tokio::time::sleep(delay).await;
+            if !delay.is_zero() {
+                // (A zero sleep still waits for the timer's next millisecond tick.)
+                tokio::time::sleep(delay).await;
+            }
             if send(chunk(&id, &model, json!({"content": word}), None))
                 .await
                 .is_err()

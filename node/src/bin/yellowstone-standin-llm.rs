@@ -34,7 +34,8 @@ fn main() {
         };
         let addr = listener.local_addr().expect("bound");
         println!("READY listen={addr}");
-        if let Err(error) = axum::serve(listener, router(cli.mode)).await {
+        if let Err(error) = axum::serve(yellowstone_node::nodelay(listener), router(cli.mode)).await
+        {
             eprintln!("yellowstone-standin-llm: {error}");
             std::process::exit(1);
         }

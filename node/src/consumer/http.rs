@@ -369,6 +369,7 @@ impl Call {
         code: &'static str,
         message: String,
     ) -> Failure {
+        tracing::warn!(session = self.ticket.session_id, code, %message, "completion failed: reporting fail");
         self.report(0, false);
         (
             outcome,

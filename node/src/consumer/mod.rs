@@ -145,7 +145,7 @@ impl Consumer {
         tokio::spawn(self.router.clone().run(backoff));
         let app = http::router(self.clone());
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
+            if let Err(error) = axum::serve(crate::nodelay(listener), app).await {
                 tracing::error!(%error, "consumer HTTP server stopped");
             }
         });

@@ -159,7 +159,7 @@ impl Provider {
         };
         let app = http::router(self.clone());
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
+            if let Err(error) = axum::serve(crate::nodelay(listener), app).await {
                 tracing::error!(%error, "provider HTTP server stopped");
             }
         });
