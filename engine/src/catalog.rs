@@ -29,7 +29,7 @@ impl Engine {
             .map(|model| {
                 let best = model.book.first_key_value().map(|((price, _), _)| *price);
                 debug_assert!(
-                    best.is_some() == !model.book.is_empty(),
+                    best.is_some() != model.book.is_empty(),
                     "a book has a head exactly when it holds an offer"
                 );
                 CatalogEntry {

@@ -52,7 +52,7 @@ pub fn hash_file_logged(path: &Path) -> std::io::Result<[u8; 32]> {
     let started = Instant::now();
     let name = path.display().to_string();
     let hash = hash_file(path, Duration::from_secs(1), |done, total| {
-        let percent = if total == 0 { 100 } else { done * 100 / total };
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
         tracing::info!(
             file = %name,
             done_mib = done >> 20,
