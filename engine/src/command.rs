@@ -37,7 +37,132 @@ pub enum ParamId {
     BudgetPolicy = 12,
 }
 
+/// How a parameter's value is written by name: a plain integer, or one of a few
+/// labels carried on the wire as their index (0, 1, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamKind {
+    /// An integer in the unit the name ends with (`_wei`, `_ms`, `_percent`, ...).
+    Integer,
+    /// One of these labels; the wire value is the label's index.
+    Choice(&'static [&'static str]),
+}
+
 impl ParamId {
+    /// Every run-time parameter, in id order (R-OPS-3).
+    pub const ALL: [ParamId; 12] = [
+        ParamId::ComputeBudgetWeiPerDay,
+        ParamId::TokenPriceWeiPer1000,
+        ParamId::MorSupplyWei,
+        ParamId::SpeedTolerancePercent,
+        ParamId::SpeedWindowReports,
+        ParamId::SpeedReportsMin,
+        ParamId::FailPolicy,
+        ParamId::PenaltyPointsSuspend,
+        ParamId::SuspensionMs,
+        ParamId::ProbeTimeoutMs,
+        ParamId::UnusedBudget,
+        ParamId::BudgetPolicy,
+    ];
+
+    /// The parameter's name: the `[market]` configuration key it overrides.
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamId::ComputeBudgetWeiPerDay => "compute_budget_wei_per_day",
+            ParamId::TokenPriceWeiPer1000 => "token_price_wei_per_1000",
+            ParamId::MorSupplyWei => "mor_supply_wei",
+            ParamId::SpeedTolerancePercent => "speed_tolerance_percent",
+            ParamId::SpeedWindowReports => "speed_window_reports",
+            ParamId::SpeedReportsMin => "speed_reports_min",
+            ParamId::FailPolicy => "fail_policy",
+            ParamId::PenaltyPointsSuspend => "penalty_points_suspend",
+            ParamId::SuspensionMs => "suspension_ms",
+            ParamId::ProbeTimeoutMs => "probe_timeout_ms",
+            ParamId::UnusedBudget => "unused_budget",
+            ParamId::BudgetPolicy => "budget_policy",
+        }
+    }
+
+    /// What the parameter means, for `--help`-style listings.
+    pub fn help(self) -> &'static str {
+        match self {
+            ParamId::ComputeBudgetWeiPerDay => {
+                "B: compute budget, MOR wei per day (R-QUOTA-1; budget_policy fixed)"
+            }
+            ParamId::TokenPriceWeiPer1000 => {
+                "P: reference price, MOR wei per 1,000 tokens (R-QUOTA-1; > 0)"
+            }
+            ParamId::MorSupplyWei => "S: total MOR supply in wei (R-QUOTA-2; > 0)",
+            ParamId::SpeedTolerancePercent => {
+                "X: a report may be this many percent slower than the model's mean (R-PERF-1)"
+            }
+            ParamId::SpeedWindowReports => {
+                "Z: passing reports the model's mean covers (R-PERF-1; > 0)"
+            }
+            ParamId::SpeedReportsMin => {
+                "below this many passing reports the speed test passes (R-PERF-1)"
+            }
+            ParamId::FailPolicy => "what a fail report does to the credit (R-PERF-3)",
+            ParamId::PenaltyPointsSuspend => {
+                "penalty points within the window that suspend a provider (R-PERF-4)"
+            }
+            ParamId::SuspensionMs => "how long a suspension lasts, ms (R-PERF-4)",
+            ParamId::ProbeTimeoutMs => "liveness probe timeout, ms (R-MATCH-2; > 0)",
+            ParamId::UnusedBudget => "the unspent part of a day's emission (R-CONTRACT-3)",
+            ParamId::BudgetPolicy => "where the day's budget B comes from (R-CONTRACT-5)",
+        }
+    }
+
+    pub fn kind(self) -> ParamKind {
+        match self {
+            ParamId::FailPolicy => ParamKind::Choice(&["no-credit", "balance-weighted"]),
+            ParamId::UnusedBudget => ParamKind::Choice(&["carry", "burn"]),
+            ParamId::BudgetPolicy => ParamKind::Choice(&["fixed", "pool-percent"]),
+            _ => ParamKind::Integer,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ParamId> {
+        ParamId::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The wire value of `text`: an integer, or for a choice its label (or index).
+    pub fn parse_value(self, text: &str) -> Result<u128, String> {
+        let text = text.trim();
+        match self.kind() {
+            ParamKind::Integer => text
+                .replace('_', "")
+                .parse::<u128>()
+                .map_err(|_| format!("{}: {text:?} is not a whole number", self.name())),
+            ParamKind::Choice(labels) => labels
+                .iter()
+                .position(|l| *l == text)
+                .map(|i| i as u128)
+                .or_else(|| {
+                    text.parse::<u128>()
+                        .ok()
+                        .filter(|i| *i < labels.len() as u128)
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "{}: {text:?} is not one of {}",
+                        self.name(),
+                        labels.join(", ")
+                    )
+                }),
+        }
+    }
+
+    /// The value as an operator writes it (a label for choices).
+    pub fn format_value(self, value: u128) -> String {
+        match self.kind() {
+            ParamKind::Choice(labels) => usize::try_from(value)
+                .ok()
+                .and_then(|i| labels.get(i))
+                .map_or_else(|| value.to_string(), |l| l.to_string()),
+            ParamKind::Integer => value.to_string(),
+        }
+    }
+
     pub fn from_u16(id: u16) -> Option<ParamId> {
         use ParamId::*;
         Some(match id {
@@ -288,6 +413,11 @@ pub enum Effect {
         provider: Address,
         until_ms: u64,
     },
+    /// R-PROV-2: a registration from a provider with no MOR balance was accepted,
+    /// but the provider will not be matched until it is funded.
+    ProviderUnfunded {
+        provider: Address,
+    },
     BatchSealed {
         batch: CreditBatch,
         applied: BatchApplied,
@@ -316,6 +446,7 @@ impl Effect {
             Effect::Probe { provider, .. }
             | Effect::ProviderUnreachable { provider }
             | Effect::ProviderSuspended { provider, .. }
+            | Effect::ProviderUnfunded { provider }
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
             Effect::SessionExpired { user, .. } => Some(*user),

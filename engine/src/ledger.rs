@@ -32,6 +32,10 @@ pub struct Ledger {
     pub owed_wei: BTreeMap<Address, u128>,
     /// The last block whose batch was applied.
     pub last_block: Option<u64>,
+    /// What that batch credited and what it fell short (R-CONTRACT-2), for the
+    /// market figures (R-OPS-3).
+    pub last_batch_credited_wei: u128,
+    pub last_batch_shortfall_wei: u128,
     pub day: u64,
     pub day_emission_wei: u128,
     pub day_cap_wei: u128,
@@ -177,6 +181,8 @@ impl Ledger {
         let shortfall = requested - credited;
         self.shortfall_total_wei += shortfall;
         self.last_block = Some(batch.block);
+        self.last_batch_credited_wei = credited;
+        self.last_batch_shortfall_wei = shortfall;
         self.check_solvency();
         Ok(Some(BatchApplied {
             credited_wei: credited,

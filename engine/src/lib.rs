@@ -22,6 +22,7 @@ pub mod command;
 pub mod config;
 mod engine;
 pub mod error;
+pub mod figures;
 mod flow;
 mod invariants;
 pub mod ledger;
@@ -37,12 +38,13 @@ pub mod workload;
 
 pub use catalog::CatalogEntry;
 pub use command::{
-    BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ProviderTotals,
-    RfcFailure, Ticket,
+    BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ParamKind,
+    ProviderTotals, RfcFailure, Ticket,
 };
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
 pub use engine::{Engine, RestoreError};
 pub use error::{Limit, MarketError};
+pub use figures::{MarketFigures, ModelFigures, ModelProviders};
 pub use types::{
     Address, ModelId, ProbeId, RfcId, SessionId, Unit, BLOCKS_PER_DAY, BLOCK_MS, WEI_PER_MOR,
 };

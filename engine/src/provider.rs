@@ -97,6 +97,10 @@ impl Engine {
         }
         self.refresh_provider(provider_idx);
         effects.push(Effect::Done { to: address, nonce });
+        if self.state.accounts[account as usize].balance_wei == 0 {
+            // R-PROV-2: accepted, but it would wait for matches that never come.
+            effects.push(Effect::ProviderUnfunded { provider: address });
+        }
         Ok(())
     }
 

@@ -541,10 +541,11 @@ fn r_prov_1_registration_checks_model_hash_unit_and_limits() {
             max: 255
         })
     );
+    // Accepted (Done) and, unfunded, told it will not be matched (R-PROV-2).
     assert_eq!(
         m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)])
             .len(),
-        1
+        2
     );
     assert_eq!(m.engine.providers_len(), 1);
 }
@@ -553,11 +554,25 @@ fn r_prov_1_registration_checks_model_hash_unit_and_limits() {
 fn r_prov_2_zero_balance_provider_is_not_matched() {
     let mut m = Market::new();
     m.fund(user(1), 500);
-    m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
+    let effects = m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
+    assert!(
+        effects.contains(&Effect::ProviderUnfunded {
+            provider: provider(1)
+        }),
+        "an unfunded registration is told it will not be matched: {effects:?}"
+    );
     let effects = m.rfc(user(1), MODEL_A, 10);
     assert!(
         probe_in(&effects).is_none(),
         "zero-balance provider skipped"
+    );
+    m.fund(provider(2), 1);
+    let effects = m.register(provider(2), vec![Market::offer(MODEL_B, 10, 1)]);
+    assert!(
+        !effects
+            .iter()
+            .any(|e| matches!(e, Effect::ProviderUnfunded { .. })),
+        "a funded one is not: {effects:?}"
     );
     let nonce = m.nonce(OPERATOR);
     let effects = m.apply(Command::SetBalances {

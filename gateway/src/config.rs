@@ -34,8 +34,9 @@ pub struct NetworkConfig {
     pub connections_max: usize,
     /// Largest frame (header + body) accepted, in bytes. 16 KiB (the wire default).
     pub frame_bytes_max: usize,
-    /// Frames of one connection handed to the handler and not yet answered; past it
-    /// the connection is not read (TCP back-pressure). 64.
+    /// Frames of one connection handed to the handler and not yet answered (a command
+    /// handed to the engine counts until the engine's reply is queued); past it the
+    /// connection is not read (TCP back-pressure). 64.
     pub conn_inflight_frames_max: u32,
     /// Bytes queued for one connection and not yet sent; past it the client, too slow
     /// to read its replies, is disconnected. 1 MiB.
@@ -129,10 +130,14 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Address of the `GET /metrics` endpoint. 127.0.0.1:7401.
     pub listen: SocketAddr,
-    /// Read and write timeout of one metrics request, in ms. 2_000.
+    /// Whole-request deadline of one metrics connection, from its accept (request
+    /// head and response), in ms: a client that trickles is closed then. 2_000.
     pub request_timeout_ms: u64,
-    /// Largest request head read, in bytes. 8 KiB.
+    /// Largest request head read, in bytes (at least 8 KiB, the HTTP server's floor).
+    /// 8 KiB.
     pub request_bytes_max: usize,
+    /// Metrics connections served at once; more are closed at once. 64.
+    pub connections_max: usize,
 }
 
 impl Default for MetricsConfig {
@@ -142,6 +147,7 @@ impl Default for MetricsConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7401)),
             request_timeout_ms: 2_000,
             request_bytes_max: 8 * 1024,
+            connections_max: 64,
         }
     }
 }
@@ -253,9 +259,19 @@ impl GatewaySections {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.network.validate()?;
         check(
-            self.metrics.request_bytes_max >= 64,
+            self.metrics.request_bytes_max >= 8 * 1024,
             "metrics.request_bytes_max",
-            "must be >= 64",
+            "must be >= 8192 (the HTTP server's smallest buffer)",
+        )?;
+        check(
+            self.metrics.request_timeout_ms >= 1,
+            "metrics.request_timeout_ms",
+            "must be >= 1",
+        )?;
+        check(
+            (1..=65_536).contains(&self.metrics.connections_max),
+            "metrics.connections_max",
+            "must be between 1 and 65536",
         )?;
         check(
             self.threads.gateway_threads <= 255,

@@ -20,10 +20,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Runs the router until SIGINT/SIGTERM (then seals the current block and stops).
+    /// Runs the router until SIGINT/SIGTERM.
+    ///
+    /// On a stop it answers everything already made durable and exits; a block still in progress is not sealed early, and
+    /// nothing is lost: the next start seals it at its boundary (its batch then
+    /// follows). Keeps its state in a data directory (`yellowstone-data` in the
+    /// working directory unless --data-dir; --in-memory keeps none).
     Run(Box<RunArgs>),
     /// Prints a new secret key (hex) and its address, for the router or an operator.
     Keygen,
+    /// Prints the address of an existing key: a key file (e.g. a data directory's
+    /// router.key; refused if group or others may read it) or a hex secret.
+    Address {
+        /// A file holding the hex secret key.
+        #[arg(long, conflicts_with = "key_hex", required_unless_present = "key_hex")]
+        key_file: Option<PathBuf>,
+        /// The hex secret key itself (64 hex digits).
+        #[arg(long)]
+        key_hex: Option<String>,
+    },
     /// Prints the configuration in force (defaults merged with --config) as TOML.
     PrintConfig {
         #[arg(long)]
@@ -75,9 +90,14 @@ struct RunArgs {
     /// Overrides network.backend: uring or mio.
     #[arg(long)]
     backend: Option<String>,
-    /// Overrides journal.data_dir.
-    #[arg(long)]
+    /// Overrides journal.data_dir. Default: `yellowstone-data` in the working
+    /// directory (R-OPS-1: durable by default), named in the READY line.
+    #[arg(long, conflicts_with = "in_memory")]
     data_dir: Option<PathBuf>,
+    /// Keep no data directory: every credit, balance and batch is lost at the stop
+    /// (tests and demos only; logs a warning).
+    #[arg(long)]
+    in_memory: bool,
     /// Overrides journal.durability: always, interval or none.
     #[arg(long)]
     durability: Option<String>,
@@ -97,6 +117,19 @@ struct RunArgs {
     /// losing every record after it (journal.allow_corrupt_truncate).
     #[arg(long)]
     allow_corrupt_truncate: bool,
+}
+
+/// `address`: the address of a key file or a hex secret.
+fn key_address(key_file: Option<PathBuf>, key_hex: Option<String>) -> Result<(), String> {
+    let key = match (key_file, key_hex) {
+        (Some(path), None) => yellowstone_gateway::router::durable::read_key_file(&path)?,
+        (None, Some(hex)) => {
+            SigningKey::from_hex(hex.trim()).map_err(|e| format!("--key-hex: {e}"))?
+        }
+        _ => return Err("give one of --key-file FILE or --key-hex HEX".into()),
+    };
+    println!("address={}", key.address());
+    Ok(())
 }
 
 fn load_config(path: &Option<PathBuf>) -> Result<RouterConfig, String> {
@@ -128,6 +161,27 @@ fn run(args: RunArgs) -> Result<(), String> {
     if let Some(dir) = args.data_dir {
         config.journal.data_dir = Some(dir);
     }
+    if args.in_memory {
+        tracing::warn!(
+            "--in-memory: no data directory; every credit, balance and batch is lost when \
+             the router stops"
+        );
+        config.journal.data_dir = None;
+    } else if config.journal.data_dir.is_none() {
+        // R-OPS-1: durable by default, in the working directory.
+        let cwd = std::env::current_dir().map_err(|e| format!("working directory: {e}"))?;
+        config.journal.data_dir = Some(cwd.join(DATA_DIR_DEFAULT));
+    }
+    let data_dir = config
+        .journal
+        .data_dir
+        .as_ref()
+        .map_or("none".to_string(), |d| {
+            std::path::absolute(d)
+                .unwrap_or_else(|_| d.clone())
+                .display()
+                .to_string()
+        });
     if let Some(mode) = args.durability {
         config.journal.durability = mode;
     }
@@ -154,8 +208,8 @@ fn run(args: RunArgs) -> Result<(), String> {
     let backends = router.backends.clone();
     let listen = router.listen;
     let ready_line = format!(
-        "READY listen={} metrics={} router={} network_id={}",
-        router.listen, metrics, router.router_address, router.network_id
+        "READY listen={} metrics={} router={} network_id={} data_dir={}",
+        router.listen, metrics, router.router_address, router.network_id, data_dir
     );
     let engine = router.run_until_signal_after(move || {
         // The start-up contract scripts and tests rely on: one line, then serve.
@@ -168,12 +222,18 @@ fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The data directory used when none is given, in the working directory (R-OPS-1).
+const DATA_DIR_DEFAULT: &str = "yellowstone-data";
+
 fn main() {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -187,6 +247,7 @@ fn main() {
             );
             Ok(())
         }
+        Cmd::Address { key_file, key_hex } => key_address(key_file, key_hex),
         Cmd::Journal {
             data_dir,
             from,

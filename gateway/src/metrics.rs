@@ -112,11 +112,16 @@ struct Family<T> {
     series: Vec<(String, Arc<T>)>,
 }
 
+/// Writes whole families (HELP, TYPE, series) at scrape time, for figures kept
+/// elsewhere (the market's, `router::market`).
+pub type Exposition = Arc<dyn Fn(&mut String) + Send + Sync>;
+
 #[derive(Default)]
 struct Inner {
     counters: Vec<Family<Counter>>,
     gauges: Vec<Family<Gauge>>,
     recorders: Vec<Arc<Mutex<StageHistograms>>>,
+    expositions: Vec<Exposition>,
 }
 
 /// All metrics of the process. Cloning shares it.
@@ -194,6 +199,12 @@ impl Registry {
         series(&mut self.lock().gauges, name, help, labels)
     }
 
+    /// Adds families rendered by `source` at every scrape, after the gauges. Their
+    /// names must not collide with the registry's own.
+    pub fn add_exposition(&self, source: Exposition) {
+        self.lock().expositions.push(source);
+    }
+
     /// A latency recorder for one thread.
     pub fn stage_recorder(&self) -> StageRecorder {
         let histograms = Arc::new(Mutex::new(std::array::from_fn(|_| new_histogram())));
@@ -229,14 +240,24 @@ impl Registry {
                 let _ = total.add(part);
             }
         }
+        let expositions = inner.expositions.clone();
         drop(inner);
+        for source in &expositions {
+            source(&mut out);
+        }
         let name = "yellowstone_stage_latency_seconds";
         let _ = writeln!(out, "# HELP {name} Latency of each pipeline stage.");
         let _ = writeln!(out, "# TYPE {name} summary");
         for (stage, histogram) in Stage::ALL.iter().zip(merged.iter()) {
             let stage = stage.name();
             for quantile in [0.5, 0.9, 0.99, 0.999] {
-                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e9;
+                // No sample: the quantile is unknown, NaN as Prometheus writes it
+                // (a 0 would read as "zero latency").
+                let seconds = if histogram.is_empty() {
+                    "NaN".to_string()
+                } else {
+                    (histogram.value_at_quantile(quantile) as f64 / 1e9).to_string()
+                };
                 let _ = writeln!(
                     out,
                     "{name}{{stage=\"{stage}\",quantile=\"{quantile}\"}} {seconds}"
@@ -361,6 +382,11 @@ mod tests {
         );
         assert!(text.contains("# TYPE yellowstone_depth gauge\nyellowstone_depth -2"));
         assert!(text.contains("yellowstone_stage_latency_seconds_count{stage=\"decode\"} 2"));
-        assert!(text.contains("stage=\"verify\",quantile=\"0.999\"} 0"));
+        // An empty summary's quantiles are unknown, not zero.
+        assert!(
+            text.contains("stage=\"verify\",quantile=\"0.999\"} NaN\n"),
+            "{text}"
+        );
+        assert!(text.contains("yellowstone_stage_latency_seconds_count{stage=\"verify\"} 0"));
     }
 }

@@ -1,50 +1,96 @@
-//! The metrics endpoint: a tiny HTTP/1.1 server on its own thread serving
-//! `GET /metrics` (Prometheus text) and 404 for anything else.
+//! The metrics endpoint: `GET /metrics` (Prometheus text) and 404 for anything else,
+//! served by hyper (HTTP/1.1) on a single-threaded tokio runtime of its own thread,
+//! away from the gateway and engine threads.
 //!
-//! Guarantees: one request at a time, each bounded by `request_bytes_max` and by read
-//! and write timeouts, answered with `Connection: close`; listens where configured
-//! (127.0.0.1 by default); `stop` wakes the blocked accept and joins the thread.
+//! Guarantees: connections are served concurrently (a slow or stalled client holds
+//! only its own task, never a scrape); each connection has a whole-request deadline
+//! of `metrics.request_timeout_ms` from its accept (request head, response and all),
+//! after which it is closed whatever it sent; at most `metrics.connections_max`
+//! connections at once (more are closed at once and counted); a request head is
+//! bounded by `metrics.request_bytes_max`; one request per connection (no
+//! keep-alive); listens where configured (127.0.0.1 by default); `stop` ends the
+//! runtime and joins the thread.
 
 use crate::config::MetricsConfig;
-use crate::metrics::Registry;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::metrics::{Counter, Registry};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// hyper's smallest read buffer; `request_bytes_max` below it is raised to it.
+const HYPER_BUF_BYTES_MIN: usize = 8 * 1024;
+/// Pause after a failed accept (EMFILE and friends) so the loop does not spin.
+const ACCEPT_RETRY_MS: u64 = 50;
+
 pub struct MetricsServer {
     local_addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What each connection is held to, from `[metrics]`.
+#[derive(Clone, Copy)]
+struct Limits {
+    request_timeout: Duration,
+    request_bytes_max: usize,
+    connections_max: usize,
+}
+
+/// Counts a connection open until dropped (also when its task is cancelled).
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let before = self.0.fetch_sub(1, Ordering::AcqRel);
+        debug_assert!(before >= 1, "metrics connection released twice");
+    }
 }
 
 impl MetricsServer {
     pub fn start(config: &MetricsConfig, registry: Registry) -> io::Result<MetricsServer> {
-        let listener = TcpListener::bind(config.listen)?;
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let timeout = Duration::from_millis(config.request_timeout_ms.max(1));
-        let bytes_max = config.request_bytes_max;
-        let thread_stop = stop.clone();
+        let limits = Limits {
+            request_timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+            request_bytes_max: config.request_bytes_max.max(HYPER_BUF_BYTES_MIN),
+            connections_max: config.connections_max.max(1),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ys-metrics".into())
             .spawn(move || {
-                for stream in listener.incoming() {
-                    if thread_stop.load(Ordering::Acquire) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    if let Err(error) = serve_one(stream, &registry, timeout, bytes_max) {
-                        tracing::debug!(%error, "metrics request failed");
-                    }
-                }
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            tracing::error!(%error, "metrics endpoint: listener");
+                            return;
+                        }
+                    };
+                    tokio::spawn(accept_loop(listener, registry, limits));
+                    // Until `stop` (or the handle is dropped).
+                    let _ = stop_rx.await;
+                });
+                // Dropping the runtime cancels every connection task.
             })?;
         tracing::info!(%local_addr, "metrics listening");
         Ok(MetricsServer {
             local_addr,
-            stop,
+            stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
@@ -58,13 +104,12 @@ impl MetricsServer {
     }
 
     fn stop_inner(&mut self) {
-        let Some(thread) = self.thread.take() else {
-            return;
-        };
-        self.stop.store(true, Ordering::Release);
-        // Wake the blocked accept.
-        let _ = TcpStream::connect_timeout(&self.local_addr, Duration::from_secs(1));
-        let _ = thread.join();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -74,78 +119,158 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve_one(
-    mut stream: TcpStream,
-    registry: &Registry,
-    timeout: Duration,
-    bytes_max: usize,
-) -> io::Result<()> {
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if head.len() >= bytes_max {
-            return respond(&mut stream, "431 Request Header Fields Too Large", "");
+async fn accept_loop(listener: tokio::net::TcpListener, registry: Registry, limits: Limits) {
+    let open = Arc::new(AtomicUsize::new(0));
+    let refused = registry.counter(
+        "yellowstone_metrics_connections_refused_total",
+        "Metrics connections closed at once: metrics.connections_max were open.",
+        &[],
+    );
+    let expired = registry.counter(
+        "yellowstone_metrics_requests_expired_total",
+        "Metrics connections closed at their whole-request deadline (metrics.request_timeout_ms).",
+        &[],
+    );
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _peer)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        if open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
+            open.fetch_sub(1, Ordering::AcqRel);
+            refused.inc();
+            drop(stream);
+            continue;
         }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n.min(bytes_max - head.len())]);
-    }
-    let line = head.split(|b| *b == b'\n').next().unwrap_or(&[]);
-    let mut parts = line.split(|b| *b == b' ');
-    let (method, path) = (parts.next().unwrap_or(&[]), parts.next().unwrap_or(&[]));
-    if method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
-        respond(&mut stream, "200 OK", &registry.render())
-    } else {
-        respond(&mut stream, "404 Not Found", "not found\n")
+        let guard = OpenGuard(open.clone());
+        tokio::spawn(serve_connection(
+            stream,
+            registry.clone(),
+            limits,
+            expired.clone(),
+            guard,
+        ));
     }
 }
 
-fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    registry: Registry,
+    limits: Limits,
+    expired: Arc<Counter>,
+    _open: OpenGuard,
+) {
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let response = respond(&registry, &request);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_timeout)
+        .max_buf_size(limits.request_bytes_max)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(limits.request_timeout, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "metrics request failed"),
+        Err(_) => {
+            expired.inc();
+            tracing::debug!("metrics request closed at its deadline");
+        }
+    }
+}
+
+fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, body) = if request.method() == Method::GET && request.uri().path() == "/metrics" {
+        (StatusCode::OK, registry.render())
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n".to_string())
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    stream.flush()
+    response
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Instant;
 
-    fn get(addr: SocketAddr, path: &str) -> String {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<String> {
+        let mut stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(timeout))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        response
+        stream.read_to_string(&mut response)?;
+        Ok(response)
     }
 
-    #[test]
-    fn serves_metrics_over_real_tcp_and_404_otherwise() {
+    fn server(request_timeout_ms: u64) -> MetricsServer {
         let registry = Registry::new();
         registry
             .counter("yellowstone_test_total", "Test.", &[])
             .add(42);
         let config = MetricsConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
+            request_timeout_ms,
             ..MetricsConfig::default()
         };
-        let server = MetricsServer::start(&config, registry).unwrap();
-        let response = get(server.local_addr(), "/metrics");
+        MetricsServer::start(&config, registry).unwrap()
+    }
+
+    #[test]
+    fn serves_metrics_over_real_tcp_and_404_otherwise() {
+        let server = server(2_000);
+        let timeout = Duration::from_secs(5);
+        let response = get(server.local_addr(), "/metrics", timeout).unwrap();
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("text/plain; version=0.0.4"), "{response}");
         assert!(response.contains("\r\n\r\n# HELP yellowstone_test_total Test."));
         assert!(response.contains("yellowstone_test_total 42"));
         assert!(response.contains("yellowstone_stage_latency_seconds_count{stage=\"send\"} 0"));
-        assert!(get(server.local_addr(), "/").starts_with("HTTP/1.1 404"));
+        let response = get(server.local_addr(), "/", timeout).unwrap();
+        assert!(response.starts_with("HTTP/1.1 404"), "{response}");
+        server.stop();
+    }
+
+    #[test]
+    fn tricklers_neither_block_scrapes_nor_outlive_the_deadline() {
+        let server = server(1_000);
+        let addr = server.local_addr();
+        let mut tricklers: Vec<TcpStream> = (0..4)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET /met").unwrap();
+                s
+            })
+            .collect();
+        for _ in 0..3 {
+            let started = Instant::now();
+            let response = get(addr, "/metrics", Duration::from_millis(900)).unwrap();
+            assert!(response.contains("yellowstone_test_total 42"), "{response}");
+            assert!(started.elapsed() < Duration::from_millis(900));
+            for s in &mut tricklers {
+                let _ = s.write_all(b"r");
+            }
+        }
+        // Each trickler is closed at its whole-request deadline (1 s), not kept.
+        for mut s in tricklers {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let started = Instant::now();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+            assert!(started.elapsed() < Duration::from_secs(4));
+        }
         server.stop();
     }
 }

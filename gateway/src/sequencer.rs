@@ -80,6 +80,8 @@ pub trait Durability: Send {
 
 /// Receives effects once the command that caused them is durable.
 pub trait EffectSink: Send {
+    /// Called once per command, in order: with its effects (possibly none when the
+    /// command came from a connection, whose frame the sink must answer).
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]);
     /// Called after each burst of deliveries, to flush outboxes.
     fn flush(&mut self) {}
@@ -199,10 +201,13 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                 Err(_) => {} // timeout: tick below
             }
             self.tick_if_due()?;
-            self.release_durable();
+            // Observed before the burst's replies leave, so that what the observer
+            // publishes (the market's figures) is never older than a reply a client
+            // already holds.
             if let Some(observer) = self.observer.as_mut() {
                 observer(&self.engine);
             }
+            self.release_durable();
         }
         // Graceful stop: seal what is due, make everything durable, answer it.
         self.tick_if_due()?;
@@ -292,7 +297,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let mut delivered = false;
         while self.pending.front().is_some_and(|p| p.seq <= durable) {
             let mut pending = self.pending.pop_front().expect("checked");
-            if !pending.effects.is_empty() {
+            // A command from a connection is delivered even without effects: the
+            // sink answers its frame (R-ID-6, half-close).
+            if !pending.effects.is_empty() || pending.origin != ORIGIN_INTERNAL {
                 self.sink
                     .deliver(pending.origin, &pending.command, &pending.effects);
                 delivered = true;

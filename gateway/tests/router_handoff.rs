@@ -34,6 +34,9 @@ fn shared(
         signature_cpu: yellowstone_gateway::router::signature_cpu::SignatureCpu::new(registry),
         catalog: yellowstone_gateway::router::catalog::CatalogBoard::new(Default::default()),
         registry: registry.clone(),
+        market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
+            Default::default(),
+        )),
     })
 }
 

@@ -92,6 +92,9 @@ pub struct SimConfig {
     pub rfc_ttl_ms: u64,
 }
 
+/// Progress ticks (500 ms each) per line when stderr is not a terminal: 5 s.
+const PROGRESS_LINE_EVERY_TICKS: u64 = 10;
+
 impl Default for SimConfig {
     fn default() -> Self {
         SimConfig {
@@ -805,27 +808,42 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
             run_user(addr, plan, config, start, counters, stop)
         }));
     }
-    // Progress line while it runs.
+    // Progress while it runs: one line rewritten in place at a terminal; into a file
+    // or a pipe, one whole line per update every few seconds (no pile of \r).
+    use std::io::IsTerminal as _;
+    let in_place = std::io::stderr().is_terminal();
+    let ticks_per_line = if in_place {
+        1
+    } else {
+        PROGRESS_LINE_EVERY_TICKS
+    };
     let window_end = start + config.duration;
+    let mut tick = 0u64;
     while Instant::now() < window_end + config.drain {
         std::thread::sleep(Duration::from_millis(500));
-        if config.progress {
+        tick += 1;
+        if config.progress && tick.is_multiple_of(ticks_per_line) {
             let elapsed = Instant::now()
                 .saturating_duration_since(start)
                 .as_secs_f64();
-            eprint!(
-                "\r  {:>5.1}s  rfcs {:>8}  sessions {:>8}  acks {:>8}   ",
+            let line = format!(
+                "  {:>5.1}s  rfcs {:>8}  sessions {:>8}  acks {:>8}",
                 elapsed,
                 counters.rfcs_sent.load(Ordering::Relaxed),
                 counters.tickets.load(Ordering::Relaxed),
                 counters.acks.load(Ordering::Relaxed)
             );
+            if in_place {
+                eprint!("\r{line}   ");
+            } else {
+                eprintln!("{line}");
+            }
         }
         if user_threads.iter().all(|t| t.is_finished()) {
             break;
         }
     }
-    if config.progress {
+    if config.progress && in_place {
         eprintln!();
     }
     stop_users.store(true, Ordering::Relaxed);

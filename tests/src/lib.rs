@@ -75,6 +75,8 @@ pub struct ReadyLine {
     pub metrics: SocketAddr,
     pub router_address: String,
     pub network_id: u32,
+    /// The data directory in use, or None for an in-memory router (`data_dir=none`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl ReadyLine {
@@ -84,6 +86,7 @@ impl ReadyLine {
         let mut metrics = None;
         let mut router_address = None;
         let mut network_id = None;
+        let mut data_dir = None;
         for field in rest.split_whitespace() {
             let (key, value) = field.split_once('=')?;
             match key {
@@ -91,6 +94,7 @@ impl ReadyLine {
                 "metrics" => metrics = value.parse().ok(),
                 "router" => router_address = Some(value.to_string()),
                 "network_id" => network_id = value.parse().ok(),
+                "data_dir" if value != "none" => data_dir = Some(PathBuf::from(value)),
                 _ => {}
             }
         }
@@ -99,6 +103,7 @@ impl ReadyLine {
             metrics: metrics?,
             router_address: router_address?,
             network_id: network_id?,
+            data_dir,
         })
     }
 }
@@ -108,13 +113,34 @@ pub struct RouterProcess {
     child: Child,
     pub ready: ReadyLine,
     stdout_lines: mpsc::Receiver<String>,
+    /// The working directory made for a router started without `--data-dir` or
+    /// `--in-memory`: its default data directory lands there (R-OPS-1), not in the
+    /// test's own directory. Removed on drop.
+    _workdir: Option<tempfile::TempDir>,
 }
 
 impl RouterProcess {
     /// Starts the router with `args` (e.g. `["--data-dir", dir, "--backend", "mio"]`;
     /// the listen and metrics ports default to 0 here) and waits for READY.
+    ///
+    /// Without `--data-dir` or `--in-memory` the router runs in a fresh temporary
+    /// working directory, so it keeps its default data directory there.
     pub fn start(args: &[&str]) -> RouterProcess {
+        if args.contains(&"--data-dir") || args.contains(&"--in-memory") {
+            return RouterProcess::start_in(None, args);
+        }
+        let workdir = tempfile::tempdir().expect("temporary working directory");
+        let mut process = RouterProcess::start_in(Some(workdir.path()), args);
+        process._workdir = Some(workdir);
+        process
+    }
+
+    /// Like `start`, in working directory `workdir` (the caller's own when None).
+    pub fn start_in(workdir: Option<&Path>, args: &[&str]) -> RouterProcess {
         let mut command = Command::new(router_binary());
+        if let Some(dir) = workdir {
+            command.current_dir(dir);
+        }
         command.arg("run");
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
@@ -144,6 +170,7 @@ impl RouterProcess {
                             child,
                             ready,
                             stdout_lines,
+                            _workdir: None,
                         };
                     }
                 }

@@ -21,6 +21,8 @@ pub const BATCH_TOTALS_MAX: usize = 1_000_000;
 pub const CATALOG_MODELS_MAX: usize = 4096;
 /// Bytes of a model's name in the catalog (UTF-8).
 pub const MODEL_NAME_BYTES_MAX: usize = 128;
+/// Models in a `MarketState` (the catalog holds at most u16::MAX models).
+pub const MARKET_MODELS_MAX: usize = 65_535;
 
 /// A value carried in a message: how it is written and read.
 pub trait Field: Sized {
@@ -143,6 +145,14 @@ record!(
 record!(BalanceEntry { address: Address, balance_wei: u128 } max = BALANCE_ENTRIES_MAX);
 record!(ParamEntry { param_id: u16, value: u128 } max = PARAMS_MAX);
 record!(BatchTotals { provider: Address, wei: u128, tokens: u64, sessions: u32 } max = BATCH_TOTALS_MAX);
+record!(
+    /// One model's side of the market in `MarketState` (R-OPS-3): RFCs queued,
+    /// providers with an active offer that are live (reachable, not suspended, funded)
+    /// or suspended, offers with a free session slot now, and the lowest live bid in
+    /// wei per token (0 when `providers_live` is 0).
+    MarketModel { model_id: u32, queue_depth: u64, providers_live: u64, providers_suspended: u64, offers_available: u64, best_bid_wei_per_token: u128 }
+    max = MARKET_MODELS_MAX
+);
 
 /// One model of the router's catalog with its best live bid (`Catalog`, R-NODE-2).
 ///
@@ -221,6 +231,7 @@ pub const RECORDS: &[(&str, &[(&str, &str)])] = &[
     ("ParamEntry", ParamEntry::FIELDS),
     ("BatchTotals", BatchTotals::FIELDS),
     ("CatalogModel", CatalogModel::FIELDS),
+    ("MarketModel", MarketModel::FIELDS),
 ];
 
 pub mod msg_type {
@@ -252,6 +263,8 @@ pub mod msg_type {
     pub const PONG: u16 = 0x0091;
     pub const CATALOG_QUERY: u16 = 0x00A0;
     pub const CATALOG: u16 = 0x00A1;
+    pub const MARKET_STATE_QUERY: u16 = 0x00B0;
+    pub const MARKET_STATE: u16 = 0x00B1;
     pub const ERROR_REPLY: u16 = 0x00F0;
 }
 
@@ -373,7 +386,8 @@ messages! {
     SetParams = SET_PARAMS, signed: true { from: Address, nonce: u64, params: Vec<ParamEntry>, signature: Signature }
     /// Acknowledges a command that has no other answer (registration, bids, operator).
     Ack = ACK, signed: false { nonce: u64 }
-    /// Unsolicited news for a provider: `kind` 1 unreachable, 2 suspended (until_ms).
+    /// Unsolicited news for a provider: `kind` 1 unreachable, 2 suspended (until_ms),
+    /// 3 registered without a MOR balance: not matched until funded (R-PROV-2).
     Notice = NOTICE, signed: false { kind: u8, until_ms: u64 }
     Ping = PING, signed: false { payload: u64 }
     Pong = PONG, signed: false { payload: u64 }
@@ -384,9 +398,40 @@ messages! {
     /// name and best live bid, as of `as_of_ms` (Unix ms of the engine's clock; the
     /// figures may lag the engine by up to one of its ticks).
     Catalog = CATALOG, signed: false { query_id: u64, as_of_ms: u64, models: Vec<CatalogModel> }
+    /// R-OPS-3: asks for the market's figures. Any logged-in address may ask (the
+    /// figures are public, as the Prometheus metrics are); unsigned, no nonce: it
+    /// changes nothing. Answered by `MarketState` echoing `query_id`.
+    MarketStateQuery = MARKET_STATE_QUERY, signed: false { query_id: u64 }
+    /// R-OPS-3: the market's figures as the engine last published them (republished
+    /// every 100 ms of engine time, and at once for a new block, an operator command
+    /// or a claim, before its `Ack`/`ClaimAck` leaves; the per-model provider
+    /// figures every 100 ms, or less often in a market so large that their pass over
+    /// every offer would take over 2 % of the engine thread). Amounts in MOR wei; `max_tokens_per_day` is MaxT
+    /// (R-QUOTA-1), `access_rate_tokens_per_mor` tokens per day per whole MOR
+    /// (R-QUOTA-2); emitted, paid, owed, burned, credited and shortfall are since
+    /// genesis; the pool is received and neither paid, owed nor burned;
+    /// `last_batch_*` describe the last sealed block (`batch_sealed` false: none yet);
+    /// `params` holds every run-time parameter's value in force (choices as indexes).
+    MarketState = MARKET_STATE, signed: false {
+        query_id: u64, now_ms: u64, block: u64, day: u64,
+        max_tokens_per_day: u128, access_rate_tokens_per_mor: u128, budget_wei_today: u128,
+        emitted_wei: u128, paid_wei: u128, owed_wei: u128, burned_wei: u128, pool_wei: u128,
+        credited_wei: u128, shortfall_wei: u128, day_cap_wei: u128, day_spent_wei: u128,
+        batch_sealed: bool, last_batch_block: u64, last_batch_credited_wei: u128, last_batch_shortfall_wei: u128,
+        sessions_open: u64, params: Vec<ParamEntry>, models: Vec<MarketModel>
+    }
     /// SPEC section 9: every refusal. `detail` holds e.g. the quota left.
     ErrorReply = ERROR_REPLY, signed: false { code: u16, ref_msg_type: u16, ref_nonce: u64, retry_after_ms: u32, detail: u128, reason: String }
 }
+
+/// `Notice.kind`: the provider is out of matching until it announces itself again
+/// (R-MATCH-2).
+pub const NOTICE_UNREACHABLE: u8 = 1;
+/// `Notice.kind`: the provider is suspended until `until_ms` (R-PERF-4).
+pub const NOTICE_SUSPENDED: u8 = 2;
+/// `Notice.kind`: the registration was accepted but the provider holds no MOR
+/// balance and will not be matched until funded (R-PROV-2).
+pub const NOTICE_UNFUNDED: u8 = 3;
 
 /// The digest of a signed body: everything before the trailing signature.
 pub fn signed_digest(network_id: u32, msg_type: u16, body: &[u8]) -> Option<[u8; 32]> {
@@ -395,6 +440,17 @@ pub fn signed_digest(network_id: u32, msg_type: u16, body: &[u8]) -> Option<[u8;
 }
 
 impl Message {
+    /// Whether clients send this message to the router: every message with a signed
+    /// originator, and the unsigned queries (`Ping`, `MarketStateQuery`). The router
+    /// sends all the others, with FLAG_RESPONSE.
+    pub fn is_sent_by_client(&self) -> bool {
+        self.claimed_origin().is_some()
+            || matches!(
+                self,
+                Message::Ping(_) | Message::MarketStateQuery(_) | Message::CatalogQuery(_)
+            )
+    }
+
     /// The address a signed client message claims to come from, and its nonce.
     pub fn claimed_origin(&self) -> Option<(Address, u64)> {
         match self {

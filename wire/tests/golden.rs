@@ -325,6 +325,46 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             .into(),
             None,
         ),
+        (MarketStateQuery { query_id: 7 }.into(), None),
+        (
+            MarketState {
+                query_id: 7,
+                now_ms: 1_767_225_600_000,
+                block: 10,
+                day: 0,
+                max_tokens_per_day: 30_000_000_000,
+                access_rate_tokens_per_mor: 3_000,
+                budget_wei_today: 3_000_000_000_000_000_000_000,
+                emitted_wei: 3_456_000_000_000_000_000_000,
+                paid_wei: 100,
+                owed_wei: 200,
+                burned_wei: 0,
+                pool_wei: 3_455_999_999_999_999_999_700,
+                credited_wei: 300,
+                shortfall_wei: 1,
+                day_cap_wei: 3_456_000_000_000_000_000_000,
+                day_spent_wei: 300,
+                batch_sealed: true,
+                last_batch_block: 9,
+                last_batch_credited_wei: 300,
+                last_batch_shortfall_wei: 1,
+                sessions_open: 2,
+                params: vec![ParamEntry {
+                    param_id: 4,
+                    value: 50,
+                }],
+                models: vec![MarketModel {
+                    model_id: 1,
+                    queue_depth: 3,
+                    providers_live: 2,
+                    providers_suspended: 1,
+                    offers_available: 1,
+                    best_bid_wei_per_token: 1_000_000_000_000,
+                }],
+            }
+            .into(),
+            None,
+        ),
         (
             ErrorReply {
                 code: 0x0203,
@@ -343,11 +383,10 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
         .collect()
 }
 
-/// Who sends a message: the client for what carries a signed originator (and
-/// `Ping`, `CatalogQuery`), the router for everything else. Router frames carry FLAG_RESPONSE.
+/// Who sends a message (`Message::is_sent_by_client`). Router frames carry
+/// FLAG_RESPONSE.
 fn sent_by_router(message: &Message) -> bool {
-    message.claimed_origin().is_none()
-        && !matches!(message, Message::Ping(_) | Message::CatalogQuery(_))
+    !message.is_sent_by_client()
 }
 
 /// A second, table-driven decoder: walks a body by the catalog's field types

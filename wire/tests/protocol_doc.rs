@@ -173,8 +173,7 @@ fn every_message_has_its_row_and_every_row_its_message() {
     for info in CATALOG {
         let (_, direction, signed) = &doc[&info.msg_type];
         let message = Message::decode(info.msg_type, &(info.default_body)()).unwrap();
-        let from_client = message.claimed_origin().is_some()
-            || matches!(message, Message::Ping(_) | Message::CatalogQuery(_));
+        let from_client = message.is_sent_by_client();
         let expected = if from_client {
             "client → router"
         } else {

@@ -41,7 +41,8 @@ def router():
             [str(router_binary()), "run", "--config", config, "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", "--backend", "mio",
              "--operator", p.checksummed(operator.address)],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env)
+            # Its default data directory (R-OPS-1) goes into the temporary directory.
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env, cwd=tmp)
         lines = queue.Queue()
         threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
         try:
@@ -95,6 +96,22 @@ def test_full_session_with_batch_verification_and_claim(router):
         "model_id": 1, "unit": 0, "weights_hash": weights_hash, "weights_proof": proof,
         "price_wei_per_token": PRICE_WEI_PER_TOKEN, "capacity": 4}])
     provider.answer(nonce, "Ack")
+
+    # The market's figures (MarketStateQuery, any logged-in address): the seed's
+    # MaxT and access rate, and, once the provider figures are republished (every
+    # 100 ms of the router's time), the provider live on model 1 at its bid.
+    for query_id in range(1, 41):
+        user.send("MarketStateQuery", {"query_id": query_id})
+        state = user.expect(
+            lambda n, f: f if n == "MarketState" and f["query_id"] == query_id else None)
+        assert state["max_tokens_per_day"] == 30_000_000_000
+        assert state["access_rate_tokens_per_mor"] == 3_000
+        model_1 = next(m for m in state["models"] if m["model_id"] == 1)
+        if model_1["providers_live"] == 1:
+            break
+        time.sleep(0.05)
+    assert model_1["providers_live"] == 1, state
+    assert model_1["best_bid_wei_per_token"] == PRICE_WEI_PER_TOKEN
 
     # A refusal names its code, and the expiry's time base is Unix ms.
     nonce = user.send_signed("Rfc", model_id=1, tokens_max=500, expires_at_ms=0)

@@ -43,6 +43,9 @@ RECORDS = {
     "CatalogModel": [("model_id", "u32"), ("unit", "u8"), ("weights_hash", "bytes32"),
                      ("best_price_wei_per_token", "u128"), ("offers_live", "u32"),
                      ("name", "string")],
+    "MarketModel": [("model_id", "u32"), ("queue_depth", "u64"), ("providers_live", "u64"),
+                    ("providers_suspended", "u64"), ("offers_available", "u64"),
+                    ("best_bid_wei_per_token", "u128")],
 }
 
 # Section 5: type -> (name, fields in wire order).
@@ -87,6 +90,16 @@ MESSAGES = {
     0x0091: ("Pong", [("payload", "u64")]),
     0x00A0: ("CatalogQuery", [("query_id", "u64")]),
     0x00A1: ("Catalog", [("query_id", "u64"), ("as_of_ms", "u64"), ("models", "list<CatalogModel>")]),
+    0x00B0: ("MarketStateQuery", [("query_id", "u64")]),
+    0x00B1: ("MarketState", [("query_id", "u64"), ("now_ms", "u64"), ("block", "u64"), ("day", "u64"),
+                             ("max_tokens_per_day", "u128"), ("access_rate_tokens_per_mor", "u128"),
+                             ("budget_wei_today", "u128"), ("emitted_wei", "u128"), ("paid_wei", "u128"),
+                             ("owed_wei", "u128"), ("burned_wei", "u128"), ("pool_wei", "u128"),
+                             ("credited_wei", "u128"), ("shortfall_wei", "u128"), ("day_cap_wei", "u128"),
+                             ("day_spent_wei", "u128"), ("batch_sealed", "bool"), ("last_batch_block", "u64"),
+                             ("last_batch_credited_wei", "u128"), ("last_batch_shortfall_wei", "u128"),
+                             ("sessions_open", "u64"), ("params", "list<ParamEntry>"),
+                             ("models", "list<MarketModel>")]),
     0x00F0: ("ErrorReply", [("code", "u16"), ("ref_msg_type", "u16"), ("ref_nonce", "u64"),
                             ("retry_after_ms", "u32"), ("detail", "u128"), ("reason", "string")]),
 }

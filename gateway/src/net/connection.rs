@@ -15,6 +15,9 @@
 //!   acknowledges all of it (io_uring's kernel reads it in the meantime); new frames
 //!   go to a second buffer;
 //! - a header error queues the handler's error frame, then closes once it is flushed;
+//! - half-close (R-ID-6): after the peer's FIN no more bytes are read, but every whole
+//!   frame received before it is still handed out, and the connection closes only
+//!   once each of them is answered and every queued byte is sent;
 //! - once closed, nothing is yielded or transmitted.
 
 use std::fmt;
@@ -111,6 +114,9 @@ impl CloseReason {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     Open,
+    /// The peer shut its write side: hand out the frames already received, answer
+    /// them, flush, then close (no more bytes are read).
+    HalfClosed,
     /// Flush what is queued, then close (no more frames are read).
     Draining,
     Closed,
@@ -128,6 +134,8 @@ pub struct Connection {
     state: State,
     close_reason: Option<CloseReason>,
     last_active_ms: u64,
+    /// Half-closed and the decoder holds no whole frame any more (none can come).
+    input_done: bool,
 }
 
 impl Connection {
@@ -144,6 +152,7 @@ impl Connection {
             state: State::Open,
             close_reason: None,
             last_active_ms: now_ms,
+            input_done: false,
         }
     }
 
@@ -160,9 +169,17 @@ impl Connection {
         self.decoder.extend(bytes);
     }
 
-    /// The peer closed its side (recv returned 0): answer what is queued, then close.
+    /// The peer closed its side (recv returned 0): the frames it sent before are still
+    /// handed out and answered, then what is queued is sent, then the connection
+    /// closes (R-ID-6).
     pub fn on_peer_closed(&mut self) {
-        self.close_after_flush(CloseReason::PeerClosed);
+        if self.state != State::Open {
+            return;
+        }
+        self.state = State::HalfClosed;
+        self.close_reason = Some(CloseReason::PeerClosed);
+        self.input_done = self.decoder.buffered_len() == 0;
+        self.settle();
     }
 
     /// The next whole frame, counted in flight until answered. On a header error the
@@ -171,7 +188,8 @@ impl Connection {
         &mut self,
         error_frame: &mut dyn FnMut(&Refusal, &mut Vec<u8>),
     ) -> Option<Frame> {
-        if self.state != State::Open || self.inflight_frames >= self.limits.inflight_frames_max {
+        let reading = matches!(self.state, State::Open | State::HalfClosed);
+        if !reading || self.inflight_frames >= self.limits.inflight_frames_max {
             return None;
         }
         match self.decoder.next_frame() {
@@ -180,7 +198,14 @@ impl Connection {
                 self.inflight_frames += 1;
                 Some(frame)
             }
-            Ok(None) => None,
+            Ok(None) => {
+                if self.state == State::HalfClosed {
+                    // No byte comes after the FIN: a partial frame never completes.
+                    self.input_done = true;
+                    self.settle();
+                }
+                None
+            }
             Err(error) => {
                 let refusal = Refusal::Frame(error);
                 self.queue_with(|out| error_frame(&refusal, out));
@@ -203,6 +228,7 @@ impl Connection {
     pub fn on_answered(&mut self, count: u32) -> bool {
         let ok = count <= self.inflight_frames;
         self.inflight_frames = self.inflight_frames.saturating_sub(count);
+        self.settle();
         ok
     }
 
@@ -291,7 +317,7 @@ impl Connection {
 
     /// Stop reading; close once every queued byte is sent.
     pub fn close_after_flush(&mut self, reason: CloseReason) {
-        if self.state == State::Open {
+        if matches!(self.state, State::Open | State::HalfClosed) {
             self.state = State::Draining;
             self.close_reason = Some(reason);
         }
@@ -314,12 +340,24 @@ impl Connection {
         self.state == State::Open
     }
 
+    /// The peer shut its write side and replies to what it sent are still due.
+    pub fn is_half_closed(&self) -> bool {
+        self.state == State::HalfClosed
+    }
+
     pub fn close_reason(&self) -> Option<&CloseReason> {
         self.close_reason.as_ref()
     }
 
     fn settle(&mut self) {
-        if self.state == State::Draining && self.unsent_bytes() == 0 {
+        let done = match self.state {
+            State::Draining => self.unsent_bytes() == 0,
+            State::HalfClosed => {
+                self.input_done && self.inflight_frames == 0 && self.unsent_bytes() == 0
+            }
+            State::Open | State::Closed => false,
+        };
+        if done {
             self.state = State::Closed;
         }
     }
@@ -330,6 +368,7 @@ impl Connection {
         assert!(self.sent <= self.sending.len());
         assert!(self.unsent_bytes() <= self.limits.send_bytes_max);
         assert!(self.state == State::Open || self.close_reason.is_some());
+        assert!(!self.input_done || self.state != State::Open);
     }
 }
 
@@ -477,5 +516,42 @@ mod tests {
         conn.on_sent(n, 1);
         assert!(conn.is_closed());
         assert_eq!(conn.close_reason(), Some(&CloseReason::PeerClosed));
+    }
+
+    #[test]
+    fn half_close_hands_out_received_frames_and_waits_for_their_answers() {
+        let mut stream = frame(1, b"a");
+        stream.extend(frame(2, b"b"));
+        stream.extend(frame(3, b"c"));
+        stream.extend(&frame(4, b"partial")[..5]);
+        let mut conn = Connection::new(limits(), 0);
+        conn.on_bytes(&stream, 1);
+        conn.on_peer_closed();
+        assert!(conn.is_half_closed());
+        assert!(!conn.wants_recv(), "nothing is read after the FIN");
+        let first = conn.next_frame(&mut error_frame).expect("frame 1");
+        let second = conn.next_frame(&mut error_frame).expect("frame 2");
+        assert_eq!((first.header.msg_type, second.header.msg_type), (1, 2));
+        assert!(conn.next_frame(&mut error_frame).is_none(), "window full");
+        // Answered later (by the engine through the outbox): frame 3 comes out.
+        assert!(conn.queue_frame(b"r1"));
+        assert!(conn.on_answered(1));
+        assert!(!conn.is_closed());
+        let third = conn.next_frame(&mut error_frame).expect("frame 3");
+        assert_eq!(third.header.msg_type, 3);
+        assert!(conn.next_frame(&mut error_frame).is_none(), "partial frame");
+        assert!(conn.on_answered(1));
+        assert!(!conn.is_closed(), "frame 3 is not answered yet");
+        assert!(conn.queue_frame(b"r3"));
+        assert!(conn.on_answered(1));
+        // The backends hand out frames on every service: none is left.
+        assert!(conn.next_frame(&mut error_frame).is_none());
+        assert!(!conn.is_closed(), "replies are not sent yet");
+        let n = conn.poll_transmit().expect("replies").len();
+        assert_eq!(n, 4);
+        conn.on_sent(n, 2);
+        assert!(conn.is_closed());
+        assert_eq!(conn.close_reason(), Some(&CloseReason::PeerClosed));
+        conn.check_invariants();
     }
 }

@@ -144,11 +144,13 @@ pub(crate) fn drain_outbox<T>(
         let conn = conn_of(entry);
         match msg.kind {
             OutKind::Send { bytes, answers } => {
-                if answers > 0 && !conn.on_answered(answers) {
-                    tracing::debug!(id = %msg.conn, answers, "more answers than frames in flight");
-                }
+                // Bytes first: a half-closed connection closes on its last answer
+                // once nothing is queued (R-ID-6).
                 if !bytes.is_empty() {
                     conn.queue_frame(&bytes);
+                }
+                if answers > 0 && !conn.on_answered(answers) {
+                    tracing::debug!(id = %msg.conn, answers, "more answers than frames in flight");
                 }
             }
             OutKind::Close => conn.close_after_flush(CloseReason::ByOutbox),

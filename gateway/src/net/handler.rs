@@ -61,14 +61,18 @@ impl<'a> Replies<'a> {
     /// Queues a reply frame and marks the current frame answered (once). Returns false
     /// if the connection is closed (or just closed on its send limit).
     pub fn reply(&mut self, frame_bytes: &[u8]) -> bool {
+        // Queued before the answer mark: a half-closed connection closes on its last
+        // answer once nothing is queued, and this reply must be part of what is sent.
+        let queued = self.conn.queue_frame(frame_bytes);
         self.answer();
-        self.conn.queue_frame(frame_bytes)
+        queued
     }
 
     /// Like `reply`, encoding straight into the send buffer.
     pub fn reply_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let queued = self.conn.queue_with(write);
         self.answer();
-        self.conn.queue_with(write)
+        queued
     }
 
     /// Queues a frame that does not answer the current frame (a push).

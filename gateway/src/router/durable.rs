@@ -9,34 +9,132 @@ use crate::journal::{self, files, DurabilityMode, Journal, JournalConfig, Recove
 use std::path::Path;
 use yellowstone_wire::SigningKey;
 
+/// Writes `text` to `path` atomically (temporary file, fsync, rename), readable by
+/// the owner only when `private` (R-OPS-2: key files are 0600).
+fn write_new(path: &Path, text: &str, private: bool) -> Result<(), String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    if private {
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    if private {
+        // The mode given at creation does not apply to a file left by a crash.
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    }
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(text.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let value = make();
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, format!("{value}\n"))
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| format!("{}: {e}", tmp.display()))?;
-            std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+            write_new(path, &format!("{value}\n"), false)?;
             Ok(value)
         }
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
-pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let key_hex = if config.identity.router_key_hex.is_empty() {
-        read_or_create(&dir.join("router.key"), || {
-            hex::encode(SigningKey::random().secret_bytes())
-        })?
+/// R-OPS-2: refuses a key file that group or others may read, naming the fix.
+pub fn check_key_file_mode(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: key file is readable by group or others (mode {:03o}); a router key must \
+             be readable by its owner only: run `chmod 600 {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Reads a key file (hex secret), refusing one that group or others may read.
+pub fn read_key_file(path: &Path) -> Result<SigningKey, String> {
+    check_key_file_mode(path)?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    SigningKey::from_hex(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The router key of a data directory (R-OPS-2): the one in `router.key` (created
+/// 0600 on first start), or the configured one, which must then be the same: a
+/// router never silently changes the address its batches are signed by.
+fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
+    let path = dir.join(ROUTER_KEY_FILE);
+    let exists = path
+        .try_exists()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let configured = if config.identity.router_key_hex.is_empty() {
+        None
     } else {
-        config.identity.router_key_hex.clone()
+        Some(
+            SigningKey::from_hex(&config.identity.router_key_hex)
+                .map_err(|e| format!("identity.router_key_hex / --router-key-hex: {e}"))?,
+        )
     };
-    let router_key = SigningKey::from_hex(&key_hex).map_err(|e| format!("router key: {e}"))?;
+    match (exists, configured) {
+        (true, configured) => {
+            let stored = read_key_file(&path)?;
+            match configured {
+                Some(key) if key.address() != stored.address() => Err(format!(
+                    "--router-key-hex (identity.router_key_hex) is the key of {}, but the data \
+                     directory's {} is the key of {}: refusing to switch the router's address \
+                     (its batches would be signed by another key); drop the option to use the \
+                     directory's key, or start on a new data directory",
+                    key.address(),
+                    path.display(),
+                    stored.address()
+                )),
+                _ => Ok(stored),
+            }
+        }
+        (false, configured) => {
+            let key = configured.unwrap_or_else(SigningKey::random);
+            write_new(
+                &path,
+                &format!("{}\n", hex::encode(key.secret_bytes())),
+                true,
+            )?;
+            tracing::info!(path = %path.display(), address = %key.address(), "router key written");
+            Ok(key)
+        }
+    }
+}
+
+/// The router's key file in a data directory.
+pub const ROUTER_KEY_FILE: &str = "router.key";
+
+/// Creates the data directory readable by its owner only (0700); an existing one is
+/// left as it is.
+fn create_data_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, String> {
+    create_data_dir(dir)?;
+    let router_key = router_key(&config, dir)?;
     let genesis_text = read_or_create(&dir.join("genesis_ms"), || {
         if config.market.genesis_ms == 0 {
             crate::sequencer::unix_ms()

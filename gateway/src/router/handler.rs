@@ -3,7 +3,7 @@
 //! authenticated commands to the engine thread. Every refusal is an `ErrorReply`
 //! with a stable code; only a broken frame header costs the connection.
 
-use super::shared::{to_engine, RouterShared};
+use super::shared::{to_engine, to_wire, RouterShared};
 use super::signature_cpu::SignatureOp;
 use crate::metrics::{Stage, StageRecorder};
 use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
@@ -16,14 +16,12 @@ use std::time::Instant;
 use yellowstone_engine::{Command, OfferSpec};
 use yellowstone_wire::frame::Frame;
 use yellowstone_wire::messages::{self, signed_digest, Message};
-use yellowstone_wire::signature::{recover_signer, weights_proof_digest};
+use yellowstone_wire::signature::{recover_signer, weights_proof_digest, SigError};
 use yellowstone_wire::{codes, Address};
 
 struct ConnState {
     challenge: [u8; 32],
     address: Option<Address>,
-    /// Sent provider messages: its disconnect makes it unreachable (R-MATCH-2).
-    provider: bool,
 }
 
 /// An authenticated command waiting for the end of the gateway's loop turn.
@@ -48,8 +46,42 @@ pub struct RouterHandler {
     accepted: Vec<Accepted>,
 }
 
+/// The route a command moves to its connection (R-ID-6).
+enum RouteKind {
+    Provider(Address),
+    User(Address),
+}
+
+fn route_taken(command: &Command) -> Option<RouteKind> {
+    match command {
+        Command::RegisterProvider { provider, .. } | Command::ProviderAnnounce { provider, .. } => {
+            Some(RouteKind::Provider(to_wire(*provider)))
+        }
+        Command::SubmitRfc { user, .. } => Some(RouteKind::User(to_wire(*user))),
+        _ => None,
+    }
+}
+
 /// A refusal before the engine: code, reason.
 type Refused = (u16, String);
+
+/// The refusal of a signature, after `context`. R-ID-7: a signature that recovers
+/// another address (or none) names the network id the router checks against, since
+/// a message signed for another network id is the common cause.
+fn sig_refusal(network_id: u32, error: &SigError, context: String) -> Refused {
+    let mut reason = context;
+    reason.push_str(&error.to_string());
+    if matches!(
+        error,
+        SigError::SignerMismatch { .. } | SigError::BadSignature
+    ) {
+        reason.push_str(&format!(
+            " (this router expects signatures for network id {network_id}; a message \
+             signed for another network id recovers another address)"
+        ));
+    }
+    (codes::of_sig_error(error), reason)
+}
 
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
@@ -76,26 +108,40 @@ impl RouterHandler {
         } in accepted.drain(..)
         {
             let origin = conn.as_u64();
-            let (code, reason) = match self
-                .shared
-                .inbound
-                .try_send(SequencerInput::Command { origin, command })
-            {
+            // Only whether the queue was full or gone: the command itself is dropped.
+            let send = |command: Command| {
+                self.shared
+                    .inbound
+                    .try_send(SequencerInput::Command { origin, command })
+                    .map_err(|error| matches!(error, TrySendError::Full(_)))
+            };
+            // R-ID-6: the route moves to the connection that registers, announces or
+            // submits, before the engine can answer with something to route.
+            let sent = match route_taken(&command) {
+                Some(RouteKind::Provider(provider)) => {
+                    self.shared
+                        .routes
+                        .move_provider_then(provider, conn, || send(command))
+                }
+                Some(RouteKind::User(user)) => {
+                    self.shared.routes.user.insert(user, conn);
+                    send(command)
+                }
+                None => send(command),
+            };
+            let (code, reason) = match sent {
                 Ok(()) => {
                     self.shared.commands_total.inc();
                     continue;
                 }
-                Err(TrySendError::Full(_)) => {
-                    (codes::OVERLOADED, "overloaded, retry after the given delay")
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    (codes::SHUTTING_DOWN, "router shutting down")
-                }
+                Err(true) => (codes::OVERLOADED, "overloaded, retry after the given delay"),
+                Err(false) => (codes::SHUTTING_DOWN, "router shutting down"),
             };
             let mut frame = Vec::new();
             self.error_reply(code, msg_type, nonce, reason.into())
                 .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
-            if self.context.outbox.send(conn, frame).is_err() {
+            // Answers the frame, still in flight (R-ID-6, half-close).
+            if self.context.outbox.reply(conn, frame).is_err() {
                 self.shared.replies_dropped_total.inc();
             }
         }
@@ -155,9 +201,9 @@ impl RouterHandler {
             .measure(SignatureOp::Verify, || {
                 message.verify(self.shared.network_id, body)
             })
-            .map_err(|e| (codes::of_sig_error(&e), e.to_string()))?;
+            .map_err(|e| sig_refusal(self.shared.network_id, &e, String::new()))?;
+        // R-ID-6: a login takes no route; registering, announcing or submitting does.
         state.address = Some(address);
-        self.shared.routes.insert(address, conn);
         Ok(address)
     }
 
@@ -171,11 +217,6 @@ impl RouterHandler {
     ) -> Result<Option<Command>, Refused> {
         let origin = to_engine(from);
         let network_id = self.shared.network_id;
-        let mark_provider = |handler: &mut RouterHandler| {
-            if let Some(state) = handler.conns.get_mut(&conn) {
-                state.provider = true;
-            }
-        };
         let command = match message {
             Message::RegisterProvider(m) => {
                 if m.endpoint.len() > messages::ENDPOINT_BYTES_MAX {
@@ -191,19 +232,18 @@ impl RouterHandler {
                     });
                     match signer {
                         Ok(signer) if signer == from => {}
-                        Ok(_) => {
-                            return Err((
-                                codes::SIGNER_MISMATCH,
-                                format!(
-                                    "weights proof of model {} is not signed by the provider",
-                                    offer.model_id
-                                ),
+                        Ok(recovered) => {
+                            return Err(sig_refusal(
+                                network_id,
+                                &SigError::SignerMismatch { recovered },
+                                format!("weights proof of model {}: ", offer.model_id),
                             ))
                         }
                         Err(e) => {
-                            return Err((
-                                codes::of_sig_error(&e),
-                                format!("weights proof of model {}: {e}", offer.model_id),
+                            return Err(sig_refusal(
+                                network_id,
+                                &e,
+                                format!("weights proof of model {}: ", offer.model_id),
                             ))
                         }
                     }
@@ -215,7 +255,6 @@ impl RouterHandler {
                         capacity: offer.capacity,
                     });
                 }
-                mark_provider(self);
                 Command::RegisterProvider {
                     provider: origin,
                     nonce: m.nonce,
@@ -235,21 +274,15 @@ impl RouterHandler {
                 nonce: m.nonce,
                 model: m.model_id,
             },
-            Message::ProviderAnnounce(m) => {
-                mark_provider(self);
-                Command::ProviderAnnounce {
-                    provider: origin,
-                    nonce: m.nonce,
-                }
-            }
-            Message::ProbeAnswer(m) => {
-                mark_provider(self);
-                Command::ProbeAnswer {
-                    provider: origin,
-                    nonce: m.nonce,
-                    probe: m.probe_id,
-                }
-            }
+            Message::ProviderAnnounce(m) => Command::ProviderAnnounce {
+                provider: origin,
+                nonce: m.nonce,
+            },
+            Message::ProbeAnswer(m) => Command::ProbeAnswer {
+                provider: origin,
+                nonce: m.nonce,
+                probe: m.probe_id,
+            },
             Message::Rfc(m) => {
                 // Pre-check (R-QUOTA-6): the engine would refuse it too, but this
                 // spares the journal and the engine thread a sybil flood.
@@ -334,7 +367,6 @@ impl FrameHandler for RouterHandler {
             ConnState {
                 challenge,
                 address: None,
-                provider: false,
             },
         );
         let hello = messages::LoginChallenge {
@@ -410,6 +442,17 @@ impl FrameHandler for RouterHandler {
             }
             (_, Some(address)) => address,
         };
+        if let Message::MarketStateQuery(query) = &message {
+            // R-OPS-3: public figures, answered here from the engine's last
+            // publication; the engine thread is not involved.
+            let state = Message::from(super::market::market_state(
+                &self.shared.market.load(),
+                query.query_id,
+            ));
+            replies
+                .reply_with(|out| state.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+            return;
+        }
         let Some((claimed, nonce)) = message.claimed_origin() else {
             return self.refuse(
                 replies,
@@ -424,13 +467,8 @@ impl FrameHandler for RouterHandler {
             message.verify(self.shared.network_id, &frame.body)
         });
         if let Err(error) = verified {
-            return self.refuse(
-                replies,
-                codes::of_sig_error(&error),
-                msg_type,
-                nonce,
-                error.to_string(),
-            );
+            let (code, reason) = sig_refusal(self.shared.network_id, &error, String::new());
+            return self.refuse(replies, code, msg_type, nonce, reason);
         }
         self.stages
             .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
@@ -453,6 +491,8 @@ impl FrameHandler for RouterHandler {
                         ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
                     });
                 }
+                // Whatever needs no engine is answered now: nothing stays in flight.
+                replies.answer();
                 return;
             }
             Err((code, reason)) => return self.refuse(replies, code, msg_type, nonce, reason),
@@ -478,9 +518,9 @@ impl FrameHandler for RouterHandler {
             nonce,
             command,
         });
-        // Answered by the engine's effects, sent through the outbox (or refused there
-        // if the queue cannot take it at the end of the turn after all).
-        replies.answer();
+        // Stays in flight until the engine's effects answer it through the outbox (or
+        // it is refused there if the queue cannot take it at the end of the turn after
+        // all): a connection half-closed meanwhile waits for that answer (R-ID-6).
         if self.accepted.len() >= HANDOFF_BATCH_MAX {
             self.hand_off();
         }
@@ -500,18 +540,18 @@ impl FrameHandler for RouterHandler {
         };
         self.shared.subscribers.remove(&conn);
         if let Some(address) = state.address {
-            self.shared
-                .routes
-                .remove_if(&address, |_, routed| *routed == conn);
-            if state.provider {
+            // R-ID-6: only the routes this connection holds go; only then is the
+            // provider unreachable (a newer connection keeps it reachable).
+            let inbound = &self.shared.inbound;
+            self.shared.routes.release(&address, conn, || {
                 let command = Command::ProviderDisconnected {
                     provider: to_engine(address),
                 };
-                let _ = self.shared.inbound.try_send(SequencerInput::Command {
+                let _ = inbound.try_send(SequencerInput::Command {
                     origin: crate::sequencer::ORIGIN_INTERNAL,
                     command,
                 });
-            }
+            });
         }
         tracing::debug!(conn = conn.as_u64(), %reason, "connection closed");
     }

@@ -7,6 +7,7 @@
 pub mod catalog;
 pub mod config;
 pub mod handler;
+pub mod market;
 pub mod shared;
 pub mod signature_cpu;
 pub mod sink;
@@ -148,6 +149,8 @@ impl Router {
         } = options;
         config.validate()?;
         let registry = Registry::new();
+        let market = Arc::new(market::MarketBoard::new(engine.market_figures()));
+        market.register_metrics(&registry);
         let (inbound_tx, inbound_rx) =
             crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
         let shared = Arc::new(RouterShared {
@@ -172,6 +175,7 @@ impl Router {
             signature_cpu: signature_cpu::SignatureCpu::new(&registry),
             catalog: catalog::CatalogBoard::new(config.model_names()),
             registry: registry.clone(),
+            market: market.clone(),
         });
         // A recovered engine knows balances the gateways' pre-check cache does not yet.
         for (address, balance) in engine.balances() {
@@ -201,9 +205,12 @@ impl Router {
         // Queries that arrive before the engine's first burst see the catalog too.
         shared.catalog.publish_if_due(&engine);
         let catalog_shared = shared.clone();
+        let mut figures =
+            market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
         let mut sequencer =
             Sequencer::new(engine, journal, sink, sequencer_config).with_observer(move |engine| {
                 gauges.update(engine);
+                figures.observe(engine);
                 catalog_shared.catalog.publish_if_due(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();

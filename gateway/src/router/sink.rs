@@ -54,8 +54,76 @@ fn send(shared: &RouterShared, outbox: &Outbox, conn: Option<ConnId>, message: M
     }
 }
 
-fn route(shared: &RouterShared, address: Address) -> Option<ConnId> {
-    shared.routes.get(&address).map(|c| *c)
+/// Where a provider's pushed messages go (R-ID-6).
+fn route_provider(shared: &RouterShared, address: Address) -> Option<ConnId> {
+    shared.routes.provider(&address)
+}
+
+/// Where a user's pushed messages go (R-ID-6).
+fn route_user(shared: &RouterShared, address: Address) -> Option<ConnId> {
+    shared.routes.user(&address)
+}
+
+/// The frames one command sends, in effect order. Those for the connection the
+/// command came from are coalesced and go last with the mark that answers the
+/// command's frame (R-ID-6: a half-closed connection stays until every command it
+/// sent is answered), so every command from a connection is answered exactly once,
+/// even when no effect addresses its sender.
+struct Delivery<'a> {
+    shared: &'a RouterShared,
+    outbox: &'a Outbox,
+    origin: Option<ConnId>,
+    to_origin: Vec<u8>,
+}
+
+impl<'a> Delivery<'a> {
+    fn new(shared: &'a RouterShared, outbox: &'a Outbox, origin: Origin) -> Delivery<'a> {
+        Delivery {
+            shared,
+            outbox,
+            origin: (origin != ORIGIN_INTERNAL).then(|| ConnId::from_u64(origin)),
+            to_origin: Vec::new(),
+        }
+    }
+
+    /// A reply to the command's sender (else, for an internal command, to `fallback`).
+    fn reply(&mut self, fallback: Option<ConnId>, message: Message) {
+        match self.origin {
+            Some(_) => message.write_frame(FLAG_RESPONSE, &mut self.to_origin),
+            None => send(self.shared, self.outbox, fallback, message),
+        }
+    }
+
+    /// A push to `conn`; on the sender's connection it joins the reply.
+    fn push(&mut self, conn: Option<ConnId>, message: Message) {
+        if conn.is_some() && conn == self.origin {
+            message.write_frame(FLAG_RESPONSE, &mut self.to_origin);
+        } else {
+            send(self.shared, self.outbox, conn, message);
+        }
+    }
+
+    /// Sends what is gathered for the sender so far (before a job whose frames must
+    /// follow it), without answering the command yet.
+    fn flush(&mut self) {
+        if let (Some(conn), false) = (self.origin, self.to_origin.is_empty()) {
+            let bytes = std::mem::take(&mut self.to_origin);
+            if self.outbox.send(conn, bytes).is_err() {
+                self.shared.replies_dropped_total.inc();
+            }
+        }
+    }
+
+    /// Sends the rest to the sender with the answer mark.
+    fn finish(self) {
+        let Some(conn) = self.origin else {
+            debug_assert!(self.to_origin.is_empty());
+            return;
+        };
+        if self.outbox.reply(conn, self.to_origin).is_err() {
+            self.shared.replies_dropped_total.inc();
+        }
+    }
 }
 
 impl RouterSink {
@@ -66,18 +134,12 @@ impl RouterSink {
             sign_on_engine,
         }
     }
-
-    fn origin_or_route(&self, origin: Origin, address: Address) -> Option<ConnId> {
-        if origin != ORIGIN_INTERNAL {
-            return Some(ConnId::from_u64(origin));
-        }
-        route(&self.shared, address)
-    }
 }
 
 impl EffectSink for RouterSink {
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]) {
         let shared = &*self.shared;
+        let mut out = Delivery::new(shared, &self.outbox, origin);
         for effect in effects {
             match effect {
                 Effect::Rejected { to, nonce, error } => {
@@ -90,12 +152,7 @@ impl EffectSink for RouterSink {
                         detail: error.detail(),
                         reason: error.to_string(),
                     };
-                    send(
-                        shared,
-                        &self.outbox,
-                        self.origin_or_route(origin, to_wire(*to)),
-                        reply.into(),
-                    );
+                    out.reply(route_user(shared, to_wire(*to)), reply.into());
                 }
                 Effect::RfcAccepted {
                     user,
@@ -108,12 +165,7 @@ impl EffectSink for RouterSink {
                         rfc_id: *rfc,
                         tokens_left: *tokens_left,
                     };
-                    send(
-                        shared,
-                        &self.outbox,
-                        self.origin_or_route(origin, to_wire(*user)),
-                        reply.into(),
-                    );
+                    out.reply(route_user(shared, to_wire(*user)), reply.into());
                 }
                 Effect::Probe {
                     provider,
@@ -128,22 +180,20 @@ impl EffectSink for RouterSink {
                         tokens_max: *tokens_max,
                         deadline_ms: *deadline_ms,
                     };
-                    send(
-                        shared,
-                        &self.outbox,
-                        route(shared, to_wire(*provider)),
-                        probe.into(),
-                    );
+                    out.push(route_provider(shared, to_wire(*provider)), probe.into());
                 }
                 Effect::SessionOpened { ticket } if self.sign_on_engine => {
+                    out.flush();
                     sign_and_send_ticket(shared, &self.outbox, ticket);
                 }
                 Effect::SessionOpened { ticket } => {
+                    out.flush();
                     // Signed on the thread of the provider that just answered the
                     // probe (else the user's): it is awake for that connection anyway.
-                    let near = self
-                        .origin_or_route(origin, to_wire(ticket.provider))
-                        .or_else(|| route(shared, to_wire(ticket.user)));
+                    let near = out
+                        .origin
+                        .or_else(|| route_provider(shared, to_wire(ticket.provider)))
+                        .or_else(|| route_user(shared, to_wire(ticket.user)));
                     let (job_shared, ticket) = (self.shared.clone(), ticket.clone());
                     let queued = near.is_some_and(|conn| {
                         let job = Box::new(move |outbox: &Outbox| {
@@ -173,12 +223,7 @@ impl EffectSink for RouterSink {
                         reason,
                         refunded_tokens: *refunded_tokens,
                     };
-                    send(
-                        shared,
-                        &self.outbox,
-                        route(shared, to_wire(*user)),
-                        reply.into(),
-                    );
+                    out.push(route_user(shared, to_wire(*user)), reply.into());
                 }
                 Effect::ReportAccepted {
                     user,
@@ -198,39 +243,32 @@ impl EffectSink for RouterSink {
                         reason: *reason as u8,
                         amount_wei: *amount_wei,
                     };
-                    send(
-                        shared,
-                        &self.outbox,
-                        self.origin_or_route(origin, to_wire(*user)),
-                        reply.into(),
-                    );
+                    out.reply(route_user(shared, to_wire(*user)), reply.into());
                 }
                 Effect::SessionExpired { .. } => {}
                 Effect::ProviderUnreachable { provider } => {
-                    send(
-                        shared,
-                        &self.outbox,
-                        route(shared, to_wire(*provider)),
-                        messages::Notice {
-                            kind: 1,
-                            until_ms: 0,
-                        }
-                        .into(),
-                    );
+                    let notice = messages::Notice {
+                        kind: messages::NOTICE_UNREACHABLE,
+                        until_ms: 0,
+                    };
+                    out.push(route_provider(shared, to_wire(*provider)), notice.into());
                 }
                 Effect::ProviderSuspended { provider, until_ms } => {
-                    send(
-                        shared,
-                        &self.outbox,
-                        route(shared, to_wire(*provider)),
-                        messages::Notice {
-                            kind: 2,
-                            until_ms: *until_ms,
-                        }
-                        .into(),
-                    );
+                    let notice = messages::Notice {
+                        kind: messages::NOTICE_SUSPENDED,
+                        until_ms: *until_ms,
+                    };
+                    out.push(route_provider(shared, to_wire(*provider)), notice.into());
+                }
+                Effect::ProviderUnfunded { provider } => {
+                    let notice = messages::Notice {
+                        kind: messages::NOTICE_UNFUNDED,
+                        until_ms: 0,
+                    };
+                    out.push(route_provider(shared, to_wire(*provider)), notice.into());
                 }
                 Effect::BatchSealed { batch, applied } => {
+                    out.flush();
                     let (job_shared, batch, applied) =
                         (self.shared.clone(), batch.clone(), applied.clone());
                     let job = Box::new(move |outbox: &Outbox| {
@@ -252,23 +290,19 @@ impl EffectSink for RouterSink {
                         amount_wei: *amount_wei,
                         owed_left_wei: *owed_left_wei,
                     };
-                    send(
-                        shared,
-                        &self.outbox,
-                        self.origin_or_route(origin, to_wire(*provider)),
-                        reply.into(),
-                    );
+                    out.reply(route_provider(shared, to_wire(*provider)), reply.into());
                 }
                 Effect::Done { to, nonce } => {
-                    send(
-                        shared,
-                        &self.outbox,
-                        self.origin_or_route(origin, to_wire(*to)),
-                        messages::Ack { nonce: *nonce }.into(),
+                    let ack = messages::Ack { nonce: *nonce };
+                    out.reply(
+                        route_provider(shared, to_wire(*to))
+                            .or_else(|| route_user(shared, to_wire(*to))),
+                        ack.into(),
                     );
                 }
             }
         }
+        out.finish();
     }
 }
 
@@ -320,8 +354,12 @@ fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, ticket: &Ticket)
         signature: Default::default(),
     });
     let frame = signed_frame(shared, &mut message);
-    for address in [to_wire(ticket.provider), to_wire(ticket.user)] {
-        match route(shared, address) {
+    let routes = [
+        route_provider(shared, to_wire(ticket.provider)),
+        route_user(shared, to_wire(ticket.user)),
+    ];
+    for route in routes {
+        match route {
             Some(conn) if outbox.send(conn, frame.clone()).is_ok() => {}
             _ => shared.replies_dropped_total.inc(),
         }
