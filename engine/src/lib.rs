@@ -19,6 +19,7 @@
 //!   keccak Merkle tree over (provider, cumulative credited) (R-CHAIN-1).
 
 mod blocks;
+pub mod catalog;
 pub mod command;
 pub mod config;
 mod engine;
@@ -39,6 +40,7 @@ pub mod state;
 pub mod types;
 pub mod workload;
 
+pub use catalog::CatalogEntry;
 pub use command::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ParamKind,
     ProviderTotals, RfcFailure, Ticket,

@@ -32,6 +32,7 @@ fn shared(
         commands_total: registry.counter("yellowstone_commands_total", "", &[]),
         replies_dropped_total: registry.counter("yellowstone_replies_dropped_total", "", &[]),
         signature_cpu: yellowstone_gateway::router::signature_cpu::SignatureCpu::new(registry),
+        catalog: yellowstone_gateway::router::catalog::CatalogBoard::new(Default::default()),
         registry: registry.clone(),
         market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
             Default::default(),

@@ -17,6 +17,10 @@ pub const OFFERS_MAX: usize = 64;
 pub const BALANCE_ENTRIES_MAX: usize = 100_000;
 pub const PARAMS_MAX: usize = 64;
 pub const BATCH_TOTALS_MAX: usize = 1_000_000;
+/// Models in one `Catalog` answer (the router's catalog has at most this many).
+pub const CATALOG_MODELS_MAX: usize = 4096;
+/// Bytes of a model's name in the catalog (UTF-8).
+pub const MODEL_NAME_BYTES_MAX: usize = 128;
 /// Models in a `MarketState` (the catalog holds at most u16::MAX models).
 pub const MARKET_MODELS_MAX: usize = 65_535;
 
@@ -64,11 +68,14 @@ impl Field for Signature {
 }
 
 /// The bound of each string field, by its qualified name: endpoints (R-PROV-1,
-/// R-MATCH-6) are `ENDPOINT_BYTES_MAX`, every other string (error reasons) is
-/// `REASON_BYTES_MAX`. Field names are compile-time constants, so this folds.
+/// R-MATCH-6) are `ENDPOINT_BYTES_MAX`, model names `MODEL_NAME_BYTES_MAX`, every
+/// other string (error reasons) is `REASON_BYTES_MAX`. Field names are compile-time
+/// constants, so this folds.
 pub fn string_bytes_max(field: &'static str) -> usize {
     if field.ends_with(".endpoint") {
         ENDPOINT_BYTES_MAX
+    } else if field.ends_with(".name") {
+        MODEL_NAME_BYTES_MAX
     } else {
         REASON_BYTES_MAX
     }
@@ -153,6 +160,62 @@ record!(
     max = MARKET_MODELS_MAX
 );
 
+/// One model of the router's catalog with its best live bid (`Catalog`, R-NODE-2).
+///
+/// Layout: `model_id` u32, `unit` u8 (0 token, SPEC section 8), `weights_hash`
+/// 32 bytes (BLAKE3 of the weights, R-PROV-1), `best_price_wei_per_token` u128 (0:
+/// no live offer), `offers_live` u32 (offers that could take a session now),
+/// `name` string (u16 length + UTF-8, at most `MODEL_NAME_BYTES_MAX` bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CatalogModel {
+    pub model_id: u32,
+    pub unit: u8,
+    pub weights_hash: [u8; 32],
+    pub best_price_wei_per_token: u128,
+    pub offers_live: u32,
+    pub name: String,
+}
+
+impl Field for CatalogModel {
+    fn write(&self, w: &mut Writer<'_>) {
+        self.model_id.write(w);
+        self.unit.write(w);
+        self.weights_hash.write(w);
+        self.best_price_wei_per_token.write(w);
+        self.offers_live.write(w);
+        self.name.write(w);
+    }
+    fn read(r: &mut Reader<'_>, _field: &'static str) -> Result<Self, DecodeError> {
+        Ok(CatalogModel {
+            model_id: Field::read(r, "CatalogModel.model_id")?,
+            unit: Field::read(r, "CatalogModel.unit")?,
+            weights_hash: Field::read(r, "CatalogModel.weights_hash")?,
+            best_price_wei_per_token: Field::read(r, "CatalogModel.best_price_wei_per_token")?,
+            offers_live: Field::read(r, "CatalogModel.offers_live")?,
+            name: Field::read(r, "CatalogModel.name")?,
+        })
+    }
+}
+
+impl CatalogModel {
+    /// Field names and Rust types in wire order (docs/PROTOCOL.md is checked
+    /// against this).
+    pub const FIELDS: &'static [(&'static str, &'static str)] = &[
+        ("model_id", "u32"),
+        ("unit", "u8"),
+        ("weights_hash", "[u8; 32]"),
+        ("best_price_wei_per_token", "u128"),
+        ("offers_live", "u32"),
+        ("name", "String"),
+    ];
+}
+
+impl ListItem for CatalogModel {
+    const MAX: usize = CATALOG_MODELS_MAX;
+    /// The fixed fields and the name's u16 length (an empty name is valid).
+    const BYTES: usize = 4 + 1 + 32 + 16 + 4 + 2;
+}
+
 /// One row of the message catalog (`CATALOG`).
 #[derive(Clone, Copy, Debug)]
 pub struct MessageInfo {
@@ -173,6 +236,7 @@ pub const RECORDS: &[(&str, &[(&str, &str)])] = &[
     ("BalanceEntry", BalanceEntry::FIELDS),
     ("ParamEntry", ParamEntry::FIELDS),
     ("BatchTotals", BatchTotals::FIELDS),
+    ("CatalogModel", CatalogModel::FIELDS),
     ("MarketModel", MarketModel::FIELDS),
 ];
 
@@ -204,6 +268,8 @@ pub mod msg_type {
     pub const NOTICE: u16 = 0x0083;
     pub const PING: u16 = 0x0090;
     pub const PONG: u16 = 0x0091;
+    pub const CATALOG_QUERY: u16 = 0x00A0;
+    pub const CATALOG: u16 = 0x00A1;
     pub const MARKET_STATE_QUERY: u16 = 0x00B0;
     pub const MARKET_STATE: u16 = 0x00B1;
     pub const ERROR_REPLY: u16 = 0x00F0;
@@ -345,6 +411,13 @@ messages! {
     Notice = NOTICE, signed: false { kind: u8, until_ms: u64 }
     Ping = PING, signed: false { payload: u64 }
     Pong = PONG, signed: false { payload: u64 }
+    /// R-NODE-2: a logged-in client asks for the router's model catalog; `query_id`
+    /// is echoed in the answer. Unsigned: it changes nothing and promises nothing.
+    CatalogQuery = CATALOG_QUERY, signed: false { query_id: u64 }
+    /// The answer to `CatalogQuery`: every model of the market's catalog with its
+    /// name and best live bid, as of `as_of_ms` (Unix ms of the engine's clock; the
+    /// figures may lag the engine by up to one of its ticks).
+    Catalog = CATALOG, signed: false { query_id: u64, as_of_ms: u64, models: Vec<CatalogModel> }
     /// R-OPS-3: asks for the market's figures. Any logged-in address may ask (the
     /// figures are public, as the Prometheus metrics are); unsigned, no nonce: it
     /// changes nothing. Answered by `MarketState` echoing `query_id`.
@@ -392,7 +465,10 @@ impl Message {
     /// sends all the others, with FLAG_RESPONSE.
     pub fn is_sent_by_client(&self) -> bool {
         self.claimed_origin().is_some()
-            || matches!(self, Message::Ping(_) | Message::MarketStateQuery(_))
+            || matches!(
+                self,
+                Message::Ping(_) | Message::MarketStateQuery(_) | Message::CatalogQuery(_)
+            )
     }
 
     /// The address a signed client message claims to come from, and its nonce.

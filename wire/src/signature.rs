@@ -13,6 +13,9 @@ pub const SIGNATURE_LEN: usize = 65;
 pub const WEIGHTS_PROOF_TYPE: u16 = 0xFF01;
 /// Pseudo message type under which a client signs the login challenge.
 pub const LOGIN_TYPE: u16 = 0xFF02;
+/// Pseudo message type under which a user signs an inference request sent straight
+/// to a provider (R-NODE-1).
+pub const INFERENCE_REQUEST_TYPE: u16 = 0xFF03;
 
 /// secp256k1 group order n, big-endian, and n / 2 (the low-s bound).
 const HALF_ORDER: [u8; 32] = [
@@ -96,6 +99,17 @@ pub fn weights_proof_digest(network_id: u32, model_id: u32, weights_hash: &[u8; 
     body[..4].copy_from_slice(&model_id.to_le_bytes());
     body[4..].copy_from_slice(weights_hash);
     digest(network_id, WEIGHTS_PROOF_TYPE, &body)
+}
+
+/// R-NODE-1: the digest a user signs to send an inference request to the provider
+/// of session `session_id`: `digest(network_id, INFERENCE_REQUEST_TYPE, session_id u64
+/// LE || BLAKE3(request body))`. The body's own digest (not the body) enters, so the
+/// provider can check a streamed body in one pass, and the router never needs it.
+pub fn inference_request_digest(network_id: u32, session_id: u64, body: &[u8]) -> [u8; 32] {
+    let mut signed = [0u8; 40];
+    signed[..8].copy_from_slice(&session_id.to_le_bytes());
+    signed[8..].copy_from_slice(blake3::hash(body).as_bytes());
+    digest(network_id, INFERENCE_REQUEST_TYPE, &signed)
 }
 
 pub fn login_digest(network_id: u32, challenge: &[u8; 32]) -> [u8; 32] {

@@ -318,6 +318,33 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             .into(),
             None,
         ),
+        (CatalogQuery { query_id: 9 }.into(), None),
+        (
+            Catalog {
+                query_id: 9,
+                as_of_ms: 1_767_225_600_000,
+                models: vec![
+                    CatalogModel {
+                        model_id: 1,
+                        unit: 0,
+                        weights_hash: *blake3::hash(b"yellowstone-demo-model-1").as_bytes(),
+                        best_price_wei_per_token: 1_000_000_000,
+                        offers_live: 2,
+                        name: "demo-model-1".into(),
+                    },
+                    CatalogModel {
+                        model_id: 2,
+                        unit: 0,
+                        weights_hash: *blake3::hash(b"yellowstone-demo-model-2").as_bytes(),
+                        best_price_wei_per_token: 0,
+                        offers_live: 0,
+                        name: "demo-model-2".into(),
+                    },
+                ],
+            }
+            .into(),
+            None,
+        ),
         (MarketStateQuery { query_id: 7 }.into(), None),
         (
             MarketState {

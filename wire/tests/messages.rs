@@ -221,6 +221,27 @@ pub fn samples() -> Vec<Message> {
         .into(),
         Ping { payload: 42 }.into(),
         Pong { payload: 42 }.into(),
+        CatalogQuery { query_id: 7 }.into(),
+        Catalog {
+            query_id: 7,
+            as_of_ms: 1_700_000_000_000,
+            models: vec![
+                CatalogModel {
+                    model_id: 1,
+                    unit: 0,
+                    weights_hash: [9; 32],
+                    best_price_wei_per_token: 1_000_000_000,
+                    offers_live: 2,
+                    name: "llama-3.1-8b-instruct".into(),
+                },
+                CatalogModel {
+                    model_id: 2,
+                    name: String::new(),
+                    ..CatalogModel::default()
+                },
+            ],
+        }
+        .into(),
         MarketStateQuery { query_id: 7 }.into(),
         MarketState {
             query_id: 7,
@@ -657,4 +678,43 @@ proptest! {
             Err(error) => prop_assert_ne!(codes::of_decode_error(&error), 0),
         }
     }
+}
+
+#[test]
+fn r_node_2_catalog_model_names_are_bounded_and_empty_lists_decode() {
+    let too_long: Message = Catalog {
+        query_id: 1,
+        as_of_ms: 2,
+        models: vec![CatalogModel {
+            name: "m".repeat(MODEL_NAME_BYTES_MAX + 1),
+            ..CatalogModel::default()
+        }],
+    }
+    .into();
+    let mut body = Vec::new();
+    too_long.encode(&mut body);
+    assert!(matches!(
+        Message::decode(too_long.msg_type(), &body),
+        Err(DecodeError::StringTooLong {
+            field: "CatalogModel.name",
+            ..
+        })
+    ));
+    let empty: Message = Catalog::default().into();
+    let mut body = Vec::new();
+    empty.encode(&mut body);
+    assert_eq!(Message::decode(empty.msg_type(), &body).unwrap(), empty);
+}
+
+#[test]
+fn r_node_1_inference_digest_binds_network_session_and_body() {
+    use yellowstone_wire::signature::inference_request_digest;
+    let base = inference_request_digest(NET, 5, b"{\"model\":\"m\"}");
+    assert_ne!(
+        base,
+        inference_request_digest(NET + 1, 5, b"{\"model\":\"m\"}")
+    );
+    assert_ne!(base, inference_request_digest(NET, 6, b"{\"model\":\"m\"}"));
+    assert_ne!(base, inference_request_digest(NET, 5, b"{\"model\":\"n\"}"));
+    assert_eq!(base, inference_request_digest(NET, 5, b"{\"model\":\"m\"}"));
 }

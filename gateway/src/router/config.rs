@@ -63,6 +63,11 @@ pub struct ModelEntry {
     pub id: u32,
     /// 64 hex digits (BLAKE3 of the weights).
     pub weights_hash: String,
+    /// The name the catalog query lists (R-NODE-2), e.g. "llama-3.1-8b-instruct";
+    /// at most 128 bytes. Empty: `model-<id>`. Names are presentation only: they are
+    /// not part of the engine's market parameters, so renaming needs no new data dir.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// The demo catalog used when none is configured: models 1..=4 whose weights hash is
@@ -72,6 +77,11 @@ pub fn demo_weights_hash(model_id: u32) -> [u8; 32] {
 }
 
 pub const DEMO_MODELS: [u32; 4] = [1, 2, 3, 4];
+
+/// The demo catalog's model names: `demo-model-<id>`.
+pub fn demo_model_name(model_id: u32) -> String {
+    format!("demo-model-{model_id}")
+}
 
 /// TOML integers are i64: wei amounts are written as integers when they fit and as
 /// strings of digits when they do not, and read from either.
@@ -352,8 +362,48 @@ impl RouterConfig {
         Ok(config)
     }
 
+    /// Model id -> catalog name (R-NODE-2): the demo names without a configured
+    /// catalog, else each entry's `name` (`model-<id>` when empty).
+    pub fn model_names(&self) -> std::collections::HashMap<u32, String> {
+        if self.market.models.is_empty() {
+            return DEMO_MODELS
+                .iter()
+                .map(|&id| (id, demo_model_name(id)))
+                .collect();
+        }
+        self.market
+            .models
+            .iter()
+            .map(|entry| {
+                let name = if entry.name.is_empty() {
+                    format!("model-{}", entry.id)
+                } else {
+                    entry.name.clone()
+                };
+                (entry.id, name)
+            })
+            .collect()
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.network.validate().map_err(|e| e.to_string())?;
+        for entry in &self.market.models {
+            if entry.name.len() > yellowstone_wire::messages::MODEL_NAME_BYTES_MAX {
+                return Err(format!(
+                    "market.models id {}: name is {} bytes, at most {} allowed",
+                    entry.id,
+                    entry.name.len(),
+                    yellowstone_wire::messages::MODEL_NAME_BYTES_MAX
+                ));
+            }
+        }
+        let names = self.model_names();
+        let mut distinct: Vec<&String> = names.values().collect();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() != names.len() {
+            return Err("market.models: model names must be unique".into());
+        }
         self.market_config(1)?;
         if !["always", "interval", "none"].contains(&self.journal.durability.as_str()) {
             return Err(format!(
@@ -537,6 +587,41 @@ mod tests {
         let error =
             RouterConfig::from_toml("[market]\ntoken_price_wei_per_1000 = \"12x\"\n").unwrap_err();
         assert!(error.contains("wei amount"), "{error}");
+    }
+
+    #[test]
+    fn r_node_2_model_names_default_and_are_checked() {
+        let config = RouterConfig::default();
+        assert_eq!(config.model_names()[&3], "demo-model-3");
+        let hash = "00".repeat(32);
+        let text = format!(
+            "[[market.models]]\nid = 5\nweights_hash = \"{hash}\"\nname = \"llama\"\n\
+             [[market.models]]\nid = 6\nweights_hash = \"{hash}\"\n"
+        );
+        let config = RouterConfig::from_toml(&text).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.model_names()[&5], "llama");
+        assert_eq!(config.model_names()[&6], "model-6");
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(RouterConfig::from_toml(&text).unwrap(), config);
+        let duplicate = format!(
+            "[[market.models]]\nid = 5\nweights_hash = \"{hash}\"\nname = \"m\"\n\
+             [[market.models]]\nid = 6\nweights_hash = \"{hash}\"\nname = \"m\"\n"
+        );
+        let error = RouterConfig::from_toml(&duplicate)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(error.contains("unique"), "{error}");
+        let long = format!(
+            "[[market.models]]\nid = 5\nweights_hash = \"{hash}\"\nname = \"{}\"\n",
+            "n".repeat(129)
+        );
+        let error = RouterConfig::from_toml(&long)
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(error.contains("at most 128"), "{error}");
     }
 
     #[test]

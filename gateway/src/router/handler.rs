@@ -417,6 +417,14 @@ impl FrameHandler for RouterHandler {
                 }
                 return;
             }
+            (Message::CatalogQuery(query), Some(_)) => {
+                // R-NODE-2: answered from the engine's last publication.
+                let catalog = self.shared.catalog.answer(query.query_id);
+                replies.reply_with(|out| {
+                    catalog.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
+                });
+                return;
+            }
             (_, None) => {
                 // Echo the nonce so a client that sent before logging in can tell which
                 // of its messages was turned away.

@@ -4,6 +4,7 @@
 //! the `yellowstone-router` binary, the load generator's embedded mode and the tests
 //! all run.
 
+pub mod catalog;
 pub mod config;
 pub mod handler;
 pub mod market;
@@ -172,6 +173,7 @@ impl Router {
                 &[],
             ),
             signature_cpu: signature_cpu::SignatureCpu::new(&registry),
+            catalog: catalog::CatalogBoard::new(config.model_names()),
             registry: registry.clone(),
             market: market.clone(),
         });
@@ -200,12 +202,16 @@ impl Router {
         let journal_gauges = journal
             .stats()
             .map(|stats| JournalGauges::new(&registry, stats));
+        // Queries that arrive before the engine's first burst see the catalog too.
+        shared.catalog.publish_if_due(&engine);
+        let catalog_shared = shared.clone();
         let mut figures =
             market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
         let mut sequencer =
             Sequencer::new(engine, journal, sink, sequencer_config).with_observer(move |engine| {
                 gauges.update(engine);
                 figures.observe(engine);
+                catalog_shared.catalog.publish_if_due(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();
                 }

@@ -30,6 +30,8 @@ pub struct RouterShared {
     pub replies_dropped_total: Arc<Counter>,
     /// Where the signature work goes, measured in place.
     pub signature_cpu: SignatureCpu,
+    /// The catalog the engine thread publishes and gateways answer queries from.
+    pub catalog: super::catalog::CatalogBoard,
     /// The market's figures as the engine last published them (R-OPS-3).
     pub market: Arc<super::market::MarketBoard>,
 }

@@ -1,0 +1,325 @@
+//! What the market adds to an inference: time to first token (TTFT) and total time
+//! of a streamed completion through consumer node -> provider node -> stand-in model
+//! server, against the same completion asked of the stand-in directly, at a few
+//! open-loop request rates; p50 and p99 of each, and of the market's own matching
+//! time (the consumer's `x-yellowstone-ticket-us`: application request to ticket,
+//! i.e. catalog lookup + RFC -> probe -> ticket at the router).
+//!
+//! It starts the real processes (release binaries from `--bin-dir`) on loopback and
+//! is bounded in time (`--seconds` per rate and path). Build first:
+//!
+//!     cargo build --release -p yellowstone-gateway -p yellowstone-node --bins
+//!     cargo run --release -p yellowstone-node --example market_overhead -- --rates 10,50,100 --seconds 10
+//!
+//! Figures and method: BENCHMARKS.md, "Nodes: what the market adds to an inference".
+
+use hdrhistogram::Histogram;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Proc(Child, Vec<String>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a process and reads stdout until each of `wait_for` prefixes was seen.
+fn start(bin: &Path, args: &[&str], cwd: &Path, wait_for: &[&str]) -> Proc {
+    let mut child = Command::new(bin)
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let stdout = child.stdout.take().unwrap();
+    let mut reader = BufReader::new(stdout);
+    let mut seen = Vec::new();
+    for prefix in wait_for {
+        loop {
+            let mut line = String::new();
+            assert!(
+                reader.read_line(&mut line).unwrap() > 0,
+                "{} exited",
+                bin.display()
+            );
+            if line.starts_with(prefix) {
+                seen.push(line.trim().to_string());
+                break;
+            }
+        }
+    }
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Proc(child, seen)
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .unwrap()
+        .to_string()
+}
+
+struct Sample {
+    ttft_us: u64,
+    total_us: u64,
+    ticket_us: Option<u64>,
+}
+
+/// One streamed completion; times from sending to the first content chunk and to
+/// the end of the stream.
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<Sample, String> {
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let response = client
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()));
+    }
+    let ticket_us = response
+        .headers()
+        .get("x-yellowstone-ticket-us")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut stream = response.bytes_stream();
+    let mut ttft_us = None;
+    let mut seen = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        seen.extend_from_slice(&chunk);
+        if ttft_us.is_none() && seen.windows(11).any(|w| w == b"\"content\":\"") {
+            // The role chunk carries an empty content; the first word is the token.
+            let text = String::from_utf8_lossy(&seen);
+            if text.matches("\"content\":\"").count() > text.matches("\"content\":\"\"").count() {
+                ttft_us = Some(started.elapsed().as_micros() as u64);
+            }
+        }
+    }
+    let total_us = started.elapsed().as_micros() as u64;
+    if !String::from_utf8_lossy(&seen).contains("[DONE]") {
+        return Err("stream without [DONE]".into());
+    }
+    Ok(Sample {
+        ttft_us: ttft_us.unwrap_or(total_us),
+        total_us,
+        ticket_us,
+    })
+}
+
+struct Run {
+    ttft: Histogram<u64>,
+    total: Histogram<u64>,
+    ticket: Histogram<u64>,
+    errors: u64,
+    sent: u64,
+}
+
+/// Open loop: requests leave on schedule whatever the answers do (no coordinated
+/// omission); each is measured from its scheduled time's actual send.
+async fn run_rate(url: String, rate: u64, seconds: u64, body: serde_json::Value) -> Run {
+    let client = reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+    let url = Arc::new(url);
+    let body = Arc::new(body);
+    let interval = Duration::from_nanos(1_000_000_000 / rate);
+    let start = tokio::time::Instant::now();
+    let count = rate * seconds;
+    for i in 0..count {
+        tokio::time::sleep_until(start + interval * i as u32).await;
+        let (client, url, body, sender) =
+            (client.clone(), url.clone(), body.clone(), sender.clone());
+        tokio::spawn(async move {
+            let _ = sender.send(one(&client, &url, &body).await);
+        });
+    }
+    drop(sender);
+    let mut run = Run {
+        ttft: Histogram::new(3).unwrap(),
+        total: Histogram::new(3).unwrap(),
+        ticket: Histogram::new(3).unwrap(),
+        errors: 0,
+        sent: count,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
+        match result {
+            Ok(sample) => {
+                run.ttft.record(sample.ttft_us).unwrap();
+                run.total.record(sample.total_us).unwrap();
+                if let Some(ticket) = sample.ticket_us {
+                    run.ticket.record(ticket).unwrap();
+                }
+            }
+            Err(_) => run.errors += 1,
+        }
+    }
+    run
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let bin_dir = PathBuf::from(arg("--bin-dir", "target/release"))
+        .canonicalize()
+        .expect("--bin-dir: the directory of the release binaries");
+    let rates: Vec<u64> = arg("--rates", "10,50,100")
+        .split(',')
+        .map(|r| r.parse().expect("rates: integers"))
+        .collect();
+    let seconds: u64 = arg("--seconds", "10").parse().unwrap();
+    let tokens: u64 = arg("--tokens", "16").parse().unwrap();
+    assert!(
+        seconds <= 120 && rates.iter().all(|&r| r > 0 && r <= 2_000),
+        "bounded runs only"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keygen = |bin: &str, out: &str| {
+        let output = Command::new(bin_dir.join(bin))
+            .args(["keygen", "--out", out])
+            .current_dir(d)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap().trim().to_string()
+    };
+    let provider_address = keygen("yellowstone-provider", "provider.key");
+    let consumer_address = keygen("yellowstone-consumer", "consumer.key");
+    let operator = yellowstone_wire::SigningKey::from_seed(b"bench-operator")
+        .address()
+        .to_string();
+    std::fs::write(
+        d.join("balances.csv"),
+        format!(
+            "{provider_address},1000000000000000000\n{consumer_address},100000000000000000000000\n"
+        ),
+    )
+    .unwrap();
+    let data = d.join("data").display().to_string();
+    // The speed gate (R-PERF-1) would suspend the provider on a loaded machine's
+    // jitter (and sub-millisecond answers report 0 ms); this measures the path, not
+    // the gate: it passes while fewer than speed_reports_min reports exist.
+    std::fs::write(
+        d.join("router.toml"),
+        "[market]\nspeed_reports_min = 1000000\nspeed_window_reports = 1000000\n",
+    )
+    .unwrap();
+    let router = start(
+        &bin_dir.join("yellowstone-router"),
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            &data,
+            "--operator",
+            &operator,
+            "--balance-snapshot",
+            "balances.csv",
+        ],
+        d,
+        &["READY"],
+    );
+    let router_listen = field(&router.1[0], "listen");
+    let standin = start(
+        &bin_dir.join("yellowstone-standin-llm"),
+        &["--listen", "127.0.0.1:0", "--tokens", &tokens.to_string()],
+        d,
+        &["READY"],
+    );
+    let standin_listen = field(&standin.1[0], "listen");
+    std::fs::write(d.join("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
+    std::fs::write(
+        d.join("provider.toml"),
+        format!("router_addr = \"{router_listen}\"\nkey_file = \"provider.key\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"\"\n\
+                 [[models]]\nmodel_id = 1\nweights_file = \"model-1.weights\"\nupstream_base_url = \"http://{standin_listen}/v1\"\n\
+                 upstream_model = \"standin\"\nprice_wei_per_token = \"1000000000\"\ncapacity = 10000\n"),
+    )
+    .unwrap();
+    let _provider = start(
+        &bin_dir.join("yellowstone-provider"),
+        &["run", "--config", "provider.toml"],
+        d,
+        &["READY", "REGISTERED"],
+    );
+    std::fs::write(
+        d.join("consumer.toml"),
+        format!("router_addr = \"{router_listen}\"\nkey_file = \"consumer.key\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"\"\n"),
+    )
+    .unwrap();
+    let consumer = start(
+        &bin_dir.join("yellowstone-consumer"),
+        &["run", "--config", "consumer.toml"],
+        d,
+        &["READY"],
+    );
+    let consumer_listen = field(&consumer.1[0], "listen");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let market_url = format!("http://{consumer_listen}/v1/chat/completions");
+        let direct_url = format!("http://{standin_listen}/v1/chat/completions");
+        let body = |model: &str| serde_json::json!({"model": model, "messages": [{"role": "user", "content": "benchmark prompt"}], "max_tokens": tokens, "stream": true});
+        // Warm up (and wait for the consumer's router connection).
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if one(&client, &market_url, &body("demo-model-1")).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("streamed completions of {tokens} tokens, {seconds} s per rate and path, open loop; times in ms");
+        println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | market - direct - ticket, p50 |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for &rate in &rates {
+            let direct = run_rate(direct_url.clone(), rate, seconds, body("standin")).await;
+            let market = run_rate(market_url.clone(), rate, seconds, body("demo-model-1")).await;
+            for (name, run) in [("direct", &direct), ("market", &market)] {
+                let ticket = if run.ticket.is_empty() {
+                    ("-".to_string(), "-".to_string(), "-".to_string())
+                } else {
+                    let added = ms(market.total.value_at_quantile(0.5)) - ms(direct.total.value_at_quantile(0.5)) - ms(market.ticket.value_at_quantile(0.5));
+                    (format!("{:.2}", ms(run.ticket.value_at_quantile(0.5))), format!("{:.2}", ms(run.ticket.value_at_quantile(0.99))), format!("{added:.2}"))
+                };
+                println!(
+                    "| {rate} | {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                    run.sent - run.errors, run.errors,
+                    ms(run.ttft.value_at_quantile(0.5)), ms(run.ttft.value_at_quantile(0.99)),
+                    ms(run.total.value_at_quantile(0.5)), ms(run.total.value_at_quantile(0.99)),
+                    ticket.0, ticket.1, ticket.2,
+                );
+            }
+        }
+    });
+    drop(consumer);
+}

@@ -1,0 +1,125 @@
+//! The consumer node's configuration (TOML; `print-config` shows every key). Every
+//! limit has a default and its unit last.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The router, host:port.
+    pub router_addr: String,
+    /// Bound into every signature (R-ID-2); must be the router's.
+    pub network_id: u32,
+    /// Pins the router's address (EIP-55); empty: trust the router named at login.
+    pub router_address: String,
+    /// The user's key file (64 hex digits, mode 0600; `keygen` makes one).
+    pub key_file: PathBuf,
+    /// Where local applications connect (the OpenAI API). Loopback by default:
+    /// whoever reaches it spends the user's quota.
+    pub listen: String,
+    /// Prometheus metrics (GET /metrics); empty: none.
+    pub metrics_listen: String,
+    /// TokenMax of an RFC whose request gives no max_tokens.
+    pub tokens_max_default: u64,
+    /// Largest TokenMax this node asks for (a larger max_tokens is a 400).
+    pub tokens_max_limit: u64,
+    /// An RFC expires this long after it is sent (R-RFC-1).
+    pub rfc_ttl_ms: u64,
+    /// The provider's first byte must come within this (else: fail, time-out).
+    pub first_byte_timeout_ms: u64,
+    /// The whole answer must come within this (else: fail, time-out).
+    pub answer_timeout_ms: u64,
+    /// The router must acknowledge a report within this.
+    pub report_timeout_ms: u64,
+    /// How long the model list from the router's catalog is reused.
+    pub catalog_refresh_ms: u64,
+    /// Largest request body accepted from applications.
+    pub request_bytes_max: u64,
+    /// Largest non-streamed answer accepted from a provider.
+    pub response_bytes_max: u64,
+    /// Requests in flight at most; more get 503 with Retry-After.
+    pub requests_in_flight_max: u32,
+    /// Reconnect back-off: first delay, doubled up to the max.
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            router_addr: "127.0.0.1:7400".into(),
+            network_id: 1,
+            router_address: String::new(),
+            key_file: PathBuf::from("consumer.key"),
+            listen: "127.0.0.1:8500".into(),
+            metrics_listen: "127.0.0.1:8501".into(),
+            tokens_max_default: 512,
+            tokens_max_limit: 32_768,
+            rfc_ttl_ms: 30_000,
+            first_byte_timeout_ms: 60_000,
+            answer_timeout_ms: 600_000,
+            report_timeout_ms: 10_000,
+            catalog_refresh_ms: 2_000,
+            request_bytes_max: 4 * 1024 * 1024,
+            response_bytes_max: 16 * 1024 * 1024,
+            requests_in_flight_max: 1_024,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 10_000,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn from_toml(text: &str) -> Result<ConsumerConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("tokens_max_default", self.tokens_max_default),
+            ("tokens_max_limit", self.tokens_max_limit),
+            ("rfc_ttl_ms", self.rfc_ttl_ms),
+            ("first_byte_timeout_ms", self.first_byte_timeout_ms),
+            ("answer_timeout_ms", self.answer_timeout_ms),
+            ("report_timeout_ms", self.report_timeout_ms),
+            ("request_bytes_max", self.request_bytes_max),
+            ("response_bytes_max", self.response_bytes_max),
+            ("requests_in_flight_max", self.requests_in_flight_max as u64),
+            ("reconnect_initial_ms", self.reconnect_initial_ms),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be above 0"));
+            }
+        }
+        if self.tokens_max_default > self.tokens_max_limit {
+            return Err("tokens_max_default must be at most tokens_max_limit".into());
+        }
+        if self.reconnect_max_ms < self.reconnect_initial_ms {
+            return Err("reconnect_max_ms must be at least reconnect_initial_ms".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_round_trip_and_bad_values_are_named() {
+        let config = ConsumerConfig::default();
+        config.validate().unwrap();
+        let text = toml::to_string_pretty(&config).unwrap();
+        assert_eq!(ConsumerConfig::from_toml(&text).unwrap(), config);
+        assert!(ConsumerConfig::from_toml("listn = \"x\"")
+            .unwrap_err()
+            .contains("listn"));
+        let bad = ConsumerConfig {
+            tokens_max_default: 10,
+            tokens_max_limit: 5,
+            ..ConsumerConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("tokens_max_default"));
+    }
+}

@@ -1,0 +1,571 @@
+//! The consumer's OpenAI API for local applications (R-NODE-2): `GET /v1/models`
+//! from the router's catalog with the best live price, `POST /v1/chat/completions`
+//! streamed or not, through the market. Router refusals become statuses OpenAI
+//! clients understand: quota exceeded 429 (with the tokens left), no provider and
+//! overloaded 503 with Retry-After, unknown model 404.
+
+use super::router::RfcOutcome;
+use super::Consumer;
+use crate::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
+use crate::openai::{ApiError, ChatRequest, SseSplitter, Usage};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use yellowstone_wire::{codes, SessionTicket};
+
+const SSE_EVENT_BYTES_MAX: usize = 1024 * 1024;
+/// Chunks buffered between the provider and a slow application.
+const RELAY_CHUNKS_MAX: usize = 64;
+
+pub fn router(consumer: Arc<Consumer>) -> Router {
+    let body_max = consumer.config.request_bytes_max as usize;
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .route("/v1/models", get(models))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(consumer)
+}
+
+fn router_unavailable(reason: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "router_unavailable",
+        format!("the market's router is not reachable: {reason}"),
+    )
+    .retry_after(1)
+}
+
+async fn models(State(consumer): State<Arc<Consumer>>) -> Result<Json<Value>, ApiError> {
+    let catalog = consumer.catalog(false).await.map_err(router_unavailable)?;
+    let data: Vec<Value> = catalog
+        .models
+        .iter()
+        .map(|m| {
+            let price = (m.offers_live > 0).then(|| m.best_price_wei_per_token.to_string());
+            json!({"id": m.name, "object": "model", "created": 0, "owned_by": "yellowstone-market",
+                "yellowstone_model_id": m.model_id, "best_price_wei_per_token": price,
+                "offers_live": m.offers_live, "weights_hash": hex::encode(m.weights_hash)})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// The catalog id of the model named `name`. A model no live offer serves is a 503
+/// at once (the cached catalog is refreshed first), rather than an RFC that would
+/// wait in the queue until it expires.
+async fn resolve_model(consumer: &Consumer, name: &str) -> Result<u32, ApiError> {
+    let mut known = false;
+    for fresh in [false, true] {
+        let catalog = consumer.catalog(fresh).await.map_err(router_unavailable)?;
+        if let Some(model) = catalog.models.iter().find(|m| m.name == name) {
+            known = true;
+            if model.offers_live > 0 {
+                return Ok(model.model_id);
+            }
+        }
+    }
+    if known {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "no_provider",
+            format!("no provider offers {name:?} now"),
+        )
+        .retry_after(1));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "model_not_found",
+        format!("model {name:?} is not in the market's catalog (GET /v1/models lists it)"),
+    ))
+}
+
+/// R-NODE-2: router refusals as OpenAI clients understand them.
+fn rfc_error(outcome: RfcOutcome) -> ApiError {
+    match outcome {
+        RfcOutcome::Refused(error) => {
+            let name = codes::name(error.code);
+            let reason = error.reason.clone();
+            match name {
+                "quota_exceeded" => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "insufficient_quota",
+                    format!(
+                        "quota exceeded: {} tokens left today ({reason})",
+                        error.detail
+                    ),
+                ),
+                "zero_balance" => ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "permission_error",
+                    "zero_balance",
+                    format!("this user holds no MOR: {reason}"),
+                ),
+                "unknown_model" => ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "model_not_found",
+                    reason,
+                ),
+                "no_offer" => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "no_provider",
+                    format!("no provider offers this model now: {reason}"),
+                )
+                .retry_after(1),
+                "invalid_tokens_max" | "tokens_over_max" | "limit_reached" => {
+                    ApiError::bad_request("invalid_max_tokens", reason)
+                }
+                _ if error.code == codes::OVERLOADED || name == "queue_full" => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "overloaded",
+                    format!("the market is overloaded, retry later: {reason}"),
+                )
+                .retry_after((error.retry_after_ms as u64).div_ceil(1000)),
+                _ => ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    "router_refused",
+                    format!("the router refused the request ({name}): {reason}"),
+                ),
+            }
+        }
+        RfcOutcome::Failed { reason } => {
+            let why = match reason {
+                1 => "no provider took the request before it expired",
+                2 => "no provider available for this model",
+                _ => "the request was cancelled",
+            };
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "no_provider",
+                why,
+            )
+            .retry_after(1)
+        }
+        RfcOutcome::RouterDown(reason) => router_unavailable(reason),
+        RfcOutcome::TimedOut => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            "no_ticket",
+            "the router gave no session before the request expired",
+        ),
+    }
+}
+
+fn count(consumer: &Consumer, outcome: &str) {
+    consumer
+        .stats
+        .requests
+        .get_or_create(&vec![("outcome", outcome.to_string())])
+        .inc();
+}
+
+/// Decrements the in-flight gauge however the request ends.
+struct InFlight<'a>(&'a Consumer);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.stats.in_flight.dec();
+    }
+}
+
+async fn completions(State(consumer): State<Arc<Consumer>>, body: Bytes) -> Response {
+    let Ok(permit) = consumer.in_flight.try_acquire() else {
+        count(&consumer, "busy");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "busy",
+            format!(
+                "requests_in_flight_max ({}) reached",
+                consumer.config.requests_in_flight_max
+            ),
+        )
+        .retry_after(1)
+        .into_response();
+    };
+    consumer.stats.in_flight.inc();
+    let _in_flight = InFlight(&consumer);
+    let result = complete(&consumer, body).await;
+    drop(permit);
+    match result {
+        Ok(response) => response,
+        Err((outcome, error)) => {
+            count(&consumer, outcome);
+            tracing::info!(status = error.status.as_u16(), code = error.code, message = %error.message, "completion refused");
+            error.into_response()
+        }
+    }
+}
+
+type Failure = (&'static str, ApiError);
+
+async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Failure> {
+    let started = Instant::now();
+    let bad = |e| ("bad_request", e);
+    let mut request = ChatRequest::parse(&body).map_err(bad)?;
+    let name = request.model().map_err(bad)?.to_string();
+    let model_id = resolve_model(consumer, &name)
+        .await
+        .map_err(|e| ("refused", e))?;
+    let tokens_max = request
+        .max_tokens()
+        .map_err(bad)?
+        .unwrap_or(consumer.config.tokens_max_default);
+    if tokens_max > consumer.config.tokens_max_limit {
+        return Err(bad(ApiError::bad_request(
+            "invalid_max_tokens",
+            format!(
+                "max_tokens {tokens_max} is above this node's tokens_max_limit ({})",
+                consumer.config.tokens_max_limit
+            ),
+        )));
+    }
+    request.clamp_max_tokens(tokens_max).map_err(bad)?;
+    let app_wants_usage = request.include_usage();
+    request.ask_usage_in_stream();
+    let ticket = consumer
+        .router
+        .request_session(
+            model_id,
+            tokens_max,
+            Duration::from_millis(consumer.config.rfc_ttl_ms),
+        )
+        .await
+        .map_err(|outcome| ("refused", rfc_error(outcome)))?;
+    let ticket_us = started.elapsed().as_micros() as u64;
+    consumer
+        .stats
+        .ticket_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let session_id = ticket.session_id;
+    let call = Call {
+        consumer: consumer.clone(),
+        ticket,
+        model_name: name,
+        started,
+        query_started: Instant::now(),
+    };
+    let body = request.to_bytes();
+    let signature = sign_request(
+        consumer.router.key(),
+        consumer.router.network_id(),
+        call.ticket.session_id,
+        &body,
+    );
+    let url = provider_url(&call.ticket.endpoint);
+    let first_byte = Duration::from_millis(consumer.config.first_byte_timeout_ms);
+    let sent = consumer
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .header(SESSION_HEADER, call.ticket.session_id.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
+        .send();
+    let response = match tokio::time::timeout(first_byte, sent).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            return Err(call.fail(
+                "provider_error",
+                StatusCode::BAD_GATEWAY,
+                "provider_unreachable",
+                format!("the provider at {url} could not be reached: {error}"),
+            ))
+        }
+        Err(_) => {
+            return Err(call.fail(
+                "timeout",
+                StatusCode::GATEWAY_TIMEOUT,
+                "provider_timeout",
+                format!("the provider at {url} did not answer within {first_byte:?}"),
+            ))
+        }
+    };
+    let status = response.status();
+    if !status.is_success() {
+        let text = read_bounded(response, 64 * 1024).await.unwrap_or_default();
+        let message = serde_json::from_slice::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&text).into_owned());
+        return Err(call.fail(
+            "provider_error",
+            StatusCode::BAD_GATEWAY,
+            "provider_error",
+            format!("the provider answered {status}: {message}"),
+        ));
+    }
+    let mut response = if request.stream() {
+        call.relay_stream(response, app_wants_usage)
+    } else {
+        call.whole_answer(response).await?
+    };
+    // For applications and benchmarks: the session, and what the market's matching
+    // took (application request to ticket).
+    let headers = response.headers_mut();
+    headers.insert(SESSION_HEADER, session_id.into());
+    headers.insert(TICKET_US_HEADER, ticket_us.into());
+    Ok(response)
+}
+
+/// Response header: microseconds from the application's request to the ticket.
+pub const TICKET_US_HEADER: &str = "x-yellowstone-ticket-us";
+
+/// The ticket's endpoint as a base URL (`host:port` means plain HTTP).
+fn provider_url(endpoint: &str) -> String {
+    let base = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+        endpoint.trim_end_matches('/').to_string()
+    } else {
+        format!("http://{endpoint}")
+    };
+    format!("{base}/v1/chat/completions")
+}
+
+async fn read_bounded(response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("the answer was cut: {e}"))?;
+        if out.len() + chunk.len() > max {
+            return Err(format!("the answer exceeds {max} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// One call to a provider under a ticket, from the query to the report.
+struct Call {
+    consumer: Arc<Consumer>,
+    ticket: SessionTicket,
+    model_name: String,
+    /// The application's request arrived.
+    started: Instant,
+    /// The query left for the provider (R-REPORT-1 measures from here).
+    query_started: Instant,
+}
+
+impl Call {
+    /// Reports fail and returns the error for the application.
+    fn fail(
+        &self,
+        outcome: &'static str,
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    ) -> Failure {
+        tracing::warn!(session = self.ticket.session_id, code, %message, "completion failed: reporting fail");
+        self.report(0, false);
+        (
+            outcome,
+            ApiError::new(status, "server_error", code, message),
+        )
+    }
+
+    /// R-REPORT-1: the signed report, in the background (the application does not
+    /// wait for the router's acknowledgement).
+    fn report(&self, tokens: u64, pass: bool) {
+        let elapsed_ms = self.query_started.elapsed().as_millis() as u64;
+        let tokens = tokens.min(self.ticket.tokens_max);
+        let consumer = self.consumer.clone();
+        let session = self.ticket.session_id;
+        if pass {
+            consumer.stats.tokens.inc_by(tokens);
+            consumer
+                .stats
+                .end_to_end_seconds
+                .observe(self.started.elapsed().as_secs_f64());
+        }
+        tokio::spawn(async move {
+            let timeout = Duration::from_millis(consumer.config.report_timeout_ms);
+            let ack = consumer
+                .router
+                .report(session, elapsed_ms, tokens, pass, timeout)
+                .await;
+            let answer = match &ack {
+                Ok(ack) => match ack.reason {
+                    0 => "earned",
+                    1 => "reported_fail",
+                    2 => "too_slow",
+                    3 => "earned_despite_fail",
+                    4 => "zero_tokens",
+                    _ => "other",
+                },
+                Err(error) => {
+                    tracing::warn!(session, %error, "report not acknowledged");
+                    "error"
+                }
+            };
+            tracing::info!(session, elapsed_ms, tokens, pass, answer, "reported");
+            consumer
+                .stats
+                .reports
+                .get_or_create(&vec![
+                    ("outcome", if pass { "pass" } else { "fail" }.to_string()),
+                    ("ack", answer.to_string()),
+                ])
+                .inc();
+        });
+    }
+
+    async fn whole_answer(self, response: reqwest::Response) -> Result<Response, Failure> {
+        let answer_timeout = Duration::from_millis(self.consumer.config.answer_timeout_ms);
+        let max = self.consumer.config.response_bytes_max as usize;
+        let bytes = match tokio::time::timeout(answer_timeout, read_bounded(response, max)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(reason)) => {
+                return Err(self.fail(
+                    "cut",
+                    StatusCode::BAD_GATEWAY,
+                    "provider_answer_cut",
+                    format!("the provider's answer is incomplete: {reason}"),
+                ))
+            }
+            Err(_) => {
+                return Err(self.fail(
+                    "timeout",
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "provider_timeout",
+                    format!("the provider's answer took over {answer_timeout:?}"),
+                ))
+            }
+        };
+        let parsed = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .filter(|v| v.get("choices").is_some_and(Value::is_array));
+        let Some(mut answer) = parsed else {
+            return Err(self.fail(
+                "provider_error",
+                StatusCode::BAD_GATEWAY,
+                "provider_bad_answer",
+                "the provider's answer is not a chat completion".into(),
+            ));
+        };
+        let tokens = Usage::from_value(&answer).map_or(0, |u| u.completion_tokens);
+        self.consumer
+            .stats
+            .first_token_seconds
+            .observe(self.started.elapsed().as_secs_f64());
+        answer["model"] = Value::from(self.model_name.clone());
+        self.report(tokens, true);
+        count(&self.consumer, "ok");
+        Ok((StatusCode::OK, Json(answer)).into_response())
+    }
+
+    /// Relays the provider's events to the application as they come; reports when
+    /// the stream ends: pass only if it ended with `[DONE]`.
+    fn relay_stream(self, response: reqwest::Response, app_wants_usage: bool) -> Response {
+        let (sender, receiver) =
+            tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(RELAY_CHUNKS_MAX);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::from_std(self.query_started)
+                + Duration::from_millis(self.consumer.config.answer_timeout_ms);
+            let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
+            let mut stream = response.bytes_stream();
+            let (mut done, mut usage, mut content_chunks) = (false, None::<Usage>, 0u64);
+            let mut first_token_seen = false;
+            let mut app_open = true;
+            let error: Option<(&'static str, String)> = loop {
+                let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Err(_) => break Some(("timeout", "the provider's answer timed out".into())),
+                    Ok(None) if done => break None,
+                    Ok(None) => {
+                        break Some(("cut", "the provider's stream ended before its end".into()))
+                    }
+                    Ok(Some(Err(error))) => {
+                        break Some(("cut", format!("the provider's stream was cut: {error}")))
+                    }
+                    Ok(Some(Ok(chunk))) => chunk,
+                };
+                let events = match splitter.push(&chunk) {
+                    Ok(events) => events,
+                    Err(error) => break Some(("provider_error", error)),
+                };
+                for event in events {
+                    let mut forward = true;
+                    match event.data.as_deref() {
+                        Some("[DONE]") => done = true,
+                        Some(data) => {
+                            if let Ok(value) = serde_json::from_str::<Value>(data) {
+                                if let Some(found) = Usage::from_value(&value) {
+                                    usage = Some(found);
+                                }
+                                let choices = value.get("choices").and_then(Value::as_array);
+                                let has_content = choices.is_some_and(|c| {
+                                    c.iter().any(|c| {
+                                        c["delta"]["content"]
+                                            .as_str()
+                                            .is_some_and(|s| !s.is_empty())
+                                    })
+                                });
+                                if has_content {
+                                    content_chunks += 1;
+                                    if !first_token_seen {
+                                        first_token_seen = true;
+                                        self.consumer
+                                            .stats
+                                            .first_token_seconds
+                                            .observe(self.started.elapsed().as_secs_f64());
+                                    }
+                                }
+                                // The usage-only chunk the node asked for is the
+                                // application's only if it asked too.
+                                if choices.is_some_and(Vec::is_empty) && !app_wants_usage {
+                                    forward = false;
+                                }
+                            }
+                        }
+                        None => {}
+                    }
+                    if forward && app_open && sender.send(Ok(Bytes::from(event.raw))).await.is_err()
+                    {
+                        app_open = false; // the application left; the report still tells the truth
+                    }
+                }
+            };
+            // Without usage from the provider, content chunks are the best count.
+            let tokens = usage.map_or(content_chunks, |u| u.completion_tokens);
+            match error {
+                None => {
+                    self.report(tokens, true);
+                    count(&self.consumer, "ok");
+                }
+                Some((outcome, message)) => {
+                    tracing::warn!(session = self.ticket.session_id, %message, "stream failed");
+                    self.report(tokens, false);
+                    count(&self.consumer, outcome);
+                    if app_open {
+                        // OpenAI clients raise an APIError on an error event.
+                        let event = json!({"error": {"message": message, "type": "server_error", "code": "provider_stream_failed", "param": null}});
+                        let _ = sender
+                            .send(Ok(Bytes::from(format!("data: {event}\n\n"))))
+                            .await;
+                    }
+                }
+            }
+        });
+        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        });
+        let mut response = Response::new(Body::from_stream(stream));
+        let headers = response.headers_mut();
+        headers.insert("content-type", "text/event-stream".parse().expect("header"));
+        headers.insert("cache-control", "no-cache".parse().expect("header"));
+        response
+    }
+}

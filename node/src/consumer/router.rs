@@ -1,0 +1,229 @@
+//! The consumer's side of the router (R-NODE-2): one logged-in connection, kept up
+//! with back-off, over which requests are matched to their answers by nonce (RFC ->
+//! accepted / ticket / failed / refused; report -> acknowledgement; catalog query
+//! -> catalog). Only RFCs (model, TokenMax), reports and catalog queries go to the
+//! router: never a prompt or a completion (R-NODE-3).
+
+use crate::link::{Backoff, Incoming, Link, LinkConfig, Nonces};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, RwLock};
+use yellowstone_wire::{
+    Catalog, CatalogQuery, ErrorReply, Message, Report, ReportAck, Rfc, SessionTicket, SigningKey,
+};
+
+/// Messages kept for one waiter (an RFC gets at most accepted + ticket/failure).
+const WAITER_MESSAGES_MAX: usize = 4;
+
+/// Why an RFC did not give a ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RfcOutcome {
+    /// The router refused it (SPEC section 9).
+    Refused(ErrorReply),
+    /// Queued, then failed: 1 expired, 2 no provider available, 3 cancelled.
+    Failed { reason: u8 },
+    /// No connection to the router, or it dropped.
+    RouterDown(String),
+    /// No ticket before the RFC's expiry.
+    TimedOut,
+}
+
+pub struct RouterClient {
+    key: SigningKey,
+    config: LinkConfig,
+    nonces: Nonces,
+    link: RwLock<Option<Link>>,
+    waiters: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+}
+
+/// Removes a waiter when its request ends, however it ends.
+struct Waiter<'a> {
+    client: &'a RouterClient,
+    key: u64,
+    receiver: mpsc::Receiver<Message>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.client.lock_waiters().remove(&self.key);
+    }
+}
+
+impl RouterClient {
+    pub fn new(key: SigningKey, config: LinkConfig) -> Arc<RouterClient> {
+        Arc::new(RouterClient {
+            key,
+            config,
+            nonces: Nonces::default(),
+            link: RwLock::new(None),
+            waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Message>>> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the connection up: connects, dispatches, reconnects with back-off.
+    pub async fn run(self: Arc<RouterClient>, mut backoff: Backoff) {
+        loop {
+            match Link::connect(&self.config, self.key.clone()).await {
+                Ok((link, inbound)) => {
+                    tracing::info!(router = %link.router(), "connected to the router");
+                    *self.link.write().await = Some(link);
+                    backoff.reset();
+                    self.dispatch(inbound).await;
+                    *self.link.write().await = None;
+                    // Waiters of the lost connection learn it now, not at their time-out.
+                    self.lock_waiters().clear();
+                }
+                Err(error) => tracing::warn!(%error, "router connection failed"),
+            }
+            let delay = backoff.next_delay();
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn dispatch(&self, mut inbound: mpsc::Receiver<Incoming>) {
+        while let Some(Incoming { message, .. }) = inbound.recv().await {
+            let key = match &message {
+                Message::RfcAccepted(m) => m.nonce,
+                Message::RfcFailed(m) => m.nonce,
+                Message::SessionTicket(m) => m.rfc_nonce,
+                Message::ReportAck(m) => m.nonce,
+                Message::ErrorReply(m) => m.ref_nonce,
+                Message::Catalog(m) => m.query_id,
+                _ => continue,
+            };
+            let waiter = self.lock_waiters().get(&key).cloned();
+            match waiter {
+                Some(sender) => {
+                    let _ = sender.try_send(message);
+                }
+                None => tracing::debug!(key, name = message.name(), "router message for no waiter"),
+            }
+        }
+    }
+
+    fn waiter(&self, key: u64) -> Waiter<'_> {
+        let (sender, receiver) = mpsc::channel(WAITER_MESSAGES_MAX);
+        self.lock_waiters().insert(key, sender);
+        Waiter {
+            client: self,
+            key,
+            receiver,
+        }
+    }
+
+    async fn send(&self, message: Message) -> Result<(), String> {
+        let link = self.link.read().await.clone();
+        match link {
+            Some(link) => link
+                .send(message)
+                .await
+                .map_err(|_| "the router connection dropped".to_string()),
+            None => Err(format!(
+                "not connected to the router at {} (reconnecting)",
+                self.config.router_addr
+            )),
+        }
+    }
+
+    pub fn network_id(&self) -> u32 {
+        self.config.network_id
+    }
+
+    pub fn key(&self) -> &SigningKey {
+        &self.key
+    }
+
+    /// R-RFC-1: asks for a session; waits for the ticket until the RFC's expiry.
+    pub async fn request_session(
+        &self,
+        model_id: u32,
+        tokens_max: u64,
+        ttl: Duration,
+    ) -> Result<SessionTicket, RfcOutcome> {
+        let nonce = self.nonces.next();
+        let mut waiter = self.waiter(nonce);
+        let rfc = Rfc {
+            from: self.key.address(),
+            nonce,
+            model_id,
+            tokens_max,
+            expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
+            ..Rfc::default()
+        };
+        self.send(rfc.into())
+            .await
+            .map_err(RfcOutcome::RouterDown)?;
+        // A little past the expiry: the router answers "expired" itself then.
+        let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(2);
+        loop {
+            let message = tokio::time::timeout_at(deadline, waiter.receiver.recv())
+                .await
+                .map_err(|_| RfcOutcome::TimedOut)?
+                .ok_or_else(|| RfcOutcome::RouterDown("the router connection dropped".into()))?;
+            match message {
+                Message::RfcAccepted(_) => continue,
+                Message::SessionTicket(ticket) => return Ok(ticket),
+                Message::RfcFailed(failed) => {
+                    return Err(RfcOutcome::Failed {
+                        reason: failed.reason,
+                    })
+                }
+                Message::ErrorReply(error) => return Err(RfcOutcome::Refused(error)),
+                _ => continue,
+            }
+        }
+    }
+
+    /// R-REPORT-1: the signed report; returns the router's acknowledgement.
+    pub async fn report(
+        &self,
+        session_id: u64,
+        elapsed_ms: u64,
+        tokens: u64,
+        pass: bool,
+        timeout: Duration,
+    ) -> Result<ReportAck, String> {
+        let nonce = self.nonces.next();
+        let mut waiter = self.waiter(nonce);
+        let report = Report {
+            from: self.key.address(),
+            nonce,
+            session_id,
+            elapsed_ms,
+            tokens,
+            pass,
+            ..Report::default()
+        };
+        self.send(report.into()).await?;
+        match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
+            Ok(Some(Message::ReportAck(ack))) => Ok(ack),
+            Ok(Some(Message::ErrorReply(error))) => Err(format!(
+                "report refused ({}): {}",
+                yellowstone_wire::codes::name(error.code),
+                error.reason
+            )),
+            Ok(Some(other)) => Err(format!("unexpected answer {}", other.name())),
+            Ok(None) => Err("the router connection dropped".into()),
+            Err(_) => Err("no acknowledgement in time".into()),
+        }
+    }
+
+    /// R-NODE-2: the router's catalog.
+    pub async fn catalog(&self, timeout: Duration) -> Result<Catalog, String> {
+        let query_id = self.nonces.next();
+        let mut waiter = self.waiter(query_id);
+        self.send(CatalogQuery { query_id }.into()).await?;
+        match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
+            Ok(Some(Message::Catalog(catalog))) => Ok(catalog),
+            Ok(Some(Message::ErrorReply(error))) => Err(error.reason),
+            Ok(Some(other)) => Err(format!("unexpected answer {}", other.name())),
+            Ok(None) => Err("the router connection dropped".into()),
+            Err(_) => Err("no catalog in time".into()),
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! yellowstone-node: the participants' nodes of the Yellowstone market (SPEC.md
+//! section 10, R-NODE-1..3).
+//!
+//! - `provider`: `yellowstone-provider` logs in to the router, registers its models
+//!   (BLAKE3 of each weights file, R-PROV-1), answers probes, keeps the session
+//!   tickets the router sends, and serves ticket holders directly with the OpenAI API,
+//!   forwarding to any OpenAI-compatible model server (R-NODE-1).
+//! - `consumer`: `yellowstone-consumer` serves local applications with the OpenAI
+//!   API; each completion becomes an RFC, a direct call to the ticket's provider and
+//!   a signed report (R-NODE-2).
+//! - `standin`: `yellowstone-standin-llm`, a deterministic OpenAI-compatible model
+//!   server for tests and benchmarks only (it computes nothing).
+//! - `link`: the nodes' asynchronous router connection over the `wire` crate.
+//! - `inference`: the direct user -> provider request headers and their signature.
+//!
+//! Neither node sends a prompt or a completion to the router (R-NODE-3): the router
+//! sees only RFCs (model, TokenMax), reports (ms, tokens, pass) and registrations.
+
+pub mod consumer;
+pub mod inference;
+pub mod keyfile;
+pub mod link;
+pub mod metrics;
+pub mod openai;
+pub mod provider;
+pub mod standin;
+pub mod weights;
+
+/// Unix time in milliseconds (the nodes' only clock for expiries).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A listener whose accepted sockets send at once (TCP_NODELAY): a streamed answer
+/// is many small writes, which Nagle's algorithm would hold back for the peer's
+/// delayed ACK (about 40 ms each).
+pub fn nodelay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|socket| {
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::warn!(%error, "TCP_NODELAY not set");
+        }
+    })
+}

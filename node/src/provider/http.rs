@@ -1,0 +1,266 @@
+//! The provider's OpenAI API for ticket holders (R-NODE-1): the request's signature
+//! and ticket are checked, `max_tokens` clamped to the ticket's TokenMax, the model
+//! name replaced by the upstream's, usage asked for in streams; the answer is
+//! relayed as it comes. Refusals are OpenAI-style errors: 401 bad signature, 403 not
+//! your ticket, 409 ticket used, 410 expired, 502 upstream unreachable.
+
+use super::tickets::ClaimError;
+use super::Provider;
+use crate::inference::{recover_requester, SESSION_HEADER, SIGNATURE_HEADER};
+use crate::openai::{ApiError, ChatRequest, SseSplitter, Usage};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use yellowstone_wire::SessionTicket;
+
+/// An SSE event from upstream larger than this is refused (bounded parsing).
+const SSE_EVENT_BYTES_MAX: usize = 1024 * 1024;
+
+pub fn router(provider: Arc<Provider>) -> Router {
+    let body_max = provider.config.request_bytes_max as usize;
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .route("/v1/models", get(models))
+        .layer(DefaultBodyLimit::max(body_max))
+        .with_state(provider)
+}
+
+async fn models(State(provider): State<Arc<Provider>>) -> Json<Value> {
+    let mut data: Vec<Value> = provider
+        .models
+        .values()
+        .map(|m| {
+            json!({"id": m.offer.upstream_model, "object": "model", "created": 0,
+                "owned_by": provider.key.address().to_string(), "yellowstone_model_id": m.offer.model_id,
+                "price_wei_per_token": m.price_wei_per_token.to_string()})
+        })
+        .collect();
+    data.sort_by_key(|m| m["yellowstone_model_id"].as_u64());
+    Json(json!({"object": "list", "data": data}))
+}
+
+fn count(provider: &Provider, status: StatusCode) {
+    provider
+        .stats
+        .requests
+        .get_or_create(&vec![("status", status.as_u16().to_string())])
+        .inc();
+}
+
+async fn completions(
+    State(provider): State<Arc<Provider>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match serve(&provider, &headers, body).await {
+        Ok(response) => {
+            count(&provider, response.status());
+            response
+        }
+        Err(error) => {
+            count(&provider, error.status);
+            tracing::info!(status = error.status.as_u16(), code = error.code, message = %error.message, "request refused");
+            error.into_response()
+        }
+    }
+}
+
+fn claim_error(error: ClaimError) -> ApiError {
+    let message = error.to_string();
+    match error {
+        ClaimError::Unknown(_) | ClaimError::NotYourTicket { .. } => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "not_your_ticket",
+            message,
+        ),
+        ClaimError::Expired { .. } => ApiError::new(
+            StatusCode::GONE,
+            "invalid_request_error",
+            "ticket_expired",
+            message,
+        ),
+        ClaimError::Used(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "ticket_used",
+            message,
+        ),
+    }
+}
+
+/// Claims the session's ticket, waiting up to `ticket_wait_ms` for one that has not
+/// arrived yet (the router sends it to both sides at once; the user may be faster).
+async fn claim(
+    provider: &Provider,
+    session: u64,
+    signer: yellowstone_wire::Address,
+) -> Result<SessionTicket, ApiError> {
+    let deadline = Instant::now() + Duration::from_millis(provider.config.ticket_wait_ms);
+    loop {
+        let arrived = provider.ticket_arrived.notified();
+        let result = provider
+            .tickets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .claim(session, signer, crate::unix_ms());
+        match result {
+            Err(ClaimError::Unknown(_)) if Instant::now() < deadline => {
+                let _ = tokio::time::timeout_at(deadline.into(), arrived).await;
+            }
+            other => return other.map_err(claim_error),
+        }
+    }
+}
+
+async fn serve(
+    provider: &Provider,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (session, signer) = recover_requester(
+        provider.config.network_id,
+        header(SESSION_HEADER),
+        header(SIGNATURE_HEADER),
+        &body,
+    )
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "bad_signature",
+            format!("{e} (see README: direct requests to a provider)"),
+        )
+    })?;
+    let mut request = ChatRequest::parse(&body)?;
+    let ticket = claim(provider, session, signer).await?;
+    let model = provider.models.get(&ticket.model_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "not_your_ticket",
+            format!("this provider does not serve model {}", ticket.model_id),
+        )
+    })?;
+    request.set_model(&model.offer.upstream_model);
+    request.clamp_max_tokens(ticket.tokens_max)?;
+    request.ask_usage_in_stream();
+    let url = format!(
+        "{}/chat/completions",
+        model.offer.upstream_base_url.trim_end_matches('/')
+    );
+    let started = Instant::now();
+    let upstream = provider
+        .upstream
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(request.to_bytes())
+        .send()
+        .await
+        .map_err(|e| upstream_error(&url, e))?;
+    let status = upstream.status();
+    let content_type = upstream
+        .headers()
+        .get("content-type")
+        .cloned()
+        .unwrap_or_else(|| "application/json".parse().expect("header"));
+    if !request.stream() || !status.is_success() {
+        let bytes =
+            read_bounded(&url, upstream, provider.config.response_bytes_max as usize).await?;
+        provider
+            .stats
+            .upstream_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if status.is_success() {
+            if let Some(usage) = serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .as_ref()
+                .and_then(Usage::from_value)
+            {
+                provider.stats.tokens.inc_by(usage.completion_tokens);
+            }
+        }
+        let mut response = (status, bytes).into_response();
+        response.headers_mut().insert("content-type", content_type);
+        return Ok(response);
+    }
+    // Streamed: relay every chunk as it comes, counting usage on the way.
+    let tokens = provider.stats.tokens.clone();
+    let latency = provider.stats.upstream_seconds.clone();
+    let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        match splitter.push(&chunk) {
+            Ok(events) => {
+                for event in events {
+                    let usage = event
+                        .data
+                        .as_deref()
+                        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                        .as_ref()
+                        .and_then(Usage::from_value);
+                    if let Some(usage) = usage {
+                        tokens.inc_by(usage.completion_tokens);
+                        latency.observe(started.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            Err(error) => return Err(std::io::Error::other(error)),
+        }
+        Ok::<_, std::io::Error>(chunk)
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    response.headers_mut().insert("content-type", content_type);
+    response
+        .headers_mut()
+        .insert("cache-control", "no-cache".parse().expect("header"));
+    Ok(response)
+}
+
+/// Reads a whole answer of at most `max` bytes.
+async fn read_bounded(
+    url: &str,
+    response: reqwest::Response,
+    max: usize,
+) -> Result<Bytes, ApiError> {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| upstream_error(url, e))?;
+        if out.len() + chunk.len() > max {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_answer_too_large",
+                format!("the model server's answer exceeds response_bytes_max ({max} bytes)"),
+            ));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn upstream_error(url: &str, error: reqwest::Error) -> ApiError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "unreachable"
+    } else {
+        "failed"
+    };
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "server_error",
+        "upstream_unavailable",
+        format!("the provider's model server ({url}) {what}: {error}"),
+    )
+}

@@ -1,0 +1,356 @@
+//! `yellowstone-provider` (R-NODE-1): sells a model server's compute in the market.
+//!
+//! - Router side (`router_loop`): logs in, registers every model with the BLAKE3 hash
+//!   of its weights signed with the provider's key, its bid and capacity (R-PROV-1);
+//!   answers probes (R-MATCH-2); keeps the router-signed tickets (R-MATCH-6); on a
+//!   dropped connection or a router restart reconnects with back-off and registers
+//!   again, and announces itself when told it was marked unreachable.
+//! - User side (`http`): `POST /v1/chat/completions` and `GET /v1/models` for ticket
+//!   holders, forwarded to the model server behind the node.
+
+pub mod config;
+mod http;
+pub mod tickets;
+
+use crate::link::{Backoff, Link, LinkConfig, Nonces};
+use crate::metrics::{Labels, Metrics};
+use config::{parse_hash, ModelOffer, ProviderConfig};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tickets::Tickets;
+use tokio::sync::Notify;
+use yellowstone_wire::signature::weights_proof_digest;
+use yellowstone_wire::{
+    Address, Message, Offer, ProbeAnswer, ProviderAnnounce, RegisterProvider, SigningKey,
+};
+
+/// A model as served: its offer, resolved hash and upstream.
+#[derive(Clone, Debug)]
+pub struct ServedModel {
+    pub offer: ModelOffer,
+    pub weights_hash: [u8; 32],
+    pub price_wei_per_token: u128,
+}
+
+pub struct ProviderMetrics {
+    pub requests: Family<Labels, Counter>,
+    pub tokens: Counter,
+    pub tickets_held: Gauge,
+    pub tickets_received: Counter,
+    pub probes_answered: Counter,
+    pub router_connects: Family<Labels, Counter>,
+    pub upstream_seconds: Histogram,
+}
+
+impl ProviderMetrics {
+    fn new(metrics: &Metrics) -> ProviderMetrics {
+        ProviderMetrics {
+            requests: metrics.counter_family(
+                "provider_requests",
+                "Completion requests from ticket holders, by HTTP status.",
+            ),
+            tokens: metrics.counter(
+                "provider_tokens",
+                "Completion tokens served (the upstream's usage).",
+            ),
+            tickets_held: metrics.gauge("provider_tickets_held", "Session tickets kept."),
+            tickets_received: metrics.counter(
+                "provider_tickets_received",
+                "Router-signed session tickets received.",
+            ),
+            probes_answered: metrics.counter("provider_probes_answered", "Probes answered."),
+            router_connects: metrics.counter_family(
+                "provider_router_connects",
+                "Connections to the router, by outcome (ok, failed, refused).",
+            ),
+            upstream_seconds: metrics.seconds(
+                "provider_upstream_seconds",
+                "Upstream call, request to last byte.",
+            ),
+        }
+    }
+}
+
+pub struct Provider {
+    pub config: ProviderConfig,
+    pub key: SigningKey,
+    pub models: HashMap<u32, ServedModel>,
+    pub tickets: Mutex<Tickets>,
+    pub ticket_arrived: Notify,
+    pub upstream: reqwest::Client,
+    pub metrics: Metrics,
+    pub stats: ProviderMetrics,
+    pub nonces: Nonces,
+}
+
+/// What `start` bound, for the READY line and tests.
+pub struct Started {
+    pub listen: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub address: Address,
+}
+
+impl Provider {
+    /// Resolves the weights hashes (hashing the files) and builds the node.
+    pub fn new(config: ProviderConfig, key: SigningKey) -> Result<Arc<Provider>, String> {
+        config.validate()?;
+        let mut models = HashMap::new();
+        for offer in &config.models {
+            let weights_hash = match (&offer.weights_file, &offer.weights_hash) {
+                (Some(file), _) => crate::weights::hash_file_logged(file)
+                    .map_err(|e| format!("weights_file {}: {e}", file.display()))?,
+                (None, Some(hash)) => parse_hash(hash)?,
+                (None, None) => unreachable!("validated"),
+            };
+            let price_wei_per_token = offer.price()?;
+            models.insert(
+                offer.model_id,
+                ServedModel {
+                    offer: offer.clone(),
+                    weights_hash,
+                    price_wei_per_token,
+                },
+            );
+        }
+        let upstream = reqwest::Client::builder()
+            .timeout(Duration::from_millis(config.upstream_timeout_ms))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let metrics = Metrics::new();
+        let stats = ProviderMetrics::new(&metrics);
+        Ok(Arc::new(Provider {
+            tickets: Mutex::new(Tickets::new(config.tickets_max as usize)),
+            config,
+            key,
+            models,
+            ticket_arrived: Notify::new(),
+            upstream,
+            metrics,
+            stats,
+            nonces: Nonces::default(),
+        }))
+    }
+
+    /// Binds the HTTP listeners and starts serving and the router loop.
+    pub async fn start(self: &Arc<Provider>) -> Result<Started, String> {
+        let listener = tokio::net::TcpListener::bind(&self.config.listen)
+            .await
+            .map_err(|e| format!("listen {}: {e}", self.config.listen))?;
+        let listen = listener.local_addr().map_err(|e| e.to_string())?;
+        let metrics = if self.config.metrics_listen.is_empty() {
+            None
+        } else {
+            let metrics_listener = tokio::net::TcpListener::bind(&self.config.metrics_listen)
+                .await
+                .map_err(|e| format!("metrics_listen {}: {e}", self.config.metrics_listen))?;
+            let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+            tokio::spawn(crate::metrics::serve(
+                metrics_listener,
+                self.metrics.clone(),
+            ));
+            Some(addr)
+        };
+        let app = http::router(self.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(crate::nodelay(listener), app).await {
+                tracing::error!(%error, "provider HTTP server stopped");
+            }
+        });
+        // With port 0 the registered endpoint is the port actually bound.
+        let endpoint = if self.config.public_endpoint.is_empty() {
+            listen.to_string()
+        } else {
+            self.config.public_endpoint.clone()
+        };
+        tokio::spawn(router_loop(self.clone(), endpoint));
+        Ok(Started {
+            listen,
+            metrics,
+            address: self.key.address(),
+        })
+    }
+
+    fn link_config(&self) -> Result<LinkConfig, String> {
+        let router_address = if self.config.router_address.is_empty() {
+            None
+        } else {
+            Some(
+                self.config
+                    .router_address
+                    .parse()
+                    .map_err(|e| format!("router_address: {e}"))?,
+            )
+        };
+        Ok(LinkConfig {
+            router_addr: self.config.router_addr.clone(),
+            network_id: self.config.network_id,
+            router_address,
+            login_timeout: Duration::from_secs(10),
+        })
+    }
+
+    fn registration(&self, endpoint: &str) -> Message {
+        let mut offers: Vec<Offer> = self
+            .models
+            .values()
+            .map(|model| Offer {
+                model_id: model.offer.model_id,
+                unit: 0,
+                weights_hash: model.weights_hash,
+                weights_proof: self.key.sign_digest(&weights_proof_digest(
+                    self.config.network_id,
+                    model.offer.model_id,
+                    &model.weights_hash,
+                )),
+                price_wei_per_token: model.price_wei_per_token,
+                capacity: model.offer.capacity,
+            })
+            .collect();
+        offers.sort_by_key(|o| o.model_id);
+        RegisterProvider {
+            from: self.key.address(),
+            nonce: self.nonces.next(),
+            endpoint: endpoint.to_string(),
+            offers,
+            ..RegisterProvider::default()
+        }
+        .into()
+    }
+}
+
+/// Connects, registers and serves the router's messages; reconnects with back-off.
+async fn router_loop(provider: Arc<Provider>, endpoint: String) {
+    let link_config = match provider.link_config() {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "router link configuration");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new(
+        Duration::from_millis(provider.config.reconnect_initial_ms),
+        Duration::from_millis(provider.config.reconnect_max_ms),
+    );
+    loop {
+        match Link::connect(&link_config, provider.key.clone()).await {
+            Ok((link, inbound)) => {
+                provider
+                    .stats
+                    .router_connects
+                    .get_or_create(&vec![("outcome", "ok".into())])
+                    .inc();
+                let served = serve_router(&provider, &link, inbound, &endpoint).await;
+                if served {
+                    backoff.reset();
+                }
+            }
+            Err(error) => {
+                provider
+                    .stats
+                    .router_connects
+                    .get_or_create(&vec![("outcome", "failed".into())])
+                    .inc();
+                tracing::warn!(%error, "router connection failed");
+            }
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to the router"
+        );
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Registers and handles what the router sends until the connection ends. Returns
+/// whether the registration was accepted (the connection was useful).
+async fn serve_router(
+    provider: &Arc<Provider>,
+    link: &Link,
+    mut inbound: tokio::sync::mpsc::Receiver<crate::link::Incoming>,
+    endpoint: &str,
+) -> bool {
+    let registration = provider.registration(endpoint);
+    let register_nonce = registration.claimed_origin().map_or(0, |(_, n)| n);
+    if link.send(registration).await.is_err() {
+        return false;
+    }
+    let mut registered = false;
+    while let Some(incoming) = inbound.recv().await {
+        match incoming.message {
+            Message::Ack(ack) if ack.nonce == register_nonce => {
+                registered = true;
+                tracing::info!(router = %link.router(), endpoint, "registered with the router");
+                println!("REGISTERED router={} endpoint={endpoint}", link.router());
+            }
+            Message::ErrorReply(error) if error.ref_nonce == register_nonce => {
+                provider
+                    .stats
+                    .router_connects
+                    .get_or_create(&vec![("outcome", "refused".into())])
+                    .inc();
+                tracing::error!(code = error.code, reason = %error.reason, "registration refused");
+                return false;
+            }
+            Message::Probe(probe) => {
+                let answer = ProbeAnswer {
+                    from: provider.key.address(),
+                    nonce: provider.nonces.next(),
+                    probe_id: probe.probe_id,
+                    ..ProbeAnswer::default()
+                };
+                if link.send(answer.into()).await.is_err() {
+                    break;
+                }
+                provider.stats.probes_answered.inc();
+            }
+            Message::SessionTicket(ticket) => {
+                // The link checked the router's signature (R-ID-5).
+                if ticket.provider != provider.key.address() {
+                    tracing::warn!(
+                        session = ticket.session_id,
+                        "ticket for another provider ignored"
+                    );
+                    continue;
+                }
+                let mut tickets = provider.tickets.lock().unwrap_or_else(|e| e.into_inner());
+                tickets.insert(ticket, crate::unix_ms());
+                provider.stats.tickets_held.set(tickets.len() as i64);
+                drop(tickets);
+                provider.stats.tickets_received.inc();
+                provider.ticket_arrived.notify_waiters();
+            }
+            Message::Notice(notice) if notice.kind == 1 => {
+                // Marked unreachable (a probe went unanswered): back in matching.
+                tracing::warn!("the router marked this provider unreachable: announcing");
+                let announce = ProviderAnnounce {
+                    from: provider.key.address(),
+                    nonce: provider.nonces.next(),
+                    ..ProviderAnnounce::default()
+                };
+                if link.send(announce.into()).await.is_err() {
+                    break;
+                }
+            }
+            Message::Notice(notice) => {
+                tracing::warn!(
+                    kind = notice.kind,
+                    until_ms = notice.until_ms,
+                    "router notice"
+                );
+            }
+            Message::ErrorReply(error) => {
+                tracing::warn!(code = error.code, reason = %error.reason, "router refused a message");
+            }
+            _ => {}
+        }
+    }
+    registered
+}

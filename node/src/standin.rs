@@ -1,0 +1,261 @@
+//! `yellowstone-standin-llm`: a TEST STAND-IN for a model server, not a model. It
+//! speaks the OpenAI chat completions API (`POST /v1/chat/completions`, streamed
+//! token by token with server-sent events or not, and `GET /v1/models`) and answers
+//! deterministically: the completion's words depend only on the prompt, one word
+//! per token, and `usage` is exact (`prompt_tokens`: words of the messages'
+//! contents; `completion_tokens`: words sent). With
+//! `stream_options.include_usage` a stream ends with a usage chunk, as OpenAI's does.
+//!
+//! Switches (flags at start, or `POST /standin/mode` with the same JSON fields at run
+//! time, for tests): `delay_ms_per_token` (slow), `fail` (HTTP 500 for every
+//! completion), `cut_after_tokens` (a stream stops after that many tokens without
+//! its end; a plain answer is cut mid-body), `tokens` (completion length when
+//! `max_tokens` allows).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How the stand-in behaves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mode {
+    /// Milliseconds before each token.
+    #[arg(long, default_value_t = 0)]
+    pub delay_ms_per_token: u64,
+    /// Answer every completion with HTTP 500.
+    #[arg(long)]
+    pub fail: bool,
+    /// Stop a stream after this many tokens without finishing it (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub cut_after_tokens: u64,
+    /// Completion length in tokens when max_tokens allows.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: u64,
+}
+
+impl Default for Mode {
+    fn default() -> Self {
+        Mode {
+            delay_ms_per_token: 0,
+            fail: false,
+            cut_after_tokens: 0,
+            tokens: 16,
+        }
+    }
+}
+
+/// Words a completion is made of.
+const WORDS: [&str; 16] = [
+    "amber", "basalt", "cedar", "delta", "ember", "fjord", "geyser", "harbor", "iris", "juniper",
+    "kestrel", "lagoon", "meadow", "nimbus", "obsidian", "prairie",
+];
+
+/// Upper bound of a completion, whatever is asked.
+pub const TOKENS_MAX: u64 = 100_000;
+
+/// The deterministic completion of `prompt`, `tokens` words, each followed by a space.
+pub fn completion_words(prompt: &str, tokens: u64) -> Vec<String> {
+    let seed = blake3::hash(prompt.as_bytes());
+    let mut reader = blake3::Hasher::new().update(seed.as_bytes()).finalize_xof();
+    (0..tokens)
+        .map(|_| {
+            let mut byte = [0u8; 1];
+            reader.fill(&mut byte);
+            format!("{} ", WORDS[byte[0] as usize % WORDS.len()])
+        })
+        .collect()
+}
+
+fn prompt_of(request: &Value) -> String {
+    request
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m.get("content").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+type Shared = Arc<Mutex<(Mode, u64)>>;
+
+pub fn router(mode: Mode) -> Router {
+    let shared: Shared = Arc::new(Mutex::new((mode, 0)));
+    Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/standin/mode", post(set_mode))
+        .with_state(shared)
+}
+
+async fn set_mode(State(shared): State<Shared>, Json(mode): Json<Mode>) -> Json<Mode> {
+    shared.lock().unwrap_or_else(|e| e.into_inner()).0 = mode.clone();
+    Json(mode)
+}
+
+async fn models() -> Json<Value> {
+    Json(
+        json!({"object": "list", "data": [{"id": "standin", "object": "model", "created": 0, "owned_by": "yellowstone-standin"}]}),
+    )
+}
+
+fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> String {
+    let body = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+    format!("data: {body}\n\n")
+}
+
+async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+    let (mode, serial) = {
+        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        guard.1 += 1;
+        (guard.0.clone(), guard.1)
+    };
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(value) => value,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": {"message": format!("bad JSON: {e}"), "type": "invalid_request_error", "code": null, "param": null}})),
+            )
+                .into_response()
+        }
+    };
+    if mode.fail {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"error": {"message": "stand-in told to fail", "type": "server_error", "code": "standin_fail", "param": null}})),
+        )
+            .into_response();
+    }
+    let model = request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("standin")
+        .to_string();
+    let max_tokens = request
+        .get("max_tokens")
+        .or_else(|| request.get("max_completion_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::MAX);
+    let tokens = mode.tokens.min(max_tokens).min(TOKENS_MAX);
+    let finish = if tokens < mode.tokens {
+        "length"
+    } else {
+        "stop"
+    };
+    let prompt = prompt_of(&request);
+    let prompt_tokens = prompt.split_whitespace().count() as u64;
+    let words = completion_words(&prompt, tokens);
+    let id = format!("chatcmpl-standin-{serial}");
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens});
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let delay = Duration::from_millis(mode.delay_ms_per_token);
+    if !stream {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay * tokens as u32).await;
+        }
+        let answer = json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": finish}],
+            "usage": usage});
+        let bytes = serde_json::to_vec(&answer).expect("JSON");
+        if mode.cut_after_tokens > 0 {
+            // Promise the whole body, send half: the client sees a cut answer.
+            let half = bytes[..bytes.len() / 2].to_vec();
+            let stream = futures_util::stream::iter([
+                Ok::<_, std::io::Error>(half),
+                Err(std::io::Error::other("stand-in cut the answer")),
+            ]);
+            return Response::builder()
+                .header("content-type", "application/json")
+                .header("content-length", bytes.len())
+                .body(Body::from_stream(stream))
+                .expect("response");
+        }
+        return (StatusCode::OK, Json(answer)).into_response();
+    }
+    let include_usage = request
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
+    tokio::spawn(async move {
+        let send = |text: String| sender.send(Ok(text));
+        if send(chunk(
+            &id,
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))
+        .await
+        .is_err()
+        {
+            return;
+        }
+        for (i, word) in words.iter().enumerate() {
+            if mode.cut_after_tokens > 0 && i as u64 >= mode.cut_after_tokens {
+                // Let what was sent leave before the connection is torn down.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = sender
+                    .send(Err(std::io::Error::other("stand-in cut the stream")))
+                    .await;
+                return;
+            }
+            if !delay.is_zero() {
+                // (A zero sleep still waits for the timer's next millisecond tick.)
+                tokio::time::sleep(delay).await;
+            }
+            if send(chunk(&id, &model, json!({"content": word}), None))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = send(chunk(&id, &model, json!({}), Some(finish))).await;
+        if include_usage {
+            let body = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage});
+            let _ = send(format!("data: {body}\n\n")).await;
+        }
+        let _ = send("data: [DONE]\n\n".to_string()).await;
+    });
+    let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .header("cache-control", "no-cache")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn completions_are_deterministic_per_prompt() {
+        assert_eq!(completion_words("hi", 5), completion_words("hi", 5));
+        assert_ne!(completion_words("hi", 8), completion_words("ho", 8));
+        assert_eq!(completion_words("hi", 3).len(), 3);
+        assert_eq!(
+            completion_words("hi", 3)[..],
+            completion_words("hi", 5)[..3]
+        );
+    }
+}

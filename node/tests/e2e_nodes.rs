@@ -1,0 +1,507 @@
+//! End-to-end through the real processes: router, stand-in model server, provider
+//! node, consumer node (R-NODE-1..3). The application side here is plain HTTP; the
+//! official `openai` Python package drives the same stack in
+//! node/tests/python/test_openai_client.py.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+
+fn chat(prompt: &str, max_tokens: u64, stream: bool) -> serde_json::Value {
+    json!({"model": "demo-model-1", "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens, "stream": stream})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_streamed_completion_arrives_whole_and_is_credited_and_never_reaches_the_router() {
+    let stack = Stack::start(Tuning::default()).await;
+    let watcher = BatchWatcher::start(stack.router.ready.listen);
+    let prompt = "PROMPT-MARKER-7f3a9c the quick brown fox";
+
+    // The models come from the router's catalog with the live price.
+    let models: serde_json::Value = stack
+        .http
+        .get(stack.consumer_url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let model = &models["data"][0];
+    assert_eq!(model["id"], "demo-model-1");
+    assert_eq!(
+        model["best_price_wei_per_token"],
+        PRICE_WEI_PER_TOKEN.to_string()
+    );
+
+    let response = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat(prompt, 12, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = response.text().await.unwrap();
+    let (text, done) = sse_content(&body);
+    assert!(done, "the stream ends with [DONE]: {body}");
+    // Whole: exactly what the model server gives for this prompt.
+    let direct: serde_json::Value = stack
+        .http
+        .post(stack.standin_url("/v1/chat/completions"))
+        .json(&chat(prompt, 12, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected = direct["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text, expected);
+    assert_eq!(text.split_whitespace().count(), 12);
+    // The application did not ask for usage: the usage chunk is not relayed.
+    assert!(!body.contains("\"usage\""), "{body}");
+
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        stack
+            .consumer_metric("yellowstone_consumer_tokens_total")
+            .await,
+        12.0
+    );
+
+    // Credited in the next batch: 12 tokens at the bid.
+    let seen = watcher.seen();
+    let batch = watcher.next_after(seen).await;
+    let credited = watcher.credited_wei(&stack.provider_address);
+    assert_eq!(credited, 12 * PRICE_WEI_PER_TOKEN, "batch {batch:?}");
+
+    // A non-streamed completion too, with the app's model name in the answer.
+    let answer: serde_json::Value = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat(prompt, 5, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["model"], "demo-model-1");
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert!(expected.starts_with(answer["choices"][0]["message"]["content"].as_str().unwrap()));
+
+    // R-NODE-3: neither the journal nor the router's traffic holds the prompt or
+    // the completion.
+    let journal = stack.journal_bytes();
+    assert!(!journal.is_empty());
+    let traffic = stack.proxy.recorded.lock().unwrap().clone();
+    assert!(traffic.len() > 1_000, "the proxy saw the nodes' traffic");
+    for bytes in [&journal, &traffic] {
+        assert!(!contains(bytes, b"PROMPT-MARKER-7f3a9c"));
+        assert!(!contains(bytes, b"quick brown fox"));
+        assert!(!contains(bytes, expected.trim().as_bytes()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_upstream_errors_cut_streams_and_dead_upstreams_are_reported_fail_without_credit()
+{
+    let mut stack = Stack::start(Tuning::default()).await;
+    let watcher = BatchWatcher::start(stack.router.ready.listen);
+    let http = stack.http.clone();
+    let url = stack.consumer_url("/v1/chat/completions");
+    let post = |body: serde_json::Value| http.post(&url).json(&body).send();
+
+    // The model server fails: a clear error to the app, a fail report.
+    stack.standin_mode(json!({"fail": true})).await;
+    let response = post(chat("hello", 8, false)).await.unwrap();
+    assert_eq!(response.status(), 502);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "provider_error");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stand-in told to fail"),
+        "{error}"
+    );
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}",
+            1.0,
+        )
+        .await;
+
+    // A stream cut mid-way: the app gets an error event, the provider a fail.
+    stack.standin_mode(json!({"cut_after_tokens": 3})).await;
+    let body = post(chat("hello", 8, true))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (text, done) = sse_content_lenient(&body);
+    assert!(!done);
+    // At most the 3 tokens sent before the cut (a torn connection may lose some).
+    assert!(text.split_whitespace().count() <= 3, "{body}");
+    assert!(body.contains("provider_stream_failed"), "{body}");
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}",
+            2.0,
+        )
+        .await;
+    assert_eq!(
+        stack
+            .consumer_metric("yellowstone_consumer_requests_total{outcome=\"cut\"}")
+            .await,
+        1.0
+    );
+
+    // A plain answer cut mid-body.
+    let response = post(chat("hello", 8, false)).await.unwrap();
+    assert_eq!(response.status(), 502);
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}",
+            3.0,
+        )
+        .await;
+
+    // The model server is down.
+    stack.standin.kill();
+    let response = post(chat("hello", 8, true)).await.unwrap();
+    assert_eq!(response.status(), 502);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("model server"),
+        "{error}"
+    );
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}",
+            4.0,
+        )
+        .await;
+
+    // No credit for any of it: a batch sealed after the reports holds none.
+    let seen = watcher.seen();
+    watcher.next_after(seen).await;
+    assert_eq!(watcher.credited_wei(&stack.provider_address), 0);
+}
+
+/// Like `sse_content`, skipping events that are not chunks (an error event).
+fn sse_content_lenient(body: &str) -> (String, bool) {
+    let kept: Vec<&str> = body
+        .split("\n\n")
+        .filter(|event| !event.contains("\"error\""))
+        .collect();
+    sse_content(&kept.join("\n\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_perf_1_a_slow_upstream_is_caught_by_the_speed_gate() {
+    let stack = Stack::start(Tuning {
+        market: "speed_reports_min = 3\nspeed_window_reports = 10\nspeed_tolerance_percent = 50"
+            .into(),
+        ..Tuning::default()
+    })
+    .await;
+    stack.standin_mode(json!({"delay_ms_per_token": 5})).await;
+    for i in 0..3 {
+        let body = stack
+            .http
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&chat(&format!("fast {i}"), 16, true))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(sse_content(&body).1);
+    }
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
+            3.0,
+        )
+        .await;
+    // Ten times slower per token: a pass report, but too slow for credit.
+    stack.standin_mode(json!({"delay_ms_per_token": 60})).await;
+    let body = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat("slow", 16, true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sse_content(&body).1, "the answer itself is whole");
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"too_slow\"}",
+            1.0,
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
+    use yellowstone_node::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
+    use yellowstone_wire::*;
+    let stack = Stack::start(Tuning {
+        provider: "ticket_wait_ms = 200".into(),
+        ..Tuning::default()
+    })
+    .await;
+    // A user of its own (the test), funded through the operator, asks for a ticket.
+    let addr = stack.router.ready.listen;
+    let network_id = stack.router.ready.network_id;
+    let (ticket, user, mallory) = tokio::task::spawn_blocking(move || {
+        use yellowstone_tests::market::*;
+        let user = SigningKey::from_seed(b"ticket-user");
+        let mallory = SigningKey::from_seed(b"ticket-mallory");
+        let mut operator = connect(addr, operator_key());
+        fund(
+            &mut operator,
+            &[
+                (user.address(), 5 * WEI_PER_MOR),
+                (mallory.address(), 5 * WEI_PER_MOR),
+            ],
+        );
+        let mut client = connect(addr, user.clone());
+        let nonce = client.next_nonce();
+        client
+            .send_signed(
+                Rfc {
+                    from: user.address(),
+                    nonce,
+                    model_id: 1,
+                    tokens_max: 6,
+                    expires_at_ms: now_ms() + 30_000,
+                    signature: Signature::default(),
+                }
+                .into(),
+            )
+            .unwrap();
+        let ticket = expect(&mut client, Duration::from_secs(10), |m| match m {
+            Message::SessionTicket(t) => Some(t.clone()),
+            Message::ErrorReply(e) => panic!("rfc refused: {e:?}"),
+            _ => None,
+        });
+        (ticket, user, mallory)
+    })
+    .await
+    .unwrap();
+    let url = format!("http://{}/v1/chat/completions", ticket.endpoint);
+    let body = serde_json::to_vec(&chat("hi", 100, false)).unwrap();
+    let call = |key: &SigningKey, session: u64, body: Vec<u8>, signed_body: Option<Vec<u8>>| {
+        let signature = sign_request(
+            key,
+            network_id,
+            session,
+            signed_body.as_ref().unwrap_or(&body),
+        );
+        stack
+            .http
+            .post(&url)
+            .header(SESSION_HEADER, session.to_string())
+            .header(SIGNATURE_HEADER, signature)
+            .body(body)
+            .send()
+    };
+    let code = |value: serde_json::Value| value["error"]["code"].as_str().unwrap().to_string();
+
+    // Missing headers: 401.
+    let response = stack
+        .http
+        .post(&url)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // Another user with a valid signature of their own: 403, the ticket stays usable.
+    let response = call(&mallory, ticket.session_id, body.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(code(response.json().await.unwrap()), "not_your_ticket");
+    // A body altered after signing recovers someone else: 403 as well.
+    let response = call(&user, ticket.session_id, body.clone(), Some(b"{}".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // A session this provider never got a ticket for: 403.
+    let response = call(&user, ticket.session_id + 1_000, body.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // The ticket's user: served, max_tokens clamped to the ticket's TokenMax (6).
+    let response = call(&user, ticket.session_id, body.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 6);
+    // Replayed: 409.
+    let response = call(&user, ticket.session_id, body.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    assert_eq!(code(response.json().await.unwrap()), "ticket_used");
+    // A malformed signature header: 401.
+    let response = stack
+        .http
+        .post(&url)
+        .header(SESSION_HEADER, ticket.session_id.to_string())
+        .header(SIGNATURE_HEADER, "0xzz")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(code(response.json().await.unwrap()), "bad_signature");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_1_provider_and_consumer_reconnect_after_a_router_restart() {
+    let mut stack = Stack::start(Tuning::default()).await;
+    let request = chat("before", 4, false);
+    let status = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&request)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    // Restart the router on the same port and data directory.
+    let listen = stack.router.ready.listen.to_string();
+    let args_dir = stack.dir.path().to_path_buf();
+    // SIGKILL by its pid: a crash, not a clean stop.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &stack.router.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let restarted = yellowstone_tests::RouterProcess::start(&[
+        "--listen",
+        &listen,
+        "--config",
+        &args_dir.join("router.toml").display().to_string(),
+        "--data-dir",
+        &args_dir.join("data").display().to_string(),
+        "--operator",
+        &yellowstone_tests::market::operator_key()
+            .address()
+            .to_string(),
+    ]);
+    stack.router = restarted;
+    // The provider registers again by itself.
+    stack
+        .provider
+        .wait_line("REGISTERED", Duration::from_secs(30));
+    // The consumer reconnects too; the first tries may find it reconnecting.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = stack
+            .http
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&chat("after", 4, false))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            break;
+        }
+        assert_eq!(
+            response.status(),
+            503,
+            "reconnecting is a 503 with Retry-After"
+        );
+        assert!(response.headers().contains_key("retry-after"));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no completion after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_router_refusals_map_to_openai_statuses() {
+    let stack = Stack::start(Tuning {
+        consumer: "tokens_max_limit = 5000000".into(),
+        market: "tokens_max_limit = 5000000".into(),
+        ..Tuning::default()
+    })
+    .await;
+    let post = |body: serde_json::Value| {
+        stack
+            .http
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+    };
+    // 500 MOR give 1,500,000 tokens a day (R-QUOTA-3): more is a 429 saying what is left.
+    let response = post(chat("big", 1_600_000, false)).await.unwrap();
+    assert_eq!(response.status(), 429);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "insufficient_quota");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1500000 tokens left"),
+        "{error}"
+    );
+    // A model of the catalog nobody offers: 503 with Retry-After.
+    let response =
+        post(json!({"model": "demo-model-2", "messages": [{"role": "user", "content": "x"}]}))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "no_provider", "{error}");
+    // Not in the catalog: 404. Not JSON: 400.
+    let response = post(json!({"model": "gpt-17", "messages": []}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .body("not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    // Refused requests were never sessions: nothing was reported.
+    assert_eq!(
+        stack
+            .consumer_metric(
+                "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}"
+            )
+            .await,
+        0.0
+    );
+}
