@@ -330,6 +330,7 @@ fn main() {
                 let key_hex =
                     Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
                 let network_id = network_id.unwrap_or(config.identity.network_id);
+                tools::check_data_dir(&data_dir)?;
                 let signer = settlement::Signer::from_data_dir(&data_dir, key_hex, network_id)?;
                 settlement::export(&data_dir, epoch, &signer)
             })

@@ -1,0 +1,131 @@
+//! An outsider's bad inputs to the operator commands, through the real binary: each
+//! one refused with a non-zero exit and an error naming what is wrong (never a
+//! panic), and nothing created or changed on disk (R-OPS-2, R-CHAIN-1, R-CLAIM-1).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use yellowstone_tests::router_binary;
+
+/// Runs the router binary with `args` in `workdir` until it exits (killed after
+/// 30 s): (exit code, stderr). A process still running at the deadline fails.
+fn refused(workdir: &Path, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(router_binary())
+        .current_dir(workdir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yellowstone-router");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after 30 s: it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_directory_given_as_key_file_is_named_a_directory() {
+    let workdir = tempfile::tempdir().unwrap();
+    let key_dir = workdir.path().join("keys");
+    std::fs::create_dir(&key_dir).unwrap();
+    let key_dir = key_dir.to_str().unwrap();
+    let (code, stderr) = refused(workdir.path(), &["address", "--key-file", key_dir]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(key_dir) && stderr.contains("is a directory"),
+        "names the path and says it is a directory: {stderr}"
+    );
+    assert!(
+        !stderr.contains("chmod"),
+        "no misleading chmod advice: {stderr}"
+    );
+
+    // The same kind at start: a data directory whose router.key is a directory.
+    let data_dir = workdir.path().join("data");
+    std::fs::create_dir_all(data_dir.join("router.key")).unwrap();
+    let data_dir = data_dir.to_str().unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("router.key") && stderr.contains("is a directory"),
+        "names router.key and says it is a directory: {stderr}"
+    );
+}
+
+#[test]
+fn settlement_and_claim_proof_on_a_missing_data_dir_name_the_directory() {
+    let workdir = tempfile::tempdir().unwrap();
+    let missing = workdir.path().join("no-such-dir");
+    let missing_str = missing.to_str().unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "settlement",
+            "--data-dir",
+            missing_str,
+            "--epoch",
+            "1",
+            "--json",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(missing_str) && stderr.contains("not a router data directory"),
+        "says the directory is not a data directory (not that a key is missing): {stderr}"
+    );
+    let provider = "0x1111111111111111111111111111111111111111";
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "claim-proof",
+            "--data-dir",
+            missing_str,
+            "--provider",
+            provider,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(missing_str) && stderr.contains("not a router data directory"),
+        "{stderr}"
+    );
+    // An empty directory is not a data directory either, and stays empty.
+    let empty = workdir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "settlement",
+            "--data-dir",
+            empty.to_str().unwrap(),
+            "--epoch",
+            "5",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not a router data directory"), "{stderr}");
+    assert!(!missing.exists(), "a refused command creates nothing");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+}
