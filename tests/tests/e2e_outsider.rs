@@ -129,3 +129,44 @@ fn settlement_and_claim_proof_on_a_missing_data_dir_name_the_directory() {
     assert!(!missing.exists(), "a refused command creates nothing");
     assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
 }
+
+#[test]
+fn a_balance_snapshot_listing_an_address_twice_or_a_balance_above_u128_is_refused() {
+    let workdir = tempfile::tempdir().unwrap();
+    let address = "0x1111111111111111111111111111111111111111";
+    let run = |snapshot: &str| {
+        let path = workdir.path().join("snapshot.csv");
+        std::fs::write(&path, snapshot).unwrap();
+        refused(
+            workdir.path(),
+            &[
+                "run",
+                "--in-memory",
+                "--balance-snapshot",
+                path.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        )
+    };
+    // Which of two balances was meant is ambiguous: refused, naming both lines.
+    let (code, stderr) = run(&format!(
+        "{address},340282366920938463463374607431768211455\n# note\n{address},5\n"
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("line 3") && stderr.contains("line 1") && stderr.contains("already"),
+        "names both lines: {stderr}"
+    );
+    // One wei above u128::MAX: refused, naming the line and the range.
+    let (code, stderr) = run(&format!(
+        "{address},340282366920938463463374607431768211456\n"
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("340282366920938463463374607431768211455"),
+        "names the line and the largest balance: {stderr}"
+    );
+}

@@ -404,10 +404,14 @@ impl RouterConfig {
     }
 }
 
-/// Parses a balance snapshot: `address,balance_wei` per line; blank lines and `#`
-/// comments are skipped. Errors name the line.
+/// Parses a balance snapshot: `address,balance_wei` per line (balance a whole number
+/// of wei, at most u128::MAX); blank lines and `#` comments are skipped. Errors name
+/// the line; an address listed twice is refused, naming both lines (which balance
+/// was meant is ambiguous, R-QUOTA-6).
 pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String> {
     let mut out = Vec::new();
+    let mut first_line: std::collections::HashMap<Address, usize> =
+        std::collections::HashMap::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -420,10 +424,20 @@ pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String
             .trim()
             .parse()
             .map_err(|e| format!("line {}: {e}", number + 1))?;
-        let balance: u128 = balance
-            .trim()
-            .parse()
-            .map_err(|e| format!("line {}: balance_wei: {e}", number + 1))?;
+        let balance: u128 = balance.trim().parse().map_err(|e| {
+            format!(
+                "line {}: balance_wei: {e} (a whole number of wei from 0 to {})",
+                number + 1,
+                u128::MAX
+            )
+        })?;
+        if let Some(first) = first_line.insert(address, number + 1) {
+            return Err(format!(
+                "line {}: address {address} is already listed on line {first}; \
+                 list each address once",
+                number + 1
+            ));
+        }
         out.push((address, balance));
     }
     Ok(out)
