@@ -170,3 +170,65 @@ fn a_balance_snapshot_listing_an_address_twice_or_a_balance_above_u128_is_refuse
         "names the line and the largest balance: {stderr}"
     );
 }
+
+#[test]
+fn print_config_refuses_what_run_refuses() {
+    let workdir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[market]\nbid_wei_per_token_max = 0\n",
+            "bid_wei_per_token_max",
+        ),
+        (
+            "[market]\nunused_budget = \"burn\"\nbudget_policy = \"pool-percent\"\n",
+            "pool-percent",
+        ),
+        (
+            "[market]\nbid_wei_per_token_max = -1\n",
+            "bid_wei_per_token_max",
+        ),
+        (
+            "[market]\nbid_wei_per_token_max = \"abc\"\n",
+            "bid_wei_per_token_max",
+        ),
+    ];
+    for (toml, named) in cases {
+        let path = workdir.path().join("router.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap();
+        for command in ["print-config", "run"] {
+            let mut args = vec![command, "--config", path];
+            if command == "run" {
+                args.extend(["--in-memory", "--listen", "127.0.0.1:0"]);
+                args.extend(["--metrics-listen", "127.0.0.1:0"]);
+            }
+            let (code, stderr) = refused(workdir.path(), &args);
+            assert_ne!(code, 0, "{command} with {toml:?}");
+            assert!(
+                stderr.contains(path) || command == "run",
+                "{command} names the file: {stderr}"
+            );
+            assert!(stderr.contains(named), "{command} names {named}: {stderr}");
+        }
+    }
+    // A good file still prints, and what it prints is accepted back.
+    let path = workdir.path().join("good.toml");
+    std::fs::write(&path, "[market]\nbid_wei_per_token_max = 1\n").unwrap();
+    let output = Command::new(router_binary())
+        .args(["print-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = workdir.path().join("printed.toml");
+    std::fs::write(&printed, &output.stdout).unwrap();
+    let again = Command::new(router_binary())
+        .args(["print-config", "--config", printed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(output.stdout, again.stdout);
+}
