@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use yellowstone_ctl::{batch, keyfile, output, CtlError, Session};
 use yellowstone_engine::ParamId;
+use yellowstone_wire::frame::{FRAME_BYTES_MAX_DEFAULT, HEADER_LEN};
 use yellowstone_wire::messages::{
     BalanceEntry, BalanceUpdate, Claim, Message, ParamEntry, SetParams, SubscribeBatches,
 };
@@ -75,9 +76,13 @@ enum BalanceCmd {
     /// idempotent: rerun the file after a refusal.
     Import {
         file: PathBuf,
-        /// Entries per BalanceUpdate; 400 fit the router's default 16 KiB frames.
+        /// Entries per BalanceUpdate; at most 452 fit the default 16 KiB frame.
         #[arg(long, default_value_t = 400)]
         entries_per_message: usize,
+        /// The router's `network.frame_bytes_max`: a message must fit one frame (a
+        /// larger one makes the router close the connection), checked before sending.
+        #[arg(long, default_value_t = FRAME_BYTES_MAX_DEFAULT)]
+        frame_bytes_max: usize,
     },
 }
 
@@ -124,10 +129,8 @@ enum BatchesCmd {
 }
 
 fn parse_wei(what: &str, text: &str) -> Result<u128, CtlError> {
-    text.trim()
-        .replace('_', "")
-        .parse::<u128>()
-        .map_err(|_| CtlError::Local(format!("{what}: {text:?} is not a whole number of wei")))
+    yellowstone_gateway::router::config::parse_wei_text(text)
+        .map_err(|e| CtlError::Local(format!("{what}: {e}")))
 }
 
 fn parse_address(what: &str, text: &str) -> Result<Address, CtlError> {
@@ -175,6 +178,34 @@ fn set_balances(session: &mut Session, entries: &[(Address, u128)]) -> Result<()
     )
 }
 
+/// A `BalanceUpdate` of `entries` entries must fit one frame of the router
+/// (`network.frame_bytes_max`, 16 KiB by default; a larger frame closes the
+/// connection): checked before anything is sent, naming the most entries that fit.
+fn check_balance_frame(entries: usize, frame_bytes_max: usize) -> Result<(), CtlError> {
+    let frame_bytes = |n: usize| {
+        let mut body = Vec::new();
+        Message::from(BalanceUpdate {
+            from: Address::default(),
+            nonce: 0,
+            entries: vec![BalanceEntry::default(); n],
+            signature: Signature::default(),
+        })
+        .encode(&mut body);
+        HEADER_LEN + body.len()
+    };
+    let bytes = frame_bytes(entries);
+    if bytes <= frame_bytes_max {
+        return Ok(());
+    }
+    let per_entry = frame_bytes(1) - frame_bytes(0);
+    let fit = frame_bytes_max.saturating_sub(frame_bytes(0)) / per_entry;
+    Err(CtlError::Local(format!(
+        "--entries-per-message {entries}: a BalanceUpdate of {entries} entries is a frame of \
+         {bytes} bytes, above the router's limit of {frame_bytes_max} (--frame-bytes-max); at most \
+         {fit} entries fit one message"
+    )))
+}
+
 fn balance(cli: &Cli, command: &BalanceCmd) -> Result<(), CtlError> {
     match command {
         BalanceCmd::Set { address, wei } => {
@@ -187,6 +218,7 @@ fn balance(cli: &Cli, command: &BalanceCmd) -> Result<(), CtlError> {
         BalanceCmd::Import {
             file,
             entries_per_message,
+            frame_bytes_max,
         } => {
             if *entries_per_message == 0 {
                 return Err(CtlError::Local("--entries-per-message must be > 0".into()));
@@ -201,6 +233,7 @@ fn balance(cli: &Cli, command: &BalanceCmd) -> Result<(), CtlError> {
                     file.display()
                 )));
             }
+            check_balance_frame(entries.len().min(*entries_per_message), *frame_bytes_max)?;
             let mut session = session(cli)?;
             let chunks = entries.chunks(*entries_per_message);
             let messages = chunks.len();

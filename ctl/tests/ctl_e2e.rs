@@ -553,3 +553,179 @@ fn r_ops_3_provider_claims_batches_follow_and_metrics_match_the_ledger() {
         );
     }
 }
+
+/// Outsider check of issue 15 (R-OPS-3, R-QUOTA-6): extreme and malformed values get
+/// a clear error and a non-zero exit, and change nothing.
+#[test]
+fn r_ops_3_hostile_values_are_refused_clearly_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = operator_key();
+    let operator_file = key_file(dir.path(), "operator", &operator);
+    let router = RouterProcess::start(&["--operator", &operator.address().to_string()]);
+    let addr = router.ready.listen.to_string();
+    let op = Some(operator_file.as_path());
+    let user_key = SigningKey::from_seed(b"ctl-hostile-user");
+    let user = user_key.address().to_string();
+    ok(&addr, op, &["balance", "set", &user, "5000000000000000000"]);
+
+    // Wei above u128: said so (not "not a whole number"), for every wei argument.
+    let above = "340282366920938463463374607431768211456";
+    let error = fails(&addr, op, &["balance", "set", &user, above], 2);
+    assert!(
+        error.contains("above the maximum of 340282366920938463463374607431768211455"),
+        "{error}"
+    );
+    let error = fails(&addr, op, &["claim", "--amount", above], 2);
+    assert!(error.contains("above the maximum"), "{error}");
+    let csv = dir.path().join("above.csv");
+    std::fs::write(&csv, format!("{user},{above}\n")).unwrap();
+    let error = fails(&addr, op, &["balance", "import", csv.to_str().unwrap()], 2);
+    assert!(
+        error.contains("line 1") && error.contains("above the maximum"),
+        "{error}"
+    );
+    // u128::MAX itself is a balance.
+    ok(
+        &addr,
+        op,
+        &[
+            "balance",
+            "set",
+            &user,
+            "340282366920938463463374607431768211455",
+        ],
+    );
+    ok(&addr, op, &["balance", "set", &user, "5000000000000000000"]);
+
+    // A CSV naming an address twice is refused whole (last-wins would hide a typo).
+    let twice = dir.path().join("twice.csv");
+    std::fs::write(&twice, format!("{user},1\n# again\n{user},2\n")).unwrap();
+    let error = fails(
+        &addr,
+        op,
+        &["balance", "import", twice.to_str().unwrap()],
+        2,
+    );
+    assert!(
+        error.contains("line 3") && error.contains("line 1"),
+        "{error}"
+    );
+
+    // More entries per message than fit a frame: refused before sending (the router
+    // would close the connection), naming how many fit.
+    let many = dir.path().join("many.csv");
+    let lines: String = (0..500u32)
+        .map(|i| format!("{},7\n", SigningKey::from_seed(&i.to_le_bytes()).address()))
+        .collect();
+    std::fs::write(&many, lines).unwrap();
+    let error = fails(
+        &addr,
+        op,
+        &[
+            "balance",
+            "import",
+            many.to_str().unwrap(),
+            "--entries-per-message",
+            "500",
+        ],
+        2,
+    );
+    assert!(error.contains("at most 452 entries"), "{error}");
+    let out = ok(
+        &addr,
+        op,
+        &[
+            "balance",
+            "import",
+            many.to_str().unwrap(),
+            "--entries-per-message",
+            "452",
+        ],
+    );
+    assert!(out.contains("500 balances set"), "{out}");
+
+    // Parameter values out of range: the refusal names the parameter and its rule.
+    for (assignment, rule) in [
+        ("token_price_wei_per_1000=0", "above 0"),
+        ("mor_supply_wei=0", "above 0"),
+        ("speed_window_reports=0", "above 0"),
+        ("probe_timeout_ms=0", "above 0"),
+        // Above the RFC lifetime a silent provider would hold an RFC past its expiry.
+        ("probe_timeout_ms=300001", "rfc_ttl_max_ms"),
+        ("probe_timeout_ms=18446744073709551615", "rfc_ttl_max_ms"),
+        ("speed_tolerance_percent=4294967296", "at most 4294967295"),
+        (
+            "suspension_ms=18446744073709551616",
+            "at most 18446744073709551615",
+        ),
+    ] {
+        let error = fails(&addr, op, &["params", "set", assignment], 1);
+        let name = assignment.split('=').next().unwrap();
+        assert!(
+            error.contains("invalid_param") && error.contains(name) && error.contains(rule),
+            "{assignment}: {error}"
+        );
+    }
+    // Not a number: refused locally with the rule.
+    let error = fails(
+        &addr,
+        op,
+        &["params", "set", "speed_tolerance_percent=1e3"],
+        2,
+    );
+    assert!(error.contains("at most 4294967295"), "{error}");
+    let error = fails(&addr, op, &["params", "set", "probe_timeout_ms="], 2);
+    assert!(error.contains("probe_timeout_ms"), "{error}");
+    // A bad-checksum EIP-55 address and a non-hex one.
+    let error = fails(
+        &addr,
+        op,
+        &[
+            "balance",
+            "set",
+            "0x5aaeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "1",
+        ],
+        2,
+    );
+    assert!(error.contains("EIP-55"), "{error}");
+    let error = fails(
+        &addr,
+        op,
+        &[
+            "balance",
+            "set",
+            "0xZZaeb6053f3e94c9b9a09f33669435e7ef1beaed",
+            "1",
+        ],
+        2,
+    );
+    assert!(error.contains("hexadecimal"), "{error}");
+    // Garbage and out-of-range key files.
+    for (name, body) in [
+        ("garbage", "garbage\n".to_string()),
+        ("zero", format!("{}\n", "0".repeat(64))),
+        ("order", format!("{}\n", "f".repeat(64))),
+    ] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.path().join(format!("{name}.key"));
+        std::fs::write(&path, body).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = fails(&addr, Some(&path), &["market", "show"], 2);
+        assert!(error.contains("key file"), "{name}: {error}");
+    }
+
+    // Nothing changed: the parameters are the defaults and the user's quota is its
+    // 5 MOR's (R-QUOTA-3: 15,000 T).
+    let market: Value =
+        serde_json::from_str(&ok(&addr, op, &["market", "show", "--json"])).unwrap();
+    assert_eq!(
+        market["params"]["token_price_wei_per_1000"],
+        "100000000000000"
+    );
+    assert_eq!(market["params"]["probe_timeout_ms"], "2000");
+    assert_eq!(market["params"]["suspension_ms"], "60000");
+    let mut user_client = connect(router.ready.listen, user_key);
+    assert_eq!(rfc_tokens_left(&mut user_client, 100), 15_000 - 100);
+    assert!(router.terminate(Duration::from_secs(20)));
+}

@@ -136,10 +136,13 @@ impl ParamId {
     pub fn parse_value(self, text: &str) -> Result<u128, String> {
         let text = text.trim();
         match self.kind() {
-            ParamKind::Integer => text
-                .replace('_', "")
-                .parse::<u128>()
-                .map_err(|_| format!("{}: {text:?} is not a whole number", self.name())),
+            ParamKind::Integer => text.replace('_', "").parse::<u128>().map_err(|_| {
+                format!(
+                    "{}: {text:?} is not valid; expected {}",
+                    self.name(),
+                    self.rule()
+                )
+            }),
             ParamKind::Choice(labels) => labels
                 .iter()
                 .position(|l| *l == text)
@@ -167,6 +170,33 @@ impl ParamId {
                 .and_then(|i| labels.get(i))
                 .map_or_else(|| value.to_string(), |l| l.to_string()),
             ParamKind::Integer => value.to_string(),
+        }
+    }
+
+    /// The values a run-time parameter accepts (what `SetParams` checks, R-OPS-3), for the
+    /// refusal's reason: an `invalid_param` names the parameter and its rule.
+    pub fn rule(self) -> &'static str {
+        use ParamId::*;
+        match self {
+            ComputeBudgetWeiPerDay => "a whole number of wei, at most 2^128 - 1",
+            TokenPriceWeiPer1000 | MorSupplyWei => {
+                "a whole number of wei, above 0 and at most 2^128 - 1"
+            }
+            SpeedTolerancePercent | SpeedReportsMin | PenaltyPointsSuspend => {
+                "a whole number, at most 4294967295 (u32)"
+            }
+            SpeedWindowReports => "a whole number, above 0 and at most 4294967295 (u32)",
+            SuspensionMs => "a whole number of ms, at most 18446744073709551615 (u64)",
+            ProbeTimeoutMs => {
+                "a whole number of ms, above 0 and at most market.rfc_ttl_max_ms (300000 by default)"
+            }
+            FailPolicy => "0 (no-credit) or 1 (balance-weighted)",
+            UnusedBudget => "0 (carry) or 1 (burn)",
+            BudgetPolicy => "0 (fixed) or 1 (pool-percent)",
+            BidWeiPerTokenMax => {
+                "a whole number of wei per token, above 0, at most 2^128 - 1 and not below \
+                 any live offer's price (R-MONEY-1)"
+            }
         }
     }
 

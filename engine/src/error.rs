@@ -399,7 +399,21 @@ impl std::fmt::Display for MarketError {
             }
             MarketError::NothingOwed => write!(f, "nothing is owed"),
             MarketError::UnknownRfc { rfc } => write!(f, "no queued request {rfc} of yours"),
-            MarketError::InvalidParam { param } => write!(f, "invalid market parameter {param}"),
+            MarketError::InvalidParam { param } => {
+                match crate::command::ParamId::from_u16(*param) {
+                    Some(id) => write!(
+                        f,
+                        "invalid market parameter {param} ({}): {}",
+                        id.name(),
+                        id.rule()
+                    ),
+                    None => write!(
+                        f,
+                        "unknown market parameter id {param} (ids are 1..={})",
+                        crate::command::ParamId::ALL.len()
+                    ),
+                }
+            }
             MarketError::ArithmeticOverflow => write!(f, "amount overflows"),
             MarketError::NoOffer { model } => write!(f, "no offer for model {model}"),
             MarketError::InvalidCapacity { capacity } => write!(f, "invalid capacity {capacity}"),

@@ -114,7 +114,13 @@ impl Engine {
                 }
                 ParamId::PenaltyPointsSuspend => config.penalty_points_suspend = as_u32()?,
                 ParamId::SuspensionMs => config.suspension_ms = as_u64()?,
-                ParamId::ProbeTimeoutMs if value > 0 => config.probe_timeout_ms = as_u64()?,
+                // A probe longer than an RFC may live would hold the RFC past its
+                // expiry (a provider that never answers holds it for that long).
+                ParamId::ProbeTimeoutMs
+                    if value > 0 && value <= u128::from(config.rfc_ttl_max_ms) =>
+                {
+                    config.probe_timeout_ms = as_u64()?
+                }
                 ParamId::UnusedBudget if value <= 1 => {
                     config.unused_budget = if value == 0 {
                         UnusedBudget::Carry

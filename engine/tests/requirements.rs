@@ -862,3 +862,19 @@ fn r_id_4_operator_commands_cannot_be_replayed() {
         Some(MarketError::Replay { nonce_last: 1 })
     );
 }
+
+#[test]
+fn r_ops_3_invalid_param_names_the_parameter_and_its_rule() {
+    for id in ParamId::ALL {
+        let text = MarketError::InvalidParam { param: id as u16 }.to_string();
+        assert!(
+            text.contains(id.name()) && text.contains(id.rule()),
+            "{text}"
+        );
+    }
+    let text = MarketError::InvalidParam { param: 999 }.to_string();
+    assert!(
+        text.contains("unknown") && text.contains(&format!("1..={}", ParamId::ALL.len())),
+        "{text}"
+    );
+}

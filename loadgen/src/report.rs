@@ -33,6 +33,9 @@ pub struct ConsistencyCheck {
     pub missing: u64,
     /// Sessions credited more than once, or credited without a creditable ack.
     pub unexpected: u64,
+    /// Reports whose acknowledgement had not arrived when the run stopped: their
+    /// credit is allowed but not required.
+    pub in_doubt: u64,
     /// Block numbers missing between the first and last batch received.
     pub batch_gaps: u64,
     pub ok: bool,
@@ -138,12 +141,13 @@ impl RunSummary {
         let c = &self.consistency;
         let _ = writeln!(
             out,
-            "\n  self-check: {} (expected credits {}, credited once {}, missing {}, unexpected {}, batch gaps {})",
+            "\n  self-check: {} (expected credits {}, credited once {}, missing {}, unexpected {}, in doubt {}, batch gaps {})",
             if c.ok { "OK" } else { "FAILED" },
             c.expected_credits,
             c.credited_once,
             c.missing,
             c.unexpected,
+            c.in_doubt,
             c.batch_gaps
         );
         out

@@ -411,3 +411,51 @@ fn a_thousand_idle_connections_and_a_client_that_never_reads() {
         "router memory grew from {rss_before} KiB to {rss_after} KiB"
     );
 }
+
+/// A second router started on a port a running router listens on must refuse to
+/// start (SO_REUSEPORT would otherwise let it join the port and silently take a share
+/// of the first router's connections), and the first keeps serving.
+#[test]
+fn a_second_router_on_a_busy_port_refuses_to_start() {
+    let first = start();
+    let operator = operator_key().address().to_string();
+    let listen = first.ready.listen.to_string();
+    let scratch = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(yellowstone_tests::router_binary())
+        .args([
+            "run",
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--operator",
+            &operator,
+        ])
+        .env("RUST_LOG", "warn")
+        // Its default data directory goes into a temporary directory.
+        .current_dir(scratch.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the second router");
+    // Bounded: a router that did start is stopped (by its pid) and the test fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the second router started on a busy port");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "stdout {stdout} stderr {stderr}");
+    assert!(!stdout.contains("READY"), "{stdout}");
+    assert!(stderr.contains("already in use"), "{stderr}");
+    let mut client = connect(first.ready.listen, SigningKey::from_seed(b"busy-port"));
+    ping(&mut client);
+    assert!(first.terminate(Duration::from_secs(20)));
+}

@@ -76,8 +76,25 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// `count` listeners on one address (the first one's port if `addr` has port 0).
+///
+/// Errors: `AddrInUse` when another socket (another router, say) already listens on a
+/// fixed port. SO_REUSEPORT alone would let a second process of the same user join
+/// the group and silently take a share of the connections, so the port is first bound
+/// once without SO_REUSEPORT (which fails while any listener holds it) and released.
 pub fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     assert!(count >= 1);
+    if addr.port() != 0 {
+        drop(TcpListener::bind(addr).map_err(|e| {
+            if e.kind() == io::ErrorKind::AddrInUse {
+                io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{addr} is already in use (another router or program listens there)"),
+                )
+            } else {
+                e
+            }
+        })?);
+    }
     let first = bind_reuseport(addr)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];

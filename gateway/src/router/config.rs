@@ -404,14 +404,26 @@ impl RouterConfig {
     }
 }
 
-/// Parses a balance snapshot: `address,balance_wei` per line (balance a whole number
-/// of wei, at most u128::MAX); blank lines and `#` comments are skipped. Errors name
-/// the line; an address listed twice is refused, naming both lines (which balance
-/// was meant is ambiguous, R-QUOTA-6).
+/// A whole number of wei (decimal digits, `_` separators allowed) into `u128`; the
+/// error says whether the text is not a number or is above `u128::MAX`
+/// (340282366920938463463374607431768211455 wei).
+pub fn parse_wei_text(text: &str) -> Result<u128, String> {
+    let digits = text.trim().replace('_', "");
+    digits.parse::<u128>().map_err(|e| match e.kind() {
+        std::num::IntErrorKind::PosOverflow => format!(
+            "{:?} is above the maximum of {} wei (2^128 - 1)",
+            text.trim(),
+            u128::MAX
+        ),
+        _ => format!("{:?} is not a whole number of wei", text.trim()),
+    })
+}
+
+/// Parses a balance snapshot: `address,balance_wei` per line; blank lines and `#`
+/// comments are skipped. Errors name the line.
 pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String> {
     let mut out = Vec::new();
-    let mut first_line: std::collections::HashMap<Address, usize> =
-        std::collections::HashMap::new();
+    let mut lines_of = std::collections::HashMap::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -424,17 +436,12 @@ pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String
             .trim()
             .parse()
             .map_err(|e| format!("line {}: {e}", number + 1))?;
-        let balance: u128 = balance.trim().parse().map_err(|e| {
-            format!(
-                "line {}: balance_wei: {e} (a whole number of wei from 0 to {})",
-                number + 1,
-                u128::MAX
-            )
-        })?;
-        if let Some(first) = first_line.insert(address, number + 1) {
+        let balance = parse_wei_text(balance)
+            .map_err(|e| format!("line {}: balance_wei: {e}", number + 1))?;
+        if let Some(first) = lines_of.insert(address, number + 1) {
+            // Last-wins would hide a typo: refuse, naming both lines.
             return Err(format!(
-                "line {}: address {address} is already listed on line {first}; \
-                 list each address once",
+                "line {}: {address} already set on line {first}",
                 number + 1
             ));
         }
@@ -541,5 +548,29 @@ mod tests {
         assert!(parse_balance_snapshot("0x12,5")
             .unwrap_err()
             .starts_with("line 1"));
+    }
+
+    #[test]
+    fn balance_snapshot_refuses_duplicates_and_names_the_u128_bound() {
+        let a = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+        let error =
+            parse_balance_snapshot(&format!("{a},1\n# c\n{}, 2\n", a.to_lowercase())).unwrap_err();
+        assert!(
+            error.starts_with("line 3") && error.contains("line 1"),
+            "{error}"
+        );
+        let error =
+            parse_balance_snapshot(&format!("{a},340282366920938463463374607431768211456\n"))
+                .unwrap_err();
+        assert!(error.contains("above the maximum"), "{error}");
+        assert_eq!(
+            parse_balance_snapshot(&format!("{a},340282366920938463463374607431768211455\n"))
+                .unwrap()[0]
+                .1,
+            u128::MAX
+        );
+        assert!(parse_wei_text("5e18")
+            .unwrap_err()
+            .contains("not a whole number"));
     }
 }
