@@ -40,7 +40,8 @@ enum Cmd {
         #[arg(long)]
         key_hex: Option<String>,
     },
-    /// Prints the configuration in force (defaults merged with --config) as TOML.
+    /// Prints the configuration in force (defaults merged with --config) as TOML,
+    /// after the same checks as `run` (exits 1 naming the first bad value).
     PrintConfig {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -330,6 +331,7 @@ fn main() {
                 let key_hex =
                     Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
                 let network_id = network_id.unwrap_or(config.identity.network_id);
+                tools::check_data_dir(&data_dir)?;
                 let signer = settlement::Signer::from_data_dir(&data_dir, key_hex, network_id)?;
                 settlement::export(&data_dir, epoch, &signer)
             })
@@ -339,8 +341,16 @@ fn main() {
             provider,
             json,
         } => settlement::claim_proof(&data_dir, &provider).map(|value| print_value(&value, json)),
-        Cmd::PrintConfig { config } => load_config(&config)
-            .and_then(|c| toml::to_string_pretty(&c).map_err(|e| e.to_string()))
+        // Validated as `run` validates it: what print-config shows is a configuration
+        // the router would start with, or the error that `run` would give.
+        Cmd::PrintConfig { config: path } => load_config(&path)
+            .and_then(|c| {
+                c.validate().map_err(|e| match &path {
+                    Some(path) => format!("{}: {e}", path.display()),
+                    None => e,
+                })?;
+                toml::to_string_pretty(&c).map_err(|e| e.to_string())
+            })
             .map(|text| print!("{text}")),
     };
     if let Err(error) = result {

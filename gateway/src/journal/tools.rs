@@ -20,6 +20,12 @@ fn market_of(dir: &Path) -> Result<yellowstone_engine::MarketConfig, String> {
     })
 }
 
+/// Checks that `dir` is a router data directory (it holds the market file), with an
+/// error naming the directory otherwise.
+pub fn check_data_dir(dir: &Path) -> Result<(), String> {
+    market_of(dir).map(|_| ())
+}
+
 /// Recovers the engine from `dir` without changing anything on disk.
 pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
     let market = market_of(dir)?;

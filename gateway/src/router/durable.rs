@@ -47,13 +47,23 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, 
     }
 }
 
-/// R-OPS-2: refuses a key file that group or others may read, naming the fix.
+/// R-OPS-2: refuses a key file that group or others may read, naming the fix, and a
+/// path that is not a regular file (a directory, say), naming what it is.
 pub fn check_key_file_mode(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .permissions()
-        .mode();
+    let metadata = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !metadata.is_file() {
+        let what = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!(
+            "{}: is {what}; a key file is a regular file holding the 64-hex-digit secret",
+            path.display()
+        ));
+    }
+    let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(format!(
             "{}: key file is readable by group or others (mode {:03o}); a router key must \

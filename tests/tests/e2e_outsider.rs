@@ -1,0 +1,234 @@
+//! An outsider's bad inputs to the operator commands, through the real binary: each
+//! one refused with a non-zero exit and an error naming what is wrong (never a
+//! panic), and nothing created or changed on disk (R-OPS-2, R-CHAIN-1, R-CLAIM-1).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use yellowstone_tests::router_binary;
+
+/// Runs the router binary with `args` in `workdir` until it exits (killed after
+/// 30 s): (exit code, stderr). A process still running at the deadline fails.
+fn refused(workdir: &Path, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(router_binary())
+        .current_dir(workdir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yellowstone-router");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after 30 s: it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_directory_given_as_key_file_is_named_a_directory() {
+    let workdir = tempfile::tempdir().unwrap();
+    let key_dir = workdir.path().join("keys");
+    std::fs::create_dir(&key_dir).unwrap();
+    let key_dir = key_dir.to_str().unwrap();
+    let (code, stderr) = refused(workdir.path(), &["address", "--key-file", key_dir]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(key_dir) && stderr.contains("is a directory"),
+        "names the path and says it is a directory: {stderr}"
+    );
+    assert!(
+        !stderr.contains("chmod"),
+        "no misleading chmod advice: {stderr}"
+    );
+
+    // The same kind at start: a data directory whose router.key is a directory.
+    let data_dir = workdir.path().join("data");
+    std::fs::create_dir_all(data_dir.join("router.key")).unwrap();
+    let data_dir = data_dir.to_str().unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            data_dir,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("router.key") && stderr.contains("is a directory"),
+        "names router.key and says it is a directory: {stderr}"
+    );
+}
+
+#[test]
+fn settlement_and_claim_proof_on_a_missing_data_dir_name_the_directory() {
+    let workdir = tempfile::tempdir().unwrap();
+    let missing = workdir.path().join("no-such-dir");
+    let missing_str = missing.to_str().unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "settlement",
+            "--data-dir",
+            missing_str,
+            "--epoch",
+            "1",
+            "--json",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(missing_str) && stderr.contains("not a router data directory"),
+        "says the directory is not a data directory (not that a key is missing): {stderr}"
+    );
+    let provider = "0x1111111111111111111111111111111111111111";
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "claim-proof",
+            "--data-dir",
+            missing_str,
+            "--provider",
+            provider,
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(missing_str) && stderr.contains("not a router data directory"),
+        "{stderr}"
+    );
+    // An empty directory is not a data directory either, and stays empty.
+    let empty = workdir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "settlement",
+            "--data-dir",
+            empty.to_str().unwrap(),
+            "--epoch",
+            "5",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not a router data directory"), "{stderr}");
+    assert!(!missing.exists(), "a refused command creates nothing");
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
+}
+
+#[test]
+fn a_balance_snapshot_listing_an_address_twice_or_a_balance_above_u128_is_refused() {
+    let workdir = tempfile::tempdir().unwrap();
+    let address = "0x1111111111111111111111111111111111111111";
+    let run = |snapshot: &str| {
+        let path = workdir.path().join("snapshot.csv");
+        std::fs::write(&path, snapshot).unwrap();
+        refused(
+            workdir.path(),
+            &[
+                "run",
+                "--in-memory",
+                "--balance-snapshot",
+                path.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        )
+    };
+    // Which of two balances was meant is ambiguous: refused, naming both lines.
+    let (code, stderr) = run(&format!(
+        "{address},340282366920938463463374607431768211455\n# note\n{address},5\n"
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("line 3") && stderr.contains("line 1") && stderr.contains("already"),
+        "names both lines: {stderr}"
+    );
+    // One wei above u128::MAX: refused, naming the line and the range.
+    let (code, stderr) = run(&format!(
+        "{address},340282366920938463463374607431768211456\n"
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("line 1") && stderr.contains("340282366920938463463374607431768211455"),
+        "names the line and the largest balance: {stderr}"
+    );
+}
+
+#[test]
+fn print_config_refuses_what_run_refuses() {
+    let workdir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[market]\nbid_wei_per_token_max = 0\n",
+            "bid_wei_per_token_max",
+        ),
+        (
+            "[market]\nunused_budget = \"burn\"\nbudget_policy = \"pool-percent\"\n",
+            "pool-percent",
+        ),
+        (
+            "[market]\nbid_wei_per_token_max = -1\n",
+            "bid_wei_per_token_max",
+        ),
+        (
+            "[market]\nbid_wei_per_token_max = \"abc\"\n",
+            "bid_wei_per_token_max",
+        ),
+    ];
+    for (toml, named) in cases {
+        let path = workdir.path().join("router.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap();
+        for command in ["print-config", "run"] {
+            let mut args = vec![command, "--config", path];
+            if command == "run" {
+                args.extend(["--in-memory", "--listen", "127.0.0.1:0"]);
+                args.extend(["--metrics-listen", "127.0.0.1:0"]);
+            }
+            let (code, stderr) = refused(workdir.path(), &args);
+            assert_ne!(code, 0, "{command} with {toml:?}");
+            assert!(
+                stderr.contains(path) || command == "run",
+                "{command} names the file: {stderr}"
+            );
+            assert!(stderr.contains(named), "{command} names {named}: {stderr}");
+        }
+    }
+    // A good file still prints, and what it prints is accepted back.
+    let path = workdir.path().join("good.toml");
+    std::fs::write(&path, "[market]\nbid_wei_per_token_max = 1\n").unwrap();
+    let output = Command::new(router_binary())
+        .args(["print-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = workdir.path().join("printed.toml");
+    std::fs::write(&printed, &output.stdout).unwrap();
+    let again = Command::new(router_binary())
+        .args(["print-config", "--config", printed.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(output.stdout, again.stdout);
+}
