@@ -81,19 +81,42 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
 /// fixed port. SO_REUSEPORT alone would let a second process of the same user join
 /// the group and silently take a share of the connections, so the port is first bound
 /// once without SO_REUSEPORT (which fails while any listener holds it) and released.
+/// How long a start waits for a fixed port held by a process that has just died: an
+/// io_uring instance is torn down after its process exits, and the listening socket its
+/// multishot accept holds is released only then, so a restart right after a crash
+/// (SIGKILL) can find the port still held for a moment.
+const PORT_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Binds `addr` once without SO_REUSEPORT and releases it: `AddrInUse` (with a reason
+/// naming the address) if a listener still holds it after `PORT_RELEASE_WAIT`.
+fn probe_port_free(addr: SocketAddr) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(probe) => {
+                drop(probe);
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!(
+                            "{addr} is already in use (another router or program listens there)"
+                        ),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 pub fn bind_group(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
     assert!(count >= 1);
     if addr.port() != 0 {
-        drop(TcpListener::bind(addr).map_err(|e| {
-            if e.kind() == io::ErrorKind::AddrInUse {
-                io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("{addr} is already in use (another router or program listens there)"),
-                )
-            } else {
-                e
-            }
-        })?);
+        probe_port_free(addr)?;
     }
     let first = bind_reuseport(addr)?;
     let bound = first.local_addr()?;
