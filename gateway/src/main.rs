@@ -32,9 +32,10 @@ enum Cmd {
     Keygen,
     /// Prints the address of an existing key: a key file (e.g. a data directory's
     /// router.key; refused if group or others may read it) or a hex secret.
+    #[command(group(clap::ArgGroup::new("key").required(true).args(["key_file", "key_hex"])))]
     Address {
         /// A file holding the hex secret key.
-        #[arg(long, conflicts_with = "key_hex", required_unless_present = "key_hex")]
+        #[arg(long)]
         key_file: Option<PathBuf>,
         /// The hex secret key itself (64 hex digits).
         #[arg(long)]

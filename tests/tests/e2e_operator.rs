@@ -212,6 +212,21 @@ fn r_ops_2_a_key_file_readable_by_others_is_refused_with_the_chmod() {
         Duration::from_secs(20),
     );
     assert_eq!((status, stdout.trim()), (Some(true), expected.as_str()));
+
+    // With no key, the usage names both ways to give one; both at once is refused.
+    let (status, _, stderr) = run_to_exit(workdir.path(), &["address"], Duration::from_secs(20));
+    assert_eq!(status, Some(false));
+    assert!(
+        stderr.contains("--key-file") && stderr.contains("--key-hex"),
+        "{stderr}"
+    );
+    let (status, _, stderr) = run_to_exit(
+        workdir.path(),
+        &["address", "--key-file", key_file, "--key-hex", &key_hex],
+        Duration::from_secs(20),
+    );
+    assert_eq!(status, Some(false));
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
 
 #[test]
