@@ -11,6 +11,7 @@ use crate::quota;
 use crate::slab::Slab;
 use crate::speed::SpeedWindow;
 use crate::state::{Account, AccountIdx, Counters, ModelIdx, ModelState, State};
+use crate::timer::TimerWheel;
 use crate::types::{Address, AddressBuildHasher, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -23,6 +24,9 @@ pub struct Engine {
     /// R-QUOTA-3 for today's B, P and S: derived from the state, rebuilt whenever
     /// one of them changes and on restore.
     pub(crate) user_max_rate: quota::UserMaxRate,
+    /// The originator of the command being applied and its account, if it has one:
+    /// set by `apply` for its duration so that the account is looked up once.
+    pub(crate) origin_account: Option<(Address, AccountIdx)>,
 }
 
 #[derive(Debug)]
@@ -80,9 +84,9 @@ impl Engine {
             sessions: Slab::new(config.sessions_open_max),
             closed_sessions: Vec::new(),
             probes_open: 0,
-            probe_deadlines: BTreeSet::new(),
-            rfc_expiries: BTreeSet::new(),
-            session_expiries: BTreeSet::new(),
+            probe_deadlines: TimerWheel::new(),
+            rfc_expiries: TimerWheel::new(),
+            session_expiries: TimerWheel::new(),
             suspensions: BTreeSet::new(),
             block_totals: BTreeMap::new(),
             block_earned_wei: 0,
@@ -106,6 +110,7 @@ impl Engine {
             account_index: HashMap::default(),
             pending_match: Vec::new(),
             user_max_rate,
+            origin_account: None,
         };
         // The operator holds an account from genesis, so that its nonces are tracked
         // (R-ID-4) before it ever receives a balance.
@@ -123,9 +128,14 @@ impl Engine {
         self.advance(now, effects);
         let origin = command.origin();
         if let Some((address, nonce)) = origin {
-            if let Some(&idx) = self.account_index.get(&address) {
+            // One index lookup per command: the originator's account is remembered
+            // for the handlers' own lookups (accounts are never removed or moved).
+            let idx = self.account_index.get(&address).copied();
+            self.origin_account = idx.map(|idx| (address, idx));
+            if let Some(idx) = idx {
                 let last = self.state.accounts[idx as usize].nonce_last;
                 if let Some(nonce_last) = last.filter(|&last| nonce <= last) {
+                    self.origin_account = None;
                     effects.push(Effect::Rejected {
                         to: address,
                         nonce,
@@ -139,7 +149,7 @@ impl Engine {
         if let Some((address, nonce)) = origin {
             // The nonce is spent whatever the outcome, so a refused message can never
             // be replayed into acceptance later (say, after the quota resets).
-            if let Some(&idx) = self.account_index.get(&address) {
+            if let Some(idx) = self.account_of(&address) {
                 let account = &mut self.state.accounts[idx as usize];
                 debug_assert!(account.nonce_last.is_none_or(|last| last < nonce));
                 account.nonce_last = Some(nonce);
@@ -152,6 +162,7 @@ impl Engine {
                 });
             }
         }
+        self.origin_account = None;
         self.run_pending_matches(now, effects);
     }
 
@@ -266,25 +277,14 @@ impl Engine {
 
     /// Fires every timer due at `now`, then seals every block that ended.
     fn advance(&mut self, now: u64, effects: &mut Vec<Effect>) {
-        while let Some(&(deadline, rfc)) = self.state.probe_deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            self.state.probe_deadlines.pop_first();
+        // Each wheel pops in (deadline, id) order, as the B-trees they replace did.
+        while let Some((_, rfc)) = self.state.probe_deadlines.pop_due(now) {
             self.probe_timeout(rfc, now, effects);
         }
-        while let Some(&(expiry, rfc)) = self.state.rfc_expiries.first() {
-            if expiry > now {
-                break;
-            }
-            self.state.rfc_expiries.pop_first();
+        while let Some((_, rfc)) = self.state.rfc_expiries.pop_due(now) {
             self.rfc_expired(rfc, effects);
         }
-        while let Some(&(expiry, session)) = self.state.session_expiries.first() {
-            if expiry > now {
-                break;
-            }
-            self.state.session_expiries.pop_first();
+        while let Some((_, session)) = self.state.session_expiries.pop_due(now) {
             self.session_expired(session, effects);
         }
         while let Some(&(until, provider)) = self.state.suspensions.first() {
@@ -323,6 +323,12 @@ impl Engine {
     }
 
     pub(crate) fn account_of(&self, address: &Address) -> Option<AccountIdx> {
+        if let Some((origin, idx)) = self.origin_account {
+            if origin == *address {
+                debug_assert_eq!(self.account_index.get(address), Some(&idx));
+                return Some(idx);
+            }
+        }
         self.account_index.get(address).copied()
     }
 
@@ -529,6 +535,7 @@ impl Engine {
             account_index,
             pending_match: Vec::new(),
             user_max_rate,
+            origin_account: None,
         })
     }
 

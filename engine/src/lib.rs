@@ -37,6 +37,7 @@ pub mod settlement;
 mod slab;
 pub mod speed;
 pub mod state;
+pub mod timer;
 pub mod types;
 pub mod workload;
 

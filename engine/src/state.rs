@@ -8,6 +8,7 @@ use crate::ledger::Ledger;
 use crate::merkle::MerkleAccumulator;
 use crate::slab::Slab;
 use crate::speed::SpeedWindow;
+use crate::timer::TimerWheel;
 use crate::types::{Address, ProbeId, RfcId, SessionId};
 use bincode::{Decode, Encode};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -143,9 +144,12 @@ pub struct State {
     pub sessions: Slab<Session>,
     pub closed_sessions: Vec<Option<(SessionId, Closed)>>,
     pub probes_open: u32,
-    pub probe_deadlines: BTreeSet<(u64, RfcId)>,
-    pub rfc_expiries: BTreeSet<(u64, RfcId)>,
-    pub session_expiries: BTreeSet<(u64, SessionId)>,
+    /// (deadline ms, RFC id) of RFCs being probed (R-MATCH-2).
+    pub probe_deadlines: TimerWheel,
+    /// (expiry ms, RFC id) of open RFCs.
+    pub rfc_expiries: TimerWheel,
+    /// (expiry ms, session id) of open sessions.
+    pub session_expiries: TimerWheel,
     pub suspensions: BTreeSet<(u64, ProviderIdx)>,
     pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
     /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).
