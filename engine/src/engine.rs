@@ -88,7 +88,7 @@ impl Engine {
             rfc_expiries: TimerWheel::new(),
             session_expiries: TimerWheel::new(),
             suspensions: BTreeSet::new(),
-            block_totals: BTreeMap::new(),
+            block_totals: Default::default(),
             block_earned_wei: 0,
             block_tokens: 0,
             merkle: MerkleAccumulator::default(),
@@ -462,7 +462,7 @@ impl Engine {
     pub fn provider_endpoint(&self, address: &Address) -> Option<&[u8]> {
         let idx = self.account_of(address)?;
         let provider = self.state.accounts[idx as usize].provider?;
-        Some(&self.state.providers[provider as usize].endpoint)
+        Some(self.state.providers[provider as usize].endpoint.as_ref())
     }
 
     pub fn queue_depth(&self, model: ModelId) -> usize {

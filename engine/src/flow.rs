@@ -539,7 +539,7 @@ impl Engine {
         let (provider_wei, provider_tokens) = self
             .state
             .block_totals
-            .get(&provider)
+            .get(provider)
             .map_or((0, 0), |t| (t.earned_wei, t.tokens));
         let fits = block_fits
             && money::add(provider_wei, amount_wei).is_ok()
@@ -613,7 +613,7 @@ impl Engine {
             report_digest: *report_digest,
         };
         self.state.merkle.push(receipt.leaf_hash());
-        let totals = self.state.block_totals.entry(session.provider).or_default();
+        let totals = self.state.block_totals.entry(session.provider);
         totals.provider = provider.address;
         // Checked by `check_credit_fits` before anything changed.
         totals.earned_wei = money::add(totals.earned_wei, amount_wei)

@@ -38,6 +38,7 @@ mod slab;
 pub mod speed;
 pub mod state;
 pub mod timer;
+pub mod totals;
 pub mod types;
 pub mod workload;
 

@@ -2,7 +2,6 @@
 //! (accounts, providers, RFCs and sessions in Vecs/slabs addressed by small ids) and
 //! encodable as a whole with bincode for snapshots and the state hash.
 
-use crate::command::ProviderTotals;
 use crate::config::{MarketConfig, ModelSpec};
 use crate::ledger::Ledger;
 use crate::merkle::MerkleAccumulator;
@@ -12,6 +11,7 @@ use crate::timer::TimerWheel;
 use crate::types::{Address, ProbeId, RfcId, SessionId};
 use bincode::{Decode, Encode};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 pub type AccountIdx = u32;
 pub type ProviderIdx = u32;
@@ -51,7 +51,9 @@ impl Offer {
 pub struct Provider {
     pub account: AccountIdx,
     pub address: Address,
-    pub endpoint: Vec<u8>,
+    /// Shared with every ticket of this provider (no copy per session); encoded
+    /// as the bytes (the same encoding as a `Vec<u8>`).
+    pub endpoint: Arc<[u8]>,
     pub reachable: bool,
     pub suspended_until_ms: u64,
     pub offers: Vec<Offer>,
@@ -151,7 +153,7 @@ pub struct State {
     /// (expiry ms, session id) of open sessions.
     pub session_expiries: TimerWheel,
     pub suspensions: BTreeSet<(u64, ProviderIdx)>,
-    pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
+    pub block_totals: crate::totals::BlockTotals,
     /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).
     pub block_earned_wei: u128,
     /// Σ tokens over `block_totals` (a bound for the credit check's fast path).

@@ -141,7 +141,15 @@ impl TimerWheel {
     /// Removes and returns the earliest timer due at `now_ms` (deadline ≤ now), by
     /// `(deadline, id)`, or `None`. Timers removed while a tick is being fired are
     /// skipped.
+    #[inline]
     pub fn pop_due(&mut self, now_ms: u64) -> Option<(u64, u64)> {
+        if self.due.is_empty() && self.cursor_ms > now_ms {
+            return None; // the common case: nothing due since the last call
+        }
+        self.pop_due_slow(now_ms)
+    }
+
+    fn pop_due_slow(&mut self, now_ms: u64) -> Option<(u64, u64)> {
         loop {
             while let Some((deadline_ms, id)) = self.due.pop() {
                 if self.remove(deadline_ms, id) {
