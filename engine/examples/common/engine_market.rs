@@ -160,6 +160,7 @@ impl Market {
 
 impl Market {
     /// The whole market: providers registered and every user funded.
+    #[allow(dead_code)] // the criterion bench funds users itself, to measure their memory
     pub fn with_users() -> Market {
         let mut market = Market::new();
         market.fund((0..USERS).map(|u| address(1, u)));
