@@ -160,9 +160,8 @@ fn main() {
             effects.clear();
             engine.apply(&command, now, &mut effects);
             for effect in &effects {
-                digest.update(
-                    &bincode::encode_to_vec(effect, bincode::config::standard()).unwrap(),
-                );
+                digest
+                    .update(&bincode::encode_to_vec(effect, bincode::config::standard()).unwrap());
                 match effect {
                     Effect::Probe {
                         provider, probe, ..

@@ -25,10 +25,16 @@ fn main() {
     let mut market = engine_market::Market::with_users();
     let setup = started.elapsed();
     let warm = engine_market::run_lifecycles(&mut market, warmup);
-    assert_eq!(warm, warmup, "every warm-up lifecycle must complete and credit");
+    assert_eq!(
+        warm, warmup,
+        "every warm-up lifecycle must complete and credit"
+    );
     let (started, cpu_started) = (Instant::now(), cpu_ns());
     let ok = engine_market::run_lifecycles(&mut market, count);
-    let (elapsed, cpu) = (started.elapsed(), cpu_ns().zip(cpu_started).map(|(b, a)| b - a));
+    let (elapsed, cpu) = (
+        started.elapsed(),
+        cpu_ns().zip(cpu_started).map(|(b, a)| b - a),
+    );
     assert_eq!(ok, count, "every lifecycle must complete and credit");
     market.engine.check_invariants();
     let cpu_figure = cpu.map_or("on-CPU time unknown".to_string(), |ns| {

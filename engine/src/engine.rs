@@ -12,13 +12,14 @@ use crate::slab::Slab;
 use crate::speed::SpeedWindow;
 use crate::state::{Account, AccountIdx, Counters, ModelIdx, ModelState, State};
 use crate::timer::TimerWheel;
-use crate::types::{Address, AddressBuildHasher, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::types::{address_hash, Address, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Engine {
     pub(crate) state: State,
-    /// Address -> account: derived from `state.accounts`, rebuilt on restore.
-    pub(crate) account_index: HashMap<Address, AccountIdx, AddressBuildHasher>,
+    /// Address -> account: derived from `state.accounts`, rebuilt on restore. Slots
+    /// hold the account number only; the address compared is the account's.
+    pub(crate) account_index: hashbrown::HashTable<AccountIdx>,
     /// Models whose book or queue changed during this command: matched at its end.
     pub(crate) pending_match: Vec<ModelIdx>,
     /// R-QUOTA-3 for today's B, P and S: derived from the state, rebuilt whenever
@@ -107,7 +108,7 @@ impl Engine {
         let user_max_rate = Engine::quota_rate_of(&state);
         let mut engine = Engine {
             state,
-            account_index: HashMap::default(),
+            account_index: hashbrown::HashTable::new(),
             pending_match: Vec::new(),
             user_max_rate,
             origin_account: None,
@@ -130,7 +131,7 @@ impl Engine {
         if let Some((address, nonce)) = origin {
             // One index lookup per command: the originator's account is remembered
             // for the handlers' own lookups (accounts are never removed or moved).
-            let idx = self.account_index.get(&address).copied();
+            let idx = self.account_lookup(&address);
             self.origin_account = idx.map(|idx| (address, idx));
             if let Some(idx) = idx {
                 let last = self.state.accounts[idx as usize].nonce_last;
@@ -325,11 +326,20 @@ impl Engine {
     pub(crate) fn account_of(&self, address: &Address) -> Option<AccountIdx> {
         if let Some((origin, idx)) = self.origin_account {
             if origin == *address {
-                debug_assert_eq!(self.account_index.get(address), Some(&idx));
+                debug_assert_eq!(self.account_lookup(address), Some(idx));
                 return Some(idx);
             }
         }
-        self.account_index.get(address).copied()
+        self.account_lookup(address)
+    }
+
+    fn account_lookup(&self, address: &Address) -> Option<AccountIdx> {
+        let accounts = &self.state.accounts;
+        self.account_index
+            .find(address_hash(address), |&idx| {
+                accounts[idx as usize].address == *address
+            })
+            .copied()
     }
 
     /// Returns the account for `address`, creating it within `accounts_max`.
@@ -357,7 +367,11 @@ impl Engine {
             quota_used_tokens: 0,
             provider: None,
         });
-        self.account_index.insert(address, idx);
+        let accounts = &self.state.accounts;
+        self.account_index
+            .insert_unique(address_hash(&address), idx, |&i| {
+                address_hash(&accounts[i as usize].address)
+            });
         Ok(idx)
     }
 
@@ -523,12 +537,13 @@ impl Engine {
             .config
             .validate()
             .map_err(RestoreError::InvalidConfig)?;
-        let account_index = state
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.address, i as AccountIdx))
-            .collect();
+        let mut account_index = hashbrown::HashTable::with_capacity(state.accounts.len());
+        for (i, account) in state.accounts.iter().enumerate() {
+            let accounts = &state.accounts;
+            account_index.insert_unique(address_hash(&account.address), i as AccountIdx, |&j| {
+                address_hash(&accounts[j as usize].address)
+            });
+        }
         let user_max_rate = Engine::quota_rate_of(&state);
         Ok(Engine {
             state,

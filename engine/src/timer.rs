@@ -232,11 +232,7 @@ impl TimerWheel {
     fn from_sorted(entries: Vec<(u64, u64)>) -> Result<TimerWheel, DecodeError> {
         let mut wheel = TimerWheel::new();
         for (deadline_ms, id) in entries {
-            if wheel
-                .nodes
-                .get(slot_of(id))
-                .is_some_and(|node| node.live)
-            {
+            if wheel.nodes.get(slot_of(id)).is_some_and(|node| node.live) {
                 return Err(DecodeError::OtherString(format!(
                     "two timers for slab slot {} (id {id})",
                     slot_of(id)

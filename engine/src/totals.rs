@@ -97,7 +97,7 @@ impl Eq for BlockTotals {}
 impl std::fmt::Debug for BlockTotals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.sorted().into_iter().map(|(p, t)| (p, t)))
+            .entries(self.sorted())
             .finish()
     }
 }
@@ -150,14 +150,18 @@ mod tests {
         let config = bincode::config::standard();
         let bytes = bincode::encode_to_vec(&totals, config).unwrap();
         assert_eq!(bytes, bincode::encode_to_vec(&map, config).unwrap());
-        let (decoded, _): (BlockTotals, usize) = bincode::decode_from_slice(&bytes, config).unwrap();
+        let (decoded, _): (BlockTotals, usize) =
+            bincode::decode_from_slice(&bytes, config).unwrap();
         assert_eq!(decoded, totals);
         let mut values = totals.take_values();
         values.sort_unstable_by_key(|t| t.provider);
         assert_eq!(values, map.into_values().collect::<Vec<_>>());
         assert!(totals.is_empty() && totals.get(7).is_none());
         // A provider listed twice does not decode.
-        let twice = vec![(1u32, ProviderTotals::default()), (1, ProviderTotals::default())];
+        let twice = vec![
+            (1u32, ProviderTotals::default()),
+            (1, ProviderTotals::default()),
+        ];
         let bytes = bincode::encode_to_vec(&twice, config).unwrap();
         assert!(bincode::decode_from_slice::<BlockTotals, _>(&bytes, config).is_err());
     }

@@ -157,7 +157,6 @@ impl Market {
     }
 }
 
-
 impl Market {
     /// The whole market: providers registered and every user funded.
     #[allow(dead_code)] // the criterion bench funds users itself, to measure their memory
