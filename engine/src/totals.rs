@@ -96,9 +96,7 @@ impl Eq for BlockTotals {}
 
 impl std::fmt::Debug for BlockTotals {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map()
-            .entries(self.sorted())
-            .finish()
+        f.debug_map().entries(self.sorted()).finish()
     }
 }
 
