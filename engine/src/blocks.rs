@@ -10,10 +10,9 @@ use crate::quota::mul_div;
 impl Engine {
     /// R-BLOCK-2: one batch per block, empty when nothing was credited.
     pub(crate) fn seal_block(&mut self, effects: &mut Vec<Effect>) {
-        let totals_map = std::mem::take(&mut self.state.block_totals);
+        let mut totals = self.state.block_totals.take_values();
         let earned_total_wei = std::mem::take(&mut self.state.block_earned_wei);
         self.state.block_tokens = 0;
-        let mut totals: Vec<_> = totals_map.into_values().collect();
         totals.sort_unstable_by_key(|t| t.provider);
         let (merkle_root, receipts) = self.state.merkle.take_root();
         debug_assert_eq!(

@@ -349,7 +349,9 @@ pub struct Ticket {
     pub session: SessionId,
     pub user: Address,
     pub provider: Address,
-    pub endpoint: Vec<u8>,
+    /// The provider's registered endpoint, shared with the engine's copy: a ticket
+    /// costs no allocation (issue 18). Encoded as its bytes, like a `Vec<u8>`.
+    pub endpoint: std::sync::Arc<[u8]>,
     pub model: ModelId,
     pub tokens_max: u64,
     pub price_wei_per_token: u128,

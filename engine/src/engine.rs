@@ -11,18 +11,23 @@ use crate::quota;
 use crate::slab::Slab;
 use crate::speed::SpeedWindow;
 use crate::state::{Account, AccountIdx, Counters, ModelIdx, ModelState, State};
-use crate::types::{Address, AddressBuildHasher, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::timer::TimerWheel;
+use crate::types::{address_hash, Address, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
+use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Engine {
     pub(crate) state: State,
-    /// Address -> account: derived from `state.accounts`, rebuilt on restore.
-    pub(crate) account_index: HashMap<Address, AccountIdx, AddressBuildHasher>,
+    /// Address -> account: derived from `state.accounts`, rebuilt on restore. Slots
+    /// hold the account number only; the address compared is the account's.
+    pub(crate) account_index: hashbrown::HashTable<AccountIdx>,
     /// Models whose book or queue changed during this command: matched at its end.
     pub(crate) pending_match: Vec<ModelIdx>,
     /// R-QUOTA-3 for today's B, P and S: derived from the state, rebuilt whenever
     /// one of them changes and on restore.
     pub(crate) user_max_rate: quota::UserMaxRate,
+    /// The originator of the command being applied and its account, if it has one:
+    /// set by `apply` for its duration so that the account is looked up once.
+    pub(crate) origin_account: Option<(Address, AccountIdx)>,
 }
 
 #[derive(Debug)]
@@ -80,11 +85,11 @@ impl Engine {
             sessions: Slab::new(config.sessions_open_max),
             closed_sessions: Vec::new(),
             probes_open: 0,
-            probe_deadlines: BTreeSet::new(),
-            rfc_expiries: BTreeSet::new(),
-            session_expiries: BTreeSet::new(),
+            probe_deadlines: TimerWheel::new(),
+            rfc_expiries: TimerWheel::new(),
+            session_expiries: TimerWheel::new(),
             suspensions: BTreeSet::new(),
-            block_totals: BTreeMap::new(),
+            block_totals: Default::default(),
             block_earned_wei: 0,
             block_tokens: 0,
             merkle: MerkleAccumulator::default(),
@@ -103,9 +108,10 @@ impl Engine {
         let user_max_rate = Engine::quota_rate_of(&state);
         let mut engine = Engine {
             state,
-            account_index: HashMap::default(),
+            account_index: hashbrown::HashTable::new(),
             pending_match: Vec::new(),
             user_max_rate,
+            origin_account: None,
         };
         // The operator holds an account from genesis, so that its nonces are tracked
         // (R-ID-4) before it ever receives a balance.
@@ -123,9 +129,14 @@ impl Engine {
         self.advance(now, effects);
         let origin = command.origin();
         if let Some((address, nonce)) = origin {
-            if let Some(&idx) = self.account_index.get(&address) {
+            // One index lookup per command: the originator's account is remembered
+            // for the handlers' own lookups (accounts are never removed or moved).
+            let idx = self.account_lookup(&address);
+            self.origin_account = idx.map(|idx| (address, idx));
+            if let Some(idx) = idx {
                 let last = self.state.accounts[idx as usize].nonce_last;
                 if let Some(nonce_last) = last.filter(|&last| nonce <= last) {
+                    self.origin_account = None;
                     effects.push(Effect::Rejected {
                         to: address,
                         nonce,
@@ -139,7 +150,7 @@ impl Engine {
         if let Some((address, nonce)) = origin {
             // The nonce is spent whatever the outcome, so a refused message can never
             // be replayed into acceptance later (say, after the quota resets).
-            if let Some(&idx) = self.account_index.get(&address) {
+            if let Some(idx) = self.account_of(&address) {
                 let account = &mut self.state.accounts[idx as usize];
                 debug_assert!(account.nonce_last.is_none_or(|last| last < nonce));
                 account.nonce_last = Some(nonce);
@@ -152,6 +163,7 @@ impl Engine {
                 });
             }
         }
+        self.origin_account = None;
         self.run_pending_matches(now, effects);
     }
 
@@ -266,25 +278,14 @@ impl Engine {
 
     /// Fires every timer due at `now`, then seals every block that ended.
     fn advance(&mut self, now: u64, effects: &mut Vec<Effect>) {
-        while let Some(&(deadline, rfc)) = self.state.probe_deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            self.state.probe_deadlines.pop_first();
+        // Each wheel pops in (deadline, id) order, as the B-trees they replace did.
+        while let Some((_, rfc)) = self.state.probe_deadlines.pop_due(now) {
             self.probe_timeout(rfc, now, effects);
         }
-        while let Some(&(expiry, rfc)) = self.state.rfc_expiries.first() {
-            if expiry > now {
-                break;
-            }
-            self.state.rfc_expiries.pop_first();
+        while let Some((_, rfc)) = self.state.rfc_expiries.pop_due(now) {
             self.rfc_expired(rfc, effects);
         }
-        while let Some(&(expiry, session)) = self.state.session_expiries.first() {
-            if expiry > now {
-                break;
-            }
-            self.state.session_expiries.pop_first();
+        while let Some((_, session)) = self.state.session_expiries.pop_due(now) {
             self.session_expired(session, effects);
         }
         while let Some(&(until, provider)) = self.state.suspensions.first() {
@@ -323,7 +324,22 @@ impl Engine {
     }
 
     pub(crate) fn account_of(&self, address: &Address) -> Option<AccountIdx> {
-        self.account_index.get(address).copied()
+        if let Some((origin, idx)) = self.origin_account {
+            if origin == *address {
+                debug_assert_eq!(self.account_lookup(address), Some(idx));
+                return Some(idx);
+            }
+        }
+        self.account_lookup(address)
+    }
+
+    fn account_lookup(&self, address: &Address) -> Option<AccountIdx> {
+        let accounts = &self.state.accounts;
+        self.account_index
+            .find(address_hash(address), |&idx| {
+                accounts[idx as usize].address == *address
+            })
+            .copied()
     }
 
     /// Returns the account for `address`, creating it within `accounts_max`.
@@ -351,7 +367,11 @@ impl Engine {
             quota_used_tokens: 0,
             provider: None,
         });
-        self.account_index.insert(address, idx);
+        let accounts = &self.state.accounts;
+        self.account_index
+            .insert_unique(address_hash(&address), idx, |&i| {
+                address_hash(&accounts[i as usize].address)
+            });
         Ok(idx)
     }
 
@@ -456,7 +476,7 @@ impl Engine {
     pub fn provider_endpoint(&self, address: &Address) -> Option<&[u8]> {
         let idx = self.account_of(address)?;
         let provider = self.state.accounts[idx as usize].provider?;
-        Some(&self.state.providers[provider as usize].endpoint)
+        Some(self.state.providers[provider as usize].endpoint.as_ref())
     }
 
     pub fn queue_depth(&self, model: ModelId) -> usize {
@@ -517,18 +537,20 @@ impl Engine {
             .config
             .validate()
             .map_err(RestoreError::InvalidConfig)?;
-        let account_index = state
-            .accounts
-            .iter()
-            .enumerate()
-            .map(|(i, a)| (a.address, i as AccountIdx))
-            .collect();
+        let mut account_index = hashbrown::HashTable::with_capacity(state.accounts.len());
+        for (i, account) in state.accounts.iter().enumerate() {
+            let accounts = &state.accounts;
+            account_index.insert_unique(address_hash(&account.address), i as AccountIdx, |&j| {
+                address_hash(&accounts[j as usize].address)
+            });
+        }
         let user_max_rate = Engine::quota_rate_of(&state);
         Ok(Engine {
             state,
             account_index,
             pending_match: Vec::new(),
             user_max_rate,
+            origin_account: None,
         })
     }
 

@@ -96,10 +96,7 @@ impl Engine {
         };
         let inserted = self.state.rfcs.insert(rfc);
         debug_assert_eq!(inserted, Some(slot));
-        self.state.models[model_idx as usize]
-            .queue
-            .insert(queue_key, slot);
-        self.state.rfc_expiries.insert((expires_at_ms, id));
+        self.state.rfc_expiries.insert(expires_at_ms, id);
         self.state.counters.rfcs_accepted += 1;
         effects.push(Effect::RfcAccepted {
             user,
@@ -107,7 +104,26 @@ impl Engine {
             rfc: id,
             tokens_left: tokens_left - tokens_max,
         });
-        self.pending_match.push(model_idx);
+        // R-MATCH-1 fast path: with nobody queued ahead and an offer available, this
+        // RFC is the queue's head and would be matched with the book's best offer by
+        // `run_pending_matches` at the end of this command (nothing in between emits
+        // effects or draws sequence numbers): match it now and skip the queue.
+        let model_state = &self.state.models[model_idx as usize];
+        let room = (self.state.sessions.len() as u64 + self.state.probes_open as u64)
+            < self.state.config.sessions_open_max as u64;
+        if let (true, true, Some((_, &(provider, offer)))) = (
+            room,
+            model_state.queue.is_empty(),
+            model_state.book.first_key_value(),
+        ) {
+            debug_assert!(self.pending_match.is_empty());
+            self.start_probe(slot as usize, provider, offer, now, effects);
+        } else {
+            self.state.models[model_idx as usize]
+                .queue
+                .insert(queue_key, slot);
+            self.pending_match.push(model_idx);
+        }
         Ok(())
     }
 
@@ -187,7 +203,7 @@ impl Engine {
         });
         rfc.tries += 1;
         let (rfc_id, model, tokens_max) = (rfc.id, rfc.model, rfc.tokens_max);
-        self.state.probe_deadlines.insert((deadline_ms, rfc_id));
+        self.state.probe_deadlines.insert(deadline_ms, rfc_id);
         self.state.probes_open += 1;
         self.refresh_offer(provider, offer);
         let provider_address = self.state.providers[provider as usize].address;
@@ -208,7 +224,7 @@ impl Engine {
         let rfc_id = rfc.id;
         self.state
             .probe_deadlines
-            .remove(&(probing.deadline_ms, rfc_id));
+            .remove(probing.deadline_ms, rfc_id);
         self.state.probes_open -= 1;
         Some(probing)
     }
@@ -253,7 +269,7 @@ impl Engine {
         effects: &mut Vec<Effect>,
     ) {
         let rfc = self.state.rfcs.remove(rfc_slot).expect("probed RFC exists");
-        self.state.rfc_expiries.remove(&(rfc.expires_at_ms, rfc.id));
+        self.state.rfc_expiries.remove(rfc.expires_at_ms, rfc.id);
         let expires_at_ms = now.saturating_add(self.state.config.session_ttl_ms);
         let slot = self
             .state
@@ -287,7 +303,7 @@ impl Engine {
             rfc_nonce: rfc.nonce,
         };
         self.state.sessions.insert(session);
-        self.state.session_expiries.insert((expires_at_ms, id));
+        self.state.session_expiries.insert(expires_at_ms, id);
         self.state.counters.sessions_opened += 1;
         effects.push(Effect::SessionOpened { ticket });
     }
@@ -349,7 +365,7 @@ impl Engine {
         self.state.models[rfc.model as usize]
             .queue
             .remove(&rfc.queue_key);
-        self.state.rfc_expiries.remove(&(rfc.expires_at_ms, rfc.id));
+        self.state.rfc_expiries.remove(rfc.expires_at_ms, rfc.id);
         let day = self.state.day();
         let account = &mut self.state.accounts[rfc.user as usize];
         let refunded_tokens = if rfc.charged_day == day && account.quota_day == day {
@@ -394,7 +410,7 @@ impl Engine {
         let session = self.state.sessions.remove(slot).expect("open session");
         self.state
             .session_expiries
-            .remove(&(session.expires_at_ms, session.id));
+            .remove(session.expires_at_ms, session.id);
         if self.state.closed_sessions.len() <= slot {
             self.state.closed_sessions.resize(slot + 1, None);
         }
@@ -523,7 +539,7 @@ impl Engine {
         let (provider_wei, provider_tokens) = self
             .state
             .block_totals
-            .get(&provider)
+            .get(provider)
             .map_or((0, 0), |t| (t.earned_wei, t.tokens));
         let fits = block_fits
             && money::add(provider_wei, amount_wei).is_ok()
@@ -597,7 +613,7 @@ impl Engine {
             report_digest: *report_digest,
         };
         self.state.merkle.push(receipt.leaf_hash());
-        let totals = self.state.block_totals.entry(session.provider).or_default();
+        let totals = self.state.block_totals.entry(session.provider);
         totals.provider = provider.address;
         // Checked by `check_credit_fits` before anything changed.
         totals.earned_wei = money::add(totals.earned_wei, amount_wei)
@@ -633,8 +649,12 @@ impl Engine {
         while provider.recent_penalties.len() > window as usize {
             provider.recent_penalties.pop_front();
         }
-        let points = provider.recent_penalties.iter().filter(|&&p| p).count() as u32;
-        if penalty && threshold > 0 && points >= threshold {
+        // The points are counted only when this report adds one: only then can
+        // they reach the threshold.
+        if penalty
+            && threshold > 0
+            && provider.recent_penalties.iter().filter(|&&p| p).count() as u32 >= threshold
+        {
             provider.recent_penalties.clear();
             let until_ms = now.saturating_add(suspension_ms);
             provider.suspended_until_ms = until_ms;

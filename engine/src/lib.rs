@@ -37,6 +37,8 @@ pub mod settlement;
 mod slab;
 pub mod speed;
 pub mod state;
+pub mod timer;
+pub mod totals;
 pub mod types;
 pub mod workload;
 

@@ -8,6 +8,7 @@ use crate::error::{Limit, MarketError};
 use crate::state::{Offer, Provider, ProviderIdx};
 use crate::types::{Address, ModelId, Unit};
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 impl Engine {
     fn validate_offer(&self, spec: &OfferSpec) -> Result<u16, MarketError> {
@@ -99,7 +100,7 @@ impl Engine {
             Some(p) => p,
             None => self.new_provider(account, address),
         };
-        self.state.providers[provider_idx as usize].endpoint = endpoint.to_vec();
+        self.state.providers[provider_idx as usize].endpoint = endpoint.into();
         self.state.providers[provider_idx as usize].reachable = true;
         for offer in &mut self.state.providers[provider_idx as usize].offers {
             if !models.contains(&offer.model) {
@@ -123,7 +124,7 @@ impl Engine {
         self.state.providers.push(Provider {
             account,
             address,
-            endpoint: Vec::new(),
+            endpoint: Arc::from(&[][..]),
             reachable: true,
             suspended_until_ms: 0,
             offers: Vec::new(),

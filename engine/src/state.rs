@@ -2,15 +2,16 @@
 //! (accounts, providers, RFCs and sessions in Vecs/slabs addressed by small ids) and
 //! encodable as a whole with bincode for snapshots and the state hash.
 
-use crate::command::ProviderTotals;
 use crate::config::{MarketConfig, ModelSpec};
 use crate::ledger::Ledger;
 use crate::merkle::MerkleAccumulator;
 use crate::slab::Slab;
 use crate::speed::SpeedWindow;
+use crate::timer::TimerWheel;
 use crate::types::{Address, ProbeId, RfcId, SessionId};
 use bincode::{Decode, Encode};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 
 pub type AccountIdx = u32;
 pub type ProviderIdx = u32;
@@ -50,7 +51,9 @@ impl Offer {
 pub struct Provider {
     pub account: AccountIdx,
     pub address: Address,
-    pub endpoint: Vec<u8>,
+    /// Shared with every ticket of this provider (no copy per session); encoded
+    /// as the bytes (the same encoding as a `Vec<u8>`).
+    pub endpoint: Arc<[u8]>,
     pub reachable: bool,
     pub suspended_until_ms: u64,
     pub offers: Vec<Offer>,
@@ -143,11 +146,14 @@ pub struct State {
     pub sessions: Slab<Session>,
     pub closed_sessions: Vec<Option<(SessionId, Closed)>>,
     pub probes_open: u32,
-    pub probe_deadlines: BTreeSet<(u64, RfcId)>,
-    pub rfc_expiries: BTreeSet<(u64, RfcId)>,
-    pub session_expiries: BTreeSet<(u64, SessionId)>,
+    /// (deadline ms, RFC id) of RFCs being probed (R-MATCH-2).
+    pub probe_deadlines: TimerWheel,
+    /// (expiry ms, RFC id) of open RFCs.
+    pub rfc_expiries: TimerWheel,
+    /// (expiry ms, session id) of open sessions.
+    pub session_expiries: TimerWheel,
     pub suspensions: BTreeSet<(u64, ProviderIdx)>,
-    pub block_totals: BTreeMap<ProviderIdx, ProviderTotals>,
+    pub block_totals: crate::totals::BlockTotals,
     /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).
     pub block_earned_wei: u128,
     /// Σ tokens over `block_totals` (a bound for the credit check's fast path).

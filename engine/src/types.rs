@@ -67,26 +67,21 @@ impl Unit {
     }
 }
 
-/// Hasher for the address index. Addresses are keccak outputs and accounts are only
-/// created by the operator or by (bounded) provider registration, so a fast fixed
-/// mix is safe here, and it keeps SipHash off the hot path. It never affects
-/// outputs: the index is not iterated.
-#[derive(Default, Clone, Copy)]
-pub struct AddressHasher(u64);
-
-impl std::hash::Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            let mixed = (self.0 ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            self.0 = mixed ^ (mixed >> 29);
-        }
-    }
+/// The address index's hash. Addresses are keccak outputs of public keys, and
+/// accounts are created only by the operator (balances) or by provider registration
+/// (bounded by `providers_max`), so nobody can fill the index with keys chosen to
+/// collide; a lookup of an unknown address costs at most the probe sequence the
+/// operator's own keys formed. A fixed multiply-xorshift mix of the 20 bytes is
+/// therefore enough and keeps SipHash off the hot path. It never affects outputs:
+/// the index is never iterated.
+#[inline]
+pub fn address_hash(address: &Address) -> u64 {
+    let b = &address.0;
+    let w0 = u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let w1 = u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]);
+    let w2 = u32::from_le_bytes([b[16], b[17], b[18], b[19]]) as u64;
+    let mut h = w0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h = (h ^ (h >> 29) ^ w1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    h = (h ^ (h >> 32) ^ w2).wrapping_mul(0x94D0_49BB_1331_11EB);
+    h ^ (h >> 31)
 }
-
-pub type AddressBuildHasher = std::hash::BuildHasherDefault<AddressHasher>;

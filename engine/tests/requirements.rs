@@ -344,7 +344,7 @@ fn r_match_6_ticket_carries_everything_both_sides_need() {
     let ticket = ticket_in(&m.answer(provider(1), probe)).unwrap();
     assert_eq!(ticket.user, user(1));
     assert_eq!(ticket.provider, provider(1));
-    assert_eq!(ticket.endpoint, b"127.0.0.1:9000");
+    assert_eq!(&ticket.endpoint[..], b"127.0.0.1:9000");
     assert_eq!(
         (
             ticket.model,
