@@ -8,7 +8,7 @@
 
 use crate::CtlError;
 use std::path::Path;
-use yellowstone_wire::{Address, SigningKey};
+use yellowstone_wire::SigningKey;
 
 /// Reads and checks the key file at `path`.
 pub fn load(path: &Path) -> Result<SigningKey, CtlError> {
@@ -30,46 +30,10 @@ pub fn load(path: &Path) -> Result<SigningKey, CtlError> {
     parse(&text).map_err(|e| CtlError::Local(format!("key file {shown}: {e}")))
 }
 
-/// Parses a key file's text (see the module docs).
+/// Parses a key file's text (see the module docs): the format every Yellowstone
+/// tool reads, `SigningKey::from_key_file_text`.
 pub fn parse(text: &str) -> Result<SigningKey, String> {
-    let mut secret = None;
-    let mut expected: Option<Address> = None;
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        if let Some(value) = line.strip_prefix("address=") {
-            let address = value
-                .trim()
-                .parse()
-                .map_err(|e| format!("line {}: address: {e}", number + 1))?;
-            expected = Some(address);
-            continue;
-        }
-        let hex = line.strip_prefix("secret_hex=").unwrap_or(line).trim();
-        let hex = hex.strip_prefix("0x").unwrap_or(hex);
-        if secret.is_some() {
-            return Err(format!("line {}: a second secret key", number + 1));
-        }
-        let key = SigningKey::from_hex(hex).map_err(|e| {
-            format!(
-                "line {}: expected secret_hex=<64 hex digits>, address=<0x…> or 64 hex digits ({e})",
-                number + 1
-            )
-        })?;
-        secret = Some(key);
-    }
-    let key = secret.ok_or("no secret key in it")?;
-    if let Some(expected) = expected {
-        if key.address() != expected {
-            return Err(format!(
-                "its address line says {expected}, but its secret is the key of {}",
-                key.address()
-            ));
-        }
-    }
-    Ok(key)
+    SigningKey::from_key_file_text(text)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Key files (R-OPS-2 applied to the nodes): one line, the secret key as 64 hex
-//! digits. Created readable by the owner only (0600); a key file that group or
+//! digits, or what `yellowstone-router keygen` prints (the format every Yellowstone
+//! tool reads: `SigningKey::from_key_file_text`). Created readable by the owner only (0600); a key file that group or
 //! others can read is refused, since it holds the MOR address's key.
 
 use std::io::Write;
@@ -37,11 +38,9 @@ pub fn load(path: &Path) -> Result<SigningKey, KeyFileError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(io)?;
-    SigningKey::from_hex(text.trim().trim_start_matches("0x")).map_err(|reason| {
-        KeyFileError::Invalid {
-            path: name.clone(),
-            reason,
-        }
+    SigningKey::from_key_file_text(&text).map_err(|reason| KeyFileError::Invalid {
+        path: name.clone(),
+        reason,
     })
 }
 

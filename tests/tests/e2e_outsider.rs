@@ -232,3 +232,54 @@ fn print_config_refuses_what_run_refuses() {
     );
     assert_eq!(output.stdout, again.stdout);
 }
+
+/// An outsider saved `yellowstone-router keygen` to a file, as the README shows for
+/// `yellowstone-ctl`, and asked `yellowstone-router address --key-file` for its
+/// address: it was refused ("must be 64 hex digits"). Every tool now reads the same
+/// key-file format; a file whose address line contradicts its secret is refused.
+#[test]
+fn address_reads_the_key_file_keygen_prints() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let workdir = tempfile::tempdir().unwrap();
+    let keygen = Command::new(router_binary())
+        .arg("keygen")
+        .output()
+        .expect("run keygen");
+    assert!(keygen.status.success());
+    let printed = String::from_utf8(keygen.stdout).unwrap();
+    let address = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("address="))
+        .expect("keygen prints address=")
+        .to_string();
+    let path = workdir.path().join("operator.key");
+    std::fs::write(&path, &printed).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = Command::new(router_binary())
+        .args(["address", "--key-file", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "keygen output refused: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("address={address}")
+    );
+
+    // An address line that is not the secret's: refused, naming both.
+    let other = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    let secret_line = printed.lines().next().unwrap();
+    std::fs::write(&path, format!("{secret_line}\naddress={other}\n")).unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &["address", "--key-file", path.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(other) && stderr.contains(&address),
+        "names both addresses: {stderr}"
+    );
+}

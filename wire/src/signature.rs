@@ -193,6 +193,56 @@ impl SigningKey {
         }
     }
 
+    /// Parses a key file's text, the one format every Yellowstone tool reads (the
+    /// router's `address` and `router.key`, the provider and consumer nodes, ctl):
+    /// what `yellowstone-router keygen` prints (`secret_hex=<64 hex>` and an optional
+    /// `address=<0x…>` line, which must then be the secret's address), or one line of
+    /// 64 hex digits (`0x` allowed) as in a data directory's `router.key` or a node's
+    /// `keygen --out` file. Blank lines and `#` comments are skipped.
+    ///
+    /// Errors: a line that is neither form (named by number), a second secret, no
+    /// secret, an address line that does not match the secret.
+    pub fn from_key_file_text(text: &str) -> Result<SigningKey, String> {
+        let mut secret = None;
+        let mut expected: Option<Address> = None;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(value) = line.strip_prefix("address=") {
+                let address = value
+                    .trim()
+                    .parse()
+                    .map_err(|e| format!("line {}: address: {e}", number + 1))?;
+                expected = Some(address);
+                continue;
+            }
+            let hex = line.strip_prefix("secret_hex=").unwrap_or(line).trim();
+            if secret.is_some() {
+                return Err(format!("line {}: a second secret key", number + 1));
+            }
+            let key = SigningKey::from_hex(hex).map_err(|e| {
+                format!(
+                    "line {}: expected secret_hex=<64 hex digits>, address=<0x…> or 64 hex \
+                     digits ({e})",
+                    number + 1
+                )
+            })?;
+            secret = Some(key);
+        }
+        let key = secret.ok_or("no secret key in it")?;
+        if let Some(expected) = expected {
+            if key.address() != expected {
+                return Err(format!(
+                    "its address line says {expected}, but its secret is the key of {}",
+                    key.address()
+                ));
+            }
+        }
+        Ok(key)
+    }
+
     pub fn from_hex(text: &str) -> Result<SigningKey, String> {
         let digits = text.trim().trim_start_matches("0x");
         let mut bytes = [0u8; 32];

@@ -76,11 +76,12 @@ pub fn check_key_file_mode(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads a key file (hex secret), refusing one that group or others may read.
+/// Reads a key file (64 hex digits, or what `keygen` prints:
+/// `SigningKey::from_key_file_text`), refusing one that group or others may read.
 pub fn read_key_file(path: &Path) -> Result<SigningKey, String> {
     check_key_file_mode(path)?;
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    SigningKey::from_hex(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+    SigningKey::from_key_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The router key of a data directory (R-OPS-2): the one in `router.key` (created
