@@ -69,6 +69,64 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The request body as both nodes read it: a body over `request_bytes_max` (or one
+/// that cannot be read) is an OpenAI-style error, 413 `request_too_large`, never a
+/// plain-text answer an OpenAI client cannot parse.
+pub fn body_or_error(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    request_bytes_max: u64,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                status,
+                "invalid_request_error",
+                "request_too_large",
+                format!("the request body exceeds request_bytes_max ({request_bytes_max} bytes)"),
+            )
+        } else {
+            ApiError::new(
+                status,
+                "invalid_request_error",
+                "invalid_body",
+                format!(
+                    "the request body could not be read: {}",
+                    rejection.body_text()
+                ),
+            )
+        }
+    })
+}
+
+/// Both nodes' answer to a path they do not serve: 404 `unknown_url`, OpenAI-style.
+pub async fn unknown_url(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "unknown_url",
+        format!(
+            "unknown url {}: this node serves POST /v1/chat/completions and GET /v1/models",
+            uri.path()
+        ),
+    )
+}
+
+/// Both nodes' answer to a served path with the wrong method: 405
+/// `method_not_allowed`, OpenAI-style.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        format!(
+            "{method} is not served at {}: this node serves POST /v1/chat/completions and \
+             GET /v1/models",
+            uri.path()
+        ),
+    )
+}
+
 /// A chat completion request, parsed only as far as the nodes need.
 #[derive(Clone, Debug)]
 pub struct ChatRequest {

@@ -353,6 +353,56 @@ async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
         .await
         .unwrap();
     assert_eq!(response.status(), 403);
+    // A bad max_tokens from the ticket's user: 400, and the ticket is not used up
+    // (an outsider's typo used to burn the ticket before the 400).
+    for bad in [
+        serde_json::json!(-1),
+        serde_json::json!("5"),
+        serde_json::json!(0),
+        serde_json::json!(1e30),
+    ] {
+        let mut request = chat("hi", 100, false);
+        request["max_tokens"] = bad.clone();
+        let response = call(
+            &user,
+            ticket.session_id,
+            serde_json::to_vec(&request).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 400, "max_tokens {bad}");
+        assert_eq!(code(response.json().await.unwrap()), "invalid_max_tokens");
+    }
+    // Malformed JSON, signed by the ticket's user: 400, the ticket still unused.
+    let response = call(&user, ticket.session_id, b"{\"model\": ".to_vec(), None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(code(response.json().await.unwrap()), "invalid_json");
+    // A body over request_bytes_max, a path or a method the node does not serve:
+    // OpenAI-style JSON errors (they were plain text or empty).
+    let huge = vec![b'a'; 4 * 1024 * 1024 + 1];
+    let response = call(&user, ticket.session_id, huge, None).await.unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(code(response.json().await.unwrap()), "request_too_large");
+    let base = format!("http://{}", ticket.endpoint);
+    let response = stack
+        .http
+        .get(format!("{base}/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(code(response.json().await.unwrap()), "method_not_allowed");
+    let response = stack
+        .http
+        .get(format!("{base}/v1/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(code(response.json().await.unwrap()), "unknown_url");
     // The ticket's user: served, max_tokens clamped to the ticket's TokenMax (6).
     let response = call(&user, ticket.session_id, body.clone(), None)
         .await
@@ -473,6 +523,15 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
             .contains("1500000 tokens left"),
         "{error}"
     );
+    assert_eq!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .matches("tokens left")
+            .count(),
+        1,
+        "the sentence is said once: {error}"
+    );
     // A model of the catalog nobody offers: 503 with Retry-After.
     let response =
         post(json!({"model": "demo-model-2", "messages": [{"role": "user", "content": "x"}]}))
@@ -495,6 +554,37 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
         .await
         .unwrap();
     assert_eq!(response.status(), 400);
+    // Over request_bytes_max, an unknown path, a wrong method: OpenAI-style JSON
+    // errors (an outsider saw plain text "Failed to buffer the request body" and
+    // empty 404/405 answers an OpenAI client cannot parse).
+    let response = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .body(vec![b' '; 4 * 1024 * 1024 + 1])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "request_too_large", "{error}");
+    let response = stack
+        .http
+        .get(stack.consumer_url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "method_not_allowed", "{error}");
+    let response = stack
+        .http
+        .get(stack.consumer_url("/v1/embeddings"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let error: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unknown_url", "{error}");
     // Refused requests were never sessions: nothing was reported.
     assert_eq!(
         stack
@@ -504,4 +594,34 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
             .await,
         0.0
     );
+}
+
+/// An outsider gave a node the key file `yellowstone-router keygen` prints
+/// (`secret_hex=…`, `address=…`), which yellowstone-ctl reads: the node refused it
+/// ("must be 64 hex digits"). Every tool now reads the same format.
+#[test]
+fn r_ops_2_nodes_read_the_key_file_keygen_prints() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let key = yellowstone_wire::SigningKey::from_seed(b"outsider-node-key");
+    let path = dir.path().join("node.key");
+    std::fs::write(
+        &path,
+        format!(
+            "secret_hex={}\naddress={}\n",
+            hex::encode(key.secret_bytes()),
+            key.address()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // No router needs to answer: the node prints READY with its address first.
+    std::fs::write(
+        dir.path().join("consumer.toml"),
+        "key_file = \"node.key\"\nrouter_addr = \"127.0.0.1:9\"\n\
+         listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let consumer = NodeProcess::start(CONSUMER, &["run", "--config", "consumer.toml"], dir.path());
+    assert_eq!(consumer.field("address"), key.address().to_string());
 }

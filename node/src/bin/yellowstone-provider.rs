@@ -44,11 +44,14 @@ enum Command {
 }
 
 fn main() {
+    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(error) = run(Cli::parse()) {
         eprintln!("yellowstone-provider: {error}");

@@ -7,7 +7,9 @@
 use super::router::RfcOutcome;
 use super::Consumer;
 use crate::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
-use crate::openai::{ApiError, ChatRequest, SseSplitter, Usage};
+use crate::openai::{
+    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, SseSplitter, Usage,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -29,6 +31,8 @@ pub fn router(consumer: Arc<Consumer>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
+        .fallback(unknown_url)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(consumer)
 }
@@ -89,6 +93,17 @@ async fn resolve_model(consumer: &Consumer, name: &str) -> Result<u32, ApiError>
     ))
 }
 
+/// The 429 message: the tokens left, and the router's reason when it says more
+/// (the router's reason often is that same sentence: it is not repeated).
+fn quota_message(tokens_left: u128, reason: &str) -> String {
+    let message = format!("quota exceeded: {tokens_left} tokens left today");
+    if reason.is_empty() || reason == message {
+        message
+    } else {
+        format!("{message} ({reason})")
+    }
+}
+
 /// R-NODE-2: router refusals as OpenAI clients understand them.
 fn rfc_error(outcome: RfcOutcome) -> ApiError {
     match outcome {
@@ -100,10 +115,7 @@ fn rfc_error(outcome: RfcOutcome) -> ApiError {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_error",
                     "insufficient_quota",
-                    format!(
-                        "quota exceeded: {} tokens left today ({reason})",
-                        error.detail
-                    ),
+                    quota_message(error.detail, &reason),
                 ),
                 "zero_balance" => ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -183,7 +195,17 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn completions(State(consumer): State<Arc<Consumer>>, body: Bytes) -> Response {
+async fn completions(
+    State(consumer): State<Arc<Consumer>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let body = match body_or_error(body, consumer.config.request_bytes_max) {
+        Ok(body) => body,
+        Err(error) => {
+            count(&consumer, "bad_request");
+            return error.into_response();
+        }
+    };
     let Ok(permit) = consumer.in_flight.try_acquire() else {
         count(&consumer, "busy");
         return ApiError::new(

@@ -7,14 +7,16 @@
 use super::tickets::ClaimError;
 use super::Provider;
 use crate::inference::{recover_requester, SESSION_HEADER, SIGNATURE_HEADER};
-use crate::openai::{ApiError, ChatRequest, SseSplitter, Usage};
+use crate::openai::{
+    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, SseSplitter, Usage,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryFutureExt};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,6 +30,8 @@ pub fn router(provider: Arc<Provider>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(completions))
         .route("/v1/models", get(models))
+        .fallback(unknown_url)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
         .with_state(provider)
 }
@@ -57,9 +61,13 @@ fn count(provider: &Provider, status: StatusCode) {
 async fn completions(
     State(provider): State<Arc<Provider>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    match serve(&provider, &headers, body).await {
+    let body = body_or_error(body, provider.config.request_bytes_max);
+    match std::future::ready(body)
+        .and_then(|body| serve(&provider, &headers, body))
+        .await
+    {
         Ok(response) => {
             count(&provider, response.status());
             response
@@ -137,10 +145,13 @@ async fn serve(
             StatusCode::UNAUTHORIZED,
             "authentication_error",
             "bad_signature",
-            format!("{e} (see README: direct requests to a provider)"),
+            format!("{e} (see docs/PROTOCOL.md, \"Direct user-provider HTTP\")"),
         )
     })?;
     let mut request = ChatRequest::parse(&body)?;
+    // Every check of the request itself comes before the claim: a request refused
+    // for its own content (400) leaves the ticket unused, to be sent again corrected.
+    request.max_tokens()?;
     let ticket = claim(provider, session, signer).await?;
     let model = provider.models.get(&ticket.model_id).ok_or_else(|| {
         ApiError::new(
