@@ -76,6 +76,11 @@ pub struct LinkConfig {
     /// Pins the router's address; `None` trusts the one the router names at login.
     pub router_address: Option<Address>,
     pub login_timeout: Duration,
+    /// A `Ping` goes to the router when the node has written nothing for this long,
+    /// so an idle connection is not closed by the router's
+    /// `network.conn_idle_timeout_ms` (300 s) and reconnected every few minutes
+    /// (the nodes' `keepalive_ms`; keep it well below the router's timeout).
+    pub keepalive: Duration,
 }
 
 /// What the router sent: the message and the exact body it was decoded from.
@@ -180,8 +185,16 @@ impl Link {
             })??;
         let (outbound, mut outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_FRAMES_MAX);
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_MESSAGES_MAX);
+        let keepalive = config.keepalive;
         tokio::spawn(async move {
-            while let Some(frame) = outbound_rx.recv().await {
+            loop {
+                let frame = match tokio::time::timeout(keepalive, outbound_rx.recv()).await {
+                    Ok(Some(frame)) => frame,
+                    // Every sender is gone: the link was dropped, close.
+                    Ok(None) => break,
+                    // Nothing written for `keepalive`: a Ping keeps the connection.
+                    Err(_) => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
+                };
                 if writer.write_all(&frame).await.is_err() {
                     break;
                 }

@@ -625,3 +625,35 @@ fn r_ops_2_nodes_read_the_key_file_keygen_prints() {
     let consumer = NodeProcess::start(CONSUMER, &["run", "--config", "consumer.toml"], dir.path());
     assert_eq!(consumer.field("address"), key.address().to_string());
 }
+
+/// An outsider left the quick start idle: every 5 minutes the consumer logged
+/// "router connection ended" and reconnected, the router counting an idle close
+/// (`network.conn_idle_timeout_ms`), since the nodes never sent anything on a quiet
+/// connection. Both nodes now Ping after `keepalive_ms` without writing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_1_idle_nodes_keep_their_router_connections() {
+    let stack = Stack::start(Tuning {
+        router: "[network]\nconn_idle_timeout_ms = 1500".into(),
+        provider: "keepalive_ms = 300".into(),
+        consumer: "keepalive_ms = 300".into(),
+        ..Tuning::default()
+    })
+    .await;
+    let idle = "yellowstone_connections_closed_total{reason=\"idle_timeout\"}";
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    assert_eq!(
+        stack.router_metric(idle).await,
+        0.0,
+        "an idle node was closed"
+    );
+    // Still served on the same connections.
+    let response = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat("still there", 4, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(stack.router_metric(idle).await, 0.0);
+}

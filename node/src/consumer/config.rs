@@ -40,6 +40,9 @@ pub struct ConsumerConfig {
     pub response_bytes_max: u64,
     /// Requests in flight at most; more get 503 with Retry-After.
     pub requests_in_flight_max: u32,
+    /// A `Ping` goes to the router after this long without writing, so the router
+    /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
+    pub keepalive_ms: u64,
     /// Reconnect back-off: first delay, doubled up to the max.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -64,6 +67,7 @@ impl Default for ConsumerConfig {
             request_bytes_max: 4 * 1024 * 1024,
             response_bytes_max: 16 * 1024 * 1024,
             requests_in_flight_max: 1_024,
+            keepalive_ms: 60_000,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
         }
@@ -87,6 +91,7 @@ impl ConsumerConfig {
             ("response_bytes_max", self.response_bytes_max),
             ("requests_in_flight_max", self.requests_in_flight_max as u64),
             ("reconnect_initial_ms", self.reconnect_initial_ms),
+            ("keepalive_ms", self.keepalive_ms),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));

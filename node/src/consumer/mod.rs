@@ -100,6 +100,7 @@ impl Consumer {
                 network_id: config.network_id,
                 router_address,
                 login_timeout: Duration::from_secs(10),
+                keepalive: Duration::from_millis(config.keepalive_ms),
             },
         );
         let http = reqwest::Client::builder()

@@ -32,6 +32,9 @@ pub struct ProviderConfig {
     pub response_bytes_max: u64,
     /// The whole upstream call, first byte to last.
     pub upstream_timeout_ms: u64,
+    /// A `Ping` goes to the router after this long without writing, so the router
+    /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
+    pub keepalive_ms: u64,
     /// Reconnect back-off: first delay, doubled up to the max.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -76,6 +79,7 @@ impl Default for ProviderConfig {
             request_bytes_max: 4 * 1024 * 1024,
             response_bytes_max: 16 * 1024 * 1024,
             upstream_timeout_ms: 600_000,
+            keepalive_ms: 60_000,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
             models: Vec::new(),
@@ -119,6 +123,7 @@ impl ProviderConfig {
             ("response_bytes_max", self.response_bytes_max),
             ("upstream_timeout_ms", self.upstream_timeout_ms),
             ("reconnect_initial_ms", self.reconnect_initial_ms),
+            ("keepalive_ms", self.keepalive_ms),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));

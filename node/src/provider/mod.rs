@@ -193,6 +193,7 @@ impl Provider {
             network_id: self.config.network_id,
             router_address,
             login_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_millis(self.config.keepalive_ms),
         })
     }
 

@@ -166,9 +166,11 @@ pub const PROVIDER: &str = env!("CARGO_BIN_EXE_yellowstone-provider");
 pub const CONSUMER: &str = env!("CARGO_BIN_EXE_yellowstone-consumer");
 pub const STANDIN: &str = env!("CARGO_BIN_EXE_yellowstone-standin-llm");
 
-/// Extra TOML for the router's `[market]` section, the provider's and the consumer's.
+/// Extra TOML for the router (`router`: whole sections before `[market]`, e.g.
+/// `[network]`), its `[market]` section, the provider's and the consumer's.
 #[derive(Default)]
 pub struct Tuning {
+    pub router: String,
     pub market: String,
     pub provider: String,
     pub consumer: String,
@@ -194,7 +196,7 @@ impl Stack {
         .unwrap();
         std::fs::write(
             path("router.toml"),
-            format!("[market]\n{}\n", tuning.market),
+            format!("{}\n[market]\n{}\n", tuning.router, tuning.market),
         )
         .unwrap();
         let data = path("data").display().to_string();
@@ -295,9 +297,20 @@ impl Stack {
 
     /// The consumer's metric `name{labels}` value, 0 when absent.
     pub async fn consumer_metric(&self, series: &str) -> f64 {
+        self.metric_at(&self.consumer.field("metrics"), series)
+            .await
+    }
+
+    /// The router's metric `series` (0 when absent).
+    pub async fn router_metric(&self, series: &str) -> f64 {
+        self.metric_at(&self.router.ready.metrics.to_string(), series)
+            .await
+    }
+
+    async fn metric_at(&self, addr: &str, series: &str) -> f64 {
         let text = self
             .http
-            .get(format!("http://{}/metrics", self.consumer.field("metrics")))
+            .get(format!("http://{addr}/metrics"))
             .send()
             .await
             .unwrap()
