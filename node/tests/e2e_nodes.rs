@@ -657,3 +657,42 @@ async fn r_node_1_idle_nodes_keep_their_router_connections() {
     assert_eq!(response.status(), 200);
     assert_eq!(stack.router_metric(idle).await, 0.0);
 }
+
+/// An outsider's application gave up on a slow non-streamed completion (a client
+/// time-out): the consumer dropped the call half-way, sent no report, and the
+/// session stayed open at the router. A stream the application leaves was already
+/// read to its end and reported; now a non-streamed call is too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_an_application_that_leaves_still_gets_its_session_reported() {
+    let stack = Stack::start(Tuning::default()).await;
+    stack.standin_mode(json!({"delay_ms_per_token": 100})).await;
+    let quick = reqwest::Client::builder()
+        .timeout(Duration::from_millis(400))
+        .build()
+        .unwrap();
+    for stream in [false, true] {
+        let result = quick
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&chat("leaving early", 8, stream))
+            .send()
+            .await;
+        // Non-streamed: the time-out hits before the answer. Streamed: the headers
+        // come first; the body is dropped unread.
+        drop(result);
+    }
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
+            2.0,
+        )
+        .await;
+    let open = "yellowstone_market_sessions_open";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while stack.router_metric(open).await != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a session stayed open at the router"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -206,6 +206,23 @@ async fn completions(
             return error.into_response();
         }
     };
+    // In a task of its own: an application that goes away (a closed socket, a
+    // client time-out) does not cancel the call half-way. The session's answer is
+    // still read to its end and reported, as for a stream the application leaves;
+    // dropped here, the session would stay open at the router with no report.
+    let task = tokio::spawn(serve_completion(consumer, body));
+    task.await.unwrap_or_else(|error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+            format!("the completion task ended abnormally: {error}"),
+        )
+        .into_response()
+    })
+}
+
+async fn serve_completion(consumer: Arc<Consumer>, body: Bytes) -> Response {
     let Ok(permit) = consumer.in_flight.try_acquire() else {
         count(&consumer, "busy");
         return ApiError::new(
