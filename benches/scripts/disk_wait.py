@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 BLOCK_MS = 12_000
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -48,6 +49,17 @@ def thread_cpu(pid):
     return out
 
 
+def journal_metrics(metrics_addr):
+    """The router's journal counters (yellowstone_journal_*) from its metrics endpoint."""
+    text = urllib.request.urlopen(f"http://{metrics_addr}/metrics", timeout=5).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("yellowstone_journal_"):
+            name, value = line.rsplit(" ", 1)
+            out[name[len("yellowstone_journal_"):]] = float(value)
+    return out
+
+
 def keygen(router):
     text = subprocess.run([router, "keygen"], capture_output=True, text=True, check=True).stdout
     fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
@@ -62,8 +74,9 @@ def one_run(args, label, router, durability, key, address, extra_toml):
         config = os.path.join(work, "router.toml")
         with open(config, "w") as f:
             f.write(f"[market]\ngenesis_ms = {genesis_ms}\n{extra_toml}")
+        nice = ["nice", "-n", str(args.nice)] if args.nice else []
         proc = subprocess.Popen(
-            [router, "run", "--config", config, "--listen", "127.0.0.1:0",
+            nice + [router, "run", "--config", config, "--listen", "127.0.0.1:0",
              "--metrics-listen", "127.0.0.1:0", "--durability", durability,
              "--operator", address, "--data-dir", os.path.join(work, "data")],
             stdout=subprocess.PIPE, stderr=open(os.path.join(work, "stderr.log"), "w"),
@@ -76,20 +89,23 @@ def one_run(args, label, router, durability, key, address, extra_toml):
                 if not line:
                     break
                 if line.startswith("READY "):
-                    listen = dict(p.split("=", 1) for p in line.split()[1:])["listen"]
+                    ready = dict(p.split("=", 1) for p in line.split()[1:])
+                    listen, metrics = ready["listen"], ready["metrics"]
                     break
             if listen is None:
                 raise RuntimeError(f"{label}: router printed no READY line")
             out_json = os.path.join(work, "loadgen.json")
             before = thread_cpu(proc.pid)
+            journal_before = journal_metrics(metrics)
             subprocess.run(
-                [args.loadgen, "--target", listen, "--operator-key", key,
+                nice + [args.loadgen, "--target", listen, "--operator-key", key,
                  "--genesis-ms", str(genesis_ms), "--scenario", "steady",
                  "--duration", str(args.seconds), "--rate", str(args.rate), "--quiet",
                  "--json", out_json],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": "error"}, timeout=args.seconds + 60)
             after = thread_cpu(proc.pid)
+            journal_after = journal_metrics(metrics)
             with open(out_json) as f:
                 summary = json.load(f)
         finally:
@@ -110,6 +126,12 @@ def one_run(args, label, router, durability, key, address, extra_toml):
         "p50_us": t["p50"], "p99_us": t["p99"], "p999_us": t["p999"], "max_us": t["max"],
         "router_cpu_s": round(cpu, 3), "cpu_us_per_session": round(cpu * 1e6 / sessions, 1),
         "threads": {k: v for k, v in threads.items() if v > 0},
+        "fsyncs_per_session": round((journal_after.get("fsyncs", 0)
+                                     - journal_before.get("fsyncs", 0)) / sessions, 3),
+        "records_per_write": round((journal_after.get("records", 0)
+                                    - journal_before.get("records", 0))
+                                   / max(journal_after.get("writes", 0)
+                                         - journal_before.get("writes", 0), 1), 2),
         "load": os.getloadavg()[0],
     }
 
@@ -124,6 +146,8 @@ def main():
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--toml", action="append", default=[], help="label=extra toml text")
     parser.add_argument("--work", default=None)
+    parser.add_argument("--nice", type=int, default=0,
+                        help="run router and loadgen under nice -n N (both sides alike)")
     parser.add_argument("--out", default="disk_wait.json")
     args = parser.parse_args()
     routers = [r.split("=", 1) for r in args.router]
@@ -139,7 +163,9 @@ def main():
                 results.append(r)
                 print(f"{label:>10} {durability:>6} round {n}: p50 {r['p50_us']} p99 {r['p99_us']} "
                       f"p99.9 {r['p999_us']} max {r['max_us']} us, sessions {r['sessions']}, "
-                      f"{r['cpu_us_per_session']} us CPU/session, load {r['load']:.1f}, "
+                      f"{r['cpu_us_per_session']} us CPU/session, "
+                      f"fsyncs/session {r['fsyncs_per_session']}, records/write "
+                      f"{r['records_per_write']}, load {r['load']:.1f}, "
                       f"threads {r['threads']}", flush=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
