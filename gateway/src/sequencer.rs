@@ -338,13 +338,19 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         }
         if now {
             debug_assert!(self.now_effects.is_empty());
-            let mut index = 0;
-            while index < effects.len() {
-                if release_of(&effects[index]) == Release::Now {
-                    self.now_effects.push(effects.remove(index));
-                } else {
-                    index += 1;
+            // Linear split, effect order kept on both sides (a tick can time out many
+            // probes and send as many new ones).
+            let mut promises = self.spare.pop().unwrap_or_default();
+            debug_assert!(promises.is_empty());
+            for effect in effects.drain(..) {
+                match release_of(&effect) {
+                    Release::Now => self.now_effects.push(effect),
+                    Release::Durable | Release::Synced => promises.push(effect),
                 }
+            }
+            std::mem::swap(&mut effects, &mut promises);
+            if self.spare.len() < 4096 {
+                self.spare.push(promises);
             }
             self.sink
                 .deliver_now(origin, &record.command, &self.now_effects);
