@@ -222,11 +222,13 @@ pub struct JournalSection {
     /// Journal writes: "uring" (write + linked fdatasync in one submission) or
     /// "sync" (pwrite + fdatasync from the journal thread).
     pub io: String,
-    /// Group commit window, microseconds: a journal group is written no sooner than
-    /// this after the previous one started. Under steady load it adds up to this
-    /// much latency per durable step (an RFC's ticket waits for two) and saves most
-    /// writes and fsyncs; after a quiet spell the first record goes at once. 0: write
-    /// as soon as the previous group is done.
+    /// Group commit window, microseconds (opt-in; default 0). 0: natural group
+    /// commit, the writer writes (and in `always` fsyncs) whatever gathered while its
+    /// previous write was in flight, so a group grows with the load and a lone
+    /// record never waits for a timer. Above 0 a group is written no sooner than this
+    /// after the previous one started: fewer, larger writes under steady load, for up
+    /// to this much latency per durable step; after a quiet spell the first record
+    /// goes at once. At most 100000.
     pub group_commit_us: u64,
     /// A group this large is written at once, window or not.
     pub group_bytes_max: u64,
@@ -244,7 +246,7 @@ impl Default for JournalSection {
             buffer_bytes_max: 64 * 1024 * 1024,
             snapshots_kept: 2,
             io: "uring".into(),
-            group_commit_us: 500,
+            group_commit_us: 0,
             group_bytes_max: 1024 * 1024,
         }
     }
