@@ -151,7 +151,7 @@ fn build_ring(network: &NetworkConfig, spin: bool, thread: u8) -> io::Result<IoU
         }
     }
     // DEFER_TASKRUN runs completions only when we wait: not for spin mode.
-    if !spin {
+    if !spin && network.uring_defer_taskrun {
         if let Ok(ring) = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -161,7 +161,11 @@ fn build_ring(network: &NetworkConfig, spin: bool, thread: u8) -> io::Result<IoU
             return Ok(ring);
         }
     }
-    if let Ok(ring) = IoUring::builder().setup_coop_taskrun().build(entries) {
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries)
+    {
         tracing::info!(thread, "io_uring: COOP_TASKRUN granted");
         return Ok(ring);
     }
