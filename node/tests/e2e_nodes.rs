@@ -349,6 +349,43 @@ async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
     assert_eq!(code(response.json().await.unwrap()), "bad_signature");
 }
 
+/// Concurrent completions: every RFC and report reaches the router in nonce order
+/// (the router refuses a nonce not above the sender's last as a replay; the
+/// consumer once signed them concurrently and lost reports at 50 requests/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_concurrent_completions_are_all_matched_and_reported() {
+    const REQUESTS: usize = 48;
+    let stack = Stack::start(Tuning {
+        // The stand-in answers in about a millisecond: keep the speed gate's
+        // minimum out of reach (README, "The speed gate and sub-millisecond answers").
+        market: "speed_reports_min = 1000".into(),
+        provider: String::new(),
+        consumer: String::new(),
+    })
+    .await;
+    let calls = (0..REQUESTS).map(|i| {
+        let request = stack
+            .http
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&chat(&format!("concurrent {i}"), 4, i % 2 == 0));
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
+            REQUESTS as f64,
+        )
+        .await;
+    assert_eq!(
+        stack
+            .consumer_metric("yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"error\"}")
+            .await,
+        0.0
+    );
+}
+
 /// Issue 16: 410 for an expired ticket, through the real router (short
 /// `session_ttl_ms`) and provider node; a user that waits past the ticket's expiry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
