@@ -104,6 +104,8 @@ enum Message {
         state: Vec<u8>,
         write: bool,
     },
+    /// Tests: the replica waits until this channel gives or closes (a slow replica).
+    Hold(Receiver<()>),
 }
 
 /// Where finished snapshots go: the journal's snapshot thread
@@ -194,6 +196,15 @@ impl<D: Durability> Replicated<D> {
 
     pub fn replica_stats_ref(&self) -> &ReplicaStats {
         &self.stats
+    }
+
+    /// Tests: makes the replica stop at this point of its queue until the returned
+    /// sender is dropped (to show what a replica that falls behind does).
+    #[doc(hidden)]
+    pub fn hold_replica(&self) -> Option<Sender<()>> {
+        let (release, held) = crossbeam_channel::bounded(0);
+        self.messages.as_ref()?.send(Message::Hold(held)).ok()?;
+        Some(release)
     }
 
     /// Hands the batch over unless the queue is full; returns false if the replica
@@ -396,6 +407,9 @@ impl Replica {
                 }
                 Message::SnapshotAt { seq, state_hash } => self.snapshot_at(seq, state_hash),
                 Message::Reseed { seq, state, write } => self.reseed(seq, state, write),
+                Message::Hold(held) => {
+                    let _ = held.recv();
+                }
             }
         }
     }
