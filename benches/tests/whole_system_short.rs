@@ -96,7 +96,10 @@ fn short_mode_writes_every_figure() {
 
     // 5. Snapshots: p99.9 with a snapshot every block and without, and their ratio.
     for key in ["p999_with_us", "p999_without_us", "p999_ratio", "p99_ratio"] {
-        assert!(number(&report, &["snapshots", key]) > 0.0, "snapshots.{key}");
+        assert!(
+            number(&report, &["snapshots", key]) > 0.0,
+            "snapshots.{key}"
+        );
     }
     assert!(number(&report, &["snapshots", "accounts"]) > 0.0);
     // The router under test publishes its engine thread's pause at snapshot points.

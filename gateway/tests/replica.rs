@@ -42,10 +42,7 @@ fn verifying() -> ReplicaConfig {
 }
 
 /// A replica over a journal that keeps nothing; its snapshots arrive on the receiver.
-fn replicated(
-    engine: &Engine,
-    config: ReplicaConfig,
-) -> (Replicated<NoJournal>, Snapshots) {
+fn replicated(engine: &Engine, config: ReplicaConfig) -> (Replicated<NoJournal>, Snapshots) {
     let (snapshots, received) = crossbeam_channel::bounded(1);
     let replicated = Replicated::start(NoJournal::default(), engine, 0, snapshots, config).unwrap();
     (replicated, received)
@@ -104,7 +101,11 @@ fn replica_snapshot_at_each_point_hashes_like_the_engine() {
     wait_until("the count", || get(&stats.snapshots_replica) == points);
     assert_eq!(get(&stats.hash_checks), points);
     assert_eq!(get(&stats.hash_mismatches), 0);
-    assert_eq!(get(&stats.snapshots_engine_thread), 0, "no pause for a snapshot");
+    assert_eq!(
+        get(&stats.snapshots_engine_thread),
+        0,
+        "no pause for a snapshot"
+    );
     assert_eq!(get(&stats.snapshots_skipped), 0);
     engine.check_invariants();
 }
@@ -178,20 +179,24 @@ fn a_replica_behind_its_whole_queue_never_blocks_the_engine_and_is_reseeded() {
         step(&mut journal, &mut engine, now_ms, command);
     }
     let stats = journal.replica_stats_ref();
-    assert!(get(&stats.queue_bytes) <= 16 * 1024, "the queue stays bounded");
+    assert!(
+        get(&stats.queue_bytes) <= 16 * 1024,
+        "the queue stays bounded"
+    );
     assert_eq!(get(&stats.out_of_sync), 1);
     for (now_ms, command) in commands.by_ref().take(100) {
         step(&mut journal, &mut engine, now_ms, command);
     }
-    assert_eq!(get(&journal.replica_stats_ref().overflows), 1, "nothing more is queued");
+    assert_eq!(
+        get(&journal.replica_stats_ref().overflows),
+        1,
+        "nothing more is queued"
+    );
     // The snapshot point reseeds the replica from the engine thread.
     let now_ms = engine.now_ms();
     let seq = step(&mut journal, &mut engine, now_ms, Command::Tick);
     journal.snapshot_point(seq, &engine).unwrap();
-    assert_eq!(
-        get(&journal.replica_stats_ref().snapshots_engine_thread),
-        1
-    );
+    assert_eq!(get(&journal.replica_stats_ref().snapshots_engine_thread), 1);
     drop(release);
     expect_snapshot(&received, seq, &engine);
     // And it follows again (paced: the test's queue holds only four batches).
@@ -258,15 +263,26 @@ fn a_restart_from_the_replicas_snapshot_reaches_the_state_of_a_run_without_resta
     let snapshots = journal.snapshot_sender().unwrap();
     let mut journal = Replicated::start(journal, &engine, 0, snapshots, verifying()).unwrap();
     let last_point = run_on_disk(&mut journal, &mut engine, commands, 1_000);
-    assert!(last_point >= 3_000 && last_point < total, "{last_point} of {total}");
+    assert!(
+        last_point >= 3_000 && last_point < total,
+        "{last_point} of {total}"
+    );
     let stats = journal.replica_stats_ref();
     assert_eq!(get(&stats.snapshots_engine_thread), 0);
     assert_eq!(get(&stats.hash_mismatches), 0);
-    assert!(get(&journal.inner().stats().segments_removed) > 0, "covered segments go");
+    assert!(
+        get(&journal.inner().stats().segments_removed) > 0,
+        "covered segments go"
+    );
     drop(journal);
 
     let recovered = recover(dir.path(), &market, RecoverOptions::default(), |_, _, _| {}).unwrap();
-    assert_eq!(recovered.snapshot_seq, Some(last_point), "{:?}", recovered.notes);
+    assert_eq!(
+        recovered.snapshot_seq,
+        Some(last_point),
+        "{:?}",
+        recovered.notes
+    );
     assert_eq!(recovered.records_replayed, total - last_point);
     assert_eq!(recovered.last_seq, total);
     assert_eq!(recovered.engine.state_hash(), engine.state_hash());

@@ -167,9 +167,11 @@ impl Plan {
             providers: args.providers.max(1),
             signature_iterations: if short { 100 } else { 2_000 },
             signature_rounds: if short { 3 } else { 7 },
-            snapshot_accounts: args
-                .snapshot_accounts
-                .unwrap_or(if short { 10_000 } else { 1_000_000 }),
+            snapshot_accounts: args.snapshot_accounts.unwrap_or(if short {
+                10_000
+            } else {
+                1_000_000
+            }),
             snapshot_rate: args
                 .snapshot_rate
                 .unwrap_or(if short { 200.0 } else { 1_000.0 })
@@ -443,7 +445,8 @@ impl Bench {
         let ahead_ms = 1_000 + d_ms + drain_ms + 1_600 + self.margin_ms.get();
         let genesis_ms = genesis_with_boundary_in(now_ms(), ahead_ms, BLOCK_MS);
         run.boundary_ahead_ms = ahead_ms;
-        let router = self.router_with(&run.backend, &run.durability, genesis_ms, &run.extra_toml)?;
+        let router =
+            self.router_with(&run.backend, &run.durability, genesis_ms, &run.extra_toml)?;
         let json_path = self
             .work
             .join(format!("loadgen-{}-{}.json", std::process::id(), now_ms()));
@@ -768,7 +771,8 @@ fn write_balance_snapshot(work: &Path, accounts: u64) -> Result<PathBuf, String>
         writeln!(out, "0x{address:040x},1000000000000000000")
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    out.flush().map_err(|e| format!("{}: {e}", path.display()))?;
+    out.flush()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }
 

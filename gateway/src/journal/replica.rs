@@ -333,10 +333,7 @@ impl<D: Durability> Durability for Replicated<D> {
             self.in_sync = false;
         }
         let result = if self.in_sync && self.send_batch() {
-            let state_hash = self
-                .config
-                .verify_state_hash
-                .then(|| engine.state_hash());
+            let state_hash = self.config.verify_state_hash.then(|| engine.state_hash());
             let sent = self
                 .messages
                 .as_ref()
