@@ -115,6 +115,11 @@ struct Args {
     /// With/without pairs of the snapshot part, alternating order (default 3, short 1).
     #[arg(long)]
     snapshot_pairs: Option<usize>,
+    /// Milliseconds between the router's READY and the loadgen's start in the
+    /// snapshot part (default 5,000; short 0): the router has just journaled the
+    /// large balance snapshot.
+    #[arg(long)]
+    snapshot_settle_ms: Option<u64>,
 }
 
 /// The effective plan of a run.
@@ -138,6 +143,7 @@ struct Plan {
     snapshot_rate: f64,
     snapshot_duration_s: u64,
     snapshot_pairs: usize,
+    snapshot_settle_ms: u64,
 }
 
 impl Plan {
@@ -184,6 +190,9 @@ impl Plan {
                 .snapshot_pairs
                 .unwrap_or(if short { 1 } else { 3 })
                 .max(1),
+            snapshot_settle_ms: args
+                .snapshot_settle_ms
+                .unwrap_or(if short { 0 } else { 5_000 }),
         }
     }
 }
@@ -203,6 +212,9 @@ struct MarketRun {
     snapshot_engine_pause_us_max: Option<u64>,
     /// Snapshots written (`yellowstone_snapshots`).
     snapshots_written: Option<u64>,
+    /// The loadgen starts this long after the router is ready (a router that has
+    /// just loaded a large balance snapshot is still writing it to its journal).
+    settle_ms: u64,
     error: Option<String>,
     rfcs_sent: u64,
     sessions_completed: u64,
@@ -442,11 +454,12 @@ impl Bench {
         // batch the loadgen's self-check waits for is sealed without a whole block's
         // wait. A run that missed it (waited a block more) widens the margin.
         let drain_ms = if overloaded { 5_000 } else { 0 };
-        let ahead_ms = 1_000 + d_ms + drain_ms + 1_600 + self.margin_ms.get();
+        let ahead_ms = run.settle_ms + 1_000 + d_ms + drain_ms + 1_600 + self.margin_ms.get();
         let genesis_ms = genesis_with_boundary_in(now_ms(), ahead_ms, BLOCK_MS);
         run.boundary_ahead_ms = ahead_ms;
         let router =
             self.router_with(&run.backend, &run.durability, genesis_ms, &run.extra_toml)?;
+        std::thread::sleep(Duration::from_millis(run.settle_ms));
         let json_path = self
             .work
             .join(format!("loadgen-{}-{}.json", std::process::id(), now_ms()));
@@ -800,6 +813,7 @@ fn snapshot_part(bench: &Bench) -> Value {
                 rate: plan.snapshot_rate.round(),
                 duration_s: plan.snapshot_duration_s,
                 extra_toml,
+                settle_ms: plan.snapshot_settle_ms,
                 ..MarketRun::default()
             },
             false,
