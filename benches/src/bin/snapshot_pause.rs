@@ -50,7 +50,6 @@ fn main() {
         .expect("replica starts");
     let mut without = Replicated::without_replica(NoJournal::default());
     let mut now_ms = market.genesis_ms;
-    let mut nonce = 0;
     let mut effects = Vec::new();
     let mut seq = 0;
     let mut step = |engine: &mut Engine, with: &mut Replicated<NoJournal>, command: Command| {
@@ -63,11 +62,10 @@ fn main() {
     };
     let accounts: Vec<Address> = (0..args.accounts).map(|n| address(1, n)).collect();
     let started = Instant::now();
-    for entries in accounts.chunks(chunk) {
-        nonce += 1;
+    for (index, entries) in accounts.chunks(chunk).enumerate() {
         let command = Command::SetBalances {
             operator: OPERATOR,
-            nonce,
+            nonce: index as u64 + 1,
             entries: entries
                 .iter()
                 .map(|a| (*a, 1_000_000_000_000_000_000))
