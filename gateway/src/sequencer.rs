@@ -70,6 +70,17 @@ pub trait Durability: Send {
     fn durable_seq(&self) -> u64;
     /// Writes a snapshot covering every record up to `seq`.
     fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String>;
+    /// A snapshot point: `engine` has applied every record up to `seq` (a block
+    /// boundary). By default the engine is serialised here, on the engine thread; a
+    /// journal with a replica engine serialises that one instead
+    /// (`journal::replica`, ARCHITECTURE.md "Latency: what waits for the disk").
+    fn snapshot_point(&mut self, seq: u64, engine: &Engine) -> Result<(), String> {
+        self.snapshot(seq, engine.snapshot())
+    }
+    /// The snapshot replica's counters, if this journal keeps a replica.
+    fn replica_stats(&self) -> Option<std::sync::Arc<crate::journal::ReplicaStats>> {
+        None
+    }
     /// Flushes and syncs everything appended; used at shutdown.
     fn flush(&mut self) -> Result<(), String>;
     /// Records up to this sequence number are on stable storage whatever the
@@ -383,7 +394,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             return Ok(());
         }
         self.last_snapshot_block = self.engine.block();
-        self.journal.snapshot(seq, self.engine.snapshot())
+        self.journal.snapshot_point(seq, &self.engine)
     }
 
     fn time_to_next_tick(&mut self) -> Duration {

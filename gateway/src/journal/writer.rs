@@ -263,6 +263,13 @@ impl Journal {
         self.mode
     }
 
+    /// Where another thread (the snapshot replica) hands finished snapshots to the
+    /// snapshot thread; holds one job, so a busy writer means a skipped snapshot.
+    /// Every clone must be dropped before the journal closes (its drop waits).
+    pub fn snapshot_sender(&self) -> Option<Sender<(u64, Vec<u8>)>> {
+        self.snapshot_jobs.clone()
+    }
+
     fn close(&mut self) {
         self.snapshot_jobs = None;
         if let Some(snapshotter) = self.snapshotter.take() {

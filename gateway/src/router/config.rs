@@ -232,7 +232,20 @@ pub struct JournalSection {
     pub group_commit_us: u64,
     /// A group this large is written at once, window or not.
     pub group_bytes_max: u64,
+    /// Serialise snapshots from a replica engine on its own thread, fed the same
+    /// journal records (default true): the engine thread does not stop for a
+    /// snapshot, and market state takes twice the memory. false: the engine thread
+    /// serialises itself at each snapshot point (120-140 ms at 1,000,000 accounts).
+    pub snapshot_replica: bool,
+    /// Record bytes the replica may lag behind; past it the replica drops its state
+    /// and the next snapshot point serialises on the engine thread to reseed it.
+    pub snapshot_replica_queue_bytes_max: u64,
 }
+
+/// The smallest `journal.snapshot_replica_queue_bytes_max`: two of the largest
+/// journal records.
+pub const SNAPSHOT_REPLICA_QUEUE_BYTES_MIN: u64 =
+    2 * crate::journal::record::RECORD_PAYLOAD_MAX as u64;
 
 impl Default for JournalSection {
     fn default() -> Self {
@@ -248,6 +261,8 @@ impl Default for JournalSection {
             io: "uring".into(),
             group_commit_us: 0,
             group_bytes_max: 1024 * 1024,
+            snapshot_replica: true,
+            snapshot_replica_queue_bytes_max: 64 * 1024 * 1024,
         }
     }
 }
@@ -419,6 +434,13 @@ impl RouterConfig {
                 "journal.segment_bytes_max and journal.buffer_bytes_max must be at least 4096"
                     .into(),
             );
+        }
+        if journal.snapshot_replica_queue_bytes_max < SNAPSHOT_REPLICA_QUEUE_BYTES_MIN {
+            return Err(format!(
+                "journal.snapshot_replica_queue_bytes_max must be at least \
+                 {SNAPSHOT_REPLICA_QUEUE_BYTES_MIN} (two of the largest journal records), not {}",
+                journal.snapshot_replica_queue_bytes_max
+            ));
         }
         if !["uring", "sync"].contains(&journal.io.as_str()) {
             return Err(format!(

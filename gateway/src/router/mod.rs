@@ -202,6 +202,9 @@ impl Router {
         let journal_gauges = journal
             .stats()
             .map(|stats| JournalGauges::new(&registry, stats));
+        let replica_gauges = journal
+            .replica_stats()
+            .map(|stats| ReplicaGauges::new(&registry, stats));
         // Queries that arrive before the engine's first burst see the catalog too.
         shared.catalog.publish_if_due(&engine);
         let catalog_shared = shared.clone();
@@ -214,6 +217,9 @@ impl Router {
                 catalog_shared.catalog.publish_if_due(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();
+                }
+                if let Some(replica_gauges) = &replica_gauges {
+                    replica_gauges.update();
                 }
             });
         load_balance_snapshot(&config, &shared, &mut sequencer)?;
@@ -377,6 +383,80 @@ impl JournalGauges {
             ),
         ];
         JournalGauges {
+            stats,
+            published: specs
+                .into_iter()
+                .map(|(name, help, read)| (registry.gauge(name, help, &[]), read))
+                .collect(),
+        }
+    }
+
+    fn update(&self) {
+        for (gauge, read) in &self.published {
+            gauge.set(read(&self.stats) as i64);
+        }
+    }
+}
+
+type ReadReplicaStat = fn(&crate::journal::ReplicaStats) -> u64;
+
+/// The snapshot replica's counters (`journal::replica`), published like the journal's.
+struct ReplicaGauges {
+    stats: Arc<crate::journal::ReplicaStats>,
+    published: Vec<(Arc<crate::metrics::Gauge>, ReadReplicaStat)>,
+}
+
+impl ReplicaGauges {
+    fn new(registry: &Registry, stats: Arc<crate::journal::ReplicaStats>) -> ReplicaGauges {
+        use std::sync::atomic::Ordering::Relaxed;
+        let specs: [(&str, &str, ReadReplicaStat); 9] = [
+            (
+                "yellowstone_snapshot_points",
+                "Snapshot points (block boundaries every journal.snapshot_every_blocks) reached.",
+                |s| s.snapshot_points.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshots_replica",
+                "Snapshots serialised by the replica engine, off the engine thread.",
+                |s| s.snapshots_replica.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshots_engine_thread",
+                "Snapshots serialised on the engine thread (replica reseeds, or no replica).",
+                |s| s.snapshots_engine_thread.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshots_skipped",
+                "Snapshot points without a snapshot (replica out of sync, writer busy).",
+                |s| s.snapshots_skipped.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshot_replica_out_of_sync",
+                "Times the replica dropped its state (queue full, gap, hash mismatch).",
+                |s| s.out_of_sync.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshot_replica_queue_bytes",
+                "Record bytes queued for the replica, not yet applied.",
+                |s| s.queue_bytes.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshot_replica_hash_mismatches",
+                "Snapshot points where the replica's state hash differed from the engine's.",
+                |s| s.hash_mismatches.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshot_engine_pause_us_last",
+                "The engine thread's time at the last snapshot point, microseconds.",
+                |s| s.engine_pause_us_last.load(Relaxed),
+            ),
+            (
+                "yellowstone_snapshot_engine_pause_us_max",
+                "The engine thread's longest snapshot point, microseconds.",
+                |s| s.engine_pause_us_max.load(Relaxed),
+            ),
+        ];
+        ReplicaGauges {
             stats,
             published: specs
                 .into_iter()
