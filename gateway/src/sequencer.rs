@@ -85,17 +85,15 @@ pub trait Durability: Send {
     fn flush(&mut self) -> Result<(), String>;
     /// Records up to this sequence number are on stable storage whatever the
     /// durability mode (`durable_seq` in `always`; behind it in `interval`/`none`).
-    /// A journal that keeps nothing on disk returns `durable_seq`.
-    fn synced_seq(&self) -> u64 {
-        self.durable_seq()
-    }
+    /// A journal that keeps nothing on disk returns `durable_seq`. Required, not
+    /// defaulted: a wrapper that forgot to forward it would publish batches before
+    /// their seal is on disk.
+    fn synced_seq(&self) -> u64;
     /// Asks for records up to `seq` to reach stable storage soon, without waiting
     /// (a sealed block's batch waits for it in the sequencer, R-BLOCK-*); progress is
     /// announced on `durable_updates` and read from `synced_seq`. Journals whose
     /// `synced_seq` already follows every append need do nothing.
-    fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
-        Ok(())
-    }
+    fn request_sync(&mut self, seq: u64) -> Result<(), String>;
     /// Counters for the metrics endpoint, if this journal keeps any.
     fn stats(&self) -> Option<std::sync::Arc<crate::journal::JournalStats>> {
         None
@@ -487,6 +485,12 @@ impl Durability for NoJournal {
     fn durable_seq(&self) -> u64 {
         self.seq
     }
+    fn synced_seq(&self) -> u64 {
+        self.seq
+    }
+    fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
+        Ok(())
+    }
     fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
         Ok(())
     }
@@ -565,6 +569,12 @@ mod tests {
         }
         fn durable_seq(&self) -> u64 {
             *self.durable.lock().unwrap()
+        }
+        fn synced_seq(&self) -> u64 {
+            self.durable_seq() // like `always`: durable means on disk
+        }
+        fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
+            Ok(())
         }
         fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
             Ok(())

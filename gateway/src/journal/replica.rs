@@ -355,8 +355,12 @@ impl<D: Durability> Durability for Replicated<D> {
         self.inner.flush()
     }
 
-    fn make_durable(&mut self, seq: u64) -> Result<(), String> {
-        self.inner.make_durable(seq)
+    fn synced_seq(&self) -> u64 {
+        self.inner.synced_seq()
+    }
+
+    fn request_sync(&mut self, seq: u64) -> Result<(), String> {
+        self.inner.request_sync(seq)
     }
 
     fn stats(&self) -> Option<Arc<crate::journal::JournalStats>> {
