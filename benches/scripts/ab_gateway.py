@@ -37,6 +37,13 @@ import urllib.request
 
 BLOCK_MS = 12_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Niceness of every child (router, loadgen, redis); --nice sets it.
+NICE = 0
+
+
+def child_priority():
+    if NICE:
+        os.nice(NICE)
 
 
 def now_ms():
@@ -88,7 +95,7 @@ class Router:
                 "--data-dir", os.path.join(self.dir, "data"),
             ],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self.stderr,
-            text=True, env={**os.environ, "RUST_LOG": "warn"},
+            text=True, env={**os.environ, "RUST_LOG": "warn"}, preexec_fn=child_priority,
         )
         self.ready = {}
         deadline = time.time() + 30
@@ -152,6 +159,7 @@ def loadgen_summary(cmd, timeout_s, work):
         cmd + ["--quiet", "--json", path],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True, timeout=timeout_s, env={**os.environ, "RUST_LOG": "error"},
+        preexec_fn=child_priority,
     )
     wall = time.time() - started
     try:
@@ -202,7 +210,7 @@ def run_external(side, bin_dir, backend, rate, args, operator):
             "--target", router.ready["listen"], "--operator-key", secret,
             "--genesis-ms", str(genesis_ms), "--scenario", "steady",
             "--duration", str(args.duration), "--rate", str(rate),
-        ]
+        ] + (["--users", str(args.users)] if args.users else [])
         cpu_before = router.cpu_s()
         summary = loadgen_summary(cmd, args.duration + 60, args.work)
         cpu = router.cpu_s() - cpu_before
@@ -259,14 +267,14 @@ def run_redis():
     proc = subprocess.Popen(
         [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
          "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=child_priority,
     )
     try:
         time.sleep(0.5)
         out = subprocess.run(
             [bench, "-h", "127.0.0.1", "-p", str(port), "-t", "ping", "--csv",
              "-c", "50", "-P", "16", "-n", "2000000"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, preexec_fn=child_priority,
         ).stdout
     finally:
         proc.terminate()
@@ -308,6 +316,9 @@ def main():
     parser.add_argument("--parts", default="embedded,external,ping")
     parser.add_argument("--rates", default="2250,4050", help="external runs, RFC/s")
     parser.add_argument("--backends", default="uring,mio")
+    parser.add_argument("--users", type=int, default=0,
+                        help="external runs: simulated users, i.e. user connections "
+                             "(0: the loadgen's default)")
     parser.add_argument("--duration", type=int, default=5, help="external window, s")
     parser.add_argument("--embedded-duration", type=int, default=0,
                         help="embedded window, s (0: the loadgen's default)")
@@ -315,8 +326,13 @@ def main():
                         help="TOML appended to the 'before' routers' config (\\n for newlines)")
     parser.add_argument("--after-config", default="",
                         help="TOML appended to the 'after' routers' config (\\n for newlines)")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness of every child (negative needs root): on a machine "
+                             "shared with builds, both sides get the same larger share")
     parser.add_argument("--json", help="write every run here")
     args = parser.parse_args()
+    global NICE
+    NICE = args.nice
     args.work = tempfile.mkdtemp(prefix="ab-gateway-")
     parts = args.parts.split(",")
     sides = {"before": args.before, "after": args.after}
