@@ -130,7 +130,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Registry, limi
     let open = Arc::new(AtomicUsize::new(0));
     let refused = registry.counter(
         "yellowstone_metrics_connections_refused_total",
-        "Metrics connections closed at once: metrics.connections_max were open.",
+        "Metrics connections closed at once without an answer: metrics.connections_max were being served and as many answered 503.",
         &[],
     );
     let expired = registry.counter(
