@@ -140,7 +140,9 @@ pub struct MetricsConfig {
     /// Largest request head read, in bytes (at least 8 KiB, the HTTP server's floor).
     /// 8 KiB.
     pub request_bytes_max: usize,
-    /// Metrics connections served at once; more are closed at once. 64.
+    /// Metrics connections served at once. 64. More are answered 503 with
+    /// `Retry-After` (as many again at once, each within `request_timeout_ms`); past
+    /// that they are closed at once without an answer.
     pub connections_max: usize,
 }
 
