@@ -141,22 +141,7 @@ fn lost_rfc_probe_is_refused_after_restart(backend: &str) {
     });
     assert_eq!(tokens_left, 15_000 - 500, "{backend}: charged once");
     // And the market works on: the new probe is answered with a ticket.
-    let probe = expect(&mut provider, Duration::from_secs(10), |m| match m {
-        Message::Probe(p) => Some(p.probe_id),
-        _ => None,
-    });
-    let nonce = provider.next_nonce();
-    provider
-        .send_signed(
-            ProbeAnswer {
-                from: provider.address(),
-                nonce,
-                probe_id: probe,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
+    answer_next_probe(&mut provider, Duration::from_secs(10));
     expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => Some(t.session_id),
         _ => None,
