@@ -259,6 +259,9 @@ pub struct RouterSpec {
     pub operator: String,
     /// market.genesis_ms (Unix ms of block 0).
     pub genesis_ms: u64,
+    /// More configuration, appended to the router's TOML file after `[market]`
+    /// (whole sections, e.g. `[journal]\nsnapshot_every_blocks = 1\n`).
+    pub extra_toml: String,
 }
 
 /// A running `yellowstone-router run` on loopback with its own data directory.
@@ -271,7 +274,7 @@ pub struct RouterChild {
 }
 
 /// How long a router may take to print READY.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl RouterChild {
     pub fn start(bin: &Path, spec: &RouterSpec, work: &Path) -> Result<RouterChild, String> {
@@ -282,7 +285,10 @@ impl RouterChild {
         let config = dir.path().join("router.toml");
         std::fs::write(
             &config,
-            format!("[market]\ngenesis_ms = {}\n", spec.genesis_ms),
+            format!(
+                "[market]\ngenesis_ms = {}\n{}",
+                spec.genesis_ms, spec.extra_toml
+            ),
         )
         .map_err(|e| format!("{}: {e}", config.display()))?;
         let data_dir = dir.path().join("data");

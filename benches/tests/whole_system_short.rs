@@ -30,10 +30,10 @@ fn short_mode_writes_every_figure() {
         .arg("--work-dir")
         .arg(dir.path().join("work"))
         .stdin(Stdio::null());
-    // Bounded: the run takes about 40 s; a hung child is killed by its pid.
+    // Bounded: the run takes about 60 s; a hung child is killed by its pid.
     let usage = Owned::spawn(&mut command)
         .expect("spawn whole-system")
-        .wait(Duration::from_secs(240), Duration::from_secs(10));
+        .wait(Duration::from_secs(360), Duration::from_secs(10));
     assert!(usage.success, "whole-system --short failed: {usage:?}");
     let text = std::fs::read_to_string(&out).expect("the JSON was written");
     let report: Value = serde_json::from_str(&text).expect("valid JSON");
@@ -93,4 +93,15 @@ fn short_mode_writes_every_figure() {
         }
     }
     assert!(number(&report, &["max_sustainable_rate", "rfc_per_s"]) > 0.0);
+
+    // 5. Snapshots: p99.9 with a snapshot every block and without, and their ratio.
+    for key in ["p999_with_us", "p999_without_us", "p999_ratio", "p99_ratio"] {
+        assert!(
+            number(&report, &["snapshots", key]) > 0.0,
+            "snapshots.{key}"
+        );
+    }
+    assert!(number(&report, &["snapshots", "accounts"]) > 0.0);
+    // The router under test publishes its engine thread's pause at snapshot points.
+    assert!(number(&report, &["snapshots", "engine_pause_us_max"]) >= 0.0);
 }

@@ -379,22 +379,7 @@ fn r_ops_3_provider_claims_batches_follow_and_metrics_match_the_ledger() {
     let mut user = connect(router.ready.listen, user_key);
     register(&mut provider, network_id, 1, 1_000_000, 4);
     rfc_tokens_left(&mut user, 500);
-    let probe = expect(&mut provider, Duration::from_secs(10), |m| match m {
-        Message::Probe(p) => Some(p.clone()),
-        _ => None,
-    });
-    let nonce = provider.next_nonce();
-    provider
-        .send_signed(
-            ProbeAnswer {
-                from: provider.address(),
-                nonce,
-                probe_id: probe.probe_id,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
+    answer_next_probe(&mut provider, Duration::from_secs(10));
     let ticket = expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => Some(t.clone()),
         _ => None,

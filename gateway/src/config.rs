@@ -56,6 +56,9 @@ pub struct NetworkConfig {
     pub uring_buffer_bytes: u32,
     /// Opt-in: ask for IORING_SETUP_SQPOLL (burns a core). false.
     pub uring_sqpoll: bool,
+    /// Ask for IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN (completions are run only
+    /// when the gateway waits); false: COOP_TASKRUN | TASKRUN_FLAG. true.
+    pub uring_defer_taskrun: bool,
 }
 
 impl Default for NetworkConfig {
@@ -74,6 +77,7 @@ impl Default for NetworkConfig {
             uring_buffers: 512,
             uring_buffer_bytes: 16 * 1024,
             uring_sqpoll: false,
+            uring_defer_taskrun: true,
         }
     }
 }
@@ -136,7 +140,9 @@ pub struct MetricsConfig {
     /// Largest request head read, in bytes (at least 8 KiB, the HTTP server's floor).
     /// 8 KiB.
     pub request_bytes_max: usize,
-    /// Metrics connections served at once; more are closed at once. 64.
+    /// Metrics connections served at once. 64. More are answered 503 with
+    /// `Retry-After` (as many again at once, each within `request_timeout_ms`); past
+    /// that they are closed at once without an answer.
     pub connections_max: usize,
 }
 

@@ -6,10 +6,15 @@
 //! only its own task, never a scrape); each connection has a whole-request deadline
 //! of `metrics.request_timeout_ms` from its accept (request head, response and all),
 //! after which it is closed whatever it sent; at most `metrics.connections_max`
-//! connections at once (more are closed at once and counted); a request head is
-//! bounded by `metrics.request_bytes_max`; one request per connection (no
-//! keep-alive); listens where configured (127.0.0.1 by default); `stop` ends the
-//! runtime and joins the thread.
+//! connections served at once; past it a connection is answered
+//! `503 Service Unavailable` with `Retry-After` (whole seconds of
+//! `metrics.request_timeout_ms`, the longest a served connection holds its place)
+//! and closed, by at most `metrics.connections_max` more tasks at once, each held to
+//! the same deadline; past both limits a connection is closed at once without an
+//! answer (both kinds counted, so the number of tasks stays bounded whatever the
+//! load); a request head is bounded by `metrics.request_bytes_max`; one request per
+//! connection (no keep-alive); listens where configured (127.0.0.1 by default);
+//! `stop` ends the runtime and joins the thread.
 
 use crate::config::MetricsConfig;
 use crate::metrics::{Counter, Registry};
@@ -30,6 +35,8 @@ use std::time::Duration;
 const HYPER_BUF_BYTES_MIN: usize = 8 * 1024;
 /// Pause after a failed accept (EMFILE and friends) so the loop does not spin.
 const ACCEPT_RETRY_MS: u64 = 50;
+/// Read size while draining a refused client's request before the close.
+const DRAIN_CHUNK_BYTES: usize = 1024;
 
 pub struct MetricsServer {
     local_addr: SocketAddr,
@@ -123,7 +130,7 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Registry, limi
     let open = Arc::new(AtomicUsize::new(0));
     let refused = registry.counter(
         "yellowstone_metrics_connections_refused_total",
-        "Metrics connections closed at once: metrics.connections_max were open.",
+        "Metrics connections closed at once without an answer: metrics.connections_max were being served and as many answered 503.",
         &[],
     );
     let expired = registry.counter(
@@ -131,6 +138,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Registry, limi
         "Metrics connections closed at their whole-request deadline (metrics.request_timeout_ms).",
         &[],
     );
+    let answered_busy = registry.counter(
+        "yellowstone_metrics_connections_busy_total",
+        "Metrics connections answered 503 Service Unavailable (with Retry-After): metrics.connections_max were being served.",
+        &[],
+    );
+    let refusing = Arc::new(AtomicUsize::new(0));
+    let busy_response = Bytes::from(busy_response(limits.request_timeout));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
@@ -142,8 +156,19 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Registry, limi
         };
         if open.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
             open.fetch_sub(1, Ordering::AcqRel);
-            refused.inc();
-            drop(stream);
+            if refusing.fetch_add(1, Ordering::AcqRel) >= limits.connections_max {
+                refusing.fetch_sub(1, Ordering::AcqRel);
+                refused.inc();
+                drop(stream);
+                continue;
+            }
+            answered_busy.inc();
+            tokio::spawn(answer_busy(
+                stream,
+                busy_response.clone(),
+                limits,
+                OpenGuard(refusing.clone()),
+            ));
             continue;
         }
         let guard = OpenGuard(open.clone());
@@ -184,6 +209,66 @@ async fn serve_connection(
     }
 }
 
+/// The whole answer to a connection over `metrics.connections_max`: 503, and when to
+/// retry (a served connection holds its place at most `request_timeout`).
+fn busy_response(request_timeout: Duration) -> String {
+    let retry_after_s = request_timeout.as_millis().div_ceil(1_000).max(1);
+    let body = "metrics endpoint busy: metrics.connections_max connections are being served; retry later\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\n\
+         Retry-After: {retry_after_s}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Writes `response` whatever the client sent, ends the write side, then reads and
+/// discards what the client sends (at most `request_bytes_max`) until it closes, so
+/// that the close is not a reset that could destroy the answer before the client
+/// reads it. Held to `request_timeout` like a served connection.
+async fn answer_busy(
+    mut stream: tokio::net::TcpStream,
+    response: Bytes,
+    limits: Limits,
+    _refusing: OpenGuard,
+) {
+    let exchange = async {
+        let mut written = 0;
+        while written < response.len() {
+            stream.writable().await?;
+            match stream.try_write(&response[written..]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // shutdown(SHUT_WR): the answer is followed by a FIN.
+        std::future::poll_fn(|cx| {
+            tokio::io::AsyncWrite::poll_shutdown(std::pin::Pin::new(&mut stream), cx)
+        })
+        .await?;
+        let mut chunk = [0u8; DRAIN_CHUNK_BYTES];
+        let mut drained = 0;
+        while drained < limits.request_bytes_max {
+            stream.readable().await?;
+            match stream.try_read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok::<(), io::Error>(())
+    };
+    match tokio::time::timeout(limits.request_timeout, exchange).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%error, "metrics busy answer failed"),
+        Err(_) => tracing::debug!("metrics busy answer closed at its deadline"),
+    }
+}
+
 fn respond(registry: &Registry, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, body) = if request.method() == Method::GET && request.uri().path() == "/metrics" {
         (StatusCode::OK, registry.render())
@@ -216,16 +301,31 @@ mod tests {
     }
 
     fn server(request_timeout_ms: u64) -> MetricsServer {
+        server_with(MetricsConfig {
+            request_timeout_ms,
+            ..MetricsConfig::default()
+        })
+        .0
+    }
+
+    fn server_with(config: MetricsConfig) -> (MetricsServer, Registry) {
         let registry = Registry::new();
         registry
             .counter("yellowstone_test_total", "Test.", &[])
             .add(42);
         let config = MetricsConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
-            request_timeout_ms,
-            ..MetricsConfig::default()
+            ..config
         };
-        MetricsServer::start(&config, registry).unwrap()
+        let server = MetricsServer::start(&config, registry.clone()).unwrap();
+        (server, registry)
+    }
+
+    /// A client that sends part of a request head and keeps its connection open.
+    fn trickler(addr: SocketAddr) -> TcpStream {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(b"GET /met").unwrap();
+        stream
     }
 
     #[test]
@@ -271,6 +371,66 @@ mod tests {
             let _ = s.read_to_end(&mut rest);
             assert!(started.elapsed() < Duration::from_secs(4));
         }
+        server.stop();
+    }
+
+    #[test]
+    fn over_the_connection_limit_answers_503_with_retry_after_and_stays_bounded() {
+        let (server, registry) = server_with(MetricsConfig {
+            request_timeout_ms: 2_000,
+            connections_max: 2,
+            ..MetricsConfig::default()
+        });
+        let addr = server.local_addr();
+        // Both served places held by clients that never finish their request.
+        let tricklers = [trickler(addr), trickler(addr)];
+        // A scraper past the limit is told to come back, at once, not dropped.
+        let started = Instant::now();
+        let response = get(addr, "/metrics", Duration::from_millis(1_500)).unwrap();
+        assert!(
+            response.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{response}"
+        );
+        assert!(response.contains("\r\nRetry-After: 2\r\n"), "{response}");
+        assert!(response.contains("metrics.connections_max"), "{response}");
+        assert!(started.elapsed() < Duration::from_millis(1_500));
+        // The 503 answers are bounded too: two more clients that never close hold
+        // the two answering places (each still gets its 503 and the server's FIN) ...
+        let mut holders: Vec<TcpStream> = (0..2).map(|_| trickler(addr)).collect();
+        for holder in &mut holders {
+            holder
+                .set_read_timeout(Some(Duration::from_millis(1_500)))
+                .unwrap();
+            let mut answer = String::new();
+            holder.read_to_string(&mut answer).unwrap();
+            assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        }
+        // ... so the next one is closed without an answer and no task is spawned.
+        let mut dropped = TcpStream::connect(addr).unwrap();
+        dropped
+            .set_read_timeout(Some(Duration::from_millis(1_500)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = dropped.read_to_end(&mut rest);
+        let reset = |e: &io::Error| e.kind() == io::ErrorKind::ConnectionReset;
+        assert!(
+            rest.is_empty() && closed.as_ref().map_or_else(reset, |_| true),
+            "{closed:?} {rest:?}"
+        );
+        let text = registry.render();
+        assert!(
+            text.contains("yellowstone_metrics_connections_busy_total 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("yellowstone_metrics_connections_refused_total 1\n"),
+            "{text}"
+        );
+        // Once the held places expire at their deadline, scrapes are served again.
+        std::thread::sleep(Duration::from_millis(2_300));
+        let response = get(addr, "/metrics", Duration::from_millis(1_500)).unwrap();
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        drop((tricklers, holders));
         server.stop();
     }
 }

@@ -2,10 +2,16 @@
 //!
 //! It takes authenticated commands from the gateways, stamps each with the clock
 //! (the only clock read on this path), appends (now, command) to the journal, applies
-//! it, and holds the effects until the journal says the record is durable; then the
-//! `EffectSink` (the router's encoder/router) gets them. So in durability `always` no
-//! reply that depends on a command leaves before the command is on disk, while the
-//! engine keeps working on the next commands (group commit, pipelined).
+//! it, and sorts its effects by what they promise ([`release_of`], ARCHITECTURE.md
+//! "Latency: what waits for the disk"): an effect that promises nothing to anyone (a
+//! probe) goes to the `EffectSink` at once; every promise waits until the journal says
+//! the command's record is durable (journal order makes `seq <= durable_seq` enough:
+//! it covers every earlier record the promise depends on). A credit batch or a
+//! settlement also waits until its seal is on stable storage whatever the durability
+//! mode (R-BLOCK-*), without stopping the engine thread. So in durability `always` no
+//! promise leaves before its command is on disk, while the engine keeps working on the
+//! next commands (group commit, pipelined), and an RFC's probe travels while its
+//! record is being written.
 //! Ticks are journaled like any other input, so replay reproduces block seals.
 
 use crossbeam_channel::{Receiver, Select};
@@ -64,25 +70,102 @@ pub trait Durability: Send {
     fn durable_seq(&self) -> u64;
     /// Writes a snapshot covering every record up to `seq`.
     fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String>;
+    /// A snapshot point: `engine` has applied every record up to `seq` (a block
+    /// boundary). By default the engine is serialised here, on the engine thread; a
+    /// journal with a replica engine serialises that one instead
+    /// (`journal::replica`, ARCHITECTURE.md "Latency: what waits for the disk").
+    fn snapshot_point(&mut self, seq: u64, engine: &Engine) -> Result<(), String> {
+        self.snapshot(seq, engine.snapshot())
+    }
+    /// The snapshot replica's counters, if this journal keeps a replica.
+    fn replica_stats(&self) -> Option<std::sync::Arc<crate::journal::ReplicaStats>> {
+        None
+    }
     /// Flushes and syncs everything appended; used at shutdown.
     fn flush(&mut self) -> Result<(), String>;
-    /// Returns once record `seq` is on stable storage whatever the durability mode
-    /// (credit batches are never published before their block's seal is durable).
-    /// Journals that release only synced records already guarantee it.
-    fn make_durable(&mut self, _seq: u64) -> Result<(), String> {
-        Ok(())
-    }
+    /// Records up to this sequence number are on stable storage whatever the
+    /// durability mode (`durable_seq` in `always`; behind it in `interval`/`none`).
+    /// A journal that keeps nothing on disk returns `durable_seq`. Required, not
+    /// defaulted: a wrapper that forgot to forward it would publish batches before
+    /// their seal is on disk.
+    fn synced_seq(&self) -> u64;
+    /// Asks for records up to `seq` to reach stable storage soon, without waiting
+    /// (a sealed block's batch waits for it in the sequencer, R-BLOCK-*); progress is
+    /// announced on `durable_updates` and read from `synced_seq`. Journals whose
+    /// `synced_seq` already follows every append need do nothing.
+    fn request_sync(&mut self, seq: u64) -> Result<(), String>;
     /// Counters for the metrics endpoint, if this journal keeps any.
     fn stats(&self) -> Option<std::sync::Arc<crate::journal::JournalStats>> {
         None
     }
 }
 
-/// Receives effects once the command that caused them is durable.
+/// When an effect may leave the engine thread (ARCHITECTURE.md, "Latency: what waits
+/// for the disk"). Only a promise waits for the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Promises nothing to anyone: sent as soon as the engine has applied the command.
+    /// If a crash loses the command's record, whatever answers it later finds no trace
+    /// of it in the recovered engine and gets a typed refusal; nothing is charged.
+    Now,
+    /// A promise: leaves once the command's record is durable (`durable_seq`).
+    Durable,
+    /// A promise published to everyone (a credit batch, a settlement): leaves once the
+    /// command's record is durable and, whatever the durability mode, on stable
+    /// storage (`synced_seq`, R-BLOCK-*).
+    Synced,
+}
+
+/// Classifies one effect (R-MATCH-2, R-MATCH-6, R-BLOCK-*; the match is exhaustive
+/// so that a new effect must be classified here):
+/// - `Probe`: `Now`. It asks a provider whether it is live; it reserves nothing the
+///   provider or user could rely on. A probe whose RFC's record a crash loses is
+///   answered against a recovered engine that has no such probe: UNKNOWN_PROBE, no
+///   session, nothing charged. This is what lets the RFC's fsync overlap the probe's
+///   round trip.
+/// - `RfcAccepted`, `SessionOpened` (the ticket), `ReportAccepted`, `ClaimPaid`,
+///   `Done`, `RfcFailed` (a refund): promises a client acts on: `Durable`.
+/// - `Rejected`: `Durable`. A refusal is computed against state that may include
+///   records not yet durable (an accepted RFC using the quota, a used nonce); a client
+///   acts on it (gives up, changes the nonce), so a crash must not be able to undo
+///   what it was based on. It also answers the command's frame, which waits anyway.
+/// - `ProviderUnreachable`, `ProviderSuspended`, `ProviderUnfunded`: statements about
+///   the provider's state in the market, which a provider acts on (reconnects, stops
+///   serving): `Durable`. `SessionExpired` sends nothing; kept in order: `Durable`.
+/// - `BalancesSet`: feeds the gateways' pre-check cache (R-QUOTA-6), which must not
+///   get ahead of what a crash would keep: `Durable`.
+/// - `BatchSealed`, `SettlementSealed`: published to every subscriber and applied by
+///   the ledger: `Synced`.
+pub fn release_of(effect: &Effect) -> Release {
+    match effect {
+        Effect::Probe { .. } => Release::Now,
+        Effect::Rejected { .. }
+        | Effect::RfcAccepted { .. }
+        | Effect::SessionOpened { .. }
+        | Effect::RfcFailed { .. }
+        | Effect::ReportAccepted { .. }
+        | Effect::SessionExpired { .. }
+        | Effect::ProviderUnreachable { .. }
+        | Effect::ProviderSuspended { .. }
+        | Effect::ProviderUnfunded { .. }
+        | Effect::ClaimPaid { .. }
+        | Effect::Done { .. }
+        | Effect::BalancesSet { .. } => Release::Durable,
+        Effect::BatchSealed { .. } | Effect::SettlementSealed { .. } => Release::Synced,
+    }
+}
+
+/// Receives effects: those that promise nothing at once, the others once the command
+/// that caused them is durable.
 pub trait EffectSink: Send {
-    /// Called once per command, in order: with its effects (possibly none when the
-    /// command came from a connection, whose frame the sink must answer).
+    /// Called once per command, in order, once its record is durable: with its
+    /// promises (possibly none when the command came from a connection, whose frame
+    /// the sink must answer, exactly once, here).
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]);
+    /// Called right after the engine applied a command whose effects include some
+    /// that promise nothing (`Release::Now`, only those are passed). Must not answer
+    /// the command's frame (`deliver` does, later).
+    fn deliver_now(&mut self, origin: Origin, command: &Command, effects: &[Effect]);
     /// Called after each burst of deliveries, to flush outboxes.
     fn flush(&mut self) {}
 }
@@ -116,6 +199,8 @@ pub fn unix_ms() -> u64 {
 
 struct Pending {
     seq: u64,
+    /// Waits for `synced_seq` too (a sealed block's batch, `Release::Synced`).
+    synced: bool,
     origin: Origin,
     command: Command,
     effects: Vec<Effect>,
@@ -132,6 +217,10 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     last_snapshot_block: u64,
     /// Spare effect vectors, so steady state does not allocate per command.
     spare: Vec<Vec<Effect>>,
+    /// `Release::Now` effects of the command being applied (reused).
+    now_effects: Vec<Effect>,
+    /// Something went out through `deliver_now` since the last sink flush.
+    sent_now: bool,
     /// Called after each burst, e.g. to publish engine gauges.
     observer: Option<EngineObserver>,
 }
@@ -152,6 +241,8 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             last_tick_ms: 0,
             last_snapshot_block: block,
             spare: Vec::new(),
+            now_effects: Vec::new(),
+            sent_now: false,
             observer: None,
         }
     }
@@ -236,7 +327,8 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         Ok(true)
     }
 
-    /// Journals and applies one command; its effects wait for durability.
+    /// Journals and applies one command; effects that promise nothing go to the sink
+    /// at once, the others wait for durability ([`release_of`]).
     pub fn apply(&mut self, origin: Origin, command: Command) -> Result<(), String> {
         let now_ms = (self.clock)().max(self.engine.now_ms());
         let record = JournalRecord { now_ms, command };
@@ -244,13 +336,39 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let mut effects = self.spare.pop().unwrap_or_default();
         let block_before = self.engine.block();
         self.engine.apply(&record.command, now_ms, &mut effects);
-        if effects.iter().any(|e| {
-            matches!(
-                e,
-                Effect::BatchSealed { .. } | Effect::SettlementSealed { .. }
-            )
-        }) {
-            self.journal.make_durable(seq)?;
+        let mut synced = false;
+        let mut now = false;
+        for effect in effects.iter() {
+            match release_of(effect) {
+                Release::Now => now = true,
+                Release::Durable => {}
+                Release::Synced => synced = true,
+            }
+        }
+        if now {
+            debug_assert!(self.now_effects.is_empty());
+            // Linear split, effect order kept on both sides (a tick can time out many
+            // probes and send as many new ones).
+            let mut promises = self.spare.pop().unwrap_or_default();
+            debug_assert!(promises.is_empty());
+            for effect in effects.drain(..) {
+                match release_of(&effect) {
+                    Release::Now => self.now_effects.push(effect),
+                    Release::Durable | Release::Synced => promises.push(effect),
+                }
+            }
+            std::mem::swap(&mut effects, &mut promises);
+            if self.spare.len() < 4096 {
+                self.spare.push(promises);
+            }
+            self.sink
+                .deliver_now(origin, &record.command, &self.now_effects);
+            self.now_effects.clear();
+            self.sent_now = true;
+        }
+        if synced {
+            // Not a wait: the batch waits in `pending` for `synced_seq` (R-BLOCK-*).
+            self.journal.request_sync(seq)?;
         }
         if self.engine.block() != block_before {
             self.maybe_snapshot(seq)?;
@@ -260,6 +378,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         }
         self.pending.push_back(Pending {
             seq,
+            synced,
             origin,
             command: record.command,
             effects,
@@ -273,7 +392,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             return Ok(());
         }
         self.last_snapshot_block = self.engine.block();
-        self.journal.snapshot(seq, self.engine.snapshot())
+        self.journal.snapshot_point(seq, &self.engine)
     }
 
     fn time_to_next_tick(&mut self) -> Duration {
@@ -293,11 +412,17 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         Ok(())
     }
 
-    /// Hands every pending command whose record is durable to the sink, in order.
+    /// Hands every pending command whose record is durable (and, for a sealed block,
+    /// synced) to the sink, in order.
     fn release_durable(&mut self) {
         let durable = self.journal.durable_seq();
-        let mut delivered = false;
-        while self.pending.front().is_some_and(|p| p.seq <= durable) {
+        let synced = self.journal.synced_seq();
+        let mut delivered = std::mem::take(&mut self.sent_now);
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.seq <= durable && (!p.synced || p.seq <= synced))
+        {
             let mut pending = self.pending.pop_front().expect("checked");
             // A command from a connection is delivered even without effects: the
             // sink answers its frame (R-ID-6, half-close).
@@ -360,6 +485,12 @@ impl Durability for NoJournal {
     fn durable_seq(&self) -> u64 {
         self.seq
     }
+    fn synced_seq(&self) -> u64 {
+        self.seq
+    }
+    fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
+        Ok(())
+    }
     fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
         Ok(())
     }
@@ -381,6 +512,52 @@ mod tests {
         updates: (crossbeam_channel::Sender<u64>, Receiver<u64>),
     }
 
+    impl HeldJournal {
+        fn new(durable: Arc<Mutex<u64>>) -> HeldJournal {
+            HeldJournal {
+                records: Arc::default(),
+                durable,
+                updates: crossbeam_channel::bounded(4),
+            }
+        }
+    }
+
+    /// A journal like `none`/`interval`: everything is durable at once, but on stable
+    /// storage only up to what the test sets; records sync requests.
+    struct LaggingJournal {
+        seq: u64,
+        synced: Arc<Mutex<u64>>,
+        requested: Arc<Mutex<Vec<u64>>>,
+        updates: (crossbeam_channel::Sender<u64>, Receiver<u64>),
+    }
+
+    impl Durability for LaggingJournal {
+        fn append(&mut self, _record: &[u8]) -> Result<u64, String> {
+            self.seq += 1;
+            Ok(self.seq)
+        }
+        fn durable_updates(&self) -> Receiver<u64> {
+            self.updates.1.clone()
+        }
+        fn durable_seq(&self) -> u64 {
+            self.seq
+        }
+        fn synced_seq(&self) -> u64 {
+            *self.synced.lock().unwrap()
+        }
+        fn request_sync(&mut self, seq: u64) -> Result<(), String> {
+            self.requested.lock().unwrap().push(seq);
+            Ok(())
+        }
+        fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), String> {
+            *self.synced.lock().unwrap() = self.seq;
+            Ok(())
+        }
+    }
+
     impl Durability for HeldJournal {
         fn append(&mut self, record: &[u8]) -> Result<u64, String> {
             let mut records = self.records.lock().unwrap();
@@ -393,6 +570,12 @@ mod tests {
         fn durable_seq(&self) -> u64 {
             *self.durable.lock().unwrap()
         }
+        fn synced_seq(&self) -> u64 {
+            self.durable_seq() // like `always`: durable means on disk
+        }
+        fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
+            Ok(())
+        }
         fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
             Ok(())
         }
@@ -402,14 +585,189 @@ mod tests {
         }
     }
 
+    /// Collects what `deliver` got (`.0`), what `deliver_now` got (`.1`) and the
+    /// origins whose frames `deliver` answered (`.2`).
     #[derive(Clone, Default)]
-    struct CollectingSink(Arc<Mutex<Vec<(Origin, Effect)>>>);
+    #[allow(clippy::type_complexity)]
+    struct CollectingSink(
+        Arc<Mutex<Vec<(Origin, Effect)>>>,
+        Arc<Mutex<Vec<(Origin, Effect)>>>,
+        Arc<Mutex<Vec<Origin>>>,
+    );
 
     impl EffectSink for CollectingSink {
         fn deliver(&mut self, origin: Origin, _command: &Command, effects: &[Effect]) {
             let mut out = self.0.lock().unwrap();
             out.extend(effects.iter().map(|e| (origin, e.clone())));
+            self.2.lock().unwrap().push(origin);
         }
+        fn deliver_now(&mut self, origin: Origin, _command: &Command, effects: &[Effect]) {
+            let mut out = self.1.lock().unwrap();
+            out.extend(effects.iter().map(|e| (origin, e.clone())));
+        }
+    }
+
+    fn is_probe(effect: &Effect) -> bool {
+        matches!(effect, Effect::Probe { .. })
+    }
+
+    #[test]
+    fn only_the_probe_leaves_before_durability_and_batches_wait_for_stable_storage() {
+        use yellowstone_engine::workload::{Workload, WorkloadSizes};
+        let sizes = WorkloadSizes {
+            models: 2,
+            providers: 4,
+            users: 20,
+            lifecycles_per_ms: 1,
+        };
+        let mut commands = Vec::new();
+        let mut workload = Workload::new(sizes, &mut commands);
+        for _ in 0..40 {
+            workload.lifecycle(&mut commands);
+        }
+        let config = Workload::market_config(&sizes);
+        let durable = Arc::new(Mutex::new(0));
+        let sink = CollectingSink::default();
+        let time = Arc::new(Mutex::new(config.genesis_ms));
+        let clock_time = time.clone();
+        let mut sequencer = Sequencer::new(
+            Engine::new(config),
+            HeldJournal::new(durable.clone()),
+            sink.clone(),
+            SequencerConfig::default(),
+        )
+        .with_clock(move || *clock_time.lock().unwrap());
+        let mut rfcs = 0;
+        for (origin, (now_ms, command)) in commands.into_iter().enumerate() {
+            *time.lock().unwrap() = now_ms;
+            rfcs += matches!(command, Command::SubmitRfc { .. }) as usize;
+            sequencer.apply(origin as Origin, command).unwrap();
+            sequencer.release_durable();
+        }
+        // Nothing is durable: every probe went, no promise and no frame answer did.
+        let now = sink.1.lock().unwrap().clone();
+        assert_eq!(now.len(), rfcs, "one probe per RFC, sent at once");
+        assert!(now.iter().all(|(_, e)| is_probe(e)));
+        assert!(
+            sink.0.lock().unwrap().is_empty(),
+            "no promise before durable"
+        );
+        assert!(sink.2.lock().unwrap().is_empty(), "no frame answered early");
+        // Once durable, each command is answered exactly once, in order, with its
+        // promises and without its probes.
+        let applied = sequencer.pending.len();
+        *durable.lock().unwrap() = u64::MAX;
+        sequencer.release_durable();
+        let delivered = sink.0.lock().unwrap().clone();
+        assert!(delivered.iter().all(|(_, e)| !is_probe(e)));
+        assert_eq!(
+            delivered
+                .iter()
+                .filter(|(_, e)| matches!(e, Effect::SessionOpened { .. }))
+                .count(),
+            rfcs,
+            "every ticket, after durability"
+        );
+        let answered = sink.2.lock().unwrap().clone();
+        assert!(
+            answered.windows(2).all(|w| w[0] < w[1]),
+            "in order, once each"
+        );
+        assert!(answered.len() <= applied);
+    }
+
+    #[test]
+    fn a_sealed_block_asks_for_a_sync_and_its_batch_waits_for_it_without_stalling() {
+        let config = MarketConfig {
+            genesis_ms: 1_000_000,
+            operator: OPERATOR,
+            ..MarketConfig::default()
+        };
+        let synced = Arc::new(Mutex::new(0));
+        let requested = Arc::new(Mutex::new(Vec::new()));
+        let journal = LaggingJournal {
+            seq: 0,
+            synced: synced.clone(),
+            requested: requested.clone(),
+            updates: crossbeam_channel::bounded(4),
+        };
+        let sink = CollectingSink::default();
+        let time = Arc::new(Mutex::new(1_000_000u64));
+        let clock_time = time.clone();
+        let mut sequencer = Sequencer::new(
+            Engine::new(config),
+            journal,
+            sink.clone(),
+            SequencerConfig::default(),
+        )
+        .with_clock(move || *clock_time.lock().unwrap());
+        let set = |nonce| Command::SetBalances {
+            operator: OPERATOR,
+            nonce,
+            entries: vec![],
+        };
+        sequencer.apply(1, set(1)).unwrap();
+        sequencer.release_durable();
+        assert_eq!(sink.2.lock().unwrap().as_slice(), &[1], "durable is enough");
+        *time.lock().unwrap() += 12_000;
+        sequencer.tick_if_due().unwrap(); // seq 2 seals block 0
+        sequencer.apply(3, set(2)).unwrap();
+        sequencer.release_durable();
+        assert_eq!(
+            requested.lock().unwrap().as_slice(),
+            &[2],
+            "a sync was asked"
+        );
+        let sealed = |sink: &CollectingSink| {
+            sink.0
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(_, e)| matches!(e, Effect::BatchSealed { .. }))
+        };
+        assert!(!sealed(&sink), "no batch before its seal is on disk");
+        assert_eq!(
+            sink.2.lock().unwrap().as_slice(),
+            &[1],
+            "later replies wait"
+        );
+        *synced.lock().unwrap() = 1;
+        sequencer.release_durable();
+        assert!(!sealed(&sink));
+        *synced.lock().unwrap() = 2;
+        sequencer.release_durable();
+        assert!(sealed(&sink), "published once synced");
+        assert_eq!(sink.2.lock().unwrap().as_slice(), &[1, ORIGIN_INTERNAL, 3]);
+    }
+
+    #[test]
+    fn the_release_classification_sends_only_probes_early() {
+        use yellowstone_engine::{BatchApplied, CreditBatch};
+        let probe = Effect::Probe {
+            provider: OPERATOR,
+            probe: 1,
+            model: 0,
+            tokens_max: 1,
+            deadline_ms: 1,
+        };
+        assert_eq!(release_of(&probe), Release::Now);
+        let accepted = Effect::RfcAccepted {
+            user: OPERATOR,
+            nonce: 1,
+            rfc: 1,
+            tokens_left: 0,
+        };
+        assert_eq!(release_of(&accepted), Release::Durable);
+        let done = Effect::Done {
+            to: OPERATOR,
+            nonce: 1,
+        };
+        assert_eq!(release_of(&done), Release::Durable);
+        let batch = Effect::BatchSealed {
+            batch: CreditBatch::default(),
+            applied: BatchApplied::default(),
+        };
+        assert_eq!(release_of(&batch), Release::Synced);
     }
 
     const OPERATOR: Address = Address([9; 20]);
@@ -421,13 +779,9 @@ mod tests {
             operator: OPERATOR,
             ..MarketConfig::default()
         };
-        let records = Arc::new(Mutex::new(Vec::new()));
         let durable = Arc::new(Mutex::new(0));
-        let journal = HeldJournal {
-            records: records.clone(),
-            durable: durable.clone(),
-            updates: crossbeam_channel::bounded(4),
-        };
+        let journal = HeldJournal::new(durable.clone());
+        let records = journal.records.clone();
         let sink = CollectingSink::default();
         let time = Arc::new(Mutex::new(1_000_000u64));
         let clock_time = time.clone();

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use yellowstone_gateway::config::{Backend, NetworkConfig, ThreadsConfig};
 use yellowstone_gateway::metrics::Registry;
 use yellowstone_gateway::net::{
-    start_gateways, BackendInUse, ConnId, FrameHandler, GatewayHandle, Refusal, Replies,
+    start_gateways, BackendInUse, ConnId, FrameHandler, GatewayHandle, OutboxError, Refusal,
+    Replies,
 };
 use yellowstone_wire::frame::{encode_frame, Frame, FrameHeader, FLAG_RESPONSE, HEADER_LEN};
 
@@ -416,6 +417,61 @@ fn jobs_run_on_the_gateway_thread_and_send_from_there(backend: Backend) {
     harness.stop();
 }
 
+/// Issue 14's leftover: a reply that finds its lane full loses its bytes (the
+/// sender is told) but not its answer mark, so the connection's in-flight window
+/// (`conn_inflight_frames_max`) is freed and its next frame is read.
+fn a_full_lane_keeps_the_answer_mark(backend: Backend) {
+    let harness = Harness::start(backend, |n| {
+        n.conn_inflight_frames_max = 1;
+        n.outbound_queue_depth = 1;
+    });
+    let outbox = harness.handle().outbox();
+    let mut stream = harness.connect();
+    let opened = harness.opened.recv_timeout(Duration::from_secs(5)).unwrap();
+    stream.write_all(&frame(DEFER, &[1])).unwrap();
+    stream.write_all(&frame(DEFER, &[2])).unwrap();
+    let (conn, body) = harness
+        .deferred
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap();
+    assert_eq!((conn, body.as_slice()), (opened, &[1u8][..]));
+    assert!(
+        harness
+            .deferred
+            .recv_timeout(Duration::from_millis(200))
+            .is_err(),
+        "the window of 1 holds the second frame back"
+    );
+    // Hold the connection's gateway thread in a job so that its lane (depth 1) fills.
+    let (entered_tx, entered) = crossbeam_channel::bounded::<()>(1);
+    let (release_tx, release) = crossbeam_channel::bounded::<()>(1);
+    let job = Box::new(move |_: &yellowstone_gateway::net::Outbox| {
+        let _ = entered_tx.send(());
+        let _ = release.recv_timeout(Duration::from_secs(10));
+    });
+    outbox.run_near(conn, job).unwrap();
+    entered.recv_timeout(Duration::from_secs(5)).unwrap();
+    outbox.send(conn, frame(PING, b"fits")).unwrap();
+    assert_eq!(
+        outbox.reply(conn, frame(DEFER, &[1])),
+        Err(OutboxError::Full)
+    );
+    release_tx.send(()).unwrap();
+    let (header, body) = read_frame(&mut stream).expect("the frame that fitted");
+    assert_eq!((header.msg_type, body.as_slice()), (PING, &b"fits"[..]));
+    let (_, body) = harness
+        .deferred
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the kept mark freed the window: the second frame is read");
+    assert_eq!(body, [2]);
+    outbox.reply(conn, frame(DEFER, &[2])).unwrap();
+    let (header, body) = read_frame(&mut stream).expect("second reply");
+    assert_eq!((header.msg_type, body.as_slice()), (DEFER, &[2u8][..]));
+    drop(stream);
+    harness.wait_connections(0);
+    harness.stop();
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod mio {
@@ -437,4 +493,5 @@ both_backends!(
     connections_max_enforced,
     outbox_delivers_from_another_thread,
     jobs_run_on_the_gateway_thread_and_send_from_there,
+    a_full_lane_keeps_the_answer_mark,
 );

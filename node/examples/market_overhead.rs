@@ -5,11 +5,20 @@
 //! time (the consumer's `x-yellowstone-ticket-us`: application request to ticket,
 //! i.e. catalog lookup + RFC -> probe -> ticket at the router).
 //!
-//! It starts the real processes (release binaries from `--bin-dir`) on loopback and
-//! is bounded in time (`--seconds` per rate and path). Build first:
+//! The stand-in generates at a model's pace (`--delay-ms-per-token`, default 10 ms:
+//! 100 tokens a second), for both paths, so that the reports' milliseconds mean
+//! something: the router runs with its default speed gate (R-PERF-1), and the
+//! reports' outcomes (earned, too slow…) are printed per rate. With
+//! `--delay-ms-per-token 0` completions take under a millisecond or two and the
+//! gate compares scheduling jitter (see README, "speed gate and sub-millisecond
+//! answers"). `--rounds N` alternates direct and market runs N times per rate (2
+//! shared cores: compare interleaved runs only).
 //!
-//!     cargo build --release -p yellowstone-gateway -p yellowstone-node --bins
-//!     cargo run --release -p yellowstone-node --example market_overhead -- --rates 10,50,100 --seconds 10
+//! It starts the real processes (release binaries from `--bin-dir`) on loopback and
+//! is bounded in time (`--seconds` per rate, path and round). Build first:
+//!
+//!     cargo build --release -p yellowstone-gateway -p yellowstone-node --bins --examples
+//!     ./target/release/examples/market_overhead --rates 10,50,100 --seconds 6
 //!
 //! Figures and method: BENCHMARKS.md, "Nodes: what the market adds to an inference".
 
@@ -151,13 +160,8 @@ async fn run_rate(url: String, rate: u64, seconds: u64, body: serde_json::Value)
         });
     }
     drop(sender);
-    let mut run = Run {
-        ttft: Histogram::new(3).unwrap(),
-        total: Histogram::new(3).unwrap(),
-        ticket: Histogram::new(3).unwrap(),
-        errors: 0,
-        sent: count,
-    };
+    let mut run = Run::new();
+    run.sent = count;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Ok(Some(result)) = tokio::time::timeout_at(deadline, receiver.recv()).await {
         match result {
@@ -172,6 +176,42 @@ async fn run_rate(url: String, rate: u64, seconds: u64, body: serde_json::Value)
         }
     }
     run
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            ttft: Histogram::new(3).unwrap(),
+            total: Histogram::new(3).unwrap(),
+            ticket: Histogram::new(3).unwrap(),
+            errors: 0,
+            sent: 0,
+        }
+    }
+
+    fn add(&mut self, other: Run) {
+        self.ttft.add(&other.ttft).unwrap();
+        self.total.add(&other.total).unwrap();
+        self.ticket.add(&other.ticket).unwrap();
+        self.errors += other.errors;
+        self.sent += other.sent;
+    }
+}
+
+/// The consumer's `yellowstone_consumer_reports_total{outcome, ack}` series.
+async fn reports(client: &reqwest::Client, url: &str) -> Vec<(String, f64)> {
+    let Ok(response) = client.get(url).send().await else {
+        return Vec::new();
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("yellowstone_consumer_reports_total{"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let series = series.trim_start_matches("yellowstone_consumer_reports_total");
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 fn ms(us: u64) -> f64 {
@@ -195,8 +235,13 @@ fn main() {
         .collect();
     let seconds: u64 = arg("--seconds", "10").parse().unwrap();
     let tokens: u64 = arg("--tokens", "16").parse().unwrap();
+    let delay_ms_per_token: u64 = arg("--delay-ms-per-token", "10").parse().unwrap();
+    let rounds: u64 = arg("--rounds", "1").parse().unwrap();
     assert!(
-        seconds <= 120 && rates.iter().all(|&r| r > 0 && r <= 2_000),
+        seconds * rounds <= 120
+            && rounds > 0
+            && delay_ms_per_token <= 1_000
+            && rates.iter().all(|&r| r > 0 && r <= 2_000),
         "bounded runs only"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -222,14 +267,6 @@ fn main() {
     )
     .unwrap();
     let data = d.join("data").display().to_string();
-    // The speed gate (R-PERF-1) would suspend the provider on a loaded machine's
-    // jitter (and sub-millisecond answers report 0 ms); this measures the path, not
-    // the gate: it passes while fewer than speed_reports_min reports exist.
-    std::fs::write(
-        d.join("router.toml"),
-        "[market]\nspeed_reports_min = 1000000\nspeed_window_reports = 1000000\n",
-    )
-    .unwrap();
     let router = start(
         &bin_dir.join("yellowstone-router"),
         &[
@@ -251,7 +288,14 @@ fn main() {
     let router_listen = field(&router.1[0], "listen");
     let standin = start(
         &bin_dir.join("yellowstone-standin-llm"),
-        &["--listen", "127.0.0.1:0", "--tokens", &tokens.to_string()],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--tokens",
+            &tokens.to_string(),
+            "--delay-ms-per-token",
+            &delay_ms_per_token.to_string(),
+        ],
         d,
         &["READY"],
     );
@@ -272,7 +316,7 @@ fn main() {
     );
     std::fs::write(
         d.join("consumer.toml"),
-        format!("router_addr = \"{router_listen}\"\nkey_file = \"consumer.key\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"\"\n"),
+        format!("router_addr = \"{router_listen}\"\nkey_file = \"consumer.key\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n"),
     )
     .unwrap();
     let consumer = start(
@@ -282,11 +326,13 @@ fn main() {
         &["READY"],
     );
     let consumer_listen = field(&consumer.1[0], "listen");
+    let consumer_metrics_listen = field(&consumer.1[0], "metrics");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
+        let consumer_metrics = format!("http://{consumer_metrics_listen}/metrics");
         let market_url = format!("http://{consumer_listen}/v1/chat/completions");
         let direct_url = format!("http://{standin_listen}/v1/chat/completions");
         let body = |model: &str| serde_json::json!({"model": model, "messages": [{"role": "user", "content": "benchmark prompt"}], "max_tokens": tokens, "stream": true});
@@ -298,12 +344,19 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        println!("streamed completions of {tokens} tokens, {seconds} s per rate and path, open loop; times in ms");
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        println!("load average at start: {}", load.trim());
+        println!("streamed completions of {tokens} tokens, stand-in at {delay_ms_per_token} ms per token, {seconds} s x {rounds} round(s) per rate and path (interleaved), open loop; times in ms");
         println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | market - direct - ticket, p50 |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        let mut outcomes = Vec::new();
         for &rate in &rates {
-            let direct = run_rate(direct_url.clone(), rate, seconds, body("standin")).await;
-            let market = run_rate(market_url.clone(), rate, seconds, body("demo-model-1")).await;
+            let before = reports(&client, &consumer_metrics).await;
+            let (mut direct, mut market) = (Run::new(), Run::new());
+            for _ in 0..rounds {
+                direct.add(run_rate(direct_url.clone(), rate, seconds, body("standin")).await);
+                market.add(run_rate(market_url.clone(), rate, seconds, body("demo-model-1")).await);
+            }
             for (name, run) in [("direct", &direct), ("market", &market)] {
                 let ticket = if run.ticket.is_empty() {
                     ("-".to_string(), "-".to_string(), "-".to_string())
@@ -311,14 +364,30 @@ fn main() {
                     let added = ms(market.total.value_at_quantile(0.5)) - ms(direct.total.value_at_quantile(0.5)) - ms(market.ticket.value_at_quantile(0.5));
                     (format!("{:.2}", ms(run.ticket.value_at_quantile(0.5))), format!("{:.2}", ms(run.ticket.value_at_quantile(0.99))), format!("{added:.2}"))
                 };
+                let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { "-".to_string() } else { format!("{:.2}", ms(h.value_at_quantile(q))) };
                 println!(
-                    "| {rate} | {name} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
+                    "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     run.sent - run.errors, run.errors,
-                    ms(run.ttft.value_at_quantile(0.5)), ms(run.ttft.value_at_quantile(0.99)),
-                    ms(run.total.value_at_quantile(0.5)), ms(run.total.value_at_quantile(0.99)),
+                    q(&run.ttft, 0.5), q(&run.ttft, 0.99),
+                    q(&run.total, 0.5), q(&run.total, 0.99),
                     ticket.0, ticket.1, ticket.2,
                 );
             }
+            // Reports are sent after each answer: let the last ones be acknowledged.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let after = reports(&client, &consumer_metrics).await;
+            let delta: Vec<String> = after
+                .iter()
+                .filter_map(|(series, n)| {
+                    let n = n - before.iter().find(|(s, _)| s == series).map_or(0.0, |b| b.1);
+                    (n > 0.0).then(|| format!("{series} {n}"))
+                })
+                .collect();
+            outcomes.push(format!("{rate}/s: {}", delta.join(", ")));
+        }
+        println!("reports by outcome and the router's answer (consumer metrics):");
+        for line in outcomes {
+            println!("  {line}");
         }
     });
     drop(consumer);

@@ -16,6 +16,7 @@
 //! Neither node sends a prompt or a completion to the router (R-NODE-3): the router
 //! sees only RFCs (model, TokenMax), reports (ms, tokens, pass) and registrations.
 
+pub mod cli;
 pub mod consumer;
 pub mod inference;
 pub mod keyfile;
@@ -46,4 +47,35 @@ pub fn nodelay(
             tracing::warn!(%error, "TCP_NODELAY not set");
         }
     })
+}
+
+/// Binds a node's OpenAI API listener (`listen`) and, unless `metrics_listen` is
+/// empty, its Prometheus listener, and serves both in the background. Returns the
+/// addresses actually bound (port 0 picks one). Errors name the setting.
+pub async fn serve_http(
+    config: &impl cli::NodeConfig,
+    app: axum::Router,
+    metrics: metrics::Metrics,
+) -> Result<(std::net::SocketAddr, Option<std::net::SocketAddr>), String> {
+    let (listen, metrics_listen) = config.listeners();
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listen {listen}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    let metrics_bound = if metrics_listen.is_empty() {
+        None
+    } else {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_listen)
+            .await
+            .map_err(|e| format!("metrics_listen {metrics_listen}: {e}"))?;
+        let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(metrics::serve(metrics_listener, metrics));
+        Some(addr)
+    };
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(nodelay(listener), app).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    });
+    Ok((bound, metrics_bound))
 }

@@ -235,19 +235,97 @@ impl Usage {
     }
 }
 
+/// What the nodes read of one streamed chunk (`chat.completion.chunk`): whether it
+/// carries content, whether it is the usage-only chunk (`choices: []`), and its
+/// usage. Parsed into borrowed views, without building a JSON tree of the chunk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChunkSummary {
+    /// A choice's `delta.content` is a non-empty string.
+    pub has_content: bool,
+    /// `choices` is present and empty (OpenAI's final usage chunk).
+    pub usage_only: bool,
+    pub usage: Option<Usage>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChunkView<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceView<'a>>>,
+    #[serde(default)]
+    usage: Option<UsageView>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChoiceView<'a> {
+    #[serde(borrow, default)]
+    delta: Option<DeltaView<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeltaView<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `usage` as it may come: fields absent or null (then it is no usage).
+#[derive(serde::Deserialize)]
+struct UsageView {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl ChunkSummary {
+    /// Reads an event's `data`; `None` if it is not a JSON object of that shape.
+    pub fn parse(data: &str) -> Option<ChunkSummary> {
+        let view: ChunkView = serde_json::from_str(data).ok()?;
+        let usage = view.usage.and_then(|u| {
+            Some(Usage {
+                prompt_tokens: u.prompt_tokens?,
+                completion_tokens: u.completion_tokens?,
+            })
+        });
+        let choices = view.choices.as_deref();
+        Some(ChunkSummary {
+            has_content: choices.is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.delta
+                        .as_ref()
+                        .and_then(|d| d.content.as_ref())
+                        .is_some_and(|s| !s.is_empty())
+                })
+            }),
+            usage_only: choices.is_some_and(<[_]>::is_empty),
+            usage,
+        })
+    }
+
+    /// The usage of an event's `data`, reading only events that mention it (the
+    /// provider's per-event work is one substring search for the others).
+    pub fn usage_of(data: &str) -> Option<Usage> {
+        if !data.contains("\"usage\"") {
+            return None;
+        }
+        ChunkSummary::parse(data)?.usage
+    }
+}
+
 /// Splits a server-sent-events byte stream into events (`data:` payloads), across
 /// arbitrary chunk boundaries. Bounded: an event longer than `event_bytes_max` is an
-/// error rather than unbounded growth.
+/// error rather than unbounded growth. Each byte is searched once, and an event's
+/// raw bytes are handed out without copying.
 #[derive(Debug)]
 pub struct SseSplitter {
-    buffer: Vec<u8>,
+    buffer: bytes::BytesMut,
+    /// Bytes of `buffer` already searched for an event's end (minus the separator's
+    /// length, so a separator cut across pushes is still found).
+    searched: usize,
     event_bytes_max: usize,
 }
 
 /// One server-sent event as raw bytes (including its trailing blank line).
 #[derive(Debug, PartialEq, Eq)]
 pub struct SseEvent {
-    pub raw: Vec<u8>,
+    pub raw: bytes::Bytes,
     /// The concatenated `data:` lines, if any.
     pub data: Option<String>,
 }
@@ -255,7 +333,8 @@ pub struct SseEvent {
 impl SseSplitter {
     pub fn new(event_bytes_max: usize) -> SseSplitter {
         SseSplitter {
-            buffer: Vec::new(),
+            buffer: bytes::BytesMut::new(),
+            searched: 0,
             event_bytes_max,
         }
     }
@@ -264,13 +343,11 @@ impl SseSplitter {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<SseEvent>, String> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
-        loop {
-            let end = find_event_end(&self.buffer);
-            let Some((at, separator)) = end else { break };
-            let raw: Vec<u8> = self.buffer.drain(..at + separator).collect();
-            let text = String::from_utf8_lossy(&raw[..at]);
+        while let Some((at, separator)) = find_event_end(&self.buffer, self.searched) {
+            let raw = self.buffer.split_to(at + separator).freeze();
+            self.searched = 0;
             let mut data: Option<String> = None;
-            for line in text.lines() {
+            for line in String::from_utf8_lossy(&raw[..at]).lines() {
                 if let Some(payload) = line.strip_prefix("data:") {
                     let payload = payload.strip_prefix(' ').unwrap_or(payload);
                     match &mut data {
@@ -284,6 +361,8 @@ impl SseSplitter {
             }
             events.push(SseEvent { raw, data });
         }
+        // The longest separator is 4 bytes: its first 3 may already be here.
+        self.searched = self.buffer.len().saturating_sub(3);
         if self.buffer.len() > self.event_bytes_max {
             return Err(format!(
                 "a server-sent event exceeds {} bytes",
@@ -299,19 +378,23 @@ impl SseSplitter {
     }
 }
 
-fn find_event_end(buffer: &[u8]) -> Option<(usize, usize)> {
-    let lf = buffer
-        .windows(2)
-        .position(|w| w == b"\n\n")
-        .map(|at| (at, 2));
-    let crlf = buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| (at, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
-    }
+/// The first event end at or after `from`: (offset of the blank line, its length).
+fn find_event_end(buffer: &[u8], from: usize) -> Option<(usize, usize)> {
+    let tail = &buffer[from.min(buffer.len())..];
+    let at = tail.iter().enumerate().find_map(|(i, &byte)| {
+        if byte != b'\n' && byte != b'\r' {
+            return None;
+        }
+        let rest = &tail[i..];
+        if rest.starts_with(b"\n\n") {
+            Some((i, 2))
+        } else if rest.starts_with(b"\r\n\r\n") {
+            Some((i, 4))
+        } else {
+            None
+        }
+    })?;
+    Some((from + at.0, at.1))
 }
 
 #[cfg(test)]
@@ -366,5 +449,42 @@ mod tests {
         }
         let mut splitter = SseSplitter::new(8);
         assert!(splitter.push(b"data: 0123456789").is_err());
+        // Byte by byte, with both separators and a multi-line event.
+        let stream = b"data: a\r\ndata: b\r\n\r\n: comment\n\ndata: c\n\n";
+        let mut splitter = SseSplitter::new(1024);
+        let mut events = Vec::new();
+        for byte in stream {
+            events.extend(splitter.push(&[*byte]).unwrap());
+        }
+        let raw: Vec<u8> = events.iter().flat_map(|e| e.raw.to_vec()).collect();
+        assert_eq!(raw, stream, "raw events are the stream, byte for byte");
+        let data: Vec<_> = events.iter().map(|e| e.data.clone()).collect();
+        assert_eq!(data, [Some("a\nb".into()), None, Some("c".into())]);
+    }
+
+    #[test]
+    fn chunk_summary_reads_content_usage_and_the_usage_only_chunk() {
+        let content = r#"{"id":"x","choices":[{"index":0,"delta":{"content":"he\"y"},"finish_reason":null}]}"#;
+        let summary = ChunkSummary::parse(content).unwrap();
+        assert!(summary.has_content && !summary.usage_only && summary.usage.is_none());
+        let role = r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#;
+        assert!(!ChunkSummary::parse(role).unwrap().has_content);
+        let usage =
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}"#;
+        let summary = ChunkSummary::parse(usage).unwrap();
+        assert!(summary.usage_only && !summary.has_content);
+        let expected = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 9,
+        };
+        assert_eq!(summary.usage, Some(expected));
+        assert_eq!(ChunkSummary::usage_of(usage), Some(expected));
+        assert_eq!(ChunkSummary::usage_of(content), None);
+        // vLLM sends "usage": null on every chunk unless asked.
+        let null = r#"{"choices":[{"delta":{"content":"a"}}],"usage":null}"#;
+        assert_eq!(ChunkSummary::usage_of(null), None);
+        assert!(ChunkSummary::parse(null).unwrap().has_content);
+        assert_eq!(ChunkSummary::parse("[DONE]"), None);
+        assert_eq!(ChunkSummary::parse("not json"), None);
     }
 }

@@ -263,7 +263,7 @@ async fn r_perf_1_a_slow_upstream_is_caught_by_the_speed_gate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
-    use yellowstone_node::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
+    use yellowstone_node::inference::{SESSION_HEADER, SIGNATURE_HEADER};
     use yellowstone_wire::*;
     let stack = Stack::start(Tuning {
         provider: "ticket_wait_ms = 200".into(),
@@ -273,58 +273,27 @@ async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
     // A user of its own (the test), funded through the operator, asks for a ticket.
     let addr = stack.router.ready.listen;
     let network_id = stack.router.ready.network_id;
-    let (ticket, user, mallory) = tokio::task::spawn_blocking(move || {
-        use yellowstone_tests::market::*;
-        let user = SigningKey::from_seed(b"ticket-user");
-        let mallory = SigningKey::from_seed(b"ticket-mallory");
-        let mut operator = connect(addr, operator_key());
-        fund(
-            &mut operator,
-            &[
-                (user.address(), 5 * WEI_PER_MOR),
-                (mallory.address(), 5 * WEI_PER_MOR),
-            ],
-        );
-        let mut client = connect(addr, user.clone());
-        let nonce = client.next_nonce();
-        client
-            .send_signed(
-                Rfc {
-                    from: user.address(),
-                    nonce,
-                    model_id: 1,
-                    tokens_max: 6,
-                    expires_at_ms: now_ms() + 30_000,
-                    signature: Signature::default(),
-                }
-                .into(),
-            )
-            .unwrap();
-        let ticket = expect(&mut client, Duration::from_secs(10), |m| match m {
-            Message::SessionTicket(t) => Some(t.clone()),
-            Message::ErrorReply(e) => panic!("rfc refused: {e:?}"),
-            _ => None,
-        });
-        (ticket, user, mallory)
-    })
-    .await
-    .unwrap();
+    let user = SigningKey::from_seed(b"ticket-user");
+    let mallory = SigningKey::from_seed(b"ticket-mallory");
+    let ticket = {
+        let (user, mallory) = (user.clone(), mallory.address());
+        tokio::task::spawn_blocking(move || fund_and_request_ticket(addr, &user, &[mallory], 6))
+            .await
+            .unwrap()
+    };
     let url = format!("http://{}/v1/chat/completions", ticket.endpoint);
     let body = serde_json::to_vec(&chat("hi", 100, false)).unwrap();
     let call = |key: &SigningKey, session: u64, body: Vec<u8>, signed_body: Option<Vec<u8>>| {
-        let signature = sign_request(
-            key,
+        provider_call(
+            &stack.http,
+            &ticket,
             network_id,
+            key,
             session,
-            signed_body.as_ref().unwrap_or(&body),
-        );
-        stack
-            .http
-            .post(&url)
-            .header(SESSION_HEADER, session.to_string())
-            .header(SIGNATURE_HEADER, signature)
-            .body(body)
-            .send()
+            body,
+            signed_body.as_deref(),
+        )
+        .send()
     };
     let code = |value: serde_json::Value| value["error"]["code"].as_str().unwrap().to_string();
 
@@ -428,6 +397,114 @@ async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
         .unwrap();
     assert_eq!(response.status(), 401);
     assert_eq!(code(response.json().await.unwrap()), "bad_signature");
+}
+
+/// Concurrent completions: every RFC and report reaches the router in nonce order
+/// (the router refuses a nonce not above the sender's last as a replay; the
+/// consumer once signed them concurrently and lost reports at 50 requests/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_2_concurrent_completions_are_all_matched_and_reported() {
+    const REQUESTS: usize = 48;
+    let stack = Stack::start(Tuning {
+        // The stand-in answers in about a millisecond: keep the speed gate's
+        // minimum out of reach (README, "The speed gate and sub-millisecond answers").
+        market: "speed_reports_min = 1000".into(),
+        ..Tuning::default()
+    })
+    .await;
+    let calls = (0..REQUESTS).map(|i| {
+        let request = stack
+            .http
+            .post(stack.consumer_url("/v1/chat/completions"))
+            .json(&chat(&format!("concurrent {i}"), 4, i % 2 == 0));
+        async move { request.send().await.unwrap().status() }
+    });
+    let statuses = futures_util::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
+            REQUESTS as f64,
+        )
+        .await;
+    assert_eq!(
+        stack
+            .consumer_metric("yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"error\"}")
+            .await,
+        0.0
+    );
+}
+
+/// Issue 16: 410 for an expired ticket, through the real router (short
+/// `session_ttl_ms`) and provider node; a user that waits past the ticket's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_1_an_expired_ticket_is_refused_with_410_and_an_openai_error() {
+    use yellowstone_wire::*;
+    const SESSION_TTL_MS: u64 = 1_500;
+    let stack = Stack::start(Tuning {
+        market: format!("session_ttl_ms = {SESSION_TTL_MS}"),
+        ..Tuning::default()
+    })
+    .await;
+    let addr = stack.router.ready.listen;
+    let network_id = stack.router.ready.network_id;
+    let user = SigningKey::from_seed(b"expiry-user");
+    let ticket = {
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || fund_and_request_ticket(addr, &user, &[], 6))
+            .await
+            .unwrap()
+    };
+    let now = yellowstone_tests::market::now_ms();
+    assert!(
+        ticket.expires_at_ms <= now + SESSION_TTL_MS,
+        "the ticket lives session_ttl_ms: {ticket:?}"
+    );
+    // Past the expiry on the provider's clock (the same machine's), with a margin.
+    tokio::time::sleep(Duration::from_millis(
+        ticket.expires_at_ms.saturating_sub(now) + 200,
+    ))
+    .await;
+    for stream in [false, true] {
+        let body = serde_json::to_vec(&chat("too late", 6, stream)).unwrap();
+        let response = provider_call(
+            &stack.http,
+            &ticket,
+            network_id,
+            &user,
+            ticket.session_id,
+            body,
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 410, "stream {stream}");
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "ticket_expired", "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+        assert!(error["error"]["param"].is_null(), "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&ticket.session_id.to_string())
+                && message.contains(&ticket.expires_at_ms.to_string()),
+            "the message names the session and its expiry: {message}"
+        );
+    }
+    // Refused before the model server was asked: the stand-in served nothing.
+    let provider_metrics = stack.metrics_text(&stack.provider).await;
+    assert!(
+        provider_metrics.contains("yellowstone_provider_requests_total{status=\"410\"} 2"),
+        "{provider_metrics}"
+    );
+    assert!(
+        !provider_metrics.contains("status=\"200\""),
+        "{provider_metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,6 +321,29 @@ pub mod market {
         }
     }
 
+    /// Waits up to `timeout` for the next probe on `provider`'s connection (other
+    /// messages are skipped), answers it (R-MATCH-3: the provider is alive), and
+    /// returns the probe.
+    pub fn answer_next_probe(provider: &mut Client, timeout: Duration) -> Probe {
+        let probe = expect(provider, timeout, |m| match m {
+            Message::Probe(p) => Some(p.clone()),
+            _ => None,
+        });
+        let nonce = provider.next_nonce();
+        provider
+            .send_signed(
+                ProbeAnswer {
+                    from: provider.address(),
+                    nonce,
+                    probe_id: probe.probe_id,
+                    signature: Signature::default(),
+                }
+                .into(),
+            )
+            .expect("send the probe answer");
+        probe
+    }
+
     pub fn fund(operator: &mut Client, entries: &[(Address, u128)]) {
         let nonce = operator.next_nonce();
         let entries = entries

@@ -64,22 +64,7 @@ fn send_rfc(user: &mut Client) -> u64 {
 }
 
 fn answer_probe(provider: &mut Client) {
-    let probe = expect(provider, Duration::from_secs(10), |m| match m {
-        Message::Probe(p) => Some(p.probe_id),
-        _ => None,
-    });
-    let nonce = provider.next_nonce();
-    provider
-        .send_signed(
-            ProbeAnswer {
-                from: provider.address(),
-                nonce,
-                probe_id: probe,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
+    answer_next_probe(provider, Duration::from_secs(10));
 }
 
 /// The user's RFC is matched: the probe reaches `provider`, which answers, and the

@@ -310,22 +310,7 @@ fn a_report_for_someone_elses_session_is_refused() {
         .into(),
     )
     .unwrap();
-    let probe = expect(&mut provider, Duration::from_secs(10), |m| match m {
-        Message::Probe(p) => Some(p.probe_id),
-        _ => None,
-    });
-    let nonce = provider.next_nonce();
-    provider
-        .send_signed(
-            ProbeAnswer {
-                from: provider.address(),
-                nonce,
-                probe_id: probe,
-                ..ProbeAnswer::default()
-            }
-            .into(),
-        )
-        .unwrap();
+    answer_next_probe(&mut provider, Duration::from_secs(10));
     let session = expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => Some(t.session_id),
         _ => None,

@@ -57,23 +57,7 @@ fn rfc(user: &mut Client, model_id: u32, tokens_max: u64) -> Result<RfcAccepted,
 
 /// Waits for a probe on `provider`'s connection and answers it.
 fn answer_probe(provider: &mut Client) -> Probe {
-    let probe = expect(provider, WAIT, |m| match m {
-        Message::Probe(p) => Some(p.clone()),
-        _ => None,
-    });
-    let nonce = provider.next_nonce();
-    provider
-        .send_signed(
-            ProbeAnswer {
-                from: provider.address(),
-                nonce,
-                probe_id: probe.probe_id,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
-    probe
+    answer_next_probe(provider, WAIT)
 }
 
 fn ticket(user: &mut Client) -> SessionTicket {

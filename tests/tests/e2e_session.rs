@@ -80,23 +80,8 @@ fn full_session(backend: &str, ticket_signing: &str) {
         "R-QUOTA-3: 5 MOR give 15,000 tokens a day"
     );
 
-    let probe = expect(&mut provider, Duration::from_secs(10), |m| match m {
-        Message::Probe(p) => Some(p.clone()),
-        _ => None,
-    });
+    let probe = answer_next_probe(&mut provider, Duration::from_secs(10));
     assert_eq!((probe.model_id, probe.tokens_max), (1, 500));
-    let nonce = provider.next_nonce();
-    provider
-        .send_signed(
-            ProbeAnswer {
-                from: provider.address(),
-                nonce,
-                probe_id: probe.probe_id,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
 
     let check_ticket = |m: &Message| match m {
         Message::SessionTicket(t) => {

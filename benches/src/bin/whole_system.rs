@@ -12,6 +12,11 @@
 //!    overload rate (2x the maximum: throughput), RFC-to-ticket p99 at the maximum.
 //! 4. `latency_us`: RFC-to-ticket p50/p99/p99.9 at 50 % and 90 % of the maximum
 //!    sustainable rate, durability `always` and `none`.
+//! 5. `snapshots` (issue 18 item 2; `--snapshot-run` alone, a small variant in
+//!    `--short`): a market with a large balance snapshot (1,000,000 funded accounts),
+//!    at a fixed rate (1,000 RFC/s), with a snapshot every block against none,
+//!    interleaved pairs: RFC-to-ticket p99.9 of each and their ratio, and the engine
+//!    thread's longest pause at a snapshot point (from the router's metrics).
 //!
 //! Every router is a child process on loopback with a fresh data directory, stopped
 //! by SIGTERM to its pid. See BENCHMARKS.md.
@@ -92,6 +97,29 @@ struct Args {
     /// directory, removed at the end).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Only the snapshot part (5): a snapshot every block against none, with
+    /// --snapshot-accounts funded accounts, at --snapshot-rate.
+    #[arg(long)]
+    snapshot_run: bool,
+    /// Funded accounts of the snapshot part's balance snapshot file (default
+    /// 1,000,000; short 10,000).
+    #[arg(long)]
+    snapshot_accounts: Option<u64>,
+    /// RFC/s of the snapshot part (default 1,000; short 200).
+    #[arg(long)]
+    snapshot_rate: Option<f64>,
+    /// Seconds of each snapshot-part run (default 40: three or four block
+    /// boundaries, so snapshots, inside the window; short 2).
+    #[arg(long)]
+    snapshot_duration: Option<u64>,
+    /// With/without pairs of the snapshot part, alternating order (default 3, short 1).
+    #[arg(long)]
+    snapshot_pairs: Option<usize>,
+    /// Milliseconds between the router's READY and the loadgen's start in the
+    /// snapshot part (default 5,000; short 0): the router has just journaled the
+    /// large balance snapshot.
+    #[arg(long)]
+    snapshot_settle_ms: Option<u64>,
 }
 
 /// The effective plan of a run.
@@ -111,6 +139,11 @@ struct Plan {
     providers: usize,
     signature_iterations: usize,
     signature_rounds: usize,
+    snapshot_accounts: u64,
+    snapshot_rate: f64,
+    snapshot_duration_s: u64,
+    snapshot_pairs: usize,
+    snapshot_settle_ms: u64,
 }
 
 impl Plan {
@@ -140,6 +173,26 @@ impl Plan {
             providers: args.providers.max(1),
             signature_iterations: if short { 100 } else { 2_000 },
             signature_rounds: if short { 3 } else { 7 },
+            snapshot_accounts: args.snapshot_accounts.unwrap_or(if short {
+                10_000
+            } else {
+                1_000_000
+            }),
+            snapshot_rate: args
+                .snapshot_rate
+                .unwrap_or(if short { 200.0 } else { 1_000.0 })
+                .max(1.0),
+            snapshot_duration_s: args
+                .snapshot_duration
+                .unwrap_or(if short { 2 } else { 40 })
+                .max(1),
+            snapshot_pairs: args
+                .snapshot_pairs
+                .unwrap_or(if short { 1 } else { 3 })
+                .max(1),
+            snapshot_settle_ms: args
+                .snapshot_settle_ms
+                .unwrap_or(if short { 0 } else { 5_000 }),
         }
     }
 }
@@ -150,6 +203,18 @@ struct MarketRun {
     backend: String,
     durability: String,
     rate: f64,
+    /// Seconds of the loadgen's window.
+    duration_s: u64,
+    /// Configuration added to the router's (the snapshot part's sections).
+    extra_toml: String,
+    /// The router's `yellowstone_snapshot_engine_pause_us_max` (routers with the
+    /// snapshot replica; None for older ones).
+    snapshot_engine_pause_us_max: Option<u64>,
+    /// Snapshots written (`yellowstone_snapshots`).
+    snapshots_written: Option<u64>,
+    /// The loadgen starts this long after the router is ready (a router that has
+    /// just loaded a large balance snapshot is still writing it to its journal).
+    settle_ms: u64,
     error: Option<String>,
     rfcs_sent: u64,
     sessions_completed: u64,
@@ -302,6 +367,16 @@ impl Bench {
         durability: &str,
         genesis_ms: u64,
     ) -> Result<RouterChild, String> {
+        self.router_with(backend, durability, genesis_ms, "")
+    }
+
+    fn router_with(
+        &self,
+        backend: &str,
+        durability: &str,
+        genesis_ms: u64,
+        extra_toml: &str,
+    ) -> Result<RouterChild, String> {
         RouterChild::start(
             &self.router_bin,
             &RouterSpec {
@@ -309,6 +384,7 @@ impl Bench {
                 durability: durability.into(),
                 operator: self.operator_address.clone(),
                 genesis_ms,
+                extra_toml: extra_toml.into(),
             },
             &self.work,
         )
@@ -329,12 +405,19 @@ impl Bench {
         overloaded: bool,
     ) -> MarketRun {
         let rate = rate.round().max(1.0);
-        let mut run = MarketRun {
+        let run = MarketRun {
             backend: backend.into(),
             durability: durability.into(),
             rate,
+            duration_s: self.plan.duration_s,
             ..MarketRun::default()
         };
+        self.finish_run(run, overloaded)
+    }
+
+    /// Runs `run` as planned in it and prints its line.
+    fn finish_run(&self, mut run: MarketRun, overloaded: bool) -> MarketRun {
+        let (backend, durability, rate) = (run.backend.clone(), run.durability.clone(), run.rate);
         if let Err(error) = self.market_run_into(&mut run, overloaded) {
             run.error = Some(error);
         }
@@ -364,17 +447,19 @@ impl Bench {
     }
 
     fn market_run_into(&self, run: &mut MarketRun, overloaded: bool) -> Result<(), String> {
-        let d_ms = self.plan.duration_s * 1_000;
+        let d_ms = run.duration_s * 1_000;
         // Set-up (logins, funding, registrations, the loadgen's start delay) ~1 s,
         // the window, the last reports (up to ~1.5 s of simulated service) and a
         // margin: the block boundary falls right after the last report, so the credit
         // batch the loadgen's self-check waits for is sealed without a whole block's
         // wait. A run that missed it (waited a block more) widens the margin.
         let drain_ms = if overloaded { 5_000 } else { 0 };
-        let ahead_ms = 1_000 + d_ms + drain_ms + 1_600 + self.margin_ms.get();
+        let ahead_ms = run.settle_ms + 1_000 + d_ms + drain_ms + 1_600 + self.margin_ms.get();
         let genesis_ms = genesis_with_boundary_in(now_ms(), ahead_ms, BLOCK_MS);
         run.boundary_ahead_ms = ahead_ms;
-        let router = self.router(&run.backend, &run.durability, genesis_ms)?;
+        let router =
+            self.router_with(&run.backend, &run.durability, genesis_ms, &run.extra_toml)?;
+        std::thread::sleep(Duration::from_millis(run.settle_ms));
         let json_path = self
             .work
             .join(format!("loadgen-{}-{}.json", std::process::id(), now_ms()));
@@ -386,7 +471,7 @@ impl Bench {
             .args(["--operator-key", &self.operator_key])
             .args(["--genesis-ms", &genesis_ms.to_string()])
             .args(["--scenario", "steady"])
-            .args(["--duration", &self.plan.duration_s.to_string()])
+            .args(["--duration", &run.duration_s.to_string()])
             .args(["--rate", &format!("{}", run.rate)])
             .args(["--users", &self.plan.users.to_string()])
             .args(["--providers", &self.plan.providers.to_string()])
@@ -400,12 +485,17 @@ impl Bench {
         let loadgen = Owned::spawn(&mut command)?;
         // Set-up + window + drain (5 s) + the wait for the covering batch (<= 30 s).
         let loadgen_usage = loadgen.wait(
-            Duration::from_secs(self.plan.duration_s + 60),
+            Duration::from_secs(run.duration_s + 60),
             Duration::from_secs(2),
         );
         let cpu_after = router.cpu_s();
         let metrics = router.metrics_text().unwrap_or_default();
         run.in_situ = InSituSignatures::from_metrics(&metrics);
+        run.snapshot_engine_pause_us_max =
+            RouterChild::metric(&metrics, "yellowstone_snapshot_engine_pause_us_max")
+                .map(|v| v as u64);
+        run.snapshots_written =
+            RouterChild::metric(&metrics, "yellowstone_snapshots").map(|v| v as u64);
         let (router_usage, router_log) = router.stop(Duration::from_secs(20));
         run.router_cpu_s = router_usage.cpu_s();
         run.router_exit_ok = router_usage.success;
@@ -681,6 +771,92 @@ fn search_max_rate(bench: &Bench) -> (f64, bool, Vec<MarketRun>) {
     }
 }
 
+/// Writes a balance snapshot file of `accounts` funded accounts (distinct,
+/// deterministic addresses, 1 MOR each) and returns its path.
+fn write_balance_snapshot(work: &Path, accounts: u64) -> Result<PathBuf, String> {
+    use std::io::Write;
+    let path = work.join(format!("balances-{accounts}.csv"));
+    let file = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    for n in 1..=accounts as u128 {
+        // An odd multiplier keeps the addresses distinct and spread like hashes.
+        let address = n.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        writeln!(out, "0x{address:040x},1000000000000000000")
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    out.flush()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// Part 5: a snapshot every block against none, same market (a large balance
+/// snapshot), same rate, interleaved pairs in alternating order.
+fn snapshot_part(bench: &Bench) -> Value {
+    let plan = &bench.plan;
+    eprintln!(
+        "snapshots: {} funded accounts, {:.0} RFC/s, {} s runs, a snapshot every block vs none, {} pairs:",
+        plan.snapshot_accounts, plan.snapshot_rate, plan.snapshot_duration_s, plan.snapshot_pairs
+    );
+    let balances = match write_balance_snapshot(&bench.work, plan.snapshot_accounts) {
+        Ok(path) => path,
+        Err(error) => return json!({ "error": error }),
+    };
+    let run = |every_blocks: u64| -> MarketRun {
+        let extra_toml = format!(
+            "[identity]\nbalance_snapshot = {:?}\n[journal]\nsnapshot_every_blocks = {every_blocks}\n",
+            balances.display().to_string()
+        );
+        bench.finish_run(
+            MarketRun {
+                backend: "uring".into(),
+                durability: "always".into(),
+                rate: plan.snapshot_rate.round(),
+                duration_s: plan.snapshot_duration_s,
+                extra_toml,
+                settle_ms: plan.snapshot_settle_ms,
+                ..MarketRun::default()
+            },
+            false,
+        )
+    };
+    let mut with = Vec::new();
+    let mut without = Vec::new();
+    for pair in 0..plan.snapshot_pairs {
+        if pair % 2 == 0 {
+            with.push(run(1));
+            without.push(run(0));
+        } else {
+            without.push(run(0));
+            with.push(run(1));
+        }
+    }
+    let _ = std::fs::remove_file(&balances);
+    let ok = |runs: &[MarketRun]| -> Vec<MarketRun> {
+        runs.iter().filter(|r| r.error.is_none()).cloned().collect()
+    };
+    let (with_ok, without_ok) = (ok(&with), ok(&without));
+    let p999_with = mean(with_ok.iter().map(|r| r.p999_us as f64));
+    let p999_without = mean(without_ok.iter().map(|r| r.p999_us as f64));
+    let p99_with = mean(with_ok.iter().map(|r| r.p99_us as f64));
+    let p99_without = mean(without_ok.iter().map(|r| r.p99_us as f64));
+    json!({
+        "accounts": plan.snapshot_accounts,
+        "rate": plan.snapshot_rate,
+        "duration_s": plan.snapshot_duration_s,
+        "pairs": plan.snapshot_pairs,
+        "p999_with_us": p999_with,
+        "p999_without_us": p999_without,
+        "p999_ratio": round3(ratio(p999_with, p999_without)),
+        "p99_with_us": p99_with,
+        "p99_without_us": p99_without,
+        "p99_ratio": round3(ratio(p99_with, p99_without)),
+        "snapshots_written": with_ok.iter().map(|r| r.snapshots_written).sum::<Option<u64>>(),
+        "engine_pause_us_max": with_ok.iter().filter_map(|r| r.snapshot_engine_pause_us_max).max(),
+        "with": with,
+        "without": without,
+    })
+}
+
 fn latency_entry(run: &MarketRun) -> Value {
     json!({
         "rate": run.rate,
@@ -737,6 +913,17 @@ fn real_main(args: &Args) -> Result<Value, String> {
         bench.router_bin.display(),
         bench.loadgen_bin.display()
     );
+    if args.snapshot_run {
+        let snapshots = snapshot_part(&bench);
+        return Ok(json!({
+            "mode": "snapshot",
+            "snapshots": snapshots,
+            "plan": plan,
+            "machine": machine(),
+            "unix_time_s": now_ms() / 1000,
+            "elapsed_s": started.elapsed().as_secs_f64(),
+        }));
+    }
 
     // 2. The network path against Redis.
     let (ping_ratio, ping_detail) = ping_vs_redis(&bench, !args.no_install_redis);
@@ -853,13 +1040,15 @@ fn real_main(args: &Args) -> Result<Value, String> {
         latency.insert(durability.to_string(), Value::Object(levels));
     }
 
-    let machine = json!({
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-        "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines()
-            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())),
-    });
+    // 5. Snapshots (the short variant; the full one is `--snapshot-run`).
+    let snapshots = if plan.mode == "short" {
+        snapshot_part(&bench)
+    } else {
+        Value::Null
+    };
+    let machine = machine();
     Ok(json!({
+        "snapshots": snapshots,
         "mode": plan.mode,
         "crypto_efficiency": round3(crypto_efficiency),
         "ping_vs_redis": round3(ping_ratio),
@@ -911,6 +1100,33 @@ fn real_main(args: &Args) -> Result<Value, String> {
     }))
 }
 
+fn machine() -> Value {
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpu_model": std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines()
+            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())),
+    })
+}
+
+fn snapshot_table(s: &Value) -> String {
+    format!(
+        "  snapshots ({} accounts, {} RFC/s, {} s x {} pairs)\n    p99.9 with a snapshot every block {} us, without {} us: ratio {} (p99 {} / {} us: {}); engine pause max {} us, snapshots written {}\n",
+        s["accounts"],
+        fmt(&s["rate"], 0),
+        s["duration_s"],
+        s["pairs"],
+        fmt(&s["p999_with_us"], 0),
+        fmt(&s["p999_without_us"], 0),
+        fmt(&s["p999_ratio"], 3),
+        fmt(&s["p99_with_us"], 0),
+        fmt(&s["p99_without_us"], 0),
+        fmt(&s["p99_ratio"], 3),
+        s["engine_pause_us_max"],
+        s["snapshots_written"],
+    )
+}
+
 fn fmt(value: &Value, digits: usize) -> String {
     match value.as_f64() {
         Some(v) => format!("{v:.digits$}"),
@@ -921,6 +1137,15 @@ fn fmt(value: &Value, digits: usize) -> String {
 /// The readable table.
 fn table(r: &Value) -> String {
     let mut out = String::new();
+    if r["mode"] == "snapshot" {
+        out.push_str(&format!(
+            "\nwhole-system benchmark (snapshot mode, {} CPUs, {:.0} s)\n",
+            r["machine"]["cpus"],
+            r["elapsed_s"].as_f64().unwrap_or(0.0)
+        ));
+        out.push_str(&snapshot_table(&r["snapshots"]));
+        return out;
+    }
     let m = &r["max_sustainable_rate"];
     let c = &r["crypto"];
     let p = &r["ping"];
@@ -1003,6 +1228,9 @@ fn table(r: &Value) -> String {
                 }
             ));
         }
+    }
+    if r["snapshots"].is_object() {
+        out.push_str(&snapshot_table(&r["snapshots"]));
     }
     out
 }

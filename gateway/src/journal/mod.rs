@@ -6,15 +6,19 @@
 //! - `writer`: the `Durability` the engine thread appends to; group commit on the
 //!   journal thread, snapshots on their own thread.
 //! - `uring_file`: the open segment, written and fsynced through io_uring.
+//! - `replica`: a second engine fed the same records; snapshots are serialised
+//!   from it so the engine thread does not stop for them.
 //! - `recovery`: snapshot + replay at start, torn-tail cut, corruption refusal.
 //! - `tools`: what the operator subcommands print (records, verification, ledger).
 
 pub mod files;
 pub mod record;
 pub mod recovery;
+pub mod replica;
 pub mod tools;
 pub mod uring_file;
 pub mod writer;
 
 pub use recovery::{recover, RecoverOptions, Recovered};
+pub use replica::{ReplicaConfig, ReplicaStats, Replicated};
 pub use writer::{DurabilityMode, Journal, JournalConfig, JournalStats};

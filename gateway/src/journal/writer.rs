@@ -136,6 +136,22 @@ impl Shared {
         self.synced.notify_all();
     }
 
+    /// Asks the writer to fsync every record up to `seq`, without waiting; the
+    /// writer announces it on the updates channel.
+    fn ask_sync(&self, seq: u64) -> Result<(), String> {
+        let mut pending = self.lock();
+        if let Some(failure) = &pending.failure {
+            return Err(failure.clone());
+        }
+        if self.synced_seq.load(Ordering::Acquire) >= seq || pending.sync_to >= seq {
+            return Ok(());
+        }
+        pending.sync_to = seq;
+        drop(pending);
+        self.work.notify_one();
+        Ok(())
+    }
+
     /// Blocks until every record up to `seq` is fsynced.
     fn sync_up_to(&self, seq: u64) -> Result<(), String> {
         let mut pending = self.lock();
@@ -247,6 +263,13 @@ impl Journal {
         self.mode
     }
 
+    /// Where another thread (the snapshot replica) hands finished snapshots to the
+    /// snapshot thread; holds one job, so a busy writer means a skipped snapshot.
+    /// Every clone must be dropped before the journal closes (its drop waits).
+    pub fn snapshot_sender(&self) -> Option<Sender<(u64, Vec<u8>)>> {
+        self.snapshot_jobs.clone()
+    }
+
     fn close(&mut self) {
         self.snapshot_jobs = None;
         if let Some(snapshotter) = self.snapshotter.take() {
@@ -321,11 +344,15 @@ impl Durability for Journal {
         Some(self.shared.stats.clone())
     }
 
-    fn make_durable(&mut self, seq: u64) -> Result<(), String> {
+    fn synced_seq(&self) -> u64 {
+        self.shared.synced_seq.load(Ordering::Acquire)
+    }
+
+    fn request_sync(&mut self, seq: u64) -> Result<(), String> {
         match self.mode {
-            // Released only once synced anyway; waiting here would stall the engine.
+            // Every record is fsynced as it is written.
             DurabilityMode::Always => Ok(()),
-            DurabilityMode::Interval | DurabilityMode::None => self.shared.sync_up_to(seq),
+            DurabilityMode::Interval | DurabilityMode::None => self.shared.ask_sync(seq),
         }
     }
 }

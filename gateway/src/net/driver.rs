@@ -119,7 +119,11 @@ pub(crate) fn refusal_bytes<H: FrameHandler>(handler: &mut H, shared: &Shared) -
 }
 
 /// Applies up to `OUTBOX_BATCH_MAX` messages from `lane`; pushes the ids touched.
-/// Re-wakes the lane if messages remain, so the next wait returns at once.
+/// Answer marks kept aside on a full lane (`Outbox::reply`) are applied once the
+/// queue has been seen empty after taking them, i.e. after every message pushed
+/// before them (bytes first: a half-closed connection closes on its last answer
+/// once nothing is queued, R-ID-6). Messages left over stay for the next turn: the
+/// backend does not sleep while the lane holds any (`Lane::prepare_sleep`).
 pub(crate) fn drain_outbox<T>(
     lane: &Lane,
     outbox: &Outbox,
@@ -127,14 +131,18 @@ pub(crate) fn drain_outbox<T>(
     conn_of: impl Fn(&mut T) -> &mut Connection,
     shared: &Shared,
     touched: &mut Vec<ConnId>,
+    kept: &mut Vec<(ConnId, u32)>,
 ) {
-    lane.begin_drain();
+    debug_assert!(kept.is_empty());
+    lane.take_answers(kept);
+    let mut drained = false;
     for _ in 0..OUTBOX_BATCH_MAX {
-        let Some(msg) = lane.queue.pop() else { return };
+        let Some(msg) = lane.queue.pop() else {
+            drained = true;
+            break;
+        };
         if let OutKind::Run(job) = msg.kind {
-            lane.pushing_to_self();
             job(outbox);
-            lane.begin_drain();
             continue;
         }
         let Some(entry) = slab.get_mut(msg.conn) else {
@@ -158,8 +166,19 @@ pub(crate) fn drain_outbox<T>(
         }
         touched.push(msg.conn);
     }
-    if !lane.queue.is_empty() {
-        lane.force_wake();
+    if !drained {
+        lane.restore_answers(kept);
+        return;
+    }
+    for (id, answers) in kept.drain(..) {
+        let Some(entry) = slab.get_mut(id) else {
+            shared.metrics.outbox_stale.inc();
+            continue;
+        };
+        if !conn_of(entry).on_answered(answers) {
+            tracing::debug!(%id, answers, "more answers than frames in flight");
+        }
+        touched.push(id);
     }
 }
 
@@ -179,4 +198,139 @@ pub(crate) fn on_removed<H: FrameHandler>(
     shared.metrics.closed(reason.label());
     handler.on_close(id, reason);
     shared.release_connection();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Registry;
+    use crate::net::outbox::{Lane, OutboxError};
+    use yellowstone_wire::frame::encode_frame;
+
+    fn limits() -> ConnLimits {
+        ConnLimits {
+            frame_bytes_max: 1024,
+            inflight_frames_max: 2,
+            send_bytes_max: 64 * 1024,
+            idle_timeout_ms: 60_000,
+        }
+    }
+
+    fn frame(msg_type: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(msg_type, 0, b"x", &mut out);
+        out
+    }
+
+    /// A connection on thread 0 with `frames` frames handed out (in flight).
+    fn with_inflight(slab: &mut ConnSlab<Connection>, frames: u16) -> ConnId {
+        let id = slab
+            .insert_with(|_| Connection::new(limits(), 0))
+            .expect("room");
+        let conn = slab.get_mut(id).expect("inserted");
+        for t in 0..frames {
+            conn.on_bytes(&frame(t + 1), 0);
+            assert!(conn.next_frame(&mut |_, _| {}).is_some());
+        }
+        assert_eq!(conn.inflight_frames(), u32::from(frames));
+        id
+    }
+
+    fn drain(outbox: &Outbox, slab: &mut ConnSlab<Connection>, shared: &Shared) -> Vec<ConnId> {
+        let (mut touched, mut kept) = (Vec::new(), Vec::new());
+        drain_outbox(
+            outbox.lane(0),
+            outbox,
+            slab,
+            |c| c,
+            shared,
+            &mut touched,
+            &mut kept,
+        );
+        assert!(kept.is_empty(), "kept marks are applied or put back");
+        touched
+    }
+
+    #[test]
+    fn a_full_lane_drops_the_bytes_but_never_the_answer_mark() {
+        let shared = Shared::new(8, NetMetrics::new(&Registry::new()));
+        let outbox = Outbox::new(vec![Lane::new(1).unwrap()]);
+        let mut slab = ConnSlab::with_capacity(0, 8);
+        let id = with_inflight(&mut slab, 2);
+        outbox.send(id, frame(100)).unwrap();
+        // The lane (depth 1) is full: both answers find no room.
+        assert_eq!(outbox.reply(id, frame(101)), Err(OutboxError::Full));
+        assert_eq!(outbox.answer(id, 1), Ok(()), "a bare mark is never refused");
+        assert_eq!(outbox.send(id, frame(102)), Err(OutboxError::Full));
+        let touched = drain(&outbox, &mut slab, &shared);
+        assert!(touched.contains(&id));
+        let conn = slab.get_mut(id).unwrap();
+        assert_eq!(conn.inflight_frames(), 0, "both in-flight frames answered");
+        // Only the message that fitted was queued.
+        let sent = conn.poll_transmit().expect("the pushed frame").to_vec();
+        assert_eq!(sent, frame(100));
+    }
+
+    #[test]
+    fn kept_marks_follow_the_messages_pushed_before_them() {
+        let shared = Shared::new(8, NetMetrics::new(&Registry::new()));
+        let outbox = Outbox::new(vec![Lane::new(1).unwrap()]);
+        let mut slab = ConnSlab::with_capacity(0, 8);
+        let id = with_inflight(&mut slab, 1);
+        // The client shut its write side: the connection closes on its last answer
+        // once nothing is queued (R-ID-6), so the earlier push must go out first.
+        let conn = slab.get_mut(id).unwrap();
+        conn.on_peer_closed();
+        assert!(conn.next_frame(&mut |_, _| {}).is_none());
+        assert!(conn.is_half_closed());
+        outbox.send(id, frame(100)).unwrap();
+        assert_eq!(outbox.reply(id, frame(101)), Err(OutboxError::Full));
+        drain(&outbox, &mut slab, &shared);
+        let conn = slab.get_mut(id).unwrap();
+        assert_eq!(conn.inflight_frames(), 0);
+        assert_eq!(conn.poll_transmit().map(<[u8]>::to_vec), Some(frame(100)));
+        let n = frame(100).len();
+        conn.on_sent(n, 1);
+        assert!(conn.is_closed(), "closes once the earlier push is sent");
+    }
+
+    #[test]
+    fn kept_marks_wait_while_older_messages_remain_in_the_lane() {
+        let shared = Shared::new(8, NetMetrics::new(&Registry::new()));
+        let depth = OUTBOX_BATCH_MAX + 1;
+        let outbox = Outbox::new(vec![Lane::new(depth).unwrap()]);
+        let mut slab = ConnSlab::with_capacity(0, 8);
+        let id = with_inflight(&mut slab, 1);
+        for _ in 0..depth {
+            outbox.send(id, Vec::new()).unwrap();
+        }
+        assert_eq!(outbox.answer(id, 1), Ok(()));
+        // The first turn stops at the batch limit with one older message left:
+        // the mark waits, and the lane does not let the thread sleep.
+        drain(&outbox, &mut slab, &shared);
+        assert_eq!(slab.get_mut(id).unwrap().inflight_frames(), 1);
+        assert!(!outbox.lane(0).prepare_sleep());
+        drain(&outbox, &mut slab, &shared);
+        assert_eq!(slab.get_mut(id).unwrap().inflight_frames(), 0);
+        assert!(outbox.lane(0).prepare_sleep(), "nothing left: may sleep");
+        outbox.lane(0).awake();
+    }
+
+    #[test]
+    fn a_kept_mark_for_a_closed_connection_is_counted_stale() {
+        let registry = Registry::new();
+        let shared = Shared::new(8, NetMetrics::new(&registry));
+        let outbox = Outbox::new(vec![Lane::new(1).unwrap()]);
+        let mut slab = ConnSlab::with_capacity(0, 8);
+        let id = with_inflight(&mut slab, 1);
+        outbox.send(id, frame(1)).unwrap();
+        assert_eq!(outbox.answer(id, 1), Ok(()));
+        slab.remove(id);
+        let reuser = with_inflight(&mut slab, 1);
+        drain(&outbox, &mut slab, &shared);
+        assert_eq!(slab.get_mut(reuser).unwrap().inflight_frames(), 1);
+        assert!(registry
+            .render()
+            .contains("yellowstone_outbox_stale_total 2"));
+    }
 }

@@ -41,6 +41,7 @@ pub(crate) struct MioLoop<'a, H: FrameHandler> {
     slab: ConnSlab<MioConn>,
     scratch: Vec<u8>,
     touched: Vec<ConnId>,
+    kept_answers: Vec<(ConnId, u32)>,
 }
 
 impl<'a, H: FrameHandler> MioLoop<'a, H> {
@@ -70,6 +71,7 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             listener,
             scratch: vec![0u8; READ_CHUNK_BYTES],
             touched: Vec::new(),
+            kept_answers: Vec::new(),
         })
     }
 
@@ -78,12 +80,15 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
         let mut next_tick_ms = self.shared.now_ms() + self.settings.tick_ms;
         while !self.shared.is_shutdown() {
             let now_ms = self.shared.now_ms();
-            let timeout = if self.settings.spin {
+            // Sleep only with nothing to drain; a sender then wakes the poll.
+            let timeout = if self.settings.spin || !self.lane.prepare_sleep() {
                 Duration::ZERO
             } else {
                 Duration::from_millis(next_tick_ms.saturating_sub(now_ms).max(1))
             };
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.lane.awake();
+            match polled {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => return Err(error),
@@ -110,6 +115,7 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                 |entry| &mut entry.conn,
                 self.shared,
                 &mut self.touched,
+                &mut self.kept_answers,
             );
             let now_ms = self.shared.now_ms();
             if now_ms >= next_tick_ms {

@@ -4,16 +4,22 @@
 //!
 //! Guarantees: a message for connection `c` goes to the lane of `c`'s gateway thread
 //! and is applied there in the order it was sent from one sender thread; a full lane
-//! is an error returned to the sender (never growth); a message for a closed (stale)
-//! id is dropped and counted, never applied to the connection reusing its slot; a
-//! sender writes the eventfd at most once per drain (the `notified` flag).
+//! is an error returned to the sender (never growth) — except for answer marks: a
+//! `reply` or `answer` that finds the lane full loses its bytes (the error tells the
+//! sender) but never its mark, which is kept aside and applied after every message
+//! pushed before it, so a connection's in-flight count
+//! (`network.conn_inflight_frames_max`) is never left stuck; a message for a closed
+//! (stale) id is dropped and counted, never applied to the connection reusing its
+//! slot; a sender writes the eventfd only when the gateway thread is about to sleep
+//! (`Lane::prepare_sleep`) and then at most once until it wakes: a busy gateway,
+//! which drains its lane every loop turn anyway, is never woken.
 
 use crate::net::conn_id::ConnId;
 use crossbeam::queue::ArrayQueue;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A non-blocking eventfd used as a wake-up.
 #[derive(Debug)]
@@ -113,7 +119,15 @@ impl std::error::Error for OutboxError {}
 pub(crate) struct Lane {
     pub(crate) queue: ArrayQueue<OutMsg>,
     pub(crate) wake: EventFd,
-    notified: AtomicBool,
+    /// The gateway thread is in (or about to enter) its blocking wait: the next
+    /// sender writes the eventfd (and clears the flag, so only one does).
+    sleeping: AtomicBool,
+    /// Answer marks whose message found the queue full, in the order they came.
+    /// Bounded by the frames in flight on this thread's connections (each mark
+    /// answers one of them): at most `connections_max × conn_inflight_frames_max`.
+    answers_kept: Mutex<Vec<(ConnId, u32)>>,
+    /// `answers_kept` is not empty (checked without the lock every drain).
+    answers_pending: AtomicBool,
 }
 
 impl Lane {
@@ -122,24 +136,34 @@ impl Lane {
         Ok(Lane {
             queue: ArrayQueue::new(depth),
             wake: EventFd::new()?,
-            notified: AtomicBool::new(false),
+            sleeping: AtomicBool::new(false),
+            answers_kept: Mutex::new(Vec::new()),
+            answers_pending: AtomicBool::new(false),
         })
     }
 
-    /// Called by the gateway thread before draining: later pushes wake it again.
-    pub(crate) fn begin_drain(&self) {
-        self.notified.store(false, Ordering::SeqCst);
+    /// Called by the gateway thread right before its blocking wait. Returns false
+    /// (and stays awake) if there is something to drain already; otherwise every
+    /// later push wakes it. Pairs with `notify`: each side writes its flag, fences,
+    /// then reads the other's, so a push is either seen here or wakes the wait.
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        self.sleeping.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.queue.is_empty() || self.answers_pending.load(Ordering::SeqCst) {
+            self.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
-    /// Called by the gateway thread before it pushes to its own lane while draining:
-    /// it will pop those itself, so they need no wake-up. `begin_drain` afterwards,
-    /// then popping until empty, still catches every other thread's push.
-    pub(crate) fn pushing_to_self(&self) {
-        self.notified.store(true, Ordering::SeqCst);
+    /// Called by the gateway thread when its wait returned.
+    pub(crate) fn awake(&self) {
+        self.sleeping.store(false, Ordering::Relaxed);
     }
 
     fn notify(&self) {
-        if !self.notified.swap(true, Ordering::SeqCst) {
+        fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             self.wake.wake();
         }
     }
@@ -147,6 +171,43 @@ impl Lane {
     /// Wakes the thread unconditionally (shutdown).
     pub(crate) fn force_wake(&self) {
         self.wake.wake();
+    }
+
+    /// Keeps the answer mark of a message the full queue refused.
+    fn keep_answers(&self, conn: ConnId, answers: u32) {
+        let mut kept = self
+            .answers_kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        kept.push((conn, answers));
+        self.answers_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the kept answer marks (empty without taking the lock when there are none).
+    pub(crate) fn take_answers(&self, into: &mut Vec<(ConnId, u32)>) {
+        if !self.answers_pending.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut kept = self
+            .answers_kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.answers_pending.store(false, Ordering::SeqCst);
+        into.append(&mut kept);
+    }
+
+    /// Puts back marks taken by `take_answers` but not applied yet (ahead of newer ones).
+    pub(crate) fn restore_answers(&self, taken: &mut Vec<(ConnId, u32)>) {
+        if taken.is_empty() {
+            return;
+        }
+        let mut kept = self
+            .answers_kept
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        taken.append(&mut kept);
+        std::mem::swap(&mut *kept, taken);
+        self.answers_pending.store(true, Ordering::SeqCst);
     }
 }
 
@@ -177,9 +238,25 @@ impl Outbox {
             .lanes
             .get(msg.conn.thread_index() as usize)
             .ok_or(OutboxError::NoSuchThread)?;
-        lane.queue.push(msg).map_err(|_| OutboxError::Full)?;
+        let pushed = lane.queue.push(msg);
+        let result = match pushed {
+            Ok(()) => Ok(()),
+            Err(OutMsg {
+                conn,
+                kind: OutKind::Send { bytes, answers },
+            }) if answers > 0 => {
+                // The bytes are lost (the caller is told), the mark is not.
+                lane.keep_answers(conn, answers);
+                if bytes.is_empty() {
+                    Ok(())
+                } else {
+                    Err(OutboxError::Full)
+                }
+            }
+            Err(_) => Err(OutboxError::Full),
+        };
         lane.notify();
-        Ok(())
+        result
     }
 
     /// Sends frames that do not answer a request (pushes).
@@ -193,7 +270,9 @@ impl Outbox {
         })
     }
 
-    /// Sends the answer to one in-flight frame of `conn`.
+    /// Sends the answer to one in-flight frame of `conn`. `Err(Full)`: the lane was
+    /// full and the bytes are dropped, but the frame is still marked answered (its
+    /// in-flight slot is freed after the messages queued before it).
     pub fn reply(&self, conn: ConnId, frame_bytes: Vec<u8>) -> Result<(), OutboxError> {
         self.push(OutMsg {
             conn,
@@ -205,6 +284,7 @@ impl Outbox {
     }
 
     /// Marks `count` in-flight frames of `conn` answered without sending anything.
+    /// Never `Full`: on a full lane the mark is kept aside and applied in order.
     pub fn answer(&self, conn: ConnId, count: u32) -> Result<(), OutboxError> {
         self.push(OutMsg {
             conn,

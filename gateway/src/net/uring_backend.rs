@@ -135,6 +135,7 @@ pub(crate) struct UringLoop<'a> {
     slab: ConnSlab<UringConn>,
     cqes: Vec<(u64, i32, u32)>,
     touched: Vec<ConnId>,
+    kept_answers: Vec<(ConnId, u32)>,
     listener_fd: RawFd,
 }
 
@@ -150,7 +151,7 @@ fn build_ring(network: &NetworkConfig, spin: bool, thread: u8) -> io::Result<IoU
         }
     }
     // DEFER_TASKRUN runs completions only when we wait: not for spin mode.
-    if !spin {
+    if !spin && network.uring_defer_taskrun {
         if let Ok(ring) = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
@@ -160,7 +161,11 @@ fn build_ring(network: &NetworkConfig, spin: bool, thread: u8) -> io::Result<IoU
             return Ok(ring);
         }
     }
-    if let Ok(ring) = IoUring::builder().setup_coop_taskrun().build(entries) {
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(entries)
+    {
         tracing::info!(thread, "io_uring: COOP_TASKRUN granted");
         return Ok(ring);
     }
@@ -203,6 +208,7 @@ impl<'a> UringLoop<'a> {
             outbox,
             cqes: Vec::with_capacity(1024),
             touched: Vec::new(),
+            kept_answers: Vec::new(),
             listener_fd: listener.as_raw_fd(),
         };
         this.arm_accept()?;
@@ -244,8 +250,14 @@ impl<'a> UringLoop<'a> {
     ) -> io::Result<()> {
         let mut next_tick_ms = self.shared.now_ms() + self.settings.tick_ms;
         while !self.shared.is_shutdown() {
-            let wait_ms = next_tick_ms.saturating_sub(self.shared.now_ms()).max(1);
+            // Sleep only with nothing to drain; a sender then wakes the wait.
+            let wait_ms = if self.settings.spin || !self.lane.prepare_sleep() {
+                0
+            } else {
+                next_tick_ms.saturating_sub(self.shared.now_ms()).max(1)
+            };
             self.submit_and_wait(wait_ms)?;
+            self.lane.awake();
             self.complete(&mut handler)?;
             driver::drain_outbox(
                 self.lane,
@@ -254,6 +266,7 @@ impl<'a> UringLoop<'a> {
                 |entry| &mut entry.conn,
                 self.shared,
                 &mut self.touched,
+                &mut self.kept_answers,
             );
             let now_ms = self.shared.now_ms();
             if now_ms >= next_tick_ms {
@@ -276,6 +289,8 @@ impl<'a> UringLoop<'a> {
         Ok(())
     }
 
+    /// Submits what the turn queued and waits up to `wait_ms` for a completion (0:
+    /// only collects what is ready; with DEFER_TASKRUN that still needs GETEVENTS).
     fn submit_and_wait(&mut self, wait_ms: u64) -> io::Result<()> {
         let result = if self.settings.spin {
             self.ring.submitter().submit()

@@ -5,7 +5,9 @@
 use super::config::RouterConfig;
 use super::{Router, RouterHandle, StartOptions};
 use crate::config::Backend;
-use crate::journal::{self, files, DurabilityMode, Journal, JournalConfig, RecoverOptions};
+use crate::journal::{
+    self, files, DurabilityMode, Journal, JournalConfig, RecoverOptions, ReplicaConfig, Replicated,
+};
 use std::path::Path;
 use yellowstone_wire::SigningKey;
 
@@ -206,6 +208,19 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         ..JournalConfig::new(dir.to_path_buf(), mode)
     };
     let journal = Journal::open(journal_config, recovered.last_seq + 1)?;
+    let journal = if config.journal.snapshot_replica {
+        let snapshots = journal
+            .snapshot_sender()
+            .ok_or("the journal's snapshot thread is not running")?;
+        let replica = ReplicaConfig {
+            queue_bytes_max: config.journal.snapshot_replica_queue_bytes_max,
+            ..ReplicaConfig::default()
+        };
+        let engine = &recovered.engine;
+        Replicated::start(journal, engine, recovered.last_seq, snapshots, replica)?
+    } else {
+        Replicated::without_replica(journal)
+    };
     Router::start_with(
         StartOptions {
             config,

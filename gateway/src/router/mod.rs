@@ -201,7 +201,10 @@ impl Router {
         let gauges = EngineGauges::new(&registry);
         let journal_gauges = journal
             .stats()
-            .map(|stats| JournalGauges::new(&registry, stats));
+            .map(|stats| journal_gauges(&registry, stats));
+        let replica_gauges = journal
+            .replica_stats()
+            .map(|stats| replica_gauges(&registry, stats));
         // Queries that arrive before the engine's first burst see the catalog too.
         shared.catalog.publish_if_due(&engine);
         let catalog_shared = shared.clone();
@@ -214,6 +217,9 @@ impl Router {
                 catalog_shared.catalog.publish_if_due(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();
+                }
+                if let Some(replica_gauges) = &replica_gauges {
+                    replica_gauges.update();
                 }
             });
         load_balance_snapshot(&config, &shared, &mut sequencer)?;
@@ -339,44 +345,25 @@ fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
     Ok(())
 }
 
-type ReadStat = fn(&crate::journal::JournalStats) -> u64;
+/// How to read one counter from `S`.
+type ReadStat<S> = fn(&S) -> u64;
+/// One published counter: metric name, help text, and how to read it from `S`.
+type StatSpec<S> = (&'static str, &'static str, ReadStat<S>);
 
-/// The journal's counters, published from the engine thread between bursts.
-struct JournalGauges {
-    stats: Arc<crate::journal::JournalStats>,
-    published: Vec<(Arc<crate::metrics::Gauge>, ReadStat)>,
+/// Counters kept by another thread (`S`: the journal's, the snapshot replica's),
+/// published as gauges from the engine thread between bursts.
+struct StatGauges<S> {
+    stats: Arc<S>,
+    published: Vec<(Arc<crate::metrics::Gauge>, ReadStat<S>)>,
 }
 
-impl JournalGauges {
-    fn new(registry: &Registry, stats: Arc<crate::journal::JournalStats>) -> JournalGauges {
-        use std::sync::atomic::Ordering::Relaxed;
-        let specs: [(&str, &str, ReadStat); 6] = [
-            (
-                "yellowstone_journal_records",
-                "Journal records written.",
-                |s| s.records.load(Relaxed),
-            ),
-            ("yellowstone_journal_bytes", "Journal bytes written.", |s| {
-                s.bytes.load(Relaxed)
-            }),
-            (
-                "yellowstone_journal_writes",
-                "Journal group writes (one per group commit).",
-                |s| s.writes.load(Relaxed),
-            ),
-            ("yellowstone_journal_fsyncs", "Journal fsyncs.", |s| {
-                s.fsyncs.load(Relaxed)
-            }),
-            ("yellowstone_snapshots", "Snapshots written.", |s| {
-                s.snapshots.load(Relaxed)
-            }),
-            (
-                "yellowstone_journal_segments_removed",
-                "Segments removed once covered by a snapshot.",
-                |s| s.segments_removed.load(Relaxed),
-            ),
-        ];
-        JournalGauges {
+impl<S> StatGauges<S> {
+    fn new<const N: usize>(
+        registry: &Registry,
+        stats: Arc<S>,
+        specs: [StatSpec<S>; N],
+    ) -> StatGauges<S> {
+        StatGauges {
             stats,
             published: specs
                 .into_iter()
@@ -390,6 +377,97 @@ impl JournalGauges {
             gauge.set(read(&self.stats) as i64);
         }
     }
+}
+
+/// The journal's counters.
+fn journal_gauges(
+    registry: &Registry,
+    stats: Arc<crate::journal::JournalStats>,
+) -> StatGauges<crate::journal::JournalStats> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let specs: [StatSpec<crate::journal::JournalStats>; 6] = [
+        (
+            "yellowstone_journal_records",
+            "Journal records written.",
+            |s| s.records.load(Relaxed),
+        ),
+        ("yellowstone_journal_bytes", "Journal bytes written.", |s| {
+            s.bytes.load(Relaxed)
+        }),
+        (
+            "yellowstone_journal_writes",
+            "Journal group writes (one per group commit).",
+            |s| s.writes.load(Relaxed),
+        ),
+        ("yellowstone_journal_fsyncs", "Journal fsyncs.", |s| {
+            s.fsyncs.load(Relaxed)
+        }),
+        ("yellowstone_snapshots", "Snapshots written.", |s| {
+            s.snapshots.load(Relaxed)
+        }),
+        (
+            "yellowstone_journal_segments_removed",
+            "Segments removed once covered by a snapshot.",
+            |s| s.segments_removed.load(Relaxed),
+        ),
+    ];
+    StatGauges::new(registry, stats, specs)
+}
+
+/// The snapshot replica's counters (`journal::replica`).
+fn replica_gauges(
+    registry: &Registry,
+    stats: Arc<crate::journal::ReplicaStats>,
+) -> StatGauges<crate::journal::ReplicaStats> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let specs: [StatSpec<crate::journal::ReplicaStats>; 9] = [
+        (
+            "yellowstone_snapshot_points",
+            "Snapshot points (block boundaries every journal.snapshot_every_blocks) reached.",
+            |s| s.snapshot_points.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshots_replica",
+            "Snapshots serialised by the replica engine, off the engine thread.",
+            |s| s.snapshots_replica.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshots_engine_thread",
+            "Snapshots serialised on the engine thread (replica reseeds, or no replica).",
+            |s| s.snapshots_engine_thread.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshots_skipped",
+            "Snapshot points without a snapshot (replica out of sync, writer busy).",
+            |s| s.snapshots_skipped.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshot_replica_out_of_sync",
+            "Times the replica dropped its state (queue full, gap, hash mismatch).",
+            |s| s.out_of_sync.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshot_replica_queue_bytes",
+            "Record bytes queued for the replica, not yet applied.",
+            |s| s.queue_bytes.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshot_replica_hash_mismatches",
+            "Snapshot points where the replica's state hash differed from the engine's.",
+            |s| s.hash_mismatches.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshot_engine_pause_us_last",
+            "The engine thread's time at the last snapshot point, microseconds.",
+            |s| s.engine_pause_us_last.load(Relaxed),
+        ),
+        (
+            "yellowstone_snapshot_engine_pause_us_max",
+            "The engine thread's longest snapshot point, microseconds.",
+            |s| s.engine_pause_us_max.load(Relaxed),
+        ),
+    ];
+    StatGauges::new(registry, stats, specs)
 }
 
 struct EngineGauges {

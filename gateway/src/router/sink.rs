@@ -6,7 +6,7 @@
 use super::shared::{to_wire, RouterShared};
 use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
-use crate::sequencer::{EffectSink, Origin, ORIGIN_INTERNAL};
+use crate::sequencer::{release_of, EffectSink, Origin, Release, ORIGIN_INTERNAL};
 use std::sync::Arc;
 use yellowstone_contract::SignedSettlement;
 use yellowstone_engine::{
@@ -141,8 +141,26 @@ impl RouterSink {
 
 impl EffectSink for RouterSink {
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]) {
+        let mut out = Delivery::new(&self.shared, &self.outbox, origin);
+        self.send_effects(&mut out, command, effects);
+        out.finish();
+    }
+
+    /// Probes (`Release::Now`) go to their provider at once, as pushes: never joined
+    /// to the reply that answers the command's frame (that is `deliver`'s, once the
+    /// command is durable), even when the provider is the command's sender.
+    fn deliver_now(&mut self, _origin: Origin, command: &Command, effects: &[Effect]) {
+        debug_assert!(effects.iter().all(|e| release_of(e) == Release::Now));
+        let mut out = Delivery::new(&self.shared, &self.outbox, ORIGIN_INTERNAL);
+        self.send_effects(&mut out, command, effects);
+        out.finish();
+    }
+}
+
+impl RouterSink {
+    /// Turns effects into frames through `out` (in effect order).
+    fn send_effects(&self, out: &mut Delivery<'_>, command: &Command, effects: &[Effect]) {
         let shared = &*self.shared;
-        let mut out = Delivery::new(shared, &self.outbox, origin);
         for effect in effects {
             match effect {
                 Effect::Rejected { to, nonce, error } => {
@@ -342,7 +360,6 @@ impl EffectSink for RouterSink {
                 }
             }
         }
-        out.finish();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The consumer node's configuration (TOML; `print-config` shows every key). Every
 //! limit has a default and its unit last.
 
+pub use crate::cli::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -74,12 +75,14 @@ impl Default for ConsumerConfig {
     }
 }
 
-impl ConsumerConfig {
-    pub fn from_toml(text: &str) -> Result<ConsumerConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+impl NodeConfig for ConsumerConfig {
+    fn example() -> ConsumerConfig {
+        ConsumerConfig::default()
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    crate::common_settings!();
+
+    fn validate(&self) -> Result<(), String> {
         for (name, value) in [
             ("tokens_max_default", self.tokens_max_default),
             ("tokens_max_limit", self.tokens_max_limit),

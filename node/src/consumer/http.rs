@@ -8,7 +8,8 @@ use super::router::RfcOutcome;
 use super::Consumer;
 use crate::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
 use crate::openai::{
-    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, SseSplitter, Usage,
+    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary,
+    SseSplitter, Usage,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -388,6 +389,53 @@ async fn read_bounded(response: reqwest::Response, max: usize) -> Result<Vec<u8>
     Ok(out)
 }
 
+/// R-REPORT-1: a report's `elapsed_ms` for a query that took `elapsed`: whole
+/// milliseconds rounded up, so that a completion never reports 0 ms. The router's
+/// speed gate (R-PERF-1) compares `ms / tokens` with the model's mean `Σms / Σtokens`
+/// exactly; truncated sub-millisecond answers would report 0 ms, pull the mean to
+/// (nearly) zero and make every later report of 1 ms or more "too slow" (no credit,
+/// a penalty point, and after `penalty_points_suspend` of them a suspension).
+pub fn report_elapsed_ms(elapsed: Duration) -> u64 {
+    let ms = elapsed.as_nanos().div_ceil(1_000_000).max(1);
+    u64::try_from(ms).unwrap_or(u64::MAX)
+}
+
+/// A whole (non-streamed) answer's body: one frame of exact length, then the
+/// session's pass report, sent when the server is done with the body.
+struct ReportAfterBody {
+    bytes: Option<Bytes>,
+    /// The call, the query's ms and the tokens to report.
+    report: Option<(Call, u64, u64)>,
+}
+
+impl http_body::Body for ReportAfterBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.bytes.take().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.bytes.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes.as_ref().map_or(0, |b| b.len() as u64))
+    }
+}
+
+impl Drop for ReportAfterBody {
+    fn drop(&mut self) {
+        if let Some((call, elapsed_ms, tokens)) = self.report.take() {
+            call.report_elapsed(elapsed_ms, tokens, true);
+        }
+    }
+}
+
 /// One call to a provider under a ticket, from the query to the report.
 struct Call {
     consumer: Arc<Consumer>,
@@ -419,7 +467,14 @@ impl Call {
     /// R-REPORT-1: the signed report, in the background (the application does not
     /// wait for the router's acknowledgement).
     fn report(&self, tokens: u64, pass: bool) {
-        let elapsed_ms = self.query_started.elapsed().as_millis() as u64;
+        self.report_elapsed(
+            report_elapsed_ms(self.query_started.elapsed()),
+            tokens,
+            pass,
+        );
+    }
+
+    fn report_elapsed(&self, elapsed_ms: u64, tokens: u64, pass: bool) {
         let tokens = tokens.min(self.ticket.tokens_max);
         let consumer = self.consumer.clone();
         let session = self.ticket.session_id;
@@ -430,7 +485,13 @@ impl Call {
                 .end_to_end_seconds
                 .observe(self.started.elapsed().as_secs_f64());
         }
-        tokio::spawn(async move {
+        // (Called from a body's drop too: outside a runtime, at shutdown, nothing
+        // can be sent any more.)
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(session, "shutting down: report not sent");
+            return;
+        };
+        runtime.spawn(async move {
             let timeout = Duration::from_millis(consumer.config.report_timeout_ms);
             let ack = consumer
                 .router
@@ -484,6 +545,7 @@ impl Call {
                 ))
             }
         };
+        let elapsed_ms = report_elapsed_ms(self.query_started.elapsed());
         let parsed = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .filter(|v| v.get("choices").is_some_and(Value::is_array));
@@ -501,9 +563,26 @@ impl Call {
             .first_token_seconds
             .observe(self.started.elapsed().as_secs_f64());
         answer["model"] = Value::from(self.model_name.clone());
-        self.report(tokens, true);
         count(&self.consumer, "ok");
-        Ok((StatusCode::OK, Json(answer)).into_response())
+        let body = serde_json::to_vec(&answer).map_err(|e| {
+            self.fail(
+                "provider_error",
+                StatusCode::BAD_GATEWAY,
+                "provider_bad_answer",
+                format!("the provider's answer could not be re-encoded: {e}"),
+            )
+        })?;
+        // The report leaves once the application's answer is written (or the
+        // application left), off the response path; its ms are the query's.
+        let body = ReportAfterBody {
+            bytes: Some(Bytes::from(body)),
+            report: Some((self, elapsed_ms, tokens)),
+        };
+        let mut response = Response::new(Body::new(body));
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        Ok(response)
     }
 
     /// Relays the provider's events to the application as they come; reports when
@@ -540,19 +619,11 @@ impl Call {
                     match event.data.as_deref() {
                         Some("[DONE]") => done = true,
                         Some(data) => {
-                            if let Ok(value) = serde_json::from_str::<Value>(data) {
-                                if let Some(found) = Usage::from_value(&value) {
-                                    usage = Some(found);
+                            if let Some(chunk) = ChunkSummary::parse(data) {
+                                if chunk.usage.is_some() {
+                                    usage = chunk.usage;
                                 }
-                                let choices = value.get("choices").and_then(Value::as_array);
-                                let has_content = choices.is_some_and(|c| {
-                                    c.iter().any(|c| {
-                                        c["delta"]["content"]
-                                            .as_str()
-                                            .is_some_and(|s| !s.is_empty())
-                                    })
-                                });
-                                if has_content {
+                                if chunk.has_content {
                                     content_chunks += 1;
                                     if !first_token_seen {
                                         first_token_seen = true;
@@ -564,30 +635,22 @@ impl Call {
                                 }
                                 // The usage-only chunk the node asked for is the
                                 // application's only if it asked too.
-                                if choices.is_some_and(Vec::is_empty) && !app_wants_usage {
-                                    forward = false;
-                                }
+                                forward = !chunk.usage_only || app_wants_usage;
                             }
                         }
                         None => {}
                     }
-                    if forward && app_open && sender.send(Ok(Bytes::from(event.raw))).await.is_err()
-                    {
+                    if forward && app_open && sender.send(Ok(event.raw)).await.is_err() {
                         app_open = false; // the application left; the report still tells the truth
                     }
                 }
             };
             // Without usage from the provider, content chunks are the best count.
             let tokens = usage.map_or(content_chunks, |u| u.completion_tokens);
-            match error {
-                None => {
-                    self.report(tokens, true);
-                    count(&self.consumer, "ok");
-                }
+            let outcome = match error {
+                None => "ok",
                 Some((outcome, message)) => {
                     tracing::warn!(session = self.ticket.session_id, %message, "stream failed");
-                    self.report(tokens, false);
-                    count(&self.consumer, outcome);
                     if app_open {
                         // OpenAI clients raise an APIError on an error event.
                         let event = json!({"error": {"message": message, "type": "server_error", "code": "provider_stream_failed", "param": null}});
@@ -595,8 +658,14 @@ impl Call {
                             .send(Ok(Bytes::from(format!("data: {event}\n\n"))))
                             .await;
                     }
+                    outcome
                 }
-            }
+            };
+            // The application's stream ends here; the report (a signature and a
+            // round trip to the router) comes after it, off the response path.
+            drop(sender);
+            self.report(tokens, outcome == "ok");
+            count(&self.consumer, outcome);
         });
         let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|item| (item, receiver))
@@ -606,5 +675,21 @@ impl Call {
         headers.insert("content-type", "text/event-stream".parse().expect("header"));
         headers.insert("cache-control", "no-cache".parse().expect("header"));
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_report_1_elapsed_ms_rounds_up_and_is_never_zero() {
+        assert_eq!(report_elapsed_ms(Duration::ZERO), 1);
+        assert_eq!(report_elapsed_ms(Duration::from_micros(1)), 1);
+        assert_eq!(report_elapsed_ms(Duration::from_micros(999)), 1);
+        assert_eq!(report_elapsed_ms(Duration::from_millis(1)), 1);
+        assert_eq!(report_elapsed_ms(Duration::from_micros(1_001)), 2);
+        assert_eq!(report_elapsed_ms(Duration::from_millis(250)), 250);
+        assert_eq!(report_elapsed_ms(Duration::MAX), u64::MAX);
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 mod http;
 pub mod router;
 
+use crate::cli::{NodeConfig, Started};
 use crate::link::{Backoff, LinkConfig};
 use crate::metrics::{Labels, Metrics};
 use config::ConsumerConfig;
@@ -17,10 +18,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use router::RouterClient;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use yellowstone_wire::{Address, Catalog, SigningKey};
+use yellowstone_wire::{Catalog, SigningKey};
 
 pub struct ConsumerMetrics {
     pub requests: Family<Labels, Counter>,
@@ -74,12 +74,6 @@ pub struct Consumer {
     catalog: tokio::sync::Mutex<Option<(tokio::time::Instant, Catalog)>>,
 }
 
-pub struct Started {
-    pub listen: SocketAddr,
-    pub metrics: Option<SocketAddr>,
-    pub address: Address,
-}
-
 impl Consumer {
     pub fn new(config: ConsumerConfig, key: SigningKey) -> Result<Arc<Consumer>, String> {
         config.validate()?;
@@ -122,34 +116,13 @@ impl Consumer {
     }
 
     pub async fn start(self: &Arc<Consumer>) -> Result<Started, String> {
-        let listener = tokio::net::TcpListener::bind(&self.config.listen)
-            .await
-            .map_err(|e| format!("listen {}: {e}", self.config.listen))?;
-        let listen = listener.local_addr().map_err(|e| e.to_string())?;
-        let metrics = if self.config.metrics_listen.is_empty() {
-            None
-        } else {
-            let metrics_listener = tokio::net::TcpListener::bind(&self.config.metrics_listen)
-                .await
-                .map_err(|e| format!("metrics_listen {}: {e}", self.config.metrics_listen))?;
-            let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-            tokio::spawn(crate::metrics::serve(
-                metrics_listener,
-                self.metrics.clone(),
-            ));
-            Some(addr)
-        };
+        let app = http::router(self.clone());
+        let (listen, metrics) = crate::serve_http(&self.config, app, self.metrics.clone()).await?;
         let backoff = Backoff::new(
             Duration::from_millis(self.config.reconnect_initial_ms),
             Duration::from_millis(self.config.reconnect_max_ms),
         );
         tokio::spawn(self.router.clone().run(backoff));
-        let app = http::router(self.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(crate::nodelay(listener), app).await {
-                tracing::error!(%error, "consumer HTTP server stopped");
-            }
-        });
         Ok(Started {
             listen,
             metrics,

@@ -35,6 +35,10 @@ pub struct RouterClient {
     nonces: Nonces,
     link: RwLock<Option<Link>>,
     waiters: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    /// Held from taking a nonce to queueing its signed message: the router refuses
+    /// a nonce not above the sender's last (`replay`), so concurrent requests must
+    /// reach the connection in nonce order.
+    send_order: tokio::sync::Mutex<()>,
 }
 
 /// Removes a waiter when its request ends, however it ends.
@@ -58,6 +62,7 @@ impl RouterClient {
             nonces: Nonces::default(),
             link: RwLock::new(None),
             waiters: Mutex::new(HashMap::new()),
+            send_order: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -116,6 +121,19 @@ impl RouterClient {
         }
     }
 
+    /// Takes the next nonce, registers its waiter and queues `build(nonce)`, in
+    /// nonce order whatever other requests do at the same time.
+    async fn send_in_order(
+        &self,
+        build: impl FnOnce(u64) -> Message,
+    ) -> Result<Waiter<'_>, String> {
+        let _order = self.send_order.lock().await;
+        let nonce = self.nonces.next();
+        let waiter = self.waiter(nonce);
+        self.send(build(nonce)).await?;
+        Ok(waiter)
+    }
+
     async fn send(&self, message: Message) -> Result<(), String> {
         let link = self.link.read().await.clone();
         match link {
@@ -145,17 +163,18 @@ impl RouterClient {
         tokens_max: u64,
         ttl: Duration,
     ) -> Result<SessionTicket, RfcOutcome> {
-        let nonce = self.nonces.next();
-        let mut waiter = self.waiter(nonce);
-        let rfc = Rfc {
-            from: self.key.address(),
-            nonce,
-            model_id,
-            tokens_max,
-            expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
-            ..Rfc::default()
-        };
-        self.send(rfc.into())
+        let mut waiter = self
+            .send_in_order(|nonce| {
+                Rfc {
+                    from: self.key.address(),
+                    nonce,
+                    model_id,
+                    tokens_max,
+                    expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
+                    ..Rfc::default()
+                }
+                .into()
+            })
             .await
             .map_err(RfcOutcome::RouterDown)?;
         // A little past the expiry: the router answers "expired" itself then.
@@ -188,18 +207,20 @@ impl RouterClient {
         pass: bool,
         timeout: Duration,
     ) -> Result<ReportAck, String> {
-        let nonce = self.nonces.next();
-        let mut waiter = self.waiter(nonce);
-        let report = Report {
-            from: self.key.address(),
-            nonce,
-            session_id,
-            elapsed_ms,
-            tokens,
-            pass,
-            ..Report::default()
-        };
-        self.send(report.into()).await?;
+        let mut waiter = self
+            .send_in_order(|nonce| {
+                Report {
+                    from: self.key.address(),
+                    nonce,
+                    session_id,
+                    elapsed_ms,
+                    tokens,
+                    pass,
+                    ..Report::default()
+                }
+                .into()
+            })
+            .await?;
         match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
             Ok(Some(Message::ReportAck(ack))) => Ok(ack),
             Ok(Some(Message::ErrorReply(error))) => Err(format!(

@@ -1,6 +1,7 @@
 //! The provider node's configuration (TOML; `print-config` shows every key). Every
 //! limit has a default and its unit last.
 
+pub use crate::cli::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -87,12 +88,8 @@ impl Default for ProviderConfig {
     }
 }
 
-impl ProviderConfig {
-    pub fn from_toml(text: &str) -> Result<ProviderConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
-    }
-
-    pub fn example() -> ProviderConfig {
+impl NodeConfig for ProviderConfig {
+    fn example() -> ProviderConfig {
         ProviderConfig {
             models: vec![ModelOffer {
                 model_id: 1,
@@ -107,7 +104,7 @@ impl ProviderConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), String> {
         if self.models.is_empty() {
             return Err("models: at least one [[models]] entry is needed".into());
         }
@@ -167,6 +164,10 @@ impl ProviderConfig {
         Ok(())
     }
 
+    crate::common_settings!();
+}
+
+impl ProviderConfig {
     /// The endpoint registered with the router.
     pub fn endpoint(&self) -> &str {
         if self.public_endpoint.is_empty() {

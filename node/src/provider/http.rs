@@ -8,7 +8,8 @@ use super::tickets::ClaimError;
 use super::Provider;
 use crate::inference::{recover_requester, SESSION_HEADER, SIGNATURE_HEADER};
 use crate::openai::{
-    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, SseSplitter, Usage,
+    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary,
+    SseSplitter, Usage,
 };
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
@@ -212,13 +213,7 @@ async fn serve(
         match splitter.push(&chunk) {
             Ok(events) => {
                 for event in events {
-                    let usage = event
-                        .data
-                        .as_deref()
-                        .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                        .as_ref()
-                        .and_then(Usage::from_value);
-                    if let Some(usage) = usage {
+                    if let Some(usage) = event.data.as_deref().and_then(ChunkSummary::usage_of) {
                         tokens.inc_by(usage.completion_tokens);
                         latency.observe(started.elapsed().as_secs_f64());
                     }

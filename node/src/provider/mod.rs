@@ -12,6 +12,7 @@ pub mod config;
 mod http;
 pub mod tickets;
 
+use crate::cli::{NodeConfig, Started};
 use crate::link::{Backoff, Link, LinkConfig, Nonces};
 use crate::metrics::{Labels, Metrics};
 use config::{parse_hash, ModelOffer, ProviderConfig};
@@ -20,14 +21,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tickets::Tickets;
 use tokio::sync::Notify;
 use yellowstone_wire::signature::weights_proof_digest;
 use yellowstone_wire::{
-    Address, Message, Offer, ProbeAnswer, ProviderAnnounce, RegisterProvider, SigningKey,
+    Message, Offer, ProbeAnswer, ProviderAnnounce, RegisterProvider, SigningKey,
 };
 
 /// A model as served: its offer, resolved hash and upstream.
@@ -89,13 +89,6 @@ pub struct Provider {
     pub nonces: Nonces,
 }
 
-/// What `start` bound, for the READY line and tests.
-pub struct Started {
-    pub listen: SocketAddr,
-    pub metrics: Option<SocketAddr>,
-    pub address: Address,
-}
-
 impl Provider {
     /// Resolves the weights hashes (hashing the files) and builds the node.
     pub fn new(config: ProviderConfig, key: SigningKey) -> Result<Arc<Provider>, String> {
@@ -140,29 +133,8 @@ impl Provider {
 
     /// Binds the HTTP listeners and starts serving and the router loop.
     pub async fn start(self: &Arc<Provider>) -> Result<Started, String> {
-        let listener = tokio::net::TcpListener::bind(&self.config.listen)
-            .await
-            .map_err(|e| format!("listen {}: {e}", self.config.listen))?;
-        let listen = listener.local_addr().map_err(|e| e.to_string())?;
-        let metrics = if self.config.metrics_listen.is_empty() {
-            None
-        } else {
-            let metrics_listener = tokio::net::TcpListener::bind(&self.config.metrics_listen)
-                .await
-                .map_err(|e| format!("metrics_listen {}: {e}", self.config.metrics_listen))?;
-            let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-            tokio::spawn(crate::metrics::serve(
-                metrics_listener,
-                self.metrics.clone(),
-            ));
-            Some(addr)
-        };
         let app = http::router(self.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(crate::nodelay(listener), app).await {
-                tracing::error!(%error, "provider HTTP server stopped");
-            }
-        });
+        let (listen, metrics) = crate::serve_http(&self.config, app, self.metrics.clone()).await?;
         // With port 0 the registered endpoint is the port actually bound.
         let endpoint = if self.config.public_endpoint.is_empty() {
             listen.to_string()

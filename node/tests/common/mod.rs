@@ -295,28 +295,36 @@ impl Stack {
         assert!(response.status().is_success());
     }
 
-    /// The consumer's metric `name{labels}` value, 0 when absent.
-    pub async fn consumer_metric(&self, series: &str) -> f64 {
-        self.metric_at(&self.consumer.field("metrics"), series)
-            .await
+    /// A node's Prometheus text (`node`: the consumer or the provider).
+    pub async fn metrics_text(&self, node: &NodeProcess) -> String {
+        self.text_at(&node.field("metrics")).await
     }
 
     /// The router's metric `series` (0 when absent).
     pub async fn router_metric(&self, series: &str) -> f64 {
-        self.metric_at(&self.router.ready.metrics.to_string(), series)
-            .await
+        let text = self.text_at(&self.router.ready.metrics.to_string()).await;
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(series)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
-    async fn metric_at(&self, addr: &str, series: &str) -> f64 {
-        let text = self
-            .http
+    async fn text_at(&self, addr: &str) -> String {
+        self.http
             .get(format!("http://{addr}/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    /// The consumer's metric `name{labels}` value, 0 when absent.
+    pub async fn consumer_metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text(&self.consumer).await;
         text.lines()
             .find_map(|line| {
                 line.strip_prefix(series)
@@ -446,4 +454,60 @@ impl BatchWatcher {
             .map(|t| t.credited_wei)
             .sum()
     }
+}
+
+/// Funds `users` (5 MOR each) through the operator, then has `user` ask the router
+/// for a session of model 1 with TokenMax `tokens_max`, as a user of its own (not
+/// through the consumer node). Blocking: call from `spawn_blocking`.
+pub fn fund_and_request_ticket(
+    router: SocketAddr,
+    user: &yellowstone_wire::SigningKey,
+    also_fund: &[yellowstone_wire::Address],
+    tokens_max: u64,
+) -> yellowstone_wire::SessionTicket {
+    use yellowstone_tests::market::*;
+    use yellowstone_wire::*;
+    let mut operator = connect(router, operator_key());
+    let mut funded = vec![(user.address(), 5 * WEI_PER_MOR)];
+    funded.extend(also_fund.iter().map(|a| (*a, 5 * WEI_PER_MOR)));
+    fund(&mut operator, &funded);
+    let mut client = connect(router, user.clone());
+    let nonce = client.next_nonce();
+    client
+        .send_signed(
+            Rfc {
+                from: user.address(),
+                nonce,
+                model_id: 1,
+                tokens_max,
+                expires_at_ms: now_ms() + 30_000,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
+        .unwrap();
+    expect(&mut client, Duration::from_secs(10), |m| match m {
+        Message::SessionTicket(t) => Some(t.clone()),
+        Message::ErrorReply(e) => panic!("rfc refused: {e:?}"),
+        _ => None,
+    })
+}
+
+/// A direct request to the ticket's provider, signed by `key` over `signed_body`
+/// (the body itself unless given).
+pub fn provider_call(
+    http: &reqwest::Client,
+    ticket: &yellowstone_wire::SessionTicket,
+    network_id: u32,
+    key: &yellowstone_wire::SigningKey,
+    session: u64,
+    body: Vec<u8>,
+    signed_body: Option<&[u8]>,
+) -> reqwest::RequestBuilder {
+    use yellowstone_node::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
+    let signature = sign_request(key, network_id, session, signed_body.unwrap_or(&body));
+    http.post(format!("http://{}/v1/chat/completions", ticket.endpoint))
+        .header(SESSION_HEADER, session.to_string())
+        .header(SIGNATURE_HEADER, signature)
+        .body(body)
 }

@@ -1,0 +1,197 @@
+//! The command line both nodes share (R-NODE-1, R-NODE-2): `run --config FILE`
+//! (with `--listen`, `--metrics-listen` and `--router` overrides), `print-config`
+//! and `keygen --out FILE`, logging to stderr (`RUST_LOG`, default `info`), and a
+//! run that lasts until SIGINT or SIGTERM. Once serving, a node prints
+//! `READY listen=<ip:port> metrics=<ip:port|none> address=<0x address>` on stdout.
+//!
+//! `yellowstone-provider` and `yellowstone-consumer` are each one call of [`main`]
+//! with their configuration type ([`NodeConfig`]) and start.
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use yellowstone_wire::{Address, SigningKey};
+
+/// What `start` bound, for the READY line and tests.
+#[derive(Clone, Copy, Debug)]
+pub struct Started {
+    /// The OpenAI API listener.
+    pub listen: SocketAddr,
+    /// The Prometheus listener, if any.
+    pub metrics: Option<SocketAddr>,
+    /// The node's own address (its key's).
+    pub address: Address,
+}
+
+/// The settings every node's configuration has, for the command-line overrides.
+pub struct CommonSettings<'a> {
+    pub listen: &'a mut String,
+    pub metrics_listen: &'a mut String,
+    pub router_addr: &'a mut String,
+    pub key_file: &'a Path,
+}
+
+/// `NodeConfig::settings` and `listeners` for a configuration with the common fields `listen`,
+/// `metrics_listen`, `router_addr` and `key_file`.
+#[macro_export]
+macro_rules! common_settings {
+    () => {
+        fn settings(&mut self) -> $crate::cli::CommonSettings<'_> {
+            $crate::cli::CommonSettings {
+                listen: &mut self.listen,
+                metrics_listen: &mut self.metrics_listen,
+                router_addr: &mut self.router_addr,
+                key_file: &self.key_file,
+            }
+        }
+
+        fn listeners(&self) -> (&str, &str) {
+            (&self.listen, &self.metrics_listen)
+        }
+    };
+}
+
+/// A node's TOML configuration.
+pub trait NodeConfig: serde::Serialize + serde::de::DeserializeOwned {
+    /// What `print-config` prints: every key with its default (and examples where a
+    /// list would otherwise be empty).
+    fn example() -> Self;
+    /// Checks the limits; the error names the key.
+    fn validate(&self) -> Result<(), String>;
+    fn settings(&mut self) -> CommonSettings<'_>;
+    /// `listen` and `metrics_listen` (empty: no metrics).
+    fn listeners(&self) -> (&str, &str);
+    /// Parses a TOML configuration; unknown keys are errors naming the key.
+    fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the node until SIGINT/SIGTERM.
+    Run {
+        /// TOML configuration (see print-config).
+        #[arg(long)]
+        config: PathBuf,
+        /// Overrides `listen`.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Overrides `metrics_listen` ("" for none).
+        #[arg(long)]
+        metrics_listen: Option<String>,
+        /// Overrides `router_addr`.
+        #[arg(long)]
+        router: Option<String>,
+    },
+    /// Prints a configuration with every key and its default (the provider's with one
+    /// example model).
+    PrintConfig,
+    /// Creates a key file (mode 0600; never overwrites) and prints its address.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// The whole `main` of a node binary named `name` (`about`: one line for `--help`):
+/// `start` binds the listeners and starts serving in the runtime made here. Exits 1
+/// with `name: error` on failure.
+pub fn main<C, F>(name: &'static str, about: &'static str, start: impl FnOnce(C, SigningKey) -> F)
+where
+    C: NodeConfig,
+    F: Future<Output = Result<Started, String>>,
+{
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into a log file.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let matches = Cli::command().name(name).about(about).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    if let Err(error) = run(cli, start) {
+        eprintln!("{name}: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run<C, F>(cli: Cli, start: impl FnOnce(C, SigningKey) -> F) -> Result<(), String>
+where
+    C: NodeConfig,
+    F: Future<Output = Result<Started, String>>,
+{
+    match cli.command {
+        Command::PrintConfig => {
+            let text = toml::to_string_pretty(&C::example()).map_err(|e| e.to_string())?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Keygen { out } => {
+            let key = crate::keyfile::create(&out).map_err(|e| e.to_string())?;
+            println!("{}", key.address());
+            Ok(())
+        }
+        Command::Run {
+            config: path,
+            listen,
+            metrics_listen,
+            router,
+        } => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("config {}: {e}", path.display()))?;
+            let mut config =
+                C::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+            let settings = config.settings();
+            for (value, given) in [
+                (settings.listen, listen),
+                (settings.metrics_listen, metrics_listen),
+                (settings.router_addr, router),
+            ] {
+                if let Some(given) = given {
+                    *value = given;
+                }
+            }
+            config.validate()?;
+            let key =
+                crate::keyfile::load(config.settings().key_file).map_err(|e| e.to_string())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("runtime: {e}"))?;
+            runtime.block_on(async move {
+                let started = start(config, key).await?;
+                println!(
+                    "READY listen={} metrics={} address={}",
+                    started.listen,
+                    started
+                        .metrics
+                        .map_or_else(|| "none".to_string(), |a| a.to_string()),
+                    started.address
+                );
+                shutdown_signal().await
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() -> Result<(), String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("SIGTERM handler: {e}"))?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
