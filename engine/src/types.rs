@@ -11,8 +11,18 @@ pub const BLOCKS_PER_DAY: u64 = 7_200;
 
 /// A MOR (Ethereum) address: 20 bytes. The router derives it from signatures; the
 /// engine only compares and stores it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
+///
+/// `Debug` prints it as `Display` does (`0x` and 40 lowercase hex digits), so every
+/// debug form of a command or effect (the `journal` tool's output, logs) names
+/// addresses as operators read them, not as 20 decimal bytes.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Encode, Decode)]
 pub struct Address(pub [u8; 20]);
+
+impl std::fmt::Debug for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
 
 impl std::fmt::Display for Address {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -283,3 +283,40 @@ fn address_reads_the_key_file_keygen_prints() {
         "names both addresses: {stderr}"
     );
 }
+
+/// An outsider compared `yellowstone-router journal --json` before and after a
+/// kill -9 and could not find an address in it: every address was printed as 20
+/// decimal bytes (`Address([90, 174, …])`). Addresses now read as `0x` hex there
+/// (and in every debug form of a command), as the ledger tool prints them.
+#[test]
+fn journal_json_names_addresses_in_hex() {
+    use yellowstone_tests::RouterProcess;
+    let workdir = tempfile::tempdir().unwrap();
+    let address = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    let snapshot = workdir.path().join("balances.csv");
+    std::fs::write(&snapshot, format!("{address},5000000000000000000\n")).unwrap();
+    let data = workdir.path().join("data");
+    let router = RouterProcess::start(&[
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--operator",
+        "0x40335BEB3862247714bfF8eB64aE8F8e95cbD534",
+        "--balance-snapshot",
+        snapshot.to_str().unwrap(),
+    ]);
+    assert!(router.terminate(Duration::from_secs(30)));
+    let output = Command::new(router_binary())
+        .args(["journal", "--data-dir", data.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains(&address.to_lowercase()),
+        "the snapshot's address in the journal: {text}"
+    );
+    assert!(!text.contains("Address(["), "addresses as bytes: {text}");
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("each line is JSON");
+    }
+}
