@@ -264,23 +264,37 @@ impl GatewaySections {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.network.validate()?;
+        self.metrics.validate()?;
+        self.threads.validate()
+    }
+}
+
+impl MetricsConfig {
+    /// The `[metrics]` checks, for the router's configuration as for this layer's.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check(
-            self.metrics.request_bytes_max >= 8 * 1024,
+            self.request_bytes_max >= 8 * 1024,
             "metrics.request_bytes_max",
             "must be >= 8192 (the HTTP server's smallest buffer)",
         )?;
         check(
-            self.metrics.request_timeout_ms >= 1,
+            self.request_timeout_ms >= 1,
             "metrics.request_timeout_ms",
             "must be >= 1",
         )?;
         check(
-            (1..=65_536).contains(&self.metrics.connections_max),
+            (1..=65_536).contains(&self.connections_max),
             "metrics.connections_max",
             "must be between 1 and 65536",
-        )?;
+        )
+    }
+}
+
+impl ThreadsConfig {
+    /// The `[threads]` checks, for the router's configuration as for this layer's.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         check(
-            self.threads.gateway_threads <= 255,
+            self.gateway_threads <= 255,
             "threads.gateway_threads",
             "must be <= 255 (connection ids hold 8 bits of thread index)",
         )?;

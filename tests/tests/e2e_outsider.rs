@@ -191,6 +191,25 @@ fn print_config_refuses_what_run_refuses() {
             "[market]\nbid_wei_per_token_max = \"abc\"\n",
             "bid_wei_per_token_max",
         ),
+        // The [metrics] and [threads] checks were never run for the router: an
+        // outsider's metrics.request_timeout_ms = 0 started a router whose every
+        // scrape was closed at once.
+        (
+            "[metrics]\nrequest_timeout_ms = 0\n",
+            "metrics.request_timeout_ms",
+        ),
+        (
+            "[metrics]\nconnections_max = 0\n",
+            "metrics.connections_max",
+        ),
+        (
+            "[metrics]\nrequest_bytes_max = 10\n",
+            "metrics.request_bytes_max",
+        ),
+        (
+            "[threads]\ngateway_threads = 300\n",
+            "threads.gateway_threads",
+        ),
     ];
     for (toml, named) in cases {
         let path = workdir.path().join("router.toml");

@@ -404,6 +404,8 @@ impl RouterConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         self.network.validate().map_err(|e| e.to_string())?;
+        self.metrics.validate().map_err(|e| e.to_string())?;
+        self.threads.validate().map_err(|e| e.to_string())?;
         for entry in &self.market.models {
             if entry.name.len() > yellowstone_wire::messages::MODEL_NAME_BYTES_MAX {
                 return Err(format!(
