@@ -339,3 +339,39 @@ fn journal_json_names_addresses_in_hex() {
         serde_json::from_str::<serde_json::Value>(line).expect("each line is JSON");
     }
 }
+
+/// An outsider restarted a router without the `--operator` it first ran with and was
+/// told only that "the market parameters differ". The refusal now names each
+/// parameter that differs with both values.
+#[test]
+fn a_changed_market_parameter_is_named_at_start() {
+    use yellowstone_tests::RouterProcess;
+    let workdir = tempfile::tempdir().unwrap();
+    let data = workdir.path().join("data");
+    let data = data.to_str().unwrap();
+    let first = "0x40335BEB3862247714bfF8eB64aE8F8e95cbD534";
+    let router = RouterProcess::start(&["--data-dir", data, "--operator", first]);
+    assert!(router.terminate(Duration::from_secs(30)));
+    let other = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            data,
+            "--operator",
+            other,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("operator: stored")
+            && stderr.contains(&first.to_lowercase())
+            && stderr.contains(&other.to_lowercase()),
+        "names the operator and both values: {stderr}"
+    );
+}

@@ -145,6 +145,52 @@ fn create_data_dir(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
+/// The market parameters that differ between the data directory's (`stored`) and
+/// the configuration's, each as `name: stored X, configured Y` (values cut at 120
+/// characters), so a refused start names what to fix (a forgotten `--operator`, say).
+pub fn market_differences(
+    stored: &yellowstone_engine::config::MarketConfig,
+    configured: &yellowstone_engine::config::MarketConfig,
+) -> Vec<String> {
+    // The pretty debug form lists one top-level field per `    name: value` line,
+    // nested values (the model catalog) on further, deeper-indented lines.
+    fn fields(text: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            let top = line.starts_with("    ") && !line.starts_with("     ");
+            match (top, line.trim().split_once(": ")) {
+                (true, Some((name, value))) => out.push((name.to_string(), value.to_string())),
+                _ => {
+                    if let Some(last) = out.last_mut() {
+                        last.1.push(' ');
+                        last.1.push_str(line.trim());
+                    }
+                }
+            }
+        }
+        out
+    }
+    fn cut(value: &str) -> String {
+        let value = value.trim_end_matches(',');
+        match value.char_indices().nth(120) {
+            Some((at, _)) => format!("{}…", &value[..at]),
+            None => value.to_string(),
+        }
+    }
+    let stored = fields(&format!("{stored:#?}"));
+    let configured = fields(&format!("{configured:#?}"));
+    let mut out: Vec<String> = stored
+        .iter()
+        .zip(&configured)
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((name, a), (_, b))| format!("{name}: stored {}, configured {}", cut(a), cut(b)))
+        .collect();
+    if out.is_empty() {
+        out.push("(the difference is not in a named field)".into());
+    }
+    out
+}
+
 pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, String> {
     create_data_dir(dir)?;
     let router_key = router_key(&config, dir)?;
@@ -166,9 +212,10 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
             return Err(format!(
                 "{}: the market parameters in the configuration differ from those this \
                  journal was written under (replaying it under others would reach another \
-                 state); change them at run time with SetParams, or start on a new data \
-                 directory",
-                dir.join(files::MARKET_FILE).display()
+                 state): {}; change them at run time with SetParams, or start on a new \
+                 data directory",
+                dir.join(files::MARKET_FILE).display(),
+                market_differences(&stored, &market).join("; ")
             ))
         }
         Some(_) => {}
