@@ -241,6 +241,13 @@ fn run(args: RunArgs) -> Result<(), String> {
         config.journal.allow_corrupt_truncate = true;
     }
     config.validate()?;
+    if config.identity.operator.is_empty() {
+        tracing::warn!(
+            "no operator (--operator / identity.operator): this market accepts no \
+             BalanceUpdate or SetParams, and a data directory keeps that (the operator is \
+             one of its market parameters: another one later is refused)"
+        );
+    }
     let router = yellowstone_gateway::router::start_from_config(config)?;
     let metrics = router
         .metrics_addr

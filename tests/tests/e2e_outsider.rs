@@ -375,3 +375,44 @@ fn a_changed_market_parameter_is_named_at_start() {
         "names the operator and both values: {stderr}"
     );
 }
+
+/// An outsider ran `yellowstone-router run` without `--operator` and got a durable
+/// market nobody can operate, silently. It still starts (tests and demos do this),
+/// but with a warning naming the option.
+#[test]
+fn a_router_without_operator_warns() {
+    use std::io::{BufRead, BufReader};
+    let workdir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(router_binary())
+        .current_dir(workdir.path())
+        .args(["run", "--in-memory", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yellowstone-router");
+    let stderr = child.stderr.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let warned = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("no operator") && line.contains("--operator") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning about the missing operator: {seen:?}");
+}
