@@ -17,4 +17,5 @@ pub mod uring_file;
 pub mod writer;
 
 pub use recovery::{recover, RecoverOptions, Recovered};
+pub use uring_file::JournalIo;
 pub use writer::{DurabilityMode, Journal, JournalConfig, JournalStats};
