@@ -5,8 +5,11 @@
 //! - `files`: segment and snapshot files, atomic replacement, directory fsync.
 //! - `writer`: the `Durability` the engine thread appends to; group commit on the
 //!   journal thread, snapshots on their own thread.
-//! - `uring_file`: the open segment, written and fsynced through io_uring.
-//! - `recovery`: snapshot + replay at start, torn-tail cut, corruption refusal.
+//! - `uring_file`: the open segment, kept zero-filled ahead of its data, written and
+//!   made durable through io_uring (default), `pwritev2(RWF_DSYNC)` or
+//!   pwrite + fdatasync (`journal.io`).
+//! - `recovery`: snapshot + replay at start, zero tail as the end, torn-tail cut,
+//!   corruption refusal.
 //! - `tools`: what the operator subcommands print (records, verification, ledger).
 
 pub mod files;
