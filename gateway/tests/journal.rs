@@ -661,6 +661,22 @@ fn a_crash_leaves_a_zero_tail_that_recovery_takes_as_the_end() {
         assert!(bytes.len() >= data_end + 128 * 1024, "{io:?}: room ahead");
         assert!(bytes[data_end..].iter().all(|b| *b == 0));
 
+        // The operator's dump reads it to the end and sees no damage.
+        let mut out = Vec::new();
+        let printed =
+            yellowstone_gateway::journal::tools::dump(crashed.path(), 1, u64::MAX, false, &mut out)
+                .unwrap();
+        assert_eq!(printed, total, "{io:?}");
+        assert!(!String::from_utf8(out).unwrap().contains("damage"));
+        // Read-only recovery (the tools' verify) neither cuts nor changes anything.
+        let read_only = RecoverOptions {
+            read_only: true,
+            ..RecoverOptions::default()
+        };
+        let looked = recover_in(crashed.path(), &written.market, read_only).unwrap();
+        assert_eq!((looked.last_seq, looked.bytes_cut), (total, 0));
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+
         let recovered =
             recover_in(crashed.path(), &written.market, RecoverOptions::default()).unwrap();
         assert_eq!(recovered.last_seq, total, "{io:?}");

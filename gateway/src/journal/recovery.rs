@@ -242,7 +242,7 @@ fn valid_record_after(bytes: &[u8], offset: usize) -> bool {
 }
 
 /// The preallocated, never-written rest of a segment: nothing but zeros.
-fn is_zero_tail(bytes: &[u8]) -> bool {
+pub(crate) fn is_zero_tail(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
 
