@@ -103,7 +103,8 @@ fn copy_dir(from: &Path) -> tempfile::TempDir {
 fn record_offsets(bytes: &[u8]) -> Vec<usize> {
     let mut offsets = Vec::new();
     let mut at = files::SEGMENT_HEADER_BYTES;
-    while at < bytes.len() {
+    // A segment still open (copied from under a running journal) ends in zeros.
+    while at < bytes.len() && bytes[at..].iter().any(|b| *b != 0) {
         offsets.push(at);
         at += yellowstone_gateway::journal::record::parse(&bytes[at..])
             .unwrap()
@@ -613,4 +614,145 @@ fn the_group_commit_window_holds_records_but_never_a_flush_or_a_full_group() {
         "a full group is written at once"
     );
     assert!(journal.stats().writes.load(Ordering::Relaxed) >= 3);
+}
+
+/// Appends `lifecycles` lifecycles to an open journal in `always` mode and returns
+/// it still open (its segment carries the preallocated zero tail) with the hashes.
+fn write_and_keep_open(dir: &Path, lifecycles: usize, config: JournalConfig) -> (Journal, Written) {
+    let (market, commands) = commands(lifecycles);
+    let mut journal = Journal::open(config, 1).unwrap();
+    let mut engine = Engine::new(market.clone());
+    let mut hashes = vec![engine.state_hash()];
+    let mut effects = Vec::new();
+    for (now_ms, command) in commands {
+        let record = JournalRecord { now_ms, command };
+        journal.append(&record.encode()).unwrap();
+        engine.apply(&record.command, now_ms, &mut effects);
+        hashes.push(engine.state_hash());
+    }
+    journal.flush().unwrap();
+    let _ = dir;
+    (journal, Written { market, hashes })
+}
+
+#[test]
+fn a_crash_leaves_a_zero_tail_that_recovery_takes_as_the_end() {
+    use yellowstone_gateway::journal::JournalIo;
+    for io in [JournalIo::Dsync, JournalIo::Sync, JournalIo::Uring] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = JournalConfig {
+            segment_bytes_max: 1024 * 1024,
+            preallocate_bytes: 256 * 1024,
+            io,
+            ..JournalConfig::new(dir.path().to_path_buf(), DurabilityMode::Always)
+        };
+        let (journal, written) = write_and_keep_open(dir.path(), 300, config);
+        let total = written.hashes.len() as u64 - 1;
+        // "Crash": copy the directory from under the running journal.
+        let crashed = copy_dir(dir.path());
+        drop(journal);
+        let segment = segments(crashed.path()).pop().unwrap();
+        let bytes = std::fs::read(&segment).unwrap();
+        let offsets = record_offsets(&bytes);
+        let data_end = *offsets.last().unwrap()
+            + yellowstone_gateway::journal::record::parse(&bytes[*offsets.last().unwrap()..])
+                .unwrap()
+                .framed_len;
+        assert!(bytes.len() >= data_end + 128 * 1024, "{io:?}: room ahead");
+        assert!(bytes[data_end..].iter().all(|b| *b == 0));
+
+        // The operator's dump reads it to the end and sees no damage.
+        let mut out = Vec::new();
+        let printed =
+            yellowstone_gateway::journal::tools::dump(crashed.path(), 1, u64::MAX, false, &mut out)
+                .unwrap();
+        assert_eq!(printed, total, "{io:?}");
+        assert!(!String::from_utf8(out).unwrap().contains("damage"));
+        // Read-only recovery (the tools' verify) neither cuts nor changes anything.
+        let read_only = RecoverOptions {
+            read_only: true,
+            ..RecoverOptions::default()
+        };
+        let looked = recover_in(crashed.path(), &written.market, read_only).unwrap();
+        assert_eq!((looked.last_seq, looked.bytes_cut), (total, 0));
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes);
+
+        let recovered =
+            recover_in(crashed.path(), &written.market, RecoverOptions::default()).unwrap();
+        assert_eq!(recovered.last_seq, total, "{io:?}");
+        assert_eq!(
+            recovered.engine.state_hash(),
+            written.hashes[total as usize]
+        );
+        assert_eq!(recovered.bytes_cut, 0, "zeros are no damage");
+        assert!(recovered.notes.is_empty(), "{:?}", recovered.notes);
+        // The zero tail is gone from disk afterwards, quietly.
+        assert_eq!(std::fs::read(&segment).unwrap().len(), data_end);
+
+        // A clean close cuts the zero tail itself.
+        let closed = segments(dir.path()).pop().unwrap();
+        assert_eq!(std::fs::read(&closed).unwrap(), bytes[..data_end]);
+    }
+}
+
+#[test]
+fn a_torn_record_before_the_zero_tail_is_cut_and_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = JournalConfig {
+        segment_bytes_max: 1024 * 1024,
+        preallocate_bytes: 64 * 1024,
+        ..JournalConfig::new(dir.path().to_path_buf(), DurabilityMode::Always)
+    };
+    let (journal, written) = write_and_keep_open(dir.path(), 200, config);
+    let total = written.hashes.len() as u64 - 1;
+    let crashed = copy_dir(dir.path());
+    drop(journal);
+    let segment = segments(crashed.path()).pop().unwrap();
+    let bytes = std::fs::read(&segment).unwrap();
+    let last = *record_offsets(&bytes).last().unwrap();
+    // Tear each part of the last record: keep `keep` of its bytes, zeros after
+    // (as a crash inside a write into preallocated blocks leaves it), and also a
+    // record whose start was lost but whose end reached the disk.
+    let end = last
+        + yellowstone_gateway::journal::record::parse(&bytes[last..])
+            .unwrap()
+            .framed_len;
+    for keep in [1usize, 4, 12, 27, 28, end - last - 1] {
+        let copy = copy_dir(crashed.path());
+        let path = copy.path().join(segment.file_name().unwrap());
+        let mut torn = bytes.clone();
+        torn[last + keep..end].fill(0);
+        if torn == bytes || torn[last..last + keep].iter().all(|b| *b == 0) {
+            // Zeroed bytes that were zeros (no tear), or nothing of the record
+            // left (a clean end).
+            continue;
+        }
+        std::fs::write(&path, &torn).unwrap();
+        let recovered =
+            recover_in(copy.path(), &written.market, RecoverOptions::default()).unwrap();
+        assert_eq!(recovered.last_seq, total - 1, "keep {keep}");
+        assert_eq!(
+            recovered.engine.state_hash(),
+            written.hashes[total as usize - 1]
+        );
+        assert_eq!(
+            recovered.bytes_cut as usize,
+            bytes.len() - last,
+            "keep {keep}"
+        );
+        assert!(
+            recovered.notes[0].contains("journal tail cut"),
+            "{:?}",
+            recovered.notes
+        );
+        assert_eq!(std::fs::read(&path).unwrap().len(), last);
+    }
+    let copy = copy_dir(crashed.path());
+    let path = copy.path().join(segment.file_name().unwrap());
+    let mut torn = bytes.clone();
+    torn[last..last + 28].fill(0);
+    std::fs::write(&path, &torn).unwrap();
+    let recovered = recover_in(copy.path(), &written.market, RecoverOptions::default()).unwrap();
+    assert_eq!(recovered.last_seq, total - 1);
+    assert!(recovered.notes[0].contains("journal tail cut"));
 }

@@ -5,10 +5,13 @@
 //! - `files`: segment and snapshot files, atomic replacement, directory fsync.
 //! - `writer`: the `Durability` the engine thread appends to; group commit on the
 //!   journal thread, snapshots on their own thread.
-//! - `uring_file`: the open segment, written and fsynced through io_uring.
+//! - `uring_file`: the open segment, kept zero-filled ahead of its data, written and
+//!   made durable through io_uring (default), `pwritev2(RWF_DSYNC)` or
+//!   pwrite + fdatasync (`journal.io`).
 //! - `replica`: a second engine fed the same records; snapshots are serialised
 //!   from it so the engine thread does not stop for them.
-//! - `recovery`: snapshot + replay at start, torn-tail cut, corruption refusal.
+//! - `recovery`: snapshot + replay at start, zero tail as the end, torn-tail cut,
+//!   corruption refusal.
 //! - `tools`: what the operator subcommands print (records, verification, ledger).
 
 pub mod files;
@@ -21,4 +24,5 @@ pub mod writer;
 
 pub use recovery::{recover, RecoverOptions, Recovered};
 pub use replica::{ReplicaConfig, ReplicaStats, Replicated};
+pub use uring_file::JournalIo;
 pub use writer::{DurabilityMode, Journal, JournalConfig, JournalStats};

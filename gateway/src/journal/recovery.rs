@@ -3,6 +3,11 @@
 //! record after the damage) is cut off and logged; damage anywhere else stops the
 //! start with the file and offset, unless the operator explicitly allows cutting the
 //! journal there.
+//!
+//! The open segment is zero-filled ahead of its data (preallocation,
+//! `journal.preallocate_bytes`): an all-zero rest of a segment is its clean end,
+//! not damage (no record has a zero header: its checksum covers the header). It is
+//! truncated quietly. A torn record before zeros is damage like any other.
 
 use super::files;
 use super::record::{self, RecordFault};
@@ -75,6 +80,7 @@ pub fn recover(
     };
     let mut previous_seq: Option<u64> = None;
     let mut effects = Vec::new();
+    let mut zero_tails: Vec<(&PathBuf, usize)> = Vec::new();
     let segments = &listing.segments;
     for (index, (name_seq, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
@@ -99,6 +105,10 @@ pub fn recover(
                 let mut damage = None;
                 while offset < bytes.len() {
                     let parsed = record::parse(&bytes[offset..]);
+                    if parsed.is_err() && is_zero_tail(&bytes[offset..]) {
+                        zero_tails.push((path, offset));
+                        break;
+                    }
                     let fault = match &parsed {
                         // Records pass their checksums but do not follow: history is
                         // missing, which no torn write explains.
@@ -178,6 +188,14 @@ pub fn recover(
         }
         break;
     }
+    if !options.read_only && !zero_tails.is_empty() {
+        for (path, offset) in &zero_tails {
+            // Only segments still present (a cut removes the later ones).
+            if path.exists() {
+                cut_at(path, *offset)?;
+            }
+        }
+    }
     if snapshot_seq.is_none() && previous_seq.is_none() && segments.iter().any(|(s, _)| *s > 1) {
         return Err(format!(
             "{}: the journal starts after seq 1 and no valid snapshot covers it",
@@ -212,9 +230,20 @@ fn expected_next(previous: Option<u64>, covered: u64, seq: u64) -> Result<(), St
 
 /// Is there a valid record anywhere after `offset`? Only then is the damage not a
 /// torn tail. Cheap on a clean tail: most positions fail the length test.
+/// A zero tail holds none (a record's checksum is never all zeros), so the scan
+/// stops at the last non-zero byte: a preallocated tail costs no hashing.
 fn valid_record_after(bytes: &[u8], offset: usize) -> bool {
-    (offset + 1..bytes.len().saturating_sub(record::RECORD_HEADER_BYTES - 1))
+    let end = bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map_or(0, |last| last + 1);
+    (offset + 1..end.saturating_sub(record::RECORD_HEADER_BYTES - 1))
         .any(|at| record::parse(&bytes[at..]).is_ok())
+}
+
+/// The preallocated, never-written rest of a segment: nothing but zeros.
+pub(crate) fn is_zero_tail(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }
 
 fn cut_at(path: &Path, offset: usize) -> Result<(), String> {

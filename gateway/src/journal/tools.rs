@@ -54,6 +54,8 @@ pub fn dump(
         while offset < bytes.len() && printed < limit {
             let rec = match record::parse(&bytes[offset..]) {
                 Ok(rec) => rec,
+                // The preallocated room of a running or crashed router: the end.
+                Err(_) if super::recovery::is_zero_tail(&bytes[offset..]) => break,
                 Err(fault) => {
                     let line = format!(
                         "damage: {} at offset {offset}: {fault} ({} bytes after it)",

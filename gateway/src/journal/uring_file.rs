@@ -1,6 +1,15 @@
-//! The open segment: appends at a known offset, with the fsync linked to the write
-//! in one io_uring submission (one syscall per group commit), or plain
-//! pwrite(2) + fdatasync(2) where io_uring is unavailable.
+//! The open segment: appends at a known offset, in one of three ways
+//! ([`JournalIo`]): the write with the fsync linked to it in one io_uring
+//! submission (the kernel runs the fsync on an io-wq worker thread), one
+//! `pwritev2(RWF_DSYNC)` from the journal thread (data and its durability in one
+//! syscall, no other thread), or pwrite(2) + fdatasync(2).
+//!
+//! Preallocation: the segment's file is kept zero-filled ahead of the write
+//! offset (`preallocate_bytes` at a time), so an append overwrites blocks the
+//! file already has and its fdatasync has no size or extent change to commit
+//! (on ext4 that is a journal commit saved per fsync). The zero tail ends the
+//! journal at recovery (`recovery::recover`); a clean close or a roll truncates
+//! it.
 
 use io_uring::{opcode, squeue, types, IoUring};
 use std::fs::File;
@@ -8,20 +17,67 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::PathBuf;
 
+/// How the journal writes and makes its writes durable (`journal.io`).
+/// BENCHMARKS.md ("Journal CPU") compares them: `Uring` gives the lowest RFC →
+/// ticket latency on the machine measured, `Dsync` the lowest CPU per session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JournalIo {
+    /// io_uring write linked to an fdatasync in one submission (default;
+    /// `journal.io = "uring"`); the kernel runs the fsync on an io-wq worker
+    /// thread. Falls back to `Sync` when io_uring cannot be set up.
+    Uring,
+    /// `pwritev2(..., RWF_DSYNC)` on the journal thread (`"dsync"`): one syscall
+    /// per group, durable when it returns, no other thread.
+    Dsync,
+    /// pwrite(2) then fdatasync(2) on the journal thread (`"sync"`).
+    Sync,
+}
+
+impl std::str::FromStr for JournalIo {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "dsync" => Ok(JournalIo::Dsync),
+            "sync" => Ok(JournalIo::Sync),
+            "uring" => Ok(JournalIo::Uring),
+            other => Err(format!(
+                "journal.io must be dsync, sync or uring, not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Zeros written per syscall when preallocating.
+const ZERO_CHUNK_BYTES: usize = 64 * 1024;
+static ZEROS: [u8; ZERO_CHUNK_BYTES] = [0; ZERO_CHUNK_BYTES];
+
 pub struct SegmentFile {
     file: File,
     path: PathBuf,
+    /// Where the next append goes (the end of the data).
     len: u64,
+    /// The file is zero-filled from `len` up to here (the file's size).
+    zeroed_to: u64,
+    preallocate_bytes: u64,
+    io: JournalIo,
     ring: Option<IoUring>,
 }
 
 impl SegmentFile {
-    pub fn new(file: File, path: PathBuf, io_uring: bool) -> Result<SegmentFile, String> {
+    /// Takes over a segment whose data ends at the file's current size; with
+    /// `preallocate_bytes` > 0, zero-fills that much ahead and fsyncs it (segment
+    /// creation and roll are off the per-record path).
+    pub fn new(
+        file: File,
+        path: PathBuf,
+        io: JournalIo,
+        preallocate_bytes: u64,
+    ) -> Result<SegmentFile, String> {
         let len = file
             .metadata()
             .map_err(|e| format!("{}: {e}", path.display()))?
             .len();
-        let ring = if io_uring {
+        let ring = if io == JournalIo::Uring {
             match IoUring::new(8) {
                 Ok(ring) => Some(ring),
                 Err(error) => {
@@ -32,12 +88,71 @@ impl SegmentFile {
         } else {
             None
         };
-        Ok(SegmentFile {
+        let io = match (io, &ring) {
+            (JournalIo::Uring, None) => JournalIo::Sync,
+            (io, _) => io,
+        };
+        let mut segment = SegmentFile {
             file,
             path,
             len,
+            zeroed_to: len,
+            preallocate_bytes,
+            io,
             ring,
-        })
+        };
+        if segment.preallocate(preallocate_bytes)? {
+            segment.sync()?;
+        }
+        Ok(segment)
+    }
+
+    /// Zero-fills the file ahead of the data once less than half of
+    /// `preallocate_bytes` is left (the new blocks reach the disk with the next
+    /// fsync). Returns whether it wrote anything.
+    pub fn preallocate(&mut self, ahead_bytes: u64) -> Result<bool, String> {
+        if ahead_bytes == 0 || self.zeroed_to.saturating_sub(self.len) >= ahead_bytes / 2 {
+            return Ok(false);
+        }
+        let from = self.zeroed_to.max(self.len);
+        let to = self.len + ahead_bytes;
+        let mut at = from;
+        while at < to {
+            let chunk = (to - at).min(ZERO_CHUNK_BYTES as u64) as usize;
+            self.file
+                .write_all_at(&ZEROS[..chunk], at)
+                .map_err(|e| self.error("preallocation", e))?;
+            at += chunk as u64;
+        }
+        self.zeroed_to = to;
+        Ok(true)
+    }
+
+    /// Keeps the zero-filled room ahead of the data (after a group is durable, so
+    /// the cost falls between groups).
+    pub fn keep_preallocated(&mut self) -> Result<bool, String> {
+        self.preallocate(self.preallocate_bytes)
+    }
+
+    /// Cuts the zero tail off and fsyncs the file: the segment is closed (roll or
+    /// clean shutdown) and will never be written again.
+    pub fn finish(&mut self) -> Result<(), String> {
+        if self.zeroed_to > self.len {
+            self.file
+                .set_len(self.len)
+                .map_err(|e| self.error("truncate", e))?;
+            self.zeroed_to = self.len;
+        }
+        self.file.sync_all().map_err(|e| self.error("fsync", e))
+    }
+
+    /// The file's size (data plus zero-filled room).
+    pub fn file_len(&self) -> u64 {
+        self.zeroed_to.max(self.len)
+    }
+
+    pub fn io(&self) -> JournalIo {
+        self.io
     }
 
     pub fn len(&self) -> u64 {
@@ -59,6 +174,18 @@ impl SegmentFile {
     /// Appends `bytes`; with `sync`, returns only once they are on stable storage.
     pub fn append(&mut self, bytes: &[u8], sync: bool) -> Result<(), String> {
         if bytes.is_empty() {
+            return Ok(());
+        }
+        if self.io == JournalIo::Dsync {
+            if sync {
+                pwrite_dsync(&self.file, bytes, self.len)
+                    .map_err(|e| self.error("pwritev2(RWF_DSYNC)", e))?;
+            } else {
+                self.file
+                    .write_all_at(bytes, self.len)
+                    .map_err(|e| self.error("write", e))?;
+            }
+            self.len += bytes.len() as u64;
             return Ok(());
         }
         let done = match self.ring.as_mut() {
@@ -89,6 +216,36 @@ impl SegmentFile {
             .sync_data()
             .map_err(|e| self.error("fdatasync", e))
     }
+}
+
+/// Writes all of `bytes` at `offset` with `RWF_DSYNC`: each call returns once what
+/// it wrote is on stable storage (as write + fdatasync of that range), so a short
+/// write is continued the same way and an error is never retried over.
+fn pwrite_dsync(file: &File, mut bytes: &[u8], mut offset: u64) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let iov = libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        let offset_arg = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+        // SAFETY: one iovec over `bytes`, which outlives the call; the fd is open.
+        let written =
+            unsafe { libc::pwritev2(file.as_raw_fd(), &iov, 1, offset_arg, libc::RWF_DSYNC) };
+        if written < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(error);
+        }
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let written = written as usize;
+        bytes = &bytes[written..];
+        offset += written as u64;
+    }
+    Ok(())
 }
 
 /// Write at `offset`, linked to an fdatasync when `sync`; returns the bytes written
@@ -153,8 +310,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn appends_land_at_the_end_through_either_path() {
-        for io_uring in [true, false] {
+    fn appends_land_at_the_end_through_every_path() {
+        for (io, preallocate) in [
+            (JournalIo::Uring, 0),
+            (JournalIo::Sync, 0),
+            (JournalIo::Dsync, 0),
+            (JournalIo::Uring, 100_000),
+            (JournalIo::Sync, 100_000),
+            (JournalIo::Dsync, 100_000),
+        ] {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("segment");
             let file = std::fs::OpenOptions::new()
@@ -164,13 +328,48 @@ mod tests {
                 .write(true)
                 .open(&path)
                 .unwrap();
-            let mut segment = SegmentFile::new(file, path.clone(), io_uring).unwrap();
+            let mut segment = SegmentFile::new(file, path.clone(), io, preallocate).unwrap();
+            assert_eq!(segment.file_len(), preallocate, "{io:?}");
             segment.append(b"hello ", true).unwrap();
             segment.append(b"", true).unwrap();
             segment.append(b"journal", false).unwrap();
             segment.sync().unwrap();
             assert_eq!(segment.len(), 13);
-            assert_eq!(std::fs::read(&path).unwrap(), b"hello journal");
+            // While open, the data is followed by zeros up to the preallocated size.
+            let mut expected = b"hello journal".to_vec();
+            expected.resize(preallocate.max(13) as usize, 0);
+            assert_eq!(std::fs::read(&path).unwrap(), expected, "{io:?}");
+            segment.finish().unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"hello journal", "{io:?}");
         }
+    }
+
+    #[test]
+    fn the_zero_filled_room_is_topped_up_at_half_and_never_over_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut segment = SegmentFile::new(file, path.clone(), JournalIo::Dsync, 1000).unwrap();
+        segment.append(&[7u8; 400], true).unwrap();
+        assert!(!segment.keep_preallocated().unwrap(), "600 left of 1000");
+        segment.append(&[8u8; 200], true).unwrap();
+        assert!(segment.keep_preallocated().unwrap(), "400 left: topped up");
+        assert_eq!(segment.file_len(), 1600);
+        // A group larger than the room just extends the file.
+        segment.append(&[9u8; 2000], true).unwrap();
+        assert_eq!(segment.file_len(), 2600);
+        assert!(segment.keep_preallocated().unwrap());
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 3600);
+        assert!(bytes[..400].iter().all(|b| *b == 7));
+        assert!(bytes[400..600].iter().all(|b| *b == 8));
+        assert!(bytes[600..2600].iter().all(|b| *b == 9));
+        assert!(bytes[2600..].iter().all(|b| *b == 0));
     }
 }

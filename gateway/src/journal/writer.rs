@@ -6,7 +6,7 @@
 
 use super::files;
 use super::record;
-use super::uring_file::SegmentFile;
+use super::uring_file::{JournalIo, SegmentFile};
 use crate::sequencer::Durability;
 use crossbeam_channel::{Receiver, Sender};
 use std::path::PathBuf;
@@ -50,8 +50,13 @@ pub struct JournalConfig {
     /// Appended bytes not yet written; the engine waits when the writer is this far
     /// behind (backpressure instead of unbounded memory).
     pub buffer_bytes_max: usize,
-    /// Write and fsync through io_uring (falls back to write(2)/fdatasync(2)).
-    pub io_uring: bool,
+    /// How writes are made durable (`journal.io`; default io_uring, write and
+    /// fdatasync linked in one submission).
+    pub io: JournalIo,
+    /// Zero-filled room kept ahead of the write offset in the open segment, bytes
+    /// (0: none; the file then grows with every write and each fdatasync also
+    /// commits the new size).
+    pub preallocate_bytes: u64,
     /// Snapshots kept; segments are removed once the oldest kept one covers them.
     pub snapshots_kept: usize,
     /// Core for the journal and snapshot threads (None: unpinned).
@@ -68,6 +73,11 @@ pub struct JournalConfig {
 }
 
 impl JournalConfig {
+    /// Zero-filled room ahead: never more than a segment holds.
+    fn preallocate(&self) -> u64 {
+        self.preallocate_bytes.min(self.segment_bytes_max)
+    }
+
     pub fn new(dir: PathBuf, mode: DurabilityMode) -> JournalConfig {
         JournalConfig {
             dir,
@@ -75,7 +85,8 @@ impl JournalConfig {
             fsync_interval_ms: 10,
             segment_bytes_max: 256 * 1024 * 1024,
             buffer_bytes_max: 64 * 1024 * 1024,
-            io_uring: true,
+            io: JournalIo::Uring,
+            preallocate_bytes: 4 * 1024 * 1024,
             snapshots_kept: 2,
             core: None,
             group_commit_us: 0,
@@ -188,7 +199,7 @@ impl Journal {
     pub fn open(config: JournalConfig, next_seq: u64) -> Result<Journal, String> {
         assert!(next_seq >= 1, "sequence numbers start at 1");
         let (file, path) = files::create_segment(&config.dir, next_seq)?;
-        let segment = SegmentFile::new(file, path, config.io_uring)?;
+        let segment = SegmentFile::new(file, path, config.io, config.preallocate())?;
         let last = next_seq - 1;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
@@ -430,7 +441,8 @@ impl Writer {
                 self.sync()?;
             }
             if closing && !group_written && self.shared.lock().bytes.is_empty() {
-                return Ok(());
+                // Everything is written (and synced above if asked): cut the zero tail.
+                return self.segment.finish();
             }
         }
     }
@@ -490,6 +502,8 @@ impl Writer {
             stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.mark_synced(last_seq);
         }
+        // After the group is announced, so its waiters do not pay for it.
+        self.segment.keep_preallocated()?;
         Ok(())
     }
 
@@ -511,14 +525,14 @@ impl Writer {
         let _ = self.updates.try_send(seq);
     }
 
-    /// Closes the full segment (fsynced whatever the mode: a closed segment is never
-    /// written again) and starts the next at `first_seq`.
+    /// Closes the full segment (zero tail cut, fsynced whatever the mode: a closed
+    /// segment is never written again) and starts the next at `first_seq`.
     fn roll(&mut self, first_seq: u64) -> Result<(), String> {
-        self.segment.sync()?;
+        self.segment.finish()?;
         let written = self.shared.written_seq.load(Ordering::Acquire);
         self.mark_synced(written);
         let (file, path) = files::create_segment(&self.config.dir, first_seq)?;
-        self.segment = SegmentFile::new(file, path, self.config.io_uring)?;
+        self.segment = SegmentFile::new(file, path, self.config.io, self.config.preallocate())?;
         Ok(())
     }
 }

@@ -219,9 +219,17 @@ pub struct JournalSection {
     pub buffer_bytes_max: u64,
     /// Snapshots kept on disk; segments go once the oldest kept one covers them.
     pub snapshots_kept: u32,
-    /// Journal writes: "uring" (write + linked fdatasync in one submission) or
-    /// "sync" (pwrite + fdatasync from the journal thread).
+    /// Journal writes: "uring" (default: write + linked fdatasync in one io_uring
+    /// submission, the fsync on a kernel io-wq worker; "sync" under
+    /// network.backend = "mio"), "dsync" (one pwritev2(RWF_DSYNC) per group from the
+    /// journal thread: less CPU per session, more latency on the machine measured,
+    /// BENCHMARKS.md "Journal CPU") or "sync" (pwrite + fdatasync from the journal
+    /// thread).
     pub io: String,
+    /// Zero-filled room kept ahead of the open segment's data, bytes (default
+    /// 4 MiB; 0: none): appends overwrite blocks the file already has, so their
+    /// fdatasync commits no size change. At most segment_bytes_max.
+    pub preallocate_bytes: u64,
     /// Group commit window, microseconds (opt-in; default 0). 0: natural group
     /// commit, the writer writes (and in `always` fsyncs) whatever gathered while its
     /// previous write was in flight, so a group grows with the load and a lone
@@ -259,6 +267,7 @@ impl Default for JournalSection {
             buffer_bytes_max: 64 * 1024 * 1024,
             snapshots_kept: 2,
             io: "uring".into(),
+            preallocate_bytes: 4 * 1024 * 1024,
             group_commit_us: 0,
             group_bytes_max: 1024 * 1024,
             snapshot_replica: true,
@@ -444,10 +453,11 @@ impl RouterConfig {
                 journal.snapshot_replica_queue_bytes_max
             ));
         }
-        if !["uring", "sync"].contains(&journal.io.as_str()) {
+        journal.io.parse::<crate::journal::JournalIo>()?;
+        if journal.preallocate_bytes > journal.segment_bytes_max {
             return Err(format!(
-                "journal.io must be uring or sync, not {:?}",
-                journal.io
+                "journal.preallocate_bytes must be at most journal.segment_bytes_max ({}), not {}",
+                journal.segment_bytes_max, journal.preallocate_bytes
             ));
         }
         if !["gateway", "engine"].contains(&self.threads.ticket_signing.as_str()) {
@@ -591,6 +601,11 @@ mod tests {
         for (toml, key) in [
             ("[threads]\nticket_signing = \"signer\"\n", "ticket_signing"),
             ("[journal]\ngroup_commit_us = 1000000\n", "group_commit_us"),
+            ("[journal]\nio = \"async\"\n", "journal.io"),
+            (
+                "[journal]\npreallocate_bytes = 300000000\n",
+                "preallocate_bytes",
+            ),
             ("[journal]\ngroup_bytes_max = 100\n", "group_bytes_max"),
         ] {
             let config = RouterConfig::from_toml(toml).unwrap();

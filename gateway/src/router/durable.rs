@@ -6,7 +6,8 @@ use super::config::RouterConfig;
 use super::{Router, RouterHandle, StartOptions};
 use crate::config::Backend;
 use crate::journal::{
-    self, files, DurabilityMode, Journal, JournalConfig, RecoverOptions, ReplicaConfig, Replicated,
+    self, files, DurabilityMode, Journal, JournalConfig, JournalIo, RecoverOptions, ReplicaConfig,
+    Replicated,
 };
 use std::path::Path;
 use yellowstone_wire::SigningKey;
@@ -243,7 +244,12 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         fsync_interval_ms: config.journal.fsync_interval_ms,
         segment_bytes_max: config.journal.segment_bytes_max,
         buffer_bytes_max: config.journal.buffer_bytes_max as usize,
-        io_uring: config.journal.io == "uring" && config.network.backend == Backend::Uring,
+        io: match config.journal.io.parse()? {
+            // The journal's ring is set up like the network's: not under mio.
+            JournalIo::Uring if config.network.backend != Backend::Uring => JournalIo::Sync,
+            io => io,
+        },
+        preallocate_bytes: config.journal.preallocate_bytes,
         snapshots_kept: config.journal.snapshots_kept as usize,
         group_commit_us: config.journal.group_commit_us,
         group_bytes_max: config.journal.group_bytes_max as usize,
