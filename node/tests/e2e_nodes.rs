@@ -385,6 +385,27 @@ async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
         .unwrap();
     assert_eq!(response.status(), 409);
     assert_eq!(code(response.json().await.unwrap()), "ticket_used");
+    // A session header that is there but not ASCII: 401 naming it malformed, not
+    // "missing" (what an outsider was told).
+    let response = stack
+        .http
+        .post(&url)
+        .header(
+            SESSION_HEADER,
+            reqwest::header::HeaderValue::from_bytes(b"\xff\xfe").unwrap(),
+        )
+        .header(SIGNATURE_HEADER, "0x00")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let error: serde_json::Value = response.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("malformed") && !message.contains("missing"),
+        "{message}"
+    );
     // A malformed signature header: 401.
     let response = stack
         .http

@@ -134,6 +134,22 @@ async fn serve(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let unauthorized = |message: String| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "bad_signature",
+            format!("{message} (see docs/PROTOCOL.md, \"Direct user-provider HTTP\")"),
+        )
+    };
+    // A header that is there but not visible ASCII is malformed, not missing.
+    for name in [SESSION_HEADER, SIGNATURE_HEADER] {
+        if headers.get(name).is_some_and(|v| v.to_str().is_err()) {
+            return Err(unauthorized(format!(
+                "header {name} is malformed: not visible ASCII"
+            )));
+        }
+    }
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let (session, signer) = recover_requester(
         provider.config.network_id,
@@ -141,14 +157,7 @@ async fn serve(
         header(SIGNATURE_HEADER),
         &body,
     )
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "bad_signature",
-            format!("{e} (see docs/PROTOCOL.md, \"Direct user-provider HTTP\")"),
-        )
-    })?;
+    .map_err(|e| unauthorized(e.to_string()))?;
     let mut request = ChatRequest::parse(&body)?;
     // Every check of the request itself comes before the claim: a request refused
     // for its own content (400) leaves the ticket unused, to be sent again corrected.
