@@ -32,8 +32,9 @@ pub struct CommonSettings<'a> {
     pub key_file: &'a Path,
 }
 
-/// `NodeConfig::settings` and `listeners` for a configuration with the common fields `listen`,
-/// `metrics_listen`, `router_addr` and `key_file`.
+/// `NodeConfig::settings`, `listeners` and `header_read_timeout_ms` for a configuration
+/// with the common fields `listen`, `metrics_listen`, `router_addr`, `key_file` and
+/// `header_read_timeout_ms`.
 #[macro_export]
 macro_rules! common_settings {
     () => {
@@ -49,6 +50,10 @@ macro_rules! common_settings {
         fn listeners(&self) -> (&str, &str) {
             (&self.listen, &self.metrics_listen)
         }
+
+        fn header_read_timeout_ms(&self) -> u64 {
+            self.header_read_timeout_ms
+        }
     };
 }
 
@@ -62,6 +67,10 @@ pub trait NodeConfig: serde::Serialize + serde::de::DeserializeOwned {
     fn settings(&mut self) -> CommonSettings<'_>;
     /// `listen` and `metrics_listen` (empty: no metrics).
     fn listeners(&self) -> (&str, &str);
+    /// `header_read_timeout_ms`: a connection whose request head (request line and
+    /// headers) has not fully arrived this long after it started waiting for one is
+    /// closed (a trickling or idle client holds no socket for ever).
+    fn header_read_timeout_ms(&self) -> u64;
     /// Parses a TOML configuration; unknown keys are errors naming the key.
     fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())

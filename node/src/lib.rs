@@ -58,6 +58,7 @@ pub async fn serve_http(
     metrics: metrics::Metrics,
 ) -> Result<(std::net::SocketAddr, Option<std::net::SocketAddr>), String> {
     let (listen, metrics_listen) = config.listeners();
+    let header_read_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen {listen}: {e}"))?;
@@ -69,13 +70,53 @@ pub async fn serve_http(
             .await
             .map_err(|e| format!("metrics_listen {metrics_listen}: {e}"))?;
         let addr = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-        tokio::spawn(metrics::serve(metrics_listener, metrics));
+        tokio::spawn(serve_bounded(
+            metrics_listener,
+            metrics::router(metrics),
+            header_read_timeout,
+        ));
         Some(addr)
     };
-    tokio::spawn(async move {
-        if let Err(error) = axum::serve(nodelay(listener), app).await {
-            tracing::error!(%error, "HTTP server stopped");
-        }
-    });
+    tokio::spawn(serve_bounded(listener, app, header_read_timeout));
     Ok((bound, metrics_bound))
+}
+
+/// Serves `app` on `listener` (TCP_NODELAY on every socket, HTTP/1.1): a connection
+/// whose request head has not fully arrived `header_read_timeout` after the server
+/// began waiting for it is closed, so a client that trickles or never finishes its
+/// headers holds no socket for ever (`axum::serve` has no such bound). Bodies and
+/// answers are not cut: a long streamed answer runs as long as it needs.
+pub async fn serve_bounded(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_read_timeout: std::time::Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    /// After a failed accept (out of descriptors, say), before the next.
+    const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _peer)) => socket,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_RETRY).await;
+                continue;
+            }
+        };
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::warn!(%error, "TCP_NODELAY not set");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_read_timeout)
+                .serve_connection(TokioIo::new(socket), service)
+                .with_upgrades();
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "HTTP connection ended");
+            }
+        });
+    }
 }

@@ -72,8 +72,9 @@ impl Default for Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
-    let app = axum::Router::new().route(
+/// The `/metrics` endpoint as an axum router (served by `serve_bounded`).
+pub fn router(metrics: Metrics) -> axum::Router {
+    axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let metrics = metrics.clone();
@@ -87,10 +88,7 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) {
                 )
             }
         }),
-    );
-    if let Err(error) = axum::serve(listener, app).await {
-        tracing::error!(%error, "metrics server stopped");
-    }
+    )
 }
 
 #[cfg(test)]

@@ -794,3 +794,58 @@ async fn r_node_2_an_application_that_leaves_still_gets_its_session_reported() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// An outsider opened connections to a node and sent half a request head: they
+/// stayed open for ever (70 s and counting), on the provider's public listener too,
+/// so a trickling client could hold every socket. Both listeners of both nodes now
+/// close a connection whose head has not arrived within `header_read_timeout_ms`.
+#[test]
+fn r_node_1_a_trickling_client_is_closed_at_the_header_deadline() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    keygen(CONSUMER, &dir.path().join("consumer.key"));
+    std::fs::write(
+        dir.path().join("consumer.toml"),
+        "key_file = \"consumer.key\"\nrouter_addr = \"127.0.0.1:9\"\n\
+         listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         header_read_timeout_ms = 400\n",
+    )
+    .unwrap();
+    let consumer = NodeProcess::start(CONSUMER, &["run", "--config", "consumer.toml"], dir.path());
+    for listener in ["listen", "metrics"] {
+        let mut socket = std::net::TcpStream::connect(consumer.addr(listener)).unwrap();
+        socket
+            .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buffer = [0u8; 256];
+        // Closed (EOF or reset), not left waiting until the read time-out.
+        match socket.read(&mut buffer) {
+            Ok(_) => {}
+            Err(error) => assert!(
+                !matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+                "{listener}: still open after {:?}",
+                started.elapsed()
+            ),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{listener}: closed only after {:?}",
+            started.elapsed()
+        );
+    }
+    // A whole request is still served (the router is unreachable here: a JSON 503).
+    let mut socket = std::net::TcpStream::connect(consumer.addr("metrics")).unwrap();
+    socket
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

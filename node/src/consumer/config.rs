@@ -41,6 +41,9 @@ pub struct ConsumerConfig {
     pub response_bytes_max: u64,
     /// Requests in flight at most; more get 503 with Retry-After.
     pub requests_in_flight_max: u32,
+    /// A connection whose request head has not fully arrived within this is closed
+    /// (both the API and the metrics listener): no trickling client holds a socket.
+    pub header_read_timeout_ms: u64,
     /// A `Ping` goes to the router after this long without writing, so the router
     /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
     pub keepalive_ms: u64,
@@ -69,6 +72,7 @@ impl Default for ConsumerConfig {
             response_bytes_max: 16 * 1024 * 1024,
             requests_in_flight_max: 1_024,
             keepalive_ms: 60_000,
+            header_read_timeout_ms: 30_000,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
         }
@@ -95,6 +99,7 @@ impl NodeConfig for ConsumerConfig {
             ("requests_in_flight_max", self.requests_in_flight_max as u64),
             ("reconnect_initial_ms", self.reconnect_initial_ms),
             ("keepalive_ms", self.keepalive_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));

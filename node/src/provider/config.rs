@@ -33,6 +33,9 @@ pub struct ProviderConfig {
     pub response_bytes_max: u64,
     /// The whole upstream call, first byte to last.
     pub upstream_timeout_ms: u64,
+    /// A connection whose request head has not fully arrived within this is closed
+    /// (both the API and the metrics listener): no trickling client holds a socket.
+    pub header_read_timeout_ms: u64,
     /// A `Ping` goes to the router after this long without writing, so the router
     /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
     pub keepalive_ms: u64,
@@ -81,6 +84,7 @@ impl Default for ProviderConfig {
             response_bytes_max: 16 * 1024 * 1024,
             upstream_timeout_ms: 600_000,
             keepalive_ms: 60_000,
+            header_read_timeout_ms: 30_000,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
             models: Vec::new(),
@@ -121,6 +125,7 @@ impl NodeConfig for ProviderConfig {
             ("upstream_timeout_ms", self.upstream_timeout_ms),
             ("reconnect_initial_ms", self.reconnect_initial_ms),
             ("keepalive_ms", self.keepalive_ms),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));
