@@ -1,6 +1,7 @@
 //! Round trips for every message, every malformed case with its specific error, and
 //! signature checks on whole frames (R-ID-2, R-ID-3).
 
+mod common;
 use proptest::prelude::*;
 use yellowstone_wire::frame::{FrameDecoder, FrameError, HEADER_LEN};
 use yellowstone_wire::signature::{to_high_s, weights_proof_digest};
@@ -243,42 +244,7 @@ pub fn samples() -> Vec<Message> {
         }
         .into(),
         MarketStateQuery { query_id: 7 }.into(),
-        MarketState {
-            query_id: 7,
-            now_ms: 1_767_225_600_000,
-            block: 10,
-            day: 0,
-            max_tokens_per_day: 30_000_000_000,
-            access_rate_tokens_per_mor: 3_000,
-            budget_wei_today: 3_000_000_000_000_000_000_000,
-            emitted_wei: 3_456_000_000_000_000_000_000,
-            paid_wei: 100,
-            owed_wei: 200,
-            burned_wei: 0,
-            pool_wei: 3_455_999_999_999_999_999_700,
-            credited_wei: 300,
-            shortfall_wei: 1,
-            day_cap_wei: 3_456_000_000_000_000_000_000,
-            day_spent_wei: 300,
-            batch_sealed: true,
-            last_batch_block: 9,
-            last_batch_credited_wei: 300,
-            last_batch_shortfall_wei: 1,
-            sessions_open: 2,
-            params: vec![ParamEntry {
-                param_id: 4,
-                value: 50,
-            }],
-            models: vec![MarketModel {
-                model_id: 1,
-                queue_depth: 3,
-                providers_live: 2,
-                providers_suspended: 1,
-                offers_available: 1,
-                best_bid_wei_per_token: 1_000_000_000_000,
-            }],
-        }
-        .into(),
+        common::sample_market_state().into(),
         ErrorReply {
             code: 0x0203,
             ref_msg_type: 0x0020,
