@@ -125,8 +125,7 @@ async fn r_node_2_upstream_errors_cut_streams_and_dead_upstreams_are_reported_fa
     // The model server fails: a clear error to the app, a fail report.
     stack.standin_mode(json!({"fail": true})).await;
     let response = post(chat("hello", 8, false)).await.unwrap();
-    assert_eq!(response.status(), 502);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 502).await;
     assert_eq!(error["error"]["code"], "provider_error");
     assert!(
         error["error"]["message"]
@@ -181,8 +180,7 @@ async fn r_node_2_upstream_errors_cut_streams_and_dead_upstreams_are_reported_fa
     // The model server is down.
     stack.standin.kill();
     let response = post(chat("hello", 8, true)).await.unwrap();
-    assert_eq!(response.status(), 502);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 502).await;
     assert!(
         error["error"]["message"]
             .as_str()
@@ -399,8 +397,7 @@ async fn r_node_1_tickets_are_checked_signature_owner_use_and_session() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 401);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 401).await;
     let message = error["error"]["message"].as_str().unwrap().to_string();
     assert!(
         message.contains("malformed") && !message.contains("missing"),
@@ -611,8 +608,7 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
     };
     // 500 MOR give 1,500,000 tokens a day (R-QUOTA-3): more is a 429 saying what is left.
     let response = post(chat("big", 1_600_000, false)).await.unwrap();
-    assert_eq!(response.status(), 429);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 429).await;
     assert_eq!(error["error"]["code"], "insufficient_quota");
     assert!(
         error["error"]["message"]
@@ -662,8 +658,7 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 413);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 413).await;
     assert_eq!(error["error"]["code"], "request_too_large", "{error}");
     let response = stack
         .http
@@ -671,8 +666,7 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 405);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 405).await;
     assert_eq!(error["error"]["code"], "method_not_allowed", "{error}");
     let response = stack
         .http
@@ -680,8 +674,7 @@ async fn r_node_2_router_refusals_map_to_openai_statuses() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 404);
-    let error: serde_json::Value = response.json().await.unwrap();
+    let error = openai_error(response, 404).await;
     assert_eq!(error["error"]["code"], "unknown_url", "{error}");
     // Refused requests were never sessions: nothing was reported.
     assert_eq!(

@@ -511,3 +511,12 @@ pub fn provider_call(
         .header(SIGNATURE_HEADER, signature)
         .body(body)
 }
+
+/// Checks a refusal the OpenAI way (R-NODE-1/2): `status`, a JSON body with an `error`
+/// object; returns the whole body.
+pub async fn openai_error(response: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(response.status(), status);
+    let body: serde_json::Value = response.json().await.expect("a JSON error body");
+    assert!(body["error"].is_object(), "no error object: {body}");
+    body
+}
