@@ -15,6 +15,7 @@ around the loadgen's run (per thread name). Prints one line per run and a JSON f
 import argparse
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -97,6 +98,14 @@ def one_run(args, label, router, durability, key, address, extra_toml):
             out_json = os.path.join(work, "loadgen.json")
             before = thread_cpu(proc.pid)
             journal_before = journal_metrics(metrics)
+            perf = None
+            if args.perf:
+                perf = subprocess.Popen(
+                    ["perf", "record", "-q", "-g", "-p", str(proc.pid), "-o",
+                     os.path.join(args.perf, f"{label}-{durability}-{time.time():.0f}.data"),
+                     "--", "sleep", str(args.seconds)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
             subprocess.run(
                 nice + [args.loadgen, "--target", listen, "--operator-key", key,
                  "--genesis-ms", str(genesis_ms), "--scenario", "steady",
@@ -105,6 +114,11 @@ def one_run(args, label, router, durability, key, address, extra_toml):
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 env={**os.environ, "RUST_LOG": "error"}, timeout=args.seconds + 60)
             after = thread_cpu(proc.pid)
+            children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            loadgen_cpu = (children_after.ru_utime + children_after.ru_stime
+                           - children_before.ru_utime - children_before.ru_stime)
+            if perf is not None:
+                perf.wait(timeout=60)
             journal_after = journal_metrics(metrics)
             with open(out_json) as f:
                 summary = json.load(f)
@@ -125,6 +139,7 @@ def one_run(args, label, router, durability, key, address, extra_toml):
         if isinstance(summary.get("consistency"), dict) else None,
         "p50_us": t["p50"], "p99_us": t["p99"], "p999_us": t["p999"], "max_us": t["max"],
         "router_cpu_s": round(cpu, 3), "cpu_us_per_session": round(cpu * 1e6 / sessions, 1),
+        "loadgen_cpu_us_per_session": round(loadgen_cpu * 1e6 / sessions, 1),
         "threads": {k: v for k, v in threads.items() if v > 0},
         "fsyncs_per_session": round((journal_after.get("fsyncs", 0)
                                      - journal_before.get("fsyncs", 0)) / sessions, 3),
@@ -149,6 +164,8 @@ def main():
     parser.add_argument("--nice", type=int, default=0,
                         help="run router and loadgen under nice -n N (both sides alike)")
     parser.add_argument("--out", default="disk_wait.json")
+    parser.add_argument("--perf", default=None,
+                        help="directory: record each router under `perf record -g` during the load")
     args = parser.parse_args()
     routers = [r.split("=", 1) for r in args.router]
     extra = dict(t.split("=", 1) for t in args.toml)
@@ -163,7 +180,7 @@ def main():
                 results.append(r)
                 print(f"{label:>10} {durability:>6} round {n}: p50 {r['p50_us']} p99 {r['p99_us']} "
                       f"p99.9 {r['p999_us']} max {r['max_us']} us, sessions {r['sessions']}, "
-                      f"{r['cpu_us_per_session']} us CPU/session, "
+                      f"{r['cpu_us_per_session']} us CPU/session (loadgen {r['loadgen_cpu_us_per_session']}), "
                       f"fsyncs/session {r['fsyncs_per_session']}, records/write "
                       f"{r['records_per_write']}, load {r['load']:.1f}, "
                       f"threads {r['threads']}", flush=True)
