@@ -616,6 +616,53 @@ fn the_group_commit_window_holds_records_but_never_a_flush_or_a_full_group() {
     assert!(journal.stats().writes.load(Ordering::Relaxed) >= 3);
 }
 
+/// Appends `count` Tick records as fast as the test can, flushes, and returns the
+/// journal's (records, writes, held groups).
+fn burst(adaptive_max_us: u64, count: usize) -> (u64, u64, u64) {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::open(
+        JournalConfig {
+            segment_bytes_max: 64 * 1024 * 1024,
+            group_commit_adaptive_max_us: adaptive_max_us,
+            ..JournalConfig::new(dir.path().to_path_buf(), DurabilityMode::Always)
+        },
+        1,
+    )
+    .unwrap();
+    let tick = JournalRecord {
+        now_ms: 1,
+        command: Command::Tick,
+    }
+    .encode();
+    for _ in 0..count {
+        journal.append(&tick).unwrap();
+    }
+    journal.flush().unwrap();
+    assert_eq!(journal.durable_seq(), count as u64);
+    let stats = journal.stats();
+    (
+        stats.records.load(Ordering::Relaxed),
+        stats.writes.load(Ordering::Relaxed),
+        stats.held_groups.load(Ordering::Relaxed),
+    )
+}
+
+#[test]
+fn adaptive_group_commit_holds_groups_only_when_fsyncs_run_back_to_back() {
+    // Records arrive far faster than one per fsync: λ·D ≫ 1, so groups are held.
+    let (records, writes, held) = burst(100_000, 20_000);
+    assert_eq!(records, 20_000);
+    assert!(
+        held >= 1,
+        "a saturated journal holds groups ({writes} writes)"
+    );
+    assert!(writes < records);
+    // Off: the same burst is never held.
+    let (records, _, held) = burst(0, 20_000);
+    assert_eq!((records, held), (20_000, 0));
+}
+
 /// Appends `lifecycles` lifecycles to an open journal in `always` mode and returns
 /// it still open (its segment carries the preallocated zero tail) with the hashes.
 fn write_and_keep_open(dir: &Path, lifecycles: usize, config: JournalConfig) -> (Journal, Written) {

@@ -5,6 +5,7 @@
 //! - `files`: segment and snapshot files, atomic replacement, directory fsync.
 //! - `writer`: the `Durability` the engine thread appends to; group commit on the
 //!   journal thread, snapshots on their own thread.
+//! - `pacer`: adaptive group commit (hold a group only while fsyncs run back to back).
 //! - `uring_file`: the open segment, kept zero-filled ahead of its data, written and
 //!   made durable through io_uring (default), `pwritev2(RWF_DSYNC)` or
 //!   pwrite + fdatasync (`journal.io`).
@@ -15,6 +16,7 @@
 //! - `tools`: what the operator subcommands print (records, verification, ledger).
 
 pub mod files;
+pub mod pacer;
 pub mod record;
 pub mod recovery;
 pub mod replica;

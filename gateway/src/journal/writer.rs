@@ -5,6 +5,7 @@
 //! engine thread and then prunes what they cover.
 
 use super::files;
+use super::pacer::GroupPacer;
 use super::record;
 use super::uring_file::{JournalIo, SegmentFile};
 use crate::sequencer::Durability;
@@ -70,6 +71,10 @@ pub struct JournalConfig {
     pub group_commit_us: u64,
     /// A group this large is written without waiting for the window to end.
     pub group_bytes_max: usize,
+    /// Adaptive group commit (used when `group_commit_us` is 0, in `always`): the
+    /// longest a group is held once fsyncs run back to back (`pacer`); zero: pure
+    /// natural group commit.
+    pub group_commit_adaptive_max_us: u64,
 }
 
 impl JournalConfig {
@@ -91,6 +96,7 @@ impl JournalConfig {
             core: None,
             group_commit_us: 0,
             group_bytes_max: 1024 * 1024,
+            group_commit_adaptive_max_us: 500,
         }
     }
 }
@@ -116,6 +122,8 @@ pub struct JournalStats {
     pub bytes: AtomicU64,
     pub writes: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Groups the adaptive pacer held back to gather more records.
+    pub held_groups: AtomicU64,
     pub snapshots: AtomicU64,
     pub segments_removed: AtomicU64,
 }
@@ -217,6 +225,7 @@ impl Journal {
                 .name("ys-journal".into())
                 .spawn(move || {
                     crate::net::pin_current_thread(config.core);
+                    let max_hold = Duration::from_micros(config.group_commit_adaptive_max_us);
                     let mut writer = Writer {
                         shared: shared.clone(),
                         config,
@@ -225,6 +234,7 @@ impl Journal {
                         spare: Vec::new(),
                         last_sync: Instant::now(),
                         last_group: None,
+                        pacer: GroupPacer::new(max_hold),
                     };
                     if let Err(error) = writer.run() {
                         shared.fail(error);
@@ -361,9 +371,11 @@ impl Durability for Journal {
 
     fn request_sync(&mut self, seq: u64) -> Result<(), String> {
         match self.mode {
-            // Every record is fsynced as it is written.
-            DurabilityMode::Always => Ok(()),
-            DurabilityMode::Interval | DurabilityMode::None => self.shared.ask_sync(seq),
+            // Every record is fsynced as it is written; asking still lets a group
+            // that holds a sealed block go without sitting out a hold or window.
+            DurabilityMode::Always | DurabilityMode::Interval | DurabilityMode::None => {
+                self.shared.ask_sync(seq)
+            }
         }
     }
 }
@@ -383,6 +395,8 @@ struct Writer {
     last_sync: Instant,
     /// When the last group's write started (the group commit window counts from it).
     last_group: Option<Instant>,
+    /// Adaptive group commit (when the fixed window is 0).
+    pacer: GroupPacer,
 }
 
 impl Writer {
@@ -391,12 +405,14 @@ impl Writer {
         loop {
             let (first_seq, last_seq, sync_to, closing) = {
                 let mut pending = self.shared.lock();
+                let mut was_idle = false;
                 loop {
                     let synced = self.shared.synced_seq.load(Ordering::Acquire);
                     if !pending.bytes.is_empty() || pending.closing || pending.sync_to > synced {
                         break;
                     }
                     pending.writer_waiting = true;
+                    was_idle = true;
                     let unsynced = self.shared.written_seq.load(Ordering::Acquire) > synced;
                     if self.config.mode == DurabilityMode::Interval && unsynced {
                         let left = interval.saturating_sub(self.last_sync.elapsed());
@@ -419,7 +435,7 @@ impl Writer {
                     }
                     pending.writer_waiting = false;
                 }
-                pending = self.sit_out_window(pending);
+                pending = self.sit_out_window(pending, was_idle);
                 std::mem::swap(&mut pending.bytes, &mut self.spare);
                 (
                     pending.first_seq,
@@ -447,18 +463,30 @@ impl Writer {
         }
     }
 
-    /// Waits until the group commit window since the last group has passed, unless
-    /// someone needs a sync now, the journal closes, or the group is already full.
-    /// Appends during the wait join this group without waking the writer.
-    fn sit_out_window<'a>(&self, mut pending: MutexGuard<'a, Pending>) -> MutexGuard<'a, Pending> {
+    /// Waits until the group commit window since the last group has passed (or, with
+    /// no fixed window, until the adaptive pacer's hold ends), unless someone needs a
+    /// sync now, the journal closes, or the group is already full. Appends during the
+    /// wait join this group without waking the writer.
+    fn sit_out_window<'a>(
+        &self,
+        mut pending: MutexGuard<'a, Pending>,
+        was_idle: bool,
+    ) -> MutexGuard<'a, Pending> {
         let window = Duration::from_micros(self.config.group_commit_us);
         let Some(last_group) = self.last_group else {
             return pending;
         };
-        if window.is_zero() {
+        let due = if !window.is_zero() {
+            last_group + window
+        } else if self.config.mode == DurabilityMode::Always {
+            match self.pacer.hold_until(was_idle) {
+                Some(due) => due,
+                None => return pending,
+            }
+        } else {
             return pending;
-        }
-        let due = last_group + window;
+        };
+        let mut counted = false;
         loop {
             let synced = self.shared.synced_seq.load(Ordering::Acquire);
             let now = Instant::now();
@@ -469,6 +497,13 @@ impl Writer {
                 || pending.bytes.len() >= self.config.group_bytes_max
             {
                 return pending;
+            }
+            if !counted {
+                counted = true;
+                self.shared
+                    .stats
+                    .held_groups
+                    .fetch_add(1, Ordering::Relaxed);
             }
             pending.writer_in_window = true;
             let (guard, _) = self
@@ -482,7 +517,8 @@ impl Writer {
     }
 
     fn write_group(&mut self, first_seq: u64, last_seq: u64) -> Result<(), String> {
-        self.last_group = Some(Instant::now());
+        let started = Instant::now();
+        self.last_group = Some(started);
         if self.segment.len() >= self.config.segment_bytes_max {
             self.roll(first_seq)?;
         }
@@ -501,6 +537,8 @@ impl Writer {
         if always {
             stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.mark_synced(last_seq);
+            let records = last_seq.saturating_sub(first_seq) + 1;
+            self.pacer.observe(started, Instant::now(), records);
         }
         // After the group is announced, so its waiters do not pay for it.
         self.segment.keep_preallocated()?;

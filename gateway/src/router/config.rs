@@ -240,6 +240,14 @@ pub struct JournalSection {
     pub group_commit_us: u64,
     /// A group this large is written at once, window or not.
     pub group_bytes_max: u64,
+    /// Adaptive group commit, microseconds (default 500; 0: off, pure natural group
+    /// commit). With `group_commit_us = 0` and durability `always`, the journal
+    /// measures its fsync time D and the record arrival rate λ; once λ·D ≥ 1 (fsyncs
+    /// run back to back, so their number no longer falls with the load) it holds each
+    /// group D after the previous one ended, at most this long, and stops below
+    /// λ·D = 0.6. Under that load it halves fsyncs per record for about D/2 more
+    /// latency; at lighter load nothing waits. At most 100000.
+    pub group_commit_adaptive_max_us: u64,
     /// Serialise snapshots from a replica engine on its own thread, fed the same
     /// journal records (default true): the engine thread does not stop for a
     /// snapshot, and market state takes twice the memory. false: the engine thread
@@ -270,6 +278,7 @@ impl Default for JournalSection {
             preallocate_bytes: 4 * 1024 * 1024,
             group_commit_us: 0,
             group_bytes_max: 1024 * 1024,
+            group_commit_adaptive_max_us: 500,
             snapshot_replica: true,
             snapshot_replica_queue_bytes_max: 64 * 1024 * 1024,
         }
@@ -472,6 +481,12 @@ impl RouterConfig {
                 journal.group_commit_us
             ));
         }
+        if journal.group_commit_adaptive_max_us > 100_000 {
+            return Err(format!(
+                "journal.group_commit_adaptive_max_us must be at most 100000 (100 ms), not {}",
+                journal.group_commit_adaptive_max_us
+            ));
+        }
         if journal.group_bytes_max < 4096 || journal.group_bytes_max > journal.buffer_bytes_max {
             return Err(format!(
                 "journal.group_bytes_max must be between 4096 and journal.buffer_bytes_max ({}), not {}",
@@ -607,6 +622,10 @@ mod tests {
                 "preallocate_bytes",
             ),
             ("[journal]\ngroup_bytes_max = 100\n", "group_bytes_max"),
+            (
+                "[journal]\ngroup_commit_adaptive_max_us = 100001\n",
+                "group_commit_adaptive_max_us",
+            ),
         ] {
             let config = RouterConfig::from_toml(toml).unwrap();
             assert!(config.validate().unwrap_err().contains(key), "{toml}");

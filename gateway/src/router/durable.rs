@@ -253,6 +253,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         snapshots_kept: config.journal.snapshots_kept as usize,
         group_commit_us: config.journal.group_commit_us,
         group_bytes_max: config.journal.group_bytes_max as usize,
+        group_commit_adaptive_max_us: config.journal.group_commit_adaptive_max_us,
         core: crate::net::plan_cores(
             &config.threads,
             core_affinity::get_core_ids().map_or(1, |ids| ids.len()),

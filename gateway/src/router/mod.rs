@@ -385,7 +385,7 @@ fn journal_gauges(
     stats: Arc<crate::journal::JournalStats>,
 ) -> StatGauges<crate::journal::JournalStats> {
     use std::sync::atomic::Ordering::Relaxed;
-    let specs: [StatSpec<crate::journal::JournalStats>; 6] = [
+    let specs: [StatSpec<crate::journal::JournalStats>; 7] = [
         (
             "yellowstone_journal_records",
             "Journal records written.",
@@ -402,6 +402,11 @@ fn journal_gauges(
         ("yellowstone_journal_fsyncs", "Journal fsyncs.", |s| {
             s.fsyncs.load(Relaxed)
         }),
+        (
+            "yellowstone_journal_held_groups",
+            "Groups held by adaptive group commit to gather more records.",
+            |s| s.held_groups.load(Relaxed),
+        ),
         ("yellowstone_snapshots", "Snapshots written.", |s| {
             s.snapshots.load(Relaxed)
         }),
