@@ -232,7 +232,7 @@ fn expected_next(previous: Option<u64>, covered: u64, seq: u64) -> Result<(), St
 /// torn tail. Cheap on a clean tail: most positions fail the length test.
 /// A zero tail holds none (a record's checksum is never all zeros), so the scan
 /// stops at the last non-zero byte: a preallocated tail costs no hashing.
-fn valid_record_after(bytes: &[u8], offset: usize) -> bool {
+pub(crate) fn valid_record_after(bytes: &[u8], offset: usize) -> bool {
     let end = bytes
         .iter()
         .rposition(|b| *b != 0)

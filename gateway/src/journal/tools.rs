@@ -37,7 +37,9 @@ pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
 }
 
 /// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.
-/// Returns how many were printed.
+/// Returns how many were printed. A torn tail is reported in a line and is not an
+/// error (a crash leaves one; the router cuts it); damage before the tail is: the
+/// records up to it are printed, then Err naming file and offset (exit 1).
 pub fn dump(
     dir: &Path,
     from: u64,
@@ -47,7 +49,9 @@ pub fn dump(
 ) -> Result<u64, String> {
     let io = |e: std::io::Error| e.to_string();
     let mut printed = 0;
-    for (_, path) in files::list(dir)?.segments {
+    let segments = files::list(dir)?.segments;
+    let last = segments.len().saturating_sub(1);
+    for (index, (_, path)) in segments.into_iter().enumerate() {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         files::check_segment_header(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut offset = files::SEGMENT_HEADER_BYTES;
@@ -63,6 +67,17 @@ pub fn dump(
                         bytes.len() - offset
                     );
                     writeln!(out, "{line}").map_err(io)?;
+                    // A torn tail (the end of the last segment, no whole record after
+                    // it) is what a crash leaves and the router cuts at start; damage
+                    // anywhere else is corruption the router refuses to start on.
+                    if index != last || super::recovery::valid_record_after(&bytes, offset) {
+                        out.flush().map_err(io)?;
+                        return Err(format!(
+                            "journal corrupt before its tail: {line}; the router refuses to \
+                             start on it (see `verify`)"
+                        ));
+                    }
+                    writeln!(out, "torn tail: the router cuts it at its next start").map_err(io)?;
                     break;
                 }
             };
