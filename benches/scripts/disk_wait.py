@@ -57,7 +57,8 @@ def journal_metrics(metrics_addr):
     for line in text.splitlines():
         if line.startswith("yellowstone_journal_"):
             name, value = line.rsplit(" ", 1)
-            out[name[len("yellowstone_journal_"):]] = float(value)
+            # Counters end in _total (yellowstone_journal_fsyncs_total -> "fsyncs").
+            out[name[len("yellowstone_journal_"):].removesuffix("_total")] = float(value)
     return out
 
 

@@ -194,63 +194,111 @@ fn check(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// `check`, naming the value given: "must be ..., not VALUE".
+fn check_value(
+    ok: bool,
+    key: &'static str,
+    rule: &str,
+    value: impl std::fmt::Display,
+) -> Result<(), ConfigError> {
+    check(ok, key, &format!("{rule}, not {value}"))
+}
+
+/// The most connections a process may hold: Linux's default `fs.nr_open`, the
+/// ceiling of its descriptors. Each gateway thread allocates a slot per connection
+/// at start (about 200 bytes each), so a larger figure only fails later, or aborts.
+pub const CONNECTIONS_MAX_LIMIT: usize = 1 << 20;
+
+/// The deepest `network.inbound_queue_depth` / `outbound_queue_depth`: the queues
+/// are bounded arrays allocated whole at start (up to 128 bytes a slot), so 4 Mi
+/// slots is already 512 MiB; a depth that cannot be allocated aborts the process.
+pub const QUEUE_DEPTH_LIMIT: usize = 1 << 22;
+
+/// The most memory one gateway thread's io_uring receive buffers may take
+/// (`uring_buffers` × `uring_buffer_bytes`, allocated at start): 1 GiB.
+pub const URING_BUFFER_MEMORY_LIMIT: u64 = 1 << 30;
+
 impl NetworkConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use yellowstone_wire::frame::HEADER_LEN;
-        check(
-            self.connections_max >= 1,
+        check_value(
+            (1..=CONNECTIONS_MAX_LIMIT).contains(&self.connections_max),
             "network.connections_max",
-            "must be >= 1",
+            &format!(
+                "must be between 1 and {CONNECTIONS_MAX_LIMIT} (the kernel's default \
+                 descriptor ceiling; a slot per connection is allocated at start)"
+            ),
+            self.connections_max,
         )?;
-        check(
-            self.connections_max < (1 << 31),
-            "network.connections_max",
-            "must be < 2^31",
-        )?;
-        check(
+        check_value(
             self.frame_bytes_max >= HEADER_LEN && self.frame_bytes_max <= 64 * 1024 * 1024,
             "network.frame_bytes_max",
             "must be between 12 (a header) and 64 MiB",
+            self.frame_bytes_max,
         )?;
-        check(
+        check_value(
             self.conn_inflight_frames_max >= 1,
             "network.conn_inflight_frames_max",
             "must be >= 1",
+            self.conn_inflight_frames_max,
         )?;
-        check(
+        check_value(
             self.conn_send_bytes_max >= self.frame_bytes_max,
             "network.conn_send_bytes_max",
-            "must hold at least one frame of frame_bytes_max",
+            &format!(
+                "must hold at least one frame of frame_bytes_max ({})",
+                self.frame_bytes_max
+            ),
+            self.conn_send_bytes_max,
         )?;
-        check(
+        check_value(
             self.conn_idle_timeout_ms >= 1,
             "network.conn_idle_timeout_ms",
             "must be >= 1",
+            self.conn_idle_timeout_ms,
         )?;
-        check(
-            self.inbound_queue_depth >= 1,
-            "network.inbound_queue_depth",
-            "must be >= 1",
-        )?;
-        check(
-            self.outbound_queue_depth >= 1,
-            "network.outbound_queue_depth",
-            "must be >= 1",
-        )?;
-        check(
+        for (key, depth) in [
+            ("network.inbound_queue_depth", self.inbound_queue_depth),
+            ("network.outbound_queue_depth", self.outbound_queue_depth),
+        ] {
+            check_value(
+                (1..=QUEUE_DEPTH_LIMIT).contains(&depth),
+                key,
+                &format!(
+                    "must be between 1 and {QUEUE_DEPTH_LIMIT} (the queue is allocated whole \
+                     at start)"
+                ),
+                depth,
+            )?;
+        }
+        check_value(
             self.uring_entries.is_power_of_two() && (8..=32_768).contains(&self.uring_entries),
             "network.uring_entries",
             "must be a power of two between 8 and 32768",
+            self.uring_entries,
         )?;
-        check(
+        check_value(
             self.uring_buffers.is_power_of_two() && self.uring_buffers <= 32_768,
             "network.uring_buffers",
             "must be a power of two <= 32768",
+            self.uring_buffers,
         )?;
-        check(
+        check_value(
             (512..=1024 * 1024).contains(&self.uring_buffer_bytes),
             "network.uring_buffer_bytes",
             "must be between 512 B and 1 MiB",
+            self.uring_buffer_bytes,
+        )?;
+        let buffer_memory = u64::from(self.uring_buffers) * u64::from(self.uring_buffer_bytes);
+        check(
+            buffer_memory <= URING_BUFFER_MEMORY_LIMIT,
+            "network.uring_buffers",
+            &format!(
+                "{} buffers × network.uring_buffer_bytes {} = {buffer_memory} bytes, allocated \
+                 by each gateway thread at start: more than the {URING_BUFFER_MEMORY_LIMIT} \
+                 (1 GiB) allowed",
+                self.uring_buffers, self.uring_buffer_bytes
+            ),
         )?;
         Ok(())
     }
@@ -272,32 +320,72 @@ impl GatewaySections {
 impl MetricsConfig {
     /// The `[metrics]` checks, for the router's configuration as for this layer's.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(
+        check_value(
             self.request_bytes_max >= 8 * 1024,
             "metrics.request_bytes_max",
             "must be >= 8192 (the HTTP server's smallest buffer)",
+            self.request_bytes_max,
         )?;
-        check(
+        check_value(
             self.request_timeout_ms >= 1,
             "metrics.request_timeout_ms",
             "must be >= 1",
+            self.request_timeout_ms,
         )?;
-        check(
+        check_value(
             (1..=65_536).contains(&self.connections_max),
             "metrics.connections_max",
             "must be between 1 and 65536",
+            self.connections_max,
         )
     }
 }
 
 impl ThreadsConfig {
     /// The `[threads]` checks, for the router's configuration as for this layer's.
+    /// A core named in `gateway_cores`, `engine_core` or `journal_core` must be one
+    /// this process may run on (when `pin` is on and there are two or more: with one
+    /// core nothing is pinned).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        check(
+        check_value(
             self.gateway_threads <= 255,
             "threads.gateway_threads",
             "must be <= 255 (connection ids hold 8 bits of thread index)",
+            self.gateway_threads,
         )?;
+        let cores: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .iter()
+            .map(|core| core.id)
+            .collect();
+        self.check_cores(&cores)
+    }
+
+    /// The core checks of `validate` against the cores `available` to the process.
+    pub fn check_cores(&self, available: &[usize]) -> Result<(), ConfigError> {
+        if !self.pin || available.len() < 2 {
+            return Ok(());
+        }
+        let rule = format!(
+            "must name a core this process may run on ({available:?}; or set threads.pin = \
+             false)"
+        );
+        for &core in &self.gateway_cores {
+            check_value(
+                available.contains(&core),
+                "threads.gateway_cores",
+                &rule,
+                core,
+            )?;
+        }
+        for (key, core) in [
+            ("threads.engine_core", self.engine_core),
+            ("threads.journal_core", self.journal_core),
+        ] {
+            if let Some(core) = core {
+                check_value(available.contains(&core), key, &rule, core)?;
+            }
+        }
         Ok(())
     }
 }

@@ -26,6 +26,17 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Publishes a count kept elsewhere (another thread's atomics, the engine's
+    /// totals since genesis). Such a count never decreases while the process runs;
+    /// a smaller value is a bug (debug builds assert it) and is not published, so
+    /// the counter never goes down.
+    pub fn publish(&self, value: u64) {
+        let previous = self.0.fetch_max(value, Ordering::Relaxed);
+        debug_assert!(
+            value >= previous,
+            "a published count went down: {previous} -> {value}"
+        );
+    }
 }
 
 #[derive(Debug, Default)]
@@ -43,35 +54,24 @@ impl Gauge {
     }
 }
 
-/// The pipeline stages timed by the router.
+/// The pipeline stages timed by the router: only those a thread records (a stage
+/// exported but never fed would show an always-empty summary, read as "never
+/// happens"). Both are timed on the gateway thread that received the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// A frame's bytes to a message.
     Decode,
+    /// A signed message's signature recovered and checked against its sender.
     Verify,
-    QueueWait,
-    Match,
-    ProbeRtt,
-    Send,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Decode,
-        Stage::Verify,
-        Stage::QueueWait,
-        Stage::Match,
-        Stage::ProbeRtt,
-        Stage::Send,
-    ];
+    pub const ALL: [Stage; 2] = [Stage::Decode, Stage::Verify];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
             Stage::Verify => "verify",
-            Stage::QueueWait => "queue_wait",
-            Stage::Match => "match",
-            Stage::ProbeRtt => "probe_rtt",
-            Stage::Send => "send",
         }
     }
 }
@@ -246,7 +246,11 @@ impl Registry {
             source(&mut out);
         }
         let name = "yellowstone_stage_latency_seconds";
-        let _ = writeln!(out, "# HELP {name} Latency of each pipeline stage.");
+        let _ = writeln!(
+            out,
+            "# HELP {name} Latency of each stage on the gateway thread that received the \
+             frame: decode (bytes to a message), verify (signature recovery and check)."
+        );
         let _ = writeln!(out, "# TYPE {name} summary");
         for (stage, histogram) in Stage::ALL.iter().zip(merged.iter()) {
             let stage = stage.name();

@@ -106,13 +106,19 @@ fn snapshot_every_block_is_written_by_the_replica_while_the_engine_answers() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let metrics = metrics_text(router.ready.metrics);
-    assert!(metric(&metrics, "yellowstone_snapshots_replica") >= 1);
-    assert_eq!(metric(&metrics, "yellowstone_snapshots_engine_thread"), 0);
+    assert!(metric(&metrics, "yellowstone_snapshots_replica_total") >= 1);
     assert_eq!(
-        metric(&metrics, "yellowstone_snapshot_replica_hash_mismatches"),
+        metric(&metrics, "yellowstone_snapshots_engine_thread_total"),
         0
     );
-    assert!(metric(&metrics, "yellowstone_snapshot_points") >= 1);
+    assert_eq!(
+        metric(
+            &metrics,
+            "yellowstone_snapshot_replica_hash_mismatches_total"
+        ),
+        0
+    );
+    assert!(metric(&metrics, "yellowstone_snapshot_points_total") >= 1);
     router.kill_hard();
 
     // Snapshot + the journal after it == the whole journal replayed from genesis.

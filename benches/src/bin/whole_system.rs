@@ -210,7 +210,7 @@ struct MarketRun {
     /// The router's `yellowstone_snapshot_engine_pause_us_max` (routers with the
     /// snapshot replica; None for older ones).
     snapshot_engine_pause_us_max: Option<u64>,
-    /// Snapshots written (`yellowstone_snapshots`).
+    /// Snapshots written (`yellowstone_snapshots_total`).
     snapshots_written: Option<u64>,
     /// The loadgen starts this long after the router is ready (a router that has
     /// just loaded a large balance snapshot is still writing it to its journal).
@@ -495,7 +495,7 @@ impl Bench {
             RouterChild::metric(&metrics, "yellowstone_snapshot_engine_pause_us_max")
                 .map(|v| v as u64);
         run.snapshots_written =
-            RouterChild::metric(&metrics, "yellowstone_snapshots").map(|v| v as u64);
+            RouterChild::metric(&metrics, "yellowstone_snapshots_total").map(|v| v as u64);
         let (router_usage, router_log) = router.stop(Duration::from_secs(20));
         run.router_cpu_s = router_usage.cpu_s();
         run.router_exit_ok = router_usage.success;
@@ -504,7 +504,7 @@ impl Bench {
         run.loadgen_wall_s = loadgen_usage.wall_s;
         // The stop seals the current block: one more batch signed.
         run.batches_signed =
-            RouterChild::metric(&metrics, "yellowstone_batches").map_or(0, |b| b as u64) + 1;
+            RouterChild::metric(&metrics, "yellowstone_batches_total").map_or(0, |b| b as u64) + 1;
         run.router_verifications = metrics
             .lines()
             .find_map(|l| {

@@ -258,6 +258,10 @@ pub struct JournalSection {
     pub snapshot_replica_queue_bytes_max: u64,
 }
 
+/// The largest `journal.preallocate_bytes`: the journal writes that many zero bytes
+/// ahead of each segment's data, so a huge figure fills the disk (1 GiB).
+pub const PREALLOCATE_BYTES_LIMIT: u64 = 1 << 30;
+
 /// The smallest `journal.snapshot_replica_queue_bytes_max`: two of the largest
 /// journal records.
 pub const SNAPSHOT_REPLICA_QUEUE_BYTES_MIN: u64 =
@@ -449,11 +453,13 @@ impl RouterConfig {
             ));
         }
         let journal = &self.journal;
-        if journal.segment_bytes_max < 4096 || journal.buffer_bytes_max < 4096 {
-            return Err(
-                "journal.segment_bytes_max and journal.buffer_bytes_max must be at least 4096"
-                    .into(),
-            );
+        for (key, value) in [
+            ("journal.segment_bytes_max", journal.segment_bytes_max),
+            ("journal.buffer_bytes_max", journal.buffer_bytes_max),
+        ] {
+            if value < 4096 {
+                return Err(format!("{key} must be at least 4096, not {value}"));
+            }
         }
         if journal.snapshot_replica_queue_bytes_max < SNAPSHOT_REPLICA_QUEUE_BYTES_MIN {
             return Err(format!(
@@ -463,6 +469,13 @@ impl RouterConfig {
             ));
         }
         journal.io.parse::<crate::journal::JournalIo>()?;
+        if journal.preallocate_bytes > PREALLOCATE_BYTES_LIMIT {
+            return Err(format!(
+                "journal.preallocate_bytes must be at most {PREALLOCATE_BYTES_LIMIT} (1 GiB: \
+                 the room is written with zeros ahead of each segment's data, on disk), not {}",
+                journal.preallocate_bytes
+            ));
+        }
         if journal.preallocate_bytes > journal.segment_bytes_max {
             return Err(format!(
                 "journal.preallocate_bytes must be at most journal.segment_bytes_max ({}), not {}",

@@ -136,14 +136,98 @@ fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
 pub const ROUTER_KEY_FILE: &str = "router.key";
 
 /// Creates the data directory readable by its owner only (0700); an existing one is
-/// left as it is.
+/// left as it is. A path that exists but is not a directory (a file, say) is
+/// refused as such, naming the path, rather than with the bare "File exists" of
+/// the creating call.
 fn create_data_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt as _;
+    if let Ok(metadata) = std::fs::metadata(dir) {
+        if !metadata.is_dir() {
+            return Err(format!(
+                "data directory {}: exists and is not a directory; give --data-dir \
+                 (journal.data_dir) a directory, or a path that does not exist yet",
+                dir.display()
+            ));
+        }
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))
+        .map_err(|e| format!("data directory {}: cannot create it: {e}", dir.display()))
+}
+
+/// The lock file of a data directory: held (flock, exclusive) by the router that
+/// runs on it, and holding that router's pid.
+pub const LOCK_FILE: &str = "router.lock";
+
+/// A data directory's exclusive lock (R-OPS-1): held for the life of the router
+/// that runs on it, released by the kernel when the process ends, however it ends
+/// (a `kill -9` leaves no stale lock). Two routers on one directory would both
+/// journal and acknowledge, and the directory would then refuse to start (its
+/// segments interleave two sequences): the second is refused instead.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+/// The pid written in a data directory's lock file, if any (the router that holds
+/// it, or the last one that did).
+pub fn lock_holder(dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(dir.join(LOCK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Whether a router holds `dir`'s lock now (false when there is no lock file).
+pub fn is_locked(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd as _;
+    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    // SAFETY: flock(2) on a descriptor we own; the shared lock, if taken, goes when
+    // `file` closes at the end of this function.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
+}
+
+/// Takes `dir`'s exclusive lock, or says which process holds it.
+pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own; the lock lives as long as `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.kind() == std::io::ErrorKind::WouldBlock {
+            let holder = lock_holder(dir).map_or("another process".to_string(), |pid| {
+                format!("process {pid}")
+            });
+            return Err(format!(
+                "data directory {}: another router is running on it ({holder} holds {}); \
+                 two routers on one data directory would both journal and acknowledge, and \
+                 the directory would then refuse to start: stop that router first, or give \
+                 this one another --data-dir",
+                dir.display(),
+                path.display()
+            ));
+        }
+        return Err(format!("{}: cannot lock it: {error}", path.display()));
+    }
+    file.set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(DataDirLock { _file: file })
 }
 
 /// The market parameters that differ between the data directory's (`stored`) and
@@ -194,6 +278,9 @@ pub fn market_differences(
 
 pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, String> {
     create_data_dir(dir)?;
+    // Before anything reads or changes the directory: recovery cuts a torn tail,
+    // which on a live router's journal is the record being written.
+    let lock = lock_data_dir(dir)?;
     let router_key = router_key(&config, dir)?;
     let genesis_text = read_or_create(&dir.join("genesis_ms"), || {
         if config.market.genesis_ms == 0 {
@@ -275,7 +362,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
     } else {
         Replicated::without_replica(journal)
     };
-    Router::start_with(
+    let mut handle = Router::start_with(
         StartOptions {
             config,
             router_key,
@@ -283,5 +370,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         },
         recovered.engine,
         journal,
-    )
+    )?;
+    handle._data_dir_lock = Some(lock);
+    Ok(handle)
 }

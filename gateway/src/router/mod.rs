@@ -39,6 +39,9 @@ pub struct RouterHandle {
     pub router_address: Address,
     pub network_id: u32,
     pub backends: Vec<net::BackendInUse>,
+    /// The data directory's lock (none in memory); the last field, so it is
+    /// released only after everything above has stopped.
+    _data_dir_lock: Option<durable::DataDirLock>,
 }
 
 /// Everything needed to start, resolved from the config.
@@ -257,6 +260,7 @@ impl Router {
             sequencer: Some(sequencer_thread),
             metrics,
             shared,
+            _data_dir_lock: None,
         })
     }
 }
@@ -345,16 +349,24 @@ fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
     Ok(())
 }
 
-/// How to read one counter from `S`.
+/// How to read one figure from `S`.
 type ReadStat<S> = fn(&S) -> u64;
-/// One published counter: metric name, help text, and how to read it from `S`.
+/// One published figure: metric name, help text, and how to read it from `S`. A
+/// name ending in `_total` is a count that only grows while the process runs
+/// (Prometheus type counter, so `rate()` and `increase()` see a restart as a
+/// reset); any other name is a gauge.
 type StatSpec<S> = (&'static str, &'static str, ReadStat<S>);
 
-/// Counters kept by another thread (`S`: the journal's, the snapshot replica's),
-/// published as gauges from the engine thread between bursts.
+enum Published {
+    Counter(Arc<crate::metrics::Counter>),
+    Gauge(Arc<crate::metrics::Gauge>),
+}
+
+/// Figures kept by another thread (`S`: the journal's, the snapshot replica's),
+/// published from the engine thread between bursts.
 struct StatGauges<S> {
     stats: Arc<S>,
-    published: Vec<(Arc<crate::metrics::Gauge>, ReadStat<S>)>,
+    published: Vec<(Published, ReadStat<S>)>,
 }
 
 impl<S> StatGauges<S> {
@@ -367,14 +379,25 @@ impl<S> StatGauges<S> {
             stats,
             published: specs
                 .into_iter()
-                .map(|(name, help, read)| (registry.gauge(name, help, &[]), read))
+                .map(|(name, help, read)| {
+                    let published = if name.ends_with("_total") {
+                        Published::Counter(registry.counter(name, help, &[]))
+                    } else {
+                        Published::Gauge(registry.gauge(name, help, &[]))
+                    };
+                    (published, read)
+                })
                 .collect(),
         }
     }
 
     fn update(&self) {
-        for (gauge, read) in &self.published {
-            gauge.set(read(&self.stats) as i64);
+        for (published, read) in &self.published {
+            let value = read(&self.stats);
+            match published {
+                Published::Counter(counter) => counter.publish(value),
+                Published::Gauge(gauge) => gauge.set(value as i64),
+            }
         }
     }
 }
@@ -387,31 +410,33 @@ fn journal_gauges(
     use std::sync::atomic::Ordering::Relaxed;
     let specs: [StatSpec<crate::journal::JournalStats>; 7] = [
         (
-            "yellowstone_journal_records",
+            "yellowstone_journal_records_total",
             "Journal records written.",
             |s| s.records.load(Relaxed),
         ),
-        ("yellowstone_journal_bytes", "Journal bytes written.", |s| {
-            s.bytes.load(Relaxed)
-        }),
         (
-            "yellowstone_journal_writes",
+            "yellowstone_journal_bytes_total",
+            "Journal bytes written.",
+            |s| s.bytes.load(Relaxed),
+        ),
+        (
+            "yellowstone_journal_writes_total",
             "Journal group writes (one per group commit).",
             |s| s.writes.load(Relaxed),
         ),
-        ("yellowstone_journal_fsyncs", "Journal fsyncs.", |s| {
+        ("yellowstone_journal_fsyncs_total", "Journal fsyncs.", |s| {
             s.fsyncs.load(Relaxed)
         }),
         (
-            "yellowstone_journal_held_groups",
+            "yellowstone_journal_held_groups_total",
             "Groups held by adaptive group commit to gather more records.",
             |s| s.held_groups.load(Relaxed),
         ),
-        ("yellowstone_snapshots", "Snapshots written.", |s| {
+        ("yellowstone_snapshots_total", "Snapshots written.", |s| {
             s.snapshots.load(Relaxed)
         }),
         (
-            "yellowstone_journal_segments_removed",
+            "yellowstone_journal_segments_removed_total",
             "Segments removed once covered by a snapshot.",
             |s| s.segments_removed.load(Relaxed),
         ),
@@ -427,27 +452,27 @@ fn replica_gauges(
     use std::sync::atomic::Ordering::Relaxed;
     let specs: [StatSpec<crate::journal::ReplicaStats>; 9] = [
         (
-            "yellowstone_snapshot_points",
+            "yellowstone_snapshot_points_total",
             "Snapshot points (block boundaries every journal.snapshot_every_blocks) reached.",
             |s| s.snapshot_points.load(Relaxed),
         ),
         (
-            "yellowstone_snapshots_replica",
+            "yellowstone_snapshots_replica_total",
             "Snapshots serialised by the replica engine, off the engine thread.",
             |s| s.snapshots_replica.load(Relaxed),
         ),
         (
-            "yellowstone_snapshots_engine_thread",
+            "yellowstone_snapshots_engine_thread_total",
             "Snapshots serialised on the engine thread (replica reseeds, or no replica).",
             |s| s.snapshots_engine_thread.load(Relaxed),
         ),
         (
-            "yellowstone_snapshots_skipped",
+            "yellowstone_snapshots_skipped_total",
             "Snapshot points without a snapshot (replica out of sync, writer busy).",
             |s| s.snapshots_skipped.load(Relaxed),
         ),
         (
-            "yellowstone_snapshot_replica_out_of_sync",
+            "yellowstone_snapshot_replica_out_of_sync_total",
             "Times the replica dropped its state (queue full, gap, hash mismatch).",
             |s| s.out_of_sync.load(Relaxed),
         ),
@@ -457,7 +482,7 @@ fn replica_gauges(
             |s| s.queue_bytes.load(Relaxed),
         ),
         (
-            "yellowstone_snapshot_replica_hash_mismatches",
+            "yellowstone_snapshot_replica_hash_mismatches_total",
             "Snapshot points where the replica's state hash differed from the engine's.",
             |s| s.hash_mismatches.load(Relaxed),
         ),
@@ -480,8 +505,8 @@ struct EngineGauges {
     probes_open: Arc<crate::metrics::Gauge>,
     queue_depth: Arc<crate::metrics::Gauge>,
     block: Arc<crate::metrics::Gauge>,
-    sessions_credited: Arc<crate::metrics::Gauge>,
-    batches: Arc<crate::metrics::Gauge>,
+    sessions_credited: Arc<crate::metrics::Counter>,
+    batches: Arc<crate::metrics::Counter>,
 }
 
 impl EngineGauges {
@@ -499,13 +524,13 @@ impl EngineGauges {
                 &[],
             ),
             block: registry.gauge("yellowstone_block", "The open block number.", &[]),
-            sessions_credited: registry.gauge(
-                "yellowstone_sessions_credited",
+            sessions_credited: registry.counter(
+                "yellowstone_sessions_credited_total",
                 "Sessions credited since genesis.",
                 &[],
             ),
-            batches: registry.gauge(
-                "yellowstone_batches",
+            batches: registry.counter(
+                "yellowstone_batches_total",
                 "Credit batches sealed since genesis.",
                 &[],
             ),
@@ -518,8 +543,8 @@ impl EngineGauges {
         self.queue_depth.set(engine.queue_depth_total() as i64);
         self.block.set(engine.block() as i64);
         self.sessions_credited
-            .set(engine.counters().sessions_credited as i64);
-        self.batches.set(engine.counters().batches as i64);
+            .publish(engine.counters().sessions_credited);
+        self.batches.publish(engine.counters().batches);
     }
 }
 

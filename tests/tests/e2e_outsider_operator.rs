@@ -1,0 +1,328 @@
+//! An operator's outsider check, through the real binary (R-OPS-1): what an operator
+//! who runs one router, gives it extreme values, points two at one data directory or
+//! scrapes its metrics saw, each now refused with an error naming the value, or
+//! exported as a Prometheus user reads it.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use yellowstone_tests::market::*;
+use yellowstone_tests::{router_binary, RouterProcess};
+use yellowstone_wire::SigningKey;
+
+/// Runs the router binary with `args` in `workdir` until it exits (killed after
+/// 30 s, which fails the test): (exit code, stderr).
+fn refused(workdir: &Path, args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(router_binary())
+        .current_dir(workdir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yellowstone-router");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after 30 s: it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        !stderr.contains("memory allocation"),
+        "{args:?} aborted: {stderr}"
+    );
+    (output.status.code().unwrap_or(-1), stderr)
+}
+
+fn metrics_text(addr: std::net::SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// An outsider started a second router on a data directory a first one was running
+/// on (another port): both served, both journaled and acknowledged reports, each in
+/// its own segment from sequence 1, and the directory then refused to start
+/// ("sequence break"), so --allow-corrupt-truncate was the only way back and it
+/// drops acknowledged records. The second start is now refused, naming the
+/// directory and the first router's pid; a router killed with SIGKILL leaves no
+/// stale lock.
+#[test]
+fn a_second_router_on_a_live_data_directory_is_refused() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let operator = operator_key().address().to_string();
+    let args = ["--data-dir", data_str, "--operator", operator.as_str()];
+    let first = RouterProcess::start(&args);
+
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            data_str,
+            "--operator",
+            &operator,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(data_str)
+            && stderr.contains("another router is running")
+            && stderr.contains(&first.pid().to_string()),
+        "names the directory and the running router's pid: {stderr}"
+    );
+    let segments = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .filter(|n| n.starts_with("journal-"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(segments(&data).len(), 1, "the refused start wrote nothing");
+
+    // The first router still serves, and what it acknowledges is durable.
+    let mut client = connect(first.ready.listen, operator_key());
+    let user = SigningKey::from_seed(b"outsider-4-user").address();
+    fund(&mut client, &[(user, 5 * WEI_PER_MOR)]);
+    drop(client);
+    first.kill_hard();
+
+    // No stale lock after a SIGKILL: the same directory starts and verifies.
+    let again = RouterProcess::start(&args);
+    again.kill_hard();
+    let verify = Command::new(router_binary())
+        .args(["verify", "--data-dir", data_str])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// An outsider gave --data-dir a regular file: the refusal said only "File exists
+/// (os error 17)". It now says the path is not a directory; the file is untouched.
+#[test]
+fn a_data_directory_that_is_a_file_is_named_so() {
+    let workdir = tempfile::tempdir().unwrap();
+    let file = workdir.path().join("data");
+    std::fs::write(&file, b"not a directory").unwrap();
+    let file_str = file.to_str().unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            file_str,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(file_str) && stderr.contains("not a directory"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+    // Below a file: the creating call's error, with the data directory named.
+    let below = file.join("sub");
+    let below_str = below.to_str().unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            below_str,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("data directory") && stderr.contains(below_str),
+        "{stderr}"
+    );
+}
+
+/// Values that size what the router allocates or writes at start. An outsider's
+/// huge `inbound_queue_depth` panicked ("bounded channel capacity is too large"),
+/// huge `outbound_queue_depth`, `connections_max` or io_uring buffers aborted the
+/// process ("memory allocation of 446676598576 bytes failed"), and a huge
+/// `journal.preallocate_bytes` wrote zeros until the disk filled (5 GB in 6 s)
+/// before READY. Each is now refused by `run` and `print-config`, naming the key
+/// and the value, before the data directory is created.
+#[test]
+fn values_that_size_allocations_are_refused_naming_the_value() {
+    let workdir = tempfile::tempdir().unwrap();
+    let mut cases = vec![
+        (
+            "[network]\ninbound_queue_depth = 1073741824\n",
+            "network.inbound_queue_depth",
+            "1073741824",
+        ),
+        (
+            "[network]\noutbound_queue_depth = 9223372036854775807\n",
+            "network.outbound_queue_depth",
+            "9223372036854775807",
+        ),
+        (
+            "[network]\nconnections_max = 2147483647\n",
+            "network.connections_max",
+            "2147483647",
+        ),
+        (
+            "[network]\nuring_buffers = 32768\nuring_buffer_bytes = 1048576\n",
+            "network.uring_buffers",
+            "34359738368",
+        ),
+        (
+            "[journal]\nsegment_bytes_max = 9223372036854775807\n\
+             preallocate_bytes = 9223372036854775807\n",
+            "journal.preallocate_bytes",
+            "9223372036854775807",
+        ),
+        (
+            "[journal]\nbuffer_bytes_max = 5\n",
+            "journal.buffer_bytes_max",
+            "5",
+        ),
+        (
+            "[network]\nconn_send_bytes_max = 5\n",
+            "network.conn_send_bytes_max",
+            "5",
+        ),
+    ];
+    // A core the process cannot run on was a warning at run time ("could not pin
+    // thread to core"); with one core nothing is pinned, so only check with two.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        cases.push((
+            "[threads]\ngateway_cores = [0, 100000]\n",
+            "threads.gateway_cores",
+            "100000",
+        ));
+        cases.push((
+            "[threads]\nengine_core = 100000\n",
+            "threads.engine_core",
+            "100000",
+        ));
+    }
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    for (toml, key, value) in cases {
+        let path = workdir.path().join("router.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap();
+        for command in ["print-config", "run"] {
+            let mut args = vec![command, "--config", path];
+            if command == "run" {
+                args.extend(["--data-dir", data_str, "--listen", "127.0.0.1:0"]);
+                args.extend(["--metrics-listen", "127.0.0.1:0"]);
+            }
+            let (code, stderr) = refused(workdir.path(), &args);
+            assert_ne!(code, 0, "{command} with {toml:?}");
+            assert!(
+                stderr.contains(key) && stderr.contains(value),
+                "{command} with {toml:?} names {key} and {value}: {stderr}"
+            );
+            assert!(!data.exists(), "{command} with {toml:?} created {data_str}");
+        }
+    }
+    // The same cores with pinning off are not checked: nothing is pinned.
+    let path = workdir.path().join("unpinned.toml");
+    std::fs::write(&path, "[threads]\npin = false\nengine_core = 100000\n").unwrap();
+    let output = Command::new(router_binary())
+        .args(["print-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The metrics as a Prometheus user reads them. An outsider found counts that only
+/// grow (journal records, fsyncs, snapshots, batches) exported as gauges without
+/// `_total`, so `rate()` misreads a restart, and four of the six stage summaries
+/// (queue_wait, match, probe_rtt, send) that nothing ever recorded: NaN forever,
+/// read as "never happens". Every counter is now TYPE counter named `_total`, every
+/// `_total` is a counter, and every stage summary exported is fed.
+#[test]
+fn metrics_counters_are_counters_and_every_summary_is_fed() {
+    let operator = operator_key().address().to_string();
+    let router = RouterProcess::start(&["--operator", &operator]);
+    let mut client = connect(router.ready.listen, operator_key());
+    let user = SigningKey::from_seed(b"outsider-4-user").address();
+    fund(&mut client, &[(user, 5 * WEI_PER_MOR)]);
+    let text = metrics_text(router.ready.metrics);
+    let body = &text[text.find("\r\n\r\n").expect("an HTTP response") + 4..];
+    let mut families = 0;
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        families += 1;
+        let (name, kind) = rest.split_once(' ').unwrap();
+        assert_eq!(
+            name.ends_with("_total"),
+            kind == "counter",
+            "{name} is a {kind}: a counter must end in _total and only a counter may"
+        );
+    }
+    assert!(families > 40, "{body}");
+    for name in [
+        "yellowstone_journal_records_total",
+        "yellowstone_journal_fsyncs_total",
+        "yellowstone_batches_total",
+        "yellowstone_sessions_credited_total",
+        "yellowstone_snapshots_total",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {name} counter\n")),
+            "{name}: {body}"
+        );
+    }
+    // A signed BalanceUpdate was decoded and verified: every exported stage has
+    // samples, so none is an always-empty summary.
+    let mut stages = 0;
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("yellowstone_stage_latency_seconds_count{stage=\"") {
+            stages += 1;
+            let (stage, count) = rest.split_once("\"} ").unwrap();
+            let count: u64 = count.trim().parse().unwrap();
+            assert!(count > 0, "stage {stage} is exported but never recorded");
+        }
+    }
+    assert_eq!(stages, 2, "{body}");
+    assert!(!body.contains(" NaN\n"), "{body}");
+}
