@@ -326,3 +326,49 @@ fn metrics_counters_are_counters_and_every_summary_is_fed() {
     assert_eq!(stages, 2, "{body}");
     assert!(!body.contains(" NaN\n"), "{body}");
 }
+
+/// An outsider's addresses and keys that the router cannot use: the refusals said
+/// "metrics endpoint: Address already in use (os error 98)", "gateways: Cannot
+/// assign requested address" or "identity.operator: an address is 0x followed by
+/// 40 hex digits" without the value given. Each now names the key (and flag) and
+/// the value; a secret key is never echoed, only its length.
+#[test]
+fn addresses_and_keys_that_cannot_be_used_are_named() {
+    let workdir = tempfile::tempdir().unwrap();
+    let first = RouterProcess::start(&["--in-memory"]);
+    let busy_metrics = first.ready.metrics.to_string();
+    let busy_listen = first.ready.listen.to_string();
+    let secret = "ab".repeat(31);
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--listen", "127.0.0.1:0", "--metrics-listen", &busy_metrics],
+            vec!["metrics.listen", &busy_metrics, "already in use"],
+        ),
+        (
+            vec!["--listen", &busy_listen, "--metrics-listen", "127.0.0.1:0"],
+            vec!["network.listen", &busy_listen, "already in use"],
+        ),
+        (
+            vec!["--operator", "0x1234", "--listen", "127.0.0.1:0"],
+            vec!["identity.operator", "0x1234"],
+        ),
+        (
+            vec!["--router-key-hex", &secret, "--listen", "127.0.0.1:0"],
+            vec!["identity.router_key_hex", "62 characters given"],
+        ),
+    ];
+    for (extra, named) in cases {
+        let mut args = vec!["run", "--in-memory"];
+        args.extend(&extra);
+        if !extra.contains(&"--metrics-listen") {
+            args.extend(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        let (code, stderr) = refused(workdir.path(), &args);
+        assert_ne!(code, 0, "{extra:?}");
+        for text in named {
+            assert!(stderr.contains(text), "{extra:?} names {text:?}: {stderr}");
+        }
+        assert!(!stderr.contains(&secret), "the secret is echoed: {stderr}");
+    }
+    assert!(first.terminate(Duration::from_secs(20)));
+}

@@ -302,7 +302,7 @@ impl RouterConfig {
             .operator
             .parse()
             .map(Some)
-            .map_err(|e| format!("identity.operator: {e}"))
+            .map_err(|e| format!("identity.operator {:?}: {e}", self.identity.operator))
     }
 
     /// The engine's configuration; `genesis_ms` is resolved by the caller.
@@ -392,7 +392,12 @@ impl RouterConfig {
                 m.settlement_contract
                     .parse::<Address>()
                     .map(|a| yellowstone_engine::Address(a.0))
-                    .map_err(|e| format!("market.settlement_contract: {e}"))?
+                    .map_err(|e| {
+                        format!(
+                            "market.settlement_contract {:?}: {e}",
+                            m.settlement_contract
+                        )
+                    })?
             },
             bid_wei_per_token_max: m.bid_wei_per_token_max,
             ..MarketConfig::default()

@@ -99,8 +99,13 @@ fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
         None
     } else {
         Some(
-            SigningKey::from_hex(&config.identity.router_key_hex)
-                .map_err(|e| format!("identity.router_key_hex / --router-key-hex: {e}"))?,
+            SigningKey::from_hex(&config.identity.router_key_hex).map_err(|e| {
+                format!(
+                    "identity.router_key_hex / --router-key-hex: {e} ({} characters given; \
+                     the secret is not echoed)",
+                    config.identity.router_key_hex.len()
+                )
+            })?,
         )
     };
     match (exists, configured) {

@@ -57,8 +57,12 @@ impl StartOptions {
         let router_key = if config.identity.router_key_hex.is_empty() {
             SigningKey::random()
         } else {
-            SigningKey::from_hex(&config.identity.router_key_hex)
-                .map_err(|e| format!("identity.router_key_hex: {e}"))?
+            SigningKey::from_hex(&config.identity.router_key_hex).map_err(|e| {
+                format!(
+                    "identity.router_key_hex: {e} ({} characters given; the secret is not echoed)",
+                    config.identity.router_key_hex.len()
+                )
+            })?
         };
         let genesis_ms = if config.market.genesis_ms == 0 {
             sequencer::unix_ms()
@@ -191,7 +195,12 @@ impl Router {
             &registry,
             move |context| handler::RouterHandler::new(handler_shared.clone(), context),
         )
-        .map_err(|e| format!("gateways: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "gateways on {} (network.listen, --listen): {e}",
+                config.network.listen
+            )
+        })?;
         let sink = sink::RouterSink::new(
             shared.clone(),
             gateways.outbox(),
@@ -243,8 +252,12 @@ impl Router {
             .map_err(|e| format!("engine thread: {e}"))?;
         let metrics = if config.metrics.enabled {
             Some(
-                MetricsServer::start(&config.metrics, registry.clone())
-                    .map_err(|e| format!("metrics endpoint: {e}"))?,
+                MetricsServer::start(&config.metrics, registry.clone()).map_err(|e| {
+                    format!(
+                        "metrics endpoint on {} (metrics.listen, --metrics-listen): {e}",
+                        config.metrics.listen
+                    )
+                })?,
             )
         } else {
             None
