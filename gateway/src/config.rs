@@ -30,7 +30,8 @@ pub struct NetworkConfig {
     pub listen: SocketAddr,
     /// `uring` (default) or `mio`.
     pub backend: Backend,
-    /// Open connections in the whole process; more are refused with an error frame. 10_000.
+    /// Open connections in the whole process; more are refused with an error frame.
+    /// 10_000; at most `CONNECTIONS_MAX_LIMIT` (1,048,576).
     pub connections_max: usize,
     /// Largest frame (header + body) accepted, in bytes. 16 KiB (the wire default).
     pub frame_bytes_max: usize,
@@ -43,14 +44,17 @@ pub struct NetworkConfig {
     pub conn_send_bytes_max: usize,
     /// A connection that neither sends nor receives for this long is closed. 300_000 ms.
     pub conn_idle_timeout_ms: u64,
-    /// Depth of the bounded queue from the gateways to the engine, in commands. 65_536.
+    /// Depth of the bounded queue from the gateways to the engine, in commands. 65_536;
+    /// at most `QUEUE_DEPTH_LIMIT` (4,194,304: the queue is allocated whole).
     /// (Read by the router when it builds that queue.)
     pub inbound_queue_depth: usize,
-    /// Depth of each gateway's bounded outbox (engine -> gateway), in messages. 65_536.
+    /// Depth of each gateway's bounded outbox (engine -> gateway), in messages. 65_536;
+    /// at most `QUEUE_DEPTH_LIMIT`.
     pub outbound_queue_depth: usize,
     /// Submission queue entries of each gateway's io_uring. 1024.
     pub uring_entries: u32,
-    /// Provided buffers in each gateway's buffer ring (a power of two). 512.
+    /// Provided buffers in each gateway's buffer ring (a power of two). 512. Times
+    /// `uring_buffer_bytes` at most `URING_BUFFER_MEMORY_LIMIT` (1 GiB).
     pub uring_buffers: u16,
     /// Size of each provided receive buffer, in bytes. 16 KiB.
     pub uring_buffer_bytes: u32,

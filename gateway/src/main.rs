@@ -269,6 +269,39 @@ fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// `print-config`'s closing comment: the keys that have no value to print (TOML has
+/// no "none"), each with what leaving it unset means, so the listing names every
+/// key. Comments only: the output still reads back as the same configuration.
+fn unset_keys(config: &RouterConfig) -> String {
+    let mut lines = Vec::new();
+    if config.journal.data_dir.is_none() {
+        lines.push(format!(
+            "# [journal] data_dir = \"DIR\": unset, `run` keeps its state in \
+             ./{DATA_DIR_DEFAULT} (--data-dir DIR; --in-memory keeps none)"
+        ));
+    }
+    if config.identity.balance_snapshot.is_none() {
+        lines.push(
+            "# [identity] balance_snapshot = \"FILE\": unset, no balances at start \
+             (--balance-snapshot FILE)"
+                .to_string(),
+        );
+    }
+    if config.threads.engine_core.is_none() {
+        lines.push("# [threads] engine_core = N: unset, the last core".to_string());
+    }
+    if config.threads.journal_core.is_none() {
+        lines.push("# [threads] journal_core = N: unset, the engine's core".to_string());
+    }
+    if lines.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n# Keys without a default value, unset here:\n{}\n",
+        lines.join("\n")
+    )
+}
+
 /// The data directory used when none is given, in the working directory (R-OPS-1).
 const DATA_DIR_DEFAULT: &str = "yellowstone-data";
 
@@ -357,7 +390,8 @@ fn main() {
                     Some(path) => format!("{}: {e}", path.display()),
                     None => e,
                 })?;
-                toml::to_string_pretty(&c).map_err(|e| e.to_string())
+                let text = toml::to_string_pretty(&c).map_err(|e| e.to_string())?;
+                Ok(text + &unset_keys(&c))
             })
             .map(|text| print!("{text}")),
     };

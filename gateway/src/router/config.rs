@@ -228,7 +228,8 @@ pub struct JournalSection {
     pub io: String,
     /// Zero-filled room kept ahead of the open segment's data, bytes (default
     /// 4 MiB; 0: none): appends overwrite blocks the file already has, so their
-    /// fdatasync commits no size change. At most segment_bytes_max.
+    /// fdatasync commits no size change. At most segment_bytes_max and
+    /// `PREALLOCATE_BYTES_LIMIT` (1 GiB).
     pub preallocate_bytes: u64,
     /// Group commit window, microseconds (opt-in; default 0). 0: natural group
     /// commit, the writer writes (and in `always` fsyncs) whatever gathered while its
