@@ -151,8 +151,9 @@ struct RunArgs {
     #[arg(long)]
     network_id: Option<u32>,
     /// Start even if the journal is corrupt before its tail: cut it at the damage,
-    /// losing every record after it (journal.allow_corrupt_truncate).
-    #[arg(long)]
+    /// losing every record after it (journal.allow_corrupt_truncate). Not with
+    /// --in-memory, which has no journal.
+    #[arg(long, conflicts_with = "in_memory")]
     allow_corrupt_truncate: bool,
 }
 

@@ -370,6 +370,17 @@ fn addresses_and_keys_that_cannot_be_used_are_named() {
         }
         assert!(!stderr.contains(&secret), "the secret is echoed: {stderr}");
     }
+    // A flag that cannot apply: --allow-corrupt-truncate with no journal started an
+    // in-memory router as if it meant something.
+    let (code, stderr) = refused(
+        workdir.path(),
+        &["run", "--in-memory", "--allow-corrupt-truncate"],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--allow-corrupt-truncate") && stderr.contains("--in-memory"),
+        "{stderr}"
+    );
     assert!(first.terminate(Duration::from_secs(20)));
 }
 
