@@ -16,6 +16,10 @@
 # always), EXTRA (TOML lines appended to the router's config, e.g.
 # '[network]\nuring_defer_taskrun = false\n').
 set -u
+if [ $# -lt 6 ]; then
+  echo "usage: router_run.sh ROUTER_BIN LOADGEN_BIN uring|mio RATE DURATION_S TAG [over]" >&2
+  exit 2
+fi
 R=$1; L=$2; BACKEND=$3; RATE=$4; DUR=$5; TAG=$6; OVER=${7:-}
 W=${WORK:-/tmp/router-runs}/$TAG; rm -rf "$W"; mkdir -p "$W"
 KEYS=$("$R" keygen)
