@@ -74,6 +74,14 @@ pub struct RunSummary {
     pub batches: u64,
     pub pings: u64,
     pub consistency: ConsistencyCheck,
+    /// Wei the acknowledgements said were earned (`ReportAck.earned_wei`, summed):
+    /// after a router crash, compare with `yellowstone-router ledger` (its
+    /// `credited_wei` + `shortfall_wei` must be at least this once the router has
+    /// restarted and sealed the block).
+    pub acknowledged_creditable_wei: String,
+    /// Set when a connection to the router failed mid-run (a crash, a kill): the
+    /// figures are what the clients were told before it, and the self-check fails.
+    pub router_lost: Option<String>,
 }
 
 impl RunSummary {
@@ -136,6 +144,15 @@ impl RunSummary {
                 out,
                 "  {:<18} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
                 name, s.p50, s.p90, s.p99, s.p999, s.p9999, s.max, s.count
+            );
+        }
+        if let Some(lost) = &self.router_lost {
+            let _ = writeln!(
+                out,
+                "\n  router lost: {lost}\n  the figures above are what the clients were told \
+                 before it; {} creditable reports acknowledged ({} wei earned): after a \
+                 restart, `yellowstone-router ledger` must show credited + shortfall of at least that",
+                self.consistency.expected_credits, self.acknowledged_creditable_wei
             );
         }
         let c = &self.consistency;

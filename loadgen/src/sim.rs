@@ -156,6 +156,9 @@ struct UserOutcome {
     /// self-check neither expects nor forbids their credit (most wei each may earn).
     in_doubt_wei: BTreeMap<Address, u128>,
     in_doubt_sessions: u64,
+    /// The connection to the router failed mid-run (a router crash, say): what the
+    /// user was told until then is kept, and the run reports it.
+    connection_lost: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -402,7 +405,7 @@ fn run_user(
     client
         .set_read_timeout(Some(Duration::from_millis(5)))
         .map_err(|e| e.to_string())?;
-    loop {
+    'reading: loop {
         let now = Instant::now();
         let mut index = 0;
         while index < pending_reports.len() {
@@ -428,10 +431,10 @@ fn run_user(
             .into();
             let frame = report.sign(&plan.key, network_id);
             reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
-            guard
-                .0
-                .write_all(&frame)
-                .map_err(|e| format!("send report: {e}"))?;
+            if let Err(e) = guard.0.write_all(&frame) {
+                outcome.connection_lost = Some(format!("user connection: send report: {e}"));
+                break 'reading;
+            }
             guard.1 = nonce;
         }
         let sending_done = sender.is_finished();
@@ -448,7 +451,10 @@ fn run_user(
         let message = match client.recv() {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
-            Err(e) => return Err(format!("user connection: {e}")),
+            Err(e) => {
+                outcome.connection_lost = Some(format!("user connection: {e}"));
+                break;
+            }
         };
         let received = Instant::now();
         match message {
@@ -548,6 +554,8 @@ enum Behaviour {
 struct ProviderOutcome {
     probe_rtt: LatencyRecorder,
     probes: u64,
+    /// The connection to the router failed mid-run.
+    connection_lost: Option<String>,
 }
 
 fn run_provider(
@@ -603,7 +611,10 @@ fn run_provider(
         let message = match client.recv() {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
-            Err(e) => return Err(format!("provider connection: {e}")),
+            Err(e) => {
+                outcome.connection_lost = Some(format!("provider connection: {e}"));
+                break;
+            }
         };
         match message {
             Message::Probe(probe) => {
@@ -620,7 +631,11 @@ fn run_provider(
                         .into();
                         let frame = answer.sign(&key, network_id);
                         answered.push_back(Instant::now());
-                        client.send_raw(&frame).map_err(|e| e.to_string())?;
+                        if let Err(e) = client.send_raw(&frame) {
+                            outcome.connection_lost =
+                                Some(format!("provider connection: send probe answer: {e}"));
+                            break;
+                        }
                     }
                     Behaviour::Slow => late.push((
                         Instant::now() + Duration::from_millis(2_500),
@@ -663,6 +678,8 @@ struct BatchLog {
     receipts: u64,
     received_at: Vec<Instant>,
     total_wei: u128,
+    /// The connection to the router failed mid-run.
+    connection_lost: Option<String>,
 }
 
 fn run_operator_subscriber(
@@ -688,12 +705,16 @@ fn run_operator_subscriber(
         receipts: 0,
         received_at: Vec::new(),
         total_wei: 0,
+        connection_lost: None,
     };
     while !stop.load(Ordering::Relaxed) {
         let message = match operator.recv() {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
-            Err(e) => return Err(format!("operator connection: {e}")),
+            Err(e) => {
+                log.connection_lost = Some(format!("operator connection: {e}"));
+                break;
+            }
         };
         if let Message::CreditBatch(batch) = &message {
             let mut body = Vec::new();
@@ -883,6 +904,9 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         outcome.in_doubt_sessions += user.in_doubt_sessions;
         outcome.last_ack = outcome.last_ack.max(user.last_ack);
         outcome.outstanding += user.outstanding;
+        if outcome.connection_lost.is_none() {
+            outcome.connection_lost = user.connection_lost;
+        }
     }
     let sent_window = Instant::now()
         .saturating_duration_since(start)
@@ -919,12 +943,14 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
     let batches = subscriber
         .join()
         .map_err(|_| "subscriber panicked".to_string())??;
+    let mut connection_lost = outcome.connection_lost.take().or(batches.connection_lost);
     let mut probe_rtt = LatencyRecorder::new();
     for thread in provider_threads {
         let provider = thread
             .join()
             .map_err(|_| "provider thread panicked".to_string())??;
         probe_rtt.merge(&provider.probe_rtt);
+        connection_lost = connection_lost.or(provider.connection_lost);
     }
     outcome.latencies.probe_rtt = probe_rtt;
 
@@ -969,7 +995,8 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         unexpected: unexpected + batches.receipts.saturating_sub(receipts_max),
         in_doubt: outcome.in_doubt_sessions,
         batch_gaps: gaps,
-        ok: receipts_match
+        ok: connection_lost.is_none()
+            && receipts_match
             && missing == 0
             && unexpected == 0
             && gaps == 0
@@ -995,6 +1022,8 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         batches: batches.blocks.len() as u64,
         pings: 0,
         consistency,
+        acknowledged_creditable_wei: outcome.expected_wei.values().sum::<u128>().to_string(),
+        router_lost: connection_lost,
         ..RunSummary::default()
     };
     summary.set_latencies(&outcome.latencies);

@@ -432,3 +432,115 @@ fn print_config_names_the_keys_without_a_default() {
     std::fs::write(&printed, &set).unwrap();
     assert_eq!(print(Some(&printed)), set);
 }
+
+/// Builds `yellowstone-loadgen` with the test's profile (a no-op when fresh) and
+/// returns its path, beside the router binary.
+fn loadgen_binary() -> std::path::PathBuf {
+    let router = router_binary();
+    let profile_dir = router.parent().unwrap().to_path_buf();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(workspace)
+        .args(["build", "-q", "-p", "yellowstone-loadgen", "--bin"])
+        .arg("yellowstone-loadgen");
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        command.arg("--release");
+    }
+    assert!(command.status().unwrap().success(), "building the loadgen");
+    profile_dir.join("yellowstone-loadgen")
+}
+
+/// An operator load-tested a router with the bundled generator and killed the
+/// router (`kill -9`) mid-run to check its restart: the loadgen printed only
+/// "yellowstone-loadgen: user connection: connection closed by the router" and
+/// exited 2, with no report, so nothing told what the clients had been
+/// acknowledged. It now reports the run up to the loss ("router lost", the
+/// acknowledged creditable reports and their wei, also in --json), fails its
+/// self-check (exit 1), and after the restart the ledger credits at least what was
+/// acknowledged.
+#[test]
+fn the_loadgen_reports_what_it_was_told_when_the_router_dies() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let operator = operator_key().address().to_string();
+    let secret = hex::encode(operator_key().secret_bytes());
+    let router = RouterProcess::start(&["--data-dir", data_str, "--operator", &operator]);
+    let json = workdir.path().join("run.json");
+    let mut loadgen = Command::new(loadgen_binary())
+        .args(["--target", &router.ready.listen.to_string()])
+        .args([
+            "--operator-key",
+            &secret,
+            "--duration",
+            "8",
+            "--rate",
+            "100",
+        ])
+        .args(["--users", "4", "--providers", "4", "--quiet", "--json"])
+        .arg(&json)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the router once some reports have been acknowledged (the run's window is
+    // 8 s; funding and registration take about a second).
+    std::thread::sleep(Duration::from_secs(4));
+    router.kill_hard();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while loadgen.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = loadgen.kill();
+            let _ = loadgen.wait();
+            panic!("the loadgen did not end after the router died");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = loadgen.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("router lost") && stdout.contains("self-check: FAILED"),
+        "{stdout}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert!(summary["router_lost"].is_string(), "{summary:#}");
+    let acknowledged: u128 = summary["acknowledged_creditable_wei"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        summary["consistency"]["expected_credits"].as_u64().unwrap() > 0 && acknowledged > 0,
+        "the run acknowledged creditable reports before the kill: {summary:#}"
+    );
+
+    // Restart on the same directory and let it seal the block that was open.
+    let again = RouterProcess::start(&["--data-dir", data_str, "--operator", &operator]);
+    let genesis: u64 = std::fs::read_to_string(data.join("genesis_ms"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let now = now_ms();
+    let next_boundary = genesis + (now - genesis).div_ceil(12_000) * 12_000;
+    std::thread::sleep(Duration::from_millis(next_boundary - now + 1_500));
+    assert!(again.terminate(Duration::from_secs(20)));
+    let ledger = Command::new(router_binary())
+        .args(["ledger", "--json", "--data-dir", data_str])
+        .output()
+        .unwrap();
+    assert!(ledger.status.success());
+    let ledger: serde_json::Value = serde_json::from_slice(&ledger.stdout).unwrap();
+    let wei = |key: &str| -> u128 { ledger[key].as_str().unwrap().parse().unwrap() };
+    assert!(
+        wei("credited_wei") + wei("shortfall_wei") >= acknowledged,
+        "acknowledged {acknowledged} wei, ledger {ledger:#}"
+    );
+}
