@@ -544,3 +544,91 @@ fn the_loadgen_reports_what_it_was_told_when_the_router_dies() {
         "acknowledged {acknowledged} wei, ledger {ledger:#}"
     );
 }
+
+/// Time values an outsider can get wrong by a unit. `market.genesis_ms` given in
+/// microseconds started a router that refused every RFC as invalid_expiry (its
+/// market opens in 50,000 years); it is now refused, naming the value, and a
+/// genesis merely ahead of the clock is logged at start. A huge
+/// `journal.fsync_interval_ms` made durability `interval` never fsync; it is now
+/// bounded (a minute).
+#[test]
+fn time_values_off_by_a_unit_are_refused_or_logged() {
+    let workdir = tempfile::tempdir().unwrap();
+    let micros = now_ms() * 1_000;
+    for (toml, key, value) in [
+        (
+            format!("[market]\ngenesis_ms = {micros}\n"),
+            "market.genesis_ms",
+            micros.to_string(),
+        ),
+        (
+            "[journal]\ndurability = \"interval\"\nfsync_interval_ms = 9223372036854775807\n"
+                .to_string(),
+            "journal.fsync_interval_ms",
+            "9223372036854775807".to_string(),
+        ),
+    ] {
+        let path = workdir.path().join("router.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let (code, stderr) = refused(
+            workdir.path(),
+            &[
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+                "--in-memory",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        );
+        assert_ne!(code, 0, "{toml}");
+        assert!(
+            stderr.contains(key) && stderr.contains(&value),
+            "{toml}: {stderr}"
+        );
+    }
+
+    // Ten minutes ahead: it starts, and says why RFCs are refused until then.
+    let path = workdir.path().join("ahead.toml");
+    std::fs::write(
+        &path,
+        format!("[market]\ngenesis_ms = {}\n", now_ms() + 600_000),
+    )
+    .unwrap();
+    let mut child = Command::new(router_binary())
+        .args(["run", "--in-memory", "--config", path.to_str().unwrap()])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains("genesis") && Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen.contains("market.genesis_ms") && seen.contains("invalid_expiry"),
+        "{seen}"
+    );
+}

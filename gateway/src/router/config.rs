@@ -117,6 +117,8 @@ mod wei_in_toml {
 #[serde(default, deny_unknown_fields)]
 pub struct MarketSection {
     /// Unix ms of block 0; 0: the first start's time (kept in the data directory).
+    /// At most `GENESIS_AHEAD_MS_MAX` (a year) ahead of the clock; a genesis ahead of
+    /// the clock is logged at start (RFCs expiring before it are refused).
     pub genesis_ms: u64,
     pub models: Vec<ModelEntry>,
     pub mor_supply_mor: u64,
@@ -209,6 +211,8 @@ pub struct JournalSection {
     pub data_dir: Option<PathBuf>,
     /// "always" (default: replies leave after fsync), "interval" or "none".
     pub durability: String,
+    /// With durability `interval`: fsync at least this often, ms (default 10; 1 to
+    /// `FSYNC_INTERVAL_MS_MAX`, a minute).
     pub fsync_interval_ms: u64,
     pub segment_bytes_max: u64,
     /// Snapshot every this many blocks (0: never).
@@ -258,6 +262,14 @@ pub struct JournalSection {
     /// and the next snapshot point serialises on the engine thread to reseed it.
     pub snapshot_replica_queue_bytes_max: u64,
 }
+
+/// How far ahead of the clock `market.genesis_ms` may be: a year (a figure in
+/// microseconds, say, is refused rather than starting a market that refuses every
+/// RFC until then).
+pub const GENESIS_AHEAD_MS_MAX: u64 = 366 * 24 * 3_600_000;
+
+/// The longest `journal.fsync_interval_ms` (durability `interval`): a minute.
+pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
 
 /// The largest `journal.preallocate_bytes`: the journal writes that many zero bytes
 /// ahead of each segment's data, so a huge figure fills the disk (1 GiB).
@@ -452,6 +464,21 @@ impl RouterConfig {
             return Err("market.models: model names must be unique".into());
         }
         self.market_config(1)?;
+        let year_ahead_ms = crate::sequencer::unix_ms().saturating_add(GENESIS_AHEAD_MS_MAX);
+        if self.market.genesis_ms > year_ahead_ms {
+            return Err(format!(
+                "market.genesis_ms is Unix time in milliseconds, at most a year ahead of the \
+                 clock ({year_ahead_ms}), not {} (microseconds?)",
+                self.market.genesis_ms
+            ));
+        }
+        if self.journal.fsync_interval_ms > FSYNC_INTERVAL_MS_MAX {
+            return Err(format!(
+                "journal.fsync_interval_ms must be at most {FSYNC_INTERVAL_MS_MAX} (a minute; \
+                 longer is durability none under another name), not {}",
+                self.journal.fsync_interval_ms
+            ));
+        }
         if !["always", "interval", "none"].contains(&self.journal.durability.as_str()) {
             return Err(format!(
                 "journal.durability must be always, interval or none, not {:?}",

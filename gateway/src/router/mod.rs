@@ -152,9 +152,21 @@ impl Router {
         journal: D,
     ) -> Result<RouterHandle, String> {
         let StartOptions {
-            config, router_key, ..
+            config,
+            router_key,
+            genesis_ms,
         } = options;
         config.validate()?;
+        let ahead_ms = genesis_ms.saturating_sub(crate::sequencer::unix_ms());
+        if ahead_ms > 0 {
+            tracing::warn!(
+                genesis_ms,
+                ahead_s = ahead_ms / 1_000,
+                "the market's genesis (market.genesis_ms) is ahead of the clock: until then an \
+                 RFC whose expiry is before genesis is refused (invalid_expiry), so every RFC \
+                 is while genesis is more than market.rfc_ttl_max_ms away"
+            );
+        }
         let registry = Registry::new();
         let market = Arc::new(market::MarketBoard::new(engine.market_figures()));
         market.register_metrics(&registry);
