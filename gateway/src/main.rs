@@ -347,14 +347,27 @@ fn main() {
             let mut out = std::io::BufWriter::new(stdout.lock());
             tools::dump(&data_dir, from, limit, json, &mut out).map(|_| ())
         }
-        Cmd::Verify { data_dir, json } => tools::verify(&data_dir).map(|report| {
-            if json {
-                println!("{report}");
-            } else {
-                println!("{report:#}");
-                println!("verify: OK");
+        // With --json, stdout is one JSON object either way (`"ok": true` with the
+        // report, or `"ok": false` with the error, which also goes to stderr), so a
+        // script reads a verdict rather than an empty line.
+        Cmd::Verify { data_dir, json } => match tools::verify(&data_dir) {
+            Ok(mut report) => {
+                if json {
+                    report["ok"] = serde_json::Value::Bool(true);
+                    println!("{report}");
+                } else {
+                    println!("{report:#}");
+                    println!("verify: OK");
+                }
+                Ok(())
             }
-        }),
+            Err(error) => {
+                if json {
+                    println!("{}", serde_json::json!({ "ok": false, "error": error }));
+                }
+                Err(error)
+            }
+        },
         Cmd::Ledger { data_dir, json } => tools::ledger(&data_dir).map(|ledger| {
             if json {
                 println!("{ledger}");

@@ -632,3 +632,53 @@ fn time_values_off_by_a_unit_are_refused_or_logged() {
         "{seen}"
     );
 }
+
+/// `verify --json` on a damaged journal printed nothing on stdout (the error went
+/// to stderr only), so a script reading its JSON got an empty line. stdout is now
+/// one JSON object either way: `"ok": true` with the report, or `"ok": false` with
+/// the error naming the segment and offset; the exit status is 1 then.
+#[test]
+fn verify_json_gives_a_verdict_on_a_damaged_journal() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let operator = operator_key().address().to_string();
+    let router = RouterProcess::start(&["--data-dir", data_str, "--operator", &operator]);
+    let mut client = connect(router.ready.listen, operator_key());
+    for i in 0..40u128 {
+        let user = SigningKey::from_seed(format!("outsider-4-user-{i}").as_bytes()).address();
+        fund(&mut client, &[(user, (i + 1) * WEI_PER_MOR)]);
+    }
+    drop(client);
+    router.kill_hard();
+    let verify = || {
+        let output = Command::new(router_binary())
+            .args(["verify", "--json", "--data-dir", data_str])
+            .output()
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {output:?}"));
+        (output.status.code(), value)
+    };
+    let (code, value) = verify();
+    assert_eq!((code, &value["ok"]), (Some(0), &serde_json::json!(true)));
+
+    let segment = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("journal-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // The records end where the zero-filled preallocated room begins.
+    let end = bytes.iter().rposition(|b| *b != 0).unwrap();
+    bytes[end / 2] ^= 0x40;
+    std::fs::write(&segment, &bytes).unwrap();
+    let (code, value) = verify();
+    assert_eq!(code, Some(1), "{value}");
+    assert_eq!(value["ok"], false, "{value}");
+    let error = value["error"].as_str().unwrap();
+    assert!(
+        error.contains(&segment.display().to_string()) && error.contains("offset"),
+        "{error}"
+    );
+}
