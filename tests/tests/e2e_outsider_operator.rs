@@ -221,6 +221,24 @@ fn values_that_size_allocations_are_refused_naming_the_value() {
             "network.conn_send_bytes_max",
             "5",
         ),
+        // The engine's refusals of [market] values named neither the router's key
+        // nor the value ("market: mor_supply_wei must be > 0" for mor_supply_mor,
+        // "sessions_open_max must fit the slot bits" without the bound).
+        (
+            "[market]\nsessions_open_max = 4294967295\n",
+            "market.sessions_open_max = 4294967295",
+            "16777215",
+        ),
+        (
+            "[market]\nmor_supply_mor = 0\n",
+            "market.mor_supply_mor",
+            "0",
+        ),
+        (
+            "[market]\npenalty_window_reports = 5000\n",
+            "market.penalty_window_reports",
+            "5000",
+        ),
     ];
     // A core the process cannot run on was a warning at run time ("could not pin
     // thread to core"); with one core nothing is pinned, so only check with two.

@@ -415,7 +415,9 @@ impl RouterConfig {
             bid_wei_per_token_max: m.bid_wei_per_token_max,
             ..MarketConfig::default()
         };
-        config.validate().map_err(|e| format!("market: {e}"))?;
+        config
+            .validate()
+            .map_err(|reason| market_refusal(m, &reason))?;
         Ok(config)
     }
 
@@ -548,6 +550,34 @@ impl RouterConfig {
             );
         }
         Ok(())
+    }
+}
+
+/// The engine's refusal of a `[market]` value (`MarketConfig::validate`, whose
+/// reasons start with the engine's field name), with the router's key and the value
+/// given: "market.sessions_open_max = 4294967295: sessions_open_max must fit the slot
+/// bits (at most 16777215)" rather than the reason alone.
+fn market_refusal(market: &MarketSection, reason: &str) -> String {
+    let field = reason.split_whitespace().next().unwrap_or("");
+    // The router's keys in MOR for the engine's fields in wei.
+    let key = match field {
+        "mor_supply_wei" => "mor_supply_mor",
+        "compute_budget_wei_per_day" => "compute_budget_mor_per_day",
+        other => other,
+    };
+    let bound = match key {
+        "sessions_open_max" | "rfcs_open_max" => {
+            format!(" (at most {})", yellowstone_engine::types::SLOT_MASK)
+        }
+        _ => String::new(),
+    };
+    let value = serde_json::to_value(market)
+        .ok()
+        .and_then(|section| section.get(key).cloned())
+        .filter(|value| !value.is_array() && !value.is_object());
+    match value {
+        Some(value) => format!("market.{key} = {value}: {reason}{bound}"),
+        None => format!("market: {reason}{bound}"),
     }
 }
 
