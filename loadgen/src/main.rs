@@ -203,7 +203,8 @@ fn run_once(
                 .operator_key
                 .as_deref()
                 .ok_or("--target needs --operator-key")?;
-            let operator = SigningKey::from_hex(key)?;
+            let operator =
+                SigningKey::from_hex(key.trim()).map_err(|e| format!("--operator-key: {e}"))?;
             (
                 Embedded {
                     router: None,
@@ -263,7 +264,72 @@ fn tracing_subscriber_init() {
 }
 
 /// Returns whether the self-check passed.
+/// The most RFCs one run may plan (`--rate` × `--duration`): each is signed ahead
+/// of the run and its due time kept, so a rate typed with a few zeros too many
+/// (1e12/s) would exhaust memory instead of being refused.
+const RFCS_PLANNED_MAX: f64 = 10_000_000.0;
+/// The most simulated users, and providers: each is a thread (a user two) and a
+/// connection of its own.
+const PARTICIPANTS_MAX: usize = 10_000;
+/// The longest run, seconds (a day).
+const DURATION_S_MAX: u64 = 86_400;
+
+/// Refuses arguments the run cannot honour, naming the flag and the value, before
+/// anything starts (no router, no connection, nothing allocated for the plan).
+fn check_args(args: &Args) -> Result<(), String> {
+    if !(1..=DURATION_S_MAX).contains(&args.duration) {
+        return Err(format!(
+            "--duration must be between 1 and {DURATION_S_MAX} seconds, not {}",
+            args.duration
+        ));
+    }
+    if args.ping_connections > 0 {
+        if args.ping_connections > PARTICIPANTS_MAX || args.ping_pipeline == 0 {
+            return Err(format!(
+                "--ping-connections must be at most {PARTICIPANTS_MAX} and --ping-pipeline at \
+                 least 1, not {} and {}",
+                args.ping_connections, args.ping_pipeline
+            ));
+        }
+        return Ok(());
+    }
+    let planned = args.rate * args.duration as f64;
+    if !(args.rate.is_finite() && args.rate > 0.0 && planned <= RFCS_PLANNED_MAX) {
+        return Err(format!(
+            "--rate must be a number of RFCs per second above 0, and --rate × --duration at \
+             most {RFCS_PLANNED_MAX} RFCs (each is signed ahead), not {} for {} s",
+            args.rate, args.duration
+        ));
+    }
+    for (flag, count) in [("--users", args.users), ("--providers", args.providers)] {
+        if !(1..=PARTICIPANTS_MAX).contains(&count) {
+            return Err(format!(
+                "{flag} must be between 1 and {PARTICIPANTS_MAX} (a thread and a connection \
+                 each), not {count}"
+            ));
+        }
+    }
+    for (flag, share) in [
+        ("--slow-providers", args.slow_providers),
+        ("--dead-providers", args.dead_providers),
+        ("--fail-reports", args.fail_reports),
+    ] {
+        if !(0.0..=1.0).contains(&share) {
+            return Err(format!("{flag} is a share between 0 and 1, not {share}"));
+        }
+    }
+    if args.slow_providers + args.dead_providers > 1.0 {
+        return Err(format!(
+            "--slow-providers + --dead-providers must be at most 1 (a share of the \
+             providers), not {} + {}",
+            args.slow_providers, args.dead_providers
+        ));
+    }
+    Ok(())
+}
+
 fn real_main(args: &Args) -> Result<bool, String> {
+    check_args(args)?;
     if args.ping_connections > 0 {
         return ping(args);
     }

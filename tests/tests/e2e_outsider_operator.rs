@@ -700,3 +700,56 @@ fn verify_json_gives_a_verdict_on_a_damaged_journal() {
         "{error}"
     );
 }
+
+/// The bundled generator with values it cannot honour: `--rate 1e12` planned a
+/// trillion RFCs in memory (killed after filling it), `--rate 0`, `--users 0` or
+/// `--duration 0` ran something else than asked (nothing, or a silent 1) and said
+/// OK, shares above 1 were taken as given, and a bad `--operator-key` did not name
+/// the flag. Each is now refused at once (exit 2), naming the flag and the value,
+/// before any router or connection is started.
+#[test]
+fn loadgen_arguments_it_cannot_honour_are_refused() {
+    let loadgen = loadgen_binary();
+    let cases: [(&[&str], &[&str]); 10] = [
+        (&["--rate", "1e12"], &["--rate", "1000000000000"]),
+        (&["--rate", "0"], &["--rate", "not 0"]),
+        (&["--rate", "inf"], &["--rate", "inf"]),
+        (&["--duration", "0"], &["--duration", "not 0"]),
+        (&["--users", "0"], &["--users", "not 0"]),
+        (&["--providers", "20000"], &["--providers", "20000"]),
+        (&["--fail-reports", "2.5"], &["--fail-reports", "2.5"]),
+        (
+            &["--slow-providers", "0.6", "--dead-providers", "0.6"],
+            &["--slow-providers", "--dead-providers", "0.6 + 0.6"],
+        ),
+        (
+            &["--target", "127.0.0.1:9", "--operator-key", "zz"],
+            &["--operator-key"],
+        ),
+        (
+            &["--ping-connections", "5", "--ping-pipeline", "0"],
+            &["--ping-pipeline", "0"],
+        ),
+    ];
+    for (args, named) in cases {
+        let started = Instant::now();
+        let output = Command::new(&loadgen)
+            .args(args)
+            .arg("--quiet")
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        for text in named {
+            assert!(stderr.contains(text), "{args:?} names {text:?}: {stderr}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{args:?} was refused only after {:?}",
+            started.elapsed()
+        );
+        assert!(output.stdout.is_empty(), "{args:?} ran: {output:?}");
+    }
+}
