@@ -186,17 +186,6 @@ pub fn lock_holder(dir: &Path) -> Option<u32> {
         .ok()
 }
 
-/// Whether a router holds `dir`'s lock now (false when there is no lock file).
-pub fn is_locked(dir: &Path) -> bool {
-    use std::os::fd::AsRawFd as _;
-    let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    // SAFETY: flock(2) on a descriptor we own; the shared lock, if taken, goes when
-    // `file` closes at the end of this function.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 }
-}
-
 /// Takes `dir`'s exclusive lock, or says which process holds it.
 pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
     use std::io::Write as _;
