@@ -753,3 +753,96 @@ fn loadgen_arguments_it_cannot_honour_are_refused() {
         assert!(output.stdout.is_empty(), "{args:?} ran: {output:?}");
     }
 }
+
+/// docs/PROTOCOL.md's limits table says the offer capacity, offers per
+/// registration, endpoint length and balance entries per update are "configured by"
+/// `market.offer_capacity_max` and the like, but the router refused those keys
+/// ("unknown field"). They are now `[market]` keys (print-config lists them), bounded
+/// by the wire's limits, and the engine applies them.
+#[test]
+fn the_market_limits_the_protocol_names_are_keys() {
+    use yellowstone_wire::*;
+    let workdir = tempfile::tempdir().unwrap();
+    let printed = Command::new(router_binary())
+        .arg("print-config")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    for key in [
+        "offers_per_provider_max = 64",
+        "offer_capacity_max = 100000",
+        "endpoint_bytes_max = 255",
+        "balance_entries_max = 100000",
+    ] {
+        assert!(printed.contains(key), "{key}: {printed}");
+    }
+    let path = workdir.path().join("router.toml");
+    std::fs::write(&path, "[market]\nendpoint_bytes_max = 256\n").unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &["print-config", "--config", path.to_str().unwrap()],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("market.endpoint_bytes_max") && stderr.contains("256"),
+        "{stderr}"
+    );
+
+    std::fs::write(&path, "[market]\noffer_capacity_max = 2\n").unwrap();
+    let operator = operator_key().address().to_string();
+    let router = RouterProcess::start(&[
+        "--in-memory",
+        "--operator",
+        &operator,
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    let mut operator_client = connect(router.ready.listen, operator_key());
+    let provider_key = SigningKey::from_seed(b"outsider-4-provider");
+    fund(
+        &mut operator_client,
+        &[(provider_key.address(), WEI_PER_MOR)],
+    );
+    let mut provider = connect(router.ready.listen, provider_key.clone());
+    let network_id = router.ready.network_id;
+    let register = |provider: &mut yellowstone_wire::client::Client, capacity: u32| {
+        let weights_hash = yellowstone_gateway::router::config::demo_weights_hash(1);
+        let weights_proof = provider_key.sign_digest(
+            &yellowstone_wire::signature::weights_proof_digest(network_id, 1, &weights_hash),
+        );
+        let nonce = provider.next_nonce();
+        provider
+            .send_signed(
+                RegisterProvider {
+                    from: provider.address(),
+                    nonce,
+                    endpoint: "127.0.0.1:9999".into(),
+                    offers: vec![Offer {
+                        model_id: 1,
+                        unit: 0,
+                        weights_hash,
+                        weights_proof,
+                        price_wei_per_token: 1_000,
+                        capacity,
+                    }],
+                    signature: Signature::default(),
+                }
+                .into(),
+            )
+            .unwrap();
+        expect(provider, Duration::from_secs(10), |m| match m {
+            Message::Ack(ack) if ack.nonce == nonce => Some(None),
+            Message::ErrorReply(e) if e.ref_nonce == nonce => Some(Some(e.code)),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        register(&mut provider, 3).map(codes::name),
+        Some("invalid_capacity"),
+        "a capacity above market.offer_capacity_max = 2"
+    );
+    assert_eq!(register(&mut provider, 2), None, "at the bound");
+    drop(provider);
+    drop(operator_client);
+    assert!(router.terminate(Duration::from_secs(20)));
+}

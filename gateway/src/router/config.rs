@@ -163,6 +163,14 @@ pub struct MarketSection {
     /// this fits a u128 wei amount.
     #[serde(with = "wei_in_toml")]
     pub bid_wei_per_token_max: u128,
+    /// Offers in one registration, at most the wire's 64. 64.
+    pub offers_per_provider_max: u32,
+    /// Concurrent sessions one offer may declare (`capacity`). 100,000.
+    pub offer_capacity_max: u32,
+    /// A provider's endpoint, bytes, at most the wire's 255. 255.
+    pub endpoint_bytes_max: u32,
+    /// Entries in one BalanceUpdate, at most the wire's 100,000. 100,000.
+    pub balance_entries_max: u32,
 }
 
 impl Default for MarketSection {
@@ -199,6 +207,10 @@ impl Default for MarketSection {
             settlement_chain_id: d.settlement_chain_id,
             settlement_contract: String::new(),
             bid_wei_per_token_max: d.bid_wei_per_token_max,
+            offers_per_provider_max: d.offers_per_provider_max,
+            offer_capacity_max: d.offer_capacity_max,
+            endpoint_bytes_max: d.endpoint_bytes_max,
+            balance_entries_max: d.balance_entries_max,
         }
     }
 }
@@ -413,8 +425,41 @@ impl RouterConfig {
                     })?
             },
             bid_wei_per_token_max: m.bid_wei_per_token_max,
+            offers_per_provider_max: m.offers_per_provider_max,
+            offer_capacity_max: m.offer_capacity_max,
+            endpoint_bytes_max: m.endpoint_bytes_max,
+            balance_entries_max: m.balance_entries_max,
             ..MarketConfig::default()
         };
+        use yellowstone_wire::messages::{BALANCE_ENTRIES_MAX, ENDPOINT_BYTES_MAX, OFFERS_MAX};
+        for (key, value, wire_max) in [
+            (
+                "offers_per_provider_max",
+                m.offers_per_provider_max,
+                OFFERS_MAX,
+            ),
+            (
+                "offer_capacity_max",
+                m.offer_capacity_max,
+                u32::MAX as usize,
+            ),
+            (
+                "endpoint_bytes_max",
+                m.endpoint_bytes_max,
+                ENDPOINT_BYTES_MAX,
+            ),
+            (
+                "balance_entries_max",
+                m.balance_entries_max,
+                BALANCE_ENTRIES_MAX,
+            ),
+        ] {
+            if value == 0 || value as usize > wire_max {
+                return Err(format!(
+                    "market.{key} must be between 1 and {wire_max} (the wire's limit), not {value}"
+                ));
+            }
+        }
         config
             .validate()
             .map_err(|reason| market_refusal(m, &reason))?;
