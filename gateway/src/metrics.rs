@@ -43,35 +43,37 @@ impl Gauge {
     }
 }
 
-/// The pipeline stages timed by the router.
+/// The pipeline stages timed by the router (`yellowstone_stage_latency_seconds`,
+/// label `stage`). Every stage here is recorded somewhere: a stage that is never
+/// timed would export NaN for ever and read as a broken router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
+    /// A gateway thread decoding one frame into a message.
     Decode,
+    /// A gateway thread checking one signature (digest, recovery, address).
     Verify,
-    QueueWait,
-    Match,
-    ProbeRtt,
-    Send,
+    /// The engine thread applying one command (one in 16 is timed).
+    Apply,
+    /// A command's promises held for the disk: from its journal append to the
+    /// delivery of its answers, after its record is durable (`durability always`:
+    /// the group commit and its fsync; one in 16 is timed).
+    DurableWait,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 4] = [
         Stage::Decode,
         Stage::Verify,
-        Stage::QueueWait,
-        Stage::Match,
-        Stage::ProbeRtt,
-        Stage::Send,
+        Stage::Apply,
+        Stage::DurableWait,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
             Stage::Verify => "verify",
-            Stage::QueueWait => "queue_wait",
-            Stage::Match => "match",
-            Stage::ProbeRtt => "probe_rtt",
-            Stage::Send => "send",
+            Stage::Apply => "apply",
+            Stage::DurableWait => "durable_wait",
         }
     }
 }

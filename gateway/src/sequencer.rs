@@ -14,9 +14,10 @@
 //! record is being written.
 //! Ticks are journaled like any other input, so replay reproduces block seals.
 
+use crate::metrics::{Stage, StageRecorder};
 use crossbeam_channel::{Receiver, Select};
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use yellowstone_engine::{Command, Effect, Engine};
 
 /// Where a command came from, echoed with its effects so replies find their way.
@@ -199,6 +200,8 @@ pub fn unix_ms() -> u64 {
 
 struct Pending {
     seq: u64,
+    /// When its record was appended, for the commands whose durable wait is timed.
+    appended_at: Option<Instant>,
     /// Waits for `synced_seq` too (a sealed block's batch, `Release::Synced`).
     synced: bool,
     origin: Origin,
@@ -223,7 +226,13 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     sent_now: bool,
     /// Called after each burst, e.g. to publish engine gauges.
     observer: Option<EngineObserver>,
+    /// Times one command in `STAGE_SAMPLE_EVERY` (`Stage::Apply`, `Stage::DurableWait`).
+    stages: Option<StageRecorder>,
+    commands_seen: u64,
 }
+
+/// One command in this many is timed for the stage metrics (two clock reads each).
+const STAGE_SAMPLE_EVERY: u64 = 16;
 
 /// Looks at the engine between bursts (gauges); never changes it.
 pub type EngineObserver = Box<dyn FnMut(&Engine) + Send>;
@@ -244,7 +253,15 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             now_effects: Vec::new(),
             sent_now: false,
             observer: None,
+            stages: None,
+            commands_seen: 0,
         }
+    }
+
+    /// Records the engine's apply time and the durable wait of one command in 16.
+    pub fn with_stages(mut self, stages: StageRecorder) -> Self {
+        self.stages = Some(stages);
+        self
     }
 
     /// Calls `observer` with the engine after each burst of commands.
@@ -332,10 +349,17 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
     pub fn apply(&mut self, origin: Origin, command: Command) -> Result<(), String> {
         let now_ms = (self.clock)().max(self.engine.now_ms());
         let record = JournalRecord { now_ms, command };
+        self.commands_seen += 1;
+        let timed = self.stages.is_some() && self.commands_seen.is_multiple_of(STAGE_SAMPLE_EVERY);
+        let appended_at = timed.then(Instant::now);
         let seq = self.journal.append(&record.encode())?;
         let mut effects = self.spare.pop().unwrap_or_default();
         let block_before = self.engine.block();
+        let apply_started = timed.then(Instant::now);
         self.engine.apply(&record.command, now_ms, &mut effects);
+        if let (Some(started), Some(stages)) = (apply_started, &self.stages) {
+            stages.record_ns(Stage::Apply, started.elapsed().as_nanos() as u64);
+        }
         let mut synced = false;
         let mut now = false;
         for effect in effects.iter() {
@@ -378,6 +402,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         }
         self.pending.push_back(Pending {
             seq,
+            appended_at,
             synced,
             origin,
             command: record.command,
@@ -424,6 +449,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             .is_some_and(|p| p.seq <= durable && (!p.synced || p.seq <= synced))
         {
             let mut pending = self.pending.pop_front().expect("checked");
+            if let (Some(appended), Some(stages)) = (pending.appended_at, &self.stages) {
+                stages.record_ns(Stage::DurableWait, appended.elapsed().as_nanos() as u64);
+            }
             // A command from a connection is delivered even without effects: the
             // sink answers its frame (R-ID-6, half-close).
             if !pending.effects.is_empty() || pending.origin != ORIGIN_INTERNAL {
