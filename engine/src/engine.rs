@@ -15,6 +15,11 @@ use crate::timer::TimerWheel;
 use crate::types::{address_hash, Address, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Commands whose originators' accounts [`Engine::apply_batch`] looks up together
+/// before applying them: enough independent misses in flight to fill the CPU's miss
+/// buffers, few enough that the lines are still cached when the commands run.
+pub const APPLY_BATCH_GROUP: usize = 16;
+
 pub struct Engine {
     pub(crate) state: State,
     /// Address -> account: derived from `state.accounts`, rebuilt on restore. Slots
@@ -165,6 +170,44 @@ impl Engine {
         }
         self.origin_account = None;
         self.run_pending_matches(now, effects);
+    }
+
+    /// Applies `batch` in order, each command at its own `now_ms`, exactly as calling
+    /// [`Engine::apply`] once per command would: the same effects in the same order, the
+    /// same state. After command `i`, `ends` gets `effects.len()`, so command `i`'s
+    /// effects are `effects[ends[i - 1]..ends[i]]` (from the length `effects` had on
+    /// entry for the first). Faster for bursts (issue 18 item 5): before each group of
+    /// [`APPLY_BATCH_GROUP`] commands it looks up every originator's account, lookups
+    /// that do not depend on one another, so the CPU overlaps their cache misses instead
+    /// of taking one miss per command in turn. Those lookups read only; an account that
+    /// an earlier command of the group creates is simply found later by `apply`.
+    pub fn apply_batch(
+        &mut self,
+        batch: &[(Command, u64)],
+        effects: &mut Vec<Effect>,
+        ends: &mut Vec<usize>,
+    ) {
+        for group in batch.chunks(APPLY_BATCH_GROUP) {
+            for (command, _) in group {
+                self.warm_origin(command);
+            }
+            for (command, now_ms) in group {
+                self.apply(command, *now_ms, effects);
+                ends.push(effects.len());
+            }
+        }
+    }
+
+    /// Reads the originator's index slot and account so that they are in the cache
+    /// when the command is applied. Changes nothing.
+    #[inline]
+    fn warm_origin(&self, command: &Command) {
+        if let Some((address, _)) = command.origin() {
+            if let Some(idx) = self.account_lookup(&address) {
+                let account = &self.state.accounts[idx as usize];
+                std::hint::black_box((account.nonce_last, account.balance_wei));
+            }
+        }
     }
 
     fn dispatch(
