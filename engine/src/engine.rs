@@ -5,6 +5,7 @@
 use crate::command::{Command, Effect};
 use crate::config::MarketConfig;
 use crate::error::MarketError;
+use crate::index::AddressIndex;
 use crate::ledger::Ledger;
 use crate::merkle::MerkleAccumulator;
 use crate::quota;
@@ -24,7 +25,7 @@ pub struct Engine {
     pub(crate) state: State,
     /// Address -> account: derived from `state.accounts`, rebuilt on restore. Slots
     /// hold the account number only; the address compared is the account's.
-    pub(crate) account_index: hashbrown::HashTable<AccountIdx>,
+    pub(crate) account_index: AddressIndex,
     /// Models whose book or queue changed during this command: matched at its end.
     pub(crate) pending_match: Vec<ModelIdx>,
     /// R-QUOTA-3 for today's B, P and S: derived from the state, rebuilt whenever
@@ -113,7 +114,7 @@ impl Engine {
         let user_max_rate = Engine::quota_rate_of(&state);
         let mut engine = Engine {
             state,
-            account_index: hashbrown::HashTable::new(),
+            account_index: AddressIndex::default(),
             pending_match: Vec::new(),
             user_max_rate,
             origin_account: None,
@@ -177,10 +178,11 @@ impl Engine {
     /// same state. After command `i`, `ends` gets `effects.len()`, so command `i`'s
     /// effects are `effects[ends[i - 1]..ends[i]]` (from the length `effects` had on
     /// entry for the first). Faster for bursts (issue 18 item 5): before each group of
-    /// [`APPLY_BATCH_GROUP`] commands it looks up every originator's account, lookups
-    /// that do not depend on one another, so the CPU overlaps their cache misses instead
-    /// of taking one miss per command in turn. Those lookups read only; an account that
-    /// an earlier command of the group creates is simply found later by `apply`.
+    /// [`APPLY_BATCH_GROUP`] commands it reads the index slots of all their
+    /// originators, then their accounts: reads that do not depend on one another, so
+    /// the CPU overlaps their cache misses instead of taking them one command at a
+    /// time. Those reads change nothing; an account that an earlier command of the
+    /// group creates is simply found later by `apply`.
     pub fn apply_batch(
         &mut self,
         batch: &[(Command, u64)],
@@ -188,9 +190,7 @@ impl Engine {
         ends: &mut Vec<usize>,
     ) {
         for group in batch.chunks(APPLY_BATCH_GROUP) {
-            for (command, _) in group {
-                self.warm_origin(command);
-            }
+            self.warm_origins(group);
             for (command, now_ms) in group {
                 self.apply(command, *now_ms, effects);
                 ends.push(effects.len());
@@ -198,13 +198,27 @@ impl Engine {
         }
     }
 
-    /// Reads the originator's index slot and account so that they are in the cache
-    /// when the command is applied. Changes nothing.
-    #[inline]
-    fn warm_origin(&self, command: &Command) {
-        if let Some((address, _)) = command.origin() {
-            if let Some(idx) = self.account_lookup(&address) {
-                let account = &self.state.accounts[idx as usize];
+    /// Reads the originators' index slots, then their accounts, so that they are in
+    /// the cache when the commands are applied. Changes nothing.
+    fn warm_origins(&self, group: &[(Command, u64)]) {
+        debug_assert!(group.len() <= APPLY_BATCH_GROUP);
+        let mut origins = [None; APPLY_BATCH_GROUP];
+        let mut slots = 0u64;
+        for (origin, (command, _)) in origins.iter_mut().zip(group) {
+            if let Some((address, _)) = command.origin() {
+                let hash = address_hash(&address);
+                slots ^= self.account_index.touch(hash);
+                *origin = Some((address, hash));
+            }
+        }
+        std::hint::black_box(slots);
+        for &(address, hash) in origins.iter().flatten() {
+            let accounts = &self.state.accounts;
+            let found = self
+                .account_index
+                .find(hash, |idx| accounts[idx as usize].address == address);
+            if let Some(idx) = found {
+                let account = &accounts[idx as usize];
                 std::hint::black_box((account.nonce_last, account.balance_wei));
             }
         }
@@ -378,11 +392,9 @@ impl Engine {
 
     fn account_lookup(&self, address: &Address) -> Option<AccountIdx> {
         let accounts = &self.state.accounts;
-        self.account_index
-            .find(address_hash(address), |&idx| {
-                accounts[idx as usize].address == *address
-            })
-            .copied()
+        self.account_index.find(address_hash(address), |idx| {
+            accounts[idx as usize].address == *address
+        })
     }
 
     /// Returns the account for `address`, creating it within `accounts_max`.
@@ -412,7 +424,7 @@ impl Engine {
         });
         let accounts = &self.state.accounts;
         self.account_index
-            .insert_unique(address_hash(&address), idx, |&i| {
+            .insert_unique(address_hash(&address), idx, |i| {
                 address_hash(&accounts[i as usize].address)
             });
         Ok(idx)
@@ -580,10 +592,10 @@ impl Engine {
             .config
             .validate()
             .map_err(RestoreError::InvalidConfig)?;
-        let mut account_index = hashbrown::HashTable::with_capacity(state.accounts.len());
+        let mut account_index = AddressIndex::with_capacity(state.accounts.len());
         for (i, account) in state.accounts.iter().enumerate() {
             let accounts = &state.accounts;
-            account_index.insert_unique(address_hash(&account.address), i as AccountIdx, |&j| {
+            account_index.insert_unique(address_hash(&account.address), i as AccountIdx, |j| {
                 address_hash(&accounts[j as usize].address)
             });
         }

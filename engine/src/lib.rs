@@ -26,6 +26,7 @@ mod engine;
 pub mod error;
 pub mod figures;
 mod flow;
+pub mod index;
 mod invariants;
 pub mod ledger;
 pub mod merkle;
