@@ -190,7 +190,7 @@ impl Engine {
         ends: &mut Vec<usize>,
     ) {
         for group in batch.chunks(APPLY_BATCH_GROUP) {
-            self.warm_origins(group);
+            self.warm(group.iter().map(|(command, _)| command));
             for (command, now_ms) in group {
                 self.apply(command, *now_ms, effects);
                 ends.push(effects.len());
@@ -198,13 +198,16 @@ impl Engine {
         }
     }
 
-    /// Reads the originators' index slots, then their accounts, so that they are in
-    /// the cache when the commands are applied. Changes nothing.
-    fn warm_origins(&self, group: &[(Command, u64)]) {
-        debug_assert!(group.len() <= APPLY_BATCH_GROUP);
+    /// Reads the index slots of the first [`APPLY_BATCH_GROUP`] `commands`'
+    /// originators, then their accounts, so that they are in the cache when those
+    /// commands are applied soon after (reads that do not depend on one another, so
+    /// the CPU overlaps their misses). Changes nothing and returns nothing: a hint for
+    /// a caller that applies a burst one command at a time (the router's sequencer);
+    /// [`Engine::apply_batch`] does it by itself.
+    pub fn warm<'c>(&self, commands: impl IntoIterator<Item = &'c Command>) {
         let mut origins = [None; APPLY_BATCH_GROUP];
         let mut slots = 0u64;
-        for (origin, (command, _)) in origins.iter_mut().zip(group) {
+        for (origin, command) in origins.iter_mut().zip(commands) {
             if let Some((address, _)) = command.origin() {
                 let hash = address_hash(&address);
                 slots ^= self.account_index.touch(hash);
