@@ -62,8 +62,8 @@ enum Outcome {
     Accepted,
     /// Needs no engine and no reply: answered with nothing.
     Answered,
-    /// Needs no engine: answered with this message.
-    Reply(Message),
+    /// Needs no engine (SubscribeBatches): answered with an `Ack` of this nonce.
+    Ack(u64),
 }
 
 pub struct RouterHandler {
@@ -186,7 +186,7 @@ impl RouterHandler {
         let Some(command) = self.command_for(conn, address, message, &body)? else {
             // Whatever needs no engine is answered now: nothing stays in flight.
             return Ok(if is_subscribe {
-                Outcome::Reply(Message::from(messages::Ack { nonce }))
+                Outcome::Ack(nonce)
             } else {
                 Outcome::Answered
             });
@@ -223,9 +223,10 @@ impl RouterHandler {
             let sent = match self.admit(admitted) {
                 Ok(Outcome::Accepted) => continue,
                 Ok(Outcome::Answered) => self.context.outbox.answer(conn, 1),
-                Ok(Outcome::Reply(message)) => {
+                Ok(Outcome::Ack(nonce)) => {
                     let mut frame = Vec::new();
-                    message.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+                    Message::from(messages::Ack { nonce })
+                        .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
                     self.context.outbox.reply(conn, frame)
                 }
                 Err((code, reason)) => {
@@ -647,10 +648,10 @@ impl FrameHandler for RouterHandler {
         match self.admit(admitted) {
             Ok(Outcome::Accepted) => {}
             Ok(Outcome::Answered) => replies.answer(),
-            Ok(Outcome::Reply(message)) => {
-                replies.reply_with(|out| {
-                    message.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
-                });
+            Ok(Outcome::Ack(nonce)) => {
+                let ack = Message::from(messages::Ack { nonce });
+                replies
+                    .reply_with(|out| ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
             }
             Err((code, reason)) => self.refuse(replies, code, msg_type, nonce, reason),
         }
