@@ -3,6 +3,8 @@
 //! models, 10,000 providers and 1,000,000 funded users. Also measures the memory
 //! per user account and per open session with a counting allocator.
 //!
+//! Also the same lifecycles in bursts of 64 through `Engine::apply_batch` (issue 18).
+//!
 //! Run: `cargo bench -p yellowstone-benches --bench engine_lifecycle`
 
 use criterion::{criterion_group, Criterion, Throughput};
@@ -14,7 +16,7 @@ use yellowstone_engine::*;
 
 #[path = "../../engine/examples/common/engine_market.rs"]
 mod engine_market;
-use engine_market::{run_lifecycles, Market, MODELS, PROVIDERS, USERS};
+use engine_market::{run_lifecycles, run_lifecycles_batched, Market, MODELS, PROVIDERS, USERS};
 
 struct CountingAllocator;
 static ALLOCATED_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -135,6 +137,31 @@ fn lifecycles(c: &mut Criterion) {
     );
     market.engine.check_invariants();
 
+    // The same lifecycles in bursts of 64 through `Engine::apply_batch` (64 RFCs, their
+    // answers, their reports), as the sequencer hands the engine bursts under load.
+    let burst = 64;
+    let (start, cpu_start) = (Instant::now(), cpu_ns());
+    let ok = run_lifecycles_batched(&mut market, count, burst);
+    let elapsed = start.elapsed();
+    let cpu = cpu_ns().zip(cpu_start).map(|(b, a)| (b - a) as f64);
+    assert_eq!(
+        ok, count,
+        "every batched lifecycle must complete and credit"
+    );
+    println!(
+        "lifecycles in bursts of {burst} (apply_batch): {} in {:.2?} = {:.0} lifecycles/s on one thread ({:.0} ns each); on-CPU {}",
+        count,
+        elapsed,
+        count as f64 / elapsed.as_secs_f64(),
+        elapsed.as_nanos() as f64 / count as f64,
+        cpu.map_or("unknown".to_string(), |ns| format!(
+            "{:.0} lifecycles/s ({:.0} ns each)",
+            count as f64 / (ns / 1e9),
+            ns / count as f64
+        )),
+    );
+    market.engine.check_invariants();
+
     // What a snapshot costs at this size: the engine thread encodes it at a block
     // boundary (the journal's snapshot thread writes it), so this is a pause.
     let started = Instant::now();
@@ -158,6 +185,10 @@ fn lifecycles(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1));
     group.bench_function("session_lifecycle", |b| {
         b.iter(|| assert!(market.lifecycle()))
+    });
+    group.throughput(Throughput::Elements(burst as u64));
+    group.bench_function("session_lifecycles_burst_64", |b| {
+        b.iter(|| assert_eq!(market.lifecycles_batched(burst), burst as u64))
     });
     group.finish();
 }

@@ -59,6 +59,13 @@ def journal_metrics(metrics_addr):
             name, value = line.rsplit(" ", 1)
             # Counters end in _total (yellowstone_journal_fsyncs_total -> "fsyncs").
             out[name[len("yellowstone_journal_"):].removesuffix("_total")] = float(value)
+        elif line.startswith("yellowstone_stage_latency_seconds{"):
+            # e.g. {stage="durable_wait",quantile="0.99"} -> durable_wait_p0.99 (us)
+            name, value = line.rsplit(" ", 1)
+            labels = dict(kv.split("=", 1) for kv in name[name.index("{") + 1:-1].split(","))
+            stage, quantile = labels["stage"].strip('"'), labels["quantile"].strip('"')
+            if value != "NaN":
+                out[f"stage_{stage}_p{quantile}"] = round(float(value) * 1e6, 1)
     return out
 
 
@@ -149,6 +156,8 @@ def one_run(args, label, router, durability, key, address, extra_toml):
                                    / max(journal_after.get("writes", 0)
                                          - journal_before.get("writes", 0), 1), 2),
         "load": os.getloadavg()[0],
+        "stages_us": {k[len("stage_"):]: v for k, v in journal_after.items()
+                      if k.startswith("stage_")},
     }
 
 
@@ -185,6 +194,10 @@ def main():
                       f"fsyncs/session {r['fsyncs_per_session']}, records/write "
                       f"{r['records_per_write']}, load {r['load']:.1f}, "
                       f"threads {r['threads']}", flush=True)
+                stages = r["stages_us"]
+                print("           stages us: " + ", ".join(
+                    f"{k} {v}" for k, v in sorted(stages.items())
+                    if k.split("_p")[0] in ("durable_wait", "apply")), flush=True)
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
 

@@ -11,7 +11,9 @@
 # RFC-to-ticket p50/p99/p99.9 (us), the router's CPU over the loadgen's run (utime +
 # stime from /proc/PID/stat) and per session, the signature work the router measured in
 # place (yellowstone_signature_* metrics) and its share of that CPU, and CPU seconds
-# per thread (/proc/PID/task/*/stat). `over`: 5 s more before the block boundary the
+# per thread (/proc/PID/task/*/stat), the probe answers refused because their probe had
+# timed out (unknown_probe: work wasted under overload) and the loadgen's own CPU
+# (/usr/bin/time). `over`: 5 s more before the block boundary the
 # loadgen waits for (a backlog is expected). Environment: DURA (durability, default
 # always), EXTRA (TOML lines appended to the router's config, e.g.
 # '[network]\nuring_defer_taskrun = false\n').
@@ -40,7 +42,7 @@ METRICS=$(grep -o 'metrics=[^ ]*' "$W/stdout" | cut -d= -f2)
 cpu() { awk '{print $14+$15}' /proc/$RPID/stat; }
 threads() { for t in /proc/$RPID/task/*; do echo "$(cat $t/comm) $(awk '{print $14+$15}' $t/stat)"; done | sort; }
 threads > "$W/threads.before"; C0=$(cpu)
-RUST_LOG=error "$L" --target "$LISTEN" --operator-key "$KEY" --genesis-ms $GEN --scenario steady \
+RUST_LOG=error /usr/bin/time -f "%U %S" -o "$W/lg.time" "$L" --target "$LISTEN" --operator-key "$KEY" --genesis-ms $GEN --scenario steady \
   --duration "$DUR" --rate "$RATE" --users 32 --providers 16 --quiet --json "$W/lg.json" \
   > /dev/null 2> "$W/lg.log"
 C1=$(cpu); threads > "$W/threads.after"
@@ -49,11 +51,15 @@ kill -TERM $RPID; wait $RPID
 python3 - "$W" "$C0" "$C1" "$(getconf CLK_TCK)" "$TAG" "$BACKEND" "$RATE" <<'PY'
 import json, re, sys
 w, c0, c1, hz, tag, backend, rate = sys.argv[1:]
+lg_cpu = sum(float(x) for x in open(w + '/lg.time').read().split()[-2:])
+unknown_probe = 0
 s = json.load(open(w + '/lg.json'))
 cpu = (int(c1) - int(c0)) / int(hz)
 n = s['sessions_completed']; lat = s['latency_us']['rfc_to_ticket']
 ops, samples, ns = {}, {}, {}
 for line in open(w + '/metrics.txt'):
+    if line.startswith('yellowstone_rejections_total{code="unknown_probe"}'):
+        unknown_probe = int(float(line.split()[-1]))
     m = re.match(r'yellowstone_signature_(ops|samples|sampled_cpu_ns)_total\{op="(\w+)"\} (\S+)', line)
     if m:
         {'ops': ops, 'samples': samples, 'sampled_cpu_ns': ns}[m.group(1)][m.group(2)] = float(m.group(3))
@@ -68,5 +74,6 @@ th = ' '.join(f"{k}={(a[k]-b.get(k,0))/int(hz):.2f}" for k in sorted(a) if a[k] 
 print(f"{tag} {backend} rate={rate} sessions={n} win/s={s['sessions_in_window_per_s']:.0f} "
       f"p50={lat['p50']} p99={lat['p99']} p999={lat['p999']} cpu={cpu:.2f}s "
       f"us/session={cpu*1e6/max(n,1):.1f} selfcheck={s['consistency']['ok']} "
-      f"sigwork={work:.2f}s eff_in_situ={work/max(cpu,1e-9):.3f} | {th}")
+      f"sigwork={work:.2f}s eff_in_situ={work/max(cpu,1e-9):.3f} "
+      f"unknown_probe={unknown_probe} loadgen_cpu={lg_cpu:.2f}s | {th}")
 PY

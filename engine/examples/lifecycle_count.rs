@@ -8,9 +8,13 @@
 //!     --callgrind-out-file=/tmp/cg.out target/release/examples/lifecycle_count 200000 100000
 //! ```
 //!
-//! Arguments: `WARMUP COUNT` (lifecycles run before the counted ones, then the counted
-//! ones; both go through `run_lifecycles`, so run two COUNTs and divide the difference
-//! of Ir by the difference of COUNT). Without valgrind it also prints the wall time.
+//! Arguments: `WARMUP COUNT [BURST]` (lifecycles run before the counted ones, then the
+//! counted ones; both go through `run_lifecycles`, so run two COUNTs and divide the
+//! difference of Ir by the difference of COUNT). Without BURST (or with 1) each command
+//! goes through `Engine::apply` on its own; with BURST > 1 the lifecycles run BURST at
+//! a time through `Engine::apply_batch` (BURST RFCs, then their answers, then their
+//! reports: `run_lifecycles_batched`, which `--toggle-collect='*run_lifecycles*'` also
+//! matches). Without valgrind it also prints the wall time and the on-CPU time.
 
 #[path = "common/engine_market.rs"]
 mod engine_market;
@@ -21,16 +25,25 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let warmup: u64 = args.next().map_or(200_000, |a| a.parse().expect("WARMUP"));
     let count: u64 = args.next().map_or(1_000_000, |a| a.parse().expect("COUNT"));
+    let burst: usize = args.next().map_or(1, |a| a.parse().expect("BURST"));
+    assert!(burst >= 1, "BURST must be at least 1");
+    let run = |market: &mut engine_market::Market, n: u64| {
+        if burst == 1 {
+            engine_market::run_lifecycles(market, n)
+        } else {
+            engine_market::run_lifecycles_batched(market, n, burst)
+        }
+    };
     let started = Instant::now();
     let mut market = engine_market::Market::with_users();
     let setup = started.elapsed();
-    let warm = engine_market::run_lifecycles(&mut market, warmup);
+    let warm = run(&mut market, warmup);
     assert_eq!(
         warm, warmup,
         "every warm-up lifecycle must complete and credit"
     );
     let (started, cpu_started) = (Instant::now(), cpu_ns());
-    let ok = engine_market::run_lifecycles(&mut market, count);
+    let ok = run(&mut market, count);
     let (elapsed, cpu) = (
         started.elapsed(),
         cpu_ns().zip(cpu_started).map(|(b, a)| b - a),
@@ -46,7 +59,7 @@ fn main() {
         )
     });
     println!(
-        "setup {setup:.2?}; {count} lifecycles: wall {elapsed:.2?} = {:.0} lifecycles/s ({:.0} ns each); {cpu_figure}; state hash {}",
+        "setup {setup:.2?}; burst {burst}; {count} lifecycles: wall {elapsed:.2?} = {:.0} lifecycles/s ({:.0} ns each); {cpu_figure}; state hash {}",
         count as f64 / elapsed.as_secs_f64(),
         elapsed.as_nanos() as f64 / count.max(1) as f64,
         market

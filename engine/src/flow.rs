@@ -612,7 +612,7 @@ impl Engine {
             elapsed_ms,
             report_digest: *report_digest,
         };
-        self.state.merkle.push(receipt.leaf_hash());
+        self.state.merkle.push_receipt(&receipt);
         let totals = self.state.block_totals.entry(session.provider);
         totals.provider = provider.address;
         // Checked by `check_credit_fits` before anything changed.

@@ -11,10 +11,13 @@
 //! ```
 //!
 //! - `Engine::apply(&Command, now_ms, &mut Vec<Effect>)`: the only way state changes.
+//! - `Engine::apply_batch(&[(Command, now_ms)], ..)`: the same for a burst, one by one,
+//!   with the originators' accounts brought into the cache ahead (`Engine::warm`).
 //! - `Engine::snapshot` / `Engine::restore` / `Engine::state_hash`: bincode state.
 //! - `Engine::check_invariants`: solvency, capacity, quota, book consistency.
 //! - `ledger::Ledger`: the Compute Contract, usable on its own.
 //! - `merkle`: the receipt leaf and tree rules of the credit batch's root.
+//! - `index`: the address -> account index (insert-only; a slot can be read ahead).
 //! - `settlement`: the per-epoch settlement with the on-chain Compute Contract and its
 //!   keccak Merkle tree over (provider, cumulative credited) (R-CHAIN-1).
 
@@ -26,6 +29,7 @@ mod engine;
 pub mod error;
 pub mod figures;
 mod flow;
+pub mod index;
 mod invariants;
 pub mod ledger;
 pub mod merkle;
@@ -48,7 +52,7 @@ pub use command::{
     ProviderTotals, RfcFailure, Ticket,
 };
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
-pub use engine::{Engine, RestoreError};
+pub use engine::{Engine, RestoreError, APPLY_BATCH_GROUP};
 pub use error::{Limit, MarketError};
 pub use figures::{MarketFigures, ModelFigures, ModelProviders};
 pub use types::{

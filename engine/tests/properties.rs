@@ -463,3 +463,51 @@ proptest! {
         prop_assert_eq!(hash_with_restore, hash);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, max_shrink_iters: 2_000, ..ProptestConfig::default() })]
+
+    /// Issue 18 item 5: `apply_batch` is `apply` once per command, whatever the cuts:
+    /// the same effects for every command, in order, and the same snapshot bytes.
+    #[test]
+    fn apply_batch_equals_apply_one_by_one(
+        steps in prop::collection::vec(step(), 1..120),
+        cuts in prop::collection::vec(1usize..40, 1..20),
+    ) {
+        let (commands, times, hash) = run(&steps, None);
+        let mut single = Engine::new(config());
+        let mut expected = Vec::new();
+        for (command, now) in commands.iter().zip(&times) {
+            let mut effects = Vec::new();
+            single.apply(command, *now, &mut effects);
+            expected.push(effects);
+        }
+        prop_assert_eq!(single.state_hash(), hash);
+
+        let batch: Vec<(Command, u64)> = commands.iter().cloned().zip(times.iter().copied()).collect();
+        let mut batched = Engine::new(config());
+        // Effects accumulate across batches: `ends` counts from the length on entry.
+        let mut effects = Vec::new();
+        let mut ends = Vec::new();
+        let mut got = Vec::new();
+        let mut start = 0;
+        let mut cut = cuts.iter().cycle();
+        while start < batch.len() {
+            let end = (start + cut.next().expect("cycle")).min(batch.len());
+            let mut from = effects.len();
+            ends.clear();
+            batched.apply_batch(&batch[start..end], &mut effects, &mut ends);
+            prop_assert_eq!(ends.len(), end - start);
+            for &to in &ends {
+                got.push(effects[from..to].to_vec());
+                from = to;
+            }
+            prop_assert_eq!(from, effects.len());
+            batched.check_invariants();
+            start = end;
+        }
+        prop_assert_eq!(&got, &expected);
+        prop_assert_eq!(batched.snapshot(), single.snapshot());
+        prop_assert_eq!(batched.state_hash(), hash);
+    }
+}

@@ -54,24 +54,37 @@ impl Gauge {
     }
 }
 
-/// The pipeline stages timed by the router: only those a thread records (a stage
-/// exported but never fed would show an always-empty summary, read as "never
-/// happens"). Both are timed on the gateway thread that received the frame.
+/// The pipeline stages timed by the router (`yellowstone_stage_latency_seconds`,
+/// label `stage`). Every stage here is recorded somewhere: a stage that is never
+/// timed would export NaN for ever and read as a broken router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
-    /// A frame's bytes to a message.
+    /// A gateway thread decoding one frame into a message.
     Decode,
-    /// A signed message's signature recovered and checked against its sender.
+    /// A gateway thread checking one signature (digest, recovery, address).
     Verify,
+    /// The engine thread applying one command (one in 16 is timed).
+    Apply,
+    /// A command's promises held for the disk: from its journal append to the
+    /// delivery of its answers, after its record is durable (`durability always`:
+    /// the group commit and its fsync; one in 16 is timed).
+    DurableWait,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 2] = [Stage::Decode, Stage::Verify];
+    pub const ALL: [Stage; 4] = [
+        Stage::Decode,
+        Stage::Verify,
+        Stage::Apply,
+        Stage::DurableWait,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
             Stage::Verify => "verify",
+            Stage::Apply => "apply",
+            Stage::DurableWait => "durable_wait",
         }
     }
 }
@@ -248,8 +261,10 @@ impl Registry {
         let name = "yellowstone_stage_latency_seconds";
         let _ = writeln!(
             out,
-            "# HELP {name} Latency of each stage on the gateway thread that received the \
-             frame: decode (bytes to a message), verify (signature recovery and check)."
+            "# HELP {name} Latency of each pipeline stage: decode and verify (a gateway \
+             thread, per frame), apply (the engine thread, per command) and durable_wait (a \
+             command's journal append to its answers' release); the engine's two time one \
+             command in 16."
         );
         let _ = writeln!(out, "# TYPE {name} summary");
         for (stage, histogram) in Stage::ALL.iter().zip(merged.iter()) {

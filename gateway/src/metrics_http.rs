@@ -337,7 +337,9 @@ mod tests {
         assert!(response.contains("text/plain; version=0.0.4"), "{response}");
         assert!(response.contains("\r\n\r\n# HELP yellowstone_test_total Test."));
         assert!(response.contains("yellowstone_test_total 42"));
-        assert!(response.contains("yellowstone_stage_latency_seconds_count{stage=\"verify\"} 0"));
+        assert!(
+            response.contains("yellowstone_stage_latency_seconds_count{stage=\"durable_wait\"} 0")
+        );
         let response = get(server.local_addr(), "/", timeout).unwrap();
         assert!(response.starts_with("HTTP/1.1 404"), "{response}");
         server.stop();

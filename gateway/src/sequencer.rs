@@ -14,10 +14,11 @@
 //! record is being written.
 //! Ticks are journaled like any other input, so replay reproduces block seals.
 
+use crate::metrics::{Stage, StageRecorder};
 use crossbeam_channel::{Receiver, Select};
 use std::collections::VecDeque;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use yellowstone_engine::{Command, Effect, Engine};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use yellowstone_engine::{Command, Effect, Engine, APPLY_BATCH_GROUP};
 
 /// Where a command came from, echoed with its effects so replies find their way.
 pub type Origin = u64;
@@ -199,6 +200,8 @@ pub fn unix_ms() -> u64 {
 
 struct Pending {
     seq: u64,
+    /// When its record was appended, for the commands whose durable wait is timed.
+    appended_at: Option<Instant>,
     /// Waits for `synced_seq` too (a sealed block's batch, `Release::Synced`).
     synced: bool,
     origin: Origin,
@@ -223,7 +226,15 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     sent_now: bool,
     /// Called after each burst, e.g. to publish engine gauges.
     observer: Option<EngineObserver>,
+    /// Times one command in `STAGE_SAMPLE_EVERY` (`Stage::Apply`, `Stage::DurableWait`).
+    stages: Option<StageRecorder>,
+    commands_seen: u64,
+    /// The burst being applied (reused).
+    burst: VecDeque<(Origin, Command)>,
 }
+
+/// One command in this many is timed for the stage metrics (two clock reads each).
+const STAGE_SAMPLE_EVERY: u64 = 16;
 
 /// Looks at the engine between bursts (gauges); never changes it.
 pub type EngineObserver = Box<dyn FnMut(&Engine) + Send>;
@@ -244,7 +255,16 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             now_effects: Vec::new(),
             sent_now: false,
             observer: None,
+            stages: None,
+            commands_seen: 0,
+            burst: VecDeque::new(),
         }
+    }
+
+    /// Records the engine's apply time and the durable wait of one command in 16.
+    pub fn with_stages(mut self, stages: StageRecorder) -> Self {
+        self.stages = Some(stages);
+        self
     }
 
     /// Calls `observer` with the engine after each burst of commands.
@@ -309,22 +329,42 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
     }
 
     /// Applies `first` and whatever else is queued, up to the batch limit. Returns
-    /// false if a shutdown was seen.
+    /// false if a shutdown was seen. The burst is taken off the channel first, so
+    /// that before each group of commands the engine can warm the cache lines of
+    /// their originators' accounts together (`Engine::warm`, issue 18 item 5); the
+    /// commands are then journaled and applied one by one, in order, as before.
     fn process_burst(
         &mut self,
         origin: Origin,
         first: Command,
         inbound: &Receiver<SequencerInput>,
     ) -> Result<bool, String> {
-        self.apply(origin, first)?;
-        for _ in 1..self.config.batch_commands_max {
+        let mut burst = std::mem::take(&mut self.burst);
+        debug_assert!(burst.is_empty());
+        burst.push_back((origin, first));
+        let mut running = true;
+        while burst.len() < self.config.batch_commands_max {
             match inbound.try_recv() {
-                Ok(SequencerInput::Command { origin, command }) => self.apply(origin, command)?,
-                Ok(SequencerInput::Shutdown) => return Ok(false),
+                Ok(SequencerInput::Command { origin, command }) => {
+                    burst.push_back((origin, command))
+                }
+                Ok(SequencerInput::Shutdown) => {
+                    running = false;
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        Ok(true)
+        while !burst.is_empty() {
+            let group = burst.len().min(APPLY_BATCH_GROUP);
+            self.engine
+                .warm(burst.iter().take(group).map(|(_, command)| command));
+            for (origin, command) in burst.drain(..group) {
+                self.apply(origin, command)?;
+            }
+        }
+        self.burst = burst;
+        Ok(running)
     }
 
     /// Journals and applies one command; effects that promise nothing go to the sink
@@ -332,10 +372,17 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
     pub fn apply(&mut self, origin: Origin, command: Command) -> Result<(), String> {
         let now_ms = (self.clock)().max(self.engine.now_ms());
         let record = JournalRecord { now_ms, command };
+        self.commands_seen += 1;
+        let timed = self.stages.is_some() && self.commands_seen.is_multiple_of(STAGE_SAMPLE_EVERY);
+        let appended_at = timed.then(Instant::now);
         let seq = self.journal.append(&record.encode())?;
         let mut effects = self.spare.pop().unwrap_or_default();
         let block_before = self.engine.block();
+        let apply_started = timed.then(Instant::now);
         self.engine.apply(&record.command, now_ms, &mut effects);
+        if let (Some(started), Some(stages)) = (apply_started, &self.stages) {
+            stages.record_ns(Stage::Apply, started.elapsed().as_nanos() as u64);
+        }
         let mut synced = false;
         let mut now = false;
         for effect in effects.iter() {
@@ -378,6 +425,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         }
         self.pending.push_back(Pending {
             seq,
+            appended_at,
             synced,
             origin,
             command: record.command,
@@ -424,6 +472,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             .is_some_and(|p| p.seq <= durable && (!p.synced || p.seq <= synced))
         {
             let mut pending = self.pending.pop_front().expect("checked");
+            if let (Some(appended), Some(stages)) = (pending.appended_at, &self.stages) {
+                stages.record_ns(Stage::DurableWait, appended.elapsed().as_nanos() as u64);
+            }
             // A command from a connection is delivered even without effects: the
             // sink answers its frame (R-ID-6, half-close).
             if !pending.effects.is_empty() || pending.origin != ORIGIN_INTERNAL {

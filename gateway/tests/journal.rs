@@ -479,6 +479,71 @@ fn hex_of(bytes: &[u8]) -> String {
 /// state that is exactly the state after some prefix of the journal, never a
 /// mixture and never a panic. With the damage in the tail, it keeps every whole
 /// record before it.
+/// Garbage after a torn record (random bytes, with a checksum-valid record whose
+/// sequence number cannot be this journal's among them) is a torn tail: cut, every
+/// whole record kept. Only a record that cutting would lose (its number between the
+/// damaged one and what the skipped bytes could hold) makes the damage corruption;
+/// the scan hashes nothing else, so a large random tail is not quadratic to classify.
+#[test]
+fn garbage_after_a_torn_record_is_a_tail_and_only_this_journals_records_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let written = write(dir.path(), DurabilityMode::Always, 200, None);
+    let total = written.hashes.len() as u64 - 1;
+    let last = segments(dir.path()).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let end = *record_offsets(&bytes).last().unwrap();
+    let end = end
+        + yellowstone_gateway::journal::record::parse(&bytes[end..])
+            .unwrap()
+            .framed_len;
+    bytes.truncate(end);
+    // A torn record: a header announcing more than follows.
+    yellowstone_gateway::journal::record::encode_into(&mut bytes, total + 1, &[7u8; 200]).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..(2 << 20) / 8 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    // Whole and checksum-valid, but numbered far beyond anything lost here.
+    yellowstone_gateway::journal::record::encode_into(
+        &mut bytes,
+        total + 1_000_000_000,
+        &[1u8; 64],
+    )
+    .unwrap();
+    bytes.extend_from_slice(&[0xAB; 100]);
+    std::fs::write(&last, &bytes).unwrap();
+    let recovered = recover_in(dir.path(), &written.market, RecoverOptions::default())
+        .expect("a torn tail, not corruption");
+    assert_eq!(recovered.last_seq, total);
+    assert_eq!(
+        recovered.engine.state_hash(),
+        written.hashes[total as usize]
+    );
+    assert!(
+        recovered.notes[0].contains("tail cut"),
+        "{:?}",
+        recovered.notes
+    );
+
+    // The same, but the record after the garbage is the one the torn write lost:
+    // cutting would lose it, so it is corruption.
+    let mut bytes = std::fs::read(&last).unwrap();
+    bytes.truncate(end);
+    yellowstone_gateway::journal::record::encode_into(&mut bytes, total + 1, &[7u8; 200]).unwrap();
+    bytes.truncate(bytes.len() - 100);
+    bytes.extend_from_slice(&[0xCD; 4096]);
+    yellowstone_gateway::journal::record::encode_into(&mut bytes, total + 2, &[1u8; 64]).unwrap();
+    std::fs::write(&last, &bytes).unwrap();
+    let error = recover_in(dir.path(), &written.market, RecoverOptions::default())
+        .err()
+        .expect("a record of this journal after the damage");
+    assert!(error.contains("corrupt before its tail"), "{error}");
+}
+
 #[test]
 fn random_damage_never_yields_a_wrong_state() {
     let dir = tempfile::tempdir().unwrap();

@@ -32,9 +32,9 @@ pub struct CommonSettings<'a> {
     pub key_file: &'a Path,
 }
 
-/// `NodeConfig::settings`, `listeners` and `header_read_timeout_ms` for a configuration
-/// with the common fields `listen`, `metrics_listen`, `router_addr`, `key_file` and
-/// `header_read_timeout_ms`.
+/// `NodeConfig::settings`, `listeners`, `header_read_timeout_ms` and `connections_max`
+/// for a configuration with the common fields `listen`, `metrics_listen`,
+/// `router_addr`, `key_file`, `header_read_timeout_ms` and `connections_max`.
 #[macro_export]
 macro_rules! common_settings {
     () => {
@@ -54,6 +54,10 @@ macro_rules! common_settings {
         fn header_read_timeout_ms(&self) -> u64 {
             self.header_read_timeout_ms
         }
+
+        fn connections_max(&self) -> u64 {
+            self.connections_max
+        }
     };
 }
 
@@ -71,6 +75,9 @@ pub trait NodeConfig: serde::Serialize + serde::de::DeserializeOwned {
     /// headers) has not fully arrived this long after it started waiting for one is
     /// closed (a trickling or idle client holds no socket for ever).
     fn header_read_timeout_ms(&self) -> u64;
+    /// `connections_max`: open HTTP connections per listener (API and metrics each);
+    /// one more is answered 503 with `Retry-After` and closed.
+    fn connections_max(&self) -> u64;
     /// Parses a TOML configuration; unknown keys are errors naming the key.
     fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())

@@ -59,6 +59,7 @@ pub async fn serve_http(
 ) -> Result<(std::net::SocketAddr, Option<std::net::SocketAddr>), String> {
     let (listen, metrics_listen) = config.listeners();
     let header_read_timeout = std::time::Duration::from_millis(config.header_read_timeout_ms());
+    let connections_max = usize::try_from(config.connections_max()).unwrap_or(usize::MAX);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("listen {listen}: {e}"))?;
@@ -74,10 +75,16 @@ pub async fn serve_http(
             metrics_listener,
             metrics::router(metrics),
             header_read_timeout,
+            connections_max,
         ));
         Some(addr)
     };
-    tokio::spawn(serve_bounded(listener, app, header_read_timeout));
+    tokio::spawn(serve_bounded(
+        listener,
+        app,
+        header_read_timeout,
+        connections_max,
+    ));
     Ok((bound, metrics_bound))
 }
 
@@ -85,13 +92,20 @@ pub async fn serve_http(
 /// whose request head has not fully arrived `header_read_timeout` after the server
 /// began waiting for it is closed, so a client that trickles or never finishes its
 /// headers holds no socket for ever (`axum::serve` has no such bound). Bodies and
-/// answers are not cut: a long streamed answer runs as long as it needs.
+/// answers are not cut: a long streamed answer runs as long as it needs. At most
+/// `connections_max` connections are served at once; one more is answered `503`
+/// with `Retry-After: 1` and an OpenAI error body (`code: too_many_connections`) and
+/// closed, so no client can take every descriptor.
 pub async fn serve_bounded(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     header_read_timeout: std::time::Duration,
+    connections_max: usize,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(
+        connections_max.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    ));
     use hyper_util::service::TowerToHyperService;
     /// After a failed accept (out of descriptors, say), before the next.
     const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -107,8 +121,13 @@ pub async fn serve_bounded(
         if let Err(error) = socket.set_nodelay(true) {
             tracing::warn!(%error, "TCP_NODELAY not set");
         }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(socket));
+            continue;
+        };
         let service = TowerToHyperService::new(app.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_read_timeout)
@@ -119,4 +138,21 @@ pub async fn serve_bounded(
             }
         });
     }
+}
+
+/// Answers a connection over `connections_max` with a 503 and closes it, without
+/// reading its request (bounded: a client that does not read gets dropped after a
+/// second).
+async fn refuse_connection(mut socket: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "{\"error\":{\"message\":\"too many connections: try again shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        socket.write_all(answer.as_bytes()).await?;
+        socket.shutdown().await
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), write).await;
 }

@@ -842,3 +842,89 @@ fn r_node_1_a_trickling_client_is_closed_at_the_header_deadline() {
     socket.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// Reads one whole answer from a fresh connection sending `request` to `addr`.
+fn answer_to(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The refusal may come before the request is read: a write error is fine.
+    let _ = socket.write_all(request);
+    let mut answer = String::new();
+    let _ = socket.read_to_string(&mut answer);
+    answer
+}
+
+/// Nodes had no bound on open connections: a client could open sockets until the
+/// node ran out of descriptors. Each listener now serves at most `connections_max`
+/// at once; one more gets a 503 with `Retry-After` and an OpenAI error body, and a
+/// freed slot serves again. The API and the metrics listener are bounded apart.
+#[test]
+fn r_node_1_connections_over_the_limit_are_answered_503_and_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(CONSUMER, &dir.path().join("consumer.key"));
+    std::fs::write(
+        dir.path().join("consumer.toml"),
+        "key_file = \"consumer.key\"\nrouter_addr = \"127.0.0.1:9\"\n\
+         listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\n\
+         connections_max = 2\n",
+    )
+    .unwrap();
+    let consumer = NodeProcess::start(CONSUMER, &["run", "--config", "consumer.toml"], dir.path());
+    let api = consumer.addr("listen");
+    let request = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Two idle connections take both slots of the API listener.
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(api).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = answer_to(api, request);
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.to_ascii_lowercase().contains("retry-after: 1"),
+        "{refused}"
+    );
+    let body = refused.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let error: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(error["error"]["code"], "too_many_connections", "{refused}");
+    // The metrics listener has slots of its own.
+    let metrics = answer_to(
+        consumer.addr("metrics"),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    // A freed slot serves again (the router is unreachable here: not our refusal).
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = answer_to(api, request);
+        if !answer.contains("too_many_connections") {
+            assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "slots never freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `connections_max = 0` is refused at start, naming the key.
+#[test]
+fn r_node_1_connections_max_zero_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    keygen(CONSUMER, &dir.path().join("consumer.key"));
+    std::fs::write(
+        dir.path().join("consumer.toml"),
+        "key_file = \"consumer.key\"\nrouter_addr = \"127.0.0.1:9\"\nconnections_max = 0\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(CONSUMER)
+        .args(["run", "--config", "consumer.toml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("connections_max"), "{stderr}");
+}

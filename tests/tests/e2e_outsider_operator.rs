@@ -301,7 +301,10 @@ fn metrics_counters_are_counters_and_every_summary_is_fed() {
     let router = RouterProcess::start(&["--operator", &operator]);
     let mut client = connect(router.ready.listen, operator_key());
     let user = SigningKey::from_seed(b"outsider-4-user").address();
-    fund(&mut client, &[(user, 5 * WEI_PER_MOR)]);
+    // The engine's stages time one command in 16: enough commands for each.
+    for i in 0..48u128 {
+        fund(&mut client, &[(user, (i + 1) * WEI_PER_MOR)]);
+    }
     let text = metrics_text(router.ready.metrics);
     let body = &text[text.find("\r\n\r\n").expect("an HTTP response") + 4..];
     let mut families = 0;
@@ -330,8 +333,8 @@ fn metrics_counters_are_counters_and_every_summary_is_fed() {
             "{name}: {body}"
         );
     }
-    // A signed BalanceUpdate was decoded and verified: every exported stage has
-    // samples, so none is an always-empty summary.
+    // Signed BalanceUpdates were decoded, verified, applied and made durable: every
+    // exported stage has samples, so none is an always-empty summary.
     let mut stages = 0;
     for line in body.lines() {
         if let Some(rest) = line.strip_prefix("yellowstone_stage_latency_seconds_count{stage=\"") {
@@ -341,7 +344,7 @@ fn metrics_counters_are_counters_and_every_summary_is_fed() {
             assert!(count > 0, "stage {stage} is exported but never recorded");
         }
     }
-    assert_eq!(stages, 2, "{body}");
+    assert_eq!(stages, 4, "{body}");
     assert!(!body.contains(" NaN\n"), "{body}");
 }
 

@@ -119,6 +119,14 @@ fn snapshot_every_block_is_written_by_the_replica_while_the_engine_answers() {
         0
     );
     assert!(metric(&metrics, "yellowstone_snapshot_points_total") >= 1);
+    // Every stage exported is recorded (one command in 16 for the engine's two).
+    for stage in ["decode", "verify", "apply", "durable_wait"] {
+        let count = metric(
+            &metrics,
+            &format!("yellowstone_stage_latency_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        assert!(count >= 1, "stage {stage} never recorded");
+    }
     router.kill_hard();
 
     // Snapshot + the journal after it == the whole journal replayed from genesis.

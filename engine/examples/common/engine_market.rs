@@ -25,6 +25,10 @@ pub struct Market {
     next_user: u32,
     pub effects: Vec<Effect>,
     operator_nonce: u64,
+    /// Scratch of the batched lifecycles: commands, effect ends, users in flight.
+    batch: Vec<(Command, u64)>,
+    ends: Vec<usize>,
+    in_flight: Vec<u32>,
 }
 
 impl Market {
@@ -49,6 +53,9 @@ impl Market {
             next_user: 0,
             effects: Vec::with_capacity(64),
             operator_nonce: 0,
+            batch: Vec::new(),
+            ends: Vec::new(),
+            in_flight: Vec::new(),
         };
         market.fund((0..PROVIDERS).map(|p| address(2, p)));
         for p in 0..PROVIDERS {
@@ -158,6 +165,113 @@ impl Market {
 }
 
 impl Market {
+    /// `n` whole lifecycles in three bursts through `Engine::apply_batch`, as the
+    /// router's sequencer sees them under load: `n` RFCs, then their `n` probe
+    /// answers, then their `n` reports (time moves 1 ms per 100 RFCs, as in
+    /// `lifecycle`). Returns how many ended with a credit.
+    #[allow(dead_code)] // used by the example, not by every includer
+    pub fn lifecycles_batched(&mut self, n: usize) -> u64 {
+        let (mut batch, mut ends, mut users) = (
+            std::mem::take(&mut self.batch),
+            std::mem::take(&mut self.ends),
+            std::mem::take(&mut self.in_flight),
+        );
+        batch.clear();
+        users.clear();
+        for _ in 0..n {
+            let u = self.next_user;
+            self.next_user = (self.next_user + 1) % USERS;
+            self.user_nonce[u as usize] += 1;
+            let rfc = Command::SubmitRfc {
+                user: address(1, u),
+                nonce: self.user_nonce[u as usize],
+                model: u % MODELS,
+                tokens_max: 100,
+                expires_at_ms: self.now + 60_000,
+            };
+            batch.push((rfc, self.now));
+            users.push(u);
+            if u.is_multiple_of(100) {
+                self.now += 1;
+            }
+        }
+        self.apply_burst(&batch, &mut ends);
+        batch.clear();
+        for i in 0..n {
+            let probe = self.effects[ends[i]..ends[i + 1]]
+                .iter()
+                .find_map(|e| match e {
+                    Effect::Probe {
+                        probe, provider, ..
+                    } => Some((*probe, *provider)),
+                    _ => None,
+                });
+            let Some((probe, provider)) = probe else {
+                continue;
+            };
+            let p = u32::from_le_bytes([provider.0[1], provider.0[2], provider.0[3], provider.0[4]])
+                as usize;
+            self.provider_nonce[p] += 1;
+            let answer = Command::ProbeAnswer {
+                provider,
+                nonce: self.provider_nonce[p],
+                probe,
+            };
+            batch.push((answer, self.now));
+            // users[k] is now the user of answer k.
+            users[batch.len() - 1] = users[i];
+        }
+        self.apply_burst(&batch, &mut ends);
+        batch.clear();
+        for i in 0..ends.len() - 1 {
+            let session = self.effects[ends[i]..ends[i + 1]]
+                .iter()
+                .find_map(|e| match e {
+                    Effect::SessionOpened { ticket } => Some(ticket.session),
+                    _ => None,
+                });
+            let Some(session) = session else {
+                continue;
+            };
+            let u = users[i];
+            self.user_nonce[u as usize] += 1;
+            let report = Command::Report {
+                user: address(1, u),
+                nonce: self.user_nonce[u as usize],
+                session,
+                elapsed_ms: 1_000,
+                tokens: 100,
+                pass: true,
+                report_digest: [7; 32],
+            };
+            batch.push((report, self.now));
+        }
+        self.apply_burst(&batch, &mut ends);
+        let credited = (0..ends.len() - 1)
+            .filter(|&i| {
+                matches!(
+                    self.effects[ends[i]..ends[i + 1]].last(),
+                    Some(Effect::ReportAccepted {
+                        reason: CreditReason::Earned,
+                        ..
+                    })
+                )
+            })
+            .count() as u64;
+        (self.batch, self.ends, self.in_flight) = (batch, ends, users);
+        credited
+    }
+
+    #[allow(dead_code)]
+    fn apply_burst(&mut self, batch: &[(Command, u64)], ends: &mut Vec<usize>) {
+        self.effects.clear();
+        ends.clear();
+        ends.push(0);
+        self.engine.apply_batch(batch, &mut self.effects, ends);
+    }
+}
+
+impl Market {
     /// The whole market: providers registered and every user funded.
     #[allow(dead_code)] // the criterion bench funds users itself, to measure their memory
     pub fn with_users() -> Market {
@@ -175,6 +289,21 @@ pub fn run_lifecycles(market: &mut Market, count: u64) -> u64 {
     let mut ok = 0u64;
     for _ in 0..count {
         ok += market.lifecycle() as u64;
+    }
+    ok
+}
+
+/// Runs `count` lifecycles `burst` at a time (`Market::lifecycles_batched`) and
+/// returns how many completed with a credit. Not inlined, for callgrind's toggle.
+#[allow(dead_code)] // used by the example, not by every includer
+#[inline(never)]
+pub fn run_lifecycles_batched(market: &mut Market, count: u64, burst: usize) -> u64 {
+    let mut ok = 0u64;
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(burst as u64);
+        ok += market.lifecycles_batched(n as usize);
+        left -= n;
     }
     ok
 }

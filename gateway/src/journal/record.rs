@@ -87,6 +87,17 @@ pub struct RecordRef<'a> {
 }
 
 /// Reads the record at the start of `bytes`.
+/// The sequence number in the header at the start of `bytes`, if the header is whole
+/// and its length fits in `bytes` and under the limit (no checksum is computed).
+pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
+    let header = bytes.get(..RECORD_HEADER_BYTES)?;
+    let length = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    if length > RECORD_PAYLOAD_MAX || bytes.len() < RECORD_HEADER_BYTES + length {
+        return None;
+    }
+    Some(u64::from_le_bytes(header[4..12].try_into().ok()?))
+}
+
 pub fn parse(bytes: &[u8]) -> Result<RecordRef<'_>, RecordFault> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(RecordFault::Truncated {

@@ -51,7 +51,8 @@ pub fn dump(
     let mut printed = 0;
     let segments = files::list(dir)?.segments;
     let last = segments.len().saturating_sub(1);
-    for (index, (_, path)) in segments.into_iter().enumerate() {
+    let mut previous_seq: Option<u64> = None;
+    for (index, (name_seq, path)) in segments.into_iter().enumerate() {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         files::check_segment_header(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut offset = files::SEGMENT_HEADER_BYTES;
@@ -70,7 +71,10 @@ pub fn dump(
                     // A torn tail (the end of the last segment, no whole record after
                     // it) is what a crash leaves and the router cuts at start; damage
                     // anywhere else is corruption the router refuses to start on.
-                    if index != last || super::recovery::valid_record_after(&bytes, offset) {
+                    let expected = previous_seq.map_or(name_seq, |seq| seq + 1);
+                    if index != last
+                        || super::recovery::valid_record_after(&bytes, offset, expected)
+                    {
                         out.flush().map_err(io)?;
                         return Err(format!(
                             "journal corrupt before its tail: {line}; the router refuses to \
@@ -81,6 +85,7 @@ pub fn dump(
                     break;
                 }
             };
+            previous_seq = Some(rec.seq);
             if rec.seq >= from {
                 let decoded = JournalRecord::decode(rec.payload)
                     .map_err(|e| format!("{} at offset {offset}: {e}", path.display()))?;

@@ -36,9 +36,20 @@ pub trait FrameHandler {
     /// The connection is gone; its id will never be used again.
     fn on_close(&mut self, _conn: ConnId, _reason: &CloseReason) {}
 
-    /// The gateway thread finished a loop turn (every completion it had was handled)
-    /// and is about to wait: the moment to hand on what the turn collected in one go.
-    fn end_of_turn(&mut self) {}
+    /// The gateway thread finished a loop turn (every completion it had was handled,
+    /// its sends started) and is about to wait: the moment to hand on what the turn
+    /// collected in one go. Returns true when the handler kept work back for the next
+    /// turn (a bounded share of deferred work is done per turn, so that a loaded
+    /// gateway still turns often): the backend then polls without sleeping.
+    fn end_of_turn(&mut self) -> bool {
+        false
+    }
+
+    /// Whether `end_of_turn` has deferred work to do: the backend starts the turn's
+    /// sends before calling it, so that replies and pushes do not wait for it.
+    fn has_deferred_work(&self) -> bool {
+        false
+    }
 
     /// Appends the error frame (the wire's `ErrorReply`) for `refusal` to `out`.
     fn error_frame(&mut self, refusal: &Refusal, out: &mut Vec<u8>);

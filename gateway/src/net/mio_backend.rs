@@ -78,10 +78,12 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
     pub(crate) fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_MAX);
         let mut next_tick_ms = self.shared.now_ms() + self.settings.tick_ms;
+        let mut kept_work = false;
         while !self.shared.is_shutdown() {
             let now_ms = self.shared.now_ms();
-            // Sleep only with nothing to drain; a sender then wakes the poll.
-            let timeout = if self.settings.spin || !self.lane.prepare_sleep() {
+            // Sleep only with nothing to drain and no work kept back by the handler;
+            // a sender then wakes the poll.
+            let timeout = if self.settings.spin || kept_work || !self.lane.prepare_sleep() {
                 Duration::ZERO
             } else {
                 Duration::from_millis(next_tick_ms.saturating_sub(now_ms).max(1))
@@ -133,9 +135,10 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                 self.service(id);
             }
             self.touched = touched;
-            self.handler.end_of_turn();
+            // The turn's writes are done (in `service`): deferred work comes after.
+            kept_work = self.handler.end_of_turn();
         }
-        self.handler.end_of_turn();
+        while self.handler.end_of_turn() {}
         self.close_all();
         Ok(())
     }

@@ -249,9 +249,11 @@ impl<'a> UringLoop<'a> {
         listener: std::net::TcpListener,
     ) -> io::Result<()> {
         let mut next_tick_ms = self.shared.now_ms() + self.settings.tick_ms;
+        let mut kept_work = false;
         while !self.shared.is_shutdown() {
-            // Sleep only with nothing to drain; a sender then wakes the wait.
-            let wait_ms = if self.settings.spin || !self.lane.prepare_sleep() {
+            // Sleep only with nothing to drain and no work kept back by the handler;
+            // a sender then wakes the wait.
+            let wait_ms = if self.settings.spin || kept_work || !self.lane.prepare_sleep() {
                 0
             } else {
                 next_tick_ms.saturating_sub(self.shared.now_ms()).max(1)
@@ -280,9 +282,13 @@ impl<'a> UringLoop<'a> {
                 }
             }
             self.service_touched(&mut handler)?;
-            handler.end_of_turn();
+            if handler.has_deferred_work() && !self.ring.submission().is_empty() {
+                // Replies and pushes (probes, tickets) leave before the deferred work.
+                self.submit_only()?;
+            }
+            kept_work = handler.end_of_turn();
         }
-        handler.end_of_turn();
+        while handler.end_of_turn() {}
         self.close_all(&mut handler)?;
         drop(self);
         drop(listener);
@@ -305,6 +311,22 @@ impl<'a> UringLoop<'a> {
                 if matches!(
                     error.raw_os_error(),
                     Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Submits what the turn queued without waiting for or collecting anything.
+    fn submit_only(&mut self) -> io::Result<()> {
+        match self.ring.submit() {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
                 ) =>
             {
                 Ok(())

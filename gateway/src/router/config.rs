@@ -262,7 +262,7 @@ pub struct JournalSection {
     /// measures its fsync time D and the record arrival rate λ; once λ·D ≥ 1 (fsyncs
     /// run back to back, so their number no longer falls with the load) it holds each
     /// group D after the previous one ended, at most this long, and stops below
-    /// λ·D = 0.6. Under that load it halves fsyncs per record for about D/2 more
+    /// λ·D = 0.7. Under that load it halves fsyncs per record for about D/2 more
     /// latency; at lighter load nothing waits. At most 100000.
     pub group_commit_adaptive_max_us: u64,
     /// Serialise snapshots from a replica engine on its own thread, fed the same

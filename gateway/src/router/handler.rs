@@ -9,7 +9,7 @@ use crate::metrics::{Stage, StageRecorder};
 use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
 use crate::sequencer::SequencerInput;
 use crossbeam_channel::TrySendError;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +36,36 @@ struct Accepted {
 /// first ones back for long.
 const HANDOFF_BATCH_MAX: usize = 64;
 
+/// Deferred messages admitted (signature checked) per loop turn, at most: a loaded
+/// gateway still turns every few milliseconds, so probe answers and reports are read
+/// and replies sent while new RFCs wait their turn (in the in-flight windows, then
+/// in the sockets: TCP pushes back on the senders).
+const DEFERRED_ADMIT_PER_TURN_MAX: usize = 64;
+
+const OVERLOADED_REASON: &str = "overloaded, retry after the given delay";
+
+/// A logged-in client's signed message, decoded, before its signature is checked.
+struct Admitted {
+    conn: ConnId,
+    /// The address the connection was logged in as when the frame arrived.
+    address: Address,
+    msg_type: u16,
+    claimed: Address,
+    nonce: u64,
+    message: Message,
+    body: bytes::Bytes,
+}
+
+/// What became of an admitted message that was not refused.
+enum Outcome {
+    /// Queued for the engine, which answers it later (through the outbox).
+    Accepted,
+    /// Needs no engine and no reply: answered with nothing.
+    Answered,
+    /// Needs no engine (SubscribeBatches): answered with an `Ack` of this nonce.
+    Ack(u64),
+}
+
 pub struct RouterHandler {
     shared: Arc<RouterShared>,
     context: GatewayContext,
@@ -44,6 +74,14 @@ pub struct RouterHandler {
     /// Commands accepted this loop turn, handed to the engine together at its end:
     /// the engine wakes once per turn instead of once per command.
     accepted: Vec<Accepted>,
+    /// RFCs (and whatever their connection sent after them) received this turn,
+    /// verified at its end, after the rest: under overload the gateway's CPU goes
+    /// first to the messages that complete sessions already under way (probe
+    /// answers, whose probe times out), not to new ones. Bounded by the connections'
+    /// in-flight windows (every entry is a frame in flight).
+    deferred: VecDeque<Admitted>,
+    /// The connections with entries in `deferred`, and how many.
+    deferred_conns: HashMap<ConnId, u32>,
 }
 
 /// The route a command moves to its connection (R-ID-6).
@@ -92,6 +130,126 @@ impl RouterHandler {
             conns: HashMap::new(),
             stages,
             accepted: Vec::with_capacity(HANDOFF_BATCH_MAX),
+            deferred: VecDeque::new(),
+            deferred_conns: HashMap::new(),
+        }
+    }
+
+    /// Whether the engine's queue is full counting what this turn holds back: the
+    /// command would be refused OVERLOADED. Checked before the signature, so a
+    /// message that will be refused costs no verification. SubscribeBatches needs
+    /// no engine and is never refused for it.
+    fn would_overflow(&self, message: &Message) -> bool {
+        if matches!(message, Message::SubscribeBatches(_)) {
+            return false;
+        }
+        let queued = self.shared.inbound.len() + self.accepted.len() + self.deferred.len();
+        self.shared
+            .inbound
+            .capacity()
+            .is_some_and(|capacity| queued >= capacity)
+    }
+
+    /// Checks a logged-in client's message (queue room first, then its signature
+    /// R-ID-2, its sender, the pre-checks) and queues its command for the engine
+    /// (handed off at the end of the turn, or at once when a batch is full), or
+    /// says how to answer it now.
+    fn admit(&mut self, admitted: Admitted) -> Result<Outcome, Refused> {
+        let Admitted {
+            conn,
+            address,
+            msg_type,
+            claimed,
+            nonce,
+            message,
+            body,
+        } = admitted;
+        if self.would_overflow(&message) {
+            return Err((codes::OVERLOADED, OVERLOADED_REASON.into()));
+        }
+        let verify_started = Instant::now();
+        let verified = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
+            message.verify(self.shared.network_id, &body)
+        });
+        if let Err(error) = verified {
+            return Err(sig_refusal(self.shared.network_id, &error, String::new()));
+        }
+        self.stages
+            .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
+        if claimed != address {
+            return Err((
+                codes::WRONG_SENDER,
+                format!("signed by {claimed}, but this connection logged in as {address}"),
+            ));
+        }
+        let is_subscribe = matches!(message, Message::SubscribeBatches(_));
+        let Some(command) = self.command_for(conn, address, message, &body)? else {
+            // Whatever needs no engine is answered now: nothing stays in flight.
+            return Ok(if is_subscribe {
+                Outcome::Ack(nonce)
+            } else {
+                Outcome::Answered
+            });
+        };
+        self.accepted.push(Accepted {
+            conn,
+            msg_type,
+            nonce,
+            command,
+        });
+        // Stays in flight until the engine's effects answer it through the outbox (or
+        // it is refused there if the queue cannot take it at the end of the turn after
+        // all): a connection half-closed meanwhile waits for that answer (R-ID-6).
+        if self.accepted.len() >= HANDOFF_BATCH_MAX {
+            self.hand_off();
+        }
+        Ok(Outcome::Accepted)
+    }
+
+    /// Admits up to `budget` deferred messages, oldest first, answering through
+    /// the outbox (the frames are still in flight), then hands the commands off.
+    fn admit_deferred(&mut self, budget: usize) {
+        for _ in 0..budget {
+            let Some(admitted) = self.deferred.pop_front() else {
+                break;
+            };
+            let (conn, msg_type, nonce) = (admitted.conn, admitted.msg_type, admitted.nonce);
+            match self.deferred_conns.get_mut(&conn) {
+                Some(count) if *count > 1 => *count -= 1,
+                _ => {
+                    self.deferred_conns.remove(&conn);
+                }
+            }
+            let sent = match self.admit(admitted) {
+                Ok(Outcome::Accepted) => continue,
+                Ok(Outcome::Answered) => self.context.outbox.answer(conn, 1),
+                Ok(Outcome::Ack(nonce)) => {
+                    let mut frame = Vec::new();
+                    Message::from(messages::Ack { nonce })
+                        .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+                    self.context.outbox.reply(conn, frame)
+                }
+                Err((code, reason)) => {
+                    let mut frame = Vec::new();
+                    self.error_reply(code, msg_type, nonce, reason)
+                        .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+                    self.context.outbox.reply(conn, frame)
+                }
+            };
+            // A full lane drops the bytes but never the answer mark.
+            if sent.is_err() {
+                self.shared.replies_dropped_total.inc();
+            }
+        }
+        debug_assert_eq!(
+            self.deferred_conns
+                .values()
+                .map(|&n| n as usize)
+                .sum::<usize>(),
+            self.deferred.len()
+        );
+        if !self.accepted.is_empty() {
+            self.hand_off();
         }
     }
 
@@ -134,7 +292,7 @@ impl RouterHandler {
                     self.shared.commands_total.inc();
                     continue;
                 }
-                Err(true) => (codes::OVERLOADED, "overloaded, retry after the given delay"),
+                Err(true) => (codes::OVERLOADED, OVERLOADED_REASON),
                 Err(false) => (codes::SHUTTING_DOWN, "router shutting down"),
             };
             let mut frame = Vec::new();
@@ -459,79 +617,69 @@ impl FrameHandler for RouterHandler {
                 format!("{} is not sent by clients", message.name()),
             );
         };
-        let verify_started = Instant::now();
-        let verified = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
-            message.verify(self.shared.network_id, &frame.body)
-        });
-        if let Err(error) = verified {
-            let (code, reason) = sig_refusal(self.shared.network_id, &error, String::new());
-            return self.refuse(replies, code, msg_type, nonce, reason);
-        }
-        self.stages
-            .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
-        if claimed != address {
-            return self.refuse(
-                replies,
-                codes::WRONG_SENDER,
-                msg_type,
-                nonce,
-                format!("signed by {claimed}, but this connection logged in as {address}"),
-            );
-        }
-        let is_subscribe = matches!(message, Message::SubscribeBatches(_));
-        let command = match self.command_for(conn, address, message, &frame.body) {
-            Ok(Some(command)) => command,
-            Ok(None) => {
-                if is_subscribe {
-                    let ack = Message::from(messages::Ack { nonce });
-                    replies.reply_with(|out| {
-                        ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
-                    });
-                }
-                // Whatever needs no engine is answered now: nothing stays in flight.
-                replies.answer();
-                return;
-            }
-            Err((code, reason)) => return self.refuse(replies, code, msg_type, nonce, reason),
-        };
-        let queued = self.shared.inbound.len() + self.accepted.len();
-        if self
-            .shared
-            .inbound
-            .capacity()
-            .is_some_and(|capacity| queued >= capacity)
-        {
-            return self.refuse(
-                replies,
-                codes::OVERLOADED,
-                msg_type,
-                nonce,
-                "overloaded, retry after the given delay".into(),
-            );
-        }
-        self.accepted.push(Accepted {
+        let admitted = Admitted {
             conn,
+            address,
             msg_type,
+            claimed,
             nonce,
-            command,
-        });
-        // Stays in flight until the engine's effects answer it through the outbox (or
-        // it is refused there if the queue cannot take it at the end of the turn after
-        // all): a connection half-closed meanwhile waits for that answer (R-ID-6).
-        if self.accepted.len() >= HANDOFF_BATCH_MAX {
-            self.hand_off();
+            message,
+            body: frame.body,
+        };
+        // New work waits for the end of the turn; what completes sessions already
+        // under way (probe answers, reports of other connections) goes first. A
+        // connection's later commands wait behind its deferred RFC (R-ID-4: nonces
+        // reach the engine in the order sent).
+        if matches!(admitted.message, Message::Rfc(_)) || self.deferred_conns.contains_key(&conn) {
+            if self.would_overflow(&admitted.message) {
+                // Shed at the door: an RFC the queue cannot take costs no signature.
+                return self.refuse(
+                    replies,
+                    codes::OVERLOADED,
+                    msg_type,
+                    nonce,
+                    OVERLOADED_REASON.into(),
+                );
+            }
+            *self.deferred_conns.entry(conn).or_default() += 1;
+            self.deferred.push_back(admitted);
+            return;
+        }
+        match self.admit(admitted) {
+            Ok(Outcome::Accepted) => {}
+            Ok(Outcome::Answered) => replies.answer(),
+            Ok(Outcome::Ack(nonce)) => {
+                let ack = Message::from(messages::Ack { nonce });
+                replies
+                    .reply_with(|out| ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+            }
+            Err((code, reason)) => self.refuse(replies, code, msg_type, nonce, reason),
         }
     }
 
-    fn end_of_turn(&mut self) {
+    fn end_of_turn(&mut self) -> bool {
         if !self.accepted.is_empty() {
             self.hand_off();
         }
+        if !self.deferred.is_empty() {
+            self.admit_deferred(DEFERRED_ADMIT_PER_TURN_MAX);
+        }
+        !self.deferred.is_empty()
+    }
+
+    fn has_deferred_work(&self) -> bool {
+        !self.deferred.is_empty()
     }
 
     fn on_close(&mut self, conn: ConnId, reason: &CloseReason) {
-        // What the connection sent before it closed goes first.
-        self.end_of_turn();
+        // What the connection sent before it closed goes first (all of it: its
+        // routes are released below, after its commands took them).
+        if !self.accepted.is_empty() {
+            self.hand_off();
+        }
+        if self.deferred_conns.contains_key(&conn) {
+            self.admit_deferred(self.deferred.len());
+        }
         let Some(state) = self.conns.remove(&conn) else {
             return;
         };

@@ -234,8 +234,10 @@ impl Router {
         let catalog_shared = shared.clone();
         let mut figures =
             market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
-        let mut sequencer =
-            Sequencer::new(engine, journal, sink, sequencer_config).with_observer(move |engine| {
+        let stages = shared.registry.stage_recorder();
+        let mut sequencer = Sequencer::new(engine, journal, sink, sequencer_config)
+            .with_stages(stages)
+            .with_observer(move |engine| {
                 gauges.update(engine);
                 figures.observe(engine);
                 catalog_shared.catalog.publish_if_due(engine);

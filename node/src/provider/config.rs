@@ -36,6 +36,10 @@ pub struct ProviderConfig {
     /// A connection whose request head has not fully arrived within this is closed
     /// (both the API and the metrics listener): no trickling client holds a socket.
     pub header_read_timeout_ms: u64,
+    /// Open HTTP connections per listener (the API and the metrics listener each);
+    /// one more is answered 503 with `Retry-After: 1` and closed, so no client can
+    /// take every descriptor.
+    pub connections_max: u64,
     /// A `Ping` goes to the router after this long without writing, so the router
     /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
     pub keepalive_ms: u64,
@@ -85,6 +89,7 @@ impl Default for ProviderConfig {
             upstream_timeout_ms: 600_000,
             keepalive_ms: 60_000,
             header_read_timeout_ms: 30_000,
+            connections_max: 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
             models: Vec::new(),
@@ -126,6 +131,7 @@ impl NodeConfig for ProviderConfig {
             ("reconnect_initial_ms", self.reconnect_initial_ms),
             ("keepalive_ms", self.keepalive_ms),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("connections_max", self.connections_max),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));
