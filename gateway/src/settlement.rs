@@ -76,8 +76,9 @@ pub fn export(dir: &Path, epoch: Option<u64>, signer: &Signer) -> Result<Value, 
 /// `provider`'s proof against the last settled epoch's root, with the
 /// `claim(address, uint256, bytes32[])` calldata.
 pub fn claim_proof(dir: &Path, provider: &str) -> Result<Value, String> {
-    let address: yellowstone_wire::Address =
-        provider.parse().map_err(|e| format!("--provider: {e}"))?;
+    let address: yellowstone_wire::Address = provider
+        .parse()
+        .map_err(|e| format!("--provider {provider:?}: {e}"))?;
     let recovered = recover_read_only(dir)?;
     let proof = ClaimProof::from_state(recovered.engine.settlement(), &Address(address.0))
         .map_err(|e| e.to_string())?;

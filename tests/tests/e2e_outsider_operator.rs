@@ -391,6 +391,22 @@ fn addresses_and_keys_that_cannot_be_used_are_named() {
         }
         assert!(!stderr.contains(&secret), "the secret is echoed: {stderr}");
     }
+    // claim-proof's --provider said what an address is, not what it was given.
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "claim-proof",
+            "--data-dir",
+            "/nonexistent",
+            "--provider",
+            "0x12",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("--provider") && stderr.contains("0x12"),
+        "{stderr}"
+    );
     // A flag that cannot apply: --allow-corrupt-truncate with no journal started an
     // in-memory router as if it meant something.
     let (code, stderr) = refused(
