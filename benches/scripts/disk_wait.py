@@ -77,7 +77,7 @@ def keygen(router):
 
 def one_run(args, label, router, durability, key, address, extra_toml):
     with tempfile.TemporaryDirectory(dir=args.work) as work:
-        ahead_ms = 1_000 + args.seconds * 1_000 + 1_600 + 1_500
+        ahead_ms = args.settle_ms + 1_000 + args.seconds * 1_000 + 1_600 + 1_500
         boundary = now_ms() + ahead_ms
         genesis_ms = boundary - BLOCK_MS * -(-ahead_ms // BLOCK_MS)
         config = os.path.join(work, "router.toml")
@@ -103,6 +103,7 @@ def one_run(args, label, router, durability, key, address, extra_toml):
                     break
             if listen is None:
                 raise RuntimeError(f"{label}: router printed no READY line")
+            time.sleep(args.settle_ms / 1000)
             out_json = os.path.join(work, "loadgen.json")
             before = thread_cpu(proc.pid)
             journal_before = journal_metrics(metrics)
@@ -169,6 +170,8 @@ def main():
     parser.add_argument("--rate", type=int, default=2250)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--settle-ms", type=int, default=0,
+                        help="wait this long after READY before the load (e.g. a large balance snapshot)")
     parser.add_argument("--toml", action="append", default=[], help="label=extra toml text")
     parser.add_argument("--work", default=None)
     parser.add_argument("--nice", type=int, default=0,

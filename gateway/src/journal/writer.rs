@@ -75,6 +75,9 @@ pub struct JournalConfig {
     /// longest a group is held once fsyncs run back to back (`pacer`); zero: pure
     /// natural group commit.
     pub group_commit_adaptive_max_us: u64,
+    /// A snapshot is written back this many bytes at a time (0: at once, one fsync
+    /// at the end), so journal fsyncs never queue behind a whole snapshot.
+    pub snapshot_write_chunk_bytes: usize,
 }
 
 impl JournalConfig {
@@ -97,6 +100,7 @@ impl JournalConfig {
             group_commit_us: 0,
             group_bytes_max: 1024 * 1024,
             group_commit_adaptive_max_us: 500,
+            snapshot_write_chunk_bytes: 1024 * 1024,
         }
     }
 }
@@ -587,7 +591,7 @@ fn write_snapshot(
     // would otherwise reuse a sequence number the snapshot already contains.
     shared.sync_up_to(seq)?;
     let started = Instant::now();
-    files::write_snapshot(&config.dir, seq, state)?;
+    files::write_snapshot(&config.dir, seq, state, config.snapshot_write_chunk_bytes)?;
     shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
     let removed = prune(config, seq)?;
     shared

@@ -335,6 +335,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         group_commit_us: config.journal.group_commit_us,
         group_bytes_max: config.journal.group_bytes_max as usize,
         group_commit_adaptive_max_us: config.journal.group_commit_adaptive_max_us,
+        snapshot_write_chunk_bytes: config.journal.snapshot_write_chunk_bytes as usize,
         core: crate::net::plan_cores(
             &config.threads,
             core_affinity::get_core_ids().map_or(1, |ids| ids.len()),
