@@ -116,7 +116,7 @@ struct Args {
     #[arg(long)]
     snapshot_pairs: Option<usize>,
     /// Milliseconds between the router's READY and the loadgen's start in the
-    /// snapshot part (default 5,000; short 0): the router has just journaled the
+    /// snapshot part (default 10,000; short 0): the router has just journaled the
     /// large balance snapshot.
     #[arg(long)]
     snapshot_settle_ms: Option<u64>,
@@ -192,7 +192,7 @@ impl Plan {
                 .max(1),
             snapshot_settle_ms: args
                 .snapshot_settle_ms
-                .unwrap_or(if short { 0 } else { 5_000 }),
+                .unwrap_or(if short { 0 } else { 10_000 }),
         }
     }
 }
