@@ -20,24 +20,20 @@ fn shared(
     registry: &Registry,
     inbound: crossbeam_channel::Sender<SequencerInput>,
 ) -> Arc<RouterShared> {
-    Arc::new(RouterShared {
-        network_id: 7,
-        router_key: SigningKey::from_seed(b"handoff-router"),
-        operator: None,
-        routes: Default::default(),
-        balances: Default::default(),
-        subscribers: Default::default(),
-        inbound,
-        retry_after_ms: 250,
-        commands_total: registry.counter("yellowstone_commands_total", "", &[]),
-        replies_dropped_total: registry.counter("yellowstone_replies_dropped_total", "", &[]),
-        signature_cpu: yellowstone_gateway::router::signature_cpu::SignatureCpu::new(registry),
-        catalog: yellowstone_gateway::router::catalog::CatalogBoard::new(Default::default()),
-        registry: registry.clone(),
-        market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
-            Default::default(),
-        )),
-    })
+    Arc::new(RouterShared::new(
+        yellowstone_gateway::router::shared::SharedParts {
+            network_id: 7,
+            router_key: SigningKey::from_seed(b"handoff-router"),
+            operator: None,
+            inbound,
+            retry_after_ms: 250,
+            catalog: yellowstone_gateway::router::catalog::CatalogBoard::new(Default::default()),
+            market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
+                Default::default(),
+            )),
+        },
+        registry,
+    ))
 }
 
 fn cancel(client: &mut Client, rfc_id: u64) -> u64 {

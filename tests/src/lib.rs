@@ -414,3 +414,54 @@ pub mod market {
             .as_millis() as u64
     }
 }
+
+/// The router's `/metrics` page (whole HTTP answer, headers included), read over a
+/// fresh connection.
+pub fn metrics_text(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+/// Runs the router binary with `args` in `workdir` until it exits (killed after
+/// 30 s, which fails the test): (exit code, stderr). A panic or an allocation abort
+/// fails the test: a refusal must be a clean error.
+pub fn refused(workdir: &Path, args: &[&str]) -> (i32, String) {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let mut child = Command::new(router_binary())
+        .current_dir(workdir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn yellowstone-router");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?} still running after 30 s: it should have been refused");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        !stderr.contains("memory allocation"),
+        "{args:?} aborted: {stderr}"
+    );
+    (output.status.code().unwrap_or(-1), stderr)
+}

@@ -2,37 +2,9 @@
 //! one refused with a non-zero exit and an error naming what is wrong (never a
 //! panic), and nothing created or changed on disk (R-OPS-2, R-CHAIN-1, R-CLAIM-1).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use yellowstone_tests::router_binary;
-
-/// Runs the router binary with `args` in `workdir` until it exits (killed after
-/// 30 s): (exit code, stderr). A process still running at the deadline fails.
-fn refused(workdir: &Path, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(router_binary())
-        .current_dir(workdir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn yellowstone-router");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} still running after 30 s: it should have been refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    (output.status.code().unwrap_or(-1), stderr)
-}
+use yellowstone_tests::{refused, router_binary};
 
 #[test]
 fn a_directory_given_as_key_file_is_named_a_directory() {

@@ -3,59 +3,12 @@
 //! scrapes its metrics saw, each now refused with an error naming the value, or
 //! exported as a Prometheus user reads it.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use yellowstone_tests::market::*;
-use yellowstone_tests::{router_binary, RouterProcess};
+use yellowstone_tests::{metrics_text, refused, router_binary, RouterProcess};
 use yellowstone_wire::SigningKey;
-
-/// Runs the router binary with `args` in `workdir` until it exits (killed after
-/// 30 s, which fails the test): (exit code, stderr).
-fn refused(workdir: &Path, args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(router_binary())
-        .current_dir(workdir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn yellowstone-router");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{args:?} still running after 30 s: it should have been refused");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(
-        !stderr.contains("memory allocation"),
-        "{args:?} aborted: {stderr}"
-    );
-    (output.status.code().unwrap_or(-1), stderr)
-}
-
-fn metrics_text(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
 
 /// An outsider started a second router on a data directory a first one was running
 /// on (another port): both served, both journaled and acknowledged reports, each in

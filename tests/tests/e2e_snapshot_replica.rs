@@ -4,29 +4,14 @@
 //! state hash as a replay of the whole journal from genesis; and the router restarts
 //! from it.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use yellowstone_tests::market::*;
-use yellowstone_tests::{router_binary, RouterProcess};
+use yellowstone_tests::{metrics_text, router_binary, RouterProcess};
 use yellowstone_wire::*;
 
 const BLOCK_MS: u64 = 12_000;
-
-fn metrics_text(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
-}
 
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()

@@ -2,12 +2,10 @@
 //! is in the past or too far, with the limit; TokenMax refusals give the limit; and one
 //! name per error code across the wire, the engine, the metrics and the protocol doc.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 use yellowstone_engine::{MarketError, ParamId};
 use yellowstone_tests::market::*;
-use yellowstone_tests::RouterProcess;
+use yellowstone_tests::{metrics_text, RouterProcess};
 use yellowstone_wire::client::Client;
 use yellowstone_wire::*;
 
@@ -51,19 +49,6 @@ fn refusal(user: &mut Client, nonce: u64) -> ErrorReply {
         Message::RfcAccepted(a) if a.nonce == nonce => panic!("accepted: {a:?}"),
         _ => None,
     })
-}
-
-fn metrics_text(addr: std::net::SocketAddr) -> String {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
 }
 
 #[test]

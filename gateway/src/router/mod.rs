@@ -172,30 +172,18 @@ impl Router {
         market.register_metrics(&registry);
         let (inbound_tx, inbound_rx) =
             crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
-        let shared = Arc::new(RouterShared {
-            network_id: config.identity.network_id,
-            router_key: router_key.clone(),
-            operator: config.operator()?,
-            routes: Default::default(),
-            balances: Default::default(),
-            subscribers: Default::default(),
-            inbound: inbound_tx,
-            retry_after_ms: config.market.rfc_retry_after_ms,
-            commands_total: registry.counter(
-                "yellowstone_commands_total",
-                "Authenticated commands handed to the engine.",
-                &[],
-            ),
-            replies_dropped_total: registry.counter(
-                "yellowstone_replies_dropped_total",
-                "Replies not delivered: recipient not connected or its outbound lane full.",
-                &[],
-            ),
-            signature_cpu: signature_cpu::SignatureCpu::new(&registry),
-            catalog: catalog::CatalogBoard::new(config.model_names()),
-            registry: registry.clone(),
-            market: market.clone(),
-        });
+        let shared = Arc::new(RouterShared::new(
+            shared::SharedParts {
+                network_id: config.identity.network_id,
+                router_key: router_key.clone(),
+                operator: config.operator()?,
+                inbound: inbound_tx,
+                retry_after_ms: config.market.rfc_retry_after_ms,
+                catalog: catalog::CatalogBoard::new(config.model_names()),
+                market: market.clone(),
+            },
+            &registry,
+        ));
         // A recovered engine knows balances the gateways' pre-check cache does not yet.
         for (address, balance) in engine.balances() {
             shared.balances.insert(shared::to_wire(address), balance);

@@ -36,7 +36,46 @@ pub struct RouterShared {
     pub market: Arc<super::market::MarketBoard>,
 }
 
+/// What `RouterShared::new` needs beyond the registry (the rest starts empty).
+pub struct SharedParts {
+    pub network_id: u32,
+    pub router_key: SigningKey,
+    pub operator: Option<Address>,
+    pub inbound: Sender<SequencerInput>,
+    pub retry_after_ms: u32,
+    pub catalog: super::catalog::CatalogBoard,
+    pub market: Arc<super::market::MarketBoard>,
+}
+
 impl RouterShared {
+    /// Empty routes, balances and subscribers; the counters registered in `registry`.
+    pub fn new(parts: SharedParts, registry: &Registry) -> RouterShared {
+        RouterShared {
+            network_id: parts.network_id,
+            router_key: parts.router_key,
+            operator: parts.operator,
+            routes: Default::default(),
+            balances: Default::default(),
+            subscribers: Default::default(),
+            inbound: parts.inbound,
+            retry_after_ms: parts.retry_after_ms,
+            commands_total: registry.counter(
+                "yellowstone_commands_total",
+                "Authenticated commands handed to the engine.",
+                &[],
+            ),
+            replies_dropped_total: registry.counter(
+                "yellowstone_replies_dropped_total",
+                "Replies not delivered: recipient not connected or its outbound lane full.",
+                &[],
+            ),
+            signature_cpu: SignatureCpu::new(registry),
+            catalog: parts.catalog,
+            registry: registry.clone(),
+            market: parts.market,
+        }
+    }
+
     /// Counts a refusal by its stable code name (`yellowstone_rejections_total`).
     pub fn count_rejection(&self, code: u16) {
         self.registry
