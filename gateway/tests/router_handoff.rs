@@ -3,6 +3,7 @@
 //! sender gets OVERLOADED (with its nonce and a retry delay), and once the engine is
 //! gone SHUTTING_DOWN: nothing is dropped without an answer.
 
+mod common;
 use std::sync::Arc;
 use std::time::Duration;
 use yellowstone_gateway::config::{NetworkConfig, ThreadsConfig};
@@ -20,20 +21,7 @@ fn shared(
     registry: &Registry,
     inbound: crossbeam_channel::Sender<SequencerInput>,
 ) -> Arc<RouterShared> {
-    Arc::new(RouterShared::new(
-        yellowstone_gateway::router::shared::SharedParts {
-            network_id: 7,
-            router_key: SigningKey::from_seed(b"handoff-router"),
-            operator: None,
-            inbound,
-            retry_after_ms: 250,
-            catalog: yellowstone_gateway::router::catalog::CatalogBoard::new(Default::default()),
-            market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
-                Default::default(),
-            )),
-        },
-        registry,
-    ))
+    common::shared(registry, inbound, b"handoff-router")
 }
 
 fn cancel(client: &mut Client, rfc_id: u64) -> u64 {

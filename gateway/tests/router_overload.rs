@@ -7,6 +7,7 @@
 //!   reaches the engine's queue once, in the order its connection sent it (R-ID-4),
 //!   however many turns the backlog takes.
 
+mod common;
 use std::sync::Arc;
 use std::time::Duration;
 use yellowstone_engine::Command;
@@ -21,26 +22,13 @@ use yellowstone_wire::codes;
 use yellowstone_wire::messages::{self, Message};
 use yellowstone_wire::SigningKey;
 
-const NETWORK_ID: u32 = 7;
+use common::NETWORK_ID;
 
 fn shared(
     registry: &Registry,
     inbound: crossbeam_channel::Sender<SequencerInput>,
 ) -> Arc<RouterShared> {
-    Arc::new(RouterShared::new(
-        yellowstone_gateway::router::shared::SharedParts {
-            network_id: NETWORK_ID,
-            router_key: SigningKey::from_seed(b"overload-router"),
-            operator: None,
-            inbound,
-            retry_after_ms: 250,
-            catalog: yellowstone_gateway::router::catalog::CatalogBoard::new(Default::default()),
-            market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
-                Default::default(),
-            )),
-        },
-        registry,
-    ))
+    common::shared(registry, inbound, b"overload-router")
 }
 
 struct Router {
