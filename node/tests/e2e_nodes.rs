@@ -547,6 +547,9 @@ async fn r_node_1_provider_and_consumer_reconnect_after_a_router_restart() {
         .status()
         .unwrap();
     assert!(killed.success());
+    // `kill` returns once the signal is sent; the data directory stays locked
+    // (router.lock) until the process is gone, so a restart must wait for that.
+    assert!(stack.router.wait_for_exit(Duration::from_secs(30)));
     let restarted = yellowstone_tests::RouterProcess::start(&[
         "--listen",
         &listen,

@@ -200,6 +200,19 @@ impl RouterProcess {
         let _ = self.child.wait();
     }
 
+    /// Waits (bounded) until the process has exited, e.g. after a signal sent by
+    /// someone else; returns whether it did. Its data directory's lock is free then.
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
     /// Sends SIGTERM and waits (bounded) for a clean exit; returns whether it exited 0.
     pub fn terminate(mut self, timeout: Duration) -> bool {
         // SAFETY: kill(2) on a pid we spawned and have not yet reaped.
