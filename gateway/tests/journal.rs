@@ -536,7 +536,9 @@ fn garbage_after_a_torn_record_is_a_tail_and_only_this_journals_records_count() 
     yellowstone_gateway::journal::record::encode_into(&mut bytes, total + 1, &[7u8; 200]).unwrap();
     bytes.truncate(bytes.len() - 100);
     bytes.extend_from_slice(&[0xCD; 4096]);
-    yellowstone_gateway::journal::record::encode_into(&mut bytes, total + 2, &[1u8; 64]).unwrap();
+    // Its payload ends in zeros, like the zero tail after it: still a whole record.
+    let payload = [[1u8; 32], [0u8; 32]].concat();
+    yellowstone_gateway::journal::record::encode_into(&mut bytes, total + 2, &payload).unwrap();
     std::fs::write(&last, &bytes).unwrap();
     let error = recover_in(dir.path(), &written.market, RecoverOptions::default())
         .err()

@@ -248,7 +248,8 @@ pub(crate) fn valid_record_after(bytes: &[u8], offset: usize, expected_seq: u64)
         .iter()
         .rposition(|b| *b != 0)
         .map_or(0, |last| last + 1);
-    let bytes = &bytes[..end];
+    // Positions stop at the last non-zero byte; a record read there keeps the zeros
+    // after it (its payload may end in zeros).
     (offset + 1..end.saturating_sub(record::RECORD_HEADER_BYTES - 1)).any(|at| {
         let Some(seq) = record::peek_seq(&bytes[at..]) else {
             return false;
