@@ -83,6 +83,14 @@ pub struct MarketConfig {
     /// Penalty points within the window that suspend a provider.
     pub penalty_points_suspend: u32,
     pub suspension_ms: u64,
+    /// R-PERF-4: distinct users whose penalty points, within the window, a
+    /// suspension needs (so that no single user can suspend a provider). 3.
+    pub suspend_users_min: u32,
+    /// R-PROV-2: unfunded registrations kept, at most (oldest evicted first); they
+    /// never count toward `providers_max`. 10,000.
+    pub unfunded_registrations_max: u32,
+    /// R-PROV-2: how long an unfunded registration is kept, ms. 600,000.
+    pub unfunded_registration_ttl_ms: u64,
 
     // Section 7: the Compute Contract.
     pub emission_wei_per_day: u128,
@@ -119,6 +127,18 @@ pub const BID_WEI_PER_TOKEN_MAX_DEFAULT: u128 = 1_000_000_000_000_000_000_000_00
 /// emission) so that the ledger's cumulative emission fits u128 for 10^8 days.
 pub const EMISSION_WEI_PER_DAY_LIMIT: u128 = 1_000_000_000_000_000_000_000_000_000_000;
 
+/// R-PERF-4: the default `suspend_users_min`.
+pub const SUSPEND_USERS_MIN_DEFAULT: u32 = 3;
+/// R-PROV-2: the default `unfunded_registrations_max`.
+pub const UNFUNDED_REGISTRATIONS_MAX_DEFAULT: u32 = 10_000;
+/// R-PROV-2: the largest `unfunded_registrations_max` (a registration holds up to
+/// 64 offers and a 255-byte endpoint, about 5 KB: a million is 5 GB).
+pub const UNFUNDED_REGISTRATIONS_MAX_LIMIT: u32 = 1_000_000;
+/// R-PROV-2: the default `unfunded_registration_ttl_ms` (10 minutes).
+pub const UNFUNDED_REGISTRATION_TTL_MS_DEFAULT: u64 = 600_000;
+/// R-PROV-2: the longest `unfunded_registration_ttl_ms` (a day).
+pub const UNFUNDED_REGISTRATION_TTL_MS_LIMIT: u64 = 86_400_000;
+
 impl Default for MarketConfig {
     fn default() -> Self {
         MarketConfig {
@@ -151,6 +171,9 @@ impl Default for MarketConfig {
             penalty_window_reports: 20,
             penalty_points_suspend: 5,
             suspension_ms: 60_000,
+            suspend_users_min: SUSPEND_USERS_MIN_DEFAULT,
+            unfunded_registrations_max: UNFUNDED_REGISTRATIONS_MAX_DEFAULT,
+            unfunded_registration_ttl_ms: UNFUNDED_REGISTRATION_TTL_MS_DEFAULT,
             emission_wei_per_day: 14_400 * WEI_PER_MOR,
             compute_share_bps: 2_400,
             unused_budget: UnusedBudget::Carry,
@@ -225,6 +248,7 @@ impl MarketConfig {
         if self.settlements_kept_max == 0 {
             return Err("settlements_kept_max must be > 0".to_string());
         }
+        self.validate_integrity()?;
         if self.bid_wei_per_token_max == 0 {
             return Err("bid_wei_per_token_max must be > 0".to_string());
         }
@@ -252,6 +276,44 @@ impl MarketConfig {
         }
         if self.models.len() > u16::MAX as usize {
             return Err("too many models".to_string());
+        }
+        Ok(())
+    }
+
+    /// Issue 27's bounds: R-PERF-4 `suspend_users_min`, R-PROV-2 the unfunded
+    /// registrations' set, R-CONTRACT-4 `bootstrap_share_bps` (the bonus is emission
+    /// the ledger adds up, so it must stay within the emission's bound).
+    fn validate_integrity(&self) -> Result<(), String> {
+        if self.suspend_users_min == 0 || self.suspend_users_min > self.penalty_window_reports {
+            return Err(format!(
+                "suspend_users_min must be 1..=penalty_window_reports ({}), not {} \
+                 (R-PERF-4: distinct users whose penalty points a suspension needs)",
+                self.penalty_window_reports, self.suspend_users_min
+            ));
+        }
+        if self.unfunded_registrations_max == 0
+            || self.unfunded_registrations_max > UNFUNDED_REGISTRATIONS_MAX_LIMIT
+        {
+            return Err(format!(
+                "unfunded_registrations_max must be 1..={UNFUNDED_REGISTRATIONS_MAX_LIMIT}, \
+                 not {} (R-PROV-2)",
+                self.unfunded_registrations_max
+            ));
+        }
+        if self.unfunded_registration_ttl_ms == 0
+            || self.unfunded_registration_ttl_ms > UNFUNDED_REGISTRATION_TTL_MS_LIMIT
+        {
+            return Err(format!(
+                "unfunded_registration_ttl_ms must be 1..={UNFUNDED_REGISTRATION_TTL_MS_LIMIT} \
+                 (a day), not {} (R-PROV-2)",
+                self.unfunded_registration_ttl_ms
+            ));
+        }
+        if self.bootstrap_share_bps > 10_000 {
+            return Err(format!(
+                "bootstrap_share_bps must be <= 10000, not {} (R-CONTRACT-4)",
+                self.bootstrap_share_bps
+            ));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ use crate::error::MarketError;
 use crate::index::AddressIndex;
 use crate::ledger::Ledger;
 use crate::merkle::MerkleAccumulator;
+use crate::owners::QueueOwners;
 use crate::quota;
 use crate::slab::Slab;
 use crate::speed::SpeedWindow;
@@ -34,6 +35,9 @@ pub struct Engine {
     /// The originator of the command being applied and its account, if it has one:
     /// set by `apply` for its duration so that the account is looked up once.
     pub(crate) origin_account: Option<(Address, AccountIdx)>,
+    /// R-MATCH-7: per model, who owns each queued RFC (derived from the queues,
+    /// rebuilt on restore).
+    pub(crate) queue_owners: Vec<QueueOwners>,
 }
 
 #[derive(Debug)]
@@ -103,6 +107,7 @@ impl Engine {
             settlement: Default::default(),
             counters: Counters::default(),
             balance_snapshot_blake3: None,
+            unfunded: Default::default(),
             config,
         };
         state.budget_wei_today = state.config.compute_budget_wei_per_day;
@@ -112,12 +117,14 @@ impl Engine {
             .start_day(0, emission, state.config.pool_daily_spend_bps);
         let operator = state.config.operator;
         let user_max_rate = Engine::quota_rate_of(&state);
+        let queue_owners = vec![QueueOwners::default(); state.models.len()];
         let mut engine = Engine {
             state,
             account_index: AddressIndex::default(),
             pending_match: Vec::new(),
             user_max_rate,
             origin_account: None,
+            queue_owners,
         };
         // The operator holds an account from genesis, so that its nonces are tracked
         // (R-ID-4) before it ever receives a balance.
@@ -139,17 +146,19 @@ impl Engine {
             // for the handlers' own lookups (accounts are never removed or moved).
             let idx = self.account_lookup(&address);
             self.origin_account = idx.map(|idx| (address, idx));
-            if let Some(idx) = idx {
-                let last = self.state.accounts[idx as usize].nonce_last;
-                if let Some(nonce_last) = last.filter(|&last| nonce <= last) {
-                    self.origin_account = None;
-                    effects.push(Effect::Rejected {
-                        to: address,
-                        nonce,
-                        error: MarketError::Replay { nonce_last },
-                    });
-                    return;
-                }
+            let last = match idx {
+                Some(idx) => self.state.accounts[idx as usize].nonce_last,
+                // R-PROV-2: an unfunded registration's address holds no account.
+                None => self.state.unfunded.get(&address).map(|r| r.nonce_last),
+            };
+            if let Err(error) = nonce_admissible(last, nonce, now) {
+                self.origin_account = None;
+                effects.push(Effect::Rejected {
+                    to: address,
+                    nonce,
+                    error,
+                });
+                return;
             }
         }
         let result = self.dispatch(command, now, effects);
@@ -160,6 +169,8 @@ impl Engine {
                 let account = &mut self.state.accounts[idx as usize];
                 debug_assert!(account.nonce_last.is_none_or(|last| last < nonce));
                 account.nonce_last = Some(nonce);
+            } else {
+                self.state.unfunded.spend_nonce(&address, nonce);
             }
             if let Err(error) = result {
                 effects.push(Effect::Rejected {
@@ -355,6 +366,8 @@ impl Engine {
             self.state.suspensions.pop_first();
             self.refresh_provider(provider);
         }
+        // R-PROV-2: unfunded registrations are kept for a bounded time.
+        self.state.unfunded.expire(now);
         let genesis = self.state.config.genesis_ms;
         while now >= genesis.saturating_add((self.state.block + 1).saturating_mul(BLOCK_MS)) {
             self.seal_block(effects);
@@ -503,9 +516,28 @@ impl Engine {
         self.account_of(address).is_some()
     }
 
+    /// R-ID-4: the last nonce accepted from `address` (an account's, or an unfunded
+    /// registration's for an address that holds no account, R-PROV-2).
     pub fn nonce_last(&self, address: &Address) -> Option<u64> {
-        self.account_of(address)
-            .and_then(|idx| self.state.accounts[idx as usize].nonce_last)
+        match self.account_of(address) {
+            Some(idx) => self.state.accounts[idx as usize].nonce_last,
+            None => self.state.unfunded.get(address).map(|r| r.nonce_last),
+        }
+    }
+
+    /// R-PROV-2: unfunded registrations kept (at most `unfunded_registrations_max`).
+    pub fn unfunded_registrations_len(&self) -> usize {
+        self.state.unfunded.len()
+    }
+
+    /// R-PROV-2: whether `address` has an unfunded registration kept.
+    pub fn has_unfunded_registration(&self, address: &Address) -> bool {
+        self.state.unfunded.get(address).is_some()
+    }
+
+    /// R-CONTRACT-4: whether `address` holds one of the bootstrap slots.
+    pub fn is_bootstrap_provider(&self, address: &Address) -> bool {
+        self.state.ledger.bootstrap_providers.contains(address)
     }
 
     /// UserMax (R-QUOTA-3) of `address` for the current day.
@@ -603,12 +635,22 @@ impl Engine {
             });
         }
         let user_max_rate = Engine::quota_rate_of(&state);
+        let mut queue_owners = vec![QueueOwners::default(); state.models.len()];
+        for (owners, model) in queue_owners.iter_mut().zip(&state.models) {
+            for (&key, &slot) in &model.queue {
+                let rfc = state.rfcs.get(slot as usize).ok_or_else(|| {
+                    RestoreError::Decode(format!("queued RFC slot {slot} is empty"))
+                })?;
+                owners.insert(rfc.user, key);
+            }
+        }
         Ok(Engine {
             state,
             account_index,
             pending_match: Vec::new(),
             user_max_rate,
             origin_account: None,
+            queue_owners,
         })
     }
 
@@ -616,4 +658,29 @@ impl Engine {
     pub fn state_hash(&self) -> [u8; 32] {
         *blake3::hash(&self.snapshot()).as_bytes()
     }
+}
+
+/// R-ID-4 and R-ID-8: whether `nonce` may be accepted from an address whose last
+/// accepted nonce is `last`, at router time `now_ms`. Refused as a replay when not
+/// above `last`; refused as `nonce_gap` when above `max(last, now_ms × 1000) + 2^40`.
+/// The floor at the router's time in microseconds lets a fresh address (or one whose
+/// clients number their messages by the clock in microseconds, as every client the
+/// project ships does) start anywhere up to the clock plus 2^40 µs (12.7 days), while
+/// no message can take an address near 2^64 - 1 and so use it up: each accepted
+/// nonce is at most 2^40 above the previous one or the clock. Pure: the same journal
+/// replays to the same decisions.
+pub(crate) fn nonce_admissible(last: Option<u64>, nonce: u64, now_ms: u64) -> Result<(), MarketError> {
+    if let Some(nonce_last) = last.filter(|&last| nonce <= last) {
+        return Err(MarketError::Replay { nonce_last });
+    }
+    let floor = last.unwrap_or(0).max(now_ms.saturating_mul(1_000));
+    let nonce_max = floor.saturating_add(crate::error::NONCE_GAP_MAX);
+    if nonce > nonce_max {
+        return Err(MarketError::NonceGap {
+            nonce_last: last,
+            nonce_max,
+        });
+    }
+    debug_assert!(last.is_none_or(|last| last < nonce) && nonce <= nonce_max);
+    Ok(())
 }

@@ -17,6 +17,31 @@ pub enum Limit {
     RfcsOpen,
 }
 
+/// Which running sum a credit would overflow, for `MarketError::CreditOverflow`
+/// (R-MONEY-1, R-OPS-4): every sum a report can push is checked before the report
+/// is accepted, so that sealing the block and replaying the journal never overflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum CreditSum {
+    /// The block's batch total or the provider's block total, wei.
+    BlockWei,
+    /// The provider's block total of tokens (u64) or of sessions (u32).
+    BlockCount,
+    /// The ledger's cumulative shortfall (R-CONTRACT-2), wei: it only grows, so a
+    /// credit refused for it can never be accepted later.
+    LedgerShortfall,
+}
+
+impl CreditSum {
+    /// The sum's name, as the refusal's reason gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CreditSum::BlockWei => "the block's wei totals",
+            CreditSum::BlockCount => "the provider's block token or session count",
+            CreditSum::LedgerShortfall => "the ledger's cumulative shortfall",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum MarketError {
     /// R-ID-4: nonce not above the last accepted one.
@@ -112,13 +137,27 @@ pub enum MarketError {
     /// the block's batch total; nothing changed (the session stays open), so the
     /// same report may be sent again once the block is sealed.
     CreditOverflow {
+        /// 0 when the sum never shrinks (`CreditSum::LedgerShortfall`).
         retry_after_ms: u32,
+        sum: CreditSum,
     },
     /// R-CONTRACT-6: a parameter set that would stop the market, with why.
     InvalidParamSet {
         reason: String,
     },
+    /// R-ID-8: the nonce is more than 2^40 above the last accepted one (or above the
+    /// router's time in microseconds, for an address with no nonce yet, or below it),
+    /// so that no message can use up an address.
+    NonceGap {
+        /// The last nonce accepted from the address, if any.
+        nonce_last: Option<u64>,
+        /// The largest nonce accepted now: `max(nonce_last, now_ms × 1000) + 2^40`.
+        nonce_max: u64,
+    },
 }
+
+/// R-ID-8: how far above `max(last accepted nonce, router time in µs)` a nonce may be.
+pub const NONCE_GAP_MAX: u64 = 1 << 40;
 
 impl MarketError {
     /// Stable wire code; never renumber, only append.
@@ -154,6 +193,7 @@ impl MarketError {
             MarketError::CreditUnrepresentable { .. } => 0x021C,
             MarketError::CreditOverflow { .. } => 0x021D,
             MarketError::InvalidParamSet { .. } => 0x021E,
+            MarketError::NonceGap { .. } => 0x021F,
         }
     }
 
@@ -191,6 +231,7 @@ impl MarketError {
             MarketError::CreditUnrepresentable { .. } => "credit_unrepresentable",
             MarketError::CreditOverflow { .. } => "credit_overflow",
             MarketError::InvalidParamSet { .. } => "invalid_param_set",
+            MarketError::NonceGap { .. } => "nonce_gap",
         }
     }
 
@@ -209,7 +250,8 @@ impl MarketError {
                 bid_wei_per_token_max,
             } => *bid_wei_per_token_max,
             MarketError::CreditUnrepresentable { tokens_max_fit } => *tokens_max_fit as u128,
-            MarketError::CreditOverflow { retry_after_ms } => *retry_after_ms as u128,
+            MarketError::CreditOverflow { retry_after_ms, .. } => *retry_after_ms as u128,
+            MarketError::NonceGap { nonce_max, .. } => *nonce_max as u128,
             _ => 0,
         }
     }
@@ -276,9 +318,16 @@ impl MarketError {
                 bid_wei_per_token_max: 0,
             },
             MarketError::CreditUnrepresentable { tokens_max_fit: 0 },
-            MarketError::CreditOverflow { retry_after_ms: 0 },
+            MarketError::CreditOverflow {
+                retry_after_ms: 0,
+                sum: CreditSum::BlockWei,
+            },
             MarketError::InvalidParamSet {
                 reason: String::new(),
+            },
+            MarketError::NonceGap {
+                nonce_last: None,
+                nonce_max: 0,
             },
         ];
         for error in &all {
@@ -313,7 +362,8 @@ impl MarketError {
                 | MarketError::BidAboveMax { .. }
                 | MarketError::CreditUnrepresentable { .. }
                 | MarketError::CreditOverflow { .. }
-                | MarketError::InvalidParamSet { .. } => {}
+                | MarketError::InvalidParamSet { .. }
+                | MarketError::NonceGap { .. } => {}
             }
         }
         all
@@ -322,7 +372,7 @@ impl MarketError {
     pub fn retry_after_ms(&self) -> u32 {
         match self {
             MarketError::Overloaded { retry_after_ms }
-            | MarketError::CreditOverflow { retry_after_ms } => *retry_after_ms,
+            | MarketError::CreditOverflow { retry_after_ms, .. } => *retry_after_ms,
             _ => 0,
         }
     }
@@ -429,14 +479,45 @@ impl std::fmt::Display for MarketError {
                 "TokenMax times the highest allowed bid does not fit a u128 wei amount; \
                  at most {tokens_max_fit} tokens"
             ),
-            MarketError::CreditOverflow { retry_after_ms } => write!(
+            MarketError::CreditOverflow {
+                retry_after_ms,
+                sum: CreditSum::LedgerShortfall,
+            } => write!(
                 f,
-                "credit would overflow this block's totals; nothing changed, report again \
-                 in {retry_after_ms} ms (next block)"
+                "credit would overflow {} (u128 wei) in the worst case, where the day's cap \
+                 credits none of it; nothing changed, and since that sum never shrinks the \
+                 report cannot be accepted later (retry_after_ms {retry_after_ms})",
+                CreditSum::LedgerShortfall.name()
+            ),
+            MarketError::CreditOverflow {
+                retry_after_ms,
+                sum,
+            } => write!(
+                f,
+                "credit would overflow {}; nothing changed, report again in \
+                 {retry_after_ms} ms (next block)",
+                sum.name()
             ),
             MarketError::InvalidParamSet { reason } => {
                 write!(f, "parameter set refused: {reason}")
             }
+            MarketError::NonceGap {
+                nonce_last,
+                nonce_max,
+            } => match nonce_last {
+                Some(last) => write!(
+                    f,
+                    "nonce gap: a nonce may be at most 2^40 above the last accepted one \
+                     ({last}) or the router's time in microseconds; the largest accepted \
+                     now is {nonce_max}"
+                ),
+                None => write!(
+                    f,
+                    "nonce gap: no nonce accepted from this address yet; a nonce may be at \
+                     most 2^40 above the router's time in microseconds, so the largest \
+                     accepted now is {nonce_max}"
+                ),
+            },
         }
     }
 }

@@ -6,10 +6,10 @@
 use crate::command::{CreditReason, Effect, RfcFailure, Ticket};
 use crate::config::FailPolicy;
 use crate::engine::Engine;
-use crate::error::{Limit, MarketError};
+use crate::error::{CreditSum, Limit, MarketError};
 use crate::merkle::Receipt;
 use crate::money;
-use crate::state::{Closed, ModelIdx, Probing, Rfc, Session};
+use crate::state::{AccountIdx, Closed, ModelIdx, Probing, Rfc, Session};
 use crate::types::{compose_id, slot_of, Address, ModelId, ProbeId, RfcId, SessionId};
 
 impl Engine {
@@ -111,20 +111,51 @@ impl Engine {
         let model_state = &self.state.models[model_idx as usize];
         let room = (self.state.sessions.len() as u64 + self.state.probes_open as u64)
             < self.state.config.sessions_open_max as u64;
-        if let (true, true, Some((_, &(provider, offer)))) = (
-            room,
-            model_state.queue.is_empty(),
-            model_state.book.first_key_value(),
-        ) {
+        let best = match (room, model_state.queue.is_empty()) {
+            (true, true) => self.best_offer_for(model_idx, user_idx),
+            _ => None,
+        };
+        if let Some((provider, offer)) = best {
             debug_assert!(self.pending_match.is_empty());
             self.start_probe(slot as usize, provider, offer, now, effects);
         } else {
-            self.state.models[model_idx as usize]
-                .queue
-                .insert(queue_key, slot);
+            self.enqueue(model_idx, queue_key, slot, user_idx);
             self.pending_match.push(model_idx);
         }
         Ok(())
+    }
+
+    /// R-MATCH-1 and R-MATCH-7: the best available offer of `model` whose provider
+    /// is not `user` (price, then bid time). A provider offers a model once, so the
+    /// book's best offer, if it is the user's own, is followed by someone else's:
+    /// at most two entries are looked at, and the skipped offer keeps its place.
+    fn best_offer_for(&self, model: ModelIdx, user: AccountIdx) -> Option<(u32, u16)> {
+        let found = self.state.models[model as usize]
+            .book
+            .values()
+            .take(2)
+            .find(|&&(provider, _)| self.state.providers[provider as usize].account != user)
+            .copied();
+        debug_assert!(found.is_none_or(|(p, _)| self.state.providers[p as usize].account != user));
+        found
+    }
+
+    /// Queues an RFC at `key` (R-RFC-2) and records its owner (R-MATCH-7).
+    fn enqueue(&mut self, model: ModelIdx, key: (u128, u64), slot: u32, user: AccountIdx) {
+        let previous = self.state.models[model as usize].queue.insert(key, slot);
+        debug_assert!(previous.is_none(), "queue keys are unique");
+        self.queue_owners[model as usize].insert(user, key);
+    }
+
+    /// Takes an RFC out of its model's queue (no-op if it was not queued).
+    fn dequeue(&mut self, model: ModelIdx, key: (u128, u64), user: AccountIdx) {
+        if self.state.models[model as usize].queue.remove(&key).is_some() {
+            self.queue_owners[model as usize].remove(user, key);
+        }
+        debug_assert_eq!(
+            self.state.models[model as usize].queue.len(),
+            self.queue_owners[model as usize].len()
+        );
     }
 
     pub(crate) fn cancel_rfc(
@@ -153,23 +184,51 @@ impl Engine {
     }
 
     /// R-MATCH-1: pairs the queue's head with the best available offer while both
-    /// exist and the session limit allows.
+    /// exist and the session limit allows. R-MATCH-7: never with its own address's
+    /// offer: the head takes the best offer not its own; when the book holds only
+    /// the head's user's offer, that offer goes to the first queued RFC of someone
+    /// else, and the user's RFCs wait (in place) for another provider or expiry.
     fn try_match(&mut self, model: ModelIdx, now: u64, effects: &mut Vec<Effect>) {
         loop {
             let busy = self.state.sessions.len() as u64 + self.state.probes_open as u64;
             if busy >= self.state.config.sessions_open_max as u64 {
                 return;
             }
-            let model_state = &mut self.state.models[model as usize];
-            let (Some((_, &rfc_slot)), Some((_, &(provider, offer)))) = (
+            let model_state = &self.state.models[model as usize];
+            let (Some((&head_key, &head_slot)), Some(&(best, best_offer))) = (
                 model_state.queue.first_key_value(),
-                model_state.book.first_key_value(),
+                model_state.book.values().next(),
             ) else {
                 return;
             };
-            model_state.queue.pop_first();
-            self.start_probe(rfc_slot as usize, provider, offer, now, effects);
+            let head_user = self.rfc_user(head_slot);
+            let (key, slot, user, provider, offer) =
+                match self.best_offer_for(model, head_user) {
+                    Some((provider, offer)) => (head_key, head_slot, head_user, provider, offer),
+                    None => {
+                        // The book holds only the head user's own offer.
+                        let owner = self.state.providers[best as usize].account;
+                        debug_assert_eq!(owner, head_user);
+                        let Some(key) = self.queue_owners[model as usize].first_not_of(owner)
+                        else {
+                            return;
+                        };
+                        let slot = self.state.models[model as usize].queue[&key];
+                        (key, slot, self.rfc_user(slot), best, best_offer)
+                    }
+                };
+            debug_assert_ne!(self.state.providers[provider as usize].account, user);
+            self.dequeue(model, key, user);
+            self.start_probe(slot as usize, provider, offer, now, effects);
         }
+    }
+
+    fn rfc_user(&self, slot: u32) -> AccountIdx {
+        self.state
+            .rfcs
+            .get(slot as usize)
+            .expect("queued RFC exists")
+            .user
     }
 
     fn start_probe(
@@ -291,6 +350,8 @@ impl Engine {
             expires_at_ms,
             rfc_nonce: rfc.nonce,
         };
+        // R-MATCH-7: matching never pairs an RFC with its own address's offer.
+        debug_assert_ne!(rfc.user, provider.account, "self-match");
         let session = Session {
             id,
             user: rfc.user,
@@ -337,10 +398,8 @@ impl Engine {
             self.fail_rfc(slot, RfcFailure::NoProvider, effects);
         } else {
             // Back at its original place in the queue: it keeps its priority.
-            let (key, model) = (rfc.queue_key, rfc.model);
-            self.state.models[model as usize]
-                .queue
-                .insert(key, slot as u32);
+            let (key, model, user) = (rfc.queue_key, rfc.model, rfc.user);
+            self.enqueue(model, key, slot as u32, user);
             self.pending_match.push(model);
         }
     }
@@ -362,9 +421,7 @@ impl Engine {
             return;
         };
         debug_assert!(rfc.probing.is_none(), "end the probe before failing");
-        self.state.models[rfc.model as usize]
-            .queue
-            .remove(&rfc.queue_key);
+        self.dequeue(rfc.model, rfc.queue_key, rfc.user);
         self.state.rfc_expiries.remove(rfc.expires_at_ms, rfc.id);
         let day = self.state.day();
         let account = &mut self.state.accounts[rfc.user as usize];
@@ -506,7 +563,8 @@ impl Engine {
         if credited {
             self.credit(&session, elapsed_ms, tokens, amount_wei, report_digest);
         }
-        self.record_outcome(session.provider, penalty, now, effects);
+        let penalty_from = penalty.then_some(session.user);
+        self.record_outcome(session.provider, penalty_from, now, effects);
         // R-BLOCK-2: what the session earned; the ledger credits it subject to the
         // day's cap when the block is sealed.
         let earned_wei = if credited { amount_wei } else { 0 };
@@ -521,8 +579,14 @@ impl Engine {
         Ok(())
     }
 
-    /// R-MONEY-1: refuses (changing nothing) a credit that would overflow its
-    /// provider's block totals (wei or tokens) or the block's batch total.
+    /// R-MONEY-1, R-OPS-4: refuses (changing nothing) a credit that would overflow a
+    /// running sum the report pushes: its provider's block totals (wei, tokens,
+    /// sessions), the block's batch total, or the ledger's cumulative shortfall when
+    /// the block is sealed. The shortfall of a block is at most what the block
+    /// earned, so `shortfall_total + block earned` bounds it whatever the day's cap
+    /// credits; every other ledger sum is bounded by the emission (solvency), which
+    /// `MarketConfig::validate` bounds. So sealing the block (and replaying the
+    /// journal) can never overflow.
     fn check_credit_fits(
         &self,
         provider: u32,
@@ -530,25 +594,43 @@ impl Engine {
         tokens: u64,
         now: u64,
     ) -> Result<(), MarketError> {
-        let block_fits = money::add(self.state.block_earned_wei, amount_wei).is_ok();
+        let retry_after_ms = self.block_end_ms().saturating_sub(now).min(u32::MAX as u64) as u32;
+        let refuse = |sum: CreditSum| {
+            let retry_after_ms = match sum {
+                CreditSum::LedgerShortfall => 0, // never shrinks: retrying cannot help
+                _ => retry_after_ms,
+            };
+            Err(MarketError::CreditOverflow {
+                retry_after_ms,
+                sum,
+            })
+        };
+        let Ok(block_wei) = money::add(self.state.block_earned_wei, amount_wei) else {
+            return refuse(CreditSum::BlockWei);
+        };
+        if money::add(self.state.ledger.shortfall_total_wei, block_wei).is_err() {
+            return refuse(CreditSum::LedgerShortfall);
+        }
         // A provider's totals are parts of the block's: when the block's sums fit, so
         // do the provider's, and the lookup is skipped (the hot path).
-        if block_fits && self.state.block_tokens + (tokens as u128) <= u64::MAX as u128 {
+        let receipts = self.state.merkle.leaves();
+        if self.state.block_tokens + (tokens as u128) <= u64::MAX as u128
+            && receipts < u32::MAX as u64
+        {
             return Ok(());
         }
-        let (provider_wei, provider_tokens) = self
+        let (provider_wei, provider_tokens, provider_sessions) = self
             .state
             .block_totals
             .get(provider)
-            .map_or((0, 0), |t| (t.earned_wei, t.tokens));
-        let fits = block_fits
-            && money::add(provider_wei, amount_wei).is_ok()
-            && provider_tokens.checked_add(tokens).is_some();
-        if fits {
-            return Ok(());
+            .map_or((0, 0, 0), |t| (t.earned_wei, t.tokens, t.sessions));
+        if money::add(provider_wei, amount_wei).is_err() {
+            return refuse(CreditSum::BlockWei);
         }
-        let retry_after_ms = self.block_end_ms().saturating_sub(now).min(u32::MAX as u64) as u32;
-        Err(MarketError::CreditOverflow { retry_after_ms })
+        if provider_tokens.checked_add(tokens).is_none() || provider_sessions == u32::MAX {
+            return refuse(CreditSum::BlockCount);
+        }
+        Ok(())
     }
 
     /// R-PERF-1..3: what the report earns (pure: the speed window is updated by the
@@ -627,43 +709,78 @@ impl Engine {
             .tokens
             .checked_add(tokens)
             .expect("provider token total checked before the report was accepted");
-        totals.sessions += 1;
+        totals.sessions = totals
+            .sessions
+            .checked_add(1)
+            .expect("provider session count checked before the report was accepted");
         self.state.counters.sessions_credited += 1;
+        if amount_wei > 0 {
+            let address = totals.provider;
+            self.enroll_bootstrap(address);
+        }
     }
 
-    /// R-PERF-4: too many penalty points among the recent reports suspend.
+    /// R-CONTRACT-4: the first `bootstrap_providers_max` providers to earn a credited
+    /// session (in the order of those sessions' reports) hold the bootstrap slots
+    /// for the whole bootstrap period. Only a funded provider is ever matched
+    /// (R-PROV-2), so neither unfunded nor idle registrations take a slot.
+    fn enroll_bootstrap(&mut self, provider: Address) {
+        let config = &self.state.config;
+        let ledger = &mut self.state.ledger;
+        if self.state.block / crate::types::BLOCKS_PER_DAY >= config.bootstrap_days
+            || ledger.bootstrap_providers.len() >= config.bootstrap_providers_max as usize
+        {
+            return;
+        }
+        ledger.bootstrap_providers.insert(provider);
+        debug_assert!(ledger.bootstrap_providers.len() <= config.bootstrap_providers_max as usize);
+    }
+
+    /// R-PERF-4: too many penalty points among the recent reports suspend, when
+    /// they come from at least `suspend_users_min` distinct users (so that no single
+    /// user, nor a few, can suspend a provider). `penalty_from` is the user whose
+    /// report earned a penalty point, `None` for a report without one.
     fn record_outcome(
         &mut self,
         provider_idx: u32,
-        penalty: bool,
+        penalty_from: Option<AccountIdx>,
         now: u64,
         effects: &mut Vec<Effect>,
     ) {
-        let (window, threshold, suspension_ms) = (
+        let (window, threshold, users_min, suspension_ms) = (
             self.state.config.penalty_window_reports,
             self.state.config.penalty_points_suspend,
+            self.state.config.suspend_users_min,
             self.state.config.suspension_ms,
         );
         let provider = &mut self.state.providers[provider_idx as usize];
-        provider.recent_penalties.push_back(penalty);
+        provider.recent_penalties.push_back(penalty_from);
         while provider.recent_penalties.len() > window as usize {
             provider.recent_penalties.pop_front();
         }
+        debug_assert!(provider.recent_penalties.len() <= window as usize);
         // The points are counted only when this report adds one: only then can
-        // they reach the threshold.
-        if penalty
-            && threshold > 0
-            && provider.recent_penalties.iter().filter(|&&p| p).count() as u32 >= threshold
-        {
-            provider.recent_penalties.clear();
-            let until_ms = now.saturating_add(suspension_ms);
-            provider.suspended_until_ms = until_ms;
-            effects.push(Effect::ProviderSuspended {
-                provider: provider.address,
-                until_ms,
-            });
-            self.state.suspensions.insert((until_ms, provider_idx));
-            self.refresh_provider(provider_idx);
+        // they reach the threshold. The window is at most 1,024 reports.
+        if penalty_from.is_none() || threshold == 0 {
+            return;
         }
+        let mut users: Vec<AccountIdx> = provider.recent_penalties.iter().flatten().copied().collect();
+        if (users.len() as u32) < threshold {
+            return;
+        }
+        users.sort_unstable();
+        users.dedup();
+        if (users.len() as u32) < users_min {
+            return;
+        }
+        provider.recent_penalties.clear();
+        let until_ms = now.saturating_add(suspension_ms);
+        provider.suspended_until_ms = until_ms;
+        effects.push(Effect::ProviderSuspended {
+            provider: provider.address,
+            until_ms,
+        });
+        self.state.suspensions.insert((until_ms, provider_idx));
+        self.refresh_provider(provider_idx);
     }
 }

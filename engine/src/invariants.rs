@@ -11,6 +11,8 @@ impl Engine {
         self.check_quota();
         self.check_book();
         self.check_matching();
+        self.check_no_self_match();
+        self.check_unfunded();
         self.state.settlement.check(
             self.state.block,
             self.state.config.settlement_epoch_blocks,
@@ -105,11 +107,66 @@ impl Engine {
         let room = (self.state.sessions.len() as u64 + self.state.probes_open as u64)
             < self.state.config.sessions_open_max as u64;
         for model in &self.state.models {
-            assert!(
-                !(room && !model.queue.is_empty() && !model.book.is_empty()),
-                "a possible match was left undone"
-            );
+            if !room || model.book.is_empty() {
+                continue;
+            }
+            // R-MATCH-7: a queued RFC may wait only for want of someone else's offer.
+            for &slot in model.queue.values() {
+                let user = self.state.rfcs.get(slot as usize).expect("queued RFC").user;
+                let other = model
+                    .book
+                    .values()
+                    .any(|&(p, _)| self.state.providers[p as usize].account != user);
+                assert!(!other, "a possible match was left undone");
+            }
         }
+    }
+
+    /// R-MATCH-7: no session, and no probe, pairs an address with itself; the queue
+    /// owners index matches the queues.
+    pub fn check_no_self_match(&self) {
+        for (_, session) in self.state.sessions.iter() {
+            let provider = &self.state.providers[session.provider as usize];
+            assert_ne!(provider.account, session.user, "session with user = provider");
+        }
+        for (_, rfc) in self.state.rfcs.iter() {
+            if let Some(probing) = &rfc.probing {
+                let provider = &self.state.providers[probing.provider as usize];
+                assert_ne!(provider.account, rfc.user, "probe for the user's own offer");
+            }
+        }
+        for (model, owners) in self.state.models.iter().zip(&self.queue_owners) {
+            owners.check();
+            let mut queued: Vec<_> = model
+                .queue
+                .iter()
+                .map(|(&key, &slot)| (self.state.rfcs.get(slot as usize).expect("queued").user, key))
+                .collect();
+            queued.sort_unstable();
+            assert!(owners.entries().eq(queued), "queue owners drifted");
+        }
+    }
+
+    /// R-PROV-2: unfunded registrations within their bound, none for an address that
+    /// is a provider or holds MOR; R-CONTRACT-4: bootstrap slots within theirs.
+    pub fn check_unfunded(&self) {
+        let config = &self.state.config;
+        self.state.unfunded.check(config.unfunded_registrations_max);
+        for address in self.state.unfunded.addresses() {
+            if let Some(idx) = self.account_of(address) {
+                let account = &self.state.accounts[idx as usize];
+                assert!(account.provider.is_none(), "unfunded registration of a provider");
+                assert_eq!(account.balance_wei, 0, "unfunded registration of a funded address");
+            }
+        }
+        assert!(
+            self.state.providers.len() <= config.providers_max as usize,
+            "providers above providers_max"
+        );
+        assert!(
+            self.state.ledger.bootstrap_providers.len() <= config.bootstrap_providers_max as usize,
+            "bootstrap slots above bootstrap_providers_max"
+        );
     }
 
     /// Every offer in a book is available, and every queued RFC is not probing.

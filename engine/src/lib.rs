@@ -35,6 +35,7 @@ pub mod ledger;
 pub mod merkle;
 pub mod money;
 mod operator;
+mod owners;
 mod provider;
 pub mod quota;
 pub mod settlement;
@@ -44,6 +45,7 @@ pub mod state;
 pub mod timer;
 pub mod totals;
 pub mod types;
+pub mod unfunded;
 pub mod workload;
 
 pub use catalog::CatalogEntry;
@@ -53,7 +55,7 @@ pub use command::{
 };
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
 pub use engine::{Engine, RestoreError, APPLY_BATCH_GROUP};
-pub use error::{Limit, MarketError};
+pub use error::{CreditSum, Limit, MarketError, NONCE_GAP_MAX};
 pub use figures::{MarketFigures, ModelFigures, ModelProviders};
 pub use types::{
     Address, ModelId, ProbeId, RfcId, SessionId, Unit, BLOCKS_PER_DAY, BLOCK_MS, WEI_PER_MOR,

@@ -69,11 +69,20 @@ impl Engine {
             });
         }
         for &(address, balance_wei) in entries {
-            let account = self.account_or_create(address).expect("room checked above");
-            let account = &mut self.state.accounts[account as usize];
+            let idx = self.account_or_create(address).expect("room checked above");
+            let account = &mut self.state.accounts[idx as usize];
             account.balance_wei = balance_wei;
             if let Some(provider) = account.provider {
                 self.refresh_provider(provider);
+            } else if let Some(registration) = self.state.unfunded.get(&address) {
+                // R-ID-4: the account now tracks the address's nonces; it continues
+                // from the unfunded registration's.
+                let nonce_last = registration.nonce_last;
+                let account = &mut self.state.accounts[idx as usize];
+                account.nonce_last = Some(account.nonce_last.unwrap_or(0).max(nonce_last));
+                if balance_wei > 0 {
+                    self.promote_unfunded(idx); // R-PROV-2
+                }
             }
         }
         effects.push(Effect::BalancesSet {

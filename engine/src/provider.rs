@@ -5,7 +5,8 @@
 use crate::command::{Effect, OfferSpec};
 use crate::engine::Engine;
 use crate::error::{Limit, MarketError};
-use crate::state::{Offer, Provider, ProviderIdx};
+use crate::state::{AccountIdx, Offer, Provider, ProviderIdx};
+use crate::unfunded::UnfundedRegistration;
 use crate::types::{Address, ModelId, Unit};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -71,9 +72,8 @@ impl Engine {
             }
             models.push(model);
         }
-        let existing = self
-            .account_of(&address)
-            .and_then(|a| self.state.accounts[a as usize].provider);
+        let account = self.account_of(&address);
+        let existing = account.and_then(|a| self.state.accounts[a as usize].provider);
         if let Some(p) = existing {
             // Capacity may not drop below what is in use (open sessions + probes).
             for (spec, &model) in offers.iter().zip(&models) {
@@ -89,6 +89,12 @@ impl Engine {
                     }
                 }
             }
+        } else if account.is_none_or(|a| self.state.accounts[a as usize].balance_wei == 0) {
+            // R-PROV-2: no MOR, no place: kept apart, bounded, and told so.
+            self.keep_unfunded(address, nonce, endpoint, offers);
+            effects.push(Effect::Done { to: address, nonce });
+            effects.push(Effect::ProviderUnfunded { provider: address });
+            return Ok(());
         } else if self.state.providers.len() >= self.state.config.providers_max as usize {
             return Err(MarketError::LimitReached {
                 limit: Limit::Providers,
@@ -100,6 +106,28 @@ impl Engine {
             Some(p) => p,
             None => self.new_provider(account, address),
         };
+        // A funded address holds no unfunded registration (promoted when funded).
+        debug_assert!(self.state.unfunded.get(&address).is_none());
+        self.set_registration(provider_idx, endpoint, offers, &models);
+        effects.push(Effect::Done { to: address, nonce });
+        if self.state.accounts[account as usize].balance_wei == 0 {
+            // R-PROV-2: a provider whose balance fell to zero keeps its place (it had
+            // MOR when it took it) but waits for matches that never come until funded.
+            effects.push(Effect::ProviderUnfunded { provider: address });
+        }
+        Ok(())
+    }
+
+    /// Applies a registration to a provider: endpoint, reachable, offers (those not
+    /// listed again are withdrawn), and book membership.
+    fn set_registration(
+        &mut self,
+        provider_idx: ProviderIdx,
+        endpoint: &[u8],
+        offers: &[OfferSpec],
+        models: &[u16],
+    ) {
+        debug_assert_eq!(offers.len(), models.len());
         self.state.providers[provider_idx as usize].endpoint = endpoint.into();
         self.state.providers[provider_idx as usize].reachable = true;
         for offer in &mut self.state.providers[provider_idx as usize].offers {
@@ -107,16 +135,59 @@ impl Engine {
                 offer.active = false; // offers not listed again are withdrawn
             }
         }
-        for (spec, model) in offers.iter().zip(models) {
+        for (spec, &model) in offers.iter().zip(models) {
             self.upsert_offer(provider_idx, model, spec.price_wei_per_token, spec.capacity);
         }
         self.refresh_provider(provider_idx);
-        effects.push(Effect::Done { to: address, nonce });
-        if self.state.accounts[account as usize].balance_wei == 0 {
-            // R-PROV-2: accepted, but it would wait for matches that never come.
-            effects.push(Effect::ProviderUnfunded { provider: address });
+    }
+
+    /// R-PROV-2: keeps a validated registration from an address without MOR in the
+    /// bounded set of its own (the oldest evicted first).
+    fn keep_unfunded(&mut self, address: Address, nonce: u64, endpoint: &[u8], offers: &[OfferSpec]) {
+        let seq = self.state.next_seq();
+        let config = &self.state.config;
+        let registration = UnfundedRegistration {
+            nonce_last: nonce,
+            endpoint: endpoint.to_vec(),
+            offers: offers.to_vec(),
+            seq,
+            expires_at_ms: self.state.now_ms.saturating_add(config.unfunded_registration_ttl_ms),
+        };
+        let max = config.unfunded_registrations_max;
+        self.state.unfunded.keep(address, registration, max);
+        debug_assert!(self.state.unfunded.len() <= max as usize);
+    }
+
+    /// R-PROV-2: the operator funded `account`: an unfunded registration of its
+    /// address takes a real place now, if `providers_max` has room (its offers get
+    /// the bid times of this moment); else it is dropped, and the provider's next
+    /// registration is refused `limit_reached` as any other would be. The account's
+    /// nonce continues from the registration's (R-ID-4).
+    pub(crate) fn promote_unfunded(&mut self, account: AccountIdx) {
+        let address = self.state.accounts[account as usize].address;
+        debug_assert!(self.state.accounts[account as usize].balance_wei > 0);
+        let Some(registration) = self.state.unfunded.remove(&address) else {
+            return;
+        };
+        let nonce_last = &mut self.state.accounts[account as usize].nonce_last;
+        *nonce_last = Some(nonce_last.unwrap_or(0).max(registration.nonce_last));
+        if self.state.accounts[account as usize].provider.is_some()
+            || self.state.providers.len() >= self.state.config.providers_max as usize
+        {
+            return;
         }
-        Ok(())
+        // Validated when kept; the catalog and the bounds cannot have changed since
+        // except `bid_wei_per_token_max`, which SetParams keeps above live offers
+        // only: check the offers again rather than admit one above the bound.
+        let mut models = Vec::with_capacity(registration.offers.len());
+        for spec in &registration.offers {
+            match self.validate_offer(spec) {
+                Ok(model) => models.push(model),
+                Err(_) => return,
+            }
+        }
+        let provider_idx = self.new_provider(account, address);
+        self.set_registration(provider_idx, &registration.endpoint, &registration.offers, &models);
     }
 
     fn new_provider(&mut self, account: u32, address: Address) -> ProviderIdx {
@@ -131,10 +202,8 @@ impl Engine {
             recent_penalties: VecDeque::new(),
         });
         self.state.accounts[account as usize].provider = Some(idx);
-        // R-CONTRACT-4: the first providers to register earn the bootstrap bonus.
-        if (idx as u64) < self.state.config.bootstrap_providers_max as u64 {
-            self.state.ledger.bootstrap_providers.insert(address);
-        }
+        // R-CONTRACT-4: bootstrap slots go by first credited session (flow.rs), not
+        // by registration, so that idle registrations take none.
         idx
     }
 
@@ -249,6 +318,10 @@ impl Engine {
         if let Ok(provider) = self.provider_of(&address) {
             self.state.providers[provider as usize].reachable = false;
             self.refresh_provider(provider);
+        } else {
+            // R-PROV-2: a provider is reachable only through a connection; it
+            // registers again when it reconnects.
+            self.state.unfunded.remove(&address);
         }
     }
 

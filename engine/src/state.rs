@@ -57,8 +57,9 @@ pub struct Provider {
     pub reachable: bool,
     pub suspended_until_ms: u64,
     pub offers: Vec<Offer>,
-    /// Penalty flags of the most recent reports (R-PERF-4), newest last.
-    pub recent_penalties: VecDeque<bool>,
+    /// The most recent reports (R-PERF-4), newest last: the account of the user
+    /// whose report earned a penalty point, `None` for a report without one.
+    pub recent_penalties: VecDeque<Option<AccountIdx>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -165,6 +166,8 @@ pub struct State {
     pub counters: Counters,
     /// R-QUOTA-6: BLAKE3 of the last balance snapshot file applied, if any.
     pub balance_snapshot_blake3: Option<[u8; 32]>,
+    /// R-PROV-2: registrations from addresses without MOR, bounded, kept apart.
+    pub unfunded: crate::unfunded::UnfundedRegistrations,
 }
 
 impl State {

@@ -337,7 +337,10 @@ fn check_step(m: &Market, seen: &mut Seen, bid_max: u128, command: &Command, eff
             }
             Effect::Rejected { error, .. } => match (error, command) {
                 (
-                    MarketError::CreditOverflow { retry_after_ms },
+                    MarketError::CreditOverflow {
+                        retry_after_ms,
+                        sum,
+                    },
                     Command::Report {
                         session, tokens, ..
                     },
@@ -352,6 +355,8 @@ fn check_step(m: &Market, seen: &mut Seen, bid_max: u128, command: &Command, eff
                         .unwrap_or_default()
                         + amount.clone();
                     let total = seen.earned_total_this_block.clone() + amount;
+                    // R-OPS-4: the block's shortfall is at most its total.
+                    let shortfall_worst = big(m.engine.ledger().shortfall_total_wei) + total.clone();
                     let provider_tokens = seen
                         .tokens_this_block
                         .get(&ticket.provider)
@@ -361,8 +366,16 @@ fn check_step(m: &Market, seen: &mut Seen, bid_max: u128, command: &Command, eff
                     assert!(
                         provider_sum > big(u128::MAX)
                             || total > big(u128::MAX)
-                            || provider_tokens > u64::MAX as u128,
+                            || provider_tokens > u64::MAX as u128
+                            || shortfall_worst > big(u128::MAX),
                         "credit_overflow for a credit that fits"
+                    );
+                    assert_eq!(
+                        *sum == CreditSum::LedgerShortfall,
+                        provider_sum <= big(u128::MAX)
+                            && total <= big(u128::MAX)
+                            && shortfall_worst > big(u128::MAX),
+                        "the refusal names the sum that overflows: {sum:?}"
                     );
                     assert!(*retry_after_ms as u64 <= BLOCK_MS);
                 }

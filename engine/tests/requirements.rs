@@ -474,6 +474,7 @@ fn r_perf_4_penalties_suspend_then_the_provider_returns() {
     let mut m = Market::with(MarketConfig {
         penalty_points_suspend: 2,
         suspension_ms: 5_000,
+        suspend_users_min: 1, // one user's points suffice here (integrity.rs: 3)
         ..config()
     });
     m.fund(user(1), 500);
@@ -547,7 +548,9 @@ fn r_prov_1_registration_checks_model_hash_unit_and_limits() {
             .len(),
         2
     );
-    assert_eq!(m.engine.providers_len(), 1);
+    // R-PROV-2: kept apart from the providers, which it takes no place among.
+    assert_eq!(m.engine.providers_len(), 0);
+    assert_eq!(m.engine.unfunded_registrations_len(), 1);
 }
 
 #[test]
@@ -740,7 +743,7 @@ fn operator_commands_need_the_operator() {
 fn error_codes_are_stable_and_unique() {
     let errors = MarketError::one_of_each();
     let mut codes: Vec<u16> = errors.iter().map(MarketError::code).collect();
-    assert_eq!(codes, (0x0201..=0x021E).collect::<Vec<u16>>());
+    assert_eq!(codes, (0x0201..=0x021F).collect::<Vec<u16>>());
     codes.dedup();
     assert_eq!(codes.len(), errors.len());
     assert!(errors
