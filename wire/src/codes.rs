@@ -104,6 +104,9 @@ codes! {
     CREDIT_OVERFLOW = 0x021D, "credit_overflow";
     /// R-CONTRACT-6: a parameter set that would stop the market (the reason says why).
     INVALID_PARAM_SET = 0x021E, "invalid_param_set";
+    /// R-ID-8: a nonce more than 2^40 above max(the last accepted one, the router's
+    /// time in µs); detail: the largest nonce accepted now (the reason names both).
+    NONCE_GAP = 0x021F, "nonce_gap";
 
     /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
     OVERLOADED = 0x0301, "overloaded";

@@ -171,6 +171,16 @@ pub struct MarketSection {
     pub endpoint_bytes_max: u32,
     /// Entries in one BalanceUpdate, at most the wire's 100,000. 100,000.
     pub balance_entries_max: u32,
+    /// R-PERF-4: distinct users whose penalty points (within the penalty window) a
+    /// suspension needs, 1..=penalty_window_reports. 3.
+    pub suspend_users_min: u32,
+    /// R-PROV-2: registrations from addresses without MOR kept apart from the
+    /// providers (never counted in `providers_max`), oldest evicted first,
+    /// 1..=1,000,000. 10,000.
+    pub unfunded_registrations_max: u32,
+    /// R-PROV-2: how long an unfunded registration is kept, ms, 1..=86,400,000 (a
+    /// day). 600,000.
+    pub unfunded_registration_ttl_ms: u64,
 }
 
 impl Default for MarketSection {
@@ -211,6 +221,9 @@ impl Default for MarketSection {
             offer_capacity_max: d.offer_capacity_max,
             endpoint_bytes_max: d.endpoint_bytes_max,
             balance_entries_max: d.balance_entries_max,
+            suspend_users_min: d.suspend_users_min,
+            unfunded_registrations_max: d.unfunded_registrations_max,
+            unfunded_registration_ttl_ms: d.unfunded_registration_ttl_ms,
         }
     }
 }
@@ -435,6 +448,9 @@ impl RouterConfig {
             offer_capacity_max: m.offer_capacity_max,
             endpoint_bytes_max: m.endpoint_bytes_max,
             balance_entries_max: m.balance_entries_max,
+            suspend_users_min: m.suspend_users_min,
+            unfunded_registrations_max: m.unfunded_registrations_max,
+            unfunded_registration_ttl_ms: m.unfunded_registration_ttl_ms,
             ..MarketConfig::default()
         };
         use yellowstone_wire::messages::{BALANCE_ENTRIES_MAX, ENDPOINT_BYTES_MAX, OFFERS_MAX};
