@@ -70,6 +70,11 @@ enum Step {
         ms: u32,
     },
     Replay,
+    /// R-MATCH-7: provider 2 also buys (its balance only rises, see FundProvider).
+    SelfRfc {
+        model_b: bool,
+        tokens: u16,
+    },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -126,6 +131,7 @@ fn step() -> impl Strategy<Value = Step> {
         (0..3u8).prop_map(|provider| Step::Claim { provider }),
         prop_oneof![1..3_000u32, 10_000..40_000u32].prop_map(|ms| Step::Wait { ms }),
         Just(Step::Replay),
+        (any::<bool>(), 1..2_000u16).prop_map(|(model_b, tokens)| Step::SelfRfc { model_b, tokens }),
     ]
 }
 
@@ -168,10 +174,16 @@ fn to_command(m: &mut Market, seen: &Observed, step: &Step) -> Command {
         }
         Step::FundProvider { provider: p, mor } => {
             let nonce = m.nonce(OPERATOR);
+            let mut balance = mor as u128 * WEI_PER_MOR;
+            if p == 2 {
+                // Provider 2 also buys (SelfRfc): "used <= UserMax" needs its balance
+                // never to fall.
+                balance = balance.max(m.engine.balance_wei(&provider(2)));
+            }
             Command::SetBalances {
                 operator: OPERATOR,
                 nonce,
-                entries: vec![(provider(p as u32), mor as u128 * WEI_PER_MOR)],
+                entries: vec![(provider(p as u32), balance)],
             }
         }
         Step::Register {
@@ -312,6 +324,16 @@ fn to_command(m: &mut Market, seen: &Observed, step: &Step) -> Command {
             }
         }
         Step::Wait { .. } => Command::Tick,
+        Step::SelfRfc { model_b, tokens } => {
+            let nonce = m.nonce(provider(2));
+            Command::SubmitRfc {
+                user: provider(2),
+                nonce,
+                model: model(model_b),
+                tokens_max: tokens as u64,
+                expires_at_ms: m.now + 60_000,
+            }
+        }
         Step::Replay => seen.last_command.clone().unwrap_or(Command::Tick),
     }
 }
@@ -350,7 +372,10 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
             Effect::Probe {
                 probe, provider, ..
             } => seen.probes.push((*probe, *provider)),
-            Effect::SessionOpened { ticket } => seen.tickets.push(ticket.clone()),
+            Effect::SessionOpened { ticket } => {
+                assert_ne!(ticket.user, ticket.provider, "R-MATCH-7: a self-match");
+                seen.tickets.push(ticket.clone())
+            }
             Effect::ReportAccepted {
                 session,
                 reason,
