@@ -341,3 +341,20 @@ fn r_id_8_a_nonce_far_above_the_last_is_refused_and_the_address_goes_on() {
     });
     assert!(matches!(rejected(&e), MarketError::NonceGap { .. }));
 }
+
+#[test]
+fn r_match_7_the_e2e_sequence() {
+    let mut m = Market::new();
+    m.fund(dual(1), 500);
+    m.fund(provider(1), 1);
+    m.fund(user(1), 500);
+    m.register(dual(1), vec![Market::offer(MODEL_A, 1_000, 4)]);
+    assert!(probe_in(&m.rfc(dual(1), MODEL_A, 10)).is_none());
+    let effects = m.register(provider(1), vec![Market::offer(MODEL_A, 5_000, 4)]);
+    let (probe, to) = probe_in(&effects).unwrap();
+    assert_eq!(to, provider(1));
+    let t = ticket_in(&m.answer(provider(1), probe)).unwrap();
+    m.report(dual(1), t.session, 10, 10, true);
+    let t = m.open_session(user(1), MODEL_A, 10);
+    assert_eq!(t.provider, dual(1));
+}
