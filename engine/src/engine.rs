@@ -669,7 +669,11 @@ impl Engine {
 /// no message can take an address near 2^64 - 1 and so use it up: each accepted
 /// nonce is at most 2^40 above the previous one or the clock. Pure: the same journal
 /// replays to the same decisions.
-pub(crate) fn nonce_admissible(last: Option<u64>, nonce: u64, now_ms: u64) -> Result<(), MarketError> {
+pub(crate) fn nonce_admissible(
+    last: Option<u64>,
+    nonce: u64,
+    now_ms: u64,
+) -> Result<(), MarketError> {
     if let Some(nonce_last) = last.filter(|&last| nonce <= last) {
         return Err(MarketError::Replay { nonce_last });
     }

@@ -149,7 +149,11 @@ impl Engine {
 
     /// Takes an RFC out of its model's queue (no-op if it was not queued).
     fn dequeue(&mut self, model: ModelIdx, key: (u128, u64), user: AccountIdx) {
-        if self.state.models[model as usize].queue.remove(&key).is_some() {
+        if self.state.models[model as usize]
+            .queue
+            .remove(&key)
+            .is_some()
+        {
             self.queue_owners[model as usize].remove(user, key);
         }
         debug_assert_eq!(
@@ -202,21 +206,19 @@ impl Engine {
                 return;
             };
             let head_user = self.rfc_user(head_slot);
-            let (key, slot, user, provider, offer) =
-                match self.best_offer_for(model, head_user) {
-                    Some((provider, offer)) => (head_key, head_slot, head_user, provider, offer),
-                    None => {
-                        // The book holds only the head user's own offer.
-                        let owner = self.state.providers[best as usize].account;
-                        debug_assert_eq!(owner, head_user);
-                        let Some(key) = self.queue_owners[model as usize].first_not_of(owner)
-                        else {
-                            return;
-                        };
-                        let slot = self.state.models[model as usize].queue[&key];
-                        (key, slot, self.rfc_user(slot), best, best_offer)
-                    }
-                };
+            let (key, slot, user, provider, offer) = match self.best_offer_for(model, head_user) {
+                Some((provider, offer)) => (head_key, head_slot, head_user, provider, offer),
+                None => {
+                    // The book holds only the head user's own offer.
+                    let owner = self.state.providers[best as usize].account;
+                    debug_assert_eq!(owner, head_user);
+                    let Some(key) = self.queue_owners[model as usize].first_not_of(owner) else {
+                        return;
+                    };
+                    let slot = self.state.models[model as usize].queue[&key];
+                    (key, slot, self.rfc_user(slot), best, best_offer)
+                }
+            };
             debug_assert_ne!(self.state.providers[provider as usize].account, user);
             self.dequeue(model, key, user);
             self.start_probe(slot as usize, provider, offer, now, effects);
@@ -764,7 +766,12 @@ impl Engine {
         if penalty_from.is_none() || threshold == 0 {
             return;
         }
-        let mut users: Vec<AccountIdx> = provider.recent_penalties.iter().flatten().copied().collect();
+        let mut users: Vec<AccountIdx> = provider
+            .recent_penalties
+            .iter()
+            .flatten()
+            .copied()
+            .collect();
         if (users.len() as u32) < threshold {
             return;
         }

@@ -127,7 +127,10 @@ impl Engine {
     pub fn check_no_self_match(&self) {
         for (_, session) in self.state.sessions.iter() {
             let provider = &self.state.providers[session.provider as usize];
-            assert_ne!(provider.account, session.user, "session with user = provider");
+            assert_ne!(
+                provider.account, session.user,
+                "session with user = provider"
+            );
         }
         for (_, rfc) in self.state.rfcs.iter() {
             if let Some(probing) = &rfc.probing {
@@ -140,7 +143,12 @@ impl Engine {
             let mut queued: Vec<_> = model
                 .queue
                 .iter()
-                .map(|(&key, &slot)| (self.state.rfcs.get(slot as usize).expect("queued").user, key))
+                .map(|(&key, &slot)| {
+                    (
+                        self.state.rfcs.get(slot as usize).expect("queued").user,
+                        key,
+                    )
+                })
                 .collect();
             queued.sort_unstable();
             assert!(owners.entries().eq(queued), "queue owners drifted");
@@ -155,8 +163,14 @@ impl Engine {
         for address in self.state.unfunded.addresses() {
             if let Some(idx) = self.account_of(address) {
                 let account = &self.state.accounts[idx as usize];
-                assert!(account.provider.is_none(), "unfunded registration of a provider");
-                assert_eq!(account.balance_wei, 0, "unfunded registration of a funded address");
+                assert!(
+                    account.provider.is_none(),
+                    "unfunded registration of a provider"
+                );
+                assert_eq!(
+                    account.balance_wei, 0,
+                    "unfunded registration of a funded address"
+                );
             }
         }
         assert!(

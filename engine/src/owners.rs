@@ -107,10 +107,17 @@ impl QueueOwners {
             if last_user != Some(user) {
                 users += 1;
                 last_user = Some(user);
-                assert!(self.heads.contains(&(key, user)), "user {user}'s head missing");
+                assert!(
+                    self.heads.contains(&(key, user)),
+                    "user {user}'s head missing"
+                );
             }
         }
-        assert_eq!(users, self.heads.len(), "a head for a user with nothing queued");
+        assert_eq!(
+            users,
+            self.heads.len(),
+            "a head for a user with nothing queued"
+        );
     }
 }
 

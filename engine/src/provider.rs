@@ -6,8 +6,8 @@ use crate::command::{Effect, OfferSpec};
 use crate::engine::Engine;
 use crate::error::{Limit, MarketError};
 use crate::state::{AccountIdx, Offer, Provider, ProviderIdx};
-use crate::unfunded::UnfundedRegistration;
 use crate::types::{Address, ModelId, Unit};
+use crate::unfunded::UnfundedRegistration;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -143,7 +143,13 @@ impl Engine {
 
     /// R-PROV-2: keeps a validated registration from an address without MOR in the
     /// bounded set of its own (the oldest evicted first).
-    fn keep_unfunded(&mut self, address: Address, nonce: u64, endpoint: &[u8], offers: &[OfferSpec]) {
+    fn keep_unfunded(
+        &mut self,
+        address: Address,
+        nonce: u64,
+        endpoint: &[u8],
+        offers: &[OfferSpec],
+    ) {
         let seq = self.state.next_seq();
         let config = &self.state.config;
         let registration = UnfundedRegistration {
@@ -151,7 +157,10 @@ impl Engine {
             endpoint: endpoint.to_vec(),
             offers: offers.to_vec(),
             seq,
-            expires_at_ms: self.state.now_ms.saturating_add(config.unfunded_registration_ttl_ms),
+            expires_at_ms: self
+                .state
+                .now_ms
+                .saturating_add(config.unfunded_registration_ttl_ms),
         };
         let max = config.unfunded_registrations_max;
         self.state.unfunded.keep(address, registration, max);
@@ -187,7 +196,12 @@ impl Engine {
             }
         }
         let provider_idx = self.new_provider(account, address);
-        self.set_registration(provider_idx, &registration.endpoint, &registration.offers, &models);
+        self.set_registration(
+            provider_idx,
+            &registration.endpoint,
+            &registration.offers,
+            &models,
+        );
     }
 
     fn new_provider(&mut self, account: u32, address: Address) -> ProviderIdx {

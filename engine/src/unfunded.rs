@@ -120,7 +120,10 @@ impl UnfundedRegistrations {
         for (seq, address) in &self.by_age {
             let registration = &self.by_address[address];
             assert_eq!(registration.seq, *seq, "age index drifted for {address}");
-            assert!(registration.expires_at_ms >= last_expiry, "expiry out of age order");
+            assert!(
+                registration.expires_at_ms >= last_expiry,
+                "expiry out of age order"
+            );
             last_expiry = registration.expires_at_ms;
         }
     }

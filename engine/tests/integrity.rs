@@ -39,7 +39,10 @@ fn r_match_7_an_rfc_is_never_matched_with_its_own_offer() {
     assert_eq!(to, provider(1));
     let effects = m.answer(provider(1), probe);
     let t = ticket_in(&effects).unwrap();
-    assert_eq!((t.user, t.provider, t.price_wei_per_token), (dual(1), provider(1), 9));
+    assert_eq!(
+        (t.user, t.provider, t.price_wei_per_token),
+        (dual(1), provider(1), 9)
+    );
     // The self offer kept its time priority: it is still first for others.
     let t = m.open_session(user(1), MODEL_A, 10);
     assert_eq!(t.provider, dual(1));
@@ -94,7 +97,11 @@ fn r_prov_2_unfunded_registrations_never_lock_funded_providers_out() {
         assert!(m.engine.unfunded_registrations_len() <= 3);
     }
     assert_eq!(m.engine.providers_len(), 0);
-    assert_eq!(m.engine.accounts_len(), 1, "no account per sybil (only the operator's)");
+    assert_eq!(
+        m.engine.accounts_len(),
+        1,
+        "no account per sybil (only the operator's)"
+    );
     // Oldest evicted first.
     assert!(!m.engine.has_unfunded_registration(&user(6)));
     assert!((7..10).all(|n| m.engine.has_unfunded_registration(&user(n))));
@@ -125,7 +132,11 @@ fn r_prov_2_funding_an_unfunded_registration_gives_it_a_place_if_there_is_room()
     assert_eq!(rejected(&e), MarketError::Replay { nonce_last: 1 });
     m.fund(user(2), 1);
     assert_eq!(m.engine.providers_len(), 1, "promoted");
-    assert_eq!(m.engine.nonce_last(&user(2)), Some(1), "its nonce carried over");
+    assert_eq!(
+        m.engine.nonce_last(&user(2)),
+        Some(1),
+        "its nonce carried over"
+    );
     let t = m.open_session(user(99), MODEL_A, 10);
     assert_eq!(t.provider, user(2));
     m.fund(provider(1), 1);
@@ -167,7 +178,10 @@ fn r_contract_4_bootstrap_slots_go_by_first_credited_session() {
     assert!(m.engine.is_bootstrap_provider(&provider(3)));
     let t = m.open_session(user(1), MODEL_B, 100);
     m.report(user(1), t.session, 10, 100, true);
-    assert!(!m.engine.is_bootstrap_provider(&provider(2)), "slots are full");
+    assert!(
+        !m.engine.is_bootstrap_provider(&provider(2)),
+        "slots are full"
+    );
     // The day ends: the whole bonus goes to the one slot holder, with its session.
     let day_ms = BLOCKS_PER_DAY * BLOCK_MS;
     m.advance(day_ms);
@@ -222,7 +236,10 @@ fn r_perf_4_points_from_suspend_users_min_users_suspend() {
     for who in [1, 1, 2, 2] {
         assert!(!suspended(&fail_report(&mut m, user(who))));
     }
-    assert!(suspended(&fail_report(&mut m, user(3))), "5 points, 3 users");
+    assert!(
+        suspended(&fail_report(&mut m, user(3))),
+        "5 points, 3 users"
+    );
     let t = m.open_session(user(1), MODEL_A, 10);
     assert_eq!(t.provider, provider(2), "the suspended provider is skipped");
 }
@@ -243,7 +260,10 @@ fn r_perf_4_suspend_users_min_is_validated() {
             unfunded_registration_ttl_ms: ttl,
             ..config()
         };
-        assert!(config.validate().unwrap_err().contains("unfunded_registration"));
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .contains("unfunded_registration"));
     }
 }
 
@@ -275,7 +295,9 @@ fn r_ops_4_a_credit_that_would_overflow_the_ledger_shortfall_is_refused() {
             sum: CreditSum::LedgerShortfall
         }
     );
-    assert!(rejected(&effects).to_string().contains("cumulative shortfall"));
+    assert!(rejected(&effects)
+        .to_string()
+        .contains("cumulative shortfall"));
     let effects = m.advance(BLOCK_MS);
     assert_eq!(batches_in(&effects).len(), 1, "the block seals");
     // Replay from genesis and from a snapshot reach the same state.

@@ -356,7 +356,8 @@ fn check_step(m: &Market, seen: &mut Seen, bid_max: u128, command: &Command, eff
                         + amount.clone();
                     let total = seen.earned_total_this_block.clone() + amount;
                     // R-OPS-4: the block's shortfall is at most its total.
-                    let shortfall_worst = big(m.engine.ledger().shortfall_total_wei) + total.clone();
+                    let shortfall_worst =
+                        big(m.engine.ledger().shortfall_total_wei) + total.clone();
                     let provider_tokens = seen
                         .tokens_this_block
                         .get(&ticket.provider)

@@ -131,7 +131,8 @@ fn step() -> impl Strategy<Value = Step> {
         (0..3u8).prop_map(|provider| Step::Claim { provider }),
         prop_oneof![1..3_000u32, 10_000..40_000u32].prop_map(|ms| Step::Wait { ms }),
         Just(Step::Replay),
-        (any::<bool>(), 1..2_000u16).prop_map(|(model_b, tokens)| Step::SelfRfc { model_b, tokens }),
+        (any::<bool>(), 1..2_000u16)
+            .prop_map(|(model_b, tokens)| Step::SelfRfc { model_b, tokens }),
     ]
 }
 

@@ -104,7 +104,8 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let capacity = prop_oneof![4 => Just(2u32), 2 => Just(1u32), 1 => Just(u32::MAX), 1 => Just(0u32)];
+    let capacity =
+        prop_oneof![4 => Just(2u32), 2 => Just(1u32), 1 => Just(u32::MAX), 1 => Just(0u32)];
     // Mostly the funded providers, sometimes anyone (unfunded, or a user: self-dealing).
     let registrant = prop_oneof![4 => (0..2u32).prop_map(provider), 1 => party()];
     prop_oneof![
@@ -147,7 +148,9 @@ fn nonce_of(m: &mut Market, who: Address, nonce: &Nonce) -> u64 {
         Nonce::Next => {
             // Above whatever was accepted last (a Raw or clock nonce may have moved it).
             let mine = m.nonce(who);
-            m.engine.nonce_last(&who).map_or(mine, |last| last.saturating_add(1).max(mine))
+            m.engine
+                .nonce_last(&who)
+                .map_or(mine, |last| last.saturating_add(1).max(mine))
         }
         Nonce::Raw(value) => *value,
         Nonce::ClockPlus(delta) => (m.now * 1_000).saturating_add(*delta),
@@ -238,7 +241,9 @@ fn to_command(m: &mut Market, seen: &Driver, step: &Step) -> Command {
                 .iter()
                 .rev()
                 .nth(*k as usize % 3)
-                .map_or((u64::MAX, user(0), 0), |t| (t.session, t.user, t.tokens_max));
+                .map_or((u64::MAX, user(0), 0), |t| {
+                    (t.session, t.user, t.tokens_max)
+                });
             // Often exactly TokenMax (the largest credit), sometimes the raw extreme.
             let tokens = if *tokens <= 2 { tokens_max } else { *tokens };
             Command::Report {
@@ -354,7 +359,7 @@ fn r_ops_4_the_case_10_journal_replays() {
         Step::Rfc(user(0), Nonce::Next, false, 1, 0),
         Step::Answer(0, Nonce::Next),
         Step::Rfc(user(0), Nonce::Next, false, 1, 0),
-        Step::Answer(0, Nonce::Next), // the latest probe
+        Step::Answer(0, Nonce::Next),              // the latest probe
         Step::Report(1, Nonce::Next, 1, 10, true), // the first ticket
         Step::Wait(BLOCK_MS),
         Step::Report(0, Nonce::Next, 1, 10, true), // the second

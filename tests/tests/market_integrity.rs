@@ -304,18 +304,14 @@ fn r_match_7_an_address_is_never_matched_with_itself() {
 }
 
 /// Issue 27 case 2 (R-PROV-2): unfunded keys register in numbers above
-/// `providers_max` (scaled down so that it runs in seconds: providers_max 5,
-/// unfunded_registrations_max 20, 40 sybils); each is accepted with the unfunded
-/// notice, and then a funded provider registers (it used to be refused
-/// `limit_reached`) and is matched.
+/// `providers_max` (scaled down so that it runs in seconds: providers_max 5, 40
+/// sybils); each is accepted with the unfunded notice, and then a funded provider
+/// registers (it used to be refused `limit_reached`) and is matched. (Eviction from
+/// the bounded set: `engine/tests/integrity.rs`.)
 #[test]
 fn r_prov_2_unfunded_sybils_do_not_lock_a_funded_provider_out() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(
-        dir.path(),
-        "providers_max = 5\nunfunded_registrations_max = 20",
-        9_000,
-    );
+    let config = config(dir.path(), "providers_max = 5", 9_000);
     let router = start(&config, &[]);
     let (addr, network_id) = (router.ready.listen, router.ready.network_id);
     for n in 0..40u32 {
@@ -340,7 +336,8 @@ fn r_prov_2_unfunded_sybils_do_not_lock_a_funded_provider_out() {
             (user.address(), 500 * WEI_PER_MOR),
         ],
     );
-    let probe = try_register(&mut honest, network_id, 10, 4).expect("a funded provider finds a place");
+    let probe =
+        try_register(&mut honest, network_id, 10, 4).expect("a funded provider finds a place");
     assert!(probe.is_none(), "nothing queued yet");
     session(&mut user, &mut honest, 10);
 }
@@ -445,7 +442,10 @@ fn r_perf_4_one_user_cannot_suspend_a_provider() {
             )
         })
         .collect();
-    let mut entries = vec![(cheap.address(), WEI_PER_MOR), (dear.address(), WEI_PER_MOR)];
+    let mut entries = vec![
+        (cheap.address(), WEI_PER_MOR),
+        (dear.address(), WEI_PER_MOR),
+    ];
     entries.extend(users.iter().map(|u| (u.address(), 500 * WEI_PER_MOR)));
     fund(&mut operator, &entries);
     register(&mut cheap, network_id, 1, 1_000, 4);
@@ -520,7 +520,10 @@ fn r_ops_4_a_report_that_would_overflow_the_ledger_never_reaches_the_journal() {
     let ledger = ledger_json(&data_dir);
     assert_eq!(ledger["solvent"], true, "{ledger}");
     let router = start(&config, &args);
-    let mut user = connect(router.ready.listen, SigningKey::from_seed(b"integrity-max-user"));
+    let mut user = connect(
+        router.ready.listen,
+        SigningKey::from_seed(b"integrity-max-user"),
+    );
     rfc(&mut user, 1).expect("the data directory starts and serves");
 }
 
