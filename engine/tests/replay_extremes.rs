@@ -286,8 +286,12 @@ fn observe(seen: &mut Driver, effects: &[Effect]) {
     }
 }
 
-/// Runs the steps; returns the journal (command, time) and the hash after each.
-fn run(steps: &[Step]) -> (Vec<(Command, u64)>, Vec<[u8; 32]>, Vec<Vec<u8>>) {
+/// What a run leaves: the journal (command, time), and after each command the state
+/// hash and the snapshot.
+type Run = (Vec<(Command, u64)>, Vec<[u8; 32]>, Vec<Vec<u8>>);
+
+/// Runs the steps after a funded preamble.
+fn run(steps: &[Step]) -> Run {
     let mut m = Market::with(wide_config());
     let mut seen = Driver::default();
     let mut journal = Vec::new();
