@@ -118,6 +118,31 @@ pub enum MarketError {
     InvalidParamSet {
         reason: String,
     },
+    /// R-SESSION-1: the user already holds `open` open sessions and unanswered
+    /// RFCs, the most `user_sessions_open_max` (`max`) allows.
+    UserSessionsFull {
+        open: u32,
+        max: u32,
+    },
+    /// R-REPORT-3: a report's time to the first token above its whole time.
+    TtftOverElapsed {
+        ttft_ms: u64,
+        elapsed_ms: u64,
+    },
+    /// R-REPORT-3: a report's prompt tokens above `prompt_tokens_max`.
+    PromptTokensOverMax {
+        prompt_tokens: u64,
+        max: u64,
+    },
+    /// R-SESSION-1: the session was closed because its provider did not sign its
+    /// start within `ticket_start_timeout_ms` (no credit, no penalty).
+    SessionNotStarted {
+        session: SessionId,
+    },
+    /// R-SESSION-1: a second `SessionStart` for one session.
+    SessionAlreadyStarted {
+        session: SessionId,
+    },
 }
 
 impl MarketError {
@@ -154,6 +179,11 @@ impl MarketError {
             MarketError::CreditUnrepresentable { .. } => 0x021C,
             MarketError::CreditOverflow { .. } => 0x021D,
             MarketError::InvalidParamSet { .. } => 0x021E,
+            MarketError::UserSessionsFull { .. } => 0x0222,
+            MarketError::TtftOverElapsed { .. } => 0x0223,
+            MarketError::PromptTokensOverMax { .. } => 0x0224,
+            MarketError::SessionNotStarted { .. } => 0x0225,
+            MarketError::SessionAlreadyStarted { .. } => 0x0226,
         }
     }
 
@@ -191,6 +221,11 @@ impl MarketError {
             MarketError::CreditUnrepresentable { .. } => "credit_unrepresentable",
             MarketError::CreditOverflow { .. } => "credit_overflow",
             MarketError::InvalidParamSet { .. } => "invalid_param_set",
+            MarketError::UserSessionsFull { .. } => "user_sessions_full",
+            MarketError::TtftOverElapsed { .. } => "ttft_over_elapsed",
+            MarketError::PromptTokensOverMax { .. } => "prompt_tokens_over_max",
+            MarketError::SessionNotStarted { .. } => "session_not_started",
+            MarketError::SessionAlreadyStarted { .. } => "session_already_started",
         }
     }
 
@@ -210,6 +245,9 @@ impl MarketError {
             } => *bid_wei_per_token_max,
             MarketError::CreditUnrepresentable { tokens_max_fit } => *tokens_max_fit as u128,
             MarketError::CreditOverflow { retry_after_ms } => *retry_after_ms as u128,
+            MarketError::UserSessionsFull { max, .. } => *max as u128,
+            MarketError::TtftOverElapsed { elapsed_ms, .. } => *elapsed_ms as u128,
+            MarketError::PromptTokensOverMax { max, .. } => *max as u128,
             _ => 0,
         }
     }
@@ -280,6 +318,17 @@ impl MarketError {
             MarketError::InvalidParamSet {
                 reason: String::new(),
             },
+            MarketError::UserSessionsFull { open: 0, max: 0 },
+            MarketError::TtftOverElapsed {
+                ttft_ms: 0,
+                elapsed_ms: 0,
+            },
+            MarketError::PromptTokensOverMax {
+                prompt_tokens: 0,
+                max: 0,
+            },
+            MarketError::SessionNotStarted { session: 0 },
+            MarketError::SessionAlreadyStarted { session: 0 },
         ];
         for error in &all {
             // Add a new variant to the list above, then here.
@@ -313,7 +362,12 @@ impl MarketError {
                 | MarketError::BidAboveMax { .. }
                 | MarketError::CreditUnrepresentable { .. }
                 | MarketError::CreditOverflow { .. }
-                | MarketError::InvalidParamSet { .. } => {}
+                | MarketError::InvalidParamSet { .. }
+                | MarketError::UserSessionsFull { .. }
+                | MarketError::TtftOverElapsed { .. }
+                | MarketError::PromptTokensOverMax { .. }
+                | MarketError::SessionNotStarted { .. }
+                | MarketError::SessionAlreadyStarted { .. } => {}
             }
         }
         all
@@ -436,6 +490,31 @@ impl std::fmt::Display for MarketError {
             ),
             MarketError::InvalidParamSet { reason } => {
                 write!(f, "parameter set refused: {reason}")
+            }
+            MarketError::UserSessionsFull { open, max } => write!(
+                f,
+                "{open} open sessions and unanswered requests: at most \
+                 user_sessions_open_max = {max} per user; report or cancel one first"
+            ),
+            MarketError::TtftOverElapsed {
+                ttft_ms,
+                elapsed_ms,
+            } => write!(
+                f,
+                "ttft_ms {ttft_ms} is above elapsed_ms {elapsed_ms}: the first token cannot \
+                 come after the whole result"
+            ),
+            MarketError::PromptTokensOverMax { prompt_tokens, max } => write!(
+                f,
+                "prompt_tokens {prompt_tokens} is above the limit of {max} (prompt_tokens_max)"
+            ),
+            MarketError::SessionNotStarted { session } => write!(
+                f,
+                "session {session} was closed: its provider did not sign its start within \
+                 ticket_start_timeout_ms (no credit, no penalty)"
+            ),
+            MarketError::SessionAlreadyStarted { session } => {
+                write!(f, "session {session} was already started")
             }
         }
     }
