@@ -15,6 +15,14 @@
 //!   size class, `prompt_class(prompt_tokens)` (powers of two of prompt tokens).
 //!
 //! Each part passes while its window holds fewer than `reports_min` reports.
+//!
+//! A report whose time is not split, `ttft_ms == elapsed_ms` with more than one
+//! token (a whole, non-streamed answer: the user saw every token at once), is judged
+//! as a whole against the sum of the two means, the class's mean time to the first
+//! token plus `tokens - 1` times the generation mean:
+//! `elapsed × 100 × n_c × Σtok_g ≤ (Σttft_c × Σtok_g + (tokens - 1) × Σms_g × n_c) × (100 + X)`
+//! (passing while either window is below its minimum), and joins neither window,
+//! since its parts are unknown.
 
 use bincode::{Decode, Encode};
 use ethnum::U256;
@@ -79,6 +87,11 @@ impl SpeedWindow {
         self.reports.len()
     }
 
+    /// (Σms, Σtokens) over the window.
+    pub fn sums(&self) -> (u128, u128) {
+        (self.ms_sum, self.tokens_sum)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.reports.is_empty()
     }
@@ -105,6 +118,12 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// Whether the report's time is split in its two parts: false for a whole
+    /// answer (`ttft_ms == elapsed_ms` with more than one token).
+    pub fn is_split(&self) -> bool {
+        self.tokens <= 1 || self.ttft_ms < self.elapsed_ms
+    }
+
     /// The generation part: (ms after the first token, tokens after the first), or
     /// `None` when there is no token after the first (nothing to judge).
     pub fn generation(&self) -> Option<(u64, u64)> {
@@ -136,6 +155,9 @@ impl ModelSpeed {
     /// Judges a passing report: the generation first, then the first token.
     pub fn judge(&self, timing: &Timing, percent: u32, reports_min: u32) -> Verdict {
         debug_assert!(timing.tokens > 0 && timing.ttft_ms <= timing.elapsed_ms);
+        if !timing.is_split() {
+            return self.judge_whole(timing, percent, reports_min);
+        }
         if let Some((ms, tokens)) = timing.generation() {
             if !self.generation.passes(ms, tokens, percent, reports_min) {
                 return Verdict::SlowGeneration;
@@ -153,9 +175,47 @@ impl ModelSpeed {
         }
     }
 
-    /// Adds a report the user marked pass (tokens > 0) to both windows.
+    /// A whole answer against the class's first-token mean plus the generation
+    /// mean for its other tokens (module doc), in 256-bit arithmetic: at most
+    /// 2^64 · 2^7 · 2^32 · 2^96 on the left, below 2^227 on the right.
+    fn judge_whole(&self, timing: &Timing, percent: u32, reports_min: u32) -> Verdict {
+        debug_assert!(timing.tokens > 1 && timing.ttft_ms == timing.elapsed_ms);
+        let first_token = self.first_token.get(&prompt_class(timing.prompt_tokens));
+        let Some(first_token) = first_token else {
+            return Verdict::Fast;
+        };
+        let min = reports_min as usize;
+        if first_token.is_empty()
+            || first_token.len() < min
+            || self.generation.is_empty()
+            || self.generation.len() < min
+        {
+            return Verdict::Fast;
+        }
+        let (ttft_sum, count) = first_token.sums();
+        let (gen_ms_sum, gen_tokens_sum) = self.generation.sums();
+        debug_assert!(count > 0 && gen_tokens_sum > 0);
+        let left = U256::from(timing.elapsed_ms)
+            * U256::from(100u32)
+            * U256::from(count)
+            * U256::from(gen_tokens_sum);
+        let expected = U256::from(ttft_sum) * U256::from(gen_tokens_sum)
+            + U256::from(timing.tokens - 1) * U256::from(gen_ms_sum) * U256::from(count);
+        let right = expected * U256::from(100 + percent as u128);
+        if left <= right {
+            Verdict::Fast
+        } else {
+            Verdict::SlowGeneration
+        }
+    }
+
+    /// Adds a report the user marked pass (tokens > 0) to both windows; a whole
+    /// answer (not split) joins neither.
     pub fn record(&mut self, timing: &Timing, window: u32) {
         debug_assert!(timing.tokens > 0);
+        if !timing.is_split() {
+            return;
+        }
         if let Some((ms, tokens)) = timing.generation() {
             self.generation.record(ms, tokens, window);
         }
@@ -252,6 +312,30 @@ mod tests {
         // One token: no generation part; ttft = elapsed: a zero generation time.
         assert_eq!(speed.judge(&timing(100, 100, 1, 8), 0, 3), Verdict::Fast);
         assert_eq!(speed.judge(&timing(100, 100, 5, 8), 0, 3), Verdict::Fast);
+    }
+
+    #[test]
+    fn r_perf_1_a_whole_answer_is_judged_against_both_means_and_joins_neither() {
+        let mut speed = ModelSpeed::default();
+        for _ in 0..3 {
+            // Class 11 (1,024..=2,047 prompt tokens): first token in 1,000 ms, then
+            // 10 ms per token.
+            speed.record(&timing(1_100, 1_000, 11, 1_500), 100);
+        }
+        let before = speed.clone();
+        // 1,000 + 10 × 10 = 1,100 ms expected for 11 tokens; X = 50 %: 1,650 passes.
+        assert_eq!(speed.judge(&timing(1_650, 1_650, 11, 1_523), 50, 3), Verdict::Fast);
+        assert_eq!(
+            speed.judge(&timing(1_651, 1_651, 11, 1_523), 50, 3),
+            Verdict::SlowGeneration
+        );
+        speed.record(&timing(1_650, 1_650, 11, 1_523), 100);
+        assert_eq!(speed, before, "a whole answer joins no window");
+        // Without reports in its class, it passes.
+        assert_eq!(speed.judge(&timing(99_999, 99_999, 11, 20), 50, 3), Verdict::Fast);
+        let extreme = timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        speed.record(&timing(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX), 3);
+        let _ = speed.judge(&extreme, u32::MAX, 1);
     }
 
     #[test]

@@ -171,6 +171,14 @@ pub struct MarketSection {
     pub endpoint_bytes_max: u32,
     /// Entries in one BalanceUpdate, at most the wire's 100,000. 100,000.
     pub balance_entries_max: u32,
+    /// R-SESSION-1: a session whose provider has not signed its start within this
+    /// many ms of its ticket is closed (no credit, no penalty). 30,000; above 0.
+    pub ticket_start_timeout_ms: u64,
+    /// R-SESSION-1: open sessions plus unanswered RFCs one user may hold; an RFC
+    /// past it is refused `user_sessions_full`. 16; above 0.
+    pub user_sessions_open_max: u32,
+    /// R-REPORT-3: the most prompt tokens a report may carry. 16,777,216; above 0.
+    pub prompt_tokens_max: u64,
 }
 
 impl Default for MarketSection {
@@ -211,6 +219,9 @@ impl Default for MarketSection {
             offer_capacity_max: d.offer_capacity_max,
             endpoint_bytes_max: d.endpoint_bytes_max,
             balance_entries_max: d.balance_entries_max,
+            ticket_start_timeout_ms: d.ticket_start_timeout_ms,
+            user_sessions_open_max: d.user_sessions_open_max,
+            prompt_tokens_max: d.prompt_tokens_max,
         }
     }
 }
@@ -435,6 +446,9 @@ impl RouterConfig {
             offer_capacity_max: m.offer_capacity_max,
             endpoint_bytes_max: m.endpoint_bytes_max,
             balance_entries_max: m.balance_entries_max,
+            ticket_start_timeout_ms: m.ticket_start_timeout_ms,
+            user_sessions_open_max: m.user_sessions_open_max,
+            prompt_tokens_max: m.prompt_tokens_max,
             ..MarketConfig::default()
         };
         use yellowstone_wire::messages::{BALANCE_ENTRIES_MAX, ENDPOINT_BYTES_MAX, OFFERS_MAX};
