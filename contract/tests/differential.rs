@@ -18,8 +18,7 @@ use yellowstone_contract::{ClaimProof, SignedSettlement};
 use yellowstone_engine::settlement::SettlementRecord;
 use yellowstone_engine::{
     Address, Command, Effect, Engine, MarketConfig, ModelSpec, OfferSpec, ReportOutcome, Unit,
-    UnusedBudget,
-    BLOCK_MS, WEI_PER_MOR,
+    UnusedBudget, BLOCK_MS, WEI_PER_MOR,
 };
 use yellowstone_wire::SigningKey;
 

@@ -324,7 +324,10 @@ mod tests {
         }
         let before = speed.clone();
         // 1,000 + 10 × 10 = 1,100 ms expected for 11 tokens; X = 50 %: 1,650 passes.
-        assert_eq!(speed.judge(&timing(1_650, 1_650, 11, 1_523), 50, 3), Verdict::Fast);
+        assert_eq!(
+            speed.judge(&timing(1_650, 1_650, 11, 1_523), 50, 3),
+            Verdict::Fast
+        );
         assert_eq!(
             speed.judge(&timing(1_651, 1_651, 11, 1_523), 50, 3),
             Verdict::SlowGeneration
@@ -332,7 +335,10 @@ mod tests {
         speed.record(&timing(1_650, 1_650, 11, 1_523), 100);
         assert_eq!(speed, before, "a whole answer joins no window");
         // Without reports in its class, it passes.
-        assert_eq!(speed.judge(&timing(99_999, 99_999, 11, 20), 50, 3), Verdict::Fast);
+        assert_eq!(
+            speed.judge(&timing(99_999, 99_999, 11, 20), 50, 3),
+            Verdict::Fast
+        );
         let extreme = timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
         speed.record(&timing(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX), 3);
         let _ = speed.judge(&extreme, u32::MAX, 1);

@@ -512,7 +512,12 @@ impl Call {
     /// The figures of a report made now: `ttft_ms` the first token's time if it was
     /// seen apart (else the whole time: a whole answer), `usage_prompt` the answer's
     /// `usage.prompt_tokens` if any (R-REPORT-3).
-    fn figures_now(&self, tokens: u64, ttft_ms: Option<u64>, usage_prompt: Option<u64>) -> ReportFigures {
+    fn figures_now(
+        &self,
+        tokens: u64,
+        ttft_ms: Option<u64>,
+        usage_prompt: Option<u64>,
+    ) -> ReportFigures {
         let elapsed_ms = report_elapsed_ms(self.query_started.elapsed());
         ReportFigures {
             elapsed_ms,
@@ -524,7 +529,13 @@ impl Call {
 
     /// R-REPORT-1..3: the signed report, in the background (the application does
     /// not wait for the router's acknowledgement).
-    fn report(&self, outcome: Outcome, tokens: u64, ttft_ms: Option<u64>, usage_prompt: Option<u64>) {
+    fn report(
+        &self,
+        outcome: Outcome,
+        tokens: u64,
+        ttft_ms: Option<u64>,
+        usage_prompt: Option<u64>,
+    ) {
         self.report_figures(outcome, self.figures_now(tokens, ttft_ms, usage_prompt));
     }
 
@@ -691,9 +702,8 @@ impl Call {
                                     content_chunks += 1;
                                     if first_token_ms.is_none() {
                                         // R-REPORT-3: the time to the first token.
-                                        first_token_ms = Some(report_elapsed_ms(
-                                            self.query_started.elapsed(),
-                                        ));
+                                        first_token_ms =
+                                            Some(report_elapsed_ms(self.query_started.elapsed()));
                                         self.consumer
                                             .stats
                                             .first_token_seconds
