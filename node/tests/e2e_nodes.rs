@@ -222,7 +222,7 @@ async fn r_node_5_a_prompt_over_the_context_is_a_400_for_the_app_and_a_void_repo
     }
     stack
         .wait_metric(
-            "yellowstone_consumer_reports_total{outcome="void",ack="void"}",
+            "yellowstone_consumer_reports_total{outcome=\"void\",ack=\"void\"}",
             2.0,
         )
         .await;
@@ -240,7 +240,7 @@ async fn r_node_5_a_prompt_over_the_context_is_a_400_for_the_app_and_a_void_repo
     assert!(sse_content(&body).1, "{body}");
     stack
         .wait_metric(
-            "yellowstone_consumer_reports_total{outcome="pass",ack="earned"}",
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
             1.0,
         )
         .await;
@@ -471,7 +471,9 @@ async fn r_node_2_concurrent_completions_are_all_matched_and_reported() {
     let stack = Stack::start(Tuning {
         // The stand-in answers in about a millisecond: keep the speed gate's
         // minimum out of reach (README, "The speed gate and sub-millisecond answers").
-        market: "speed_reports_min = 1000".into(),
+        // One consumer with 48 requests at once: above the default 16 open sessions
+        // of one user (R-SESSION-1).
+        market: "speed_reports_min = 1000\nuser_sessions_open_max = 64".into(),
         ..Tuning::default()
     })
     .await;

@@ -137,6 +137,15 @@ fn rfc_error(outcome: RfcOutcome) -> ApiError {
                     format!("no provider offers this model now: {reason}"),
                 )
                 .retry_after(1),
+                // R-SESSION-1: this user's open sessions and RFCs are at the
+                // router's bound: a rate limit the application can wait out.
+                "user_sessions_full" => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "too_many_open_sessions",
+                    format!("too many requests in flight for this user: {reason}"),
+                )
+                .retry_after(1),
                 "invalid_tokens_max" | "tokens_over_max" | "limit_reached" => {
                     ApiError::bad_request("invalid_max_tokens", reason)
                 }

@@ -6,7 +6,9 @@
 //!   dropped connection or a router restart reconnects with back-off and registers
 //!   again, and announces itself when told it was marked unreachable.
 //! - User side (`http`): `POST /v1/chat/completions` and `GET /v1/models` for ticket
-//!   holders, forwarded to the model server behind the node.
+//!   holders, forwarded to the model server behind the node; as it begins serving a
+//!   ticket it signs `SessionStart` to the router (R-SESSION-1), through the same
+//!   ordered sender as the router loop's messages.
 
 pub mod config;
 mod http;
