@@ -107,8 +107,10 @@ fn lifecycles(c: &mut Criterion) {
             nonce: market.user_nonce[u as usize],
             session,
             elapsed_ms: 1_000,
+            ttft_ms: 100,
             tokens: 100,
-            pass: true,
+            prompt_tokens: 200,
+            outcome: ReportOutcome::Pass,
             report_digest: [7; 32],
         });
     }

@@ -285,8 +285,10 @@ impl RouterChild {
         let config = dir.path().join("router.toml");
         std::fs::write(
             &config,
+            // R-SESSION-1: the loadgen's users are application gateways with many
+            // sessions each (loadgen's SIM_USER_SESSIONS_OPEN_MAX).
             format!(
-                "[market]\ngenesis_ms = {}\n{}",
+                "[market]\ngenesis_ms = {}\nuser_sessions_open_max = 4096\n{}",
                 spec.genesis_ms, spec.extra_toml
             ),
         )

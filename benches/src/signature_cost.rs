@@ -15,7 +15,7 @@
 use serde::Serialize;
 use std::hint::black_box;
 use yellowstone_wire::client::{presign, presign_report, presign_rfc};
-use yellowstone_wire::messages::{self, BatchTotals, Message};
+use yellowstone_wire::messages::{self, BatchTotals, Message, Outcome, Report, ReportFigures};
 use yellowstone_wire::{Signature, SigningKey};
 
 /// Microseconds of CPU per operation.
@@ -135,15 +135,20 @@ pub fn measure(iterations: usize, rounds: usize, batch_providers: usize) -> Sign
         .collect();
     let reports: Vec<Received> = (0..VARIANTS)
         .map(|i| {
-            received(presign_report(
-                &user,
-                network_id,
+            let figures = ReportFigures {
+                elapsed_ms: 350,
+                ttft_ms: 40,
+                tokens: 120,
+                prompt_tokens: 256,
+            };
+            let report = Report::new(
+                user.address(),
                 9_000 + i as u64,
                 42 + i as u64,
-                350,
-                120,
-                true,
-            ))
+                Outcome::Pass,
+                figures,
+            );
+            received(presign_report(&user, network_id, report))
         })
         .collect();
     let tickets: Vec<Message> = (0..VARIANTS)

@@ -17,8 +17,8 @@ use yellowstone_contract::artifacts::DeployParams;
 use yellowstone_contract::{ClaimProof, SignedSettlement};
 use yellowstone_engine::settlement::SettlementRecord;
 use yellowstone_engine::{
-    Address, Command, Effect, Engine, MarketConfig, ModelSpec, OfferSpec, Unit, UnusedBudget,
-    BLOCK_MS, WEI_PER_MOR,
+    Address, Command, Effect, Engine, MarketConfig, ModelSpec, OfferSpec, ReportOutcome, Unit,
+    UnusedBudget, BLOCK_MS, WEI_PER_MOR,
 };
 use yellowstone_wire::SigningKey;
 
@@ -241,8 +241,14 @@ impl Market {
             nonce,
             session,
             elapsed_ms: tokens * 10,
+            ttft_ms: 10,
             tokens,
-            pass,
+            prompt_tokens: 100,
+            outcome: if pass {
+                ReportOutcome::Pass
+            } else {
+                ReportOutcome::Fail
+            },
             report_digest: [9; 32],
         });
     }

@@ -104,7 +104,9 @@ fn report(user: &mut client::Client, ticket: &SessionTicket) -> (Address, u128) 
             session_id: ticket.session_id,
             elapsed_ms: 800,
             tokens: 300,
-            pass: true,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
             signature: Signature::default(),
         }
         .into(),

@@ -392,7 +392,9 @@ fn r_ops_3_provider_claims_batches_follow_and_metrics_match_the_ledger() {
             session_id: ticket.session_id,
             elapsed_ms: 900,
             tokens: 300,
-            pass: true,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
             signature: Signature::default(),
         }
         .into(),

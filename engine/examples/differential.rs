@@ -129,7 +129,15 @@ fn main() {
                         session,
                         elapsed_ms: 1 + rng.below(3_000),
                         tokens: rng.below(tokens_max + 1),
-                        pass: rng.below(5) != 0,
+                        ttft_ms: 0,
+                        prompt_tokens: rng.below(4_096),
+                        outcome: [
+                            ReportOutcome::Fail,
+                            ReportOutcome::Void,
+                            ReportOutcome::Pass,
+                            ReportOutcome::Pass,
+                            ReportOutcome::Pass,
+                        ][rng.below(5) as usize],
                         report_digest: [rng.below(256) as u8; 32],
                     }
                 }

@@ -280,15 +280,26 @@ pub enum Command {
         nonce: u64,
         probe: ProbeId,
     },
-    /// R-REPORT-1. `report_digest` is the signed report's digest, kept in the receipt.
+    /// R-REPORT-1..3. `report_digest` is the signed report's digest, kept in the
+    /// receipt. `ttft_ms` (to the first token) must not exceed `elapsed_ms`, and
+    /// `prompt_tokens` not `prompt_tokens_max`.
     Report {
         user: Address,
         nonce: u64,
         session: SessionId,
         elapsed_ms: u64,
+        ttft_ms: u64,
         tokens: u64,
-        pass: bool,
+        prompt_tokens: u64,
+        outcome: ReportOutcome,
         report_digest: [u8; 32],
+    },
+    /// R-SESSION-1: the session's provider signed that its inference began; until
+    /// then the session closes `ticket_start_timeout_ms` after its ticket.
+    StartSession {
+        provider: Address,
+        nonce: u64,
+        session: SessionId,
     },
     /// R-CLAIM-1: `amount_wei` 0 claims everything owed.
     Claim {
@@ -333,6 +344,9 @@ impl Command {
             | Command::ProbeAnswer {
                 provider, nonce, ..
             }
+            | Command::StartSession {
+                provider, nonce, ..
+            }
             | Command::Claim {
                 provider, nonce, ..
             } => Some((*provider, *nonce)),
@@ -360,6 +374,17 @@ pub struct Ticket {
     pub rfc_nonce: u64,
 }
 
+/// R-REPORT-2: what the user reports of a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum ReportOutcome {
+    /// The provider failed: no credit and a penalty point (R-PERF-2, R-PERF-3).
+    Fail = 0,
+    /// A complete answer: credited if fast enough (R-PERF-1).
+    Pass = 1,
+    /// Failed for the user's own reason: no credit and no penalty point.
+    Void = 2,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum RfcFailure {
     Expired = 1,
@@ -378,6 +403,11 @@ pub enum CreditReason {
     /// provider's: earned, with a penalty point.
     EarnedDespiteFail = 3,
     ZeroTokens = 4,
+    /// R-REPORT-2: the user reported void: no credit, no penalty point.
+    Void = 5,
+    /// R-PERF-1: the time to the first token was too slow for the prompt's size
+    /// class (`TooSlow` is the generation): no credit and a penalty point.
+    TooSlowFirstToken = 6,
 }
 
 /// Per-provider totals of one block (R-BLOCK-2, R-CONTRACT-2).
@@ -468,6 +498,13 @@ pub enum Effect {
         user: Address,
         provider: Address,
     },
+    /// R-SESSION-1: a session whose provider did not sign its start within
+    /// `ticket_start_timeout_ms` closed (no credit, no penalty, capacity freed).
+    SessionNotStarted {
+        session: SessionId,
+        user: Address,
+        provider: Address,
+    },
     ProviderUnreachable {
         provider: Address,
     },
@@ -523,7 +560,9 @@ impl Effect {
             | Effect::ProviderUnfunded { provider }
             | Effect::ClaimPaid { provider, .. } => Some(*provider),
             Effect::SessionOpened { ticket } => Some(ticket.user),
-            Effect::SessionExpired { user, .. } => Some(*user),
+            Effect::SessionExpired { user, .. } | Effect::SessionNotStarted { user, .. } => {
+                Some(*user)
+            }
             Effect::BatchSealed { .. }
             | Effect::SettlementSealed { .. }
             | Effect::BalancesSet { .. } => None,

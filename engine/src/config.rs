@@ -118,6 +118,18 @@ pub struct MarketConfig {
     /// An RFC is admitted only if TokenMax × this bound fits u128, so that no
     /// session's credit can overflow whatever provider it is matched with.
     pub bid_wei_per_token_max: u128,
+
+    // R-SESSION-1 / R-REPORT-3 (issue 27 cases 4, 9).
+    /// A session whose provider has not signed its start (`SessionStart`) within this
+    /// many ms of its ticket is closed without credit and without penalty, and its
+    /// capacity freed. 30,000.
+    pub ticket_start_timeout_ms: u64,
+    /// Open sessions plus RFCs not yet answered (queued or being probed) one user
+    /// may hold; an RFC past it is refused (`user_sessions_full`). 16.
+    pub user_sessions_open_max: u32,
+    /// The most prompt tokens a report may carry (`prompt_tokens_over_max`
+    /// beyond). 2^24 = 16,777,216, above any model's context today.
+    pub prompt_tokens_max: u64,
 }
 
 /// R-MONEY-1: the default `bid_wei_per_token_max`, 10^24 wei (a million MOR) per token.
@@ -186,6 +198,9 @@ impl Default for MarketConfig {
             settlement_chain_id: 1,
             settlement_contract: Address::default(),
             bid_wei_per_token_max: BID_WEI_PER_TOKEN_MAX_DEFAULT,
+            ticket_start_timeout_ms: 30_000,
+            user_sessions_open_max: 16,
+            prompt_tokens_max: 1 << 24,
         }
     }
 }
@@ -251,6 +266,17 @@ impl MarketConfig {
         self.validate_integrity()?;
         if self.bid_wei_per_token_max == 0 {
             return Err("bid_wei_per_token_max must be > 0".to_string());
+        }
+        // R-SESSION-1: a zero timeout would close every session at its ticket, and
+        // a zero bound would refuse every RFC.
+        if self.ticket_start_timeout_ms == 0 {
+            return Err("ticket_start_timeout_ms must be > 0".to_string());
+        }
+        if self.user_sessions_open_max == 0 {
+            return Err("user_sessions_open_max must be > 0".to_string());
+        }
+        if self.prompt_tokens_max == 0 {
+            return Err("prompt_tokens_max must be > 0".to_string());
         }
         if self.emission_wei_per_day > EMISSION_WEI_PER_DAY_LIMIT {
             return Err(format!(

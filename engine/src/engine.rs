@@ -11,7 +11,7 @@ use crate::merkle::MerkleAccumulator;
 use crate::owners::QueueOwners;
 use crate::quota;
 use crate::slab::Slab;
-use crate::speed::SpeedWindow;
+use crate::speed::ModelSpeed;
 use crate::state::{Account, AccountIdx, Counters, ModelIdx, ModelState, State};
 use crate::timer::TimerWheel;
 use crate::types::{address_hash, Address, ModelId, BLOCKS_PER_DAY, BLOCK_MS};
@@ -73,7 +73,7 @@ impl Engine {
                 spec: spec.clone(),
                 queue: BTreeMap::new(),
                 book: BTreeMap::new(),
-                speed: SpeedWindow::default(),
+                speed: ModelSpeed::default(),
             })
             .collect();
         let model_index = config
@@ -98,6 +98,7 @@ impl Engine {
             probe_deadlines: TimerWheel::new(),
             rfc_expiries: TimerWheel::new(),
             session_expiries: TimerWheel::new(),
+            session_starts: TimerWheel::new(),
             suspensions: BTreeSet::new(),
             block_totals: Default::default(),
             block_earned_wei: 0,
@@ -312,20 +313,26 @@ impl Engine {
                 nonce,
                 session,
                 elapsed_ms,
+                ttft_ms,
                 tokens,
-                pass,
+                prompt_tokens,
+                outcome,
                 report_digest,
-            } => self.report(
-                *user,
-                *nonce,
-                *session,
-                *elapsed_ms,
-                *tokens,
-                *pass,
-                report_digest,
-                now,
-                effects,
-            ),
+            } => {
+                let figures = crate::flow::ReportFigures {
+                    elapsed_ms: *elapsed_ms,
+                    ttft_ms: *ttft_ms,
+                    tokens: *tokens,
+                    prompt_tokens: *prompt_tokens,
+                };
+                let report = (*session, figures, *outcome);
+                self.report(*user, *nonce, report, report_digest, now, effects)
+            }
+            Command::StartSession {
+                provider,
+                nonce,
+                session,
+            } => self.start_session(*provider, *nonce, *session, effects),
             Command::LoadBalanceSnapshot {
                 file_blake3,
                 entries,
@@ -358,6 +365,9 @@ impl Engine {
         }
         while let Some((_, session)) = self.state.session_expiries.pop_due(now) {
             self.session_expired(session, effects);
+        }
+        while let Some((_, session)) = self.state.session_starts.pop_due(now) {
+            self.session_start_timeout(session, effects);
         }
         while let Some(&(until, provider)) = self.state.suspensions.first() {
             if until > now {
@@ -437,6 +447,7 @@ impl Engine {
             quota_day: day,
             quota_used_tokens: 0,
             provider: None,
+            sessions_open: 0,
         });
         let accounts = &self.state.accounts;
         self.account_index

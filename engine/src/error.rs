@@ -154,6 +154,31 @@ pub enum MarketError {
         /// The largest nonce accepted now: `max(nonce_last, now_ms × 1000) + 2^40`.
         nonce_max: u64,
     },
+    /// R-SESSION-1: the user already holds `open` open sessions and unanswered
+    /// RFCs, the most `user_sessions_open_max` (`max`) allows.
+    UserSessionsFull {
+        open: u32,
+        max: u32,
+    },
+    /// R-REPORT-3: a report's time to the first token above its whole time.
+    TtftOverElapsed {
+        ttft_ms: u64,
+        elapsed_ms: u64,
+    },
+    /// R-REPORT-3: a report's prompt tokens above `prompt_tokens_max`.
+    PromptTokensOverMax {
+        prompt_tokens: u64,
+        max: u64,
+    },
+    /// R-SESSION-1: the session was closed because its provider did not sign its
+    /// start within `ticket_start_timeout_ms` (no credit, no penalty).
+    SessionNotStarted {
+        session: SessionId,
+    },
+    /// R-SESSION-1: a second `SessionStart` for one session.
+    SessionAlreadyStarted {
+        session: SessionId,
+    },
 }
 
 /// R-ID-8: how far above `max(last accepted nonce, router time in µs)` a nonce may be.
@@ -194,6 +219,11 @@ impl MarketError {
             MarketError::CreditOverflow { .. } => 0x021D,
             MarketError::InvalidParamSet { .. } => 0x021E,
             MarketError::NonceGap { .. } => 0x021F,
+            MarketError::UserSessionsFull { .. } => 0x0222,
+            MarketError::TtftOverElapsed { .. } => 0x0223,
+            MarketError::PromptTokensOverMax { .. } => 0x0224,
+            MarketError::SessionNotStarted { .. } => 0x0225,
+            MarketError::SessionAlreadyStarted { .. } => 0x0226,
         }
     }
 
@@ -232,6 +262,11 @@ impl MarketError {
             MarketError::CreditOverflow { .. } => "credit_overflow",
             MarketError::InvalidParamSet { .. } => "invalid_param_set",
             MarketError::NonceGap { .. } => "nonce_gap",
+            MarketError::UserSessionsFull { .. } => "user_sessions_full",
+            MarketError::TtftOverElapsed { .. } => "ttft_over_elapsed",
+            MarketError::PromptTokensOverMax { .. } => "prompt_tokens_over_max",
+            MarketError::SessionNotStarted { .. } => "session_not_started",
+            MarketError::SessionAlreadyStarted { .. } => "session_already_started",
         }
     }
 
@@ -252,6 +287,9 @@ impl MarketError {
             MarketError::CreditUnrepresentable { tokens_max_fit } => *tokens_max_fit as u128,
             MarketError::CreditOverflow { retry_after_ms, .. } => *retry_after_ms as u128,
             MarketError::NonceGap { nonce_max, .. } => *nonce_max as u128,
+            MarketError::UserSessionsFull { max, .. } => *max as u128,
+            MarketError::TtftOverElapsed { elapsed_ms, .. } => *elapsed_ms as u128,
+            MarketError::PromptTokensOverMax { max, .. } => *max as u128,
             _ => 0,
         }
     }
@@ -329,6 +367,17 @@ impl MarketError {
                 nonce_last: None,
                 nonce_max: 0,
             },
+            MarketError::UserSessionsFull { open: 0, max: 0 },
+            MarketError::TtftOverElapsed {
+                ttft_ms: 0,
+                elapsed_ms: 0,
+            },
+            MarketError::PromptTokensOverMax {
+                prompt_tokens: 0,
+                max: 0,
+            },
+            MarketError::SessionNotStarted { session: 0 },
+            MarketError::SessionAlreadyStarted { session: 0 },
         ];
         for error in &all {
             // Add a new variant to the list above, then here.
@@ -364,6 +413,11 @@ impl MarketError {
                 | MarketError::CreditOverflow { .. }
                 | MarketError::InvalidParamSet { .. }
                 | MarketError::NonceGap { .. } => {}
+                | MarketError::UserSessionsFull { .. }
+                | MarketError::TtftOverElapsed { .. }
+                | MarketError::PromptTokensOverMax { .. }
+                | MarketError::SessionNotStarted { .. }
+                | MarketError::SessionAlreadyStarted { .. } => {}
             }
         }
         all
@@ -518,6 +572,31 @@ impl std::fmt::Display for MarketError {
                      accepted now is {nonce_max}"
                 ),
             },
+            MarketError::UserSessionsFull { open, max } => write!(
+                f,
+                "{open} open sessions and unanswered requests: at most \
+                 user_sessions_open_max = {max} per user; report or cancel one first"
+            ),
+            MarketError::TtftOverElapsed {
+                ttft_ms,
+                elapsed_ms,
+            } => write!(
+                f,
+                "ttft_ms {ttft_ms} is above elapsed_ms {elapsed_ms}: the first token cannot \
+                 come after the whole result"
+            ),
+            MarketError::PromptTokensOverMax { prompt_tokens, max } => write!(
+                f,
+                "prompt_tokens {prompt_tokens} is above the limit of {max} (prompt_tokens_max)"
+            ),
+            MarketError::SessionNotStarted { session } => write!(
+                f,
+                "session {session} was closed: its provider did not sign its start within \
+                 ticket_start_timeout_ms (no credit, no penalty)"
+            ),
+            MarketError::SessionAlreadyStarted { session } => {
+                write!(f, "session {session} was already started")
+            }
         }
     }
 }

@@ -1,16 +1,28 @@
 //! Section 5: RFC admission and queueing (R-RFC-1/2, R-QUOTA-4/5/6), matching with
 //! price-time priority (R-MATCH-1), probes and re-matching (R-MATCH-2), sessions and
-//! tickets (R-MATCH-6), and reports with the speed gate and fail policies
-//! (R-REPORT-1, R-PERF-1..4).
+//! tickets (R-MATCH-6), session starts and the per-user session bound
+//! (R-SESSION-1), and reports with their outcomes, the speed gate and fail policies
+//! (R-REPORT-1..3, R-PERF-1..4).
 
-use crate::command::{CreditReason, Effect, RfcFailure, Ticket};
+use crate::command::{CreditReason, Effect, ReportOutcome, RfcFailure, Ticket};
 use crate::config::FailPolicy;
 use crate::engine::Engine;
 use crate::error::{CreditSum, Limit, MarketError};
 use crate::merkle::Receipt;
 use crate::money;
+use crate::speed::{Timing, Verdict};
 use crate::state::{AccountIdx, Closed, ModelIdx, Probing, Rfc, Session};
 use crate::types::{compose_id, slot_of, Address, ModelId, ProbeId, RfcId, SessionId};
+
+/// What a report measured (R-REPORT-1, R-REPORT-3): ms from sending the query to
+/// the whole result and to the first token, completion and prompt tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ReportFigures {
+    pub elapsed_ms: u64,
+    pub ttft_ms: u64,
+    pub tokens: u64,
+    pub prompt_tokens: u64,
+}
 
 impl Engine {
     #[allow(clippy::too_many_arguments)]
@@ -55,6 +67,18 @@ impl Engine {
         if balance == 0 {
             return Err(MarketError::ZeroBalance);
         }
+        // R-SESSION-1: sessions and unanswered RFCs together, so that a user cannot
+        // queue past the bound and then be matched past it.
+        let (open, open_max) = (
+            self.state.accounts[user_idx as usize].sessions_open,
+            self.state.config.user_sessions_open_max,
+        );
+        if open >= open_max {
+            return Err(MarketError::UserSessionsFull {
+                open,
+                max: open_max,
+            });
+        }
         let tokens_left = self.tokens_left_of(user_idx);
         if tokens_max > tokens_left {
             return Err(MarketError::QuotaExceeded { tokens_left });
@@ -76,6 +100,8 @@ impl Engine {
             account.quota_used_tokens = 0;
         }
         account.quota_used_tokens += tokens_max;
+        account.sessions_open += 1;
+        debug_assert!(account.sessions_open <= open_max);
         let seq = self.state.next_seq();
         let id = compose_id(seq, slot);
         // R-RFC-2: priority is the user's balance at admission (a later balance update
@@ -332,6 +358,7 @@ impl Engine {
         let rfc = self.state.rfcs.remove(rfc_slot).expect("probed RFC exists");
         self.state.rfc_expiries.remove(rfc.expires_at_ms, rfc.id);
         let expires_at_ms = now.saturating_add(self.state.config.session_ttl_ms);
+        let start_deadline_ms = now.saturating_add(self.state.config.ticket_start_timeout_ms);
         let slot = self
             .state
             .sessions
@@ -364,9 +391,12 @@ impl Engine {
             price_wei_per_token: price,
             expires_at_ms,
             rfc_nonce: rfc.nonce,
+            start_deadline_ms,
+            started: false,
         };
         self.state.sessions.insert(session);
         self.state.session_expiries.insert(expires_at_ms, id);
+        self.state.session_starts.insert(start_deadline_ms, id);
         self.state.counters.sessions_opened += 1;
         effects.push(Effect::SessionOpened { ticket });
     }
@@ -427,6 +457,8 @@ impl Engine {
         self.state.rfc_expiries.remove(rfc.expires_at_ms, rfc.id);
         let day = self.state.day();
         let account = &mut self.state.accounts[rfc.user as usize];
+        debug_assert!(account.sessions_open > 0, "an open RFC counts");
+        account.sessions_open -= 1;
         let refunded_tokens = if rfc.charged_day == day && account.quota_day == day {
             debug_assert!(account.quota_used_tokens >= rfc.tokens_max);
             account.quota_used_tokens -= rfc.tokens_max;
@@ -465,11 +497,98 @@ impl Engine {
         });
     }
 
+    /// R-SESSION-1: a session whose start was not signed in time closes without
+    /// credit and without penalty; its capacity is freed. The user's quota is not
+    /// refunded: the RFC was matched (R-QUOTA-4 refunds only unmatched RFCs), and
+    /// a refund would let a hoarder hold slots again and again at no cost.
+    pub(crate) fn session_start_timeout(
+        &mut self,
+        session_id: SessionId,
+        effects: &mut Vec<Effect>,
+    ) {
+        let slot = slot_of(session_id);
+        let due = self
+            .state
+            .sessions
+            .get(slot)
+            .is_some_and(|s| s.id == session_id && !s.started);
+        if !due {
+            return; // started, reported or expired: its deadline left with it
+        }
+        let session = self.close_session(slot, Closed::NotStarted);
+        self.state.counters.sessions_not_started += 1;
+        let user = self.state.accounts[session.user as usize].address;
+        let provider = self.state.providers[session.provider as usize].address;
+        effects.push(Effect::SessionNotStarted {
+            session: session_id,
+            user,
+            provider,
+        });
+        self.pending_match.push(session.model);
+    }
+
+    /// R-SESSION-1: the session's provider signs that the inference began.
+    pub(crate) fn start_session(
+        &mut self,
+        provider: Address,
+        nonce: u64,
+        session_id: SessionId,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        let slot = slot_of(session_id);
+        let Some(session) = self.state.sessions.get(slot).filter(|s| s.id == session_id) else {
+            return Err(self.closed_session_error(slot, session_id));
+        };
+        if self.state.providers[session.provider as usize].address != provider {
+            return Err(MarketError::NotYourSession {
+                session: session_id,
+            });
+        }
+        if session.started {
+            return Err(MarketError::SessionAlreadyStarted {
+                session: session_id,
+            });
+        }
+        let deadline_ms = session.start_deadline_ms;
+        let removed = self.state.session_starts.remove(deadline_ms, session_id);
+        debug_assert!(removed, "an unstarted session has its start deadline");
+        if let Some(session) = self.state.sessions.get_mut(slot) {
+            session.started = true;
+        }
+        effects.push(Effect::Done {
+            to: provider,
+            nonce,
+        });
+        Ok(())
+    }
+
+    /// Why a session id names no open session: how the slot's last session ended.
+    fn closed_session_error(&self, slot: usize, session: SessionId) -> MarketError {
+        match self.state.closed_sessions.get(slot).copied().flatten() {
+            Some((id, Closed::Reported)) if id == session => {
+                MarketError::AlreadyReported { session }
+            }
+            Some((id, Closed::Expired)) if id == session => MarketError::SessionExpired { session },
+            Some((id, Closed::NotStarted)) if id == session => {
+                MarketError::SessionNotStarted { session }
+            }
+            _ => MarketError::UnknownSession { session },
+        }
+    }
+
     fn close_session(&mut self, slot: usize, how: Closed) -> Session {
         let session = self.state.sessions.remove(slot).expect("open session");
         self.state
             .session_expiries
             .remove(session.expires_at_ms, session.id);
+        if !session.started {
+            self.state
+                .session_starts
+                .remove(session.start_deadline_ms, session.id);
+        }
+        let account = &mut self.state.accounts[session.user as usize];
+        debug_assert!(account.sessions_open > 0, "an open session counts");
+        account.sessions_open -= 1;
         if self.state.closed_sessions.len() <= slot {
             self.state.closed_sessions.resize(slot + 1, None);
         }
@@ -492,39 +611,25 @@ impl Engine {
         self.refresh_offer(provider, offer);
     }
 
-    /// R-REPORT-1 and R-PERF-1..4.
-    #[allow(clippy::too_many_arguments)]
+    /// R-REPORT-1..3 and R-PERF-1..4: `report` is (session, figures, outcome).
     pub(crate) fn report(
         &mut self,
         user: Address,
         nonce: u64,
-        session_id: SessionId,
-        elapsed_ms: u64,
-        tokens: u64,
-        pass: bool,
+        (session_id, figures, outcome): (SessionId, ReportFigures, ReportOutcome),
         report_digest: &[u8; 32],
         now: u64,
         effects: &mut Vec<Effect>,
     ) -> Result<(), MarketError> {
+        let ReportFigures {
+            elapsed_ms,
+            ttft_ms,
+            tokens,
+            prompt_tokens,
+        } = figures;
         let slot = slot_of(session_id);
         let Some(session) = self.state.sessions.get(slot).filter(|s| s.id == session_id) else {
-            return Err(
-                match self.state.closed_sessions.get(slot).copied().flatten() {
-                    Some((id, Closed::Reported)) if id == session_id => {
-                        MarketError::AlreadyReported {
-                            session: session_id,
-                        }
-                    }
-                    Some((id, Closed::Expired)) if id == session_id => {
-                        MarketError::SessionExpired {
-                            session: session_id,
-                        }
-                    }
-                    _ => MarketError::UnknownSession {
-                        session: session_id,
-                    },
-                },
-            );
+            return Err(self.closed_session_error(slot, session_id));
         };
         if self.state.accounts[session.user as usize].address != user {
             return Err(MarketError::NotYourSession {
@@ -536,12 +641,33 @@ impl Engine {
                 tokens_max: session.tokens_max,
             });
         }
+        // R-REPORT-3: the figures must be coherent whatever the outcome, so that
+        // every accepted report could have joined the speed windows.
+        if ttft_ms > elapsed_ms {
+            return Err(MarketError::TtftOverElapsed {
+                ttft_ms,
+                elapsed_ms,
+            });
+        }
+        let prompt_tokens_max = self.state.config.prompt_tokens_max;
+        if prompt_tokens > prompt_tokens_max {
+            return Err(MarketError::PromptTokensOverMax {
+                prompt_tokens,
+                max: prompt_tokens_max,
+            });
+        }
         debug_assert!(
             now < session.expires_at_ms,
             "expired sessions close in advance()"
         );
         let amount_wei = money::credit(tokens, session.price_wei_per_token)?;
-        let reason = self.judge_report(session, elapsed_ms, tokens, pass);
+        let timing = Timing {
+            elapsed_ms,
+            ttft_ms,
+            tokens,
+            prompt_tokens,
+        };
+        let reason = self.judge_report(session, &timing, outcome);
         let credited = matches!(
             reason,
             CreditReason::Earned | CreditReason::EarnedDespiteFail
@@ -551,25 +677,34 @@ impl Engine {
         }
         let session = self.close_session(slot, Closed::Reported);
         self.state.counters.reports += 1;
-        if pass && tokens > 0 {
-            // R-PERF-1: every report the user marked pass joins the window.
+        if outcome == ReportOutcome::Pass && tokens > 0 {
+            // R-PERF-1: every report the user marked pass joins the windows.
             let window = self.state.config.speed_window_reports;
             self.state.models[session.model as usize]
                 .speed
-                .record(elapsed_ms, tokens, window);
+                .record(&timing, window);
         }
-        let penalty = matches!(
-            reason,
-            CreditReason::ReportedFail | CreditReason::TooSlow | CreditReason::EarnedDespiteFail
-        );
         if credited {
             self.credit(&session, elapsed_ms, tokens, amount_wei, report_digest);
         }
-        let penalty_from = penalty.then_some(session.user);
-        self.record_outcome(session.provider, penalty_from, now, effects);
+        // R-REPORT-2: a void report says nothing about the provider: it neither adds
+        // a penalty point nor dilutes the provider's recent ones.
+        if reason != CreditReason::Void {
+            let penalty = matches!(
+                reason,
+                CreditReason::ReportedFail
+                    | CreditReason::TooSlow
+                    | CreditReason::TooSlowFirstToken
+                    | CreditReason::EarnedDespiteFail
+            );
+            // R-PERF-4: the point is the user's, so that suspension can count users.
+            let penalty_from = penalty.then_some(session.user);
+            self.record_outcome(session.provider, penalty_from, now, effects);
+        }
         // R-BLOCK-2: what the session earned; the ledger credits it subject to the
         // day's cap when the block is sealed.
         let earned_wei = if credited { amount_wei } else { 0 };
+        debug_assert!(reason != CreditReason::Void || earned_wei == 0);
         effects.push(Effect::ReportAccepted {
             user,
             nonce,
@@ -635,45 +770,48 @@ impl Engine {
         Ok(())
     }
 
-    /// R-PERF-1..3: what the report earns (pure: the speed window is updated by the
-    /// caller once the report is accepted).
+    /// R-PERF-1..3, R-REPORT-2: what the report earns (pure: the speed windows are
+    /// updated by the caller once the report is accepted).
     fn judge_report(
         &self,
         session: &Session,
-        elapsed_ms: u64,
-        tokens: u64,
-        pass: bool,
+        timing: &Timing,
+        outcome: ReportOutcome,
     ) -> CreditReason {
         let config = &self.state.config;
-        if !pass {
-            return match config.fail_policy {
-                FailPolicy::NoCredit => CreditReason::ReportedFail,
-                FailPolicy::BalanceWeighted => {
-                    let user_balance = self.state.accounts[session.user as usize].balance_wei;
-                    let provider_account = self.state.providers[session.provider as usize].account;
-                    let provider_balance =
-                        self.state.accounts[provider_account as usize].balance_wei;
-                    if user_balance > provider_balance || tokens == 0 {
-                        CreditReason::ReportedFail
-                    } else {
-                        CreditReason::EarnedDespiteFail
+        match outcome {
+            ReportOutcome::Void => return CreditReason::Void,
+            ReportOutcome::Fail => {
+                return match config.fail_policy {
+                    FailPolicy::NoCredit => CreditReason::ReportedFail,
+                    FailPolicy::BalanceWeighted => {
+                        let user_balance = self.state.accounts[session.user as usize].balance_wei;
+                        let provider_account =
+                            self.state.providers[session.provider as usize].account;
+                        let provider_balance =
+                            self.state.accounts[provider_account as usize].balance_wei;
+                        if user_balance > provider_balance || timing.tokens == 0 {
+                            CreditReason::ReportedFail
+                        } else {
+                            CreditReason::EarnedDespiteFail
+                        }
                     }
-                }
-            };
+                };
+            }
+            ReportOutcome::Pass => {}
         }
-        if tokens == 0 {
+        if timing.tokens == 0 {
             return CreditReason::ZeroTokens;
         }
         let model = &self.state.models[session.model as usize];
-        if model.speed.passes(
-            elapsed_ms,
-            tokens,
+        match model.speed.judge(
+            timing,
             config.speed_tolerance_percent,
             config.speed_reports_min,
         ) {
-            CreditReason::Earned
-        } else {
-            CreditReason::TooSlow
+            Verdict::Fast => CreditReason::Earned,
+            Verdict::SlowGeneration => CreditReason::TooSlow,
+            Verdict::SlowFirstToken => CreditReason::TooSlowFirstToken,
         }
     }
 

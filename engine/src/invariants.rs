@@ -13,6 +13,7 @@ impl Engine {
         self.check_matching();
         self.check_no_self_match();
         self.check_unfunded();
+        self.check_user_sessions();
         self.state.settlement.check(
             self.state.block,
             self.state.config.settlement_epoch_blocks,
@@ -50,6 +51,43 @@ impl Engine {
                     "busy drifted for provider {p} offer {o}"
                 );
             }
+        }
+    }
+
+    /// R-SESSION-1: each user's count of open sessions and unanswered RFCs is the
+    /// naive count and never above `user_sessions_open_max`; an unstarted session
+    /// has its start deadline in the timer, a started one none, and the timer holds
+    /// nothing else.
+    pub fn check_user_sessions(&self) {
+        let mut open = vec![0u32; self.state.accounts.len()];
+        for (_, rfc) in self.state.rfcs.iter() {
+            open[rfc.user as usize] += 1;
+        }
+        let mut unstarted = 0usize;
+        for (_, session) in self.state.sessions.iter() {
+            open[session.user as usize] += 1;
+            let timed = self
+                .state
+                .session_starts
+                .contains(session.start_deadline_ms, session.id);
+            assert_eq!(timed, !session.started, "start timer wrong: {session:?}");
+            unstarted += usize::from(!session.started);
+        }
+        assert_eq!(
+            self.state.session_starts.len(),
+            unstarted,
+            "start timer holds closed sessions"
+        );
+        let max = self.state.config.user_sessions_open_max;
+        for (account, &naive) in self.state.accounts.iter().zip(&open) {
+            assert_eq!(
+                account.sessions_open, naive,
+                "sessions_open drifted: {account:?}"
+            );
+            assert!(
+                naive <= max,
+                "user over user_sessions_open_max: {account:?}"
+            );
         }
     }
 

@@ -51,7 +51,7 @@ pub mod workload;
 pub use catalog::CatalogEntry;
 pub use command::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, OfferSpec, ParamId, ParamKind,
-    ProviderTotals, RfcFailure, Ticket,
+    ProviderTotals, ReportOutcome, RfcFailure, Ticket,
 };
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
 pub use engine::{Engine, RestoreError, APPLY_BATCH_GROUP};

@@ -1,9 +1,28 @@
-//! R-PERF-1: the per-model speed gate. A report passes when its milliseconds per
-//! token are no worse than X % above the token-weighted mean of the model's last Z
-//! reports the user marked pass: mean = Σms / Σtokens over the window, and the test
-//! is the exact integer comparison
+//! R-PERF-1: the per-model speed gate. A window (`SpeedWindow`) keeps the last Z
+//! (ms, tokens) pairs of reports the user marked pass and their exact sums; a figure
+//! passes when it is no worse than X % above the window's token-weighted mean
+//! Σms / Σtokens: the exact integer comparison
 //! `ms × Σtokens × 100 ≤ tokens × Σms × (100 + X)` in 256-bit arithmetic. Nothing is
-//! rounded: the window keeps each report's (ms, tokens) as reported.
+//! rounded: the window keeps each report's figures as reported.
+//!
+//! `ModelSpeed` judges the two parts of a report's time separately (R-REPORT-3), so
+//! that prompt length is never taken for slowness:
+//! - generation: `elapsed_ms - ttft_ms` for the `tokens - 1` completion tokens after
+//!   the first, against the model's generation window (no tokens after the first:
+//!   nothing to judge, the part passes);
+//! - time to the first token: `ttft_ms` (one unit per report, so its mean is the
+//!   plain mean of the window's ttfts) against the window of the report's prompt
+//!   size class, `prompt_class(prompt_tokens)` (powers of two of prompt tokens).
+//!
+//! Each part passes while its window holds fewer than `reports_min` reports.
+//!
+//! A report whose time is not split, `ttft_ms == elapsed_ms` with more than one
+//! token (a whole, non-streamed answer: the user saw every token at once), is judged
+//! as a whole against the sum of the two means, the class's mean time to the first
+//! token plus `tokens - 1` times the generation mean:
+//! `elapsed × 100 × n_c × Σtok_g ≤ (Σttft_c × Σtok_g + (tokens - 1) × Σms_g × n_c) × (100 + X)`
+//! (passing while either window is below its minimum), and joins neither window,
+//! since its parts are unknown.
 
 use bincode::{Decode, Encode};
 use ethnum::U256;
@@ -68,14 +87,291 @@ impl SpeedWindow {
         self.reports.len()
     }
 
+    /// (Σms, Σtokens) over the window.
+    pub fn sums(&self) -> (u128, u128) {
+        (self.ms_sum, self.tokens_sum)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.reports.is_empty()
+    }
+}
+
+/// R-PERF-1: the prompt size class of a report: the bit length of `prompt_tokens`
+/// (0 for 0 tokens, 1 for 1, 2 for 2..=3, 3 for 4..=7, ..., 64 for 2^63 and above),
+/// so that reports in one class have prompts within a factor of two.
+pub fn prompt_class(prompt_tokens: u64) -> u8 {
+    let class = (u64::BITS - prompt_tokens.leading_zeros()) as u8;
+    debug_assert!(class <= 64);
+    debug_assert!(prompt_tokens == 0 || prompt_tokens >> (class - 1) == 1);
+    class
+}
+
+/// What a passing report measured, as the engine judges it (R-REPORT-3). The
+/// caller has checked `ttft_ms <= elapsed_ms` and `tokens > 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    pub elapsed_ms: u64,
+    pub ttft_ms: u64,
+    pub tokens: u64,
+    pub prompt_tokens: u64,
+}
+
+impl Timing {
+    /// Whether the report's time is split in its two parts: false for a whole
+    /// answer (`ttft_ms == elapsed_ms` with more than one token).
+    pub fn is_split(&self) -> bool {
+        self.tokens <= 1 || self.ttft_ms < self.elapsed_ms
+    }
+
+    /// The generation part: (ms after the first token, tokens after the first), or
+    /// `None` when there is no token after the first (nothing to judge).
+    pub fn generation(&self) -> Option<(u64, u64)> {
+        debug_assert!(self.ttft_ms <= self.elapsed_ms);
+        let tokens = self.tokens.checked_sub(1).filter(|&t| t > 0)?;
+        Some((self.elapsed_ms - self.ttft_ms, tokens))
+    }
+}
+
+/// R-PERF-1: the verdict on a passing report's speed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Fast,
+    /// The generation (ms per token after the first) was too slow.
+    SlowGeneration,
+    /// The time to the first token was too slow for the prompt's size class.
+    SlowFirstToken,
+}
+
+/// One model's speed windows: generation, and time to the first token per prompt
+/// size class (classes appear with their first report; at most 65).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
+pub struct ModelSpeed {
+    pub generation: SpeedWindow,
+    pub first_token: std::collections::BTreeMap<u8, SpeedWindow>,
+}
+
+impl ModelSpeed {
+    /// Judges a passing report: the generation first, then the first token.
+    pub fn judge(&self, timing: &Timing, percent: u32, reports_min: u32) -> Verdict {
+        debug_assert!(timing.tokens > 0 && timing.ttft_ms <= timing.elapsed_ms);
+        if !timing.is_split() {
+            return self.judge_whole(timing, percent, reports_min);
+        }
+        if let Some((ms, tokens)) = timing.generation() {
+            if !self.generation.passes(ms, tokens, percent, reports_min) {
+                return Verdict::SlowGeneration;
+            }
+        }
+        let class = prompt_class(timing.prompt_tokens);
+        let first_token_passes = self
+            .first_token
+            .get(&class)
+            .is_none_or(|window| window.passes(timing.ttft_ms, 1, percent, reports_min));
+        if first_token_passes {
+            Verdict::Fast
+        } else {
+            Verdict::SlowFirstToken
+        }
+    }
+
+    /// A whole answer against the class's first-token mean plus the generation
+    /// mean for its other tokens (module doc), in 256-bit arithmetic: at most
+    /// 2^64 · 2^7 · 2^32 · 2^96 on the left, below 2^227 on the right.
+    fn judge_whole(&self, timing: &Timing, percent: u32, reports_min: u32) -> Verdict {
+        debug_assert!(timing.tokens > 1 && timing.ttft_ms == timing.elapsed_ms);
+        let first_token = self.first_token.get(&prompt_class(timing.prompt_tokens));
+        let Some(first_token) = first_token else {
+            return Verdict::Fast;
+        };
+        let min = reports_min as usize;
+        if first_token.is_empty()
+            || first_token.len() < min
+            || self.generation.is_empty()
+            || self.generation.len() < min
+        {
+            return Verdict::Fast;
+        }
+        let (ttft_sum, count) = first_token.sums();
+        let (gen_ms_sum, gen_tokens_sum) = self.generation.sums();
+        debug_assert!(count > 0 && gen_tokens_sum > 0);
+        let left = U256::from(timing.elapsed_ms)
+            * U256::from(100u32)
+            * U256::from(count)
+            * U256::from(gen_tokens_sum);
+        let expected = U256::from(ttft_sum) * U256::from(gen_tokens_sum)
+            + U256::from(timing.tokens - 1) * U256::from(gen_ms_sum) * U256::from(count);
+        let right = expected * U256::from(100 + percent as u128);
+        if left <= right {
+            Verdict::Fast
+        } else {
+            Verdict::SlowGeneration
+        }
+    }
+
+    /// Adds a report the user marked pass (tokens > 0) to both windows; a whole
+    /// answer (not split) joins neither.
+    pub fn record(&mut self, timing: &Timing, window: u32) {
+        debug_assert!(timing.tokens > 0);
+        if !timing.is_split() {
+            return;
+        }
+        if let Some((ms, tokens)) = timing.generation() {
+            self.generation.record(ms, tokens, window);
+        }
+        self.first_token
+            .entry(prompt_class(timing.prompt_tokens))
+            .or_default()
+            .record(timing.ttft_ms, 1, window);
+        debug_assert!(self.first_token.len() <= 65);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timing(elapsed_ms: u64, ttft_ms: u64, tokens: u64, prompt_tokens: u64) -> Timing {
+        Timing {
+            elapsed_ms,
+            ttft_ms,
+            tokens,
+            prompt_tokens,
+        }
+    }
+
+    #[test]
+    fn r_perf_1_prompt_classes_are_powers_of_two() {
+        assert_eq!(prompt_class(0), 0);
+        assert_eq!(prompt_class(1), 1);
+        assert_eq!(prompt_class(2), 2);
+        assert_eq!(prompt_class(3), 2);
+        assert_eq!(prompt_class(4), 3);
+        assert_eq!(prompt_class(1_023), 10);
+        assert_eq!(prompt_class(1_024), 11);
+        assert_eq!(prompt_class(1_523), 11);
+        assert_eq!(prompt_class(u64::MAX), 64);
+    }
+
+    #[test]
+    fn r_perf_1_generation_part_excludes_the_first_token() {
+        assert_eq!(timing(100, 40, 7, 0).generation(), Some((60, 6)));
+        assert_eq!(timing(100, 100, 7, 0).generation(), Some((0, 6)));
+        assert_eq!(timing(100, 40, 1, 0).generation(), None);
+        assert_eq!(timing(100, 40, 0, 0).generation(), None);
+        assert_eq!(
+            timing(u64::MAX, 0, u64::MAX, 0).generation(),
+            Some((u64::MAX, u64::MAX - 1))
+        );
+    }
+
+    #[test]
+    fn r_perf_1_slow_first_token_of_a_long_prompt_is_not_slowness() {
+        // Issue 27 case 9: short prompts answer their first token in 100 ms and
+        // generate 10 ms per token. A 1,523-token prompt takes 1,600 ms to its first
+        // token and generates at the same rate: judged against its own class, fast.
+        let mut speed = ModelSpeed::default();
+        for _ in 0..10 {
+            speed.record(&timing(100 + 10 * 40, 100, 41, 20), 100);
+            speed.record(&timing(1_500 + 10 * 3, 1_500, 4, 1_400), 100);
+        }
+        let long = timing(1_600 + 10 * 3, 1_600, 4, 1_523);
+        assert_eq!(speed.judge(&long, 50, 10), Verdict::Fast);
+        // The same first token for a short prompt is slow.
+        let short = timing(1_600 + 10 * 3, 1_600, 4, 20);
+        assert_eq!(speed.judge(&short, 50, 10), Verdict::SlowFirstToken);
+        // A slow generation is slow whatever the prompt.
+        let slow = timing(1_600 + 30 * 3, 1_600, 4, 1_523);
+        assert_eq!(speed.judge(&slow, 50, 10), Verdict::SlowGeneration);
+        // Exactly X = 50 % above the generation mean (10 ms per token) passes.
+        let edge = timing(1_600 + 15 * 3, 1_600, 4, 1_523);
+        assert_eq!(speed.judge(&edge, 50, 10), Verdict::Fast);
+        let over = timing(1_600 + 15 * 3 + 1, 1_600, 4, 1_523);
+        assert_eq!(speed.judge(&over, 50, 10), Verdict::SlowGeneration);
+    }
+
+    #[test]
+    fn r_perf_1_each_part_passes_below_the_minimum_of_its_class() {
+        let mut speed = ModelSpeed::default();
+        for _ in 0..3 {
+            speed.record(&timing(110, 100, 2, 8), 100);
+        }
+        // Another class has no reports: its first-token test passes.
+        assert_eq!(
+            speed.judge(&timing(10_010, 10_000, 2, 9_000), 0, 3),
+            Verdict::Fast
+        );
+        assert_eq!(
+            speed.judge(&timing(10_010, 10_000, 2, 8), 0, 3),
+            Verdict::SlowFirstToken
+        );
+        assert_eq!(
+            speed.judge(&timing(10_010, 10_000, 2, 8), 0, 4),
+            Verdict::Fast
+        );
+        // One token: no generation part; ttft = elapsed: a zero generation time.
+        assert_eq!(speed.judge(&timing(100, 100, 1, 8), 0, 3), Verdict::Fast);
+        assert_eq!(speed.judge(&timing(100, 100, 5, 8), 0, 3), Verdict::Fast);
+    }
+
+    #[test]
+    fn r_perf_1_a_whole_answer_is_judged_against_both_means_and_joins_neither() {
+        let mut speed = ModelSpeed::default();
+        for _ in 0..3 {
+            // Class 11 (1,024..=2,047 prompt tokens): first token in 1,000 ms, then
+            // 10 ms per token.
+            speed.record(&timing(1_100, 1_000, 11, 1_500), 100);
+        }
+        let before = speed.clone();
+        // 1,000 + 10 × 10 = 1,100 ms expected for 11 tokens; X = 50 %: 1,650 passes.
+        assert_eq!(
+            speed.judge(&timing(1_650, 1_650, 11, 1_523), 50, 3),
+            Verdict::Fast
+        );
+        assert_eq!(
+            speed.judge(&timing(1_651, 1_651, 11, 1_523), 50, 3),
+            Verdict::SlowGeneration
+        );
+        speed.record(&timing(1_650, 1_650, 11, 1_523), 100);
+        assert_eq!(speed, before, "a whole answer joins no window");
+        // Without reports in its class, it passes.
+        assert_eq!(
+            speed.judge(&timing(99_999, 99_999, 11, 20), 50, 3),
+            Verdict::Fast
+        );
+        let extreme = timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
+        speed.record(&timing(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX), 3);
+        let _ = speed.judge(&extreme, u32::MAX, 1);
+    }
+
+    #[test]
+    fn r_perf_1_extreme_figures_never_overflow() {
+        let mut speed = ModelSpeed::default();
+        for _ in 0..4 {
+            speed.record(&timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX), 3);
+            speed.record(&timing(u64::MAX, 0, u64::MAX, u64::MAX), 3);
+            speed.record(&timing(u64::MAX, 1, 2, 0), 3);
+        }
+        assert_eq!(speed.generation.len(), 3);
+        for t in [
+            timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX),
+            timing(u64::MAX, 0, 2, u64::MAX),
+            timing(u64::MAX, u64::MAX, 1, 0),
+            timing(0, 0, 1, 0),
+        ] {
+            for percent in [0, 50, u32::MAX] {
+                let _ = speed.judge(&t, percent, 1);
+            }
+        }
+        // The generation window is (0, 2^64 - 2), (2^64 - 1, 2^64 - 2), (2^64 - 2, 1):
+        // about 1 ms per token, so 2^64 - 1 ms for one token is slow, and a token in
+        // 1 ms is not.
+        assert_eq!(
+            speed.judge(&timing(u64::MAX, 0, 2, 5), 0, 1),
+            Verdict::SlowGeneration
+        );
+        assert_eq!(speed.judge(&timing(1, 0, 2, 5), 0, 1), Verdict::Fast);
+    }
 
     #[test]
     fn r_perf_1_gate_passes_until_min_then_compares_to_mean() {

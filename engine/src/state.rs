@@ -6,7 +6,7 @@ use crate::config::{MarketConfig, ModelSpec};
 use crate::ledger::Ledger;
 use crate::merkle::MerkleAccumulator;
 use crate::slab::Slab;
-use crate::speed::SpeedWindow;
+use crate::speed::ModelSpeed;
 use crate::timer::TimerWheel;
 use crate::types::{Address, ProbeId, RfcId, SessionId};
 use bincode::{Decode, Encode};
@@ -26,6 +26,9 @@ pub struct Account {
     pub quota_day: u64,
     pub quota_used_tokens: u64,
     pub provider: Option<ProviderIdx>,
+    /// R-SESSION-1: this user's open sessions plus RFCs not yet answered (queued or
+    /// probing); at most `user_sessions_open_max`.
+    pub sessions_open: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -72,7 +75,7 @@ pub struct ModelState {
     /// An offer that is full, suspended or unreachable leaves this map but keeps its
     /// key in `Offer`, so it comes back with its time priority.
     pub book: BTreeMap<(u128, u64), (ProviderIdx, u16)>,
-    pub speed: SpeedWindow,
+    pub speed: ModelSpeed,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -109,6 +112,11 @@ pub struct Session {
     pub price_wei_per_token: u128,
     pub expires_at_ms: u64,
     pub rfc_nonce: u64,
+    /// R-SESSION-1: when the session closes unless its provider signs its start
+    /// (`session_starts` holds it until then).
+    pub start_deadline_ms: u64,
+    /// R-SESSION-1: the provider signed that the inference began.
+    pub started: bool,
 }
 
 /// How the last session held in a slot ended, so a late report gets the right error.
@@ -116,6 +124,8 @@ pub struct Session {
 pub enum Closed {
     Reported,
     Expired,
+    /// R-SESSION-1: its provider did not sign its start in time.
+    NotStarted,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
@@ -124,6 +134,8 @@ pub struct Counters {
     pub rfcs_failed: u64,
     pub sessions_opened: u64,
     pub sessions_expired: u64,
+    /// R-SESSION-1: sessions closed because their start was not signed in time.
+    pub sessions_not_started: u64,
     pub reports: u64,
     pub sessions_credited: u64,
     pub batches: u64,
@@ -153,6 +165,8 @@ pub struct State {
     pub rfc_expiries: TimerWheel,
     /// (expiry ms, session id) of open sessions.
     pub session_expiries: TimerWheel,
+    /// R-SESSION-1: (start deadline ms, session id) of sessions not started yet.
+    pub session_starts: TimerWheel,
     pub suspensions: BTreeSet<(u64, ProviderIdx)>,
     pub block_totals: crate::totals::BlockTotals,
     /// Σ earned_wei over `block_totals` (R-MONEY-1: the batch total, kept checked).

@@ -1,11 +1,12 @@
 //! A deterministic market workload: the command stream of a funded market running
-//! whole session lifecycles (RFC, probe answer, report), with ticks as time passes.
+//! whole session lifecycles (RFC, probe answer, session start, report), with ticks as time passes.
 //! Journal tests and the replay benchmark use it to produce realistic inputs; it
 //! drives a shadow engine to learn the ids (probes, sessions) the next commands
 //! need, so the stream is valid and its final state hash is known.
 
 use crate::{
-    Address, Command, Effect, Engine, MarketConfig, ModelSpec, OfferSpec, Unit, WEI_PER_MOR,
+    Address, Command, Effect, Engine, MarketConfig, ModelSpec, OfferSpec, ReportOutcome, Unit,
+    WEI_PER_MOR,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -154,7 +155,7 @@ impl Workload {
         out.push((self.now_ms, command));
     }
 
-    /// Emits one lifecycle (three commands, plus a tick every 50 simulated ms).
+    /// Emits one lifecycle (four commands: RFC, probe answer, session start, report; plus a tick every 50 simulated ms).
     pub fn lifecycle(&mut self, out: &mut Vec<(u64, Command)>) {
         let u = self.next_user;
         self.next_user = (u + 1) % self.sizes.users;
@@ -188,14 +189,29 @@ impl Workload {
                 _ => None,
             });
             if let Some(session) = session {
+                // R-SESSION-1: the provider signs the start as it serves.
+                self.provider_nonce[p] += 1;
+                let start = Command::StartSession {
+                    provider,
+                    nonce: self.provider_nonce[p],
+                    session,
+                };
+                self.emit(out, start);
                 self.user_nonce[u as usize] += 1;
+                let outcome = if u.is_multiple_of(50) {
+                    ReportOutcome::Fail
+                } else {
+                    ReportOutcome::Pass
+                };
                 let report = Command::Report {
                     user,
                     nonce: self.user_nonce[u as usize],
                     session,
                     elapsed_ms: 1_000,
+                    ttft_ms: 100,
                     tokens: 100,
-                    pass: !u.is_multiple_of(50),
+                    prompt_tokens: 200,
+                    outcome,
                     report_digest: [7; 32],
                 };
                 self.emit(out, report);

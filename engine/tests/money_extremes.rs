@@ -271,13 +271,22 @@ fn run_market(config: MarketConfig, steps: &[Step]) {
                 };
                 let tokens = tokens.min(ticket.tokens_max);
                 let nonce = m.nonce(ticket.user);
+                let outcome = if pass {
+                    ReportOutcome::Pass
+                } else {
+                    ReportOutcome::Fail
+                };
                 Command::Report {
                     user: ticket.user,
                     nonce,
                     session: ticket.session,
                     elapsed_ms,
+                    // R-REPORT-3 extremes: half the time to the first token, the
+                    // prompt as large as the tokens (up to the bound).
+                    ttft_ms: elapsed_ms / 2,
                     tokens,
-                    pass,
+                    prompt_tokens: tokens.min(1 << 24),
+                    outcome,
                     report_digest: [7; 32],
                 }
             }

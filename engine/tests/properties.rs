@@ -1,6 +1,7 @@
 //! Property tests over random command sequences (STYLE.md section 6): no panic,
 //! invariants after every step (solvency, capacity, quota, book = naive scan,
-//! exhaustive matching), quota accounting equal to a reference tally of effects,
+//! exhaustive matching, open sessions and RFCs per user within
+//! `user_sessions_open_max` with their start timers, R-SESSION-1), quota accounting equal to a reference tally of effects,
 //! every credited session had exactly one passing report, batches contiguous and
 //! equal to the credits, replay and snapshot/restore give the same state hash.
 
@@ -60,8 +61,18 @@ enum Step {
         pick: u8,
         tokens: u16,
         elapsed: u16,
-        pass: bool,
+        /// 0 fail, 1 pass, 2 void.
+        outcome: u8,
+        /// Per mille of `elapsed` to the first token; above 1000: past it (refused).
+        ttft_permille: u16,
+        /// 0..=4: 0, 1, 1,523, 2^24 (the bound), u64::MAX (refused).
+        prompt: u8,
         wrong_user: bool,
+    },
+    /// R-SESSION-1: a provider signs a ticket's start.
+    Start {
+        pick: u8,
+        wrong_provider: bool,
     },
     Claim {
         provider: u8,
@@ -118,16 +129,28 @@ fn step() -> impl Strategy<Value = Step> {
             any::<u8>(),
             0..20_000u16,
             0..5_000u16,
-            prop::bool::weighted(0.8),
+            prop_oneof![8 => Just(1u8), 1 => Just(0u8), 1 => Just(2u8)],
+            prop_oneof![9 => 0..=1000u16, 1 => 1001..1100u16],
+            0..5u8,
             prop::bool::weighted(0.1)
         )
-            .prop_map(|(pick, tokens, elapsed, pass, wrong_user)| Step::Report {
-                pick,
-                tokens,
-                elapsed,
-                pass,
-                wrong_user
-            }),
+            .prop_map(
+                |(pick, tokens, elapsed, outcome, ttft_permille, prompt, wrong_user)| {
+                    Step::Report {
+                        pick,
+                        tokens,
+                        elapsed,
+                        outcome,
+                        ttft_permille,
+                        prompt,
+                        wrong_user,
+                    }
+                }
+            ),
+        (any::<u8>(), prop::bool::weighted(0.1)).prop_map(|(pick, wrong_provider)| Step::Start {
+            pick,
+            wrong_provider
+        }),
         (0..3u8).prop_map(|provider| Step::Claim { provider }),
         prop_oneof![1..3_000u32, 10_000..40_000u32].prop_map(|ms| Step::Wait { ms }),
         Just(Step::Replay),
@@ -294,7 +317,9 @@ fn to_command(m: &mut Market, seen: &Observed, step: &Step) -> Command {
             pick,
             tokens,
             elapsed,
-            pass,
+            outcome,
+            ttft_permille,
+            prompt,
             wrong_user,
         } => {
             let ticket = seen
@@ -306,14 +331,44 @@ fn to_command(m: &mut Market, seen: &Observed, step: &Step) -> Command {
                 who = user(3);
             }
             let nonce = m.nonce(who);
+            let outcome = [
+                ReportOutcome::Fail,
+                ReportOutcome::Pass,
+                ReportOutcome::Void,
+            ][outcome as usize % 3];
+            let elapsed_ms = elapsed as u64;
+            let prompt_tokens = [0, 1, 1_523, 1 << 24, u64::MAX][prompt as usize % 5];
             Command::Report {
                 user: who,
                 nonce,
                 session,
-                elapsed_ms: elapsed as u64,
+                elapsed_ms,
+                ttft_ms: elapsed_ms * ttft_permille as u64 / 1000 + u64::from(ttft_permille > 1000),
                 tokens: tokens as u64,
-                pass,
+                prompt_tokens,
+                outcome,
                 report_digest: [1; 32],
+            }
+        }
+        Step::Start {
+            pick,
+            wrong_provider,
+        } => {
+            let ticket = seen
+                .tickets
+                .get(pick as usize % seen.tickets.len().max(1))
+                .cloned();
+            let (session, mut who) = ticket
+                .map(|t| (t.session, t.provider))
+                .unwrap_or((5, provider(0)));
+            if wrong_provider {
+                who = provider(9);
+            }
+            let nonce = m.nonce(who);
+            Command::StartSession {
+                provider: who,
+                nonce,
+                session,
             }
         }
         Step::Claim { provider: p } => {
@@ -383,7 +438,11 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
                 earned_wei,
                 ..
             } => {
-                if let Command::Report { pass: true, .. } = command {
+                if let Command::Report {
+                    outcome: ReportOutcome::Pass,
+                    ..
+                } = command
+                {
                     *seen.passing_reports.entry(*session).or_default() += 1;
                 }
                 if matches!(
@@ -423,8 +482,18 @@ fn observe(m: &Market, seen: &mut Observed, command: &Command, effects: &[Effect
     }
 }
 
+/// The tests' market with small R-SESSION-1 bounds, so that random sequences reach
+/// them: 3 open sessions and RFCs per user, starts due within 5 s of the ticket.
+fn prop_config() -> MarketConfig {
+    MarketConfig {
+        user_sessions_open_max: 3,
+        ticket_start_timeout_ms: 5_000,
+        ..config()
+    }
+}
+
 fn run(steps: &[Step], snapshot_at: Option<usize>) -> (Vec<Command>, Vec<u64>, [u8; 32]) {
-    let mut m = Market::new();
+    let mut m = Market::with(prop_config());
     let mut seen = Observed::default();
     let mut commands = Vec::new();
     let mut times = Vec::new();
@@ -478,7 +547,7 @@ proptest! {
     ) {
         let (commands, times, hash) = run(&steps, None);
         // Replaying the recorded commands at the recorded times gives the same hash.
-        let mut replay = Engine::new(config());
+        let mut replay = Engine::new(prop_config());
         let mut effects = Vec::new();
         for (command, now) in commands.iter().zip(&times) {
             replay.apply(command, *now, &mut effects);
@@ -501,7 +570,7 @@ proptest! {
         cuts in prop::collection::vec(1usize..40, 1..20),
     ) {
         let (commands, times, hash) = run(&steps, None);
-        let mut single = Engine::new(config());
+        let mut single = Engine::new(prop_config());
         let mut expected = Vec::new();
         for (command, now) in commands.iter().zip(&times) {
             let mut effects = Vec::new();
@@ -511,7 +580,7 @@ proptest! {
         prop_assert_eq!(single.state_hash(), hash);
 
         let batch: Vec<(Command, u64)> = commands.iter().cloned().zip(times.iter().copied()).collect();
-        let mut batched = Engine::new(config());
+        let mut batched = Engine::new(prop_config());
         // Effects accumulate across batches: `ends` counts from the length on entry.
         let mut effects = Vec::new();
         let mut ends = Vec::new();

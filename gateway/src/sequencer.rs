@@ -132,7 +132,8 @@ pub enum Release {
 ///   what it was based on. It also answers the command's frame, which waits anyway.
 /// - `ProviderUnreachable`, `ProviderSuspended`, `ProviderUnfunded`: statements about
 ///   the provider's state in the market, which a provider acts on (reconnects, stops
-///   serving): `Durable`. `SessionExpired` sends nothing; kept in order: `Durable`.
+///   serving): `Durable`. `SessionExpired` and `SessionNotStarted` send nothing; kept
+///   in order: `Durable`.
 /// - `BalancesSet`: feeds the gateways' pre-check cache (R-QUOTA-6), which must not
 ///   get ahead of what a crash would keep: `Durable`.
 /// - `BatchSealed`, `SettlementSealed`: published to every subscriber and applied by
@@ -146,6 +147,7 @@ pub fn release_of(effect: &Effect) -> Release {
         | Effect::RfcFailed { .. }
         | Effect::ReportAccepted { .. }
         | Effect::SessionExpired { .. }
+        | Effect::SessionNotStarted { .. }
         | Effect::ProviderUnreachable { .. }
         | Effect::ProviderSuspended { .. }
         | Effect::ProviderUnfunded { .. }

@@ -146,6 +146,8 @@ fn start_embedded(
     let first_boundary = now + run_ms + 2_000;
     let genesis_ms = first_boundary - 12_000 * first_boundary.saturating_sub(now).div_ceil(12_000);
     config.market.genesis_ms = genesis_ms;
+    // R-SESSION-1: simulated users are application gateways (see the constant).
+    config.market.user_sessions_open_max = sim::SIM_USER_SESSIONS_OPEN_MAX;
     config.journal.durability = args.durability.clone();
     let temporary = match &args.data_dir {
         Some(_) => None,

@@ -22,6 +22,20 @@ use yellowstone_wire::*;
 
 pub const WEI_PER_MOR: u128 = 1_000_000_000_000_000_000;
 
+/// R-SESSION-1: the `market.user_sessions_open_max` the loadgen gives its embedded
+/// router. Each simulated user stands for an application gateway carrying
+/// `rate / users` RFCs a second (62 a second with the defaults), so it holds far
+/// more than the default 16 sessions and queued RFCs at once. An external router
+/// (`--target`) needs at least the sim's per-user concurrency too, or its RFCs are
+/// refused `user_sessions_full`.
+pub const SIM_USER_SESSIONS_OPEN_MAX: u32 = 4_096;
+
+/// R-REPORT-3: the prompt tokens the simulated users report (one size class).
+pub const SIM_PROMPT_TOKENS: u64 = 256;
+
+/// R-REPORT-3: the simulated time to the first token, ms (at most the whole time).
+pub const SIM_FIRST_TOKEN_MS: u64 = 1;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
     /// Constant rate, enough supply.
@@ -419,16 +433,18 @@ fn run_user(
                 return Err("writer lock poisoned".into());
             };
             let nonce = guard.1 + 1;
-            let mut report: Message = Report {
-                from: plan.key.address(),
-                nonce,
-                session_id,
+            let verdict = if pass { Outcome::Pass } else { Outcome::Fail };
+            // R-REPORT-3: a fixed prompt, whose first token takes a fixed time (at
+            // most the whole): honest reports' first tokens are alike, and the jitter
+            // is the generation's, as before the split.
+            let figures = ReportFigures {
                 elapsed_ms,
+                ttft_ms: elapsed_ms.min(SIM_FIRST_TOKEN_MS),
                 tokens,
-                pass,
-                signature: Signature::default(),
-            }
-            .into();
+                prompt_tokens: SIM_PROMPT_TOKENS,
+            };
+            let mut report: Message =
+                Report::new(plan.key.address(), nonce, session_id, verdict, figures).into();
             let frame = report.sign(&plan.key, network_id);
             reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
             if let Err(e) = guard.0.write_all(&frame) {
@@ -644,7 +660,22 @@ fn run_provider(
                     Behaviour::Dead => {}
                 }
             }
-            Message::SessionTicket(_) => {
+            Message::SessionTicket(ticket) => {
+                // R-SESSION-1: the simulated inference begins as the ticket arrives,
+                // as the provider node signs it when it serves the request.
+                let nonce = client.next_nonce();
+                let start: Message = SessionStart {
+                    from: key.address(),
+                    nonce,
+                    session_id: ticket.session_id,
+                    signature: Signature::default(),
+                }
+                .into();
+                if let Err(e) = client.send_signed(start) {
+                    outcome.connection_lost =
+                        Some(format!("provider connection: send session start: {e}"));
+                    break;
+                }
                 if let Some(sent) = answered.pop_front() {
                     outcome
                         .probe_rtt

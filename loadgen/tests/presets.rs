@@ -26,6 +26,7 @@ fn run(scenario: Scenario, backend: Backend) -> yellowstone_loadgen::report::Run
     // A block boundary about 4 s from now: after the window and most of the drain.
     let genesis_ms = now_ms() + 4_000 - 12_000;
     config.market.genesis_ms = genesis_ms;
+    config.market.user_sessions_open_max = sim::SIM_USER_SESSIONS_OPEN_MAX;
     let router = Router::start(StartOptions::ephemeral(config).unwrap()).unwrap();
     let mut sim_config = SimConfig {
         scenario,

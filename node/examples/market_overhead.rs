@@ -267,10 +267,19 @@ fn main() {
     )
     .unwrap();
     let data = d.join("data").display().to_string();
+    // R-SESSION-1: one consumer carries the whole open-loop rate, far more than the
+    // default 16 open sessions of one user.
+    std::fs::write(
+        d.join("router.toml"),
+        "[market]\nuser_sessions_open_max = 4096\n",
+    )
+    .unwrap();
     let router = start(
         &bin_dir.join("yellowstone-router"),
         &[
             "run",
+            "--config",
+            "router.toml",
             "--listen",
             "127.0.0.1:0",
             "--metrics-listen",

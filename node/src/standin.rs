@@ -10,7 +10,9 @@
 //! time, for tests): `delay_ms_per_token` (slow), `fail` (HTTP 500 for every
 //! completion), `cut_after_tokens` (a stream stops after that many tokens without
 //! its end; a plain answer is cut mid-body), `tokens` (completion length when
-//! `max_tokens` allows).
+//! `max_tokens` allows), `context_tokens_max` (a prompt of more words is refused with
+//! HTTP 400 `context_length_exceeded`, as a real server refuses a prompt over its
+//! context; 0: no limit).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -39,6 +41,10 @@ pub struct Mode {
     /// Completion length in tokens when max_tokens allows.
     #[arg(long, default_value_t = 16)]
     pub tokens: u64,
+    /// Refuse a prompt of more words with HTTP 400 `context_length_exceeded`
+    /// (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub context_tokens_max: u64,
 }
 
 impl Default for Mode {
@@ -48,6 +54,7 @@ impl Default for Mode {
             fail: false,
             cut_after_tokens: 0,
             tokens: 16,
+            context_tokens_max: 0,
         }
     }
 }
@@ -157,6 +164,18 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
     };
     let prompt = prompt_of(&request);
     let prompt_tokens = prompt.split_whitespace().count() as u64;
+    if mode.context_tokens_max > 0 && prompt_tokens > mode.context_tokens_max {
+        // The request's own fault (R-NODE-5): what OpenAI-compatible servers answer.
+        let message = format!(
+            "This model's maximum context length is {} tokens; your messages have {prompt_tokens}",
+            mode.context_tokens_max
+        );
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": {"message": message, "type": "invalid_request_error", "code": "context_length_exceeded", "param": "messages"}})),
+        )
+            .into_response();
+    }
     let words = completion_words(&prompt, tokens);
     let id = format!("chatcmpl-standin-{serial}");
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens});

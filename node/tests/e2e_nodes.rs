@@ -201,6 +201,51 @@ async fn r_node_2_upstream_errors_cut_streams_and_dead_upstreams_are_reported_fa
     assert_eq!(watcher.credited_wei(&stack.provider_address), 0);
 }
 
+/// R-NODE-5, R-REPORT-2 (issue 27 case 8): a prompt over the model's context is the
+/// request's own fault: the model server's 400 reaches the application as a 400, the
+/// session is reported void, and the provider gets no penalty point (one would
+/// suspend it here, and the next request would find no provider).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_5_a_prompt_over_the_context_is_a_400_for_the_app_and_a_void_report() {
+    let stack = Stack::start(Tuning {
+        market: "penalty_points_suspend = 1".into(),
+        ..Tuning::default()
+    })
+    .await;
+    stack.standin_mode(json!({"context_tokens_max": 4})).await;
+    let url = stack.consumer_url("/v1/chat/completions");
+    for stream in [false, true] {
+        let long = chat("one two three four five six seven eight", 8, stream);
+        let response = stack.http.post(&url).json(&long).send().await.unwrap();
+        let error = openai_error(response, 400).await;
+        assert_eq!(error["error"]["code"], "context_length_exceeded", "{error}");
+    }
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"void\",ack=\"void\"}",
+            2.0,
+        )
+        .await;
+    // Not suspended: a prompt that fits is served and credited.
+    let body = stack
+        .http
+        .post(&url)
+        .json(&chat("short prompt", 8, true))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(sse_content(&body).1, "{body}");
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}",
+            1.0,
+        )
+        .await;
+}
+
 /// Like `sse_content`, skipping events that are not chunks (an error event).
 fn sse_content_lenient(body: &str) -> (String, bool) {
     let kept: Vec<&str> = body
@@ -426,7 +471,9 @@ async fn r_node_2_concurrent_completions_are_all_matched_and_reported() {
     let stack = Stack::start(Tuning {
         // The stand-in answers in about a millisecond: keep the speed gate's
         // minimum out of reach (README, "The speed gate and sub-millisecond answers").
-        market: "speed_reports_min = 1000".into(),
+        // One consumer with 48 requests at once: above the default 16 open sessions
+        // of one user (R-SESSION-1).
+        market: "speed_reports_min = 1000\nuser_sessions_open_max = 64".into(),
         ..Tuning::default()
     })
     .await;

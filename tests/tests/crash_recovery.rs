@@ -104,7 +104,9 @@ fn run_user(addr: SocketAddr, key: SigningKey, stop: Arc<AtomicBool>, seen: Arc<
             session_id: ticket.session_id,
             elapsed_ms: 500,
             tokens: TOKENS,
-            pass: true,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
             signature: Signature::default(),
         };
         let most = TOKENS as u128 * PRICE_WEI_PER_TOKEN;

@@ -266,7 +266,9 @@ fn signatures_replays_quota_and_balance_are_refused_with_their_codes() {
                 session_id: 99,
                 elapsed_ms: 1,
                 tokens: 1,
-                pass: true,
+                ttft_ms: 0,
+                prompt_tokens: 0,
+                outcome: Outcome::Pass,
                 ..Report::default()
             }
             .into(),
@@ -324,7 +326,9 @@ fn a_report_for_someone_elses_session_is_refused() {
                 session_id: session,
                 elapsed_ms: 1,
                 tokens: 1,
-                pass: false,
+                ttft_ms: 0,
+                prompt_tokens: 0,
+                outcome: Outcome::Fail,
                 ..Report::default()
             }
             .into(),

@@ -87,7 +87,9 @@ fn report(
         session_id,
         elapsed_ms,
         tokens,
-        pass: true,
+        ttft_ms: 0,
+        prompt_tokens: 0,
+        outcome: Outcome::Pass,
         signature: Signature::default(),
     };
     user.send_signed(message.into()).unwrap();

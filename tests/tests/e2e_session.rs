@@ -114,7 +114,9 @@ fn full_session(backend: &str, ticket_signing: &str) {
         session_id: ticket.session_id,
         elapsed_ms: 900,
         tokens: 300,
-        pass: true,
+        ttft_ms: 0,
+        prompt_tokens: 0,
+        outcome: Outcome::Pass,
         signature: Signature::default(),
     };
     user.send_signed(report.clone().into()).unwrap();

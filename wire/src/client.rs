@@ -252,24 +252,12 @@ pub fn presign_rfc(
     presign(key, network_id, rfc.into())
 }
 
-/// A signed report frame (R-REPORT-1) from `key`'s address.
-pub fn presign_report(
-    key: &SigningKey,
-    network_id: u32,
-    nonce: u64,
-    session_id: u64,
-    elapsed_ms: u64,
-    tokens: u64,
-    pass: bool,
-) -> Vec<u8> {
+/// A signed report frame (R-REPORT-1..3) from `key`'s address: `report`'s `from`
+/// and `signature` are overwritten. Build the report with [`Report::new`].
+pub fn presign_report(key: &SigningKey, network_id: u32, report: Report) -> Vec<u8> {
     let report = Report {
         from: key.address(),
-        nonce,
-        session_id,
-        elapsed_ms,
-        tokens,
-        pass,
-        signature: Default::default(),
+        ..report
     };
     presign(key, network_id, report.into())
 }

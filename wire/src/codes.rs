@@ -107,6 +107,19 @@ codes! {
     /// R-ID-8: a nonce more than 2^40 above max(the last accepted one, the router's
     /// time in µs); detail: the largest nonce accepted now (the reason names both).
     NONCE_GAP = 0x021F, "nonce_gap";
+    /// R-SESSION-1: the user already holds `market.user_sessions_open_max` open
+    /// sessions and unanswered RFCs (detail: the bound).
+    USER_SESSIONS_FULL = 0x0222, "user_sessions_full";
+    /// R-REPORT-3: a report's `ttft_ms` above its `elapsed_ms` (detail: elapsed_ms).
+    TTFT_OVER_ELAPSED = 0x0223, "ttft_over_elapsed";
+    /// R-REPORT-3: a report's `prompt_tokens` above `market.prompt_tokens_max`
+    /// (detail: the bound).
+    PROMPT_TOKENS_OVER_MAX = 0x0224, "prompt_tokens_over_max";
+    /// R-SESSION-1: the session was closed because its provider did not sign its
+    /// start within `market.ticket_start_timeout_ms`.
+    SESSION_NOT_STARTED = 0x0225, "session_not_started";
+    /// R-SESSION-1: a `SessionStart` for a session already started.
+    SESSION_ALREADY_STARTED = 0x0226, "session_already_started";
 
     /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
     OVERLOADED = 0x0301, "overloaded";

@@ -67,6 +67,56 @@ impl Field for Signature {
     }
 }
 
+/// R-REPORT-2: a report's outcome. One byte on the wire: 0 fail, 1 pass (the bytes
+/// of the former `pass: bool`), 2 void; any other byte decodes to
+/// `DecodeError::BadEnumValue` (`bad_field`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The provider failed the request (an error, a time-out, a cut stream).
+    #[default]
+    Fail = 0,
+    /// A complete answer.
+    Pass = 1,
+    /// The request failed for the user's own reason (a prompt the model refuses as
+    /// invalid or too long, a request cancelled before any output): no credit and
+    /// no penalty point.
+    Void = 2,
+}
+
+impl Outcome {
+    /// The outcome of a wire byte, `None` for an unknown one.
+    pub fn from_u8(byte: u8) -> Option<Outcome> {
+        match byte {
+            0 => Some(Outcome::Fail),
+            1 => Some(Outcome::Pass),
+            2 => Some(Outcome::Void),
+            _ => None,
+        }
+    }
+
+    /// Lower-case name: "fail", "pass" or "void".
+    pub fn name(self) -> &'static str {
+        match self {
+            Outcome::Fail => "fail",
+            Outcome::Pass => "pass",
+            Outcome::Void => "void",
+        }
+    }
+}
+
+impl Field for Outcome {
+    fn write(&self, w: &mut Writer<'_>) {
+        w.u8(*self as u8);
+    }
+    fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError> {
+        let byte = r.u8(field)?;
+        Outcome::from_u8(byte).ok_or(DecodeError::BadEnumValue {
+            field,
+            value: byte as u64,
+        })
+    }
+}
+
 /// The bound of each string field, by its qualified name: endpoints (R-PROV-1,
 /// R-MATCH-6) are `ENDPOINT_BYTES_MAX`, model names `MODEL_NAME_BYTES_MAX`, every
 /// other string (error reasons) is `REASON_BYTES_MAX`. Field names are compile-time
@@ -255,6 +305,8 @@ pub mod msg_type {
     pub const PROBE: u16 = 0x0030;
     pub const PROBE_ANSWER: u16 = 0x0031;
     pub const SESSION_TICKET: u16 = 0x0040;
+    /// R-SESSION-1: provider -> router, the inference of a session began.
+    pub const SESSION_START: u16 = 0x0041;
     pub const REPORT: u16 = 0x0050;
     pub const REPORT_ACK: u16 = 0x0051;
     pub const SUBSCRIBE_BATCHES: u16 = 0x0060;
@@ -375,9 +427,21 @@ messages! {
         session_id: u64, user: Address, provider: Address, endpoint: String, model_id: u32, tokens_max: u64,
         price_wei_per_token: u128, expires_at_ms: u64, rfc_nonce: u64, signature: Signature
     }
-    /// R-REPORT-1.
-    Report = REPORT, signed: true { from: Address, nonce: u64, session_id: u64, elapsed_ms: u64, tokens: u64, pass: bool, signature: Signature }
-    /// `reason`: 0 earned, 1 reported fail, 2 too slow, 3 earned despite fail, 4 zero tokens.
+    /// R-SESSION-1: the session's provider signs that its inference began (sent when
+    /// it starts serving the ticket's request). A session not started within
+    /// `market.ticket_start_timeout_ms` of its ticket is closed without credit and
+    /// without penalty. Answered by `Ack`.
+    SessionStart = SESSION_START, signed: true { from: Address, nonce: u64, session_id: u64, signature: Signature }
+    /// R-REPORT-1..3: `elapsed_ms` from sending the query to the whole result,
+    /// `ttft_ms` from sending it to the first completion token (≤ `elapsed_ms`),
+    /// `tokens` completion tokens received, `prompt_tokens` the prompt's tokens,
+    /// `outcome` 0 fail, 1 pass, 2 void (any other byte: `bad_field`).
+    Report = REPORT, signed: true {
+        from: Address, nonce: u64, session_id: u64, elapsed_ms: u64, ttft_ms: u64, tokens: u64,
+        prompt_tokens: u64, outcome: Outcome, signature: Signature
+    }
+    /// `reason`: 0 earned, 1 reported fail, 2 too slow (generation), 3 earned despite
+    /// fail, 4 zero tokens, 5 void (R-REPORT-2), 6 too slow to the first token.
     /// `earned`/`earned_wei`: whether the session earned a credit and how much
     /// (tokens × price), to be credited subject to the day's cap when its block is
     /// sealed; the block's CreditBatch says what was credited (R-BLOCK-2).
@@ -444,6 +508,54 @@ messages! {
     ErrorReply = ERROR_REPLY, signed: false { code: u16, ref_msg_type: u16, ref_nonce: u64, retry_after_ms: u32, detail: u128, reason: String }
 }
 
+/// What a user measured of a session, for [`Report::new`] (R-REPORT-1, R-REPORT-3).
+/// Milliseconds from sending the query; tokens as the user counted them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReportFigures {
+    /// To the whole result.
+    pub elapsed_ms: u64,
+    /// To the first completion token; at most `elapsed_ms` (the router refuses
+    /// more with `ttft_over_elapsed`).
+    pub ttft_ms: u64,
+    /// Completion tokens received (at most the ticket's TokenMax).
+    pub tokens: u64,
+    /// The prompt's tokens (at most `market.prompt_tokens_max`).
+    pub prompt_tokens: u64,
+}
+
+impl Report {
+    /// An unsigned report (sign it with `Message::sign` or `client::presign_report`).
+    pub fn new(
+        from: Address,
+        nonce: u64,
+        session_id: u64,
+        outcome: Outcome,
+        figures: ReportFigures,
+    ) -> Report {
+        Report {
+            from,
+            nonce,
+            session_id,
+            elapsed_ms: figures.elapsed_ms,
+            ttft_ms: figures.ttft_ms,
+            tokens: figures.tokens,
+            prompt_tokens: figures.prompt_tokens,
+            outcome,
+            signature: Signature::default(),
+        }
+    }
+
+    /// The figures the report carries.
+    pub fn figures(&self) -> ReportFigures {
+        ReportFigures {
+            elapsed_ms: self.elapsed_ms,
+            ttft_ms: self.ttft_ms,
+            tokens: self.tokens,
+            prompt_tokens: self.prompt_tokens,
+        }
+    }
+}
+
 /// `Notice.kind`: the provider is out of matching until it announces itself again
 /// (R-MATCH-2).
 pub const NOTICE_UNREACHABLE: u8 = 1;
@@ -482,6 +594,7 @@ impl Message {
             Message::RfcCancel(m) => Some((m.from, m.nonce)),
             Message::ProbeAnswer(m) => Some((m.from, m.nonce)),
             Message::Report(m) => Some((m.from, m.nonce)),
+            Message::SessionStart(m) => Some((m.from, m.nonce)),
             Message::SubscribeBatches(m) => Some((m.from, m.nonce)),
             Message::Claim(m) => Some((m.from, m.nonce)),
             Message::BalanceUpdate(m) => Some((m.from, m.nonce)),
@@ -504,6 +617,7 @@ impl Message {
             Message::ProbeAnswer(m) => &m.signature,
             Message::SessionTicket(m) => &m.signature,
             Message::Report(m) => &m.signature,
+            Message::SessionStart(m) => &m.signature,
             Message::SubscribeBatches(m) => &m.signature,
             Message::CreditBatch(m) => &m.signature,
             Message::Settlement(m) => &m.signature,
@@ -526,6 +640,7 @@ impl Message {
             Message::ProbeAnswer(m) => &mut m.signature,
             Message::SessionTicket(m) => &mut m.signature,
             Message::Report(m) => &mut m.signature,
+            Message::SessionStart(m) => &mut m.signature,
             Message::SubscribeBatches(m) => &mut m.signature,
             Message::CreditBatch(m) => &mut m.signature,
             Message::Settlement(m) => &mut m.signature,
@@ -634,7 +749,7 @@ mod fast {
     use super::*;
 
     pub const RFC_BODY_LEN: usize = 20 + 8 + 4 + 8 + 8 + SIGNATURE_LEN;
-    pub const REPORT_BODY_LEN: usize = 20 + 8 + 8 + 8 + 8 + 1 + SIGNATURE_LEN;
+    pub const REPORT_BODY_LEN: usize = 20 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + SIGNATURE_LEN;
     pub const PROBE_ANSWER_BODY_LEN: usize = 20 + 8 + 8 + SIGNATURE_LEN;
 
     fn array<const N: usize>(body: &[u8], at: usize) -> [u8; N] {
@@ -657,14 +772,17 @@ mod fast {
                 expires_at_ms: u64_at(body, 40),
                 signature: Signature(array(body, 48)),
             })),
-            (msg_type::REPORT, REPORT_BODY_LEN) if body[52] <= 1 => Some(Message::Report(Report {
+            // An unknown outcome byte takes the general decoder, which names it.
+            (msg_type::REPORT, REPORT_BODY_LEN) => Some(Message::Report(Report {
                 from: Address(array(body, 0)),
                 nonce: u64_at(body, 20),
                 session_id: u64_at(body, 28),
                 elapsed_ms: u64_at(body, 36),
-                tokens: u64_at(body, 44),
-                pass: body[52] == 1,
-                signature: Signature(array(body, 53)),
+                ttft_ms: u64_at(body, 44),
+                tokens: u64_at(body, 52),
+                prompt_tokens: u64_at(body, 60),
+                outcome: Outcome::from_u8(body[68])?,
+                signature: Signature(array(body, 69)),
             })),
             (msg_type::PROBE_ANSWER, PROBE_ANSWER_BODY_LEN) => {
                 Some(Message::ProbeAnswer(ProbeAnswer {

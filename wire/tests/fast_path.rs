@@ -17,7 +17,7 @@ fn general(msg_type: u16, body: &[u8]) -> Result<Message, DecodeError> {
 
 const HOT: [(u16, usize); 3] = [
     (Rfc::MSG_TYPE, 20 + 8 + 4 + 8 + 8 + 65),
-    (Report::MSG_TYPE, 20 + 8 + 8 + 8 + 8 + 1 + 65),
+    (Report::MSG_TYPE, 20 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + 65),
     (ProbeAnswer::MSG_TYPE, 20 + 8 + 8 + 65),
 ];
 
@@ -37,13 +37,13 @@ proptest! {
         which in 0usize..3,
         delta in -2i64..=2,
         bytes in prop::collection::vec(any::<u8>(), 200),
-        pass_byte in 0u8..4,
+        outcome_byte in 0u8..5,
     ) {
         let (msg_type, len) = HOT[which];
         let len = (len as i64 + delta) as usize;
         let mut body = bytes[..len].to_vec();
-        if msg_type == Report::MSG_TYPE && len > 52 {
-            body[52] = pass_byte; // 0 and 1 valid, 2 and 3 a bad enum value
+        if msg_type == Report::MSG_TYPE && len > 68 {
+            body[68] = outcome_byte; // 0, 1 and 2 valid, 3 and 4 a bad enum value
         }
         prop_assert_eq!(Message::decode(msg_type, &body), general(msg_type, &body));
     }

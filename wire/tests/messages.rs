@@ -130,8 +130,10 @@ pub fn samples() -> Vec<Message> {
             nonce: 8,
             session_id: 99,
             elapsed_ms: 1_234,
+            ttft_ms: 234,
             tokens: 90,
-            pass: true,
+            prompt_tokens: 1_523,
+            outcome: Outcome::Pass,
             signature: Signature::default(),
         }
         .into(),
@@ -415,21 +417,27 @@ fn malformed_bodies_get_specific_errors() {
         Message::decode(0x7777, &body),
         Err(DecodeError::UnknownMessageType { msg_type: 0x7777 })
     );
-    // A bool that is neither 0 nor 1.
+    // R-REPORT-2: an outcome that is neither 0 (fail), 1 (pass) nor 2 (void).
     let report: Message = Report {
-        pass: true,
+        outcome: Outcome::Void,
         ..Report::default()
     }
     .into();
     let mut body = Vec::new();
     report.encode(&mut body);
-    body[20 + 8 + 8 + 8 + 8] = 2;
+    assert_eq!(body[20 + 8 + 8 + 8 + 8 + 8 + 8], 2);
+    body[20 + 8 + 8 + 8 + 8 + 8 + 8] = 3;
+    let refused = Message::decode(0x0050, &body);
     assert_eq!(
-        Message::decode(0x0050, &body),
+        refused,
         Err(DecodeError::BadEnumValue {
-            field: "Report.pass",
-            value: 2
+            field: "Report.outcome",
+            value: 3
         })
+    );
+    assert_eq!(
+        yellowstone_wire::codes::of_decode_error(&refused.unwrap_err()),
+        yellowstone_wire::codes::BAD_FIELD
     );
     // A list claiming more items than allowed, and more than the bytes hold.
     let mut body = Vec::new();
@@ -499,7 +507,8 @@ proptest! {
         let rfc: Message = Rfc { from, nonce, model_id, tokens_max, expires_at_ms, signature }.into();
         let (t, body) = decode_frame(&rfc.to_frame());
         prop_assert_eq!(Message::decode(t, &body).unwrap(), rfc);
-        let report: Message = Report { from, nonce, session_id: tokens_max, elapsed_ms: expires_at_ms, tokens: nonce, pass: nonce % 2 == 0, signature }.into();
+        let outcome = [Outcome::Fail, Outcome::Pass, Outcome::Void][(nonce % 3) as usize];
+        let report: Message = Report { from, nonce, session_id: tokens_max, elapsed_ms: expires_at_ms, ttft_ms: model_id as u64, tokens: nonce, prompt_tokens: !nonce, outcome, signature }.into();
         let (t, body) = decode_frame(&report.to_frame());
         prop_assert_eq!(Message::decode(t, &body).unwrap(), report);
     }

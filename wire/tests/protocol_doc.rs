@@ -60,6 +60,8 @@ fn doc_type(rust: &str) -> (String, Option<usize>) {
         "u64" => ("u64".into(), Some(8)),
         "u128" => ("u128".into(), Some(16)),
         "bool" => ("bool".into(), Some(1)),
+        // R-REPORT-2: one byte, 0 fail, 1 pass, 2 void.
+        "Outcome" => ("u8".into(), Some(1)),
         "[u8; 32]" => ("bytes32".into(), Some(32)),
         "Address" => ("address".into(), Some(20)),
         "Signature" => ("signature".into(), Some(65)),

@@ -42,7 +42,8 @@ def _from_json(kind, value):
 
 def test_the_golden_file_covers_every_message_of_the_client(repo_root):
     golden = _load(repo_root, "vectors.json")
-    assert sorted(v["msg_type"] for v in golden["vectors"]) == sorted(p.MESSAGES)
+    # A type may have several vectors (Report: pass and void).
+    assert sorted({v["msg_type"] for v in golden["vectors"]}) == sorted(p.MESSAGES)
     assert golden["domain_tag"].encode() == p.DOMAIN_TAG
 
 

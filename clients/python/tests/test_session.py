@@ -137,8 +137,16 @@ def test_full_session_with_batch_verification_and_claim(router):
     assert ticket["endpoint"] == "127.0.0.1:9999"
     assert ticket["price_wei_per_token"] == PRICE_WEI_PER_TOKEN
 
+    # R-SESSION-1: the provider signs the start before serving.
+    start_nonce = provider.send_signed("SessionStart", session_id=ticket["session_id"])
+    provider.answer(start_nonce, "Ack")
+    with pytest.raises(RouterError) as refused:
+        provider.answer(provider.send_signed("SessionStart", session_id=ticket["session_id"]), "Ack")
+    assert refused.value.name == "session_already_started"
+
     report = {"from": user.address, "nonce": user.next_nonce(), "session_id": ticket["session_id"],
-              "elapsed_ms": 900, "tokens": 300, "pass": True}
+              "elapsed_ms": 900, "ttft_ms": 120, "tokens": 300, "prompt_tokens": 40,
+              "outcome": p.OUTCOME_PASS}
     frame = p.sign_message(user.key, network_id, p.TYPE_OF["Report"], report)
     user.send_frame(frame)
     ack = user.answer(report["nonce"], "ReportAck")

@@ -48,6 +48,12 @@ RECORDS = {
                     ("best_bid_wei_per_token", "u128")],
 }
 
+# Report.outcome (R-REPORT-2): fail (the provider's fault), pass (a whole answer),
+# void (the user's own fault: no credit, no penalty point). Any other byte: bad_field.
+OUTCOME_FAIL = 0
+OUTCOME_PASS = 1
+OUTCOME_VOID = 2
+
 # Section 5: type -> (name, fields in wire order).
 MESSAGES = {
     0x0001: ("LoginChallenge", [("challenge", "bytes32"), ("network_id", "u32"), ("router", "address")]),
@@ -70,8 +76,13 @@ MESSAGES = {
                                ("endpoint", "string"), ("model_id", "u32"), ("tokens_max", "u64"),
                                ("price_wei_per_token", "u128"), ("expires_at_ms", "u64"),
                                ("rfc_nonce", "u64"), ("signature", "signature")]),
+    # R-SESSION-1: the provider signs that the session's inference began.
+    0x0041: ("SessionStart", [("from", "address"), ("nonce", "u64"), ("session_id", "u64"),
+                              ("signature", "signature")]),
+    # R-REPORT-1..3: outcome is OUTCOME_FAIL, OUTCOME_PASS or OUTCOME_VOID.
     0x0050: ("Report", [("from", "address"), ("nonce", "u64"), ("session_id", "u64"), ("elapsed_ms", "u64"),
-                        ("tokens", "u64"), ("pass", "bool"), ("signature", "signature")]),
+                        ("ttft_ms", "u64"), ("tokens", "u64"), ("prompt_tokens", "u64"), ("outcome", "u8"),
+                        ("signature", "signature")]),
     0x0051: ("ReportAck", [("nonce", "u64"), ("session_id", "u64"), ("earned", "bool"), ("reason", "u8"),
                            ("earned_wei", "u128")]),
     0x0060: ("SubscribeBatches", [("from", "address"), ("nonce", "u64"), ("signature", "signature")]),
@@ -132,6 +143,8 @@ ERROR_NAMES = {
     0x021C: "credit_unrepresentable",
     0x021D: "credit_overflow",
     0x021E: "invalid_param_set",
+    0x0222: "user_sessions_full", 0x0223: "ttft_over_elapsed", 0x0224: "prompt_tokens_over_max",
+    0x0225: "session_not_started", 0x0226: "session_already_started",
     0x0301: "overloaded", 0x0302: "too_many_connections", 0x0303: "slow_consumer",
     0x0304: "idle_timeout", 0x0305: "shutting_down",
 }

@@ -145,8 +145,10 @@ impl Market {
             nonce: self.user_nonce[u as usize],
             session,
             elapsed_ms: 1_000,
+            ttft_ms: 100,
             tokens: 100,
-            pass: true,
+            prompt_tokens: 200,
+            outcome: ReportOutcome::Pass,
             report_digest: [7; 32],
         };
         self.apply(&report);
@@ -240,8 +242,10 @@ impl Market {
                 nonce: self.user_nonce[u as usize],
                 session,
                 elapsed_ms: 1_000,
+                ttft_ms: 100,
                 tokens: 100,
-                pass: true,
+                prompt_tokens: 200,
+                outcome: ReportOutcome::Pass,
                 report_digest: [7; 32],
             };
             batch.push((report, self.now));

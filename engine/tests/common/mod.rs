@@ -167,20 +167,63 @@ impl Market {
         tokens: u64,
         pass: bool,
     ) -> Vec<Effect> {
+        let outcome = if pass {
+            ReportOutcome::Pass
+        } else {
+            ReportOutcome::Fail
+        };
+        // The first token at once, an empty prompt: the whole time is generation.
+        self.report_with(who, session, outcome, [elapsed_ms, 0, tokens, 0])
+    }
+
+    /// A report with every figure: `[elapsed_ms, ttft_ms, tokens, prompt_tokens]`.
+    pub fn report_with(
+        &mut self,
+        who: Address,
+        session: SessionId,
+        outcome: ReportOutcome,
+        [elapsed_ms, ttft_ms, tokens, prompt_tokens]: [u64; 4],
+    ) -> Vec<Effect> {
         let nonce = self.nonce(who);
         self.apply(Command::Report {
             user: who,
             nonce,
             session,
             elapsed_ms,
+            ttft_ms,
             tokens,
-            pass,
+            prompt_tokens,
+            outcome,
             report_digest: [nonce as u8; 32],
         })
     }
 
-    /// RFC -> probe -> answer: returns the ticket.
+    /// R-SESSION-1: the provider signs the session's start.
+    pub fn start(&mut self, who: Address, session: SessionId) -> Vec<Effect> {
+        let nonce = self.nonce(who);
+        self.apply(Command::StartSession {
+            provider: who,
+            nonce,
+            session,
+        })
+    }
+
+    /// RFC -> probe -> answer -> the provider signs the start (R-SESSION-1):
+    /// returns the ticket.
     pub fn open_session(&mut self, who: Address, model: ModelId, tokens_max: u64) -> Ticket {
+        let ticket = self.open_session_unstarted(who, model, tokens_max);
+        let effects = self.start(ticket.provider, ticket.session);
+        assert_eq!(rejection_in(&effects), None, "the start is accepted");
+        ticket
+    }
+
+    /// RFC -> probe -> answer, and no start: returns the ticket.
+    pub fn open_session_unstarted(
+        &mut self,
+        who: Address,
+        model: ModelId,
+        tokens_max: u64,
+    ) -> Ticket {
         let effects = self.rfc(who, model, tokens_max);
         let (probe, provider) = probe_in(&effects).expect("a probe was sent");
         let effects = self.answer(provider, probe);

@@ -181,6 +181,14 @@ pub struct MarketSection {
     /// R-PROV-2: how long an unfunded registration is kept, ms, 1..=86,400,000 (a
     /// day). 600,000.
     pub unfunded_registration_ttl_ms: u64,
+    /// R-SESSION-1: a session whose provider has not signed its start within this
+    /// many ms of its ticket is closed (no credit, no penalty). 30,000; above 0.
+    pub ticket_start_timeout_ms: u64,
+    /// R-SESSION-1: open sessions plus unanswered RFCs one user may hold; an RFC
+    /// past it is refused `user_sessions_full`. 16; above 0.
+    pub user_sessions_open_max: u32,
+    /// R-REPORT-3: the most prompt tokens a report may carry. 16,777,216; above 0.
+    pub prompt_tokens_max: u64,
 }
 
 impl Default for MarketSection {
@@ -224,6 +232,9 @@ impl Default for MarketSection {
             suspend_users_min: d.suspend_users_min,
             unfunded_registrations_max: d.unfunded_registrations_max,
             unfunded_registration_ttl_ms: d.unfunded_registration_ttl_ms,
+            ticket_start_timeout_ms: d.ticket_start_timeout_ms,
+            user_sessions_open_max: d.user_sessions_open_max,
+            prompt_tokens_max: d.prompt_tokens_max,
         }
     }
 }
@@ -451,6 +462,9 @@ impl RouterConfig {
             suspend_users_min: m.suspend_users_min,
             unfunded_registrations_max: m.unfunded_registrations_max,
             unfunded_registration_ttl_ms: m.unfunded_registration_ttl_ms,
+            ticket_start_timeout_ms: m.ticket_start_timeout_ms,
+            user_sessions_open_max: m.user_sessions_open_max,
+            prompt_tokens_max: m.prompt_tokens_max,
             ..MarketConfig::default()
         };
         use yellowstone_wire::messages::{BALANCE_ENTRIES_MAX, ENDPOINT_BYTES_MAX, OFFERS_MAX};

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use yellowstone_engine::{Command, OfferSpec};
+use yellowstone_engine::{Command, OfferSpec, ReportOutcome};
 use yellowstone_wire::frame::Frame;
 use yellowstone_wire::messages::{self, signed_digest, Message};
 use yellowstone_wire::signature::{recover_signer, weights_proof_digest, SigError};
@@ -463,16 +463,30 @@ impl RouterHandler {
             Message::Report(m) => {
                 let report_digest =
                     signed_digest(network_id, messages::msg_type::REPORT, body).unwrap_or_default();
+                // R-REPORT-2: the outcome byte was checked by the decoder
+                // (any other byte is `bad_field`).
+                let outcome = match m.outcome {
+                    messages::Outcome::Fail => ReportOutcome::Fail,
+                    messages::Outcome::Pass => ReportOutcome::Pass,
+                    messages::Outcome::Void => ReportOutcome::Void,
+                };
                 Command::Report {
                     user: origin,
                     nonce: m.nonce,
                     session: m.session_id,
                     elapsed_ms: m.elapsed_ms,
+                    ttft_ms: m.ttft_ms,
                     tokens: m.tokens,
-                    pass: m.pass,
+                    prompt_tokens: m.prompt_tokens,
+                    outcome,
                     report_digest,
                 }
             }
+            Message::SessionStart(m) => Command::StartSession {
+                provider: origin,
+                nonce: m.nonce,
+                session: m.session_id,
+            },
             Message::SubscribeBatches(_) => {
                 self.shared.subscribers.insert(conn, ());
                 return Ok(None);

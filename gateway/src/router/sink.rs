@@ -37,6 +37,7 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::CancelRfc { .. } => msg_type::RFC_CANCEL,
         Command::ProbeAnswer { .. } => msg_type::PROBE_ANSWER,
         Command::Report { .. } => msg_type::REPORT,
+        Command::StartSession { .. } => msg_type::SESSION_START,
         Command::Claim { .. } => msg_type::CLAIM,
         Command::Tick
         | Command::ProviderDisconnected { .. }
@@ -267,7 +268,9 @@ impl RouterSink {
                     };
                     out.reply(route_user(shared, to_wire(*user)), reply.into());
                 }
-                Effect::SessionExpired { .. } => {}
+                // R-SESSION-1: as an expiry, nothing to send: the user's report
+                // would be refused `session_not_started`.
+                Effect::SessionExpired { .. } | Effect::SessionNotStarted { .. } => {}
                 Effect::ProviderUnreachable { provider } => {
                     let notice = messages::Notice {
                         kind: messages::NOTICE_UNREACHABLE,

@@ -21,7 +21,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use yellowstone_wire::{codes, SessionTicket};
+use yellowstone_wire::{codes, Outcome, ReportFigures, SessionTicket};
 
 const SSE_EVENT_BYTES_MAX: usize = 1024 * 1024;
 /// Chunks buffered between the provider and a slow application.
@@ -135,6 +135,15 @@ fn rfc_error(outcome: RfcOutcome) -> ApiError {
                     "server_error",
                     "no_provider",
                     format!("no provider offers this model now: {reason}"),
+                )
+                .retry_after(1),
+                // R-SESSION-1: this user's open sessions and RFCs are at the
+                // router's bound: a rate limit the application can wait out.
+                "user_sessions_full" => ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    "too_many_open_sessions",
+                    format!("too many requests in flight for this user: {reason}"),
                 )
                 .retry_after(1),
                 "invalid_tokens_max" | "tokens_over_max" | "limit_reached" => {
@@ -293,14 +302,15 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
         .ticket_seconds
         .observe(started.elapsed().as_secs_f64());
     let session_id = ticket.session_id;
+    let body = request.to_bytes();
     let call = Call {
         consumer: consumer.clone(),
         ticket,
         model_name: name,
         started,
         query_started: Instant::now(),
+        prompt_tokens_bound: body.len() as u64,
     };
-    let body = request.to_bytes();
     let signature = sign_request(
         consumer.router.key(),
         consumer.router.network_id(),
@@ -337,6 +347,13 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
         }
     };
     let status = response.status();
+    if is_request_fault(status) {
+        // R-NODE-5, R-REPORT-2: the model server (or the provider node, before
+        // serving) refused the request itself: the application gets that 4xx, and
+        // the provider is not blamed.
+        let text = read_bounded(response, 64 * 1024).await.unwrap_or_default();
+        return Ok(call.void(status, text));
+    }
     if !status.is_success() {
         let text = read_bounded(response, 64 * 1024).await.unwrap_or_default();
         let message = serde_json::from_slice::<Value>(&text)
@@ -362,6 +379,28 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
     headers.insert(TICKET_US_HEADER, ticket_us.into());
     Ok(response)
 }
+
+/// R-NODE-5: a provider's answer that is the request's own fault, reported void
+/// (R-REPORT-2) and passed to the application as it is: 400 (invalid request, such
+/// as a prompt over the model's context), 413 (request too large) and 422
+/// (unprocessable). Every other 4xx (401, 403, 404, 409, 410, 429: a ticket, an
+/// upstream or a rate-limit problem) and every 5xx is the provider's: fail.
+pub fn is_request_fault(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 422)
+}
+
+/// R-REPORT-3: the prompt tokens a report carries: the provider's `usage` figure,
+/// bounded by the bytes of the request body sent (a token is at least one byte), or
+/// that bound when the answer carries no usage; never above the router's default
+/// `market.prompt_tokens_max` (2^24).
+pub fn report_prompt_tokens(usage: Option<u64>, body_bytes: u64) -> u64 {
+    usage
+        .map_or(body_bytes, |tokens| tokens.min(body_bytes))
+        .min(PROMPT_TOKENS_REPORT_MAX)
+}
+
+/// The router's default `market.prompt_tokens_max`.
+pub const PROMPT_TOKENS_REPORT_MAX: u64 = 1 << 24;
 
 /// Response header: microseconds from the application's request to the ticket.
 pub const TICKET_US_HEADER: &str = "x-yellowstone-ticket-us";
@@ -404,8 +443,8 @@ pub fn report_elapsed_ms(elapsed: Duration) -> u64 {
 /// session's pass report, sent when the server is done with the body.
 struct ReportAfterBody {
     bytes: Option<Bytes>,
-    /// The call, the query's ms and the tokens to report.
-    report: Option<(Call, u64, u64)>,
+    /// The call and the figures to report.
+    report: Option<(Call, ReportFigures)>,
 }
 
 impl http_body::Body for ReportAfterBody {
@@ -430,8 +469,8 @@ impl http_body::Body for ReportAfterBody {
 
 impl Drop for ReportAfterBody {
     fn drop(&mut self) {
-        if let Some((call, elapsed_ms, tokens)) = self.report.take() {
-            call.report_elapsed(elapsed_ms, tokens, true);
+        if let Some((call, figures)) = self.report.take() {
+            call.report_figures(Outcome::Pass, figures);
         }
     }
 }
@@ -445,6 +484,8 @@ struct Call {
     started: Instant,
     /// The query left for the provider (R-REPORT-1 measures from here).
     query_started: Instant,
+    /// The request body's bytes: a bound on its prompt tokens (R-REPORT-3).
+    prompt_tokens_bound: u64,
 }
 
 impl Call {
@@ -457,28 +498,65 @@ impl Call {
         message: String,
     ) -> Failure {
         tracing::warn!(session = self.ticket.session_id, code, %message, "completion failed: reporting fail");
-        self.report(0, false);
+        self.report(Outcome::Fail, 0, None, None);
         (
             outcome,
             ApiError::new(status, "server_error", code, message),
         )
     }
 
-    /// R-REPORT-1: the signed report, in the background (the application does not
-    /// wait for the router's acknowledgement).
-    fn report(&self, tokens: u64, pass: bool) {
-        self.report_elapsed(
-            report_elapsed_ms(self.query_started.elapsed()),
-            tokens,
-            pass,
-        );
+    /// R-REPORT-2, R-NODE-5: the provider refused the request for the request's own
+    /// reason: report void, and answer the application with that status and body.
+    fn void(&self, status: StatusCode, body: Vec<u8>) -> Response {
+        tracing::info!(session = self.ticket.session_id, %status, "request refused as invalid: reporting void");
+        self.report(Outcome::Void, 0, None, None);
+        count(&self.consumer, "request_refused");
+        let mut response = (status, body).into_response();
+        response
+            .headers_mut()
+            .insert("content-type", "application/json".parse().expect("header"));
+        response
     }
 
-    fn report_elapsed(&self, elapsed_ms: u64, tokens: u64, pass: bool) {
-        let tokens = tokens.min(self.ticket.tokens_max);
+    /// The figures of a report made now: `ttft_ms` the first token's time if it was
+    /// seen apart (else the whole time: a whole answer), `usage_prompt` the answer's
+    /// `usage.prompt_tokens` if any (R-REPORT-3).
+    fn figures_now(
+        &self,
+        tokens: u64,
+        ttft_ms: Option<u64>,
+        usage_prompt: Option<u64>,
+    ) -> ReportFigures {
+        let elapsed_ms = report_elapsed_ms(self.query_started.elapsed());
+        ReportFigures {
+            elapsed_ms,
+            ttft_ms: ttft_ms.unwrap_or(elapsed_ms).min(elapsed_ms),
+            tokens,
+            prompt_tokens: report_prompt_tokens(usage_prompt, self.prompt_tokens_bound),
+        }
+    }
+
+    /// R-REPORT-1..3: the signed report, in the background (the application does
+    /// not wait for the router's acknowledgement).
+    fn report(
+        &self,
+        outcome: Outcome,
+        tokens: u64,
+        ttft_ms: Option<u64>,
+        usage_prompt: Option<u64>,
+    ) {
+        self.report_figures(outcome, self.figures_now(tokens, ttft_ms, usage_prompt));
+    }
+
+    fn report_figures(&self, outcome: Outcome, figures: ReportFigures) {
+        let figures = ReportFigures {
+            tokens: figures.tokens.min(self.ticket.tokens_max),
+            ..figures
+        };
+        let (elapsed_ms, tokens) = (figures.elapsed_ms, figures.tokens);
         let consumer = self.consumer.clone();
         let session = self.ticket.session_id;
-        if pass {
+        if outcome == Outcome::Pass {
             consumer.stats.tokens.inc_by(tokens);
             consumer
                 .stats
@@ -495,7 +573,7 @@ impl Call {
             let timeout = Duration::from_millis(consumer.config.report_timeout_ms);
             let ack = consumer
                 .router
-                .report(session, elapsed_ms, tokens, pass, timeout)
+                .report(session, outcome, figures, timeout)
                 .await;
             let answer = match &ack {
                 Ok(ack) => match ack.reason {
@@ -504,6 +582,8 @@ impl Call {
                     2 => "too_slow",
                     3 => "earned_despite_fail",
                     4 => "zero_tokens",
+                    5 => "void",
+                    6 => "too_slow_first_token",
                     _ => "other",
                 },
                 Err(error) => {
@@ -511,12 +591,14 @@ impl Call {
                     "error"
                 }
             };
-            tracing::info!(session, elapsed_ms, tokens, pass, answer, "reported");
+            let ttft_ms = figures.ttft_ms;
+            let outcome = outcome.name();
+            tracing::info!(session, elapsed_ms, ttft_ms, tokens, outcome, answer, "reported");
             consumer
                 .stats
                 .reports
                 .get_or_create(&vec![
-                    ("outcome", if pass { "pass" } else { "fail" }.to_string()),
+                    ("outcome", outcome.to_string()),
                     ("ack", answer.to_string()),
                 ])
                 .inc();
@@ -545,7 +627,6 @@ impl Call {
                 ))
             }
         };
-        let elapsed_ms = report_elapsed_ms(self.query_started.elapsed());
         let parsed = serde_json::from_slice::<Value>(&bytes)
             .ok()
             .filter(|v| v.get("choices").is_some_and(Value::is_array));
@@ -557,7 +638,10 @@ impl Call {
                 "the provider's answer is not a chat completion".into(),
             ));
         };
-        let tokens = Usage::from_value(&answer).map_or(0, |u| u.completion_tokens);
+        let usage = Usage::from_value(&answer);
+        let tokens = usage.map_or(0, |u| u.completion_tokens);
+        // A whole answer: its first token was not seen apart (ttft = elapsed).
+        let figures = self.figures_now(tokens, None, usage.map(|u| u.prompt_tokens));
         self.consumer
             .stats
             .first_token_seconds
@@ -576,7 +660,7 @@ impl Call {
         // application left), off the response path; its ms are the query's.
         let body = ReportAfterBody {
             bytes: Some(Bytes::from(body)),
-            report: Some((self, elapsed_ms, tokens)),
+            report: Some((self, figures)),
         };
         let mut response = Response::new(Body::new(body));
         response
@@ -596,7 +680,7 @@ impl Call {
             let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
             let mut stream = response.bytes_stream();
             let (mut done, mut usage, mut content_chunks) = (false, None::<Usage>, 0u64);
-            let mut first_token_seen = false;
+            let mut first_token_ms = None::<u64>;
             let mut app_open = true;
             let error: Option<(&'static str, String)> = loop {
                 let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
@@ -625,8 +709,10 @@ impl Call {
                                 }
                                 if chunk.has_content {
                                     content_chunks += 1;
-                                    if !first_token_seen {
-                                        first_token_seen = true;
+                                    if first_token_ms.is_none() {
+                                        // R-REPORT-3: the time to the first token.
+                                        first_token_ms =
+                                            Some(report_elapsed_ms(self.query_started.elapsed()));
                                         self.consumer
                                             .stats
                                             .first_token_seconds
@@ -664,7 +750,13 @@ impl Call {
             // The application's stream ends here; the report (a signature and a
             // round trip to the router) comes after it, off the response path.
             drop(sender);
-            self.report(tokens, outcome == "ok");
+            let verdict = if outcome == "ok" {
+                Outcome::Pass
+            } else {
+                Outcome::Fail
+            };
+            let prompt = usage.map(|u| u.prompt_tokens);
+            self.report(verdict, tokens, first_token_ms, prompt);
             count(&self.consumer, outcome);
         });
         let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {

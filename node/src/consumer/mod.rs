@@ -2,8 +2,10 @@
 //! applications, over the OpenAI API. Each completion: an RFC (TokenMax from the
 //! request's max tokens), the router-signed ticket, a direct signed call to the
 //! ticket's provider, the answer streamed through, then a signed report (ms from
-//! sending the query to the whole result, tokens from the provider's usage, pass on
-//! a complete answer, fail on an error, a time-out or a cut stream).
+//! sending the query to the whole result and to the first token, completion and
+//! prompt tokens from the provider's usage, pass on a complete answer, fail on an
+//! error, a time-out or a cut stream, void on the request's own 400/413/422, which
+//! the application receives as it is: R-REPORT-2/3, R-NODE-5).
 
 pub mod config;
 mod http;
@@ -58,7 +60,7 @@ impl ConsumerMetrics {
             ),
             reports: metrics.counter_family(
                 "consumer_reports",
-                "Reports sent, by outcome (pass, fail) and the router's answer (earned, reported_fail, too_slow, earned_despite_fail, zero_tokens, error).",
+                "Reports sent, by outcome (pass, fail, void) and the router's answer (earned, reported_fail, too_slow, earned_despite_fail, zero_tokens, void, too_slow_first_token, error).",
             ),
         }
     }

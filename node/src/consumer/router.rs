@@ -10,7 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, RwLock};
 use yellowstone_wire::{
-    Catalog, CatalogQuery, ErrorReply, Message, Report, ReportAck, Rfc, SessionTicket, SigningKey,
+    Catalog, CatalogQuery, ErrorReply, Message, Outcome, Report, ReportAck, ReportFigures, Rfc,
+    SessionTicket, SigningKey,
 };
 
 /// Messages kept for one waiter (an RFC gets at most accepted + ticket/failure).
@@ -202,24 +203,13 @@ impl RouterClient {
     pub async fn report(
         &self,
         session_id: u64,
-        elapsed_ms: u64,
-        tokens: u64,
-        pass: bool,
+        outcome: Outcome,
+        figures: ReportFigures,
         timeout: Duration,
     ) -> Result<ReportAck, String> {
+        let from = self.key.address();
         let mut waiter = self
-            .send_in_order(|nonce| {
-                Report {
-                    from: self.key.address(),
-                    nonce,
-                    session_id,
-                    elapsed_ms,
-                    tokens,
-                    pass,
-                    ..Report::default()
-                }
-                .into()
-            })
+            .send_in_order(|nonce| Report::new(from, nonce, session_id, outcome, figures).into())
             .await?;
         match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
             Ok(Some(Message::ReportAck(ack))) => Ok(ack),

@@ -171,6 +171,9 @@ async fn serve(
             format!("this provider does not serve model {}", ticket.model_id),
         )
     })?;
+    // R-SESSION-1: the inference begins: sign it to the router (queued, not
+    // awaited), or the router closes the session after ticket_start_timeout_ms.
+    provider.start_session(ticket.session_id).await;
     request.set_model(&model.offer.upstream_model);
     request.clamp_max_tokens(ticket.tokens_max)?;
     request.ask_usage_in_stream();

@@ -6,7 +6,9 @@
 //!   dropped connection or a router restart reconnects with back-off and registers
 //!   again, and announces itself when told it was marked unreachable.
 //! - User side (`http`): `POST /v1/chat/completions` and `GET /v1/models` for ticket
-//!   holders, forwarded to the model server behind the node.
+//!   holders, forwarded to the model server behind the node; as it begins serving a
+//!   ticket it signs `SessionStart` to the router (R-SESSION-1), through the same
+//!   ordered sender as the router loop's messages.
 
 pub mod config;
 mod http;
@@ -27,7 +29,7 @@ use tickets::Tickets;
 use tokio::sync::Notify;
 use yellowstone_wire::signature::weights_proof_digest;
 use yellowstone_wire::{
-    Message, Offer, ProbeAnswer, ProviderAnnounce, RegisterProvider, SigningKey,
+    Message, Offer, ProbeAnswer, ProviderAnnounce, RegisterProvider, SessionStart, SigningKey,
 };
 
 /// A model as served: its offer, resolved hash and upstream.
@@ -87,6 +89,10 @@ pub struct Provider {
     pub metrics: Metrics,
     pub stats: ProviderMetrics,
     pub nonces: Nonces,
+    /// The logged-in router connection, if any. Held while a nonce is drawn and its
+    /// message queued, so that messages from the router loop and from the HTTP
+    /// handlers (`SessionStart`) reach the router in nonce order (R-ID-4).
+    pub link: tokio::sync::Mutex<Option<Link>>,
 }
 
 impl Provider {
@@ -128,7 +134,41 @@ impl Provider {
             metrics,
             stats,
             nonces: Nonces::default(),
+            link: tokio::sync::Mutex::new(None),
         }))
+    }
+
+    /// Signs and queues a message built with the next nonce on the current router
+    /// connection, in nonce order; false when not connected or the link closed.
+    pub async fn send_signed(&self, build: impl FnOnce(u64) -> Message) -> bool {
+        let link = self.link.lock().await;
+        let Some(link) = link.as_ref() else {
+            return false;
+        };
+        link.send(build(self.nonces.next())).await.is_ok()
+    }
+
+    /// R-SESSION-1: signs to the router that the session's inference began (its
+    /// answer, an `Ack` or a refusal, is only logged by the router loop).
+    pub async fn start_session(&self, session_id: u64) {
+        let from = self.key.address();
+        let sent = self
+            .send_signed(|nonce| {
+                SessionStart {
+                    from,
+                    nonce,
+                    session_id,
+                    ..SessionStart::default()
+                }
+                .into()
+            })
+            .await;
+        if !sent {
+            tracing::warn!(
+                session = session_id,
+                "not connected to the router: session start not signed"
+            );
+        }
     }
 
     /// Binds the HTTP listeners and starts serving and the router loop.
@@ -255,6 +295,19 @@ async fn serve_router(
     if link.send(registration).await.is_err() {
         return false;
     }
+    *provider.link.lock().await = Some(link.clone());
+    let registered = serve_link(provider, link, &mut inbound, endpoint, register_nonce).await;
+    *provider.link.lock().await = None;
+    registered
+}
+
+async fn serve_link(
+    provider: &Arc<Provider>,
+    link: &Link,
+    inbound: &mut tokio::sync::mpsc::Receiver<crate::link::Incoming>,
+    endpoint: &str,
+    register_nonce: u64,
+) -> bool {
     let mut registered = false;
     while let Some(incoming) = inbound.recv().await {
         match incoming.message {
@@ -273,13 +326,19 @@ async fn serve_router(
                 return false;
             }
             Message::Probe(probe) => {
-                let answer = ProbeAnswer {
-                    from: provider.key.address(),
-                    nonce: provider.nonces.next(),
-                    probe_id: probe.probe_id,
-                    ..ProbeAnswer::default()
-                };
-                if link.send(answer.into()).await.is_err() {
+                let from = provider.key.address();
+                let sent = provider
+                    .send_signed(|nonce| {
+                        ProbeAnswer {
+                            from,
+                            nonce,
+                            probe_id: probe.probe_id,
+                            ..ProbeAnswer::default()
+                        }
+                        .into()
+                    })
+                    .await;
+                if !sent {
                     break;
                 }
                 provider.stats.probes_answered.inc();
@@ -303,12 +362,18 @@ async fn serve_router(
             Message::Notice(notice) if notice.kind == 1 => {
                 // Marked unreachable (a probe went unanswered): back in matching.
                 tracing::warn!("the router marked this provider unreachable: announcing");
-                let announce = ProviderAnnounce {
-                    from: provider.key.address(),
-                    nonce: provider.nonces.next(),
-                    ..ProviderAnnounce::default()
-                };
-                if link.send(announce.into()).await.is_err() {
+                let from = provider.key.address();
+                let sent = provider
+                    .send_signed(|nonce| {
+                        ProviderAnnounce {
+                            from,
+                            nonce,
+                            ..ProviderAnnounce::default()
+                        }
+                        .into()
+                    })
+                    .await;
+                if !sent {
                     break;
                 }
             }

@@ -79,6 +79,21 @@ def test_a_cut_stream_raises_in_the_application(market):
         set_standin(market)
 
 
+def test_a_prompt_over_the_context_is_a_bad_request_in_the_application(market):
+    # R-NODE-5: the model server's own 400 reaches the application as a 400 (and the
+    # session is reported void: node/tests/e2e_nodes.rs checks the report).
+    set_standin(market, context_tokens_max=3)
+    try:
+        with pytest.raises(openai.BadRequestError) as error:
+            client(market).chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "far too many words here"}], max_tokens=8
+            )
+        assert error.value.code == "context_length_exceeded"
+        assert "maximum context length" in str(error.value)
+    finally:
+        set_standin(market)
+
+
 def test_curl_gets_a_completion(market):
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "curl"}],
                        "max_tokens": 4, "stream": True})
