@@ -52,7 +52,7 @@ pub use command::{
     ProviderTotals, RfcFailure, Ticket,
 };
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
-pub use engine::{Engine, RestoreError, APPLY_BATCH_GROUP};
+pub use engine::{Applied, Engine, RestoreError, APPLY_BATCH_GROUP};
 pub use error::{Limit, MarketError};
 pub use figures::{MarketFigures, ModelFigures, ModelProviders};
 pub use types::{
