@@ -30,6 +30,22 @@ pub struct ConnLimits {
     pub inflight_frames_max: u32,
     pub send_bytes_max: usize,
     pub idle_timeout_ms: u64,
+    /// §9: a connection still `Standing::Unproven` this long after it opened is
+    /// closed (`network.login_timeout_ms`).
+    pub login_timeout_ms: u64,
+}
+
+/// What a connection has shown of its sender (§9, R-PROV-3), set by the handler:
+/// near `connections_max` the lowest standing goes first (then the longest idle),
+/// and a staked connection is never evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Not logged in (anyone can open a TCP connection).
+    Unproven,
+    /// Logged in as an address that holds no MOR (keys are free).
+    LoggedIn,
+    /// Logged in as an address that holds MOR.
+    Staked,
 }
 
 impl ConnLimits {
@@ -39,6 +55,7 @@ impl ConnLimits {
             inflight_frames_max: network.conn_inflight_frames_max,
             send_bytes_max: network.conn_send_bytes_max,
             idle_timeout_ms: network.conn_idle_timeout_ms,
+            login_timeout_ms: network.login_timeout_ms,
         }
     }
 }
@@ -50,6 +67,11 @@ pub enum Refusal {
     Frame(FrameError),
     /// The process already holds `connections_max` connections.
     ConnectionsMax { connections_max: usize },
+    /// Not logged in within `login_timeout_ms` (the connection closes after it).
+    LoginTimeout { login_timeout_ms: u64 },
+    /// Closed to make room: idle, of the lowest standing, near `connections_max` or
+    /// past `connections_unproven_max` (the connection closes after it).
+    Evicted { connections_open: usize },
 }
 
 /// Why a connection closed; logged and passed to `FrameHandler::on_close`.
@@ -64,6 +86,10 @@ pub enum CloseReason {
     IdleTimeout {
         idle_ms: u64,
     },
+    LoginTimeout {
+        login_timeout_ms: u64,
+    },
+    Evicted,
     ByHandler,
     ByOutbox,
     Io {
@@ -85,6 +111,10 @@ impl fmt::Display for CloseReason {
                 "client too slow: {queued_bytes} bytes queued over conn_send_bytes_max {send_bytes_max}"
             ),
             CloseReason::IdleTimeout { idle_ms } => write!(f, "idle for {idle_ms} ms"),
+            CloseReason::LoginTimeout { login_timeout_ms } => {
+                write!(f, "no login within login_timeout_ms {login_timeout_ms}")
+            }
+            CloseReason::Evicted => write!(f, "evicted to make room (idle, no MOR)"),
             CloseReason::ByHandler => write!(f, "closed by the handler"),
             CloseReason::ByOutbox => write!(f, "closed through the outbox"),
             CloseReason::Io { errno } => {
@@ -103,6 +133,8 @@ impl CloseReason {
             CloseReason::Frame(_) => "bad_frame",
             CloseReason::SendBufferFull { .. } => "send_buffer_full",
             CloseReason::IdleTimeout { .. } => "idle_timeout",
+            CloseReason::LoginTimeout { .. } => "login_timeout",
+            CloseReason::Evicted => "evicted",
             CloseReason::ByHandler => "by_handler",
             CloseReason::ByOutbox => "by_outbox",
             CloseReason::Io { .. } => "io_error",
@@ -136,6 +168,8 @@ pub struct Connection {
     last_active_ms: u64,
     /// Half-closed and the decoder holds no whole frame any more (none can come).
     input_done: bool,
+    opened_ms: u64,
+    standing: Standing,
 }
 
 impl Connection {
@@ -153,7 +187,39 @@ impl Connection {
             close_reason: None,
             last_active_ms: now_ms,
             input_done: false,
+            opened_ms: now_ms,
+            standing: Standing::Unproven,
         }
+    }
+
+    /// What the sender has shown so far (§9).
+    pub fn standing(&self) -> Standing {
+        self.standing
+    }
+
+    /// Set by the handler (login, funding).
+    pub fn set_standing(&mut self, standing: Standing) {
+        self.standing = standing;
+    }
+
+    /// When the connection last sent or received, ms (the `now_ms` clock).
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_active_ms
+    }
+
+    /// Still unproven `login_timeout_ms` after it opened (and not closing already).
+    pub fn login_overdue(&self, now_ms: u64) -> bool {
+        self.state == State::Open
+            && self.standing == Standing::Unproven
+            && now_ms.saturating_sub(self.opened_ms) >= self.limits.login_timeout_ms
+    }
+
+    /// A candidate for eviction: open, not staked, nothing in flight or queued.
+    pub fn evictable(&self) -> bool {
+        self.state == State::Open
+            && self.standing < Standing::Staked
+            && self.inflight_frames == 0
+            && self.unsent_bytes() == 0
     }
 
     pub fn limits(&self) -> &ConnLimits {
@@ -383,6 +449,7 @@ mod tests {
             inflight_frames_max: 2,
             send_bytes_max: 100,
             idle_timeout_ms: 1_000,
+            login_timeout_ms: 1_000,
         }
     }
 

@@ -6,7 +6,9 @@
 use super::shared::{to_engine, to_wire, RouterShared};
 use super::signature_cpu::SignatureOp;
 use crate::metrics::{Stage, StageRecorder};
-use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
+use crate::net::{
+    CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies, Standing,
+};
 use crate::sequencer::SequencerInput;
 use crossbeam_channel::TrySendError;
 use std::collections::{HashMap, VecDeque};
@@ -788,6 +790,12 @@ impl FrameHandler for RouterHandler {
             (Message::LoginAnswer(answer), _) => {
                 match self.login(conn, answer, &frame.body) {
                     Ok(address) => {
+                        // §9: a funded login is never evicted for room.
+                        replies.set_standing(if self.is_funded(&address) {
+                            Standing::Staked
+                        } else {
+                            Standing::LoggedIn
+                        });
                         let ok = Message::from(messages::LoginOk { address });
                         replies.reply_with(|out| {
                             ok.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
@@ -817,7 +825,13 @@ impl FrameHandler for RouterHandler {
                     "log in first: answer the challenge".into(),
                 );
             }
-            (_, Some(address)) => address,
+            (_, Some(address)) => {
+                // Funded since the login (a balance update): staked from now on.
+                if self.is_funded(&address) {
+                    replies.set_standing(Standing::Staked);
+                }
+                address
+            }
         };
         if let Message::MarketStateQuery(query) = &message {
             // R-OPS-3: public figures, answered here from the engine's last
@@ -955,6 +969,17 @@ impl FrameHandler for RouterHandler {
             Refusal::ConnectionsMax { connections_max } => (
                 codes::TOO_MANY_CONNECTIONS,
                 format!("the router holds its maximum of {connections_max} connections"),
+            ),
+            Refusal::LoginTimeout { login_timeout_ms } => (
+                codes::LOGIN_TIMEOUT,
+                format!("no login within network.login_timeout_ms = {login_timeout_ms} ms"),
+            ),
+            Refusal::Evicted { connections_open } => (
+                codes::EVICTED,
+                format!(
+                    "closed to make room: {connections_open} connections open, near the \
+                     router's limit, and this one was idle without a funded login"
+                ),
             ),
         };
         self.shared.count_rejection(code);
