@@ -12,6 +12,19 @@ use common::*;
 use proptest::prelude::*;
 use yellowstone_engine::*;
 
+/// A report (the one place this file spells the command's fields).
+fn report(user: Address, nonce: u64, session: SessionId, tokens: u64, pass: bool) -> Command {
+    Command::Report {
+        user,
+        nonce,
+        session,
+        elapsed_ms: 1 + tokens % 3_000,
+        tokens,
+        pass,
+        report_digest: [2; 32],
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Step {
     kind: u8,
@@ -181,15 +194,8 @@ impl Live {
             6 => {
                 let (session, owner) = Self::pick(&self.sessions, s.value).unwrap_or((5, u));
                 let who = if s.value % 5 == 0 { u } else { owner };
-                Command::Report {
-                    user: who,
-                    nonce: self.nonce(who, s.nonce_delta),
-                    session,
-                    elapsed_ms: s.value as u64 % 3_000,
-                    tokens: s.value as u64 % 30_000,
-                    pass: s.value % 4 != 0,
-                    report_digest: [2; 32],
-                }
+                let nonce = self.nonce(who, s.nonce_delta);
+                report(who, nonce, session, s.value as u64 % 30_000, s.value % 4 != 0)
             }
             7 => {
                 let (rfc, owner) = Self::pick(&self.rfcs, s.value).unwrap_or((3, u));
@@ -287,15 +293,7 @@ fn r_prov_3_an_unfunded_flood_and_replays_change_nothing() {
                 nonce,
                 rfc: 1,
             },
-            _ => Command::Report {
-                user: nobody,
-                nonce,
-                session: 1,
-                elapsed_ms: 1,
-                tokens: 1,
-                pass: true,
-                report_digest: [0; 32],
-            },
+            _ => report(nobody, nonce, 1, 1, true),
         };
         let mut effects = Vec::new();
         let applied = m.engine.apply_unless_refused(&command, m.now, &mut effects);

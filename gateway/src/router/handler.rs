@@ -583,6 +583,30 @@ impl RouterHandler {
                 if m.endpoint.len() > messages::ENDPOINT_BYTES_MAX {
                     return Err((codes::BAD_FIELD, "endpoint too long".to_string()).into());
                 }
+                // R-PROV-3: what the catalog alone refuses costs no proof check.
+                for (i, offer) in m.offers.iter().enumerate() {
+                    match self.shared.models.get(&offer.model_id) {
+                        None => {
+                            return Err(MarketError::UnknownModel {
+                                model: offer.model_id,
+                            }
+                            .into())
+                        }
+                        Some(hash) if *hash != offer.weights_hash => {
+                            return Err(MarketError::WeightsHashMismatch {
+                                model: offer.model_id,
+                            }
+                            .into())
+                        }
+                        Some(_) => {}
+                    }
+                    if m.offers[..i].iter().any(|o| o.model_id == offer.model_id) {
+                        return Err(MarketError::DuplicateModel {
+                            model: offer.model_id,
+                        }
+                        .into());
+                    }
+                }
                 // R-PROV-3: the proofs cost one signature recovery each; their
                 // budget is taken before any is checked, from the unfunded one for
                 // a sender without MOR (sybils compete only among themselves).

@@ -172,7 +172,7 @@ impl Router {
         market.register_metrics(&registry);
         let (inbound_tx, inbound_rx) =
             crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
-        let shared = Arc::new(RouterShared::new(
+        let mut shared = RouterShared::new(
             shared::SharedParts {
                 network_id: config.identity.network_id,
                 router_key: router_key.clone(),
@@ -185,7 +185,14 @@ impl Router {
                 weights_proofs_unfunded_per_s: config.network.weights_proofs_unfunded_per_s,
             },
             &registry,
-        ));
+        );
+        shared.models = engine
+            .config()
+            .models
+            .iter()
+            .map(|m| (m.id, m.weights_hash))
+            .collect();
+        let shared = Arc::new(shared);
         // A recovered engine knows balances and nonces the gateways' pre-check caches
         // do not yet.
         for (address, balance) in engine.balances() {

@@ -28,6 +28,10 @@ pub struct RouterShared {
     /// journal. Never ahead of the engine, never written from a request; one entry
     /// per engine account at most (`market.accounts_max`).
     pub nonces: DashMap<Address, u64>,
+    /// The market's models and their weights hashes (fixed for a data directory):
+    /// a registration naming another model or hash is refused before its proofs
+    /// are checked (R-PROV-3).
+    pub models: std::collections::HashMap<u32, [u8; 32]>,
     /// `network.weights_proofs_per_s`, per gateway thread (R-PROV-3).
     pub weights_proofs_per_s: u64,
     /// `network.weights_proofs_unfunded_per_s`, per gateway thread (R-PROV-3).
@@ -71,6 +75,7 @@ impl RouterShared {
             routes: Default::default(),
             balances: Default::default(),
             nonces: Default::default(),
+            models: Default::default(),
             weights_proofs_per_s: parts.weights_proofs_per_s,
             weights_proofs_unfunded_per_s: parts.weights_proofs_unfunded_per_s,
             subscribers: Default::default(),
