@@ -286,21 +286,21 @@ fn r_id_6_after_a_sigkill_providers_are_unreachable_until_they_announce() {
     let network_id = router.ready.network_id;
     let provider_key = SigningKey::from_seed(b"integrity-restart-provider");
     let user_key = SigningKey::from_seed(b"integrity-restart-user");
-    {
-        let mut operator = connect(addr, operator_key());
-        fund(
-            &mut operator,
-            &[
-                (provider_key.address(), WEI_PER_MOR),
-                (user_key.address(), 100 * WEI_PER_MOR),
-            ],
-        );
-        let mut provider = connect(addr, provider_key.clone());
-        register(&mut provider, network_id, 1, 10, 4);
-        let live = wait_metric(router.ready.metrics, "model=\"1\"", |v| v >= 1.0);
-        assert_eq!(live, 1.0, "registered and live before the crash");
-    }
+    let mut operator = connect(addr, operator_key());
+    fund(
+        &mut operator,
+        &[
+            (provider_key.address(), WEI_PER_MOR),
+            (user_key.address(), 100 * WEI_PER_MOR),
+        ],
+    );
+    let mut provider = connect(addr, provider_key.clone());
+    register(&mut provider, network_id, 1, 10, 4);
+    let live = wait_metric(router.ready.metrics, "model=\"1\"", |v| v >= 1.0);
+    assert_eq!(live, 1.0, "registered and live before the crash");
+    // The process dies with the provider's connection open: no close reaches it.
     router.kill_hard();
+    drop((provider, operator));
 
     let router = start_durable(dir.path(), None, &[]);
     let (addr, metrics) = (router.ready.listen, router.ready.metrics);
