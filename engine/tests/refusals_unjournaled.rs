@@ -92,7 +92,9 @@ impl Live {
         }
         let before = self.engine.state_hash();
         let mut effects = Vec::new();
-        let applied = self.engine.apply_unless_refused(&command, now, &mut effects);
+        let applied = self
+            .engine
+            .apply_unless_refused(&command, now, &mut effects);
         match applied {
             Applied::Changed => {
                 self.journal(&command, now);
@@ -166,7 +168,11 @@ impl Live {
                 nonce: self.nonce(p, s.nonce_delta),
                 endpoint: vec![s.who],
                 offers: vec![Market::offer(
-                    if s.value % 2 == 0 { MODEL_A } else { MODEL_B },
+                    if s.value.is_multiple_of(2) {
+                        MODEL_A
+                    } else {
+                        MODEL_B
+                    },
                     1 + s.value as u128 % 5,
                     1 + s.value as u32 % 3,
                 )],
@@ -178,13 +184,17 @@ impl Live {
             3 | 4 => Command::SubmitRfc {
                 user: u,
                 nonce: self.nonce(u, s.nonce_delta),
-                model: if s.value % 7 == 0 { 999 } else { MODEL_A },
+                model: if s.value.is_multiple_of(7) {
+                    999
+                } else {
+                    MODEL_A
+                },
                 tokens_max: 1 + s.value as u64 % 20_000,
                 expires_at_ms: self.now + 1_000 + s.value as u64 * 10,
             },
             5 => {
                 let (probe, owner) = Self::pick(&self.probes, s.value).unwrap_or((1, p));
-                let who = if s.value % 5 == 0 { p } else { owner };
+                let who = if s.value.is_multiple_of(5) { p } else { owner };
                 Command::ProbeAnswer {
                     provider: who,
                     nonce: self.nonce(who, s.nonce_delta),
@@ -193,13 +203,19 @@ impl Live {
             }
             6 => {
                 let (session, owner) = Self::pick(&self.sessions, s.value).unwrap_or((5, u));
-                let who = if s.value % 5 == 0 { u } else { owner };
+                let who = if s.value.is_multiple_of(5) { u } else { owner };
                 let nonce = self.nonce(who, s.nonce_delta);
-                report(who, nonce, session, s.value as u64 % 30_000, s.value % 4 != 0)
+                report(
+                    who,
+                    nonce,
+                    session,
+                    s.value as u64 % 30_000,
+                    !s.value.is_multiple_of(4),
+                )
             }
             7 => {
                 let (rfc, owner) = Self::pick(&self.rfcs, s.value).unwrap_or((3, u));
-                let who = if s.value % 5 == 0 { u } else { owner };
+                let who = if s.value.is_multiple_of(5) { u } else { owner };
                 Command::CancelRfc {
                     user: who,
                     nonce: self.nonce(who, s.nonce_delta),
@@ -209,7 +225,11 @@ impl Live {
             8 => Command::Claim {
                 provider: p,
                 nonce: self.nonce(p, s.nonce_delta),
-                amount_wei: if s.value % 3 == 0 { 0 } else { s.value as u128 },
+                amount_wei: if s.value.is_multiple_of(3) {
+                    0
+                } else {
+                    s.value as u128
+                },
             },
             _ => Command::ProviderDisconnected { provider: p },
         }

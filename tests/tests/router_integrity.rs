@@ -137,7 +137,10 @@ fn r_prov_3_refused_messages_write_nothing_to_the_journal() {
         codes.iter().all(|&c| c == codes::UNKNOWN_SENDER),
         "every message of a sender without MOR and without history is refused before \
          the engine: {:?}",
-        codes.iter().filter(|&&c| c != codes::UNKNOWN_SENDER).count()
+        codes
+            .iter()
+            .filter(|&&c| c != codes::UNKNOWN_SENDER)
+            .count()
     );
 
     // 1,000 replays of one accepted frame: refused `replay`, before any signature.
@@ -230,9 +233,16 @@ fn r_prov_3_a_replayed_64_offer_registration_costs_no_signature_recovery() {
     fund(&mut operator, &[(provider_key.address(), WEI_PER_MOR)]);
     let mut provider = connect(addr, provider_key.clone());
     let frame = registration(&provider_key, network_id, 1);
-    assert!(frame.len() > 7_000, "a 64-offer registration: {} bytes", frame.len());
+    assert!(
+        frame.len() > 7_000,
+        "a 64-offer registration: {} bytes",
+        frame.len()
+    );
     let verifies_before = metric(metrics, "yellowstone_signature_ops_total", "verify");
-    assert_eq!(send_all_collect(&mut provider, &[frame.clone()], 1), vec![0]);
+    assert_eq!(
+        send_all_collect(&mut provider, std::slice::from_ref(&frame), 1),
+        vec![0]
+    );
     let verifies_first = metric(metrics, "yellowstone_signature_ops_total", "verify");
     assert_eq!(verifies_first - verifies_before, 65.0, "frame + 64 proofs");
     std::thread::sleep(Duration::from_millis(200));
@@ -275,7 +285,10 @@ fn r_prov_3_a_replayed_64_offer_registration_costs_no_signature_recovery() {
          {refused_overloaded} refused overloaded"
     );
     assert!(verifies <= bound, "{verifies} recoveries > {bound}");
-    assert!(refused_overloaded > 0, "the unfunded budget was never reached");
+    assert!(
+        refused_overloaded > 0,
+        "the unfunded budget was never reached"
+    );
 }
 
 #[test]
@@ -316,15 +329,26 @@ fn r_id_6_after_a_sigkill_providers_are_unreachable_until_they_announce() {
     // provider, no probe timeout) until the provider comes back.
     let mut user = connect(addr, user_key.clone());
     let nonce = user.next_nonce();
-    user.send_raw(&presign_rfc(&user_key, router.ready.network_id, nonce, 1, 100, now_ms() + 30_000))
-        .unwrap();
+    user.send_raw(&presign_rfc(
+        &user_key,
+        router.ready.network_id,
+        nonce,
+        1,
+        100,
+        now_ms() + 30_000,
+    ))
+    .unwrap();
     expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::RfcAccepted(a) if a.nonce == nonce => Some(()),
         Message::ErrorReply(e) => panic!("RFC refused: {e:?}"),
         _ => None,
     });
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(metric(metrics, "yellowstone_probes_open", ""), 0.0, "nobody probed");
+    assert_eq!(
+        metric(metrics, "yellowstone_probes_open", ""),
+        0.0,
+        "nobody probed"
+    );
 
     let mut provider = connect(addr, provider_key.clone());
     let announce_nonce = provider.next_nonce();
@@ -470,15 +494,25 @@ fn idle_connections_do_not_exhaust_the_process(backend: &str) {
     // A funded client logs in and is served.
     let mut user = connect(ready.listen, user_key.clone());
     let nonce = user.next_nonce();
-    user.send_raw(&presign_rfc(&user_key, ready.network_id, nonce, 1, 100, now_ms() + 30_000))
-        .unwrap();
+    user.send_raw(&presign_rfc(
+        &user_key,
+        ready.network_id,
+        nonce,
+        1,
+        100,
+        now_ms() + 30_000,
+    ))
+    .unwrap();
     expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::RfcAccepted(a) if a.nonce == nonce => Some(()),
         Message::ErrorReply(e) => panic!("RFC refused: {e:?}"),
         _ => None,
     });
     let text = metrics_text(ready.metrics);
-    assert!(text.contains("yellowstone_connections_open"), "metrics answer");
+    assert!(
+        text.contains("yellowstone_connections_open"),
+        "metrics answer"
+    );
     let ticks = cpu_ticks(pid) - ticks_before;
     let seconds = watched.elapsed().as_secs_f64();
     // SAFETY: sysconf has no preconditions.
@@ -491,7 +525,11 @@ fn idle_connections_do_not_exhaust_the_process(backend: &str) {
         idle.len(),
         cpu_share * 100.0
     );
-    assert!(cpu_share < 0.2, "the router spins: {:.1} % CPU", cpu_share * 100.0);
+    assert!(
+        cpu_share < 0.2,
+        "the router spins: {:.1} % CPU",
+        cpu_share * 100.0
+    );
     assert!(logged < 20, "the log floods: {logged} lines");
     // Idle connections still held (not all evicted) read their challenge or a close.
     let mut buffer = [0u8; 256];

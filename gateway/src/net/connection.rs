@@ -35,6 +35,13 @@ pub struct ConnLimits {
     pub login_timeout_ms: u64,
 }
 
+/// §9: a connection that sent something is evicted for room only after this long
+/// without traffic.
+pub const EVICT_IDLE_MIN_MS: u64 = 1_000;
+/// §9: a connection that never sent a byte is evicted for room once this old: long
+/// enough for an honest client to answer its login challenge.
+pub const EVICT_SILENT_MIN_MS: u64 = 250;
+
 /// What a connection has shown of its sender (§9, R-PROV-3), set by the handler:
 /// near `connections_max` the lowest standing goes first (then the longest idle),
 /// and a staked connection is never evicted.
@@ -170,6 +177,9 @@ pub struct Connection {
     input_done: bool,
     opened_ms: u64,
     standing: Standing,
+    /// Some bytes came from the peer (a connection that never sent any is the first
+    /// to go when room is needed).
+    received_any: bool,
 }
 
 impl Connection {
@@ -189,6 +199,7 @@ impl Connection {
             input_done: false,
             opened_ms: now_ms,
             standing: Standing::Unproven,
+            received_any: false,
         }
     }
 
@@ -214,12 +225,20 @@ impl Connection {
             && now_ms.saturating_sub(self.opened_ms) >= self.limits.login_timeout_ms
     }
 
-    /// A candidate for eviction: open, not staked, nothing in flight or queued.
-    pub fn evictable(&self) -> bool {
+    /// A candidate for eviction at `now_ms`: open, not staked, nothing in flight or
+    /// queued, and idle: silent for `EVICT_SILENT_MIN_MS` since it opened (it never
+    /// sent a byte), or without traffic for `EVICT_IDLE_MIN_MS`.
+    pub fn evictable(&self, now_ms: u64) -> bool {
+        let idle_min_ms = if self.received_any {
+            EVICT_IDLE_MIN_MS
+        } else {
+            EVICT_SILENT_MIN_MS
+        };
         self.state == State::Open
             && self.standing < Standing::Staked
             && self.inflight_frames == 0
             && self.unsent_bytes() == 0
+            && now_ms.saturating_sub(self.last_active_ms) >= idle_min_ms
     }
 
     pub fn limits(&self) -> &ConnLimits {
@@ -232,6 +251,7 @@ impl Connection {
             return;
         }
         self.last_active_ms = now_ms;
+        self.received_any = true;
         self.decoder.extend(bytes);
     }
 
@@ -463,8 +483,37 @@ mod tests {
         let code = match refusal {
             Refusal::Frame(_) => b"bad".as_slice(),
             Refusal::ConnectionsMax { .. } => b"full".as_slice(),
+            Refusal::LoginTimeout { .. } => b"login".as_slice(),
+            Refusal::Evicted { .. } => b"evicted".as_slice(),
         };
         encode_frame(0xffff, 1, code, out);
+    }
+
+    #[test]
+    fn section_9_login_timeout_and_eviction_spare_a_staked_connection() {
+        let mut c = Connection::new(limits(), 0);
+        assert!(!c.login_overdue(999));
+        assert!(c.login_overdue(1_000), "unproven at login_timeout_ms");
+        assert!(
+            !c.evictable(EVICT_SILENT_MIN_MS - 1),
+            "time to answer the challenge"
+        );
+        assert!(c.evictable(EVICT_SILENT_MIN_MS), "silent since it opened");
+        c.on_bytes(b"x", 10);
+        assert!(!c.evictable(10 + EVICT_IDLE_MIN_MS - 1), "recently active");
+        assert!(c.evictable(10 + EVICT_IDLE_MIN_MS));
+        c.set_standing(Standing::LoggedIn);
+        assert!(!c.login_overdue(5_000), "logged in: no login timeout");
+        assert!(
+            c.evictable(10 + EVICT_IDLE_MIN_MS),
+            "no MOR: still evictable"
+        );
+        c.set_standing(Standing::Staked);
+        assert!(
+            !c.evictable(u64::MAX),
+            "a staked connection is never evicted"
+        );
+        assert!(Standing::Unproven < Standing::LoggedIn && Standing::LoggedIn < Standing::Staked);
     }
 
     #[test]

@@ -78,15 +78,20 @@ impl Shared {
         self.metrics.connections_open.add(-1);
     }
 
-    /// Whether this thread should close one idle connection of the lowest standing
-    /// to keep room (§9): the process is within a sixteenth of `connections_max`, or
-    /// this thread holds more than its share of unproven connections (`unproven`,
-    /// counted by the caller only when the cheap test says it may matter).
-    pub(crate) fn room_needed(&self, unproven: impl FnOnce() -> usize) -> bool {
+    /// How many idle connections of the lowest standing this thread should close to
+    /// keep room (§9): enough to bring the process below a sixteenth short of
+    /// `connections_max`, or this thread back to its share of unproven connections
+    /// (`unproven`, counted by the caller only when the cheap test says it matters).
+    pub(crate) fn evictions_needed(&self, unproven: impl FnOnce() -> usize) -> usize {
         let open = self.connections_open.load(Ordering::Acquire);
         let high_water = self.connections_max - self.connections_max / 16;
-        open >= high_water
-            || (open > self.unproven_per_thread_max && unproven() > self.unproven_per_thread_max)
+        let over_high_water = (open + 1).saturating_sub(high_water.max(1));
+        let over_share = if open > self.unproven_per_thread_max {
+            unproven().saturating_sub(self.unproven_per_thread_max)
+        } else {
+            0
+        };
+        over_high_water.max(over_share)
     }
 }
 
@@ -162,25 +167,30 @@ impl AcceptBackoff {
     }
 }
 
-/// §9: the connection of this thread to close first for room: open, not staked,
-/// idle (nothing in flight or queued), lowest standing, then longest idle.
-pub(crate) fn eviction_candidate<T>(
+/// §9: the `count` connections of this thread to close first for room: open, not
+/// staked, idle (`Connection::evictable`), lowest standing first, then longest idle.
+pub(crate) fn eviction_candidates<T>(
     slab: &mut ConnSlab<T>,
     conn: impl Fn(&mut T) -> &mut Connection,
-) -> Option<ConnId> {
-    let mut best: Option<((crate::net::Standing, u64), ConnId)> = None;
+    now_ms: u64,
+    count: usize,
+) -> Vec<ConnId> {
+    let mut candidates: Vec<((crate::net::Standing, u64), ConnId)> = Vec::new();
     for id in slab.ids() {
-        let Some(entry) = slab.get_mut(id) else { continue };
-        let c = conn(entry);
-        if !c.evictable() {
+        let Some(entry) = slab.get_mut(id) else {
             continue;
-        }
-        let key = (c.standing(), c.last_active_ms());
-        if best.is_none_or(|(k, _)| key < k) {
-            best = Some((key, id));
+        };
+        let c = conn(entry);
+        if c.evictable(now_ms) {
+            candidates.push(((c.standing(), c.last_active_ms()), id));
         }
     }
-    best.map(|(_, id)| id)
+    if candidates.len() > count {
+        candidates.select_nth_unstable(count);
+        candidates.truncate(count);
+    }
+    debug_assert!(candidates.len() <= count);
+    candidates.into_iter().map(|(_, id)| id).collect()
 }
 
 /// Counts this thread's connections below `Standing::Staked`.
@@ -211,31 +221,34 @@ pub(crate) fn close_with<H: FrameHandler>(
     conn.close_after_flush(reason);
 }
 
-/// After an accept on this thread: closes one idle connection of the lowest
-/// standing when room is needed (§9). Returns the id closed, to be serviced.
+/// Closes up to `at_most` idle connections of the lowest standing on this thread
+/// when room is needed (§9): one after each accept, as many as needed on the idle
+/// sweep. The ids closed go to `touched` (to be serviced: flushed, then removed).
 pub(crate) fn make_room<H: FrameHandler, T>(
     handler: &mut H,
     shared: &Shared,
     slab: &mut ConnSlab<T>,
     conn: impl Fn(&mut T) -> &mut Connection + Copy,
-) -> Option<ConnId> {
-    let mut counted = None;
-    let needed = shared.room_needed(|| *counted.insert(unproven_count(slab, conn)));
-    if !needed {
-        return None;
+    at_most: usize,
+    touched: &mut Vec<ConnId>,
+) {
+    let needed = shared
+        .evictions_needed(|| unproven_count(slab, conn))
+        .min(at_most);
+    if needed == 0 {
+        return;
     }
-    let id = eviction_candidate(slab, conn)?;
-    let entry = slab.get_mut(id).expect("a candidate is in the slab");
-    let c = conn(entry);
-    close_with(
-        handler,
-        c,
-        Refusal::Evicted {
-            connections_open: shared.connections_open.load(Ordering::Relaxed),
-        },
-        CloseReason::Evicted,
-    );
-    Some(id)
+    let connections_open = shared.connections_open.load(Ordering::Relaxed);
+    for id in eviction_candidates(slab, conn, shared.now_ms(), needed) {
+        let entry = slab.get_mut(id).expect("a candidate is in the slab");
+        close_with(
+            handler,
+            conn(entry),
+            Refusal::Evicted { connections_open },
+            CloseReason::Evicted,
+        );
+        touched.push(id);
+    }
 }
 
 /// The login timeout (§9), checked on the idle sweep: closes `c` with a frame if due.
@@ -409,6 +422,41 @@ pub(crate) fn on_removed<H: FrameHandler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_9_accept_errors_pause_and_log_once_per_interval() {
+        let shared = Shared::new(8, NetMetrics::new(&Registry::new()));
+        let mut backoff = AcceptBackoff::new(100, 10_000);
+        assert_eq!(backoff.wait_ms(0), None, "nothing to retry");
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        for now in 0..1_000u64 {
+            backoff.on_error(&error, now, &shared);
+        }
+        assert_eq!(
+            backoff.unlogged, 999,
+            "one line for the first, the rest counted"
+        );
+        assert!(backoff.paused(1_050) && !backoff.retry_due(1_050));
+        assert_eq!(backoff.wait_ms(1_050), Some(49));
+        assert!(backoff.retry_due(1_099), "the pause is over");
+        assert!(!backoff.retry_due(1_100), "once");
+        backoff.on_error(&error, 10_000, &shared);
+        assert_eq!(backoff.unlogged, 0, "logged again after the interval");
+    }
+
+    #[test]
+    fn section_9_evictions_keep_a_sixteenth_free_and_the_unproven_share() {
+        let shared = Shared::with_unproven(32, 10, NetMetrics::new(&Registry::new()));
+        for _ in 0..29 {
+            assert!(shared.try_reserve_connection());
+        }
+        // High water 30: one more, and one must go.
+        assert_eq!(shared.evictions_needed(|| 0), 0);
+        assert!(shared.try_reserve_connection());
+        assert_eq!(shared.evictions_needed(|| 0), 1);
+        // Past the unproven share, the excess goes.
+        assert_eq!(shared.evictions_needed(|| 15), 5);
+    }
     use crate::metrics::Registry;
     use crate::net::outbox::{Lane, OutboxError};
     use yellowstone_wire::frame::encode_frame;

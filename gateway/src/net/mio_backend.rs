@@ -144,6 +144,15 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                         }
                     }
                 }
+                // §9: room kept once a flood stops, not only at its next accept.
+                driver::make_room(
+                    &mut self.handler,
+                    self.shared,
+                    &mut self.slab,
+                    |entry: &mut MioConn| &mut entry.conn,
+                    usize::MAX,
+                    &mut self.touched,
+                );
             }
             let mut touched = std::mem::take(&mut self.touched);
             for id in touched.drain(..) {
@@ -172,14 +181,14 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                     // and make room among the connections of the lowest standing.
                     self.accept_backoff
                         .on_error(&error, self.shared.now_ms(), self.shared);
-                    if let Some(id) = driver::make_room(
+                    driver::make_room(
                         &mut self.handler,
                         self.shared,
                         &mut self.slab,
                         |entry: &mut MioConn| &mut entry.conn,
-                    ) {
-                        self.touched.push(id);
-                    }
+                        1,
+                        &mut self.touched,
+                    );
                     return;
                 }
             };
@@ -221,14 +230,14 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             self.handler.on_open(id, Some(peer));
             self.touched.push(id);
             // §9: near the limit, the oldest idle connection without MOR goes.
-            if let Some(evicted) = driver::make_room(
+            driver::make_room(
                 &mut self.handler,
                 self.shared,
                 &mut self.slab,
                 |entry: &mut MioConn| &mut entry.conn,
-            ) {
-                self.touched.push(evicted);
-            }
+                1,
+                &mut self.touched,
+            );
         }
     }
 

@@ -306,6 +306,15 @@ impl<'a> UringLoop<'a> {
                         }
                     }
                 }
+                // §9: room kept once a flood stops, not only at its next accept.
+                driver::make_room(
+                    &mut handler,
+                    self.shared,
+                    &mut self.slab,
+                    |e| &mut e.conn,
+                    usize::MAX,
+                    &mut self.touched,
+                );
             }
             self.service_touched(&mut handler)?;
             if handler.has_deferred_work() && !self.ring.submission().is_empty() {
@@ -404,11 +413,14 @@ impl<'a> UringLoop<'a> {
             let error = io::Error::from_raw_os_error(-result);
             self.accept_backoff
                 .on_error(&error, self.shared.now_ms(), self.shared);
-            if let Some(id) = driver::make_room(handler, self.shared, &mut self.slab, |e| {
-                &mut e.conn
-            }) {
-                self.touched.push(id);
-            }
+            driver::make_room(
+                handler,
+                self.shared,
+                &mut self.slab,
+                |e| &mut e.conn,
+                1,
+                &mut self.touched,
+            );
             return Ok(());
         }
         if !self.accept_armed && !self.shared.is_shutdown() {
@@ -454,11 +466,14 @@ impl<'a> UringLoop<'a> {
         handler.on_open(id, peer);
         self.touched.push(id);
         // §9: near the limit, the oldest idle connection without MOR goes.
-        if let Some(evicted) =
-            driver::make_room(handler, self.shared, &mut self.slab, |e| &mut e.conn)
-        {
-            self.touched.push(evicted);
-        }
+        driver::make_room(
+            handler,
+            self.shared,
+            &mut self.slab,
+            |e| &mut e.conn,
+            1,
+            &mut self.touched,
+        );
         Ok(())
     }
 

@@ -6,9 +6,7 @@
 use super::shared::{to_engine, to_wire, RouterShared};
 use super::signature_cpu::SignatureOp;
 use crate::metrics::{Stage, StageRecorder};
-use crate::net::{
-    CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies, Standing,
-};
+use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies, Standing};
 use crate::sequencer::SequencerInput;
 use crossbeam_channel::TrySendError;
 use std::collections::{HashMap, VecDeque};
