@@ -562,3 +562,122 @@ fn section_9_idle_connections_do_not_exhaust_the_process_uring() {
 fn section_9_idle_connections_do_not_exhaust_the_process_mio() {
     idle_connections_do_not_exhaust_the_process("mio");
 }
+
+/// Case 5's measurement (run by hand: `cargo test -p yellowstone-tests --test
+/// router_integrity measure -- --ignored --nocapture`): one honest user's closed loop
+/// of RFCs (RFC -> ticket) for 5 s alone, then 5 s beside a funded attacker replaying
+/// one accepted 64-offer registration at 100 frames/s. Prints RFCs/s and the RFC ->
+/// ticket p99 of both phases and their ratios.
+#[test]
+#[ignore]
+fn measure_honest_rfcs_beside_a_costly_frame_replay() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let config = sixty_four_models(dir.path());
+    let operator_address = operator_key().address().to_string();
+    let router = RouterProcess::start(&[
+        "--in-memory",
+        "--operator",
+        &operator_address,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let (addr, network_id) = (router.ready.listen, router.ready.network_id);
+    let provider_key = SigningKey::from_seed(b"measure-provider");
+    let user_key = SigningKey::from_seed(b"measure-user");
+    let attacker_key = SigningKey::from_seed(b"measure-attacker");
+    let mut operator = connect(addr, operator_key());
+    fund(
+        &mut operator,
+        &[
+            (provider_key.address(), WEI_PER_MOR),
+            (user_key.address(), 1_000 * WEI_PER_MOR),
+            (attacker_key.address(), WEI_PER_MOR),
+        ],
+    );
+    let mut provider = connect(addr, provider_key.clone());
+    register(&mut provider, network_id, 1, 10, 50_000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answering = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            provider
+                .set_read_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Message::Probe(probe)) = provider.recv() {
+                    let nonce = provider.next_nonce();
+                    let answer = ProbeAnswer {
+                        from: provider.address(),
+                        nonce,
+                        probe_id: probe.probe_id,
+                        signature: Signature::default(),
+                    };
+                    provider.send_signed(answer.into()).unwrap();
+                }
+            }
+        })
+    };
+    let mut user = connect(addr, user_key.clone());
+    let mut phase = |label: &str| -> (f64, Duration) {
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(5) {
+            let nonce = user.next_nonce();
+            let sent = Instant::now();
+            user.send_raw(&presign_rfc(
+                &user_key,
+                network_id,
+                nonce,
+                1,
+                1,
+                now_ms() + 10_000,
+            ))
+            .unwrap();
+            expect(&mut user, Duration::from_secs(10), |m| match m {
+                Message::SessionTicket(t) if t.rfc_nonce == nonce => Some(()),
+                Message::ErrorReply(e) if e.ref_nonce == nonce => panic!("refused: {e:?}"),
+                _ => None,
+            });
+            latencies.push(sent.elapsed());
+        }
+        latencies.sort();
+        let rate = latencies.len() as f64 / started.elapsed().as_secs_f64();
+        let p99 = latencies[latencies.len() * 99 / 100];
+        eprintln!("{label}: {rate:.0} RFCs/s, RFC->ticket p99 {p99:?}");
+        (rate, p99)
+    };
+    let (base_rate, base_p99) = phase("alone");
+    let mut attacker = connect(addr, attacker_key.clone());
+    let frame = registration(&attacker_key, network_id, 1);
+    attacker.send_raw(&frame).unwrap();
+    let attacking = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            attacker
+                .set_read_timeout(Some(Duration::from_millis(1)))
+                .unwrap();
+            let started = Instant::now();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = started + Duration::from_millis(sent * 10);
+                if Instant::now() >= due {
+                    let _ = attacker.send_raw(&frame);
+                    sent += 1;
+                }
+                let _ = attacker.recv();
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let (rate, p99) = phase("beside 100 replays/s");
+    stop.store(true, Ordering::Relaxed);
+    let sent = attacking.join().unwrap();
+    answering.join().unwrap();
+    eprintln!(
+        "replays sent {sent}; throughput ratio {:.2}, p99 ratio {:.2}",
+        rate / base_rate,
+        p99.as_secs_f64() / base_p99.as_secs_f64()
+    );
+}
