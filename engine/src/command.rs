@@ -316,6 +316,13 @@ pub enum Command {
         file_blake3: [u8; 32],
         entries: Vec<(Address, u128)>,
     },
+    /// R-ID-6, R-MATCH-2: router-originated, journaled once at every start (after
+    /// recovery, before any client command). A provider is reachable only through a
+    /// connection of this process, and a new process holds none: every provider
+    /// becomes unreachable until it registers or announces again, and every probe in
+    /// flight (sent on a connection that died with the old process) ends at once as
+    /// a timeout would, so no RFC waits out a probe to a dead provider.
+    RouterStarted,
 }
 
 impl Command {
@@ -324,7 +331,8 @@ impl Command {
         match self {
             Command::Tick
             | Command::ProviderDisconnected { .. }
-            | Command::LoadBalanceSnapshot { .. } => None,
+            | Command::LoadBalanceSnapshot { .. }
+            | Command::RouterStarted => None,
             Command::SetBalances {
                 operator, nonce, ..
             }

@@ -22,6 +22,16 @@ use std::collections::{BTreeMap, BTreeSet};
 /// buffers, few enough that the lines are still cached when the commands run.
 pub const APPLY_BATCH_GROUP: usize = 16;
 
+/// What [`Engine::apply_unless_refused`] did with a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The state may have changed: the command must be journaled.
+    Changed,
+    /// Refused (its only effect is the `Rejected` one) and the state is exactly as
+    /// before: nothing to journal (R-OPS-4, R-PROV-3).
+    Refused,
+}
+
 pub struct Engine {
     pub(crate) state: State,
     /// Address -> account: derived from `state.accounts`, rebuilt on restore. Slots
@@ -137,6 +147,64 @@ impl Engine {
 
     /// Applies one command at `now_ms`, appending what the router must do to `effects`.
     pub fn apply(&mut self, command: &Command, now_ms: u64, effects: &mut Vec<Effect>) {
+        self.apply_reporting(command, now_ms, effects);
+    }
+
+    /// Whether anything is due at `now_ms`: a timer (probe deadline, RFC or session
+    /// expiry, suspension end) or the open block's end. When nothing is, applying a
+    /// command at `now_ms` changes nothing but what the command itself does (and the
+    /// clock). Pure; costs what the next `apply` would spend finding due timers.
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        let now = now_ms.max(self.state.now_ms);
+        now >= self.block_end_ms()
+            || self.state.probe_deadlines.has_due(now)
+            || self.state.rfc_expiries.has_due(now)
+            || self.state.session_expiries.has_due(now)
+            || self
+                .state
+                .suspensions
+                .first()
+                .is_some_and(|&(until, _)| until <= now)
+    }
+
+    /// R-OPS-4, R-PROV-3: applies a command like [`Engine::apply`], but a refused one
+    /// (a replayed nonce or any typed refusal) leaves the state exactly as it was,
+    /// clock included: the caller then journals nothing for it, and a replay of the
+    /// journal reaches the same state hash. Only when nothing is due at `now_ms`
+    /// ([`Engine::is_due`]; the router journals a `Tick` first when something is):
+    /// otherwise the command is applied as `apply` would and reported `Changed`.
+    /// Commands without an originator (ticks, router-originated) are always `Changed`.
+    pub fn apply_unless_refused(
+        &mut self,
+        command: &Command,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Applied {
+        if command.origin().is_none() || self.is_due(now_ms) {
+            self.apply_reporting(command, now_ms, effects);
+            return Applied::Changed;
+        }
+        let now_before = self.state.now_ms;
+        let effects_before = effects.len();
+        let applied = self.apply_reporting(command, now_ms, effects);
+        if applied == Applied::Refused {
+            // Nothing was due, the handler refused before changing anything: the
+            // clock is the only field the command moved.
+            debug_assert_eq!(effects.len(), effects_before + 1, "a refusal, alone");
+            debug_assert!(matches!(effects.last(), Some(Effect::Rejected { .. })));
+            self.state.now_ms = now_before;
+        }
+        applied
+    }
+
+    /// `apply`, saying whether the command was refused. A refused command spends no
+    /// nonce (R-ID-4 counts accepted messages): a refusal changes no state.
+    fn apply_reporting(
+        &mut self,
+        command: &Command,
+        now_ms: u64,
+        effects: &mut Vec<Effect>,
+    ) -> Applied {
         // Time never goes back: a late timestamp is taken as the last one seen.
         let now = now_ms.max(self.state.now_ms);
         self.state.now_ms = now;
@@ -159,30 +227,40 @@ impl Engine {
                     nonce,
                     error,
                 });
-                return;
+                return Applied::Refused;
             }
         }
         let result = self.dispatch(command, now, effects);
+        let mut applied = Applied::Changed;
         if let Some((address, nonce)) = origin {
-            // The nonce is spent whatever the outcome, so a refused message can never
-            // be replayed into acceptance later (say, after the quota resets).
-            if let Some(idx) = self.account_of(&address) {
-                let account = &mut self.state.accounts[idx as usize];
-                debug_assert!(account.nonce_last.is_none_or(|last| last < nonce));
-                account.nonce_last = Some(nonce);
-            } else {
-                self.state.unfunded.spend_nonce(&address, nonce);
-            }
-            if let Err(error) = result {
-                effects.push(Effect::Rejected {
-                    to: address,
-                    nonce,
-                    error,
-                });
+            match result {
+                // R-ID-4: the nonce of an accepted message is spent. A refused one
+                // spends nothing (it is not journaled, R-OPS-4): the same signed
+                // message may be sent again once it can be accepted.
+                Ok(()) => {
+                    if let Some(idx) = self.account_of(&address) {
+                        let account = &mut self.state.accounts[idx as usize];
+                        debug_assert!(account.nonce_last.is_none_or(|last| last < nonce));
+                        account.nonce_last = Some(nonce);
+                    } else {
+                        // R-PROV-2: an unfunded registration's address holds no account.
+                        self.state.unfunded.spend_nonce(&address, nonce);
+                    }
+                }
+                Err(error) => {
+                    debug_assert!(self.pending_match.is_empty(), "a refusal matches nothing");
+                    effects.push(Effect::Rejected {
+                        to: address,
+                        nonce,
+                        error,
+                    });
+                    applied = Applied::Refused;
+                }
             }
         }
         self.origin_account = None;
         self.run_pending_matches(now, effects);
+        applied
     }
 
     /// Applies `batch` in order, each command at its own `now_ms`, exactly as calling
@@ -337,6 +415,10 @@ impl Engine {
                 file_blake3,
                 entries,
             } => self.load_balance_snapshot(*file_blake3, entries, effects),
+            Command::RouterStarted => {
+                self.router_started(now, effects);
+                Ok(())
+            }
             Command::Claim {
                 provider,
                 nonce,
@@ -605,6 +687,15 @@ impl Engine {
             .iter()
             .filter(|a| a.balance_wei > 0)
             .map(|a| (a.address, a.balance_wei))
+    }
+
+    /// Every account's last accepted nonce (R-ID-4), e.g. to warm a gateway's
+    /// replay pre-check cache after recovery.
+    pub fn nonces(&self) -> impl Iterator<Item = (Address, u64)> + '_ {
+        self.state
+            .accounts
+            .iter()
+            .filter_map(|a| a.nonce_last.map(|nonce| (a.address, nonce)))
     }
 
     /// BLAKE3 of the last balance snapshot file applied (R-QUOTA-6), if any.

@@ -54,7 +54,7 @@ pub use command::{
     ProviderTotals, ReportOutcome, RfcFailure, Ticket,
 };
 pub use config::{BudgetPolicy, FailPolicy, MarketConfig, ModelSpec, UnusedBudget};
-pub use engine::{Engine, RestoreError, APPLY_BATCH_GROUP};
+pub use engine::{Applied, Engine, RestoreError, APPLY_BATCH_GROUP};
 pub use error::{CreditSum, Limit, MarketError, NONCE_GAP_MAX};
 pub use figures::{MarketFigures, ModelFigures, ModelProviders};
 pub use types::{

@@ -339,6 +339,24 @@ impl Engine {
         }
     }
 
+    /// `Command::RouterStarted` (R-ID-6, R-MATCH-2): no provider holds a connection
+    /// to a process that just started, so none is reachable; probes in flight went to
+    /// connections of the old process and end now, as timeouts (their RFCs go back to
+    /// their queue, keeping their place, or fail when out of tries or expired).
+    pub(crate) fn router_started(&mut self, now: u64, effects: &mut Vec<Effect>) {
+        for provider in 0..self.state.providers.len() {
+            self.state.providers[provider].reachable = false;
+            self.refresh_provider(provider as ProviderIdx);
+        }
+        for (deadline_ms, rfc) in self.state.probe_deadlines.sorted() {
+            let removed = self.state.probe_deadlines.remove(deadline_ms, rfc);
+            debug_assert!(removed);
+            self.probe_timeout(rfc, now, effects);
+        }
+        debug_assert_eq!(self.state.probes_open, 0, "every probe ended");
+        debug_assert!(self.state.models.iter().all(|m| m.book.is_empty()));
+    }
+
     pub(crate) fn refresh_provider(&mut self, provider: ProviderIdx) {
         for offer in 0..self.state.providers[provider as usize].offers.len() {
             self.refresh_offer(provider, offer as u16);

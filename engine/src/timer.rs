@@ -204,6 +204,32 @@ impl TimerWheel {
         self.due.sort_unstable_by(|a, b| b.cmp(a));
     }
 
+    /// Whether `pop_due(now_ms)` would return a timer, without changing anything:
+    /// walks the ticks from the cursor to `now_ms` as `pop_due` would (or the nodes
+    /// after a jump of a whole turn), so it costs what the next `pop_due` saves.
+    pub fn has_due(&self, now_ms: u64) -> bool {
+        if !self.due.is_empty() {
+            return true; // a tick being fired (never between commands)
+        }
+        if self.len == 0 || self.cursor_ms > now_ms {
+            return false;
+        }
+        if now_ms - self.cursor_ms >= WHEEL_SLOTS as u64 - 1 {
+            return self.nodes.iter().any(|n| n.live && n.deadline_ms <= now_ms);
+        }
+        (self.cursor_ms..=now_ms).any(|tick| {
+            let mut node = self.heads[Self::wheel_slot(tick)];
+            while node != NIL {
+                let n = &self.nodes[node as usize];
+                if n.deadline_ms <= tick {
+                    return true;
+                }
+                node = n.next;
+            }
+            false
+        })
+    }
+
     /// Every live timer, sorted by `(deadline, id)`.
     pub fn sorted(&self) -> Vec<(u64, u64)> {
         let mut all: Vec<(u64, u64)> = self

@@ -5,7 +5,7 @@ use common::*;
 use yellowstone_engine::*;
 
 #[test]
-fn r_id_4_replayed_nonce_is_rejected_and_spent_even_when_refused() {
+fn r_id_4_replayed_nonce_is_rejected_and_a_refused_one_is_not_spent() {
     let mut m = Market::new();
     m.fund(user(1), 5);
     let effects = m.apply(Command::SubmitRfc {
@@ -29,7 +29,8 @@ fn r_id_4_replayed_nonce_is_rejected_and_spent_even_when_refused() {
             Some(MarketError::Replay { nonce_last: 10 })
         );
     }
-    // A refused command spends its nonce too.
+    // R-OPS-4, R-ID-4: a refused command spends no nonce (it changes no state and is
+    // not journaled); the same nonce is accepted once the message can be applied.
     let effects = m.apply(Command::SubmitRfc {
         user: user(1),
         nonce: 11,
@@ -48,10 +49,8 @@ fn r_id_4_replayed_nonce_is_rejected_and_spent_even_when_refused() {
         tokens_max: 10,
         expires_at_ms: m.now + 1000,
     });
-    assert_eq!(
-        rejection_in(&effects),
-        Some(MarketError::Replay { nonce_last: 11 })
-    );
+    assert_eq!(rejection_in(&effects), None, "nonce 11 was not spent");
+    assert_eq!(m.engine.nonce_last(&user(1)), Some(11));
 }
 
 #[test]

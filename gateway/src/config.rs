@@ -63,6 +63,35 @@ pub struct NetworkConfig {
     /// Ask for IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN (completions are run only
     /// when the gateway waits); false: COOP_TASKRUN | TASKRUN_FLAG. true.
     pub uring_defer_taskrun: bool,
+    /// §9: descriptors kept out of `connections_max`'s reach for the journal,
+    /// snapshots, the metrics endpoint, rings and listeners. At start the process's
+    /// RLIMIT_NOFILE (its soft limit raised to the hard one) minus this bounds the
+    /// connections: a larger `connections_max` is lowered to it with a log line naming
+    /// both numbers. 256; at least 64.
+    pub fds_reserved: usize,
+    /// §9, R-PROV-3: a connection that has not logged in this long after it opened is
+    /// closed (`login_timeout`). 10_000 ms.
+    pub login_timeout_ms: u64,
+    /// §9, R-PROV-3: connections whose address holds no MOR and no route (or that
+    /// never logged in), at most; past it, and whenever `connections_max` is
+    /// reached, the oldest idle one is closed (`evicted`) for the new connection, so
+    /// that funded clients always get in. 0: three quarters of `connections_max`.
+    /// At most `connections_max`.
+    pub connections_unproven_max: usize,
+    /// §9: after an accept error (EMFILE, ENFILE, ENOMEM, ENOBUFS), accepting pauses
+    /// this long instead of retrying at once. 100 ms; 1..=10_000.
+    pub accept_backoff_ms: u64,
+    /// §9: accept errors are logged at most once per this interval, with their count.
+    /// 10_000 ms; at least 100.
+    pub accept_error_log_interval_ms: u64,
+    /// R-PROV-3: weights proofs (one signature recovery each) checked per second per
+    /// gateway thread for senders holding MOR; past it a registration is refused
+    /// `overloaded` with a retry-after. 2_000 (about 6 % of a core); at least 64
+    /// (one registration of `offers_per_provider_max` offers must fit).
+    pub weights_proofs_per_s: u64,
+    /// R-PROV-3: the same for senders without MOR (R-PROV-2 registrations), a budget
+    /// of their own so that sybils compete only with one another. 256; at least 64.
+    pub weights_proofs_unfunded_per_s: u64,
 }
 
 impl Default for NetworkConfig {
@@ -82,7 +111,27 @@ impl Default for NetworkConfig {
             uring_buffer_bytes: 16 * 1024,
             uring_sqpoll: false,
             uring_defer_taskrun: true,
+            fds_reserved: 256,
+            login_timeout_ms: 10_000,
+            connections_unproven_max: 0,
+            accept_backoff_ms: 100,
+            accept_error_log_interval_ms: 10_000,
+            weights_proofs_per_s: 2_000,
+            weights_proofs_unfunded_per_s: 256,
         }
+    }
+}
+
+impl NetworkConfig {
+    /// `connections_unproven_max` resolved (0: three quarters of `connections_max`),
+    /// never above `connections_max`.
+    pub fn connections_unproven_max_resolved(&self, connections_max: usize) -> usize {
+        let max = if self.connections_unproven_max == 0 {
+            connections_max - connections_max / 4
+        } else {
+            self.connections_unproven_max
+        };
+        max.clamp(1, connections_max.max(1))
     }
 }
 
@@ -261,6 +310,53 @@ impl NetworkConfig {
             "must be >= 1",
             self.conn_idle_timeout_ms,
         )?;
+        check_value(
+            self.fds_reserved >= 64,
+            "network.fds_reserved",
+            "must be >= 64 (journal, snapshots, metrics, rings, listeners)",
+            self.fds_reserved,
+        )?;
+        check_value(
+            self.login_timeout_ms >= 1,
+            "network.login_timeout_ms",
+            "must be >= 1",
+            self.login_timeout_ms,
+        )?;
+        check_value(
+            self.connections_unproven_max <= self.connections_max,
+            "network.connections_unproven_max",
+            &format!(
+                "must be at most network.connections_max ({}); 0 means three quarters of it",
+                self.connections_max
+            ),
+            self.connections_unproven_max,
+        )?;
+        check_value(
+            (1..=10_000).contains(&self.accept_backoff_ms),
+            "network.accept_backoff_ms",
+            "must be between 1 and 10000",
+            self.accept_backoff_ms,
+        )?;
+        check_value(
+            self.accept_error_log_interval_ms >= 100,
+            "network.accept_error_log_interval_ms",
+            "must be >= 100",
+            self.accept_error_log_interval_ms,
+        )?;
+        for (key, per_s) in [
+            ("network.weights_proofs_per_s", self.weights_proofs_per_s),
+            (
+                "network.weights_proofs_unfunded_per_s",
+                self.weights_proofs_unfunded_per_s,
+            ),
+        ] {
+            check_value(
+                per_s >= 64,
+                key,
+                "must be >= 64 (a registration of 64 offers must fit)",
+                per_s,
+            )?;
+        }
         for (key, depth) in [
             ("network.inbound_queue_depth", self.inbound_queue_depth),
             ("network.outbound_queue_depth", self.outbound_queue_depth),

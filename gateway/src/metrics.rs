@@ -299,15 +299,19 @@ pub struct NetMetrics {
     pub bytes_received: Arc<Counter>,
     pub bytes_sent: Arc<Counter>,
     pub outbox_stale: Arc<Counter>,
+    /// §9: accepts that failed (EMFILE, ENFILE, ENOMEM, …), each followed by a pause.
+    pub accept_errors: Arc<Counter>,
     closed_by_reason: Vec<(&'static str, Arc<Counter>)>,
 }
 
 /// Every `CloseReason::label`, registered up front so counting a close takes no lock.
-const CLOSE_REASON_LABELS: [&str; 8] = [
+const CLOSE_REASON_LABELS: [&str; 10] = [
     "peer_closed",
     "bad_frame",
     "send_buffer_full",
     "idle_timeout",
+    "login_timeout",
+    "evicted",
     "by_handler",
     "by_outbox",
     "io_error",
@@ -346,6 +350,12 @@ impl NetMetrics {
             outbox_stale: registry.counter(
                 "yellowstone_outbox_stale_total",
                 "Outbox messages for connections already closed.",
+                &[],
+            ),
+            accept_errors: registry.counter(
+                "yellowstone_accept_errors_total",
+                "Accepts that failed (descriptors or memory exhausted); accepting pauses \
+                 network.accept_backoff_ms after each.",
                 &[],
             ),
             closed_by_reason: CLOSE_REASON_LABELS

@@ -18,7 +18,7 @@ use crate::metrics::{Stage, StageRecorder};
 use crossbeam_channel::{Receiver, Select};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use yellowstone_engine::{Command, Effect, Engine, APPLY_BATCH_GROUP};
+use yellowstone_engine::{Applied, Command, Effect, Engine, APPLY_BATCH_GROUP};
 
 /// Where a command came from, echoed with its effects so replies find their way.
 pub type Origin = u64;
@@ -233,6 +233,11 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     commands_seen: u64,
     /// The burst being applied (reused).
     burst: VecDeque<(Origin, Command)>,
+    /// The sequence number of the last record appended (0: none by this process, so
+    /// a refusal waits for nothing but what recovery found durable).
+    last_seq: u64,
+    /// Commands refused without a journal record (R-OPS-4, R-PROV-3).
+    refused_total: u64,
 }
 
 /// One command in this many is timed for the stage metrics (two clock reads each).
@@ -260,7 +265,14 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             stages: None,
             commands_seen: 0,
             burst: VecDeque::new(),
+            last_seq: 0,
+            refused_total: 0,
         }
+    }
+
+    /// Commands the engine refused without changing state, so not journaled.
+    pub fn refused_unjournaled_total(&self) -> u64 {
+        self.refused_total
     }
 
     /// Records the engine's apply time and the durable wait of one command in 16.
@@ -369,22 +381,43 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         Ok(running)
     }
 
-    /// Journals and applies one command; effects that promise nothing go to the sink
-    /// at once, the others wait for durability ([`release_of`]).
+    /// Applies one command and journals it unless the engine refused it without
+    /// changing anything (R-OPS-4, R-PROV-3: a refusal writes nothing to the journal;
+    /// when timers or a block end are due, a `Tick` is journaled first so that the
+    /// command itself can be left out). Effects that promise nothing go to the sink
+    /// at once, the others wait for durability ([`release_of`]); a refusal waits for
+    /// every record before it, the state it was computed against.
     pub fn apply(&mut self, origin: Origin, command: Command) -> Result<(), String> {
         let now_ms = (self.clock)().max(self.engine.now_ms());
+        if command.origin().is_some() && self.engine.is_due(now_ms) {
+            self.apply(ORIGIN_INTERNAL, Command::Tick)?;
+        }
         let record = JournalRecord { now_ms, command };
         self.commands_seen += 1;
         let timed = self.stages.is_some() && self.commands_seen.is_multiple_of(STAGE_SAMPLE_EVERY);
         let appended_at = timed.then(Instant::now);
-        let seq = self.journal.append(&record.encode())?;
         let mut effects = self.spare.pop().unwrap_or_default();
         let block_before = self.engine.block();
         let apply_started = timed.then(Instant::now);
-        self.engine.apply(&record.command, now_ms, &mut effects);
+        let applied = self
+            .engine
+            .apply_unless_refused(&record.command, now_ms, &mut effects);
         if let (Some(started), Some(stages)) = (apply_started, &self.stages) {
             stages.record_ns(Stage::Apply, started.elapsed().as_nanos() as u64);
         }
+        let seq = match applied {
+            Applied::Changed => {
+                let seq = self.journal.append(&record.encode())?;
+                debug_assert!(seq > self.last_seq, "sequence numbers increase");
+                self.last_seq = seq;
+                seq
+            }
+            Applied::Refused => {
+                debug_assert_eq!(self.engine.block(), block_before);
+                self.refused_total += 1;
+                self.last_seq
+            }
+        };
         let mut synced = false;
         let mut now = false;
         for effect in effects.iter() {

@@ -57,6 +57,9 @@ impl FrameHandler for TestHandler {
         match refusal {
             Refusal::Frame(_) => encode_frame(ERROR_BAD_FRAME, FLAG_RESPONSE, b"bad frame", out),
             Refusal::ConnectionsMax { .. } => encode_frame(ERROR_FULL, FLAG_RESPONSE, b"full", out),
+            Refusal::LoginTimeout { .. } | Refusal::Evicted { .. } => {
+                encode_frame(ERROR_FULL, FLAG_RESPONSE, b"closed for room", out)
+            }
         }
     }
 }

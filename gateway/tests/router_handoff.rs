@@ -53,6 +53,11 @@ fn a_full_queue_refuses_with_overloaded_and_a_stopped_engine_with_shutting_down(
         listen: "127.0.0.1:0".parse().unwrap(),
         ..NetworkConfig::default()
     };
+    // A funded user: the gateway's pre-checks (R-PROV-3) let its commands through to
+    // the engine's queue.
+    shared
+        .balances
+        .insert(SigningKey::from_seed(b"user").address(), 1);
     let handler_shared = shared.clone();
     let gateways = start_gateways(&network, &ThreadsConfig::default(), &registry, move |c| {
         RouterHandler::new(handler_shared.clone(), c)

@@ -256,26 +256,33 @@ fn signatures_replays_quota_and_balance_are_refused_with_their_codes() {
         "zero_balance"
     );
 
-    // A report for a session that is not yours (nor anyone's).
+    // A report from an address without MOR that never had anything accepted: it
+    // cannot hold a session, so the gateway refuses it before the engine (R-PROV-3).
+    let report = |from: Address, nonce: u64| -> Message {
+        Report {
+            from,
+            nonce,
+            session_id: 99,
+            elapsed_ms: 1,
+            tokens: 1,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
+            ..Report::default()
+        }
+        .into()
+    };
     let nonce = pauper.next_nonce();
-    pauper
-        .send_signed(
-            Report {
-                from: pauper.address(),
-                nonce,
-                session_id: 99,
-                elapsed_ms: 1,
-                tokens: 1,
-                ttft_ms: 0,
-                prompt_tokens: 0,
-                outcome: Outcome::Pass,
-                ..Report::default()
-            }
-            .into(),
-        )
-        .unwrap();
+    pauper.send_signed(report(pauper.address(), nonce)).unwrap();
     assert_eq!(
         codes::name(error_for(&mut pauper, nonce).code),
+        "unknown_sender"
+    );
+    // A report for a session that is not yours (nor anyone's), from a funded user.
+    let nonce = user.next_nonce();
+    user.send_signed(report(user.address(), nonce)).unwrap();
+    assert_eq!(
+        codes::name(error_for(&mut user, nonce).code),
         "unknown_session"
     );
     ping(&mut user);

@@ -271,11 +271,17 @@ fn r_ops_2_a_router_key_differing_from_the_data_directory_is_refused() {
 /// R-ID-7: a message signed for another network id is refused with a reason that
 /// names the network id the router expects.
 fn signer_mismatch_names_the_network_id(backend: &str) {
-    let router = RouterProcess::start(&["--backend", backend, "--in-memory"]);
+    let operator = operator_key().address().to_string();
+    let router =
+        RouterProcess::start(&["--backend", backend, "--in-memory", "--operator", &operator]);
     let mut user = connect(
         router.ready.listen,
         SigningKey::from_seed(b"ops-network-id"),
     );
+    // Funded: an RFC from an address without MOR is refused `zero_balance` before its
+    // signature is checked (R-PROV-3: cheap checks first).
+    let mut operator = connect(router.ready.listen, operator_key());
+    fund(&mut operator, &[(user.address(), WEI_PER_MOR)]);
     let nonce = user.next_nonce();
     let frame = presign(
         user.key(),

@@ -94,7 +94,9 @@ fn report(
         session_id,
         elapsed_ms: 100,
         tokens,
-        pass,
+        ttft_ms: 0,
+        prompt_tokens: 0,
+        outcome: if pass { Outcome::Pass } else { Outcome::Fail },
         signature: Signature::default(),
     };
     user.send_signed(message.into()).unwrap();

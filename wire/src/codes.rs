@@ -127,6 +127,16 @@ codes! {
     SLOW_CONSUMER = 0x0303, "slow_consumer";
     IDLE_TIMEOUT = 0x0304, "idle_timeout";
     SHUTTING_DOWN = 0x0305, "shutting_down";
+    /// R-PROV-3: the sender holds no MOR and the router has accepted nothing from
+    /// it (no registration, RFC or session): only a `RegisterProvider` from it can
+    /// be applied, so anything else is refused before the engine (and the journal).
+    UNKNOWN_SENDER = 0x0306, "unknown_sender";
+    /// §9: the connection did not log in within `network.login_timeout_ms`.
+    LOGIN_TIMEOUT = 0x0307, "login_timeout";
+    /// §9, R-PROV-3: near `network.connections_max`, or past
+    /// `network.connections_unproven_max`, the oldest idle connection whose address
+    /// holds no MOR and no route (or that never logged in) is closed for a new one.
+    EVICTED = 0x0308, "evicted";
 }
 
 pub fn of_frame_error(error: &FrameError) -> u16 {

@@ -30,6 +30,29 @@ pub struct ConnLimits {
     pub inflight_frames_max: u32,
     pub send_bytes_max: usize,
     pub idle_timeout_ms: u64,
+    /// §9: a connection still `Standing::Unproven` this long after it opened is
+    /// closed (`network.login_timeout_ms`).
+    pub login_timeout_ms: u64,
+}
+
+/// §9: a connection that sent something is evicted for room only after this long
+/// without traffic.
+pub const EVICT_IDLE_MIN_MS: u64 = 1_000;
+/// §9: a connection that never sent a byte is evicted for room once this old: long
+/// enough for an honest client to answer its login challenge.
+pub const EVICT_SILENT_MIN_MS: u64 = 250;
+
+/// What a connection has shown of its sender (§9, R-PROV-3), set by the handler:
+/// near `connections_max` the lowest standing goes first (then the longest idle),
+/// and a staked connection is never evicted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Not logged in (anyone can open a TCP connection).
+    Unproven,
+    /// Logged in as an address that holds no MOR (keys are free).
+    LoggedIn,
+    /// Logged in as an address that holds MOR.
+    Staked,
 }
 
 impl ConnLimits {
@@ -39,6 +62,7 @@ impl ConnLimits {
             inflight_frames_max: network.conn_inflight_frames_max,
             send_bytes_max: network.conn_send_bytes_max,
             idle_timeout_ms: network.conn_idle_timeout_ms,
+            login_timeout_ms: network.login_timeout_ms,
         }
     }
 }
@@ -50,6 +74,11 @@ pub enum Refusal {
     Frame(FrameError),
     /// The process already holds `connections_max` connections.
     ConnectionsMax { connections_max: usize },
+    /// Not logged in within `login_timeout_ms` (the connection closes after it).
+    LoginTimeout { login_timeout_ms: u64 },
+    /// Closed to make room: idle, of the lowest standing, near `connections_max` or
+    /// past `connections_unproven_max` (the connection closes after it).
+    Evicted { connections_open: usize },
 }
 
 /// Why a connection closed; logged and passed to `FrameHandler::on_close`.
@@ -64,6 +93,10 @@ pub enum CloseReason {
     IdleTimeout {
         idle_ms: u64,
     },
+    LoginTimeout {
+        login_timeout_ms: u64,
+    },
+    Evicted,
     ByHandler,
     ByOutbox,
     Io {
@@ -85,6 +118,10 @@ impl fmt::Display for CloseReason {
                 "client too slow: {queued_bytes} bytes queued over conn_send_bytes_max {send_bytes_max}"
             ),
             CloseReason::IdleTimeout { idle_ms } => write!(f, "idle for {idle_ms} ms"),
+            CloseReason::LoginTimeout { login_timeout_ms } => {
+                write!(f, "no login within login_timeout_ms {login_timeout_ms}")
+            }
+            CloseReason::Evicted => write!(f, "evicted to make room (idle, no MOR)"),
             CloseReason::ByHandler => write!(f, "closed by the handler"),
             CloseReason::ByOutbox => write!(f, "closed through the outbox"),
             CloseReason::Io { errno } => {
@@ -103,6 +140,8 @@ impl CloseReason {
             CloseReason::Frame(_) => "bad_frame",
             CloseReason::SendBufferFull { .. } => "send_buffer_full",
             CloseReason::IdleTimeout { .. } => "idle_timeout",
+            CloseReason::LoginTimeout { .. } => "login_timeout",
+            CloseReason::Evicted => "evicted",
             CloseReason::ByHandler => "by_handler",
             CloseReason::ByOutbox => "by_outbox",
             CloseReason::Io { .. } => "io_error",
@@ -136,6 +175,11 @@ pub struct Connection {
     last_active_ms: u64,
     /// Half-closed and the decoder holds no whole frame any more (none can come).
     input_done: bool,
+    opened_ms: u64,
+    standing: Standing,
+    /// Some bytes came from the peer (a connection that never sent any is the first
+    /// to go when room is needed).
+    received_any: bool,
 }
 
 impl Connection {
@@ -153,7 +197,48 @@ impl Connection {
             close_reason: None,
             last_active_ms: now_ms,
             input_done: false,
+            opened_ms: now_ms,
+            standing: Standing::Unproven,
+            received_any: false,
         }
+    }
+
+    /// What the sender has shown so far (§9).
+    pub fn standing(&self) -> Standing {
+        self.standing
+    }
+
+    /// Set by the handler (login, funding).
+    pub fn set_standing(&mut self, standing: Standing) {
+        self.standing = standing;
+    }
+
+    /// When the connection last sent or received, ms (the `now_ms` clock).
+    pub fn last_active_ms(&self) -> u64 {
+        self.last_active_ms
+    }
+
+    /// Still unproven `login_timeout_ms` after it opened (and not closing already).
+    pub fn login_overdue(&self, now_ms: u64) -> bool {
+        self.state == State::Open
+            && self.standing == Standing::Unproven
+            && now_ms.saturating_sub(self.opened_ms) >= self.limits.login_timeout_ms
+    }
+
+    /// A candidate for eviction at `now_ms`: open, not staked, nothing in flight or
+    /// queued, and idle: silent for `EVICT_SILENT_MIN_MS` since it opened (it never
+    /// sent a byte), or without traffic for `EVICT_IDLE_MIN_MS`.
+    pub fn evictable(&self, now_ms: u64) -> bool {
+        let idle_min_ms = if self.received_any {
+            EVICT_IDLE_MIN_MS
+        } else {
+            EVICT_SILENT_MIN_MS
+        };
+        self.state == State::Open
+            && self.standing < Standing::Staked
+            && self.inflight_frames == 0
+            && self.unsent_bytes() == 0
+            && now_ms.saturating_sub(self.last_active_ms) >= idle_min_ms
     }
 
     pub fn limits(&self) -> &ConnLimits {
@@ -166,6 +251,7 @@ impl Connection {
             return;
         }
         self.last_active_ms = now_ms;
+        self.received_any = true;
         self.decoder.extend(bytes);
     }
 
@@ -383,6 +469,7 @@ mod tests {
             inflight_frames_max: 2,
             send_bytes_max: 100,
             idle_timeout_ms: 1_000,
+            login_timeout_ms: 1_000,
         }
     }
 
@@ -396,8 +483,37 @@ mod tests {
         let code = match refusal {
             Refusal::Frame(_) => b"bad".as_slice(),
             Refusal::ConnectionsMax { .. } => b"full".as_slice(),
+            Refusal::LoginTimeout { .. } => b"login".as_slice(),
+            Refusal::Evicted { .. } => b"evicted".as_slice(),
         };
         encode_frame(0xffff, 1, code, out);
+    }
+
+    #[test]
+    fn section_9_login_timeout_and_eviction_spare_a_staked_connection() {
+        let mut c = Connection::new(limits(), 0);
+        assert!(!c.login_overdue(999));
+        assert!(c.login_overdue(1_000), "unproven at login_timeout_ms");
+        assert!(
+            !c.evictable(EVICT_SILENT_MIN_MS - 1),
+            "time to answer the challenge"
+        );
+        assert!(c.evictable(EVICT_SILENT_MIN_MS), "silent since it opened");
+        c.on_bytes(b"x", 10);
+        assert!(!c.evictable(10 + EVICT_IDLE_MIN_MS - 1), "recently active");
+        assert!(c.evictable(10 + EVICT_IDLE_MIN_MS));
+        c.set_standing(Standing::LoggedIn);
+        assert!(!c.login_overdue(5_000), "logged in: no login timeout");
+        assert!(
+            c.evictable(10 + EVICT_IDLE_MIN_MS),
+            "no MOR: still evictable"
+        );
+        c.set_standing(Standing::Staked);
+        assert!(
+            !c.evictable(u64::MAX),
+            "a staked connection is never evicted"
+        );
+        assert!(Standing::Unproven < Standing::LoggedIn && Standing::LoggedIn < Standing::Staked);
     }
 
     #[test]

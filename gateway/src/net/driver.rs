@@ -22,17 +22,31 @@ pub struct Shared {
     pub(crate) shutdown: AtomicBool,
     pub(crate) connections_open: AtomicUsize,
     pub(crate) connections_max: usize,
+    /// §9: connections below `Standing::Staked` per gateway thread, at most
+    /// (`network.connections_unproven_max` shared out among the threads).
+    pub(crate) unproven_per_thread_max: usize,
     pub(crate) metrics: NetMetrics,
     pub(crate) started: Instant,
 }
 
 impl Shared {
+    #[cfg(test)]
     pub(crate) fn new(connections_max: usize, metrics: NetMetrics) -> Shared {
+        Shared::with_unproven(connections_max, connections_max, metrics)
+    }
+
+    pub(crate) fn with_unproven(
+        connections_max: usize,
+        unproven_per_thread_max: usize,
+        metrics: NetMetrics,
+    ) -> Shared {
         assert!(connections_max >= 1);
+        assert!((1..=connections_max).contains(&unproven_per_thread_max));
         Shared {
             shutdown: AtomicBool::new(false),
             connections_open: AtomicUsize::new(0),
             connections_max,
+            unproven_per_thread_max,
             metrics,
             started: Instant::now(),
         }
@@ -63,6 +77,197 @@ impl Shared {
         assert!(before >= 1, "connection released twice");
         self.metrics.connections_open.add(-1);
     }
+
+    /// How many idle connections of the lowest standing this thread should close to
+    /// keep room (§9): enough to bring the process below a sixteenth short of
+    /// `connections_max`, or this thread back to its share of unproven connections
+    /// (`unproven`, counted by the caller only when the cheap test says it matters).
+    pub(crate) fn evictions_needed(&self, unproven: impl FnOnce() -> usize) -> usize {
+        let open = self.connections_open.load(Ordering::Acquire);
+        let high_water = self.connections_max - self.connections_max / 16;
+        let over_high_water = (open + 1).saturating_sub(high_water.max(1));
+        let over_share = if open > self.unproven_per_thread_max {
+            unproven().saturating_sub(self.unproven_per_thread_max)
+        } else {
+            0
+        };
+        over_high_water.max(over_share)
+    }
+}
+
+/// §9: what a gateway thread does after an accept fails for want of descriptors or
+/// memory: it stops accepting for `network.accept_backoff_ms` (instead of retrying
+/// in a tight loop) and logs at most one line per `accept_error_log_interval_ms`,
+/// with the count since the last one.
+pub(crate) struct AcceptBackoff {
+    backoff_ms: u64,
+    log_interval_ms: u64,
+    paused_until_ms: u64,
+    /// An accept failed and has not been tried again since.
+    retry_pending: bool,
+    unlogged: u64,
+    last_log_ms: Option<u64>,
+}
+
+impl AcceptBackoff {
+    pub(crate) fn new(backoff_ms: u64, log_interval_ms: u64) -> AcceptBackoff {
+        assert!(backoff_ms >= 1 && log_interval_ms >= 1);
+        AcceptBackoff {
+            backoff_ms,
+            log_interval_ms,
+            paused_until_ms: 0,
+            retry_pending: false,
+            unlogged: 0,
+            last_log_ms: None,
+        }
+    }
+
+    /// Counts an accept error at `now_ms` and pauses accepting; logs if due.
+    pub(crate) fn on_error(&mut self, error: &std::io::Error, now_ms: u64, shared: &Shared) {
+        shared.metrics.accept_errors.inc();
+        self.paused_until_ms = now_ms + self.backoff_ms;
+        self.retry_pending = true;
+        self.unlogged += 1;
+        let due = self
+            .last_log_ms
+            .is_none_or(|last| now_ms.saturating_sub(last) >= self.log_interval_ms);
+        if due {
+            tracing::warn!(
+                %error,
+                errors = self.unlogged,
+                connections_open = shared.connections_open.load(Ordering::Relaxed),
+                connections_max = shared.connections_max,
+                pause_ms = self.backoff_ms,
+                "accept failed (count since the last such line); accepting pauses after each"
+            );
+            self.unlogged = 0;
+            self.last_log_ms = Some(now_ms);
+        }
+        debug_assert!(self.paused(now_ms));
+    }
+
+    pub(crate) fn paused(&self, now_ms: u64) -> bool {
+        now_ms < self.paused_until_ms
+    }
+
+    /// How long a wait may last before accepting must be tried again: None when no
+    /// failed accept waits for a retry.
+    pub(crate) fn wait_ms(&self, now_ms: u64) -> Option<u64> {
+        self.retry_pending
+            .then(|| self.paused_until_ms.saturating_sub(now_ms).max(1))
+    }
+
+    /// True once when the pause after a failed accept is over: try again now.
+    pub(crate) fn retry_due(&mut self, now_ms: u64) -> bool {
+        if self.retry_pending && !self.paused(now_ms) {
+            self.retry_pending = false;
+            return true;
+        }
+        false
+    }
+}
+
+/// §9: the `count` connections of this thread to close first for room: open, not
+/// staked, idle (`Connection::evictable`), lowest standing first, then longest idle.
+pub(crate) fn eviction_candidates<T>(
+    slab: &mut ConnSlab<T>,
+    conn: impl Fn(&mut T) -> &mut Connection,
+    now_ms: u64,
+    count: usize,
+) -> Vec<ConnId> {
+    let mut candidates: Vec<((crate::net::Standing, u64), ConnId)> = Vec::new();
+    for id in slab.ids() {
+        let Some(entry) = slab.get_mut(id) else {
+            continue;
+        };
+        let c = conn(entry);
+        if c.evictable(now_ms) {
+            candidates.push(((c.standing(), c.last_active_ms()), id));
+        }
+    }
+    if candidates.len() > count {
+        candidates.select_nth_unstable(count);
+        candidates.truncate(count);
+    }
+    debug_assert!(candidates.len() <= count);
+    candidates.into_iter().map(|(_, id)| id).collect()
+}
+
+/// Counts this thread's connections below `Standing::Staked`.
+pub(crate) fn unproven_count<T>(
+    slab: &mut ConnSlab<T>,
+    conn: impl Fn(&mut T) -> &mut Connection,
+) -> usize {
+    let mut count = 0;
+    for id in slab.ids() {
+        if let Some(entry) = slab.get_mut(id) {
+            let c = conn(entry);
+            count += (c.is_open() && c.standing() < crate::net::Standing::Staked) as usize;
+        }
+    }
+    count
+}
+
+/// Closes `id` with the handler's error frame for `refusal` sent first.
+pub(crate) fn close_with<H: FrameHandler>(
+    handler: &mut H,
+    conn: &mut Connection,
+    refusal: Refusal,
+    reason: CloseReason,
+) {
+    let mut out = Vec::new();
+    handler.error_frame(&refusal, &mut out);
+    conn.queue_frame(&out);
+    conn.close_after_flush(reason);
+}
+
+/// Closes up to `at_most` idle connections of the lowest standing on this thread
+/// when room is needed (§9): one after each accept, as many as needed on the idle
+/// sweep. The ids closed go to `touched` (to be serviced: flushed, then removed).
+pub(crate) fn make_room<H: FrameHandler, T>(
+    handler: &mut H,
+    shared: &Shared,
+    slab: &mut ConnSlab<T>,
+    conn: impl Fn(&mut T) -> &mut Connection + Copy,
+    at_most: usize,
+    touched: &mut Vec<ConnId>,
+) {
+    let needed = shared
+        .evictions_needed(|| unproven_count(slab, conn))
+        .min(at_most);
+    if needed == 0 {
+        return;
+    }
+    let connections_open = shared.connections_open.load(Ordering::Relaxed);
+    for id in eviction_candidates(slab, conn, shared.now_ms(), needed) {
+        let entry = slab.get_mut(id).expect("a candidate is in the slab");
+        close_with(
+            handler,
+            conn(entry),
+            Refusal::Evicted { connections_open },
+            CloseReason::Evicted,
+        );
+        touched.push(id);
+    }
+}
+
+/// The login timeout (§9), checked on the idle sweep: closes `c` with a frame if due.
+pub(crate) fn login_timeout<H: FrameHandler>(
+    handler: &mut H,
+    c: &mut Connection,
+    now_ms: u64,
+) -> bool {
+    if !c.login_overdue(now_ms) {
+        return false;
+    }
+    let login_timeout_ms = c.limits().login_timeout_ms;
+    close_with(
+        handler,
+        c,
+        Refusal::LoginTimeout { login_timeout_ms },
+        CloseReason::LoginTimeout { login_timeout_ms },
+    );
+    true
 }
 
 /// Per-thread settings the backends share.
@@ -72,17 +277,31 @@ pub(crate) struct ThreadSettings {
     pub(crate) limits: ConnLimits,
     pub(crate) spin: bool,
     pub(crate) tick_ms: u64,
+    /// `network.accept_backoff_ms`.
+    pub(crate) accept_backoff_ms: u64,
+    /// `network.accept_error_log_interval_ms`.
+    pub(crate) accept_error_log_interval_ms: u64,
 }
 
 impl ThreadSettings {
+    /// The accept pause and its log interval (§9).
+    pub(crate) fn with_accept_backoff(mut self, backoff_ms: u64, log_interval_ms: u64) -> Self {
+        self.accept_backoff_ms = backoff_ms.max(1);
+        self.accept_error_log_interval_ms = log_interval_ms.max(1);
+        self
+    }
+
     pub(crate) fn new(thread_index: u8, limits: ConnLimits, spin: bool) -> ThreadSettings {
-        // Idle connections are swept at a quarter of the timeout, at most once a second.
-        let tick_ms = (limits.idle_timeout_ms / 4).clamp(1, 1_000);
+        // Idle connections are swept at a quarter of the timeout (idle or login), at
+        // most once a second.
+        let tick_ms = (limits.idle_timeout_ms.min(limits.login_timeout_ms) / 4).clamp(1, 1_000);
         ThreadSettings {
             thread_index,
             limits,
             spin,
             tick_ms,
+            accept_backoff_ms: 100,
+            accept_error_log_interval_ms: 10_000,
         }
     }
 }
@@ -203,6 +422,41 @@ pub(crate) fn on_removed<H: FrameHandler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn section_9_accept_errors_pause_and_log_once_per_interval() {
+        let shared = Shared::new(8, NetMetrics::new(&Registry::new()));
+        let mut backoff = AcceptBackoff::new(100, 10_000);
+        assert_eq!(backoff.wait_ms(0), None, "nothing to retry");
+        let error = std::io::Error::from_raw_os_error(libc::EMFILE);
+        for now in 0..1_000u64 {
+            backoff.on_error(&error, now, &shared);
+        }
+        assert_eq!(
+            backoff.unlogged, 999,
+            "one line for the first, the rest counted"
+        );
+        assert!(backoff.paused(1_050) && !backoff.retry_due(1_050));
+        assert_eq!(backoff.wait_ms(1_050), Some(49));
+        assert!(backoff.retry_due(1_099), "the pause is over");
+        assert!(!backoff.retry_due(1_100), "once");
+        backoff.on_error(&error, 10_000, &shared);
+        assert_eq!(backoff.unlogged, 0, "logged again after the interval");
+    }
+
+    #[test]
+    fn section_9_evictions_keep_a_sixteenth_free_and_the_unproven_share() {
+        let shared = Shared::with_unproven(32, 10, NetMetrics::new(&Registry::new()));
+        for _ in 0..29 {
+            assert!(shared.try_reserve_connection());
+        }
+        // High water 30: one more, and one must go.
+        assert_eq!(shared.evictions_needed(|| 0), 0);
+        assert!(shared.try_reserve_connection());
+        assert_eq!(shared.evictions_needed(|| 0), 1);
+        // Past the unproven share, the excess goes.
+        assert_eq!(shared.evictions_needed(|| 15), 5);
+    }
     use crate::metrics::Registry;
     use crate::net::outbox::{Lane, OutboxError};
     use yellowstone_wire::frame::encode_frame;
@@ -213,6 +467,7 @@ mod tests {
             inflight_frames_max: 2,
             send_bytes_max: 64 * 1024,
             idle_timeout_ms: 60_000,
+            login_timeout_ms: 60_000,
         }
     }
 

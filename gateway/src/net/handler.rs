@@ -108,4 +108,10 @@ impl<'a> Replies<'a> {
     pub fn is_open(&self) -> bool {
         self.conn.is_open()
     }
+
+    /// Records what the sender has shown (§9): eviction and the login timeout
+    /// spare connections of a higher standing.
+    pub fn set_standing(&mut self, standing: crate::net::connection::Standing) {
+        self.conn.set_standing(standing);
+    }
 }

@@ -42,6 +42,8 @@ pub(crate) struct MioLoop<'a, H: FrameHandler> {
     scratch: Vec<u8>,
     touched: Vec<ConnId>,
     kept_answers: Vec<(ConnId, u32)>,
+    /// §9: the pause after a failed accept, and its rate-limited log.
+    accept_backoff: driver::AcceptBackoff,
 }
 
 impl<'a, H: FrameHandler> MioLoop<'a, H> {
@@ -62,7 +64,6 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             .register(&mut SourceFd(&lane.wake.raw_fd()), WAKE, Interest::READABLE)?;
         Ok(MioLoop {
             slab: ConnSlab::with_capacity(settings.thread_index, shared.connections_max),
-            settings,
             shared,
             lane,
             outbox,
@@ -72,6 +73,11 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             scratch: vec![0u8; READ_CHUNK_BYTES],
             touched: Vec::new(),
             kept_answers: Vec::new(),
+            accept_backoff: driver::AcceptBackoff::new(
+                settings.accept_backoff_ms,
+                settings.accept_error_log_interval_ms,
+            ),
+            settings,
         })
     }
 
@@ -86,7 +92,9 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             let timeout = if self.settings.spin || kept_work || !self.lane.prepare_sleep() {
                 Duration::ZERO
             } else {
-                Duration::from_millis(next_tick_ms.saturating_sub(now_ms).max(1))
+                let tick_wait_ms = next_tick_ms.saturating_sub(now_ms).max(1);
+                let accept_wait_ms = self.accept_backoff.wait_ms(now_ms).unwrap_or(u64::MAX);
+                Duration::from_millis(tick_wait_ms.min(accept_wait_ms))
             };
             let polled = self.poll.poll(&mut events, Some(timeout));
             self.lane.awake();
@@ -120,15 +128,31 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                 &mut self.kept_answers,
             );
             let now_ms = self.shared.now_ms();
+            if self.accept_backoff.retry_due(now_ms) {
+                // Edge-triggered: the backlog left after the failed accept raises no
+                // new event, so it is read again once the pause is over.
+                self.accept_all();
+            }
             if now_ms >= next_tick_ms {
                 next_tick_ms = now_ms + self.settings.tick_ms;
                 for id in self.slab.ids() {
                     if let Some(entry) = self.slab.get_mut(id) {
-                        if entry.conn.on_tick(now_ms) {
+                        if entry.conn.on_tick(now_ms)
+                            || driver::login_timeout(&mut self.handler, &mut entry.conn, now_ms)
+                        {
                             self.touched.push(id);
                         }
                     }
                 }
+                // §9: room kept once a flood stops, not only at its next accept.
+                driver::make_room(
+                    &mut self.handler,
+                    self.shared,
+                    &mut self.slab,
+                    |entry: &mut MioConn| &mut entry.conn,
+                    usize::MAX,
+                    &mut self.touched,
+                );
             }
             let mut touched = std::mem::take(&mut self.touched);
             for id in touched.drain(..) {
@@ -144,14 +168,27 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
     }
 
     fn accept_all(&mut self) {
+        if self.accept_backoff.paused(self.shared.now_ms()) {
+            return; // read again by the loop once the pause is over
+        }
         loop {
             let (mut stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return,
                 Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
                 Err(error) => {
-                    // EMFILE and friends: leave the rest in the backlog for now.
-                    tracing::warn!(%error, "accept failed");
+                    // EMFILE and friends (§9): leave the rest in the backlog, pause,
+                    // and make room among the connections of the lowest standing.
+                    self.accept_backoff
+                        .on_error(&error, self.shared.now_ms(), self.shared);
+                    driver::make_room(
+                        &mut self.handler,
+                        self.shared,
+                        &mut self.slab,
+                        |entry: &mut MioConn| &mut entry.conn,
+                        1,
+                        &mut self.touched,
+                    );
                     return;
                 }
             };
@@ -192,6 +229,15 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             }
             self.handler.on_open(id, Some(peer));
             self.touched.push(id);
+            // §9: near the limit, the oldest idle connection without MOR goes.
+            driver::make_room(
+                &mut self.handler,
+                self.shared,
+                &mut self.slab,
+                |entry: &mut MioConn| &mut entry.conn,
+                1,
+                &mut self.touched,
+            );
         }
     }
 

@@ -15,7 +15,7 @@ pub mod socket;
 mod uring_backend;
 
 pub use conn_id::ConnId;
-pub use connection::{CloseReason, ConnLimits, Connection, Refusal};
+pub use connection::{CloseReason, ConnLimits, Connection, Refusal, Standing};
 pub use handler::{FrameHandler, GatewayContext, Replies};
 pub use outbox::{GatewayJob, Outbox, OutboxError};
 pub use server::{

@@ -218,8 +218,12 @@ where
         .map(|_| Lane::new(network.outbound_queue_depth))
         .collect::<io::Result<Vec<_>>>()?;
     let outbox = Outbox::new(lanes);
-    let shared = Arc::new(Shared::new(
-        network.connections_max,
+    let connections_max = connections_max_for_descriptors(network)?;
+    let unproven_per_thread_max =
+        (network.connections_unproven_max_resolved(connections_max) / count).max(1);
+    let shared = Arc::new(Shared::with_unproven(
+        connections_max,
+        unproven_per_thread_max.min(connections_max),
         NetMetrics::new(registry),
     ));
     let make_handler = Arc::new(make_handler);
@@ -233,7 +237,11 @@ where
     };
     for (index, (listener, core)) in listeners.into_iter().zip(plan.gateways).enumerate() {
         let settings =
-            ThreadSettings::new(index as u8, ConnLimits::from_config(network), threads.spin);
+            ThreadSettings::new(index as u8, ConnLimits::from_config(network), threads.spin)
+                .with_accept_backoff(
+                    network.accept_backoff_ms,
+                    network.accept_error_log_interval_ms,
+                );
         let context = GatewayContext {
             thread_index: index as u8,
             gateway_threads: count,
@@ -272,6 +280,56 @@ where
     }
     tracing::info!(%local_addr, threads = count, backends = ?handle.backends, "gateways listening");
     Ok(handle)
+}
+
+/// §9: the connections this process can hold: `network.connections_max`, bounded
+/// by the descriptors it may open (RLIMIT_NOFILE, its soft limit first raised to
+/// the hard one) less `network.fds_reserved` for the journal, snapshots, metrics,
+/// rings and listeners. A larger `connections_max` is lowered, with a log line naming
+/// both numbers; a limit that leaves no room for connections is an error.
+pub fn connections_max_for_descriptors(network: &NetworkConfig) -> io::Result<usize> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: as above; raising the soft limit up to the hard one is allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = limit.rlim_max;
+        }
+    }
+    let descriptors = usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX);
+    let room = descriptors.saturating_sub(network.fds_reserved);
+    if room == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the process may open {descriptors} descriptors (RLIMIT_NOFILE) and                  network.fds_reserved keeps {} of them: no room for connections; raise the                  limit (ulimit -n, LimitNOFILE=) or lower network.fds_reserved",
+                network.fds_reserved
+            ),
+        ));
+    }
+    if network.connections_max > room {
+        tracing::warn!(
+            connections_max = network.connections_max,
+            connections_max_used = room,
+            rlimit_nofile = descriptors,
+            fds_reserved = network.fds_reserved,
+            "network.connections_max {} is more than this process can open: lowered to {room}              (RLIMIT_NOFILE {descriptors} less network.fds_reserved {})",
+            network.connections_max,
+            network.fds_reserved
+        );
+        return Ok(room);
+    }
+    Ok(network.connections_max)
 }
 
 fn run_thread<H: FrameHandler>(

@@ -137,6 +137,10 @@ pub(crate) struct UringLoop<'a> {
     touched: Vec<ConnId>,
     kept_answers: Vec<(ConnId, u32)>,
     listener_fd: RawFd,
+    /// The multishot accept is in the kernel (it ends on an error).
+    accept_armed: bool,
+    /// §9: the pause after a failed accept, and its rate-limited log.
+    accept_backoff: driver::AcceptBackoff,
 }
 
 fn build_ring(network: &NetworkConfig, spin: bool, thread: u8) -> io::Result<IoUring> {
@@ -202,7 +206,7 @@ impl<'a> UringLoop<'a> {
             bufs,
             wake_buf: Box::new(0),
             slab: ConnSlab::with_capacity(settings.thread_index, shared.connections_max),
-            settings,
+            settings: settings.clone(),
             shared,
             lane,
             outbox,
@@ -210,6 +214,11 @@ impl<'a> UringLoop<'a> {
             touched: Vec::new(),
             kept_answers: Vec::new(),
             listener_fd: listener.as_raw_fd(),
+            accept_armed: false,
+            accept_backoff: driver::AcceptBackoff::new(
+                settings.accept_backoff_ms,
+                settings.accept_error_log_interval_ms,
+            ),
         };
         this.arm_accept()?;
         this.arm_wake()?;
@@ -231,7 +240,9 @@ impl<'a> UringLoop<'a> {
             .flags(libc::SOCK_CLOEXEC)
             .build()
             .user_data(KIND_ACCEPT << KIND_SHIFT);
-        self.push(entry)
+        self.push(entry)?;
+        self.accept_armed = true;
+        Ok(())
     }
 
     fn arm_wake(&mut self) -> io::Result<()> {
@@ -256,11 +267,24 @@ impl<'a> UringLoop<'a> {
             let wait_ms = if self.settings.spin || kept_work || !self.lane.prepare_sleep() {
                 0
             } else {
-                next_tick_ms.saturating_sub(self.shared.now_ms()).max(1)
+                let now_ms = self.shared.now_ms();
+                let accept_wait_ms = self.accept_backoff.wait_ms(now_ms).unwrap_or(u64::MAX);
+                next_tick_ms
+                    .saturating_sub(now_ms)
+                    .max(1)
+                    .min(accept_wait_ms)
             };
             self.submit_and_wait(wait_ms)?;
             self.lane.awake();
             self.complete(&mut handler)?;
+            // §9: an accept that failed is armed again only after its pause, never in
+            // a loop (each failure would complete at once and spin a core).
+            if self.accept_backoff.retry_due(self.shared.now_ms())
+                && !self.accept_armed
+                && !self.shared.is_shutdown()
+            {
+                self.arm_accept()?;
+            }
             driver::drain_outbox(
                 self.lane,
                 self.outbox,
@@ -275,11 +299,22 @@ impl<'a> UringLoop<'a> {
                 next_tick_ms = now_ms + self.settings.tick_ms;
                 for id in self.slab.ids() {
                     if let Some(entry) = self.slab.get_mut(id) {
-                        if entry.conn.on_tick(now_ms) {
+                        if entry.conn.on_tick(now_ms)
+                            || driver::login_timeout(&mut handler, &mut entry.conn, now_ms)
+                        {
                             self.touched.push(id);
                         }
                     }
                 }
+                // §9: room kept once a flood stops, not only at its next accept.
+                driver::make_room(
+                    &mut handler,
+                    self.shared,
+                    &mut self.slab,
+                    |e| &mut e.conn,
+                    usize::MAX,
+                    &mut self.touched,
+                );
             }
             self.service_touched(&mut handler)?;
             if handler.has_deferred_work() && !self.ring.submission().is_empty() {
@@ -368,13 +403,28 @@ impl<'a> UringLoop<'a> {
         result: i32,
         flags: u32,
     ) -> io::Result<()> {
-        if !cqueue::more(flags) && !self.shared.is_shutdown() {
-            self.arm_accept()?;
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
         }
         if result < 0 {
+            // EMFILE and friends (§9): the multishot accept ended; it is armed again
+            // after a pause (in `run`), and room is made among the connections of
+            // the lowest standing meanwhile.
             let error = io::Error::from_raw_os_error(-result);
-            tracing::warn!(%error, "accept failed");
+            self.accept_backoff
+                .on_error(&error, self.shared.now_ms(), self.shared);
+            driver::make_room(
+                handler,
+                self.shared,
+                &mut self.slab,
+                |e| &mut e.conn,
+                1,
+                &mut self.touched,
+            );
             return Ok(());
+        }
+        if !self.accept_armed && !self.shared.is_shutdown() {
+            self.arm_accept()?;
         }
         // SAFETY: a successful accept returns a new descriptor that we now own.
         let stream = unsafe { TcpStream::from_raw_fd(result) };
@@ -415,6 +465,15 @@ impl<'a> UringLoop<'a> {
         };
         handler.on_open(id, peer);
         self.touched.push(id);
+        // §9: near the limit, the oldest idle connection without MOR goes.
+        driver::make_room(
+            handler,
+            self.shared,
+            &mut self.slab,
+            |e| &mut e.conn,
+            1,
+            &mut self.touched,
+        );
         Ok(())
     }
 

@@ -6,14 +6,14 @@
 use super::shared::{to_engine, to_wire, RouterShared};
 use super::signature_cpu::SignatureOp;
 use crate::metrics::{Stage, StageRecorder};
-use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies};
+use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies, Standing};
 use crate::sequencer::SequencerInput;
 use crossbeam_channel::TrySendError;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use yellowstone_engine::{Command, OfferSpec, ReportOutcome};
+use yellowstone_engine::{Command, MarketError, OfferSpec, ReportOutcome};
 use yellowstone_wire::frame::Frame;
 use yellowstone_wire::messages::{self, signed_digest, Message};
 use yellowstone_wire::signature::{recover_signer, weights_proof_digest, SigError};
@@ -22,6 +22,49 @@ use yellowstone_wire::{codes, Address};
 struct ConnState {
     challenge: [u8; 32],
     address: Option<Address>,
+    /// A command of this connection went to the engine: its sender may be known to
+    /// the engine before the gateways' caches say so (they follow what is durable),
+    /// so the unknown-sender pre-check no longer applies to this connection.
+    forwarded: bool,
+}
+
+/// R-PROV-3: weights proofs checked per second on this gateway thread, at most (a
+/// token bucket refilled continuously, holding one second's worth). Past it a
+/// registration is refused `overloaded` with a retry-after, before any proof is
+/// recovered: what registrations cost the router's CPU is bounded whoever sends them.
+struct ProofBudget {
+    per_s: u64,
+    /// Tokens in thousandths of a proof.
+    milli: u64,
+    refilled_at: Instant,
+}
+
+impl ProofBudget {
+    fn new(per_s: u64) -> ProofBudget {
+        ProofBudget {
+            per_s,
+            milli: per_s.saturating_mul(1_000),
+            refilled_at: Instant::now(),
+        }
+    }
+
+    /// Takes `proofs` tokens if there are that many; false (nothing taken) if not.
+    fn take(&mut self, proofs: u64, now: Instant) -> bool {
+        let elapsed_us = now.saturating_duration_since(self.refilled_at).as_micros() as u64;
+        let capacity = self.per_s.saturating_mul(1_000);
+        self.milli = self
+            .milli
+            .saturating_add(elapsed_us.saturating_mul(self.per_s) / 1_000)
+            .min(capacity);
+        self.refilled_at = now;
+        let needed = proofs.saturating_mul(1_000);
+        debug_assert!(self.milli <= capacity);
+        if needed > self.milli {
+            return false;
+        }
+        self.milli -= needed;
+        true
+    }
 }
 
 /// An authenticated command waiting for the end of the gateway's loop turn.
@@ -41,6 +84,18 @@ const HANDOFF_BATCH_MAX: usize = 64;
 /// and replies sent while new RFCs wait their turn (in the in-flight windows, then
 /// in the sockets: TCP pushes back on the senders).
 const DEFERRED_ADMIT_PER_TURN_MAX: usize = 64;
+
+/// Costly frames admitted per loop turn when no RFC waits (one a turn otherwise).
+const COSTLY_ADMIT_PER_TURN_MAX: usize = 4;
+
+/// The queues of frames admitted at the end of a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// RFCs: after the turn's probe answers and reports.
+    Deferred,
+    /// Registrations (R-PROV-3): after the RFCs.
+    Costly,
+}
 
 const OVERLOADED_REASON: &str = "overloaded, retry after the given delay";
 
@@ -82,6 +137,16 @@ pub struct RouterHandler {
     deferred: VecDeque<Admitted>,
     /// The connections with entries in `deferred`, and how many.
     deferred_conns: HashMap<ConnId, u32>,
+    /// R-PROV-3: costly frames (registrations, one signature recovery per offer),
+    /// and whatever their connection sent after them: admitted after the deferred
+    /// RFCs, one a turn while RFCs wait, so that they never delay RFCs and probe
+    /// answers of others. Bounded like `deferred` by the in-flight windows.
+    costly: VecDeque<Admitted>,
+    costly_conns: HashMap<ConnId, u32>,
+    /// Weights proofs of funded senders' registrations (`network.weights_proofs_per_s`).
+    proofs_funded: ProofBudget,
+    /// Weights proofs of senders without MOR (`network.weights_proofs_unfunded_per_s`).
+    proofs_unfunded: ProofBudget,
 }
 
 /// The route a command moves to its connection (R-ID-6).
@@ -100,8 +165,34 @@ fn route_taken(command: &Command) -> Option<RouteKind> {
     }
 }
 
-/// A refusal before the engine: code, reason.
-type Refused = (u16, String);
+/// A refusal before the engine: code, reason, and the `ErrorReply.detail` (0 but
+/// for the engine's own refusals a pre-check repeats, e.g. a replay's last nonce).
+struct Refused {
+    code: u16,
+    reason: String,
+    detail: u128,
+}
+
+impl From<(u16, String)> for Refused {
+    fn from((code, reason): (u16, String)) -> Refused {
+        Refused {
+            code,
+            reason,
+            detail: 0,
+        }
+    }
+}
+
+impl From<MarketError> for Refused {
+    /// The refusal the engine itself would give: same code, reason and detail.
+    fn from(error: MarketError) -> Refused {
+        Refused {
+            code: error.code(),
+            reason: error.to_string(),
+            detail: error.detail(),
+        }
+    }
+}
 
 /// The refusal of a signature, after `context`. R-ID-7: a signature that recovers
 /// another address (or none) names the network id the router checks against, since
@@ -118,12 +209,16 @@ fn sig_refusal(network_id: u32, error: &SigError, context: String) -> Refused {
              signed for another network id recovers another address)"
         ));
     }
-    (codes::of_sig_error(error), reason)
+    (codes::of_sig_error(error), reason).into()
 }
 
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
         let stages = shared.registry.stage_recorder();
+        let (proofs_funded, proofs_unfunded) = (
+            ProofBudget::new(shared.weights_proofs_per_s),
+            ProofBudget::new(shared.weights_proofs_unfunded_per_s),
+        );
         RouterHandler {
             shared,
             context,
@@ -132,7 +227,77 @@ impl RouterHandler {
             accepted: Vec::with_capacity(HANDOFF_BATCH_MAX),
             deferred: VecDeque::new(),
             deferred_conns: HashMap::new(),
+            costly: VecDeque::new(),
+            costly_conns: HashMap::new(),
+            proofs_funded,
+            proofs_unfunded,
         }
+    }
+
+    /// Whether `address` holds MOR, as the engine last applied it (R-QUOTA-6).
+    fn is_funded(&self, address: &Address) -> bool {
+        self.shared.balances.get(address).is_some_and(|b| *b > 0)
+    }
+
+    /// R-PROV-3, R-ID-4: what is certain to be refused, refused before any
+    /// signature is recovered and before the engine (so never journaled): a sender
+    /// other than the login's, a nonce at or below the last one the engine accepted
+    /// from this address (the cache follows what the engine applied, so it is never
+    /// ahead of it), an operator command from another address, an RFC from an address
+    /// without MOR, and anything but a registration from an address that holds no
+    /// MOR and had nothing accepted (it has no registration, RFC or session).
+    fn precheck(
+        &self,
+        conn: ConnId,
+        address: Address,
+        claimed: Address,
+        nonce: u64,
+        message: &Message,
+    ) -> Result<(), Refused> {
+        if claimed != address {
+            return Err((
+                codes::WRONG_SENDER,
+                format!("signed by {claimed}, but this connection logged in as {address}"),
+            )
+                .into());
+        }
+        if matches!(message, Message::SubscribeBatches(_)) {
+            return Ok(()); // needs no engine and changes nothing
+        }
+        if let Some(nonce_last) = self.shared.nonces.get(&address).map(|n| *n) {
+            if nonce <= nonce_last {
+                return Err(MarketError::Replay { nonce_last }.into());
+            }
+        }
+        match message {
+            Message::BalanceUpdate(_) | Message::SetParams(_) => {
+                if self.shared.operator.is_some_and(|op| op != address) {
+                    return Err(MarketError::NotOperator.into());
+                }
+            }
+            Message::RegisterProvider(_) => {}
+            // R-QUOTA-6: the engine would refuse it too; this spares the engine
+            // thread a sybil flood.
+            Message::Rfc(_) if !self.is_funded(&address) => {
+                return Err(MarketError::ZeroBalance.into())
+            }
+            _ => {
+                let known = self.is_funded(&address)
+                    || self.shared.nonces.contains_key(&address)
+                    || self.conns.get(&conn).is_some_and(|c| c.forwarded);
+                if !known {
+                    return Err((
+                        codes::UNKNOWN_SENDER,
+                        format!(
+                            "{address} holds no MOR and nothing from it was accepted: only a \
+                             RegisterProvider can be applied"
+                        ),
+                    )
+                        .into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Whether the engine's queue is full counting what this turn holds back: the
@@ -143,7 +308,10 @@ impl RouterHandler {
         if matches!(message, Message::SubscribeBatches(_)) {
             return false;
         }
-        let queued = self.shared.inbound.len() + self.accepted.len() + self.deferred.len();
+        let queued = self.shared.inbound.len()
+            + self.accepted.len()
+            + self.deferred.len()
+            + self.costly.len();
         self.shared
             .inbound
             .capacity()
@@ -165,8 +333,11 @@ impl RouterHandler {
             body,
         } = admitted;
         if self.would_overflow(&message) {
-            return Err((codes::OVERLOADED, OVERLOADED_REASON.into()));
+            return Err((codes::OVERLOADED, OVERLOADED_REASON.to_string()).into());
         }
+        // Cheap before costly (R-PROV-3): the sender and whether its message can be
+        // applied at all are known before any signature is recovered.
+        self.precheck(conn, address, claimed, nonce, &message)?;
         let verify_started = Instant::now();
         let verified = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
             message.verify(self.shared.network_id, &body)
@@ -176,12 +347,6 @@ impl RouterHandler {
         }
         self.stages
             .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
-        if claimed != address {
-            return Err((
-                codes::WRONG_SENDER,
-                format!("signed by {claimed}, but this connection logged in as {address}"),
-            ));
-        }
         let is_subscribe = matches!(message, Message::SubscribeBatches(_));
         let Some(command) = self.command_for(conn, address, message, &body)? else {
             // Whatever needs no engine is answered now: nothing stays in flight.
@@ -191,6 +356,9 @@ impl RouterHandler {
                 Outcome::Answered
             });
         };
+        if let Some(state) = self.conns.get_mut(&conn) {
+            state.forwarded = true;
+        }
         self.accepted.push(Accepted {
             conn,
             msg_type,
@@ -206,18 +374,32 @@ impl RouterHandler {
         Ok(Outcome::Accepted)
     }
 
+    /// A lane's queue and its per-connection counts.
+    fn lane(&mut self, lane: Lane) -> (&mut VecDeque<Admitted>, &mut HashMap<ConnId, u32>) {
+        match lane {
+            Lane::Deferred => (&mut self.deferred, &mut self.deferred_conns),
+            Lane::Costly => (&mut self.costly, &mut self.costly_conns),
+        }
+    }
+
     /// Admits up to `budget` deferred messages, oldest first, answering through
     /// the outbox (the frames are still in flight), then hands the commands off.
     fn admit_deferred(&mut self, budget: usize) {
+        self.admit_lane(Lane::Deferred, budget)
+    }
+
+    /// `admit_deferred` for either lane.
+    fn admit_lane(&mut self, lane: Lane, budget: usize) {
         for _ in 0..budget {
-            let Some(admitted) = self.deferred.pop_front() else {
+            let (queue, conns) = self.lane(lane);
+            let Some(admitted) = queue.pop_front() else {
                 break;
             };
             let (conn, msg_type, nonce) = (admitted.conn, admitted.msg_type, admitted.nonce);
-            match self.deferred_conns.get_mut(&conn) {
+            match conns.get_mut(&conn) {
                 Some(count) if *count > 1 => *count -= 1,
                 _ => {
-                    self.deferred_conns.remove(&conn);
+                    conns.remove(&conn);
                 }
             }
             let sent = match self.admit(admitted) {
@@ -229,9 +411,9 @@ impl RouterHandler {
                         .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
                     self.context.outbox.reply(conn, frame)
                 }
-                Err((code, reason)) => {
+                Err(refused) => {
                     let mut frame = Vec::new();
-                    self.error_reply(code, msg_type, nonce, reason)
+                    self.error_reply_with(refused, msg_type, nonce)
                         .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
                     self.context.outbox.reply(conn, frame)
                 }
@@ -241,12 +423,10 @@ impl RouterHandler {
                 self.shared.replies_dropped_total.inc();
             }
         }
+        let (queue, conns) = self.lane(lane);
         debug_assert_eq!(
-            self.deferred_conns
-                .values()
-                .map(|&n| n as usize)
-                .sum::<usize>(),
-            self.deferred.len()
+            conns.values().map(|&n| n as usize).sum::<usize>(),
+            queue.len()
         );
         if !self.accepted.is_empty() {
             self.hand_off();
@@ -324,6 +504,26 @@ impl RouterHandler {
         })
     }
 
+    /// The `ErrorReply` for a refusal before the engine (counted by its code).
+    fn error_reply_with(&self, refused: Refused, ref_msg_type: u16, ref_nonce: u64) -> Message {
+        let mut reply = self.error_reply(refused.code, ref_msg_type, ref_nonce, refused.reason);
+        if let Message::ErrorReply(error) = &mut reply {
+            error.detail = refused.detail;
+        }
+        reply
+    }
+
+    fn refuse_with(
+        &self,
+        replies: &mut Replies<'_>,
+        refused: Refused,
+        ref_msg_type: u16,
+        ref_nonce: u64,
+    ) {
+        let reply = self.error_reply_with(refused, ref_msg_type, ref_nonce);
+        replies.reply_with(|out| reply.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+    }
+
     fn refuse(
         &self,
         replies: &mut Replies<'_>,
@@ -349,8 +549,9 @@ impl RouterHandler {
         if answer.challenge != state.challenge {
             return Err((
                 codes::NOT_ALLOWED,
-                "login answer does not carry this connection's challenge".into(),
-            ));
+                "login answer does not carry this connection's challenge".to_string(),
+            )
+                .into());
         }
         let message = Message::LoginAnswer(answer.clone());
         let address = self
@@ -378,7 +579,54 @@ impl RouterHandler {
         let command = match message {
             Message::RegisterProvider(m) => {
                 if m.endpoint.len() > messages::ENDPOINT_BYTES_MAX {
-                    return Err((codes::BAD_FIELD, "endpoint too long".into()));
+                    return Err((codes::BAD_FIELD, "endpoint too long".to_string()).into());
+                }
+                // R-PROV-3: what the catalog alone refuses costs no proof check.
+                for (i, offer) in m.offers.iter().enumerate() {
+                    match self.shared.models.get(&offer.model_id) {
+                        None => {
+                            return Err(MarketError::UnknownModel {
+                                model: offer.model_id,
+                            }
+                            .into())
+                        }
+                        Some(hash) if *hash != offer.weights_hash => {
+                            return Err(MarketError::WeightsHashMismatch {
+                                model: offer.model_id,
+                            }
+                            .into())
+                        }
+                        Some(_) => {}
+                    }
+                    if m.offers[..i].iter().any(|o| o.model_id == offer.model_id) {
+                        return Err(MarketError::DuplicateModel {
+                            model: offer.model_id,
+                        }
+                        .into());
+                    }
+                }
+                // R-PROV-3: the proofs cost one signature recovery each; their
+                // budget is taken before any is checked, from the unfunded one for
+                // a sender without MOR (sybils compete only among themselves).
+                let funded = self.is_funded(&from);
+                let budget = if funded {
+                    &mut self.proofs_funded
+                } else {
+                    &mut self.proofs_unfunded
+                };
+                if !budget.take(m.offers.len() as u64, Instant::now()) {
+                    return Err((
+                        codes::OVERLOADED,
+                        format!(
+                            "weights proofs: {} offers over this gateway's budget of {} \
+                             proofs a second (network.weights_proofs{}_per_s); retry after \
+                             the given delay",
+                            m.offers.len(),
+                            budget.per_s,
+                            if funded { "" } else { "_unfunded" }
+                        ),
+                    )
+                        .into());
                 }
                 let mut offers = Vec::with_capacity(m.offers.len());
                 for offer in &m.offers {
@@ -442,11 +690,7 @@ impl RouterHandler {
                 probe: m.probe_id,
             },
             Message::Rfc(m) => {
-                // Pre-check (R-QUOTA-6): the engine would refuse it too, but this
-                // spares the journal and the engine thread a sybil flood.
-                if self.shared.balances.get(&from).is_none_or(|b| *b == 0) {
-                    return Err((0x0202, "zero MOR balance: cannot submit requests".into()));
-                }
+                // The zero-balance pre-check ran in `precheck`.
                 Command::SubmitRfc {
                     user: origin,
                     nonce: m.nonce,
@@ -521,7 +765,8 @@ impl RouterHandler {
                 return Err((
                     codes::NOT_ALLOWED,
                     format!("{} is not sent by clients", other.name()),
-                ))
+                )
+                    .into())
             }
         };
         Ok(Some(command))
@@ -536,6 +781,7 @@ impl FrameHandler for RouterHandler {
             ConnState {
                 challenge,
                 address: None,
+                forwarded: false,
             },
         );
         let hello = messages::LoginChallenge {
@@ -580,12 +826,18 @@ impl FrameHandler for RouterHandler {
             (Message::LoginAnswer(answer), _) => {
                 match self.login(conn, answer, &frame.body) {
                     Ok(address) => {
+                        // §9: a funded login is never evicted for room.
+                        replies.set_standing(if self.is_funded(&address) {
+                            Standing::Staked
+                        } else {
+                            Standing::LoggedIn
+                        });
                         let ok = Message::from(messages::LoginOk { address });
                         replies.reply_with(|out| {
                             ok.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
                         });
                     }
-                    Err((code, reason)) => self.refuse(replies, code, msg_type, 0, reason),
+                    Err(refused) => self.refuse_with(replies, refused, msg_type, 0),
                 }
                 return;
             }
@@ -609,7 +861,13 @@ impl FrameHandler for RouterHandler {
                     "log in first: answer the challenge".into(),
                 );
             }
-            (_, Some(address)) => address,
+            (_, Some(address)) => {
+                // Funded since the login (a balance update): staked from now on.
+                if self.is_funded(&address) {
+                    replies.set_standing(Standing::Staked);
+                }
+                address
+            }
         };
         if let Message::MarketStateQuery(query) = &message {
             // R-OPS-3: public figures, answered here from the engine's last
@@ -641,10 +899,22 @@ impl FrameHandler for RouterHandler {
             body: frame.body,
         };
         // New work waits for the end of the turn; what completes sessions already
-        // under way (probe answers, reports of other connections) goes first. A
-        // connection's later commands wait behind its deferred RFC (R-ID-4: nonces
-        // reach the engine in the order sent).
-        if matches!(admitted.message, Message::Rfc(_)) || self.deferred_conns.contains_key(&conn) {
+        // under way (probe answers, reports of other connections) goes first, costly
+        // frames (registrations) last. A connection's later commands wait behind its
+        // queued frame, in the same lane (R-ID-4: nonces reach the engine in the
+        // order sent).
+        let lane = if self.costly_conns.contains_key(&conn) {
+            Some(Lane::Costly)
+        } else if self.deferred_conns.contains_key(&conn) {
+            Some(Lane::Deferred)
+        } else if matches!(admitted.message, Message::RegisterProvider(_)) {
+            Some(Lane::Costly)
+        } else if matches!(admitted.message, Message::Rfc(_)) {
+            Some(Lane::Deferred)
+        } else {
+            None
+        };
+        if let Some(lane) = lane {
             if self.would_overflow(&admitted.message) {
                 // Shed at the door: an RFC the queue cannot take costs no signature.
                 return self.refuse(
@@ -655,8 +925,9 @@ impl FrameHandler for RouterHandler {
                     OVERLOADED_REASON.into(),
                 );
             }
-            *self.deferred_conns.entry(conn).or_default() += 1;
-            self.deferred.push_back(admitted);
+            let (queue, conns) = self.lane(lane);
+            *conns.entry(conn).or_default() += 1;
+            queue.push_back(admitted);
             return;
         }
         match self.admit(admitted) {
@@ -667,7 +938,7 @@ impl FrameHandler for RouterHandler {
                 replies
                     .reply_with(|out| ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
             }
-            Err((code, reason)) => self.refuse(replies, code, msg_type, nonce, reason),
+            Err(refused) => self.refuse_with(replies, refused, msg_type, nonce),
         }
     }
 
@@ -678,11 +949,21 @@ impl FrameHandler for RouterHandler {
         if !self.deferred.is_empty() {
             self.admit_deferred(DEFERRED_ADMIT_PER_TURN_MAX);
         }
-        !self.deferred.is_empty()
+        if !self.costly.is_empty() {
+            // R-PROV-3: after the RFCs; while RFCs wait, one costly frame a turn (so
+            // registrations are never starved, and delay a turn by one at most).
+            let budget = if self.deferred.is_empty() {
+                COSTLY_ADMIT_PER_TURN_MAX
+            } else {
+                1
+            };
+            self.admit_lane(Lane::Costly, budget);
+        }
+        !self.deferred.is_empty() || !self.costly.is_empty()
     }
 
     fn has_deferred_work(&self) -> bool {
-        !self.deferred.is_empty()
+        !self.deferred.is_empty() || !self.costly.is_empty()
     }
 
     fn on_close(&mut self, conn: ConnId, reason: &CloseReason) {
@@ -693,6 +974,9 @@ impl FrameHandler for RouterHandler {
         }
         if self.deferred_conns.contains_key(&conn) {
             self.admit_deferred(self.deferred.len());
+        }
+        if self.costly_conns.contains_key(&conn) {
+            self.admit_lane(Lane::Costly, self.costly.len());
         }
         let Some(state) = self.conns.remove(&conn) else {
             return;
@@ -721,6 +1005,17 @@ impl FrameHandler for RouterHandler {
             Refusal::ConnectionsMax { connections_max } => (
                 codes::TOO_MANY_CONNECTIONS,
                 format!("the router holds its maximum of {connections_max} connections"),
+            ),
+            Refusal::LoginTimeout { login_timeout_ms } => (
+                codes::LOGIN_TIMEOUT,
+                format!("no login within network.login_timeout_ms = {login_timeout_ms} ms"),
+            ),
+            Refusal::Evicted { connections_open } => (
+                codes::EVICTED,
+                format!(
+                    "closed to make room: {connections_open} connections open, near the \
+                     router's limit, and this one was idle without a funded login"
+                ),
             ),
         };
         self.shared.count_rejection(code);

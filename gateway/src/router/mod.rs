@@ -172,7 +172,7 @@ impl Router {
         market.register_metrics(&registry);
         let (inbound_tx, inbound_rx) =
             crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
-        let shared = Arc::new(RouterShared::new(
+        let mut shared = RouterShared::new(
             shared::SharedParts {
                 network_id: config.identity.network_id,
                 router_key: router_key.clone(),
@@ -181,12 +181,25 @@ impl Router {
                 retry_after_ms: config.market.rfc_retry_after_ms,
                 catalog: catalog::CatalogBoard::new(config.model_names()),
                 market: market.clone(),
+                weights_proofs_per_s: config.network.weights_proofs_per_s,
+                weights_proofs_unfunded_per_s: config.network.weights_proofs_unfunded_per_s,
             },
             &registry,
-        ));
-        // A recovered engine knows balances the gateways' pre-check cache does not yet.
+        );
+        shared.models = engine
+            .config()
+            .models
+            .iter()
+            .map(|m| (m.id, m.weights_hash))
+            .collect();
+        let shared = Arc::new(shared);
+        // A recovered engine knows balances and nonces the gateways' pre-check caches
+        // do not yet.
         for (address, balance) in engine.balances() {
             shared.balances.insert(shared::to_wire(address), balance);
+        }
+        for (address, nonce) in engine.nonces() {
+            shared.nonce_accepted(shared::to_wire(address), nonce);
         }
         let handler_shared = shared.clone();
         let gateways = net::start_gateways(
@@ -237,6 +250,14 @@ impl Router {
                 }
             });
         load_balance_snapshot(&config, &shared, &mut sequencer)?;
+        // R-ID-6, R-MATCH-2: the providers' connections died with the previous
+        // process (this one holds none yet): journaled, so replay agrees, and applied
+        // before any client command, so a provider that registers or announces on a
+        // connection of this process is reachable again. Nothing to say to a market
+        // without providers.
+        if sequencer.engine.providers_len() > 0 {
+            sequencer.apply(ORIGIN_INTERNAL, Command::RouterStarted)?;
+        }
         let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
         let engine_core = net::plan_cores(&config.threads, cores).engine;
         let (stopped_tx, engine_stopped) = crossbeam_channel::bounded::<()>(0);

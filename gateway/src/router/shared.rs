@@ -22,6 +22,20 @@ pub struct RouterShared {
     /// recovered engine at start): lets gateways refuse zero-balance RFCs without a
     /// trip to the engine (the engine checks again). Never written from a request.
     pub balances: DashMap<Address, u128>,
+    /// R-ID-4, R-PROV-3: the last nonce the engine accepted per address, as applied
+    /// (accepted commands' deliveries, once durable, and the recovered engine at
+    /// start): lets gateways refuse replays before any signature work and before the
+    /// journal. Never ahead of the engine, never written from a request; one entry
+    /// per engine account at most (`market.accounts_max`).
+    pub nonces: DashMap<Address, u64>,
+    /// The market's models and their weights hashes (fixed for a data directory):
+    /// a registration naming another model or hash is refused before its proofs
+    /// are checked (R-PROV-3).
+    pub models: std::collections::HashMap<u32, [u8; 32]>,
+    /// `network.weights_proofs_per_s`, per gateway thread (R-PROV-3).
+    pub weights_proofs_per_s: u64,
+    /// `network.weights_proofs_unfunded_per_s`, per gateway thread (R-PROV-3).
+    pub weights_proofs_unfunded_per_s: u64,
     pub subscribers: DashMap<ConnId, ()>,
     pub inbound: Sender<SequencerInput>,
     pub retry_after_ms: u32,
@@ -45,6 +59,10 @@ pub struct SharedParts {
     pub retry_after_ms: u32,
     pub catalog: super::catalog::CatalogBoard,
     pub market: Arc<super::market::MarketBoard>,
+    /// `network.weights_proofs_per_s`.
+    pub weights_proofs_per_s: u64,
+    /// `network.weights_proofs_unfunded_per_s`.
+    pub weights_proofs_unfunded_per_s: u64,
 }
 
 impl RouterShared {
@@ -56,6 +74,10 @@ impl RouterShared {
             operator: parts.operator,
             routes: Default::default(),
             balances: Default::default(),
+            nonces: Default::default(),
+            models: Default::default(),
+            weights_proofs_per_s: parts.weights_proofs_per_s,
+            weights_proofs_unfunded_per_s: parts.weights_proofs_unfunded_per_s,
             subscribers: Default::default(),
             inbound: parts.inbound,
             retry_after_ms: parts.retry_after_ms,
@@ -73,6 +95,14 @@ impl RouterShared {
             catalog: parts.catalog,
             registry: registry.clone(),
             market: parts.market,
+        }
+    }
+
+    /// R-ID-4: `nonce` of `address` was accepted by the engine (never lowers it).
+    pub fn nonce_accepted(&self, address: Address, nonce: u64) {
+        let mut entry = self.nonces.entry(address).or_insert(nonce);
+        if *entry < nonce {
+            *entry = nonce;
         }
     }
 

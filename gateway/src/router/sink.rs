@@ -41,7 +41,8 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::Claim { .. } => msg_type::CLAIM,
         Command::Tick
         | Command::ProviderDisconnected { .. }
-        | Command::LoadBalanceSnapshot { .. } => 0,
+        | Command::LoadBalanceSnapshot { .. }
+        | Command::RouterStarted => 0,
     }
 }
 
@@ -142,6 +143,17 @@ impl RouterSink {
 
 impl EffectSink for RouterSink {
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]) {
+        // R-ID-4: the gateways' replay pre-check follows what the engine accepted,
+        // once durable (a crash cannot undo it): an originated command without a
+        // refusal of its own nonce spent that nonce.
+        if let Some((address, nonce)) = command.origin() {
+            let refused = effects.iter().any(|effect| {
+                matches!(effect, Effect::Rejected { to, nonce: n, .. } if *to == address && *n == nonce)
+            });
+            if !refused {
+                self.shared.nonce_accepted(to_wire(address), nonce);
+            }
+        }
         let mut out = Delivery::new(&self.shared, &self.outbox, origin);
         self.send_effects(&mut out, command, effects);
         out.finish();

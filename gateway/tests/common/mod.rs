@@ -27,6 +27,8 @@ pub fn shared(
             market: Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
                 Default::default(),
             )),
+            weights_proofs_per_s: 2_000,
+            weights_proofs_unfunded_per_s: 256,
         },
         registry,
     ))
