@@ -24,6 +24,10 @@ pub struct EmbeddedOptions {
     pub data_dir: Option<PathBuf>,
     /// Length of the run, ms: the first block boundary is about 2 s after it.
     pub run_ms: u64,
+    /// Make that boundary also the end of day 0 (genesis a day before it), so that
+    /// the day's bootstrap bonus (R-CONTRACT-4) is shared out right after the run.
+    /// The router then seals the day's earlier blocks, empty, as it starts.
+    pub day_ends_after_run: bool,
 }
 
 /// A running embedded router.
@@ -38,6 +42,9 @@ pub struct Embedded {
     /// The configuration it runs with (its limits, for the attack scenarios).
     pub config: RouterConfig,
 }
+
+/// A day of blocks (7,200 of 12 s), ms.
+pub const DAY_MS: u64 = 86_400_000;
 
 /// Unix ms now.
 pub fn now_ms() -> u64 {
@@ -69,7 +76,11 @@ pub fn start(
     // Put a block boundary shortly after the run, so its credits are sealed soon.
     let now = now_ms();
     let first_boundary = now + options.run_ms + 2_000;
-    let genesis_ms = first_boundary - 12_000 * first_boundary.saturating_sub(now).div_ceil(12_000);
+    let genesis_ms = if options.day_ends_after_run {
+        first_boundary - DAY_MS
+    } else {
+        first_boundary - 12_000 * first_boundary.saturating_sub(now).div_ceil(12_000)
+    };
     config.market.genesis_ms = genesis_ms;
     config.journal.durability = options.durability.clone();
     let temporary = match &options.data_dir {

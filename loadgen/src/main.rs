@@ -178,6 +178,7 @@ fn embedded_options(args: &Args, run_ms: u64) -> EmbeddedOptions {
         durability: args.durability.clone(),
         data_dir: args.data_dir.clone(),
         run_ms,
+        day_ends_after_run: false,
     }
 }
 

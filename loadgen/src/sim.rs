@@ -81,6 +81,9 @@ pub struct SimConfig {
     pub fail_report_share: f64,
     /// Mean service time per token the users report, in ms.
     pub service_ms_per_token: u64,
+    /// Each reported time is 100 - this to 100 + this (excluded) percent of the mean
+    /// (uniform; at most 99).
+    pub service_jitter_percent: u64,
     pub seed: u64,
     /// How long after the sending window replies may still arrive.
     pub drain: Duration,
@@ -115,6 +118,7 @@ impl Default for SimConfig {
             dead_provider_share: 0.0,
             fail_report_share: 0.02,
             service_ms_per_token: 5,
+            service_jitter_percent: 50,
             seed: 1,
             drain: Duration::from_secs(5),
             genesis_ms: None,
@@ -551,7 +555,8 @@ fn run_user(
                         .record_us(received.duration_since(due).as_micros() as u64);
                 }
                 let tokens = rng.gen_range(1..=ticket.tokens_max);
-                let jitter = rng.gen_range(50..150) as u64;
+                let spread = config.service_jitter_percent.min(99);
+                let jitter = rng.gen_range(100 - spread..100 + spread);
                 let elapsed_ms = tokens * config.service_ms_per_token * jitter / 100;
                 let pass = rng.gen::<f64>() >= config.fail_report_share;
                 // The user holds the session while the provider computes, then reports.

@@ -4,7 +4,7 @@
 //! (R-MATCH-1) and not suspended (R-PERF-4); at the window's end it asks the market
 //! how many offers are suspended (R-OPS-3).
 
-use super::{AttackContext, Conn, Nonces, Window};
+use super::{AttackContext, AttackError, Conn, Nonces, Window};
 use crate::frames::{self, OfferSpec};
 use crate::sim::SideCredits;
 use std::sync::atomic::Ordering;
@@ -42,6 +42,56 @@ pub struct CanaryOutcome {
     pub providers_suspended: Option<u64>,
     /// The canary reports nothing itself.
     pub credits: SideCredits,
+    /// What the credit batches credited it (earned), and what it was owed beyond
+    /// that once day 0 ended: its bootstrap bonus (R-CONTRACT-4). None: not read
+    /// (the run did not wait for its batches, or the claim failed: `bonus_error`).
+    pub credited_wei: Option<u128>,
+    pub bonus_wei: Option<u128>,
+    pub bonus_error: Option<String>,
+}
+
+impl CanaryOutcome {
+    /// Claims everything the canary is owed (`Claim` of 0, R-CLAIM-1) after the day
+    /// ended: the bonus is what it is owed beyond `credited_wei`.
+    pub fn read_bonus(&mut self, addr: std::net::SocketAddr, key: &SigningKey, credited_wei: u128) {
+        if self.registration != Registration::Accepted {
+            return;
+        }
+        self.credited_wei = Some(credited_wei);
+        match claim_owed(addr, key) {
+            Ok(owed) => self.bonus_wei = Some(owed.saturating_sub(credited_wei)),
+            Err(error) => self.bonus_error = Some(error.to_string()),
+        }
+    }
+}
+
+/// Everything `key` is owed, claimed whole (0 when nothing is owed).
+///
+/// Errors: the connection failed, the claim was refused otherwise, or no answer.
+fn claim_owed(addr: std::net::SocketAddr, key: &SigningKey) -> Result<u128, AttackError> {
+    let mut conn = Conn::open(addr, key.clone(), "canary claim")?;
+    let nonce = Nonces::default().next();
+    conn.send(&frames::claim(key, conn.network_id(), nonce, 0))?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match conn.poll(Duration::from_millis(50))? {
+            Some(Message::ClaimAck(ack)) if ack.nonce == nonce => return Ok(ack.amount_wei),
+            Some(Message::ErrorReply(error)) if error.ref_nonce == nonce => {
+                if error.code == codes::NOTHING_OWED {
+                    return Ok(0);
+                }
+                return Err(AttackError::Refused {
+                    what: "canary claim",
+                    code: codes::name(error.code),
+                    reason: error.reason,
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(AttackError::Timeout {
+        what: "canary claim",
+    })
 }
 
 pub struct Canary {

@@ -253,6 +253,9 @@ pub struct Take {
     pub earned_wei: u128,
     /// Addresses whose credit in the batches is the attacker's.
     pub addresses: Vec<Address>,
+    /// What the credit batches credited those addresses (for any session, honest
+    /// users' included); None when the run did not wait for its batches.
+    pub credited_wei: Option<u128>,
     /// Counts by name ("sessions_held", "registrations_placed", ...).
     pub took: BTreeMap<String, u64>,
     /// The router's refusals of the attacker's messages, by error code name.
@@ -490,6 +493,7 @@ struct AttackSide {
     attacker_core: usize,
     attacker: Option<JoinHandle<Result<Take, AttackError>>>,
     begin_tx: Option<mpsc::Sender<Window>>,
+    window: Option<Window>,
     canary: Option<JoinHandle<CanaryOutcome>>,
     take: Option<Take>,
     canary_outcome: Option<CanaryOutcome>,
@@ -564,6 +568,7 @@ impl SideTraffic for AttackSide {
             start: window_start,
             end: window_start + window,
         };
+        self.window = Some(window);
         if let Some(begin) = self.begin_tx.take() {
             let _ = begin.send(window);
         }
@@ -574,6 +579,14 @@ impl SideTraffic for AttackSide {
     }
 
     fn finish(&mut self) -> Result<SideCredits, SideError> {
+        // The users may be done early (all locked out, say): the attacker and the
+        // canary still get their whole window, then stop.
+        if let Some(window) = self.window {
+            let now = Instant::now();
+            if window.end > now {
+                std::thread::sleep(window.end - now);
+            }
+        }
         if let Some(ctx) = &self.ctx {
             ctx.stop.store(true, Ordering::Relaxed);
         }
@@ -648,8 +661,11 @@ fn honest_config(settings: &AttackSettings, genesis_ms: u64) -> SimConfig {
         users: settings.users,
         providers: settings.providers,
         provider_capacity: settings.provider_capacity,
-        // Fail reports come only from the attackers, so a suspension is theirs.
+        // Fail reports come only from the attackers, and honest times stay within
+        // ±20 % of the mean (R-PERF-1 allows 50 % above it), so that a penalty point,
+        // and a suspension, is the attackers' doing.
         fail_report_share: 0.0,
+        service_jitter_percent: 20,
         seed: settings.seed,
         drain: Duration::from_secs(3),
         genesis_ms: Some(genesis_ms),
@@ -694,6 +710,9 @@ fn run_one(
     let operator = SigningKey::from_seed(format!("ys-attack-operator-{}", settings.seed).as_bytes());
     let mut options = settings.embedded.clone();
     options.run_ms = settings.window.as_millis() as u64 + 1_500;
+    // With the batches awaited, day 0 ends right after the run: its bootstrap bonus
+    // is shared out, and the canary's share can be read (R-CONTRACT-4).
+    options.day_ends_after_run = settings.await_batches;
     let honest_connections = settings.users + settings.providers + 2;
     let connections_max = connections_bound(ATTACK_CONNECTIONS_MAX, honest_connections);
     let embedded = embedded::start(&options, &operator, |config: &mut RouterConfig| {
@@ -712,6 +731,7 @@ fn run_one(
         attacker_core: settings.attacker_core.unwrap_or_else(first_allowed_core),
         attacker: None,
         begin_tx: None,
+        window: None,
         canary: None,
         take: None,
         canary_outcome: None,
@@ -722,6 +742,16 @@ fn run_one(
         limits: (ATTACK_PROVIDERS_MAX, connections_max),
     };
     let summary = sim::run_with(&embedded.target, &config, Some(&mut side));
+    if settings.await_batches {
+        if let Some(canary) = side.canary_outcome.as_mut() {
+            let credited = summary
+                .as_ref()
+                .ok()
+                .and_then(|s| s.credited_by_provider.get(&side.canary_key.address()).copied())
+                .unwrap_or(0);
+            canary.read_bonus(embedded.target.addr, &side.canary_key, credited);
+        }
+    }
     let journal_records = embedded
         .metrics_addr
         .and_then(|addr| scrape_metric(addr, "yellowstone_journal_records_total"));
@@ -732,13 +762,13 @@ fn run_one(
     let summary = summary.map_err(AttackError::Sim)?;
     let figures = RunFigures::from_summary(&summary, journal_records, connections_refused);
     let mut take = side.take;
-    if let Some(take) = &mut take {
-        let credited: u128 = take
-            .addresses
-            .iter()
-            .filter_map(|a| summary.credited_by_provider.get(a))
-            .sum();
-        take.add("credited_wei_in_batches", credited.min(u64::MAX as u128) as u64);
+    if let Some(take) = take.as_mut().filter(|_| settings.await_batches) {
+        take.credited_wei = Some(
+            take.addresses
+                .iter()
+                .filter_map(|a| summary.credited_by_provider.get(a))
+                .sum(),
+        );
     }
     Ok((figures, take, side.canary_outcome, side.attack_error))
 }

@@ -16,6 +16,11 @@ pub const THROUGHPUT_RATIO_MIN: f64 = 0.95;
 /// Honest RFC->ticket p99 at most this multiple of the baseline's.
 pub const P99_RATIO_MAX: f64 = 1.5;
 
+/// Refusal flood (R-PROV-3): journal records added beyond the baseline, as a share
+/// of the refused messages sent, above which refusals are taken to be journaled (the
+/// honest traffic's own records differ by a few between two runs).
+pub const REFUSAL_JOURNAL_SHARE_MAX: f64 = 0.05;
+
 /// The honest traffic's figures of one run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunFigures {
@@ -79,6 +84,9 @@ pub struct PairReport {
     /// Wei the attacker was acknowledged as earning on sessions with itself
     /// (decimal string: u128).
     pub earned_wei: String,
+    /// What the credit batches credited the attacker's addresses, for any session
+    /// (decimal wei); None when the run did not wait for its batches.
+    pub attacker_credited_wei: Option<String>,
     /// What the attacker took, by name (and the journal records and refused
     /// connections beyond the baseline's).
     pub took: BTreeMap<String, u64>,
@@ -89,10 +97,48 @@ pub struct PairReport {
     pub honest_refused: Vec<String>,
     /// The same for the baseline run (not empty: the measurement is suspect).
     pub baseline_honest_refused: Vec<String>,
+    /// The canary provider in the baseline and the attacked run.
+    pub baseline_canary: CanaryFigures,
+    pub attacked_canary: CanaryFigures,
     /// The attacker could not carry out its scenario (its error).
     pub attack_error: Option<String>,
     #[serde(skip)]
     earned: u128,
+}
+
+/// What became of the canary provider in one run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CanaryFigures {
+    /// "accepted", "refused: <code>", "connect failed" or "not attempted".
+    pub registration: String,
+    pub matched_sessions: u64,
+    pub suspended: bool,
+    /// Offers suspended in the market at the window's end.
+    pub offers_suspended: Option<u64>,
+    /// Credited on day 0, and its bootstrap bonus (decimal wei; None: not read).
+    pub credited_wei: Option<String>,
+    pub bonus_wei: Option<String>,
+}
+
+impl CanaryFigures {
+    fn of(canary: &Option<CanaryOutcome>) -> CanaryFigures {
+        let Some(c) = canary else {
+            return CanaryFigures::default();
+        };
+        CanaryFigures {
+            registration: match &c.registration {
+                Registration::Accepted => "accepted".into(),
+                Registration::Refused { code, .. } => format!("refused: {code}"),
+                Registration::ConnectFailed(_) => "connect failed".into(),
+                Registration::NotAttempted => "not attempted".into(),
+            },
+            matched_sessions: c.matched_sessions,
+            suspended: c.suspended_notice,
+            offers_suspended: c.providers_suspended,
+            credited_wei: c.credited_wei.map(|w| w.to_string()),
+            bonus_wei: c.bonus_wei.map(|w| w.to_string()),
+        }
+    }
 }
 
 fn honest_refusals(canary: &Option<CanaryOutcome>) -> Vec<String> {
@@ -113,6 +159,14 @@ fn honest_refusals(canary: &Option<CanaryOutcome>) -> Vec<String> {
             out.push(format!("canary provider could not connect: {error}"))
         }
         Registration::NotAttempted => out.push("canary provider never registered".into()),
+    }
+    if let (Some(credited), Some(0)) = (canary.credited_wei, canary.bonus_wei) {
+        if credited > 0 {
+            out.push(format!(
+                "canary provider refused a bootstrap bonus (credited {credited} wei on day 0, \
+                 no bonus)"
+            ));
+        }
     }
     if canary.suspended_notice {
         out.push("canary provider suspended".into());
@@ -154,11 +208,14 @@ impl PairReport {
             throughput_ratio,
             p99_ratio,
             earned_wei: take.earned_wei.to_string(),
+            attacker_credited_wei: take.credited_wei.map(|wei| wei.to_string()),
             earned: take.earned_wei,
             took,
             attacker_refused: take.refused.clone(),
             honest_refused: honest_refusals(&canary),
             baseline_honest_refused: honest_refusals(&base_canary),
+            baseline_canary: CanaryFigures::of(&base_canary),
+            attacked_canary: CanaryFigures::of(&canary),
             attack_error,
             baseline: base,
             attacked: figures,
@@ -279,6 +336,19 @@ impl ScenarioReport {
                 "a funded honest provider was refused: {}",
                 reasons.into_iter().cloned().collect::<Vec<_>>().join("; ")
             ));
+        }
+        if self.kind == Kind::RefusalFlood {
+            // R-PROV-3: a message that changes no state writes nothing to the journal.
+            let refused = self.took.get("signed_refusals_sent").copied().unwrap_or(0)
+                + self.took.get("replays_sent").copied().unwrap_or(0);
+            let added = self.took.get("journal_records_added").copied().unwrap_or(0);
+            if added as f64 > REFUSAL_JOURNAL_SHARE_MAX * refused as f64 {
+                failures.push(format!(
+                    "{refused} refused messages added {added} journal records (target: at most \
+                     {:.0} % of them, the baseline's noise)",
+                    REFUSAL_JOURNAL_SHARE_MAX * 100.0
+                ));
+            }
         }
         if let Some(error) = self.pairs.iter().find_map(|p| p.attack_error.as_ref()) {
             failures.push(format!("the attack could not be carried out: {error}"));
