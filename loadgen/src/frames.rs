@@ -85,8 +85,11 @@ pub fn register_provider(
         .iter()
         .map(|spec| {
             let weights_hash = demo_weights_hash(spec.model_id);
-            let weights_proof =
-                key.sign_digest(&weights_proof_digest(network_id, spec.model_id, &weights_hash));
+            let weights_proof = key.sign_digest(&weights_proof_digest(
+                network_id,
+                spec.model_id,
+                &weights_hash,
+            ));
             Offer {
                 model_id: spec.model_id,
                 unit: 0,

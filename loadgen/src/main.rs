@@ -143,7 +143,8 @@ impl Args {
     }
 
     fn providers(&self) -> usize {
-        self.providers.unwrap_or(if self.attacks() { 8 } else { 16 })
+        self.providers
+            .unwrap_or(if self.attacks() { 8 } else { 16 })
     }
 }
 

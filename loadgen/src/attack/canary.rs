@@ -9,8 +9,9 @@ use crate::frames::{self, OfferSpec};
 use crate::sim::SideCredits;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use yellowstone_wire::{codes, Message, MarketStateQuery, SigningKey, NOTICE_SUSPENDED,
-    NOTICE_UNREACHABLE};
+use yellowstone_wire::{
+    codes, MarketStateQuery, Message, SigningKey, NOTICE_SUSPENDED, NOTICE_UNREACHABLE,
+};
 
 /// The models the canary offers (the honest traffic's).
 const CANARY_MODELS: [u32; 4] = [1, 2, 3, 4];
@@ -22,7 +23,10 @@ const CANARY_CAPACITY: u32 = 2;
 pub enum Registration {
     Accepted,
     /// Refused with this error code name and reason.
-    Refused { code: String, reason: String },
+    Refused {
+        code: String,
+        reason: String,
+    },
     /// It could not connect or log in.
     ConnectFailed(String),
     /// The window closed before it could register.
@@ -138,7 +142,8 @@ impl Canary {
             })
             .collect();
         let nonce = nonces.next();
-        let frame = frames::register_provider(&self.key, network_id, nonce, "127.0.0.1:9001", &offers);
+        let frame =
+            frames::register_provider(&self.key, network_id, nonce, "127.0.0.1:9001", &offers);
         if let Err(error) = conn.send(&frame) {
             outcome.registration = Registration::ConnectFailed(error.to_string());
             return outcome;
@@ -161,9 +166,17 @@ impl Canary {
             return outcome;
         }
         for probe_id in probes {
-            let _ = conn.send(&frames::probe_answer(&self.key, network_id, nonces.next(), probe_id));
+            let _ = conn.send(&frames::probe_answer(
+                &self.key,
+                network_id,
+                nonces.next(),
+                probe_id,
+            ));
         }
-        let query_at = window.end.checked_sub(Duration::from_millis(150)).unwrap_or(window.end);
+        let query_at = window
+            .end
+            .checked_sub(Duration::from_millis(150))
+            .unwrap_or(window.end);
         let mut queried = false;
         let deadline = window.end + Duration::from_secs(1);
         while Instant::now() < deadline && !(queried && outcome.providers_suspended.is_some()) {
@@ -181,7 +194,8 @@ impl Canary {
             };
             match message {
                 Message::Probe(probe) => {
-                    let frame = frames::probe_answer(&self.key, network_id, nonces.next(), probe.probe_id);
+                    let frame =
+                        frames::probe_answer(&self.key, network_id, nonces.next(), probe.probe_id);
                     if conn.send(&frame).is_err() {
                         break;
                     }

@@ -6,7 +6,7 @@
 //! Bounds: `RATE` RFCs a second, at most `COUNT_MAX` (1 MOR's daily quota is 3,000
 //! tokens with the default parameters, so the router stops it near there anyway).
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window, WEI_PER_MOR};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window, WEI_PER_MOR};
 use crate::frames;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -47,7 +47,14 @@ impl Attack for CapacityHoarder {
             while schedule.take_due(now).is_some() {
                 let model = MODELS[i % MODELS.len()];
                 i += 1;
-                let frame = frames::rfc(&self.key, network_id, nonces.next(), model, 1, super::now_ms() + 60_000);
+                let frame = frames::rfc(
+                    &self.key,
+                    network_id,
+                    nonces.next(),
+                    model,
+                    1,
+                    super::now_ms() + 60_000,
+                );
                 conn.send(&frame)?;
                 take.add("rfcs_sent", 1);
             }

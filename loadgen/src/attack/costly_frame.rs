@@ -6,11 +6,13 @@
 //!
 //! Bounds: `RATE` frames a second for the window (the 100/s).
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window, ATTACK_CATALOG_MODELS};
+use super::{
+    pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window, ATTACK_CATALOG_MODELS,
+};
 use crate::frames::{self, OfferSpec};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use yellowstone_wire::{SigningKey, Message, ENDPOINT_BYTES_MAX, OFFERS_MAX};
+use yellowstone_wire::{Message, SigningKey, ENDPOINT_BYTES_MAX, OFFERS_MAX};
 
 const RATE: f64 = 100.0;
 

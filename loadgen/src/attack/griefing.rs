@@ -6,7 +6,7 @@
 //!
 //! Bounds: `RATE` RFCs a second for the window.
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window, WEI_PER_MOR};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window, WEI_PER_MOR};
 use crate::frames::{self, Outcome, ReportFacts};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -49,7 +49,14 @@ impl Attack for GriefingUser {
             while schedule.take_due(now).is_some() {
                 let model = MODELS[i % MODELS.len()];
                 i += 1;
-                let frame = frames::rfc(&self.key, network_id, nonces.next(), model, TOKENS_MAX, super::now_ms() + 10_000);
+                let frame = frames::rfc(
+                    &self.key,
+                    network_id,
+                    nonces.next(),
+                    model,
+                    TOKENS_MAX,
+                    super::now_ms() + 10_000,
+                );
                 conn.send(&frame)?;
                 take.add("rfcs_sent", 1);
             }
@@ -63,7 +70,12 @@ impl Attack for GriefingUser {
                             tokens: 1,
                             outcome: Outcome::Fail,
                         };
-                        conn.send(&frames::report(&self.key, network_id, nonces.next(), &facts))?;
+                        conn.send(&frames::report(
+                            &self.key,
+                            network_id,
+                            nonces.next(),
+                            &facts,
+                        ))?;
                         take.add("fail_reports_sent", 1);
                     }
                     Message::ReportAck(_) => take.add("fail_reports_acknowledged", 1),

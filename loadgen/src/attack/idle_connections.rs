@@ -8,7 +8,7 @@
 //! process, so each connection costs two), opened at most `RATE` a second (an
 //! accept storm is not the point), all closed at the window's end.
 
-use super::{connections_bound, AttackContext, AttackError, Attack, Take, Window};
+use super::{connections_bound, Attack, AttackContext, AttackError, Take, Window};
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -53,7 +53,8 @@ impl Attack for IdleConnections {
                 }
             }
         }
-        self.took.add("idle_connections_held", self.held.len() as u64);
+        self.took
+            .add("idle_connections_held", self.held.len() as u64);
         self.took.add("idle_connects_failed", failures);
         ctx.primed.store(true, Ordering::Relaxed);
         Ok(())

@@ -271,7 +271,10 @@ impl Take {
     }
 
     pub fn refusal(&mut self, code: u16) {
-        *self.refused.entry(codes::name(code).to_string()).or_default() += 1;
+        *self
+            .refused
+            .entry(codes::name(code).to_string())
+            .or_default() += 1;
     }
 }
 
@@ -297,9 +300,7 @@ pub trait Attack: Send {
 pub fn make(kind: Kind, seed: u64, short: bool) -> Box<dyn Attack> {
     match kind {
         Kind::SelfDealing => Box::new(self_dealing::SelfDealing::new(seed)),
-        Kind::SybilRegistrations => {
-            Box::new(sybil_registrations::SybilRegistrations::new(seed))
-        }
+        Kind::SybilRegistrations => Box::new(sybil_registrations::SybilRegistrations::new(seed)),
         Kind::CapacityHoarder => Box::new(capacity_hoarder::CapacityHoarder::new(seed)),
         Kind::CostlyFrame => Box::new(costly_frame::CostlyFrame::new(seed)),
         Kind::RefusalFlood => Box::new(refusal_flood::RefusalFlood::new(seed, short)),
@@ -555,8 +556,14 @@ impl SideTraffic for AttackSide {
             self.begin_tx = Some(begin_tx);
             match ready_rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => return Err(Box::new(error)),
-                Err(_) => return Err(Box::new(AttackError::Timeout { what: "attack setup" })),
+                // The scenario could not be set up (its registration refused, say):
+                // the run goes on as honest traffic and the report says why.
+                Ok(Err(error)) => self.attack_error = Some(error.to_string()),
+                Err(_) => {
+                    return Err(Box::new(AttackError::Timeout {
+                        what: "attack setup",
+                    }))
+                }
             }
         }
         self.ctx = Some(ctx);
@@ -706,8 +713,17 @@ fn run_one(
     settings: &AttackSettings,
     kind: Option<Kind>,
     pair: usize,
-) -> Result<(RunFigures, Option<Take>, Option<CanaryOutcome>, Option<String>), AttackError> {
-    let operator = SigningKey::from_seed(format!("ys-attack-operator-{}", settings.seed).as_bytes());
+) -> Result<
+    (
+        RunFigures,
+        Option<Take>,
+        Option<CanaryOutcome>,
+        Option<String>,
+    ),
+    AttackError,
+> {
+    let operator =
+        SigningKey::from_seed(format!("ys-attack-operator-{}", settings.seed).as_bytes());
     let mut options = settings.embedded.clone();
     options.run_ms = settings.window.as_millis() as u64 + 1_500;
     // With the batches awaited, day 0 ends right after the run: its bootstrap bonus
@@ -747,7 +763,11 @@ fn run_one(
             let credited = summary
                 .as_ref()
                 .ok()
-                .and_then(|s| s.credited_by_provider.get(&side.canary_key.address()).copied())
+                .and_then(|s| {
+                    s.credited_by_provider
+                        .get(&side.canary_key.address())
+                        .copied()
+                })
                 .unwrap_or(0);
             canary.read_bonus(embedded.target.addr, &side.canary_key, credited);
         }

@@ -6,7 +6,7 @@
 //!
 //! Bounds: `RATE` RFCs a second for the window.
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window, WEI_PER_MOR};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window, WEI_PER_MOR};
 use crate::frames::{self, Outcome, ReportFacts};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -53,7 +53,14 @@ impl Attack for QuotaFlood {
                 while schedule.take_due(now).is_some() {
                     let model = MODELS[i % MODELS.len()];
                     i += 1;
-                    let frame = frames::rfc(&self.key, network_id, nonces.next(), model, ctx.tokens_max, super::now_ms() + 10_000);
+                    let frame = frames::rfc(
+                        &self.key,
+                        network_id,
+                        nonces.next(),
+                        model,
+                        ctx.tokens_max,
+                        super::now_ms() + 10_000,
+                    );
                     conn.send(&frame)?;
                     take.add("rfcs_sent", 1);
                 }
@@ -72,7 +79,10 @@ impl Attack for QuotaFlood {
                         };
                         let nonce = nonces.next();
                         conn.send(&frames::report(&self.key, network_id, nonce, &facts))?;
-                        reports.insert(nonce, (ticket.provider, ticket.price_wei_per_token * tokens as u128));
+                        reports.insert(
+                            nonce,
+                            (ticket.provider, ticket.price_wei_per_token * tokens as u128),
+                        );
                     }
                     Message::ReportAck(ack) => {
                         if let Some((provider, _)) = reports.remove(&ack.nonce) {

@@ -8,7 +8,7 @@
 //! Bounds: `SIGNED` (short: `SIGNED_SHORT`) fresh messages then as many replays, at
 //! `RATE` a second, within the window.
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window};
 use crate::frames::{self, Outcome, ReportFacts};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

@@ -172,7 +172,9 @@ fn honest_refusals(canary: &Option<CanaryOutcome>) -> Vec<String> {
         out.push("canary provider suspended".into());
     }
     if let Some(n) = canary.providers_suspended.filter(|&n| n > 0) {
-        out.push(format!("{n} provider offer(s) suspended at the window's end"));
+        out.push(format!(
+            "{n} provider offer(s) suspended at the window's end"
+        ));
     }
     out
 }
@@ -191,9 +193,8 @@ impl PairReport {
         } else {
             0.0
         };
-        let p99_ratio = (figures.sessions > 0).then(|| {
-            figures.rfc_to_ticket_p99_us as f64 / base.rfc_to_ticket_p99_us.max(1) as f64
-        });
+        let p99_ratio = (figures.sessions > 0)
+            .then(|| figures.rfc_to_ticket_p99_us as f64 / base.rfc_to_ticket_p99_us.max(1) as f64);
         let mut took = take.took.clone();
         if let Some(added) = delta(figures.journal_records, base.journal_records) {
             took.insert("journal_records_added".into(), added);
@@ -327,7 +328,9 @@ impl ScenarioReport {
             None => failures.push("no honest session in the attacked runs".into()),
         }
         if earned > 0 {
-            failures.push(format!("the attacker earned {earned} wei dealing with itself"));
+            failures.push(format!(
+                "the attacker earned {earned} wei dealing with itself"
+            ));
         }
         if self.honest_refused {
             let reasons: std::collections::BTreeSet<&String> =
@@ -463,7 +466,11 @@ impl AttackReport {
                     .p99_ratio
                     .map_or("none".to_string(), |r| format!("{r:.2}")),
                 scenario.earned_wei,
-                if scenario.verdict.pass { "pass" } else { "FAIL" },
+                if scenario.verdict.pass {
+                    "pass"
+                } else {
+                    "FAIL"
+                },
                 if took.is_empty() { "-".into() } else { took }
             );
         }
@@ -494,6 +501,19 @@ impl AttackReport {
                             .collect::<Vec<_>>()
                             .join(", ")
                     }
+                );
+                let canary = &pair.attacked_canary;
+                let _ = writeln!(
+                    out,
+                    "    pair {}: canary {} (baseline {}), matched {} time(s), bootstrap bonus {} wei \
+                     (baseline {}); attacker credited {} wei in the batches",
+                    i + 1,
+                    canary.registration,
+                    pair.baseline_canary.registration,
+                    canary.matched_sessions,
+                    canary.bonus_wei.as_deref().unwrap_or("unread"),
+                    pair.baseline_canary.bonus_wei.as_deref().unwrap_or("unread"),
+                    pair.attacker_credited_wei.as_deref().unwrap_or("unread"),
                 );
                 if !pair.baseline_honest_refused.is_empty() {
                     let _ = writeln!(

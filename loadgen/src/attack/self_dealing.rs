@@ -7,7 +7,7 @@
 //!
 //! Bounds: `RFC_RATE` RFCs a second for the window, `CAPACITY` sessions at once.
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window, WEI_PER_MOR};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window, WEI_PER_MOR};
 use crate::frames::{self, OfferSpec, Outcome, ReportFacts};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,7 +16,14 @@ use yellowstone_wire::{codes, msg_type, Address, Message, SigningKey, NOTICE_UNR
 const MODEL: u32 = 1;
 const RFC_RATE: f64 = 20.0;
 const CAPACITY: u32 = 4;
-const TOKENS_MAX: u64 = 100;
+/// TokenMax of the self-dealer's RFCs; it reports every session with all of them.
+pub const TOKENS_MAX: u64 = 100;
+
+/// The self-dealer's bid, wei per token: half the reference price, below every
+/// honest bid (80 %..120 % of it).
+pub fn bid_wei_per_token(reference_price_wei: u128) -> u128 {
+    reference_price_wei / 2
+}
 
 pub struct SelfDealing {
     key: SigningKey,
@@ -45,16 +52,25 @@ impl Attack for SelfDealing {
         let mut provider = Conn::open(ctx.addr, self.key.clone(), "self-dealer (provider)")?;
         let user = Conn::open(ctx.addr, self.key.clone(), "self-dealer (user)")?;
         let nonce = self.nonces.next();
-        // Half the reference price: below every honest bid (80 %..120 % of it).
         let offer = OfferSpec {
             model_id: MODEL,
-            price_wei_per_token: ctx.reference_price_wei / 2,
+            price_wei_per_token: bid_wei_per_token(ctx.reference_price_wei),
             capacity: CAPACITY,
         };
-        let frame =
-            frames::register_provider(&self.key, provider.network_id(), nonce, "127.0.0.1:9666", &[offer]);
+        let frame = frames::register_provider(
+            &self.key,
+            provider.network_id(),
+            nonce,
+            "127.0.0.1:9666",
+            &[offer],
+        );
         provider.send(&frame)?;
-        match provider.await_ack(nonce, Duration::from_secs(5), "self-dealer registration", |_| {})? {
+        match provider.await_ack(
+            nonce,
+            Duration::from_secs(5),
+            "self-dealer registration",
+            |_| {},
+        )? {
             Ok(()) => {}
             Err((code, reason)) => {
                 return Err(AttackError::Refused {
@@ -107,12 +123,20 @@ impl Attack for SelfDealing {
             while let Some(message) = provider.poll(Duration::from_millis(1))? {
                 match message {
                     Message::Probe(probe) => {
-                        let frame =
-                            frames::probe_answer(&self.key, network_id, self.nonces.next(), probe.probe_id);
+                        let frame = frames::probe_answer(
+                            &self.key,
+                            network_id,
+                            self.nonces.next(),
+                            probe.probe_id,
+                        );
                         provider.send(&frame)?;
                     }
                     Message::Notice(notice) if notice.kind == NOTICE_UNREACHABLE => {
-                        provider.send(&frames::provider_announce(&self.key, network_id, self.nonces.next()))?;
+                        provider.send(&frames::provider_announce(
+                            &self.key,
+                            network_id,
+                            self.nonces.next(),
+                        ))?;
                     }
                     Message::ErrorReply(error) => take.refusal(error.code),
                     _ => {}
@@ -146,7 +170,8 @@ impl Attack for SelfDealing {
                             if ack.earned {
                                 take.credits.earned(provider, ack.earned_wei);
                                 if self_dealt {
-                                    take.earned_wei = take.earned_wei.saturating_add(ack.earned_wei);
+                                    take.earned_wei =
+                                        take.earned_wei.saturating_add(ack.earned_wei);
                                     take.add("self_dealt_sessions_credited", 1);
                                 }
                             }

@@ -7,11 +7,11 @@
 //! `ATTACK_PROVIDERS_MAX`), at most `RATE` a second, each on its own connection
 //! closed after the answer.
 
-use super::{pacer, AttackContext, AttackError, Attack, Conn, Nonces, Take, Window};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window};
 use crate::frames::{self, OfferSpec};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use yellowstone_wire::{SigningKey, Message, NOTICE_UNFUNDED};
+use yellowstone_wire::{Message, SigningKey, NOTICE_UNFUNDED};
 
 const RATE: f64 = 2_000.0;
 
@@ -35,10 +35,16 @@ impl Attack for SybilRegistrations {
         while window.open(&ctx.stop) && !schedule.exhausted() {
             let now = Instant::now();
             if schedule.take_due(now).is_none() {
-                std::thread::sleep(schedule.wait(now).unwrap_or_default().min(Duration::from_millis(5)));
+                std::thread::sleep(
+                    schedule
+                        .wait(now)
+                        .unwrap_or_default()
+                        .min(Duration::from_millis(5)),
+                );
                 continue;
             }
-            let key = SigningKey::from_seed(format!("ys-attack-sybil-{}-{index}", self.seed).as_bytes());
+            let key =
+                SigningKey::from_seed(format!("ys-attack-sybil-{}-{index}", self.seed).as_bytes());
             index += 1;
             let mut conn = match Conn::open(ctx.addr, key.clone(), "sybil") {
                 Ok(conn) => conn,
@@ -53,7 +59,8 @@ impl Attack for SybilRegistrations {
                 price_wei_per_token: ctx.reference_price_wei / 10,
                 capacity: 1,
             };
-            let frame = frames::register_provider(&key, conn.network_id(), nonce, "127.0.0.1:9", &[offer]);
+            let frame =
+                frames::register_provider(&key, conn.network_id(), nonce, "127.0.0.1:9", &[offer]);
             conn.send(&frame)?;
             let mut unfunded_notice = false;
             match conn.await_ack(nonce, Duration::from_secs(2), "sybil registration", |m| {
