@@ -985,7 +985,7 @@ pub fn run_with(
         users_unconnected += u64::from(user.connect_failed);
     }
     // The side traffic stops; what it was told it earned is expected like the users'.
-    if let Some(side) = side.as_deref_mut() {
+    if let Some(side) = side {
         let credits = side
             .finish()
             .map_err(|error| format!("side traffic: {error}"))?;
@@ -1012,7 +1012,10 @@ pub fn run_with(
         .genesis_ms
         .map(|g| last_ack_ms.saturating_sub(g) / 12_000);
     let started_wait = Instant::now();
-    while config.await_batches {
+    loop {
+        if !config.await_batches {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
         if subscriber.is_finished() || Instant::now() >= wait_until {
             break;

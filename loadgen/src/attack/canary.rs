@@ -74,7 +74,7 @@ impl CanaryOutcome {
 /// Errors: the connection failed, the claim was refused otherwise, or no answer.
 fn claim_owed(addr: std::net::SocketAddr, key: &SigningKey) -> Result<u128, AttackError> {
     let mut conn = Conn::open(addr, key.clone(), "canary claim")?;
-    let nonce = Nonces::default().next();
+    let nonce = Nonces::default().fresh();
     conn.send(&frames::claim(key, conn.network_id(), nonce, 0))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -141,7 +141,7 @@ impl Canary {
                 capacity: CANARY_CAPACITY,
             })
             .collect();
-        let nonce = nonces.next();
+        let nonce = nonces.fresh();
         let frame =
             frames::register_provider(&self.key, network_id, nonce, "127.0.0.1:9001", &offers);
         if let Err(error) = conn.send(&frame) {
@@ -169,7 +169,7 @@ impl Canary {
             let _ = conn.send(&frames::probe_answer(
                 &self.key,
                 network_id,
-                nonces.next(),
+                nonces.fresh(),
                 probe_id,
             ));
         }
@@ -195,7 +195,7 @@ impl Canary {
             match message {
                 Message::Probe(probe) => {
                     let frame =
-                        frames::probe_answer(&self.key, network_id, nonces.next(), probe.probe_id);
+                        frames::probe_answer(&self.key, network_id, nonces.fresh(), probe.probe_id);
                     if conn.send(&frame).is_err() {
                         break;
                     }
@@ -207,7 +207,7 @@ impl Canary {
                     outcome.suspended_notice = true;
                 }
                 Message::Notice(notice) if notice.kind == NOTICE_UNREACHABLE => {
-                    let frame = frames::provider_announce(&self.key, network_id, nonces.next());
+                    let frame = frames::provider_announce(&self.key, network_id, nonces.fresh());
                     if conn.send(&frame).is_err() {
                         break;
                     }

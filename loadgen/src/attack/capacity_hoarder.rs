@@ -50,7 +50,7 @@ impl Attack for CapacityHoarder {
                 let frame = frames::rfc(
                     &self.key,
                     network_id,
-                    nonces.next(),
+                    nonces.fresh(),
                     model,
                     1,
                     super::now_ms() + 60_000,

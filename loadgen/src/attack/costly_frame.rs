@@ -43,7 +43,7 @@ impl Attack for CostlyFrame {
         let frame = frames::register_provider(
             &self.key,
             conn.network_id(),
-            Nonces::default().next(),
+            Nonces::default().fresh(),
             &endpoint,
             &offers,
         );

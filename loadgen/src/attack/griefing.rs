@@ -52,7 +52,7 @@ impl Attack for GriefingUser {
                 let frame = frames::rfc(
                     &self.key,
                     network_id,
-                    nonces.next(),
+                    nonces.fresh(),
                     model,
                     TOKENS_MAX,
                     super::now_ms() + 10_000,
@@ -73,7 +73,7 @@ impl Attack for GriefingUser {
                         conn.send(&frames::report(
                             &self.key,
                             network_id,
-                            nonces.next(),
+                            nonces.fresh(),
                             &facts,
                         ))?;
                         take.add("fail_reports_sent", 1);

@@ -27,7 +27,7 @@ use crate::embedded::{self, EmbeddedOptions};
 use crate::rate::Schedule;
 use crate::sim::{self, SideCredits, SideError, SideTraffic, SimConfig, Target};
 use canary::{Canary, CanaryOutcome};
-use report::{AttackReport, PairReport, RunFigures, ScenarioReport};
+use report::{AttackReport, PairReport, RunFigures, RunResult, ScenarioReport};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -468,7 +468,8 @@ impl Default for Nonces {
 }
 
 impl Nonces {
-    pub fn next(&mut self) -> u64 {
+    /// The next nonce, above every one issued.
+    pub fn fresh(&mut self) -> u64 {
         self.0 += 1;
         self.0
     }
@@ -713,15 +714,7 @@ fn run_one(
     settings: &AttackSettings,
     kind: Option<Kind>,
     pair: usize,
-) -> Result<
-    (
-        RunFigures,
-        Option<Take>,
-        Option<CanaryOutcome>,
-        Option<String>,
-    ),
-    AttackError,
-> {
+) -> Result<RunResult, AttackError> {
     let operator =
         SigningKey::from_seed(format!("ys-attack-operator-{}", settings.seed).as_bytes());
     let mut options = settings.embedded.clone();

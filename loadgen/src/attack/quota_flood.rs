@@ -56,7 +56,7 @@ impl Attack for QuotaFlood {
                     let frame = frames::rfc(
                         &self.key,
                         network_id,
-                        nonces.next(),
+                        nonces.fresh(),
                         model,
                         ctx.tokens_max,
                         super::now_ms() + 10_000,
@@ -77,7 +77,7 @@ impl Attack for QuotaFlood {
                             tokens,
                             outcome: Outcome::Pass,
                         };
-                        let nonce = nonces.next();
+                        let nonce = nonces.fresh();
                         conn.send(&frames::report(&self.key, network_id, nonce, &facts))?;
                         reports.insert(
                             nonce,

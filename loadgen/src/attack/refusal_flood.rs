@@ -47,7 +47,7 @@ impl Attack for RefusalFlood {
             let now = Instant::now();
             while schedule.take_due(now).is_some() {
                 if sent < self.signed {
-                    let nonce = nonces.next();
+                    let nonce = nonces.fresh();
                     last = match sent % 4 {
                         0 => frames::provider_announce(&self.key, network_id, nonce),
                         1 => frames::claim(&self.key, network_id, nonce, 0),

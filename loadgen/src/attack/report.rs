@@ -447,8 +447,8 @@ impl AttackReport {
         );
         let _ = writeln!(
             out,
-            "\n  {:<20} {:>7} {:>7} {:>12}  {:<8} {}",
-            "scenario", "thru", "p99", "earned wei", "verdict", "attackers took"
+            "\n  {:<20} {:>7} {:>7} {:>12}  {:<8} attackers took",
+            "scenario", "thru", "p99", "earned wei", "verdict"
         );
         for scenario in &self.scenarios {
             let took = scenario

@@ -51,7 +51,7 @@ impl Attack for SelfDealing {
     fn prepare(&mut self, ctx: &AttackContext) -> Result<(), AttackError> {
         let mut provider = Conn::open(ctx.addr, self.key.clone(), "self-dealer (provider)")?;
         let user = Conn::open(ctx.addr, self.key.clone(), "self-dealer (user)")?;
-        let nonce = self.nonces.next();
+        let nonce = self.nonces.fresh();
         let offer = OfferSpec {
             model_id: MODEL,
             price_wei_per_token: bid_wei_per_token(ctx.reference_price_wei),
@@ -111,7 +111,7 @@ impl Attack for SelfDealing {
                     let frame = frames::rfc(
                         &self.key,
                         network_id,
-                        self.nonces.next(),
+                        self.nonces.fresh(),
                         MODEL,
                         TOKENS_MAX,
                         super::now_ms() + 10_000,
@@ -126,7 +126,7 @@ impl Attack for SelfDealing {
                         let frame = frames::probe_answer(
                             &self.key,
                             network_id,
-                            self.nonces.next(),
+                            self.nonces.fresh(),
                             probe.probe_id,
                         );
                         provider.send(&frame)?;
@@ -135,7 +135,7 @@ impl Attack for SelfDealing {
                         provider.send(&frames::provider_announce(
                             &self.key,
                             network_id,
-                            self.nonces.next(),
+                            self.nonces.fresh(),
                         ))?;
                     }
                     Message::ErrorReply(error) => take.refusal(error.code),
@@ -160,7 +160,7 @@ impl Attack for SelfDealing {
                             tokens: ticket.tokens_max,
                             outcome: Outcome::Pass,
                         };
-                        let nonce = self.nonces.next();
+                        let nonce = self.nonces.fresh();
                         user.send(&frames::report(&self.key, network_id, nonce, &facts))?;
                         let most = ticket.price_wei_per_token * ticket.tokens_max as u128;
                         reports.insert(nonce, (ticket.provider, most, self_dealt));

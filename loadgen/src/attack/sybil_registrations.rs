@@ -53,7 +53,7 @@ impl Attack for SybilRegistrations {
                     continue;
                 }
             };
-            let nonce = Nonces::default().next();
+            let nonce = Nonces::default().fresh();
             let offer = OfferSpec {
                 model_id: 1,
                 price_wei_per_token: ctx.reference_price_wei / 10,
