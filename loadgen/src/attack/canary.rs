@@ -74,7 +74,7 @@ impl CanaryOutcome {
 /// Errors: the connection failed, the claim was refused otherwise, or no answer.
 fn claim_owed(addr: std::net::SocketAddr, key: &SigningKey) -> Result<u128, AttackError> {
     let mut conn = Conn::open(addr, key.clone(), "canary claim")?;
-    let nonce = Nonces::default().fresh();
+    let nonce = conn.client.next_nonce();
     conn.send(&frames::claim(key, conn.network_id(), nonce, 0))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -131,7 +131,7 @@ impl Canary {
             }
         };
         let network_id = conn.network_id();
-        let mut nonces = Nonces::default();
+        let mut nonces = Nonces::after(&mut conn.client);
         // Below every simulated provider (their bids are 80 %..120 % of the reference).
         let offers: Vec<OfferSpec> = CANARY_MODELS
             .iter()

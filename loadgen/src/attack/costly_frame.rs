@@ -6,9 +6,7 @@
 //!
 //! Bounds: `RATE` frames a second for the window (the 100/s).
 
-use super::{
-    pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window, ATTACK_CATALOG_MODELS,
-};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Take, Window, ATTACK_CATALOG_MODELS};
 use crate::frames::{self, OfferSpec};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -43,7 +41,7 @@ impl Attack for CostlyFrame {
         let frame = frames::register_provider(
             &self.key,
             conn.network_id(),
-            Nonces::default().fresh(),
+            conn.client.next_nonce(),
             &endpoint,
             &offers,
         );

@@ -38,7 +38,7 @@ impl Attack for GriefingUser {
         let mut take = Take::default();
         let mut conn = Conn::open(ctx.addr, self.key.clone(), "griefer")?;
         let network_id = conn.network_id();
-        let mut nonces = Nonces::default();
+        let mut nonces = Nonces::after(&mut conn.client);
         let mut failed: BTreeMap<Address, u64> = BTreeMap::new();
         ctx.primed.store(true, Ordering::Relaxed);
         window.wait_start(&ctx.stop);

@@ -4,7 +4,7 @@
 //! a report of what the attack cost honest traffic and what the attacker took.
 //!
 //! Each scenario is one file: `self_dealing` (R-MATCH-7), `sybil_registrations`
-//! (R-PROV-2), `capacity_hoarder` (R-SESSION-1), `costly_frame` (R-PROV-3),
+//! (R-PROV-2, and R-CONTRACT-4 as `sybil-bootstrap`), `capacity_hoarder` (R-SESSION-1), `costly_frame` (R-PROV-3),
 //! `refusal_flood` (R-PROV-3), `griefing` (R-PERF-4), `idle_connections` (R-PROV-3,
 //! SPEC section 9) and `quota_flood` (R-QUOTA-5). Each is bounded in rate, count and
 //! time (its window), and runs on one thread pinned to one core (`pin_to_core`), so
@@ -48,6 +48,7 @@ pub const WEI_PER_MOR: u128 = sim::WEI_PER_MOR;
 pub enum Kind {
     SelfDealing,
     SybilRegistrations,
+    SybilBootstrap,
     CapacityHoarder,
     CostlyFrame,
     RefusalFlood,
@@ -57,9 +58,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::SelfDealing,
         Kind::SybilRegistrations,
+        Kind::SybilBootstrap,
         Kind::CapacityHoarder,
         Kind::CostlyFrame,
         Kind::RefusalFlood,
@@ -72,6 +74,7 @@ impl Kind {
         match self {
             Kind::SelfDealing => "self-dealing",
             Kind::SybilRegistrations => "sybil-registrations",
+            Kind::SybilBootstrap => "sybil-bootstrap",
             Kind::CapacityHoarder => "capacity-hoarder",
             Kind::CostlyFrame => "costly-frame",
             Kind::RefusalFlood => "refusal-flood",
@@ -85,7 +88,8 @@ impl Kind {
     pub fn case(self) -> &'static str {
         match self {
             Kind::SelfDealing => "R-MATCH-7, case 1",
-            Kind::SybilRegistrations => "R-PROV-2, cases 2-3",
+            Kind::SybilRegistrations => "R-PROV-2, case 2",
+            Kind::SybilBootstrap => "R-CONTRACT-4, case 3",
             Kind::CapacityHoarder => "R-SESSION-1, case 4",
             Kind::CostlyFrame => "R-PROV-3, case 5",
             Kind::RefusalFlood => "R-PROV-3, case 6",
@@ -300,7 +304,14 @@ pub trait Attack: Send {
 pub fn make(kind: Kind, seed: u64, short: bool) -> Box<dyn Attack> {
     match kind {
         Kind::SelfDealing => Box::new(self_dealing::SelfDealing::new(seed)),
-        Kind::SybilRegistrations => Box::new(sybil_registrations::SybilRegistrations::new(seed)),
+        Kind::SybilRegistrations => Box::new(sybil_registrations::SybilRegistrations::new(
+            seed,
+            sybil_registrations::Goal::ProvidersMax,
+        )),
+        Kind::SybilBootstrap => Box::new(sybil_registrations::SybilRegistrations::new(
+            seed,
+            sybil_registrations::Goal::BootstrapSlots,
+        )),
         Kind::CapacityHoarder => Box::new(capacity_hoarder::CapacityHoarder::new(seed)),
         Kind::CostlyFrame => Box::new(costly_frame::CostlyFrame::new(seed)),
         Kind::RefusalFlood => Box::new(refusal_flood::RefusalFlood::new(seed, short)),
@@ -451,23 +462,18 @@ impl Conn {
     }
 }
 
-/// A nonce counter for one address (R-ID-4: strictly increasing), started from the
-/// clock as the shipped client does.
+/// A nonce counter for one address (R-ID-4: strictly increasing), shared by the
+/// connections of that address, and started where the shipped client starts its own
+/// (`Client::next_nonce`), so that the attackers follow the client's nonce rules.
 #[derive(Debug)]
 pub struct Nonces(u64);
 
-impl Default for Nonces {
-    fn default() -> Self {
-        Nonces(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or(1),
-        )
-    }
-}
-
 impl Nonces {
+    /// Starts at `client`'s next nonce.
+    pub fn after(client: &mut Client) -> Nonces {
+        Nonces(client.next_nonce().saturating_sub(1))
+    }
+
     /// The next nonce, above every one issued.
     pub fn fresh(&mut self) -> u64 {
         self.0 += 1;

@@ -37,7 +37,7 @@ impl Attack for QuotaFlood {
         let mut take = Take::default();
         let mut conn = Conn::open(ctx.addr, self.key.clone(), "quota flooder")?;
         let network_id = conn.network_id();
-        let mut nonces = Nonces::default();
+        let mut nonces = Nonces::after(&mut conn.client);
         let mut reports: HashMap<u64, (Address, u128)> = HashMap::new();
         ctx.primed.store(true, Ordering::Relaxed);
         window.wait_start(&ctx.stop);

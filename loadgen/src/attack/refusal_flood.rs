@@ -37,7 +37,7 @@ impl Attack for RefusalFlood {
         let mut take = Take::default();
         let mut conn = Conn::open(ctx.addr, self.key.clone(), "refusal flood")?;
         let network_id = conn.network_id();
-        let mut nonces = Nonces::default();
+        let mut nonces = Nonces::after(&mut conn.client);
         ctx.primed.store(true, Ordering::Relaxed);
         window.wait_start(&ctx.stop);
         let mut schedule = pacer(window.start, RATE, 2 * self.signed);

@@ -29,7 +29,8 @@ pub struct SelfDealing {
     key: SigningKey,
     provider: Option<Conn>,
     user: Option<Conn>,
-    nonces: Nonces,
+    /// Both connections' (one address): set once the provider connection is open.
+    nonces: Option<Nonces>,
 }
 
 impl SelfDealing {
@@ -38,7 +39,7 @@ impl SelfDealing {
             key: SigningKey::from_seed(format!("ys-attack-self-dealer-{seed}").as_bytes()),
             provider: None,
             user: None,
-            nonces: Nonces::default(),
+            nonces: None,
         }
     }
 }
@@ -51,7 +52,8 @@ impl Attack for SelfDealing {
     fn prepare(&mut self, ctx: &AttackContext) -> Result<(), AttackError> {
         let mut provider = Conn::open(ctx.addr, self.key.clone(), "self-dealer (provider)")?;
         let user = Conn::open(ctx.addr, self.key.clone(), "self-dealer (user)")?;
-        let nonce = self.nonces.fresh();
+        let mut nonces = Nonces::after(&mut provider.client);
+        let nonce = nonces.fresh();
         let offer = OfferSpec {
             model_id: MODEL,
             price_wei_per_token: bid_wei_per_token(ctx.reference_price_wei),
@@ -80,6 +82,7 @@ impl Attack for SelfDealing {
                 })
             }
         }
+        self.nonces = Some(nonces);
         self.provider = Some(provider);
         self.user = Some(user);
         ctx.primed.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -87,7 +90,9 @@ impl Attack for SelfDealing {
     }
 
     fn run(&mut self, ctx: &AttackContext, window: Window) -> Result<Take, AttackError> {
-        let (Some(mut provider), Some(mut user)) = (self.provider.take(), self.user.take()) else {
+        let (Some(mut provider), Some(mut user), Some(mut nonces)) =
+            (self.provider.take(), self.user.take(), self.nonces.take())
+        else {
             return Ok(Take::default());
         };
         let me = self.key.address();
@@ -111,7 +116,7 @@ impl Attack for SelfDealing {
                     let frame = frames::rfc(
                         &self.key,
                         network_id,
-                        self.nonces.fresh(),
+                        nonces.fresh(),
                         MODEL,
                         TOKENS_MAX,
                         super::now_ms() + 10_000,
@@ -126,7 +131,7 @@ impl Attack for SelfDealing {
                         let frame = frames::probe_answer(
                             &self.key,
                             network_id,
-                            self.nonces.fresh(),
+                            nonces.fresh(),
                             probe.probe_id,
                         );
                         provider.send(&frame)?;
@@ -135,7 +140,7 @@ impl Attack for SelfDealing {
                         provider.send(&frames::provider_announce(
                             &self.key,
                             network_id,
-                            self.nonces.fresh(),
+                            nonces.fresh(),
                         ))?;
                     }
                     Message::ErrorReply(error) => take.refusal(error.code),
@@ -160,7 +165,7 @@ impl Attack for SelfDealing {
                             tokens: ticket.tokens_max,
                             outcome: Outcome::Pass,
                         };
-                        let nonce = self.nonces.fresh();
+                        let nonce = nonces.fresh();
                         user.send(&frames::report(&self.key, network_id, nonce, &facts))?;
                         let most = ticket.price_wei_per_token * ticket.tokens_max as u128;
                         reports.insert(nonce, (ticket.provider, most, self_dealt));

@@ -1,27 +1,41 @@
-//! Unfunded sybil registrations (issue 27 cases 2 and 3, R-PROV-2, R-CONTRACT-4):
-//! fresh keys without MOR each log in and register as a provider of model 1, as many
-//! as the router's `providers_max`, then the canary (a funded honest provider)
-//! registers and must still be accepted and matched.
+//! Unfunded sybil registrations: fresh keys without MOR each log in and register as
+//! a provider of model 1, then the canary (a funded honest provider) registers. As
+//! `sybil-registrations` (issue 27 case 2, R-PROV-2) they are as many as the
+//! router's `providers_max`, and the canary must still be accepted and matched; as
+//! `sybil-bootstrap` (case 3, R-CONTRACT-4) they are as many as the bootstrap slots
+//! (`bootstrap_providers_max`, 100), and the canary, which serves sessions on day 0,
+//! must still get a share of the day's bootstrap bonus.
 //!
-//! Bounds: `providers_max` registrations (the attack runs lower it to
+//! Bounds: that many registrations (the attack runs lower `providers_max` to
 //! `ATTACK_PROVIDERS_MAX`), at most `RATE` a second, each on its own connection
 //! closed after the answer.
 
-use super::{pacer, Attack, AttackContext, AttackError, Conn, Nonces, Take, Window};
+use super::{pacer, Attack, AttackContext, AttackError, Conn, Take, Window};
 use crate::frames::{self, OfferSpec};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+use yellowstone_engine::MarketConfig;
 use yellowstone_wire::{Message, SigningKey, NOTICE_UNFUNDED};
 
 const RATE: f64 = 2_000.0;
 
+/// How many sybils register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// The router's `providers_max`.
+    ProvidersMax,
+    /// The engine's `bootstrap_providers_max` (R-CONTRACT-4).
+    BootstrapSlots,
+}
+
 pub struct SybilRegistrations {
     seed: u64,
+    goal: Goal,
 }
 
 impl SybilRegistrations {
-    pub fn new(seed: u64) -> SybilRegistrations {
-        SybilRegistrations { seed }
+    pub fn new(seed: u64, goal: Goal) -> SybilRegistrations {
+        SybilRegistrations { seed, goal }
     }
 }
 
@@ -29,7 +43,10 @@ impl Attack for SybilRegistrations {
     fn run(&mut self, ctx: &AttackContext, window: Window) -> Result<Take, AttackError> {
         let mut take = Take::default();
         window.wait_start(&ctx.stop);
-        let count = u64::from(ctx.providers_max);
+        let count = u64::from(match self.goal {
+            Goal::ProvidersMax => ctx.providers_max,
+            Goal::BootstrapSlots => MarketConfig::default().bootstrap_providers_max,
+        });
         let mut schedule = pacer(window.start, RATE, count);
         let mut index = 0u64;
         while window.open(&ctx.stop) && !schedule.exhausted() {
@@ -53,7 +70,7 @@ impl Attack for SybilRegistrations {
                     continue;
                 }
             };
-            let nonce = Nonces::default().fresh();
+            let nonce = conn.client.next_nonce();
             let offer = OfferSpec {
                 model_id: 1,
                 price_wei_per_token: ctx.reference_price_wei / 10,
