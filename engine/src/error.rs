@@ -413,7 +413,7 @@ impl MarketError {
                 | MarketError::CreditOverflow { .. }
                 | MarketError::InvalidParamSet { .. }
                 | MarketError::NonceGap { .. } => {}
-                | MarketError::UserSessionsFull { .. }
+                MarketError::UserSessionsFull { .. }
                 | MarketError::TtftOverElapsed { .. }
                 | MarketError::PromptTokensOverMax { .. }
                 | MarketError::SessionNotStarted { .. }

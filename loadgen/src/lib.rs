@@ -5,7 +5,13 @@
 //! - `report`: the text report, the `--json` summary and the self-check verdict.
 //! - `plot`: the `--plot` SVG of the latency spectrum.
 //! - `ping`: the ping mode (`--ping-connections`), the router's network path alone.
+//! - `frames`: every message the load generator signs, built in one place.
+//! - `embedded`: the router started inside the process for a run.
+//! - `attack`: the hostile scenarios (`--scenario attacks`, issue 27) and their report.
 
+pub mod attack;
+pub mod embedded;
+pub mod frames;
 pub mod latency;
 pub mod ping;
 pub mod plot;

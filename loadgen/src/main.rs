@@ -4,9 +4,8 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
-use yellowstone_gateway::config::Backend;
-use yellowstone_gateway::router::config::RouterConfig;
-use yellowstone_gateway::router::start_from_config;
+use yellowstone_loadgen::attack::{run_attacks, AttackSettings, Kind};
+use yellowstone_loadgen::embedded::{self, EmbeddedOptions};
 use yellowstone_loadgen::ping::PingConfig;
 use yellowstone_loadgen::plot::write_spectrum_svg;
 use yellowstone_loadgen::sim::{self, Scenario, SimConfig, Target};
@@ -19,19 +18,41 @@ use yellowstone_wire::SigningKey;
     about = "Load generator for the Yellowstone router: simulated users and providers over the real protocol, with real signatures."
 )]
 struct Args {
-    /// Length of the sending window, in seconds.
-    #[arg(long, default_value_t = 10)]
-    duration: u64,
-    /// Target RFC rate per second (open loop, coordinated-omission corrected).
-    #[arg(long, default_value_t = 2000.0)]
-    rate: f64,
-    /// steady, burst, overload, churn or sybil.
+    /// Length of the sending window, in seconds (default 10; attacks: 3 per run,
+    /// --short 1).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Target RFC rate per second (open loop, coordinated-omission corrected; default
+    /// 2000; attacks: the honest traffic's, 400, --short 200).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// steady, burst, overload, churn or sybil; or attacks: every hostile scenario of
+    /// issue 27 beside honest traffic, each paired with baseline runs (see README).
     #[arg(long, default_value = "steady")]
     scenario: String,
-    #[arg(long, default_value_t = 32)]
-    users: usize,
-    #[arg(long, default_value_t = 16)]
-    providers: usize,
+    /// Simulated users (default 32; attacks: 16).
+    #[arg(long)]
+    users: Option<usize>,
+    /// Simulated providers (default 16; attacks: 8).
+    #[arg(long)]
+    providers: Option<usize>,
+    /// Attacks: pairs of runs (baseline, attacked) per scenario; the report takes
+    /// medians over them (default 3; --short 1).
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Attacks: a quick version for CI (1 pair of 1 s runs, smaller floods, no wait
+    /// for credit batches): under a minute.
+    #[arg(long)]
+    short: bool,
+    /// Attacks: only these scenarios, comma-separated (default: all): self-dealing,
+    /// sybil-registrations, capacity-hoarder, costly-frame, refusal-flood,
+    /// griefing-user, idle-connections, quota-flood.
+    #[arg(long)]
+    attacks: Option<String>,
+    /// Attacks: the one core every attacker thread is pinned to (default: the first
+    /// core this process may use).
+    #[arg(long)]
+    attacker_core: Option<usize>,
     /// Drive an external router at HOST:PORT instead of an embedded one.
     #[arg(long)]
     target: Option<std::net::SocketAddr>,
@@ -96,13 +117,44 @@ struct Args {
     ping_warmup_ms: u64,
 }
 
+impl Args {
+    fn attacks(&self) -> bool {
+        self.scenario == "attacks"
+    }
+
+    fn duration(&self) -> u64 {
+        self.duration.unwrap_or(match (self.attacks(), self.short) {
+            (false, _) => 10,
+            (true, false) => 3,
+            (true, true) => 1,
+        })
+    }
+
+    fn rate(&self) -> f64 {
+        self.rate.unwrap_or(match (self.attacks(), self.short) {
+            (false, _) => 2_000.0,
+            (true, false) => 400.0,
+            (true, true) => 200.0,
+        })
+    }
+
+    fn users(&self) -> usize {
+        self.users.unwrap_or(if self.attacks() { 16 } else { 32 })
+    }
+
+    fn providers(&self) -> usize {
+        self.providers
+            .unwrap_or(if self.attacks() { 8 } else { 16 })
+    }
+}
+
 fn scenario_config(args: &Args, scenario: Scenario) -> SimConfig {
     let mut config = SimConfig {
         scenario,
-        duration: Duration::from_secs(args.duration.max(1)),
-        rate_per_s: args.rate,
-        users: args.users.max(1),
-        providers: args.providers.max(1),
+        duration: Duration::from_secs(args.duration().max(1)),
+        rate_per_s: args.rate(),
+        users: args.users().max(1),
+        providers: args.providers().max(1),
         slow_provider_share: args.slow_providers,
         dead_provider_share: args.dead_providers,
         fail_report_share: args.fail_reports,
@@ -120,76 +172,15 @@ fn scenario_config(args: &Args, scenario: Scenario) -> SimConfig {
     config
 }
 
-struct Embedded {
-    router: Option<yellowstone_gateway::router::RouterHandle>,
-    /// Kept alive for the run; dropped (removed) after the router stops.
-    _data_dir: Option<tempfile::TempDir>,
-}
-
-fn start_embedded(
-    args: &Args,
-    operator: &SigningKey,
-    run_ms: u64,
-) -> Result<(Embedded, Target, u64), String> {
-    let mut config = RouterConfig::default();
-    config.identity.operator = operator.address().to_string();
-    config.network.listen = "127.0.0.1:0".parse().expect("static address");
-    config.metrics.listen = "127.0.0.1:0".parse().expect("static address");
-    config.threads.gateway_threads = args.gateway_threads;
-    config.network.backend = match args.backend.as_str() {
-        "uring" => Backend::Uring,
-        "mio" => Backend::Mio,
-        other => return Err(format!("--backend must be uring or mio, not {other:?}")),
-    };
-    // Put a block boundary shortly after the run, so its credits are sealed soon.
-    let now = sim_now_ms();
-    let first_boundary = now + run_ms + 2_000;
-    let genesis_ms = first_boundary - 12_000 * first_boundary.saturating_sub(now).div_ceil(12_000);
-    config.market.genesis_ms = genesis_ms;
-    // R-SESSION-1: simulated users are application gateways (see the constant).
-    config.market.user_sessions_open_max = sim::SIM_USER_SESSIONS_OPEN_MAX;
-    config.journal.durability = args.durability.clone();
-    let temporary = match &args.data_dir {
-        Some(_) => None,
-        None => Some(
-            tempfile::Builder::new()
-                .prefix("yellowstone-loadgen-")
-                .tempdir()
-                .map_err(|e| format!("temporary data directory: {e}"))?,
-        ),
-    };
-    config.journal.data_dir = Some(match (&args.data_dir, &temporary) {
-        (Some(dir), _) => dir.clone(),
-        (None, Some(dir)) => dir.path().to_path_buf(),
-        (None, None) => unreachable!("a temporary directory is made when none is given"),
-    });
-    config.validate()?;
-    let router = start_from_config(config)?;
-    let target = Target {
-        addr: router.listen,
-        operator: operator.clone(),
-        description: format!(
-            "embedded router {} (metrics {})",
-            router.listen,
-            router.metrics_addr.map_or("off".into(), |a| a.to_string())
-        ),
-        backend: format!("{:?}", router.backends),
-    };
-    Ok((
-        Embedded {
-            router: Some(router),
-            _data_dir: temporary,
-        },
-        target,
-        genesis_ms,
-    ))
-}
-
-fn sim_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+fn embedded_options(args: &Args, run_ms: u64) -> EmbeddedOptions {
+    EmbeddedOptions {
+        backend: args.backend.clone(),
+        gateway_threads: args.gateway_threads,
+        durability: args.durability.clone(),
+        data_dir: args.data_dir.clone(),
+        run_ms,
+        day_ends_after_run: false,
+    }
 }
 
 fn run_once(
@@ -199,7 +190,7 @@ fn run_once(
 ) -> Result<yellowstone_loadgen::report::RunSummary, String> {
     let mut config = scenario_config(args, scenario);
     config.rate_per_s = rate;
-    let (mut embedded, target) = match args.target {
+    let (embedded, target) = match args.target {
         Some(addr) => {
             let key = args
                 .operator_key
@@ -207,34 +198,28 @@ fn run_once(
                 .ok_or("--target needs --operator-key")?;
             let operator =
                 SigningKey::from_hex(key.trim()).map_err(|e| format!("--operator-key: {e}"))?;
-            (
-                Embedded {
-                    router: None,
-                    _data_dir: None,
-                },
-                Target {
-                    addr,
-                    operator,
-                    description: format!("external router {addr}"),
-                    backend: "external".into(),
-                },
-            )
+            let target = Target {
+                addr,
+                operator,
+                description: format!("external router {addr}"),
+                backend: "external".into(),
+            };
+            config.genesis_ms = args.genesis_ms;
+            (None, target)
         }
         None => {
             let operator =
                 SigningKey::from_seed(format!("ys-loadgen-operator-{}", args.seed).as_bytes());
             let run_ms = config.duration.as_millis() as u64 + 1_500;
-            let (embedded, target, genesis_ms) = start_embedded(args, &operator, run_ms)?;
-            config.genesis_ms = Some(genesis_ms);
-            (embedded, target)
+            let embedded = embedded::start(&embedded_options(args, run_ms), &operator, |_| {})?;
+            config.genesis_ms = Some(embedded.genesis_ms);
+            let target = embedded.target.clone();
+            (Some(embedded), target)
         }
     };
-    if args.target.is_some() {
-        config.genesis_ms = args.genesis_ms;
-    }
     let summary = sim::run(&target, &config);
-    if let Some(router) = embedded.router.take() {
-        router.shutdown()?;
+    if let Some(embedded) = embedded {
+        embedded.shutdown()?;
     }
     summary
 }
@@ -279,10 +264,10 @@ const DURATION_S_MAX: u64 = 86_400;
 /// Refuses arguments the run cannot honour, naming the flag and the value, before
 /// anything starts (no router, no connection, nothing allocated for the plan).
 fn check_args(args: &Args) -> Result<(), String> {
-    if !(1..=DURATION_S_MAX).contains(&args.duration) {
+    if !(1..=DURATION_S_MAX).contains(&args.duration()) {
         return Err(format!(
             "--duration must be between 1 and {DURATION_S_MAX} seconds, not {}",
-            args.duration
+            args.duration()
         ));
     }
     if args.ping_connections > 0 {
@@ -295,15 +280,16 @@ fn check_args(args: &Args) -> Result<(), String> {
         }
         return Ok(());
     }
-    let planned = args.rate * args.duration as f64;
-    if !(args.rate.is_finite() && args.rate > 0.0 && planned <= RFCS_PLANNED_MAX) {
+    let planned = args.rate() * args.duration() as f64;
+    if !(args.rate().is_finite() && args.rate() > 0.0 && planned <= RFCS_PLANNED_MAX) {
         return Err(format!(
             "--rate must be a number of RFCs per second above 0, and --rate × --duration at \
              most {RFCS_PLANNED_MAX} RFCs (each is signed ahead), not {} for {} s",
-            args.rate, args.duration
+            args.rate(),
+            args.duration()
         ));
     }
-    for (flag, count) in [("--users", args.users), ("--providers", args.providers)] {
+    for (flag, count) in [("--users", args.users()), ("--providers", args.providers())] {
         if !(1..=PARTICIPANTS_MAX).contains(&count) {
             return Err(format!(
                 "{flag} must be between 1 and {PARTICIPANTS_MAX} (a thread and a connection \
@@ -335,43 +321,91 @@ fn real_main(args: &Args) -> Result<bool, String> {
     if args.ping_connections > 0 {
         return ping(args);
     }
+    if args.attacks() {
+        return attacks(args);
+    }
     let scenario = Scenario::parse(&args.scenario)?;
     if args.find_max {
         return find_max(args, scenario);
     }
-    let summary = run_once(args, scenario, args.rate)?;
+    let summary = run_once(args, scenario, args.rate())?;
     println!("{}", summary.to_text());
     write_outputs(args, &summary)?;
     Ok(summary.consistency.ok)
 }
+
+/// The attack scenarios (issue 27): returns whether every verdict passed.
+fn attacks(args: &Args) -> Result<bool, String> {
+    if args.target.is_some() || args.data_dir.is_some() || args.find_max {
+        return Err(
+            "--scenario attacks runs against fresh embedded routers (it sets their limits \
+             and reads their metrics): --target, --data-dir and --find-max do not apply"
+                .into(),
+        );
+    }
+    let kinds = match &args.attacks {
+        None => Kind::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(|name| Kind::parse(name.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?,
+    };
+    let pairs = args.pairs.unwrap_or(if args.short { 1 } else { 3 });
+    if !(1..=PAIRS_MAX).contains(&pairs) {
+        return Err(format!(
+            "--pairs must be between 1 and {PAIRS_MAX}, not {pairs}"
+        ));
+    }
+    let settings = AttackSettings {
+        pairs,
+        window: Duration::from_secs(args.duration().max(1)),
+        short: args.short,
+        honest_rate: args.rate(),
+        users: args.users().max(1),
+        providers: args.providers().max(1),
+        provider_capacity: 32,
+        attacker_core: args.attacker_core,
+        kinds,
+        seed: args.seed,
+        embedded: embedded_options(args, 0),
+        await_batches: !args.short,
+        progress: !args.quiet,
+    };
+    let report = run_attacks(&settings, |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
+    println!("{}", report.to_text());
+    if let Some(path) = &args.json {
+        std::fs::write(path, report.to_json()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(report.pass)
+}
+
+/// The most pairs per scenario (each pair is two runs of --duration seconds and a
+/// few more: 100 pairs of 8 scenarios is already hours).
+const PAIRS_MAX: usize = 100;
 
 /// Ping mode: against --target, or an embedded router started for it.
 fn ping(args: &Args) -> Result<bool, String> {
     let config = PingConfig {
         connections: args.ping_connections,
         pipeline: args.ping_pipeline.max(1),
-        duration: Duration::from_secs(args.duration.max(1)),
+        duration: Duration::from_secs(args.duration().max(1)),
         warmup: Duration::from_millis(args.ping_warmup_ms),
     };
-    let (mut embedded, addr) = match args.target {
-        Some(addr) => (
-            Embedded {
-                router: None,
-                _data_dir: None,
-            },
-            addr,
-        ),
+    let (embedded, addr) = match args.target {
+        Some(addr) => (None, addr),
         None => {
             let operator =
                 SigningKey::from_seed(format!("ys-loadgen-operator-{}", args.seed).as_bytes());
             let run_ms = config.duration.as_millis() as u64 + config.warmup.as_millis() as u64;
-            let (embedded, target, _) = start_embedded(args, &operator, run_ms)?;
-            (embedded, target.addr)
+            let embedded = embedded::start(&embedded_options(args, run_ms), &operator, |_| {})?;
+            let addr = embedded.target.addr;
+            (Some(embedded), addr)
         }
     };
     let summary = yellowstone_loadgen::ping::run(addr, &config);
-    if let Some(router) = embedded.router.take() {
-        router.shutdown()?;
+    if let Some(embedded) = embedded {
+        embedded.shutdown()?;
     }
     let summary = summary?;
     println!("{}", summary.to_text());
@@ -430,7 +464,7 @@ fn find_max(args: &Args, scenario: Scenario) -> Result<bool, String> {
     };
     let mut good = 0.0f64;
     let mut bad = f64::INFINITY;
-    let mut rate = args.rate;
+    let mut rate = args.rate();
     for _ in 0..8 {
         let summary = run_once(args, scenario, rate)?;
         let ok = keeps_up(&summary);

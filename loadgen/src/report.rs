@@ -82,6 +82,13 @@ pub struct RunSummary {
     /// Set when a connection to the router failed mid-run (a crash, a kill): the
     /// figures are what the clients were told before it, and the self-check fails.
     pub router_lost: Option<String>,
+    /// Simulated users that could not connect or log in at all (a router out of
+    /// connections): their RFCs were never sent.
+    pub users_unconnected: u64,
+    /// Wei per provider in the credit batches received (`earned_wei` summed): what
+    /// the attack report reads an attacker's credit from. Not in the JSON summary.
+    #[serde(skip)]
+    pub credited_by_provider: BTreeMap<yellowstone_wire::Address, u128>,
 }
 
 impl RunSummary {

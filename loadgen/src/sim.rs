@@ -5,6 +5,7 @@
 //! credit batches, and the run checks that every acknowledged creditable report was
 //! credited exactly once.
 
+use crate::frames;
 use crate::latency::LatencyRecorder;
 use crate::report::{ConsistencyCheck, Latencies, RunSummary};
 use rand::{Rng, SeedableRng};
@@ -15,9 +16,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use yellowstone_gateway::router::config::demo_weights_hash;
 use yellowstone_wire::client::{Client, ClientError};
-use yellowstone_wire::signature::weights_proof_digest;
 use yellowstone_wire::*;
 
 pub const WEI_PER_MOR: u128 = 1_000_000_000_000_000_000;
@@ -96,6 +95,9 @@ pub struct SimConfig {
     pub fail_report_share: f64,
     /// Mean service time per token the users report, in ms.
     pub service_ms_per_token: u64,
+    /// Each reported time is 100 - this to 100 + this (excluded) percent of the mean
+    /// (uniform; at most 99).
+    pub service_jitter_percent: u64,
     pub seed: u64,
     /// How long after the sending window replies may still arrive.
     pub drain: Duration,
@@ -104,6 +106,10 @@ pub struct SimConfig {
     pub progress: bool,
     /// Each RFC expires this long after it is due.
     pub rfc_ttl_ms: u64,
+    /// Wait for the credit batch covering the last report and check the credits
+    /// (true); false ends the run once the users are done, without the batch part of
+    /// the self-check (quick runs that measure only throughput and latency).
+    pub await_batches: bool,
 }
 
 /// Progress ticks (500 ms each) per line when stderr is not a terminal: 5 s.
@@ -126,21 +132,73 @@ impl Default for SimConfig {
             dead_provider_share: 0.0,
             fail_report_share: 0.02,
             service_ms_per_token: 5,
+            service_jitter_percent: 50,
             seed: 1,
             drain: Duration::from_secs(5),
             genesis_ms: None,
             progress: true,
             rfc_ttl_ms: 60_000,
+            await_batches: true,
         }
     }
 }
 
 /// Where to run and with which operator key.
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub operator: SigningKey,
     pub description: String,
     pub backend: String,
+}
+
+/// Credit that traffic beside the simulated users (`SideTraffic`) was told it earned
+/// for providers: the run's self-check expects it in the credit batches as it expects
+/// the users' own (R-BLOCK-2), so that a run with attackers is still checked whole.
+#[derive(Clone, Debug, Default)]
+pub struct SideCredits {
+    /// Wei per provider from `ReportAck.earned_wei` of acknowledged creditable reports.
+    pub expected_wei: BTreeMap<Address, u128>,
+    pub expected_sessions: u64,
+    /// Reports sent whose acknowledgement did not arrive: the most wei each may earn.
+    pub in_doubt_wei: BTreeMap<Address, u128>,
+    pub in_doubt_sessions: u64,
+}
+
+impl SideCredits {
+    /// Records an acknowledged report that earned `earned_wei` for `provider`.
+    pub fn earned(&mut self, provider: Address, earned_wei: u128) {
+        let entry = self.expected_wei.entry(provider).or_default();
+        *entry = entry.saturating_add(earned_wei);
+        self.expected_sessions += 1;
+    }
+
+    /// Records a report whose acknowledgement never came (at most `wei_max`).
+    pub fn in_doubt(&mut self, provider: Address, wei_max: u128) {
+        let entry = self.in_doubt_wei.entry(provider).or_default();
+        *entry = entry.saturating_add(wei_max);
+        self.in_doubt_sessions += 1;
+    }
+}
+
+/// An error of traffic run beside the simulation.
+pub type SideError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Traffic run beside the simulated market in the same run (the attack scenarios and
+/// their honest canary): `balances` are funded with the simulation's own; `prepare`
+/// runs once the simulated providers are registered and before the users connect;
+/// `begin` when the sending window's start is known; `finish` after the users are
+/// done, and before the run waits for the credit batches.
+pub trait SideTraffic {
+    /// Addresses the operator funds before the run, with their balance in wei.
+    fn balances(&self) -> Vec<(Address, u128)>;
+    /// Errors: the side traffic could not be set up; the run stops.
+    fn prepare(&mut self, target: &Target, config: &SimConfig) -> Result<(), SideError>;
+    fn begin(&mut self, window_start: Instant, window: Duration);
+    /// Stops the side traffic and returns the credit it was told of.
+    ///
+    /// Errors: a side thread failed or panicked; the run stops.
+    fn finish(&mut self) -> Result<SideCredits, SideError>;
 }
 
 #[derive(Default)]
@@ -173,6 +231,8 @@ struct UserOutcome {
     /// The connection to the router failed mid-run (a router crash, say): what the
     /// user was told until then is kept, and the run reports it.
     connection_lost: Option<String>,
+    /// The user could not connect or log in at all.
+    connect_failed: bool,
 }
 
 fn now_ms() -> u64 {
@@ -186,12 +246,33 @@ fn is_timeout(error: &ClientError) -> bool {
     matches!(error, ClientError::Io(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
 }
 
-fn connect(addr: SocketAddr, key: SigningKey) -> Result<Client, String> {
-    let client = Client::connect(addr, key).map_err(|e| format!("connect {addr}: {e}"))?;
-    client
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
+/// How long a connection attempt, and its login, may take: a router out of
+/// descriptors (or flooded with idle connections) may accept and never greet, and a
+/// client must then fail instead of waiting forever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects and logs in within `timeout` (TCP connect, then the challenge and its
+/// answer), leaving a 100 ms read timeout on the connection.
+///
+/// Errors: the connection or the login failed, or took longer than `timeout`.
+pub fn connect_client(
+    addr: SocketAddr,
+    key: SigningKey,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let mut client = Client::from_stream(stream, key);
+    client.login()?;
+    client.set_read_timeout(Some(Duration::from_millis(100)))?;
+    client.stream().set_write_timeout(None)?;
     Ok(client)
+}
+
+fn connect(addr: SocketAddr, key: SigningKey) -> Result<Client, String> {
+    connect_client(addr, key, CONNECT_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))
 }
 
 fn wait_for<T>(
@@ -253,37 +334,23 @@ fn register(
     price: u128,
     capacity: u32,
 ) -> Result<(), String> {
-    let network_id = provider.network_id();
-    let offers = models
+    let offers: Vec<frames::OfferSpec> = models
         .iter()
-        .map(|&model_id| {
-            let weights_hash = demo_weights_hash(model_id);
-            let weights_proof = provider.key().sign_digest(&weights_proof_digest(
-                network_id,
-                model_id,
-                &weights_hash,
-            ));
-            Offer {
-                model_id,
-                unit: 0,
-                weights_hash,
-                weights_proof,
-                price_wei_per_token: price,
-                capacity,
-            }
+        .map(|&model_id| frames::OfferSpec {
+            model_id,
+            price_wei_per_token: price,
+            capacity,
         })
         .collect();
     let nonce = provider.next_nonce();
-    let message = RegisterProvider {
-        from: provider.address(),
+    let frame = frames::register_provider(
+        provider.key(),
+        provider.network_id(),
         nonce,
-        endpoint: "127.0.0.1:9000".into(),
-        offers,
-        signature: Signature::default(),
-    };
-    provider
-        .send_signed(message.into())
-        .map_err(|e| e.to_string())?;
+        "127.0.0.1:9000",
+        &offers,
+    );
+    provider.send_raw(&frame).map_err(|e| e.to_string())?;
     wait_for(provider, Duration::from_secs(10), |m| match m {
         Message::Ack(a) if a.nonce == nonce => Some(Ok(())),
         Message::ErrorReply(e) if e.ref_nonce == nonce => {
@@ -315,16 +382,15 @@ fn presign_rfcs(
             let expires_at_ms = base_ms + offset.as_millis() as u64 + config.rfc_ttl_ms;
             let nonce = first_nonce + i as u64 * NONCE_STRIDE;
             let model_id = config.models[rng.gen_range(0..config.models.len())];
-            let mut message: Message = Rfc {
-                from: key.address(),
+            let frame = frames::rfc(
+                key,
+                network_id,
                 nonce,
                 model_id,
-                tokens_max: config.tokens_max,
+                config.tokens_max,
                 expires_at_ms,
-                signature: Signature::default(),
-            }
-            .into();
-            (nonce, message.sign(key, network_id))
+            );
+            (nonce, frame)
         })
         .collect()
 }
@@ -367,7 +433,19 @@ fn run_user(
     let mut rng = ChaCha8Rng::seed_from_u64(
         config.seed ^ u64::from_le_bytes(plan.key.address().0[..8].try_into().unwrap_or([0; 8])),
     );
-    let mut client = connect(addr, plan.key.clone())?;
+    let mut client = match connect(addr, plan.key.clone()) {
+        Ok(client) => client,
+        Err(error) => {
+            // Refused or never greeted (a router out of connections): this user sends
+            // nothing, and the run says so instead of stopping.
+            return Ok(UserOutcome {
+                connection_lost: Some(format!("user connection: {error}")),
+                connect_failed: true,
+                outstanding: plan.due.len(),
+                ..UserOutcome::default()
+            });
+        }
+    };
     let network_id = client.network_id();
     let first_nonce = client.next_nonce();
     let frames = presign_rfcs(
@@ -433,19 +511,22 @@ fn run_user(
                 return Err("writer lock poisoned".into());
             };
             let nonce = guard.1 + 1;
-            let verdict = if pass { Outcome::Pass } else { Outcome::Fail };
             // R-REPORT-3: a fixed prompt, whose first token takes a fixed time (at
             // most the whole): honest reports' first tokens are alike, and the jitter
             // is the generation's, as before the split.
-            let figures = ReportFigures {
+            let facts = frames::ReportFacts {
+                session_id,
                 elapsed_ms,
                 ttft_ms: elapsed_ms.min(SIM_FIRST_TOKEN_MS),
                 tokens,
                 prompt_tokens: SIM_PROMPT_TOKENS,
+                outcome: if pass {
+                    frames::Outcome::Pass
+                } else {
+                    frames::Outcome::Fail
+                },
             };
-            let mut report: Message =
-                Report::new(plan.key.address(), nonce, session_id, verdict, figures).into();
-            let frame = report.sign(&plan.key, network_id);
+            let frame = frames::report(&plan.key, network_id, nonce, &facts);
             reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
             if let Err(e) = guard.0.write_all(&frame) {
                 outcome.connection_lost = Some(format!("user connection: send report: {e}"));
@@ -493,7 +574,8 @@ fn run_user(
                         .record_us(received.duration_since(due).as_micros() as u64);
                 }
                 let tokens = rng.gen_range(1..=ticket.tokens_max);
-                let jitter = rng.gen_range(50..150) as u64;
+                let spread = config.service_jitter_percent.min(99);
+                let jitter = rng.gen_range(100 - spread..100 + spread);
                 let elapsed_ms = tokens * config.service_ms_per_token * jitter / 100;
                 let pass = rng.gen::<f64>() >= config.fail_report_share;
                 // The user holds the session while the provider computes, then reports.
@@ -598,14 +680,7 @@ fn run_provider(
             client = connect(addr, key.clone())?;
             let nonce = client.next_nonce();
             client
-                .send_signed(
-                    ProviderAnnounce {
-                        from: key.address(),
-                        nonce,
-                        signature: Signature::default(),
-                    }
-                    .into(),
-                )
+                .send_raw(&frames::provider_announce(&key, network_id, nonce))
                 .map_err(|e| e.to_string())?;
             answered.clear();
             reconnect_at = Instant::now() + Duration::from_secs(3);
@@ -613,15 +688,7 @@ fn run_provider(
         let now = Instant::now();
         for (_, probe_id) in late.iter().filter(|(due, _)| *due <= now) {
             let nonce = client.next_nonce();
-            let _ = client.send_signed(
-                ProbeAnswer {
-                    from: key.address(),
-                    nonce,
-                    probe_id: *probe_id,
-                    signature: Signature::default(),
-                }
-                .into(),
-            );
+            let _ = client.send_raw(&frames::probe_answer(&key, network_id, nonce, *probe_id));
         }
         late.retain(|(due, _)| *due > now);
         let message = match client.recv() {
@@ -638,14 +705,7 @@ fn run_provider(
                 match behaviour {
                     Behaviour::Good => {
                         let nonce = client.next_nonce();
-                        let mut answer: Message = ProbeAnswer {
-                            from: key.address(),
-                            nonce,
-                            probe_id: probe.probe_id,
-                            signature: Signature::default(),
-                        }
-                        .into();
-                        let frame = answer.sign(&key, network_id);
+                        let frame = frames::probe_answer(&key, network_id, nonce, probe.probe_id);
                         answered.push_back(Instant::now());
                         if let Err(e) = client.send_raw(&frame) {
                             outcome.connection_lost =
@@ -685,14 +745,7 @@ fn run_provider(
             Message::Notice(notice) if notice.kind == 1 => {
                 // Marked unreachable: announce ourselves again.
                 let nonce = client.next_nonce();
-                let _ = client.send_signed(
-                    ProviderAnnounce {
-                        from: key.address(),
-                        nonce,
-                        signature: Signature::default(),
-                    }
-                    .into(),
-                );
+                let _ = client.send_raw(&frames::provider_announce(&key, network_id, nonce));
             }
             Message::ErrorReply(error) if error.ref_msg_type == msg_type::PROBE_ANSWER => {
                 answered.pop_front();
@@ -778,6 +831,15 @@ pub fn last_latencies() -> Latencies {
 
 /// Runs the simulation against `target` and returns the summary.
 pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
+    run_with(target, config, None)
+}
+
+/// Runs the simulation with `side` traffic beside it (see `SideTraffic`).
+pub fn run_with(
+    target: &Target,
+    config: &SimConfig,
+    mut side: Option<&mut dyn SideTraffic>,
+) -> Result<RunSummary, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut operator = connect(target.addr, target.operator.clone())?;
     let router = operator.router();
@@ -814,6 +876,9 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
             .map(|(_, k)| (k.address(), WEI_PER_MOR / 1_000)),
     );
     balances.extend(provider_keys.iter().map(|k| (k.address(), WEI_PER_MOR)));
+    if let Some(side) = side.as_deref() {
+        balances.extend(side.balances());
+    }
     fund(&mut operator, &balances)?;
 
     let stop_providers = Arc::new(AtomicBool::new(false));
@@ -837,6 +902,15 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         }));
     }
     std::thread::sleep(Duration::from_millis(300)); // registrations land first
+    if let Some(side) = side.as_deref_mut() {
+        if let Err(error) = side.prepare(target, config) {
+            stop_providers.store(true, Ordering::Relaxed);
+            for thread in provider_threads {
+                let _ = thread.join();
+            }
+            return Err(format!("side traffic: {error}"));
+        }
+    }
 
     let stop_batches = Arc::new(AtomicBool::new(false));
     let subscriber = {
@@ -850,6 +924,9 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
     let start =
         Instant::now() + Duration::from_millis(500 + 30 * (config.users + sybil_count) as u64 / 8);
     let all_users = config.users + sybil_count;
+    if let Some(side) = side.as_deref_mut() {
+        side.begin(start, config.duration);
+    }
     let mut user_threads = Vec::new();
     for (i, key) in user_keys.into_iter().chain(sybil_keys).enumerate() {
         let sybil = i >= config.users;
@@ -910,6 +987,7 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
     }
     stop_users.store(true, Ordering::Relaxed);
     let mut outcome = UserOutcome::default();
+    let mut users_unconnected = 0u64;
     for thread in user_threads {
         let user = thread
             .join()
@@ -938,6 +1016,22 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         if outcome.connection_lost.is_none() {
             outcome.connection_lost = user.connection_lost;
         }
+        users_unconnected += u64::from(user.connect_failed);
+    }
+    // The side traffic stops; what it was told it earned is expected like the users'.
+    if let Some(side) = side {
+        let credits = side
+            .finish()
+            .map_err(|error| format!("side traffic: {error}"))?;
+        for (provider, wei) in credits.expected_wei {
+            *outcome.expected_wei.entry(provider).or_default() += wei;
+        }
+        outcome.expected_sessions += credits.expected_sessions;
+        for (provider, wei) in credits.in_doubt_wei {
+            let doubt = outcome.in_doubt_wei.entry(provider).or_default();
+            *doubt = doubt.saturating_add(wei);
+        }
+        outcome.in_doubt_sessions += credits.in_doubt_sessions;
     }
     let sent_window = Instant::now()
         .saturating_duration_since(start)
@@ -953,6 +1047,9 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         .map(|g| last_ack_ms.saturating_sub(g) / 12_000);
     let started_wait = Instant::now();
     loop {
+        if !config.await_batches {
+            break;
+        }
         std::thread::sleep(Duration::from_millis(100));
         if subscriber.is_finished() || Instant::now() >= wait_until {
             break;
@@ -1031,7 +1128,7 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
             && missing == 0
             && unexpected == 0
             && gaps == 0
-            && !batches.blocks.is_empty(),
+            && (!batches.blocks.is_empty() || !config.await_batches),
     };
     let mut summary = RunSummary {
         scenario: config.scenario.name().to_string(),
@@ -1055,6 +1152,8 @@ pub fn run(target: &Target, config: &SimConfig) -> Result<RunSummary, String> {
         consistency,
         acknowledged_creditable_wei: outcome.expected_wei.values().sum::<u128>().to_string(),
         router_lost: connection_lost,
+        users_unconnected,
+        credited_by_provider: batches.credited_wei.clone(),
         ..RunSummary::default()
     };
     summary.set_latencies(&outcome.latencies);
