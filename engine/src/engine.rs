@@ -160,6 +160,10 @@ impl Engine {
             || self.state.probe_deadlines.has_due(now)
             || self.state.rfc_expiries.has_due(now)
             || self.state.session_expiries.has_due(now)
+            // Every timer `advance` fires belongs here, effect or not: a refusal
+            // applied while one is due would otherwise move state unjournaled.
+            || self.state.session_starts.has_due(now)
+            || self.state.unfunded.has_due(now)
             || self
                 .state
                 .suspensions

@@ -81,6 +81,15 @@ impl UnfundedRegistrations {
         Some(registration)
     }
 
+    /// Whether [`UnfundedRegistrations::expire`] would drop anything at `now_ms`: the
+    /// oldest registration expires first (expiry follows arrival, see `check`).
+    pub fn has_due(&self, now_ms: u64) -> bool {
+        self.by_age
+            .first_key_value()
+            .and_then(|(_, address)| self.by_address.get(address))
+            .is_some_and(|oldest| oldest.expires_at_ms <= now_ms)
+    }
+
     /// Drops the registrations expired at `now_ms`; returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let mut dropped = 0;

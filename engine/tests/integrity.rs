@@ -380,3 +380,40 @@ fn r_match_7_the_e2e_sequence() {
     let t = m.open_session(user(1), MODEL_A, 10);
     assert_eq!(t.provider, dual(1));
 }
+
+/// R-OPS-4 with the router's "refusals are not journaled" rule (R-PROV-3): every
+/// timer that `advance` fires, silent ones included (an unfunded registration's
+/// expiry moves no effect), makes the engine due, so that the router journals a
+/// `Tick` before a refusal at that moment instead of letting it move state
+/// unjournaled.
+#[test]
+fn r_ops_4_silent_timers_make_the_engine_due() {
+    let mut m = Market::with(MarketConfig {
+        unfunded_registration_ttl_ms: 1_000,
+        ticket_start_timeout_ms: 1_000,
+        ..small_limits()
+    });
+    m.register(user(1), vec![Market::offer(MODEL_A, 1, 1)]);
+    assert!(m.engine.has_unfunded_registration(&user(1)));
+    let registered = m.now;
+    // Both deadlines below fall inside the open block: only they can make it due.
+    assert!(registered + 2_000 < m.engine.block_end_ms());
+    assert!(!m.engine.is_due(registered + 999));
+    assert!(
+        m.engine.is_due(registered + 1_000),
+        "an unfunded registration's expiry is due"
+    );
+    m.engine.apply(&Command::Tick, registered + 1_000, &mut Vec::new());
+    assert!(!m.engine.has_unfunded_registration(&user(1)));
+
+    // An unstarted session's start deadline (R-SESSION-1) is due too.
+    m.fund(user(2), 500);
+    m.fund(provider(1), 1);
+    m.now = registered + 1_000;
+    m.register(provider(1), vec![Market::offer(MODEL_A, 10, 1)]);
+    let _ticket = m.open_session_unstarted(user(2), MODEL_A, 10);
+    let opened = m.now;
+    assert!(opened + 1_000 < m.engine.block_end_ms());
+    assert!(!m.engine.is_due(opened + 999));
+    assert!(m.engine.is_due(opened + 1_000), "a session start deadline is due");
+}
