@@ -64,6 +64,10 @@ pub struct MarketFigures {
     pub last_batch_credited_wei: u128,
     pub last_batch_shortfall_wei: u128,
     pub sessions_open: u64,
+    /// R-PROV-2: providers holding a place (counted by `providers_max`), and the
+    /// unfunded registrations kept apart (at most `unfunded_registrations_max`).
+    pub providers: u64,
+    pub unfunded_registrations: u64,
     /// Every run-time parameter (R-OPS-3) with its value in force, in id order.
     pub params: Vec<(ParamId, u128)>,
     /// One entry per catalog model, in catalog order.
@@ -174,6 +178,8 @@ impl Engine {
             last_batch_credited_wei: ledger.last_batch_credited_wei,
             last_batch_shortfall_wei: ledger.last_batch_shortfall_wei,
             sessions_open: u64::from(state.sessions.len()),
+            providers: state.providers.len() as u64,
+            unfunded_registrations: state.unfunded.len() as u64,
             params: ParamId::ALL
                 .into_iter()
                 .map(|p| (p, param_value(&state.config, p)))

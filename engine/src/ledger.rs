@@ -46,7 +46,8 @@ pub struct Ledger {
     pub day_emission_wei: u128,
     pub day_cap_wei: u128,
     pub day_spent_wei: u128,
-    /// R-CONTRACT-4: the first providers to register, and their credits today.
+    /// R-CONTRACT-4: the bootstrap slot holders (the first providers to earn a
+    /// credited session, enrolled by the engine), and their credits today.
     pub bootstrap_providers: BTreeSet<Address>,
     pub bootstrap_day_credits_wei: BTreeMap<Address, u128>,
 }

@@ -14,7 +14,9 @@
 //! - `Engine::apply_batch(&[(Command, now_ms)], ..)`: the same for a burst, one by one,
 //!   with the originators' accounts brought into the cache ahead (`Engine::warm`).
 //! - `Engine::snapshot` / `Engine::restore` / `Engine::state_hash`: bincode state.
-//! - `Engine::check_invariants`: solvency, capacity, quota, book consistency.
+//! - `Engine::check_invariants`: solvency, capacity, quota, book consistency, no
+//!   self-match (R-MATCH-7), unfunded registrations and bootstrap slots within their
+//!   bounds (R-PROV-2, R-CONTRACT-4).
 //! - `ledger::Ledger`: the Compute Contract, usable on its own.
 //! - `merkle`: the receipt leaf and tree rules of the credit batch's root.
 //! - `index`: the address -> account index (insert-only; a slot can be read ahead).

@@ -307,6 +307,10 @@ fn r_money_1_bids_are_bounded_and_rfcs_must_fit_the_worst_case() {
     let router = start(&default_config, &[]);
     let (addr, network_id) = (router.ready.listen, router.ready.network_id);
     let mut provider = connect(addr, SigningKey::from_seed(b"bid-provider"));
+    // Funded, so that its registration takes a provider place its UpdateBid can
+    // reach (an unfunded one is kept apart, R-PROV-2).
+    let mut operator = connect(addr, operator_key());
+    fund(&mut operator, &[(provider.address(), WEI_PER_MOR)]);
     let refused = try_register(&mut provider, network_id, u128::MAX, 1).unwrap_err();
     assert_eq!(codes::name(refused.code), "bid_above_max");
     assert_eq!(refused.detail, 1_000_000_000_000_000_000_000_000);

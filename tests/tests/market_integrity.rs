@@ -316,6 +316,8 @@ fn r_prov_2_unfunded_sybils_do_not_lock_a_funded_provider_out() {
     let config = config(dir.path(), "providers_max = 5", 9_000);
     let router = start(&config, &[]);
     let (addr, network_id) = (router.ready.listen, router.ready.network_id);
+    // The sybils stay connected (a registration goes with its connection).
+    let mut sybils = Vec::new();
     for n in 0..40u32 {
         let mut sybil = connect(
             addr,
@@ -327,6 +329,19 @@ fn r_prov_2_unfunded_sybils_do_not_lock_a_funded_provider_out() {
             _ => None,
         });
         assert_eq!(notice.kind, messages::NOTICE_UNFUNDED);
+        sybils.push(sybil);
+    }
+    // Kept apart: no provider place taken (metrics are published every 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = yellowstone_tests::metrics_text(router.ready.metrics);
+        if metrics.contains("\nyellowstone_market_unfunded_registrations 40")
+            && metrics.contains("\nyellowstone_market_providers 0")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "figures: {metrics}");
+        std::thread::sleep(Duration::from_millis(100));
     }
     let mut operator = connect(addr, operator_key());
     let mut honest = connect(addr, SigningKey::from_seed(b"integrity-funded-provider"));
@@ -342,6 +357,18 @@ fn r_prov_2_unfunded_sybils_do_not_lock_a_funded_provider_out() {
         try_register(&mut honest, network_id, 10, 4).expect("a funded provider finds a place");
     assert!(probe.is_none(), "nothing queued yet");
     session(&mut user, &mut honest, 10);
+    // A sybil's registration goes when its connection closes.
+    drop(sybils);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !yellowstone_tests::metrics_text(router.ready.metrics)
+        .contains("\nyellowstone_market_unfunded_registrations 0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "unfunded registrations not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Issue 27 case 3 (R-CONTRACT-4): with genesis set so that day 0 ends shortly, 100

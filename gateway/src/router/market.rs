@@ -329,6 +329,21 @@ pub fn render_prometheus(figures: &MarketFigures, out: &mut String) {
         "Sessions open now.",
         &one(figures.sessions_open.into()),
     );
+    family(
+        out,
+        "yellowstone_market_providers",
+        "gauge",
+        "Providers holding a place (market.providers_max bounds them, R-PROV-2).",
+        &one(figures.providers.into()),
+    );
+    family(
+        out,
+        "yellowstone_market_unfunded_registrations",
+        "gauge",
+        "Registrations from addresses without MOR kept apart \
+         (market.unfunded_registrations_max bounds them, R-PROV-2).",
+        &one(figures.unfunded_registrations.into()),
+    );
     let per_model = |value: &dyn Fn(&yellowstone_engine::ModelFigures) -> Option<u128>| {
         figures
             .models
