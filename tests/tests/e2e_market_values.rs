@@ -576,18 +576,22 @@ fn r_perf_1_speed_gate_is_exact_at_the_threshold() {
         ],
     );
     register(&mut provider, network_id, 1, 1_000, 4);
+    // R-PERF-1 judges the generation: the ms after the first token (the first token
+    // comes at 0 ms here) for the tokens after the first. 3 reports of 1 ms for 4
+    // tokens: a window of (1 ms, 3 tokens) × 3.
     for _ in 0..3 {
         let t = session(&mut user, &mut provider, 10);
-        assert!(report(&mut user, t.session_id, 1, 3).unwrap().earned);
+        assert!(report(&mut user, t.session_id, 1, 4).unwrap().earned);
     }
+    // 3 ms for 6 tokens after the first: 3 × 9 × 100 = 6 × 3 × 150, exactly.
     let t = session(&mut user, &mut provider, 10);
-    let ack = report(&mut user, t.session_id, 3, 6).unwrap();
+    let ack = report(&mut user, t.session_id, 3, 7).unwrap();
     assert!(ack.earned, "exactly at the threshold: {ack:?}");
-    assert_eq!((ack.reason, ack.earned_wei), (0, 6_000));
+    assert_eq!((ack.reason, ack.earned_wei), (0, 7_000));
     // The window is now (1,3), (1,3), (3,6): Σms = 5, Σtokens = 12; 6 tokens may
     // take at most 5 × 6 × 150 / (12 × 100) = 3.75 ms.
     let t = session(&mut user, &mut provider, 10);
-    let ack = report(&mut user, t.session_id, 4, 6).unwrap();
+    let ack = report(&mut user, t.session_id, 4, 7).unwrap();
     assert!(!ack.earned);
     assert_eq!(
         (ack.reason, ack.earned_wei),

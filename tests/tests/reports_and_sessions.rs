@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 use yellowstone_tests::market::*;
-use yellowstone_tests::RouterProcess;
+use yellowstone_tests::{metrics_text, RouterProcess};
 use yellowstone_wire::client::Client;
 use yellowstone_wire::*;
 
@@ -190,6 +190,13 @@ fn case_4_a_hoarder_holds_at_most_user_sessions_open_max_and_unstarted_sessions_
     );
     let nonce = rfc(&mut hoarder, 1);
     rfc_answer(&mut hoarder, nonce).expect("places freed with the sessions");
+    // The operator sees them (the metrics follow the engine within its ticks).
+    let metric = "yellowstone_sessions_not_started_total 4";
+    let deadline = Instant::now() + WAIT;
+    while !metrics_text(router.ready.metrics).contains(metric) {
+        assert!(Instant::now() < deadline, "{metric} never shown");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The honest session, started, outlives the start timeout and is credited.
     std::thread::sleep(Duration::from_millis(2_000));
     let ack = report(

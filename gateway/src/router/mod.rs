@@ -543,6 +543,8 @@ struct EngineGauges {
     block: Arc<crate::metrics::Gauge>,
     sessions_credited: Arc<crate::metrics::Counter>,
     batches: Arc<crate::metrics::Counter>,
+    /// R-SESSION-1: sessions closed because their start was not signed in time.
+    sessions_not_started: Arc<crate::metrics::Counter>,
 }
 
 impl EngineGauges {
@@ -570,6 +572,12 @@ impl EngineGauges {
                 "Credit batches sealed since genesis.",
                 &[],
             ),
+            sessions_not_started: registry.counter(
+                "yellowstone_sessions_not_started_total",
+                "Sessions closed since genesis because their provider did not sign their \
+                 start within market.ticket_start_timeout_ms (R-SESSION-1).",
+                &[],
+            ),
         }
     }
 
@@ -581,6 +589,8 @@ impl EngineGauges {
         self.sessions_credited
             .publish(engine.counters().sessions_credited);
         self.batches.publish(engine.counters().batches);
+        self.sessions_not_started
+            .publish(engine.counters().sessions_not_started);
     }
 }
 

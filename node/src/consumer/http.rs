@@ -784,4 +784,30 @@ mod tests {
         assert_eq!(report_elapsed_ms(Duration::from_millis(250)), 250);
         assert_eq!(report_elapsed_ms(Duration::MAX), u64::MAX);
     }
+
+    #[test]
+    fn r_node_5_only_the_requests_own_4xx_is_void() {
+        for code in [400, 413, 422] {
+            assert!(
+                is_request_fault(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+        // The ticket's, the provider's or its upstream's problems are fails.
+        for code in [401, 403, 404, 409, 410, 429, 500, 502, 503] {
+            assert!(
+                !is_request_fault(StatusCode::from_u16(code).unwrap()),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn r_report_3_prompt_tokens_are_bounded_by_the_bytes_sent() {
+        assert_eq!(report_prompt_tokens(Some(40), 1_000), 40);
+        // A provider claiming more prompt tokens than bytes were sent is cut down.
+        assert_eq!(report_prompt_tokens(Some(5_000), 1_000), 1_000);
+        assert_eq!(report_prompt_tokens(None, 1_000), 1_000);
+        assert_eq!(report_prompt_tokens(Some(u64::MAX), u64::MAX), 1 << 24);
+    }
 }
