@@ -133,7 +133,8 @@ ERROR_NAMES = {
     0x021D: "credit_overflow",
     0x021E: "invalid_param_set",
     0x0301: "overloaded", 0x0302: "too_many_connections", 0x0303: "slow_consumer",
-    0x0304: "idle_timeout", 0x0305: "shutting_down",
+    0x0304: "idle_timeout", 0x0305: "shutting_down", 0x0306: "unknown_sender",
+    0x0307: "login_timeout", 0x0308: "evicted",
 }
 
 
