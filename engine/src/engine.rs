@@ -154,6 +154,8 @@ impl Engine {
     /// expiry, suspension end) or the open block's end. When nothing is, applying a
     /// command at `now_ms` changes nothing but what the command itself does (and the
     /// clock). Pure; costs what the next `apply` would spend finding due timers.
+    /// Every timer `advance` fires must be checked here (R-OPS-4: a refusal is left
+    /// out of the journal only when nothing else happened at its time).
     pub fn is_due(&self, now_ms: u64) -> bool {
         let now = now_ms.max(self.state.now_ms);
         now >= self.block_end_ms()
@@ -191,10 +193,19 @@ impl Engine {
         let now_before = self.state.now_ms;
         let effects_before = effects.len();
         let applied = self.apply_reporting(command, now_ms, effects);
+        // A refusal alone, or the command is journaled: anything else (a timer
+        // `is_due` missed) changed the state.
+        let alone = effects.len() == effects_before + 1;
+        debug_assert!(
+            applied == Applied::Changed || alone,
+            "is_due missed a timer"
+        );
+        if applied == Applied::Refused && !alone {
+            return Applied::Changed;
+        }
         if applied == Applied::Refused {
             // Nothing was due, the handler refused before changing anything: the
             // clock is the only field the command moved.
-            debug_assert_eq!(effects.len(), effects_before + 1, "a refusal, alone");
             debug_assert!(matches!(effects.last(), Some(Effect::Rejected { .. })));
             self.state.now_ms = now_before;
         }

@@ -34,6 +34,8 @@ use std::time::Duration;
 /// hyper's smallest read buffer; `request_bytes_max` below it is raised to it.
 const HYPER_BUF_BYTES_MIN: usize = 8 * 1024;
 /// Pause after a failed accept (EMFILE and friends) so the loop does not spin.
+/// §9: the metrics endpoint logs failed accepts at most this often.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
 const ACCEPT_RETRY_MS: u64 = 50;
 /// Read size while draining a refused client's request before the close.
 const DRAIN_CHUNK_BYTES: usize = 1024;
@@ -143,13 +145,32 @@ async fn accept_loop(listener: tokio::net::TcpListener, registry: Registry, limi
         "Metrics connections answered 503 Service Unavailable (with Retry-After): metrics.connections_max were being served.",
         &[],
     );
+    let accept_errors = registry.counter(
+        "yellowstone_metrics_accept_errors_total",
+        "Metrics endpoint accepts that failed (descriptors or memory exhausted).",
+        &[],
+    );
+    // §9: one warning per ACCEPT_ERROR_LOG_INTERVAL with the count since the last,
+    // never one per failed accept (each retried after ACCEPT_RETRY_MS).
+    let mut unlogged_errors = 0u64;
+    let mut logged_at: Option<std::time::Instant> = None;
     let refusing = Arc::new(AtomicUsize::new(0));
     let busy_response = Bytes::from(busy_response(limits.request_timeout));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _peer)) => stream,
             Err(error) => {
-                tracing::warn!(%error, "metrics endpoint: accept failed");
+                accept_errors.inc();
+                unlogged_errors += 1;
+                if logged_at.is_none_or(|at| at.elapsed() >= ACCEPT_ERROR_LOG_INTERVAL) {
+                    tracing::warn!(
+                        %error,
+                        errors = unlogged_errors,
+                        "metrics endpoint: accept failed (count since the last such line)"
+                    );
+                    unlogged_errors = 0;
+                    logged_at = Some(std::time::Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }

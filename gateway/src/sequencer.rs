@@ -925,6 +925,67 @@ mod tests {
     }
 
     #[test]
+    fn r_ops_4_a_refusal_writes_no_record_and_waits_for_what_came_before() {
+        let config = MarketConfig {
+            genesis_ms: 1_000_000,
+            operator: OPERATOR,
+            ..MarketConfig::default()
+        };
+        let durable = Arc::new(Mutex::new(0));
+        let journal = HeldJournal::new(durable.clone());
+        let records = journal.records.clone();
+        let sink = CollectingSink::default();
+        let time = Arc::new(Mutex::new(1_000_000u64));
+        let clock_time = time.clone();
+        let mut sequencer = Sequencer::new(
+            Engine::new(config.clone()),
+            journal,
+            sink.clone(),
+            SequencerConfig::default(),
+        )
+        .with_clock(move || *clock_time.lock().unwrap());
+        let set = |nonce| Command::SetBalances {
+            operator: OPERATOR,
+            nonce,
+            entries: vec![(Address([1; 20]), 5)],
+        };
+        sequencer.apply(1, set(1)).unwrap();
+        // A replay and a refused sender: nothing journaled, nothing answered before
+        // the record they were computed against is durable.
+        sequencer.apply(2, set(1)).unwrap();
+        let stranger = Command::ProviderAnnounce {
+            provider: Address([3; 20]),
+            nonce: 1,
+        };
+        sequencer.apply(3, stranger).unwrap();
+        assert_eq!(records.lock().unwrap().len(), 1, "refusals write nothing");
+        assert_eq!(sequencer.refused_unjournaled_total(), 2);
+        sequencer.release_durable();
+        assert!(sink.2.lock().unwrap().is_empty(), "they wait for record 1");
+        *durable.lock().unwrap() = 1;
+        sequencer.release_durable();
+        assert_eq!(sink.2.lock().unwrap().as_slice(), &[1, 2, 3]);
+        // Past the block's end something is due: a tick is journaled first, the
+        // refusal still is not.
+        *time.lock().unwrap() += 12_000;
+        sequencer.apply(4, set(1)).unwrap();
+        let journaled: Vec<Command> = records
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| JournalRecord::decode(r).unwrap().command)
+            .collect();
+        assert_eq!(journaled, vec![set(1), Command::Tick]);
+        let mut replayed = Engine::new(config);
+        Sequencer::<HeldJournal, CollectingSink>::replay(
+            &mut replayed,
+            records.lock().unwrap().clone().into_iter().map(Ok),
+        )
+        .unwrap();
+        assert_eq!(replayed.state_hash(), sequencer.engine.state_hash());
+    }
+
+    #[test]
     fn run_loop_stops_on_shutdown_and_flushes() {
         let config = MarketConfig {
             genesis_ms: unix_ms(),

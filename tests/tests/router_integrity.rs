@@ -403,14 +403,21 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// Case 13 for one backend: the router may open 300 descriptors, its config asks for
 /// 200,000 connections, 400 idle connections arrive; a funded client still logs in
 /// and is served, the CPU stays low, the log does not flood, metrics answer.
-fn idle_connections_do_not_exhaust_the_process(backend: &str) {
+/// A router limited to `nofile` descriptors (setrlimit before exec), with `config`:
+/// its READY line, pid, the count and the first 64 KiB of its stderr lines.
+struct Limited {
+    ready: ReadyLine,
+    pid: u32,
+    stderr_lines: Arc<AtomicUsize>,
+    stderr_text: Arc<std::sync::Mutex<String>>,
+    _dir: tempfile::TempDir,
+    _child: KillOnDrop,
+}
+
+fn spawn_limited(backend: &str, nofile: u64, config_text: &str) -> Limited {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("router.toml");
-    std::fs::write(
-        &config,
-        "[network]\nconnections_max = 200000\nfds_reserved = 64\n",
-    )
-    .unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let operator = operator_key().address().to_string();
     let mut command = Command::new(router_binary());
     command
@@ -425,10 +432,10 @@ fn idle_connections_do_not_exhaust_the_process(backend: &str) {
         .stdin(Stdio::null());
     // SAFETY: only setrlimit (async-signal-safe) runs between fork and exec.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             let limit = libc::rlimit {
-                rlim_cur: 300,
-                rlim_max: 300,
+                rlim_cur: nofile,
+                rlim_max: nofile,
             };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                 return Err(std::io::Error::last_os_error());
@@ -462,7 +469,24 @@ fn idle_connections_do_not_exhaust_the_process(backend: &str) {
             break ready;
         }
     };
-    let guard = KillOnDrop(child);
+    Limited {
+        ready,
+        pid,
+        stderr_lines,
+        stderr_text,
+        _dir: dir,
+        _child: KillOnDrop(child),
+    }
+}
+
+fn idle_connections_do_not_exhaust_the_process(backend: &str) {
+    let limited = spawn_limited(
+        backend,
+        300,
+        "[network]\nconnections_max = 200000\nfds_reserved = 64\n",
+    );
+    let (ready, pid) = (limited.ready.clone(), limited.pid);
+    let (stderr_lines, stderr_text) = (limited.stderr_lines.clone(), limited.stderr_text.clone());
     let deadline = Instant::now() + Duration::from_secs(5);
     while !stderr_text.lock().unwrap().contains("lowered to") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -541,7 +565,7 @@ fn idle_connections_do_not_exhaust_the_process(backend: &str) {
         answered += stream.read(&mut buffer).is_ok() as usize;
     }
     assert!(answered > 0, "idle connections were greeted or closed");
-    drop(guard);
+    drop(limited);
 }
 
 struct KillOnDrop(std::process::Child);
@@ -551,6 +575,87 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Case 13's accept errors for one backend: descriptors run out for real (the
+/// metrics endpoint's connections take what `fds_reserved` kept, then idle router
+/// connections arrive), so accepts fail with EMFILE: the gateway pauses instead of
+/// spinning, logs a line with a count instead of one per failure, and once the
+/// metrics connections time out a funded client gets in.
+fn accept_errors_back_off(backend: &str) {
+    let limited = spawn_limited(backend, 120, "[network]\nfds_reserved = 64\n");
+    let ready = limited.ready.clone();
+    let user_key = SigningKey::from_seed(b"integrity-emfile-user");
+    {
+        let mut operator = connect(ready.listen, operator_key());
+        fund(&mut operator, &[(user_key.address(), 100 * WEI_PER_MOR)]);
+    }
+    // The metrics endpoint holds each connection up to 2 s (its request timeout).
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        if let Ok(s) = TcpStream::connect_timeout(&ready.metrics, Duration::from_millis(500)) {
+            held.push(s);
+        }
+    }
+    for _ in 0..80 {
+        if let Ok(s) = TcpStream::connect_timeout(&ready.listen, Duration::from_millis(500)) {
+            held.push(s);
+        }
+    }
+    let ticks_before = cpu_ticks(limited.pid);
+    let watched = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let ticks = cpu_ticks(limited.pid) - ticks_before;
+    let seconds = watched.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu_share = ticks as f64 / ticks_per_s / seconds;
+    let log = limited.stderr_text.lock().unwrap().clone();
+    let failures = log.matches("accept failed").count();
+    eprintln!(
+        "{backend}: CPU {:.1} % over {seconds:.1} s with descriptors exhausted, {} log \
+         lines, {failures} about accept failures",
+        cpu_share * 100.0,
+        limited.stderr_lines.load(Ordering::Relaxed)
+    );
+    assert!(
+        failures >= 1,
+        "descriptors ran out: the accept failed: {log}"
+    );
+    assert!(failures <= 2, "one line per interval, with a count: {log}");
+    assert!(
+        cpu_share < 0.2,
+        "the router spins: {:.1} % CPU",
+        cpu_share * 100.0
+    );
+    let mut user = connect(ready.listen, user_key.clone());
+    let nonce = user.next_nonce();
+    user.send_raw(&presign_rfc(
+        &user_key,
+        ready.network_id,
+        nonce,
+        1,
+        100,
+        now_ms() + 30_000,
+    ))
+    .unwrap();
+    expect(&mut user, Duration::from_secs(10), |m| match m {
+        Message::RfcAccepted(a) if a.nonce == nonce => Some(()),
+        Message::ErrorReply(e) => panic!("RFC refused: {e:?}"),
+        _ => None,
+    });
+    assert!(metrics_text(ready.metrics).contains("yellowstone_accept_errors_total"));
+    drop(held);
+}
+
+#[test]
+fn section_9_accept_errors_back_off_uring() {
+    accept_errors_back_off("uring");
+}
+
+#[test]
+fn section_9_accept_errors_back_off_mio() {
+    accept_errors_back_off("mio");
 }
 
 #[test]

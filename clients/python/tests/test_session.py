@@ -178,8 +178,8 @@ def test_full_session_with_batch_verification_and_claim(router):
     assert batch["merkle_root"] == p.merkle_root([leaf])
 
     # The provider claims everything owed, then has nothing left to claim.
-    nonce = provider.send_signed("Claim", amount_wei=0)
-    claimed = provider.answer(nonce, "ClaimAck")
+    claim_nonce = provider.send_signed("Claim", amount_wei=0)
+    claimed = provider.answer(claim_nonce, "ClaimAck")
     assert claimed["amount_wei"] == 300 * PRICE_WEI_PER_TOKEN
     assert claimed["owed_left_wei"] == 0
     nonce = provider.send_signed("Claim", amount_wei=0)
@@ -187,11 +187,12 @@ def test_full_session_with_batch_verification_and_claim(router):
         provider.answer(nonce, "ClaimAck")
     assert refused.value.name == "nothing_owed"
 
-    # A replayed nonce: refused with the last accepted one in detail.
+    # A replayed nonce: refused with the last accepted one in detail (a refused
+    # message spends no nonce, so that is the accepted claim's).
     with pytest.raises(RouterError) as refused:
-        provider.send_signed("Claim", nonce=nonce, amount_wei=0)
-        provider.answer(nonce, "ClaimAck")
-    assert refused.value.name == "replay" and refused.value.fields["detail"] == nonce
+        provider.send_signed("Claim", nonce=claim_nonce, amount_wei=0)
+        provider.answer(claim_nonce, "ClaimAck")
+    assert refused.value.name == "replay" and refused.value.fields["detail"] == claim_nonce
 
     for client in (operator, user, provider):
         client.close()

@@ -146,7 +146,8 @@ ERROR_NAMES = {
     0x0222: "user_sessions_full", 0x0223: "ttft_over_elapsed", 0x0224: "prompt_tokens_over_max",
     0x0225: "session_not_started", 0x0226: "session_already_started",
     0x0301: "overloaded", 0x0302: "too_many_connections", 0x0303: "slow_consumer",
-    0x0304: "idle_timeout", 0x0305: "shutting_down",
+    0x0304: "idle_timeout", 0x0305: "shutting_down", 0x0306: "unknown_sender",
+    0x0307: "login_timeout", 0x0308: "evicted",
 }
 
 

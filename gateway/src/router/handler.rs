@@ -826,8 +826,11 @@ impl FrameHandler for RouterHandler {
             (Message::LoginAnswer(answer), _) => {
                 match self.login(conn, answer, &frame.body) {
                     Ok(address) => {
-                        // §9: a funded login is never evicted for room.
-                        replies.set_standing(if self.is_funded(&address) {
+                        // §9: a funded login (or the operator's) is never evicted
+                        // for room.
+                        let staked =
+                            self.is_funded(&address) || self.shared.operator == Some(address);
+                        replies.set_standing(if staked {
                             Standing::Staked
                         } else {
                             Standing::LoggedIn
