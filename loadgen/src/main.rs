@@ -30,7 +30,8 @@ struct Args {
     /// issue 27 beside honest traffic, each paired with baseline runs (see README).
     #[arg(long, default_value = "steady")]
     scenario: String,
-    /// Simulated users (default 32; attacks: 16).
+    /// Simulated users (default 32; attacks: 64, so that each holds few sessions at
+    /// once).
     #[arg(long)]
     users: Option<usize>,
     /// Simulated providers (default 16; attacks: 8).
@@ -139,7 +140,7 @@ impl Args {
     }
 
     fn users(&self) -> usize {
-        self.users.unwrap_or(if self.attacks() { 16 } else { 32 })
+        self.users.unwrap_or(if self.attacks() { 64 } else { 32 })
     }
 
     fn providers(&self) -> usize {
