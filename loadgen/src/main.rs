@@ -4,7 +4,7 @@
 use clap::Parser;
 use std::path::PathBuf;
 use std::time::Duration;
-use yellowstone_loadgen::attack::{run_attacks, AttackSettings, Kind};
+use yellowstone_loadgen::attack::{allowed_cores, run_attacks, AttackSettings, Kind};
 use yellowstone_loadgen::embedded::{self, EmbeddedOptions};
 use yellowstone_loadgen::ping::PingConfig;
 use yellowstone_loadgen::plot::write_spectrum_svg;
@@ -30,7 +30,8 @@ struct Args {
     /// issue 27 beside honest traffic, each paired with baseline runs (see README).
     #[arg(long, default_value = "steady")]
     scenario: String,
-    /// Simulated users (default 32; attacks: 16).
+    /// Simulated users (default 32; attacks: 64, so that each holds few sessions at
+    /// once).
     #[arg(long)]
     users: Option<usize>,
     /// Simulated providers (default 16; attacks: 8).
@@ -139,7 +140,7 @@ impl Args {
     }
 
     fn users(&self) -> usize {
-        self.users.unwrap_or(if self.attacks() { 16 } else { 32 })
+        self.users.unwrap_or(if self.attacks() { 64 } else { 32 })
     }
 
     fn providers(&self) -> usize {
@@ -351,6 +352,14 @@ fn attacks(args: &Args) -> Result<bool, String> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?,
     };
+    if let Some(core) = args.attacker_core {
+        let allowed = allowed_cores();
+        if !allowed.contains(&core) {
+            return Err(format!(
+                "--attacker-core must be a core this process may run on ({allowed:?}), not {core}"
+            ));
+        }
+    }
     let pairs = args.pairs.unwrap_or(if args.short { 1 } else { 3 });
     if !(1..=PAIRS_MAX).contains(&pairs) {
         return Err(format!(

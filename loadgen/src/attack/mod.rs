@@ -343,18 +343,23 @@ pub fn pin_to_core(core: usize) -> std::io::Result<()> {
     }
 }
 
-/// The first core this process may run on (the attackers' default core).
-pub fn first_allowed_core() -> usize {
+/// The cores this process may run on (sched_getaffinity; empty if unknown).
+pub fn allowed_cores() -> Vec<usize> {
     // SAFETY: as in `pin_to_core`; sched_getaffinity fills the set.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return 0;
+            return Vec::new();
         }
         (0..libc::CPU_SETSIZE as usize)
-            .find(|&core| libc::CPU_ISSET(core, &set))
-            .unwrap_or(0)
+            .filter(|&core| libc::CPU_ISSET(core, &set))
+            .collect()
     }
+}
+
+/// The first core this process may run on (the attackers' default core).
+pub fn first_allowed_core() -> usize {
+    allowed_cores().first().copied().unwrap_or(0)
 }
 
 /// The soft limit on descriptors this process may open (RLIMIT_NOFILE).

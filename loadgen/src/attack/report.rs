@@ -353,6 +353,18 @@ impl ScenarioReport {
                 ));
             }
         }
+        if self.kind == Kind::SybilBootstrap
+            && self
+                .pairs
+                .iter()
+                .all(|p| p.attacked_canary.bonus_wei.is_none())
+        {
+            failures.push(
+                "the canary's bootstrap bonus was not read (the runs did not wait for day 0 \
+                 to end: --short)"
+                    .into(),
+            );
+        }
         if let Some(error) = self.pairs.iter().find_map(|p| p.attack_error.as_ref()) {
             failures.push(format!("the attack could not be carried out: {error}"));
         }
