@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value = "steady")]
     scenario: String,
     /// Simulated users (default 32; attacks: 64, so that each holds few sessions at
-    /// once).
+    /// once; --short 32).
     #[arg(long)]
     users: Option<usize>,
     /// Simulated providers (default 16; attacks: 8).
@@ -140,7 +140,10 @@ impl Args {
     }
 
     fn users(&self) -> usize {
-        self.users.unwrap_or(if self.attacks() { 64 } else { 32 })
+        self.users.unwrap_or(match (self.attacks(), self.short) {
+            (true, false) => 64,
+            _ => 32,
+        })
     }
 
     fn providers(&self) -> usize {
