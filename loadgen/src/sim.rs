@@ -656,6 +656,7 @@ struct ProviderOutcome {
     connection_lost: Option<String>,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_provider(
     addr: SocketAddr,
     key: SigningKey,
@@ -664,6 +665,7 @@ fn run_provider(
     price: u128,
     stop: Arc<AtomicBool>,
     churn: bool,
+    simulated_users: Arc<std::collections::HashSet<Address>>,
 ) -> Result<ProviderOutcome, String> {
     let mut outcome = ProviderOutcome::default();
     let mut client = connect(addr, key.clone())?;
@@ -720,9 +722,20 @@ fn run_provider(
                     Behaviour::Dead => {}
                 }
             }
+            Message::SessionTicket(ticket) if !simulated_users.contains(&ticket.user) => {
+                // R-SESSION-1: a ticket of someone else (an attacker of `--scenario
+                // attacks`) whose holder never sends its request: a provider node signs
+                // no start for it, and neither does this one.
+                if let Some(sent) = answered.pop_front() {
+                    outcome
+                        .probe_rtt
+                        .record_us(sent.elapsed().as_micros() as u64);
+                }
+            }
             Message::SessionTicket(ticket) => {
-                // R-SESSION-1: the simulated inference begins as the ticket arrives,
-                // as the provider node signs it when it serves the request.
+                // R-SESSION-1: the simulated users send their request at once, so the
+                // simulated inference begins as the ticket arrives, as the provider
+                // node signs it when it serves the request.
                 let nonce = client.next_nonce();
                 let start: Message = SessionStart {
                     from: key.address(),
@@ -881,6 +894,14 @@ pub fn run_with(
     }
     fund(&mut operator, &balances)?;
 
+    // The users whose tickets the simulated providers serve (and sign started).
+    let simulated_users: Arc<std::collections::HashSet<Address>> = Arc::new(
+        user_keys
+            .iter()
+            .chain(&sybil_keys)
+            .map(|k| k.address())
+            .collect(),
+    );
     let stop_providers = Arc::new(AtomicBool::new(false));
     let slow = (config.providers as f64 * config.slow_provider_share).round() as usize;
     let dead = (config.providers as f64 * config.dead_provider_share).round() as usize;
@@ -897,8 +918,9 @@ pub fn run_with(
         let price = config.reference_price_wei * rng.gen_range(80..=120) / 100;
         let churn = config.scenario == Scenario::Churn && i % 2 == 0;
         let (addr, config, stop) = (target.addr, config.clone(), stop_providers.clone());
+        let simulated_users = simulated_users.clone();
         provider_threads.push(std::thread::spawn(move || {
-            run_provider(addr, key, config, behaviour, price, stop, churn)
+            run_provider(addr, key, config, behaviour, price, stop, churn, simulated_users)
         }));
     }
     std::thread::sleep(Duration::from_millis(300)); // registrations land first
