@@ -474,7 +474,9 @@ impl Engine {
             self.refresh_provider(provider);
         }
         // R-PROV-2: unfunded registrations are kept for a bounded time.
-        self.state.unfunded.expire(now);
+        if !self.state.unfunded.is_empty() {
+            self.state.unfunded.expire(now);
+        }
         let genesis = self.state.config.genesis_ms;
         while now >= genesis.saturating_add((self.state.block + 1).saturating_mul(BLOCK_MS)) {
             self.seal_block(effects);

@@ -854,9 +854,8 @@ impl Engine {
             .checked_add(1)
             .expect("provider session count checked before the report was accepted");
         self.state.counters.sessions_credited += 1;
-        if amount_wei > 0 {
-            let address = totals.provider;
-            self.enroll_bootstrap(address);
+        if amount_wei > 0 && !self.state.providers[session.provider as usize].bootstrap_slot {
+            self.enroll_bootstrap(session.provider);
         }
     }
 
@@ -864,7 +863,7 @@ impl Engine {
     /// session (in the order of those sessions' reports) hold the bootstrap slots
     /// for the whole bootstrap period. Only a funded provider is ever matched
     /// (R-PROV-2), so neither unfunded nor idle registrations take a slot.
-    fn enroll_bootstrap(&mut self, provider: Address) {
+    fn enroll_bootstrap(&mut self, provider_idx: u32) {
         let config = &self.state.config;
         let ledger = &mut self.state.ledger;
         if self.state.block / crate::types::BLOCKS_PER_DAY >= config.bootstrap_days
@@ -872,7 +871,10 @@ impl Engine {
         {
             return;
         }
-        ledger.bootstrap_providers.insert(provider);
+        let provider = &mut self.state.providers[provider_idx as usize];
+        let inserted = ledger.bootstrap_providers.insert(provider.address);
+        debug_assert!(inserted, "enrolled once");
+        provider.bootstrap_slot = true;
         debug_assert!(ledger.bootstrap_providers.len() <= config.bootstrap_providers_max as usize);
     }
 

@@ -219,6 +219,17 @@ impl Engine {
             self.state.ledger.bootstrap_providers.len() <= config.bootstrap_providers_max as usize,
             "bootstrap slots above bootstrap_providers_max"
         );
+        for provider in &self.state.providers {
+            assert_eq!(
+                provider.bootstrap_slot,
+                self.state
+                    .ledger
+                    .bootstrap_providers
+                    .contains(&provider.address),
+                "bootstrap flag drifted for {}",
+                provider.address
+            );
+        }
     }
 
     /// Every offer in a book is available, and every queued RFC is not probing.

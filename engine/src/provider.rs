@@ -214,6 +214,7 @@ impl Engine {
             suspended_until_ms: 0,
             offers: Vec::new(),
             recent_penalties: VecDeque::new(),
+            bootstrap_slot: false,
         });
         self.state.accounts[account as usize].provider = Some(idx);
         // R-CONTRACT-4: bootstrap slots go by first credited session (flow.rs), not

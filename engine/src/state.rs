@@ -63,6 +63,9 @@ pub struct Provider {
     /// The most recent reports (R-PERF-4), newest last: the account of the user
     /// whose report earned a penalty point, `None` for a report without one.
     pub recent_penalties: VecDeque<Option<AccountIdx>>,
+    /// R-CONTRACT-4: holds a bootstrap slot (mirrors `Ledger::bootstrap_providers`,
+    /// so that a credit tells it without searching the set).
+    pub bootstrap_slot: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
