@@ -212,7 +212,7 @@ fn case_4_a_hoarder_holds_at_most_user_sessions_open_max_and_unstarted_sessions_
 #[test]
 fn case_8_a_void_report_earns_nothing_and_no_penalty_point() {
     // One penalty point suspends: were void a penalty, the provider would be out.
-    let (_dir, router) = start("penalty_points_suspend = 1");
+    let (_dir, router) = start("penalty_points_suspend = 1\nsuspend_users_min = 1");
     let (_operator, mut user, mut provider) = market(&router, 500, 1);
     for _ in 0..3 {
         let ticket = session(&mut user, &mut provider, 100);

@@ -142,7 +142,7 @@ ERROR_NAMES = {
     0x021B: "bid_above_max",
     0x021C: "credit_unrepresentable",
     0x021D: "credit_overflow",
-    0x021E: "invalid_param_set",
+    0x021E: "invalid_param_set", 0x021F: "nonce_gap",
     0x0222: "user_sessions_full", 0x0223: "ttft_over_elapsed", 0x0224: "prompt_tokens_over_max",
     0x0225: "session_not_started", 0x0226: "session_already_started",
     0x0301: "overloaded", 0x0302: "too_many_connections", 0x0303: "slow_consumer",
