@@ -305,6 +305,20 @@ pub enum Command {
         file_blake3: [u8; 32],
         entries: Vec<(Address, u128)>,
     },
+    /// R-CHAIN-3: what the Compute Contract at (`chain_id`, `contract`) has paid each
+    /// provider since genesis (its `paidTo`, MOR wei), read from the chain and signed
+    /// by the operator (`yellowstone-chain relay --operator-key-file`). The ledger
+    /// counts as paid whatever the chain paid beyond what it already counted (owed
+    /// falls by that much); a lower figure (an older read) changes nothing; a figure
+    /// above the provider's cumulative credit refuses the whole command. Entries
+    /// strictly ascending by provider, at most `balance_entries_max`.
+    ChainPaid {
+        operator: Address,
+        nonce: u64,
+        chain_id: u64,
+        contract: Address,
+        entries: Vec<(Address, u128)>,
+    },
 }
 
 impl Command {
@@ -318,6 +332,9 @@ impl Command {
                 operator, nonce, ..
             }
             | Command::SetParams {
+                operator, nonce, ..
+            }
+            | Command::ChainPaid {
                 operator, nonce, ..
             } => Some((*operator, *nonce)),
             Command::RegisterProvider {

@@ -319,11 +319,22 @@ impl Engine {
                 file_blake3,
                 entries,
             } => self.load_balance_snapshot(*file_blake3, entries, effects),
+            Command::ChainPaid {
+                operator,
+                nonce,
+                chain_id,
+                contract,
+                entries,
+            } => self.chain_paid(*operator, *nonce, *chain_id, contract, entries, effects),
             Command::Claim {
                 provider,
                 nonce,
                 amount_wei,
             } => {
+                // R-CHAIN-3: with a chain, payment happens only there.
+                if self.state.config.settlement_contract != Address::default() {
+                    return Err(MarketError::ClaimOnChain);
+                }
                 let (amount, left) = self.state.ledger.claim(*provider, *amount_wei)?;
                 effects.push(Effect::ClaimPaid {
                     provider: *provider,

@@ -118,6 +118,20 @@ pub enum MarketError {
     InvalidParamSet {
         reason: String,
     },
+    /// R-CHAIN-3: a `ChainPaid` figure above the provider's cumulative credit.
+    PaidAboveCredit {
+        credited_wei: u128,
+    },
+    /// R-CHAIN-3: a chain is configured, so payment happens only on the chain
+    /// (`yellowstone-chain claim`), not in the router.
+    ClaimOnChain,
+    /// R-CHAIN-3: `ChainPaid` for another chain or contract than the market's
+    /// settlement domain (or none is configured); `chain_id` is the market's.
+    WrongChain {
+        chain_id: u64,
+    },
+    /// R-CHAIN-3: `ChainPaid` entries not strictly ascending by provider.
+    ChainPaidUnsorted,
 }
 
 impl MarketError {
@@ -154,6 +168,10 @@ impl MarketError {
             MarketError::CreditUnrepresentable { .. } => 0x021C,
             MarketError::CreditOverflow { .. } => 0x021D,
             MarketError::InvalidParamSet { .. } => 0x021E,
+            MarketError::PaidAboveCredit { .. } => 0x022C,
+            MarketError::ClaimOnChain => 0x022D,
+            MarketError::WrongChain { .. } => 0x022E,
+            MarketError::ChainPaidUnsorted => 0x022F,
         }
     }
 
@@ -191,6 +209,10 @@ impl MarketError {
             MarketError::CreditUnrepresentable { .. } => "credit_unrepresentable",
             MarketError::CreditOverflow { .. } => "credit_overflow",
             MarketError::InvalidParamSet { .. } => "invalid_param_set",
+            MarketError::PaidAboveCredit { .. } => "paid_above_credit",
+            MarketError::ClaimOnChain => "claim_on_chain",
+            MarketError::WrongChain { .. } => "wrong_chain",
+            MarketError::ChainPaidUnsorted => "chain_paid_unsorted",
         }
     }
 
@@ -210,6 +232,8 @@ impl MarketError {
             } => *bid_wei_per_token_max,
             MarketError::CreditUnrepresentable { tokens_max_fit } => *tokens_max_fit as u128,
             MarketError::CreditOverflow { retry_after_ms } => *retry_after_ms as u128,
+            MarketError::PaidAboveCredit { credited_wei } => *credited_wei,
+            MarketError::WrongChain { chain_id } => u128::from(*chain_id),
             _ => 0,
         }
     }
@@ -280,6 +304,10 @@ impl MarketError {
             MarketError::InvalidParamSet {
                 reason: String::new(),
             },
+            MarketError::PaidAboveCredit { credited_wei: 0 },
+            MarketError::ClaimOnChain,
+            MarketError::WrongChain { chain_id: 0 },
+            MarketError::ChainPaidUnsorted,
         ];
         for error in &all {
             // Add a new variant to the list above, then here.
@@ -313,7 +341,11 @@ impl MarketError {
                 | MarketError::BidAboveMax { .. }
                 | MarketError::CreditUnrepresentable { .. }
                 | MarketError::CreditOverflow { .. }
-                | MarketError::InvalidParamSet { .. } => {}
+                | MarketError::InvalidParamSet { .. }
+                | MarketError::PaidAboveCredit { .. }
+                | MarketError::ClaimOnChain
+                | MarketError::WrongChain { .. }
+                | MarketError::ChainPaidUnsorted => {}
             }
         }
         all
@@ -437,6 +469,24 @@ impl std::fmt::Display for MarketError {
             MarketError::InvalidParamSet { reason } => {
                 write!(f, "parameter set refused: {reason}")
             }
+            MarketError::PaidAboveCredit { credited_wei } => write!(
+                f,
+                "a paid figure is above the provider's cumulative credit of {credited_wei} wei"
+            ),
+            MarketError::ClaimOnChain => write!(
+                f,
+                "this market settles on a chain (market.settlement_contract): claim there \
+                 with `yellowstone-chain claim`; the router's ledger learns what the chain paid"
+            ),
+            MarketError::WrongChain { chain_id } => write!(
+                f,
+                "not this market's settlement contract: the market settles on chain {chain_id} \
+                 at market.settlement_contract (0x0: no chain configured)"
+            ),
+            MarketError::ChainPaidUnsorted => write!(
+                f,
+                "ChainPaid entries must be strictly ascending by provider address"
+            ),
         }
     }
 }

@@ -104,6 +104,17 @@ codes! {
     CREDIT_OVERFLOW = 0x021D, "credit_overflow";
     /// R-CONTRACT-6: a parameter set that would stop the market (the reason says why).
     INVALID_PARAM_SET = 0x021E, "invalid_param_set";
+    /// R-CHAIN-3: a `ChainPaid` figure above the provider's cumulative credit
+    /// (detail: that credit, wei).
+    PAID_ABOVE_CREDIT = 0x022C, "paid_above_credit";
+    /// R-CHAIN-3: an in-router `Claim` while the market settles on a chain: claim
+    /// there (`yellowstone-chain claim`).
+    CLAIM_ON_CHAIN = 0x022D, "claim_on_chain";
+    /// R-CHAIN-3: `ChainPaid` for another chain or contract than the market's
+    /// (detail: the market's chain id).
+    WRONG_CHAIN = 0x022E, "wrong_chain";
+    /// R-CHAIN-3: `ChainPaid` entries not strictly ascending by provider.
+    CHAIN_PAID_UNSORTED = 0x022F, "chain_paid_unsorted";
 
     /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
     OVERLOADED = 0x0301, "overloaded";

@@ -49,12 +49,13 @@ struct Damage {
 }
 
 /// Recovers the engine from `dir`. `visit` sees every replayed record with the
-/// effects it had (tools use it; the router passes a no-op).
+/// effects it had and the engine just after it (tools use it, e.g. a claim proof
+/// as of an older epoch; the router passes a no-op).
 pub fn recover(
     dir: &Path,
     market: &MarketConfig,
     options: RecoverOptions,
-    mut visit: impl FnMut(u64, &JournalRecord, &[Effect]),
+    mut visit: impl FnMut(u64, &JournalRecord, &[Effect], &Engine),
 ) -> Result<Recovered, String> {
     let started = Instant::now();
     let listing = files::list(dir)?;
@@ -146,7 +147,7 @@ pub fn recover(
                         })?;
                         effects.clear();
                         engine.apply(&journal_record.command, journal_record.now_ms, &mut effects);
-                        visit(rec.seq, &journal_record, &effects);
+                        visit(rec.seq, &journal_record, &effects, &engine);
                         recovered.records_replayed += 1;
                         recovered.last_seq = rec.seq;
                     }

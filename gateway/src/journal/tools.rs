@@ -33,7 +33,21 @@ pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
         allow_corrupt_truncate: false,
         read_only: true,
     };
-    recover(dir, &market, options, |_, _, _| {})
+    recover(dir, &market, options, |_, _, _, _| {})
+}
+
+/// Recovers the engine from `dir` without changing anything on disk; `visit` sees
+/// each replayed record, its effects and the engine just after it.
+pub fn recover_read_only_visiting(
+    dir: &Path,
+    visit: impl FnMut(u64, &JournalRecord, &[yellowstone_engine::Effect], &yellowstone_engine::Engine),
+) -> Result<Recovered, String> {
+    let market = market_of(dir)?;
+    let options = RecoverOptions {
+        allow_corrupt_truncate: false,
+        read_only: true,
+    };
+    recover(dir, &market, options, visit)
 }
 
 /// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.

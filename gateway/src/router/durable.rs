@@ -287,9 +287,37 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
     let genesis_ms: u64 = genesis_text
         .parse()
         .map_err(|e| format!("{}: {e}", dir.join("genesis_ms").display()))?;
+    // R-CHAIN-3 (issue 24 case 4): the network id is the data directory's, fixed at
+    // creation like the settlement domain, so that no command signs a settlement
+    // for another network.
+    let network_text = read_or_create(&dir.join(files::NETWORK_ID_FILE), || {
+        config.identity.network_id.to_string()
+    })?;
+    if network_text != config.identity.network_id.to_string() {
+        return Err(format!(
+            "{}: this data directory is of network {network_text}, identity.network_id is {}: \
+             a data directory's network id is fixed at creation (R-CHAIN-3); start on a new \
+             data directory for another network",
+            dir.join(files::NETWORK_ID_FILE).display(),
+            config.identity.network_id
+        ));
+    }
     let market = config.market_config(genesis_ms)?;
     match files::read_market(dir)? {
-        None => files::write_market(dir, &market)?,
+        None => {
+            if market.settlement_contract == yellowstone_engine::Address::default() {
+                // Issue 24 case 2: said at creation, not discovered at the first relay.
+                tracing::warn!(
+                    chain_id = market.settlement_chain_id,
+                    "no settlement contract configured (market.settlement_contract): this \
+                     data directory's settlements are signed for contract 0x0, which no chain \
+                     can verify; to settle on a chain, deploy first (yellowstone-chain deploy \
+                     --dry-run prints the address) and create the data directory with \
+                     market.settlement_chain_id and market.settlement_contract set"
+                );
+            }
+            files::write_market(dir, &market)?
+        }
         Some(stored) if stored != market => {
             return Err(format!(
                 "{}: the market parameters in the configuration differ from those this \
@@ -306,7 +334,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         allow_corrupt_truncate: config.journal.allow_corrupt_truncate,
         read_only: false,
     };
-    let recovered = journal::recover(dir, &market, options, |_, _, _| {})?;
+    let recovered = journal::recover(dir, &market, options, |_, _, _, _| {})?;
     for note in &recovered.notes {
         tracing::warn!("{note}");
     }

@@ -38,6 +38,7 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::ProbeAnswer { .. } => msg_type::PROBE_ANSWER,
         Command::Report { .. } => msg_type::REPORT,
         Command::Claim { .. } => msg_type::CLAIM,
+        Command::ChainPaid { .. } => msg_type::CHAIN_PAID,
         Command::Tick
         | Command::ProviderDisconnected { .. }
         | Command::LoadBalanceSnapshot { .. } => 0,
