@@ -132,7 +132,7 @@ pub async fn run(router: &RouterSide, node: &Node, options: &RelayOptions, metri
             Ok(Round::Wait) => {}
             Err(error) if error.is_transient() => {
                 metrics.lock().unwrap_or_else(|p| p.into_inner()).rpc_errors_total += 1;
-                tracing::warn!(%error, "node unavailable; retrying");
+                tracing::warn!(%error, "the node failed or refused (e.g. the relayer cannot pay gas); retrying");
             }
             Err(error) => {
                 metrics.lock().unwrap_or_else(|p| p.into_inner()).stopped = true;

@@ -161,7 +161,7 @@ impl Setup {
 
     /// Every provider claims on the chain (the relayer's key pays the gas; MOR goes
     /// to the provider) and ends with exactly its cumulative credit.
-    fn claim_all_and_check(&self, anvil: &Anvil, token: &str) {
+    fn claim_all_and_check(&self, anvil: &Anvil, token: &str) -> Vec<(String, u128)> {
         let credited = self.credited();
         assert!(credited.len() >= 2, "several providers earned: {credited:?}");
         for (provider, wei) in &credited {
@@ -181,6 +181,7 @@ impl Setup {
             let paid_to = anvil.call_u128(&self.contract, "paidTo(address)(uint256)", &[provider]);
             assert_eq!(paid_to, *wei);
         }
+        credited
     }
 
     fn chain_next_epoch(&self, anvil: &Anvil) -> u64 {
@@ -235,9 +236,8 @@ fn r_chain_2_relayer_settles_every_epoch_and_providers_are_paid_to_the_wei() {
         "none skipped or doubled: {settled:?} (before the restart {before_restart:?})"
     );
     assert!(*settled.last().unwrap() >= last);
-    s.claim_all_and_check(&anvil, &token);
+    let credited = s.claim_all_and_check(&anvil, &token);
     // The credit the contract holds is the router's, to the wei.
-    let credited: Vec<(String, u128)> = s.credited();
     let total: u128 = credited.iter().map(|(_, w)| w).sum();
     assert_eq!(anvil.call_u128(&contract, "credited()(uint256)", &[]), total);
     assert_eq!(anvil.call_u128(&contract, "owedTotal()(uint256)", &[]), 0);

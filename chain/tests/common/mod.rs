@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 /// anvil's first three default accounts (mnemonic "test test ... junk"): the
 /// deployer, the relayer, a spare funder.
 pub const DEPLOYER_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-pub const RELAYER_KEY: &str = "59c6995e998f97a5a0044966f0945389dc9c86dae88c7a8412f4603b6b78690d";
-pub const SPARE_KEY: &str = "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3d71b1f7f93b6c9a";
+pub const RELAYER_KEY: &str = "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+pub const SPARE_KEY: &str = "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
 pub const CHAIN_ID: u64 = 31_337;
 
 fn chain_dir() -> PathBuf {
