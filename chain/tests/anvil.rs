@@ -161,9 +161,9 @@ impl Setup {
 
     /// Every provider claims on the chain (the relayer's key pays the gas; MOR goes
     /// to the provider) and ends with exactly its cumulative credit.
-    fn claim_all_and_check(&self, anvil: &Anvil, token: &str) -> Vec<(String, u128)> {
+    fn claim_all_and_check(&self, anvil: &Anvil, token: &str, providers_min: usize) -> Vec<(String, u128)> {
         let credited = self.credited();
-        assert!(credited.len() >= 2, "several providers earned: {credited:?}");
+        assert!(credited.len() >= providers_min, "providers earned: {credited:?}");
         for (provider, wei) in &credited {
             let mut args: Vec<String> = vec!["claim".into()];
             args.extend(self.router_args());
@@ -236,7 +236,7 @@ fn r_chain_2_relayer_settles_every_epoch_and_providers_are_paid_to_the_wei() {
         "none skipped or doubled: {settled:?} (before the restart {before_restart:?})"
     );
     assert!(*settled.last().unwrap() >= last);
-    let credited = s.claim_all_and_check(&anvil, &token);
+    let credited = s.claim_all_and_check(&anvil, &token, 2);
     // The credit the contract holds is the router's, to the wei.
     let total: u128 = credited.iter().map(|(_, w)| w).sum();
     assert_eq!(anvil.call_u128(&contract, "credited()(uint256)", &[]), total);
@@ -295,7 +295,7 @@ fn r_chain_2_relayer_waits_on_underfunded_and_resends_after_a_reorg() {
     });
     assert!(s.chain_next_epoch(&anvil) >= before);
     drop(relayer);
-    s.claim_all_and_check(&anvil, &token);
+    s.claim_all_and_check(&anvil, &token, 1);
 }
 
 /// A relayer pointed at another contract, at a node of another chain, at a contract
