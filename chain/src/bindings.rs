@@ -46,7 +46,10 @@ pub fn describe(error: &ComputeContractErrors) -> String {
             e.provider, e.cumulative
         ),
         E::NothingToClaim(e) => {
-            format!("NothingToClaim(provider {}, paid {} wei)", e.provider, e.paid)
+            format!(
+                "NothingToClaim(provider {}, paid {} wei)",
+                e.provider, e.paid
+            )
         }
         E::BadParameter(e) => format!("BadParameter({})", e.name),
         other => format!("{other:?}"),

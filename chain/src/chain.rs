@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args, Clone, Debug)]
 pub struct NodeArgs {
     /// The node's JSON-RPC URL (http:// or https://).
-    #[arg(long, env = "YELLOWSTONE_CHAIN_RPC", default_value = "http://127.0.0.1:8545")]
+    #[arg(
+        long,
+        env = "YELLOWSTONE_CHAIN_RPC",
+        default_value = "http://127.0.0.1:8545"
+    )]
     pub rpc: String,
     /// A file holding the sender's secret key (64 hex digits): the relayer's, the
     /// provider's or the deployer's. Preferred over --key-hex (not in `ps`).
@@ -130,7 +134,9 @@ impl CallFailure {
             if let Some(data) = payload.as_revert_data() {
                 return match ComputeContractErrors::abi_decode(&data) {
                     Ok(decoded) => CallFailure::Contract(decoded),
-                    Err(_) => CallFailure::OtherRevert(format!("{} (data {data})", payload.message)),
+                    Err(_) => {
+                        CallFailure::OtherRevert(format!("{} (data {data})", payload.message))
+                    }
                 };
             }
             if payload.message.contains("revert") {
@@ -169,10 +175,16 @@ pub enum Sent {
     Confirmed(Confirmed),
     /// Mined but reverted (e.g. another relayer settled the epoch first): the caller
     /// reads the contract again.
-    Failed { hash: B256, gas_used: u64, gas_price: u128 },
+    Failed {
+        hash: B256,
+        gas_used: u64,
+        gas_price: u128,
+    },
     /// Mined, then removed by a reorg before its confirmations; nothing to resend
     /// here: the caller reads the contract again and sends what is missing.
-    Reorged { hash: B256 },
+    Reorged {
+        hash: B256,
+    },
 }
 
 impl Node {
@@ -279,10 +291,17 @@ impl Node {
                             return Ok(Sent::Reorged { hash });
                         }
                     }
-                    let bump = |fee: u128| fee.saturating_mul(100 + u128::from(args.fee_bump_percent)) / 100 + 1;
+                    let bump = |fee: u128| {
+                        fee.saturating_mul(100 + u128::from(args.fee_bump_percent)) / 100 + 1
+                    };
                     max_fee = bump(max_fee).min(args.max_fee_per_gas_wei);
                     priority = bump(priority).min(max_fee);
-                    tracing::warn!(nonce, sends, max_fee, "not mined in time: sending again with higher fees");
+                    tracing::warn!(
+                        nonce,
+                        sends,
+                        max_fee,
+                        "not mined in time: sending again with higher fees"
+                    );
                     continue 'send;
                 }
             }

@@ -30,7 +30,11 @@ pub fn params_json(params: &DeployParams, router: &RouterSide) -> Value {
 }
 
 /// Refuses a node or contract other than the router's settlement domain.
-pub fn check_domain(router: &RouterSide, chain_id: u64, contract: Address) -> Result<(), ChainError> {
+pub fn check_domain(
+    router: &RouterSide,
+    chain_id: u64,
+    contract: Address,
+) -> Result<(), ChainError> {
     if router.market.settlement_chain_id != chain_id {
         return Err(ChainError::WrongChain {
             node: chain_id,
@@ -47,13 +51,21 @@ pub fn check_domain(router: &RouterSide, chain_id: u64, contract: Address) -> Re
     Ok(())
 }
 
-async fn deploy_code(node: &Node, code: Vec<u8>, send: &SendArgs, what: &str) -> Result<(Address, u64), ChainError> {
+async fn deploy_code(
+    node: &Node,
+    code: Vec<u8>,
+    send: &SendArgs,
+    what: &str,
+) -> Result<(Address, u64), ChainError> {
     match node.send(None, Bytes::from(code), send, |_| {}).await {
         Ok(Sent::Confirmed(done)) => {
-            let address = done.receipt.contract_address.ok_or_else(|| ChainError::Failed {
-                hash: done.hash.to_string(),
-                reason: format!("{what}: no contract address in the receipt"),
-            })?;
+            let address = done
+                .receipt
+                .contract_address
+                .ok_or_else(|| ChainError::Failed {
+                    hash: done.hash.to_string(),
+                    reason: format!("{what}: no contract address in the receipt"),
+                })?;
             Ok((address, done.receipt.gas_used))
         }
         Ok(Sent::Failed { hash, .. }) => Err(ChainError::Failed {
@@ -62,7 +74,9 @@ async fn deploy_code(node: &Node, code: Vec<u8>, send: &SendArgs, what: &str) ->
         }),
         Ok(Sent::Reorged { hash }) => Err(ChainError::Failed {
             hash: hash.to_string(),
-            reason: format!("{what}: removed by a reorg before its confirmations; run deploy again"),
+            reason: format!(
+                "{what}: removed by a reorg before its confirmations; run deploy again"
+            ),
         }),
         Err(failure) => Err(failure.into_error()),
     }
@@ -84,7 +98,8 @@ pub async fn deploy(
     options: &DeployOptions,
 ) -> Result<Value, ChainError> {
     let planned_token = options.token.unwrap_or(Address::ZERO);
-    let mut out = json!({ "parameters": params_json(&router.deploy_params(engine(planned_token)), router) });
+    let mut out =
+        json!({ "parameters": params_json(&router.deploy_params(engine(planned_token)), router) });
     if options.dry_run && node_args.key_file.is_none() && node_args.key_hex.is_none() {
         return Ok(out);
     }
@@ -125,11 +140,16 @@ pub async fn deploy(
     let token = match (options.token, options.test_token) {
         (Some(token), false) => token,
         (None, true) => {
-            let (token, gas) = deploy_code(&node, Artifact::test_mor().bytecode, send, "TestMOR").await?;
+            let (token, gas) =
+                deploy_code(&node, Artifact::test_mor().bytecode, send, "TestMOR").await?;
             out["token_deploy_gas"] = json!(gas);
             token
         }
-        _ => return Err(ChainError::Usage("give exactly one of --token ADDRESS and --test-token".into())),
+        _ => {
+            return Err(ChainError::Usage(
+                "give exactly one of --token ADDRESS and --test-token".into(),
+            ))
+        }
     };
     let params = router.deploy_params(engine(token));
     let (contract, gas) = deploy_code(&node, params.deploy_code(), send, "ComputeContract").await?;
@@ -140,13 +160,21 @@ pub async fn deploy(
     out["parameters"] = params_json(&params, router);
     if options.fund_wei > 0 {
         if !options.test_token {
-            return Err(ChainError::Usage("--fund-wei mints the test token: only with --test-token".into()));
+            return Err(ChainError::Usage(
+                "--fund-wei mints the test token: only with --test-token".into(),
+            ));
         }
         let call = TestMOR::mintCall {
             to: contract,
             amount: U256::from(options.fund_wei),
         };
-        send_call(&node, token, alloy::sol_types::SolCall::abi_encode(&call), send).await?;
+        send_call(
+            &node,
+            token,
+            alloy::sol_types::SolCall::abi_encode(&call),
+            send,
+        )
+        .await?;
         out["funded_wei"] = json!(options.fund_wei.to_string());
     }
     verify(router, &node.provider, node.chain_id, contract, Some(token)).await?;
@@ -155,9 +183,16 @@ pub async fn deploy(
 }
 
 /// Sends a call and requires it confirmed and successful.
-pub async fn send_call(node: &Node, to: Address, calldata: Vec<u8>, send: &SendArgs) -> Result<crate::chain::Confirmed, ChainError> {
+pub async fn send_call(
+    node: &Node,
+    to: Address,
+    calldata: Vec<u8>,
+    send: &SendArgs,
+) -> Result<crate::chain::Confirmed, ChainError> {
     let calldata = Bytes::from(calldata);
-    node.simulate(to, &calldata).await.map_err(CallFailure::into_error)?;
+    node.simulate(to, &calldata)
+        .await
+        .map_err(CallFailure::into_error)?;
     match node.send(Some(to), calldata, send, |_| {}).await {
         Ok(Sent::Confirmed(done)) => Ok(done),
         Ok(Sent::Failed { hash, .. }) => Err(ChainError::Failed {
@@ -207,9 +242,21 @@ pub async fn verify(
         }};
     }
     check!("token", deployed_token, evm(&params.token));
-    check!("router", c.router().call().await.map_err(rpc)?, evm(&params.router));
-    check!("networkId", c.networkId().call().await.map_err(rpc)?, u64::from(params.network_id));
-    check!("epochsPerDay", c.epochsPerDay().call().await.map_err(rpc)?, params.epochs_per_day);
+    check!(
+        "router",
+        c.router().call().await.map_err(rpc)?,
+        evm(&params.router)
+    );
+    check!(
+        "networkId",
+        c.networkId().call().await.map_err(rpc)?,
+        u64::from(params.network_id)
+    );
+    check!(
+        "epochsPerDay",
+        c.epochsPerDay().call().await.map_err(rpc)?,
+        params.epochs_per_day
+    );
     check!(
         "computeEmissionPerDay",
         c.computeEmissionPerDay().call().await.map_err(rpc)?,
@@ -220,13 +267,27 @@ pub async fn verify(
         c.bootstrapBonusPerDay().call().await.map_err(rpc)?,
         U256::from(params.bootstrap_bonus_wei_per_day)
     );
-    check!("bootstrapDays", c.bootstrapDays().call().await.map_err(rpc)?, params.bootstrap_days);
-    check!("poolSpendBps", c.poolSpendBps().call().await.map_err(rpc)?, params.pool_spend_bps);
-    check!("burnUnused", c.burnUnused().call().await.map_err(rpc)?, params.burn_unused);
+    check!(
+        "bootstrapDays",
+        c.bootstrapDays().call().await.map_err(rpc)?,
+        params.bootstrap_days
+    );
+    check!(
+        "poolSpendBps",
+        c.poolSpendBps().call().await.map_err(rpc)?,
+        params.pool_spend_bps
+    );
+    check!(
+        "burnUnused",
+        c.burnUnused().call().await.map_err(rpc)?,
+        params.burn_unused
+    );
     if !wrong.is_empty() {
         return Err(ChainError::Mismatch(wrong.join("; ")));
     }
-    Ok(json!({ "contract": contract.to_string(), "chain_id": chain_id, "deployed": read, "matches": true }))
+    Ok(
+        json!({ "contract": contract.to_string(), "chain_id": chain_id, "deployed": read, "matches": true }),
+    )
 }
 
 /// A provider's claim on the chain against the epoch the chain has settled.
@@ -246,8 +307,12 @@ pub async fn claim(
         ));
     };
     let engine_provider = yellowstone_engine::Address(provider_address.0 .0);
-    let proof = yellowstone_gateway::settlement::proof_at(router.data_dir()?, &engine_provider, Some(settled))
-        .map_err(|e| ChainError::Router(e.to_string()))?;
+    let proof = yellowstone_gateway::settlement::proof_at(
+        router.data_dir()?,
+        &engine_provider,
+        Some(settled),
+    )
+    .map_err(|e| ChainError::Router(e.to_string()))?;
     let root = c.root().call().await.map_err(rpc)?;
     if root.0 != proof.root {
         return Err(ChainError::Mismatch(format!(
@@ -265,7 +330,9 @@ pub async fn claim(
     });
     if cumulative <= before {
         out["paid_wei"] = json!("0");
-        out["note"] = json!(format!("nothing to claim: epoch {settled}'s cumulative is already paid"));
+        out["note"] = json!(format!(
+            "nothing to claim: epoch {settled}'s cumulative is already paid"
+        ));
         return Ok(out);
     }
     let done = send_call(node, contract, proof.claim_calldata(), send).await?;

@@ -30,7 +30,11 @@ pub enum ChainError {
     #[error("epoch {epoch} is the contract's next but the router keeps settlements from epoch {first} only (market.settlements_kept_max): cannot skip an epoch, stopping")]
     EpochGone { epoch: u64, first: u64 },
     #[error("the deployment would land at {landing}, but the router signs for {configured} (market.settlement_contract): the deployer's nonce is {nonce}")]
-    WrongAddress { landing: Address, configured: Address, nonce: u64 },
+    WrongAddress {
+        landing: Address,
+        configured: Address,
+        nonce: u64,
+    },
     #[error("{0}")]
     Usage(String),
     #[error("metrics listener {addr}: {source}")]

@@ -91,13 +91,16 @@ impl Reconciler {
             return Ok(0);
         }
         // The ledger's providers are a BTreeMap: already ascending by address.
-        debug_assert!(entries.windows(2).all(|w| w[0].provider.0 < w[1].provider.0));
+        debug_assert!(entries
+            .windows(2)
+            .all(|w| w[0].provider.0 < w[1].provider.0));
         let router = self.router;
         let key = self.key.clone();
         let contract = *c.address();
-        let sent = tokio::task::spawn_blocking(move || send(router, key, chain_id, contract, entries))
-            .await
-            .map_err(|e| ChainError::Router(format!("ChainPaid task: {e}")))?;
+        let sent =
+            tokio::task::spawn_blocking(move || send(router, key, chain_id, contract, entries))
+                .await
+                .map_err(|e| ChainError::Router(format!("ChainPaid task: {e}")))?;
         match sent {
             Ok(()) => {
                 let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
@@ -107,7 +110,9 @@ impl Reconciler {
                 Ok(newly)
             }
             // The router being down or busy is retried next round, like the node.
-            Err(error @ (SendError::Client(..) | SendError::Timeout(_))) => Err(ChainError::Rpc(error.to_string())),
+            Err(error @ (SendError::Client(..) | SendError::Timeout(_))) => {
+                Err(ChainError::Rpc(error.to_string()))
+            }
             Err(error) => Err(ChainError::Router(error.to_string())),
         }
     }
@@ -148,7 +153,10 @@ fn send(
             }
             Ok(_) => {}
             Err(ClientError::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(SendError::Client(router, e)),
         }
     }

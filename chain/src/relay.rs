@@ -69,7 +69,11 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn read_funding(c: &ComputeContract::ComputeContractInstance<DynProvider>, provider: &DynProvider, metrics: &Shared) -> Result<(), ChainError> {
+async fn read_funding(
+    c: &ComputeContract::ComputeContractInstance<DynProvider>,
+    provider: &DynProvider,
+    metrics: &Shared,
+) -> Result<(), ChainError> {
     let token = c.token().call().await.map_err(rpc)?;
     let balance = crate::bindings::TestMOR::new(token, provider.clone())
         .balanceOf(*c.address())
@@ -92,7 +96,11 @@ async fn read_funding(c: &ComputeContract::ComputeContractInstance<DynProvider>,
 }
 
 /// Checks the contract is the one the router signs for, before anything is sent.
-pub async fn preflight(router: &RouterSide, node: &Node, contract: Address) -> Result<(), ChainError> {
+pub async fn preflight(
+    router: &RouterSide,
+    node: &Node,
+    contract: Address,
+) -> Result<(), ChainError> {
     crate::deploy::check_domain(router, node.chain_id, contract)?;
     let code = alloy::providers::Provider::get_code_at(&node.provider, contract)
         .await
@@ -120,7 +128,12 @@ pub async fn preflight(router: &RouterSide, node: &Node, contract: Address) -> R
 }
 
 /// Runs until `options.until_epoch` is settled or an error it must not skip.
-pub async fn run(router: &RouterSide, node: &Node, options: &RelayOptions, metrics: &Shared) -> Result<(), ChainError> {
+pub async fn run(
+    router: &RouterSide,
+    node: &Node,
+    options: &RelayOptions,
+    metrics: &Shared,
+) -> Result<(), ChainError> {
     preflight(router, node, options.contract).await?;
     let key = router.key()?.clone();
     let c = ComputeContract::new(options.contract, node.provider.clone());
@@ -131,7 +144,10 @@ pub async fn run(router: &RouterSide, node: &Node, options: &RelayOptions, metri
             Ok(Round::Sent) => continue,
             Ok(Round::Wait) => {}
             Err(error) if error.is_transient() => {
-                metrics.lock().unwrap_or_else(|p| p.into_inner()).rpc_errors_total += 1;
+                metrics
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .rpc_errors_total += 1;
                 tracing::warn!(%error, "the node failed or refused (e.g. the relayer cannot pay gas); retrying");
             }
             Err(error) => {
@@ -167,10 +183,14 @@ async fn round(
         let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
         m.chain_last_epoch = next.checked_sub(1);
         m.router_last_epoch = view.last_epoch;
-        m.lag_epochs = view.last_epoch.map_or(0, |last| (last + 1).saturating_sub(next));
+        m.lag_epochs = view
+            .last_epoch
+            .map_or(0, |last| (last + 1).saturating_sub(next));
         m.lag_seconds = match &view.record {
             Some(record) => {
-                let ended = view.genesis_ms.saturating_add((record.last_block + 1).saturating_mul(BLOCK_MS));
+                let ended = view
+                    .genesis_ms
+                    .saturating_add((record.last_block + 1).saturating_mul(BLOCK_MS));
                 now_ms().saturating_sub(ended) as f64 / 1000.0
             }
             None => 0.0,
@@ -186,7 +206,9 @@ async fn round(
             _ => {
                 // Caught up: the router's ledger learns what the chain paid.
                 if let Some(reconciler) = &options.reconciler {
-                    reconciler.run_once(c, node.chain_id, &view.credited, metrics).await?;
+                    reconciler
+                        .run_once(c, node.chain_id, &view.credited, metrics)
+                        .await?;
                 }
                 Ok(Round::Wait)
             }
@@ -221,14 +243,24 @@ async fn round(
         Ok(_) => {}
         Err(CallFailure::Node(error)) => return Err(error),
         Err(CallFailure::Contract(error)) => return refused(next, &error, metrics),
-        Err(CallFailure::OtherRevert(text)) => return Err(ChainError::Reverted(format!("epoch {next}: {text}"))),
+        Err(CallFailure::OtherRevert(text)) => {
+            return Err(ChainError::Reverted(format!("epoch {next}: {text}")))
+        }
     }
     tracing::info!(epoch = next, credited_wei = %record.credited_wei, "settling");
     let metrics_for_replace = metrics.clone();
     let sent = node
-        .send(Some(options.contract), calldata.clone(), &options.send, |_| {
-            metrics_for_replace.lock().unwrap_or_else(|p| p.into_inner()).resubmits_total += 1;
-        })
+        .send(
+            Some(options.contract),
+            calldata.clone(),
+            &options.send,
+            |_| {
+                metrics_for_replace
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .resubmits_total += 1;
+            },
+        )
         .await;
     match sent {
         Ok(Sent::Confirmed(done)) => {
@@ -236,7 +268,8 @@ async fn round(
             m.settled_total += 1;
             m.funding_alarm = false;
             m.gas_used_total += done.receipt.gas_used;
-            m.gas_spent_wei_total += u128::from(done.receipt.gas_used) * done.receipt.effective_gas_price;
+            m.gas_spent_wei_total +=
+                u128::from(done.receipt.gas_used) * done.receipt.effective_gas_price;
             println!(
                 "SETTLED epoch={next} tx={} block={} gas={}",
                 done.hash,
@@ -245,7 +278,11 @@ async fn round(
             );
             Ok(Round::Sent)
         }
-        Ok(Sent::Failed { hash, gas_used, gas_price }) => {
+        Ok(Sent::Failed {
+            hash,
+            gas_used,
+            gas_price,
+        }) => {
             {
                 let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
                 m.gas_used_total += gas_used;
@@ -263,21 +300,32 @@ async fn round(
             }
         }
         Ok(Sent::Reorged { hash }) => {
-            metrics.lock().unwrap_or_else(|p| p.into_inner()).reorgs_total += 1;
+            metrics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .reorgs_total += 1;
             tracing::warn!(epoch = next, %hash, "the settle left the chain (reorg): reading the contract again");
             Ok(Round::Sent)
         }
         Err(CallFailure::Node(error)) => Err(error),
         Err(CallFailure::Contract(error)) => refused(next, &error, metrics),
-        Err(CallFailure::OtherRevert(text)) => Err(ChainError::Reverted(format!("epoch {next}: {text}"))),
+        Err(CallFailure::OtherRevert(text)) => {
+            Err(ChainError::Reverted(format!("epoch {next}: {text}")))
+        }
     }
 }
 
 /// A decoded refusal of `epoch`'s settle: wait (funding), move on (someone else
 /// relayed it), or stop.
-fn refused(epoch: u64, error: &ComputeContractErrors, metrics: &Shared) -> Result<Round, ChainError> {
+fn refused(
+    epoch: u64,
+    error: &ComputeContractErrors,
+    metrics: &Shared,
+) -> Result<Round, ChainError> {
     let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
-    *m.reverts_total.entry(bindings::name(error).to_string()).or_insert(0) += 1;
+    *m.reverts_total
+        .entry(bindings::name(error).to_string())
+        .or_insert(0) += 1;
     match error {
         ComputeContractErrors::Underfunded(_) => {
             m.funding_alarm = true;
@@ -285,6 +333,9 @@ fn refused(epoch: u64, error: &ComputeContractErrors, metrics: &Shared) -> Resul
             Ok(Round::Wait)
         }
         ComputeContractErrors::AlreadySettled(_) => Ok(Round::Sent),
-        other => Err(ChainError::Reverted(format!("epoch {epoch}: {}", bindings::describe(other)))),
+        other => Err(ChainError::Reverted(format!(
+            "epoch {epoch}: {}",
+            bindings::describe(other)
+        ))),
     }
 }

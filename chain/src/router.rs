@@ -72,9 +72,7 @@ impl RouterArgs {
         let config = load_config(&self.config)?;
         let market = match &self.data_dir {
             Some(dir) => market_of_dir(dir)?,
-            None => config
-                .market_config(now_ms())
-                .map_err(ChainError::Router)?,
+            None => config.market_config(now_ms()).map_err(ChainError::Router)?,
         };
         let key_hex = Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
         let key = match (&self.data_dir, key_hex) {
@@ -145,9 +143,9 @@ impl RouterSide {
     }
 
     pub fn data_dir(&self) -> Result<&Path, ChainError> {
-        self.data_dir
-            .as_deref()
-            .ok_or_else(|| ChainError::Usage("--data-dir (the router's data directory) is needed here".into()))
+        self.data_dir.as_deref().ok_or_else(|| {
+            ChainError::Usage("--data-dir (the router's data directory) is needed here".into())
+        })
     }
 
     pub fn key(&self) -> Result<&SigningKey, ChainError> {

@@ -41,7 +41,14 @@ fn setup(contract_nonce: u64, network_id: u32) -> Setup {
     let config = config.display().to_string();
     let operator = operator_key().address().to_string();
     let router = RouterProcess::start(&[
-        "--config", &config, "--data-dir", &data, "--operator", &operator, "--backend", "mio",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--operator",
+        &operator,
+        "--backend",
+        "mio",
     ]);
     Setup {
         _dir: dir,
@@ -68,23 +75,45 @@ impl Setup {
         args.extend(self.router_args());
         args.extend(
             [
-                "--rpc", &anvil.url(), "--key-hex", DEPLOYER_KEY, "--test-token", "--fund-wei",
-                &fund_wei.to_string(), "--poll-ms", "50",
+                "--rpc",
+                &anvil.url(),
+                "--key-hex",
+                DEPLOYER_KEY,
+                "--test-token",
+                "--fund-wei",
+                &fund_wei.to_string(),
+                "--poll-ms",
+                "50",
             ]
             .map(String::from),
         );
         let out = chain_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        assert_eq!(out["contract"].as_str().unwrap().to_lowercase(), self.contract.to_lowercase(), "{out}");
+        assert_eq!(
+            out["contract"].as_str().unwrap().to_lowercase(),
+            self.contract.to_lowercase(),
+            "{out}"
+        );
         assert_eq!(out["verified"], true);
-        (out["token"].as_str().unwrap().to_string(), self.contract.clone())
+        (
+            out["token"].as_str().unwrap().to_string(),
+            self.contract.clone(),
+        )
     }
 
     fn relay(&self, anvil: &Anvil, extra: &[&str]) -> Relayer {
         let mut args: Vec<String> = self.router_args();
         args.extend(
             [
-                "--rpc", &anvil.url(), "--key-hex", RELAYER_KEY, "--contract", &self.contract,
-                "--poll-ms", "200", "--resubmit-ms", "3000",
+                "--rpc",
+                &anvil.url(),
+                "--key-hex",
+                RELAYER_KEY,
+                "--contract",
+                &self.contract,
+                "--poll-ms",
+                "200",
+                "--resubmit-ms",
+                "3000",
             ]
             .map(String::from),
         );
@@ -97,9 +126,20 @@ impl Setup {
         let router = self.router.as_ref().unwrap();
         let status = Command::new(loadgen_binary())
             .args(["--target", &router.ready.listen.to_string()])
-            .args(["--operator-key", &hex::encode(operator_key().secret_bytes())])
+            .args([
+                "--operator-key",
+                &hex::encode(operator_key().secret_bytes()),
+            ])
             .args(["--duration", &seconds.to_string(), "--rate", "40"])
-            .args(["--users", "4", "--providers", "4", "--quiet", "--fail-reports", "0"])
+            .args([
+                "--users",
+                "4",
+                "--providers",
+                "4",
+                "--quiet",
+                "--fail-reports",
+                "0",
+            ])
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -110,7 +150,14 @@ impl Setup {
 
     /// The router's last sealed epoch.
     fn router_last_epoch(&self) -> u64 {
-        let out = router_json(&["settlement", "--data-dir", &self.data, "--config", &self.config, "--json"]);
+        let out = router_json(&[
+            "settlement",
+            "--data-dir",
+            &self.data,
+            "--config",
+            &self.config,
+            "--json",
+        ]);
         out["epoch"].as_u64().unwrap()
     }
 
@@ -161,23 +208,42 @@ impl Setup {
 
     /// Every provider claims on the chain (the relayer's key pays the gas; MOR goes
     /// to the provider) and ends with exactly its cumulative credit.
-    fn claim_all_and_check(&self, anvil: &Anvil, token: &str, providers_min: usize) -> Vec<(String, u128)> {
+    fn claim_all_and_check(
+        &self,
+        anvil: &Anvil,
+        token: &str,
+        providers_min: usize,
+    ) -> Vec<(String, u128)> {
         let credited = self.credited();
-        assert!(credited.len() >= providers_min, "providers earned: {credited:?}");
+        assert!(
+            credited.len() >= providers_min,
+            "providers earned: {credited:?}"
+        );
         for (provider, wei) in &credited {
             let mut args: Vec<String> = vec!["claim".into()];
             args.extend(self.router_args());
             args.extend(
                 [
-                    "--rpc", &anvil.url(), "--key-hex", SPARE_KEY, "--contract", &self.contract,
-                    "--provider", provider, "--poll-ms", "50",
+                    "--rpc",
+                    &anvil.url(),
+                    "--key-hex",
+                    SPARE_KEY,
+                    "--contract",
+                    &self.contract,
+                    "--provider",
+                    provider,
+                    "--poll-ms",
+                    "50",
                 ]
                 .map(String::from),
             );
             let out = chain_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
             assert_eq!(out["paid_wei"], wei.to_string(), "{out}");
             let balance = anvil.call_u128(token, "balanceOf(address)(uint256)", &[provider]);
-            assert_eq!(balance, *wei, "{provider} holds its cumulative credit to the wei");
+            assert_eq!(
+                balance, *wei,
+                "{provider} holds its cumulative credit to the wei"
+            );
             let paid_to = anvil.call_u128(&self.contract, "paidTo(address)(uint256)", &[provider]);
             assert_eq!(paid_to, *wei);
         }
@@ -203,10 +269,18 @@ fn r_chain_2_relayer_settles_every_epoch_and_providers_are_paid_to_the_wei() {
     let mut anvil = Anvil::start_on(port, Some(&state));
     let s = setup(1, 1);
     let (token, contract) = s.deploy(&anvil, FUND_WEI);
-    assert_eq!(anvil.call_u128(&token, "balanceOf(address)(uint256)", &[&contract]), FUND_WEI);
+    assert_eq!(
+        anvil.call_u128(&token, "balanceOf(address)(uint256)", &[&contract]),
+        FUND_WEI
+    );
     let operator_key_file = s.operator_key_file();
     let listen = s.listen();
-    let reconcile = ["--router-listen", listen.as_str(), "--operator-key-file", operator_key_file.as_str()];
+    let reconcile = [
+        "--router-listen",
+        listen.as_str(),
+        "--operator-key-file",
+        operator_key_file.as_str(),
+    ];
 
     let relayer = s.relay(&anvil, &reconcile);
     s.traffic(14);
@@ -239,7 +313,10 @@ fn r_chain_2_relayer_settles_every_epoch_and_providers_are_paid_to_the_wei() {
     let credited = s.claim_all_and_check(&anvil, &token, 2);
     // The credit the contract holds is the router's, to the wei.
     let total: u128 = credited.iter().map(|(_, w)| w).sum();
-    assert_eq!(anvil.call_u128(&contract, "credited()(uint256)", &[]), total);
+    assert_eq!(
+        anvil.call_u128(&contract, "credited()(uint256)", &[]),
+        total
+    );
     assert_eq!(anvil.call_u128(&contract, "owedTotal()(uint256)", &[]), 0);
     // R-CHAIN-3: the relayer tells the router what the chain paid; its ledger and
     // metrics then agree with paidTo.
@@ -251,7 +328,9 @@ fn r_chain_2_relayer_settles_every_epoch_and_providers_are_paid_to_the_wei() {
     assert_eq!(ledger["owed_wei"], "0", "{ledger}");
     let metrics = yellowstone_tests::metrics_text(s.router.as_ref().unwrap().ready.metrics);
     assert!(
-        metrics.lines().any(|l| l == format!("yellowstone_market_paid_wei_total {total}")),
+        metrics
+            .lines()
+            .any(|l| l == format!("yellowstone_market_paid_wei_total {total}")),
         "router metrics agree with the chain:\n{metrics}"
     );
     // The in-router claim is refused now that a chain is configured.
@@ -274,9 +353,21 @@ fn r_chain_2_relayer_waits_on_underfunded_and_resends_after_a_reorg() {
     assert_eq!(relayer.metric("yellowstone_relay_funding_alarm"), 1.0);
     let stuck = s.chain_next_epoch(&anvil);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(s.chain_next_epoch(&anvil), stuck, "it waits, skipping nothing");
+    assert_eq!(
+        s.chain_next_epoch(&anvil),
+        stuck,
+        "it waits, skipping nothing"
+    );
     // Fund it (anyone may mint the test token): the relayer goes on by itself.
-    anvil.cast(&["send", &token, "mint(address,uint256)", &contract, &FUND_WEI.to_string(), "--private-key", SPARE_KEY]);
+    anvil.cast(&[
+        "send",
+        &token,
+        "mint(address,uint256)",
+        &contract,
+        &FUND_WEI.to_string(),
+        "--private-key",
+        SPARE_KEY,
+    ]);
     let last = s.epoch_after_traffic();
     relayer.wait_for("every epoch settled", Duration::from_secs(90), |r| {
         r.metric("yellowstone_relay_chain_last_epoch") >= last as f64
@@ -289,10 +380,15 @@ fn r_chain_2_relayer_waits_on_underfunded_and_resends_after_a_reorg() {
     let settled_before = relayer.metric("yellowstone_relay_settled_total");
     anvil.cast(&["rpc", "anvil_reorg", "2", "[]"]);
     let after = s.chain_next_epoch(&anvil);
-    assert!(after < before, "the reorg removed settlements: next epoch {before} -> {after}");
-    relayer.wait_for("the dropped settlements sent again", Duration::from_secs(60), |r| {
-        r.metric("yellowstone_relay_settled_total") >= settled_before + (before - after) as f64
-    });
+    assert!(
+        after < before,
+        "the reorg removed settlements: next epoch {before} -> {after}"
+    );
+    relayer.wait_for(
+        "the dropped settlements sent again",
+        Duration::from_secs(60),
+        |r| r.metric("yellowstone_relay_settled_total") >= settled_before + (before - after) as f64,
+    );
     assert!(s.chain_next_epoch(&anvil) >= before);
     drop(relayer);
     s.claim_all_and_check(&anvil, &token, 1);
@@ -309,19 +405,42 @@ fn r_chain_3_relayer_refuses_another_contract_chain_or_network_before_sending() 
     // The contract at the router's configured address, but deployed for network 2
     // (a config saying network 2, no data directory).
     let config2 = Path::new(&s.config).with_file_name("router2.toml");
-    let text = std::fs::read_to_string(&s.config).unwrap().replace("network_id = 1", "network_id = 2");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("network_id = 1", "network_id = 2");
     std::fs::write(&config2, text).unwrap();
     let config2 = config2.display().to_string();
     let out = chain_json(&[
-        "deploy", "--config", &config2, "--router", &router_address, "--rpc", &anvil.url(),
-        "--key-hex", DEPLOYER_KEY, "--test-token", "--poll-ms", "50",
+        "deploy",
+        "--config",
+        &config2,
+        "--router",
+        &router_address,
+        "--rpc",
+        &anvil.url(),
+        "--key-hex",
+        DEPLOYER_KEY,
+        "--test-token",
+        "--poll-ms",
+        "50",
     ]);
     assert_eq!(out["parameters"]["network_id"], 2);
     let relayer_address = address_of(RELAYER_KEY).to_string();
     let relay = |router: &[&str], rpc: &str, contract: &str| {
         let mut args = vec!["relay"];
         args.extend_from_slice(router);
-        args.extend_from_slice(&["--rpc", rpc, "--key-hex", RELAYER_KEY, "--metrics-listen", "127.0.0.1:0", "--contract", contract, "--until-epoch", "0"]);
+        args.extend_from_slice(&[
+            "--rpc",
+            rpc,
+            "--key-hex",
+            RELAYER_KEY,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--contract",
+            contract,
+            "--until-epoch",
+            "0",
+        ]);
         let (ok, _, stderr) = chain(&args);
         assert!(!ok, "refused");
         stderr
@@ -329,18 +448,39 @@ fn r_chain_3_relayer_refuses_another_contract_chain_or_network_before_sending() 
     let ours = ["--config", s.config.as_str(), "--data-dir", s.data.as_str()];
     // The deployed contract is of network 2, the data directory of network 1.
     let stderr = relay(&ours, &anvil.url(), &s.contract);
-    assert!(stderr.contains("networkId()") && stderr.contains("network 2"), "{stderr}");
+    assert!(
+        stderr.contains("networkId()") && stderr.contains("network 2"),
+        "{stderr}"
+    );
     // Another contract than market.settlement_contract.
     let other = address_of(DEPLOYER_KEY).create(7).to_string();
     let stderr = relay(&ours, &anvil.url(), &other);
-    assert!(stderr.contains("refusing to send") && stderr.contains("market.settlement_contract"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to send") && stderr.contains("market.settlement_contract"),
+        "{stderr}"
+    );
     // The data directory read with a config of another network.
-    let stderr = relay(&["--config", &config2, "--data-dir", &s.data], &anvil.url(), &s.contract);
-    assert!(stderr.contains("identity.network_id is 2, the data directory is of network 1"), "{stderr}");
+    let stderr = relay(
+        &["--config", &config2, "--data-dir", &s.data],
+        &anvil.url(),
+        &s.contract,
+    );
+    assert!(
+        stderr.contains("identity.network_id is 2, the data directory is of network 1"),
+        "{stderr}"
+    );
     // A node of another chain id.
     let port = free_port();
     let mut other_chain = Command::new(anvil_binary())
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--chain-id", "5", "--silent"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--chain-id",
+            "5",
+            "--silent",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -349,25 +489,46 @@ fn r_chain_3_relayer_refuses_another_contract_chain_or_network_before_sending() 
     let stderr = relay(&ours, &format!("http://127.0.0.1:{port}"), &s.contract);
     let _ = other_chain.kill();
     let _ = other_chain.wait();
-    assert!(stderr.contains("chain 5") && stderr.contains("chain 31337"), "{stderr}");
-    assert_eq!(anvil.cast(&["nonce", &relayer_address]), "0", "nothing was sent");
+    assert!(
+        stderr.contains("chain 5") && stderr.contains("chain 31337"),
+        "{stderr}"
+    );
+    assert_eq!(
+        anvil.cast(&["nonce", &relayer_address]),
+        "0",
+        "nothing was sent"
+    );
 
     // R-CHAIN-3 on the wire: the in-router claim is refused naming the chain's;
     // ChainPaid for another contract, or above a provider's credit, is refused.
     use yellowstone_wire::*;
     let listen = s.router.as_ref().unwrap().ready.listen;
-    let mut provider = yellowstone_tests::market::connect(listen, SigningKey::from_seed(b"chain-provider"));
+    let mut provider =
+        yellowstone_tests::market::connect(listen, SigningKey::from_seed(b"chain-provider"));
     let nonce = provider.next_nonce();
     let from = provider.address();
     provider
-        .send_signed(Claim { from, nonce, amount_wei: 0, signature: Signature::default() }.into())
+        .send_signed(
+            Claim {
+                from,
+                nonce,
+                amount_wei: 0,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
         .unwrap();
-    let refusal = yellowstone_tests::market::expect(&mut provider, Duration::from_secs(10), |m| match m {
-        Message::ErrorReply(e) if e.ref_nonce == nonce => Some(e.clone()),
-        _ => None,
-    });
+    let refusal =
+        yellowstone_tests::market::expect(&mut provider, Duration::from_secs(10), |m| match m {
+            Message::ErrorReply(e) if e.ref_nonce == nonce => Some(e.clone()),
+            _ => None,
+        });
     assert_eq!(refusal.code, codes::CLAIM_ON_CHAIN);
-    assert!(refusal.reason.contains("yellowstone-chain claim"), "{}", refusal.reason);
+    assert!(
+        refusal.reason.contains("yellowstone-chain claim"),
+        "{}",
+        refusal.reason
+    );
     let mut operator = yellowstone_tests::market::connect(listen, operator_key());
     let contract: Address = s.contract.parse().unwrap();
     let mut chain_paid = |contract: Address, paid_to_wei: u128| {
@@ -380,7 +541,10 @@ fn r_chain_3_relayer_refuses_another_contract_chain_or_network_before_sending() 
                     nonce,
                     chain_id: CHAIN_ID,
                     contract,
-                    entries: vec![PaidEntry { provider: from, paid_to_wei }],
+                    entries: vec![PaidEntry {
+                        provider: from,
+                        paid_to_wei,
+                    }],
                     signature: Signature::default(),
                 }
                 .into(),
@@ -393,8 +557,16 @@ fn r_chain_3_relayer_refuses_another_contract_chain_or_network_before_sending() 
         })
     };
     assert_eq!(chain_paid(Address([0xC0; 20]), 0), codes::WRONG_CHAIN);
-    assert_eq!(chain_paid(contract, 1), codes::PAID_ABOVE_CREDIT, "never above the credit");
-    assert_eq!(chain_paid(contract, 0), 0, "a figure within the credit is taken");
+    assert_eq!(
+        chain_paid(contract, 1),
+        codes::PAID_ABOVE_CREDIT,
+        "never above the credit"
+    );
+    assert_eq!(
+        chain_paid(contract, 0),
+        0,
+        "a figure within the credit is taken"
+    );
 }
 
 /// `deploy --dry-run` prints every deployment parameter and where the contract
@@ -405,20 +577,44 @@ fn r_chain_2_deploy_dry_run_prints_every_parameter_and_verify_refuses_a_mismatch
     let s = setup(1, 1);
     let mut args: Vec<String> = vec!["deploy".into(), "--dry-run".into()];
     args.extend(s.router_args());
-    args.extend(["--rpc", &anvil.url(), "--key-hex", DEPLOYER_KEY, "--test-token"].map(String::from));
+    args.extend(
+        [
+            "--rpc",
+            &anvil.url(),
+            "--key-hex",
+            DEPLOYER_KEY,
+            "--test-token",
+        ]
+        .map(String::from),
+    );
     let out = chain_json(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let p = &out["parameters"];
     for key in [
-        "router", "network_id", "epochs_per_day", "compute_emission_wei_per_day",
-        "bootstrap_bonus_wei_per_day", "bootstrap_days", "pool_spend_bps", "burn_unused",
-        "emission_wei_per_day", "settlement_chain_id", "settlement_contract",
+        "router",
+        "network_id",
+        "epochs_per_day",
+        "compute_emission_wei_per_day",
+        "bootstrap_bonus_wei_per_day",
+        "bootstrap_days",
+        "pool_spend_bps",
+        "burn_unused",
+        "emission_wei_per_day",
+        "settlement_chain_id",
+        "settlement_contract",
     ] {
         assert!(!p[key].is_null(), "{key} missing: {out}");
     }
     assert_eq!(p["epochs_per_day"], 7_200);
-    assert_eq!(out["contract"].as_str().unwrap().to_lowercase(), s.contract.to_lowercase());
+    assert_eq!(
+        out["contract"].as_str().unwrap().to_lowercase(),
+        s.contract.to_lowercase()
+    );
     assert_eq!(out["matches_router_domain"], true);
-    assert_eq!(anvil.cast(&["nonce", &address_of(DEPLOYER_KEY).to_string()]), "0", "a dry run sends nothing");
+    assert_eq!(
+        anvil.cast(&["nonce", &address_of(DEPLOYER_KEY).to_string()]),
+        "0",
+        "a dry run sends nothing"
+    );
     let (token, contract) = s.deploy(&anvil, 0);
     // The same contract checked against a router of other parameters.
     let other = Path::new(&s.config).with_file_name("other.toml");
@@ -426,9 +622,22 @@ fn r_chain_2_deploy_dry_run_prints_every_parameter_and_verify_refuses_a_mismatch
     std::fs::write(&other, text).unwrap();
     let router = address_of(DEPLOYER_KEY).to_string(); // any address: compared too
     let (ok, _, stderr) = chain(&[
-        "verify-deployment", "--config", other.to_str().unwrap(), "--router", &router, "--rpc", &anvil.url(),
-        "--contract", &contract, "--token", &token,
+        "verify-deployment",
+        "--config",
+        other.to_str().unwrap(),
+        "--router",
+        &router,
+        "--rpc",
+        &anvil.url(),
+        "--contract",
+        &contract,
+        "--token",
+        &token,
     ]);
     assert!(!ok);
-    assert!(stderr.contains("burnUnused: deployed false, router true") && stderr.contains("router: deployed"), "{stderr}");
+    assert!(
+        stderr.contains("burnUnused: deployed false, router true")
+            && stderr.contains("router: deployed"),
+        "{stderr}"
+    );
 }

@@ -75,7 +75,9 @@ impl Engine {
                 });
             }
             // owed <= credited for every provider (what is owed was credited).
-            let counted = credited.checked_sub(ledger.owed(provider)).ok_or(MarketError::ArithmeticOverflow)?;
+            let counted = credited
+                .checked_sub(ledger.owed(provider))
+                .ok_or(MarketError::ArithmeticOverflow)?;
             if *paid_to > counted {
                 newly_paid.push((*provider, *paid_to - counted));
             }

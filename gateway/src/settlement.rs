@@ -128,7 +128,10 @@ pub fn proof_at(
         return Ok(ClaimProof::from_state(state, provider)?);
     };
     if last.is_none_or(|last| wanted > last) {
-        return Err(ProofAtError::NotSettled { epoch: wanted, last });
+        return Err(ProofAtError::NotSettled {
+            epoch: wanted,
+            last,
+        });
     }
     if last == Some(wanted) {
         return Ok(ClaimProof::from_state(state, provider)?);

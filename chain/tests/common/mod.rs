@@ -108,7 +108,10 @@ impl Anvil {
             if out.status.success() {
                 break;
             }
-            assert!(Instant::now() < deadline, "anvil did not answer on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "anvil did not answer on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         anvil
@@ -270,7 +273,10 @@ impl Relayer {
                 "relayer: timed out waiting for {what}:\n{}",
                 yellowstone_tests::metrics_text(self.metrics)
             );
-            assert!(self.child_alive(), "the relayer exited while waiting for {what}");
+            assert!(
+                self.child_alive(),
+                "the relayer exited while waiting for {what}"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -309,9 +315,14 @@ pub fn loadgen_binary() -> PathBuf {
     let workspace = chain_dir().parent().unwrap().to_path_buf();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let mut command = Command::new(cargo);
-    command
-        .current_dir(workspace)
-        .args(["build", "-q", "-p", "yellowstone-loadgen", "--bin", "yellowstone-loadgen"]);
+    command.current_dir(workspace).args([
+        "build",
+        "-q",
+        "-p",
+        "yellowstone-loadgen",
+        "--bin",
+        "yellowstone-loadgen",
+    ]);
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         command.arg("--release");
     }
