@@ -2,6 +2,9 @@
 //! `contract/build/` (the same files the contract crate's tests check against a
 //! fresh compile), so the ABI used on the chain is the ABI that was deployed.
 
+// The generated deploy functions take the constructor's nine arguments.
+#![allow(clippy::too_many_arguments)]
+
 alloy::sol!(
     #[sol(rpc)]
     #[derive(Debug, PartialEq, Eq)]

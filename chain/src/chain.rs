@@ -172,7 +172,8 @@ pub struct Confirmed {
 /// How a send ended.
 #[derive(Debug)]
 pub enum Sent {
-    Confirmed(Confirmed),
+    /// Boxed: a receipt is large, the other outcomes small.
+    Confirmed(Box<Confirmed>),
     /// Mined but reverted (e.g. another relayer settled the epoch first): the caller
     /// reads the contract again.
     Failed {
@@ -182,9 +183,7 @@ pub enum Sent {
     },
     /// Mined, then removed by a reorg before its confirmations; nothing to resend
     /// here: the caller reads the contract again and sends what is missing.
-    Reorged {
-        hash: B256,
-    },
+    Reorged { hash: B256 },
 }
 
 impl Node {
@@ -346,7 +345,7 @@ impl Node {
                 gas_price: receipt.effective_gas_price,
             });
         }
-        Ok(Sent::Confirmed(Confirmed { receipt, hash }))
+        Ok(Sent::Confirmed(Box::new(Confirmed { receipt, hash })))
     }
 }
 

@@ -194,7 +194,7 @@ pub async fn send_call(
         .await
         .map_err(CallFailure::into_error)?;
     match node.send(Some(to), calldata, send, |_| {}).await {
-        Ok(Sent::Confirmed(done)) => Ok(done),
+        Ok(Sent::Confirmed(done)) => Ok(*done),
         Ok(Sent::Failed { hash, .. }) => Err(ChainError::Failed {
             hash: hash.to_string(),
             reason: "reverted when mined".into(),

@@ -17,6 +17,8 @@ pub struct RelayMetrics {
     pub lag_epochs: u64,
     /// Age of the oldest unsettled epoch's end, seconds (0 when none).
     pub lag_seconds: f64,
+    /// From the last settled epoch's end to its settle's confirmation, seconds.
+    pub last_settle_lag_seconds: f64,
     /// Settlements this relayer got confirmed.
     pub settled_total: u64,
     /// Replacements sent (dropped or underpriced transactions).

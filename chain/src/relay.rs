@@ -270,8 +270,15 @@ async fn round(
             m.gas_used_total += done.receipt.gas_used;
             m.gas_spent_wei_total +=
                 u128::from(done.receipt.gas_used) * done.receipt.effective_gas_price;
+            // From the epoch's end (its last block's, by the market's clock) to
+            // the settle's confirmation: the relayer's lag as an operator sees it.
+            let ended = view
+                .genesis_ms
+                .saturating_add((record.last_block + 1).saturating_mul(BLOCK_MS));
+            let lag_ms = now_ms().saturating_sub(ended);
+            m.last_settle_lag_seconds = lag_ms as f64 / 1000.0;
             println!(
-                "SETTLED epoch={next} tx={} block={} gas={}",
+                "SETTLED epoch={next} tx={} block={} gas={} lag_ms={lag_ms}",
                 done.hash,
                 done.receipt.block_number.unwrap_or(0),
                 done.receipt.gas_used

@@ -250,16 +250,22 @@ impl Relayer {
             .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
     }
 
-    /// Every SETTLED line printed so far: the epochs this relayer got confirmed.
-    pub fn settled_epochs(&self) -> Vec<u64> {
+    /// Every SETTLED line printed so far: (epoch, gas used, lag ms) of each
+    /// settlement this relayer got confirmed (gas from its receipt; lag from the
+    /// epoch's end to the confirmation).
+    pub fn settled(&self) -> Vec<(u64, u64, u64)> {
         self.lines
             .try_iter()
             .filter_map(|line| {
-                line.strip_prefix("SETTLED epoch=")?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
+                let rest = line.strip_prefix("SETTLED epoch=")?;
+                let epoch = rest.split_whitespace().next()?.parse().ok()?;
+                let field = |name: &str| -> Option<u64> {
+                    rest.split_whitespace()
+                        .find_map(|f| f.strip_prefix(name))?
+                        .parse()
+                        .ok()
+                };
+                Some((epoch, field("gas=")?, field("lag_ms=")?))
             })
             .collect()
     }
