@@ -49,9 +49,21 @@ struct Damage {
 }
 
 /// Recovers the engine from `dir`. `visit` sees every replayed record with the
-/// effects it had and the engine just after it (tools use it, e.g. a claim proof
-/// as of an older epoch; the router passes a no-op).
+/// effects it had (tools use it; the router passes a no-op).
 pub fn recover(
+    dir: &Path,
+    market: &MarketConfig,
+    options: RecoverOptions,
+    mut visit: impl FnMut(u64, &JournalRecord, &[Effect]),
+) -> Result<Recovered, String> {
+    recover_observing(dir, market, options, |seq, record, effects, _| {
+        visit(seq, record, effects)
+    })
+}
+
+/// [`recover`], with `visit` also seeing the engine just after each replayed
+/// record (e.g. a claim proof as of an older epoch, issue 24 case 3).
+pub fn recover_observing(
     dir: &Path,
     market: &MarketConfig,
     options: RecoverOptions,

@@ -33,7 +33,7 @@ pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
         allow_corrupt_truncate: false,
         read_only: true,
     };
-    recover(dir, &market, options, |_, _, _, _| {})
+    recover(dir, &market, options, |_, _, _| {})
 }
 
 /// Recovers the engine from `dir` without changing anything on disk; `visit` sees
@@ -47,7 +47,7 @@ pub fn recover_read_only_visiting(
         allow_corrupt_truncate: false,
         read_only: true,
     };
-    recover(dir, &market, options, visit)
+    super::recovery::recover_observing(dir, &market, options, visit)
 }
 
 /// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.

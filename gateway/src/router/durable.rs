@@ -334,7 +334,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         allow_corrupt_truncate: config.journal.allow_corrupt_truncate,
         read_only: false,
     };
-    let recovered = journal::recover(dir, &market, options, |_, _, _, _| {})?;
+    let recovered = journal::recover(dir, &market, options, |_, _, _| {})?;
     for note in &recovered.notes {
         tracing::warn!("{note}");
     }
