@@ -330,13 +330,19 @@ fn refused(
     metrics: &Shared,
 ) -> Result<Round, ChainError> {
     let mut m = metrics.lock().unwrap_or_else(|p| p.into_inner());
-    *m.reverts_total
+    let count = m
+        .reverts_total
         .entry(bindings::name(error).to_string())
-        .or_insert(0) += 1;
+        .or_insert(0);
+    *count += 1;
+    let count = *count;
     match error {
         ComputeContractErrors::Underfunded(_) => {
             m.funding_alarm = true;
-            tracing::error!(epoch, error = %bindings::describe(error), "the contract is underfunded: fund it; waiting");
+            // Said at once, then every 100th poll (the alarm metric stays raised).
+            if count % 100 == 1 {
+                tracing::error!(epoch, error = %bindings::describe(error), "the contract is underfunded: fund it; waiting");
+            }
             Ok(Round::Wait)
         }
         ComputeContractErrors::AlreadySettled(_) => Ok(Round::Sent),
