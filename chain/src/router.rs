@@ -71,7 +71,16 @@ impl RouterArgs {
     pub fn load(&self) -> Result<RouterSide, ChainError> {
         let config = load_config(&self.config)?;
         let market = match &self.data_dir {
-            Some(dir) => market_of_dir(dir)?,
+            // The engine's configuration after replay: market.bin, plus a settlement
+            // domain set later (`run --set-settlement-domain`, issue 24 case 2).
+            Some(dir) => {
+                market_of_dir(dir)?;
+                yellowstone_gateway::journal::tools::recover_read_only(dir)
+                    .map_err(ChainError::Router)?
+                    .engine
+                    .config()
+                    .clone()
+            }
             None => config.market_config(now_ms()).map_err(ChainError::Router)?,
         };
         let key_hex = Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());

@@ -765,3 +765,96 @@ fn r_chain_2_deploy_dry_run_prints_every_parameter_and_verify_refuses_a_mismatch
         "{stderr}"
     );
 }
+
+/// Issue 24 case 2: a data directory created without a settlement contract refuses a
+/// restart with one unless `--set-settlement-domain` (and says so), takes it once with
+/// the flag (journaled: the export and `yellowstone-chain` then use it), and refuses
+/// any other domain afterwards.
+#[test]
+fn r_chain_3_a_settlement_domain_is_set_once_on_a_directory_created_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let base = format!(
+        "[market]\ngenesis_ms = {}\nsettlement_epoch_blocks = 1\n",
+        now_ms() - 10_500
+    );
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let none = write("none.toml", base.clone());
+    let contract = address_of(DEPLOYER_KEY).create(1).to_string();
+    let other = address_of(DEPLOYER_KEY).create(2).to_string();
+    let with = |c: &str| {
+        format!("{base}settlement_chain_id = {CHAIN_ID}\nsettlement_contract = \"{c}\"\n")
+    };
+    let set = write("set.toml", with(&contract));
+    let moved = write("moved.toml", with(&other));
+    let run = |config: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            config,
+            "--data-dir",
+            data.as_str(),
+            "--backend",
+            "mio",
+        ];
+        args.extend_from_slice(extra);
+        RouterProcess::start(&args)
+    };
+    let refused_with = |config: &str| {
+        yellowstone_tests::refused(
+            dir.path(),
+            &[
+                "run",
+                "--config",
+                config,
+                "--data-dir",
+                &data,
+                "--backend",
+                "mio",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ],
+        )
+    };
+    assert!(run(&none, &[]).terminate(Duration::from_secs(20)));
+    let (code, stderr) = refused_with(&set);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--set-settlement-domain"), "{stderr}");
+    assert!(run(&set, &["--set-settlement-domain"]).terminate(Duration::from_secs(20)));
+    // Fixed from then on: the same domain starts without the flag; another is refused.
+    let router = run(&set, &[]);
+    std::thread::sleep(Duration::from_secs(13));
+    assert!(router.terminate(Duration::from_secs(20)));
+    let (code, stderr) = refused_with(&moved);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("fixed once set"), "{stderr}");
+    // The router's export signs for the domain now set.
+    let out = router_json(&["settlement", "--data-dir", &data, "--json"]);
+    assert_eq!(
+        out["contract"].as_str().unwrap().to_lowercase(),
+        contract.to_lowercase()
+    );
+    assert_eq!(out["chain_id"], CHAIN_ID);
+    // And yellowstone-chain reads the same domain from the data directory.
+    let out = chain_json(&[
+        "deploy",
+        "--dry-run",
+        "--config",
+        &set,
+        "--data-dir",
+        &data,
+        "--test-token",
+    ]);
+    assert_eq!(
+        out["parameters"]["settlement_contract"]
+            .as_str()
+            .unwrap()
+            .to_lowercase(),
+        contract.to_lowercase()
+    );
+}

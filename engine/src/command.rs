@@ -319,6 +319,11 @@ pub enum Command {
         contract: Address,
         entries: Vec<(Address, u128)>,
     },
+    /// R-CHAIN-3 (issue 24 case 2): router-originated, once, at an explicit start
+    /// (`run --set-settlement-domain`): the settlement domain of a market created
+    /// without a contract (0x0: nothing it signed could be verified by any contract).
+    /// Refused (`wrong_chain`) once a contract is set, or for contract 0x0.
+    SetSettlementDomain { chain_id: u64, contract: Address },
 }
 
 impl Command {
@@ -327,7 +332,8 @@ impl Command {
         match self {
             Command::Tick
             | Command::ProviderDisconnected { .. }
-            | Command::LoadBalanceSnapshot { .. } => None,
+            | Command::LoadBalanceSnapshot { .. }
+            | Command::SetSettlementDomain { .. } => None,
             Command::SetBalances {
                 operator, nonce, ..
             }

@@ -326,6 +326,9 @@ impl Engine {
                 contract,
                 entries,
             } => self.chain_paid(*operator, *nonce, *chain_id, contract, entries, effects),
+            Command::SetSettlementDomain { chain_id, contract } => {
+                self.set_settlement_domain(*chain_id, contract)
+            }
             Command::Claim {
                 provider,
                 nonce,

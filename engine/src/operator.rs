@@ -94,6 +94,24 @@ impl Engine {
         Ok(())
     }
 
+    /// R-CHAIN-3 (issue 24 case 2): sets the settlement domain of a market that has
+    /// none (contract 0x0), once; see `Command::SetSettlementDomain`.
+    pub(crate) fn set_settlement_domain(
+        &mut self,
+        chain_id: u64,
+        contract: &Address,
+    ) -> Result<(), MarketError> {
+        let config = &mut self.state.config;
+        if config.settlement_contract != Address::default() || *contract == Address::default() {
+            return Err(MarketError::WrongChain {
+                chain_id: config.settlement_chain_id,
+            });
+        }
+        config.settlement_chain_id = chain_id;
+        config.settlement_contract = *contract;
+        Ok(())
+    }
+
     /// R-QUOTA-6: the snapshot file, applied without an operator nonce.
     pub(crate) fn load_balance_snapshot(
         &mut self,

@@ -154,6 +154,11 @@ struct RunArgs {
     /// only when the data directory is created, and a different file is refused.
     #[arg(long)]
     reapply_balance_snapshot: bool,
+    /// Set the settlement domain ([market] settlement_chain_id, settlement_contract of
+    /// --config) on a data directory created without a contract (0x0: nothing it
+    /// signed could be used on a chain). Once: the domain is then fixed (R-CHAIN-3).
+    #[arg(long)]
+    set_settlement_domain: bool,
     /// Overrides identity.network_id.
     #[arg(long)]
     network_id: Option<u32>,
@@ -241,6 +246,9 @@ fn run(args: RunArgs) -> Result<(), String> {
     }
     if args.reapply_balance_snapshot {
         config.identity.balance_snapshot_reapply = true;
+    }
+    if args.set_settlement_domain {
+        config.identity.settlement_domain_set = true;
     }
     if let Some(network_id) = args.network_id {
         config.identity.network_id = network_id;

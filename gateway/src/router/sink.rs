@@ -41,7 +41,8 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::ChainPaid { .. } => msg_type::CHAIN_PAID,
         Command::Tick
         | Command::ProviderDisconnected { .. }
-        | Command::LoadBalanceSnapshot { .. } => 0,
+        | Command::LoadBalanceSnapshot { .. }
+        | Command::SetSettlementDomain { .. } => 0,
     }
 }
 
