@@ -897,3 +897,78 @@ fn r_chain_3_a_settlement_domain_is_set_once_on_a_directory_created_without_one(
         contract.to_lowercase()
     );
 }
+
+/// The relayer stops rather than skip an epoch: the contract's next epoch is older
+/// than the router still keeps (`market.settlements_kept_max`), so it exits naming
+/// the epoch and sends nothing.
+#[test]
+fn r_chain_2_relayer_stops_rather_than_skip_an_epoch() {
+    let anvil = Anvil::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let contract = address_of(DEPLOYER_KEY).create(1).to_string();
+    let config = dir.path().join("router.toml");
+    // Genesis 40 s ago: three epochs are sealed at once, and only the last two kept.
+    std::fs::write(
+        &config,
+        format!(
+            "[market]\ngenesis_ms = {}\nsettlement_epoch_blocks = 1\nsettlements_kept_max = 2\nsettlement_chain_id = {CHAIN_ID}\nsettlement_contract = \"{contract}\"\n",
+            now_ms() - 40_000
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let router =
+        RouterProcess::start(&["--config", &config, "--data-dir", &data, "--backend", "mio"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while router_json(&["ledger", "--data-dir", &data, "--json"])["block"]
+        .as_u64()
+        .unwrap()
+        < 3
+    {
+        assert!(std::time::Instant::now() < deadline, "three blocks sealed");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = chain_json(&[
+        "deploy",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--rpc",
+        &anvil.url(),
+        "--key-hex",
+        DEPLOYER_KEY,
+        "--test-token",
+        "--poll-ms",
+        "50",
+    ]);
+    assert_eq!(out["verified"], true);
+    let (ok, _, stderr) = chain(&[
+        "relay",
+        "--config",
+        &config,
+        "--data-dir",
+        &data,
+        "--rpc",
+        &anvil.url(),
+        "--key-hex",
+        RELAYER_KEY,
+        "--contract",
+        &contract,
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+    drop(router);
+    assert!(!ok, "stopped");
+    assert!(
+        stderr.contains("epoch 0 is the contract's next")
+            && stderr.contains("cannot skip an epoch"),
+        "{stderr}"
+    );
+    assert_eq!(
+        anvil.cast(&["nonce", &address_of(RELAYER_KEY).to_string()]),
+        "0",
+        "nothing was sent"
+    );
+}
