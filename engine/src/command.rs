@@ -323,6 +323,25 @@ pub enum Command {
     /// flight (sent on a connection that died with the old process) ends at once as
     /// a timeout would, so no RFC waits out a probe to a dead provider.
     RouterStarted,
+    /// R-CHAIN-3: what the Compute Contract at (`chain_id`, `contract`) has paid each
+    /// provider since genesis (its `paidTo`, MOR wei), read from the chain and signed
+    /// by the operator (`yellowstone-chain relay --operator-key-file`). The ledger
+    /// counts as paid whatever the chain paid beyond what it already counted (owed
+    /// falls by that much); a lower figure (an older read) changes nothing; a figure
+    /// above the provider's cumulative credit refuses the whole command. Entries
+    /// strictly ascending by provider, at most `balance_entries_max`.
+    ChainPaid {
+        operator: Address,
+        nonce: u64,
+        chain_id: u64,
+        contract: Address,
+        entries: Vec<(Address, u128)>,
+    },
+    /// R-CHAIN-3 (issue 24 case 2): router-originated, once, at an explicit start
+    /// (`run --set-settlement-domain`): the settlement domain of a market created
+    /// without a contract (0x0: nothing it signed could be verified by any contract).
+    /// Refused (`wrong_chain`) once a contract is set, or for contract 0x0.
+    SetSettlementDomain { chain_id: u64, contract: Address },
 }
 
 impl Command {
@@ -332,11 +351,15 @@ impl Command {
             Command::Tick
             | Command::ProviderDisconnected { .. }
             | Command::LoadBalanceSnapshot { .. }
-            | Command::RouterStarted => None,
+            | Command::RouterStarted
+            | Command::SetSettlementDomain { .. } => None,
             Command::SetBalances {
                 operator, nonce, ..
             }
             | Command::SetParams {
+                operator, nonce, ..
+            }
+            | Command::ChainPaid {
                 operator, nonce, ..
             } => Some((*operator, *nonce)),
             Command::RegisterProvider {

@@ -434,11 +434,25 @@ impl Engine {
                 self.router_started(now, effects);
                 Ok(())
             }
+            Command::ChainPaid {
+                operator,
+                nonce,
+                chain_id,
+                contract,
+                entries,
+            } => self.chain_paid(*operator, *nonce, *chain_id, contract, entries, effects),
+            Command::SetSettlementDomain { chain_id, contract } => {
+                self.set_settlement_domain(*chain_id, contract)
+            }
             Command::Claim {
                 provider,
                 nonce,
                 amount_wei,
             } => {
+                // R-CHAIN-3: with a chain, payment happens only there.
+                if self.state.config.settlement_contract != Address::default() {
+                    return Err(MarketError::ClaimOnChain);
+                }
                 let (amount, left) = self.state.ledger.claim(*provider, *amount_wei)?;
                 effects.push(Effect::ClaimPaid {
                     provider: *provider,

@@ -179,6 +179,20 @@ pub enum MarketError {
     SessionAlreadyStarted {
         session: SessionId,
     },
+    /// R-CHAIN-3: a `ChainPaid` figure above the provider's cumulative credit.
+    PaidAboveCredit {
+        credited_wei: u128,
+    },
+    /// R-CHAIN-3: a chain is configured, so payment happens only on the chain
+    /// (`yellowstone-chain claim`), not in the router.
+    ClaimOnChain,
+    /// R-CHAIN-3: `ChainPaid` for another chain or contract than the market's
+    /// settlement domain (or none is configured); `chain_id` is the market's.
+    WrongChain {
+        chain_id: u64,
+    },
+    /// R-CHAIN-3: `ChainPaid` entries not strictly ascending by provider.
+    ChainPaidUnsorted,
 }
 
 /// R-ID-8: how far above `max(last accepted nonce, router time in µs)` a nonce may be.
@@ -224,6 +238,10 @@ impl MarketError {
             MarketError::PromptTokensOverMax { .. } => 0x0224,
             MarketError::SessionNotStarted { .. } => 0x0225,
             MarketError::SessionAlreadyStarted { .. } => 0x0226,
+            MarketError::PaidAboveCredit { .. } => 0x022C,
+            MarketError::ClaimOnChain => 0x022D,
+            MarketError::WrongChain { .. } => 0x022E,
+            MarketError::ChainPaidUnsorted => 0x022F,
         }
     }
 
@@ -267,6 +285,10 @@ impl MarketError {
             MarketError::PromptTokensOverMax { .. } => "prompt_tokens_over_max",
             MarketError::SessionNotStarted { .. } => "session_not_started",
             MarketError::SessionAlreadyStarted { .. } => "session_already_started",
+            MarketError::PaidAboveCredit { .. } => "paid_above_credit",
+            MarketError::ClaimOnChain => "claim_on_chain",
+            MarketError::WrongChain { .. } => "wrong_chain",
+            MarketError::ChainPaidUnsorted => "chain_paid_unsorted",
         }
     }
 
@@ -290,6 +312,8 @@ impl MarketError {
             MarketError::UserSessionsFull { max, .. } => *max as u128,
             MarketError::TtftOverElapsed { elapsed_ms, .. } => *elapsed_ms as u128,
             MarketError::PromptTokensOverMax { max, .. } => *max as u128,
+            MarketError::PaidAboveCredit { credited_wei } => *credited_wei,
+            MarketError::WrongChain { chain_id } => u128::from(*chain_id),
             _ => 0,
         }
     }
@@ -378,6 +402,10 @@ impl MarketError {
             },
             MarketError::SessionNotStarted { session: 0 },
             MarketError::SessionAlreadyStarted { session: 0 },
+            MarketError::PaidAboveCredit { credited_wei: 0 },
+            MarketError::ClaimOnChain,
+            MarketError::WrongChain { chain_id: 0 },
+            MarketError::ChainPaidUnsorted,
         ];
         for error in &all {
             // Add a new variant to the list above, then here.
@@ -418,6 +446,10 @@ impl MarketError {
                 | MarketError::PromptTokensOverMax { .. }
                 | MarketError::SessionNotStarted { .. }
                 | MarketError::SessionAlreadyStarted { .. } => {}
+                | MarketError::PaidAboveCredit { .. }
+                | MarketError::ClaimOnChain
+                | MarketError::WrongChain { .. }
+                | MarketError::ChainPaidUnsorted => {}
             }
         }
         all
@@ -597,6 +629,24 @@ impl std::fmt::Display for MarketError {
             MarketError::SessionAlreadyStarted { session } => {
                 write!(f, "session {session} was already started")
             }
+            MarketError::PaidAboveCredit { credited_wei } => write!(
+                f,
+                "a paid figure is above the provider's cumulative credit of {credited_wei} wei"
+            ),
+            MarketError::ClaimOnChain => write!(
+                f,
+                "this market settles on a chain (market.settlement_contract): claim there \
+                 with `yellowstone-chain claim`; the router's ledger learns what the chain paid"
+            ),
+            MarketError::WrongChain { chain_id } => write!(
+                f,
+                "not this market's settlement contract: the market settles on chain {chain_id} \
+                 at market.settlement_contract (0x0: no chain configured)"
+            ),
+            MarketError::ChainPaidUnsorted => write!(
+                f,
+                "ChainPaid entries must be strictly ascending by provider address"
+            ),
         }
     }
 }

@@ -32,6 +32,86 @@ impl Engine {
         Ok(())
     }
 
+    /// R-CHAIN-3: the chain's `paidTo` per provider, signed by the operator (see
+    /// `Command::ChainPaid`). Validated whole, then applied: each provider's owed
+    /// falls by what the chain paid beyond `credited - owed` (what the ledger counts
+    /// as paid), so `ledger`, `MarketState` and the metrics show the chain's figures.
+    pub(crate) fn chain_paid(
+        &mut self,
+        operator: Address,
+        nonce: u64,
+        chain_id: u64,
+        contract: &Address,
+        entries: &[(Address, u128)],
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), MarketError> {
+        self.check_operator(operator)?;
+        let config = &self.state.config;
+        if config.settlement_contract == Address::default()
+            || config.settlement_chain_id != chain_id
+            || config.settlement_contract != *contract
+        {
+            return Err(MarketError::WrongChain {
+                chain_id: config.settlement_chain_id,
+            });
+        }
+        let max = config.balance_entries_max;
+        if entries.len() > max as usize {
+            return Err(MarketError::LimitReached {
+                limit: Limit::BalanceEntries,
+                max: max as u64,
+            });
+        }
+        if entries.windows(2).any(|pair| pair[0].0 >= pair[1].0) {
+            return Err(MarketError::ChainPaidUnsorted);
+        }
+        let ledger = &self.state.ledger;
+        let mut newly_paid: Vec<(Address, u128)> = Vec::new();
+        for (provider, paid_to) in entries {
+            let credited = ledger.credited_wei.get(provider).copied().unwrap_or(0);
+            if *paid_to > credited {
+                return Err(MarketError::PaidAboveCredit {
+                    credited_wei: credited,
+                });
+            }
+            // owed <= credited for every provider (what is owed was credited).
+            let counted = credited
+                .checked_sub(ledger.owed(provider))
+                .ok_or(MarketError::ArithmeticOverflow)?;
+            if *paid_to > counted {
+                newly_paid.push((*provider, *paid_to - counted));
+            }
+        }
+        for (provider, amount) in newly_paid {
+            // amount <= owed: paid_to <= credited, so paid_to - (credited - owed) <= owed.
+            let (paid, _) = self.state.ledger.claim(provider, amount)?;
+            debug_assert_eq!(paid, amount);
+        }
+        effects.push(Effect::Done {
+            to: operator,
+            nonce,
+        });
+        Ok(())
+    }
+
+    /// R-CHAIN-3 (issue 24 case 2): sets the settlement domain of a market that has
+    /// none (contract 0x0), once; see `Command::SetSettlementDomain`.
+    pub(crate) fn set_settlement_domain(
+        &mut self,
+        chain_id: u64,
+        contract: &Address,
+    ) -> Result<(), MarketError> {
+        let config = &mut self.state.config;
+        if config.settlement_contract != Address::default() || *contract == Address::default() {
+            return Err(MarketError::WrongChain {
+                chain_id: config.settlement_chain_id,
+            });
+        }
+        config.settlement_chain_id = chain_id;
+        config.settlement_contract = *contract;
+        Ok(())
+    }
+
     /// R-QUOTA-6: the snapshot file, applied without an operator nonce.
     pub(crate) fn load_balance_snapshot(
         &mut self,

@@ -742,12 +742,16 @@ fn operator_commands_need_the_operator() {
 fn error_codes_are_stable_and_unique() {
     let errors = MarketError::one_of_each();
     let mut codes: Vec<u16> = errors.iter().map(MarketError::code).collect();
-    // Stable and append-only: 0x0201.. in order (ranges reserved for parallel work
-    // may leave gaps), and this round's R-SESSION-1 / R-REPORT-3 codes present.
-    assert_eq!(codes[0], 0x0201);
-    assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:x?}");
-    assert!((0x0222..=0x0226).all(|c| codes.contains(&c)));
-    assert!(codes.contains(&0x021F));
+    // Stable and append-only; 0x0220..=0x0221 and 0x0227..=0x022B were reserved
+    // for parallel work and stay unused. 0x021F: R-ID-8; 0x0222..=0x0226:
+    // R-SESSION-1, R-REPORT-3; 0x022C..=0x022F: R-CHAIN-3.
+    assert_eq!(
+        codes,
+        (0x0201..=0x021F)
+            .chain(0x0222..=0x0226)
+            .chain(0x022C..=0x022F)
+            .collect::<Vec<u16>>()
+    );
     codes.dedup();
     assert_eq!(codes.len(), errors.len());
     assert!(errors
@@ -1139,4 +1143,95 @@ fn r_session_1_a_user_holds_at_most_user_sessions_open_max_sessions_and_rfcs() {
         rejection_in(&m.rfc(user(1), MODEL_A, 10)),
         Some(MarketError::UserSessionsFull { open: 3, max: 3 })
     );
+}
+
+/// R-CHAIN-3 (issue 24 case 1): with a chain configured, the in-router claim is
+/// refused, and the operator's ChainPaid (the chain's `paidTo`) is what makes the
+/// ledger count a payment: once, never above the cumulative credit, only for the
+/// market's own chain and contract, a lower (older) figure changing nothing.
+#[test]
+fn r_chain_3_the_ledger_learns_what_the_chain_paid() {
+    let contract = Address([0xC0; 20]);
+    let mut m = Market::with(MarketConfig {
+        settlement_chain_id: 31_337,
+        settlement_contract: contract,
+        ..config()
+    });
+    m.fund(user(1), 500);
+    m.fund(provider(1), 1);
+    m.register(provider(1), vec![Market::offer(MODEL_A, 10, 2)]);
+    let t = m.open_session(user(1), MODEL_A, 100);
+    m.report(user(1), t.session, 10, 100, true);
+    m.advance(BLOCK_MS);
+    assert_eq!(m.engine.ledger().owed(&provider(1)), 1_000);
+    let nonce = m.nonce(provider(1));
+    let e = m.apply(Command::Claim {
+        provider: provider(1),
+        nonce,
+        amount_wei: 0,
+    });
+    assert_eq!(rejection_in(&e), Some(MarketError::ClaimOnChain));
+    let chain_paid =
+        |m: &mut Market, chain_id: u64, contract: Address, entries: Vec<(Address, u128)>| {
+            let nonce = m.nonce(OPERATOR);
+            m.apply(Command::ChainPaid {
+                operator: OPERATOR,
+                nonce,
+                chain_id,
+                contract,
+                entries,
+            })
+        };
+    let e = chain_paid(&mut m, 1, contract, vec![(provider(1), 400)]);
+    assert_eq!(
+        rejection_in(&e),
+        Some(MarketError::WrongChain { chain_id: 31_337 })
+    );
+    let e = chain_paid(
+        &mut m,
+        31_337,
+        Address([0xC1; 20]),
+        vec![(provider(1), 400)],
+    );
+    assert_eq!(
+        rejection_in(&e),
+        Some(MarketError::WrongChain { chain_id: 31_337 })
+    );
+    let e = chain_paid(&mut m, 31_337, contract, vec![(provider(1), 1_001)]);
+    assert_eq!(
+        rejection_in(&e),
+        Some(MarketError::PaidAboveCredit {
+            credited_wei: 1_000
+        })
+    );
+    let e = chain_paid(
+        &mut m,
+        31_337,
+        contract,
+        vec![(provider(1), 1), (provider(1), 2)],
+    );
+    assert_eq!(rejection_in(&e), Some(MarketError::ChainPaidUnsorted));
+    assert_eq!(m.engine.ledger().paid_wei, 0, "refusals change nothing");
+    let e = chain_paid(&mut m, 31_337, contract, vec![(provider(1), 400)]);
+    assert_eq!(rejection_in(&e), None);
+    assert_eq!(m.engine.ledger().owed(&provider(1)), 600);
+    assert_eq!(m.engine.ledger().paid_wei, 400);
+    // The same or an older, lower figure again: nothing more is paid.
+    chain_paid(&mut m, 31_337, contract, vec![(provider(1), 400)]);
+    chain_paid(&mut m, 31_337, contract, vec![(provider(1), 100)]);
+    assert_eq!(m.engine.ledger().paid_wei, 400);
+    let e = chain_paid(&mut m, 31_337, contract, vec![(provider(1), 1_000)]);
+    assert_eq!(rejection_in(&e), None);
+    assert_eq!(m.engine.ledger().owed(&provider(1)), 0);
+    assert_eq!(m.engine.ledger().paid_wei, 1_000);
+    // Not the operator.
+    let nonce = m.nonce(user(1));
+    let e = m.apply(Command::ChainPaid {
+        operator: user(1),
+        nonce,
+        chain_id: 31_337,
+        contract,
+        entries: vec![],
+    });
+    assert_eq!(rejection_in(&e), Some(MarketError::NotOperator));
 }

@@ -81,20 +81,27 @@ enum Cmd {
         /// The router's configuration file (identity.network_id, router_key_hex).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Overrides identity.network_id.
+        /// Must be the data directory's network id when given (a settlement is
+        /// signed only for it, R-CHAIN-3); default: the data directory's.
         #[arg(long)]
         network_id: Option<u32>,
         #[arg(long)]
         json: bool,
     },
-    /// Prints a provider's Merkle proof against the last settled epoch's root and
-    /// the `claim` calldata for the Compute Contract (read-only, R-CLAIM-1).
+    /// Prints a provider's Merkle proof against an epoch's root (the last settled
+    /// by default) and the `claim` calldata for the Compute Contract (read-only,
+    /// R-CLAIM-1).
     ClaimProof {
         #[arg(long)]
         data_dir: PathBuf,
         /// The provider's address (0x…).
         #[arg(long)]
         provider: String,
+        /// The epoch whose root the proof is for: the one the chain has settled
+        /// (`nextEpoch() - 1` on the contract), which may be older than the router's
+        /// last. Default: the router's last settled epoch.
+        #[arg(long)]
+        epoch: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -147,6 +154,11 @@ struct RunArgs {
     /// only when the data directory is created, and a different file is refused.
     #[arg(long)]
     reapply_balance_snapshot: bool,
+    /// Set the settlement domain ([market] settlement_chain_id, settlement_contract of
+    /// --config) on a data directory created without a contract (0x0: nothing it
+    /// signed could be used on a chain). Once: the domain is then fixed (R-CHAIN-3).
+    #[arg(long)]
+    set_settlement_domain: bool,
     /// Overrides identity.network_id.
     #[arg(long)]
     network_id: Option<u32>,
@@ -235,6 +247,9 @@ fn run(args: RunArgs) -> Result<(), String> {
     if args.reapply_balance_snapshot {
         config.identity.balance_snapshot_reapply = true;
     }
+    if args.set_settlement_domain {
+        config.identity.settlement_domain_set = true;
+    }
     if let Some(network_id) = args.network_id {
         config.identity.network_id = network_id;
     }
@@ -301,6 +316,39 @@ fn unset_keys(config: &RouterConfig) -> String {
         "\n# Keys without a default value, unset here:\n{}\n",
         lines.join("\n")
     )
+}
+
+/// Issue 24 case 5: every parameter the Compute Contract is deployed with (its
+/// constructor's arguments, derived from the market as `yellowstone-chain deploy`
+/// derives them), as comments: a wrong value shows here, not later as
+/// `OverDailyCap` or a silent divergence. Token and router are the deployment's.
+fn deployment_parameters(config: &RouterConfig) -> Result<String, String> {
+    let market = config.market_config(config.market.genesis_ms.max(1))?;
+    let params = yellowstone_contract::artifacts::DeployParams::from_market(
+        &market,
+        yellowstone_engine::Address::default(),
+        yellowstone_engine::Address::default(),
+        config.identity.network_id,
+    );
+    Ok(format!(
+        "\n# Compute Contract deployment parameters (R-CHAIN-2; derived, read-only; \
+         `yellowstone-chain deploy --dry-run` prints them with the router's address):\n\
+         # network_id = {}\n# epochs_per_day = {} (7,200 / settlement_epoch_blocks)\n\
+         # emission_wei_per_day = {}\n# compute_emission_wei_per_day = {}\n\
+         # bootstrap_bonus_wei_per_day = {}\n# bootstrap_days = {}\n\
+         # pool_spend_bps = {}\n# burn_unused = {}\n\
+         # settlement_chain_id = {}\n# settlement_contract = {}\n",
+        params.network_id,
+        params.epochs_per_day,
+        market.emission_wei_per_day,
+        params.compute_emission_wei_per_day,
+        params.bootstrap_bonus_wei_per_day,
+        params.bootstrap_days,
+        params.pool_spend_bps,
+        params.burn_unused,
+        market.settlement_chain_id,
+        market.settlement_contract,
+    ))
 }
 
 /// The data directory used when none is given, in the working directory (R-OPS-1).
@@ -385,8 +433,20 @@ fn main() {
             .and_then(|config| {
                 let key_hex =
                     Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
-                let network_id = network_id.unwrap_or(config.identity.network_id);
                 tools::check_data_dir(&data_dir)?;
+                // R-CHAIN-3 (issue 24 case 4): signed only for the data directory's
+                // network; a directory from before the network_id file takes the config's.
+                let stored = yellowstone_gateway::journal::files::read_network_id(&data_dir)?;
+                let network_id = match (stored, network_id) {
+                    (Some(stored), Some(asked)) if stored != asked => {
+                        return Err(format!(
+                            "--network-id {asked}: this data directory is of network {stored}; \
+                             a settlement is signed only for its own network (R-CHAIN-3)"
+                        ))
+                    }
+                    (Some(stored), _) => stored,
+                    (None, asked) => asked.unwrap_or(config.identity.network_id),
+                };
                 let signer = settlement::Signer::from_data_dir(&data_dir, key_hex, network_id)?;
                 settlement::export(&data_dir, epoch, &signer)
             })
@@ -394,8 +454,10 @@ fn main() {
         Cmd::ClaimProof {
             data_dir,
             provider,
+            epoch,
             json,
-        } => settlement::claim_proof(&data_dir, &provider).map(|value| print_value(&value, json)),
+        } => settlement::claim_proof(&data_dir, &provider, epoch)
+            .map(|value| print_value(&value, json)),
         // Validated as `run` validates it: what print-config shows is a configuration
         // the router would start with, or the error that `run` would give.
         Cmd::PrintConfig { config: path } => load_config(&path)
@@ -405,7 +467,7 @@ fn main() {
                     None => e,
                 })?;
                 let text = toml::to_string_pretty(&c).map_err(|e| e.to_string())?;
-                Ok(text + &unset_keys(&c))
+                Ok(text + &unset_keys(&c) + &deployment_parameters(&c)?)
             })
             .map(|text| print!("{text}")),
     };

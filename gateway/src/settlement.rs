@@ -9,7 +9,7 @@ use crate::journal::tools::recover_read_only;
 use serde_json::Value;
 use std::path::Path;
 use yellowstone_contract::{ClaimProof, SignedSettlement};
-use yellowstone_engine::Address;
+use yellowstone_engine::{Address, Effect};
 use yellowstone_wire::SigningKey;
 
 /// The router's identity the settlements were signed with.
@@ -73,16 +73,84 @@ pub fn export(dir: &Path, epoch: Option<u64>, signer: &Signer) -> Result<Value, 
     Ok(signed.to_json())
 }
 
-/// `provider`'s proof against the last settled epoch's root, with the
-/// `claim(address, uint256, bytes32[])` calldata.
-pub fn claim_proof(dir: &Path, provider: &str) -> Result<Value, String> {
+/// `provider`'s proof against the root of `epoch` (the last settled epoch when
+/// `None`), with the `claim(address, uint256, bytes32[])` calldata.
+pub fn claim_proof(dir: &Path, provider: &str, epoch: Option<u64>) -> Result<Value, String> {
     let address: yellowstone_wire::Address = provider
         .parse()
         .map_err(|e| format!("--provider {provider:?}: {e}"))?;
-    let recovered = recover_read_only(dir)?;
-    let proof = ClaimProof::from_state(recovered.engine.settlement(), &Address(address.0))
-        .map_err(|e| e.to_string())?;
+    let proof = proof_at(dir, &Address(address.0), epoch).map_err(|e| e.to_string())?;
     Ok(proof.to_json())
+}
+
+/// Why no proof could be made for an epoch (issue 24 case 3).
+#[derive(Debug, thiserror::Error)]
+pub enum ProofAtError {
+    #[error("{0}")]
+    DataDir(String),
+    #[error(transparent)]
+    Proof(#[from] yellowstone_contract::ProofError),
+    #[error("epoch {epoch} is not settled yet (the router's last settled epoch: {last:?})")]
+    NotSettled { epoch: u64, last: Option<u64> },
+    #[error(
+        "epoch {epoch} was sealed before the data directory's newest snapshot (replay \
+         starts after it); its tree cannot be rebuilt here: relay the settlements up to \
+         the router's last epoch ({last}) and claim against it"
+    )]
+    BeforeSnapshot { epoch: u64, last: u64 },
+}
+
+/// `provider`'s proof against the root of `epoch` (R-CHAIN-2: a provider claims
+/// against the epoch the chain has settled, which may be older than the router's
+/// newest). The tree of an older epoch is the ledger's (provider, cumulative) as the
+/// replay passes that epoch's seal; read-only on `dir`.
+pub fn proof_at(
+    dir: &Path,
+    provider: &Address,
+    epoch: Option<u64>,
+) -> Result<ClaimProof, ProofAtError> {
+    let mut seen: Option<Vec<(Address, u128)>> = None;
+    let recovered = match epoch {
+        None => recover_read_only(dir),
+        Some(wanted) => crate::journal::tools::recover_read_only_visiting(dir, |_, _, effects, engine| {
+            let sealed = effects.iter().any(|effect| {
+                matches!(effect, Effect::SettlementSealed { settlement, .. } if settlement.epoch == wanted)
+            });
+            if sealed {
+                seen = Some(engine.settlement().cumulative.clone());
+            }
+        }),
+    }
+    .map_err(ProofAtError::DataDir)?;
+    let state = recovered.engine.settlement();
+    let last = state.last().map(|r| r.epoch);
+    let Some(wanted) = epoch else {
+        return Ok(ClaimProof::from_state(state, provider)?);
+    };
+    if last.is_none_or(|last| wanted > last) {
+        return Err(ProofAtError::NotSettled {
+            epoch: wanted,
+            last,
+        });
+    }
+    if last == Some(wanted) {
+        return Ok(ClaimProof::from_state(state, provider)?);
+    }
+    let cumulative = seen.ok_or(ProofAtError::BeforeSnapshot {
+        epoch: wanted,
+        last: last.unwrap_or(0),
+    })?;
+    let record = state.record(wanted);
+    let proof = ClaimProof::from_cumulative(&cumulative, provider)
+        .ok_or(yellowstone_contract::ProofError::NotCredited(*provider))?;
+    if let Some(record) = record {
+        // The replayed tree is the one the router signed for that epoch.
+        debug_assert_eq!(record.merkle_root, proof.root);
+    }
+    Ok(ClaimProof {
+        epoch: wanted,
+        ..proof
+    })
 }
 
 /// A JSON object as `key: value` lines (arrays one element a line).

@@ -120,6 +120,17 @@ codes! {
     SESSION_NOT_STARTED = 0x0225, "session_not_started";
     /// R-SESSION-1: a `SessionStart` for a session already started.
     SESSION_ALREADY_STARTED = 0x0226, "session_already_started";
+    /// R-CHAIN-3: a `ChainPaid` figure above the provider's cumulative credit
+    /// (detail: that credit, wei).
+    PAID_ABOVE_CREDIT = 0x022C, "paid_above_credit";
+    /// R-CHAIN-3: an in-router `Claim` while the market settles on a chain: claim
+    /// there (`yellowstone-chain claim`).
+    CLAIM_ON_CHAIN = 0x022D, "claim_on_chain";
+    /// R-CHAIN-3: `ChainPaid` for another chain or contract than the market's
+    /// (detail: the market's chain id).
+    WRONG_CHAIN = 0x022E, "wrong_chain";
+    /// R-CHAIN-3: `ChainPaid` entries not strictly ascending by provider.
+    CHAIN_PAID_UNSORTED = 0x022F, "chain_paid_unsorted";
 
     /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
     OVERLOADED = 0x0301, "overloaded";

@@ -195,6 +195,11 @@ record!(
 record!(BalanceEntry { address: Address, balance_wei: u128 } max = BALANCE_ENTRIES_MAX);
 record!(ParamEntry { param_id: u16, value: u128 } max = PARAMS_MAX);
 record!(
+    /// R-CHAIN-3: what the Compute Contract has paid `provider` since genesis
+    /// (`paidTo`, MOR wei).
+    PaidEntry { provider: Address, paid_to_wei: u128 } max = BALANCE_ENTRIES_MAX
+);
+record!(
     /// One provider's totals in a block (R-BLOCK-2): `earned_wei` is Σ tokens × price
     /// of its credited sessions, `credited_wei` what the ledger credited of it after
     /// the day's cap (pro rata when the cap cuts the block; never above earned).
@@ -285,6 +290,7 @@ pub const RECORDS: &[(&str, &[(&str, &str)])] = &[
     ("Offer", Offer::FIELDS),
     ("BalanceEntry", BalanceEntry::FIELDS),
     ("ParamEntry", ParamEntry::FIELDS),
+    ("PaidEntry", PaidEntry::FIELDS),
     ("BatchTotals", BatchTotals::FIELDS),
     ("CatalogModel", CatalogModel::FIELDS),
     ("MarketModel", MarketModel::FIELDS),
@@ -325,6 +331,7 @@ pub mod msg_type {
     pub const MARKET_STATE_QUERY: u16 = 0x00B0;
     pub const MARKET_STATE: u16 = 0x00B1;
     pub const ERROR_REPLY: u16 = 0x00F0;
+    pub const CHAIN_PAID: u16 = 0x0072;
 }
 
 macro_rules! messages {
@@ -506,6 +513,10 @@ messages! {
     }
     /// SPEC section 9: every refusal. `detail` holds e.g. the quota left.
     ErrorReply = ERROR_REPLY, signed: false { code: u16, ref_msg_type: u16, ref_nonce: u64, retry_after_ms: u32, detail: u128, reason: String }
+    /// R-CHAIN-3: operator only: what the Compute Contract at (`chain_id`,
+    /// `contract`) has paid each provider (`paidTo`), read from the chain, so that
+    /// the router's ledger agrees with it. Entries strictly ascending by provider.
+    ChainPaid = CHAIN_PAID, signed: true { from: Address, nonce: u64, chain_id: u64, contract: Address, entries: Vec<PaidEntry>, signature: Signature }
 }
 
 /// What a user measured of a session, for [`Report::new`] (R-REPORT-1, R-REPORT-3).
@@ -599,6 +610,7 @@ impl Message {
             Message::Claim(m) => Some((m.from, m.nonce)),
             Message::BalanceUpdate(m) => Some((m.from, m.nonce)),
             Message::SetParams(m) => Some((m.from, m.nonce)),
+            Message::ChainPaid(m) => Some((m.from, m.nonce)),
             Message::LoginAnswer(m) => Some((m.address, 0)),
             _ => None,
         }
@@ -624,6 +636,7 @@ impl Message {
             Message::Claim(m) => &m.signature,
             Message::BalanceUpdate(m) => &m.signature,
             Message::SetParams(m) => &m.signature,
+            Message::ChainPaid(m) => &m.signature,
             _ => return None,
         })
     }
@@ -647,6 +660,7 @@ impl Message {
             Message::Claim(m) => &mut m.signature,
             Message::BalanceUpdate(m) => &mut m.signature,
             Message::SetParams(m) => &mut m.signature,
+            Message::ChainPaid(m) => &mut m.signature,
             _ => return None,
         })
     }

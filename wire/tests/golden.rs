@@ -327,6 +327,21 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
         ),
         (Ack { nonce: 3 }.into(), None),
         (
+            ChainPaid {
+                from: operator,
+                nonce: 4,
+                chain_id: 31_337,
+                contract: Address([0xC0; 20]),
+                entries: vec![PaidEntry {
+                    provider,
+                    paid_to_wei: 1_250_000_000_000_000_000,
+                }],
+                signature: sig,
+            }
+            .into(),
+            Some("operator"),
+        ),
+        (
             Notice {
                 kind: 2,
                 until_ms: 1_767_225_660_000,

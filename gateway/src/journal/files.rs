@@ -20,6 +20,25 @@ const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 8 + 32;
 const MARKET_MAGIC: &[u8; 8] = b"YSMRKT01";
 pub const MARKET_FILE: &str = "market.bin";
 
+/// The network id the data directory was created for (R-CHAIN-3: fixed at creation;
+/// every settlement it exports is signed for it). Decimal text.
+pub const NETWORK_ID_FILE: &str = "network_id";
+
+/// The data directory's network id, None for a directory created before the file
+/// existed (its first start writes it).
+pub fn read_network_id(dir: &Path) -> Result<Option<u32>, String> {
+    let path = dir.join(NETWORK_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("{}: {e} (expected a network id, decimal)", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 pub fn segment_name(first_seq: u64) -> String {
     format!("journal-{first_seq:020}.log")
 }

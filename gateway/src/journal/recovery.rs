@@ -56,6 +56,19 @@ pub fn recover(
     options: RecoverOptions,
     mut visit: impl FnMut(u64, &JournalRecord, &[Effect]),
 ) -> Result<Recovered, String> {
+    recover_observing(dir, market, options, |seq, record, effects, _| {
+        visit(seq, record, effects)
+    })
+}
+
+/// [`recover`], with `visit` also seeing the engine just after each replayed
+/// record (e.g. a claim proof as of an older epoch, issue 24 case 3).
+pub fn recover_observing(
+    dir: &Path,
+    market: &MarketConfig,
+    options: RecoverOptions,
+    mut visit: impl FnMut(u64, &JournalRecord, &[Effect], &Engine),
+) -> Result<Recovered, String> {
     let started = Instant::now();
     let listing = files::list(dir)?;
     let mut notes = Vec::new();
@@ -146,7 +159,7 @@ pub fn recover(
                         })?;
                         effects.clear();
                         engine.apply(&journal_record.command, journal_record.now_ms, &mut effects);
-                        visit(rec.seq, &journal_record, &effects);
+                        visit(rec.seq, &journal_record, &effects, &engine);
                         recovered.records_replayed += 1;
                         recovered.last_seq = rec.seq;
                     }

@@ -36,6 +36,20 @@ pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
     recover(dir, &market, options, |_, _, _| {})
 }
 
+/// Recovers the engine from `dir` without changing anything on disk; `visit` sees
+/// each replayed record, its effects and the engine just after it.
+pub fn recover_read_only_visiting(
+    dir: &Path,
+    visit: impl FnMut(u64, &JournalRecord, &[yellowstone_engine::Effect], &yellowstone_engine::Engine),
+) -> Result<Recovered, String> {
+    let market = market_of(dir)?;
+    let options = RecoverOptions {
+        allow_corrupt_truncate: false,
+        read_only: true,
+    };
+    super::recovery::recover_observing(dir, &market, options, visit)
+}
+
 /// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.
 /// Returns how many were printed. A torn tail is reported in a line and is not an
 /// error (a crash leaves one; the router cuts it); damage before the tail is: the

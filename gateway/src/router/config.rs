@@ -42,6 +42,10 @@ pub struct IdentityConfig {
     /// (it sets every balance it lists; no operator nonce is spent). Meant for one
     /// start: the CLI flag `--reapply-balance-snapshot`.
     pub balance_snapshot_reapply: bool,
+    /// Issue 24 case 2: set market.settlement_chain_id / settlement_contract on a data
+    /// directory created without a contract (0x0), once (journaled). Meant for one
+    /// start: the CLI flag `--set-settlement-domain`.
+    pub settlement_domain_set: bool,
 }
 
 impl Default for IdentityConfig {
@@ -52,6 +56,7 @@ impl Default for IdentityConfig {
             operator: String::new(),
             balance_snapshot: None,
             balance_snapshot_reapply: false,
+            settlement_domain_set: false,
         }
     }
 }

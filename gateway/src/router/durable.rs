@@ -287,9 +287,54 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
     let genesis_ms: u64 = genesis_text
         .parse()
         .map_err(|e| format!("{}: {e}", dir.join("genesis_ms").display()))?;
+    // R-CHAIN-3 (issue 24 case 4): the network id is the data directory's, fixed at
+    // creation like the settlement domain, so that no command signs a settlement
+    // for another network.
+    let network_text = read_or_create(&dir.join(files::NETWORK_ID_FILE), || {
+        config.identity.network_id.to_string()
+    })?;
+    if network_text != config.identity.network_id.to_string() {
+        return Err(format!(
+            "{}: this data directory is of network {network_text}, identity.network_id is {}: \
+             a data directory's network id is fixed at creation (R-CHAIN-3); start on a new \
+             data directory for another network",
+            dir.join(files::NETWORK_ID_FILE).display(),
+            config.identity.network_id
+        ));
+    }
     let market = config.market_config(genesis_ms)?;
+    // The market the journal was written under (the creation's, in market.bin):
+    // recovery starts from it.
+    let mut creation = market.clone();
     match files::read_market(dir)? {
-        None => files::write_market(dir, &market)?,
+        None => {
+            if market.settlement_contract == yellowstone_engine::Address::default() {
+                // Issue 24 case 2: said at creation, not discovered at the first relay.
+                tracing::warn!(
+                    chain_id = market.settlement_chain_id,
+                    "no settlement contract configured (market.settlement_contract): this \
+                     data directory's settlements are signed for contract 0x0, which no chain \
+                     can verify; to settle on a chain, deploy first (yellowstone-chain deploy \
+                     --dry-run prints the address) and create the data directory with \
+                     market.settlement_chain_id and market.settlement_contract set"
+                );
+            }
+            files::write_market(dir, &market)?
+        }
+        // Issue 24 case 2: created without a settlement contract (0x0: nothing it
+        // signed could be verified by any contract), the domain may be set later,
+        // once, explicitly (`--set-settlement-domain`, journaled as a command); a
+        // domain set that way is the engine's, not market.bin's.
+        Some(stored)
+            if stored.settlement_contract == yellowstone_engine::Address::default()
+                && yellowstone_engine::MarketConfig {
+                    settlement_chain_id: market.settlement_chain_id,
+                    settlement_contract: market.settlement_contract,
+                    ..stored.clone()
+                } == market =>
+        {
+            creation = stored;
+        }
         Some(stored) if stored != market => {
             return Err(format!(
                 "{}: the market parameters in the configuration differ from those this \
@@ -306,7 +351,36 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         allow_corrupt_truncate: config.journal.allow_corrupt_truncate,
         read_only: false,
     };
-    let recovered = journal::recover(dir, &market, options, |_, _, _| {})?;
+    let recovered = journal::recover(dir, &creation, options, |_, _, _| {})?;
+    let engine_domain = (
+        recovered.engine.config().settlement_chain_id,
+        recovered.engine.config().settlement_contract,
+    );
+    if engine_domain != (market.settlement_chain_id, market.settlement_contract) {
+        if engine_domain.1 != yellowstone_engine::Address::default() {
+            return Err(format!(
+                "{}: this data directory's settlement domain was set to chain {} contract {}; \
+                 the configuration says chain {} contract {}: a domain is fixed once set \
+                 (R-CHAIN-3)",
+                dir.display(),
+                engine_domain.0,
+                engine_domain.1,
+                market.settlement_chain_id,
+                market.settlement_contract
+            ));
+        }
+        if !config.identity.settlement_domain_set {
+            return Err(format!(
+                "{}: this data directory was created without a settlement contract \
+                 (market.settlement_contract 0x0: nothing it signed can be verified on a \
+                 chain); to settle with chain {} contract {} from now on, start once with \
+                 --set-settlement-domain (then the domain is fixed)",
+                dir.display(),
+                market.settlement_chain_id,
+                market.settlement_contract
+            ));
+        }
+    }
     for note in &recovered.notes {
         tracing::warn!("{note}");
     }

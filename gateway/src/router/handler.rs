@@ -761,6 +761,18 @@ impl RouterHandler {
                 nonce: m.nonce,
                 params: m.params.iter().map(|p| (p.param_id, p.value)).collect(),
             },
+            // R-CHAIN-3: the engine checks the operator, the domain and the bounds.
+            Message::ChainPaid(m) => Command::ChainPaid {
+                operator: origin,
+                nonce: m.nonce,
+                chain_id: m.chain_id,
+                contract: to_engine(m.contract),
+                entries: m
+                    .entries
+                    .iter()
+                    .map(|e| (to_engine(e.provider), e.paid_to_wei))
+                    .collect(),
+            },
             other => {
                 return Err((
                     codes::NOT_ALLOWED,

@@ -157,6 +157,11 @@ impl Router {
             genesis_ms,
         } = options;
         config.validate()?;
+        let configured = config.market_config(genesis_ms)?;
+        let market_domain = (
+            configured.settlement_chain_id,
+            configured.settlement_contract,
+        );
         let ahead_ms = genesis_ms.saturating_sub(crate::sequencer::unix_ms());
         if ahead_ms > 0 {
             tracing::warn!(
@@ -258,6 +263,7 @@ impl Router {
         if sequencer.engine.providers_len() > 0 {
             sequencer.apply(ORIGIN_INTERNAL, Command::RouterStarted)?;
         }
+        set_settlement_domain(&config, market_domain, &mut sequencer)?;
         let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
         let engine_core = net::plan_cores(&config.threads, cores).engine;
         let (stopped_tx, engine_stopped) = crossbeam_channel::bounded::<()>(0);
@@ -382,6 +388,35 @@ fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
         shared.balances.insert(address, balance);
     }
     tracing::info!(path = %path.display(), entries = entries.len(), "balance snapshot applied");
+    Ok(())
+}
+
+/// Issue 24 case 2: `run --set-settlement-domain` on a data directory created
+/// without a contract journals the configured domain (the engine refuses it once a
+/// contract is set; `start_durable` refused every other case before recovery).
+fn set_settlement_domain<D: sequencer::Durability, S: sequencer::EffectSink>(
+    config: &RouterConfig,
+    (chain_id, contract): (u64, yellowstone_engine::Address),
+    sequencer: &mut Sequencer<D, S>,
+) -> Result<(), String> {
+    let engine = sequencer.engine.config();
+    if (engine.settlement_chain_id, engine.settlement_contract) == (chain_id, contract)
+        || !config.identity.settlement_domain_set
+    {
+        return Ok(());
+    }
+    sequencer.apply(
+        ORIGIN_INTERNAL,
+        Command::SetSettlementDomain { chain_id, contract },
+    )?;
+    let engine = sequencer.engine.config();
+    if (engine.settlement_chain_id, engine.settlement_contract) != (chain_id, contract) {
+        return Err(format!(
+            "--set-settlement-domain: refused: the market already settles on chain {} at {}",
+            engine.settlement_chain_id, engine.settlement_contract
+        ));
+    }
+    tracing::warn!(chain_id, %contract, "settlement domain set (fixed from now on)");
     Ok(())
 }
 

@@ -39,10 +39,12 @@ fn wire_type_of(command: &Command) -> u16 {
         Command::Report { .. } => msg_type::REPORT,
         Command::StartSession { .. } => msg_type::SESSION_START,
         Command::Claim { .. } => msg_type::CLAIM,
+        Command::ChainPaid { .. } => msg_type::CHAIN_PAID,
         Command::Tick
         | Command::ProviderDisconnected { .. }
         | Command::LoadBalanceSnapshot { .. }
-        | Command::RouterStarted => 0,
+        | Command::RouterStarted
+        | Command::SetSettlementDomain { .. } => 0,
     }
 }
 
