@@ -301,6 +301,7 @@ mod tests {
                     let mut pending = Vec::new();
                     loop {
                         let n = match stream.read(&mut buffer) {
+                            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                             Ok(0) | Err(_) => return,
                             Ok(n) => n,
                         };

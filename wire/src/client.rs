@@ -191,7 +191,12 @@ impl Client {
             if let Some(frame) = self.decoder.next_frame().map_err(ClientError::Frame)? {
                 return Ok(frame);
             }
-            let n = self.stream.read(&mut self.read_buffer)?;
+            // A signal delivered to this thread interrupts a read with a time-out
+            // (SO_RCVTIMEO) even under SA_RESTART: nothing was read, read again.
+            let n = match self.stream.read(&mut self.read_buffer) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => other?,
+            };
             if n == 0 {
                 return Err(ClientError::Closed);
             }
