@@ -272,6 +272,14 @@ impl MarketConfig {
         if self.ticket_start_timeout_ms == 0 {
             return Err("ticket_start_timeout_ms must be > 0".to_string());
         }
+        // A start deadline past the session's own expiry would never fire: the
+        // session_ttl_ms bound is the one that holds (an outsider set 2^63 - 1).
+        if self.ticket_start_timeout_ms > self.session_ttl_ms {
+            return Err(format!(
+                "ticket_start_timeout_ms = {} must be <= session_ttl_ms = {}",
+                self.ticket_start_timeout_ms, self.session_ttl_ms
+            ));
+        }
         if self.user_sessions_open_max == 0 {
             return Err("user_sessions_open_max must be > 0".to_string());
         }

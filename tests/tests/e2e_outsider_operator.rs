@@ -170,6 +170,12 @@ fn values_that_size_allocations_are_refused_naming_the_value() {
             "5",
         ),
         (
+            // R-SESSION-1: a start deadline past the session's expiry never fires.
+            "[market]\nticket_start_timeout_ms = 9223372036854775807\n",
+            "market.ticket_start_timeout_ms",
+            "9223372036854775807",
+        ),
+        (
             "[network]\nconn_send_bytes_max = 5\n",
             "network.conn_send_bytes_max",
             "5",
