@@ -446,7 +446,7 @@ impl MarketError {
                 | MarketError::PromptTokensOverMax { .. }
                 | MarketError::SessionNotStarted { .. }
                 | MarketError::SessionAlreadyStarted { .. } => {}
-                | MarketError::PaidAboveCredit { .. }
+                MarketError::PaidAboveCredit { .. }
                 | MarketError::ClaimOnChain
                 | MarketError::WrongChain { .. }
                 | MarketError::ChainPaidUnsorted => {}

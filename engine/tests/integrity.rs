@@ -403,7 +403,8 @@ fn r_ops_4_silent_timers_make_the_engine_due() {
         m.engine.is_due(registered + 1_000),
         "an unfunded registration's expiry is due"
     );
-    m.engine.apply(&Command::Tick, registered + 1_000, &mut Vec::new());
+    m.engine
+        .apply(&Command::Tick, registered + 1_000, &mut Vec::new());
     assert!(!m.engine.has_unfunded_registration(&user(1)));
 
     // An unstarted session's start deadline (R-SESSION-1) is due too.
@@ -415,5 +416,8 @@ fn r_ops_4_silent_timers_make_the_engine_due() {
     let opened = m.now;
     assert!(opened + 1_000 < m.engine.block_end_ms());
     assert!(!m.engine.is_due(opened + 999));
-    assert!(m.engine.is_due(opened + 1_000), "a session start deadline is due");
+    assert!(
+        m.engine.is_due(opened + 1_000),
+        "a session start deadline is due"
+    );
 }

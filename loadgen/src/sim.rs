@@ -920,7 +920,16 @@ pub fn run_with(
         let (addr, config, stop) = (target.addr, config.clone(), stop_providers.clone());
         let simulated_users = simulated_users.clone();
         provider_threads.push(std::thread::spawn(move || {
-            run_provider(addr, key, config, behaviour, price, stop, churn, simulated_users)
+            run_provider(
+                addr,
+                key,
+                config,
+                behaviour,
+                price,
+                stop,
+                churn,
+                simulated_users,
+            )
         }));
     }
     std::thread::sleep(Duration::from_millis(300)); // registrations land first
