@@ -33,7 +33,7 @@ fn setup(contract_nonce: u64, network_id: u32) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[identity]\nnetwork_id = {network_id}\n[market]\ngenesis_ms = {}\nsettlement_epoch_blocks = 1\nsettlement_chain_id = {CHAIN_ID}\nsettlement_contract = \"{contract}\"\n",
+            "[identity]\nnetwork_id = {network_id}\n[market]\ngenesis_ms = {}\nuser_sessions_open_max = 4096\nsettlement_epoch_blocks = 1\nsettlement_chain_id = {CHAIN_ID}\nsettlement_contract = \"{contract}\"\n",
             now_ms() - 10_500
         ),
     )
@@ -131,6 +131,10 @@ impl Setup {
                 &hex::encode(operator_key().secret_bytes()),
             ])
             .args(["--duration", &seconds.to_string(), "--rate", "40"])
+            // Providers that come and go (half of them reconnect now and then): the
+            // cheapest alone would take every RFC at this rate (R-MATCH-1), and the
+            // settlement's Merkle tree must hold several providers.
+            .args(["--scenario", "churn"])
             .args([
                 "--users",
                 "4",
@@ -644,6 +648,14 @@ fn r_chain_3_relayer_refuses_another_contract_chain_or_network_before_sending() 
     let listen = s.router.as_ref().unwrap().ready.listen;
     let mut provider =
         yellowstone_tests::market::connect(listen, SigningKey::from_seed(b"chain-provider"));
+    // A claim from an address that holds no MOR and never had a message accepted is
+    // refused `unknown_sender` before the market sees it (R-PROV-3): a provider
+    // claims, so fund it as one.
+    let mut operator = yellowstone_tests::market::connect(listen, operator_key());
+    yellowstone_tests::market::fund(
+        &mut operator,
+        &[(provider.address(), 1_000_000_000_000_000_000)],
+    );
     let nonce = provider.next_nonce();
     let from = provider.address();
     provider

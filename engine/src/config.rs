@@ -38,6 +38,9 @@ pub struct ModelSpec {
     pub unit: Unit,
 }
 
+/// R-SESSION-1: the largest `ticket_start_timeout_ms`, a day in ms.
+pub const TICKET_START_TIMEOUT_MS_LIMIT: u64 = 86_400_000;
+
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct MarketConfig {
     /// Unix ms of block 0's start (R-TIME-1).
@@ -272,12 +275,12 @@ impl MarketConfig {
         if self.ticket_start_timeout_ms == 0 {
             return Err("ticket_start_timeout_ms must be > 0".to_string());
         }
-        // A start deadline past the session's own expiry would never fire: the
-        // session_ttl_ms bound is the one that holds (an outsider set 2^63 - 1).
-        if self.ticket_start_timeout_ms > self.session_ttl_ms {
+        // Bounded like the other times (an outsider set 2^63 - 1). A deadline past
+        // session_ttl_ms is allowed: the session's own expiry then comes first.
+        if self.ticket_start_timeout_ms > TICKET_START_TIMEOUT_MS_LIMIT {
             return Err(format!(
-                "ticket_start_timeout_ms = {} must be <= session_ttl_ms = {}",
-                self.ticket_start_timeout_ms, self.session_ttl_ms
+                "ticket_start_timeout_ms = {} must be <= {TICKET_START_TIMEOUT_MS_LIMIT} (a day)",
+                self.ticket_start_timeout_ms
             ));
         }
         if self.user_sessions_open_max == 0 {
