@@ -14,6 +14,9 @@
 //! record is being written.
 //! Ticks are journaled like any other input, so replay reproduces block seals.
 
+// Defined with the journal (issue 26: no `sequencer <-> journal` circle); re-exported
+// here for the callers that name them through the sequencer.
+pub use crate::journal::{Durability, JournalRecord};
 use crate::metrics::{Stage, StageRecorder};
 use crossbeam_channel::{Receiver, Select};
 use std::collections::VecDeque;
@@ -34,71 +37,6 @@ pub enum SequencerInput {
     },
     /// Seal what is due and stop (graceful shutdown).
     Shutdown,
-}
-
-/// One journal record: the engine input and the time it was applied at.
-#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
-pub struct JournalRecord {
-    pub now_ms: u64,
-    pub command: Command,
-}
-
-impl JournalRecord {
-    pub fn encode(&self) -> Vec<u8> {
-        bincode::encode_to_vec(self, bincode::config::standard()).expect("records encode")
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, String> {
-        let (record, read) = bincode::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| e.to_string())?;
-        if read != bytes.len() {
-            return Err(format!(
-                "{} trailing bytes after a journal record",
-                bytes.len() - read
-            ));
-        }
-        Ok(record)
-    }
-}
-
-/// The journal as the sequencer sees it.
-pub trait Durability: Send {
-    /// Appends one record; returns its sequence number (strictly increasing).
-    fn append(&mut self, record: &[u8]) -> Result<u64, String>;
-    /// Sequence numbers known durable, as they become so (highest first is fine).
-    fn durable_updates(&self) -> Receiver<u64>;
-    /// Everything appended so far is durable (`always`), or written (other modes).
-    fn durable_seq(&self) -> u64;
-    /// Writes a snapshot covering every record up to `seq`.
-    fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String>;
-    /// A snapshot point: `engine` has applied every record up to `seq` (a block
-    /// boundary). By default the engine is serialised here, on the engine thread; a
-    /// journal with a replica engine serialises that one instead
-    /// (`journal::replica`, ARCHITECTURE.md "Latency: what waits for the disk").
-    fn snapshot_point(&mut self, seq: u64, engine: &Engine) -> Result<(), String> {
-        self.snapshot(seq, engine.snapshot())
-    }
-    /// The snapshot replica's counters, if this journal keeps a replica.
-    fn replica_stats(&self) -> Option<std::sync::Arc<crate::journal::ReplicaStats>> {
-        None
-    }
-    /// Flushes and syncs everything appended; used at shutdown.
-    fn flush(&mut self) -> Result<(), String>;
-    /// Records up to this sequence number are on stable storage whatever the
-    /// durability mode (`durable_seq` in `always`; behind it in `interval`/`none`).
-    /// A journal that keeps nothing on disk returns `durable_seq`. Required, not
-    /// defaulted: a wrapper that forgot to forward it would publish batches before
-    /// their seal is on disk.
-    fn synced_seq(&self) -> u64;
-    /// Asks for records up to `seq` to reach stable storage soon, without waiting
-    /// (a sealed block's batch waits for it in the sequencer, R-BLOCK-*); progress is
-    /// announced on `durable_updates` and read from `synced_seq`. Journals whose
-    /// `synced_seq` already follows every append need do nothing.
-    fn request_sync(&mut self, seq: u64) -> Result<(), String>;
-    /// Counters for the metrics endpoint, if this journal keeps any.
-    fn stats(&self) -> Option<std::sync::Arc<crate::journal::JournalStats>> {
-        None
-    }
 }
 
 /// When an effect may leave the engine thread (ARCHITECTURE.md, "Latency: what waits

@@ -1,7 +1,8 @@
 //! Write-ahead journal of engine inputs, snapshots on disk, and recovery
 //! (ARCHITECTURE.md, "Determinism and durability").
 //!
-//! - `record`: one checksummed, length-framed record.
+//! - `record`: one checksummed, length-framed record, and its payload (`JournalRecord`).
+//! - `durability`: the `Durability` trait the engine thread appends through.
 //! - `files`: segment and snapshot files, atomic replacement, directory fsync.
 //! - `writer`: the `Durability` the engine thread appends to; group commit on the
 //!   journal thread, snapshots on their own thread.
@@ -15,6 +16,7 @@
 //!   corruption refusal.
 //! - `tools`: what the operator subcommands print (records, verification, ledger).
 
+pub mod durability;
 pub mod files;
 pub mod pacer;
 pub mod record;
@@ -24,6 +26,8 @@ pub mod tools;
 pub mod uring_file;
 pub mod writer;
 
+pub use durability::Durability;
+pub use record::JournalRecord;
 pub use recovery::{recover, RecoverOptions, Recovered};
 pub use replica::{ReplicaConfig, ReplicaStats, Replicated};
 pub use uring_file::JournalIo;

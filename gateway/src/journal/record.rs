@@ -9,6 +9,33 @@
 //! The checksum covers the header fields too, so a flipped length or sequence is
 //! caught as surely as a flipped payload byte.
 
+use yellowstone_engine::Command;
+
+/// One journal record: the engine input and the time it was applied at.
+#[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
+pub struct JournalRecord {
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+impl JournalRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::encode_to_vec(self, bincode::config::standard()).expect("records encode")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, String> {
+        let (record, read) = bincode::decode_from_slice(bytes, bincode::config::standard())
+            .map_err(|e| e.to_string())?;
+        if read != bytes.len() {
+            return Err(format!(
+                "{} trailing bytes after a journal record",
+                bytes.len() - read
+            ));
+        }
+        Ok(record)
+    }
+}
+
 /// Bytes before the payload.
 pub const RECORD_HEADER_BYTES: usize = 28;
 /// A payload longer than this is refused when written and taken as corruption when

@@ -10,8 +10,8 @@
 //! truncated quietly. A torn record before zeros is damage like any other.
 
 use super::files;
+use super::record::JournalRecord;
 use super::record::{self, RecordFault};
-use crate::sequencer::JournalRecord;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use yellowstone_engine::{Effect, Engine, MarketConfig};

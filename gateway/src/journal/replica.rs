@@ -22,7 +22,7 @@
 //!   written as the snapshot and restored by the replica, which then follows again.
 //!   If the replica thread is gone, every snapshot point falls back to that.
 
-use crate::sequencer::{Durability, JournalRecord};
+use super::{Durability, JournalRecord};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

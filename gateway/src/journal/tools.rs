@@ -4,8 +4,8 @@
 
 use super::files;
 use super::record;
+use super::record::JournalRecord;
 use super::recovery::{recover, RecoverOptions, Recovered};
-use crate::sequencer::JournalRecord;
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::Path;

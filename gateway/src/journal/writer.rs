@@ -8,7 +8,7 @@ use super::files;
 use super::pacer::GroupPacer;
 use super::record;
 use super::uring_file::{JournalIo, SegmentFile};
-use crate::sequencer::Durability;
+use super::Durability;
 use crossbeam_channel::{Receiver, Sender};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
