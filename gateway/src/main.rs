@@ -393,7 +393,9 @@ fn main() {
         } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            tools::dump(&data_dir, from, limit, json, &mut out).map(|_| ())
+            tools::dump(&data_dir, from, limit, json, &mut out)
+                .map(|_| ())
+                .map_err(String::from)
         }
         // With --json, stdout is one JSON object either way (`"ok": true` with the
         // report, or `"ok": false` with the error, which also goes to stderr), so a
@@ -410,19 +412,22 @@ fn main() {
                 Ok(())
             }
             Err(error) => {
+                let error = error.to_string();
                 if json {
                     println!("{}", serde_json::json!({ "ok": false, "error": error }));
                 }
                 Err(error)
             }
         },
-        Cmd::Ledger { data_dir, json } => tools::ledger(&data_dir).map(|ledger| {
-            if json {
-                println!("{ledger}");
-            } else {
-                print!("{}", tools::ledger_text(&ledger));
-            }
-        }),
+        Cmd::Ledger { data_dir, json } => tools::ledger(&data_dir)
+            .map(|ledger| {
+                if json {
+                    println!("{ledger}");
+                } else {
+                    print!("{}", tools::ledger_text(&ledger));
+                }
+            })
+            .map_err(String::from),
         Cmd::Settlement {
             data_dir,
             epoch,

@@ -16,6 +16,7 @@
 
 // Defined with the journal (issue 26: no `sequencer <-> journal` circle); re-exported
 // here for the callers that name them through the sequencer.
+use crate::journal::JournalError;
 pub use crate::journal::{Durability, JournalRecord};
 use crate::metrics::{Stage, StageRecorder};
 use crossbeam_channel::{Receiver, Select};
@@ -413,7 +414,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             return Ok(());
         }
         self.last_snapshot_block = self.engine.block();
-        self.journal.snapshot_point(seq, &self.engine)
+        Ok(self.journal.snapshot_point(seq, &self.engine)?)
     }
 
     fn time_to_next_tick(&mut self) -> Duration {
@@ -499,7 +500,7 @@ impl Default for NoJournal {
 }
 
 impl Durability for NoJournal {
-    fn append(&mut self, _record: &[u8]) -> Result<u64, String> {
+    fn append(&mut self, _record: &[u8]) -> Result<u64, JournalError> {
         self.seq += 1;
         Ok(self.seq)
     }
@@ -512,13 +513,13 @@ impl Durability for NoJournal {
     fn synced_seq(&self) -> u64 {
         self.seq
     }
-    fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
+    fn request_sync(&mut self, _seq: u64) -> Result<(), JournalError> {
         Ok(())
     }
-    fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
+    fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), JournalError> {
         Ok(())
     }
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), JournalError> {
         Ok(())
     }
 }
@@ -556,7 +557,7 @@ mod tests {
     }
 
     impl Durability for LaggingJournal {
-        fn append(&mut self, _record: &[u8]) -> Result<u64, String> {
+        fn append(&mut self, _record: &[u8]) -> Result<u64, JournalError> {
             self.seq += 1;
             Ok(self.seq)
         }
@@ -569,21 +570,21 @@ mod tests {
         fn synced_seq(&self) -> u64 {
             *self.synced.lock().unwrap()
         }
-        fn request_sync(&mut self, seq: u64) -> Result<(), String> {
+        fn request_sync(&mut self, seq: u64) -> Result<(), JournalError> {
             self.requested.lock().unwrap().push(seq);
             Ok(())
         }
-        fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
+        fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), JournalError> {
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), String> {
+        fn flush(&mut self) -> Result<(), JournalError> {
             *self.synced.lock().unwrap() = self.seq;
             Ok(())
         }
     }
 
     impl Durability for HeldJournal {
-        fn append(&mut self, record: &[u8]) -> Result<u64, String> {
+        fn append(&mut self, record: &[u8]) -> Result<u64, JournalError> {
             let mut records = self.records.lock().unwrap();
             records.push(record.to_vec());
             Ok(records.len() as u64)
@@ -597,13 +598,13 @@ mod tests {
         fn synced_seq(&self) -> u64 {
             self.durable_seq() // like `always`: durable means on disk
         }
-        fn request_sync(&mut self, _seq: u64) -> Result<(), String> {
+        fn request_sync(&mut self, _seq: u64) -> Result<(), JournalError> {
             Ok(())
         }
-        fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), String> {
+        fn snapshot(&mut self, _seq: u64, _state: Vec<u8>) -> Result<(), JournalError> {
             Ok(())
         }
-        fn flush(&mut self) -> Result<(), String> {
+        fn flush(&mut self) -> Result<(), JournalError> {
             *self.durable.lock().unwrap() = self.records.lock().unwrap().len() as u64;
             Ok(())
         }

@@ -121,7 +121,7 @@ pub fn proof_at(
             }
         }),
     }
-    .map_err(ProofAtError::DataDir)?;
+    .map_err(|e| ProofAtError::DataDir(e.into()))?;
     let state = recovered.engine.settlement();
     let last = state.last().map(|r| r.epoch);
     let Some(wanted) = epoch else {

@@ -78,7 +78,7 @@ fn recover_in(
     market: &MarketConfig,
     options: RecoverOptions,
 ) -> Result<Recovered, String> {
-    recover(dir, market, options, |_, _, _| {})
+    recover(dir, market, options, |_, _, _| {}).map_err(String::from)
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
@@ -459,7 +459,9 @@ fn the_operator_tools_read_without_writing() {
     bytes[files::SEGMENT_HEADER_BYTES + 20] ^= 0x40;
     std::fs::write(&first, &bytes).unwrap();
     let mut out = Vec::new();
-    let error = tools::dump(dir.path(), 1, u64::MAX, false, &mut out).unwrap_err();
+    let error = tools::dump(dir.path(), 1, u64::MAX, false, &mut out)
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("corrupt before its tail") && error.contains(&first.display().to_string()),
         "{error}"
@@ -467,6 +469,7 @@ fn the_operator_tools_read_without_writing() {
     assert!(String::from_utf8(out).unwrap().contains("damage:"));
     assert!(tools::verify(tempfile::tempdir().unwrap().path())
         .unwrap_err()
+        .to_string()
         .contains("not a router data directory"));
 }
 
@@ -630,7 +633,9 @@ fn a_journal_that_cannot_write_fails_stop_and_says_why() {
             break;
         }
     }
-    let error = error.expect("the failure surfaces to the engine thread");
+    let error = error
+        .expect("the failure surfaces to the engine thread")
+        .to_string();
     assert!(error.contains("data"), "names the path: {error}");
     assert!(journal.append(&record).is_err(), "and stays failed");
     assert!(

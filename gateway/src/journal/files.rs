@@ -8,16 +8,28 @@
 //! market.bin                           b"YSMRKT01", BLAKE3(config) [32], bincode MarketConfig
 //! ```
 
-use std::fs::{File, OpenOptions};
+use super::classify::HeaderFault;
+use super::error::{JournalError, StorageError};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use yellowstone_engine::MarketConfig;
 
+/// A segment's first 8 bytes.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"YSJRNL01";
+/// Magic, then the first sequence number (u64 LE).
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"YSSNAP01";
 const SNAPSHOT_HEADER_BYTES: usize = 8 + 8 + 8 + 32;
 const MARKET_MAGIC: &[u8; 8] = b"YSMRKT01";
+const MARKET_HEADER_BYTES: usize = 8 + 32;
+
+// The on-disk layout, pinned: existing data directories must keep opening.
+const _: () = assert!(SEGMENT_HEADER_BYTES == SEGMENT_MAGIC.len() + 8);
+const _: () = assert!(SNAPSHOT_HEADER_BYTES == 56);
+const _: () = assert!(MARKET_HEADER_BYTES == 40);
+// A header is never all zeros (its magic is not), so a zero tail is never a header.
+const _: () = assert!(SEGMENT_MAGIC[0] != 0);
 pub const MARKET_FILE: &str = "market.bin";
 
 /// The network id the data directory was created for (R-CHAIN-3: fixed at creation;
@@ -26,23 +38,28 @@ pub const NETWORK_ID_FILE: &str = "network_id";
 
 /// The data directory's network id, None for a directory created before the file
 /// existed (its first start writes it).
-pub fn read_network_id(dir: &Path) -> Result<Option<u32>, String> {
+pub fn read_network_id(dir: &Path) -> Result<Option<u32>, JournalError> {
     let path = dir.join(NETWORK_ID_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => text
             .trim()
             .parse()
             .map(Some)
-            .map_err(|e| format!("{}: {e} (expected a network id, decimal)", path.display())),
+            .map_err(|e| JournalError::BadFile {
+                path,
+                what: format!("{e} (expected a network id, decimal)"),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(StorageError::new("read", path, e).into()),
     }
 }
 
+/// The segment file name for a segment starting at `first_seq`.
 pub fn segment_name(first_seq: u64) -> String {
     format!("journal-{first_seq:020}.log")
 }
 
+/// The snapshot file name for a snapshot covering records up to `seq`.
 pub fn snapshot_name(seq: u64) -> String {
     format!("snapshot-{seq:020}.snap")
 }
@@ -55,45 +72,75 @@ fn number_in(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// What a data directory holds, by file name, sorted by sequence number (oldest
+/// first); other files are ignored.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// `(first seq, name)` of every journal segment.
+    pub segments: Vec<(u64, String)>,
+    /// `(seq, name)` of every snapshot.
+    pub snapshots: Vec<(u64, String)>,
+    /// Leftovers of interrupted snapshot or market writes.
+    pub temporaries: Vec<String>,
+}
+
+impl Names {
+    /// Sorts a directory's file names into segments, snapshots and leftovers.
+    pub fn sort(names: impl IntoIterator<Item = String>) -> Names {
+        let mut sorted = Names::default();
+        for name in names {
+            if let Some(seq) = number_in(&name, "journal-", ".log") {
+                sorted.segments.push((seq, name));
+            } else if let Some(seq) = number_in(&name, "snapshot-", ".snap") {
+                sorted.snapshots.push((seq, name));
+            } else if name.ends_with(".tmp") {
+                sorted.temporaries.push(name);
+            }
+        }
+        sorted.segments.sort();
+        sorted.snapshots.sort();
+        sorted
+    }
+}
+
 /// What a data directory holds, sorted by sequence number (oldest first).
 #[derive(Debug, Default)]
 pub struct Listing {
+    /// `(first seq, path)` of every journal segment.
     pub segments: Vec<(u64, PathBuf)>,
+    /// `(seq, path)` of every snapshot.
     pub snapshots: Vec<(u64, PathBuf)>,
     /// Leftovers of interrupted snapshot or market writes.
     pub temporaries: Vec<PathBuf>,
 }
 
-pub fn list(dir: &Path) -> Result<Listing, String> {
-    let mut listing = Listing::default();
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if let Some(seq) = number_in(name, "journal-", ".log") {
-            listing.segments.push((seq, entry.path()));
-        } else if let Some(seq) = number_in(name, "snapshot-", ".snap") {
-            listing.snapshots.push((seq, entry.path()));
-        } else if name.ends_with(".tmp") {
-            listing.temporaries.push(entry.path());
-        }
-    }
-    listing.segments.sort();
-    listing.snapshots.sort();
-    Ok(listing)
+/// Lists `dir` ([`Names`], as paths).
+pub fn list(dir: &Path) -> Result<Listing, JournalError> {
+    use super::storage::Storage;
+    let names = Names::sort(super::storage::FileStorage::reader(dir).list()?);
+    let paths = |entries: Vec<(u64, String)>| -> Vec<(u64, PathBuf)> {
+        entries
+            .into_iter()
+            .map(|(seq, name)| (seq, dir.join(name)))
+            .collect()
+    };
+    Ok(Listing {
+        segments: paths(names.segments),
+        snapshots: paths(names.snapshots),
+        temporaries: names.temporaries.iter().map(|n| dir.join(n)).collect(),
+    })
 }
 
 /// Makes a directory entry (a created, renamed or removed file) durable.
-pub fn sync_dir(dir: &Path) -> Result<(), String> {
+pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| format!("fsync of directory {}: {e}", dir.display()))
+        .map_err(|e| StorageError::new("fsync of directory", dir, e))
 }
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the
 /// directory. A crash leaves either the old file or the new one, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), String> {
+pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), JournalError> {
     let tmp = path.with_extension("tmp");
     let result = (|| {
         let mut file = File::create(&tmp)?;
@@ -103,44 +150,33 @@ pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), String> {
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    result.map_err(|e| format!("{}: {e}", path.display()))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    result.map_err(|e| StorageError::new("write", path, e))?;
+    Ok(sync_dir(path.parent().unwrap_or(Path::new(".")))?)
 }
 
-/// Creates a segment starting at `first_seq` (replacing an empty leftover of the
-/// same name) and makes its directory entry durable.
-pub fn create_segment(dir: &Path, first_seq: u64) -> Result<(File, PathBuf), String> {
-    let path = dir.join(segment_name(first_seq));
-    let mut file = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+/// A segment's header: the magic, then `first_seq`.
+pub fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     let mut header = [0u8; SEGMENT_HEADER_BYTES];
     header[..8].copy_from_slice(SEGMENT_MAGIC);
     header[8..].copy_from_slice(&first_seq.to_le_bytes());
-    file.write_all(&header)
-        .and_then(|_| file.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    sync_dir(dir)?;
-    Ok((file, path))
+    header
 }
 
 /// Checks a segment's header; returns its first sequence number.
-pub fn check_segment_header(bytes: &[u8]) -> Result<u64, String> {
-    if bytes.len() < SEGMENT_HEADER_BYTES {
-        return Err(format!(
-            "segment header truncated ({} of {SEGMENT_HEADER_BYTES} bytes)",
-            bytes.len()
-        ));
+pub fn check_segment_header(bytes: &[u8]) -> Result<u64, HeaderFault> {
+    let Some(header) = bytes.get(..SEGMENT_HEADER_BYTES) else {
+        return Err(HeaderFault::Truncated {
+            have: bytes.len(),
+            need: SEGMENT_HEADER_BYTES,
+        });
+    };
+    let (magic, first_seq) = header.split_at(SEGMENT_MAGIC.len());
+    if magic != SEGMENT_MAGIC {
+        return Err(HeaderFault::BadMagic);
     }
-    if &bytes[..8] != SEGMENT_MAGIC {
-        return Err("not a journal segment (bad magic)".into());
-    }
-    Ok(u64::from_le_bytes(
-        bytes[8..16].try_into().expect("8 bytes"),
-    ))
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(first_seq);
+    Ok(u64::from_le_bytes(seq))
 }
 
 fn snapshot_checksum(seq: u64, state: &[u8]) -> [u8; 32] {
@@ -161,7 +197,7 @@ pub fn write_snapshot(
     seq: u64,
     state: &[u8],
     chunk_bytes: usize,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, JournalError> {
     let path = dir.join(snapshot_name(seq));
     let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
     header.extend_from_slice(SNAPSHOT_MAGIC);
@@ -177,7 +213,11 @@ pub fn write_snapshot(
 }
 
 /// `write_atomically`, writing back `chunk_bytes` at a time as it goes.
-fn write_atomically_paced(path: &Path, bytes: &[&[u8]], chunk_bytes: usize) -> Result<(), String> {
+fn write_atomically_paced(
+    path: &Path,
+    bytes: &[&[u8]],
+    chunk_bytes: usize,
+) -> Result<(), JournalError> {
     use std::os::fd::AsRawFd;
     let tmp = path.with_extension("tmp");
     let result = (|| {
@@ -207,14 +247,23 @@ fn write_atomically_paced(path: &Path, bytes: &[&[u8]], chunk_bytes: usize) -> R
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
-    result.map_err(|e| format!("{}: {e}", path.display()))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    result.map_err(|e| StorageError::new("write", path, e))?;
+    Ok(sync_dir(path.parent().unwrap_or(Path::new(".")))?)
 }
 
 /// Reads and verifies a snapshot; returns (seq, engine state bytes).
-pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let fail = |what: &str| format!("snapshot {}: {what}", path.display());
+pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), JournalError> {
+    let bytes = std::fs::read(path).map_err(|e| StorageError::new("read", path, e))?;
+    parse_snapshot(path, &bytes).map(|(seq, state)| (seq, state.to_vec()))
+}
+
+/// Verifies a snapshot file's bytes (`path` names it in errors); returns (seq,
+/// engine state bytes).
+pub fn parse_snapshot<'a>(path: &Path, bytes: &'a [u8]) -> Result<(u64, &'a [u8]), JournalError> {
+    let fail = |what: &str| JournalError::BadFile {
+        path: path.to_path_buf(),
+        what: format!("snapshot: {what}"),
+    };
     if bytes.len() < SNAPSHOT_HEADER_BYTES {
         return Err(fail("header truncated"));
     }
@@ -233,35 +282,45 @@ pub fn read_snapshot(path: &Path) -> Result<(u64, Vec<u8>), String> {
     if snapshot_checksum(seq, state) != bytes[24..56] {
         return Err(fail("checksum mismatch"));
     }
-    Ok((seq, state.to_vec()))
+    Ok((seq, state))
 }
 
 /// Keeps the market configuration the journal was written under: replaying a
 /// journal under other parameters would reach another state.
-pub fn write_market(dir: &Path, market: &MarketConfig) -> Result<(), String> {
-    let bytes = bincode::encode_to_vec(market, bincode::config::standard())
-        .map_err(|e| format!("market config: {e}"))?;
+pub fn write_market(dir: &Path, market: &MarketConfig) -> Result<(), JournalError> {
+    let bytes = bincode::encode_to_vec(market, bincode::config::standard()).map_err(|e| {
+        JournalError::BadFile {
+            path: dir.join(MARKET_FILE),
+            what: format!("market config does not encode: {e}"),
+        }
+    })?;
     write_atomically(
         &dir.join(MARKET_FILE),
         &[MARKET_MAGIC, blake3::hash(&bytes).as_bytes(), &bytes],
     )
 }
 
-pub fn read_market(dir: &Path) -> Result<Option<MarketConfig>, String> {
+/// The market configuration the directory was created with (None: a fresh
+/// directory). Errors: the file does not verify (magic, checksum, decoding).
+pub fn read_market(dir: &Path) -> Result<Option<MarketConfig>, JournalError> {
     let path = dir.join(MARKET_FILE);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(StorageError::new("read", path, e).into()),
     };
-    let fail = |what: &str| format!("{}: {what}", path.display());
-    if bytes.len() < 40 || &bytes[..8] != MARKET_MAGIC {
+    let fail = |what: &str| JournalError::BadFile {
+        path: path.clone(),
+        what: what.to_string(),
+    };
+    if bytes.len() < MARKET_HEADER_BYTES || &bytes[..8] != MARKET_MAGIC {
         return Err(fail("not a market file (bad magic or truncated)"));
     }
-    if blake3::hash(&bytes[40..]).as_bytes() != &bytes[8..40] {
+    let body = &bytes[MARKET_HEADER_BYTES..];
+    if blake3::hash(body).as_bytes() != &bytes[8..MARKET_HEADER_BYTES] {
         return Err(fail("checksum mismatch"));
     }
-    let (market, _) = bincode::decode_from_slice(&bytes[40..], bincode::config::standard())
+    let (market, _) = bincode::decode_from_slice(body, bincode::config::standard())
         .map_err(|e| fail(&e.to_string()))?;
     Ok(Some(market))
 }
@@ -313,7 +372,10 @@ mod tests {
             );
         }
         std::fs::write(&path, &good[..good.len() - 1]).unwrap();
-        assert!(read_snapshot(&path).unwrap_err().contains("length"));
+        assert!(read_snapshot(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("length"));
     }
 
     #[test]
@@ -328,6 +390,9 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(read_market(dir.path()).unwrap_err().contains("checksum"));
+        assert!(read_market(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("checksum"));
     }
 }

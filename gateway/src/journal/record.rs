@@ -9,29 +9,40 @@
 //! The checksum covers the header fields too, so a flipped length or sequence is
 //! caught as surely as a flipped payload byte.
 
+use super::error::JournalError;
 use yellowstone_engine::Command;
 
 /// One journal record: the engine input and the time it was applied at.
 #[derive(Clone, Debug, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct JournalRecord {
+    /// The engine's clock for this command, Unix milliseconds.
     pub now_ms: u64,
+    /// The engine input.
     pub command: Command,
 }
 
 impl JournalRecord {
+    /// The record's payload bytes (bincode, standard configuration).
     pub fn encode(&self) -> Vec<u8> {
         bincode::encode_to_vec(self, bincode::config::standard()).expect("records encode")
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, String> {
+    /// Decodes a payload; every byte must belong to the record.
+    /// Errors: [`JournalError::Decode`] (not a record, or trailing bytes).
+    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, JournalError> {
         let (record, read) = bincode::decode_from_slice(bytes, bincode::config::standard())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| JournalError::Decode {
+                reason: e.to_string(),
+            })?;
         if read != bytes.len() {
-            return Err(format!(
-                "{} trailing bytes after a journal record",
-                bytes.len() - read
-            ));
+            return Err(JournalError::Decode {
+                reason: format!(
+                    "{} trailing bytes after a journal record",
+                    bytes.len() - read
+                ),
+            });
         }
+        debug_assert!(read > 0, "a record is never empty");
         Ok(record)
     }
 }
@@ -44,6 +55,21 @@ pub const RECORD_HEADER_BYTES: usize = 28;
 pub const RECORD_PAYLOAD_MAX: usize = 8 << 20;
 
 const CHECKSUM_BYTES: usize = 16;
+const LENGTH_AT: usize = 0;
+const SEQ_AT: usize = 4;
+const CHECKSUM_AT: usize = 12;
+
+// The layout in the module comment, pinned: a change here would make existing data
+// directories unreadable.
+const _: () = assert!(SEQ_AT == LENGTH_AT + 4);
+const _: () = assert!(CHECKSUM_AT == SEQ_AT + 8);
+const _: () = assert!(RECORD_HEADER_BYTES == CHECKSUM_AT + CHECKSUM_BYTES);
+const _: () = assert!(RECORD_HEADER_BYTES == 28);
+// The length field is a u32: every allowed payload length fits in it.
+const _: () = assert!(RECORD_PAYLOAD_MAX <= u32::MAX as usize);
+// `classify::valid_record_after` steps by whole headers; the checksum must cover
+// at least a hash's worth of bytes to make a zero header impossible in practice.
+const _: () = assert!(CHECKSUM_BYTES >= 16);
 
 fn checksum(length: u32, seq: u64, payload: &[u8]) -> [u8; CHECKSUM_BYTES] {
     let mut hasher = blake3::Hasher::new();
@@ -56,52 +82,53 @@ fn checksum(length: u32, seq: u64, payload: &[u8]) -> [u8; CHECKSUM_BYTES] {
     out
 }
 
-/// Appends the framed record to `out`.
-pub fn encode_into(out: &mut Vec<u8>, seq: u64, payload: &[u8]) -> Result<(), String> {
+/// Appends the framed record (header, then `payload`) to `out`.
+/// Errors: [`JournalError::RecordTooLarge`] over `RECORD_PAYLOAD_MAX` (nothing is
+/// appended).
+pub fn encode_into(out: &mut Vec<u8>, seq: u64, payload: &[u8]) -> Result<(), JournalError> {
     if payload.len() > RECORD_PAYLOAD_MAX {
-        return Err(format!(
-            "journal record of {} bytes is over the {RECORD_PAYLOAD_MAX}-byte limit",
-            payload.len()
-        ));
+        return Err(JournalError::RecordTooLarge {
+            bytes: payload.len(),
+            max: RECORD_PAYLOAD_MAX,
+        });
     }
+    debug_assert!(seq >= 1, "sequence numbers start at 1");
+    let start = out.len();
     let length = payload.len() as u32;
     out.reserve(RECORD_HEADER_BYTES + payload.len());
     out.extend_from_slice(&length.to_le_bytes());
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&checksum(length, seq, payload));
     out.extend_from_slice(payload);
+    // Paired with `parse`: what is written is what recovery will accept.
+    debug_assert_eq!(out.len() - start, RECORD_HEADER_BYTES + payload.len());
+    debug_assert!(
+        matches!(parse(&out[start..]), Ok(r) if r.seq == seq && r.payload == payload),
+        "record {seq} does not parse back"
+    );
     Ok(())
 }
 
 /// What is wrong with the bytes at some offset.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordFault {
     /// Fewer bytes than a header, or than the header's length announces.
+    #[error("truncated record ({have} of {need} bytes)")]
     Truncated {
+        /// Bytes present.
         have: usize,
+        /// Bytes the record needs.
         need: usize,
     },
+    /// A length field over `RECORD_PAYLOAD_MAX`.
+    #[error("record length {0} over the {max}-byte limit", max = RECORD_PAYLOAD_MAX)]
     LengthOverLimit(u32),
+    /// The checksum does not match the header and payload.
+    #[error("checksum mismatch (record claims seq {seq})")]
     ChecksumMismatch {
+        /// The sequence number the (untrusted) header claims.
         seq: u64,
     },
-}
-
-impl std::fmt::Display for RecordFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RecordFault::Truncated { have, need } => {
-                write!(f, "truncated record ({have} of {need} bytes)")
-            }
-            RecordFault::LengthOverLimit(length) => write!(
-                f,
-                "record length {length} over the {RECORD_PAYLOAD_MAX}-byte limit"
-            ),
-            RecordFault::ChecksumMismatch { seq } => {
-                write!(f, "checksum mismatch (record claims seq {seq})")
-            }
-        }
-    }
 }
 
 /// A record read back from disk.
@@ -113,7 +140,6 @@ pub struct RecordRef<'a> {
     pub framed_len: usize,
 }
 
-/// Reads the record at the start of `bytes`.
 /// The sequence number in the header at the start of `bytes`, if the header is whole
 /// and its length fits in `bytes` and under the limit (no checksum is computed).
 pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
@@ -125,6 +151,7 @@ pub fn peek_seq(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(header[4..12].try_into().ok()?))
 }
 
+/// Reads the record at the start of `bytes` (checks length and checksum).
 pub fn parse(bytes: &[u8]) -> Result<RecordRef<'_>, RecordFault> {
     if bytes.len() < RECORD_HEADER_BYTES {
         return Err(RecordFault::Truncated {
@@ -148,6 +175,7 @@ pub fn parse(bytes: &[u8]) -> Result<RecordRef<'_>, RecordFault> {
     if bytes[12..RECORD_HEADER_BYTES] != checksum(length, seq, payload) {
         return Err(RecordFault::ChecksumMismatch { seq });
     }
+    debug_assert!(framed_len <= bytes.len() && framed_len >= RECORD_HEADER_BYTES);
     Ok(RecordRef {
         seq,
         payload,

@@ -22,6 +22,7 @@
 //!   written as the snapshot and restored by the replica, which then follows again.
 //!   If the replica thread is gone, every snapshot point falls back to that.
 
+use super::error::JournalError;
 use super::{Durability, JournalRecord};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -138,7 +139,7 @@ impl<D: Durability> Replicated<D> {
         applied_seq: u64,
         snapshots: SnapshotSender,
         config: ReplicaConfig,
-    ) -> Result<Replicated<D>, String> {
+    ) -> Result<Replicated<D>, JournalError> {
         assert!(config.batch_bytes_max > 0, "batches hold at least a record");
         assert!(config.queue_bytes_max >= config.batch_bytes_max as u64);
         let (messages, receiver) = crossbeam_channel::unbounded();
@@ -155,14 +156,19 @@ impl<D: Durability> Replicated<D> {
         let thread = std::thread::Builder::new()
             .name("ys-replica".into())
             .spawn(move || replica.run(receiver))
-            .map_err(|e| format!("replica thread: {e}"))?;
+            .map_err(|source| JournalError::Thread {
+                thread: "replica",
+                source,
+            })?;
         messages
             .send(Message::Reseed {
                 seq: applied_seq,
                 state: engine.snapshot(),
                 write: false,
             })
-            .map_err(|_| "replica thread stopped at start".to_string())?;
+            .map_err(|_| JournalError::Replica {
+                what: "the replica thread stopped at start".to_string(),
+            })?;
         Ok(Replicated {
             inner,
             batch: Vec::with_capacity(config.batch_bytes_max + FRAME_HEADER_BYTES),
@@ -254,7 +260,7 @@ impl<D: Durability> Replicated<D> {
 
     /// The engine serialises itself: written as the snapshot at `seq`, and (with a
     /// replica) the replica's new state.
-    fn snapshot_on_engine_thread(&mut self, seq: u64, engine: &Engine) -> Result<(), String> {
+    fn snapshot_on_engine_thread(&mut self, seq: u64, engine: &Engine) -> Result<(), JournalError> {
         self.stats
             .snapshots_engine_thread
             .fetch_add(1, Ordering::Relaxed);
@@ -298,11 +304,13 @@ impl<D: Durability> Replicated<D> {
 }
 
 impl<D: Durability> Durability for Replicated<D> {
-    fn append(&mut self, record: &[u8]) -> Result<u64, String> {
+    fn append(&mut self, record: &[u8]) -> Result<u64, JournalError> {
         let seq = self.inner.append(record)?;
         if self.in_sync {
-            let length = u32::try_from(record.len())
-                .map_err(|_| format!("journal record of {} bytes", record.len()))?;
+            let length = u32::try_from(record.len()).map_err(|_| JournalError::RecordTooLarge {
+                bytes: record.len(),
+                max: u32::MAX as usize,
+            })?;
             self.batch.extend_from_slice(&seq.to_le_bytes());
             self.batch.extend_from_slice(&length.to_le_bytes());
             self.batch.extend_from_slice(record);
@@ -321,11 +329,11 @@ impl<D: Durability> Durability for Replicated<D> {
         self.inner.durable_seq()
     }
 
-    fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String> {
+    fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), JournalError> {
         self.inner.snapshot(seq, state)
     }
 
-    fn snapshot_point(&mut self, seq: u64, engine: &Engine) -> Result<(), String> {
+    fn snapshot_point(&mut self, seq: u64, engine: &Engine) -> Result<(), JournalError> {
         let started = Instant::now();
         self.stats.snapshot_points.fetch_add(1, Ordering::Relaxed);
         if self.replica_lost.swap(false, Ordering::AcqRel) {
@@ -351,7 +359,7 @@ impl<D: Durability> Durability for Replicated<D> {
         result
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), JournalError> {
         self.inner.flush()
     }
 
@@ -359,7 +367,7 @@ impl<D: Durability> Durability for Replicated<D> {
         self.inner.synced_seq()
     }
 
-    fn request_sync(&mut self, seq: u64) -> Result<(), String> {
+    fn request_sync(&mut self, seq: u64) -> Result<(), JournalError> {
         self.inner.request_sync(seq)
     }
 
@@ -400,7 +408,7 @@ impl Replica {
             match message {
                 Message::Records(batch) => {
                     if let Err(error) = self.apply_batch(&batch) {
-                        self.lose(&error);
+                        self.lose(&error.to_string());
                     }
                     self.stats
                         .queue_bytes
@@ -429,28 +437,31 @@ impl Replica {
 
     /// Applies each framed record of `batch` in order; an error leaves the records
     /// before it applied.
-    fn apply_batch(&mut self, mut batch: &[u8]) -> Result<(), String> {
+    fn apply_batch(&mut self, mut batch: &[u8]) -> Result<(), BatchFault> {
         while !batch.is_empty() {
             let Some(engine) = self.engine.as_mut() else {
                 return Ok(()); // out of sync: discarded until the reseed
             };
             if batch.len() < FRAME_HEADER_BYTES {
-                return Err(format!("{} bytes of a record header", batch.len()));
+                return Err(BatchFault::HeaderTruncated { have: batch.len() });
             }
             let seq = u64::from_le_bytes(batch[..8].try_into().expect("8 bytes"));
             let length = u32::from_le_bytes(batch[8..12].try_into().expect("4 bytes")) as usize;
             let end = FRAME_HEADER_BYTES + length;
             if batch.len() < end {
-                return Err(format!("record {seq}: {length} bytes announced"));
+                return Err(BatchFault::RecordTruncated {
+                    seq,
+                    announced: length,
+                });
             }
             if seq != self.applied_seq + 1 {
-                return Err(format!(
-                    "record {seq} after record {}: a gap",
-                    self.applied_seq
-                ));
+                return Err(BatchFault::Gap {
+                    seq,
+                    applied: self.applied_seq,
+                });
             }
             let record = JournalRecord::decode(&batch[FRAME_HEADER_BYTES..end])
-                .map_err(|e| format!("record {seq}: {e}"))?;
+                .map_err(|error| BatchFault::Decode { seq, error })?;
             self.effects.clear();
             engine.apply(&record.command, record.now_ms, &mut self.effects);
             self.applied_seq = seq;
@@ -528,4 +539,17 @@ impl Replica {
         self.stats.snapshots_skipped.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(seq, reason = why, "snapshot skipped");
     }
+}
+
+/// Why the replica could not apply a batch (it then waits for a reseed).
+#[derive(Debug, thiserror::Error)]
+enum BatchFault {
+    #[error("{have} bytes of a record header")]
+    HeaderTruncated { have: usize },
+    #[error("record {seq}: {announced} bytes announced")]
+    RecordTruncated { seq: u64, announced: usize },
+    #[error("record {seq} after record {applied}: a gap")]
+    Gap { seq: u64, applied: u64 },
+    #[error("record {seq}: {error}")]
+    Decode { seq: u64, error: JournalError },
 }

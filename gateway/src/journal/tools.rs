@@ -2,38 +2,74 @@
 //! directory, and the Compute Contract ledger. All read-only: they never cut a tail
 //! or remove a file, so they are safe on a directory a stopped router will reuse.
 
+use super::classify::{self, Cursor, ScanEnd, SegmentFacts, Verdict};
+use super::error::{JournalError, StorageError};
 use super::files;
-use super::record;
 use super::record::JournalRecord;
 use super::recovery::{recover, RecoverOptions, Recovered};
 use serde_json::{json, Value};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-fn market_of(dir: &Path) -> Result<yellowstone_engine::MarketConfig, String> {
-    files::read_market(dir)?.ok_or_else(|| {
-        format!(
-            "{}: no {} here: not a router data directory",
-            dir.display(),
-            files::MARKET_FILE
-        )
+/// What the operator tools fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    /// Reading or recovering the journal failed.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// The directory holds no market file.
+    #[error("{dir}: no {file} here: not a router data directory", dir = .dir.display(), file = files::MARKET_FILE)]
+    NotDataDir {
+        /// The directory given.
+        dir: PathBuf,
+    },
+    /// Writing the output failed.
+    #[error("output: {0}")]
+    Output(#[from] std::io::Error),
+    /// `dump` met damage the router refuses to start on (`classify::Verdict::Refuse`).
+    #[error(
+        "journal corrupt before its tail: {line}; the router refuses to start on it (see `verify`)"
+    )]
+    CorruptBeforeTail {
+        /// The damage line printed.
+        line: String,
+    },
+    /// The recovered engine fails an invariant check.
+    #[error("invariant broken after recovery: {error}\n{report:#}")]
+    InvariantBroken {
+        /// The failed check's message.
+        error: String,
+        /// The verification report.
+        report: Value,
+    },
+}
+
+impl From<ToolError> for String {
+    fn from(error: ToolError) -> String {
+        error.to_string()
+    }
+}
+
+fn market_of(dir: &Path) -> Result<yellowstone_engine::MarketConfig, ToolError> {
+    files::read_market(dir)?.ok_or_else(|| ToolError::NotDataDir {
+        dir: dir.to_path_buf(),
     })
 }
 
 /// Checks that `dir` is a router data directory (it holds the market file), with an
 /// error naming the directory otherwise.
-pub fn check_data_dir(dir: &Path) -> Result<(), String> {
+pub fn check_data_dir(dir: &Path) -> Result<(), ToolError> {
     market_of(dir).map(|_| ())
 }
 
 /// Recovers the engine from `dir` without changing anything on disk.
-pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
+pub fn recover_read_only(dir: &Path) -> Result<Recovered, ToolError> {
     let market = market_of(dir)?;
     let options = RecoverOptions {
         allow_corrupt_truncate: false,
         read_only: true,
     };
-    recover(dir, &market, options, |_, _, _| {})
+    Ok(recover(dir, &market, options, |_, _, _| {})?)
 }
 
 /// Recovers the engine from `dir` without changing anything on disk; `visit` sees
@@ -41,94 +77,125 @@ pub fn recover_read_only(dir: &Path) -> Result<Recovered, String> {
 pub fn recover_read_only_visiting(
     dir: &Path,
     visit: impl FnMut(u64, &JournalRecord, &[yellowstone_engine::Effect], &yellowstone_engine::Engine),
-) -> Result<Recovered, String> {
+) -> Result<Recovered, ToolError> {
     let market = market_of(dir)?;
     let options = RecoverOptions {
         allow_corrupt_truncate: false,
         read_only: true,
     };
-    super::recovery::recover_observing(dir, &market, options, visit)
+    Ok(super::recovery::recover_observing(
+        dir, &market, options, visit,
+    )?)
+}
+
+/// Why `dump`'s scan stopped early.
+enum Stop {
+    Limit,
+    Failed(ToolError),
 }
 
 /// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.
 /// Returns how many were printed. A torn tail is reported in a line and is not an
 /// error (a crash leaves one; the router cuts it); damage before the tail is: the
-/// records up to it are printed, then Err naming file and offset (exit 1).
+/// records up to it are printed, then Err naming file and offset (exit 1). Which is
+/// which is recovery's own decision (`classify`), so the two never disagree.
 pub fn dump(
     dir: &Path,
     from: u64,
     limit: u64,
     json_lines: bool,
     out: &mut dyn Write,
-) -> Result<u64, String> {
-    let io = |e: std::io::Error| e.to_string();
+) -> Result<u64, ToolError> {
     let mut printed = 0;
     let segments = files::list(dir)?.segments;
-    let last = segments.len().saturating_sub(1);
-    let mut previous_seq: Option<u64> = None;
-    for (index, (name_seq, path)) in segments.into_iter().enumerate() {
-        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        files::check_segment_header(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut offset = files::SEGMENT_HEADER_BYTES;
-        while offset < bytes.len() && printed < limit {
-            let rec = match record::parse(&bytes[offset..]) {
-                Ok(rec) => rec,
-                // The preallocated room of a running or crashed router: the end.
-                Err(_) if super::recovery::is_zero_tail(&bytes[offset..]) => break,
-                Err(fault) => {
-                    let line = format!(
-                        "damage: {} at offset {offset}: {fault} ({} bytes after it)",
-                        path.display(),
-                        bytes.len() - offset
-                    );
-                    writeln!(out, "{line}").map_err(io)?;
-                    // A torn tail (the end of the last segment, no whole record after
-                    // it) is what a crash leaves and the router cuts at start; damage
-                    // anywhere else is corruption the router refuses to start on.
-                    let expected = previous_seq.map_or(name_seq, |seq| seq + 1);
-                    if index != last
-                        || super::recovery::valid_record_after(&bytes, offset, expected)
-                    {
-                        out.flush().map_err(io)?;
-                        return Err(format!(
-                            "journal corrupt before its tail: {line}; the router refuses to \
-                             start on it (see `verify`)"
-                        ));
-                    }
-                    writeln!(out, "torn tail: the router cuts it at its next start").map_err(io)?;
-                    break;
-                }
-            };
-            previous_seq = Some(rec.seq);
+    // Segments a snapshot covers may be pruned: the journal starts where its first
+    // segment does.
+    let mut cursor = Cursor {
+        previous_seq: None,
+        covered: segments.first().map_or(0, |(seq, _)| seq.saturating_sub(1)),
+    };
+    for (index, (name_seq, path)) in segments.iter().enumerate() {
+        let bytes = std::fs::read(path)
+            .map_err(|e| JournalError::from(StorageError::new("read", path, e)))?;
+        let scanned = classify::scan(&bytes, *name_seq, &mut cursor, |offset, rec| {
+            if printed >= limit {
+                return Err(Stop::Limit);
+            }
             if rec.seq >= from {
-                let decoded = JournalRecord::decode(rec.payload)
-                    .map_err(|e| format!("{} at offset {offset}: {e}", path.display()))?;
-                if json_lines {
-                    let line = json!({
-                        "seq": rec.seq,
-                        "now_ms": decoded.now_ms,
-                        "command": format!("{:?}", decoded.command),
-                    });
-                    writeln!(out, "{line}").map_err(io)?;
-                } else {
-                    writeln!(
-                        out,
-                        "{:>10}  {}  {:?}",
-                        rec.seq, decoded.now_ms, decoded.command
-                    )
-                    .map_err(io)?;
-                }
+                print_record(out, path, offset, rec, json_lines).map_err(Stop::Failed)?;
                 printed += 1;
             }
-            offset += rec.framed_len;
+            Ok(())
+        });
+        let end = match scanned {
+            Ok(end) => end,
+            Err(Stop::Limit) => return Ok(printed),
+            Err(Stop::Failed(error)) => return Err(error),
+        };
+        let ScanEnd::Damaged { offset, damage, .. } = &end else {
+            continue;
+        };
+        if printed >= limit {
+            return Ok(printed);
+        }
+        let line = format!(
+            "damage: {} at offset {offset}: {damage} ({} bytes after it)",
+            path.display(),
+            bytes.len() - offset
+        );
+        writeln!(out, "{line}")?;
+        let facts = SegmentFacts {
+            is_last: index + 1 == segments.len(),
+            end: end.clone(),
+        };
+        match classify::classify(&facts, false) {
+            Verdict::CutTail { .. } => {
+                writeln!(out, "torn tail: the router cuts it at its next start")?;
+                break;
+            }
+            verdict => {
+                debug_assert!(matches!(verdict, Verdict::Refuse { .. }), "{verdict:?}");
+                out.flush()?;
+                return Err(ToolError::CorruptBeforeTail { line });
+            }
         }
     }
     Ok(printed)
 }
 
+fn print_record(
+    out: &mut dyn Write,
+    path: &Path,
+    offset: usize,
+    rec: &super::record::RecordRef<'_>,
+    json_lines: bool,
+) -> Result<(), ToolError> {
+    let decoded = JournalRecord::decode(rec.payload).map_err(|e| JournalError::Undecodable {
+        path: path.to_path_buf(),
+        offset,
+        seq: rec.seq,
+        reason: e.to_string(),
+    })?;
+    if json_lines {
+        let line = json!({
+            "seq": rec.seq,
+            "now_ms": decoded.now_ms,
+            "command": format!("{:?}", decoded.command),
+        });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(
+            out,
+            "{:>10}  {}  {:?}",
+            rec.seq, decoded.now_ms, decoded.command
+        )?;
+    }
+    Ok(())
+}
+
 /// Recovers read-only and checks the engine's invariants (solvency, capacity,
 /// quota, book). Err if the directory would not start or an invariant fails.
-pub fn verify(dir: &Path) -> Result<Value, String> {
+pub fn verify(dir: &Path) -> Result<Value, ToolError> {
     let recovered = recover_read_only(dir)?;
     let engine = &recovered.engine;
     let invariants =
@@ -155,14 +222,12 @@ pub fn verify(dir: &Path) -> Result<Value, String> {
     });
     match invariants {
         Ok(()) => Ok(report),
-        Err(error) => Err(format!(
-            "invariant broken after recovery: {error}\n{report:#}"
-        )),
+        Err(error) => Err(ToolError::InvariantBroken { error, report }),
     }
 }
 
 /// The Compute Contract ledger as the recovered engine holds it.
-pub fn ledger(dir: &Path) -> Result<Value, String> {
+pub fn ledger(dir: &Path) -> Result<Value, ToolError> {
     let recovered = recover_read_only(dir)?;
     let engine = &recovered.engine;
     let ledger = engine.ledger();

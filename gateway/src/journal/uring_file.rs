@@ -11,6 +11,7 @@
 //! journal at recovery (`recovery::recover`); a clean close or a roll truncates
 //! it.
 
+use super::error::StorageError;
 use io_uring::{opcode, squeue, types, IoUring};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -72,10 +73,10 @@ impl SegmentFile {
         path: PathBuf,
         io: JournalIo,
         preallocate_bytes: u64,
-    ) -> Result<SegmentFile, String> {
+    ) -> Result<SegmentFile, StorageError> {
         let len = file
             .metadata()
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| StorageError::new("metadata", &path, e))?
             .len();
         let ring = if io == JournalIo::Uring {
             match IoUring::new(8) {
@@ -110,7 +111,7 @@ impl SegmentFile {
     /// Zero-fills the file ahead of the data once less than half of
     /// `preallocate_bytes` is left (the new blocks reach the disk with the next
     /// fsync). Returns whether it wrote anything.
-    pub fn preallocate(&mut self, ahead_bytes: u64) -> Result<bool, String> {
+    pub fn preallocate(&mut self, ahead_bytes: u64) -> Result<bool, StorageError> {
         if ahead_bytes == 0 || self.zeroed_to.saturating_sub(self.len) >= ahead_bytes / 2 {
             return Ok(false);
         }
@@ -130,13 +131,13 @@ impl SegmentFile {
 
     /// Keeps the zero-filled room ahead of the data (after a group is durable, so
     /// the cost falls between groups).
-    pub fn keep_preallocated(&mut self) -> Result<bool, String> {
+    pub fn keep_preallocated(&mut self) -> Result<bool, StorageError> {
         self.preallocate(self.preallocate_bytes)
     }
 
     /// Cuts the zero tail off and fsyncs the file: the segment is closed (roll or
     /// clean shutdown) and will never be written again.
-    pub fn finish(&mut self) -> Result<(), String> {
+    pub fn finish(&mut self) -> Result<(), StorageError> {
         if self.zeroed_to > self.len {
             self.file
                 .set_len(self.len)
@@ -167,12 +168,12 @@ impl SegmentFile {
         self.ring.is_some()
     }
 
-    fn error(&self, what: &str, error: std::io::Error) -> String {
-        format!("journal {} {what}: {error}", self.path.display())
+    fn error(&self, what: &'static str, error: std::io::Error) -> StorageError {
+        StorageError::new(what, &self.path, error)
     }
 
     /// Appends `bytes`; with `sync`, returns only once they are on stable storage.
-    pub fn append(&mut self, bytes: &[u8], sync: bool) -> Result<(), String> {
+    pub fn append(&mut self, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
         if bytes.is_empty() {
             return Ok(());
         }
@@ -211,7 +212,7 @@ impl SegmentFile {
         Ok(())
     }
 
-    pub fn sync(&mut self) -> Result<(), String> {
+    pub fn sync(&mut self) -> Result<(), StorageError> {
         self.file
             .sync_data()
             .map_err(|e| self.error("fdatasync", e))

@@ -4,10 +4,12 @@
 //! available), and the snapshot thread, which writes engine snapshots off the
 //! engine thread and then prunes what they cover.
 
+use super::error::{JournalError, StorageError};
 use super::files;
 use super::pacer::GroupPacer;
 use super::record;
-use super::uring_file::{JournalIo, SegmentFile};
+use super::storage::{FileStorage, Storage};
+use super::uring_file::JournalIo;
 use super::Durability;
 use crossbeam_channel::{Receiver, Sender};
 use std::path::PathBuf;
@@ -116,7 +118,8 @@ struct Pending {
     writer_waiting: bool,
     /// The writer sits out the group commit window; wake it only for a full group.
     writer_in_window: bool,
-    failure: Option<String>,
+    /// The first failure; every later caller gets it (fail-stop).
+    failure: Option<Arc<JournalError>>,
 }
 
 /// Counters an operator can watch.
@@ -151,9 +154,9 @@ impl Shared {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn fail(&self, error: String) {
+    fn fail(&self, error: JournalError) {
         tracing::error!(%error, "journal failed: no further command can become durable");
-        self.lock().failure.get_or_insert(error);
+        self.lock().failure.get_or_insert(Arc::new(error));
         self.work.notify_all();
         self.room.notify_all();
         self.synced.notify_all();
@@ -161,10 +164,10 @@ impl Shared {
 
     /// Asks the writer to fsync every record up to `seq`, without waiting; the
     /// writer announces it on the updates channel.
-    fn ask_sync(&self, seq: u64) -> Result<(), String> {
+    fn ask_sync(&self, seq: u64) -> Result<(), JournalError> {
         let mut pending = self.lock();
         if let Some(failure) = &pending.failure {
-            return Err(failure.clone());
+            return Err(JournalError::Stopped(failure.clone()));
         }
         if self.synced_seq.load(Ordering::Acquire) >= seq || pending.sync_to >= seq {
             return Ok(());
@@ -176,7 +179,7 @@ impl Shared {
     }
 
     /// Blocks until every record up to `seq` is fsynced.
-    fn sync_up_to(&self, seq: u64) -> Result<(), String> {
+    fn sync_up_to(&self, seq: u64) -> Result<(), JournalError> {
         let mut pending = self.lock();
         if self.synced_seq.load(Ordering::Acquire) >= seq {
             return Ok(());
@@ -185,7 +188,7 @@ impl Shared {
         self.work.notify_one();
         while self.synced_seq.load(Ordering::Acquire) < seq {
             if let Some(failure) = &pending.failure {
-                return Err(failure.clone());
+                return Err(JournalError::Stopped(failure.clone()));
             }
             pending = self.synced.wait(pending).unwrap_or_else(|e| e.into_inner());
         }
@@ -207,11 +210,22 @@ pub struct Journal {
 
 impl Journal {
     /// Opens the journal for appending from `next_seq` (1 on a fresh directory, the
-    /// recovered last seq + 1 otherwise), in a new segment.
-    pub fn open(config: JournalConfig, next_seq: u64) -> Result<Journal, String> {
+    /// recovered last seq + 1 otherwise), in a new segment in `config.dir`.
+    pub fn open(config: JournalConfig, next_seq: u64) -> Result<Journal, JournalError> {
+        let storage = FileStorage::new(config.dir.clone(), config.io, config.preallocate());
+        Journal::open_on(storage, config, next_seq)
+    }
+
+    /// [`Journal::open`] with the segments on `storage` (a test's
+    /// `faulty::FaultyStorage`); snapshots still go to `config.dir`.
+    pub fn open_on<S: Storage + 'static>(
+        mut storage: S,
+        config: JournalConfig,
+        next_seq: u64,
+    ) -> Result<Journal, JournalError> {
         assert!(next_seq >= 1, "sequence numbers start at 1");
-        let (file, path) = files::create_segment(&config.dir, next_seq)?;
-        let segment = SegmentFile::new(file, path, config.io, config.preallocate())?;
+        let segment = files::segment_name(next_seq);
+        storage.create(&segment, &files::segment_header(next_seq))?;
         let last = next_seq - 1;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
@@ -233,7 +247,9 @@ impl Journal {
                     let mut writer = Writer {
                         shared: shared.clone(),
                         config,
+                        storage,
                         segment,
+                        segment_len: files::SEGMENT_HEADER_BYTES as u64,
                         updates: updates_tx,
                         spare: Vec::new(),
                         last_sync: Instant::now(),
@@ -244,7 +260,10 @@ impl Journal {
                         shared.fail(error);
                     }
                 })
-                .map_err(|e| format!("journal thread: {e}"))?
+                .map_err(|source| JournalError::Thread {
+                    thread: "journal",
+                    source,
+                })?
         };
         let (jobs_tx, jobs) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(1);
         let snapshotter = {
@@ -260,7 +279,10 @@ impl Journal {
                         }
                     }
                 })
-                .map_err(|e| format!("snapshot thread: {e}"))?
+                .map_err(|source| JournalError::Thread {
+                    thread: "snapshot",
+                    source,
+                })?
         };
         Ok(Journal {
             shared,
@@ -309,7 +331,7 @@ impl Journal {
 }
 
 impl Durability for Journal {
-    fn append(&mut self, payload: &[u8]) -> Result<u64, String> {
+    fn append(&mut self, payload: &[u8]) -> Result<u64, JournalError> {
         let seq = self.next_seq;
         let mut pending = self.shared.lock();
         while pending.bytes.len() >= self.buffer_bytes_max && pending.failure.is_none() {
@@ -320,11 +342,14 @@ impl Durability for Journal {
                 .unwrap_or_else(|e| e.into_inner());
         }
         if let Some(failure) = &pending.failure {
-            return Err(failure.clone());
+            return Err(JournalError::Stopped(failure.clone()));
         }
         if pending.bytes.is_empty() {
             pending.first_seq = seq;
         }
+        // Sequence numbers are handed out in order, one per record, no gaps.
+        debug_assert!(pending.bytes.is_empty() || pending.last_seq + 1 == seq);
+        debug_assert!(seq > self.shared.written_seq.load(Ordering::Acquire));
         record::encode_into(&mut pending.bytes, seq, payload)?;
         pending.last_seq = seq;
         let wake = pending.writer_waiting
@@ -348,7 +373,7 @@ impl Durability for Journal {
         }
     }
 
-    fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), String> {
+    fn snapshot(&mut self, seq: u64, state: Vec<u8>) -> Result<(), JournalError> {
         let Some(jobs) = &self.snapshot_jobs else {
             return Ok(());
         };
@@ -361,7 +386,7 @@ impl Durability for Journal {
         Ok(())
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), JournalError> {
         self.shared.sync_up_to(self.next_seq - 1)
     }
 
@@ -373,7 +398,7 @@ impl Durability for Journal {
         self.shared.synced_seq.load(Ordering::Acquire)
     }
 
-    fn request_sync(&mut self, seq: u64) -> Result<(), String> {
+    fn request_sync(&mut self, seq: u64) -> Result<(), JournalError> {
         match self.mode {
             // Every record is fsynced as it is written; asking still lets a group
             // that holds a sealed block go without sitting out a hold or window.
@@ -390,10 +415,14 @@ impl Drop for Journal {
     }
 }
 
-struct Writer {
+struct Writer<S: Storage> {
     shared: Arc<Shared>,
     config: JournalConfig,
-    segment: SegmentFile,
+    storage: S,
+    /// The open segment's file name.
+    segment: String,
+    /// The open segment's data length, header included, bytes.
+    segment_len: u64,
     updates: Sender<u64>,
     spare: Vec<u8>,
     last_sync: Instant,
@@ -403,8 +432,8 @@ struct Writer {
     pacer: GroupPacer,
 }
 
-impl Writer {
-    fn run(&mut self) -> Result<(), String> {
+impl<S: Storage> Writer<S> {
+    fn run(&mut self) -> Result<(), JournalError> {
         let interval = Duration::from_millis(self.config.fsync_interval_ms.max(1));
         loop {
             let (first_seq, last_seq, sync_to, closing) = {
@@ -462,7 +491,7 @@ impl Writer {
             }
             if closing && !group_written && self.shared.lock().bytes.is_empty() {
                 // Everything is written (and synced above if asked): cut the zero tail.
-                return self.segment.finish();
+                return Ok(self.storage.close(&self.segment)?);
             }
         }
     }
@@ -520,14 +549,23 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, first_seq: u64, last_seq: u64) -> Result<(), String> {
+    fn write_group(&mut self, first_seq: u64, last_seq: u64) -> Result<(), JournalError> {
         let started = Instant::now();
         self.last_group = Some(started);
-        if self.segment.len() >= self.config.segment_bytes_max {
+        // The group continues the sequence on disk, and lands past the header.
+        debug_assert_eq!(
+            first_seq,
+            self.shared.written_seq.load(Ordering::Acquire) + 1,
+            "groups follow each other"
+        );
+        debug_assert!(first_seq <= last_seq);
+        debug_assert!(self.segment_len >= files::SEGMENT_HEADER_BYTES as u64);
+        if self.segment_len >= self.config.segment_bytes_max {
             self.roll(first_seq)?;
         }
         let always = self.config.mode == DurabilityMode::Always;
-        self.segment.append(&self.spare, always)?;
+        self.storage.append(&self.segment, &self.spare, always)?;
+        self.segment_len += self.spare.len() as u64;
         let stats = &self.shared.stats;
         stats
             .records
@@ -545,19 +583,27 @@ impl Writer {
             self.pacer.observe(started, Instant::now(), records);
         }
         // After the group is announced, so its waiters do not pay for it.
-        self.segment.keep_preallocated()?;
+        self.storage.idle(&self.segment)?;
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), JournalError> {
         let written = self.shared.written_seq.load(Ordering::Acquire);
-        self.segment.sync()?;
+        self.storage.sync(&self.segment)?;
         self.shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.mark_synced(written);
         Ok(())
     }
 
     fn mark_synced(&mut self, seq: u64) {
+        debug_assert!(
+            seq >= self.shared.synced_seq.load(Ordering::Acquire),
+            "synced only grows"
+        );
+        debug_assert!(
+            seq <= self.shared.written_seq.load(Ordering::Acquire),
+            "synced <= written"
+        );
         self.last_sync = Instant::now();
         // Publish under the lock so a waiter cannot miss the notification.
         let guard = self.shared.lock();
@@ -569,12 +615,15 @@ impl Writer {
 
     /// Closes the full segment (zero tail cut, fsynced whatever the mode: a closed
     /// segment is never written again) and starts the next at `first_seq`.
-    fn roll(&mut self, first_seq: u64) -> Result<(), String> {
-        self.segment.finish()?;
+    fn roll(&mut self, first_seq: u64) -> Result<(), JournalError> {
+        self.storage.close(&self.segment)?;
         let written = self.shared.written_seq.load(Ordering::Acquire);
         self.mark_synced(written);
-        let (file, path) = files::create_segment(&self.config.dir, first_seq)?;
-        self.segment = SegmentFile::new(file, path, self.config.io, self.config.preallocate())?;
+        let segment = files::segment_name(first_seq);
+        self.storage
+            .create(&segment, &files::segment_header(first_seq))?;
+        self.segment = segment;
+        self.segment_len = files::SEGMENT_HEADER_BYTES as u64;
         Ok(())
     }
 }
@@ -586,7 +635,7 @@ fn write_snapshot(
     config: &JournalConfig,
     seq: u64,
     state: &[u8],
-) -> Result<(), String> {
+) -> Result<(), JournalError> {
     // A snapshot must never be ahead of the journal: after a crash, the next record
     // would otherwise reuse a sequence number the snapshot already contains.
     shared.sync_up_to(seq)?;
@@ -608,7 +657,7 @@ fn write_snapshot(
     Ok(())
 }
 
-pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, String> {
+pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, JournalError> {
     let listing = files::list(&config.dir)?;
     let kept = config.snapshots_kept.max(1);
     let snapshots: Vec<_> = listing
@@ -620,7 +669,7 @@ pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, String> 
     let mut covered = 0;
     if snapshots.len() > kept {
         for (_, path) in &snapshots[..snapshots.len() - kept] {
-            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::remove_file(path).map_err(|e| StorageError::new("remove", path, e))?;
         }
     }
     if let Some((oldest_kept, _)) = snapshots
@@ -635,7 +684,7 @@ pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, String> 
     for pair in listing.segments.windows(2) {
         let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
         if *next_first <= covered + 1 {
-            std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            std::fs::remove_file(path).map_err(|e| StorageError::new("remove", path, e))?;
             removed += 1;
         }
     }

@@ -1,0 +1,175 @@
+//! The journal's segments over a `Storage` (issue 26 item 2): the few file
+//! operations the writer and recovery need, so that a test can put the journal on
+//! a storage that tears writes, loses what was not synced, and fails reads
+//! ([`super::faulty::FaultyStorage`], after TigerBeetle's `testing/storage.zig`),
+//! and the real one ([`FileStorage`]) keeps its io_uring, `pwritev2(RWF_DSYNC)` and
+//! pwrite + fdatasync paths (`uring_file`) unchanged.
+//!
+//! Files are named, not opened: one segment at a time is open for appending (the
+//! one last created), every other file is read, cut or removed whole. Snapshots,
+//! the market file and the network id stay plain files (`files`): they are
+//! replaced atomically by rename and have their own checks.
+//!
+//! Guarantees every implementation gives: `create`, `truncate` and `delete` are
+//! durable when they return (file data and directory entry); `append` is durable
+//! only with `sync` or after a later `sync`/`close`; a crash keeps a prefix of
+//! what was appended since the last sync (possibly none of it), never a hole.
+
+use super::error::StorageError;
+use super::uring_file::{JournalIo, SegmentFile};
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The file operations the journal needs. Names are plain file names (no
+/// directory): `files::segment_name` and the like.
+pub trait Storage: Send {
+    /// The names of every file present, in no particular order.
+    fn list(&self) -> Result<Vec<String>, StorageError>;
+    /// The whole content of `name`.
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError>;
+    /// Creates (or replaces) `name` holding `initial` and makes it durable, file and
+    /// directory entry; it becomes the open file that `append` writes to.
+    fn create(&mut self, name: &str, initial: &[u8]) -> Result<(), StorageError>;
+    /// Appends to the open file `name`; with `sync`, returns only once the bytes are
+    /// on stable storage.
+    fn append(&mut self, name: &str, bytes: &[u8], sync: bool) -> Result<(), StorageError>;
+    /// Makes everything appended to the open file `name` durable.
+    fn sync(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Housekeeping between groups, off the durable path (the real storage tops up
+    /// the zero-filled room ahead of the data).
+    fn idle(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Closes the open file `name` for good: durable, nothing after its data.
+    fn close(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Cuts `name` to `len` bytes, durably.
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError>;
+    /// Removes `name`, durably (directory entry synced).
+    fn delete(&mut self, name: &str) -> Result<(), StorageError>;
+    /// How `name` is shown to an operator (the real storage: its path).
+    fn path_of(&self, name: &str) -> PathBuf;
+}
+
+/// Segments as plain files in a directory; the open segment is a [`SegmentFile`]
+/// (io_uring, `RWF_DSYNC` or pwrite + fdatasync, zero-filled ahead).
+pub struct FileStorage {
+    dir: PathBuf,
+    io: JournalIo,
+    preallocate_bytes: u64,
+    open: Option<(String, SegmentFile)>,
+}
+
+impl FileStorage {
+    /// Storage in `dir`, appending through `io` with `preallocate_bytes` of
+    /// zero-filled room kept ahead of the open segment's data (0: none).
+    pub fn new(dir: PathBuf, io: JournalIo, preallocate_bytes: u64) -> FileStorage {
+        FileStorage {
+            dir,
+            io,
+            preallocate_bytes,
+            open: None,
+        }
+    }
+
+    /// Storage that is only read, cut and pruned (recovery, tools).
+    pub fn reader(dir: &Path) -> FileStorage {
+        FileStorage::new(dir.to_path_buf(), JournalIo::Sync, 0)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn open_segment(&mut self, name: &str) -> Result<&mut SegmentFile, StorageError> {
+        match &mut self.open {
+            Some((open, segment)) if open == name => Ok(segment),
+            _ => Err(StorageError::new(
+                "append",
+                self.dir.join(name),
+                std::io::Error::other("not the open segment"),
+            )),
+        }
+    }
+
+    fn sync_dir(&self) -> Result<(), StorageError> {
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StorageError::new("fsync of directory", &self.dir, e))
+    }
+}
+
+impl Storage for FileStorage {
+    fn list(&self) -> Result<Vec<String>, StorageError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| StorageError::new("list", &self.dir, e))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| StorageError::new("list", &self.dir, e))?;
+            if let Some(name) = entry.file_name().to_str() {
+                names.push(name.to_string());
+            }
+        }
+        Ok(names)
+    }
+
+    fn read(&mut self, name: &str) -> Result<Vec<u8>, StorageError> {
+        let path = self.dir.join(name);
+        std::fs::read(&path).map_err(|e| StorageError::new("read", path, e))
+    }
+
+    fn create(&mut self, name: &str, initial: &[u8]) -> Result<(), StorageError> {
+        let path = self.dir.join(name);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| StorageError::new("create", &path, e))?;
+        file.write_all(initial)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| StorageError::new("write", &path, e))?;
+        self.sync_dir()?;
+        let segment = SegmentFile::new(file, path, self.io, self.preallocate_bytes)?;
+        self.open = Some((name.to_string(), segment));
+        Ok(())
+    }
+
+    fn append(&mut self, name: &str, bytes: &[u8], sync: bool) -> Result<(), StorageError> {
+        self.open_segment(name)?.append(bytes, sync)
+    }
+
+    fn sync(&mut self, name: &str) -> Result<(), StorageError> {
+        self.open_segment(name)?.sync()
+    }
+
+    fn idle(&mut self, name: &str) -> Result<(), StorageError> {
+        self.open_segment(name)?.keep_preallocated().map(|_| ())
+    }
+
+    fn close(&mut self, name: &str) -> Result<(), StorageError> {
+        self.open_segment(name)?.finish()?;
+        self.open = None;
+        Ok(())
+    }
+
+    fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError> {
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| StorageError::new("open", &path, e))?;
+        file.set_len(len)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| StorageError::new("truncate", &path, e))
+    }
+
+    fn delete(&mut self, name: &str) -> Result<(), StorageError> {
+        let path = self.dir.join(name);
+        std::fs::remove_file(&path).map_err(|e| StorageError::new("remove", &path, e))?;
+        self.sync_dir()
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
