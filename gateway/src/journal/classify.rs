@@ -312,3 +312,342 @@ pub fn valid_record_after(bytes: &[u8], offset: usize, expected_seq: u64) -> boo
 pub fn is_zero_tail(bytes: &[u8]) -> bool {
     bytes.iter().all(|b| *b == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::encode_into;
+
+    fn segment(first_seq: u64, seqs: impl IntoIterator<Item = u64>) -> (Vec<u8>, Vec<usize>) {
+        let mut bytes = files::segment_header(first_seq).to_vec();
+        let mut offsets = Vec::new();
+        for seq in seqs {
+            offsets.push(bytes.len());
+            encode_into(&mut bytes, seq, format!("payload {seq}").as_bytes()).unwrap();
+        }
+        (bytes, offsets)
+    }
+
+    fn scan_all(bytes: &[u8], name_seq: u64, cursor: &mut Cursor) -> (ScanEnd, Vec<u64>) {
+        let mut seen = Vec::new();
+        let end = scan(bytes, name_seq, cursor, |_, rec| {
+            seen.push(rec.seq);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        (end, seen)
+    }
+
+    fn damaged(record_after: bool) -> ScanEnd {
+        ScanEnd::Damaged {
+            offset: 100,
+            damage: Damage::Record(RecordFault::ChecksumMismatch { seq: 7 }),
+            record_after,
+        }
+    }
+
+    /// Every combination of the table's inputs, against the table.
+    #[test]
+    fn classify_follows_the_table_for_every_combination() {
+        for is_last in [false, true] {
+            for allow in [false, true] {
+                let clean = SegmentFacts {
+                    is_last,
+                    end: ScanEnd::Clean,
+                };
+                assert_eq!(classify(&clean, allow), Verdict::Replay, "row 1");
+                let zeros = SegmentFacts {
+                    is_last,
+                    end: ScanEnd::ZeroTail { offset: 64 },
+                };
+                assert_eq!(
+                    classify(&zeros, allow),
+                    Verdict::CutZeroTail { offset: 64 },
+                    "row 2"
+                );
+                for record_after in [false, true] {
+                    let facts = SegmentFacts {
+                        is_last,
+                        end: damaged(record_after),
+                    };
+                    let damage = Damage::Record(RecordFault::ChecksumMismatch { seq: 7 });
+                    let expected = if is_last && !record_after {
+                        Verdict::CutTail {
+                            offset: 100,
+                            damage,
+                        }
+                    } else if allow {
+                        Verdict::CutCorrupt {
+                            offset: 100,
+                            damage,
+                        }
+                    } else {
+                        Verdict::Refuse {
+                            offset: 100,
+                            damage,
+                        }
+                    };
+                    assert_eq!(
+                        classify(&facts, allow),
+                        expected,
+                        "last {is_last} allow {allow} after {record_after}"
+                    );
+                    assert_eq!(
+                        expected.ends_journal(),
+                        true,
+                        "damage always ends the journal"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn row_1_a_whole_segment_replays_every_record() {
+        let (bytes, _) = segment(1, 1..=5);
+        let (end, seen) = scan_all(&bytes, 1, &mut Cursor::default());
+        assert_eq!(end, ScanEnd::Clean);
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        // An empty segment (just created) is clean too.
+        let (empty, _) = segment(6, []);
+        let mut cursor = Cursor {
+            previous_seq: Some(5),
+            covered: 0,
+        };
+        assert_eq!(scan_all(&empty, 6, &mut cursor).0, ScanEnd::Clean);
+    }
+
+    #[test]
+    fn row_2_zeros_after_the_last_record_are_its_end() {
+        let (mut bytes, _) = segment(1, 1..=3);
+        let end_of_data = bytes.len();
+        bytes.resize(end_of_data + 4096, 0);
+        let (end, seen) = scan_all(&bytes, 1, &mut Cursor::default());
+        assert_eq!(
+            end,
+            ScanEnd::ZeroTail {
+                offset: end_of_data
+            }
+        );
+        assert_eq!(seen, vec![1, 2, 3]);
+        let facts = SegmentFacts { is_last: true, end };
+        assert_eq!(
+            classify(&facts, false),
+            Verdict::CutZeroTail {
+                offset: end_of_data
+            }
+        );
+    }
+
+    #[test]
+    fn rows_3_and_4_a_torn_last_record_or_garbage_is_a_tail_in_the_last_segment_only() {
+        let (whole, offsets) = segment(1, 1..=4);
+        let last = offsets[3];
+        for cut in last + 1..whole.len() {
+            let (end, seen) = scan_all(&whole[..cut], 1, &mut Cursor::default());
+            assert_eq!(seen, vec![1, 2, 3], "cut {cut}");
+            let ScanEnd::Damaged {
+                offset,
+                record_after,
+                ..
+            } = end.clone()
+            else {
+                panic!("cut {cut}: {end:?}")
+            };
+            assert_eq!((offset, record_after), (last, false));
+            let verdict = classify(
+                &SegmentFacts {
+                    is_last: true,
+                    end: end.clone(),
+                },
+                false,
+            );
+            assert!(matches!(verdict, Verdict::CutTail { offset, .. } if offset == last));
+            // Row 7: the same bytes in a closed segment are corruption.
+            let verdict = classify(
+                &SegmentFacts {
+                    is_last: false,
+                    end,
+                },
+                false,
+            );
+            assert!(matches!(verdict, Verdict::Refuse { .. }), "cut {cut}");
+        }
+        let mut garbage = whole.clone();
+        garbage.extend_from_slice(b"\x01 leftovers of a torn write");
+        let (end, _) = scan_all(&garbage, 1, &mut Cursor::default());
+        assert!(matches!(
+            end,
+            ScanEnd::Damaged {
+                record_after: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn rows_5_and_10_a_damaged_header_is_a_torn_creation_when_last() {
+        let (whole, _) = segment(9, 9..=10);
+        let cases: [(Vec<u8>, HeaderFault); 3] = [
+            (
+                whole[..10].to_vec(),
+                HeaderFault::Truncated { have: 10, need: 16 },
+            ),
+            (
+                [b"XXJRNL01".as_slice(), &whole[8..]].concat(),
+                HeaderFault::BadMagic,
+            ),
+            (
+                whole.clone(),
+                HeaderFault::FirstSeqMismatch { header: 9, name: 8 },
+            ),
+        ];
+        for (bytes, fault) in cases {
+            let name_seq = if matches!(fault, HeaderFault::FirstSeqMismatch { .. }) {
+                8
+            } else {
+                9
+            };
+            let (end, seen) = scan_all(&bytes, name_seq, &mut Cursor::default());
+            assert!(seen.is_empty());
+            assert_eq!(
+                end,
+                ScanEnd::Damaged {
+                    offset: 0,
+                    damage: Damage::Header(fault.clone()),
+                    record_after: false
+                }
+            );
+            let last = classify(
+                &SegmentFacts {
+                    is_last: true,
+                    end: end.clone(),
+                },
+                false,
+            );
+            assert!(
+                matches!(last, Verdict::CutTail { offset: 0, .. }),
+                "{fault}"
+            );
+            let closed = classify(
+                &SegmentFacts {
+                    is_last: false,
+                    end,
+                },
+                false,
+            );
+            assert!(
+                matches!(closed, Verdict::Refuse { offset: 0, .. }),
+                "{fault}"
+            );
+        }
+    }
+
+    #[test]
+    fn row_6_a_bad_checksum_with_records_after_it_is_corruption() {
+        let (mut bytes, offsets) = segment(1, 1..=6);
+        bytes[offsets[2] + record::RECORD_HEADER_BYTES] ^= 0x40;
+        let (end, seen) = scan_all(&bytes, 1, &mut Cursor::default());
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(
+            end,
+            ScanEnd::Damaged {
+                offset: offsets[2],
+                damage: Damage::Record(RecordFault::ChecksumMismatch { seq: 3 }),
+                record_after: true
+            }
+        );
+        let facts = SegmentFacts { is_last: true, end };
+        assert!(
+            matches!(classify(&facts, false), Verdict::Refuse { offset, .. } if offset == offsets[2])
+        );
+        assert!(
+            matches!(classify(&facts, true), Verdict::CutCorrupt { offset, .. } if offset == offsets[2])
+        );
+    }
+
+    #[test]
+    fn row_8_a_sequence_break_is_corruption() {
+        let (bytes, offsets) = segment(1, [1, 2, 4, 5]);
+        let (end, seen) = scan_all(&bytes, 1, &mut Cursor::default());
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(
+            end,
+            ScanEnd::Damaged {
+                offset: offsets[2],
+                damage: Damage::SequenceBreak {
+                    previous: 2,
+                    found: 4
+                },
+                record_after: true
+            }
+        );
+        let facts = SegmentFacts { is_last: true, end };
+        assert!(matches!(classify(&facts, false), Verdict::Refuse { .. }));
+    }
+
+    #[test]
+    fn row_9_a_missing_segment_is_corruption() {
+        // Records 1..=3, then a segment starting at 7: segment 4..=6 is gone.
+        let (first, _) = segment(1, 1..=3);
+        let (second, _) = segment(7, 7..=8);
+        let mut cursor = Cursor::default();
+        assert_eq!(scan_all(&first, 1, &mut cursor).0, ScanEnd::Clean);
+        let (end, seen) = scan_all(&second, 7, &mut cursor);
+        assert!(seen.is_empty());
+        assert_eq!(
+            end,
+            ScanEnd::Damaged {
+                offset: files::SEGMENT_HEADER_BYTES,
+                damage: Damage::SequenceBreak {
+                    previous: 3,
+                    found: 7
+                },
+                record_after: true
+            }
+        );
+        // After a snapshot at 10, a journal resuming at 12 misses record 11.
+        let (late, _) = segment(12, 12..=13);
+        let mut cursor = Cursor {
+            previous_seq: None,
+            covered: 10,
+        };
+        let (end, _) = scan_all(&late, 12, &mut cursor);
+        assert_eq!(
+            end,
+            ScanEnd::Damaged {
+                offset: files::SEGMENT_HEADER_BYTES,
+                damage: Damage::MissingRecords {
+                    from: 11,
+                    to: 11,
+                    resumes: 12
+                },
+                record_after: true
+            }
+        );
+        let facts = SegmentFacts { is_last: true, end };
+        assert!(matches!(classify(&facts, false), Verdict::Refuse { .. }));
+        // Records the snapshot already covers are read, not a gap.
+        let (covered, _) = segment(5, 5..=12);
+        let mut cursor = Cursor {
+            previous_seq: None,
+            covered: 10,
+        };
+        assert_eq!(scan_all(&covered, 5, &mut cursor).1.len(), 8);
+    }
+
+    #[test]
+    fn a_scan_stops_when_the_visitor_fails_and_hands_out_nothing_after() {
+        let (bytes, _) = segment(1, 1..=5);
+        let mut seen = Vec::new();
+        let result = scan(&bytes, 1, &mut Cursor::default(), |_, rec| {
+            if rec.seq == 3 {
+                return Err("undecodable");
+            }
+            seen.push(rec.seq);
+            Ok(())
+        });
+        assert_eq!(result, Err("undecodable"));
+        assert_eq!(seen, vec![1, 2]);
+    }
+}

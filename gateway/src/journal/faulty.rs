@@ -326,3 +326,82 @@ impl Storage for FaultyStorage {
         PathBuf::from(name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(seed: u64) -> FaultyStorage {
+        let mut storage = FaultyStorage::new(Faults {
+            seed,
+            crash_zero_tail_bytes_max: 8,
+            latency_us_max: 50,
+            ..Faults::default()
+        });
+        storage.create("a", b"head").unwrap();
+        storage.append("a", b"synced", true).unwrap();
+        storage.append("a", b"-unsynced-suffix", false).unwrap();
+        storage
+    }
+
+    #[test]
+    fn a_crash_keeps_the_synced_bytes_and_a_prefix_of_the_rest_cut_at_any_byte() {
+        let mut cuts = std::collections::BTreeSet::new();
+        for seed in 0..200 {
+            let crashed = written(seed).crash();
+            let data = crashed.contents("a").unwrap();
+            assert!(data.starts_with(b"headsynced"), "seed {seed}");
+            let rest = &data[10..];
+            let kept = rest.iter().position(|b| *b == 0).unwrap_or(rest.len());
+            assert_eq!(&rest[..kept], &b"-unsynced-suffix"[..kept], "seed {seed}");
+            assert!(
+                rest[kept..].iter().all(|b| *b == 0),
+                "zeros after, seed {seed}"
+            );
+            cuts.insert(kept);
+        }
+        assert_eq!(cuts.len(), 17, "every cut from 0 to 16 bytes happens");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_faults_and_latency() {
+        for seed in [1, 2, 99] {
+            let (one, two) = (written(seed), written(seed));
+            assert_eq!(one.crash().contents("a"), two.crash().contents("a"));
+            assert_eq!(one.elapsed_us(), two.elapsed_us());
+        }
+        assert_ne!(written(1).elapsed_us(), written(2).elapsed_us());
+    }
+
+    #[test]
+    fn a_failed_append_leaves_a_torn_unsynced_prefix_and_breaks_the_file() {
+        let mut storage = FaultyStorage::new(Faults {
+            seed: 3,
+            append_fail_at: Some(1),
+            ..Faults::default()
+        });
+        storage.create("a", b"h").unwrap();
+        storage.append("a", b"first", true).unwrap();
+        let error = storage.append("a", b"second", true).unwrap_err();
+        assert!(error.to_string().contains("injected fault"), "{error}");
+        let data = storage.contents("a").unwrap();
+        assert!(data.starts_with(b"hfirst") && b"second".starts_with(&data[6..]));
+        assert!(storage.sync("a").is_err(), "a broken file stays broken");
+        assert_eq!(storage.crash().contents("a").unwrap()[..6], b"hfirst"[..]);
+    }
+
+    #[test]
+    fn reads_fail_at_the_configured_rate() {
+        let mut storage = FaultyStorage::new(Faults {
+            seed: 5,
+            read_error_per_mille: 250,
+            ..Faults::default()
+        });
+        storage.create("a", b"x").unwrap();
+        let failed = (0..4000).filter(|_| storage.read("a").is_err()).count();
+        assert!((800..1200).contains(&failed), "{failed} of 4000");
+        storage.set_faults(Faults::default());
+        assert!(storage.read("missing").unwrap_err().is_not_found());
+        assert_eq!(storage.read("a").unwrap(), b"x");
+    }
+}
