@@ -135,6 +135,25 @@ pub enum JournalError {
     },
 }
 
+/// A configuration word that is not one of the allowed ones
+/// (`journal.durability`, `journal.io`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} must be {allowed}, not {value:?}")]
+pub struct ChoiceError {
+    /// The setting.
+    pub key: &'static str,
+    /// The allowed words, as a sentence.
+    pub allowed: &'static str,
+    /// What was given.
+    pub value: String,
+}
+
+impl From<ChoiceError> for String {
+    fn from(error: ChoiceError) -> String {
+        error.to_string()
+    }
+}
+
 impl From<JournalError> for String {
     /// For the callers that still report errors as text (the router's start-up,
     /// the sequencer's run loop): the same text as `Display`.

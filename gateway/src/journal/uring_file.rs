@@ -11,7 +11,7 @@
 //! journal at recovery (`recovery::recover`); a clean close or a roll truncates
 //! it.
 
-use super::error::StorageError;
+use super::error::{ChoiceError, StorageError};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -35,15 +35,17 @@ pub enum JournalIo {
 }
 
 impl std::str::FromStr for JournalIo {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = ChoiceError;
+    fn from_str(text: &str) -> Result<Self, ChoiceError> {
         match text {
             "dsync" => Ok(JournalIo::Dsync),
             "sync" => Ok(JournalIo::Sync),
             "uring" => Ok(JournalIo::Uring),
-            other => Err(format!(
-                "journal.io must be dsync, sync or uring, not {other:?}"
-            )),
+            other => Err(ChoiceError {
+                key: "journal.io",
+                allowed: "dsync, sync or uring",
+                value: other.to_string(),
+            }),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! available), and the snapshot thread, which writes engine snapshots off the
 //! engine thread and then prunes what they cover.
 
-use super::error::{JournalError, StorageError};
+use super::error::{ChoiceError, JournalError, StorageError};
 use super::files;
 use super::pacer::GroupPacer;
 use super::record;
@@ -30,15 +30,17 @@ pub enum DurabilityMode {
 }
 
 impl std::str::FromStr for DurabilityMode {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = ChoiceError;
+    fn from_str(text: &str) -> Result<Self, ChoiceError> {
         match text {
             "always" => Ok(DurabilityMode::Always),
             "interval" => Ok(DurabilityMode::Interval),
             "none" => Ok(DurabilityMode::None),
-            other => Err(format!(
-                "durability must be always, interval or none, not {other:?}"
-            )),
+            other => Err(ChoiceError {
+                key: "durability",
+                allowed: "always, interval or none",
+                value: other.to_string(),
+            }),
         }
     }
 }
