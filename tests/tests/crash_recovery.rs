@@ -436,3 +436,79 @@ fn a_journal_corrupt_before_its_tail_refuses_to_start_unless_allowed() {
         "{stderr}"
     );
 }
+
+/// Issue 26 item 2: `dump` decides damage as recovery does (`journal::classify`).
+/// A journal whose records pass their checksums but skip a sequence number (a
+/// record removed from the middle) is refused by the router; `dump` used to print
+/// every record and exit 0 on it, so the operator's tool and the router disagreed.
+/// Now `journal` (the dump) prints the records up to the break, names it, and exits
+/// 1, as verify does.
+#[test]
+fn dump_refuses_a_sequence_break_the_router_refuses() {
+    use yellowstone_gateway::journal::{files, record};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("router.toml");
+    std::fs::write(&config, "").unwrap();
+    let config = config.display().to_string();
+    let router = start_router(dir.path(), &config);
+    let mut operator = connect(router.ready.listen, operator_key());
+    for n in 0..6u8 {
+        fund(&mut operator, &[(Address([n + 1; 20]), WEI_PER_MOR)]);
+    }
+    drop(operator);
+    assert!(router.terminate(Duration::from_secs(20)));
+
+    let data = dir.path().join("data");
+    let segment = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("a journal segment");
+    let bytes = std::fs::read(&segment).unwrap();
+    // Re-frame every record but the third: each passes its checksum, record 4
+    // follows record 2.
+    let mut rewritten = bytes[..files::SEGMENT_HEADER_BYTES].to_vec();
+    let mut at = files::SEGMENT_HEADER_BYTES;
+    let mut kept = 0;
+    while let Ok(rec) = record::parse(&bytes[at..]) {
+        if rec.seq != 3 {
+            record::encode_into(&mut rewritten, rec.seq, rec.payload).unwrap();
+            kept += 1;
+        }
+        at += rec.framed_len;
+    }
+    assert!(kept >= 5, "records were journaled ({kept})");
+    std::fs::write(&segment, &rewritten).unwrap();
+
+    let output = std::process::Command::new(router_binary())
+        .args(["journal", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("run dump");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "dump exits 1: {stdout}{stderr}");
+    assert!(
+        stdout.contains("damage:") && stdout.contains("sequence break: record 4 follows record 2"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("corrupt before its tail"), "{stderr}");
+    assert_eq!(
+        stdout.lines().count(),
+        3,
+        "records 1 and 2, then the damage: {stdout}"
+    );
+    // The router refuses the same journal, naming the same break.
+    let stderr = refused_start(&[
+        "--config",
+        &config,
+        "--operator",
+        &operator_key().address().to_string(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        stderr.contains("sequence break: record 4 follows record 2"),
+        "{stderr}"
+    );
+}
