@@ -240,6 +240,8 @@ impl Storage for FaultyStorage {
 
     fn create(&mut self, name: &str, initial: &[u8]) -> Result<(), StorageError> {
         let mut state = self.lock();
+        // The same contract as the real storage: one open file at a time.
+        debug_assert!(state.open.is_none(), "create while a file is open");
         state.tick();
         state.files.insert(
             name.to_string(),

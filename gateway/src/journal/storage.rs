@@ -118,6 +118,8 @@ impl Storage for FileStorage {
     }
 
     fn create(&mut self, name: &str, initial: &[u8]) -> Result<(), StorageError> {
+        // One open segment at a time: a roll closes the old one first.
+        debug_assert!(self.open.is_none(), "create while a segment is open");
         let path = self.dir.join(name);
         let mut file = OpenOptions::new()
             .create(true)

@@ -128,6 +128,10 @@ impl SegmentFile {
             at += chunk as u64;
         }
         self.zeroed_to = to;
+        debug_assert!(
+            self.zeroed_to >= self.len + ahead_bytes,
+            "room ahead of the data"
+        );
         Ok(true)
     }
 
@@ -208,6 +212,7 @@ impl SegmentFile {
                 .map_err(|e| self.error("write", e))?;
         }
         self.len += bytes.len() as u64;
+        debug_assert!(self.file_len() >= self.len, "the data lies inside the file");
         if sync && !synced {
             self.sync()?;
         }
