@@ -21,6 +21,11 @@
 //! | 9 | missing records: a segment (or the first after a snapshot) starts past the next expected seq, e.g. a removed segment | any | yes | `Refuse`, or `CutCorrupt` if allowed |
 //! | 10| a header whose first seq differs from the file name's         | any   | –                      | as 5 (last) or 7 (closed) |
 //!
+//! A misdirected write (a whole record of this journal landing where another
+//! belongs) passes its checksum but not the sequence check: row 8. A record of
+//! another journal with the right sequence number is not caught here; the
+//! checksum does not cover a journal id (the format is unchanged, issue 26).
+//!
 //! `CutCorrupt` (the operator's `journal.allow_corrupt_truncate`) cuts at the damage
 //! and removes every later segment: the records after it are lost, knowingly.
 //! Two more refusals are not about one segment and are decided in `recovery`: a
