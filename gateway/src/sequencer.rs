@@ -466,11 +466,12 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         }
     }
 
-    /// Replays journal records after a snapshot (recovery).
+    /// Replays journal records (payloads) after a snapshot; returns how many.
+    /// Errors: the first record that does not decode, or the first read error.
     pub fn replay(
         engine: &mut Engine,
-        records: impl Iterator<Item = Result<Vec<u8>, String>>,
-    ) -> Result<u64, String> {
+        records: impl Iterator<Item = Result<Vec<u8>, JournalError>>,
+    ) -> Result<u64, JournalError> {
         let mut effects = Vec::new();
         let mut count = 0;
         for bytes in records {
