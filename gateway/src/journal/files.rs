@@ -346,6 +346,21 @@ mod tests {
         assert_eq!(listing.temporaries.len(), 1);
     }
 
+    /// The segment header as main wrote it before issue 26 (existing data
+    /// directories must keep opening), and its check.
+    #[test]
+    fn the_segment_header_is_unchanged() {
+        let header = segment_header(258);
+        assert_eq!(&header[..], b"YSJRNL01\x02\x01\0\0\0\0\0\0");
+        assert_eq!(check_segment_header(&header), Ok(258));
+        assert_eq!(segment_name(258), "journal-00000000000000000258.log");
+        assert_eq!(snapshot_name(9), "snapshot-00000000000000000009.snap");
+        assert_eq!(
+            check_segment_header(&header[..15]),
+            Err(HeaderFault::Truncated { have: 15, need: 16 })
+        );
+    }
+
     #[test]
     fn snapshots_detect_every_kind_of_damage() {
         let dir = tempfile::tempdir().unwrap();

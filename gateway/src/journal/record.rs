@@ -187,6 +187,9 @@ pub fn parse(bytes: &[u8]) -> Result<RecordRef<'_>, RecordFault> {
 mod tests {
     use super::*;
 
+    const GOLDEN_RECORD_HEX: &str =
+        "0b0000000700000000000000a968c0b9cfc3ccdc405d7457716e67f279656c6c6f7773746f6e65";
+
     #[test]
     fn records_round_trip_and_every_flipped_bit_is_caught() {
         let mut out = Vec::new();
@@ -211,6 +214,17 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    /// The bytes of one record, as main wrote them before issue 26: existing data
+    /// directories must keep opening, so the framing and its checksum may not move.
+    #[test]
+    fn the_on_disk_framing_is_unchanged() {
+        let mut out = Vec::new();
+        encode_into(&mut out, 7, b"yellowstone").unwrap();
+        assert_eq!(hex::encode(&out), GOLDEN_RECORD_HEX);
+        let record = parse(&hex::decode(GOLDEN_RECORD_HEX).unwrap()).map(|r| r.seq);
+        assert_eq!(record, Ok(7));
     }
 
     #[test]
