@@ -287,3 +287,91 @@ fn recover_from_replays_engine_records_on_a_faulty_storage() {
         recovered.engine.check_invariants();
     }
 }
+
+/// Snapshots and pruning go through the storage too: on the faulty storage the
+/// snapshot thread replaces snapshot files and removes covered segments, and after
+/// a crash recovery starts from the newest snapshot and reaches the same state.
+#[test]
+fn snapshots_and_pruning_live_on_the_storage_and_recovery_starts_from_them() {
+    use yellowstone_engine::Engine;
+    use yellowstone_gateway::journal::{files, Storage};
+    let storage = FaultyStorage::new(Faults {
+        seed: 11,
+        crash_zero_tail_bytes_max: 128,
+        ..Faults::default()
+    });
+    let config = JournalConfig {
+        snapshots_kept: 2,
+        ..config(DurabilityMode::Always, 300)
+    };
+    let mut journal = Journal::open_on(storage.clone(), config, 1).unwrap();
+    let market = MarketConfig::default();
+    let mut engine = Engine::new(market.clone());
+    let mut effects = Vec::new();
+    let records = 120u64;
+    for seq in 1..=records {
+        let record = JournalRecord {
+            now_ms: 1_000 * seq,
+            command: Command::Tick,
+        };
+        assert_eq!(journal.append(&record.encode()).unwrap(), seq);
+        engine.apply(&record.command, record.now_ms, &mut effects);
+        if seq % 30 == 0 {
+            journal.snapshot(seq, engine.snapshot()).unwrap();
+            // One job at a time: wait for it, so that none is skipped.
+            let name = files::snapshot_name(seq);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while storage.contents(&name).is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "snapshot {seq} written"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+    }
+    journal.flush().unwrap();
+    let names = files::Names::sort(storage.list().unwrap());
+    let snapshots: Vec<u64> = names.snapshots.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(snapshots, vec![90, 120], "two kept, older removed");
+    assert!(
+        names
+            .segments
+            .first()
+            .is_some_and(|(first, _)| *first > 1 && *first <= 91),
+        "segments the oldest kept snapshot covers are removed: {:?}",
+        names.segments
+    );
+    let mut crashed = storage.crash();
+    drop(journal);
+    let recovered = recover_from(
+        &mut crashed,
+        &market,
+        RecoverOptions::default(),
+        |_, _, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(recovered.snapshot_seq, Some(120));
+    assert_eq!(recovered.last_seq, records);
+    assert_eq!(recovered.records_replayed, 0);
+    assert_eq!(recovered.engine.state_hash(), engine.state_hash());
+    // A damaged newest snapshot falls back to the older one, then replays.
+    let mut bytes = crashed.contents(&files::snapshot_name(120)).unwrap();
+    bytes[60] ^= 1;
+    crashed.put(&files::snapshot_name(120), bytes);
+    let recovered = recover_from(
+        &mut crashed,
+        &market,
+        RecoverOptions::default(),
+        |_, _, _, _| {},
+    )
+    .unwrap();
+    assert_eq!(recovered.snapshot_seq, Some(90));
+    assert_eq!(recovered.records_replayed, 30);
+    assert_eq!(recovered.engine.state_hash(), engine.state_hash());
+    assert!(
+        recovered.notes[0].contains("trying an older snapshot"),
+        "{:?}",
+        recovered.notes
+    );
+}

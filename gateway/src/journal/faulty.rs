@@ -122,8 +122,9 @@ impl FaultyStorage {
     }
 
     /// The storage as a machine restarted after a power cut finds it: each file
-    /// keeps its synced bytes, then a random prefix of the rest (cut at any byte),
-    /// then (if `Faults::crash_zero_tail_bytes_max`) up to that many zeros. The
+    /// keeps its synced bytes, then a random prefix of the rest (cut at any byte);
+    /// the open file then gets up to `Faults::crash_zero_tail_bytes_max` zeros (its
+    /// preallocated room). The
     /// faults and the generator carry over (reads after a crash still fail); the
     /// returned storage shares nothing with this one, which the dead process may
     /// go on writing to.
@@ -136,7 +137,14 @@ impl FaultyStorage {
             let file = state.files[&name].clone();
             let unsynced = (file.data.len() - file.synced_len) as u64;
             let kept = state.rng.up_to(unsynced) as usize;
-            let zeros = state.rng.up_to(zero_max) as usize;
+            // Only the open file has preallocated room: closed segments were cut
+            // to their data, replaced files (snapshots) were written whole.
+            let is_open = state.open.as_deref() == Some(name.as_str());
+            let zeros = if is_open {
+                state.rng.up_to(zero_max) as usize
+            } else {
+                0
+            };
             let mut data = file.data[..file.synced_len + kept].to_vec();
             data.resize(data.len() + zeros, 0);
             debug_assert!(
@@ -322,6 +330,30 @@ impl Storage for FaultyStorage {
             state.open = None;
         }
         Ok(())
+    }
+
+    fn replace(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
+        let mut state = self.lock();
+        state.tick();
+        debug_assert!(
+            state.open.as_deref() != Some(name),
+            "the open file is appended to"
+        );
+        let data = parts.concat();
+        let synced_len = data.len();
+        state.files.insert(
+            name.to_string(),
+            MemFile {
+                data,
+                synced_len,
+                broken: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn handle(&self) -> FaultyStorage {
+        self.clone()
     }
 
     fn path_of(&self, name: &str) -> PathBuf {

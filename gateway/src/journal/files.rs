@@ -10,6 +10,7 @@
 
 use super::classify::HeaderFault;
 use super::error::{JournalError, StorageError};
+use super::storage::FileStorage;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -140,7 +141,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename, fsync of the
 /// directory. A crash leaves either the old file or the new one, never a mix.
-pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), JournalError> {
+pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), StorageError> {
     let tmp = path.with_extension("tmp");
     let result = (|| {
         let mut file = File::create(&tmp)?;
@@ -151,7 +152,7 @@ pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), JournalError
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| StorageError::new("write", path, e))?;
-    Ok(sync_dir(path.parent().unwrap_or(Path::new(".")))?)
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// A segment's header: the magic, then `first_seq`.
@@ -187,37 +188,43 @@ fn snapshot_checksum(seq: u64, state: &[u8]) -> [u8; 32] {
     *hasher.finalize().as_bytes()
 }
 
-/// Writes a snapshot atomically. `chunk_bytes` above 0: the file is written and
-/// pushed to the device `chunk_bytes` at a time (`sync_file_range`, waiting for
-/// each), so that the final fsync, and above all the journal's fdatasyncs running
-/// meanwhile (whose device cache flush would otherwise wait behind tens of MB of a
-/// 1,000,000-account snapshot), never find more than a chunk queued ahead of them.
+/// A snapshot's header for `state` covering records up to `seq`: magic, seq,
+/// length, checksum (the file is this, then `state`).
+pub fn snapshot_header(seq: u64, state: &[u8]) -> Vec<u8> {
+    let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
+    header.extend_from_slice(SNAPSHOT_MAGIC);
+    header.extend_from_slice(&seq.to_le_bytes());
+    header.extend_from_slice(&(state.len() as u64).to_le_bytes());
+    header.extend_from_slice(&snapshot_checksum(seq, state));
+    debug_assert_eq!(header.len(), SNAPSHOT_HEADER_BYTES);
+    header
+}
+
+/// Writes a snapshot atomically in `dir` (through [`FileStorage::replace`]).
+/// `chunk_bytes` above 0: the file is written and pushed to the device
+/// `chunk_bytes` at a time (`sync_file_range`, waiting for each), so that the final
+/// fsync, and above all the journal's fdatasyncs running meanwhile (whose device
+/// cache flush would otherwise wait behind tens of MB of a 1,000,000-account
+/// snapshot), never find more than a chunk queued ahead of them.
 pub fn write_snapshot(
     dir: &Path,
     seq: u64,
     state: &[u8],
     chunk_bytes: usize,
 ) -> Result<PathBuf, JournalError> {
-    let path = dir.join(snapshot_name(seq));
-    let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
-    header.extend_from_slice(SNAPSHOT_MAGIC);
-    header.extend_from_slice(&seq.to_le_bytes());
-    header.extend_from_slice(&(state.len() as u64).to_le_bytes());
-    header.extend_from_slice(&snapshot_checksum(seq, state));
-    if chunk_bytes == 0 {
-        write_atomically(&path, &[&header, state])?;
-    } else {
-        write_atomically_paced(&path, &[&header, state], chunk_bytes)?;
-    }
-    Ok(path)
+    use super::storage::Storage;
+    let name = snapshot_name(seq);
+    let mut storage = FileStorage::reader(dir).with_replace_chunk_bytes(chunk_bytes);
+    storage.replace(&name, &[&snapshot_header(seq, state), state])?;
+    Ok(storage.path_of(&name))
 }
 
 /// `write_atomically`, writing back `chunk_bytes` at a time as it goes.
-fn write_atomically_paced(
+pub(crate) fn write_atomically_paced(
     path: &Path,
     bytes: &[&[u8]],
     chunk_bytes: usize,
-) -> Result<(), JournalError> {
+) -> Result<(), StorageError> {
     use std::os::fd::AsRawFd;
     let tmp = path.with_extension("tmp");
     let result = (|| {
@@ -248,7 +255,7 @@ fn write_atomically_paced(
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| StorageError::new("write", path, e))?;
-    Ok(sync_dir(path.parent().unwrap_or(Path::new(".")))?)
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Reads and verifies a snapshot; returns (seq, engine state bytes).
@@ -294,10 +301,10 @@ pub fn write_market(dir: &Path, market: &MarketConfig) -> Result<(), JournalErro
             what: format!("market config does not encode: {e}"),
         }
     })?;
-    write_atomically(
+    Ok(write_atomically(
         &dir.join(MARKET_FILE),
         &[MARKET_MAGIC, blake3::hash(&bytes).as_bytes(), &bytes],
-    )
+    )?)
 }
 
 /// The market configuration the directory was created with (None: a fresh

@@ -45,6 +45,22 @@ pub trait Storage: Send {
     fn truncate(&mut self, name: &str, len: u64) -> Result<(), StorageError>;
     /// Removes `name`, durably (directory entry synced).
     fn delete(&mut self, name: &str) -> Result<(), StorageError>;
+    /// Removes every file in `names`, durably once it returns (the real storage
+    /// syncs the directory once for all of them).
+    fn delete_all(&mut self, names: &[&str]) -> Result<(), StorageError> {
+        names.iter().try_for_each(|name| self.delete(name))
+    }
+    /// Replaces `name` with the concatenation of `parts`, atomically and durably:
+    /// after a crash the file holds the old content or the new, never a mix
+    /// (snapshots; the real storage writes a temporary file, fsyncs, renames, and
+    /// fsyncs the directory).
+    fn replace(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError>;
+    /// Another handle on the same files for another thread (the snapshot thread
+    /// replaces snapshots and removes covered segments while the writer appends).
+    /// It has no open file.
+    fn handle(&self) -> Self
+    where
+        Self: Sized;
     /// How `name` is shown to an operator (the real storage: its path).
     fn path_of(&self, name: &str) -> PathBuf;
 }
@@ -55,6 +71,8 @@ pub struct FileStorage {
     dir: PathBuf,
     io: JournalIo,
     preallocate_bytes: u64,
+    /// `replace` writes back this many bytes at a time (0: at once).
+    replace_chunk_bytes: usize,
     open: Option<(String, SegmentFile)>,
 }
 
@@ -66,8 +84,17 @@ impl FileStorage {
             dir,
             io,
             preallocate_bytes,
+            replace_chunk_bytes: 0,
             open: None,
         }
+    }
+
+    /// `replace` writes a file back `chunk_bytes` at a time (`sync_file_range`,
+    /// waiting for each), so the journal's fdatasyncs never queue behind a whole
+    /// snapshot (`journal.snapshot_write_chunk_bytes`; 0: at once).
+    pub fn with_replace_chunk_bytes(mut self, chunk_bytes: usize) -> FileStorage {
+        self.replace_chunk_bytes = chunk_bytes;
+        self
     }
 
     /// Storage that is only read, cut and pruned (recovery, tools).
@@ -169,6 +196,31 @@ impl Storage for FileStorage {
         let path = self.dir.join(name);
         std::fs::remove_file(&path).map_err(|e| StorageError::new("remove", &path, e))?;
         self.sync_dir()
+    }
+
+    fn delete_all(&mut self, names: &[&str]) -> Result<(), StorageError> {
+        for name in names {
+            let path = self.dir.join(name);
+            std::fs::remove_file(&path).map_err(|e| StorageError::new("remove", path, e))?;
+        }
+        if names.is_empty() {
+            return Ok(());
+        }
+        self.sync_dir()
+    }
+
+    fn replace(&mut self, name: &str, parts: &[&[u8]]) -> Result<(), StorageError> {
+        let path = self.dir.join(name);
+        if self.replace_chunk_bytes == 0 {
+            super::files::write_atomically(&path, parts)
+        } else {
+            super::files::write_atomically_paced(&path, parts, self.replace_chunk_bytes)
+        }
+    }
+
+    fn handle(&self) -> FileStorage {
+        FileStorage::new(self.dir.clone(), self.io, self.preallocate_bytes)
+            .with_replace_chunk_bytes(self.replace_chunk_bytes)
     }
 
     fn path_of(&self, name: &str) -> PathBuf {

@@ -4,7 +4,7 @@
 //! available), and the snapshot thread, which writes engine snapshots off the
 //! engine thread and then prunes what they cover.
 
-use super::error::{ChoiceError, JournalError, StorageError};
+use super::error::{ChoiceError, JournalError};
 use super::files;
 use super::pacer::GroupPacer;
 use super::record;
@@ -214,12 +214,13 @@ impl Journal {
     /// Opens the journal for appending from `next_seq` (1 on a fresh directory, the
     /// recovered last seq + 1 otherwise), in a new segment in `config.dir`.
     pub fn open(config: JournalConfig, next_seq: u64) -> Result<Journal, JournalError> {
-        let storage = FileStorage::new(config.dir.clone(), config.io, config.preallocate());
+        let storage = FileStorage::new(config.dir.clone(), config.io, config.preallocate())
+            .with_replace_chunk_bytes(config.snapshot_write_chunk_bytes);
         Journal::open_on(storage, config, next_seq)
     }
 
-    /// [`Journal::open`] with the segments on `storage` (a test's
-    /// `faulty::FaultyStorage`); snapshots still go to `config.dir`.
+    /// [`Journal::open`] with the segments and snapshots on `storage` (a test's
+    /// `faulty::FaultyStorage`); `config.dir` is then unused.
     pub fn open_on<S: Storage + 'static>(
         mut storage: S,
         config: JournalConfig,
@@ -228,6 +229,7 @@ impl Journal {
         assert!(next_seq >= 1, "sequence numbers start at 1");
         let segment = files::segment_name(next_seq);
         storage.create(&segment, &files::segment_header(next_seq))?;
+        let mut snapshot_storage = storage.handle();
         let last = next_seq - 1;
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
@@ -275,7 +277,9 @@ impl Journal {
                 .spawn(move || {
                     crate::net::pin_current_thread(config.core);
                     for (seq, state) in jobs {
-                        if let Err(error) = write_snapshot(&shared, &config, seq, &state) {
+                        let written =
+                            write_snapshot(&shared, &config, &mut snapshot_storage, seq, &state);
+                        if let Err(error) = written {
                             // A missed snapshot costs replay time, not data.
                             tracing::error!(%error, seq, "snapshot not written");
                         }
@@ -632,19 +636,22 @@ impl<S: Storage> Writer<S> {
 
 /// Writes one snapshot once the records it covers are on disk, then removes old
 /// snapshots and the segments the oldest kept snapshot covers.
-fn write_snapshot(
+fn write_snapshot<S: Storage>(
     shared: &Shared,
     config: &JournalConfig,
+    storage: &mut S,
     seq: u64,
     state: &[u8],
 ) -> Result<(), JournalError> {
     // A snapshot must never be ahead of the journal: after a crash, the next record
     // would otherwise reuse a sequence number the snapshot already contains.
     shared.sync_up_to(seq)?;
+    debug_assert!(shared.synced_seq.load(Ordering::Acquire) >= seq);
     let started = Instant::now();
-    files::write_snapshot(&config.dir, seq, state, config.snapshot_write_chunk_bytes)?;
+    let header = files::snapshot_header(seq, state);
+    storage.replace(&files::snapshot_name(seq), &[&header, state])?;
     shared.stats.snapshots.fetch_add(1, Ordering::Relaxed);
-    let removed = prune(config, seq)?;
+    let removed = prune(storage, config.snapshots_kept, seq)?;
     shared
         .stats
         .segments_removed
@@ -659,19 +666,25 @@ fn write_snapshot(
     Ok(())
 }
 
-pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, JournalError> {
-    let listing = files::list(&config.dir)?;
-    let kept = config.snapshots_kept.max(1);
+/// Removes snapshots beyond the newest `snapshots_kept` (up to `newest`), and the
+/// segments the oldest kept snapshot covers. Returns the segments removed.
+pub(crate) fn prune<S: Storage>(
+    storage: &mut S,
+    snapshots_kept: usize,
+    newest: u64,
+) -> Result<u64, JournalError> {
+    let listing = files::Names::sort(storage.list()?);
+    let kept = snapshots_kept.max(1);
     let snapshots: Vec<_> = listing
         .snapshots
         .iter()
         .filter(|(seq, _)| *seq <= newest)
         .collect();
-    let mut removed = 0;
+    let mut doomed: Vec<&str> = Vec::new();
     let mut covered = 0;
     if snapshots.len() > kept {
-        for (_, path) in &snapshots[..snapshots.len() - kept] {
-            std::fs::remove_file(path).map_err(|e| StorageError::new("remove", path, e))?;
+        for (_, name) in &snapshots[..snapshots.len() - kept] {
+            doomed.push(name);
         }
     }
     if let Some((oldest_kept, _)) = snapshots
@@ -683,13 +696,21 @@ pub(crate) fn prune(config: &JournalConfig, newest: u64) -> Result<u64, JournalE
     }
     // A segment is covered when the next one starts at or before covered + 1; the
     // last segment is the one being written and is never removed.
+    let mut removed = 0;
     for pair in listing.segments.windows(2) {
-        let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+        let ((_, name), (next_first, _)) = (&pair[0], &pair[1]);
         if *next_first <= covered + 1 {
-            std::fs::remove_file(path).map_err(|e| StorageError::new("remove", path, e))?;
+            doomed.push(name);
             removed += 1;
         }
     }
-    files::sync_dir(&config.dir)?;
+    debug_assert!(
+        listing
+            .segments
+            .last()
+            .is_none_or(|(_, open)| !doomed.contains(&open.as_str())),
+        "the segment being written is never removed"
+    );
+    storage.delete_all(&doomed)?;
     Ok(removed)
 }
