@@ -6,12 +6,13 @@
 //! pwrite + fdatasync paths (`uring_file`) unchanged.
 //!
 //! Files are named, not opened: one segment at a time is open for appending (the
-//! one last created), every other file is read, cut or removed whole. Snapshots,
-//! the market file and the network id stay plain files (`files`): they are
-//! replaced atomically by rename and have their own checks.
+//! one last created), every other file is read, cut, replaced or removed whole.
+//! Segments and snapshots live here; the market file and the network id stay
+//! plain files (`files`), written once when a data directory is created.
 //!
-//! Guarantees every implementation gives: `create`, `truncate` and `delete` are
-//! durable when they return (file data and directory entry); `append` is durable
+//! Guarantees every implementation gives: `create`, `truncate`, `delete` and
+//! `replace` are durable when they return (file data and directory entry), and
+//! `replace` is atomic (old content or new after a crash); `append` is durable
 //! only with `sync` or after a later `sync`/`close`; a crash keeps a prefix of
 //! what was appended since the last sync (possibly none of it), never a hole.
 
