@@ -84,7 +84,7 @@ fn write_and_crash(
     // Half the runs crash once the writer has written every record (unsynced in
     // `interval`/`none`: the crash tears them), half while records may still sit
     // in the journal's buffer (the crash loses them whole).
-    if faults.seed % 2 == 0 && faults.append_fail_at.is_none() {
+    if faults.seed.is_multiple_of(2) && faults.append_fail_at.is_none() {
         let appended = payloads.len() as u64;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while journal
