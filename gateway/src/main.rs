@@ -172,7 +172,9 @@ struct RunArgs {
 /// `address`: the address of a key file or a hex secret.
 fn key_address(key_file: Option<PathBuf>, key_hex: Option<String>) -> Result<(), String> {
     let key = match (key_file, key_hex) {
-        (Some(path), None) => yellowstone_gateway::router::durable::read_key_file(&path)?,
+        (Some(path), None) => {
+            yellowstone_gateway::router::durable::read_key_file(&path).map_err(|e| e.to_string())?
+        }
         (None, Some(hex)) => {
             SigningKey::from_hex(hex.trim()).map_err(|e| format!("--key-hex: {e}"))?
         }
