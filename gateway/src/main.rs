@@ -326,7 +326,7 @@ fn unset_keys(config: &RouterConfig) -> String {
 /// `OverDailyCap` or a silent divergence. Token and router are the deployment's.
 fn deployment_parameters(config: &RouterConfig) -> Result<String, String> {
     let market = config.market_config(config.market.genesis_ms.max(1))?;
-    let params = yellowstone_contract::artifacts::DeployParams::from_market(
+    let params = yellowstone_settlement::DeployParams::from_market(
         &market,
         yellowstone_engine::Address::default(),
         yellowstone_engine::Address::default(),
