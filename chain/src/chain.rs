@@ -25,8 +25,10 @@ pub struct NodeArgs {
         default_value = "http://127.0.0.1:8545"
     )]
     pub rpc: String,
-    /// A file holding the sender's secret key (64 hex digits): the relayer's, the
-    /// provider's or the deployer's. Preferred over --key-hex (not in `ps`).
+    /// A file holding the sender's secret key (64 hex digits, or what
+    /// `yellowstone-router keygen` prints): the relayer's, the provider's or the
+    /// deployer's, readable by its owner only (R-OPS-2). Preferred over --key-hex
+    /// (not in `ps`).
     #[arg(long, conflicts_with = "key_hex")]
     pub key_file: Option<PathBuf>,
     /// The sender's secret key in hex (tests and local nodes only).
@@ -51,7 +53,7 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(10..=1_000))]
     pub fee_bump_percent: u64,
     /// Most fee per gas the sender pays, in wei (a replacement never goes above).
-    #[arg(long, default_value_t = 1_000_000_000_000)]
+    #[arg(long, default_value_t = 1_000_000_000_000, value_parser = yellowstone_wire::amount::parse_wei)]
     pub max_fee_per_gas_wei: u128,
 }
 
@@ -64,21 +66,23 @@ pub struct Node {
 }
 
 impl NodeArgs {
+    /// The sender's key: `--key-file` through the workspace's one key-file reader
+    /// (R-OPS-2: refused if group or others may read it; `keygen` output or 64 hex
+    /// digits), or `--key-hex`.
     fn signer(&self) -> Result<PrivateKeySigner, ChainError> {
-        let text = match (&self.key_file, &self.key_hex) {
-            (Some(path), _) => std::fs::read_to_string(path)
-                .map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))?,
-            (None, Some(hex)) => hex.clone(),
+        let key = match (&self.key_file, &self.key_hex) {
+            (Some(path), _) => yellowstone_wire::keyfile::read_key_file(path)
+                .map_err(|e| ChainError::Key(e.to_string()))?,
+            (None, Some(hex)) => yellowstone_wire::SigningKey::from_hex(hex)
+                .map_err(|e| ChainError::Key(format!("--key-hex: {e}")))?,
             (None, None) => {
                 return Err(ChainError::Usage(
                     "the sender's key: --key-file or --key-hex".into(),
                 ))
             }
         };
-        text.trim()
-            .trim_start_matches("0x")
-            .parse::<PrivateKeySigner>()
-            .map_err(|e| ChainError::Key(format!("not a secp256k1 secret key in hex: {e}")))
+        PrivateKeySigner::from_bytes(&B256::from(key.secret_bytes()))
+            .map_err(|e| ChainError::Key(format!("not a secp256k1 secret key: {e}")))
     }
 
     /// Connects with the sender's key; reads the chain id once.
@@ -352,4 +356,39 @@ impl Node {
 /// Converts an engine address.
 pub fn evm(address: &yellowstone_engine::Address) -> Address {
     Address::from(address.0)
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    fn args(path: &std::path::Path) -> NodeArgs {
+        NodeArgs {
+            rpc: "http://127.0.0.1:8545".into(),
+            key_file: Some(path.to_path_buf()),
+            key_hex: None,
+        }
+    }
+
+    /// R-OPS-2 (issue 26: one key-file check): the relayer's key file was read
+    /// whatever its mode, and only as bare hex.
+    #[test]
+    fn r_ops_2_a_sender_key_file_open_to_others_is_refused_and_keygen_output_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("relayer.key");
+        let key = yellowstone_wire::SigningKey::from_seed(b"relayer");
+        let secret = hex::encode(key.secret_bytes());
+        std::fs::write(
+            &path,
+            format!("secret_hex={secret}\naddress={}\n", key.address()),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = args(&path).signer().unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let signer = args(&path).signer().unwrap();
+        assert_eq!(signer.address().0 .0, key.address().0);
+    }
 }

@@ -7,7 +7,7 @@ use crate::router::RouterSide;
 use alloy::primitives::{Address, Bytes, U256};
 use alloy::providers::{DynProvider, Provider};
 use serde_json::{json, Value};
-use yellowstone_contract::artifacts::{Artifact, DeployParams};
+use yellowstone_contract::artifacts::{Artifact, DeployCode, DeployParams};
 
 /// Every deployment parameter, as `deploy --dry-run` prints it (issue 24 case 5).
 pub fn params_json(params: &DeployParams, router: &RouterSide) -> Value {

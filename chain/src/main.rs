@@ -54,7 +54,7 @@ enum Cmd {
         #[arg(long, conflicts_with = "token")]
         test_token: bool,
         /// With --test-token: mint this many MOR wei to the contract.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, value_parser = yellowstone_wire::amount::parse_wei)]
         fund_wei: u128,
         #[arg(long)]
         dry_run: bool,

@@ -40,10 +40,9 @@ impl ReconcileArgs {
         let (Some(router), Some(path)) = (self.router_listen, &self.operator_key_file) else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))?;
-        let key = SigningKey::from_hex(text.trim())
-            .map_err(|e| ChainError::Key(format!("{}: {e}", path.display())))?;
+        // R-OPS-2: the workspace's one key-file reader (permissions, both formats).
+        let key = yellowstone_wire::keyfile::read_key_file(path)
+            .map_err(|e| ChainError::Key(format!("--operator-key-file {e}")))?;
         Ok(Some(Reconciler { router, key }))
     }
 }

@@ -184,6 +184,9 @@ impl Setup {
     fn operator_key_file(&self) -> String {
         let path = self._dir.path().join("operator.key");
         std::fs::write(&path, hex::encode(operator_key().secret_bytes())).unwrap();
+        // R-OPS-2: a key file is its owner's alone, or the relayer refuses it.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path.display().to_string()
     }
 

@@ -10,24 +10,11 @@ use crate::CtlError;
 use std::path::Path;
 use yellowstone_wire::SigningKey;
 
-/// Reads and checks the key file at `path`.
+/// Reads and checks the key file at `path` with the workspace's one reader
+/// (`yellowstone_wire::keyfile`, R-OPS-2).
 pub fn load(path: &Path) -> Result<SigningKey, CtlError> {
-    let shown = path.display();
-    let metadata =
-        std::fs::metadata(path).map_err(|e| CtlError::Local(format!("key file {shown}: {e}")))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = metadata.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(CtlError::Local(format!(
-                "key file {shown} is accessible to others (mode {mode:03o}): chmod 600 {shown}"
-            )));
-        }
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CtlError::Local(format!("key file {shown}: {e}")))?;
-    parse(&text).map_err(|e| CtlError::Local(format!("key file {shown}: {e}")))
+    yellowstone_wire::keyfile::read_key_file(path)
+        .map_err(|e| CtlError::Local(format!("key file {e}")))
 }
 
 /// Parses a key file's text (see the module docs): the format every Yellowstone

@@ -129,8 +129,7 @@ enum BatchesCmd {
 }
 
 fn parse_wei(what: &str, text: &str) -> Result<u128, CtlError> {
-    yellowstone_gateway::router::config::parse_wei_text(text)
-        .map_err(|e| CtlError::Local(format!("{what}: {e}")))
+    yellowstone_wire::amount::parse_wei(text).map_err(|e| CtlError::Local(format!("{what}: {e}")))
 }
 
 fn parse_address(what: &str, text: &str) -> Result<Address, CtlError> {
@@ -225,7 +224,7 @@ fn balance(cli: &Cli, command: &BalanceCmd) -> Result<(), CtlError> {
             }
             let text = std::fs::read_to_string(file)
                 .map_err(|e| CtlError::Local(format!("{}: {e}", file.display())))?;
-            let entries = yellowstone_gateway::router::config::parse_balance_snapshot(&text)
+            let entries = yellowstone_wire::balances::parse_balance_snapshot(&text)
                 .map_err(|e| CtlError::Local(format!("{}: {e}", file.display())))?;
             if entries.is_empty() {
                 return Err(CtlError::Local(format!(

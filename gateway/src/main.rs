@@ -172,7 +172,9 @@ struct RunArgs {
 /// `address`: the address of a key file or a hex secret.
 fn key_address(key_file: Option<PathBuf>, key_hex: Option<String>) -> Result<(), String> {
     let key = match (key_file, key_hex) {
-        (Some(path), None) => yellowstone_gateway::router::durable::read_key_file(&path)?,
+        (Some(path), None) => {
+            yellowstone_gateway::router::durable::read_key_file(&path).map_err(|e| e.to_string())?
+        }
         (None, Some(hex)) => {
             SigningKey::from_hex(hex.trim()).map_err(|e| format!("--key-hex: {e}"))?
         }
@@ -324,7 +326,7 @@ fn unset_keys(config: &RouterConfig) -> String {
 /// `OverDailyCap` or a silent divergence. Token and router are the deployment's.
 fn deployment_parameters(config: &RouterConfig) -> Result<String, String> {
     let market = config.market_config(config.market.genesis_ms.max(1))?;
-    let params = yellowstone_contract::artifacts::DeployParams::from_market(
+    let params = yellowstone_settlement::DeployParams::from_market(
         &market,
         yellowstone_engine::Address::default(),
         yellowstone_engine::Address::default(),

@@ -8,7 +8,7 @@
 use crate::journal::tools::recover_read_only;
 use serde_json::Value;
 use std::path::Path;
-use yellowstone_contract::{ClaimProof, SignedSettlement};
+use yellowstone_settlement::{ClaimProof, SignedSettlement};
 use yellowstone_engine::{Address, Effect};
 use yellowstone_wire::SigningKey;
 
@@ -89,7 +89,7 @@ pub enum ProofAtError {
     #[error("{0}")]
     DataDir(String),
     #[error(transparent)]
-    Proof(#[from] yellowstone_contract::ProofError),
+    Proof(#[from] yellowstone_settlement::ProofError),
     #[error("epoch {epoch} is not settled yet (the router's last settled epoch: {last:?})")]
     NotSettled { epoch: u64, last: Option<u64> },
     #[error(
@@ -142,7 +142,7 @@ pub fn proof_at(
     })?;
     let record = state.record(wanted);
     let proof = ClaimProof::from_cumulative(&cumulative, provider)
-        .ok_or(yellowstone_contract::ProofError::NotCredited(*provider))?;
+        .ok_or(yellowstone_settlement::ProofError::NotCredited(*provider))?;
     if let Some(record) = record {
         // The replayed tree is the one the router signed for that epoch.
         debug_assert_eq!(record.merkle_root, proof.root);

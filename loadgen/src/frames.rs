@@ -2,7 +2,7 @@
 //! (`sim`) and the attack scenarios (`attack`) call these, so that a protocol change
 //! (a new field of `Report`, say) is made here once for both.
 
-use yellowstone_gateway::router::config::demo_weights_hash;
+use yellowstone_wire::demo::demo_weights_hash;
 use yellowstone_wire::signature::weights_proof_digest;
 use yellowstone_wire::*;
 

@@ -290,8 +290,8 @@ pub mod market {
 
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
-    use yellowstone_gateway::router::config::demo_weights_hash;
     use yellowstone_wire::client::{Client, ClientError};
+    use yellowstone_wire::demo::demo_weights_hash;
     use yellowstone_wire::signature::weights_proof_digest;
     use yellowstone_wire::*;
 

@@ -37,8 +37,8 @@ fn query_until(client: &mut Client, mut accept: impl FnMut(&Catalog) -> bool) ->
 fn r_node_2_catalog_lists_configured_names_and_the_best_live_bid() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("router.toml");
-    let hash = hex::encode(yellowstone_gateway::router::config::demo_weights_hash(1));
-    let hash2 = hex::encode(yellowstone_gateway::router::config::demo_weights_hash(2));
+    let hash = hex::encode(yellowstone_wire::demo::demo_weights_hash(1));
+    let hash2 = hex::encode(yellowstone_wire::demo::demo_weights_hash(2));
     std::fs::write(
         &config,
         format!(
@@ -82,7 +82,7 @@ fn r_node_2_catalog_lists_configured_names_and_the_best_live_bid() {
     assert_eq!(catalog.models[1].name, "model-2");
     assert_eq!(
         catalog.models[0].weights_hash,
-        yellowstone_gateway::router::config::demo_weights_hash(1)
+        yellowstone_wire::demo::demo_weights_hash(1)
     );
     assert!(catalog.models.iter().all(|m| m.offers_live == 0));
 

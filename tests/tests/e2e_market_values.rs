@@ -147,7 +147,7 @@ fn balance_update(
 }
 
 fn provider_offer(provider: &Client, network_id: u32, price: u128, capacity: u32) -> Offer {
-    use yellowstone_gateway::router::config::demo_weights_hash;
+    use yellowstone_wire::demo::demo_weights_hash;
     let weights_hash = demo_weights_hash(1);
     let weights_proof = provider.key().sign_digest(&signature::weights_proof_digest(
         network_id,

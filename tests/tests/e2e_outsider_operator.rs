@@ -784,7 +784,7 @@ fn the_market_limits_the_protocol_names_are_keys() {
     let mut provider = connect(router.ready.listen, provider_key.clone());
     let network_id = router.ready.network_id;
     let register = |provider: &mut yellowstone_wire::client::Client, capacity: u32| {
-        let weights_hash = yellowstone_gateway::router::config::demo_weights_hash(1);
+        let weights_hash = yellowstone_wire::demo::demo_weights_hash(1);
         let weights_proof = provider_key.sign_digest(
             &yellowstone_wire::signature::weights_proof_digest(network_id, 1, &weights_hash),
         );

@@ -116,7 +116,7 @@ fn try_register(
     price: u128,
     capacity: u32,
 ) -> Result<Option<Probe>, ErrorReply> {
-    use yellowstone_gateway::router::config::demo_weights_hash;
+    use yellowstone_wire::demo::demo_weights_hash;
     let weights_hash = demo_weights_hash(1);
     let weights_proof = provider.key().sign_digest(&signature::weights_proof_digest(
         network_id,

@@ -16,10 +16,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use yellowstone_gateway::router::config::demo_weights_hash;
 use yellowstone_tests::market::*;
 use yellowstone_tests::{metrics_text, router_binary, ReadyLine, RouterProcess};
 use yellowstone_wire::client::{presign, presign_rfc, Client};
+use yellowstone_wire::demo::demo_weights_hash;
 use yellowstone_wire::signature::weights_proof_digest;
 use yellowstone_wire::*;
 

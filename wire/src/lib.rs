@@ -7,12 +7,19 @@
 //! - `address`, `signature`: MOR addresses (EIP-55) and recoverable low-s ECDSA.
 //! - `codes`: stable error codes of every layer.
 //! - `client`: a blocking client for tools, tests, the load generator and third parties.
+//! - `amount`, `balances`, `keyfile`: the text formats every tool reads (wei amounts,
+//!   balance snapshots, key files), one parser each for the workspace.
+//! - `demo`: the demo model catalog a router uses when none is configured.
 
 pub mod address;
+pub mod amount;
+pub mod balances;
 pub mod client;
 pub mod codec;
 pub mod codes;
+pub mod demo;
 pub mod frame;
+pub mod keyfile;
 pub mod messages;
 pub mod signature;
 

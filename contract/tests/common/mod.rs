@@ -8,7 +8,7 @@ use alloy_sol_types::{SolCall, SolInterface};
 use revm::db::{CacheDB, EmptyDB};
 use revm::primitives::{AccountInfo, ExecutionResult, Output, SpecId, TxKind};
 use revm::Evm;
-use yellowstone_contract::artifacts::{Artifact, DeployParams};
+use yellowstone_contract::artifacts::{Artifact, DeployCode, DeployParams};
 use yellowstone_contract::{
     engine_address, evm_address, ClaimProof, IComputeContract, ITestMOR, SignedSettlement,
 };

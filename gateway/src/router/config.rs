@@ -75,18 +75,10 @@ pub struct ModelEntry {
     pub name: String,
 }
 
-/// The demo catalog used when none is configured: models 1..=4 whose weights hash is
-/// BLAKE3("yellowstone-demo-model-<id>"); the load generator knows it too.
-pub fn demo_weights_hash(model_id: u32) -> [u8; 32] {
-    *blake3::hash(format!("yellowstone-demo-model-{model_id}").as_bytes()).as_bytes()
-}
-
-pub const DEMO_MODELS: [u32; 4] = [1, 2, 3, 4];
-
-/// The demo catalog's model names: `demo-model-<id>`.
-pub fn demo_model_name(model_id: u32) -> String {
-    format!("demo-model-{model_id}")
-}
+/// The demo catalog used when none is configured (models 1..=4, weights hash
+/// BLAKE3("yellowstone-demo-model-<id>")): defined in `yellowstone_wire::demo`, which
+/// the load generator and the tests use without linking the router.
+pub use yellowstone_wire::demo::{demo_model_name, demo_weights_hash, DEMO_MODELS};
 
 /// TOML integers are i64: wei amounts are written as integers when they fit and as
 /// strings of digits when they do not, and read from either.
@@ -111,9 +103,8 @@ mod wei_in_toml {
         match Amount::deserialize(deserializer)? {
             Amount::Integer(value) => u128::try_from(value)
                 .map_err(|_| serde::de::Error::custom("a wei amount cannot be negative")),
-            Amount::Digits(text) => text.trim().parse::<u128>().map_err(|_| {
-                serde::de::Error::custom(format!("not a wei amount (digits only): {text:?}"))
-            }),
+            Amount::Digits(text) => yellowstone_wire::amount::parse_wei(&text)
+                .map_err(|e| serde::de::Error::custom(format!("not a wei amount: {e}"))),
         }
     }
 }
@@ -673,51 +664,11 @@ fn market_refusal(market: &MarketSection, reason: &str) -> String {
     }
 }
 
-/// A whole number of wei (decimal digits, `_` separators allowed) into `u128`; the
-/// error says whether the text is not a number or is above `u128::MAX`
-/// (340282366920938463463374607431768211455 wei).
-pub fn parse_wei_text(text: &str) -> Result<u128, String> {
-    let digits = text.trim().replace('_', "");
-    digits.parse::<u128>().map_err(|e| match e.kind() {
-        std::num::IntErrorKind::PosOverflow => format!(
-            "{:?} is above the maximum of {} wei (2^128 - 1)",
-            text.trim(),
-            u128::MAX
-        ),
-        _ => format!("{:?} is not a whole number of wei", text.trim()),
-    })
-}
-
-/// Parses a balance snapshot: `address,balance_wei` per line; blank lines and `#`
-/// comments are skipped. Errors name the line.
-pub fn parse_balance_snapshot(text: &str) -> Result<Vec<(Address, u128)>, String> {
-    let mut out = Vec::new();
-    let mut lines_of = std::collections::HashMap::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (address, balance) = line
-            .split_once(',')
-            .ok_or_else(|| format!("line {}: expected address,balance_wei", number + 1))?;
-        let address: Address = address
-            .trim()
-            .parse()
-            .map_err(|e| format!("line {}: {e}", number + 1))?;
-        let balance = parse_wei_text(balance)
-            .map_err(|e| format!("line {}: balance_wei: {e}", number + 1))?;
-        if let Some(first) = lines_of.insert(address, number + 1) {
-            // Last-wins would hide a typo: refuse, naming both lines.
-            return Err(format!(
-                "line {}: {address} already set on line {first}",
-                number + 1
-            ));
-        }
-        out.push((address, balance));
-    }
-    Ok(out)
-}
+/// The wei and balance-snapshot parsers every tool shares (issue 26 item 4): defined
+/// in `yellowstone_wire` (`amount`, `balances`), so that `yellowstone-ctl` need not
+/// link the router.
+pub use yellowstone_wire::amount::parse_wei;
+pub use yellowstone_wire::balances::{parse_balance_snapshot, BalanceSnapshotError};
 
 #[cfg(test)]
 mod tests {
@@ -864,21 +815,24 @@ mod tests {
         assert_eq!(entries[0].1, 5 * WEI_PER_MOR);
         assert!(parse_balance_snapshot("0x12,5")
             .unwrap_err()
+            .to_string()
             .starts_with("line 1"));
     }
 
     #[test]
     fn balance_snapshot_refuses_duplicates_and_names_the_u128_bound() {
         let a = "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed";
-        let error =
-            parse_balance_snapshot(&format!("{a},1\n# c\n{}, 2\n", a.to_lowercase())).unwrap_err();
+        let error = parse_balance_snapshot(&format!("{a},1\n# c\n{}, 2\n", a.to_lowercase()))
+            .unwrap_err()
+            .to_string();
         assert!(
             error.starts_with("line 3") && error.contains("line 1"),
             "{error}"
         );
         let error =
             parse_balance_snapshot(&format!("{a},340282366920938463463374607431768211456\n"))
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(error.contains("above the maximum"), "{error}");
         assert_eq!(
             parse_balance_snapshot(&format!("{a},340282366920938463463374607431768211455\n"))
@@ -886,8 +840,9 @@ mod tests {
                 .1,
             u128::MAX
         );
-        assert!(parse_wei_text("5e18")
+        assert!(parse_wei("5e18")
             .unwrap_err()
+            .to_string()
             .contains("not a whole number"));
     }
 }

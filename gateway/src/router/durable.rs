@@ -50,42 +50,9 @@ fn read_or_create(path: &Path, make: impl FnOnce() -> String) -> Result<String, 
     }
 }
 
-/// R-OPS-2: refuses a key file that group or others may read, naming the fix, and a
-/// path that is not a regular file (a directory, say), naming what it is.
-pub fn check_key_file_mode(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let metadata = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if !metadata.is_file() {
-        let what = if metadata.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
-        return Err(format!(
-            "{}: is {what}; a key file is a regular file holding the 64-hex-digit secret",
-            path.display()
-        ));
-    }
-    let mode = metadata.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{}: key file is readable by group or others (mode {:03o}); a router key must \
-             be readable by its owner only: run `chmod 600 {}`",
-            path.display(),
-            mode & 0o777,
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Reads a key file (64 hex digits, or what `keygen` prints:
-/// `SigningKey::from_key_file_text`), refusing one that group or others may read.
-pub fn read_key_file(path: &Path) -> Result<SigningKey, String> {
-    check_key_file_mode(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    SigningKey::from_key_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
+/// R-OPS-2: the one key-file check and reader of the workspace (a path that is not a
+/// regular file, or that group or others may read, is refused naming the fix).
+pub use yellowstone_wire::keyfile::{check_key_file_mode, read_key_file, KeyFileError};
 
 /// The router key of a data directory (R-OPS-2): the one in `router.key` (created
 /// 0600 on first start), or the configured one, which must then be the same: a
@@ -110,7 +77,7 @@ fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
     };
     match (exists, configured) {
         (true, configured) => {
-            let stored = read_key_file(&path)?;
+            let stored = read_key_file(&path).map_err(|e| e.to_string())?;
             match configured {
                 Some(key) if key.address() != stored.address() => Err(format!(
                     "--router-key-hex (identity.router_key_hex) is the key of {}, but the data \

@@ -8,7 +8,7 @@ use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{release_of, EffectSink, Origin, Release, ORIGIN_INTERNAL};
 use std::sync::Arc;
-use yellowstone_contract::SignedSettlement;
+use yellowstone_settlement::SignedSettlement;
 use yellowstone_engine::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, RfcFailure, Ticket,
 };
