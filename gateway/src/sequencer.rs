@@ -101,62 +101,9 @@ pub trait Durability: Send {
     }
 }
 
-/// When an effect may leave the engine thread (ARCHITECTURE.md, "Latency: what waits
-/// for the disk"). Only a promise waits for the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Release {
-    /// Promises nothing to anyone: sent as soon as the engine has applied the command.
-    /// If a crash loses the command's record, whatever answers it later finds no trace
-    /// of it in the recovered engine and gets a typed refusal; nothing is charged.
-    Now,
-    /// A promise: leaves once the command's record is durable (`durable_seq`).
-    Durable,
-    /// A promise published to everyone (a credit batch, a settlement): leaves once the
-    /// command's record is durable and, whatever the durability mode, on stable
-    /// storage (`synced_seq`, R-BLOCK-*).
-    Synced,
-}
-
-/// Classifies one effect (R-MATCH-2, R-MATCH-6, R-BLOCK-*; the match is exhaustive
-/// so that a new effect must be classified here):
-/// - `Probe`: `Now`. It asks a provider whether it is live; it reserves nothing the
-///   provider or user could rely on. A probe whose RFC's record a crash loses is
-///   answered against a recovered engine that has no such probe: UNKNOWN_PROBE, no
-///   session, nothing charged. This is what lets the RFC's fsync overlap the probe's
-///   round trip.
-/// - `RfcAccepted`, `SessionOpened` (the ticket), `ReportAccepted`, `ClaimPaid`,
-///   `Done`, `RfcFailed` (a refund): promises a client acts on: `Durable`.
-/// - `Rejected`: `Durable`. A refusal is computed against state that may include
-///   records not yet durable (an accepted RFC using the quota, a used nonce); a client
-///   acts on it (gives up, changes the nonce), so a crash must not be able to undo
-///   what it was based on. It also answers the command's frame, which waits anyway.
-/// - `ProviderUnreachable`, `ProviderSuspended`, `ProviderUnfunded`: statements about
-///   the provider's state in the market, which a provider acts on (reconnects, stops
-///   serving): `Durable`. `SessionExpired` and `SessionNotStarted` send nothing; kept
-///   in order: `Durable`.
-/// - `BalancesSet`: feeds the gateways' pre-check cache (R-QUOTA-6), which must not
-///   get ahead of what a crash would keep: `Durable`.
-/// - `BatchSealed`, `SettlementSealed`: published to every subscriber and applied by
-///   the ledger: `Synced`.
-pub fn release_of(effect: &Effect) -> Release {
-    match effect {
-        Effect::Probe { .. } => Release::Now,
-        Effect::Rejected { .. }
-        | Effect::RfcAccepted { .. }
-        | Effect::SessionOpened { .. }
-        | Effect::RfcFailed { .. }
-        | Effect::ReportAccepted { .. }
-        | Effect::SessionExpired { .. }
-        | Effect::SessionNotStarted { .. }
-        | Effect::ProviderUnreachable { .. }
-        | Effect::ProviderSuspended { .. }
-        | Effect::ProviderUnfunded { .. }
-        | Effect::ClaimPaid { .. }
-        | Effect::Done { .. }
-        | Effect::BalancesSet { .. } => Release::Durable,
-        Effect::BatchSealed { .. } | Effect::SettlementSealed { .. } => Release::Synced,
-    }
-}
+/// When an effect may leave the engine thread, and the classification of each effect:
+/// router-core's (`dispatch.rs`), the one place that decides it.
+pub use yellowstone_router_core::{release_of, Release};
 
 /// Receives effects: those that promise nothing at once, the others once the command
 /// that caused them is durable.
