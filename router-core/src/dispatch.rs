@@ -137,6 +137,7 @@ pub enum Release {
 ///   `SessionNotStarted` send nothing; kept in order: `Durable`.
 /// - `BalancesSet`: feeds the pre-check caches, never ahead of a crash: `Durable`.
 /// - `BatchSealed`, `SettlementSealed`: published and applied by the ledger: `Synced`.
+#[cfg_attr(feature = "plant-early-ticket", allow(unreachable_patterns))]
 pub fn release_of(effect: &Effect) -> Release {
     match effect {
         Effect::Probe { .. } => Release::Now,
