@@ -342,3 +342,125 @@ impl Admission {
         Ok(command)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CacheUpdate, CacheView, PlainVerifier};
+    use yellowstone_wire::SigningKey;
+
+    fn admission() -> Admission {
+        Admission::new(
+            AdmissionConfig {
+                network_id: 7,
+                operator: Some(Address([9; 20])),
+                weights_proofs_per_s: 2,
+                weights_proofs_unfunded_per_s: 1,
+            },
+            0,
+        )
+    }
+
+    #[test]
+    fn r_prov_3_the_proof_budget_refills_with_the_time_it_is_given() {
+        let mut budget = ProofBudget::new(2, 1_000_000);
+        assert!(budget.take(2, 1_000_000));
+        assert!(!budget.take(1, 1_000_000), "empty until time passes");
+        assert!(!budget.take(1, 1_400_000), "0.8 of a proof after 400 ms");
+        assert!(
+            budget.take(1, 1_500_000),
+            "one proof after 500 ms at 2 a second"
+        );
+        // A clock that goes back refills nothing and is not an error.
+        assert!(!budget.take(1, 0));
+    }
+
+    #[test]
+    fn r_id_4_a_replayed_nonce_is_refused_before_any_signature() {
+        let admission = admission();
+        let key = SigningKey::from_seed(b"user");
+        let mut view = CacheView::default();
+        view.apply(&CacheUpdate::NonceAccepted {
+            address: key.address(),
+            nonce: 5,
+        });
+        let rfc = Message::from(messages::Rfc {
+            from: key.address(),
+            nonce: 5,
+            ..Default::default()
+        });
+        let refused = admission
+            .precheck(Conn(1), key.address(), key.address(), 5, &rfc, &view)
+            .unwrap_err();
+        assert_eq!(refused.code, codes::REPLAY);
+        assert_eq!(
+            refused.detail, 5,
+            "the last nonce, for the client to resync"
+        );
+    }
+
+    #[test]
+    fn r_quota_6_an_rfc_without_mor_is_refused_and_another_sender_is_wrong_sender() {
+        let admission = admission();
+        let (key, other) = (SigningKey::from_seed(b"user"), SigningKey::from_seed(b"x"));
+        let rfc = Message::from(messages::Rfc {
+            from: key.address(),
+            nonce: 1,
+            ..Default::default()
+        });
+        let view = CacheView::default();
+        let refused = admission
+            .precheck(Conn(1), key.address(), key.address(), 1, &rfc, &view)
+            .unwrap_err();
+        assert_eq!(refused.code, codes::ZERO_BALANCE);
+        let refused = admission
+            .precheck(Conn(1), key.address(), other.address(), 1, &rfc, &view)
+            .unwrap_err();
+        assert_eq!(refused.code, codes::WRONG_SENDER);
+    }
+
+    #[test]
+    fn r_id_3_a_login_must_carry_this_connections_challenge_and_its_signers_key() {
+        let mut admission = admission();
+        let key = SigningKey::from_seed(b"user");
+        admission.open(Conn(1), [1; 32], Address([2; 20]));
+        let mut wrong = Message::from(messages::LoginAnswer {
+            address: key.address(),
+            challenge: [3; 32],
+            ..Default::default()
+        });
+        let frame = wrong.sign(&key, 7);
+        let Message::LoginAnswer(answer) = &wrong else {
+            unreachable!()
+        };
+        let refused = admission
+            .login(
+                Conn(1),
+                answer,
+                &frame[yellowstone_wire::frame::HEADER_LEN..],
+                &PlainVerifier,
+            )
+            .unwrap_err();
+        assert_eq!(refused.code, codes::NOT_ALLOWED);
+        assert_eq!(admission.address(Conn(1)), None);
+        let mut right = Message::from(messages::LoginAnswer {
+            address: key.address(),
+            challenge: [1; 32],
+            ..Default::default()
+        });
+        let frame = right.sign(&key, 7);
+        let Message::LoginAnswer(answer) = &right else {
+            unreachable!()
+        };
+        let address = admission
+            .login(
+                Conn(1),
+                answer,
+                &frame[yellowstone_wire::frame::HEADER_LEN..],
+                &PlainVerifier,
+            )
+            .unwrap();
+        assert_eq!(address, key.address());
+        assert_eq!(admission.closed(Conn(1)), Some(Some(key.address())));
+    }
+}

@@ -378,3 +378,113 @@ impl Dispatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yellowstone_engine::MarketError;
+
+    fn user() -> yellowstone_engine::Address {
+        yellowstone_engine::Address([5; 20])
+    }
+
+    fn rfc(nonce: u64) -> Command {
+        Command::SubmitRfc {
+            user: user(),
+            nonce,
+            model: 1,
+            tokens_max: 10,
+            expires_at_ms: 0,
+        }
+    }
+
+    fn drain(dispatch: &mut Dispatch) -> Vec<Output> {
+        std::iter::from_fn(|| dispatch.poll_output()).collect()
+    }
+
+    #[test]
+    fn a_promise_leaves_only_once_its_record_is_durable_and_answers_its_frame_once() {
+        let mut dispatch = Dispatch::new();
+        let conn = Conn(1);
+        dispatch.on_command(conn, &rfc(1));
+        let accepted = Effect::RfcAccepted {
+            user: user(),
+            nonce: 1,
+            rfc: 9,
+            tokens_left: 1,
+        };
+        let probe = Effect::Probe {
+            provider: yellowstone_engine::Address([6; 20]),
+            probe: 3,
+            model: 1,
+            tokens_max: 10,
+            deadline_ms: 0,
+        };
+        dispatch.on_applied(1, Some(conn), rfc(1), vec![accepted, probe]);
+        // The probe (no route to its provider: dropped) leaves at once; nothing answers
+        // the RFC's frame yet.
+        assert_eq!(drain(&mut dispatch), vec![Output::Dropped]);
+        dispatch.on_durable(0, 0);
+        assert!(drain(&mut dispatch).is_empty(), "record 1 is not durable");
+        dispatch.on_durable(1, 1);
+        let outputs = drain(&mut dispatch);
+        let answers = outputs
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o,
+                    Output::Send { answers: true, .. } | Output::Answer { .. }
+                )
+            })
+            .count();
+        assert_eq!(answers, 1, "{outputs:?}");
+        assert!(matches!(
+            outputs.last(),
+            Some(Output::Send { conn: c, message: Message::RfcAccepted(_), answers: true }) if *c == conn
+        ));
+        assert_eq!(dispatch.pending_len(), 0);
+    }
+
+    #[test]
+    fn a_refusal_names_the_message_type_and_spends_no_nonce() {
+        let mut dispatch = Dispatch::new();
+        let refused = Effect::Rejected {
+            to: user(),
+            nonce: 2,
+            error: MarketError::ZeroBalance,
+        };
+        dispatch.on_applied(0, Some(Conn(4)), rfc(2), vec![refused]);
+        dispatch.on_durable(0, 0);
+        let outputs = drain(&mut dispatch);
+        assert!(
+            !outputs.iter().any(|o| matches!(o, Output::Cache(_))),
+            "a refused nonce is not accepted: {outputs:?}"
+        );
+        match outputs.as_slice() {
+            [Output::Send {
+                message: Message::ErrorReply(e),
+                answers: true,
+                ..
+            }] => {
+                assert_eq!(e.ref_msg_type, msg_type::RFC);
+                assert_eq!(e.ref_nonce, 2);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn r_id_6_a_closed_providers_route_goes_and_the_engine_is_told() {
+        let mut dispatch = Dispatch::new();
+        let provider = yellowstone_engine::Address([6; 20]);
+        let announce = Command::ProviderAnnounce { provider, nonce: 1 };
+        dispatch.on_command(Conn(1), &announce);
+        dispatch.on_command(Conn(2), &announce);
+        assert_eq!(dispatch.on_closed(Conn(1), Some(to_wire(provider))), None);
+        assert_eq!(
+            dispatch.on_closed(Conn(2), Some(to_wire(provider))),
+            Some(Command::ProviderDisconnected { provider })
+        );
+        assert!(dispatch.routes().is_empty());
+    }
+}
