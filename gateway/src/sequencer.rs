@@ -32,6 +32,13 @@ pub enum SequencerInput {
         origin: Origin,
         command: Command,
     },
+    /// R-ID-6: connection `conn` (an origin), logged in as `address`, closed: the
+    /// sink (the routes' one writer) releases the routes it held, and the engine is
+    /// told when it was its provider's route. In order with the commands around it.
+    Closed {
+        conn: Origin,
+        address: yellowstone_engine::Address,
+    },
     /// Seal what is due and stop (graceful shutdown).
     Shutdown,
 }
@@ -118,6 +125,18 @@ pub trait EffectSink: Send {
     fn deliver_now(&mut self, origin: Origin, command: &Command, effects: &[Effect]);
     /// Called after each burst of deliveries, to flush outboxes.
     fn flush(&mut self) {}
+    /// R-ID-6: `command` from `origin` is about to be applied (the route it is for
+    /// moves to its connection before anything the engine says is routed).
+    fn on_command(&mut self, _origin: Origin, _command: &Command) {}
+    /// R-ID-6: connection `conn`, logged in as `address`, closed; returns the command
+    /// to apply when the engine must learn of it (its provider is unreachable).
+    fn on_closed(
+        &mut self,
+        _conn: Origin,
+        _address: yellowstone_engine::Address,
+    ) -> Option<Command> {
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -264,6 +283,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                             break;
                         }
                     }
+                    Ok(SequencerInput::Closed { conn, address }) => self.closed(conn, address)?,
                     Ok(SequencerInput::Shutdown) | Err(_) => break,
                 },
                 Ok(op) if Some(op.index()) == durable_index => {
@@ -304,10 +324,16 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         debug_assert!(burst.is_empty());
         burst.push_back((origin, first));
         let mut running = true;
+        // A close ends the burst: it is handled after the commands before it.
+        let mut closed = None;
         while burst.len() < self.config.batch_commands_max {
             match inbound.try_recv() {
                 Ok(SequencerInput::Command { origin, command }) => {
                     burst.push_back((origin, command))
+                }
+                Ok(SequencerInput::Closed { conn, address }) => {
+                    closed = Some((conn, address));
+                    break;
                 }
                 Ok(SequencerInput::Shutdown) => {
                     running = false;
@@ -325,7 +351,19 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             }
         }
         self.burst = burst;
+        if let Some((conn, address)) = closed {
+            self.closed(conn, address)?;
+        }
         Ok(running)
+    }
+
+    /// A connection closed (R-ID-6): the sink releases its routes; the engine learns
+    /// of it only when its provider became unreachable.
+    fn closed(&mut self, conn: Origin, address: yellowstone_engine::Address) -> Result<(), String> {
+        match self.sink.on_closed(conn, address) {
+            Some(command) => self.apply(ORIGIN_INTERNAL, command),
+            None => Ok(()),
+        }
     }
 
     /// Applies one command and journals it unless the engine refused it without
@@ -338,6 +376,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let now_ms = (self.clock)().max(self.engine.now_ms());
         if command.origin().is_some() && self.engine.is_due(now_ms) {
             self.apply(ORIGIN_INTERNAL, Command::Tick)?;
+        }
+        if origin != ORIGIN_INTERNAL {
+            self.sink.on_command(origin, &command);
         }
         let record = JournalRecord { now_ms, command };
         self.commands_seen += 1;

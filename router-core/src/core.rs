@@ -141,7 +141,9 @@ impl RouterCore {
 
     /// One whole frame (header and body) from `conn` at `now_us`. Answers it (an
     /// output with `answers`), or queues its command (`poll_command`), whose answer
-    /// comes from `on_durable`. A broken header closes the connection.
+    /// comes from `on_durable`. A broken header closes the connection. Catalog and
+    /// market-state queries are answered from the engine's publications, which this
+    /// core does not hold: refused `not_allowed` here (the gateway answers them).
     pub fn on_frame(&mut self, conn: Conn, frame: &[u8], now_us: u64) {
         debug_assert!(
             self.admission.is_open(conn),

@@ -3,9 +3,9 @@
 //!
 //! Guarantees: a handler instance lives on one gateway thread (it needs no locks for
 //! its own state); `on_open` is called once before any frame of a connection and
-//! `on_close` exactly once after its last frame, so a route table kept by the handler
-//! (address -> `ConnId`, e.g. a dashmap) never holds a closed id for longer than the
-//! close takes. A frame stays "in flight" (counted against
+//! `on_close` exactly once after its last frame, so a route table told of closes
+//! (the router's, on the engine thread) never holds a closed id longer than the close
+//! takes to reach it. A frame stays "in flight" (counted against
 //! `conn_inflight_frames_max`) until it is answered: by `Replies::reply` /
 //! `Replies::answer` during `on_frame`, or later by `Outbox::reply` / `Outbox::answer`
 //! from another thread.

@@ -18,7 +18,7 @@ use std::time::Instant;
 use yellowstone_engine::Command;
 use yellowstone_router_core::{
     Admission, AdmissionConfig, Admitted, Conn, MarketView, Outcome as CoreOutcome, Refused,
-    RouteKind, Verifier,
+    Verifier,
 };
 use yellowstone_wire::frame::Frame;
 use yellowstone_wire::messages::{self, Message};
@@ -328,20 +328,9 @@ impl RouterHandler {
                     .try_send(SequencerInput::Command { origin, command })
                     .map_err(|error| matches!(error, TrySendError::Full(_)))
             };
-            // R-ID-6: the route moves to the connection that registers, announces or
-            // submits, before the engine can answer with something to route.
-            let sent = match RouteKind::of(&command) {
-                Some(RouteKind::Provider(provider)) => {
-                    self.shared
-                        .routes
-                        .move_provider_then(provider, conn, || send(command))
-                }
-                Some(RouteKind::User(user)) => {
-                    self.shared.routes.user.insert(user, conn);
-                    send(command)
-                }
-                None => send(command),
-            };
+            // R-ID-6: the engine thread moves the route (its one writer) when it
+            // applies the command, before it can answer with something to route.
+            let sent = send(command);
             let (code, reason) = match sent {
                 Ok(()) => {
                     self.shared.commands_total.inc();
@@ -627,18 +616,13 @@ impl FrameHandler for RouterHandler {
         };
         self.shared.subscribers.remove(&conn);
         if let Some(address) = address {
-            // R-ID-6: only the routes this connection holds go; only then is the
-            // provider unreachable (a newer connection keeps it reachable).
-            let inbound = &self.shared.inbound;
-            self.shared.routes.release(&address, conn, || {
-                let command = Command::ProviderDisconnected {
-                    provider: yellowstone_router_core::to_engine(address),
-                };
-                let _ = inbound.try_send(SequencerInput::Command {
-                    origin: crate::sequencer::ORIGIN_INTERNAL,
-                    command,
-                });
-            });
+            // R-ID-6: the engine thread (the routes' one writer) releases the routes
+            // this connection holds, in order with the commands it sent before.
+            let closed = SequencerInput::Closed {
+                conn: conn.as_u64(),
+                address: yellowstone_router_core::to_engine(address),
+            };
+            let _ = self.shared.inbound.try_send(closed);
         }
         tracing::debug!(conn = conn.as_u64(), %reason, "connection closed");
     }

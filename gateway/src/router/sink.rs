@@ -10,7 +10,9 @@ use crate::sequencer::{release_of, EffectSink, Origin, Release, ORIGIN_INTERNAL}
 use std::sync::Arc;
 use yellowstone_contract::SignedSettlement;
 use yellowstone_engine::{Command, Effect};
-use yellowstone_router_core::{delivery_of, CacheUpdate, Delivery as CoreDelivery, Recipient};
+use yellowstone_router_core::{
+    delivery_of, CacheUpdate, Conn, Delivery as CoreDelivery, Recipient, RouteKind, Routes,
+};
 use yellowstone_wire::frame::FLAG_RESPONSE;
 use yellowstone_wire::messages::{self, Message};
 use yellowstone_wire::Address;
@@ -21,6 +23,10 @@ pub struct RouterSink {
     /// `threads.ticket_signing = "engine"`: sign tickets here instead of in a
     /// gateway job.
     sign_on_engine: bool,
+    /// Where each address's pushed messages go (R-ID-6): written here only, on the
+    /// engine thread, in command order (router-core's `Routes`); the gateway threads
+    /// never read it (a signing job is given its recipients).
+    routes: Routes,
 }
 
 fn send(shared: &RouterShared, outbox: &Outbox, conn: Option<ConnId>, message: Message) {
@@ -34,16 +40,6 @@ fn send(shared: &RouterShared, outbox: &Outbox, conn: Option<ConnId>, message: M
         // The connection's lane is full or gone: the client is not reading.
         shared.replies_dropped_total.inc();
     }
-}
-
-/// Where a provider's pushed messages go (R-ID-6).
-fn route_provider(shared: &RouterShared, address: Address) -> Option<ConnId> {
-    shared.routes.provider(&address)
-}
-
-/// Where a user's pushed messages go (R-ID-6).
-fn route_user(shared: &RouterShared, address: Address) -> Option<ConnId> {
-    shared.routes.user(&address)
 }
 
 /// The frames one command sends, in effect order. Those for the connection the
@@ -114,11 +110,29 @@ impl RouterSink {
             shared,
             outbox,
             sign_on_engine,
+            routes: Routes::default(),
         }
     }
 }
 
 impl EffectSink for RouterSink {
+    /// R-ID-6: the route moves to the connection that registers, announces or
+    /// submits, before the engine can answer with something to route.
+    fn on_command(&mut self, origin: Origin, command: &Command) {
+        if let Some(kind) = RouteKind::of(command) {
+            self.routes.take(kind, Conn(origin));
+        }
+    }
+
+    /// R-ID-6: only the routes this connection holds go; only then is the provider
+    /// unreachable (a newer connection keeps it reachable).
+    fn on_closed(&mut self, conn: Origin, address: yellowstone_engine::Address) -> Option<Command> {
+        let released = self.routes.release(&to_wire(address), Conn(conn));
+        released
+            .provider
+            .then_some(Command::ProviderDisconnected { provider: address })
+    }
+
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]) {
         // R-ID-4: the gateways' replay pre-check follows what the engine accepted,
         // once durable (a crash cannot undo it): an originated command without a
@@ -148,25 +162,48 @@ impl EffectSink for RouterSink {
 }
 
 impl RouterSink {
+    /// Where a recipient's frames go (R-ID-6).
+    fn route(&self, recipient: Recipient) -> Option<ConnId> {
+        let conn = match recipient {
+            Recipient::User(address) => self.routes.user(&address),
+            Recipient::Provider(address) => self.routes.provider(&address),
+            Recipient::ProviderElseUser(address) => self
+                .routes
+                .provider(&address)
+                .or_else(|| self.routes.user(&address)),
+        };
+        conn.map(|conn| ConnId::from_u64(conn.0))
+    }
+
+    /// A ticket's recipients, resolved here (the job that signs it runs elsewhere).
+    fn ticket_recipients(&self, provider: Address, user: Address) -> [Option<ConnId>; 2] {
+        [
+            self.route(Recipient::Provider(provider)),
+            self.route(Recipient::User(user)),
+        ]
+    }
+
     /// Turns effects into frames through `out` (in effect order): what each effect
     /// sends is router-core's (`delivery_of`, by flow); where it goes, and which
     /// thread signs it, is decided here.
     fn send_effects(&self, out: &mut Delivery<'_>, command: &Command, effects: &[Effect]) {
         let shared = &*self.shared;
+        let route = |recipient| self.route(recipient);
         for effect in effects {
             if let Effect::Rejected { error, .. } = effect {
                 shared.count_rejection(error.code());
             }
             match delivery_of(command, effect) {
-                CoreDelivery::Reply(recipient, message) => {
-                    out.reply(route(shared, recipient), message)
-                }
-                CoreDelivery::Push(recipient, message) => {
-                    out.push(route(shared, recipient), message)
-                }
-                CoreDelivery::Ticket { message, .. } if self.sign_on_engine => {
+                CoreDelivery::Reply(recipient, message) => out.reply(route(recipient), message),
+                CoreDelivery::Push(recipient, message) => out.push(route(recipient), message),
+                CoreDelivery::Ticket {
+                    provider,
+                    user,
+                    message,
+                } if self.sign_on_engine => {
                     out.flush();
-                    sign_and_send_ticket(shared, &self.outbox, message);
+                    let to = self.ticket_recipients(provider, user);
+                    sign_and_send_ticket(shared, &self.outbox, message, to);
                 }
                 CoreDelivery::Ticket {
                     provider,
@@ -176,14 +213,12 @@ impl RouterSink {
                     out.flush();
                     // Signed on the thread of the provider that just answered the
                     // probe (else the user's): it is awake for that connection anyway.
-                    let near = out
-                        .origin
-                        .or_else(|| route_provider(shared, provider))
-                        .or_else(|| route_user(shared, user));
+                    let to = self.ticket_recipients(provider, user);
+                    let near = out.origin.or(to[0]).or(to[1]);
                     let job_shared = self.shared.clone();
                     let queued = near.is_some_and(|conn| {
                         let job = Box::new(move |outbox: &Outbox| {
-                            sign_and_send_ticket(&job_shared, outbox, message)
+                            sign_and_send_ticket(&job_shared, outbox, message, to)
                         });
                         self.outbox.run_near(conn, job).is_ok()
                     });
@@ -246,17 +281,6 @@ impl RouterSink {
     }
 }
 
-/// Where a recipient's frames go (R-ID-6).
-fn route(shared: &RouterShared, recipient: Recipient) -> Option<ConnId> {
-    match recipient {
-        Recipient::User(address) => route_user(shared, address),
-        Recipient::Provider(address) => route_provider(shared, address),
-        Recipient::ProviderElseUser(address) => {
-            route_provider(shared, address).or_else(|| route_user(shared, address))
-        }
-    }
-}
-
 pub use yellowstone_router_core::batch_message;
 
 /// Signs `message` with the router key (timed as signature work) into a frame
@@ -271,15 +295,13 @@ fn signed_frame(shared: &RouterShared, message: &mut Message) -> Vec<u8> {
 
 /// Signs a session ticket (built by router-core) and sends it to both sides
 /// (R-MATCH-6); runs on a gateway thread.
-fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, mut message: Message) {
-    let Message::SessionTicket(ticket) = &message else {
-        debug_assert!(false, "a ticket delivery carries a SessionTicket");
-        return;
-    };
-    let routes = [
-        route_provider(shared, ticket.provider),
-        route_user(shared, ticket.user),
-    ];
+fn sign_and_send_ticket(
+    shared: &RouterShared,
+    outbox: &Outbox,
+    mut message: Message,
+    routes: [Option<ConnId>; 2],
+) {
+    debug_assert!(matches!(message, Message::SessionTicket(_)));
     let frame = signed_frame(shared, &mut message);
     for route in routes {
         match route {
