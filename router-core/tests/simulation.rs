@@ -71,6 +71,8 @@ enum Role {
 /// A user's RFC, as the user saw it answered.
 #[derive(Debug, Default)]
 struct RfcSeen {
+    /// Its id, once accepted (for a cancel).
+    rfc_id: Option<u64>,
     answered: u32,
     accepted: bool,
     resolved: u32,
@@ -544,6 +546,31 @@ impl Sim {
             }
             return;
         }
+        // Now and then a user cancels an RFC it was told was accepted (R-RFC-*: a
+        // cancel races the match; either way the RFC resolves once).
+        let cancel =
+            c.role == Role::User && c.logged_in && !self.quiet && self.rng.gen_range(0..100) < 5;
+        if let Some(rfc_id) = cancel
+            .then(|| {
+                c.rfcs
+                    .values()
+                    .rev()
+                    .find(|r| r.resolved == 0)
+                    .and_then(|r| r.rfc_id)
+            })
+            .flatten()
+        {
+            let from = self.clients[client].address();
+            let nonce = self.clients[client].next_nonce();
+            let message = messages::RfcCancel {
+                from,
+                nonce,
+                rfc_id,
+                ..Default::default()
+            };
+            self.client_send(client, message.into());
+        }
+        let c = &self.clients[client];
         if c.role == Role::User && c.logged_in && !self.quiet && c.open_rfcs() < 3 {
             let nonce = self.clients[client].next_nonce();
             let tokens_max = self.rng.gen_range(50..500);
@@ -687,6 +714,9 @@ impl Sim {
             }
             Message::RfcAccepted(accepted) => {
                 self.clients[client].acked.push(accepted.nonce);
+                if let Some(rfc) = self.clients[client].rfcs.get_mut(&accepted.nonce) {
+                    rfc.rfc_id = Some(accepted.rfc_id);
+                }
                 self.rfc_answered(client, accepted.nonce, true);
             }
             Message::RfcFailed(failed) => self.rfc_resolved(client, failed.nonce),
