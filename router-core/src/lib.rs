@@ -38,6 +38,14 @@
 //!   simulation in `tests/simulation.rs`, a future replica): `on_frame`,
 //!   `poll_command`, `on_applied`, `on_durable`, `on_closed`, `poll_output`.
 //!
+//! How the gateway uses it today: each gateway thread's `RouterHandler` owns an
+//! [`Admission`] (and keeps the scheduling of a loop turn: lanes, queue room); the
+//! engine thread's `Sequencer` keeps its own queue of promises waiting for the journal
+//! (it is also the journal's client) and its `RouterSink` owns the [`Routes`] (moved by
+//! `EffectSink::on_command`, released by `SequencerInput::Closed`) and sends what
+//! [`delivery_of`] says, classified by [`release_of`]. [`Dispatch`] is those same
+//! pieces with the promise queue, for drivers without a `Sequencer`.
+//!
 //! Each message's both directions live in one file, by flow: `session.rs` (RFC,
 //! cancel, probe answer, session start <-> accepted, probe, ticket, failed),
 //! `provider.rs` (register, bid, announce <-> notices), `report.rs` (report <-> ack),
