@@ -329,3 +329,97 @@ pub fn error_reply(
         reason: refused.reason,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> RouterCore {
+        let config = AdmissionConfig {
+            network_id: 7,
+            operator: None,
+            weights_proofs_per_s: 1,
+            weights_proofs_unfunded_per_s: 1,
+        };
+        RouterCore::new(
+            config,
+            Address([1; 20]),
+            CacheView::default(),
+            500,
+            4_096,
+            0,
+        )
+    }
+
+    fn outputs(core: &mut RouterCore) -> Vec<Output> {
+        std::iter::from_fn(|| core.poll_output()).collect()
+    }
+
+    #[test]
+    fn r_id_3_a_connection_is_challenged_and_nothing_but_a_login_or_ping_passes_before_it() {
+        let mut core = core();
+        core.on_open(Conn(1), [4; 32]);
+        assert!(matches!(
+            outputs(&mut core).as_slice(),
+            [Output::Send { message: Message::LoginChallenge(c), answers: false, .. }] if c.challenge == [4; 32]
+        ));
+        core.on_frame(
+            Conn(1),
+            &Message::from(messages::Ping { payload: 9 }).to_frame(),
+            0,
+        );
+        assert!(matches!(
+            outputs(&mut core).as_slice(),
+            [Output::Send { message: Message::Pong(p), answers: true, .. }] if p.payload == 9
+        ));
+        let key = yellowstone_wire::SigningKey::from_seed(b"u");
+        let mut rfc = Message::from(messages::Rfc {
+            from: key.address(),
+            nonce: 3,
+            ..Default::default()
+        });
+        core.on_frame(Conn(1), &rfc.sign(&key, 7), 0);
+        match outputs(&mut core).as_slice() {
+            [Output::Send {
+                message: Message::ErrorReply(e),
+                answers: true,
+                ..
+            }] => {
+                assert_eq!(e.code, codes::NOT_LOGGED_IN);
+                assert_eq!(e.ref_nonce, 3, "the nonce is echoed");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(core.poll_command().is_none());
+    }
+
+    #[test]
+    fn a_broken_header_closes_the_connection_with_its_code() {
+        let mut core = core();
+        core.on_open(Conn(1), [4; 32]);
+        outputs(&mut core);
+        let mut frame = Message::from(messages::Ping { payload: 1 }).to_frame();
+        frame[0] = b'X';
+        core.on_frame(Conn(1), &frame, 0);
+        match outputs(&mut core).as_slice() {
+            [Output::Send {
+                message: Message::ErrorReply(e),
+                ..
+            }, Output::Close { conn }] => {
+                assert_eq!(e.code, codes::BAD_MAGIC);
+                assert_eq!(*conn, Conn(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A frame shorter than its header says is refused too (not read past).
+        core.on_open(Conn(2), [5; 32]);
+        outputs(&mut core);
+        let frame = Message::from(messages::Ping { payload: 1 }).to_frame();
+        core.on_frame(Conn(2), &frame[..frame.len() - 1], 0);
+        assert!(matches!(
+            outputs(&mut core).as_slice(),
+            [Output::Send { message: Message::ErrorReply(e), .. }, Output::Close { .. }]
+                if e.code == codes::TRUNCATED_BODY
+        ));
+    }
+}
