@@ -106,6 +106,15 @@ pub struct StageRecorder {
 }
 
 impl StageRecorder {
+    /// Runs `work`, recording how long it took under `stage` (the clock is read
+    /// here, so that the code it times decides without one).
+    pub fn time<T>(&self, stage: Stage, work: impl FnOnce() -> T) -> T {
+        let started = std::time::Instant::now();
+        let result = work();
+        self.record_ns(stage, started.elapsed().as_nanos() as u64);
+        result
+    }
+
     /// Records one latency in nanoseconds (clamped into the histogram's range).
     pub fn record_ns(&self, stage: Stage, latency_ns: u64) {
         let value = latency_ns.clamp(1, LATENCY_NS_MAX);

@@ -36,66 +36,20 @@ pub enum SequencerInput {
         origin: Origin,
         command: Command,
     },
+    /// R-ID-6: connection `conn` (an origin), logged in as `address`, closed: the
+    /// sink (the routes' one writer) releases the routes it held, and the engine is
+    /// told when it was its provider's route. In order with the commands around it.
+    Closed {
+        conn: Origin,
+        address: yellowstone_engine::Address,
+    },
     /// Seal what is due and stop (graceful shutdown).
     Shutdown,
 }
 
-/// When an effect may leave the engine thread (ARCHITECTURE.md, "Latency: what waits
-/// for the disk"). Only a promise waits for the disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Release {
-    /// Promises nothing to anyone: sent as soon as the engine has applied the command.
-    /// If a crash loses the command's record, whatever answers it later finds no trace
-    /// of it in the recovered engine and gets a typed refusal; nothing is charged.
-    Now,
-    /// A promise: leaves once the command's record is durable (`durable_seq`).
-    Durable,
-    /// A promise published to everyone (a credit batch, a settlement): leaves once the
-    /// command's record is durable and, whatever the durability mode, on stable
-    /// storage (`synced_seq`, R-BLOCK-*).
-    Synced,
-}
-
-/// Classifies one effect (R-MATCH-2, R-MATCH-6, R-BLOCK-*; the match is exhaustive
-/// so that a new effect must be classified here):
-/// - `Probe`: `Now`. It asks a provider whether it is live; it reserves nothing the
-///   provider or user could rely on. A probe whose RFC's record a crash loses is
-///   answered against a recovered engine that has no such probe: UNKNOWN_PROBE, no
-///   session, nothing charged. This is what lets the RFC's fsync overlap the probe's
-///   round trip.
-/// - `RfcAccepted`, `SessionOpened` (the ticket), `ReportAccepted`, `ClaimPaid`,
-///   `Done`, `RfcFailed` (a refund): promises a client acts on: `Durable`.
-/// - `Rejected`: `Durable`. A refusal is computed against state that may include
-///   records not yet durable (an accepted RFC using the quota, a used nonce); a client
-///   acts on it (gives up, changes the nonce), so a crash must not be able to undo
-///   what it was based on. It also answers the command's frame, which waits anyway.
-/// - `ProviderUnreachable`, `ProviderSuspended`, `ProviderUnfunded`: statements about
-///   the provider's state in the market, which a provider acts on (reconnects, stops
-///   serving): `Durable`. `SessionExpired` and `SessionNotStarted` send nothing; kept
-///   in order: `Durable`.
-/// - `BalancesSet`: feeds the gateways' pre-check cache (R-QUOTA-6), which must not
-///   get ahead of what a crash would keep: `Durable`.
-/// - `BatchSealed`, `SettlementSealed`: published to every subscriber and applied by
-///   the ledger: `Synced`.
-pub fn release_of(effect: &Effect) -> Release {
-    match effect {
-        Effect::Probe { .. } => Release::Now,
-        Effect::Rejected { .. }
-        | Effect::RfcAccepted { .. }
-        | Effect::SessionOpened { .. }
-        | Effect::RfcFailed { .. }
-        | Effect::ReportAccepted { .. }
-        | Effect::SessionExpired { .. }
-        | Effect::SessionNotStarted { .. }
-        | Effect::ProviderUnreachable { .. }
-        | Effect::ProviderSuspended { .. }
-        | Effect::ProviderUnfunded { .. }
-        | Effect::ClaimPaid { .. }
-        | Effect::Done { .. }
-        | Effect::BalancesSet { .. } => Release::Durable,
-        Effect::BatchSealed { .. } | Effect::SettlementSealed { .. } => Release::Synced,
-    }
-}
+/// When an effect may leave the engine thread, and the classification of each effect:
+/// router-core's (`dispatch.rs`), the one place that decides it.
+pub use yellowstone_router_core::{release_of, Release};
 
 /// Receives effects: those that promise nothing at once, the others once the command
 /// that caused them is durable.
@@ -110,6 +64,18 @@ pub trait EffectSink: Send {
     fn deliver_now(&mut self, origin: Origin, command: &Command, effects: &[Effect]);
     /// Called after each burst of deliveries, to flush outboxes.
     fn flush(&mut self) {}
+    /// R-ID-6: `command` from `origin` is about to be applied (the route it is for
+    /// moves to its connection before anything the engine says is routed).
+    fn on_command(&mut self, _origin: Origin, _command: &Command) {}
+    /// R-ID-6: connection `conn`, logged in as `address`, closed; returns the command
+    /// to apply when the engine must learn of it (its provider is unreachable).
+    fn on_closed(
+        &mut self,
+        _conn: Origin,
+        _address: yellowstone_engine::Address,
+    ) -> Option<Command> {
+        None
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -256,6 +222,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                             break;
                         }
                     }
+                    Ok(SequencerInput::Closed { conn, address }) => self.closed(conn, address)?,
                     Ok(SequencerInput::Shutdown) | Err(_) => break,
                 },
                 Ok(op) if Some(op.index()) == durable_index => {
@@ -296,10 +263,16 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         debug_assert!(burst.is_empty());
         burst.push_back((origin, first));
         let mut running = true;
+        // A close ends the burst: it is handled after the commands before it.
+        let mut closed = None;
         while burst.len() < self.config.batch_commands_max {
             match inbound.try_recv() {
                 Ok(SequencerInput::Command { origin, command }) => {
                     burst.push_back((origin, command))
+                }
+                Ok(SequencerInput::Closed { conn, address }) => {
+                    closed = Some((conn, address));
+                    break;
                 }
                 Ok(SequencerInput::Shutdown) => {
                     running = false;
@@ -317,7 +290,19 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             }
         }
         self.burst = burst;
+        if let Some((conn, address)) = closed {
+            self.closed(conn, address)?;
+        }
         Ok(running)
+    }
+
+    /// A connection closed (R-ID-6): the sink releases its routes; the engine learns
+    /// of it only when its provider became unreachable.
+    fn closed(&mut self, conn: Origin, address: yellowstone_engine::Address) -> Result<(), String> {
+        match self.sink.on_closed(conn, address) {
+            Some(command) => self.apply(ORIGIN_INTERNAL, command),
+            None => Ok(()),
+        }
     }
 
     /// Applies one command and journals it unless the engine refused it without
@@ -330,6 +315,9 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
         let now_ms = (self.clock)().max(self.engine.now_ms());
         if command.origin().is_some() && self.engine.is_due(now_ms) {
             self.apply(ORIGIN_INTERNAL, Command::Tick)?;
+        }
+        if origin != ORIGIN_INTERNAL {
+            self.sink.on_command(origin, &command);
         }
         let record = JournalRecord { now_ms, command };
         self.commands_seen += 1;

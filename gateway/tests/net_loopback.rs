@@ -31,7 +31,13 @@ impl FrameHandler for TestHandler {
         let _ = self.opened.send(conn);
     }
 
-    fn on_frame(&mut self, conn: ConnId, frame: Frame, replies: &mut Replies<'_>) {
+    fn on_frame(
+        &mut self,
+        conn: ConnId,
+        frame: Frame,
+        _now: std::time::Instant,
+        replies: &mut Replies<'_>,
+    ) {
         match frame.header.msg_type {
             PING => {
                 replies.reply_with(|out| encode_frame(PING, FLAG_RESPONSE, &frame.body, out));

@@ -19,7 +19,13 @@ const DURATION: Duration = Duration::from_secs(3);
 struct Echo;
 
 impl FrameHandler for Echo {
-    fn on_frame(&mut self, _conn: ConnId, frame: Frame, replies: &mut Replies<'_>) {
+    fn on_frame(
+        &mut self,
+        _conn: ConnId,
+        frame: Frame,
+        _now: std::time::Instant,
+        replies: &mut Replies<'_>,
+    ) {
         replies
             .reply_with(|out| encode_frame(frame.header.msg_type, FLAG_RESPONSE, &frame.body, out));
     }

@@ -313,12 +313,14 @@ pub(crate) fn dispatch_frames<H: FrameHandler>(
     id: ConnId,
     conn: &mut Connection,
 ) {
+    // One clock read for the frames of one receive: the handler decides with it.
+    let now = Instant::now();
     loop {
         let next = conn.next_frame(&mut |refusal, out| handler.error_frame(refusal, out));
         let Some(frame) = next else { break };
         shared.metrics.frames_received.inc();
         let mut replies = Replies::new(conn);
-        handler.on_frame(id, frame, &mut replies);
+        handler.on_frame(id, frame, now, &mut replies);
     }
     if let Some(CloseReason::Frame(error)) = conn.close_reason() {
         tracing::debug!(%id, %error, "bad frame: error frame queued, closing");

@@ -3,9 +3,9 @@
 //!
 //! Guarantees: a handler instance lives on one gateway thread (it needs no locks for
 //! its own state); `on_open` is called once before any frame of a connection and
-//! `on_close` exactly once after its last frame, so a route table kept by the handler
-//! (address -> `ConnId`, e.g. a dashmap) never holds a closed id for longer than the
-//! close takes. A frame stays "in flight" (counted against
+//! `on_close` exactly once after its last frame, so a route table told of closes
+//! (the router's, on the engine thread) never holds a closed id longer than the close
+//! takes to reach it. A frame stays "in flight" (counted against
 //! `conn_inflight_frames_max`) until it is answered: by `Replies::reply` /
 //! `Replies::answer` during `on_frame`, or later by `Outbox::reply` / `Outbox::answer`
 //! from another thread.
@@ -14,6 +14,7 @@ use crate::net::conn_id::ConnId;
 use crate::net::connection::{CloseReason, Connection, Refusal};
 use crate::net::outbox::Outbox;
 use std::net::SocketAddr;
+use std::time::Instant;
 use yellowstone_wire::frame::Frame;
 
 /// Given to the handler factory on each gateway thread.
@@ -29,9 +30,10 @@ pub trait FrameHandler {
     /// A connection was accepted.
     fn on_open(&mut self, _conn: ConnId, _peer: Option<SocketAddr>) {}
 
-    /// A whole frame arrived. Answer it through `replies` now, or forward it (to the
-    /// engine) and answer later through the `Outbox`.
-    fn on_frame(&mut self, conn: ConnId, frame: Frame, replies: &mut Replies<'_>);
+    /// A whole frame arrived at `now` (the network loop's clock: the handler reads
+    /// none). Answer it through `replies` now, or forward it (to the engine) and
+    /// answer later through the `Outbox`.
+    fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, replies: &mut Replies<'_>);
 
     /// The connection is gone; its id will never be used again.
     fn on_close(&mut self, _conn: ConnId, _reason: &CloseReason) {}
@@ -41,7 +43,7 @@ pub trait FrameHandler {
     /// collected in one go. Returns true when the handler kept work back for the next
     /// turn (a bounded share of deferred work is done per turn, so that a loaded
     /// gateway still turns often): the backend then polls without sleeping.
-    fn end_of_turn(&mut self) -> bool {
+    fn end_of_turn(&mut self, _now: Instant) -> bool {
         false
     }
 

@@ -15,7 +15,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
 const WAKE: Token = Token(1);
@@ -160,9 +160,9 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
             }
             self.touched = touched;
             // The turn's writes are done (in `service`): deferred work comes after.
-            kept_work = self.handler.end_of_turn();
+            kept_work = self.handler.end_of_turn(Instant::now());
         }
-        while self.handler.end_of_turn() {}
+        while self.handler.end_of_turn(Instant::now()) {}
         self.close_all();
         Ok(())
     }

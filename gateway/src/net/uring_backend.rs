@@ -321,9 +321,9 @@ impl<'a> UringLoop<'a> {
                 // Replies and pushes (probes, tickets) leave before the deferred work.
                 self.submit_only()?;
             }
-            kept_work = handler.end_of_turn();
+            kept_work = handler.end_of_turn(Instant::now());
         }
-        while handler.end_of_turn() {}
+        while handler.end_of_turn(Instant::now()) {}
         self.close_all(&mut handler)?;
         drop(self);
         drop(listener);

@@ -1,10 +1,12 @@
-//! The router's frame handler, one per gateway thread: login by signed challenge,
-//! decode, signature recovery (R-ID-2/3), cheap pre-checks, and the hand-off of
-//! authenticated commands to the engine thread. Every refusal is an `ErrorReply`
-//! with a stable code; only a broken frame header costs the connection.
+//! The router's frame handler, one per gateway thread: the IO side of
+//! `router_core::Admission` (login by signed challenge, decode, pre-checks, signature
+//! recovery R-ID-2/3, frame -> command, all decided in router-core), the scheduling of
+//! a turn's frames (lanes) and the hand-off of authenticated commands to the engine
+//! thread. Every refusal is an `ErrorReply` with a stable code; only a broken frame
+//! header costs the connection. Time comes in from the network loop (`now`).
 
-use super::shared::{to_engine, to_wire, RouterShared};
-use super::signature_cpu::SignatureOp;
+use super::shared::RouterShared;
+use super::signature_cpu::{SignatureCpu, SignatureOp};
 use crate::metrics::{Stage, StageRecorder};
 use crate::net::{CloseReason, ConnId, FrameHandler, GatewayContext, Refusal, Replies, Standing};
 use crate::sequencer::SequencerInput;
@@ -13,58 +15,55 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use yellowstone_engine::{Command, MarketError, OfferSpec, ReportOutcome};
+use yellowstone_engine::Command;
+use yellowstone_router_core::{
+    Admission, AdmissionConfig, Admitted, Conn, MarketView, Outcome as CoreOutcome, Refused,
+    Verifier,
+};
 use yellowstone_wire::frame::Frame;
-use yellowstone_wire::messages::{self, signed_digest, Message};
-use yellowstone_wire::signature::{recover_signer, weights_proof_digest, SigError};
-use yellowstone_wire::{codes, Address};
+use yellowstone_wire::messages::{self, Message};
+use yellowstone_wire::{codes, Address, SigError, Signature};
 
-struct ConnState {
-    challenge: [u8; 32],
-    address: Option<Address>,
-    /// A command of this connection went to the engine: its sender may be known to
-    /// the engine before the gateways' caches say so (they follow what is durable),
-    /// so the unknown-sender pre-check no longer applies to this connection.
-    forwarded: bool,
-}
+/// The gateways' pre-check caches as the core reads them (written by the engine
+/// thread only, from durable effects).
+struct SharedView<'a>(&'a RouterShared);
 
-/// R-PROV-3: weights proofs checked per second on this gateway thread, at most (a
-/// token bucket refilled continuously, holding one second's worth). Past it a
-/// registration is refused `overloaded` with a retry-after, before any proof is
-/// recovered: what registrations cost the router's CPU is bounded whoever sends them.
-struct ProofBudget {
-    per_s: u64,
-    /// Tokens in thousandths of a proof.
-    milli: u64,
-    refilled_at: Instant,
-}
-
-impl ProofBudget {
-    fn new(per_s: u64) -> ProofBudget {
-        ProofBudget {
-            per_s,
-            milli: per_s.saturating_mul(1_000),
-            refilled_at: Instant::now(),
-        }
+impl MarketView for SharedView<'_> {
+    fn balance_wei(&self, address: &Address) -> Option<u128> {
+        self.0.balances.get(address).map(|b| *b)
     }
 
-    /// Takes `proofs` tokens if there are that many; false (nothing taken) if not.
-    fn take(&mut self, proofs: u64, now: Instant) -> bool {
-        let elapsed_us = now.saturating_duration_since(self.refilled_at).as_micros() as u64;
-        let capacity = self.per_s.saturating_mul(1_000);
-        self.milli = self
-            .milli
-            .saturating_add(elapsed_us.saturating_mul(self.per_s) / 1_000)
-            .min(capacity);
-        self.refilled_at = now;
-        let needed = proofs.saturating_mul(1_000);
-        debug_assert!(self.milli <= capacity);
-        if needed > self.milli {
-            return false;
-        }
-        self.milli -= needed;
-        true
+    fn nonce_last(&self, address: &Address) -> Option<u64> {
+        self.0.nonces.get(address).map(|n| *n)
     }
+
+    fn weights_hash(&self, model: u32) -> Option<[u8; 32]> {
+        self.0.models.get(&model).copied()
+    }
+}
+
+/// Signature recovery timed as the gateway's signature CPU.
+struct MeasuredVerifier<'a>(&'a SignatureCpu);
+
+impl Verifier for MeasuredVerifier<'_> {
+    fn recover(&self, digest: &[u8; 32], signature: &Signature) -> Result<Address, SigError> {
+        self.0.measure(SignatureOp::Verify, || {
+            yellowstone_wire::signature::recover_signer(digest, signature)
+        })
+    }
+
+    fn verify(&self, message: &Message, network_id: u32, body: &[u8]) -> Result<Address, SigError> {
+        self.0
+            .measure(SignatureOp::Verify, || message.verify(network_id, body))
+    }
+}
+
+fn conn_of(id: ConnId) -> Conn {
+    Conn(id.as_u64())
+}
+
+fn id_of(conn: Conn) -> ConnId {
+    ConnId::from_u64(conn.0)
 }
 
 /// An authenticated command waiting for the end of the gateway's loop turn.
@@ -99,24 +98,10 @@ enum Lane {
 
 const OVERLOADED_REASON: &str = "overloaded, retry after the given delay";
 
-/// A logged-in client's signed message, decoded, before its signature is checked.
-struct Admitted {
-    conn: ConnId,
-    /// The address the connection was logged in as when the frame arrived.
-    address: Address,
-    msg_type: u16,
-    claimed: Address,
-    nonce: u64,
-    message: Message,
-    body: bytes::Bytes,
-}
-
 /// What became of an admitted message that was not refused.
 enum Outcome {
     /// Queued for the engine, which answers it later (through the outbox).
     Accepted,
-    /// Needs no engine and no reply: answered with nothing.
-    Answered,
     /// Needs no engine (SubscribeBatches): answered with an `Ack` of this nonce.
     Ack(u64),
 }
@@ -124,7 +109,14 @@ enum Outcome {
 pub struct RouterHandler {
     shared: Arc<RouterShared>,
     context: GatewayContext,
-    conns: HashMap<ConnId, ConnState>,
+    /// Login state, pre-checks and frame -> command (router-core).
+    admission: Admission,
+    /// The network loop's clock at this handler's first event: `now` becomes the
+    /// core's microseconds since it.
+    epoch: Option<Instant>,
+    /// The last `now` seen, as the core's microseconds (a close or a deferred lane
+    /// is decided at the time of the turn that saw it).
+    now_us_last: u64,
     stages: StageRecorder,
     /// Commands accepted this loop turn, handed to the engine together at its end:
     /// the engine wakes once per turn instead of once per command.
@@ -143,161 +135,46 @@ pub struct RouterHandler {
     /// answers of others. Bounded like `deferred` by the in-flight windows.
     costly: VecDeque<Admitted>,
     costly_conns: HashMap<ConnId, u32>,
-    /// Weights proofs of funded senders' registrations (`network.weights_proofs_per_s`).
-    proofs_funded: ProofBudget,
-    /// Weights proofs of senders without MOR (`network.weights_proofs_unfunded_per_s`).
-    proofs_unfunded: ProofBudget,
-}
-
-/// The route a command moves to its connection (R-ID-6).
-enum RouteKind {
-    Provider(Address),
-    User(Address),
-}
-
-fn route_taken(command: &Command) -> Option<RouteKind> {
-    match command {
-        Command::RegisterProvider { provider, .. } | Command::ProviderAnnounce { provider, .. } => {
-            Some(RouteKind::Provider(to_wire(*provider)))
-        }
-        Command::SubmitRfc { user, .. } => Some(RouteKind::User(to_wire(*user))),
-        _ => None,
-    }
-}
-
-/// A refusal before the engine: code, reason, and the `ErrorReply.detail` (0 but
-/// for the engine's own refusals a pre-check repeats, e.g. a replay's last nonce).
-struct Refused {
-    code: u16,
-    reason: String,
-    detail: u128,
-}
-
-impl From<(u16, String)> for Refused {
-    fn from((code, reason): (u16, String)) -> Refused {
-        Refused {
-            code,
-            reason,
-            detail: 0,
-        }
-    }
-}
-
-impl From<MarketError> for Refused {
-    /// The refusal the engine itself would give: same code, reason and detail.
-    fn from(error: MarketError) -> Refused {
-        Refused {
-            code: error.code(),
-            reason: error.to_string(),
-            detail: error.detail(),
-        }
-    }
-}
-
-/// The refusal of a signature, after `context`. R-ID-7: a signature that recovers
-/// another address (or none) names the network id the router checks against, since
-/// a message signed for another network id is the common cause.
-fn sig_refusal(network_id: u32, error: &SigError, context: String) -> Refused {
-    let mut reason = context;
-    reason.push_str(&error.to_string());
-    if matches!(
-        error,
-        SigError::SignerMismatch { .. } | SigError::BadSignature
-    ) {
-        reason.push_str(&format!(
-            " (this router expects signatures for network id {network_id}; a message \
-             signed for another network id recovers another address)"
-        ));
-    }
-    (codes::of_sig_error(error), reason).into()
 }
 
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
         let stages = shared.registry.stage_recorder();
-        let (proofs_funded, proofs_unfunded) = (
-            ProofBudget::new(shared.weights_proofs_per_s),
-            ProofBudget::new(shared.weights_proofs_unfunded_per_s),
+        let admission = Admission::new(
+            AdmissionConfig {
+                network_id: shared.network_id,
+                operator: shared.operator,
+                weights_proofs_per_s: shared.weights_proofs_per_s,
+                weights_proofs_unfunded_per_s: shared.weights_proofs_unfunded_per_s,
+            },
+            0,
         );
         RouterHandler {
             shared,
             context,
-            conns: HashMap::new(),
+            admission,
+            epoch: None,
+            now_us_last: 0,
             stages,
             accepted: Vec::with_capacity(HANDOFF_BATCH_MAX),
             deferred: VecDeque::new(),
             deferred_conns: HashMap::new(),
             costly: VecDeque::new(),
             costly_conns: HashMap::new(),
-            proofs_funded,
-            proofs_unfunded,
         }
+    }
+
+    /// `now` as the core's microseconds (since this handler's first event).
+    fn now_us(&mut self, now: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(now);
+        let now_us = now.saturating_duration_since(epoch).as_micros() as u64;
+        self.now_us_last = self.now_us_last.max(now_us);
+        self.now_us_last
     }
 
     /// Whether `address` holds MOR, as the engine last applied it (R-QUOTA-6).
     fn is_funded(&self, address: &Address) -> bool {
-        self.shared.balances.get(address).is_some_and(|b| *b > 0)
-    }
-
-    /// R-PROV-3, R-ID-4: what is certain to be refused, refused before any
-    /// signature is recovered and before the engine (so never journaled): a sender
-    /// other than the login's, a nonce at or below the last one the engine accepted
-    /// from this address (the cache follows what the engine applied, so it is never
-    /// ahead of it), an operator command from another address, an RFC from an address
-    /// without MOR, and anything but a registration from an address that holds no
-    /// MOR and had nothing accepted (it has no registration, RFC or session).
-    fn precheck(
-        &self,
-        conn: ConnId,
-        address: Address,
-        claimed: Address,
-        nonce: u64,
-        message: &Message,
-    ) -> Result<(), Refused> {
-        if claimed != address {
-            return Err((
-                codes::WRONG_SENDER,
-                format!("signed by {claimed}, but this connection logged in as {address}"),
-            )
-                .into());
-        }
-        if matches!(message, Message::SubscribeBatches(_)) {
-            return Ok(()); // needs no engine and changes nothing
-        }
-        if let Some(nonce_last) = self.shared.nonces.get(&address).map(|n| *n) {
-            if nonce <= nonce_last {
-                return Err(MarketError::Replay { nonce_last }.into());
-            }
-        }
-        match message {
-            Message::BalanceUpdate(_) | Message::SetParams(_) => {
-                if self.shared.operator.is_some_and(|op| op != address) {
-                    return Err(MarketError::NotOperator.into());
-                }
-            }
-            Message::RegisterProvider(_) => {}
-            // R-QUOTA-6: the engine would refuse it too; this spares the engine
-            // thread a sybil flood.
-            Message::Rfc(_) if !self.is_funded(&address) => {
-                return Err(MarketError::ZeroBalance.into())
-            }
-            _ => {
-                let known = self.is_funded(&address)
-                    || self.shared.nonces.contains_key(&address)
-                    || self.conns.get(&conn).is_some_and(|c| c.forwarded);
-                if !known {
-                    return Err((
-                        codes::UNKNOWN_SENDER,
-                        format!(
-                            "{address} holds no MOR and nothing from it was accepted: only a \
-                             RegisterProvider can be applied"
-                        ),
-                    )
-                        .into());
-                }
-            }
-        }
-        Ok(())
+        SharedView(&self.shared).is_funded(address)
     }
 
     /// Whether the engine's queue is full counting what this turn holds back: the
@@ -318,51 +195,49 @@ impl RouterHandler {
             .is_some_and(|capacity| queued >= capacity)
     }
 
-    /// Checks a logged-in client's message (queue room first, then its signature
-    /// R-ID-2, its sender, the pre-checks) and queues its command for the engine
-    /// (handed off at the end of the turn, or at once when a batch is full), or
-    /// says how to answer it now.
-    fn admit(&mut self, admitted: Admitted) -> Result<Outcome, Refused> {
-        let Admitted {
-            conn,
-            address,
-            msg_type,
-            claimed,
-            nonce,
-            message,
-            body,
-        } = admitted;
-        if self.would_overflow(&message) {
-            return Err((codes::OVERLOADED, OVERLOADED_REASON.to_string()).into());
+    /// Checks a logged-in client's message (queue room first, then the core's
+    /// pre-checks, its signature R-ID-2 and its mapping to a command) and queues its
+    /// command for the engine (handed off at the end of the turn, or at once when a
+    /// batch is full), or says how to answer it now.
+    fn admit(&mut self, admitted: Admitted, now_us: u64) -> Result<Outcome, Refused> {
+        if self.would_overflow(&admitted.message) {
+            return Err(Refused::new(codes::OVERLOADED, OVERLOADED_REASON));
         }
         // Cheap before costly (R-PROV-3): the sender and whether its message can be
         // applied at all are known before any signature is recovered.
-        self.precheck(conn, address, claimed, nonce, &message)?;
-        let verify_started = Instant::now();
-        let verified = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
-            message.verify(self.shared.network_id, &body)
-        });
-        if let Err(error) = verified {
-            return Err(sig_refusal(self.shared.network_id, &error, String::new()));
-        }
+        let view = SharedView(&self.shared);
+        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
+        self.admission.precheck(
+            admitted.conn,
+            admitted.address,
+            admitted.claimed,
+            admitted.nonce,
+            &admitted.message,
+            &view,
+        )?;
+        let network_id = self.shared.network_id;
         self.stages
-            .record_ns(Stage::Verify, verify_started.elapsed().as_nanos() as u64);
-        let is_subscribe = matches!(message, Message::SubscribeBatches(_));
-        let Some(command) = self.command_for(conn, address, message, &body)? else {
+            .time(Stage::Verify, || {
+                verifier.verify(&admitted.message, network_id, &admitted.body)
+            })
+            .map_err(|error| {
+                yellowstone_router_core::sig_refusal(network_id, &error, String::new())
+            })?;
+        let command = match self
+            .admission
+            .command_for(&admitted, now_us, &view, &verifier)?
+        {
+            CoreOutcome::Command(command) => command,
             // Whatever needs no engine is answered now: nothing stays in flight.
-            return Ok(if is_subscribe {
-                Outcome::Ack(nonce)
-            } else {
-                Outcome::Answered
-            });
+            CoreOutcome::Subscribe => {
+                self.shared.subscribers.insert(id_of(admitted.conn), ());
+                return Ok(Outcome::Ack(admitted.nonce));
+            }
         };
-        if let Some(state) = self.conns.get_mut(&conn) {
-            state.forwarded = true;
-        }
         self.accepted.push(Accepted {
-            conn,
-            msg_type,
-            nonce,
+            conn: id_of(admitted.conn),
+            msg_type: admitted.msg_type,
+            nonce: admitted.nonce,
             command,
         });
         // Stays in flight until the engine's effects answer it through the outbox (or
@@ -395,16 +270,16 @@ impl RouterHandler {
             let Some(admitted) = queue.pop_front() else {
                 break;
             };
-            let (conn, msg_type, nonce) = (admitted.conn, admitted.msg_type, admitted.nonce);
+            let (conn, msg_type, nonce) = (id_of(admitted.conn), admitted.msg_type, admitted.nonce);
             match conns.get_mut(&conn) {
                 Some(count) if *count > 1 => *count -= 1,
                 _ => {
                     conns.remove(&conn);
                 }
             }
-            let sent = match self.admit(admitted) {
+            let now_us = self.now_us_last;
+            let sent = match self.admit(admitted, now_us) {
                 Ok(Outcome::Accepted) => continue,
-                Ok(Outcome::Answered) => self.context.outbox.answer(conn, 1),
                 Ok(Outcome::Ack(nonce)) => {
                     let mut frame = Vec::new();
                     Message::from(messages::Ack { nonce })
@@ -453,20 +328,9 @@ impl RouterHandler {
                     .try_send(SequencerInput::Command { origin, command })
                     .map_err(|error| matches!(error, TrySendError::Full(_)))
             };
-            // R-ID-6: the route moves to the connection that registers, announces or
-            // submits, before the engine can answer with something to route.
-            let sent = match route_taken(&command) {
-                Some(RouteKind::Provider(provider)) => {
-                    self.shared
-                        .routes
-                        .move_provider_then(provider, conn, || send(command))
-                }
-                Some(RouteKind::User(user)) => {
-                    self.shared.routes.user.insert(user, conn);
-                    send(command)
-                }
-                None => send(command),
-            };
+            // R-ID-6: the engine thread moves the route (its one writer) when it
+            // applies the command, before it can answer with something to route.
+            let sent = send(command);
             let (code, reason) = match sent {
                 Ok(()) => {
                     self.shared.commands_total.inc();
@@ -542,275 +406,31 @@ impl RouterHandler {
         answer: &messages::LoginAnswer,
         body: &[u8],
     ) -> Result<Address, Refused> {
-        let state = self
-            .conns
-            .get_mut(&conn)
-            .ok_or((codes::NOT_LOGGED_IN, "unknown connection".to_string()))?;
-        if answer.challenge != state.challenge {
-            return Err((
-                codes::NOT_ALLOWED,
-                "login answer does not carry this connection's challenge".to_string(),
-            )
-                .into());
-        }
-        let message = Message::LoginAnswer(answer.clone());
-        let address = self
-            .shared
-            .signature_cpu
-            .measure(SignatureOp::Verify, || {
-                message.verify(self.shared.network_id, body)
-            })
-            .map_err(|e| sig_refusal(self.shared.network_id, &e, String::new()))?;
+        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
         // R-ID-6: a login takes no route; registering, announcing or submitting does.
-        state.address = Some(address);
-        Ok(address)
-    }
-
-    /// Maps a verified client message to the engine command it asks for.
-    fn command_for(
-        &mut self,
-        conn: ConnId,
-        from: Address,
-        message: Message,
-        body: &[u8],
-    ) -> Result<Option<Command>, Refused> {
-        let origin = to_engine(from);
-        let network_id = self.shared.network_id;
-        let command = match message {
-            Message::RegisterProvider(m) => {
-                if m.endpoint.len() > messages::ENDPOINT_BYTES_MAX {
-                    return Err((codes::BAD_FIELD, "endpoint too long".to_string()).into());
-                }
-                // R-PROV-3: what the catalog alone refuses costs no proof check.
-                for (i, offer) in m.offers.iter().enumerate() {
-                    match self.shared.models.get(&offer.model_id) {
-                        None => {
-                            return Err(MarketError::UnknownModel {
-                                model: offer.model_id,
-                            }
-                            .into())
-                        }
-                        Some(hash) if *hash != offer.weights_hash => {
-                            return Err(MarketError::WeightsHashMismatch {
-                                model: offer.model_id,
-                            }
-                            .into())
-                        }
-                        Some(_) => {}
-                    }
-                    if m.offers[..i].iter().any(|o| o.model_id == offer.model_id) {
-                        return Err(MarketError::DuplicateModel {
-                            model: offer.model_id,
-                        }
-                        .into());
-                    }
-                }
-                // R-PROV-3: the proofs cost one signature recovery each; their
-                // budget is taken before any is checked, from the unfunded one for
-                // a sender without MOR (sybils compete only among themselves).
-                let funded = self.is_funded(&from);
-                let budget = if funded {
-                    &mut self.proofs_funded
-                } else {
-                    &mut self.proofs_unfunded
-                };
-                if !budget.take(m.offers.len() as u64, Instant::now()) {
-                    return Err((
-                        codes::OVERLOADED,
-                        format!(
-                            "weights proofs: {} offers over this gateway's budget of {} \
-                             proofs a second (network.weights_proofs{}_per_s); retry after \
-                             the given delay",
-                            m.offers.len(),
-                            budget.per_s,
-                            if funded { "" } else { "_unfunded" }
-                        ),
-                    )
-                        .into());
-                }
-                let mut offers = Vec::with_capacity(m.offers.len());
-                for offer in &m.offers {
-                    // R-PROV-1: the weights hash must be signed by the provider itself.
-                    let digest =
-                        weights_proof_digest(network_id, offer.model_id, &offer.weights_hash);
-                    let signer = self.shared.signature_cpu.measure(SignatureOp::Verify, || {
-                        recover_signer(&digest, &offer.weights_proof)
-                    });
-                    match signer {
-                        Ok(signer) if signer == from => {}
-                        Ok(recovered) => {
-                            return Err(sig_refusal(
-                                network_id,
-                                &SigError::SignerMismatch { recovered },
-                                format!("weights proof of model {}: ", offer.model_id),
-                            ))
-                        }
-                        Err(e) => {
-                            return Err(sig_refusal(
-                                network_id,
-                                &e,
-                                format!("weights proof of model {}: ", offer.model_id),
-                            ))
-                        }
-                    }
-                    offers.push(OfferSpec {
-                        model: offer.model_id,
-                        unit: offer.unit,
-                        weights_hash: offer.weights_hash,
-                        price_wei_per_token: offer.price_wei_per_token,
-                        capacity: offer.capacity,
-                    });
-                }
-                Command::RegisterProvider {
-                    provider: origin,
-                    nonce: m.nonce,
-                    endpoint: m.endpoint.into_bytes(),
-                    offers,
-                }
-            }
-            Message::UpdateBid(m) => Command::UpdateBid {
-                provider: origin,
-                nonce: m.nonce,
-                model: m.model_id,
-                price_wei_per_token: m.price_wei_per_token,
-                capacity: m.capacity,
-            },
-            Message::WithdrawBid(m) => Command::WithdrawBid {
-                provider: origin,
-                nonce: m.nonce,
-                model: m.model_id,
-            },
-            Message::ProviderAnnounce(m) => Command::ProviderAnnounce {
-                provider: origin,
-                nonce: m.nonce,
-            },
-            Message::ProbeAnswer(m) => Command::ProbeAnswer {
-                provider: origin,
-                nonce: m.nonce,
-                probe: m.probe_id,
-            },
-            Message::Rfc(m) => {
-                // The zero-balance pre-check ran in `precheck`.
-                Command::SubmitRfc {
-                    user: origin,
-                    nonce: m.nonce,
-                    model: m.model_id,
-                    tokens_max: m.tokens_max,
-                    expires_at_ms: m.expires_at_ms,
-                }
-            }
-            Message::RfcCancel(m) => Command::CancelRfc {
-                user: origin,
-                nonce: m.nonce,
-                rfc: m.rfc_id,
-            },
-            Message::Report(m) => {
-                let report_digest =
-                    signed_digest(network_id, messages::msg_type::REPORT, body).unwrap_or_default();
-                // R-REPORT-2: the outcome byte was checked by the decoder
-                // (any other byte is `bad_field`).
-                let outcome = match m.outcome {
-                    messages::Outcome::Fail => ReportOutcome::Fail,
-                    messages::Outcome::Pass => ReportOutcome::Pass,
-                    messages::Outcome::Void => ReportOutcome::Void,
-                };
-                Command::Report {
-                    user: origin,
-                    nonce: m.nonce,
-                    session: m.session_id,
-                    elapsed_ms: m.elapsed_ms,
-                    ttft_ms: m.ttft_ms,
-                    tokens: m.tokens,
-                    prompt_tokens: m.prompt_tokens,
-                    outcome,
-                    report_digest,
-                }
-            }
-            Message::SessionStart(m) => Command::StartSession {
-                provider: origin,
-                nonce: m.nonce,
-                session: m.session_id,
-            },
-            Message::SubscribeBatches(_) => {
-                self.shared.subscribers.insert(conn, ());
-                return Ok(None);
-            }
-            Message::Claim(m) => Command::Claim {
-                provider: origin,
-                nonce: m.nonce,
-                amount_wei: m.amount_wei,
-            },
-            Message::BalanceUpdate(m) => {
-                // R-QUOTA-6: the pre-check cache is written from the engine's
-                // `BalancesSet` effect (sink.rs), never from the request: a refused
-                // update (replayed nonce, not the operator, over a limit) changes
-                // nothing.
-                let entries = m
-                    .entries
-                    .iter()
-                    .map(|e| (to_engine(e.address), e.balance_wei))
-                    .collect();
-                Command::SetBalances {
-                    operator: origin,
-                    nonce: m.nonce,
-                    entries,
-                }
-            }
-            Message::SetParams(m) => Command::SetParams {
-                operator: origin,
-                nonce: m.nonce,
-                params: m.params.iter().map(|p| (p.param_id, p.value)).collect(),
-            },
-            // R-CHAIN-3: the engine checks the operator, the domain and the bounds.
-            Message::ChainPaid(m) => Command::ChainPaid {
-                operator: origin,
-                nonce: m.nonce,
-                chain_id: m.chain_id,
-                contract: to_engine(m.contract),
-                entries: m
-                    .entries
-                    .iter()
-                    .map(|e| (to_engine(e.provider), e.paid_to_wei))
-                    .collect(),
-            },
-            other => {
-                return Err((
-                    codes::NOT_ALLOWED,
-                    format!("{} is not sent by clients", other.name()),
-                )
-                    .into())
-            }
-        };
-        Ok(Some(command))
+        self.admission.login(conn_of(conn), answer, body, &verifier)
     }
 }
 
 impl FrameHandler for RouterHandler {
     fn on_open(&mut self, conn: ConnId, _peer: Option<SocketAddr>) {
         let challenge: [u8; 32] = rand::random();
-        self.conns.insert(
-            conn,
-            ConnState {
-                challenge,
-                address: None,
-                forwarded: false,
-            },
-        );
-        let hello = messages::LoginChallenge {
-            challenge,
-            network_id: self.shared.network_id,
-            router: self.shared.router_key.address(),
-        };
+        let hello = self
+            .admission
+            .open(conn_of(conn), challenge, self.shared.router_key.address());
         // Like every frame the router sends, flagged FLAG_RESPONSE.
         let mut frame = Vec::with_capacity(72);
-        Message::from(hello).write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
+        hello.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
         let _ = self.context.outbox.send(conn, frame);
     }
 
-    fn on_frame(&mut self, conn: ConnId, frame: Frame, replies: &mut Replies<'_>) {
-        let started = Instant::now();
+    fn on_frame(&mut self, conn: ConnId, frame: Frame, now: Instant, replies: &mut Replies<'_>) {
+        let now_us = self.now_us(now);
         let msg_type = frame.header.msg_type;
-        let message = match Message::decode(msg_type, &frame.body) {
+        let decoded = self
+            .stages
+            .time(Stage::Decode, || Message::decode(msg_type, &frame.body));
+        let message = match decoded {
             Ok(message) => message,
             Err(error) => {
                 return self.refuse(
@@ -822,9 +442,7 @@ impl FrameHandler for RouterHandler {
                 )
             }
         };
-        self.stages
-            .record_ns(Stage::Decode, started.elapsed().as_nanos() as u64);
-        let logged_in = self.conns.get(&conn).and_then(|s| s.address);
+        let logged_in = self.admission.address(conn_of(conn));
         let address = match (&message, logged_in) {
             (Message::Ping(ping), _) => {
                 let pong = Message::from(messages::Pong {
@@ -905,7 +523,7 @@ impl FrameHandler for RouterHandler {
             );
         };
         let admitted = Admitted {
-            conn,
+            conn: conn_of(conn),
             address,
             msg_type,
             claimed,
@@ -945,9 +563,8 @@ impl FrameHandler for RouterHandler {
             queue.push_back(admitted);
             return;
         }
-        match self.admit(admitted) {
+        match self.admit(admitted, now_us) {
             Ok(Outcome::Accepted) => {}
-            Ok(Outcome::Answered) => replies.answer(),
             Ok(Outcome::Ack(nonce)) => {
                 let ack = Message::from(messages::Ack { nonce });
                 replies
@@ -957,7 +574,8 @@ impl FrameHandler for RouterHandler {
         }
     }
 
-    fn end_of_turn(&mut self) -> bool {
+    fn end_of_turn(&mut self, now: Instant) -> bool {
+        self.now_us(now);
         if !self.accepted.is_empty() {
             self.hand_off();
         }
@@ -993,23 +611,18 @@ impl FrameHandler for RouterHandler {
         if self.costly_conns.contains_key(&conn) {
             self.admit_lane(Lane::Costly, self.costly.len());
         }
-        let Some(state) = self.conns.remove(&conn) else {
+        let Some(address) = self.admission.closed(conn_of(conn)) else {
             return;
         };
         self.shared.subscribers.remove(&conn);
-        if let Some(address) = state.address {
-            // R-ID-6: only the routes this connection holds go; only then is the
-            // provider unreachable (a newer connection keeps it reachable).
-            let inbound = &self.shared.inbound;
-            self.shared.routes.release(&address, conn, || {
-                let command = Command::ProviderDisconnected {
-                    provider: to_engine(address),
-                };
-                let _ = inbound.try_send(SequencerInput::Command {
-                    origin: crate::sequencer::ORIGIN_INTERNAL,
-                    command,
-                });
-            });
+        if let Some(address) = address {
+            // R-ID-6: the engine thread (the routes' one writer) releases the routes
+            // this connection holds, in order with the commands it sent before.
+            let closed = SequencerInput::Closed {
+                conn: conn.as_u64(),
+                address: yellowstone_router_core::to_engine(address),
+            };
+            let _ = self.shared.inbound.try_send(closed);
         }
         tracing::debug!(conn = conn.as_u64(), %reason, "connection closed");
     }

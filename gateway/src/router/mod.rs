@@ -15,9 +15,7 @@ pub mod sink;
 use crate::metrics::Registry;
 use crate::metrics_http::MetricsServer;
 use crate::net::{self, GatewayHandle};
-use crate::sequencer::{
-    self, NoJournal, Sequencer, SequencerConfig, SequencerInput, ORIGIN_INTERNAL,
-};
+use crate::sequencer::{self, NoJournal, Sequencer, SequencerInput, ORIGIN_INTERNAL};
 use config::RouterConfig;
 use shared::{to_engine, RouterShared};
 use std::net::SocketAddr;
@@ -27,13 +25,13 @@ use yellowstone_engine::{Command, Engine};
 use yellowstone_wire::{Address, SigningKey};
 
 pub struct RouterHandle {
-    gateways: Option<GatewayHandle>,
+    pub(crate) gateways: Option<GatewayHandle>,
     /// Fires if the engine thread stops on its own (a journal failure): the
     /// process must not keep accepting what it can no longer make durable.
-    engine_stopped: crossbeam_channel::Receiver<()>,
-    sequencer: Option<JoinHandle<Result<Engine, String>>>,
-    metrics: Option<MetricsServer>,
-    shared: Arc<RouterShared>,
+    pub(crate) engine_stopped: crossbeam_channel::Receiver<()>,
+    pub(crate) sequencer: Option<JoinHandle<Result<Engine, String>>>,
+    pub(crate) metrics: Option<MetricsServer>,
+    pub(crate) shared: Arc<RouterShared>,
     pub listen: SocketAddr,
     pub metrics_addr: Option<SocketAddr>,
     pub router_address: Address,
@@ -41,7 +39,7 @@ pub struct RouterHandle {
     pub backends: Vec<net::BackendInUse>,
     /// The data directory's lock (none in memory); the last field, so it is
     /// released only after everything above has stopped.
-    _data_dir_lock: Option<durable::DataDirLock>,
+    pub(crate) _data_dir_lock: Option<durable::DataDirLock>,
 }
 
 /// Everything needed to start, resolved from the config.
@@ -145,165 +143,14 @@ impl Router {
         Router::start_with(options, Engine::new(market), NoJournal::default())
     }
 
-    /// Starts around a given (possibly recovered) engine and journal.
+    /// Starts around a given (possibly recovered) engine and journal: the threads
+    /// are wired in `crate::pipeline`, in numbered steps.
     pub fn start_with<D: sequencer::Durability + 'static>(
         options: StartOptions,
         engine: Engine,
         journal: D,
     ) -> Result<RouterHandle, String> {
-        let StartOptions {
-            config,
-            router_key,
-            genesis_ms,
-        } = options;
-        config.validate()?;
-        let configured = config.market_config(genesis_ms)?;
-        let market_domain = (
-            configured.settlement_chain_id,
-            configured.settlement_contract,
-        );
-        let ahead_ms = genesis_ms.saturating_sub(crate::sequencer::unix_ms());
-        if ahead_ms > 0 {
-            tracing::warn!(
-                genesis_ms,
-                ahead_s = ahead_ms / 1_000,
-                "the market's genesis (market.genesis_ms) is ahead of the clock: until then an \
-                 RFC whose expiry is before genesis is refused (invalid_expiry), so every RFC \
-                 is while genesis is more than market.rfc_ttl_max_ms away"
-            );
-        }
-        let registry = Registry::new();
-        let market = Arc::new(market::MarketBoard::new(engine.market_figures()));
-        market.register_metrics(&registry);
-        let (inbound_tx, inbound_rx) =
-            crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
-        let mut shared = RouterShared::new(
-            shared::SharedParts {
-                network_id: config.identity.network_id,
-                router_key: router_key.clone(),
-                operator: config.operator()?,
-                inbound: inbound_tx,
-                retry_after_ms: config.market.rfc_retry_after_ms,
-                catalog: catalog::CatalogBoard::new(config.model_names()),
-                market: market.clone(),
-                weights_proofs_per_s: config.network.weights_proofs_per_s,
-                weights_proofs_unfunded_per_s: config.network.weights_proofs_unfunded_per_s,
-            },
-            &registry,
-        );
-        shared.models = engine
-            .config()
-            .models
-            .iter()
-            .map(|m| (m.id, m.weights_hash))
-            .collect();
-        let shared = Arc::new(shared);
-        // A recovered engine knows balances and nonces the gateways' pre-check caches
-        // do not yet.
-        for (address, balance) in engine.balances() {
-            shared.balances.insert(shared::to_wire(address), balance);
-        }
-        for (address, nonce) in engine.nonces() {
-            shared.nonce_accepted(shared::to_wire(address), nonce);
-        }
-        let handler_shared = shared.clone();
-        let gateways = net::start_gateways(
-            &config.network,
-            &config.threads,
-            &registry,
-            move |context| handler::RouterHandler::new(handler_shared.clone(), context),
-        )
-        .map_err(|e| {
-            format!(
-                "gateways on {} (network.listen, --listen): {e}",
-                config.network.listen
-            )
-        })?;
-        let sink = sink::RouterSink::new(
-            shared.clone(),
-            gateways.outbox(),
-            config.threads.ticket_signing == "engine",
-        );
-        let sequencer_config = SequencerConfig {
-            snapshot_every_blocks: config.journal.snapshot_every_blocks,
-            ..SequencerConfig::default()
-        };
-        let gauges = EngineGauges::new(&registry);
-        let journal_gauges = journal
-            .stats()
-            .map(|stats| journal_gauges(&registry, stats));
-        let replica_gauges = journal
-            .replica_stats()
-            .map(|stats| replica_gauges(&registry, stats));
-        // Queries that arrive before the engine's first burst see the catalog too.
-        shared.catalog.publish_if_due(&engine);
-        let catalog_shared = shared.clone();
-        let mut figures =
-            market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
-        let stages = shared.registry.stage_recorder();
-        let mut sequencer = Sequencer::new(engine, journal, sink, sequencer_config)
-            .with_stages(stages)
-            .with_observer(move |engine| {
-                gauges.update(engine);
-                figures.observe(engine);
-                catalog_shared.catalog.publish_if_due(engine);
-                if let Some(journal_gauges) = &journal_gauges {
-                    journal_gauges.update();
-                }
-                if let Some(replica_gauges) = &replica_gauges {
-                    replica_gauges.update();
-                }
-            });
-        load_balance_snapshot(&config, &shared, &mut sequencer)?;
-        // R-ID-6, R-MATCH-2: the providers' connections died with the previous
-        // process (this one holds none yet): journaled, so replay agrees, and applied
-        // before any client command, so a provider that registers or announces on a
-        // connection of this process is reachable again. Nothing to say to a market
-        // without providers.
-        if sequencer.engine.providers_len() > 0 {
-            sequencer.apply(ORIGIN_INTERNAL, Command::RouterStarted)?;
-        }
-        set_settlement_domain(&config, market_domain, &mut sequencer)?;
-        let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
-        let engine_core = net::plan_cores(&config.threads, cores).engine;
-        let (stopped_tx, engine_stopped) = crossbeam_channel::bounded::<()>(0);
-        let sequencer_thread = std::thread::Builder::new()
-            .name("ys-engine".into())
-            .spawn(move || {
-                net::pin_current_thread(engine_core);
-                let result = sequencer.run(inbound_rx);
-                if let Err(error) = &result {
-                    tracing::error!(%error, "engine thread stopped: the router shuts down");
-                }
-                drop(stopped_tx);
-                result
-            })
-            .map_err(|e| format!("engine thread: {e}"))?;
-        let metrics = if config.metrics.enabled {
-            Some(
-                MetricsServer::start(&config.metrics, registry.clone()).map_err(|e| {
-                    format!(
-                        "metrics endpoint on {} (metrics.listen, --metrics-listen): {e}",
-                        config.metrics.listen
-                    )
-                })?,
-            )
-        } else {
-            None
-        };
-        Ok(RouterHandle {
-            listen: gateways.local_addr(),
-            metrics_addr: metrics.as_ref().map(|m| m.local_addr()),
-            router_address: router_key.address(),
-            network_id: config.identity.network_id,
-            backends: gateways.backends().to_vec(),
-            gateways: Some(gateways),
-            engine_stopped,
-            sequencer: Some(sequencer_thread),
-            metrics,
-            shared,
-            _data_dir_lock: None,
-        })
+        crate::pipeline::start(options, engine, journal).map_err(|e| e.to_string())
     }
 }
 
@@ -313,7 +160,7 @@ impl Router {
 /// A later start given the same file (same BLAKE3) skips it; a different file, or
 /// one given to a market that has run without it, is refused unless the operator
 /// asks for it with `identity.balance_snapshot_reapply` (`--reapply-balance-snapshot`).
-fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
+pub(crate) fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
     config: &RouterConfig,
     shared: &RouterShared,
     sequencer: &mut Sequencer<D, S>,
@@ -394,7 +241,7 @@ fn load_balance_snapshot<D: sequencer::Durability, S: sequencer::EffectSink>(
 /// Issue 24 case 2: `run --set-settlement-domain` on a data directory created
 /// without a contract journals the configured domain (the engine refuses it once a
 /// contract is set; `start_durable` refused every other case before recovery).
-fn set_settlement_domain<D: sequencer::Durability, S: sequencer::EffectSink>(
+pub(crate) fn set_settlement_domain<D: sequencer::Durability, S: sequencer::EffectSink>(
     config: &RouterConfig,
     (chain_id, contract): (u64, yellowstone_engine::Address),
     sequencer: &mut Sequencer<D, S>,
@@ -435,7 +282,7 @@ enum Published {
 
 /// Figures kept by another thread (`S`: the journal's, the snapshot replica's),
 /// published from the engine thread between bursts.
-struct StatGauges<S> {
+pub(crate) struct StatGauges<S> {
     stats: Arc<S>,
     published: Vec<(Published, ReadStat<S>)>,
 }
@@ -462,7 +309,7 @@ impl<S> StatGauges<S> {
         }
     }
 
-    fn update(&self) {
+    pub(crate) fn update(&self) {
         for (published, read) in &self.published {
             let value = read(&self.stats);
             match published {
@@ -474,7 +321,7 @@ impl<S> StatGauges<S> {
 }
 
 /// The journal's counters.
-fn journal_gauges(
+pub(crate) fn journal_gauges(
     registry: &Registry,
     stats: Arc<crate::journal::JournalStats>,
 ) -> StatGauges<crate::journal::JournalStats> {
@@ -516,7 +363,7 @@ fn journal_gauges(
 }
 
 /// The snapshot replica's counters (`journal::replica`).
-fn replica_gauges(
+pub(crate) fn replica_gauges(
     registry: &Registry,
     stats: Arc<crate::journal::ReplicaStats>,
 ) -> StatGauges<crate::journal::ReplicaStats> {
@@ -571,7 +418,7 @@ fn replica_gauges(
     StatGauges::new(registry, stats, specs)
 }
 
-struct EngineGauges {
+pub(crate) struct EngineGauges {
     sessions_open: Arc<crate::metrics::Gauge>,
     probes_open: Arc<crate::metrics::Gauge>,
     queue_depth: Arc<crate::metrics::Gauge>,
@@ -583,7 +430,7 @@ struct EngineGauges {
 }
 
 impl EngineGauges {
-    fn new(registry: &Registry) -> EngineGauges {
+    pub(crate) fn new(registry: &Registry) -> EngineGauges {
         EngineGauges {
             sessions_open: registry.gauge("yellowstone_sessions_open", "Open sessions.", &[]),
             probes_open: registry.gauge(
@@ -616,7 +463,7 @@ impl EngineGauges {
         }
     }
 
-    fn update(&self, engine: &Engine) {
+    pub(crate) fn update(&self, engine: &Engine) {
         self.sessions_open.set(engine.sessions_open() as i64);
         self.probes_open.set(engine.probes_open() as i64);
         self.queue_depth.set(engine.queue_depth_total() as i64);

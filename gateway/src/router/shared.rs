@@ -1,5 +1,5 @@
-//! State the gateway threads and the engine thread share: the
-//! router's identity, the address -> connection routes, the balance pre-check cache,
+//! State the gateway threads and the engine thread share: the router's identity, the
+//! balance and nonce pre-check caches (written by the engine thread only),
 //! the batch subscribers, the inbound queue and the metrics. Read-mostly tables are
 //! dashmaps; the market state itself stays on the engine thread.
 
@@ -16,8 +16,6 @@ pub struct RouterShared {
     pub network_id: u32,
     pub router_key: SigningKey,
     pub operator: Option<Address>,
-    /// Where messages for an address go (R-ID-6); a login takes no route.
-    pub routes: Routes,
     /// Balances as the engine last applied them (its `BalancesSet` effects, and the
     /// recovered engine at start): lets gateways refuse zero-balance RFCs without a
     /// trip to the engine (the engine checks again). Never written from a request.
@@ -72,7 +70,6 @@ impl RouterShared {
             network_id: parts.network_id,
             router_key: parts.router_key,
             operator: parts.operator,
-            routes: Default::default(),
             balances: Default::default(),
             nonces: Default::default(),
             models: Default::default(),
@@ -118,117 +115,10 @@ impl RouterShared {
     }
 }
 
-/// The connection each address's pushed messages go to (R-ID-6). An address may hold
-/// several connections; a route moves only when a connection does what the route is
-/// for, and a close removes only the routes that connection holds:
-/// - `provider`: where the provider last registered or announced (probes, its copy of
-///   a ticket, notices);
-/// - `user`: where the user last submitted an RFC (its copy of a ticket, an RFC's
-///   failure).
-#[derive(Default)]
-pub struct Routes {
-    pub provider: DashMap<Address, ConnId>,
-    pub user: DashMap<Address, ConnId>,
-}
-
-/// The routes a closed connection held and gave up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RoutesReleased {
-    pub provider: bool,
-    pub user: bool,
-}
-
-impl Routes {
-    pub fn provider(&self, address: &Address) -> Option<ConnId> {
-        self.provider.get(address).map(|c| *c)
-    }
-
-    pub fn user(&self, address: &Address) -> Option<ConnId> {
-        self.user.get(address).map(|c| *c)
-    }
-
-    /// Points the provider route of `address` at `conn` and runs `then` (handing the
-    /// registration or announce to the engine) before anyone else may change that
-    /// route: a concurrent close of the old connection then tells the engine either
-    /// before this command or not at all, never after it.
-    pub fn move_provider_then<R>(
-        &self,
-        address: Address,
-        conn: ConnId,
-        then: impl FnOnce() -> R,
-    ) -> R {
-        let route = self.provider.entry(address).insert(conn);
-        let result = then();
-        drop(route);
-        result
-    }
-
-    /// Removes the routes of `address` that point at `conn`, and only those: a newer
-    /// connection of the same address keeps its routes. When the provider route was
-    /// this connection's, `on_provider_released` runs (telling the engine) before the
-    /// route can change again (see `move_provider_then`).
-    pub fn release(
-        &self,
-        address: &Address,
-        conn: ConnId,
-        on_provider_released: impl FnOnce(),
-    ) -> RoutesReleased {
-        let provider = match self.provider.entry(*address) {
-            dashmap::Entry::Occupied(route) if *route.get() == conn => {
-                on_provider_released();
-                route.remove();
-                true
-            }
-            _ => false,
-        };
-        let user = self
-            .user
-            .remove_if(address, |_, routed| *routed == conn)
-            .is_some();
-        debug_assert!(self.provider(address) != Some(conn));
-        debug_assert!(self.user(address) != Some(conn));
-        RoutesReleased { provider, user }
-    }
-}
-
 pub fn to_engine(address: Address) -> yellowstone_engine::Address {
     yellowstone_engine::Address(address.0)
 }
 
 pub fn to_wire(address: yellowstone_engine::Address) -> Address {
     Address(address.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn r_id_6_a_close_releases_only_the_routes_its_connection_holds() {
-        let routes = Routes::default();
-        let address = Address([7; 20]);
-        let (a, b) = (ConnId::new(0, 1, 1), ConnId::new(1, 2, 1));
-        routes.move_provider_then(address, a, || ());
-        routes.user.insert(address, a);
-        // B took the provider route (an announce), A keeps the user route.
-        routes.move_provider_then(address, b, || ());
-        let mut told = false;
-        let released = routes.release(&address, a, || told = true);
-        assert_eq!(
-            released,
-            RoutesReleased {
-                provider: false,
-                user: true
-            }
-        );
-        assert!(
-            !told,
-            "A held no provider route: the provider stays reachable"
-        );
-        assert_eq!(routes.provider(&address), Some(b));
-        assert_eq!(routes.user(&address), None);
-        let released = routes.release(&address, b, || told = true);
-        assert!(released.provider && told);
-        assert_eq!(routes.provider(&address), None);
-    }
 }

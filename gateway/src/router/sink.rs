@@ -8,12 +8,13 @@ use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{release_of, EffectSink, Origin, Release, ORIGIN_INTERNAL};
 use std::sync::Arc;
-use yellowstone_settlement::SignedSettlement;
-use yellowstone_engine::{
-    BatchApplied, Command, CreditBatch, CreditReason, Effect, RfcFailure, Ticket,
+use yellowstone_engine::{Command, Effect};
+use yellowstone_router_core::{
+    delivery_of, CacheUpdate, Conn, Delivery as CoreDelivery, Recipient, RouteKind, Routes,
 };
+use yellowstone_settlement::SignedSettlement;
 use yellowstone_wire::frame::FLAG_RESPONSE;
-use yellowstone_wire::messages::{self, msg_type, Message};
+use yellowstone_wire::messages::{self, Message};
 use yellowstone_wire::Address;
 
 pub struct RouterSink {
@@ -22,30 +23,10 @@ pub struct RouterSink {
     /// `threads.ticket_signing = "engine"`: sign tickets here instead of in a
     /// gateway job.
     sign_on_engine: bool,
-}
-
-/// The wire type of the message a command came from, for `ErrorReply.ref_msg_type`.
-fn wire_type_of(command: &Command) -> u16 {
-    match command {
-        Command::SetBalances { .. } => msg_type::BALANCE_UPDATE,
-        Command::SetParams { .. } => msg_type::SET_PARAMS,
-        Command::RegisterProvider { .. } => msg_type::REGISTER_PROVIDER,
-        Command::UpdateBid { .. } => msg_type::UPDATE_BID,
-        Command::WithdrawBid { .. } => msg_type::WITHDRAW_BID,
-        Command::ProviderAnnounce { .. } => msg_type::PROVIDER_ANNOUNCE,
-        Command::SubmitRfc { .. } => msg_type::RFC,
-        Command::CancelRfc { .. } => msg_type::RFC_CANCEL,
-        Command::ProbeAnswer { .. } => msg_type::PROBE_ANSWER,
-        Command::Report { .. } => msg_type::REPORT,
-        Command::StartSession { .. } => msg_type::SESSION_START,
-        Command::Claim { .. } => msg_type::CLAIM,
-        Command::ChainPaid { .. } => msg_type::CHAIN_PAID,
-        Command::Tick
-        | Command::ProviderDisconnected { .. }
-        | Command::LoadBalanceSnapshot { .. }
-        | Command::RouterStarted
-        | Command::SetSettlementDomain { .. } => 0,
-    }
+    /// Where each address's pushed messages go (R-ID-6): written here only, on the
+    /// engine thread, in command order (router-core's `Routes`); the gateway threads
+    /// never read it (a signing job is given its recipients).
+    routes: Routes,
 }
 
 fn send(shared: &RouterShared, outbox: &Outbox, conn: Option<ConnId>, message: Message) {
@@ -59,16 +40,6 @@ fn send(shared: &RouterShared, outbox: &Outbox, conn: Option<ConnId>, message: M
         // The connection's lane is full or gone: the client is not reading.
         shared.replies_dropped_total.inc();
     }
-}
-
-/// Where a provider's pushed messages go (R-ID-6).
-fn route_provider(shared: &RouterShared, address: Address) -> Option<ConnId> {
-    shared.routes.provider(&address)
-}
-
-/// Where a user's pushed messages go (R-ID-6).
-fn route_user(shared: &RouterShared, address: Address) -> Option<ConnId> {
-    shared.routes.user(&address)
 }
 
 /// The frames one command sends, in effect order. Those for the connection the
@@ -139,11 +110,29 @@ impl RouterSink {
             shared,
             outbox,
             sign_on_engine,
+            routes: Routes::default(),
         }
     }
 }
 
 impl EffectSink for RouterSink {
+    /// R-ID-6: the route moves to the connection that registers, announces or
+    /// submits, before the engine can answer with something to route.
+    fn on_command(&mut self, origin: Origin, command: &Command) {
+        if let Some(kind) = RouteKind::of(command) {
+            self.routes.take(kind, Conn(origin));
+        }
+    }
+
+    /// R-ID-6: only the routes this connection holds go; only then is the provider
+    /// unreachable (a newer connection keeps it reachable).
+    fn on_closed(&mut self, conn: Origin, address: yellowstone_engine::Address) -> Option<Command> {
+        let released = self.routes.release(&to_wire(address), Conn(conn));
+        released
+            .provider
+            .then_some(Command::ProviderDisconnected { provider: address })
+    }
+
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]) {
         // R-ID-4: the gateways' replay pre-check follows what the engine accepted,
         // once durable (a crash cannot undo it): an originated command without a
@@ -173,67 +162,63 @@ impl EffectSink for RouterSink {
 }
 
 impl RouterSink {
-    /// Turns effects into frames through `out` (in effect order).
+    /// Where a recipient's frames go (R-ID-6).
+    fn route(&self, recipient: Recipient) -> Option<ConnId> {
+        let conn = match recipient {
+            Recipient::User(address) => self.routes.user(&address),
+            Recipient::Provider(address) => self.routes.provider(&address),
+            Recipient::ProviderElseUser(address) => self
+                .routes
+                .provider(&address)
+                .or_else(|| self.routes.user(&address)),
+        };
+        conn.map(|conn| ConnId::from_u64(conn.0))
+    }
+
+    /// A ticket's recipients, resolved here (the job that signs it runs elsewhere).
+    fn ticket_recipients(&self, provider: Address, user: Address) -> [Option<ConnId>; 2] {
+        [
+            self.route(Recipient::Provider(provider)),
+            self.route(Recipient::User(user)),
+        ]
+    }
+
+    /// Turns effects into frames through `out` (in effect order): what each effect
+    /// sends is router-core's (`delivery_of`, by flow); where it goes, and which
+    /// thread signs it, is decided here.
     fn send_effects(&self, out: &mut Delivery<'_>, command: &Command, effects: &[Effect]) {
         let shared = &*self.shared;
+        let route = |recipient| self.route(recipient);
         for effect in effects {
-            match effect {
-                Effect::Rejected { to, nonce, error } => {
-                    shared.count_rejection(error.code());
-                    let reply = messages::ErrorReply {
-                        code: error.code(),
-                        ref_msg_type: wire_type_of(command),
-                        ref_nonce: *nonce,
-                        retry_after_ms: error.retry_after_ms(),
-                        detail: error.detail(),
-                        reason: error.to_string(),
-                    };
-                    out.reply(route_user(shared, to_wire(*to)), reply.into());
-                }
-                Effect::RfcAccepted {
-                    user,
-                    nonce,
-                    rfc,
-                    tokens_left,
-                } => {
-                    let reply = messages::RfcAccepted {
-                        nonce: *nonce,
-                        rfc_id: *rfc,
-                        tokens_left: *tokens_left,
-                    };
-                    out.reply(route_user(shared, to_wire(*user)), reply.into());
-                }
-                Effect::Probe {
+            if let Effect::Rejected { error, .. } = effect {
+                shared.count_rejection(error.code());
+            }
+            match delivery_of(command, effect) {
+                CoreDelivery::Reply(recipient, message) => out.reply(route(recipient), message),
+                CoreDelivery::Push(recipient, message) => out.push(route(recipient), message),
+                CoreDelivery::Ticket {
                     provider,
-                    probe,
-                    model,
-                    tokens_max,
-                    deadline_ms,
-                } => {
-                    let probe = messages::Probe {
-                        probe_id: *probe,
-                        model_id: *model,
-                        tokens_max: *tokens_max,
-                        deadline_ms: *deadline_ms,
-                    };
-                    out.push(route_provider(shared, to_wire(*provider)), probe.into());
-                }
-                Effect::SessionOpened { ticket } if self.sign_on_engine => {
+                    user,
+                    message,
+                } if self.sign_on_engine => {
                     out.flush();
-                    sign_and_send_ticket(shared, &self.outbox, ticket);
+                    let to = self.ticket_recipients(provider, user);
+                    sign_and_send_ticket(shared, &self.outbox, message, to);
                 }
-                Effect::SessionOpened { ticket } => {
+                CoreDelivery::Ticket {
+                    provider,
+                    user,
+                    message,
+                } => {
                     out.flush();
                     // Signed on the thread of the provider that just answered the
                     // probe (else the user's): it is awake for that connection anyway.
-                    let near = out
-                        .origin
-                        .or_else(|| route_provider(shared, to_wire(ticket.provider)))
-                        .or_else(|| route_user(shared, to_wire(ticket.user)));
-                    let (job_shared, ticket) = (self.shared.clone(), ticket.clone());
+                    let to = self.ticket_recipients(provider, user);
+                    let near = out.origin.or(to[0]).or(to[1]);
+                    let job_shared = self.shared.clone();
                     let queued = near.is_some_and(|conn| {
                         let job = Box::new(move |outbox: &Outbox| {
-                            sign_and_send_ticket(&job_shared, outbox, &ticket)
+                            sign_and_send_ticket(&job_shared, outbox, message, to)
                         });
                         self.outbox.run_near(conn, job).is_ok()
                     });
@@ -241,94 +226,24 @@ impl RouterSink {
                         shared.replies_dropped_total.inc();
                     }
                 }
-                Effect::RfcFailed {
-                    user,
-                    nonce,
-                    rfc,
-                    reason,
-                    refunded_tokens,
-                } => {
-                    let reason = match reason {
-                        RfcFailure::Expired => 1,
-                        RfcFailure::NoProvider => 2,
-                        RfcFailure::Cancelled => 3,
-                    };
-                    let reply = messages::RfcFailed {
-                        nonce: *nonce,
-                        rfc_id: *rfc,
-                        reason,
-                        refunded_tokens: *refunded_tokens,
-                    };
-                    out.push(route_user(shared, to_wire(*user)), reply.into());
-                }
-                Effect::ReportAccepted {
-                    user,
-                    nonce,
-                    session,
-                    reason,
-                    earned_wei,
-                } => {
-                    let earned = matches!(
-                        reason,
-                        CreditReason::Earned | CreditReason::EarnedDespiteFail
-                    );
-                    // R-BLOCK-2: earned, subject to the day's cap at the block's seal.
-                    let reply = messages::ReportAck {
-                        nonce: *nonce,
-                        session_id: *session,
-                        earned,
-                        reason: *reason as u8,
-                        earned_wei: *earned_wei,
-                    };
-                    out.reply(route_user(shared, to_wire(*user)), reply.into());
-                }
-                // R-SESSION-1: as an expiry, nothing to send: the user's report
-                // would be refused `session_not_started`.
-                Effect::SessionExpired { .. } | Effect::SessionNotStarted { .. } => {}
-                Effect::ProviderUnreachable { provider } => {
-                    let notice = messages::Notice {
-                        kind: messages::NOTICE_UNREACHABLE,
-                        until_ms: 0,
-                    };
-                    out.push(route_provider(shared, to_wire(*provider)), notice.into());
-                }
-                Effect::ProviderSuspended { provider, until_ms } => {
-                    let notice = messages::Notice {
-                        kind: messages::NOTICE_SUSPENDED,
-                        until_ms: *until_ms,
-                    };
-                    out.push(route_provider(shared, to_wire(*provider)), notice.into());
-                }
-                Effect::ProviderUnfunded { provider } => {
-                    let notice = messages::Notice {
-                        kind: messages::NOTICE_UNFUNDED,
-                        until_ms: 0,
-                    };
-                    out.push(route_provider(shared, to_wire(*provider)), notice.into());
-                }
-                Effect::BatchSealed { batch, applied } => {
+                CoreDelivery::Batch(mut message) => {
                     out.flush();
-                    let (job_shared, batch, applied) =
-                        (self.shared.clone(), batch.clone(), applied.clone());
+                    let job_shared = self.shared.clone();
                     let job = Box::new(move |outbox: &Outbox| {
-                        sign_and_send_batch(&job_shared, outbox, &batch, &applied)
+                        let frame = signed_frame(&job_shared, &mut message);
+                        send_to_subscribers(&job_shared, outbox, frame)
                     });
                     // Once a block: the first gateway thread signs it.
                     if self.outbox.run_on(0, job).is_err() {
                         shared.replies_dropped_total.inc();
                     }
                 }
-                Effect::SettlementSealed {
+                CoreDelivery::Settlement {
                     settlement,
                     chain_id,
                     contract,
                 } => {
-                    let (job_shared, settlement, chain_id, contract) = (
-                        self.shared.clone(),
-                        settlement.clone(),
-                        *chain_id,
-                        *contract,
-                    );
+                    let job_shared = self.shared.clone();
                     let job = Box::new(move |outbox: &Outbox| {
                         let signed = SignedSettlement::sign(
                             &settlement,
@@ -348,60 +263,25 @@ impl RouterSink {
                         shared.replies_dropped_total.inc();
                     }
                 }
-                Effect::ClaimPaid {
-                    provider,
-                    nonce,
-                    amount_wei,
-                    owed_left_wei,
-                } => {
-                    let reply = messages::ClaimAck {
-                        nonce: *nonce,
-                        amount_wei: *amount_wei,
-                        owed_left_wei: *owed_left_wei,
-                    };
-                    out.reply(route_provider(shared, to_wire(*provider)), reply.into());
-                }
-                Effect::BalancesSet { entries } => {
+                CoreDelivery::Cache(updates) => {
                     // R-QUOTA-6: the pre-check cache follows what the engine applied.
-                    for (address, balance_wei) in entries {
-                        shared.balances.insert(to_wire(*address), *balance_wei);
+                    for update in updates {
+                        if let CacheUpdate::Balance {
+                            address,
+                            balance_wei,
+                        } = update
+                        {
+                            shared.balances.insert(address, balance_wei);
+                        }
                     }
                 }
-                Effect::Done { to, nonce } => {
-                    let ack = messages::Ack { nonce: *nonce };
-                    out.reply(
-                        route_provider(shared, to_wire(*to))
-                            .or_else(|| route_user(shared, to_wire(*to))),
-                        ack.into(),
-                    );
-                }
+                CoreDelivery::Nothing => {}
             }
         }
     }
 }
 
-/// Builds the router-signed credit batch message (R-BLOCK-2).
-pub fn batch_message(batch: &CreditBatch, applied: &BatchApplied) -> Message {
-    Message::from(messages::CreditBatch {
-        block: batch.block,
-        merkle_root: batch.merkle_root,
-        receipts: batch.receipts,
-        credited_wei: applied.credited_wei,
-        shortfall_wei: applied.shortfall_wei,
-        totals: batch
-            .totals
-            .iter()
-            .map(|t| messages::BatchTotals {
-                provider: to_wire(t.provider),
-                earned_wei: t.earned_wei,
-                credited_wei: t.credited_wei,
-                tokens: t.tokens,
-                sessions: t.sessions,
-            })
-            .collect(),
-        signature: Default::default(),
-    })
-}
+pub use yellowstone_router_core::batch_message;
 
 /// Signs `message` with the router key (timed as signature work) into a frame
 /// flagged as the router's.
@@ -413,43 +293,22 @@ fn signed_frame(shared: &RouterShared, message: &mut Message) -> Vec<u8> {
     frame
 }
 
-/// Signs a session ticket and sends it to both sides (R-MATCH-6); runs on a
-/// gateway thread.
-fn sign_and_send_ticket(shared: &RouterShared, outbox: &Outbox, ticket: &Ticket) {
-    let mut message = Message::from(messages::SessionTicket {
-        session_id: ticket.session,
-        user: to_wire(ticket.user),
-        provider: to_wire(ticket.provider),
-        endpoint: String::from_utf8_lossy(&ticket.endpoint).into_owned(),
-        model_id: ticket.model,
-        tokens_max: ticket.tokens_max,
-        price_wei_per_token: ticket.price_wei_per_token,
-        expires_at_ms: ticket.expires_at_ms,
-        rfc_nonce: ticket.rfc_nonce,
-        signature: Default::default(),
-    });
+/// Signs a session ticket (built by router-core) and sends it to both sides
+/// (R-MATCH-6); runs on a gateway thread.
+fn sign_and_send_ticket(
+    shared: &RouterShared,
+    outbox: &Outbox,
+    mut message: Message,
+    routes: [Option<ConnId>; 2],
+) {
+    debug_assert!(matches!(message, Message::SessionTicket(_)));
     let frame = signed_frame(shared, &mut message);
-    let routes = [
-        route_provider(shared, to_wire(ticket.provider)),
-        route_user(shared, to_wire(ticket.user)),
-    ];
     for route in routes {
         match route {
             Some(conn) if outbox.send(conn, frame.clone()).is_ok() => {}
             _ => shared.replies_dropped_total.inc(),
         }
     }
-}
-
-/// Signs a credit batch and sends it to every subscriber; runs on a gateway thread.
-fn sign_and_send_batch(
-    shared: &RouterShared,
-    outbox: &Outbox,
-    batch: &CreditBatch,
-    applied: &BatchApplied,
-) {
-    let frame = signed_frame(shared, &mut batch_message(batch, applied));
-    send_to_subscribers(shared, outbox, frame);
 }
 
 /// Builds the SETTLEMENT message (R-CHAIN-1) of a signed settlement; the wire
