@@ -8,7 +8,7 @@ use super::tickets::ClaimError;
 use super::Provider;
 use crate::inference::{recover_requester, SESSION_HEADER, SIGNATURE_HEADER};
 use crate::openai::{
-    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary,
+    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary, Endpoint,
     SseSplitter, Usage,
 };
 use axum::body::{Body, Bytes};
@@ -30,6 +30,8 @@ pub fn router(provider: Arc<Provider>) -> Router {
     let body_max = provider.config.request_bytes_max as usize;
     Router::new()
         .route("/v1/chat/completions", post(completions))
+        // R-NODE-6 (issue 23 case 9): legacy text completions, same checks.
+        .route("/v1/completions", post(text_completions))
         .route("/v1/models", get(models))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
@@ -60,13 +62,30 @@ fn count(provider: &Provider, status: StatusCode) {
 }
 
 async fn completions(
-    State(provider): State<Arc<Provider>>,
+    state: State<Arc<Provider>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    serve_endpoint(state, headers, body, Endpoint::Chat).await
+}
+
+async fn text_completions(
+    state: State<Arc<Provider>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    serve_endpoint(state, headers, body, Endpoint::Completions).await
+}
+
+async fn serve_endpoint(
+    State(provider): State<Arc<Provider>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    endpoint: Endpoint,
+) -> Response {
     let body = body_or_error(body, provider.config.request_bytes_max);
     match std::future::ready(body)
-        .and_then(|body| serve(&provider, &headers, body))
+        .and_then(|body| serve(&provider, &headers, body, endpoint))
         .await
     {
         Ok(response) => {
@@ -133,6 +152,7 @@ async fn serve(
     provider: &Provider,
     headers: &HeaderMap,
     body: Bytes,
+    endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let unauthorized = |message: String| {
         ApiError::new(
@@ -162,6 +182,9 @@ async fn serve(
     // Every check of the request itself comes before the claim: a request refused
     // for its own content (400) leaves the ticket unused, to be sent again corrected.
     request.max_tokens()?;
+    // R-NODE-4: only OpenAI's documented fields reach the model server, each
+    // bounded (`n_predict`, `n: 64`, `ignore_eos`… would pass TokenMax by).
+    request.check_fields(endpoint)?;
     let ticket = claim(provider, session, signer).await?;
     let model = provider.models.get(&ticket.model_id).ok_or_else(|| {
         ApiError::new(
@@ -178,8 +201,9 @@ async fn serve(
     request.clamp_max_tokens(ticket.tokens_max)?;
     request.ask_usage_in_stream();
     let url = format!(
-        "{}/chat/completions",
-        model.offer.upstream_base_url.trim_end_matches('/')
+        "{}{}",
+        model.offer.upstream_base_url.trim_end_matches('/'),
+        endpoint.path()
     );
     let started = Instant::now();
     let upstream = provider
