@@ -159,7 +159,10 @@ async fn r_node_4_fields_outside_the_allowlist_are_refused_naming_them() {
         .map(String::as_str)
         .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["max_tokens", "messages", "model", "temperature"]);
+    assert_eq!(
+        keys,
+        ["max_tokens", "messages", "model", "stream", "temperature"]
+    );
     assert_eq!(forwarded["max_tokens"], 5);
     // The provider enforces the same allowlist for any ticket holder.
     let network_id = 1;
@@ -227,10 +230,6 @@ async fn r_node_5_refusals_are_honest_and_say_when_not_to_retry() {
         "{error}"
     );
     assert!(!message.contains("quota exceeded"), "{error}");
-    // No max_tokens: the default (5,000,000 here) is more than is left: served.
-    let body = json!({"model": "demo-model-1", "messages": [{"role": "user", "content": "hi"}]});
-    let response = stack.http.post(&url).json(&body).send().await.unwrap();
-    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     // The model server refuses a prompt over its context: 400, not to be retried,
     // void (one penalty point would suspend this provider).
     stack.standin_mode(json!({"context_tokens_max": 4})).await;
@@ -249,6 +248,14 @@ async fn r_node_5_refusals_are_honest_and_say_when_not_to_retry() {
             1.0,
         )
         .await;
+    stack.standin_mode(json!({})).await;
+    // No max_tokens: the default (5,000,000 here) is more than is left today
+    // (about 1,500,000): served for what is left.
+    let body = json!({"model": "demo-model-1", "messages": [{"role": "user", "content": "hi"}]});
+    let response = stack.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(answer["usage"]["completion_tokens"], 16, "{answer}");
 }
 
 /// Issue 23 case 6: SIGTERM to the consumer mid-stream: it stops within its
