@@ -382,3 +382,23 @@ async fn r_node_6_completions_and_model_retrieve_are_served() {
     let error = openai_error(response, 404).await;
     assert_eq!(error["error"]["code"], "model_not_found", "{error}");
 }
+
+/// Issue 23 case 9: `yellowstone-router print-config` documents `[[market.models]]`
+/// (every key) and, with `models = []`, the demo catalog it serves.
+#[test]
+fn the_router_print_config_documents_the_models_table() {
+    let output = std::process::Command::new(yellowstone_tests::router_binary())
+        .arg("print-config")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    for needle in [
+        "# [[market.models]]",
+        "weights_hash = \"HEX\"",
+        "# name = \"demo-model-1\"",
+        "# id = 4",
+    ] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+}
