@@ -904,6 +904,7 @@ impl Call {
                     Ok(events) => events,
                     Err(error) => break Some(("provider_error", error)),
                 };
+                let mut stream_error = None;
                 for event in events {
                     let mut raw = event.raw;
                     match event.data.as_deref() {
@@ -938,6 +939,19 @@ impl Call {
                                 let before = text.len();
                                 if delivered_text(&value, &mut text) {
                                     token_chunks += 1;
+                                }
+                                // The text is kept to be counted: bounded as a
+                                // whole answer is, or a provider could stream
+                                // without end into this node's memory.
+                                if text.len() > self.consumer.config.response_bytes_max as usize {
+                                    stream_error = Some((
+                                        "provider_error",
+                                        format!(
+                                            "the provider's stream exceeds response_bytes_max ({} bytes)",
+                                            self.consumer.config.response_bytes_max
+                                        ),
+                                    ));
+                                    break;
                                 }
                                 if text.len() > before && first_token_ms.is_none() {
                                     // R-REPORT-3: the time to the first token.
@@ -976,6 +990,9 @@ impl Call {
                     if app_open && sender.send(Ok(raw)).await.is_err() {
                         app_open = false; // the application left; the report still tells the truth
                     }
+                }
+                if stream_error.is_some() {
+                    break stream_error;
                 }
             };
             let tokens = self.verified_tokens(&text, usage, Some(token_chunks));
