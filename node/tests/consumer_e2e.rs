@@ -402,3 +402,92 @@ fn the_router_print_config_documents_the_models_table() {
         assert!(text.contains(needle), "{needle} in:\n{text}");
     }
 }
+
+/// A word-level `tokenizer.json` over the stand-in's 16 words (whitespace split).
+fn word_tokenizer() -> String {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert("[UNK]".into(), json!(0));
+    for (i, word) in [
+        "amber", "basalt", "cedar", "delta", "ember", "fjord", "geyser", "harbor", "iris",
+        "juniper", "kestrel", "lagoon", "meadow", "nimbus", "obsidian", "prairie",
+    ]
+    .iter()
+    .enumerate()
+    {
+        vocab.insert((*word).into(), json!(i + 1));
+    }
+    json!({"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null, "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}})
+    .to_string()
+}
+
+/// R-NODE-4 with the operator's tokenizer: the count is the tokenizer's (one per
+/// word here), pinned by the file's BLAKE3 and listed in `GET /v1/models`; a file
+/// that is not the pinned one stops the node at start, naming both hashes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_4_the_named_tokenizer_counts_and_is_pinned_by_its_hash() {
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("tokenizer.json");
+    let json = word_tokenizer();
+    std::fs::write(&path, &json).unwrap();
+    let hash = blake3::hash(json.as_bytes()).to_hex().to_string();
+    let stack = Stack::start(Tuning {
+        consumer: format!(
+            "[[tokenizers]]\nmodel = \"demo-model-1\"\nfile = \"{}\"\nblake3 = \"{hash}\"\n",
+            path.display()
+        ),
+        ..Tuning::default()
+    })
+    .await;
+    stack
+        .standin_mode(json!({"tokens": 5, "usage_claim": 1_000_000}))
+        .await;
+    let answer: serde_json::Value = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat("hello", 100, false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Five words (about 30 bytes): the tokenizer says 5, the byte bound ~30.
+    assert_eq!(answer["usage"]["completion_tokens"], 5, "{answer}");
+    stack.wait_metric(TOKENS, 5.0).await;
+    let model: serde_json::Value = stack
+        .http
+        .get(stack.consumer_url("/v1/models/demo-model-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(model["tokenizer_blake3"], hash.as_str());
+    // Another file under the same pin: refused at start.
+    std::fs::write(&path, json.replace("amber", "umber")).unwrap();
+    let config = files.path().join("consumer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "key_file = \"{}\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"\"\n\
+             [[tokenizers]]\nmodel = \"demo-model-1\"\nfile = \"{}\"\nblake3 = \"{hash}\"\n",
+            stack.dir.path().join("consumer.key").display(),
+            path.display()
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(CONSUMER)
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&hash) && stderr.contains("BLAKE3"),
+        "{stderr}"
+    );
+}
