@@ -450,7 +450,7 @@ impl ChatRequest {
             };
             check_field(field, *rule, value)?;
         }
-        if !self.fields.contains_key(required) {
+        if self.fields.get(required).is_none_or(Value::is_null) {
             return Err(ApiError::bad_request(
                 "invalid_field",
                 format!("`{required}` is required on {}", endpoint.path()),

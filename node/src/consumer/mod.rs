@@ -48,7 +48,7 @@ impl ConsumerMetrics {
             ),
             tokens: metrics.counter(
                 "consumer_tokens",
-                "Completion tokens received (the provider's usage).",
+                "Completion tokens received and paid for: the provider's usage, never above what the received text holds (R-NODE-4).",
             ),
             in_flight: metrics.gauge("consumer_requests_in_flight", "Requests being served."),
             ticket_seconds: metrics.seconds(
