@@ -381,6 +381,25 @@ async fn r_node_6_completions_and_model_retrieve_are_served() {
         .unwrap();
     let error = openai_error(response, 404).await;
     assert_eq!(error["error"]["code"], "model_not_found", "{error}");
+    // The provider node serves the same endpoint for its own models.
+    let provider = |path: &str| format!("http://{}{path}", stack.provider.field("listen"));
+    let model: serde_json::Value = stack
+        .http
+        .get(provider("/v1/models/standin"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(model["id"], "standin", "{model}");
+    let response = stack
+        .http
+        .get(provider("/v1/models/other"))
+        .send()
+        .await
+        .unwrap();
+    openai_error(response, 404).await;
 }
 
 /// Issue 23 case 9: `yellowstone-router print-config` documents `[[market.models]]`

@@ -33,6 +33,7 @@ pub fn router(provider: Arc<Provider>) -> Router {
         // R-NODE-6 (issue 23 case 9): legacy text completions, same checks.
         .route("/v1/completions", post(text_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
@@ -51,6 +52,30 @@ async fn models(State(provider): State<Arc<Provider>>) -> Json<Value> {
         .collect();
     data.sort_by_key(|m| m["yellowstone_model_id"].as_u64());
     Json(json!({"object": "list", "data": data}))
+}
+
+/// R-NODE-6: `GET /v1/models/{id}`, one entry of `GET /v1/models`, or 404
+/// `model_not_found`.
+async fn model(
+    state: State<Arc<Provider>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(list) = models(state).await;
+    list["data"]
+        .as_array()
+        .and_then(|data| data.iter().find(|m| m["id"] == id.as_str()))
+        .map(|m| Json(m.clone()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "The model `{}` is not served here (GET /v1/models lists them)",
+                    crate::openai::truncate(&id, 256)
+                ),
+            )
+        })
 }
 
 fn count(provider: &Provider, status: StatusCode) {
