@@ -197,30 +197,13 @@ where
                     started.address
                 );
                 shutdown_signal().await?;
-                // R-NODE-5: what a node still has in flight is finished or
-                // reported before the process exits (each hook bounds its own time).
-                let hooks =
-                    std::mem::take(&mut *STOP_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
-                futures_util::future::join_all(hooks).await;
+                // Graceful stop: what the node registered (finish in-flight work,
+                // withdraw offers) runs before the process exits.
+                crate::run_stop_hooks().await;
                 Ok(())
             })
         }
     }
-}
-
-/// Work to finish after SIGTERM/SIGINT, before the process exits ([`on_stop`]).
-type StopHook = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-
-static STOP_HOOKS: std::sync::Mutex<Vec<StopHook>> = std::sync::Mutex::new(Vec::new());
-
-/// R-NODE-5: registers `hook`, run (with the others, concurrently) once SIGTERM or
-/// SIGINT arrives; the process exits when every hook is done, so a hook must bound
-/// its own time (e.g. the consumer's `stop_grace_ms`).
-pub fn on_stop(hook: impl Future<Output = ()> + Send + 'static) {
-    STOP_HOOKS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Box::pin(hook));
 }
 
 async fn shutdown_signal() -> Result<(), String> {

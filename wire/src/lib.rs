@@ -13,7 +13,11 @@ pub mod client;
 pub mod codec;
 pub mod codes;
 pub mod frame;
+/// The login handshake without IO, shared by `client` and the nodes (issue 26 item 4).
+pub mod login;
 pub mod messages;
+/// Nonce numbering and replay resynchronisation for every client (R-ID-4, R-ID-8).
+pub mod nonce;
 pub mod signature;
 
 pub use address::Address;

@@ -156,7 +156,9 @@ impl Consumer {
         );
         tokio::spawn(self.router.clone().run(backoff));
         let consumer = self.clone();
-        crate::cli::on_stop(async move { consumer.stop().await });
+        crate::on_stop(Box::new(move || {
+            Box::pin(async move { consumer.stop().await })
+        }));
         Ok(Started {
             listen,
             metrics,

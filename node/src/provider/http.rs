@@ -174,7 +174,7 @@ async fn claim(
 }
 
 async fn serve(
-    provider: &Provider,
+    provider: &Arc<Provider>,
     headers: &HeaderMap,
     body: Bytes,
     endpoint: Endpoint,
@@ -219,6 +219,9 @@ async fn serve(
             format!("this provider does not serve model {}", ticket.model_id),
         )
     })?;
+    // Counted in flight from the claim until the answer is sent (R-NODE-5: a graceful
+    // stop waits for it).
+    let in_flight = provider.in_flight();
     // R-SESSION-1: the inference begins: sign it to the router (queued, not
     // awaited), or the router closes the session after ticket_start_timeout_ms.
     provider.start_session(ticket.session_id).await;
@@ -270,6 +273,8 @@ async fn serve(
     let latency = provider.stats.upstream_seconds.clone();
     let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
     let stream = upstream.bytes_stream().map(move |chunk| {
+        // The stream owns the in-flight mark: it ends when the body is sent or dropped.
+        let _in_flight = &in_flight;
         let chunk = chunk.map_err(std::io::Error::other)?;
         match splitter.push(&chunk) {
             Ok(events) => {
