@@ -50,16 +50,25 @@ def test_llama_completions_plain_and_streamed_with_verified_usage(market):
 
 
 def test_llama_streamed_chat_usage_is_the_consumers_count(market):
-    usage, text = None, ""
-    for chunk in client(market).chat.completions.create(
-        model=ALIAS, messages=[{"role": "user", "content": "count me"}], max_tokens=11,
-        stream=True, stream_options={"include_usage": True},
-    ):
-        if chunk.usage is not None:
-            usage = chunk.usage
-        text += "".join(c.delta.content or "" for c in chunk.choices)
-    assert usage is not None
-    assert usage.completion_tokens == len(text.encode()) == 11
+    # llama-cpp-python 0.3.36 now and then ends a stream right after its opening
+    # chunk (no content, no finish_reason, then [DONE]: seen calling it directly
+    # too, after a streamed /v1/completions). The count must match the text in
+    # every case; the test asks again until llama.cpp actually generates.
+    for _ in range(5):
+        usage, text = None, ""
+        for chunk in client(market).chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": "count me"}], max_tokens=11,
+            temperature=0, seed=7, stream=True, stream_options={"include_usage": True},
+        ):
+            if chunk.usage is not None:
+                usage = chunk.usage
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+        assert usage is not None
+        assert usage.completion_tokens == len(text.encode())
+        if text:
+            assert usage.completion_tokens == 11
+            return
+    pytest.fail("llama.cpp generated nothing five times")
 
 
 def test_llama_context_overflow_is_a_400_not_retried_and_no_penalty(market):
