@@ -474,7 +474,8 @@ fn main() {
                     None => e,
                 })?;
                 let text = toml::to_string_pretty(&c).map_err(|e| e.to_string())?;
-                Ok(text + &unset_keys(&c) + &deployment_parameters(&c)?)
+                let models = yellowstone_gateway::router::config::models_help(&c.market.models);
+                Ok(text + &models + &unset_keys(&c) + &deployment_parameters(&c)?)
             })
             .map(|text| print!("{text}")),
     };

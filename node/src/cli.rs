@@ -196,7 +196,11 @@ where
                         .map_or_else(|| "none".to_string(), |a| a.to_string()),
                     started.address
                 );
-                shutdown_signal().await
+                shutdown_signal().await?;
+                // Graceful stop: what the node registered (finish in-flight work,
+                // withdraw offers) runs before the process exits.
+                crate::run_stop_hooks().await;
+                Ok(())
             })
         }
     }

@@ -27,6 +27,30 @@ pub mod provider;
 pub mod standin;
 pub mod weights;
 
+/// Work a node does when asked to stop (SIGTERM, SIGINT) before its process exits:
+/// finishing what is in flight, withdrawing offers (issue 23 case 6, R-NODE-5).
+pub type StopHook =
+    Box<dyn FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+static STOP_HOOKS: std::sync::Mutex<Vec<StopHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `hook` to run (in registration order) when the node is told to stop;
+/// each hook bounds its own time (e.g. the provider's `stop_drain_ms`).
+pub fn on_stop(hook: StopHook) {
+    STOP_HOOKS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(hook);
+}
+
+/// Runs the registered stop hooks (called by `cli` after the stop signal).
+pub async fn run_stop_hooks() {
+    let hooks = std::mem::take(&mut *STOP_HOOKS.lock().unwrap_or_else(|e| e.into_inner()));
+    for hook in hooks {
+        hook().await;
+    }
+}
+
 /// Unix time in milliseconds (the nodes' only clock for expiries).
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()

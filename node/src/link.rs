@@ -6,17 +6,28 @@
 //! sends; the receiver ends when the connection does. Reconnecting is the owner's
 //! loop (`Backoff`); nonces live in `Nonces`, shared across reconnects, so a new
 //! connection never replays an old nonce (R-ID-4).
+//!
+//! R-ID-8: another program may sign with the node's key (`yellowstone-ctl claim`). The
+//! router then refuses the node's next message `replay`, naming the last nonce it
+//! accepted; the link moves the shared `Nonces` above it, signs the refused message
+//! again with a fresh nonce and resends it once, and hands the answer to the resent
+//! message to the node under the nonce the node gave it, so the node never stalls
+//! and never sees the refusal. The login handshake is `wire::login`'s, as in
+//! `wire::client` (issue 26 item 4).
 
 use bytes::Bytes;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use yellowstone_wire::client::CLIENT_FRAME_BYTES_MAX;
 use yellowstone_wire::frame::FrameDecoder;
-use yellowstone_wire::{Address, LoginAnswer, Message, SigningKey};
+use yellowstone_wire::login::{self, LoginExpect};
+use yellowstone_wire::nonce::{self as wire_nonce, RESEND_WINDOW};
+use yellowstone_wire::{Address, Message, SigningKey};
 
 /// Frames waiting to be written to the router, at most.
 pub const OUTBOUND_FRAMES_MAX: usize = 4096;
@@ -51,20 +62,72 @@ pub enum LinkError {
     Timeout { addr: String, timeout_ms: u64 },
 }
 
-/// Strictly increasing nonces for one address, across connections (R-ID-4): they
-/// start from the clock in microseconds so a restarted node does not replay either.
-#[derive(Debug)]
-pub struct Nonces(AtomicU64);
+/// Strictly increasing nonces for one address, across connections (R-ID-4): each is
+/// `max(clock µs, last + 1)` (R-ID-8), so a restarted node does not replay either.
+/// Clones share one counter (the node's and its link's, for resynchronisation).
+#[derive(Clone, Debug)]
+pub struct Nonces(Arc<AtomicU64>);
 
 impl Default for Nonces {
     fn default() -> Self {
-        Nonces(AtomicU64::new(crate::unix_ms().saturating_mul(1000)))
+        Nonces(Arc::new(AtomicU64::new(wire_nonce::clock_micros())))
     }
 }
 
 impl Nonces {
     pub fn next(&self) -> u64 {
-        self.0.fetch_add(1, Ordering::Relaxed) + 1
+        let previous = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
+                Some(wire_nonce::next_after(last))
+            })
+            .unwrap_or_else(|last| last);
+        let next = wire_nonce::next_after(previous);
+        debug_assert!(next > previous || previous == u64::MAX);
+        next
+    }
+
+    /// R-ID-8: the router accepted `last_accepted` from this address (another program
+    /// signing with the same key): every later nonce is above it.
+    pub fn resync(&self, last_accepted: u64) {
+        self.0.fetch_max(last_accepted, Ordering::AcqRel);
+    }
+}
+
+/// The link's memory for R-ID-8 resends: the last `RESEND_WINDOW` signed messages by
+/// nonce, and which resent nonce stands for which original one.
+#[derive(Default)]
+struct Resends {
+    sent: VecDeque<(u64, Message)>,
+    /// (nonce of the resend, nonce the node gave the message).
+    renumbered: VecDeque<(u64, u64)>,
+}
+
+impl Resends {
+    fn remember(&mut self, nonce: u64, message: &Message) {
+        if self.sent.len() == RESEND_WINDOW {
+            self.sent.pop_front();
+        }
+        self.sent.push_back((nonce, message.clone()));
+    }
+
+    fn take(&mut self, nonce: u64) -> Option<Message> {
+        let at = self.sent.iter().position(|(n, _)| *n == nonce)?;
+        self.sent.remove(at).map(|(_, message)| message)
+    }
+
+    fn renumber(&mut self, resent: u64, original: u64) {
+        if self.renumbered.len() == RESEND_WINDOW {
+            self.renumbered.pop_front();
+        }
+        self.renumbered.push_back((resent, original));
+    }
+
+    fn original(&self, nonce: u64) -> Option<u64> {
+        self.renumbered
+            .iter()
+            .find(|(resent, _)| *resent == nonce)
+            .map(|(_, original)| *original)
     }
 }
 
@@ -97,14 +160,26 @@ pub struct Link {
     network_id: u32,
     router: Address,
     outbound: mpsc::Sender<Vec<u8>>,
+    resends: Arc<Mutex<Resends>>,
 }
 
 impl Link {
     /// Connects, checks the network id and router address, logs in, and starts the
-    /// reader and writer tasks.
+    /// reader and writer tasks, with nonces of its own: use `connect_with` to share
+    /// the node's `Nonces` so that a replay refusal resynchronises them (R-ID-8).
     pub async fn connect(
         config: &LinkConfig,
         key: SigningKey,
+    ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
+        Link::connect_with(config, key, Nonces::default()).await
+    }
+
+    /// `connect`, resynchronising `nonces` (the ones the node numbers its messages
+    /// with) on a `replay` refusal and resending the refused message once (R-ID-8).
+    pub async fn connect_with(
+        config: &LinkConfig,
+        key: SigningKey,
+        nonces: Nonces,
     ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
         let addr = config.router_addr.clone();
         let io = |source| LinkError::Io {
@@ -123,59 +198,40 @@ impl Link {
         let mut decoder = FrameDecoder::new(CLIENT_FRAME_BYTES_MAX);
         let mut buffer = vec![0u8; 64 * 1024];
         let login = async {
-            let challenge = match read_one(&mut reader, &mut decoder, &mut buffer, &addr).await? {
-                Incoming {
-                    message: Message::LoginChallenge(challenge),
-                    ..
-                } => challenge,
-                other => {
-                    return Err(LinkError::Login {
-                        addr: addr.clone(),
-                        reason: format!("expected a challenge, got {}", other.message.name()),
-                    })
-                }
+            let first = read_one(&mut reader, &mut decoder, &mut buffer, &addr).await?;
+            let expect = LoginExpect {
+                network_id: Some(config.network_id),
+                router: config.router_address,
             };
-            if challenge.network_id != config.network_id {
-                return Err(LinkError::NetworkId {
-                    addr: addr.clone(),
-                    router: challenge.network_id,
-                    configured: config.network_id,
-                });
-            }
-            if let Some(pinned) = config.router_address {
-                if pinned != challenge.router {
-                    return Err(LinkError::RouterAddress {
+            let (answer, named) =
+                login::answer_challenge(&first.message, &key, expect).map_err(|e| match e {
+                    login::LoginError::NetworkId { router, configured } => LinkError::NetworkId {
                         addr: addr.clone(),
-                        router: challenge.router,
-                        configured: pinned,
-                    });
-                }
-            }
-            let mut answer: Message = LoginAnswer {
-                address: key.address(),
-                challenge: challenge.challenge,
-                ..LoginAnswer::default()
-            }
-            .into();
-            let frame = answer.sign(&key, config.network_id);
-            writer.write_all(&frame).await.map_err(io)?;
-            match read_one(&mut reader, &mut decoder, &mut buffer, &addr).await? {
-                Incoming {
-                    message: Message::LoginOk(_),
-                    ..
-                } => Ok(challenge.router),
-                Incoming {
-                    message: Message::ErrorReply(e),
-                    ..
-                } => Err(LinkError::Login {
-                    addr: addr.clone(),
-                    reason: e.reason,
-                }),
-                other => Err(LinkError::Login {
-                    addr: addr.clone(),
-                    reason: format!("unexpected {}", other.message.name()),
-                }),
-            }
+                        router,
+                        configured,
+                    },
+                    login::LoginError::RouterAddress { router, configured } => {
+                        LinkError::RouterAddress {
+                            addr: addr.clone(),
+                            router,
+                            configured,
+                        }
+                    }
+                    other => LinkError::Login {
+                        addr: addr.clone(),
+                        reason: other.to_string(),
+                    },
+                })?;
+            writer.write_all(&answer).await.map_err(io)?;
+            let reply = read_one(&mut reader, &mut decoder, &mut buffer, &addr).await?;
+            login::check_reply(&reply.message, key.address()).map_err(|e| LinkError::Login {
+                addr: addr.clone(),
+                reason: match e {
+                    login::LoginError::Refused { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            })?;
+            Ok(named.router)
         };
         let router = tokio::time::timeout(config.login_timeout, login)
             .await
@@ -184,6 +240,14 @@ impl Link {
                 timeout_ms: config.login_timeout.as_millis() as u64,
             })??;
         let (outbound, mut outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_FRAMES_MAX);
+        let resends = Arc::new(Mutex::new(Resends::default()));
+        let resender = Resender {
+            key: key.clone(),
+            network_id: config.network_id,
+            nonces,
+            resends: resends.clone(),
+            outbound: outbound.clone(),
+        };
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_MESSAGES_MAX);
         let keepalive = config.keepalive;
         tokio::spawn(async move {
@@ -224,6 +288,9 @@ impl Link {
                         continue;
                     }
                 }
+                let Some(incoming) = resender.handle(incoming).await else {
+                    continue;
+                };
                 if inbound_tx.send(incoming).await.is_err() {
                     break;
                 }
@@ -234,6 +301,7 @@ impl Link {
             network_id,
             router,
             outbound,
+            resends,
         };
         Ok((link, inbound))
     }
@@ -250,10 +318,18 @@ impl Link {
         self.network_id
     }
 
-    /// Signs `message` (if it is a signed type) and queues it for the router.
+    /// Signs `message` (if it is a signed type) and queues it for the router; a signed
+    /// message is kept (the last `RESEND_WINDOW`) to be resent after a replay refusal.
     pub async fn send(&self, mut message: Message) -> Result<(), LinkError> {
         let frame = if message.is_signed() {
-            message.sign(&self.key, self.network_id)
+            let frame = message.sign(&self.key, self.network_id);
+            if let Some((_, nonce)) = message.claimed_origin().filter(|(_, n)| *n != 0) {
+                self.resends
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remember(nonce, &message);
+            }
+            frame
         } else {
             message.to_frame()
         };
@@ -268,6 +344,68 @@ impl Link {
     /// Whether the writer is gone (the connection closed).
     pub fn is_closed(&self) -> bool {
         self.outbound.is_closed()
+    }
+}
+
+/// The reader's side of R-ID-8: resends refused messages and renames answers.
+struct Resender {
+    key: SigningKey,
+    network_id: u32,
+    nonces: Nonces,
+    resends: Arc<Mutex<Resends>>,
+    outbound: mpsc::Sender<Vec<u8>>,
+}
+
+impl Resender {
+    /// What the node should see of `incoming`: nothing for a replay refusal of a
+    /// message this link resent (the resend answers instead); an answer to a resent
+    /// message carries the nonce the node first gave that message.
+    async fn handle(&self, mut incoming: Incoming) -> Option<Incoming> {
+        if let Message::ErrorReply(reply) = &incoming.message {
+            if let Some(last) = wire_nonce::replay_last_accepted(reply) {
+                // Whatever was refused, later nonces must be above the router's.
+                self.nonces.resync(last);
+                let refused = reply.ref_nonce;
+                let resend = {
+                    let mut resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+                    // A resend is refused at most once more: that refusal goes to the
+                    // node (under the original nonce, below).
+                    match resends.original(refused) {
+                        Some(_) => None,
+                        None => resends.take(refused).map(|mut message| {
+                            let nonce = self.nonces.next();
+                            wire_nonce::set_nonce(&mut message, nonce);
+                            resends.renumber(nonce, refused);
+                            (nonce, message.sign(&self.key, self.network_id))
+                        }),
+                    }
+                };
+                if let Some((nonce, frame)) = resend {
+                    tracing::warn!(
+                        refused,
+                        last_accepted = last,
+                        resent_as = nonce,
+                        "replay refusal: another program signs with this key; nonces resynchronised and the message resent (R-ID-8)"
+                    );
+                    // The writer is gone only when the connection is: the reader ends too.
+                    let _ = self.outbound.send(frame).await;
+                    return None;
+                }
+            }
+        }
+        let own = self.key.address();
+        let message = &mut incoming.message;
+        // A ticket's `rfc_nonce` is the user's: only a consumer's own RFCs are renamed.
+        let renameable = !matches!(message, Message::SessionTicket(t) if t.user != own);
+        if renameable {
+            if let Some(nonce) = wire_nonce::answer_nonce_mut(message) {
+                let resends = self.resends.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(original) = resends.original(*nonce) {
+                    *nonce = original;
+                }
+            }
+        }
+        Some(incoming)
     }
 }
 

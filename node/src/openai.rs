@@ -1,8 +1,11 @@
 //! The OpenAI API as both nodes speak it: error bodies
 //! (`{"error": {"message", "type", "code", "param"}}`) with the right HTTP status,
-//! and the few request fields the nodes read or rewrite (`model`, `stream`,
-//! `max_tokens` / `max_completion_tokens`, `stream_options.include_usage`); every
-//! other field passes through untouched.
+//! the two text endpoints ([`Endpoint`]: chat completions and completions), and the
+//! request fields the nodes read or rewrite (`model`, `stream`, `max_tokens` /
+//! `max_completion_tokens`, `stream_options.include_usage`). R-NODE-4: only OpenAI's
+//! documented fields pass ([`ChatRequest::check_fields`]), each bounded; any other
+//! field (`n_predict`, `min_tokens`, `ignore_eos`…: a server-specific knob that could
+//! set an output length past the ticket's TokenMax) is a 400 naming it.
 
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,7 +68,32 @@ impl IntoResponse for ApiError {
                 response.headers_mut().insert("retry-after", value);
             }
         }
+        if let Some(retry) = should_retry(self.status, self.retry_after_s.is_some()) {
+            response
+                .headers_mut()
+                .insert(SHOULD_RETRY_HEADER, HeaderValue::from_static(retry));
+        }
         response
+    }
+}
+
+/// The retry hint OpenAI's own clients obey (the `openai` packages retry 408, 409,
+/// 429 and 5xx unless it says `false`).
+pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
+
+/// Issue 23 case 8: the `x-should-retry` value for an error of `status`: `"true"`
+/// when it carries a `Retry-After` (waiting can help: no provider now, overloaded,
+/// too many open sessions), `"false"` for any other 4xx (the same request cannot
+/// succeed: a bad field, no quota left today, max_tokens above what is left), none
+/// for a 5xx without `Retry-After` (the client's default: another try may reach
+/// another provider).
+pub fn should_retry(status: StatusCode, retry_after: bool) -> Option<&'static str> {
+    if retry_after {
+        Some("true")
+    } else if status.is_client_error() {
+        Some("false")
+    } else {
+        None
     }
 }
 
@@ -99,16 +127,17 @@ pub fn body_or_error(
     })
 }
 
+/// What the nodes serve (R-NODE-6), for the 404 and 405 messages.
+const SERVED: &str = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models \
+                      and GET /v1/models/{id}";
+
 /// Both nodes' answer to a path they do not serve: 404 `unknown_url`, OpenAI-style.
 pub async fn unknown_url(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         "unknown_url",
-        format!(
-            "unknown url {}: this node serves POST /v1/chat/completions and GET /v1/models",
-            uri.path()
-        ),
+        format!("unknown url {}: this node serves {SERVED}", uri.path()),
     )
 }
 
@@ -120,11 +149,256 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
         "invalid_request_error",
         "method_not_allowed",
         format!(
-            "{method} is not served at {}: this node serves POST /v1/chat/completions and \
-             GET /v1/models",
+            "{method} is not served at {}: this node serves {SERVED}",
             uri.path()
         ),
     )
+}
+
+/// The two OpenAI text endpoints the nodes serve (R-NODE-6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`: `messages` in, `choices[].message.content` /
+    /// `choices[].delta.content` out.
+    Chat,
+    /// `POST /v1/completions` (legacy text completions): `prompt` in,
+    /// `choices[].text` out, streamed or not.
+    Completions,
+}
+
+impl Endpoint {
+    /// The path below an OpenAI base URL (`…/v1`), e.g. `/chat/completions`.
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/chat/completions",
+            Endpoint::Completions => "/completions",
+        }
+    }
+
+    /// The `object` of a whole answer (`chat.completion`, `text_completion`).
+    pub fn object(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat.completion",
+            Endpoint::Completions => "text_completion",
+        }
+    }
+}
+
+/// Largest `stop` entry, `user` string and `suffix` (bytes); most `stop` entries;
+/// most `logit_bias` entries: OpenAI's own documented limits (4 stops, 300 biases),
+/// the string bounds ours (R-NODE-4: every field bounded).
+pub const STOP_ENTRIES_MAX: usize = 4;
+pub const STRING_FIELD_BYTES_MAX: usize = 1024;
+pub const LOGIT_BIAS_ENTRIES_MAX: usize = 300;
+
+/// How one allowed field is checked.
+#[derive(Clone, Copy)]
+enum FieldRule {
+    /// Any JSON of that field's documented shape; its size is bounded by the
+    /// request's byte limit (`messages`, `tools`, `response_format`…).
+    Sized,
+    /// A model name (string, bounded).
+    Text,
+    Bool,
+    /// `false` only: `echo: true` would return the prompt as completion text (paid
+    /// for as output).
+    FalseOnly,
+    /// A number in [min, max].
+    Number(f64, f64),
+    /// An integer in [min, max].
+    Integer(i64, i64),
+    /// Absent, null or 1: one output per ticket (`n`, `best_of`).
+    One,
+    /// A positive integer (`max_tokens`, `max_completion_tokens`): the TokenMax
+    /// bound is applied by the caller, which knows it.
+    Tokens,
+    Stop,
+    LogitBias,
+    StreamOptions,
+    /// A completion's `prompt`: a string, or an array of exactly one string.
+    Prompt,
+}
+
+/// R-NODE-4: OpenAI's documented request fields for text, per endpoint, and their
+/// bounds. Nothing else is forwarded.
+const CHAT_FIELDS: &[(&str, FieldRule)] = &[
+    ("model", FieldRule::Text),
+    ("messages", FieldRule::Sized),
+    ("max_tokens", FieldRule::Tokens),
+    ("max_completion_tokens", FieldRule::Tokens),
+    ("n", FieldRule::One),
+    ("stream", FieldRule::Bool),
+    ("stream_options", FieldRule::StreamOptions),
+    ("temperature", FieldRule::Number(0.0, 2.0)),
+    ("top_p", FieldRule::Number(0.0, 1.0)),
+    ("frequency_penalty", FieldRule::Number(-2.0, 2.0)),
+    ("presence_penalty", FieldRule::Number(-2.0, 2.0)),
+    ("stop", FieldRule::Stop),
+    ("seed", FieldRule::Integer(i64::MIN, i64::MAX)),
+    ("logit_bias", FieldRule::LogitBias),
+    ("logprobs", FieldRule::Bool),
+    ("top_logprobs", FieldRule::Integer(0, 20)),
+    ("user", FieldRule::Text),
+    ("response_format", FieldRule::Sized),
+    ("tools", FieldRule::Sized),
+    ("tool_choice", FieldRule::Sized),
+    ("parallel_tool_calls", FieldRule::Bool),
+];
+
+const COMPLETION_FIELDS: &[(&str, FieldRule)] = &[
+    ("model", FieldRule::Text),
+    ("prompt", FieldRule::Prompt),
+    ("max_tokens", FieldRule::Tokens),
+    ("n", FieldRule::One),
+    ("best_of", FieldRule::One),
+    ("echo", FieldRule::FalseOnly),
+    ("stream", FieldRule::Bool),
+    ("stream_options", FieldRule::StreamOptions),
+    ("temperature", FieldRule::Number(0.0, 2.0)),
+    ("top_p", FieldRule::Number(0.0, 1.0)),
+    ("frequency_penalty", FieldRule::Number(-2.0, 2.0)),
+    ("presence_penalty", FieldRule::Number(-2.0, 2.0)),
+    ("stop", FieldRule::Stop),
+    ("seed", FieldRule::Integer(i64::MIN, i64::MAX)),
+    ("logit_bias", FieldRule::LogitBias),
+    ("logprobs", FieldRule::Integer(0, 5)),
+    ("suffix", FieldRule::Text),
+    ("user", FieldRule::Text),
+];
+
+/// Fields model servers read that set an output length or count outside
+/// `max_tokens` (llama.cpp, vLLM, TGI, Ollama): named apart in the refusal.
+const OUTPUT_LENGTH_FIELDS: &[&str] = &[
+    "n_predict",
+    "min_tokens",
+    "ignore_eos",
+    "max_new_tokens",
+    "num_predict",
+    "min_new_tokens",
+    "n_probs",
+];
+
+fn field_error(field: &str, message: String) -> ApiError {
+    ApiError::bad_request("invalid_field", format!("`{field}`: {message}"))
+}
+
+fn check_string(field: &str, value: &Value) -> Result<(), ApiError> {
+    match value.as_str() {
+        Some(s) if s.len() <= STRING_FIELD_BYTES_MAX => Ok(()),
+        Some(s) => Err(field_error(
+            field,
+            format!(
+                "{} bytes, at most {STRING_FIELD_BYTES_MAX} allowed",
+                s.len()
+            ),
+        )),
+        None => Err(field_error(field, "must be a string".into())),
+    }
+}
+
+fn check_field(field: &str, rule: FieldRule, value: &Value) -> Result<(), ApiError> {
+    if value.is_null() && !matches!(rule, FieldRule::Sized) {
+        // JSON null is "not given" in OpenAI's API (the openai package omits
+        // unset fields, others send null).
+        return Ok(());
+    }
+    match rule {
+        FieldRule::Sized => Ok(()),
+        FieldRule::Text => check_string(field, value),
+        FieldRule::Bool => value
+            .as_bool()
+            .map(drop)
+            .ok_or_else(|| field_error(field, "must be true or false".into())),
+        FieldRule::FalseOnly => match value.as_bool() {
+            Some(false) => Ok(()),
+            _ => Err(field_error(
+                field,
+                format!("{value} is not served: only false (the prompt is not returned as output)"),
+            )),
+        },
+        FieldRule::Number(min, max) => match value.as_f64() {
+            Some(v) if (min..=max).contains(&v) => Ok(()),
+            _ => Err(field_error(
+                field,
+                format!("{value} is not a number in [{min}, {max}]"),
+            )),
+        },
+        FieldRule::Integer(min, max) => match value.as_i64() {
+            Some(v) if (min..=max).contains(&v) => Ok(()),
+            _ => Err(field_error(
+                field,
+                format!("{value} is not an integer in [{min}, {max}]"),
+            )),
+        },
+        FieldRule::One => match value.as_u64() {
+            Some(1) => Ok(()),
+            _ => Err(field_error(
+                field,
+                format!("{value} is not served: one output per request (1), as a ticket's TokenMax covers one"),
+            )),
+        },
+        FieldRule::Tokens => match value.as_u64() {
+            Some(v) if v > 0 => Ok(()),
+            _ => Err(ApiError::bad_request(
+                "invalid_max_tokens",
+                format!("`{field}` must be a positive integer, not {value}"),
+            )),
+        },
+        FieldRule::Stop => match value {
+            Value::String(_) => check_string(field, value),
+            Value::Array(stops) if stops.len() <= STOP_ENTRIES_MAX => {
+                stops.iter().try_for_each(|s| check_string(field, s))
+            }
+            Value::Array(stops) => Err(field_error(
+                field,
+                format!("{} entries, at most {STOP_ENTRIES_MAX}", stops.len()),
+            )),
+            _ => Err(field_error(field, "must be a string or an array of strings".into())),
+        },
+        FieldRule::LogitBias => match value {
+            Value::Object(biases) if biases.len() <= LOGIT_BIAS_ENTRIES_MAX => {
+                for (token, bias) in biases {
+                    if token.parse::<u32>().is_err()
+                        || !bias.as_f64().is_some_and(|b| (-100.0..=100.0).contains(&b))
+                    {
+                        return Err(field_error(
+                            field,
+                            format!("{token:?}: {bias}: a token id with a bias in [-100, 100]"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Value::Object(biases) => Err(field_error(
+                field,
+                format!("{} entries, at most {LOGIT_BIAS_ENTRIES_MAX}", biases.len()),
+            )),
+            _ => Err(field_error(field, "must be an object".into())),
+        },
+        FieldRule::StreamOptions => match value {
+            Value::Object(options) => {
+                for (key, option) in options {
+                    if key != "include_usage" {
+                        return Err(field_error(
+                            field,
+                            format!("option `{key}` is not served (only include_usage)"),
+                        ));
+                    }
+                    check_field("stream_options.include_usage", FieldRule::Bool, option)?;
+                }
+                Ok(())
+            }
+            _ => Err(field_error(field, "must be an object".into())),
+        },
+        FieldRule::Prompt => match value {
+            Value::String(_) => Ok(()),
+            Value::Array(prompts) if prompts.len() == 1 && prompts[0].is_string() => Ok(()),
+            _ => Err(field_error(
+                field,
+                "must be a string (or an array of one string): one completion per request".into(),
+            )),
+        },
+    }
 }
 
 /// A chat completion request, parsed only as far as the nodes need.
@@ -145,6 +419,44 @@ impl ChatRequest {
                 "body must be a JSON object",
             )),
         }
+    }
+
+    /// R-NODE-4: refuses any field `endpoint` does not document, and any value
+    /// out of its bound (`n` other than 1, `echo: true`, more than 4 `stop`s…),
+    /// with a 400 `invalid_field` naming the field and the bound; requires
+    /// `messages` (chat) or `prompt` (completions). `max_tokens` against TokenMax
+    /// is the caller's ([`ChatRequest::clamp_max_tokens`]).
+    pub fn check_fields(&self, endpoint: Endpoint) -> Result<(), ApiError> {
+        let (allowed, required) = match endpoint {
+            Endpoint::Chat => (CHAT_FIELDS, "messages"),
+            Endpoint::Completions => (COMPLETION_FIELDS, "prompt"),
+        };
+        for (field, value) in &self.fields {
+            let Some((_, rule)) = allowed.iter().find(|(name, _)| name == field) else {
+                let why = if OUTPUT_LENGTH_FIELDS.contains(&field.as_str()) {
+                    "it sets an output length outside max_tokens, which the ticket's \
+                     TokenMax bounds"
+                } else {
+                    "only OpenAI's documented fields are forwarded"
+                };
+                return Err(ApiError::bad_request(
+                    "unsupported_field",
+                    format!(
+                        "field `{}` is not accepted on {}: {why}",
+                        truncate(field, 64),
+                        endpoint.path()
+                    ),
+                ));
+            };
+            check_field(field, *rule, value)?;
+        }
+        if self.fields.get(required).is_none_or(Value::is_null) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("`{required}` is required on {}", endpoint.path()),
+            ));
+        }
+        Ok(())
     }
 
     pub fn model(&self) -> Result<&str, ApiError> {
@@ -216,6 +528,16 @@ impl ChatRequest {
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(&self.fields).expect("a JSON map serializes")
     }
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), for messages that
+/// quote a client's input.
+pub fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 /// Usage as OpenAI reports it.
@@ -307,6 +629,51 @@ impl ChunkSummary {
         }
         ChunkSummary::parse(data)?.usage
     }
+}
+
+/// What a streamed chunk or a whole answer (`value`, either endpoint) delivered as
+/// text: appends to `text` every choice's `delta.content` / `message.content` /
+/// `text` and its tool calls' function names and arguments (output too, R-NODE-4),
+/// and returns whether the chunk stands for a generated token: it carries a content
+/// or text string, even an empty one (llama.cpp's servers send a token that ends
+/// inside a UTF-8 character as an empty chunk), other than an empty opening (`role`)
+/// or closing (`finish_reason`) one.
+pub fn delivered_text(value: &Value, text: &mut String) -> bool {
+    let Some(choices) = value.get("choices").and_then(Value::as_array) else {
+        return false;
+    };
+    let mut token = false;
+    for choice in choices {
+        let part = choice.get("delta").or_else(|| choice.get("message"));
+        let content = part
+            .and_then(|p| p.get("content"))
+            .or_else(|| choice.get("text"))
+            .and_then(Value::as_str);
+        // Neither the opening chunk (`role`) nor a closing one (`finish_reason`)
+        // with empty text stands for a token.
+        let opening = part.is_some_and(|p| p.get("role").is_some());
+        let closing = choice.get("finish_reason").is_some_and(|f| !f.is_null());
+        if let Some(content) = content {
+            text.push_str(content);
+            token |= !content.is_empty() || !(opening || closing);
+        }
+        let calls = part
+            .and_then(|p| p.get("tool_calls"))
+            .and_then(Value::as_array);
+        for call in calls.into_iter().flatten() {
+            for key in ["name", "arguments"] {
+                if let Some(s) = call
+                    .get("function")
+                    .and_then(|f| f.get(key))
+                    .and_then(Value::as_str)
+                {
+                    token |= !s.is_empty();
+                    text.push_str(s);
+                }
+            }
+        }
+    }
+    token
 }
 
 /// Splits a server-sent-events byte stream into events (`data:` payloads), across
@@ -421,6 +788,148 @@ mod tests {
             ChatRequest::parse(b"[1]").unwrap_err().status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn r_node_4_only_documented_fields_pass_each_bounded() {
+        let check = |body: &str, endpoint| {
+            ChatRequest::parse(body.as_bytes())
+                .unwrap()
+                .check_fields(endpoint)
+        };
+        let ok = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5,
+            "n":1,"temperature":0.5,"stop":["a","b"],"stream":true,
+            "stream_options":{"include_usage":true},"user":null,"seed":3}"#;
+        check(ok, Endpoint::Chat).unwrap();
+        // Issue 23 case 3: each refused naming the field.
+        for (body, field) in [
+            (
+                r#"{"model":"m","messages":[],"n_predict":100000}"#,
+                "n_predict",
+            ),
+            (
+                r#"{"model":"m","messages":[],"min_tokens":100000}"#,
+                "min_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[],"ignore_eos":true}"#,
+                "ignore_eos",
+            ),
+            (r#"{"model":"m","messages":[],"n":64}"#, "`n`"),
+            (
+                r#"{"model":"m","messages":[],"temperature":9}"#,
+                "temperature",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stop":["a","b","c","d","e"]}"#,
+                "stop",
+            ),
+            (
+                r#"{"model":"m","messages":[],"stream_options":{"x":1}}"#,
+                "stream_options",
+            ),
+            (
+                r#"{"model":"m","messages":[],"logit_bias":{"x":1}}"#,
+                "logit_bias",
+            ),
+            (
+                r#"{"model":"m","messages":[],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (r#"{"model":"m"}"#, "messages"),
+        ] {
+            let error = check(body, Endpoint::Chat).unwrap_err();
+            assert_eq!(error.status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(error.message.contains(field), "{body}: {}", error.message);
+        }
+        let error = check(
+            r#"{"model":"m","messages":[],"n_predict":1}"#,
+            Endpoint::Chat,
+        )
+        .unwrap_err();
+        assert!(error.message.contains("TokenMax"), "{}", error.message);
+        // Completions: prompt, not messages; one prompt; no echo.
+        check(
+            r#"{"model":"m","prompt":"hi","max_tokens":3,"logprobs":2}"#,
+            Endpoint::Completions,
+        )
+        .unwrap();
+        check(r#"{"model":"m","prompt":["hi"]}"#, Endpoint::Completions).unwrap();
+        for body in [
+            r#"{"model":"m","prompt":["a","b"]}"#,
+            r#"{"model":"m","prompt":"a","echo":true}"#,
+            r#"{"model":"m","prompt":"a","best_of":3}"#,
+            r#"{"model":"m","messages":[]}"#,
+        ] {
+            assert!(check(body, Endpoint::Completions).is_err(), "{body}");
+        }
+    }
+
+    #[test]
+    fn issue_23_case_8_retry_hints() {
+        assert_eq!(should_retry(StatusCode::BAD_REQUEST, false), Some("false"));
+        assert_eq!(
+            should_retry(StatusCode::TOO_MANY_REQUESTS, false),
+            Some("false")
+        );
+        assert_eq!(
+            should_retry(StatusCode::TOO_MANY_REQUESTS, true),
+            Some("true")
+        );
+        assert_eq!(
+            should_retry(StatusCode::SERVICE_UNAVAILABLE, true),
+            Some("true")
+        );
+        assert_eq!(should_retry(StatusCode::BAD_GATEWAY, false), None);
+        let response = ApiError::bad_request("x", "y").into_response();
+        assert_eq!(response.headers()[SHOULD_RETRY_HEADER], "false");
+    }
+
+    #[test]
+    fn r_node_4_delivered_text_counts_empty_token_chunks() {
+        let mut text = String::new();
+        let chunk = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        // The opening chunk is no token; an empty content chunk is one (a token
+        // ending inside a character); the closing chunk is none.
+        assert!(!delivered_text(
+            &chunk(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#),
+            &mut text
+        ));
+        assert!(delivered_text(
+            &chunk(r#"{"choices":[{"delta":{"content":""}}]}"#),
+            &mut text
+        ));
+        assert!(delivered_text(
+            &chunk(r#"{"choices":[{"delta":{"content":"ü"}}]}"#),
+            &mut text
+        ));
+        assert!(!delivered_text(
+            &chunk(r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#),
+            &mut text
+        ));
+        assert!(!delivered_text(
+            &chunk(r#"{"choices":[{"text":"","finish_reason":"length"}]}"#),
+            &mut text
+        ));
+        assert!(delivered_text(
+            &chunk(r#"{"choices":[{"text":"ab","finish_reason":null}]}"#),
+            &mut text
+        ));
+        assert!(delivered_text(
+            &chunk(
+                r#"{"choices":[{"delta":{"tool_calls":[{"function":{"name":"f","arguments":"{}"}}]}}]}"#
+            ),
+            &mut text
+        ));
+        assert!(delivered_text(
+            &chunk(r#"{"choices":[{"message":{"role":"assistant","content":"whole"}}]}"#),
+            &mut text
+        ));
+        assert_eq!(text, "üabf{}whole");
+        assert!(!delivered_text(
+            &chunk(r#"{"choices":[],"usage":{}}"#),
+            &mut text
+        ));
     }
 
     #[test]

@@ -12,7 +12,13 @@
 //! its end; a plain answer is cut mid-body), `tokens` (completion length when
 //! `max_tokens` allows), `context_tokens_max` (a prompt of more words is refused with
 //! HTTP 400 `context_length_exceeded`, as a real server refuses a prompt over its
-//! context; 0: no limit).
+//! context; 0: no limit). For the consumer's counting (R-NODE-4): `usage_claim`
+//! (the usage states that many completion tokens, whatever was sent; 0: exact),
+//! `omit_usage` (no usage at all, as some servers), `utf8_split` (every word is
+//! `ü`, sent as two token chunks: an empty one, as llama.cpp's servers send a token
+//! that ends inside a character, then `ü`). `POST /v1/completions` answers the same
+//! way with `text` choices; `GET /standin/last_request` returns the last request
+//! body (what reached the model server).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -45,6 +51,15 @@ pub struct Mode {
     /// (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub context_tokens_max: u64,
+    /// The usage claims this many completion tokens (0: the tokens sent).
+    #[arg(long, default_value_t = 0)]
+    pub usage_claim: u64,
+    /// Send no usage, even when asked.
+    #[arg(long)]
+    pub omit_usage: bool,
+    /// Each word is `ü`, streamed as two token chunks (`""` then `ü`).
+    #[arg(long)]
+    pub utf8_split: bool,
 }
 
 impl Default for Mode {
@@ -55,6 +70,9 @@ impl Default for Mode {
             cut_after_tokens: 0,
             tokens: 16,
             context_tokens_max: 0,
+            usage_claim: 0,
+            omit_usage: false,
+            utf8_split: false,
         }
     }
 }
@@ -82,6 +100,9 @@ pub fn completion_words(prompt: &str, tokens: u64) -> Vec<String> {
 }
 
 fn prompt_of(request: &Value) -> String {
+    if let Some(prompt) = request.get("prompt").and_then(Value::as_str) {
+        return prompt.to_string();
+    }
     request
         .get("messages")
         .and_then(Value::as_array)
@@ -95,15 +116,30 @@ fn prompt_of(request: &Value) -> String {
         .unwrap_or_default()
 }
 
-type Shared = Arc<Mutex<(Mode, u64)>>;
+/// The mode, the requests served, and the last request body.
+type Shared = Arc<Mutex<(Mode, u64, Value)>>;
 
 pub fn router(mode: Mode) -> Router {
-    let shared: Shared = Arc::new(Mutex::new((mode, 0)));
+    let shared: Shared = Arc::new(Mutex::new((mode, 0, Value::Null)));
     Router::new()
-        .route("/v1/chat/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(text_completions))
         .route("/v1/models", get(models))
         .route("/standin/mode", post(set_mode))
+        .route("/standin/last_request", get(last_request))
         .with_state(shared)
+}
+
+async fn last_request(State(shared): State<Shared>) -> Json<Value> {
+    Json(shared.lock().unwrap_or_else(|e| e.into_inner()).2.clone())
+}
+
+async fn chat_completions(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+    completions(shared, body, false).await
+}
+
+async fn text_completions(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+    completions(shared, body, true).await
 }
 
 async fn set_mode(State(shared): State<Shared>, Json(mode): Json<Mode>) -> Json<Mode> {
@@ -117,16 +153,25 @@ async fn models() -> Json<Value> {
     )
 }
 
-fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>) -> String {
-    let body = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+/// A streamed chunk: a chat `delta`, or for text completions its `content` as
+/// `text`.
+fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>, text: bool) -> String {
+    let body = if text {
+        let piece = delta.get("content").cloned().unwrap_or(Value::from(""));
+        json!({"id": id, "object": "text_completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "text": piece, "finish_reason": finish}]})
+    } else {
+        json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
     format!("data: {body}\n\n")
 }
 
-async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
+async fn completions(shared: Shared, body: axum::body::Bytes, text: bool) -> Response {
     let (mode, serial) = {
         let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
         guard.1 += 1;
+        guard.2 = serde_json::from_slice(&body).unwrap_or(Value::Null);
         (guard.0.clone(), guard.1)
     };
     let request: Value = match serde_json::from_slice(&body) {
@@ -176,9 +221,27 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
         )
             .into_response();
     }
-    let words = completion_words(&prompt, tokens);
+    let words = if mode.utf8_split {
+        // Two tokens per `ü`: the first ends inside the character.
+        (0..tokens)
+            .map(|i| {
+                if i % 2 == 0 {
+                    String::new()
+                } else {
+                    "ü".to_string()
+                }
+            })
+            .collect()
+    } else {
+        completion_words(&prompt, tokens)
+    };
     let id = format!("chatcmpl-standin-{serial}");
-    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": tokens, "total_tokens": prompt_tokens + tokens});
+    let claimed = if mode.usage_claim > 0 {
+        mode.usage_claim
+    } else {
+        tokens
+    };
+    let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": claimed, "total_tokens": prompt_tokens + claimed});
     let stream = request
         .get("stream")
         .and_then(Value::as_bool)
@@ -188,9 +251,18 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
         if !delay.is_zero() {
             tokio::time::sleep(delay * tokens as u32).await;
         }
-        let answer = json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": finish}],
-            "usage": usage});
+        let mut answer = if text {
+            json!({"id": id, "object": "text_completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "text": words.concat(), "finish_reason": finish}],
+                "usage": usage})
+        } else {
+            json!({"id": id, "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": words.concat()}, "finish_reason": finish}],
+                "usage": usage})
+        };
+        if mode.omit_usage {
+            answer.as_object_mut().map(|a| a.remove("usage"));
+        }
         let bytes = serde_json::to_vec(&answer).expect("JSON");
         if mode.cut_after_tokens > 0 {
             // Promise the whole body, send half: the client sees a cut answer.
@@ -207,22 +279,25 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
         }
         return (StatusCode::OK, Json(answer)).into_response();
     }
-    let include_usage = request
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    let include_usage = !mode.omit_usage
+        && request
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
     tokio::spawn(async move {
         let send = |text: String| sender.send(Ok(text));
-        if send(chunk(
-            &id,
-            &model,
-            json!({"role": "assistant", "content": ""}),
-            None,
-        ))
-        .await
-        .is_err()
+        if !text
+            && send(chunk(
+                &id,
+                &model,
+                json!({"role": "assistant", "content": ""}),
+                None,
+                false,
+            ))
+            .await
+            .is_err()
         {
             return;
         }
@@ -239,16 +314,21 @@ async fn completions(State(shared): State<Shared>, body: axum::body::Bytes) -> R
                 // (A zero sleep still waits for the timer's next millisecond tick.)
                 tokio::time::sleep(delay).await;
             }
-            if send(chunk(&id, &model, json!({"content": word}), None))
+            if send(chunk(&id, &model, json!({"content": word}), None, text))
                 .await
                 .is_err()
             {
                 return;
             }
         }
-        let _ = send(chunk(&id, &model, json!({}), Some(finish))).await;
+        let _ = send(chunk(&id, &model, json!({}), Some(finish), text)).await;
         if include_usage {
-            let body = json!({"id": id, "object": "chat.completion.chunk", "created": 0, "model": model, "choices": [], "usage": usage});
+            let object = if text {
+                "text_completion"
+            } else {
+                "chat.completion.chunk"
+            };
+            let body = json!({"id": id, "object": object, "created": 0, "model": model, "choices": [], "usage": usage});
             let _ = send(format!("data: {body}\n\n")).await;
         }
         let _ = send("data: [DONE]\n\n".to_string()).await;

@@ -28,7 +28,7 @@
 
 use crate::address::Address;
 use crate::frame::{Frame, FrameDecoder, FrameError};
-use crate::messages::{LoginAnswer, Message, Report, Rfc};
+use crate::messages::{ErrorReply, Message, Report, Rfc};
 use crate::signature::{SigError, SigningKey};
 use crate::DecodeError;
 use std::io::{Read, Write};
@@ -94,10 +94,7 @@ impl Client {
     /// Wraps a connected stream without logging in (for hostile-input tests).
     pub fn from_stream(stream: TcpStream, key: SigningKey) -> Client {
         // Nonces start from the clock so a restarted client never replays.
-        let nonce = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(1);
+        let nonce = crate::nonce::clock_micros();
         Client {
             stream,
             decoder: FrameDecoder::new(CLIENT_FRAME_BYTES_MAX),
@@ -109,27 +106,19 @@ impl Client {
         }
     }
 
+    /// The login handshake (`crate::login`, shared with the nodes' async link): takes
+    /// the network id and router address the challenge names.
     pub fn login(&mut self) -> Result<(), ClientError> {
-        let challenge = match self.recv()? {
-            Message::LoginChallenge(challenge) => challenge,
-            other => {
-                return Err(ClientError::Login(format!(
-                    "expected a challenge, got {other:?}"
-                )))
-            }
-        };
-        self.network_id = challenge.network_id;
-        self.router = challenge.router;
-        let answer = LoginAnswer {
-            address: self.key.address(),
-            challenge: challenge.challenge,
-            ..LoginAnswer::default()
-        };
-        self.send_signed(answer.into())?;
-        match self.recv()? {
-            Message::LoginOk(_) => Ok(()),
-            other => Err(ClientError::Login(format!("{other:?}"))),
-        }
+        let challenge = self.recv()?;
+        let (answer, router) =
+            crate::login::answer_challenge(&challenge, &self.key, Default::default())
+                .map_err(|e| ClientError::Login(e.to_string()))?;
+        self.network_id = router.network_id;
+        self.router = router.router;
+        self.send_raw(&answer)?;
+        let reply = self.recv()?;
+        crate::login::check_reply(&reply, self.key.address())
+            .map_err(|e| ClientError::Login(e.to_string()))
     }
 
     pub fn address(&self) -> Address {
@@ -152,10 +141,58 @@ impl Client {
         &self.stream
     }
 
-    /// A fresh nonce, strictly above every one this client issued (R-ID-4).
+    /// A fresh nonce, strictly above every one this client issued and at least the
+    /// clock in µs (R-ID-4, R-ID-8: `max(clock µs, last + 1)`).
     pub fn next_nonce(&mut self) -> u64 {
-        self.nonce += 1;
+        self.nonce = crate::nonce::next_after(self.nonce);
         self.nonce
+    }
+
+    /// R-ID-8: if `reply` is a `replay` refusal (another program signed with this key),
+    /// moves the counter above the nonce the router last accepted and returns true:
+    /// the refused message may be sent again with `next_nonce()`; false otherwise.
+    pub fn resync_nonce(&mut self, reply: &ErrorReply) -> bool {
+        match crate::nonce::replay_last_accepted(reply) {
+            Some(last) => {
+                self.nonce = self.nonce.max(last);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `build(nonce)` signed with a fresh nonce and reads until `pick` accepts
+    /// an answer to that nonce; an `ErrorReply` for it is returned as `Err(reply)`
+    /// inside `Ok`, except a `replay` refusal, after which the counter is
+    /// resynchronised and the message is sent once more with a new nonce (R-ID-8).
+    /// Messages that are neither are passed to `other` (tickets, batches, probes).
+    pub fn request<T>(
+        &mut self,
+        build: impl Fn(u64) -> Message,
+        mut pick: impl FnMut(u64, &Message) -> Option<T>,
+        mut other: impl FnMut(Message),
+    ) -> Result<Result<T, ErrorReply>, ClientError> {
+        let mut resent = false;
+        loop {
+            let nonce = self.next_nonce();
+            self.send_signed(build(nonce))?;
+            let refusal = loop {
+                let message = self.recv_verified()?;
+                if let Message::ErrorReply(reply) = &message {
+                    if reply.ref_nonce == nonce {
+                        break reply.clone();
+                    }
+                }
+                match pick(nonce, &message) {
+                    Some(value) => return Ok(Ok(value)),
+                    None => other(message),
+                }
+            };
+            if resent || !self.resync_nonce(&refusal) {
+                return Ok(Err(refusal));
+            }
+            resent = true;
+        }
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {

@@ -20,7 +20,11 @@ pub mod codes;
 pub mod demo;
 pub mod frame;
 pub mod keyfile;
+/// The login handshake without IO, shared by `client` and the nodes (issue 26 item 4).
+pub mod login;
 pub mod messages;
+/// Nonce numbering and replay resynchronisation for every client (R-ID-4, R-ID-8).
+pub mod nonce;
 pub mod signature;
 
 pub use address::Address;

@@ -292,3 +292,26 @@ def test_a_broken_header_is_refused_and_closes_only_that_connection(router):
     bystander.send("Ping", {"payload": 5})
     assert bystander.expect(lambda n, f: f if n == "Pong" else None)["payload"] == 5
     bystander.close()
+
+
+def test_r_id_8_a_second_program_signing_with_the_key_does_not_stall_the_client(router):
+    """R-ID-8: another program signs with the operator's key far ahead of this
+    client's counter; this client's next message is refused `replay` (detail = the
+    last accepted nonce), and `request` resynchronises and succeeds with one resend."""
+    host, port = router["host"], router["port"]
+    mine = Client(host, port, router["operator"])
+    other = Client(host, port, router["operator"])
+    ahead = mine.next_nonce() + 10**9
+    other.answer(other.send_signed("SubscribeBatches", nonce=ahead), "Ack")
+    other.answer(other.send_signed("BalanceUpdate", nonce=ahead + 1, entries=[
+        {"address": Key.from_seed(b"r-id-8").address, "balance_wei": 1}]), "Ack")
+    # The plain path sees the refusal and its detail ...
+    with pytest.raises(RouterError) as refused:
+        mine.answer(mine.send_signed("BalanceUpdate", entries=[
+            {"address": Key.from_seed(b"r-id-8").address, "balance_wei": 3}]), "Ack")
+    assert refused.value.name == "replay" and refused.value.fields["detail"] == ahead + 1
+    # ... and `request` goes on above it.
+    ack = mine.request("BalanceUpdate", "Ack", entries=[
+        {"address": Key.from_seed(b"r-id-8").address, "balance_wei": 2}])
+    assert ack["nonce"] > ahead + 1
+    assert mine.next_nonce() > ack["nonce"]

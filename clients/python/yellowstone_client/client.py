@@ -7,6 +7,10 @@ import time
 from . import protocol as p
 
 
+# The market's replay refusal; its `detail` is the last nonce accepted (R-ID-8).
+REPLAY = 0x0201
+
+
 class RouterError(Exception):
     """An ErrorReply where an answer was expected."""
 
@@ -34,8 +38,30 @@ class Client:
         self.sock.close()
 
     def next_nonce(self) -> int:
-        self._nonce += 1
+        """max(clock in µs, last + 1) (R-ID-4, R-ID-8)."""
+        self._nonce = max(time.time_ns() // 1000, self._nonce + 1)
         return self._nonce
+
+    def resync(self, error: "RouterError") -> bool:
+        """R-ID-8: after a `replay` refusal (another program signed with this key), moves
+        the counter above the nonce the router last accepted (the refusal's detail) and
+        returns True; False for any other refusal."""
+        if error.code != REPLAY:
+            return False
+        self._nonce = max(self._nonce, error.fields["detail"])
+        return True
+
+    def request(self, name: str, *answers, timeout_s: float = 20.0, **fields):
+        """Signs and sends `name` with a fresh nonce and returns the answer named in
+        `answers` for it; a `replay` refusal resynchronises the nonces and sends the
+        message once more with a new nonce (R-ID-8); other refusals raise RouterError."""
+        fields.pop("nonce", None)
+        try:
+            return self.answer(self.send_signed(name, **fields), *answers, timeout_s=timeout_s)
+        except RouterError as error:
+            if not self.resync(error):
+                raise
+        return self.answer(self.send_signed(name, **fields), *answers, timeout_s=timeout_s)
 
     # --- frames ---
 

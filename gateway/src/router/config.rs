@@ -80,6 +80,34 @@ pub struct ModelEntry {
 /// the load generator and the tests use without linking the router.
 pub use yellowstone_wire::demo::{demo_model_name, demo_weights_hash, DEMO_MODELS};
 
+/// Issue 23 case 9: `print-config`'s comment on `[[market.models]]` (docs/models.md),
+/// the market's catalog: one table per model, `id` (u32, the wire's model id),
+/// `weights_hash` (64 hex digits, BLAKE3 of the weights file providers register,
+/// R-PROV-1) and `name` (what `GET /v1/models` lists, at most 128 bytes; empty:
+/// `model-<id>`). With `models` empty (`models = []`) the router serves the demo
+/// catalog, written out here as the tables it stands for. Comments only: the output
+/// still reads back as the same configuration.
+pub fn models_help(models: &[ModelEntry]) -> String {
+    let mut text = String::from(
+        "\n# [[market.models]]: the catalog, one table per model (docs/models.md):\n\
+         #   id = N                 u32, the model id RFCs and offers name\n\
+         #   weights_hash = \"HEX\"   64 hex digits: BLAKE3 of the weights file providers register\n\
+         #   name = \"NAME\"          what GET /v1/models lists (<= 128 bytes; default model-<id>)\n",
+    );
+    if models.is_empty() {
+        text.push_str("# models = [] above: the demo catalog, as if configured so:\n");
+        for id in DEMO_MODELS {
+            text.push_str(&format!(
+                "# [[market.models]]\n# id = {id}\n# weights_hash = \"{}\"\n# name = \"{}\"\n",
+                hex::encode(demo_weights_hash(id)),
+                demo_model_name(id)
+            ));
+        }
+    }
+    text
+}
+
+
 /// TOML integers are i64: wei amounts are written as integers when they fit and as
 /// strings of digits when they do not, and read from either.
 mod wei_in_toml {
@@ -753,6 +781,27 @@ mod tests {
             let config = RouterConfig::from_toml(toml).unwrap();
             assert!(config.validate().unwrap_err().contains(key), "{toml}");
         }
+    }
+
+    #[test]
+    fn models_help_names_every_key_and_the_demo_catalog() {
+        let help = models_help(&[]);
+        for needle in [
+            "[[market.models]]",
+            "weights_hash",
+            "name",
+            "id = 4",
+            "demo-model-1",
+        ] {
+            assert!(help.contains(needle), "{needle}: {help}");
+        }
+        assert!(help.lines().all(|l| l.is_empty() || l.starts_with('#')));
+        let configured = models_help(&[ModelEntry {
+            id: 9,
+            weights_hash: "00".repeat(32),
+            name: "m".into(),
+        }]);
+        assert!(!configured.contains("demo-model-1"), "{configured}");
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub struct ConsumerConfig {
     pub listen: String,
     /// Prometheus metrics (GET /metrics); empty: none.
     pub metrics_listen: String,
-    /// TokenMax of an RFC whose request gives no max_tokens.
+    /// TokenMax of an RFC whose request gives no max_tokens (tokens). When less
+    /// than this is left of the user's quota today, the RFC asks for what is left
+    /// instead (never refused for the default alone): R-NODE-5, issue 23 case 8.
     pub tokens_max_default: u64,
     /// Largest TokenMax this node asks for (a larger max_tokens is a 400).
     pub tokens_max_limit: u64,
@@ -54,6 +56,14 @@ pub struct ConsumerConfig {
     /// Reconnect back-off: first delay, doubled up to the max.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// On SIGTERM/SIGINT, how long requests in flight may still run before they are
+    /// cut and reported with what was received (R-NODE-5); then up to
+    /// `report_timeout_ms` more for the router's acknowledgements.
+    pub stop_grace_ms: u64,
+    /// R-NODE-4: the tokenizer of each model the operator names (`[[tokenizers]]`:
+    /// `model` (catalog name), `file` (tokenizer.json), `blake3` (64 hex digits,
+    /// optional pin)). A model without one is counted with the byte bound.
+    pub tokenizers: Vec<super::tokens::TokenizerEntry>,
 }
 
 impl Default for ConsumerConfig {
@@ -80,13 +90,22 @@ impl Default for ConsumerConfig {
             connections_max: 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
+            stop_grace_ms: 10_000,
+            tokenizers: Vec::new(),
         }
     }
 }
 
 impl NodeConfig for ConsumerConfig {
     fn example() -> ConsumerConfig {
-        ConsumerConfig::default()
+        ConsumerConfig {
+            tokenizers: vec![super::tokens::TokenizerEntry {
+                model: "llama-3.2-1b".into(),
+                file: "tokenizer.json".into(),
+                blake3: String::new(),
+            }],
+            ..ConsumerConfig::default()
+        }
     }
 
     crate::common_settings!();
@@ -106,6 +125,7 @@ impl NodeConfig for ConsumerConfig {
             ("keepalive_ms", self.keepalive_ms),
             ("header_read_timeout_ms", self.header_read_timeout_ms),
             ("connections_max", self.connections_max),
+            ("stop_grace_ms", self.stop_grace_ms),
         ] {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));
@@ -113,6 +133,14 @@ impl NodeConfig for ConsumerConfig {
         }
         if self.tokens_max_default > self.tokens_max_limit {
             return Err("tokens_max_default must be at most tokens_max_limit".into());
+        }
+        // A stop that waits for ever is no stop: an hour at most.
+        const STOP_GRACE_MS_MAX: u64 = 3_600_000;
+        if self.stop_grace_ms > STOP_GRACE_MS_MAX {
+            return Err(format!(
+                "stop_grace_ms {} is above {STOP_GRACE_MS_MAX} (an hour)",
+                self.stop_grace_ms
+            ));
         }
         if self.reconnect_max_ms < self.reconnect_initial_ms {
             return Err("reconnect_max_ms must be at least reconnect_initial_ms".into());

@@ -1,18 +1,21 @@
-//! The consumer's OpenAI API for local applications (R-NODE-2): `GET /v1/models`
-//! from the router's catalog with the best live price, `POST /v1/chat/completions`
-//! streamed or not, through the market. Router refusals become statuses OpenAI
-//! clients understand: quota exceeded 429 (with the tokens left), no provider and
-//! overloaded 503 with Retry-After, unknown model 404.
+//! The consumer's OpenAI API for local applications (R-NODE-2, R-NODE-6):
+//! `GET /v1/models` and `GET /v1/models/{id}` from the router's catalog with the best
+//! live price, `POST /v1/chat/completions` and `POST /v1/completions` streamed or
+//! not, through the market. Router refusals become statuses OpenAI clients
+//! understand: 429 when the quota left today is short (naming what is left, with
+//! `x-should-retry: false`), no provider and overloaded 503 with Retry-After, unknown
+//! model 404. Only OpenAI's documented request fields pass (R-NODE-4); the tokens
+//! reported are those counted in the text received (`tokens`, R-NODE-4).
 
 use super::router::RfcOutcome;
 use super::Consumer;
 use crate::inference::{sign_request, SESSION_HEADER, SIGNATURE_HEADER};
 use crate::openai::{
-    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary,
-    SseSplitter, Usage,
+    body_or_error, delivered_text, method_not_allowed, should_retry, unknown_url, ApiError,
+    ChatRequest, Endpoint, SseSplitter, Usage, SHOULD_RETRY_HEADER,
 };
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -30,8 +33,11 @@ const RELAY_CHUNKS_MAX: usize = 64;
 pub fn router(consumer: Arc<Consumer>) -> Router {
     let body_max = consumer.config.request_bytes_max as usize;
     Router::new()
-        .route("/v1/chat/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(text_completions))
         .route("/v1/models", get(models))
+        // `{*id}`: catalog names may hold a `/` (`org/model`).
+        .route("/v1/models/{*id}", get(model))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
@@ -48,19 +54,49 @@ fn router_unavailable(reason: impl std::fmt::Display) -> ApiError {
     .retry_after(1)
 }
 
+/// One catalog model as OpenAI's model object (`id`, `object: "model"`, `created`,
+/// `owned_by`) plus the market's figures and the tokenizer this node counts with.
+fn model_object(consumer: &Consumer, m: &yellowstone_wire::CatalogModel) -> Value {
+    let price = (m.offers_live > 0).then(|| m.best_price_wei_per_token.to_string());
+    json!({"id": m.name, "object": "model", "created": 0, "owned_by": "yellowstone-market",
+        "yellowstone_model_id": m.model_id, "best_price_wei_per_token": price,
+        "offers_live": m.offers_live, "weights_hash": hex::encode(m.weights_hash),
+        "tokenizer_blake3": consumer.tokens.blake3(&m.name)})
+}
+
 async fn models(State(consumer): State<Arc<Consumer>>) -> Result<Json<Value>, ApiError> {
     let catalog = consumer.catalog(false).await.map_err(router_unavailable)?;
     let data: Vec<Value> = catalog
         .models
         .iter()
-        .map(|m| {
-            let price = (m.offers_live > 0).then(|| m.best_price_wei_per_token.to_string());
-            json!({"id": m.name, "object": "model", "created": 0, "owned_by": "yellowstone-market",
-                "yellowstone_model_id": m.model_id, "best_price_wei_per_token": price,
-                "offers_live": m.offers_live, "weights_hash": hex::encode(m.weights_hash)})
-        })
+        .map(|m| model_object(&consumer, m))
         .collect();
     Ok(Json(json!({"object": "list", "data": data})))
+}
+
+/// R-NODE-6: `GET /v1/models/{id}` (`client.models.retrieve`): the model object, or
+/// 404 `model_not_found` as OpenAI answers.
+async fn model(
+    State(consumer): State<Arc<Consumer>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = consumer.catalog(false).await.map_err(router_unavailable)?;
+    catalog
+        .models
+        .iter()
+        .find(|m| m.name == id)
+        .map(|m| Json(model_object(&consumer, m)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "The model `{}` does not exist in the market's catalog (GET /v1/models lists it)",
+                    crate::openai::truncate(&id, 256)
+                ),
+            )
+        })
 }
 
 /// The catalog id of the model named `name`. A model no live offer serves is a 503
@@ -94,19 +130,30 @@ async fn resolve_model(consumer: &Consumer, name: &str) -> Result<u32, ApiError>
     ))
 }
 
-/// The 429 message: the tokens left, and the router's reason when it says more
-/// (the router's reason often is that same sentence: it is not repeated).
-fn quota_message(tokens_left: u128, reason: &str) -> String {
-    let message = format!("quota exceeded: {tokens_left} tokens left today");
-    if reason.is_empty() || reason == message {
-        message
-    } else {
-        format!("{message} ({reason})")
+/// Issue 23 case 8: the 429's honest wording: what the request asked (`asked`: its
+/// max_tokens, `None`: the default reservation) against the `tokens_left` today.
+/// Retrying the same request cannot help (`x-should-retry: false`, no Retry-After).
+pub fn quota_message(tokens_left: u128, asked: Option<u64>, reserved: u64) -> String {
+    match asked {
+        _ if tokens_left == 0 => {
+            "no tokens are left of this user's quota today: the quota renews with the \
+             market's next day"
+                .to_string()
+        }
+        Some(asked) => format!(
+            "max_tokens {asked} exceeds the {tokens_left} tokens left today: ask for at most \
+             {tokens_left}"
+        ),
+        None => format!(
+            "this node reserves {reserved} tokens for a request without max_tokens; \
+             {tokens_left} are left today: set max_tokens to at most {tokens_left}"
+        ),
     }
 }
 
-/// R-NODE-2: router refusals as OpenAI clients understand them.
-fn rfc_error(outcome: RfcOutcome) -> ApiError {
+/// R-NODE-2: router refusals as OpenAI clients understand them (`asked`: the
+/// request's max_tokens, `reserved`: the TokenMax the RFC asked for).
+fn rfc_error(outcome: RfcOutcome, asked: Option<u64>, reserved: u64) -> ApiError {
     match outcome {
         RfcOutcome::Refused(error) => {
             let name = codes::name(error.code);
@@ -116,7 +163,7 @@ fn rfc_error(outcome: RfcOutcome) -> ApiError {
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_error",
                     "insufficient_quota",
-                    quota_message(error.detail, &reason),
+                    quota_message(error.detail, asked, reserved),
                 ),
                 "zero_balance" => ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -205,8 +252,23 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn completions(
+async fn chat_completions(
     State(consumer): State<Arc<Consumer>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    completions(consumer, Endpoint::Chat, body).await
+}
+
+async fn text_completions(
+    State(consumer): State<Arc<Consumer>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    completions(consumer, Endpoint::Completions, body).await
+}
+
+async fn completions(
+    consumer: Arc<Consumer>,
+    endpoint: Endpoint,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
     let body = match body_or_error(body, consumer.config.request_bytes_max) {
@@ -220,7 +282,7 @@ async fn completions(
     // client time-out) does not cancel the call half-way. The session's answer is
     // still read to its end and reported, as for a stream the application leaves;
     // dropped here, the session would stay open at the router with no report.
-    let task = tokio::spawn(serve_completion(consumer, body));
+    let task = tokio::spawn(serve_completion(consumer, endpoint, body));
     task.await.unwrap_or_else(|error| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -232,7 +294,19 @@ async fn completions(
     })
 }
 
-async fn serve_completion(consumer: Arc<Consumer>, body: Bytes) -> Response {
+async fn serve_completion(consumer: Arc<Consumer>, endpoint: Endpoint, body: Bytes) -> Response {
+    if consumer.stopping() {
+        // R-NODE-5: a stopping node takes no new session it could not finish.
+        count(&consumer, "busy");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "stopping",
+            "this consumer node is stopping",
+        )
+        .retry_after(1)
+        .into_response();
+    }
     let Ok(permit) = consumer.in_flight.try_acquire() else {
         count(&consumer, "busy");
         return ApiError::new(
@@ -249,7 +323,7 @@ async fn serve_completion(consumer: Arc<Consumer>, body: Bytes) -> Response {
     };
     consumer.stats.in_flight.inc();
     let _in_flight = InFlight(&consumer);
-    let result = complete(&consumer, body).await;
+    let result = complete(&consumer, endpoint, body).await;
     drop(permit);
     match result {
         Ok(response) => response,
@@ -263,39 +337,80 @@ async fn serve_completion(consumer: Arc<Consumer>, body: Bytes) -> Response {
 
 type Failure = (&'static str, ApiError);
 
-async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Failure> {
+/// The RFC for `tokens_max`; R-NODE-5 (issue 23 case 8): a request without
+/// max_tokens (`asked` None) whose default reservation is more than the quota left
+/// today asks again for what is left, so the default never refuses a request the
+/// quota could serve.
+async fn session_for(
+    consumer: &Consumer,
+    model_id: u32,
+    asked: Option<u64>,
+    tokens_max: u64,
+) -> Result<SessionTicket, ApiError> {
+    let ttl = Duration::from_millis(consumer.config.rfc_ttl_ms);
+    match consumer
+        .router
+        .request_session(model_id, tokens_max, ttl)
+        .await
+    {
+        Ok(ticket) => Ok(ticket),
+        Err(RfcOutcome::Refused(error))
+            if asked.is_none()
+                && codes::name(error.code) == "quota_exceeded"
+                && error.detail > 0
+                && error.detail < u128::from(tokens_max) =>
+        {
+            let left = error.detail as u64; // < tokens_max: fits
+            tracing::info!(
+                reserved = tokens_max,
+                left,
+                "default reservation above the quota left: asking for what is left"
+            );
+            consumer
+                .router
+                .request_session(model_id, left, ttl)
+                .await
+                .map_err(|outcome| rfc_error(outcome, asked, left))
+        }
+        Err(outcome) => Err(rfc_error(outcome, asked, tokens_max)),
+    }
+}
+
+async fn complete(
+    consumer: &Arc<Consumer>,
+    endpoint: Endpoint,
+    body: Bytes,
+) -> Result<Response, Failure> {
     let started = Instant::now();
     let bad = |e| ("bad_request", e);
     let mut request = ChatRequest::parse(&body).map_err(bad)?;
+    // R-NODE-4: only documented fields, each bounded, before anything is spent.
+    request.check_fields(endpoint).map_err(bad)?;
     let name = request.model().map_err(bad)?.to_string();
+    let asked = request.max_tokens().map_err(bad)?;
+    let limit = consumer.config.tokens_max_limit;
+    if let Some(asked) = asked.filter(|&asked| asked > limit) {
+        return Err(bad(ApiError::bad_request(
+            "invalid_max_tokens",
+            format!("max_tokens {asked} is above this node's tokens_max_limit ({limit})"),
+        )));
+    }
     let model_id = resolve_model(consumer, &name)
         .await
         .map_err(|e| ("refused", e))?;
-    let tokens_max = request
-        .max_tokens()
-        .map_err(bad)?
-        .unwrap_or(consumer.config.tokens_max_default);
-    if tokens_max > consumer.config.tokens_max_limit {
-        return Err(bad(ApiError::bad_request(
-            "invalid_max_tokens",
-            format!(
-                "max_tokens {tokens_max} is above this node's tokens_max_limit ({})",
-                consumer.config.tokens_max_limit
-            ),
-        )));
-    }
-    request.clamp_max_tokens(tokens_max).map_err(bad)?;
     let app_wants_usage = request.include_usage();
+    let ticket = session_for(
+        consumer,
+        model_id,
+        asked,
+        asked.unwrap_or(consumer.config.tokens_max_default),
+    )
+    .await
+    .map_err(|e| ("refused", e))?;
+    // The ticket's TokenMax may be below the default (the quota left): the request
+    // says what the ticket covers.
+    request.clamp_max_tokens(ticket.tokens_max).map_err(bad)?;
     request.ask_usage_in_stream();
-    let ticket = consumer
-        .router
-        .request_session(
-            model_id,
-            tokens_max,
-            Duration::from_millis(consumer.config.rfc_ttl_ms),
-        )
-        .await
-        .map_err(|outcome| ("refused", rfc_error(outcome)))?;
     let ticket_us = started.elapsed().as_micros() as u64;
     consumer
         .stats
@@ -305,6 +420,7 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
     let body = request.to_bytes();
     let call = Call {
         consumer: consumer.clone(),
+        _open: consumer.open_call(),
         ticket,
         model_name: name,
         started,
@@ -317,7 +433,7 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
         call.ticket.session_id,
         &body,
     );
-    let url = provider_url(&call.ticket.endpoint);
+    let url = provider_url(&call.ticket.endpoint, endpoint);
     let first_byte = Duration::from_millis(consumer.config.first_byte_timeout_ms);
     let sent = consumer
         .http
@@ -327,7 +443,21 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
         .header(SIGNATURE_HEADER, signature)
         .body(body)
         .send();
-    let response = match tokio::time::timeout(first_byte, sent).await {
+    let mut cut = consumer.cut_signal();
+    let response = tokio::select! {
+        sent = tokio::time::timeout(first_byte, sent) => sent,
+        _ = cut.wait_for(|cut| *cut) => {
+            // R-NODE-5: stopped before any output: the node's own cancellation.
+            call.report(Outcome::Void, 0, None, None);
+            return Err(("stopped", ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "stopping",
+                "this consumer node stopped before the provider answered",
+            ).retry_after(1)));
+        }
+    };
+    let response = match response {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
             return Err(call.fail(
@@ -368,7 +498,7 @@ async fn complete(consumer: &Arc<Consumer>, body: Bytes) -> Result<Response, Fai
         ));
     }
     let mut response = if request.stream() {
-        call.relay_stream(response, app_wants_usage)
+        call.relay_stream(response, app_wants_usage, endpoint)
     } else {
         call.whole_answer(response).await?
     };
@@ -405,14 +535,15 @@ pub const PROMPT_TOKENS_REPORT_MAX: u64 = 1 << 24;
 /// Response header: microseconds from the application's request to the ticket.
 pub const TICKET_US_HEADER: &str = "x-yellowstone-ticket-us";
 
-/// The ticket's endpoint as a base URL (`host:port` means plain HTTP).
-fn provider_url(endpoint: &str) -> String {
+/// The URL of `api` at the ticket's endpoint, a base URL (`host:port` means plain
+/// HTTP).
+fn provider_url(endpoint: &str, api: Endpoint) -> String {
     let base = if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         endpoint.trim_end_matches('/').to_string()
     } else {
         format!("http://{endpoint}")
     };
-    format!("{base}/v1/chat/completions")
+    format!("{base}/v1{}", api.path())
 }
 
 async fn read_bounded(response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
@@ -478,6 +609,9 @@ impl Drop for ReportAfterBody {
 /// One call to a provider under a ticket, from the query to the report.
 struct Call {
     consumer: Arc<Consumer>,
+    /// Counts this call as open until it is dropped (after its report is sent):
+    /// a stopping node waits for it (R-NODE-5).
+    _open: super::PendingGuard,
     ticket: SessionTicket,
     model_name: String,
     /// The application's request arrived.
@@ -512,9 +646,13 @@ impl Call {
         self.report(Outcome::Void, 0, None, None);
         count(&self.consumer, "request_refused");
         let mut response = (status, body).into_response();
-        response
-            .headers_mut()
-            .insert("content-type", "application/json".parse().expect("header"));
+        let headers = response.headers_mut();
+        headers.insert("content-type", "application/json".parse().expect("header"));
+        // The same request would be refused again (issue 23 case 5: the openai
+        // package must not spend another ticket on it).
+        if let Some(retry) = should_retry(status, false) {
+            headers.insert(SHOULD_RETRY_HEADER, retry.parse().expect("header"));
+        }
         response
     }
 
@@ -556,6 +694,8 @@ impl Call {
         let (elapsed_ms, tokens) = (figures.elapsed_ms, figures.tokens);
         let consumer = self.consumer.clone();
         let session = self.ticket.session_id;
+        // A stopping node waits for this report's acknowledgement (R-NODE-5).
+        let pending = consumer.pending_guard();
         if outcome == Outcome::Pass {
             consumer.stats.tokens.inc_by(tokens);
             consumer
@@ -602,13 +742,58 @@ impl Call {
                     ("ack", answer.to_string()),
                 ])
                 .inc();
+            drop(pending);
         });
+    }
+
+    /// R-NODE-4: the completion tokens of what was received: `text` counted with
+    /// the model's tokenizer (else its bytes), the provider's `usage` and the
+    /// stream's `token_chunks` never believed beyond that.
+    fn verified_tokens(&self, text: &str, usage: Option<Usage>, token_chunks: Option<u64>) -> u64 {
+        let bound = self.consumer.tokens.bound(&self.model_name, text);
+        let tokens = super::tokens::verified_tokens(
+            usage.map(|u| u.completion_tokens),
+            token_chunks,
+            bound,
+            self.ticket.tokens_max,
+        );
+        if let Some(claimed) = usage.map(|u| u.completion_tokens).filter(|&c| c > tokens) {
+            tracing::warn!(
+                session = self.ticket.session_id,
+                claimed,
+                counted = tokens,
+                "the provider's usage claims more tokens than were received: reporting what was received"
+            );
+        }
+        debug_assert!(tokens <= bound && tokens <= self.ticket.tokens_max);
+        tokens
+    }
+
+    /// The `usage` object the application sees: the verified completion tokens.
+    fn usage_value(&self, prompt: u64, completion: u64) -> Value {
+        json!({"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt.saturating_add(completion)})
     }
 
     async fn whole_answer(self, response: reqwest::Response) -> Result<Response, Failure> {
         let answer_timeout = Duration::from_millis(self.consumer.config.answer_timeout_ms);
         let max = self.consumer.config.response_bytes_max as usize;
-        let bytes = match tokio::time::timeout(answer_timeout, read_bounded(response, max)).await {
+        let mut cut = self.consumer.cut_signal();
+        let read = tokio::time::timeout(answer_timeout, read_bounded(response, max));
+        let read = tokio::select! {
+            read = read => read,
+            _ = cut.wait_for(|cut| *cut) => {
+                // R-NODE-5: this node stops; nothing of the answer was received.
+                self.report(Outcome::Void, 0, None, None);
+                return Err(("stopped", ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "stopping",
+                    "this consumer node stopped before the answer arrived",
+                ).retry_after(1)));
+            }
+        };
+        let bytes = match read {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(reason)) => {
                 return Err(self.fail(
@@ -635,11 +820,13 @@ impl Call {
                 "provider_error",
                 StatusCode::BAD_GATEWAY,
                 "provider_bad_answer",
-                "the provider's answer is not a chat completion".into(),
+                "the provider's answer is not a completion (no choices)".into(),
             ));
         };
         let usage = Usage::from_value(&answer);
-        let tokens = usage.map_or(0, |u| u.completion_tokens);
+        let mut text = String::new();
+        delivered_text(&answer, &mut text);
+        let tokens = self.verified_tokens(&text, usage, None);
         // A whole answer: its first token was not seen apart (ttft = elapsed).
         let figures = self.figures_now(tokens, None, usage.map(|u| u.prompt_tokens));
         self.consumer
@@ -647,6 +834,7 @@ impl Call {
             .first_token_seconds
             .observe(self.started.elapsed().as_secs_f64());
         answer["model"] = Value::from(self.model_name.clone());
+        answer["usage"] = self.usage_value(figures.prompt_tokens, tokens);
         count(&self.consumer, "ok");
         let body = serde_json::to_vec(&answer).map_err(|e| {
             self.fail(
@@ -669,9 +857,18 @@ impl Call {
         Ok(response)
     }
 
-    /// Relays the provider's events to the application as they come; reports when
-    /// the stream ends: pass only if it ended with `[DONE]`.
-    fn relay_stream(self, response: reqwest::Response, app_wants_usage: bool) -> Response {
+    /// Relays the provider's events to the application as they come, each chunk
+    /// under the catalog's model name (issue 23 case 8); reports when the stream
+    /// ends: pass only if it ended with `[DONE]`. R-NODE-4: the tokens reported are
+    /// counted in the text received. When the application asked
+    /// `stream_options.include_usage`, it gets one usage chunk before `[DONE]` with
+    /// those tokens, whether or not the provider sent one (R-NODE-6).
+    fn relay_stream(
+        self,
+        response: reqwest::Response,
+        app_wants_usage: bool,
+        endpoint: Endpoint,
+    ) -> Response {
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(RELAY_CHUNKS_MAX);
         tokio::spawn(async move {
@@ -679,11 +876,20 @@ impl Call {
                 + Duration::from_millis(self.consumer.config.answer_timeout_ms);
             let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
             let mut stream = response.bytes_stream();
-            let (mut done, mut usage, mut content_chunks) = (false, None::<Usage>, 0u64);
+            let (mut done, mut usage, mut token_chunks) = (false, None::<Usage>, 0u64);
+            let mut text = String::new();
             let mut first_token_ms = None::<u64>;
             let mut app_open = true;
+            let (mut id, mut created) = (Value::Null, Value::from(0));
+            let mut cut = self.consumer.cut_signal();
             let error: Option<(&'static str, String)> = loop {
-                let chunk = match tokio::time::timeout_at(deadline, stream.next()).await {
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(deadline, stream.next()) => next,
+                    _ = cut.wait_for(|cut| *cut) => {
+                        break Some(("stopped", "this consumer node stopped mid-stream".into()))
+                    }
+                };
+                let chunk = match next {
                     Err(_) => break Some(("timeout", "the provider's answer timed out".into())),
                     Ok(None) if done => break None,
                     Ok(None) => {
@@ -698,48 +904,110 @@ impl Call {
                     Ok(events) => events,
                     Err(error) => break Some(("provider_error", error)),
                 };
+                let mut stream_error = None;
                 for event in events {
-                    let mut forward = true;
+                    let mut raw = event.raw;
                     match event.data.as_deref() {
-                        Some("[DONE]") => done = true,
+                        Some("[DONE]") => {
+                            done = true;
+                            if app_wants_usage && app_open {
+                                // The verified usage, in OpenAI's shape: last
+                                // chunk before [DONE], `choices: []`.
+                                let tokens = self.verified_tokens(&text, usage, Some(token_chunks));
+                                let prompt = report_prompt_tokens(
+                                    usage.map(|u| u.prompt_tokens),
+                                    self.prompt_tokens_bound,
+                                );
+                                let object = match endpoint {
+                                    Endpoint::Chat => "chat.completion.chunk",
+                                    Endpoint::Completions => "text_completion",
+                                };
+                                let chunk = json!({"id": id, "object": object, "created": created,
+                                    "model": self.model_name, "choices": [],
+                                    "usage": self.usage_value(prompt, tokens)});
+                                let event = Bytes::from(format!("data: {chunk}\n\n"));
+                                if sender.send(Ok(event)).await.is_err() {
+                                    app_open = false;
+                                }
+                            }
+                        }
                         Some(data) => {
-                            if let Some(chunk) = ChunkSummary::parse(data) {
-                                if chunk.usage.is_some() {
-                                    usage = chunk.usage;
+                            if let Ok(mut value) = serde_json::from_str::<Value>(data) {
+                                if let Some(u) = Usage::from_value(&value) {
+                                    usage = Some(u);
                                 }
-                                if chunk.has_content {
-                                    content_chunks += 1;
-                                    if first_token_ms.is_none() {
-                                        // R-REPORT-3: the time to the first token.
-                                        first_token_ms =
-                                            Some(report_elapsed_ms(self.query_started.elapsed()));
-                                        self.consumer
-                                            .stats
-                                            .first_token_seconds
-                                            .observe(self.started.elapsed().as_secs_f64());
+                                let before = text.len();
+                                if delivered_text(&value, &mut text) {
+                                    token_chunks += 1;
+                                }
+                                // The text is kept to be counted: bounded as a
+                                // whole answer is, or a provider could stream
+                                // without end into this node's memory.
+                                if text.len() > self.consumer.config.response_bytes_max as usize {
+                                    stream_error = Some((
+                                        "provider_error",
+                                        format!(
+                                            "the provider's stream exceeds response_bytes_max ({} bytes)",
+                                            self.consumer.config.response_bytes_max
+                                        ),
+                                    ));
+                                    break;
+                                }
+                                if text.len() > before && first_token_ms.is_none() {
+                                    // R-REPORT-3: the time to the first token.
+                                    first_token_ms =
+                                        Some(report_elapsed_ms(self.query_started.elapsed()));
+                                    self.consumer
+                                        .stats
+                                        .first_token_seconds
+                                        .observe(self.started.elapsed().as_secs_f64());
+                                }
+                                let usage_only = value
+                                    .get("choices")
+                                    .and_then(Value::as_array)
+                                    .is_some_and(Vec::is_empty);
+                                if usage_only {
+                                    // The node's own usage chunk replaces it.
+                                    continue;
+                                }
+                                if let Some(object) = value.as_object_mut() {
+                                    if id.is_null() {
+                                        id = object.get("id").cloned().unwrap_or(Value::Null);
+                                        created = object.get("created").cloned().unwrap_or(created);
                                     }
+                                    object.insert(
+                                        "model".into(),
+                                        Value::from(self.model_name.clone()),
+                                    );
+                                    // Usage is the node's to tell, once, verified.
+                                    object.remove("usage");
                                 }
-                                // The usage-only chunk the node asked for is the
-                                // application's only if it asked too.
-                                forward = !chunk.usage_only || app_wants_usage;
+                                raw = Bytes::from(format!("data: {value}\n\n"));
                             }
                         }
                         None => {}
                     }
-                    if forward && app_open && sender.send(Ok(event.raw)).await.is_err() {
+                    if app_open && sender.send(Ok(raw)).await.is_err() {
                         app_open = false; // the application left; the report still tells the truth
                     }
                 }
+                if stream_error.is_some() {
+                    break stream_error;
+                }
             };
-            // Without usage from the provider, content chunks are the best count.
-            let tokens = usage.map_or(content_chunks, |u| u.completion_tokens);
+            let tokens = self.verified_tokens(&text, usage, Some(token_chunks));
             let outcome = match error {
                 None => "ok",
                 Some((outcome, message)) => {
                     tracing::warn!(session = self.ticket.session_id, %message, "stream failed");
                     if app_open {
                         // OpenAI clients raise an APIError on an error event.
-                        let event = json!({"error": {"message": message, "type": "server_error", "code": "provider_stream_failed", "param": null}});
+                        let code = if outcome == "stopped" {
+                            "stopping"
+                        } else {
+                            "provider_stream_failed"
+                        };
+                        let event = json!({"error": {"message": message, "type": "server_error", "code": code, "param": null}});
                         let _ = sender
                             .send(Ok(Bytes::from(format!("data: {event}\n\n"))))
                             .await;
@@ -750,10 +1018,13 @@ impl Call {
             // The application's stream ends here; the report (a signature and a
             // round trip to the router) comes after it, off the response path.
             drop(sender);
-            let verdict = if outcome == "ok" {
-                Outcome::Pass
-            } else {
-                Outcome::Fail
+            let verdict = match outcome {
+                "ok" => Outcome::Pass,
+                // R-NODE-5, R-REPORT-2: this node's own stop is not the provider's
+                // fault: what was received is paid (pass), nothing received is void.
+                "stopped" if tokens > 0 => Outcome::Pass,
+                "stopped" => Outcome::Void,
+                _ => Outcome::Fail,
             };
             let prompt = usage.map(|u| u.prompt_tokens);
             self.report(verdict, tokens, first_token_ms, prompt);

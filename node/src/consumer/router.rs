@@ -74,7 +74,7 @@ impl RouterClient {
     /// Keeps the connection up: connects, dispatches, reconnects with back-off.
     pub async fn run(self: Arc<RouterClient>, mut backoff: Backoff) {
         loop {
-            match Link::connect(&self.config, self.key.clone()).await {
+            match Link::connect_with(&self.config, self.key.clone(), self.nonces.clone()).await {
                 Ok((link, inbound)) => {
                     tracing::info!(router = %link.router(), "connected to the router");
                     *self.link.write().await = Some(link);

@@ -25,6 +25,11 @@ pub struct ProviderConfig {
     pub metrics_listen: String,
     /// Tickets kept at most (R-MATCH-6).
     pub tickets_max: u32,
+    /// R-NODE-5: where the node keeps the tickets it holds (`tickets.log`, mode 0600,
+    /// at most about 2 × `tickets_max` lines), so that a restart does not refuse users
+    /// holding tickets issued before it. Relative to the working directory; empty:
+    /// tickets are kept in memory only (a restart loses them).
+    pub data_dir: PathBuf,
     /// How long a request whose ticket has not arrived yet waits for it.
     pub ticket_wait_ms: u64,
     /// Largest request body accepted.
@@ -46,6 +51,20 @@ pub struct ProviderConfig {
     /// Reconnect back-off: first delay, doubled up to the max.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// R-PROV-4: every this many ms the node asks each model server (`GET
+    /// {upstream_base_url}/models`) whether it is up. 100..=600,000.
+    pub upstream_health_interval_ms: u64,
+    /// A health check without a 2xx answer within this is a failed one. At least 1,
+    /// at most `upstream_health_interval_ms`.
+    pub upstream_health_timeout_ms: u64,
+    /// After this many failed checks in a row the server's models are withdrawn from
+    /// the market (`WithdrawBid`); the first check that succeeds again offers them
+    /// again (a re-registration). 1..=100.
+    pub upstream_health_failures: u32,
+    /// R-NODE-5 graceful stop: on SIGTERM/SIGINT the node withdraws its offers at once
+    /// and waits at most this long for the answers in flight to finish (streams
+    /// included) before it exits. At most 3,600,000 (an hour); 0: exit at once.
+    pub stop_drain_ms: u64,
     pub models: Vec<ModelOffer>,
 }
 
@@ -83,6 +102,7 @@ impl Default for ProviderConfig {
             public_endpoint: String::new(),
             metrics_listen: "127.0.0.1:8401".into(),
             tickets_max: 100_000,
+            data_dir: PathBuf::from("provider-data"),
             ticket_wait_ms: 2_000,
             request_bytes_max: 4 * 1024 * 1024,
             response_bytes_max: 16 * 1024 * 1024,
@@ -92,6 +112,10 @@ impl Default for ProviderConfig {
             connections_max: 1024,
             reconnect_initial_ms: 200,
             reconnect_max_ms: 10_000,
+            upstream_health_interval_ms: 2_000,
+            upstream_health_timeout_ms: 2_000,
+            upstream_health_failures: 2,
+            stop_drain_ms: 30_000,
             models: Vec::new(),
         }
     }
@@ -136,6 +160,32 @@ impl NodeConfig for ProviderConfig {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));
             }
+        }
+        if !(100..=600_000).contains(&self.upstream_health_interval_ms) {
+            return Err(format!(
+                "upstream_health_interval_ms is {}, allowed 100..=600000",
+                self.upstream_health_interval_ms
+            ));
+        }
+        if self.upstream_health_timeout_ms == 0
+            || self.upstream_health_timeout_ms > self.upstream_health_interval_ms
+        {
+            return Err(format!(
+                "upstream_health_timeout_ms is {}, allowed 1..=upstream_health_interval_ms ({})",
+                self.upstream_health_timeout_ms, self.upstream_health_interval_ms
+            ));
+        }
+        if self.stop_drain_ms > 3_600_000 {
+            return Err(format!(
+                "stop_drain_ms is {}, at most 3600000 (an hour)",
+                self.stop_drain_ms
+            ));
+        }
+        if !(1..=100).contains(&self.upstream_health_failures) {
+            return Err(format!(
+                "upstream_health_failures is {}, allowed 1..=100",
+                self.upstream_health_failures
+            ));
         }
         if self.reconnect_max_ms < self.reconnect_initial_ms {
             return Err("reconnect_max_ms must be at least reconnect_initial_ms".into());

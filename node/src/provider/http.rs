@@ -8,7 +8,7 @@ use super::tickets::ClaimError;
 use super::Provider;
 use crate::inference::{recover_requester, SESSION_HEADER, SIGNATURE_HEADER};
 use crate::openai::{
-    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary,
+    body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary, Endpoint,
     SseSplitter, Usage,
 };
 use axum::body::{Body, Bytes};
@@ -30,7 +30,10 @@ pub fn router(provider: Arc<Provider>) -> Router {
     let body_max = provider.config.request_bytes_max as usize;
     Router::new()
         .route("/v1/chat/completions", post(completions))
+        // R-NODE-6 (issue 23 case 9): legacy text completions, same checks.
+        .route("/v1/completions", post(text_completions))
         .route("/v1/models", get(models))
+        .route("/v1/models/{*id}", get(model))
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
@@ -51,6 +54,30 @@ async fn models(State(provider): State<Arc<Provider>>) -> Json<Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
+/// R-NODE-6: `GET /v1/models/{id}`, one entry of `GET /v1/models`, or 404
+/// `model_not_found`.
+async fn model(
+    state: State<Arc<Provider>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(list) = models(state).await;
+    list["data"]
+        .as_array()
+        .and_then(|data| data.iter().find(|m| m["id"] == id.as_str()))
+        .map(|m| Json(m.clone()))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "model_not_found",
+                format!(
+                    "The model `{}` is not served here (GET /v1/models lists them)",
+                    crate::openai::truncate(&id, 256)
+                ),
+            )
+        })
+}
+
 fn count(provider: &Provider, status: StatusCode) {
     provider
         .stats
@@ -60,13 +87,30 @@ fn count(provider: &Provider, status: StatusCode) {
 }
 
 async fn completions(
-    State(provider): State<Arc<Provider>>,
+    state: State<Arc<Provider>>,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    serve_endpoint(state, headers, body, Endpoint::Chat).await
+}
+
+async fn text_completions(
+    state: State<Arc<Provider>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    serve_endpoint(state, headers, body, Endpoint::Completions).await
+}
+
+async fn serve_endpoint(
+    State(provider): State<Arc<Provider>>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    endpoint: Endpoint,
+) -> Response {
     let body = body_or_error(body, provider.config.request_bytes_max);
     match std::future::ready(body)
-        .and_then(|body| serve(&provider, &headers, body))
+        .and_then(|body| serve(&provider, &headers, body, endpoint))
         .await
     {
         Ok(response) => {
@@ -130,9 +174,10 @@ async fn claim(
 }
 
 async fn serve(
-    provider: &Provider,
+    provider: &Arc<Provider>,
     headers: &HeaderMap,
     body: Bytes,
+    endpoint: Endpoint,
 ) -> Result<Response, ApiError> {
     let unauthorized = |message: String| {
         ApiError::new(
@@ -162,6 +207,9 @@ async fn serve(
     // Every check of the request itself comes before the claim: a request refused
     // for its own content (400) leaves the ticket unused, to be sent again corrected.
     request.max_tokens()?;
+    // R-NODE-4: only OpenAI's documented fields reach the model server, each
+    // bounded (`n_predict`, `n: 64`, `ignore_eos`… would pass TokenMax by).
+    request.check_fields(endpoint)?;
     let ticket = claim(provider, session, signer).await?;
     let model = provider.models.get(&ticket.model_id).ok_or_else(|| {
         ApiError::new(
@@ -171,6 +219,9 @@ async fn serve(
             format!("this provider does not serve model {}", ticket.model_id),
         )
     })?;
+    // Counted in flight from the claim until the answer is sent (R-NODE-5: a graceful
+    // stop waits for it).
+    let in_flight = provider.in_flight();
     // R-SESSION-1: the inference begins: sign it to the router (queued, not
     // awaited), or the router closes the session after ticket_start_timeout_ms.
     provider.start_session(ticket.session_id).await;
@@ -178,8 +229,9 @@ async fn serve(
     request.clamp_max_tokens(ticket.tokens_max)?;
     request.ask_usage_in_stream();
     let url = format!(
-        "{}/chat/completions",
-        model.offer.upstream_base_url.trim_end_matches('/')
+        "{}{}",
+        model.offer.upstream_base_url.trim_end_matches('/'),
+        endpoint.path()
     );
     let started = Instant::now();
     let upstream = provider
@@ -221,6 +273,8 @@ async fn serve(
     let latency = provider.stats.upstream_seconds.clone();
     let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
     let stream = upstream.bytes_stream().map(move |chunk| {
+        // The stream owns the in-flight mark: it ends when the body is sent or dropped.
+        let _in_flight = &in_flight;
         let chunk = chunk.map_err(std::io::Error::other)?;
         match splitter.push(&chunk) {
             Ok(events) => {

@@ -11,6 +11,7 @@
 //!   ordered sender as the router loop's messages.
 
 pub mod config;
+pub mod health;
 mod http;
 pub mod tickets;
 
@@ -22,8 +23,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tickets::Tickets;
 use tokio::sync::Notify;
@@ -48,6 +50,8 @@ pub struct ProviderMetrics {
     pub probes_answered: Counter,
     pub router_connects: Family<Labels, Counter>,
     pub upstream_seconds: Histogram,
+    /// R-PROV-4: models offered to the market now (those whose model server is up).
+    pub models_offered: Gauge,
 }
 
 impl ProviderMetrics {
@@ -75,6 +79,10 @@ impl ProviderMetrics {
                 "provider_upstream_seconds",
                 "Upstream call, request to last byte.",
             ),
+            models_offered: metrics.gauge(
+                "provider_models_offered",
+                "Models offered to the market now: those whose model server passes its health check (R-PROV-4).",
+            ),
         }
     }
 }
@@ -93,6 +101,28 @@ pub struct Provider {
     /// message queued, so that messages from the router loop and from the HTTP
     /// handlers (`SessionStart`) reach the router in nonce order (R-ID-4).
     pub link: tokio::sync::Mutex<Option<Link>>,
+    /// R-PROV-4: whether each model server (by `upstream_base_url`) is up; a server
+    /// not checked yet counts as up.
+    upstream_health: Mutex<BTreeMap<String, bool>>,
+    /// The endpoint registered (set once the HTTP listener is bound).
+    endpoint: OnceLock<String>,
+    /// Set by a graceful stop: the offers are withdrawn, the answers in flight finish.
+    pub stopping: AtomicBool,
+    /// Answers in flight (a ticket claimed, the answer not yet wholly sent).
+    in_flight: std::sync::atomic::AtomicUsize,
+    in_flight_done: Notify,
+}
+
+/// Counts one answer in flight while it lives (moved into a streamed body, it lives
+/// until the stream is sent or dropped).
+pub struct InFlight(Arc<Provider>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.in_flight_done.notify_waiters();
+        }
+    }
 }
 
 impl Provider {
@@ -124,8 +154,20 @@ impl Provider {
             .map_err(|e| format!("http client: {e}"))?;
         let metrics = Metrics::new();
         let stats = ProviderMetrics::new(&metrics);
+        let tickets = if config.data_dir.as_os_str().is_empty() {
+            tracing::warn!("data_dir is empty: tickets are kept in memory only, a restart refuses their holders");
+            Tickets::new(config.tickets_max as usize)
+        } else {
+            Tickets::open(
+                config.tickets_max as usize,
+                &config.data_dir,
+                crate::unix_ms(),
+            )
+            .map_err(|e| e.to_string())?
+        };
+        stats.tickets_held.set(tickets.len() as i64);
         Ok(Arc::new(Provider {
-            tickets: Mutex::new(Tickets::new(config.tickets_max as usize)),
+            tickets: Mutex::new(tickets),
             config,
             key,
             models,
@@ -135,6 +177,11 @@ impl Provider {
             stats,
             nonces: Nonces::default(),
             link: tokio::sync::Mutex::new(None),
+            upstream_health: Mutex::new(BTreeMap::new()),
+            endpoint: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            in_flight_done: Notify::new(),
         }))
     }
 
@@ -181,7 +228,16 @@ impl Provider {
         } else {
             self.config.public_endpoint.clone()
         };
+        let _ = self.endpoint.set(endpoint.clone());
+        // R-PROV-4: a model server down at start is not offered in the first
+        // registration; the loop then follows it.
+        health::check_all_once(self).await;
+        tokio::spawn(health::health_loop(self.clone()));
         tokio::spawn(router_loop(self.clone(), endpoint));
+        let stopping = self.clone();
+        crate::on_stop(Box::new(move || {
+            Box::pin(async move { stopping.graceful_stop().await })
+        }));
         Ok(Started {
             listen,
             metrics,
@@ -209,10 +265,84 @@ impl Provider {
         })
     }
 
-    fn registration(&self, endpoint: &str) -> Message {
+    /// Marks an answer in flight until the guard drops (graceful stop waits for it).
+    pub fn in_flight(self: &Arc<Provider>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// R-NODE-5 graceful stop: withdraws every offer (a registration with none, so
+    /// no new match comes), then waits until the answers in flight are sent, at most
+    /// `stop_drain_ms`. Tickets already held may still be served meanwhile.
+    pub async fn graceful_stop(self: &Arc<Provider>) {
+        self.stopping.store(true, Ordering::Release);
+        self.reoffer().await;
+        let bound = Duration::from_millis(self.config.stop_drain_ms);
+        let drained = tokio::time::timeout(bound, async {
+            loop {
+                let done = self.in_flight_done.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                done.await;
+            }
+        })
+        .await;
+        let left = self.in_flight.load(Ordering::Acquire);
+        match drained {
+            Ok(()) => tracing::info!("stopped: offers withdrawn, nothing in flight"),
+            Err(_) => tracing::warn!(
+                in_flight = left,
+                stop_drain_ms = self.config.stop_drain_ms,
+                "stopped with answers still in flight after stop_drain_ms"
+            ),
+        }
+        println!("STOPPED in_flight={left}");
+    }
+
+    /// Whether the model server at `base` passed its last health check (R-PROV-4).
+    pub fn upstream_up(&self, base: &str) -> bool {
+        let health = self
+            .upstream_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        health.get(base).copied().unwrap_or(true)
+    }
+
+    pub fn set_upstream_up(&self, base: &str, up: bool) {
+        let mut health = self
+            .upstream_health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        health.insert(base.to_string(), up);
+    }
+
+    /// R-PROV-4: re-registers with the models whose server is up (a re-registration
+    /// replaces the offer list, withdrawing the others). Without a router connection
+    /// nothing is sent: the next connection registers the same list.
+    pub async fn reoffer(&self) {
+        let Some(endpoint) = self.endpoint.get() else {
+            return;
+        };
+        if !self
+            .send_signed(|nonce| self.registration(endpoint, nonce))
+            .await
+        {
+            tracing::info!(
+                "not connected to the router: the offers change at the next registration"
+            );
+        }
+    }
+
+    /// `RegisterProvider` with the offers of the models whose server is up.
+    fn registration(&self, endpoint: &str, nonce: u64) -> Message {
         let mut offers: Vec<Offer> = self
             .models
             .values()
+            .filter(|model| {
+                !self.stopping.load(Ordering::Acquire)
+                    && self.upstream_up(&model.offer.upstream_base_url)
+            })
             .map(|model| Offer {
                 model_id: model.offer.model_id,
                 unit: 0,
@@ -227,9 +357,10 @@ impl Provider {
             })
             .collect();
         offers.sort_by_key(|o| o.model_id);
+        self.stats.models_offered.set(offers.len() as i64);
         RegisterProvider {
             from: self.key.address(),
-            nonce: self.nonces.next(),
+            nonce,
             endpoint: endpoint.to_string(),
             offers,
             ..RegisterProvider::default()
@@ -252,7 +383,8 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
         Duration::from_millis(provider.config.reconnect_max_ms),
     );
     loop {
-        match Link::connect(&link_config, provider.key.clone()).await {
+        match Link::connect_with(&link_config, provider.key.clone(), provider.nonces.clone()).await
+        {
             Ok((link, inbound)) => {
                 provider
                     .stats
@@ -290,7 +422,7 @@ async fn serve_router(
     mut inbound: tokio::sync::mpsc::Receiver<crate::link::Incoming>,
     endpoint: &str,
 ) -> bool {
-    let registration = provider.registration(endpoint);
+    let registration = provider.registration(endpoint, provider.nonces.next());
     let register_nonce = registration.claimed_origin().map_or(0, |(_, n)| n);
     if link.send(registration).await.is_err() {
         return false;

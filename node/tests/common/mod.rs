@@ -82,6 +82,24 @@ impl NodeProcess {
         self.field(key).parse().expect("socket address")
     }
 
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the exit;
+    /// returns whether it exited by itself (issue 23 case 6).
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -293,6 +311,18 @@ impl Stack {
             .await
             .unwrap();
         assert!(response.status().is_success());
+    }
+
+    /// The last request body the stand-in received (null: none yet).
+    pub async fn standin_last_request(&self) -> serde_json::Value {
+        self.http
+            .get(self.standin_url("/standin/last_request"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// A node's Prometheus text (`node`: the consumer or the provider).

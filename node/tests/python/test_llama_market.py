@@ -1,0 +1,119 @@
+"""Issue 23: the nodes in front of a real model server. llama.cpp
+(`python -m llama_cpp.server`) serves a tiny random-weights Llama GGUF written by
+tiny_gguf.py; the router, the provider node and the consumer node are the real
+binaries; the application is the official `openai` package.
+
+The tests run in file order on one market (the stop/kill tests restart the model
+server they stopped)."""
+
+import time
+
+import openai
+import pytest
+
+from llama_market import PRICE_WEI_PER_TOKEN, LlamaMarket
+from tiny_gguf import ALIAS
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory):
+    with LlamaMarket(tmp_path_factory.mktemp("llama-market")) as market:
+        yield market
+
+
+def client(market):
+    return openai.OpenAI(base_url=market.base_url, api_key="unused", max_retries=0, timeout=60)
+
+
+def test_llama_plain_chat_completion_runs_to_max_tokens(market):
+    answer = client(market).chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "hello llama"}], max_tokens=8)
+    assert answer.model == ALIAS
+    assert answer.usage.completion_tokens == 8
+    # One byte-level token per printable ASCII character (tiny_gguf's output layer).
+    assert len(answer.choices[0].message.content) == 8
+    assert answer.choices[0].message.content.isprintable()
+    assert answer.choices[0].finish_reason == "length"
+
+
+def test_llama_streamed_chat_completion_is_whole(market):
+    stream = client(market).chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "stream please"}], max_tokens=12,
+        stream=True, stream_options={"include_usage": True})
+    text, usage, finish = "", None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert len(text) == 12 and text.isprintable()
+    assert finish == "length"
+    assert usage is not None and usage.completion_tokens == 12
+
+
+def test_llama_completion_is_credited_in_a_following_batch(market):
+    # What earlier tests earned is credited first; then only this request remains.
+    market.drain_credit()
+    answer = client(market).chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "pay me"}], max_tokens=7)
+    assert answer.usage.completion_tokens == 7
+    totals = market.next_credit()
+    assert totals["tokens"] == 7 and totals["sessions"] == 1
+    assert totals["credited_wei"] == 7 * PRICE_WEI_PER_TOKEN
+
+
+def test_llama_killed_mid_stream_raises_in_the_application_without_hanging(market):
+    stream = client(market).chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "a long one"}], max_tokens=3500,
+        stream=True)
+    received = ""
+    started = time.monotonic()
+    with pytest.raises(openai.APIError):
+        for chunk in stream:
+            for choice in chunk.choices:
+                received += choice.delta.content or ""
+            if received and market.llama.proc.poll() is None:
+                market.llama.kill()
+    # The cut is reported, not waited out (the upstream time-out is minutes).
+    assert time.monotonic() - started < 30
+    assert 0 < len(received) < 3500
+    market.llama.start()
+
+
+def test_r_id_8_other_programs_signing_with_the_providers_key_do_not_stall_it(market):
+    """Issue 23 case 1: `yellowstone-ctl claim` with the provider's key file (nonces
+    from the clock), then a program whose clock runs ahead (a nonce 1000 s in the
+    future): the provider node's next messages are refused `replay` by the router; it
+    resynchronises from the refusal, resends, and the market goes on serving."""
+    import subprocess
+
+    from conftest import BIN
+    from yellowstone_client.client import Client
+    from yellowstone_client.protocol import Key
+
+    key_file = market.dir / "provider.key"
+    router = market.router.fields["listen"]
+    claim = subprocess.run(
+        [str(BIN / "yellowstone-ctl"), "--router", router, "--key-file", str(key_file), "claim"],
+        capture_output=True, text=True, timeout=60)
+    # Something is owed (the credit test ran before): the claim is accepted and spends
+    # its nonce.
+    assert claim.returncode == 0, claim.stderr
+    answer = client(market).chat.completions.create(
+        model=ALIAS, messages=[{"role": "user", "content": "after ctl"}], max_tokens=5)
+    assert answer.usage.completion_tokens == 5
+
+    host, port = router.rsplit(":", 1)
+    secret = key_file.read_text().split()[0].removeprefix("secret_hex=")
+    ahead = Client(host, int(port), Key.from_hex(secret))
+    nonce = time.time_ns() // 1000 + 1_000_000_000
+    # The same bid again: accepted, changes nothing but the nonce.
+    ahead.answer(ahead.send_signed("UpdateBid", nonce=nonce, model_id=1,
+                                   price_wei_per_token=PRICE_WEI_PER_TOKEN, capacity=4), "Ack")
+    ahead.close()
+    for prompt in ("after a clock ahead", "and again"):
+        answer = client(market).chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": prompt}], max_tokens=5)
+        assert answer.usage.completion_tokens == 5
+    assert market.offers_live() == 1
