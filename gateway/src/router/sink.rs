@@ -8,10 +8,10 @@ use super::signature_cpu::SignatureOp;
 use crate::net::{ConnId, Outbox};
 use crate::sequencer::{release_of, EffectSink, Origin, Release, ORIGIN_INTERNAL};
 use std::sync::Arc;
-use yellowstone_settlement::SignedSettlement;
 use yellowstone_engine::{
     BatchApplied, Command, CreditBatch, CreditReason, Effect, RfcFailure, Ticket,
 };
+use yellowstone_settlement::SignedSettlement;
 use yellowstone_wire::frame::FLAG_RESPONSE;
 use yellowstone_wire::messages::{self, msg_type, Message};
 use yellowstone_wire::Address;
