@@ -25,6 +25,7 @@
 //! ```
 //!
 //! The protocol itself is specified in `docs/PROTOCOL.md`.
+#![warn(missing_docs, unreachable_pub)]
 
 use crate::address::Address;
 use crate::frame::{Frame, FrameDecoder, FrameError};
@@ -38,15 +39,20 @@ use std::time::Duration;
 /// Clients accept large router frames (credit batches list every provider).
 pub const CLIENT_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Why a client call failed.
 #[derive(Debug)]
 pub enum ClientError {
+    /// The socket failed (a read time-out is `WouldBlock` or `TimedOut` here).
     Io(std::io::Error),
+    /// The router sent a header this client cannot frame.
     Frame(FrameError),
+    /// The router sent a body this client cannot decode.
     Decode(DecodeError),
     /// The router answered the login with something else.
     Login(String),
     /// A ticket or batch not signed by the router this client logged in to.
     RouterSignature(SigError),
+    /// The router closed the connection.
     Closed,
 }
 
@@ -71,6 +77,9 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
+/// A blocking, logged-in connection to a router: signs with its key, numbers its
+/// messages with clock-based nonces (R-ID-4) and checks the router's signatures on
+/// what it receives (`recv_verified`).
 pub struct Client {
     stream: TcpStream,
     decoder: FrameDecoder,
@@ -109,6 +118,8 @@ impl Client {
         }
     }
 
+    /// Answers the router's `LoginChallenge` with a signed `LoginAnswer` and waits
+    /// for `LoginOk` (R-ID-4); learns the router's address and network id.
     pub fn login(&mut self) -> Result<(), ClientError> {
         let challenge = match self.recv()? {
             Message::LoginChallenge(challenge) => challenge,
@@ -132,22 +143,27 @@ impl Client {
         }
     }
 
+    /// The address this client signs as.
     pub fn address(&self) -> Address {
         self.key.address()
     }
 
+    /// The key this client signs with.
     pub fn key(&self) -> &SigningKey {
         &self.key
     }
 
+    /// The network id the router announced at login (0 before).
     pub fn network_id(&self) -> u32 {
         self.network_id
     }
 
+    /// The router's address announced at login (zero before).
     pub fn router(&self) -> Address {
         self.router
     }
 
+    /// The underlying socket (for time-outs and shutdowns).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -158,6 +174,7 @@ impl Client {
         self.nonce
     }
 
+    /// Bounds each blocking read; None waits for ever.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.stream.set_read_timeout(timeout)?;
         Ok(())
@@ -169,10 +186,12 @@ impl Client {
         self.send_raw(&frame)
     }
 
+    /// Sends a message as it is (its signature, if any, already set).
     pub fn send(&mut self, message: &Message) -> Result<(), ClientError> {
         self.send_raw(&message.to_frame())
     }
 
+    /// Sends bytes as they are (whole frames, or anything a hostile-input test needs).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes)?;
         Ok(())
