@@ -13,6 +13,7 @@
 //! The hash is `types::address_hash`, a fixed mix: addresses are keccak outputs and
 //! accounts are created only by the operator or by bounded provider registration, so
 //! no client can choose colliding keys (see BENCHMARKS.md, issue 18).
+#![warn(missing_docs, unreachable_pub)]
 
 use crate::state::AccountIdx;
 
@@ -21,6 +22,8 @@ use crate::state::AccountIdx;
 const EMPTY: u64 = u64::MAX;
 const SLOTS_MIN: usize = 16;
 
+/// Address → account number, an open-addressing table of `u64` slots holding only
+/// account numbers (the key is the account's own address).
 #[derive(Clone, Debug, Default)]
 pub struct AddressIndex {
     /// A power of two long (or empty); `tag << 32 | account`.
@@ -38,10 +41,12 @@ impl AddressIndex {
         index
     }
 
+    /// Accounts indexed.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no account is indexed.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

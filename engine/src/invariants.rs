@@ -1,10 +1,14 @@
 //! Invariant checks, one named function each, called by the tests after every step
 //! (STYLE.md section 2). They are O(state): never call them on the hot path.
+#![warn(missing_docs, unreachable_pub)]
 
 use crate::engine::Engine;
 use crate::quota;
 
 impl Engine {
+    /// Checks every invariant of the market's state (ledger solvency, capacity,
+    /// quotas, books, matching, self-matching, unfunded registrations, user
+    /// sessions, settlements); panics naming the first that fails. O(state).
     pub fn check_invariants(&self) {
         self.state.ledger.check_solvency();
         self.check_capacity();

@@ -2,6 +2,7 @@
 //! intermediates, rounding down, no floats). No intermediate is capped: MaxT may
 //! exceed u64 (it is below 2^138), and only the final per-user figure is capped at
 //! u64::MAX where it enters a u64 field (R-QUOTA-1..3, SPEC.md section 3).
+#![warn(missing_docs, unreachable_pub)]
 
 pub use ethnum::U256;
 
@@ -42,6 +43,8 @@ pub struct UserMaxRate {
 }
 
 impl UserMaxRate {
+    /// The rate for a day's MaxT (tokens) and supply S (wei); panics if S is 0
+    /// (refused by `MarketConfig::validate`).
     pub fn new(max_t: U256, supply_wei: u128) -> UserMaxRate {
         assert!(
             supply_wei > 0,

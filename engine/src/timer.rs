@@ -13,6 +13,7 @@
 //! - Encoding (snapshots, the state hash) is the sorted list of `(deadline, id)`:
 //!   byte for byte what the `BTreeSet` it replaces encoded. The lists, the cursor and
 //!   the due buffer are derived and rebuilt on decode.
+#![warn(missing_docs, unreachable_pub)]
 
 use crate::types::slot_of;
 use bincode::de::{BorrowDecoder, Decoder};
@@ -42,6 +43,8 @@ const EMPTY: Node = Node {
     live: false,
 };
 
+/// Deadlines (ms) of probes, RFCs and sessions by id, in a hashed wheel: O(1)
+/// insert and remove, popped in `(deadline, id)` order (the module docs).
 #[derive(Clone)]
 pub struct TimerWheel {
     /// By slab slot (`slot_of(id)`).
@@ -62,6 +65,7 @@ impl Default for TimerWheel {
 }
 
 impl TimerWheel {
+    /// An empty wheel.
     pub fn new() -> TimerWheel {
         TimerWheel {
             nodes: Vec::new(),
@@ -72,10 +76,12 @@ impl TimerWheel {
         }
     }
 
+    /// Live timers.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no timer is live.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -251,6 +257,7 @@ impl TimerWheel {
             .min()
     }
 
+    /// Whether the timer `(deadline_ms, id)` is live.
     pub fn contains(&self, deadline_ms: u64, id: u64) -> bool {
         self.is_live(deadline_ms, id)
     }
