@@ -1,6 +1,5 @@
 //! R-NODE-2: the market's catalog as the engine sees it, for the router's catalog
 //! query: every model with its best live bid. Read-only; it never changes state.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::engine::Engine;
 use crate::types::{ModelId, Unit};

@@ -3,7 +3,6 @@
 //! Commands arrive already authenticated: the router verified the signature and put
 //! the signer's address in the command. Everything the engine decides depends only on
 //! the commands and the `now_ms` given with each, so a journal of both replays exactly.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::error::MarketError;
 use crate::types::{Address, ModelId, ProbeId, RfcId, SessionId};

@@ -1,6 +1,5 @@
 //! Market parameters and limits (MarketConfig). Every limit carries its unit last
 //! and has a sane default; `validate` refuses a configuration that cannot work.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::types::{Address, ModelId, Unit, WEI_PER_MOR};
 use bincode::{Decode, Encode};

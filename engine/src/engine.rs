@@ -1,7 +1,6 @@
 //! The Engine: `apply(command, now) -> effects`, the only way market state changes.
 //! It checks the nonce (R-ID-4), fires what is due at `now`, dispatches the command
 //! and runs matching for the models the command touched. Pure: no IO, no clock.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::command::{Command, Effect};
 use crate::config::MarketConfig;

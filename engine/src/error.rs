@@ -1,6 +1,5 @@
 //! Market refusals: one enum, stable codes in 0x0200..0x02FF (SPEC.md section 9),
 //! with the data a client needs to act (quota left, when to retry).
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::types::{ModelId, SessionId};
 use bincode::{Decode, Encode};

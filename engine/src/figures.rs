@@ -7,7 +7,6 @@
 //! market state query from them. Cost: O(models + providers × offers), which is why
 //! the provider part (`provider_figures`) is split from the rest (`market_figures_core`,
 //! O(models)) so that the router can run it at a bounded share of its time.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::command::ParamId;
 use crate::config::{BudgetPolicy, FailPolicy, MarketConfig, UnusedBudget};

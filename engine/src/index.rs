@@ -13,7 +13,6 @@
 //! The hash is `types::address_hash`, a fixed mix: addresses are keccak outputs and
 //! accounts are created only by the operator or by bounded provider registration, so
 //! no client can choose colliding keys (see BENCHMARKS.md, issue 18).
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::state::AccountIdx;
 

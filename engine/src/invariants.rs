@@ -1,6 +1,5 @@
 //! Invariant checks, one named function each, called by the tests after every step
 //! (STYLE.md section 2). They are O(state): never call them on the hot path.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::engine::Engine;
 use crate::quota;

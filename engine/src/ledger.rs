@@ -6,7 +6,6 @@
 //! by `check_solvency`. The daily spend cap is the day's compute emission plus
 //! `pool_daily_spend_bps` of the pool unused at the day's start; a batch above what is
 //! left is credited pro rata and the shortfall recorded.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::command::{BatchApplied, CreditBatch};
 use crate::error::MarketError;

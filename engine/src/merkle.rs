@@ -22,7 +22,6 @@
 //! and so the roots are exactly those of the rule above (tests compare them with
 //! `blake3::keyed_hash`); a snapshot encodes the accumulator as if every pending leaf
 //! had been pushed, so its bytes and the state hash are those of one-by-one hashing.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::types::{Address, ModelId, SessionId};
 use bincode::de::Decoder;

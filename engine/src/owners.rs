@@ -13,7 +13,6 @@
 //! first or second entry of that set.
 //!
 //! Derived from the queues and the RFCs (never encoded): rebuilt on restore.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::state::AccountIdx;
 use std::collections::BTreeSet;

@@ -2,7 +2,6 @@
 //! intermediates, rounding down, no floats). No intermediate is capped: MaxT may
 //! exceed u64 (it is below 2^138), and only the final per-user figure is capped at
 //! u64::MAX where it enters a u64 field (R-QUOTA-1..3, SPEC.md section 3).
-#![warn(missing_docs, unreachable_pub)]
 
 pub use ethnum::U256;
 

@@ -13,7 +13,6 @@
 //! leaves sorted ascending, each level pairs neighbours with the sorted-pair hash
 //! keccak256(min(a, b) ‖ max(a, b)), an odd last node moves up unchanged; the root of
 //! no leaf is 32 zero bytes (nothing can be claimed against it).
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::command::Effect;
 use crate::engine::Engine;

@@ -1,7 +1,6 @@
 //! The market state: every field the engine owns, laid out for the hot path
 //! (accounts, providers, RFCs and sessions in Vecs/slabs addressed by small ids) and
 //! encodable as a whole with bincode for snapshots and the state hash.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::config::{MarketConfig, ModelSpec};
 use crate::ledger::Ledger;

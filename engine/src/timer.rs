@@ -13,7 +13,6 @@
 //! - Encoding (snapshots, the state hash) is the sorted list of `(deadline, id)`:
 //!   byte for byte what the `BTreeSet` it replaces encoded. The lists, the cursor and
 //!   the due buffer are derived and rebuilt on decode.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::types::slot_of;
 use bincode::de::{BorrowDecoder, Decoder};

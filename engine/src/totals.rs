@@ -5,7 +5,6 @@
 //! Encoded exactly as the `BTreeMap<ProviderIdx, ProviderTotals>` it replaces: a
 //! length, then `(provider index, totals)` pairs by provider index. The index is
 //! derived and rebuilt on decode.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::command::ProviderTotals;
 use crate::state::ProviderIdx;

@@ -1,5 +1,4 @@
 //! Basic value types: addresses, ids and the time and money units of SPEC.md section 3.
-#![warn(missing_docs, unreachable_pub)]
 
 use bincode::{Decode, Encode};
 

@@ -11,7 +11,6 @@
 //! as if the provider had registered then; otherwise it is dropped. A registration
 //! whose connection closes (`ProviderDisconnected`) is dropped too: a provider is
 //! reachable only through a connection, and it registers again when it reconnects.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::command::OfferSpec;
 use crate::types::Address;

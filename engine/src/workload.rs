@@ -3,7 +3,6 @@
 //! Journal tests and the replay benchmark use it to produce realistic inputs; it
 //! drives a shadow engine to learn the ids (probes, sessions) the next commands
 //! need, so the stream is valid and its final state hash is known.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::{
     Address, Command, Effect, Engine, MarketConfig, ModelSpec, OfferSpec, ReportOutcome, Unit,
