@@ -1,6 +1,5 @@
 //! MOR addresses (R-ID-1): the last 20 bytes of keccak-256 of the 64-byte
 //! uncompressed secp256k1 public key, shown with EIP-55 mixed-case checksums.
-#![warn(missing_docs, unreachable_pub)]
 
 use tiny_keccak::{Hasher, Keccak};
 

@@ -2,7 +2,6 @@
 //! (the router's TOML and balance snapshots, `yellowstone-ctl`, the provider node's
 //! prices, the chain relayer's flags), so that every tool accepts and refuses the
 //! same spellings with the same reasons (R-MONEY-1: a wei amount is a `u128`).
-#![warn(missing_docs, unreachable_pub)]
 
 /// The largest wei amount, `u128::MAX` (2^128 − 1), as the errors print it.
 pub const WEI_MAX_TEXT: &str = "340282366920938463463374607431768211455";

@@ -2,7 +2,6 @@
 //! read by the router (`identity.balance_snapshot`) and by `yellowstone-ctl balance
 //! import` alike. One `address,balance_wei` per line; blank lines and `#` comments
 //! are skipped; each address at most once (last-wins would hide a typo).
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::address::{Address, AddressParseError};
 use crate::amount::{parse_wei, WeiParseError};

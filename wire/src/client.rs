@@ -25,7 +25,6 @@
 //! ```
 //!
 //! The protocol itself is specified in `docs/PROTOCOL.md`.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::address::Address;
 use crate::frame::{Frame, FrameDecoder, FrameError};

@@ -2,8 +2,6 @@
 //! length against what is left before reading or allocating, so no input can make
 //! them panic or reserve more memory than the frame holds.
 
-#![warn(missing_docs, unreachable_pub)]
-
 use crate::address::Address;
 use crate::signature::{Signature, SIGNATURE_LEN};
 

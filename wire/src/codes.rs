@@ -1,7 +1,6 @@
 //! Stable error codes carried by `ErrorReply.code` (SPEC.md section 9). Ranges:
 //! 0x0100..0x01FF protocol (this crate), 0x0200..0x02FF market (the engine's
 //! `MarketError::code`), 0x0300..0x03FF router (load, limits). Never renumber.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::codec::DecodeError;
 use crate::frame::FrameError;

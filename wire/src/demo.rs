@@ -3,7 +3,6 @@
 //! 1 to 4; the weights of model `id` are the ASCII string `yellowstone-demo-model-<id>`,
 //! so a file holding exactly that passes for them (R-PROV-1: providers present the
 //! BLAKE3 hash of their weights).
-#![warn(missing_docs, unreachable_pub)]
 
 /// The demo catalog's model ids.
 pub const DEMO_MODELS: [u32; 4] = [1, 2, 3, 4];

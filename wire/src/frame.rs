@@ -16,8 +16,6 @@
 //! A header error is fatal for the stream: the caller answers with an error frame and
 //! closes the connection, because the byte boundary of the next frame is unknown.
 
-#![warn(missing_docs, unreachable_pub)]
-
 use bytes::{Buf, Bytes, BytesMut};
 
 /// The two bytes every frame starts with.

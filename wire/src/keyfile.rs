@@ -4,7 +4,6 @@
 //! may read or write; its text is what `yellowstone-router keygen` prints
 //! (`secret_hex=…`, `address=…`) or one line of 64 hex digits
 //! ([`SigningKey::from_key_file_text`]).
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::signature::SigningKey;
 use std::path::{Path, PathBuf};

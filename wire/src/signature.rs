@@ -2,7 +2,6 @@
 //! v in {0, 1}; 27/28 accepted on input), low-s only, over a 32-byte digest:
 //! BLAKE3(DOMAIN_TAG || network_id u32 LE || msg_type u16 LE || body), so that a
 //! signature can never be replayed as another message type or on another network.
-#![warn(missing_docs, unreachable_pub)]
 
 use crate::address::Address;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
