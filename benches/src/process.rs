@@ -4,11 +4,9 @@
 //! not stop in time) and reaped with `wait4`, which gives that one child's resource
 //! usage (user + system CPU time, all its threads) as `getrusage` would.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How a child ended and what it cost.
@@ -61,7 +59,10 @@ fn try_reap(pid: u32, block: bool) -> Option<(libc::c_int, libc::rusage)> {
     }
 }
 
-/// A child we own: killed and reaped on drop unless it was waited for.
+/// A child we own: killed and reaped on drop unless it was waited for. Unlike the
+/// tests' `yellowstone_tests::KillOnDrop` it reaps with `wait4` to read the child's
+/// CPU time (`Usage`), which is what the benchmark measures; std's `Child::wait`
+/// discards the rusage.
 pub struct Owned {
     child: Child,
     started: Instant,
@@ -230,13 +231,13 @@ pub struct Ready {
     pub router: String,
 }
 
+/// The router's READY line, through the one READY-line parser
+/// (`yellowstone_tests::ready_fields`).
 pub fn parse_ready(line: &str) -> Option<Ready> {
-    let rest = line.strip_prefix("READY ")?;
     let mut listen = None;
     let mut metrics = None;
     let mut router = String::new();
-    for field in rest.split_whitespace() {
-        let (key, value) = field.split_once('=')?;
+    for (key, value) in yellowstone_tests::ready_fields(line)? {
         match key {
             "listen" => listen = value.parse().ok(),
             "metrics" => metrics = value.parse().ok(),
@@ -317,15 +318,7 @@ impl RouterChild {
             .stdout
             .take()
             .ok_or("router stdout not piped")?;
-        let (lines, receive) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let receive = yellowstone_tests::forward_lines(stdout);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -361,27 +354,15 @@ impl RouterChild {
         proc_cpu_s(self.pid())
     }
 
-    /// The Prometheus text at /metrics (plain HTTP/1.0 GET on loopback).
+    /// The Prometheus text at /metrics (the shared scraper,
+    /// `yellowstone_tests::try_metrics_text`); None without metrics or on an error.
     pub fn metrics_text(&self) -> Option<String> {
-        let addr = self.ready.metrics?;
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).ok()?;
-        Some(text)
+        yellowstone_tests::try_metrics_text(self.ready.metrics?).ok()
     }
 
-    /// A metric without labels, from the Prometheus text.
+    /// A sample's value from the Prometheus text (`yellowstone_tests::metric_value`).
     pub fn metric(text: &str, name: &str) -> Option<f64> {
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .find_map(|line| {
-                let (key, value) = line.split_once(' ')?;
-                (key == name).then(|| value.trim().parse().ok())?
-            })
+        yellowstone_tests::metric_value(text, name)
     }
 
     /// SIGTERM (graceful: the router seals its block and stops), reaped with its

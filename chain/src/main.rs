@@ -3,7 +3,7 @@
 //! its own key and gas: `deploy` and `verify-deployment` (parameters from the
 //! router's configuration or data directory), `relay` (the router's settlements, in
 //! order, to the contract), `claim` (a provider's payment against the epoch the chain
-//! has settled). See README.md, "Settlement on a chain".
+//! has settled). See docs/chain.md.
 
 mod bindings;
 mod chain;

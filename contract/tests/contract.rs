@@ -8,8 +8,7 @@ use alloy_primitives::U256;
 use common::{ContractError, Deployment};
 use yellowstone_contract::artifacts::DeployParams;
 use yellowstone_contract::{
-    evm_address, settlement_digest, ClaimProof, IComputeContract, SettlementData,
-    SignedSettlement,
+    evm_address, settlement_digest, ClaimProof, IComputeContract, SettlementData, SignedSettlement,
 };
 use yellowstone_engine::settlement::{leaves, merkle_root, SettlementRecord};
 use yellowstone_engine::Address;

@@ -4,7 +4,6 @@
 //! the stopped router's `ledger --json`.
 
 use serde_json::Value;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -270,32 +269,12 @@ fn r_ops_3_operator_sets_balances_and_params_by_name_and_reads_the_market() {
     assert!(error.contains("connection"), "{error}");
 }
 
-/// `GET /metrics`, as name{labels} -> value text.
-fn scrape(addr: std::net::SocketAddr) -> Vec<(String, String)> {
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").expect("http response");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .collect()
-}
-
-fn metric(metrics: &[(String, String)], name: &str) -> String {
-    metrics
-        .iter()
-        .find(|(n, _)| n == name)
+/// A sample's value as the router printed it (every digit of a wei amount), from
+/// the shared scraper (`yellowstone_tests::metric_text_value`).
+fn metric(metrics: &str, name: &str) -> String {
+    yellowstone_tests::metric_text_value(metrics, name)
         .unwrap_or_else(|| panic!("{name} not in /metrics"))
-        .1
-        .clone()
+        .to_string()
 }
 
 #[test]
@@ -472,7 +451,7 @@ fn r_ops_3_provider_claims_batches_follow_and_metrics_match_the_ledger() {
     assert_eq!(model["model_id"], 1);
     assert_eq!(model["providers_live"], 1);
     assert_eq!(model["best_bid_wei_per_token"], "1000000");
-    let metrics = scrape(router.ready.metrics);
+    let metrics = yellowstone_tests::metrics_text(router.ready.metrics);
     for (name, key) in [
         ("yellowstone_market_emitted_wei_total", "emitted_wei"),
         ("yellowstone_market_paid_wei_total", "paid_wei"),

@@ -7,7 +7,9 @@ use crate::types::{ModelId, Unit};
 /// One model of the catalog and the offers that could take a session now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CatalogEntry {
+    /// The model's id.
     pub model: ModelId,
+    /// What its output is counted in (SPEC section 8: tokens).
     pub unit: Unit,
     /// BLAKE3 of the weights every provider of the model must present (R-PROV-1).
     pub weights_hash: [u8; 32],

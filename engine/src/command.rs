@@ -11,29 +11,44 @@ use bincode::{Decode, Encode};
 /// One model a provider offers (R-PROV-1).
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct OfferSpec {
+    /// The model id.
     pub model: ModelId,
     /// SPEC.md section 8 unit code; only 0 (token) is accepted.
     pub unit: u8,
     /// Must equal the catalog's hash; the router checked the provider's signature on it.
     pub weights_hash: [u8; 32],
+    /// The bid, wei per token (R-MONEY-1: at most `bid_wei_per_token_max`).
     pub price_wei_per_token: u128,
+    /// Concurrent sessions offered.
     pub capacity: u32,
 }
 
 /// Operator-settable market parameters, by stable id (`Command::SetParams`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum ParamId {
+    /// 1: B, wei a day (fixed policy).
     ComputeBudgetWeiPerDay = 1,
+    /// 2: P, wei per 1,000 tokens.
     TokenPriceWeiPer1000 = 2,
+    /// 3: S, wei.
     MorSupplyWei = 3,
+    /// 4: X, percent (R-PERF-1).
     SpeedTolerancePercent = 4,
+    /// 5: Z, reports (R-PERF-1).
     SpeedWindowReports = 5,
+    /// 6: reports before the speed test applies.
     SpeedReportsMin = 6,
+    /// 7: 0 no-credit, 1 balance-weighted (R-PERF-3).
     FailPolicy = 7,
+    /// 8: points that suspend (R-PERF-4).
     PenaltyPointsSuspend = 8,
+    /// 9: suspension length, ms.
     SuspensionMs = 9,
+    /// 10: probe timeout, ms (R-MATCH-2).
     ProbeTimeoutMs = 10,
+    /// 11: 0 carry, 1 burn (R-CONTRACT-3).
     UnusedBudget = 11,
+    /// 12: 0 fixed, 1 pool-percent (R-CONTRACT-5).
     BudgetPolicy = 12,
     /// R-MONEY-1: `bid_wei_per_token_max` (> 0, not below any current offer's price).
     BidWeiPerTokenMax = 13,
@@ -119,6 +134,7 @@ impl ParamId {
         }
     }
 
+    /// Whether the parameter is an integer or a choice among labels.
     pub fn kind(self) -> ParamKind {
         match self {
             ParamId::FailPolicy => ParamKind::Choice(&["no-credit", "balance-weighted"]),
@@ -128,6 +144,7 @@ impl ParamId {
         }
     }
 
+    /// The parameter of a name (`yellowstone-ctl params`), None for an unknown one.
     pub fn from_name(name: &str) -> Option<ParamId> {
         ParamId::ALL.into_iter().find(|p| p.name() == name)
     }
@@ -200,6 +217,7 @@ impl ParamId {
         }
     }
 
+    /// The parameter of a wire id, None for an unknown one.
     pub fn from_u16(id: u16) -> Option<ParamId> {
         use ParamId::*;
         Some(match id {
@@ -221,90 +239,146 @@ impl ParamId {
     }
 }
 
+/// An input of the engine (`Engine::apply`): a signed message the router
+/// authenticated, or a router-originated event; journaled before it is applied.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Command {
     /// Fires everything due at `now`: probe timeouts, expiries, block seals, days.
     Tick,
     /// R-QUOTA-6: operator balance snapshot or update.
     SetBalances {
+        /// The operator's address (`identity.operator`).
         operator: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// (address, amount in wei) pairs.
         entries: Vec<(Address, u128)>,
     },
+    /// R-OPS-3: run-time parameters by id (`ParamId`), from the operator.
     SetParams {
+        /// The operator's address (`identity.operator`).
         operator: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// (parameter id, value) pairs, applied together or not at all.
         params: Vec<(u16, u128)>,
     },
     /// R-PROV-1: (re-)registration; also marks the provider reachable.
     RegisterProvider {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// Where users reach the provider (bytes, at most `endpoint_bytes_max`).
         endpoint: Vec<u8>,
+        /// The models offered.
         offers: Vec<OfferSpec>,
     },
     /// Changing the price gives the bid a new time (R-MATCH-1).
     UpdateBid {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The model id.
         model: ModelId,
+        /// The bid, wei per token (R-MONEY-1: at most `bid_wei_per_token_max`).
         price_wei_per_token: u128,
+        /// Concurrent sessions offered.
         capacity: u32,
     },
+    /// R-PROV-4: a provider withdraws its offer of a model.
     WithdrawBid {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The model id.
         model: ModelId,
     },
     /// Back in matching after being marked unreachable (R-MATCH-2).
-    ProviderAnnounce { provider: Address, nonce: u64 },
+    ProviderAnnounce {
+        /// The provider's address.
+        provider: Address,
+        /// The signer's nonce on it (R-ID-4).
+        nonce: u64,
+    },
     /// Router-originated: the provider's connection closed.
-    ProviderDisconnected { provider: Address },
+    ProviderDisconnected {
+        /// The provider's address.
+        provider: Address,
+    },
     /// R-RFC-1.
     SubmitRfc {
+        /// The user's address.
         user: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The model id.
         model: ModelId,
+        /// TokenMax, tokens.
         tokens_max: u64,
+        /// Expiry, Unix ms.
         expires_at_ms: u64,
     },
     /// Cancels a queued RFC by the id `RfcAccepted` gave (refunded).
     CancelRfc {
+        /// The user's address.
         user: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The RFC id.
         rfc: RfcId,
     },
     /// R-MATCH-2.
     ProbeAnswer {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The probe id.
         probe: ProbeId,
     },
     /// R-REPORT-1..3. `report_digest` is the signed report's digest, kept in the
     /// receipt. `ttft_ms` (to the first token) must not exceed `elapsed_ms`, and
     /// `prompt_tokens` not `prompt_tokens_max`.
     Report {
+        /// The user's address.
         user: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The session id.
         session: SessionId,
+        /// Milliseconds from the query to the whole answer (R-PERF-1).
         elapsed_ms: u64,
+        /// Milliseconds to the first token (R-REPORT-3).
         ttft_ms: u64,
+        /// Completion tokens the user reports (at most the session's TokenMax).
         tokens: u64,
+        /// Prompt tokens (R-REPORT-3).
         prompt_tokens: u64,
+        /// Pass, fail or void (R-REPORT-2).
         outcome: ReportOutcome,
+        /// The digest of the user's signed report (kept in the receipt).
         report_digest: [u8; 32],
     },
     /// R-SESSION-1: the session's provider signed that its inference began; until
     /// then the session closes `ticket_start_timeout_ms` after its ticket.
     StartSession {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The session id.
         session: SessionId,
     },
     /// R-CLAIM-1: `amount_wei` 0 claims everything owed.
     Claim {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The amount, wei.
         amount_wei: u128,
     },
     /// R-QUOTA-6: router-originated, the operator's balance snapshot file applied
@@ -313,7 +387,9 @@ pub enum Command {
     /// one; `file_blake3` identifies the file so that later starts can tell whether
     /// they were given the same one. At most `balance_entries_max` entries a command.
     LoadBalanceSnapshot {
+        /// BLAKE3 of the snapshot file (R-QUOTA-6: applied once per file).
         file_blake3: [u8; 32],
+        /// (address, amount in wei) pairs.
         entries: Vec<(Address, u128)>,
     },
     /// R-ID-6, R-MATCH-2: router-originated, journaled once at every start (after
@@ -331,17 +407,27 @@ pub enum Command {
     /// above the provider's cumulative credit refuses the whole command. Entries
     /// strictly ascending by provider, at most `balance_entries_max`.
     ChainPaid {
+        /// The operator's address (`identity.operator`).
         operator: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The chain id of the settlement domain.
         chain_id: u64,
+        /// The Compute Contract's address in that domain.
         contract: Address,
+        /// (address, amount in wei) pairs.
         entries: Vec<(Address, u128)>,
     },
     /// R-CHAIN-3 (issue 24 case 2): router-originated, once, at an explicit start
     /// (`run --set-settlement-domain`): the settlement domain of a market created
     /// without a contract (0x0: nothing it signed could be verified by any contract).
     /// Refused (`wrong_chain`) once a contract is set, or for contract 0x0.
-    SetSettlementDomain { chain_id: u64, contract: Address },
+    SetSettlementDomain {
+        /// The chain id of the settlement domain.
+        chain_id: u64,
+        /// The Compute Contract's address in that domain.
+        contract: Address,
+    },
 }
 
 impl Command {
@@ -391,15 +477,22 @@ impl Command {
 /// R-MATCH-6: what the router signs and sends to both sides.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Ticket {
+    /// The session id.
     pub session: SessionId,
+    /// The user's address.
     pub user: Address,
+    /// The provider's address.
     pub provider: Address,
     /// The provider's registered endpoint, shared with the engine's copy: a ticket
     /// costs no allocation (issue 18). Encoded as its bytes, like a `Vec<u8>`.
     pub endpoint: std::sync::Arc<[u8]>,
+    /// The model id.
     pub model: ModelId,
+    /// TokenMax, tokens.
     pub tokens_max: u64,
+    /// The bid, wei per token (R-MONEY-1: at most `bid_wei_per_token_max`).
     pub price_wei_per_token: u128,
+    /// Expiry, Unix ms.
     pub expires_at_ms: u64,
     /// The nonce of the RFC this session serves, so the user can correlate.
     pub rfc_nonce: u64,
@@ -416,10 +509,14 @@ pub enum ReportOutcome {
     Void = 2,
 }
 
+/// Why an admitted RFC failed (`Effect::RfcFailed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum RfcFailure {
+    /// It expired unanswered.
     Expired = 1,
+    /// No live provider answered (probes exhausted or none offered).
     NoProvider = 2,
+    /// The user cancelled it.
     Cancelled = 3,
 }
 
@@ -427,12 +524,16 @@ pub enum RfcFailure {
 /// the day's cap when its block is sealed (R-BLOCK-2), so the names say "earned".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum CreditReason {
+    /// Earned tokens × price.
     Earned = 0,
+    /// The user reported fail: no credit and a penalty point (R-PERF-2).
     ReportedFail = 1,
+    /// R-PERF-1: the generation was too slow: no credit and a penalty point.
     TooSlow = 2,
     /// Fail under `balance-weighted` where the user's balance did not exceed the
     /// provider's: earned, with a penalty point.
     EarnedDespiteFail = 3,
+    /// No tokens reported: nothing earned.
     ZeroTokens = 4,
     /// R-REPORT-2: the user reported void: no credit, no penalty point.
     Void = 5,
@@ -444,6 +545,7 @@ pub enum CreditReason {
 /// Per-provider totals of one block (R-BLOCK-2, R-CONTRACT-2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct ProviderTotals {
+    /// The provider's address.
     pub provider: Address,
     /// What the provider's sessions earned in the block: Σ tokens × price.
     pub earned_wei: u128,
@@ -451,17 +553,22 @@ pub struct ProviderTotals {
     /// cuts the block): `credited_wei <= earned_wei`. Filled in when the block is
     /// sealed; a ledger applying a batch ignores it.
     pub credited_wei: u128,
+    /// Tokens credited in the block.
     pub tokens: u64,
+    /// Sessions credited.
     pub sessions: u32,
 }
 
 /// R-BLOCK-2: a block's credit batch, before the router's signature.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct CreditBatch {
+    /// The block number.
     pub block: u64,
     /// Sorted by provider address.
     pub totals: Vec<ProviderTotals>,
+    /// The block's receipts' Merkle root (32 zero bytes without receipts).
     pub merkle_root: [u8; 32],
+    /// Receipts under the root (= Σ sessions).
     pub receipts: u64,
 }
 
@@ -475,49 +582,77 @@ impl CreditBatch {
 /// What the ledger did with a batch (R-CONTRACT-2).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct BatchApplied {
+    /// Credited after the day's cap, wei.
     pub credited_wei: u128,
+    /// Earned but not credited under the cap, wei.
     pub shortfall_wei: u128,
     /// What each entry of `CreditBatch::totals` was credited, in the same order.
     pub provider_credited_wei: Vec<u128>,
 }
 
+/// An output of the engine: what the router must send, sign or publish.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Effect {
     /// A refused command, to its originator (SPEC.md section 9).
     Rejected {
+        /// The recipient: the command's originator.
         to: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// Why it was refused.
         error: MarketError,
     },
+    /// R-RFC-1: the RFC was admitted (quota charged).
     RfcAccepted {
+        /// The user's address.
         user: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The RFC id.
         rfc: RfcId,
+        /// Tokens left of the user's quota today.
         tokens_left: u64,
     },
     /// R-MATCH-2: send a liveness probe to `provider`.
     Probe {
+        /// The provider's address.
         provider: Address,
+        /// The probe id.
         probe: ProbeId,
+        /// The model id.
         model: ModelId,
+        /// TokenMax, tokens.
         tokens_max: u64,
+        /// When the probe times out, Unix ms.
         deadline_ms: u64,
     },
     /// R-MATCH-6: sign and send to both sides.
     SessionOpened {
+        /// The ticket to sign and send to both sides.
         ticket: Ticket,
     },
+    /// The RFC failed after admission; its quota is refunded.
     RfcFailed {
+        /// The user's address.
         user: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The RFC id.
         rfc: RfcId,
+        /// Why.
         reason: RfcFailure,
+        /// TokenMax given back to the quota (0 when the day turned).
         refunded_tokens: u64,
     },
+    /// R-REPORT-1: a report accepted, with what it earned and why.
     ReportAccepted {
+        /// The user's address.
         user: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The session id.
         session: SessionId,
+        /// Why.
         reason: CreditReason,
         /// What the session earned (tokens × price when credited, else 0), to be
         /// credited subject to the day's cap when its block is sealed (R-BLOCK-2).
@@ -525,54 +660,80 @@ pub enum Effect {
     },
     /// A session closed without a report before its expiry (no credit).
     SessionExpired {
+        /// The session id.
         session: SessionId,
+        /// The user's address.
         user: Address,
+        /// The provider's address.
         provider: Address,
     },
     /// R-SESSION-1: a session whose provider did not sign its start within
     /// `ticket_start_timeout_ms` closed (no credit, no penalty, capacity freed).
     SessionNotStarted {
+        /// The session id.
         session: SessionId,
+        /// The user's address.
         user: Address,
+        /// The provider's address.
         provider: Address,
     },
+    /// R-MATCH-2: a provider missed a probe: not matched until it announces.
     ProviderUnreachable {
+        /// The provider's address.
         provider: Address,
     },
+    /// R-PERF-4: a provider suspended by penalty points.
     ProviderSuspended {
+        /// The provider's address.
         provider: Address,
+        /// Suspended until, Unix ms.
         until_ms: u64,
     },
     /// R-PROV-2: a registration from a provider with no MOR balance was accepted,
     /// but the provider will not be matched until it is funded.
     ProviderUnfunded {
+        /// The provider's address.
         provider: Address,
     },
+    /// R-BLOCK-2: a block sealed: its credit batch and what the ledger did with it.
     BatchSealed {
+        /// The batch to sign and publish.
         batch: CreditBatch,
+        /// What the ledger credited of it.
         applied: BatchApplied,
     },
+    /// R-CLAIM-1: a claim paid in the router (no chain configured).
     ClaimPaid {
+        /// The provider's address.
         provider: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
+        /// The amount, wei.
         amount_wei: u128,
+        /// What is still owed after the payment, wei.
         owed_left_wei: u128,
     },
     /// R-CHAIN-1: an epoch ended; the router signs and publishes its settlement for
     /// the Compute Contract at `contract` on chain `chain_id` (the EIP-712 domain).
     SettlementSealed {
+        /// The epoch's settlement record.
         settlement: crate::settlement::SettlementRecord,
+        /// The chain id of the settlement domain.
         chain_id: u64,
+        /// The Compute Contract's address in that domain.
         contract: Address,
     },
     /// Acknowledges operator and provider commands that have no other answer.
     Done {
+        /// The recipient: the command's originator.
         to: Address,
+        /// The signer's nonce on it (R-ID-4).
         nonce: u64,
     },
     /// R-QUOTA-6: balances the engine applied (an operator update or the snapshot),
     /// for the gateways' pre-check cache, which follows only this effect.
     BalancesSet {
+        /// (address, amount in wei) pairs.
         entries: Vec<(Address, u128)>,
     },
 }

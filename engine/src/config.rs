@@ -16,7 +16,9 @@ pub enum FailPolicy {
 /// R-CONTRACT-3: what happens to the part of a day's compute emission not spent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum UnusedBudget {
+    /// Kept in the contract's pool for later days (default).
     Carry,
+    /// Burned at the day's end.
     Burn,
 }
 
@@ -32,45 +34,70 @@ pub enum BudgetPolicy {
 /// One model of the operator's catalog.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct ModelSpec {
+    /// The model's id (`[[market.models]] id`).
     pub id: ModelId,
     /// BLAKE3 of the model's weights; providers must present the same hash.
     pub weights_hash: [u8; 32],
+    /// What its output is counted in (SPEC section 8: tokens).
     pub unit: Unit,
 }
 
 /// R-SESSION-1: the largest `ticket_start_timeout_ms`, a day in ms.
 pub const TICKET_START_TIMEOUT_MS_LIMIT: u64 = 86_400_000;
 
+/// The market's parameters (R-QUOTA, R-RFC, R-MATCH, R-PERF, R-CONTRACT, R-CHAIN,
+/// R-SESSION): fixed in a data directory at creation, the run-time ones changed by
+/// the operator's `SetParams`. `docs/configuration.md` gives every key's default,
+/// unit, bound and SPEC id; `validate` refuses what the engine cannot run.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct MarketConfig {
     /// Unix ms of block 0's start (R-TIME-1).
     pub genesis_ms: u64,
     /// The only address allowed to send balance and parameter updates.
     pub operator: Address,
+    /// The catalog (ids unique, at most 65,535).
     pub models: Vec<ModelSpec>,
 
     // Section 4: access rate.
+    /// S: the MOR supply, wei (R-QUOTA-1); above 0.
     pub mor_supply_wei: u128,
+    /// B under the fixed policy: the day's compute budget, wei (R-QUOTA-1, R-CONTRACT-5).
     pub compute_budget_wei_per_day: u128,
     /// P: MOR wei per 1,000 tokens.
     pub token_price_wei_per_1000: u128,
+    /// Where B comes from (R-CONTRACT-5).
     pub budget_policy: BudgetPolicy,
 
     // Section 5: flow and limits.
+    /// RFCs queued per model; one more is refused `overloaded` (R-RFC-2).
     pub rfc_queue_depth_max: u32,
+    /// The longest RFC expiry accepted, ms after now (R-RFC-1).
     pub rfc_ttl_max_ms: u64,
+    /// The retry-after given with an `overloaded` RFC, ms.
     pub rfc_retry_after_ms: u32,
+    /// The largest TokenMax an RFC may ask, tokens (R-RFC-1).
     pub tokens_max_limit: u64,
+    /// A probe unanswered this long counts as a dead provider, ms (R-MATCH-2).
     pub probe_timeout_ms: u64,
+    /// Providers probed for one RFC before it fails (R-MATCH-2).
     pub probe_tries_max: u8,
+    /// How long an open session lives, ms (R-MATCH-6).
     pub session_ttl_ms: u64,
+    /// Open sessions in the market, at most 2^24 − 1 (slot bits).
     pub sessions_open_max: u32,
+    /// Open RFCs in the market, at most 2^24 − 1 (slot bits).
     pub rfcs_open_max: u32,
+    /// Accounts the engine holds.
     pub accounts_max: u32,
+    /// Provider places (unfunded registrations are not counted, R-PROV-2).
     pub providers_max: u32,
+    /// Offers in one registration, 1 to the wire's 64 (R-PROV-1).
     pub offers_per_provider_max: u32,
+    /// Concurrent sessions one offer may declare (R-PROV-1).
     pub offer_capacity_max: u32,
+    /// A provider's endpoint, bytes, 1 to the wire's 255 (R-PROV-1).
     pub endpoint_bytes_max: u32,
+    /// Entries in one `BalanceUpdate`, 1 to the wire's 100,000.
     pub balance_entries_max: u32,
 
     // Section 6: quality.
@@ -80,11 +107,13 @@ pub struct MarketConfig {
     pub speed_window_reports: u32,
     /// Below this many passing reports the speed test passes.
     pub speed_reports_min: u32,
+    /// What a fail report does to the credit (R-PERF-3).
     pub fail_policy: FailPolicy,
     /// How many of a provider's most recent reports its penalty count covers.
     pub penalty_window_reports: u32,
     /// Penalty points within the window that suspend a provider.
     pub penalty_points_suspend: u32,
+    /// How long a suspension lasts, ms (R-PERF-4).
     pub suspension_ms: u64,
     /// R-PERF-4: distinct users whose penalty points, within the window, a
     /// suspension needs (so that no single user can suspend a provider). 3.
@@ -96,11 +125,15 @@ pub struct MarketConfig {
     pub unfunded_registration_ttl_ms: u64,
 
     // Section 7: the Compute Contract.
+    /// The daily MOR emission, wei (at most 10^12 MOR a day).
     pub emission_wei_per_day: u128,
     /// Share of the daily emission that goes to the Compute Contract, in basis points.
     pub compute_share_bps: u32,
+    /// What happens to the unspent part of a day's budget (R-CONTRACT-3).
     pub unused_budget: UnusedBudget,
+    /// Days from genesis the bootstrap bonus is paid (R-CONTRACT-4).
     pub bootstrap_days: u64,
+    /// Bootstrap slots: the first providers to earn a credited session (R-CONTRACT-4).
     pub bootstrap_providers_max: u32,
     /// Extra share of the day's total emission for bootstrap providers, in bps.
     pub bootstrap_share_bps: u32,
@@ -114,6 +147,7 @@ pub struct MarketConfig {
     pub settlements_kept_max: u32,
     /// EIP-712 domain of the settlements: the chain's id and the contract's address.
     pub settlement_chain_id: u64,
+    /// The Compute Contract's address in that domain (zero: not deployed yet).
     pub settlement_contract: Address,
     // Section 3: money.
     /// R-MONEY-1: the highest bid a provider may make, wei per token (default 10^24,

@@ -32,6 +32,9 @@ pub enum Applied {
     Refused,
 }
 
+/// The market's deterministic state machine (STYLE.md §1): `apply(command, now)`
+/// returns effects; no IO, clock or threads; the same commands give the same state
+/// hash.
 pub struct Engine {
     pub(crate) state: State,
     /// Address -> account: derived from `state.accounts`, rebuilt on restore. Slots
@@ -50,10 +53,14 @@ pub struct Engine {
     pub(crate) queue_owners: Vec<QueueOwners>,
 }
 
+/// Why a snapshot could not be restored.
 #[derive(Debug)]
 pub enum RestoreError {
+    /// The bytes are not an encoded state (the decoder's reason).
     Decode(String),
+    /// Bytes left after the state (how many).
     TrailingBytes(usize),
+    /// The state's market configuration does not validate (the reason).
     InvalidConfig(String),
 }
 
@@ -580,18 +587,22 @@ impl Engine {
 
     // ---- queries -------------------------------------------------------------
 
+    /// The market's configuration in force (run-time parameters included).
     pub fn config(&self) -> &MarketConfig {
         &self.state.config
     }
 
+    /// Unix ms of the last command applied.
     pub fn now_ms(&self) -> u64 {
         self.state.now_ms
     }
 
+    /// The open block (R-TIME-1).
     pub fn block(&self) -> u64 {
         self.state.block
     }
 
+    /// The current day (7,200 blocks).
     pub fn day(&self) -> u64 {
         self.state.day()
     }
@@ -609,10 +620,13 @@ impl Engine {
         &self.state.settlement
     }
 
+    /// The Compute Contract ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.state.ledger
     }
 
+    /// Counts since genesis (RFCs accepted and failed, sessions opened, expired,
+    /// not started and credited, reports, ...).
     pub fn counters(&self) -> &crate::state::Counters {
         &self.state.counters
     }
@@ -630,6 +644,7 @@ impl Engine {
         self.state.budget_wei_today
     }
 
+    /// The MOR balance of `address`, wei (0 without an account).
     pub fn balance_wei(&self, address: &Address) -> u128 {
         self.account_of(address)
             .map_or(0, |idx| self.state.accounts[idx as usize].balance_wei)
@@ -687,25 +702,30 @@ impl Engine {
         user_max.saturating_sub(used)
     }
 
+    /// The endpoint a provider registered, if `address` is one.
     pub fn provider_endpoint(&self, address: &Address) -> Option<&[u8]> {
         let idx = self.account_of(address)?;
         let provider = self.state.accounts[idx as usize].provider?;
         Some(self.state.providers[provider as usize].endpoint.as_ref())
     }
 
+    /// RFCs queued for `model` (0 for an unknown model).
     pub fn queue_depth(&self, model: ModelId) -> usize {
         self.model_of(model)
             .map_or(0, |m| self.state.models[m as usize].queue.len())
     }
 
+    /// RFCs queued, all models.
     pub fn queue_depth_total(&self) -> usize {
         self.state.models.iter().map(|m| m.queue.len()).sum()
     }
 
+    /// Sessions open now.
     pub fn sessions_open(&self) -> u32 {
         self.state.sessions.len()
     }
 
+    /// Probes awaiting an answer.
     pub fn probes_open(&self) -> u32 {
         self.state.probes_open
     }
@@ -734,10 +754,12 @@ impl Engine {
         self.state.balance_snapshot_blake3
     }
 
+    /// Accounts held.
     pub fn accounts_len(&self) -> usize {
         self.state.accounts.len()
     }
 
+    /// Provider places taken.
     pub fn providers_len(&self) -> usize {
         self.state.providers.len()
     }
@@ -749,6 +771,7 @@ impl Engine {
         bincode::encode_to_vec(&self.state, bincode::config::standard()).expect("state encodes")
     }
 
+    /// An engine from a snapshot's bytes (`snapshot`), its derived indexes rebuilt.
     pub fn restore(bytes: &[u8]) -> Result<Engine, RestoreError> {
         let (state, read): (State, usize) =
             bincode::decode_from_slice(bytes, bincode::config::standard())

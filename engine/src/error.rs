@@ -7,13 +7,21 @@ use bincode::{Decode, Encode};
 /// Which bound was hit, for `MarketError::LimitReached`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Limit {
+    /// `accounts_max`: accounts the engine holds.
     Accounts,
+    /// `providers_max`: provider places.
     Providers,
+    /// `offers_per_provider_max`: offers in one registration.
     OffersPerProvider,
+    /// `offer_capacity_max`: sessions one offer may declare.
     OfferCapacity,
+    /// `endpoint_bytes_max`: bytes of an endpoint.
     EndpointBytes,
+    /// `balance_entries_max`: entries in one `BalanceUpdate`.
     BalanceEntries,
+    /// `tokens_max_limit`: TokenMax of one RFC.
     TokensMax,
+    /// `rfcs_open_max`: open RFCs in the market.
     RfcsOpen,
 }
 
@@ -42,50 +50,75 @@ impl CreditSum {
     }
 }
 
+/// A market refusal (R-OPS-4: refused before anything is journaled); `code` gives
+/// its stable code (0x02xx, `docs/PROTOCOL.md`, "Error codes") and `detail`/
+/// `retry_after_ms` the data a client acts on.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum MarketError {
     /// R-ID-4: nonce not above the last accepted one.
     Replay {
+        /// The last nonce accepted from the address.
         nonce_last: u64,
     },
     /// R-QUOTA-6: a zero balance cannot submit RFCs.
     ZeroBalance,
     /// R-QUOTA-5: TokenMax above what is left today.
     QuotaExceeded {
+        /// Tokens left of the user's quota today.
         tokens_left: u64,
     },
+    /// A model id not in the catalog.
     UnknownModel {
+        /// The model id.
         model: ModelId,
     },
     /// R-RFC-2: the model's queue is full.
     Overloaded {
+        /// When to send again, ms.
         retry_after_ms: u32,
     },
+    /// A report of another user's session.
     NotYourSession {
+        /// The session id.
         session: SessionId,
     },
+    /// A second report of a session.
     AlreadyReported {
+        /// The session id.
         session: SessionId,
     },
+    /// No such session.
     UnknownSession {
+        /// The session id.
         session: SessionId,
     },
+    /// Report's tokens above the session's TokenMax.
     TokensOverMax {
+        /// The TokenMax given.
         tokens_max: u64,
     },
+    /// A report after the session expired.
     SessionExpired {
+        /// The session id.
         session: SessionId,
     },
+    /// `BalanceUpdate` or `SetParams` from another address than the operator.
     NotOperator,
+    /// A provider message from an address that never registered.
     UnknownProvider,
+    /// An offer's unit is not 0 (token).
     UnsupportedUnit {
+        /// The unit byte given.
         unit: u8,
     },
+    /// An offer's weights hash is not the catalog's.
     WeightsHashMismatch {
+        /// The model id.
         model: ModelId,
     },
     /// R-RFC-1: `expires_at_ms` must lie in `(now_ms, now_ms + ttl_max_ms]` (Unix ms).
     InvalidExpiry {
+        /// The RFC's expiry given, Unix ms.
         expires_at_ms: u64,
         /// The router's clock when it judged the RFC.
         now_ms: u64,
@@ -94,43 +127,66 @@ pub enum MarketError {
     },
     /// R-RFC-1: TokenMax must be in `1..=limit` (`tokens_max_limit`).
     InvalidTokensMax {
+        /// The TokenMax given.
         tokens_max: u64,
+        /// The bound given (`tokens_max_limit`).
         limit: u64,
     },
+    /// A probe answer for no open probe of this provider (also after its deadline).
     UnknownProbe {
+        /// The probe id.
         probe: u64,
     },
+    /// A configured bound (accounts, providers, offers per provider, endpoint bytes, balance entries, open RFCs); reason names it.
     LimitReached {
+        /// Which bound was hit.
         limit: Limit,
+        /// The bound, in the unit of what it counts.
         max: u64,
     },
+    /// Claim above what is owed.
     ClaimExceedsOwed {
+        /// What the provider is owed, wei.
         owed_wei: u128,
     },
+    /// Claim with nothing owed.
     NothingOwed,
+    /// Cancel of an RFC that is not a queued RFC of the sender's.
     UnknownRfc {
+        /// The RFC id.
         rfc: u64,
     },
+    /// Unknown parameter id or invalid value.
     InvalidParam {
+        /// The parameter id.
         param: u16,
     },
+    /// An amount does not fit 128 bits.
     ArithmeticOverflow,
+    /// `UpdateBid`/`WithdrawBid` for a model the provider does not offer.
     NoOffer {
+        /// The model id.
         model: ModelId,
     },
+    /// Capacity 0, above `offer_capacity_max`, or below the sessions open.
     InvalidCapacity {
+        /// The capacity given.
         capacity: u32,
     },
+    /// A registration listing a model twice.
     DuplicateModel {
+        /// The model id.
         model: ModelId,
     },
     /// R-MONEY-1: a bid above `bid_wei_per_token_max`.
     BidAboveMax {
+        /// The bound, wei per token.
         bid_wei_per_token_max: u128,
     },
     /// R-MONEY-1: TokenMax × `bid_wei_per_token_max` (the session's worst-case credit)
     /// does not fit u128; `tokens_max_fit` is the largest TokenMax that would.
     CreditUnrepresentable {
+        /// The largest TokenMax whose worst-case credit fits u128.
         tokens_max_fit: u64,
     },
     /// R-MONEY-1: the report's credit would overflow its provider's block total or
@@ -139,10 +195,12 @@ pub enum MarketError {
     CreditOverflow {
         /// 0 when the sum never shrinks (`CreditSum::LedgerShortfall`).
         retry_after_ms: u32,
+        /// The running sum that would overflow.
         sum: CreditSum,
     },
     /// R-CONTRACT-6: a parameter set that would stop the market, with why.
     InvalidParamSet {
+        /// Why the set would stop the market.
         reason: String,
     },
     /// R-ID-8: the nonce is more than 2^40 above the last accepted one (or above the
@@ -157,30 +215,39 @@ pub enum MarketError {
     /// R-SESSION-1: the user already holds `open` open sessions and unanswered
     /// RFCs, the most `user_sessions_open_max` (`max`) allows.
     UserSessionsFull {
+        /// Open sessions plus unanswered RFCs the user holds.
         open: u32,
+        /// The bound, in the unit of what it counts.
         max: u32,
     },
     /// R-REPORT-3: a report's time to the first token above its whole time.
     TtftOverElapsed {
+        /// The report's time to the first token, ms.
         ttft_ms: u64,
+        /// The report's whole time, ms.
         elapsed_ms: u64,
     },
     /// R-REPORT-3: a report's prompt tokens above `prompt_tokens_max`.
     PromptTokensOverMax {
+        /// The report's prompt tokens.
         prompt_tokens: u64,
+        /// The bound, in the unit of what it counts.
         max: u64,
     },
     /// R-SESSION-1: the session was closed because its provider did not sign its
     /// start within `ticket_start_timeout_ms` (no credit, no penalty).
     SessionNotStarted {
+        /// The session id.
         session: SessionId,
     },
     /// R-SESSION-1: a second `SessionStart` for one session.
     SessionAlreadyStarted {
+        /// The session id.
         session: SessionId,
     },
     /// R-CHAIN-3: a `ChainPaid` figure above the provider's cumulative credit.
     PaidAboveCredit {
+        /// The provider's cumulative credit, wei.
         credited_wei: u128,
     },
     /// R-CHAIN-3: a chain is configured, so payment happens only on the chain
@@ -189,6 +256,7 @@ pub enum MarketError {
     /// R-CHAIN-3: `ChainPaid` for another chain or contract than the market's
     /// settlement domain (or none is configured); `chain_id` is the market's.
     WrongChain {
+        /// The market's settlement chain id.
         chain_id: u64,
     },
     /// R-CHAIN-3: `ChainPaid` entries not strictly ascending by provider.
@@ -455,6 +523,7 @@ impl MarketError {
         all
     }
 
+    /// When to send again, ms (0: not by waiting).
     pub fn retry_after_ms(&self) -> u32 {
         match self {
             MarketError::Overloaded { retry_after_ms }

@@ -17,6 +17,7 @@ use ethnum::U256;
 /// One model's side of the market.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelFigures {
+    /// The model's id.
     pub model: ModelId,
     /// RFCs queued (R-RFC-2).
     pub queue_depth: u64,
@@ -39,6 +40,7 @@ pub struct MarketFigures {
     pub now_ms: u64,
     /// The open block (R-TIME-1) and its day.
     pub block: u64,
+    /// The current day (7,200 blocks).
     pub day: u64,
     /// R-QUOTA-1: MaxT, tokens per day the day's budget buys.
     pub max_tokens_per_day: u128,
@@ -50,23 +52,34 @@ pub struct MarketFigures {
     /// and fallen short since genesis; the pool is received and neither paid, owed
     /// nor burned.
     pub emitted_wei: u128,
+    /// Paid to providers on claim since genesis.
     pub paid_wei: u128,
+    /// Owed to providers, not yet claimed.
     pub owed_wei: u128,
+    /// Unused budget burned since genesis (R-CONTRACT-3).
     pub burned_wei: u128,
+    /// Received and neither paid, owed nor burned.
     pub pool_wei: u128,
+    /// Credited by the ledger since genesis.
     pub credited_wei: u128,
+    /// Earned but not credited under the daily cap since genesis (R-CONTRACT-2).
     pub shortfall_wei: u128,
     /// Today's spend cap and what was spent of it.
     pub day_cap_wei: u128,
+    /// Credited today.
     pub day_spent_wei: u128,
     /// The last sealed block's batch: its number, credited and shortfall.
     pub last_batch_block: Option<u64>,
+    /// What the last sealed batch credited.
     pub last_batch_credited_wei: u128,
+    /// The last sealed batch's shortfall under the cap.
     pub last_batch_shortfall_wei: u128,
+    /// Sessions open now.
     pub sessions_open: u64,
     /// R-PROV-2: providers holding a place (counted by `providers_max`), and the
     /// unfunded registrations kept apart (at most `unfunded_registrations_max`).
     pub providers: u64,
+    /// Unfunded registrations kept apart (R-PROV-2).
     pub unfunded_registrations: u64,
     /// Every run-time parameter (R-OPS-3) with its value in force, in id order.
     pub params: Vec<(ParamId, u128)>,
@@ -105,8 +118,11 @@ pub fn param_value(config: &MarketConfig, param: ParamId) -> u128 {
 /// One model's providers, from the pass over every provider's offers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelProviders {
+    /// Providers with an active offer, reachable, not suspended and funded.
     pub live: u64,
+    /// Providers with an active offer, suspended now (R-PERF-4).
     pub suspended: u64,
+    /// The lowest live bid, wei per token; None without a live provider.
     pub best_bid_wei_per_token: Option<u128>,
 }
 

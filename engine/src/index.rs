@@ -21,6 +21,8 @@ use crate::state::AccountIdx;
 const EMPTY: u64 = u64::MAX;
 const SLOTS_MIN: usize = 16;
 
+/// Address → account number, an open-addressing table of `u64` slots holding only
+/// account numbers (the key is the account's own address).
 #[derive(Clone, Debug, Default)]
 pub struct AddressIndex {
     /// A power of two long (or empty); `tag << 32 | account`.
@@ -38,10 +40,12 @@ impl AddressIndex {
         index
     }
 
+    /// Accounts indexed.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no account is indexed.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -5,6 +5,9 @@ use crate::engine::Engine;
 use crate::quota;
 
 impl Engine {
+    /// Checks every invariant of the market's state (ledger solvency, capacity,
+    /// quotas, books, matching, self-matching, unfunded registrations, user
+    /// sessions, settlements); panics naming the first that fails. O(state).
     pub fn check_invariants(&self) {
         self.state.ledger.check_solvency();
         self.check_capacity();

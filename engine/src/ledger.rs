@@ -14,24 +14,41 @@ use crate::types::Address;
 use bincode::{Decode, Encode};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Why a credit batch was not applied to the ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LedgerError {
     /// A batch skipped a block number (batches must come in order).
-    OutOfOrder { expected: u64, got: u64 },
+    OutOfOrder {
+        /// The block the ledger expected next.
+        expected: u64,
+        /// The batch's block.
+        got: u64,
+    },
     /// R-MONEY-1: the batch's earned total does not fit u128 (never from the engine,
     /// which refuses such credits when they are reported).
     Overflow,
 }
 
+/// The Compute Contract's ledger as the engine keeps it (R-CONTRACT-1..4): every
+/// amount in MOR wei, cumulative since genesis unless named per day or per batch.
+/// `check_solvency` holds after every command.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct Ledger {
+    /// Compute emission received by the contract.
     pub emitted_wei: u128,
+    /// Paid to providers on claim.
     pub paid_wei: u128,
+    /// Unused budget burned (R-CONTRACT-3).
     pub burned_wei: u128,
+    /// Owed to providers, not yet claimed (the sum of `owed_wei`).
     pub owed_total_wei: u128,
+    /// Credited by batches and the bootstrap bonus.
     pub credited_total_wei: u128,
+    /// Earned but not credited under the daily cap (R-CONTRACT-2).
     pub shortfall_total_wei: u128,
+    /// Bootstrap bonus credited (R-CONTRACT-4).
     pub bootstrap_total_wei: u128,
+    /// What each provider is owed now.
     pub owed_wei: BTreeMap<Address, u128>,
     /// Cumulative MOR wei ever credited to each provider (batches and bootstrap bonus),
     /// never decreasing: what a settlement's Merkle root commits to (R-CHAIN-1).
@@ -41,14 +58,20 @@ pub struct Ledger {
     /// What that batch credited and what it fell short (R-CONTRACT-2), for the
     /// market figures (R-OPS-3).
     pub last_batch_credited_wei: u128,
+    /// What that batch fell short under the cap.
     pub last_batch_shortfall_wei: u128,
+    /// The day the per-day figures below are for.
     pub day: u64,
+    /// Today's compute emission.
     pub day_emission_wei: u128,
+    /// Today's spend cap (R-CONTRACT-2).
     pub day_cap_wei: u128,
+    /// Credited today.
     pub day_spent_wei: u128,
     /// R-CONTRACT-4: the bootstrap slot holders (the first providers to earn a
     /// credited session, enrolled by the engine), and their credits today.
     pub bootstrap_providers: BTreeSet<Address>,
+    /// Today's credits of each bootstrap slot holder (the bonus is shared by them).
     pub bootstrap_day_credits_wei: BTreeMap<Address, u128>,
 }
 
@@ -80,6 +103,7 @@ impl Ledger {
         )
     }
 
+    /// What `provider` is owed now, wei (0 when nothing).
     pub fn owed(&self, provider: &Address) -> u128 {
         self.owed_wei.get(provider).copied().unwrap_or(0)
     }

@@ -22,6 +22,7 @@
 //! - `index`: the address -> account index (insert-only; a slot can be read ahead).
 //! - `settlement`: the per-epoch settlement with the on-chain Compute Contract and its
 //!   keccak Merkle tree over (provider, cumulative credited) (R-CHAIN-1).
+#![warn(missing_docs, unreachable_pub)]
 
 mod blocks;
 pub mod catalog;

@@ -34,7 +34,10 @@ use bincode::{Decode, Encode};
 use blake3::platform::{le_bytes_from_words_32, words_from_le_bytes_32, Platform};
 use blake3::IncrementCounter;
 
+/// BLAKE3 key of a receipt leaf's hash (R-BLOCK-2, `docs/PROTOCOL.md`, "Receipts
+/// and the Merkle root").
 pub const LEAF_KEY: [u8; 32] = *b"yellowstone/receipt-leaf/v1\0\0\0\0\0";
+/// BLAKE3 key of an inner node's hash (the same section).
 pub const NODE_KEY: [u8; 32] = *b"yellowstone/merkle-node/v1\0\0\0\0\0\0";
 
 /// Receipts hashed together: the lanes of BLAKE3's widest (AVX-512) kernel.
@@ -52,13 +55,21 @@ const KEYED_HASH: u8 = 16;
 /// One credited session, as committed in the block's Merkle root.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct Receipt {
+    /// The session credited.
     pub session: SessionId,
+    /// Its user.
     pub user: Address,
+    /// Its provider.
     pub provider: Address,
+    /// Its model.
     pub model: ModelId,
+    /// Tokens credited for the session.
     pub tokens: u64,
+    /// The session's price (the provider's bid when matched), wei per token.
     pub price_wei_per_token: u128,
+    /// The report's elapsed time, ms.
     pub elapsed_ms: u64,
+    /// The digest of the user's signed report.
     pub report_digest: [u8; 32],
 }
 
@@ -243,10 +254,12 @@ impl MerkleAccumulator {
         }
     }
 
+    /// Receipts added so far, hashed or pending.
     pub fn leaves(&self) -> u64 {
         self.tree.leaves + self.pending.len() as u64
     }
 
+    /// The Merkle root of every receipt added (32 zero bytes when there is none).
     pub fn root(&self) -> [u8; 32] {
         let tree = self.flushed();
         let mut peaks = tree.peaks.iter().rev();

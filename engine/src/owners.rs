@@ -18,10 +18,10 @@ use crate::state::AccountIdx;
 use std::collections::BTreeSet;
 
 /// A queue key: `(u128::MAX - balance at admission, arrival seq)` (R-RFC-2).
-pub type QueueKey = (u128, u64);
+pub(crate) type QueueKey = (u128, u64);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct QueueOwners {
+pub(crate) struct QueueOwners {
     /// (user, key) for every queued RFC of the model.
     by_user: BTreeSet<(AccountIdx, QueueKey)>,
     /// (key, user) of each user's first queued RFC: ordered like the queue.
@@ -29,12 +29,12 @@ pub struct QueueOwners {
 }
 
 impl QueueOwners {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.by_user.len()
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.by_user.is_empty()
     }
 
@@ -46,7 +46,7 @@ impl QueueOwners {
     }
 
     /// Records that `user`'s RFC is queued at `key`.
-    pub fn insert(&mut self, user: AccountIdx, key: QueueKey) {
+    pub(crate) fn insert(&mut self, user: AccountIdx, key: QueueKey) {
         let head = self.head_of(user);
         let inserted = self.by_user.insert((user, key));
         debug_assert!(inserted, "queue keys are unique");
@@ -64,7 +64,7 @@ impl QueueOwners {
     }
 
     /// Records that `user`'s RFC at `key` left the queue (no-op if it was not there).
-    pub fn remove(&mut self, user: AccountIdx, key: QueueKey) {
+    pub(crate) fn remove(&mut self, user: AccountIdx, key: QueueKey) {
         if !self.by_user.remove(&(user, key)) {
             return;
         }
@@ -77,7 +77,7 @@ impl QueueOwners {
     }
 
     /// The key of the first queued RFC (in queue order) whose user is not `user`.
-    pub fn first_not_of(&self, user: AccountIdx) -> Option<QueueKey> {
+    pub(crate) fn first_not_of(&self, user: AccountIdx) -> Option<QueueKey> {
         // `user` has at most one head: the answer is the first or second entry.
         self.heads
             .iter()
@@ -95,12 +95,12 @@ impl QueueOwners {
     }
 
     /// Every (user, key) recorded, in user order (for the invariant check).
-    pub fn entries(&self) -> impl Iterator<Item = (AccountIdx, QueueKey)> + '_ {
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (AccountIdx, QueueKey)> + '_ {
         self.by_user.iter().copied()
     }
 
     /// One head per user with RFCs queued, and it is that user's first key.
-    pub fn check(&self) {
+    pub(crate) fn check(&self) {
         let mut users = 0;
         let mut last_user = None;
         for &(user, key) in &self.by_user {

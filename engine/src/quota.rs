@@ -42,6 +42,8 @@ pub struct UserMaxRate {
 }
 
 impl UserMaxRate {
+    /// The rate for a day's MaxT (tokens) and supply S (wei); panics if S is 0
+    /// (refused by `MarketConfig::validate`).
     pub fn new(max_t: U256, supply_wei: u128) -> UserMaxRate {
         assert!(
             supply_wei > 0,

@@ -25,10 +25,13 @@ use tiny_keccak::{Hasher, Keccak};
 /// What the router settles for one epoch (R-CHAIN-1). Amounts in MOR wei.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct SettlementRecord {
+    /// The epoch's number (R-CHAIN-1), from 0 at genesis.
     pub epoch: u64,
     /// The day the epoch belongs to (R-TIME-1).
     pub day: u64,
+    /// The epoch's first block.
     pub first_block: u64,
+    /// The epoch's last block (inclusive).
     pub last_block: u64,
     /// What the epoch's credit batches credited (after the day's cap).
     pub credited_wei: u128,
@@ -38,6 +41,7 @@ pub struct SettlementRecord {
     pub credited_cumulative_wei: u128,
     /// Providers in the Merkle tree (ever credited).
     pub providers: u32,
+    /// keccak Merkle root over every provider's cumulative credit (the module docs).
     pub merkle_root: [u8; 32],
 }
 
@@ -48,6 +52,7 @@ pub struct SettlementState {
     pub next_epoch: u64,
     /// Ledger totals at the end of the last sealed epoch, to take the next one's part.
     pub credited_total_at_last_wei: u128,
+    /// The ledger's bootstrap bonus total at the end of the last sealed epoch, wei.
     pub bootstrap_total_at_last_wei: u128,
     /// The most recent records, oldest first, at most `settlements_kept_max`.
     pub history: VecDeque<SettlementRecord>,

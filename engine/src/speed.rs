@@ -83,6 +83,7 @@ impl SpeedWindow {
         );
     }
 
+    /// Reports in the window (at most `speed_window_reports`).
     pub fn len(&self) -> usize {
         self.reports.len()
     }
@@ -92,6 +93,7 @@ impl SpeedWindow {
         (self.ms_sum, self.tokens_sum)
     }
 
+    /// Whether the window holds no report.
     pub fn is_empty(&self) -> bool {
         self.reports.is_empty()
     }
@@ -111,9 +113,13 @@ pub fn prompt_class(prompt_tokens: u64) -> u8 {
 /// caller has checked `ttft_ms <= elapsed_ms` and `tokens > 0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
+    /// From the query to the whole answer, ms.
     pub elapsed_ms: u64,
+    /// To the first token, ms.
     pub ttft_ms: u64,
+    /// Completion tokens.
     pub tokens: u64,
+    /// Prompt tokens (its size class picks the first-token window).
     pub prompt_tokens: u64,
 }
 
@@ -136,6 +142,7 @@ impl Timing {
 /// R-PERF-1: the verdict on a passing report's speed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
+    /// Within the tolerance on both parts (or too few reports to judge).
     Fast,
     /// The generation (ms per token after the first) was too slow.
     SlowGeneration,
@@ -147,7 +154,9 @@ pub enum Verdict {
 /// size class (classes appear with their first report; at most 65).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct ModelSpeed {
+    /// The generation window: (ms, tokens) after the first token.
     pub generation: SpeedWindow,
+    /// The first-token windows by prompt size class (`prompt_class`).
     pub first_token: std::collections::BTreeMap<u8, SpeedWindow>,
 }
 

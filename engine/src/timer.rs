@@ -42,6 +42,8 @@ const EMPTY: Node = Node {
     live: false,
 };
 
+/// Deadlines (ms) of probes, RFCs and sessions by id, in a hashed wheel: O(1)
+/// insert and remove, popped in `(deadline, id)` order (the module docs).
 #[derive(Clone)]
 pub struct TimerWheel {
     /// By slab slot (`slot_of(id)`).
@@ -62,6 +64,7 @@ impl Default for TimerWheel {
 }
 
 impl TimerWheel {
+    /// An empty wheel.
     pub fn new() -> TimerWheel {
         TimerWheel {
             nodes: Vec::new(),
@@ -72,10 +75,12 @@ impl TimerWheel {
         }
     }
 
+    /// Live timers.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether no timer is live.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -251,6 +256,7 @@ impl TimerWheel {
             .min()
     }
 
+    /// Whether the timer `(deadline_ms, id)` is live.
     pub fn contains(&self, deadline_ms: u64, id: u64) -> bool {
         self.is_live(deadline_ms, id)
     }

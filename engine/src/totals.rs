@@ -15,6 +15,8 @@ use bincode::{BorrowDecode, Decode, Encode};
 
 const NIL: u32 = u32::MAX;
 
+/// The open block's totals per provider (R-BLOCK-2), indexed by provider so that
+/// a credited report finds its provider's totals without a search.
 #[derive(Clone, Default)]
 pub struct BlockTotals {
     /// Position in `entries` by provider index, `NIL` when the provider has none.
@@ -24,14 +26,17 @@ pub struct BlockTotals {
 }
 
 impl BlockTotals {
+    /// Providers credited in the block.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether no provider was credited in the block.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// The provider's totals in the block, if it was credited.
     pub fn get(&self, provider: ProviderIdx) -> Option<&ProviderTotals> {
         match self.index.get(provider as usize) {
             Some(&at) if at != NIL => Some(&self.entries[at as usize].1),

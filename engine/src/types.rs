@@ -40,19 +40,23 @@ pub type ModelId = u32;
 pub type SessionId = u64;
 /// RFC ids and probe ids use the same layout as session ids.
 pub type RfcId = u64;
+/// A probe's id (same layout as session ids).
 pub type ProbeId = u64;
 
 /// Slabs hold at most 2^SLOT_BITS live entries; ids carry the slot in their low bits
 /// so that a lookup is an index, and a sequence in the high bits so that a stale id
 /// never matches a reused slot.
 pub const SLOT_BITS: u32 = 24;
+/// The low `SLOT_BITS` bits of an id: its slot (16,777,215 at most).
 pub const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 
+/// An id from its sequence (high bits) and slot (low `SLOT_BITS` bits).
 pub fn compose_id(sequence: u64, slot: u32) -> u64 {
     debug_assert!((slot as u64) <= SLOT_MASK);
     (sequence << SLOT_BITS) | slot as u64
 }
 
+/// The slab slot an id names.
 pub fn slot_of(id: u64) -> usize {
     (id & SLOT_MASK) as usize
 }
@@ -61,12 +65,16 @@ pub fn slot_of(id: u64) -> usize {
 /// accepted today; the others are named so that clients can already say them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum Unit {
+    /// Tokens (the only unit accepted today).
     Token = 0,
+    /// Audio samples (named, refused `unsupported_unit`).
     AudioSample = 1,
+    /// Video frames (named, refused `unsupported_unit`).
     VideoFrame = 2,
 }
 
 impl Unit {
+    /// The unit of a wire byte; None for an unknown one.
     pub fn from_u8(value: u8) -> Option<Unit> {
         match value {
             0 => Some(Unit::Token),

@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 /// (R-ID-4: the address holds no account that could track it).
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub struct UnfundedRegistration {
+    /// The last nonce accepted from the address (R-ID-4, R-ID-8).
     pub nonce_last: u64,
+    /// The endpoint users would reach it at (bytes, at most `endpoint_bytes_max`).
     pub endpoint: Vec<u8>,
     /// Validated against the catalog and the bid and capacity bounds.
     pub offers: Vec<OfferSpec>,
@@ -41,14 +43,17 @@ pub struct UnfundedRegistrations {
 }
 
 impl UnfundedRegistrations {
+    /// Registrations kept (at most `unfunded_registrations_max`).
     pub fn len(&self) -> usize {
         self.by_address.len()
     }
 
+    /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
         self.by_address.is_empty()
     }
 
+    /// The registration of `address`, if one is kept.
     pub fn get(&self, address: &Address) -> Option<&UnfundedRegistration> {
         self.by_address.get(address)
     }
@@ -74,6 +79,7 @@ impl UnfundedRegistrations {
         evicted
     }
 
+    /// Drops the registration of `address` (promoted, or replaced), returning it.
     pub fn remove(&mut self, address: &Address) -> Option<UnfundedRegistration> {
         let registration = self.by_address.remove(address)?;
         let removed = self.by_age.remove(&registration.seq);
@@ -137,6 +143,7 @@ impl UnfundedRegistrations {
         }
     }
 
+    /// The addresses holding a registration, in address order.
     pub fn addresses(&self) -> impl Iterator<Item = &Address> + '_ {
         self.by_address.keys()
     }

@@ -9,10 +9,14 @@ use crate::{
     WEI_PER_MOR,
 };
 
+/// How large the simulated market is.
 #[derive(Clone, Copy, Debug)]
 pub struct WorkloadSizes {
+    /// Models in the catalog.
     pub models: u32,
+    /// Funded providers, each offering every model.
     pub providers: u32,
+    /// Funded users, used round robin.
     pub users: u32,
     /// Simulated time advances 1 ms per this many lifecycles (100: a 100k/s market).
     pub lifecycles_per_ms: u32,
@@ -29,6 +33,7 @@ impl Default for WorkloadSizes {
     }
 }
 
+/// The simulated market's genesis, Unix ms.
 pub const WORKLOAD_GENESIS_MS: u64 = 1_700_000_000_000;
 const OPERATOR: Address = Address([0xEE; 20]);
 
@@ -50,6 +55,7 @@ fn weights(model: u32) -> [u8; 32] {
     hash
 }
 
+/// The command stream generator (the module docs).
 pub struct Workload {
     sizes: WorkloadSizes,
     shadow: Engine,
@@ -145,6 +151,7 @@ impl Workload {
         &self.shadow
     }
 
+    /// Whole session lifecycles generated so far.
     pub fn lifecycles(&self) -> u64 {
         self.lifecycles
     }

@@ -8,8 +8,8 @@
 use crate::journal::tools::recover_read_only;
 use serde_json::Value;
 use std::path::Path;
-use yellowstone_settlement::{ClaimProof, SignedSettlement};
 use yellowstone_engine::{Address, Effect};
+use yellowstone_settlement::{ClaimProof, SignedSettlement};
 use yellowstone_wire::SigningKey;
 
 /// The router's identity the settlements were signed with.

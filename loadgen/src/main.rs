@@ -27,7 +27,7 @@ struct Args {
     #[arg(long)]
     rate: Option<f64>,
     /// steady, burst, overload, churn or sybil; or attacks: every hostile scenario of
-    /// issue 27 beside honest traffic, each paired with baseline runs (see README).
+    /// issue 27 beside honest traffic, each paired with baseline runs (see docs/loadgen.md).
     #[arg(long, default_value = "steady")]
     scenario: String,
     /// Simulated users (default 32; attacks: 64, so that each holds few sessions at

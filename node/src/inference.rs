@@ -1,5 +1,5 @@
 //! R-NODE-1: how a ticket holder proves itself to the provider on the direct HTTP
-//! call (documented for other clients in README.md / docs/PROTOCOL.md):
+//! call (documented for other clients in docs/nodes.md / docs/PROTOCOL.md):
 //!
 //! - `X-Yellowstone-Session`: the session id of the router-signed ticket, decimal.
 //! - `X-Yellowstone-Signature`: `0x` + 130 hex digits, the user's 65-byte recoverable

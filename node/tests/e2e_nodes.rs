@@ -470,7 +470,7 @@ async fn r_node_2_concurrent_completions_are_all_matched_and_reported() {
     const REQUESTS: usize = 48;
     let stack = Stack::start(Tuning {
         // The stand-in answers in about a millisecond: keep the speed gate's
-        // minimum out of reach (README, "The speed gate and sub-millisecond answers").
+        // minimum out of reach (docs/nodes.md, "The speed gate and sub-millisecond answers").
         // One consumer with 48 requests at once: above the default 16 open sessions
         // of one user (R-SESSION-1).
         market: "speed_reports_min = 1000\nuser_sessions_open_max = 64".into(),

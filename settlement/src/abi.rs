@@ -56,6 +56,9 @@ mod tests {
         assert_eq!(out.len(), 32 + 96);
         assert_eq!(out[31], 65);
         // transfer(address,uint256) is the best-known selector.
-        assert_eq!(selector("transfer(address,uint256)"), [0xa9, 0x05, 0x9c, 0xbb]);
+        assert_eq!(
+            selector("transfer(address,uint256)"),
+            [0xa9, 0x05, 0x9c, 0xbb]
+        );
     }
 }

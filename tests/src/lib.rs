@@ -7,10 +7,15 @@
 //! Every process started here is killed (by its own pid) when its handle drops, so a
 //! failing test never leaves a router behind.
 
-use std::io::{BufRead, BufReader};
+pub mod process;
+
+pub use process::{
+    forward_lines, metric_text_value, metric_value, metrics_text, ready_field, ready_fields,
+    try_metrics_text, KillOnDrop,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -80,15 +85,15 @@ pub struct ReadyLine {
 }
 
 impl ReadyLine {
+    /// The router's READY line (see [`ready_fields`]); None for any other line or
+    /// a field that does not parse.
     pub fn parse(line: &str) -> Option<ReadyLine> {
-        let rest = line.strip_prefix("READY ")?;
         let mut listen = None;
         let mut metrics = None;
         let mut router_address = None;
         let mut network_id = None;
         let mut data_dir = None;
-        for field in rest.split_whitespace() {
-            let (key, value) = field.split_once('=')?;
+        for (key, value) in ready_fields(line)? {
             match key {
                 "listen" => listen = value.parse().ok(),
                 "metrics" => metrics = value.parse().ok(),
@@ -110,7 +115,7 @@ impl ReadyLine {
 
 /// A router process; killed with SIGKILL on drop unless already waited for.
 pub struct RouterProcess {
-    child: Child,
+    child: KillOnDrop,
     pub ready: ReadyLine,
     stdout_lines: mpsc::Receiver<String>,
     /// The working directory made for a router started without `--data-dir` or
@@ -157,7 +162,7 @@ impl RouterProcess {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .stdin(Stdio::null());
-        let mut child = command.spawn().expect("spawn yellowstone-router");
+        let mut child = KillOnDrop(command.spawn().expect("spawn yellowstone-router"));
         let stdout = child.stdout.take().expect("piped stdout");
         let stdout_lines = forward_lines(stdout);
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
@@ -175,8 +180,8 @@ impl RouterProcess {
                     }
                 }
                 Err(_) => {
-                    let _ = child.kill();
-                    let status = child.wait();
+                    child.kill_and_reap();
+                    let status = child.try_wait();
                     panic!(
                         "router did not print READY within {READY_TIMEOUT:?} (exit: {status:?})"
                     );
@@ -196,8 +201,7 @@ impl RouterProcess {
 
     /// Sends SIGKILL: the crash tests' "power cut".
     pub fn kill_hard(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill_and_reap();
     }
 
     /// Waits (bounded) until the process has exited, e.g. after a signal sent by
@@ -226,8 +230,7 @@ impl RouterProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill_and_reap();
         false
     }
 
@@ -239,28 +242,6 @@ impl RouterProcess {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
     }
-}
-
-impl Drop for RouterProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn forward_lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 #[cfg(test)]
@@ -426,22 +407,6 @@ pub mod market {
             .unwrap()
             .as_millis() as u64
     }
-}
-
-/// The router's `/metrics` page (whole HTTP answer, headers included), read over a
-/// fresh connection.
-pub fn metrics_text(addr: std::net::SocketAddr) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    text
 }
 
 /// Runs the router binary with `args` in `workdir` until it exits (killed after

@@ -380,7 +380,7 @@ fn addresses_and_keys_that_cannot_be_used_are_named() {
     assert!(first.terminate(Duration::from_secs(20)));
 }
 
-/// The README says `print-config` prints every key with its default; an outsider
+/// docs/configuration.md says `print-config` prints every key with its default; an outsider
 /// looked there for the data directory's key and found none: keys without a
 /// default value (journal.data_dir, identity.balance_snapshot, threads.engine_core,
 /// threads.journal_core) were left out. They are now listed in a closing comment

@@ -14,10 +14,8 @@ use yellowstone_wire::*;
 const BLOCK_MS: u64 = 12_000;
 
 fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+    yellowstone_tests::metric_text_value(text, name)
         .unwrap_or_else(|| panic!("no metric {name}"))
-        .trim()
         .parse()
         .unwrap()
 }

@@ -3,9 +3,13 @@
 
 use tiny_keccak::{Hasher, Keccak};
 
+/// A MOR address (R-ID-1): 20 bytes, displayed and parsed as `0x` + 40 hex digits
+/// with the EIP-55 checksum (`FromStr` accepts all-lower, all-upper or a valid
+/// checksum). On the wire: the 20 bytes as they are (`docs/PROTOCOL.md`, "Types").
 #[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Address(pub [u8; 20]);
 
+/// keccak-256 (Ethereum's, not SHA-3) of `bytes`: 32 bytes.
 pub fn keccak256(bytes: &[u8]) -> [u8; 32] {
     let mut keccak = Keccak::v256();
     keccak.update(bytes);
@@ -23,6 +27,7 @@ impl Address {
         Address(out)
     }
 
+    /// The address of a secp256k1 public key (R-ID-1).
     pub fn from_public_key(key: &secp256k1::PublicKey) -> Address {
         let uncompressed = key.serialize_uncompressed();
         let mut xy = [0u8; 64];
@@ -60,9 +65,12 @@ impl std::fmt::Debug for Address {
     }
 }
 
+/// Why a text is not an address (`Address::from_str`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddressParseError {
+    /// Not 40 hex digits after an optional `0x`.
     Length,
+    /// A character that is not a hex digit.
     NotHex,
     /// Mixed case that is not the EIP-55 checksum.
     BadChecksum,

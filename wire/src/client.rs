@@ -38,15 +38,20 @@ use std::time::Duration;
 /// Clients accept large router frames (credit batches list every provider).
 pub const CLIENT_FRAME_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Why a client call failed.
 #[derive(Debug)]
 pub enum ClientError {
+    /// The socket failed (a read time-out is `WouldBlock` or `TimedOut` here).
     Io(std::io::Error),
+    /// The router sent a header this client cannot frame.
     Frame(FrameError),
+    /// The router sent a body this client cannot decode.
     Decode(DecodeError),
     /// The router answered the login with something else.
     Login(String),
     /// A ticket or batch not signed by the router this client logged in to.
     RouterSignature(SigError),
+    /// The router closed the connection.
     Closed,
 }
 
@@ -71,6 +76,9 @@ impl From<std::io::Error> for ClientError {
     }
 }
 
+/// A blocking, logged-in connection to a router: signs with its key, numbers its
+/// messages with clock-based nonces (R-ID-4) and checks the router's signatures on
+/// what it receives (`recv_verified`).
 pub struct Client {
     stream: TcpStream,
     decoder: FrameDecoder,
@@ -121,22 +129,27 @@ impl Client {
             .map_err(|e| ClientError::Login(e.to_string()))
     }
 
+    /// The address this client signs as.
     pub fn address(&self) -> Address {
         self.key.address()
     }
 
+    /// The key this client signs with.
     pub fn key(&self) -> &SigningKey {
         &self.key
     }
 
+    /// The network id the router announced at login (0 before).
     pub fn network_id(&self) -> u32 {
         self.network_id
     }
 
+    /// The router's address announced at login (zero before).
     pub fn router(&self) -> Address {
         self.router
     }
 
+    /// The underlying socket (for time-outs and shutdowns).
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
@@ -195,6 +208,7 @@ impl Client {
         }
     }
 
+    /// Bounds each blocking read; None waits for ever.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.stream.set_read_timeout(timeout)?;
         Ok(())
@@ -206,10 +220,12 @@ impl Client {
         self.send_raw(&frame)
     }
 
+    /// Sends a message as it is (its signature, if any, already set).
     pub fn send(&mut self, message: &Message) -> Result<(), ClientError> {
         self.send_raw(&message.to_frame())
     }
 
+    /// Sends bytes as they are (whole frames, or anything a hostile-input test needs).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.stream.write_all(bytes)?;
         Ok(())

@@ -5,34 +5,53 @@
 use crate::address::Address;
 use crate::signature::{Signature, SIGNATURE_LEN};
 
+/// Why a body was refused (codes 0x0105..0x0107 and `bad_field`,
+/// `codes::of_decode_error`); every variant names the field where it can.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// The body ended before field `field`.
     Truncated {
+        /// The field that did not fit.
         field: &'static str,
     },
     /// Bytes were left after the last field.
     TrailingBytes {
+        /// How many bytes were left.
         count: usize,
     },
+    /// A message type the catalog does not have (`unknown_message_type`).
     UnknownMessageType {
+        /// The type found in the header.
         msg_type: u16,
     },
+    /// An enum or bool field holding a value it does not define.
     BadEnumValue {
+        /// The field.
         field: &'static str,
+        /// The value found.
         value: u64,
     },
+    /// A list longer than its limit.
     ListTooLong {
+        /// The list field.
         field: &'static str,
+        /// Items announced.
         len: u64,
+        /// Items allowed.
         max: u64,
     },
+    /// A string longer than its limit.
     StringTooLong {
+        /// The string field.
         field: &'static str,
+        /// Bytes announced.
         len: u64,
+        /// Bytes allowed.
         max: u64,
     },
+    /// A string whose bytes are not UTF-8.
     NotUtf8 {
+        /// The string field.
         field: &'static str,
     },
 }
@@ -63,24 +82,30 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// Reads little-endian fields from a body, front to back, each checked against the
+/// bytes left (`consumed() + remaining()` is always the body's length).
 pub struct Reader<'a> {
     bytes: &'a [u8],
     offset: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// A reader at the start of `bytes`.
     pub fn new(bytes: &'a [u8]) -> Reader<'a> {
         Reader { bytes, offset: 0 }
     }
 
+    /// Bytes not read yet.
     pub fn remaining(&self) -> usize {
         self.bytes.len() - self.offset
     }
 
+    /// Bytes read so far.
     pub fn consumed(&self) -> usize {
         self.offset
     }
 
+    /// The next `n` bytes as they are; `Truncated { field }` when fewer are left.
     pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
         if self.remaining() < n {
             return Err(DecodeError::Truncated { field });
@@ -96,21 +121,27 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Reads one byte; `Truncated { field }` when the body is shorter.
     pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
         Ok(self.array::<1>(field)?[0])
     }
+    /// Reads a u16, 2 bytes little-endian; `Truncated { field }` when the body is shorter.
     pub fn u16(&mut self, field: &'static str) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array(field)?))
     }
+    /// Reads a u32, 4 bytes little-endian; `Truncated { field }` when the body is shorter.
     pub fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array(field)?))
     }
+    /// Reads a u64, 8 bytes little-endian; `Truncated { field }` when the body is shorter.
     pub fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array(field)?))
     }
+    /// Reads a u128, 16 bytes little-endian (wei amounts); `Truncated { field }` when the body is shorter.
     pub fn u128(&mut self, field: &'static str) -> Result<u128, DecodeError> {
         Ok(u128::from_le_bytes(self.array(field)?))
     }
+    /// Reads a bool, one byte 0 or 1 (`BadEnumValue` otherwise); `Truncated { field }` when the body is shorter.
     pub fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
         match self.u8(field)? {
             0 => Ok(false),
@@ -121,12 +152,15 @@ impl<'a> Reader<'a> {
             }),
         }
     }
+    /// Reads 32 bytes (a hash); `Truncated { field }` when the body is shorter.
     pub fn bytes32(&mut self, field: &'static str) -> Result<[u8; 32], DecodeError> {
         self.array(field)
     }
+    /// Reads an address, 20 bytes; `Truncated { field }` when the body is shorter.
     pub fn address(&mut self, field: &'static str) -> Result<Address, DecodeError> {
         Ok(Address(self.array(field)?))
     }
+    /// Reads a signature, 65 bytes; `Truncated { field }` when the body is shorter.
     pub fn signature(&mut self, field: &'static str) -> Result<Signature, DecodeError> {
         Ok(Signature(self.array::<SIGNATURE_LEN>(field)?))
     }
@@ -168,6 +202,7 @@ impl<'a> Reader<'a> {
         Ok(len)
     }
 
+    /// Ends the body: `TrailingBytes` unless every byte was read.
     pub fn finish(self) -> Result<(), DecodeError> {
         match self.remaining() {
             0 => Ok(()),
@@ -180,38 +215,47 @@ impl<'a> Reader<'a> {
 pub struct Writer<'a>(pub &'a mut Vec<u8>);
 
 impl Writer<'_> {
+    /// Appends one byte.
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);
         self
     }
+    /// Appends a u16, 2 bytes little-endian.
     pub fn u16(&mut self, v: u16) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends a u32, 4 bytes little-endian.
     pub fn u32(&mut self, v: u32) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends a u64, 8 bytes little-endian.
     pub fn u64(&mut self, v: u64) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends a u128, 16 bytes little-endian.
     pub fn u128(&mut self, v: u128) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
     }
+    /// Appends a bool as one byte 0 or 1.
     pub fn bool(&mut self, v: bool) -> &mut Self {
         self.0.push(v as u8);
         self
     }
+    /// Bytes as they are, no length prefix (fixed-size fields).
     pub fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.0.extend_from_slice(v);
         self
     }
+    /// Appends an address, 20 bytes.
     pub fn address(&mut self, v: &Address) -> &mut Self {
         self.0.extend_from_slice(&v.0);
         self
     }
+    /// Appends a signature, 65 bytes.
     pub fn signature(&mut self, v: &Signature) -> &mut Self {
         self.0.extend_from_slice(&v.0);
         self
@@ -223,6 +267,7 @@ impl Writer<'_> {
         self.0.extend_from_slice(&v.as_bytes()[..len]);
         self
     }
+    /// A list's u32 item count (callers check the list's limit before).
     pub fn list_len(&mut self, len: usize) -> &mut Self {
         self.u32(len as u32)
     }

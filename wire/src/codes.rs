@@ -16,12 +16,17 @@ pub const ROUTER_RANGE: std::ops::RangeInclusive<u16> = 0x0300..=0x03FF;
 /// Which layer a code belongs to, for logs and clients deciding whether to retry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layer {
+    /// 0x01xx: the frame, body, signature or login ([`PROTOCOL_RANGE`]).
     Protocol,
+    /// 0x02xx: the market's rules ([`MARKET_RANGE`]).
     Market,
+    /// 0x03xx: the router's load and connection limits ([`ROUTER_RANGE`]).
     Router,
+    /// Outside every range: a code from a newer router.
     Unknown,
 }
 
+/// The layer a code belongs to, by its range.
 pub fn layer(code: u16) -> Layer {
     if PROTOCOL_RANGE.contains(&code) {
         Layer::Protocol
@@ -47,14 +52,23 @@ macro_rules! codes {
 codes! {
     /// The frame could not be parsed (unknown flags, reserved bits set).
     MALFORMED_FRAME = 0x0101, "malformed_frame";
+    /// The frame does not start with `YS`; connection closed.
     BAD_MAGIC = 0x0102, "bad_magic";
+    /// Header version is not 1; connection closed.
     UNSUPPORTED_VERSION = 0x0103, "unsupported_version";
+    /// Frame above `frame_bytes_max`; connection closed.
     FRAME_TOO_LARGE = 0x0104, "frame_too_large";
+    /// The body ended before a field (reason names it).
     TRUNCATED_BODY = 0x0105, "truncated_body";
+    /// Bytes after the last field.
     TRAILING_BYTES = 0x0106, "trailing_bytes";
+    /// A type not in section 5.
     UNKNOWN_MESSAGE_TYPE = 0x0107, "unknown_message_type";
+    /// r or s out of range, no key recovers, or v not 0/1/27/28.
     BAD_SIGNATURE = 0x0108, "bad_signature";
+    /// S above n/2.
     HIGH_S_SIGNATURE = 0x0109, "high_s_signature";
+    /// The signature recovers to another address than `from` (or a weights proof not signed by the provider).
     SIGNER_MISMATCH = 0x010A, "signer_mismatch";
     /// A message other than the login answer before login completed.
     NOT_LOGGED_IN = 0x010B, "not_logged_in";
@@ -67,32 +81,57 @@ codes! {
 
     // Market codes: the engine's `MarketError::code` and `MarketError::name` give
     // the same numbers and names (checked by a test in the workspace's tests).
+    /// Nonce not above the last accepted one (detail: the last accepted nonce).
     REPLAY = 0x0201, "replay";
+    /// An RFC from an address whose MOR balance is 0.
     ZERO_BALANCE = 0x0202, "zero_balance";
+    /// TokenMax above the quota left today (detail: tokens left today).
     QUOTA_EXCEEDED = 0x0203, "quota_exceeded";
+    /// A model id not in the catalog.
     UNKNOWN_MODEL = 0x0204, "unknown_model";
     /// The model's RFC queue is full (R-RFC-2); not the router's `OVERLOADED`.
     QUEUE_FULL = 0x0205, "queue_full";
+    /// A report of another user's session.
     NOT_YOUR_SESSION = 0x0206, "not_your_session";
+    /// A second report of a session.
     ALREADY_REPORTED = 0x0207, "already_reported";
+    /// No such session.
     UNKNOWN_SESSION = 0x0208, "unknown_session";
+    /// Report's tokens above the session's TokenMax (detail: the session's TokenMax).
     TOKENS_OVER_MAX = 0x0209, "tokens_over_max";
+    /// A report after the session expired.
     SESSION_EXPIRED = 0x020A, "session_expired";
+    /// `BalanceUpdate` or `SetParams` from another address than the operator.
     NOT_OPERATOR = 0x020B, "not_operator";
+    /// A provider message from an address that never registered.
     UNKNOWN_PROVIDER = 0x020C, "unknown_provider";
+    /// An offer's unit is not 0 (token).
     UNSUPPORTED_UNIT = 0x020D, "unsupported_unit";
+    /// An offer's weights hash is not the catalog's.
     WEIGHTS_HASH_MISMATCH = 0x020E, "weights_hash_mismatch";
+    /// `expires_at_ms` not after the router's now (reason says "in the past") or more than `rfc_ttl_max_ms` ahead (reason says "too far", with the limit) (detail: the bound broken, Unix ms: the router's now when in the past, the latest accepted expiry when too far).
     INVALID_EXPIRY = 0x020F, "invalid_expiry";
+    /// TokenMax 0 or above `tokens_max_limit` (detail: `tokens_max_limit`).
     INVALID_TOKENS_MAX = 0x0210, "invalid_tokens_max";
+    /// A probe answer for no open probe of this provider (also after its deadline).
     UNKNOWN_PROBE = 0x0211, "unknown_probe";
+    /// A configured bound (accounts, providers, offers per provider, endpoint bytes, balance entries, open RFCs); reason names it (detail: the bound).
     LIMIT_REACHED = 0x0212, "limit_reached";
+    /// Claim above what is owed (detail: owed, wei).
     CLAIM_EXCEEDS_OWED = 0x0213, "claim_exceeds_owed";
+    /// Claim with nothing owed.
     NOTHING_OWED = 0x0214, "nothing_owed";
+    /// Cancel of an RFC that is not a queued RFC of the sender's.
     UNKNOWN_RFC = 0x0215, "unknown_rfc";
+    /// Unknown parameter id or invalid value.
     INVALID_PARAM = 0x0216, "invalid_param";
+    /// An amount does not fit 128 bits.
     ARITHMETIC_OVERFLOW = 0x0217, "arithmetic_overflow";
+    /// `UpdateBid`/`WithdrawBid` for a model the provider does not offer.
     NO_OFFER = 0x0218, "no_offer";
+    /// Capacity 0, above `offer_capacity_max`, or below the sessions open.
     INVALID_CAPACITY = 0x0219, "invalid_capacity";
+    /// A registration listing a model twice.
     DUPLICATE_MODEL = 0x021A, "duplicate_model";
     /// R-MONEY-1: a bid above `market.bid_wei_per_token_max` (detail: the bound).
     BID_ABOVE_MAX = 0x021B, "bid_above_max";
@@ -134,9 +173,13 @@ codes! {
 
     /// The router's inbound queue is full: retry after `ErrorReply.retry_after_ms`.
     OVERLOADED = 0x0301, "overloaded";
+    /// `connections_max` reached; connection closed.
     TOO_MANY_CONNECTIONS = 0x0302, "too_many_connections";
+    /// Reserved: a client not reading its replies is disconnected without a frame.
     SLOW_CONSUMER = 0x0303, "slow_consumer";
+    /// Reserved: an idle connection is closed without a frame.
     IDLE_TIMEOUT = 0x0304, "idle_timeout";
+    /// The router is stopping and took no more commands.
     SHUTTING_DOWN = 0x0305, "shutting_down";
     /// R-PROV-3: the sender holds no MOR and the router has accepted nothing from
     /// it (no registration, RFC or session): only a `RegisterProvider` from it can
@@ -150,6 +193,7 @@ codes! {
     EVICTED = 0x0308, "evicted";
 }
 
+/// The stable code of a frame error (0x0101..0x0104).
 pub fn of_frame_error(error: &FrameError) -> u16 {
     match error {
         FrameError::BadMagic { .. } => BAD_MAGIC,
@@ -159,6 +203,7 @@ pub fn of_frame_error(error: &FrameError) -> u16 {
     }
 }
 
+/// The stable code of a body decoding error (0x0105..0x0107, else `bad_field`).
 pub fn of_decode_error(error: &DecodeError) -> u16 {
     match error {
         DecodeError::Truncated { .. } => TRUNCATED_BODY,
@@ -168,6 +213,7 @@ pub fn of_decode_error(error: &DecodeError) -> u16 {
     }
 }
 
+/// The stable code of a signature error (0x0108..0x010A).
 pub fn of_sig_error(error: &SigError) -> u16 {
     match error {
         SigError::HighS => HIGH_S_SIGNATURE,

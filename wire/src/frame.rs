@@ -18,44 +18,70 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+/// The two bytes every frame starts with.
 pub const MAGIC: [u8; 2] = *b"YS";
+/// The header's version byte this crate speaks; another is `unsupported_version`.
 pub const PROTOCOL_VERSION: u8 = 1;
+/// Bytes of the fixed header.
 pub const HEADER_LEN: usize = 12;
+/// Flag bit 0: the frame goes router → client.
 pub const FLAG_RESPONSE: u8 = 0x01;
+/// Every flag bit defined; another set bit is `malformed_frame`.
 pub const FLAGS_KNOWN: u8 = FLAG_RESPONSE;
 /// Default hard limit on a whole frame (header + body), in bytes.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 * 1024;
 
+/// The 12-byte header's fields (the magic and the reserved bytes are implied).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct FrameHeader {
+    /// [`PROTOCOL_VERSION`].
     pub version: u8,
+    /// Flag bits ([`FLAG_RESPONSE`]).
     pub flags: u8,
+    /// The message type (the catalog in `messages`).
     pub msg_type: u16,
+    /// Bytes of the body after the header.
     pub body_len: u32,
 }
 
+/// One whole frame: its header and its body (a view of the received bytes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
+    /// The parsed header.
     pub header: FrameHeader,
+    /// The body, `header.body_len` bytes.
     pub body: Bytes,
 }
 
+/// Why a header was refused: fatal for the stream, whose next frame boundary is
+/// then unknown (codes 0x0101..0x0104, `codes::of_frame_error`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FrameError {
+    /// The first two bytes are not [`MAGIC`] (`bad_magic`).
     BadMagic {
+        /// The two bytes found.
         found: [u8; 2],
     },
+    /// The version byte is not [`PROTOCOL_VERSION`] (`unsupported_version`).
     UnsupportedVersion {
+        /// The version found.
         found: u8,
     },
+    /// A flag bit outside [`FLAGS_KNOWN`] (`malformed_frame`).
     UnknownFlags {
+        /// The flags byte found.
         flags: u8,
     },
+    /// The reserved u16 is not 0 (`malformed_frame`).
     ReservedNotZero {
+        /// The reserved value found.
         found: u16,
     },
+    /// Header + body above the decoder's limit (`frame_too_large`).
     TooLarge {
+        /// Bytes the frame would take, header included.
         frame_bytes: usize,
+        /// The decoder's limit, bytes.
         frame_bytes_max: usize,
     },
 }
@@ -92,6 +118,7 @@ impl std::fmt::Display for FrameError {
 impl std::error::Error for FrameError {}
 
 impl FrameHeader {
+    /// A header of this crate's version; panics if `body_len` exceeds u32.
     pub fn new(msg_type: u16, flags: u8, body_len: usize) -> FrameHeader {
         assert!(body_len <= u32::MAX as usize);
         FrameHeader {
@@ -102,10 +129,12 @@ impl FrameHeader {
         }
     }
 
+    /// Bytes of the whole frame, header included.
     pub fn frame_len(&self) -> usize {
         HEADER_LEN + self.body_len as usize
     }
 
+    /// The 12 header bytes (magic, version, flags, type LE, reserved 0, length LE).
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[0..2].copy_from_slice(&MAGIC);
@@ -172,6 +201,8 @@ pub struct FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder refusing frames above `frame_bytes_max` bytes (header included);
+    /// panics below [`HEADER_LEN`].
     pub fn new(frame_bytes_max: usize) -> FrameDecoder {
         assert!(
             frame_bytes_max >= HEADER_LEN,
@@ -184,6 +215,7 @@ impl FrameDecoder {
         }
     }
 
+    /// Its limit on a whole frame, bytes.
     pub fn frame_bytes_max(&self) -> usize {
         self.frame_bytes_max
     }
@@ -193,6 +225,7 @@ impl FrameDecoder {
         self.buffer.len()
     }
 
+    /// Appends bytes received from the stream, in any piece sizes.
     pub fn extend(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
     }

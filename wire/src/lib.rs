@@ -10,7 +10,7 @@
 //! - `amount`, `balances`, `keyfile`: the text formats every tool reads (wei amounts,
 //!   balance snapshots, key files), one parser each for the workspace.
 //! - `demo`: the demo model catalog a router uses when none is configured.
-
+#![warn(missing_docs, unreachable_pub)]
 pub mod address;
 pub mod amount;
 pub mod balances;

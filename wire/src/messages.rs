@@ -11,11 +11,17 @@ use crate::address::Address;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::signature::{self, SigError, Signature, SigningKey, SIGNATURE_LEN};
 
+/// Bytes of a provider's endpoint (R-PROV-1).
 pub const ENDPOINT_BYTES_MAX: usize = 255;
+/// Bytes of an error reply's reason.
 pub const REASON_BYTES_MAX: usize = 1024;
+/// Offers in one `RegisterProvider`.
 pub const OFFERS_MAX: usize = 64;
+/// Entries in one `BalanceUpdate` (and one `ChainPaid`).
 pub const BALANCE_ENTRIES_MAX: usize = 100_000;
+/// Parameters in one `SetParams`.
 pub const PARAMS_MAX: usize = 64;
+/// Provider rows in one `CreditBatch`.
 pub const BATCH_TOTALS_MAX: usize = 1_000_000;
 /// Models in one `Catalog` answer (the router's catalog has at most this many).
 pub const CATALOG_MODELS_MAX: usize = 4096;
@@ -26,7 +32,9 @@ pub const MARKET_MODELS_MAX: usize = 65_535;
 
 /// A value carried in a message: how it is written and read.
 pub trait Field: Sized {
+    /// Appends the value's wire bytes.
     fn write(&self, w: &mut Writer<'_>);
+    /// Reads a value; errors name `field` (`Message.field`).
     fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, DecodeError>;
 }
 
@@ -142,7 +150,10 @@ impl Field for String {
 
 /// A list item type with its bound and minimum encoded size.
 pub trait ListItem: Field {
+    /// Items a list of this type may hold.
     const MAX: usize;
+    /// The fewest bytes one item takes (checked against the bytes left before the
+    /// list is allocated).
     const BYTES: usize;
 }
 
@@ -166,8 +177,9 @@ impl<T: ListItem> Field for Vec<T> {
 macro_rules! record {
     ($(#[$doc:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? } max = $max:expr) => {
         $(#[$doc])*
+        #[doc = concat!("\n\nRecord `", stringify!($name), "`: its table in `docs/PROTOCOL.md` (\"Record ", stringify!($name), "\").")]
         #[derive(Clone, Debug, Default, PartialEq, Eq)]
-        pub struct $name { $(pub $field: $ty),* }
+        pub struct $name { $(#[doc = concat!("`", stringify!($field), "`, ", stringify!($ty), ": the record's table in `docs/PROTOCOL.md` gives its unit and limits.")] pub $field: $ty),* }
         impl Field for $name {
             fn write(&self, w: &mut Writer<'_>) { $(self.$field.write(w);)* }
             fn read(r: &mut Reader<'_>, _field: &'static str) -> Result<Self, DecodeError> {
@@ -223,11 +235,17 @@ record!(
 /// `name` string (u16 length + UTF-8, at most `MODEL_NAME_BYTES_MAX` bytes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CatalogModel {
+    /// The model's id.
     pub model_id: u32,
+    /// 0: tokens (SPEC section 8).
     pub unit: u8,
+    /// BLAKE3 of the weights (R-PROV-1).
     pub weights_hash: [u8; 32],
+    /// The lowest live bid, wei per token (0: no live offer).
     pub best_price_wei_per_token: u128,
+    /// Offers that could take a session now.
     pub offers_live: u32,
+    /// The catalog name (at most `MODEL_NAME_BYTES_MAX` bytes).
     pub name: String,
 }
 
@@ -274,7 +292,9 @@ impl ListItem for CatalogModel {
 /// One row of the message catalog (`CATALOG`).
 #[derive(Clone, Copy, Debug)]
 pub struct MessageInfo {
+    /// Its type code (`msg_type`).
     pub msg_type: u16,
+    /// Its name, as in `docs/PROTOCOL.md`.
     pub name: &'static str,
     /// The body ends with a 65-byte signature (the sender's or the router's).
     pub signed: bool,
@@ -296,41 +316,75 @@ pub const RECORDS: &[(&str, &[(&str, &str)])] = &[
     ("MarketModel", MarketModel::FIELDS),
 ];
 
+/// The stable message type codes (`docs/PROTOCOL.md`, "Messages"): never renumbered.
 pub mod msg_type {
+    /// `LoginChallenge`: router → client.
     pub const LOGIN_CHALLENGE: u16 = 0x0001;
+    /// `LoginAnswer`: client → router.
     pub const LOGIN_ANSWER: u16 = 0x0002;
+    /// `LoginOk`: router → client.
     pub const LOGIN_OK: u16 = 0x0003;
+    /// `RegisterProvider`: client → router.
     pub const REGISTER_PROVIDER: u16 = 0x0010;
+    /// `UpdateBid`: client → router.
     pub const UPDATE_BID: u16 = 0x0011;
+    /// `WithdrawBid`: client → router.
     pub const WITHDRAW_BID: u16 = 0x0012;
+    /// `ProviderAnnounce`: client → router.
     pub const PROVIDER_ANNOUNCE: u16 = 0x0013;
+    /// `Rfc`: client → router.
     pub const RFC: u16 = 0x0020;
+    /// `RfcCancel`: client → router.
     pub const RFC_CANCEL: u16 = 0x0021;
+    /// `RfcAccepted`: router → client.
     pub const RFC_ACCEPTED: u16 = 0x0022;
+    /// `RfcFailed`: router → client.
     pub const RFC_FAILED: u16 = 0x0023;
+    /// `Probe`: router → client.
     pub const PROBE: u16 = 0x0030;
+    /// `ProbeAnswer`: client → router.
     pub const PROBE_ANSWER: u16 = 0x0031;
+    /// `SessionTicket`: router → user and provider, signed by the router.
     pub const SESSION_TICKET: u16 = 0x0040;
     /// R-SESSION-1: provider -> router, the inference of a session began.
     pub const SESSION_START: u16 = 0x0041;
+    /// `Report`: client → router.
     pub const REPORT: u16 = 0x0050;
+    /// `ReportAck`: router → client.
     pub const REPORT_ACK: u16 = 0x0051;
+    /// `SubscribeBatches`: client → router.
     pub const SUBSCRIBE_BATCHES: u16 = 0x0060;
+    /// `CreditBatch`: router → subscribers, signed by the router (R-BLOCK-2).
     pub const CREDIT_BATCH: u16 = 0x0061;
+    /// `Settlement`: router → subscribers, signed by the router (R-CHAIN-1).
     pub const SETTLEMENT: u16 = 0x0062;
+    /// `Claim`: client → router.
     pub const CLAIM: u16 = 0x0070;
+    /// `ClaimAck`: router → client.
     pub const CLAIM_ACK: u16 = 0x0071;
+    /// `BalanceUpdate`: client → router.
     pub const BALANCE_UPDATE: u16 = 0x0080;
+    /// `SetParams`: client → router.
     pub const SET_PARAMS: u16 = 0x0081;
+    /// `Ack`: router → client.
     pub const ACK: u16 = 0x0082;
+    /// `Notice`: router → client.
     pub const NOTICE: u16 = 0x0083;
+    /// `Ping`: client → router.
     pub const PING: u16 = 0x0090;
+    /// `Pong`: router → client.
     pub const PONG: u16 = 0x0091;
+    /// `CatalogQuery`: client → router.
     pub const CATALOG_QUERY: u16 = 0x00A0;
+    /// `Catalog`: router → client.
     pub const CATALOG: u16 = 0x00A1;
+    /// `MarketStateQuery`: client → router.
     pub const MARKET_STATE_QUERY: u16 = 0x00B0;
+    /// `MarketState`: router → client.
     pub const MARKET_STATE: u16 = 0x00B1;
+    /// `ErrorReply`: router → client.
     pub const ERROR_REPLY: u16 = 0x00F0;
+    /// `ChainPaid`: client → router.
     pub const CHAIN_PAID: u16 = 0x0072;
 }
 
@@ -338,17 +392,21 @@ macro_rules! messages {
     ($($(#[$doc:meta])* $name:ident = $code:ident, signed: $signed:tt { $($field:ident : $ty:ty),* $(,)? })*) => {
         $(
             $(#[$doc])*
+            #[doc = concat!("\n\nMessage `", stringify!($name), "` (`msg_type::", stringify!($code), "`): its table in `docs/PROTOCOL.md`.")]
             #[derive(Clone, Debug, Default, PartialEq, Eq)]
-            pub struct $name { $(pub $field: $ty),* }
+            pub struct $name { $(#[doc = concat!("`", stringify!($field), "`, ", stringify!($ty), ": the message's table in `docs/PROTOCOL.md` gives its unit and limits.")] pub $field: $ty),* }
             impl $name {
+                /// Its type code.
                 pub const MSG_TYPE: u16 = msg_type::$code;
                 /// Field names and Rust types in wire order.
                 pub const FIELDS: &'static [(&'static str, &'static str)] =
                     &[$((stringify!($field), stringify!($ty))),*];
+                /// Appends the body (signature included, as it is) to `out`.
                 pub fn encode(&self, out: &mut Vec<u8>) {
                     let mut w = Writer(out);
                     $(self.$field.write(&mut w);)*
                 }
+                /// Decodes a whole body; every byte must be used.
                 pub fn decode(body: &[u8]) -> Result<$name, DecodeError> {
                     let mut r = Reader::new(body);
                     let message = $name { $($field: <$ty as Field>::read(&mut r, concat!(stringify!($name), ".", stringify!($field)))?),* };
@@ -361,8 +419,9 @@ macro_rules! messages {
             }
         )*
 
+        /// Any message of the catalog.
         #[derive(Clone, Debug, PartialEq, Eq)]
-        pub enum Message { $($name($name)),* }
+        pub enum Message { $(#[doc = concat!("`", stringify!($name), "`.")] $name($name)),* }
 
         /// Every message type: code, name, whether signed, fields in wire order
         /// (what docs/PROTOCOL.md's tables are checked against).
@@ -379,9 +438,11 @@ macro_rules! messages {
         }),*];
 
         impl Message {
+            /// Its type code.
             pub fn msg_type(&self) -> u16 {
                 match self { $(Message::$name(_) => msg_type::$code),* }
             }
+            /// Its name.
             pub fn name(&self) -> &'static str {
                 match self { $(Message::$name(_) => stringify!($name)),* }
             }
@@ -389,9 +450,12 @@ macro_rules! messages {
             pub fn is_signed(&self) -> bool {
                 match self { $(Message::$name(_) => $signed),* }
             }
+            /// Appends its body to `out`.
             pub fn encode(&self, out: &mut Vec<u8>) {
                 match self { $(Message::$name(m) => m.encode(out)),* }
             }
+            /// Decodes a body of type `msg_type`; `UnknownMessageType` for a code
+            /// the catalog lacks.
             pub fn decode(msg_type: u16, body: &[u8]) -> Result<Message, DecodeError> {
                 // Hot messages of exact size: fields at fixed offsets, no cursor.
                 if let Some(message) = fast::decode(msg_type, body) {
@@ -402,6 +466,7 @@ macro_rules! messages {
                     other => Err(DecodeError::UnknownMessageType { msg_type: other }),
                 }
             }
+            /// Whether bodies of `msg_type` end with a signature; None for an unknown type.
             pub fn type_is_signed(msg_type: u16) -> Option<bool> {
                 match msg_type { $(msg_type::$code => Some($signed),)* _ => None }
             }
@@ -665,6 +730,7 @@ impl Message {
         })
     }
 
+    /// Its signature, if it is a signed message.
     pub fn signature(&self) -> Option<Signature> {
         self.signature_ref().copied()
     }
@@ -762,9 +828,9 @@ impl Message {
 mod fast {
     use super::*;
 
-    pub const RFC_BODY_LEN: usize = 20 + 8 + 4 + 8 + 8 + SIGNATURE_LEN;
-    pub const REPORT_BODY_LEN: usize = 20 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + SIGNATURE_LEN;
-    pub const PROBE_ANSWER_BODY_LEN: usize = 20 + 8 + 8 + SIGNATURE_LEN;
+    pub(super) const RFC_BODY_LEN: usize = 20 + 8 + 4 + 8 + 8 + SIGNATURE_LEN;
+    pub(super) const REPORT_BODY_LEN: usize = 20 + 8 + 8 + 8 + 8 + 8 + 8 + 1 + SIGNATURE_LEN;
+    pub(super) const PROBE_ANSWER_BODY_LEN: usize = 20 + 8 + 8 + SIGNATURE_LEN;
 
     fn array<const N: usize>(body: &[u8], at: usize) -> [u8; N] {
         let mut out = [0u8; N];
@@ -776,7 +842,7 @@ mod fast {
         u64::from_le_bytes(array(body, at))
     }
 
-    pub fn decode(msg_type: u16, body: &[u8]) -> Option<Message> {
+    pub(super) fn decode(msg_type: u16, body: &[u8]) -> Option<Message> {
         match (msg_type, body.len()) {
             (msg_type::RFC, RFC_BODY_LEN) => Some(Message::Rfc(Rfc {
                 from: Address(array(body, 0)),

@@ -7,7 +7,9 @@ use crate::address::Address;
 use secp256k1::ecdsa::{RecoverableSignature, RecoveryId};
 use secp256k1::{Message, PublicKey, SecretKey, SECP256K1};
 
+/// The domain tag every digest starts with (R-ID-2), 14 ASCII bytes.
 pub const DOMAIN_TAG: &[u8] = b"yellowstone/v1";
+/// Bytes of a signature: r (32) ‖ s (32) ‖ v (1).
 pub const SIGNATURE_LEN: usize = 65;
 /// Pseudo message type under which a provider signs a model's weights hash.
 pub const WEIGHTS_PROOF_TYPE: u16 = 0xFF01;
@@ -23,6 +25,8 @@ const HALF_ORDER: [u8; 32] = [
     0x5d, 0x57, 0x6e, 0x73, 0x57, 0xa4, 0x50, 0x1d, 0xdf, 0xe9, 0x2f, 0x46, 0x68, 0x1b, 0x20, 0xa0,
 ];
 
+/// A recoverable secp256k1 ECDSA signature, r ‖ s ‖ v (v 0 or 1; 27 or 28 accepted
+/// on input), low-s (R-ID-2). The signer is recovered from it, never sent.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Signature(pub [u8; SIGNATURE_LEN]);
 
@@ -38,15 +42,18 @@ impl Default for Signature {
     }
 }
 
+/// Why a signature or a secret key was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SigError {
     /// r or s out of range, or no key recovers from it.
     BadSignature,
     /// s above n/2: malleable, refused (R-ID-2).
     HighS,
+    /// v is not 0, 1, 27 or 28.
     BadRecoveryId,
     /// The recovered signer is not the address the message claims (R-ID-3).
     SignerMismatch {
+        /// The address the signature recovers to.
         recovered: Address,
     },
 }
@@ -71,6 +78,9 @@ impl std::error::Error for SigError {}
 /// Both give the same digest.
 const DIGEST_STACK_BYTES_MAX: usize = 512;
 
+/// The 32-byte digest a message is signed over (R-ID-2):
+/// BLAKE3(DOMAIN_TAG ‖ network_id u32 LE ‖ msg_type u16 LE ‖ body), `body` without
+/// its trailing signature.
 pub fn digest(network_id: u32, msg_type: u16, body: &[u8]) -> [u8; 32] {
     const PREFIX_LEN: usize = DOMAIN_TAG.len() + 4 + 2;
     if body.len() <= DIGEST_STACK_BYTES_MAX - PREFIX_LEN {
@@ -112,6 +122,8 @@ pub fn inference_request_digest(network_id: u32, session_id: u64, body: &[u8]) -
     digest(network_id, INFERENCE_REQUEST_TYPE, &signed)
 }
 
+/// The digest a client signs to log in: [`digest`] of the router's 32-byte
+/// challenge under the pseudo type [`LOGIN_TYPE`] (R-ID-4).
 pub fn login_digest(network_id: u32, challenge: &[u8; 32]) -> [u8; 32] {
     digest(network_id, LOGIN_TYPE, challenge)
 }
@@ -164,6 +176,8 @@ impl std::fmt::Debug for SigningKey {
 }
 
 impl SigningKey {
+    /// A key from its 32-byte big-endian secret; `SigError::BadSignature` when the
+    /// secret is 0 or not below the group order.
     pub fn from_bytes(secret: &[u8; 32]) -> Result<SigningKey, SigError> {
         let secret = SecretKey::from_slice(secret).map_err(|_| SigError::BadSignature)?;
         let public = PublicKey::from_secret_key(SECP256K1, &secret);
@@ -173,6 +187,7 @@ impl SigningKey {
         })
     }
 
+    /// A fresh key from the operating system's randomness.
     pub fn random() -> SigningKey {
         let (secret, public) = SECP256K1.generate_keypair(&mut secp256k1::rand::thread_rng());
         SigningKey {
@@ -243,6 +258,8 @@ impl SigningKey {
         Ok(key)
     }
 
+    /// A key from 64 hex digits (an optional `0x`, surrounding space ignored); the
+    /// error says whether the text is not 64 hex digits or the secret out of range.
     pub fn from_hex(text: &str) -> Result<SigningKey, String> {
         let digits = text.trim().trim_start_matches("0x");
         let mut bytes = [0u8; 32];
@@ -251,10 +268,12 @@ impl SigningKey {
         SigningKey::from_bytes(&bytes).map_err(|_| "secret key out of range".to_string())
     }
 
+    /// The 32-byte big-endian secret (what a key file holds in hex).
     pub fn secret_bytes(&self) -> [u8; 32] {
         self.secret.secret_bytes()
     }
 
+    /// The key's address (R-ID-1).
     pub fn address(&self) -> Address {
         self.address
     }

@@ -242,11 +242,7 @@ impl Relayer {
     /// A metric's value (first sample named exactly `name`, labels included).
     pub fn metric(&self, name: &str) -> f64 {
         let text = yellowstone_tests::metrics_text(self.metrics);
-        text.lines()
-            .find_map(|line| {
-                let (key, value) = line.rsplit_once(' ')?;
-                (key == name).then(|| value.parse().ok()).flatten()
-            })
+        yellowstone_tests::metric_value(&text, name)
             .unwrap_or_else(|| panic!("metric {name} missing:\n{text}"))
     }
 

@@ -34,7 +34,7 @@ pub struct IdentityConfig {
     /// balance or parameter updates are accepted.
     pub operator: String,
     /// Balance snapshot: one `address,balance_wei` per line, `#` comments allowed
-    /// (see README). R-QUOTA-6: applied once, when the market is created (a new data
+    /// (docs/configuration.md). R-QUOTA-6: applied once, when the market is created (a new data
     /// directory); later starts with the same file skip it, and a different file is
     /// refused unless `balance_snapshot_reapply`.
     pub balance_snapshot: Option<PathBuf>,

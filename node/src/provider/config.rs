@@ -241,10 +241,9 @@ impl ProviderConfig {
 
 impl ModelOffer {
     pub fn price(&self) -> Result<u128, String> {
-        self.price_wei_per_token
-            .trim()
-            .parse::<u128>()
-            .map_err(|e| format!("price_wei_per_token must be digits: {e}"))
+        // The workspace's one wei parser (issue 26 item 4): `_` separators, the bound named.
+        yellowstone_wire::amount::parse_wei(&self.price_wei_per_token)
+            .map_err(|e| format!("price_wei_per_token: {e}"))
     }
 }
 

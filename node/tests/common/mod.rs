@@ -6,48 +6,41 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
-use yellowstone_tests::RouterProcess;
+use yellowstone_tests::{forward_lines, metric_value, ready_field, KillOnDrop, RouterProcess};
 
 pub const WEI_PER_MOR: u128 = 1_000_000_000_000_000_000;
 pub const PRICE_WEI_PER_TOKEN: u128 = 1_000_000_000;
 
-/// A node process; SIGKILLed on drop.
+/// A node process; SIGKILLed on drop (`yellowstone_tests::KillOnDrop`).
 pub struct NodeProcess {
-    child: Child,
+    child: KillOnDrop,
     lines: mpsc::Receiver<String>,
     pub ready: String,
 }
 
 impl NodeProcess {
     pub fn start(binary: &str, args: &[&str], dir: &Path) -> NodeProcess {
-        let mut child = Command::new(binary)
-            .args(args)
-            .current_dir(dir)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+        let mut child = KillOnDrop(
+            Command::new(binary)
+                .args(args)
+                .current_dir(dir)
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("spawn {binary}: {e}")),
+        );
         let stdout = child.stdout.take().expect("piped");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = forward_lines(stdout);
         let mut process = NodeProcess {
             child,
             lines,
@@ -70,10 +63,9 @@ impl NodeProcess {
         }
     }
 
+    /// A field of its READY line (`yellowstone_tests::ready_field`).
     pub fn field(&self, key: &str) -> String {
-        self.ready
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        ready_field(&self.ready, key)
             .unwrap_or_else(|| panic!("{key} in {}", self.ready))
             .to_string()
     }
@@ -101,14 +93,7 @@ impl NodeProcess {
     }
 
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill_and_reap();
     }
 }
 
@@ -230,7 +215,7 @@ impl Stack {
         ]);
         let proxy = RecordingProxy::start(router.ready.listen);
         let standin = NodeProcess::start(STANDIN, &["--listen", "127.0.0.1:0"], dir.path());
-        // The demo catalog's model 1: its weights are this string (README).
+        // The demo catalog's model 1: its weights are this string (yellowstone_wire::demo).
         std::fs::write(path("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
         std::fs::write(
             path("provider.toml"),
@@ -333,12 +318,7 @@ impl Stack {
     /// The router's metric `series` (0 when absent).
     pub async fn router_metric(&self, series: &str) -> f64 {
         let text = self.text_at(&self.router.ready.metrics.to_string()).await;
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+        metric_value(&text, series).unwrap_or(0.0)
     }
 
     async fn text_at(&self, addr: &str) -> String {
@@ -355,12 +335,7 @@ impl Stack {
     /// The consumer's metric `name{labels}` value, 0 when absent.
     pub async fn consumer_metric(&self, series: &str) -> f64 {
         let text = self.metrics_text(&self.consumer).await;
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.trim().parse().unwrap())
+        metric_value(&text, series).unwrap_or(0.0)
     }
 
     /// Waits until the consumer's metric reaches `value` (reports are sent in the
