@@ -109,6 +109,20 @@ impl Client {
         }
     }
 
+    /// Connects and logs in, retrying a refused or failed connection with bounded
+    /// exponential backoff and jitter until `policy.deadline` (SPEC §9; see
+    /// [`crate::connect_retry`]). Every client the project ships connects this way.
+    ///
+    /// Errors: `ConnectError::Refused` for a refused login, `ConnectError::GaveUp`
+    /// (naming the attempts and the last failure) at the deadline.
+    pub fn connect_retrying(
+        addr: std::net::SocketAddr,
+        key: SigningKey,
+        policy: &crate::connect_retry::ConnectRetry,
+    ) -> Result<Client, crate::connect_retry::ConnectError> {
+        crate::connect_retry::connect_retrying(addr, key, policy)
+    }
+
     pub fn login(&mut self) -> Result<(), ClientError> {
         let challenge = match self.recv()? {
             Message::LoginChallenge(challenge) => challenge,
@@ -118,6 +132,15 @@ impl Client {
                 )))
             }
         };
+        self.answer_challenge(&challenge)
+    }
+
+    /// The second half of [`Client::login`]: answers a received challenge and waits
+    /// for `LoginOk`.
+    pub fn answer_challenge(
+        &mut self,
+        challenge: &crate::messages::LoginChallenge,
+    ) -> Result<(), ClientError> {
         self.network_id = challenge.network_id;
         self.router = challenge.router;
         let answer = LoginAnswer {

@@ -12,6 +12,7 @@ pub mod address;
 pub mod client;
 pub mod codec;
 pub mod codes;
+pub mod connect_retry;
 pub mod frame;
 pub mod messages;
 pub mod signature;
