@@ -152,3 +152,165 @@ fn section_9_a_funded_first_attempt_gets_in_at_the_limit_over_io_uring() {
 fn section_9_a_funded_first_attempt_gets_in_at_the_limit_over_mio() {
     a_funded_first_attempt_gets_in_at_the_limit("mio");
 }
+
+/// An RFC's answer: Ok(tokens_left, rfc_id) when accepted, Err(the refusal).
+fn rfc_answer(user: &mut Client, nonce: u64) -> Result<(u64, u64), ErrorReply> {
+    expect(user, Duration::from_secs(10), |m| match m {
+        Message::RfcAccepted(a) if a.nonce == nonce => Some(Ok((a.tokens_left, a.rfc_id))),
+        Message::ErrorReply(e) if e.ref_nonce == nonce => Some(Err(e.clone())),
+        _ => None,
+    })
+}
+
+fn send_rfc(user: &mut Client, key: &SigningKey, network_id: u32, tokens_max: u64) -> u64 {
+    let nonce = user.next_nonce();
+    user.send_raw(&presign_rfc(
+        key,
+        network_id,
+        nonce,
+        1,
+        tokens_max,
+        now_ms() + 120_000,
+    ))
+    .unwrap();
+    nonce
+}
+
+fn verifies(metrics: SocketAddr) -> f64 {
+    metric(metrics, "yellowstone_signature_ops_total", "op=\"verify\"")
+}
+
+/// Issue 27 quota-flood, R-QUOTA-5, R-PROV-3: once the engine refused a sender
+/// `quota_exceeded`, its further RFCs over what is left are refused before any
+/// signature recovery, with the engine's code, reason and detail; a balance raise or
+/// a refund lets the very next RFC through (never refused where the engine accepts).
+#[test]
+fn r_quota_5_over_quota_rfcs_cost_no_signature_and_a_raise_or_refund_reopens() {
+    let (router, _dir) = start("uring", "");
+    let ready = router.ready.clone();
+    let key = SigningKey::from_seed(b"integrity-f-quota-flood");
+    let mut operator = connect(ready.listen, operator_key());
+    // 5 MOR: 15,000 tokens a day with the default market.
+    fund(&mut operator, &[(key.address(), 5 * WEI_PER_MOR)]);
+    let mut user = connect(ready.listen, key.clone());
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 15_000);
+    assert_eq!(rfc_answer(&mut user, nonce).unwrap().0, 0);
+    // The engine's own refusal (the gate has no entry yet).
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 1);
+    let engine = rfc_answer(&mut user, nonce).unwrap_err();
+    assert_eq!(engine.code, codes::QUOTA_EXCEEDED);
+    // A flood: every one refused alike, none verified.
+    let before = verifies(ready.metrics);
+    for _ in 0..200 {
+        let nonce = send_rfc(&mut user, &key, ready.network_id, 1);
+        let gate = rfc_answer(&mut user, nonce).unwrap_err();
+        assert_eq!(
+            (gate.code, &gate.reason, gate.detail, gate.retry_after_ms),
+            (
+                engine.code,
+                &engine.reason,
+                engine.detail,
+                engine.retry_after_ms
+            ),
+            "the gate refuses as the engine does"
+        );
+        assert_eq!(gate.ref_msg_type, engine.ref_msg_type);
+    }
+    let spent = verifies(ready.metrics) - before;
+    assert_eq!(
+        spent, 0.0,
+        "over-quota RFCs cost {spent} signature recoveries"
+    );
+    // An RFC within what is left (0 tokens: none) is still the engine's to refuse;
+    // a raise to 10 MOR (30,000 a day) lets the next RFC through at once.
+    fund(&mut operator, &[(key.address(), 10 * WEI_PER_MOR)]);
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 14_999);
+    let (left, rfc_id) = rfc_answer(&mut user, nonce).expect("accepted after the raise");
+    assert_eq!(left, 1);
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 2);
+    assert_eq!(rfc_answer(&mut user, nonce).unwrap_err().detail, 1);
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 2);
+    assert_eq!(rfc_answer(&mut user, nonce).unwrap_err().detail, 1, "gate");
+    // A refund (the queued RFC cancelled) reopens the quota at once.
+    let nonce = user.next_nonce();
+    user.send_signed(
+        RfcCancel {
+            from: key.address(),
+            nonce,
+            rfc_id,
+            ..RfcCancel::default()
+        }
+        .into(),
+    )
+    .unwrap();
+    expect(&mut user, Duration::from_secs(10), |m| match m {
+        Message::RfcFailed(f) if f.rfc_id == rfc_id => Some(()),
+        Message::ErrorReply(e) if e.ref_nonce == nonce => panic!("cancel refused: {e:?}"),
+        _ => None,
+    });
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 15_000);
+    assert_eq!(
+        rfc_answer(&mut user, nonce)
+            .expect("accepted after the refund")
+            .0,
+        0
+    );
+}
+
+/// R-QUOTA-5 at the day boundary: a sender refused for quota on day 0 is not
+/// refused by the gate once day 1 begins (usage resets).
+#[test]
+fn r_quota_5_the_gate_lets_the_new_day_through() {
+    // Day 0 ends 15 s from now (room for a slow start on a loaded machine).
+    let day_ms = yellowstone_engine::BLOCKS_PER_DAY * yellowstone_engine::BLOCK_MS;
+    let day_end = now_ms() + 15_000;
+    let (router, _dir) = start(
+        "mio",
+        &format!("[market]\ngenesis_ms = {}\n", day_end - day_ms),
+    );
+    let ready = router.ready.clone();
+    let key = SigningKey::from_seed(b"integrity-f-quota-day");
+    let mut operator = connect(ready.listen, operator_key());
+    fund(&mut operator, &[(key.address(), 5 * WEI_PER_MOR)]);
+    let mut user = connect(ready.listen, key.clone());
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 15_000);
+    assert_eq!(rfc_answer(&mut user, nonce).unwrap().0, 0);
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 1);
+    assert_eq!(
+        rfc_answer(&mut user, nonce).unwrap_err().code,
+        codes::QUOTA_EXCEEDED
+    );
+    let before = verifies(ready.metrics);
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 1);
+    assert_eq!(
+        rfc_answer(&mut user, nonce).unwrap_err().code,
+        codes::QUOTA_EXCEEDED
+    );
+    assert_eq!(verifies(ready.metrics), before, "refused by the gate");
+    assert!(
+        now_ms() + 1_500 < day_end,
+        "the setup ended {} ms before day 0 did: too late to watch the day turn",
+        day_end as i64 - now_ms() as i64
+    );
+    // RFCs sent every 50 ms across the day's end: each is refused only while day 0
+    // lasts, and the first one after it is accepted.
+    loop {
+        let sent_at = now_ms();
+        let nonce = send_rfc(&mut user, &key, ready.network_id, 1);
+        match rfc_answer(&mut user, nonce) {
+            Ok(_) => {
+                assert!(sent_at + 1_000 >= day_end, "accepted on day 0 at {sent_at}");
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code, codes::QUOTA_EXCEEDED);
+                assert!(
+                    sent_at < day_end + 2_000,
+                    "refused {} ms into day 1: {e:?}",
+                    sent_at - day_end
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

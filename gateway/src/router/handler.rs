@@ -212,6 +212,23 @@ fn sig_refusal(network_id: u32, error: &SigError, context: String) -> Refused {
     (codes::of_sig_error(error), reason).into()
 }
 
+/// The quota gate's check of a logged-in client's RFC (`quota_gate`): only an RFC
+/// signed as the login's address (any other is refused `wrong_sender` later).
+fn quota_gate_door(
+    shared: &RouterShared,
+    address: Address,
+    claimed: Address,
+    message: &Message,
+) -> Result<(), Refused> {
+    match message {
+        Message::Rfc(rfc) if claimed == address => shared
+            .quota_gate
+            .check(&address, rfc.tokens_max)
+            .map_err(Refused::from),
+        _ => Ok(()),
+    }
+}
+
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
         let stages = shared.registry.stage_recorder();
@@ -904,6 +921,11 @@ impl FrameHandler for RouterHandler {
                 format!("{} is not sent by clients", message.name()),
             );
         };
+        // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
+        // as the engine would, before any signature work or a place in a lane.
+        if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
+            return self.refuse_with(replies, refused, msg_type, nonce);
+        }
         let admitted = Admitted {
             conn,
             address,

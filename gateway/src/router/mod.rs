@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod handler;
 pub mod market;
+pub mod quota_gate;
 pub mod shared;
 pub mod signature_cpu;
 pub mod sink;
@@ -197,6 +198,11 @@ impl Router {
             .iter()
             .map(|m| (m.id, m.weights_hash))
             .collect();
+        // R-QUOTA-5: the pre-signature quota gate starts in the engine's day.
+        shared.quota_gate = quota_gate::QuotaGate::new(
+            engine.config().genesis_ms,
+            engine.block() / yellowstone_engine::BLOCKS_PER_DAY,
+        );
         let shared = Arc::new(shared);
         // A recovered engine knows balances and nonces the gateways' pre-check caches
         // do not yet.
