@@ -3,6 +3,10 @@
 //!   closing the oldest idle connection that never logged in, so a funded client's
 //!   first attempt gets in while idle unproven connections hold the room (io_uring
 //!   and mio); a logged-in connection is never closed for it.
+//! - R-QUOTA-5, R-PROV-3 (quota-flood): over-quota RFCs are refused before any
+//!   signature recovery, as the engine would, and never where the engine accepts.
+//! - R-ID-6 (case 12): after a SIGKILL and a restart, the very first metrics scrape
+//!   shows no provider live (none holds a connection of the new process).
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -312,5 +316,77 @@ fn r_quota_5_the_gate_lets_the_new_day_through() {
             }
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_durable(data_dir: &std::path::Path) -> RouterProcess {
+    let operator = operator_key().address().to_string();
+    RouterProcess::start(&[
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--operator",
+        &operator,
+        "--durability",
+        "always",
+    ])
+}
+
+/// Issue 27 case 12, R-ID-6: the first scrape after READY of a restarted router
+/// agrees with its connections: no provider is live.
+#[test]
+fn r_id_6_the_first_scrape_after_a_restart_shows_no_provider_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let router = start_durable(&data_dir);
+    let (addr, network_id) = (router.ready.listen, router.ready.network_id);
+    let keys: Vec<SigningKey> = (0..4)
+        .map(|i| SigningKey::from_seed(format!("integrity-f-restart-{i}").as_bytes()))
+        .collect();
+    let mut operator = connect(addr, operator_key());
+    let funded: Vec<(Address, u128)> = keys.iter().map(|k| (k.address(), WEI_PER_MOR)).collect();
+    fund(&mut operator, &funded);
+    let mut providers = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut provider = connect(addr, key.clone());
+        register(&mut provider, network_id, 1 + (i as u32 % 2), 10, 4);
+        providers.push(provider);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(
+        router.ready.metrics,
+        "yellowstone_market_providers_live",
+        "",
+    ) < 4.0
+    {
+        assert!(Instant::now() < deadline, "providers never live");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    router.kill_hard();
+    drop((providers, operator));
+
+    let router = start_durable(&data_dir);
+    let metrics = router.ready.metrics;
+    // The first scrape, then a few more over the next second: always 0.
+    for _ in 0..10 {
+        let text = metrics_text(metrics);
+        let live: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("yellowstone_market_providers_live"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        assert_eq!(
+            live,
+            0.0,
+            "providers live without a connection to this process:\n{}",
+            text.lines()
+                .filter(|l| l.starts_with("yellowstone_market_providers"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(
+            text.contains("yellowstone_market_providers_live"),
+            "rendered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -261,6 +261,12 @@ fn case_8_a_void_report_earns_nothing_and_no_penalty_point() {
     });
     assert_eq!(refusal.code, codes::BAD_FIELD, "{}", refusal.reason);
     assert!(refusal.reason.contains("outcome"), "{}", refusal.reason);
+    // Issue 27: the nonce is read at its fixed offset, so the refusal names the report.
+    assert_eq!(
+        refusal.ref_nonce, nonce,
+        "the refused report's nonce is echoed"
+    );
+    assert_eq!(refusal.ref_msg_type, messages::msg_type::REPORT);
 }
 
 #[test]

@@ -830,13 +830,16 @@ impl FrameHandler for RouterHandler {
         let message = match Message::decode(msg_type, &frame.body) {
             Ok(message) => message,
             Err(error) => {
+                // The nonce, when it can be read at its fixed offset, names the
+                // message refused (every signed client message alike).
+                let nonce = Message::nonce_at_fixed_offset(msg_type, &frame.body).unwrap_or(0);
                 return self.refuse(
                     replies,
                     codes::of_decode_error(&error),
                     msg_type,
-                    0,
+                    nonce,
                     error.to_string(),
-                )
+                );
             }
         };
         self.stages

@@ -174,7 +174,10 @@ impl Router {
             );
         }
         let registry = Registry::new();
-        let market = Arc::new(market::MarketBoard::new(engine.market_figures()));
+        // R-ID-6 (issue 27 case 12): until the engine thread publishes, no provider is
+        // live (this process holds no connection yet): the figures without the
+        // provider pass say so.
+        let market = Arc::new(market::MarketBoard::new(engine.market_figures_core()));
         market.register_metrics(&registry);
         let (inbound_tx, inbound_rx) =
             crossbeam_channel::bounded(config.network.inbound_queue_depth.max(1));
@@ -244,14 +247,28 @@ impl Router {
         // Queries that arrive before the engine's first burst see the catalog too.
         shared.catalog.publish_if_due(&engine);
         let catalog_shared = shared.clone();
-        let mut figures =
-            market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
+        // Made at the first burst, after `RouterStarted` below: its provider pass must
+        // not be of the recovered state, whose providers were reachable through the
+        // previous process (R-ID-6, issue 27 case 12).
+        let mut figures: Option<market::FiguresPublisher> = None;
+        let (figures_board, figures_operator) = (market.clone(), shared.operator.map(to_engine));
         let stages = shared.registry.stage_recorder();
         let mut sequencer = Sequencer::new(engine, journal, sink, sequencer_config)
             .with_stages(stages)
             .with_observer(move |engine| {
                 gauges.update(engine);
-                figures.observe(engine);
+                match figures.as_mut() {
+                    Some(figures) => {
+                        figures.observe(engine);
+                    }
+                    None => {
+                        figures = Some(market::FiguresPublisher::new(
+                            figures_board.clone(),
+                            engine,
+                            figures_operator,
+                        ))
+                    }
+                }
                 catalog_shared.catalog.publish_if_due(engine);
                 if let Some(journal_gauges) = &journal_gauges {
                     journal_gauges.update();
@@ -269,6 +286,8 @@ impl Router {
         if sequencer.engine.providers_len() > 0 {
             sequencer.apply(ORIGIN_INTERNAL, Command::RouterStarted)?;
         }
+        // The first scrape and query see every provider unreachable (issue 27 case 12).
+        market.publish(sequencer.engine.market_figures());
         set_settlement_domain(&config, market_domain, &mut sequencer)?;
         let cores = core_affinity::get_core_ids().map_or(1, |ids| ids.len());
         let engine_core = net::plan_cores(&config.threads, cores).engine;
