@@ -130,6 +130,29 @@ impl SpeedWindow {
         }
     }
 
+    /// Invariants (tests only; O(Z)): the sums and per-user counts match the
+    /// reports, no user above `user_max`, every report with tokens.
+    pub fn check(&self, user_max: u32) {
+        let (mut ms, mut tokens) = (0u128, 0u128);
+        let mut counts: BTreeMap<AccountIdx, u32> = BTreeMap::new();
+        for &(user, r_ms, r_tokens) in &self.reports {
+            assert!(r_tokens > 0, "a speed report without tokens");
+            ms += r_ms as u128;
+            tokens += r_tokens as u128;
+            *counts.entry(user).or_default() += 1;
+        }
+        assert_eq!(
+            (ms, tokens),
+            (self.ms_sum, self.tokens_sum),
+            "speed sums drifted"
+        );
+        assert_eq!(counts, self.per_user, "speed per-user counts drifted");
+        assert!(
+            counts.values().all(|&n| n <= user_max.max(1)),
+            "a user above speed_window_user_reports_max ({user_max}) in a speed window"
+        );
+    }
+
     /// Reports of `user` in the window.
     pub fn reports_of(&self, user: AccountIdx) -> u32 {
         self.per_user.get(&user).copied().unwrap_or(0)
@@ -204,6 +227,14 @@ pub struct ModelSpeed {
 }
 
 impl ModelSpeed {
+    /// Invariants of both windows (tests only), see `SpeedWindow::check`.
+    pub fn check(&self, user_max: u32) {
+        self.generation.check(user_max);
+        for window in self.first_token.values() {
+            window.check(user_max);
+        }
+    }
+
     /// Judges a passing report: the generation first, then the first token.
     pub fn judge(&self, timing: &Timing, percent: u32, reports_min: u32) -> Verdict {
         debug_assert!(timing.tokens > 0 && timing.ttft_ms <= timing.elapsed_ms);
