@@ -8,7 +8,7 @@
 
 use crate::metrics::NetMetrics;
 use crate::net::conn_id::{ConnId, ConnSlab};
-use crate::net::connection::{CloseReason, ConnLimits, Connection, Refusal};
+use crate::net::connection::{CloseReason, ConnLimits, Connection, Refusal, EVICT_SILENT_MIN_MS};
 use crate::net::handler::{FrameHandler, Replies};
 use crate::net::outbox::{Lane, OutKind, Outbox};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -209,6 +209,12 @@ pub(crate) fn eviction_candidates<T>(
     candidates.into_iter().map(|(_, id)| id).collect()
 }
 
+thread_local! {
+    /// This gateway thread's last fruitless `admit_by_eviction` scan found no
+    /// connection that could be evicted before this time (`Shared::now_ms`).
+    static NO_EVICTABLE_BEFORE_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// §9: connections admitted past `connections_max` while the idle connections they
 /// replace are being closed, at most (half of `network.fds_reserved`'s minimum, 64).
 pub(crate) const ADMIT_BY_EVICTION_OVER_MAX: usize = 32;
@@ -234,20 +240,36 @@ pub(crate) fn admit_by_eviction<H: FrameHandler, T>(
     touched: &mut Vec<ConnId>,
 ) -> bool {
     let now_ms = shared.now_ms();
+    // A storm of connections at the limit with nothing to evict must not cost a scan
+    // of every connection per refused accept: after a fruitless scan, none until the
+    // first unproven connection can have become idle enough (at most
+    // `EVICT_SILENT_MIN_MS` later: younger ones become evictable no sooner).
+    if NO_EVICTABLE_BEFORE_MS.with(|t| now_ms < t.get()) {
+        return false;
+    }
     let mut oldest: Option<(u64, ConnId)> = None;
+    let mut unproven_since: Option<u64> = None;
     for id in slab.ids() {
         let Some(entry) = slab.get_mut(id) else {
             continue;
         };
         let c = conn(entry);
-        if c.standing() == crate::net::Standing::Unproven
-            && c.evictable(now_ms)
-            && oldest.is_none_or(|(at, _)| c.last_active_ms() < at)
-        {
+        if c.standing() != crate::net::Standing::Unproven || !c.is_open() {
+            continue;
+        }
+        unproven_since =
+            Some(unproven_since.map_or(c.last_active_ms(), |at| at.min(c.last_active_ms())));
+        if c.evictable(now_ms) && oldest.is_none_or(|(at, _)| c.last_active_ms() < at) {
             oldest = Some((c.last_active_ms(), id));
         }
     }
     let Some((_, id)) = oldest else {
+        // The oldest unproven connection is evictable at the earliest
+        // EVICT_SILENT_MIN_MS after its last activity; later ones later still.
+        let retry_at = unproven_since.map_or(now_ms + EVICT_SILENT_MIN_MS, |at| {
+            (at + EVICT_SILENT_MIN_MS).clamp(now_ms + 1, now_ms + EVICT_SILENT_MIN_MS)
+        });
+        NO_EVICTABLE_BEFORE_MS.with(|t| t.set(retry_at));
         return false;
     };
     if !shared.try_reserve_over() {
