@@ -52,6 +52,10 @@ impl ReconcileArgs {
 enum SendError {
     #[error("router {0}: {1}")]
     Client(SocketAddr, ClientError),
+    /// SPEC §9: every attempt to connect failed until the deadline (or the login was
+    /// refused).
+    #[error("{0}")]
+    Connect(yellowstone_wire::connect_retry::ConnectError),
     #[error("router refused ChainPaid: {0} (code 0x{1:04X})")]
     Refused(String, u16),
     #[error("router {0}: no answer to ChainPaid within 10 s")]
@@ -109,7 +113,7 @@ impl Reconciler {
                 Ok(newly)
             }
             // The router being down or busy is retried next round, like the node.
-            Err(error @ (SendError::Client(..) | SendError::Timeout(_))) => {
+            Err(error @ (SendError::Client(..) | SendError::Connect(_) | SendError::Timeout(_))) => {
                 Err(ChainError::Rpc(error.to_string()))
             }
             Err(error) => Err(ChainError::Router(error.to_string())),
@@ -124,7 +128,10 @@ fn send(
     contract: Address,
     entries: Vec<PaidEntry>,
 ) -> Result<(), SendError> {
-    let mut client = Client::connect(router, key).map_err(|e| SendError::Client(router, e))?;
+    // SPEC §9: a router near its connection limit refuses or evicts for room: tried
+    // again with backoff (the default policy: 10 s in all).
+    let policy = yellowstone_wire::connect_retry::ConnectRetry::default();
+    let mut client = Client::connect_retrying(router, key, &policy).map_err(SendError::Connect)?;
     client
         .set_read_timeout(Some(Duration::from_secs(1)))
         .map_err(|e| SendError::Client(router, e))?;

@@ -101,16 +101,12 @@ impl Session {
             .map_err(|e| CtlError::Local(format!("--router {router}: {e}")))?
             .next()
             .ok_or_else(|| CtlError::Local(format!("--router {router}: no address")))?;
-        let stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        // SPEC §9: a router near its connection limit refuses or evicts for room;
+        // tried again with backoff until `timeout`.
+        let policy = yellowstone_wire::connect_retry::ConnectRetry::within(timeout);
+        let client = Client::connect_retrying(addr, key, &policy)
             .map_err(|e| CtlError::Connection(format!("{router}: {e}")))?;
-        stream
-            .set_nodelay(true)
-            .map_err(|e| CtlError::Connection(e.to_string()))?;
-        let mut client = Client::from_stream(stream, key);
         client.set_read_timeout(Some(timeout))?;
-        client
-            .login()
-            .map_err(|e| CtlError::Connection(format!("login to {router}: {e}")))?;
         Ok(Session {
             client,
             timeout,

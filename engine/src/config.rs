@@ -107,6 +107,15 @@ pub struct MarketConfig {
     pub speed_window_reports: u32,
     /// Below this many passing reports the speed test passes.
     pub speed_reports_min: u32,
+    /// R-PERF-1: reports of one user in a speed window, at most (its newest
+    /// replaces its oldest), so that no user moves a model's speed reference by more
+    /// than its share of the window (1..=speed_window_reports is meaningful; larger
+    /// is the window itself).
+    pub speed_window_user_reports_max: u32,
+    /// R-PERF-1: a passing report whose generation claims more completion tokens per
+    /// second than this joins no speed window (it is still judged and credited as
+    /// the window says): an absurd report cannot drag the reference down.
+    pub tokens_per_s_max: u64,
     /// What a fail report does to the credit (R-PERF-3).
     pub fail_policy: FailPolicy,
     /// How many of a provider's most recent reports its penalty count covers.
@@ -176,6 +185,14 @@ pub const BID_WEI_PER_TOKEN_MAX_DEFAULT: u128 = 1_000_000_000_000_000_000_000_00
 /// emission) so that the ledger's cumulative emission fits u128 for 10^8 days.
 pub const EMISSION_WEI_PER_DAY_LIMIT: u128 = 1_000_000_000_000_000_000_000_000_000_000;
 
+/// R-PERF-1: the default `speed_window_user_reports_max` (a tenth of the default
+/// window of 100, and the default `speed_reports_min`, so that a market of one user
+/// still judges speed).
+pub const SPEED_WINDOW_USER_REPORTS_MAX_DEFAULT: u32 = 10;
+/// R-PERF-1: the default `tokens_per_s_max` (several times the fastest public
+/// inference services' generation speed).
+pub const TOKENS_PER_S_MAX_DEFAULT: u64 = 10_000;
+
 /// R-PERF-4: the default `suspend_users_min`.
 pub const SUSPEND_USERS_MIN_DEFAULT: u32 = 3;
 /// R-PROV-2: the default `unfunded_registrations_max`.
@@ -216,6 +233,8 @@ impl Default for MarketConfig {
             speed_tolerance_percent: 50,
             speed_window_reports: 100,
             speed_reports_min: 10,
+            speed_window_user_reports_max: SPEED_WINDOW_USER_REPORTS_MAX_DEFAULT,
+            tokens_per_s_max: TOKENS_PER_S_MAX_DEFAULT,
             fail_policy: FailPolicy::NoCredit,
             penalty_window_reports: 20,
             penalty_points_suspend: 5,
@@ -378,6 +397,20 @@ impl MarketConfig {
                 "unfunded_registration_ttl_ms must be 1..={UNFUNDED_REGISTRATION_TTL_MS_LIMIT} \
                  (a day), not {} (R-PROV-2)",
                 self.unfunded_registration_ttl_ms
+            ));
+        }
+        if self.speed_window_user_reports_max == 0 {
+            return Err(format!(
+                "speed_window_user_reports_max must be at least 1, not {} (R-PERF-1: \
+                 reports of one user in a speed window)",
+                self.speed_window_user_reports_max
+            ));
+        }
+        if self.tokens_per_s_max == 0 {
+            return Err(format!(
+                "tokens_per_s_max must be at least 1, not {} (R-PERF-1: faster reports \
+                 join no speed window)",
+                self.tokens_per_s_max
             ));
         }
         if self.bootstrap_share_bps > 10_000 {

@@ -10,7 +10,7 @@ use crate::engine::Engine;
 use crate::error::{CreditSum, Limit, MarketError};
 use crate::merkle::Receipt;
 use crate::money;
-use crate::speed::{Timing, Verdict};
+use crate::speed::{Timing, Verdict, WindowLimits};
 use crate::state::{AccountIdx, Closed, ModelIdx, Probing, Rfc, Session};
 use crate::types::{compose_id, slot_of, Address, ModelId, ProbeId, RfcId, SessionId};
 
@@ -678,11 +678,18 @@ impl Engine {
         let session = self.close_session(slot, Closed::Reported);
         self.state.counters.reports += 1;
         if outcome == ReportOutcome::Pass && tokens > 0 {
-            // R-PERF-1: every report the user marked pass joins the windows.
-            let window = self.state.config.speed_window_reports;
+            // R-PERF-1: a report the user marked pass joins the windows, within the
+            // user's share of them and if believable (issue 27, speed-window
+            // poisoning).
+            let config = &self.state.config;
+            let limits = WindowLimits {
+                window: config.speed_window_reports,
+                user_max: config.speed_window_user_reports_max,
+                tokens_per_s_max: config.tokens_per_s_max,
+            };
             self.state.models[session.model as usize]
                 .speed
-                .record(&timing, window);
+                .record(session.user, &timing, limits);
         }
         if credited {
             self.credit(&session, elapsed_ms, tokens, amount_wei, report_digest);

@@ -17,6 +17,12 @@ impl Engine {
         self.check_no_self_match();
         self.check_unfunded();
         self.check_user_sessions();
+        // R-PERF-1 (issue 27): no user above its share of a speed window.
+        for model in &self.state.models {
+            model
+                .speed
+                .check(self.state.config.speed_window_user_reports_max);
+        }
         self.state.settlement.check(
             self.state.block,
             self.state.config.settlement_epoch_blocks,

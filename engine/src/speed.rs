@@ -24,18 +24,39 @@
 //! (passing while either window is below its minimum), and joins neither window,
 //! since its parts are unknown.
 
+use crate::state::AccountIdx;
 use bincode::{Decode, Encode};
 use ethnum::U256;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
-/// The last Z passing reports of one model and their exact sums.
+/// How reports join a speed window (R-PERF-1): the window's length Z, the reports
+/// of one user it holds at most, and the generation speed past which a report is
+/// not believed (`MarketConfig::speed_window_reports`,
+/// `speed_window_user_reports_max`, `tokens_per_s_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowLimits {
+    /// Z: passing reports the window holds (`speed_window_reports`).
+    pub window: u32,
+    /// Reports of one user the window holds at most (`speed_window_user_reports_max`).
+    pub user_max: u32,
+    /// Completion tokens per second past which a report joins no window
+    /// (`tokens_per_s_max`).
+    pub tokens_per_s_max: u64,
+}
+
+/// The last Z passing reports of one model, each with the user who sent it, and
+/// their exact sums. R-PERF-1 (issue 27, speed-window poisoning): a user holds at
+/// most `user_max` of them (its newest replaces its oldest), so that one user
+/// sending many absurd reports moves the reference by its share of the window only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Encode, Decode)]
 pub struct SpeedWindow {
-    /// (elapsed ms, tokens) per report, oldest first; tokens > 0.
-    reports: VecDeque<(u64, u64)>,
+    /// (user, elapsed ms, tokens) per report, oldest first; tokens > 0.
+    reports: VecDeque<(AccountIdx, u64, u64)>,
     /// Σms and Σtokens over `reports`: below Z × 2^64 ≤ 2^96, so u128 never overflows.
     ms_sum: u128,
     tokens_sum: u128,
+    /// Reports per user in `reports` (no zero counts).
+    per_user: BTreeMap<AccountIdx, u32>,
 }
 
 impl SpeedWindow {
@@ -64,23 +85,81 @@ impl SpeedWindow {
         left <= right
     }
 
-    /// Adds a passing report (tokens > 0) and drops the oldest beyond `window`.
-    pub fn record(&mut self, elapsed_ms: u64, tokens: u64, window: u32) {
+    /// Adds a passing report (tokens > 0) of `user`: first the user's oldest reports
+    /// go while it holds `user_max` (so it holds at most that many after), then the
+    /// window's oldest beyond `window`.
+    pub fn record(&mut self, user: AccountIdx, elapsed_ms: u64, tokens: u64, limits: WindowLimits) {
         debug_assert!(tokens > 0);
-        self.reports.push_back((elapsed_ms, tokens));
+        let user_max = limits.user_max.max(1);
+        while self.per_user.get(&user).is_some_and(|&n| n >= user_max) {
+            // O(Z) at most, only for a user at its share: the window is small.
+            let Some(at) = self.reports.iter().position(|r| r.0 == user) else {
+                debug_assert!(false, "per_user counts a report that is not there");
+                break;
+            };
+            self.remove_at(at);
+        }
+        self.reports.push_back((user, elapsed_ms, tokens));
         self.ms_sum += elapsed_ms as u128;
         self.tokens_sum += tokens as u128;
-        while self.reports.len() > window.max(1) as usize {
-            if let Some((ms, tokens)) = self.reports.pop_front() {
-                self.ms_sum -= ms as u128;
-                self.tokens_sum -= tokens as u128;
-            }
+        *self.per_user.entry(user).or_default() += 1;
+        while self.reports.len() > limits.window.max(1) as usize {
+            self.remove_at(0);
         }
-        debug_assert!(self.reports.len() <= window.max(1) as usize);
+        debug_assert!(self.reports.len() <= limits.window.max(1) as usize);
+        debug_assert!(self.per_user.get(&user).is_some_and(|&n| n <= user_max));
+        debug_assert_eq!(
+            self.per_user.values().map(|&n| n as usize).sum::<usize>(),
+            self.reports.len()
+        );
         debug_assert_eq!(
             self.ms_sum,
-            self.reports.iter().map(|r| r.0 as u128).sum::<u128>()
+            self.reports.iter().map(|r| r.1 as u128).sum::<u128>()
         );
+    }
+
+    /// Removes the report at `at` (an index into `reports`), keeping the sums and
+    /// the per-user counts.
+    fn remove_at(&mut self, at: usize) {
+        let Some((user, ms, tokens)) = self.reports.remove(at) else {
+            return;
+        };
+        self.ms_sum -= ms as u128;
+        self.tokens_sum -= tokens as u128;
+        if let Some(n) = self.per_user.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_user.remove(&user);
+            }
+        }
+    }
+
+    /// Invariants (tests only; O(Z)): the sums and per-user counts match the
+    /// reports, no user above `user_max`, every report with tokens.
+    pub fn check(&self, user_max: u32) {
+        let (mut ms, mut tokens) = (0u128, 0u128);
+        let mut counts: BTreeMap<AccountIdx, u32> = BTreeMap::new();
+        for &(user, r_ms, r_tokens) in &self.reports {
+            assert!(r_tokens > 0, "a speed report without tokens");
+            ms += r_ms as u128;
+            tokens += r_tokens as u128;
+            *counts.entry(user).or_default() += 1;
+        }
+        assert_eq!(
+            (ms, tokens),
+            (self.ms_sum, self.tokens_sum),
+            "speed sums drifted"
+        );
+        assert_eq!(counts, self.per_user, "speed per-user counts drifted");
+        assert!(
+            counts.values().all(|&n| n <= user_max.max(1)),
+            "a user above speed_window_user_reports_max ({user_max}) in a speed window"
+        );
+    }
+
+    /// Reports of `user` in the window.
+    pub fn reports_of(&self, user: AccountIdx) -> u32 {
+        self.per_user.get(&user).copied().unwrap_or(0)
     }
 
     /// Reports in the window (at most `speed_window_reports`).
@@ -161,6 +240,14 @@ pub struct ModelSpeed {
 }
 
 impl ModelSpeed {
+    /// Invariants of both windows (tests only), see `SpeedWindow::check`.
+    pub fn check(&self, user_max: u32) {
+        self.generation.check(user_max);
+        for window in self.first_token.values() {
+            window.check(user_max);
+        }
+    }
+
     /// Judges a passing report: the generation first, then the first token.
     pub fn judge(&self, timing: &Timing, percent: u32, reports_min: u32) -> Verdict {
         debug_assert!(timing.tokens > 0 && timing.ttft_ms <= timing.elapsed_ms);
@@ -218,27 +305,52 @@ impl ModelSpeed {
         }
     }
 
-    /// Adds a report the user marked pass (tokens > 0) to both windows; a whole
-    /// answer (not split) joins neither.
-    pub fn record(&mut self, timing: &Timing, window: u32) {
+    /// Adds a report `user` marked pass (tokens > 0) to both windows; a whole
+    /// answer (not split) joins neither, nor does a report whose generation claims
+    /// more than `limits.tokens_per_s_max` tokens a second (R-PERF-1: not believed;
+    /// its first token is not believed either). Returns whether it joined.
+    pub fn record(&mut self, user: AccountIdx, timing: &Timing, limits: WindowLimits) -> bool {
         debug_assert!(timing.tokens > 0);
         if !timing.is_split() {
-            return;
+            return false;
         }
-        if let Some((ms, tokens)) = timing.generation() {
-            self.generation.record(ms, tokens, window);
+        let generation = timing.generation();
+        if let Some((ms, tokens)) = generation {
+            if !believable(ms, tokens, limits.tokens_per_s_max) {
+                return false;
+            }
+        }
+        if let Some((ms, tokens)) = generation {
+            self.generation.record(user, ms, tokens, limits);
         }
         self.first_token
             .entry(prompt_class(timing.prompt_tokens))
             .or_default()
-            .record(timing.ttft_ms, 1, window);
+            .record(user, timing.ttft_ms, 1, limits);
         debug_assert!(self.first_token.len() <= 65);
+        true
     }
+}
+
+/// R-PERF-1: whether `tokens` generated in `ms` is at most `tokens_per_s_max` tokens a
+/// second: `tokens × 1000 ≤ ms × tokens_per_s_max`, exact (both sides below 2^128).
+pub fn believable(ms: u64, tokens: u64, tokens_per_s_max: u64) -> bool {
+    (tokens as u128) * 1_000 <= (ms as u128) * (tokens_per_s_max as u128)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window of `window` reports, with no per-user share and no speed bound
+    /// (the judging tests' setting: one user, any figures).
+    fn lim(window: u32) -> WindowLimits {
+        WindowLimits {
+            window,
+            user_max: u32::MAX,
+            tokens_per_s_max: u64::MAX,
+        }
+    }
 
     fn timing(elapsed_ms: u64, ttft_ms: u64, tokens: u64, prompt_tokens: u64) -> Timing {
         Timing {
@@ -281,8 +393,8 @@ mod tests {
         // token and generates at the same rate: judged against its own class, fast.
         let mut speed = ModelSpeed::default();
         for _ in 0..10 {
-            speed.record(&timing(100 + 10 * 40, 100, 41, 20), 100);
-            speed.record(&timing(1_500 + 10 * 3, 1_500, 4, 1_400), 100);
+            speed.record(0, &timing(100 + 10 * 40, 100, 41, 20), lim(100));
+            speed.record(0, &timing(1_500 + 10 * 3, 1_500, 4, 1_400), lim(100));
         }
         let long = timing(1_600 + 10 * 3, 1_600, 4, 1_523);
         assert_eq!(speed.judge(&long, 50, 10), Verdict::Fast);
@@ -303,7 +415,7 @@ mod tests {
     fn r_perf_1_each_part_passes_below_the_minimum_of_its_class() {
         let mut speed = ModelSpeed::default();
         for _ in 0..3 {
-            speed.record(&timing(110, 100, 2, 8), 100);
+            speed.record(0, &timing(110, 100, 2, 8), lim(100));
         }
         // Another class has no reports: its first-token test passes.
         assert_eq!(
@@ -329,7 +441,7 @@ mod tests {
         for _ in 0..3 {
             // Class 11 (1,024..=2,047 prompt tokens): first token in 1,000 ms, then
             // 10 ms per token.
-            speed.record(&timing(1_100, 1_000, 11, 1_500), 100);
+            speed.record(0, &timing(1_100, 1_000, 11, 1_500), lim(100));
         }
         let before = speed.clone();
         // 1,000 + 10 × 10 = 1,100 ms expected for 11 tokens; X = 50 %: 1,650 passes.
@@ -341,7 +453,7 @@ mod tests {
             speed.judge(&timing(1_651, 1_651, 11, 1_523), 50, 3),
             Verdict::SlowGeneration
         );
-        speed.record(&timing(1_650, 1_650, 11, 1_523), 100);
+        speed.record(0, &timing(1_650, 1_650, 11, 1_523), lim(100));
         assert_eq!(speed, before, "a whole answer joins no window");
         // Without reports in its class, it passes.
         assert_eq!(
@@ -349,7 +461,11 @@ mod tests {
             Verdict::Fast
         );
         let extreme = timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX);
-        speed.record(&timing(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX), 3);
+        speed.record(
+            0,
+            &timing(u64::MAX, u64::MAX - 1, u64::MAX, u64::MAX),
+            lim(3),
+        );
         let _ = speed.judge(&extreme, u32::MAX, 1);
     }
 
@@ -357,9 +473,9 @@ mod tests {
     fn r_perf_1_extreme_figures_never_overflow() {
         let mut speed = ModelSpeed::default();
         for _ in 0..4 {
-            speed.record(&timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX), 3);
-            speed.record(&timing(u64::MAX, 0, u64::MAX, u64::MAX), 3);
-            speed.record(&timing(u64::MAX, 1, 2, 0), 3);
+            speed.record(0, &timing(u64::MAX, u64::MAX, u64::MAX, u64::MAX), lim(3));
+            speed.record(0, &timing(u64::MAX, 0, u64::MAX, u64::MAX), lim(3));
+            speed.record(0, &timing(u64::MAX, 1, 2, 0), lim(3));
         }
         assert_eq!(speed.generation.len(), 3);
         for t in [
@@ -387,12 +503,12 @@ mod tests {
         let mut window = SpeedWindow::default();
         assert!(window.passes(1_000_000, 1, 50, 3));
         for _ in 0..3 {
-            window.record(100, 10, 5); // 10 ms per token
+            window.record(0, 100, 10, lim(5)); // 10 ms per token
         }
         assert!(window.passes(150, 10, 50, 3)); // exactly 50 % slower
         assert!(!window.passes(151, 10, 50, 3));
         for _ in 0..10 {
-            window.record(200, 10, 5);
+            window.record(0, 200, 10, lim(5));
         }
         assert_eq!(window.len(), 5);
         assert!(window.passes(300, 10, 50, 3)); // the mean moved to 20 ms
@@ -404,7 +520,7 @@ mod tests {
         // 3 ms for 6 tokens is exactly 1.5 × the mean and passes; 1 ms more fails.
         let mut window = SpeedWindow::default();
         for _ in 0..3 {
-            window.record(1, 3, 3);
+            window.record(0, 1, 3, lim(3));
         }
         assert!(window.passes(3, 6, 50, 3));
         assert!(!window.passes(4, 6, 50, 3));
@@ -415,17 +531,109 @@ mod tests {
         // 1 ms for 1 token and 99 ms for 99 tokens: Σms / Σtokens = 1 ms per token
         // (an unweighted mean of speeds would also say 1; make them differ).
         let mut window = SpeedWindow::default();
-        window.record(10, 1, 10); // 10 ms per token, 1 token
-        window.record(90, 90, 10); // 1 ms per token, 90 tokens
-                                   // Token-weighted mean: 100 / 91 ms per token; with X = 0, 100 ms for 91 passes
-                                   // and 101 ms fails, while the unweighted mean (5.5 ms) would pass both.
+        window.record(0, 10, 1, lim(10)); // 10 ms per token, 1 token
+        window.record(0, 90, 90, lim(10)); // 1 ms per token, 90 tokens
+                                           // Token-weighted mean: 100 / 91 ms per token; with X = 0, 100 ms for 91 passes
+                                           // and 101 ms fails, while the unweighted mean (5.5 ms) would pass both.
         assert!(window.passes(100, 91, 0, 2));
         assert!(!window.passes(101, 91, 0, 2));
         // Extremes never overflow.
-        window.record(u64::MAX, u64::MAX, 10);
+        window.record(0, u64::MAX, u64::MAX, lim(10));
         // Extremes never overflow: the mean is now just above 1 ms per token.
         assert!(window.passes(u64::MAX, u64::MAX, 0, 1));
         assert!(!window.passes(u64::MAX, 1, 0, 1));
         assert!(!window.passes(u64::MAX, 1, u32::MAX, 1));
+    }
+
+    /// Issue 27 (outsider finding, R-PERF-1): one user's many absurd reports hold at
+    /// most `user_max` places in the window; its newest replace its oldest, and the
+    /// others' reports stay.
+    #[test]
+    fn r_perf_1_one_user_holds_at_most_its_share_of_the_window() {
+        let limits = WindowLimits {
+            window: 100,
+            user_max: 10,
+            tokens_per_s_max: u64::MAX,
+        };
+        let mut window = SpeedWindow::default();
+        // 3 honest users, 30 reports each at 20 ms per token (each keeps 10).
+        for round in 0..30 {
+            for user in 1..=3 {
+                window.record(user, 400 + round % 2, 20, limits);
+            }
+        }
+        assert_eq!(window.len(), 30);
+        assert!(window.passes(20 * 20, 20, 0, 10));
+        // The poisoner: 1,000 reports of 1 ms for 20 tokens.
+        for _ in 0..1_000 {
+            window.record(9, 1, 20, limits);
+        }
+        assert_eq!(window.reports_of(9), 10);
+        assert_eq!(window.len(), 40);
+        for user in 1..=3 {
+            assert_eq!(window.reports_of(user), 10);
+        }
+        // The mean fell by the poisoner's share only (a quarter here: 15.0 ms per
+        // token instead of 20): honest reports at the old mean still pass at X = 50 %.
+        assert!(window.passes(20 * 20, 20, 50, 10));
+        // Without the share (one window of 100), the same flood took every place.
+        let mut unbounded = SpeedWindow::default();
+        let open = WindowLimits {
+            user_max: u32::MAX,
+            ..limits
+        };
+        for round in 0..30 {
+            for user in 1..=3 {
+                unbounded.record(user, 400 + round % 2, 20, open);
+            }
+        }
+        for _ in 0..1_000 {
+            unbounded.record(9, 1, 20, open);
+        }
+        assert_eq!(unbounded.reports_of(9), 100);
+        assert!(!unbounded.passes(20 * 20, 20, 50, 10), "poisoned");
+        // A share above the window is the window.
+        let mut small = SpeedWindow::default();
+        for _ in 0..10 {
+            small.record(
+                1,
+                10,
+                1,
+                WindowLimits {
+                    window: 3,
+                    ..limits
+                },
+            );
+        }
+        assert_eq!(small.len(), 3);
+    }
+
+    #[test]
+    fn r_perf_1_a_report_faster_than_tokens_per_s_max_joins_no_window() {
+        let limits = WindowLimits {
+            window: 100,
+            user_max: 100,
+            tokens_per_s_max: 1_000,
+        };
+        assert!(believable(1, 1, 1_000), "1,000 tokens a second exactly");
+        assert!(!believable(1, 2, 1_000));
+        assert!(!believable(0, 1, u64::MAX), "no time at all");
+        assert!(believable(u64::MAX, u64::MAX, u64::MAX));
+        let mut speed = ModelSpeed::default();
+        // Elapsed 1 ms, ttft 0, 20 tokens: 19 tokens in 1 ms.
+        assert!(!speed.record(7, &timing(1, 0, 20, 10), limits));
+        assert_eq!(speed, ModelSpeed::default(), "joins neither window");
+        assert!(speed.record(7, &timing(400, 20, 20, 10), limits));
+        assert_eq!(speed.generation.len(), 1);
+        assert_eq!(
+            speed
+                .first_token
+                .get(&prompt_class(10))
+                .map(SpeedWindow::len),
+            Some(1)
+        );
+        // One token: no generation part to believe or not; the first token joins.
+        assert!(speed.record(7, &timing(0, 0, 1, 10), limits));
+        assert_eq!(speed.generation.len(), 1);
     }
 }

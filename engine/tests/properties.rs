@@ -488,6 +488,9 @@ fn prop_config() -> MarketConfig {
     MarketConfig {
         user_sessions_open_max: 3,
         ticket_start_timeout_ms: 5_000,
+        // R-PERF-1 (issue 27): a small share, so that random reports reach it and
+        // the invariants check it after every step.
+        speed_window_user_reports_max: 2,
         ..config()
     }
 }

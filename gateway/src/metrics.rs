@@ -303,6 +303,8 @@ impl Registry {
 pub struct NetMetrics {
     pub connections_accepted: Arc<Counter>,
     pub connections_refused: Arc<Counter>,
+    /// §9: connections admitted at `connections_max` by evicting an idle unproven one.
+    pub connections_admitted_by_eviction: Arc<Counter>,
     pub connections_open: Arc<Gauge>,
     pub frames_received: Arc<Counter>,
     pub bytes_received: Arc<Counter>,
@@ -338,6 +340,11 @@ impl NetMetrics {
             connections_refused: registry.counter(
                 "yellowstone_connections_refused_total",
                 "Connections refused at connections_max.",
+                &[],
+            ),
+            connections_admitted_by_eviction: registry.counter(
+                "yellowstone_connections_admitted_by_eviction_total",
+                "Connections admitted at connections_max by closing an idle connection that never logged in.",
                 &[],
             ),
             connections_open: registry.gauge(

@@ -22,7 +22,7 @@ use crate::net;
 use crate::router::config::RouterConfig;
 use crate::router::shared::{self, to_engine, RouterShared};
 use crate::router::{
-    catalog, handler, journal_gauges, load_balance_snapshot, market, replica_gauges,
+    catalog, handler, journal_gauges, load_balance_snapshot, market, quota_gate, replica_gauges,
     set_settlement_domain, sink, EngineGauges, RouterHandle, StartOptions,
 };
 use crate::sequencer::{self, Sequencer, SequencerConfig, ORIGIN_INTERNAL};
@@ -81,7 +81,10 @@ pub fn start<D: sequencer::Durability + 'static>(
     );
     warn_if_genesis_ahead(genesis_ms);
     let registry = Registry::new();
-    let market = Arc::new(market::MarketBoard::new(engine.market_figures()));
+    // R-ID-6 (issue 27 case 12): until the engine thread publishes, no provider is
+    // live (this process holds no connection yet): the figures without the provider
+    // pass say so.
+    let market = Arc::new(market::MarketBoard::new(engine.market_figures_core()));
     market.register_metrics(&registry);
 
     // 1. The inbound queue: gateway threads -> engine thread, bounded.
@@ -122,8 +125,15 @@ pub fn start<D: sequencer::Durability + 'static>(
 
     // 5. The sequencer around the engine and the journal (whose own thread reports
     //    durability), its gauges, and the start's commands.
-    let mut sequencer =
-        sequencer_with_observers(&config, &shared, market, engine, journal, sink, &registry);
+    let mut sequencer = sequencer_with_observers(
+        &config,
+        &shared,
+        market.clone(),
+        engine,
+        journal,
+        sink,
+        &registry,
+    );
     load_balance_snapshot(&config, &shared, &mut sequencer).map_err(PipelineError::Engine)?;
     // R-ID-6, R-MATCH-2: the providers' connections died with the previous process
     // (this one holds none yet): journaled, so replay agrees, and applied before any
@@ -134,6 +144,8 @@ pub fn start<D: sequencer::Durability + 'static>(
             .apply(ORIGIN_INTERNAL, Command::RouterStarted)
             .map_err(PipelineError::Engine)?;
     }
+    // The first scrape and query see every provider unreachable (issue 27 case 12).
+    market.publish(sequencer.engine.market_figures());
     set_settlement_domain(&config, market_domain, &mut sequencer).map_err(PipelineError::Engine)?;
 
     // 6. The engine thread, pinned: the only writer of market state.
@@ -222,6 +234,11 @@ fn shared_state(
         .iter()
         .map(|m| (m.id, m.weights_hash))
         .collect();
+    // R-QUOTA-5: the pre-signature quota gate starts in the engine's day.
+    shared.quota_gate = quota_gate::QuotaGate::new(
+        engine.config().genesis_ms,
+        engine.block() / yellowstone_engine::BLOCKS_PER_DAY,
+    );
     // A recovered engine knows balances and nonces the gateways' pre-check caches do
     // not yet.
     for (address, balance) in engine.balances() {
@@ -256,14 +273,28 @@ fn sequencer_with_observers<D: sequencer::Durability + 'static>(
     // Queries that arrive before the engine's first burst see the catalog too.
     shared.catalog.publish_if_due(&engine);
     let catalog_shared = shared.clone();
-    let mut figures =
-        market::FiguresPublisher::new(market, &engine, shared.operator.map(to_engine));
+    // Made at the first burst, after `RouterStarted`: its provider pass must not be of
+    // the recovered state, whose providers were reachable through the previous process
+    // (R-ID-6, issue 27 case 12).
+    let mut figures: Option<market::FiguresPublisher> = None;
+    let figures_operator = shared.operator.map(to_engine);
     let stages = shared.registry.stage_recorder();
     Sequencer::new(engine, journal, sink, sequencer_config)
         .with_stages(stages)
         .with_observer(move |engine| {
             gauges.update(engine);
-            figures.observe(engine);
+            match figures.as_mut() {
+                Some(figures) => {
+                    figures.observe(engine);
+                }
+                None => {
+                    figures = Some(market::FiguresPublisher::new(
+                        market.clone(),
+                        engine,
+                        figures_operator,
+                    ))
+                }
+            }
             catalog_shared.catalog.publish_if_due(engine);
             if let Some(journal_gauges) = &journal_gauges {
                 journal_gauges.update();

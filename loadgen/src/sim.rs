@@ -252,22 +252,22 @@ fn is_timeout(error: &ClientError) -> bool {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects and logs in within `timeout` (TCP connect, then the challenge and its
-/// answer), leaving a 100 ms read timeout on the connection.
+/// answer), retrying a refused or failed attempt with bounded exponential backoff and
+/// jitter until `timeout` (SPEC §9: a router near its connection limit makes room by
+/// evicting idle connections, so a simulated user that tries again gets in, as a real
+/// client would), leaving a 100 ms read timeout on the connection.
 ///
-/// Errors: the connection or the login failed, or took longer than `timeout`.
+/// Errors: the login was refused, or no attempt succeeded within `timeout` (the error
+/// names the attempts and the last failure).
 pub fn connect_client(
     addr: SocketAddr,
     key: SigningKey,
     timeout: Duration,
 ) -> Result<Client, ClientError> {
-    let stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut client = Client::from_stream(stream, key);
-    client.login()?;
+    let policy = yellowstone_wire::connect_retry::ConnectRetry::within(timeout);
+    let client = Client::connect_retrying(addr, key, &policy)
+        .map_err(|error| ClientError::Io(std::io::Error::other(error.to_string())))?;
     client.set_read_timeout(Some(Duration::from_millis(100)))?;
-    client.stream().set_write_timeout(None)?;
     Ok(client)
 }
 

@@ -198,6 +198,17 @@ fn values_that_size_allocations_are_refused_naming_the_value() {
             "market.penalty_window_reports",
             "5000",
         ),
+        // R-PERF-1 (issue 27): the speed windows' per-user share and speed bound.
+        (
+            "[market]\nspeed_window_user_reports_max = 0\n",
+            "speed_window_user_reports_max",
+            "not 0",
+        ),
+        (
+            "[market]\ntokens_per_s_max = 0\n",
+            "tokens_per_s_max",
+            "not 0",
+        ),
     ];
     // A core the process cannot run on was a warning at run time ("could not pin
     // thread to core"); with one core nothing is pinned, so only check with two.

@@ -261,6 +261,12 @@ fn case_8_a_void_report_earns_nothing_and_no_penalty_point() {
     });
     assert_eq!(refusal.code, codes::BAD_FIELD, "{}", refusal.reason);
     assert!(refusal.reason.contains("outcome"), "{}", refusal.reason);
+    // Issue 27: the nonce is read at its fixed offset, so the refusal names the report.
+    assert_eq!(
+        refusal.ref_nonce, nonce,
+        "the refused report's nonce is echoed"
+    );
+    assert_eq!(refusal.ref_msg_type, messages::msg_type::REPORT);
 }
 
 #[test]
@@ -336,4 +342,68 @@ fn case_9_a_long_prompts_slow_first_token_is_credited_a_slow_generation_is_not()
         refusal.reason
     );
     assert_eq!(refusal.detail, 1 << 24);
+}
+
+/// Outsider finding (issue 27, R-PERF-1, R-PERF-4): one 1-MOR user sending many pass
+/// reports of absurd speed (1 ms for 20 tokens, first token at 0 ms) no longer drags
+/// the model's speed reference down: such reports join no window (faster than
+/// `market.tokens_per_s_max`), and a user holds at most
+/// `market.speed_window_user_reports_max` of a window. Honest users reporting their
+/// usual speed are still credited and the provider is not suspended.
+#[test]
+fn r_perf_1_one_users_absurd_reports_do_not_poison_the_speed_reference() {
+    let (_dir, router) = start("speed_reports_min = 3");
+    let (mut operator, first, mut provider) = market(&router, 500, 4);
+    let addr = router.ready.listen;
+    let mut honest = vec![first];
+    for i in 2..=3 {
+        let user = connect(
+            addr,
+            SigningKey::from_seed(format!("speed-honest-{i}").as_bytes()),
+        );
+        fund(&mut operator, &[(user.address(), 500 * WEI_PER_MOR)]);
+        honest.push(user);
+    }
+    let mut poisoner = connect(addr, SigningKey::from_seed(b"speed-poisoner"));
+    fund(&mut operator, &[(poisoner.address(), WEI_PER_MOR)]);
+    // Honest history: 20 ms per token after a 100-ms first token (21 tokens).
+    let usual = figures(500, 100, 21, 20);
+    for _ in 0..2 {
+        for user in honest.iter_mut() {
+            let ticket = session(user, &mut provider, 100);
+            let ack = report(user, ticket.session_id, Outcome::Pass, usual).unwrap();
+            assert_eq!(ack.reason, 0, "earned");
+        }
+    }
+    // The poisoning: 30 sessions reported pass in 1 ms, first token at 0 ms.
+    for _ in 0..30 {
+        let ticket = session(&mut poisoner, &mut provider, 20);
+        report(
+            &mut poisoner,
+            ticket.session_id,
+            Outcome::Pass,
+            figures(1, 0, 20, 20),
+        )
+        .expect("accepted: the user may report what it likes");
+    }
+    // Honest reports at the usual speed: credited, no penalty point, no suspension.
+    for _ in 0..2 {
+        for user in honest.iter_mut() {
+            let ticket = session(user, &mut provider, 100);
+            let ack = report(user, ticket.session_id, Outcome::Pass, usual).unwrap();
+            assert_eq!(
+                ack.reason, 0,
+                "an honest report at the usual speed judged too slow after one user's \
+                 absurd reports (reason {})",
+                ack.reason
+            );
+        }
+    }
+    let text = metrics_text(router.ready.metrics);
+    let suspended: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("yellowstone_market_providers_suspended"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(suspended, 0.0, "the provider was suspended");
 }

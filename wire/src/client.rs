@@ -114,12 +114,40 @@ impl Client {
         }
     }
 
-    /// The login handshake (`crate::login`, shared with the nodes' async link): takes
-    /// the network id and router address the challenge names.
+    /// Connects and logs in, retrying a refused or failed connection with bounded
+    /// exponential backoff and jitter until `policy.deadline` (SPEC §9; see
+    /// [`crate::connect_retry`]). Every client the project ships connects this way.
+    ///
+    /// Errors: `ConnectError::Refused` for a refused login, `ConnectError::GaveUp`
+    /// (naming the attempts and the last failure) at the deadline.
+    pub fn connect_retrying(
+        addr: std::net::SocketAddr,
+        key: SigningKey,
+        policy: &crate::connect_retry::ConnectRetry,
+    ) -> Result<Client, crate::connect_retry::ConnectError> {
+        crate::connect_retry::connect_retrying(addr, key, policy)
+    }
+
+    /// The login handshake (`crate::login`, shared with the nodes' async link): reads
+    /// the router's challenge, answers it and waits for `LoginOk`; learns the network
+    /// id and router address the challenge names (R-ID-4).
     pub fn login(&mut self) -> Result<(), ClientError> {
-        let challenge = self.recv()?;
+        let greeting = self.recv()?;
+        self.answer_greeting(&greeting)
+    }
+
+    /// The second half of [`Client::login`]: answers a received challenge and waits
+    /// for `LoginOk`.
+    pub fn answer_challenge(
+        &mut self,
+        challenge: &crate::messages::LoginChallenge,
+    ) -> Result<(), ClientError> {
+        self.answer_greeting(&Message::LoginChallenge(challenge.clone()))
+    }
+
+    fn answer_greeting(&mut self, greeting: &Message) -> Result<(), ClientError> {
         let (answer, router) =
-            crate::login::answer_challenge(&challenge, &self.key, Default::default())
+            crate::login::answer_challenge(greeting, &self.key, Default::default())
                 .map_err(|e| ClientError::Login(e.to_string()))?;
         self.network_id = router.network_id;
         self.router = router.router;

@@ -17,6 +17,7 @@ pub mod balances;
 pub mod client;
 pub mod codec;
 pub mod codes;
+pub mod connect_retry;
 pub mod demo;
 pub mod frame;
 pub mod keyfile;

@@ -22,16 +22,33 @@ pub enum LoginError {
     /// The router's first message was not a challenge (its name).
     NoChallenge(&'static str),
     /// The router runs another network id than the client is configured for.
-    NetworkId { router: u32, configured: u32 },
+    NetworkId {
+        /// The network id the router's challenge names.
+        router: u32,
+        /// The one the client is configured for.
+        configured: u32,
+    },
     /// The router signs as another address than the pinned one.
     RouterAddress {
+        /// The address the router's challenge names.
         router: Address,
+        /// The pinned one.
         configured: Address,
     },
     /// The router refused the answer (`ErrorReply`): its code and reason.
-    Refused { code: u16, reason: String },
+    Refused {
+        /// The refusal's code (docs/PROTOCOL.md, error codes).
+        code: u16,
+        /// The router's reason.
+        reason: String,
+    },
     /// `LoginOk` named another address than the one that answered.
-    WrongAddress { router_says: Address, ours: Address },
+    WrongAddress {
+        /// The address `LoginOk` names.
+        router_says: Address,
+        /// The address that answered the challenge.
+        ours: Address,
+    },
     /// Anything but `LoginOk` or `ErrorReply` after the answer (its name).
     Unexpected(&'static str),
 }
@@ -64,7 +81,9 @@ impl std::error::Error for LoginError {}
 /// The router as the challenge named it, once checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoginRouter {
+    /// The network id the challenge names (signatures are bound to it, R-ID-2).
     pub network_id: u32,
+    /// The router's signing address.
     pub router: Address,
 }
 

@@ -659,6 +659,38 @@ impl Message {
             )
     }
 
+    /// The nonce of a signed client message of type `msg_type`, read at its fixed
+    /// offset (bytes 20..28, after the 20-byte `from`, little-endian) from a body
+    /// that did not decode: every signed client message (not `LoginAnswer`) starts
+    /// with `from` and `nonce`, so a refusal of a body broken further on (a bad
+    /// outcome byte, a truncated list) can still name the message it answers
+    /// (`ErrorReply.ref_nonce`, docs/PROTOCOL.md). None for other types or a body
+    /// shorter than 28 bytes.
+    pub fn nonce_at_fixed_offset(msg_type: u16, body: &[u8]) -> Option<u64> {
+        use msg_type::*;
+        const WITH_FROM_AND_NONCE: [u16; 14] = [
+            REGISTER_PROVIDER,
+            UPDATE_BID,
+            WITHDRAW_BID,
+            PROVIDER_ANNOUNCE,
+            RFC,
+            RFC_CANCEL,
+            PROBE_ANSWER,
+            REPORT,
+            SESSION_START,
+            SUBSCRIBE_BATCHES,
+            CLAIM,
+            BALANCE_UPDATE,
+            SET_PARAMS,
+            CHAIN_PAID,
+        ];
+        if !WITH_FROM_AND_NONCE.contains(&msg_type) {
+            return None;
+        }
+        let bytes: [u8; 8] = body.get(20..28)?.try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
+
     /// The address a signed client message claims to come from, and its nonce.
     pub fn claimed_origin(&self) -> Option<(Address, u64)> {
         match self {
@@ -874,5 +906,128 @@ mod fast {
             }
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod nonce_at_fixed_offset_tests {
+    use super::*;
+    use crate::signature::SigningKey;
+
+    /// Every signed client message's encoded body has its nonce at bytes 20..28.
+    #[test]
+    fn every_signed_client_message_has_its_nonce_at_the_fixed_offset() {
+        let key = SigningKey::from_seed(b"offset");
+        let from = key.address();
+        let nonce = 0x0102_0304_0506_0708;
+        let messages: Vec<Message> = vec![
+            RegisterProvider {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            UpdateBid {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            WithdrawBid {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            ProviderAnnounce {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            Rfc {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            RfcCancel {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            ProbeAnswer {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            Report {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            SessionStart {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            SubscribeBatches {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            Claim {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            BalanceUpdate {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            SetParams {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+            ChainPaid {
+                from,
+                nonce,
+                ..Default::default()
+            }
+            .into(),
+        ];
+        assert_eq!(messages.len(), 14);
+        for mut message in messages {
+            let frame = message.sign(&key, 1);
+            let mut decoder = crate::frame::FrameDecoder::new(1 << 20);
+            decoder.extend(&frame);
+            let decoded = decoder.next_frame().expect("a frame").expect("whole");
+            let (msg_type, body) = (decoded.header.msg_type, &decoded.body[..]);
+            assert_eq!(
+                Message::nonce_at_fixed_offset(msg_type, body),
+                Some(nonce),
+                "{}",
+                message.name()
+            );
+            assert_eq!(Message::nonce_at_fixed_offset(msg_type, &body[..27]), None);
+        }
+        assert_eq!(
+            Message::nonce_at_fixed_offset(msg_type::PING, &[0; 64]),
+            None
+        );
+        assert_eq!(
+            Message::nonce_at_fixed_offset(msg_type::LOGIN_ANSWER, &[0; 64]),
+            None
+        );
     }
 }

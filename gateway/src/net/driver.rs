@@ -8,7 +8,7 @@
 
 use crate::metrics::NetMetrics;
 use crate::net::conn_id::{ConnId, ConnSlab};
-use crate::net::connection::{CloseReason, ConnLimits, Connection, Refusal};
+use crate::net::connection::{CloseReason, ConnLimits, Connection, Refusal, EVICT_SILENT_MIN_MS};
 use crate::net::handler::{FrameHandler, Replies};
 use crate::net::outbox::{Lane, OutKind, Outbox};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -64,6 +64,22 @@ impl Shared {
     pub(crate) fn try_reserve_connection(&self) -> bool {
         let before = self.connections_open.fetch_add(1, Ordering::AcqRel);
         if before >= self.connections_max {
+            self.connections_open.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        self.metrics.connections_open.add(1);
+        self.metrics.connections_accepted.inc();
+        true
+    }
+
+    /// §9: reserves room past `connections_max`, at most `ADMIT_BY_EVICTION_OVER_MAX`
+    /// over, for a connection admitted in exchange for an idle unproven one being
+    /// closed (`admit_by_eviction`); false when that many are over already. The
+    /// overshoot lasts until the evicted connections have flushed their error frame
+    /// and are removed, and fits in `network.fds_reserved` (validated at least 64).
+    pub(crate) fn try_reserve_over(&self) -> bool {
+        let before = self.connections_open.fetch_add(1, Ordering::AcqRel);
+        if before >= self.connections_max + ADMIT_BY_EVICTION_OVER_MAX {
             self.connections_open.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
@@ -191,6 +207,89 @@ pub(crate) fn eviction_candidates<T>(
     }
     debug_assert!(candidates.len() <= count);
     candidates.into_iter().map(|(_, id)| id).collect()
+}
+
+thread_local! {
+    /// This gateway thread's last fruitless `admit_by_eviction` scan found no
+    /// connection that could be evicted before this time (`Shared::now_ms`).
+    static NO_EVICTABLE_BEFORE_MS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// §9: connections admitted past `connections_max` while the idle connections they
+/// replace are being closed, at most (half of `network.fds_reserved`'s minimum, 64).
+pub(crate) const ADMIT_BY_EVICTION_OVER_MAX: usize = 32;
+
+/// Slab capacity per gateway thread: every connection of the process may be on one
+/// thread, plus those admitted by eviction.
+pub(crate) fn slab_capacity(connections_max: usize) -> usize {
+    connections_max + ADMIT_BY_EVICTION_OVER_MAX
+}
+
+/// §9, issue 27 case 13: a new connection at `connections_max` is admitted when this
+/// thread holds an idle unproven connection (never logged in, silent past
+/// `EVICT_SILENT_MIN_MS` or idle past `EVICT_IDLE_MIN_MS`): the oldest idle one is
+/// closed with `evicted` and the new one takes its place, so an honest client's first
+/// attempt gets in (and, once logged in with MOR, is staked and never evicted) while
+/// anyone's idle connections are there to evict. A logged-in connection is never
+/// evicted this way. Returns whether room was reserved (then the caller admits).
+pub(crate) fn admit_by_eviction<H: FrameHandler, T>(
+    handler: &mut H,
+    shared: &Shared,
+    slab: &mut ConnSlab<T>,
+    conn: impl Fn(&mut T) -> &mut Connection,
+    touched: &mut Vec<ConnId>,
+) -> bool {
+    let now_ms = shared.now_ms();
+    // A storm of connections at the limit with nothing to evict must not cost a scan
+    // of every connection per refused accept: after a fruitless scan, none until the
+    // first unproven connection can have become idle enough (at most
+    // `EVICT_SILENT_MIN_MS` later: younger ones become evictable no sooner).
+    if NO_EVICTABLE_BEFORE_MS.with(|t| now_ms < t.get()) {
+        return false;
+    }
+    let mut oldest: Option<(u64, ConnId)> = None;
+    let mut unproven_since: Option<u64> = None;
+    for id in slab.ids() {
+        let Some(entry) = slab.get_mut(id) else {
+            continue;
+        };
+        let c = conn(entry);
+        if c.standing() != crate::net::Standing::Unproven || !c.is_open() {
+            continue;
+        }
+        unproven_since =
+            Some(unproven_since.map_or(c.last_active_ms(), |at| at.min(c.last_active_ms())));
+        if c.evictable(now_ms) && oldest.is_none_or(|(at, _)| c.last_active_ms() < at) {
+            oldest = Some((c.last_active_ms(), id));
+        }
+    }
+    let Some((_, id)) = oldest else {
+        // The oldest unproven connection is evictable at the earliest
+        // EVICT_SILENT_MIN_MS after its last activity; later ones later still.
+        let retry_at = unproven_since.map_or(now_ms + EVICT_SILENT_MIN_MS, |at| {
+            (at + EVICT_SILENT_MIN_MS).clamp(now_ms + 1, now_ms + EVICT_SILENT_MIN_MS)
+        });
+        NO_EVICTABLE_BEFORE_MS.with(|t| t.set(retry_at));
+        return false;
+    };
+    if !shared.try_reserve_over() {
+        return false;
+    }
+    let connections_open = shared.connections_open.load(Ordering::Relaxed);
+    let entry = slab
+        .get_mut(id)
+        .expect("the candidate was just found in the slab");
+    let c = conn(entry);
+    debug_assert!(c.standing() == crate::net::Standing::Unproven);
+    close_with(
+        handler,
+        c,
+        Refusal::Evicted { connections_open },
+        CloseReason::Evicted,
+    );
+    shared.metrics.connections_admitted_by_eviction.inc();
+    touched.push(id);
+    true
 }
 
 /// Counts this thread's connections below `Standing::Staked`.

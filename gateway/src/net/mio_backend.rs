@@ -63,7 +63,10 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
         poll.registry()
             .register(&mut SourceFd(&lane.wake.raw_fd()), WAKE, Interest::READABLE)?;
         Ok(MioLoop {
-            slab: ConnSlab::with_capacity(settings.thread_index, shared.connections_max),
+            slab: ConnSlab::with_capacity(
+                settings.thread_index,
+                driver::slab_capacity(shared.connections_max),
+            ),
             shared,
             lane,
             outbox,
@@ -192,7 +195,16 @@ impl<'a, H: FrameHandler> MioLoop<'a, H> {
                     return;
                 }
             };
-            if !self.shared.try_reserve_connection() {
+            // §9: at the limit, an idle unproven connection makes room.
+            if !self.shared.try_reserve_connection()
+                && !driver::admit_by_eviction(
+                    &mut self.handler,
+                    self.shared,
+                    &mut self.slab,
+                    |entry: &mut MioConn| &mut entry.conn,
+                    &mut self.touched,
+                )
+            {
                 self.shared.metrics.connections_refused.inc();
                 let refusal = driver::refusal_bytes(&mut self.handler, self.shared);
                 // A fresh socket's send buffer is empty: one non-blocking write fits.

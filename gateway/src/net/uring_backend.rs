@@ -205,7 +205,10 @@ impl<'a> UringLoop<'a> {
             ring,
             bufs,
             wake_buf: Box::new(0),
-            slab: ConnSlab::with_capacity(settings.thread_index, shared.connections_max),
+            slab: ConnSlab::with_capacity(
+                settings.thread_index,
+                driver::slab_capacity(shared.connections_max),
+            ),
             settings: settings.clone(),
             shared,
             lane,
@@ -431,7 +434,16 @@ impl<'a> UringLoop<'a> {
         if self.shared.is_shutdown() {
             return Ok(());
         }
-        if !self.shared.try_reserve_connection() {
+        // §9: at the limit, an idle unproven connection makes room.
+        if !self.shared.try_reserve_connection()
+            && !driver::admit_by_eviction(
+                handler,
+                self.shared,
+                &mut self.slab,
+                |e: &mut UringConn| &mut e.conn,
+                &mut self.touched,
+            )
+        {
             self.shared.metrics.connections_refused.inc();
             let refusal = driver::refusal_bytes(handler, self.shared);
             // A fresh socket's send buffer is empty: one non-blocking send fits.

@@ -107,7 +107,6 @@ pub fn models_help(models: &[ModelEntry]) -> String {
     text
 }
 
-
 /// TOML integers are i64: wei amounts are written as integers when they fit and as
 /// strings of digits when they do not, and read from either.
 mod wei_in_toml {
@@ -198,6 +197,13 @@ pub struct MarketSection {
     /// R-PERF-4: distinct users whose penalty points (within the penalty window) a
     /// suspension needs, 1..=penalty_window_reports. 3.
     pub suspend_users_min: u32,
+    /// R-PERF-1: reports of one user in a model's speed window, at most (its newest
+    /// replaces its oldest): no user moves the speed reference by more than its share.
+    /// At least 1. 10.
+    pub speed_window_user_reports_max: u32,
+    /// R-PERF-1: a passing report claiming a generation faster than this many
+    /// completion tokens per second joins no speed window. At least 1. 10,000.
+    pub tokens_per_s_max: u64,
     /// R-PROV-2: registrations from addresses without MOR kept apart from the
     /// providers (never counted in `providers_max`), oldest evicted first,
     /// 1..=1,000,000. 10,000.
@@ -254,6 +260,8 @@ impl Default for MarketSection {
             endpoint_bytes_max: d.endpoint_bytes_max,
             balance_entries_max: d.balance_entries_max,
             suspend_users_min: d.suspend_users_min,
+            speed_window_user_reports_max: d.speed_window_user_reports_max,
+            tokens_per_s_max: d.tokens_per_s_max,
             unfunded_registrations_max: d.unfunded_registrations_max,
             unfunded_registration_ttl_ms: d.unfunded_registration_ttl_ms,
             ticket_start_timeout_ms: d.ticket_start_timeout_ms,
@@ -484,6 +492,8 @@ impl RouterConfig {
             endpoint_bytes_max: m.endpoint_bytes_max,
             balance_entries_max: m.balance_entries_max,
             suspend_users_min: m.suspend_users_min,
+            speed_window_user_reports_max: m.speed_window_user_reports_max,
+            tokens_per_s_max: m.tokens_per_s_max,
             unfunded_registrations_max: m.unfunded_registrations_max,
             unfunded_registration_ttl_ms: m.unfunded_registration_ttl_ms,
             ticket_start_timeout_ms: m.ticket_start_timeout_ms,

@@ -137,6 +137,23 @@ pub struct RouterHandler {
     costly_conns: HashMap<ConnId, u32>,
 }
 
+/// The quota gate's check of a logged-in client's RFC (`quota_gate`): only an RFC
+/// signed as the login's address (any other is refused `wrong_sender` later).
+fn quota_gate_door(
+    shared: &RouterShared,
+    address: Address,
+    claimed: Address,
+    message: &Message,
+) -> Result<(), Refused> {
+    match message {
+        Message::Rfc(rfc) if claimed == address => shared
+            .quota_gate
+            .check(&address, rfc.tokens_max)
+            .map_err(Refused::from),
+        _ => Ok(()),
+    }
+}
+
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
         let stages = shared.registry.stage_recorder();
@@ -433,13 +450,16 @@ impl FrameHandler for RouterHandler {
         let message = match decoded {
             Ok(message) => message,
             Err(error) => {
+                // The nonce, when it can be read at its fixed offset, names the
+                // message refused (every signed client message alike).
+                let nonce = Message::nonce_at_fixed_offset(msg_type, &frame.body).unwrap_or(0);
                 return self.refuse(
                     replies,
                     codes::of_decode_error(&error),
                     msg_type,
-                    0,
+                    nonce,
                     error.to_string(),
-                )
+                );
             }
         };
         let logged_in = self.admission.address(conn_of(conn));
@@ -522,6 +542,11 @@ impl FrameHandler for RouterHandler {
                 format!("{} is not sent by clients", message.name()),
             );
         };
+        // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
+        // as the engine would, before any signature work or a place in a lane.
+        if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
+            return self.refuse_with(replies, refused, msg_type, nonce);
+        }
         let admitted = Admitted {
             conn: conn_of(conn),
             address,

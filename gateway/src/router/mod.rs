@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod handler;
 pub mod market;
+pub mod quota_gate;
 pub mod shared;
 pub mod signature_cpu;
 pub mod sink;

@@ -26,6 +26,9 @@ pub struct RouterShared {
     /// journal. Never ahead of the engine, never written from a request; one entry
     /// per engine account at most (`market.accounts_max`).
     pub nonces: DashMap<Address, u64>,
+    /// R-QUOTA-5: senders refused for quota, refused again before any signature
+    /// work while the engine would (written by the sink, in command order).
+    pub quota_gate: super::quota_gate::QuotaGate,
     /// The market's models and their weights hashes (fixed for a data directory):
     /// a registration naming another model or hash is refused before its proofs
     /// are checked (R-PROV-3).
@@ -72,6 +75,7 @@ impl RouterShared {
             operator: parts.operator,
             balances: Default::default(),
             nonces: Default::default(),
+            quota_gate: Default::default(),
             models: Default::default(),
             weights_proofs_per_s: parts.weights_proofs_per_s,
             weights_proofs_unfunded_per_s: parts.weights_proofs_unfunded_per_s,

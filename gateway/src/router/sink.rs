@@ -145,6 +145,8 @@ impl EffectSink for RouterSink {
                 self.shared.nonce_accepted(to_wire(address), nonce);
             }
         }
+        // R-QUOTA-5: the quota gate follows the engine before this answer leaves.
+        self.shared.quota_gate.follow(command, effects);
         let mut out = Delivery::new(&self.shared, &self.outbox, origin);
         self.send_effects(&mut out, command, effects);
         out.finish();

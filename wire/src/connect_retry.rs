@@ -1,0 +1,305 @@
+//! Connecting with retries (SPEC §9, R-PROV-3; issue 27 case 13): a router near its
+//! connection limit refuses a new connection (`too_many_connections`), closes an idle
+//! one to make room (`evicted`), or is briefly out of descriptors (its accept backs
+//! off, so the TCP handshake or the greeting is late). A client that gives up at the
+//! first refusal is locked out by whoever holds the connections at that instant; one
+//! that tries again a little later gets in as soon as the router has made room. So
+//! every client the project ships connects through [`connect_retrying`]: bounded
+//! exponential backoff with jitter (so refused clients do not return in lock-step)
+//! and a total deadline, after which the error names the attempts, the time spent
+//! and the last failure.
+//!
+//! What is retried: I/O errors (refused, reset, timed out), a connection closed
+//! before the login finished, and a router's refusal of the connection itself
+//! (`too_many_connections`, `evicted`, `login_timeout`, `overloaded`). What is not:
+//! a refused login (a wrong key or network id does not improve with time).
+
+use crate::client::{Client, ClientError};
+use crate::codes;
+use crate::messages::Message;
+use crate::signature::SigningKey;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How [`connect_retrying`] retries. Every duration is wall time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectRetry {
+    /// One attempt (TCP connect, greeting, login) may take this long at most.
+    pub attempt_timeout: Duration,
+    /// The pause after the first failed attempt; it doubles after each failure.
+    pub backoff_first: Duration,
+    /// The pause never exceeds this (before jitter).
+    pub backoff_max: Duration,
+    /// No attempt starts later than this after the first one; the last attempt is
+    /// cut to end by it.
+    pub deadline: Duration,
+}
+
+impl Default for ConnectRetry {
+    /// 50 ms doubling to 2 s, attempts of at most 2 s, 10 s in all.
+    fn default() -> ConnectRetry {
+        ConnectRetry {
+            attempt_timeout: Duration::from_secs(2),
+            backoff_first: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            deadline: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ConnectRetry {
+    /// The default policy with its total deadline (and each attempt) cut to `deadline`.
+    pub fn within(deadline: Duration) -> ConnectRetry {
+        let default = ConnectRetry::default();
+        ConnectRetry {
+            attempt_timeout: default.attempt_timeout.min(deadline),
+            deadline,
+            ..default
+        }
+    }
+
+    /// The pause after failed attempt number `attempt` (1-based) before jitter:
+    /// `backoff_first * 2^(attempt-1)`, at most `backoff_max`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(20);
+        self.backoff_first
+            .saturating_mul(1u32 << doublings)
+            .min(self.backoff_max)
+    }
+}
+
+/// Why [`connect_retrying`] gave up.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Every attempt failed for a reason worth retrying, until the deadline.
+    GaveUp {
+        /// The router's address.
+        addr: SocketAddr,
+        /// Attempts made.
+        attempts: u32,
+        /// Time from the first attempt to giving up.
+        elapsed: Duration,
+        /// Why the last attempt failed.
+        last: ClientError,
+    },
+    /// An attempt failed for a reason that retrying does not cure (a refused login).
+    Refused {
+        /// The router's address.
+        addr: SocketAddr,
+        /// The refusal.
+        error: ClientError,
+    },
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::GaveUp {
+                addr,
+                attempts,
+                elapsed,
+                last,
+            } => write!(
+                f,
+                "could not connect to {addr}: {attempts} attempts in {} ms, the last failed \
+                 with: {last}",
+                elapsed.as_millis()
+            ),
+            ConnectError::Refused { addr, error } => write!(f, "{addr} refused the login: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+impl ConnectError {
+    /// The last attempt's error.
+    pub fn last(&self) -> &ClientError {
+        match self {
+            ConnectError::GaveUp { last, .. } => last,
+            ConnectError::Refused { error, .. } => error,
+        }
+    }
+}
+
+/// The router's refusal codes of a connection (not of a login): worth a retry.
+const RETRYABLE_CODES: [u16; 4] = [
+    codes::TOO_MANY_CONNECTIONS,
+    codes::EVICTED,
+    codes::LOGIN_TIMEOUT,
+    codes::OVERLOADED,
+];
+
+/// One attempt's failure.
+enum AttemptError {
+    Retry(ClientError),
+    Final(ClientError),
+}
+
+/// Connects to `addr` and logs in as `key`, retrying per `policy` (see the module
+/// docs for what is retried). On success the connection has no read or write time-out
+/// set (the caller sets its own).
+///
+/// Errors: [`ConnectError::Refused`] at once for a refused login,
+/// [`ConnectError::GaveUp`] when the deadline passed.
+pub fn connect_retrying(
+    addr: SocketAddr,
+    key: SigningKey,
+    policy: &ConnectRetry,
+) -> Result<Client, ConnectError> {
+    let started = Instant::now();
+    let deadline = started + policy.deadline;
+    let mut jitter = Jitter::new(&key, started);
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero time-out is refused by the socket calls: the last attempt gets 1 ms.
+        let timeout = policy
+            .attempt_timeout
+            .min(left)
+            .max(Duration::from_millis(1));
+        let last = match attempt(addr, key.clone(), timeout) {
+            Ok(client) => return Ok(client),
+            Err(AttemptError::Final(error)) => return Err(ConnectError::Refused { addr, error }),
+            Err(AttemptError::Retry(error)) => error,
+        };
+        // Full jitter on the upper half: between half and all of the backoff.
+        let backoff = policy.backoff(attempts);
+        let pause = backoff / 2 + jitter.below(backoff / 2);
+        let now = Instant::now();
+        if now + pause >= deadline {
+            return Err(ConnectError::GaveUp {
+                addr,
+                attempts,
+                elapsed: now.saturating_duration_since(started),
+                last,
+            });
+        }
+        std::thread::sleep(pause);
+    }
+}
+
+fn attempt(addr: SocketAddr, key: SigningKey, timeout: Duration) -> Result<Client, AttemptError> {
+    let retry = |e: std::io::Error| AttemptError::Retry(ClientError::Io(e));
+    let stream = TcpStream::connect_timeout(&addr, timeout).map_err(retry)?;
+    stream.set_nodelay(true).map_err(retry)?;
+    stream.set_read_timeout(Some(timeout)).map_err(retry)?;
+    stream.set_write_timeout(Some(timeout)).map_err(retry)?;
+    let mut client = Client::from_stream(stream, key);
+    let greeting = client.recv().map_err(AttemptError::Retry)?;
+    let challenge = match greeting {
+        Message::LoginChallenge(challenge) => challenge,
+        Message::ErrorReply(reply) if RETRYABLE_CODES.contains(&reply.code) => {
+            return Err(AttemptError::Retry(ClientError::Login(format!(
+                "{} ({:#06x}): {}",
+                codes::name(reply.code),
+                reply.code,
+                reply.reason
+            ))))
+        }
+        other => {
+            return Err(AttemptError::Final(ClientError::Login(format!(
+                "expected a challenge, got {other:?}"
+            ))))
+        }
+    };
+    match client.answer_challenge(&challenge) {
+        Ok(()) => {}
+        // Evicted or cut between the greeting and the answer: the router was short of
+        // room, not unwilling.
+        Err(error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame(_))) => {
+            return Err(AttemptError::Retry(error))
+        }
+        Err(error) => return Err(AttemptError::Final(error)),
+    }
+    let clear = |client: &Client| -> Result<(), ClientError> {
+        client.set_read_timeout(None)?;
+        client.stream().set_write_timeout(None)?;
+        Ok(())
+    };
+    clear(&client).map_err(AttemptError::Retry)?;
+    Ok(client)
+}
+
+/// A small deterministic-per-client generator for the backoff's jitter (splitmix64
+/// seeded by the key's address and the start time): clients refused together spread
+/// out, without a random-number crate in the wire crate.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(key: &SigningKey, started: Instant) -> Jitter {
+        let address = key.address();
+        let mut seed = u64::from_le_bytes(address.0[..8].try_into().unwrap_or([0; 8]));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        seed ^= nanos ^ (started.elapsed().as_nanos() as u64);
+        Jitter(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A duration in `[0, bound)` (zero for a zero bound).
+    fn below(&mut self, bound: Duration) -> Duration {
+        let micros = bound.as_micros() as u64;
+        if micros == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.next() % micros)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let policy = ConnectRetry::default();
+        assert_eq!(policy.backoff(1), Duration::from_millis(50));
+        assert_eq!(policy.backoff(2), Duration::from_millis(100));
+        assert_eq!(policy.backoff(6), Duration::from_millis(1_600));
+        assert_eq!(policy.backoff(7), Duration::from_secs(2));
+        assert_eq!(policy.backoff(u32::MAX), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn jitter_stays_below_its_bound() {
+        let key = SigningKey::from_seed(b"jitter");
+        let mut jitter = Jitter::new(&key, Instant::now());
+        for _ in 0..1_000 {
+            assert!(jitter.below(Duration::from_millis(25)) < Duration::from_millis(25));
+        }
+        assert_eq!(jitter.below(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_dead_address_gives_up_by_the_deadline_naming_the_attempts() {
+        // A port nobody listens on: connection refused at once, every attempt.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let policy = ConnectRetry {
+            deadline: Duration::from_millis(300),
+            ..ConnectRetry::default()
+        };
+        let started = Instant::now();
+        let error = connect_retrying(addr, SigningKey::from_seed(b"x"), &policy)
+            .err()
+            .expect("nothing listens");
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_millis(600), "{elapsed:?}");
+        match &error {
+            ConnectError::GaveUp { attempts, .. } => assert!(*attempts >= 2, "{error}"),
+            other => panic!("{other}"),
+        }
+        assert!(error.to_string().contains("attempts in"), "{error}");
+    }
+}
