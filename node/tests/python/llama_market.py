@@ -89,6 +89,24 @@ class LlamaMarket:
         self.processes.append(process)
         return process
 
+    def stop_provider(self, timeout: float = 60.0) -> dict:
+        """SIGTERM to the provider node (a graceful stop, R-NODE-5): returns the fields
+        of its `STOPPED` line once it has exited (its exit status must be 0)."""
+        import signal
+
+        proc = self.provider.proc
+        proc.send_signal(signal.SIGTERM)
+        fields = self.provider.wait_line("STOPPED", timeout)
+        assert proc.wait(timeout) == 0, "the provider node exits 0 after a graceful stop"
+        self.processes.remove(self.provider)
+        return fields
+
+    def start_provider(self) -> None:
+        """Starts the provider node again on the same configuration and data directory."""
+        self.provider = self._start(
+            [BIN / "yellowstone-provider", "run", "--config", "provider.toml"])
+        self.provider.wait_line("REGISTERED")
+
     def offers_live(self) -> int:
         models = {m["id"]: m for m in get_json(self.base_url + "/models")["data"]}
         return models[ALIAS]["offers_live"] if ALIAS in models else 0
