@@ -35,7 +35,10 @@ fn provider_key(stack: &Stack) -> SigningKey {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn r_id_8_a_program_signing_ahead_with_the_providers_key_does_not_stall_the_provider() {
     let stack = Stack::start(Tuning::default()).await;
-    assert_eq!(complete(&stack, "before").await["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        complete(&stack, "before").await["usage"]["completion_tokens"],
+        5
+    );
     // Another program (its clock 1000 s ahead) signs with the provider's key: the
     // router accepts its nonce, so the node's next nonces are replays.
     let router = stack.router.ready.listen;
@@ -62,13 +65,39 @@ async fn r_id_8_a_program_signing_ahead_with_the_providers_key_does_not_stall_th
             Message::ErrorReply(e) => panic!("refused: {e:?}"),
             _ => None,
         });
+        // wire::client's own resync: a fresh client numbers from the clock, below that
+        // nonce; `request` is refused `replay`, moves above it, and resends once.
+        let mut fresh = connect(router, key.clone());
+        let from = key.address();
+        let acked = fresh
+            .request(
+                |nonce| {
+                    UpdateBid {
+                        from,
+                        nonce,
+                        model_id: 1,
+                        price_wei_per_token: PRICE_WEI_PER_TOKEN,
+                        capacity: 8,
+                        signature: Signature::default(),
+                    }
+                    .into()
+                },
+                |nonce, m| matches!(m, Message::Ack(a) if a.nonce == nonce).then_some(nonce),
+                |_| {},
+            )
+            .unwrap()
+            .unwrap_or_else(|e| panic!("refused after the resync: {e:?}"));
+        assert!(acked > nonce, "resent above the other program's nonce");
     })
     .await
     .unwrap();
     // The node resynchronises from the replay refusals and goes on (on the old code
     // every message of the node was refused from here on: no completion).
     for prompt in ["after one", "after two", "after three"] {
-        assert_eq!(complete(&stack, prompt).await["usage"]["completion_tokens"], 5);
+        assert_eq!(
+            complete(&stack, prompt).await["usage"]["completion_tokens"],
+            5
+        );
     }
 }
 
@@ -119,10 +148,18 @@ async fn r_node_5_a_ticket_issued_before_a_provider_restart_is_served_after_it()
     .unwrap();
     assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
     // Still one inference per ticket.
-    let again = provider_call(&stack.http, &ticket, 1, &user, ticket.session_id, body, None)
-        .send()
-        .await
-        .unwrap();
+    let again = provider_call(
+        &stack.http,
+        &ticket,
+        1,
+        &user,
+        ticket.session_id,
+        body,
+        None,
+    )
+    .send()
+    .await
+    .unwrap();
     openai_error(again, 409).await;
 }
 
@@ -156,10 +193,7 @@ async fn r_node_5_sigterm_finishes_the_stream_in_flight_then_the_provider_exits(
     assert_eq!(text.split_whitespace().count(), 12, "{text}");
     let stopped = stack.provider.wait_line("STOPPED", Duration::from_secs(30));
     assert_eq!(stopped, "STOPPED in_flight=0");
-    assert!(stack
-        .provider
-        .wait_exit(Duration::from_secs(30))
-        .success());
+    assert!(stack.provider.wait_exit(Duration::from_secs(30)).success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +222,10 @@ async fn r_prov_4_a_dead_model_server_is_withdrawn_and_offered_again() {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while offers(&stack).await != 0 {
-        assert!(std::time::Instant::now() < deadline, "offer never withdrawn");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offer never withdrawn"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Back on the same address: offered again, and served.
@@ -198,5 +235,8 @@ async fn r_prov_4_a_dead_model_server_is_withdrawn_and_offered_again() {
         assert!(std::time::Instant::now() < deadline, "offer never restored");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(complete(&stack, "back").await["usage"]["completion_tokens"], 5);
+    assert_eq!(
+        complete(&stack, "back").await["usage"]["completion_tokens"],
+        5
+    );
 }
