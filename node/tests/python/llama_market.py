@@ -75,7 +75,7 @@ class LlamaMarket:
             self.provider.wait_line("REGISTERED")
             (d / "consumer.toml").write_text(
                 f'router_addr = "{self.router.fields["listen"]}"\nkey_file = "consumer.key"\n'
-                f'listen = "127.0.0.1:0"\nmetrics_listen = ""\n{consumer_extra}\n')
+                f'listen = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:0"\n{consumer_extra}\n')
             self.consumer = self._start(
                 [BIN / "yellowstone-consumer", "run", "--config", "consumer.toml"])
             self.base_url = f'http://{self.consumer.fields["listen"]}/v1'

@@ -80,6 +80,12 @@ def test_llama_killed_mid_stream_raises_in_the_application_without_hanging(marke
     # The cut is reported, not waited out (the upstream time-out is minutes).
     assert time.monotonic() - started < 30
     assert 0 < len(received) < 3500
+    # ... and reported fail to the router (R-NODE-2: a cut stream is a fail).
+    deadline = time.monotonic() + 10
+    while not any(line.startswith('yellowstone_consumer_reports_total{outcome="fail"')
+                  for line in market.metrics_text(market.consumer).splitlines()):
+        assert time.monotonic() < deadline, market.metrics_text(market.consumer)
+        time.sleep(0.1)
     market.llama.start()
 
 
