@@ -240,3 +240,49 @@ async fn r_prov_4_a_dead_model_server_is_withdrawn_and_offered_again() {
         5
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_id_8_a_program_signing_ahead_with_the_consumers_key_does_not_stall_the_consumer() {
+    let stack = Stack::start(Tuning::default()).await;
+    assert_eq!(
+        complete(&stack, "before").await["usage"]["completion_tokens"],
+        5
+    );
+    // Another program with the consumer's key and a clock 1000 s ahead asks for a
+    // session itself: the router accepts that nonce.
+    let router = stack.router.ready.listen;
+    let key = yellowstone_node::keyfile::load(&stack.dir.path().join("consumer.key")).unwrap();
+    tokio::task::spawn_blocking(move || {
+        use yellowstone_tests::market::*;
+        let mut client = connect(router, key.clone());
+        let nonce = yellowstone_wire::nonce::clock_micros() + 1_000_000_000;
+        client
+            .send_signed(
+                yellowstone_wire::Rfc {
+                    from: key.address(),
+                    nonce,
+                    model_id: 1,
+                    tokens_max: 1,
+                    expires_at_ms: now_ms() + 30_000,
+                    signature: Signature::default(),
+                }
+                .into(),
+            )
+            .unwrap();
+        expect(&mut client, Duration::from_secs(10), |m| match m {
+            Message::SessionTicket(t) if t.rfc_nonce == nonce => Some(()),
+            Message::ErrorReply(e) => panic!("refused: {e:?}"),
+            _ => None,
+        });
+    })
+    .await
+    .unwrap();
+    // The consumer node's RFCs and reports are refused `replay`, resynchronised and
+    // resent: the application sees nothing of it.
+    for prompt in ["after one", "after two"] {
+        assert_eq!(
+            complete(&stack, prompt).await["usage"]["completion_tokens"],
+            5
+        );
+    }
+}
