@@ -374,7 +374,7 @@ fn main() {
     let consumer_listen = field(&consumer.1[0], "listen");
     let consumer_metrics_listen = field(&consumer.1[0], "metrics");
     let market_pids = [router.0.id(), provider.0.id(), consumer.0.id()];
-    let market_cpu_ms = move || market_pids.iter().map(|&pid| cpu_ms(pid)).sum::<f64>();
+    let market_cpu_ms = move || market_pids.map(cpu_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -395,20 +395,23 @@ fn main() {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
         println!("streamed completions of {tokens} tokens, stand-in at {delay_ms_per_token} ms per token, {seconds} s x {rounds} round(s) per rate and path (interleaved), open loop; times in ms");
-        println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | market - direct - ticket, p50 | cpu ms/req (router+provider+consumer) |");
+        println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | market - direct - ticket, p50 | cpu ms/req: router + provider + consumer = sum |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut outcomes = Vec::new();
         for &rate in &rates {
             let before = reports(&client, &consumer_metrics).await;
             let (mut direct, mut market) = (Run::new(), Run::new());
-            let mut market_cpu = 0.0;
+            let mut market_cpu = [0.0f64; 3];
             for _ in 0..rounds {
                 direct.add(run_rate(direct_url.clone(), rate, seconds, body(&upstream_model)).await);
                 let cpu_before = market_cpu_ms();
                 market.add(run_rate(market_url.clone(), rate, seconds, body("demo-model-1")).await);
                 // The reports of the last answers are part of their cost.
                 tokio::time::sleep(Duration::from_millis(300)).await;
-                market_cpu += market_cpu_ms() - cpu_before;
+                let cpu_after = market_cpu_ms();
+                for (i, total) in market_cpu.iter_mut().enumerate() {
+                    *total += cpu_after[i] - cpu_before[i];
+                }
             }
             for (name, run) in [("direct", &direct), ("market", &market)] {
                 let ticket = if run.ticket.is_empty() {
@@ -419,7 +422,14 @@ fn main() {
                 };
                 let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { "-".to_string() } else { format!("{:.2}", ms(h.value_at_quantile(q))) };
                 let cpu = if name == "market" && market.sent > 0 {
-                    format!("{:.3}", market_cpu / market.sent as f64)
+                    let per = market_cpu.map(|c| c / market.sent as f64);
+                    format!(
+                        "{:.2} + {:.2} + {:.2} = {:.2}",
+                        per[0],
+                        per[1],
+                        per[2],
+                        per.iter().sum::<f64>()
+                    )
                 } else {
                     "-".to_string()
                 };
