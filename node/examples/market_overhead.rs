@@ -233,7 +233,12 @@ fn cpu_ms(pid: u32) -> f64 {
     // The command name (field 2) is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After ')' the state is field 3: utime (14) and stime (15) are at 11 and 12.
     (ticks(11) + ticks(12)) * 10.0
 }
@@ -296,7 +301,10 @@ fn main() {
         String::new()
     } else {
         let hash = blake3::hash(&std::fs::read(&weights_file).expect("--weights-file"));
-        format!("[[market.models]]\nid = 1\nweights_hash = \"{}\"\nname = \"demo-model-1\"\n", hash.to_hex())
+        format!(
+            "[[market.models]]\nid = 1\nweights_hash = \"{}\"\nname = \"demo-model-1\"\n",
+            hash.to_hex()
+        )
     };
     std::fs::write(
         d.join("router.toml"),
@@ -340,7 +348,10 @@ fn main() {
     let standin_listen = if upstream.is_empty() {
         field(&standin.1[0], "listen")
     } else {
-        upstream.trim_start_matches("http://").trim_end_matches("/v1").to_string()
+        upstream
+            .trim_start_matches("http://")
+            .trim_end_matches("/v1")
+            .to_string()
     };
     if weights_file.is_empty() {
         std::fs::write(d.join("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
