@@ -21,6 +21,14 @@
 //!     ./target/release/examples/market_overhead --rates 10,50,100 --seconds 6
 //!
 //! Figures and method: BENCHMARKS.md, "Nodes: what the market adds to an inference".
+//!
+//! Issue 23's cost per request: the `cpu ms/req` column is the CPU time (user +
+//! system, from /proc/PID/stat) the router, the provider node and the consumer node
+//! used together during the market runs of a rate, divided by the market requests
+//! sent. `--upstream URL --upstream-model NAME` puts a real OpenAI-compatible model
+//! server (e.g. `python -m llama_cpp.server` on node/tests/python/tiny_gguf.py's
+//! model) behind the provider instead of the stand-in, for both paths; the router's
+//! catalog then needs the served file's hash: `--weights-file FILE`.
 
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader};
@@ -218,6 +226,23 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// CPU time (user + system) of process `pid` in ms, from /proc/PID/stat (fields 14
+/// and 15, in clock ticks of 10 ms on Linux: `getconf CLK_TCK` is 100).
+fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After ')' the state is field 3: utime (14) and stime (15) are at 11 and 12.
+    (ticks(11) + ticks(12)) * 10.0
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let arg = |name: &str, default: &str| -> String {
@@ -237,6 +262,9 @@ fn main() {
     let tokens: u64 = arg("--tokens", "16").parse().unwrap();
     let delay_ms_per_token: u64 = arg("--delay-ms-per-token", "10").parse().unwrap();
     let rounds: u64 = arg("--rounds", "1").parse().unwrap();
+    let upstream = arg("--upstream", "");
+    let upstream_model = arg("--upstream-model", "standin");
+    let weights_file = arg("--weights-file", "");
     assert!(
         seconds * rounds <= 120
             && rounds > 0
@@ -269,9 +297,18 @@ fn main() {
     let data = d.join("data").display().to_string();
     // R-SESSION-1: one consumer carries the whole open-loop rate, far more than the
     // default 16 open sessions of one user.
+    let catalog = if weights_file.is_empty() {
+        String::new()
+    } else {
+        let hash = blake3::hash(&std::fs::read(&weights_file).expect("--weights-file"));
+        format!(
+            "[[market.models]]\nid = 1\nweights_hash = \"{}\"\nname = \"demo-model-1\"\n",
+            hash.to_hex()
+        )
+    };
     std::fs::write(
         d.join("router.toml"),
-        "[market]\nuser_sessions_open_max = 4096\n",
+        format!("[market]\nuser_sessions_open_max = 4096\n{catalog}"),
     )
     .unwrap();
     let router = start(
@@ -308,16 +345,27 @@ fn main() {
         d,
         &["READY"],
     );
-    let standin_listen = field(&standin.1[0], "listen");
-    std::fs::write(d.join("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
+    let standin_listen = if upstream.is_empty() {
+        field(&standin.1[0], "listen")
+    } else {
+        upstream
+            .trim_start_matches("http://")
+            .trim_end_matches("/v1")
+            .to_string()
+    };
+    if weights_file.is_empty() {
+        std::fs::write(d.join("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
+    } else {
+        std::fs::copy(&weights_file, d.join("model-1.weights")).expect("--weights-file");
+    }
     std::fs::write(
         d.join("provider.toml"),
         format!("router_addr = \"{router_listen}\"\nkey_file = \"provider.key\"\nlisten = \"127.0.0.1:0\"\nmetrics_listen = \"\"\n\
                  [[models]]\nmodel_id = 1\nweights_file = \"model-1.weights\"\nupstream_base_url = \"http://{standin_listen}/v1\"\n\
-                 upstream_model = \"standin\"\nprice_wei_per_token = \"1000000000\"\ncapacity = 10000\n"),
+                 upstream_model = \"{upstream_model}\"\nprice_wei_per_token = \"1000000000\"\ncapacity = 10000\n"),
     )
     .unwrap();
-    let _provider = start(
+    let provider = start(
         &bin_dir.join("yellowstone-provider"),
         &["run", "--config", "provider.toml"],
         d,
@@ -336,6 +384,8 @@ fn main() {
     );
     let consumer_listen = field(&consumer.1[0], "listen");
     let consumer_metrics_listen = field(&consumer.1[0], "metrics");
+    let market_pids = [router.0.id(), provider.0.id(), consumer.0.id()];
+    let market_cpu_ms = move || market_pids.map(cpu_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -356,15 +406,23 @@ fn main() {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
         println!("streamed completions of {tokens} tokens, stand-in at {delay_ms_per_token} ms per token, {seconds} s x {rounds} round(s) per rate and path (interleaved), open loop; times in ms");
-        println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | market - direct - ticket, p50 |");
-        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | market - direct - ticket, p50 | cpu ms/req: router + provider + consumer = sum |");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
         let mut outcomes = Vec::new();
         for &rate in &rates {
             let before = reports(&client, &consumer_metrics).await;
             let (mut direct, mut market) = (Run::new(), Run::new());
+            let mut market_cpu = [0.0f64; 3];
             for _ in 0..rounds {
-                direct.add(run_rate(direct_url.clone(), rate, seconds, body("standin")).await);
+                direct.add(run_rate(direct_url.clone(), rate, seconds, body(&upstream_model)).await);
+                let cpu_before = market_cpu_ms();
                 market.add(run_rate(market_url.clone(), rate, seconds, body("demo-model-1")).await);
+                // The reports of the last answers are part of their cost.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let cpu_after = market_cpu_ms();
+                for (i, total) in market_cpu.iter_mut().enumerate() {
+                    *total += cpu_after[i] - cpu_before[i];
+                }
             }
             for (name, run) in [("direct", &direct), ("market", &market)] {
                 let ticket = if run.ticket.is_empty() {
@@ -374,8 +432,20 @@ fn main() {
                     (format!("{:.2}", ms(run.ticket.value_at_quantile(0.5))), format!("{:.2}", ms(run.ticket.value_at_quantile(0.99))), format!("{added:.2}"))
                 };
                 let q = |h: &Histogram<u64>, q: f64| if h.is_empty() { "-".to_string() } else { format!("{:.2}", ms(h.value_at_quantile(q))) };
+                let cpu = if name == "market" && market.sent > 0 {
+                    let per = market_cpu.map(|c| c / market.sent as f64);
+                    format!(
+                        "{:.2} + {:.2} + {:.2} = {:.2}",
+                        per[0],
+                        per[1],
+                        per[2],
+                        per.iter().sum::<f64>()
+                    )
+                } else {
+                    "-".to_string()
+                };
                 println!(
-                    "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {cpu} |",
                     run.sent - run.errors, run.errors,
                     q(&run.ttft, 0.5), q(&run.ttft, 0.99),
                     q(&run.total, 0.5), q(&run.total, 0.99),

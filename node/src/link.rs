@@ -76,15 +76,18 @@ impl Default for Nonces {
 
 impl Nonces {
     pub fn next(&self) -> u64 {
-        let previous = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |last| {
-                Some(wire_nonce::next_after(last))
-            })
-            .unwrap_or_else(|last| last);
-        let next = wire_nonce::next_after(previous);
-        debug_assert!(next > previous || previous == u64::MAX);
-        next
+        let mut last = self.0.load(Ordering::Acquire);
+        loop {
+            let next = wire_nonce::next_after(last);
+            debug_assert!(next > last || last == u64::MAX);
+            match self
+                .0
+                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
     }
 
     /// R-ID-8: the router accepted `last_accepted` from this address (another program

@@ -75,7 +75,7 @@ class LlamaMarket:
             self.provider.wait_line("REGISTERED")
             (d / "consumer.toml").write_text(
                 f'router_addr = "{self.router.fields["listen"]}"\nkey_file = "consumer.key"\n'
-                f'listen = "127.0.0.1:0"\nmetrics_listen = ""\n{consumer_extra}\n')
+                f'listen = "127.0.0.1:0"\nmetrics_listen = "127.0.0.1:0"\n{consumer_extra}\n')
             self.consumer = self._start(
                 [BIN / "yellowstone-consumer", "run", "--config", "consumer.toml"])
             self.base_url = f'http://{self.consumer.fields["listen"]}/v1'
@@ -88,6 +88,24 @@ class LlamaMarket:
         process = Process(args, self.dir)
         self.processes.append(process)
         return process
+
+    def stop_provider(self, timeout: float = 60.0) -> dict:
+        """SIGTERM to the provider node (a graceful stop, R-NODE-5): returns the fields
+        of its `STOPPED` line once it has exited (its exit status must be 0)."""
+        import signal
+
+        proc = self.provider.proc
+        proc.send_signal(signal.SIGTERM)
+        fields = self.provider.wait_line("STOPPED", timeout)
+        assert proc.wait(timeout) == 0, "the provider node exits 0 after a graceful stop"
+        self.processes.remove(self.provider)
+        return fields
+
+    def start_provider(self) -> None:
+        """Starts the provider node again on the same configuration and data directory."""
+        self.provider = self._start(
+            [BIN / "yellowstone-provider", "run", "--config", "provider.toml"])
+        self.provider.wait_line("REGISTERED")
 
     def offers_live(self) -> int:
         models = {m["id"]: m for m in get_json(self.base_url + "/models")["data"]}

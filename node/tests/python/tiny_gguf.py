@@ -9,8 +9,8 @@ as in the GGUF. `LlamaServer` runs `python -m llama_cpp.server` (the
 `llama-cpp-python[server]` package) on that file on loopback, and can stop, kill and
 restart it on the same port.
 
-The output layer is shaped so that the model only ever writes printable ASCII (32..=126)
-and in practice never its EOS: a completion of `max_tokens` is exactly `max_tokens`
+The embeddings and output layer are shaped (see `write_tiny_gguf`) so that the model only
+ever writes printable ASCII (32..=126) and never its EOS: a completion of `max_tokens` is exactly `max_tokens`
 tokens and as many bytes, which makes token counts checkable. `allow_multibyte=True`
 lets it write bytes >= 0x80 too (partial UTF-8 characters, split across chunks).
 
@@ -131,7 +131,12 @@ def write_tiny_gguf(
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     head_dim = n_embd // n_head
-    writer.add_tensor("token_embd.weight", weight(VOCAB_SIZE, n_embd, scale=1.0))
+    # Every token's embedding shares one large direction `u` (8 x a ±1 vector), so the
+    # residual stream, and after the last RMS norm the hidden state h, stays close to
+    # u whatever the context, while the smaller rest of h follows the context.
+    u = rng.choice([-1.0, 1.0], size=n_embd).astype(np.float32)
+    embeddings = 8.0 * u + rng.standard_normal((VOCAB_SIZE, n_embd)).astype(np.float32)
+    writer.add_tensor("token_embd.weight", embeddings.astype(np.float32))
     for i in range(n_layers):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.attn_q.weight", weight(n_embd, n_embd))
@@ -143,14 +148,19 @@ def write_tiny_gguf(
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    # Logits: rows of the tokens the model may write are random with a large scale
-    # (logit std ~ 80, so sampling is all but greedy); every other row, EOS's among
-    # them, is zero, i.e. logit 0, below the largest of ~95 N(0, 80) logits with
-    # probability ~2^-95: completions always run to max_tokens.
+    # Logits: the row of each token the model may write is 2u plus a random part
+    # orthogonal to u (scale 3); every other row, EOS's among them, is zero. Since h
+    # is mostly u, a writable token's logit is about 2 u.h (~ +100) plus a
+    # context-dependent spread of several units: the model picks among the writable
+    # tokens by context, and EOS or an unwritable byte (logit 0) never comes near:
+    # completions always run to max_tokens.
     output = np.zeros((VOCAB_SIZE, n_embd), dtype=np.float32)
-    writable = range(0x20, 0x7F) if not allow_multibyte else list(range(0x20, 0x7F)) + list(range(0x80, 0x100))
+    writable = list(range(0x20, 0x7F)) + (list(range(0x80, 0x100)) if allow_multibyte else [])
+    unit = u / np.linalg.norm(u)
     for token in writable:
-        output[token] = rng.standard_normal(n_embd).astype(np.float32) * 10.0
+        r = rng.standard_normal(n_embd)
+        r -= unit * (r @ unit)
+        output[token] = (2.0 * u + 3.0 * r).astype(np.float32)
     writer.add_tensor("output.weight", output)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
