@@ -37,20 +37,25 @@ def test_llama_plain_chat_completion_runs_to_max_tokens(market):
 
 
 def test_llama_streamed_chat_completion_is_whole(market):
-    stream = client(market).chat.completions.create(
-        model=ALIAS, messages=[{"role": "user", "content": "stream please"}], max_tokens=12,
-        stream=True, stream_options={"include_usage": True})
-    text, usage, finish = "", None, None
-    for chunk in stream:
-        if chunk.usage is not None:
-            usage = chunk.usage
-        for choice in chunk.choices:
-            text += choice.delta.content or ""
-            finish = choice.finish_reason or finish
+    # llama-cpp-python 0.3.36 now and then ends a stream right after its opening chunk
+    # (no content, no finish_reason, then [DONE]; seen calling it directly too): such
+    # a stream is asked again, at most five times; any stream with content must be whole.
+    for _ in range(5):
+        stream = client(market).chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": "stream please"}], max_tokens=12,
+            stream=True, stream_options={"include_usage": True})
+        text, usage, finish = "", None, None
+        for chunk in stream:
+            if chunk.usage is not None:
+                usage = chunk.usage
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+        if text or finish is not None:
+            break
     assert len(text) == 12 and text.isprintable(), repr(text)
     assert finish == "length"
-    # llama.cpp's server sends no usage chunk (it ignores include_usage): the consumer
-    # node's own count (issue 23 case 4, nodes-h2) is checked where it is built.
+    # The consumer node's own count (issue 23 case 4), whatever llama.cpp sends.
     assert usage is None or usage.completion_tokens == 12
 
 
@@ -87,6 +92,9 @@ def test_llama_killed_mid_stream_raises_in_the_application_without_hanging(marke
         assert time.monotonic() < deadline, market.metrics_text(market.consumer)
         time.sleep(0.1)
     market.llama.start()
+    # The provider's health checks withdrew the offer while llama.cpp was down
+    # (R-PROV-4): the next test starts once it is offered again.
+    market.wait_offers_live(1)
 
 
 def test_r_id_8_other_programs_signing_with_the_providers_key_do_not_stall_it(market):
@@ -151,20 +159,25 @@ def test_r_node_5_provider_sigterm_finishes_the_stream_in_flight_then_exits(mark
     """Issue 23 case 6: SIGTERM to the provider node mid-stream: it withdraws its offer
     at once, the stream in flight is sent whole, then the node exits 0; started again on
     the same data directory it serves as before."""
-    stream = client(market).chat.completions.create(
-        model=ALIAS, messages=[{"role": "user", "content": "finish me"}], max_tokens=1500,
-        stream=True)
-    text, finish, stopped = "", None, None
     import threading
 
-    for chunk in stream:
-        for choice in chunk.choices:
-            text += choice.delta.content or ""
-            finish = choice.finish_reason or finish
-        if text and stopped is None:
-            stopped = {}
-            threading.Thread(target=lambda: stopped.update(market.stop_provider()),
-                             daemon=True).start()
+    stopped = None
+    # An empty stream (llama-cpp-python's quirk, see the streamed test) is asked again.
+    for _ in range(5):
+        stream = client(market).chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": "finish me"}], max_tokens=1500,
+            stream=True)
+        text, finish = "", None
+        for chunk in stream:
+            for choice in chunk.choices:
+                text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+            if text and stopped is None:
+                stopped = {}
+                threading.Thread(target=lambda: stopped.update(market.stop_provider()),
+                                 daemon=True).start()
+        if text or finish is not None:
+            break
     assert len(text) == 1500 and finish == "length"
     deadline = time.monotonic() + 60
     while not stopped and time.monotonic() < deadline:
