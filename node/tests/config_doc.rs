@@ -5,9 +5,9 @@
 //! `array.key`. A key added without its row fails here (the docs fell behind issue
 //! 23's keys once; the router's keys are checked in tests/tests/docs_current.rs).
 
+use yellowstone_node::cli::NodeConfig;
 use yellowstone_node::consumer::config::ConsumerConfig;
 use yellowstone_node::provider::config::ProviderConfig;
-use yellowstone_node::cli::NodeConfig;
 
 const NODES: &str = include_str!("../../docs/nodes.md");
 
@@ -18,7 +18,9 @@ fn keys_of<C: NodeConfig>() -> Vec<String> {
     let mut keys = Vec::new();
     for (key, value) in &value {
         match value {
-            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => {
+            toml::Value::Array(items)
+                if items.iter().all(toml::Value::is_table) && !items.is_empty() =>
+            {
                 for item in items.iter().filter_map(toml::Value::as_table) {
                     for inner in item.keys() {
                         let name = format!("{key}.{inner}");

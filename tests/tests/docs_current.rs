@@ -61,7 +61,9 @@ fn every_print_config_key_has_a_row_in_configuration_md() {
     let text = String::from_utf8(output.stdout).expect("print-config prints UTF-8");
     let keys = printed_keys(&text);
     // The parser must see the sections it checks, or the test checks nothing.
-    for section in ["network", "threads", "metrics", "identity", "market", "journal"] {
+    for section in [
+        "network", "threads", "metrics", "identity", "market", "journal",
+    ] {
         assert!(
             keys.iter().any(|(s, _)| s == section),
             "print-config printed no key of [{section}]:\n{text}"
@@ -93,9 +95,7 @@ fn scrape(addr: std::net::SocketAddr) -> String {
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .expect("send the request");
     let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .expect("read the answer");
+    stream.read_to_string(&mut answer).expect("read the answer");
     let (head, body) = answer
         .split_once("\r\n\r\n")
         .expect("an HTTP answer has a head");
@@ -123,7 +123,7 @@ fn every_router_series_is_named_in_metrics_md() {
     let missing: Vec<&str> = series
         .iter()
         .copied()
-        .filter(|name| !METRICS.contains(&format!("`{name}")))
+        .filter(|name| !METRICS.contains(&format!("`{name}`")))
         .collect();
     assert!(
         missing.is_empty(),
