@@ -45,7 +45,7 @@ struct RouterView {
 
 fn read_router(router: &RouterSide, epoch: u64) -> Result<RouterView, ChainError> {
     let recovered = yellowstone_gateway::journal::tools::recover_read_only(router.data_dir()?)
-        .map_err(ChainError::Router)?;
+        .map_err(|e| ChainError::Router(e.to_string()))?;
     let state = recovered.engine.settlement();
     let ledger = recovered.engine.ledger();
     let credited = ledger

@@ -56,7 +56,7 @@ fn load_config(path: &Option<PathBuf>) -> Result<RouterConfig, ChainError> {
 
 fn market_of_dir(dir: &Path) -> Result<MarketConfig, ChainError> {
     yellowstone_gateway::journal::files::read_market(dir)
-        .map_err(ChainError::Router)?
+        .map_err(|e| ChainError::Router(e.to_string()))?
         .ok_or_else(|| {
             ChainError::Router(format!(
                 "{}: no market file here: not a router data directory",
@@ -76,18 +76,18 @@ impl RouterArgs {
             Some(dir) => {
                 market_of_dir(dir)?;
                 yellowstone_gateway::journal::tools::recover_read_only(dir)
-                    .map_err(ChainError::Router)?
+                    .map_err(|e| ChainError::Router(e.to_string()))?
                     .engine
                     .config()
                     .clone()
             }
-            None => config.market_config(now_ms()).map_err(ChainError::Router)?,
+            None => config.market_config(now_ms()).map_err(|e| ChainError::Router(e.to_string()))?,
         };
         let key_hex = Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
         let key = match (&self.data_dir, key_hex) {
             (Some(dir), _) => Some(
                 Signer::from_data_dir(dir, key_hex, config.identity.network_id)
-                    .map_err(ChainError::Router)?
+                    .map_err(|e| ChainError::Router(e.to_string()))?
                     .key,
             ),
             (None, Some(hex)) => Some(
@@ -122,7 +122,7 @@ impl RouterArgs {
         // one is refused rather than silently signing for either.
         let network_id = match &self.data_dir {
             Some(dir) => match yellowstone_gateway::journal::files::read_network_id(dir)
-                .map_err(ChainError::Router)?
+                .map_err(|e| ChainError::Router(e.to_string()))?
             {
                 Some(stored) if self.config.is_some() && stored != config.identity.network_id => {
                     return Err(ChainError::Mismatch(format!(
