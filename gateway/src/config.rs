@@ -92,6 +92,15 @@ pub struct NetworkConfig {
     /// R-PROV-3: the same for senders without MOR (R-PROV-2 registrations), a budget
     /// of their own so that sybils compete only with one another. 256; at least 64.
     pub weights_proofs_unfunded_per_s: u64,
+    /// R-PROV-3, R-QUOTA-5 (issue 27, quota-flood): refusals one connection may be
+    /// given by its gateway (before the engine: quota gate, wrong sender, replayed
+    /// nonce, not logged in, undecodable frame, ...) within one second; the next one
+    /// is answered `too_many_refusals` and the connection is closed, so a client
+    /// flooding frames that are all refused stops costing a decode and a reply per
+    /// frame. `overloaded` (the router's state, not the client's fault) and the
+    /// engine's refusals are not counted. 100 (an honest client is refused a few
+    /// times at most); at least 1.
+    pub conn_refusals_per_s_max: u32,
 }
 
 impl Default for NetworkConfig {
@@ -118,6 +127,7 @@ impl Default for NetworkConfig {
             accept_error_log_interval_ms: 10_000,
             weights_proofs_per_s: 2_000,
             weights_proofs_unfunded_per_s: 256,
+            conn_refusals_per_s_max: 100,
         }
     }
 }
@@ -315,6 +325,12 @@ impl NetworkConfig {
             "network.fds_reserved",
             "must be >= 64 (journal, snapshots, metrics, rings, listeners)",
             self.fds_reserved,
+        )?;
+        check_value(
+            self.conn_refusals_per_s_max >= 1,
+            "network.conn_refusals_per_s_max",
+            "must be >= 1",
+            self.conn_refusals_per_s_max,
         )?;
         check_value(
             self.login_timeout_ms >= 1,

@@ -50,6 +50,11 @@ struct Args {
     /// griefing-user, idle-connections, quota-flood.
     #[arg(long)]
     attacks: Option<String>,
+    /// Attacks: the embedded routers' `network.conn_refusals_per_s_max` (default:
+    /// the router's, 100); 4294967295 never closes a connection for its refusals
+    /// (the behaviour before issue 27's refusal budget, for a before/after pair).
+    #[arg(long)]
+    conn_refusals_per_s_max: Option<u32>,
     /// Attacks: the one core every attacker thread is pinned to (default: the first
     /// core this process may use).
     #[arg(long)]
@@ -383,6 +388,7 @@ fn attacks(args: &Args) -> Result<bool, String> {
         embedded: embedded_options(args, 0),
         await_batches: !args.short,
         progress: !args.quiet,
+        conn_refusals_per_s_max: args.conn_refusals_per_s_max,
     };
     let report = run_attacks(&settings, |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
     println!("{}", report.to_text());

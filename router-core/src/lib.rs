@@ -60,6 +60,7 @@ mod core;
 mod dispatch;
 mod operator;
 mod provider;
+mod refusals;
 mod report;
 mod routes;
 mod session;
@@ -68,6 +69,7 @@ pub use crate::core::{error_reply, CacheView, RouterCore};
 pub use block::batch_message;
 pub use connection::{Admission, AdmissionConfig, Admitted, Outcome, ProofBudget};
 pub use dispatch::{delivery_of, release_of, wire_type_of, Delivery, Dispatch, Recipient, Release};
+pub use refusals::{RefusalBudget, RefusalVerdict, REFUSAL_WINDOW_US};
 pub use routes::{RouteKind, Routes, RoutesReleased};
 
 use yellowstone_engine::{Command, MarketError};

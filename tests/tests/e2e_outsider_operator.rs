@@ -180,6 +180,13 @@ fn values_that_size_allocations_are_refused_naming_the_value() {
             "network.conn_send_bytes_max",
             "5",
         ),
+        (
+            // Issue 27: a refusal budget of 0 would close every connection at its
+            // first refusal.
+            "[network]\nconn_refusals_per_s_max = 0\n",
+            "network.conn_refusals_per_s_max",
+            "0",
+        ),
         // The engine's refusals of [market] values named neither the router's key
         // nor the value ("market: mor_supply_wei must be > 0" for mor_supply_mor,
         // "sessions_open_max must fit the slot bits" without the bound).

@@ -5,6 +5,8 @@
 //!   and mio); a logged-in connection is never closed for it.
 //! - R-QUOTA-5, R-PROV-3 (quota-flood): over-quota RFCs are refused before any
 //!   signature recovery, as the engine would, and never where the engine accepts.
+//! - R-PROV-3 (quota-flood): past `network.conn_refusals_per_s_max` refusals a
+//!   second a connection is closed `too_many_refusals`.
 //! - R-ID-6 (case 12): after a SIGKILL and a restart, the very first metrics scrape
 //!   shows no provider live (none holds a connection of the new process).
 
@@ -190,7 +192,10 @@ fn verifies(metrics: SocketAddr) -> f64 {
 /// a refund lets the very next RFC through (never refused where the engine accepts).
 #[test]
 fn r_quota_5_over_quota_rfcs_cost_no_signature_and_a_raise_or_refund_reopens() {
-    let (router, _dir) = start("uring", "");
+    // 200 refusals on one connection within a second or two: above the default
+    // refusal budget (network.conn_refusals_per_s_max, 100), which the next test
+    // covers; here the gate's answers are what is checked.
+    let (router, _dir) = start("uring", "[network]\nconn_refusals_per_s_max = 100000\n");
     let ready = router.ready.clone();
     let key = SigningKey::from_seed(b"integrity-f-quota-flood");
     let mut operator = connect(ready.listen, operator_key());
@@ -259,6 +264,98 @@ fn r_quota_5_over_quota_rfcs_cost_no_signature_and_a_raise_or_refund_reopens() {
             .0,
         0
     );
+}
+
+/// Issue 27 quota-flood, R-PROV-3, R-QUOTA-5: a connection refused by its gateway
+/// more than `network.conn_refusals_per_s_max` times within a second gets one
+/// `too_many_refusals` (detail: the bound; the reason names the count and the key)
+/// and is closed: nothing it sent after is answered. The same funded address logs in
+/// again on a new connection, and another user is served throughout.
+#[test]
+fn r_prov_3_a_connection_past_its_refusal_budget_is_closed_too_many_refusals() {
+    const BUDGET: usize = 20;
+    let (router, _dir) = start(
+        "uring",
+        &format!("[network]\nconn_refusals_per_s_max = {BUDGET}\n"),
+    );
+    let ready = router.ready.clone();
+    let key = SigningKey::from_seed(b"quota-l-refusal-budget");
+    let honest_key = SigningKey::from_seed(b"quota-l-refusal-budget-honest");
+    let mut operator = connect(ready.listen, operator_key());
+    fund(
+        &mut operator,
+        &[
+            (key.address(), 5 * WEI_PER_MOR),
+            (honest_key.address(), 5 * WEI_PER_MOR),
+        ],
+    );
+    let mut honest = connect(ready.listen, honest_key.clone());
+    let mut user = connect(ready.listen, key.clone());
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 15_000);
+    assert_eq!(rfc_answer(&mut user, nonce).unwrap().0, 0);
+    // The engine's own refusal: not the gateway's, not counted.
+    let nonce = send_rfc(&mut user, &key, ready.network_id, 1);
+    assert_eq!(
+        rfc_answer(&mut user, nonce).unwrap_err().code,
+        codes::QUOTA_EXCEEDED
+    );
+    // A flood past the quota, sent at once (well within one second).
+    let flood = 3 * BUDGET;
+    let nonces: Vec<u64> = (0..flood)
+        .map(|_| send_rfc(&mut user, &key, ready.network_id, 1))
+        .collect();
+    let mut answers = Vec::new();
+    user.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let closed = loop {
+        match user.recv() {
+            Ok(Message::ErrorReply(e)) => answers.push(e),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(error) => break error,
+        }
+    };
+    let codes_seen: Vec<u16> = answers.iter().map(|e| e.code).collect();
+    assert_eq!(
+        answers.len(),
+        BUDGET + 1,
+        "the budget's refusals, then one too_many_refusals, then the close \
+         ({closed}): {codes_seen:x?}"
+    );
+    assert!(answers[..BUDGET]
+        .iter()
+        .zip(&nonces)
+        .all(|(e, n)| e.code == codes::QUOTA_EXCEEDED && e.ref_nonce == *n));
+    let last = &answers[BUDGET];
+    assert_eq!(last.code, codes::TOO_MANY_REFUSALS, "{last:?}");
+    assert_eq!(last.ref_nonce, nonces[BUDGET]);
+    assert_eq!(last.detail, BUDGET as u128);
+    assert!(
+        last.reason
+            .contains(&format!("{} messages refused", BUDGET + 1))
+            && last
+                .reason
+                .contains(&format!("network.conn_refusals_per_s_max = {BUDGET}")),
+        "the reason names the count and the bound: {}",
+        last.reason
+    );
+    assert_eq!(
+        metric(
+            ready.metrics,
+            "yellowstone_rejections_total",
+            "code=\"too_many_refusals\""
+        ),
+        1.0
+    );
+    // The address is not banned: a new connection logs in and is answered.
+    let mut again = connect(ready.listen, key.clone());
+    let nonce = send_rfc(&mut again, &key, ready.network_id, 1);
+    assert_eq!(
+        rfc_answer(&mut again, nonce).unwrap_err().code,
+        codes::QUOTA_EXCEEDED
+    );
+    // Another user was served throughout.
+    let nonce = send_rfc(&mut honest, &honest_key, ready.network_id, 100);
+    rfc_answer(&mut honest, nonce).expect("the honest user's RFC is accepted");
 }
 
 /// R-QUOTA-5 at the day boundary: a sender refused for quota on day 0 is not

@@ -191,6 +191,11 @@ codes! {
     /// `network.connections_unproven_max`, the oldest idle connection whose address
     /// holds no MOR and no route (or that never logged in) is closed for a new one.
     EVICTED = 0x0308, "evicted";
+    /// R-PROV-3, R-QUOTA-5 (issue 27, quota-flood): the connection was refused more
+    /// than `network.conn_refusals_per_s_max` messages within one second by the
+    /// gateway (before the engine); this is the last frame, and the connection
+    /// closes after it. detail: the bound.
+    TOO_MANY_REFUSALS = 0x0309, "too_many_refusals";
 }
 
 /// The stable code of a frame error (0x0101..0x0104).

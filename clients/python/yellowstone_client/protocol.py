@@ -150,7 +150,7 @@ ERROR_NAMES = {
     0x0225: "session_not_started", 0x0226: "session_already_started",
     0x0301: "overloaded", 0x0302: "too_many_connections", 0x0303: "slow_consumer",
     0x0304: "idle_timeout", 0x0305: "shutting_down", 0x0306: "unknown_sender",
-    0x0307: "login_timeout", 0x0308: "evicted",
+    0x0307: "login_timeout", 0x0308: "evicted", 0x0309: "too_many_refusals",
 }
 
 

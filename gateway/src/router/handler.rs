@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use yellowstone_engine::Command;
 use yellowstone_router_core::{
-    Admission, AdmissionConfig, Admitted, Conn, MarketView, Outcome as CoreOutcome, Refused,
-    Verifier,
+    Admission, AdmissionConfig, Admitted, Conn, MarketView, Outcome as CoreOutcome, RefusalBudget,
+    RefusalVerdict, Refused, Verifier,
 };
 use yellowstone_wire::frame::Frame;
 use yellowstone_wire::messages::{self, Message};
@@ -135,6 +135,9 @@ pub struct RouterHandler {
     /// answers of others. Bounded like `deferred` by the in-flight windows.
     costly: VecDeque<Admitted>,
     costly_conns: HashMap<ConnId, u32>,
+    /// R-PROV-3 (issue 27, quota-flood): refusals per connection per second
+    /// (`network.conn_refusals_per_s_max`); past it the connection is closed.
+    refusals: RefusalBudget,
 }
 
 /// The quota gate's check of a logged-in client's RFC (`quota_gate`): only an RFC
@@ -166,6 +169,7 @@ impl RouterHandler {
             },
             0,
         );
+        let refusals = RefusalBudget::new(shared.conn_refusals_per_s_max);
         RouterHandler {
             shared,
             context,
@@ -178,6 +182,7 @@ impl RouterHandler {
             deferred_conns: HashMap::new(),
             costly: VecDeque::new(),
             costly_conns: HashMap::new(),
+            refusals,
         }
     }
 
@@ -287,6 +292,7 @@ impl RouterHandler {
             let Some(admitted) = queue.pop_front() else {
                 break;
             };
+            let admitted_conn = admitted.conn;
             let (conn, msg_type, nonce) = (id_of(admitted.conn), admitted.msg_type, admitted.nonce);
             match conns.get_mut(&conn) {
                 Some(count) if *count > 1 => *count -= 1,
@@ -304,10 +310,26 @@ impl RouterHandler {
                     self.context.outbox.reply(conn, frame)
                 }
                 Err(refused) => {
+                    // The same refusal budget as the door's (R-PROV-3).
+                    let (refused, close) =
+                        match self.refusals.refused(admitted_conn, refused.code, now_us) {
+                            RefusalVerdict::Answer => (refused, false),
+                            RefusalVerdict::Close(last) => (last, true),
+                            RefusalVerdict::Drop => {
+                                self.shared.count_rejection(refused.code);
+                                // The answer mark still goes: the frame was in flight.
+                                let _ = self.context.outbox.answer(conn, 1);
+                                continue;
+                            }
+                        };
                     let mut frame = Vec::new();
                     self.error_reply_with(refused, msg_type, nonce)
                         .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
-                    self.context.outbox.reply(conn, frame)
+                    let sent = self.context.outbox.reply(conn, frame);
+                    if close {
+                        let _ = self.context.outbox.close(conn);
+                    }
+                    sent
                 }
             };
             // A full lane drops the bytes but never the answer mark.
@@ -394,27 +416,55 @@ impl RouterHandler {
         reply
     }
 
+    /// Sends `refused` as this frame's answer, within the connection's refusal
+    /// budget (`network.conn_refusals_per_s_max`): past it, `too_many_refusals` and
+    /// a close instead, then nothing (R-PROV-3, issue 27 quota-flood).
     fn refuse_with(
-        &self,
+        &mut self,
+        conn: ConnId,
         replies: &mut Replies<'_>,
         refused: Refused,
         ref_msg_type: u16,
         ref_nonce: u64,
     ) {
+        let (refused, close) =
+            match self
+                .refusals
+                .refused(conn_of(conn), refused.code, self.now_us_last)
+            {
+                RefusalVerdict::Answer => (refused, false),
+                RefusalVerdict::Close(last) => (last, true),
+                RefusalVerdict::Drop => {
+                    // Counted, unanswered: the frame leaves the in-flight window.
+                    self.shared.count_rejection(refused.code);
+                    replies.answer();
+                    return;
+                }
+            };
         let reply = self.error_reply_with(refused, ref_msg_type, ref_nonce);
         replies.reply_with(|out| reply.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+        if close {
+            // After the reply is queued: it is the connection's last frame.
+            replies.close();
+        }
     }
 
     fn refuse(
-        &self,
+        &mut self,
+        conn: ConnId,
         replies: &mut Replies<'_>,
         code: u16,
         ref_msg_type: u16,
         ref_nonce: u64,
         reason: String,
     ) {
-        let reply = self.error_reply(code, ref_msg_type, ref_nonce, reason);
-        replies.reply_with(|out| reply.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
+        self.refuse_with(
+            conn,
+            replies,
+            Refused::new(code, reason),
+            ref_msg_type,
+            ref_nonce,
+        );
     }
 
     fn login(
@@ -454,6 +504,7 @@ impl FrameHandler for RouterHandler {
                 // message refused (every signed client message alike).
                 let nonce = Message::nonce_at_fixed_offset(msg_type, &frame.body).unwrap_or(0);
                 return self.refuse(
+                    conn,
                     replies,
                     codes::of_decode_error(&error),
                     msg_type,
@@ -490,7 +541,7 @@ impl FrameHandler for RouterHandler {
                             ok.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out)
                         });
                     }
-                    Err(refused) => self.refuse_with(replies, refused, msg_type, 0),
+                    Err(refused) => self.refuse_with(conn, replies, refused, msg_type, 0),
                 }
                 return;
             }
@@ -507,6 +558,7 @@ impl FrameHandler for RouterHandler {
                 // of its messages was turned away.
                 let nonce = message.claimed_origin().map_or(0, |(_, nonce)| nonce);
                 return self.refuse(
+                    conn,
                     replies,
                     codes::NOT_LOGGED_IN,
                     msg_type,
@@ -535,6 +587,7 @@ impl FrameHandler for RouterHandler {
         }
         let Some((claimed, nonce)) = message.claimed_origin() else {
             return self.refuse(
+                conn,
                 replies,
                 codes::NOT_ALLOWED,
                 msg_type,
@@ -545,7 +598,7 @@ impl FrameHandler for RouterHandler {
         // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
         // as the engine would, before any signature work or a place in a lane.
         if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
-            return self.refuse_with(replies, refused, msg_type, nonce);
+            return self.refuse_with(conn, replies, refused, msg_type, nonce);
         }
         let admitted = Admitted {
             conn: conn_of(conn),
@@ -576,6 +629,7 @@ impl FrameHandler for RouterHandler {
             if self.would_overflow(&admitted.message) {
                 // Shed at the door: an RFC the queue cannot take costs no signature.
                 return self.refuse(
+                    conn,
                     replies,
                     codes::OVERLOADED,
                     msg_type,
@@ -595,7 +649,7 @@ impl FrameHandler for RouterHandler {
                 replies
                     .reply_with(|out| ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
             }
-            Err(refused) => self.refuse_with(replies, refused, msg_type, nonce),
+            Err(refused) => self.refuse_with(conn, replies, refused, msg_type, nonce),
         }
     }
 
@@ -636,6 +690,7 @@ impl FrameHandler for RouterHandler {
         if self.costly_conns.contains_key(&conn) {
             self.admit_lane(Lane::Costly, self.costly.len());
         }
+        self.refusals.closed(conn_of(conn));
         let Some(address) = self.admission.closed(conn_of(conn)) else {
             return;
         };

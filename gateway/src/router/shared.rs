@@ -37,6 +37,9 @@ pub struct RouterShared {
     pub weights_proofs_per_s: u64,
     /// `network.weights_proofs_unfunded_per_s`, per gateway thread (R-PROV-3).
     pub weights_proofs_unfunded_per_s: u64,
+    /// `network.conn_refusals_per_s_max`: refusals per connection per second before
+    /// it is closed `too_many_refusals` (R-PROV-3, issue 27). Set by the pipeline.
+    pub conn_refusals_per_s_max: u32,
     pub subscribers: DashMap<ConnId, ()>,
     pub inbound: Sender<SequencerInput>,
     pub retry_after_ms: u32,
@@ -79,6 +82,8 @@ impl RouterShared {
             models: Default::default(),
             weights_proofs_per_s: parts.weights_proofs_per_s,
             weights_proofs_unfunded_per_s: parts.weights_proofs_unfunded_per_s,
+            conn_refusals_per_s_max: crate::config::NetworkConfig::default()
+                .conn_refusals_per_s_max,
             subscribers: Default::default(),
             inbound: parts.inbound,
             retry_after_ms: parts.retry_after_ms,

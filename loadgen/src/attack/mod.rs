@@ -202,6 +202,8 @@ pub struct AttackSettings {
     /// short runs.
     pub await_batches: bool,
     pub progress: bool,
+    /// The routers' `network.conn_refusals_per_s_max` (None: the router's default).
+    pub conn_refusals_per_s_max: Option<u32>,
 }
 
 /// What an attacker knows of the router it attacks.
@@ -376,19 +378,62 @@ pub fn descriptor_limit() -> u64 {
 
 /// An attacker's connection: its own nonce counter (shared by the connections of
 /// one address, R-ID-4), sends of pre-built frames, polls with a timeout.
+///
+/// When the router closes it `too_many_refusals` (issue 27: past
+/// `network.conn_refusals_per_s_max` refusals a second), the next `send` logs in
+/// again on a new connection, as a determined attacker would, at most
+/// `RECONNECTS_MAX` times (then the send fails); `reconnects` counts them.
 pub struct Conn {
     pub client: Client,
     who: &'static str,
+    addr: SocketAddr,
+    key: SigningKey,
+    /// The router said `too_many_refusals`: this connection is closing.
+    closing: bool,
+    /// New logins after such a close.
+    pub reconnects: u64,
 }
+
+/// New logins of one attacker connection after `too_many_refusals`, at most.
+pub const RECONNECTS_MAX: u64 = 1_000;
 
 impl Conn {
     /// Connects and logs in as `key` within `sim::CONNECT_TIMEOUT`.
     ///
     /// Errors: `AttackError::Connect`.
     pub fn open(addr: SocketAddr, key: SigningKey, who: &'static str) -> Result<Conn, AttackError> {
-        let client = sim::connect_client(addr, key, sim::CONNECT_TIMEOUT)
+        let client = sim::connect_client(addr, key.clone(), sim::CONNECT_TIMEOUT)
             .map_err(|error| AttackError::Connect { who, error })?;
-        Ok(Conn { client, who })
+        Ok(Conn {
+            client,
+            who,
+            addr,
+            key,
+            closing: false,
+            reconnects: 0,
+        })
+    }
+
+    /// Logs in again after `too_many_refusals` (see the type's docs).
+    ///
+    /// Errors: `AttackError::Connect`, or `RECONNECTS_MAX` reached (`Io`).
+    fn reopen(&mut self) -> Result<(), AttackError> {
+        if self.reconnects >= RECONNECTS_MAX {
+            return Err(AttackError::Io {
+                who: self.who,
+                error: std::io::Error::other(format!(
+                    "closed too_many_refusals {RECONNECTS_MAX} times"
+                )),
+            });
+        }
+        self.client = sim::connect_client(self.addr, self.key.clone(), sim::CONNECT_TIMEOUT)
+            .map_err(|error| AttackError::Connect {
+                who: self.who,
+                error,
+            })?;
+        self.reconnects += 1;
+        self.closing = false;
+        Ok(())
     }
 
     pub fn network_id(&self) -> u32 {
@@ -397,6 +442,21 @@ impl Conn {
 
     /// Errors: the write failed (the router closed the connection, say).
     pub fn send(&mut self, frame: &[u8]) -> Result<(), AttackError> {
+        if self.closing {
+            self.reopen()?;
+        }
+        match self.client.send_raw(frame) {
+            Ok(()) => return Ok(()),
+            // The router may have closed it too_many_refusals before that reply was
+            // read: log in again once and resend (a router that is gone fails there).
+            Err(ClientError::Io(_)) => self.reopen()?,
+            Err(other) => {
+                return Err(AttackError::Io {
+                    who: self.who,
+                    error: std::io::Error::other(other.to_string()),
+                })
+            }
+        }
         self.client.send_raw(frame).map_err(|error| match error {
             ClientError::Io(error) => AttackError::Io {
                 who: self.who,
@@ -421,7 +481,14 @@ impl Conn {
             });
         }
         match self.client.recv() {
+            Ok(Message::ErrorReply(error)) if error.code == codes::TOO_MANY_REFUSALS => {
+                self.closing = true;
+                Ok(Some(Message::ErrorReply(error)))
+            }
             Ok(message) => Ok(Some(message)),
+            // Closed after too_many_refusals: nothing more comes; the next send logs
+            // in again.
+            Err(_) if self.closing => Ok(None),
             Err(ClientError::Io(e))
                 if matches!(
                     e.kind(),
@@ -740,6 +807,9 @@ fn run_one(
         config.network.connections_max = connections_max;
         config.market.models = attack_catalog();
         config.metrics.enabled = true;
+        if let Some(max) = settings.conn_refusals_per_s_max {
+            config.network.conn_refusals_per_s_max = max;
+        }
         // R-SESSION-1: the market's own bound per user, not the sim's gateway-sized
         // one, so that the capacity hoarder meets what a real router would set; the
         // honest users' share of the rate keeps them well under it.

@@ -103,6 +103,8 @@ impl Attack for QuotaFlood {
                 }
             }
         }
+        // Issue 27: new logins after the router closed it `too_many_refusals`.
+        take.add("reconnects", conn.reconnects);
         for (provider, most) in reports.into_values() {
             take.credits.in_doubt(provider, most);
         }
