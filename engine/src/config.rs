@@ -447,35 +447,35 @@ impl MarketConfig {
                 self.rfc_ttl_max_ms,
                 1,
                 MARKET_TIME_MS_LIMIT,
-                "R-RFC-1: 0 expires every RFC at once",
+                "R-RFC-1, a day at most: 0 expires every RFC at once",
             ),
             (
                 "probe_timeout_ms",
                 self.probe_timeout_ms,
                 1,
                 MARKET_TIME_MS_LIMIT,
-                "R-MATCH-2",
+                "R-MATCH-2, a day at most",
             ),
             (
                 "session_ttl_ms",
                 self.session_ttl_ms,
                 1,
                 MARKET_TIME_MS_LIMIT,
-                "R-MATCH-6",
+                "R-MATCH-6, a day at most",
             ),
             (
                 "rfc_retry_after_ms",
                 self.rfc_retry_after_ms as u64,
                 0,
                 MARKET_TIME_MS_LIMIT,
-                "R-RFC-2",
+                "R-RFC-2, a day at most",
             ),
             (
                 "suspension_ms",
                 self.suspension_ms,
                 0,
                 SUSPENSION_MS_LIMIT,
-                "R-PERF-4",
+                "R-PERF-4, 30 days at most",
             ),
             (
                 "tokens_max_limit",
@@ -489,21 +489,21 @@ impl MarketConfig {
                 self.sessions_open_max as u64,
                 1,
                 crate::types::SLOT_MASK,
-                "the slot bits; 0 leaves every RFC unmatched",
+                "0 leaves every request waiting for a session",
             ),
             (
                 "rfcs_open_max",
                 self.rfcs_open_max as u64,
                 1,
                 crate::types::SLOT_MASK,
-                "the slot bits; 0 refuses every RFC",
+                "0 refuses every RFC",
             ),
             (
                 "accounts_max",
                 self.accounts_max as u64,
                 ACCOUNTS_MAX_MIN as u64,
                 u32::MAX as u64,
-                "the operator's account and one user's",
+                "the operator's account and one user's: fewer cannot even create the market",
             ),
             (
                 "providers_max",
@@ -521,9 +521,14 @@ impl MarketConfig {
             ),
         ];
         for (field, value, min, max, why) in ranges {
-            if value < min || value > max {
+            if value < min {
                 return Err(format!(
-                    "{field} must be {min}..={max} ({why}), not {value}"
+                    "{field} must be at least {min} ({why}), not {value}"
+                ));
+            }
+            if value > max {
+                return Err(format!(
+                    "{field} must be at most {max} ({why}), not {value}"
                 ));
             }
         }
