@@ -532,15 +532,6 @@ impl MarketConfig {
                 ));
             }
         }
-        // R-CONTRACT-5: under the fixed policy B is this figure; 0 pays no provider
-        // (pool-percent takes B from the contract's balance instead).
-        if self.budget_policy == BudgetPolicy::Fixed && self.compute_budget_wei_per_day == 0 {
-            return Err(
-                "compute_budget_wei_per_day must be above 0 with budget_policy fixed \
-                 (R-CONTRACT-5: a day's budget of nothing credits no session), not 0"
-                    .to_string(),
-            );
-        }
         Ok(())
     }
 

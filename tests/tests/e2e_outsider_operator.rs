@@ -907,7 +907,7 @@ fn values_that_leave_the_market_unusable_are_refused_naming_the_bound() {
         (
             "[market]\ncompute_budget_mor_per_day = 0\n",
             "market.compute_budget_mor_per_day = 0",
-            "above 0",
+            "at least 1",
         ),
         (
             "[market]\npenalty_points_suspend = 0\n",
@@ -987,7 +987,10 @@ fn huge_values_are_echoed_clipped() {
             format!("[journal]\ndurability = \"{big}\"\n"),
             "journal.durability",
         ),
-        (format!("[market]\nfail_policy = \"{big}\"\n"), "fail_policy"),
+        (
+            format!("[market]\nfail_policy = \"{big}\"\n"),
+            "fail_policy",
+        ),
     ] {
         let path = workdir.path().join("router.toml");
         std::fs::write(&path, &toml).unwrap();

@@ -544,6 +544,17 @@ impl RouterConfig {
         config
             .validate()
             .map_err(|reason| market_refusal(m, &reason))?;
+        // R-CONTRACT-5: a market created with a fixed budget of nothing credits no
+        // session (an outside review). Checked for the file only: the engine keeps
+        // accepting 0 by SetParams, the operator's way to pause crediting.
+        if config.budget_policy == BudgetPolicy::Fixed && m.compute_budget_mor_per_day == 0 {
+            return Err(
+                "market.compute_budget_mor_per_day = 0: must be at least 1 with \
+                 budget_policy fixed (R-CONTRACT-5: a day's budget of nothing credits no \
+                 session)"
+                    .to_string(),
+            );
+        }
         Ok(config)
     }
 
