@@ -178,6 +178,17 @@ pub struct MarketConfig {
     pub prompt_tokens_max: u64,
 }
 
+/// The longest of the market's request-scale times (`rfc_ttl_max_ms`,
+/// `probe_timeout_ms`, `session_ttl_ms`, `rfc_retry_after_ms`): a day in ms. Longer
+/// is a figure in the wrong unit, not a market that works.
+pub const MARKET_TIME_MS_LIMIT: u64 = 86_400_000;
+/// The longest `suspension_ms`: 30 days in ms.
+pub const SUSPENSION_MS_LIMIT: u64 = 30 * 86_400_000;
+/// The fewest `accounts_max`: the operator's account (created at genesis, R-ID-4)
+/// and one user's; below it no request can ever be served and the engine cannot
+/// even be created.
+pub const ACCOUNTS_MAX_MIN: u32 = 2;
+
 /// R-MONEY-1: the default `bid_wei_per_token_max`, 10^24 wei (a million MOR) per token.
 pub const BID_WEI_PER_TOKEN_MAX_DEFAULT: u128 = 1_000_000_000_000_000_000_000_000;
 
@@ -320,6 +331,7 @@ impl MarketConfig {
             return Err("settlements_kept_max must be > 0".to_string());
         }
         self.validate_integrity()?;
+        self.validate_usable()?;
         if self.bid_wei_per_token_max == 0 {
             return Err("bid_wei_per_token_max must be > 0".to_string());
         }
@@ -418,6 +430,107 @@ impl MarketConfig {
                 "bootstrap_share_bps must be <= 10000, not {} (R-CONTRACT-4)",
                 self.bootstrap_share_bps
             ));
+        }
+        Ok(())
+    }
+
+    /// The bounds that keep the market usable (an outside review: each of these at 0
+    /// was accepted and left a market that hung every request or could not even be
+    /// created): counts and times at least 1, times at most a day (suspensions 30
+    /// days). Every reason starts with the field's name and names the bound and the
+    /// value, so the router can name its key. Also checked on `SetParams`
+    /// (R-OPS-4: a set that would stop the market is refused before it is journaled).
+    fn validate_usable(&self) -> Result<(), String> {
+        let ranges: [(&str, u64, u64, u64, &str); 11] = [
+            (
+                "rfc_ttl_max_ms",
+                self.rfc_ttl_max_ms,
+                1,
+                MARKET_TIME_MS_LIMIT,
+                "R-RFC-1, a day at most: 0 expires every RFC at once",
+            ),
+            (
+                "probe_timeout_ms",
+                self.probe_timeout_ms,
+                1,
+                MARKET_TIME_MS_LIMIT,
+                "R-MATCH-2, a day at most",
+            ),
+            (
+                "session_ttl_ms",
+                self.session_ttl_ms,
+                1,
+                MARKET_TIME_MS_LIMIT,
+                "R-MATCH-6, a day at most",
+            ),
+            (
+                "rfc_retry_after_ms",
+                self.rfc_retry_after_ms as u64,
+                0,
+                MARKET_TIME_MS_LIMIT,
+                "R-RFC-2, a day at most",
+            ),
+            (
+                "suspension_ms",
+                self.suspension_ms,
+                0,
+                SUSPENSION_MS_LIMIT,
+                "R-PERF-4, 30 days at most",
+            ),
+            (
+                "tokens_max_limit",
+                self.tokens_max_limit,
+                1,
+                u64::MAX,
+                "R-RFC-1: 0 refuses every RFC",
+            ),
+            (
+                "sessions_open_max",
+                self.sessions_open_max as u64,
+                1,
+                crate::types::SLOT_MASK,
+                "0 leaves every request waiting for a session",
+            ),
+            (
+                "rfcs_open_max",
+                self.rfcs_open_max as u64,
+                1,
+                crate::types::SLOT_MASK,
+                "0 refuses every RFC",
+            ),
+            (
+                "accounts_max",
+                self.accounts_max as u64,
+                ACCOUNTS_MAX_MIN as u64,
+                u32::MAX as u64,
+                "the operator's account and one user's: fewer cannot even create the market",
+            ),
+            (
+                "providers_max",
+                self.providers_max as u64,
+                1,
+                u32::MAX as u64,
+                "R-PROV-2: 0 admits no provider",
+            ),
+            (
+                "penalty_points_suspend",
+                self.penalty_points_suspend as u64,
+                1,
+                u32::MAX as u64,
+                "R-PERF-4: 0 suspends every provider",
+            ),
+        ];
+        for (field, value, min, max, why) in ranges {
+            if value < min {
+                return Err(format!(
+                    "{field} must be at least {min} ({why}), not {value}"
+                ));
+            }
+            if value > max {
+                return Err(format!(
+                    "{field} must be at most {max} ({why}), not {value}"
+                ));
+            }
         }
         Ok(())
     }

@@ -267,6 +267,53 @@ fn check_value(
     check(ok, key, &format!("{rule}, not {value}"))
 }
 
+/// The most of a configured value an error message repeats, in characters (an
+/// outsider's 1 MB `identity.operator` / `network.listen` was echoed whole).
+pub const ECHO_CHARS_MAX: usize = 64;
+
+/// `value` as an error message quotes it: whole (Debug-quoted) when at most
+/// `ECHO_CHARS_MAX` characters, else its first `ECHO_CHARS_MAX` characters quoted,
+/// then "... (N bytes)" with its whole length.
+pub fn echo(value: &str) -> String {
+    match value.char_indices().nth(ECHO_CHARS_MAX) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+    }
+}
+
+/// `text` (an error message quoting its input, e.g. a TOML parse error's source
+/// line and its caret line) with every line longer than twice `ECHO_CHARS_MAX`
+/// characters cut to its first `ECHO_CHARS_MAX` and "... (N bytes)": the key at a
+/// line's start stays, a megabyte value does not.
+pub fn clip_lines(text: &str) -> String {
+    text.split('\n')
+        .map(|line| match line.char_indices().nth(2 * ECHO_CHARS_MAX) {
+            None => line.to_string(),
+            Some(_) => {
+                let cut = line
+                    .char_indices()
+                    .nth(ECHO_CHARS_MAX)
+                    .map_or(line.len(), |(cut, _)| cut);
+                format!("{}... ({} bytes)", &line[..cut], line.len())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The most of the day-scale timeouts (`network.conn_idle_timeout_ms`,
+/// `login_timeout_ms`, `accept_error_log_interval_ms`, `metrics.request_timeout_ms`)
+/// in ms: a day. Longer is a figure in the wrong unit (and 2^63 overflowed a
+/// deadline).
+pub const TIMEOUT_MS_LIMIT: u64 = 86_400_000;
+
+/// The largest `network.fds_reserved`: Linux's default `fs.nr_open`, the most
+/// descriptors a process can ever have (`run` also needs RLIMIT_NOFILE above it).
+pub const FDS_RESERVED_LIMIT: usize = 1 << 20;
+
+/// The largest `network.conn_send_bytes_max`: 1 GiB queued for one connection.
+pub const CONN_SEND_BYTES_LIMIT: usize = 1 << 30;
+
 /// The most connections a process may hold: Linux's default `fs.nr_open`, the
 /// ceiling of its descriptors. Each gateway thread allocates a slot per connection
 /// at start (about 200 bytes each), so a larger figure only fails later, or aborts.
@@ -321,9 +368,12 @@ impl NetworkConfig {
             self.conn_idle_timeout_ms,
         )?;
         check_value(
-            self.fds_reserved >= 64,
+            (64..=FDS_RESERVED_LIMIT).contains(&self.fds_reserved),
             "network.fds_reserved",
-            "must be >= 64 (journal, snapshots, metrics, rings, listeners)",
+            &format!(
+                "must be between 64 (journal, snapshots, metrics, rings, listeners) and \
+                 {FDS_RESERVED_LIMIT} (the kernel's default descriptor ceiling)"
+            ),
             self.fds_reserved,
         )?;
         check_value(
@@ -332,6 +382,27 @@ impl NetworkConfig {
             "must be >= 1",
             self.conn_refusals_per_s_max,
         )?;
+        check_value(
+            self.conn_send_bytes_max <= CONN_SEND_BYTES_LIMIT,
+            "network.conn_send_bytes_max",
+            &format!("must be at most {CONN_SEND_BYTES_LIMIT} (1 GiB)"),
+            self.conn_send_bytes_max,
+        )?;
+        for (key, ms) in [
+            ("network.conn_idle_timeout_ms", self.conn_idle_timeout_ms),
+            ("network.login_timeout_ms", self.login_timeout_ms),
+            (
+                "network.accept_error_log_interval_ms",
+                self.accept_error_log_interval_ms,
+            ),
+        ] {
+            check_value(
+                ms <= TIMEOUT_MS_LIMIT,
+                key,
+                &format!("must be at most {TIMEOUT_MS_LIMIT} (a day)"),
+                ms,
+            )?;
+        }
         check_value(
             self.login_timeout_ms >= 1,
             "network.login_timeout_ms",
@@ -443,9 +514,9 @@ impl MetricsConfig {
             self.request_bytes_max,
         )?;
         check_value(
-            self.request_timeout_ms >= 1,
+            (1..=TIMEOUT_MS_LIMIT).contains(&self.request_timeout_ms),
             "metrics.request_timeout_ms",
-            "must be >= 1",
+            &format!("must be between 1 and {TIMEOUT_MS_LIMIT} (a day)"),
             self.request_timeout_ms,
         )?;
         check_value(

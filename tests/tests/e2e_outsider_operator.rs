@@ -842,3 +842,225 @@ fn the_market_limits_the_protocol_names_are_keys() {
     drop(operator_client);
     assert!(router.terminate(Duration::from_secs(20)));
 }
+
+/// An outside review: values accepted by `print-config` that broke the router.
+/// `market.accounts_max = 0` passed print-config, then `run` panicked creating the
+/// engine ("the first account always fits") after writing the data directory, which
+/// could never start again; `sessions_open_max = 0` hung every request 30 s, and the
+/// other zeros left a market that refuses or never credits anything;
+/// `identity.router_key_hex = "00"` and a huge `network.fds_reserved` passed
+/// print-config and were refused by `run` only. Each is now refused by both, from the
+/// same validation, naming the key and the bound, before the data directory is
+/// created.
+#[test]
+fn values_that_leave_the_market_unusable_are_refused_naming_the_bound() {
+    let workdir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[market]\naccounts_max = 0\n",
+            "market.accounts_max = 0",
+            "at least 2",
+        ),
+        (
+            "[market]\naccounts_max = 1\n",
+            "market.accounts_max = 1",
+            "at least 2",
+        ),
+        (
+            "[market]\nsessions_open_max = 0\n",
+            "market.sessions_open_max = 0",
+            "at least 1",
+        ),
+        (
+            "[market]\nrfcs_open_max = 0\n",
+            "market.rfcs_open_max = 0",
+            "at least 1",
+        ),
+        (
+            "[market]\nrfc_ttl_max_ms = 0\n",
+            "market.rfc_ttl_max_ms = 0",
+            "at least 1",
+        ),
+        (
+            "[market]\nrfc_ttl_max_ms = 9223372036854775807\n",
+            "market.rfc_ttl_max_ms = 9223372036854775807",
+            "at most 86400000",
+        ),
+        (
+            "[market]\nsession_ttl_ms = 9223372036854775807\n",
+            "market.session_ttl_ms = 9223372036854775807",
+            "at most 86400000",
+        ),
+        (
+            "[market]\nprobe_timeout_ms = 9223372036854775807\n",
+            "market.probe_timeout_ms = 9223372036854775807",
+            "at most 86400000",
+        ),
+        (
+            "[market]\nsuspension_ms = 9223372036854775807\n",
+            "market.suspension_ms = 9223372036854775807",
+            "at most 2592000000",
+        ),
+        (
+            "[market]\ntokens_max_limit = 0\n",
+            "market.tokens_max_limit = 0",
+            "at least 1",
+        ),
+        (
+            "[market]\nproviders_max = 0\n",
+            "market.providers_max = 0",
+            "at least 1",
+        ),
+        (
+            "[market]\ncompute_budget_mor_per_day = 0\n",
+            "market.compute_budget_mor_per_day = 0",
+            "at least 1",
+        ),
+        (
+            "[market]\npenalty_points_suspend = 0\n",
+            "market.penalty_points_suspend = 0",
+            "at least 1",
+        ),
+        (
+            "[identity]\nrouter_key_hex = \"00\"\n",
+            "identity.router_key_hex",
+            "64 hex digits",
+        ),
+        (
+            "[network]\nfds_reserved = 9223372036854775807\n",
+            "network.fds_reserved",
+            "1048576",
+        ),
+        (
+            "[network]\nconn_idle_timeout_ms = 9223372036854775807\n",
+            "network.conn_idle_timeout_ms",
+            "at most 86400000",
+        ),
+        (
+            "[metrics]\nrequest_timeout_ms = 9223372036854775807\n",
+            "metrics.request_timeout_ms",
+            "86400000",
+        ),
+        (
+            "[journal]\nbuffer_bytes_max = 9223372036854775807\n\
+             snapshot_replica_queue_bytes_max = 9223372036854775807\n",
+            "journal.buffer_bytes_max",
+            "at most 68719476736",
+        ),
+    ];
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    for (toml, key, bound) in cases {
+        let path = workdir.path().join("router.toml");
+        std::fs::write(&path, toml).unwrap();
+        let path = path.to_str().unwrap();
+        for command in ["print-config", "run"] {
+            let mut args = vec![command, "--config", path];
+            if command == "run" {
+                args.extend(["--data-dir", data_str, "--listen", "127.0.0.1:0"]);
+                args.extend(["--metrics-listen", "127.0.0.1:0"]);
+            }
+            let (code, stderr) = refused(workdir.path(), &args);
+            assert_ne!(code, 0, "{command} with {toml:?}");
+            assert!(
+                stderr.contains(key) && stderr.contains(bound),
+                "{command} with {toml:?} names {key} and {bound}: {stderr}"
+            );
+            assert!(
+                !stderr.contains("panicked"),
+                "{command} with {toml:?}: {stderr}"
+            );
+            assert!(!data.exists(), "{command} with {toml:?} created {data_str}");
+        }
+    }
+}
+
+/// An outside review: a 1 MB `identity.operator` or `network.listen` was repeated
+/// whole in the error. Echoed values are now cut to their first 64 characters and
+/// their length, by print-config and by `run`.
+#[test]
+fn huge_values_are_echoed_clipped() {
+    let workdir = tempfile::tempdir().unwrap();
+    let big = "1".repeat(1 << 20);
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    for (toml, key) in [
+        (
+            format!("[identity]\noperator = \"{big}\"\n"),
+            "identity.operator",
+        ),
+        (format!("[network]\nlisten = \"{big}\"\n"), "listen"),
+        (
+            format!("[journal]\ndurability = \"{big}\"\n"),
+            "journal.durability",
+        ),
+        (
+            format!("[market]\nfail_policy = \"{big}\"\n"),
+            "fail_policy",
+        ),
+    ] {
+        let path = workdir.path().join("router.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let path = path.to_str().unwrap();
+        for command in ["print-config", "run"] {
+            let mut args = vec![command, "--config", path];
+            if command == "run" {
+                args.extend(["--data-dir", data_str, "--listen", "127.0.0.1:0"]);
+                args.extend(["--metrics-listen", "127.0.0.1:0"]);
+            }
+            let (code, stderr) = refused(workdir.path(), &args);
+            assert_ne!(code, 0, "{command} with {key}");
+            assert!(
+                stderr.contains(key) && stderr.contains("bytes)") && stderr.len() < 4096,
+                "{command} with {key}: {} bytes of error: {}",
+                stderr.len(),
+                &stderr[..stderr.len().min(600)]
+            );
+            assert!(!data.exists(), "{command} with {key} created {data_str}");
+        }
+    }
+}
+
+/// An outside review: a restart with a changed `accounts_max` was told to "change
+/// them at run time with SetParams", which cannot change it. The hint now names
+/// which differing keys SetParams can change and which need a new data directory.
+#[test]
+fn the_restart_hint_names_what_set_params_cannot_change() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data = workdir.path().join("data");
+    let data_str = data.to_str().unwrap();
+    let config = workdir.path().join("router.toml");
+    std::fs::write(&config, "[market]\naccounts_max = 1000\n").unwrap();
+    let config_str = config.to_str().unwrap();
+    let router = RouterProcess::start(&["--data-dir", data_str, "--config", config_str]);
+    assert!(router.terminate(Duration::from_secs(20)), "graceful stop");
+
+    std::fs::write(
+        &config,
+        "[market]\naccounts_max = 2000\npenalty_points_suspend = 7\n",
+    )
+    .unwrap();
+    let (code, stderr) = refused(
+        workdir.path(),
+        &[
+            "run",
+            "--data-dir",
+            data_str,
+            "--config",
+            config_str,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_ne!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("accounts_max cannot be changed with SetParams")
+            && stderr.contains("new data directory")
+            && stderr.contains("penalty_points_suspend can be changed at run time with SetParams")
+            && !stderr.contains("accounts_max, ")
+            && !stderr.contains(", accounts_max"),
+        "{stderr}"
+    );
+}

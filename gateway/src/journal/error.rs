@@ -138,7 +138,7 @@ pub enum JournalError {
 /// A configuration word that is not one of the allowed ones
 /// (`journal.durability`, `journal.io`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{key} must be {allowed}, not {value:?}")]
+#[error("{key} must be {allowed}, not {}", crate::config::echo(.value))]
 pub struct ChoiceError {
     /// The setting.
     pub key: &'static str,

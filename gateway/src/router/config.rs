@@ -3,7 +3,7 @@
 //! `[journal]`. Every key has a sane default, so `yellowstone-router run` starts with
 //! no file at all on loopback; unknown keys are errors naming the key.
 
-use crate::config::{MetricsConfig, NetworkConfig, ThreadsConfig};
+use crate::config::{clip_lines, echo, MetricsConfig, NetworkConfig, ThreadsConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use yellowstone_engine::{
@@ -341,6 +341,13 @@ pub struct JournalSection {
 /// RFC until then).
 pub const GENESIS_AHEAD_MS_MAX: u64 = 366 * 24 * 3_600_000;
 
+/// The largest `journal.segment_bytes_max`: 1 TiB.
+pub const JOURNAL_SEGMENT_BYTES_LIMIT: u64 = 1 << 40;
+
+/// The largest `journal.buffer_bytes_max` and `snapshot_replica_queue_bytes_max`
+/// (memory the journal and the replica may hold): 64 GiB.
+pub const JOURNAL_MEMORY_BYTES_LIMIT: u64 = 1 << 36;
+
 /// The longest `journal.fsync_interval_ms` (durability `interval`): a minute.
 pub const FSYNC_INTERVAL_MS_MAX: u64 = 60_000;
 
@@ -378,7 +385,9 @@ impl Default for JournalSection {
 
 impl RouterConfig {
     pub fn from_toml(text: &str) -> Result<RouterConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        // The parse error quotes the offending line: clipped, so that a megabyte
+        // value is not echoed whole.
+        toml::from_str(text).map_err(|e| clip_lines(&e.to_string()))
     }
 
     pub fn operator(&self) -> Result<Option<Address>, String> {
@@ -389,7 +398,7 @@ impl RouterConfig {
             .operator
             .parse()
             .map(Some)
-            .map_err(|e| format!("identity.operator {:?}: {e}", self.identity.operator))
+            .map_err(|e| format!("identity.operator {}: {e}", echo(&self.identity.operator)))
     }
 
     /// The engine's configuration; `genesis_ms` is resolved by the caller.
@@ -429,10 +438,12 @@ impl RouterConfig {
                 .collect::<Result<Vec<_>, String>>()?
         };
         let pick = |key: &str, value: &str, options: &[&str]| -> Result<usize, String> {
-            options
-                .iter()
-                .position(|o| *o == value)
-                .ok_or_else(|| format!("market.{key} must be one of {options:?}, not {value:?}"))
+            options.iter().position(|o| *o == value).ok_or_else(|| {
+                format!(
+                    "market.{key} must be one of {options:?}, not {}",
+                    echo(value)
+                )
+            })
         };
         let config = MarketConfig {
             genesis_ms,
@@ -481,8 +492,8 @@ impl RouterConfig {
                     .map(|a| yellowstone_engine::Address(a.0))
                     .map_err(|e| {
                         format!(
-                            "market.settlement_contract {:?}: {e}",
-                            m.settlement_contract
+                            "market.settlement_contract {}: {e}",
+                            echo(&m.settlement_contract)
                         )
                     })?
             },
@@ -533,6 +544,17 @@ impl RouterConfig {
         config
             .validate()
             .map_err(|reason| market_refusal(m, &reason))?;
+        // R-CONTRACT-5: a market created with a fixed budget of nothing credits no
+        // session (an outside review). Checked for the file only: the engine keeps
+        // accepting 0 by SetParams, the operator's way to pause crediting.
+        if config.budget_policy == BudgetPolicy::Fixed && m.compute_budget_mor_per_day == 0 {
+            return Err(
+                "market.compute_budget_mor_per_day = 0: must be at least 1 with \
+                 budget_policy fixed (R-CONTRACT-5: a day's budget of nothing credits no \
+                 session)"
+                    .to_string(),
+            );
+        }
         Ok(config)
     }
 
@@ -598,8 +620,8 @@ impl RouterConfig {
         }
         if !["always", "interval", "none"].contains(&self.journal.durability.as_str()) {
             return Err(format!(
-                "journal.durability must be always, interval or none, not {:?}",
-                self.journal.durability
+                "journal.durability must be always, interval or none, not {}",
+                echo(&self.journal.durability)
             ));
         }
         let journal = &self.journal;
@@ -634,8 +656,8 @@ impl RouterConfig {
         }
         if !["gateway", "engine"].contains(&self.threads.ticket_signing.as_str()) {
             return Err(format!(
-                "threads.ticket_signing must be gateway or engine, not {:?}",
-                self.threads.ticket_signing
+                "threads.ticket_signing must be gateway or engine, not {}",
+                echo(&self.threads.ticket_signing)
             ));
         }
         if journal.group_commit_us > 100_000 {
@@ -670,6 +692,51 @@ impl RouterConfig {
                 "journal.fsync_interval_ms must be at least 1 with durability interval".into(),
             );
         }
+        self.validate_bounds_outside_review()
+    }
+
+    /// What `run` refused only once it was starting (after creating the data
+    /// directory, or never: print-config accepted them), checked here so that
+    /// print-config and `run` refuse the same values before anything is touched:
+    /// a malformed `identity.router_key_hex`, and byte counts past any machine.
+    fn validate_bounds_outside_review(&self) -> Result<(), String> {
+        let key_hex = &self.identity.router_key_hex;
+        if !key_hex.is_empty() {
+            yellowstone_wire::SigningKey::from_hex(key_hex).map_err(|e| {
+                format!(
+                    "identity.router_key_hex: {e} ({} characters given; the secret is not \
+                     echoed)",
+                    key_hex.len()
+                )
+            })?;
+        }
+        let journal = &self.journal;
+        for (key, value, limit, what) in [
+            (
+                "journal.segment_bytes_max",
+                journal.segment_bytes_max,
+                JOURNAL_SEGMENT_BYTES_LIMIT,
+                "1 TiB",
+            ),
+            (
+                "journal.buffer_bytes_max",
+                journal.buffer_bytes_max,
+                JOURNAL_MEMORY_BYTES_LIMIT,
+                "64 GiB of memory",
+            ),
+            (
+                "journal.snapshot_replica_queue_bytes_max",
+                journal.snapshot_replica_queue_bytes_max,
+                JOURNAL_MEMORY_BYTES_LIMIT,
+                "64 GiB of memory",
+            ),
+        ] {
+            if value > limit {
+                return Err(format!(
+                    "{key} must be at most {limit} ({what}), not {value}"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -687,7 +754,8 @@ fn market_refusal(market: &MarketSection, reason: &str) -> String {
         other => other,
     };
     let bound = match key {
-        "sessions_open_max" | "rfcs_open_max" => {
+        // The engine's slot-bits reason names no number (its other bounds do).
+        "sessions_open_max" | "rfcs_open_max" if reason.ends_with("slot bits") => {
             format!(" (at most {})", yellowstone_engine::types::SLOT_MASK)
         }
         _ => String::new(),

@@ -194,6 +194,36 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, String> {
 /// The market parameters that differ between the data directory's (`stored`) and
 /// the configuration's, each as `name: stored X, configured Y` (values cut at 120
 /// characters), so a refused start names what to fix (a forgotten `--operator`, say).
+/// What to do about the differences `market_differences` lists: only the run-time
+/// parameters (`ParamId`, R-OPS-2) can be changed with `SetParams`; the others are
+/// fixed when the data directory is created (an outside review: `accounts_max` was
+/// told to be changed with SetParams, which cannot).
+fn restart_hint(differences: &[String]) -> String {
+    let named = |line: &String| line.split(':').next().unwrap_or("").to_string();
+    let is_run_time = |name: &String| {
+        yellowstone_engine::ParamId::ALL
+            .iter()
+            .any(|id| id.name() == name.as_str())
+    };
+    let (run_time, fixed): (Vec<String>, Vec<String>) =
+        differences.iter().map(named).partition(is_run_time);
+    let mut hint = String::from("put the stored values back in the configuration");
+    if !run_time.is_empty() {
+        hint.push_str(&format!(
+            "; {} can be changed at run time with SetParams (yellowstone-ctl params set)",
+            run_time.join(", ")
+        ));
+    }
+    if !fixed.is_empty() {
+        hint.push_str(&format!(
+            "; {} cannot be changed with SetParams: fixed when the data directory was \
+             created, a new value needs a new data directory",
+            fixed.join(", ")
+        ));
+    }
+    hint
+}
+
 pub fn market_differences(
     stored: &yellowstone_engine::config::MarketConfig,
     configured: &yellowstone_engine::config::MarketConfig,
@@ -303,14 +333,15 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
             creation = stored;
         }
         Some(stored) if stored != market => {
+            let differences = market_differences(&stored, &market);
             return Err(format!(
                 "{}: the market parameters in the configuration differ from those this \
                  journal was written under (replaying it under others would reach another \
-                 state): {}; change them at run time with SetParams, or start on a new \
-                 data directory",
+                 state): {}; {}",
                 dir.join(files::MARKET_FILE).display(),
-                market_differences(&stored, &market).join("; ")
-            ))
+                differences.join("; "),
+                restart_hint(&differences)
+            ));
         }
         Some(_) => {}
     }
