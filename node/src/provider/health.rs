@@ -195,3 +195,26 @@ pub async fn health_loop(provider: Arc<Provider>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_prov_4_busy_while_a_call_is_in_flight_and_for_a_window_after_its_last_bytes() {
+        let activity = Arc::new(UpstreamActivity::new(Instant::now()));
+        assert!(!activity.busy(Duration::from_secs(3600)), "never used");
+        let call = activity.call();
+        assert_eq!(activity.in_flight(), 1);
+        assert!(activity.busy(Duration::ZERO), "in flight, no bytes yet");
+        call.bytes();
+        drop(call);
+        assert_eq!(activity.in_flight(), 0);
+        assert!(activity.busy(Duration::from_secs(3600)), "bytes just now");
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !activity.busy(Duration::from_millis(10)),
+            "last bytes older than the window, nothing in flight"
+        );
+    }
+}
