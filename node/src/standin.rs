@@ -16,7 +16,10 @@
 //! (the usage states that many completion tokens, whatever was sent; 0: exact),
 //! `omit_usage` (no usage at all, as some servers), `utf8_split` (every word is
 //! `ü`, sent as two token chunks: an empty one, as llama.cpp's servers send a token
-//! that ends inside a character, then `ü`). `POST /v1/completions` answers the same
+//! that ends inside a character, then `ü`). For the provider's health checks
+//! (R-PROV-4): `single_threaded` (one request at a time, `GET /v1/models` included,
+//! as llama-cpp-python serves: a long completion blocks the health endpoint until it
+//! is done). `POST /v1/completions` answers the same
 //! way with `text` choices; `GET /standin/last_request` returns the last request
 //! body (what reached the model server).
 
@@ -60,6 +63,10 @@ pub struct Mode {
     /// Each word is `ü`, streamed as two token chunks (`""` then `ü`).
     #[arg(long)]
     pub utf8_split: bool,
+    /// Serve one request at a time (completions and `GET /v1/models`), as a
+    /// single-threaded server does: a request waits until the one before is done.
+    #[arg(long)]
+    pub single_threaded: bool,
 }
 
 impl Default for Mode {
@@ -73,6 +80,7 @@ impl Default for Mode {
             usage_claim: 0,
             omit_usage: false,
             utf8_split: false,
+            single_threaded: false,
         }
     }
 }
@@ -116,11 +124,35 @@ fn prompt_of(request: &Value) -> String {
         .unwrap_or_default()
 }
 
-/// The mode, the requests served, and the last request body.
-type Shared = Arc<Mutex<(Mode, u64, Value)>>;
+/// The mode, the requests served, and the last request body; and the one worker of
+/// `single_threaded` (held while a request is served).
+#[derive(Clone)]
+struct Shared {
+    state: Arc<Mutex<(Mode, u64, Value)>>,
+    worker: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Mode, u64, Value)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// With `single_threaded`, waits for the worker and holds it while the guard
+    /// lives; else nothing.
+    async fn worker(&self, mode: &Mode) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        if mode.single_threaded {
+            Some(self.worker.clone().lock_owned().await)
+        } else {
+            None
+        }
+    }
+}
 
 pub fn router(mode: Mode) -> Router {
-    let shared: Shared = Arc::new(Mutex::new((mode, 0, Value::Null)));
+    let shared = Shared {
+        state: Arc::new(Mutex::new((mode, 0, Value::Null))),
+        worker: Arc::new(tokio::sync::Mutex::new(())),
+    };
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(text_completions))
@@ -131,7 +163,7 @@ pub fn router(mode: Mode) -> Router {
 }
 
 async fn last_request(State(shared): State<Shared>) -> Json<Value> {
-    Json(shared.lock().unwrap_or_else(|e| e.into_inner()).2.clone())
+    Json(shared.lock().2.clone())
 }
 
 async fn chat_completions(State(shared): State<Shared>, body: axum::body::Bytes) -> Response {
@@ -143,11 +175,13 @@ async fn text_completions(State(shared): State<Shared>, body: axum::body::Bytes)
 }
 
 async fn set_mode(State(shared): State<Shared>, Json(mode): Json<Mode>) -> Json<Mode> {
-    shared.lock().unwrap_or_else(|e| e.into_inner()).0 = mode.clone();
+    shared.lock().0 = mode.clone();
     Json(mode)
 }
 
-async fn models() -> Json<Value> {
+async fn models(State(shared): State<Shared>) -> Json<Value> {
+    let mode = shared.lock().0.clone();
+    let _worker = shared.worker(&mode).await;
     Json(
         json!({"object": "list", "data": [{"id": "standin", "object": "model", "created": 0, "owned_by": "yellowstone-standin"}]}),
     )
@@ -169,11 +203,13 @@ fn chunk(id: &str, model: &str, delta: Value, finish: Option<&str>, text: bool) 
 
 async fn completions(shared: Shared, body: axum::body::Bytes, text: bool) -> Response {
     let (mode, serial) = {
-        let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = shared.lock();
         guard.1 += 1;
         guard.2 = serde_json::from_slice(&body).unwrap_or(Value::Null);
         (guard.0.clone(), guard.1)
     };
+    // Held until the answer is wholly sent (a stream's task takes it along).
+    let worker = shared.worker(&mode).await;
     let request: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(e) => {
@@ -287,6 +323,7 @@ async fn completions(shared: Shared, body: axum::body::Bytes, text: bool) -> Res
             .unwrap_or(false);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(16);
     tokio::spawn(async move {
+        let _worker = worker;
         let send = |text: String| sender.send(Ok(text));
         if !text
             && send(chunk(

@@ -286,3 +286,107 @@ async fn r_id_8_a_program_signing_ahead_with_the_consumers_key_does_not_stall_th
         );
     }
 }
+
+/// How many live offers the market lists for model 1 (through the consumer node).
+async fn offers_live(stack: &Stack) -> u64 {
+    let models: serde_json::Value = stack
+        .http
+        .get(stack.consumer_url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "demo-model-1")
+        .and_then(|m| m["offers_live"].as_u64())
+        .unwrap()
+}
+
+/// Sends a plain completion in the background (its status and body when it ends).
+fn spawn_completion(
+    stack: &Stack,
+    prompt: &str,
+) -> tokio::task::JoinHandle<(u16, serde_json::Value)> {
+    let request = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat(prompt, 5, false))
+        .timeout(Duration::from_secs(60));
+    tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or_default())
+    })
+}
+
+/// Waits until the stand-in received the request whose prompt is `prompt`.
+async fn wait_standin_got(stack: &Stack, prompt: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while stack.standin_last_request().await["messages"][0]["content"] != prompt {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stand-in never got {prompt:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_prov_4_a_busy_model_server_stays_offered_and_a_killed_one_is_withdrawn() {
+    // Health checks every 200 ms, 200 ms time-out, withdrawn after 2 failures; the
+    // consumer's catalog refreshed every 100 ms so that a withdrawal shows at once.
+    let mut stack = Stack::start(Tuning {
+        provider: "upstream_health_interval_ms = 200\nupstream_health_timeout_ms = 200\n".into(),
+        consumer: "catalog_refresh_ms = 100\n".into(),
+        ..Tuning::default()
+    })
+    .await;
+    // Single-threaded, as llama-cpp-python: a 4 s completion blocks `GET /v1/models`
+    // (the health check) for 4 s, about 20 checks timing out.
+    stack
+        .standin_mode(json!({"single_threaded": true, "delay_ms_per_token": 800, "tokens": 16}))
+        .await;
+    let started = std::time::Instant::now();
+    let busy = spawn_completion(&stack, "one long prompt");
+    wait_standin_got(&stack, "one long prompt").await;
+    while !busy.is_finished() {
+        // A busy server is not a dead one: the offer stays live throughout (on the
+        // old code it was withdrawn after two timed-out checks, ~0.5 s in).
+        assert_eq!(
+            offers_live(&stack).await,
+            1,
+            "offer withdrawn while the model server was busy, {:?} in",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, answer) = busy.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+    assert!(
+        started.elapsed() >= Duration::from_millis(3_500),
+        "the server was busy for the whole completion: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(offers_live(&stack).await, 1);
+    // Killed with a request in flight: the request ends (connection reset), the
+    // checks are refused, and they count: withdrawn.
+    let in_flight = spawn_completion(&stack, "cut short");
+    wait_standin_got(&stack, "cut short").await;
+    stack.standin.kill();
+    let (status, _) = in_flight.await.unwrap();
+    assert_ne!(status, 200, "the model server was killed mid-answer");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while offers_live(&stack).await != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "killed model server never withdrawn"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -54,8 +54,10 @@ pub struct ProviderConfig {
     /// R-PROV-4: every this many ms the node asks each model server (`GET
     /// {upstream_base_url}/models`) whether it is up. 100..=600,000.
     pub upstream_health_interval_ms: u64,
-    /// A health check without a 2xx answer within this is a failed one. At least 1,
-    /// at most `upstream_health_interval_ms`.
+    /// A health check without a 2xx answer within this is a failed one, except while
+    /// the node has a request in flight to that server or got bytes from it within
+    /// the last interval: then the time-out is not counted (busy, not dead; see
+    /// `health`). At least 1, at most `upstream_health_interval_ms`.
     pub upstream_health_timeout_ms: u64,
     /// After this many failed checks in a row the server's models are withdrawn from
     /// the market (`WithdrawBid`); the first check that succeeds again offers them

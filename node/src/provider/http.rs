@@ -234,6 +234,12 @@ async fn serve(
         endpoint.path()
     );
     let started = Instant::now();
+    // R-PROV-4: the model server works for us until the answer is read: a health
+    // check timing out meanwhile is not counted (a busy server is not a dead one).
+    let upstream_call = provider
+        .upstream_activity(&model.offer.upstream_base_url)
+        .map(|activity| activity.call());
+    debug_assert!(upstream_call.is_some(), "every model's upstream is tracked");
     let upstream = provider
         .upstream
         .post(&url)
@@ -242,6 +248,9 @@ async fn serve(
         .send()
         .await
         .map_err(|e| upstream_error(&url, e))?;
+    if let Some(call) = &upstream_call {
+        call.bytes();
+    }
     let status = upstream.status();
     let content_type = upstream
         .headers()
@@ -249,8 +258,13 @@ async fn serve(
         .cloned()
         .unwrap_or_else(|| "application/json".parse().expect("header"));
     if !request.stream() || !status.is_success() {
-        let bytes =
-            read_bounded(&url, upstream, provider.config.response_bytes_max as usize).await?;
+        let bytes = read_bounded(
+            &url,
+            upstream,
+            provider.config.response_bytes_max as usize,
+            upstream_call.as_ref(),
+        )
+        .await?;
         provider
             .stats
             .upstream_seconds
@@ -276,6 +290,10 @@ async fn serve(
         // The stream owns the in-flight mark: it ends when the body is sent or dropped.
         let _in_flight = &in_flight;
         let chunk = chunk.map_err(std::io::Error::other)?;
+        // So does the upstream call's mark (R-PROV-4), refreshed by every chunk.
+        if let Some(call) = &upstream_call {
+            call.bytes();
+        }
         match splitter.push(&chunk) {
             Ok(events) => {
                 for event in events {
@@ -298,16 +316,21 @@ async fn serve(
     Ok(response)
 }
 
-/// Reads a whole answer of at most `max` bytes.
+/// Reads a whole answer of at most `max` bytes, marking each chunk's arrival on
+/// `call` (R-PROV-4: the server is alive while it sends).
 async fn read_bounded(
     url: &str,
     response: reqwest::Response,
     max: usize,
+    call: Option<&super::health::UpstreamCall>,
 ) -> Result<Bytes, ApiError> {
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| upstream_error(url, e))?;
+        if let Some(call) = call {
+            call.bytes();
+        }
         if out.len() + chunk.len() > max {
             return Err(ApiError::new(
                 StatusCode::BAD_GATEWAY,

@@ -104,6 +104,10 @@ pub struct Provider {
     /// R-PROV-4: whether each model server (by `upstream_base_url`) is up; a server
     /// not checked yet counts as up.
     upstream_health: Mutex<BTreeMap<String, bool>>,
+    /// R-PROV-4: the node's requests to each model server (by `upstream_base_url`),
+    /// so that a health check timing out while the server works for the node is not
+    /// counted. Fixed at start: one entry per configured upstream.
+    upstream_activity: BTreeMap<String, Arc<health::UpstreamActivity>>,
     /// The endpoint registered (set once the HTTP listener is bound).
     endpoint: OnceLock<String>,
     /// Set by a graceful stop: the offers are withdrawn, the answers in flight finish.
@@ -154,6 +158,16 @@ impl Provider {
             .map_err(|e| format!("http client: {e}"))?;
         let metrics = Metrics::new();
         let stats = ProviderMetrics::new(&metrics);
+        let epoch = std::time::Instant::now();
+        let upstream_activity = models
+            .values()
+            .map(|m| {
+                (
+                    m.offer.upstream_base_url.clone(),
+                    Arc::new(health::UpstreamActivity::new(epoch)),
+                )
+            })
+            .collect();
         let tickets = if config.data_dir.as_os_str().is_empty() {
             tracing::warn!("data_dir is empty: tickets are kept in memory only, a restart refuses their holders");
             Tickets::new(config.tickets_max as usize)
@@ -178,6 +192,7 @@ impl Provider {
             nonces: Nonces::default(),
             link: tokio::sync::Mutex::new(None),
             upstream_health: Mutex::new(BTreeMap::new()),
+            upstream_activity,
             endpoint: OnceLock::new(),
             stopping: AtomicBool::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
@@ -307,6 +322,12 @@ impl Provider {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         health.get(base).copied().unwrap_or(true)
+    }
+
+    /// R-PROV-4: the activity record of the model server at `base` (None for a URL
+    /// that no configured model uses).
+    pub fn upstream_activity(&self, base: &str) -> Option<Arc<health::UpstreamActivity>> {
+        self.upstream_activity.get(base).cloned()
     }
 
     pub fn set_upstream_up(&self, base: &str, up: bool) {
