@@ -93,7 +93,8 @@ fn send_all_collect(client: &mut Client, frames: &[Vec<u8>], window: usize) -> V
 #[test]
 fn r_prov_3_refused_messages_write_nothing_to_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let router = start_durable(dir.path(), None, &[]);
+    let config = refusals_unbounded(dir.path());
+    let router = start_durable(dir.path(), Some(&config), &[]);
     let (addr, metrics) = (router.ready.listen, router.ready.metrics);
     let network_id = router.ready.network_id;
     let mut operator = connect(addr, operator_key());
@@ -180,8 +181,21 @@ fn sixty_four_models(dir: &Path) -> std::path::PathBuf {
             hex(&demo_weights_hash(id))
         ));
     }
+    text.push_str(REFUSALS_UNBOUNDED);
     let path = dir.join("router.toml");
     std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// These tests send thousands of refused messages on one connection on purpose, to
+/// measure what refusals cost; the per-connection refusal budget
+/// (`network.conn_refusals_per_s_max`, tested in integrity_rest.rs) would close it first.
+const REFUSALS_UNBOUNDED: &str = "[network]\nconn_refusals_per_s_max = 4294967295\n";
+
+/// A config file holding only [`REFUSALS_UNBOUNDED`].
+fn refusals_unbounded(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("refusals.toml");
+    std::fs::write(&path, REFUSALS_UNBOUNDED).unwrap();
     path
 }
 
