@@ -265,8 +265,12 @@ fn main() {
     let upstream = arg("--upstream", "");
     let upstream_model = arg("--upstream-model", "standin");
     let weights_file = arg("--weights-file", "");
+    // `--idle-seconds N`: first measure the CPU of the three processes over N s of no
+    // request (0: skip).
+    let idle_seconds: u64 = arg("--idle-seconds", "0").parse().unwrap();
     assert!(
         seconds * rounds <= 120
+            && idle_seconds <= 120
             && rounds > 0
             && delay_ms_per_token <= 1_000
             && rates.iter().all(|&r| r > 0 && r <= 2_000),
@@ -402,6 +406,21 @@ fn main() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The fixed cost: CPU per second of the three processes with no request
+        // (keepalives, health checks, timers), apart from the cost per request.
+        if idle_seconds > 0 {
+            let before = market_cpu_ms();
+            tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+            let after = market_cpu_ms();
+            let per = [0, 1, 2].map(|i| (after[i] - before[i]) / idle_seconds as f64);
+            println!(
+                "idle ({idle_seconds} s, 0 req/s): cpu ms/s router + provider + consumer = {:.1} + {:.1} + {:.1} = {:.1}",
+                per[0],
+                per[1],
+                per[2],
+                per.iter().sum::<f64>()
+            );
         }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
