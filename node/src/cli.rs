@@ -182,12 +182,7 @@ where
             config.validate()?;
             let key =
                 crate::keyfile::load(config.settings().key_file).map_err(|e| e.to_string())?;
-            // One thread (issue 23, Performance): a node's work per request is a few
-            // signatures and the relay of a stream, far below a core; a multi-thread
-            // runtime (one worker per core) spent more CPU than that on waking its
-            // workers across threads for every streamed chunk (futex, stealing), for
-            // nothing. Blocking work still goes to `spawn_blocking`'s pool.
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| format!("runtime: {e}"))?;
