@@ -265,8 +265,20 @@ fn main() {
     let upstream = arg("--upstream", "");
     let upstream_model = arg("--upstream-model", "standin");
     let weights_file = arg("--weights-file", "");
+    // `--idle-seconds N`: first measure the CPU of the three processes over N s of no
+    // request (0: skip).
+    let idle_seconds: u64 = arg("--idle-seconds", "0").parse().unwrap();
+    // Issue 23's reference row: `--reference-url URL --reference-model NAME
+    // --reference-pid PID` runs a third path per rate (e.g. LiteLLM's proxy in front
+    // of the stand-in, which `--standin-listen ADDR` puts on a known port) and
+    // reports PID's CPU per request.
+    let standin_listen_arg = arg("--standin-listen", "127.0.0.1:0");
+    let reference_url = arg("--reference-url", "");
+    let reference_model = arg("--reference-model", "standin");
+    let reference_pid: u32 = arg("--reference-pid", "0").parse().unwrap();
     assert!(
         seconds * rounds <= 120
+            && idle_seconds <= 120
             && rounds > 0
             && delay_ms_per_token <= 1_000
             && rates.iter().all(|&r| r > 0 && r <= 2_000),
@@ -336,7 +348,7 @@ fn main() {
         &bin_dir.join("yellowstone-standin-llm"),
         &[
             "--listen",
-            "127.0.0.1:0",
+            &standin_listen_arg,
             "--tokens",
             &tokens.to_string(),
             "--delay-ms-per-token",
@@ -403,6 +415,21 @@ fn main() {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The fixed cost: CPU per second of the three processes with no request
+        // (keepalives, health checks, timers), apart from the cost per request.
+        if idle_seconds > 0 {
+            let before = market_cpu_ms();
+            tokio::time::sleep(Duration::from_secs(idle_seconds)).await;
+            let after = market_cpu_ms();
+            let per = [0, 1, 2].map(|i| (after[i] - before[i]) / idle_seconds as f64);
+            println!(
+                "idle ({idle_seconds} s, 0 req/s): cpu ms/s router + provider + consumer = {:.1} + {:.1} + {:.1} = {:.1}",
+                per[0],
+                per[1],
+                per[2],
+                per.iter().sum::<f64>()
+            );
+        }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
         println!("streamed completions of {tokens} tokens, stand-in at {delay_ms_per_token} ms per token, {seconds} s x {rounds} round(s) per rate and path (interleaved), open loop; times in ms");
@@ -411,10 +438,17 @@ fn main() {
         let mut outcomes = Vec::new();
         for &rate in &rates {
             let before = reports(&client, &consumer_metrics).await;
-            let (mut direct, mut market) = (Run::new(), Run::new());
+            let (mut direct, mut market, mut reference) = (Run::new(), Run::new(), Run::new());
+            let mut reference_cpu = 0.0f64;
             let mut market_cpu = [0.0f64; 3];
             for _ in 0..rounds {
                 direct.add(run_rate(direct_url.clone(), rate, seconds, body(&upstream_model)).await);
+                if !reference_url.is_empty() {
+                    let cpu_before = cpu_ms(reference_pid);
+                    reference.add(run_rate(reference_url.clone(), rate, seconds, body(&reference_model)).await);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    reference_cpu += cpu_ms(reference_pid) - cpu_before;
+                }
                 let cpu_before = market_cpu_ms();
                 market.add(run_rate(market_url.clone(), rate, seconds, body("demo-model-1")).await);
                 // The reports of the last answers are part of their cost.
@@ -424,7 +458,11 @@ fn main() {
                     *total += cpu_after[i] - cpu_before[i];
                 }
             }
-            for (name, run) in [("direct", &direct), ("market", &market)] {
+            let mut paths = vec![("direct", &direct), ("market", &market)];
+            if !reference_url.is_empty() {
+                paths.push(("reference", &reference));
+            }
+            for (name, run) in paths {
                 let ticket = if run.ticket.is_empty() {
                     ("-".to_string(), "-".to_string(), "-".to_string())
                 } else {
@@ -441,6 +479,8 @@ fn main() {
                         per[2],
                         per.iter().sum::<f64>()
                     )
+                } else if name == "reference" && reference.sent > 0 {
+                    format!("{:.2} (reference process)", reference_cpu / reference.sent as f64)
                 } else {
                     "-".to_string()
                 };
