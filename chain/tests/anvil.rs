@@ -307,7 +307,8 @@ impl Setup {
                 .unwrap();
             if !out.status.success() {
                 // Not credited yet at that epoch: said so, not guessed.
-                assert!(String::from_utf8_lossy(&out.stderr).contains("never credited"));
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                assert!(stderr.contains("never credited"), "claim-proof: {stderr}");
                 continue;
             }
             let proof: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
