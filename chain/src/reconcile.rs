@@ -113,9 +113,9 @@ impl Reconciler {
                 Ok(newly)
             }
             // The router being down or busy is retried next round, like the node.
-            Err(error @ (SendError::Client(..) | SendError::Connect(_) | SendError::Timeout(_))) => {
-                Err(ChainError::Rpc(error.to_string()))
-            }
+            Err(
+                error @ (SendError::Client(..) | SendError::Connect(_) | SendError::Timeout(_)),
+            ) => Err(ChainError::Rpc(error.to_string())),
             Err(error) => Err(ChainError::Router(error.to_string())),
         }
     }

@@ -81,7 +81,9 @@ impl RouterArgs {
                     .config()
                     .clone()
             }
-            None => config.market_config(now_ms()).map_err(|e| ChainError::Router(e.to_string()))?,
+            None => config
+                .market_config(now_ms())
+                .map_err(|e| ChainError::Router(e.to_string()))?,
         };
         let key_hex = Some(config.identity.router_key_hex.as_str()).filter(|k| !k.is_empty());
         let key = match (&self.data_dir, key_hex) {

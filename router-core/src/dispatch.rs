@@ -296,14 +296,7 @@ impl Dispatch {
     }
 
     fn route(&self, recipient: Recipient) -> Option<Conn> {
-        match recipient {
-            Recipient::User(address) => self.routes.user(&address),
-            Recipient::Provider(address) => self.routes.provider(&address),
-            Recipient::ProviderElseUser(address) => self
-                .routes
-                .provider(&address)
-                .or_else(|| self.routes.user(&address)),
-        }
+        self.routes.of(recipient)
     }
 
     fn send(&mut self, conn: Option<Conn>, message: Message) {

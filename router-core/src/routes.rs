@@ -63,6 +63,17 @@ impl Routes {
         self.user.get(address).copied()
     }
 
+    /// Where a recipient's frames go (R-ID-6): its route, if a live connection holds it.
+    pub fn of(&self, recipient: crate::Recipient) -> Option<Conn> {
+        match recipient {
+            crate::Recipient::User(address) => self.user(&address),
+            crate::Recipient::Provider(address) => self.provider(&address),
+            crate::Recipient::ProviderElseUser(address) => {
+                self.provider(&address).or_else(|| self.user(&address))
+            }
+        }
+    }
+
     /// Moves the route `kind` to `conn`.
     pub fn take(&mut self, kind: RouteKind, conn: Conn) {
         match kind {

@@ -166,15 +166,9 @@ impl EffectSink for RouterSink {
 impl RouterSink {
     /// Where a recipient's frames go (R-ID-6).
     fn route(&self, recipient: Recipient) -> Option<ConnId> {
-        let conn = match recipient {
-            Recipient::User(address) => self.routes.user(&address),
-            Recipient::Provider(address) => self.routes.provider(&address),
-            Recipient::ProviderElseUser(address) => self
-                .routes
-                .provider(&address)
-                .or_else(|| self.routes.user(&address)),
-        };
-        conn.map(|conn| ConnId::from_u64(conn.0))
+        self.routes
+            .of(recipient)
+            .map(|conn| ConnId::from_u64(conn.0))
     }
 
     /// A ticket's recipients, resolved here (the job that signs it runs elsewhere).
