@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod handler;
 pub mod market;
+pub mod office;
 pub mod quota_gate;
 pub mod shared;
 pub mod signature_cpu;
@@ -102,6 +103,32 @@ impl RouterHandle {
             metrics.stop();
         }
         engine
+    }
+
+    /// R-HA-1 (issue 25): this member lost office: the engine thread stops at once,
+    /// releasing no promise still pending (`SequencerInput::Abandon`); the engine is
+    /// thrown away (the next term starts from the state machine's).
+    pub fn abandon(mut self) {
+        let _ = self.shared.inbound.send(SequencerInput::Abandon);
+        if let Some(thread) = self.sequencer.take() {
+            if let Err(error) = thread
+                .join()
+                .unwrap_or(Err("engine thread panicked".into()))
+            {
+                tracing::warn!(%error, "engine thread of the abandoned term");
+            }
+        }
+        if let Some(gateways) = self.gateways.take() {
+            let _ = gateways.shutdown();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+    }
+
+    /// Fires if the engine thread stopped on its own (e.g. its journal failed).
+    pub fn engine_stopped(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.engine_stopped
     }
 
     /// Blocks until SIGINT/SIGTERM, then stops gracefully.
