@@ -57,7 +57,7 @@ pub use yellowstone_wire::keyfile::{check_key_file_mode, read_key_file, KeyFileE
 /// The router key of a data directory (R-OPS-2): the one in `router.key` (created
 /// 0600 on first start), or the configured one, which must then be the same: a
 /// router never silently changes the address its batches are signed by.
-fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
+pub(crate) fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
     let path = dir.join(ROUTER_KEY_FILE);
     let exists = path
         .try_exists()
@@ -111,7 +111,7 @@ pub const ROUTER_KEY_FILE: &str = "router.key";
 /// left as it is. A path that exists but is not a directory (a file, say) is
 /// refused as such, naming the path, rather than with the bare "File exists" of
 /// the creating call.
-fn create_data_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn create_data_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt as _;
     if let Ok(metadata) = std::fs::metadata(dir) {
         if !metadata.is_dir() {

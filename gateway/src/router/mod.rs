@@ -5,6 +5,7 @@
 //! all run.
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod handler;
 pub mod market;
