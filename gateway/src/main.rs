@@ -410,7 +410,14 @@ fn main() {
     let result = match cli.command {
         Cmd::Run(args) => run(*args, false),
         Cmd::Learn(args) => run(*args, true),
-        Cmd::Cluster { command } => cluster_cli::run(command).map_err(|e| e.to_string()),
+        // Exit 2 when a member could not be reached, 1 when refused.
+        Cmd::Cluster { command } => {
+            if let Err(error) = cluster_cli::run(command) {
+                eprintln!("yellowstone-router cluster: {error}");
+                std::process::exit(error.exit_code());
+            }
+            Ok(())
+        }
         Cmd::Keygen => {
             let key = SigningKey::random();
             println!(
