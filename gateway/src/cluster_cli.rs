@@ -6,18 +6,25 @@
 
 use clap::Subcommand;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-use yellowstone_gateway::replication::admin::{self, AdminRequest, AdminResponse};
-use yellowstone_gateway::replication::{self, ClusterStatus, MemberNode, ReplicationError};
+use yellowstone_gateway::replication::network::{
+    admin_request, AdminReply, AdminRequest, ClusterKey, NetLimits, KEY_FILE,
+};
+use yellowstone_gateway::replication::{ClusterStatus, MemberNode, ReplicationError};
 
-/// How long one admin request may take (a membership change waits for its commit).
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connecting to a member times out after this.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one admin request may take (adding a member waits until it caught up).
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Leaders followed for one request at most (a change of leader while asking).
+const LEADER_HOPS_MAX: usize = 3;
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Writes a new cluster key (32 random bytes, mode 0600) to --out. Copy it to
-    /// every member's and learner's data directory as `cluster.key` before they start.
+    /// Writes a new cluster key (32 random bytes, mode 0600) to --out (a file named
+    /// cluster.key, or a directory to write one in; never overwrites). Copy it to
+    /// every member's and learner's data directory before they start.
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -29,7 +36,7 @@ pub enum ClusterCmd {
         /// A member's `cluster.raft_listen`.
         #[arg(long)]
         raft: SocketAddr,
-        /// The group's cluster key file.
+        /// The group's cluster.key file (or a data directory holding it).
         #[arg(long)]
         key: PathBuf,
         /// `ID=RAFT_ADDR`, once per member.
@@ -93,6 +100,18 @@ pub enum ClusterCliError {
     /// The group refused, or a key or reply was bad.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    /// The key path is neither a directory nor a file named `cluster.key`.
+    #[error(
+        "--key {}: give the group's cluster.key file (the name members read in their data \
+         directory) or a directory holding it", path.display()
+    )]
+    KeyName { path: PathBuf },
+    /// The group said no (openraft's reason, or no leader).
+    #[error("member at {addr} refused: {reason}")]
+    Refused { addr: SocketAddr, reason: String },
+    /// The admin client's runtime could not start.
+    #[error("runtime: {0}")]
+    Runtime(String),
     /// The answer was not the one asked for.
     #[error("member at {addr}: unexpected answer {answer}")]
     Unexpected { addr: SocketAddr, answer: String },
@@ -128,24 +147,97 @@ fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     Ok((id, addr))
 }
 
-/// One admin request; a connection failure is `Unreachable` (exit 2).
-fn call(
-    addr: SocketAddr,
-    key: &replication::ClusterKey,
-    request: AdminRequest,
-) -> Result<AdminResponse, ClusterCliError> {
-    admin::call(addr, key, request, ADMIN_TIMEOUT).map_err(|error| match error {
-        ReplicationError::Remote { what, .. } => ClusterCliError::Unreachable { addr, reason: what },
-        other => ClusterCliError::Replication(other),
+/// The group's key from `path`, a file named `cluster.key` (the name every member
+/// reads in its data directory) or a data directory holding one.
+fn load_key(path: &Path) -> Result<ClusterKey, ClusterCliError> {
+    let dir = key_dir(path)?;
+    Ok(ClusterKey::load(&dir)?)
+}
+
+/// The directory of a `cluster.key` path (`path` itself when it is a directory).
+fn key_dir(path: &Path) -> Result<PathBuf, ClusterCliError> {
+    if path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    if path.file_name().and_then(|n| n.to_str()) != Some(KEY_FILE) {
+        return Err(ClusterCliError::KeyName {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     })
 }
 
-fn status_of(
+/// One admin request; a connection failure is `Unreachable` (exit 2).
+fn call(
     addr: SocketAddr,
-    key: &replication::ClusterKey,
-) -> Result<ClusterStatus, ClusterCliError> {
+    key: &ClusterKey,
+    request: AdminRequest,
+) -> Result<AdminReply, ClusterCliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClusterCliError::Runtime(e.to_string()))?;
+    let limits = NetLimits {
+        frame_bytes_max: yellowstone_gateway::replication::ClusterConfig::default()
+            .rpc_frame_bytes_max,
+        rpc_timeout: CONNECT_TIMEOUT,
+        snapshot_timeout: ADMIN_TIMEOUT,
+    };
+    runtime
+        .block_on(admin_request(&addr.to_string(), key, request, &limits))
+        .map_err(|error| match error {
+            ReplicationError::Remote { what, .. } => {
+                ClusterCliError::Unreachable { addr, reason: what }
+            }
+            other => ClusterCliError::Replication(other),
+        })
+}
+
+/// A membership change, sent to the leader: a member that does not lead names it,
+/// and the request follows (a few hops at most).
+fn change(addr: SocketAddr, key: &ClusterKey, request: AdminRequest) -> Result<(), ClusterCliError> {
+    let mut addr = addr;
+    for _ in 0..LEADER_HOPS_MAX {
+        match call(addr, key, request.clone())? {
+            AdminReply::Done => return Ok(()),
+            AdminReply::NotLeader {
+                leader: Some((_, raft)),
+            } => {
+                addr = raft.parse().map_err(|_| ClusterCliError::Unexpected {
+                    addr,
+                    answer: format!("a leader at {raft:?}"),
+                })?;
+            }
+            AdminReply::NotLeader { leader: None } => {
+                return Err(ClusterCliError::Refused {
+                    addr,
+                    reason: "no leader known (election in progress, or the group is not \
+                             initialised): try again"
+                        .into(),
+                })
+            }
+            AdminReply::Failed { reason } => return Err(ClusterCliError::Refused { addr, reason }),
+            other => {
+                return Err(ClusterCliError::Unexpected {
+                    addr,
+                    answer: format!("{other:?}"),
+                })
+            }
+        }
+    }
+    Err(ClusterCliError::Refused {
+        addr,
+        reason: format!("the leader moved {LEADER_HOPS_MAX} times while asking: try again"),
+    })
+}
+
+fn status_of(addr: SocketAddr, key: &ClusterKey) -> Result<ClusterStatus, ClusterCliError> {
     match call(addr, key, AdminRequest::Status)? {
-        AdminResponse::Status(status) => Ok(*status),
+        AdminReply::Status(status) => Ok(status),
+        AdminReply::Failed { reason } => Err(ClusterCliError::Refused { addr, reason }),
         other => Err(ClusterCliError::Unexpected {
             addr,
             answer: format!("{other:?}"),
@@ -157,7 +249,7 @@ fn status_of(
 fn node_of(
     id: u64,
     addr: SocketAddr,
-    key: &replication::ClusterKey,
+    key: &ClusterKey,
 ) -> Result<MemberNode, ClusterCliError> {
     let status = status_of(addr, key)?;
     if status.member_id != id {
@@ -171,16 +263,6 @@ fn node_of(
         raft_addr: addr.to_string(),
         client_endpoint: status.client_endpoint,
     })
-}
-
-fn done(addr: SocketAddr, answer: AdminResponse) -> Result<(), ClusterCliError> {
-    match answer {
-        AdminResponse::Done => Ok(()),
-        other => Err(ClusterCliError::Unexpected {
-            addr,
-            answer: format!("{other:?}"),
-        }),
-    }
 }
 
 /// The status as a person reads it.
@@ -228,22 +310,23 @@ fn status_text(status: &ClusterStatus) -> String {
 pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
     match command {
         ClusterCmd::Keygen { out } => {
-            replication::write_cluster_key(&out)?;
+            let dir = key_dir(&out)?;
+            let (_, path) = ClusterKey::create(&dir)?;
             println!(
                 "cluster key written to {}: copy it to every member's data directory as \
                  cluster.key (mode 0600)",
-                out.display()
+                path.display()
             );
             Ok(())
         }
         ClusterCmd::Init { raft, key, members } => {
-            let key = replication::read_cluster_key(&key)?;
+            let key = load_key(&key)?;
             let mut nodes = std::collections::BTreeMap::new();
             for given in &members {
                 let (id, addr) = parse_member(given)?;
                 nodes.insert(id, node_of(id, addr, &key)?);
             }
-            done(raft, call(raft, &key, AdminRequest::Init { members: nodes })?)?;
+            change(raft, &key, AdminRequest::Init { members: nodes })?;
             println!("group initialised with {} members", members.len());
             Ok(())
         }
@@ -253,13 +336,15 @@ pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
             member,
             learner,
         } => {
-            let key = replication::read_cluster_key(&key)?;
+            let key = load_key(&key)?;
             let (id, addr) = parse_member(&member)?;
             let node = node_of(id, addr, &key)?;
-            done(
-                raft,
-                call(raft, &key, AdminRequest::Add { id, node, learner })?,
-            )?;
+            let request = if learner {
+                AdminRequest::AddLearner { id, node }
+            } else {
+                AdminRequest::AddVoter { id, node }
+            };
+            change(raft, &key, request)?;
             println!(
                 "member {id} added as a {}",
                 if learner { "learner" } else { "voter" }
@@ -267,13 +352,13 @@ pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
             Ok(())
         }
         ClusterCmd::Remove { raft, key, id } => {
-            let key = replication::read_cluster_key(&key)?;
-            done(raft, call(raft, &key, AdminRequest::Remove { id })?)?;
+            let key = load_key(&key)?;
+            change(raft, &key, AdminRequest::Remove { id })?;
             println!("member {id} removed");
             Ok(())
         }
         ClusterCmd::Status { raft, key, json } => {
-            let key = replication::read_cluster_key(&key)?;
+            let key = load_key(&key)?;
             let status = status_of(raft, &key)?;
             if json {
                 println!("{}", serde_json::to_string(&status)?);
