@@ -265,33 +265,43 @@ fn node_of(
     })
 }
 
+/// An index as printed (`-`: none yet).
+fn index(value: Option<u64>) -> String {
+    value.map_or("-".to_string(), |v| v.to_string())
+}
+
 /// The status as a person reads it.
 fn status_text(status: &ClusterStatus) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let leader = status
-        .leader
-        .map_or("none known".to_string(), |(id, addr)| format!("member {id} at {addr}"));
+    let leader = match (status.leader_id, &status.leader_endpoint) {
+        (Some(id), Some(endpoint)) => format!("member {id} (clients: {endpoint})"),
+        (Some(id), None) => format!("member {id}"),
+        _ => "none known".to_string(),
+    };
     let _ = writeln!(
         out,
-        "member {} ({}), term {}, leader {leader}\ncommit index {}, applied {}, last log {}",
+        "member {} ({}), term {}, leader {leader}\ncommitted index {}, applied {}, last log {}, snapshot {}",
         status.member_id,
-        status.role,
+        status.state,
         status.term,
-        status.commit_index,
-        status.applied_index,
-        status.last_log_index
+        index(status.committed_index),
+        index(status.applied_index),
+        index(status.last_log_index),
+        index(status.snapshot_index),
     );
-    let _ = writeln!(out, "{:>4}  {:<8}  {:<21}  {:<21}  {:>8}  {:>6}", "id", "role", "raft", "clients", "matched", "lag");
+    let _ = writeln!(
+        out,
+        "{:>4}  {:<8}  {:<21}  {:<21}  {:>8}  {:>6}",
+        "id", "role", "raft", "clients", "matched", "lag"
+    );
+    let last = status.last_log_index.unwrap_or(0);
     for member in &status.members {
         let (matched, lag) = match member.matched_index {
-            Some(matched) => (
-                matched.to_string(),
-                status.last_log_index.saturating_sub(matched).to_string(),
-            ),
+            Some(matched) => (matched.to_string(), last.saturating_sub(matched).to_string()),
             None => ("-".to_string(), "-".to_string()),
         };
-        let role = if status.leader.is_some_and(|(id, _)| id == member.id) {
+        let role = if status.leader_id == Some(member.id) {
             "leader"
         } else if member.voter {
             "voter"
@@ -303,6 +313,9 @@ fn status_text(status: &ClusterStatus) -> String {
             "{:>4}  {:<8}  {:<21}  {:<21}  {:>8}  {:>6}",
             member.id, role, member.raft_addr, member.client_endpoint, matched, lag
         );
+    }
+    if status.members.iter().all(|m| m.matched_index.is_none()) && status.state != "leader" {
+        out.push_str("(matched indexes are the leader's knowledge: ask the leader)\n");
     }
     out
 }

@@ -357,7 +357,7 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     }
     // Status from any member names the leader and the four members.
     let status = status(&group, group.raft[first]);
-    assert_eq!(status["leader"][0].as_u64(), Some(second as u64 + 1), "{status}");
+    assert_eq!(status["leader_id"].as_u64(), Some(second as u64 + 1), "{status}");
     assert_eq!(status["members"].as_array().map(Vec::len), Some(4), "{status}");
 
     // An unreachable member: a clear error and exit code 2.

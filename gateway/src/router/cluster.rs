@@ -22,7 +22,9 @@ use crate::metrics::{Counter, Gauge, Registry};
 use crate::metrics_http::MetricsServer;
 use crate::net;
 use crate::pipeline::{self, Door};
-use crate::replication::{self, ApplyObserver, Member, ReplicationError, Role};
+use crate::replication::network::{admin_request, AdminReply, AdminRequest, ClusterKey, NetLimits};
+use crate::replication::state_machine::NoObserver;
+use crate::replication::{ApplyObserver, ClusterStatus, Member, ReplicationError, Role};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -215,15 +217,16 @@ impl ClusterGauges {
     }
 
     /// Publishes a status: the leader's view of every member's replication lag
-    /// (commit index minus the member's matched index, in entries).
-    fn publish(&mut self, status: &replication::ClusterStatus) {
+    /// (its last log index minus the member's matched index, in entries).
+    fn publish(&mut self, status: &ClusterStatus) {
+        let committed = status.committed_index.unwrap_or(0);
+        let applied = status.applied_index.unwrap_or(0);
+        let last = status.last_log_index.unwrap_or(0);
         self.term.set(status.term as i64);
-        self.leader_id
-            .set(status.leader.map_or(0, |(id, _)| id) as i64);
-        self.commit_index.set(status.commit_index as i64);
-        self.applied_index.set(status.applied_index as i64);
-        self.commit_lag
-            .set(status.commit_index.saturating_sub(status.applied_index) as i64);
+        self.leader_id.set(status.leader_id.unwrap_or(0) as i64);
+        self.commit_index.set(committed as i64);
+        self.applied_index.set(applied as i64);
+        self.commit_lag.set(committed.saturating_sub(applied) as i64);
         for member in &status.members {
             let Some(matched) = member.matched_index else {
                 continue;
@@ -236,7 +239,7 @@ impl ClusterGauges {
                     &[("member", &member.id.to_string())],
                 )
             });
-            gauge.set(status.last_log_index.saturating_sub(matched) as i64);
+            gauge.set(last.saturating_sub(matched) as i64);
         }
     }
 }
@@ -338,21 +341,65 @@ impl ApplyObserver for HashCheck {
     }
 }
 
-/// A member's observer when it is not a learner: nothing to check (follow-c's reply
-/// cache plugs in here).
-struct NoObserver;
-
-impl ApplyObserver for NoObserver {
-    fn applied(&self, _now_ms: u64, _command: &Command, _effects: &[Effect]) {}
+/// What the learner asks the leader with: the group's key, the RPC bounds and a
+/// small runtime of its own (the member's is not shared).
+struct LeaderAsk {
+    key: ClusterKey,
+    limits: NetLimits,
+    runtime: tokio::runtime::Runtime,
 }
 
-/// The leader's (block, hash) pairs from `from_block` on, asked of the leader over
-/// the admin RPC. Errors are logged by the caller and retried at the next poll.
-fn leader_hashes(
-    member: &Member,
-    from_block: u64,
-) -> Result<Vec<(u64, [u8; 32])>, ReplicationError> {
-    member.leader_state_hashes(from_block)
+impl LeaderAsk {
+    fn new(config: &crate::replication::ClusterConfig, dir: &Path) -> Result<LeaderAsk, ClusterRunError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| ClusterRunError::Replication(ReplicationError::Io {
+                what: "the learner's check runtime".into(),
+                source,
+            }))?;
+        Ok(LeaderAsk {
+            key: ClusterKey::load(dir)?,
+            limits: NetLimits {
+                frame_bytes_max: config.rpc_frame_bytes_max,
+                rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
+                snapshot_timeout: Duration::from_millis(config.snapshot_timeout_ms),
+            },
+            runtime,
+        })
+    }
+
+    /// The leader's (block, state hash) pairs, asked of it over the member RPC
+    /// (`own`: this learner's status, naming the leader and its address).
+    fn leader_hashes(&self, own: &ClusterStatus) -> Result<Vec<(u64, [u8; 32])>, ReplicationError> {
+        let leader = own.leader_id.ok_or(ReplicationError::NotLeader { leader: None })?;
+        let addr = own
+            .members
+            .iter()
+            .find(|m| m.id == leader)
+            .map(|m| m.raft_addr.clone())
+            .ok_or(ReplicationError::NotLeader { leader: None })?;
+        let reply = self.runtime.block_on(admin_request(
+            &addr,
+            &self.key,
+            AdminRequest::Status,
+            &self.limits,
+        ))?;
+        match reply {
+            AdminReply::Status(status) => Ok(status
+                .state_hashes
+                .iter()
+                .filter_map(|(block, hash)| {
+                    let bytes: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
+                    Some((*block, bytes))
+                })
+                .collect()),
+            other => Err(ReplicationError::Remote {
+                addr,
+                what: format!("answered {other:?} to a status request"),
+            }),
+        }
+    }
 }
 
 /// Runs a member (or learner) until SIGINT/SIGTERM. `ready` is called once the
@@ -373,6 +420,7 @@ pub fn run_member(
     })?;
     let router_key = member_key(&config, &dir)?;
     let genesis_ms = config.market.genesis_ms;
+    // The same genesis state on every member (its hash is compared at every block).
     let market = config
         .market_config(genesis_ms)
         .map_err(ClusterRunError::Config)?;
@@ -381,7 +429,7 @@ pub fn run_member(
     // them), then the gateways, which answer not_leader until a term opens.
     let registry = Registry::new();
     let board = Arc::new(MarketBoard::new(
-        Engine::new(market).market_figures_core(),
+        Engine::new(market.clone()).market_figures_core(),
     ));
     let office = Office::new(registry.clone(), board);
     let handler_office = office.clone();
@@ -414,11 +462,15 @@ pub fn run_member(
     }
     let learner = config.cluster.learner;
     let check = learner.then(|| HashCheck::new(&registry));
+    let ask = match learner {
+        true => Some(LeaderAsk::new(&config.cluster, &dir)?),
+        false => None,
+    };
     let observer: Arc<dyn ApplyObserver> = match &check {
         Some(check) => check.clone(),
         None => Arc::new(NoObserver),
     };
-    let member = Member::start(config.cluster.clone(), &dir, &config, observer)?;
+    let member = Member::start(config.cluster.clone(), &dir, market, observer)?;
     let signals = net::install_signal_handlers(gateways.shutdown_trigger())
         .map_err(ClusterRunError::Signals)?;
     ready(&MemberReady {
@@ -447,6 +499,7 @@ pub fn run_member(
             Role::Leader { term } => (Some(*term), true),
             Role::Follower { term, .. } => (Some(*term), false),
             Role::Learner { .. } => (None, false),
+            Role::Stopped => break Err(ClusterRunError::Replication(ReplicationError::Stopped)),
         };
         if let Some(term) = term.filter(|t| *t > term_seen) {
             term_seen = term;
@@ -458,6 +511,7 @@ pub fn run_member(
             Role::Follower { leader, .. } | Role::Learner { leader } => {
                 leader.map_or((0, None), |(id, addr)| (id, Some(addr)))
             }
+            Role::Stopped => (0, None),
         };
         office.set_leader(LeaderHint {
             leader_id,
@@ -497,10 +551,11 @@ pub fn run_member(
         }
         if status_at.elapsed() >= STATUS_EVERY {
             status_at = Instant::now();
-            gauges.publish(&member.status());
-            if let Some(check) = &check {
-                if let Some(from) = check.oldest_pending() {
-                    match leader_hashes(&member, from) {
+            let status = member.status();
+            gauges.publish(&status);
+            if let (Some(check), Some(ask)) = (&check, &ask) {
+                if check.oldest_pending().is_some() {
+                    match ask.leader_hashes(&status) {
                         Ok(pairs) => {
                             check.compare(&pairs);
                         }
