@@ -91,14 +91,14 @@ pub struct ReplyCache {
 }
 
 impl ReplyCache {
-    /// An empty cache. Panics if a bound is 0 (the config's validation refuses it).
+    /// An empty cache. A bound of 0 is taken as 1 (the config's validation refuses 0
+    /// with the key's name; this only keeps a caller that skipped it from panicking).
     pub fn new(config: ReplyCacheConfig) -> ReplyCache {
-        assert!(
-            config.per_address >= 1 && config.entries_max >= 1,
-            "reply cache bounds are at least 1"
-        );
         ReplyCache {
-            config,
+            config: ReplyCacheConfig {
+                per_address: config.per_address.max(1),
+                entries_max: config.entries_max.max(1),
+            },
             inner: Mutex::new(Inner::default()),
         }
     }
