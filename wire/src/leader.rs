@@ -68,9 +68,76 @@ pub fn is_not_leader(reply: &ErrorReply) -> bool {
     reply.code == codes::NOT_LEADER
 }
 
+/// Why a list of router endpoints could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointsError {
+    /// The list names no endpoint.
+    #[error("no router endpoint given (expected host:port[,host:port...])")]
+    Empty,
+    /// An entry does not resolve.
+    #[error("router endpoint {endpoint:?}: {source}")]
+    Resolve {
+        /// The entry as given.
+        endpoint: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// An entry resolves to no address.
+    #[error("router endpoint {endpoint:?} resolves to no address")]
+    NoAddress {
+        /// The entry as given.
+        endpoint: String,
+    },
+}
+
+/// The members of a router group as a client is told them (R-HA-3): `host:port`
+/// entries separated by commas (spaces around them ignored), each resolved to its
+/// first address, duplicates dropped, order kept (the first is tried first). One entry
+/// is a single router.
+///
+/// Errors: [`EndpointsError`] naming the entry that does not resolve, or `Empty`.
+pub fn parse_endpoints(list: &str) -> Result<Vec<SocketAddr>, EndpointsError> {
+    use std::net::ToSocketAddrs;
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for endpoint in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let addr = endpoint
+            .to_socket_addrs()
+            .map_err(|source| EndpointsError::Resolve {
+                endpoint: endpoint.to_string(),
+                source,
+            })?
+            .next()
+            .ok_or_else(|| EndpointsError::NoAddress {
+                endpoint: endpoint.to_string(),
+            })?;
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    if out.is_empty() {
+        return Err(EndpointsError::Empty);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r_ha_3_endpoint_lists_parse_in_order_without_duplicates() {
+        let list = parse_endpoints(" 127.0.0.1:7400, 127.0.0.1:7401,127.0.0.1:7400 ").unwrap();
+        assert_eq!(
+            list,
+            vec![
+                "127.0.0.1:7400".parse::<SocketAddr>().unwrap(),
+                "127.0.0.1:7401".parse().unwrap()
+            ]
+        );
+        assert!(matches!(parse_endpoints(" , "), Err(EndpointsError::Empty)));
+        let error = parse_endpoints("127.0.0.1:7400,nonsense").unwrap_err();
+        assert!(error.to_string().contains("\"nonsense\""), "{error}");
+    }
 
     #[test]
     fn r_ha_3_golden_reasons() {
