@@ -92,6 +92,7 @@ pub fn start_at<D: sequencer::Durability + 'static>(
         config,
         router_key,
         genesis_ms,
+        reply_cache,
     } = options;
     config.validate().map_err(PipelineError::Config)?;
     let configured = config
@@ -124,14 +125,24 @@ pub fn start_at<D: sequencer::Durability + 'static>(
 
     // 2. What the gateways read of the engine (pre-check caches, written by the
     //    engine thread only; seeded from the recovered engine).
-    let shared = Arc::new(shared_state(
+    let mut shared = shared_state(
         &config,
         &router_key,
         inbound_tx,
         market.clone(),
         &engine,
         &registry,
-    )?);
+    )?;
+    // R-HA-3: answers to resent messages; a member's cache outlives its pipelines.
+    shared.reply_cache = reply_cache.unwrap_or_else(|| {
+        Arc::new(yellowstone_router_core::ReplyCache::new(
+            config.network.reply_cache_config(),
+        ))
+    });
+    shared
+        .reply_cache_entries
+        .set(i64::try_from(shared.reply_cache.len()).unwrap_or(i64::MAX));
+    let shared = Arc::new(shared);
 
     // 3. The gateway threads: network loops, each with its own RouterHandler (its own
     //    router-core Admission: login state, proof budgets). A member's term uses the

@@ -349,7 +349,16 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         allow_corrupt_truncate: config.journal.allow_corrupt_truncate,
         read_only: false,
     };
-    let recovered = journal::recover(dir, &creation, options, |_, _, _| {})?;
+    // R-HA-3: the answers of the records replayed (those after the newest snapshot)
+    // go back into the reply cache, so a client whose connection died with the
+    // previous process and sends the same message again gets its original answer.
+    let reply_cache = std::sync::Arc::new(yellowstone_router_core::ReplyCache::new(
+        config.network.reply_cache_config(),
+    ));
+    let recovered = journal::recover(dir, &creation, options, |_, record, effects| {
+        reply_cache.observe(&record.command, effects)
+    })?;
+    let reply_cache = Some(reply_cache);
     let engine_domain = (
         recovered.engine.config().settlement_chain_id,
         recovered.engine.config().settlement_contract,
@@ -434,6 +443,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
             config,
             router_key,
             genesis_ms,
+            reply_cache,
         },
         recovered.engine,
         journal,

@@ -50,6 +50,11 @@ pub struct StartOptions {
     pub config: RouterConfig,
     pub router_key: SigningKey,
     pub genesis_ms: u64,
+    /// R-HA-3: the reply cache the pipeline answers resent messages from; `None`
+    /// makes a new one with the config's bounds (`network.reply_cache_*`). A
+    /// replicated member passes the one its state machine feeds, so the cache
+    /// outlives a pipeline (a new leader answers with the original answers).
+    pub reply_cache: Option<std::sync::Arc<yellowstone_router_core::ReplyCache>>,
 }
 
 impl StartOptions {
@@ -74,6 +79,7 @@ impl StartOptions {
             config,
             router_key,
             genesis_ms,
+            reply_cache: None,
         })
     }
 }
