@@ -23,7 +23,6 @@ use crate::metrics_http::MetricsServer;
 use crate::net;
 use crate::pipeline::{self, Door};
 use crate::replication::network::{admin_request, AdminReply, AdminRequest, ClusterKey, NetLimits};
-use crate::replication::state_machine::NoObserver;
 use crate::replication::{ApplyObserver, ClusterStatus, Member, ReplicationError, Role};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -341,6 +340,25 @@ impl ApplyObserver for HashCheck {
     }
 }
 
+/// What every member's state machine tells the process: each applied command (the
+/// reply cache, R-HA-3) and each block's state hash (a learner's check, R-HA-4).
+struct MemberObserver {
+    reply_cache: Arc<yellowstone_router_core::ReplyCache>,
+    check: Option<Arc<HashCheck>>,
+}
+
+impl ApplyObserver for MemberObserver {
+    fn applied(&self, _now_ms: u64, command: &Command, effects: &[Effect]) {
+        self.reply_cache.observe(command, effects);
+    }
+
+    fn state_hash_at_block(&self, block: u64, hash: [u8; 32]) {
+        if let Some(check) = &self.check {
+            check.state_hash_at_block(block, hash);
+        }
+    }
+}
+
 /// What the learner asks the leader with: the group's key, the RPC bounds and a
 /// small runtime of its own (the member's is not shared).
 struct LeaderAsk {
@@ -466,10 +484,15 @@ pub fn run_member(
         true => Some(LeaderAsk::new(&config.cluster, &dir)?),
         false => None,
     };
-    let observer: Arc<dyn ApplyObserver> = match &check {
-        Some(check) => check.clone(),
-        None => Arc::new(NoObserver),
-    };
+    // R-HA-3: the reply cache is fed by the state machine from the committed journal
+    // (every member the same), so a new leader answers a resend with the original.
+    let reply_cache = Arc::new(yellowstone_router_core::ReplyCache::new(
+        config.network.reply_cache_config(),
+    ));
+    let observer: Arc<dyn ApplyObserver> = Arc::new(MemberObserver {
+        reply_cache: reply_cache.clone(),
+        check: check.clone(),
+    });
     let member = Member::start(config.cluster.clone(), &dir, market, observer)?;
     let signals = net::install_signal_handlers(gateways.shutdown_trigger())
         .map_err(ClusterRunError::Signals)?;
@@ -537,7 +560,7 @@ pub fn run_member(
             }
         }
         if leading && pipeline.is_none() && !learner {
-            match start_term(&member, &config, &router_key, &office) {
+            match start_term(&member, &config, &router_key, &office, &reply_cache) {
                 Ok((term, handle)) => {
                     gauges.promotions.inc();
                     gauges.is_leader.set(1);
@@ -588,6 +611,7 @@ fn start_term(
     config: &RouterConfig,
     router_key: &yellowstone_wire::SigningKey,
     office: &Arc<Office>,
+    reply_cache: &Arc<yellowstone_router_core::ReplyCache>,
 ) -> Result<(u64, super::RouterHandle), ClusterRunError> {
     let promotion = member.promote()?;
     let term = promotion.term;
@@ -598,6 +622,7 @@ fn start_term(
             config: config.clone(),
             router_key: router_key.clone(),
             genesis_ms,
+            reply_cache: Some(reply_cache.clone()),
         },
         promotion.engine,
         durability,
