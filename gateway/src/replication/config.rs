@@ -239,7 +239,8 @@ impl ClusterConfig {
             // The state machine decides when (a block boundary), then triggers one.
             snapshot_policy: openraft::SnapshotPolicy::Never,
             max_in_snapshot_log_to_keep: self.log_entries_kept,
-            purge_batch_size: 256,
+            // Purge as soon as a snapshot allows: entries are whole journal groups.
+            purge_batch_size: 1,
             // Entries per AppendEntries; the network answers PayloadTooLarge when a
             // frame would pass `rpc_frame_bytes_max`, and openraft sends fewer.
             max_payload_entries: 256,

@@ -76,6 +76,14 @@ pub enum ReplicationError {
         /// What failed.
         what: String,
     },
+    /// No connection to the member at `addr` (refused, or connect timed out).
+    #[error("member at {addr} unreachable: {what}")]
+    Unreachable {
+        /// The member's RPC address.
+        addr: String,
+        /// Why.
+        what: String,
+    },
     /// The member is shut down.
     #[error("the member is shut down")]
     Stopped,

@@ -340,6 +340,14 @@ impl MemberCore {
     pub async fn admin(&self, request: AdminRequest) -> AdminReply {
         match request {
             AdminRequest::Status => AdminReply::Status(self.status()),
+            AdminRequest::StateHashes { from_block, max } => AdminReply::StateHashes(
+                self.machine
+                    .state_hashes()
+                    .into_iter()
+                    .filter(|(block, _)| *block >= from_block)
+                    .take(max.min(self.config.state_hashes_kept))
+                    .collect(),
+            ),
             AdminRequest::Init { members } => match self.raft.initialize(members).await {
                 Ok(()) => AdminReply::Done,
                 Err(e) => AdminReply::Failed {

@@ -182,6 +182,14 @@ pub enum AdminRequest {
     },
     /// The member's view of the group (`cluster status`).
     Status,
+    /// The (block, state hash) pairs this member's state machine recorded, blocks ≥
+    /// `from_block`, oldest first, at most `max` (a learner compares them, R-HA-4).
+    StateHashes {
+        /// The first block wanted.
+        from_block: u64,
+        /// At most this many pairs (capped at `cluster.state_hashes_kept`).
+        max: usize,
+    },
 }
 
 /// The answer to an [`AdminRequest`].
@@ -191,6 +199,8 @@ pub enum AdminReply {
     Done,
     /// The member's status.
     Status(super::member::ClusterStatus),
+    /// (block, state hash) pairs, oldest first.
+    StateHashes(Vec<(u64, [u8; 32])>),
     /// Refused: this member does not lead; ask the leader named, if any.
     NotLeader {
         /// The leader's id and member RPC address.
@@ -480,6 +490,32 @@ pub async fn admin_request(
         Ok(_) => Err(remote("answered another kind of request".into())),
         Err(e) => Err(remote(e.to_string())),
     }
+}
+
+/// [`admin_request`] from a plain thread (the CLI): its own small runtime, every
+/// step bounded by `timeout` (connect, and the whole exchange).
+/// Errors: [`ReplicationError::Unreachable`] (no connection), [`ReplicationError::Remote`]
+/// (the exchange failed or timed out), [`ReplicationError::Io`] (no runtime).
+pub fn admin_call(
+    addr: std::net::SocketAddr,
+    key: &ClusterKey,
+    request: AdminRequest,
+    timeout: Duration,
+    frame_bytes_max: u64,
+) -> Result<AdminReply, ReplicationError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| ReplicationError::Io {
+            what: "starting a runtime for an admin request".into(),
+            source,
+        })?;
+    let limits = NetLimits {
+        frame_bytes_max,
+        rpc_timeout: timeout,
+        snapshot_timeout: timeout,
+    };
+    runtime.block_on(admin_request(&addr.to_string(), key, request, &limits))
 }
 
 /// Makes [`MemberClient`]s (openraft's `RaftNetworkFactory`).
