@@ -207,19 +207,21 @@ fn status(group: &Group, raft: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {e}: {out}"))
 }
 
-/// The (block, state hash) pairs a member's status lists.
-fn hashes(status: &serde_json::Value) -> Vec<(u64, String)> {
-    status["state_hashes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no state_hashes in {status}"))
-        .iter()
-        .map(|pair| {
-            (
-                pair[0].as_u64().unwrap(),
-                pair[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+/// The (block, state hash) pairs of the member at `raft` (`cluster hashes --json`).
+fn hashes(group: &Group, raft: SocketAddr) -> Vec<(u64, String)> {
+    let (code, out, err) = cli(&[
+        "cluster",
+        "hashes",
+        "--raft",
+        &raft.to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+        "--max",
+        "4096",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "cluster hashes: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("hashes JSON {e}: {out}"))
 }
 
 #[test]
@@ -317,14 +319,15 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     members[first] = Some(group.start(first as u64 + 1));
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let ours = hashes(&status(&group, group.raft[first]));
-        let theirs = hashes(&status(&group, group.raft[second]));
+        let ours = hashes(&group, group.raft[first]);
+        let theirs = hashes(&group, group.raft[second]);
         let common: Vec<_> = ours.iter().filter(|pair| theirs.contains(pair)).collect();
         let disagree = ours
             .iter()
             .find(|(block, hash)| theirs.iter().any(|(b, h)| b == block && h != hash));
         assert!(disagree.is_none(), "state hash differs at {disagree:?}");
-        if ours.iter().map(|p| p.0).max() >= Some(1) && !common.is_empty() {
+        // Caught up: its newest block is the leader's, with the same hash.
+        if !common.is_empty() && ours.last() == theirs.last() {
             break;
         }
         assert!(
