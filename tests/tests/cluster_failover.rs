@@ -413,3 +413,136 @@ fn start_learner(config: &Path, dir: &Path) -> RouterProcess {
         ],
     )
 }
+
+/// Every series a member exports is named in docs/metrics.md (as docs_current.rs
+/// checks a single router's).
+fn assert_series_documented(metrics: SocketAddr) {
+    const METRICS: &str = include_str!("../../docs/metrics.md");
+    let body = yellowstone_tests::metrics_text(metrics);
+    let missing: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !METRICS.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "series a member exports that docs/metrics.md does not name: {missing:?}"
+    );
+}
+
+/// R-HA-1: a leader cut off (SIGSTOP longer than the election timeout) loses office;
+/// when it runs again, an RFC its client sent meanwhile is never acknowledged (its
+/// record was never committed): the client gets `not_leader` naming the new leader,
+/// and the connection closes. The deposed member counts the step-down.
+#[test]
+fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
+    let group = Group::new(3);
+    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    let network_id = members[0].ready.network_id;
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let old = leader_of(&all, Duration::from_secs(10));
+    let leader = &members[old];
+    for member in &members {
+        assert_series_documented(member.ready.metrics);
+    }
+
+    let mut operator = connect(leader.ready.listen, operator_key());
+    let mut user = connect(leader.ready.listen, SigningKey::from_seed(b"deposed-user"));
+    fund(&mut operator, &[(user.address(), 5 * WEI_PER_MOR)]);
+
+    // Cut the leader off until another member leads.
+    // SAFETY: kill(2) on a pid this test spawned.
+    unsafe { libc::kill(leader.pid() as libc::pid_t, libc::SIGSTOP) };
+    let others: Vec<(usize, &RouterProcess)> =
+        all.iter().copied().filter(|(i, _)| *i != old).collect();
+    let new = leader_of(&others, Duration::from_secs(5));
+    let rfc_nonce = user.next_nonce();
+    user.send_signed(
+        Rfc {
+            from: user.address(),
+            nonce: rfc_nonce,
+            model_id: 1,
+            tokens_max: 500,
+            expires_at_ms: now_ms() + 30_000,
+            signature: Signature::default(),
+        }
+        .into(),
+    )
+    .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(leader.pid() as libc::pid_t, libc::SIGCONT) };
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let told = loop {
+        assert!(Instant::now() < deadline, "no not_leader within 10 s");
+        match user.recv() {
+            Ok(Message::ErrorReply(e)) if e.code == codes::NOT_LEADER => break e,
+            Ok(Message::RfcAccepted(a)) => {
+                panic!("R-HA-1: a deposed leader acknowledged an uncommitted RFC: {a:?}")
+            }
+            Ok(Message::ErrorReply(e)) if e.ref_nonce == rfc_nonce => {
+                panic!("the RFC was answered by the deposed leader: {e:?}")
+            }
+            Ok(_) => {}
+            Err(yellowstone_wire::client::ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("closed without not_leader: {e}"),
+        }
+    };
+    assert_eq!(
+        told.reason,
+        format!(
+            "not the leader: leader is member {} at {}",
+            new + 1,
+            members[new].ready.listen
+        )
+    );
+    // Then the connection closes.
+    let closed = loop {
+        match user.recv() {
+            Ok(Message::RfcAccepted(a)) => panic!("acknowledged after not_leader: {a:?}"),
+            Ok(_) => {}
+            Err(yellowstone_wire::client::ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the deposed leader kept the connection open");
+    let metrics = yellowstone_tests::metrics_text(leader.ready.metrics);
+    let value = |name: &str| -> i64 {
+        metric_text_value(&metrics, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(value("yellowstone_cluster_is_leader"), 0);
+    assert!(value("yellowstone_cluster_step_downs_total") >= 1);
+    assert!(value("yellowstone_cluster_not_leader_total") >= 1);
+    // The new leader serves the same user (its funds were committed).
+    let router: Address = members[new].ready.router_address.parse().unwrap();
+    session(members[new].ready.listen, network_id, &router, 7);
+}
