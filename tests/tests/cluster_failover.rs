@@ -73,10 +73,11 @@ impl Group {
                 "[network]\nbackend = \"mio\"\n\
                  [identity]\nrouter_key_hex = \"{ROUTER_KEY_HEX}\"\noperator = \"{}\"\n\
                  [market]\ngenesis_ms = {}\n\
-                 [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{}\"\nlearner = {learner}\n",
+                 [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{}\"\nlearner = {learner}\n{}",
                 operator_key().address(),
                 self.genesis_ms,
-                self.raft[id as usize - 1]
+                self.raft[id as usize - 1],
+                cluster_extra()
             ),
         )
         .unwrap();
@@ -93,6 +94,16 @@ impl Group {
             dir.to_str().unwrap(),
         ])
     }
+}
+
+/// Extra `[cluster]` lines for every member, from `YS_CLUSTER_EXTRA` (`\n` for a
+/// newline): to measure failover under other timings (docs/replication.md), e.g.
+/// `YS_CLUSTER_EXTRA='heartbeat_ms = 50\nelection_timeout_min_ms = 250\n...'`. Unset:
+/// the defaults.
+fn cluster_extra() -> String {
+    std::env::var("YS_CLUSTER_EXTRA")
+        .unwrap_or_default()
+        .replace("\\n", "\n")
 }
 
 /// Runs the router binary's CLI: (exit code, stdout, stderr).
@@ -305,10 +316,12 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         .filter_map(|(i, m)| m.as_ref().map(|m| (i, m)))
         .collect();
     let second = leader_of(&alive, Duration::from_secs(5));
+    println!("new leader after {:?}", killed_at.elapsed());
     assert_ne!(second, first);
     let new_leader = members[second].as_ref().unwrap();
     session(new_leader.ready.listen, network_id, &router, 2);
     let failover = killed_at.elapsed();
+    println!("failover (SIGKILL to a ticket from the new leader): {failover:?}");
     assert!(
         failover < Duration::from_secs(8),
         "failover took {failover:?}"
