@@ -400,6 +400,40 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         Some(4),
         "{status}"
     );
+    // The leader's text status: every member with its matched index and lag.
+    let (code, text, err) = cli(&[
+        "cluster",
+        "status",
+        "--raft",
+        &group.raft[second].to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("(leader)"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("127.0.0.1:")).count(),
+        4 + 1,
+        "{text}"
+    );
+    // Removing the learner (through a follower: the request follows the leader).
+    let (code, out, err) = cli(&[
+        "cluster",
+        "remove",
+        "--raft",
+        &group.raft[first].to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+        "--id",
+        &learner_id.to_string(),
+    ]);
+    assert_eq!(code, 0, "cluster remove: {out}{err}");
+    let after = self::status(&group, group.raft[second]);
+    assert_eq!(
+        after["members"].as_array().map(Vec::len),
+        Some(3),
+        "{after}"
+    );
 
     // An unreachable member: a clear error and exit code 2.
     let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
