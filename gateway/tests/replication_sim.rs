@@ -17,7 +17,7 @@
 //!   at every block equals the reference engine's at that block.
 //!
 //! Runs: `cargo test -p yellowstone-gateway --test replication_sim` (CI: `SIM_SEEDS`
-//! seeds, default 3, bounded); one seed: `SIM_SEED=<seed>`. Openraft draws its
+//! seeds, default 8, about 5 s); one seed: `SIM_SEED=<seed>`. Openraft draws its
 //! election timeouts from its own generator, so a seed fixes the faults and the
 //! workload, not every interleaving: a failure prints its seed and the last events.
 
@@ -677,7 +677,7 @@ fn seeds() -> Vec<u64> {
     let count = std::env::var("SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3u64);
+        .unwrap_or(8u64);
     (0..count).map(|i| 0xA11CE + i).collect()
 }
 

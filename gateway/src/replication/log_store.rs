@@ -231,7 +231,7 @@ impl Disk {
             .next_back()
             .map(|e: &Entry| e.log_id)
             .or(purged);
-        if committed.is_some_and(|c: LogId| last_log.map_or(true, |l| c.index > l.index)) {
+        if committed.is_some_and(|c: LogId| last_log.is_none_or(|l| c.index > l.index)) {
             committed = last_log;
         }
         let next = last_log.map_or(0, |l| l.index + 1);
@@ -765,7 +765,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         .entries
                         .keys()
                         .next_back()
-                        .map_or(true, |last| *last + 1 == entry.log_id.index),
+                        .is_none_or(|last| *last + 1 == entry.log_id.index),
                     "entries append contiguously"
                 );
                 cache.entries.insert(entry.log_id.index, entry.clone());

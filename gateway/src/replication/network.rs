@@ -315,7 +315,7 @@ pub async fn read_frame(
     stream.read_exact(&mut payload).await?;
     let expected = key.mac(direction, &payload);
     // Constant time: the comparison does not tell an attacker how much matched.
-    if !bool::from(constant_time_eq(&expected, &header[4..])) {
+    if !constant_time_eq(&expected, &header[4..]) {
         stats.bad_macs.fetch_add(1, Ordering::Relaxed);
         return Err(FrameError::BadMac);
     }

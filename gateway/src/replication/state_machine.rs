@@ -490,7 +490,7 @@ impl RaftStateMachine<TypeConfig> for MachineStore {
             debug_assert!(
                 state
                     .last_applied
-                    .map_or(true, |l| l.index < entry.log_id.index),
+                    .is_none_or(|l| l.index < entry.log_id.index),
                 "entries apply in log order"
             );
             let applied = match &entry.payload {
