@@ -357,3 +357,50 @@ fn r_ha_3_the_reply_cache_bounds_hold_under_a_flood() {
         "{stderr}"
     );
 }
+
+/// R-HA-3, R-ID-6: an RFC resent on a new connection while it is still being matched
+/// takes the user's route there: the ticket made after the resend reaches the new
+/// connection (the old one is gone), and the resend had no effect of its own.
+#[test]
+fn r_ha_3_a_resent_rfc_takes_the_route_so_its_later_ticket_arrives() {
+    let (_dir, router) = start("");
+    let addr = router.ready.listen;
+    let (_operator, user_key, mut provider) = market(&router);
+    let mut first = connect(addr, user_key.clone());
+    let nonce = first.next_nonce();
+    let frame = rfc_frame(&first, nonce, 100, now_ms() + 60_000);
+    first.send_raw(&frame).unwrap();
+    let accepted = frame_of(&mut first, msg_type::RFC_ACCEPTED);
+    // The provider is probed; it has not answered when the user's connection dies.
+    let probe = expect(&mut provider, WAIT, |m| match m {
+        Message::Probe(p) => Some(p.clone()),
+        _ => None,
+    });
+    drop(first);
+    let mut second = connect(addr, user_key);
+    second.send_raw(&frame).unwrap();
+    assert_eq!(
+        next_frame(&mut second),
+        (msg_type::RFC_ACCEPTED, accepted),
+        "the original RfcAccepted"
+    );
+    assert_eq!(hits(&router), 1.0);
+    let answer_nonce = provider.next_nonce();
+    provider
+        .send_signed(
+            ProbeAnswer {
+                from: provider.address(),
+                nonce: answer_nonce,
+                probe_id: probe.probe_id,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
+        .unwrap();
+    let provider_ticket = frame_of(&mut provider, msg_type::SESSION_TICKET);
+    assert_eq!(
+        next_frame(&mut second),
+        (msg_type::SESSION_TICKET, provider_ticket),
+        "the ticket reaches the connection the RFC was resent on"
+    );
+}

@@ -98,6 +98,15 @@ enum Lane {
 
 const OVERLOADED_REASON: &str = "overloaded, retry after the given delay";
 
+/// R-HA-3: how a resent message found in the reply cache is answered.
+enum Resend {
+    /// Now, with these frames (its original answer).
+    Answer(Vec<u8>),
+    /// Through the engine (it takes a route), which refuses it `replay` and whose
+    /// sink answers with the original frames.
+    ViaEngine(Command),
+}
+
 /// What became of an admitted message that was not refused.
 enum Outcome {
     /// Queued for the engine, which answers it later (through the outbox).
@@ -230,7 +239,6 @@ impl RouterHandler {
         // Cheap before costly (R-PROV-3): the sender and whether its message can be
         // applied at all are known before any signature is recovered.
         let view = SharedView(&self.shared);
-        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
         if let Err(refused) = self.admission.precheck(
             admitted.conn,
             admitted.address,
@@ -240,26 +248,27 @@ impl RouterHandler {
             &view,
         ) {
             // R-HA-3: a nonce already spent by this very message: its first answer.
-            if refused.code == codes::REPLAY {
-                if let Some(frames) = self.cached_answer(
-                    admitted.address,
-                    admitted.nonce,
-                    &admitted.message,
-                    &admitted.body,
-                ) {
-                    return Ok(Outcome::Cached(frames));
-                }
+            if refused.code != codes::REPLAY {
+                return Err(refused);
             }
-            return Err(refused);
+            return match self.cached_answer(
+                admitted.address,
+                admitted.nonce,
+                &admitted.message,
+                &admitted.body,
+            ) {
+                Some(Resend::Answer(frames)) => Ok(Outcome::Cached(frames)),
+                Some(Resend::ViaEngine(command)) => {
+                    self.verify(&admitted)?;
+                    self.push_accepted(&admitted, command);
+                    Ok(Outcome::Accepted)
+                }
+                None => Err(refused),
+            };
         }
-        let network_id = self.shared.network_id;
-        self.stages
-            .time(Stage::Verify, || {
-                verifier.verify(&admitted.message, network_id, &admitted.body)
-            })
-            .map_err(|error| {
-                yellowstone_router_core::sig_refusal(network_id, &error, String::new())
-            })?;
+        self.verify(&admitted)?;
+        let view = SharedView(&self.shared);
+        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
         let command = match self
             .admission
             .command_for(&admitted, now_us, &view, &verifier)?
@@ -271,6 +280,27 @@ impl RouterHandler {
                 return Ok(Outcome::Ack(admitted.nonce));
             }
         };
+        self.push_accepted(&admitted, command);
+        Ok(Outcome::Accepted)
+    }
+
+    /// R-ID-2: the message's signature recovers its sender (timed as signature work).
+    fn verify(&self, admitted: &Admitted) -> Result<(), Refused> {
+        let network_id = self.shared.network_id;
+        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
+        self.stages
+            .time(Stage::Verify, || {
+                verifier.verify(&admitted.message, network_id, &admitted.body)
+            })
+            .map(|_signer| ())
+            .map_err(|error| {
+                yellowstone_router_core::sig_refusal(network_id, &error, String::new())
+            })
+    }
+
+    /// Queues `command` for the engine (handed off at the end of the turn, or now when
+    /// a batch is full).
+    fn push_accepted(&mut self, admitted: &Admitted, command: Command) {
         self.accepted.push(Accepted {
             conn: id_of(admitted.conn),
             msg_type: admitted.msg_type,
@@ -283,28 +313,40 @@ impl RouterHandler {
         if self.accepted.len() >= HANDOFF_BATCH_MAX {
             self.hand_off();
         }
-        Ok(Outcome::Accepted)
     }
 
-    /// R-HA-3: the original answer (frames) to `address`'s message `nonce`, if this
-    /// message (same command digest) was accepted and its answer is still cached;
-    /// counted in `yellowstone_reply_cache_hits_total`. Called only for a nonce at or
-    /// below the last accepted one, after the sender check: the answer goes to a
-    /// connection logged in as `address`, so it needs no signature check (the same
-    /// command with a forged signature learns its owner nothing new).
+    /// R-HA-3: what to do with `address`'s message `nonce` (already spent) if this
+    /// very message (same command digest) was accepted and its answer is still
+    /// cached: answer it now with the original frames (counted in
+    /// `yellowstone_reply_cache_hits_total`), or, for a message that takes a route
+    /// (an RFC, a registration, an announcement: R-ID-6), send its command to the
+    /// engine, which moves the route to this connection, refuses the command `replay`
+    /// without any effect or journal record (R-OPS-4), and the sink answers with the
+    /// cached frames instead (and counts the hit): pushes that follow (a ticket for
+    /// this RFC, a probe) then find the new connection. `None`: not cached.
+    ///
+    /// Called after the sender check only: the answer goes to a connection logged in
+    /// as `address`, so it needs no signature check (a route-taking resend is
+    /// checked before it goes to the engine).
     fn cached_answer(
         &self,
         address: Address,
         nonce: u64,
         message: &Message,
         body: &[u8],
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Resend> {
         let command =
             yellowstone_router_core::command_of(self.shared.network_id, address, message, body)?;
         let digest = yellowstone_router_core::CommandDigest::of(&command);
         let replies = self.shared.reply_cache.lookup(&address, nonce, &digest)?;
+        if yellowstone_router_core::RouteKind::of(&command).is_some() {
+            return Some(Resend::ViaEngine(command));
+        }
         self.shared.reply_cache_hits_total.inc();
-        Some(super::sink::cached_frames(&self.shared, replies))
+        Some(Resend::Answer(super::sink::cached_frames(
+            &self.shared,
+            replies,
+        )))
     }
 
     /// A lane's queue and its per-connection counts.
@@ -636,6 +678,7 @@ impl FrameHandler for RouterHandler {
         // a connection or a failed leader) gets the original answer, before the quota
         // gate (the original may have used the last of the quota). Not when frames of
         // this connection wait in a lane: answered there, in order.
+        let mut resend = false;
         if claimed == address
             && !self.deferred_conns.contains_key(&conn)
             && !self.costly_conns.contains_key(&conn)
@@ -643,15 +686,23 @@ impl FrameHandler for RouterHandler {
                 .nonce_last(&address)
                 .is_some_and(|last| nonce <= last)
         {
-            if let Some(frames) = self.cached_answer(address, nonce, &message, &frame.body) {
-                replies.reply_with(|out| out.extend_from_slice(&frames));
-                return;
+            match self.cached_answer(address, nonce, &message, &frame.body) {
+                Some(Resend::Answer(frames)) => {
+                    replies.reply_with(|out| out.extend_from_slice(&frames));
+                    return;
+                }
+                // Admitted below (its signature checked) and answered by the sink.
+                Some(Resend::ViaEngine(_)) => resend = true,
+                None => {}
             }
         }
         // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
-        // as the engine would, before any signature work or a place in a lane.
-        if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
-            return self.refuse_with(conn, replies, refused, msg_type, nonce);
+        // as the engine would, before any signature work or a place in a lane (not
+        // a resend answered from the cache: its quota was taken the first time).
+        if !resend {
+            if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
+                return self.refuse_with(conn, replies, refused, msg_type, nonce);
+            }
         }
         let admitted = Admitted {
             conn: conn_of(conn),
