@@ -404,3 +404,45 @@ fn r_ha_3_a_resent_rfc_takes_the_route_so_its_later_ticket_arrives() {
         "the ticket reaches the connection the RFC was resent on"
     );
 }
+
+/// R-HA-3, R-PROV-3: resends answered from the cache count against the connection's
+/// refusal budget (`network.conn_refusals_per_s_max`): replaying one's own accepted
+/// message in a loop ends as a flood of refusals does, `too_many_refusals` and a close.
+#[test]
+fn r_ha_3_resends_count_against_the_refusal_budget() {
+    let (_dir, router) = start("conn_refusals_per_s_max = 5");
+    let addr = router.ready.listen;
+    let mut operator = connect(addr, operator_key());
+    let nonce = operator.next_nonce();
+    let update = BalanceUpdate {
+        from: operator.address(),
+        nonce,
+        entries: vec![BalanceEntry {
+            address: Address([7; 20]),
+            balance_wei: WEI_PER_MOR,
+        }],
+        signature: Signature::default(),
+    };
+    let frame = presign(operator.key(), operator.network_id(), update.into());
+    operator.send_raw(&frame).unwrap();
+    frame_of(&mut operator, msg_type::ACK);
+    for _ in 0..20 {
+        operator.send_raw(&frame).unwrap();
+    }
+    let mut acks = 0;
+    let closing = loop {
+        let (t, body) = next_frame(&mut operator);
+        match decode(t, &body) {
+            Message::Ack(a) => {
+                assert_eq!(a.nonce, nonce);
+                acks += 1;
+            }
+            Message::ErrorReply(e) => break e,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(acks, 5, "the budget's resends are answered");
+    assert_eq!(closing.code, codes::TOO_MANY_REFUSALS, "{closing:?}");
+    assert!(matches!(operator.recv(), Err(ClientError::Closed)));
+    assert_eq!(hits(&router), 5.0);
+}

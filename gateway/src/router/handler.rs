@@ -248,16 +248,26 @@ impl RouterHandler {
             &view,
         ) {
             // R-HA-3: a nonce already spent by this very message: its first answer.
-            if refused.code != codes::REPLAY {
+            // Past the connection's refusal budget: refused (and closed) as before.
+            if refused.code != codes::REPLAY || self.refusals.spent(admitted.conn, now_us) {
                 return Err(refused);
             }
-            return match self.cached_answer(
+            let resend = self.cached_answer(
                 admitted.address,
                 admitted.nonce,
                 &admitted.message,
                 &admitted.body,
-            ) {
-                Some(Resend::Answer(frames)) => Ok(Outcome::Cached(frames)),
+            );
+            if resend.is_some() {
+                // A resend counts against the refusal budget like a refusal (R-PROV-3).
+                let verdict = self.refusals.refused(admitted.conn, codes::REPLAY, now_us);
+                debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
+            }
+            return match resend {
+                Some(Resend::Answer(frames)) => {
+                    self.shared.reply_cache_hits_total.inc();
+                    Ok(Outcome::Cached(frames))
+                }
                 Some(Resend::ViaEngine(command)) => {
                     self.verify(&admitted)?;
                     self.push_accepted(&admitted, command);
@@ -342,7 +352,6 @@ impl RouterHandler {
         if yellowstone_router_core::RouteKind::of(&command).is_some() {
             return Some(Resend::ViaEngine(command));
         }
-        self.shared.reply_cache_hits_total.inc();
         Some(Resend::Answer(super::sink::cached_frames(
             &self.shared,
             replies,
@@ -682,12 +691,20 @@ impl FrameHandler for RouterHandler {
         if claimed == address
             && !self.deferred_conns.contains_key(&conn)
             && !self.costly_conns.contains_key(&conn)
+            && !self.refusals.spent(conn_of(conn), now_us)
             && SharedView(&self.shared)
                 .nonce_last(&address)
                 .is_some_and(|last| nonce <= last)
         {
-            match self.cached_answer(address, nonce, &message, &frame.body) {
+            let cached = self.cached_answer(address, nonce, &message, &frame.body);
+            if cached.is_some() {
+                // A resend counts against the refusal budget like a refusal (R-PROV-3).
+                let verdict = self.refusals.refused(conn_of(conn), codes::REPLAY, now_us);
+                debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
+            }
+            match cached {
                 Some(Resend::Answer(frames)) => {
+                    self.shared.reply_cache_hits_total.inc();
                     replies.reply_with(|out| out.extend_from_slice(&frames));
                     return;
                 }
