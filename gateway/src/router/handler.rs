@@ -268,8 +268,11 @@ impl RouterHandler {
                     self.shared.reply_cache_hits_total.inc();
                     Ok(Outcome::Cached(frames))
                 }
+                // No signature recovery (R-PROV-3, issue 27 case 5: replaying a costly
+                // frame must stay cheap): the connection's login proved the key, and
+                // the digest says the command is the one already accepted; the engine
+                // refuses it `replay` without any effect.
                 Some(Resend::ViaEngine(command)) => {
-                    self.verify(&admitted)?;
                     self.push_accepted(&admitted, command);
                     Ok(Outcome::Accepted)
                 }
@@ -336,8 +339,9 @@ impl RouterHandler {
     /// this RFC, a probe) then find the new connection. `None`: not cached.
     ///
     /// Called after the sender check only: the answer goes to a connection logged in
-    /// as `address`, so it needs no signature check (a route-taking resend is
-    /// checked before it goes to the engine).
+    /// as `address` (its login proved the key) and the command digest is the one
+    /// accepted, so neither path recovers a signature: a replayed costly frame costs
+    /// a digest, and counts against the refusal budget.
     fn cached_answer(
         &self,
         address: Address,
