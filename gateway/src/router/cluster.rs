@@ -552,10 +552,12 @@ pub fn run_member(
         };
         if lost {
             if let Some((held, handle)) = pipeline.take() {
-                office.close();
-                handle.abandon();
+                // Counted before anyone is told (a scrape after a client's not_leader
+                // sees it), then the clients, then the engine thread.
                 gauges.step_downs.inc();
                 gauges.is_leader.set(0);
+                office.close();
+                handle.abandon();
                 tracing::warn!(term = held, "lost office: market pipeline abandoned");
             }
         }
