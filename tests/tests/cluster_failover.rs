@@ -447,6 +447,14 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&nobody.to_string()), "{err}");
+
+    // SIGTERM: the learner, the followers and the leader stop cleanly (exit 0).
+    assert!(learner.terminate(Duration::from_secs(20)), "learner stop");
+    let leader = members[second].take().unwrap();
+    for member in members.into_iter().flatten() {
+        assert!(member.terminate(Duration::from_secs(20)), "follower stop");
+    }
+    assert!(leader.terminate(Duration::from_secs(20)), "leader stop");
 }
 
 fn start_learner(config: &Path, dir: &Path) -> RouterProcess {

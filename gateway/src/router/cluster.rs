@@ -96,6 +96,8 @@ impl MemberReady {
 
 /// How often the role, the status gauges and the learner's checks are looked at.
 const POLL: Duration = Duration::from_millis(20);
+/// A failed promotion is tried again after this.
+const PROMOTION_RETRY: Duration = Duration::from_millis(200);
 /// Status gauges are refreshed this often (a status is a few locks in openraft).
 const STATUS_EVERY: Duration = Duration::from_millis(250);
 
@@ -513,6 +515,7 @@ pub fn run_member(
     let mut term_seen = 0;
     let mut pipeline: Option<(u64, super::RouterHandle)> = None;
     let mut status_at = Instant::now() - STATUS_EVERY;
+    let mut retry_at = Instant::now();
     let result = loop {
         if signals.try_recv().is_ok() {
             break Ok(());
@@ -561,7 +564,7 @@ pub fn run_member(
                 tracing::warn!(term = held, "lost office: market pipeline abandoned");
             }
         }
-        if leading && pipeline.is_none() && !learner {
+        if leading && pipeline.is_none() && !learner && retry_at <= Instant::now() {
             match start_term(&member, &config, &router_key, &office, &reply_cache) {
                 Ok((term, handle)) => {
                     gauges.promotions.inc();
@@ -570,8 +573,12 @@ pub fn run_member(
                     pipeline = Some((term, handle));
                 }
                 // Lost the election's fruit before the promotion completed, or the
-                // pipeline refused to start: tried again while the role says leader.
-                Err(error) => tracing::warn!(%error, "promotion failed"),
+                // pipeline refused to start: tried again while the role says leader,
+                // after a pause (not a log line per poll).
+                Err(error) => {
+                    tracing::warn!(%error, "promotion failed");
+                    retry_at = Instant::now() + PROMOTION_RETRY;
+                }
             }
         }
         if status_at.elapsed() >= STATUS_EVERY {
