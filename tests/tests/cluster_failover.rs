@@ -605,3 +605,148 @@ fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
     let router: Address = members[new].ready.router_address.parse().unwrap();
     session(members[new].ready.listen, network_id, &router, 7);
 }
+
+/// The next whole frame of `client` other than pushes it does not care about:
+/// (type, body bytes).
+fn next_frame_of(client: &mut yellowstone_wire::client::Client, wanted: &[u16]) -> (u16, Vec<u8>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {wanted:?}"
+        );
+        match client.recv_frame() {
+            Ok(frame) if wanted.contains(&frame.header.msg_type) => {
+                return (frame.header.msg_type, frame.body.to_vec())
+            }
+            Ok(frame) if frame.header.msg_type == msg_type::ERROR_REPLY => {
+                panic!(
+                    "refused: {:?}",
+                    Message::decode(msg_type::ERROR_REPLY, &frame.body)
+                )
+            }
+            Ok(_) => {}
+            Err(yellowstone_wire::client::ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+/// R-HA-3 across a failover: an RFC answered by the old leader, sent again (the same
+/// signed bytes) to the new leader after a SIGKILL, gets the original `RfcAccepted`
+/// and the original ticket, byte for byte — from the reply cache the new leader's
+/// state machine built from the committed journal — and no second probe.
+#[test]
+fn r_ha_3_a_resend_after_failover_gets_the_original_answer_from_the_new_leader() {
+    let group = Group::new(3);
+    let mut members: Vec<Option<RouterProcess>> = (1..=3).map(|id| Some(group.start(id))).collect();
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let all: Vec<(usize, &RouterProcess)> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i, m.as_ref().unwrap()))
+        .collect();
+    let old = leader_of(&all, Duration::from_secs(10));
+    let leader = members[old].as_ref().unwrap();
+    let network_id = leader.ready.network_id;
+    let addr = leader.ready.listen;
+
+    let mut operator = connect(addr, operator_key());
+    let user_key = SigningKey::from_seed(b"failover-resend-user");
+    let mut provider = connect(addr, SigningKey::from_seed(b"failover-resend-provider"));
+    fund(
+        &mut operator,
+        &[
+            (user_key.address(), 50 * WEI_PER_MOR),
+            (provider.address(), WEI_PER_MOR),
+        ],
+    );
+    register(&mut provider, network_id, 1, 1_000_000, 4);
+    let mut user = connect(addr, user_key.clone());
+    let nonce = user.next_nonce();
+    let frame = yellowstone_wire::client::presign(
+        user.key(),
+        network_id,
+        Rfc {
+            from: user.address(),
+            nonce,
+            model_id: 1,
+            tokens_max: 100,
+            expires_at_ms: now_ms() + 60_000,
+            signature: Signature::default(),
+        }
+        .into(),
+    );
+    user.send_raw(&frame).unwrap();
+    let accepted = next_frame_of(&mut user, &[msg_type::RFC_ACCEPTED]);
+    answer_next_probe(&mut provider, Duration::from_secs(10));
+    let ticket = next_frame_of(&mut user, &[msg_type::SESSION_TICKET]);
+    drop(user);
+
+    members[old].take().unwrap().kill_hard();
+    let alive: Vec<(usize, &RouterProcess)> = members
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| m.as_ref().map(|m| (i, m)))
+        .collect();
+    let new = leader_of(&alive, Duration::from_secs(5));
+    let new_leader = members[new].as_ref().unwrap();
+    // The provider follows the leader and announces itself again.
+    let mut provider = connect(
+        new_leader.ready.listen,
+        SigningKey::from_seed(b"failover-resend-provider"),
+    );
+    let mut again = connect(new_leader.ready.listen, user_key);
+    again.send_raw(&frame).unwrap();
+    assert_eq!(
+        next_frame_of(
+            &mut again,
+            &[msg_type::RFC_ACCEPTED, msg_type::SESSION_TICKET]
+        ),
+        accepted,
+        "the original RfcAccepted from the new leader"
+    );
+    assert_eq!(
+        next_frame_of(
+            &mut again,
+            &[msg_type::RFC_ACCEPTED, msg_type::SESSION_TICKET]
+        ),
+        ticket,
+        "the original ticket, byte for byte (RFC 6979, the group's router key)"
+    );
+    // No second effect: the provider gets no probe for it.
+    provider
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_millis(1_000);
+    while Instant::now() < deadline {
+        match provider.recv() {
+            Ok(Message::Probe(p)) => panic!("a second effect: probe {p:?}"),
+            Ok(_) | Err(yellowstone_wire::client::ClientError::Io(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let hits = gauge(
+        new_leader.ready.metrics,
+        "yellowstone_reply_cache_hits_total",
+    );
+    assert_eq!(hits, Some(1), "answered from the cache");
+}
