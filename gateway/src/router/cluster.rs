@@ -149,6 +149,33 @@ fn member_key(
     })
 }
 
+/// A member replays its Raft log from the genesis engine of its configuration: the
+/// market parameters it was created with are kept in `market.bin` (as a single
+/// router's), and a configuration that differs later is refused naming each
+/// difference (replayed under other parameters, this member would reach another
+/// state than its group: a state hash mismatch at the next block).
+fn check_market_kept(
+    dir: &Path,
+    market: &yellowstone_engine::MarketConfig,
+) -> Result<(), ClusterRunError> {
+    use crate::journal::files;
+    let data_dir = |reason: String| ClusterRunError::DataDir {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    match files::read_market(dir).map_err(|e| data_dir(e.to_string()))? {
+        None => files::write_market(dir, market).map_err(|e| data_dir(e.to_string())),
+        Some(stored) if stored == *market => Ok(()),
+        Some(stored) => Err(data_dir(format!(
+            "the market parameters in the configuration differ from those this member \
+             was created with ({}): {}; every member of a group runs the same market, \
+             fixed at its creation",
+            files::MARKET_FILE,
+            super::durable::market_differences(&stored, market).join("; ")
+        ))),
+    }
+}
+
 /// The cluster's figures on `/metrics` (docs/metrics.md "Replication").
 struct ClusterGauges {
     registry: Registry,
@@ -441,6 +468,7 @@ pub fn run_member(
     let market = config
         .market_config(genesis_ms)
         .map_err(ClusterRunError::Config)?;
+    check_market_kept(&dir, &market)?;
 
     // The process's registry and market board (a term's pipeline publishes into
     // them), then the gateways, which answer not_leader until a term opens.
