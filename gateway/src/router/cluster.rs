@@ -188,6 +188,9 @@ struct ClusterGauges {
     elections: Arc<Counter>,
     promotions: Arc<Counter>,
     step_downs: Arc<Counter>,
+    snapshot_index: Arc<Gauge>,
+    stale_entries: Arc<Counter>,
+    bad_macs: Arc<Counter>,
     lag: BTreeMap<u64, Arc<Gauge>>,
 }
 
@@ -238,6 +241,23 @@ impl ClusterGauges {
             step_downs: registry.counter(
                 "yellowstone_cluster_step_downs_total",
                 "Times this member lost office and abandoned its market pipeline.",
+                &[],
+            ),
+            snapshot_index: registry.gauge(
+                "yellowstone_cluster_snapshot_index",
+                "The last Raft log index this member's latest snapshot covers (the log \
+                 before it may be purged).",
+                &[],
+            ),
+            stale_entries: registry.counter(
+                "yellowstone_cluster_stale_entries_total",
+                "Committed entries the state machine skipped as stale: a deposed leader's \
+                 late proposals (skipped alike on every member).",
+                &[],
+            ),
+            bad_macs: registry.counter(
+                "yellowstone_cluster_bad_macs_total",
+                "Member RPC frames refused for a bad MAC (another cluster.key, or tampering).",
                 &[],
             ),
             lag: BTreeMap::new(),
