@@ -219,9 +219,11 @@ impl MemberCore {
 
     /// Waits until this member leads (confirmed by a quorum) and its state machine
     /// applied every entry of its log (so everything committed before, and the term's
-    /// blank entry), then copies that engine. If leadership moves meanwhile it waits
-    /// for the next time this member leads.
-    /// Errors: [`ReplicationError::Stopped`].
+    /// blank entry), then copies that engine. While openraft still says leader but a
+    /// quorum has not confirmed it, it waits; once this member is a follower or
+    /// learner it returns (call again on the next `Role::Leader`).
+    /// Errors: [`ReplicationError::Stopped`]; [`ReplicationError::OfficeLost`]: not
+    /// (or no longer) the leader.
     pub async fn promote(&self) -> Result<Promotion, ReplicationError> {
         let mut role = self.role.clone();
         loop {
@@ -239,7 +241,13 @@ impl MemberCore {
                         tracing::info!(term, error = %e, "promotion waits: leadership not confirmed");
                     }
                 },
-                Role::Follower { .. } | Role::Learner { .. } => {}
+                // Not (or no longer) the leader: the caller decides (raft-b: its
+                // process loop must keep answering signals and role changes, so it
+                // never blocks here while a follower; it calls again on the next
+                // `Role::Leader`). A restarted member that led before comes up as
+                // Leader of its old term and learns of the new one a moment later.
+                Role::Follower { term, .. } => return Err(ReplicationError::OfficeLost { term }),
+                Role::Learner { .. } => return Err(ReplicationError::OfficeLost { term: 0 }),
             }
             if role.changed().await.is_err() {
                 return Err(ReplicationError::Stopped);

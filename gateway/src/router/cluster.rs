@@ -276,6 +276,10 @@ impl ClusterGauges {
         self.applied_index.set(applied as i64);
         self.commit_lag
             .set(committed.saturating_sub(applied) as i64);
+        self.snapshot_index
+            .set(status.snapshot_index.unwrap_or(0) as i64);
+        self.stale_entries.publish(status.stale_entries);
+        self.bad_macs.publish(status.bad_macs);
         for member in &status.members {
             let Some(matched) = member.matched_index else {
                 continue;
@@ -624,7 +628,14 @@ pub fn run_member(
                 // pipeline refused to start: tried again while the role says leader,
                 // after a pause (not a log line per poll).
                 Err(error) => {
-                    tracing::warn!(%error, "promotion failed");
+                    match &error {
+                        // E.g. a restarted member that led comes up as the leader of
+                        // its old term and hears of the new one a moment later.
+                        ClusterRunError::Replication(ReplicationError::OfficeLost { .. }) => {
+                            tracing::info!(%error, "not leading after all")
+                        }
+                        _ => tracing::warn!(%error, "promotion failed"),
+                    }
                     retry_at = Instant::now() + PROMOTION_RETRY;
                 }
             }
@@ -647,6 +658,12 @@ pub fn run_member(
         std::thread::sleep(POLL);
     };
     // Graceful stop: a leader answers what is committed, then everything closes.
+    let member_id = config.cluster.member_id;
+    tracing::info!(
+        member = member_id,
+        leading = pipeline.is_some(),
+        "member stopping"
+    );
     if let Some((_, handle)) = pipeline.take() {
         office.close();
         if let Err(error) = handle.shutdown() {
@@ -654,10 +671,12 @@ pub fn run_member(
         }
     }
     let _ = gateways.shutdown();
+    tracing::info!(member = member_id, "gateways stopped; stopping raft");
     member.shutdown();
     if let Some(metrics) = metrics {
         metrics.stop();
     }
+    tracing::info!(member = member_id, "member stopped");
     result
 }
 
