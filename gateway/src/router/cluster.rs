@@ -96,6 +96,8 @@ impl MemberReady {
 
 /// How often the role, the status gauges and the learner's checks are looked at.
 const POLL: Duration = Duration::from_millis(20);
+/// A promotion is awaited this long at most (then tried again).
+const PROMOTE_WAIT: Duration = Duration::from_secs(1);
 /// A failed promotion is tried again after this.
 const PROMOTION_RETRY: Duration = Duration::from_millis(200);
 /// Status gauges are refreshed this often (a status is a few locks in openraft).
@@ -561,6 +563,14 @@ pub fn run_member(
         learner,
     });
 
+    // Where a promotion is awaited, bounded (`start_term`).
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|source| ReplicationError::Io {
+            what: "the promotion waiter's runtime".into(),
+            source,
+        })?;
     let mut gauges = ClusterGauges::new(&registry);
     let roles = member.role();
     let retry_after_ms = config.cluster.election_timeout_max_ms.min(u32::MAX as u64) as u32;
@@ -617,7 +627,14 @@ pub fn run_member(
             }
         }
         if leading && pipeline.is_none() && !learner && retry_at <= Instant::now() {
-            match start_term(&member, &config, &router_key, &office, &reply_cache) {
+            match start_term(
+                &member,
+                &waiter,
+                &config,
+                &router_key,
+                &office,
+                &reply_cache,
+            ) {
                 Ok((term, handle)) => {
                     gauges.promotions.inc();
                     gauges.is_leader.set(1);
@@ -684,12 +701,20 @@ pub fn run_member(
 /// applied), the durability committing on a majority, the pipeline around both.
 fn start_term(
     member: &Member,
+    waiter: &tokio::runtime::Runtime,
     config: &RouterConfig,
     router_key: &yellowstone_wire::SigningKey,
     office: &Arc<Office>,
     reply_cache: &Arc<yellowstone_router_core::ReplyCache>,
 ) -> Result<(u64, super::RouterHandle), ClusterRunError> {
-    let promotion = member.promote()?;
+    // Bounded: the loop must keep answering signals (a leader cut off from its
+    // quorum may wait for a confirmation that never comes); tried again later.
+    let promotion = waiter
+        .block_on(async { tokio::time::timeout(PROMOTE_WAIT, member.core().promote()).await })
+        .map_err(|_| ReplicationError::Raft {
+            op: "promote",
+            reason: format!("leadership not confirmed by a quorum within {PROMOTE_WAIT:?}"),
+        })??;
     let term = promotion.term;
     let durability = member.durability(&promotion);
     let genesis_ms = promotion.engine.config().genesis_ms;
