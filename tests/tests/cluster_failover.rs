@@ -750,3 +750,75 @@ fn r_ha_3_a_resend_after_failover_gets_the_original_answer_from_the_new_leader()
     );
     assert_eq!(hits, Some(1), "answered from the cache");
 }
+
+/// R-HA-4: a learner whose replay does not reach the leader's state (here: its market
+/// starts a second later, so every block's state differs) raises the alarm: its
+/// mismatch counter moves (and an ERROR line names each block, `STATE HASH MISMATCH
+/// at block N`); the blocks compared count as checked, matching or not.
+#[test]
+fn r_ha_4_a_learner_whose_replay_differs_raises_the_alarm() {
+    let group = Group::new(3);
+    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let leader = leader_of(&all, Duration::from_secs(10));
+
+    // The learner's configuration names another genesis: the same journal replayed
+    // from another genesis state.
+    let learner_id = 4u64;
+    let config = group.config(learner_id, true);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let shifted = text.replace(
+        &format!("genesis_ms = {}", group.genesis_ms),
+        &format!("genesis_ms = {}", group.genesis_ms + 1_000),
+    );
+    assert_ne!(text, shifted);
+    std::fs::write(&config, shifted).unwrap();
+    let learner = start_learner(&config, &group.data_dir(learner_id));
+    let (code, out, err) = cli(&[
+        "cluster",
+        "add",
+        "--raft",
+        &group.raft[leader].to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+        "--member",
+        &format!("{learner_id}={}", group.raft[3]),
+        "--learner",
+    ]);
+    assert_eq!(code, 0, "cluster add --learner: {out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let mismatched = gauge(
+            learner.ready.metrics,
+            "yellowstone_learner_state_hash_mismatch_total",
+        );
+        if mismatched >= Some(1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the learner raised no alarm (mismatches {mismatched:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let checked = gauge(
+        learner.ready.metrics,
+        "yellowstone_learner_blocks_checked_total",
+    );
+    assert!(checked >= Some(1), "compared blocks are counted checked");
+}
