@@ -822,3 +822,113 @@ fn r_ha_4_a_learner_whose_replay_differs_raises_the_alarm() {
     );
     assert!(checked >= Some(1), "compared blocks are counted checked");
 }
+
+/// R-HA-1, R-HA-3: a leader cut off from its quorum (both followers stopped) stops
+/// serving within about `election_timeout_max_ms` (openraft 0.9 would keep it leader):
+/// its client's RFC is never acknowledged, the client gets `not_leader` and is closed,
+/// the step-down is counted; once the followers run again, the group serves.
+#[test]
+fn r_ha_1_a_leader_without_its_quorum_stops_serving() {
+    let group = Group::new(3);
+    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let leader_index = leader_of(&all, Duration::from_secs(10));
+    let leader = &members[leader_index];
+    let mut operator = connect(leader.ready.listen, operator_key());
+    let mut user = connect(
+        leader.ready.listen,
+        SigningKey::from_seed(b"no-quorum-user"),
+    );
+    fund(&mut operator, &[(user.address(), 5 * WEI_PER_MOR)]);
+
+    let followers: Vec<u32> = members
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader_index)
+        .map(|(_, m)| m.pid())
+        .collect();
+    for pid in &followers {
+        // SAFETY: kill(2) on pids this test spawned.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGSTOP) };
+    }
+    let stopped_at = Instant::now();
+    let rfc_nonce = user.next_nonce();
+    user.send_signed(
+        Rfc {
+            from: user.address(),
+            nonce: rfc_nonce,
+            model_id: 1,
+            tokens_max: 500,
+            expires_at_ms: now_ms() + 30_000,
+            signature: Signature::default(),
+        }
+        .into(),
+    )
+    .unwrap();
+    let told = loop {
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(10),
+            "the cut-off leader kept its client waiting"
+        );
+        match user.recv() {
+            Ok(Message::ErrorReply(e)) if e.code == codes::NOT_LEADER => break e,
+            Ok(Message::RfcAccepted(a)) => {
+                panic!("R-HA-1: acknowledged without a quorum: {a:?}")
+            }
+            Ok(_) => {}
+            Err(yellowstone_wire::client::ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("closed without not_leader: {e}"),
+        }
+    };
+    let waited = stopped_at.elapsed();
+    println!("a leader without quorum stopped serving after {waited:?}");
+    assert_eq!(
+        told.reason,
+        yellowstone_wire::leader::NO_LEADER_REASON,
+        "{told:?}"
+    );
+    assert!(told.retry_after_ms > 0, "{told:?}");
+    let step_downs = gauge(leader.ready.metrics, "yellowstone_cluster_step_downs_total");
+    assert!(step_downs >= Some(1), "{step_downs:?}");
+    assert_eq!(
+        gauge(leader.ready.metrics, "yellowstone_cluster_is_leader"),
+        Some(0)
+    );
+    // A new connection meanwhile: told at once, no challenge.
+    match first_frame(leader.ready.listen) {
+        Message::ErrorReply(e) => assert_eq!(e.code, codes::NOT_LEADER),
+        other => panic!("expected not_leader, got {other:?}"),
+    }
+
+    for pid in &followers {
+        // SAFETY: as above.
+        unsafe { libc::kill(*pid as libc::pid_t, libc::SIGCONT) };
+    }
+    let now_leader = leader_of(&all, Duration::from_secs(15));
+    let router: Address = members[now_leader].ready.router_address.parse().unwrap();
+    session(
+        members[now_leader].ready.listen,
+        members[now_leader].ready.network_id,
+        &router,
+        9,
+    );
+}

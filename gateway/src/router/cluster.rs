@@ -178,6 +178,38 @@ fn check_market_kept(
     }
 }
 
+/// A leader's quorum, as its commit index shows it (R-HA-1, R-HA-3). openraft 0.9
+/// has no CheckQuorum: a leader cut off from its majority stays leader of its term,
+/// and its pipeline would take commands that never commit while its clients wait for
+/// answers. So when its log is ahead of its commit index (the pipeline ticks every
+/// 50 ms: a serving leader always proposes) and the commit index has not moved for
+/// `cluster.election_timeout_max_ms` — by then the others may have elected another —
+/// the member gives up its pipeline (clients get `not_leader` and try the others).
+/// Promotion needs a quorum's confirmation, so it serves again only once it has one.
+#[derive(Default)]
+struct QuorumWatch {
+    /// The commit index last seen, and since when it has not moved while the log
+    /// was ahead of it (None: not behind).
+    stalled: Option<(u64, Instant)>,
+}
+
+impl QuorumWatch {
+    fn observe(&mut self, status: &ClusterStatus) {
+        let committed = status.committed_index.unwrap_or(0);
+        let last = status.last_log_index.unwrap_or(0);
+        self.stalled = match self.stalled {
+            _ if committed >= last => None,
+            Some((seen, since)) if seen == committed => Some((seen, since)),
+            _ => Some((committed, Instant::now())),
+        };
+    }
+
+    fn lost(&self, max_wait: Duration) -> bool {
+        self.stalled
+            .is_some_and(|(_, since)| since.elapsed() > max_wait)
+    }
+}
+
 /// The cluster's figures on `/metrics` (docs/metrics.md "Replication").
 struct ClusterGauges {
     registry: Registry,
@@ -572,6 +604,8 @@ pub fn run_member(
             source,
         })?;
     let mut gauges = ClusterGauges::new(&registry);
+    let mut quorum = QuorumWatch::default();
+    let max_wait = Duration::from_millis(config.cluster.election_timeout_max_ms);
     let roles = member.role();
     let retry_after_ms = config.cluster.election_timeout_max_ms.min(u32::MAX as u64) as u32;
     let mut term_seen = 0;
@@ -595,7 +629,10 @@ pub fn run_member(
         }
         // Who `not_leader` names while no term of ours is open.
         let (leader_id, endpoint) = match &role {
-            Role::Leader { .. } => (config.cluster.member_id, Some(listen)),
+            // Named only once its pipeline serves: while promoting, or cut off from
+            // its quorum, clients are better sent to try the other members.
+            Role::Leader { .. } if pipeline.is_some() => (config.cluster.member_id, Some(listen)),
+            Role::Leader { .. } => (0, None),
             Role::Follower { leader, .. } | Role::Learner { leader } => {
                 leader.map_or((0, None), |(id, addr)| (id, Some(addr)))
             }
@@ -611,7 +648,12 @@ pub fn run_member(
         // stopped (its durability failed: a deposed leader's proposal).
         let lost = match (&pipeline, term) {
             (Some((held, handle)), now) => {
-                !leading || now != Some(*held) || handle.engine_stopped().try_recv().is_ok()
+                // The engine thread drops its end when it stops.
+                let stopped = matches!(
+                    handle.engine_stopped().try_recv(),
+                    Err(crossbeam_channel::TryRecvError::Disconnected)
+                );
+                !leading || now != Some(*held) || stopped || quorum.lost(max_wait)
             }
             (None, _) => false,
         };
@@ -621,6 +663,15 @@ pub fn run_member(
                 // sees it), then the clients, then the engine thread.
                 gauges.step_downs.inc();
                 gauges.is_leader.set(0);
+                if leading {
+                    // Still leader for openraft (cut off from its quorum): it names
+                    // no leader, so clients try the other members.
+                    office.set_leader(LeaderHint {
+                        leader_id: 0,
+                        endpoint: None,
+                        retry_after_ms,
+                    });
+                }
                 office.close();
                 handle.abandon();
                 tracing::warn!(term = held, "lost office: market pipeline abandoned");
@@ -636,6 +687,7 @@ pub fn run_member(
                 &reply_cache,
             ) {
                 Ok((term, handle)) => {
+                    quorum = QuorumWatch::default();
                     gauges.promotions.inc();
                     gauges.is_leader.set(1);
                     tracing::info!(term, "leading: market pipeline serving");
@@ -661,6 +713,7 @@ pub fn run_member(
             status_at = Instant::now();
             let status = member.status();
             gauges.publish(&status);
+            quorum.observe(&status);
             if let (Some(check), Some(ask)) = (&check, &ask) {
                 if let Some(from) = check.oldest_pending() {
                     match ask.leader_hashes(&status, from) {
