@@ -356,6 +356,12 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
 #[test]
 #[ignore]
 fn failover_time_with_default_timing() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let rounds: usize = std::env::var("FAILOVERS")
         .ok()
         .and_then(|s| s.parse().ok())
