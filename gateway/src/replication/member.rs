@@ -217,37 +217,35 @@ impl MemberCore {
         self.role.clone()
     }
 
-    /// Waits until this member leads (confirmed by a quorum) and its state machine
-    /// applied every entry of its log (so everything committed before, and the term's
-    /// blank entry), then copies that engine. While openraft still says leader but a
-    /// quorum has not confirmed it, it waits; once this member is a follower or
-    /// learner it returns (call again on the next `Role::Leader`).
-    /// Errors: [`ReplicationError::Stopped`]; [`ReplicationError::OfficeLost`]: not
-    /// (or no longer) the leader.
+    /// Waits until this member leads, confirms it with a quorum, waits until its
+    /// state machine applied every entry of its log (so everything committed before,
+    /// and the term's blank entry), then copies that engine.
+    /// Errors: [`ReplicationError::Stopped`]; [`ReplicationError::OfficeLost`] when
+    /// the leadership it saw is not confirmed or moves before the copy (a member
+    /// restarted as the leader of a term the others left behind does this): call
+    /// again on the next `Role::Leader`.
     pub async fn promote(&self) -> Result<Promotion, ReplicationError> {
         let mut role = self.role.clone();
         loop {
             let current = role.borrow_and_update().clone();
             match current {
                 Role::Stopped => return Err(ReplicationError::Stopped),
-                Role::Leader { term } => match self.raft.ensure_linearizable().await {
-                    Ok(_) => {
-                        if let Some(promotion) = self.copy_when_caught_up(term).await? {
-                            return Ok(promotion);
+                Role::Leader { term } => {
+                    return match self.raft.ensure_linearizable().await {
+                        Ok(_) => match self.copy_when_caught_up(term).await? {
+                            Some(promotion) => Ok(promotion),
+                            None => Err(ReplicationError::OfficeLost { term }),
+                        },
+                        Err(RaftError::Fatal(_)) => Err(ReplicationError::Stopped),
+                        Err(RaftError::APIError(e)) => {
+                            // E.g. a member restarted as the leader of an old term that
+                            // a quorum has left behind: it steps down next.
+                            tracing::info!(term, error = %e, "promotion refused: leadership not confirmed");
+                            Err(ReplicationError::OfficeLost { term })
                         }
-                    }
-                    Err(RaftError::Fatal(_)) => return Err(ReplicationError::Stopped),
-                    Err(RaftError::APIError(e)) => {
-                        tracing::info!(term, error = %e, "promotion waits: leadership not confirmed");
-                    }
-                },
-                // Not (or no longer) the leader: the caller decides (raft-b: its
-                // process loop must keep answering signals and role changes, so it
-                // never blocks here while a follower; it calls again on the next
-                // `Role::Leader`). A restarted member that led before comes up as
-                // Leader of its old term and learns of the new one a moment later.
-                Role::Follower { term, .. } => return Err(ReplicationError::OfficeLost { term }),
-                Role::Learner { .. } => return Err(ReplicationError::OfficeLost { term: 0 }),
+                    };
+                }
+                Role::Follower { .. } | Role::Learner { .. } => {}
             }
             if role.changed().await.is_err() {
                 return Err(ReplicationError::Stopped);
