@@ -184,7 +184,11 @@ impl ReplyCache {
                 .get_mut(&user)
                 .and_then(|entries| entries.iter_mut().rev().find(|e| e.nonce == nonce))
             {
-                entry.replies.push(message);
+                // Idempotent: a leader's cache is fed twice (its sink on delivery, its
+                // state machine on commit, R-HA-3).
+                if !entry.replies.contains(&message) {
+                    entry.replies.push(message);
+                }
             }
         }
     }
@@ -229,9 +233,13 @@ impl Inner {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         let entries = self.by_address.entry(address).or_default();
-        // Nonces only grow per address (R-ID-4): a re-observed nonce (a replica
-        // replaying its journal) replaces its entry.
+        // Observed again (a leader's sink and its state machine both feed the cache,
+        // a replica replays its journal): the entry stays as it is, with whatever
+        // later answers joined it. Another command under the nonce replaces it.
         if let Some(at) = entries.iter().position(|e| e.nonce == nonce) {
+            if entries[at].digest == digest {
+                return;
+            }
             entries.remove(at);
             self.len -= 1;
         }
@@ -443,6 +451,41 @@ mod tests {
         assert!(matches!(
             replies.as_slice(),
             [Message::RfcAccepted(_), Message::RfcFailed(f)] if f.rfc_id == 78
+        ));
+    }
+
+    #[test]
+    fn r_ha_3_observing_twice_changes_nothing() {
+        // A leader's sink and its state machine both observe every command.
+        let cache = cache(16, 1_000);
+        let ticket = Ticket {
+            session: 4,
+            user: addr(1),
+            provider: addr(2),
+            endpoint: std::sync::Arc::from(&b"http://p"[..]),
+            model: 1,
+            tokens_max: 100,
+            price_wei_per_token: 7,
+            expires_at_ms: 9_000,
+            rfc_nonce: 10,
+        };
+        let answer = Command::ProbeAnswer {
+            provider: addr(2),
+            nonce: 5,
+            probe: 3,
+        };
+        let opened = [Effect::SessionOpened { ticket }];
+        cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
+        cache.observe(&answer, &opened);
+        cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
+        cache.observe(&answer, &opened);
+        assert_eq!(cache.len(), 2);
+        let replies = cache
+            .lookup(&wire(1), 10, &CommandDigest::of(&rfc(1, 10, 100)))
+            .unwrap();
+        assert!(matches!(
+            replies.as_slice(),
+            [Message::RfcAccepted(_), Message::SessionTicket(_)]
         ));
     }
 
