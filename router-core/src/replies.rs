@@ -553,3 +553,62 @@ mod tests {
         assert_eq!(command_of(7, key.address(), &subscribe, &[]), None);
     }
 }
+
+/// Figures for the notes (`cargo test --release -p yellowstone-router-core --lib
+/// reply_cache_cost -- --ignored --nocapture`): the engine thread's cost of feeding
+/// the cache per command, and a gateway's cost of a lookup.
+#[cfg(test)]
+#[test]
+#[ignore = "a measurement, not a check"]
+fn reply_cache_cost() {
+    use yellowstone_engine::Address as EngineAddress;
+    let cache = ReplyCache::new(ReplyCacheConfig {
+        per_address: 64,
+        entries_max: 65_536,
+    });
+    let n = 1_000_000u64;
+    let commands: Vec<(Command, Vec<Effect>)> = (0..n)
+        .map(|i| {
+            let mut a = [0u8; 20];
+            a[..8].copy_from_slice(&(i % 10_000).to_le_bytes());
+            let user = EngineAddress(a);
+            (
+                Command::SubmitRfc {
+                    user,
+                    nonce: i,
+                    model: 1,
+                    tokens_max: 100,
+                    expires_at_ms: 9_000,
+                },
+                vec![Effect::RfcAccepted {
+                    user,
+                    nonce: i,
+                    rfc: i,
+                    tokens_left: 50,
+                }],
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    for (command, effects) in &commands {
+        cache.observe(command, effects);
+    }
+    let per_observe = started.elapsed().as_nanos() as f64 / n as f64;
+    let started = std::time::Instant::now();
+    let mut hits = 0u64;
+    for (command, _) in commands.iter().rev().take(65_536) {
+        let (address, nonce) = command.origin().unwrap();
+        if cache
+            .lookup(&to_wire(address), nonce, &CommandDigest::of(command))
+            .is_some()
+        {
+            hits += 1;
+        }
+    }
+    let per_lookup = started.elapsed().as_nanos() as f64 / 65_536.0;
+    eprintln!(
+        "observe {per_observe:.0} ns/command, lookup+digest {per_lookup:.0} ns, hits {hits} of \
+         65536, held {}",
+        cache.len()
+    );
+}
