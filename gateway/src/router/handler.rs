@@ -351,8 +351,7 @@ impl RouterHandler {
     ) -> Option<Resend> {
         let command =
             yellowstone_router_core::command_of(self.shared.network_id, address, message, body)?;
-        let digest = yellowstone_router_core::CommandDigest::of(&command);
-        let replies = self.shared.reply_cache.lookup(&address, nonce, &digest)?;
+        let replies = self.shared.reply_cache.lookup(&address, nonce, &command)?;
         if yellowstone_router_core::RouteKind::of(&command).is_some() {
             return Some(Resend::ViaEngine(command));
         }
