@@ -183,7 +183,7 @@ fn check_market_kept(
 /// and its pipeline would take commands that never commit while its clients wait for
 /// answers. So when its log is ahead of its commit index (the pipeline ticks every
 /// 50 ms: a serving leader always proposes) and the commit index has not moved for
-/// `cluster.election_timeout_max_ms` — by then the others may have elected another —
+/// twice `cluster.election_timeout_max_ms` — by then the others have elected another —
 /// the member gives up its pipeline (clients get `not_leader` and try the others).
 /// Promotion needs a quorum's confirmation, so it serves again only once it has one.
 #[derive(Default)]
@@ -605,7 +605,10 @@ pub fn run_member(
         })?;
     let mut gauges = ClusterGauges::new(&registry);
     let mut quorum = QuorumWatch::default();
-    let max_wait = Duration::from_millis(config.cluster.election_timeout_max_ms);
+    // By then the others have certainly elected another leader (openraft's lease,
+    // election_timeout_max, plus the longest election timeout): a shorter stall, a
+    // loaded machine's, costs no step-down.
+    let max_wait = Duration::from_millis(2 * config.cluster.election_timeout_max_ms);
     let roles = member.role();
     let retry_after_ms = config.cluster.election_timeout_max_ms.min(u32::MAX as u64) as u32;
     let mut term_seen = 0;
