@@ -792,6 +792,49 @@ fn start_term(
 mod tests {
     use super::*;
 
+    fn status(committed: u64, last: u64) -> ClusterStatus {
+        ClusterStatus {
+            member_id: 1,
+            client_endpoint: String::new(),
+            state: "leader".into(),
+            term: 1,
+            leader_id: Some(1),
+            leader_endpoint: None,
+            last_log_index: Some(last),
+            committed_index: Some(committed),
+            applied_index: Some(committed),
+            snapshot_index: None,
+            next_seq: 1,
+            members: Vec::new(),
+            stale_entries: 0,
+            bad_macs: 0,
+        }
+    }
+
+    #[test]
+    fn r_ha_1_quorum_is_lost_only_when_commit_stalls_behind_the_log() {
+        let wait = Duration::from_millis(30);
+        let mut quorum = QuorumWatch::default();
+        // Caught up: never lost, however long.
+        quorum.observe(&status(10, 10));
+        std::thread::sleep(wait * 2);
+        assert!(!quorum.lost(wait));
+        // Behind, stalled past the wait, then moving: the stall restarts from the move
+        // (sleeps only ever last longer than asked: no upper bound is relied on).
+        quorum.observe(&status(10, 12));
+        std::thread::sleep(wait * 2);
+        assert!(quorum.lost(wait), "stalled behind the log");
+        quorum.observe(&status(11, 13));
+        assert!(!quorum.lost(wait), "the commit index moved");
+        // Behind and stalled past the wait again: lost.
+        std::thread::sleep(wait * 2);
+        quorum.observe(&status(11, 14));
+        assert!(quorum.lost(wait));
+        // Caught up again: not lost.
+        quorum.observe(&status(14, 14));
+        assert!(!quorum.lost(wait));
+    }
+
     #[test]
     fn r_ha_4_hash_check_counts_matches_mismatches_and_the_unverifiable() {
         let registry = Registry::new();
