@@ -171,6 +171,16 @@ impl ReplyCache {
         let mut later: Vec<(Address, u64, Message)> = Vec::new();
         let origin_wire = origin.map(|(address, nonce)| (to_wire(address), nonce));
         for effect in effects {
+            // Only a sender's own answers, tickets and failures are kept: nothing else
+            // is built (a block's batch, say, on the engine thread for nothing).
+            let wanted = origin.is_some()
+                || matches!(
+                    effect,
+                    Effect::SessionOpened { .. } | Effect::RfcFailed { .. }
+                );
+            if !wanted {
+                continue;
+            }
             match delivery_of(command, effect) {
                 Delivery::Reply(_, message) if origin.is_some() => own.push(message),
                 Delivery::Ticket {
