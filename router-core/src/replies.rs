@@ -122,6 +122,8 @@ struct Inner {
 pub struct ReplyCache {
     config: ReplyCacheConfig,
     inner: Mutex<Inner>,
+    /// `inner.len` as of the last change, read without the lock (a metric per command).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl ReplyCache {
@@ -134,6 +136,7 @@ impl ReplyCache {
                 entries_max: config.entries_max.max(1),
             },
             inner: Mutex::new(Inner::default()),
+            held: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -144,7 +147,7 @@ impl ReplyCache {
 
     /// Entries held now (at most `entries_max`).
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether it holds nothing.
@@ -235,6 +238,8 @@ impl ReplyCache {
                 }
             }
         }
+        self.held
+            .store(inner.len, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The answers first sent to `address`'s message `nonce` asking for `command`, if
