@@ -122,6 +122,8 @@ struct Inner {
 pub struct ReplyCache {
     config: ReplyCacheConfig,
     inner: Mutex<Inner>,
+    /// `inner.len` as of the last change, read without the lock (a metric per command).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl ReplyCache {
@@ -134,6 +136,7 @@ impl ReplyCache {
                 entries_max: config.entries_max.max(1),
             },
             inner: Mutex::new(Inner::default()),
+            held: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -144,7 +147,7 @@ impl ReplyCache {
 
     /// Entries held now (at most `entries_max`).
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether it holds nothing.
@@ -171,6 +174,16 @@ impl ReplyCache {
         let mut later: Vec<(Address, u64, Message)> = Vec::new();
         let origin_wire = origin.map(|(address, nonce)| (to_wire(address), nonce));
         for effect in effects {
+            // Only a sender's own answers, tickets and failures are kept: nothing else
+            // is built (a block's batch, say, on the engine thread for nothing).
+            let wanted = origin.is_some()
+                || matches!(
+                    effect,
+                    Effect::SessionOpened { .. } | Effect::RfcFailed { .. }
+                );
+            if !wanted {
+                continue;
+            }
             match delivery_of(command, effect) {
                 Delivery::Reply(_, message) if origin.is_some() => own.push(message),
                 Delivery::Ticket {
@@ -225,6 +238,8 @@ impl ReplyCache {
                 }
             }
         }
+        self.held
+            .store(inner.len, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The answers first sent to `address`'s message `nonce` asking for `command`, if
