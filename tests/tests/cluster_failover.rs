@@ -932,3 +932,96 @@ fn r_ha_1_a_leader_without_its_quorum_stops_serving() {
         9,
     );
 }
+
+/// docs/replication.md "Adding and removing a member": a fourth member started and
+/// added as a voter (`cluster add` without --learner) catches up and votes; a follower
+/// removed (`cluster remove`) leaves the membership.
+#[test]
+fn a_voter_is_added_and_a_member_removed() {
+    let group = Group::new(3);
+    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let leader = leader_of(&all, Duration::from_secs(10));
+    let fourth = group.start(4);
+    let key = group.key.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "cluster",
+        "add",
+        "--raft",
+        &group.raft[leader].to_string(),
+        "--key",
+        key,
+        "--member",
+        &format!("4={}", group.raft[3]),
+    ]);
+    assert_eq!(code, 0, "cluster add: {out}{err}");
+    assert!(out.contains("member 4 added as a voter"), "{out}");
+    let status = status(&group, group.raft[leader]);
+    let voters = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["voter"] == true)
+        .count();
+    assert_eq!(voters, 4, "{status}");
+    // The new member follows the leader and applies what the group committed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let theirs = hashes(&group, group.raft[leader]);
+        let ours = hashes(&group, group.raft[3]);
+        if !ours.is_empty() && ours.last() == theirs.last() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "member 4 never caught up: {ours:?} vs {theirs:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A new connection to it is sent to the leader.
+    match first_frame(fourth.ready.listen) {
+        Message::ErrorReply(e) => {
+            assert_eq!(e.code, codes::NOT_LEADER);
+            assert_eq!(e.detail, leader as u128 + 1, "{}", e.reason);
+        }
+        other => panic!("expected not_leader, got {other:?}"),
+    }
+    // Remove a follower.
+    let gone = (leader + 1) % 3;
+    let (code, out, err) = cli(&[
+        "cluster",
+        "remove",
+        "--raft",
+        &group.raft[leader].to_string(),
+        "--key",
+        key,
+        "--id",
+        &(gone + 1).to_string(),
+    ]);
+    assert_eq!(code, 0, "cluster remove: {out}{err}");
+    let status = self::status(&group, group.raft[leader]);
+    let ids: Vec<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{status}");
+    assert!(!ids.contains(&(gone as u64 + 1)), "{status}");
+    assert!(ids.contains(&4), "{status}");
+}
