@@ -244,8 +244,9 @@ async fn propose(raft: Raft, id: MemberId, shared: Arc<Shared>) {
                         .commit_us_total
                         .fetch_add(us, Ordering::Relaxed);
                     shared.stats.commit_us_max.fetch_max(us, Ordering::Relaxed);
+                    #[cfg(not(feature = "plant-early-durable"))]
                     debug_assert!(shared.committed.load(Ordering::Acquire) < last_seq);
-                    shared.committed.store(last_seq, Ordering::Release);
+                    shared.committed.fetch_max(last_seq, Ordering::AcqRel);
                     let _ = shared.durable_tx.send(last_seq);
                 }
                 other => {
@@ -280,6 +281,12 @@ impl Durability for ReplicatedDurability {
         }
         self.next_seq += 1;
         self.shared.wake.notify_one();
+        #[cfg(feature = "plant-early-durable")]
+        {
+            // The planted bug (tests only): durable before any commit.
+            self.shared.committed.fetch_max(seq, Ordering::AcqRel);
+            let _ = self.shared.durable_tx.send(seq);
+        }
         Ok(seq)
     }
 
