@@ -135,7 +135,9 @@ impl Session {
     }
 
     /// Connects again (to the group's leader) after a lost connection.
-    fn reconnect(&mut self) -> Result<(), CtlError> {
+    ///
+    /// Errors: `CtlError::Connection` when no member could be logged in to in time.
+    pub fn reconnect(&mut self) -> Result<(), CtlError> {
         let key = self.client.key().clone();
         self.client = connect_client(&self.endpoints, key, self.timeout)
             .map_err(|e| CtlError::Connection(e.to_string()))?;

@@ -378,18 +378,22 @@ fn follow(cli: &Cli, count: Option<u64>, router_address: &Option<String>) -> Res
     let mut session = session(cli)?;
     let router = pinned.unwrap_or(session.router());
     let from = session.address();
-    session.request(
-        |nonce| {
-            SubscribeBatches {
-                from,
-                nonce,
-                signature: Signature::default(),
-            }
-            .into()
-        },
-        acked,
-    )?;
+    let subscribe = |session: &mut Session| {
+        session.request(
+            |nonce| {
+                SubscribeBatches {
+                    from,
+                    nonce,
+                    signature: Signature::default(),
+                }
+                .into()
+            },
+            acked,
+        )
+    };
+    subscribe(&mut session)?;
     let network_id = session.network_id();
+    let mut reconnects = 0u32;
     let mut follower = batch::Follower::default();
     let mut printed = 0u64;
     let stdout = std::io::stdout();
@@ -404,10 +408,27 @@ fn follow(cli: &Cli, count: Option<u64>, router_address: &Option<String>) -> Res
             {
                 continue; // batches come every 12 s; keep waiting
             }
+            // R-HA-3: a failover closed the connection: follow the new leader and
+            // subscribe again (a batch sealed meanwhile fails the sequence check).
+            Err(
+                e @ (yellowstone_wire::client::ClientError::Closed
+                | yellowstone_wire::client::ClientError::Io(_)),
+            ) if reconnects < yellowstone_ctl::RESENDS_MAX => {
+                reconnects += 1;
+                eprintln!("connection lost ({e}); following the router group's leader");
+                session.reconnect()?;
+                subscribe(&mut session)?;
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         let message = Message::decode(frame.header.msg_type, &frame.body)
             .map_err(|e| CtlError::Connection(format!("undecodable frame from the router: {e}")))?;
+        if let Message::ErrorReply(reply) = &message {
+            if reply.code == yellowstone_wire::codes::NOT_LEADER {
+                continue; // the close that follows is handled above
+            }
+        }
         let Message::CreditBatch(credit_batch) = &message else {
             continue;
         };

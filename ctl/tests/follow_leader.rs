@@ -67,3 +67,49 @@ fn r_ha_3_ctl_follows_the_leader_and_resends_the_same_message_after_a_lost_answe
         "the resend was answered from the cache, not applied again"
     );
 }
+
+/// R-HA-3: `batches follow` keeps following across a failover (here every connection
+/// cut at once in front of one router): it reconnects, subscribes again, and the
+/// batches go on in sequence.
+#[test]
+fn r_ha_3_batches_follow_survives_a_lost_connection() {
+    use yellowstone_tests::cut_proxy::BlipProxy;
+    let dir = tempfile::tempdir().unwrap();
+    let operator = operator_key();
+    let config = dir.path().join("router.toml");
+    // Block 0 ends about 2 s from now, block 1 twelve seconds later.
+    std::fs::write(
+        &config,
+        format!("[market]\ngenesis_ms = {}\n", now_ms() - 10_000),
+    )
+    .unwrap();
+    let router = RouterProcess::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--operator",
+        &operator.address().to_string(),
+    ]);
+    let proxy = BlipProxy::start(router.ready.listen);
+    let child = Command::new(env!("CARGO_BIN_EXE_yellowstone-ctl"))
+        .args(["--router", &proxy.addr.to_string(), "--timeout-ms", "10000"])
+        .arg("--key-file")
+        .arg(key_file(dir.path(), &operator))
+        .args(["batches", "follow", "--count", "2"])
+        .env_remove("YELLOWSTONE_KEY_FILE")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // After the first batch (block 0), before the second.
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(proxy.blip() >= 1, "the follower's connection was cut");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("following the router group's leader"),
+        "{stderr}"
+    );
+}
