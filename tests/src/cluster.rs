@@ -1,0 +1,1063 @@
+//! A replicated router group on loopback for the process tests and the failover
+//! figures (issue 25, SPEC §12 R-HA-1..4): 3 (or 5) `yellowstone-router run`
+//! processes with `[cluster]` configs, a [`FaultProxy`] in front of each member's raft
+//! port (the membership records the proxy's address, so every member dials its peers
+//! through the proxies), `cluster init`, and the faults the issue names:
+//!
+//! - [`Cluster::kill`] (SIGKILL) and [`Cluster::restart`] on the same data directory;
+//! - [`Cluster::pause`] (SIGSTOP, longer than the election timeout) and
+//!   [`Cluster::resume`] (SIGCONT);
+//! - [`Cluster::partition`] (the member's raft traffic blackholed both ways, its
+//!   client port untouched) and [`Cluster::heal`].
+//!
+//! Which member leads is learnt the way a client learns it: the leader answers a new
+//! connection with `LoginChallenge`, a follower with `ErrorReply not_leader`
+//! (REPL_DESIGN.md "Process roles"). A [`TicketProbe`] (one user, one provider, both
+//! following the leader over the members' client endpoints) times every ticket, so a
+//! fault's failover time is the fault to the first ticket for an RFC sent after it.
+//! After a run, [`Cluster::ledgers`] reads every member's ledger from its data
+//! directory (`yellowstone-router ledger --json`) for comparison.
+//!
+//! Every process is a child of the test, killed by its own pid when its handle drops;
+//! every wait is bounded.
+
+use crate::fault_proxy::{FaultProxy, Mode};
+use crate::market::{now_ms, operator_key, WEI_PER_MOR};
+use crate::{router_binary, KillOnDrop, RouterProcess};
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use yellowstone_wire::client::{Client, ClientError};
+use yellowstone_wire::demo::demo_weights_hash;
+use yellowstone_wire::signature::weights_proof_digest;
+use yellowstone_wire::*;
+
+/// The group's timing in the tests: the `[cluster]` defaults of REPL_DESIGN.md
+/// (heartbeat 100 ms, election timeout 600..1200 ms, RPC timeout 200 ms), so the
+/// figures measure what an operator gets.
+pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_200);
+/// How long a SIGSTOP lasts: well past the election timeout, so the others elect.
+pub const PAUSE: Duration = Duration::from_millis(2_500);
+/// How long a partition lasts.
+pub const PARTITION: Duration = Duration::from_millis(2_500);
+/// The most a new leader may take to serve after a fault before the harness gives up
+/// (the target is 1.5 s at p99; this bound only keeps a broken group from hanging).
+pub const LEADER_WAIT: Duration = Duration::from_secs(20);
+/// A connect and login attempt to one member, at most (a SIGSTOPped member accepts
+/// in the kernel and never answers: this time-out is what moves on).
+pub const LOGIN_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Errors of the cluster harness, naming the member and what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A file of the test directory could not be written.
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A port could not be reserved on loopback.
+    #[error("reserving a loopback port: {0}")]
+    Port(std::io::Error),
+    /// A proxy could not start.
+    #[error(transparent)]
+    Proxy(#[from] crate::fault_proxy::ProxyError),
+    /// `yellowstone-router cluster ...` failed.
+    #[error("`yellowstone-router {args}` failed ({status}): {output}")]
+    Cli {
+        args: String,
+        status: String,
+        output: String,
+    },
+    /// No member served as leader in time.
+    #[error("no leader among members {candidates:?} within {waited:?}")]
+    NoLeader {
+        candidates: Vec<u64>,
+        waited: Duration,
+    },
+}
+
+/// Reserves a free loopback port (bind to port 0, read it, let it go). Another
+/// process could take it before the member binds it; on a test machine it does not
+/// in practice, and a member that cannot bind fails its start loudly.
+pub fn free_port() -> Result<SocketAddr, ClusterError> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(ClusterError::Port)?;
+    listener.local_addr().map_err(ClusterError::Port)
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// Builds `yellowstone-loadgen` once per test process (same profile as the router,
+/// which [`router_binary`] builds first) and returns its path.
+pub fn loadgen_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let router = router_binary();
+            let profile_dir = router.parent().expect("target/<profile>").to_path_buf();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+            let mut command = Command::new(cargo);
+            command.current_dir(workspace_root()).args([
+                "build",
+                "-q",
+                "-p",
+                "yellowstone-loadgen",
+                "--bin",
+                "yellowstone-loadgen",
+            ]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                command.arg("--release");
+            }
+            let status = command.status().expect("run cargo build for the loadgen");
+            assert!(status.success(), "building yellowstone-loadgen failed");
+            let path = profile_dir.join("yellowstone-loadgen");
+            assert!(
+                path.exists(),
+                "loadgen binary missing at {}",
+                path.display()
+            );
+            path
+        })
+        .clone()
+}
+
+/// What state a member's process is in, as the harness left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    Running,
+    /// SIGKILLed, not restarted yet.
+    Killed,
+    /// SIGSTOPped.
+    Paused,
+    /// Its raft traffic is blackholed both ways.
+    Partitioned,
+}
+
+/// One member: its fixed addresses (the same across restarts, as the clients'
+/// and the membership's lists are), its proxy, its process.
+pub struct Member {
+    /// Raft member id, 1-based.
+    pub id: u64,
+    /// Client endpoint (`network.listen`): what clients and `not_leader` name.
+    pub client: SocketAddr,
+    /// Prometheus endpoint.
+    pub metrics: SocketAddr,
+    /// Where the member binds its raft RPC listener (`cluster.raft_listen`).
+    pub raft_listen: SocketAddr,
+    /// The proxy in front of `raft_listen`; its address is the member's raft address
+    /// in the membership.
+    pub proxy: FaultProxy,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+    pub state: MemberState,
+    process: Option<RouterProcess>,
+}
+
+impl Member {
+    /// The running (or paused) process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(RouterProcess::pid)
+    }
+}
+
+/// The group's settings.
+#[derive(Clone, Debug)]
+pub struct ClusterSpec {
+    /// 3 or 5.
+    pub members: usize,
+    /// Extra TOML appended to every member's config (e.g. market limits).
+    pub extra_config: String,
+}
+
+impl Default for ClusterSpec {
+    fn default() -> Self {
+        ClusterSpec {
+            members: 3,
+            extra_config: String::new(),
+        }
+    }
+}
+
+/// A running group; every process and proxy stops when it drops.
+pub struct Cluster {
+    pub members: Vec<Member>,
+    /// The market's genesis (ms): block `b` seals at `genesis_ms + (b + 1) · 12 s`.
+    pub genesis_ms: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `spec.members` members, runs `cluster init` naming every member at its
+    /// proxy's address, and waits (bounded) until one of them serves as leader.
+    pub fn start(spec: &ClusterSpec) -> Result<Cluster, ClusterError> {
+        let dir = tempfile::tempdir().map_err(ClusterError::Port)?;
+        // Block 0 ends a few seconds in, so a run crosses block boundaries early.
+        let genesis_ms = now_ms() - 9_000;
+        let key = rand_key()?;
+        let mut members = Vec::new();
+        for index in 0..spec.members {
+            let id = index as u64 + 1;
+            let raft_listen = free_port()?;
+            let proxy = FaultProxy::start(raft_listen)?;
+            let data_dir = dir.path().join(format!("member-{id}"));
+            let config = dir.path().join(format!("member-{id}.toml"));
+            let member = Member {
+                id,
+                client: free_port()?,
+                metrics: free_port()?,
+                raft_listen,
+                proxy,
+                data_dir,
+                config,
+                state: MemberState::Killed,
+                process: None,
+            };
+            write_file(&member.config, member_config(&member, genesis_ms, spec))?;
+            std::fs::create_dir_all(&member.data_dir).map_err(|source| ClusterError::Write {
+                path: member.data_dir.clone(),
+                source,
+            })?;
+            write_cluster_key(&member.data_dir, &key)?;
+            members.push(member);
+        }
+        let mut cluster = Cluster {
+            members,
+            genesis_ms,
+            _dir: dir,
+        };
+        for index in 0..cluster.members.len() {
+            cluster.launch(index);
+        }
+        cluster.register_origins();
+        cluster.init()?;
+        cluster.wait_for_leader(None, LEADER_WAIT)?;
+        Ok(cluster)
+    }
+
+    /// The members' client endpoints, in member order.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|m| m.client).collect()
+    }
+
+    /// The endpoints as `a,b,c` (the clients' `--router` argument).
+    pub fn router_arg(&self) -> String {
+        self.endpoints()
+            .iter()
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn launch(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        let operator = operator_key().address().to_string();
+        let process = RouterProcess::start(&[
+            "--config",
+            member.config.to_str().expect("utf-8 path"),
+            "--data-dir",
+            member.data_dir.to_str().expect("utf-8 path"),
+            "--operator",
+            &operator,
+            "--durability",
+            "always",
+            "--listen",
+            &member.client.to_string(),
+            "--metrics-listen",
+            &member.metrics.to_string(),
+        ]);
+        member.process = Some(process);
+        member.state = MemberState::Running;
+    }
+
+    /// Tells every proxy the members' current pids, so a partition can silence what
+    /// one member sends through the others' proxies.
+    fn register_origins(&self) {
+        let pids: Vec<u32> = self.members.iter().filter_map(Member::pid).collect();
+        for member in &self.members {
+            member.proxy.set_origins(&pids);
+        }
+    }
+
+    /// `yellowstone-router cluster init`, sent to member 1, naming every member as
+    /// `id=raft address (its proxy)=client endpoint`.
+    fn init(&self) -> Result<(), ClusterError> {
+        let first = &self.members[0];
+        let mut args: Vec<String> = vec![
+            "cluster".into(),
+            "init".into(),
+            "--config".into(),
+            first.config.display().to_string(),
+            "--data-dir".into(),
+            first.data_dir.display().to_string(),
+        ];
+        for member in &self.members {
+            args.push("--member".into());
+            args.push(format!(
+                "{}={}={}",
+                member.id,
+                member.proxy.addr(),
+                member.client
+            ));
+        }
+        run_cli(&args)
+    }
+
+    /// `yellowstone-router cluster status --json` asked of member `index`.
+    pub fn status(&self, index: usize) -> Result<Value, ClusterError> {
+        let member = &self.members[index];
+        let args: Vec<String> = vec![
+            "cluster".into(),
+            "status".into(),
+            "--config".into(),
+            member.config.display().to_string(),
+            "--data-dir".into(),
+            member.data_dir.display().to_string(),
+            "--json".into(),
+        ];
+        let output = cli_output(&args)?;
+        serde_json::from_str(&output).map_err(|e| ClusterError::Cli {
+            args: args.join(" "),
+            status: "0".into(),
+            output: format!("not JSON ({e}): {output}"),
+        })
+    }
+
+    /// The member that answers a new connection with `LoginChallenge` (the leader),
+    /// among those not `excluding` and not paused or killed. Waits up to `within`;
+    /// returns its index and how long it took.
+    pub fn wait_for_leader(
+        &self,
+        excluding: Option<usize>,
+        within: Duration,
+    ) -> Result<(usize, Duration), ClusterError> {
+        let started = Instant::now();
+        let candidates: Vec<usize> = (0..self.members.len())
+            .filter(|&i| Some(i) != excluding)
+            .filter(|&i| {
+                matches!(
+                    self.members[i].state,
+                    MemberState::Running | MemberState::Partitioned
+                )
+            })
+            .collect();
+        while started.elapsed() < within {
+            for &index in &candidates {
+                // A partitioned member may still think it leads, but cannot commit.
+                if self.members[index].state == MemberState::Partitioned {
+                    continue;
+                }
+                if let Ok(client) = login(self.members[index].client, SigningKey::random()) {
+                    drop(client);
+                    return Ok((index, started.elapsed()));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(ClusterError::NoLeader {
+            candidates: candidates.iter().map(|&i| self.members[i].id).collect(),
+            waited: started.elapsed(),
+        })
+    }
+
+    /// SIGKILL member `index` (a power cut); its handle is reaped.
+    pub fn kill(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        if let Some(process) = member.process.take() {
+            if member.state == MemberState::Paused {
+                signal(process.pid(), libc::SIGCONT);
+            }
+            process.kill_hard();
+        }
+        member.state = MemberState::Killed;
+    }
+
+    /// Starts member `index` again on its data directory and addresses.
+    pub fn restart(&mut self, index: usize) {
+        assert_eq!(
+            self.members[index].state,
+            MemberState::Killed,
+            "restart a killed member"
+        );
+        self.launch(index);
+        self.register_origins();
+    }
+
+    /// SIGSTOP member `index`: it holds its sockets and answers nothing.
+    pub fn pause(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        let pid = member.pid().expect("a running member");
+        signal(pid, libc::SIGSTOP);
+        member.state = MemberState::Paused;
+    }
+
+    /// SIGCONT member `index`.
+    pub fn resume(&mut self, index: usize) {
+        let member = &mut self.members[index];
+        let pid = member.pid().expect("a paused member");
+        signal(pid, libc::SIGCONT);
+        member.state = MemberState::Running;
+    }
+
+    /// Cuts member `index` off from the others: what reaches it through its proxy and
+    /// what it sends through theirs is blackholed (sockets stay open). Its client port
+    /// is untouched: clients still reach it, and it must not serve them as a leader
+    /// that cannot commit (the promise rule).
+    pub fn partition(&mut self, index: usize) {
+        let pid = self.members[index].pid().expect("a running member");
+        for (other, member) in self.members.iter().enumerate() {
+            if other == index {
+                member.proxy.set_mode(Mode::Blackhole);
+            } else {
+                member.proxy.set_origin_mode(pid, Some(Mode::Blackhole));
+            }
+        }
+        self.members[index].state = MemberState::Partitioned;
+    }
+
+    /// Ends every partition (torn connections are closed; members dial again).
+    pub fn heal(&mut self) {
+        for member in &mut self.members {
+            member.proxy.heal();
+            if member.state == MemberState::Partitioned {
+                member.state = MemberState::Running;
+            }
+        }
+    }
+
+    /// A metric of member `index` (None when it does not answer within a second, or
+    /// lacks the series).
+    pub fn metric(&self, index: usize, series: &str) -> Option<f64> {
+        let text = quick_metrics(self.members[index].metrics)?;
+        crate::metric_value(&text, series)
+    }
+
+    /// Waits until every running member reports the same commit and applied index
+    /// (metrics [`COMMIT_INDEX`] and [`APPLIED_INDEX`]) twice in a row, 300 ms apart;
+    /// returns that index.
+    pub fn wait_converged(&self, within: Duration) -> Option<u64> {
+        let deadline = Instant::now() + within;
+        let mut last: Option<u64> = None;
+        while Instant::now() < deadline {
+            let mut seen = Vec::new();
+            for (index, member) in self.members.iter().enumerate() {
+                if member.state != MemberState::Running {
+                    continue;
+                }
+                seen.push((
+                    self.metric(index, COMMIT_INDEX),
+                    self.metric(index, APPLIED_INDEX),
+                ));
+            }
+            let first = seen.first().copied();
+            let agreed = match first {
+                Some((Some(c), Some(a))) if c == a => seen
+                    .iter()
+                    .all(|s| *s == (Some(c), Some(a)))
+                    .then_some(c as u64),
+                _ => None,
+            };
+            if agreed.is_some() && agreed == last {
+                return agreed;
+            }
+            last = agreed;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        None
+    }
+
+    /// Stops every member that has a process with SIGTERM (a paused one is continued
+    /// first; a killed one stays down) and returns whether each exited cleanly.
+    pub fn terminate_all(&mut self) -> Vec<bool> {
+        let mut clean = Vec::new();
+        for member in &mut self.members {
+            if member.state == MemberState::Paused {
+                if let Some(pid) = member.pid() {
+                    signal(pid, libc::SIGCONT);
+                }
+            }
+            if let Some(process) = member.process.take() {
+                clean.push(process.terminate(Duration::from_secs(20)));
+            }
+            member.state = MemberState::Killed;
+        }
+        clean
+    }
+
+    /// Every member's ledger (`yellowstone-router ledger --data-dir D --json`),
+    /// read after [`Cluster::terminate_all`].
+    pub fn ledgers(&self) -> Vec<Result<Value, ClusterError>> {
+        self.members
+            .iter()
+            .map(|member| {
+                let args = vec![
+                    "ledger".to_string(),
+                    "--data-dir".into(),
+                    member.data_dir.display().to_string(),
+                    "--json".into(),
+                ];
+                let output = cli_output(&args)?;
+                serde_json::from_str(&output).map_err(|e| ClusterError::Cli {
+                    args: args.join(" "),
+                    status: "0".into(),
+                    output: format!("not JSON ({e}): {output}"),
+                })
+            })
+            .collect()
+    }
+
+    /// Funds `entries` and registers nothing: one signed BalanceUpdate through the
+    /// leader, acknowledged (retried across a failover).
+    pub fn fund(&self, entries: &[(Address, u128)]) {
+        let deadline = Instant::now() + LEADER_WAIT;
+        loop {
+            assert!(Instant::now() < deadline, "could not fund through a leader");
+            let Some(mut operator) = connect_leader(&self.endpoints(), operator_key()) else {
+                continue;
+            };
+            let nonce = operator.next_nonce();
+            let update = BalanceUpdate {
+                from: operator.address(),
+                nonce,
+                entries: entries
+                    .iter()
+                    .map(|(address, balance_wei)| BalanceEntry {
+                        address: *address,
+                        balance_wei: *balance_wei,
+                    })
+                    .collect(),
+                signature: Signature::default(),
+            };
+            if operator.send_signed(update.into()).is_err() {
+                continue;
+            }
+            let acked = wait_for(&mut operator, Duration::from_secs(5), |m| match m {
+                Message::Ack(ack) if ack.nonce == nonce => Some(true),
+                Message::ErrorReply(e) if e.ref_nonce == nonce => {
+                    panic!("balance update refused: {e:?}")
+                }
+                _ => None,
+            });
+            if acked == Some(true) {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Continue paused members so their SIGKILL (RouterProcess's drop) is reaped
+        // at once.
+        for member in &self.members {
+            if member.state == MemberState::Paused {
+                if let Some(pid) = member.pid() {
+                    signal(pid, libc::SIGCONT);
+                }
+            }
+        }
+    }
+}
+
+/// Metric names the harness reads (raft-b's metrics, docs/metrics.md).
+pub const COMMIT_INDEX: &str = "yellowstone_cluster_commit_index";
+/// The highest log index this member's state machine applied.
+pub const APPLIED_INDEX: &str = "yellowstone_cluster_applied_index";
+/// 1 on the member that leads, else 0.
+pub const IS_LEADER: &str = "yellowstone_cluster_is_leader";
+/// The member's current term.
+pub const TERM: &str = "yellowstone_cluster_term";
+
+fn member_config(member: &Member, genesis_ms: u64, spec: &ClusterSpec) -> String {
+    format!(
+        "[market]\ngenesis_ms = {genesis_ms}\n\n\
+         [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{raft}\"\n\
+         client_endpoint = \"{client}\"\n\n{extra}\n",
+        id = member.id,
+        raft = member.raft_listen,
+        client = member.client,
+        extra = spec.extra_config,
+    )
+}
+
+fn write_file(path: &Path, text: String) -> Result<(), ClusterError> {
+    std::fs::write(path, text).map_err(|source| ClusterError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// 32 random bytes from the OS (the group's MAC key, REPL_DESIGN.md "Network").
+fn rand_key() -> Result<[u8; 32], ClusterError> {
+    use std::io::Read;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut file| file.read_exact(&mut key))
+        .map_err(|source| ClusterError::Write {
+            path: PathBuf::from("/dev/urandom"),
+            source,
+        })?;
+    Ok(key)
+}
+
+/// `<data_dir>/cluster.key`, the same 32 bytes in every member, mode 0600.
+fn write_cluster_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), ClusterError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("cluster.key");
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(key)?;
+        file.sync_all()
+    };
+    write().map_err(|source| ClusterError::Write { path, source })
+}
+
+fn cli_output(args: &[String]) -> Result<String, ClusterError> {
+    let output = Command::new(router_binary())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .map_err(|source| ClusterError::Write {
+            path: router_binary(),
+            source,
+        })?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if output.status.success() {
+        Ok(stdout)
+    } else {
+        Err(ClusterError::Cli {
+            args: args.join(" "),
+            status: output.status.to_string(),
+            output: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+        })
+    }
+}
+
+fn run_cli(args: &[String]) -> Result<(), ClusterError> {
+    cli_output(args).map(|_| ())
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill(2) on a pid this harness spawned and has not reaped (the
+    // RouterProcess handle is alive while the member has a process).
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// `GET /metrics` with short time-outs (a paused member must not stall the poll).
+fn quick_metrics(addr: SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Connects to `addr` and logs in, every step bounded by [`LOGIN_TIMEOUT`]: Ok only
+/// from a member that serves clients (the leader).
+pub fn login(addr: SocketAddr, key: SigningKey) -> Result<Client, ClientError> {
+    let stream = TcpStream::connect_timeout(&addr, LOGIN_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(LOGIN_TIMEOUT))?;
+    stream.set_write_timeout(Some(LOGIN_TIMEOUT))?;
+    let mut client = Client::from_stream(stream, key);
+    client.login()?;
+    client.set_read_timeout(Some(Duration::from_millis(200)))?;
+    Ok(client)
+}
+
+/// One pass over `endpoints`: the first member that lets `key` log in.
+pub fn connect_leader(endpoints: &[SocketAddr], key: SigningKey) -> Option<Client> {
+    endpoints
+        .iter()
+        .find_map(|addr| login(*addr, key.clone()).ok())
+}
+
+fn timed_out(error: &ClientError) -> bool {
+    matches!(error, ClientError::Io(e) if matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ))
+}
+
+/// Waits for a message `pick` accepts; None when the connection dies or time runs out.
+fn wait_for<T>(
+    client: &mut Client,
+    within: Duration,
+    mut pick: impl FnMut(&Message) -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        match client.recv() {
+            Ok(message) => {
+                if let Some(value) = pick(&message) {
+                    return Some(value);
+                }
+            }
+            Err(error) if timed_out(&error) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// A ticket the probe received.
+#[derive(Clone, Copy, Debug)]
+pub struct TicketTimes {
+    /// When the RFC was sent.
+    pub rfc_sent: Instant,
+    /// When its ticket arrived.
+    pub ticket_at: Instant,
+}
+
+/// What the probe's reports were told, for the exactly-once check against the
+/// ledgers: sessions acknowledged as credited, and sessions whose acknowledgement
+/// never came (credited or not: the leader may have committed it before it died).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProbeCredits {
+    pub acknowledged: u64,
+    pub acknowledged_wei: u128,
+    pub unanswered: u64,
+    pub unanswered_wei_max: u128,
+}
+
+/// One user and one provider that follow the leader over the members' client
+/// endpoints: the user sends an RFC every few ms, and reports each session (pass);
+/// the provider answers probes and re-announces after each reconnect. Every ticket's
+/// times are kept, for failover times (R-HA-2).
+pub struct TicketProbe {
+    stop: Arc<AtomicBool>,
+    tickets: Arc<Mutex<Vec<TicketTimes>>>,
+    credits: Arc<Mutex<ProbeCredits>>,
+    reconnects: Arc<AtomicU64>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// The probe's model id (the loadgen's traffic uses model 1..).
+pub const PROBE_MODEL: u32 = 4_242;
+/// Price of the probe provider's offer, wei per token.
+pub const PROBE_PRICE: u128 = 1_000_000;
+/// Tokens per probe session.
+pub const PROBE_TOKENS: u64 = 50;
+/// Pause between the probe's RFCs: the resolution of a measured failover time.
+pub const PROBE_GAP: Duration = Duration::from_millis(10);
+
+impl TicketProbe {
+    /// Funds and registers the probe's user and provider through the leader, then
+    /// starts their threads.
+    pub fn start(cluster: &Cluster) -> TicketProbe {
+        let user_key = SigningKey::from_seed(b"failover-probe-user");
+        let provider_key = SigningKey::from_seed(b"failover-probe-provider");
+        cluster.fund(&[
+            (user_key.address(), 1_000_000 * WEI_PER_MOR),
+            (provider_key.address(), WEI_PER_MOR),
+        ]);
+        let endpoints = cluster.endpoints();
+        let stop = Arc::new(AtomicBool::new(false));
+        let tickets = Arc::new(Mutex::new(Vec::new()));
+        let credits = Arc::new(Mutex::new(ProbeCredits::default()));
+        let reconnects = Arc::new(AtomicU64::new(0));
+        let registered = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        {
+            let (endpoints, stop, reconnects, registered) = (
+                endpoints.clone(),
+                stop.clone(),
+                reconnects.clone(),
+                registered.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                run_probe_provider(&endpoints, provider_key, &stop, &reconnects, &registered)
+            }));
+        }
+        let deadline = Instant::now() + LEADER_WAIT;
+        while !registered.load(Ordering::Relaxed) {
+            assert!(
+                Instant::now() < deadline,
+                "the probe provider could not register"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        {
+            let (stop, tickets, credits, reconnects) = (
+                stop.clone(),
+                tickets.clone(),
+                credits.clone(),
+                reconnects.clone(),
+            );
+            threads.push(std::thread::spawn(move || {
+                run_probe_user(&endpoints, user_key, &stop, &tickets, &credits, &reconnects)
+            }));
+        }
+        TicketProbe {
+            stop,
+            tickets,
+            credits,
+            reconnects,
+            threads,
+        }
+    }
+
+    /// The first ticket for an RFC sent after `fault`, waiting up to `within`:
+    /// the time from `fault` to its arrival.
+    pub fn failover_time(&self, fault: Instant, within: Duration) -> Option<Duration> {
+        let deadline = Instant::now() + within;
+        loop {
+            let first = self
+                .tickets
+                .lock()
+                .expect("probe lock")
+                .iter()
+                .find(|t| t.rfc_sent >= fault)
+                .map(|t| t.ticket_at.duration_since(fault));
+            if first.is_some() || Instant::now() >= deadline {
+                return first;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Tickets received so far.
+    pub fn tickets(&self) -> usize {
+        self.tickets.lock().expect("probe lock").len()
+    }
+
+    /// Times the user or provider had to find the leader again.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Stops the threads and returns what the reports were told.
+    pub fn stop(self) -> ProbeCredits {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("probe thread");
+        }
+        let credits = *self.credits.lock().expect("probe lock");
+        credits
+    }
+}
+
+fn run_probe_provider(
+    endpoints: &[SocketAddr],
+    key: SigningKey,
+    stop: &AtomicBool,
+    reconnects: &AtomicU64,
+    registered: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let Some(mut provider) = connect_leader(endpoints, key.clone()) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let nonce = provider.next_nonce();
+        let first = !registered.load(Ordering::Relaxed);
+        let message: Message = if first {
+            let network_id = provider.network_id();
+            let weights_hash = demo_weights_hash(PROBE_MODEL);
+            let weights_proof = provider.key().sign_digest(&weights_proof_digest(
+                network_id,
+                PROBE_MODEL,
+                &weights_hash,
+            ));
+            RegisterProvider {
+                from: provider.address(),
+                nonce,
+                endpoint: "127.0.0.1:9999".into(),
+                offers: vec![Offer {
+                    model_id: PROBE_MODEL,
+                    unit: 0,
+                    weights_hash,
+                    weights_proof,
+                    price_wei_per_token: PROBE_PRICE,
+                    capacity: 64,
+                }],
+                signature: Signature::default(),
+            }
+            .into()
+        } else {
+            reconnects.fetch_add(1, Ordering::Relaxed);
+            ProviderAnnounce {
+                from: provider.address(),
+                nonce,
+                signature: Signature::default(),
+            }
+            .into()
+        };
+        if provider.send_signed(message).is_err() {
+            continue;
+        }
+        if first {
+            let acked = wait_for(&mut provider, Duration::from_secs(5), |m| match m {
+                Message::Ack(ack) if ack.nonce == nonce => Some(true),
+                Message::ErrorReply(e) if e.ref_nonce == nonce => {
+                    panic!("probe provider registration refused: {e:?}")
+                }
+                _ => None,
+            });
+            if acked != Some(true) {
+                continue;
+            }
+            registered.store(true, Ordering::Relaxed);
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let message = match provider.recv() {
+                Ok(message) => message,
+                Err(error) if timed_out(&error) => continue,
+                Err(_) => break,
+            };
+            let reply: Message = match message {
+                Message::Probe(probe) => ProbeAnswer {
+                    from: provider.address(),
+                    nonce: provider.next_nonce(),
+                    probe_id: probe.probe_id,
+                    signature: Signature::default(),
+                }
+                .into(),
+                // Marked unreachable (a probe lost in the failover): announce again.
+                Message::Notice(notice) if notice.kind == 1 => ProviderAnnounce {
+                    from: provider.address(),
+                    nonce: provider.next_nonce(),
+                    signature: Signature::default(),
+                }
+                .into(),
+                _ => continue,
+            };
+            if provider.send_signed(reply).is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn run_probe_user(
+    endpoints: &[SocketAddr],
+    key: SigningKey,
+    stop: &AtomicBool,
+    tickets: &Mutex<Vec<TicketTimes>>,
+    credits: &Mutex<ProbeCredits>,
+    reconnects: &AtomicU64,
+) {
+    let mut user: Option<Client> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(client) = user.as_mut() else {
+            user = connect_leader(endpoints, key.clone());
+            if user.is_some() {
+                reconnects.fetch_add(1, Ordering::Relaxed);
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            continue;
+        };
+        let rfc_nonce = client.next_nonce();
+        let rfc_sent = Instant::now();
+        let rfc = Rfc {
+            from: client.address(),
+            nonce: rfc_nonce,
+            model_id: PROBE_MODEL,
+            tokens_max: PROBE_TOKENS,
+            expires_at_ms: now_ms() + 3_000,
+            signature: Signature::default(),
+        };
+        if client.send_signed(rfc.into()).is_err() {
+            user = None;
+            continue;
+        }
+        let answer = wait_for(client, Duration::from_secs(2), |m| match m {
+            Message::SessionTicket(t) if t.rfc_nonce == rfc_nonce => Some(Some(t.clone())),
+            Message::ErrorReply(e) if e.ref_nonce == rfc_nonce => Some(None),
+            _ => None,
+        });
+        let ticket = match answer {
+            // No answer: the connection died, or the leader lost office mid-way.
+            None => {
+                user = None;
+                continue;
+            }
+            // Refused (e.g. the provider has not re-announced yet): try again.
+            Some(None) => {
+                std::thread::sleep(PROBE_GAP);
+                continue;
+            }
+            Some(Some(ticket)) => ticket,
+        };
+        tickets.lock().expect("probe lock").push(TicketTimes {
+            rfc_sent,
+            ticket_at: Instant::now(),
+        });
+        let nonce = client.next_nonce();
+        let report = Report {
+            from: client.address(),
+            nonce,
+            session_id: ticket.session_id,
+            elapsed_ms: 500,
+            tokens: PROBE_TOKENS,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
+            signature: Signature::default(),
+        };
+        let most = PROBE_TOKENS as u128 * PROBE_PRICE;
+        let ack = if client.send_signed(report.into()).is_ok() {
+            wait_for(client, Duration::from_secs(2), |m| match m {
+                Message::ReportAck(a) if a.nonce == nonce => Some(Ok(a.clone())),
+                Message::ErrorReply(e) if e.ref_nonce == nonce => Some(Err(e.clone())),
+                _ => None,
+            })
+        } else {
+            None
+        };
+        let mut credits = credits.lock().expect("probe lock");
+        match ack {
+            Some(Ok(ack)) if ack.earned => {
+                credits.acknowledged += 1;
+                credits.acknowledged_wei += ack.earned_wei;
+            }
+            // Acknowledged as not creditable, or refused: no credit owed.
+            Some(_) => {}
+            None => {
+                credits.unanswered += 1;
+                credits.unanswered_wei_max += most;
+                user = None;
+            }
+        }
+        drop(credits);
+        std::thread::sleep(PROBE_GAP);
+    }
+}
+
+/// `KillOnDrop` for a loadgen child (a bounded run; killed if the test fails first).
+pub fn spawn_loadgen(args: &[String]) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(loadgen_binary())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn yellowstone-loadgen"),
+    )
+}
