@@ -28,7 +28,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -59,8 +59,9 @@ pub enum ProxyError {
 struct Conn {
     client: TcpStream,
     upstream: Option<TcpStream>,
-    /// The process that opened it (among the registered origins), if known.
-    origin: Option<u32>,
+    /// The process that opened it (among the registered origins), 0 while unknown;
+    /// shared with the pumps, which read it per chunk.
+    origin: Arc<AtomicU32>,
     /// Set once a blackhole discarded bytes of it: its stream is torn.
     torn: Arc<AtomicBool>,
 }
@@ -90,8 +91,9 @@ struct Shared {
 }
 
 impl Shared {
-    fn mode_for(&self, origin: Option<u32>) -> Mode {
-        if let Some(pid) = origin {
+    fn mode_for(&self, origin: &AtomicU32) -> Mode {
+        let pid = origin.load(Ordering::Relaxed);
+        if pid != 0 {
             if let Some(mode) = self.origin_modes.lock().expect("proxy lock").get(&pid) {
                 return *mode;
             }
@@ -103,7 +105,7 @@ impl Shared {
     fn close_torn_if_flowing(&self) {
         let conns = self.conns.lock().expect("proxy lock");
         for conn in conns.values() {
-            let flowing = !matches!(self.mode_for(conn.origin), Mode::Blackhole | Mode::Refuse);
+            let flowing = !matches!(self.mode_for(&conn.origin), Mode::Blackhole | Mode::Refuse);
             if flowing && conn.torn.load(Ordering::Relaxed) {
                 conn.shutdown();
             }
@@ -177,8 +179,24 @@ impl FaultProxy {
     }
 
     /// The pids whose connections this proxy tells apart (the group's members).
+    /// Open connections not yet attributed are looked up again among `pids` (a
+    /// member may dial before the test learnt its pid).
     pub fn set_origins(&self, pids: &[u32]) {
         *self.shared.origins.lock().expect("proxy lock") = pids.to_vec();
+        let conns = self.shared.conns.lock().expect("proxy lock");
+        for conn in conns.values() {
+            if conn.origin.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            if let Some(pid) = conn
+                .client
+                .peer_addr()
+                .ok()
+                .and_then(|peer| owner_pid(peer, self.listen, pids))
+            {
+                conn.origin.store(pid, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Sets the mode for the connections process `pid` opened (it must be among
@@ -221,7 +239,7 @@ impl FaultProxy {
             .lock()
             .expect("proxy lock")
             .values()
-            .filter(|c| c.origin == Some(pid))
+            .filter(|c| c.origin.load(Ordering::Relaxed) == pid)
             .count()
     }
 
@@ -264,7 +282,8 @@ fn accept_loop(listener: TcpListener, listen: SocketAddr, target: SocketAddr, sh
                 owner_pid(peer, listen, &origins)
             }
         });
-        let mode = shared.mode_for(origin);
+        let origin = Arc::new(AtomicU32::new(origin.unwrap_or(0)));
+        let mode = shared.mode_for(&origin);
         if mode == Mode::Refuse {
             shared.refused.fetch_add(1, Ordering::Relaxed);
             let _ = client.shutdown(Shutdown::Both);
@@ -310,7 +329,7 @@ fn accept_loop(listener: TcpListener, listen: SocketAddr, target: SocketAddr, sh
             Conn {
                 client: client_for_cut,
                 upstream: upstream_for_cut,
-                origin,
+                origin: origin.clone(),
                 torn: torn.clone(),
             },
         );
@@ -319,7 +338,7 @@ fn accept_loop(listener: TcpListener, listen: SocketAddr, target: SocketAddr, sh
         spawn_pump(
             client_read,
             upstream,
-            origin,
+            origin.clone(),
             torn.clone(),
             shared.clone(),
             id,
@@ -349,7 +368,7 @@ fn accept_loop(listener: TcpListener, listen: SocketAddr, target: SocketAddr, sh
 fn spawn_pump(
     mut from: TcpStream,
     to: Option<TcpStream>,
-    origin: Option<u32>,
+    origin: Arc<AtomicU32>,
     torn: Arc<AtomicBool>,
     shared: Arc<Shared>,
     id: u64,
@@ -384,7 +403,7 @@ fn spawn_pump(
             if shared.stop.load(Ordering::Relaxed) {
                 break;
             }
-            let due = match shared.mode_for(origin) {
+            let due = match shared.mode_for(&origin) {
                 Mode::Blackhole => None,
                 Mode::Delay(d) => Some(Instant::now() + d),
                 // Refuse concerns new connections; an open one keeps flowing.
@@ -679,9 +698,15 @@ mod tests {
         let local = unregistered.local_addr().unwrap();
         assert_eq!(owner_pid(local, proxy.addr(), &[me]), Some(me));
         assert_eq!(owner_pid(local, proxy.addr(), &[1]), None, "not pid 1's");
-        // A connection's origin is learnt when it is accepted, among the pids
-        // registered then.
+        assert_eq!(proxy.open_connections_from(me), 0, "no origins registered");
+        // Registering looks the open connections up again; new ones are looked up
+        // when accepted.
         proxy.set_origins(&[me]);
+        assert_eq!(
+            proxy.open_connections_from(me),
+            1,
+            "the open one attributed"
+        );
         let mut mine = dial(&proxy);
         assert_eq!(round_trip(&mut mine, b"before").unwrap(), b"before");
         // This process's connections follow its own mode.
@@ -689,7 +714,11 @@ mod tests {
         let mut silenced = dial(&proxy);
         let error = round_trip(&mut silenced, b"nothing").unwrap_err();
         assert!(timed_out(&error), "silent: {error:?}");
-        assert_eq!(proxy.open_connections_from(me), 2, "mine and silenced");
+        assert_eq!(
+            proxy.open_connections_from(me),
+            3,
+            "unregistered, mine and silenced"
+        );
         assert_eq!(proxy.open_connections(), 3);
         // The override also silences the connection opened before it.
         let error = round_trip(&mut mine, b"nothing").unwrap_err();
