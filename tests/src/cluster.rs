@@ -159,6 +159,8 @@ pub struct Member {
     pub proxy: FaultProxy,
     pub data_dir: PathBuf,
     pub config: PathBuf,
+    /// The group's key file the `cluster` commands sign with.
+    pub key: PathBuf,
     pub state: MemberState,
     process: Option<RouterProcess>,
 }
@@ -203,7 +205,15 @@ impl Cluster {
         let dir = tempfile::tempdir().map_err(ClusterError::Port)?;
         // Block 0 ends a few seconds in, so a run crosses block boundaries early.
         let genesis_ms = now_ms() - 9_000;
-        let key = rand_key()?;
+        // The group's MAC key (REPL_DESIGN.md "Network"): made once by
+        // `cluster keygen`, copied into every member's data directory.
+        let key = dir.path().join("cluster.key");
+        run_cli(&[
+            "cluster".into(),
+            "keygen".into(),
+            "--out".into(),
+            key.display().to_string(),
+        ])?;
         let mut members = Vec::new();
         for index in 0..spec.members {
             let id = index as u64 + 1;
@@ -213,6 +223,7 @@ impl Cluster {
             let config = dir.path().join(format!("member-{id}.toml"));
             let member = Member {
                 id,
+                key: key.clone(),
                 client: free_port()?,
                 metrics: free_port()?,
                 raft_listen,
@@ -227,7 +238,7 @@ impl Cluster {
                 path: member.data_dir.clone(),
                 source,
             })?;
-            write_cluster_key(&member.data_dir, &key)?;
+            copy_cluster_key(&key, &member.data_dir)?;
             members.push(member);
         }
         let mut cluster = Cluster {
@@ -260,16 +271,11 @@ impl Cluster {
 
     fn launch(&mut self, index: usize) {
         let member = &mut self.members[index];
-        let operator = operator_key().address().to_string();
         let process = RouterProcess::start(&[
             "--config",
             member.config.to_str().expect("utf-8 path"),
             "--data-dir",
             member.data_dir.to_str().expect("utf-8 path"),
-            "--operator",
-            &operator,
-            "--durability",
-            "always",
             "--listen",
             &member.client.to_string(),
             "--metrics-listen",
@@ -288,40 +294,37 @@ impl Cluster {
         }
     }
 
-    /// `yellowstone-router cluster init`, sent to member 1, naming every member as
-    /// `id=raft address (its proxy)=client endpoint`.
+    /// `yellowstone-router cluster init`, sent to member 1's raft listener, naming
+    /// every member as `id=<its proxy's address>` (the address the others dial; the
+    /// client endpoint each member gives itself from `cluster.client_endpoint`).
     fn init(&self) -> Result<(), ClusterError> {
         let first = &self.members[0];
         let mut args: Vec<String> = vec![
             "cluster".into(),
             "init".into(),
-            "--config".into(),
-            first.config.display().to_string(),
-            "--data-dir".into(),
-            first.data_dir.display().to_string(),
+            "--raft".into(),
+            first.raft_listen.to_string(),
+            "--key".into(),
+            first.key.display().to_string(),
         ];
         for member in &self.members {
             args.push("--member".into());
-            args.push(format!(
-                "{}={}={}",
-                member.id,
-                member.proxy.addr(),
-                member.client
-            ));
+            args.push(format!("{}={}", member.id, member.proxy.addr()));
         }
         run_cli(&args)
     }
 
-    /// `yellowstone-router cluster status --json` asked of member `index`.
+    /// `yellowstone-router cluster status --json` asked of member `index` (straight
+    /// to its raft listener, not through its proxy).
     pub fn status(&self, index: usize) -> Result<Value, ClusterError> {
         let member = &self.members[index];
         let args: Vec<String> = vec![
             "cluster".into(),
             "status".into(),
-            "--config".into(),
-            member.config.display().to_string(),
-            "--data-dir".into(),
-            member.data_dir.display().to_string(),
+            "--raft".into(),
+            member.raft_listen.to_string(),
+            "--key".into(),
+            member.key.display().to_string(),
             "--json".into(),
         ];
         let output = cli_output(&args)?;
@@ -330,6 +333,23 @@ impl Cluster {
             status: "0".into(),
             output: format!("not JSON ({e}): {output}"),
         })
+    }
+
+    /// The (block, state hash hex) pairs member `index` recorded at block boundaries
+    /// (its status's `state_hashes`, R-HA-4).
+    pub fn state_hashes(&self, index: usize) -> Result<Vec<(u64, String)>, ClusterError> {
+        let status = self.status(index)?;
+        let pairs = status["state_hashes"]
+            .as_array()
+            .ok_or_else(|| ClusterError::Cli {
+                args: format!("cluster status (member {})", self.members[index].id),
+                status: "0".into(),
+                output: format!("no state_hashes in {status}"),
+            })?;
+        Ok(pairs
+            .iter()
+            .filter_map(|pair| Some((pair[0].as_u64()?, pair[1].as_str()?.to_string())))
+            .collect())
     }
 
     /// The member that answers a new connection with `LoginChallenge` (the leader),
@@ -577,11 +597,19 @@ pub const IS_LEADER: &str = "yellowstone_cluster_is_leader";
 /// The member's current term.
 pub const TERM: &str = "yellowstone_cluster_term";
 
+/// The router key every member signs with: a group is one router to its clients
+/// (tickets and batches verify against one address, R-HA-2).
+pub const GROUP_ROUTER_KEY_HEX: &str =
+    "8f2a55949038a9610f50fb23b5883af3b4ecb3c3bb792cbcefbd1542c692be63";
+
 fn member_config(member: &Member, genesis_ms: u64, spec: &ClusterSpec) -> String {
     format!(
-        "[market]\ngenesis_ms = {genesis_ms}\n\n\
+        "[network]\nbackend = \"mio\"\n\n\
+         [identity]\nrouter_key_hex = \"{GROUP_ROUTER_KEY_HEX}\"\noperator = \"{operator}\"\n\n\
+         [market]\ngenesis_ms = {genesis_ms}\n\n\
          [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{raft}\"\n\
          client_endpoint = \"{client}\"\n\n{extra}\n",
+        operator = operator_key().address(),
         id = member.id,
         raft = member.raft_listen,
         client = member.client,
@@ -596,35 +624,13 @@ fn write_file(path: &Path, text: String) -> Result<(), ClusterError> {
     })
 }
 
-/// 32 random bytes from the OS (the group's MAC key, REPL_DESIGN.md "Network").
-fn rand_key() -> Result<[u8; 32], ClusterError> {
-    use std::io::Read;
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut file| file.read_exact(&mut key))
-        .map_err(|source| ClusterError::Write {
-            path: PathBuf::from("/dev/urandom"),
-            source,
-        })?;
-    Ok(key)
-}
-
-/// `<data_dir>/cluster.key`, the same 32 bytes in every member, mode 0600.
-fn write_cluster_key(data_dir: &Path, key: &[u8; 32]) -> Result<(), ClusterError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+/// `<data_dir>/cluster.key`: the group's key file, mode 0600.
+fn copy_cluster_key(key: &Path, data_dir: &Path) -> Result<(), ClusterError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let path = data_dir.join("cluster.key");
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
-        file.write_all(key)?;
-        file.sync_all()
-    };
-    write().map_err(|source| ClusterError::Write { path, source })
+    std::fs::copy(key, &path)
+        .and_then(|_| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)))
+        .map_err(|source| ClusterError::Write { path, source })
 }
 
 fn cli_output(args: &[String]) -> Result<String, ClusterError> {
