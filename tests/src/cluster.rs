@@ -696,9 +696,25 @@ pub fn login(addr: SocketAddr, key: SigningKey) -> Result<Client, ClientError> {
 
 /// One pass over `endpoints`: the first member that lets `key` log in.
 pub fn connect_leader(endpoints: &[SocketAddr], key: SigningKey) -> Option<Client> {
-    endpoints
-        .iter()
-        .find_map(|addr| login(*addr, key.clone()).ok())
+    connect_leader_from(endpoints, 0, key).map(|(client, _)| client)
+}
+
+/// One pass over `endpoints` starting at `start` (wrapping): the first member that
+/// lets `key` log in, and its index. A client that lost its member starts after it,
+/// as the shipped clients do ("next member"), so a member that accepts logins but
+/// cannot commit (paused, partitioned) is not retried first.
+pub fn connect_leader_from(
+    endpoints: &[SocketAddr],
+    start: usize,
+    key: SigningKey,
+) -> Option<(Client, usize)> {
+    (0..endpoints.len())
+        .map(|step| (start + step) % endpoints.len())
+        .find_map(|index| {
+            login(endpoints[index], key.clone())
+                .ok()
+                .map(|client| (client, index))
+        })
 }
 
 fn timed_out(error: &ClientError) -> bool {
@@ -769,6 +785,11 @@ pub const PROBE_PRICE: u128 = 1_000_000;
 pub const PROBE_TOKENS: u64 = 50;
 /// Pause between the probe's RFCs: the resolution of a measured failover time.
 pub const PROBE_GAP: Duration = Duration::from_millis(10);
+/// How long the probe waits for a ticket before it takes its member for lost and
+/// looks for the leader again (a paused member never closes the connection: this
+/// time-out is the probe's, and every client's, only sign of it). A ticket takes
+/// milliseconds; this bounds what a silent leader adds to a measured failover.
+pub const PROBE_TICKET_WAIT: Duration = Duration::from_millis(500);
 
 impl TicketProbe {
     /// Funds and registers the probe's user and provider through the leader, then
@@ -873,11 +894,14 @@ fn run_probe_provider(
     reconnects: &AtomicU64,
     registered: &AtomicBool,
 ) {
+    let mut next = 0;
     while !stop.load(Ordering::Relaxed) {
-        let Some(mut provider) = connect_leader(endpoints, key.clone()) else {
+        let Some((mut provider, at)) = connect_leader_from(endpoints, next, key.clone()) else {
             std::thread::sleep(Duration::from_millis(20));
             continue;
         };
+        // Should this connection die, start the next search past this member.
+        next = at + 1;
         let nonce = provider.next_nonce();
         let first = !registered.load(Ordering::Relaxed);
         let message: Message = if first {
@@ -967,13 +991,16 @@ fn run_probe_user(
     reconnects: &AtomicU64,
 ) {
     let mut user: Option<Client> = None;
+    let mut next = 0;
     while !stop.load(Ordering::Relaxed) {
         let Some(client) = user.as_mut() else {
-            user = connect_leader(endpoints, key.clone());
-            if user.is_some() {
-                reconnects.fetch_add(1, Ordering::Relaxed);
-            } else {
-                std::thread::sleep(Duration::from_millis(10));
+            match connect_leader_from(endpoints, next, key.clone()) {
+                Some((client, at)) => {
+                    user = Some(client);
+                    next = at + 1;
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                None => std::thread::sleep(Duration::from_millis(10)),
             }
             continue;
         };
@@ -991,7 +1018,7 @@ fn run_probe_user(
             user = None;
             continue;
         }
-        let answer = wait_for(client, Duration::from_secs(2), |m| match m {
+        let answer = wait_for(client, PROBE_TICKET_WAIT, |m| match m {
             Message::SessionTicket(t) if t.rfc_nonce == rfc_nonce => Some(Some(t.clone())),
             Message::ErrorReply(e) if e.ref_nonce == rfc_nonce => Some(None),
             _ => None,
@@ -1054,14 +1081,18 @@ fn run_probe_user(
     }
 }
 
-/// `KillOnDrop` for a loadgen child (a bounded run; killed if the test fails first).
-pub fn spawn_loadgen(args: &[String]) -> KillOnDrop {
+/// A loadgen child (a bounded run; killed by pid if the test fails first), its stdout
+/// and stderr written to `log` (a file, so a chatty run never blocks on a full pipe).
+pub fn spawn_loadgen(args: &[String], log: &Path) -> KillOnDrop {
+    let file =
+        std::fs::File::create(log).unwrap_or_else(|e| panic!("loadgen log {}: {e}", log.display()));
+    let err = file.try_clone().expect("clone the log file handle");
     KillOnDrop(
         Command::new(loadgen_binary())
             .args(args)
             .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stdout(file)
+            .stderr(err)
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("spawn yellowstone-loadgen"),

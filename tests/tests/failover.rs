@@ -126,7 +126,11 @@ fn check_state_hashes(cluster: &Cluster) -> u64 {
 }
 
 /// The loadgen run's JSON summary, after asserting its self-check.
-fn finish_run(mut child: yellowstone_tests::KillOnDrop, json_path: &std::path::Path) -> Value {
+fn finish_run(
+    mut child: yellowstone_tests::KillOnDrop,
+    json_path: &std::path::Path,
+    log_path: &std::path::Path,
+) -> Value {
     let deadline = Instant::now() + RUN_BOUND;
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -138,20 +142,11 @@ fn finish_run(mut child: yellowstone_tests::KillOnDrop, json_path: &std::path::P
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    if let Some(mut out) = child.stdout.take() {
-        let _ = std::io::Read::read_to_string(&mut out, &mut stdout);
-    }
-    if let Some(mut err) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut err, &mut stderr);
-    }
+    let stdout = std::fs::read_to_string(log_path).unwrap_or_default();
     let summary: Value = std::fs::read_to_string(json_path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_else(|| {
-            panic!("the loadgen wrote no JSON summary ({status}): {stdout}\n{stderr}")
-        });
+        .unwrap_or_else(|| panic!("the loadgen wrote no JSON summary ({status}): {stdout}"));
     let check = &summary["consistency"];
     assert_eq!(
         check["missing"], 0,
@@ -167,10 +162,7 @@ fn finish_run(mut child: yellowstone_tests::KillOnDrop, json_path: &std::path::P
         "the loadgen lost the group instead of following its leader: {stdout}"
     );
     assert_eq!(check["ok"], true, "the loadgen's self-check: {stdout}");
-    assert!(
-        status.success(),
-        "loadgen exit {status}: {stdout}\n{stderr}"
-    );
+    assert!(status.success(), "loadgen exit {status}: {stdout}");
     summary
 }
 
@@ -197,28 +189,32 @@ fn failover_under_load_loses_and_doubles_no_acknowledged_credit() {
             .expect("a leader before the fault");
 
         let json_path = work.path().join(format!("run-{round}.json"));
-        let loadgen = spawn_loadgen(&[
-            "--router".into(),
-            cluster.router_arg(),
-            "--operator-key".into(),
-            operator_hex.clone(),
-            "--genesis-ms".into(),
-            cluster.genesis_ms.to_string(),
-            "--duration".into(),
-            RUN_WINDOW_S.to_string(),
-            "--rate".into(),
-            rate.to_string(),
-            "--users".into(),
-            "8".into(),
-            "--providers".into(),
-            "4".into(),
-            // Fresh participants per run (their keys derive from the seed).
-            "--seed".into(),
-            (round as u64 + 1).to_string(),
-            "--quiet".into(),
-            "--json".into(),
-            json_path.display().to_string(),
-        ]);
+        let log_path = work.path().join(format!("run-{round}.log"));
+        let loadgen = spawn_loadgen(
+            &[
+                "--router".into(),
+                cluster.router_arg(),
+                "--operator-key".into(),
+                operator_hex.clone(),
+                "--genesis-ms".into(),
+                cluster.genesis_ms.to_string(),
+                "--duration".into(),
+                RUN_WINDOW_S.to_string(),
+                "--rate".into(),
+                rate.to_string(),
+                "--users".into(),
+                "8".into(),
+                "--providers".into(),
+                "4".into(),
+                // Fresh participants per run (their keys derive from the seed).
+                "--seed".into(),
+                (round as u64 + 1).to_string(),
+                "--quiet".into(),
+                "--json".into(),
+                json_path.display().to_string(),
+            ],
+            &log_path,
+        );
 
         // The fault falls 1.5..3.5 s into the sending window.
         std::thread::sleep(Duration::from_millis(
@@ -264,7 +260,7 @@ fn failover_under_load_loses_and_doubles_no_acknowledged_credit() {
             }
         }
 
-        let summary = finish_run(loadgen, &json_path);
+        let summary = finish_run(loadgen, &json_path, &log_path);
         acknowledged += summary["consistency"]["expected_credits"]
             .as_u64()
             .unwrap_or(0);
