@@ -535,42 +535,9 @@ impl Cluster {
             .collect()
     }
 
-    /// Funds `entries` and registers nothing: one signed BalanceUpdate through the
-    /// leader, acknowledged (retried across a failover).
+    /// Funds `entries` through the leader (see [`fund_through_leader`]).
     pub fn fund(&self, entries: &[(Address, u128)]) {
-        let deadline = Instant::now() + LEADER_WAIT;
-        loop {
-            assert!(Instant::now() < deadline, "could not fund through a leader");
-            let Some(mut operator) = connect_leader(&self.endpoints(), operator_key()) else {
-                continue;
-            };
-            let nonce = operator.next_nonce();
-            let update = BalanceUpdate {
-                from: operator.address(),
-                nonce,
-                entries: entries
-                    .iter()
-                    .map(|(address, balance_wei)| BalanceEntry {
-                        address: *address,
-                        balance_wei: *balance_wei,
-                    })
-                    .collect(),
-                signature: Signature::default(),
-            };
-            if operator.send_signed(update.into()).is_err() {
-                continue;
-            }
-            let acked = wait_for(&mut operator, Duration::from_secs(5), |m| match m {
-                Message::Ack(ack) if ack.nonce == nonce => Some(true),
-                Message::ErrorReply(e) if e.ref_nonce == nonce => {
-                    panic!("balance update refused: {e:?}")
-                }
-                _ => None,
-            });
-            if acked == Some(true) {
-                return;
-            }
-        }
+        fund_through_leader(&self.endpoints(), entries);
     }
 }
 
@@ -584,6 +551,46 @@ impl Drop for Cluster {
                     signal(pid, libc::SIGCONT);
                 }
             }
+        }
+    }
+}
+
+/// Funds `entries`: one signed BalanceUpdate through whichever of `endpoints` leads,
+/// acknowledged (tried again, with a new nonce, after a failover: a balance update sets
+/// balances, so a second one that lands is harmless).
+pub fn fund_through_leader(endpoints: &[SocketAddr], entries: &[(Address, u128)]) {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "could not fund through a leader");
+        let Some(mut operator) = connect_leader(endpoints, operator_key()) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let nonce = operator.next_nonce();
+        let update = BalanceUpdate {
+            from: operator.address(),
+            nonce,
+            entries: entries
+                .iter()
+                .map(|(address, balance_wei)| BalanceEntry {
+                    address: *address,
+                    balance_wei: *balance_wei,
+                })
+                .collect(),
+            signature: Signature::default(),
+        };
+        if operator.send_signed(update.into()).is_err() {
+            continue;
+        }
+        let acked = wait_for(&mut operator, Duration::from_secs(5), |m| match m {
+            Message::Ack(ack) if ack.nonce == nonce => Some(true),
+            Message::ErrorReply(e) if e.ref_nonce == nonce => {
+                panic!("balance update refused: {e:?}")
+            }
+            _ => None,
+        });
+        if acked == Some(true) {
+            return;
         }
     }
 }
@@ -602,13 +609,32 @@ pub const TERM: &str = "yellowstone_cluster_term";
 pub const GROUP_ROUTER_KEY_HEX: &str =
     "8f2a55949038a9610f50fb23b5883af3b4ecb3c3bb792cbcefbd1542c692be63";
 
+/// The catalog every router of these tests runs: the demo models 1-4 (the loadgen's
+/// traffic) and [`PROBE_MODEL`] (the probe's alone, so the probe's provider never
+/// serves, and is never credited for, the loadgen's RFCs: its self-check would
+/// count such credit as unexpected).
+pub fn catalog_toml() -> String {
+    [1, 2, 3, 4, PROBE_MODEL]
+        .iter()
+        .map(|id| {
+            let hash: String = demo_weights_hash(*id)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            format!("[[market.models]]\nid = {id}\nweights_hash = \"{hash}\"\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn member_config(member: &Member, genesis_ms: u64, spec: &ClusterSpec) -> String {
     format!(
         "[network]\nbackend = \"mio\"\n\n\
          [identity]\nrouter_key_hex = \"{GROUP_ROUTER_KEY_HEX}\"\noperator = \"{operator}\"\n\n\
          [market]\ngenesis_ms = {genesis_ms}\n\n\
          [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{raft}\"\n\
-         client_endpoint = \"{client}\"\n\n{extra}\n",
+         client_endpoint = \"{client}\"\n\n{catalog}\n{extra}\n",
+        catalog = catalog_toml(),
         operator = operator_key().address(),
         id = member.id,
         raft = member.raft_listen,
@@ -792,16 +818,24 @@ pub const PROBE_GAP: Duration = Duration::from_millis(10);
 pub const PROBE_TICKET_WAIT: Duration = Duration::from_millis(500);
 
 impl TicketProbe {
-    /// Funds and registers the probe's user and provider through the leader, then
-    /// starts their threads.
+    /// Funds and registers the probe's user and provider through the group's
+    /// leader, then starts their threads.
     pub fn start(cluster: &Cluster) -> TicketProbe {
+        TicketProbe::start_on(cluster.endpoints())
+    }
+
+    /// Like [`TicketProbe::start`] over any list of client endpoints (one single
+    /// router is a list of one).
+    pub fn start_on(endpoints: Vec<SocketAddr>) -> TicketProbe {
         let user_key = SigningKey::from_seed(b"failover-probe-user");
         let provider_key = SigningKey::from_seed(b"failover-probe-provider");
-        cluster.fund(&[
-            (user_key.address(), 1_000_000 * WEI_PER_MOR),
-            (provider_key.address(), WEI_PER_MOR),
-        ]);
-        let endpoints = cluster.endpoints();
+        fund_through_leader(
+            &endpoints,
+            &[
+                (user_key.address(), 1_000_000 * WEI_PER_MOR),
+                (provider_key.address(), WEI_PER_MOR),
+            ],
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let tickets = Arc::new(Mutex::new(Vec::new()));
         let credits = Arc::new(Mutex::new(ProbeCredits::default()));

@@ -371,3 +371,85 @@ fn failover_under_load_loses_and_doubles_no_acknowledged_credit() {
             .unwrap_or_else(|e| panic!("FAILOVER_SUMMARY {path}: {e}"));
     }
 }
+
+/// The harness's own check, on the single router (no group needed): the ticket probe
+/// finds its router again after a SIGKILL and a restart on the same port and data
+/// directory, times the outage from the kill to the first ticket for an RFC sent
+/// after it, and what its reports were told agrees with the ledger (every
+/// acknowledged credit credited once; at most the unanswered ones besides).
+#[test]
+fn the_ticket_probe_times_a_single_router_restart_and_its_credits_match_the_ledger() {
+    use yellowstone_tests::cluster::free_port;
+    use yellowstone_tests::{router_binary, RouterProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("router.toml");
+    let genesis_ms = now_ms() - 9_000;
+    std::fs::write(
+        &config,
+        format!(
+            "[market]\ngenesis_ms = {genesis_ms}\n\n{}",
+            yellowstone_tests::cluster::catalog_toml()
+        ),
+    )
+    .unwrap();
+    let listen = free_port().unwrap().to_string();
+    let data = dir.path().join("data");
+    let operator = operator_key().address().to_string();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--operator",
+        &operator,
+        "--durability",
+        "always",
+        "--listen",
+        &listen,
+    ];
+    let router = RouterProcess::start(&args);
+    let probe = TicketProbe::start_on(vec![router.ready.listen]);
+    let wait = Instant::now() + Duration::from_secs(20);
+    while probe.tickets() < 5 {
+        assert!(Instant::now() < wait, "the probe got no tickets");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed_at = Instant::now();
+    router.kill_hard();
+    // Down for 300 ms: no ticket can come sooner.
+    std::thread::sleep(Duration::from_millis(300));
+    let router = RouterProcess::start(&args);
+    let outage = probe
+        .failover_time(killed_at, Duration::from_secs(30))
+        .expect("a ticket after the restart");
+    assert!(
+        outage >= Duration::from_millis(300),
+        "the first ticket after the kill came after the restart ({outage:?})"
+    );
+    let before = probe.tickets();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(probe.tickets() > before, "tickets keep coming");
+    assert!(probe.reconnects() >= 3, "user and provider reconnected");
+    let credits = probe.stop();
+    assert!(credits.acknowledged > 3, "{credits:?}");
+
+    // The block covering the last report seals, then the ledger is read.
+    let now = now_ms();
+    let boundary = genesis_ms + (now - genesis_ms).div_ceil(12_000) * 12_000 + 1_000;
+    std::thread::sleep(Duration::from_millis(boundary - now));
+    assert!(router.terminate(Duration::from_secs(20)));
+    let output = std::process::Command::new(router_binary())
+        .args(["ledger", "--data-dir", data.to_str().unwrap(), "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let ledger: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let credited = ledger["sessions_credited"].as_u64().unwrap();
+    assert!(
+        credits.acknowledged <= credited && credited <= credits.acknowledged + credits.unanswered,
+        "acknowledged {} <= credited {credited} <= acknowledged + unanswered {}",
+        credits.acknowledged,
+        credits.unanswered
+    );
+    eprintln!("single router restart: first ticket {outage:?} after the kill; {credits:?}");
+}
