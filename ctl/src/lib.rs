@@ -13,7 +13,7 @@ pub mod batch;
 pub mod keyfile;
 pub mod output;
 
-use std::net::ToSocketAddrs;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use yellowstone_wire::client::{Client, ClientError};
 use yellowstone_wire::messages::{ErrorReply, Message};
@@ -87,31 +87,59 @@ pub fn clock_nonce() -> u64 {
 }
 
 /// A logged-in connection that sends commands and waits for their answers.
+///
+/// R-HA-3: it knows every member of a replicated router group (`--router a,b,c`),
+/// connects to the leader ([`yellowstone_wire::connect_retry::connect_following`]),
+/// and when the connection is lost before a command's answer (a failover: the old
+/// leader sends `not_leader` and closes) it connects again and resends the **same**
+/// signed frame: the new leader answers it from its reply cache (the original answer,
+/// no second effect) or, if it was never committed, evaluates it.
 pub struct Session {
     client: Client,
     timeout: Duration,
     nonce: u64,
+    endpoints: Vec<SocketAddr>,
+}
+
+/// Reconnections (and resends) one command may take before it fails: a failover is
+/// one, a second failover during the first is two.
+pub const RESENDS_MAX: u32 = 3;
+
+/// How waiting for an answer ended without one.
+enum Waited {
+    /// The connection was lost (closed, reset, `not_leader`): reconnect and resend.
+    Lost(String),
+    /// No answer in time, or anything else.
+    Failed(CtlError),
 }
 
 impl Session {
-    /// Connects to `router`, logs in with `key`; answers are awaited up to `timeout`.
+    /// Connects to `router` (one `host:port`, or a replicated group's members
+    /// comma-separated, R-HA-3), logs in with `key`; answers are awaited up to `timeout`.
     pub fn connect(router: &str, key: SigningKey, timeout: Duration) -> Result<Session, CtlError> {
-        let addr = router
-            .to_socket_addrs()
-            .map_err(|e| CtlError::Local(format!("--router {router}: {e}")))?
-            .next()
-            .ok_or_else(|| CtlError::Local(format!("--router {router}: no address")))?;
-        // SPEC §9: a router near its connection limit refuses or evicts for room;
-        // tried again with backoff until `timeout`.
-        let policy = yellowstone_wire::connect_retry::ConnectRetry::within(timeout);
-        let client = Client::connect_retrying(addr, key, &policy)
+        let endpoints = yellowstone_wire::leader::parse_endpoints(router)
+            .map_err(|e| CtlError::Local(format!("--router {router}: {e}")))?;
+        let client = connect_client(&endpoints, key, timeout)
             .map_err(|e| CtlError::Connection(format!("{router}: {e}")))?;
-        client.set_read_timeout(Some(timeout))?;
         Ok(Session {
             client,
             timeout,
             nonce: clock_nonce(),
+            endpoints,
         })
+    }
+
+    /// The members this session connects to, in the order given.
+    pub fn endpoints(&self) -> &[SocketAddr] {
+        &self.endpoints
+    }
+
+    /// Connects again (to the group's leader) after a lost connection.
+    fn reconnect(&mut self) -> Result<(), CtlError> {
+        let key = self.client.key().clone();
+        self.client = connect_client(&self.endpoints, key, self.timeout)
+            .map_err(|e| CtlError::Connection(e.to_string()))?;
+        Ok(())
     }
 
     pub fn address(&self) -> Address {
@@ -150,15 +178,43 @@ impl Session {
             let nonce = self.next_nonce();
             let message = build(nonce);
             let msg_type = message.msg_type();
-            self.client.send_signed(message)?;
-            let answer = self.await_answer(|m| match m {
-                Message::ErrorReply(e)
-                    if e.ref_nonce == nonce || (e.ref_nonce == 0 && e.ref_msg_type == msg_type) =>
-                {
-                    Some(Err(e.clone()))
+            // Signed once: a resend after a lost connection is these very bytes.
+            let frame = yellowstone_wire::client::presign(
+                self.client.key(),
+                self.client.network_id(),
+                message,
+            );
+            self.client.send_raw(&frame)?;
+            let mut resends = 0u32;
+            let answer = loop {
+                let waited = self.wait(|m| match m {
+                    Message::ErrorReply(e)
+                        if e.ref_nonce == nonce
+                            || (e.ref_nonce == 0 && e.ref_msg_type == msg_type) =>
+                    {
+                        Some(Err(e.clone()))
+                    }
+                    other => pick(nonce, other).map(Ok),
+                });
+                match waited {
+                    Ok(answer) => break answer,
+                    Err(Waited::Lost(why)) if resends < RESENDS_MAX => {
+                        resends += 1;
+                        eprintln!(
+                            "connection lost before the answer ({why}); reconnecting and \
+                             sending the same signed message again (R-HA-3)"
+                        );
+                        self.reconnect()?;
+                        self.client.send_raw(&frame)?;
+                    }
+                    Err(Waited::Lost(why)) => {
+                        return Err(CtlError::Connection(format!(
+                            "connection lost {resends} times before the answer: {why}"
+                        )))
+                    }
+                    Err(Waited::Failed(error)) => return Err(error),
                 }
-                other => pick(nonce, other).map(Ok),
-            })?;
+            };
             match answer {
                 Ok(value) => return Ok(value),
                 Err(reply) if reply.code == REPLAY && !retried => {
@@ -173,17 +229,28 @@ impl Session {
     /// Reads messages until `pick` accepts one, within the session's timeout.
     pub fn await_answer<T>(
         &mut self,
-        mut pick: impl FnMut(&Message) -> Option<T>,
+        pick: impl FnMut(&Message) -> Option<T>,
     ) -> Result<T, CtlError> {
+        self.wait(pick).map_err(|waited| match waited {
+            Waited::Lost(why) => CtlError::Connection(why),
+            Waited::Failed(error) => error,
+        })
+    }
+
+    fn wait<T>(&mut self, mut pick: impl FnMut(&Message) -> Option<T>) -> Result<T, Waited> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if Instant::now() >= deadline {
-                return Err(CtlError::Connection(format!(
+                return Err(Waited::Failed(CtlError::Connection(format!(
                     "no answer from the router within {} ms",
                     self.timeout.as_millis()
-                )));
+                ))));
             }
             match self.client.recv() {
+                // R-HA-3: the leader lost office; the connection closes after this.
+                Ok(Message::ErrorReply(e)) if e.code == codes::NOT_LEADER => {
+                    return Err(Waited::Lost(e.reason))
+                }
                 Ok(message) => {
                     if let Some(value) = pick(&message) {
                         return Ok(value);
@@ -194,10 +261,28 @@ impl Session {
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) => {}
-                Err(e) => return Err(e.into()),
+                Err(e @ (ClientError::Closed | ClientError::Io(_))) => {
+                    return Err(Waited::Lost(e.to_string()))
+                }
+                Err(e) => return Err(Waited::Failed(e.into())),
             }
         }
     }
+}
+
+/// Connects and logs in to the leader among `endpoints` (SPEC §9: a router near its
+/// connection limit refuses or evicts for room; R-HA-3: a follower names the leader),
+/// retrying with backoff until `timeout`; answers are then awaited `timeout` each.
+fn connect_client(
+    endpoints: &[SocketAddr],
+    key: SigningKey,
+    timeout: Duration,
+) -> Result<Client, CtlError> {
+    let policy = yellowstone_wire::connect_retry::ConnectRetry::within(timeout);
+    let client = Client::connect_following(endpoints, key, &policy)
+        .map_err(|e| CtlError::Connection(e.to_string()))?;
+    client.set_read_timeout(Some(timeout))?;
+    Ok(client)
 }
 
 /// The market error code of a replay (R-ID-4); `detail` holds the last nonce.

@@ -21,7 +21,10 @@ use yellowstone_wire::{Address, Signature};
     long_about = "Operate a running Yellowstone router. Every command logs in with the key in --key-file and signs as that key: balance and params commands need the operator's key (the router's identity.operator), claim a provider's key; market show and batches follow work with any key.\n\nNonces come from the clock (Unix microseconds), so reruns are never replays.\n\nExit status: 0 done; 1 refused by the router (the error code's name, reason and detail are printed on stderr); 2 local error, nothing sent (arguments, key file, CSV); 3 connection failed or no answer in time; 4 a credit batch failed verification."
 )]
 struct Cli {
-    /// The router's client address (network.listen).
+    /// The router's client address (network.listen); for a replicated router group,
+    /// every member's, comma-separated (host:port,host:port,...): the tool connects to
+    /// the leader and, if the connection is lost before an answer, resends the same
+    /// signed message to the new leader (R-HA-3).
     #[arg(
         long,
         env = "YELLOWSTONE_ROUTER",

@@ -101,7 +101,24 @@ pub struct NetworkConfig {
     /// engine's refusals are not counted. 100 (an honest client is refused a few
     /// times at most); at least 1.
     pub conn_refusals_per_s_max: u32,
+    /// R-HA-3 (issue 25): answers kept per address in the reply cache (its most
+    /// recent accepted signed messages), so a client that lost its connection before
+    /// an answer and sends the same message again gets the original answer instead
+    /// of `replay`. 64 (= `conn_inflight_frames_max`'s default: every message one
+    /// connection can have unanswered); 1 to `REPLY_CACHE_PER_ADDRESS_LIMIT` (65,536).
+    pub reply_cache_per_address: usize,
+    /// R-HA-3: answers kept in the reply cache in all, the oldest evicted first.
+    /// 65,536: an entry holds its answers unsigned (a `Message` is 336 bytes; with its
+    /// bookkeeping about 0.5 KiB, 1 KiB with a ticket), so at most ~64 MiB, and at
+    /// 20,000 commands a second it holds the last ~3 s, longer than a failover and a
+    /// client's resend. 1 to `REPLY_CACHE_ENTRIES_LIMIT` (16,777,216).
+    pub reply_cache_entries_max: usize,
 }
+
+/// The largest `network.reply_cache_per_address`.
+pub const REPLY_CACHE_PER_ADDRESS_LIMIT: usize = 65_536;
+/// The largest `network.reply_cache_entries_max` (~16 GiB of answers at most).
+pub const REPLY_CACHE_ENTRIES_LIMIT: usize = 1 << 24;
 
 impl Default for NetworkConfig {
     fn default() -> Self {
@@ -128,11 +145,21 @@ impl Default for NetworkConfig {
             weights_proofs_per_s: 2_000,
             weights_proofs_unfunded_per_s: 256,
             conn_refusals_per_s_max: 100,
+            reply_cache_per_address: 64,
+            reply_cache_entries_max: 65_536,
         }
     }
 }
 
 impl NetworkConfig {
+    /// The reply cache's bounds (R-HA-3).
+    pub fn reply_cache_config(&self) -> yellowstone_router_core::ReplyCacheConfig {
+        yellowstone_router_core::ReplyCacheConfig {
+            per_address: self.reply_cache_per_address,
+            entries_max: self.reply_cache_entries_max,
+        }
+    }
+
     /// `connections_unproven_max` resolved (0: three quarters of `connections_max`),
     /// never above `connections_max`.
     pub fn connections_unproven_max_resolved(&self, connections_max: usize) -> usize {
@@ -375,6 +402,18 @@ impl NetworkConfig {
                  {FDS_RESERVED_LIMIT} (the kernel's default descriptor ceiling)"
             ),
             self.fds_reserved,
+        )?;
+        check_value(
+            (1..=REPLY_CACHE_PER_ADDRESS_LIMIT).contains(&self.reply_cache_per_address),
+            "network.reply_cache_per_address",
+            &format!("must be between 1 and {REPLY_CACHE_PER_ADDRESS_LIMIT}"),
+            self.reply_cache_per_address,
+        )?;
+        check_value(
+            (1..=REPLY_CACHE_ENTRIES_LIMIT).contains(&self.reply_cache_entries_max),
+            "network.reply_cache_entries_max",
+            &format!("must be between 1 and {REPLY_CACHE_ENTRIES_LIMIT}"),
+            self.reply_cache_entries_max,
         )?;
         check_value(
             self.conn_refusals_per_s_max >= 1,

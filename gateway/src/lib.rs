@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod metrics_http;
 pub mod net;
 pub mod pipeline;
+pub mod replication;
 pub mod router;
 pub mod sequencer;
 pub mod settlement;

@@ -1,6 +1,9 @@
 //! `yellowstone-router`: the process an operator runs. See `--help`.
 
+mod cluster_cli;
+
 use clap::{Parser, Subcommand};
+use cluster_cli::ClusterCmd;
 use std::path::PathBuf;
 use yellowstone_gateway::config::Backend;
 use yellowstone_gateway::journal::tools;
@@ -28,6 +31,19 @@ enum Cmd {
     /// follows). Keeps its state in a data directory (`yellowstone-data` in the
     /// working directory unless --data-dir; --in-memory keeps none).
     Run(Box<RunArgs>),
+    /// Runs a learner (R-HA-4, docs/replication.md): a non-voting member of a
+    /// replicated group that applies the committed journal and checks its state hash
+    /// at every block against the leader's (`yellowstone_learner_*` on /metrics; a
+    /// mismatch is logged as an error naming the block). Takes `run`'s options;
+    /// `[cluster]` of --config names it (`cluster.learner` is implied). Add it to the
+    /// group with `cluster add --learner`.
+    Learn(Box<RunArgs>),
+    /// Operates a replicated group (SPEC §12, docs/replication.md) through a member's
+    /// `cluster.raft_listen` (member RPC, MAC'd with the group's cluster.key).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Prints a new secret key (hex) and its address, for the router or an operator.
     Keygen,
     /// Prints the address of an existing key: a key file (e.g. a data directory's
@@ -195,8 +211,13 @@ fn load_config(path: &Option<PathBuf>) -> Result<RouterConfig, String> {
     }
 }
 
-fn run(args: RunArgs) -> Result<(), String> {
+fn run(args: RunArgs, learn: bool) -> Result<(), String> {
     let mut config = load_config(&args.config)?;
+    if learn {
+        // R-HA-4: a learner is a member that never votes or leads.
+        config.cluster.enabled = true;
+        config.cluster.learner = true;
+    }
     if let Some(listen) = args.listen {
         config.network.listen = listen;
     }
@@ -265,6 +286,17 @@ fn run(args: RunArgs) -> Result<(), String> {
              BalanceUpdate or SetParams, and a data directory keeps that (the operator is \
              one of its market parameters: another one later is refused)"
         );
+    }
+    if config.cluster.enabled {
+        // R-HA-1 (issue 25): a member of a replicated group; the market pipeline runs
+        // only while it leads (docs/replication.md).
+        return yellowstone_gateway::router::cluster::run_member(config, |ready| {
+            println!("{}", ready.line());
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+            tracing::info!(member = ready.member_id, raft = %ready.raft_listen, "member serving");
+        })
+        .map_err(|e| e.to_string());
     }
     let router = yellowstone_gateway::router::start_from_config(config)?;
     let metrics = router
@@ -376,7 +408,16 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Run(args) => run(*args),
+        Cmd::Run(args) => run(*args, false),
+        Cmd::Learn(args) => run(*args, true),
+        // Exit 2 when a member could not be reached, 1 when refused.
+        Cmd::Cluster { command } => {
+            if let Err(error) = cluster_cli::run(command) {
+                eprintln!("yellowstone-router cluster: {error}");
+                std::process::exit(error.exit_code());
+            }
+            Ok(())
+        }
         Cmd::Keygen => {
             let key = SigningKey::random();
             println!(

@@ -22,8 +22,8 @@ use crate::net;
 use crate::router::config::RouterConfig;
 use crate::router::shared::{self, to_engine, RouterShared};
 use crate::router::{
-    catalog, handler, journal_gauges, load_balance_snapshot, market, quota_gate, replica_gauges,
-    set_settlement_domain, sink, EngineGauges, RouterHandle, StartOptions,
+    catalog, handler, journal_gauges, load_balance_snapshot, market, office, quota_gate,
+    replica_gauges, set_settlement_domain, sink, EngineGauges, RouterHandle, StartOptions,
 };
 use crate::sequencer::{self, Sequencer, SequencerConfig, ORIGIN_INTERNAL};
 use std::sync::Arc;
@@ -60,16 +60,39 @@ pub enum PipelineError {
     },
 }
 
+/// How clients reach the pipeline: the gateway threads and metrics endpoint are its
+/// own (a single router), or the process's (a replicated router's term, R-HA-1).
+pub enum Door {
+    /// Steps 3 and 7 start the gateway threads and the metrics endpoint; they stop
+    /// with the pipeline.
+    Own,
+    /// A member's term (issue 25): the gateways (running `office::OfficeHandler`),
+    /// the metrics registry and the market board outlive the pipeline; step 3
+    /// publishes the pipeline to the office once it is ready, instead of listening.
+    Office(Arc<office::Office>),
+}
+
 /// Starts the router around `engine` (fresh or recovered) and `journal`.
 pub fn start<D: sequencer::Durability + 'static>(
     options: StartOptions,
     engine: Engine,
     journal: D,
 ) -> Result<RouterHandle, PipelineError> {
+    start_at(options, engine, journal, Door::Own)
+}
+
+/// [`start`], reached through `door`.
+pub fn start_at<D: sequencer::Durability + 'static>(
+    options: StartOptions,
+    engine: Engine,
+    journal: D,
+    door: Door,
+) -> Result<RouterHandle, PipelineError> {
     let StartOptions {
         config,
         router_key,
         genesis_ms,
+        reply_cache,
     } = options;
     config.validate().map_err(PipelineError::Config)?;
     let configured = config
@@ -80,12 +103,21 @@ pub fn start<D: sequencer::Durability + 'static>(
         configured.settlement_contract,
     );
     warn_if_genesis_ahead(genesis_ms);
-    let registry = Registry::new();
     // R-ID-6 (issue 27 case 12): until the engine thread publishes, no provider is
     // live (this process holds no connection yet): the figures without the provider
     // pass say so.
-    let market = Arc::new(market::MarketBoard::new(engine.market_figures_core()));
-    market.register_metrics(&registry);
+    let (registry, market) = match &door {
+        Door::Own => {
+            let registry = Registry::new();
+            let market = Arc::new(market::MarketBoard::new(engine.market_figures_core()));
+            market.register_metrics(&registry);
+            (registry, market)
+        }
+        Door::Office(office) => {
+            office.market.publish(engine.market_figures_core());
+            (office.registry.clone(), office.market.clone())
+        }
+    };
 
     // 1. The inbound queue: gateway threads -> engine thread, bounded.
     let (inbound_tx, inbound_rx) =
@@ -93,33 +125,57 @@ pub fn start<D: sequencer::Durability + 'static>(
 
     // 2. What the gateways read of the engine (pre-check caches, written by the
     //    engine thread only; seeded from the recovered engine).
-    let shared = Arc::new(shared_state(
+    let mut shared = shared_state(
         &config,
         &router_key,
         inbound_tx,
         market.clone(),
         &engine,
         &registry,
-    )?);
+    )?;
+    // R-HA-3: answers to resent messages; a member's cache outlives its pipelines.
+    shared.reply_cache = reply_cache.unwrap_or_else(|| {
+        Arc::new(yellowstone_router_core::ReplyCache::new(
+            config.network.reply_cache_config(),
+        ))
+    });
+    shared
+        .reply_cache_entries
+        .set(i64::try_from(shared.reply_cache.len()).unwrap_or(i64::MAX));
+    let shared = Arc::new(shared);
 
     // 3. The gateway threads: network loops, each with its own RouterHandler (its own
-    //    router-core Admission: login state, proof budgets).
-    let handler_shared = shared.clone();
-    let gateways = net::start_gateways(
-        &config.network,
-        &config.threads,
-        &registry,
-        move |context| handler::RouterHandler::new(handler_shared.clone(), context),
-    )
-    .map_err(|source| PipelineError::Gateways {
-        listen: config.network.listen,
-        source,
-    })?;
+    //    router-core Admission: login state, proof budgets). A member's term uses the
+    //    process's (published to them at the end, once the engine thread runs).
+    let gateways = match &door {
+        Door::Own => {
+            let handler_shared = shared.clone();
+            let gateways = net::start_gateways(
+                &config.network,
+                &config.threads,
+                &registry,
+                move |context| handler::RouterHandler::new(handler_shared.clone(), context),
+            )
+            .map_err(|source| PipelineError::Gateways {
+                listen: config.network.listen,
+                source,
+            })?;
+            Some(gateways)
+        }
+        Door::Office(_) => None,
+    };
+    let outbox = match (&gateways, &door) {
+        (Some(gateways), _) => gateways.outbox(),
+        (None, Door::Office(office)) => office
+            .outbox()
+            .ok_or_else(|| PipelineError::Config("the office's gateways are not running".into()))?,
+        (None, Door::Own) => unreachable!("started above"),
+    };
 
     // 4. The sink: engine effects -> frames through the gateways' outboxes.
     let sink = sink::RouterSink::new(
         shared.clone(),
-        gateways.outbox(),
+        outbox,
         config.threads.ticket_signing == "engine",
     );
 
@@ -165,8 +221,12 @@ pub fn start<D: sequencer::Durability + 'static>(
         })
         .map_err(PipelineError::EngineThread)?;
 
-    // 7. The metrics endpoint (its own small runtime).
-    let metrics = if config.metrics.enabled {
+    // 7. The metrics endpoint (its own small runtime; a member's is the process's).
+    //    A term's clients are let in now.
+    if let Door::Office(office) = &door {
+        office.open(shared.clone());
+    }
+    let metrics = if config.metrics.enabled && matches!(door, Door::Own) {
         let server = MetricsServer::start(&config.metrics, registry.clone()).map_err(|source| {
             PipelineError::Metrics {
                 listen: config.metrics.listen,
@@ -178,12 +238,16 @@ pub fn start<D: sequencer::Durability + 'static>(
         None
     };
     Ok(RouterHandle {
-        listen: gateways.local_addr(),
+        listen: gateways
+            .as_ref()
+            .map_or(config.network.listen, |g| g.local_addr()),
         metrics_addr: metrics.as_ref().map(|m| m.local_addr()),
         router_address: router_key.address(),
         network_id: config.identity.network_id,
-        backends: gateways.backends().to_vec(),
-        gateways: Some(gateways),
+        backends: gateways
+            .as_ref()
+            .map_or_else(Vec::new, |g| g.backends().to_vec()),
+        gateways,
         engine_stopped,
         sequencer: Some(sequencer_thread),
         metrics,

@@ -45,6 +45,10 @@ pub enum SequencerInput {
     },
     /// Seal what is due and stop (graceful shutdown).
     Shutdown,
+    /// R-HA-1: this member lost office (replication): stop at once, sealing nothing
+    /// and releasing no promise still pending (its records may never be committed;
+    /// the new leader answers what was). The engine returned is thrown away.
+    Abandon,
 }
 
 /// When an effect may leave the engine thread, and the classification of each effect:
@@ -143,6 +147,8 @@ pub struct Sequencer<D: Durability, S: EffectSink> {
     last_seq: u64,
     /// Commands refused without a journal record (R-OPS-4, R-PROV-3).
     refused_total: u64,
+    /// `SequencerInput::Abandon` was seen (R-HA-1): stop without releasing.
+    abandoned: bool,
 }
 
 /// One command in this many is timed for the stage metrics (two clock reads each).
@@ -172,6 +178,7 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
             burst: VecDeque::new(),
             last_seq: 0,
             refused_total: 0,
+            abandoned: false,
         }
     }
 
@@ -224,6 +231,10 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                     }
                     Ok(SequencerInput::Closed { conn, address }) => self.closed(conn, address)?,
                     Ok(SequencerInput::Shutdown) | Err(_) => break,
+                    Ok(SequencerInput::Abandon) => {
+                        self.abandoned = true;
+                        break;
+                    }
                 },
                 Ok(op) if Some(op.index()) == durable_index => {
                     let _ = op.recv(&durable);
@@ -239,6 +250,12 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                 observer(&self.engine);
             }
             self.release_durable();
+        }
+        if self.abandoned {
+            // R-HA-1: out of office, nothing pending may leave (the promise rule):
+            // what is committed the new leader answers from its own journal.
+            self.pending.clear();
+            return Ok(self.engine);
         }
         // Graceful stop: seal what is due, make everything durable, answer it.
         self.tick_if_due()?;
@@ -275,6 +292,11 @@ impl<D: Durability, S: EffectSink> Sequencer<D, S> {
                     break;
                 }
                 Ok(SequencerInput::Shutdown) => {
+                    running = false;
+                    break;
+                }
+                Ok(SequencerInput::Abandon) => {
+                    self.abandoned = true;
                     running = false;
                     break;
                 }
@@ -949,6 +971,44 @@ mod tests {
                 nonce: 1
             }
         )));
+    }
+
+    /// R-HA-1 (issue 25): a leader that loses office abandons its pipeline: what
+    /// was applied but not committed is never answered (the Shutdown path would
+    /// flush and answer it).
+    #[test]
+    fn r_ha_1_abandon_releases_no_pending_promise() {
+        let config = MarketConfig {
+            genesis_ms: unix_ms(),
+            operator: OPERATOR,
+            ..MarketConfig::default()
+        };
+        let sink = CollectingSink::default();
+        let durable = Arc::new(Mutex::new(0));
+        let sequencer = Sequencer::new(
+            Engine::new(config),
+            HeldJournal::new(durable.clone()),
+            sink.clone(),
+            SequencerConfig::default(),
+        );
+        let (sender, receiver) = crossbeam_channel::bounded(16);
+        let handle = std::thread::spawn(move || sequencer.run(receiver));
+        sender
+            .send(SequencerInput::Command {
+                origin: 3,
+                command: Command::SetBalances {
+                    operator: OPERATOR,
+                    nonce: 1,
+                    entries: vec![],
+                },
+            })
+            .unwrap();
+        sender.send(SequencerInput::Abandon).unwrap();
+        let engine = handle.join().unwrap().unwrap();
+        assert_eq!(engine.nonce_last(&OPERATOR), Some(1), "applied");
+        assert_eq!(*durable.lock().unwrap(), 0, "not flushed");
+        assert!(sink.0.lock().unwrap().is_empty(), "no promise left");
+        assert!(sink.2.lock().unwrap().is_empty(), "no frame answered");
     }
 
     #[test]

@@ -61,6 +61,7 @@ mod dispatch;
 mod operator;
 mod provider;
 mod refusals;
+mod replies;
 mod report;
 mod routes;
 mod session;
@@ -70,6 +71,7 @@ pub use block::batch_message;
 pub use connection::{Admission, AdmissionConfig, Admitted, Outcome, ProofBudget};
 pub use dispatch::{delivery_of, release_of, wire_type_of, Delivery, Dispatch, Recipient, Release};
 pub use refusals::{RefusalBudget, RefusalVerdict, REFUSAL_WINDOW_US};
+pub use replies::{command_of, CommandDigest, ReplyCache, ReplyCacheConfig};
 pub use routes::{RouteKind, Routes, RoutesReleased};
 
 use yellowstone_engine::{Command, MarketError};

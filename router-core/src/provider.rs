@@ -92,7 +92,6 @@ pub(crate) fn register(
             ),
         ));
     }
-    let mut offers = Vec::with_capacity(m.offers.len());
     for offer in &m.offers {
         // R-PROV-1: the weights hash must be signed by the provider itself.
         let digest = weights_proof_digest(network_id, offer.model_id, &offer.weights_hash);
@@ -108,21 +107,31 @@ pub(crate) fn register(
             }
             Err(e) => return Err(sig_refusal(network_id, &e, context())),
         }
-        offers.push(OfferSpec {
+    }
+    Ok(register_command(from, m))
+}
+
+/// The command a registration asks for, without any check (its proofs verified by
+/// [`register`]; the reply cache's digest input for a resend, `replies.rs`).
+pub(crate) fn register_command(from: Address, m: &messages::RegisterProvider) -> Command {
+    let offers: Vec<OfferSpec> = m
+        .offers
+        .iter()
+        .map(|offer| OfferSpec {
             model: offer.model_id,
             unit: offer.unit,
             weights_hash: offer.weights_hash,
             price_wei_per_token: offer.price_wei_per_token,
             capacity: offer.capacity,
-        });
-    }
+        })
+        .collect();
     debug_assert_eq!(offers.len(), m.offers.len());
-    Ok(Command::RegisterProvider {
+    Command::RegisterProvider {
         provider: to_engine(from),
         nonce: m.nonce,
         endpoint: m.endpoint.clone().into_bytes(),
         offers,
-    })
+    }
 }
 
 /// The notice a provider effect sends (`None`: not a provider effect).

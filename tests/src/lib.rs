@@ -8,6 +8,7 @@
 //! failing test never leaves a router behind.
 
 pub mod cluster;
+pub mod cut_proxy;
 pub mod fault_proxy;
 pub mod process;
 
@@ -144,11 +145,21 @@ impl RouterProcess {
 
     /// Like `start`, in working directory `workdir` (the caller's own when None).
     pub fn start_in(workdir: Option<&Path>, args: &[&str]) -> RouterProcess {
+        RouterProcess::start_command(workdir, "run", args)
+    }
+
+    /// Like `start` for another serving subcommand with `run`'s options and READY
+    /// line (`learn`, issue 25), in the caller's working directory.
+    pub fn start_subcommand(subcommand: &str, args: &[&str]) -> RouterProcess {
+        RouterProcess::start_command(None, subcommand, args)
+    }
+
+    fn start_command(workdir: Option<&Path>, subcommand: &str, args: &[&str]) -> RouterProcess {
         let mut command = Command::new(router_binary());
         if let Some(dir) = workdir {
             command.current_dir(dir);
         }
-        command.arg("run");
+        command.arg(subcommand);
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
         }

@@ -128,6 +128,22 @@ impl Client {
         crate::connect_retry::connect_retrying(addr, key, policy)
     }
 
+    /// Connects to whichever of `endpoints` (the members of a replicated router group,
+    /// R-HA-3) leads, following `not_leader` replies, with the same retries as
+    /// [`Client::connect_retrying`]; see [`crate::connect_retry::connect_following`].
+    pub fn connect_following(
+        endpoints: &[std::net::SocketAddr],
+        key: SigningKey,
+        policy: &crate::connect_retry::ConnectRetry,
+    ) -> Result<Client, crate::connect_retry::ConnectError> {
+        crate::connect_retry::connect_following(endpoints, key, policy)
+    }
+
+    /// The endpoint this client is connected to (None once the socket failed).
+    pub fn peer(&self) -> Option<std::net::SocketAddr> {
+        self.stream.peer_addr().ok()
+    }
+
     /// The login handshake (`crate::login`, shared with the nodes' async link): reads
     /// the router's challenge, answers it and waits for `LoginOk`; learns the network
     /// id and router address the challenge names (R-ID-4).
@@ -146,15 +162,24 @@ impl Client {
     }
 
     fn answer_greeting(&mut self, greeting: &Message) -> Result<(), ClientError> {
+        let reply = self.answer_and_read_reply(greeting)?;
+        crate::login::check_reply(&reply, self.key.address())
+            .map_err(|e| ClientError::Login(e.to_string()))
+    }
+
+    /// Answers the challenge `greeting` and returns the router's reply unchecked (so
+    /// `connect_retry` can tell a `not_leader` from a refused login, R-HA-3).
+    pub(crate) fn answer_and_read_reply(
+        &mut self,
+        greeting: &Message,
+    ) -> Result<Message, ClientError> {
         let (answer, router) =
             crate::login::answer_challenge(greeting, &self.key, Default::default())
                 .map_err(|e| ClientError::Login(e.to_string()))?;
         self.network_id = router.network_id;
         self.router = router.router;
         self.send_raw(&answer)?;
-        let reply = self.recv()?;
-        crate::login::check_reply(&reply, self.key.address())
-            .map_err(|e| ClientError::Login(e.to_string()))
+        self.recv()
     }
 
     /// The address this client signs as.

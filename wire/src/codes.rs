@@ -196,6 +196,13 @@ codes! {
     /// gateway (before the engine); this is the last frame, and the connection
     /// closes after it. detail: the bound.
     TOO_MANY_REFUSALS = 0x0309, "too_many_refusals";
+    /// R-HA-3 (issue 25): this member of a replicated router group does not lead. Sent
+    /// instead of `LoginChallenge` to a new connection, or to each open connection of a
+    /// leader that lost office; the connection closes after it. detail: the leader's
+    /// member id (0 = none known); the reason names its endpoint
+    /// ([`crate::leader::parse_not_leader`]); retry_after_ms: 0 with a leader named,
+    /// else a suggested wait (the election timeout).
+    NOT_LEADER = 0x030A, "not_leader";
 }
 
 /// The stable code of a frame error (0x0101..0x0104).
@@ -267,6 +274,7 @@ mod tests {
             SLOW_CONSUMER,
             IDLE_TIMEOUT,
             SHUTTING_DOWN,
+            NOT_LEADER,
         ] {
             assert_eq!(layer(code), Layer::Router);
             assert_ne!(name(code), "unknown_code");

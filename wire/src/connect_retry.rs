@@ -13,6 +13,15 @@
 //! before the login finished, and a router's refusal of the connection itself
 //! (`too_many_connections`, `evicted`, `login_timeout`, `overloaded`). What is not:
 //! a refused login (a wrong key or network id does not improve with time).
+//!
+//! Replicated routers (SPEC §12, R-HA-3): [`connect_following`] takes every member's
+//! endpoint. A member that does not lead greets with `not_leader` naming the leader:
+//! the client goes there at once (at most [`LEADER_HOPS_MAX`] redirects in a row, so two
+//! members naming each other cannot hold it); with no leader named, a refused or closed
+//! connection, it tries the next member, pausing (backoff with jitter) only after a
+//! whole round of members failed, and a `not_leader`'s `retry_after_ms` (the election
+//! timeout) at least then. At the deadline the error names every endpoint tried and
+//! why each failed last.
 
 use crate::client::{Client, ClientError};
 use crate::codes;
@@ -68,19 +77,26 @@ impl ConnectRetry {
     }
 }
 
-/// Why [`connect_retrying`] gave up.
+/// Redirects by `not_leader` followed in a row before the client falls back to trying
+/// the members in turn (a group of 5 needs at most one when its members agree).
+pub const LEADER_HOPS_MAX: u32 = 4;
+
+/// Why [`connect_retrying`] or [`connect_following`] gave up.
 #[derive(Debug)]
 pub enum ConnectError {
     /// Every attempt failed for a reason worth retrying, until the deadline.
     GaveUp {
-        /// The router's address.
+        /// The endpoint of the last attempt.
         addr: SocketAddr,
-        /// Attempts made.
+        /// Attempts made (over every endpoint).
         attempts: u32,
         /// Time from the first attempt to giving up.
         elapsed: Duration,
         /// Why the last attempt failed.
         last: ClientError,
+        /// Every endpoint tried (configured or named by a `not_leader`), in the order
+        /// first tried, with why its last attempt failed.
+        tried: Vec<(SocketAddr, String)>,
     },
     /// An attempt failed for a reason that retrying does not cure (a refused login).
     Refused {
@@ -89,6 +105,8 @@ pub enum ConnectError {
         /// The refusal.
         error: ClientError,
     },
+    /// No endpoint was given.
+    NoEndpoints,
 }
 
 impl std::fmt::Display for ConnectError {
@@ -99,13 +117,30 @@ impl std::fmt::Display for ConnectError {
                 attempts,
                 elapsed,
                 last,
-            } => write!(
-                f,
-                "could not connect to {addr}: {attempts} attempts in {} ms, the last failed \
-                 with: {last}",
-                elapsed.as_millis()
-            ),
+                tried,
+            } => {
+                if tried.len() <= 1 {
+                    write!(
+                        f,
+                        "could not connect to {addr}: {attempts} attempts in {} ms, the last \
+                         failed with: {last}",
+                        elapsed.as_millis()
+                    )
+                } else {
+                    write!(
+                        f,
+                        "could not connect to any of {} routers: {attempts} attempts in {} ms;",
+                        tried.len(),
+                        elapsed.as_millis()
+                    )?;
+                    for (endpoint, why) in tried {
+                        write!(f, " {endpoint}: {why};")?;
+                    }
+                    Ok(())
+                }
+            }
             ConnectError::Refused { addr, error } => write!(f, "{addr} refused the login: {error}"),
+            ConnectError::NoEndpoints => write!(f, "no router endpoint given"),
         }
     }
 }
@@ -113,11 +148,12 @@ impl std::fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {}
 
 impl ConnectError {
-    /// The last attempt's error.
-    pub fn last(&self) -> &ClientError {
+    /// The last attempt's error (None when no endpoint was given).
+    pub fn last(&self) -> Option<&ClientError> {
         match self {
-            ConnectError::GaveUp { last, .. } => last,
-            ConnectError::Refused { error, .. } => error,
+            ConnectError::GaveUp { last, .. } => Some(last),
+            ConnectError::Refused { error, .. } => Some(error),
+            ConnectError::NoEndpoints => None,
         }
     }
 }
@@ -133,12 +169,19 @@ const RETRYABLE_CODES: [u16; 4] = [
 /// One attempt's failure.
 enum AttemptError {
     Retry(ClientError),
+    /// `not_leader` (R-HA-3): the leader's endpoint if named, the suggested wait.
+    NotLeader {
+        leader: Option<SocketAddr>,
+        retry_after: Duration,
+        error: ClientError,
+    },
     Final(ClientError),
 }
 
 /// Connects to `addr` and logs in as `key`, retrying per `policy` (see the module
 /// docs for what is retried). On success the connection has no read or write time-out
-/// set (the caller sets its own).
+/// set (the caller sets its own). A router that answers `not_leader` is followed to
+/// the leader it names (as [`connect_following`] with one endpoint).
 ///
 /// Errors: [`ConnectError::Refused`] at once for a refused login,
 /// [`ConnectError::GaveUp`] when the deadline passed.
@@ -147,11 +190,43 @@ pub fn connect_retrying(
     key: SigningKey,
     policy: &ConnectRetry,
 ) -> Result<Client, ConnectError> {
+    connect_following(&[addr], key, policy)
+}
+
+/// Connects to the leader of the router group whose members' client endpoints are
+/// `endpoints` (one endpoint: a single router) and logs in as `key` (R-HA-3; the
+/// module docs give the order of attempts). On success the connection has no read or
+/// write time-out set.
+///
+/// Errors: [`ConnectError::NoEndpoints`] for an empty list, [`ConnectError::Refused`]
+/// at once for a refused login, [`ConnectError::GaveUp`] at `policy.deadline`, naming
+/// every endpoint tried.
+pub fn connect_following(
+    endpoints: &[SocketAddr],
+    key: SigningKey,
+    policy: &ConnectRetry,
+) -> Result<Client, ConnectError> {
+    if endpoints.is_empty() {
+        return Err(ConnectError::NoEndpoints);
+    }
     let started = Instant::now();
     let deadline = started + policy.deadline;
     let mut jitter = Jitter::new(&key, started);
     let mut attempts = 0u32;
+    let mut rounds = 0u32;
+    let mut next_member = 0usize;
+    let mut redirect: Option<SocketAddr> = None;
+    let mut hops = 0u32;
+    let mut tried: Vec<(SocketAddr, String)> = Vec::new();
     loop {
+        let target = match redirect.take() {
+            Some(leader) => leader,
+            None => {
+                let member = endpoints[next_member % endpoints.len()];
+                next_member += 1;
+                member
+            }
+        };
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         // A zero time-out is refused by the socket calls: the last attempt gets 1 ms.
@@ -159,24 +234,95 @@ pub fn connect_retrying(
             .attempt_timeout
             .min(left)
             .max(Duration::from_millis(1));
-        let last = match attempt(addr, key.clone(), timeout) {
+        let (last, wait_at_least) = match attempt(target, key.clone(), timeout) {
             Ok(client) => return Ok(client),
-            Err(AttemptError::Final(error)) => return Err(ConnectError::Refused { addr, error }),
-            Err(AttemptError::Retry(error)) => error,
+            Err(AttemptError::Final(error)) => {
+                return Err(ConnectError::Refused {
+                    addr: target,
+                    error,
+                })
+            }
+            Err(AttemptError::NotLeader {
+                leader: Some(leader),
+                error,
+                ..
+            }) if hops < LEADER_HOPS_MAX && leader != target => {
+                // Go to the named leader at once: no pause, the member knows better.
+                hops += 1;
+                note(&mut tried, target, &error);
+                redirect = Some(leader);
+                if Instant::now() >= deadline {
+                    return Err(gave_up(target, attempts, started, error, tried));
+                }
+                continue;
+            }
+            Err(AttemptError::NotLeader {
+                retry_after, error, ..
+            }) => (error, retry_after),
+            Err(AttemptError::Retry(error)) => (error, Duration::ZERO),
         };
-        // Full jitter on the upper half: between half and all of the backoff.
-        let backoff = policy.backoff(attempts);
-        let pause = backoff / 2 + jitter.below(backoff / 2);
+        hops = 0;
+        note(&mut tried, target, &last);
+        // Pause only once every member failed in this round: during a failover the
+        // next member may already lead.
+        let round_over = next_member.is_multiple_of(endpoints.len());
         let now = Instant::now();
+        if now >= deadline {
+            return Err(gave_up(target, attempts, started, last, tried));
+        }
+        if !round_over {
+            continue;
+        }
+        rounds += 1;
+        // Full jitter on the upper half: between half and all of the backoff.
+        let backoff = policy.backoff(rounds);
+        let pause = (backoff / 2 + jitter.below(backoff / 2)).max(wait_at_least);
         if now + pause >= deadline {
-            return Err(ConnectError::GaveUp {
-                addr,
-                attempts,
-                elapsed: now.saturating_duration_since(started),
-                last,
-            });
+            return Err(gave_up(target, attempts, started, last, tried));
         }
         std::thread::sleep(pause);
+    }
+}
+
+/// Records why `endpoint`'s latest attempt failed (one row per endpoint, first-tried order).
+fn note(tried: &mut Vec<(SocketAddr, String)>, endpoint: SocketAddr, error: &ClientError) {
+    let why = error.to_string();
+    match tried.iter_mut().find(|(e, _)| *e == endpoint) {
+        Some(row) => row.1 = why,
+        None => tried.push((endpoint, why)),
+    }
+}
+
+fn gave_up(
+    addr: SocketAddr,
+    attempts: u32,
+    started: Instant,
+    last: ClientError,
+    tried: Vec<(SocketAddr, String)>,
+) -> ConnectError {
+    ConnectError::GaveUp {
+        addr,
+        attempts,
+        elapsed: started.elapsed(),
+        last,
+        tried,
+    }
+}
+
+fn refusal(reply: &crate::ErrorReply) -> ClientError {
+    ClientError::Login(format!(
+        "{} ({:#06x}): {}",
+        codes::name(reply.code),
+        reply.code,
+        reply.reason
+    ))
+}
+
+fn not_leader(reply: &crate::ErrorReply) -> AttemptError {
+    AttemptError::NotLeader {
+        leader: crate::leader::parse_not_leader(reply),
+        retry_after: Duration::from_millis(u64::from(reply.retry_after_ms)),
+        error: refusal(reply),
     }
 }
 
@@ -188,31 +334,41 @@ fn attempt(addr: SocketAddr, key: SigningKey, timeout: Duration) -> Result<Clien
     stream.set_write_timeout(Some(timeout)).map_err(retry)?;
     let mut client = Client::from_stream(stream, key);
     let greeting = client.recv().map_err(AttemptError::Retry)?;
-    let challenge = match greeting {
-        Message::LoginChallenge(challenge) => challenge,
+    match &greeting {
+        Message::LoginChallenge(_) => {}
+        Message::ErrorReply(reply) if reply.code == codes::NOT_LEADER => {
+            return Err(not_leader(reply))
+        }
         Message::ErrorReply(reply) if RETRYABLE_CODES.contains(&reply.code) => {
-            return Err(AttemptError::Retry(ClientError::Login(format!(
-                "{} ({:#06x}): {}",
-                codes::name(reply.code),
-                reply.code,
-                reply.reason
-            ))))
+            return Err(AttemptError::Retry(refusal(reply)))
         }
         other => {
             return Err(AttemptError::Final(ClientError::Login(format!(
                 "expected a challenge, got {other:?}"
             ))))
         }
-    };
-    match client.answer_challenge(&challenge) {
-        Ok(()) => {}
+    }
+    let reply = match client.answer_and_read_reply(&greeting) {
+        Ok(reply) => reply,
         // Evicted or cut between the greeting and the answer: the router was short of
-        // room, not unwilling.
+        // room (or lost office), not unwilling.
         Err(error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame(_))) => {
             return Err(AttemptError::Retry(error))
         }
         Err(error) => return Err(AttemptError::Final(error)),
+    };
+    match &reply {
+        // A leader that lost office between the greeting and the answer.
+        Message::ErrorReply(reply) if reply.code == codes::NOT_LEADER => {
+            return Err(not_leader(reply))
+        }
+        Message::ErrorReply(reply) if RETRYABLE_CODES.contains(&reply.code) => {
+            return Err(AttemptError::Retry(refusal(reply)))
+        }
+        _ => {}
     }
+    crate::login::check_reply(&reply, client.address())
+        .map_err(|e| AttemptError::Final(ClientError::Login(e.to_string())))?;
     let clear = |client: &Client| -> Result<(), ClientError> {
         client.set_read_timeout(None)?;
         client.stream().set_write_timeout(None)?;

@@ -21,6 +21,8 @@ pub mod connect_retry;
 pub mod demo;
 pub mod frame;
 pub mod keyfile;
+/// Replicated routers: the `not_leader` reply, built and read (R-HA-3).
+pub mod leader;
 /// The login handshake without IO, shared by `client` and the nodes (issue 26 item 4).
 pub mod login;
 pub mod messages;
@@ -30,6 +32,7 @@ pub mod signature;
 
 pub use address::Address;
 pub use codec::DecodeError;
+pub use leader::{not_leader_reason, not_leader_reply, parse_not_leader};
 pub use messages::*;
 /// The secp256k1 crate this one signs with, for callers that need raw keys.
 pub use secp256k1;

@@ -404,6 +404,11 @@ fn vectors() -> Vec<(String, Message, Option<&'static str>)> {
             .into(),
             None,
         ),
+        // R-HA-3: the greeting of a member that does not lead (docs/PROTOCOL.md §3).
+        (
+            not_leader_reply(2, Some("127.0.0.1:7401".parse().unwrap()), 600).into(),
+            None,
+        ),
     ];
     list.into_iter()
         .map(|(m, signer)| (m.name().to_string(), m, signer))

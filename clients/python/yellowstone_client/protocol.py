@@ -151,6 +151,7 @@ ERROR_NAMES = {
     0x0301: "overloaded", 0x0302: "too_many_connections", 0x0303: "slow_consumer",
     0x0304: "idle_timeout", 0x0305: "shutting_down", 0x0306: "unknown_sender",
     0x0307: "login_timeout", 0x0308: "evicted", 0x0309: "too_many_refusals",
+    0x030A: "not_leader",
 }
 
 

@@ -133,6 +133,16 @@ pub enum JournalError {
         /// What went wrong.
         what: String,
     },
+    /// Issue 25 (R-HA-2): the replicated journal of a leader that lost office (or
+    /// whose proposals failed): every later call fails the same way, and the
+    /// pipeline must drop its unreleased promises.
+    #[error("replicated journal: office of term {term} lost: {reason}")]
+    OfficeLost {
+        /// The term this member led.
+        term: u64,
+        /// What showed it (a new leader, a refused proposal, shutdown).
+        reason: String,
+    },
 }
 
 /// A configuration word that is not one of the allowed ones

@@ -20,6 +20,9 @@ pub struct RouterConfig {
     pub identity: IdentityConfig,
     pub market: MarketSection,
     pub journal: JournalSection,
+    /// Replication (issue 25, SPEC §12): off by default; docs/configuration.md
+    /// `[cluster]`, docs/replication.md.
+    pub cluster: crate::replication::ClusterConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -585,6 +588,7 @@ impl RouterConfig {
         self.network.validate().map_err(|e| e.to_string())?;
         self.metrics.validate().map_err(|e| e.to_string())?;
         self.threads.validate().map_err(|e| e.to_string())?;
+        self.validate_cluster()?;
         for entry in &self.market.models {
             if entry.name.len() > yellowstone_wire::messages::MODEL_NAME_BYTES_MAX {
                 return Err(format!(
@@ -693,6 +697,40 @@ impl RouterConfig {
             );
         }
         self.validate_bounds_outside_review()
+    }
+
+    /// `[cluster]` (R-HA-1): its keys' bounds (always, so print-config refuses what a
+    /// member would), and, when enabled, what would make this member disagree with
+    /// its group or with itself.
+    fn validate_cluster(&self) -> Result<(), String> {
+        let cluster = &self.cluster;
+        cluster.validate().map_err(|e| e.to_string())?;
+        if !cluster.enabled {
+            return Ok(());
+        }
+        let raft: std::net::SocketAddr = cluster
+            .raft_listen
+            .parse()
+            .map_err(|_| format!("cluster.raft_listen must be host:port, not {}", echo(&cluster.raft_listen)))?;
+        for (key, addr) in [
+            ("network.listen", self.network.listen),
+            ("metrics.listen", self.metrics.listen),
+        ] {
+            if raft == addr && addr.port() != 0 {
+                return Err(format!(
+                    "cluster.raft_listen must differ from {key} ({addr}): the member RPC \
+                     listener needs its own port, not {raft}"
+                ));
+            }
+        }
+        if self.market.genesis_ms == 0 {
+            return Err(
+                "market.genesis_ms must be set (Unix ms) with cluster.enabled, the same on \
+                 every member: 0 means \"now\", each member's own, not 0"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 
     /// What `run` refused only once it was starting (after creating the data

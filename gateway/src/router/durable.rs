@@ -57,7 +57,7 @@ pub use yellowstone_wire::keyfile::{check_key_file_mode, read_key_file, KeyFileE
 /// The router key of a data directory (R-OPS-2): the one in `router.key` (created
 /// 0600 on first start), or the configured one, which must then be the same: a
 /// router never silently changes the address its batches are signed by.
-fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
+pub(crate) fn router_key(config: &RouterConfig, dir: &Path) -> Result<SigningKey, String> {
     let path = dir.join(ROUTER_KEY_FILE);
     let exists = path
         .try_exists()
@@ -111,7 +111,7 @@ pub const ROUTER_KEY_FILE: &str = "router.key";
 /// left as it is. A path that exists but is not a directory (a file, say) is
 /// refused as such, naming the path, rather than with the bare "File exists" of
 /// the creating call.
-fn create_data_dir(dir: &Path) -> Result<(), String> {
+pub(crate) fn create_data_dir(dir: &Path) -> Result<(), String> {
     use std::os::unix::fs::DirBuilderExt as _;
     if let Ok(metadata) = std::fs::metadata(dir) {
         if !metadata.is_dir() {
@@ -349,7 +349,16 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
         allow_corrupt_truncate: config.journal.allow_corrupt_truncate,
         read_only: false,
     };
-    let recovered = journal::recover(dir, &creation, options, |_, _, _| {})?;
+    // R-HA-3: the answers of the records replayed (those after the newest snapshot)
+    // go back into the reply cache, so a client whose connection died with the
+    // previous process and sends the same message again gets its original answer.
+    let reply_cache = std::sync::Arc::new(yellowstone_router_core::ReplyCache::new(
+        config.network.reply_cache_config(),
+    ));
+    let recovered = journal::recover(dir, &creation, options, |_, record, effects| {
+        reply_cache.observe(&record.command, effects)
+    })?;
+    let reply_cache = Some(reply_cache);
     let engine_domain = (
         recovered.engine.config().settlement_chain_id,
         recovered.engine.config().settlement_contract,
@@ -434,6 +443,7 @@ pub fn start_durable(config: RouterConfig, dir: &Path) -> Result<RouterHandle, S
             config,
             router_key,
             genesis_ms,
+            reply_cache,
         },
         recovered.engine,
         journal,

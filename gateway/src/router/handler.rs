@@ -104,6 +104,8 @@ enum Outcome {
     Accepted,
     /// Needs no engine (SubscribeBatches): answered with an `Ack` of this nonce.
     Ack(u64),
+    /// R-HA-3: a resend of an accepted message: its original answer's frames.
+    Cached(Vec<u8>),
 }
 
 pub struct RouterHandler {
@@ -229,14 +231,27 @@ impl RouterHandler {
         // applied at all are known before any signature is recovered.
         let view = SharedView(&self.shared);
         let verifier = MeasuredVerifier(&self.shared.signature_cpu);
-        self.admission.precheck(
+        if let Err(refused) = self.admission.precheck(
             admitted.conn,
             admitted.address,
             admitted.claimed,
             admitted.nonce,
             &admitted.message,
             &view,
-        )?;
+        ) {
+            // R-HA-3: a nonce already spent by this very message: its first answer.
+            if refused.code == codes::REPLAY {
+                if let Some(frames) = self.cached_answer(
+                    admitted.address,
+                    admitted.nonce,
+                    &admitted.message,
+                    &admitted.body,
+                ) {
+                    return Ok(Outcome::Cached(frames));
+                }
+            }
+            return Err(refused);
+        }
         let network_id = self.shared.network_id;
         self.stages
             .time(Stage::Verify, || {
@@ -271,6 +286,27 @@ impl RouterHandler {
         Ok(Outcome::Accepted)
     }
 
+    /// R-HA-3: the original answer (frames) to `address`'s message `nonce`, if this
+    /// message (same command digest) was accepted and its answer is still cached;
+    /// counted in `yellowstone_reply_cache_hits_total`. Called only for a nonce at or
+    /// below the last accepted one, after the sender check: the answer goes to a
+    /// connection logged in as `address`, so it needs no signature check (the same
+    /// command with a forged signature learns its owner nothing new).
+    fn cached_answer(
+        &self,
+        address: Address,
+        nonce: u64,
+        message: &Message,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let command =
+            yellowstone_router_core::command_of(self.shared.network_id, address, message, body)?;
+        let digest = yellowstone_router_core::CommandDigest::of(&command);
+        let replies = self.shared.reply_cache.lookup(&address, nonce, &digest)?;
+        self.shared.reply_cache_hits_total.inc();
+        Some(super::sink::cached_frames(&self.shared, replies))
+    }
+
     /// A lane's queue and its per-connection counts.
     fn lane(&mut self, lane: Lane) -> (&mut VecDeque<Admitted>, &mut HashMap<ConnId, u32>) {
         match lane {
@@ -303,6 +339,7 @@ impl RouterHandler {
             let now_us = self.now_us_last;
             let sent = match self.admit(admitted, now_us) {
                 Ok(Outcome::Accepted) => continue,
+                Ok(Outcome::Cached(frames)) => self.context.outbox.reply(conn, frames),
                 Ok(Outcome::Ack(nonce)) => {
                     let mut frame = Vec::new();
                     Message::from(messages::Ack { nonce })
@@ -595,6 +632,22 @@ impl FrameHandler for RouterHandler {
                 format!("{} is not sent by clients", message.name()),
             );
         };
+        // R-HA-3: a resend of a message whose nonce is spent (its answer was lost with
+        // a connection or a failed leader) gets the original answer, before the quota
+        // gate (the original may have used the last of the quota). Not when frames of
+        // this connection wait in a lane: answered there, in order.
+        if claimed == address
+            && !self.deferred_conns.contains_key(&conn)
+            && !self.costly_conns.contains_key(&conn)
+            && SharedView(&self.shared)
+                .nonce_last(&address)
+                .is_some_and(|last| nonce <= last)
+        {
+            if let Some(frames) = self.cached_answer(address, nonce, &message, &frame.body) {
+                replies.reply_with(|out| out.extend_from_slice(&frames));
+                return;
+            }
+        }
         // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
         // as the engine would, before any signature work or a place in a lane.
         if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
@@ -644,6 +697,9 @@ impl FrameHandler for RouterHandler {
         }
         match self.admit(admitted, now_us) {
             Ok(Outcome::Accepted) => {}
+            Ok(Outcome::Cached(frames)) => {
+                replies.reply_with(|out| out.extend_from_slice(&frames));
+            }
             Ok(Outcome::Ack(nonce)) => {
                 let ack = Message::from(messages::Ack { nonce });
                 replies

@@ -5,9 +5,11 @@
 //! all run.
 
 pub mod catalog;
+pub mod cluster;
 pub mod config;
 pub mod handler;
 pub mod market;
+pub mod office;
 pub mod quota_gate;
 pub mod shared;
 pub mod signature_cpu;
@@ -48,6 +50,11 @@ pub struct StartOptions {
     pub config: RouterConfig,
     pub router_key: SigningKey,
     pub genesis_ms: u64,
+    /// R-HA-3: the reply cache the pipeline answers resent messages from; `None`
+    /// makes a new one with the config's bounds (`network.reply_cache_*`). A
+    /// replicated member passes the one its state machine feeds, so the cache
+    /// outlives a pipeline (a new leader answers with the original answers).
+    pub reply_cache: Option<std::sync::Arc<yellowstone_router_core::ReplyCache>>,
 }
 
 impl StartOptions {
@@ -72,6 +79,7 @@ impl StartOptions {
             config,
             router_key,
             genesis_ms,
+            reply_cache: None,
         })
     }
 }
@@ -102,6 +110,32 @@ impl RouterHandle {
             metrics.stop();
         }
         engine
+    }
+
+    /// R-HA-1 (issue 25): this member lost office: the engine thread stops at once,
+    /// releasing no promise still pending (`SequencerInput::Abandon`); the engine is
+    /// thrown away (the next term starts from the state machine's).
+    pub fn abandon(mut self) {
+        let _ = self.shared.inbound.send(SequencerInput::Abandon);
+        if let Some(thread) = self.sequencer.take() {
+            if let Err(error) = thread
+                .join()
+                .unwrap_or(Err("engine thread panicked".into()))
+            {
+                tracing::warn!(%error, "engine thread of the abandoned term");
+            }
+        }
+        if let Some(gateways) = self.gateways.take() {
+            let _ = gateways.shutdown();
+        }
+        if let Some(metrics) = self.metrics.take() {
+            metrics.stop();
+        }
+    }
+
+    /// Fires if the engine thread stopped on its own (e.g. its journal failed).
+    pub fn engine_stopped(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.engine_stopped
     }
 
     /// Blocks until SIGINT/SIGTERM, then stops gracefully.

@@ -52,6 +52,15 @@ pub struct RouterShared {
     pub catalog: super::catalog::CatalogBoard,
     /// The market's figures as the engine last published them (R-OPS-3).
     pub market: Arc<super::market::MarketBoard>,
+    /// R-HA-3: the answers to each address's last accepted signed messages, written
+    /// by the engine thread (the sink, on delivery) or a replicated member's state
+    /// machine, read by the gateways for resent messages. Set by the pipeline (from
+    /// `StartOptions::reply_cache`, so it can outlive one pipeline).
+    pub reply_cache: Arc<yellowstone_router_core::ReplyCache>,
+    /// `yellowstone_reply_cache_hits_total`: resent messages answered from the cache.
+    pub reply_cache_hits_total: Arc<Counter>,
+    /// `yellowstone_reply_cache_entries`: answers held (set by the sink).
+    pub reply_cache_entries: Arc<crate::metrics::Gauge>,
 }
 
 /// What `RouterShared::new` needs beyond the registry (the rest starts empty).
@@ -101,6 +110,20 @@ impl RouterShared {
             catalog: parts.catalog,
             registry: registry.clone(),
             market: parts.market,
+            reply_cache: Arc::new(yellowstone_router_core::ReplyCache::new(
+                crate::config::NetworkConfig::default().reply_cache_config(),
+            )),
+            reply_cache_hits_total: registry.counter(
+                "yellowstone_reply_cache_hits_total",
+                "Resent signed messages (nonce already spent, same command) answered with \
+                 their original answer from the reply cache (R-HA-3).",
+                &[],
+            ),
+            reply_cache_entries: registry.gauge(
+                "yellowstone_reply_cache_entries",
+                "Answers held in the reply cache (network.reply_cache_entries_max at most).",
+                &[],
+            ),
         }
     }
 

@@ -134,6 +134,12 @@ impl EffectSink for RouterSink {
     }
 
     fn deliver(&mut self, origin: Origin, command: &Command, effects: &[Effect]) {
+        // R-HA-3: the answers go into the reply cache before the nonce below is seen
+        // spent by the gateways, so a resend is never refused `replay` for want of them.
+        self.shared.reply_cache.observe(command, effects);
+        self.shared
+            .reply_cache_entries
+            .set(i64::try_from(self.shared.reply_cache.len()).unwrap_or(i64::MAX));
         // R-ID-4: the gateways' replay pre-check follows what the engine accepted,
         // once durable (a crash cannot undo it): an originated command without a
         // refusal of its own nonce spent that nonce.
@@ -148,6 +154,14 @@ impl EffectSink for RouterSink {
         // R-QUOTA-5: the quota gate follows the engine before this answer leaves.
         self.shared.quota_gate.follow(command, effects);
         let mut out = Delivery::new(&self.shared, &self.outbox, origin);
+        // R-HA-3: a resend that passed the gateways while its original was still on
+        // its way to the journal, refused `replay` by the engine: the original answer.
+        if let Some(frames) = cached_answer_to_engine_replay(&self.shared, origin, command, effects)
+        {
+            out.to_origin.extend_from_slice(&frames);
+            out.finish();
+            return;
+        }
         self.send_effects(&mut out, command, effects);
         out.finish();
     }
@@ -279,9 +293,50 @@ impl RouterSink {
 
 pub use yellowstone_router_core::batch_message;
 
+/// R-HA-3: the cached answer's frames (a ticket among them signed again: RFC 6979
+/// gives the same bytes) when `command`, from a client connection, was refused
+/// `replay` by the engine and its (address, nonce, command digest) is cached.
+fn cached_answer_to_engine_replay(
+    shared: &RouterShared,
+    origin: Origin,
+    command: &Command,
+    effects: &[Effect],
+) -> Option<Vec<u8>> {
+    if origin == ORIGIN_INTERNAL {
+        return None;
+    }
+    let (address, nonce) = command.origin()?;
+    let replayed = effects.iter().any(|effect| {
+        matches!(effect, Effect::Rejected { to, nonce: n, error: yellowstone_engine::MarketError::Replay { .. } } if *to == address && *n == nonce)
+    });
+    if !replayed {
+        return None;
+    }
+    let digest = yellowstone_router_core::CommandDigest::of(command);
+    let replies = shared
+        .reply_cache
+        .lookup(&to_wire(address), nonce, &digest)?;
+    shared.reply_cache_hits_total.inc();
+    Some(cached_frames(shared, replies))
+}
+
+/// The frames of cached answers, in order; a session ticket is signed with the router
+/// key (deterministic signatures: the bytes first sent).
+pub(super) fn cached_frames(shared: &RouterShared, replies: Vec<Message>) -> Vec<u8> {
+    let mut frames = Vec::with_capacity(96 * replies.len());
+    for mut message in replies {
+        if matches!(message, Message::SessionTicket(_)) {
+            frames.extend_from_slice(&signed_frame(shared, &mut message));
+        } else {
+            message.write_frame(FLAG_RESPONSE, &mut frames);
+        }
+    }
+    frames
+}
+
 /// Signs `message` with the router key (timed as signature work) into a frame
 /// flagged as the router's.
-fn signed_frame(shared: &RouterShared, message: &mut Message) -> Vec<u8> {
+pub(super) fn signed_frame(shared: &RouterShared, message: &mut Message) -> Vec<u8> {
     let mut frame = shared.signature_cpu.measure(SignatureOp::Sign, || {
         message.sign(&shared.router_key, shared.network_id)
     });

@@ -1,0 +1,562 @@
+//! The replicated state machine (REPL_DESIGN.md "State machine", R-HA-1, R-HA-4): an
+//! `Engine` applying committed [`GroupEntry`] records in sequence order, exactly as
+//! `journal::replica` does, plus the snapshot and state-hash bookkeeping a group
+//! needs.
+//!
+//! - Records apply in sequence order: an entry's `first_seq` must be the next
+//!   sequence number. An entry that is not (only a deposed leader's late proposal can
+//!   be) is skipped on every member alike ([`GroupApplied::Stale`], logged loudly and
+//!   counted), so members stay identical; a record that does not decode is a typed
+//!   storage error that stops the member (it cannot apply what its leader applied).
+//! - At every block boundary (the engine's block changes while applying a record)
+//!   the state hash is computed, kept in a bounded ring (`cluster.state_hashes_kept`)
+//!   and handed to [`ApplyObserver::state_hash_at_block`]; every applied command and
+//!   its effects go to [`ApplyObserver::applied`] (follow-c's reply cache).
+//! - Snapshots are the state machine's business: at the first entry that crosses a
+//!   block boundary after `cluster.snapshot_every_entries` entries, the engine is
+//!   serialised (state after that entry), and openraft is asked to take it as its
+//!   snapshot (then it purges the log behind it). Snapshots are stored whole in
+//!   `raft-snapshot` (atomic replace) and sent whole.
+
+use super::types::{
+    encode, Entry, GroupApplied, GroupEntry, LogId, MarketSnapshot, Raft, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
+};
+use crate::journal::record::{encode_into, parse};
+use crate::journal::{JournalRecord, Storage};
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, RaftSnapshotBuilder, Snapshot, StorageIOError};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use yellowstone_engine::{Command, Effect, Engine};
+
+/// The stored snapshot's file name in `<data_dir>/raft/`.
+pub const SNAPSHOT_FILE: &str = "raft-snapshot";
+
+/// Sees every applied command, on every member, in sequence order (REPL_DESIGN.md).
+pub trait ApplyObserver: Send + Sync {
+    /// `command` was applied at `now_ms` (Unix ms) and produced `effects`.
+    fn applied(&self, now_ms: u64, command: &Command, effects: &[Effect]);
+    /// The engine entered `block` (a block boundary); `hash` is its state hash then.
+    fn state_hash_at_block(&self, block: u64, hash: [u8; 32]) {
+        let _ = (block, hash);
+    }
+}
+
+/// An observer that ignores everything.
+pub struct NoObserver;
+
+impl ApplyObserver for NoObserver {
+    fn applied(&self, _now_ms: u64, _command: &Command, _effects: &[Effect]) {}
+}
+
+/// Counters of the state machine (metrics).
+#[derive(Default, Debug)]
+pub struct MachineStats {
+    /// Records applied.
+    pub records_applied: AtomicU64,
+    /// Entries skipped as stale (a deposed leader's proposal).
+    pub stale_entries: AtomicU64,
+    /// Snapshots built (serialisations at block boundaries).
+    pub snapshots_built: AtomicU64,
+    /// Snapshots installed from the leader.
+    pub snapshots_installed: AtomicU64,
+    /// The last applied log index + 1 (0: nothing applied).
+    pub applied_index_plus_one: AtomicU64,
+}
+
+/// The state machine's state, shared between openraft's state machine task, the
+/// snapshot builder and the member (promotion, status).
+pub struct Machine {
+    state: Mutex<State>,
+    /// Set once the Raft handle exists: snapshots are triggered through it.
+    raft: OnceLock<Raft>,
+    observer: Arc<dyn ApplyObserver>,
+    /// Counters.
+    pub stats: MachineStats,
+}
+
+struct State {
+    engine: Engine,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    /// The sequence number the next record must have.
+    next_seq: u64,
+    hashes: VecDeque<(u64, [u8; 32])>,
+    hashes_kept: usize,
+    entries_since_snapshot: u64,
+    snapshot_every_entries: u64,
+    /// Built at a block boundary, not yet taken by openraft's builder.
+    boundary: Option<(SnapshotMeta, MarketSnapshot)>,
+    /// The last snapshot stored.
+    current: Option<(SnapshotMeta, MarketSnapshot)>,
+    storage: Box<dyn Storage>,
+    effects: Vec<Effect>,
+    snapshot_counter: u64,
+}
+
+/// What [`Machine::open`] needs.
+pub struct MachineConfig {
+    /// `cluster.snapshot_every_entries`.
+    pub snapshot_every_entries: u64,
+    /// `cluster.state_hashes_kept`.
+    pub state_hashes_kept: usize,
+}
+
+/// The state of the market a promoted leader starts from.
+pub struct EngineCopy {
+    /// A copy of the state machine's engine.
+    pub engine: Engine,
+    /// The next journal sequence number.
+    pub next_seq: u64,
+    /// The last applied log id.
+    pub applied: Option<LogId>,
+}
+
+fn io_error(what: String) -> AnyError {
+    AnyError::error(what)
+}
+
+fn sm_error(what: String) -> StorageError {
+    StorageIOError::write_state_machine(io_error(what)).into()
+}
+
+impl Machine {
+    /// Opens the state machine: the snapshot in `storage` (`raft-snapshot`) if there
+    /// is one, else `genesis`.
+    /// Errors: the snapshot does not read, decode, restore or hash as recorded.
+    pub fn open(
+        mut storage: Box<dyn Storage>,
+        genesis: Engine,
+        config: MachineConfig,
+        observer: Arc<dyn ApplyObserver>,
+    ) -> Result<Arc<Machine>, super::ReplicationError> {
+        let bad = |what: String| super::ReplicationError::BadFile {
+            file: SNAPSHOT_FILE.to_string(),
+            what,
+        };
+        let stored = if storage.list()?.iter().any(|n| n == SNAPSHOT_FILE) {
+            let bytes = storage.read(SNAPSHOT_FILE)?;
+            let payload = parse_snapshot_frame(&bytes).map_err(bad)?;
+            let (meta, data): (SnapshotMeta, MarketSnapshot) =
+                super::types::decode(payload).map_err(|e| bad(e.to_string()))?;
+            Some((meta, data))
+        } else {
+            None
+        };
+        let (engine, last_applied, membership, next_seq, current) = match stored {
+            Some((meta, data)) => {
+                let engine = restore_checked(&data).map_err(bad)?;
+                (
+                    engine,
+                    meta.last_log_id,
+                    meta.last_membership.clone(),
+                    data.next_seq,
+                    Some((meta, data)),
+                )
+            }
+            None => (genesis, None, StoredMembership::default(), 1, None),
+        };
+        let machine = Machine {
+            state: Mutex::new(State {
+                engine,
+                last_applied,
+                membership,
+                next_seq,
+                hashes: VecDeque::new(),
+                hashes_kept: config.state_hashes_kept.max(1),
+                entries_since_snapshot: 0,
+                snapshot_every_entries: config.snapshot_every_entries.max(1),
+                boundary: None,
+                current,
+                storage,
+                effects: Vec::new(),
+                snapshot_counter: 0,
+            }),
+            raft: OnceLock::new(),
+            observer,
+            stats: MachineStats::default(),
+        };
+        machine
+            .stats
+            .applied_index_plus_one
+            .store(last_applied.map_or(0, |l| l.index + 1), Ordering::Relaxed);
+        Ok(Arc::new(machine))
+    }
+
+    /// Gives the machine the Raft handle it triggers snapshots through.
+    pub fn set_raft(&self, raft: Raft) {
+        let _ = self.raft.set(raft);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while applying leaves a state nobody should use; the member stops.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy of the engine (serialise + restore: the same state hash), the next
+    /// sequence number and the last applied log id, taken at one instant.
+    /// Errors: the copy does not restore (a bug; typed so the caller can refuse).
+    pub fn copy_engine(&self) -> Result<EngineCopy, super::ReplicationError> {
+        let state = self.lock();
+        let engine = Engine::restore(&state.engine.snapshot()).map_err(|e| {
+            super::ReplicationError::BadFile {
+                file: "engine copy".to_string(),
+                what: e.to_string(),
+            }
+        })?;
+        debug_assert_eq!(engine.state_hash(), state.engine.state_hash());
+        Ok(EngineCopy {
+            engine,
+            next_seq: state.next_seq,
+            applied: state.last_applied,
+        })
+    }
+
+    /// The last applied log id.
+    pub fn applied(&self) -> Option<LogId> {
+        self.lock().last_applied
+    }
+
+    /// The next journal sequence number.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// The state hash recorded when the engine entered `block`, if still kept.
+    pub fn state_hash_at(&self, block: u64) -> Option<[u8; 32]> {
+        self.lock()
+            .hashes
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, h)| *h)
+    }
+
+    /// Every (block, state hash) kept, oldest first.
+    pub fn state_hashes(&self) -> Vec<(u64, [u8; 32])> {
+        self.lock().hashes.iter().copied().collect()
+    }
+
+    /// The engine's current state hash (a full serialisation: tests and checks).
+    pub fn state_hash(&self) -> [u8; 32] {
+        self.lock().engine.state_hash()
+    }
+
+    /// The engine's current block.
+    pub fn block(&self) -> u64 {
+        self.lock().engine.block()
+    }
+
+    fn apply_group(
+        &self,
+        state: &mut State,
+        log_id: LogId,
+        group: &GroupEntry,
+    ) -> Result<GroupApplied, StorageError> {
+        if group.first_seq != state.next_seq || group.records.is_empty() {
+            self.stats.stale_entries.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                %log_id,
+                expected = state.next_seq,
+                got = group.first_seq,
+                records = group.records.len(),
+                "replicated entry skipped: its first sequence number is not the next one \
+                 (a deposed leader's late proposal); every member skips it alike"
+            );
+            return Ok(GroupApplied::Stale {
+                expected: state.next_seq,
+                got: group.first_seq,
+            });
+        }
+        let mut crossed = false;
+        for (i, bytes) in group.records.iter().enumerate() {
+            let seq = group.first_seq + i as u64;
+            let record = JournalRecord::decode(bytes).map_err(|e| -> StorageError {
+                tracing::error!(%log_id, seq, error = %e, "replicated record does not decode");
+                StorageIOError::apply(log_id, io_error(format!("record {seq}: {e}"))).into()
+            })?;
+            let block_before = state.engine.block();
+            let mut effects = std::mem::take(&mut state.effects);
+            effects.clear();
+            state
+                .engine
+                .apply(&record.command, record.now_ms, &mut effects);
+            self.observer
+                .applied(record.now_ms, &record.command, &effects);
+            state.effects = effects;
+            state.next_seq = seq + 1;
+            if state.engine.block() != block_before {
+                crossed = true;
+                let block = state.engine.block();
+                let hash = state.engine.state_hash();
+                if state.hashes.len() == state.hashes_kept {
+                    state.hashes.pop_front();
+                }
+                state.hashes.push_back((block, hash));
+                self.observer.state_hash_at_block(block, hash);
+            }
+        }
+        self.stats
+            .records_applied
+            .fetch_add(group.records.len() as u64, Ordering::Relaxed);
+        debug_assert_eq!(state.next_seq, group.last_seq() + 1);
+        if crossed {
+            state.entries_since_snapshot += 1;
+            if state.entries_since_snapshot >= state.snapshot_every_entries {
+                self.snapshot_at_boundary(state, log_id);
+            }
+        } else {
+            state.entries_since_snapshot += 1;
+        }
+        Ok(GroupApplied::Applied {
+            last_seq: group.last_seq(),
+        })
+    }
+
+    /// Serialises the engine after `log_id` (an entry that crossed a block boundary)
+    /// and asks openraft to take it as its next snapshot.
+    fn snapshot_at_boundary(&self, state: &mut State, log_id: LogId) {
+        state.entries_since_snapshot = 0;
+        state.snapshot_counter += 1;
+        let engine = state.engine.snapshot();
+        let data = MarketSnapshot {
+            state_hash: *blake3::hash(&engine).as_bytes(),
+            engine,
+            next_seq: state.next_seq,
+            block: state.engine.block(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id),
+            last_membership: state.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}-{}",
+                log_id.leader_id.term, log_id.index, state.snapshot_counter
+            ),
+        };
+        state.boundary = Some((meta, data));
+        self.stats.snapshots_built.fetch_add(1, Ordering::Relaxed);
+        if let Some(raft) = self.raft.get() {
+            let raft = raft.clone();
+            // Not awaited here: the state machine task must not wait for the core.
+            tokio::spawn(async move {
+                if let Err(e) = raft.trigger().snapshot().await {
+                    tracing::warn!(error = %e, "snapshot trigger refused (shutting down)");
+                }
+            });
+        }
+    }
+}
+
+/// Restores an engine from a snapshot and checks its recorded hash.
+fn restore_checked(data: &MarketSnapshot) -> Result<Engine, String> {
+    if *blake3::hash(&data.engine).as_bytes() != data.state_hash {
+        return Err("the engine state does not hash as recorded".to_string());
+    }
+    let engine = Engine::restore(&data.engine).map_err(|e| e.to_string())?;
+    if data.next_seq == 0 {
+        return Err("next sequence number 0".to_string());
+    }
+    Ok(engine)
+}
+
+fn store_snapshot(
+    state: &mut State,
+    meta: &SnapshotMeta,
+    data: &MarketSnapshot,
+) -> Result<(), StorageError> {
+    let payload = encode(&(meta, data)).map_err(|e| sm_error(format!("snapshot encode: {e}")))?;
+    let mut framed = Vec::with_capacity(payload.len() + 64);
+    let seq = meta.last_log_id.map_or(1, |l| l.index + 1);
+    encode_snapshot_frame(&mut framed, seq, &payload);
+    state
+        .storage
+        .replace(SNAPSHOT_FILE, &[&framed])
+        .map_err(|e| StorageIOError::write_snapshot(None, AnyError::new(&e)).into())
+}
+
+/// Frames a snapshot like a journal record when it fits the record limit; larger
+/// snapshots are framed by [`encode_big`] (same layout, no limit).
+fn encode_snapshot_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    if encode_into(out, seq, payload).is_err() {
+        encode_big(out, seq, payload);
+    }
+}
+
+fn encode_big(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    // Layout of `journal::record` with a u64 length: magic u32::MAX, length u64,
+    // seq u64, BLAKE3 of (length, seq, payload), payload.
+    out.extend_from_slice(&u32::MAX.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&(payload.len() as u64).to_le_bytes());
+    hasher.update(&seq.to_le_bytes());
+    hasher.update(payload);
+    out.extend_from_slice(hasher.finalize().as_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Reads what [`encode_snapshot_frame`] wrote: the payload.
+pub fn parse_snapshot_frame(bytes: &[u8]) -> Result<&[u8], String> {
+    if bytes.len() >= 4 && bytes[..4] == u32::MAX.to_le_bytes() {
+        let header = 4 + 8 + 8 + 32;
+        if bytes.len() < header {
+            return Err(format!("truncated snapshot header ({} bytes)", bytes.len()));
+        }
+        let len = u64::from_le_bytes(bytes[4..12].try_into().map_err(|_| "length")?);
+        let seq = u64::from_le_bytes(bytes[12..20].try_into().map_err(|_| "seq")?);
+        if bytes.len() as u64 != header as u64 + len {
+            return Err(format!(
+                "snapshot of {} bytes announces {len}",
+                bytes.len() - header
+            ));
+        }
+        let payload = &bytes[header..];
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&len.to_le_bytes());
+        hasher.update(&seq.to_le_bytes());
+        hasher.update(payload);
+        if hasher.finalize().as_bytes()[..] != bytes[20..52] {
+            return Err("snapshot checksum mismatch".to_string());
+        }
+        return Ok(payload);
+    }
+    parse(bytes).map(|r| r.payload).map_err(|e| e.to_string())
+}
+
+/// Openraft's view of the state machine (`RaftStateMachine`).
+#[derive(Clone)]
+pub struct MachineStore(pub Arc<Machine>);
+
+/// Openraft's snapshot builder: takes the block-boundary snapshot, or serialises
+/// the engine now if none is waiting (a member that needs one before the first).
+pub struct MachineSnapshotBuilder(Arc<Machine>);
+
+impl RaftSnapshotBuilder<TypeConfig> for MachineSnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let machine = &self.0;
+        let mut state = machine.lock();
+        let (meta, data) = match state.boundary.take() {
+            Some(built) => built,
+            None => {
+                state.snapshot_counter += 1;
+                let engine = state.engine.snapshot();
+                let data = MarketSnapshot {
+                    state_hash: *blake3::hash(&engine).as_bytes(),
+                    engine,
+                    next_seq: state.next_seq,
+                    block: state.engine.block(),
+                };
+                let meta = SnapshotMeta {
+                    last_log_id: state.last_applied,
+                    last_membership: state.membership.clone(),
+                    snapshot_id: format!(
+                        "{}-{}-{}",
+                        state.last_applied.map_or(0, |l| l.leader_id.term),
+                        state.last_applied.map_or(0, |l| l.index),
+                        state.snapshot_counter
+                    ),
+                };
+                (meta, data)
+            }
+        };
+        store_snapshot(&mut state, &meta, &data)?;
+        state.current = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(data),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for MachineStore {
+    type SnapshotBuilder = MachineSnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.0.lock();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<GroupApplied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let machine = &self.0;
+        let mut state = machine.lock();
+        let mut out = Vec::new();
+        for entry in entries {
+            debug_assert!(
+                state
+                    .last_applied
+                    .map_or(true, |l| l.index < entry.log_id.index),
+                "entries apply in log order"
+            );
+            let applied = match &entry.payload {
+                EntryPayload::Blank => GroupApplied::NoRecords,
+                EntryPayload::Normal(group) => {
+                    machine.apply_group(&mut state, entry.log_id, group)?
+                }
+                EntryPayload::Membership(m) => {
+                    state.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    GroupApplied::NoRecords
+                }
+            };
+            state.last_applied = Some(entry.log_id);
+            machine
+                .stats
+                .applied_index_plus_one
+                .store(entry.log_id.index + 1, Ordering::Relaxed);
+            out.push(applied);
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> MachineSnapshotBuilder {
+        MachineSnapshotBuilder(self.0.clone())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<MarketSnapshot>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<MarketSnapshot>,
+    ) -> Result<(), StorageError> {
+        let engine = restore_checked(&snapshot).map_err(|e| -> StorageError {
+            tracing::error!(error = %e, snapshot = %meta.snapshot_id, "received snapshot refused");
+            StorageIOError::read_snapshot(Some(meta.signature()), io_error(e)).into()
+        })?;
+        let machine = &self.0;
+        let mut state = machine.lock();
+        store_snapshot(&mut state, meta, &snapshot)?;
+        state.engine = engine;
+        state.last_applied = meta.last_log_id;
+        state.membership = meta.last_membership.clone();
+        state.next_seq = snapshot.next_seq;
+        state.entries_since_snapshot = 0;
+        state.boundary = None;
+        state.current = Some((meta.clone(), *snapshot));
+        machine
+            .stats
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        machine.stats.applied_index_plus_one.store(
+            meta.last_log_id.map_or(0, |l| l.index + 1),
+            Ordering::Relaxed,
+        );
+        tracing::info!(snapshot = %meta.snapshot_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let state = self.0.lock();
+        Ok(state.current.as_ref().map(|(meta, data)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(data.clone()),
+        }))
+    }
+}

@@ -1,0 +1,338 @@
+//! Issue 25 (R-HA-1, R-HA-2, R-HA-4): three members in one process over loopback TCP
+//! with their files on disk: elect a leader, replicate journal groups of real engine
+//! commands, shut the leader down, a new leader promotes with every committed record,
+//! the state hash of every block is the same on every member, and a learner that
+//! joins after the log was purged catches up by a whole snapshot.
+
+mod replication_support;
+
+use replication_support::{market, Stream};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use yellowstone_gateway::journal::Durability;
+use yellowstone_gateway::replication::network::{admin_call, ClusterKey, KEY_FILE};
+use yellowstone_gateway::replication::state_machine::NoObserver;
+use yellowstone_gateway::replication::{
+    AdminReply, AdminRequest, ClusterConfig, Member, MemberNode, ReplicationError, Role,
+};
+
+const KEY: [u8; 32] = [42; 32];
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+fn write_key(dir: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(KEY_FILE))
+        .unwrap();
+    file.write_all(&KEY).unwrap();
+}
+
+fn config(id: u64, raft: SocketAddr) -> ClusterConfig {
+    ClusterConfig {
+        enabled: true,
+        member_id: id,
+        raft_listen: raft.to_string(),
+        client_endpoint: format!("127.0.0.1:{}", 9000 + id),
+        heartbeat_ms: 50,
+        election_timeout_min_ms: 300,
+        election_timeout_max_ms: 600,
+        rpc_timeout_ms: 100,
+        snapshot_every_entries: 4,
+        log_entries_kept: 2,
+        ..ClusterConfig::default()
+    }
+}
+
+fn node(config: &ClusterConfig) -> MemberNode {
+    MemberNode {
+        raft_addr: config.raft_listen.clone(),
+        client_endpoint: config.client_endpoint.clone(),
+    }
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Group {
+    dirs: Vec<tempfile::TempDir>,
+    configs: Vec<ClusterConfig>,
+    members: BTreeMap<u64, Member>,
+}
+
+fn start_member(config: &ClusterConfig, dir: &Path) -> Member {
+    Member::start(config.clone(), dir, market(), Arc::new(NoObserver)).unwrap()
+}
+
+fn admin(addr: &str, request: AdminRequest) -> AdminReply {
+    admin_call(
+        addr.parse().unwrap(),
+        &ClusterKey::from_bytes(KEY),
+        request,
+        Duration::from_secs(10),
+        1 << 30,
+    )
+    .unwrap()
+}
+
+fn start_group(n: u64) -> Group {
+    let mut group = Group {
+        dirs: Vec::new(),
+        configs: Vec::new(),
+        members: BTreeMap::new(),
+    };
+    for id in 1..=n {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path());
+        let config = config(id, free_addr());
+        group.members.insert(id, start_member(&config, dir.path()));
+        group.dirs.push(dir);
+        group.configs.push(config);
+    }
+    let members = group
+        .configs
+        .iter()
+        .map(|c| (c.member_id, node(c)))
+        .collect();
+    let reply = admin(
+        &group.configs[0].raft_listen,
+        AdminRequest::Init { members },
+    );
+    assert!(matches!(reply, AdminReply::Done), "init: {reply:?}");
+    group
+}
+
+fn leader_of(group: &Group) -> Option<(u64, u64)> {
+    group
+        .members
+        .iter()
+        .find_map(|(id, m)| match *m.role().borrow() {
+            Role::Leader { term } => Some((*id, term)),
+            _ => None,
+        })
+}
+
+/// Appends `records` through the leader's durability and waits until all are
+/// committed; returns the last sequence number.
+fn propose_all(durability: &mut impl Durability, records: Vec<Vec<u8>>) -> u64 {
+    let mut last = 0;
+    for record in records {
+        last = durability.append(&record).unwrap();
+    }
+    wait_for("commit", Duration::from_secs(20), || {
+        (durability.durable_seq() >= last).then_some(())
+    });
+    assert_eq!(durability.synced_seq(), durability.durable_seq());
+    last
+}
+
+fn wait_applied(group: &Group, next_seq: u64) {
+    for (id, member) in &group.members {
+        wait_for(
+            &format!("member {id} applying to {next_seq}"),
+            Duration::from_secs(20),
+            || (member.core().machine().next_seq() >= next_seq).then_some(()),
+        );
+    }
+}
+
+fn assert_same_state(group: &Group, stream: &Stream) {
+    let reference = stream.reference.state_hash();
+    let mut hashes_by_member = Vec::new();
+    for (id, member) in &group.members {
+        assert_eq!(
+            member.core().machine().state_hash(),
+            reference,
+            "member {id}'s state"
+        );
+        hashes_by_member.push((*id, member.core().machine().state_hashes()));
+    }
+    // Every block a pair of members both recorded hashes the same on both.
+    let mut blocks = 0;
+    for (a, ha) in &hashes_by_member {
+        for (b, hb) in &hashes_by_member {
+            for (block, hash) in ha {
+                if let Some((_, other)) = hb.iter().find(|(bb, _)| bb == block) {
+                    assert_eq!(hash, other, "members {a} and {b} at block {block}");
+                    blocks += 1;
+                }
+            }
+        }
+    }
+    assert!(blocks > 0, "no block boundary was compared");
+}
+
+#[test]
+fn three_members_fail_over_with_every_committed_record() {
+    let mut group = start_group(3);
+    let (first, term) = wait_for("a leader", Duration::from_secs(10), || leader_of(&group));
+    let promotion = group.members[&first].promote().unwrap();
+    assert_eq!((promotion.term, promotion.next_seq), (term, 1));
+    let mut durability = group.members[&first].durability(&promotion);
+    let mut stream = Stream::new();
+    for _ in 0..3 {
+        let mut records = stream.next(40);
+        records.push(stream.block_jump());
+        propose_all(&mut durability, records);
+    }
+    let last = propose_all(&mut durability, stream.next(25));
+    assert_eq!(last, stream.made);
+    wait_applied(&group, last + 1);
+    assert_same_state(&group, &stream);
+    // A follower refuses to promote-copy while another leads: its role says so.
+    for (id, member) in &group.members {
+        if *id != first {
+            assert!(
+                matches!(*member.role().borrow(), Role::Follower { leader: Some((l, _)), .. } if l == first)
+            );
+        }
+    }
+
+    // The leader goes away; its journal fails from then on.
+    let old = group.members.remove(&first).unwrap();
+    old.shutdown();
+    let (second, term2) = wait_for("a new leader", Duration::from_secs(10), || {
+        leader_of(&group)
+    });
+    assert!(term2 > term && second != first);
+    let promotion = group.members[&second].promote().unwrap();
+    assert_eq!(
+        promotion.next_seq,
+        last + 1,
+        "the new leader has every committed record"
+    );
+    assert_eq!(promotion.engine.state_hash(), stream.reference.state_hash());
+    wait_for("the old journal to fail", Duration::from_secs(5), || {
+        durability.append(b"late").err()
+    });
+    let mut durability = group.members[&second].durability(&promotion);
+    let mut records = stream.next(30);
+    records.push(stream.block_jump());
+    let last = propose_all(&mut durability, records);
+    wait_applied(&group, last + 1);
+    assert_same_state(&group, &stream);
+    let status = group.members[&second].status();
+    assert_eq!(status.state, "leader");
+    assert_eq!(status.members.len(), 3);
+    drop(durability);
+    for (_, member) in std::mem::take(&mut group.members) {
+        member.shutdown();
+    }
+}
+
+#[test]
+fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
+    let mut group = start_group(3);
+    let (leader, _) = wait_for("a leader", Duration::from_secs(10), || leader_of(&group));
+    let promotion = group.members[&leader].promote().unwrap();
+    let mut durability = group.members[&leader].durability(&promotion);
+    let mut stream = Stream::new();
+    for _ in 0..12 {
+        let mut records = stream.next(20);
+        records.push(stream.block_jump());
+        propose_all(&mut durability, records);
+    }
+    let last = stream.made;
+    wait_for(
+        "a snapshot and a purge on the leader",
+        Duration::from_secs(10),
+        || {
+            let status = group.members[&leader].status();
+            status.snapshot_index.filter(|s| *s > 4).map(|_| ())
+        },
+    );
+
+    // A member with another key is refused, counted, and learns nothing.
+    let stranger = tempfile::tempdir().unwrap();
+    let bad = ClusterKey::from_bytes([7; 32]);
+    let err = admin_call(
+        group.configs[0].raft_listen.parse().unwrap(),
+        &bad,
+        AdminRequest::Status,
+        Duration::from_secs(2),
+        1 << 30,
+    );
+    assert!(
+        matches!(err, Err(ReplicationError::Remote { .. })),
+        "{err:?}"
+    );
+    let refused: u64 = group.members.values().map(|m| m.status().bad_macs).sum();
+    assert!(refused >= 1);
+    drop(stranger);
+
+    let dir = tempfile::tempdir().unwrap();
+    write_key(dir.path());
+    let learner_config = ClusterConfig {
+        learner: true,
+        ..config(4, free_addr())
+    };
+    let learner = start_member(&learner_config, dir.path());
+    let leader_addr = group.configs[(leader - 1) as usize].raft_listen.clone();
+    let reply = admin(
+        &leader_addr,
+        AdminRequest::AddLearner {
+            id: 4,
+            node: node(&learner_config),
+        },
+    );
+    assert!(matches!(reply, AdminReply::Done), "add learner: {reply:?}");
+    wait_for("the learner to catch up", Duration::from_secs(20), || {
+        (learner.core().machine().next_seq() > last).then_some(())
+    });
+    assert!(
+        learner
+            .core()
+            .machine()
+            .stats
+            .snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1,
+        "the learner joined after the purge: it must have installed a snapshot"
+    );
+    assert!(matches!(*learner.role().borrow(), Role::Learner { .. }));
+    // It follows from the snapshot on: the next blocks hash the same as the leader's.
+    let mut records = stream.next(10);
+    records.push(stream.block_jump());
+    let last = propose_all(&mut durability, records);
+    group.members.insert(4, learner);
+    group.dirs.push(dir);
+    wait_applied(&group, last + 1);
+    assert_same_state(&group, &stream);
+    let leader_hashes = group.members[&leader].core().machine().state_hashes();
+    let learner_hashes = group.members[&4].core().machine().state_hashes();
+    let (block, hash) = *learner_hashes.last().unwrap();
+    assert!(leader_hashes.contains(&(block, hash)), "block {block}");
+    match admin(
+        &leader_addr,
+        AdminRequest::StateHashes {
+            from_block: block,
+            max: 10,
+        },
+    ) {
+        AdminReply::StateHashes(pairs) => assert_eq!(pairs.first(), Some(&(block, hash))),
+        other => panic!("state hashes: {other:?}"),
+    }
+    drop(durability);
+    for (_, member) in std::mem::take(&mut group.members) {
+        member.shutdown();
+    }
+}

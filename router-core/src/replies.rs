@@ -1,0 +1,512 @@
+//! The reply cache (SPEC §12, R-HA-3; issue 25): per address, the answers to its last
+//! accepted signed messages, so that a client that lost its connection before the
+//! answer (a failover, or a single router's dropped socket) can send the **same**
+//! signed message again and get the **original** answer, never a second effect.
+//!
+//! - Keyed by (address, nonce) and a 16-byte [`CommandDigest`] of the command the
+//!   message asks for, so only the same message gets the cached answer; a different
+//!   message reusing the nonce is refused `replay` as before.
+//! - Fed by [`ReplyCache::observe`] with what the engine applied (command, effects):
+//!   on a leader by the gateway's sink when it delivers a command's answer (its record
+//!   durable), on every replicated member from the committed journal
+//!   (`ApplyObserver::applied`), so a new leader holds the same cache. Pure: no clock,
+//!   no IO; the same applied commands build the same cache.
+//! - Stores the unsigned answers (`Message`s as router-core's `delivery_of` builds
+//!   them), not signed frames: a session ticket is signed again on lookup, and RFC 6979
+//!   makes that signature, hence the frame, byte-identical. A ticket (or `RfcFailed`)
+//!   that a later command produces for an RFC is added to the RFC's entry, under the
+//!   RFC's nonce.
+//! - Refused messages are not cached: their nonce is not spent (R-ID-4, R-OPS-4), so
+//!   a resend is simply evaluated again.
+//! - Bounded: at most `per_address` entries per address (its most recent) and
+//!   `entries_max` in all, the oldest evicted first (config keys
+//!   `network.reply_cache_per_address`, `network.reply_cache_entries_max`).
+//!
+//! Thread safety: one writer (the engine thread, or a member's state machine) and
+//! readers on the gateway threads, only for messages whose nonce is already spent
+//! (rare): one mutex, held for a map update per command (tens of nanoseconds).
+
+use crate::dispatch::{delivery_of, Delivery};
+use crate::{report, to_wire};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use yellowstone_engine::{Command, Effect};
+use yellowstone_wire::messages::Message;
+use yellowstone_wire::Address;
+
+/// The first 16 bytes of BLAKE3 over the command's canonical (bincode) encoding: two
+/// messages with the same nonce ask for the same thing iff their digests agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CommandDigest(pub [u8; 16]);
+
+impl CommandDigest {
+    /// The digest of `command`.
+    pub fn of(command: &Command) -> CommandDigest {
+        let mut hasher = blake3::Hasher::new();
+        // Encoding a command into a hasher cannot fail (no size limit, infallible
+        // writer); a failure would only make a resend miss the cache (then `replay`).
+        let _ = bincode::encode_into_std_write(command, &mut hasher, bincode::config::standard());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+        CommandDigest(out)
+    }
+}
+
+/// The bounds of a [`ReplyCache`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyCacheConfig {
+    /// Entries kept per address, its most recent (`network.reply_cache_per_address`).
+    pub per_address: usize,
+    /// Entries kept in all, the oldest evicted first
+    /// (`network.reply_cache_entries_max`).
+    pub entries_max: usize,
+}
+
+/// One cached answer.
+#[derive(Clone, Debug)]
+struct Entry {
+    nonce: u64,
+    digest: CommandDigest,
+    /// Insertion stamp: the global order of entries (eviction oldest first).
+    stamp: u64,
+    /// The unsigned answers, in the order first sent.
+    replies: Vec<Message>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_address: HashMap<Address, VecDeque<Entry>>,
+    /// (address, stamp) in insertion order; a record whose entry left by the
+    /// per-address bound is stale and skipped (compacted when it doubles).
+    order: VecDeque<(Address, u64)>,
+    len: usize,
+    next_stamp: u64,
+}
+
+/// The per-address reply cache (see the module docs). Share it as an `Arc`.
+#[derive(Debug)]
+pub struct ReplyCache {
+    config: ReplyCacheConfig,
+    inner: Mutex<Inner>,
+}
+
+impl ReplyCache {
+    /// An empty cache. A bound of 0 is taken as 1 (the config's validation refuses 0
+    /// with the key's name; this only keeps a caller that skipped it from panicking).
+    pub fn new(config: ReplyCacheConfig) -> ReplyCache {
+        ReplyCache {
+            config: ReplyCacheConfig {
+                per_address: config.per_address.max(1),
+                entries_max: config.entries_max.max(1),
+            },
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Its bounds.
+    pub fn config(&self) -> ReplyCacheConfig {
+        self.config
+    }
+
+    /// Entries held now (at most `entries_max`).
+    pub fn len(&self) -> usize {
+        self.lock().len
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent map (every update is
+        // complete before it is visible to the next lock): keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what the engine applied: `command`'s answers to its sender when the
+    /// engine accepted it (no refusal of its own nonce), and any ticket or `RfcFailed`
+    /// `effects` carry for an RFC cached earlier (under that RFC's nonce).
+    pub fn observe(&self, command: &Command, effects: &[Effect]) {
+        let origin = command.origin().filter(|(address, nonce)| {
+            !effects.iter().any(|effect| {
+                matches!(effect, Effect::Rejected { to, nonce: n, .. } if to == address && n == nonce)
+            })
+        });
+        let mut own = Vec::new();
+        let mut later: Vec<(Address, u64, Message)> = Vec::new();
+        let origin_wire = origin.map(|(address, nonce)| (to_wire(address), nonce));
+        for effect in effects {
+            match delivery_of(command, effect) {
+                Delivery::Reply(_, message) if origin.is_some() => own.push(message),
+                Delivery::Ticket {
+                    provider,
+                    user,
+                    message,
+                } => {
+                    let rfc_nonce = match &message {
+                        Message::SessionTicket(ticket) => ticket.rfc_nonce,
+                        _ => continue,
+                    };
+                    // The sender's own answer when it is one of the ticket's sides.
+                    if let Some((sender, _)) = origin_wire {
+                        if sender == provider || sender == user {
+                            own.push(message.clone());
+                        }
+                    }
+                    if origin_wire != Some((user, rfc_nonce)) {
+                        later.push((user, rfc_nonce, message));
+                    }
+                }
+                Delivery::Push(_, message @ Message::RfcFailed(_)) => {
+                    if let (Message::RfcFailed(failed), Some(user)) =
+                        (&message, rfc_failed_user(effect))
+                    {
+                        if origin_wire != Some((user, failed.nonce)) {
+                            later.push((user, failed.nonce, message));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if origin.is_none() && later.is_empty() {
+            return;
+        }
+        let digest = origin.map(|_| CommandDigest::of(command));
+        let mut inner = self.lock();
+        if let (Some((address, nonce)), Some(digest)) = (origin_wire, digest) {
+            inner.insert(self.config, address, nonce, digest, own);
+        }
+        for (user, nonce, message) in later {
+            if let Some(entry) = inner
+                .by_address
+                .get_mut(&user)
+                .and_then(|entries| entries.iter_mut().rev().find(|e| e.nonce == nonce))
+            {
+                entry.replies.push(message);
+            }
+        }
+    }
+
+    /// The answers first sent to `address`'s message `nonce` asking for the command
+    /// whose digest is `digest`, if cached (a ticket among them unsigned: sign it with
+    /// the router key). `None` when the entry is gone or another message used the nonce.
+    pub fn lookup(
+        &self,
+        address: &Address,
+        nonce: u64,
+        digest: &CommandDigest,
+    ) -> Option<Vec<Message>> {
+        let inner = self.lock();
+        let entries = inner.by_address.get(address)?;
+        entries
+            .iter()
+            .rev()
+            .find(|e| e.nonce == nonce)
+            .filter(|e| e.digest == *digest)
+            .map(|e| e.replies.clone())
+    }
+}
+
+/// The user an `RfcFailed` effect goes to.
+fn rfc_failed_user(effect: &Effect) -> Option<Address> {
+    match effect {
+        Effect::RfcFailed { user, .. } => Some(to_wire(*user)),
+        _ => None,
+    }
+}
+
+impl Inner {
+    fn insert(
+        &mut self,
+        config: ReplyCacheConfig,
+        address: Address,
+        nonce: u64,
+        digest: CommandDigest,
+        replies: Vec<Message>,
+    ) {
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        let entries = self.by_address.entry(address).or_default();
+        // Nonces only grow per address (R-ID-4): a re-observed nonce (a replica
+        // replaying its journal) replaces its entry.
+        if let Some(at) = entries.iter().position(|e| e.nonce == nonce) {
+            entries.remove(at);
+            self.len -= 1;
+        }
+        entries.push_back(Entry {
+            nonce,
+            digest,
+            stamp,
+            replies,
+        });
+        self.len += 1;
+        if entries.len() > config.per_address {
+            entries.pop_front();
+            self.len -= 1;
+        }
+        self.order.push_back((address, stamp));
+        while self.len > config.entries_max {
+            let Some((oldest, stamp)) = self.order.pop_front() else {
+                break;
+            };
+            let Some(entries) = self.by_address.get_mut(&oldest) else {
+                continue;
+            };
+            // Stale when that entry already left by the per-address bound.
+            if entries.front().is_some_and(|e| e.stamp == stamp) {
+                entries.pop_front();
+                self.len -= 1;
+            }
+            if entries.is_empty() {
+                self.by_address.remove(&oldest);
+            }
+        }
+        if self.order.len() > 2 * config.entries_max.max(self.len) + 64 {
+            self.compact();
+        }
+        debug_assert!(self.len <= config.entries_max);
+        debug_assert!(self
+            .by_address
+            .get(&address)
+            .is_none_or(|e| e.len() <= config.per_address));
+    }
+
+    /// Drops the stale records of `order` (those whose entry is gone).
+    fn compact(&mut self) {
+        let by_address = &self.by_address;
+        self.order.retain(|(address, stamp)| {
+            by_address
+                .get(address)
+                .is_some_and(|entries| entries.iter().any(|e| e.stamp == *stamp))
+        });
+        debug_assert_eq!(self.order.len(), self.len);
+    }
+}
+
+/// The command a client message asks for, as the gateway's admission would map it,
+/// without any check (the message's signature, bounds and proofs are not verified
+/// here): the input of [`CommandDigest::of`] for a resend, whose nonce is already
+/// spent. `None` for a message that asks for no command (`SubscribeBatches`, login,
+/// queries).
+pub fn command_of(
+    network_id: u32,
+    from: Address,
+    message: &Message,
+    body: &[u8],
+) -> Option<Command> {
+    use crate::connection::Outcome;
+    let outcome = crate::session::command_for(from, message)
+        .or_else(|| report::command_for(network_id, from, message, body))
+        .or_else(|| crate::operator::command_for(from, message))
+        .or_else(|| crate::block::command_for(from, message))
+        .or_else(|| crate::provider::command_for(from, message))
+        .or_else(|| match message {
+            Message::RegisterProvider(m) => {
+                Some(Outcome::Command(crate::provider::register_command(from, m)))
+            }
+            _ => None,
+        })?;
+    match outcome {
+        Outcome::Command(command) => Some(command),
+        Outcome::Subscribe => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yellowstone_engine::{MarketError, Ticket};
+
+    fn addr(b: u8) -> yellowstone_engine::Address {
+        yellowstone_engine::Address([b; 20])
+    }
+
+    fn rfc(user: u8, nonce: u64, tokens_max: u64) -> Command {
+        Command::SubmitRfc {
+            user: addr(user),
+            nonce,
+            model: 1,
+            tokens_max,
+            expires_at_ms: 9_000,
+        }
+    }
+
+    fn accepted(user: u8, nonce: u64, rfc: u64) -> Effect {
+        Effect::RfcAccepted {
+            user: addr(user),
+            nonce,
+            rfc,
+            tokens_left: 50,
+        }
+    }
+
+    fn cache(per_address: usize, entries_max: usize) -> ReplyCache {
+        ReplyCache::new(ReplyCacheConfig {
+            per_address,
+            entries_max,
+        })
+    }
+
+    fn wire(b: u8) -> Address {
+        Address([b; 20])
+    }
+
+    #[test]
+    fn r_ha_3_an_accepted_message_gets_its_answer_again_only_for_the_same_command() {
+        let cache = cache(16, 1_000);
+        cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
+        let same = CommandDigest::of(&rfc(1, 10, 100));
+        let replies = cache.lookup(&wire(1), 10, &same).expect("cached");
+        match replies.as_slice() {
+            [Message::RfcAccepted(a)] => assert_eq!((a.nonce, a.rfc_id), (10, 77)),
+            other => panic!("{other:?}"),
+        }
+        // Another message with the same nonce (another TokenMax): not the same answer.
+        let other = CommandDigest::of(&rfc(1, 10, 101));
+        assert_ne!(other, same);
+        assert_eq!(cache.lookup(&wire(1), 10, &other), None);
+        assert_eq!(cache.lookup(&wire(1), 11, &same), None);
+        assert_eq!(cache.lookup(&wire(2), 10, &same), None);
+    }
+
+    #[test]
+    fn r_ha_3_a_refused_message_is_not_cached() {
+        let cache = cache(16, 1_000);
+        let refused = Effect::Rejected {
+            to: addr(1),
+            nonce: 10,
+            error: MarketError::ZeroBalance,
+        };
+        cache.observe(&rfc(1, 10, 100), &[refused]);
+        assert!(cache.is_empty());
+        assert_eq!(
+            cache.lookup(&wire(1), 10, &CommandDigest::of(&rfc(1, 10, 100))),
+            None
+        );
+    }
+
+    #[test]
+    fn r_ha_3_a_later_ticket_joins_its_rfcs_entry_and_the_probe_answer_gets_it_too() {
+        let cache = cache(16, 1_000);
+        cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
+        let answer = Command::ProbeAnswer {
+            provider: addr(2),
+            nonce: 5,
+            probe: 3,
+        };
+        let ticket = Ticket {
+            session: 4,
+            user: addr(1),
+            provider: addr(2),
+            endpoint: std::sync::Arc::from(&b"http://p"[..]),
+            model: 1,
+            tokens_max: 100,
+            price_wei_per_token: 7,
+            expires_at_ms: 9_000,
+            rfc_nonce: 10,
+        };
+        cache.observe(&answer, &[Effect::SessionOpened { ticket }]);
+        let replies = cache
+            .lookup(&wire(1), 10, &CommandDigest::of(&rfc(1, 10, 100)))
+            .expect("cached");
+        match replies.as_slice() {
+            [Message::RfcAccepted(_), Message::SessionTicket(t)] => {
+                assert_eq!((t.session_id, t.rfc_nonce), (4, 10));
+                assert_eq!(t.signature, Default::default(), "stored unsigned");
+            }
+            other => panic!("{other:?}"),
+        }
+        let provider = cache
+            .lookup(&wire(2), 5, &CommandDigest::of(&answer))
+            .expect("the probe answer's own answer");
+        assert!(
+            provider
+                .iter()
+                .any(|m| matches!(m, Message::SessionTicket(t) if t.session_id == 4)),
+            "{provider:?}"
+        );
+        // A failure for the RFC's nonce joins it as well.
+        cache.observe(&rfc(3, 20, 100), &[accepted(3, 20, 78)]);
+        let failed = Effect::RfcFailed {
+            user: addr(3),
+            nonce: 20,
+            rfc: 78,
+            reason: yellowstone_engine::RfcFailure::Expired,
+            refunded_tokens: 100,
+        };
+        cache.observe(&Command::Tick, &[failed]);
+        let replies = cache
+            .lookup(&wire(3), 20, &CommandDigest::of(&rfc(3, 20, 100)))
+            .expect("cached");
+        assert!(matches!(
+            replies.as_slice(),
+            [Message::RfcAccepted(_), Message::RfcFailed(f)] if f.rfc_id == 78
+        ));
+    }
+
+    #[test]
+    fn r_ha_3_the_bounds_hold_under_a_flood_oldest_first() {
+        let cache = cache(4, 100);
+        // One address sending many: only its 4 most recent stay.
+        for nonce in 1..=1_000u64 {
+            cache.observe(&rfc(1, nonce, 100), &[accepted(1, nonce, nonce)]);
+        }
+        assert_eq!(cache.len(), 4);
+        let digest = |n| CommandDigest::of(&rfc(1, n, 100));
+        assert!(cache.lookup(&wire(1), 996, &digest(996)).is_none());
+        assert!(cache.lookup(&wire(1), 997, &digest(997)).is_some());
+        // Many addresses: at most 100 in all, the oldest gone first.
+        for user in 2..=200u8 {
+            cache.observe(&rfc(user, 1, 100), &[accepted(user, 1, 1)]);
+            assert!(cache.len() <= 100);
+        }
+        assert_eq!(cache.len(), 100);
+        let d = CommandDigest::of(&rfc(200, 1, 100));
+        assert!(cache.lookup(&wire(200), 1, &d).is_some());
+        let d = CommandDigest::of(&rfc(100, 1, 100));
+        assert!(
+            cache.lookup(&wire(100), 1, &d).is_none(),
+            "older than the last 100"
+        );
+        let inner = cache.lock();
+        assert!(
+            inner.order.len() <= 2 * 100 + 64,
+            "stale records are compacted"
+        );
+        assert_eq!(
+            inner.by_address.values().map(VecDeque::len).sum::<usize>(),
+            inner.len
+        );
+    }
+
+    #[test]
+    fn r_ha_3_command_of_maps_a_message_as_admission_does() {
+        let key = yellowstone_wire::SigningKey::from_seed(b"u");
+        let message = Message::from(yellowstone_wire::messages::Rfc {
+            from: key.address(),
+            nonce: 10,
+            model_id: 1,
+            tokens_max: 100,
+            expires_at_ms: 9_000,
+            ..Default::default()
+        });
+        assert_eq!(
+            command_of(7, key.address(), &message, &[]),
+            Some(Command::SubmitRfc {
+                user: crate::to_engine(key.address()),
+                nonce: 10,
+                model: 1,
+                tokens_max: 100,
+                expires_at_ms: 9_000,
+            })
+        );
+        let subscribe = Message::from(yellowstone_wire::messages::SubscribeBatches {
+            from: key.address(),
+            nonce: 11,
+            ..Default::default()
+        });
+        assert_eq!(command_of(7, key.address(), &subscribe, &[]), None);
+    }
+}

@@ -1,0 +1,120 @@
+//! R-HA-3 test helpers: a loopback TCP proxy in front of a router that loses the
+//! router's answer on its first connections (what a client sees when its router dies,
+//! or a leader loses office, after taking a message and before answering it), and a
+//! fake group member that greets every connection with `not_leader`.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use yellowstone_wire::frame::FrameDecoder;
+use yellowstone_wire::{not_leader_reply, Message};
+
+/// A proxy to a router (see the module docs); its threads live as long as the test.
+pub struct CutProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cuts: Arc<AtomicU32>,
+}
+
+impl CutProxy {
+    /// Proxies connections on a fresh loopback port to `upstream`. The first
+    /// `cut_connections` connections forward the router's first `pass_frames` frames
+    /// (the login: challenge and `LoginOk` are 2), then are closed on both sides at the
+    /// router's next frame, which is dropped; later connections are forwarded whole.
+    pub fn start(upstream: SocketAddr, pass_frames: usize, cut_connections: u32) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let cuts = Arc::new(AtomicU32::new(0));
+        let done = cuts.clone();
+        std::thread::spawn(move || {
+            let mut accepted = 0u32;
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(router) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                accepted += 1;
+                let cut = accepted <= cut_connections;
+                pipe(client, router, cut.then_some(pass_frames), done.clone());
+            }
+        });
+        CutProxy { addr, cuts }
+    }
+
+    /// Connections cut so far (each lost one router frame).
+    pub fn cuts(&self) -> u32 {
+        self.cuts.load(Ordering::Acquire)
+    }
+}
+
+fn pipe(client: TcpStream, router: TcpStream, cut_after: Option<usize>, cuts: Arc<AtomicU32>) {
+    let (Ok(mut client_read), Ok(mut router_write)) = (client.try_clone(), router.try_clone())
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match client_read.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if router_write.write_all(&buffer[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = router_write.shutdown(Shutdown::Write);
+    });
+    let (mut router_read, mut client_write) = (router, client);
+    std::thread::spawn(move || {
+        let mut decoder = FrameDecoder::new(64 << 20);
+        let mut buffer = [0u8; 16 * 1024];
+        let mut forwarded = 0usize;
+        loop {
+            let n = match router_read.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let Some(pass) = cut_after else {
+                if client_write.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+                continue;
+            };
+            decoder.extend(&buffer[..n]);
+            while let Ok(Some(frame)) = decoder.next_frame() {
+                if forwarded == pass {
+                    cuts.fetch_add(1, Ordering::AcqRel);
+                    let _ = client_write.shutdown(Shutdown::Both);
+                    let _ = router_read.shutdown(Shutdown::Both);
+                    return;
+                }
+                let mut bytes = frame.header.encode().to_vec();
+                bytes.extend_from_slice(&frame.body);
+                if client_write.write_all(&bytes).is_err() {
+                    return;
+                }
+                forwarded += 1;
+            }
+        }
+        let _ = client_write.shutdown(Shutdown::Write);
+    });
+}
+
+/// A fake member of a router group on a fresh loopback port that answers every
+/// connection with `not_leader` naming member `leader_id` at `leader` (None: no leader
+/// known), then closes it, as a follower does (docs/PROTOCOL.md §3).
+pub fn fake_follower(leader_id: u64, leader: Option<SocketAddr>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the follower");
+    let addr = listener.local_addr().expect("follower address");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let reply = not_leader_reply(leader_id, leader, 50);
+            let _ = stream.write_all(&Message::from(reply).to_frame());
+        }
+    });
+    addr
+}
