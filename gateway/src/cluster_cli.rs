@@ -9,12 +9,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use yellowstone_gateway::replication::network::{
-    admin_request, AdminReply, AdminRequest, ClusterKey, NetLimits, KEY_FILE,
+    admin_call, AdminReply, AdminRequest, ClusterKey, KEY_FILE,
 };
 use yellowstone_gateway::replication::{ClusterStatus, MemberNode, ReplicationError};
 
-/// Connecting to a member times out after this.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one admin request may take (adding a member waits until it caught up).
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Leaders followed for one request at most (a change of leader while asking).
@@ -109,9 +107,6 @@ pub enum ClusterCliError {
     /// The group said no (openraft's reason, or no leader).
     #[error("member at {addr} refused: {reason}")]
     Refused { addr: SocketAddr, reason: String },
-    /// The admin client's runtime could not start.
-    #[error("runtime: {0}")]
-    Runtime(String),
     /// The answer was not the one asked for.
     #[error("member at {addr}: unexpected answer {answer}")]
     Unexpected { addr: SocketAddr, answer: String },
@@ -170,35 +165,30 @@ fn key_dir(path: &Path) -> Result<PathBuf, ClusterCliError> {
     })
 }
 
-/// One admin request; a connection failure is `Unreachable` (exit 2).
+/// One admin request; a member that cannot be reached or does not answer is
+/// `Unreachable` (exit 2).
 fn call(
     addr: SocketAddr,
     key: &ClusterKey,
     request: AdminRequest,
 ) -> Result<AdminReply, ClusterCliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ClusterCliError::Runtime(e.to_string()))?;
-    let limits = NetLimits {
-        frame_bytes_max: yellowstone_gateway::replication::ClusterConfig::default()
-            .rpc_frame_bytes_max,
-        rpc_timeout: CONNECT_TIMEOUT,
-        snapshot_timeout: ADMIN_TIMEOUT,
-    };
-    runtime
-        .block_on(admin_request(&addr.to_string(), key, request, &limits))
-        .map_err(|error| match error {
-            ReplicationError::Remote { what, .. } => {
-                ClusterCliError::Unreachable { addr, reason: what }
-            }
-            other => ClusterCliError::Replication(other),
-        })
+    let frame_bytes_max =
+        yellowstone_gateway::replication::ClusterConfig::default().rpc_frame_bytes_max;
+    admin_call(addr, key, request, ADMIN_TIMEOUT, frame_bytes_max).map_err(|error| match error {
+        ReplicationError::Unreachable { what, .. } | ReplicationError::Remote { what, .. } => {
+            ClusterCliError::Unreachable { addr, reason: what }
+        }
+        other => ClusterCliError::Replication(other),
+    })
 }
 
 /// A membership change, sent to the leader: a member that does not lead names it,
 /// and the request follows (a few hops at most).
-fn change(addr: SocketAddr, key: &ClusterKey, request: AdminRequest) -> Result<(), ClusterCliError> {
+fn change(
+    addr: SocketAddr,
+    key: &ClusterKey,
+    request: AdminRequest,
+) -> Result<(), ClusterCliError> {
     let mut addr = addr;
     for _ in 0..LEADER_HOPS_MAX {
         match call(addr, key, request.clone())? {
@@ -246,11 +236,7 @@ fn status_of(addr: SocketAddr, key: &ClusterKey) -> Result<ClusterStatus, Cluste
 }
 
 /// The node record of the member at `addr`, checked to be member `id`.
-fn node_of(
-    id: u64,
-    addr: SocketAddr,
-    key: &ClusterKey,
-) -> Result<MemberNode, ClusterCliError> {
+fn node_of(id: u64, addr: SocketAddr, key: &ClusterKey) -> Result<MemberNode, ClusterCliError> {
     let status = status_of(addr, key)?;
     if status.member_id != id {
         return Err(ClusterCliError::WrongId {
@@ -298,7 +284,10 @@ fn status_text(status: &ClusterStatus) -> String {
     let last = status.last_log_index.unwrap_or(0);
     for member in &status.members {
         let (matched, lag) = match member.matched_index {
-            Some(matched) => (matched.to_string(), last.saturating_sub(matched).to_string()),
+            Some(matched) => (
+                matched.to_string(),
+                last.saturating_sub(matched).to_string(),
+            ),
             None => ("-".to_string(), "-".to_string()),
         };
         let role = if status.leader_id == Some(member.id) {

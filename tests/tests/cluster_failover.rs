@@ -225,8 +225,7 @@ fn hashes(status: &serde_json::Value) -> Vec<(u64, String)> {
 #[test]
 fn r_ha_three_members_fail_over_and_a_learner_checks() {
     let group = Group::new(3);
-    let mut members: Vec<Option<RouterProcess>> =
-        (1..=3).map(|id| Some(group.start(id))).collect();
+    let mut members: Vec<Option<RouterProcess>> = (1..=3).map(|id| Some(group.start(id))).collect();
     let network_id = members[0].as_ref().unwrap().ready.network_id;
     let router: Address = members[0]
         .as_ref()
@@ -240,7 +239,10 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     match first_frame(members[0].as_ref().unwrap().ready.listen) {
         Message::ErrorReply(e) => {
             assert_eq!(e.code, codes::NOT_LEADER);
-            assert_eq!(e.reason, "not the leader: no leader known (election in progress)");
+            assert_eq!(
+                e.reason,
+                "not the leader: no leader known (election in progress)"
+            );
         }
         other => panic!("expected not_leader, got {other:?}"),
     }
@@ -305,7 +307,10 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     let new_leader = members[second].as_ref().unwrap();
     session(new_leader.ready.listen, network_id, &router, 2);
     let failover = killed_at.elapsed();
-    assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(8),
+        "failover took {failover:?}"
+    );
 
     // The killed member restarts and catches up: the same state hash at the same
     // block as the leader's.
@@ -322,7 +327,10 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         if ours.iter().map(|p| p.0).max() >= Some(1) && !common.is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted member never caught up: {ours:?} vs {theirs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "restarted member never caught up: {ours:?} vs {theirs:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -345,10 +353,19 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     assert_eq!(code, 0, "cluster add --learner: {out}{err}");
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let checked = gauge(learner.ready.metrics, "yellowstone_learner_blocks_checked_total");
-        let mismatched =
-            gauge(learner.ready.metrics, "yellowstone_learner_state_hash_mismatch_total");
-        assert_eq!(mismatched, Some(0), "the learner found a state hash mismatch");
+        let checked = gauge(
+            learner.ready.metrics,
+            "yellowstone_learner_blocks_checked_total",
+        );
+        let mismatched = gauge(
+            learner.ready.metrics,
+            "yellowstone_learner_state_hash_mismatch_total",
+        );
+        assert_eq!(
+            mismatched,
+            Some(0),
+            "the learner found a state hash mismatch"
+        );
         if checked >= Some(1) {
             break;
         }
@@ -357,8 +374,16 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     }
     // Status from any member names the leader and the four members.
     let status = status(&group, group.raft[first]);
-    assert_eq!(status["leader_id"].as_u64(), Some(second as u64 + 1), "{status}");
-    assert_eq!(status["members"].as_array().map(Vec::len), Some(4), "{status}");
+    assert_eq!(
+        status["leader_id"].as_u64(),
+        Some(second as u64 + 1),
+        "{status}"
+    );
+    assert_eq!(
+        status["members"].as_array().map(Vec::len),
+        Some(4),
+        "{status}"
+    );
 
     // An unreachable member: a clear error and exit code 2.
     let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -77,6 +77,9 @@ pub struct MemberStatus {
 pub struct ClusterStatus {
     /// This member's id.
     pub member_id: MemberId,
+    /// This member's client endpoint (`cluster.client_endpoint`, filled by the router
+    /// with its gateways' address): `cluster init|add` put it in the member's node.
+    pub client_endpoint: String,
     /// "leader", "follower", "candidate", "learner" or "stopped".
     pub state: String,
     /// The current term.
@@ -303,6 +306,7 @@ impl MemberCore {
         let committed = self.log_stats.committed_plus_one.load(Ordering::Relaxed);
         ClusterStatus {
             member_id: self.id,
+            client_endpoint: self.config.client_endpoint.clone(),
             state: state.to_string(),
             term: m.current_term,
             leader_id: m.current_leader,

@@ -22,7 +22,7 @@ use crate::metrics::{Counter, Gauge, Registry};
 use crate::metrics_http::MetricsServer;
 use crate::net;
 use crate::pipeline::{self, Door};
-use crate::replication::network::{admin_request, AdminReply, AdminRequest, ClusterKey, NetLimits};
+use crate::replication::network::{admin_call, AdminReply, AdminRequest, ClusterKey};
 use crate::replication::{ApplyObserver, ClusterStatus, Member, ReplicationError, Role};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -225,7 +225,8 @@ impl ClusterGauges {
         self.leader_id.set(status.leader_id.unwrap_or(0) as i64);
         self.commit_index.set(committed as i64);
         self.applied_index.set(applied as i64);
-        self.commit_lag.set(committed.saturating_sub(applied) as i64);
+        self.commit_lag
+            .set(committed.saturating_sub(applied) as i64);
         for member in &status.members {
             let Some(matched) = member.matched_index else {
                 continue;
@@ -359,62 +360,58 @@ impl ApplyObserver for MemberObserver {
     }
 }
 
-/// What the learner asks the leader with: the group's key, the RPC bounds and a
-/// small runtime of its own (the member's is not shared).
+/// How the learner asks the leader for its state hashes (R-HA-4): the group's key
+/// and the member RPC bounds.
 struct LeaderAsk {
     key: ClusterKey,
-    limits: NetLimits,
-    runtime: tokio::runtime::Runtime,
+    timeout: Duration,
+    frame_bytes_max: u64,
 }
 
+/// Pairs asked of the leader at once, at most.
+const HASHES_PER_ASK: usize = 4096;
+
 impl LeaderAsk {
-    fn new(config: &crate::replication::ClusterConfig, dir: &Path) -> Result<LeaderAsk, ClusterRunError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| ClusterRunError::Replication(ReplicationError::Io {
-                what: "the learner's check runtime".into(),
-                source,
-            }))?;
+    fn new(
+        config: &crate::replication::ClusterConfig,
+        dir: &Path,
+    ) -> Result<LeaderAsk, ClusterRunError> {
         Ok(LeaderAsk {
             key: ClusterKey::load(dir)?,
-            limits: NetLimits {
-                frame_bytes_max: config.rpc_frame_bytes_max,
-                rpc_timeout: Duration::from_millis(config.rpc_timeout_ms),
-                snapshot_timeout: Duration::from_millis(config.snapshot_timeout_ms),
-            },
-            runtime,
+            timeout: Duration::from_millis(config.rpc_timeout_ms.max(1_000)),
+            frame_bytes_max: config.rpc_frame_bytes_max,
         })
     }
 
-    /// The leader's (block, state hash) pairs, asked of it over the member RPC
-    /// (`own`: this learner's status, naming the leader and its address).
-    fn leader_hashes(&self, own: &ClusterStatus) -> Result<Vec<(u64, [u8; 32])>, ReplicationError> {
-        let leader = own.leader_id.ok_or(ReplicationError::NotLeader { leader: None })?;
-        let addr = own
+    /// The leader's (block, state hash) pairs from `from_block` on, asked of it over
+    /// the member RPC (`own`: this learner's status, naming the leader and its address).
+    fn leader_hashes(
+        &self,
+        own: &ClusterStatus,
+        from_block: u64,
+    ) -> Result<Vec<(u64, [u8; 32])>, ReplicationError> {
+        let leader = own
+            .leader_id
+            .ok_or(ReplicationError::NotLeader { leader: None })?;
+        let raft = own
             .members
             .iter()
             .find(|m| m.id == leader)
             .map(|m| m.raft_addr.clone())
             .ok_or(ReplicationError::NotLeader { leader: None })?;
-        let reply = self.runtime.block_on(admin_request(
-            &addr,
-            &self.key,
-            AdminRequest::Status,
-            &self.limits,
-        ))?;
-        match reply {
-            AdminReply::Status(status) => Ok(status
-                .state_hashes
-                .iter()
-                .filter_map(|(block, hash)| {
-                    let bytes: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
-                    Some((*block, bytes))
-                })
-                .collect()),
+        let addr: SocketAddr = raft.parse().map_err(|_| ReplicationError::Remote {
+            addr: raft.clone(),
+            what: "not an IP host:port".into(),
+        })?;
+        let request = AdminRequest::StateHashes {
+            from_block,
+            max: HASHES_PER_ASK,
+        };
+        match admin_call(addr, &self.key, request, self.timeout, self.frame_bytes_max)? {
+            AdminReply::StateHashes(pairs) => Ok(pairs),
             other => Err(ReplicationError::Remote {
-                addr,
-                what: format!("answered {other:?} to a status request"),
+                addr: raft,
+                what: format!("answered {other:?} to a state hash request"),
             }),
         }
     }
@@ -451,9 +448,12 @@ pub fn run_member(
     ));
     let office = Office::new(registry.clone(), board);
     let handler_office = office.clone();
-    let gateways = net::start_gateways(&config.network, &config.threads, &registry, move |context| {
-        OfficeHandler::new(handler_office.clone(), context)
-    })
+    let gateways = net::start_gateways(
+        &config.network,
+        &config.threads,
+        &registry,
+        move |context| OfficeHandler::new(handler_office.clone(), context),
+    )
     .map_err(|source| ClusterRunError::Gateways {
         listen: config.network.listen,
         source,
@@ -577,8 +577,8 @@ pub fn run_member(
             let status = member.status();
             gauges.publish(&status);
             if let (Some(check), Some(ask)) = (&check, &ask) {
-                if check.oldest_pending().is_some() {
-                    match ask.leader_hashes(&status) {
+                if let Some(from) = check.oldest_pending() {
+                    match ask.leader_hashes(&status, from) {
                         Ok(pairs) => {
                             check.compare(&pairs);
                         }
@@ -647,7 +647,15 @@ mod tests {
         assert_eq!(check.compare(&leader), vec![3]);
         assert_eq!(check.checked.get(), 3);
         assert_eq!(check.mismatches.get(), 1);
-        assert_eq!(check.unchecked.get(), 1, "block 1: older than the leader keeps");
-        assert_eq!(check.oldest_pending(), Some(5), "waits for the leader's block 5");
+        assert_eq!(
+            check.unchecked.get(),
+            1,
+            "block 1: older than the leader keeps"
+        );
+        assert_eq!(
+            check.oldest_pending(),
+            Some(5),
+            "waits for the leader's block 5"
+        );
     }
 }

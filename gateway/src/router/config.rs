@@ -708,10 +708,12 @@ impl RouterConfig {
         if !cluster.enabled {
             return Ok(());
         }
-        let raft: std::net::SocketAddr = cluster
-            .raft_listen
-            .parse()
-            .map_err(|_| format!("cluster.raft_listen must be host:port, not {}", echo(&cluster.raft_listen)))?;
+        let raft: std::net::SocketAddr = cluster.raft_listen.parse().map_err(|_| {
+            format!(
+                "cluster.raft_listen must be host:port, not {}",
+                echo(&cluster.raft_listen)
+            )
+        })?;
         for (key, addr) in [
             ("network.listen", self.network.listen),
             ("metrics.listen", self.metrics.listen),
