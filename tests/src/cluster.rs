@@ -461,38 +461,48 @@ impl Cluster {
         crate::metric_value(&text, series)
     }
 
-    /// Waits until every running member reports the same commit and applied index
-    /// (metrics [`COMMIT_INDEX`] and [`APPLIED_INDEX`]) twice in a row, 300 ms apart;
-    /// returns that index.
-    pub fn wait_converged(&self, within: Duration) -> Option<u64> {
+    /// Waits until every running member's state machine applied everything committed
+    /// when the wait began (metrics [`COMMIT_INDEX`] and [`APPLIED_INDEX`]: the highest
+    /// commit index any running member reports, then each member's applied index at or
+    /// past it): the members caught up, while traffic may go on. Returns that index, or
+    /// the last (member id, commit, applied) seen when time runs out.
+    pub fn wait_converged(&self, within: Duration) -> Result<u64, Vec<IndexSample>> {
         let deadline = Instant::now() + within;
-        let mut last: Option<u64> = None;
+        let running: Vec<usize> = (0..self.members.len())
+            .filter(|&i| self.members[i].state == MemberState::Running)
+            .collect();
+        let mut target: Option<f64> = None;
+        let mut seen = Vec::new();
         while Instant::now() < deadline {
-            let mut seen = Vec::new();
-            for (index, member) in self.members.iter().enumerate() {
-                if member.state != MemberState::Running {
-                    continue;
-                }
-                seen.push((
-                    self.metric(index, COMMIT_INDEX),
-                    self.metric(index, APPLIED_INDEX),
-                ));
-            }
-            let first = seen.first().copied();
-            let agreed = match first {
-                Some((Some(c), Some(a))) if c == a => seen
+            seen = running
+                .iter()
+                .map(|&i| {
+                    (
+                        self.members[i].id,
+                        self.metric(i, COMMIT_INDEX),
+                        self.metric(i, APPLIED_INDEX),
+                    )
+                })
+                .collect();
+            if target.is_none() {
+                target = seen
                     .iter()
-                    .all(|s| *s == (Some(c), Some(a)))
-                    .then_some(c as u64),
-                _ => None,
-            };
-            if agreed.is_some() && agreed == last {
-                return agreed;
+                    .filter_map(|s| s.1)
+                    .fold(None, |top: Option<f64>, c| {
+                        Some(top.map_or(c, |t| t.max(c)))
+                    });
             }
-            last = agreed;
-            std::thread::sleep(Duration::from_millis(300));
+            if let Some(goal) = target {
+                if seen
+                    .iter()
+                    .all(|s| s.2.is_some_and(|applied| applied >= goal))
+                {
+                    return Ok(goal as u64);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        None
+        Err(seen)
     }
 
     /// Stops every member that has a process with SIGTERM (a paused one is continued
@@ -594,6 +604,10 @@ pub fn fund_through_leader(endpoints: &[SocketAddr], entries: &[(Address, u128)]
         }
     }
 }
+
+/// One member's (id, commit index, applied index) as its metrics said (None: no
+/// answer or no such series).
+pub type IndexSample = (u64, Option<f64>, Option<f64>);
 
 /// Metric names the harness reads (raft-b's metrics, docs/metrics.md).
 pub const COMMIT_INDEX: &str = "yellowstone_cluster_commit_index";
