@@ -183,6 +183,15 @@ impl FaultProxy {
     /// member may dial before the test learnt its pid).
     pub fn set_origins(&self, pids: &[u32]) {
         *self.shared.origins.lock().expect("proxy lock") = pids.to_vec();
+        self.attribute_open();
+    }
+
+    /// Looks the open connections not yet attributed up among the registered pids.
+    fn attribute_open(&self) {
+        let pids = self.shared.origins.lock().expect("proxy lock").clone();
+        if pids.is_empty() {
+            return;
+        }
         let conns = self.shared.conns.lock().expect("proxy lock");
         for conn in conns.values() {
             if conn.origin.load(Ordering::Relaxed) != 0 {
@@ -192,7 +201,7 @@ impl FaultProxy {
                 .client
                 .peer_addr()
                 .ok()
-                .and_then(|peer| owner_pid(peer, self.listen, pids))
+                .and_then(|peer| owner_pid(peer, self.listen, &pids))
             {
                 conn.origin.store(pid, Ordering::Relaxed);
             }
@@ -202,6 +211,7 @@ impl FaultProxy {
     /// Sets the mode for the connections process `pid` opened (it must be among
     /// [`FaultProxy::set_origins`]); `None` returns them to the proxy's mode.
     pub fn set_origin_mode(&self, pid: u32, mode: Option<Mode>) {
+        self.attribute_open();
         {
             let mut modes = self.shared.origin_modes.lock().expect("proxy lock");
             match mode {
@@ -274,90 +284,102 @@ fn accept_loop(listener: TcpListener, listen: SocketAddr, target: SocketAddr, sh
             return;
         }
         let Ok(client) = stream else { continue };
-        let origin = client.peer_addr().ok().and_then(|peer| {
+        // Each connection is set up on a thread of its own: a slow dial or /proc
+        // lookup never delays the next accept (members reconnect after every timed
+        // out RPC, so accepts come in bursts).
+        let shared = shared.clone();
+        std::thread::spawn(move || open_connection(client, listen, target, shared));
+    }
+}
+
+/// Sets one accepted connection up: its origin (looked up only while some origin
+/// has a mode of its own: the /proc walk costs milliseconds), its mode, the dial to
+/// the target, the registry entry and the pumps.
+fn open_connection(client: TcpStream, listen: SocketAddr, target: SocketAddr, shared: Arc<Shared>) {
+    let overrides = !shared.origin_modes.lock().expect("proxy lock").is_empty();
+    let origin = if overrides {
+        client.peer_addr().ok().and_then(|peer| {
             let origins = shared.origins.lock().expect("proxy lock").clone();
-            if origins.is_empty() {
-                None
-            } else {
-                owner_pid(peer, listen, &origins)
+            owner_pid(peer, listen, &origins)
+        })
+    } else {
+        None
+    };
+    let origin = Arc::new(AtomicU32::new(origin.unwrap_or(0)));
+    let mode = shared.mode_for(&origin);
+    if mode == Mode::Refuse {
+        shared.refused.fetch_add(1, Ordering::Relaxed);
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    shared.accepted.fetch_add(1, Ordering::Relaxed);
+    let _ = client.set_nodelay(true);
+    // A blackholed connection does not reach the target at all (a partition
+    // drops the handshake's data too); one that dials and fails is closed, as
+    // the target would refuse.
+    let upstream = if mode == Mode::Blackhole {
+        None
+    } else {
+        match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+            Ok(upstream) => {
+                let _ = upstream.set_nodelay(true);
+                Some(upstream)
             }
-        });
-        let origin = Arc::new(AtomicU32::new(origin.unwrap_or(0)));
-        let mode = shared.mode_for(&origin);
-        if mode == Mode::Refuse {
-            shared.refused.fetch_add(1, Ordering::Relaxed);
-            let _ = client.shutdown(Shutdown::Both);
-            continue;
+            Err(_) => {
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
         }
-        shared.accepted.fetch_add(1, Ordering::Relaxed);
-        let _ = client.set_nodelay(true);
-        // A blackholed connection does not reach the target at all (a partition
-        // drops the handshake's data too); one that dials and fails is closed, as
-        // the target would refuse.
-        let upstream = if mode == Mode::Blackhole {
-            None
-        } else {
-            match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-                Ok(upstream) => {
-                    let _ = upstream.set_nodelay(true);
-                    Some(upstream)
-                }
-                Err(_) => {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-            }
-        };
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let torn = Arc::new(AtomicBool::new(upstream.is_none()));
-        // Handles: the registry's (for cut), and each pump's reader.
-        let Ok(client_for_cut) = client.try_clone() else {
-            continue;
-        };
-        let Ok(client_read) = client.try_clone() else {
-            continue;
-        };
-        let (upstream_for_cut, upstream_read) = match &upstream {
-            Some(u) => match (u.try_clone(), u.try_clone()) {
-                (Ok(a), Ok(b)) => (Some(a), Some(b)),
-                _ => continue,
-            },
-            None => (None, None),
-        };
-        shared.conns.lock().expect("proxy lock").insert(
-            id,
-            Conn {
-                client: client_for_cut,
-                upstream: upstream_for_cut,
-                origin: origin.clone(),
-                torn: torn.clone(),
-            },
-        );
-        let alive = Arc::new(AtomicU64::new(2));
-        // client -> upstream
-        spawn_pump(
-            client_read,
-            upstream,
-            origin.clone(),
-            torn.clone(),
+    };
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let torn = Arc::new(AtomicBool::new(upstream.is_none()));
+    // Handles: the registry's (for cut), and each pump's reader.
+    let Ok(client_for_cut) = client.try_clone() else {
+        return;
+    };
+    let Ok(client_read) = client.try_clone() else {
+        return;
+    };
+    let (upstream_for_cut, upstream_read) = match &upstream {
+        Some(u) => match (u.try_clone(), u.try_clone()) {
+            (Ok(a), Ok(b)) => (Some(a), Some(b)),
+            _ => return,
+        },
+        None => (None, None),
+    };
+    shared.conns.lock().expect("proxy lock").insert(
+        id,
+        Conn {
+            client: client_for_cut,
+            upstream: upstream_for_cut,
+            origin: origin.clone(),
+            torn: torn.clone(),
+        },
+    );
+    let alive = Arc::new(AtomicU64::new(2));
+    // client -> upstream
+    spawn_pump(
+        client_read,
+        upstream,
+        origin.clone(),
+        torn.clone(),
+        shared.clone(),
+        id,
+        alive.clone(),
+    );
+    // upstream -> client (a blackholed connection has no upstream: nothing comes back)
+    match upstream_read {
+        Some(upstream_read) => spawn_pump(
+            upstream_read,
+            Some(client),
+            origin,
+            torn,
             shared.clone(),
             id,
-            alive.clone(),
-        );
-        // upstream -> client (a blackholed connection has no upstream: nothing comes back)
-        match upstream_read {
-            Some(upstream_read) => spawn_pump(
-                upstream_read,
-                Some(client),
-                origin,
-                torn,
-                shared.clone(),
-                id,
-                alive,
-            ),
-            None => {
-                alive.fetch_sub(1, Ordering::Relaxed);
-            }
+            alive,
+        ),
+        None => {
+            alive.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
