@@ -63,6 +63,23 @@ pub enum ClusterCmd {
         #[arg(long)]
         id: u64,
     },
+    /// Prints the (block, state hash) pairs the member at --raft recorded when its
+    /// state machine entered each block (R-HA-4), oldest first, one `BLOCK HASH` line
+    /// each (or one JSON array of [block, "hex"]): equal on every member.
+    Hashes {
+        #[arg(long)]
+        raft: SocketAddr,
+        #[arg(long)]
+        key: PathBuf,
+        /// The first block wanted.
+        #[arg(long, default_value_t = 0)]
+        from_block: u64,
+        /// At most this many pairs.
+        #[arg(long, default_value_t = 64)]
+        max: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the group as the member at --raft sees it: term, leader, commit index,
     /// each member's role, matched index and lag.
     Status {
@@ -357,6 +374,36 @@ pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
             let key = load_key(&key)?;
             change(raft, &key, AdminRequest::Remove { id })?;
             println!("member {id} removed");
+            Ok(())
+        }
+        ClusterCmd::Hashes {
+            raft,
+            key,
+            from_block,
+            max,
+            json,
+        } => {
+            let key = load_key(&key)?;
+            let pairs = match call(raft, &key, AdminRequest::StateHashes { from_block, max })? {
+                AdminReply::StateHashes(pairs) => pairs,
+                other => {
+                    return Err(ClusterCliError::Unexpected {
+                        addr: raft,
+                        answer: format!("{other:?}"),
+                    })
+                }
+            };
+            let pairs: Vec<(u64, String)> = pairs
+                .into_iter()
+                .map(|(block, hash)| (block, hex::encode(hash)))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string(&pairs)?);
+            } else {
+                for (block, hash) in pairs {
+                    println!("{block} {hash}");
+                }
+            }
             Ok(())
         }
         ClusterCmd::Status { raft, key, json } => {

@@ -196,6 +196,10 @@ fn three_members_fail_over_with_every_committed_record() {
     }
     let last = propose_all(&mut durability, stream.next(25));
     assert_eq!(last, stream.made);
+    // Group commit: what gathered while a proposal was in flight went as one entry.
+    let (entries, records) = durability.proposer_stats();
+    assert_eq!(records, last);
+    assert!(entries < records, "{entries} entries for {records} records");
     wait_applied(&group, last + 1);
     assert_same_state(&group, &stream);
     // A follower refuses to promote-copy while another leads: its role says so.
@@ -332,6 +336,84 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
         other => panic!("state hashes: {other:?}"),
     }
     drop(durability);
+    for (_, member) in std::mem::take(&mut group.members) {
+        member.shutdown();
+    }
+}
+
+/// Failover time with the default timing keys (heartbeat 100 ms, election timeout
+/// 600..1200 ms, RPC timeout 200 ms): from the leader's shutdown to the new leader's
+/// promotion (its pipeline could send its first ticket then). Figures for the notes:
+/// `cargo test -p yellowstone-gateway --test replication_members -- --ignored --nocapture`
+/// (`FAILOVERS`, default 20).
+#[test]
+#[ignore]
+fn failover_time_with_default_timing() {
+    let rounds: usize = std::env::var("FAILOVERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let mut group = Group {
+        dirs: Vec::new(),
+        configs: Vec::new(),
+        members: BTreeMap::new(),
+    };
+    for id in 1..=3 {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(dir.path());
+        let config = ClusterConfig {
+            enabled: true,
+            member_id: id,
+            raft_listen: free_addr().to_string(),
+            client_endpoint: format!("127.0.0.1:{}", 9000 + id),
+            ..ClusterConfig::default()
+        };
+        group.members.insert(id, start_member(&config, dir.path()));
+        group.dirs.push(dir);
+        group.configs.push(config);
+    }
+    let members = group
+        .configs
+        .iter()
+        .map(|c| (c.member_id, node(c)))
+        .collect();
+    let reply = admin(
+        &group.configs[0].raft_listen,
+        AdminRequest::Init { members },
+    );
+    assert!(matches!(reply, AdminReply::Done), "init: {reply:?}");
+    let mut stream = Stream::new();
+    let mut times = Vec::new();
+    for _ in 0..rounds {
+        let (leader, _) = wait_for("a leader", Duration::from_secs(10), || leader_of(&group));
+        let promotion = group.members[&leader].promote().unwrap();
+        let mut durability = group.members[&leader].durability(&promotion);
+        propose_all(&mut durability, stream.next(20));
+        drop(durability);
+        let old = group.members.remove(&leader).unwrap();
+        let killed = Instant::now();
+        old.shutdown();
+        let (next, _) = wait_for("a new leader", Duration::from_secs(10), || {
+            leader_of(&group)
+        });
+        let promotion = group.members[&next].promote().unwrap();
+        times.push(killed.elapsed());
+        assert_eq!(promotion.next_seq, stream.made + 1);
+        let config = group.configs[(leader - 1) as usize].clone();
+        let dir = group.dirs[(leader - 1) as usize].path().to_path_buf();
+        group.members.insert(leader, start_member(&config, &dir));
+    }
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let p = |q: f64| times[((times.len() as f64 * q).ceil() as usize).clamp(1, times.len()) - 1];
+    eprintln!(
+        "failover (shutdown to promotion), {} rounds: min {:.0} ms, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        times.len(),
+        ms(times[0]),
+        ms(p(0.5)),
+        ms(p(0.99)),
+        ms(*times.last().unwrap())
+    );
     for (_, member) in std::mem::take(&mut group.members) {
         member.shutdown();
     }

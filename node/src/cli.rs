@@ -29,7 +29,66 @@ pub struct CommonSettings<'a> {
     pub listen: &'a mut String,
     pub metrics_listen: &'a mut String,
     pub router_addr: &'a mut String,
+    /// R-HA-3: a replicated router group's members (empty: `router_addr`).
+    pub router_endpoints: &'a mut Vec<String>,
     pub key_file: &'a Path,
+}
+
+/// The most members `router_endpoints` may list (a group has 3 or 5; learners do
+/// not serve clients).
+pub const ROUTER_ENDPOINTS_MAX: usize = 16;
+
+/// R-HA-3: the routers a node connects to, in the order tried: `router_endpoints`
+/// when given, else `router_addr` (which may itself list members, comma-separated,
+/// as `--router a,b,c` gives them).
+pub fn routers_of(router_addr: &str, router_endpoints: &[String]) -> Vec<String> {
+    if router_endpoints.is_empty() {
+        router_addr
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect()
+    } else {
+        router_endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .collect()
+    }
+}
+
+/// Checks the router keys: at least one router, at most [`ROUTER_ENDPOINTS_MAX`], each
+/// `host:port` (a port after the last colon), none twice.
+pub fn validate_routers(router_addr: &str, router_endpoints: &[String]) -> Result<(), String> {
+    let routers = routers_of(router_addr, router_endpoints);
+    let key = if router_endpoints.is_empty() {
+        "router_addr"
+    } else {
+        "router_endpoints"
+    };
+    if routers.is_empty() || router_endpoints.iter().any(|e| e.trim().is_empty()) {
+        return Err(format!(
+            "{key}: an empty router endpoint (expected host:port)"
+        ));
+    }
+    if routers.len() > ROUTER_ENDPOINTS_MAX {
+        return Err(format!(
+            "{key}: {} routers, at most {ROUTER_ENDPOINTS_MAX}",
+            routers.len()
+        ));
+    }
+    for (i, router) in routers.iter().enumerate() {
+        let port_ok = router
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !port_ok {
+            return Err(format!("{key}: {router:?} is not host:port"));
+        }
+        if routers[..i].contains(router) {
+            return Err(format!("{key}: {router:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// `NodeConfig::settings`, `listeners`, `header_read_timeout_ms` and `connections_max`
@@ -43,6 +102,7 @@ macro_rules! common_settings {
                 listen: &mut self.listen,
                 metrics_listen: &mut self.metrics_listen,
                 router_addr: &mut self.router_addr,
+                router_endpoints: &mut self.router_endpoints,
                 key_file: &self.key_file,
             }
         }
@@ -104,7 +164,8 @@ enum Command {
         /// Overrides `metrics_listen` ("" for none).
         #[arg(long)]
         metrics_listen: Option<String>,
-        /// Overrides `router_addr`.
+        /// Overrides `router_addr` and `router_endpoints`: the router, or a
+        /// replicated group's members comma-separated (R-HA-3).
         #[arg(long)]
         router: Option<String>,
     },
@@ -170,6 +231,9 @@ where
             let mut config =
                 C::from_toml(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
             let settings = config.settings();
+            if router.is_some() {
+                settings.router_endpoints.clear();
+            }
             for (value, given) in [
                 (settings.listen, listen),
                 (settings.metrics_listen, metrics_listen),

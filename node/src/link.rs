@@ -14,6 +14,15 @@
 //! message to the node under the nonce the node gave it, so the node never stalls
 //! and never sees the refusal. The login handshake is `wire::login`'s, as in
 //! `wire::client` (issue 26 item 4).
+//!
+//! R-HA-3 (issue 25): `LinkConfig::router_addrs` lists every member of a replicated
+//! router group. A member that does not lead greets with `not_leader` naming the
+//! leader: the link goes there (at most `LEADER_HOPS_MAX` redirects in a row), else
+//! tries the next member; the owner's back-off loop runs between whole rounds. Each
+//! link remembers its signed messages not yet answered (`Unanswered`); after a lost
+//! connection the owner hands them to the new link (`resend_unanswered`), which sends
+//! the very same frames first: the new leader answers each from its reply cache (the
+//! original answer, no second effect) or, if it was never committed, evaluates it.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -60,6 +69,16 @@ pub enum LinkError {
     Closed { addr: String },
     #[error("router {addr}: no answer within {timeout_ms} ms")]
     Timeout { addr: String, timeout_ms: u64 },
+    /// R-HA-3: this member does not lead; `leader` is the one it names, if any.
+    #[error("router {addr}: {reason}")]
+    NotLeader {
+        addr: String,
+        leader: Option<std::net::SocketAddr>,
+        reason: String,
+    },
+    /// R-HA-3: no member of the group could be logged in to; why each failed last.
+    #[error("no router of {count} reachable: {tried}")]
+    NoRouter { count: usize, tried: String },
 }
 
 /// Strictly increasing nonces for one address, across connections (R-ID-4): each is
@@ -134,10 +153,62 @@ impl Resends {
     }
 }
 
+/// R-HA-3: the signed messages this link sent that await their final answer, as the
+/// frames sent, in nonce order, at most `RESEND_WINDOW` (the oldest dropped first).
+/// Not kept: registrations and announcements (a new connection registers afresh),
+/// probe answers (a new leader probes again), subscriptions (not commands).
+#[derive(Default)]
+struct Unanswered {
+    frames: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl Unanswered {
+    fn push(&mut self, nonce: u64, frame: Vec<u8>) {
+        if self.frames.len() == RESEND_WINDOW {
+            self.frames.pop_front();
+        }
+        self.frames.push_back((nonce, frame));
+    }
+
+    fn answered(&mut self, nonce: u64) {
+        if let Some(at) = self.frames.iter().position(|(n, _)| *n == nonce) {
+            self.frames.remove(at);
+        }
+    }
+}
+
+/// Whether a signed message is resent after a lost connection (see [`Unanswered`]).
+fn resent_after_reconnect(message: &Message) -> bool {
+    !matches!(
+        message,
+        Message::RegisterProvider(_)
+            | Message::ProviderAnnounce(_)
+            | Message::ProbeAnswer(_)
+            | Message::SubscribeBatches(_)
+    )
+}
+
+/// The nonce of `own`'s message that `message` answers for good: an `RfcAccepted`
+/// is not final (its RFC waits for a ticket or a failure), a ticket is for the user
+/// (by `rfc_nonce`), every other answer names its nonce.
+fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
+    match message {
+        Message::Ack(m) => Some(m.nonce),
+        Message::RfcFailed(m) => Some(m.nonce),
+        Message::ReportAck(m) => Some(m.nonce),
+        Message::ClaimAck(m) => Some(m.nonce),
+        Message::ErrorReply(m) if m.ref_nonce != 0 => Some(m.ref_nonce),
+        Message::SessionTicket(t) if t.user == own => Some(t.rfc_nonce),
+        _ => None,
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
-    pub router_addr: String,
+    /// The router's client endpoint, or every member's of a replicated group
+    /// (R-HA-3), host:port each, tried in this order.
+    pub router_addrs: Vec<String>,
     pub network_id: u32,
     /// Pins the router's address; `None` trusts the one the router names at login.
     pub router_address: Option<Address>,
@@ -164,7 +235,12 @@ pub struct Link {
     router: Address,
     outbound: mpsc::Sender<Vec<u8>>,
     resends: Arc<Mutex<Resends>>,
+    unanswered: Arc<Mutex<Unanswered>>,
 }
+
+/// Redirects by `not_leader` followed in a row before the link tries the members in
+/// turn (as `wire::connect_retry::LEADER_HOPS_MAX`).
+pub const LEADER_HOPS_MAX: u32 = yellowstone_wire::connect_retry::LEADER_HOPS_MAX;
 
 impl Link {
     /// Connects, checks the network id and router address, logs in, and starts the
@@ -179,12 +255,64 @@ impl Link {
 
     /// `connect`, resynchronising `nonces` (the ones the node numbers its messages
     /// with) on a `replay` refusal and resending the refused message once (R-ID-8).
+    ///
+    /// R-HA-3: tries the group's members in order, following `not_leader` to the
+    /// leader a member names. Errors: a member's own error when there is one member,
+    /// else [`LinkError::NoRouter`] naming each member tried and why it failed.
     pub async fn connect_with(
         config: &LinkConfig,
         key: SigningKey,
         nonces: Nonces,
     ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
-        let addr = config.router_addr.clone();
+        let mut queue: VecDeque<String> = config.router_addrs.iter().cloned().collect();
+        let mut tried: Vec<(String, String)> = Vec::new();
+        let mut hops = 0u32;
+        let mut last = None;
+        while let Some(addr) = queue.pop_front() {
+            match Link::connect_one(config, &addr, key.clone(), nonces.clone()).await {
+                Ok(link) => return Ok(link),
+                Err(error) => {
+                    let why = error.to_string();
+                    match tried.iter_mut().find(|(a, _)| *a == addr) {
+                        Some(row) => row.1 = why,
+                        None => tried.push((addr.clone(), why)),
+                    }
+                    if let LinkError::NotLeader {
+                        leader: Some(leader),
+                        ..
+                    } = &error
+                    {
+                        if hops < LEADER_HOPS_MAX {
+                            hops += 1;
+                            tracing::info!(from = %addr, leader = %leader, "not the leader: following");
+                            queue.push_front(leader.to_string());
+                        }
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+        match last {
+            Some(error) if tried.len() <= 1 => Err(error),
+            _ => Err(LinkError::NoRouter {
+                count: tried.len(),
+                tried: tried
+                    .iter()
+                    .map(|(addr, why)| format!("{addr}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }),
+        }
+    }
+
+    /// One member: connect, log in, start the tasks.
+    async fn connect_one(
+        config: &LinkConfig,
+        addr: &str,
+        key: SigningKey,
+        nonces: Nonces,
+    ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
+        let addr = addr.to_string();
         let io = |source| LinkError::Io {
             addr: addr.clone(),
             source,
@@ -202,6 +330,15 @@ impl Link {
         let mut buffer = vec![0u8; 64 * 1024];
         let login = async {
             let first = read_one(&mut reader, &mut decoder, &mut buffer, &addr).await?;
+            if let Message::ErrorReply(reply) = &first.message {
+                if reply.code == yellowstone_wire::codes::NOT_LEADER {
+                    return Err(LinkError::NotLeader {
+                        addr: addr.clone(),
+                        leader: yellowstone_wire::parse_not_leader(reply),
+                        reason: reply.reason.clone(),
+                    });
+                }
+            }
             let expect = LoginExpect {
                 network_id: Some(config.network_id),
                 router: config.router_address,
@@ -227,6 +364,15 @@ impl Link {
                 })?;
             writer.write_all(&answer).await.map_err(io)?;
             let reply = read_one(&mut reader, &mut decoder, &mut buffer, &addr).await?;
+            if let Message::ErrorReply(e) = &reply.message {
+                if e.code == yellowstone_wire::codes::NOT_LEADER {
+                    return Err(LinkError::NotLeader {
+                        addr: addr.clone(),
+                        leader: yellowstone_wire::parse_not_leader(e),
+                        reason: e.reason.clone(),
+                    });
+                }
+            }
             login::check_reply(&reply.message, key.address()).map_err(|e| LinkError::Login {
                 addr: addr.clone(),
                 reason: match e {
@@ -244,6 +390,9 @@ impl Link {
             })??;
         let (outbound, mut outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_FRAMES_MAX);
         let resends = Arc::new(Mutex::new(Resends::default()));
+        let unanswered = Arc::new(Mutex::new(Unanswered::default()));
+        let reader_unanswered = unanswered.clone();
+        let own = key.address();
         let resender = Resender {
             key: key.clone(),
             network_id: config.network_id,
@@ -294,6 +443,13 @@ impl Link {
                 let Some(incoming) = resender.handle(incoming).await else {
                     continue;
                 };
+                // R-HA-3: answered for good: no longer resent after a reconnect.
+                if let Some(nonce) = final_answer_nonce(&incoming.message, own) {
+                    reader_unanswered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .answered(nonce);
+                }
                 if inbound_tx.send(incoming).await.is_err() {
                     break;
                 }
@@ -305,6 +461,7 @@ impl Link {
             router,
             outbound,
             resends,
+            unanswered,
         };
         Ok((link, inbound))
     }
@@ -331,6 +488,12 @@ impl Link {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remember(nonce, &message);
+                if resent_after_reconnect(&message) {
+                    self.unanswered
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(nonce, frame.clone());
+                }
             }
             frame
         } else {
@@ -342,6 +505,49 @@ impl Link {
             .map_err(|_| LinkError::Closed {
                 addr: String::new(),
             })
+    }
+
+    /// R-HA-3: sends, first and byte-identical, the signed messages `previous` (a lost
+    /// link of the same key) sent without a final answer; they stay awaited here.
+    /// Not kept for R-ID-8's resend with a fresh nonce: a `replay` refusal of one
+    /// means it was applied (its answer no longer cached) and goes to the node.
+    /// Returns how many were resent.
+    pub async fn resend_unanswered(&self, previous: &Link) -> usize {
+        let frames: Vec<(u64, Vec<u8>)> = previous
+            .unanswered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .frames
+            .drain(..)
+            .collect();
+        let count = frames.len();
+        for (nonce, frame) in frames {
+            self.unanswered
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(nonce, frame.clone());
+            if self.outbound.send(frame).await.is_err() {
+                break;
+            }
+        }
+        if count > 0 {
+            tracing::info!(
+                count,
+                "resent the messages the lost connection had no answer to (R-HA-3)"
+            );
+        }
+        count
+    }
+
+    /// R-HA-3: the nonces of the signed messages awaiting their final answer.
+    pub fn unanswered_nonces(&self) -> Vec<u64> {
+        self.unanswered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .frames
+            .iter()
+            .map(|(nonce, _)| *nonce)
+            .collect()
     }
 
     /// Whether the writer is gone (the connection closed).

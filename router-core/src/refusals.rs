@@ -69,6 +69,18 @@ impl RefusalBudget {
         self.windows.is_empty()
     }
 
+    /// Whether the next counted refusal of `conn` at `now_us` would be past the budget
+    /// (or the connection is already closing): R-HA-3 answers a resend from the reply
+    /// cache only within the budget, so replaying one's own accepted messages is no
+    /// cheaper a flood than having them refused.
+    pub fn spent(&self, conn: Conn, now_us: u64) -> bool {
+        self.windows.get(&conn).is_some_and(|window| {
+            window.closing
+                || (now_us.saturating_sub(window.start_us) < REFUSAL_WINDOW_US
+                    && window.count >= self.per_s_max)
+        })
+    }
+
     /// Counts a refusal of code `code` on `conn` at `now_us` and says what to send.
     pub fn refused(&mut self, conn: Conn, code: u16, now_us: u64) -> RefusalVerdict {
         if code == codes::OVERLOADED {

@@ -23,6 +23,16 @@ impl CutProxy {
     /// (the login: challenge and `LoginOk` are 2), then are closed on both sides at the
     /// router's next frame, which is dropped; later connections are forwarded whole.
     pub fn start(upstream: SocketAddr, pass_frames: usize, cut_connections: u32) -> CutProxy {
+        CutProxy::start_with(upstream, Cut::AfterFrames(pass_frames), cut_connections)
+    }
+
+    /// Like [`CutProxy::start`], cutting the first `cut_connections` connections at the
+    /// router's first frame of type `msg_type` (dropped; everything before it passes).
+    pub fn start_cutting_at(upstream: SocketAddr, msg_type: u16, cut_connections: u32) -> CutProxy {
+        CutProxy::start_with(upstream, Cut::AtType(msg_type), cut_connections)
+    }
+
+    fn start_with(upstream: SocketAddr, rule: Cut, cut_connections: u32) -> CutProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let cuts = Arc::new(AtomicU32::new(0));
@@ -36,7 +46,7 @@ impl CutProxy {
                 };
                 accepted += 1;
                 let cut = accepted <= cut_connections;
-                pipe(client, router, cut.then_some(pass_frames), done.clone());
+                pipe(client, router, cut.then_some(rule), done.clone());
             }
         });
         CutProxy { addr, cuts }
@@ -48,7 +58,16 @@ impl CutProxy {
     }
 }
 
-fn pipe(client: TcpStream, router: TcpStream, cut_after: Option<usize>, cuts: Arc<AtomicU32>) {
+/// Where a cut connection is cut.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// After this many router frames.
+    AfterFrames(usize),
+    /// At the router's first frame of this type.
+    AtType(u16),
+}
+
+fn pipe(client: TcpStream, router: TcpStream, cut_after: Option<Cut>, cuts: Arc<AtomicU32>) {
     let (Ok(mut client_read), Ok(mut router_write)) = (client.try_clone(), router.try_clone())
     else {
         return;
@@ -77,7 +96,7 @@ fn pipe(client: TcpStream, router: TcpStream, cut_after: Option<usize>, cuts: Ar
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let Some(pass) = cut_after else {
+            let Some(rule) = cut_after else {
                 if client_write.write_all(&buffer[..n]).is_err() {
                     break;
                 }
@@ -85,7 +104,11 @@ fn pipe(client: TcpStream, router: TcpStream, cut_after: Option<usize>, cuts: Ar
             };
             decoder.extend(&buffer[..n]);
             while let Ok(Some(frame)) = decoder.next_frame() {
-                if forwarded == pass {
+                let cut_here = match rule {
+                    Cut::AfterFrames(pass) => forwarded == pass,
+                    Cut::AtType(msg_type) => frame.header.msg_type == msg_type,
+                };
+                if cut_here {
                     cuts.fetch_add(1, Ordering::AcqRel);
                     let _ = client_write.shutdown(Shutdown::Both);
                     let _ = router_read.shutdown(Shutdown::Both);

@@ -73,10 +73,11 @@ impl Group {
                 "[network]\nbackend = \"mio\"\n\
                  [identity]\nrouter_key_hex = \"{ROUTER_KEY_HEX}\"\noperator = \"{}\"\n\
                  [market]\ngenesis_ms = {}\n\
-                 [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{}\"\nlearner = {learner}\n",
+                 [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{}\"\nlearner = {learner}\n{}",
                 operator_key().address(),
                 self.genesis_ms,
-                self.raft[id as usize - 1]
+                self.raft[id as usize - 1],
+                cluster_extra()
             ),
         )
         .unwrap();
@@ -93,6 +94,16 @@ impl Group {
             dir.to_str().unwrap(),
         ])
     }
+}
+
+/// Extra `[cluster]` lines for every member, from `YS_CLUSTER_EXTRA` (`\n` for a
+/// newline): to measure failover under other timings (docs/replication.md), e.g.
+/// `YS_CLUSTER_EXTRA='heartbeat_ms = 50\nelection_timeout_min_ms = 250\n...'`. Unset:
+/// the defaults.
+fn cluster_extra() -> String {
+    std::env::var("YS_CLUSTER_EXTRA")
+        .unwrap_or_default()
+        .replace("\\n", "\n")
 }
 
 /// Runs the router binary's CLI: (exit code, stdout, stderr).
@@ -207,19 +218,21 @@ fn status(group: &Group, raft: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {e}: {out}"))
 }
 
-/// The (block, state hash) pairs a member's status lists.
-fn hashes(status: &serde_json::Value) -> Vec<(u64, String)> {
-    status["state_hashes"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no state_hashes in {status}"))
-        .iter()
-        .map(|pair| {
-            (
-                pair[0].as_u64().unwrap(),
-                pair[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+/// The (block, state hash) pairs of the member at `raft` (`cluster hashes --json`).
+fn hashes(group: &Group, raft: SocketAddr) -> Vec<(u64, String)> {
+    let (code, out, err) = cli(&[
+        "cluster",
+        "hashes",
+        "--raft",
+        &raft.to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+        "--max",
+        "4096",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "cluster hashes: {out}{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("hashes JSON {e}: {out}"))
 }
 
 #[test]
@@ -303,10 +316,12 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         .filter_map(|(i, m)| m.as_ref().map(|m| (i, m)))
         .collect();
     let second = leader_of(&alive, Duration::from_secs(5));
+    println!("new leader after {:?}", killed_at.elapsed());
     assert_ne!(second, first);
     let new_leader = members[second].as_ref().unwrap();
     session(new_leader.ready.listen, network_id, &router, 2);
     let failover = killed_at.elapsed();
+    println!("failover (SIGKILL to a ticket from the new leader): {failover:?}");
     assert!(
         failover < Duration::from_secs(8),
         "failover took {failover:?}"
@@ -317,14 +332,15 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     members[first] = Some(group.start(first as u64 + 1));
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let ours = hashes(&status(&group, group.raft[first]));
-        let theirs = hashes(&status(&group, group.raft[second]));
+        let ours = hashes(&group, group.raft[first]);
+        let theirs = hashes(&group, group.raft[second]);
         let common: Vec<_> = ours.iter().filter(|pair| theirs.contains(pair)).collect();
         let disagree = ours
             .iter()
             .find(|(block, hash)| theirs.iter().any(|(b, h)| b == block && h != hash));
         assert!(disagree.is_none(), "state hash differs at {disagree:?}");
-        if ours.iter().map(|p| p.0).max() >= Some(1) && !common.is_empty() {
+        // Caught up: its newest block is the leader's, with the same hash.
+        if !common.is_empty() && ours.last() == theirs.last() {
             break;
         }
         assert!(
@@ -384,6 +400,40 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         Some(4),
         "{status}"
     );
+    // The leader's text status: every member with its matched index and lag.
+    let (code, text, err) = cli(&[
+        "cluster",
+        "status",
+        "--raft",
+        &group.raft[second].to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(text.contains("(leader)"), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("127.0.0.1:")).count(),
+        4 + 1,
+        "{text}"
+    );
+    // Removing the learner (through a follower: the request follows the leader).
+    let (code, out, err) = cli(&[
+        "cluster",
+        "remove",
+        "--raft",
+        &group.raft[first].to_string(),
+        "--key",
+        group.key.to_str().unwrap(),
+        "--id",
+        &learner_id.to_string(),
+    ]);
+    assert_eq!(code, 0, "cluster remove: {out}{err}");
+    let after = self::status(&group, group.raft[second]);
+    assert_eq!(
+        after["members"].as_array().map(Vec::len),
+        Some(3),
+        "{after}"
+    );
 
     // An unreachable member: a clear error and exit code 2.
     let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -409,4 +459,137 @@ fn start_learner(config: &Path, dir: &Path) -> RouterProcess {
             dir.to_str().unwrap(),
         ],
     )
+}
+
+/// Every series a member exports is named in docs/metrics.md (as docs_current.rs
+/// checks a single router's).
+fn assert_series_documented(metrics: SocketAddr) {
+    const METRICS: &str = include_str!("../../docs/metrics.md");
+    let body = yellowstone_tests::metrics_text(metrics);
+    let missing: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| !METRICS.contains(&format!("`{name}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "series a member exports that docs/metrics.md does not name: {missing:?}"
+    );
+}
+
+/// R-HA-1: a leader cut off (SIGSTOP longer than the election timeout) loses office;
+/// when it runs again, an RFC its client sent meanwhile is never acknowledged (its
+/// record was never committed): the client gets `not_leader` naming the new leader,
+/// and the connection closes. The deposed member counts the step-down.
+#[test]
+fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
+    let group = Group::new(3);
+    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    let network_id = members[0].ready.network_id;
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let old = leader_of(&all, Duration::from_secs(10));
+    let leader = &members[old];
+    for member in &members {
+        assert_series_documented(member.ready.metrics);
+    }
+
+    let mut operator = connect(leader.ready.listen, operator_key());
+    let mut user = connect(leader.ready.listen, SigningKey::from_seed(b"deposed-user"));
+    fund(&mut operator, &[(user.address(), 5 * WEI_PER_MOR)]);
+
+    // Cut the leader off until another member leads.
+    // SAFETY: kill(2) on a pid this test spawned.
+    unsafe { libc::kill(leader.pid() as libc::pid_t, libc::SIGSTOP) };
+    let others: Vec<(usize, &RouterProcess)> =
+        all.iter().copied().filter(|(i, _)| *i != old).collect();
+    let new = leader_of(&others, Duration::from_secs(5));
+    let rfc_nonce = user.next_nonce();
+    user.send_signed(
+        Rfc {
+            from: user.address(),
+            nonce: rfc_nonce,
+            model_id: 1,
+            tokens_max: 500,
+            expires_at_ms: now_ms() + 30_000,
+            signature: Signature::default(),
+        }
+        .into(),
+    )
+    .unwrap();
+    // SAFETY: as above.
+    unsafe { libc::kill(leader.pid() as libc::pid_t, libc::SIGCONT) };
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let told = loop {
+        assert!(Instant::now() < deadline, "no not_leader within 10 s");
+        match user.recv() {
+            Ok(Message::ErrorReply(e)) if e.code == codes::NOT_LEADER => break e,
+            Ok(Message::RfcAccepted(a)) => {
+                panic!("R-HA-1: a deposed leader acknowledged an uncommitted RFC: {a:?}")
+            }
+            Ok(Message::ErrorReply(e)) if e.ref_nonce == rfc_nonce => {
+                panic!("the RFC was answered by the deposed leader: {e:?}")
+            }
+            Ok(_) => {}
+            Err(yellowstone_wire::client::ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("closed without not_leader: {e}"),
+        }
+    };
+    assert_eq!(
+        told.reason,
+        format!(
+            "not the leader: leader is member {} at {}",
+            new + 1,
+            members[new].ready.listen
+        )
+    );
+    // Then the connection closes.
+    let closed = loop {
+        match user.recv() {
+            Ok(Message::RfcAccepted(a)) => panic!("acknowledged after not_leader: {a:?}"),
+            Ok(_) => {}
+            Err(yellowstone_wire::client::ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the deposed leader kept the connection open");
+    let metrics = yellowstone_tests::metrics_text(leader.ready.metrics);
+    let value = |name: &str| -> i64 {
+        metric_text_value(&metrics, name)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    assert_eq!(value("yellowstone_cluster_is_leader"), 0);
+    assert!(value("yellowstone_cluster_step_downs_total") >= 1);
+    assert!(value("yellowstone_cluster_not_leader_total") >= 1);
+    // The new leader serves the same user (its funds were committed).
+    let router: Address = members[new].ready.router_address.parse().unwrap();
+    session(members[new].ready.listen, network_id, &router, 7);
 }

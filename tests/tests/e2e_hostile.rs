@@ -202,20 +202,26 @@ fn signatures_replays_quota_and_balance_are_refused_with_their_codes() {
         "wrong_sender"
     );
 
-    // A replayed frame: the second copy is refused (R-ID-4).
+    // A replayed nonce: another message under it is refused (R-ID-4). (The very same
+    // frame sent again is answered with its original answer, R-HA-3: the reply
+    // cache's tests in reply_cache.rs.)
     let nonce = user.next_nonce();
-    let mut message: Message = Rfc {
-        from: user.address(),
-        nonce,
-        model_id: 1,
-        tokens_max: 10,
-        expires_at_ms: now_ms() + 10_000,
-        ..Rfc::default()
-    }
-    .into();
-    let frame = message.sign(user.key(), user.network_id());
+    let expires_at_ms = now_ms() + 10_000;
+    let rfc = |tokens_max| -> Message {
+        Rfc {
+            from: user.address(),
+            nonce,
+            model_id: 1,
+            tokens_max,
+            expires_at_ms,
+            ..Rfc::default()
+        }
+        .into()
+    };
+    let frame = rfc(10).sign(user.key(), user.network_id());
+    let other = rfc(11).sign(user.key(), user.network_id());
     user.send_raw(&frame).unwrap();
-    user.send_raw(&frame).unwrap();
+    user.send_raw(&other).unwrap();
     assert_eq!(codes::name(error_for(&mut user, nonce).code), "replay");
 
     // Over quota: 5 MOR give 15,000 tokens; 10 are queued; the error says what is left.

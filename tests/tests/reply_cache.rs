@@ -357,3 +357,92 @@ fn r_ha_3_the_reply_cache_bounds_hold_under_a_flood() {
         "{stderr}"
     );
 }
+
+/// R-HA-3, R-ID-6: an RFC resent on a new connection while it is still being matched
+/// takes the user's route there: the ticket made after the resend reaches the new
+/// connection (the old one is gone), and the resend had no effect of its own.
+#[test]
+fn r_ha_3_a_resent_rfc_takes_the_route_so_its_later_ticket_arrives() {
+    let (_dir, router) = start("");
+    let addr = router.ready.listen;
+    let (_operator, user_key, mut provider) = market(&router);
+    let mut first = connect(addr, user_key.clone());
+    let nonce = first.next_nonce();
+    let frame = rfc_frame(&first, nonce, 100, now_ms() + 60_000);
+    first.send_raw(&frame).unwrap();
+    let accepted = frame_of(&mut first, msg_type::RFC_ACCEPTED);
+    // The provider is probed; it has not answered when the user's connection dies.
+    let probe = expect(&mut provider, WAIT, |m| match m {
+        Message::Probe(p) => Some(p.clone()),
+        _ => None,
+    });
+    drop(first);
+    let mut second = connect(addr, user_key);
+    second.send_raw(&frame).unwrap();
+    assert_eq!(
+        next_frame(&mut second),
+        (msg_type::RFC_ACCEPTED, accepted),
+        "the original RfcAccepted"
+    );
+    assert_eq!(hits(&router), 1.0);
+    let answer_nonce = provider.next_nonce();
+    provider
+        .send_signed(
+            ProbeAnswer {
+                from: provider.address(),
+                nonce: answer_nonce,
+                probe_id: probe.probe_id,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
+        .unwrap();
+    let provider_ticket = frame_of(&mut provider, msg_type::SESSION_TICKET);
+    assert_eq!(
+        next_frame(&mut second),
+        (msg_type::SESSION_TICKET, provider_ticket),
+        "the ticket reaches the connection the RFC was resent on"
+    );
+}
+
+/// R-HA-3, R-PROV-3: resends answered from the cache count against the connection's
+/// refusal budget (`network.conn_refusals_per_s_max`): replaying one's own accepted
+/// message in a loop ends as a flood of refusals does, `too_many_refusals` and a close.
+#[test]
+fn r_ha_3_resends_count_against_the_refusal_budget() {
+    let (_dir, router) = start("conn_refusals_per_s_max = 5");
+    let addr = router.ready.listen;
+    let mut operator = connect(addr, operator_key());
+    let nonce = operator.next_nonce();
+    let update = BalanceUpdate {
+        from: operator.address(),
+        nonce,
+        entries: vec![BalanceEntry {
+            address: Address([7; 20]),
+            balance_wei: WEI_PER_MOR,
+        }],
+        signature: Signature::default(),
+    };
+    let frame = presign(operator.key(), operator.network_id(), update.into());
+    operator.send_raw(&frame).unwrap();
+    frame_of(&mut operator, msg_type::ACK);
+    for _ in 0..20 {
+        operator.send_raw(&frame).unwrap();
+    }
+    let mut acks = 0;
+    let closing = loop {
+        let (t, body) = next_frame(&mut operator);
+        match decode(t, &body) {
+            Message::Ack(a) => {
+                assert_eq!(a.nonce, nonce);
+                acks += 1;
+            }
+            Message::ErrorReply(e) => break e,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(acks, 5, "the budget's resends are answered");
+    assert_eq!(closing.code, codes::TOO_MANY_REFUSALS, "{closing:?}");
+    assert!(matches!(operator.recv(), Err(ClientError::Closed)));
+    assert_eq!(hits(&router), 5.0);
+}

@@ -144,17 +144,23 @@ fn r_prov_3_refused_messages_write_nothing_to_the_journal() {
             .count()
     );
 
-    // 1,000 replays of one accepted frame: refused `replay`, before any signature.
+    // 1,000 other messages under one accepted frame's nonce: refused `replay`, before
+    // any signature; 1,000 copies of the frame itself: its original answer from the
+    // reply cache (R-HA-3), through no signature either, and nothing journaled.
     let mut user = connect(addr, user_key.clone());
-    let rfc = presign_rfc(&user_key, network_id, 7, 1, 100, now_ms() + 60_000);
+    let expiry = now_ms() + 60_000;
+    let rfc = presign_rfc(&user_key, network_id, 7, 1, 100, expiry);
     let first = send_all_collect(&mut user, std::slice::from_ref(&rfc), 1);
     assert_eq!(first, vec![0], "the RFC itself is accepted");
     // The nonce cache follows what is durable: give the acceptance a moment.
     std::thread::sleep(Duration::from_millis(200));
     let verifies_before = metric(metrics, "yellowstone_signature_ops_total", "verify");
-    let replays = vec![rfc; 1_000];
-    let codes = send_all_collect(&mut user, &replays, 32);
+    let others = vec![presign_rfc(&user_key, network_id, 7, 1, 101, expiry); 1_000];
+    let codes = send_all_collect(&mut user, &others, 32);
     assert!(codes.iter().all(|&c| c == codes::REPLAY), "{codes:?}");
+    let copies = vec![rfc; 1_000];
+    let codes = send_all_collect(&mut user, &copies, 32);
+    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
     let verifies = metric(metrics, "yellowstone_signature_ops_total", "verify") - verifies_before;
     assert!(
         verifies < 10.0,
@@ -262,16 +268,48 @@ fn r_prov_3_a_replayed_64_offer_registration_costs_no_signature_recovery() {
     std::thread::sleep(Duration::from_millis(200));
     let records_before = journal_commands(&dir.path().join("data")).len();
 
-    // Case 5: the same frame, replayed 200 times.
+    // Case 5: the same frame, replayed 100 times (the refusal budget's worth: a
+    // resend answered from the reply cache counts against it, R-HA-3), on a new
+    // connection: the original Ack each time, through the engine (the registration
+    // takes the route) without a signature recovery; then 100 registrations under
+    // the spent nonce with another endpoint: refused `replay` before any signature.
+    // (The first connection stays open: closing it would make the provider
+    // unreachable, a journaled command of its own.)
+    let mut copies = connect(addr, provider_key.clone());
     let started = Instant::now();
-    let codes = send_all_collect(&mut provider, &vec![frame; 200], 16);
+    let codes = send_all_collect(&mut copies, &vec![frame; 100], 16);
+    assert!(codes.iter().all(|&c| c == 0), "{codes:?}");
+    let mut others = connect(addr, provider_key.clone());
+    let other = {
+        let offers = match Message::decode(
+            yellowstone_wire::msg_type::REGISTER_PROVIDER,
+            &registration(&provider_key, network_id, 1)[yellowstone_wire::frame::HEADER_LEN..],
+        ) {
+            Ok(Message::RegisterProvider(m)) => m.offers,
+            other => panic!("{other:?}"),
+        };
+        presign(
+            &provider_key,
+            network_id,
+            RegisterProvider {
+                from: provider_key.address(),
+                nonce: 1,
+                endpoint: "127.0.0.1:9998".into(),
+                offers,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
+    };
+    let codes = send_all_collect(&mut others, &vec![other; 100], 16);
     let elapsed = started.elapsed();
     assert!(codes.iter().all(|&c| c == codes::REPLAY), "{codes:?}");
     let verifies = metric(metrics, "yellowstone_signature_ops_total", "verify") - verifies_first;
     eprintln!("200 replays of a 64-offer registration: {verifies} recoveries in {elapsed:?}");
     assert!(
         verifies < 10.0,
-        "200 replays cost {verifies} signature recoveries (was 65 each: 13,000)"
+        "200 replays cost {verifies} signature recoveries (was 65 each: 13,000; the \
+         three logins cost 3)"
     );
     assert_eq!(
         journal_commands(&dir.path().join("data")).len(),

@@ -187,10 +187,14 @@ def test_full_session_with_batch_verification_and_claim(router):
         provider.answer(nonce, "ClaimAck")
     assert refused.value.name == "nothing_owed"
 
-    # A replayed nonce: refused with the last accepted one in detail (a refused
-    # message spends no nonce, so that is the accepted claim's).
+    # R-HA-3: the very same signed claim sent again (as after a lost connection) gets
+    # the original answer from the router's reply cache; nothing is paid twice.
+    provider.send_signed("Claim", nonce=claim_nonce, amount_wei=0)
+    assert provider.answer(claim_nonce, "ClaimAck") == claimed
+    # Another message under a spent nonce: refused with the last accepted one in
+    # detail (a refused message spends no nonce, so that is the accepted claim's).
     with pytest.raises(RouterError) as refused:
-        provider.send_signed("Claim", nonce=claim_nonce, amount_wei=0)
+        provider.send_signed("Claim", nonce=claim_nonce, amount_wei=1)
         provider.answer(claim_nonce, "ClaimAck")
     assert refused.value.name == "replay" and refused.value.fields["detail"] == claim_nonce
 

@@ -1,6 +1,17 @@
 """A blocking TCP client: connect, log in, send signed messages, receive frames
-(router-signed tickets and batches verified against the router's address)."""
+(router-signed tickets and batches verified against the router's address).
 
+Replicated routers (R-HA-3, docs/PROTOCOL.md section 3): `Client(endpoints=[...])`
+takes every member of a group. A member that does not lead greets with `not_leader`
+naming the leader: the client goes there (at most LEADER_HOPS_MAX redirects in a row),
+else tries the next member; after a whole round fails it waits (backoff with jitter)
+and tries again until `connect_deadline_s`, then raises NoRouterError naming every
+endpoint tried. The client keeps the signed frames it sent without a final answer;
+`reconnect()` (called by `answer()` when the connection is lost) sends them again,
+byte-identical: the new leader answers each from its reply cache (the original
+answer, never a second effect) or, if it was never committed, evaluates it."""
+
+import random
 import socket
 import time
 
@@ -21,21 +32,157 @@ class RouterError(Exception):
         super().__init__(f"{self.name} ({self.code:#06x}): {fields['reason']} (detail {fields['detail']})")
 
 
+# Redirects by not_leader followed in a row before trying the members in turn.
+LEADER_HOPS_MAX = 4
+# Signed frames kept for a resend after a lost connection (the oldest dropped first).
+RESEND_WINDOW = 1024
+# Reconnections (and resends) one answer() may make before it gives up.
+RESENDS_MAX = 3
+
+
+class NoRouterError(ConnectionError):
+    """No member of the router group could be logged in to before the deadline;
+    `tried` maps each endpoint tried to why its last attempt failed."""
+
+    def __init__(self, tried: dict, attempts: int, elapsed_s: float):
+        self.tried = tried
+        self.attempts = attempts
+        detail = "; ".join(f"{h}:{pt}: {why}" for (h, pt), why in tried.items())
+        super().__init__(
+            f"could not connect to any of {len(tried)} routers: {attempts} attempts in "
+            f"{elapsed_s:.1f} s; {detail}")
+
+
+class _NotLeader(Exception):
+    def __init__(self, fields: dict):
+        self.fields = fields
+        self.leader = p.parse_not_leader(fields)
+        super().__init__(fields["reason"])
+
+
+def _endpoint(item):
+    """(host, port) of a ("host", port) pair or a "host:port" string."""
+    if isinstance(item, str):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not port.isdigit():
+            raise ValueError(f"router endpoint {item!r} is not host:port")
+        return host.strip("[]"), int(port)
+    host, port = item
+    return str(host), int(port)
+
+
 class Client:
-    def __init__(self, host: str, port: int, key: p.Key, timeout_s: float = 20.0):
+    def __init__(self, host: str = None, port: int = None, key: p.Key = None,
+                 timeout_s: float = 20.0, *, endpoints=None, connect_deadline_s: float = 10.0):
+        """Logs in to the router at (host, port), or to the leader of the group whose
+        members are `endpoints` (("host", port) pairs or "host:port" strings, tried in
+        order). Raises NoRouterError when none could be logged in to within
+        `connect_deadline_s`, RouterError for a refused login."""
+        if key is None:
+            raise ValueError("a key is needed")
+        members = [] if host is None else [(host, int(port))]
+        for item in endpoints or []:
+            member = _endpoint(item)
+            if member not in members:
+                members.append(member)
+        if not members:
+            raise ValueError("no router endpoint given")
+        self.endpoints = members
         self.key = key
         self.address = key.address
-        self.sock = socket.create_connection((host, port), timeout=timeout_s)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buffer = bytearray()
+        self.timeout_s = timeout_s
+        self.connect_deadline_s = connect_deadline_s
         # Nonces start from the clock in microseconds, so a restarted client never replays.
         self._nonce = time.time_ns() // 1000
         self.network_id = None
         self.router = None
-        self._login()
+        self.sock = None
+        self.peer = None
+        # R-HA-3: nonce -> signed frame sent without a final answer yet, in send order.
+        self.unanswered = {}
+        self._connect()
 
     def close(self) -> None:
         self.sock.close()
+
+    # --- following the leader (R-HA-3) ---
+
+    def _connect(self) -> None:
+        started = time.monotonic()
+        deadline = started + self.connect_deadline_s
+        tried = {}
+        attempts = 0
+        rounds = 0
+        hops = 0
+        while True:
+            queue = list(self.endpoints)
+            wait_s = 0.0
+            while queue:
+                target = queue.pop(0)
+                attempts += 1
+                try:
+                    self._attempt(target, max(0.05, min(self.timeout_s, deadline - time.monotonic())))
+                    self.peer = target
+                    return
+                except _NotLeader as refusal:
+                    tried[target] = f"not_leader: {refusal}"
+                    if refusal.leader is not None and hops < LEADER_HOPS_MAX and refusal.leader != target:
+                        hops += 1
+                        queue.insert(0, refusal.leader)
+                    else:
+                        wait_s = max(wait_s, refusal.fields["retry_after_ms"] / 1000)
+                except RouterError as refusal:
+                    if refusal.name in ("too_many_connections", "evicted", "login_timeout", "overloaded"):
+                        tried[target] = str(refusal)
+                    else:
+                        raise
+                except (OSError, ConnectionError, p.ProtocolError) as error:
+                    tried[target] = f"{type(error).__name__}: {error}"
+                if time.monotonic() >= deadline:
+                    raise NoRouterError(tried, attempts, time.monotonic() - started)
+            hops = 0
+            rounds += 1
+            backoff = min(2.0, 0.05 * 2 ** min(rounds - 1, 10))
+            pause = max(wait_s, backoff / 2 + random.uniform(0, backoff / 2))
+            if time.monotonic() + pause >= deadline:
+                raise NoRouterError(tried, attempts, time.monotonic() - started)
+            time.sleep(pause)
+
+    def _attempt(self, target, timeout_s: float) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = None
+        self._buffer = bytearray()
+        sock = socket.create_connection(target, timeout=timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = sock
+        try:
+            self._login()
+        except BaseException:
+            sock.close()
+            self.sock = None
+            raise
+        sock.settimeout(self.timeout_s)
+
+    def reconnect(self) -> int:
+        """Connects again (to the group's leader) and sends, first and byte-identical,
+        every signed frame still without a final answer (R-HA-3). Returns how many."""
+        self._connect()
+        frames = list(self.unanswered.values())
+        for frame in frames:
+            self.send_frame(frame)
+        return len(frames)
+
+    def _answered(self, name: str, fields: dict) -> None:
+        """Forgets the frame a final answer answers (an RfcAccepted is not final: its
+        RFC waits for a ticket or a failure)."""
+        if name == "SessionTicket":
+            if fields["user"] == self.address:
+                self.unanswered.pop(fields["rfc_nonce"], None)
+        elif name == "ErrorReply":
+            self.unanswered.pop(fields["ref_nonce"], None)
+        elif name in ("Ack", "RfcFailed", "ReportAck", "ClaimAck"):
+            self.unanswered.pop(fields["nonce"], None)
 
     def next_nonce(self) -> int:
         """max(clock in µs, last + 1) (R-ID-4, R-ID-8)."""
@@ -82,8 +229,18 @@ class Client:
             fields.setdefault("from", self.address)
         if "nonce" in layout:
             fields.setdefault("nonce", self.next_nonce())
-        self.send_frame(p.sign_message(self.key, self.network_id, msg_type, fields))
-        return fields.get("nonce", 0)
+        frame = p.sign_message(self.key, self.network_id, msg_type, fields)
+        self.send_frame(frame)
+        nonce = fields.get("nonce", 0)
+        # Kept for a resend after a lost connection; not registrations and
+        # announcements (a new connection registers afresh), probe answers (a new
+        # leader probes again) or subscriptions.
+        if nonce and name not in ("RegisterProvider", "ProviderAnnounce", "ProbeAnswer",
+                                  "SubscribeBatches"):
+            if len(self.unanswered) >= RESEND_WINDOW:
+                self.unanswered.pop(next(iter(self.unanswered)))
+            self.unanswered[nonce] = frame
+        return nonce
 
     def recv(self):
         """The next frame as (name, fields, flags, body); router-signed messages are
@@ -101,6 +258,7 @@ class Client:
                     fields = p.decode_body(msg_type, body)
                     if name in p.ROUTER_SIGNED and self.router is not None:
                         p.verify_message(self.network_id, msg_type, fields, body, self.router)
+                    self._answered(name, fields)
                     return name, fields, flags, body
             chunk = self.sock.recv(65536)
             if not chunk:
@@ -118,19 +276,36 @@ class Client:
         raise TimeoutError("no matching message in time")
 
     def answer(self, nonce: int, *names, timeout_s: float = 20.0):
-        """The answer named in `names` carrying `nonce`, or RouterError for its refusal."""
+        """The answer named in `names` carrying `nonce`, or RouterError for its refusal.
+        R-HA-3: when the connection is lost first (closed, or `not_leader` from a leader
+        that lost office), reconnects and resends the unanswered frames (at most
+        RESENDS_MAX times) and keeps waiting: the resend's answer is the original one."""
         def pick(name, fields):
+            if name == "ErrorReply" and fields["code"] == p.NOT_LEADER:
+                raise ConnectionError(f"not_leader: {fields['reason']}")
             if name == "ErrorReply" and fields["ref_nonce"] == nonce:
                 raise RouterError(fields)
             if name in names and fields.get("nonce") == nonce:
                 return fields
             return None
-        return self.expect(pick, timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for resends in range(RESENDS_MAX + 1):
+            try:
+                return self.expect(pick, max(0.0, deadline - time.monotonic()))
+            except (ConnectionError, OSError) as lost:
+                if isinstance(lost, TimeoutError) or resends == RESENDS_MAX:
+                    raise
+                self.reconnect()
+        raise ConnectionError("unreachable")
 
     # --- login (section 3) ---
 
     def _login(self) -> None:
         name, fields, flags, _ = self.recv()
+        if name == "ErrorReply" and fields["code"] == p.NOT_LEADER:
+            raise _NotLeader(fields)
+        if name == "ErrorReply":
+            raise RouterError(fields)
         if name != "LoginChallenge":
             raise p.ProtocolError(f"expected LoginChallenge, got {name}")
         if not flags & p.FLAG_RESPONSE:
@@ -141,6 +316,8 @@ class Client:
                                {"address": self.address, "challenge": fields["challenge"]})
         self.send_frame(frame)
         name, fields, _, _ = self.recv()
+        if name == "ErrorReply" and fields["code"] == p.NOT_LEADER:
+            raise _NotLeader(fields)
         if name == "ErrorReply":
             raise RouterError(fields)
         if name != "LoginOk" or fields["address"] != self.address:

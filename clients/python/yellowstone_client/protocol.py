@@ -155,6 +155,31 @@ ERROR_NAMES = {
 }
 
 
+# R-HA-3: the not_leader reason (docs/PROTOCOL.md section 3, "Replicated routers").
+NOT_LEADER = 0x030A
+_NOT_LEADER_KNOWN = "not the leader: leader is member "
+
+
+def parse_not_leader(fields: dict):
+    """The leader's (host, port) named by a `not_leader` ErrorReply's fields, or None
+    (another code, no leader known, or a reason that does not parse)."""
+    if fields.get("code") != NOT_LEADER:
+        return None
+    reason = fields.get("reason", "")
+    if not reason.startswith(_NOT_LEADER_KNOWN):
+        return None
+    member, sep, endpoint = reason[len(_NOT_LEADER_KNOWN):].partition(" at ")
+    if not sep or not member.isdigit() or int(member) == 0:
+        return None
+    host, colon, port = endpoint.strip().rpartition(":")
+    if not colon or not port.isdigit() or not host:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port)
+    return (host, port) if 0 < port < 65536 else None
+
+
 class ProtocolError(Exception):
     """A frame or body that does not follow docs/PROTOCOL.md."""
 

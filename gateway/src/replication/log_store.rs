@@ -231,7 +231,7 @@ impl Disk {
             .next_back()
             .map(|e: &Entry| e.log_id)
             .or(purged);
-        if committed.is_some_and(|c: LogId| last_log.map_or(true, |l| c.index > l.index)) {
+        if committed.is_some_and(|c: LogId| last_log.is_none_or(|l| c.index > l.index)) {
             committed = last_log;
         }
         let next = last_log.map_or(0, |l| l.index + 1);
@@ -765,7 +765,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         .entries
                         .keys()
                         .next_back()
-                        .map_or(true, |last| *last + 1 == entry.log_id.index),
+                        .is_none_or(|last| *last + 1 == entry.log_id.index),
                     "entries append contiguously"
                 );
                 cache.entries.insert(entry.log_id.index, entry.clone());
@@ -814,5 +814,213 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.purged = Some(log_id);
         self.call(|reply| Op::Purge(log_id, reply), |disk| disk.purge(log_id))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::faulty::{Faults, FaultyStorage};
+    use crate::replication::state_machine::{Machine, MachineConfig, MachineStore, NoObserver};
+    use crate::replication::types::GroupEntry;
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use yellowstone_engine::{Engine, MarketConfig};
+
+    fn entry(term: u64, index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload: EntryPayload::Normal(GroupEntry {
+                first_seq: index + 1,
+                records: vec![vec![index as u8; 1 + (index as usize * 37) % 300]],
+            }),
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    fn open(storage: &FaultyStorage, segment_bytes: u64) -> LogStore {
+        LogStore::open(Box::new(storage.clone()), segment_bytes, false).unwrap()
+    }
+
+    async fn indexes(store: &mut LogStore) -> Vec<(u64, u64)> {
+        store
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+            .collect()
+    }
+
+    struct Builder;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, MachineStore, ()> for Builder {
+        async fn build(&self) -> Result<((), LogStore, MachineStore), StorageError> {
+            let storage = FaultyStorage::new(Faults::default());
+            let log =
+                LogStore::open(Box::new(storage.clone()), 1 << 16, false).map_err(write_err)?;
+            let machine = Machine::open(
+                Box::new(storage),
+                Engine::new(MarketConfig::default()),
+                MachineConfig {
+                    snapshot_every_entries: 1 << 20,
+                    state_hashes_kept: 16,
+                },
+                Arc::new(NoObserver),
+            )
+            .map_err(write_err)?;
+            Ok(((), log, MachineStore(machine)))
+        }
+    }
+
+    /// Openraft's own storage test suite (0.9: `openraft::testing::Suite`).
+    #[test]
+    fn openraft_storage_suite_passes() {
+        openraft::testing::Suite::test_all(Builder).unwrap();
+    }
+
+    /// The `LogFlushed` rule: whatever was reported flushed survives a crash that
+    /// keeps only synced bytes (and a random prefix of the rest), at every point.
+    #[test]
+    fn entries_reported_flushed_survive_every_crash() {
+        let rt = runtime();
+        for seed in 0..20u64 {
+            let storage = FaultyStorage::new(Faults {
+                seed,
+                crash_zero_tail_bytes_max: 64,
+                ..Faults::default()
+            });
+            let mut store = open(&storage, 2048);
+            let crash_after = 1 + seed * 3;
+            let mut acknowledged = 0;
+            rt.block_on(async {
+                for index in 0..crash_after {
+                    store.blocking_append([entry(1, index)]).await.unwrap();
+                    acknowledged = index + 1;
+                    // An unsynced commit mark follows: the crash may tear it.
+                    store
+                        .save_committed(Some(entry(1, index).log_id))
+                        .await
+                        .unwrap();
+                }
+            });
+            let crashed = storage.crash();
+            drop(store);
+            let mut store = open(&crashed, 2048);
+            let got = rt.block_on(indexes(&mut store));
+            assert_eq!(
+                got,
+                (0..acknowledged).map(|i| (1, i)).collect::<Vec<_>>(),
+                "seed {seed}"
+            );
+            let committed = rt.block_on(store.read_committed()).unwrap();
+            assert!(
+                committed.is_none_or(|c| c.index < acknowledged),
+                "seed {seed}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_corruption_before_it_refused() {
+        let rt = runtime();
+        let storage = FaultyStorage::new(Faults::default());
+        let mut store = open(&storage, 1 << 20);
+        rt.block_on(store.blocking_append((0..5).map(|i| entry(1, i))))
+            .unwrap();
+        drop(store);
+        let segment = segment_name(0);
+        let whole = storage.contents(&segment).unwrap();
+        // A torn write: half of a sixth entry's frame.
+        let mut torn = whole.clone();
+        let mut frame = Vec::new();
+        encode_into(
+            &mut frame,
+            6,
+            &encode(&LogRecord::Entry(entry(1, 5))).unwrap(),
+        )
+        .unwrap();
+        torn.extend_from_slice(&frame[..frame.len() / 2]);
+        storage.put(&segment, torn);
+        let mut store = open(&storage, 1 << 20);
+        assert_eq!(rt.block_on(indexes(&mut store)).len(), 5);
+        assert_eq!(store.stats.torn_tails_cut.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            storage.contents(&segment).unwrap(),
+            whole,
+            "cut back to the last whole record"
+        );
+        rt.block_on(store.blocking_append([entry(1, 5)])).unwrap();
+        drop(store);
+        // A flipped byte in a closed segment (not the last) is corruption.
+        let mut bad = storage.contents(&segment).unwrap();
+        bad[40] ^= 1;
+        storage.put(&segment, bad);
+        match LogStore::open(Box::new(storage.clone()), 1 << 20, false) {
+            Err(ReplicationError::CorruptLog { file, .. }) => assert_eq!(file, segment),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("corruption before the tail accepted"),
+        }
+    }
+
+    #[test]
+    fn votes_truncations_and_purges_are_durable() {
+        let rt = runtime();
+        let storage = FaultyStorage::new(Faults {
+            seed: 9,
+            ..Faults::default()
+        });
+        let mut store = open(&storage, 1024);
+        let vote = Vote::new(3, 2);
+        rt.block_on(async {
+            store.save_vote(&vote).await.unwrap();
+            store
+                .blocking_append((0..40).map(|i| entry(1, i)))
+                .await
+                .unwrap();
+            // An uncommitted suffix replaced by another term's entries.
+            store.truncate(entry(1, 30).log_id).await.unwrap();
+            store
+                .blocking_append((30..35).map(|i| entry(2, i)))
+                .await
+                .unwrap();
+            store.purge(entry(1, 19).log_id).await.unwrap();
+        });
+        let segments_before = storage_segments(&storage);
+        assert!(segments_before.len() >= 2, "{segments_before:?}");
+        assert!(
+            !segments_before.contains(&segment_name(0)),
+            "covered segments removed"
+        );
+        let crashed = storage.crash();
+        drop(store);
+        let mut store = open(&crashed, 1024);
+        let got = rt.block_on(indexes(&mut store));
+        let expected: Vec<(u64, u64)> = (20..30)
+            .map(|i| (1, i))
+            .chain((30..35).map(|i| (2, i)))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(rt.block_on(store.read_vote()).unwrap(), Some(vote));
+        let state = rt.block_on(store.get_log_state()).unwrap();
+        assert_eq!(state.last_purged_log_id, Some(entry(1, 19).log_id));
+        assert_eq!(state.last_log_id, Some(entry(2, 34).log_id));
+    }
+
+    fn storage_segments(storage: &FaultyStorage) -> Vec<String> {
+        let mut names: Vec<String> = storage
+            .list()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.starts_with(SEGMENT_PREFIX))
+            .collect();
+        names.sort();
+        names
     }
 }

@@ -217,10 +217,11 @@ impl MemberCore {
         self.role.clone()
     }
 
-    /// Waits until this member leads and its state machine applied everything
-    /// committed before its term (the term's blank entry), then copies that engine.
-    /// Errors: [`ReplicationError::Stopped`]; [`ReplicationError::OfficeLost`] if the
-    /// term changed while copying (call again on the next `Role::Leader`).
+    /// Waits until this member leads (confirmed by a quorum) and its state machine
+    /// applied every entry of its log (so everything committed before, and the term's
+    /// blank entry), then copies that engine. If leadership moves meanwhile it waits
+    /// for the next time this member leads.
+    /// Errors: [`ReplicationError::Stopped`].
     pub async fn promote(&self) -> Result<Promotion, ReplicationError> {
         let mut role = self.role.clone();
         loop {
@@ -228,27 +229,10 @@ impl MemberCore {
             match current {
                 Role::Stopped => return Err(ReplicationError::Stopped),
                 Role::Leader { term } => match self.raft.ensure_linearizable().await {
-                    Ok(read_log_id) => {
-                        let copy = self.machine.copy_engine()?;
-                        debug_assert!(
-                            copy.applied >= read_log_id,
-                            "applied through the term's blank entry"
-                        );
-                        let now = self.raft.metrics().borrow().clone();
-                        if now.current_term != term || now.current_leader != Some(self.id) {
-                            return Err(ReplicationError::OfficeLost { term });
+                    Ok(_) => {
+                        if let Some(promotion) = self.copy_when_caught_up(term).await? {
+                            return Ok(promotion);
                         }
-                        tracing::info!(
-                            term,
-                            next_seq = copy.next_seq,
-                            applied = ?copy.applied,
-                            "promoted: this member leads"
-                        );
-                        return Ok(Promotion {
-                            engine: copy.engine,
-                            next_seq: copy.next_seq,
-                            term,
-                        });
                     }
                     Err(RaftError::Fatal(_)) => return Err(ReplicationError::Stopped),
                     Err(RaftError::APIError(e)) => {
@@ -258,6 +242,47 @@ impl MemberCore {
                 Role::Follower { .. } | Role::Learner { .. } => {}
             }
             if role.changed().await.is_err() {
+                return Err(ReplicationError::Stopped);
+            }
+        }
+    }
+
+    /// Waits until the state machine applied every entry in this leader's log (its
+    /// whole log, not only what it knows committed: a leader restarted within its
+    /// term, which openraft allows without a new blank entry, may have lost its commit
+    /// mark; every entry it holds is committed by it as it leads), then copies the
+    /// engine. None: the term or leader changed meanwhile (the caller waits again).
+    async fn copy_when_caught_up(&self, term: u64) -> Result<Option<Promotion>, ReplicationError> {
+        let mut metrics = self.raft.metrics();
+        let target = metrics.borrow().last_log_index;
+        loop {
+            let m = metrics.borrow_and_update().clone();
+            if m.current_term != term || m.current_leader != Some(self.id) {
+                return Ok(None);
+            }
+            if m.last_applied.map(|l| l.index) >= target {
+                let copy = self.machine.copy_engine()?;
+                debug_assert!(
+                    copy.applied.map(|l| l.index) >= target,
+                    "applied the leader's whole log"
+                );
+                let now = self.raft.metrics().borrow().clone();
+                if now.current_term != term || now.current_leader != Some(self.id) {
+                    return Ok(None);
+                }
+                tracing::info!(
+                    term,
+                    next_seq = copy.next_seq,
+                    applied = ?copy.applied,
+                    "promoted: this member leads"
+                );
+                return Ok(Some(Promotion {
+                    engine: copy.engine,
+                    next_seq: copy.next_seq,
+                    term,
+                }));
+            }
+            if metrics.changed().await.is_err() {
                 return Err(ReplicationError::Stopped);
             }
         }

@@ -315,7 +315,7 @@ pub async fn read_frame(
     stream.read_exact(&mut payload).await?;
     let expected = key.mac(direction, &payload);
     // Constant time: the comparison does not tell an attacker how much matched.
-    if !bool::from(constant_time_eq(&expected, &header[4..])) {
+    if !constant_time_eq(&expected, &header[4..]) {
         stats.bad_macs.fetch_add(1, Ordering::Relaxed);
         return Err(FrameError::BadMac);
     }
@@ -719,5 +719,115 @@ impl RaftNetwork<TypeConfig> for MemberClient {
         // A peer that is down is retried every heartbeat-ish, not every 500 ms: a
         // restarted member rejoins quickly.
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(100)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: u64 = 1 << 16;
+
+    /// A connected pair on loopback: (client side, server side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    #[test]
+    fn bad_frames_are_refused_counted_and_never_panic() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let key = ClusterKey::from_bytes([1; 32]);
+            let stats = NetStats::default();
+
+            // A good frame reads back.
+            let (mut client, mut server) = pair().await;
+            write_frame(&mut client, &key, REQUEST, b"hello", MAX)
+                .await
+                .unwrap();
+            let got = read_frame(&mut server, &key, REQUEST, MAX, &stats)
+                .await
+                .unwrap();
+            assert_eq!(got, b"hello");
+
+            // The same frame as an answer (another direction byte) is refused.
+            write_frame(&mut client, &key, ANSWER, b"hello", MAX)
+                .await
+                .unwrap();
+            let err = read_frame(&mut server, &key, REQUEST, MAX, &stats).await;
+            assert!(matches!(err, Err(FrameError::BadMac)), "{err:?}");
+
+            // Another key.
+            let (mut client, mut server) = pair().await;
+            let other = ClusterKey::from_bytes([2; 32]);
+            write_frame(&mut client, &other, REQUEST, b"hello", MAX)
+                .await
+                .unwrap();
+            let err = read_frame(&mut server, &key, REQUEST, MAX, &stats).await;
+            assert!(matches!(err, Err(FrameError::BadMac)), "{err:?}");
+            assert_eq!(stats.bad_macs.load(Ordering::Relaxed), 2);
+
+            // A length over the bound: refused before reading (or allocating) it.
+            let (mut client, mut server) = pair().await;
+            let mut header = [0u8; FRAME_HEADER_BYTES];
+            header[..4].copy_from_slice(&(MAX as u32 + 1).to_le_bytes());
+            client.write_all(&header).await.unwrap();
+            let err = read_frame(&mut server, &key, REQUEST, MAX, &stats).await;
+            assert!(
+                matches!(err, Err(FrameError::Oversized { bytes, max: MAX }) if bytes == MAX + 1),
+                "{err:?}"
+            );
+            assert_eq!(stats.oversized.load(Ordering::Relaxed), 1);
+            // Writing one is refused too.
+            let big = vec![0u8; MAX as usize + 1];
+            assert!(matches!(
+                write_frame(&mut client, &key, REQUEST, &big, MAX).await,
+                Err(FrameError::Oversized { .. })
+            ));
+
+            // A MAC'd payload that is not a request: a typed decode error.
+            let (mut client, mut server) = pair().await;
+            write_frame(&mut client, &key, REQUEST, &[0xFF; 40], MAX)
+                .await
+                .unwrap();
+            let payload = read_frame(&mut server, &key, REQUEST, MAX, &stats)
+                .await
+                .unwrap();
+            assert!(decode::<Request>(&payload).is_err());
+
+            // Half a header, then the peer goes away: an IO error.
+            let (mut client, mut server) = pair().await;
+            client.write_all(&[1, 2, 3]).await.unwrap();
+            drop(client);
+            let err = read_frame(&mut server, &key, REQUEST, MAX, &stats).await;
+            assert!(matches!(err, Err(FrameError::Io(_))), "{err:?}");
+        });
+    }
+
+    #[test]
+    fn the_key_file_must_be_32_bytes_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            ClusterKey::load(dir.path()),
+            Err(ReplicationError::Key { .. })
+        ));
+        let (key, path) = ClusterKey::create(dir.path()).unwrap();
+        assert_eq!(ClusterKey::load(dir.path()).unwrap().0, key.0);
+        assert!(ClusterKey::create(dir.path()).is_err(), "never overwritten");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = ClusterKey::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("644"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(&path, [0u8; 31]).unwrap();
+        let err = ClusterKey::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("31 bytes"), "{err}");
     }
 }

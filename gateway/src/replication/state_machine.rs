@@ -490,7 +490,7 @@ impl RaftStateMachine<TypeConfig> for MachineStore {
             debug_assert!(
                 state
                     .last_applied
-                    .map_or(true, |l| l.index < entry.log_id.index),
+                    .is_none_or(|l| l.index < entry.log_id.index),
                 "entries apply in log order"
             );
             let applied = match &entry.payload {
@@ -558,5 +558,153 @@ impl RaftStateMachine<TypeConfig> for MachineStore {
             meta: meta.clone(),
             snapshot: Box::new(data.clone()),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::faulty::{Faults, FaultyStorage};
+    use openraft::{CommittedLeaderId, Membership};
+    use yellowstone_engine::MarketConfig;
+
+    fn machine(storage: &FaultyStorage) -> MachineStore {
+        MachineStore(
+            Machine::open(
+                Box::new(storage.clone()),
+                Engine::new(MarketConfig::default()),
+                MachineConfig {
+                    snapshot_every_entries: 1,
+                    state_hashes_kept: 4,
+                },
+                Arc::new(NoObserver),
+            )
+            .unwrap(),
+        )
+    }
+
+    fn entry(index: u64, group: GroupEntry) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(group),
+        }
+    }
+
+    fn tick(now_ms: u64) -> Vec<u8> {
+        JournalRecord {
+            now_ms,
+            command: Command::Tick,
+        }
+        .encode()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_stale_entry_is_skipped_alike_and_a_bad_record_stops_the_machine() {
+        let rt = runtime();
+        let mut store = machine(&FaultyStorage::new(Faults::default()));
+        let genesis = MarketConfig::default().genesis_ms;
+        let applied = rt
+            .block_on(store.apply([
+                entry(
+                    1,
+                    GroupEntry {
+                        first_seq: 1,
+                        records: vec![tick(genesis + 1), tick(genesis + 2)],
+                    },
+                ),
+                entry(
+                    2,
+                    GroupEntry {
+                        first_seq: 7,
+                        records: vec![tick(genesis + 3)],
+                    },
+                ),
+                entry(
+                    3,
+                    GroupEntry {
+                        first_seq: 3,
+                        records: vec![tick(genesis + 4)],
+                    },
+                ),
+            ]))
+            .unwrap();
+        assert_eq!(
+            applied,
+            vec![
+                GroupApplied::Applied { last_seq: 2 },
+                GroupApplied::Stale {
+                    expected: 3,
+                    got: 7
+                },
+                GroupApplied::Applied { last_seq: 3 },
+            ]
+        );
+        assert_eq!(store.0.next_seq(), 4);
+        assert_eq!(store.0.stats.stale_entries.load(Ordering::Relaxed), 1);
+        let bad = entry(
+            4,
+            GroupEntry {
+                first_seq: 4,
+                records: vec![b"not a record".to_vec()],
+            },
+        );
+        assert!(rt.block_on(store.apply([bad])).is_err());
+    }
+
+    #[test]
+    fn block_boundaries_record_hashes_and_snapshots_install_only_when_whole() {
+        let rt = runtime();
+        let storage = FaultyStorage::new(Faults::default());
+        let mut store = machine(&storage);
+        let genesis = MarketConfig::default().genesis_ms;
+        let membership = Membership::new(vec![std::collections::BTreeSet::from([1u64])], None);
+        rt.block_on(store.apply([Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 0),
+            payload: EntryPayload::Membership(membership),
+        }]))
+        .unwrap();
+        for (i, block) in (1..=6u64).enumerate() {
+            let now = genesis + block * 12_000;
+            rt.block_on(store.apply([entry(
+                i as u64 + 1,
+                GroupEntry {
+                    first_seq: i as u64 + 1,
+                    records: vec![tick(now)],
+                },
+            )]))
+            .unwrap();
+        }
+        let hashes = store.0.state_hashes();
+        assert_eq!(hashes.len(), 4, "bounded by state_hashes_kept");
+        assert_eq!(hashes.last().unwrap().1, store.0.state_hash());
+        // A boundary snapshot is waiting; the builder takes and stores it.
+        let snapshot = rt.block_on(async {
+            let mut builder = store.get_snapshot_builder().await;
+            builder.build_snapshot().await.unwrap()
+        });
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(6));
+        assert_eq!(snapshot.snapshot.next_seq, 7);
+        // A restart finds it.
+        let reopened = machine(&storage);
+        assert_eq!(reopened.0.state_hash(), store.0.state_hash());
+        assert_eq!(reopened.0.applied(), snapshot.meta.last_log_id);
+        // Another member installs it; a tampered copy is refused.
+        let mut other = machine(&FaultyStorage::new(Faults::default()));
+        let mut tampered = (*snapshot.snapshot).clone();
+        tampered.engine[10] ^= 1;
+        assert!(rt
+            .block_on(other.install_snapshot(&snapshot.meta, Box::new(tampered)))
+            .is_err());
+        rt.block_on(other.install_snapshot(&snapshot.meta, snapshot.snapshot.clone()))
+            .unwrap();
+        assert_eq!(other.0.state_hash(), store.0.state_hash());
+        assert_eq!(other.0.next_seq(), 7);
     }
 }

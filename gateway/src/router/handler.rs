@@ -98,6 +98,15 @@ enum Lane {
 
 const OVERLOADED_REASON: &str = "overloaded, retry after the given delay";
 
+/// R-HA-3: how a resent message found in the reply cache is answered.
+enum Resend {
+    /// Now, with these frames (its original answer).
+    Answer(Vec<u8>),
+    /// Through the engine (it takes a route), which refuses it `replay` and whose
+    /// sink answers with the original frames.
+    ViaEngine(Command),
+}
+
 /// What became of an admitted message that was not refused.
 enum Outcome {
     /// Queued for the engine, which answers it later (through the outbox).
@@ -230,7 +239,6 @@ impl RouterHandler {
         // Cheap before costly (R-PROV-3): the sender and whether its message can be
         // applied at all are known before any signature is recovered.
         let view = SharedView(&self.shared);
-        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
         if let Err(refused) = self.admission.precheck(
             admitted.conn,
             admitted.address,
@@ -240,26 +248,40 @@ impl RouterHandler {
             &view,
         ) {
             // R-HA-3: a nonce already spent by this very message: its first answer.
-            if refused.code == codes::REPLAY {
-                if let Some(frames) = self.cached_answer(
-                    admitted.address,
-                    admitted.nonce,
-                    &admitted.message,
-                    &admitted.body,
-                ) {
-                    return Ok(Outcome::Cached(frames));
-                }
+            // Past the connection's refusal budget: refused (and closed) as before.
+            if refused.code != codes::REPLAY || self.refusals.spent(admitted.conn, now_us) {
+                return Err(refused);
             }
-            return Err(refused);
+            let resend = self.cached_answer(
+                admitted.address,
+                admitted.nonce,
+                &admitted.message,
+                &admitted.body,
+            );
+            if resend.is_some() {
+                // A resend counts against the refusal budget like a refusal (R-PROV-3).
+                let verdict = self.refusals.refused(admitted.conn, codes::REPLAY, now_us);
+                debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
+            }
+            return match resend {
+                Some(Resend::Answer(frames)) => {
+                    self.shared.reply_cache_hits_total.inc();
+                    Ok(Outcome::Cached(frames))
+                }
+                // No signature recovery (R-PROV-3, issue 27 case 5: replaying a costly
+                // frame must stay cheap): the connection's login proved the key, and
+                // the digest says the command is the one already accepted; the engine
+                // refuses it `replay` without any effect.
+                Some(Resend::ViaEngine(command)) => {
+                    self.push_accepted(&admitted, command);
+                    Ok(Outcome::Accepted)
+                }
+                None => Err(refused),
+            };
         }
-        let network_id = self.shared.network_id;
-        self.stages
-            .time(Stage::Verify, || {
-                verifier.verify(&admitted.message, network_id, &admitted.body)
-            })
-            .map_err(|error| {
-                yellowstone_router_core::sig_refusal(network_id, &error, String::new())
-            })?;
+        self.verify(&admitted)?;
+        let view = SharedView(&self.shared);
+        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
         let command = match self
             .admission
             .command_for(&admitted, now_us, &view, &verifier)?
@@ -271,6 +293,27 @@ impl RouterHandler {
                 return Ok(Outcome::Ack(admitted.nonce));
             }
         };
+        self.push_accepted(&admitted, command);
+        Ok(Outcome::Accepted)
+    }
+
+    /// R-ID-2: the message's signature recovers its sender (timed as signature work).
+    fn verify(&self, admitted: &Admitted) -> Result<(), Refused> {
+        let network_id = self.shared.network_id;
+        let verifier = MeasuredVerifier(&self.shared.signature_cpu);
+        self.stages
+            .time(Stage::Verify, || {
+                verifier.verify(&admitted.message, network_id, &admitted.body)
+            })
+            .map(|_signer| ())
+            .map_err(|error| {
+                yellowstone_router_core::sig_refusal(network_id, &error, String::new())
+            })
+    }
+
+    /// Queues `command` for the engine (handed off at the end of the turn, or now when
+    /// a batch is full).
+    fn push_accepted(&mut self, admitted: &Admitted, command: Command) {
         self.accepted.push(Accepted {
             conn: id_of(admitted.conn),
             msg_type: admitted.msg_type,
@@ -283,28 +326,40 @@ impl RouterHandler {
         if self.accepted.len() >= HANDOFF_BATCH_MAX {
             self.hand_off();
         }
-        Ok(Outcome::Accepted)
     }
 
-    /// R-HA-3: the original answer (frames) to `address`'s message `nonce`, if this
-    /// message (same command digest) was accepted and its answer is still cached;
-    /// counted in `yellowstone_reply_cache_hits_total`. Called only for a nonce at or
-    /// below the last accepted one, after the sender check: the answer goes to a
-    /// connection logged in as `address`, so it needs no signature check (the same
-    /// command with a forged signature learns its owner nothing new).
+    /// R-HA-3: what to do with `address`'s message `nonce` (already spent) if this
+    /// very message (same command digest) was accepted and its answer is still
+    /// cached: answer it now with the original frames (counted in
+    /// `yellowstone_reply_cache_hits_total`), or, for a message that takes a route
+    /// (an RFC, a registration, an announcement: R-ID-6), send its command to the
+    /// engine, which moves the route to this connection, refuses the command `replay`
+    /// without any effect or journal record (R-OPS-4), and the sink answers with the
+    /// cached frames instead (and counts the hit): pushes that follow (a ticket for
+    /// this RFC, a probe) then find the new connection. `None`: not cached.
+    ///
+    /// Called after the sender check only: the answer goes to a connection logged in
+    /// as `address` (its login proved the key) and the command digest is the one
+    /// accepted, so neither path recovers a signature: a replayed costly frame costs
+    /// a digest, and counts against the refusal budget.
     fn cached_answer(
         &self,
         address: Address,
         nonce: u64,
         message: &Message,
         body: &[u8],
-    ) -> Option<Vec<u8>> {
+    ) -> Option<Resend> {
         let command =
             yellowstone_router_core::command_of(self.shared.network_id, address, message, body)?;
         let digest = yellowstone_router_core::CommandDigest::of(&command);
         let replies = self.shared.reply_cache.lookup(&address, nonce, &digest)?;
-        self.shared.reply_cache_hits_total.inc();
-        Some(super::sink::cached_frames(&self.shared, replies))
+        if yellowstone_router_core::RouteKind::of(&command).is_some() {
+            return Some(Resend::ViaEngine(command));
+        }
+        Some(Resend::Answer(super::sink::cached_frames(
+            &self.shared,
+            replies,
+        )))
     }
 
     /// A lane's queue and its per-connection counts.
@@ -636,22 +691,39 @@ impl FrameHandler for RouterHandler {
         // a connection or a failed leader) gets the original answer, before the quota
         // gate (the original may have used the last of the quota). Not when frames of
         // this connection wait in a lane: answered there, in order.
+        let mut resend = false;
         if claimed == address
             && !self.deferred_conns.contains_key(&conn)
             && !self.costly_conns.contains_key(&conn)
+            && !self.refusals.spent(conn_of(conn), now_us)
             && SharedView(&self.shared)
                 .nonce_last(&address)
                 .is_some_and(|last| nonce <= last)
         {
-            if let Some(frames) = self.cached_answer(address, nonce, &message, &frame.body) {
-                replies.reply_with(|out| out.extend_from_slice(&frames));
-                return;
+            let cached = self.cached_answer(address, nonce, &message, &frame.body);
+            if cached.is_some() {
+                // A resend counts against the refusal budget like a refusal (R-PROV-3).
+                let verdict = self.refusals.refused(conn_of(conn), codes::REPLAY, now_us);
+                debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
+            }
+            match cached {
+                Some(Resend::Answer(frames)) => {
+                    self.shared.reply_cache_hits_total.inc();
+                    replies.reply_with(|out| out.extend_from_slice(&frames));
+                    return;
+                }
+                // Admitted below (its signature checked) and answered by the sink.
+                Some(Resend::ViaEngine(_)) => resend = true,
+                None => {}
             }
         }
         // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
-        // as the engine would, before any signature work or a place in a lane.
-        if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
-            return self.refuse_with(conn, replies, refused, msg_type, nonce);
+        // as the engine would, before any signature work or a place in a lane (not
+        // a resend answered from the cache: its quota was taken the first time).
+        if !resend {
+            if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
+                return self.refuse_with(conn, replies, refused, msg_type, nonce);
+            }
         }
         let admitted = Admitted {
             conn: conn_of(conn),

@@ -33,6 +33,8 @@ pub struct Stream {
     last_ms: u64,
     pub reference: Engine,
     pub made: u64,
+    /// The reference engine's state hash as it entered each block.
+    pub blocks: std::collections::BTreeMap<u64, [u8; 32]>,
 }
 
 impl Stream {
@@ -46,6 +48,7 @@ impl Stream {
             last_ms: 0,
             reference: Engine::new(market()),
             made: 0,
+            blocks: std::collections::BTreeMap::new(),
         }
     }
 
@@ -53,7 +56,12 @@ impl Stream {
         let now_ms = now_ms.max(self.last_ms);
         self.last_ms = now_ms;
         let mut effects = Vec::new();
+        let block = self.reference.block();
         self.reference.apply(&command, now_ms, &mut effects);
+        if self.reference.block() != block {
+            self.blocks
+                .insert(self.reference.block(), self.reference.state_hash());
+        }
         self.made += 1;
         JournalRecord { now_ms, command }.encode()
     }

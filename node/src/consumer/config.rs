@@ -8,8 +8,11 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
-    /// The router, host:port.
+    /// The router, host:port (or a replicated group's members, comma-separated).
     pub router_addr: String,
+    /// R-HA-3: every member of a replicated router group, host:port each, tried in
+    /// order (a follower names the leader); empty: `router_addr`.
+    pub router_endpoints: Vec<String>,
     /// Bound into every signature (R-ID-2); must be the router's.
     pub network_id: u32,
     /// Pins the router's address (EIP-55); empty: trust the router named at login.
@@ -70,6 +73,7 @@ impl Default for ConsumerConfig {
     fn default() -> Self {
         ConsumerConfig {
             router_addr: "127.0.0.1:7400".into(),
+            router_endpoints: Vec::new(),
             network_id: 1,
             router_address: String::new(),
             key_file: PathBuf::from("consumer.key"),
@@ -111,6 +115,7 @@ impl NodeConfig for ConsumerConfig {
     crate::common_settings!();
 
     fn validate(&self) -> Result<(), String> {
+        crate::cli::validate_routers(&self.router_addr, &self.router_endpoints)?;
         for (name, value) in [
             ("tokens_max_default", self.tokens_max_default),
             ("tokens_max_limit", self.tokens_max_limit),

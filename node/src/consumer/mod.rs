@@ -115,7 +115,7 @@ impl Consumer {
         let router = RouterClient::new(
             key,
             LinkConfig {
-                router_addr: config.router_addr.clone(),
+                router_addrs: crate::cli::routers_of(&config.router_addr, &config.router_endpoints),
                 network_id: config.network_id,
                 router_address,
                 login_timeout: Duration::from_secs(10),

@@ -72,17 +72,34 @@ impl RouterClient {
     }
 
     /// Keeps the connection up: connects, dispatches, reconnects with back-off.
+    ///
+    /// R-HA-3: after a lost connection the signed messages it had no final answer to
+    /// (RFCs without their ticket, reports without their acknowledgement) are sent
+    /// again, byte-identical, on the new one before anything new, and their waiters
+    /// keep waiting (until their own time-out); the other waiters learn of the loss
+    /// at once.
     pub async fn run(self: Arc<RouterClient>, mut backoff: Backoff) {
+        let mut previous: Option<Link> = None;
         loop {
             match Link::connect_with(&self.config, self.key.clone(), self.nonces.clone()).await {
                 Ok((link, inbound)) => {
                     tracing::info!(router = %link.router(), "connected to the router");
-                    *self.link.write().await = Some(link);
+                    {
+                        // In nonce order before any new request (R-ID-4).
+                        let _order = self.send_order.lock().await;
+                        if let Some(previous) = previous.take() {
+                            link.resend_unanswered(&previous).await;
+                        }
+                        *self.link.write().await = Some(link.clone());
+                    }
                     backoff.reset();
                     self.dispatch(inbound).await;
                     *self.link.write().await = None;
-                    // Waiters of the lost connection learn it now, not at their time-out.
-                    self.lock_waiters().clear();
+                    // Waiters of the lost connection learn it now, not at their
+                    // time-out, unless their message is resent on the next one.
+                    let resent = link.unanswered_nonces();
+                    self.lock_waiters().retain(|key, _| resent.contains(key));
+                    previous = Some(link);
                 }
                 Err(error) => tracing::warn!(%error, "router connection failed"),
             }
@@ -144,7 +161,7 @@ impl RouterClient {
                 .map_err(|_| "the router connection dropped".to_string()),
             None => Err(format!(
                 "not connected to the router at {} (reconnecting)",
-                self.config.router_addr
+                self.config.router_addrs.join(",")
             )),
         }
     }

@@ -272,7 +272,10 @@ impl Provider {
             )
         };
         Ok(LinkConfig {
-            router_addr: self.config.router_addr.clone(),
+            router_addrs: crate::cli::routers_of(
+                &self.config.router_addr,
+                &self.config.router_endpoints,
+            ),
             network_id: self.config.network_id,
             router_address,
             login_timeout: Duration::from_secs(10),
@@ -403,6 +406,8 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
         Duration::from_millis(provider.config.reconnect_initial_ms),
         Duration::from_millis(provider.config.reconnect_max_ms),
     );
+    // R-HA-3: the lost link, whose unanswered signed messages the next one resends.
+    let mut previous: Option<Link> = None;
     loop {
         match Link::connect_with(&link_config, provider.key.clone(), provider.nonces.clone()).await
         {
@@ -412,10 +417,16 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
                     .router_connects
                     .get_or_create(&vec![("outcome", "ok".into())])
                     .inc();
+                // First, before the new registration (a higher nonce): a message the
+                // lost router never committed is still above the last accepted nonce.
+                if let Some(previous) = previous.take() {
+                    link.resend_unanswered(&previous).await;
+                }
                 let served = serve_router(&provider, &link, inbound, &endpoint).await;
                 if served {
                     backoff.reset();
                 }
+                previous = Some(link);
             }
             Err(error) => {
                 provider

@@ -198,6 +198,9 @@ pub struct Tuning {
     pub market: String,
     pub provider: String,
     pub consumer: String,
+    /// R-HA-3: the consumer's router lines, given the address it would use (the
+    /// recording proxy's); None: `router_addr` = that address.
+    pub consumer_routers: Option<Box<dyn FnOnce(SocketAddr) -> String>>,
 }
 
 impl Stack {
@@ -254,12 +257,16 @@ impl Stack {
         let mut provider =
             NodeProcess::start(PROVIDER, &["run", "--config", "provider.toml"], dir.path());
         provider.wait_line("REGISTERED", Duration::from_secs(30));
+        let consumer_routers = match tuning.consumer_routers {
+            Some(routers) => routers(proxy.addr),
+            None => format!("router_addr = \"{}\"", proxy.addr),
+        };
         std::fs::write(
             path("consumer.toml"),
             format!(
-                "router_addr = \"{}\"\nkey_file = \"consumer.key\"\nlisten = \"127.0.0.1:0\"\n\
+                "{consumer_routers}\nkey_file = \"consumer.key\"\nlisten = \"127.0.0.1:0\"\n\
                  metrics_listen = \"127.0.0.1:0\"\n{}\n",
-                proxy.addr, tuning.consumer
+                tuning.consumer
             ),
         )
         .unwrap();

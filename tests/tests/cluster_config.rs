@@ -1,0 +1,144 @@
+//! `[cluster]` through the real binary (issue 25, docs/configuration.md): print-config
+//! prints every key; a value out of bounds, or a member that would disagree with its
+//! group, is refused by print-config and `run` alike, naming the key and the bound;
+//! a member without its group's key, without a data directory or without a router
+//! key of the group's does not start.
+
+use yellowstone_tests::{refused, router_binary};
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn print_config_prints_the_cluster_keys() {
+    let output = std::process::Command::new(router_binary())
+        .arg("print-config")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let section = text
+        .split("[cluster]")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no [cluster] in print-config:\n{text}"));
+    for key in [
+        "enabled = false",
+        "member_id = 1",
+        "raft_listen = ",
+        "client_endpoint = ",
+        "heartbeat_ms = 100",
+        "election_timeout_min_ms = 600",
+        "election_timeout_max_ms = 1200",
+        "rpc_timeout_ms = 200",
+        "learner = false",
+    ] {
+        assert!(
+            section.contains(key),
+            "print-config [cluster] lacks {key}:\n{section}"
+        );
+    }
+}
+
+#[test]
+fn cluster_values_out_of_bounds_are_refused_naming_key_and_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "[cluster]\nrpc_timeout_ms = 400\n",
+            "cluster.election_timeout_min_ms: must be at least 2 RPC timeouts (800 ms",
+        ),
+        (
+            "[cluster]\nmember_id = 0\n",
+            "cluster.member_id: must be at least 1, not 0",
+        ),
+        (
+            "[cluster]\nenabled = true\nraft_listen = \"127.0.0.1:7400\"\n[market]\ngenesis_ms = 1767225600000\n",
+            "cluster.raft_listen must differ from network.listen (127.0.0.1:7400)",
+        ),
+        (
+            "[cluster]\nenabled = true\nraft_listen = \"127.0.0.1:7410\"\n",
+            "market.genesis_ms must be set (Unix ms) with cluster.enabled",
+        ),
+    ] {
+        let config = write(dir.path(), "router.toml", text);
+        for args in [
+            vec!["print-config", "--config", config.as_str()],
+            // No --listen: network.listen stays the configuration's.
+            vec!["run", "--config", config.as_str()],
+        ] {
+            let (code, stderr) = refused(dir.path(), &args);
+            assert_eq!(code, 1, "{args:?} with {text:?}: {stderr}");
+            assert!(stderr.contains(expected), "{args:?} with {text:?}: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn a_member_without_what_its_group_shares_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let base = "[cluster]\nenabled = true\nraft_listen = \"127.0.0.1:0\"\n\
+                [market]\ngenesis_ms = 1767225600000\n";
+    // No router key of the group's: a random one would sign other batches (R-HA-2).
+    let config = write(dir.path(), "member.toml", base);
+    let (code, stderr) = refused(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            &config,
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("same router key"), "{stderr}");
+    // In memory: a member keeps its Raft log on disk.
+    let (code, stderr) = refused(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            &config,
+            "--in-memory",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("--in-memory is refused"), "{stderr}");
+    // With the router key but no cluster.key: named.
+    let config = write(
+        dir.path(),
+        "member.toml",
+        &format!(
+            "{base}[identity]\nrouter_key_hex = \"4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318\"\n"
+        ),
+    );
+    let (code, stderr) = refused(
+        dir.path(),
+        &[
+            "learn",
+            "--config",
+            &config,
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cluster.key"), "{stderr}");
+}
