@@ -177,7 +177,11 @@ impl Member {
 pub struct ClusterSpec {
     /// 3 or 5.
     pub members: usize,
-    /// Extra TOML appended to every member's config (e.g. market limits).
+    /// Extra `[cluster]` keys, one `key = value` per line (e.g. faster timing:
+    /// `heartbeat_ms = 50`); appended inside that section of every member's config.
+    pub cluster_keys: String,
+    /// Extra TOML appended to every member's config after the `[cluster]` section
+    /// (other sections only, e.g. `[limits]`).
     pub extra_config: String,
 }
 
@@ -185,6 +189,7 @@ impl Default for ClusterSpec {
     fn default() -> Self {
         ClusterSpec {
             members: 3,
+            cluster_keys: String::new(),
             extra_config: String::new(),
         }
     }
@@ -335,21 +340,28 @@ impl Cluster {
         })
     }
 
-    /// The (block, state hash hex) pairs member `index` recorded at block boundaries
-    /// (its status's `state_hashes`, R-HA-4).
+    /// The (block, state hash hex) pairs member `index` recorded when its state
+    /// machine entered each block (`cluster hashes --json`, R-HA-4), oldest first,
+    /// at most [`STATE_HASHES_MAX`].
     pub fn state_hashes(&self, index: usize) -> Result<Vec<(u64, String)>, ClusterError> {
-        let status = self.status(index)?;
-        let pairs = status["state_hashes"]
-            .as_array()
-            .ok_or_else(|| ClusterError::Cli {
-                args: format!("cluster status (member {})", self.members[index].id),
-                status: "0".into(),
-                output: format!("no state_hashes in {status}"),
-            })?;
-        Ok(pairs
-            .iter()
-            .filter_map(|pair| Some((pair[0].as_u64()?, pair[1].as_str()?.to_string())))
-            .collect())
+        let member = &self.members[index];
+        let args: Vec<String> = vec![
+            "cluster".into(),
+            "hashes".into(),
+            "--raft".into(),
+            member.raft_listen.to_string(),
+            "--key".into(),
+            member.key.display().to_string(),
+            "--max".into(),
+            STATE_HASHES_MAX.to_string(),
+            "--json".into(),
+        ];
+        let output = cli_output(&args)?;
+        serde_json::from_str(&output).map_err(|e| ClusterError::Cli {
+            args: args.join(" "),
+            status: "0".into(),
+            output: format!("not a JSON array of [block, hash] ({e}): {output}"),
+        })
     }
 
     /// The member that answers a new connection with `LoginChallenge` (the leader),
@@ -605,6 +617,10 @@ pub fn fund_through_leader(endpoints: &[SocketAddr], entries: &[(Address, u128)]
     }
 }
 
+/// The most (block, state hash) pairs read from one member (`cluster.state_hashes_kept`
+/// defaults to 4096: a test run spans far fewer blocks).
+pub const STATE_HASHES_MAX: usize = 4096;
+
 /// One member's (id, commit index, applied index) as its metrics said (None: no
 /// answer or no such series).
 pub type IndexSample = (u64, Option<f64>, Option<f64>);
@@ -647,7 +663,8 @@ fn member_config(member: &Member, genesis_ms: u64, spec: &ClusterSpec) -> String
          [identity]\nrouter_key_hex = \"{GROUP_ROUTER_KEY_HEX}\"\noperator = \"{operator}\"\n\n\
          [market]\ngenesis_ms = {genesis_ms}\n\n\
          [cluster]\nenabled = true\nmember_id = {id}\nraft_listen = \"{raft}\"\n\
-         client_endpoint = \"{client}\"\n\n{catalog}\n{extra}\n",
+         client_endpoint = \"{client}\"\n{cluster_keys}\n\n{catalog}\n{extra}\n",
+        cluster_keys = spec.cluster_keys,
         catalog = catalog_toml(),
         operator = operator_key().address(),
         id = member.id,

@@ -27,7 +27,9 @@
 //! is `FAILOVER_KILLS=100` (docs/replication.md gives the command). `FAILOVER_RATE`
 //! sets the loadgen's RFC rate (default 100/s: the debug build on two cores hosts
 //! three members, the loadgen and the probe). `FAILOVER_SEED` replays a run's fault
-//! moments. `FAILOVER_SUMMARY=<file>` writes the failover times as JSON (for
+//! moments. `FAILOVER_CLUSTER` adds `[cluster]` keys to every member, `;`-separated
+//! (e.g. `heartbeat_ms = 50; election_timeout_min_ms = 250; election_timeout_max_ms
+//! = 500; rpc_timeout_ms = 100`: the faster timing docs/replication.md measures). `FAILOVER_SUMMARY=<file>` writes the failover times as JSON (for
 //! benches/scripts/failover.py).
 
 use serde_json::{json, Value};
@@ -188,7 +190,21 @@ fn run_faults(faults: usize, rate: Option<f64>) {
     eprintln!("failover test: {faults} faults, load {rate:?} RFC/s, FAILOVER_SEED={seed}");
     assert!(faults >= 1, "FAILOVER_KILLS must be at least 1");
 
-    let mut cluster = Cluster::start(&ClusterSpec::default()).expect("start the group");
+    // FAILOVER_CLUSTER: extra `[cluster]` keys, `;`-separated (e.g. the faster timing
+    // of docs/replication.md: heartbeat_ms = 50; election_timeout_min_ms = 250; ...).
+    let cluster_keys = std::env::var("FAILOVER_CLUSTER")
+        .unwrap_or_default()
+        .split(';')
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!("[cluster] extra keys: {cluster_keys:?}");
+    let spec = ClusterSpec {
+        cluster_keys,
+        ..ClusterSpec::default()
+    };
+    let mut cluster = Cluster::start(&spec).expect("start the group");
     let probe = TicketProbe::start(&cluster);
     let work = tempfile::tempdir().unwrap();
     let operator_hex = hex(&operator_key().secret_bytes());
@@ -383,6 +399,7 @@ fn run_faults(faults: usize, rate: Option<f64>) {
             "batches": batches,
             "block": block,
             "rate_per_s": rate.unwrap_or(0.0),
+            "cluster_keys": spec.cluster_keys,
         });
         std::fs::write(&path, serde_json::to_string_pretty(&summary).unwrap())
             .unwrap_or_else(|e| panic!("FAILOVER_SUMMARY {path}: {e}"));
