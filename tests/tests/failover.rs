@@ -29,7 +29,8 @@
 //! three members, the loadgen and the probe). `FAILOVER_SEED` replays a run's fault
 //! moments. `FAILOVER_CLUSTER` adds `[cluster]` keys to every member, `;`-separated
 //! (e.g. `heartbeat_ms = 50; election_timeout_min_ms = 250; election_timeout_max_ms
-//! = 500; rpc_timeout_ms = 100`: the faster timing docs/replication.md measures). `FAILOVER_SUMMARY=<file>` writes the failover times as JSON (for
+//! = 500; rpc_timeout_ms = 100`: the faster timing docs/replication.md measures).
+//! `FAILOVER_SUMMARY=<file>` writes the failover times as JSON (for
 //! benches/scripts/failover.py).
 
 use serde_json::{json, Value};
