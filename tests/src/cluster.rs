@@ -82,12 +82,30 @@ pub enum ClusterError {
     },
 }
 
-/// Reserves a free loopback port (bind to port 0, read it, let it go). Another
-/// process could take it before the member binds it; on a test machine it does not
-/// in practice, and a member that cannot bind fails its start loudly.
+/// Reserves a free loopback port for a member's fixed address: a port below the
+/// kernel's ephemeral range (which starts at 32768 by default), free when tried.
+/// Ports from the ephemeral range would collide with the many short-lived outgoing
+/// connections of a test (members redial after every timed-out RPC), which take
+/// them before the member binds its reserved port. Another process could still take
+/// the port before the member binds it; a member that cannot bind fails its start
+/// loudly.
 pub fn free_port() -> Result<SocketAddr, ClusterError> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(ClusterError::Port)?;
-    listener.local_addr().map_err(ClusterError::Port)
+    use std::sync::atomic::AtomicU16;
+    // Spread the processes of concurrent test binaries apart by pid.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 1_000) as u16 * 12;
+    let mut last_error = None;
+    for _ in 0..2_000 {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (base - 20_000 + step) % 12_000;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return listener.local_addr().map_err(ClusterError::Port),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(ClusterError::Port(last_error.unwrap_or_else(|| {
+        std::io::Error::other("no free port in 20000..32000")
+    })))
 }
 
 fn workspace_root() -> PathBuf {
@@ -842,6 +860,11 @@ pub const PROBE_PRICE: u128 = 1_000_000;
 pub const PROBE_TOKENS: u64 = 50;
 /// Pause between the probe's RFCs: the resolution of a measured failover time.
 pub const PROBE_GAP: Duration = Duration::from_millis(10);
+/// How often the probe's provider announces itself (its liveness check, see
+/// `run_probe_provider`).
+pub const PROVIDER_HEARTBEAT: Duration = Duration::from_millis(300);
+/// An announcement unacknowledged this long: the provider's member is lost.
+pub const PROVIDER_ACK_WAIT: Duration = Duration::from_millis(700);
 /// How long the probe waits for a ticket before it takes its member for lost and
 /// looks for the leader again (a paused member never closes the connection: this
 /// time-out is the probe's, and every client's, only sign of it). A ticket takes
@@ -880,9 +903,20 @@ impl TicketProbe {
                 reconnects.clone(),
                 registered.clone(),
             );
-            threads.push(std::thread::spawn(move || {
-                run_probe_provider(&endpoints, provider_key, &stop, &reconnects, &registered)
-            }));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("probe-provider".into())
+                    .spawn(move || {
+                        run_probe_provider(
+                            &endpoints,
+                            provider_key,
+                            &stop,
+                            &reconnects,
+                            &registered,
+                        )
+                    })
+                    .expect("spawn the probe provider"),
+            );
         }
         let deadline = Instant::now() + LEADER_WAIT;
         while !registered.load(Ordering::Relaxed) {
@@ -899,9 +933,14 @@ impl TicketProbe {
                 credits.clone(),
                 reconnects.clone(),
             );
-            threads.push(std::thread::spawn(move || {
-                run_probe_user(&endpoints, user_key, &stop, &tickets, &credits, &reconnects)
-            }));
+            threads.push(
+                std::thread::Builder::new()
+                    .name("probe-user".into())
+                    .spawn(move || {
+                        run_probe_user(&endpoints, user_key, &stop, &tickets, &credits, &reconnects)
+                    })
+                    .expect("spawn the probe user"),
+            );
         }
         TicketProbe {
             stop,
@@ -1017,12 +1056,42 @@ fn run_probe_provider(
             }
             registered.store(true, Ordering::Relaxed);
         }
+        // Liveness through commit: an announcement every PROVIDER_HEARTBEAT is
+        // acknowledged only once the group committed it, so a member that is paused,
+        // or leads without a majority (a partition), shows as an announcement
+        // unacknowledged for PROVIDER_ACK_WAIT: then the provider looks for the leader
+        // again, past this member, as a provider node would after its keepalive.
+        let mut pending: Option<(u64, Instant)> = None;
+        let mut announced_at = Instant::now();
         while !stop.load(Ordering::Relaxed) {
+            if let Some((_, sent)) = pending {
+                if sent.elapsed() > PROVIDER_ACK_WAIT {
+                    break;
+                }
+            } else if announced_at.elapsed() >= PROVIDER_HEARTBEAT {
+                let nonce = provider.next_nonce();
+                let announce = ProviderAnnounce {
+                    from: provider.address(),
+                    nonce,
+                    signature: Signature::default(),
+                };
+                if provider.send_signed(announce.into()).is_err() {
+                    break;
+                }
+                pending = Some((nonce, Instant::now()));
+                announced_at = Instant::now();
+            }
             let message = match provider.recv() {
                 Ok(message) => message,
                 Err(error) if timed_out(&error) => continue,
                 Err(_) => break,
             };
+            if let Message::Ack(ack) = &message {
+                if pending.is_some_and(|(nonce, _)| nonce == ack.nonce) {
+                    pending = None;
+                }
+                continue;
+            }
             let reply: Message = match message {
                 Message::Probe(probe) => ProbeAnswer {
                     from: provider.address(),

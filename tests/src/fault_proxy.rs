@@ -22,17 +22,16 @@
 //! a blackhole): the peers see a closed connection and dial again, as they would after
 //! a real partition outlasting their timeouts.
 //!
-//! Threads only (no async runtime): an acceptor, and per connection a reader and a
-//! writer each way. Everything stops when the proxy drops.
+//! Threads only (no async runtime): an acceptor, and per connection one set-up
+//! thread and one pump each way. Everything stops when the proxy drops.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a proxy does with a connection's traffic.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,18 +191,20 @@ impl FaultProxy {
         if pids.is_empty() {
             return;
         }
-        let conns = self.shared.conns.lock().expect("proxy lock");
-        for conn in conns.values() {
-            if conn.origin.load(Ordering::Relaxed) != 0 {
-                continue;
-            }
-            if let Some(pid) = conn
-                .client
-                .peer_addr()
-                .ok()
-                .and_then(|peer| owner_pid(peer, self.listen, &pids))
-            {
-                conn.origin.store(pid, Ordering::Relaxed);
+        // Collect under the lock, walk /proc without it: a walk takes milliseconds
+        // per connection, and new connections need the lock to register.
+        let unattributed: Vec<(SocketAddr, Arc<AtomicU32>)> = self
+            .shared
+            .conns
+            .lock()
+            .expect("proxy lock")
+            .values()
+            .filter(|conn| conn.origin.load(Ordering::Relaxed) == 0)
+            .filter_map(|conn| Some((conn.client.peer_addr().ok()?, conn.origin.clone())))
+            .collect();
+        for (peer, origin) in unattributed {
+            if let Some(pid) = owner_pid(peer, self.listen, &pids) {
+                origin.store(pid, Ordering::Relaxed);
             }
         }
     }
@@ -288,7 +289,9 @@ fn accept_loop(listener: TcpListener, listen: SocketAddr, target: SocketAddr, sh
         // lookup never delays the next accept (members reconnect after every timed
         // out RPC, so accepts come in bursts).
         let shared = shared.clone();
-        std::thread::spawn(move || open_connection(client, listen, target, shared));
+        let _ = std::thread::Builder::new()
+            .name("fp-open".into())
+            .spawn(move || open_connection(client, listen, target, shared));
     }
 }
 
@@ -384,78 +387,68 @@ fn open_connection(client: TcpStream, listen: SocketAddr, target: SocketAddr, sh
     }
 }
 
-/// A reader thread and a writer thread moving one direction of a connection: the
-/// reader decides per chunk (forward now, later, or discard) by the mode at the time
-/// it was read; the writer writes forwarded chunks when they are due.
+/// One thread moving one direction of a connection: it decides per chunk, by the
+/// mode at the time it was read, whether to forward it now, after a delay (sleeping
+/// first: order is kept, and a delayed chunk also holds back the ones behind it), or
+/// to discard it (a blackhole; the stream is torn from then on).
 fn spawn_pump(
     mut from: TcpStream,
-    to: Option<TcpStream>,
+    mut to: Option<TcpStream>,
     origin: Arc<AtomicU32>,
     torn: Arc<AtomicBool>,
     shared: Arc<Shared>,
     id: u64,
     alive: Arc<AtomicU64>,
 ) {
-    let (sender, receiver) = mpsc::channel::<(Instant, Vec<u8>)>();
-    let writer = to.map(|mut to| {
-        let shared = shared.clone();
-        std::thread::spawn(move || {
-            for (due, chunk) in receiver {
-                let wait = due.saturating_duration_since(Instant::now());
-                if !wait.is_zero() {
-                    std::thread::sleep(wait);
-                }
-                if to.write_all(&chunk).is_err() {
+    std::thread::Builder::new()
+        .name("fp-pump".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if shared.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                shared
-                    .forwarded_bytes
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
-            }
-            let _ = to.shutdown(Shutdown::Write);
-        })
-    });
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if shared.stop.load(Ordering::Relaxed) {
-                break;
-            }
-            let due = match shared.mode_for(&origin) {
-                Mode::Blackhole => None,
-                Mode::Delay(d) => Some(Instant::now() + d),
-                // Refuse concerns new connections; an open one keeps flowing.
-                Mode::Pass | Mode::Refuse => Some(Instant::now()),
-            };
-            // A torn stream forwards nothing more: its peer would misread it.
-            match due {
-                Some(due) if !torn.load(Ordering::Relaxed) && writer.is_some() => {
-                    if sender.send((due, buf[..n].to_vec())).is_err() {
-                        break;
+                let delay = match shared.mode_for(&origin) {
+                    Mode::Blackhole => None,
+                    Mode::Delay(d) => Some(d),
+                    // Refuse concerns new connections; an open one keeps flowing.
+                    Mode::Pass | Mode::Refuse => Some(Duration::ZERO),
+                };
+                // A torn stream forwards nothing more: its peer would misread it.
+                match (delay, to.as_mut()) {
+                    (Some(delay), Some(out)) if !torn.load(Ordering::Relaxed) => {
+                        if !delay.is_zero() {
+                            std::thread::sleep(delay);
+                        }
+                        if out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        shared
+                            .forwarded_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    _ => {
+                        torn.store(true, Ordering::Relaxed);
+                        shared
+                            .discarded_bytes
+                            .fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
-                _ => {
-                    torn.store(true, Ordering::Relaxed);
-                    shared
-                        .discarded_bytes
-                        .fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if let Some(out) = &to {
+                let _ = out.shutdown(Shutdown::Write);
+            }
+            if alive.fetch_sub(1, Ordering::Relaxed) == 1 {
+                if let Some(conn) = shared.conns.lock().expect("proxy lock").remove(&id) {
+                    conn.shutdown();
                 }
             }
-        }
-        drop(sender);
-        if let Some(writer) = writer {
-            let _ = writer.join();
-        }
-        if alive.fetch_sub(1, Ordering::Relaxed) == 1 {
-            if let Some(conn) = shared.conns.lock().expect("proxy lock").remove(&id) {
-                conn.shutdown();
-            }
-        }
-    });
+        })
+        .expect("spawn a proxy pump thread");
 }
 
 /// The process among `candidates` that owns the TCP socket whose local address is
@@ -505,6 +498,7 @@ fn socket_inode(local: SocketAddr, remote: SocketAddr) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// An echo server on loopback: writes back what it reads, per connection.
     fn echo_server() -> (SocketAddr, Arc<AtomicU64>) {

@@ -271,6 +271,12 @@ fn run_faults(faults: usize, rate: Option<f64>) {
                     fault.name()
                 )
             });
+        let proxies: Vec<_> = cluster
+            .members
+            .iter()
+            .map(|m| (m.proxy.counters(), m.proxy.open_connections()))
+            .collect();
+        eprintln!("proxies (accepted, refused, forwarded, discarded), open: {proxies:?}");
         eprintln!(
             "round {round}: {} of member {} -> member {} leads, first ticket after {:?}",
             fault.name(),
