@@ -41,6 +41,9 @@ use yellowstone_wire::*;
 /// (heartbeat 100 ms, election timeout 600..1200 ms, RPC timeout 200 ms), so the
 /// figures measure what an operator gets.
 pub const ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(1_200);
+/// How long the same member must lead in the same term before a fault is aimed at
+/// it (longer than the largest election timeout).
+pub const STABLE_FOR: Duration = Duration::from_millis(1_500);
 /// How long a SIGSTOP lasts: well past the election timeout, so the others elect.
 pub const PAUSE: Duration = Duration::from_millis(2_500);
 /// How long a partition lasts.
@@ -380,6 +383,63 @@ impl Cluster {
             status: "0".into(),
             output: format!("not a JSON array of [block, hash] ({e}): {output}"),
         })
+    }
+
+    /// The leader to fault: the member that serves logins and whose metrics say it
+    /// leads in the highest term any running member reports, the same member in the
+    /// same term over [`STABLE_FOR`] (longer than an election timeout: a group that
+    /// is electing again shows it). Returns (index, term). A fault aimed at a member
+    /// that has just lost office would measure the election that was already under
+    /// way, not the fault.
+    pub fn wait_for_stable_leader(&self, within: Duration) -> Result<(usize, u64), ClusterError> {
+        let started = Instant::now();
+        let mut candidate: Option<(usize, u64, Instant)> = None;
+        while started.elapsed() < within {
+            let now = self.leader_by_metrics();
+            match (candidate, now) {
+                (Some((index, term, since)), Some((i, t))) if (index, term) == (i, t) => {
+                    if since.elapsed() >= STABLE_FOR
+                        && login(self.members[index].client, SigningKey::random()).is_ok()
+                    {
+                        return Ok((index, term));
+                    }
+                }
+                (_, Some((i, t))) => candidate = Some((i, t, Instant::now())),
+                (_, None) => candidate = None,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ClusterError::NoLeader {
+            candidates: self.members.iter().map(|m| m.id).collect(),
+            waited: started.elapsed(),
+        })
+    }
+
+    /// (index, term) of the running member whose metrics say it leads, in the
+    /// highest term any running member reports; None when none does, or two do.
+    fn leader_by_metrics(&self) -> Option<(usize, u64)> {
+        let mut top_term = 0u64;
+        let mut leaders = Vec::new();
+        for (index, member) in self.members.iter().enumerate() {
+            if member.state != MemberState::Running {
+                continue;
+            }
+            let text = quick_metrics(member.metrics)?;
+            let term = crate::metric_value(&text, TERM)? as u64;
+            top_term = top_term.max(term);
+            if crate::metric_value(&text, IS_LEADER) == Some(1.0) {
+                leaders.push((index, term));
+            }
+        }
+        match leaders.as_slice() {
+            [(index, term)] if *term == top_term => Some((*index, *term)),
+            _ => None,
+        }
+    }
+
+    /// Member `index`'s term by its metrics (None: no answer).
+    pub fn term(&self, index: usize) -> Option<u64> {
+        self.metric(index, TERM).map(|t| t as u64)
     }
 
     /// The member that answers a new connection with `LoginChallenge` (the leader),

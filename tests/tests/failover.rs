@@ -37,6 +37,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use yellowstone_tests::cluster::{
     spawn_loadgen, Cluster, ClusterSpec, MemberState, TicketProbe, LEADER_WAIT, PARTITION, PAUSE,
+    STABLE_FOR,
 };
 use yellowstone_tests::market::{now_ms, operator_key};
 
@@ -215,9 +216,9 @@ fn run_faults(faults: usize, rate: Option<f64>) {
     let mut in_doubt = 0u64;
     for round in 0..faults {
         let fault = Fault::ALL[round % Fault::ALL.len()];
-        let (leader, _) = cluster
+        cluster
             .wait_for_leader(None, LEADER_WAIT)
-            .expect("a leader before the fault");
+            .expect("a leader before the run");
 
         let json_path = work.path().join(format!("run-{round}.json"));
         let log_path = work.path().join(format!("run-{round}.log"));
@@ -249,10 +250,13 @@ fn run_faults(faults: usize, rate: Option<f64>) {
             )
         });
 
-        // The fault falls 1.5..3.5 s into the sending window.
-        std::thread::sleep(Duration::from_millis(
-            1_500 + next_random(&mut seed) % 2_000,
-        ));
+        // The fault falls 1.5..3.5 s into the sending window, on the member that has
+        // led, in one term, for the last STABLE_FOR.
+        let aim = Instant::now() + Duration::from_millis(1_500 + next_random(&mut seed) % 2_000);
+        std::thread::sleep(aim.saturating_duration_since(Instant::now() + STABLE_FOR));
+        let (leader, term) = cluster
+            .wait_for_stable_leader(LEADER_WAIT)
+            .unwrap_or_else(|e| panic!("round {round}: no stable leader to fault: {e}"));
         let fault_at = Instant::now();
         match fault {
             Fault::Kill => cluster.kill(leader),
@@ -263,6 +267,11 @@ fn run_faults(faults: usize, rate: Option<f64>) {
             .wait_for_leader(Some(leader), LEADER_WAIT)
             .unwrap_or_else(|e| panic!("round {round} ({}): {e}", fault.name()));
         assert_ne!(new_leader, leader);
+        let new_term = cluster.term(new_leader).unwrap_or(0);
+        assert!(
+            new_term > term,
+            "round {round}: the new leader's term {new_term} follows the faulted one's {term}"
+        );
         let failover = probe
             .failover_time(fault_at, LEADER_WAIT)
             .unwrap_or_else(|| {
