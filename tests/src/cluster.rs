@@ -388,23 +388,35 @@ impl Cluster {
     /// The leader to fault: the member that serves logins and whose metrics say it
     /// leads in the highest term any running member reports, the same member in the
     /// same term over [`STABLE_FOR`] (longer than an election timeout: a group that
-    /// is electing again shows it). Returns (index, term). A fault aimed at a member
+    /// is electing again shows it), and whose commit index moved on meanwhile (a
+    /// majority answers it; the ticket probe's traffic never stops). Returns (index,
+    /// term). A fault aimed at a member
     /// that has just lost office would measure the election that was already under
     /// way, not the fault.
     pub fn wait_for_stable_leader(&self, within: Duration) -> Result<(usize, u64), ClusterError> {
         let started = Instant::now();
-        let mut candidate: Option<(usize, u64, Instant)> = None;
+        // (index, term, since, commit index then)
+        let mut candidate: Option<(usize, u64, Instant, f64)> = None;
         while started.elapsed() < within {
             let now = self.leader_by_metrics();
             match (candidate, now) {
-                (Some((index, term, since)), Some((i, t))) if (index, term) == (i, t) => {
+                (Some((index, term, since, commit)), Some((i, t))) if (index, term) == (i, t) => {
+                    // Healthy: it still commits (the probe's traffic never stops), so
+                    // a majority answers it.
+                    let committing = self
+                        .metric(index, COMMIT_INDEX)
+                        .is_some_and(|now| now > commit);
                     if since.elapsed() >= STABLE_FOR
+                        && committing
                         && login(self.members[index].client, SigningKey::random()).is_ok()
                     {
                         return Ok((index, term));
                     }
                 }
-                (_, Some((i, t))) => candidate = Some((i, t, Instant::now())),
+                (_, Some((i, t))) => {
+                    let commit = self.metric(i, COMMIT_INDEX).unwrap_or(f64::MAX);
+                    candidate = Some((i, t, Instant::now(), commit));
+                }
                 (_, None) => candidate = None,
             }
             std::thread::sleep(Duration::from_millis(50));

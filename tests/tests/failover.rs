@@ -254,9 +254,16 @@ fn run_faults(faults: usize, rate: Option<f64>) {
         // led, in one term, for the last STABLE_FOR.
         let aim = Instant::now() + Duration::from_millis(1_500 + next_random(&mut seed) % 2_000);
         std::thread::sleep(aim.saturating_duration_since(Instant::now() + STABLE_FOR));
+        let picking = Instant::now();
         let (leader, term) = cluster
             .wait_for_stable_leader(LEADER_WAIT)
             .unwrap_or_else(|e| panic!("round {round}: no stable leader to fault: {e}"));
+        if picking.elapsed() > STABLE_FOR * 2 {
+            eprintln!(
+                "round {round}: the group took {:?} to show a stable, committing leader",
+                picking.elapsed()
+            );
+        }
         let fault_at = Instant::now();
         match fault {
             Fault::Kill => cluster.kill(leader),
@@ -267,7 +274,17 @@ fn run_faults(faults: usize, rate: Option<f64>) {
             .wait_for_leader(Some(leader), LEADER_WAIT)
             .unwrap_or_else(|e| panic!("round {round} ({}): {e}", fault.name()));
         assert_ne!(new_leader, leader);
-        let new_term = cluster.term(new_leader).unwrap_or(0);
+        // Its metrics are published about once a second: wait for a term past the
+        // faulted one (bounded).
+        let term_deadline = Instant::now() + Duration::from_secs(5);
+        let mut new_term = 0;
+        while Instant::now() < term_deadline {
+            new_term = cluster.term(new_leader).unwrap_or(0);
+            if new_term > term {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         assert!(
             new_term > term,
             "round {round}: the new leader's term {new_term} follows the faulted one's {term}"
