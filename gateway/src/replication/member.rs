@@ -237,12 +237,6 @@ impl MemberCore {
                     Err(RaftError::Fatal(_)) => return Err(ReplicationError::Stopped),
                     Err(RaftError::APIError(e)) => {
                         tracing::info!(term, error = %e, "promotion waits: leadership not confirmed");
-                        // LOCAL PATCH (proc-d, not committed): retry while still leader.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        if !matches!(*role.borrow_and_update(), Role::Leader { term: t } if t == term) {
-                            return Err(ReplicationError::OfficeLost { term });
-                        }
-                        continue;
                     }
                 },
                 Role::Follower { .. } | Role::Learner { .. } => {}
