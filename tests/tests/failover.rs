@@ -177,12 +177,12 @@ fn failover_under_load_loses_and_doubles_no_acknowledged_credit() {
     run_faults(faults, Some(rate));
 }
 
-/// The same faults with the ticket probe as the only traffic: one of each kind. What
-/// the group itself does (elect, promote, serve, converge, agree per block), apart
-/// from the loadgen's clients.
+/// The same faults with the ticket probe as the only traffic: one of each kind
+/// (`FAILOVER_PROBE_KILLS` for more). What the group itself does (elect, promote,
+/// serve, converge, agree per block), apart from the loadgen's clients.
 #[test]
 fn each_leader_fault_kind_fails_over_and_the_members_agree() {
-    run_faults(Fault::ALL.len(), None);
+    run_faults(env_number("FAILOVER_PROBE_KILLS", Fault::ALL.len()), None);
 }
 
 /// `faults` leader faults (kinds in turn), each inside a loadgen run at `rate` RFC/s
