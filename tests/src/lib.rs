@@ -7,7 +7,9 @@
 //! Every process started here is killed (by its own pid) when its handle drops, so a
 //! failing test never leaves a router behind.
 
+pub mod cluster;
 pub mod cut_proxy;
+pub mod fault_proxy;
 pub mod process;
 
 pub use process::{
