@@ -60,6 +60,9 @@ pub struct ClusterConfig {
     pub rpc_frame_bytes_max: u64,
     /// Record bytes one Raft entry gathers at most (a single larger record goes alone).
     pub entry_bytes_max: u64,
+    /// Entries the leader's journal keeps proposed and not yet committed at most;
+    /// records arriving meanwhile gather into the next entry.
+    pub proposals_in_flight_max: usize,
     /// (block, state hash) pairs remembered by the state machine, newest kept.
     pub state_hashes_kept: usize,
     /// Join as a learner: replicate and check, never vote or lead (R-HA-4).
@@ -84,6 +87,7 @@ impl Default for ClusterConfig {
             log_entries_kept: 2_000,
             rpc_frame_bytes_max: 1 << 30,
             entry_bytes_max: 1 << 20,
+            proposals_in_flight_max: 4,
             state_hashes_kept: 4096,
             learner: false,
             log_segment_bytes: 64 << 20,
@@ -218,6 +222,12 @@ impl ClusterConfig {
             "cluster.entry_bytes_max",
             &format!("must be 1024..={record_max}"),
             self.entry_bytes_max,
+        )?;
+        rule(
+            (1..=64).contains(&self.proposals_in_flight_max),
+            "cluster.proposals_in_flight_max",
+            "must be 1..=64",
+            self.proposals_in_flight_max,
         )?;
         rule(
             (1..=1 << 20).contains(&self.state_hashes_kept),

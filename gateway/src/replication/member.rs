@@ -312,6 +312,7 @@ impl MemberCore {
             self.id,
             promotion,
             self.config.entry_bytes_max as usize,
+            self.config.proposals_in_flight_max,
             Duration::from_millis(self.config.election_timeout_max_ms * 2),
         )
     }
