@@ -87,7 +87,7 @@ impl Default for ClusterConfig {
             log_entries_kept: 2_000,
             rpc_frame_bytes_max: 1 << 30,
             entry_bytes_max: 1 << 20,
-            proposals_in_flight_max: 4,
+            proposals_in_flight_max: 1,
             state_hashes_kept: 4096,
             learner: false,
             log_segment_bytes: 64 << 20,
