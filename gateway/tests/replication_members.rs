@@ -83,6 +83,22 @@ fn start_member(config: &ClusterConfig, dir: &Path) -> Member {
     Member::start(config.clone(), dir, market(), Arc::new(NoObserver)).unwrap()
 }
 
+/// Starts a new member on a free port; another port if that one was taken between
+/// choosing and binding (other tests on this machine use loopback too).
+fn start_new(mut config: ClusterConfig, dir: &Path) -> (Member, ClusterConfig) {
+    for _ in 0..10 {
+        config.raft_listen = free_addr().to_string();
+        match Member::start(config.clone(), dir, market(), Arc::new(NoObserver)) {
+            Ok(member) => return (member, config),
+            Err(ReplicationError::Io { what, source }) => {
+                eprintln!("{what}: {source}; another port");
+            }
+            Err(e) => panic!("member {}: {e}", config.member_id),
+        }
+    }
+    panic!("no free port for member {}", config.member_id)
+}
+
 fn admin(addr: &str, request: AdminRequest) -> AdminReply {
     admin_call(
         addr.parse().unwrap(),
@@ -103,8 +119,8 @@ fn start_group(n: u64) -> Group {
     for id in 1..=n {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path());
-        let config = config(id, free_addr());
-        group.members.insert(id, start_member(&config, dir.path()));
+        let (member, config) = start_new(config(id, free_addr()), dir.path());
+        group.members.insert(id, member);
         group.dirs.push(dir);
         group.configs.push(config);
     }
@@ -296,7 +312,7 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
         learner: true,
         ..config(4, free_addr())
     };
-    let learner = start_member(&learner_config, dir.path());
+    let (learner, learner_config) = start_new(learner_config, dir.path());
     let leader_addr = group.configs[(leader - 1) as usize].raft_listen.clone();
     let reply = admin(
         &leader_addr,
@@ -390,7 +406,8 @@ fn failover_time_with_default_timing() {
             config.rpc_timeout_ms = t[3];
         }
         config.validate().unwrap();
-        group.members.insert(id, start_member(&config, dir.path()));
+        let (member, config) = start_new(config, dir.path());
+        group.members.insert(id, member);
         group.dirs.push(dir);
         group.configs.push(config);
     }
@@ -489,7 +506,8 @@ fn commit_latency_at_a_steady_rate() {
                 proposals_in_flight_max: in_flight,
                 ..ClusterConfig::default()
             };
-            group.members.insert(id, start_member(&config, dir.path()));
+            let (member, config) = start_new(config, dir.path());
+            group.members.insert(id, member);
             group.dirs.push(dir);
             group.configs.push(config);
         }

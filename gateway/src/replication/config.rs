@@ -69,6 +69,9 @@ pub struct ClusterConfig {
     pub learner: bool,
     /// A Raft log segment is closed and a new one started past this size, bytes.
     pub log_segment_bytes: u64,
+    /// Zero-filled room kept ahead of the open segment's data, bytes (an fdatasync
+    /// then has no file size to write; 0: none).
+    pub log_preallocate_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -91,6 +94,7 @@ impl Default for ClusterConfig {
             state_hashes_kept: 4096,
             learner: false,
             log_segment_bytes: 64 << 20,
+            log_preallocate_bytes: 4 << 20,
         }
     }
 }
@@ -240,6 +244,15 @@ impl ClusterConfig {
             "cluster.log_segment_bytes",
             "must be 65536..=17179869184",
             self.log_segment_bytes,
+        )?;
+        rule(
+            self.log_preallocate_bytes <= self.log_segment_bytes,
+            "cluster.log_preallocate_bytes",
+            &format!(
+                "must be at most cluster.log_segment_bytes ({})",
+                self.log_segment_bytes
+            ),
+            self.log_preallocate_bytes,
         )?;
         Ok(())
     }

@@ -485,7 +485,9 @@ impl Member {
             what: format!("creating {}", raft_dir.display()),
             source,
         })?;
-        let storage = FileStorage::new(raft_dir, JournalIo::Sync, 0);
+        // pwrite + fdatasync on the log writer thread, zero-filled room kept ahead of
+        // the data (as the journal: an fdatasync then has no size to write).
+        let storage = FileStorage::new(raft_dir, JournalIo::Sync, config.log_preallocate_bytes);
         let machine_storage = crate::journal::Storage::handle(&storage);
         let log = LogStore::open(Box::new(storage), config.log_segment_bytes, false)?;
         let machine = Machine::open(
