@@ -618,11 +618,13 @@ impl Member {
     }
 
     /// Answers an operator's request on this member (the CLI's local path).
+    /// Blocks: must not be called on a tokio runtime thread.
     pub fn admin(&self, request: AdminRequest) -> AdminReply {
         self.handle.block_on(self.core.admin(request))
     }
 
     /// Stops Raft (its log writer syncs and closes), the listener and the thread.
+    /// Blocks: must not be called (nor the member dropped) on a tokio runtime thread.
     pub fn shutdown(mut self) {
         self.stop_now();
     }
