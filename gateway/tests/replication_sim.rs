@@ -229,6 +229,9 @@ fn config(id: MemberId) -> ClusterConfig {
         rpc_timeout_ms: 100,
         snapshot_every_entries: 6,
         log_entries_kept: 3,
+        // Pipelined proposals (the default is 1): several entries uncommitted at once
+        // when a leader falls.
+        proposals_in_flight_max: 3,
         ..ClusterConfig::default()
     }
 }
