@@ -911,6 +911,8 @@ pub struct TicketTimes {
     pub rfc_sent: Instant,
     /// When its ticket arrived.
     pub ticket_at: Instant,
+    /// The member (index) whose connection brought it.
+    pub member: usize,
 }
 
 /// What the probe's reports were told, for the exactly-once check against the
@@ -1036,8 +1038,8 @@ impl TicketProbe {
     }
 
     /// The first ticket for an RFC sent after `fault`, waiting up to `within`:
-    /// the time from `fault` to its arrival.
-    pub fn failover_time(&self, fault: Instant, within: Duration) -> Option<Duration> {
+    /// the time from `fault` to its arrival, and the member (index) that sent it.
+    pub fn failover_time(&self, fault: Instant, within: Duration) -> Option<(Duration, usize)> {
         let deadline = Instant::now() + within;
         loop {
             let first = self
@@ -1046,7 +1048,7 @@ impl TicketProbe {
                 .expect("probe lock")
                 .iter()
                 .find(|t| t.rfc_sent >= fault)
-                .map(|t| t.ticket_at.duration_since(fault));
+                .map(|t| (t.ticket_at.duration_since(fault), t.member));
             if first.is_some() || Instant::now() >= deadline {
                 return first;
             }
@@ -1210,11 +1212,13 @@ fn run_probe_user(
 ) {
     let mut user: Option<Client> = None;
     let mut next = 0;
+    let mut member = 0;
     while !stop.load(Ordering::Relaxed) {
         let Some(client) = user.as_mut() else {
             match connect_leader_from(endpoints, next, key.clone()) {
                 Some((client, at)) => {
                     user = Some(client);
+                    member = at;
                     next = at + 1;
                     reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1257,6 +1261,7 @@ fn run_probe_user(
         tickets.lock().expect("probe lock").push(TicketTimes {
             rfc_sent,
             ticket_at: Instant::now(),
+            member,
         });
         let nonce = client.next_nonce();
         let report = Report {
