@@ -385,8 +385,8 @@ impl Cluster {
         })
     }
 
-    /// The leader to fault: the member that serves logins and whose metrics say it
-    /// leads in the highest term any running member reports, the same member in the
+    /// The leader to fault: the member that serves logins and whose Raft says it
+    /// leads in the highest term any running member's Raft reports, the same member in the
     /// same term over [`STABLE_FOR`] (longer than an election timeout: a group that
     /// is electing again shows it), and whose commit index moved on meanwhile (a
     /// majority answers it; the ticket probe's traffic never stops). Returns (index,
@@ -398,14 +398,14 @@ impl Cluster {
         // (index, term, since, commit index then)
         let mut candidate: Option<(usize, u64, Instant, f64)> = None;
         while started.elapsed() < within {
-            let now = self.leader_by_metrics();
+            let now = self.leader_by_raft();
             match (candidate, now) {
                 (Some((index, term, since, commit)), Some((i, t))) if (index, term) == (i, t) => {
                     // Healthy: it still commits (the probe's traffic never stops), so
                     // a majority answers it.
                     let committing = self
-                        .metric(index, COMMIT_INDEX)
-                        .is_some_and(|now| now > commit);
+                        .raft_view(index)
+                        .is_some_and(|view| view.2 as f64 > commit);
                     if since.elapsed() >= STABLE_FOR
                         && committing
                         && login(self.members[index].client, SigningKey::random()).is_ok()
@@ -414,7 +414,7 @@ impl Cluster {
                     }
                 }
                 (_, Some((i, t))) => {
-                    let commit = self.metric(i, COMMIT_INDEX).unwrap_or(f64::MAX);
+                    let commit = self.raft_view(i).map_or(f64::MAX, |view| view.2 as f64);
                     candidate = Some((i, t, Instant::now(), commit));
                 }
                 (_, None) => candidate = None,
@@ -427,19 +427,21 @@ impl Cluster {
         })
     }
 
-    /// (index, term) of the running member whose metrics say it leads, in the
-    /// highest term any running member reports; None when none does, or two do.
-    fn leader_by_metrics(&self) -> Option<(usize, u64)> {
+    /// (index, term) of the running member whose Raft says it leads, in the highest
+    /// term any running member's Raft reports (`cluster status --json`, straight from
+    /// each member's Raft, not its metrics, which are published about once a second
+    /// and stop moving while the process loop waits on a promotion); None when none
+    /// does, or two do.
+    fn leader_by_raft(&self) -> Option<(usize, u64)> {
         let mut top_term = 0u64;
         let mut leaders = Vec::new();
         for (index, member) in self.members.iter().enumerate() {
             if member.state != MemberState::Running {
                 continue;
             }
-            let text = quick_metrics(member.metrics)?;
-            let term = crate::metric_value(&text, TERM)? as u64;
+            let (state, term, _) = self.raft_view(index)?;
             top_term = top_term.max(term);
-            if crate::metric_value(&text, IS_LEADER) == Some(1.0) {
+            if state == "leader" {
                 leaders.push((index, term));
             }
         }
@@ -449,9 +451,19 @@ impl Cluster {
         }
     }
 
-    /// Member `index`'s term by its metrics (None: no answer).
+    /// Member `index`'s Raft as its status says: (state, term, committed index).
+    pub fn raft_view(&self, index: usize) -> Option<(String, u64, u64)> {
+        let status = self.status(index).ok()?;
+        Some((
+            status["state"].as_str()?.to_string(),
+            status["term"].as_u64()?,
+            status["committed_index"].as_u64().unwrap_or(0),
+        ))
+    }
+
+    /// Member `index`'s term by its Raft (None: no answer).
     pub fn term(&self, index: usize) -> Option<u64> {
-        self.metric(index, TERM).map(|t| t as u64)
+        self.raft_view(index).map(|view| view.1)
     }
 
     /// The member that answers a new connection with `LoginChallenge` (the leader),
@@ -899,6 +911,8 @@ pub struct TicketTimes {
     pub rfc_sent: Instant,
     /// When its ticket arrived.
     pub ticket_at: Instant,
+    /// The member (index) whose connection brought it.
+    pub member: usize,
 }
 
 /// What the probe's reports were told, for the exactly-once check against the
@@ -1024,8 +1038,8 @@ impl TicketProbe {
     }
 
     /// The first ticket for an RFC sent after `fault`, waiting up to `within`:
-    /// the time from `fault` to its arrival.
-    pub fn failover_time(&self, fault: Instant, within: Duration) -> Option<Duration> {
+    /// the time from `fault` to its arrival, and the member (index) that sent it.
+    pub fn failover_time(&self, fault: Instant, within: Duration) -> Option<(Duration, usize)> {
         let deadline = Instant::now() + within;
         loop {
             let first = self
@@ -1034,7 +1048,7 @@ impl TicketProbe {
                 .expect("probe lock")
                 .iter()
                 .find(|t| t.rfc_sent >= fault)
-                .map(|t| t.ticket_at.duration_since(fault));
+                .map(|t| (t.ticket_at.duration_since(fault), t.member));
             if first.is_some() || Instant::now() >= deadline {
                 return first;
             }
@@ -1198,11 +1212,13 @@ fn run_probe_user(
 ) {
     let mut user: Option<Client> = None;
     let mut next = 0;
+    let mut member = 0;
     while !stop.load(Ordering::Relaxed) {
         let Some(client) = user.as_mut() else {
             match connect_leader_from(endpoints, next, key.clone()) {
                 Some((client, at)) => {
                     user = Some(client);
+                    member = at;
                     next = at + 1;
                     reconnects.fetch_add(1, Ordering::Relaxed);
                 }
@@ -1245,6 +1261,7 @@ fn run_probe_user(
         tickets.lock().expect("probe lock").push(TicketTimes {
             rfc_sent,
             ticket_at: Instant::now(),
+            member,
         });
         let nonce = client.next_nonce();
         let report = Report {

@@ -75,6 +75,9 @@ impl Conn {
 }
 
 struct Shared {
+    /// The proxy's own address (the remote end of every accepted connection's
+    /// socket in the dialer's /proc/net/tcp).
+    listen: SocketAddr,
     mode: Mutex<Mode>,
     /// Modes that override `mode` for connections opened by a given pid.
     origin_modes: Mutex<HashMap<u32, Mode>>,
@@ -90,8 +93,24 @@ struct Shared {
 }
 
 impl Shared {
-    fn mode_for(&self, origin: &AtomicU32) -> Mode {
-        let pid = origin.load(Ordering::Relaxed);
+    /// The mode for a connection from `peer` whose origin is `origin` (0: not known
+    /// yet). While some origin has a mode of its own, an unattributed connection is
+    /// looked up in /proc here, at its next chunk: one accepted while a partition was
+    /// being set up, or registered after the last [`FaultProxy::set_origin_mode`],
+    /// must not slip through it.
+    fn mode_for(&self, origin: &AtomicU32, peer: Option<SocketAddr>) -> Mode {
+        let mut pid = origin.load(Ordering::Relaxed);
+        if pid == 0 {
+            if let Some(peer) = peer {
+                if !self.origin_modes.lock().expect("proxy lock").is_empty() {
+                    let origins = self.origins.lock().expect("proxy lock").clone();
+                    if let Some(found) = owner_pid(peer, self.listen, &origins) {
+                        origin.store(found, Ordering::Relaxed);
+                        pid = found;
+                    }
+                }
+            }
+        }
         if pid != 0 {
             if let Some(mode) = self.origin_modes.lock().expect("proxy lock").get(&pid) {
                 return *mode;
@@ -104,7 +123,11 @@ impl Shared {
     fn close_torn_if_flowing(&self) {
         let conns = self.conns.lock().expect("proxy lock");
         for conn in conns.values() {
-            let flowing = !matches!(self.mode_for(&conn.origin), Mode::Blackhole | Mode::Refuse);
+            let peer = conn.client.peer_addr().ok();
+            let flowing = !matches!(
+                self.mode_for(&conn.origin, peer),
+                Mode::Blackhole | Mode::Refuse
+            );
             if flowing && conn.torn.load(Ordering::Relaxed) {
                 conn.shutdown();
             }
@@ -134,6 +157,7 @@ impl FaultProxy {
         let listener = TcpListener::bind(listen).map_err(ProxyError::Listen)?;
         let listen = listener.local_addr().map_err(ProxyError::Listen)?;
         let shared = Arc::new(Shared {
+            listen,
             mode: Mutex::new(Mode::Pass),
             origin_modes: Mutex::new(HashMap::new()),
             origins: Mutex::new(Vec::new()),
@@ -308,8 +332,9 @@ fn open_connection(client: TcpStream, listen: SocketAddr, target: SocketAddr, sh
     } else {
         None
     };
+    let peer = client.peer_addr().ok();
     let origin = Arc::new(AtomicU32::new(origin.unwrap_or(0)));
-    let mode = shared.mode_for(&origin);
+    let mode = shared.mode_for(&origin, peer);
     if mode == Mode::Refuse {
         shared.refused.fetch_add(1, Ordering::Relaxed);
         let _ = client.shutdown(Shutdown::Both);
@@ -364,6 +389,7 @@ fn open_connection(client: TcpStream, listen: SocketAddr, target: SocketAddr, sh
     spawn_pump(
         client_read,
         upstream,
+        peer,
         origin.clone(),
         torn.clone(),
         shared.clone(),
@@ -375,6 +401,7 @@ fn open_connection(client: TcpStream, listen: SocketAddr, target: SocketAddr, sh
         Some(upstream_read) => spawn_pump(
             upstream_read,
             Some(client),
+            peer,
             origin,
             torn,
             shared.clone(),
@@ -391,9 +418,12 @@ fn open_connection(client: TcpStream, listen: SocketAddr, target: SocketAddr, sh
 /// mode at the time it was read, whether to forward it now, after a delay (sleeping
 /// first: order is kept, and a delayed chunk also holds back the ones behind it), or
 /// to discard it (a blackhole; the stream is torn from then on).
+#[allow(clippy::too_many_arguments)]
 fn spawn_pump(
     mut from: TcpStream,
     mut to: Option<TcpStream>,
+    // The dialer's address (the client side of the connection), for origin look-ups.
+    peer: Option<SocketAddr>,
     origin: Arc<AtomicU32>,
     torn: Arc<AtomicBool>,
     shared: Arc<Shared>,
@@ -412,7 +442,7 @@ fn spawn_pump(
                 if shared.stop.load(Ordering::Relaxed) {
                     break;
                 }
-                let delay = match shared.mode_for(&origin) {
+                let delay = match shared.mode_for(&origin, peer) {
                     Mode::Blackhole => None,
                     Mode::Delay(d) => Some(d),
                     // Refuse concerns new connections; an open one keeps flowing.

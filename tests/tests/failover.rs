@@ -289,7 +289,7 @@ fn run_faults(faults: usize, rate: Option<f64>) {
             new_term > term,
             "round {round}: the new leader's term {new_term} follows the faulted one's {term}"
         );
-        let failover = probe
+        let (failover, sender) = probe
             .failover_time(fault_at, LEADER_WAIT)
             .unwrap_or_else(|| {
                 panic!(
@@ -303,12 +303,27 @@ fn run_faults(faults: usize, rate: Option<f64>) {
             .map(|m| (m.proxy.counters(), m.proxy.open_connections()))
             .collect();
         eprintln!("proxies (accepted, refused, forwarded, discarded), open: {proxies:?}");
+        // The promise rule (R-HA-1): a ticket leaves only once its records are
+        // committed on a majority. A faulted leader (stopped, dead, or cut off from
+        // the others) cannot commit an RFC sent after the fault, so it cannot have
+        // sent this ticket.
+        assert_ne!(
+            sender,
+            leader,
+            "round {round} ({}): member {} sent a ticket for an RFC sent {:?} after it was \
+             faulted: committed without a majority (R-HA-1), or the fault leaked",
+            fault.name(),
+            cluster.members[leader].id,
+            failover
+        );
         eprintln!(
-            "round {round}: {} of member {} -> member {} leads, first ticket after {:?}",
+            "round {round}: {} of member {} -> member {} leads, first ticket after {:?} (from \
+             member {})",
             fault.name(),
             cluster.members[leader].id,
             cluster.members[new_leader].id,
-            failover
+            failover,
+            cluster.members[sender].id
         );
         times.push((fault, failover));
 
@@ -486,7 +501,7 @@ fn the_ticket_probe_times_a_single_router_restart_and_its_credits_match_the_ledg
     // Down for 300 ms: no ticket can come sooner.
     std::thread::sleep(Duration::from_millis(300));
     let router = RouterProcess::start(&args);
-    let outage = probe
+    let (outage, _) = probe
         .failover_time(killed_at, Duration::from_secs(30))
         .expect("a ticket after the restart");
     assert!(
