@@ -140,23 +140,6 @@ pub struct RouterHandler {
     refusals: RefusalBudget,
 }
 
-/// The quota gate's check of a logged-in client's RFC (`quota_gate`): only an RFC
-/// signed as the login's address (any other is refused `wrong_sender` later).
-fn quota_gate_door(
-    shared: &RouterShared,
-    address: Address,
-    claimed: Address,
-    message: &Message,
-) -> Result<(), Refused> {
-    match message {
-        Message::Rfc(rfc) if claimed == address => shared
-            .quota_gate
-            .check(&address, rfc.tokens_max)
-            .map_err(Refused::from),
-        _ => Ok(()),
-    }
-}
-
 impl RouterHandler {
     pub fn new(shared: Arc<RouterShared>, context: GatewayContext) -> RouterHandler {
         let stages = shared.registry.stage_recorder();
@@ -166,6 +149,7 @@ impl RouterHandler {
                 operator: shared.operator,
                 weights_proofs_per_s: shared.weights_proofs_per_s,
                 weights_proofs_unfunded_per_s: shared.weights_proofs_unfunded_per_s,
+                genesis_ms: shared.quota_gate.genesis_ms(),
             },
             0,
         );
@@ -597,7 +581,15 @@ impl FrameHandler for RouterHandler {
         };
         // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
         // as the engine would, before any signature work or a place in a lane.
-        if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
+        // Router-core decides (`Admission::quota_precheck`); the table is the sink's.
+        let quota = self.admission.quota_precheck(
+            address,
+            claimed,
+            &message,
+            crate::sequencer::unix_ms(),
+            &&self.shared.quota_gate,
+        );
+        if let Err(refused) = quota {
             return self.refuse_with(conn, replies, refused, msg_type, nonce);
         }
         let admitted = Admitted {
