@@ -101,6 +101,14 @@ pub struct NetworkConfig {
     /// engine's refusals are not counted. 100 (an honest client is refused a few
     /// times at most); at least 1.
     pub conn_refusals_per_s_max: u32,
+    /// R-PROV-3 (issue 27): refusals the connections logged in as one address may
+    /// be given together by one gateway thread within one second (the per-connection
+    /// budget alone is multiplied by the connections, and logins again, an address
+    /// makes); the next one closes its connection `too_many_refusals`, and until the
+    /// second ends a login claiming the address is refused before its signature is
+    /// recovered. 200 (twice the per-connection bound: one connection meets its own
+    /// first); at least 1.
+    pub addr_refusals_per_s_max: u32,
 }
 
 impl Default for NetworkConfig {
@@ -128,6 +136,7 @@ impl Default for NetworkConfig {
             weights_proofs_per_s: 2_000,
             weights_proofs_unfunded_per_s: 256,
             conn_refusals_per_s_max: 100,
+            addr_refusals_per_s_max: 200,
         }
     }
 }
@@ -381,6 +390,12 @@ impl NetworkConfig {
             "network.conn_refusals_per_s_max",
             "must be >= 1",
             self.conn_refusals_per_s_max,
+        )?;
+        check_value(
+            self.addr_refusals_per_s_max >= 1,
+            "network.addr_refusals_per_s_max",
+            "must be >= 1",
+            self.addr_refusals_per_s_max,
         )?;
         check_value(
             self.conn_send_bytes_max <= CONN_SEND_BYTES_LIMIT,

@@ -135,8 +135,10 @@ pub struct RouterHandler {
     /// answers of others. Bounded like `deferred` by the in-flight windows.
     costly: VecDeque<Admitted>,
     costly_conns: HashMap<ConnId, u32>,
-    /// R-PROV-3 (issue 27, quota-flood): refusals per connection per second
-    /// (`network.conn_refusals_per_s_max`); past it the connection is closed.
+    /// R-PROV-3 (issue 27, quota-flood): refusals per connection and per address per
+    /// second (`network.conn_refusals_per_s_max`, `network.addr_refusals_per_s_max`);
+    /// past either the connection is closed, past the address's its logins are
+    /// refused before the signature until the second ends.
     refusals: RefusalBudget,
 }
 
@@ -153,7 +155,10 @@ impl RouterHandler {
             },
             0,
         );
-        let refusals = RefusalBudget::new(shared.conn_refusals_per_s_max);
+        let refusals = RefusalBudget::new(
+            shared.conn_refusals_per_s_max,
+            shared.addr_refusals_per_s_max,
+        );
         RouterHandler {
             shared,
             context,
@@ -276,7 +281,7 @@ impl RouterHandler {
             let Some(admitted) = queue.pop_front() else {
                 break;
             };
-            let admitted_conn = admitted.conn;
+            let (admitted_conn, admitted_address) = (admitted.conn, admitted.address);
             let (conn, msg_type, nonce) = (id_of(admitted.conn), admitted.msg_type, admitted.nonce);
             match conns.get_mut(&conn) {
                 Some(count) if *count > 1 => *count -= 1,
@@ -295,17 +300,21 @@ impl RouterHandler {
                 }
                 Err(refused) => {
                     // The same refusal budget as the door's (R-PROV-3).
-                    let (refused, close) =
-                        match self.refusals.refused(admitted_conn, refused.code, now_us) {
-                            RefusalVerdict::Answer => (refused, false),
-                            RefusalVerdict::Close(last) => (last, true),
-                            RefusalVerdict::Drop => {
-                                self.shared.count_rejection(refused.code);
-                                // The answer mark still goes: the frame was in flight.
-                                let _ = self.context.outbox.answer(conn, 1);
-                                continue;
-                            }
-                        };
+                    let (refused, close) = match self.refusals.refused(
+                        admitted_conn,
+                        Some(admitted_address),
+                        refused.code,
+                        now_us,
+                    ) {
+                        RefusalVerdict::Answer => (refused, false),
+                        RefusalVerdict::Close(last) => (last, true),
+                        RefusalVerdict::Drop => {
+                            self.shared.count_rejection(refused.code);
+                            // The answer mark still goes: the frame was in flight.
+                            let _ = self.context.outbox.answer(conn, 1);
+                            continue;
+                        }
+                    };
                     let mut frame = Vec::new();
                     self.error_reply_with(refused, msg_type, nonce)
                         .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
@@ -411,10 +420,11 @@ impl RouterHandler {
         ref_msg_type: u16,
         ref_nonce: u64,
     ) {
+        let address = self.admission.address(conn_of(conn));
         let (refused, close) =
             match self
                 .refusals
-                .refused(conn_of(conn), refused.code, self.now_us_last)
+                .refused(conn_of(conn), address, refused.code, self.now_us_last)
             {
                 RefusalVerdict::Answer => (refused, false),
                 RefusalVerdict::Close(last) => (last, true),
@@ -509,7 +519,14 @@ impl FrameHandler for RouterHandler {
                 return;
             }
             (Message::LoginAnswer(answer), _) => {
-                match self.login(conn, answer, &frame.body) {
+                // R-PROV-3: an address past its refusal budget is refused before the
+                // login's signature is recovered (the refusal counts only for this
+                // connection: the address is not proven).
+                let login = self
+                    .refusals
+                    .login(&answer.address, now_us)
+                    .and_then(|()| self.login(conn, answer, &frame.body));
+                match login {
                     Ok(address) => {
                         // §9: a funded login (or the operator's) is never evicted
                         // for room.

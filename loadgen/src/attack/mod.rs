@@ -204,6 +204,8 @@ pub struct AttackSettings {
     pub progress: bool,
     /// The routers' `network.conn_refusals_per_s_max` (None: the router's default).
     pub conn_refusals_per_s_max: Option<u32>,
+    /// The routers' `network.addr_refusals_per_s_max` (None: the router's default).
+    pub addr_refusals_per_s_max: Option<u32>,
 }
 
 /// What an attacker knows of the router it attacks.
@@ -380,9 +382,11 @@ pub fn descriptor_limit() -> u64 {
 /// one address, R-ID-4), sends of pre-built frames, polls with a timeout.
 ///
 /// When the router closes it `too_many_refusals` (issue 27: past
-/// `network.conn_refusals_per_s_max` refusals a second), the next `send` logs in
-/// again on a new connection, as a determined attacker would, at most
-/// `RECONNECTS_MAX` times (then the send fails); `reconnects` counts them.
+/// `network.conn_refusals_per_s_max` refusals a second, or its address past
+/// `network.addr_refusals_per_s_max`), the next `send` logs in again on a new
+/// connection, as a determined attacker would (trying again while the router refuses
+/// the login, `logins_refused`), at most `RECONNECTS_MAX` times (then the send
+/// fails); `reconnects` counts them.
 pub struct Conn {
     pub client: Client,
     who: &'static str,
@@ -392,7 +396,15 @@ pub struct Conn {
     closing: bool,
     /// New logins after such a close.
     pub reconnects: u64,
+    /// Logins refused (or failed) while logging in again.
+    pub logins_refused: u64,
 }
+
+/// How long an attacker's `Conn` keeps trying to log in again after a close: the
+/// address budget's second, and as long again.
+const LOGIN_AGAIN_WITHIN: Duration = Duration::from_secs(2);
+/// Its pause between two such tries.
+const LOGIN_AGAIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// New logins of one attacker connection after `too_many_refusals`, at most.
 pub const RECONNECTS_MAX: u64 = 1_000;
@@ -411,6 +423,7 @@ impl Conn {
             key,
             closing: false,
             reconnects: 0,
+            logins_refused: 0,
         })
     }
 
@@ -426,11 +439,25 @@ impl Conn {
                 )),
             });
         }
-        self.client = sim::connect_client(self.addr, self.key.clone(), sim::CONNECT_TIMEOUT)
-            .map_err(|error| AttackError::Connect {
-                who: self.who,
-                error,
-            })?;
+        // The router refuses the address's logins `too_many_refusals` until the
+        // second of its refusal budget ends (`network.addr_refusals_per_s_max`): a
+        // determined attacker tries again until then.
+        let deadline = Instant::now() + LOGIN_AGAIN_WITHIN;
+        self.client = loop {
+            match sim::connect_client(self.addr, self.key.clone(), sim::CONNECT_TIMEOUT) {
+                Ok(client) => break client,
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(AttackError::Connect {
+                        who: self.who,
+                        error,
+                    })
+                }
+                Err(_) => {
+                    self.logins_refused += 1;
+                    std::thread::sleep(LOGIN_AGAIN_PAUSE);
+                }
+            }
+        };
         self.reconnects += 1;
         self.closing = false;
         Ok(())
@@ -809,6 +836,9 @@ fn run_one(
         config.metrics.enabled = true;
         if let Some(max) = settings.conn_refusals_per_s_max {
             config.network.conn_refusals_per_s_max = max;
+        }
+        if let Some(max) = settings.addr_refusals_per_s_max {
+            config.network.addr_refusals_per_s_max = max;
         }
         // R-SESSION-1: the market's own bound per user, not the sim's gateway-sized
         // one, so that the capacity hoarder meets what a real router would set; the
