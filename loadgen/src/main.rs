@@ -45,7 +45,8 @@ struct Args {
     /// for credit batches): under a minute.
     #[arg(long)]
     short: bool,
-    /// Attacks: only these scenarios, comma-separated (default: all): self-dealing,
+    /// Attacks: only these scenarios, comma-separated (default: all): control (no
+    /// attacker: the noise floor), self-dealing,
     /// sybil-registrations, capacity-hoarder, costly-frame, refusal-flood,
     /// griefing-user, idle-connections, quota-flood.
     #[arg(long)]
