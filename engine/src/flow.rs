@@ -887,8 +887,12 @@ impl Engine {
 
     /// R-PERF-4: too many penalty points among the recent reports suspend, when
     /// they come from at least `suspend_users_min` distinct users (so that no single
-    /// user, nor a few, can suspend a provider). `penalty_from` is the user whose
-    /// report earned a penalty point, `None` for a report without one.
+    /// user, nor a few, can suspend a provider). One user's points count at most
+    /// ⌈`penalty_points_suspend` / `suspend_users_min`⌉ towards the threshold (issue
+    /// 27, griefing over 10 s: otherwise one user may supply all points but
+    /// `suspend_users_min - 1`, and two stray points of others complete its
+    /// suspension). `penalty_from` is the user whose report earned a penalty point,
+    /// `None` for a report without one.
     fn record_outcome(
         &mut self,
         provider_idx: u32,
@@ -923,8 +927,15 @@ impl Engine {
             return;
         }
         users.sort_unstable();
-        users.dedup();
-        if (users.len() as u32) < users_min {
+        // Points per distinct user, each capped at its share of the threshold.
+        let share_max = threshold.div_ceil(users_min.max(1));
+        let (mut distinct, mut points) = (0u32, 0u32);
+        for run in users.chunk_by(|a, b| a == b) {
+            distinct += 1;
+            points += (run.len() as u32).min(share_max);
+        }
+        debug_assert!(points <= users.len() as u32 && distinct <= points);
+        if distinct < users_min || points < threshold {
             return;
         }
         provider.recent_penalties.clear();

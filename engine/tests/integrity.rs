@@ -244,6 +244,26 @@ fn r_perf_4_points_from_suspend_users_min_users_suspend() {
     assert_eq!(t.provider, provider(2), "the suspended provider is skipped");
 }
 
+/// Issue 27 (griefing over 10 s): one user's points count at most
+/// ⌈penalty_points_suspend / suspend_users_min⌉ (here ⌈5/3⌉ = 2), so a griefer's
+/// many fails plus one stray point from each of two others do not suspend.
+#[test]
+fn r_perf_4_one_users_points_count_at_most_its_share() {
+    let mut m = suspension_market();
+    for _ in 0..10 {
+        assert!(!suspended(&fail_report(&mut m, user(1))));
+    }
+    assert!(!suspended(&fail_report(&mut m, user(2))));
+    assert!(
+        !suspended(&fail_report(&mut m, user(3))),
+        "12 points from 3 users, but 10 of them one user's: 2 + 1 + 1 count"
+    );
+    assert!(
+        suspended(&fail_report(&mut m, user(2))),
+        "2 + 2 + 1 = 5 points count"
+    );
+}
+
 #[test]
 fn r_perf_4_suspend_users_min_is_validated() {
     for bad in [0, 21] {

@@ -114,6 +114,14 @@ pub struct NetworkConfig {
     /// 20,000 commands a second it holds the last ~3 s, longer than a failover and a
     /// client's resend. 1 to `REPLY_CACHE_ENTRIES_LIMIT` (16,777,216).
     pub reply_cache_entries_max: usize,
+    /// R-PROV-3 (issue 27): refusals the connections logged in as one address may
+    /// be given together by one gateway thread within one second (the per-connection
+    /// budget alone is multiplied by the connections, and logins again, an address
+    /// makes); the next one closes its connection `too_many_refusals`, and until the
+    /// second ends a login claiming the address is refused before its signature is
+    /// recovered. 200 (twice the per-connection bound: one connection meets its own
+    /// first); at least 1.
+    pub addr_refusals_per_s_max: u32,
 }
 
 /// The largest `network.reply_cache_per_address`.
@@ -148,6 +156,7 @@ impl Default for NetworkConfig {
             conn_refusals_per_s_max: 100,
             reply_cache_per_address: 64,
             reply_cache_entries_max: 65_536,
+            addr_refusals_per_s_max: 200,
         }
     }
 }
@@ -421,6 +430,12 @@ impl NetworkConfig {
             "network.conn_refusals_per_s_max",
             "must be >= 1",
             self.conn_refusals_per_s_max,
+        )?;
+        check_value(
+            self.addr_refusals_per_s_max >= 1,
+            "network.addr_refusals_per_s_max",
+            "must be >= 1",
+            self.addr_refusals_per_s_max,
         )?;
         check_value(
             self.conn_send_bytes_max <= CONN_SEND_BYTES_LIMIT,

@@ -293,6 +293,7 @@ fn shared_state(
         registry,
     );
     shared.conn_refusals_per_s_max = config.network.conn_refusals_per_s_max;
+    shared.addr_refusals_per_s_max = config.network.addr_refusals_per_s_max;
     shared.models = engine
         .config()
         .models

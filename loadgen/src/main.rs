@@ -45,7 +45,8 @@ struct Args {
     /// for credit batches): under a minute.
     #[arg(long)]
     short: bool,
-    /// Attacks: only these scenarios, comma-separated (default: all): self-dealing,
+    /// Attacks: only these scenarios, comma-separated (default: all): control (no
+    /// attacker: the noise floor), self-dealing,
     /// sybil-registrations, capacity-hoarder, costly-frame, refusal-flood,
     /// griefing-user, idle-connections, quota-flood.
     #[arg(long)]
@@ -55,6 +56,11 @@ struct Args {
     /// (the behaviour before issue 27's refusal budget, for a before/after pair).
     #[arg(long)]
     conn_refusals_per_s_max: Option<u32>,
+    /// Attacks: the embedded routers' `network.addr_refusals_per_s_max` (default:
+    /// the router's, 200); 4294967295 never closes a connection for its address's
+    /// refusals nor refuses its logins (the behaviour before the address budget).
+    #[arg(long)]
+    addr_refusals_per_s_max: Option<u32>,
     /// Attacks: the one core every attacker thread is pinned to (default: the first
     /// core this process may use).
     #[arg(long)]
@@ -416,6 +422,7 @@ fn attacks(args: &Args) -> Result<bool, String> {
         await_batches: !args.short,
         progress: !args.quiet,
         conn_refusals_per_s_max: args.conn_refusals_per_s_max,
+        addr_refusals_per_s_max: args.addr_refusals_per_s_max,
     };
     let report = run_attacks(&settings, |line| eprintln!("{line}")).map_err(|e| e.to_string())?;
     println!("{}", report.to_text());

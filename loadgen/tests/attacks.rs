@@ -94,7 +94,20 @@ fn short_attack_run_reports_every_scenario() {
     }
 
     // Self-dealing: the attacker's earning is the router's acknowledgements summed.
-    let self_dealing = &scenarios[0];
+    let by_name = |name: &str| {
+        scenarios
+            .iter()
+            .find(|s| s["scenario"] == name)
+            .unwrap_or_else(|| panic!("no {name} row"))
+    };
+    // The control (no attacker on either side) is reported, never failed for its
+    // ratios; every row carries the router CPU ratio (null where /proc is missing).
+    let control = by_name("control");
+    assert_eq!(control["verdict"]["pass"], true, "{control:#}");
+    assert!(scenarios
+        .iter()
+        .all(|s| s["cpu_ratio"].is_f64() || s["cpu_ratio"].is_null()));
+    let self_dealing = by_name("self-dealing");
     let pair = &self_dealing["pairs"][0];
     assert!(pair["attack_error"].is_null(), "{pair:#}");
     let took = &pair["took"];

@@ -24,6 +24,9 @@ pub struct AdmissionConfig {
     pub weights_proofs_per_s: u64,
     /// `network.weights_proofs_unfunded_per_s`, per gateway thread (R-PROV-3).
     pub weights_proofs_unfunded_per_s: u64,
+    /// `market.genesis_ms`: Unix ms at which engine day 0 starts (R-TIME-1), for the
+    /// quota pre-check's day edge (R-QUOTA-5).
+    pub genesis_ms: u64,
 }
 
 /// One connection's login state.
@@ -274,6 +277,36 @@ impl Admission {
         Ok(())
     }
 
+    /// R-QUOTA-5, R-PROV-3 (issue 27, quota-flood): an RFC signed as the login's
+    /// `address` (any other is refused `wrong_sender` by [`Admission::precheck`])
+    /// whose TokenMax is above what the engine last said its sender had left today,
+    /// refused before any signature and before any lane, with the engine's own code,
+    /// reason and detail. `now_ms` is the router's clock, Unix ms (the engine's days
+    /// turn on it); `quotas` is the table the engine's side keeps with
+    /// [`crate::follow_quota`]. Costs one emptiness test while nobody is over quota.
+    ///
+    /// Errors: `quota_exceeded` (`MarketError::QuotaExceeded { tokens_left }`).
+    pub fn quota_precheck(
+        &self,
+        address: Address,
+        claimed: Address,
+        message: &Message,
+        now_ms: u64,
+        quotas: &impl crate::QuotaStore,
+    ) -> Result<(), Refused> {
+        match message {
+            Message::Rfc(rfc) if claimed == address => crate::quota_refusal(
+                quotas,
+                self.config.genesis_ms,
+                &address,
+                rfc.tokens_max,
+                now_ms,
+            )
+            .map_err(Refused::from),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks a logged-in client's message (pre-checks, then its signature R-ID-2)
     /// and maps it to what it asks for. A command marks the connection as having
     /// forwarded one (the unknown-sender pre-check no longer applies to it).
@@ -356,9 +389,64 @@ mod tests {
                 operator: Some(Address([9; 20])),
                 weights_proofs_per_s: 2,
                 weights_proofs_unfunded_per_s: 1,
+                genesis_ms: GENESIS_MS,
             },
             0,
         )
+    }
+
+    const GENESIS_MS: u64 = 1_000_000;
+
+    #[test]
+    fn r_quota_5_an_rfc_over_what_the_engine_said_is_left_is_refused_before_any_signature() {
+        let admission = admission();
+        let (key, other) = (SigningKey::from_seed(b"user"), SigningKey::from_seed(b"x"));
+        let rfc = |from: Address, tokens_max: u64| {
+            Message::from(messages::Rfc {
+                from,
+                nonce: 3,
+                tokens_max,
+                ..Default::default()
+            })
+        };
+        let now_ms = GENESIS_MS + 60_000;
+        let mut quotas = crate::QuotaMap::new(0);
+        let (me, them) = (key.address(), other.address());
+        assert!(admission
+            .quota_precheck(me, me, &rfc(me, 100), now_ms, &quotas)
+            .is_ok());
+        crate::QuotaStore::set(
+            &mut quotas,
+            me,
+            crate::QuotaEntry {
+                tokens_left: 10,
+                day: 0,
+            },
+        );
+        let refused = admission
+            .quota_precheck(me, me, &rfc(me, 11), now_ms, &quotas)
+            .unwrap_err();
+        let engine = Refused::from(MarketError::QuotaExceeded { tokens_left: 10 });
+        assert_eq!(refused, engine, "the engine's code, reason and detail");
+        assert!(admission
+            .quota_precheck(me, me, &rfc(me, 10), now_ms, &quotas)
+            .is_ok());
+        // Claiming another sender is left to the wrong_sender pre-check; another
+        // login has no entry; a message other than an RFC is not looked at.
+        assert!(admission
+            .quota_precheck(me, them, &rfc(them, 11), now_ms, &quotas)
+            .is_ok());
+        assert!(admission
+            .quota_precheck(them, them, &rfc(them, 11), now_ms, &quotas)
+            .is_ok());
+        let cancel = Message::from(messages::RfcCancel {
+            from: me,
+            nonce: 4,
+            ..Default::default()
+        });
+        assert!(admission
+            .quota_precheck(me, me, &cancel, now_ms, &quotas)
+            .is_ok());
     }
 
     #[test]

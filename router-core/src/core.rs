@@ -340,6 +340,7 @@ mod tests {
             operator: None,
             weights_proofs_per_s: 1,
             weights_proofs_unfunded_per_s: 1,
+            genesis_ms: 0,
         };
         RouterCore::new(
             config,

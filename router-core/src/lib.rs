@@ -27,7 +27,9 @@
 //! ```
 //!
 //! - [`Admission`] holds per-connection login state and the weights-proof budgets: it is
-//!   per gateway thread, state no other thread sees.
+//!   per gateway thread, state no other thread sees. Its quota pre-check
+//!   ([`Admission::quota_precheck`], `quota.rs`) reads a [`QuotaStore`] the engine's
+//!   side writes with [`follow_quota`] (R-QUOTA-5).
 //! - [`Dispatch`] holds the routes (address -> connection, R-ID-6), the batch
 //!   subscribers and the promises waiting for the journal (`on_applied`, then
 //!   `on_durable`): it is the engine thread's, the single writer of routes.
@@ -60,6 +62,7 @@ mod core;
 mod dispatch;
 mod operator;
 mod provider;
+mod quota;
 mod refusals;
 mod replies;
 mod report;
@@ -70,6 +73,7 @@ pub use crate::core::{error_reply, CacheView, RouterCore};
 pub use block::batch_message;
 pub use connection::{Admission, AdmissionConfig, Admitted, Outcome, ProofBudget};
 pub use dispatch::{delivery_of, release_of, wire_type_of, Delivery, Dispatch, Recipient, Release};
+pub use quota::{follow_quota, quota_refusal, QuotaEntry, QuotaMap, QuotaStore, DAY_EDGE_MS};
 pub use refusals::{RefusalBudget, RefusalVerdict, REFUSAL_WINDOW_US};
 pub use replies::{command_of, CommandDigest, ReplyCache, ReplyCacheConfig};
 pub use routes::{RouteKind, Routes, RoutesReleased};

@@ -212,6 +212,7 @@ fn new_core(engine: &Engine, operator: Address, router: Address) -> RouterCore {
             operator: Some(operator),
             weights_proofs_per_s: 1_000,
             weights_proofs_unfunded_per_s: 100,
+            genesis_ms: GENESIS_MS,
         },
         router,
         CacheView::of_engine(engine),

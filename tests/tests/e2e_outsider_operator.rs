@@ -187,6 +187,11 @@ fn values_that_size_allocations_are_refused_naming_the_value() {
             "network.conn_refusals_per_s_max",
             "0",
         ),
+        (
+            "[network]\naddr_refusals_per_s_max = 0\n",
+            "network.addr_refusals_per_s_max",
+            "0",
+        ),
         // The engine's refusals of [market] values named neither the router's key
         // nor the value ("market: mor_supply_wei must be > 0" for mor_supply_mor,
         // "sessions_open_max must fit the slot bits" without the bound).

@@ -7,6 +7,10 @@
 //!   signature recovery, as the engine would, and never where the engine accepts.
 //! - R-PROV-3 (quota-flood): past `network.conn_refusals_per_s_max` refusals a
 //!   second a connection is closed `too_many_refusals`.
+//! - R-PROV-3 (costly-frame, refusals per address): past
+//!   `network.addr_refusals_per_s_max` refusals a second over all of an address's
+//!   connections, the refused connection is closed, and a login claiming the address
+//!   is refused before its signature is recovered until the second ends.
 //! - R-ID-6 (case 12): after a SIGKILL and a restart, the very first metrics scrape
 //!   shows no provider live (none holds a connection of the new process).
 
@@ -14,7 +18,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use yellowstone_tests::market::*;
 use yellowstone_tests::{metrics_text, RouterProcess};
-use yellowstone_wire::client::{presign_rfc, Client};
+use yellowstone_wire::client::{presign_rfc, Client, ClientError};
 use yellowstone_wire::*;
 
 /// A metric's value (the sum over its label sets matching `labels`), 0 if absent.
@@ -195,7 +199,10 @@ fn r_quota_5_over_quota_rfcs_cost_no_signature_and_a_raise_or_refund_reopens() {
     // 200 refusals on one connection within a second or two: above the default
     // refusal budget (network.conn_refusals_per_s_max, 100), which the next test
     // covers; here the gate's answers are what is checked.
-    let (router, _dir) = start("uring", "[network]\nconn_refusals_per_s_max = 100000\n");
+    let (router, _dir) = start(
+        "uring",
+        "[network]\nconn_refusals_per_s_max = 100000\naddr_refusals_per_s_max = 100000\n",
+    );
     let ready = router.ready.clone();
     let key = SigningKey::from_seed(b"integrity-f-quota-flood");
     let mut operator = connect(ready.listen, operator_key());
@@ -363,6 +370,106 @@ fn r_prov_3_a_connection_past_its_refusal_budget_is_closed_too_many_refusals() {
     // Another user was served throughout.
     let nonce = send_rfc(&mut honest, &honest_key, ready.network_id, 100);
     rfc_answer(&mut honest, nonce).expect("the honest user's RFC is accepted");
+}
+
+/// Issue 27 costly-frame / quota-flood, R-PROV-3: the refusal budget of one address
+/// spans its connections. With `network.addr_refusals_per_s_max` = 20 (and a
+/// per-connection budget that is never reached), 10 refusals on each of two
+/// connections are answered, the 21st (on a third connection) is answered
+/// `too_many_refusals` naming the key and closes that connection; until the second
+/// ends a new login claiming the address is refused `too_many_refusals` without a
+/// signature recovery (a closed attacker's logins again cost the router nothing),
+/// another address logs in, and after the second the address logs in again.
+#[test]
+fn r_prov_3_an_address_past_its_refusal_budget_is_closed_and_refused_at_login_before_the_signature()
+{
+    const BUDGET: usize = 20;
+    // One gateway thread: the address budget is per gateway thread.
+    let (router, _dir) = start(
+        "uring",
+        &format!(
+            "[network]\nconn_refusals_per_s_max = 100000\naddr_refusals_per_s_max = {BUDGET}\n\
+             [threads]\ngateway_threads = 1\n"
+        ),
+    );
+    let ready = router.ready.clone();
+    // No MOR: every RFC is refused zero_balance by the gateway, before the engine.
+    let key = SigningKey::from_seed(b"integrity-q-addr-budget");
+    let mut conns: Vec<Client> = (0..3).map(|_| connect(ready.listen, key.clone())).collect();
+    let burst = |client: &mut Client, n: usize| -> Vec<ErrorReply> {
+        let nonces: Vec<u64> = (0..n).map(|_| client.next_nonce()).collect();
+        let frames: Vec<u8> = nonces
+            .iter()
+            .flat_map(|&nonce| presign_rfc(&key, ready.network_id, nonce, 1, 1, now_ms() + 120_000))
+            .collect();
+        client.send_raw(&frames).unwrap();
+        nonces
+            .iter()
+            .map(|&nonce| {
+                expect(client, Duration::from_secs(10), |m| match m {
+                    Message::ErrorReply(e) if e.ref_nonce == nonce => Some(e.clone()),
+                    _ => None,
+                })
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    for client in conns.iter_mut().take(2) {
+        let answers = burst(client, BUDGET / 2);
+        assert!(
+            answers.iter().all(|e| e.code == codes::ZERO_BALANCE),
+            "within the budget: {answers:?}"
+        );
+    }
+    let last = burst(&mut conns[2], 1).remove(0);
+    assert_eq!(last.code, codes::TOO_MANY_REFUSALS, "{last:?}");
+    assert_eq!(last.detail, BUDGET as u128);
+    assert!(
+        last.reason
+            .contains(&format!("network.addr_refusals_per_s_max = {BUDGET}"))
+            && last.reason.contains(&key.address().to_string()),
+        "the reason names the address and the bound: {}",
+        last.reason
+    );
+    assert!(conns[2].recv().is_err(), "closed after too_many_refusals");
+    // A login claiming the address: refused before its signature is recovered.
+    let before = verifies(ready.metrics);
+    let refused = match Client::connect(ready.listen, key.clone()) {
+        Err(ClientError::Login(text)) => text,
+        Ok(_) => panic!(
+            "a login of an address past its refusal budget was accepted ({:?} after the \
+             first refusal; the budget's window is one second)",
+            started.elapsed()
+        ),
+        Err(other) => panic!("unexpected {other}"),
+    };
+    assert!(
+        refused.contains("0x0309")
+            && refused.contains(&format!("network.addr_refusals_per_s_max = {BUDGET}"))
+            && refused.contains("log in again in"),
+        "{refused}"
+    );
+    assert_eq!(
+        verifies(ready.metrics) - before,
+        0.0,
+        "the refused login cost a signature recovery"
+    );
+    // Another address is not affected; the address's other connection is closed
+    // at its next refusal.
+    let other_key = SigningKey::from_seed(b"integrity-q-addr-budget-other");
+    let _other = connect(ready.listen, other_key);
+    let next = burst(&mut conns[0], 1).remove(0);
+    assert_eq!(next.code, codes::TOO_MANY_REFUSALS, "{next:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "the checks above ran within the budget's one-second window ({:?})",
+        started.elapsed()
+    );
+    // After the second, the address logs in again.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let mut again = connect(ready.listen, key.clone());
+    let answer = burst(&mut again, 1).remove(0);
+    assert_eq!(answer.code, codes::ZERO_BALANCE);
 }
 
 /// R-QUOTA-5 at the day boundary: a sender refused for quota on day 0 is not

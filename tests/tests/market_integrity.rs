@@ -500,6 +500,55 @@ fn r_perf_4_one_user_cannot_suspend_a_provider() {
     );
 }
 
+/// Issue 27 (griefing over 10 s, R-PERF-4): one user's points count at most
+/// ⌈penalty_points_suspend / suspend_users_min⌉ (defaults: ⌈5/3⌉ = 2). A griefer's
+/// five fails and one fail from each of two other users suspended the provider (7
+/// points from 3 users); now 2 + 1 + 1 count, and it takes a real share from a
+/// second user (2 + 2 + 1) to suspend.
+#[test]
+fn r_perf_4_a_griefer_cannot_supply_all_but_two_of_a_suspensions_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", 9_000);
+    let router = start(&config, &[]);
+    let (addr, network_id) = (router.ready.listen, router.ready.network_id);
+    let mut operator = connect(addr, operator_key());
+    let mut cheap = connect(addr, SigningKey::from_seed(b"integrity-q-cheap"));
+    let mut dear = connect(addr, SigningKey::from_seed(b"integrity-q-dear"));
+    let mut users: Vec<Client> = (0..3u32)
+        .map(|n| {
+            connect(
+                addr,
+                SigningKey::from_seed(format!("integrity-q-griefer-{n}").as_bytes()),
+            )
+        })
+        .collect();
+    let mut entries = vec![
+        (cheap.address(), WEI_PER_MOR),
+        (dear.address(), WEI_PER_MOR),
+    ];
+    entries.extend(users.iter().map(|u| (u.address(), 500 * WEI_PER_MOR)));
+    fund(&mut operator, &entries);
+    register(&mut cheap, network_id, 1, 1_000, 4);
+    register(&mut dear, network_id, 1, 9_000, 4);
+    let (griefer, rest) = users.split_first_mut().unwrap();
+    let (second, third) = rest.split_at_mut(1);
+    assert!(!suspended_after_fails(griefer, &mut cheap, 5, &mut dear));
+    assert!(!suspended_after_fails(
+        &mut second[0],
+        &mut cheap,
+        1,
+        &mut dear
+    ));
+    assert!(
+        !suspended_after_fails(&mut third[0], &mut cheap, 1, &mut dear),
+        "7 points from 3 users, 5 of them the griefer's, suspended the provider"
+    );
+    assert!(
+        suspended_after_fails(&mut second[0], &mut cheap, 1, &mut dear),
+        "2 + 2 + 1 points from three users suspend"
+    );
+}
+
 const BID_MAX_ANY: &str = "bid_wei_per_token_max = \"340282366920938463463374607431768211455\"";
 
 /// Issue 27 case 10 (R-OPS-4), the exact reproduction: bids up to u128::MAX allowed,

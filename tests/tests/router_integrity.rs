@@ -195,8 +195,10 @@ fn sixty_four_models(dir: &Path) -> std::path::PathBuf {
 
 /// These tests send thousands of refused messages on one connection on purpose, to
 /// measure what refusals cost; the per-connection refusal budget
-/// (`network.conn_refusals_per_s_max`, tested in integrity_rest.rs) would close it first.
-const REFUSALS_UNBOUNDED: &str = "[network]\nconn_refusals_per_s_max = 4294967295\n";
+/// (`network.conn_refusals_per_s_max`, and `network.addr_refusals_per_s_max` per
+/// address, tested in integrity_rest.rs) would close it first.
+const REFUSALS_UNBOUNDED: &str =
+    "[network]\nconn_refusals_per_s_max = 4294967295\naddr_refusals_per_s_max = 4294967295\n";
 
 /// A config file holding only [`REFUSALS_UNBOUNDED`].
 fn refusals_unbounded(dir: &Path) -> std::path::PathBuf {

@@ -194,7 +194,9 @@ codes! {
     /// R-PROV-3, R-QUOTA-5 (issue 27, quota-flood): the connection was refused more
     /// than `network.conn_refusals_per_s_max` messages within one second by the
     /// gateway (before the engine); this is the last frame, and the connection
-    /// closes after it. detail: the bound.
+    /// closes after it. Also past `network.addr_refusals_per_s_max` refusals of
+    /// one address's connections, then also the answer to that address's logins
+    /// until the second ends (issue 27, R-PROV-3). detail: the bound.
     TOO_MANY_REFUSALS = 0x0309, "too_many_refusals";
     /// R-HA-3 (issue 25): this member of a replicated router group does not lead. Sent
     /// instead of `LoginChallenge` to a new connection, or to each open connection of a

@@ -146,26 +146,11 @@ pub struct RouterHandler {
     /// answers of others. Bounded like `deferred` by the in-flight windows.
     costly: VecDeque<Admitted>,
     costly_conns: HashMap<ConnId, u32>,
-    /// R-PROV-3 (issue 27, quota-flood): refusals per connection per second
-    /// (`network.conn_refusals_per_s_max`); past it the connection is closed.
+    /// R-PROV-3 (issue 27, quota-flood): refusals per connection and per address per
+    /// second (`network.conn_refusals_per_s_max`, `network.addr_refusals_per_s_max`);
+    /// past either the connection is closed, past the address's its logins are
+    /// refused before the signature until the second ends.
     refusals: RefusalBudget,
-}
-
-/// The quota gate's check of a logged-in client's RFC (`quota_gate`): only an RFC
-/// signed as the login's address (any other is refused `wrong_sender` later).
-fn quota_gate_door(
-    shared: &RouterShared,
-    address: Address,
-    claimed: Address,
-    message: &Message,
-) -> Result<(), Refused> {
-    match message {
-        Message::Rfc(rfc) if claimed == address => shared
-            .quota_gate
-            .check(&address, rfc.tokens_max)
-            .map_err(Refused::from),
-        _ => Ok(()),
-    }
 }
 
 impl RouterHandler {
@@ -177,10 +162,14 @@ impl RouterHandler {
                 operator: shared.operator,
                 weights_proofs_per_s: shared.weights_proofs_per_s,
                 weights_proofs_unfunded_per_s: shared.weights_proofs_unfunded_per_s,
+                genesis_ms: shared.quota_gate.genesis_ms(),
             },
             0,
         );
-        let refusals = RefusalBudget::new(shared.conn_refusals_per_s_max);
+        let refusals = RefusalBudget::new(
+            shared.conn_refusals_per_s_max,
+            shared.addr_refusals_per_s_max,
+        );
         RouterHandler {
             shared,
             context,
@@ -249,7 +238,11 @@ impl RouterHandler {
         ) {
             // R-HA-3: a nonce already spent by this very message: its first answer.
             // Past the connection's refusal budget: refused (and closed) as before.
-            if refused.code != codes::REPLAY || self.refusals.spent(admitted.conn, now_us) {
+            if refused.code != codes::REPLAY
+                || self
+                    .refusals
+                    .spent(admitted.conn, Some(admitted.address), now_us)
+            {
                 return Err(refused);
             }
             let resend = self.cached_answer(
@@ -260,7 +253,12 @@ impl RouterHandler {
             );
             if resend.is_some() {
                 // A resend counts against the refusal budget like a refusal (R-PROV-3).
-                let verdict = self.refusals.refused(admitted.conn, codes::REPLAY, now_us);
+                let verdict = self.refusals.refused(
+                    admitted.conn,
+                    Some(admitted.address),
+                    codes::REPLAY,
+                    now_us,
+                );
                 debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
             }
             return match resend {
@@ -382,7 +380,7 @@ impl RouterHandler {
             let Some(admitted) = queue.pop_front() else {
                 break;
             };
-            let admitted_conn = admitted.conn;
+            let (admitted_conn, admitted_address) = (admitted.conn, admitted.address);
             let (conn, msg_type, nonce) = (id_of(admitted.conn), admitted.msg_type, admitted.nonce);
             match conns.get_mut(&conn) {
                 Some(count) if *count > 1 => *count -= 1,
@@ -402,17 +400,21 @@ impl RouterHandler {
                 }
                 Err(refused) => {
                     // The same refusal budget as the door's (R-PROV-3).
-                    let (refused, close) =
-                        match self.refusals.refused(admitted_conn, refused.code, now_us) {
-                            RefusalVerdict::Answer => (refused, false),
-                            RefusalVerdict::Close(last) => (last, true),
-                            RefusalVerdict::Drop => {
-                                self.shared.count_rejection(refused.code);
-                                // The answer mark still goes: the frame was in flight.
-                                let _ = self.context.outbox.answer(conn, 1);
-                                continue;
-                            }
-                        };
+                    let (refused, close) = match self.refusals.refused(
+                        admitted_conn,
+                        Some(admitted_address),
+                        refused.code,
+                        now_us,
+                    ) {
+                        RefusalVerdict::Answer => (refused, false),
+                        RefusalVerdict::Close(last) => (last, true),
+                        RefusalVerdict::Drop => {
+                            self.shared.count_rejection(refused.code);
+                            // The answer mark still goes: the frame was in flight.
+                            let _ = self.context.outbox.answer(conn, 1);
+                            continue;
+                        }
+                    };
                     let mut frame = Vec::new();
                     self.error_reply_with(refused, msg_type, nonce)
                         .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
@@ -518,10 +520,11 @@ impl RouterHandler {
         ref_msg_type: u16,
         ref_nonce: u64,
     ) {
+        let address = self.admission.address(conn_of(conn));
         let (refused, close) =
             match self
                 .refusals
-                .refused(conn_of(conn), refused.code, self.now_us_last)
+                .refused(conn_of(conn), address, refused.code, self.now_us_last)
             {
                 RefusalVerdict::Answer => (refused, false),
                 RefusalVerdict::Close(last) => (last, true),
@@ -616,7 +619,14 @@ impl FrameHandler for RouterHandler {
                 return;
             }
             (Message::LoginAnswer(answer), _) => {
-                match self.login(conn, answer, &frame.body) {
+                // R-PROV-3: an address past its refusal budget is refused before the
+                // login's signature is recovered (the refusal counts only for this
+                // connection: the address is not proven).
+                let login = self
+                    .refusals
+                    .login(&answer.address, now_us)
+                    .and_then(|()| self.login(conn, answer, &frame.body));
+                match login {
                     Ok(address) => {
                         // §9: a funded login (or the operator's) is never evicted
                         // for room.
@@ -694,7 +704,7 @@ impl FrameHandler for RouterHandler {
         if claimed == address
             && !self.deferred_conns.contains_key(&conn)
             && !self.costly_conns.contains_key(&conn)
-            && !self.refusals.spent(conn_of(conn), now_us)
+            && !self.refusals.spent(conn_of(conn), Some(address), now_us)
             && SharedView(&self.shared)
                 .nonce_last(&address)
                 .is_some_and(|last| nonce <= last)
@@ -703,7 +713,9 @@ impl FrameHandler for RouterHandler {
                 Some(Resend::Answer(frames)) => {
                     // A resend counts against the refusal budget like a refusal
                     // (R-PROV-3).
-                    let verdict = self.refusals.refused(conn_of(conn), codes::REPLAY, now_us);
+                    let verdict =
+                        self.refusals
+                            .refused(conn_of(conn), Some(address), codes::REPLAY, now_us);
                     debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
                     self.shared.reply_cache_hits_total.inc();
                     replies.reply_with(|out| out.extend_from_slice(&frames));
@@ -718,8 +730,16 @@ impl FrameHandler for RouterHandler {
         // R-QUOTA-5, R-PROV-3: an RFC past its sender's quota, refused at the door
         // as the engine would, before any signature work or a place in a lane (not
         // a resend answered from the cache: its quota was taken the first time).
+        // Router-core decides (`Admission::quota_precheck`); the table is the sink's.
         if !resend {
-            if let Err(refused) = quota_gate_door(&self.shared, address, claimed, &message) {
+            let quota = self.admission.quota_precheck(
+                address,
+                claimed,
+                &message,
+                crate::sequencer::unix_ms(),
+                &&self.shared.quota_gate,
+            );
+            if let Err(refused) = quota {
                 return self.refuse_with(conn, replies, refused, msg_type, nonce);
             }
         }

@@ -40,6 +40,9 @@ pub struct RouterShared {
     /// `network.conn_refusals_per_s_max`: refusals per connection per second before
     /// it is closed `too_many_refusals` (R-PROV-3, issue 27). Set by the pipeline.
     pub conn_refusals_per_s_max: u32,
+    /// `network.addr_refusals_per_s_max`: refusals of one address's connections per
+    /// second on one gateway thread (R-PROV-3, issue 27). Set by the pipeline.
+    pub addr_refusals_per_s_max: u32,
     pub subscribers: DashMap<ConnId, ()>,
     pub inbound: Sender<SequencerInput>,
     pub retry_after_ms: u32,
@@ -93,6 +96,8 @@ impl RouterShared {
             weights_proofs_unfunded_per_s: parts.weights_proofs_unfunded_per_s,
             conn_refusals_per_s_max: crate::config::NetworkConfig::default()
                 .conn_refusals_per_s_max,
+            addr_refusals_per_s_max: crate::config::NetworkConfig::default()
+                .addr_refusals_per_s_max,
             subscribers: Default::default(),
             inbound: parts.inbound,
             retry_after_ms: parts.retry_after_ms,

@@ -64,6 +64,9 @@ impl Attack for CostlyFrame {
                 }
             }
         }
+        // Issue 27: new logins after the router closed it `too_many_refusals`.
+        take.add("reconnects", conn.reconnects);
+        take.add("logins_refused", conn.logins_refused);
         Ok(take)
     }
 }

@@ -46,6 +46,7 @@ pub const WEI_PER_MOR: u128 = sim::WEI_PER_MOR;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Kind {
+    Control,
     SelfDealing,
     SybilRegistrations,
     SybilBootstrap,
@@ -58,7 +59,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
+        Kind::Control,
         Kind::SelfDealing,
         Kind::SybilRegistrations,
         Kind::SybilBootstrap,
@@ -72,6 +74,7 @@ impl Kind {
 
     pub fn name(self) -> &'static str {
         match self {
+            Kind::Control => "control",
             Kind::SelfDealing => "self-dealing",
             Kind::SybilRegistrations => "sybil-registrations",
             Kind::SybilBootstrap => "sybil-bootstrap",
@@ -87,6 +90,7 @@ impl Kind {
     /// The requirement and the case of issue 27 the scenario reproduces.
     pub fn case(self) -> &'static str {
         match self {
+            Kind::Control => "no attacker on either side: this invocation's noise",
             Kind::SelfDealing => "R-MATCH-7, case 1",
             Kind::SybilRegistrations => "R-PROV-2, case 2",
             Kind::SybilBootstrap => "R-CONTRACT-4, case 3",
@@ -204,6 +208,8 @@ pub struct AttackSettings {
     pub progress: bool,
     /// The routers' `network.conn_refusals_per_s_max` (None: the router's default).
     pub conn_refusals_per_s_max: Option<u32>,
+    /// The routers' `network.addr_refusals_per_s_max` (None: the router's default).
+    pub addr_refusals_per_s_max: Option<u32>,
 }
 
 /// What an attacker knows of the router it attacks.
@@ -305,6 +311,7 @@ pub trait Attack: Send {
 /// The attack of `kind`, with its bounds for a full or `short` run.
 pub fn make(kind: Kind, seed: u64, short: bool) -> Box<dyn Attack> {
     match kind {
+        Kind::Control => Box::new(Control),
         Kind::SelfDealing => Box::new(self_dealing::SelfDealing::new(seed)),
         Kind::SybilRegistrations => Box::new(sybil_registrations::SybilRegistrations::new(
             seed,
@@ -321,6 +328,55 @@ pub fn make(kind: Kind, seed: u64, short: bool) -> Box<dyn Attack> {
         Kind::IdleConnections => Box::new(idle_connections::IdleConnections::new()),
         Kind::QuotaFlood => Box::new(quota_flood::QuotaFlood::new(seed)),
     }
+}
+
+/// The control scenario: the "attacked" run has no attacker (its thread only waits
+/// out the window), so its pair is baseline against baseline (A/A). Its ratios are
+/// what this invocation's measurement gives when nothing differs: the noise that the
+/// other scenarios' ratios must be read against.
+struct Control;
+
+impl Attack for Control {
+    fn run(&mut self, ctx: &AttackContext, window: Window) -> Result<Take, AttackError> {
+        ctx.primed.store(true, Ordering::Relaxed);
+        window.wait_start(&ctx.stop);
+        while window.open(&ctx.stop) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Take::default())
+    }
+}
+
+/// CPU time (user + system, ms) used so far by this process's threads that belong
+/// to the embedded router: those it names `ys-*` (gateway, engine, journal, ...)
+/// and the kernel's io_uring workers (`iou-wrk-*`); the simulation's and the
+/// attackers' threads keep the process's name. None where /proc cannot be read.
+/// 10-ms ticks: a run's few seconds of router work read to about 1 %.
+pub fn router_cpu_ms() -> Option<f64> {
+    // SAFETY: sysconf reads a constant of the system.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks_per_s <= 0 {
+        return None;
+    }
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // "tid (comm) state ... utime stime ...": comm may hold spaces, so split at
+        // the last ')'; utime and stime are fields 14 and 15 (11 and 12 after it).
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        if !(comm.starts_with("ys-") || comm.starts_with("iou-wrk")) {
+            continue;
+        }
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+        ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+    }
+    Some(ticks as f64 * 1_000.0 / ticks_per_s as f64)
 }
 
 /// Pins the calling thread to `core` (sched_setaffinity).
@@ -380,9 +436,11 @@ pub fn descriptor_limit() -> u64 {
 /// one address, R-ID-4), sends of pre-built frames, polls with a timeout.
 ///
 /// When the router closes it `too_many_refusals` (issue 27: past
-/// `network.conn_refusals_per_s_max` refusals a second), the next `send` logs in
-/// again on a new connection, as a determined attacker would, at most
-/// `RECONNECTS_MAX` times (then the send fails); `reconnects` counts them.
+/// `network.conn_refusals_per_s_max` refusals a second, or its address past
+/// `network.addr_refusals_per_s_max`), the next `send` logs in again on a new
+/// connection, as a determined attacker would (trying again while the router refuses
+/// the login, `logins_refused`), at most `RECONNECTS_MAX` times (then the send
+/// fails); `reconnects` counts them.
 pub struct Conn {
     pub client: Client,
     who: &'static str,
@@ -392,7 +450,15 @@ pub struct Conn {
     closing: bool,
     /// New logins after such a close.
     pub reconnects: u64,
+    /// Logins refused (or failed) while logging in again.
+    pub logins_refused: u64,
 }
+
+/// How long an attacker's `Conn` keeps trying to log in again after a close: the
+/// address budget's second, and as long again.
+const LOGIN_AGAIN_WITHIN: Duration = Duration::from_secs(2);
+/// Its pause between two such tries.
+const LOGIN_AGAIN_PAUSE: Duration = Duration::from_millis(20);
 
 /// New logins of one attacker connection after `too_many_refusals`, at most.
 pub const RECONNECTS_MAX: u64 = 1_000;
@@ -411,6 +477,7 @@ impl Conn {
             key,
             closing: false,
             reconnects: 0,
+            logins_refused: 0,
         })
     }
 
@@ -426,11 +493,25 @@ impl Conn {
                 )),
             });
         }
-        self.client = sim::connect_client(self.addr, self.key.clone(), sim::CONNECT_TIMEOUT)
-            .map_err(|error| AttackError::Connect {
-                who: self.who,
-                error,
-            })?;
+        // The router refuses the address's logins `too_many_refusals` until the
+        // second of its refusal budget ends (`network.addr_refusals_per_s_max`): a
+        // determined attacker tries again until then.
+        let deadline = Instant::now() + LOGIN_AGAIN_WITHIN;
+        self.client = loop {
+            match sim::connect_client(self.addr, self.key.clone(), sim::CONNECT_TIMEOUT) {
+                Ok(client) => break client,
+                Err(error) if Instant::now() >= deadline => {
+                    return Err(AttackError::Connect {
+                        who: self.who,
+                        error,
+                    })
+                }
+                Err(_) => {
+                    self.logins_refused += 1;
+                    std::thread::sleep(LOGIN_AGAIN_PAUSE);
+                }
+            }
+        };
         self.reconnects += 1;
         self.closing = false;
         Ok(())
@@ -810,6 +891,9 @@ fn run_one(
         if let Some(max) = settings.conn_refusals_per_s_max {
             config.network.conn_refusals_per_s_max = max;
         }
+        if let Some(max) = settings.addr_refusals_per_s_max {
+            config.network.addr_refusals_per_s_max = max;
+        }
         // R-SESSION-1: the market's own bound per user, not the sim's gateway-sized
         // one, so that the capacity hoarder meets what a real router would set; the
         // honest users' share of the rate keeps them well under it.
@@ -836,7 +920,11 @@ fn run_one(
         short: settings.short,
         limits: (ATTACK_PROVIDERS_MAX, connections_max),
     };
+    let cpu_before = router_cpu_ms();
     let summary = sim::run_with(&embedded.target, &config, Some(&mut side));
+    let router_cpu_ms = router_cpu_ms()
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before).max(0.0));
     if settings.await_batches {
         if let Some(canary) = side.canary_outcome.as_mut() {
             let credited = summary
@@ -859,7 +947,8 @@ fn run_one(
         .and_then(|addr| scrape_metric(addr, "yellowstone_connections_refused_total"));
     embedded.shutdown().map_err(AttackError::Router)?;
     let summary = summary.map_err(AttackError::Sim)?;
-    let figures = RunFigures::from_summary(&summary, journal_records, connections_refused);
+    let mut figures = RunFigures::from_summary(&summary, journal_records, connections_refused);
+    figures.router_cpu_ms = router_cpu_ms;
     let mut take = side.take;
     if let Some(take) = take.as_mut().filter(|_| settings.await_batches) {
         take.credited_wei = Some(
@@ -930,4 +1019,55 @@ pub fn run_attacks(
         attacker_core,
         scenarios.into_values().collect(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This thread's CPU time, ms.
+    fn thread_cpu_ms() -> f64 {
+        // SAFETY: clock_gettime fills the timespec.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 * 1_000.0 + ts.tv_nsec as f64 / 1e6
+    }
+
+    /// Uses `ms` of CPU on this thread (not of wall time: the machine is shared).
+    fn burn(ms: f64) {
+        let until = thread_cpu_ms() + ms;
+        let mut x = 0u64;
+        while thread_cpu_ms() < until {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+    }
+
+    /// Only threads named as the router's count (`ys-*`): the simulation's and the
+    /// attackers' work is not the router's.
+    #[test]
+    fn router_cpu_counts_the_routers_threads_only() {
+        let Some(before) = router_cpu_ms() else {
+            return; // no /proc: nothing to measure (reported as "-")
+        };
+        std::thread::spawn(|| burn(300.0)).join().unwrap();
+        let unnamed = router_cpu_ms().unwrap() - before;
+        std::thread::Builder::new()
+            .name("ys-test-burn".into())
+            .spawn(|| {
+                burn(300.0);
+                // Read before the thread ends: an ended thread leaves /proc.
+                router_cpu_ms().unwrap()
+            })
+            .unwrap()
+            .join()
+            .map(|after| {
+                let named = after - before;
+                assert!(named >= 250.0, "a named thread's 300 ms read {named} ms");
+                assert!(
+                    unnamed < 100.0,
+                    "an unnamed thread's 300 ms read {unnamed} ms"
+                );
+            })
+            .unwrap();
+    }
 }

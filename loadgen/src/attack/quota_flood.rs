@@ -105,6 +105,7 @@ impl Attack for QuotaFlood {
         }
         // Issue 27: new logins after the router closed it `too_many_refusals`.
         take.add("reconnects", conn.reconnects);
+        take.add("logins_refused", conn.logins_refused);
         for (provider, most) in reports.into_values() {
             take.credits.in_doubt(provider, most);
         }

@@ -41,6 +41,10 @@ pub struct RunFigures {
     pub journal_records: Option<u64>,
     /// `yellowstone_connections_refused_total` at the end of the run.
     pub connections_refused: Option<u64>,
+    /// CPU time (ms) of the embedded router's threads during the run
+    /// (`router_cpu_ms`): what the run cost the router, which other processes'
+    /// load on the machine does not add to (unlike the p99).
+    pub router_cpu_ms: Option<f64>,
 }
 
 impl RunFigures {
@@ -59,6 +63,7 @@ impl RunFigures {
             self_check_ok: summary.consistency.ok,
             journal_records: journal_records.map(|v| v as u64),
             connections_refused: connections_refused.map(|v| v as u64),
+            router_cpu_ms: None,
         }
     }
 }
@@ -81,6 +86,8 @@ pub struct PairReport {
     pub throughput_ratio: f64,
     /// attacked p99 ÷ baseline p99; None when the attacked run had no session.
     pub p99_ratio: Option<f64>,
+    /// attacked router CPU ÷ baseline router CPU (None: not measured).
+    pub cpu_ratio: Option<f64>,
     /// Wei the attacker was acknowledged as earning on sessions with itself
     /// (decimal string: u128).
     pub earned_wei: String,
@@ -179,6 +186,11 @@ fn honest_refusals(canary: &Option<CanaryOutcome>) -> Vec<String> {
     out
 }
 
+/// A run's router CPU for the text report.
+fn cpu_text(ms: Option<f64>) -> String {
+    ms.map_or("-".to_string(), |ms| format!("{ms:.0} ms"))
+}
+
 fn delta(attacked: Option<u64>, baseline: Option<u64>) -> Option<u64> {
     Some(attacked?.saturating_sub(baseline?))
 }
@@ -195,6 +207,11 @@ impl PairReport {
         };
         let p99_ratio = (figures.sessions > 0)
             .then(|| figures.rfc_to_ticket_p99_us as f64 / base.rfc_to_ticket_p99_us.max(1) as f64);
+        let cpu_ratio = figures
+            .router_cpu_ms
+            .zip(base.router_cpu_ms)
+            .filter(|&(_, base)| base > 0.0)
+            .map(|(attacked, base)| attacked / base);
         let mut took = take.took.clone();
         if let Some(added) = delta(figures.journal_records, base.journal_records) {
             took.insert("journal_records_added".into(), added);
@@ -208,6 +225,7 @@ impl PairReport {
         PairReport {
             throughput_ratio,
             p99_ratio,
+            cpu_ratio,
             earned_wei: take.earned_wei.to_string(),
             attacker_credited_wei: take.credited_wei.map(|wei| wei.to_string()),
             earned: take.earned_wei,
@@ -242,6 +260,10 @@ pub struct ScenarioReport {
     pub throughput_ratio: f64,
     /// None: the median attacked run had no honest session.
     pub p99_ratio: Option<f64>,
+    /// Median over the pairs of the router CPU ratio (None: not measured). Read
+    /// beside the p99: an attack that costs the router work shows here whatever the
+    /// machine's other load does to the tail latency.
+    pub cpu_ratio: Option<f64>,
     /// The most any pair's attacker earned from self-dealing (decimal wei).
     pub earned_wei: String,
     /// Each `took` entry's median over the pairs.
@@ -274,6 +296,7 @@ impl ScenarioReport {
             pairs: Vec::new(),
             throughput_ratio: 0.0,
             p99_ratio: None,
+            cpu_ratio: None,
             earned_wei: "0".into(),
             took: BTreeMap::new(),
             honest_refused: false,
@@ -297,6 +320,8 @@ impl ScenarioReport {
                 .collect(),
         );
         self.p99_ratio = p99.is_finite().then_some(p99);
+        let cpu: Vec<f64> = self.pairs.iter().filter_map(|p| p.cpu_ratio).collect();
+        self.cpu_ratio = (!cpu.is_empty()).then(|| median(cpu));
         let earned = self.pairs.iter().map(|p| p.earned).max().unwrap_or(0);
         self.earned_wei = earned.to_string();
         let names: std::collections::BTreeSet<&String> =
@@ -314,6 +339,18 @@ impl ScenarioReport {
             .collect();
         self.honest_refused = self.pairs.iter().any(|p| !p.honest_refused.is_empty());
         let mut failures = Vec::new();
+        if self.kind == Kind::Control {
+            // No attacker: its ratios are the noise other rows are read against, not
+            // a verdict on the router.
+            if let Some(error) = self.pairs.iter().find_map(|p| p.attack_error.as_ref()) {
+                failures.push(format!("the control run could not be made: {error}"));
+            }
+            self.verdict = Verdict {
+                pass: failures.is_empty(),
+                failures,
+            };
+            return;
+        }
         if self.throughput_ratio < THROUGHPUT_RATIO_MIN {
             failures.push(format!(
                 "honest throughput {:.2} of the baseline (target >= {THROUGHPUT_RATIO_MIN})",
@@ -459,8 +496,8 @@ impl AttackReport {
         );
         let _ = writeln!(
             out,
-            "\n  {:<20} {:>7} {:>7} {:>12}  {:<8} attackers took",
-            "scenario", "thru", "p99", "earned wei", "verdict"
+            "\n  {:<20} {:>7} {:>7} {:>7} {:>12}  {:<8} attackers took",
+            "scenario", "thru", "p99", "cpu", "earned wei", "verdict"
         );
         for scenario in &self.scenarios {
             let took = scenario
@@ -471,17 +508,20 @@ impl AttackReport {
                 .join(", ");
             let _ = writeln!(
                 out,
-                "  {:<20} {:>7.2} {:>7} {:>12}  {:<8} {}",
+                "  {:<20} {:>7.2} {:>7} {:>7} {:>12}  {:<8} {}",
                 scenario.scenario,
                 scenario.throughput_ratio,
                 scenario
                     .p99_ratio
                     .map_or("none".to_string(), |r| format!("{r:.2}")),
+                scenario
+                    .cpu_ratio
+                    .map_or("-".to_string(), |r| format!("{r:.2}")),
                 scenario.earned_wei,
-                if scenario.verdict.pass {
-                    "pass"
-                } else {
-                    "FAIL"
+                match (scenario.kind, scenario.verdict.pass) {
+                    (Kind::Control, true) => "noise",
+                    (_, true) => "pass",
+                    (_, false) => "FAIL",
                 },
                 if took.is_empty() { "-".into() } else { took }
             );
@@ -490,20 +530,38 @@ impl AttackReport {
             out,
             "\n  thru: honest sessions/s, p99: honest RFC->ticket p99, each attacked ÷ baseline, \
              median over pairs; targets thru >= {THROUGHPUT_RATIO_MIN}, p99 <= {P99_RATIO_MAX}, \
-             0 wei earned by self-dealing, no funded honest provider refused"
+             0 wei earned by self-dealing, no funded honest provider refused; cpu: the embedded \
+             router's CPU time, attacked ÷ baseline, median over pairs (not a target: what the \
+             attack cost the router, which the machine's other load does not change)"
         );
+        if let Some(control) = self.scenarios.iter().find(|s| s.kind == Kind::Control) {
+            let _ = writeln!(
+                out,
+                "  control: the same honest traffic on both sides of each pair; its ratios \
+                 (p99 {}, cpu {}) are this invocation's noise: a p99 ratio near it says \
+                 nothing about the attack (see docs/loadgen.md, \"Reading the ratios\")",
+                control
+                    .p99_ratio
+                    .map_or("none".to_string(), |r| format!("{r:.2}")),
+                control
+                    .cpu_ratio
+                    .map_or("-".to_string(), |r| format!("{r:.2}")),
+            );
+        }
         for scenario in &self.scenarios {
             let _ = writeln!(out, "\n  {} ({}):", scenario.scenario, scenario.case);
             for (i, pair) in scenario.pairs.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "    pair {}: baseline {:.0}/s p99 {} us; attacked {:.0}/s p99 {} us; \
-                     refused to the attacker: {}",
+                    "    pair {}: baseline {:.0}/s p99 {} us cpu {}; attacked {:.0}/s p99 {} us \
+                     cpu {}; refused to the attacker: {}",
                     i + 1,
                     pair.baseline.sessions_per_s,
                     pair.baseline.rfc_to_ticket_p99_us,
+                    cpu_text(pair.baseline.router_cpu_ms),
                     pair.attacked.sessions_per_s,
                     pair.attacked.rfc_to_ticket_p99_us,
+                    cpu_text(pair.attacked.router_cpu_ms),
                     if pair.attacker_refused.is_empty() {
                         "nothing".to_string()
                     } else {
@@ -591,5 +649,57 @@ mod tests {
         assert_eq!(scenario.earned_wei, "5");
         assert!(!scenario.verdict.pass);
         assert_eq!(scenario.verdict.failures.len(), 1, "{:?}", scenario.verdict);
+    }
+
+    /// The control's p99 and CPU ratios are reported but are no verdict (they are
+    /// the noise); a scenario's CPU ratio is the median of its pairs'.
+    #[test]
+    fn the_control_reports_its_noise_and_cpu_ratios_are_medians() {
+        let figures = |p99: u64, cpu: f64| RunFigures {
+            sessions_per_s: 100.0,
+            rfc_to_ticket_p99_us: p99,
+            sessions: 100,
+            router_cpu_ms: Some(cpu),
+            ..RunFigures::default()
+        };
+        let mut control = ScenarioReport::new(Kind::Control);
+        let mut costly = ScenarioReport::new(Kind::CostlyFrame);
+        for (base_cpu, cpu) in [(1_000.0, 1_100.0), (1_000.0, 900.0), (500.0, 1_000.0)] {
+            for scenario in [&mut control, &mut costly] {
+                scenario.pairs.push(PairReport::new(
+                    (figures(1_000, base_cpu), None, None, None),
+                    (figures(3_000, cpu), None, None, None),
+                ));
+            }
+        }
+        control.conclude();
+        costly.conclude();
+        assert_eq!(control.p99_ratio, Some(3.0));
+        assert_eq!(control.cpu_ratio, Some(1.1));
+        assert!(control.verdict.pass, "{:?}", control.verdict);
+        assert_eq!(costly.cpu_ratio, Some(1.1));
+        assert!(
+            !costly.verdict.pass,
+            "the p99 target still applies to attacks"
+        );
+        let text = AttackReport {
+            setup: AttackSetup {
+                pairs: 3,
+                window_s: 3.0,
+                short: false,
+                honest_rate_per_s: 100.0,
+                users: 1,
+                providers: 1,
+                provider_capacity: 1,
+                attacker_core: 0,
+                providers_max: 1,
+                connections_max: 1,
+                backend: "uring".into(),
+            },
+            scenarios: vec![control, costly],
+            pass: false,
+        }
+        .to_text();
+        assert!(text.contains("its ratios (p99 3.00, cpu 1.10)"), "{text}");
     }
 }
