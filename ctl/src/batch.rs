@@ -92,15 +92,21 @@ pub fn verify(
     check_content(batch)
 }
 
-/// Tracks block numbers across batches: each must be the previous one plus one.
+/// Tracks block numbers across batches: each must be the previous one plus one; one
+/// at or below the last is a repeat (R-HA-2: sent again to a new subscription), skipped.
 #[derive(Default)]
 pub struct Follower {
     last_block: Option<u64>,
 }
 
 impl Follower {
-    pub fn accept(&mut self, batch: &CreditBatch) -> Result<(), String> {
+    pub fn accept(&mut self, batch: &CreditBatch) -> Result<bool, String> {
         if let Some(last) = self.last_block {
+            // R-HA-2: a subscription is sent the newest sealed batch at once, so after
+            // a reconnect one already printed may come again: skipped, not a gap.
+            if batch.block <= last {
+                return Ok(false);
+            }
             if batch.block != last + 1 {
                 return Err(format!(
                     "gap: block {} follows block {last} (batches {}..{} missing or reordered)",
@@ -111,7 +117,7 @@ impl Follower {
             }
         }
         self.last_block = Some(batch.block);
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -214,7 +220,8 @@ mod tests {
         assert!(verify(&message, body, 8, &router.address()).is_err());
         let mut follower = Follower::default();
         let mut b = batch();
-        follower.accept(&b).unwrap();
+        assert_eq!(follower.accept(&b), Ok(true));
+        assert_eq!(follower.accept(&b), Ok(false), "a repeat is skipped");
         b.block = 6;
         assert!(follower.accept(&b).unwrap_err().contains("gap"));
     }

@@ -432,9 +432,12 @@ fn follow(cli: &Cli, count: Option<u64>, router_address: &Option<String>) -> Res
         let Message::CreditBatch(credit_batch) = &message else {
             continue;
         };
-        batch::verify(&message, &frame.body, network_id, &router)
+        let new = batch::verify(&message, &frame.body, network_id, &router)
             .and_then(|()| follower.accept(credit_batch))
             .map_err(CtlError::Verification)?;
+        if !new {
+            continue;
+        }
         let mut out = stdout.lock();
         writeln!(out, "{}", batch::to_json(credit_batch))
             .and_then(|()| out.flush())

@@ -990,8 +990,8 @@ fn run_operator_subscriber(
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
-                // R-HA-3: subscribe with the new leader. A batch sealed while no
-                // member led is not sent again: the self-check then names the gap.
+                // R-HA-3: subscribe with the new leader, which sends the newest sealed
+                // batch at once (R-HA-2): one sealed while this was away is no gap.
                 reconnects += 1;
                 let key = operator.key().clone();
                 match connect(&endpoints, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
@@ -1012,6 +1012,11 @@ fn run_operator_subscriber(
             }
         };
         if let Message::CreditBatch(batch) = &message {
+            // R-HA-2: a subscription is sent the newest sealed batch at once; after a
+            // reconnect it may be one this log holds already (the same bytes).
+            if log.blocks.last().is_some_and(|last| batch.block <= *last) {
+                continue;
+            }
             let mut body = Vec::new();
             message.encode(&mut body);
             message

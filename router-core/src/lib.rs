@@ -67,6 +67,7 @@ mod refusals;
 mod replies;
 mod report;
 mod routes;
+mod sealed;
 mod session;
 
 pub use crate::core::{error_reply, CacheView, RouterCore};
@@ -77,6 +78,7 @@ pub use quota::{follow_quota, quota_refusal, QuotaEntry, QuotaMap, QuotaStore, D
 pub use refusals::{RefusalBudget, RefusalVerdict, REFUSAL_WINDOW_US};
 pub use replies::{command_of, CommandDigest, ReplyCache, ReplyCacheConfig};
 pub use routes::{RouteKind, Routes, RoutesReleased};
+pub use sealed::{NewestSealed, Sealed, SealedSettlement};
 
 use yellowstone_engine::{Command, MarketError};
 use yellowstone_wire::{codes, Address, SigError};

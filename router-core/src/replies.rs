@@ -121,6 +121,10 @@ struct Inner {
 #[derive(Debug)]
 pub struct ReplyCache {
     config: ReplyCacheConfig,
+    /// R-HA-2: the newest sealed batch and settlement, fed by the same `observe`
+    /// (every place that feeds the cache feeds it: a leader's sink, a member's state
+    /// machine, a single router's replay at start).
+    newest_sealed: crate::sealed::NewestSealed,
     inner: Mutex<Inner>,
     /// `inner.len` as of the last change, read without the lock (a metric per command).
     held: std::sync::atomic::AtomicUsize,
@@ -137,7 +141,14 @@ impl ReplyCache {
             },
             inner: Mutex::new(Inner::default()),
             held: std::sync::atomic::AtomicUsize::new(0),
+            newest_sealed: crate::sealed::NewestSealed::new(),
         }
+    }
+
+    /// The newest sealed credit batch and settlement (R-HA-2: sent to a subscriber
+    /// at once, so that one sealed while it was away is no gap).
+    pub fn newest_sealed(&self) -> crate::sealed::Sealed {
+        self.newest_sealed.get()
     }
 
     /// Its bounds.
@@ -165,6 +176,7 @@ impl ReplyCache {
     /// engine accepted it (no refusal of its own nonce), and any ticket or `RfcFailed`
     /// `effects` carry for an RFC cached earlier (under that RFC's nonce).
     pub fn observe(&self, command: &Command, effects: &[Effect]) {
+        self.newest_sealed.observe(command, effects);
         let origin = command.origin().filter(|(address, nonce)| {
             !effects.iter().any(|effect| {
                 matches!(effect, Effect::Rejected { to, nonce: n, .. } if to == address && n == nonce)

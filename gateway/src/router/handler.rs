@@ -111,9 +111,8 @@ enum Resend {
 enum Outcome {
     /// Queued for the engine, which answers it later (through the outbox).
     Accepted,
-    /// Needs no engine (SubscribeBatches): answered with an `Ack` of this nonce.
-    Ack(u64),
-    /// R-HA-3: a resend of an accepted message: its original answer's frames.
+    /// Frames ready to send, no engine needed: a resend's original answer (R-HA-3),
+    /// or a subscription's `Ack` and the newest sealed batch and settlement (R-HA-2).
     Cached(Vec<u8>),
 }
 
@@ -287,8 +286,17 @@ impl RouterHandler {
             CoreOutcome::Command(command) => command,
             // Whatever needs no engine is answered now: nothing stays in flight.
             CoreOutcome::Subscribe => {
+                // Subscribed first: a batch sealed from now on is broadcast to it; the
+                // newest already sealed follows the Ack (R-HA-2: none missed across a
+                // reconnect; a repeat is skipped by its block).
                 self.shared.subscribers.insert(id_of(admitted.conn), ());
-                return Ok(Outcome::Ack(admitted.nonce));
+                let mut frames = Vec::new();
+                Message::from(messages::Ack {
+                    nonce: admitted.nonce,
+                })
+                .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frames);
+                frames.extend_from_slice(&super::sink::newest_sealed_frames(&self.shared));
+                return Ok(Outcome::Cached(frames));
             }
         };
         self.push_accepted(&admitted, command);
@@ -392,12 +400,6 @@ impl RouterHandler {
             let sent = match self.admit(admitted, now_us) {
                 Ok(Outcome::Accepted) => continue,
                 Ok(Outcome::Cached(frames)) => self.context.outbox.reply(conn, frames),
-                Ok(Outcome::Ack(nonce)) => {
-                    let mut frame = Vec::new();
-                    Message::from(messages::Ack { nonce })
-                        .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frame);
-                    self.context.outbox.reply(conn, frame)
-                }
                 Err(refused) => {
                     // The same refusal budget as the door's (R-PROV-3).
                     let (refused, close) = match self.refusals.refused(
@@ -789,11 +791,6 @@ impl FrameHandler for RouterHandler {
             Ok(Outcome::Accepted) => {}
             Ok(Outcome::Cached(frames)) => {
                 replies.reply_with(|out| out.extend_from_slice(&frames));
-            }
-            Ok(Outcome::Ack(nonce)) => {
-                let ack = Message::from(messages::Ack { nonce });
-                replies
-                    .reply_with(|out| ack.write_frame(yellowstone_wire::frame::FLAG_RESPONSE, out));
             }
             Err(refused) => self.refuse_with(conn, replies, refused, msg_type, nonce),
         }

@@ -60,6 +60,9 @@ pub struct RouterShared {
     /// machine, read by the gateways for resent messages. Set by the pipeline (from
     /// `StartOptions::reply_cache`, so it can outlive one pipeline).
     pub reply_cache: Arc<yellowstone_router_core::ReplyCache>,
+    /// R-HA-2: the newest sealed batch's and settlement's signed frames, signed once
+    /// for every subscription that asks for them (`sink::newest_sealed_frames`).
+    pub sealed_frames: std::sync::Mutex<crate::router::sink::SealedFrames>,
     /// `yellowstone_reply_cache_hits_total`: resent messages answered from the cache.
     pub reply_cache_hits_total: Arc<Counter>,
     /// `yellowstone_reply_cache_entries`: answers held (set by the sink).
@@ -118,6 +121,7 @@ impl RouterShared {
             reply_cache: Arc::new(yellowstone_router_core::ReplyCache::new(
                 crate::config::NetworkConfig::default().reply_cache_config(),
             )),
+            sealed_frames: std::sync::Mutex::new(Default::default()),
             reply_cache_hits_total: registry.counter(
                 "yellowstone_reply_cache_hits_total",
                 "Resent signed messages (nonce already spent, same command) answered with \

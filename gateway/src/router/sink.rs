@@ -382,6 +382,67 @@ pub fn settlement_message(signed: &SignedSettlement) -> Message {
     })
 }
 
+/// The signed frames of the newest sealed batch and settlement, kept so that each is
+/// signed once however many subscribe (R-HA-2).
+#[derive(Debug, Default)]
+pub struct SealedFrames {
+    /// (block, its signed `CreditBatch` frame).
+    batch: Option<(u64, Vec<u8>)>,
+    /// (epoch, its signed `Settlement` frame).
+    settlement: Option<(u64, Vec<u8>)>,
+}
+
+/// R-HA-2, R-BLOCK-2: the frames a new subscription is sent after its `Ack`: the
+/// newest sealed credit batch, then the newest settlement (each once sealed and
+/// durable, or committed in a replicated group), so that a subscriber that lost its
+/// connection (a failover, a restart) misses no block sealed while it was away.
+/// The same bytes as when first sent (RFC 6979); subscribers skip a block or epoch
+/// they already hold.
+pub(super) fn newest_sealed_frames(shared: &RouterShared) -> Vec<u8> {
+    let sealed = shared.reply_cache.newest_sealed();
+    let mut frames = shared
+        .sealed_frames
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    if let Some(mut message) = sealed.batch {
+        let block = match &message {
+            Message::CreditBatch(batch) => batch.block,
+            _ => u64::MAX,
+        };
+        if frames.batch.as_ref().is_none_or(|(held, _)| *held != block) {
+            frames.batch = Some((block, signed_frame(shared, &mut message)));
+        }
+        if let Some((_, frame)) = &frames.batch {
+            out.extend_from_slice(frame);
+        }
+    }
+    if let Some(sealed) = sealed.settlement {
+        let epoch = sealed.settlement.epoch;
+        if frames
+            .settlement
+            .as_ref()
+            .is_none_or(|(held, _)| *held != epoch)
+        {
+            let signed = SignedSettlement::sign(
+                &sealed.settlement,
+                &shared.router_key,
+                shared.network_id,
+                sealed.chain_id,
+                &sealed.contract,
+            );
+            frames.settlement = Some((
+                epoch,
+                signed_frame(shared, &mut settlement_message(&signed)),
+            ));
+        }
+        if let Some((_, frame)) = &frames.settlement {
+            out.extend_from_slice(frame);
+        }
+    }
+    out
+}
+
 /// Sends one router-signed frame to every batch subscriber.
 fn send_to_subscribers(shared: &RouterShared, outbox: &Outbox, frame: Vec<u8>) {
     let subscribers: Vec<ConnId> = shared
