@@ -134,30 +134,15 @@ impl Machine {
         config: MachineConfig,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Arc<Machine>, super::ReplicationError> {
-        let bad = |what: String| super::ReplicationError::BadFile {
-            file: SNAPSHOT_FILE.to_string(),
-            what,
-        };
-        let stored = if storage.list()?.iter().any(|n| n == SNAPSHOT_FILE) {
-            let bytes = storage.read(SNAPSHOT_FILE)?;
-            let payload = parse_snapshot_frame(&bytes).map_err(bad)?;
-            let (meta, data): (SnapshotMeta, MarketSnapshot) =
-                super::types::decode(payload).map_err(|e| bad(e.to_string()))?;
-            Some((meta, data))
-        } else {
-            None
-        };
+        let stored = read_snapshot(storage.as_mut())?;
         let (engine, last_applied, membership, next_seq, current) = match stored {
-            Some((meta, data)) => {
-                let engine = restore_checked(&data).map_err(bad)?;
-                (
-                    engine,
-                    meta.last_log_id,
-                    meta.last_membership.clone(),
-                    data.next_seq,
-                    Some((meta, data)),
-                )
-            }
+            Some((meta, data, engine)) => (
+                engine,
+                meta.last_log_id,
+                meta.last_membership.clone(),
+                data.next_seq,
+                Some((meta, data)),
+            ),
             None => (genesis, None, StoredMembership::default(), 1, None),
         };
         let machine = Machine {
@@ -406,6 +391,28 @@ pub fn apply_group_records(
     Ok(GroupApplied::Applied {
         last_seq: group.last_seq(),
     })
+}
+
+/// Reads the stored snapshot (`raft-snapshot`) of `storage`, if there is one, and
+/// restores its engine (checked against its recorded hash), without writing.
+/// Errors: [`super::ReplicationError::File`] (unreadable),
+/// [`super::ReplicationError::BadFile`] (does not parse, decode, hash or restore).
+pub fn read_snapshot(
+    storage: &mut dyn Storage,
+) -> Result<Option<(SnapshotMeta, MarketSnapshot, Engine)>, super::ReplicationError> {
+    let bad = |what: String| super::ReplicationError::BadFile {
+        file: SNAPSHOT_FILE.to_string(),
+        what,
+    };
+    if !storage.list()?.iter().any(|n| n == SNAPSHOT_FILE) {
+        return Ok(None);
+    }
+    let bytes = storage.read(SNAPSHOT_FILE)?;
+    let payload = parse_snapshot_frame(&bytes).map_err(bad)?;
+    let (meta, data): (SnapshotMeta, MarketSnapshot) =
+        super::types::decode(payload).map_err(|e| bad(e.to_string()))?;
+    let engine = restore_checked(&data).map_err(bad)?;
+    Ok(Some((meta, data, engine)))
 }
 
 /// Restores an engine from a snapshot and checks its recorded hash.

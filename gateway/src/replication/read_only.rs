@@ -1,0 +1,218 @@
+//! A member's data directory read without a member (issue 25; R-HA-1, R-CHAIN-1):
+//! what the operator tools (`yellowstone-router ledger|verify|settlement|proof`) and
+//! the relayer and reconciler (`chain/`) recover from, since a member keeps no
+//! journal: its state is `<data_dir>/raft/` (docs/replication.md "A member's data
+//! directory").
+//!
+//! The state is the stored snapshot's engine (else the market's genesis engine),
+//! then every log entry after the snapshot up to the **committed** index the log
+//! records, applied by [`apply_group_records`] (the state machine's own rule, stale
+//! entries skipped alike). Entries past the committed index are never applied: a
+//! deposed leader's log may hold a suffix no majority stored, which the group
+//! replaced. A commit mark is written after its entries (and is not synced by
+//! itself), so the state read is the group's as of some committed index at most the
+//! group's: never ahead of it, never other than it.
+//!
+//! Read-only: nothing is written, cut or locked, so it runs beside a running member
+//! (like the journal tools beside a running router). A running member may purge its
+//! log behind a new snapshot between our reading of the snapshot and of the log:
+//! the gap that leaves is detected and the read retried.
+
+use super::log_store::{read_log, LogScan, TornTail};
+use super::state_machine::{apply_group_records, read_snapshot, UndecodableRecord};
+use super::types::{GroupApplied, LogId};
+use super::ReplicationError;
+use crate::journal::{FileStorage, JournalRecord};
+use openraft::EntryPayload;
+use std::path::{Path, PathBuf};
+use yellowstone_engine::{Effect, Engine};
+
+/// The directory of a member's Raft state inside its data directory.
+pub const RAFT_DIR: &str = "raft";
+
+/// How often a read racing a running member's log purge is retried.
+const READ_ATTEMPTS: usize = 5;
+
+/// Why a member's data directory could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum MemberReadError {
+    /// A file of `raft/` is unreadable, or damaged before its tail (the segment and
+    /// offset are named), or the snapshot does not check out.
+    #[error("{}: {source}", dir.display())]
+    Log {
+        /// `<data_dir>/raft`.
+        dir: PathBuf,
+        /// What the log or snapshot reading found.
+        source: ReplicationError,
+    },
+    /// Committed entries after the snapshot are not in the log (purged without a
+    /// snapshot covering them), even after retrying.
+    #[error(
+        "{}: committed entries {from}..={committed} are needed after the snapshot \
+         (covering up to {snapshot:?}) and entry {missing} is not in the log \
+         (purged up to {purged:?}): the log and snapshot do not fit together",
+        dir.display()
+    )]
+    Gap {
+        /// `<data_dir>/raft`.
+        dir: PathBuf,
+        /// The first entry the snapshot does not cover.
+        from: u64,
+        /// The committed index.
+        committed: u64,
+        /// The first missing entry.
+        missing: u64,
+        /// The snapshot's last log index.
+        snapshot: Option<u64>,
+        /// The log's last purged index.
+        purged: Option<u64>,
+    },
+    /// A committed record does not decode: the member could not apply it either.
+    #[error("{}: log entry {index}: {source}", dir.display())]
+    Record {
+        /// `<data_dir>/raft`.
+        dir: PathBuf,
+        /// The entry's log index.
+        index: u64,
+        /// The record and why.
+        source: UndecodableRecord,
+    },
+}
+
+/// What [`replay_member`] read and applied.
+pub struct MemberReplay {
+    /// The engine after the snapshot and every committed entry.
+    pub engine: Engine,
+    /// The journal sequence number the next record would get (1: none yet).
+    pub next_seq: u64,
+    /// The snapshot started from: its last log id and the next sequence number then.
+    pub snapshot: Option<(Option<LogId>, u64)>,
+    /// The committed log id the log records (None: none recorded).
+    pub committed: Option<LogId>,
+    /// Entries applied after the snapshot (blank and membership entries included).
+    pub entries_applied: u64,
+    /// Records applied after the snapshot.
+    pub records_applied: u64,
+    /// Entries skipped as stale (a deposed leader's late proposal, skipped by every
+    /// member alike).
+    pub stale_entries: u64,
+    /// Entries in the log past the committed index, not applied.
+    pub uncommitted_entries: u64,
+    /// The last segment's torn tail (a starting member cuts it), if any.
+    pub torn: Option<TornTail>,
+}
+
+/// Whether `dir` is a member's data directory (it holds `raft/`).
+pub fn is_member_dir(dir: &Path) -> bool {
+    dir.join(RAFT_DIR).is_dir()
+}
+
+/// Replays a member's data directory `dir` from `genesis` (the market's genesis
+/// engine, `Engine::new` of its `market.bin`) without writing: the snapshot, then the
+/// log's entries after it up to the committed index (see the module comment).
+/// `visit(seq, record, effects, engine)` sees each applied record with the engine
+/// just after it (not those the snapshot covers).
+/// Errors: [`MemberReadError`] (unreadable or damaged files naming segment and
+/// offset, committed entries missing, an undecodable committed record).
+pub fn replay_member(
+    dir: &Path,
+    genesis: Engine,
+    mut visit: impl FnMut(u64, &JournalRecord, &[Effect], &Engine),
+) -> Result<MemberReplay, MemberReadError> {
+    let raft_dir = dir.join(RAFT_DIR);
+    let log_error = |source: ReplicationError| MemberReadError::Log {
+        dir: raft_dir.clone(),
+        source,
+    };
+    let mut attempt = 0;
+    // The snapshot first, then the log: a purge only ever follows a newer snapshot,
+    // so a gap between the two is a purge we raced; the next attempt reads both anew.
+    let (snapshot, scan) = loop {
+        attempt += 1;
+        let mut storage = FileStorage::reader(&raft_dir);
+        let snapshot = read_snapshot(&mut storage).map_err(log_error)?;
+        let scan = read_log(&mut storage).map_err(log_error)?;
+        let covered = snapshot.as_ref().and_then(|(meta, _, _)| meta.last_log_id);
+        match first_missing(&scan, covered) {
+            None => break (snapshot, scan),
+            Some(missing) if attempt >= READ_ATTEMPTS => {
+                let committed = scan.recovered.committed.map_or(0, |c| c.index);
+                return Err(MemberReadError::Gap {
+                    dir: raft_dir,
+                    from: covered.map_or(0, |c| c.index + 1),
+                    committed,
+                    missing,
+                    snapshot: covered.map(|c| c.index),
+                    purged: scan.recovered.purged.map(|p| p.index),
+                });
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    let (mut engine, mut next_seq, covered, snapshot_info) = match snapshot {
+        Some((meta, data, engine)) => (
+            engine,
+            data.next_seq,
+            meta.last_log_id,
+            Some((meta.last_log_id, data.next_seq)),
+        ),
+        None => (genesis, 1, None, None),
+    };
+    let committed = scan.recovered.committed;
+    let mut replay_stats = (0u64, 0u64, 0u64);
+    let mut effects = Vec::new();
+    for (&index, entry) in &scan.recovered.entries {
+        if covered.is_some_and(|c| index <= c.index) {
+            continue;
+        }
+        if committed.is_none_or(|c| index > c.index) {
+            break;
+        }
+        replay_stats.0 += 1;
+        let EntryPayload::Normal(group) = &entry.payload else {
+            continue;
+        };
+        let applied = apply_group_records(
+            &mut engine,
+            &mut next_seq,
+            entry.log_id,
+            group,
+            &mut effects,
+            |seq, record, effects, engine, _| visit(seq, record, effects, engine),
+        )
+        .map_err(|source| MemberReadError::Record {
+            dir: raft_dir.clone(),
+            index,
+            source,
+        })?;
+        match applied {
+            GroupApplied::Applied { .. } => replay_stats.1 += group.records.len() as u64,
+            GroupApplied::Stale { .. } => replay_stats.2 += 1,
+            GroupApplied::NoRecords => {}
+        }
+    }
+    let uncommitted_entries = scan
+        .recovered
+        .entries
+        .keys()
+        .filter(|&&index| committed.is_none_or(|c| index > c.index))
+        .count() as u64;
+    Ok(MemberReplay {
+        engine,
+        next_seq,
+        snapshot: snapshot_info,
+        committed,
+        entries_applied: replay_stats.0,
+        records_applied: replay_stats.1,
+        stale_entries: replay_stats.2,
+        uncommitted_entries,
+        torn: scan.torn,
+    })
+}
+
+/// The first committed entry after `covered` that the log does not hold, if any.
+fn first_missing(scan: &LogScan, covered: Option<LogId>) -> Option<u64> {
+    let committed = scan.recovered.committed?;
+    let from = covered.map_or(0, |c| c.index + 1);
+    (from..=committed.index).find(|index| !scan.recovered.entries.contains_key(index))
+}
