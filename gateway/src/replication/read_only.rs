@@ -216,3 +216,199 @@ fn first_missing(scan: &LogScan, covered: Option<LogId>) -> Option<u64> {
     let from = covered.map_or(0, |c| c.index + 1);
     (from..=committed.index).find(|index| !scan.recovered.entries.contains_key(index))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::encode_into;
+    use crate::replication::log_store::{LogRecord, PURGED_FILE, SEGMENT_PREFIX};
+    use crate::replication::state_machine::{encode_snapshot_frame, SNAPSHOT_FILE};
+    use crate::replication::types::{encode, Entry, GroupEntry, MarketSnapshot, SnapshotMeta};
+    use openraft::CommittedLeaderId;
+    use yellowstone_engine::{Command, MarketConfig};
+
+    const BLOCK_MS: u64 = 12_000;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    /// A tick `blocks` blocks after genesis (each crosses a block boundary).
+    fn tick(blocks: u64) -> Vec<u8> {
+        JournalRecord {
+            now_ms: MarketConfig::default().genesis_ms + blocks * BLOCK_MS + 1,
+            command: Command::Tick,
+        }
+        .encode()
+    }
+
+    fn group(index: u64, first_seq: u64, records: Vec<Vec<u8>>) -> LogRecord {
+        LogRecord::Entry(Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(GroupEntry { first_seq, records }),
+        })
+    }
+
+    fn frame(out: &mut Vec<u8>, seq: u64, record: &LogRecord) {
+        encode_into(out, seq, &encode(record).unwrap()).unwrap();
+    }
+
+    /// The engine after records 1..=`records` of [`ticks`], applied directly.
+    fn expected(records: u64) -> Engine {
+        let mut engine = Engine::new(MarketConfig::default());
+        let mut effects = Vec::new();
+        for seq in 1..=records {
+            let record = JournalRecord::decode(&tick(seq)).unwrap();
+            engine.apply(&record.command, record.now_ms, &mut effects);
+        }
+        engine
+    }
+
+    /// A member's data directory by hand: market.bin; a snapshot after log index 2
+    /// (records 1..=2); a log holding entries 0..=7: blank, the two the snapshot
+    /// covers, record 3, a stale entry, record 4, a commit mark at 5, then two
+    /// uncommitted entries (a deposed leader's suffix, records 5..=6) and a torn tail.
+    /// Returns the log segment's path and where entry 3 starts and ends.
+    fn member_dir(dir: &Path) -> (PathBuf, usize, usize) {
+        crate::journal::files::write_market(dir, &MarketConfig::default()).unwrap();
+        let raft = dir.join(RAFT_DIR);
+        std::fs::create_dir_all(&raft).unwrap();
+        let snapshot_engine = expected(2);
+        let engine_bytes = snapshot_engine.snapshot();
+        let data = MarketSnapshot {
+            state_hash: *blake3::hash(&engine_bytes).as_bytes(),
+            engine: engine_bytes,
+            next_seq: 3,
+            block: snapshot_engine.block(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(2)),
+            last_membership: Default::default(),
+            snapshot_id: "1-2-1".into(),
+        };
+        let mut framed = Vec::new();
+        encode_snapshot_frame(&mut framed, 3, &encode(&(&meta, &data)).unwrap());
+        std::fs::write(raft.join(SNAPSHOT_FILE), framed).unwrap();
+
+        let mut log = Vec::new();
+        let blank = LogRecord::Entry(Entry {
+            log_id: log_id(0),
+            payload: EntryPayload::Blank,
+        });
+        frame(&mut log, 1, &blank);
+        frame(&mut log, 2, &group(1, 1, vec![tick(1)]));
+        frame(&mut log, 3, &group(2, 2, vec![tick(2)]));
+        let entry3 = log.len();
+        frame(&mut log, 4, &group(3, 3, vec![tick(3)]));
+        let entry3_end = log.len();
+        // Stale: a deposed leader's late proposal every member skipped.
+        frame(&mut log, 5, &group(4, 9, vec![tick(9)]));
+        frame(&mut log, 6, &group(5, 4, vec![tick(4)]));
+        frame(&mut log, 6, &LogRecord::Committed(Some(log_id(5))));
+        frame(&mut log, 7, &group(6, 5, vec![tick(5)]));
+        frame(&mut log, 8, &group(7, 6, vec![tick(6)]));
+        log.extend_from_slice(&[0xA5; 7]);
+        let segment = raft.join(format!("{SEGMENT_PREFIX}{:020}", 0));
+        std::fs::write(&segment, log).unwrap();
+        (segment, entry3, entry3_end)
+    }
+
+    fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut files: Vec<_> = walk(dir);
+        files.sort();
+        files
+    }
+
+    fn walk(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_member_dir_replays_up_to_the_committed_index_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        member_dir(dir.path());
+        let before = contents(dir.path());
+        let mut seen = Vec::new();
+        let replay = replay_member(
+            dir.path(),
+            Engine::new(MarketConfig::default()),
+            |seq, _, _, engine| seen.push((seq, engine.block())),
+        )
+        .unwrap();
+        // Records 3 and 4 after the snapshot; the stale entry skipped; entries 6 and 7
+        // (records 5, 6) past the committed index never applied.
+        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(replay.next_seq, 5);
+        assert_eq!(replay.records_applied, 2);
+        assert_eq!(replay.stale_entries, 1);
+        assert_eq!(replay.uncommitted_entries, 2);
+        assert_eq!(replay.committed, Some(log_id(5)));
+        assert_eq!(replay.snapshot, Some((Some(log_id(2)), 3)));
+        let torn = replay.torn.as_ref().unwrap();
+        assert_eq!((torn.bytes, torn.zeros), (7, false));
+        let want = expected(4);
+        assert_eq!(replay.engine.state_hash(), want.state_hash());
+        assert_eq!(replay.engine.block(), want.block());
+        assert_ne!(expected(6).block(), want.block(), "the suffix would show");
+
+        // The tools' entry point takes the same path (a data directory without a
+        // journal, with raft/).
+        let recovered = crate::journal::tools::recover_read_only(dir.path()).unwrap();
+        assert_eq!(recovered.engine.state_hash(), want.state_hash());
+        assert_eq!((recovered.last_seq, recovered.snapshot_seq), (4, Some(2)));
+        assert_eq!(recovered.bytes_cut, 7);
+        assert_eq!(
+            contents(dir.path()),
+            before,
+            "read-only: nothing written or cut"
+        );
+    }
+
+    #[test]
+    fn damage_within_the_log_names_the_segment_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let (segment, entry3, entry3_end) = member_dir(dir.path());
+        let mut bytes = std::fs::read(&segment).unwrap();
+        // Inside entry 3's payload: valid entries follow, so not a torn tail.
+        bytes[entry3_end - 1] ^= 0xFF;
+        std::fs::write(&segment, bytes).unwrap();
+        let error = crate::journal::tools::recover_read_only(dir.path())
+            .err()
+            .expect("damage before the tail is refused");
+        let text = error.to_string();
+        assert!(
+            text.contains(&format!("{SEGMENT_PREFIX}{:020}", 0))
+                && text.contains(&format!("offset {entry3}")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn committed_entries_missing_after_the_snapshot_are_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        member_dir(dir.path());
+        // The log purged up to index 3 while the snapshot covers only up to 2: the
+        // committed entry 3 is nowhere.
+        let mut framed = Vec::new();
+        encode_into(&mut framed, 1, &encode(&log_id(3)).unwrap()).unwrap();
+        std::fs::write(dir.path().join(RAFT_DIR).join(PURGED_FILE), framed).unwrap();
+        match replay_member(
+            dir.path(),
+            Engine::new(MarketConfig::default()),
+            |_, _, _, _| {},
+        ) {
+            Err(MemberReadError::Gap { missing, .. }) => assert_eq!(missing, 3),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("a gap replayed"),
+        }
+    }
+}

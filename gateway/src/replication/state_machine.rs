@@ -444,7 +444,7 @@ fn store_snapshot(
 
 /// Frames a snapshot like a journal record when it fits the record limit; larger
 /// snapshots are framed by [`encode_big`] (same layout, no limit).
-fn encode_snapshot_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+pub(crate) fn encode_snapshot_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     if encode_into(out, seq, payload).is_err() {
         encode_big(out, seq, payload);
     }
