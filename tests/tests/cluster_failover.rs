@@ -1025,3 +1025,91 @@ fn a_voter_is_added_and_a_member_removed() {
     assert!(!ids.contains(&(gone as u64 + 1)), "{status}");
     assert!(ids.contains(&4), "{status}");
 }
+
+/// `yellowstone-router ledger --json --data-dir DIR` (issue 25: on a member's data
+/// directory), without the per-directory `last_seq` (commit marks of members differ
+/// by the records of a heartbeat or two: ticks that change no ledger field).
+fn member_ledger(dir: &Path) -> serde_json::Value {
+    let (code, out, err) = cli(&["ledger", "--json", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "ledger on {}: {out}{err}", dir.display());
+    let mut ledger: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ledger JSON {e}: {out}"));
+    ledger.as_object_mut().unwrap().remove("last_seq");
+    ledger
+}
+
+/// Waits until now is at least 1.5 s past a block boundary and 8 s before the next:
+/// the ledger then changes only through commands (none are sent), so every member's
+/// committed state, a heartbeat apart, shows the same ledger.
+fn wait_mid_block(genesis_ms: u64) {
+    loop {
+        let into = (now_ms() - genesis_ms) % BLOCK_MS;
+        if (1_500..4_000).contains(&into) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 25 (R-HA-1, R-CHAIN-1): the operator's read-only tools, which the relayer and
+/// reconciler share (`tools::recover_read_only`), read any member's data directory
+/// (`raft/`, no journal), while it runs and once it stopped, and every member shows the
+/// same ledger: the funds, the ticket's session, the sealed batches.
+#[test]
+fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
+    let group = Group::new(3);
+    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    let network_id = members[0].ready.network_id;
+    let router: Address = members[0].ready.router_address.parse().unwrap();
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let alive: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let leader = leader_of(&alive, Duration::from_secs(10));
+    session(members[leader].ready.listen, network_id, &router, 1);
+    // A block sealed after the session: a batch in every ledger.
+    let session_done = now_ms();
+    loop {
+        wait_mid_block(group.genesis_ms);
+        let now = now_ms();
+        if now - (now - group.genesis_ms) % BLOCK_MS > session_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    // While the members run (the tools take no lock, write nothing).
+    let running: Vec<serde_json::Value> = (1..=3)
+        .map(|id| member_ledger(&group.data_dir(id)))
+        .collect();
+    let first = &running[0];
+    assert!(first["batches"].as_u64().unwrap() >= 1, "{first}");
+    assert_ne!(first["contract_balance_wei"], "0", "the funds: {first}");
+    assert_eq!(first["solvent"], true, "{first}");
+    for (id, ledger) in running.iter().enumerate() {
+        assert_eq!(ledger, first, "member {} differs from member 1", id + 1);
+    }
+
+    // Stopped: the same, on every member, and the same as while running.
+    for member in members {
+        assert!(member.terminate(Duration::from_secs(10)), "member stops");
+    }
+    for id in 1..=3 {
+        let stopped = member_ledger(&group.data_dir(id));
+        assert_eq!(&stopped, first, "member {id} stopped");
+        let (code, out, err) = cli(&["verify", "--data-dir", group.data_dir(id).to_str().unwrap()]);
+        assert_eq!(code, 0, "verify member {id}: {out}{err}");
+    }
+}
