@@ -493,7 +493,29 @@ fn assert_series_documented(metrics: SocketAddr) {
 #[test]
 fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
     let group = Group::new(3);
-    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    // An epoch per block: every sealed block is a settlement the relayer would send.
+    let configs: Vec<PathBuf> = (1..=3)
+        .map(|id| {
+            let path = group.config(id, false);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let members: Vec<RouterProcess> = (1..=3u64)
+        .map(|id| {
+            RouterProcess::start(&[
+                "--config",
+                configs[id as usize - 1].to_str().unwrap(),
+                "--data-dir",
+                group.data_dir(id).to_str().unwrap(),
+            ])
+        })
+        .collect();
     let network_id = members[0].ready.network_id;
     let mut args = vec![
         "cluster".to_string(),
@@ -1058,7 +1080,29 @@ fn wait_mid_block(genesis_ms: u64) {
 #[test]
 fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
     let group = Group::new(3);
-    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    // An epoch per block: every sealed block is a settlement the relayer would send.
+    let configs: Vec<PathBuf> = (1..=3)
+        .map(|id| {
+            let path = group.config(id, false);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let members: Vec<RouterProcess> = (1..=3u64)
+        .map(|id| {
+            RouterProcess::start(&[
+                "--config",
+                configs[id as usize - 1].to_str().unwrap(),
+                "--data-dir",
+                group.data_dir(id).to_str().unwrap(),
+            ])
+        })
+        .collect();
     let network_id = members[0].ready.network_id;
     let router: Address = members[0].ready.router_address.parse().unwrap();
     let mut args = vec![
@@ -1106,10 +1150,30 @@ fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
     for member in members {
         assert!(member.terminate(Duration::from_secs(10)), "member stops");
     }
-    for id in 1..=3 {
-        let stopped = member_ledger(&group.data_dir(id));
+    let mut settlements = Vec::new();
+    for id in 1..=3u64 {
+        let dir = group.data_dir(id);
+        let stopped = member_ledger(&dir);
         assert_eq!(&stopped, first, "member {id} stopped");
-        let (code, out, err) = cli(&["verify", "--data-dir", group.data_dir(id).to_str().unwrap()]);
+        let (code, out, err) = cli(&["verify", "--data-dir", dir.to_str().unwrap()]);
         assert_eq!(code, 0, "verify member {id}: {out}{err}");
+        // The relayer's input (R-CHAIN-1): the last sealed epoch, signed with the
+        // group's key, byte-identical whichever member's directory it is read from.
+        let (code, out, err) = cli(&[
+            "settlement",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--config",
+            configs[id as usize - 1].to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "settlement of member {id}: {out}{err}");
+        settlements.push(out);
     }
+    let last: serde_json::Value = serde_json::from_str(&settlements[0]).unwrap();
+    println!("ledger {first}\nsettlement {last}");
+    assert!(
+        settlements.iter().all(|s| *s == settlements[0]),
+        "{settlements:?}"
+    );
 }
