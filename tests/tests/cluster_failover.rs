@@ -162,6 +162,16 @@ fn first_frame(addr: SocketAddr) -> Message {
 /// Funds, registers a provider and runs an RFC to its ticket through `addr`;
 /// returns the ticket.
 fn session(addr: SocketAddr, network_id: u32, router: &Address, round: u8) -> SessionTicket {
+    session_of(addr, network_id, router, round).0
+}
+
+/// [`session`], also returning the user's connection (to report on the session).
+fn session_of(
+    addr: SocketAddr,
+    network_id: u32,
+    router: &Address,
+    round: u8,
+) -> (SessionTicket, yellowstone_wire::client::Client) {
     let mut operator = connect(addr, operator_key());
     let user_key = SigningKey::from_seed(&[b'u', round]);
     let provider_key = SigningKey::from_seed(&[b'p', round]);
@@ -189,7 +199,7 @@ fn session(addr: SocketAddr, network_id: u32, router: &Address, round: u8) -> Se
     )
     .unwrap();
     answer_next_probe(&mut provider, Duration::from_secs(10));
-    expect(&mut user, Duration::from_secs(10), |m| match m {
+    let ticket = expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => {
             let mut body = Vec::new();
             m.encode(&mut body);
@@ -200,7 +210,8 @@ fn session(addr: SocketAddr, network_id: u32, router: &Address, round: u8) -> Se
         }
         Message::ErrorReply(e) => panic!("refused: {e:?}"),
         _ => None,
-    })
+    });
+    (ticket, user)
 }
 
 /// `cluster status --json` of the member at `raft`.
@@ -1122,7 +1133,31 @@ fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
     assert_eq!(code, 0, "cluster init: {out}{err}");
     let alive: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let leader = leader_of(&alive, Duration::from_secs(10));
-    session(members[leader].ready.listen, network_id, &router, 1);
+    let (ticket, mut user) = session_of(members[leader].ready.listen, network_id, &router, 1);
+    let nonce = user.next_nonce();
+    user.send_signed(
+        Report {
+            from: user.address(),
+            nonce,
+            session_id: ticket.session_id,
+            elapsed_ms: 500,
+            tokens: 100,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
+            signature: Signature::default(),
+        }
+        .into(),
+    )
+    .unwrap();
+    expect(&mut user, Duration::from_secs(10), |m| match m {
+        Message::ReportAck(a) if a.nonce == nonce => {
+            assert!(a.earned, "a passing report is credited");
+            Some(())
+        }
+        Message::ErrorReply(e) => panic!("report refused: {e:?}"),
+        _ => None,
+    });
     // A block sealed after the session: a batch in every ledger.
     let session_done = now_ms();
     loop {
@@ -1140,6 +1175,13 @@ fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
         .collect();
     let first = &running[0];
     assert!(first["batches"].as_u64().unwrap() >= 1, "{first}");
+    assert_eq!(first["sessions_credited"].as_u64(), Some(1), "{first}");
+    assert_eq!(
+        first["providers"].as_array().map(Vec::len),
+        Some(1),
+        "{first}"
+    );
+    assert_ne!(first["owed_wei"], "0", "the provider's credit: {first}");
     assert_ne!(first["contract_balance_wei"], "0", "the funds: {first}");
     assert_eq!(first["solvent"], true, "{first}");
     for (id, ledger) in running.iter().enumerate() {
