@@ -172,7 +172,8 @@ enum Stop {
     Failed(ToolError),
 }
 
-/// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.
+/// Prints records with seq >= `from`, at most `limit`, as text or JSON lines (a
+/// member's data directory: its committed records, [`dump_member`]).
 /// Returns how many were printed. A torn tail is reported in a line and is not an
 /// error (a crash leaves one; the router cuts it); damage before the tail is: the
 /// records up to it are printed, then Err naming file and offset (exit 1). Which is
@@ -184,6 +185,9 @@ pub fn dump(
     json_lines: bool,
     out: &mut dyn Write,
 ) -> Result<u64, ToolError> {
+    if is_member_dir(dir)? {
+        return dump_member(dir, from, limit, json_lines, out);
+    }
     let mut printed = 0;
     let segments = files::list(dir)?.segments;
     // Segments a snapshot covers may be pruned: the journal starts where its first
@@ -241,6 +245,76 @@ pub fn dump(
     Ok(printed)
 }
 
+/// [`dump`] on a member's data directory (issue 25): the records of its committed
+/// log entries after its snapshot, as its state machine applies them (the snapshot's
+/// records are in no file: a member keeps no journal). A torn tail past the committed
+/// index is reported in a line, as the journal's; damage within the log is an error
+/// naming the segment and offset, before anything is printed.
+fn dump_member(
+    dir: &Path,
+    from: u64,
+    limit: u64,
+    json_lines: bool,
+    out: &mut dyn Write,
+) -> Result<u64, ToolError> {
+    let market = market_of(dir)?;
+    let mut printed = 0;
+    let mut failed = None;
+    let replay = crate::replication::read_only::replay_member(
+        dir,
+        yellowstone_engine::Engine::new(market),
+        |seq, record, _, _| {
+            if seq < from || printed >= limit || failed.is_some() {
+                return;
+            }
+            match write_record(out, seq, record, json_lines) {
+                Ok(()) => printed += 1,
+                Err(error) => failed = Some(error),
+            }
+        },
+    )?;
+    if let Some(error) = failed {
+        return Err(error.into());
+    }
+    if let Some((log_id, next_seq)) = replay.snapshot {
+        if from < next_seq && printed < limit {
+            writeln!(
+                out,
+                "records 1..={} are in the member's snapshot (log index {}), not listed",
+                next_seq - 1,
+                log_id.map_or("genesis".to_string(), |l| l.index.to_string())
+            )?;
+        }
+    }
+    if let Some(torn) = replay.torn.as_ref().filter(|t| !t.zeros) {
+        writeln!(
+            out,
+            "torn tail: raft/{} at offset {} ({} bytes), past the committed index: the \
+             member cuts it at its next start",
+            torn.file, torn.offset, torn.bytes
+        )?;
+    }
+    Ok(printed)
+}
+
+fn write_record(
+    out: &mut dyn Write,
+    seq: u64,
+    record: &JournalRecord,
+    json_lines: bool,
+) -> std::io::Result<()> {
+    if json_lines {
+        let line = json!({
+            "seq": seq,
+            "now_ms": record.now_ms,
+            "command": format!("{:?}", record.command),
+        });
+        writeln!(out, "{line}")
+    } else {
+        writeln!(out, "{:>10}  {}  {:?}", seq, record.now_ms, record.command)
+    }
+}
+
 fn print_record(
     out: &mut dyn Write,
     path: &Path,
@@ -254,21 +328,7 @@ fn print_record(
         seq: rec.seq,
         reason: e.to_string(),
     })?;
-    if json_lines {
-        let line = json!({
-            "seq": rec.seq,
-            "now_ms": decoded.now_ms,
-            "command": format!("{:?}", decoded.command),
-        });
-        writeln!(out, "{line}")?;
-    } else {
-        writeln!(
-            out,
-            "{:>10}  {}  {:?}",
-            rec.seq, decoded.now_ms, decoded.command
-        )?;
-    }
-    Ok(())
+    Ok(write_record(out, rec.seq, &decoded, json_lines)?)
 }
 
 /// Recovers read-only and checks the engine's invariants (solvency, capacity,

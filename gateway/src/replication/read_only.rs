@@ -366,6 +366,24 @@ mod tests {
         assert_eq!(recovered.engine.state_hash(), want.state_hash());
         assert_eq!((recovered.last_seq, recovered.snapshot_seq), (4, Some(2)));
         assert_eq!(recovered.bytes_cut, 7);
+        // `journal` (dump): the committed records after the snapshot, then a word on
+        // the snapshot and the torn tail.
+        let mut out = Vec::new();
+        let printed = crate::journal::tools::dump(dir.path(), 0, 100, true, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(printed, 2, "{text}");
+        assert!(
+            lines[0].starts_with("{\"command\":\"Tick\"") && lines[0].contains("\"seq\":3"),
+            "{text}"
+        );
+        assert!(lines[1].contains("\"seq\":4"), "{text}");
+        assert!(
+            lines[2].starts_with("records 1..=2 are in the member's snapshot"),
+            "{text}"
+        );
+        assert!(lines[3].starts_with("torn tail: raft/raft-log-"), "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert_eq!(
             contents(dir.path()),
             before,
