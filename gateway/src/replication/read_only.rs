@@ -130,8 +130,18 @@ pub fn replay_member(
     let (snapshot, scan) = loop {
         attempt += 1;
         let mut storage = FileStorage::reader(&raft_dir);
-        let snapshot = read_snapshot(&mut storage).map_err(log_error)?;
-        let scan = read_log(&mut storage).map_err(log_error)?;
+        let read = read_snapshot(&mut storage)
+            .and_then(|snapshot| Ok((snapshot, read_log(&mut storage)?)));
+        let (snapshot, scan) = match read {
+            Ok(read) => read,
+            // A segment listed, then removed by a running member's purge before we
+            // read it: read both anew.
+            Err(ReplicationError::File(_)) if attempt < READ_ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            Err(error) => return Err(log_error(error)),
+        };
         let covered = snapshot.as_ref().and_then(|(meta, _, _)| meta.last_log_id);
         match first_missing(&scan, covered) {
             None => break (snapshot, scan),
