@@ -162,6 +162,16 @@ fn first_frame(addr: SocketAddr) -> Message {
 /// Funds, registers a provider and runs an RFC to its ticket through `addr`;
 /// returns the ticket.
 fn session(addr: SocketAddr, network_id: u32, router: &Address, round: u8) -> SessionTicket {
+    session_of(addr, network_id, router, round).0
+}
+
+/// [`session`], also returning the user's connection (to report on the session).
+fn session_of(
+    addr: SocketAddr,
+    network_id: u32,
+    router: &Address,
+    round: u8,
+) -> (SessionTicket, yellowstone_wire::client::Client) {
     let mut operator = connect(addr, operator_key());
     let user_key = SigningKey::from_seed(&[b'u', round]);
     let provider_key = SigningKey::from_seed(&[b'p', round]);
@@ -189,7 +199,7 @@ fn session(addr: SocketAddr, network_id: u32, router: &Address, round: u8) -> Se
     )
     .unwrap();
     answer_next_probe(&mut provider, Duration::from_secs(10));
-    expect(&mut user, Duration::from_secs(10), |m| match m {
+    let ticket = expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => {
             let mut body = Vec::new();
             m.encode(&mut body);
@@ -200,7 +210,8 @@ fn session(addr: SocketAddr, network_id: u32, router: &Address, round: u8) -> Se
         }
         Message::ErrorReply(e) => panic!("refused: {e:?}"),
         _ => None,
-    })
+    });
+    (ticket, user)
 }
 
 /// `cluster status --json` of the member at `raft`.
@@ -493,7 +504,29 @@ fn assert_series_documented(metrics: SocketAddr) {
 #[test]
 fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
     let group = Group::new(3);
-    let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
+    // An epoch per block: every sealed block is a settlement the relayer would send.
+    let configs: Vec<PathBuf> = (1..=3)
+        .map(|id| {
+            let path = group.config(id, false);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let members: Vec<RouterProcess> = (1..=3u64)
+        .map(|id| {
+            RouterProcess::start(&[
+                "--config",
+                configs[id as usize - 1].to_str().unwrap(),
+                "--data-dir",
+                group.data_dir(id).to_str().unwrap(),
+            ])
+        })
+        .collect();
     let network_id = members[0].ready.network_id;
     let mut args = vec![
         "cluster".to_string(),
@@ -1024,4 +1057,170 @@ fn a_voter_is_added_and_a_member_removed() {
     assert_eq!(ids.len(), 3, "{status}");
     assert!(!ids.contains(&(gone as u64 + 1)), "{status}");
     assert!(ids.contains(&4), "{status}");
+}
+
+/// `yellowstone-router ledger --json --data-dir DIR` (issue 25: on a member's data
+/// directory), without the per-directory `last_seq` (commit marks of members differ
+/// by the records of a heartbeat or two: ticks that change no ledger field).
+fn member_ledger(dir: &Path) -> serde_json::Value {
+    let (code, out, err) = cli(&["ledger", "--json", "--data-dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "ledger on {}: {out}{err}", dir.display());
+    let mut ledger: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("ledger JSON {e}: {out}"));
+    ledger.as_object_mut().unwrap().remove("last_seq");
+    ledger
+}
+
+/// Waits until now is at least 1.5 s past a block boundary and 8 s before the next:
+/// the ledger then changes only through commands (none are sent), so every member's
+/// committed state, a heartbeat apart, shows the same ledger.
+fn wait_mid_block(genesis_ms: u64) {
+    loop {
+        let into = (now_ms() - genesis_ms) % BLOCK_MS;
+        if (1_500..4_000).contains(&into) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 25 (R-HA-1, R-CHAIN-1): the operator's read-only tools, which the relayer and
+/// reconciler share (`tools::recover_read_only`), read any member's data directory
+/// (`raft/`, no journal), while it runs and once it stopped, and every member shows the
+/// same ledger: the funds, the ticket's session, the sealed batches.
+#[test]
+fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
+    let group = Group::new(3);
+    // An epoch per block: every sealed block is a settlement the relayer would send.
+    let configs: Vec<PathBuf> = (1..=3)
+        .map(|id| {
+            let path = group.config(id, false);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(
+                &path,
+                text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
+            )
+            .unwrap();
+            path
+        })
+        .collect();
+    let members: Vec<RouterProcess> = (1..=3u64)
+        .map(|id| {
+            RouterProcess::start(&[
+                "--config",
+                configs[id as usize - 1].to_str().unwrap(),
+                "--data-dir",
+                group.data_dir(id).to_str().unwrap(),
+            ])
+        })
+        .collect();
+    let network_id = members[0].ready.network_id;
+    let router: Address = members[0].ready.router_address.parse().unwrap();
+    let mut args = vec![
+        "cluster".to_string(),
+        "init".into(),
+        "--raft".into(),
+        group.raft[0].to_string(),
+        "--key".into(),
+        group.key.to_str().unwrap().into(),
+    ];
+    for id in 1..=3 {
+        args.push("--member".into());
+        args.push(format!("{id}={}", group.raft[id - 1]));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out, err) = cli(&args);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    let alive: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
+    let leader = leader_of(&alive, Duration::from_secs(10));
+    let (ticket, mut user) = session_of(members[leader].ready.listen, network_id, &router, 1);
+    let nonce = user.next_nonce();
+    user.send_signed(
+        Report {
+            from: user.address(),
+            nonce,
+            session_id: ticket.session_id,
+            elapsed_ms: 500,
+            tokens: 100,
+            ttft_ms: 0,
+            prompt_tokens: 0,
+            outcome: Outcome::Pass,
+            signature: Signature::default(),
+        }
+        .into(),
+    )
+    .unwrap();
+    expect(&mut user, Duration::from_secs(10), |m| match m {
+        Message::ReportAck(a) if a.nonce == nonce => {
+            assert!(a.earned, "a passing report is credited");
+            Some(())
+        }
+        Message::ErrorReply(e) => panic!("report refused: {e:?}"),
+        _ => None,
+    });
+    // A block sealed after the session: a batch in every ledger.
+    let session_done = now_ms();
+    loop {
+        wait_mid_block(group.genesis_ms);
+        let now = now_ms();
+        if now - (now - group.genesis_ms) % BLOCK_MS > session_done {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    // While the members run (the tools take no lock, write nothing).
+    let running: Vec<serde_json::Value> = (1..=3)
+        .map(|id| member_ledger(&group.data_dir(id)))
+        .collect();
+    let first = &running[0];
+    assert!(first["batches"].as_u64().unwrap() >= 1, "{first}");
+    assert_eq!(first["sessions_credited"].as_u64(), Some(1), "{first}");
+    assert_eq!(
+        first["providers"].as_array().map(Vec::len),
+        Some(1),
+        "{first}"
+    );
+    assert_ne!(first["owed_wei"], "0", "the provider's credit: {first}");
+    assert_ne!(first["contract_balance_wei"], "0", "the funds: {first}");
+    assert_eq!(first["solvent"], true, "{first}");
+    for (id, ledger) in running.iter().enumerate() {
+        assert_eq!(ledger, first, "member {} differs from member 1", id + 1);
+    }
+
+    // Stopped: the same, on every member, and the same as while running.
+    // The leader first: nothing commits after it (a new leader would need an
+    // election, and its first block boundary is over 8 s away).
+    let mut members: Vec<Option<RouterProcess>> = members.into_iter().map(Some).collect();
+    let order = [leader, (leader + 1) % 3, (leader + 2) % 3];
+    for index in order {
+        let member = members[index].take().unwrap();
+        assert!(member.terminate(Duration::from_secs(10)), "member stops");
+    }
+    let mut settlements = Vec::new();
+    for id in 1..=3u64 {
+        let dir = group.data_dir(id);
+        let stopped = member_ledger(&dir);
+        assert_eq!(&stopped, first, "member {id} stopped");
+        let (code, out, err) = cli(&["verify", "--data-dir", dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "verify member {id}: {out}{err}");
+        // The relayer's input (R-CHAIN-1): the last sealed epoch, signed with the
+        // group's key, byte-identical whichever member's directory it is read from.
+        let (code, out, err) = cli(&[
+            "settlement",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--config",
+            configs[id as usize - 1].to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "settlement of member {id}: {out}{err}");
+        settlements.push(out);
+    }
+    let last: serde_json::Value = serde_json::from_str(&settlements[0]).unwrap();
+    println!("ledger {first}\nsettlement {last}");
+    assert!(
+        settlements.iter().all(|s| *s == settlements[0]),
+        "{settlements:?}"
+    );
 }

@@ -6,7 +6,7 @@ use super::classify::{self, Cursor, ScanEnd, SegmentFacts, Verdict};
 use super::error::{JournalError, StorageError};
 use super::files;
 use super::record::JournalRecord;
-use super::recovery::{recover, RecoverOptions, Recovered};
+use super::recovery::{RecoverOptions, Recovered};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,6 +23,9 @@ pub enum ToolError {
         /// The directory given.
         dir: PathBuf,
     },
+    /// A member's data directory (`raft/`, issue 25) could not be read.
+    #[error(transparent)]
+    Member(#[from] crate::replication::read_only::MemberReadError),
     /// Writing the output failed.
     #[error("output: {0}")]
     Output(#[from] std::io::Error),
@@ -62,14 +65,12 @@ pub fn check_data_dir(dir: &Path) -> Result<(), ToolError> {
     market_of(dir).map(|_| ())
 }
 
-/// Recovers the engine from `dir` without changing anything on disk.
+/// Recovers the engine from `dir` without changing anything on disk: a router's
+/// journal, or a replicated member's `raft/` ([`recover_member`]).
+/// Errors: [`ToolError`] (not a data directory, damage before the tail naming file
+/// and offset, a member's log that does not fit its snapshot).
 pub fn recover_read_only(dir: &Path) -> Result<Recovered, ToolError> {
-    let market = market_of(dir)?;
-    let options = RecoverOptions {
-        allow_corrupt_truncate: false,
-        read_only: true,
-    };
-    Ok(recover(dir, &market, options, |_, _, _| {})?)
+    recover_read_only_visiting(dir, |_, _, _, _| {})
 }
 
 /// Recovers the engine from `dir` without changing anything on disk; `visit` sees
@@ -79,6 +80,9 @@ pub fn recover_read_only_visiting(
     visit: impl FnMut(u64, &JournalRecord, &[yellowstone_engine::Effect], &yellowstone_engine::Engine),
 ) -> Result<Recovered, ToolError> {
     let market = market_of(dir)?;
+    if is_member_dir(dir)? {
+        return recover_member(dir, &market, visit);
+    }
     let options = RecoverOptions {
         allow_corrupt_truncate: false,
         read_only: true,
@@ -88,13 +92,88 @@ pub fn recover_read_only_visiting(
     )?)
 }
 
+/// A member's data directory (issue 25): `raft/` and no journal. A directory with a
+/// journal is a router's (a member never writes one), whatever else it holds.
+fn is_member_dir(dir: &Path) -> Result<bool, ToolError> {
+    if !crate::replication::read_only::is_member_dir(dir) {
+        return Ok(false);
+    }
+    let listing = files::list(dir)?;
+    Ok(listing.segments.is_empty() && listing.snapshots.is_empty())
+}
+
+/// Recovers a member's state read-only (R-HA-1): its stored snapshot, then its log's
+/// entries up to the committed index, applied as its state machine applies them
+/// (`replication::read_only`). Never an uncommitted suffix (a deposed leader's log
+/// may hold one); never written, cut or locked, so it runs beside a running member.
+/// In the result, `last_seq` is the last applied record's journal sequence number,
+/// `snapshot_seq` the snapshot's, `bytes_cut` the torn tail a starting member cuts.
+fn recover_member(
+    dir: &Path,
+    market: &yellowstone_engine::MarketConfig,
+    visit: impl FnMut(u64, &JournalRecord, &[yellowstone_engine::Effect], &yellowstone_engine::Engine),
+) -> Result<Recovered, ToolError> {
+    let started = std::time::Instant::now();
+    let replay = crate::replication::read_only::replay_member(
+        dir,
+        yellowstone_engine::Engine::new(market.clone()),
+        visit,
+    )?;
+    let mut notes = vec![format!(
+        "replicated member: raft snapshot {}, committed index {}, {} entries ({} records) \
+         applied after it",
+        replay.snapshot.map_or("none".to_string(), |(log_id, _)| {
+            log_id.map_or("genesis".to_string(), |l| {
+                format!("at log index {}", l.index)
+            })
+        }),
+        replay
+            .committed
+            .map_or("none".to_string(), |c| c.index.to_string()),
+        replay.entries_applied,
+        replay.records_applied,
+    )];
+    if replay.uncommitted_entries > 0 {
+        notes.push(format!(
+            "{} log entries past the committed index not applied (not known committed)",
+            replay.uncommitted_entries
+        ));
+    }
+    if replay.stale_entries > 0 {
+        notes.push(format!(
+            "{} stale entries skipped (a deposed leader's late proposals; every member skips them)",
+            replay.stale_entries
+        ));
+    }
+    let mut bytes_cut = 0;
+    if let Some(torn) = replay.torn.as_ref().filter(|t| !t.zeros) {
+        bytes_cut = torn.bytes;
+        notes.push(format!(
+            "torn tail in raft/{} at offset {} ({} bytes): past the committed index; \
+             the member cuts it at its next start",
+            torn.file, torn.offset, torn.bytes
+        ));
+    }
+    Ok(Recovered {
+        engine: replay.engine,
+        last_seq: replay.next_seq - 1,
+        snapshot_seq: replay.snapshot.map(|(_, next_seq)| next_seq - 1),
+        records_replayed: replay.records_applied,
+        records_covered: 0,
+        bytes_cut,
+        notes,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// Why `dump`'s scan stopped early.
 enum Stop {
     Limit,
     Failed(ToolError),
 }
 
-/// Prints records with seq >= `from`, at most `limit`, as text or JSON lines.
+/// Prints records with seq >= `from`, at most `limit`, as text or JSON lines (a
+/// member's data directory: its committed records, [`dump_member`]).
 /// Returns how many were printed. A torn tail is reported in a line and is not an
 /// error (a crash leaves one; the router cuts it); damage before the tail is: the
 /// records up to it are printed, then Err naming file and offset (exit 1). Which is
@@ -106,6 +185,9 @@ pub fn dump(
     json_lines: bool,
     out: &mut dyn Write,
 ) -> Result<u64, ToolError> {
+    if is_member_dir(dir)? {
+        return dump_member(dir, from, limit, json_lines, out);
+    }
     let mut printed = 0;
     let segments = files::list(dir)?.segments;
     // Segments a snapshot covers may be pruned: the journal starts where its first
@@ -163,6 +245,76 @@ pub fn dump(
     Ok(printed)
 }
 
+/// [`dump`] on a member's data directory (issue 25): the records of its committed
+/// log entries after its snapshot, as its state machine applies them (the snapshot's
+/// records are in no file: a member keeps no journal). A torn tail past the committed
+/// index is reported in a line, as the journal's; damage within the log is an error
+/// naming the segment and offset, before anything is printed.
+fn dump_member(
+    dir: &Path,
+    from: u64,
+    limit: u64,
+    json_lines: bool,
+    out: &mut dyn Write,
+) -> Result<u64, ToolError> {
+    let market = market_of(dir)?;
+    let mut printed = 0;
+    let mut failed = None;
+    let replay = crate::replication::read_only::replay_member(
+        dir,
+        yellowstone_engine::Engine::new(market),
+        |seq, record, _, _| {
+            if seq < from || printed >= limit || failed.is_some() {
+                return;
+            }
+            match write_record(out, seq, record, json_lines) {
+                Ok(()) => printed += 1,
+                Err(error) => failed = Some(error),
+            }
+        },
+    )?;
+    if let Some(error) = failed {
+        return Err(error.into());
+    }
+    if let Some((log_id, next_seq)) = replay.snapshot {
+        if from < next_seq && printed < limit {
+            writeln!(
+                out,
+                "records 1..={} are in the member's snapshot (log index {}), not listed",
+                next_seq - 1,
+                log_id.map_or("genesis".to_string(), |l| l.index.to_string())
+            )?;
+        }
+    }
+    if let Some(torn) = replay.torn.as_ref().filter(|t| !t.zeros) {
+        writeln!(
+            out,
+            "torn tail: raft/{} at offset {} ({} bytes), past the committed index: the \
+             member cuts it at its next start",
+            torn.file, torn.offset, torn.bytes
+        )?;
+    }
+    Ok(printed)
+}
+
+fn write_record(
+    out: &mut dyn Write,
+    seq: u64,
+    record: &JournalRecord,
+    json_lines: bool,
+) -> std::io::Result<()> {
+    if json_lines {
+        let line = json!({
+            "seq": seq,
+            "now_ms": record.now_ms,
+            "command": format!("{:?}", record.command),
+        });
+        writeln!(out, "{line}")
+    } else {
+        writeln!(out, "{:>10}  {}  {:?}", seq, record.now_ms, record.command)
+    }
+}
+
 fn print_record(
     out: &mut dyn Write,
     path: &Path,
@@ -176,21 +328,7 @@ fn print_record(
         seq: rec.seq,
         reason: e.to_string(),
     })?;
-    if json_lines {
-        let line = json!({
-            "seq": rec.seq,
-            "now_ms": decoded.now_ms,
-            "command": format!("{:?}", decoded.command),
-        });
-        writeln!(out, "{line}")?;
-    } else {
-        writeln!(
-            out,
-            "{:>10}  {}  {:?}",
-            rec.seq, decoded.now_ms, decoded.command
-        )?;
-    }
-    Ok(())
+    Ok(write_record(out, rec.seq, &decoded, json_lines)?)
 }
 
 /// Recovers read-only and checks the engine's invariants (solvency, capacity,

@@ -140,111 +140,177 @@ fn read_single<T: for<'de> Deserialize<'de>>(
         .map_err(|e| bad(e.to_string()))
 }
 
+/// A torn tail found by [`read_log`]: what a crash leaves of an unsynced suffix (or,
+/// on a running member, a write in progress).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment's name.
+    pub file: String,
+    /// Where the first record that does not check out starts.
+    pub offset: u64,
+    /// Bytes from `offset` to the end of the segment.
+    pub bytes: u64,
+    /// Whether those bytes are all zero (preallocated room: no damage at all).
+    pub zeros: bool,
+}
+
+/// What [`read_log`] found, without changing anything on disk.
+pub struct LogScan {
+    /// The log's content.
+    pub recovered: Recovered,
+    /// The torn tail of the last segment, if any (not cut: the caller decides).
+    pub torn: Option<TornTail>,
+    segments: BTreeMap<u64, Segment>,
+}
+
+/// Reads the Raft log in `storage` (see the module comment) without writing: the
+/// one reading both a starting member ([`Disk::recover`], which then cuts the torn
+/// tail) and the read-only operator tools (`journal::tools`) use, so the two never
+/// disagree on what is a torn tail and what is corruption.
+/// Errors: unreadable files; [`ReplicationError::CorruptLog`] (damage before the
+/// tail, an entry out of order, naming the segment and offset); a bad vote or purge
+/// file ([`ReplicationError::BadFile`]).
+pub fn read_log(storage: &mut dyn Storage) -> Result<LogScan, ReplicationError> {
+    let names = storage.list()?;
+    let vote: Option<Vote> = read_single(storage, &names, VOTE_FILE)?;
+    let purged: Option<LogId> = read_single(storage, &names, PURGED_FILE)?;
+    let mut firsts: Vec<u64> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix(SEGMENT_PREFIX)?.parse().ok())
+        .collect();
+    firsts.sort_unstable();
+    let mut segments = BTreeMap::new();
+    let mut entries = BTreeMap::new();
+    let mut committed = None;
+    let mut torn = None;
+    let mut last_index: Option<u64> = purged.map(|p| p.index);
+    for (i, &first) in firsts.iter().enumerate() {
+        let name = segment_name(first);
+        let is_last = i + 1 == firsts.len();
+        let bytes = storage.read(&name)?;
+        let corrupt = |what: String| ReplicationError::CorruptLog {
+            file: name.clone(),
+            what,
+        };
+        let mut pos = 0usize;
+        let mut offsets = Vec::new();
+        while pos < bytes.len() {
+            let record = match parse(&bytes[pos..]) {
+                Ok(record) => record,
+                Err(fault)
+                    if is_last
+                        && !crate::journal::classify::valid_record_after(
+                            &bytes,
+                            pos,
+                            last_index.map_or(1, |l| l + 2),
+                        ) =>
+                {
+                    // Nothing valid follows: what a crash leaves of an unsynced
+                    // suffix. (A valid entry after the damage would mean synced
+                    // data was hit: refused below, like the journal's recovery.)
+                    let zeros = bytes[pos..].iter().all(|b| *b == 0);
+                    if !zeros {
+                        tracing::warn!(
+                            segment = %name,
+                            offset = pos,
+                            %fault,
+                            "raft log: torn tail (an unsynced suffix a crash left)"
+                        );
+                    }
+                    torn = Some(TornTail {
+                        file: name.clone(),
+                        offset: pos as u64,
+                        bytes: (bytes.len() - pos) as u64,
+                        zeros,
+                    });
+                    break;
+                }
+                Err(fault) => return Err(corrupt(format!("offset {pos}: {fault}"))),
+            };
+            let decoded: LogRecord =
+                decode(record.payload).map_err(|e| corrupt(format!("offset {pos}: {e}")))?;
+            match decoded {
+                LogRecord::Entry(entry) => {
+                    let index = entry.log_id.index;
+                    if record.seq != index + 1 {
+                        return Err(corrupt(format!(
+                            "offset {pos}: entry {index} framed as seq {}",
+                            record.seq
+                        )));
+                    }
+                    offsets.push((index, pos as u64));
+                    if purged.is_some_and(|p| index <= p.index) {
+                        // Purged, the segment not yet removed.
+                    } else {
+                        if let Some(last) = last_index {
+                            if index != last + 1 {
+                                return Err(corrupt(format!(
+                                    "offset {pos}: entry {index} follows entry {last}"
+                                )));
+                            }
+                        }
+                        last_index = Some(index);
+                        entries.insert(index, entry);
+                    }
+                }
+                LogRecord::Committed(c) => committed = c,
+            }
+            pos += record.framed_len;
+        }
+        segments.insert(
+            first,
+            Segment {
+                name,
+                len: pos as u64,
+                offsets,
+            },
+        );
+    }
+    // A commit mark never runs ahead of the entries before it; clamp anyway.
+    let last_log = entries
+        .values()
+        .next_back()
+        .map(|e: &Entry| e.log_id)
+        .or(purged);
+    if committed.is_some_and(|c: LogId| last_log.is_none_or(|l| c.index > l.index)) {
+        committed = last_log;
+    }
+    Ok(LogScan {
+        recovered: Recovered {
+            vote,
+            committed,
+            purged,
+            entries,
+        },
+        torn,
+        segments,
+    })
+}
+
 impl Disk {
-    /// Reads `<data_dir>/raft/` (see the module comment), cuts a torn tail, and
-    /// opens a new segment for appends.
+    /// Reads `<data_dir>/raft/` ([`read_log`]), cuts a torn tail, and opens a new
+    /// segment for appends.
     /// Errors: unreadable files, corruption before the tail, a bad vote or purge file.
     pub fn recover(
         mut storage: Box<dyn Storage>,
         segment_bytes: u64,
         stats: Arc<LogStats>,
     ) -> Result<(Disk, Recovered), ReplicationError> {
-        let names = storage.list()?;
-        let vote: Option<Vote> = read_single(storage.as_mut(), &names, VOTE_FILE)?;
-        let purged: Option<LogId> = read_single(storage.as_mut(), &names, PURGED_FILE)?;
-        let mut firsts: Vec<u64> = names
-            .iter()
-            .filter_map(|n| n.strip_prefix(SEGMENT_PREFIX)?.parse().ok())
-            .collect();
-        firsts.sort_unstable();
-        let mut segments = BTreeMap::new();
-        let mut entries = BTreeMap::new();
-        let mut committed = None;
-        let mut last_index: Option<u64> = purged.map(|p| p.index);
-        for (i, &first) in firsts.iter().enumerate() {
-            let name = segment_name(first);
-            let is_last = i + 1 == firsts.len();
-            let bytes = storage.read(&name)?;
-            let corrupt = |what: String| ReplicationError::CorruptLog {
-                file: name.clone(),
-                what,
-            };
-            let mut pos = 0usize;
-            let mut offsets = Vec::new();
-            while pos < bytes.len() {
-                let record = match parse(&bytes[pos..]) {
-                    Ok(record) => record,
-                    Err(fault)
-                        if is_last
-                            && !crate::journal::classify::valid_record_after(
-                                &bytes,
-                                pos,
-                                last_index.map_or(1, |l| l + 2),
-                            ) =>
-                    {
-                        // Nothing valid follows: what a crash leaves of an unsynced
-                        // suffix. (A valid entry after the damage would mean synced
-                        // data was hit: refused below, like the journal's recovery.)
-                        tracing::warn!(
-                            segment = %name,
-                            offset = pos,
-                            %fault,
-                            "raft log: torn tail cut (an unsynced suffix a crash left)"
-                        );
-                        stats.torn_tails_cut.fetch_add(1, Ordering::Relaxed);
-                        storage.truncate(&name, pos as u64)?;
-                        break;
-                    }
-                    Err(fault) => return Err(corrupt(format!("offset {pos}: {fault}"))),
-                };
-                let decoded: LogRecord =
-                    decode(record.payload).map_err(|e| corrupt(format!("offset {pos}: {e}")))?;
-                match decoded {
-                    LogRecord::Entry(entry) => {
-                        let index = entry.log_id.index;
-                        if record.seq != index + 1 {
-                            return Err(corrupt(format!(
-                                "offset {pos}: entry {index} framed as seq {}",
-                                record.seq
-                            )));
-                        }
-                        offsets.push((index, pos as u64));
-                        if purged.is_some_and(|p| index <= p.index) {
-                            // Purged, the segment not yet removed.
-                        } else {
-                            if let Some(last) = last_index {
-                                if index != last + 1 {
-                                    return Err(corrupt(format!(
-                                        "offset {pos}: entry {index} follows entry {last}"
-                                    )));
-                                }
-                            }
-                            last_index = Some(index);
-                            entries.insert(index, entry);
-                        }
-                    }
-                    LogRecord::Committed(c) => committed = c,
-                }
-                pos += record.framed_len;
-            }
-            segments.insert(
-                first,
-                Segment {
-                    name,
-                    len: pos as u64,
-                    offsets,
-                },
-            );
+        let LogScan {
+            recovered,
+            torn,
+            segments,
+        } = read_log(storage.as_mut())?;
+        if let Some(torn) = torn {
+            stats.torn_tails_cut.fetch_add(1, Ordering::Relaxed);
+            storage.truncate(&torn.file, torn.offset)?;
         }
-        // A commit mark never runs ahead of the entries before it; clamp anyway.
-        let last_log = entries
+        let last_log = recovered
+            .entries
             .values()
             .next_back()
             .map(|e: &Entry| e.log_id)
-            .or(purged);
-        if committed.is_some_and(|c: LogId| last_log.is_none_or(|l| c.index > l.index)) {
-            committed = last_log;
-        }
+            .or(recovered.purged);
         let next = last_log.map_or(0, |l| l.index + 1);
         let mut disk = Disk {
             storage,
@@ -258,15 +324,7 @@ impl Disk {
             stats,
         };
         disk.open_segment(next)?;
-        Ok((
-            disk,
-            Recovered {
-                vote,
-                committed,
-                purged,
-                entries,
-            },
-        ))
+        Ok((disk, recovered))
     }
 
     /// Starts a new open segment whose first entry will be `first_index` (replacing

@@ -10,6 +10,8 @@
 //! - `network`: member RPC over TCP (MAC'd frames) and the admin requests.
 //! - `durability`: the leader's `Durability` (`ReplicatedDurability`).
 //! - `member`: the `Member` API the router process uses.
+//! - `read_only`: a member's data directory replayed without a member (the
+//!   operator tools, the relayer).
 //! - `error`: [`ReplicationError`].
 
 // openraft's `StorageError` (over 200 bytes) is the error its storage traits
@@ -23,6 +25,7 @@ pub mod error;
 pub mod log_store;
 pub mod member;
 pub mod network;
+pub mod read_only;
 pub mod state_machine;
 pub mod types;
 

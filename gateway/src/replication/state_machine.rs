@@ -134,30 +134,15 @@ impl Machine {
         config: MachineConfig,
         observer: Arc<dyn ApplyObserver>,
     ) -> Result<Arc<Machine>, super::ReplicationError> {
-        let bad = |what: String| super::ReplicationError::BadFile {
-            file: SNAPSHOT_FILE.to_string(),
-            what,
-        };
-        let stored = if storage.list()?.iter().any(|n| n == SNAPSHOT_FILE) {
-            let bytes = storage.read(SNAPSHOT_FILE)?;
-            let payload = parse_snapshot_frame(&bytes).map_err(bad)?;
-            let (meta, data): (SnapshotMeta, MarketSnapshot) =
-                super::types::decode(payload).map_err(|e| bad(e.to_string()))?;
-            Some((meta, data))
-        } else {
-            None
-        };
+        let stored = read_snapshot(storage.as_mut())?;
         let (engine, last_applied, membership, next_seq, current) = match stored {
-            Some((meta, data)) => {
-                let engine = restore_checked(&data).map_err(bad)?;
-                (
-                    engine,
-                    meta.last_log_id,
-                    meta.last_membership.clone(),
-                    data.next_seq,
-                    Some((meta, data)),
-                )
-            }
+            Some((meta, data, engine)) => (
+                engine,
+                meta.last_log_id,
+                meta.last_membership.clone(),
+                data.next_seq,
+                Some((meta, data)),
+            ),
             None => (genesis, None, StoredMembership::default(), 1, None),
         };
         let machine = Machine {
@@ -256,64 +241,56 @@ impl Machine {
         log_id: LogId,
         group: &GroupEntry,
     ) -> Result<GroupApplied, StorageError> {
-        if group.first_seq != state.next_seq || group.records.is_empty() {
-            self.stats.stale_entries.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                %log_id,
-                expected = state.next_seq,
-                got = group.first_seq,
-                records = group.records.len(),
-                "replicated entry skipped: its first sequence number is not the next one \
-                 (a deposed leader's late proposal); every member skips it alike"
-            );
-            return Ok(GroupApplied::Stale {
-                expected: state.next_seq,
-                got: group.first_seq,
-            });
-        }
+        let State {
+            engine,
+            next_seq,
+            effects,
+            hashes,
+            hashes_kept,
+            ..
+        } = state;
         let mut crossed = false;
-        for (i, bytes) in group.records.iter().enumerate() {
-            let seq = group.first_seq + i as u64;
-            let record = JournalRecord::decode(bytes).map_err(|e| -> StorageError {
-                tracing::error!(%log_id, seq, error = %e, "replicated record does not decode");
-                StorageIOError::apply(log_id, io_error(format!("record {seq}: {e}"))).into()
-            })?;
-            let block_before = state.engine.block();
-            let mut effects = std::mem::take(&mut state.effects);
-            effects.clear();
-            state
-                .engine
-                .apply(&record.command, record.now_ms, &mut effects);
-            self.observer
-                .applied(record.now_ms, &record.command, &effects);
-            state.effects = effects;
-            state.next_seq = seq + 1;
-            if state.engine.block() != block_before {
-                crossed = true;
-                let block = state.engine.block();
-                let hash = state.engine.state_hash();
-                if state.hashes.len() == state.hashes_kept {
-                    state.hashes.pop_front();
+        let applied = apply_group_records(
+            engine,
+            next_seq,
+            log_id,
+            group,
+            effects,
+            |_seq, record, effects, engine, entered| {
+                self.observer
+                    .applied(record.now_ms, &record.command, effects);
+                if let Some(block) = entered {
+                    crossed = true;
+                    let hash = engine.state_hash();
+                    if hashes.len() == *hashes_kept {
+                        hashes.pop_front();
+                    }
+                    hashes.push_back((block, hash));
+                    self.observer.state_hash_at_block(block, hash);
                 }
-                state.hashes.push_back((block, hash));
-                self.observer.state_hash_at_block(block, hash);
+            },
+        )
+        .map_err(|e| -> StorageError {
+            tracing::error!(%log_id, seq = e.seq, error = %e.reason, "replicated record does not decode");
+            StorageIOError::apply(log_id, io_error(e.to_string())).into()
+        })?;
+        match applied {
+            GroupApplied::Stale { .. } => {
+                self.stats.stale_entries.fetch_add(1, Ordering::Relaxed);
+                return Ok(applied);
             }
-        }
-        self.stats
-            .records_applied
-            .fetch_add(group.records.len() as u64, Ordering::Relaxed);
-        debug_assert_eq!(state.next_seq, group.last_seq() + 1);
-        if crossed {
-            state.entries_since_snapshot += 1;
-            if state.entries_since_snapshot >= state.snapshot_every_entries {
-                self.snapshot_at_boundary(state, log_id);
+            GroupApplied::Applied { .. } => {
+                self.stats
+                    .records_applied
+                    .fetch_add(group.records.len() as u64, Ordering::Relaxed);
             }
-        } else {
-            state.entries_since_snapshot += 1;
+            GroupApplied::NoRecords => {}
         }
-        Ok(GroupApplied::Applied {
-            last_seq: group.last_seq(),
-        })
+        state.entries_since_snapshot += 1;
+        if crossed && state.entries_since_snapshot >= state.snapshot_every_entries {
+            self.snapshot_at_boundary(state, log_id);
+        }
+        Ok(applied)
     }
 
     /// Serialises the engine after `log_id` (an entry that crossed a block boundary)
@@ -350,6 +327,94 @@ impl Machine {
     }
 }
 
+/// A replicated record that does not decode: the member cannot apply what its
+/// leader applied (a storage error that stops it; an error of the read-only tools).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("record {seq}: {reason}")]
+pub struct UndecodableRecord {
+    /// The record's journal sequence number.
+    pub seq: u64,
+    /// Why it does not decode.
+    pub reason: String,
+}
+
+/// Applies one entry's records to `engine`, the rule every member's state machine
+/// and the read-only operator tools (`journal::tools` on a member's data directory)
+/// share, so a replay off the disk reaches the state the member reached (R-HA-1):
+///
+/// - an entry whose `first_seq` is not `*next_seq`, or that holds no records, is
+///   skipped ([`GroupApplied::Stale`]: only a deposed leader's late proposal does
+///   that, and every member sees the same log), logged loudly;
+/// - otherwise each record is decoded and applied in sequence order at its own
+///   `now_ms`, `*next_seq` advances past it, and `each(seq, record, effects, engine,
+///   entered)` sees it with the engine just after it (`entered`: the block the
+///   engine entered with this record, if it crossed a boundary).
+///
+/// `effects` is scratch space (cleared before each record). Errors:
+/// [`UndecodableRecord`] (the records before it are applied; `*next_seq` names it).
+pub fn apply_group_records(
+    engine: &mut Engine,
+    next_seq: &mut u64,
+    log_id: LogId,
+    group: &GroupEntry,
+    effects: &mut Vec<Effect>,
+    mut each: impl FnMut(u64, &JournalRecord, &[Effect], &Engine, Option<u64>),
+) -> Result<GroupApplied, UndecodableRecord> {
+    if group.first_seq != *next_seq || group.records.is_empty() {
+        tracing::error!(
+            %log_id,
+            expected = *next_seq,
+            got = group.first_seq,
+            records = group.records.len(),
+            "replicated entry skipped: its first sequence number is not the next one \
+             (a deposed leader's late proposal); every member skips it alike"
+        );
+        return Ok(GroupApplied::Stale {
+            expected: *next_seq,
+            got: group.first_seq,
+        });
+    }
+    for (i, bytes) in group.records.iter().enumerate() {
+        let seq = group.first_seq + i as u64;
+        let record = JournalRecord::decode(bytes).map_err(|e| UndecodableRecord {
+            seq,
+            reason: e.to_string(),
+        })?;
+        let block_before = engine.block();
+        effects.clear();
+        engine.apply(&record.command, record.now_ms, effects);
+        *next_seq = seq + 1;
+        let entered = (engine.block() != block_before).then(|| engine.block());
+        each(seq, &record, effects, engine, entered);
+    }
+    debug_assert_eq!(*next_seq, group.last_seq() + 1);
+    Ok(GroupApplied::Applied {
+        last_seq: group.last_seq(),
+    })
+}
+
+/// Reads the stored snapshot (`raft-snapshot`) of `storage`, if there is one, and
+/// restores its engine (checked against its recorded hash), without writing.
+/// Errors: [`super::ReplicationError::File`] (unreadable),
+/// [`super::ReplicationError::BadFile`] (does not parse, decode, hash or restore).
+pub fn read_snapshot(
+    storage: &mut dyn Storage,
+) -> Result<Option<(SnapshotMeta, MarketSnapshot, Engine)>, super::ReplicationError> {
+    let bad = |what: String| super::ReplicationError::BadFile {
+        file: SNAPSHOT_FILE.to_string(),
+        what,
+    };
+    if !storage.list()?.iter().any(|n| n == SNAPSHOT_FILE) {
+        return Ok(None);
+    }
+    let bytes = storage.read(SNAPSHOT_FILE)?;
+    let payload = parse_snapshot_frame(&bytes).map_err(bad)?;
+    let (meta, data): (SnapshotMeta, MarketSnapshot) =
+        super::types::decode(payload).map_err(|e| bad(e.to_string()))?;
+    let engine = restore_checked(&data).map_err(bad)?;
+    Ok(Some((meta, data, engine)))
+}
+
 /// Restores an engine from a snapshot and checks its recorded hash.
 fn restore_checked(data: &MarketSnapshot) -> Result<Engine, String> {
     if *blake3::hash(&data.engine).as_bytes() != data.state_hash {
@@ -379,7 +444,7 @@ fn store_snapshot(
 
 /// Frames a snapshot like a journal record when it fits the record limit; larger
 /// snapshots are framed by [`encode_big`] (same layout, no limit).
-fn encode_snapshot_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+pub(crate) fn encode_snapshot_frame(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     if encode_into(out, seq, payload).is_err() {
         encode_big(out, seq, payload);
     }
