@@ -359,8 +359,11 @@ def part_failover(args):
     for line in lines:
         print("  " + line, flush=True)
     if proc.returncode != 0:
+        lines = proc.stderr.splitlines()
+        why = [l for i, l in enumerate(lines)
+               if "panicked at" in l or (i > 0 and "panicked at" in lines[i - 1])]
         raise RuntimeError(f"the failover test failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+                           + "\n".join(why[:6]) + f"\n{proc.stdout[-2000:]}")
     with open(summary_path) as f:
         summary = json.load(f)
     summary["wall_s"] = time.time() - started
