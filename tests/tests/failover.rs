@@ -172,6 +172,16 @@ fn finish_run(
 
 #[test]
 fn failover_under_load_loses_and_doubles_no_acknowledged_credit() {
+    // Say plainly what is missing rather than fail at the first run's arguments.
+    let help = std::process::Command::new(yellowstone_tests::cluster::loadgen_binary())
+        .arg("--help")
+        .output()
+        .expect("run yellowstone-loadgen --help");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--router"),
+        "the bundled loadgen takes no --router a,b,c: it cannot follow a group's leader \
+         (R-HA-3, REPL_DESIGN.md 'Clients'), so this test cannot drive a group through faults"
+    );
     let faults: usize = env_number("FAILOVER_KILLS", 5);
     let rate: f64 = env_number("FAILOVER_RATE", 100.0);
     run_faults(faults, Some(rate));
