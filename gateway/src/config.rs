@@ -108,8 +108,9 @@ pub struct NetworkConfig {
     /// connection can have unanswered); 1 to `REPLY_CACHE_PER_ADDRESS_LIMIT` (65,536).
     pub reply_cache_per_address: usize,
     /// R-HA-3: answers kept in the reply cache in all, the oldest evicted first.
-    /// 65,536: an entry holds its answers unsigned (a `Message` is 336 bytes; with its
-    /// bookkeeping about 0.5 KiB, 1 KiB with a ticket), so at most ~64 MiB, and at
+    /// 65,536: an entry holds its answers unsigned (160 bytes of entry, 336 per
+    /// `Message` answer, the eviction order: about 0.6 KiB, 1 KiB with a ticket,
+    /// measured by router-core's `reply_cache_cost`), so at most ~64 MiB, and at
     /// 20,000 commands a second it holds the last ~3 s, longer than a failover and a
     /// client's resend. 1 to `REPLY_CACHE_ENTRIES_LIMIT` (16,777,216).
     pub reply_cache_entries_max: usize,

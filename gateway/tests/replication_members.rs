@@ -121,14 +121,25 @@ fn start_group(n: u64) -> Group {
     group
 }
 
+/// The leader of the newest term any member leads (a member restarted as the
+/// leader of an old term shows `Leader` until it hears of the new one).
 fn leader_of(group: &Group) -> Option<(u64, u64)> {
     group
         .members
         .iter()
-        .find_map(|(id, m)| match *m.role().borrow() {
+        .filter_map(|(id, m)| match *m.role().borrow() {
             Role::Leader { term } => Some((*id, term)),
             _ => None,
         })
+        .max_by_key(|(_, term)| *term)
+}
+
+/// Promotes the newest leader, retrying while leadership settles.
+fn promote(group: &Group) -> (u64, yellowstone_gateway::replication::Promotion) {
+    wait_for("a promotion", Duration::from_secs(10), || {
+        let (id, _) = leader_of(group)?;
+        group.members[&id].promote().ok().map(|p| (id, p))
+    })
 }
 
 /// Appends `records` through the leader's durability and waits until all are
@@ -184,9 +195,9 @@ fn assert_same_state(group: &Group, stream: &Stream) {
 #[test]
 fn three_members_fail_over_with_every_committed_record() {
     let mut group = start_group(3);
-    let (first, term) = wait_for("a leader", Duration::from_secs(10), || leader_of(&group));
-    let promotion = group.members[&first].promote().unwrap();
-    assert_eq!((promotion.term, promotion.next_seq), (term, 1));
+    let (first, promotion) = promote(&group);
+    let term = promotion.term;
+    assert_eq!(promotion.next_seq, 1);
     let mut durability = group.members[&first].durability(&promotion);
     let mut stream = Stream::new();
     for _ in 0..3 {
@@ -214,11 +225,8 @@ fn three_members_fail_over_with_every_committed_record() {
     // The leader goes away; its journal fails from then on.
     let old = group.members.remove(&first).unwrap();
     old.shutdown();
-    let (second, term2) = wait_for("a new leader", Duration::from_secs(10), || {
-        leader_of(&group)
-    });
-    assert!(term2 > term && second != first);
-    let promotion = group.members[&second].promote().unwrap();
+    let (second, promotion) = promote(&group);
+    assert!(promotion.term > term && second != first);
     assert_eq!(
         promotion.next_seq,
         last + 1,
@@ -246,8 +254,7 @@ fn three_members_fail_over_with_every_committed_record() {
 #[test]
 fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
     let mut group = start_group(3);
-    let (leader, _) = wait_for("a leader", Duration::from_secs(10), || leader_of(&group));
-    let promotion = group.members[&leader].promote().unwrap();
+    let (leader, promotion) = promote(&group);
     let mut durability = group.members[&leader].durability(&promotion);
     let mut stream = Stream::new();
     for _ in 0..12 {
@@ -349,6 +356,12 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
 #[test]
 #[ignore]
 fn failover_time_with_default_timing() {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let rounds: usize = std::env::var("FAILOVERS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -361,13 +374,22 @@ fn failover_time_with_default_timing() {
     for id in 1..=3 {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path());
-        let config = ClusterConfig {
+        let mut config = ClusterConfig {
             enabled: true,
             member_id: id,
             raft_listen: free_addr().to_string(),
             client_endpoint: format!("127.0.0.1:{}", 9000 + id),
             ..ClusterConfig::default()
         };
+        // FAILOVER_TIMING="heartbeat,election min,election max,rpc" (ms) to compare.
+        if let Ok(timing) = std::env::var("FAILOVER_TIMING") {
+            let t: Vec<u64> = timing.split(',').map(|v| v.parse().unwrap()).collect();
+            config.heartbeat_ms = t[0];
+            config.election_timeout_min_ms = t[1];
+            config.election_timeout_max_ms = t[2];
+            config.rpc_timeout_ms = t[3];
+        }
+        config.validate().unwrap();
         group.members.insert(id, start_member(&config, dir.path()));
         group.dirs.push(dir);
         group.configs.push(config);
@@ -385,19 +407,24 @@ fn failover_time_with_default_timing() {
     let mut stream = Stream::new();
     let mut times = Vec::new();
     for _ in 0..rounds {
-        let (leader, _) = wait_for("a leader", Duration::from_secs(10), || leader_of(&group));
-        let promotion = group.members[&leader].promote().unwrap();
+        let (leader, promotion) = promote(&group);
         let mut durability = group.members[&leader].durability(&promotion);
         propose_all(&mut durability, stream.next(20));
         drop(durability);
         let old = group.members.remove(&leader).unwrap();
         let killed = Instant::now();
         old.shutdown();
-        let (next, _) = wait_for("a new leader", Duration::from_secs(10), || {
+        let shut = killed.elapsed();
+        let (next, term) = wait_for("a new leader", Duration::from_secs(10), || {
             leader_of(&group)
         });
-        let promotion = group.members[&next].promote().unwrap();
+        let elected = killed.elapsed();
+        let (_, promotion) = promote(&group);
         times.push(killed.elapsed());
+        eprintln!(
+            "round: shutdown {shut:?}, leader {next} term {term} after {elected:?}, promoted after {:?}",
+            killed.elapsed()
+        );
         assert_eq!(promotion.next_seq, stream.made + 1);
         let config = group.configs[(leader - 1) as usize].clone();
         let dir = group.dirs[(leader - 1) as usize].path().to_path_buf();

@@ -258,6 +258,8 @@ struct Sim {
     events: Vec<String>,
     crashes: u32,
     promotions: u32,
+    /// Snapshots installed from a leader (members that fell behind a purge).
+    snapshots_installed: u64,
 }
 
 impl Sim {
@@ -328,6 +330,11 @@ impl Sim {
             self.office = None;
         }
         let _ = core.raft().shutdown().await;
+        self.snapshots_installed += core
+            .machine()
+            .stats
+            .snapshots_installed
+            .load(std::sync::atomic::Ordering::Relaxed);
         self.crashes += 1;
         self.log(format!("crash {id}"));
     }
@@ -493,6 +500,7 @@ impl Sim {
             events: Vec::new(),
             crashes: 0,
             promotions: 0,
+            snapshots_installed: 0,
         };
         for id in 1..=3 {
             let storage = FaultyStorage::new(Faults {
@@ -650,7 +658,7 @@ impl Sim {
     }
 }
 
-fn run_seed(seed: u64, steps: u32) -> (u32, u32, u64) {
+fn run_seed(seed: u64, steps: u32) -> (u32, u32, u64, u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -662,11 +670,15 @@ fn run_seed(seed: u64, steps: u32) -> (u32, u32, u64) {
             sim.step().await;
         }
         sim.finish().await;
-        let out = (sim.crashes, sim.promotions, sim.acknowledged);
         for id in 1..=3 {
             sim.crash(id).await;
         }
-        out
+        (
+            sim.crashes,
+            sim.promotions,
+            sim.acknowledged,
+            sim.snapshots_installed,
+        )
     })
 }
 
@@ -689,16 +701,25 @@ fn three_members_keep_every_committed_record_under_faults() {
         .unwrap_or(400);
     let mut crashes = 0;
     let mut promotions = 0;
+    let mut installs = 0;
     for seed in seeds() {
-        let (c, p, acknowledged) = run_seed(seed, steps);
-        eprintln!("seed {seed}: {c} crashes, {p} promotions, {acknowledged} records acknowledged");
+        let (c, p, acknowledged, snapshots) = run_seed(seed, steps);
+        eprintln!(
+            "seed {seed}: {c} crashes, {p} promotions, {acknowledged} records acknowledged, \
+             {snapshots} snapshots installed"
+        );
         assert!(acknowledged > 0, "seed {seed}: nothing was ever committed");
         crashes += c;
         promotions += p;
+        installs += snapshots;
     }
-    // The faults happened: a run without leader changes proves little.
+    // The faults happened: a run without leader changes or snapshot catch-ups proves
+    // little.
     assert!(
         crashes > 0 && promotions > 1,
         "crashes {crashes}, promotions {promotions}"
     );
+    if seeds().len() >= 4 {
+        assert!(installs > 0, "no member ever caught up by a snapshot");
+    }
 }

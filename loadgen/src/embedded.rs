@@ -104,6 +104,7 @@ pub fn start(
     let router = start_from_config(config.clone())?;
     let target = Target {
         addr: router.listen,
+        endpoints: vec![router.listen],
         operator: operator.clone(),
         description: format!(
             "embedded router {} (metrics {})",

@@ -62,6 +62,17 @@ struct Args {
     /// Drive an external router at HOST:PORT instead of an embedded one.
     #[arg(long)]
     target: Option<std::net::SocketAddr>,
+    /// R-HA-3: drive an external router, or a replicated router group whose members'
+    /// client endpoints are listed comma-separated (host:port,host:port,...): the
+    /// simulated clients connect to the leader and follow it across failovers
+    /// (reconnect, resend their unanswered signed frames, register again); the
+    /// self-check counts each resent message's original answer once. Instead of
+    /// --target (needs --operator-key likewise).
+    #[arg(long, conflicts_with = "target")]
+    router: Option<String>,
+    /// The members `--router` lists, resolved (filled in by `main`).
+    #[arg(skip)]
+    endpoints: Vec<std::net::SocketAddr>,
     /// Operator secret key (hex) for balance updates; required with --target.
     #[arg(long)]
     operator_key: Option<String>,
@@ -209,6 +220,11 @@ fn run_once(
                 SigningKey::from_hex(key.trim()).map_err(|e| format!("--operator-key: {e}"))?;
             let target = Target {
                 addr,
+                endpoints: if args.endpoints.is_empty() {
+                    vec![addr]
+                } else {
+                    args.endpoints.clone()
+                },
                 operator,
                 description: format!("external router {addr}"),
                 backend: "external".into(),
@@ -233,10 +249,21 @@ fn run_once(
     summary
 }
 
+/// `--router a,b,c`: the members resolved, the first as the target (R-HA-3).
+fn resolve_router(args: &mut Args) -> Result<(), String> {
+    if let Some(list) = &args.router {
+        let endpoints = yellowstone_wire::leader::parse_endpoints(list)
+            .map_err(|e| format!("--router {list}: {e}"))?;
+        args.target = endpoints.first().copied();
+        args.endpoints = endpoints;
+    }
+    Ok(())
+}
+
 fn main() {
     tracing_subscriber_init();
-    let args = Args::parse();
-    let code = match real_main(&args) {
+    let mut args = Args::parse();
+    let code = match resolve_router(&mut args).and_then(|()| real_main(&args)) {
         Ok(ok) => {
             if ok {
                 0

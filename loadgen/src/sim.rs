@@ -147,6 +147,12 @@ impl Default for SimConfig {
 #[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
+    /// R-HA-3: every member of a replicated router group (`--router a,b,c`), `addr`
+    /// first; one entry (or none: `addr` alone) for a single router. With more than one, the simulated
+    /// clients follow the leader across failovers: they reconnect, resend their
+    /// unanswered signed frames byte-identical (answered from the reply cache, never
+    /// counted twice), providers register again and the subscriber subscribes again.
+    pub endpoints: Vec<SocketAddr>,
     pub operator: SigningKey,
     pub description: String,
     pub backend: String,
@@ -271,8 +277,44 @@ pub fn connect_client(
     Ok(client)
 }
 
-fn connect(addr: SocketAddr, key: SigningKey) -> Result<Client, String> {
-    connect_client(addr, key, CONNECT_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))
+fn connect(endpoints: &[SocketAddr], key: SigningKey) -> Result<Client, String> {
+    connect_client_following(endpoints, key, CONNECT_TIMEOUT).map_err(|e| {
+        let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        format!("connect {}: {e}", list.join(","))
+    })
+}
+
+/// [`connect_client`] to the leader of the router group whose members are
+/// `endpoints` (R-HA-3: `not_leader` followed; one endpoint: a single router).
+///
+/// Errors: the login was refused, or no member could be logged in to within
+/// `timeout` (the error names every endpoint tried).
+pub fn connect_client_following(
+    endpoints: &[SocketAddr],
+    key: SigningKey,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
+    let policy = yellowstone_wire::connect_retry::ConnectRetry::within(timeout);
+    let client = Client::connect_following(endpoints, key, &policy)
+        .map_err(|error| ClientError::Io(std::io::Error::other(error.to_string())))?;
+    client.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok(client)
+}
+
+/// Reconnections one simulated client makes in a run at most (R-HA-3: each failover
+/// of a group costs one; a failover in 100 leader kills costs 100).
+const RECONNECTS_MAX: u32 = 1_000;
+
+/// The nonce of the user's own message that `message` answers for good (an
+/// `RfcAccepted` is not final: its RFC waits for a ticket or a failure).
+fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
+    match message {
+        Message::SessionTicket(t) if t.user == own => Some(t.rfc_nonce),
+        Message::RfcFailed(m) => Some(m.nonce),
+        Message::ReportAck(m) => Some(m.nonce),
+        Message::ErrorReply(m) if m.ref_nonce != 0 => Some(m.ref_nonce),
+        _ => None,
+    }
 }
 
 fn wait_for<T>(
@@ -423,7 +465,7 @@ struct UserPlan {
 }
 
 fn run_user(
-    addr: SocketAddr,
+    endpoints: Vec<SocketAddr>,
     plan: UserPlan,
     config: SimConfig,
     start: Instant,
@@ -433,7 +475,8 @@ fn run_user(
     let mut rng = ChaCha8Rng::seed_from_u64(
         config.seed ^ u64::from_le_bytes(plan.key.address().0[..8].try_into().unwrap_or([0; 8])),
     );
-    let mut client = match connect(addr, plan.key.clone()) {
+    let group = endpoints.len() > 1;
+    let mut client = match connect(&endpoints, plan.key.clone()) {
         Ok(client) => client,
         Err(error) => {
             // Refused or never greeted (a router out of connections): this user sends
@@ -461,13 +504,18 @@ fn run_user(
     let writer_stream = client.stream().try_clone().map_err(|e| e.to_string())?;
     // (stream, last nonce written): RFCs and reports share it.
     let writer = Arc::new(Mutex::new((writer_stream, first_nonce.saturating_sub(1))));
+    // R-HA-3 (a group only): frames written without a final answer, by nonce, resent
+    // byte-identical after a reconnect. Written under the writer's lock, before the
+    // write, so a reconnect (which resends under the same lock) never misses one.
+    let unanswered: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
     // The sender: writes each pre-signed RFC when it is due.
     let sender = {
-        let (writer, due_of, counters, due) = (
+        let (writer, due_of, counters, due, unanswered) = (
             writer.clone(),
             due_of.clone(),
             counters.clone(),
             plan.due.clone(),
+            unanswered.clone(),
         );
         std::thread::spawn(move || {
             for ((nonce, frame), offset) in frames.into_iter().zip(due) {
@@ -481,7 +529,13 @@ fn run_user(
                 }
                 let Ok(mut guard) = writer.lock() else { return };
                 debug_assert!(nonce > guard.1);
-                if guard.0.write_all(&frame).is_err() {
+                if group {
+                    if let Ok(mut unanswered) = unanswered.lock() {
+                        unanswered.insert(nonce, frame.clone());
+                    }
+                }
+                // In a group a failed write waits for the reconnect's resend.
+                if guard.0.write_all(&frame).is_err() && !group {
                     return;
                 }
                 guard.1 = nonce;
@@ -494,6 +548,8 @@ fn run_user(
     let mut resolved = 0usize;
     let total = plan.due.len();
     let mut pending_reports: Vec<(Instant, u64, Address, u64, u128, u64, bool)> = Vec::new();
+    let mut reconnects = 0u32;
+    let mut rfcs_resolved: std::collections::HashSet<u64> = Default::default();
     client
         .set_read_timeout(Some(Duration::from_millis(5)))
         .map_err(|e| e.to_string())?;
@@ -528,9 +584,16 @@ fn run_user(
             };
             let frame = frames::report(&plan.key, network_id, nonce, &facts);
             reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
+            if group {
+                if let Ok(mut unanswered) = unanswered.lock() {
+                    unanswered.insert(nonce, frame.clone());
+                }
+            }
             if let Err(e) = guard.0.write_all(&frame) {
-                outcome.connection_lost = Some(format!("user connection: send report: {e}"));
-                break 'reading;
+                if !group {
+                    outcome.connection_lost = Some(format!("user connection: send report: {e}"));
+                    break 'reading;
+                }
             }
             guard.1 = nonce;
         }
@@ -548,12 +611,47 @@ fn run_user(
         let message = match client.recv() {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
+            Err(e) if group && reconnects < RECONNECTS_MAX => {
+                // R-HA-3: the leader died or lost office: follow the new one and resend.
+                reconnects += 1;
+                match reconnect_user(&endpoints, &plan.key, &writer, &unanswered) {
+                    Ok(new) => {
+                        client = new;
+                        continue;
+                    }
+                    Err(error) => {
+                        outcome.connection_lost =
+                            Some(format!("user connection: {e}; reconnect: {error}"));
+                        break;
+                    }
+                }
+            }
             Err(e) => {
                 outcome.connection_lost = Some(format!("user connection: {e}"));
                 break;
             }
         };
         let received = Instant::now();
+        if group {
+            if let Some(nonce) = final_answer_nonce(&message, plan.key.address()) {
+                if let Ok(mut unanswered) = unanswered.lock() {
+                    unanswered.remove(&nonce);
+                }
+            }
+        }
+        // A final answer counts once: after a failover the original answer may come
+        // both on the old connection and as the resend's (R-HA-3).
+        let rfc_final = match &message {
+            Message::SessionTicket(t) => Some(t.rfc_nonce),
+            Message::RfcFailed(f) => Some(f.nonce),
+            Message::ErrorReply(e) if e.ref_msg_type == msg_type::RFC => Some(e.ref_nonce),
+            _ => None,
+        };
+        if let Some(nonce) = rfc_final {
+            if !rfcs_resolved.insert(nonce) {
+                continue;
+            }
+        }
         match message {
             Message::RfcAccepted(_) => {}
             Message::SessionTicket(ticket) => {
@@ -641,6 +739,36 @@ fn run_user(
     Ok(outcome)
 }
 
+/// R-HA-3: connects to the group's leader again and, under the writer's lock (so no
+/// new frame goes between), points the writer at the new connection and resends every
+/// unanswered frame in nonce order, byte-identical.
+fn reconnect_user(
+    endpoints: &[SocketAddr],
+    key: &SigningKey,
+    writer: &Mutex<(TcpStream, u64)>,
+    unanswered: &Mutex<BTreeMap<u64, Vec<u8>>>,
+) -> Result<Client, String> {
+    let client = connect(endpoints, key.clone())?;
+    client
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .map_err(|e| e.to_string())?;
+    let stream = client.stream().try_clone().map_err(|e| e.to_string())?;
+    let mut guard = writer
+        .lock()
+        .map_err(|_| "writer lock poisoned".to_string())?;
+    guard.0 = stream;
+    let frames: Vec<Vec<u8>> = unanswered
+        .lock()
+        .map_err(|_| "unanswered lock poisoned".to_string())?
+        .values()
+        .cloned()
+        .collect();
+    for frame in &frames {
+        guard.0.write_all(frame).map_err(|e| e.to_string())?;
+    }
+    Ok(client)
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Behaviour {
     Good,
@@ -658,7 +786,7 @@ struct ProviderOutcome {
 
 #[allow(clippy::too_many_arguments)]
 fn run_provider(
-    addr: SocketAddr,
+    endpoints: Vec<SocketAddr>,
     key: SigningKey,
     config: SimConfig,
     behaviour: Behaviour,
@@ -668,7 +796,12 @@ fn run_provider(
     simulated_users: Arc<std::collections::HashSet<Address>>,
 ) -> Result<ProviderOutcome, String> {
     let mut outcome = ProviderOutcome::default();
-    let mut client = connect(addr, key.clone())?;
+    let group = endpoints.len() > 1;
+    let mut reconnects = 0u32;
+    // R-HA-3 (a group only): session starts sent without their Ack, resent after a
+    // reconnect.
+    let mut starts_unanswered: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+    let mut client = connect(&endpoints, key.clone())?;
     register(&mut client, &config.models, price, config.provider_capacity)?;
     let network_id = client.network_id();
     let mut answered: std::collections::VecDeque<Instant> = Default::default();
@@ -679,7 +812,7 @@ fn run_provider(
             // Churn: drop the connection (the router marks us unreachable), come back.
             drop(client);
             std::thread::sleep(Duration::from_millis(300));
-            client = connect(addr, key.clone())?;
+            client = connect(&endpoints, key.clone())?;
             let nonce = client.next_nonce();
             client
                 .send_raw(&frames::provider_announce(&key, network_id, nonce))
@@ -696,6 +829,31 @@ fn run_provider(
         let message = match client.recv() {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
+            Err(e) if group && reconnects < RECONNECTS_MAX => {
+                // R-HA-3: register with the new leader (its probes in flight are
+                // re-armed there; the old answers' tickets come as the new leader's).
+                reconnects += 1;
+                // The unanswered session starts first, byte-identical (their nonces are
+                // below the new registration's), then the registration.
+                let again = connect(&endpoints, key.clone()).and_then(|mut c| {
+                    for frame in starts_unanswered.values() {
+                        c.send_raw(frame).map_err(|e| e.to_string())?;
+                    }
+                    register(&mut c, &config.models, price, config.provider_capacity).map(|()| c)
+                });
+                match again {
+                    Ok(new) => {
+                        client = new;
+                        answered.clear();
+                        continue;
+                    }
+                    Err(error) => {
+                        outcome.connection_lost =
+                            Some(format!("provider connection: {e}; reconnect: {error}"));
+                        break;
+                    }
+                }
+            }
             Err(e) => {
                 outcome.connection_lost = Some(format!("provider connection: {e}"));
                 break;
@@ -709,10 +867,14 @@ fn run_provider(
                         let nonce = client.next_nonce();
                         let frame = frames::probe_answer(&key, network_id, nonce, probe.probe_id);
                         answered.push_back(Instant::now());
+                        // In a group a failed send is the lost connection the next read
+                        // reports and the reconnect handles (the probe is re-armed).
                         if let Err(e) = client.send_raw(&frame) {
-                            outcome.connection_lost =
-                                Some(format!("provider connection: send probe answer: {e}"));
-                            break;
+                            if !group {
+                                outcome.connection_lost =
+                                    Some(format!("provider connection: send probe answer: {e}"));
+                                break;
+                            }
                         }
                     }
                     Behaviour::Slow => late.push((
@@ -744,10 +906,16 @@ fn run_provider(
                     signature: Signature::default(),
                 }
                 .into();
-                if let Err(e) = client.send_signed(start) {
-                    outcome.connection_lost =
-                        Some(format!("provider connection: send session start: {e}"));
-                    break;
+                let frame = yellowstone_wire::client::presign(&key, network_id, start);
+                if group {
+                    starts_unanswered.insert(nonce, frame.clone());
+                }
+                if let Err(e) = client.send_raw(&frame) {
+                    if !group {
+                        outcome.connection_lost =
+                            Some(format!("provider connection: send session start: {e}"));
+                        break;
+                    }
                 }
                 if let Some(sent) = answered.pop_front() {
                     outcome
@@ -762,6 +930,12 @@ fn run_provider(
             }
             Message::ErrorReply(error) if error.ref_msg_type == msg_type::PROBE_ANSWER => {
                 answered.pop_front();
+            }
+            Message::Ack(ack) => {
+                starts_unanswered.remove(&ack.nonce);
+            }
+            Message::ErrorReply(error) => {
+                starts_unanswered.remove(&error.ref_nonce);
             }
             _ => {}
         }
@@ -779,11 +953,7 @@ struct BatchLog {
     connection_lost: Option<String>,
 }
 
-fn run_operator_subscriber(
-    mut operator: Client,
-    router: Address,
-    stop: Arc<AtomicBool>,
-) -> Result<BatchLog, String> {
+fn subscribe(operator: &mut Client) -> Result<(), String> {
     let nonce = operator.next_nonce();
     operator
         .send_signed(
@@ -794,7 +964,18 @@ fn run_operator_subscriber(
             }
             .into(),
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| e.to_string())
+}
+
+fn run_operator_subscriber(
+    mut operator: Client,
+    endpoints: Vec<SocketAddr>,
+    router: Address,
+    stop: Arc<AtomicBool>,
+) -> Result<BatchLog, String> {
+    subscribe(&mut operator)?;
+    let group = endpoints.len() > 1;
+    let mut reconnects = 0u32;
     let network_id = operator.network_id();
     let mut log = BatchLog {
         blocks: Vec::new(),
@@ -808,6 +989,23 @@ fn run_operator_subscriber(
         let message = match operator.recv() {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
+            Err(e) if group && reconnects < RECONNECTS_MAX => {
+                // R-HA-3: subscribe with the new leader. A batch sealed while no
+                // member led is not sent again: the self-check then names the gap.
+                reconnects += 1;
+                let key = operator.key().clone();
+                match connect(&endpoints, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
+                    Ok(new) => {
+                        operator = new;
+                        continue;
+                    }
+                    Err(error) => {
+                        log.connection_lost =
+                            Some(format!("operator connection: {e}; reconnect: {error}"));
+                        break;
+                    }
+                }
+            }
             Err(e) => {
                 log.connection_lost = Some(format!("operator connection: {e}"));
                 break;
@@ -854,7 +1052,12 @@ pub fn run_with(
     mut side: Option<&mut dyn SideTraffic>,
 ) -> Result<RunSummary, String> {
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut operator = connect(target.addr, target.operator.clone())?;
+    let endpoints = if target.endpoints.is_empty() {
+        vec![target.addr]
+    } else {
+        target.endpoints.clone()
+    };
+    let mut operator = connect(&endpoints, target.operator.clone())?;
     let router = operator.router();
     // Keys: users, sybils and providers, deterministic from the seed.
     let user_keys: Vec<SigningKey> = (0..config.users)
@@ -917,11 +1120,11 @@ pub fn run_with(
         // Bids spread +-20 % around the reference price.
         let price = config.reference_price_wei * rng.gen_range(80..=120) / 100;
         let churn = config.scenario == Scenario::Churn && i % 2 == 0;
-        let (addr, config, stop) = (target.addr, config.clone(), stop_providers.clone());
+        let (endpoints, config, stop) = (endpoints.clone(), config.clone(), stop_providers.clone());
         let simulated_users = simulated_users.clone();
         provider_threads.push(std::thread::spawn(move || {
             run_provider(
-                addr,
+                endpoints,
                 key,
                 config,
                 behaviour,
@@ -946,7 +1149,8 @@ pub fn run_with(
     let stop_batches = Arc::new(AtomicBool::new(false));
     let subscriber = {
         let stop = stop_batches.clone();
-        std::thread::spawn(move || run_operator_subscriber(operator, router, stop))
+        let endpoints = endpoints.clone();
+        std::thread::spawn(move || run_operator_subscriber(operator, endpoints, router, stop))
     };
 
     // Signing ahead happens inside each user thread before `start`.
@@ -968,14 +1172,14 @@ pub fn run_with(
         } / config.users.max(1) as f64;
         let due = schedule(config, share, (i as f64) / all_users as f64);
         let plan = UserPlan { key, due, sybil };
-        let (addr, config, counters, stop) = (
-            target.addr,
+        let (endpoints, config, counters, stop) = (
+            endpoints.clone(),
             config.clone(),
             counters.clone(),
             stop_users.clone(),
         );
         user_threads.push(std::thread::spawn(move || {
-            run_user(addr, plan, config, start, counters, stop)
+            run_user(endpoints, plan, config, start, counters, stop)
         }));
     }
     // Progress while it runs: one line rewritten in place at a terminal; into a file

@@ -47,6 +47,7 @@ fn run(scenario: Scenario, backend: Backend) -> yellowstone_loadgen::report::Run
     }
     let target = Target {
         addr: router.listen,
+        endpoints: Vec::new(),
         operator,
         description: "test".into(),
         backend: format!("{backend:?}"),

@@ -3,9 +3,12 @@
 //! answer (a failover, or a single router's dropped socket) can send the **same**
 //! signed message again and get the **original** answer, never a second effect.
 //!
-//! - Keyed by (address, nonce) and a 16-byte [`CommandDigest`] of the command the
-//!   message asks for, so only the same message gets the cached answer; a different
-//!   message reusing the nonce is refused `replay` as before.
+//! - Keyed by (address, nonce) and a fingerprint of the command the message asks for,
+//!   so only the same message gets the cached answer; a different message reusing the
+//!   nonce is refused `replay` as before. The fingerprint is the command itself when it
+//!   holds no heap data (RFCs, reports, probe answers, starts, bids, claims: compared
+//!   exactly, and copied in a few nanoseconds on the engine thread), else a 16-byte
+//!   BLAKE3 [`CommandDigest`] of its encoding (registrations, operator updates).
 //! - Fed by [`ReplyCache::observe`] with what the engine applied (command, effects):
 //!   on a leader by the gateway's sink when it delivers a command's answer (its record
 //!   durable), on every replicated member from the committed journal
@@ -39,6 +42,37 @@ use yellowstone_wire::Address;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CommandDigest(pub [u8; 16]);
 
+/// What identifies an accepted command in the cache (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Fingerprint {
+    /// A command without heap data, kept whole.
+    Command(Command),
+    /// The digest of one with heap data (a registration's offers, an operator's list).
+    Digest(CommandDigest),
+}
+
+impl Fingerprint {
+    fn of(command: &Command) -> Fingerprint {
+        match command {
+            Command::SetBalances { .. }
+            | Command::SetParams { .. }
+            | Command::RegisterProvider { .. }
+            | Command::ChainPaid { .. }
+            | Command::LoadBalanceSnapshot { .. } => {
+                Fingerprint::Digest(CommandDigest::of(command))
+            }
+            _ => Fingerprint::Command(command.clone()),
+        }
+    }
+
+    fn matches(&self, command: &Command) -> bool {
+        match self {
+            Fingerprint::Command(kept) => kept == command,
+            Fingerprint::Digest(digest) => *digest == CommandDigest::of(command),
+        }
+    }
+}
+
 impl CommandDigest {
     /// The digest of `command`.
     pub fn of(command: &Command) -> CommandDigest {
@@ -66,7 +100,7 @@ pub struct ReplyCacheConfig {
 #[derive(Clone, Debug)]
 struct Entry {
     nonce: u64,
-    digest: CommandDigest,
+    fingerprint: Fingerprint,
     /// Insertion stamp: the global order of entries (eviction oldest first).
     stamp: u64,
     /// The unsigned answers, in the order first sent.
@@ -88,6 +122,8 @@ struct Inner {
 pub struct ReplyCache {
     config: ReplyCacheConfig,
     inner: Mutex<Inner>,
+    /// `inner.len` as of the last change, read without the lock (a metric per command).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 impl ReplyCache {
@@ -100,6 +136,7 @@ impl ReplyCache {
                 entries_max: config.entries_max.max(1),
             },
             inner: Mutex::new(Inner::default()),
+            held: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -110,7 +147,7 @@ impl ReplyCache {
 
     /// Entries held now (at most `entries_max`).
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.held.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether it holds nothing.
@@ -137,6 +174,16 @@ impl ReplyCache {
         let mut later: Vec<(Address, u64, Message)> = Vec::new();
         let origin_wire = origin.map(|(address, nonce)| (to_wire(address), nonce));
         for effect in effects {
+            // Only a sender's own answers, tickets and failures are kept: nothing else
+            // is built (a block's batch, say, on the engine thread for nothing).
+            let wanted = origin.is_some()
+                || matches!(
+                    effect,
+                    Effect::SessionOpened { .. } | Effect::RfcFailed { .. }
+                );
+            if !wanted {
+                continue;
+            }
             match delivery_of(command, effect) {
                 Delivery::Reply(_, message) if origin.is_some() => own.push(message),
                 Delivery::Ticket {
@@ -173,10 +220,10 @@ impl ReplyCache {
         if origin.is_none() && later.is_empty() {
             return;
         }
-        let digest = origin.map(|_| CommandDigest::of(command));
+        let fingerprint = origin.map(|_| Fingerprint::of(command));
         let mut inner = self.lock();
-        if let (Some((address, nonce)), Some(digest)) = (origin_wire, digest) {
-            inner.insert(self.config, address, nonce, digest, own);
+        if let (Some((address, nonce)), Some(fingerprint)) = (origin_wire, fingerprint) {
+            inner.insert(self.config, address, nonce, fingerprint, own);
         }
         for (user, nonce, message) in later {
             if let Some(entry) = inner
@@ -184,27 +231,28 @@ impl ReplyCache {
                 .get_mut(&user)
                 .and_then(|entries| entries.iter_mut().rev().find(|e| e.nonce == nonce))
             {
-                entry.replies.push(message);
+                // Idempotent: a leader's cache is fed twice (its sink on delivery, its
+                // state machine on commit, R-HA-3).
+                if !entry.replies.contains(&message) {
+                    entry.replies.push(message);
+                }
             }
         }
+        self.held
+            .store(inner.len, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The answers first sent to `address`'s message `nonce` asking for the command
-    /// whose digest is `digest`, if cached (a ticket among them unsigned: sign it with
-    /// the router key). `None` when the entry is gone or another message used the nonce.
-    pub fn lookup(
-        &self,
-        address: &Address,
-        nonce: u64,
-        digest: &CommandDigest,
-    ) -> Option<Vec<Message>> {
+    /// The answers first sent to `address`'s message `nonce` asking for `command`, if
+    /// cached (a ticket among them unsigned: sign it with the router key). `None` when
+    /// the entry is gone or another message used the nonce.
+    pub fn lookup(&self, address: &Address, nonce: u64, command: &Command) -> Option<Vec<Message>> {
         let inner = self.lock();
         let entries = inner.by_address.get(address)?;
         entries
             .iter()
             .rev()
             .find(|e| e.nonce == nonce)
-            .filter(|e| e.digest == *digest)
+            .filter(|e| e.fingerprint.matches(command))
             .map(|e| e.replies.clone())
     }
 }
@@ -223,21 +271,30 @@ impl Inner {
         config: ReplyCacheConfig,
         address: Address,
         nonce: u64,
-        digest: CommandDigest,
+        fingerprint: Fingerprint,
         replies: Vec<Message>,
     ) {
         let stamp = self.next_stamp;
         self.next_stamp += 1;
         let entries = self.by_address.entry(address).or_default();
-        // Nonces only grow per address (R-ID-4): a re-observed nonce (a replica
-        // replaying its journal) replaces its entry.
-        if let Some(at) = entries.iter().position(|e| e.nonce == nonce) {
-            entries.remove(at);
-            self.len -= 1;
+        // Observed again (a leader's sink and its state machine both feed the cache,
+        // a replica replays its journal): the entry stays as it is, with whatever
+        // later answers joined it. Another command under the nonce replaces it.
+        // Nonces grow per address (R-ID-4): a nonce above the newest entry's is new,
+        // without a scan.
+        let fresh = entries.back().is_none_or(|e| e.nonce < nonce);
+        if !fresh {
+            if let Some(at) = entries.iter().rposition(|e| e.nonce == nonce) {
+                if entries[at].fingerprint == fingerprint {
+                    return;
+                }
+                entries.remove(at);
+                self.len -= 1;
+            }
         }
         entries.push_back(Entry {
             nonce,
-            digest,
+            fingerprint,
             stamp,
             replies,
         });
@@ -357,15 +414,15 @@ mod tests {
     fn r_ha_3_an_accepted_message_gets_its_answer_again_only_for_the_same_command() {
         let cache = cache(16, 1_000);
         cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
-        let same = CommandDigest::of(&rfc(1, 10, 100));
+        let same = rfc(1, 10, 100);
         let replies = cache.lookup(&wire(1), 10, &same).expect("cached");
         match replies.as_slice() {
             [Message::RfcAccepted(a)] => assert_eq!((a.nonce, a.rfc_id), (10, 77)),
             other => panic!("{other:?}"),
         }
         // Another message with the same nonce (another TokenMax): not the same answer.
-        let other = CommandDigest::of(&rfc(1, 10, 101));
-        assert_ne!(other, same);
+        let other = rfc(1, 10, 101);
+        assert_ne!(CommandDigest::of(&other), CommandDigest::of(&same));
         assert_eq!(cache.lookup(&wire(1), 10, &other), None);
         assert_eq!(cache.lookup(&wire(1), 11, &same), None);
         assert_eq!(cache.lookup(&wire(2), 10, &same), None);
@@ -381,10 +438,7 @@ mod tests {
         };
         cache.observe(&rfc(1, 10, 100), &[refused]);
         assert!(cache.is_empty());
-        assert_eq!(
-            cache.lookup(&wire(1), 10, &CommandDigest::of(&rfc(1, 10, 100))),
-            None
-        );
+        assert_eq!(cache.lookup(&wire(1), 10, &rfc(1, 10, 100)), None);
     }
 
     #[test]
@@ -409,7 +463,7 @@ mod tests {
         };
         cache.observe(&answer, &[Effect::SessionOpened { ticket }]);
         let replies = cache
-            .lookup(&wire(1), 10, &CommandDigest::of(&rfc(1, 10, 100)))
+            .lookup(&wire(1), 10, &rfc(1, 10, 100))
             .expect("cached");
         match replies.as_slice() {
             [Message::RfcAccepted(_), Message::SessionTicket(t)] => {
@@ -419,7 +473,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let provider = cache
-            .lookup(&wire(2), 5, &CommandDigest::of(&answer))
+            .lookup(&wire(2), 5, &answer)
             .expect("the probe answer's own answer");
         assert!(
             provider
@@ -438,11 +492,44 @@ mod tests {
         };
         cache.observe(&Command::Tick, &[failed]);
         let replies = cache
-            .lookup(&wire(3), 20, &CommandDigest::of(&rfc(3, 20, 100)))
+            .lookup(&wire(3), 20, &rfc(3, 20, 100))
             .expect("cached");
         assert!(matches!(
             replies.as_slice(),
             [Message::RfcAccepted(_), Message::RfcFailed(f)] if f.rfc_id == 78
+        ));
+    }
+
+    #[test]
+    fn r_ha_3_observing_twice_changes_nothing() {
+        // A leader's sink and its state machine both observe every command.
+        let cache = cache(16, 1_000);
+        let ticket = Ticket {
+            session: 4,
+            user: addr(1),
+            provider: addr(2),
+            endpoint: std::sync::Arc::from(&b"http://p"[..]),
+            model: 1,
+            tokens_max: 100,
+            price_wei_per_token: 7,
+            expires_at_ms: 9_000,
+            rfc_nonce: 10,
+        };
+        let answer = Command::ProbeAnswer {
+            provider: addr(2),
+            nonce: 5,
+            probe: 3,
+        };
+        let opened = [Effect::SessionOpened { ticket }];
+        cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
+        cache.observe(&answer, &opened);
+        cache.observe(&rfc(1, 10, 100), &[accepted(1, 10, 77)]);
+        cache.observe(&answer, &opened);
+        assert_eq!(cache.len(), 2);
+        let replies = cache.lookup(&wire(1), 10, &rfc(1, 10, 100)).unwrap();
+        assert!(matches!(
+            replies.as_slice(),
+            [Message::RfcAccepted(_), Message::SessionTicket(_)]
         ));
     }
 
@@ -454,7 +541,7 @@ mod tests {
             cache.observe(&rfc(1, nonce, 100), &[accepted(1, nonce, nonce)]);
         }
         assert_eq!(cache.len(), 4);
-        let digest = |n| CommandDigest::of(&rfc(1, n, 100));
+        let digest = |n| rfc(1, n, 100);
         assert!(cache.lookup(&wire(1), 996, &digest(996)).is_none());
         assert!(cache.lookup(&wire(1), 997, &digest(997)).is_some());
         // Many addresses: at most 100 in all, the oldest gone first.
@@ -463,9 +550,9 @@ mod tests {
             assert!(cache.len() <= 100);
         }
         assert_eq!(cache.len(), 100);
-        let d = CommandDigest::of(&rfc(200, 1, 100));
+        let d = rfc(200, 1, 100);
         assert!(cache.lookup(&wire(200), 1, &d).is_some());
-        let d = CommandDigest::of(&rfc(100, 1, 100));
+        let d = rfc(100, 1, 100);
         assert!(
             cache.lookup(&wire(100), 1, &d).is_none(),
             "older than the last 100"
@@ -509,4 +596,79 @@ mod tests {
         });
         assert_eq!(command_of(7, key.address(), &subscribe, &[]), None);
     }
+}
+
+/// Figures for the notes (`cargo test --release -p yellowstone-router-core --lib
+/// reply_cache_cost -- --ignored --nocapture`): the engine thread's cost of feeding
+/// the cache per command (RFCs of 10,000 addresses, the default bounds, the cache
+/// full), and a gateway's cost of a lookup.
+#[cfg(test)]
+#[test]
+#[ignore = "a measurement, not a check"]
+fn reply_cache_cost() {
+    use std::hint::black_box;
+    use yellowstone_engine::Address as EngineAddress;
+    fn input(i: u64) -> (Command, [Effect; 1]) {
+        let mut a = [0u8; 20];
+        a[..8].copy_from_slice(&(i % 10_000).to_le_bytes());
+        let user = EngineAddress(a);
+        let command = Command::SubmitRfc {
+            user,
+            nonce: i,
+            model: 1,
+            tokens_max: 100,
+            expires_at_ms: 9_000,
+        };
+        let effect = Effect::RfcAccepted {
+            user,
+            nonce: i,
+            rfc: i,
+            tokens_left: 50,
+        };
+        (command, [effect])
+    }
+    let cache = ReplyCache::new(ReplyCacheConfig {
+        per_address: 64,
+        entries_max: 65_536,
+    });
+    let n = 2_000_000u64;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        black_box(input(black_box(i)));
+    }
+    let baseline = started.elapsed().as_nanos() as f64 / n as f64;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let (command, effects) = input(i);
+        black_box(CommandDigest::of(&command));
+        black_box(effects);
+    }
+    let per_digest = started.elapsed().as_nanos() as f64 / n as f64 - baseline;
+    let started = std::time::Instant::now();
+    for i in 0..n {
+        let (command, effects) = input(i);
+        cache.observe(&command, &effects);
+    }
+    let per_observe = started.elapsed().as_nanos() as f64 / n as f64 - baseline;
+    let started = std::time::Instant::now();
+    let mut hits = 0u64;
+    for i in (n - 65_536)..n {
+        let (command, _) = input(i);
+        let (address, nonce) = command.origin().unwrap();
+        if cache.lookup(&to_wire(address), nonce, &command).is_some() {
+            hits += 1;
+        }
+    }
+    let per_lookup = started.elapsed().as_nanos() as f64 / 65_536.0;
+    eprintln!(
+        "Entry {} B, Message {} B, Command {} B",
+        std::mem::size_of::<Entry>(),
+        std::mem::size_of::<Message>(),
+        std::mem::size_of::<Command>()
+    );
+    eprintln!(
+        "observe {per_observe:.0} ns/command (a digest alone: {per_digest:.0} ns), lookup \
+         {per_lookup:.0} ns, hits {hits} of 65536, held {}",
+        cache.len()
+    );
 }

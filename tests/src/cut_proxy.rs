@@ -141,3 +141,58 @@ pub fn fake_follower(leader_id: u64, leader: Option<SocketAddr>) -> SocketAddr {
     });
     addr
 }
+
+/// A transparent loopback proxy to a router whose [`BlipProxy::blip`] closes every
+/// connection open at that moment (both sides), as a leader's death or loss of office
+/// does to its clients; new connections are proxied as before. With a single router
+/// behind it, what the clients see is a failover to a leader that holds the same
+/// committed journal (R-HA-3).
+pub struct BlipProxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    open: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    blips: Arc<AtomicU32>,
+}
+
+impl BlipProxy {
+    /// Proxies connections on a fresh loopback port to `upstream`.
+    pub fn start(upstream: SocketAddr) -> BlipProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let open: Arc<std::sync::Mutex<Vec<TcpStream>>> = Arc::default();
+        let registry = open.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(router) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                if let (Ok(a), Ok(b), Ok(mut list)) =
+                    (client.try_clone(), router.try_clone(), registry.lock())
+                {
+                    list.push(a);
+                    list.push(b);
+                }
+                pipe(client, router, None, Arc::new(AtomicU32::new(0)));
+            }
+        });
+        BlipProxy {
+            addr,
+            open,
+            blips: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// Closes every connection open now; returns how many client connections that was.
+    pub fn blip(&self) -> usize {
+        let streams: Vec<TcpStream> = match self.open.lock() {
+            Ok(mut list) => list.drain(..).collect(),
+            Err(_) => return 0,
+        };
+        for stream in &streams {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        self.blips.fetch_add(1, Ordering::AcqRel);
+        streams.len() / 2
+    }
+}

@@ -29,10 +29,10 @@ fn print_config_prints_the_cluster_keys() {
         "member_id = 1",
         "raft_listen = ",
         "client_endpoint = ",
-        "heartbeat_ms = 100",
-        "election_timeout_min_ms = 600",
-        "election_timeout_max_ms = 1200",
-        "rpc_timeout_ms = 200",
+        "heartbeat_ms = ",
+        "election_timeout_min_ms = ",
+        "election_timeout_max_ms = ",
+        "rpc_timeout_ms = ",
         "learner = false",
     ] {
         assert!(
@@ -141,4 +141,63 @@ fn a_member_without_what_its_group_shares_does_not_start() {
     );
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cluster.key"), "{stderr}");
+}
+
+/// A member replays its Raft log from its configuration's genesis engine: a market
+/// parameter changed after its creation is refused, naming it (it would diverge from
+/// its group at the next block).
+#[test]
+fn a_member_refuses_market_parameters_other_than_its_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (code, out, err) = {
+        let output = std::process::Command::new(router_binary())
+            .args(["cluster", "keygen", "--out"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{out}{err}");
+    let member = |sessions_open_max: u32| {
+        write(
+            dir.path(),
+            "member.toml",
+            &format!(
+                "[cluster]\nenabled = true\nraft_listen = \"127.0.0.1:0\"\n\
+                 [identity]\nrouter_key_hex = \"4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318\"\n\
+                 [market]\ngenesis_ms = 1767225600000\nsessions_open_max = {sessions_open_max}\n"
+            ),
+        )
+    };
+    let config = member(1000);
+    let data = data.to_str().unwrap();
+    let first = yellowstone_tests::RouterProcess::start(&["--config", &config, "--data-dir", data]);
+    assert!(
+        first.terminate(std::time::Duration::from_secs(20)),
+        "clean stop"
+    );
+    let config = member(999);
+    let (code, stderr) = refused(
+        dir.path(),
+        &[
+            "run",
+            "--config",
+            &config,
+            "--data-dir",
+            data,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("market.bin"), "{stderr}");
+    assert!(stderr.contains("sessions_open_max"), "{stderr}");
 }

@@ -445,4 +445,78 @@ fn r_ha_3_resends_count_against_the_refusal_budget() {
     assert_eq!(closing.code, codes::TOO_MANY_REFUSALS, "{closing:?}");
     assert!(matches!(operator.recv(), Err(ClientError::Closed)));
     assert_eq!(hits(&router), 5.0);
+
+    // A route-taking resend (an RFC, answered through the engine) is counted once too.
+    let mut operator = connect(addr, operator_key());
+    let user_key = SigningKey::from_seed(b"reply-cache-budget-user");
+    fund(&mut operator, &[(user_key.address(), 100 * WEI_PER_MOR)]);
+    let mut user = connect(addr, user_key.clone());
+    let nonce = user.next_nonce();
+    let frame = rfc_frame(&user, nonce, 10, now_ms() + 60_000);
+    user.send_raw(&frame).unwrap();
+    frame_of(&mut user, msg_type::RFC_ACCEPTED);
+    std::thread::sleep(Duration::from_millis(200)); // the nonce cache follows durability
+    let mut again = connect(addr, user_key);
+    for _ in 0..20 {
+        again.send_raw(&frame).unwrap();
+    }
+    let closing = frame_of(&mut again, msg_type::ERROR_REPLY);
+    match decode(msg_type::ERROR_REPLY, &closing) {
+        Message::ErrorReply(e) => assert_eq!(e.code, codes::TOO_MANY_REFUSALS, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    let deadline = Instant::now() + WAIT;
+    while hits(&router) < 10.0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(hits(&router), 10.0, "5 more: one count per resend");
+}
+
+/// R-HA-3 on a single router that crashed: a message accepted (and durable) before a
+/// SIGKILL, sent again to the restarted router, gets its original answer: the cache is
+/// rebuilt from the journal records replayed at start.
+#[test]
+fn r_ha_3_a_restarted_router_answers_a_resend_from_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("router.toml");
+    std::fs::write(
+        &config,
+        format!("[market]\ngenesis_ms = {}\n", now_ms() - 1_000),
+    )
+    .unwrap();
+    let operator = operator_key().address().to_string();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--operator",
+        &operator,
+        "--durability",
+        "always",
+    ];
+    let router = RouterProcess::start(&args);
+    let mut operator_client = connect(router.ready.listen, operator_key());
+    let user_key = SigningKey::from_seed(b"reply-cache-restart-user");
+    fund(
+        &mut operator_client,
+        &[(user_key.address(), 100 * WEI_PER_MOR)],
+    );
+    let mut user = connect(router.ready.listen, user_key.clone());
+    let nonce = user.next_nonce();
+    let frame = rfc_frame(&user, nonce, 100, now_ms() + 60_000);
+    user.send_raw(&frame).unwrap();
+    let accepted = frame_of(&mut user, msg_type::RFC_ACCEPTED);
+    router.kill_hard();
+    let router = RouterProcess::start(&args);
+    let mut again = connect(router.ready.listen, user_key);
+    again.send_raw(&frame).unwrap();
+    assert_eq!(
+        next_frame(&mut again),
+        (msg_type::RFC_ACCEPTED, accepted),
+        "the original RfcAccepted, from the replayed journal"
+    );
+    assert_eq!(hits(&router), 1.0);
 }

@@ -21,9 +21,10 @@
 //! reports what is pending, then cuts, durably, before returning.
 //!
 //! Recovery: segments are read in order; the first record that does not check out in
-//! the last segment is a torn tail (what a crash leaves of an unsynced suffix) and
-//! the segment is cut there; one in an earlier segment, or an entry out of order, is
-//! corruption and refuses the start ([`ReplicationError::CorruptLog`]).
+//! the last segment, with no valid entry after it (`classify::valid_record_after`), is
+//! a torn tail (what a crash leaves of an unsynced suffix) and the segment is cut
+//! there; one in an earlier segment, one followed by a valid entry, or an entry out
+//! of order, is corruption and refuses the start ([`ReplicationError::CorruptLog`]).
 
 use super::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
 use super::ReplicationError;
@@ -173,7 +174,17 @@ impl Disk {
             while pos < bytes.len() {
                 let record = match parse(&bytes[pos..]) {
                     Ok(record) => record,
-                    Err(fault) if is_last => {
+                    Err(fault)
+                        if is_last
+                            && !crate::journal::classify::valid_record_after(
+                                &bytes,
+                                pos,
+                                last_index.map_or(1, |l| l + 2),
+                            ) =>
+                    {
+                        // Nothing valid follows: what a crash leaves of an unsynced
+                        // suffix. (A valid entry after the damage would mean synced
+                        // data was hit: refused below, like the journal's recovery.)
                         tracing::warn!(
                             segment = %name,
                             offset = pos,
@@ -958,6 +969,24 @@ mod tests {
         );
         rt.block_on(store.blocking_append([entry(1, 5)])).unwrap();
         drop(store);
+        // A flipped byte in the last segment with whole entries after it is not a
+        // torn tail: refused, nothing cut.
+        let mut store = open(&storage, 1 << 20);
+        rt.block_on(store.blocking_append([entry(1, 6), entry(1, 7)]))
+            .unwrap();
+        drop(store);
+        let newest = storage_segments(&storage).pop().unwrap();
+        let intact = storage.contents(&newest).unwrap();
+        let mut hit = intact.clone();
+        hit[30] ^= 1;
+        storage.put(&newest, hit.clone());
+        match LogStore::open(Box::new(storage.clone()), 1 << 20, false) {
+            Err(ReplicationError::CorruptLog { file, .. }) => assert_eq!(file, newest),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("damage before valid entries taken as a torn tail"),
+        }
+        assert_eq!(storage.contents(&newest).unwrap(), hit, "nothing cut");
+        storage.put(&newest, intact);
         // A flipped byte in a closed segment (not the last) is corruption.
         let mut bad = storage.contents(&segment).unwrap();
         bad[40] ^= 1;

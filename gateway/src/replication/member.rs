@@ -217,33 +217,34 @@ impl MemberCore {
         self.role.clone()
     }
 
-    /// Waits until this member leads (confirmed by a quorum) and its state machine
-    /// applied every entry of its log (so everything committed before, and the term's
-    /// blank entry), then copies that engine. If leadership moves meanwhile it waits
-    /// for the next time this member leads.
-    /// Errors: [`ReplicationError::Stopped`].
+    /// For a member that leads: confirms it with a quorum, waits until its state
+    /// machine applied every entry of its log (so everything committed before, and
+    /// the term's blank entry), then copies that engine.
+    /// Errors: [`ReplicationError::Stopped`]; [`ReplicationError::OfficeLost`] when
+    /// this member does not lead (term 0 for a learner), or the leadership it saw is
+    /// not confirmed or moves before the copy (a member restarted as the leader of a
+    /// term the others left behind does this): call again on the next `Role::Leader`.
     pub async fn promote(&self) -> Result<Promotion, ReplicationError> {
-        let mut role = self.role.clone();
-        loop {
-            let current = role.borrow_and_update().clone();
-            match current {
-                Role::Stopped => return Err(ReplicationError::Stopped),
-                Role::Leader { term } => match self.raft.ensure_linearizable().await {
-                    Ok(_) => {
-                        if let Some(promotion) = self.copy_when_caught_up(term).await? {
-                            return Ok(promotion);
-                        }
-                    }
-                    Err(RaftError::Fatal(_)) => return Err(ReplicationError::Stopped),
-                    Err(RaftError::APIError(e)) => {
-                        tracing::info!(term, error = %e, "promotion waits: leadership not confirmed");
-                    }
+        let current = self.role.borrow().clone();
+        match current {
+            Role::Stopped => Err(ReplicationError::Stopped),
+            Role::Leader { term } => match self.raft.ensure_linearizable().await {
+                Ok(_) => match self.copy_when_caught_up(term).await? {
+                    Some(promotion) => Ok(promotion),
+                    None => Err(ReplicationError::OfficeLost { term }),
                 },
-                Role::Follower { .. } | Role::Learner { .. } => {}
-            }
-            if role.changed().await.is_err() {
-                return Err(ReplicationError::Stopped);
-            }
+                Err(RaftError::Fatal(_)) => Err(ReplicationError::Stopped),
+                Err(RaftError::APIError(e)) => {
+                    // E.g. a member restarted as the leader of an old term that a quorum
+                    // has left behind (it steps down next), or one confirmation lost.
+                    tracing::info!(term, error = %e, "promotion refused: leadership not confirmed");
+                    Err(ReplicationError::OfficeLost { term })
+                }
+            },
+            // Not waiting for a leadership that may never come: the process loop asks
+            // again on its next `Role::Leader` (raft-b, SEAMS 06:15).
+            Role::Follower { term, .. } => Err(ReplicationError::OfficeLost { term }),
+            Role::Learner { .. } => Err(ReplicationError::OfficeLost { term: 0 }),
         }
     }
 
@@ -251,10 +252,15 @@ impl MemberCore {
     /// whole log, not only what it knows committed: a leader restarted within its
     /// term, which openraft allows without a new blank entry, may have lost its commit
     /// mark; every entry it holds is committed by it as it leads), then copies the
-    /// engine. None: the term or leader changed meanwhile (the caller waits again).
+    /// engine. None: the term or leader changed meanwhile, or the log was not applied
+    /// within two election timeouts (no quorum): the caller asks again.
     async fn copy_when_caught_up(&self, term: u64) -> Result<Option<Promotion>, ReplicationError> {
         let mut metrics = self.raft.metrics();
         let target = metrics.borrow().last_log_index;
+        // A leader that cannot commit its own log (no quorum: openraft 0.9 has no
+        // CheckQuorum) gives the promotion up after this; the caller asks again.
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(2 * self.config.election_timeout_max_ms);
         loop {
             let m = metrics.borrow_and_update().clone();
             if m.current_term != term || m.current_leader != Some(self.id) {
@@ -282,8 +288,18 @@ impl MemberCore {
                     term,
                 }));
             }
-            if metrics.changed().await.is_err() {
-                return Err(ReplicationError::Stopped);
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(ReplicationError::Stopped),
+                Err(_) => {
+                    tracing::warn!(
+                        term,
+                        applied = ?m.last_applied,
+                        target = ?target,
+                        "promotion given up: the leader's log was not applied in time"
+                    );
+                    return Ok(None);
+                }
             }
         }
     }
@@ -573,8 +589,8 @@ impl Member {
         self.core.role()
     }
 
-    /// Blocks until this member leads and its state machine caught up with its term
-    /// (see [`MemberCore::promote`]); the engine the new leader's pipeline runs.
+    /// For a leader: blocks until its state machine caught up with its whole log (see
+    /// [`MemberCore::promote`]); the engine the new leader's pipeline runs.
     /// Errors: [`ReplicationError::Stopped`], [`ReplicationError::OfficeLost`].
     /// Must not be called on a tokio runtime thread.
     pub fn promote(&self) -> Result<Promotion, ReplicationError> {

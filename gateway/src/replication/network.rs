@@ -566,22 +566,21 @@ enum CallError {
 
 impl MemberClient {
     async fn call(&mut self, request: &[u8], timeout: Duration) -> Result<Response, CallError> {
-        if self.stream.is_none() {
-            let stream = connect(&self.addr, timeout.min(self.limits.rpc_timeout))
+        // The connection is taken out for the exchange and put back only after a whole
+        // answer: if openraft drops this future mid-exchange (its own timeout), the
+        // half-used socket is dropped with it, and no later request can read an earlier
+        // request's answer as its own.
+        let mut stream = match self.stream.take() {
+            Some(stream) => stream,
+            None => connect(&self.addr, timeout.min(self.limits.rpc_timeout))
                 .await
                 .map_err(|e| {
                     self.stats.client_failures.fetch_add(1, Ordering::Relaxed);
                     CallError::Connect(e)
-                })?;
-            self.stream = Some(stream);
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(CallError::Other(FrameError::Io(std::io::Error::other(
-                "no stream",
-            ))));
+                })?,
         };
         match exchange(
-            stream,
+            &mut stream,
             &self.key,
             request,
             self.limits.frame_bytes_max,
@@ -590,10 +589,13 @@ impl MemberClient {
         )
         .await
         {
-            Ok(response) => Ok(response),
+            Ok(response) => {
+                self.stream = Some(stream);
+                Ok(response)
+            }
             Err(e) => {
-                // Whatever the socket holds now is out of step: start over next time.
-                self.stream = None;
+                // Whatever the socket holds now is out of step: dropped, start over.
+                drop(stream);
                 self.stats.client_failures.fetch_add(1, Ordering::Relaxed);
                 Err(match e {
                     FrameError::Timeout(t) => CallError::Timeout(t),
@@ -808,6 +810,88 @@ mod tests {
             drop(client);
             let err = read_frame(&mut server, &key, REQUEST, MAX, &stats).await;
             assert!(matches!(err, Err(FrameError::Io(_))), "{err:?}");
+        });
+    }
+
+    /// A request abandoned mid-exchange (openraft drops the future at its own
+    /// timeout) must not leave its answer for the next request to read.
+    #[test]
+    fn an_abandoned_request_never_answers_the_next_one() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let key = ClusterKey::from_bytes([3; 32]);
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server_key = key.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    let key = server_key.clone();
+                    tokio::spawn(async move {
+                        let stats = NetStats::default();
+                        while let Ok(payload) =
+                            read_frame(&mut stream, &key, REQUEST, MAX, &stats).await
+                        {
+                            let Ok(Request::Admin(AdminRequest::StateHashes {
+                                from_block, ..
+                            })) = decode::<Request>(&payload)
+                            else {
+                                return;
+                            };
+                            if from_block == 1 {
+                                tokio::time::sleep(Duration::from_millis(150)).await;
+                            }
+                            let answer = Response::Admin(AdminReply::Failed {
+                                reason: format!("answer to {from_block}"),
+                            });
+                            let bytes = encode(&answer).unwrap();
+                            if write_frame(&mut stream, &key, ANSWER, &bytes, MAX)
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            let mut client = MemberClient {
+                id: 1,
+                target: 2,
+                addr: addr.to_string(),
+                key,
+                limits: NetLimits {
+                    frame_bytes_max: MAX,
+                    rpc_timeout: Duration::from_secs(5),
+                    snapshot_timeout: Duration::from_secs(5),
+                },
+                stats: Arc::new(NetStats::default()),
+                stream: None,
+            };
+            let request = |n: u64| {
+                encode(&Request::Admin(AdminRequest::StateHashes {
+                    from_block: n,
+                    max: 1,
+                }))
+                .unwrap()
+            };
+            let first = request(1);
+            let abandoned = tokio::time::timeout(
+                Duration::from_millis(30),
+                client.call(&first, Duration::from_secs(5)),
+            )
+            .await;
+            assert!(abandoned.is_err(), "the first request is abandoned");
+            let second = request(2);
+            match client.call(&second, Duration::from_secs(5)).await {
+                Ok(Response::Admin(AdminReply::Failed { reason })) => {
+                    assert_eq!(reason, "answer to 2")
+                }
+                _ => panic!("no answer to the second request"),
+            }
         });
     }
 

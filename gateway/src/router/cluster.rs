@@ -96,6 +96,10 @@ impl MemberReady {
 
 /// How often the role, the status gauges and the learner's checks are looked at.
 const POLL: Duration = Duration::from_millis(20);
+/// A promotion is awaited this long at most (then tried again).
+const PROMOTE_WAIT: Duration = Duration::from_secs(1);
+/// A failed promotion is tried again after this.
+const PROMOTION_RETRY: Duration = Duration::from_millis(200);
 /// Status gauges are refreshed this often (a status is a few locks in openraft).
 const STATUS_EVERY: Duration = Duration::from_millis(250);
 
@@ -147,6 +151,65 @@ fn member_key(
     })
 }
 
+/// A member replays its Raft log from the genesis engine of its configuration: the
+/// market parameters it was created with are kept in `market.bin` (as a single
+/// router's), and a configuration that differs later is refused naming each
+/// difference (replayed under other parameters, this member would reach another
+/// state than its group: a state hash mismatch at the next block).
+fn check_market_kept(
+    dir: &Path,
+    market: &yellowstone_engine::MarketConfig,
+) -> Result<(), ClusterRunError> {
+    use crate::journal::files;
+    let data_dir = |reason: String| ClusterRunError::DataDir {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    match files::read_market(dir).map_err(|e| data_dir(e.to_string()))? {
+        None => files::write_market(dir, market).map_err(|e| data_dir(e.to_string())),
+        Some(stored) if stored == *market => Ok(()),
+        Some(stored) => Err(data_dir(format!(
+            "the market parameters in the configuration differ from those this member \
+             was created with ({}): {}; every member of a group runs the same market, \
+             fixed at its creation",
+            files::MARKET_FILE,
+            super::durable::market_differences(&stored, market).join("; ")
+        ))),
+    }
+}
+
+/// A leader's quorum, as its commit index shows it (R-HA-1, R-HA-3). openraft 0.9
+/// has no CheckQuorum: a leader cut off from its majority stays leader of its term,
+/// and its pipeline would take commands that never commit while its clients wait for
+/// answers. So when its log is ahead of its commit index (the pipeline ticks every
+/// 50 ms: a serving leader always proposes) and the commit index has not moved for
+/// twice `cluster.election_timeout_max_ms` — by then the others have elected another —
+/// the member gives up its pipeline (clients get `not_leader` and try the others).
+/// Promotion needs a quorum's confirmation, so it serves again only once it has one.
+#[derive(Default)]
+struct QuorumWatch {
+    /// The commit index last seen, and since when it has not moved while the log
+    /// was ahead of it (None: not behind).
+    stalled: Option<(u64, Instant)>,
+}
+
+impl QuorumWatch {
+    fn observe(&mut self, status: &ClusterStatus) {
+        let committed = status.committed_index.unwrap_or(0);
+        let last = status.last_log_index.unwrap_or(0);
+        self.stalled = match self.stalled {
+            _ if committed >= last => None,
+            Some((seen, since)) if seen == committed => Some((seen, since)),
+            _ => Some((committed, Instant::now())),
+        };
+    }
+
+    fn lost(&self, max_wait: Duration) -> bool {
+        self.stalled
+            .is_some_and(|(_, since)| since.elapsed() > max_wait)
+    }
+}
+
 /// The cluster's figures on `/metrics` (docs/metrics.md "Replication").
 struct ClusterGauges {
     registry: Registry,
@@ -159,6 +222,9 @@ struct ClusterGauges {
     elections: Arc<Counter>,
     promotions: Arc<Counter>,
     step_downs: Arc<Counter>,
+    snapshot_index: Arc<Gauge>,
+    stale_entries: Arc<Counter>,
+    bad_macs: Arc<Counter>,
     lag: BTreeMap<u64, Arc<Gauge>>,
 }
 
@@ -211,6 +277,23 @@ impl ClusterGauges {
                 "Times this member lost office and abandoned its market pipeline.",
                 &[],
             ),
+            snapshot_index: registry.gauge(
+                "yellowstone_cluster_snapshot_index",
+                "The last Raft log index this member's latest snapshot covers (the log \
+                 before it may be purged).",
+                &[],
+            ),
+            stale_entries: registry.counter(
+                "yellowstone_cluster_stale_entries_total",
+                "Committed entries the state machine skipped as stale: a deposed leader's \
+                 late proposals (skipped alike on every member).",
+                &[],
+            ),
+            bad_macs: registry.counter(
+                "yellowstone_cluster_bad_macs_total",
+                "Member RPC frames refused for a bad MAC (another cluster.key, or tampering).",
+                &[],
+            ),
             lag: BTreeMap::new(),
         }
     }
@@ -227,6 +310,10 @@ impl ClusterGauges {
         self.applied_index.set(applied as i64);
         self.commit_lag
             .set(committed.saturating_sub(applied) as i64);
+        self.snapshot_index
+            .set(status.snapshot_index.unwrap_or(0) as i64);
+        self.stale_entries.publish(status.stale_entries);
+        self.bad_macs.publish(status.bad_macs);
         for member in &status.members {
             let Some(matched) = member.matched_index else {
                 continue;
@@ -439,6 +526,7 @@ pub fn run_member(
     let market = config
         .market_config(genesis_ms)
         .map_err(ClusterRunError::Config)?;
+    check_market_kept(&dir, &market)?;
 
     // The process's registry and market board (a term's pipeline publishes into
     // them), then the gateways, which answer not_leader until a term opens.
@@ -507,12 +595,26 @@ pub fn run_member(
         learner,
     });
 
+    // Where a promotion is awaited, bounded (`start_term`).
+    let waiter = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|source| ReplicationError::Io {
+            what: "the promotion waiter's runtime".into(),
+            source,
+        })?;
     let mut gauges = ClusterGauges::new(&registry);
+    let mut quorum = QuorumWatch::default();
+    // By then the others have certainly elected another leader (openraft's lease,
+    // election_timeout_max, plus the longest election timeout): a shorter stall, a
+    // loaded machine's, costs no step-down.
+    let max_wait = Duration::from_millis(2 * config.cluster.election_timeout_max_ms);
     let roles = member.role();
     let retry_after_ms = config.cluster.election_timeout_max_ms.min(u32::MAX as u64) as u32;
     let mut term_seen = 0;
     let mut pipeline: Option<(u64, super::RouterHandle)> = None;
     let mut status_at = Instant::now() - STATUS_EVERY;
+    let mut retry_at = Instant::now();
     let result = loop {
         if signals.try_recv().is_ok() {
             break Ok(());
@@ -530,7 +632,10 @@ pub fn run_member(
         }
         // Who `not_leader` names while no term of ours is open.
         let (leader_id, endpoint) = match &role {
-            Role::Leader { .. } => (config.cluster.member_id, Some(listen)),
+            // Named only once its pipeline serves: while promoting, or cut off from
+            // its quorum, clients are better sent to try the other members.
+            Role::Leader { .. } if pipeline.is_some() => (config.cluster.member_id, Some(listen)),
+            Role::Leader { .. } => (0, None),
             Role::Follower { leader, .. } | Role::Learner { leader } => {
                 leader.map_or((0, None), |(id, addr)| (id, Some(addr)))
             }
@@ -546,36 +651,72 @@ pub fn run_member(
         // stopped (its durability failed: a deposed leader's proposal).
         let lost = match (&pipeline, term) {
             (Some((held, handle)), now) => {
-                !leading || now != Some(*held) || handle.engine_stopped().try_recv().is_ok()
+                // The engine thread drops its end when it stops.
+                let stopped = matches!(
+                    handle.engine_stopped().try_recv(),
+                    Err(crossbeam_channel::TryRecvError::Disconnected)
+                );
+                !leading || now != Some(*held) || stopped || quorum.lost(max_wait)
             }
             (None, _) => false,
         };
         if lost {
             if let Some((held, handle)) = pipeline.take() {
-                office.close();
-                handle.abandon();
+                // Counted before anyone is told (a scrape after a client's not_leader
+                // sees it), then the clients, then the engine thread.
                 gauges.step_downs.inc();
                 gauges.is_leader.set(0);
+                if leading {
+                    // Still leader for openraft (cut off from its quorum): it names
+                    // no leader, so clients try the other members.
+                    office.set_leader(LeaderHint {
+                        leader_id: 0,
+                        endpoint: None,
+                        retry_after_ms,
+                    });
+                }
+                office.close();
+                handle.abandon();
                 tracing::warn!(term = held, "lost office: market pipeline abandoned");
             }
         }
-        if leading && pipeline.is_none() && !learner {
-            match start_term(&member, &config, &router_key, &office, &reply_cache) {
+        if leading && pipeline.is_none() && !learner && retry_at <= Instant::now() {
+            match start_term(
+                &member,
+                &waiter,
+                &config,
+                &router_key,
+                &office,
+                &reply_cache,
+            ) {
                 Ok((term, handle)) => {
+                    quorum = QuorumWatch::default();
                     gauges.promotions.inc();
                     gauges.is_leader.set(1);
                     tracing::info!(term, "leading: market pipeline serving");
                     pipeline = Some((term, handle));
                 }
                 // Lost the election's fruit before the promotion completed, or the
-                // pipeline refused to start: tried again while the role says leader.
-                Err(error) => tracing::warn!(%error, "promotion failed"),
+                // pipeline refused to start: tried again while the role says leader,
+                // after a pause (not a log line per poll).
+                Err(error) => {
+                    match &error {
+                        // E.g. a restarted member that led comes up as the leader of
+                        // its old term and hears of the new one a moment later.
+                        ClusterRunError::Replication(ReplicationError::OfficeLost { .. }) => {
+                            tracing::info!(%error, "not leading after all")
+                        }
+                        _ => tracing::warn!(%error, "promotion failed"),
+                    }
+                    retry_at = Instant::now() + PROMOTION_RETRY;
+                }
             }
         }
         if status_at.elapsed() >= STATUS_EVERY {
             status_at = Instant::now();
             let status = member.status();
             gauges.publish(&status);
+            quorum.observe(&status);
             if let (Some(check), Some(ask)) = (&check, &ask) {
                 if let Some(from) = check.oldest_pending() {
                     match ask.leader_hashes(&status, from) {
@@ -590,6 +731,12 @@ pub fn run_member(
         std::thread::sleep(POLL);
     };
     // Graceful stop: a leader answers what is committed, then everything closes.
+    let member_id = config.cluster.member_id;
+    tracing::info!(
+        member = member_id,
+        leading = pipeline.is_some(),
+        "member stopping"
+    );
     if let Some((_, handle)) = pipeline.take() {
         office.close();
         if let Err(error) = handle.shutdown() {
@@ -597,10 +744,12 @@ pub fn run_member(
         }
     }
     let _ = gateways.shutdown();
+    tracing::info!(member = member_id, "gateways stopped; stopping raft");
     member.shutdown();
     if let Some(metrics) = metrics {
         metrics.stop();
     }
+    tracing::info!(member = member_id, "member stopped");
     result
 }
 
@@ -608,12 +757,20 @@ pub fn run_member(
 /// applied), the durability committing on a majority, the pipeline around both.
 fn start_term(
     member: &Member,
+    waiter: &tokio::runtime::Runtime,
     config: &RouterConfig,
     router_key: &yellowstone_wire::SigningKey,
     office: &Arc<Office>,
     reply_cache: &Arc<yellowstone_router_core::ReplyCache>,
 ) -> Result<(u64, super::RouterHandle), ClusterRunError> {
-    let promotion = member.promote()?;
+    // Bounded: the loop must keep answering signals (a leader cut off from its
+    // quorum may wait for a confirmation that never comes); tried again later.
+    let promotion = waiter
+        .block_on(async { tokio::time::timeout(PROMOTE_WAIT, member.core().promote()).await })
+        .map_err(|_| ReplicationError::Raft {
+            op: "promote",
+            reason: format!("leadership not confirmed by a quorum within {PROMOTE_WAIT:?}"),
+        })??;
     let term = promotion.term;
     let durability = member.durability(&promotion);
     let genesis_ms = promotion.engine.config().genesis_ms;
@@ -634,6 +791,49 @@ fn start_term(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(committed: u64, last: u64) -> ClusterStatus {
+        ClusterStatus {
+            member_id: 1,
+            client_endpoint: String::new(),
+            state: "leader".into(),
+            term: 1,
+            leader_id: Some(1),
+            leader_endpoint: None,
+            last_log_index: Some(last),
+            committed_index: Some(committed),
+            applied_index: Some(committed),
+            snapshot_index: None,
+            next_seq: 1,
+            members: Vec::new(),
+            stale_entries: 0,
+            bad_macs: 0,
+        }
+    }
+
+    #[test]
+    fn r_ha_1_quorum_is_lost_only_when_commit_stalls_behind_the_log() {
+        let wait = Duration::from_millis(30);
+        let mut quorum = QuorumWatch::default();
+        // Caught up: never lost, however long.
+        quorum.observe(&status(10, 10));
+        std::thread::sleep(wait * 2);
+        assert!(!quorum.lost(wait));
+        // Behind, stalled past the wait, then moving: the stall restarts from the move
+        // (sleeps only ever last longer than asked: no upper bound is relied on).
+        quorum.observe(&status(10, 12));
+        std::thread::sleep(wait * 2);
+        assert!(quorum.lost(wait), "stalled behind the log");
+        quorum.observe(&status(11, 13));
+        assert!(!quorum.lost(wait), "the commit index moved");
+        // Behind and stalled past the wait again: lost.
+        std::thread::sleep(wait * 2);
+        quorum.observe(&status(11, 14));
+        assert!(quorum.lost(wait));
+        // Caught up again: not lost.
+        quorum.observe(&status(14, 14));
+        assert!(!quorum.lost(wait));
+    }
 
     #[test]
     fn r_ha_4_hash_check_counts_matches_mismatches_and_the_unverifiable() {

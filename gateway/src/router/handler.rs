@@ -351,8 +351,7 @@ impl RouterHandler {
     ) -> Option<Resend> {
         let command =
             yellowstone_router_core::command_of(self.shared.network_id, address, message, body)?;
-        let digest = yellowstone_router_core::CommandDigest::of(&command);
-        let replies = self.shared.reply_cache.lookup(&address, nonce, &digest)?;
+        let replies = self.shared.reply_cache.lookup(&address, nonce, &command)?;
         if yellowstone_router_core::RouteKind::of(&command).is_some() {
             return Some(Resend::ViaEngine(command));
         }
@@ -700,19 +699,18 @@ impl FrameHandler for RouterHandler {
                 .nonce_last(&address)
                 .is_some_and(|last| nonce <= last)
         {
-            let cached = self.cached_answer(address, nonce, &message, &frame.body);
-            if cached.is_some() {
-                // A resend counts against the refusal budget like a refusal (R-PROV-3).
-                let verdict = self.refusals.refused(conn_of(conn), codes::REPLAY, now_us);
-                debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
-            }
-            match cached {
+            match self.cached_answer(address, nonce, &message, &frame.body) {
                 Some(Resend::Answer(frames)) => {
+                    // A resend counts against the refusal budget like a refusal
+                    // (R-PROV-3).
+                    let verdict = self.refusals.refused(conn_of(conn), codes::REPLAY, now_us);
+                    debug_assert_eq!(verdict, RefusalVerdict::Answer, "checked by spent()");
                     self.shared.reply_cache_hits_total.inc();
                     replies.reply_with(|out| out.extend_from_slice(&frames));
                     return;
                 }
-                // Admitted below (its signature checked) and answered by the sink.
+                // Admitted below, where it is counted against the budget and handed
+                // to the engine; the sink answers it.
                 Some(Resend::ViaEngine(_)) => resend = true,
                 None => {}
             }

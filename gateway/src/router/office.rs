@@ -191,6 +191,12 @@ impl OfficeHandler {
                 )
             });
         }
+        debug_assert_eq!(
+            self.inner.as_ref().map(|(g, _)| *g),
+            current,
+            "the handler follows the open term"
+        );
+        debug_assert!(current != Some(TOLD), "generations never reach TOLD");
         let current = current.unwrap_or(TOLD);
         let stale: Vec<ConnId> = self
             .conns

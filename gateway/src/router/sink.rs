@@ -312,10 +312,9 @@ fn cached_answer_to_engine_replay(
     if !replayed {
         return None;
     }
-    let digest = yellowstone_router_core::CommandDigest::of(command);
     let replies = shared
         .reply_cache
-        .lookup(&to_wire(address), nonce, &digest)?;
+        .lookup(&to_wire(address), nonce, command)?;
     shared.reply_cache_hits_total.inc();
     Some(cached_frames(shared, replies))
 }
