@@ -83,6 +83,22 @@ fn start_member(config: &ClusterConfig, dir: &Path) -> Member {
     Member::start(config.clone(), dir, market(), Arc::new(NoObserver)).unwrap()
 }
 
+/// Starts a new member on a free port; another port if that one was taken between
+/// choosing and binding (other tests on this machine use loopback too).
+fn start_new(mut config: ClusterConfig, dir: &Path) -> (Member, ClusterConfig) {
+    for _ in 0..10 {
+        config.raft_listen = free_addr().to_string();
+        match Member::start(config.clone(), dir, market(), Arc::new(NoObserver)) {
+            Ok(member) => return (member, config),
+            Err(ReplicationError::Io { what, source }) => {
+                eprintln!("{what}: {source}; another port");
+            }
+            Err(e) => panic!("member {}: {e}", config.member_id),
+        }
+    }
+    panic!("no free port for member {}", config.member_id)
+}
+
 fn admin(addr: &str, request: AdminRequest) -> AdminReply {
     admin_call(
         addr.parse().unwrap(),
@@ -103,8 +119,8 @@ fn start_group(n: u64) -> Group {
     for id in 1..=n {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path());
-        let config = config(id, free_addr());
-        group.members.insert(id, start_member(&config, dir.path()));
+        let (member, config) = start_new(config(id, free_addr()), dir.path());
+        group.members.insert(id, member);
         group.dirs.push(dir);
         group.configs.push(config);
     }
@@ -296,7 +312,7 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
         learner: true,
         ..config(4, free_addr())
     };
-    let learner = start_member(&learner_config, dir.path());
+    let (learner, learner_config) = start_new(learner_config, dir.path());
     let leader_addr = group.configs[(leader - 1) as usize].raft_listen.clone();
     let reply = admin(
         &leader_addr,
@@ -390,7 +406,8 @@ fn failover_time_with_default_timing() {
             config.rpc_timeout_ms = t[3];
         }
         config.validate().unwrap();
-        group.members.insert(id, start_member(&config, dir.path()));
+        let (member, config) = start_new(config, dir.path());
+        group.members.insert(id, member);
         group.dirs.push(dir);
         group.configs.push(config);
     }
@@ -429,6 +446,17 @@ fn failover_time_with_default_timing() {
         let config = group.configs[(leader - 1) as usize].clone();
         let dir = group.dirs[(leader - 1) as usize].path().to_path_buf();
         group.members.insert(leader, start_member(&config, &dir));
+        // The restarted member catches up before the next kill (else it cannot win
+        // and its elections only delay the one that can: a different case).
+        wait_for(
+            "the restarted member to catch up",
+            Duration::from_secs(10),
+            || {
+                let (current, _) = leader_of(&group)?;
+                let target = group.members[&current].status().last_log_index;
+                (group.members[&leader].status().last_log_index >= target).then_some(())
+            },
+        );
     }
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -443,5 +471,105 @@ fn failover_time_with_default_timing() {
     );
     for (_, member) in std::mem::take(&mut group.members) {
         member.shutdown();
+    }
+}
+
+/// Append-to-committed latency of the leader's journal at a steady rate, with
+/// `cluster.proposals_in_flight_max` 1 and 4 (figures for the notes; debug build):
+/// `cargo test -p yellowstone-gateway --test replication_members commit_latency -- --ignored --nocapture`
+/// (`COMMIT_RATE` records/s, default 2000; `COMMIT_RECORDS`, default 4000).
+#[test]
+#[ignore]
+fn commit_latency_at_a_steady_rate() {
+    let rate: u64 = std::env::var("COMMIT_RATE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let count: usize = std::env::var("COMMIT_RECORDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4000);
+    for in_flight in [1usize, 4] {
+        let mut group = Group {
+            dirs: Vec::new(),
+            configs: Vec::new(),
+            members: BTreeMap::new(),
+        };
+        for id in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            write_key(dir.path());
+            let config = ClusterConfig {
+                enabled: true,
+                member_id: id,
+                raft_listen: free_addr().to_string(),
+                client_endpoint: format!("127.0.0.1:{}", 9000 + id),
+                proposals_in_flight_max: in_flight,
+                ..ClusterConfig::default()
+            };
+            let (member, config) = start_new(config, dir.path());
+            group.members.insert(id, member);
+            group.dirs.push(dir);
+            group.configs.push(config);
+        }
+        let members = group
+            .configs
+            .iter()
+            .map(|c| (c.member_id, node(c)))
+            .collect();
+        let reply = admin(
+            &group.configs[0].raft_listen,
+            AdminRequest::Init { members },
+        );
+        assert!(matches!(reply, AdminReply::Done), "init: {reply:?}");
+        let (leader, promotion) = promote(&group);
+        let mut durability = group.members[&leader].durability(&promotion);
+        let mut stream = Stream::new();
+        let records = stream.next(count);
+        let updates = durability.durable_updates();
+        let appended: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+        let watcher = {
+            let appended = appended.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::with_capacity(count);
+                while latencies.len() < count {
+                    let Ok(seq) = updates.recv_timeout(Duration::from_secs(20)) else {
+                        break;
+                    };
+                    let now = Instant::now();
+                    let times = appended.lock().unwrap();
+                    while latencies.len() < (seq as usize).min(times.len()) {
+                        latencies.push(now - times[latencies.len()]);
+                    }
+                }
+                latencies
+            })
+        };
+        let started = Instant::now();
+        for (i, record) in records.iter().enumerate() {
+            let due = started + Duration::from_micros(i as u64 * 1_000_000 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            appended.lock().unwrap().push(Instant::now());
+            durability.append(record).unwrap();
+        }
+        let mut latencies = watcher.join().unwrap();
+        assert_eq!(latencies.len(), count, "every record committed");
+        latencies.sort();
+        let q =
+            |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+        let (entries, committed) = durability.proposer_stats();
+        eprintln!(
+            "proposals_in_flight_max {in_flight}: {count} records at {rate}/s in {entries} entries: \
+             append->committed p50 {:?} p99 {:?} max {:?}",
+            q(0.5),
+            q(0.99),
+            latencies.last().unwrap()
+        );
+        assert_eq!(committed, count as u64);
+        drop(durability);
+        for (_, member) in std::mem::take(&mut group.members) {
+            member.shutdown();
+        }
     }
 }

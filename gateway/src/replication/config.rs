@@ -60,12 +60,18 @@ pub struct ClusterConfig {
     pub rpc_frame_bytes_max: u64,
     /// Record bytes one Raft entry gathers at most (a single larger record goes alone).
     pub entry_bytes_max: u64,
+    /// Entries the leader's journal keeps proposed and not yet committed at most;
+    /// records arriving meanwhile gather into the next entry.
+    pub proposals_in_flight_max: usize,
     /// (block, state hash) pairs remembered by the state machine, newest kept.
     pub state_hashes_kept: usize,
     /// Join as a learner: replicate and check, never vote or lead (R-HA-4).
     pub learner: bool,
     /// A Raft log segment is closed and a new one started past this size, bytes.
     pub log_segment_bytes: u64,
+    /// Zero-filled room kept ahead of the open segment's data, bytes (an fdatasync
+    /// then has no file size to write; 0: none).
+    pub log_preallocate_bytes: u64,
 }
 
 impl Default for ClusterConfig {
@@ -84,9 +90,11 @@ impl Default for ClusterConfig {
             log_entries_kept: 2_000,
             rpc_frame_bytes_max: 1 << 30,
             entry_bytes_max: 1 << 20,
+            proposals_in_flight_max: 1,
             state_hashes_kept: 4096,
             learner: false,
             log_segment_bytes: 64 << 20,
+            log_preallocate_bytes: 4 << 20,
         }
     }
 }
@@ -220,6 +228,12 @@ impl ClusterConfig {
             self.entry_bytes_max,
         )?;
         rule(
+            (1..=64).contains(&self.proposals_in_flight_max),
+            "cluster.proposals_in_flight_max",
+            "must be 1..=64",
+            self.proposals_in_flight_max,
+        )?;
+        rule(
             (1..=1 << 20).contains(&self.state_hashes_kept),
             "cluster.state_hashes_kept",
             "must be 1..=1048576",
@@ -230,6 +244,15 @@ impl ClusterConfig {
             "cluster.log_segment_bytes",
             "must be 65536..=17179869184",
             self.log_segment_bytes,
+        )?;
+        rule(
+            self.log_preallocate_bytes <= self.log_segment_bytes,
+            "cluster.log_preallocate_bytes",
+            &format!(
+                "must be at most cluster.log_segment_bytes ({})",
+                self.log_segment_bytes
+            ),
+            self.log_preallocate_bytes,
         )?;
         Ok(())
     }

@@ -3,10 +3,12 @@
 //!
 //! - `append` numbers the record (`Promotion::next_seq` on) and queues it; it never
 //!   waits.
-//! - A proposer task turns what gathered while the previous proposal was in flight
+//! - A proposer task turns what gathered while the previous proposals were in flight
 //!   into one Raft entry ([`GroupEntry`], at most `cluster.entry_bytes_max` record
-//!   bytes, a larger record alone) and proposes it (`client_write`: returns once the
-//!   entry is committed on a majority and applied by this leader's state machine).
+//!   bytes, a larger record alone) and submits it (`client_write_ff`), keeping at
+//!   most `cluster.proposals_in_flight_max` uncommitted; a confirming task takes the
+//!   answers in submission order (each arrives once the entry is committed on a
+//!   majority and applied by this leader's state machine).
 //! - `durable_seq` = `synced_seq` = the highest sequence number whose entry is
 //!   committed; each advance is sent on `durable_updates`. Nothing is reported
 //!   durable that is not committed.
@@ -138,6 +140,7 @@ impl ReplicatedDurability {
         id: MemberId,
         promotion: &Promotion,
         entry_bytes_max: usize,
+        in_flight_max: usize,
         flush_wait: Duration,
     ) -> ReplicatedDurability {
         let (durable_tx, durable_rx) = crossbeam_channel::unbounded();
@@ -155,7 +158,7 @@ impl ReplicatedDurability {
             entry_bytes_max,
             stats: ProposerStats::default(),
         });
-        tokio::spawn(propose(raft, id, shared.clone()));
+        tokio::spawn(propose(raft, id, shared.clone(), in_flight_max));
         ReplicatedDurability {
             shared,
             durable_rx,
@@ -196,13 +199,37 @@ impl Drop for ReplicatedDurability {
     }
 }
 
-async fn propose(raft: Raft, id: MemberId, shared: Arc<Shared>) {
+/// One proposal submitted and not yet confirmed.
+struct InFlight {
+    last_seq: u64,
+    records: u64,
+    started: Instant,
+    answer:
+        tokio::sync::oneshot::Receiver<openraft::raft::ClientWriteResult<super::types::TypeConfig>>,
+    /// Returned to the proposer when the answer is in.
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+async fn propose(raft: Raft, id: MemberId, shared: Arc<Shared>, in_flight_max: usize) {
     let mut metrics = raft.metrics();
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight_max.max(1)));
+    let (submitted, to_confirm) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(confirm(to_confirm, shared.clone()));
     loop {
         if shared.failed.load(Ordering::Acquire) {
             return;
         }
+        // At most `in_flight_max` proposals wait for their commit; what arrives
+        // meanwhile gathers into the next entry (group commit).
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = shared.wake.notified() => continue,
+        };
         let Some(entry) = shared.take() else {
+            drop(permit);
             tokio::select! {
                 _ = shared.wake.notified() => {}
                 changed = metrics.changed() => {
@@ -230,35 +257,73 @@ async fn propose(raft: Raft, id: MemberId, shared: Arc<Shared>) {
                 return;
             }
         }
-        let last_seq = entry.last_seq();
-        let records = entry.records.len() as u64;
-        let started = Instant::now();
-        match raft.client_write(entry).await {
-            Ok(response) => match response.data {
-                GroupApplied::Applied { last_seq: applied } if applied == last_seq => {
-                    let us = started.elapsed().as_micros() as u64;
-                    shared.stats.entries.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.records.fetch_add(records, Ordering::Relaxed);
-                    shared
-                        .stats
-                        .commit_us_total
-                        .fetch_add(us, Ordering::Relaxed);
-                    shared.stats.commit_us_max.fetch_max(us, Ordering::Relaxed);
-                    debug_assert!(shared.committed.load(Ordering::Acquire) < last_seq);
-                    shared.committed.store(last_seq, Ordering::Release);
-                    let _ = shared.durable_tx.send(last_seq);
-                }
-                other => {
-                    shared.fail(format!(
-                        "entry ending at seq {last_seq} applied as {other:?}"
-                    ));
+        let proposal = InFlight {
+            last_seq: entry.last_seq(),
+            records: entry.records.len() as u64,
+            started: Instant::now(),
+            answer: match raft.client_write_ff(entry).await {
+                Ok(answer) => answer,
+                Err(e) => {
+                    shared.fail(format!("proposal refused: {e}"));
                     return;
                 }
             },
-            Err(e) => {
-                shared.fail(format!("proposal refused: {e}"));
+            _permit: permit,
+        };
+        if submitted.send(proposal).is_err() {
+            return;
+        }
+    }
+}
+
+/// Confirms proposals in the order they were submitted (openraft commits them in
+/// that order) and publishes each committed sequence number.
+async fn confirm(
+    mut submitted: tokio::sync::mpsc::UnboundedReceiver<InFlight>,
+    shared: Arc<Shared>,
+) {
+    while let Some(proposal) = submitted.recv().await {
+        let last_seq = proposal.last_seq;
+        let answer = match proposal.answer.await {
+            Ok(Ok(response)) => response.data,
+            Ok(Err(e)) => {
+                shared.fail(format!("proposal ending at seq {last_seq} refused: {e}"));
                 return;
             }
+            Err(_) => {
+                shared.fail(format!(
+                    "proposal ending at seq {last_seq} dropped (raft stopped)"
+                ));
+                return;
+            }
+        };
+        match answer {
+            GroupApplied::Applied { last_seq: applied } if applied == last_seq => {
+                let us = proposal.started.elapsed().as_micros() as u64;
+                shared.stats.entries.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .stats
+                    .records
+                    .fetch_add(proposal.records, Ordering::Relaxed);
+                shared
+                    .stats
+                    .commit_us_total
+                    .fetch_add(us, Ordering::Relaxed);
+                shared.stats.commit_us_max.fetch_max(us, Ordering::Relaxed);
+                #[cfg(not(feature = "plant-early-durable"))]
+                debug_assert!(shared.committed.load(Ordering::Acquire) < last_seq);
+                shared.committed.fetch_max(last_seq, Ordering::AcqRel);
+                let _ = shared.durable_tx.send(last_seq);
+            }
+            other => {
+                shared.fail(format!(
+                    "entry ending at seq {last_seq} applied as {other:?}"
+                ));
+                return;
+            }
+        }
+        if shared.failed.load(Ordering::Acquire) {
+            return;
         }
     }
 }
@@ -280,6 +345,12 @@ impl Durability for ReplicatedDurability {
         }
         self.next_seq += 1;
         self.shared.wake.notify_one();
+        #[cfg(feature = "plant-early-durable")]
+        {
+            // The planted bug (tests only): durable before any commit.
+            self.shared.committed.fetch_max(seq, Ordering::AcqRel);
+            let _ = self.shared.durable_tx.send(seq);
+        }
         Ok(seq)
     }
 

@@ -388,6 +388,7 @@ impl Disk {
             let result = result.map_err(|e| self.fail(e.to_string()));
             self.unsynced = false;
             self.stats.syncs.fetch_add(1, Ordering::Relaxed);
+            let synced = result.is_ok();
             for callback in self.waiting.drain(..) {
                 let result = match &result {
                     Ok(()) => Ok(()),
@@ -395,6 +396,14 @@ impl Disk {
                 };
                 callback.log_io_completed(result);
                 self.stats.flushes_reported.fetch_add(1, Ordering::Relaxed);
+            }
+            // Off the durable path: top up the zero-filled room ahead of the data, so
+            // the next fdatasync has no file size to write.
+            if let (true, Some(open)) = (synced, self.open) {
+                let name = self.segments[&open].name.clone();
+                if let Err(e) = self.storage.idle(&name) {
+                    tracing::warn!(error = %e, "raft log: keeping the segment's room failed");
+                }
             }
         } else {
             let failed = self.check().err().map(|e| e.to_string());

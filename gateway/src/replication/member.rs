@@ -312,6 +312,7 @@ impl MemberCore {
             self.id,
             promotion,
             self.config.entry_bytes_max as usize,
+            self.config.proposals_in_flight_max,
             Duration::from_millis(self.config.election_timeout_max_ms * 2),
         )
     }
@@ -484,7 +485,9 @@ impl Member {
             what: format!("creating {}", raft_dir.display()),
             source,
         })?;
-        let storage = FileStorage::new(raft_dir, JournalIo::Sync, 0);
+        // pwrite + fdatasync on the log writer thread, zero-filled room kept ahead of
+        // the data (as the journal: an fdatasync then has no size to write).
+        let storage = FileStorage::new(raft_dir, JournalIo::Sync, config.log_preallocate_bytes);
         let machine_storage = crate::journal::Storage::handle(&storage);
         let log = LogStore::open(Box::new(storage), config.log_segment_bytes, false)?;
         let machine = Machine::open(
@@ -615,11 +618,13 @@ impl Member {
     }
 
     /// Answers an operator's request on this member (the CLI's local path).
+    /// Blocks: must not be called on a tokio runtime thread.
     pub fn admin(&self, request: AdminRequest) -> AdminReply {
         self.handle.block_on(self.core.admin(request))
     }
 
     /// Stops Raft (its log writer syncs and closes), the listener and the thread.
+    /// Blocks: must not be called (nor the member dropped) on a tokio runtime thread.
     pub fn shutdown(mut self) {
         self.stop_now();
     }

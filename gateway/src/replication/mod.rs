@@ -15,6 +15,7 @@
 // openraft's `StorageError` (over 200 bytes) is the error its storage traits
 // require; the log store's and state machine's helpers return it as is.
 #![allow(clippy::result_large_err)]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod durability;

@@ -311,8 +311,16 @@ pub async fn read_frame(
         stats.oversized.fetch_add(1, Ordering::Relaxed);
         return Err(FrameError::Oversized { bytes: len, max });
     }
-    let mut payload = vec![0u8; len as usize];
-    stream.read_exact(&mut payload).await?;
+    // Grown as bytes arrive, not allocated from the (unauthenticated) length: a
+    // peer without the key cannot make a member allocate the bound by announcing it.
+    let mut payload = Vec::with_capacity((len as usize).min(1 << 20));
+    (&mut *stream).take(len).read_to_end(&mut payload).await?;
+    if payload.len() as u64 != len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame of {len} bytes cut at {}", payload.len()),
+        )));
+    }
     let expected = key.mac(direction, &payload);
     // Constant time: the comparison does not tell an attacker how much matched.
     if !constant_time_eq(&expected, &header[4..]) {
@@ -803,6 +811,19 @@ mod tests {
                 .await
                 .unwrap();
             assert!(decode::<Request>(&payload).is_err());
+
+            // A length within the bound, then a few bytes and the peer goes away.
+            let (mut client, mut server) = pair().await;
+            let mut header = [0u8; FRAME_HEADER_BYTES];
+            header[..4].copy_from_slice(&(MAX as u32).to_le_bytes());
+            client.write_all(&header).await.unwrap();
+            client.write_all(&[9; 10]).await.unwrap();
+            drop(client);
+            let err = read_frame(&mut server, &key, REQUEST, MAX, &stats).await;
+            assert!(
+                matches!(&err, Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+                "{err:?}"
+            );
 
             // Half a header, then the peer goes away: an IO error.
             let (mut client, mut server) = pair().await;

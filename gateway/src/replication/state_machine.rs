@@ -35,6 +35,8 @@ use yellowstone_engine::{Command, Effect, Engine};
 pub const SNAPSHOT_FILE: &str = "raft-snapshot";
 
 /// Sees every applied command, on every member, in sequence order (REPL_DESIGN.md).
+/// Called on the member's thread with the state machine locked: keep it short, never
+/// block on the member. Commands covered by an installed snapshot are not seen.
 pub trait ApplyObserver: Send + Sync {
     /// `command` was applied at `now_ms` (Unix ms) and produced `effects`.
     fn applied(&self, now_ms: u64, command: &Command, effects: &[Effect]);
