@@ -547,10 +547,11 @@ impl Cluster {
     /// that cannot commit (the promise rule).
     pub fn partition(&mut self, index: usize) {
         let pid = self.members[index].pid().expect("a running member");
+        // Its own proxy first (one switch), then its connections through the others'
+        // (a /proc walk each): the partition is complete when this returns.
+        self.members[index].proxy.set_mode(Mode::Blackhole);
         for (other, member) in self.members.iter().enumerate() {
-            if other == index {
-                member.proxy.set_mode(Mode::Blackhole);
-            } else {
+            if other != index {
                 member.proxy.set_origin_mode(pid, Some(Mode::Blackhole));
             }
         }

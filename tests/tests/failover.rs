@@ -281,12 +281,24 @@ fn run_faults(faults: usize, rate: Option<f64>) {
                 picking.elapsed()
             );
         }
-        let fault_at = Instant::now();
-        match fault {
-            Fault::Kill => cluster.kill(leader),
-            Fault::Pause => cluster.pause(leader),
-            Fault::Partition => cluster.partition(leader),
-        }
+        // The fault's moment: the signal, or the partition complete (setting one up
+        // walks /proc for a few ms, during which the leader may still commit).
+        let fault_at = match fault {
+            Fault::Kill => {
+                let at = Instant::now();
+                cluster.kill(leader);
+                at
+            }
+            Fault::Pause => {
+                let at = Instant::now();
+                cluster.pause(leader);
+                at
+            }
+            Fault::Partition => {
+                cluster.partition(leader);
+                Instant::now()
+            }
+        };
         let (new_leader, _) = cluster
             .wait_for_leader(Some(leader), LEADER_WAIT)
             .unwrap_or_else(|e| panic!("round {round} ({}): {e}", fault.name()));
