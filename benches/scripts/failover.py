@@ -50,6 +50,9 @@ BLOCK_MS = 12_000
 # secp256k1 secret.
 GROUP_ROUTER_KEY_HEX = "8f2a55949038a9610f50fb23b5883af3b4ecb3c3bb792cbcefbd1542c692be63"
 NICE = 0
+# Extra [market] keys for both sides (--market-extra), e.g. a larger
+# user_sessions_open_max so that the quota is not what caps the rate.
+MARKET_EXTRA = ""
 # Whether the loadgen takes --router a,b,c (set in main from its --help).
 LOADGEN_HAS_ROUTER = False
 
@@ -149,7 +152,8 @@ class Single:
         self.dir = tempfile.mkdtemp(prefix="single-", dir=work)
         config = os.path.join(self.dir, "router.toml")
         with open(config, "w") as f:
-            f.write(f"[network]\nbackend = \"mio\"\n[market]\ngenesis_ms = {genesis_ms}\n")
+            f.write(f"[network]\nbackend = \"mio\"\n[market]\ngenesis_ms = {genesis_ms}\n"
+                    f"{MARKET_EXTRA}\n")
         self.router = Process(
             os.path.join(bin_dir, "yellowstone-router"),
             ["--config", config, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
@@ -192,7 +196,7 @@ class Group:
                         f"[network]\nbackend = \"mio\"\n"
                         f"[identity]\nrouter_key_hex = \"{GROUP_ROUTER_KEY_HEX}\"\n"
                         f"operator = \"{operator_address}\"\n"
-                        f"[market]\ngenesis_ms = {genesis_ms}\n"
+                        f"[market]\ngenesis_ms = {genesis_ms}\n{MARKET_EXTRA}\n"
                         f"[cluster]\nenabled = true\nmember_id = {i + 1}\n"
                         f"raft_listen = \"{self.raft[i]}\"\n"
                         f"client_endpoint = \"{self.clients[i]}\"\n"
@@ -359,8 +363,11 @@ def part_failover(args):
     for line in lines:
         print("  " + line, flush=True)
     if proc.returncode != 0:
+        lines = proc.stderr.splitlines()
+        why = [l for i, l in enumerate(lines)
+               if "panicked at" in l or (i > 0 and "panicked at" in lines[i - 1])]
         raise RuntimeError(f"the failover test failed (exit {proc.returncode}):\n"
-                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+                           + "\n".join(why[:6]) + f"\n{proc.stdout[-2000:]}")
     with open(summary_path) as f:
         summary = json.load(f)
     summary["wall_s"] = time.time() - started
@@ -372,7 +379,7 @@ def part_failover(args):
 
 
 def main():
-    global NICE, LOADGEN_HAS_ROUTER
+    global NICE, LOADGEN_HAS_ROUTER, MARKET_EXTRA
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     repo = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -395,10 +402,14 @@ def main():
     parser.add_argument("--duration", type=int, default=5, help="rate: seconds per run")
     parser.add_argument("--pairs", type=int, default=3, help="rate: pairs at half the max")
     parser.add_argument("--nice", type=int, default=0)
+    parser.add_argument("--market-extra", default="",
+                        help="rate: extra [market] lines for both sides, ';'-separated "
+                             "(e.g. 'user_sessions_open_max = 4096')")
     parser.add_argument("--json")
     parser.add_argument("--work", default=None)
     args = parser.parse_args()
     NICE = args.nice
+    MARKET_EXTRA = "\n".join(l.strip() for l in args.market_extra.split(";") if l.strip())
     loadgen_help = subprocess.run([os.path.join(args.bin_dir, "yellowstone-loadgen"), "--help"],
                                   capture_output=True, text=True, timeout=30).stdout
     LOADGEN_HAS_ROUTER = "--router" in loadgen_help

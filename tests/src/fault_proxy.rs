@@ -236,7 +236,9 @@ impl FaultProxy {
     /// Sets the mode for the connections process `pid` opened (it must be among
     /// [`FaultProxy::set_origins`]); `None` returns them to the proxy's mode.
     pub fn set_origin_mode(&self, pid: u32, mode: Option<Mode>) {
-        self.attribute_open();
+        // The mode first (from now on an unattributed connection is looked up at its
+        // next chunk), then the walk of the open ones: nothing of `pid`'s passes
+        // while the walk runs.
         {
             let mut modes = self.shared.origin_modes.lock().expect("proxy lock");
             match mode {
@@ -244,6 +246,7 @@ impl FaultProxy {
                 None => modes.remove(&pid),
             };
         }
+        self.attribute_open();
         self.shared.close_torn_if_flowing();
     }
 

@@ -23,7 +23,8 @@
 //! sealed block, and the sessions it credited lie between the acknowledged ones (all
 //! runs and the probe) and those plus the ones whose acknowledgement never arrived.
 //!
-//! `FAILOVER_KILLS` (default 5) sets the number of faults; the full run of issue 25
+//! `FAILOVER_KILLS` (default 3: one of each kind, ≈ 80 s in release, each run waits up
+//! to 13 s for its covering batch) sets the number of faults; the full run of issue 25
 //! is `FAILOVER_KILLS=100` (docs/replication.md gives the command). `FAILOVER_RATE`
 //! sets the loadgen's RFC rate (default 100/s: the debug build on two cores hosts
 //! three members, the loadgen and the probe). `FAILOVER_SEED` replays a run's fault
@@ -172,7 +173,17 @@ fn finish_run(
 
 #[test]
 fn failover_under_load_loses_and_doubles_no_acknowledged_credit() {
-    let faults: usize = env_number("FAILOVER_KILLS", 5);
+    // Say plainly what is missing rather than fail at the first run's arguments.
+    let help = std::process::Command::new(yellowstone_tests::cluster::loadgen_binary())
+        .arg("--help")
+        .output()
+        .expect("run yellowstone-loadgen --help");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--router"),
+        "the bundled loadgen takes no --router a,b,c: it cannot follow a group's leader \
+         (R-HA-3, REPL_DESIGN.md 'Clients'), so this test cannot drive a group through faults"
+    );
+    let faults: usize = env_number("FAILOVER_KILLS", 3);
     let rate: f64 = env_number("FAILOVER_RATE", 100.0);
     run_faults(faults, Some(rate));
 }
@@ -207,7 +218,14 @@ fn run_faults(faults: usize, rate: Option<f64>) {
         ..ClusterSpec::default()
     };
     let mut cluster = Cluster::start(&spec).expect("start the group");
-    let probe = TicketProbe::start(&cluster);
+    // Beside a loadgen the probe's reports fail (it earns nothing: its credit would
+    // be unexpected to the loadgen's self-check); alone they pass and are checked.
+    let outcome = if rate.is_some() {
+        yellowstone_wire::Outcome::Fail
+    } else {
+        yellowstone_wire::Outcome::Pass
+    };
+    let probe = TicketProbe::start_on(cluster.endpoints(), outcome);
     let work = tempfile::tempdir().unwrap();
     let operator_hex = hex(&operator_key().secret_bytes());
 
@@ -229,8 +247,11 @@ fn run_faults(faults: usize, rate: Option<f64>) {
                     cluster.router_arg(),
                     "--operator-key".into(),
                     operator_hex.clone(),
-                    "--genesis-ms".into(),
-                    cluster.genesis_ms.to_string(),
+                    // No --genesis-ms: with it the loadgen stops waiting 700 ms after the
+                    // covering block's boundary, too soon for a group (the promoted engine
+                    // seals on its first command past the boundary, then the batch waits
+                    // for a majority): 83-199 acknowledged credits were "missing" from its
+                    // batches though the ledger holds them. Without it, 13 s.
                     "--duration".into(),
                     RUN_WINDOW_S.to_string(),
                     "--rate".into(),
@@ -264,12 +285,24 @@ fn run_faults(faults: usize, rate: Option<f64>) {
                 picking.elapsed()
             );
         }
-        let fault_at = Instant::now();
-        match fault {
-            Fault::Kill => cluster.kill(leader),
-            Fault::Pause => cluster.pause(leader),
-            Fault::Partition => cluster.partition(leader),
-        }
+        // The fault's moment: the signal, or the partition complete (setting one up
+        // walks /proc for a few ms, during which the leader may still commit).
+        let fault_at = match fault {
+            Fault::Kill => {
+                let at = Instant::now();
+                cluster.kill(leader);
+                at
+            }
+            Fault::Pause => {
+                let at = Instant::now();
+                cluster.pause(leader);
+                at
+            }
+            Fault::Partition => {
+                cluster.partition(leader);
+                Instant::now()
+            }
+        };
         let (new_leader, _) = cluster
             .wait_for_leader(Some(leader), LEADER_WAIT)
             .unwrap_or_else(|e| panic!("round {round} ({}): {e}", fault.name()));
@@ -490,7 +523,7 @@ fn the_ticket_probe_times_a_single_router_restart_and_its_credits_match_the_ledg
         &listen,
     ];
     let router = RouterProcess::start(&args);
-    let probe = TicketProbe::start_on(vec![router.ready.listen]);
+    let probe = TicketProbe::start_on(vec![router.ready.listen], yellowstone_wire::Outcome::Pass);
     let wait = Instant::now() + Duration::from_secs(20);
     while probe.tickets() < 5 {
         assert!(Instant::now() < wait, "the probe got no tickets");
