@@ -967,12 +967,37 @@ fn subscribe(operator: &mut Client) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The market's open block now (`MarketStateQuery`), read before subscribing: a batch
+/// below it was sealed before this run began.
+fn open_block(operator: &mut Client) -> Result<u64, String> {
+    const QUERY_ID: u64 = 0x5953_4c47; // "YSLG"
+    operator
+        .send(&Message::from(
+            yellowstone_wire::messages::MarketStateQuery { query_id: QUERY_ID },
+        ))
+        .map_err(|e| format!("market state query: {e}"))?;
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    while Instant::now() < deadline {
+        match operator.recv() {
+            Ok(Message::MarketState(state)) if state.query_id == QUERY_ID => return Ok(state.block),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(e) => return Err(format!("market state query: {e}")),
+        }
+    }
+    Err("market state query: no answer in time".into())
+}
+
 fn run_operator_subscriber(
     mut operator: Client,
     endpoints: Vec<SocketAddr>,
     router: Address,
     stop: Arc<AtomicBool>,
 ) -> Result<BatchLog, String> {
+    // R-HA-2: a subscription is sent the newest sealed batch at once; one sealed
+    // before this run (another run's credits, on a router this run shares) is not
+    // this run's to count.
+    let first_block = open_block(&mut operator)?;
     subscribe(&mut operator)?;
     let group = endpoints.len() > 1;
     let mut reconnects = 0u32;
@@ -1014,7 +1039,9 @@ fn run_operator_subscriber(
         if let Message::CreditBatch(batch) = &message {
             // R-HA-2: a subscription is sent the newest sealed batch at once; after a
             // reconnect it may be one this log holds already (the same bytes).
-            if log.blocks.last().is_some_and(|last| batch.block <= *last) {
+            if batch.block < first_block
+                || log.blocks.last().is_some_and(|last| batch.block <= *last)
+            {
                 continue;
             }
             let mut body = Vec::new();
