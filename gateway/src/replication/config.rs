@@ -79,7 +79,9 @@ impl Default for ClusterConfig {
         ClusterConfig {
             enabled: false,
             member_id: 1,
-            raft_listen: "127.0.0.1:7400".to_string(),
+            // network.listen takes 7400 and metrics 7401 by default; 7410 lets a bare
+            // `[cluster] enabled = true` start (issue 25).
+            raft_listen: "127.0.0.1:7410".to_string(),
             client_endpoint: String::new(),
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,
