@@ -20,9 +20,10 @@ const LEADER_HOPS_MAX: usize = 3;
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Writes a new cluster key (32 random bytes, mode 0600) to --out (a file named
-    /// cluster.key, or a directory to write one in; never overwrites). Copy it to
-    /// every member's and learner's data directory before they start.
+    /// Writes a new cluster key (32 random bytes, mode 0600) to --out (a file of
+    /// any name, or a directory to write cluster.key in; never overwrites). Copy it
+    /// to every member's and learner's data directory as cluster.key before they
+    /// start.
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -34,7 +35,8 @@ pub enum ClusterCmd {
         /// A member's `cluster.raft_listen`.
         #[arg(long)]
         raft: SocketAddr,
-        /// The group's cluster.key file (or a data directory holding it).
+        /// The group's key file (any name: a copy of cluster.key will do), or a
+        /// data directory holding cluster.key.
         #[arg(long)]
         key: PathBuf,
         /// `ID=RAFT_ADDR`, once per member.
@@ -115,12 +117,14 @@ pub enum ClusterCliError {
     /// The group refused, or a key or reply was bad.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    /// The key path is neither a directory nor a file named `cluster.key`.
-    #[error(
-        "--key {}: give the group's cluster.key file (the name members read in their data \
-         directory) or a directory holding it", path.display()
-    )]
-    KeyName { path: PathBuf },
+    /// The key file given by `flag` (`--key` or `--out`) could not be read or
+    /// written (missing: "no such file"; wrong size or mode; already exists).
+    #[error("{flag} {}: {what}", path.display())]
+    KeyFile {
+        flag: &'static str,
+        path: PathBuf,
+        what: String,
+    },
     /// The group said no (openraft's reason, or no leader).
     #[error("member at {addr} refused: {reason}")]
     Refused { addr: SocketAddr, reason: String },
@@ -159,27 +163,29 @@ fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     Ok((id, addr))
 }
 
-/// The group's key from `path`, a file named `cluster.key` (the name every member
-/// reads in its data directory) or a data directory holding one.
-fn load_key(path: &Path) -> Result<ClusterKey, ClusterCliError> {
-    let dir = key_dir(path)?;
-    Ok(ClusterKey::load(&dir)?)
+/// The key file a `--key`/`--out` path names: `path` itself, or the cluster.key
+/// in it when it is a directory. Any file name is accepted (a copy of the group's
+/// key need not be named cluster.key).
+fn key_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(KEY_FILE)
+    } else {
+        path.to_path_buf()
+    }
 }
 
-/// The directory of a `cluster.key` path (`path` itself when it is a directory).
-fn key_dir(path: &Path) -> Result<PathBuf, ClusterCliError> {
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
+/// A key error reported under the flag the operator gave.
+fn key_error(flag: &'static str, error: ReplicationError) -> ClusterCliError {
+    match error {
+        ReplicationError::Key { path, what } => ClusterCliError::KeyFile { flag, path, what },
+        other => ClusterCliError::Replication(other),
     }
-    if path.file_name().and_then(|n| n.to_str()) != Some(KEY_FILE) {
-        return Err(ClusterCliError::KeyName {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    })
+}
+
+/// The group's key from `--key` (a file of any name, or a directory holding
+/// cluster.key).
+fn load_key(path: &Path) -> Result<ClusterKey, ClusterCliError> {
+    ClusterKey::load_file(&key_file(path)).map_err(|e| key_error("--key", e))
 }
 
 /// One admin request; a member that cannot be reached or does not answer is
@@ -329,8 +335,8 @@ fn status_text(status: &ClusterStatus) -> String {
 pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
     match command {
         ClusterCmd::Keygen { out } => {
-            let dir = key_dir(&out)?;
-            let (_, path) = ClusterKey::create(&dir)?;
+            let path = key_file(&out);
+            ClusterKey::create_file(&path).map_err(|e| key_error("--out", e))?;
             println!(
                 "cluster key written to {}: copy it to every member's data directory as \
                  cluster.key (mode 0600)",

@@ -57,6 +57,15 @@ impl std::fmt::Debug for ClusterKey {
     }
 }
 
+/// An IO error as a key file's reason: the common cases in plain words.
+fn io_what(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::AlreadyExists => "already exists (never overwritten)".to_string(),
+        _ => error.to_string(),
+    }
+}
+
 impl ClusterKey {
     /// A key from its bytes (tests, the simulation).
     pub fn from_bytes(bytes: [u8; 32]) -> ClusterKey {
@@ -67,12 +76,20 @@ impl ClusterKey {
     /// Errors: [`ReplicationError::Key`]: missing, unreadable, not 32 bytes, or
     /// readable by group or others (it must be 0600).
     pub fn load(data_dir: &Path) -> Result<ClusterKey, ReplicationError> {
-        let path = data_dir.join(KEY_FILE);
+        ClusterKey::load_file(&data_dir.join(KEY_FILE))
+    }
+
+    /// Reads a key file of any name (the `cluster` commands' `--key`: a copy of
+    /// the group's cluster.key need not be named so).
+    /// Errors: [`ReplicationError::Key`] as [`ClusterKey::load`]; a missing file
+    /// says "no such file".
+    pub fn load_file(path: &Path) -> Result<ClusterKey, ReplicationError> {
+        let path = path.to_path_buf();
         let key_error = |what: String| ReplicationError::Key {
             path: path.clone(),
             what,
         };
-        let meta = std::fs::metadata(&path).map_err(|e| key_error(e.to_string()))?;
+        let meta = std::fs::metadata(&path).map_err(|e| key_error(io_what(&e)))?;
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
@@ -94,9 +111,18 @@ impl ClusterKey {
     /// init`); refuses to overwrite one.
     /// Errors: [`ReplicationError::Key`] (exists, or cannot be written).
     pub fn create(data_dir: &Path) -> Result<(ClusterKey, PathBuf), ReplicationError> {
+        let path = data_dir.join(KEY_FILE);
+        let key = ClusterKey::create_file(&path)?;
+        Ok((key, path))
+    }
+
+    /// Writes a new random key to `path` (any name: `cluster keygen --out`), mode
+    /// 0600; refuses to overwrite.
+    /// Errors: [`ReplicationError::Key`] (exists, or cannot be written).
+    pub fn create_file(path: &Path) -> Result<ClusterKey, ReplicationError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = data_dir.join(KEY_FILE);
+        let path = path.to_path_buf();
         let key: [u8; 32] = rand::random();
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -105,7 +131,7 @@ impl ClusterKey {
             .open(&path)
             .map_err(|e| ReplicationError::Key {
                 path: path.clone(),
-                what: e.to_string(),
+                what: io_what(&e),
             })?;
         file.write_all(&key)
             .and_then(|_| file.sync_all())
@@ -113,7 +139,7 @@ impl ClusterKey {
                 path: path.clone(),
                 what: e.to_string(),
             })?;
-        Ok((ClusterKey(key), path))
+        Ok(ClusterKey(key))
     }
 
     fn mac(&self, direction: u8, payload: &[u8]) -> [u8; 32] {
