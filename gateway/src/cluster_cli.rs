@@ -201,6 +201,7 @@ fn call(
         ReplicationError::Unreachable { what, .. } | ReplicationError::Remote { what, .. } => {
             ClusterCliError::Unreachable { addr, reason: what }
         }
+        // ClosedUnanswered (most likely another key) stays a refusal: exit 1.
         other => ClusterCliError::Replication(other),
     })
 }

@@ -1295,3 +1295,26 @@ fn cluster_key_files_of_any_name_are_accepted_and_errors_name_the_flag() {
         "{err}"
     );
 }
+
+/// Issue 25 case 2: a wrong cluster key is a refusal (exit 1) saying the key
+/// likely differs, not "unreachable" (exit 2, kept for a member not listening).
+#[test]
+fn a_wrong_cluster_key_is_refused_with_exit_1_naming_the_key() {
+    let (group, member) = one_member_group();
+    let raft = group.raft[0].to_string();
+    let wrong = group.work.path().join("wrong.key");
+    let wrong = wrong.to_str().unwrap();
+    let (code, out, err) = cli(&["cluster", "keygen", "--out", wrong]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(&["cluster", "status", "--raft", &raft, "--key", wrong]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cluster.key likely differs"), "{err}");
+    assert!(!err.contains("unreachable"), "{err}");
+    // Nobody listening: still unreachable, exit 2.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let key = group.key.to_str().unwrap();
+    let (code, _, err) = cli(&["cluster", "status", "--raft", &nobody, "--key", key]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+    drop(member);
+}

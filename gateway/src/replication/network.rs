@@ -493,7 +493,10 @@ async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, FrameError>
 }
 
 /// Sends one admin request to the member at `addr` (the CLI).
-/// Errors: [`ReplicationError::Remote`] naming the address and what failed.
+/// Errors: [`ReplicationError::Unreachable`] (no connection),
+/// [`ReplicationError::ClosedUnanswered`] (accepted, then closed without an answer:
+/// most likely another cluster key), [`ReplicationError::Remote`] (timed out, or a
+/// bad answer), each naming the address.
 pub async fn admin_request(
     addr: &str,
     key: &ClusterKey,
@@ -505,9 +508,13 @@ pub async fn admin_request(
         what,
     };
     let stats = NetStats::default();
-    let mut stream = connect(addr, limits.rpc_timeout)
-        .await
-        .map_err(|e| remote(e.to_string()))?;
+    let mut stream =
+        connect(addr, limits.rpc_timeout)
+            .await
+            .map_err(|e| ReplicationError::Unreachable {
+                addr: addr.to_string(),
+                what: e.to_string(),
+            })?;
     let bytes = encode(&Request::Admin(request)).map_err(|e| remote(e.to_string()))?;
     // Membership changes wait for a learner to catch up: the snapshot bound.
     match exchange(
@@ -522,14 +529,27 @@ pub async fn admin_request(
     {
         Ok(Response::Admin(reply)) => Ok(reply),
         Ok(_) => Err(remote("answered another kind of request".into())),
+        // Accepted, then closed with no answer: a member drops a connection whose
+        // frame fails its MAC check without a word (an answer would need the key).
+        Err(FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Err(ReplicationError::ClosedUnanswered {
+                addr: addr.to_string(),
+            })
+        }
         Err(e) => Err(remote(e.to_string())),
     }
 }
 
 /// [`admin_request`] from a plain thread (the CLI): its own small runtime, every
 /// step bounded by `timeout` (connect, and the whole exchange).
-/// Errors: [`ReplicationError::Unreachable`] (no connection), [`ReplicationError::Remote`]
-/// (the exchange failed or timed out), [`ReplicationError::Io`] (no runtime).
+/// Errors: as [`admin_request`], and [`ReplicationError::Io`] (no runtime).
 pub fn admin_call(
     addr: std::net::SocketAddr,
     key: &ClusterKey,
