@@ -8,6 +8,7 @@ use clap::Subcommand;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use yellowstone_gateway::replication::config::MEMBER_ID_MAX;
 use yellowstone_gateway::replication::network::{
     admin_call, AdminReply, AdminRequest, ClusterKey, KEY_FILE,
 };
@@ -101,6 +102,9 @@ pub enum ClusterCliError {
     /// A `--member` argument that is not `ID=RAFT_ADDR`.
     #[error("--member {given:?}: {reason} (expected ID=RAFT_ADDR, e.g. 2=127.0.0.1:7412)")]
     BadMember { given: String, reason: String },
+    /// A `--id` out of 1..=[`MEMBER_ID_MAX`].
+    #[error("--id {id}: {reason}")]
+    BadId { id: u64, reason: String },
     /// A member could not be reached (exit code 2).
     #[error(
         "member at {addr} unreachable: {reason} (is it running with cluster.raft_listen = \
@@ -145,6 +149,16 @@ impl ClusterCliError {
     }
 }
 
+/// A member id within 1..=[`MEMBER_ID_MAX`] (the bound `cluster.member_id` has), or
+/// the reason naming the value and the bound.
+fn check_id(id: u64) -> Result<(), String> {
+    if (1..=MEMBER_ID_MAX).contains(&id) {
+        Ok(())
+    } else {
+        Err(format!("ID {id} out of 1..={MEMBER_ID_MAX}"))
+    }
+}
+
 /// `ID=RAFT_ADDR`.
 fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     let bad = |reason: &str| ClusterCliError::BadMember {
@@ -153,9 +167,7 @@ fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     };
     let (id, addr) = given.split_once('=').ok_or_else(|| bad("no '='"))?;
     let id: u64 = id.trim().parse().map_err(|_| bad("ID is not a number"))?;
-    if id == 0 {
-        return Err(bad("ID must be at least 1"));
-    }
+    check_id(id).map_err(|reason| bad(&reason))?;
     let addr = addr
         .trim()
         .parse()
@@ -378,6 +390,7 @@ pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
             Ok(())
         }
         ClusterCmd::Remove { raft, key, id } => {
+            check_id(id).map_err(|reason| ClusterCliError::BadId { id, reason })?;
             let key = load_key(&key)?;
             change(raft, &key, AdminRequest::Remove { id })?;
             println!("member {id} removed");

@@ -52,7 +52,7 @@ fn cluster_values_out_of_bounds_are_refused_naming_key_and_bound() {
         ),
         (
             "[cluster]\nmember_id = 0\n",
-            "cluster.member_id: must be at least 1, not 0",
+            "cluster.member_id: must be 1..=9223372036854775807, not 0",
         ),
         (
             "[cluster]\nenabled = true\nraft_listen = \"127.0.0.1:7400\"\n[market]\ngenesis_ms = 1767225600000\n",

@@ -1318,3 +1318,43 @@ fn a_wrong_cluster_key_is_refused_with_exit_1_naming_the_key() {
     assert!(err.contains("unreachable"), "{err}");
     drop(member);
 }
+
+/// Issue 25 case 3: removing an id that is no member is refused naming the
+/// members; an id out of 1..=i64::MAX (what `cluster.member_id` can hold) is
+/// refused by `add` and `remove` as by the configuration.
+#[test]
+fn cluster_remove_of_a_stranger_and_ids_out_of_bounds_are_refused() {
+    let (group, _member) = one_member_group();
+    let raft = group.raft[0].to_string();
+    let key = group.key.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "cluster", "remove", "--raft", &raft, "--key", key, "--id", "77",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("removed"), "{out}");
+    assert!(
+        err.contains("member 77 is not in the group (members: 1)"),
+        "{err}"
+    );
+    let max = u64::MAX.to_string();
+    let (code, _, err) = cli(&[
+        "cluster",
+        "add",
+        "--raft",
+        &raft,
+        "--key",
+        key,
+        "--member",
+        &format!("{max}={raft}"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("ID {max} out of 1..=9223372036854775807")),
+        "{err}"
+    );
+    let (code, _, err) = cli(&[
+        "cluster", "remove", "--raft", &raft, "--key", key, "--id", &max,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out of 1..=9223372036854775807"), "{err}");
+}
