@@ -8,6 +8,7 @@ use clap::Subcommand;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use yellowstone_gateway::replication::config::MEMBER_ID_MAX;
 use yellowstone_gateway::replication::network::{
     admin_call, AdminReply, AdminRequest, ClusterKey, KEY_FILE,
 };
@@ -20,9 +21,10 @@ const LEADER_HOPS_MAX: usize = 3;
 
 #[derive(Subcommand)]
 pub enum ClusterCmd {
-    /// Writes a new cluster key (32 random bytes, mode 0600) to --out (a file named
-    /// cluster.key, or a directory to write one in; never overwrites). Copy it to
-    /// every member's and learner's data directory before they start.
+    /// Writes a new cluster key (32 random bytes, mode 0600) to --out (a file of
+    /// any name, or a directory to write cluster.key in; never overwrites). Copy it
+    /// to every member's and learner's data directory as cluster.key before they
+    /// start.
     Keygen {
         #[arg(long)]
         out: PathBuf,
@@ -34,7 +36,8 @@ pub enum ClusterCmd {
         /// A member's `cluster.raft_listen`.
         #[arg(long)]
         raft: SocketAddr,
-        /// The group's cluster.key file (or a data directory holding it).
+        /// The group's key file (any name: a copy of cluster.key will do), or a
+        /// data directory holding cluster.key.
         #[arg(long)]
         key: PathBuf,
         /// `ID=RAFT_ADDR`, once per member.
@@ -99,6 +102,9 @@ pub enum ClusterCliError {
     /// A `--member` argument that is not `ID=RAFT_ADDR`.
     #[error("--member {given:?}: {reason} (expected ID=RAFT_ADDR, e.g. 2=127.0.0.1:7412)")]
     BadMember { given: String, reason: String },
+    /// A `--id` out of 1..=[`MEMBER_ID_MAX`].
+    #[error("--id {id}: {reason}")]
+    BadId { id: u64, reason: String },
     /// A member could not be reached (exit code 2).
     #[error(
         "member at {addr} unreachable: {reason} (is it running with cluster.raft_listen = \
@@ -115,12 +121,14 @@ pub enum ClusterCliError {
     /// The group refused, or a key or reply was bad.
     #[error(transparent)]
     Replication(#[from] ReplicationError),
-    /// The key path is neither a directory nor a file named `cluster.key`.
-    #[error(
-        "--key {}: give the group's cluster.key file (the name members read in their data \
-         directory) or a directory holding it", path.display()
-    )]
-    KeyName { path: PathBuf },
+    /// The key file given by `flag` (`--key` or `--out`) could not be read or
+    /// written (missing: "no such file"; wrong size or mode; already exists).
+    #[error("{flag} {}: {what}", path.display())]
+    KeyFile {
+        flag: &'static str,
+        path: PathBuf,
+        what: String,
+    },
     /// The group said no (openraft's reason, or no leader).
     #[error("member at {addr} refused: {reason}")]
     Refused { addr: SocketAddr, reason: String },
@@ -141,6 +149,16 @@ impl ClusterCliError {
     }
 }
 
+/// A member id within 1..=[`MEMBER_ID_MAX`] (the bound `cluster.member_id` has), or
+/// the reason naming the value and the bound.
+fn check_id(id: u64) -> Result<(), String> {
+    if (1..=MEMBER_ID_MAX).contains(&id) {
+        Ok(())
+    } else {
+        Err(format!("ID {id} out of 1..={MEMBER_ID_MAX}"))
+    }
+}
+
 /// `ID=RAFT_ADDR`.
 fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     let bad = |reason: &str| ClusterCliError::BadMember {
@@ -149,9 +167,7 @@ fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     };
     let (id, addr) = given.split_once('=').ok_or_else(|| bad("no '='"))?;
     let id: u64 = id.trim().parse().map_err(|_| bad("ID is not a number"))?;
-    if id == 0 {
-        return Err(bad("ID must be at least 1"));
-    }
+    check_id(id).map_err(|reason| bad(&reason))?;
     let addr = addr
         .trim()
         .parse()
@@ -159,27 +175,29 @@ fn parse_member(given: &str) -> Result<(u64, SocketAddr), ClusterCliError> {
     Ok((id, addr))
 }
 
-/// The group's key from `path`, a file named `cluster.key` (the name every member
-/// reads in its data directory) or a data directory holding one.
-fn load_key(path: &Path) -> Result<ClusterKey, ClusterCliError> {
-    let dir = key_dir(path)?;
-    Ok(ClusterKey::load(&dir)?)
+/// The key file a `--key`/`--out` path names: `path` itself, or the cluster.key
+/// in it when it is a directory. Any file name is accepted (a copy of the group's
+/// key need not be named cluster.key).
+fn key_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join(KEY_FILE)
+    } else {
+        path.to_path_buf()
+    }
 }
 
-/// The directory of a `cluster.key` path (`path` itself when it is a directory).
-fn key_dir(path: &Path) -> Result<PathBuf, ClusterCliError> {
-    if path.is_dir() {
-        return Ok(path.to_path_buf());
+/// A key error reported under the flag the operator gave.
+fn key_error(flag: &'static str, error: ReplicationError) -> ClusterCliError {
+    match error {
+        ReplicationError::Key { path, what } => ClusterCliError::KeyFile { flag, path, what },
+        other => ClusterCliError::Replication(other),
     }
-    if path.file_name().and_then(|n| n.to_str()) != Some(KEY_FILE) {
-        return Err(ClusterCliError::KeyName {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-        _ => PathBuf::from("."),
-    })
+}
+
+/// The group's key from `--key` (a file of any name, or a directory holding
+/// cluster.key).
+fn load_key(path: &Path) -> Result<ClusterKey, ClusterCliError> {
+    ClusterKey::load_file(&key_file(path)).map_err(|e| key_error("--key", e))
 }
 
 /// One admin request; a member that cannot be reached or does not answer is
@@ -195,6 +213,7 @@ fn call(
         ReplicationError::Unreachable { what, .. } | ReplicationError::Remote { what, .. } => {
             ClusterCliError::Unreachable { addr, reason: what }
         }
+        // ClosedUnanswered (most likely another key) stays a refusal: exit 1.
         other => ClusterCliError::Replication(other),
     })
 }
@@ -329,8 +348,8 @@ fn status_text(status: &ClusterStatus) -> String {
 pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
     match command {
         ClusterCmd::Keygen { out } => {
-            let dir = key_dir(&out)?;
-            let (_, path) = ClusterKey::create(&dir)?;
+            let path = key_file(&out);
+            ClusterKey::create_file(&path).map_err(|e| key_error("--out", e))?;
             println!(
                 "cluster key written to {}: copy it to every member's data directory as \
                  cluster.key (mode 0600)",
@@ -371,6 +390,7 @@ pub fn run(command: ClusterCmd) -> Result<(), ClusterCliError> {
             Ok(())
         }
         ClusterCmd::Remove { raft, key, id } => {
+            check_id(id).map_err(|reason| ClusterCliError::BadId { id, reason })?;
             let key = load_key(&key)?;
             change(raft, &key, AdminRequest::Remove { id })?;
             println!("member {id} removed");

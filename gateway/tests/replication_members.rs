@@ -299,7 +299,7 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
         1 << 30,
     );
     assert!(
-        matches!(err, Err(ReplicationError::Remote { .. })),
+        matches!(err, Err(ReplicationError::ClosedUnanswered { .. })),
         "{err:?}"
     );
     let refused: u64 = group.members.values().map(|m| m.status().bad_macs).sum();

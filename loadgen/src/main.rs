@@ -232,7 +232,13 @@ fn run_once(
                     args.endpoints.clone()
                 },
                 operator,
-                description: format!("external router {addr}"),
+                // Every endpoint given (--router a,b,c), not only the first.
+                description: if args.endpoints.len() > 1 {
+                    let all: Vec<String> = args.endpoints.iter().map(|e| e.to_string()).collect();
+                    format!("external router group {}", all.join(", "))
+                } else {
+                    format!("external router {addr}")
+                },
                 backend: "external".into(),
             };
             config.genesis_ms = args.genesis_ms;

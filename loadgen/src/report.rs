@@ -39,6 +39,40 @@ pub struct ConsistencyCheck {
     /// Block numbers missing between the first and last batch received.
     pub batch_gaps: u64,
     pub ok: bool,
+    /// Why the check failed beyond the credit figures (issue 27): RFCs sent and no
+    /// session completed, or refusals a correct client never gets. Empty when none.
+    pub failures: Vec<String>,
+}
+
+/// Refusals (wire code names) a correct client never gets: one in a run means the
+/// loadgen signed or numbered wrongly (e.g. `replay` after a rerun reused nonces),
+/// so the run measured refusals, not the market (issue 27).
+pub const CLIENT_FAULT_CODES: [&str; 4] =
+    ["replay", "signer_mismatch", "wrong_sender", "bad_field"];
+
+impl RunSummary {
+    /// Fails the self-check (`consistency.ok = false`, reasons in
+    /// `consistency.failures`) when RFCs were sent and no session completed, or when
+    /// any of [`CLIENT_FAULT_CODES`] was received: a run refused wholesale must not
+    /// say OK and exit 0 (issue 27).
+    pub fn judge_refusals(&mut self) {
+        if self.rfcs_sent > 0 && self.sessions_completed == 0 {
+            self.consistency.failures.push(format!(
+                "{} RFCs sent and no session completed",
+                self.rfcs_sent
+            ));
+        }
+        for code in CLIENT_FAULT_CODES {
+            if let Some(n) = self.rejected.get(code).filter(|n| **n > 0) {
+                self.consistency.failures.push(format!(
+                    "{n} refused `{code}`, which a correct client never gets"
+                ));
+            }
+        }
+        if !self.consistency.failures.is_empty() {
+            self.consistency.ok = false;
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -174,6 +208,9 @@ impl RunSummary {
             c.in_doubt,
             c.batch_gaps
         );
+        for failure in &c.failures {
+            let _ = writeln!(out, "  self-check failed: {failure}");
+        }
         out
     }
 }
@@ -192,6 +229,43 @@ fn write_counts(out: &mut String, title: &str, counts: &BTreeMap<String, u64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 27: 1000 RFCs refused `replay`, no session, the credit figures empty:
+    /// the self-check said OK. It now fails, saying why.
+    #[test]
+    fn a_run_refused_wholesale_fails_its_self_check() {
+        let mut summary = RunSummary {
+            rfcs_sent: 1000,
+            consistency: ConsistencyCheck {
+                ok: true,
+                ..ConsistencyCheck::default()
+            },
+            ..RunSummary::default()
+        };
+        summary.rejected.insert("replay".into(), 1000);
+        summary.judge_refusals();
+        assert!(!summary.consistency.ok);
+        let text = summary.to_text();
+        assert!(text.contains("self-check: FAILED"), "{text}");
+        assert!(
+            text.contains("1000 RFCs sent and no session completed"),
+            "{text}"
+        );
+        assert!(text.contains("1000 refused `replay`"), "{text}");
+
+        let mut fine = RunSummary {
+            rfcs_sent: 10,
+            sessions_completed: 9,
+            consistency: ConsistencyCheck {
+                ok: true,
+                ..ConsistencyCheck::default()
+            },
+            ..RunSummary::default()
+        };
+        fine.rejected.insert("quota_exceeded".into(), 1);
+        fine.judge_refusals();
+        assert!(fine.consistency.ok, "{}", fine.to_text());
+    }
 
     #[test]
     fn json_has_the_contract_fields() {

@@ -402,10 +402,21 @@ fn register(
     })
 }
 
-/// Pre-signed RFCs use every NONCE_STRIDE-th nonce; reports sent between two RFCs
-/// take the nonces in between, under the same write lock, so that nonces arrive
-/// strictly increasing (R-ID-4) although RFCs are signed ahead.
-const NONCE_STRIDE: u64 = 1_000_000;
+/// The nonce of pre-signed RFC `index`, due `offset` after the window opens, after
+/// RFC `index - 1`'s `previous` (R-ID-4, issue 27): the clock at signing plus the
+/// offset in µs, so nonces stay near the clock (a stride of a second per RFC ran them
+/// minutes ahead, and a rerun within those minutes saw every RFC refused `replay`),
+/// but at least `index + 1` above the previous one: reports sent between two RFCs take
+/// the nonces in between (under the same write lock), and at most `index` of them can
+/// be due then (one per earlier RFC), so nonces arrive strictly increasing.
+fn rfc_nonce(first_nonce: u64, index: usize, offset: Duration, previous: Option<u64>) -> u64 {
+    let offset_us = u64::try_from(offset.as_micros()).unwrap_or(u64::MAX);
+    let by_clock = first_nonce.saturating_add(offset_us);
+    match previous {
+        Some(previous) => by_clock.max(previous.saturating_add(index as u64 + 1)),
+        None => by_clock,
+    }
+}
 
 /// Pre-signed RFC frames with the instant each is due (open loop).
 fn presign_rfcs(
@@ -418,11 +429,14 @@ fn presign_rfcs(
 ) -> Vec<(u64, Vec<u8>)> {
     // Signed before the window opens (up to a few seconds before `start`).
     let base_ms = now_ms() + 5_000;
+    let mut previous = None;
     due.iter()
         .enumerate()
         .map(|(i, offset)| {
             let expires_at_ms = base_ms + offset.as_millis() as u64 + config.rfc_ttl_ms;
-            let nonce = first_nonce + i as u64 * NONCE_STRIDE;
+            let nonce = rfc_nonce(first_nonce, i, *offset, previous);
+            debug_assert!(previous.is_none_or(|p| nonce > p + i as u64));
+            previous = Some(nonce);
             let model_id = config.models[rng.gen_range(0..config.models.len())];
             let frame = frames::rfc(
                 key,
@@ -1390,6 +1404,7 @@ pub fn run_with(
         unexpected: unexpected + batches.receipts.saturating_sub(receipts_max),
         in_doubt: outcome.in_doubt_sessions,
         batch_gaps: gaps,
+        failures: Vec::new(),
         ok: connection_lost.is_none()
             && receipts_match
             && missing == 0
@@ -1424,6 +1439,7 @@ pub fn run_with(
         ..RunSummary::default()
     };
     summary.set_latencies(&outcome.latencies);
+    summary.judge_refusals();
     if let Ok(mut last) = LAST_LATENCIES.lock() {
         *last = Some(outcome.latencies.clone());
     }

@@ -134,3 +134,35 @@ fn short_attack_run_reports_every_scenario() {
         assert_eq!(self_dealing["verdict"]["pass"], false);
     }
 }
+
+/// Issue 27 case 7: sybil-bootstrap cannot pass under --short (its runs end before
+/// the canary's bootstrap bonus can be read), so `--scenario attacks --short` always
+/// failed. It is now "not judged" there, left out of the verdict, and its unread
+/// figures say "not read (--short)".
+#[test]
+fn sybil_bootstrap_under_short_is_not_judged() {
+    let dir = tempfile::tempdir().unwrap();
+    let json_path = dir.path().join("attacks.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_yellowstone-loadgen"))
+        .args(["--scenario", "attacks", "--short", "--quiet"])
+        .args(["--attacks", "sybil-bootstrap", "--json"])
+        .arg(&json_path)
+        .output()
+        .expect("run yellowstone-loadgen");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("not judged (--short reads no bonus)"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains("unread"), "{stdout}");
+    assert!(stdout.contains("not read (--short)"), "{stdout}");
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(report["pass"], true, "{report:#}");
+    assert_eq!(
+        report["scenarios"][0]["verdict"]["not_judged"], "--short reads no bonus",
+        "{report:#}"
+    );
+}

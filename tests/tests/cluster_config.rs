@@ -52,7 +52,7 @@ fn cluster_values_out_of_bounds_are_refused_naming_key_and_bound() {
         ),
         (
             "[cluster]\nmember_id = 0\n",
-            "cluster.member_id: must be at least 1, not 0",
+            "cluster.member_id: must be 1..=9223372036854775807, not 0",
         ),
         (
             "[cluster]\nenabled = true\nraft_listen = \"127.0.0.1:7400\"\n[market]\ngenesis_ms = 1767225600000\n",
@@ -200,4 +200,27 @@ fn a_member_refuses_market_parameters_other_than_its_creation() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("market.bin"), "{stderr}");
     assert!(stderr.contains("sessions_open_max"), "{stderr}");
+}
+
+/// Issue 25: `[cluster] enabled = true` alone was refused, the default raft_listen
+/// being network.listen's 127.0.0.1:7400; the default is now 127.0.0.1:7410.
+#[test]
+fn cluster_enabled_alone_passes_with_the_default_raft_listen() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "router.toml",
+        "[cluster]\nenabled = true\n[market]\ngenesis_ms = 1767225600000\n",
+    );
+    let output = std::process::Command::new(router_binary())
+        .args(["print-config", "--config", config.as_str()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "refused: {stderr}");
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("raft_listen = \"127.0.0.1:7410\""),
+        "print-config:\n{text}"
+    );
 }

@@ -1224,3 +1224,137 @@ fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
         "{settlements:?}"
     );
 }
+
+/// A one-member group started and initialised (the `cluster` commands' tests).
+fn one_member_group() -> (Group, RouterProcess) {
+    let group = Group::new(1);
+    let member = group.start(1);
+    let raft = group.raft[0].to_string();
+    let (code, out, err) = cli(&[
+        "cluster",
+        "init",
+        "--raft",
+        &raft,
+        "--key",
+        group.key.to_str().unwrap(),
+        "--member",
+        &format!("1={raft}"),
+    ]);
+    assert_eq!(code, 0, "cluster init: {out}{err}");
+    (group, member)
+}
+
+/// Issue 25 case 1: `keygen --out` and `--key` take a key file of any name (a
+/// directory: its cluster.key); a missing file says "no such file", and every
+/// message names the flag given.
+#[test]
+fn cluster_key_files_of_any_name_are_accepted_and_errors_name_the_flag() {
+    let (group, _member) = one_member_group();
+    let raft = group.raft[0].to_string();
+    let copy = group.work.path().join("copy.key");
+    std::fs::copy(&group.key, &copy).unwrap();
+    let (code, out, err) = cli(&[
+        "cluster",
+        "status",
+        "--raft",
+        &raft,
+        "--key",
+        copy.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "status --key copy.key: {out}{err}");
+    assert!(out.contains("member 1"), "{out}");
+    // A directory: its cluster.key.
+    let (code, out, err) = cli(&[
+        "cluster",
+        "status",
+        "--raft",
+        &raft,
+        "--key",
+        group.work.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "status --key DIR: {out}{err}");
+
+    let other = group.work.path().join("other.key");
+    let other = other.to_str().unwrap();
+    let (code, out, err) = cli(&["cluster", "keygen", "--out", other]);
+    assert_eq!(code, 0, "keygen --out other.key: {out}{err}");
+    assert_eq!(std::fs::read(other).unwrap().len(), 32);
+    let (code, _, err) = cli(&["cluster", "keygen", "--out", other]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("--out {other}: already exists")),
+        "{err}"
+    );
+
+    let missing = group.work.path().join("missing.key");
+    let missing = missing.to_str().unwrap();
+    let (code, _, err) = cli(&["cluster", "status", "--raft", &raft, "--key", missing]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("--key {missing}: no such file")),
+        "{err}"
+    );
+}
+
+/// Issue 25 case 2: a wrong cluster key is a refusal (exit 1) saying the key
+/// likely differs, not "unreachable" (exit 2, kept for a member not listening).
+#[test]
+fn a_wrong_cluster_key_is_refused_with_exit_1_naming_the_key() {
+    let (group, member) = one_member_group();
+    let raft = group.raft[0].to_string();
+    let wrong = group.work.path().join("wrong.key");
+    let wrong = wrong.to_str().unwrap();
+    let (code, out, err) = cli(&["cluster", "keygen", "--out", wrong]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = cli(&["cluster", "status", "--raft", &raft, "--key", wrong]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("cluster.key likely differs"), "{err}");
+    assert!(!err.contains("unreachable"), "{err}");
+    // Nobody listening: still unreachable, exit 2.
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let key = group.key.to_str().unwrap();
+    let (code, _, err) = cli(&["cluster", "status", "--raft", &nobody, "--key", key]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+    drop(member);
+}
+
+/// Issue 25 case 3: removing an id that is no member is refused naming the
+/// members; an id out of 1..=i64::MAX (what `cluster.member_id` can hold) is
+/// refused by `add` and `remove` as by the configuration.
+#[test]
+fn cluster_remove_of_a_stranger_and_ids_out_of_bounds_are_refused() {
+    let (group, _member) = one_member_group();
+    let raft = group.raft[0].to_string();
+    let key = group.key.to_str().unwrap();
+    let (code, out, err) = cli(&[
+        "cluster", "remove", "--raft", &raft, "--key", key, "--id", "77",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(!out.contains("removed"), "{out}");
+    assert!(
+        err.contains("member 77 is not in the group (members: 1)"),
+        "{err}"
+    );
+    let max = u64::MAX.to_string();
+    let (code, _, err) = cli(&[
+        "cluster",
+        "add",
+        "--raft",
+        &raft,
+        "--key",
+        key,
+        "--member",
+        &format!("{max}={raft}"),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("ID {max} out of 1..=9223372036854775807")),
+        "{err}"
+    );
+    let (code, _, err) = cli(&[
+        "cluster", "remove", "--raft", &raft, "--key", key, "--id", &max,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("out of 1..=9223372036854775807"), "{err}");
+}

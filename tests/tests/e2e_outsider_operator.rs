@@ -1069,3 +1069,54 @@ fn the_restart_hint_names_what_set_params_cannot_change() {
         "{stderr}"
     );
 }
+
+/// Issue 27 case 6: the loadgen run twice against one router with the same flags
+/// saw every RFC of the second run refused `replay` (its nonces ran a second per RFC
+/// ahead of the clock, from the same seeded keys), completed no session, and still
+/// printed "self-check: OK" and exited 0. Its nonces now stay near the clock, so the
+/// rerun completes sessions; and a run refused wholesale fails its self-check.
+#[test]
+fn the_loadgen_run_twice_with_the_same_flags_is_never_refused_replay() {
+    let workdir = tempfile::tempdir().unwrap();
+    let data = workdir.path().join("data");
+    let operator = operator_key().address().to_string();
+    let secret = hex::encode(operator_key().secret_bytes());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // A block boundary 5 s from now, then every 12 s: each run's batch comes soon.
+    let genesis = (now + 5_000 - 12_000).to_string();
+    let config = workdir.path().join("router.toml");
+    std::fs::write(&config, format!("[market]\ngenesis_ms = {genesis}\n")).unwrap();
+    let router = RouterProcess::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--operator",
+        &operator,
+    ]);
+    let listen = router.ready.listen.to_string();
+    for run in 1..=2 {
+        let output = Command::new(loadgen_binary())
+            .args(["--target", &listen, "--operator-key", &secret])
+            .args(["--genesis-ms", &genesis, "--duration", "2", "--rate", "40"])
+            .args(["--users", "2", "--providers", "2", "--seed", "7"])
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !stdout.contains("replay"),
+            "run {run} was refused replay: {stdout}{stderr}"
+        );
+        assert!(
+            stdout.contains("self-check: OK"),
+            "run {run}: {stdout}{stderr}"
+        );
+        assert_eq!(output.status.code(), Some(0), "run {run}: {stdout}{stderr}");
+    }
+}

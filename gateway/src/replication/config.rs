@@ -74,12 +74,19 @@ pub struct ClusterConfig {
     pub log_preallocate_bytes: u64,
 }
 
+/// The largest member id (`cluster.member_id`, and the `cluster` commands' `ID`s):
+/// i64::MAX, the largest integer a TOML file can hold, so an id the CLI accepts can
+/// always be configured (SPEC §12, docs/replication.md). Ids start at 1.
+pub const MEMBER_ID_MAX: u64 = i64::MAX as u64;
+
 impl Default for ClusterConfig {
     fn default() -> Self {
         ClusterConfig {
             enabled: false,
             member_id: 1,
-            raft_listen: "127.0.0.1:7400".to_string(),
+            // network.listen takes 7400 and metrics 7401 by default; 7410 lets a bare
+            // `[cluster] enabled = true` start (issue 25).
+            raft_listen: "127.0.0.1:7410".to_string(),
             client_endpoint: String::new(),
             heartbeat_ms: 100,
             election_timeout_min_ms: 300,
@@ -120,9 +127,9 @@ impl ClusterConfig {
     /// Errors: the first key out of its bounds, naming the value and the bound.
     pub fn validate(&self) -> Result<(), ConfigError> {
         rule(
-            self.member_id >= 1,
+            (1..=MEMBER_ID_MAX).contains(&self.member_id),
             "cluster.member_id",
-            "must be at least 1",
+            &format!("must be 1..={MEMBER_ID_MAX}"),
             self.member_id,
         )?;
         if self.raft_listen.parse::<std::net::SocketAddr>().is_err() {

@@ -76,6 +76,18 @@ pub enum ReplicationError {
         /// What failed.
         what: String,
     },
+    /// The member at `addr` accepted the connection, read our MAC'd request and
+    /// closed without an answer: what a member does with a frame whose MAC fails,
+    /// so its cluster.key most likely differs (a refusal, not unreachability).
+    #[error(
+        "member at {addr} closed the connection without answering our request: its \
+         cluster.key likely differs from the one given (it counts the request in \
+         yellowstone_cluster_bad_macs_total)"
+    )]
+    ClosedUnanswered {
+        /// The member's RPC address.
+        addr: String,
+    },
     /// No connection to the member at `addr` (refused, or connect timed out).
     #[error("member at {addr} unreachable: {what}")]
     Unreachable {

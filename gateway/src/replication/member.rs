@@ -418,6 +418,24 @@ impl MemberCore {
             }
             AdminRequest::Remove { id } => {
                 let m = self.raft.metrics().borrow().clone();
+                // Removing an id that is no member would be a no-op openraft accepts:
+                // refuse it naming the members (the leader's view; a follower sends
+                // the request on to the leader below).
+                let members: Vec<u64> = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(member, _)| *member)
+                    .collect();
+                if m.current_leader == Some(m.id) && !members.contains(&id) {
+                    let list: Vec<String> = members.iter().map(u64::to_string).collect();
+                    return AdminReply::Failed {
+                        reason: format!(
+                            "member {id} is not in the group (members: {})",
+                            list.join(", ")
+                        ),
+                    };
+                }
                 let is_voter = m
                     .membership_config
                     .membership()

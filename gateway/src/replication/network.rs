@@ -57,6 +57,15 @@ impl std::fmt::Debug for ClusterKey {
     }
 }
 
+/// An IO error as a key file's reason: the common cases in plain words.
+fn io_what(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::AlreadyExists => "already exists (never overwritten)".to_string(),
+        _ => error.to_string(),
+    }
+}
+
 impl ClusterKey {
     /// A key from its bytes (tests, the simulation).
     pub fn from_bytes(bytes: [u8; 32]) -> ClusterKey {
@@ -67,12 +76,20 @@ impl ClusterKey {
     /// Errors: [`ReplicationError::Key`]: missing, unreadable, not 32 bytes, or
     /// readable by group or others (it must be 0600).
     pub fn load(data_dir: &Path) -> Result<ClusterKey, ReplicationError> {
-        let path = data_dir.join(KEY_FILE);
+        ClusterKey::load_file(&data_dir.join(KEY_FILE))
+    }
+
+    /// Reads a key file of any name (the `cluster` commands' `--key`: a copy of
+    /// the group's cluster.key need not be named so).
+    /// Errors: [`ReplicationError::Key`] as [`ClusterKey::load`]; a missing file
+    /// says "no such file".
+    pub fn load_file(path: &Path) -> Result<ClusterKey, ReplicationError> {
+        let path = path.to_path_buf();
         let key_error = |what: String| ReplicationError::Key {
             path: path.clone(),
             what,
         };
-        let meta = std::fs::metadata(&path).map_err(|e| key_error(e.to_string()))?;
+        let meta = std::fs::metadata(&path).map_err(|e| key_error(io_what(&e)))?;
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
@@ -94,9 +111,18 @@ impl ClusterKey {
     /// init`); refuses to overwrite one.
     /// Errors: [`ReplicationError::Key`] (exists, or cannot be written).
     pub fn create(data_dir: &Path) -> Result<(ClusterKey, PathBuf), ReplicationError> {
+        let path = data_dir.join(KEY_FILE);
+        let key = ClusterKey::create_file(&path)?;
+        Ok((key, path))
+    }
+
+    /// Writes a new random key to `path` (any name: `cluster keygen --out`), mode
+    /// 0600; refuses to overwrite.
+    /// Errors: [`ReplicationError::Key`] (exists, or cannot be written).
+    pub fn create_file(path: &Path) -> Result<ClusterKey, ReplicationError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let path = data_dir.join(KEY_FILE);
+        let path = path.to_path_buf();
         let key: [u8; 32] = rand::random();
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -105,7 +131,7 @@ impl ClusterKey {
             .open(&path)
             .map_err(|e| ReplicationError::Key {
                 path: path.clone(),
-                what: e.to_string(),
+                what: io_what(&e),
             })?;
         file.write_all(&key)
             .and_then(|_| file.sync_all())
@@ -113,7 +139,7 @@ impl ClusterKey {
                 path: path.clone(),
                 what: e.to_string(),
             })?;
-        Ok((ClusterKey(key), path))
+        Ok(ClusterKey(key))
     }
 
     fn mac(&self, direction: u8, payload: &[u8]) -> [u8; 32] {
@@ -467,7 +493,10 @@ async fn connect(addr: &str, timeout: Duration) -> Result<TcpStream, FrameError>
 }
 
 /// Sends one admin request to the member at `addr` (the CLI).
-/// Errors: [`ReplicationError::Remote`] naming the address and what failed.
+/// Errors: [`ReplicationError::Unreachable`] (no connection),
+/// [`ReplicationError::ClosedUnanswered`] (accepted, then closed without an answer:
+/// most likely another cluster key), [`ReplicationError::Remote`] (timed out, or a
+/// bad answer), each naming the address.
 pub async fn admin_request(
     addr: &str,
     key: &ClusterKey,
@@ -479,9 +508,13 @@ pub async fn admin_request(
         what,
     };
     let stats = NetStats::default();
-    let mut stream = connect(addr, limits.rpc_timeout)
-        .await
-        .map_err(|e| remote(e.to_string()))?;
+    let mut stream =
+        connect(addr, limits.rpc_timeout)
+            .await
+            .map_err(|e| ReplicationError::Unreachable {
+                addr: addr.to_string(),
+                what: e.to_string(),
+            })?;
     let bytes = encode(&Request::Admin(request)).map_err(|e| remote(e.to_string()))?;
     // Membership changes wait for a learner to catch up: the snapshot bound.
     match exchange(
@@ -496,14 +529,27 @@ pub async fn admin_request(
     {
         Ok(Response::Admin(reply)) => Ok(reply),
         Ok(_) => Err(remote("answered another kind of request".into())),
+        // Accepted, then closed with no answer: a member drops a connection whose
+        // frame fails its MAC check without a word (an answer would need the key).
+        Err(FrameError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Err(ReplicationError::ClosedUnanswered {
+                addr: addr.to_string(),
+            })
+        }
         Err(e) => Err(remote(e.to_string())),
     }
 }
 
 /// [`admin_request`] from a plain thread (the CLI): its own small runtime, every
 /// step bounded by `timeout` (connect, and the whole exchange).
-/// Errors: [`ReplicationError::Unreachable`] (no connection), [`ReplicationError::Remote`]
-/// (the exchange failed or timed out), [`ReplicationError::Io`] (no runtime).
+/// Errors: as [`admin_request`], and [`ReplicationError::Io`] (no runtime).
 pub fn admin_call(
     addr: std::net::SocketAddr,
     key: &ClusterKey,

@@ -247,7 +247,14 @@ impl PairReport {
 pub struct Verdict {
     pub pass: bool,
     pub failures: Vec<String>,
+    /// Why this scenario is left out of the overall verdict (issue 27:
+    /// sybil-bootstrap under --short, whose runs end before the bonus can be read);
+    /// None: judged.
+    pub not_judged: Option<String>,
 }
+
+/// Why sybil-bootstrap is not judged under --short.
+pub const SHORT_NOT_JUDGED: &str = "--short reads no bonus";
 
 /// One scenario over its pairs.
 #[derive(Clone, Debug, Serialize)]
@@ -348,6 +355,7 @@ impl ScenarioReport {
             self.verdict = Verdict {
                 pass: failures.is_empty(),
                 failures,
+                not_judged: None,
             };
             return;
         }
@@ -408,6 +416,7 @@ impl ScenarioReport {
         self.verdict = Verdict {
             pass: failures.is_empty(),
             failures,
+            not_judged: None,
         };
     }
 }
@@ -446,8 +455,15 @@ impl AttackReport {
     ) -> AttackReport {
         for scenario in &mut scenarios {
             scenario.conclude();
+            // The bootstrap bonus is read once day 0 has ended, which a --short run
+            // never waits for: the scenario cannot pass there, so it is no verdict.
+            if settings.short && scenario.kind == Kind::SybilBootstrap {
+                scenario.verdict.not_judged = Some(SHORT_NOT_JUDGED.to_string());
+            }
         }
-        let pass = scenarios.iter().all(|s| s.verdict.pass);
+        let pass = scenarios
+            .iter()
+            .all(|s| s.verdict.pass || s.verdict.not_judged.is_some());
         AttackReport {
             setup: AttackSetup {
                 pairs: settings.pairs,
@@ -519,6 +535,7 @@ impl AttackReport {
                     .map_or("-".to_string(), |r| format!("{r:.2}")),
                 scenario.earned_wei,
                 match (scenario.kind, scenario.verdict.pass) {
+                    _ if scenario.verdict.not_judged.is_some() => "not judged",
                     (Kind::Control, true) => "noise",
                     (_, true) => "pass",
                     (_, false) => "FAIL",
@@ -573,17 +590,25 @@ impl AttackReport {
                     }
                 );
                 let canary = &pair.attacked_canary;
+                let not_read = if self.setup.short {
+                    "not read (--short)"
+                } else {
+                    "not read"
+                };
+                let wei = |value: Option<&str>| {
+                    value.map_or(not_read.to_string(), |v| format!("{v} wei"))
+                };
                 let _ = writeln!(
                     out,
-                    "    pair {}: canary {} (baseline {}), matched {} time(s), bootstrap bonus {} wei \
-                     (baseline {}); attacker credited {} wei in the batches",
+                    "    pair {}: canary {} (baseline {}), matched {} time(s), bootstrap bonus {} \
+                     (baseline {}); attacker credited in the batches: {}",
                     i + 1,
                     canary.registration,
                     pair.baseline_canary.registration,
                     canary.matched_sessions,
-                    canary.bonus_wei.as_deref().unwrap_or("unread"),
-                    pair.baseline_canary.bonus_wei.as_deref().unwrap_or("unread"),
-                    pair.attacker_credited_wei.as_deref().unwrap_or("unread"),
+                    wei(canary.bonus_wei.as_deref()),
+                    wei(pair.baseline_canary.bonus_wei.as_deref()),
+                    wei(pair.attacker_credited_wei.as_deref()),
                 );
                 if !pair.baseline_honest_refused.is_empty() {
                     let _ = writeln!(
@@ -594,8 +619,12 @@ impl AttackReport {
                     );
                 }
             }
-            for failure in &scenario.verdict.failures {
-                let _ = writeln!(out, "    FAIL: {failure}");
+            if let Some(why) = &scenario.verdict.not_judged {
+                let _ = writeln!(out, "    not judged ({why}): left out of the verdict");
+            } else {
+                for failure in &scenario.verdict.failures {
+                    let _ = writeln!(out, "    FAIL: {failure}");
+                }
             }
         }
         let _ = writeln!(
