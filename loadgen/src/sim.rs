@@ -305,6 +305,32 @@ pub fn connect_client_following(
 /// of a group costs one; a failover in 100 leader kills costs 100).
 const RECONNECTS_MAX: u32 = 1_000;
 
+/// R-HA-3 (issue 25): in a group, a connection whose oldest unanswered signed message
+/// has waited this long is treated as dead (a frozen leader keeps its TCP connections
+/// open and answers nothing): the client reconnects through `connect_following` and
+/// resends byte-identical. Above the election timeout's maximum (1 s in
+/// docs/replication.md) plus a margin; one router: never (it is the only one).
+pub const GROUP_LIVENESS: Duration = Duration::from_secs(2);
+
+/// The unanswered frames, by nonce: when each was last written, and its bytes.
+type Unanswered = BTreeMap<u64, (Instant, Vec<u8>)>;
+
+/// How long the oldest unanswered frame has waited (zero when none).
+fn oldest_waiting(unanswered: &Mutex<Unanswered>) -> Duration {
+    unanswered
+        .lock()
+        .ok()
+        .and_then(|map| map.values().map(|(at, _)| *at).min())
+        .map_or(Duration::ZERO, |at| at.elapsed())
+}
+
+/// A message that tells a group's client to go elsewhere (R-HA-3): `not_leader` on
+/// an open connection, whether it answers a message of ours or none. Its messages are
+/// resent to the leader, never counted as refused.
+fn is_not_leader(message: &Message) -> bool {
+    matches!(message, Message::ErrorReply(e) if e.code == yellowstone_wire::codes::NOT_LEADER)
+}
+
 /// The nonce of the user's own message that `message` answers for good (an
 /// `RfcAccepted` is not final: its RFC waits for a ticket or a failure).
 fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
@@ -312,7 +338,7 @@ fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
         Message::SessionTicket(t) if t.user == own => Some(t.rfc_nonce),
         Message::RfcFailed(m) => Some(m.nonce),
         Message::ReportAck(m) => Some(m.nonce),
-        Message::ErrorReply(m) if m.ref_nonce != 0 => Some(m.ref_nonce),
+        Message::ErrorReply(m) if m.ref_nonce != 0 && !is_not_leader(message) => Some(m.ref_nonce),
         _ => None,
     }
 }
@@ -507,7 +533,7 @@ fn run_user(
     // R-HA-3 (a group only): frames written without a final answer, by nonce, resent
     // byte-identical after a reconnect. Written under the writer's lock, before the
     // write, so a reconnect (which resends under the same lock) never misses one.
-    let unanswered: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let unanswered: Arc<Mutex<Unanswered>> = Arc::default();
     // The sender: writes each pre-signed RFC when it is due.
     let sender = {
         let (writer, due_of, counters, due, unanswered) = (
@@ -531,7 +557,7 @@ fn run_user(
                 debug_assert!(nonce > guard.1);
                 if group {
                     if let Ok(mut unanswered) = unanswered.lock() {
-                        unanswered.insert(nonce, frame.clone());
+                        unanswered.insert(nonce, (Instant::now(), frame.clone()));
                     }
                 }
                 // In a group a failed write waits for the reconnect's resend.
@@ -586,7 +612,7 @@ fn run_user(
             reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
             if group {
                 if let Ok(mut unanswered) = unanswered.lock() {
-                    unanswered.insert(nonce, frame.clone());
+                    unanswered.insert(nonce, (Instant::now(), frame.clone()));
                 }
             }
             if let Err(e) = guard.0.write_all(&frame) {
@@ -608,7 +634,27 @@ fn run_user(
         if stop_reading.load(Ordering::Relaxed) {
             break;
         }
-        let message = match client.recv() {
+        // R-HA-3 (issue 25): a stalled connection (frozen leader) or a not_leader on
+        // it is dead for a group's client, like a closed one.
+        let waited = oldest_waiting(&unanswered);
+        let received = if group && waited > GROUP_LIVENESS {
+            Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!(
+                    "no answer within {} ms (liveness bound {} ms)",
+                    waited.as_millis(),
+                    GROUP_LIVENESS.as_millis()
+                ),
+            )))
+        } else {
+            match client.recv() {
+                Ok(message) if group && is_not_leader(&message) => Err(ClientError::Io(
+                    std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{message:?}")),
+                )),
+                other => other,
+            }
+        };
+        let message = match received {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
@@ -746,7 +792,7 @@ fn reconnect_user(
     endpoints: &[SocketAddr],
     key: &SigningKey,
     writer: &Mutex<(TcpStream, u64)>,
-    unanswered: &Mutex<BTreeMap<u64, Vec<u8>>>,
+    unanswered: &Mutex<Unanswered>,
 ) -> Result<Client, String> {
     let client = connect(endpoints, key.clone())?;
     client
@@ -757,11 +803,15 @@ fn reconnect_user(
         .lock()
         .map_err(|_| "writer lock poisoned".to_string())?;
     guard.0 = stream;
+    // Resent now: each frame's wait (the liveness bound's clock) starts again.
     let frames: Vec<Vec<u8>> = unanswered
         .lock()
         .map_err(|_| "unanswered lock poisoned".to_string())?
-        .values()
-        .cloned()
+        .values_mut()
+        .map(|(at, frame)| {
+            *at = Instant::now();
+            frame.clone()
+        })
         .collect();
     for frame in &frames {
         guard.0.write_all(frame).map_err(|e| e.to_string())?;
