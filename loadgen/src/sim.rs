@@ -312,6 +312,20 @@ const RECONNECTS_MAX: u32 = 1_000;
 /// docs/replication.md) plus a margin; one router: never (it is the only one).
 pub const GROUP_LIVENESS: Duration = Duration::from_secs(2);
 
+/// In a group, `not_leader` on an open connection as the error of a dead one (the
+/// caller reconnects and resends, R-HA-3); otherwise `received` as it is.
+fn as_dead_if_not_leader(
+    received: Result<Message, ClientError>,
+    group: bool,
+) -> Result<Message, ClientError> {
+    match received {
+        Ok(message) if group && is_not_leader(&message) => Err(ClientError::Io(
+            std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{message:?}")),
+        )),
+        other => other,
+    }
+}
+
 /// The unanswered frames, by nonce: when each was last written, and its bytes.
 type Unanswered = BTreeMap<u64, (Instant, Vec<u8>)>;
 
@@ -876,7 +890,7 @@ fn run_provider(
             let _ = client.send_raw(&frames::probe_answer(&key, network_id, nonce, *probe_id));
         }
         late.retain(|(due, _)| *due > now);
-        let message = match client.recv() {
+        let message = match as_dead_if_not_leader(client.recv(), group) {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
@@ -1036,7 +1050,7 @@ fn run_operator_subscriber(
         connection_lost: None,
     };
     while !stop.load(Ordering::Relaxed) {
-        let message = match operator.recv() {
+        let message = match as_dead_if_not_leader(operator.recv(), group) {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
