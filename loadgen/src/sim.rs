@@ -305,12 +305,8 @@ pub fn connect_client_following(
 /// of a group costs one; a failover in 100 leader kills costs 100).
 const RECONNECTS_MAX: u32 = 1_000;
 
-/// R-HA-3 (issue 25): in a group, a connection whose oldest unanswered signed message
-/// has waited this long is treated as dead (a frozen leader keeps its TCP connections
-/// open and answers nothing): the client reconnects through `connect_following` and
-/// resends byte-identical. Above the election timeout's maximum (1 s in
-/// docs/replication.md) plus a margin; one router: never (it is the only one).
-pub const GROUP_LIVENESS: Duration = Duration::from_secs(2);
+/// R-HA-3 (issue 25): the liveness bound of a group's connection (see the wire docs).
+use yellowstone_wire::connect_retry::GROUP_LIVENESS;
 
 /// In a group, `not_leader` on an open connection as the error of a dead one (the
 /// caller reconnects and resends, R-HA-3); otherwise `received` as it is.

@@ -85,6 +85,14 @@ impl ConnectRetry {
 /// LAN greeting delay of a live router; one endpoint keeps `attempt_timeout`.
 pub const MEMBER_ATTEMPT_MAX: Duration = Duration::from_secs(1);
 
+/// R-HA-3 (issue 25): a client of a group (more than one endpoint) treats a connection
+/// whose oldest unanswered signed message has waited this long as dead (a frozen
+/// leader keeps its TCP connections open and answers nothing): it reconnects through
+/// [`connect_following`] and resends byte-identical. Above the election timeout's
+/// maximum (1 s by default, docs/replication.md) plus a margin; with one endpoint a
+/// client never does this (the router is the only one).
+pub const GROUP_LIVENESS: Duration = Duration::from_secs(2);
+
 /// The least a member's attempt is given when the deadline is shared among members.
 pub const ATTEMPT_SHARE_MIN: Duration = Duration::from_millis(100);
 
