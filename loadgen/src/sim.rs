@@ -867,6 +867,11 @@ fn run_provider(
     let mut answered: std::collections::VecDeque<Instant> = Default::default();
     let mut late: Vec<(Instant, u64)> = Vec::new();
     let mut reconnect_at = Instant::now() + Duration::from_millis(1_500 + (price % 1_000) as u64);
+    // R-HA-3 (issue 25): a provider mostly listens, so in a group it proves the
+    // connection alive: a Ping after half the liveness bound of silence, and a Ping
+    // unanswered for the whole bound means a frozen leader (reconnect, register anew).
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
     while !stop.load(Ordering::Relaxed) {
         if churn && Instant::now() >= reconnect_at {
             // Churn: drop the connection (the router marks us unreachable), come back.
@@ -886,7 +891,30 @@ fn run_provider(
             let _ = client.send_raw(&frames::probe_answer(&key, network_id, nonce, *probe_id));
         }
         late.retain(|(due, _)| *due > now);
-        let message = match as_dead_if_not_leader(client.recv(), group) {
+        if group && ping_sent.is_none() && last_heard.elapsed() >= GROUP_LIVENESS / 2 {
+            let _ = client.send(&Message::from(yellowstone_wire::messages::Ping {
+                payload: 0,
+            }));
+            ping_sent = Some(Instant::now());
+        }
+        let received = match ping_sent {
+            Some(at) if group && at.elapsed() >= GROUP_LIVENESS => {
+                Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!(
+                        "no answer to a Ping within {} ms (liveness bound)",
+                        GROUP_LIVENESS.as_millis()
+                    ),
+                )))
+            }
+            _ => as_dead_if_not_leader(client.recv(), group),
+        };
+        // Anything heard (or a connection about to be replaced) restarts the clock.
+        if !matches!(&received, Err(e) if is_timeout(e)) {
+            last_heard = Instant::now();
+            ping_sent = None;
+        }
+        let message = match received {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
