@@ -322,6 +322,59 @@ fn as_dead_if_not_leader(
     }
 }
 
+/// R-HA-3 (issue 25): a listening client's liveness in a group (a provider, a batch
+/// subscriber: they may hear nothing for a long time from a healthy leader). After
+/// `GROUP_LIVENESS / 2` of silence it sends a Ping; a Ping unanswered (nothing heard
+/// at all) for `GROUP_LIVENESS` makes the connection dead (the caller reconnects).
+/// Off (plain `recv`) with one router.
+struct PingLiveness {
+    group: bool,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl PingLiveness {
+    fn new(group: bool) -> PingLiveness {
+        PingLiveness {
+            group,
+            last_heard: Instant::now(),
+            ping_sent: None,
+        }
+    }
+
+    /// `client.recv()` (with `not_leader` as a dead connection in a group), or the
+    /// liveness bound's error.
+    fn recv(&mut self, client: &mut Client) -> Result<Message, ClientError> {
+        if !self.group {
+            return client.recv();
+        }
+        if self.ping_sent.is_none() && self.last_heard.elapsed() >= GROUP_LIVENESS / 2 {
+            let _ = client.send(&Message::from(yellowstone_wire::messages::Ping {
+                payload: 0,
+            }));
+            self.ping_sent = Some(Instant::now());
+        }
+        let received = match self.ping_sent {
+            Some(at) if at.elapsed() >= GROUP_LIVENESS => {
+                Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!(
+                        "no answer to a Ping within {} ms (liveness bound)",
+                        GROUP_LIVENESS.as_millis()
+                    ),
+                )))
+            }
+            _ => as_dead_if_not_leader(client.recv(), true),
+        };
+        // Anything heard (or a connection about to be replaced) restarts the clock.
+        if !matches!(&received, Err(e) if is_timeout(e)) {
+            self.last_heard = Instant::now();
+            self.ping_sent = None;
+        }
+        received
+    }
+}
+
 /// The unanswered frames, by nonce: when each was last written, and its bytes.
 type Unanswered = BTreeMap<u64, (Instant, Vec<u8>)>;
 
@@ -867,11 +920,9 @@ fn run_provider(
     let mut answered: std::collections::VecDeque<Instant> = Default::default();
     let mut late: Vec<(Instant, u64)> = Vec::new();
     let mut reconnect_at = Instant::now() + Duration::from_millis(1_500 + (price % 1_000) as u64);
-    // R-HA-3 (issue 25): a provider mostly listens, so in a group it proves the
-    // connection alive: a Ping after half the liveness bound of silence, and a Ping
-    // unanswered for the whole bound means a frozen leader (reconnect, register anew).
-    let mut last_heard = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
+    // R-HA-3 (issue 25): a provider mostly listens: in a group it pings to tell a
+    // frozen leader from a quiet one.
+    let mut liveness = PingLiveness::new(group);
     while !stop.load(Ordering::Relaxed) {
         if churn && Instant::now() >= reconnect_at {
             // Churn: drop the connection (the router marks us unreachable), come back.
@@ -891,29 +942,7 @@ fn run_provider(
             let _ = client.send_raw(&frames::probe_answer(&key, network_id, nonce, *probe_id));
         }
         late.retain(|(due, _)| *due > now);
-        if group && ping_sent.is_none() && last_heard.elapsed() >= GROUP_LIVENESS / 2 {
-            let _ = client.send(&Message::from(yellowstone_wire::messages::Ping {
-                payload: 0,
-            }));
-            ping_sent = Some(Instant::now());
-        }
-        let received = match ping_sent {
-            Some(at) if group && at.elapsed() >= GROUP_LIVENESS => {
-                Err(ClientError::Io(std::io::Error::new(
-                    std::io::ErrorKind::NotConnected,
-                    format!(
-                        "no answer to a Ping within {} ms (liveness bound)",
-                        GROUP_LIVENESS.as_millis()
-                    ),
-                )))
-            }
-            _ => as_dead_if_not_leader(client.recv(), group),
-        };
-        // Anything heard (or a connection about to be replaced) restarts the clock.
-        if !matches!(&received, Err(e) if is_timeout(e)) {
-            last_heard = Instant::now();
-            ping_sent = None;
-        }
+        let received = liveness.recv(&mut client);
         let message = match received {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
@@ -1073,8 +1102,10 @@ fn run_operator_subscriber(
         total_wei: 0,
         connection_lost: None,
     };
+    // R-HA-3 (issue 25): batches come 12 s apart: pings tell a frozen leader.
+    let mut liveness = PingLiveness::new(group);
     while !stop.load(Ordering::Relaxed) {
-        let message = match as_dead_if_not_leader(operator.recv(), group) {
+        let message = match liveness.recv(&mut operator) {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
