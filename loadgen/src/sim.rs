@@ -277,6 +277,21 @@ pub fn connect_client(
     Ok(client)
 }
 
+/// R-HA-3 (issue 25): the group's endpoints with the member behind `dead` (the peer of
+/// a connection found dead: frozen, deposed) moved last, the next member first, so a
+/// reconnect does not spend its first attempt on it. Unchanged when `dead` is not
+/// one of them (or unknown).
+fn others_first(endpoints: &[SocketAddr], dead: Option<SocketAddr>) -> Vec<SocketAddr> {
+    match dead.and_then(|dead| endpoints.iter().position(|e| *e == dead)) {
+        Some(index) => endpoints[index + 1..]
+            .iter()
+            .chain(&endpoints[..=index])
+            .copied()
+            .collect(),
+        None => endpoints.to_vec(),
+    }
+}
+
 fn connect(endpoints: &[SocketAddr], key: SigningKey) -> Result<Client, String> {
     connect_client_following(endpoints, key, CONNECT_TIMEOUT).map_err(|e| {
         let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
@@ -324,7 +339,7 @@ fn as_dead_if_not_leader(
 
 /// R-HA-3 (issue 25): a listening client's liveness in a group (a provider, a batch
 /// subscriber: they may hear nothing for a long time from a healthy leader). After
-/// `GROUP_LIVENESS / 2` of silence it sends a Ping; a Ping unanswered (nothing heard
+/// `GROUP_LIVENESS / 8` (250 ms) of silence it sends a Ping; a Ping unanswered (nothing heard
 /// at all) for `GROUP_LIVENESS` makes the connection dead (the caller reconnects).
 /// Off (plain `recv`) with one router.
 struct PingLiveness {
@@ -348,7 +363,8 @@ impl PingLiveness {
         if !self.group {
             return client.recv();
         }
-        if self.ping_sent.is_none() && self.last_heard.elapsed() >= GROUP_LIVENESS / 2 {
+        // Pinged early (a Pong costs the router little), judged at the full bound.
+        if self.ping_sent.is_none() && self.last_heard.elapsed() >= GROUP_LIVENESS / 8 {
             let _ = client.send(&Message::from(yellowstone_wire::messages::Ping {
                 payload: 0,
             }));
@@ -723,7 +739,8 @@ fn run_user(
             Err(e) if group && reconnects < RECONNECTS_MAX => {
                 // R-HA-3: the leader died or lost office: follow the new one and resend.
                 reconnects += 1;
-                match reconnect_user(&endpoints, &plan.key, &writer, &unanswered) {
+                let order = others_first(&endpoints, client.stream().peer_addr().ok());
+                match reconnect_user(&order, &plan.key, &writer, &unanswered) {
                     Ok(new) => {
                         client = new;
                         continue;
@@ -952,7 +969,8 @@ fn run_provider(
                 reconnects += 1;
                 // The unanswered session starts first, byte-identical (their nonces are
                 // below the new registration's), then the registration.
-                let again = connect(&endpoints, key.clone()).and_then(|mut c| {
+                let order = others_first(&endpoints, client.stream().peer_addr().ok());
+                let again = connect(&order, key.clone()).and_then(|mut c| {
                     for frame in starts_unanswered.values() {
                         c.send_raw(frame).map_err(|e| e.to_string())?;
                     }
@@ -1113,7 +1131,8 @@ fn run_operator_subscriber(
                 // batch at once (R-HA-2): one sealed while this was away is no gap.
                 reconnects += 1;
                 let key = operator.key().clone();
-                match connect(&endpoints, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
+                let order = others_first(&endpoints, operator.stream().peer_addr().ok());
+                match connect(&order, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
                     Ok(new) => {
                         operator = new;
                         continue;
