@@ -189,7 +189,11 @@ impl Session {
             self.client.send_raw(&frame)?;
             let mut resends = 0u32;
             let answer = loop {
-                let waited = self.wait(|m| match m {
+                // R-HA-3 (issue 25): in a group, an answer later than the liveness
+                // bound means a frozen leader: reconnect and resend.
+                let liveness = (self.endpoints.len() > 1)
+                    .then_some(yellowstone_wire::connect_retry::GROUP_LIVENESS);
+                let waited = self.wait(liveness, |m| match m {
                     Message::ErrorReply(e)
                         if e.ref_nonce == nonce
                             || (e.ref_nonce == 0 && e.ref_msg_type == msg_type) =>
@@ -233,15 +237,31 @@ impl Session {
         &mut self,
         pick: impl FnMut(&Message) -> Option<T>,
     ) -> Result<T, CtlError> {
-        self.wait(pick).map_err(|waited| match waited {
+        self.wait(None, pick).map_err(|waited| match waited {
             Waited::Lost(why) => CtlError::Connection(why),
             Waited::Failed(error) => error,
         })
     }
 
-    fn wait<T>(&mut self, mut pick: impl FnMut(&Message) -> Option<T>) -> Result<T, Waited> {
-        let deadline = Instant::now() + self.timeout;
+    /// Reads until `pick` accepts a message, within the session's timeout; with a
+    /// `liveness` bound below it, silence that long is a lost connection (a frozen
+    /// group member, R-HA-3).
+    fn wait<T>(
+        &mut self,
+        liveness: Option<Duration>,
+        mut pick: impl FnMut(&Message) -> Option<T>,
+    ) -> Result<T, Waited> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
         loop {
+            if let Some(bound) = liveness.filter(|bound| *bound < self.timeout) {
+                if started.elapsed() >= bound {
+                    return Err(Waited::Lost(format!(
+                        "no answer within {} ms (group liveness bound)",
+                        bound.as_millis()
+                    )));
+                }
+            }
             if Instant::now() >= deadline {
                 return Err(Waited::Failed(CtlError::Connection(format!(
                     "no answer from the router within {} ms",
@@ -283,7 +303,13 @@ fn connect_client(
     let policy = yellowstone_wire::connect_retry::ConnectRetry::within(timeout);
     let client = Client::connect_following(endpoints, key, &policy)
         .map_err(|e| CtlError::Connection(e.to_string()))?;
-    client.set_read_timeout(Some(timeout))?;
+    // A group's session polls, so its liveness bound is checked while waiting.
+    let poll = if endpoints.len() > 1 {
+        timeout.min(Duration::from_millis(250))
+    } else {
+        timeout
+    };
+    client.set_read_timeout(Some(poll))?;
     Ok(client)
 }
 

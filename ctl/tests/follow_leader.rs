@@ -113,3 +113,44 @@ fn r_ha_3_batches_follow_survives_a_lost_connection() {
         "{stderr}"
     );
 }
+
+/// Issue 25 (R-HA-3): a frozen member (SIGSTOPped: its kernel accepts the TCP
+/// connection, nobody greets) listed first. Before the fix its attempt took the whole
+/// `--timeout-ms 1000` and ctl failed with "os error 11" (rc 3) without trying the
+/// live member; now it gives the frozen one its share, names it "no greeting within
+/// N ms" if needed, and answers from the live one.
+#[test]
+fn issue_25_ctl_skips_a_frozen_member_listed_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = operator_key();
+    let router = RouterProcess::start(&["--operator", &operator.address().to_string()]);
+    // Listening, never accepting: the kernel completes the handshake, no greeting.
+    let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_yellowstone-ctl"))
+        .args([
+            "--router",
+            &format!("{},{}", frozen.local_addr().unwrap(), router.ready.listen),
+            "--timeout-ms",
+            "1000",
+        ])
+        .arg("--key-file")
+        .arg(key_file(dir.path(), &operator))
+        .args(["market", "show"])
+        .env_remove("YELLOWSTONE_KEY_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ctl failed ({:?}): {stderr}",
+        out.status.code()
+    );
+    assert!(!out.stdout.is_empty(), "{out:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(frozen);
+}

@@ -142,6 +142,10 @@ pub fn start_at<D: sequencer::Durability + 'static>(
     shared
         .reply_cache_entries
         .set(i64::try_from(shared.reply_cache.len()).unwrap_or(i64::MAX));
+    // R-HA-3 (issue 25): commands cut off by a loss of office are answered not_leader.
+    if let Door::Office(office) = &door {
+        shared.office = Some(office.clone());
+    }
     let shared = Arc::new(shared);
 
     // 3. The gateway threads: network loops, each with its own RouterHandler (its own

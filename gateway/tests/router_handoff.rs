@@ -102,3 +102,61 @@ fn a_full_queue_refuses_with_overloaded_and_a_stopped_engine_with_shutting_down(
     );
     gateways.shutdown().unwrap();
 }
+
+/// Issue 25 (R-HA-3): a replicated member whose pipeline was abandoned for loss of
+/// office (its engine gone, no stop under way) answers a command in flight
+/// `not_leader` with that command's nonce, so the client resends it to the leader;
+/// before, `shutting_down` (the client counted it refused). A real stop still answers
+/// `shutting_down`.
+#[test]
+fn a_deposed_members_command_in_flight_is_answered_not_leader_and_a_stop_shutting_down() {
+    let registry = Registry::new();
+    let (inbound, engine) = crossbeam_channel::bounded(3);
+    let mut member = Arc::try_unwrap(shared(&registry, inbound))
+        .ok()
+        .expect("the only reference");
+    member.office = Some(yellowstone_gateway::router::office::Office::new(
+        Registry::new(),
+        Arc::new(yellowstone_gateway::router::market::MarketBoard::new(
+            Default::default(),
+        )),
+    ));
+    member
+        .balances
+        .insert(SigningKey::from_seed(b"user").address(), 1);
+    let shared = Arc::new(member);
+    let network = NetworkConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        ..NetworkConfig::default()
+    };
+    let handler_shared = shared.clone();
+    let gateways = start_gateways(&network, &ThreadsConfig::default(), &registry, move |c| {
+        RouterHandler::new(handler_shared.clone(), c)
+    })
+    .unwrap();
+    let mut client =
+        Client::connect(gateways.local_addr(), SigningKey::from_seed(b"user")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Loss of office: the engine thread is gone, no stop began.
+    drop(engine);
+    let nonce = cancel(&mut client, 1);
+    let reply = refusal(&mut client);
+    assert_eq!(
+        (reply.code, reply.ref_nonce),
+        (codes::NOT_LEADER, nonce),
+        "{reply:?}"
+    );
+    // No leader known to this member yet: the client tries the others.
+    assert_eq!(reply.reason, yellowstone_wire::leader::NO_LEADER_REASON);
+    // A real stop: shutting_down.
+    shared
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Release);
+    let nonce = cancel(&mut client, 2);
+    let reply = refusal(&mut client);
+    assert_eq!((reply.code, reply.ref_nonce), (codes::SHUTTING_DOWN, nonce));
+    drop(client);
+    gateways.shutdown().unwrap();
+}

@@ -277,6 +277,21 @@ pub fn connect_client(
     Ok(client)
 }
 
+/// R-HA-3 (issue 25): the group's endpoints with the member behind `dead` (the peer of
+/// a connection found dead: frozen, deposed) moved last, the next member first, so a
+/// reconnect does not spend its first attempt on it. Unchanged when `dead` is not
+/// one of them (or unknown).
+fn others_first(endpoints: &[SocketAddr], dead: Option<SocketAddr>) -> Vec<SocketAddr> {
+    match dead.and_then(|dead| endpoints.iter().position(|e| *e == dead)) {
+        Some(index) => endpoints[index + 1..]
+            .iter()
+            .chain(&endpoints[..=index])
+            .copied()
+            .collect(),
+        None => endpoints.to_vec(),
+    }
+}
+
 fn connect(endpoints: &[SocketAddr], key: SigningKey) -> Result<Client, String> {
     connect_client_following(endpoints, key, CONNECT_TIMEOUT).map_err(|e| {
         let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
@@ -305,6 +320,96 @@ pub fn connect_client_following(
 /// of a group costs one; a failover in 100 leader kills costs 100).
 const RECONNECTS_MAX: u32 = 1_000;
 
+/// R-HA-3 (issue 25): the liveness bound of a group's connection (see the wire docs).
+use yellowstone_wire::connect_retry::GROUP_LIVENESS;
+
+/// In a group, `not_leader` on an open connection as the error of a dead one (the
+/// caller reconnects and resends, R-HA-3); otherwise `received` as it is.
+fn as_dead_if_not_leader(
+    received: Result<Message, ClientError>,
+    group: bool,
+) -> Result<Message, ClientError> {
+    match received {
+        Ok(message) if group && is_not_leader(&message) => Err(ClientError::Io(
+            std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{message:?}")),
+        )),
+        other => other,
+    }
+}
+
+/// R-HA-3 (issue 25): a listening client's liveness in a group (a provider, a batch
+/// subscriber: they may hear nothing for a long time from a healthy leader). After
+/// `GROUP_LIVENESS / 8` (250 ms) of silence it sends a Ping; a Ping unanswered (nothing heard
+/// at all) for `GROUP_LIVENESS` makes the connection dead (the caller reconnects).
+/// Off (plain `recv`) with one router.
+struct PingLiveness {
+    group: bool,
+    last_heard: Instant,
+    ping_sent: Option<Instant>,
+}
+
+impl PingLiveness {
+    fn new(group: bool) -> PingLiveness {
+        PingLiveness {
+            group,
+            last_heard: Instant::now(),
+            ping_sent: None,
+        }
+    }
+
+    /// `client.recv()` (with `not_leader` as a dead connection in a group), or the
+    /// liveness bound's error.
+    fn recv(&mut self, client: &mut Client) -> Result<Message, ClientError> {
+        if !self.group {
+            return client.recv();
+        }
+        // Pinged early (a Pong costs the router little), judged at the full bound.
+        if self.ping_sent.is_none() && self.last_heard.elapsed() >= GROUP_LIVENESS / 8 {
+            let _ = client.send(&Message::from(yellowstone_wire::messages::Ping {
+                payload: 0,
+            }));
+            self.ping_sent = Some(Instant::now());
+        }
+        let received = match self.ping_sent {
+            Some(at) if at.elapsed() >= GROUP_LIVENESS => {
+                Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    format!(
+                        "no answer to a Ping within {} ms (liveness bound)",
+                        GROUP_LIVENESS.as_millis()
+                    ),
+                )))
+            }
+            _ => as_dead_if_not_leader(client.recv(), true),
+        };
+        // Anything heard (or a connection about to be replaced) restarts the clock.
+        if !matches!(&received, Err(e) if is_timeout(e)) {
+            self.last_heard = Instant::now();
+            self.ping_sent = None;
+        }
+        received
+    }
+}
+
+/// The unanswered frames, by nonce: when each was last written, and its bytes.
+type Unanswered = BTreeMap<u64, (Instant, Vec<u8>)>;
+
+/// How long the oldest unanswered frame has waited (zero when none).
+fn oldest_waiting(unanswered: &Mutex<Unanswered>) -> Duration {
+    unanswered
+        .lock()
+        .ok()
+        .and_then(|map| map.values().map(|(at, _)| *at).min())
+        .map_or(Duration::ZERO, |at| at.elapsed())
+}
+
+/// A message that tells a group's client to go elsewhere (R-HA-3): `not_leader` on
+/// an open connection, whether it answers a message of ours or none. Its messages are
+/// resent to the leader, never counted as refused.
+fn is_not_leader(message: &Message) -> bool {
+    matches!(message, Message::ErrorReply(e) if e.code == yellowstone_wire::codes::NOT_LEADER)
+}
+
 /// The nonce of the user's own message that `message` answers for good (an
 /// `RfcAccepted` is not final: its RFC waits for a ticket or a failure).
 fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
@@ -312,7 +417,7 @@ fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
         Message::SessionTicket(t) if t.user == own => Some(t.rfc_nonce),
         Message::RfcFailed(m) => Some(m.nonce),
         Message::ReportAck(m) => Some(m.nonce),
-        Message::ErrorReply(m) if m.ref_nonce != 0 => Some(m.ref_nonce),
+        Message::ErrorReply(m) if m.ref_nonce != 0 && !is_not_leader(message) => Some(m.ref_nonce),
         _ => None,
     }
 }
@@ -521,7 +626,7 @@ fn run_user(
     // R-HA-3 (a group only): frames written without a final answer, by nonce, resent
     // byte-identical after a reconnect. Written under the writer's lock, before the
     // write, so a reconnect (which resends under the same lock) never misses one.
-    let unanswered: Arc<Mutex<BTreeMap<u64, Vec<u8>>>> = Arc::default();
+    let unanswered: Arc<Mutex<Unanswered>> = Arc::default();
     // The sender: writes each pre-signed RFC when it is due.
     let sender = {
         let (writer, due_of, counters, due, unanswered) = (
@@ -545,7 +650,7 @@ fn run_user(
                 debug_assert!(nonce > guard.1);
                 if group {
                     if let Ok(mut unanswered) = unanswered.lock() {
-                        unanswered.insert(nonce, frame.clone());
+                        unanswered.insert(nonce, (Instant::now(), frame.clone()));
                     }
                 }
                 // In a group a failed write waits for the reconnect's resend.
@@ -600,7 +705,7 @@ fn run_user(
             reports_sent.insert(nonce, (Instant::now(), provider, tokens as u128 * price));
             if group {
                 if let Ok(mut unanswered) = unanswered.lock() {
-                    unanswered.insert(nonce, frame.clone());
+                    unanswered.insert(nonce, (Instant::now(), frame.clone()));
                 }
             }
             if let Err(e) = guard.0.write_all(&frame) {
@@ -622,13 +727,34 @@ fn run_user(
         if stop_reading.load(Ordering::Relaxed) {
             break;
         }
-        let message = match client.recv() {
+        // R-HA-3 (issue 25): a stalled connection (frozen leader) or a not_leader on
+        // it is dead for a group's client, like a closed one.
+        let waited = oldest_waiting(&unanswered);
+        let received = if group && waited > GROUP_LIVENESS {
+            Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!(
+                    "no answer within {} ms (liveness bound {} ms)",
+                    waited.as_millis(),
+                    GROUP_LIVENESS.as_millis()
+                ),
+            )))
+        } else {
+            match client.recv() {
+                Ok(message) if group && is_not_leader(&message) => Err(ClientError::Io(
+                    std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{message:?}")),
+                )),
+                other => other,
+            }
+        };
+        let message = match received {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
                 // R-HA-3: the leader died or lost office: follow the new one and resend.
                 reconnects += 1;
-                match reconnect_user(&endpoints, &plan.key, &writer, &unanswered) {
+                let order = others_first(&endpoints, client.stream().peer_addr().ok());
+                match reconnect_user(&order, &plan.key, &writer, &unanswered) {
                     Ok(new) => {
                         client = new;
                         continue;
@@ -760,7 +886,7 @@ fn reconnect_user(
     endpoints: &[SocketAddr],
     key: &SigningKey,
     writer: &Mutex<(TcpStream, u64)>,
-    unanswered: &Mutex<BTreeMap<u64, Vec<u8>>>,
+    unanswered: &Mutex<Unanswered>,
 ) -> Result<Client, String> {
     let client = connect(endpoints, key.clone())?;
     client
@@ -771,11 +897,15 @@ fn reconnect_user(
         .lock()
         .map_err(|_| "writer lock poisoned".to_string())?;
     guard.0 = stream;
+    // Resent now: each frame's wait (the liveness bound's clock) starts again.
     let frames: Vec<Vec<u8>> = unanswered
         .lock()
         .map_err(|_| "unanswered lock poisoned".to_string())?
-        .values()
-        .cloned()
+        .values_mut()
+        .map(|(at, frame)| {
+            *at = Instant::now();
+            frame.clone()
+        })
         .collect();
     for frame in &frames {
         guard.0.write_all(frame).map_err(|e| e.to_string())?;
@@ -821,6 +951,9 @@ fn run_provider(
     let mut answered: std::collections::VecDeque<Instant> = Default::default();
     let mut late: Vec<(Instant, u64)> = Vec::new();
     let mut reconnect_at = Instant::now() + Duration::from_millis(1_500 + (price % 1_000) as u64);
+    // R-HA-3 (issue 25): a provider mostly listens: in a group it pings to tell a
+    // frozen leader from a quiet one.
+    let mut liveness = PingLiveness::new(group);
     while !stop.load(Ordering::Relaxed) {
         if churn && Instant::now() >= reconnect_at {
             // Churn: drop the connection (the router marks us unreachable), come back.
@@ -840,7 +973,8 @@ fn run_provider(
             let _ = client.send_raw(&frames::probe_answer(&key, network_id, nonce, *probe_id));
         }
         late.retain(|(due, _)| *due > now);
-        let message = match client.recv() {
+        let received = liveness.recv(&mut client);
+        let message = match received {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
@@ -849,7 +983,8 @@ fn run_provider(
                 reconnects += 1;
                 // The unanswered session starts first, byte-identical (their nonces are
                 // below the new registration's), then the registration.
-                let again = connect(&endpoints, key.clone()).and_then(|mut c| {
+                let order = others_first(&endpoints, client.stream().peer_addr().ok());
+                let again = connect(&order, key.clone()).and_then(|mut c| {
                     for frame in starts_unanswered.values() {
                         c.send_raw(frame).map_err(|e| e.to_string())?;
                     }
@@ -1024,8 +1159,10 @@ fn run_operator_subscriber(
         total_wei: 0,
         connection_lost: None,
     };
+    // R-HA-3 (issue 25): batches come 12 s apart: pings tell a frozen leader.
+    let mut liveness = PingLiveness::new(group);
     while !stop.load(Ordering::Relaxed) {
-        let message = match operator.recv() {
+        let message = match liveness.recv(&mut operator) {
             Ok(message) => message,
             Err(e) if is_timeout(&e) => continue,
             Err(e) if group && reconnects < RECONNECTS_MAX => {
@@ -1033,7 +1170,8 @@ fn run_operator_subscriber(
                 // batch at once (R-HA-2): one sealed while this was away is no gap.
                 reconnects += 1;
                 let key = operator.key().clone();
-                match connect(&endpoints, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
+                let order = others_first(&endpoints, operator.stream().peer_addr().ok());
+                match connect(&order, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
                     Ok(new) => {
                         operator = new;
                         continue;

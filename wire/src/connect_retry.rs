@@ -77,6 +77,25 @@ impl ConnectRetry {
     }
 }
 
+/// With more than one member configured, one attempt (TCP connect, greeting, login)
+/// waits at most this long (and at most its share of the deadline, `deadline / members`,
+/// but not under [`ATTEMPT_SHARE_MIN`]): a frozen member (SIGSTOPped: its kernel
+/// accepts the TCP connection, nobody sends the greeting) is then treated like a
+/// refused one and the next member is tried (R-HA-3, issue 25). Above any loopback or
+/// LAN greeting delay of a live router; one endpoint keeps `attempt_timeout`.
+pub const MEMBER_ATTEMPT_MAX: Duration = Duration::from_secs(1);
+
+/// R-HA-3 (issue 25): a client of a group (more than one endpoint) treats a connection
+/// whose oldest unanswered signed message has waited this long as dead (a frozen
+/// leader keeps its TCP connections open and answers nothing): it reconnects through
+/// [`connect_following`] and resends byte-identical. Above the election timeout's
+/// maximum (1 s by default, docs/replication.md) plus a margin; with one endpoint a
+/// client never does this (the router is the only one).
+pub const GROUP_LIVENESS: Duration = Duration::from_secs(2);
+
+/// The least a member's attempt is given when the deadline is shared among members.
+pub const ATTEMPT_SHARE_MIN: Duration = Duration::from_millis(100);
+
 /// Redirects by `not_leader` followed in a row before the client falls back to trying
 /// the members in turn (a group of 5 needs at most one when its members agree).
 pub const LEADER_HOPS_MAX: u32 = 4;
@@ -230,10 +249,16 @@ pub fn connect_following(
         attempts += 1;
         let left = deadline.saturating_duration_since(Instant::now());
         // A zero time-out is refused by the socket calls: the last attempt gets 1 ms.
-        let timeout = policy
-            .attempt_timeout
-            .min(left)
-            .max(Duration::from_millis(1));
+        let per_attempt = if endpoints.len() > 1 {
+            let share = policy.deadline / endpoints.len() as u32;
+            policy
+                .attempt_timeout
+                .min(MEMBER_ATTEMPT_MAX)
+                .min(share.max(ATTEMPT_SHARE_MIN))
+        } else {
+            policy.attempt_timeout
+        };
+        let timeout = per_attempt.min(left).max(Duration::from_millis(1));
         let (last, wait_at_least) = match attempt(target, key.clone(), timeout) {
             Ok(client) => return Ok(client),
             Err(AttemptError::Final(error)) => {
@@ -333,7 +358,11 @@ fn attempt(addr: SocketAddr, key: SigningKey, timeout: Duration) -> Result<Clien
     stream.set_read_timeout(Some(timeout)).map_err(retry)?;
     stream.set_write_timeout(Some(timeout)).map_err(retry)?;
     let mut client = Client::from_stream(stream, key);
-    let greeting = client.recv().map_err(AttemptError::Retry)?;
+    // A silent member (frozen, or its accept backlog unserved) is a failed attempt
+    // like a refused one, said plainly rather than as `os error 11`.
+    let greeting = client
+        .recv()
+        .map_err(|e| AttemptError::Retry(silent(e, "no greeting", timeout)))?;
     match &greeting {
         Message::LoginChallenge(_) => {}
         Message::ErrorReply(reply) if reply.code == codes::NOT_LEADER => {
@@ -353,7 +382,11 @@ fn attempt(addr: SocketAddr, key: SigningKey, timeout: Duration) -> Result<Clien
         // Evicted or cut between the greeting and the answer: the router was short of
         // room (or lost office), not unwilling.
         Err(error @ (ClientError::Io(_) | ClientError::Closed | ClientError::Frame(_))) => {
-            return Err(AttemptError::Retry(error))
+            return Err(AttemptError::Retry(silent(
+                error,
+                "no login answer",
+                timeout,
+            )))
         }
         Err(error) => return Err(AttemptError::Final(error)),
     };
@@ -376,6 +409,24 @@ fn attempt(addr: SocketAddr, key: SigningKey, timeout: Duration) -> Result<Clien
     };
     clear(&client).map_err(AttemptError::Retry)?;
     Ok(client)
+}
+
+/// A read time-out (`WouldBlock`/`TimedOut`) as "`what` within N ms"; other errors as they are.
+fn silent(error: ClientError, what: &str, timeout: Duration) -> ClientError {
+    match error {
+        ClientError::Io(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{what} within {} ms", timeout.as_millis()),
+            ))
+        }
+        other => other,
+    }
 }
 
 /// A small deterministic-per-client generator for the backoff's jitter (splitmix64
@@ -434,6 +485,36 @@ mod tests {
             assert!(jitter.below(Duration::from_millis(25)) < Duration::from_millis(25));
         }
         assert_eq!(jitter.below(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_silent_member_is_left_for_the_next_within_its_share() {
+        // Two members whose kernels accept (listen backlog) but never greet: a frozen
+        // leader (issue 25). Before the fix the first took the whole deadline.
+        let silent_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoints = [
+            silent_a.local_addr().unwrap(),
+            silent_b.local_addr().unwrap(),
+        ];
+        let policy = ConnectRetry::within(Duration::from_millis(1_000));
+        let started = Instant::now();
+        let error = connect_following(&endpoints, SigningKey::from_seed(b"x"), &policy)
+            .err()
+            .expect("nobody greets");
+        assert!(started.elapsed() < Duration::from_millis(1_500), "{error}");
+        match &error {
+            ConnectError::GaveUp { tried, .. } => {
+                assert_eq!(tried.len(), 2, "both members tried: {error}");
+                assert!(
+                    tried
+                        .iter()
+                        .all(|(_, why)| why.contains("no greeting within")),
+                    "{error}"
+                );
+            }
+            other => panic!("{other}"),
+        }
     }
 
     #[test]

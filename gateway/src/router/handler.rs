@@ -470,8 +470,14 @@ impl RouterHandler {
                     self.shared.commands_total.inc();
                     continue;
                 }
-                Err(true) => (codes::OVERLOADED, OVERLOADED_REASON),
-                Err(false) => (codes::SHUTTING_DOWN, "router shutting down"),
+                Err(true) => (codes::OVERLOADED, OVERLOADED_REASON.into()),
+                // R-HA-3 (issue 25): a member whose pipeline was abandoned for loss
+                // of office says so, naming the leader if known: the client resends
+                // there. Only a real stop answers shutting_down.
+                Err(false) => match self.deposed_reason() {
+                    Some(reason) => (codes::NOT_LEADER, std::borrow::Cow::Owned(reason)),
+                    None => (codes::SHUTTING_DOWN, "router shutting down".into()),
+                },
             };
             let mut frame = Vec::new();
             self.error_reply(code, msg_type, nonce, reason.into())
@@ -482,6 +488,20 @@ impl RouterHandler {
             }
         }
         self.accepted = accepted;
+    }
+
+    /// The `not_leader` reason when this pipeline's engine is gone for a loss of
+    /// office (a replicated member not stopping), else `None` (a real stop).
+    fn deposed_reason(&self) -> Option<String> {
+        let office = self.shared.office.as_ref()?;
+        if self
+            .shared
+            .stopping
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return None;
+        }
+        Some(office.not_leader_reason())
     }
 
     /// The `ErrorReply` refusing a message (counted by its code).

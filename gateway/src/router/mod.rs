@@ -96,6 +96,11 @@ impl RouterHandle {
     }
 
     fn stop(&mut self) -> Result<Engine, String> {
+        // Before the engine thread can stop: what it no longer takes is answered
+        // shutting_down, not not_leader (R-HA-3).
+        self.shared
+            .stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let _ = self.shared.inbound.send(SequencerInput::Shutdown);
         let engine = match self.sequencer.take() {
             Some(thread) => thread

@@ -135,6 +135,13 @@ impl Office {
         }
     }
 
+    /// The `not_leader` reason naming the leader this member knows (R-HA-3): for a
+    /// message in flight when the office closed (`wire::leader::not_leader_reason`).
+    pub(crate) fn not_leader_reason(&self) -> String {
+        let hint = **self.leader.load();
+        yellowstone_wire::leader::not_leader_reason(hint.leader_id, hint.endpoint)
+    }
+
     /// The `not_leader` frame (R-HA-3, docs/PROTOCOL.md): an answer to no message.
     fn not_leader_frame(&self) -> Vec<u8> {
         let hint = **self.leader.load();

@@ -67,6 +67,14 @@ pub struct RouterShared {
     pub reply_cache_hits_total: Arc<Counter>,
     /// `yellowstone_reply_cache_entries`: answers held (set by the sink).
     pub reply_cache_entries: Arc<crate::metrics::Gauge>,
+    /// R-HA-3 (issue 25): a replicated member's office, set by the pipeline. A command
+    /// the engine thread can no longer take while this is set and `stopping` is not
+    /// was cut off by a loss of office: it is answered `not_leader` (resend it to the
+    /// leader), not `shutting_down`.
+    pub office: Option<Arc<super::office::Office>>,
+    /// A real stop (SIGTERM, `RouterHandle::shutdown`) began: `shutting_down` is the
+    /// answer to what the engine can no longer take.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 /// What `RouterShared::new` needs beyond the registry (the rest starts empty).
@@ -133,6 +141,8 @@ impl RouterShared {
                 "Answers held in the reply cache (network.reply_cache_entries_max at most).",
                 &[],
             ),
+            office: None,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
