@@ -452,7 +452,8 @@ mod tests {
         for (given, reason) in [
             ("127.0.0.1:7412", "no '='"),
             ("x=127.0.0.1:7412", "ID is not a number"),
-            ("0=127.0.0.1:7412", "at least 1"),
+            ("0=127.0.0.1:7412", "out of 1..="),
+            ("9223372036854775808=127.0.0.1:7412", "out of 1..="),
             ("2=localhost:7412", "RAFT_ADDR"),
         ] {
             let error = parse_member(given).unwrap_err().to_string();

@@ -55,7 +55,12 @@ impl RunSummary {
     /// `consistency.failures`) when RFCs were sent and no session completed, or when
     /// any of [`CLIENT_FAULT_CODES`] was received: a run refused wholesale must not
     /// say OK and exit 0 (issue 27).
-    pub fn judge_refusals(&mut self) {
+    ///
+    /// `group`: the target is a replicated group (more than one endpoint). There a
+    /// resend after a lost connection may meet `replay` without any client fault (its
+    /// answer left the bounded reply cache, R-HA-3): counted in the report, judged by
+    /// the credit check (missing/unexpected), not failed by its code.
+    pub fn judge_refusals(&mut self, group: bool) {
         if self.rfcs_sent > 0 && self.sessions_completed == 0 {
             self.consistency.failures.push(format!(
                 "{} RFCs sent and no session completed",
@@ -63,6 +68,9 @@ impl RunSummary {
             ));
         }
         for code in CLIENT_FAULT_CODES {
+            if group && code == "replay" {
+                continue;
+            }
             if let Some(n) = self.rejected.get(code).filter(|n| **n > 0) {
                 self.consistency.failures.push(format!(
                     "{n} refused `{code}`, which a correct client never gets"
@@ -243,7 +251,7 @@ mod tests {
             ..RunSummary::default()
         };
         summary.rejected.insert("replay".into(), 1000);
-        summary.judge_refusals();
+        summary.judge_refusals(false);
         assert!(!summary.consistency.ok);
         let text = summary.to_text();
         assert!(text.contains("self-check: FAILED"), "{text}");
@@ -263,7 +271,7 @@ mod tests {
             ..RunSummary::default()
         };
         fine.rejected.insert("quota_exceeded".into(), 1);
-        fine.judge_refusals();
+        fine.judge_refusals(false);
         assert!(fine.consistency.ok, "{}", fine.to_text());
     }
 

@@ -1577,7 +1577,7 @@ pub fn run_with(
         ..RunSummary::default()
     };
     summary.set_latencies(&outcome.latencies);
-    summary.judge_refusals();
+    summary.judge_refusals(target.endpoints.len() > 1);
     if let Ok(mut last) = LAST_LATENCIES.lock() {
         *last = Some(outcome.latencies.clone());
     }
