@@ -34,6 +34,34 @@ struct Group {
 }
 
 impl Group {
+    /// Starts members 1..=3 with a settlement epoch per block (every sealed block is a
+    /// settlement the relayer would send); returns their config files and processes.
+    fn start_epoch_per_block(&self) -> (Vec<PathBuf>, Vec<RouterProcess>) {
+        let configs: Vec<PathBuf> = (1..=3)
+            .map(|id| {
+                let path = self.config(id, false);
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(
+                    &path,
+                    text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
+                )
+                .unwrap();
+                path
+            })
+            .collect();
+        let members = (1..=3u64)
+            .map(|id| {
+                RouterProcess::start(&[
+                    "--config",
+                    configs[id as usize - 1].to_str().unwrap(),
+                    "--data-dir",
+                    self.data_dir(id).to_str().unwrap(),
+                ])
+            })
+            .collect();
+        (configs, members)
+    }
+
     fn new(members: usize) -> Group {
         let work = tempfile::tempdir().unwrap();
         // The first block boundary ~3 s after the start, then every 12 s.
@@ -505,28 +533,7 @@ fn assert_series_documented(metrics: SocketAddr) {
 fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
     let group = Group::new(3);
     // An epoch per block: every sealed block is a settlement the relayer would send.
-    let configs: Vec<PathBuf> = (1..=3)
-        .map(|id| {
-            let path = group.config(id, false);
-            let text = std::fs::read_to_string(&path).unwrap();
-            std::fs::write(
-                &path,
-                text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
-            )
-            .unwrap();
-            path
-        })
-        .collect();
-    let members: Vec<RouterProcess> = (1..=3u64)
-        .map(|id| {
-            RouterProcess::start(&[
-                "--config",
-                configs[id as usize - 1].to_str().unwrap(),
-                "--data-dir",
-                group.data_dir(id).to_str().unwrap(),
-            ])
-        })
-        .collect();
+    let (_configs, members) = group.start_epoch_per_block();
     let network_id = members[0].ready.network_id;
     let mut args = vec![
         "cluster".to_string(),
@@ -1092,28 +1099,7 @@ fn wait_mid_block(genesis_ms: u64) {
 fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
     let group = Group::new(3);
     // An epoch per block: every sealed block is a settlement the relayer would send.
-    let configs: Vec<PathBuf> = (1..=3)
-        .map(|id| {
-            let path = group.config(id, false);
-            let text = std::fs::read_to_string(&path).unwrap();
-            std::fs::write(
-                &path,
-                text.replace("[market]\n", "[market]\nsettlement_epoch_blocks = 1\n"),
-            )
-            .unwrap();
-            path
-        })
-        .collect();
-    let members: Vec<RouterProcess> = (1..=3u64)
-        .map(|id| {
-            RouterProcess::start(&[
-                "--config",
-                configs[id as usize - 1].to_str().unwrap(),
-                "--data-dir",
-                group.data_dir(id).to_str().unwrap(),
-            ])
-        })
-        .collect();
+    let (configs, members) = group.start_epoch_per_block();
     let network_id = members[0].ready.network_id;
     let router: Address = members[0].ready.router_address.parse().unwrap();
     let mut args = vec![
