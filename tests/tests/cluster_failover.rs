@@ -34,6 +34,25 @@ struct Group {
 }
 
 impl Group {
+    /// `cluster init` of members 1..=`voters` through member 1 (asserts exit 0).
+    fn init(&self, voters: usize) {
+        let mut args = vec![
+            "cluster".to_string(),
+            "init".into(),
+            "--raft".into(),
+            self.raft[0].to_string(),
+            "--key".into(),
+            self.key.to_str().unwrap().into(),
+        ];
+        for id in 1..=voters {
+            args.push("--member".into());
+            args.push(format!("{id}={}", self.raft[id - 1]));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, out, err) = cli(&args);
+        assert_eq!(code, 0, "cluster init: {out}{err}");
+    }
+
     /// Starts members 1..=3 with a settlement epoch per block (every sealed block is a
     /// settlement the relayer would send); returns their config files and processes.
     fn start_epoch_per_block(&self) -> (Vec<PathBuf>, Vec<RouterProcess>) {
@@ -535,21 +554,7 @@ fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
     // An epoch per block: every sealed block is a settlement the relayer would send.
     let (_configs, members) = group.start_epoch_per_block();
     let network_id = members[0].ready.network_id;
-    let mut args = vec![
-        "cluster".to_string(),
-        "init".into(),
-        "--raft".into(),
-        group.raft[0].to_string(),
-        "--key".into(),
-        group.key.to_str().unwrap().into(),
-    ];
-    for id in 1..=3 {
-        args.push("--member".into());
-        args.push(format!("{id}={}", group.raft[id - 1]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = cli(&args);
-    assert_eq!(code, 0, "cluster init: {out}{err}");
+    group.init(3);
     let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let old = leader_of(&all, Duration::from_secs(10));
     let leader = &members[old];
@@ -684,21 +689,7 @@ fn next_frame_of(client: &mut yellowstone_wire::client::Client, wanted: &[u16]) 
 fn r_ha_3_a_resend_after_failover_gets_the_original_answer_from_the_new_leader() {
     let group = Group::new(3);
     let mut members: Vec<Option<RouterProcess>> = (1..=3).map(|id| Some(group.start(id))).collect();
-    let mut args = vec![
-        "cluster".to_string(),
-        "init".into(),
-        "--raft".into(),
-        group.raft[0].to_string(),
-        "--key".into(),
-        group.key.to_str().unwrap().into(),
-    ];
-    for id in 1..=3 {
-        args.push("--member".into());
-        args.push(format!("{id}={}", group.raft[id - 1]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = cli(&args);
-    assert_eq!(code, 0, "cluster init: {out}{err}");
+    group.init(3);
     let all: Vec<(usize, &RouterProcess)> = members
         .iter()
         .enumerate()
@@ -799,21 +790,7 @@ fn r_ha_3_a_resend_after_failover_gets_the_original_answer_from_the_new_leader()
 fn r_ha_4_a_learner_whose_replay_differs_raises_the_alarm() {
     let group = Group::new(3);
     let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
-    let mut args = vec![
-        "cluster".to_string(),
-        "init".into(),
-        "--raft".into(),
-        group.raft[0].to_string(),
-        "--key".into(),
-        group.key.to_str().unwrap().into(),
-    ];
-    for id in 1..=3 {
-        args.push("--member".into());
-        args.push(format!("{id}={}", group.raft[id - 1]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = cli(&args);
-    assert_eq!(code, 0, "cluster init: {out}{err}");
+    group.init(3);
     let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let leader = leader_of(&all, Duration::from_secs(10));
 
@@ -871,21 +848,7 @@ fn r_ha_4_a_learner_whose_replay_differs_raises_the_alarm() {
 fn r_ha_1_a_leader_without_its_quorum_stops_serving() {
     let group = Group::new(3);
     let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
-    let mut args = vec![
-        "cluster".to_string(),
-        "init".into(),
-        "--raft".into(),
-        group.raft[0].to_string(),
-        "--key".into(),
-        group.key.to_str().unwrap().into(),
-    ];
-    for id in 1..=3 {
-        args.push("--member".into());
-        args.push(format!("{id}={}", group.raft[id - 1]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = cli(&args);
-    assert_eq!(code, 0, "cluster init: {out}{err}");
+    group.init(3);
     let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let leader_index = leader_of(&all, Duration::from_secs(10));
     let leader = &members[leader_index];
@@ -980,21 +943,7 @@ fn r_ha_1_a_leader_without_its_quorum_stops_serving() {
 fn a_voter_is_added_and_a_member_removed() {
     let group = Group::new(3);
     let members: Vec<RouterProcess> = (1..=3).map(|id| group.start(id)).collect();
-    let mut args = vec![
-        "cluster".to_string(),
-        "init".into(),
-        "--raft".into(),
-        group.raft[0].to_string(),
-        "--key".into(),
-        group.key.to_str().unwrap().into(),
-    ];
-    for id in 1..=3 {
-        args.push("--member".into());
-        args.push(format!("{id}={}", group.raft[id - 1]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = cli(&args);
-    assert_eq!(code, 0, "cluster init: {out}{err}");
+    group.init(3);
     let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let leader = leader_of(&all, Duration::from_secs(10));
     let fourth = group.start(4);
@@ -1102,21 +1051,7 @@ fn r_ha_1_the_ledger_reads_alike_on_every_members_data_directory() {
     let (configs, members) = group.start_epoch_per_block();
     let network_id = members[0].ready.network_id;
     let router: Address = members[0].ready.router_address.parse().unwrap();
-    let mut args = vec![
-        "cluster".to_string(),
-        "init".into(),
-        "--raft".into(),
-        group.raft[0].to_string(),
-        "--key".into(),
-        group.key.to_str().unwrap().into(),
-    ];
-    for id in 1..=3 {
-        args.push("--member".into());
-        args.push(format!("{id}={}", group.raft[id - 1]));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out, err) = cli(&args);
-    assert_eq!(code, 0, "cluster init: {out}{err}");
+    group.init(3);
     let alive: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let leader = leader_of(&alive, Duration::from_secs(10));
     let (ticket, mut user) = session_of(members[leader].ready.listen, network_id, &router, 1);
