@@ -587,6 +587,23 @@ fn r_ha_2_a_new_subscription_gets_the_newest_sealed_batch_after_its_ack() {
         (msg_type::CREDIT_BATCH, batch0.clone()),
         "the newest sealed batch follows the Ack, the bytes block 0's subscribers got"
     );
+    // Subscribing again on the same connection: the Ack only (no way to have a large
+    // batch sent over and over); the next frame is that Ack, not the batch again.
+    let nonce = subscribe(&mut second);
+    let (t, body) = next_frame(&mut second);
+    assert_eq!(
+        (t, decode(t, &body)),
+        (msg_type::ACK, Message::from(messages::Ack { nonce }))
+    );
+    second
+        .send(&Message::from(messages::Ping { payload: 0x5052 }))
+        .unwrap();
+    let (t, _) = next_frame(&mut second);
+    assert_eq!(
+        t,
+        msg_type::PONG,
+        "no batch between the second Ack and the Pong"
+    );
     // After a restart (SIGKILL: nothing but the journal survives) the same.
     router.kill_hard();
     let router = RouterProcess::start(&args);

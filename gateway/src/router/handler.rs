@@ -288,14 +288,22 @@ impl RouterHandler {
             CoreOutcome::Subscribe => {
                 // Subscribed first: a batch sealed from now on is broadcast to it; the
                 // newest already sealed follows the Ack (R-HA-2: none missed across a
-                // reconnect; a repeat is skipped by its block).
-                self.shared.subscribers.insert(id_of(admitted.conn), ());
+                // reconnect; a repeat is skipped by its block). Once per connection: a
+                // connection subscribing again gets only its Ack, so resubscribing is no
+                // way to have a large batch sent over and over.
+                let first = self
+                    .shared
+                    .subscribers
+                    .insert(id_of(admitted.conn), ())
+                    .is_none();
                 let mut frames = Vec::new();
                 Message::from(messages::Ack {
                     nonce: admitted.nonce,
                 })
                 .write_frame(yellowstone_wire::frame::FLAG_RESPONSE, &mut frames);
-                frames.extend_from_slice(&super::sink::newest_sealed_frames(&self.shared));
+                if first {
+                    frames.extend_from_slice(&super::sink::newest_sealed_frames(&self.shared));
+                }
                 return Ok(Outcome::Cached(frames));
             }
         };
