@@ -382,6 +382,23 @@ impl MemberCore {
         }
     }
 
+    /// The member's metrics once it knows a leader, or as they are after two
+    /// election timeouts. Right after `cluster init` a member may not have elected
+    /// itself yet, and its metrics then show no leader and no membership: a check of
+    /// the members made on them would let a request through that the leader refuses.
+    async fn metrics_with_a_leader(&self) -> openraft::RaftMetrics<MemberId, MemberNode> {
+        let wait = Duration::from_millis(2 * self.config.election_timeout_max_ms);
+        match self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+        {
+            Ok(m) => m,
+            Err(_) => self.raft.metrics().borrow().clone(),
+        }
+    }
+
     /// Answers an operator's request.
     pub async fn admin(&self, request: AdminRequest) -> AdminReply {
         match request {
@@ -401,12 +418,16 @@ impl MemberCore {
                 },
             },
             AdminRequest::AddLearner { id, node } => {
+                // Just after `cluster init` the leader may not be elected yet.
+                self.metrics_with_a_leader().await;
                 match self.raft.add_learner(id, node, true).await {
                     Ok(_) => AdminReply::Done,
                     Err(e) => self.not_leader(e, ""),
                 }
             }
             AdminRequest::AddVoter { id, node } => {
+                // Just after `cluster init` the leader may not be elected yet.
+                self.metrics_with_a_leader().await;
                 if let Err(e) = self.raft.add_learner(id, node, true).await {
                     return self.not_leader(e, "");
                 }
@@ -417,7 +438,7 @@ impl MemberCore {
                 }
             }
             AdminRequest::Remove { id } => {
-                let m = self.raft.metrics().borrow().clone();
+                let m = self.metrics_with_a_leader().await;
                 // Removing an id that is no member would be a no-op openraft accepts:
                 // refuse it naming the members (the leader's view; a follower sends
                 // the request on to the leader below).
