@@ -167,6 +167,41 @@ fn cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `yellowstone-router cluster VERB --raft RAFT --key <the group's key> EXTRA...`.
+fn cluster_cli(group: &Group, verb: &str, raft: &str, extra: &[&str]) -> (i32, String, String) {
+    let key = group.key.to_str().expect("a UTF-8 key path");
+    let mut args = vec!["cluster", verb, "--raft", raft, "--key", key];
+    args.extend_from_slice(extra);
+    cli(&args)
+}
+
+/// `cluster add --learner` of member `learner_id` (its Raft address `group.raft[3]`)
+/// through member `via`; exit 0 expected.
+fn add_learner(group: &Group, via: usize, learner_id: u64) {
+    let member = format!("{learner_id}={}", group.raft[3]);
+    let raft = group.raft[via].to_string();
+    let (code, out, err) = cluster_cli(group, "add", &raft, &["--member", &member, "--learner"]);
+    assert_eq!(code, 0, "cluster add --learner: {out}{err}");
+}
+
+/// Sends an RFC for model 1 of `tokens_max` tokens, valid 30 s; returns its nonce.
+fn send_rfc(user: &mut yellowstone_wire::client::Client, tokens_max: u64) -> u64 {
+    let nonce = user.next_nonce();
+    user.send_signed(
+        Rfc {
+            from: user.address(),
+            nonce,
+            model_id: 1,
+            tokens_max,
+            expires_at_ms: now_ms() + 30_000,
+            signature: Signature::default(),
+        }
+        .into(),
+    )
+    .expect("send an RFC");
+    nonce
+}
+
 fn gauge(metrics: SocketAddr, name: &str) -> Option<i64> {
     let text = try_metrics_text(metrics).ok()?;
     metric_text_value(&text, name)?.parse().ok()
@@ -232,19 +267,7 @@ fn session_of(
         ],
     );
     register(&mut provider, network_id, 1, 1_000_000, 4);
-    let rfc_nonce = user.next_nonce();
-    user.send_signed(
-        Rfc {
-            from: user.address(),
-            nonce: rfc_nonce,
-            model_id: 1,
-            tokens_max: 500,
-            expires_at_ms: now_ms() + 30_000,
-            signature: Signature::default(),
-        }
-        .into(),
-    )
-    .unwrap();
+    let rfc_nonce = send_rfc(&mut user, 500);
     answer_next_probe(&mut provider, Duration::from_secs(10));
     let ticket = expect(&mut user, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => {
@@ -263,32 +286,19 @@ fn session_of(
 
 /// `cluster status --json` of the member at `raft`.
 fn status(group: &Group, raft: SocketAddr) -> serde_json::Value {
-    let (code, out, err) = cli(&[
-        "cluster",
-        "status",
-        "--raft",
-        &raft.to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-        "--json",
-    ]);
+    let (code, out, err) = cluster_cli(group, "status", &raft.to_string(), &["--json"]);
     assert_eq!(code, 0, "cluster status: {out}{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON {e}: {out}"))
 }
 
 /// The (block, state hash) pairs of the member at `raft` (`cluster hashes --json`).
 fn hashes(group: &Group, raft: SocketAddr) -> Vec<(u64, String)> {
-    let (code, out, err) = cli(&[
-        "cluster",
+    let (code, out, err) = cluster_cli(
+        group,
         "hashes",
-        "--raft",
         &raft.to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-        "--max",
-        "4096",
-        "--json",
-    ]);
+        &["--max", "4096", "--json"],
+    );
     assert_eq!(code, 0, "cluster hashes: {out}{err}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("hashes JSON {e}: {out}"))
 }
@@ -413,18 +423,7 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
     let config = group.config(learner_id, true);
     let dir = group.data_dir(learner_id);
     let learner = start_learner(&config, &dir);
-    let (code, out, err) = cli(&[
-        "cluster",
-        "add",
-        "--raft",
-        &group.raft[second].to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-        "--member",
-        &format!("{learner_id}={}", group.raft[3]),
-        "--learner",
-    ]);
-    assert_eq!(code, 0, "cluster add --learner: {out}{err}");
+    add_learner(&group, second, learner_id);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let checked = gauge(
@@ -459,14 +458,7 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         "{status}"
     );
     // The leader's text status: every member with its matched index and lag.
-    let (code, text, err) = cli(&[
-        "cluster",
-        "status",
-        "--raft",
-        &group.raft[second].to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-    ]);
+    let (code, text, err) = cluster_cli(&group, "status", &group.raft[second].to_string(), &[]);
     assert_eq!(code, 0, "{err}");
     assert!(text.contains("(leader)"), "{text}");
     assert_eq!(
@@ -475,16 +467,12 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
         "{text}"
     );
     // Removing the learner (through a follower: the request follows the leader).
-    let (code, out, err) = cli(&[
-        "cluster",
+    let (code, out, err) = cluster_cli(
+        &group,
         "remove",
-        "--raft",
         &group.raft[first].to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-        "--id",
-        &learner_id.to_string(),
-    ]);
+        &["--id", &learner_id.to_string()],
+    );
     assert_eq!(code, 0, "cluster remove: {out}{err}");
     let after = self::status(&group, group.raft[second]);
     assert_eq!(
@@ -495,14 +483,7 @@ fn r_ha_three_members_fail_over_and_a_learner_checks() {
 
     // An unreachable member: a clear error and exit code 2.
     let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let (code, _, err) = cli(&[
-        "cluster",
-        "status",
-        "--raft",
-        &nobody.to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-    ]);
+    let (code, _, err) = cluster_cli(&group, "status", &nobody.to_string(), &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains(&nobody.to_string()), "{err}");
 
@@ -572,19 +553,7 @@ fn r_ha_1_a_deposed_leader_acknowledges_nothing_and_sends_its_clients_on() {
     let others: Vec<(usize, &RouterProcess)> =
         all.iter().copied().filter(|(i, _)| *i != old).collect();
     let new = leader_of(&others, Duration::from_secs(5));
-    let rfc_nonce = user.next_nonce();
-    user.send_signed(
-        Rfc {
-            from: user.address(),
-            nonce: rfc_nonce,
-            model_id: 1,
-            tokens_max: 500,
-            expires_at_ms: now_ms() + 30_000,
-            signature: Signature::default(),
-        }
-        .into(),
-    )
-    .unwrap();
+    let rfc_nonce = send_rfc(&mut user, 500);
     // SAFETY: as above.
     unsafe { libc::kill(leader.pid() as libc::pid_t, libc::SIGCONT) };
 
@@ -806,18 +775,7 @@ fn r_ha_4_a_learner_whose_replay_differs_raises_the_alarm() {
     assert_ne!(text, shifted);
     std::fs::write(&config, shifted).unwrap();
     let learner = start_learner(&config, &group.data_dir(learner_id));
-    let (code, out, err) = cli(&[
-        "cluster",
-        "add",
-        "--raft",
-        &group.raft[leader].to_string(),
-        "--key",
-        group.key.to_str().unwrap(),
-        "--member",
-        &format!("{learner_id}={}", group.raft[3]),
-        "--learner",
-    ]);
-    assert_eq!(code, 0, "cluster add --learner: {out}{err}");
+    add_learner(&group, leader, learner_id);
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let mismatched = gauge(
@@ -870,19 +828,7 @@ fn r_ha_1_a_leader_without_its_quorum_stops_serving() {
         unsafe { libc::kill(*pid as libc::pid_t, libc::SIGSTOP) };
     }
     let stopped_at = Instant::now();
-    let rfc_nonce = user.next_nonce();
-    user.send_signed(
-        Rfc {
-            from: user.address(),
-            nonce: rfc_nonce,
-            model_id: 1,
-            tokens_max: 500,
-            expires_at_ms: now_ms() + 30_000,
-            signature: Signature::default(),
-        }
-        .into(),
-    )
-    .unwrap();
+    send_rfc(&mut user, 500);
     let told = loop {
         assert!(
             stopped_at.elapsed() < Duration::from_secs(10),
@@ -947,17 +893,12 @@ fn a_voter_is_added_and_a_member_removed() {
     let all: Vec<(usize, &RouterProcess)> = members.iter().enumerate().collect();
     let leader = leader_of(&all, Duration::from_secs(10));
     let fourth = group.start(4);
-    let key = group.key.to_str().unwrap();
-    let (code, out, err) = cli(&[
-        "cluster",
+    let (code, out, err) = cluster_cli(
+        &group,
         "add",
-        "--raft",
         &group.raft[leader].to_string(),
-        "--key",
-        key,
-        "--member",
-        &format!("4={}", group.raft[3]),
-    ]);
+        &["--member", &format!("4={}", group.raft[3])],
+    );
     assert_eq!(code, 0, "cluster add: {out}{err}");
     assert!(out.contains("member 4 added as a voter"), "{out}");
     let status = status(&group, group.raft[leader]);
@@ -992,16 +933,12 @@ fn a_voter_is_added_and_a_member_removed() {
     }
     // Remove a follower.
     let gone = (leader + 1) % 3;
-    let (code, out, err) = cli(&[
-        "cluster",
+    let (code, out, err) = cluster_cli(
+        &group,
         "remove",
-        "--raft",
         &group.raft[leader].to_string(),
-        "--key",
-        key,
-        "--id",
-        &(gone + 1).to_string(),
-    ]);
+        &["--id", &(gone + 1).to_string()],
+    );
     assert_eq!(code, 0, "cluster remove: {out}{err}");
     let status = self::status(&group, group.raft[leader]);
     let ids: Vec<u64> = status["members"]
@@ -1151,16 +1088,7 @@ fn one_member_group() -> (Group, RouterProcess) {
     let group = Group::new(1);
     let member = group.start(1);
     let raft = group.raft[0].to_string();
-    let (code, out, err) = cli(&[
-        "cluster",
-        "init",
-        "--raft",
-        &raft,
-        "--key",
-        group.key.to_str().unwrap(),
-        "--member",
-        &format!("1={raft}"),
-    ]);
+    let (code, out, err) = cluster_cli(&group, "init", &raft, &["--member", &format!("1={raft}")]);
     assert_eq!(code, 0, "cluster init: {out}{err}");
     (group, member)
 }
@@ -1247,10 +1175,7 @@ fn a_wrong_cluster_key_is_refused_with_exit_1_naming_the_key() {
 fn cluster_remove_of_a_stranger_and_ids_out_of_bounds_are_refused() {
     let (group, _member) = one_member_group();
     let raft = group.raft[0].to_string();
-    let key = group.key.to_str().unwrap();
-    let (code, out, err) = cli(&[
-        "cluster", "remove", "--raft", &raft, "--key", key, "--id", "77",
-    ]);
+    let (code, out, err) = cluster_cli(&group, "remove", &raft, &["--id", "77"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(!out.contains("removed"), "{out}");
     assert!(
@@ -1258,24 +1183,18 @@ fn cluster_remove_of_a_stranger_and_ids_out_of_bounds_are_refused() {
         "{err}"
     );
     let max = u64::MAX.to_string();
-    let (code, _, err) = cli(&[
-        "cluster",
+    let (code, _, err) = cluster_cli(
+        &group,
         "add",
-        "--raft",
         &raft,
-        "--key",
-        key,
-        "--member",
-        &format!("{max}={raft}"),
-    ]);
+        &["--member", &format!("{max}={raft}")],
+    );
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains(&format!("ID {max} out of 1..=9223372036854775807")),
         "{err}"
     );
-    let (code, _, err) = cli(&[
-        "cluster", "remove", "--raft", &raft, "--key", key, "--id", &max,
-    ]);
+    let (code, _, err) = cluster_cli(&group, "remove", &raft, &["--id", &max]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("out of 1..=9223372036854775807"), "{err}");
 }
