@@ -111,6 +111,12 @@ fn admin(addr: &str, request: AdminRequest) -> AdminReply {
 }
 
 fn start_group(n: u64) -> Group {
+    start_group_with(n, |id| config(id, free_addr()))
+}
+
+/// Starts members 1..=n with the configuration `config_of(id)` gives (on another
+/// port if its own was taken meanwhile) and initialises the group through member 1.
+fn start_group_with(n: u64, config_of: impl Fn(u64) -> ClusterConfig) -> Group {
     let mut group = Group {
         dirs: Vec::new(),
         configs: Vec::new(),
@@ -119,7 +125,7 @@ fn start_group(n: u64) -> Group {
     for id in 1..=n {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path());
-        let (member, config) = start_new(config(id, free_addr()), dir.path());
+        let (member, config) = start_new(config_of(id), dir.path());
         group.members.insert(id, member);
         group.dirs.push(dir);
         group.configs.push(config);
@@ -382,14 +388,7 @@ fn failover_time_with_default_timing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let mut group = Group {
-        dirs: Vec::new(),
-        configs: Vec::new(),
-        members: BTreeMap::new(),
-    };
-    for id in 1..=3 {
-        let dir = tempfile::tempdir().unwrap();
-        write_key(dir.path());
+    let mut group = start_group_with(3, |id| {
         let mut config = ClusterConfig {
             enabled: true,
             member_id: id,
@@ -406,21 +405,8 @@ fn failover_time_with_default_timing() {
             config.rpc_timeout_ms = t[3];
         }
         config.validate().unwrap();
-        let (member, config) = start_new(config, dir.path());
-        group.members.insert(id, member);
-        group.dirs.push(dir);
-        group.configs.push(config);
-    }
-    let members = group
-        .configs
-        .iter()
-        .map(|c| (c.member_id, node(c)))
-        .collect();
-    let reply = admin(
-        &group.configs[0].raft_listen,
-        AdminRequest::Init { members },
-    );
-    assert!(matches!(reply, AdminReply::Done), "init: {reply:?}");
+        config
+    });
     let mut stream = Stream::new();
     let mut times = Vec::new();
     for _ in 0..rounds {
@@ -490,37 +476,14 @@ fn commit_latency_at_a_steady_rate() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(4000);
     for in_flight in [1usize, 4] {
-        let mut group = Group {
-            dirs: Vec::new(),
-            configs: Vec::new(),
-            members: BTreeMap::new(),
-        };
-        for id in 1..=3 {
-            let dir = tempfile::tempdir().unwrap();
-            write_key(dir.path());
-            let config = ClusterConfig {
-                enabled: true,
-                member_id: id,
-                raft_listen: free_addr().to_string(),
-                client_endpoint: format!("127.0.0.1:{}", 9000 + id),
-                proposals_in_flight_max: in_flight,
-                ..ClusterConfig::default()
-            };
-            let (member, config) = start_new(config, dir.path());
-            group.members.insert(id, member);
-            group.dirs.push(dir);
-            group.configs.push(config);
-        }
-        let members = group
-            .configs
-            .iter()
-            .map(|c| (c.member_id, node(c)))
-            .collect();
-        let reply = admin(
-            &group.configs[0].raft_listen,
-            AdminRequest::Init { members },
-        );
-        assert!(matches!(reply, AdminReply::Done), "init: {reply:?}");
+        let mut group = start_group_with(3, |id| ClusterConfig {
+            enabled: true,
+            member_id: id,
+            raft_listen: free_addr().to_string(),
+            client_endpoint: format!("127.0.0.1:{}", 9000 + id),
+            proposals_in_flight_max: in_flight,
+            ..ClusterConfig::default()
+        });
         let (leader, promotion) = promote(&group);
         let mut durability = group.members[&leader].durability(&promotion);
         let mut stream = Stream::new();
