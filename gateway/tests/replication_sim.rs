@@ -115,6 +115,36 @@ impl SimClient {
     }
 
     /// The answer is lost too, sometimes (the request was served).
+    /// The peer's Raft once the link's delay has passed, or the link's failure (a
+    /// lost message costs the sender its RPC's time to live, as a real one would).
+    async fn reach<E: std::error::Error>(
+        &self,
+        option: &RPCOption,
+    ) -> Result<Raft, RPCError<MemberId, MemberNode, E>> {
+        let (raft, delay) = match self.link() {
+            Link::Down => return Err(unreachable()),
+            Link::Lost => {
+                tokio::time::sleep(option.hard_ttl()).await;
+                return Err(lost());
+            }
+            Link::Up(raft, delay) => (raft, delay),
+        };
+        tokio::time::sleep(delay).await;
+        Ok(raft)
+    }
+
+    /// The peer's answer, unless the link loses it on the way back.
+    #[allow(clippy::result_large_err)] // openraft's RPCError, as its RaftNetwork returns it
+    fn answer<T, E: std::error::Error>(
+        &self,
+        answer: Result<T, E>,
+    ) -> Result<T, RPCError<MemberId, MemberNode, E>> {
+        if self.answer_lost() {
+            return Err(lost());
+        }
+        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+    }
+
     fn answer_lost(&self) -> bool {
         let mut net = self.net.lock().unwrap();
         let drop = net.drop_per_mille;
@@ -149,20 +179,9 @@ impl RaftNetwork<TypeConfig> for SimClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<MemberId>, RPCError<MemberId, MemberNode, RaftError<MemberId>>>
     {
-        let (raft, delay) = match self.link() {
-            Link::Down => return Err(unreachable()),
-            Link::Lost => {
-                tokio::time::sleep(option.hard_ttl()).await;
-                return Err(lost());
-            }
-            Link::Up(raft, delay) => (raft, delay),
-        };
-        tokio::time::sleep(delay).await;
+        let raft = self.reach(&option).await?;
         let answer = raft.append_entries(rpc).await;
-        if self.answer_lost() {
-            return Err(lost());
-        }
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+        self.answer(answer)
     }
 
     async fn vote(
@@ -170,20 +189,9 @@ impl RaftNetwork<TypeConfig> for SimClient {
         rpc: VoteRequest<MemberId>,
         option: RPCOption,
     ) -> Result<VoteResponse<MemberId>, RPCError<MemberId, MemberNode, RaftError<MemberId>>> {
-        let (raft, delay) = match self.link() {
-            Link::Down => return Err(unreachable()),
-            Link::Lost => {
-                tokio::time::sleep(option.hard_ttl()).await;
-                return Err(lost());
-            }
-            Link::Up(raft, delay) => (raft, delay),
-        };
-        tokio::time::sleep(delay).await;
+        let raft = self.reach(&option).await?;
         let answer = raft.vote(rpc).await;
-        if self.answer_lost() {
-            return Err(lost());
-        }
-        answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
+        self.answer(answer)
     }
 
     async fn full_snapshot(
