@@ -12,6 +12,23 @@ fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
     path.to_str().unwrap().to_string()
 }
 
+/// `yellowstone-router VERB --config CONFIG` with `--data-dir DATA` (`None`:
+/// `--in-memory`) on ephemeral ports, expected to be refused: (exit code, stderr).
+fn start_refused(
+    dir: &std::path::Path,
+    verb: &str,
+    config: &str,
+    data: Option<&str>,
+) -> (i32, String) {
+    let mut args = vec![verb, "--config", config];
+    match data {
+        Some(data) => args.extend(["--data-dir", data]),
+        None => args.push("--in-memory"),
+    }
+    args.extend(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"]);
+    refused(dir, &args)
+}
+
 #[test]
 fn print_config_prints_the_cluster_keys() {
     let output = std::process::Command::new(router_binary())
@@ -85,36 +102,11 @@ fn a_member_without_what_its_group_shares_does_not_start() {
                 [market]\ngenesis_ms = 1767225600000\n";
     // No router key of the group's: a random one would sign other batches (R-HA-2).
     let config = write(dir.path(), "member.toml", base);
-    let (code, stderr) = refused(
-        dir.path(),
-        &[
-            "run",
-            "--config",
-            &config,
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (code, stderr) = start_refused(dir.path(), "run", &config, Some(data));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("same router key"), "{stderr}");
     // In memory: a member keeps its Raft log on disk.
-    let (code, stderr) = refused(
-        dir.path(),
-        &[
-            "run",
-            "--config",
-            &config,
-            "--in-memory",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (code, stderr) = start_refused(dir.path(), "run", &config, None);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("--in-memory is refused"), "{stderr}");
     // With the router key but no cluster.key: named.
@@ -125,20 +117,7 @@ fn a_member_without_what_its_group_shares_does_not_start() {
             "{base}[identity]\nrouter_key_hex = \"4c0883a69102937d6231471b5dbb6204fe5129617082792ae468d01a3f362318\"\n"
         ),
     );
-    let (code, stderr) = refused(
-        dir.path(),
-        &[
-            "learn",
-            "--config",
-            &config,
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (code, stderr) = start_refused(dir.path(), "learn", &config, Some(data));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("cluster.key"), "{stderr}");
 }
@@ -183,20 +162,7 @@ fn a_member_refuses_market_parameters_other_than_its_creation() {
         "clean stop"
     );
     let config = member(999);
-    let (code, stderr) = refused(
-        dir.path(),
-        &[
-            "run",
-            "--config",
-            &config,
-            "--data-dir",
-            data,
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let (code, stderr) = start_refused(dir.path(), "run", &config, Some(data));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("market.bin"), "{stderr}");
     assert!(stderr.contains("sessions_open_max"), "{stderr}");
