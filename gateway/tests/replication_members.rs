@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use yellowstone_gateway::journal::Durability;
 use yellowstone_gateway::replication::network::{admin_call, ClusterKey, KEY_FILE};
-use yellowstone_gateway::replication::state_machine::NoObserver;
+use yellowstone_gateway::replication::state_machine::ApplyObserver;
 use yellowstone_gateway::replication::{
     AdminReply, AdminRequest, ClusterConfig, Member, MemberNode, ReplicationError, Role,
 };
+use yellowstone_router_core::{ReplyCache, ReplyCacheConfig, ReplyCacheImportError};
 
 const KEY: [u8; 32] = [42; 32];
 
@@ -77,19 +78,54 @@ struct Group {
     dirs: Vec<tempfile::TempDir>,
     configs: Vec<ClusterConfig>,
     members: BTreeMap<u64, Member>,
+    /// Each member's reply cache (R-HA-3).
+    caches: BTreeMap<u64, Arc<ReplyCache>>,
+}
+
+/// A member's reply cache, fed by its state machine and carried in its snapshots,
+/// as the router process keeps it (R-HA-3).
+struct CacheObserver(Arc<ReplyCache>);
+
+impl ApplyObserver for CacheObserver {
+    fn applied(
+        &self,
+        _now_ms: u64,
+        command: &yellowstone_engine::Command,
+        effects: &[yellowstone_engine::Effect],
+    ) {
+        self.0.observe(command, effects);
+    }
+
+    fn snapshot_replies(&self) -> Vec<u8> {
+        self.0.export()
+    }
+
+    fn snapshot_loaded(&self, replies: &[u8]) -> Result<(), ReplyCacheImportError> {
+        self.0.import(replies)
+    }
+}
+
+fn new_cache() -> Arc<ReplyCache> {
+    Arc::new(ReplyCache::new(ReplyCacheConfig {
+        per_address: 64,
+        entries_max: 65_536,
+    }))
 }
 
 fn start_member(config: &ClusterConfig, dir: &Path) -> Member {
-    Member::start(config.clone(), dir, market(), Arc::new(NoObserver)).unwrap()
+    let observer = Arc::new(CacheObserver(new_cache()));
+    Member::start(config.clone(), dir, market(), observer).unwrap()
 }
 
 /// Starts a new member on a free port; another port if that one was taken between
 /// choosing and binding (other tests on this machine use loopback too).
-fn start_new(mut config: ClusterConfig, dir: &Path) -> (Member, ClusterConfig) {
+fn start_new(mut config: ClusterConfig, dir: &Path) -> (Member, ClusterConfig, Arc<ReplyCache>) {
     for _ in 0..10 {
         config.raft_listen = free_addr().to_string();
-        match Member::start(config.clone(), dir, market(), Arc::new(NoObserver)) {
-            Ok(member) => return (member, config),
+        let cache = new_cache();
+        let observer = Arc::new(CacheObserver(cache.clone()));
+        match Member::start(config.clone(), dir, market(), observer) {
+            Ok(member) => return (member, config, cache),
             Err(ReplicationError::Io { what, source }) => {
                 eprintln!("{what}: {source}; another port");
             }
@@ -121,12 +157,14 @@ fn start_group_with(n: u64, config_of: impl Fn(u64) -> ClusterConfig) -> Group {
         dirs: Vec::new(),
         configs: Vec::new(),
         members: BTreeMap::new(),
+        caches: BTreeMap::new(),
     };
     for id in 1..=n {
         let dir = tempfile::tempdir().unwrap();
         write_key(dir.path());
-        let (member, config) = start_new(config_of(id), dir.path());
+        let (member, config, cache) = start_new(config_of(id), dir.path());
         group.members.insert(id, member);
+        group.caches.insert(id, cache);
         group.dirs.push(dir);
         group.configs.push(config);
     }
@@ -318,7 +356,7 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
         learner: true,
         ..config(4, free_addr())
     };
-    let (learner, learner_config) = start_new(learner_config, dir.path());
+    let (learner, learner_config, learner_cache) = start_new(learner_config, dir.path());
     let leader_addr = group.configs[(leader - 1) as usize].raft_listen.clone();
     let reply = admin(
         &leader_addr,
@@ -350,6 +388,18 @@ fn a_learner_catches_up_by_snapshot_and_a_wrong_key_is_refused() {
     group.dirs.push(dir);
     wait_applied(&group, last + 1);
     assert_same_state(&group, &stream);
+    // R-HA-3: the snapshot carried the leader's reply cache: the learner answers a
+    // resend of a command the snapshot covers as the leader would.
+    let leader_cache = &group.caches[&leader];
+    assert!(
+        !leader_cache.is_empty(),
+        "the workload's commands were answered"
+    );
+    assert_eq!(
+        learner_cache.export(),
+        leader_cache.export(),
+        "the learner's reply cache is the leader's"
+    );
     let leader_hashes = group.members[&leader].core().machine().state_hashes();
     let learner_hashes = group.members[&4].core().machine().state_hashes();
     let (block, hash) = *learner_hashes.last().unwrap();

@@ -76,7 +76,7 @@ pub use connection::{Admission, AdmissionConfig, Admitted, Outcome, ProofBudget}
 pub use dispatch::{delivery_of, release_of, wire_type_of, Delivery, Dispatch, Recipient, Release};
 pub use quota::{follow_quota, quota_refusal, QuotaEntry, QuotaMap, QuotaStore, DAY_EDGE_MS};
 pub use refusals::{RefusalBudget, RefusalVerdict, REFUSAL_WINDOW_US};
-pub use replies::{command_of, CommandDigest, ReplyCache, ReplyCacheConfig};
+pub use replies::{command_of, CommandDigest, ReplyCache, ReplyCacheConfig, ReplyCacheImportError};
 pub use routes::{RouteKind, Routes, RoutesReleased};
 pub use sealed::{NewestSealed, Sealed, SealedSettlement};
 

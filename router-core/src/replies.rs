@@ -12,8 +12,10 @@
 //! - Fed by [`ReplyCache::observe`] with what the engine applied (command, effects):
 //!   on a leader by the gateway's sink when it delivers a command's answer (its record
 //!   durable), on every replicated member from the committed journal
-//!   (`ApplyObserver::applied`), so a new leader holds the same cache. Pure: no clock,
-//!   no IO; the same applied commands build the same cache.
+//!   (`ApplyObserver::applied`), so a new leader holds the same cache; a member's
+//!   snapshots carry it ([`ReplyCache::export`], [`ReplyCache::import`]), so one that
+//!   caught up by a snapshot holds it too. Pure: no clock, no IO; the same applied
+//!   commands build the same cache.
 //! - Stores the unsigned answers (`Message`s as router-core's `delivery_of` builds
 //!   them), not signed frames: a session ticket is signed again on lookup, and RFC 6979
 //!   makes that signature, hence the frame, byte-identical. A ticket (or `RfcFailed`)
@@ -33,6 +35,7 @@ use crate::dispatch::{delivery_of, Delivery};
 use crate::{report, to_wire};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use yellowstone_engine::settlement::SettlementRecord;
 use yellowstone_engine::{Command, Effect};
 use yellowstone_wire::messages::Message;
 use yellowstone_wire::Address;
@@ -266,6 +269,154 @@ impl ReplyCache {
             .find(|e| e.nonce == nonce)
             .filter(|e| e.fingerprint.matches(command))
             .map(|e| e.replies.clone())
+    }
+}
+
+/// Why a reply cache carried in a snapshot does not load (R-HA-3).
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyCacheImportError {
+    /// The bytes are no cache export.
+    #[error("reply cache in the snapshot does not decode: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    /// A cached answer is no message of the protocol.
+    #[error("reply cache in the snapshot holds an answer of type {msg_type:#06x} that does not decode: {source}")]
+    Message {
+        /// The answer's type code.
+        msg_type: u16,
+        /// Why its body does not decode.
+        source: yellowstone_wire::DecodeError,
+    },
+}
+
+/// A cached answer as exported: its type code and body.
+type ExportedMessage = (u16, Vec<u8>);
+
+/// One entry as exported (`Fingerprint` spelt out).
+#[derive(bincode::Encode, bincode::Decode)]
+struct ExportedEntry {
+    address: [u8; 20],
+    nonce: u64,
+    command: Option<Command>,
+    digest: Option<[u8; 16]>,
+    replies: Vec<ExportedMessage>,
+}
+
+/// The whole cache as exported: entries oldest first, and the newest sealed batch
+/// and settlement.
+#[derive(bincode::Encode, bincode::Decode)]
+struct Exported {
+    entries: Vec<ExportedEntry>,
+    sealed_batch: Option<ExportedMessage>,
+    sealed_settlement: Option<(SettlementRecord, u64, yellowstone_engine::Address)>,
+}
+
+fn export_message(message: &Message) -> ExportedMessage {
+    let mut body = Vec::new();
+    message.encode(&mut body);
+    (message.msg_type(), body)
+}
+
+fn import_message((msg_type, body): &ExportedMessage) -> Result<Message, ReplyCacheImportError> {
+    Message::decode(*msg_type, body).map_err(|source| ReplyCacheImportError::Message {
+        msg_type: *msg_type,
+        source,
+    })
+}
+
+impl ReplyCache {
+    /// The cache's contents as bytes (R-HA-3): a replicated member puts them in each
+    /// snapshot it builds, so that a member installing it (or restarting from it)
+    /// answers a resend of a command the snapshot covers with the original answer
+    /// rather than `replay`. The same applied commands give the same bytes.
+    pub fn export(&self) -> Vec<u8> {
+        let inner = self.lock();
+        let mut entries: Vec<(u64, ExportedEntry)> = Vec::with_capacity(inner.len);
+        for (address, held) in &inner.by_address {
+            for entry in held {
+                let (command, digest) = match &entry.fingerprint {
+                    Fingerprint::Command(command) => (Some(command.clone()), None),
+                    Fingerprint::Digest(digest) => (None, Some(digest.0)),
+                };
+                entries.push((
+                    entry.stamp,
+                    ExportedEntry {
+                        address: address.0,
+                        nonce: entry.nonce,
+                        command,
+                        digest,
+                        replies: entry.replies.iter().map(export_message).collect(),
+                    },
+                ));
+            }
+        }
+        drop(inner);
+        // Insertion order: importing in it rebuilds the same eviction order.
+        entries.sort_by_key(|(stamp, _)| *stamp);
+        let sealed = self.newest_sealed.get();
+        let exported = Exported {
+            entries: entries.into_iter().map(|(_, entry)| entry).collect(),
+            sealed_batch: sealed.batch.as_ref().map(export_message),
+            sealed_settlement: sealed
+                .settlement
+                .map(|s| (s.settlement, s.chain_id, s.contract)),
+        };
+        // Encoding into a vector cannot fail (no size limit).
+        bincode::encode_to_vec(&exported, bincode::config::standard()).unwrap_or_default()
+    }
+
+    /// Replaces the contents with an [`export`](Self::export) (a snapshot installed or
+    /// opened, R-HA-3), within this cache's bounds (the oldest entries evicted first).
+    /// Empty bytes (a snapshot built where no cache is kept) change nothing.
+    /// Errors: the bytes, or an answer in them, do not decode; the cache is unchanged.
+    pub fn import(&self, bytes: &[u8]) -> Result<(), ReplyCacheImportError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let (exported, _): (Exported, usize) =
+            bincode::decode_from_slice(bytes, bincode::config::standard())?;
+        let mut fresh = Inner::default();
+        for entry in exported.entries {
+            let fingerprint = match (entry.command, entry.digest) {
+                (Some(command), _) => Fingerprint::Command(command),
+                (None, Some(digest)) => Fingerprint::Digest(CommandDigest(digest)),
+                (None, None) => continue,
+            };
+            let replies = entry
+                .replies
+                .iter()
+                .map(import_message)
+                .collect::<Result<Vec<_>, _>>()?;
+            fresh.insert(
+                self.config,
+                Address(entry.address),
+                entry.nonce,
+                fingerprint,
+                replies,
+            );
+        }
+        let sealed = crate::sealed::Sealed {
+            batch: exported
+                .sealed_batch
+                .as_ref()
+                .map(import_message)
+                .transpose()?,
+            settlement: exported
+                .sealed_settlement
+                .map(
+                    |(settlement, chain_id, contract)| crate::sealed::SealedSettlement {
+                        settlement,
+                        chain_id,
+                        contract,
+                    },
+                ),
+        };
+        let mut inner = self.lock();
+        *inner = fresh;
+        self.held
+            .store(inner.len, std::sync::atomic::Ordering::Relaxed);
+        drop(inner);
+        self.newest_sealed.replace(sealed);
+        Ok(())
     }
 }
 
@@ -578,6 +729,49 @@ mod tests {
             inner.by_address.values().map(VecDeque::len).sum::<usize>(),
             inner.len
         );
+    }
+
+    #[test]
+    fn r_ha_3_an_export_imported_elsewhere_answers_alike_within_its_bounds() {
+        let source = cache(4, 100);
+        for user in 1..=30u8 {
+            for nonce in 1..=6u64 {
+                source.observe(&rfc(user, nonce, 100), &[accepted(user, nonce, nonce)]);
+            }
+        }
+        assert_eq!(source.len(), 100);
+        let bytes = source.export();
+        let copy = cache(4, 100);
+        copy.import(&bytes).expect("an export imports");
+        assert_eq!(copy.len(), source.len());
+        assert_eq!(copy.export(), bytes, "the same contents, the same order");
+        for user in 1..=30u8 {
+            for nonce in 1..=6u64 {
+                let command = rfc(user, nonce, 100);
+                assert_eq!(
+                    copy.lookup(&wire(user), nonce, &command),
+                    source.lookup(&wire(user), nonce, &command),
+                    "user {user} nonce {nonce}"
+                );
+            }
+        }
+        // The same commands observed next evict the same entries in both.
+        source.observe(&rfc(99, 1, 100), &[accepted(99, 1, 1)]);
+        copy.observe(&rfc(99, 1, 100), &[accepted(99, 1, 1)]);
+        assert_eq!(copy.export(), source.export());
+        // A smaller cache keeps the newest of the export.
+        let small = cache(2, 10);
+        small.import(&bytes).unwrap();
+        assert_eq!(small.len(), 10);
+        assert!(small.lookup(&wire(30), 6, &rfc(30, 6, 100)).is_some());
+        assert!(small.lookup(&wire(30), 4, &rfc(30, 4, 100)).is_none());
+        // Bytes that are no export are refused and leave the cache as it was.
+        let before = copy.export();
+        assert!(copy.import(&bytes[..bytes.len() / 2]).is_err());
+        assert!(copy.import(b"not an export").is_err());
+        assert_eq!(copy.export(), before);
+        copy.import(&[]).expect("nothing carried");
+        assert_eq!(copy.export(), before, "nothing carried changes nothing");
     }
 
     #[test]

@@ -103,6 +103,12 @@ impl NewestSealed {
     pub fn get(&self) -> Sealed {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Replaces what is held (a replicated member installing a snapshot, R-HA-2: the
+    /// batch sealed by the snapshot's last entry is not applied again there).
+    pub fn replace(&self, sealed: Sealed) {
+        *self.inner.lock().unwrap_or_else(|e| e.into_inner()) = sealed;
+    }
 }
 
 #[cfg(test)]

@@ -290,6 +290,7 @@ mod tests {
             engine: engine_bytes,
             next_seq: 3,
             block: snapshot_engine.block(),
+            replies: Vec::new(),
         };
         let meta = SnapshotMeta {
             last_log_id: Some(log_id(2)),

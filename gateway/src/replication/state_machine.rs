@@ -36,13 +36,30 @@ pub const SNAPSHOT_FILE: &str = "raft-snapshot";
 
 /// Sees every applied command, on every member, in sequence order (REPL_DESIGN.md).
 /// Called on the member's thread with the state machine locked: keep it short, never
-/// block on the member. Commands covered by an installed snapshot are not seen.
+/// block on the member. Commands covered by an installed snapshot are not seen: what
+/// the observer built from them travels in the snapshot (`snapshot_replies`,
+/// `snapshot_loaded`).
 pub trait ApplyObserver: Send + Sync {
     /// `command` was applied at `now_ms` (Unix ms) and produced `effects`.
     fn applied(&self, now_ms: u64, command: &Command, effects: &[Effect]);
     /// The engine entered `block` (a block boundary); `hash` is its state hash then.
     fn state_hash_at_block(&self, block: u64, hash: [u8; 32]) {
         let _ = (block, hash);
+    }
+    /// What the observer built from the applied commands, carried in a snapshot
+    /// taken now (`MarketSnapshot::replies`: the reply cache, R-HA-3).
+    fn snapshot_replies(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// A snapshot was installed or opened: the commands it covers are not applied
+    /// again here, so take what it carries instead.
+    /// Errors: `replies` does not load (the member refuses the snapshot).
+    fn snapshot_loaded(
+        &self,
+        replies: &[u8],
+    ) -> Result<(), yellowstone_router_core::ReplyCacheImportError> {
+        let _ = replies;
+        Ok(())
     }
 }
 
@@ -145,6 +162,14 @@ impl Machine {
             ),
             None => (genesis, None, StoredMembership::default(), 1, None),
         };
+        if let Some((_, data)) = &current {
+            observer.snapshot_loaded(&data.replies).map_err(|e| {
+                super::ReplicationError::BadFile {
+                    file: SNAPSHOT_FILE.to_string(),
+                    what: e.to_string(),
+                }
+            })?;
+        }
         let machine = Machine {
             state: Mutex::new(State {
                 engine,
@@ -293,18 +318,25 @@ impl Machine {
         Ok(applied)
     }
 
+    /// The snapshot data of `state` now: the engine, its hash, and the observer's
+    /// reply cache (R-HA-3).
+    fn snapshot_data(&self, state: &State) -> MarketSnapshot {
+        let engine = state.engine.snapshot();
+        MarketSnapshot {
+            state_hash: *blake3::hash(&engine).as_bytes(),
+            engine,
+            next_seq: state.next_seq,
+            block: state.engine.block(),
+            replies: self.observer.snapshot_replies(),
+        }
+    }
+
     /// Serialises the engine after `log_id` (an entry that crossed a block boundary)
     /// and asks openraft to take it as its next snapshot.
     fn snapshot_at_boundary(&self, state: &mut State, log_id: LogId) {
         state.entries_since_snapshot = 0;
         state.snapshot_counter += 1;
-        let engine = state.engine.snapshot();
-        let data = MarketSnapshot {
-            state_hash: *blake3::hash(&engine).as_bytes(),
-            engine,
-            next_seq: state.next_seq,
-            block: state.engine.block(),
-        };
+        let data = self.snapshot_data(state);
         let meta = SnapshotMeta {
             last_log_id: Some(log_id),
             last_membership: state.membership.clone(),
@@ -508,13 +540,7 @@ impl RaftSnapshotBuilder<TypeConfig> for MachineSnapshotBuilder {
             Some(built) => built,
             None => {
                 state.snapshot_counter += 1;
-                let engine = state.engine.snapshot();
-                let data = MarketSnapshot {
-                    state_hash: *blake3::hash(&engine).as_bytes(),
-                    engine,
-                    next_seq: state.next_seq,
-                    block: state.engine.block(),
-                };
+                let data = machine.snapshot_data(&state);
                 let meta = SnapshotMeta {
                     last_log_id: state.last_applied,
                     last_membership: state.membership.clone(),
@@ -599,6 +625,13 @@ impl RaftStateMachine<TypeConfig> for MachineStore {
         })?;
         let machine = &self.0;
         let mut state = machine.lock();
+        machine
+            .observer
+            .snapshot_loaded(&snapshot.replies)
+            .map_err(|e| -> StorageError {
+                tracing::error!(error = %e, snapshot = %meta.snapshot_id, "received snapshot refused");
+                StorageIOError::read_snapshot(Some(meta.signature()), io_error(e.to_string())).into()
+            })?;
         store_snapshot(&mut state, meta, &snapshot)?;
         state.engine = engine;
         state.last_applied = meta.last_log_id;

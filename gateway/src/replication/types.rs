@@ -95,6 +95,11 @@ pub struct MarketSnapshot {
     pub block: u64,
     /// `Engine::state_hash()` of `engine`, checked when installed.
     pub state_hash: [u8; 32],
+    /// The reply cache as of the snapshot (`ReplyCache::export`; empty where the
+    /// member keeps none): a member that installs the snapshot answers a resend of a
+    /// command it covers with the original answer, not `replay` (R-HA-3). Not part
+    /// of the state hash: the engine alone is the market's state.
+    pub replies: Vec<u8>,
 }
 
 openraft::declare_raft_types!(

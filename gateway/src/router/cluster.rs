@@ -440,6 +440,17 @@ impl ApplyObserver for MemberObserver {
         self.reply_cache.observe(command, effects);
     }
 
+    fn snapshot_replies(&self) -> Vec<u8> {
+        self.reply_cache.export()
+    }
+
+    fn snapshot_loaded(
+        &self,
+        replies: &[u8],
+    ) -> Result<(), yellowstone_router_core::ReplyCacheImportError> {
+        self.reply_cache.import(replies)
+    }
+
     fn state_hash_at_block(&self, block: u64, hash: [u8; 32]) {
         if let Some(check) = &self.check {
             check.state_hash_at_block(block, hash);
