@@ -23,6 +23,18 @@
 //! connection the owner hands them to the new link (`resend_unanswered`), which sends
 //! the very same frames first: the new leader answers each from its reply cache (the
 //! original answer, no second effect) or, if it was never committed, evaluates it.
+//!
+//! R-HA-3 (issue 25), liveness: a frozen router (SIGSTOPped, or cut off by a partition
+//! that drops packets without a reset) keeps the TCP connection open and answers
+//! nothing, so a closed socket is not the only sign of a dead link. Every link's reader
+//! sends a `Ping` after `LinkConfig::ping_after` without receiving anything, and takes
+//! the connection for dead when nothing at all arrives within `LinkConfig::liveness`
+//! of that Ping: it ends (the receiver ends, the writer stops, the socket closes), so
+//! the owner's reconnect path runs as for a closed connection (resends byte-identical,
+//! the provider registers again). A reconnect tries the lost member last, and with
+//! more than one member one attempt waits at most `liveness` for the greeting (a frozen
+//! member accepts in its kernel and never greets). On with one router too: a frozen
+//! single router is as dead; the owner's back-off paces the attempts as for a closed one.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -218,6 +230,42 @@ pub struct LinkConfig {
     /// `network.conn_idle_timeout_ms` (300 s) and reconnected every few minutes
     /// (the nodes' `keepalive_ms`; keep it well below the router's timeout).
     pub keepalive: Duration,
+    /// R-HA-3: after this long without receiving anything the link sends a `Ping`
+    /// (the nodes' `router_ping_ms`). Below `liveness`.
+    pub ping_after: Duration,
+    /// R-HA-3: once that `Ping` is sent, nothing at all received for this long makes
+    /// the connection dead: the link closes it (the nodes' `router_liveness_ms`). With
+    /// more than one member it also bounds one member's connect-and-login attempt.
+    pub liveness: Duration,
+}
+
+impl LinkConfig {
+    /// How long one member's attempt (TCP connect, greeting, login) may take: the
+    /// login time-out, cut to `liveness` in a group (a frozen member is then left for
+    /// the next as soon as a silent connection would be taken for dead).
+    pub fn attempt_timeout(&self) -> Duration {
+        if self.router_addrs.len() > 1 {
+            self.login_timeout.min(self.liveness)
+        } else {
+            self.login_timeout
+        }
+    }
+
+    /// The members in the order a reconnect tries them: the configured order, with
+    /// `lost` (the member whose connection died) moved last, so a frozen leader is
+    /// not the first tried again (R-HA-3).
+    pub fn order_after(&self, lost: Option<&str>) -> Vec<String> {
+        let mut order: Vec<String> = self
+            .router_addrs
+            .iter()
+            .filter(|addr| Some(addr.as_str()) != lost)
+            .cloned()
+            .collect();
+        if let Some(lost) = lost {
+            order.push(lost.to_string());
+        }
+        order
+    }
 }
 
 /// What the router sent: the message and the exact body it was decoded from.
@@ -236,6 +284,8 @@ pub struct Link {
     outbound: mpsc::Sender<Vec<u8>>,
     resends: Arc<Mutex<Resends>>,
     unanswered: Arc<Mutex<Unanswered>>,
+    /// The member this link is logged in to (host:port as dialled).
+    addr: String,
 }
 
 /// Redirects by `not_leader` followed in a row before the link tries the members in
@@ -264,7 +314,18 @@ impl Link {
         key: SigningKey,
         nonces: Nonces,
     ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
-        let mut queue: VecDeque<String> = config.router_addrs.iter().cloned().collect();
+        Link::connect_after(config, key, nonces, None).await
+    }
+
+    /// `connect_with`, trying `lost` (the member whose connection just died, e.g. a
+    /// frozen leader) last (R-HA-3, issue 25). Same errors.
+    pub async fn connect_after(
+        config: &LinkConfig,
+        key: SigningKey,
+        nonces: Nonces,
+        lost: Option<&str>,
+    ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
+        let mut queue: VecDeque<String> = config.order_after(lost).into();
         let mut tried: Vec<(String, String)> = Vec::new();
         let mut hops = 0u32;
         let mut last = None;
@@ -317,11 +378,13 @@ impl Link {
             addr: addr.clone(),
             source,
         };
-        let stream = tokio::time::timeout(config.login_timeout, TcpStream::connect(&addr))
+        let attempt_timeout = config.attempt_timeout();
+        let started = tokio::time::Instant::now();
+        let stream = tokio::time::timeout(attempt_timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| LinkError::Timeout {
                 addr: addr.clone(),
-                timeout_ms: config.login_timeout.as_millis() as u64,
+                timeout_ms: attempt_timeout.as_millis() as u64,
             })?
             .map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
@@ -382,11 +445,12 @@ impl Link {
             })?;
             Ok(named.router)
         };
-        let router = tokio::time::timeout(config.login_timeout, login)
+        // One bound for the whole attempt: connect, greeting and login answer.
+        let router = tokio::time::timeout_at(started + attempt_timeout, login)
             .await
             .map_err(|_| LinkError::Timeout {
                 addr: addr.clone(),
-                timeout_ms: config.login_timeout.as_millis() as u64,
+                timeout_ms: attempt_timeout.as_millis() as u64,
             })??;
         let (outbound, mut outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_FRAMES_MAX);
         let resends = Arc::new(Mutex::new(Resends::default()));
@@ -402,27 +466,78 @@ impl Link {
         };
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_MESSAGES_MAX);
         let keepalive = config.keepalive;
+        // Dropped when the reader ends (closed, broken or silent connection): the
+        // writer stops then, so the socket closes and `send` fails at once rather
+        // than queueing for a router that will never read it (issue 25).
+        let (reader_gone, mut reader_ended) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
-                let frame = match tokio::time::timeout(keepalive, outbound_rx.recv()).await {
+                let next = tokio::select! {
+                    biased;
+                    _ = &mut reader_ended => break,
+                    next = tokio::time::timeout(keepalive, outbound_rx.recv()) => next,
+                };
+                let frame = match next {
                     Ok(Some(frame)) => frame,
                     // Every sender is gone: the link was dropped, close.
                     Ok(None) => break,
                     // Nothing written for `keepalive`: a Ping keeps the connection.
                     Err(_) => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
                 };
-                if writer.write_all(&frame).await.is_err() {
+                // A frozen router stops reading: the write may wait for ever.
+                let written = tokio::select! {
+                    biased;
+                    _ = &mut reader_ended => break,
+                    written = writer.write_all(&frame) => written,
+                };
+                if written.is_err() {
                     break;
                 }
             }
         });
         let network_id = config.network_id;
+        let ping_after = config.ping_after;
+        let liveness = config.liveness;
+        debug_assert!(ping_after > Duration::ZERO && liveness > ping_after);
+        let link_addr = addr.clone();
         tokio::spawn(async move {
+            let _reader_gone = reader_gone;
+            let ping = Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame();
+            // When the liveness Ping went out, if one is unanswered.
+            let mut pinged: Option<tokio::time::Instant> = None;
             loop {
-                let incoming = match read_one(&mut reader, &mut decoder, &mut buffer, &addr).await {
-                    Ok(incoming) => incoming,
-                    Err(error) => {
+                let wait = match pinged {
+                    None => ping_after,
+                    Some(at) => liveness.saturating_sub(at.elapsed()),
+                };
+                // `read_one` is cancel-safe: bytes are decoded only once a read returned.
+                let read = tokio::time::timeout(
+                    wait,
+                    read_one(&mut reader, &mut decoder, &mut buffer, &addr),
+                )
+                .await;
+                let incoming = match read {
+                    Ok(Ok(incoming)) => {
+                        pinged = None;
+                        incoming
+                    }
+                    Ok(Err(error)) => {
                         tracing::warn!(%error, "router connection ended");
+                        break;
+                    }
+                    Err(_) if pinged.is_none() => {
+                        // Quiet for `ping_after`: ask for a sign of life. A full
+                        // queue (a router that does not read) still starts the clock.
+                        let _ = resender.outbound.try_send(ping.clone());
+                        pinged = Some(tokio::time::Instant::now());
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            router = %addr,
+                            liveness_ms = liveness.as_millis() as u64,
+                            "the router answered nothing, not even a Ping, within router_liveness_ms: connection taken for dead (a frozen or cut-off router), reconnecting (R-HA-3)"
+                        );
                         break;
                     }
                 };
@@ -462,6 +577,7 @@ impl Link {
             outbound,
             resends,
             unanswered,
+            addr: link_addr,
         };
         Ok((link, inbound))
     }
@@ -478,9 +594,17 @@ impl Link {
         self.network_id
     }
 
+    /// The member this link is logged in to, host:port as dialled (a reconnect after
+    /// this link died tries it last: `Link::connect_after`).
+    pub fn member(&self) -> &str {
+        &self.addr
+    }
+
     /// Signs `message` (if it is a signed type) and queues it for the router; a signed
     /// message is kept (the last `RESEND_WINDOW`) to be resent after a replay refusal.
     pub async fn send(&self, mut message: Message) -> Result<(), LinkError> {
+        // The nonce kept for a resend after a reconnect, if any.
+        let mut kept = None;
         let frame = if message.is_signed() {
             let frame = message.sign(&self.key, self.network_id);
             if let Some((_, nonce)) = message.claimed_origin().filter(|(_, n)| *n != 0) {
@@ -493,18 +617,27 @@ impl Link {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(nonce, frame.clone());
+                    kept = Some(nonce);
                 }
             }
             frame
         } else {
             message.to_frame()
         };
-        self.outbound
-            .send(frame)
-            .await
-            .map_err(|_| LinkError::Closed {
-                addr: String::new(),
-            })
+        if self.outbound.send(frame).await.is_err() {
+            // Never written: the caller hears of the failure, so a reconnect must not
+            // send it behind its back (a ticket nobody waits for).
+            if let Some(nonce) = kept {
+                self.unanswered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .answered(nonce);
+            }
+            return Err(LinkError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// R-HA-3: sends, first and byte-identical, the signed messages `previous` (a lost

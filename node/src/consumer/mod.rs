@@ -120,6 +120,8 @@ impl Consumer {
                 router_address,
                 login_timeout: Duration::from_secs(10),
                 keepalive: Duration::from_millis(config.keepalive_ms),
+                ping_after: Duration::from_millis(config.router_ping_ms),
+                liveness: Duration::from_millis(config.router_liveness_ms),
             },
         );
         let http = reqwest::Client::builder()

@@ -26,8 +26,9 @@ pub enum RfcOutcome {
     Failed { reason: u8 },
     /// No connection to the router, or it dropped.
     RouterDown(String),
-    /// No ticket before the RFC's expiry.
-    TimedOut,
+    /// No answer at all (not even the router's own expiry) within `waited_ms`: the
+    /// RFC's time to live plus 2 s.
+    TimedOut { waited_ms: u64 },
 }
 
 pub struct RouterClient {
@@ -81,7 +82,16 @@ impl RouterClient {
     pub async fn run(self: Arc<RouterClient>, mut backoff: Backoff) {
         let mut previous: Option<Link> = None;
         loop {
-            match Link::connect_with(&self.config, self.key.clone(), self.nonces.clone()).await {
+            // R-HA-3: the member whose connection died (a frozen leader, say) is tried last.
+            let lost = previous.as_ref().map(|link| link.member().to_string());
+            let connected = Link::connect_after(
+                &self.config,
+                self.key.clone(),
+                self.nonces.clone(),
+                lost.as_deref(),
+            )
+            .await;
+            match connected {
                 Ok((link, inbound)) => {
                     tracing::info!(router = %link.router(), "connected to the router");
                     {
@@ -196,11 +206,14 @@ impl RouterClient {
             .await
             .map_err(RfcOutcome::RouterDown)?;
         // A little past the expiry: the router answers "expired" itself then.
-        let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(2);
+        let waited = ttl + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + waited;
         loop {
             let message = tokio::time::timeout_at(deadline, waiter.receiver.recv())
                 .await
-                .map_err(|_| RfcOutcome::TimedOut)?
+                .map_err(|_| RfcOutcome::TimedOut {
+                    waited_ms: waited.as_millis() as u64,
+                })?
                 .ok_or_else(|| RfcOutcome::RouterDown("the router connection dropped".into()))?;
             match message {
                 Message::RfcAccepted(_) => continue,

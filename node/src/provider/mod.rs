@@ -280,6 +280,8 @@ impl Provider {
             router_address,
             login_timeout: Duration::from_secs(10),
             keepalive: Duration::from_millis(self.config.keepalive_ms),
+            ping_after: Duration::from_millis(self.config.router_ping_ms),
+            liveness: Duration::from_millis(self.config.router_liveness_ms),
         })
     }
 
@@ -409,7 +411,15 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
     // R-HA-3: the lost link, whose unanswered signed messages the next one resends.
     let mut previous: Option<Link> = None;
     loop {
-        match Link::connect_with(&link_config, provider.key.clone(), provider.nonces.clone()).await
+        // R-HA-3: the member whose connection died (a frozen leader, say) is tried last.
+        let lost = previous.as_ref().map(|link| link.member().to_string());
+        match Link::connect_after(
+            &link_config,
+            provider.key.clone(),
+            provider.nonces.clone(),
+            lost.as_deref(),
+        )
+        .await
         {
             Ok((link, inbound)) => {
                 provider
