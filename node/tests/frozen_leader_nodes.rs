@@ -35,7 +35,8 @@ const RECOVERY: Duration = Duration::from_secs(8);
 const BLOCK_MS: u64 = 12_000;
 
 fn chat(prompt: &str) -> serde_json::Value {
-    json!({"model": "demo-model-1", "messages": [{"role": "user", "content": prompt}],
+    // The group's catalog names its models `model-<id>` (yellowstone_tests::cluster).
+    json!({"model": "model-1", "messages": [{"role": "user", "content": prompt}],
         "max_tokens": 8, "stream": false})
 }
 
