@@ -841,6 +841,62 @@ mod tests {
         assert_eq!(backoff.next_delay(), Duration::from_millis(100));
     }
 
+    fn config(routers: &[&str]) -> LinkConfig {
+        LinkConfig {
+            router_addrs: routers.iter().map(|r| r.to_string()).collect(),
+            network_id: 1,
+            router_address: None,
+            login_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+            ping_after: Duration::from_millis(500),
+            liveness: Duration::from_millis(2_000),
+        }
+    }
+
+    #[test]
+    fn r_ha_3_a_reconnect_tries_the_lost_member_last() {
+        let group = config(&["a:1", "b:2", "c:3"]);
+        assert_eq!(group.order_after(None), ["a:1", "b:2", "c:3"]);
+        assert_eq!(group.order_after(Some("a:1")), ["b:2", "c:3", "a:1"]);
+        assert_eq!(group.order_after(Some("b:2")), ["a:1", "c:3", "b:2"]);
+        // A leader reached by a redirect, not in the list: tried after the list.
+        assert_eq!(group.order_after(Some("d:4")), ["a:1", "b:2", "c:3", "d:4"]);
+    }
+
+    #[test]
+    fn r_ha_3_a_group_member_gets_the_liveness_bound_a_single_router_the_login_time_out() {
+        assert_eq!(
+            config(&["a:1", "b:2"]).attempt_timeout(),
+            Duration::from_millis(2_000)
+        );
+        assert_eq!(config(&["a:1"]).attempt_timeout(), Duration::from_secs(10));
+    }
+
+    /// A router that accepts and never answers (a frozen one): the link takes it for
+    /// dead within `ping_after + liveness`, after the login time-out the single
+    /// router keeps.
+    #[tokio::test]
+    async fn r_ha_3_a_silent_member_is_left_within_the_liveness_bound() {
+        let silent_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = silent_a.local_addr().unwrap().to_string();
+        let b = silent_b.local_addr().unwrap().to_string();
+        let mut group = config(&[&a, &b]);
+        group.liveness = Duration::from_millis(300);
+        group.ping_after = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let error = Link::connect(&group, SigningKey::from_seed(b"silent"))
+            .await
+            .err()
+            .expect("nobody greets");
+        assert!(started.elapsed() < Duration::from_millis(1_500), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains(&a) && text.contains(&b) && text.contains("within 300 ms"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn r_id_4_nonces_strictly_increase() {
         let nonces = Nonces::default();

@@ -159,13 +159,21 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
     let consumer_node =
         NodeProcess::start(CONSUMER, &["run", "--config", "consumer.toml"], dir.path());
     let http = reqwest::Client::new();
-    let url = format!("http://{}/v1/chat/completions", consumer_node.field("listen"));
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        consumer_node.field("listen")
+    );
     let consumer_metrics = consumer_node.field("metrics");
 
     // One inference works through the group's leader.
-    let first = complete_within(&http, &url, &chat("before the freeze"), Duration::from_secs(20))
-        .await
-        .expect("a completion before the freeze");
+    let first = complete_within(
+        &http,
+        &url,
+        &chat("before the freeze"),
+        Duration::from_secs(20),
+    )
+    .await
+    .expect("a completion before the freeze");
     assert_eq!(first["object"], "chat.completion", "{first}");
 
     let (leader, _) = cluster
@@ -225,8 +233,8 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
     let mut credited = 0u128;
     while credited < u128::from(tokens) * PRICE_WEI_PER_TOKEN {
         let left = deadline.saturating_duration_since(Instant::now());
-        let batch = tokio::task::block_in_place(|| batches.recv_timeout(left))
-            .unwrap_or_else(|_| {
+        let batch =
+            tokio::task::block_in_place(|| batches.recv_timeout(left)).unwrap_or_else(|_| {
                 panic!(
                     "no batch from block {first_block} on credited the provider \
                      {} wei for the {tokens} tokens after the freeze (credited {credited})",

@@ -130,3 +130,79 @@ def test_a_lost_answer_is_answered_again_by_the_resend_byte_for_byte(router):
     with pytest.raises(RouterError) as refused:
         operator.answer(nonce, "Ack")
     assert refused.value.name == "replay"
+
+
+class _FreezableProxy:
+    """A member in front of the real router that can freeze like a SIGSTOPped leader:
+    its connections stay open and nothing passes either way (no close, no reset)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.frozen = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.addr = self.listener.getsockname()
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.frozen.is_set():
+                self.held.append(client)  # accepted, never greeted, never closed
+                continue
+            server = socket.create_connection(self.target)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink):
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            if self.frozen.is_set():
+                continue  # swallowed: the frozen member neither answers nor closes
+            try:
+                sink.sendall(chunk)
+            except OSError:
+                return
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_frozen_leader_is_left_within_the_liveness_bound_and_the_resend_answered(router):
+    """Issue 25: the connection to a frozen member stays open and silent. Before the
+    fix answer() waited out its whole timeout (then TimeoutError); now a Ping
+    unanswered for liveness_s makes the connection dead, the client reconnects to the
+    next member and resends the same frame, answered there."""
+    host, port = router["host"], router["port"]
+    frozen = _FreezableProxy((host, port))
+    try:
+        client = Client(key=router["operator"], endpoints=[frozen.addr, (host, port)])
+        assert client.peer == frozen.addr
+        frozen.frozen.set()
+        user = Key.from_seed(b"python-frozen-user")
+        started = time.monotonic()
+        nonce = client.send_signed("BalanceUpdate", entries=[
+            {"address": user.address, "balance_wei": 3 * WEI_PER_MOR}])
+        ack = client.answer(nonce, "Ack", timeout_s=15.0)
+        elapsed = time.monotonic() - started
+        assert ack["nonce"] == nonce
+        assert client.peer == (host, port), "reconnected past the frozen member"
+        # Quiet 0.5 s + unanswered Ping 2 s + the reconnect: well under the 15 s wait.
+        assert elapsed < 5.0, f"left the frozen member after {elapsed:.1f} s"
+    finally:
+        frozen.close()
+
+
+def test_the_liveness_bound_must_exceed_the_ping_interval():
+    with pytest.raises(ValueError, match="ping_after_s"):
+        Client("127.0.0.1", 1, Key.from_seed(b"x"), ping_after_s=2.0, liveness_s=2.0)

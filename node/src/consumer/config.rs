@@ -187,4 +187,32 @@ mod tests {
         };
         assert!(bad.validate().unwrap_err().contains("tokens_max_default"));
     }
+
+    #[test]
+    fn r_ha_3_the_liveness_bound_must_exceed_the_ping_interval() {
+        let config = ConsumerConfig::default();
+        assert_eq!(
+            (config.router_ping_ms, config.router_liveness_ms),
+            (500, 2_000)
+        );
+        let equal = ConsumerConfig {
+            router_ping_ms: 2_000,
+            ..ConsumerConfig::default()
+        };
+        let error = equal.validate().unwrap_err();
+        assert!(
+            error.contains("router_liveness_ms is 2000") && error.contains("router_ping_ms (2000)"),
+            "{error}"
+        );
+        let zero = ConsumerConfig {
+            router_ping_ms: 0,
+            ..ConsumerConfig::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("router_ping_ms"));
+        let huge = ConsumerConfig {
+            router_liveness_ms: 600_001,
+            ..ConsumerConfig::default()
+        };
+        assert!(huge.validate().unwrap_err().contains("at most 600000"));
+    }
 }
