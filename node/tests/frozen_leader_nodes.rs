@@ -3,9 +3,9 @@
 //! configured with the three members (`router_endpoints`). One completion works; then
 //! the leader is SIGSTOPped: its kernel keeps the nodes' TCP connections open and
 //! nothing answers on them. Within `RECOVERY` of the freeze the provider has
-//! registered again with the new leader (its second `REGISTERED` line) and a new
-//! completion through the consumer succeeds, and it is credited in a batch the new
-//! leader seals.
+//! registered again with the new leader (its second `REGISTERED` line), a completion
+//! an application asked for at the freeze has succeeded through the consumer, and the
+//! new leader credits both completions, each once, in the batches it seals.
 //!
 //! Before the fix the nodes only sent keepalive Pings and waited on their readers for
 //! ever: the consumer's RFCs went to the frozen leader and waited out their time to
@@ -19,11 +19,10 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use yellowstone_tests::cluster::{Cluster, ClusterSpec, LEADER_WAIT};
 use yellowstone_tests::market::now_ms;
-use yellowstone_wire::{Address, Message, Signature, SigningKey, SubscribeBatches};
+use yellowstone_wire::{Address, MarketStateQuery, Message, SigningKey};
 
 /// Freeze to the first successful completion through the consumer, at most: the
 /// liveness bound (0.5 s quiet + 2 s unanswered Ping), the election (about 1 s, at the
@@ -80,35 +79,6 @@ async fn consumer_metric(http: &reqwest::Client, metrics: &str, series: &str) ->
         .await
         .unwrap();
     yellowstone_tests::metric_value(&text, series).unwrap_or(0.0)
-}
-
-/// Credit batches from `router` (a blocking subscriber on its own thread).
-fn watch_batches(router: SocketAddr) -> std::sync::mpsc::Receiver<yellowstone_wire::CreditBatch> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut client =
-        yellowstone_tests::market::connect(router, SigningKey::from_seed(b"frozen-batch-watcher"));
-    client.set_read_timeout(None).unwrap();
-    let nonce = client.next_nonce();
-    client
-        .send_signed(
-            SubscribeBatches {
-                from: client.address(),
-                nonce,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
-    std::thread::spawn(move || {
-        while let Ok(message) = client.recv_verified() {
-            if let Message::CreditBatch(batch) = message {
-                if tx.send(batch).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,30 +152,31 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
     let frozen_at = Instant::now();
     cluster.pause(leader);
 
+    // An application asks at the moment of the freeze and retries what it is told to
+    // retry: its completion succeeds within the bound.
+    let started_ms = now_ms();
+    let completion = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move {
+            let answer = complete_within(&http, &url, &chat("at the freeze"), RECOVERY).await;
+            (answer, frozen_at.elapsed())
+        })
+    };
+
     // The provider leaves the frozen leader and registers with the new one.
     let registered = tokio::task::block_in_place(|| {
         provider_node.wait_line("REGISTERED", RECOVERY);
         frozen_at.elapsed()
     });
     eprintln!("provider registered again {registered:?} after the freeze");
-
-    // A new completion through the consumer succeeds within the bound.
-    let started_ms = now_ms();
-    let answer = complete_within(
-        &http,
-        &url,
-        &chat("after the freeze"),
-        RECOVERY.saturating_sub(frozen_at.elapsed()),
-    )
-    .await
-    .unwrap_or_else(|last| {
+    let (answer, recovered) = completion.await.expect("the completion task");
+    let answer = answer.unwrap_or_else(|last| {
         panic!(
             "no completion through the consumer within {RECOVERY:?} of the freeze \
              (leader member {} frozen); last answer: {last}",
             leader + 1
         )
     });
-    let recovered = frozen_at.elapsed();
     eprintln!("first completion {recovered:?} after the freeze");
     let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
     assert!(tokens > 0, "{answer}");
@@ -221,35 +192,52 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // The new leader credits it in a batch it seals: the block the completion began
-    // in, or a later one (a completion's credit is in the block its report lands in).
+    // The new leader credits both completions, each once, in the batches it seals
+    // (the market's figures: this provider is the only one credited here).
     let (new_leader, _) = cluster
         .wait_for_leader(Some(leader), LEADER_WAIT)
         .expect("the new leader");
     assert_ne!(new_leader, leader);
-    let first_block = started_ms.saturating_sub(cluster.genesis_ms) / BLOCK_MS;
-    let batches = watch_batches(cluster.members[new_leader].client);
-    let deadline = Instant::now() + Duration::from_millis(BLOCK_MS + 6_000);
-    let mut credited = 0u128;
-    while credited < u128::from(tokens) * PRICE_WEI_PER_TOKEN {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let batch =
-            tokio::task::block_in_place(|| batches.recv_timeout(left)).unwrap_or_else(|_| {
-                panic!(
-                    "no batch from block {first_block} on credited the provider \
-                     {} wei for the {tokens} tokens after the freeze (credited {credited})",
-                    u128::from(tokens) * PRICE_WEI_PER_TOKEN
-                )
-            });
-        if batch.block >= first_block {
-            credited += batch
-                .totals
-                .iter()
-                .filter(|t| t.provider == provider)
-                .map(|t| t.credited_wei)
-                .sum::<u128>();
+    let first_tokens = first["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    let expected = u128::from(first_tokens + tokens) * PRICE_WEI_PER_TOKEN;
+    let post_block = started_ms.saturating_sub(cluster.genesis_ms) / BLOCK_MS;
+    let new_leader_client = cluster.members[new_leader].client;
+    let state = tokio::task::block_in_place(|| {
+        let mut client = yellowstone_tests::market::connect(
+            new_leader_client,
+            SigningKey::from_seed(b"frozen-state-reader"),
+        );
+        let deadline = Instant::now() + Duration::from_millis(BLOCK_MS + 6_000);
+        loop {
+            let query_id = client.next_nonce();
+            client
+                .send(&MarketStateQuery { query_id }.into())
+                .expect("send MarketStateQuery");
+            let state = yellowstone_tests::market::expect(
+                &mut client,
+                Duration::from_secs(5),
+                |m| match m {
+                    Message::MarketState(s) if s.query_id == query_id => Some(s.clone()),
+                    _ => None,
+                },
+            );
+            if state.credited_wei >= expected || Instant::now() >= deadline {
+                return state;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-    }
+    });
+    assert_eq!(
+        state.credited_wei, expected,
+        "credited {} wei, expected {expected} ({first_tokens} + {tokens} tokens at \
+         {PRICE_WEI_PER_TOKEN}): each completion credited once, the one after the freeze \
+         included",
+        state.credited_wei
+    );
+    assert!(
+        state.batch_sealed && state.last_batch_block >= post_block,
+        "credited in a batch sealed for block {post_block} or later: {state:?}"
+    );
     cluster.resume(leader);
     drop(cluster);
 }
