@@ -286,6 +286,8 @@ pub struct Link {
     unanswered: Arc<Mutex<Unanswered>>,
     /// The member this link is logged in to (host:port as dialled).
     addr: String,
+    /// Set when the liveness watch ended the connection (a Ping unanswered).
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Redirects by `not_leader` followed in a row before the link tries the members in
@@ -500,6 +502,8 @@ impl Link {
         let liveness = config.liveness;
         debug_assert!(ping_after > Duration::ZERO && liveness > ping_after);
         let link_addr = addr.clone();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader_silent = silent.clone();
         tokio::spawn(async move {
             let _reader_gone = reader_gone;
             let ping = Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame();
@@ -533,6 +537,7 @@ impl Link {
                         continue;
                     }
                     Err(_) => {
+                        reader_silent.store(true, Ordering::Release);
                         tracing::warn!(
                             router = %addr,
                             liveness_ms = liveness.as_millis() as u64,
@@ -578,6 +583,7 @@ impl Link {
             resends,
             unanswered,
             addr: link_addr,
+            silent,
         };
         Ok((link, inbound))
     }
@@ -598,6 +604,12 @@ impl Link {
     /// this link died tries it last: `Link::connect_after`).
     pub fn member(&self) -> &str {
         &self.addr
+    }
+
+    /// Whether the liveness watch ended this connection: a `Ping` went unanswered for
+    /// `LinkConfig::liveness` (a frozen or cut-off router, R-HA-3).
+    pub fn went_silent(&self) -> bool {
+        self.silent.load(Ordering::Acquire)
     }
 
     /// Signs `message` (if it is a signed type) and queues it for the router; a signed

@@ -68,8 +68,8 @@ async fn complete_within(
     Err(last)
 }
 
-/// The consumer's metric `series` (0 when absent).
-async fn consumer_metric(http: &reqwest::Client, metrics: &str, series: &str) -> f64 {
+/// A node's metric `series` at its metrics address (0 when absent).
+async fn node_metric(http: &reqwest::Client, metrics: &str, series: &str) -> f64 {
     let text = http
         .get(format!("http://{metrics}/metrics"))
         .send()
@@ -178,13 +178,27 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
         )
     });
     eprintln!("first completion {recovered:?} after the freeze");
+    // Each node left the frozen leader by its liveness watch, once.
+    let provider_metrics = provider_node.field("metrics");
+    for (metrics, series) in [
+        (
+            &provider_metrics,
+            "yellowstone_provider_router_silent_total",
+        ),
+        (
+            &consumer_metrics,
+            "yellowstone_consumer_router_silent_total",
+        ),
+    ] {
+        assert_eq!(node_metric(&http, metrics, series).await, 1.0, "{series}");
+    }
     let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
     assert!(tokens > 0, "{answer}");
 
     // Both completions are reported and acknowledged as earned.
     let earned = "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while consumer_metric(&http, &consumer_metrics, earned).await < 2.0 {
+    while node_metric(&http, &consumer_metrics, earned).await < 2.0 {
         assert!(
             Instant::now() < deadline,
             "the completion after the freeze was not acknowledged as earned"

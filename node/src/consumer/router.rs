@@ -41,6 +41,8 @@ pub struct RouterClient {
     /// a nonce not above the sender's last (`replay`), so concurrent requests must
     /// reach the connection in nonce order.
     send_order: tokio::sync::Mutex<()>,
+    /// Counts the connections the liveness watch ended (R-HA-3).
+    silent: prometheus_client::metrics::counter::Counter,
 }
 
 /// Removes a waiter when its request ends, however it ends.
@@ -57,7 +59,12 @@ impl Drop for Waiter<'_> {
 }
 
 impl RouterClient {
-    pub fn new(key: SigningKey, config: LinkConfig) -> Arc<RouterClient> {
+    /// `silent` counts the connections the liveness watch ends (a metric's counter).
+    pub fn new(
+        key: SigningKey,
+        config: LinkConfig,
+        silent: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<RouterClient> {
         Arc::new(RouterClient {
             key,
             config,
@@ -65,6 +72,7 @@ impl RouterClient {
             link: RwLock::new(None),
             waiters: Mutex::new(HashMap::new()),
             send_order: tokio::sync::Mutex::new(()),
+            silent,
         })
     }
 
@@ -105,6 +113,9 @@ impl RouterClient {
                     backoff.reset();
                     self.dispatch(inbound).await;
                     *self.link.write().await = None;
+                    if link.went_silent() {
+                        self.silent.inc();
+                    }
                     // Waiters of the lost connection learn it now, not at their
                     // time-out, unless their message is resent on the next one.
                     let resent = link.unanswered_nonces();

@@ -49,6 +49,8 @@ pub struct ProviderMetrics {
     pub tickets_received: Counter,
     pub probes_answered: Counter,
     pub router_connects: Family<Labels, Counter>,
+    /// R-HA-3: router connections the liveness watch ended (`router_liveness_ms`).
+    pub router_silent: Counter,
     pub upstream_seconds: Histogram,
     /// R-PROV-4: models offered to the market now (those whose model server is up).
     pub models_offered: Gauge,
@@ -74,6 +76,10 @@ impl ProviderMetrics {
             router_connects: metrics.counter_family(
                 "provider_router_connects",
                 "Connections to the router, by outcome (ok, failed, refused).",
+            ),
+            router_silent: metrics.counter(
+                "provider_router_silent",
+                "Router connections closed by the liveness watch: a Ping unanswered for router_liveness_ms (a frozen or cut-off router; the node reconnects, R-HA-3).",
             ),
             upstream_seconds: metrics.seconds(
                 "provider_upstream_seconds",
@@ -433,6 +439,9 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
                     link.resend_unanswered(&previous).await;
                 }
                 let served = serve_router(&provider, &link, inbound, &endpoint).await;
+                if link.went_silent() {
+                    provider.stats.router_silent.inc();
+                }
                 if served {
                     backoff.reset();
                 }
