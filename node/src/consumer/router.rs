@@ -99,6 +99,8 @@ impl RouterClient {
                 lost.as_deref(),
             )
             .await;
+            // Whether this round's connection was ended by the liveness watch.
+            let mut went_silent = false;
             match connected {
                 Ok((link, inbound)) => {
                     tracing::info!(router = %link.router(), "connected to the router");
@@ -113,7 +115,8 @@ impl RouterClient {
                     backoff.reset();
                     self.dispatch(inbound).await;
                     *self.link.write().await = None;
-                    if link.went_silent() {
+                    went_silent = link.went_silent();
+                    if went_silent {
                         self.silent.inc();
                     }
                     // Waiters of the lost connection learn it now, not at their
@@ -123,6 +126,13 @@ impl RouterClient {
                     previous = Some(link);
                 }
                 Err(error) => tracing::warn!(%error, "router connection failed"),
+            }
+            // R-HA-3: a group's member that went silent is left at once (the others
+            // first; a connection that went silent lived at least the liveness bound:
+            // no tight loop; a failed connect still backs off).
+            let group = self.config.router_addrs.len() > 1;
+            if group && went_silent {
+                continue;
             }
             let delay = backoff.next_delay();
             tokio::time::sleep(delay).await;

@@ -416,7 +416,10 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
     );
     // R-HA-3: the lost link, whose unanswered signed messages the next one resends.
     let mut previous: Option<Link> = None;
+    let group = link_config.router_addrs.len() > 1;
     loop {
+        // Whether this round's connection was ended by the liveness watch.
+        let mut went_silent = false;
         // R-HA-3: the member whose connection died (a frozen leader, say) is tried last.
         let lost = previous.as_ref().map(|link| link.member().to_string());
         match Link::connect_after(
@@ -439,7 +442,8 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
                     link.resend_unanswered(&previous).await;
                 }
                 let served = serve_router(&provider, &link, inbound, &endpoint).await;
-                if link.went_silent() {
+                went_silent = link.went_silent();
+                if went_silent {
                     provider.stats.router_silent.inc();
                 }
                 if served {
@@ -455,6 +459,13 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
                     .inc();
                 tracing::warn!(%error, "router connection failed");
             }
+        }
+        // R-HA-3: a group's member that went silent is left at once: the others are
+        // tried first; a connection that went silent lived at least the liveness bound
+        // (no tight loop), and a failed connect still backs off.
+        if group && went_silent {
+            tracing::info!("reconnecting to the router group at once (the silent member last)");
+            continue;
         }
         let delay = backoff.next_delay();
         tracing::info!(
