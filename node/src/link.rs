@@ -87,6 +87,8 @@ pub enum LinkError {
         addr: String,
         leader: Option<std::net::SocketAddr>,
         reason: String,
+        /// The member's suggested wait when it names no leader (the election timeout).
+        retry_after_ms: u32,
     },
     /// R-HA-3: no member of the group could be logged in to; why each failed last.
     #[error("no router of {count} reachable: {tried}")]
@@ -320,7 +322,11 @@ impl Link {
     }
 
     /// `connect_with`, trying `lost` (the member whose connection just died, e.g. a
-    /// frozen leader) last (R-HA-3, issue 25). Same errors.
+    /// frozen leader) last (R-HA-3, issue 25). When another member answered that no
+    /// leader is known (an election under way) before `lost`'s turn comes, the link
+    /// waits that member's suggested time (at most `liveness`) and asks the others once
+    /// more before spending an attempt on `lost`: a frozen leader's silence would
+    /// cost the whole attempt bound while the election ends meanwhile. Same errors.
     pub async fn connect_after(
         config: &LinkConfig,
         key: SigningKey,
@@ -331,7 +337,24 @@ impl Link {
         let mut tried: Vec<(String, String)> = Vec::new();
         let mut hops = 0u32;
         let mut last = None;
+        // The longest wait a member suggested while it knew no leader.
+        let mut electing: Option<Duration> = None;
+        let mut asked_again = false;
         while let Some(addr) = queue.pop_front() {
+            if let (Some(wait), Some(lost)) = (electing, lost) {
+                if addr == lost && !asked_again && queue.is_empty() {
+                    asked_again = true;
+                    let wait = wait.min(config.liveness);
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "an election is under way: asking the other members again before the silent one"
+                    );
+                    tokio::time::sleep(wait).await;
+                    queue = config.order_after(Some(lost)).into();
+                    hops = 0;
+                    continue;
+                }
+            }
             match Link::connect_one(config, &addr, key.clone(), nonces.clone()).await {
                 Ok(link) => return Ok(link),
                 Err(error) => {
@@ -340,16 +363,26 @@ impl Link {
                         Some(row) => row.1 = why,
                         None => tried.push((addr.clone(), why)),
                     }
-                    if let LinkError::NotLeader {
-                        leader: Some(leader),
-                        ..
-                    } = &error
-                    {
-                        if hops < LEADER_HOPS_MAX {
+                    match &error {
+                        LinkError::NotLeader {
+                            leader: Some(leader),
+                            ..
+                        } if hops < LEADER_HOPS_MAX => {
                             hops += 1;
                             tracing::info!(from = %addr, leader = %leader, "not the leader: following");
                             queue.push_front(leader.to_string());
                         }
+                        LinkError::NotLeader {
+                            leader: None,
+                            retry_after_ms,
+                            ..
+                        } => {
+                            // At least a little: a member that suggests no wait still
+                            // needs its election's round trips.
+                            let wait = Duration::from_millis(u64::from(*retry_after_ms).max(50));
+                            electing = Some(electing.map_or(wait, |w| w.max(wait)));
+                        }
+                        _ => {}
                     }
                     last = Some(error);
                 }
@@ -401,6 +434,7 @@ impl Link {
                         addr: addr.clone(),
                         leader: yellowstone_wire::parse_not_leader(reply),
                         reason: reply.reason.clone(),
+                        retry_after_ms: reply.retry_after_ms,
                     });
                 }
             }
@@ -435,6 +469,7 @@ impl Link {
                         addr: addr.clone(),
                         leader: yellowstone_wire::parse_not_leader(e),
                         reason: e.reason.clone(),
+                        retry_after_ms: e.retry_after_ms,
                     });
                 }
             }
@@ -882,6 +917,46 @@ mod tests {
             Duration::from_millis(2_000)
         );
         assert_eq!(config(&["a:1"]).attempt_timeout(), Duration::from_secs(10));
+    }
+
+    /// A member that knows no leader yet (an election under way), then the silent
+    /// member the last connection died on: the link waits the suggested time and asks
+    /// the electing member again before it spends an attempt on the silent one.
+    #[tokio::test]
+    async fn r_ha_3_an_election_under_way_is_waited_for_before_the_silent_member() {
+        use std::io::Write as _;
+        let electing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let electing_addr = electing.local_addr().unwrap().to_string();
+        let asked = Arc::new(AtomicU64::new(0));
+        let counted = asked.clone();
+        std::thread::spawn(move || {
+            for stream in electing.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let reply = yellowstone_wire::leader::not_leader_reply(0, None, 80);
+                let _ = stream.write_all(&Message::from(reply).to_frame());
+            }
+        });
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let mut group = config(&[&silent_addr, &electing_addr]);
+        group.liveness = Duration::from_millis(300);
+        group.ping_after = Duration::from_millis(100);
+        let error = Link::connect_after(
+            &group,
+            SigningKey::from_seed(b"electing"),
+            Nonces::default(),
+            Some(&silent_addr),
+        )
+        .await
+        .err()
+        .expect("nobody leads");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again: {error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("no leader known") && text.contains("within 300 ms"),
+            "the silent member was still tried last: {text}"
+        );
     }
 
     /// A router that accepts and never answers (a frozen one): the link takes it for
