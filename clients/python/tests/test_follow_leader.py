@@ -206,3 +206,57 @@ def test_a_frozen_leader_is_left_within_the_liveness_bound_and_the_resend_answer
 def test_the_liveness_bound_must_exceed_the_ping_interval():
     with pytest.raises(ValueError, match="ping_after_s"):
         Client("127.0.0.1", 1, Key.from_seed(b"x"), ping_after_s=2.0, liveness_s=2.0)
+
+
+
+def test_an_election_under_way_is_waited_for_before_the_silent_member(router):
+    """Reconnecting after a silent member: another member says no leader is known yet;
+    the client waits its suggested time and asks it again before spending an attempt
+    on the silent member (which would cost the whole liveness bound)."""
+    asked, dialled = [], []
+    electing = socket.socket()
+    electing.bind(("127.0.0.1", 0))
+    electing.listen(16)
+    frame = _not_leader_frame("not the leader: no leader known (election in progress)", 0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    held = []
+
+    def serve_electing():
+        while True:
+            try:
+                conn, _ = electing.accept()
+            except OSError:
+                return
+            asked.append(time.monotonic())
+            with conn:
+                conn.sendall(frame)
+
+    def serve_silent():
+        while True:
+            try:
+                conn, _ = silent.accept()
+            except OSError:
+                return
+            dialled.append(time.monotonic())
+            held.append(conn)  # never greeted, never closed
+
+    threading.Thread(target=serve_electing, daemon=True).start()
+    threading.Thread(target=serve_silent, daemon=True).start()
+    client = Client(router["host"], router["port"], router["operator"],
+                    ping_after_s=0.1, liveness_s=0.3)
+    # Its connection went silent on `silent`; the group is these two members now.
+    client.endpoints = [silent.getsockname(), electing.getsockname()]
+    client.peer = silent.getsockname()
+    client.connect_deadline_s = 0.5
+    try:
+        with pytest.raises(NoRouterError) as error:
+            client.reconnect()
+        assert len(asked) >= 2 and dialled, error.value
+        assert asked[1] < dialled[0], "the electing member is asked again before the silent one"
+        assert "no greeting" in error.value.tried[silent.getsockname()] or \
+            "timed out" in error.value.tried[silent.getsockname()], error.value
+    finally:
+        electing.close()
+        silent.close()

@@ -18,7 +18,9 @@ and takes a Ping unanswered for `liveness_s` (2 s) as a lost connection: `answer
 then reconnects (the silent member tried last) and resends, as after a closed one.
 With more than one endpoint one member's connect-and-login attempt also waits at most
 `liveness_s` (a frozen member accepts in its kernel and never greets).
-`liveness_s=None` turns the watch off."""
+When another member says no leader is known yet (an election under way) before the
+silent member's turn, the client waits its suggested time (at most `liveness_s`) and
+asks the others once more first. `liveness_s=None` turns the watch off."""
 
 import random
 import socket
@@ -150,11 +152,22 @@ class Client:
         attempts = 0
         rounds = 0
         hops = 0
+        asked_again = False
         while True:
             queue = list(order)
             wait_s = 0.0
             while queue:
                 target = queue.pop(0)
+                if target == lost and not queue and wait_s > 0 and not asked_again \
+                        and self.liveness_s is not None and len(order) > 1:
+                    # Another member knows no leader yet (an election under way): wait
+                    # for it rather than for the silent member, and ask the others once
+                    # more before spending an attempt on that one.
+                    asked_again = True
+                    pause = min(wait_s, self.liveness_s, max(0.0, deadline - time.monotonic()))
+                    time.sleep(pause)
+                    queue = list(order)
+                    continue
                 attempts += 1
                 try:
                     self._attempt(target, max(0.05, min(attempt_s, deadline - time.monotonic())))
