@@ -91,6 +91,37 @@ pub fn validate_routers(router_addr: &str, router_endpoints: &[String]) -> Resul
     Ok(())
 }
 
+/// R-HA-3 (issue 25): the default `router_ping_ms`: a node that has received nothing
+/// from the router for this long sends it a `Ping`.
+pub const ROUTER_PING_MS_DEFAULT: u64 = 500;
+/// R-HA-3 (issue 25): the default `router_liveness_ms`: a `Ping` unanswered (nothing
+/// at all received) this long makes the router connection dead (a frozen leader keeps
+/// it open): the node reconnects. As the shipped clients' `GROUP_LIVENESS` (2 s),
+/// above a group's election timeout (at most 1 s by default).
+pub const ROUTER_LIVENESS_MS_DEFAULT: u64 = 2_000;
+/// The most `router_liveness_ms` may be: 10 minutes (a longer bound is no bound).
+pub const ROUTER_LIVENESS_MS_MAX: u64 = 600_000;
+
+/// Checks `router_ping_ms` (above 0) and `router_liveness_ms` (above
+/// `router_ping_ms`, at most [`ROUTER_LIVENESS_MS_MAX`]); the error names the key,
+/// the value and the bound.
+pub fn validate_liveness(router_ping_ms: u64, router_liveness_ms: u64) -> Result<(), String> {
+    if router_ping_ms == 0 {
+        return Err("router_ping_ms must be above 0".into());
+    }
+    if router_liveness_ms <= router_ping_ms {
+        return Err(format!(
+            "router_liveness_ms is {router_liveness_ms}, must be above router_ping_ms ({router_ping_ms}): the Ping must be sent before the connection is judged"
+        ));
+    }
+    if router_liveness_ms > ROUTER_LIVENESS_MS_MAX {
+        return Err(format!(
+            "router_liveness_ms is {router_liveness_ms}, at most {ROUTER_LIVENESS_MS_MAX} (10 minutes)"
+        ));
+    }
+    Ok(())
+}
+
 /// `NodeConfig::settings`, `listeners`, `header_read_timeout_ms` and `connections_max`
 /// for a configuration with the common fields `listen`, `metrics_listen`,
 /// `router_addr`, `key_file`, `header_read_timeout_ms` and `connections_max`.

@@ -23,6 +23,18 @@
 //! connection the owner hands them to the new link (`resend_unanswered`), which sends
 //! the very same frames first: the new leader answers each from its reply cache (the
 //! original answer, no second effect) or, if it was never committed, evaluates it.
+//!
+//! R-HA-3 (issue 25), liveness: a frozen router (SIGSTOPped, or cut off by a partition
+//! that drops packets without a reset) keeps the TCP connection open and answers
+//! nothing, so a closed socket is not the only sign of a dead link. Every link's reader
+//! sends a `Ping` after `LinkConfig::ping_after` without receiving anything, and takes
+//! the connection for dead when nothing at all arrives within `LinkConfig::liveness`
+//! of that Ping: it ends (the receiver ends, the writer stops, the socket closes), so
+//! the owner's reconnect path runs as for a closed connection (resends byte-identical,
+//! the provider registers again). A reconnect tries the lost member last, and with
+//! more than one member one attempt waits at most `liveness` for the greeting (a frozen
+//! member accepts in its kernel and never greets). On with one router too: a frozen
+//! single router is as dead; the owner's back-off paces the attempts as for a closed one.
 
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -75,6 +87,8 @@ pub enum LinkError {
         addr: String,
         leader: Option<std::net::SocketAddr>,
         reason: String,
+        /// The member's suggested wait when it names no leader (the election timeout).
+        retry_after_ms: u32,
     },
     /// R-HA-3: no member of the group could be logged in to; why each failed last.
     #[error("no router of {count} reachable: {tried}")]
@@ -218,6 +232,42 @@ pub struct LinkConfig {
     /// `network.conn_idle_timeout_ms` (300 s) and reconnected every few minutes
     /// (the nodes' `keepalive_ms`; keep it well below the router's timeout).
     pub keepalive: Duration,
+    /// R-HA-3: after this long without receiving anything the link sends a `Ping`
+    /// (the nodes' `router_ping_ms`). Below `liveness`.
+    pub ping_after: Duration,
+    /// R-HA-3: once that `Ping` is sent, nothing at all received for this long makes
+    /// the connection dead: the link closes it (the nodes' `router_liveness_ms`). With
+    /// more than one member it also bounds one member's connect-and-login attempt.
+    pub liveness: Duration,
+}
+
+impl LinkConfig {
+    /// How long one member's attempt (TCP connect, greeting, login) may take: the
+    /// login time-out, cut to `liveness` in a group (a frozen member is then left for
+    /// the next as soon as a silent connection would be taken for dead).
+    pub fn attempt_timeout(&self) -> Duration {
+        if self.router_addrs.len() > 1 {
+            self.login_timeout.min(self.liveness)
+        } else {
+            self.login_timeout
+        }
+    }
+
+    /// The members in the order a reconnect tries them: the configured order, with
+    /// `lost` (the member whose connection died) moved last, so a frozen leader is
+    /// not the first tried again (R-HA-3).
+    pub fn order_after(&self, lost: Option<&str>) -> Vec<String> {
+        let mut order: Vec<String> = self
+            .router_addrs
+            .iter()
+            .filter(|addr| Some(addr.as_str()) != lost)
+            .cloned()
+            .collect();
+        if let Some(lost) = lost {
+            order.push(lost.to_string());
+        }
+        order
+    }
 }
 
 /// What the router sent: the message and the exact body it was decoded from.
@@ -236,6 +286,10 @@ pub struct Link {
     outbound: mpsc::Sender<Vec<u8>>,
     resends: Arc<Mutex<Resends>>,
     unanswered: Arc<Mutex<Unanswered>>,
+    /// The member this link is logged in to (host:port as dialled).
+    addr: String,
+    /// Set when the liveness watch ended the connection (a Ping unanswered).
+    silent: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Redirects by `not_leader` followed in a row before the link tries the members in
@@ -264,11 +318,43 @@ impl Link {
         key: SigningKey,
         nonces: Nonces,
     ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
-        let mut queue: VecDeque<String> = config.router_addrs.iter().cloned().collect();
+        Link::connect_after(config, key, nonces, None).await
+    }
+
+    /// `connect_with`, trying `lost` (the member whose connection just died, e.g. a
+    /// frozen leader) last (R-HA-3, issue 25). When another member answered that no
+    /// leader is known (an election under way) before `lost`'s turn comes, the link
+    /// waits that member's suggested time (at most `liveness`) and asks the others once
+    /// more before spending an attempt on `lost`: a frozen leader's silence would
+    /// cost the whole attempt bound while the election ends meanwhile. Same errors.
+    pub async fn connect_after(
+        config: &LinkConfig,
+        key: SigningKey,
+        nonces: Nonces,
+        lost: Option<&str>,
+    ) -> Result<(Link, mpsc::Receiver<Incoming>), LinkError> {
+        let mut queue: VecDeque<String> = config.order_after(lost).into();
         let mut tried: Vec<(String, String)> = Vec::new();
         let mut hops = 0u32;
         let mut last = None;
+        // The longest wait a member suggested while it knew no leader.
+        let mut electing: Option<Duration> = None;
+        let mut asked_again = false;
         while let Some(addr) = queue.pop_front() {
+            if let (Some(wait), Some(lost)) = (electing, lost) {
+                if addr == lost && !asked_again && queue.is_empty() {
+                    asked_again = true;
+                    let wait = wait.min(config.liveness);
+                    tracing::info!(
+                        wait_ms = wait.as_millis() as u64,
+                        "an election is under way: asking the other members again before the silent one"
+                    );
+                    tokio::time::sleep(wait).await;
+                    queue = config.order_after(Some(lost)).into();
+                    hops = 0;
+                    continue;
+                }
+            }
             match Link::connect_one(config, &addr, key.clone(), nonces.clone()).await {
                 Ok(link) => return Ok(link),
                 Err(error) => {
@@ -277,16 +363,26 @@ impl Link {
                         Some(row) => row.1 = why,
                         None => tried.push((addr.clone(), why)),
                     }
-                    if let LinkError::NotLeader {
-                        leader: Some(leader),
-                        ..
-                    } = &error
-                    {
-                        if hops < LEADER_HOPS_MAX {
+                    match &error {
+                        LinkError::NotLeader {
+                            leader: Some(leader),
+                            ..
+                        } if hops < LEADER_HOPS_MAX => {
                             hops += 1;
                             tracing::info!(from = %addr, leader = %leader, "not the leader: following");
                             queue.push_front(leader.to_string());
                         }
+                        LinkError::NotLeader {
+                            leader: None,
+                            retry_after_ms,
+                            ..
+                        } => {
+                            // At least a little: a member that suggests no wait still
+                            // needs its election's round trips.
+                            let wait = Duration::from_millis(u64::from(*retry_after_ms).max(50));
+                            electing = Some(electing.map_or(wait, |w| w.max(wait)));
+                        }
+                        _ => {}
                     }
                     last = Some(error);
                 }
@@ -317,11 +413,13 @@ impl Link {
             addr: addr.clone(),
             source,
         };
-        let stream = tokio::time::timeout(config.login_timeout, TcpStream::connect(&addr))
+        let attempt_timeout = config.attempt_timeout();
+        let started = tokio::time::Instant::now();
+        let stream = tokio::time::timeout(attempt_timeout, TcpStream::connect(&addr))
             .await
             .map_err(|_| LinkError::Timeout {
                 addr: addr.clone(),
-                timeout_ms: config.login_timeout.as_millis() as u64,
+                timeout_ms: attempt_timeout.as_millis() as u64,
             })?
             .map_err(io)?;
         stream.set_nodelay(true).map_err(io)?;
@@ -336,6 +434,7 @@ impl Link {
                         addr: addr.clone(),
                         leader: yellowstone_wire::parse_not_leader(reply),
                         reason: reply.reason.clone(),
+                        retry_after_ms: reply.retry_after_ms,
                     });
                 }
             }
@@ -370,6 +469,7 @@ impl Link {
                         addr: addr.clone(),
                         leader: yellowstone_wire::parse_not_leader(e),
                         reason: e.reason.clone(),
+                        retry_after_ms: e.retry_after_ms,
                     });
                 }
             }
@@ -382,11 +482,12 @@ impl Link {
             })?;
             Ok(named.router)
         };
-        let router = tokio::time::timeout(config.login_timeout, login)
+        // One bound for the whole attempt: connect, greeting and login answer.
+        let router = tokio::time::timeout_at(started + attempt_timeout, login)
             .await
             .map_err(|_| LinkError::Timeout {
                 addr: addr.clone(),
-                timeout_ms: config.login_timeout.as_millis() as u64,
+                timeout_ms: attempt_timeout.as_millis() as u64,
             })??;
         let (outbound, mut outbound_rx) = mpsc::channel::<Vec<u8>>(OUTBOUND_FRAMES_MAX);
         let resends = Arc::new(Mutex::new(Resends::default()));
@@ -402,27 +503,81 @@ impl Link {
         };
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_MESSAGES_MAX);
         let keepalive = config.keepalive;
+        // Dropped when the reader ends (closed, broken or silent connection): the
+        // writer stops then, so the socket closes and `send` fails at once rather
+        // than queueing for a router that will never read it (issue 25).
+        let (reader_gone, mut reader_ended) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             loop {
-                let frame = match tokio::time::timeout(keepalive, outbound_rx.recv()).await {
+                let next = tokio::select! {
+                    biased;
+                    _ = &mut reader_ended => break,
+                    next = tokio::time::timeout(keepalive, outbound_rx.recv()) => next,
+                };
+                let frame = match next {
                     Ok(Some(frame)) => frame,
                     // Every sender is gone: the link was dropped, close.
                     Ok(None) => break,
                     // Nothing written for `keepalive`: a Ping keeps the connection.
                     Err(_) => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
                 };
-                if writer.write_all(&frame).await.is_err() {
+                // A frozen router stops reading: the write may wait for ever.
+                let written = tokio::select! {
+                    biased;
+                    _ = &mut reader_ended => break,
+                    written = writer.write_all(&frame) => written,
+                };
+                if written.is_err() {
                     break;
                 }
             }
         });
         let network_id = config.network_id;
+        let ping_after = config.ping_after;
+        let liveness = config.liveness;
+        debug_assert!(ping_after > Duration::ZERO && liveness > ping_after);
+        let link_addr = addr.clone();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader_silent = silent.clone();
         tokio::spawn(async move {
+            let _reader_gone = reader_gone;
+            let ping = Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame();
+            // When the liveness Ping went out, if one is unanswered.
+            let mut pinged: Option<tokio::time::Instant> = None;
             loop {
-                let incoming = match read_one(&mut reader, &mut decoder, &mut buffer, &addr).await {
-                    Ok(incoming) => incoming,
-                    Err(error) => {
+                let wait = match pinged {
+                    None => ping_after,
+                    Some(at) => liveness.saturating_sub(at.elapsed()),
+                };
+                // `read_one` is cancel-safe: bytes are decoded only once a read returned.
+                let read = tokio::time::timeout(
+                    wait,
+                    read_one(&mut reader, &mut decoder, &mut buffer, &addr),
+                )
+                .await;
+                let incoming = match read {
+                    Ok(Ok(incoming)) => {
+                        pinged = None;
+                        incoming
+                    }
+                    Ok(Err(error)) => {
                         tracing::warn!(%error, "router connection ended");
+                        break;
+                    }
+                    Err(_) if pinged.is_none() => {
+                        // Quiet for `ping_after`: ask for a sign of life. A full
+                        // queue (a router that does not read) still starts the clock.
+                        let _ = resender.outbound.try_send(ping.clone());
+                        pinged = Some(tokio::time::Instant::now());
+                        continue;
+                    }
+                    Err(_) => {
+                        reader_silent.store(true, Ordering::Release);
+                        tracing::warn!(
+                            router = %addr,
+                            liveness_ms = liveness.as_millis() as u64,
+                            "the router answered nothing, not even a Ping, within router_liveness_ms: connection taken for dead (a frozen or cut-off router), reconnecting (R-HA-3)"
+                        );
                         break;
                     }
                 };
@@ -462,6 +617,8 @@ impl Link {
             outbound,
             resends,
             unanswered,
+            addr: link_addr,
+            silent,
         };
         Ok((link, inbound))
     }
@@ -478,9 +635,23 @@ impl Link {
         self.network_id
     }
 
+    /// The member this link is logged in to, host:port as dialled (a reconnect after
+    /// this link died tries it last: `Link::connect_after`).
+    pub fn member(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the liveness watch ended this connection: a `Ping` went unanswered for
+    /// `LinkConfig::liveness` (a frozen or cut-off router, R-HA-3).
+    pub fn went_silent(&self) -> bool {
+        self.silent.load(Ordering::Acquire)
+    }
+
     /// Signs `message` (if it is a signed type) and queues it for the router; a signed
     /// message is kept (the last `RESEND_WINDOW`) to be resent after a replay refusal.
     pub async fn send(&self, mut message: Message) -> Result<(), LinkError> {
+        // The nonce kept for a resend after a reconnect, if any.
+        let mut kept = None;
         let frame = if message.is_signed() {
             let frame = message.sign(&self.key, self.network_id);
             if let Some((_, nonce)) = message.claimed_origin().filter(|(_, n)| *n != 0) {
@@ -493,18 +664,27 @@ impl Link {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .push(nonce, frame.clone());
+                    kept = Some(nonce);
                 }
             }
             frame
         } else {
             message.to_frame()
         };
-        self.outbound
-            .send(frame)
-            .await
-            .map_err(|_| LinkError::Closed {
-                addr: String::new(),
-            })
+        if self.outbound.send(frame).await.is_err() {
+            // Never written: the caller hears of the failure, so a reconnect must not
+            // send it behind its back (a ticket nobody waits for).
+            if let Some(nonce) = kept {
+                self.unanswered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .answered(nonce);
+            }
+            return Err(LinkError::Closed {
+                addr: self.addr.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// R-HA-3: sends, first and byte-identical, the signed messages `previous` (a lost
@@ -706,6 +886,102 @@ mod tests {
         assert_eq!(delays, [100, 200, 400, 500, 500]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+    }
+
+    fn config(routers: &[&str]) -> LinkConfig {
+        LinkConfig {
+            router_addrs: routers.iter().map(|r| r.to_string()).collect(),
+            network_id: 1,
+            router_address: None,
+            login_timeout: Duration::from_secs(10),
+            keepalive: Duration::from_secs(60),
+            ping_after: Duration::from_millis(500),
+            liveness: Duration::from_millis(2_000),
+        }
+    }
+
+    #[test]
+    fn r_ha_3_a_reconnect_tries_the_lost_member_last() {
+        let group = config(&["a:1", "b:2", "c:3"]);
+        assert_eq!(group.order_after(None), ["a:1", "b:2", "c:3"]);
+        assert_eq!(group.order_after(Some("a:1")), ["b:2", "c:3", "a:1"]);
+        assert_eq!(group.order_after(Some("b:2")), ["a:1", "c:3", "b:2"]);
+        // A leader reached by a redirect, not in the list: tried after the list.
+        assert_eq!(group.order_after(Some("d:4")), ["a:1", "b:2", "c:3", "d:4"]);
+    }
+
+    #[test]
+    fn r_ha_3_a_group_member_gets_the_liveness_bound_a_single_router_the_login_time_out() {
+        assert_eq!(
+            config(&["a:1", "b:2"]).attempt_timeout(),
+            Duration::from_millis(2_000)
+        );
+        assert_eq!(config(&["a:1"]).attempt_timeout(), Duration::from_secs(10));
+    }
+
+    /// A member that knows no leader yet (an election under way), then the silent
+    /// member the last connection died on: the link waits the suggested time and asks
+    /// the electing member again before it spends an attempt on the silent one.
+    #[tokio::test]
+    async fn r_ha_3_an_election_under_way_is_waited_for_before_the_silent_member() {
+        use std::io::Write as _;
+        let electing = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let electing_addr = electing.local_addr().unwrap().to_string();
+        let asked = Arc::new(AtomicU64::new(0));
+        let counted = asked.clone();
+        std::thread::spawn(move || {
+            for stream in electing.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let reply = yellowstone_wire::leader::not_leader_reply(0, None, 80);
+                let _ = stream.write_all(&Message::from(reply).to_frame());
+            }
+        });
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_addr = silent.local_addr().unwrap().to_string();
+        let mut group = config(&[&silent_addr, &electing_addr]);
+        group.liveness = Duration::from_millis(300);
+        group.ping_after = Duration::from_millis(100);
+        let error = Link::connect_after(
+            &group,
+            SigningKey::from_seed(b"electing"),
+            Nonces::default(),
+            Some(&silent_addr),
+        )
+        .await
+        .err()
+        .expect("nobody leads");
+        assert_eq!(asked.load(Ordering::SeqCst), 2, "asked again: {error}");
+        let text = error.to_string();
+        assert!(
+            text.contains("no leader known") && text.contains("within 300 ms"),
+            "the silent member was still tried last: {text}"
+        );
+    }
+
+    /// A router that accepts and never answers (a frozen one): the link takes it for
+    /// dead within `ping_after + liveness`, after the login time-out the single
+    /// router keeps.
+    #[tokio::test]
+    async fn r_ha_3_a_silent_member_is_left_within_the_liveness_bound() {
+        let silent_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = silent_a.local_addr().unwrap().to_string();
+        let b = silent_b.local_addr().unwrap().to_string();
+        let mut group = config(&[&a, &b]);
+        group.liveness = Duration::from_millis(300);
+        group.ping_after = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let error = Link::connect(&group, SigningKey::from_seed(b"silent"))
+            .await
+            .err()
+            .expect("nobody greets");
+        assert!(started.elapsed() < Duration::from_millis(1_500), "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains(&a) && text.contains(&b) && text.contains("within 300 ms"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -130,3 +130,133 @@ def test_a_lost_answer_is_answered_again_by_the_resend_byte_for_byte(router):
     with pytest.raises(RouterError) as refused:
         operator.answer(nonce, "Ack")
     assert refused.value.name == "replay"
+
+
+class _FreezableProxy:
+    """A member in front of the real router that can freeze like a SIGSTOPped leader:
+    its connections stay open and nothing passes either way (no close, no reset)."""
+
+    def __init__(self, target):
+        self.target = target
+        self.frozen = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.addr = self.listener.getsockname()
+        self.held = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.frozen.is_set():
+                self.held.append(client)  # accepted, never greeted, never closed
+                continue
+            server = socket.create_connection(self.target)
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink):
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            if self.frozen.is_set():
+                continue  # swallowed: the frozen member neither answers nor closes
+            try:
+                sink.sendall(chunk)
+            except OSError:
+                return
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_frozen_leader_is_left_within_the_liveness_bound_and_the_resend_answered(router):
+    """Issue 25: the connection to a frozen member stays open and silent. Before the
+    fix answer() waited out its whole timeout (then TimeoutError); now a Ping
+    unanswered for liveness_s makes the connection dead, the client reconnects to the
+    next member and resends the same frame, answered there."""
+    host, port = router["host"], router["port"]
+    frozen = _FreezableProxy((host, port))
+    try:
+        client = Client(key=router["operator"], endpoints=[frozen.addr, (host, port)])
+        assert client.peer == frozen.addr
+        frozen.frozen.set()
+        user = Key.from_seed(b"python-frozen-user")
+        started = time.monotonic()
+        nonce = client.send_signed("BalanceUpdate", entries=[
+            {"address": user.address, "balance_wei": 3 * WEI_PER_MOR}])
+        ack = client.answer(nonce, "Ack", timeout_s=15.0)
+        elapsed = time.monotonic() - started
+        assert ack["nonce"] == nonce
+        assert client.peer == (host, port), "reconnected past the frozen member"
+        # Quiet 0.5 s + unanswered Ping 2 s + the reconnect: well under the 15 s wait.
+        assert elapsed < 5.0, f"left the frozen member after {elapsed:.1f} s"
+    finally:
+        frozen.close()
+
+
+def test_the_liveness_bound_must_exceed_the_ping_interval():
+    with pytest.raises(ValueError, match="ping_after_s"):
+        Client("127.0.0.1", 1, Key.from_seed(b"x"), ping_after_s=2.0, liveness_s=2.0)
+
+
+
+def test_an_election_under_way_is_waited_for_before_the_silent_member(router):
+    """Reconnecting after a silent member: another member says no leader is known yet;
+    the client waits its suggested time and asks it again before spending an attempt
+    on the silent member (which would cost the whole liveness bound)."""
+    asked, dialled = [], []
+    electing = socket.socket()
+    electing.bind(("127.0.0.1", 0))
+    electing.listen(16)
+    frame = _not_leader_frame("not the leader: no leader known (election in progress)", 0)
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    held = []
+
+    def serve_electing():
+        while True:
+            try:
+                conn, _ = electing.accept()
+            except OSError:
+                return
+            asked.append(time.monotonic())
+            with conn:
+                conn.sendall(frame)
+
+    def serve_silent():
+        while True:
+            try:
+                conn, _ = silent.accept()
+            except OSError:
+                return
+            dialled.append(time.monotonic())
+            held.append(conn)  # never greeted, never closed
+
+    threading.Thread(target=serve_electing, daemon=True).start()
+    threading.Thread(target=serve_silent, daemon=True).start()
+    client = Client(router["host"], router["port"], router["operator"],
+                    ping_after_s=0.1, liveness_s=0.3)
+    # Its connection went silent on `silent`; the group is these two members now.
+    client.endpoints = [silent.getsockname(), electing.getsockname()]
+    client.peer = silent.getsockname()
+    client.connect_deadline_s = 0.5
+    try:
+        with pytest.raises(NoRouterError) as error:
+            client.reconnect()
+        assert len(asked) >= 2 and dialled, error.value
+        assert asked[1] < dialled[0], "the electing member is asked again before the silent one"
+        assert "no greeting" in error.value.tried[silent.getsockname()] or \
+            "timed out" in error.value.tried[silent.getsockname()], error.value
+    finally:
+        electing.close()
+        silent.close()

@@ -9,7 +9,18 @@ and tries again until `connect_deadline_s`, then raises NoRouterError naming eve
 endpoint tried. The client keeps the signed frames it sent without a final answer;
 `reconnect()` (called by `answer()` when the connection is lost) sends them again,
 byte-identical: the new leader answers each from its reply cache (the original
-answer, never a second effect) or, if it was never committed, evaluates it."""
+answer, never a second effect) or, if it was never committed, evaluates it.
+
+A frozen leader (SIGSTOPped, or cut off by a partition that drops packets) keeps the
+TCP connection open and answers nothing (issue 25). So while `expect()`/`answer()`
+wait, the client sends a Ping after `ping_after_s` (0.5 s) without receiving anything
+and takes a Ping unanswered for `liveness_s` (2 s) as a lost connection: `answer()`
+then reconnects (the silent member tried last) and resends, as after a closed one.
+With more than one endpoint one member's connect-and-login attempt also waits at most
+`liveness_s` (a frozen member accepts in its kernel and never greets).
+When another member says no leader is known yet (an election under way) before the
+silent member's turn, the client waits its suggested time (at most `liveness_s`) and
+asks the others once more first. `liveness_s=None` turns the watch off."""
 
 import random
 import socket
@@ -38,6 +49,17 @@ LEADER_HOPS_MAX = 4
 RESEND_WINDOW = 1024
 # Reconnections (and resends) one answer() may make before it gives up.
 RESENDS_MAX = 3
+# R-HA-3 (issue 25): a Ping after this long without receiving anything (seconds)...
+PING_AFTER_S = 0.5
+# ...and the connection is dead when nothing at all arrives this long after it: as the
+# Rust clients' GROUP_LIVENESS and the nodes' router_liveness_ms (2 s), above a group's
+# election timeout.
+LIVENESS_S = 2.0
+
+
+class SilentRouterError(ConnectionError):
+    """Nothing, not even an answer to a Ping, arrived within the liveness bound: the
+    router is taken for dead (frozen, or cut off without a reset)."""
 
 
 class NoRouterError(ConnectionError):
@@ -73,13 +95,19 @@ def _endpoint(item):
 
 class Client:
     def __init__(self, host: str = None, port: int = None, key: p.Key = None,
-                 timeout_s: float = 20.0, *, endpoints=None, connect_deadline_s: float = 10.0):
+                 timeout_s: float = 20.0, *, endpoints=None, connect_deadline_s: float = 10.0,
+                 ping_after_s: float = PING_AFTER_S, liveness_s=LIVENESS_S):
         """Logs in to the router at (host, port), or to the leader of the group whose
         members are `endpoints` (("host", port) pairs or "host:port" strings, tried in
         order). Raises NoRouterError when none could be logged in to within
-        `connect_deadline_s`, RouterError for a refused login."""
+        `connect_deadline_s`, RouterError for a refused login. `ping_after_s` and
+        `liveness_s` (seconds; None: off) are the liveness watch of the module docs;
+        ValueError unless 0 < ping_after_s < liveness_s."""
         if key is None:
             raise ValueError("a key is needed")
+        if liveness_s is not None and not 0 < ping_after_s < liveness_s:
+            raise ValueError(
+                f"ping_after_s ({ping_after_s}) must be above 0 and below liveness_s ({liveness_s})")
         members = [] if host is None else [(host, int(port))]
         for item in endpoints or []:
             member = _endpoint(item)
@@ -92,6 +120,8 @@ class Client:
         self.address = key.address
         self.timeout_s = timeout_s
         self.connect_deadline_s = connect_deadline_s
+        self.ping_after_s = ping_after_s
+        self.liveness_s = liveness_s
         # Nonces start from the clock in microseconds, so a restarted client never replays.
         self._nonce = time.time_ns() // 1000
         self.network_id = None
@@ -107,21 +137,40 @@ class Client:
 
     # --- following the leader (R-HA-3) ---
 
-    def _connect(self) -> None:
+    def _connect(self, lost=None) -> None:
+        """Logs in to the group's leader; `lost` (the member whose connection died) is
+        tried last in each round."""
+        order = [e for e in self.endpoints if e != lost] + [e for e in self.endpoints if e == lost]
+        # A frozen member accepts in its kernel and never greets: in a group one attempt
+        # waits at most the liveness bound, then the next member is tried.
+        attempt_s = self.timeout_s
+        if len(self.endpoints) > 1 and self.liveness_s is not None:
+            attempt_s = min(attempt_s, self.liveness_s)
         started = time.monotonic()
         deadline = started + self.connect_deadline_s
         tried = {}
         attempts = 0
         rounds = 0
         hops = 0
+        asked_again = False
         while True:
-            queue = list(self.endpoints)
+            queue = list(order)
             wait_s = 0.0
             while queue:
                 target = queue.pop(0)
+                if target == lost and not queue and wait_s > 0 and not asked_again \
+                        and self.liveness_s is not None and len(order) > 1:
+                    # Another member knows no leader yet (an election under way): wait
+                    # for it rather than for the silent member, and ask the others once
+                    # more before spending an attempt on that one.
+                    asked_again = True
+                    pause = min(wait_s, self.liveness_s, max(0.0, deadline - time.monotonic()))
+                    time.sleep(pause)
+                    queue = list(order)
+                    continue
                 attempts += 1
                 try:
-                    self._attempt(target, max(0.05, min(self.timeout_s, deadline - time.monotonic())))
+                    self._attempt(target, max(0.05, min(attempt_s, deadline - time.monotonic())))
                     self.peer = target
                     return
                 except _NotLeader as refusal:
@@ -167,7 +216,7 @@ class Client:
     def reconnect(self) -> int:
         """Connects again (to the group's leader) and sends, first and byte-identical,
         every signed frame still without a final answer (R-HA-3). Returns how many."""
-        self._connect()
+        self._connect(lost=self.peer)
         frames = list(self.unanswered.values())
         for frame in frames:
             self.send_frame(frame)
@@ -266,20 +315,50 @@ class Client:
             self._buffer += chunk
 
     def expect(self, pick, timeout_s: float = 20.0):
-        """Reads until pick(name, fields) returns something other than None."""
+        """Reads until pick(name, fields) returns something other than None; TimeoutError
+        after `timeout_s`. With the liveness watch on (the module docs) a Ping goes out
+        after `ping_after_s` of silence, and SilentRouterError is raised when nothing
+        at all arrived within `liveness_s` of it."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            name, fields, _, _ = self.recv()
-            value = pick(name, fields)
-            if value is not None:
-                return value
-        raise TimeoutError("no matching message in time")
+        heard = time.monotonic()
+        pinged = None
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TimeoutError("no matching message in time")
+                if self.liveness_s is None:
+                    wake = deadline
+                else:
+                    if pinged is None and now - heard >= self.ping_after_s:
+                        self.send("Ping", {"payload": 0})
+                        pinged = now
+                    if pinged is not None and now - pinged >= self.liveness_s:
+                        raise SilentRouterError(
+                            f"the router at {self.peer} answered nothing, not even a Ping, within "
+                            f"{self.liveness_s} s (liveness_s): taken for dead")
+                    wake = heard + self.ping_after_s if pinged is None else pinged + self.liveness_s
+                self.sock.settimeout(max(0.001, min(wake, deadline) - now))
+                try:
+                    name, fields, _, _ = self.recv()
+                except socket.timeout:
+                    # A partial frame stays in the buffer; the loop decides what is due.
+                    continue
+                heard = time.monotonic()
+                pinged = None
+                value = pick(name, fields)
+                if value is not None:
+                    return value
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(self.timeout_s)
 
     def answer(self, nonce: int, *names, timeout_s: float = 20.0):
         """The answer named in `names` carrying `nonce`, or RouterError for its refusal.
-        R-HA-3: when the connection is lost first (closed, or `not_leader` from a leader
-        that lost office), reconnects and resends the unanswered frames (at most
-        RESENDS_MAX times) and keeps waiting: the resend's answer is the original one."""
+        R-HA-3: when the connection is lost first (closed, silent past the liveness
+        bound, or `not_leader` from a leader that lost office), reconnects and resends
+        the unanswered frames (at most RESENDS_MAX times) and keeps waiting: the
+        resend's answer is the original one."""
         def pick(name, fields):
             if name == "ErrorReply" and fields["code"] == p.NOT_LEADER:
                 raise ConnectionError(f"not_leader: {fields['reason']}")

@@ -56,6 +56,16 @@ pub struct ConsumerConfig {
     /// A `Ping` goes to the router after this long without writing, so the router
     /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
     pub keepalive_ms: u64,
+    /// R-HA-3 (issue 25): after this long without receiving anything from the router
+    /// the node sends it a `Ping` (ms, above 0, below `router_liveness_ms`).
+    pub router_ping_ms: u64,
+    /// R-HA-3 (issue 25): a `Ping` unanswered this long (nothing at all received)
+    /// makes the router connection dead: a frozen leader (SIGSTOP, a partition that
+    /// drops packets) keeps it open and answers nothing. The node closes it and
+    /// reconnects over every router endpoint, the lost one last (resending its
+    /// unanswered messages). With several endpoints it also bounds one endpoint's
+    /// connect-and-login attempt. ms, above `router_ping_ms`, at most 600000.
+    pub router_liveness_ms: u64,
     /// Reconnect back-off: first delay, doubled up to the max.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -90,6 +100,8 @@ impl Default for ConsumerConfig {
             response_bytes_max: 16 * 1024 * 1024,
             requests_in_flight_max: 1_024,
             keepalive_ms: 60_000,
+            router_ping_ms: crate::cli::ROUTER_PING_MS_DEFAULT,
+            router_liveness_ms: crate::cli::ROUTER_LIVENESS_MS_DEFAULT,
             header_read_timeout_ms: 30_000,
             connections_max: 1024,
             reconnect_initial_ms: 200,
@@ -116,6 +128,7 @@ impl NodeConfig for ConsumerConfig {
 
     fn validate(&self) -> Result<(), String> {
         crate::cli::validate_routers(&self.router_addr, &self.router_endpoints)?;
+        crate::cli::validate_liveness(self.router_ping_ms, self.router_liveness_ms)?;
         for (name, value) in [
             ("tokens_max_default", self.tokens_max_default),
             ("tokens_max_limit", self.tokens_max_limit),
@@ -173,5 +186,33 @@ mod tests {
             ..ConsumerConfig::default()
         };
         assert!(bad.validate().unwrap_err().contains("tokens_max_default"));
+    }
+
+    #[test]
+    fn r_ha_3_the_liveness_bound_must_exceed_the_ping_interval() {
+        let config = ConsumerConfig::default();
+        assert_eq!(
+            (config.router_ping_ms, config.router_liveness_ms),
+            (500, 2_000)
+        );
+        let equal = ConsumerConfig {
+            router_ping_ms: 2_000,
+            ..ConsumerConfig::default()
+        };
+        let error = equal.validate().unwrap_err();
+        assert!(
+            error.contains("router_liveness_ms is 2000") && error.contains("router_ping_ms (2000)"),
+            "{error}"
+        );
+        let zero = ConsumerConfig {
+            router_ping_ms: 0,
+            ..ConsumerConfig::default()
+        };
+        assert!(zero.validate().unwrap_err().contains("router_ping_ms"));
+        let huge = ConsumerConfig {
+            router_liveness_ms: 600_001,
+            ..ConsumerConfig::default()
+        };
+        assert!(huge.validate().unwrap_err().contains("at most 600000"));
     }
 }

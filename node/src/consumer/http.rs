@@ -226,12 +226,17 @@ fn rfc_error(outcome: RfcOutcome, asked: Option<u64>, reserved: u64) -> ApiError
             .retry_after(1)
         }
         RfcOutcome::RouterDown(reason) => router_unavailable(reason),
-        RfcOutcome::TimedOut => ApiError::new(
+        // The router answered nothing (not even the expiry it sends itself): it is
+        // unreachable or changing leader (R-HA-3); a retry may well succeed.
+        RfcOutcome::TimedOut { waited_ms } => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
             "server_error",
             "no_ticket",
-            "the router gave no session before the request expired",
-        ),
+            format!(
+                "the market's router answered nothing within {waited_ms} ms (rfc_ttl_ms + 2 s); retry"
+            ),
+        )
+        .retry_after(1),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ConsumerMetrics {
     pub first_token_seconds: Histogram,
     pub end_to_end_seconds: Histogram,
     pub reports: Family<Labels, Counter>,
+    /// R-HA-3: router connections the liveness watch ended (`router_liveness_ms`).
+    pub router_silent: Counter,
 }
 
 impl ConsumerMetrics {
@@ -66,6 +68,10 @@ impl ConsumerMetrics {
             reports: metrics.counter_family(
                 "consumer_reports",
                 "Reports sent, by outcome (pass, fail, void) and the router's answer (earned, reported_fail, too_slow, earned_despite_fail, zero_tokens, void, too_slow_first_token, error).",
+            ),
+            router_silent: metrics.counter(
+                "consumer_router_silent",
+                "Router connections closed by the liveness watch: a Ping unanswered for router_liveness_ms (a frozen or cut-off router; the node reconnects and resends, R-HA-3).",
             ),
         }
     }
@@ -112,6 +118,13 @@ impl Consumer {
                     .map_err(|e| format!("router_address: {e}"))?,
             )
         };
+        let http = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_millis(config.first_byte_timeout_ms))
+            .build()
+            .map_err(|e| format!("http client: {e}"))?;
+        let metrics = Metrics::new();
+        let stats = ConsumerMetrics::new(&metrics);
         let router = RouterClient::new(
             key,
             LinkConfig {
@@ -120,15 +133,11 @@ impl Consumer {
                 router_address,
                 login_timeout: Duration::from_secs(10),
                 keepalive: Duration::from_millis(config.keepalive_ms),
+                ping_after: Duration::from_millis(config.router_ping_ms),
+                liveness: Duration::from_millis(config.router_liveness_ms),
             },
+            stats.router_silent.clone(),
         );
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(config.first_byte_timeout_ms))
-            .build()
-            .map_err(|e| format!("http client: {e}"))?;
-        let metrics = Metrics::new();
-        let stats = ConsumerMetrics::new(&metrics);
         // Relative files are read from the working directory, as key_file is.
         let tokens = tokens::TokenCounter::load(&config.tokenizers, std::path::Path::new(""))
             .map_err(|e| e.to_string())?;

@@ -26,8 +26,9 @@ pub enum RfcOutcome {
     Failed { reason: u8 },
     /// No connection to the router, or it dropped.
     RouterDown(String),
-    /// No ticket before the RFC's expiry.
-    TimedOut,
+    /// No answer at all (not even the router's own expiry) within `waited_ms`: the
+    /// RFC's time to live plus 2 s.
+    TimedOut { waited_ms: u64 },
 }
 
 pub struct RouterClient {
@@ -40,6 +41,8 @@ pub struct RouterClient {
     /// a nonce not above the sender's last (`replay`), so concurrent requests must
     /// reach the connection in nonce order.
     send_order: tokio::sync::Mutex<()>,
+    /// Counts the connections the liveness watch ended (R-HA-3).
+    silent: prometheus_client::metrics::counter::Counter,
 }
 
 /// Removes a waiter when its request ends, however it ends.
@@ -56,7 +59,12 @@ impl Drop for Waiter<'_> {
 }
 
 impl RouterClient {
-    pub fn new(key: SigningKey, config: LinkConfig) -> Arc<RouterClient> {
+    /// `silent` counts the connections the liveness watch ends (a metric's counter).
+    pub fn new(
+        key: SigningKey,
+        config: LinkConfig,
+        silent: prometheus_client::metrics::counter::Counter,
+    ) -> Arc<RouterClient> {
         Arc::new(RouterClient {
             key,
             config,
@@ -64,6 +72,7 @@ impl RouterClient {
             link: RwLock::new(None),
             waiters: Mutex::new(HashMap::new()),
             send_order: tokio::sync::Mutex::new(()),
+            silent,
         })
     }
 
@@ -81,7 +90,18 @@ impl RouterClient {
     pub async fn run(self: Arc<RouterClient>, mut backoff: Backoff) {
         let mut previous: Option<Link> = None;
         loop {
-            match Link::connect_with(&self.config, self.key.clone(), self.nonces.clone()).await {
+            // R-HA-3: the member whose connection died (a frozen leader, say) is tried last.
+            let lost = previous.as_ref().map(|link| link.member().to_string());
+            let connected = Link::connect_after(
+                &self.config,
+                self.key.clone(),
+                self.nonces.clone(),
+                lost.as_deref(),
+            )
+            .await;
+            // Whether this round's connection was ended by the liveness watch.
+            let mut went_silent = false;
+            match connected {
                 Ok((link, inbound)) => {
                     tracing::info!(router = %link.router(), "connected to the router");
                     {
@@ -95,6 +115,10 @@ impl RouterClient {
                     backoff.reset();
                     self.dispatch(inbound).await;
                     *self.link.write().await = None;
+                    went_silent = link.went_silent();
+                    if went_silent {
+                        self.silent.inc();
+                    }
                     // Waiters of the lost connection learn it now, not at their
                     // time-out, unless their message is resent on the next one.
                     let resent = link.unanswered_nonces();
@@ -102,6 +126,13 @@ impl RouterClient {
                     previous = Some(link);
                 }
                 Err(error) => tracing::warn!(%error, "router connection failed"),
+            }
+            // R-HA-3: a group's member that went silent is left at once (the others
+            // first; a connection that went silent lived at least the liveness bound:
+            // no tight loop; a failed connect still backs off).
+            let group = self.config.router_addrs.len() > 1;
+            if group && went_silent {
+                continue;
             }
             let delay = backoff.next_delay();
             tokio::time::sleep(delay).await;
@@ -196,11 +227,14 @@ impl RouterClient {
             .await
             .map_err(RfcOutcome::RouterDown)?;
         // A little past the expiry: the router answers "expired" itself then.
-        let deadline = tokio::time::Instant::now() + ttl + Duration::from_secs(2);
+        let waited = ttl + Duration::from_secs(2);
+        let deadline = tokio::time::Instant::now() + waited;
         loop {
             let message = tokio::time::timeout_at(deadline, waiter.receiver.recv())
                 .await
-                .map_err(|_| RfcOutcome::TimedOut)?
+                .map_err(|_| RfcOutcome::TimedOut {
+                    waited_ms: waited.as_millis() as u64,
+                })?
                 .ok_or_else(|| RfcOutcome::RouterDown("the router connection dropped".into()))?;
             match message {
                 Message::RfcAccepted(_) => continue,

@@ -51,6 +51,16 @@ pub struct ProviderConfig {
     /// A `Ping` goes to the router after this long without writing, so the router
     /// (`network.conn_idle_timeout_ms`, 300 s) does not close an idle connection.
     pub keepalive_ms: u64,
+    /// R-HA-3 (issue 25): after this long without receiving anything from the router
+    /// the node sends it a `Ping` (ms, above 0, below `router_liveness_ms`).
+    pub router_ping_ms: u64,
+    /// R-HA-3 (issue 25): a `Ping` unanswered this long (nothing at all received)
+    /// makes the router connection dead: a frozen leader (SIGSTOP, a partition that
+    /// drops packets) keeps it open and answers nothing. The node closes it and
+    /// reconnects over every router endpoint, the lost one last (resending its
+    /// unanswered messages, registering again). With several endpoints it also bounds one endpoint's
+    /// connect-and-login attempt. ms, above `router_ping_ms`, at most 600000.
+    pub router_liveness_ms: u64,
     /// Reconnect back-off: first delay, doubled up to the max.
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
@@ -114,6 +124,8 @@ impl Default for ProviderConfig {
             response_bytes_max: 16 * 1024 * 1024,
             upstream_timeout_ms: 600_000,
             keepalive_ms: 60_000,
+            router_ping_ms: crate::cli::ROUTER_PING_MS_DEFAULT,
+            router_liveness_ms: crate::cli::ROUTER_LIVENESS_MS_DEFAULT,
             header_read_timeout_ms: 30_000,
             connections_max: 1024,
             reconnect_initial_ms: 200,
@@ -145,6 +157,7 @@ impl NodeConfig for ProviderConfig {
 
     fn validate(&self) -> Result<(), String> {
         crate::cli::validate_routers(&self.router_addr, &self.router_endpoints)?;
+        crate::cli::validate_liveness(self.router_ping_ms, self.router_liveness_ms)?;
         if self.models.is_empty() {
             return Err("models: at least one [[models]] entry is needed".into());
         }

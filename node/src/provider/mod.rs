@@ -49,6 +49,8 @@ pub struct ProviderMetrics {
     pub tickets_received: Counter,
     pub probes_answered: Counter,
     pub router_connects: Family<Labels, Counter>,
+    /// R-HA-3: router connections the liveness watch ended (`router_liveness_ms`).
+    pub router_silent: Counter,
     pub upstream_seconds: Histogram,
     /// R-PROV-4: models offered to the market now (those whose model server is up).
     pub models_offered: Gauge,
@@ -74,6 +76,10 @@ impl ProviderMetrics {
             router_connects: metrics.counter_family(
                 "provider_router_connects",
                 "Connections to the router, by outcome (ok, failed, refused).",
+            ),
+            router_silent: metrics.counter(
+                "provider_router_silent",
+                "Router connections closed by the liveness watch: a Ping unanswered for router_liveness_ms (a frozen or cut-off router; the node reconnects, R-HA-3).",
             ),
             upstream_seconds: metrics.seconds(
                 "provider_upstream_seconds",
@@ -280,6 +286,8 @@ impl Provider {
             router_address,
             login_timeout: Duration::from_secs(10),
             keepalive: Duration::from_millis(self.config.keepalive_ms),
+            ping_after: Duration::from_millis(self.config.router_ping_ms),
+            liveness: Duration::from_millis(self.config.router_liveness_ms),
         })
     }
 
@@ -408,8 +416,19 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
     );
     // R-HA-3: the lost link, whose unanswered signed messages the next one resends.
     let mut previous: Option<Link> = None;
+    let group = link_config.router_addrs.len() > 1;
     loop {
-        match Link::connect_with(&link_config, provider.key.clone(), provider.nonces.clone()).await
+        // Whether this round's connection was ended by the liveness watch.
+        let mut went_silent = false;
+        // R-HA-3: the member whose connection died (a frozen leader, say) is tried last.
+        let lost = previous.as_ref().map(|link| link.member().to_string());
+        match Link::connect_after(
+            &link_config,
+            provider.key.clone(),
+            provider.nonces.clone(),
+            lost.as_deref(),
+        )
+        .await
         {
             Ok((link, inbound)) => {
                 provider
@@ -423,6 +442,10 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
                     link.resend_unanswered(&previous).await;
                 }
                 let served = serve_router(&provider, &link, inbound, &endpoint).await;
+                went_silent = link.went_silent();
+                if went_silent {
+                    provider.stats.router_silent.inc();
+                }
                 if served {
                     backoff.reset();
                 }
@@ -436,6 +459,13 @@ async fn router_loop(provider: Arc<Provider>, endpoint: String) {
                     .inc();
                 tracing::warn!(%error, "router connection failed");
             }
+        }
+        // R-HA-3: a group's member that went silent is left at once: the others are
+        // tried first; a connection that went silent lived at least the liveness bound
+        // (no tight loop), and a failed connect still backs off.
+        if group && went_silent {
+            tracing::info!("reconnecting to the router group at once (the silent member last)");
+            continue;
         }
         let delay = backoff.next_delay();
         tracing::info!(
