@@ -316,6 +316,34 @@ pub fn connect_client_following(
     Ok(client)
 }
 
+/// R-HA-3: set-ups (connect, then resend / register / subscribe) tried in a row by one
+/// reconnection: a leader that loses office while a client sets its new connection up
+/// closes it (elections can follow each other on a loaded host); that is followed
+/// again, not taken as the group lost.
+const SETUP_ATTEMPTS_MAX: u32 = 5;
+
+/// Connects to the group's leader ([`connect`]) and sets the connection up with
+/// `setup`, again from the connection when the set-up fails (the member lost office
+/// meanwhile), at most [`SETUP_ATTEMPTS_MAX`] times.
+/// Errors: the connection failed, or the last set-up's error.
+fn connect_and_set_up(
+    endpoints: &[SocketAddr],
+    key: &SigningKey,
+    mut setup: impl FnMut(&mut Client) -> Result<(), String>,
+) -> Result<Client, String> {
+    let mut last = String::new();
+    for _ in 0..SETUP_ATTEMPTS_MAX {
+        let mut client = connect(endpoints, key.clone())?;
+        match setup(&mut client) {
+            Ok(()) => return Ok(client),
+            Err(error) => last = error,
+        }
+    }
+    Err(format!(
+        "set-up failed {SETUP_ATTEMPTS_MAX} times in a row, last: {last}"
+    ))
+}
+
 /// Reconnections one simulated client makes in a run at most (R-HA-3: each failover
 /// of a group costs one; a failover in 100 leader kills costs 100).
 const RECONNECTS_MAX: u32 = 1_000;
@@ -888,29 +916,30 @@ fn reconnect_user(
     writer: &Mutex<(TcpStream, u64)>,
     unanswered: &Mutex<Unanswered>,
 ) -> Result<Client, String> {
-    let client = connect(endpoints, key.clone())?;
-    client
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .map_err(|e| e.to_string())?;
-    let stream = client.stream().try_clone().map_err(|e| e.to_string())?;
-    let mut guard = writer
-        .lock()
-        .map_err(|_| "writer lock poisoned".to_string())?;
-    guard.0 = stream;
-    // Resent now: each frame's wait (the liveness bound's clock) starts again.
-    let frames: Vec<Vec<u8>> = unanswered
-        .lock()
-        .map_err(|_| "unanswered lock poisoned".to_string())?
-        .values_mut()
-        .map(|(at, frame)| {
-            *at = Instant::now();
-            frame.clone()
-        })
-        .collect();
-    for frame in &frames {
-        guard.0.write_all(frame).map_err(|e| e.to_string())?;
-    }
-    Ok(client)
+    connect_and_set_up(endpoints, key, |client| {
+        client
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .map_err(|e| e.to_string())?;
+        let stream = client.stream().try_clone().map_err(|e| e.to_string())?;
+        let mut guard = writer
+            .lock()
+            .map_err(|_| "writer lock poisoned".to_string())?;
+        guard.0 = stream;
+        // Resent now: each frame's wait (the liveness bound's clock) starts again.
+        let frames: Vec<Vec<u8>> = unanswered
+            .lock()
+            .map_err(|_| "unanswered lock poisoned".to_string())?
+            .values_mut()
+            .map(|(at, frame)| {
+                *at = Instant::now();
+                frame.clone()
+            })
+            .collect();
+        for frame in &frames {
+            guard.0.write_all(frame).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -984,11 +1013,11 @@ fn run_provider(
                 // The unanswered session starts first, byte-identical (their nonces are
                 // below the new registration's), then the registration.
                 let order = others_first(&endpoints, client.stream().peer_addr().ok());
-                let again = connect(&order, key.clone()).and_then(|mut c| {
+                let again = connect_and_set_up(&order, &key, |c| {
                     for frame in starts_unanswered.values() {
                         c.send_raw(frame).map_err(|e| e.to_string())?;
                     }
-                    register(&mut c, &config.models, price, config.provider_capacity).map(|()| c)
+                    register(c, &config.models, price, config.provider_capacity)
                 });
                 match again {
                     Ok(new) => {
@@ -1171,7 +1200,7 @@ fn run_operator_subscriber(
                 reconnects += 1;
                 let key = operator.key().clone();
                 let order = others_first(&endpoints, operator.stream().peer_addr().ok());
-                match connect(&order, key).and_then(|mut c| subscribe(&mut c).map(|()| c)) {
+                match connect_and_set_up(&order, &key, subscribe) {
                     Ok(new) => {
                         operator = new;
                         continue;
@@ -1589,4 +1618,61 @@ pub fn run_with(
     }
     let _ = TcpStream::connect_timeout(&target.addr, Duration::from_millis(1));
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yellowstone_gateway::router::config::RouterConfig;
+    use yellowstone_gateway::router::{Router, StartOptions};
+    use yellowstone_tests::cut_proxy::CutProxy;
+    use yellowstone_wire::messages::msg_type;
+
+    /// Sends a Ping and waits (at most 2 s) for its Pong.
+    fn ping(client: &mut Client) -> Result<(), String> {
+        client
+            .send_raw(&Message::from(yellowstone_wire::Ping { payload: 7 }).to_frame())
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match client.recv() {
+                Ok(Message::Pong(_)) => return Ok(()),
+                Ok(_) => {}
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err("no Pong within 2 s".into())
+    }
+
+    /// R-HA-3 (the 100-failover run): a connection closed while the client sets it up
+    /// (a leader losing office right after the login) is followed again, not taken as
+    /// the group lost; a set-up that always fails is reported with its last error.
+    #[test]
+    fn r_ha_3_a_set_up_cut_by_a_lost_office_is_tried_again() {
+        let mut config = RouterConfig::default();
+        config.network.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics.enabled = false;
+        let router = Router::start(StartOptions::ephemeral(config).unwrap()).unwrap();
+        // The first two connections are cut at the router's Pong: after the login.
+        let proxy = CutProxy::start_cutting_at(router.listen, msg_type::PONG, 2);
+        let key = SigningKey::from_seed(b"set-up-cut");
+        let mut setups = 0;
+        let client = connect_and_set_up(&[proxy.addr], &key, |c| {
+            setups += 1;
+            ping(c)
+        });
+        assert!(client.is_ok(), "{:?}", client.err());
+        assert_eq!(setups, 3, "two cut set-ups, then one that passed");
+        assert_eq!(proxy.cuts(), 2);
+
+        let error = connect_and_set_up(&[router.listen], &key, |_| Err("refused".into()))
+            .err()
+            .expect("a set-up that always fails");
+        assert!(
+            error.contains("5 times") && error.ends_with("refused"),
+            "{error}"
+        );
+        router.shutdown().unwrap();
+    }
 }
