@@ -40,6 +40,9 @@ use yellowstone_wire::{Address, Message, SigningKey};
 
 /// Frames waiting to be written to the router, at most.
 pub const OUTBOUND_FRAMES_MAX: usize = 4096;
+/// Queued frames are joined into one write up to about this many bytes (a frame is
+/// never split; one larger frame is written alone).
+const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 /// Messages from the router waiting for the node, at most (a full queue slows the
 /// reading of the socket, never drops).
 pub const INBOUND_MESSAGES_MAX: usize = 4096;
@@ -403,17 +406,33 @@ impl Link {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_MESSAGES_MAX);
         let keepalive = config.keepalive;
         tokio::spawn(async move {
+            // One keepalive timer for the connection, moved after each write (not a
+            // timer armed and dropped per frame).
+            let idle = tokio::time::sleep(keepalive);
+            tokio::pin!(idle);
             loop {
-                let frame = match tokio::time::timeout(keepalive, outbound_rx.recv()).await {
-                    Ok(Some(frame)) => frame,
-                    // Every sender is gone: the link was dropped, close.
-                    Ok(None) => break,
+                let mut batch = tokio::select! {
+                    biased;
+                    frame = outbound_rx.recv() => match frame {
+                        Some(frame) => frame,
+                        // Every sender is gone: the link was dropped, close.
+                        None => break,
+                    },
                     // Nothing written for `keepalive`: a Ping keeps the connection.
-                    Err(_) => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
+                    () = &mut idle => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
                 };
-                if writer.write_all(&frame).await.is_err() {
+                // Frames queued meanwhile leave in the same write: one syscall and
+                // one wake-up of the router's reader for all of them, in order.
+                while batch.len() < WRITE_BATCH_BYTES_MAX {
+                    match outbound_rx.try_recv() {
+                        Ok(frame) => batch.extend_from_slice(&frame),
+                        Err(_) => break,
+                    }
+                }
+                if writer.write_all(&batch).await.is_err() {
                     break;
                 }
+                idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
             }
         });
         let network_id = config.network_id;

@@ -882,15 +882,28 @@ impl Call {
             let mut app_open = true;
             let (mut id, mut created) = (Value::Null, Value::from(0));
             let mut cut = self.consumer.cut_signal();
+            // Armed once for the whole answer, not once per chunk (issue 23,
+            // Performance: a timer registered and dropped for each of ~20 chunks).
+            let answer_deadline = tokio::time::sleep_until(deadline);
+            tokio::pin!(answer_deadline);
+            // Resolves when this node stops (or its stop signal is gone).
+            let stopped = async move {
+                let _ = cut.wait_for(|cut| *cut).await;
+            };
+            tokio::pin!(stopped);
             let error: Option<(&'static str, String)> = loop {
+                // `biased`: a stop is seen first; a chunk that is there wins over the
+                // deadline, as `timeout_at(deadline, stream.next())` did.
                 let next = tokio::select! {
-                    next = tokio::time::timeout_at(deadline, stream.next()) => next,
-                    _ = cut.wait_for(|cut| *cut) => {
+                    biased;
+                    _ = &mut stopped => {
                         break Some(("stopped", "this consumer node stopped mid-stream".into()))
                     }
+                    next = stream.next() => Ok(next),
+                    _ = &mut answer_deadline => Err(()),
                 };
                 let chunk = match next {
-                    Err(_) => break Some(("timeout", "the provider's answer timed out".into())),
+                    Err(()) => break Some(("timeout", "the provider's answer timed out".into())),
                     Ok(None) if done => break None,
                     Ok(None) => {
                         break Some(("cut", "the provider's stream ended before its end".into()))
@@ -982,7 +995,23 @@ impl Call {
                                     // Usage is the node's to tell, once, verified.
                                     object.remove("usage");
                                 }
-                                raw = Bytes::from(format!("data: {value}\n\n"));
+                                // Straight into one buffer of about the event's size
+                                // (`format!` of a `Value` goes through fmt's adapter
+                                // and grows a String piece by piece).
+                                let mut out =
+                                    Vec::with_capacity(data.len() + self.model_name.len() + 16);
+                                out.extend_from_slice(b"data: ");
+                                if let Err(error) = serde_json::to_writer(&mut out, &value) {
+                                    stream_error = Some((
+                                        "provider_error",
+                                        format!(
+                                            "a provider's chunk could not be re-encoded: {error}"
+                                        ),
+                                    ));
+                                    break;
+                                }
+                                out.extend_from_slice(b"\n\n");
+                                raw = Bytes::from(out);
                             }
                         }
                         None => {}
