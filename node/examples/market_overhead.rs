@@ -29,6 +29,14 @@
 //! server (e.g. `python -m llama_cpp.server` on node/tests/python/tiny_gguf.py's
 //! model) behind the provider instead of the stand-in, for both paths; the router's
 //! catalog then needs the served file's hash: `--weights-file FILE`.
+//!
+//! Judging the 1 ms target: `--floor` adds a path through two bare relay hops (this
+//! program as a minimal axum + reqwest pass-through, the nodes' HTTP stack, chained
+//! as consumer -> provider are) and reports their CPU per request; the direct path
+//! reports the stand-in's own; the run prints the µs of one signature and of one
+//! recovery under the run's load. `--bin-dir-b DIR` runs a second market from other
+//! binaries (e.g. an older commit's) interleaved with the first, for before/after
+//! ratios from one run.
 
 use hdrhistogram::Histogram;
 use std::io::{BufRead, BufReader};
@@ -464,6 +472,8 @@ fn main() {
         }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
+        let (sign_us, recover_us) = signature_us();
+        println!("signature operations here, now: sign {sign_us:.1} µs, recover {recover_us:.1} µs (median of 5 x 200)");
         println!("streamed completions of {tokens} tokens, stand-in at {delay_ms_per_token} ms per token, {seconds} s x {rounds} round(s) per rate and path (interleaved), open loop; times in ms");
         println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | path - direct - ticket, p50 | cpu ms/req |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -597,6 +607,37 @@ fn main() {
     drop(floor_procs);
     drop(market_b);
     drop(market_a);
+}
+
+/// The cost of the market's two signature operations on this machine under this
+/// load: (sign, recover) in µs, each the median of 5 batches of 200 (secp256k1
+/// through `yellowstone_wire`, as the nodes and the router use it).
+fn signature_us() -> (f64, f64) {
+    use yellowstone_wire::signature::{inference_request_digest, recover_signer};
+    let key = yellowstone_wire::SigningKey::from_seed(b"bench-signature");
+    let digest = inference_request_digest(1, 7, b"{\"model\":\"m\"}");
+    let signature = key.sign_digest(&digest);
+    let median = |f: &dyn Fn()| {
+        let mut batches: Vec<f64> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                for _ in 0..200 {
+                    f();
+                }
+                started.elapsed().as_secs_f64() * 1e6 / 200.0
+            })
+            .collect();
+        batches.sort_by(f64::total_cmp);
+        batches[2]
+    };
+    let sign = median(&|| {
+        std::hint::black_box(key.sign_digest(std::hint::black_box(&digest)));
+    });
+    let recover = median(&|| {
+        let signer = recover_signer(std::hint::black_box(&digest), &signature);
+        assert_eq!(signer, Ok(key.address()));
+    });
+    (sign, recover)
 }
 
 /// What every market of a run shares.
