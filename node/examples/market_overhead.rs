@@ -473,7 +473,7 @@ fn main() {
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         println!("load average at start: {}", load.trim());
         let (sign_us, recover_us) = signature_us();
-        println!("signature operations here, now: sign {sign_us:.1} µs, recover {recover_us:.1} µs (median of 5 x 200)");
+        println!("signature operations here, now: sign {sign_us:.1} µs, recover {recover_us:.1} µs (thread CPU time, median of 5 x 200)");
         println!("streamed completions of {tokens} tokens, stand-in at {delay_ms_per_token} ms per token, {seconds} s x {rounds} round(s) per rate and path (interleaved), open loop; times in ms");
         println!("| rate/s | path | ok | errors | TTFT p50 | TTFT p99 | total p50 | total p99 | ticket p50 | ticket p99 | path - direct - ticket, p50 | cpu ms/req |");
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
@@ -609,9 +609,18 @@ fn main() {
     drop(market_a);
 }
 
-/// The cost of the market's two signature operations on this machine under this
-/// load: (sign, recover) in µs, each the median of 5 batches of 200 (secp256k1
-/// through `yellowstone_wire`, as the nodes and the router use it).
+/// This thread's CPU time in ns (`/proc/thread-self/schedstat`, first field): time
+/// on a CPU only, so a shared machine's load does not inflate it as it does wall time.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The CPU cost of the market's two signature operations on this machine: (sign,
+/// recover) in µs of thread CPU time, each the median of 5 batches of 200
+/// (secp256k1 through `yellowstone_wire`, as the nodes and the router use it).
 fn signature_us() -> (f64, f64) {
     use yellowstone_wire::signature::{inference_request_digest, recover_signer};
     let key = yellowstone_wire::SigningKey::from_seed(b"bench-signature");
@@ -620,11 +629,11 @@ fn signature_us() -> (f64, f64) {
     let median = |f: &dyn Fn()| {
         let mut batches: Vec<f64> = (0..5)
             .map(|_| {
-                let started = Instant::now();
+                let started = thread_cpu_ns();
                 for _ in 0..200 {
                     f();
                 }
-                started.elapsed().as_secs_f64() * 1e6 / 200.0
+                (thread_cpu_ns() - started) as f64 / 1e3 / 200.0
             })
             .collect();
         batches.sort_by(f64::total_cmp);
