@@ -52,6 +52,9 @@ use yellowstone_wire::{Address, Message, SigningKey};
 
 /// Frames waiting to be written to the router, at most.
 pub const OUTBOUND_FRAMES_MAX: usize = 4096;
+/// Queued frames are joined into one write up to about this many bytes (a frame is
+/// never split; one larger frame is written alone).
+const WRITE_BATCH_BYTES_MAX: usize = 64 * 1024;
 /// Messages from the router waiting for the node, at most (a full queue slows the
 /// reading of the socket, never drops).
 pub const INBOUND_MESSAGES_MAX: usize = 4096;
@@ -508,28 +511,40 @@ impl Link {
         // than queueing for a router that will never read it (issue 25).
         let (reader_gone, mut reader_ended) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
+            // One keepalive timer for the connection, moved after each write (not a
+            // timer armed and dropped per frame).
+            let idle = tokio::time::sleep(keepalive);
+            tokio::pin!(idle);
             loop {
-                let next = tokio::select! {
+                let mut batch = tokio::select! {
                     biased;
                     _ = &mut reader_ended => break,
-                    next = tokio::time::timeout(keepalive, outbound_rx.recv()) => next,
-                };
-                let frame = match next {
-                    Ok(Some(frame)) => frame,
-                    // Every sender is gone: the link was dropped, close.
-                    Ok(None) => break,
+                    frame = outbound_rx.recv() => match frame {
+                        Some(frame) => frame,
+                        // Every sender is gone: the link was dropped, close.
+                        None => break,
+                    },
                     // Nothing written for `keepalive`: a Ping keeps the connection.
-                    Err(_) => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
+                    () = &mut idle => Message::from(yellowstone_wire::Ping { payload: 0 }).to_frame(),
                 };
+                // Frames queued meanwhile leave in the same write: one syscall and
+                // one wake-up of the router's reader for all of them, in order.
+                while batch.len() < WRITE_BATCH_BYTES_MAX {
+                    match outbound_rx.try_recv() {
+                        Ok(frame) => batch.extend_from_slice(&frame),
+                        Err(_) => break,
+                    }
+                }
                 // A frozen router stops reading: the write may wait for ever.
                 let written = tokio::select! {
                     biased;
                     _ = &mut reader_ended => break,
-                    written = writer.write_all(&frame) => written,
+                    written = writer.write_all(&batch) => written,
                 };
                 if written.is_err() {
                     break;
                 }
+                idle.as_mut().reset(tokio::time::Instant::now() + keepalive);
             }
         });
         let network_id = config.network_id;

@@ -258,6 +258,56 @@ async fn r_node_5_refusals_are_honest_and_say_when_not_to_retry() {
     assert_eq!(answer["usage"]["completion_tokens"], 16, "{answer}");
 }
 
+/// R-NODE-5, issue 23 Performance: the consumer's `answer_timeout_ms` bounds a
+/// streamed answer as a whole, however steadily its chunks come (the deadline is
+/// armed once per answer, not per chunk): the application's stream ends with an
+/// error event naming the time-out, the session is reported fail and closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_5_answer_timeout_bounds_a_steady_stream() {
+    let stack = Stack::start(Tuning {
+        consumer: "answer_timeout_ms = 1500".into(),
+        ..Tuning::default()
+    })
+    .await;
+    // 100 tokens, one every 100 ms: chunks keep coming for 10 s.
+    stack
+        .standin_mode(json!({"tokens": 100, "delay_ms_per_token": 100}))
+        .await;
+    let started = std::time::Instant::now();
+    let response = stack
+        .http
+        .post(stack.consumer_url("/v1/chat/completions"))
+        .json(&chat("a long answer", 100, true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    let elapsed = started.elapsed();
+    // Chunks arrived before the deadline, and the stream stopped at it.
+    assert!(body.matches("\"content\"").count() >= 5, "{body}");
+    assert!(!body.contains("[DONE]"), "{body}");
+    assert!(body.contains("provider_stream_failed"), "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    assert!(
+        elapsed >= Duration::from_millis(1_400) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
+    stack
+        .wait_metric(
+            "yellowstone_consumer_requests_total{outcome=\"timeout\"}",
+            1.0,
+        )
+        .await;
+    stack
+        .wait_metric(
+            "yellowstone_consumer_reports_total{outcome=\"fail\",ack=\"reported_fail\"}",
+            1.0,
+        )
+        .await;
+    assert_eq!(stack.router_metric("yellowstone_sessions_open").await, 0.0);
+}
+
 /// Issue 23 case 6: SIGTERM to the consumer mid-stream: it stops within its
 /// bound (`stop_grace_ms` + `report_timeout_ms`), and the session is reported (the
 /// router's open sessions drop to 0 at once, not at the session's TTL).

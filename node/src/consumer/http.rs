@@ -876,7 +876,7 @@ impl Call {
     ) -> Response {
         let (sender, receiver) =
             tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(RELAY_CHUNKS_MAX);
-        tokio::spawn(async move {
+        let relay = async move {
             let deadline = tokio::time::Instant::from_std(self.query_started)
                 + Duration::from_millis(self.consumer.config.answer_timeout_ms);
             let mut splitter = SseSplitter::new(SSE_EVENT_BYTES_MAX);
@@ -887,15 +887,28 @@ impl Call {
             let mut app_open = true;
             let (mut id, mut created) = (Value::Null, Value::from(0));
             let mut cut = self.consumer.cut_signal();
+            // Armed once for the whole answer, not once per chunk (issue 23,
+            // Performance: a timer registered and dropped for each of ~20 chunks).
+            let answer_deadline = tokio::time::sleep_until(deadline);
+            tokio::pin!(answer_deadline);
+            // Resolves when this node stops (or its stop signal is gone).
+            let stopped = async move {
+                let _ = cut.wait_for(|cut| *cut).await;
+            };
+            tokio::pin!(stopped);
             let error: Option<(&'static str, String)> = loop {
+                // `biased`: a stop is seen first; a chunk that is there wins over the
+                // deadline, as `timeout_at(deadline, stream.next())` did.
                 let next = tokio::select! {
-                    next = tokio::time::timeout_at(deadline, stream.next()) => next,
-                    _ = cut.wait_for(|cut| *cut) => {
+                    biased;
+                    _ = &mut stopped => {
                         break Some(("stopped", "this consumer node stopped mid-stream".into()))
                     }
+                    next = stream.next() => Ok(next),
+                    _ = &mut answer_deadline => Err(()),
                 };
                 let chunk = match next {
-                    Err(_) => break Some(("timeout", "the provider's answer timed out".into())),
+                    Err(()) => break Some(("timeout", "the provider's answer timed out".into())),
                     Ok(None) if done => break None,
                     Ok(None) => {
                         break Some(("cut", "the provider's stream ended before its end".into()))
@@ -987,7 +1000,23 @@ impl Call {
                                     // Usage is the node's to tell, once, verified.
                                     object.remove("usage");
                                 }
-                                raw = Bytes::from(format!("data: {value}\n\n"));
+                                // Straight into one buffer of about the event's size
+                                // (`format!` of a `Value` goes through fmt's adapter
+                                // and grows a String piece by piece).
+                                let mut out =
+                                    Vec::with_capacity(data.len() + self.model_name.len() + 16);
+                                out.extend_from_slice(b"data: ");
+                                if let Err(error) = serde_json::to_writer(&mut out, &value) {
+                                    stream_error = Some((
+                                        "provider_error",
+                                        format!(
+                                            "a provider's chunk could not be re-encoded: {error}"
+                                        ),
+                                    ));
+                                    break;
+                                }
+                                out.extend_from_slice(b"\n\n");
+                                raw = Bytes::from(out);
                             }
                         }
                         None => {}
@@ -1034,15 +1063,69 @@ impl Call {
             let prompt = usage.map(|u| u.prompt_tokens);
             self.report(verdict, tokens, first_token_ms, prompt);
             count(&self.consumer, outcome);
-        });
-        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
-        });
+        };
+        let stream = RelayBody {
+            relay: Some(Box::pin(relay)),
+            receiver,
+        };
         let mut response = Response::new(Body::from_stream(stream));
         let headers = response.headers_mut();
         headers.insert("content-type", "text/event-stream".parse().expect("header"));
         headers.insert("cache-control", "no-cache".parse().expect("header"));
         response
+    }
+}
+
+/// A streamed answer's body: the relay (`Call::relay_stream`'s future, which reads
+/// the provider's stream, rewrites each chunk into `receiver`'s channel and reports
+/// at the end) is driven by the application's HTTP connection as it polls the body,
+/// rather than on a task of its own: one task wake-up and one cross-task hand-off
+/// less per chunk (issue 23, Performance). If the body is dropped before the relay
+/// ends (the application left, or its connection broke), the relay goes on on a task
+/// of its own: it reads the provider's answer to its end and reports it (R-NODE-2),
+/// its sends to the application failing from then on.
+struct RelayBody {
+    /// `None` once the relay has ended.
+    relay: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    receiver: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl futures_util::Stream for RelayBody {
+    type Item = Result<Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // The relay first: it fills the channel (and, at its end, closes it by
+        // dropping the sender); both register this body's waker.
+        if let Some(relay) = this.relay.as_mut() {
+            if relay.as_mut().poll(cx).is_ready() {
+                this.relay = None;
+            }
+        }
+        let polled = this.receiver.poll_recv(cx);
+        debug_assert!(
+            !matches!(polled, std::task::Poll::Ready(None)) || this.relay.is_none(),
+            "the channel closes only when the relay has ended"
+        );
+        polled
+    }
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        let Some(relay) = self.relay.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(relay);
+            }
+            // Outside a runtime (the process is ending) nothing can be sent any more.
+            Err(_) => tracing::warn!("shutting down: a stream's relay ended early, not reported"),
+        }
     }
 }
 
