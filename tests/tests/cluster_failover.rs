@@ -1168,6 +1168,46 @@ fn a_wrong_cluster_key_is_refused_with_exit_1_naming_the_key() {
     drop(member);
 }
 
+/// Outsider review 3: what openraft would take as a no-op, or panic on, is refused
+/// naming why, and the member keeps serving: adding a member that is already one (as a
+/// voter again, or as a learner), removing the leader itself, a second
+/// `cluster init`.
+#[test]
+fn cluster_changes_that_would_do_nothing_or_remove_the_leader_are_refused() {
+    let (group, member) = one_member_group();
+    let raft = group.raft[0].to_string();
+    let (code, out, err) = cluster_cli(&group, "add", &raft, &["--member", &format!("1={raft}")]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("member 1 is already a voter"), "{err}");
+    let (code, _, err) = cluster_cli(
+        &group,
+        "add",
+        &raft,
+        &["--member", &format!("1={raft}"), "--learner"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("member 1 is a voter: a voter is not made a learner"),
+        "{err}"
+    );
+    let (code, out, err) = cluster_cli(&group, "remove", &raft, &["--id", "1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("member 1 is the leader: stop its process"),
+        "{err}"
+    );
+    let (code, out, err) = cluster_cli(&group, "init", &raft, &["--member", &format!("1={raft}")]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("already belongs to a group (members: 1"),
+        "{err}"
+    );
+    // Still the group's leader, serving.
+    let status = status(&group, group.raft[0]);
+    assert_eq!(status["state"], "leader", "{status}");
+    drop(member);
+}
+
 /// Issue 25 case 3: removing an id that is no member is refused naming the
 /// members; an id out of 1..=i64::MAX (what `cluster.member_id` can hold) is
 /// refused by `add` and `remove` as by the configuration.

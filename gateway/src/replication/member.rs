@@ -413,13 +413,27 @@ impl MemberCore {
             ),
             AdminRequest::Init { members } => match self.raft.initialize(members).await {
                 Ok(()) => AdminReply::Done,
+                Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {
+                    let m = self.raft.metrics().borrow().clone();
+                    AdminReply::Failed {
+                        reason: format!(
+                            "this member already belongs to a group (members: {}; term {}): \
+                             `cluster init` starts a new group once; use `cluster add` to grow it",
+                            member_list(&m),
+                            m.current_term
+                        ),
+                    }
+                }
                 Err(e) => AdminReply::Failed {
                     reason: e.to_string(),
                 },
             },
             AdminRequest::AddLearner { id, node } => {
                 // Just after `cluster init` the leader may not be elected yet.
-                self.metrics_with_a_leader().await;
+                let m = self.metrics_with_a_leader().await;
+                if let Some(refusal) = refuse_addition(&m, id, &node, false) {
+                    return refusal;
+                }
                 match self.raft.add_learner(id, node, true).await {
                     Ok(_) => AdminReply::Done,
                     Err(e) => self.not_leader(e, ""),
@@ -427,7 +441,10 @@ impl MemberCore {
             }
             AdminRequest::AddVoter { id, node } => {
                 // Just after `cluster init` the leader may not be elected yet.
-                self.metrics_with_a_leader().await;
+                let m = self.metrics_with_a_leader().await;
+                if let Some(refusal) = refuse_addition(&m, id, &node, true) {
+                    return refusal;
+                }
                 if let Err(e) = self.raft.add_learner(id, node, true).await {
                     return self.not_leader(e, "");
                 }
@@ -448,6 +465,17 @@ impl MemberCore {
                     .nodes()
                     .map(|(member, _)| *member)
                     .collect();
+                if m.current_leader == Some(m.id) && id == m.id {
+                    // openraft 0.9 has no leadership transfer, and a leader removing itself
+                    // in two steps (voter, then node) panics in openraft's core.
+                    return AdminReply::Failed {
+                        reason: format!(
+                            "member {id} is the leader: stop its process (the others elect a \
+                             leader within an election timeout), then remove it through another \
+                             member"
+                        ),
+                    };
+                }
                 if m.current_leader == Some(m.id) && !members.contains(&id) {
                     let list: Vec<String> = members.iter().map(u64::to_string).collect();
                     return AdminReply::Failed {
@@ -483,6 +511,63 @@ impl MemberCore {
             }
         }
     }
+}
+
+/// The members of `m`'s membership, "1, 2, 3".
+fn member_list(m: &openraft::RaftMetrics<MemberId, MemberNode>) -> String {
+    let ids: Vec<String> = m
+        .membership_config
+        .membership()
+        .nodes()
+        .map(|(id, _)| id.to_string())
+        .collect();
+    ids.join(", ")
+}
+
+/// An addition the leader (`m` its view) refuses rather than let openraft take it as a
+/// no-op reported "added": `id` is already a member in that role, a voter asked to become
+/// a learner, or the id named at another address. A follower's view is not checked (it
+/// sends the request on to the leader).
+fn refuse_addition(
+    m: &openraft::RaftMetrics<MemberId, MemberNode>,
+    id: MemberId,
+    node: &MemberNode,
+    as_voter: bool,
+) -> Option<AdminReply> {
+    if m.current_leader != Some(m.id) {
+        return None;
+    }
+    let membership = m.membership_config.membership();
+    let existing = membership.get_node(&id)?;
+    let is_voter = membership.voter_ids().any(|v| v == id);
+    let reason = if existing.raft_addr != node.raft_addr {
+        format!(
+            "member {id} is already in the group at {} (not {}): ids are never reused; \
+             choose a new id",
+            existing.raft_addr, node.raft_addr
+        )
+    } else if is_voter {
+        if as_voter {
+            format!(
+                "member {id} is already a voter (members: {})",
+                member_list(m)
+            )
+        } else {
+            format!(
+                "member {id} is a voter: a voter is not made a learner (remove it, then add \
+                 it under a new id with --learner)"
+            )
+        }
+    } else if as_voter {
+        // A learner promoted to voter: openraft's change of membership does it.
+        return None;
+    } else {
+        format!(
+            "member {id} is already a learner (members: {})",
+            member_list(m)
+        )
+    };
+    Some(AdminReply::Failed { reason })
 }
 
 struct CoreAdmin(Arc<MemberCore>);
