@@ -277,8 +277,7 @@ impl Session {
             // Stable: the others keep the order given.
             order.sort_by_key(|endpoint| *endpoint == silent);
         }
-        self.client = connect_client(&order, key, self.timeout)
-            .map_err(|e| CtlError::Connection(e.to_string()))?;
+        self.client = connect_client(&order, key, self.timeout)?;
         Ok(())
     }
 

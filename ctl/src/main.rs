@@ -515,15 +515,28 @@ fn follow(cli: &Cli, args: &FollowArgs) -> Result<(), CtlError> {
         };
         let Some(lost) = lost else { continue };
         // Follow the group's (new) leader and subscribe again; blocks sealed
-        // meanwhile are named when the first new batch comes.
-        let (in_row, in_window) = budget.take(Instant::now(), &lost.why)?;
-        eprintln!(
-            "yellowstone-ctl: connection lost ({}); following the router group's leader \
-             (reconnection {in_row} of this failover, {in_window} in the last hour)",
-            lost.why
-        );
-        session.reconnect_avoiding(lost.silent)?;
-        subscribe(&mut session)?;
+        // meanwhile are named when the first new batch comes. A reconnection that
+        // fails (no member served within --timeout-ms) takes another from the
+        // failover's budget: a follower outlives a group unreachable for a while.
+        let (mut why, mut silent) = (lost.why, lost.silent);
+        loop {
+            let (in_row, in_window) = budget.take(Instant::now(), &why)?;
+            eprintln!(
+                "yellowstone-ctl: connection lost ({why}); following the router group's \
+                 leader (reconnection {in_row} of this failover, {in_window} in the last hour)"
+            );
+            match session
+                .reconnect_avoiding(silent)
+                .and_then(|()| subscribe(&mut session))
+            {
+                Ok(()) => break,
+                Err(CtlError::Connection(reason)) => {
+                    why = reason;
+                    silent = None;
+                }
+                Err(error) => return Err(error),
+            }
+        }
         follower.resubscribed();
         eprintln!(
             "yellowstone-ctl: subscribed again at {} after block {}",
