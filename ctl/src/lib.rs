@@ -457,3 +457,67 @@ fn connect_client(
 
 /// The market error code of a replay (R-ID-4); `detail` holds the last nonce.
 pub const REPLAY: u16 = 0x0201;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_ha_3_reconnections_counted_per_failover_and_bounded_per_window() {
+        let start = Instant::now();
+        let window = Duration::from_secs(60);
+        let mut budget = ReconnectBudget::new(3, 5, window).unwrap();
+        let at = |s: u64| start + Duration::from_secs(s);
+        assert_eq!(budget.take(at(0), "x").unwrap(), (1, 1));
+        assert_eq!(budget.take(at(1), "x").unwrap(), (2, 2));
+        assert_eq!(budget.take(at(2), "x").unwrap(), (3, 3));
+        let error = budget.take(at(3), "cut").unwrap_err().to_string();
+        assert!(
+            error.contains("4 times in a row") && error.contains("--reconnects-per-failover 3"),
+            "{error}"
+        );
+        // A healthy spell ends the failover: the next loss starts a new count ...
+        budget.healthy();
+        assert_eq!(budget.take(at(10), "x").unwrap(), (1, 4));
+        budget.healthy();
+        assert_eq!(budget.take(at(20), "x").unwrap(), (1, 5));
+        budget.healthy();
+        // ... but no more than 5 fall in any 60 s.
+        let error = budget.take(at(30), "cut").unwrap_err().to_string();
+        assert!(
+            error.contains("5 reconnections within 60 s") && error.contains("cut"),
+            "{error}"
+        );
+        // Those of 0..2 s have left the window by 62 s.
+        assert_eq!(budget.take(at(62), "x").unwrap(), (1, 3));
+    }
+
+    #[test]
+    fn r_ha_3_reconnect_budget_bounds_are_validated() {
+        for (per_failover, per_window, expected) in [
+            (0, 60, "--reconnects-per-failover 0: must be 1..=100"),
+            (101, 200, "--reconnects-per-failover 101"),
+            (
+                3,
+                2,
+                "--reconnects-per-hour 2: must be at least --reconnects-per-failover (3)",
+            ),
+            (3, 100_001, "at most 100000"),
+        ] {
+            let error =
+                ReconnectBudget::new(per_failover, per_window, RECONNECT_WINDOW).unwrap_err();
+            assert_eq!(error.exit_code(), 2);
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn missed_blocks_are_named_as_ranges_with_their_own_exit_status() {
+        let error = CtlError::MissedBlocks(vec![(5, 6), (9, 9)]);
+        assert_eq!(error.exit_code(), 5);
+        assert!(
+            error.to_string().starts_with("missed blocks 5..=6, 9:"),
+            "{error}"
+        );
+    }
+}
