@@ -352,7 +352,9 @@ impl Session {
                             "connection lost before the answer ({why}); reconnecting and \
                              sending the same signed message again (R-HA-3)"
                         );
-                        self.reconnect()?;
+                        // The member that went silent or lost office is tried last.
+                        let silent = self.peer();
+                        self.reconnect_avoiding(silent)?;
                         self.client.send_raw(&frame)?;
                     }
                     Err(Waited::Lost(why)) => {
@@ -370,6 +372,46 @@ impl Session {
                     self.nonce = u64::try_from(reply.detail).unwrap_or(u64::MAX - 1);
                 }
                 Err(reply) => return Err(CtlError::Refused(reply)),
+            }
+        }
+    }
+
+    /// Sends the unsigned query `message` (`MarketStateQuery`, `CatalogQuery`: no
+    /// effect, so asking again is harmless) and waits for `pick` to accept its answer,
+    /// within the session's timeout. R-HA-3: in a group, no answer within
+    /// `GROUP_LIVENESS` (a frozen leader) or a lost connection makes it reconnect (the
+    /// silent member last) and ask again, at most [`RESENDS_MAX`] times.
+    ///
+    /// Errors: `CtlError::Connection` when the connection is lost more often, no
+    /// member serves within the timeout, or no answer comes in time.
+    pub fn query<T>(
+        &mut self,
+        message: &Message,
+        mut pick: impl FnMut(&Message) -> Option<T>,
+    ) -> Result<T, CtlError> {
+        self.client.send(message)?;
+        let liveness =
+            (self.endpoints.len() > 1).then_some(yellowstone_wire::connect_retry::GROUP_LIVENESS);
+        let mut resends = 0u32;
+        loop {
+            match self.wait(liveness, &mut pick) {
+                Ok(answer) => return Ok(answer),
+                Err(Waited::Lost(why)) if resends < RESENDS_MAX => {
+                    resends += 1;
+                    eprintln!(
+                        "connection lost before the answer ({why}); reconnecting and asking \
+                         again (R-HA-3)"
+                    );
+                    let silent = self.peer();
+                    self.reconnect_avoiding(silent)?;
+                    self.client.send(message)?;
+                }
+                Err(Waited::Lost(why)) => {
+                    return Err(CtlError::Connection(format!(
+                        "connection lost {resends} times before the answer: {why}"
+                    )))
+                }
+                Err(Waited::Failed(error)) => return Err(error),
             }
         }
     }

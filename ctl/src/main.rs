@@ -365,10 +365,8 @@ fn name_refused_param(error: CtlError, pairs: &[(ParamId, u128)]) -> CtlError {
 fn market(cli: &Cli, args: &ShowArgs) -> Result<(), CtlError> {
     let mut session = session(cli)?;
     let query_id = yellowstone_ctl::clock_nonce();
-    session.client().send(&Message::from(
-        yellowstone_wire::messages::MarketStateQuery { query_id },
-    ))?;
-    let state = session.await_answer(|m| match m {
+    let query = Message::from(yellowstone_wire::messages::MarketStateQuery { query_id });
+    let state = session.query(&query, |m| match m {
         Message::MarketState(state) if state.query_id == query_id => Some(Ok(state.clone())),
         Message::ErrorReply(e)
             if e.ref_msg_type == yellowstone_wire::msg_type::MARKET_STATE_QUERY =>

@@ -344,3 +344,33 @@ fn r_ha_3_batches_follow_counts_reconnections_per_failover_bounded_per_hour() {
         "{stderr}"
     );
 }
+
+/// R-HA-3, the same kind as `batches follow` (outsider review 3, finding 4): `market
+/// show`'s unsigned query whose connection is lost before the answer (the leader's
+/// first connection cut at the `MarketState`, as when it loses office or freezes) is
+/// asked again over a new connection. Before: exit 3 "connection closed by the router".
+#[test]
+fn r_ha_3_market_show_asks_again_after_a_lost_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let operator = operator_key();
+    let router = RouterProcess::start(&["--operator", &operator.address().to_string()]);
+    let leader = CutProxy::start_cutting_at(router.ready.listen, msg_type::MARKET_STATE, 1);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_yellowstone-ctl"))
+        .args(["--router", &format!("{},{dead}", leader.addr)])
+        .arg("--key-file")
+        .arg(key_file(dir.path(), &operator))
+        .args(["market", "show", "--json"])
+        .env_remove("YELLOWSTONE_KEY_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert_eq!(leader.cuts(), 1, "the first answer was lost");
+    assert!(stderr.contains("reconnecting and asking again"), "{stderr}");
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(state["block"].is_u64(), "{state}");
+}
