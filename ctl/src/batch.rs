@@ -94,30 +94,80 @@ pub fn verify(
 
 /// Tracks block numbers across batches: each must be the previous one plus one; one
 /// at or below the last is a repeat (R-HA-2: sent again to a new subscription), skipped.
+///
+/// A gap on one connection is a verification failure (the router sends every sealed
+/// block to a subscribed connection). After a reconnection ([`Follower::resubscribed`])
+/// the first new batch may lie further on: a subscription is sent only the newest
+/// sealed batch (R-HA-2, docs/PROTOCOL.md `SubscribeBatches`), and the protocol has no
+/// query for a past block's batch, so the blocks sealed while the follower was away are
+/// reported as [`Accepted::After`] (missed), not as a failure.
 #[derive(Default)]
 pub struct Follower {
     last_block: Option<u64>,
+    /// A reconnection happened and no new batch has come since.
+    resubscribed: bool,
+}
+
+/// What [`Follower::accept`] made of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// At or below the last block held: already printed, skip it.
+    Repeat,
+    /// The next block (or the first one seen): print it.
+    Next,
+    /// The first new block after a reconnection, past blocks `first..=last` that were
+    /// sealed while the follower was disconnected and can no longer be fetched: print
+    /// it and report the missed blocks.
+    After {
+        /// The first block missed.
+        first: u64,
+        /// The last block missed (`first <= last`).
+        last: u64,
+    },
 }
 
 impl Follower {
-    pub fn accept(&mut self, batch: &CreditBatch) -> Result<bool, String> {
+    /// The connection was replaced and the subscription sent again: the next new
+    /// batch may follow a gap of blocks sealed meanwhile.
+    pub fn resubscribed(&mut self) {
+        self.resubscribed = true;
+    }
+
+    /// The last block accepted, if any.
+    pub fn last_block(&self) -> Option<u64> {
+        self.last_block
+    }
+
+    /// Classifies `batch` by its block number. Errors: a gap on one connection (no
+    /// reconnection since the last batch), naming both blocks.
+    pub fn accept(&mut self, batch: &CreditBatch) -> Result<Accepted, String> {
+        let mut accepted = Accepted::Next;
         if let Some(last) = self.last_block {
             // R-HA-2: a subscription is sent the newest sealed batch at once, so after
             // a reconnect one already printed may come again: skipped, not a gap.
             if batch.block <= last {
-                return Ok(false);
+                return Ok(Accepted::Repeat);
             }
             if batch.block != last + 1 {
-                return Err(format!(
-                    "gap: block {} follows block {last} (batches {}..{} missing or reordered)",
-                    batch.block,
-                    last + 1,
-                    batch.block
-                ));
+                if !self.resubscribed {
+                    return Err(format!(
+                        "gap: block {} follows block {last} on the same connection (batches \
+                         {}..{} missing or reordered)",
+                        batch.block,
+                        last + 1,
+                        batch.block
+                    ));
+                }
+                accepted = Accepted::After {
+                    first: last + 1,
+                    last: batch.block - 1,
+                };
             }
         }
+        debug_assert!(self.last_block.is_none_or(|last| batch.block > last));
+        self.resubscribed = false;
         self.last_block = Some(batch.block);
-        Ok(true)
+        Ok(accepted)
     }
 }
 
@@ -220,9 +270,40 @@ mod tests {
         assert!(verify(&message, body, 8, &router.address()).is_err());
         let mut follower = Follower::default();
         let mut b = batch();
-        assert_eq!(follower.accept(&b), Ok(true));
-        assert_eq!(follower.accept(&b), Ok(false), "a repeat is skipped");
+        assert_eq!(follower.accept(&b), Ok(Accepted::Next));
+        assert_eq!(
+            follower.accept(&b),
+            Ok(Accepted::Repeat),
+            "a repeat is skipped"
+        );
         b.block = 6;
         assert!(follower.accept(&b).unwrap_err().contains("gap"));
+    }
+
+    #[test]
+    fn r_ha_2_blocks_sealed_while_reconnecting_are_missed_not_a_gap() {
+        let mut follower = Follower::default();
+        let mut b = batch();
+        assert_eq!(follower.accept(&b), Ok(Accepted::Next));
+        follower.resubscribed();
+        // The new leader first sends a batch already held, then the newest.
+        assert_eq!(follower.accept(&b), Ok(Accepted::Repeat));
+        b.block = 7;
+        assert_eq!(
+            follower.accept(&b),
+            Ok(Accepted::After { first: 5, last: 6 })
+        );
+        // Only the first batch after a reconnection may jump.
+        b.block = 9;
+        assert!(follower.accept(&b).unwrap_err().contains("gap"));
+        b.block = 8;
+        assert_eq!(follower.accept(&b), Ok(Accepted::Next));
+        follower.resubscribed();
+        b.block = 9;
+        assert_eq!(
+            follower.accept(&b),
+            Ok(Accepted::Next),
+            "no gap, nothing missed"
+        );
     }
 }

@@ -4,12 +4,12 @@
 use clap::{Args, Parser, Subcommand};
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use yellowstone_ctl::{batch, keyfile, output, CtlError, Session};
 use yellowstone_engine::ParamId;
 use yellowstone_wire::frame::{FRAME_BYTES_MAX_DEFAULT, HEADER_LEN};
 use yellowstone_wire::messages::{
-    BalanceEntry, BalanceUpdate, Claim, Message, ParamEntry, SetParams, SubscribeBatches,
+    BalanceEntry, BalanceUpdate, Claim, Message, ParamEntry, Ping, SetParams, SubscribeBatches,
 };
 use yellowstone_wire::{Address, Signature};
 
@@ -18,7 +18,7 @@ use yellowstone_wire::{Address, Signature};
     name = "yellowstone-ctl",
     version,
     about = "Operate a running Yellowstone router: balances and parameters (operator), the market's state, credit batches, claims (provider).",
-    long_about = "Operate a running Yellowstone router. Every command logs in with the key in --key-file and signs as that key: balance and params commands need the operator's key (the router's identity.operator), claim a provider's key; market show and batches follow work with any key.\n\nNonces come from the clock (Unix microseconds), so reruns are never replays.\n\nExit status: 0 done; 1 refused by the router (the error code's name, reason and detail are printed on stderr); 2 local error, nothing sent (arguments, key file, CSV); 3 connection failed or no answer in time; 4 a credit batch failed verification."
+    long_about = "Operate a running Yellowstone router. Every command logs in with the key in --key-file and signs as that key: balance and params commands need the operator's key (the router's identity.operator), claim a provider's key; market show and batches follow work with any key.\n\nNonces come from the clock (Unix microseconds), so reruns are never replays.\n\nExit status: 0 done; 1 refused by the router (the error code's name, reason and detail are printed on stderr); 2 local error, nothing sent (arguments, key file, CSV); 3 connection failed or no answer in time; 4 a credit batch failed verification; 5 batches follow printed its --count batches, but blocks sealed while it reconnected were not delivered (named on stderr)."
 )]
 struct Cli {
     /// The router's client address (network.listen); for a replicated router group,
@@ -120,15 +120,31 @@ struct ShowArgs {
 enum BatchesCmd {
     /// Subscribe and print each credit batch as a JSON line, after checking its
     /// router signature, its Merkle root rule, its totals and that no block is
-    /// skipped. Stops after --count batches (otherwise runs until interrupted).
-    Follow {
-        #[arg(long)]
-        count: Option<u64>,
-        /// The router address batches must be signed by (default: the one the
-        /// router announces at login).
-        #[arg(long)]
-        router_address: Option<String>,
-    },
+    /// skipped on a connection. Stops after --count batches (otherwise runs until
+    /// interrupted). In a group it pings a member silent for 0.5 s and takes one that
+    /// answers nothing for 2 s as lost; after a failover it follows the new leader and
+    /// subscribes again. Blocks sealed while it was reconnecting cannot be fetched (a
+    /// subscription gets only the newest batch): they are named on stderr
+    /// ("missed blocks"), following goes on, and exit status 5 says so at --count.
+    Follow(FollowArgs),
+}
+
+#[derive(Args)]
+struct FollowArgs {
+    #[arg(long)]
+    count: Option<u64>,
+    /// The router address batches must be signed by (default: the one the
+    /// router announces at login).
+    #[arg(long)]
+    router_address: Option<String>,
+    /// Reconnections one failover may take (1..=100): the count restarts once a new
+    /// connection has been healthy for 5 s (R-HA-3).
+    #[arg(long, default_value_t = yellowstone_ctl::RESENDS_MAX)]
+    reconnects_per_failover: u32,
+    /// Reconnections allowed in any hour, over all failovers (at least
+    /// --reconnects-per-failover, at most 100000); beyond it follow ends (exit 3).
+    #[arg(long, default_value_t = 60)]
+    reconnects_per_hour: u32,
 }
 
 fn parse_wei(what: &str, text: &str) -> Result<u128, CtlError> {
@@ -349,10 +365,8 @@ fn name_refused_param(error: CtlError, pairs: &[(ParamId, u128)]) -> CtlError {
 fn market(cli: &Cli, args: &ShowArgs) -> Result<(), CtlError> {
     let mut session = session(cli)?;
     let query_id = yellowstone_ctl::clock_nonce();
-    session.client().send(&Message::from(
-        yellowstone_wire::messages::MarketStateQuery { query_id },
-    ))?;
-    let state = session.await_answer(|m| match m {
+    let query = Message::from(yellowstone_wire::messages::MarketStateQuery { query_id });
+    let state = session.query(&query, |m| match m {
         Message::MarketState(state) if state.query_id == query_id => Some(Ok(state.clone())),
         Message::ErrorReply(e)
             if e.ref_msg_type == yellowstone_wire::msg_type::MARKET_STATE_QUERY =>
@@ -370,11 +384,25 @@ fn market(cli: &Cli, args: &ShowArgs) -> Result<(), CtlError> {
     Ok(())
 }
 
-fn follow(cli: &Cli, count: Option<u64>, router_address: &Option<String>) -> Result<(), CtlError> {
-    let pinned = router_address
+/// How a followed connection was found lost, for the stderr line and the next member
+/// order.
+struct Lost {
+    why: String,
+    /// The member that fell silent (tried last when reconnecting).
+    silent: Option<std::net::SocketAddr>,
+}
+
+fn follow(cli: &Cli, args: &FollowArgs) -> Result<(), CtlError> {
+    let pinned = args
+        .router_address
         .as_deref()
         .map(|a| parse_address("--router-address", a))
         .transpose()?;
+    let mut budget = yellowstone_ctl::ReconnectBudget::new(
+        args.reconnects_per_failover,
+        args.reconnects_per_hour,
+        yellowstone_ctl::RECONNECT_WINDOW,
+    )?;
     let mut session = session(cli)?;
     let router = pinned.unwrap_or(session.router());
     let from = session.address();
@@ -393,58 +421,184 @@ fn follow(cli: &Cli, count: Option<u64>, router_address: &Option<String>) -> Res
     };
     subscribe(&mut session)?;
     let network_id = session.network_id();
-    let mut reconnects = 0u32;
+    // R-HA-3: in a group a frozen leader keeps the connection open and says nothing;
+    // batches come every 12 s, so silence is probed with a Ping (as the nodes do).
+    let group = session.endpoints().len() > 1;
+    let mut connected_at = Instant::now();
+    let mut last_heard = connected_at;
+    let mut ping_sent: Option<Instant> = None;
+    let mut ping_payload = 0u64;
     let mut follower = batch::Follower::default();
+    let mut missed: Vec<(u64, u64)> = Vec::new();
     let mut printed = 0u64;
     let stdout = std::io::stdout();
-    while count.is_none_or(|count| printed < count) {
-        let frame = match session.client().recv_frame() {
-            Ok(frame) => frame,
+    while args.count.is_none_or(|count| printed < count) {
+        let lost = match session.client().recv_frame() {
+            Ok(frame) => {
+                last_heard = Instant::now();
+                ping_sent = None;
+                if connected_at.elapsed() >= yellowstone_ctl::FOLLOW_HEALTHY_SPELL {
+                    budget.healthy();
+                }
+                let message = Message::decode(frame.header.msg_type, &frame.body).map_err(|e| {
+                    CtlError::Connection(format!("undecodable frame from the router: {e}"))
+                })?;
+                match &message {
+                    // R-HA-3: the leader lost office; the close that follows is
+                    // handled below (reading on would only wait for it).
+                    Message::ErrorReply(reply)
+                        if reply.code == yellowstone_wire::codes::NOT_LEADER =>
+                    {
+                        Some(Lost {
+                            why: format!("not_leader: {}", reply.reason),
+                            silent: None,
+                        })
+                    }
+                    Message::CreditBatch(credit_batch) => {
+                        batch::verify(&message, &frame.body, network_id, &router)
+                            .map_err(CtlError::Verification)?;
+                        match follower
+                            .accept(credit_batch)
+                            .map_err(CtlError::Verification)?
+                        {
+                            batch::Accepted::Repeat => continue,
+                            batch::Accepted::Next => {}
+                            batch::Accepted::After { first, last } => {
+                                // Not a verification failure: the batches exist, this
+                                // follower was away when they were sent (R-HA-2).
+                                eprintln!(
+                                    "yellowstone-ctl: missed blocks {}: sealed while \
+                                     reconnecting, their batches were not delivered (a \
+                                     subscription is sent only the newest sealed batch); \
+                                     following on from block {}",
+                                    yellowstone_ctl::block_ranges(&[(first, last)]),
+                                    credit_batch.block
+                                );
+                                missed.push((first, last));
+                            }
+                        }
+                        let mut out = stdout.lock();
+                        writeln!(out, "{}", batch::to_json(credit_batch))
+                            .and_then(|()| out.flush())
+                            .map_err(|e| CtlError::Local(format!("stdout: {e}")))?;
+                        printed += 1;
+                        None
+                    }
+                    _ => None, // Pong, Settlement, Notice
+                }
+            }
             Err(yellowstone_wire::client::ClientError::Io(e))
                 if matches!(
                     e.kind(),
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
-                continue; // batches come every 12 s; keep waiting
+                silence(
+                    &mut session,
+                    group,
+                    last_heard,
+                    &mut ping_sent,
+                    &mut ping_payload,
+                )
             }
-            // R-HA-3: a failover closed the connection: follow the new leader and
-            // subscribe again (a batch sealed meanwhile fails the sequence check).
+            // R-HA-3: a failover closed the connection.
             Err(
                 e @ (yellowstone_wire::client::ClientError::Closed
                 | yellowstone_wire::client::ClientError::Io(_)),
-            ) if reconnects < yellowstone_ctl::RESENDS_MAX => {
-                reconnects += 1;
-                eprintln!("connection lost ({e}); following the router group's leader");
-                session.reconnect()?;
-                subscribe(&mut session)?;
-                continue;
-            }
+            ) => Some(Lost {
+                why: e.to_string(),
+                silent: None,
+            }),
             Err(e) => return Err(e.into()),
         };
-        let message = Message::decode(frame.header.msg_type, &frame.body)
-            .map_err(|e| CtlError::Connection(format!("undecodable frame from the router: {e}")))?;
-        if let Message::ErrorReply(reply) = &message {
-            if reply.code == yellowstone_wire::codes::NOT_LEADER {
-                continue; // the close that follows is handled above
+        let Some(lost) = lost else { continue };
+        // Follow the group's (new) leader and subscribe again; blocks sealed
+        // meanwhile are named when the first new batch comes. A reconnection that
+        // fails (no member served within --timeout-ms) takes another from the
+        // failover's budget: a follower outlives a group unreachable for a while.
+        let (mut why, mut silent) = (lost.why, lost.silent);
+        loop {
+            let (in_row, in_window) = budget.take(Instant::now(), &why)?;
+            eprintln!(
+                "yellowstone-ctl: connection lost ({why}); following the router group's \
+                 leader (reconnection {in_row} of this failover, {in_window} in the last hour)"
+            );
+            match session
+                .reconnect_avoiding(silent)
+                .and_then(|()| subscribe(&mut session))
+            {
+                Ok(()) => break,
+                Err(CtlError::Connection(reason)) => {
+                    why = reason;
+                    silent = None;
+                }
+                Err(error) => return Err(error),
             }
         }
-        let Message::CreditBatch(credit_batch) = &message else {
-            continue;
-        };
-        let new = batch::verify(&message, &frame.body, network_id, &router)
-            .and_then(|()| follower.accept(credit_batch))
-            .map_err(CtlError::Verification)?;
-        if !new {
-            continue;
-        }
-        let mut out = stdout.lock();
-        writeln!(out, "{}", batch::to_json(credit_batch))
-            .and_then(|()| out.flush())
-            .map_err(|e| CtlError::Local(format!("stdout: {e}")))?;
-        printed += 1;
+        follower.resubscribed();
+        eprintln!(
+            "yellowstone-ctl: subscribed again at {} after block {}",
+            session
+                .peer()
+                .map_or_else(|| "the leader".to_string(), |peer| peer.to_string()),
+            follower
+                .last_block()
+                .map_or_else(|| "none".to_string(), |block| block.to_string())
+        );
+        connected_at = Instant::now();
+        last_heard = connected_at;
+        ping_sent = None;
     }
-    Ok(())
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(CtlError::MissedBlocks(missed))
+    }
+}
+
+/// Nothing arrived within the read poll. In a group: a `Ping` after
+/// [`yellowstone_ctl::FOLLOW_PING_AFTER`] of silence, and the connection is lost when
+/// nothing answers it within `GROUP_LIVENESS` (R-HA-3; a single router is the only
+/// one, so it is waited for).
+fn silence(
+    session: &mut Session,
+    group: bool,
+    last_heard: Instant,
+    ping_sent: &mut Option<Instant>,
+    ping_payload: &mut u64,
+) -> Option<Lost> {
+    if !group {
+        return None;
+    }
+    let liveness = yellowstone_wire::connect_retry::GROUP_LIVENESS;
+    let silent = session.peer();
+    match *ping_sent {
+        Some(at) if at.elapsed() >= liveness => Some(Lost {
+            why: format!(
+                "no answer to a Ping within {} ms (group liveness bound)",
+                liveness.as_millis()
+            ),
+            silent,
+        }),
+        Some(_) => None,
+        None if last_heard.elapsed() >= yellowstone_ctl::FOLLOW_PING_AFTER => {
+            *ping_payload += 1;
+            let ping = Message::from(Ping {
+                payload: *ping_payload,
+            });
+            match session.client().send(&ping) {
+                Ok(()) => {
+                    *ping_sent = Some(Instant::now());
+                    None
+                }
+                Err(e) => Some(Lost {
+                    why: e.to_string(),
+                    silent: None,
+                }),
+            }
+        }
+        None => None,
+    }
 }
 
 fn claim(cli: &Cli, amount: &Option<String>, json: bool) -> Result<(), CtlError> {
@@ -500,10 +654,7 @@ fn main() {
         Cmd::Balance(command) => balance(&cli, command),
         Cmd::Params(command) => params(&cli, command),
         Cmd::Market(MarketCmd::Show(args)) => market(&cli, args),
-        Cmd::Batches(BatchesCmd::Follow {
-            count,
-            router_address,
-        }) => follow(&cli, *count, router_address),
+        Cmd::Batches(BatchesCmd::Follow(args)) => follow(&cli, args),
         Cmd::Claim { amount, json } => claim(&cli, amount, *json),
     };
     if let Err(error) = result {
