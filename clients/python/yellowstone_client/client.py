@@ -222,6 +222,12 @@ class Client:
         # reconnect() sends it again on every new one (its nonce is not checked).
         self.subscription = None
         self._subscription_nonce = None
+        # R-ID-6: the last RegisterProvider or ProviderAnnounce acknowledged (frame,
+        # nonce). A provider's probes and its copy of a ticket go to the connection
+        # that sent it; reconnect() sends it again first, byte-identical: the router
+        # answers it from its reply cache and moves the route to the new connection.
+        self.route = None
+        self._route_nonce = None
         # probe_id -> (model_id, tokens_max) of the probes received (bounded): a
         # ProbeAnswer's answer is the ticket, which carries neither its nonce nor the
         # probe id.
@@ -322,14 +328,19 @@ class Client:
         still without a final answer, of every kind (R-HA-3): the new leader answers a
         committed one from its reply cache (the original answer; a RegisterProvider,
         ProviderAnnounce or Rfc resent so also moves its route to the new connection)
-        and evaluates one never committed. Not resent: a ProviderAnnounce or
-        RegisterProvider already answered (a provider announces again on the new
-        connection to get its probes), and frames sent with `send_frame`. Returns how
-        many frames were sent."""
+        and evaluates one never committed. A provider's last acknowledged
+        RegisterProvider or ProviderAnnounce goes first, byte-identical: answered from
+        the reply cache, it moves the provider's route (probes, its copy of tickets) to
+        the new connection; if it left the cache (refused `replay`) a fresh
+        ProviderAnnounce follows by itself. Not resent: frames sent with `send_frame`.
+        Returns how many frames were sent."""
         self._connect(lost=self.peer)
         frames = list(self.unanswered.values())
-        if self.subscription is not None and self.subscription not in frames:
-            frames.insert(0, self.subscription)
+        # Standing state of the old connection first: the provider's route (so the
+        # probes and tickets of the resends below come here), the subscription.
+        for standing in (self.subscription, self.route):
+            if standing is not None and standing not in frames:
+                frames.insert(0, standing)
         for frame in frames:
             self.send_frame(frame)
         return len(frames)
@@ -373,9 +384,20 @@ class Client:
                     done.append(fields["ref_nonce"])
                 if self._subscription_nonce == fields["ref_nonce"]:
                     self.subscription = self._subscription_nonce = None
+                if self._route_nonce == fields["ref_nonce"]:
+                    # The route frame's answer left the reply cache (its resend is
+                    # refused `replay`) or the registration is gone: announce afresh
+                    # on this connection (an unknown_provider refusal ends it here).
+                    self.route = self._route_nonce = None
+                    if fields["code"] == REPLAY:
+                        self.send_signed("ProviderAnnounce")
         elif name in ("Ack", "ReportAck", "ClaimAck"):
-            if self._forget(fields["nonce"]):
-                done.append(fields["nonce"])
+            nonce = fields["nonce"]
+            kind = self._kinds.get(nonce, (None,))[0]
+            if kind in ("RegisterProvider", "ProviderAnnounce"):
+                self.route, self._route_nonce = self.unanswered[nonce], nonce
+            if self._forget(nonce):
+                done.append(nonce)
         elif name == "Probe":
             if len(self._probes) >= RESEND_WINDOW:
                 self._probes.pop(next(iter(self._probes)))
