@@ -4,23 +4,28 @@
 Replicated routers (R-HA-3, docs/PROTOCOL.md section 3): `Client(endpoints=[...])`
 takes every member of a group. A member that does not lead greets with `not_leader`
 naming the leader: the client goes there (at most LEADER_HOPS_MAX redirects in a row),
-else tries the next member; after a whole round fails it waits (backoff with jitter)
-and tries again until `connect_deadline_s`, then raises NoRouterError naming every
-endpoint tried. The client keeps the signed frames it sent without a final answer;
-`reconnect()` (called by `answer()` when the connection is lost) sends them again,
-byte-identical: the new leader answers each from its reply cache (the original
-answer, never a second effect) or, if it was never committed, evaluates it.
+else tries the next member; one member's attempt waits at most MEMBER_ATTEMPT_MAX_S
+(1 s) for the greeting and the login answer, whether the liveness watch is on or off;
+after a whole round fails it waits (backoff with jitter) and tries again until
+`connect_deadline_s`, then raises NoRouterError naming every endpoint. The client keeps
+a copy of every signed message (of every kind) it sent without a final answer;
+`reconnect()` (called by `answer()` when the connection is lost) sends, byte-identical,
+the provider's last acknowledged registration or announce (its route), the last
+subscription (SubscribeBatches lives on one connection) and those copies: the new
+leader answers each from its reply cache (the original answer, never a second effect)
+or, if it was never committed, evaluates it. A message without a copy (sent with
+`send_frame`) makes `answer()` raise AnswerLostError after the reconnection.
 
 A frozen leader (SIGSTOPped, or cut off by a partition that drops packets) keeps the
 TCP connection open and answers nothing (issue 25). So while `expect()`/`answer()`
 wait, the client sends a Ping after `ping_after_s` (0.5 s) without receiving anything
-and takes a Ping unanswered for `liveness_s` (2 s) as a lost connection: `answer()`
-then reconnects (the silent member tried last) and resends, as after a closed one.
-With more than one endpoint one member's connect-and-login attempt also waits at most
-`liveness_s` (a frozen member accepts in its kernel and never greets).
+and takes a Ping unanswered for `liveness_s` (2 s) as a lost connection
+(SilentRouterError): `answer()` then reconnects (the silent member tried last) and
+resends, as after a closed one; `expect()` raises it and the caller reconnects.
 When another member says no leader is known yet (an election under way) before the
 silent member's turn, the client waits its suggested time (at most `liveness_s`) and
-asks the others once more first. `liveness_s=None` turns the watch off."""
+asks the others once more first. `liveness_s=None` or `ping_after_s=None` turns the
+watch off."""
 
 import math
 import random
