@@ -171,3 +171,24 @@ def test_a_cancel_is_answered_by_the_rfc_failed_of_its_rfc(router):
     assert (failed["nonce"], failed["reason"]) == (rfc, 3)
     assert cancel not in user.unanswered and rfc not in user.unanswered
 
+
+
+def test_a_provider_is_reachable_again_after_any_reconnect(router):
+    """The provider's connection closes while the router keeps running (it marks the
+    provider unreachable, R-ID-6): reconnect() resends the registration (its cached
+    answer moves the route) and announces afresh, so the provider is probed again
+    on the new connection. Before, nothing was sent and the provider stayed out of
+    matching."""
+    host, port = router["host"], router["port"]
+    provider_key, user_key = Key.from_seed(b"python-back-provider"), Key.from_seed(b"python-back-user")
+    _fund(router, provider_key, user_key)
+    provider = Client(key=provider_key, endpoints=[(host, port)], **FAST)
+    provider.answer(_register(provider, 2), "Ack")
+    provider.sock.close()
+    time.sleep(0.3)  # the router saw the close: the provider is unreachable
+    provider.reconnect()
+    user = Client(host, port, user_key)
+    user.answer(user.send_signed("Rfc", model_id=2, tokens_max=100,
+                                 expires_at_ms=now_ms() + 30_000), "RfcAccepted")
+    probe = provider.expect(lambda n, f: f if n == "Probe" else None, timeout_s=5.0)
+    assert probe["model_id"] == 2

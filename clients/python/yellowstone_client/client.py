@@ -336,9 +336,10 @@ class Client:
         and evaluates one never committed. A provider's last acknowledged
         RegisterProvider or ProviderAnnounce goes first, byte-identical: answered from
         the reply cache, it moves the provider's route (probes, its copy of tickets) to
-        the new connection; if it left the cache (refused `replay`) a fresh
-        ProviderAnnounce follows by itself. Not resent: frames sent with `send_frame`.
-        Returns how many frames were sent."""
+        the new connection, so that the tickets of the ProbeAnswers resent after it come
+        here; and a fresh ProviderAnnounce goes last (the router may have marked the
+        provider unreachable when the old connection closed). Not resent: frames sent
+        with `send_frame`. Returns how many frames were sent."""
         self._connect(lost=self.peer)
         frames = list(self.unanswered.values())
         # Standing state of the old connection first: the provider's route (so the
@@ -348,6 +349,13 @@ class Client:
                 frames.insert(0, standing)
         for frame in frames:
             self.send_frame(frame)
+        if self.route is not None:
+            # The router may have marked the provider unreachable when the old
+            # connection closed (R-ID-6), which a cached answer does not undo: announce
+            # afresh, after the resends (a higher nonce first would make their
+            # uncommitted ones `replay`). Kept and resent like any message.
+            self.send_signed("ProviderAnnounce")
+            return len(frames) + 1
         return len(frames)
 
     def _forget(self, nonce: int) -> bool:
@@ -389,13 +397,11 @@ class Client:
                     done.append(fields["ref_nonce"])
                 if self._subscription_nonce == fields["ref_nonce"]:
                     self.subscription = self._subscription_nonce = None
-                if self._route_nonce == fields["ref_nonce"]:
-                    # The route frame's answer left the reply cache (its resend is
-                    # refused `replay`) or the registration is gone: announce afresh
-                    # on this connection (an unknown_provider refusal ends it here).
+                if self._route_nonce == fields["ref_nonce"] and fields["code"] != REPLAY:
+                    # The registration is gone (unknown_provider): no more announcing.
+                    # A `replay` only says the answer left the reply cache; the fresh
+                    # ProviderAnnounce of reconnect() takes the route then.
                     self.route = self._route_nonce = None
-                    if fields["code"] == REPLAY:
-                        self.send_signed("ProviderAnnounce")
         elif name in ("Ack", "ReportAck", "ClaimAck"):
             nonce = fields["nonce"]
             kind = self._kinds.get(nonce, (None,))[0]
