@@ -37,6 +37,8 @@ from . import protocol as p
 
 # The market's replay refusal; its `detail` is the last nonce accepted (R-ID-8).
 REPLAY = 0x0201
+# An announce from an address that is no provider (its registration dropped).
+UNKNOWN_PROVIDER = 0x020C
 
 
 class RouterError(Exception):
@@ -397,10 +399,10 @@ class Client:
                     done.append(fields["ref_nonce"])
                 if self._subscription_nonce == fields["ref_nonce"]:
                     self.subscription = self._subscription_nonce = None
-                if self._route_nonce == fields["ref_nonce"] and fields["code"] != REPLAY:
-                    # The registration is gone (unknown_provider): no more announcing.
-                    # A `replay` only says the answer left the reply cache; the fresh
-                    # ProviderAnnounce of reconnect() takes the route then.
+                if fields["code"] == UNKNOWN_PROVIDER:
+                    # The registration is gone: no more announcing after a reconnect.
+                    # (A `replay` of the route frame only says its answer left the
+                    # reply cache; the fresh ProviderAnnounce of reconnect() follows.)
                     self.route = self._route_nonce = None
         elif name in ("Ack", "ReportAck", "ClaimAck"):
             nonce = fields["nonce"]
