@@ -118,3 +118,13 @@ def test_an_endpoint_not_tried_before_the_deadline_is_named():
     finally:
         for s in silent:
             s.close()
+
+
+def test_expect_and_answer_refuse_a_bad_timeout(router):
+    client = Client(router["host"], router["port"], KEY)
+    for bad in (math.nan, -1, "5"):
+        with pytest.raises(ValueError, match="timeout_s"):
+            client.expect(lambda n, f: f, timeout_s=bad)
+        with pytest.raises(ValueError, match="timeout_s"):
+            client.answer(1, "Ack", timeout_s=bad)
+    client.close()

@@ -510,6 +510,7 @@ class Client:
         after `timeout_s`. With the liveness watch on (the module docs) a Ping goes out
         after `ping_after_s` of silence, and SilentRouterError is raised when nothing
         at all arrived within `liveness_s` of it."""
+        timeout_s = _seconds("timeout_s", timeout_s, 0.0)
         deadline = time.monotonic() + timeout_s
         heard = time.monotonic()
         pinged = None
