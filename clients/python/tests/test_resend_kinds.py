@@ -6,7 +6,6 @@ timeout and raised a bare TimeoutError, and the subscription or the provider's r
 stayed behind on the dead connection. A message the client holds no copy of raises
 AnswerLostError at once instead."""
 
-import socket
 import time
 
 import blake3
@@ -192,3 +191,26 @@ def test_a_provider_is_reachable_again_after_any_reconnect(router):
                                  expires_at_ms=now_ms() + 30_000), "RfcAccepted")
     probe = provider.expect(lambda n, f: f if n == "Probe" else None, timeout_s=5.0)
     assert probe["model_id"] == 2
+
+
+def test_a_batch_follower_as_the_readme_writes_it_survives_a_frozen_leader(router):
+    """README: expect() raises SilentRouterError on a frozen leader and does not
+    reconnect; reconnect() subscribes the new connection again, and the newest sealed
+    batch comes at once (a follower skips blocks it holds)."""
+    from yellowstone_client import SilentRouterError
+    host, port = router["host"], router["port"]
+    frozen = _FreezableProxy((host, port))
+    try:
+        follower = Client(key=Key.from_seed(b"python-follower"), endpoints=[frozen.addr, (host, port)], **FAST)
+        follower.answer(follower.send_signed("SubscribeBatches"), "Ack")
+        first = follower.expect(lambda n, f: f if n == "CreditBatch" else None, timeout_s=3.0)
+        frozen.frozen.set()
+        with pytest.raises(SilentRouterError):
+            follower.expect(lambda n, f: f if n == "CreditBatch" else None, timeout_s=15.0)
+        assert follower.peer == frozen.addr, "expect() leaves the reconnect to the caller"
+        follower.reconnect()
+        assert follower.peer == (host, port)
+        batch = follower.expect(lambda n, f: f if n == "CreditBatch" else None, timeout_s=3.0)
+        assert batch["block"] >= first["block"]
+    finally:
+        frozen.close()
