@@ -245,7 +245,7 @@ def test_an_election_under_way_is_waited_for_before_the_silent_member(router):
     threading.Thread(target=serve_electing, daemon=True).start()
     threading.Thread(target=serve_silent, daemon=True).start()
     client = Client(router["host"], router["port"], router["operator"],
-                    ping_after_s=0.1, liveness_s=0.3)
+                    ping_after_s=0.1, liveness_s=0.5)
     # Its connection went silent on `silent`; the group is these two members now.
     client.endpoints = [silent.getsockname(), electing.getsockname()]
     client.peer = silent.getsockname()

@@ -1,6 +1,6 @@
 """A client of the Yellowstone router, written from docs/PROTOCOL.md."""
 
-from .client import Client, NoRouterError, RouterError, SilentRouterError
+from .client import AnswerLostError, Client, NoRouterError, RouterError, SilentRouterError
 from .protocol import (
     ERROR_NAMES, MESSAGES, TYPE_OF, Key, ProtocolError, SignatureError, checksummed,
     decode_frame, digest, encode_frame, merkle_root, parse_address, receipt_leaf,
@@ -9,7 +9,7 @@ from .protocol import (
 )
 
 __all__ = [
-    "Client", "NoRouterError", "RouterError", "SilentRouterError", "parse_not_leader", "ERROR_NAMES", "MESSAGES", "TYPE_OF", "Key", "ProtocolError",
+    "AnswerLostError", "Client", "NoRouterError", "RouterError", "SilentRouterError", "parse_not_leader", "ERROR_NAMES", "MESSAGES", "TYPE_OF", "Key", "ProtocolError",
     "SignatureError", "checksummed", "decode_frame", "digest", "encode_frame", "merkle_root",
     "parse_address", "receipt_leaf", "recover_signer", "sign_message", "signed_digest",
     "verify_batch", "verify_message", "weights_proof_digest",
