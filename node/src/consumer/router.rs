@@ -4,7 +4,7 @@
 //! -> catalog). Only RFCs (model, TokenMax), reports and catalog queries go to the
 //! router: never a prompt or a completion (R-NODE-3).
 
-use crate::link::{Backoff, Incoming, Link, LinkConfig, Nonces};
+use crate::link::{Backoff, Incoming, Link, LinkConfig, Nonces, SendQueue};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +43,9 @@ pub struct RouterClient {
     send_order: tokio::sync::Mutex<()>,
     /// Counts the connections the liveness watch ended (R-HA-3).
     silent: prometheus_client::metrics::counter::Counter,
+    /// Reports made while the connection was down (R-REPORT-1, R-HA-3): sent first on
+    /// the next one (`report_queue_max` at most), their waiters waiting meanwhile.
+    reports_queued: SendQueue,
 }
 
 /// Removes a waiter when its request ends, however it ends.
@@ -59,11 +62,13 @@ impl Drop for Waiter<'_> {
 }
 
 impl RouterClient {
-    /// `silent` counts the connections the liveness watch ends (a metric's counter).
+    /// `silent` counts the connections the liveness watch ends (a metric's counter);
+    /// `report_queue_max`: reports kept while the connection is down, at most.
     pub fn new(
         key: SigningKey,
         config: LinkConfig,
         silent: prometheus_client::metrics::counter::Counter,
+        report_queue_max: usize,
     ) -> Arc<RouterClient> {
         Arc::new(RouterClient {
             key,
@@ -73,6 +78,7 @@ impl RouterClient {
             waiters: Mutex::new(HashMap::new()),
             send_order: tokio::sync::Mutex::new(()),
             silent,
+            reports_queued: SendQueue::new(report_queue_max, "report_queue_max"),
         })
     }
 
@@ -110,6 +116,9 @@ impl RouterClient {
                         if let Some(previous) = previous.take() {
                             link.resend_unanswered(&previous).await;
                         }
+                        // Then the reports made while no connection was up: their
+                        // nonces are below any request still to come.
+                        self.reports_queued.flush(&link).await;
                         *self.link.write().await = Some(link.clone());
                     }
                     backoff.reset();
@@ -121,7 +130,9 @@ impl RouterClient {
                     }
                     // Waiters of the lost connection learn it now, not at their
                     // time-out, unless their message is resent on the next one.
-                    let resent = link.unanswered_nonces();
+                    let mut resent = link.unanswered_nonces();
+                    // (A report queued meanwhile is sent on the next one too.)
+                    resent.extend(self.reports_queued.nonces());
                     self.lock_waiters().retain(|key, _| resent.contains(key));
                     previous = Some(link);
                 }
@@ -172,15 +183,42 @@ impl RouterClient {
 
     /// Takes the next nonce, registers its waiter and queues `build(nonce)`, in
     /// nonce order whatever other requests do at the same time.
+    ///
+    /// `queue`: a message whose loss costs money (a report) is queued when there is
+    /// no connection (or it just dropped) and sent first on the next one
+    /// ([`SendQueue`]); its waiter keeps waiting. Errors: no connection (and not
+    /// queued, or the queue is full).
     async fn send_in_order(
         &self,
         build: impl FnOnce(u64) -> Message,
+        queue: Option<&SendQueue>,
     ) -> Result<Waiter<'_>, String> {
         let _order = self.send_order.lock().await;
         let nonce = self.nonces.next();
         let waiter = self.waiter(nonce);
-        self.send(build(nonce)).await?;
-        Ok(waiter)
+        let message = build(nonce);
+        let Some(queue) = queue else {
+            self.send(message).await?;
+            return Ok(waiter);
+        };
+        match self.send(message.clone()).await {
+            Ok(()) => Ok(waiter),
+            // Still under the send-order lock: the run loop flushes the queue on the
+            // next connection before any later nonce is sent.
+            Err(down) => match queue.push(nonce, message) {
+                Ok(()) => {
+                    tracing::warn!(
+                        nonce,
+                        name = "Report",
+                        queued = queue.len(),
+                        reason = %down,
+                        "router connection down: queued until it is back (R-HA-3)"
+                    );
+                    Ok(waiter)
+                }
+                Err(full) => Err(format!("{down}; {full}")),
+            },
+        }
     }
 
     async fn send(&self, message: Message) -> Result<(), String> {
@@ -213,7 +251,8 @@ impl RouterClient {
         ttl: Duration,
     ) -> Result<SessionTicket, RfcOutcome> {
         let mut waiter = self
-            .send_in_order(|nonce| {
+            .send_in_order(
+                |nonce| {
                 Rfc {
                     from: self.key.address(),
                     nonce,
@@ -223,7 +262,9 @@ impl RouterClient {
                     ..Rfc::default()
                 }
                 .into()
-            })
+            },
+                None,
+            )
             .await
             .map_err(RfcOutcome::RouterDown)?;
         // A little past the expiry: the router answers "expired" itself then.
@@ -250,7 +291,10 @@ impl RouterClient {
         }
     }
 
-    /// R-REPORT-1: the signed report; returns the router's acknowledgement.
+    /// R-REPORT-1: the signed report; returns the router's acknowledgement. Made while
+    /// the connection is down, it is queued (`report_queue_max`) and sent first on the
+    /// next connection, then resent byte-identical after later losses until answered
+    /// (R-HA-3): the provider is paid for a session that ends during a reconnect.
     pub async fn report(
         &self,
         session_id: u64,
@@ -260,7 +304,10 @@ impl RouterClient {
     ) -> Result<ReportAck, String> {
         let from = self.key.address();
         let mut waiter = self
-            .send_in_order(|nonce| Report::new(from, nonce, session_id, outcome, figures).into())
+            .send_in_order(
+                |nonce| Report::new(from, nonce, session_id, outcome, figures).into(),
+                Some(&self.reports_queued),
+            )
             .await?;
         match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
             Ok(Some(Message::ReportAck(ack))) => Ok(ack),
