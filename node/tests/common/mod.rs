@@ -553,3 +553,70 @@ pub async fn openai_error(response: reqwest::Response, status: u16) -> serde_jso
     assert!(body["error"].is_object(), "no error object: {body}");
     body
 }
+
+/// A TCP proxy that can be cut: `cut()` closes every connection through it and
+/// closes each new one at once until `restore()` (what a node sees while its router
+/// is down or being failed over). Clones share one proxy; `start` sets the target.
+#[derive(Clone)]
+pub struct SwitchProxy {
+    pub addr: SocketAddr,
+    listener: Arc<Mutex<Option<std::net::TcpListener>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl SwitchProxy {
+    /// Binds a loopback port (forwarding starts with `start`).
+    pub fn bind() -> SwitchProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        SwitchProxy {
+            addr: listener.local_addr().unwrap(),
+            listener: Arc::new(Mutex::new(Some(listener))),
+            down: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Forwards every connection to `target` (while not cut).
+    pub fn start(&self, target: SocketAddr) {
+        let listener = self.listener.lock().unwrap().take().expect("started once");
+        let (down, live) = (self.down.clone(), self.live.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if down.load(Ordering::Acquire) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                live.lock().unwrap().push(client.try_clone().unwrap());
+                live.lock().unwrap().push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    /// Closes every connection and refuses new ones (accepted, closed at once).
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::Release);
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
