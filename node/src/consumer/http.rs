@@ -446,6 +446,12 @@ async fn complete(
         .header("content-type", "application/json")
         .header(SESSION_HEADER, call.ticket.session_id.to_string())
         .header(SIGNATURE_HEADER, signature)
+        // Outsider review 3 finding 2 (R-HA-3): the router-signed ticket, for a
+        // provider whose own copy was lost with a failed-over leader.
+        .header(
+            crate::inference::TICKET_HEADER,
+            crate::inference::ticket_header(&call.ticket),
+        )
         .body(body)
         .send();
     let mut cut = consumer.cut_signal();

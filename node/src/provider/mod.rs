@@ -47,6 +47,9 @@ pub struct ProviderMetrics {
     pub tokens: Counter,
     pub tickets_held: Gauge,
     pub tickets_received: Counter,
+    /// R-HA-3: tickets kept from a user's `X-Yellowstone-Ticket` (the router's copy
+    /// never arrived).
+    pub tickets_presented: Counter,
     pub probes_answered: Counter,
     pub router_connects: Family<Labels, Counter>,
     /// R-HA-3: router connections the liveness watch ended (`router_liveness_ms`).
@@ -71,6 +74,10 @@ impl ProviderMetrics {
             tickets_received: metrics.counter(
                 "provider_tickets_received",
                 "Router-signed session tickets received.",
+            ),
+            tickets_presented: metrics.counter(
+                "provider_tickets_presented",
+                "Router-signed session tickets kept from a user's X-Yellowstone-Ticket header (the router's copy never arrived, R-HA-3).",
             ),
             probes_answered: metrics.counter("provider_probes_answered", "Probes answered."),
             router_connects: metrics.counter_family(
@@ -110,6 +117,9 @@ pub struct Provider {
     /// R-HA-3: `SessionStart`s signed while no connection was up, sent first on the
     /// next one (`session_start_queue_max` at most).
     session_starts_queued: SendQueue,
+    /// R-ID-5: the router's address as the last connection logged in to it (a
+    /// group's members share one key), to check a ticket a user presents.
+    router_seen: Mutex<Option<yellowstone_wire::Address>>,
     /// R-PROV-4: whether each model server (by `upstream_base_url`) is up; a server
     /// not checked yet counts as up.
     upstream_health: Mutex<BTreeMap<String, bool>>,
@@ -205,6 +215,7 @@ impl Provider {
             nonces: Nonces::default(),
             link: tokio::sync::Mutex::new(None),
             session_starts_queued,
+            router_seen: Mutex::new(None),
             upstream_health: Mutex::new(BTreeMap::new()),
             upstream_activity,
             endpoint: OnceLock::new(),
@@ -309,6 +320,13 @@ impl Provider {
             ping_after: Duration::from_millis(self.config.router_ping_ms),
             liveness: Duration::from_millis(self.config.router_liveness_ms),
         })
+    }
+
+    /// R-ID-5: the router's address: `router_address` if configured, else the one
+    /// the last connection logged in to; None before any connection.
+    pub fn router_address(&self) -> Option<yellowstone_wire::Address> {
+        let seen = *self.router_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.or_else(|| self.config.router_address.parse().ok())
     }
 
     /// Marks an answer in flight until the guard drops (graceful stop waits for it).
@@ -507,6 +525,10 @@ async fn serve_router(
     // Under the link lock, in nonce order: the session starts signed while no
     // connection was up, then the registration (R-ID-4).
     let mut current = provider.link.lock().await;
+    *provider
+        .router_seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(link.router());
     provider.session_starts_queued.flush(link).await;
     let registration = provider.registration(endpoint, provider.nonces.next());
     let register_nonce = registration.claimed_origin().map_or(0, |(_, n)| n);
