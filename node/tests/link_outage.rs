@@ -55,3 +55,97 @@ async fn r_ha_3_a_report_made_while_reconnecting_is_sent_when_the_link_is_back()
     // `earned` is the router's acknowledgement: it credited the session.
     assert_eq!(stack.consumer_metric(LOST).await, 0.0);
 }
+
+/// Finding 2: the provider's copy of a ticket is lost (its router connection is cut
+/// at the ticket's frame, as when the leader that sent the user's copy dies before
+/// sending the provider's; the provider registers again and the new connection never
+/// carries that ticket). The consumer presents the router-signed ticket it holds
+/// (`X-Yellowstone-Ticket`); the provider checks it as the router's and serves the
+/// request. Before the fix the provider waited `ticket_wait_ms` and answered 403
+/// `not_your_ticket`, the application got a 502 and the provider a fail report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_ha_3_a_ticket_the_provider_never_got_is_honoured_from_the_users_copy() {
+    use std::sync::{Arc, Mutex};
+    use yellowstone_tests::cut_proxy::CutProxy;
+    let cutter: Arc<Mutex<Option<CutProxy>>> = Arc::default();
+    let kept = cutter.clone();
+    let stack = Stack::start(Tuning {
+        provider: "reconnect_initial_ms = 100\nreconnect_max_ms = 200\n".into(),
+        provider_router: Some(Box::new(move |router| {
+            let proxy =
+                CutProxy::start_cutting_at(router, yellowstone_wire::msg_type::SESSION_TICKET, 1);
+            let addr = proxy.addr;
+            *kept.lock().unwrap() = Some(proxy);
+            addr
+        })),
+        ..Tuning::default()
+    })
+    .await;
+    let url = stack.consumer_url("/v1/chat/completions");
+    let body = json!({"model": "demo-model-1", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8, "stream": false});
+    let response = stack.http.post(&url).json(&body).send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(
+        cutter.lock().unwrap().as_ref().unwrap().cuts(),
+        1,
+        "the provider's copy of the ticket was dropped"
+    );
+    assert_eq!(status, 200, "{text}");
+    let provider = stack.metrics_text(&stack.provider).await;
+    assert_eq!(
+        yellowstone_tests::metric_value(&provider, "yellowstone_provider_tickets_presented_total"),
+        Some(1.0),
+        "{provider}"
+    );
+    stack.wait_metric(EARNED, 1.0).await;
+}
+
+/// Finding 2, the refusals: a presented ticket that is not the router's for this
+/// provider and session is refused 403 `ticket_invalid` naming why, whether the
+/// provider holds the session's ticket or not: altered (its TokenMax raised), forged
+/// (signed by the user itself), for another session, or an oversized header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_id_5_a_presented_ticket_that_is_not_the_routers_is_refused() {
+    use yellowstone_node::inference::{ticket_header, TICKET_HEADER};
+    let stack = Stack::start(Tuning::default()).await;
+    let router = stack.router.ready.listen;
+    let user = yellowstone_wire::SigningKey::from_seed(b"presenting user");
+    let ticket = tokio::task::spawn_blocking({
+        let user = user.clone();
+        move || fund_and_request_ticket(router, &user, &[], 8)
+    })
+    .await
+    .unwrap();
+    let body = serde_json::to_vec(&json!({"model": "demo-model-1",
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}))
+    .unwrap();
+    let call = |session: u64, header: String| {
+        provider_call(&stack.http, &ticket, 1, &user, session, body.clone(), None)
+            .header(TICKET_HEADER, header)
+            .send()
+    };
+    let mut altered = ticket.clone();
+    altered.tokens_max += 1;
+    let mut forged = ticket.clone();
+    forged.session_id = ticket.session_id + 1_000;
+    let forged_frame = yellowstone_wire::Message::SessionTicket(forged.clone()).sign(&user, 1);
+    let forged_hex = hex::encode(&forged_frame[yellowstone_wire::frame::HEADER_LEN..]);
+    for (session, header, reason) in [
+        (ticket.session_id, ticket_header(&altered), "does not verify as signed by the router"),
+        (forged.session_id, forged_hex, "does not verify as signed by the router"),
+        (ticket.session_id + 1, ticket_header(&ticket), "for session"),
+        (ticket.session_id, "ab".repeat(2_000), "hex digits, at most"),
+        (ticket.session_id, "zz".into(), "is not a ticket"),
+    ] {
+        let response = call(session, header).await.unwrap();
+        let error = openai_error(response, 403).await;
+        assert_eq!(error["error"]["code"], "ticket_invalid", "{error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{reason}: {message}");
+    }
+    // The genuine copy is served (the provider has the router's too).
+    let response = call(ticket.session_id, ticket_header(&ticket)).await.unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+}

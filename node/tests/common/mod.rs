@@ -201,6 +201,9 @@ pub struct Tuning {
     /// R-HA-3: the consumer's router lines, given the address it would use (the
     /// recording proxy's); None: `router_addr` = that address.
     pub consumer_routers: Option<Box<dyn FnOnce(SocketAddr) -> String>>,
+    /// The provider's router address, given the one it would use (the recording
+    /// proxy's); None: that address.
+    pub provider_router: Option<Box<dyn FnOnce(SocketAddr) -> SocketAddr>>,
 }
 
 impl Stack {
@@ -239,6 +242,10 @@ impl Stack {
         ]);
         let proxy = RecordingProxy::start(router.ready.listen);
         let standin = NodeProcess::start(STANDIN, &["--listen", "127.0.0.1:0"], dir.path());
+        let provider_router = match tuning.provider_router {
+            Some(route) => route(proxy.addr),
+            None => proxy.addr,
+        };
         // The demo catalog's model 1: its weights are this string (yellowstone_wire::demo).
         std::fs::write(path("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
         std::fs::write(
@@ -248,7 +255,7 @@ impl Stack {
                  metrics_listen = \"127.0.0.1:0\"\n{}\n[[models]]\nmodel_id = 1\n\
                  weights_file = \"model-1.weights\"\nupstream_base_url = \"http://{}/v1\"\n\
                  upstream_model = \"standin\"\nprice_wei_per_token = \"{PRICE_WEI_PER_TOKEN}\"\ncapacity = 8\n",
-                proxy.addr,
+                provider_router,
                 tuning.provider,
                 standin.field("listen"),
             ),
