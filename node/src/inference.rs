@@ -162,4 +162,49 @@ mod tests {
             Err(HeaderError::Malformed(SIGNATURE_HEADER, _))
         ));
     }
+
+    /// The header bound holds the largest ticket (an endpoint of the most bytes), and
+    /// the checks name why a ticket is not this provider's.
+    #[test]
+    fn r_id_5_a_presented_ticket_is_checked_as_the_routers_for_this_provider() {
+        use yellowstone_wire::{Message, SessionTicket};
+        let router = SigningKey::from_seed(b"router");
+        let own = SigningKey::from_seed(b"provider").address();
+        let ticket = SessionTicket {
+            session_id: 9,
+            user: SigningKey::from_seed(b"user").address(),
+            provider: own,
+            endpoint: "e".repeat(yellowstone_wire::messages::ENDPOINT_BYTES_MAX),
+            model_id: 1,
+            tokens_max: 8,
+            price_wei_per_token: u128::MAX,
+            expires_at_ms: u64::MAX,
+            rfc_nonce: u64::MAX,
+            ..SessionTicket::default()
+        };
+        let frame = Message::SessionTicket(ticket.clone()).sign(&router, 3);
+        let header = hex::encode(&frame[yellowstone_wire::frame::HEADER_LEN..]);
+        assert!(header.len() <= TICKET_HEADER_HEX_MAX, "{}", header.len());
+        let signed = check_presented_ticket(&header, 3, router.address(), own, 9).unwrap();
+        assert_eq!(ticket_header(&signed), header, "re-encoded byte-identical");
+        assert_eq!(
+            check_presented_ticket(&header, 4, router.address(), own, 9),
+            Err(PresentedTicketError::NotTheRouters {
+                router: router.address(),
+                network_id: 4
+            })
+        );
+        let other = SigningKey::from_seed(b"other provider").address();
+        assert_eq!(
+            check_presented_ticket(&header, 3, router.address(), other, 9),
+            Err(PresentedTicketError::OtherProvider { named: own, own: other })
+        );
+        assert_eq!(
+            check_presented_ticket(&header, 3, router.address(), own, 10),
+            Err(PresentedTicketError::OtherSession {
+                ticket: 9,
+                request: 10
+            })
+        );
+    }
 }
