@@ -317,6 +317,11 @@ impl SendQueue {
     }
 }
 
+/// R-HA-3: the longest one group member's connect-and-login attempt may take,
+/// whatever `liveness` is (the default `router_liveness_ms`, 2 s: a member that has
+/// not greeted within it is frozen or dead, and the next one is tried).
+pub const GROUP_ATTEMPT_MAX: Duration = Duration::from_millis(2_000);
+
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -343,11 +348,16 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     /// How long one member's attempt (TCP connect, greeting, login) may take: the
-    /// login time-out, cut to `liveness` in a group (a frozen member is then left for
-    /// the next as soon as a silent connection would be taken for dead).
+    /// login time-out, cut in a group to `liveness` and at most
+    /// [`GROUP_ATTEMPT_MAX`] (a frozen or silent member is then left for the next as
+    /// soon as a silent connection would be taken for dead, and a large `liveness`,
+    /// chosen to tolerate a slow leader, does not let one dead member hold up the
+    /// group's reconnect: outsider review 3, finding 8).
     pub fn attempt_timeout(&self) -> Duration {
         if self.router_addrs.len() > 1 {
-            self.login_timeout.min(self.liveness)
+            self.login_timeout
+                .min(self.liveness)
+                .min(GROUP_ATTEMPT_MAX)
         } else {
             self.login_timeout
         }
@@ -1029,6 +1039,10 @@ mod tests {
             Duration::from_millis(2_000)
         );
         assert_eq!(config(&["a:1"]).attempt_timeout(), Duration::from_secs(10));
+        // A large liveness bound does not let one silent member hold the reconnect.
+        let mut patient = config(&["a:1", "b:2"]);
+        patient.liveness = Duration::from_secs(600);
+        assert_eq!(patient.attempt_timeout(), GROUP_ATTEMPT_MAX);
     }
 
     /// A member that knows no leader yet (an election under way), then the silent
