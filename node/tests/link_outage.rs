@@ -242,3 +242,67 @@ async fn r_ha_3_a_large_liveness_bound_does_not_let_a_silent_member_block_the_re
     assert!(took < Duration::from_secs(6), "reconnected after {took:?}");
     drop(silent);
 }
+
+/// Finding 13: every error either node answers carries `x-should-retry` (docs/nodes.md
+/// "Every error carries `x-should-retry`"): `false` on a 4xx without `Retry-After`,
+/// `true` with one and on every 5xx. Walks the kinds a test can provoke: the routers'
+/// fallbacks, a body that is no JSON, an unknown model, the provider's signature
+/// refusal, and the consumer's 502 `provider_error` (which carried no hint before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_node_5_every_error_kind_carries_x_should_retry() {
+    let stack = Stack::start(Tuning::default()).await;
+    let consumer = |path: &str| stack.consumer_url(path);
+    let provider = |path: &str| format!("http://{}{path}", stack.provider.field("listen"));
+    let chat = |model: &str| {
+        json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    };
+    let http = &stack.http;
+    let mut cases = vec![
+        ("consumer 404", http.get(consumer("/nowhere")), 404, "false"),
+        ("consumer 405", http.get(consumer("/v1/chat/completions")), 405, "false"),
+        (
+            "consumer 400 invalid_json",
+            http.post(consumer("/v1/chat/completions")).body("{not json"),
+            400,
+            "false",
+        ),
+        (
+            "consumer unknown model",
+            http.post(consumer("/v1/chat/completions")).json(&chat("no-such-model")),
+            404,
+            "false",
+        ),
+        ("provider 404", http.get(provider("/nowhere")), 404, "false"),
+        (
+            "provider 401 bad_signature",
+            http.post(provider("/v1/chat/completions")).json(&chat("demo-model-1")),
+            401,
+            "false",
+        ),
+    ];
+    for (name, request, status, hint) in cases.drain(..) {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{name}");
+        assert_eq!(
+            response.headers().get("x-should-retry").map(|v| v.to_str().unwrap()),
+            Some(hint),
+            "{name}"
+        );
+    }
+    // The model server fails: the consumer answers 502 provider_error.
+    stack.standin_mode(json!({"fail": true})).await;
+    let response = http
+        .post(consumer("/v1/chat/completions"))
+        .json(&chat("demo-model-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert_eq!(
+        response.headers().get("x-should-retry").map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "502 provider_error"
+    );
+    let error = openai_error(response, 502).await;
+    assert_eq!(error["error"]["code"], "provider_error", "{error}");
+}

@@ -40,6 +40,8 @@ pub fn router(provider: Arc<Provider>) -> Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
+        // Every error carries `x-should-retry` (outsider review 3 finding 13).
+        .layer(axum::middleware::from_fn(crate::openai::retry_hints))
         .with_state(provider)
 }
 
