@@ -29,8 +29,8 @@ pub const TICKET_HEADER: &str = "x-yellowstone-ticket";
 /// The longest `X-Yellowstone-Ticket` value, hex digits: twice the largest ticket
 /// body (the fixed fields, 8 + 20 + 20 + 4 + 4 + 8 + 16 + 8 + 8 + 65 bytes, and an
 /// endpoint of `ENDPOINT_BYTES_MAX`), so that no longer header is decoded.
-pub const TICKET_HEADER_HEX_MAX: usize =
-    2 * (8 + 20 + 20 + 4 + 4 + 8 + 16 + 8 + 8 + 65 + yellowstone_wire::messages::ENDPOINT_BYTES_MAX);
+pub const TICKET_HEADER_HEX_MAX: usize = 2
+    * (8 + 20 + 20 + 4 + 4 + 8 + 16 + 8 + 8 + 65 + yellowstone_wire::messages::ENDPOINT_BYTES_MAX);
 
 /// The `X-Yellowstone-Ticket` value for `ticket`: its wire body in hex.
 pub fn ticket_header(ticket: &yellowstone_wire::SessionTicket) -> String {
@@ -197,7 +197,10 @@ mod tests {
         let other = SigningKey::from_seed(b"other provider").address();
         assert_eq!(
             check_presented_ticket(&header, 3, router.address(), other, 9),
-            Err(PresentedTicketError::OtherProvider { named: own, own: other })
+            Err(PresentedTicketError::OtherProvider {
+                named: own,
+                own: other
+            })
         );
         assert_eq!(
             check_presented_ticket(&header, 3, router.address(), own, 10),

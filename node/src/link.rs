@@ -355,9 +355,7 @@ impl LinkConfig {
     /// group's reconnect: outsider review 3, finding 8).
     pub fn attempt_timeout(&self) -> Duration {
         if self.router_addrs.len() > 1 {
-            self.login_timeout
-                .min(self.liveness)
-                .min(GROUP_ATTEMPT_MAX)
+            self.login_timeout.min(self.liveness).min(GROUP_ATTEMPT_MAX)
         } else {
             self.login_timeout
         }

@@ -39,7 +39,10 @@ async fn r_ha_3_a_report_made_while_reconnecting_is_sent_when_the_link_is_back()
         // The ticket is in hand once the stand-in has the request.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while stack.standin_last_request().await.is_null() {
-            assert!(std::time::Instant::now() < deadline, "no request reached the model");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no request reached the model"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         switch.cut();
@@ -49,7 +52,11 @@ async fn r_ha_3_a_report_made_while_reconnecting_is_sent_when_the_link_is_back()
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     // The report is made now, with the connection down; it is kept.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(stack.consumer_metric(EARNED).await, 0.0, "the link was down");
+    assert_eq!(
+        stack.consumer_metric(EARNED).await,
+        0.0,
+        "the link was down"
+    );
     switch.restore();
     stack.wait_metric(EARNED, 1.0).await;
     // `earned` is the router's acknowledgement: it credited the session.
@@ -133,8 +140,16 @@ async fn r_id_5_a_presented_ticket_that_is_not_the_routers_is_refused() {
     let forged_frame = yellowstone_wire::Message::SessionTicket(forged.clone()).sign(&user, 1);
     let forged_hex = hex::encode(&forged_frame[yellowstone_wire::frame::HEADER_LEN..]);
     for (session, header, reason) in [
-        (ticket.session_id, ticket_header(&altered), "does not verify as signed by the router"),
-        (forged.session_id, forged_hex, "does not verify as signed by the router"),
+        (
+            ticket.session_id,
+            ticket_header(&altered),
+            "does not verify as signed by the router",
+        ),
+        (
+            forged.session_id,
+            forged_hex,
+            "does not verify as signed by the router",
+        ),
         (ticket.session_id + 1, ticket_header(&ticket), "for session"),
         (ticket.session_id, "ab".repeat(2_000), "hex digits, at most"),
         (ticket.session_id, "zz".into(), "is not a ticket"),
@@ -146,7 +161,9 @@ async fn r_id_5_a_presented_ticket_that_is_not_the_routers_is_refused() {
         assert!(message.contains(reason), "{reason}: {message}");
     }
     // The genuine copy is served (the provider has the router's too).
-    let response = call(ticket.session_id, ticket_header(&ticket)).await.unwrap();
+    let response = call(ticket.session_id, ticket_header(&ticket))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
 }
 
@@ -163,9 +180,18 @@ fn r_ha_3_liveness_settings_below_their_floor_are_refused_at_start() {
         price_wei_per_token = \"1\"\ncapacity = 1\n";
     for (binary, extra) in [(CONSUMER, ""), (PROVIDER, provider_models)] {
         for (settings, expected) in [
-            ("router_ping_ms = 1\nrouter_liveness_ms = 2\n", "router_ping_ms is 1, must be at least 50"),
-            ("router_ping_ms = 49\n", "router_ping_ms is 49, must be at least 50"),
-            ("router_ping_ms = 50\nrouter_liveness_ms = 499\n", "router_liveness_ms is 499, must be at least 500"),
+            (
+                "router_ping_ms = 1\nrouter_liveness_ms = 2\n",
+                "router_ping_ms is 1, must be at least 50",
+            ),
+            (
+                "router_ping_ms = 49\n",
+                "router_ping_ms is 49, must be at least 50",
+            ),
+            (
+                "router_ping_ms = 50\nrouter_liveness_ms = 499\n",
+                "router_liveness_ms is 499, must be at least 500",
+            ),
         ] {
             std::fs::write(
                 dir.path().join("node.toml"),
@@ -209,11 +235,15 @@ async fn r_ha_3_a_large_liveness_bound_does_not_let_a_silent_member_block_the_re
     let switch = SwitchProxy::bind();
     let routed = switch.clone();
     let stack = Stack::start(Tuning {
-        consumer: "router_liveness_ms = 600000\nreconnect_initial_ms = 100\nreconnect_max_ms = 200\n"
-            .into(),
+        consumer:
+            "router_liveness_ms = 600000\nreconnect_initial_ms = 100\nreconnect_max_ms = 200\n"
+                .into(),
         consumer_routers: Some(Box::new(move |router| {
             routed.start(router);
-            format!("router_endpoints = [\"{silent_addr}\", \"{}\"]", routed.addr)
+            format!(
+                "router_endpoints = [\"{silent_addr}\", \"{}\"]",
+                routed.addr
+            )
         })),
         ..Tuning::default()
     })
@@ -253,29 +283,35 @@ async fn r_node_5_every_error_kind_carries_x_should_retry() {
     let stack = Stack::start(Tuning::default()).await;
     let consumer = |path: &str| stack.consumer_url(path);
     let provider = |path: &str| format!("http://{}{path}", stack.provider.field("listen"));
-    let chat = |model: &str| {
-        json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
-    };
+    let chat = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
     let http = &stack.http;
     let mut cases = vec![
         ("consumer 404", http.get(consumer("/nowhere")), 404, "false"),
-        ("consumer 405", http.get(consumer("/v1/chat/completions")), 405, "false"),
+        (
+            "consumer 405",
+            http.get(consumer("/v1/chat/completions")),
+            405,
+            "false",
+        ),
         (
             "consumer 400 invalid_json",
-            http.post(consumer("/v1/chat/completions")).body("{not json"),
+            http.post(consumer("/v1/chat/completions"))
+                .body("{not json"),
             400,
             "false",
         ),
         (
             "consumer unknown model",
-            http.post(consumer("/v1/chat/completions")).json(&chat("no-such-model")),
+            http.post(consumer("/v1/chat/completions"))
+                .json(&chat("no-such-model")),
             404,
             "false",
         ),
         ("provider 404", http.get(provider("/nowhere")), 404, "false"),
         (
             "provider 401 bad_signature",
-            http.post(provider("/v1/chat/completions")).json(&chat("demo-model-1")),
+            http.post(provider("/v1/chat/completions"))
+                .json(&chat("demo-model-1")),
             401,
             "false",
         ),
@@ -284,7 +320,10 @@ async fn r_node_5_every_error_kind_carries_x_should_retry() {
         let response = request.send().await.unwrap();
         assert_eq!(response.status(), status, "{name}");
         assert_eq!(
-            response.headers().get("x-should-retry").map(|v| v.to_str().unwrap()),
+            response
+                .headers()
+                .get("x-should-retry")
+                .map(|v| v.to_str().unwrap()),
             Some(hint),
             "{name}"
         );
@@ -299,10 +338,97 @@ async fn r_node_5_every_error_kind_carries_x_should_retry() {
         .unwrap();
     assert_eq!(response.status(), 502);
     assert_eq!(
-        response.headers().get("x-should-retry").map(|v| v.to_str().unwrap()),
+        response
+            .headers()
+            .get("x-should-retry")
+            .map(|v| v.to_str().unwrap()),
         Some("true"),
         "502 provider_error"
     );
     let error = openai_error(response, 502).await;
     assert_eq!(error["error"]["code"], "provider_error", "{error}");
+}
+
+/// Finding 15: `POST /standin/mode` changes only the switches its body names; the
+/// others keep their values (here the command line's `--delay-ms-per-token 10`, which
+/// the old handler reset to 0); `POST /standin/reset` restores the start values; an
+/// unknown switch is refused 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standin_mode_keeps_the_switches_the_body_does_not_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let standin = NodeProcess::start(
+        STANDIN,
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--delay-ms-per-token",
+            "10",
+            "--tokens",
+            "7",
+        ],
+        dir.path(),
+    );
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("http://{}{path}", standin.field("listen"));
+    let mode: serde_json::Value = http
+        .post(url("/standin/mode"))
+        .json(&json!({"fail": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            mode["fail"].as_bool(),
+            mode["delay_ms_per_token"].as_u64(),
+            mode["tokens"].as_u64()
+        ),
+        (Some(true), Some(10), Some(7)),
+        "{mode}"
+    );
+    let mode: serde_json::Value = http
+        .post(url("/standin/mode"))
+        .json(&json!({"tokens": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            mode["fail"].as_bool(),
+            mode["delay_ms_per_token"].as_u64(),
+            mode["tokens"].as_u64()
+        ),
+        (Some(true), Some(10), Some(3)),
+        "{mode}"
+    );
+    let mode: serde_json::Value = http
+        .post(url("/standin/reset"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            mode["fail"].as_bool(),
+            mode["delay_ms_per_token"].as_u64(),
+            mode["tokens"].as_u64()
+        ),
+        (Some(false), Some(10), Some(7)),
+        "{mode}"
+    );
+    let refused = http
+        .post(url("/standin/mode"))
+        .json(&json!({"no_such_switch": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("no_such_switch"));
 }

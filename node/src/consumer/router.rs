@@ -253,16 +253,16 @@ impl RouterClient {
         let mut waiter = self
             .send_in_order(
                 |nonce| {
-                Rfc {
-                    from: self.key.address(),
-                    nonce,
-                    model_id,
-                    tokens_max,
-                    expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
-                    ..Rfc::default()
-                }
-                .into()
-            },
+                    Rfc {
+                        from: self.key.address(),
+                        nonce,
+                        model_id,
+                        tokens_max,
+                        expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
+                        ..Rfc::default()
+                    }
+                    .into()
+                },
                 None,
             )
             .await

@@ -228,9 +228,9 @@ async fn serve(
                 error.to_string(),
             )
         };
-        let value = value.to_str().map_err(|_| {
-            refused(PresentedTicketError::Malformed("not visible ASCII".into()))
-        })?;
+        let value = value
+            .to_str()
+            .map_err(|_| refused(PresentedTicketError::Malformed("not visible ASCII".into())))?;
         let router = provider
             .router_address()
             .ok_or_else(|| refused(PresentedTicketError::RouterUnknown))?;

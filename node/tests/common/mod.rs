@@ -321,8 +321,16 @@ impl Stack {
         format!("http://{}{path}", self.standin.field("listen"))
     }
 
-    /// Sets the stand-in's switches.
+    /// Sets the stand-in's switches named in `mode`, the others back to their start
+    /// values (`POST /standin/reset`, then `POST /standin/mode`).
     pub async fn standin_mode(&self, mode: serde_json::Value) {
+        let reset = self
+            .http
+            .post(self.standin_url("/standin/reset"))
+            .send()
+            .await
+            .unwrap();
+        assert!(reset.status().is_success());
         let response = self
             .http
             .post(self.standin_url("/standin/mode"))
