@@ -32,7 +32,9 @@ pub const TICKET_HEADER: &str = "x-yellowstone-ticket";
 pub const TICKET_HEADER_HEX_MAX: usize = 2
     * (8 + 20 + 20 + 4 + 4 + 8 + 16 + 8 + 8 + 65 + yellowstone_wire::messages::ENDPOINT_BYTES_MAX);
 
-/// The `X-Yellowstone-Ticket` value for `ticket`: its wire body in hex.
+/// The `X-Yellowstone-Ticket` value for `ticket`: its wire body in hex. Only for a
+/// ticket exactly as the router sent it: a node that may have renamed the ticket's
+/// `rfc_nonce` (R-ID-8) sends the body it received instead (the consumer does).
 pub fn ticket_header(ticket: &yellowstone_wire::SessionTicket) -> String {
     let mut body = Vec::new();
     ticket.encode(&mut body);

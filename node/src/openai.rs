@@ -902,7 +902,8 @@ mod tests {
             should_retry(StatusCode::SERVICE_UNAVAILABLE, true),
             Some("true")
         );
-        assert_eq!(should_retry(StatusCode::BAD_GATEWAY, false), None);
+        assert_eq!(should_retry(StatusCode::BAD_GATEWAY, false), Some("true"));
+        assert_eq!(should_retry(StatusCode::OK, false), None);
         let response = ApiError::bad_request("x", "y").into_response();
         assert_eq!(response.headers()[SHOULD_RETRY_HEADER], "false");
     }

@@ -353,7 +353,7 @@ async fn session_for(
     model_id: u32,
     asked: Option<u64>,
     tokens_max: u64,
-) -> Result<SessionTicket, ApiError> {
+) -> Result<(SessionTicket, Bytes), ApiError> {
     let ttl = Duration::from_millis(consumer.config.rfc_ttl_ms);
     match consumer
         .router
@@ -406,7 +406,7 @@ async fn complete(
         .await
         .map_err(|e| ("refused", e))?;
     let app_wants_usage = request.include_usage();
-    let ticket = session_for(
+    let (ticket, ticket_body) = session_for(
         consumer,
         model_id,
         asked,
@@ -429,6 +429,7 @@ async fn complete(
         consumer: consumer.clone(),
         _open: consumer.open_call(),
         ticket,
+        ticket_body,
         model_name: name,
         started,
         query_started: Instant::now(),
@@ -452,7 +453,7 @@ async fn complete(
         // provider whose own copy was lost with a failed-over leader.
         .header(
             crate::inference::TICKET_HEADER,
-            crate::inference::ticket_header(&call.ticket),
+            hex::encode(&call.ticket_body),
         )
         .body(body)
         .send();
@@ -626,6 +627,8 @@ struct Call {
     /// a stopping node waits for it (R-NODE-5).
     _open: super::PendingGuard,
     ticket: SessionTicket,
+    /// The ticket's body as the router signed it (`X-Yellowstone-Ticket`).
+    ticket_body: Bytes,
     model_name: String,
     /// The application's request arrived.
     started: Instant,

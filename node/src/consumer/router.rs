@@ -5,6 +5,7 @@
 //! router: never a prompt or a completion (R-NODE-3).
 
 use crate::link::{Backoff, Incoming, Link, LinkConfig, Nonces, SendQueue};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,7 +37,7 @@ pub struct RouterClient {
     config: LinkConfig,
     nonces: Nonces,
     link: RwLock<Option<Link>>,
-    waiters: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    waiters: Mutex<HashMap<u64, mpsc::Sender<Incoming>>>,
     /// Held from taking a nonce to queueing its signed message: the router refuses
     /// a nonce not above the sender's last (`replay`), so concurrent requests must
     /// reach the connection in nonce order.
@@ -52,7 +53,7 @@ pub struct RouterClient {
 struct Waiter<'a> {
     client: &'a RouterClient,
     key: u64,
-    receiver: mpsc::Receiver<Message>,
+    receiver: mpsc::Receiver<Incoming>,
 }
 
 impl Drop for Waiter<'_> {
@@ -82,7 +83,7 @@ impl RouterClient {
         })
     }
 
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Message>>> {
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Incoming>>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -151,8 +152,9 @@ impl RouterClient {
     }
 
     async fn dispatch(&self, mut inbound: mpsc::Receiver<Incoming>) {
-        while let Some(Incoming { message, .. }) = inbound.recv().await {
-            let key = match &message {
+        while let Some(incoming) = inbound.recv().await {
+            let message = &incoming.message;
+            let key = match message {
                 Message::RfcAccepted(m) => m.nonce,
                 Message::RfcFailed(m) => m.nonce,
                 Message::SessionTicket(m) => m.rfc_nonce,
@@ -164,9 +166,15 @@ impl RouterClient {
             let waiter = self.lock_waiters().get(&key).cloned();
             match waiter {
                 Some(sender) => {
-                    let _ = sender.try_send(message);
+                    let _ = sender.try_send(incoming);
                 }
-                None => tracing::debug!(key, name = message.name(), "router message for no waiter"),
+                None => {
+                    tracing::debug!(
+                        key,
+                        name = incoming.message.name(),
+                        "router message for no waiter"
+                    )
+                }
             }
         }
     }
@@ -244,12 +252,15 @@ impl RouterClient {
     }
 
     /// R-RFC-1: asks for a session; waits for the ticket until the RFC's expiry.
+    /// Returns the ticket and its body exactly as the router signed it (what the
+    /// provider checks in `X-Yellowstone-Ticket`: the ticket itself may carry a
+    /// renamed `rfc_nonce` after an R-ID-8 resend).
     pub async fn request_session(
         &self,
         model_id: u32,
         tokens_max: u64,
         ttl: Duration,
-    ) -> Result<SessionTicket, RfcOutcome> {
+    ) -> Result<(SessionTicket, Bytes), RfcOutcome> {
         let mut waiter = self
             .send_in_order(
                 |nonce| {
@@ -277,9 +288,9 @@ impl RouterClient {
                     waited_ms: waited.as_millis() as u64,
                 })?
                 .ok_or_else(|| RfcOutcome::RouterDown("the router connection dropped".into()))?;
-            match message {
+            match message.message {
                 Message::RfcAccepted(_) => continue,
-                Message::SessionTicket(ticket) => return Ok(ticket),
+                Message::SessionTicket(ticket) => return Ok((ticket, message.body)),
                 Message::RfcFailed(failed) => {
                     return Err(RfcOutcome::Failed {
                         reason: failed.reason,
@@ -309,7 +320,8 @@ impl RouterClient {
                 Some(&self.reports_queued),
             )
             .await?;
-        match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
+        let answer = tokio::time::timeout(timeout, waiter.receiver.recv()).await;
+        match answer.map(|incoming| incoming.map(|i| i.message)) {
             Ok(Some(Message::ReportAck(ack))) => Ok(ack),
             Ok(Some(Message::ErrorReply(error))) => Err(format!(
                 "report refused ({}): {}",
@@ -327,7 +339,8 @@ impl RouterClient {
         let query_id = self.nonces.next();
         let mut waiter = self.waiter(query_id);
         self.send(CatalogQuery { query_id }.into()).await?;
-        match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
+        let answer = tokio::time::timeout(timeout, waiter.receiver.recv()).await;
+        match answer.map(|incoming| incoming.map(|i| i.message)) {
             Ok(Some(Message::Catalog(catalog))) => Ok(catalog),
             Ok(Some(Message::ErrorReply(error))) => Err(error.reason),
             Ok(Some(other)) => Err(format!("unexpected answer {}", other.name())),
