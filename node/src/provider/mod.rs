@@ -48,7 +48,7 @@ pub struct ProviderMetrics {
     pub tickets_held: Gauge,
     pub tickets_received: Counter,
     /// R-HA-3: tickets kept from a user's `X-Yellowstone-Ticket` (the router's copy
-    /// never arrived).
+    /// had not arrived: lost with a failed-over leader, or still on its way).
     pub tickets_presented: Counter,
     pub probes_answered: Counter,
     pub router_connects: Family<Labels, Counter>,
@@ -77,7 +77,7 @@ impl ProviderMetrics {
             ),
             tickets_presented: metrics.counter(
                 "provider_tickets_presented",
-                "Router-signed session tickets kept from a user's X-Yellowstone-Ticket header (the router's copy never arrived, R-HA-3).",
+                "Router-signed session tickets kept from a user's X-Yellowstone-Ticket header (the router's copy had not arrived: lost with a failed-over leader, or still on its way; R-HA-3).",
             ),
             probes_answered: metrics.counter("provider_probes_answered", "Probes answered."),
             router_connects: metrics.counter_family(
