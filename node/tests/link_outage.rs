@@ -432,3 +432,56 @@ async fn standin_mode_keeps_the_switches_the_body_does_not_name() {
     assert_eq!(refused.status(), 400);
     assert!(refused.text().await.unwrap().contains("no_such_switch"));
 }
+
+/// Finding 1, the provider's side: a `SessionStart` signed while the provider's
+/// router connection is down (here: cut at the ticket's frame, the provider waiting
+/// 2 s before it reconnects, and serving meanwhile on the ticket the consumer
+/// presents) is kept and sent on the next connection. Before, it was dropped ("not
+/// connected to the router: session start not signed"), and a session whose report
+/// is late is closed by the router without credit after `ticket_start_timeout_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r_session_1_a_session_start_signed_while_reconnecting_reaches_the_router() {
+    use yellowstone_tests::cut_proxy::CutProxy;
+    use yellowstone_wire::msg_type::{SESSION_START, SESSION_TICKET};
+    let stack = Stack::start(Tuning {
+        provider: "reconnect_initial_ms = 2000\nreconnect_max_ms = 2000\n".into(),
+        provider_router: Some(Box::new(move |router| {
+            let proxy = CutProxy::start_cutting_at(router, SESSION_TICKET, 1);
+            let addr = proxy.addr;
+            std::mem::forget(proxy); // its threads serve for the whole test
+            addr
+        })),
+        ..Tuning::default()
+    })
+    .await;
+    let url = stack.consumer_url("/v1/chat/completions");
+    let body = json!({"model": "demo-model-1", "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4, "stream": false});
+    let response = stack.http.post(&url).json(&body).send().await.unwrap();
+    let session: u64 = response.headers()["x-yellowstone-session"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // The provider's SessionStart for this session, in the bytes the router received.
+    let provider: yellowstone_wire::Address = stack.provider_address.parse().unwrap();
+    let sent = || {
+        let recorded = stack.proxy.recorded.lock().unwrap().clone();
+        let header = yellowstone_wire::frame::HEADER_LEN;
+        (header..recorded.len().saturating_sub(36)).any(|at| {
+            recorded[at..at + 20] == provider.0[..]
+                && recorded[at - header + 4..at - header + 6] == SESSION_START.to_le_bytes()
+                && recorded[at + 28..at + 36] == session.to_le_bytes()
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !sent() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SessionStart for session {session} reached the router"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.wait_metric(EARNED, 1.0).await;
+}
