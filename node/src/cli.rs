@@ -102,12 +102,27 @@ pub const ROUTER_LIVENESS_MS_DEFAULT: u64 = 2_000;
 /// The most `router_liveness_ms` may be: 10 minutes (a longer bound is no bound).
 pub const ROUTER_LIVENESS_MS_MAX: u64 = 600_000;
 
-/// Checks `router_ping_ms` (above 0) and `router_liveness_ms` (above
-/// `router_ping_ms`, at most [`ROUTER_LIVENESS_MS_MAX`]); the error names the key,
-/// the value and the bound.
+/// The least `router_ping_ms` may be (ms): a shorter one sends the router Pings by
+/// the hundred per second and judges it on scheduling noise (outsider review 3,
+/// finding 8).
+pub const ROUTER_PING_MS_MIN: u64 = 50;
+/// The least `router_liveness_ms` may be (ms): a healthy leader busy for less than
+/// this (a journal sync, a debug build on a loaded machine) is not taken for dead.
+pub const ROUTER_LIVENESS_MS_MIN: u64 = 500;
+
+/// Checks `router_ping_ms` (at least [`ROUTER_PING_MS_MIN`]) and `router_liveness_ms`
+/// (at least [`ROUTER_LIVENESS_MS_MIN`], above `router_ping_ms`, at most
+/// [`ROUTER_LIVENESS_MS_MAX`]); the error names the key, the value and the bound.
 pub fn validate_liveness(router_ping_ms: u64, router_liveness_ms: u64) -> Result<(), String> {
-    if router_ping_ms == 0 {
-        return Err("router_ping_ms must be above 0".into());
+    if router_ping_ms < ROUTER_PING_MS_MIN {
+        return Err(format!(
+            "router_ping_ms is {router_ping_ms}, must be at least {ROUTER_PING_MS_MIN} (ms; a shorter one floods the router with Pings)"
+        ));
+    }
+    if router_liveness_ms < ROUTER_LIVENESS_MS_MIN {
+        return Err(format!(
+            "router_liveness_ms is {router_liveness_ms}, must be at least {ROUTER_LIVENESS_MS_MIN} (ms; a shorter one takes a busy router for dead)"
+        ));
     }
     if router_liveness_ms <= router_ping_ms {
         return Err(format!(

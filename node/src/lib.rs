@@ -171,7 +171,7 @@ async fn refuse_connection(mut socket: tokio::net::TcpStream) {
     use tokio::io::AsyncWriteExt;
     const BODY: &str = "{\"error\":{\"message\":\"too many connections: try again shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\"too_many_connections\"}}";
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nx-should-retry: true\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
         BODY.len()
     );
     let write = async {

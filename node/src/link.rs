@@ -220,6 +220,108 @@ fn final_answer_nonce(message: &Message, own: Address) -> Option<u64> {
     }
 }
 
+/// Signed messages made while the router link is down (reconnecting), kept to be sent
+/// once it is back: messages whose loss costs someone money or a penalty (a consumer's
+/// report: the provider's pay; a provider's `SessionStart`). Each keeps the nonce it
+/// was numbered with when it was made, so the owner sends the queue on a new link
+/// before anything numbered later (R-ID-4); once sent it is one of the link's
+/// unanswered messages, resent byte-identical on later reconnects until answered
+/// (R-HA-3). At most `max` (the node's config key `key`); one more is refused, an
+/// older one is never dropped.
+pub struct SendQueue {
+    max: usize,
+    key: &'static str,
+    items: Mutex<VecDeque<(u64, Message)>>,
+}
+
+/// A message refused by a full [`SendQueue`].
+#[derive(Debug, thiserror::Error)]
+#[error("{queued} messages already wait for the router connection ({key} = {max}): not queued")]
+pub struct QueueFull {
+    pub queued: usize,
+    pub max: usize,
+    pub key: &'static str,
+}
+
+impl SendQueue {
+    /// A queue of at most `max` messages; `key` names the config key setting `max`.
+    pub fn new(max: usize, key: &'static str) -> SendQueue {
+        debug_assert!(max > 0);
+        SendQueue {
+            max,
+            key,
+            items: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, Message)>> {
+        self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `message` (numbered `nonce`, not yet signed). The caller holds its
+    /// send-order lock, so the queue stays in nonce order.
+    pub fn push(&self, nonce: u64, message: Message) -> Result<(), QueueFull> {
+        let mut items = self.lock();
+        if items.len() >= self.max {
+            return Err(QueueFull {
+                queued: items.len(),
+                max: self.max,
+                key: self.key,
+            });
+        }
+        debug_assert!(items.back().is_none_or(|(last, _)| *last < nonce));
+        items.push_back((nonce, message));
+        Ok(())
+    }
+
+    /// The nonces of the queued messages (their waiters keep waiting).
+    pub fn nonces(&self) -> Vec<u64> {
+        self.lock().iter().map(|(nonce, _)| *nonce).collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Sends the queue on `link`, oldest first (call it under the send-order lock,
+    /// after `resend_unanswered` and before anything new). What `link` could not take
+    /// (it closed meanwhile) stays queued for the next one. Returns how many were sent.
+    pub async fn flush(&self, link: &Link) -> usize {
+        let items: Vec<(u64, Message)> = self.lock().drain(..).collect();
+        let mut sent = 0;
+        let mut rest = items.into_iter();
+        for (nonce, message) in rest.by_ref() {
+            if link.send(message.clone()).await.is_err() {
+                let mut items = self.lock();
+                let mut back: VecDeque<(u64, Message)> = std::iter::once((nonce, message))
+                    .chain(rest.by_ref())
+                    .collect();
+                back.append(&mut items);
+                *items = back;
+                break;
+            }
+            sent += 1;
+        }
+        if sent > 0 {
+            tracing::info!(
+                sent,
+                key = self.key,
+                "sent the messages made while the router connection was down"
+            );
+        }
+        sent
+    }
+}
+
+/// R-HA-3: the longest one group member's connect-and-login attempt may take,
+/// whatever `liveness` is (the default `router_liveness_ms`, 2 s: a member that has
+/// not greeted within it is frozen or dead, and the next one is tried).
+pub const GROUP_ATTEMPT_MAX: Duration = Duration::from_millis(2_000);
+
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct LinkConfig {
@@ -246,11 +348,14 @@ pub struct LinkConfig {
 
 impl LinkConfig {
     /// How long one member's attempt (TCP connect, greeting, login) may take: the
-    /// login time-out, cut to `liveness` in a group (a frozen member is then left for
-    /// the next as soon as a silent connection would be taken for dead).
+    /// login time-out, cut in a group to `liveness` and at most
+    /// [`GROUP_ATTEMPT_MAX`] (a frozen or silent member is then left for the next as
+    /// soon as a silent connection would be taken for dead, and a large `liveness`,
+    /// chosen to tolerate a slow leader, does not let one dead member hold up the
+    /// group's reconnect: outsider review 3, finding 8).
     pub fn attempt_timeout(&self) -> Duration {
         if self.router_addrs.len() > 1 {
-            self.login_timeout.min(self.liveness)
+            self.login_timeout.min(self.liveness).min(GROUP_ATTEMPT_MAX)
         } else {
             self.login_timeout
         }
@@ -932,6 +1037,10 @@ mod tests {
             Duration::from_millis(2_000)
         );
         assert_eq!(config(&["a:1"]).attempt_timeout(), Duration::from_secs(10));
+        // A large liveness bound does not let one silent member hold the reconnect.
+        let mut patient = config(&["a:1", "b:2"]);
+        patient.liveness = Duration::from_secs(600);
+        assert_eq!(patient.attempt_timeout(), GROUP_ATTEMPT_MAX);
     }
 
     /// A member that knows no leader yet (an election under way), then the silent

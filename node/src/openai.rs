@@ -81,20 +81,42 @@ impl IntoResponse for ApiError {
 /// 429 and 5xx unless it says `false`).
 pub const SHOULD_RETRY_HEADER: &str = "x-should-retry";
 
-/// Issue 23 case 8: the `x-should-retry` value for an error of `status`: `"true"`
-/// when it carries a `Retry-After` (waiting can help: no provider now, overloaded,
-/// too many open sessions), `"false"` for any other 4xx (the same request cannot
-/// succeed: a bad field, no quota left today, max_tokens above what is left), none
-/// for a 5xx without `Retry-After` (the client's default: another try may reach
-/// another provider).
+/// Issue 23 case 8, outsider review 3 finding 13: the `x-should-retry` value for an
+/// error of `status`, on every error the nodes send: `"true"` when it carries a
+/// `Retry-After` (waiting can help: no provider now, overloaded, too many open
+/// sessions) and for every 5xx (a server-side fault: another try gets another
+/// ticket, maybe another provider), `"false"` for any other 4xx (the same request
+/// cannot succeed: a bad field, no quota left today, max_tokens above what is
+/// left). None for a success (not an error).
 pub fn should_retry(status: StatusCode, retry_after: bool) -> Option<&'static str> {
-    if retry_after {
+    if retry_after || status.is_server_error() {
         Some("true")
     } else if status.is_client_error() {
         Some("false")
     } else {
         None
     }
+}
+
+/// Outsider review 3 finding 13: the layer both nodes' HTTP routers run every answer
+/// through, so that every error response carries `x-should-retry` by
+/// [`should_retry`]'s rule whichever path made it (an `ApiError`, a model server's
+/// refusal relayed as it is, a fallback): a response that already has the header
+/// keeps it.
+pub async fn retry_hints(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(SHOULD_RETRY_HEADER) {
+        let has_retry_after = response.headers().contains_key("retry-after");
+        if let Some(retry) = should_retry(response.status(), has_retry_after) {
+            response
+                .headers_mut()
+                .insert(SHOULD_RETRY_HEADER, HeaderValue::from_static(retry));
+        }
+    }
+    response
 }
 
 /// The request body as both nodes read it: a body over `request_bytes_max` (or one
@@ -880,7 +902,8 @@ mod tests {
             should_retry(StatusCode::SERVICE_UNAVAILABLE, true),
             Some("true")
         );
-        assert_eq!(should_retry(StatusCode::BAD_GATEWAY, false), None);
+        assert_eq!(should_retry(StatusCode::BAD_GATEWAY, false), Some("true"));
+        assert_eq!(should_retry(StatusCode::OK, false), None);
         let response = ApiError::bad_request("x", "y").into_response();
         assert_eq!(response.headers()[SHOULD_RETRY_HEADER], "false");
     }

@@ -6,8 +6,9 @@
 //! contents; `completion_tokens`: words sent). With
 //! `stream_options.include_usage` a stream ends with a usage chunk, as OpenAI's does.
 //!
-//! Switches (flags at start, or `POST /standin/mode` with the same JSON fields at run
-//! time, for tests): `delay_ms_per_token` (slow), `fail` (HTTP 500 for every
+//! Switches (flags at start, or `POST /standin/mode` with some of the same JSON fields
+//! at run time, for tests: the switches the body names change, the others stay as they
+//! are; `POST /standin/reset` puts every switch back to its start value): `delay_ms_per_token` (slow), `fail` (HTTP 500 for every
 //! completion), `cut_after_tokens` (a stream stops after that many tokens without
 //! its end; a plain answer is cut mid-body), `tokens` (completion length when
 //! `max_tokens` allows), `context_tokens_max` (a prompt of more words is refused with
@@ -130,6 +131,8 @@ fn prompt_of(request: &Value) -> String {
 struct Shared {
     state: Arc<Mutex<(Mode, u64, Value)>>,
     worker: Arc<tokio::sync::Mutex<()>>,
+    /// The switches as started (the command line), for `POST /standin/reset`.
+    start: Arc<Mode>,
 }
 
 impl Shared {
@@ -150,6 +153,7 @@ impl Shared {
 
 pub fn router(mode: Mode) -> Router {
     let shared = Shared {
+        start: Arc::new(mode.clone()),
         state: Arc::new(Mutex::new((mode, 0, Value::Null))),
         worker: Arc::new(tokio::sync::Mutex::new(())),
     };
@@ -158,6 +162,7 @@ pub fn router(mode: Mode) -> Router {
         .route("/v1/completions", post(text_completions))
         .route("/v1/models", get(models))
         .route("/standin/mode", post(set_mode))
+        .route("/standin/reset", post(reset_mode))
         .route("/standin/last_request", get(last_request))
         .with_state(shared)
 }
@@ -174,9 +179,30 @@ async fn text_completions(State(shared): State<Shared>, body: axum::body::Bytes)
     completions(shared, body, true).await
 }
 
-async fn set_mode(State(shared): State<Shared>, Json(mode): Json<Mode>) -> Json<Mode> {
-    shared.lock().0 = mode.clone();
-    Json(mode)
+/// Outsider review 3 finding 15: changes the switches the body names and keeps the
+/// others as they are (the command line's values, or an earlier call's). A body that
+/// is not an object of known switches with values of their type: 400 naming it.
+async fn set_mode(
+    State(shared): State<Shared>,
+    Json(changes): Json<serde_json::Map<String, Value>>,
+) -> Result<Json<Mode>, (StatusCode, String)> {
+    let mut state = shared.lock();
+    let mut merged = match serde_json::to_value(&state.0) {
+        Ok(Value::Object(current)) => current,
+        _ => serde_json::Map::new(),
+    };
+    merged.extend(changes);
+    let mode: Mode = serde_json::from_value(Value::Object(merged))
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("standin mode: {e}")))?;
+    state.0 = mode.clone();
+    Ok(Json(mode))
+}
+
+/// Puts every switch back to its start value (the command line's).
+async fn reset_mode(State(shared): State<Shared>) -> Json<Mode> {
+    let start = (*shared.start).clone();
+    shared.lock().0 = start.clone();
+    Json(start)
 }
 
 async fn models(State(shared): State<Shared>) -> Json<Value> {

@@ -38,6 +38,11 @@ pub struct ConsumerConfig {
     pub answer_timeout_ms: u64,
     /// The router must acknowledge a report within this.
     pub report_timeout_ms: u64,
+    /// R-HA-3: reports made while the router connection is down (reconnecting) are
+    /// kept, at most this many, and sent first once it is back (a session that ends
+    /// during a reconnect is still paid); one more is dropped with an error. Reports,
+    /// 1 ..= 1024 (the link resends at most 1024 unanswered messages).
+    pub report_queue_max: u64,
     /// How long the model list from the router's catalog is reused.
     pub catalog_refresh_ms: u64,
     /// Largest request body accepted from applications.
@@ -95,6 +100,7 @@ impl Default for ConsumerConfig {
             first_byte_timeout_ms: 60_000,
             answer_timeout_ms: 600_000,
             report_timeout_ms: 10_000,
+            report_queue_max: 1_024,
             catalog_refresh_ms: 2_000,
             request_bytes_max: 4 * 1024 * 1024,
             response_bytes_max: 16 * 1024 * 1024,
@@ -148,6 +154,13 @@ impl NodeConfig for ConsumerConfig {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));
             }
+        }
+        let window = yellowstone_wire::nonce::RESEND_WINDOW as u64;
+        if !(1..=window).contains(&self.report_queue_max) {
+            return Err(format!(
+                "report_queue_max is {}, must be 1 ..= {window} (the unanswered messages a link resends)",
+                self.report_queue_max
+            ));
         }
         if self.tokens_max_default > self.tokens_max_limit {
             return Err("tokens_max_default must be at most tokens_max_limit".into());

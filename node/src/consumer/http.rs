@@ -41,6 +41,8 @@ pub fn router(consumer: Arc<Consumer>) -> Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
+        // Every error carries `x-should-retry` (outsider review 3 finding 13).
+        .layer(axum::middleware::from_fn(crate::openai::retry_hints))
         .with_state(consumer)
 }
 
@@ -351,7 +353,7 @@ async fn session_for(
     model_id: u32,
     asked: Option<u64>,
     tokens_max: u64,
-) -> Result<SessionTicket, ApiError> {
+) -> Result<(SessionTicket, Bytes), ApiError> {
     let ttl = Duration::from_millis(consumer.config.rfc_ttl_ms);
     match consumer
         .router
@@ -404,7 +406,7 @@ async fn complete(
         .await
         .map_err(|e| ("refused", e))?;
     let app_wants_usage = request.include_usage();
-    let ticket = session_for(
+    let (ticket, ticket_body) = session_for(
         consumer,
         model_id,
         asked,
@@ -427,6 +429,7 @@ async fn complete(
         consumer: consumer.clone(),
         _open: consumer.open_call(),
         ticket,
+        ticket_body,
         model_name: name,
         started,
         query_started: Instant::now(),
@@ -446,6 +449,12 @@ async fn complete(
         .header("content-type", "application/json")
         .header(SESSION_HEADER, call.ticket.session_id.to_string())
         .header(SIGNATURE_HEADER, signature)
+        // Outsider review 3 finding 2 (R-HA-3): the router-signed ticket, for a
+        // provider whose own copy was lost with a failed-over leader.
+        .header(
+            crate::inference::TICKET_HEADER,
+            hex::encode(&call.ticket_body),
+        )
         .body(body)
         .send();
     let mut cut = consumer.cut_signal();
@@ -618,6 +627,8 @@ struct Call {
     /// a stopping node waits for it (R-NODE-5).
     _open: super::PendingGuard,
     ticket: SessionTicket,
+    /// The ticket's body as the router signed it (`X-Yellowstone-Ticket`).
+    ticket_body: Bytes,
     model_name: String,
     /// The application's request arrived.
     started: Instant,

@@ -137,6 +137,7 @@ impl Consumer {
                 liveness: Duration::from_millis(config.router_liveness_ms),
             },
             stats.router_silent.clone(),
+            config.report_queue_max as usize,
         );
         // Relative files are read from the working directory, as key_file is.
         let tokens = tokens::TokenCounter::load(&config.tokenizers, std::path::Path::new(""))

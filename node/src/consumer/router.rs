@@ -4,7 +4,8 @@
 //! -> catalog). Only RFCs (model, TokenMax), reports and catalog queries go to the
 //! router: never a prompt or a completion (R-NODE-3).
 
-use crate::link::{Backoff, Incoming, Link, LinkConfig, Nonces};
+use crate::link::{Backoff, Incoming, Link, LinkConfig, Nonces, SendQueue};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,20 +37,23 @@ pub struct RouterClient {
     config: LinkConfig,
     nonces: Nonces,
     link: RwLock<Option<Link>>,
-    waiters: Mutex<HashMap<u64, mpsc::Sender<Message>>>,
+    waiters: Mutex<HashMap<u64, mpsc::Sender<Incoming>>>,
     /// Held from taking a nonce to queueing its signed message: the router refuses
     /// a nonce not above the sender's last (`replay`), so concurrent requests must
     /// reach the connection in nonce order.
     send_order: tokio::sync::Mutex<()>,
     /// Counts the connections the liveness watch ended (R-HA-3).
     silent: prometheus_client::metrics::counter::Counter,
+    /// Reports made while the connection was down (R-REPORT-1, R-HA-3): sent first on
+    /// the next one (`report_queue_max` at most), their waiters waiting meanwhile.
+    reports_queued: SendQueue,
 }
 
 /// Removes a waiter when its request ends, however it ends.
 struct Waiter<'a> {
     client: &'a RouterClient,
     key: u64,
-    receiver: mpsc::Receiver<Message>,
+    receiver: mpsc::Receiver<Incoming>,
 }
 
 impl Drop for Waiter<'_> {
@@ -59,11 +63,13 @@ impl Drop for Waiter<'_> {
 }
 
 impl RouterClient {
-    /// `silent` counts the connections the liveness watch ends (a metric's counter).
+    /// `silent` counts the connections the liveness watch ends (a metric's counter);
+    /// `report_queue_max`: reports kept while the connection is down, at most.
     pub fn new(
         key: SigningKey,
         config: LinkConfig,
         silent: prometheus_client::metrics::counter::Counter,
+        report_queue_max: usize,
     ) -> Arc<RouterClient> {
         Arc::new(RouterClient {
             key,
@@ -73,10 +79,11 @@ impl RouterClient {
             waiters: Mutex::new(HashMap::new()),
             send_order: tokio::sync::Mutex::new(()),
             silent,
+            reports_queued: SendQueue::new(report_queue_max, "report_queue_max"),
         })
     }
 
-    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Message>>> {
+    fn lock_waiters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, mpsc::Sender<Incoming>>> {
         self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -110,6 +117,9 @@ impl RouterClient {
                         if let Some(previous) = previous.take() {
                             link.resend_unanswered(&previous).await;
                         }
+                        // Then the reports made while no connection was up: their
+                        // nonces are below any request still to come.
+                        self.reports_queued.flush(&link).await;
                         *self.link.write().await = Some(link.clone());
                     }
                     backoff.reset();
@@ -121,7 +131,9 @@ impl RouterClient {
                     }
                     // Waiters of the lost connection learn it now, not at their
                     // time-out, unless their message is resent on the next one.
-                    let resent = link.unanswered_nonces();
+                    let mut resent = link.unanswered_nonces();
+                    // (A report queued meanwhile is sent on the next one too.)
+                    resent.extend(self.reports_queued.nonces());
                     self.lock_waiters().retain(|key, _| resent.contains(key));
                     previous = Some(link);
                 }
@@ -140,8 +152,9 @@ impl RouterClient {
     }
 
     async fn dispatch(&self, mut inbound: mpsc::Receiver<Incoming>) {
-        while let Some(Incoming { message, .. }) = inbound.recv().await {
-            let key = match &message {
+        while let Some(incoming) = inbound.recv().await {
+            let message = &incoming.message;
+            let key = match message {
                 Message::RfcAccepted(m) => m.nonce,
                 Message::RfcFailed(m) => m.nonce,
                 Message::SessionTicket(m) => m.rfc_nonce,
@@ -153,9 +166,15 @@ impl RouterClient {
             let waiter = self.lock_waiters().get(&key).cloned();
             match waiter {
                 Some(sender) => {
-                    let _ = sender.try_send(message);
+                    let _ = sender.try_send(incoming);
                 }
-                None => tracing::debug!(key, name = message.name(), "router message for no waiter"),
+                None => {
+                    tracing::debug!(
+                        key,
+                        name = incoming.message.name(),
+                        "router message for no waiter"
+                    )
+                }
             }
         }
     }
@@ -172,15 +191,42 @@ impl RouterClient {
 
     /// Takes the next nonce, registers its waiter and queues `build(nonce)`, in
     /// nonce order whatever other requests do at the same time.
+    ///
+    /// `queue`: a message whose loss costs money (a report) is queued when there is
+    /// no connection (or it just dropped) and sent first on the next one
+    /// ([`SendQueue`]); its waiter keeps waiting. Errors: no connection (and not
+    /// queued, or the queue is full).
     async fn send_in_order(
         &self,
         build: impl FnOnce(u64) -> Message,
+        queue: Option<&SendQueue>,
     ) -> Result<Waiter<'_>, String> {
         let _order = self.send_order.lock().await;
         let nonce = self.nonces.next();
         let waiter = self.waiter(nonce);
-        self.send(build(nonce)).await?;
-        Ok(waiter)
+        let message = build(nonce);
+        let Some(queue) = queue else {
+            self.send(message).await?;
+            return Ok(waiter);
+        };
+        match self.send(message.clone()).await {
+            Ok(()) => Ok(waiter),
+            // Still under the send-order lock: the run loop flushes the queue on the
+            // next connection before any later nonce is sent.
+            Err(down) => match queue.push(nonce, message) {
+                Ok(()) => {
+                    tracing::warn!(
+                        nonce,
+                        name = "Report",
+                        queued = queue.len(),
+                        reason = %down,
+                        "router connection down: queued until it is back (R-HA-3)"
+                    );
+                    Ok(waiter)
+                }
+                Err(full) => Err(format!("{down}; {full}")),
+            },
+        }
     }
 
     async fn send(&self, message: Message) -> Result<(), String> {
@@ -206,24 +252,30 @@ impl RouterClient {
     }
 
     /// R-RFC-1: asks for a session; waits for the ticket until the RFC's expiry.
+    /// Returns the ticket and its body exactly as the router signed it (what the
+    /// provider checks in `X-Yellowstone-Ticket`: the ticket itself may carry a
+    /// renamed `rfc_nonce` after an R-ID-8 resend).
     pub async fn request_session(
         &self,
         model_id: u32,
         tokens_max: u64,
         ttl: Duration,
-    ) -> Result<SessionTicket, RfcOutcome> {
+    ) -> Result<(SessionTicket, Bytes), RfcOutcome> {
         let mut waiter = self
-            .send_in_order(|nonce| {
-                Rfc {
-                    from: self.key.address(),
-                    nonce,
-                    model_id,
-                    tokens_max,
-                    expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
-                    ..Rfc::default()
-                }
-                .into()
-            })
+            .send_in_order(
+                |nonce| {
+                    Rfc {
+                        from: self.key.address(),
+                        nonce,
+                        model_id,
+                        tokens_max,
+                        expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
+                        ..Rfc::default()
+                    }
+                    .into()
+                },
+                None,
+            )
             .await
             .map_err(RfcOutcome::RouterDown)?;
         // A little past the expiry: the router answers "expired" itself then.
@@ -236,9 +288,9 @@ impl RouterClient {
                     waited_ms: waited.as_millis() as u64,
                 })?
                 .ok_or_else(|| RfcOutcome::RouterDown("the router connection dropped".into()))?;
-            match message {
+            match message.message {
                 Message::RfcAccepted(_) => continue,
-                Message::SessionTicket(ticket) => return Ok(ticket),
+                Message::SessionTicket(ticket) => return Ok((ticket, message.body)),
                 Message::RfcFailed(failed) => {
                     return Err(RfcOutcome::Failed {
                         reason: failed.reason,
@@ -250,7 +302,10 @@ impl RouterClient {
         }
     }
 
-    /// R-REPORT-1: the signed report; returns the router's acknowledgement.
+    /// R-REPORT-1: the signed report; returns the router's acknowledgement. Made while
+    /// the connection is down, it is queued (`report_queue_max`) and sent first on the
+    /// next connection, then resent byte-identical after later losses until answered
+    /// (R-HA-3): the provider is paid for a session that ends during a reconnect.
     pub async fn report(
         &self,
         session_id: u64,
@@ -260,9 +315,13 @@ impl RouterClient {
     ) -> Result<ReportAck, String> {
         let from = self.key.address();
         let mut waiter = self
-            .send_in_order(|nonce| Report::new(from, nonce, session_id, outcome, figures).into())
+            .send_in_order(
+                |nonce| Report::new(from, nonce, session_id, outcome, figures).into(),
+                Some(&self.reports_queued),
+            )
             .await?;
-        match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
+        let answer = tokio::time::timeout(timeout, waiter.receiver.recv()).await;
+        match answer.map(|incoming| incoming.map(|i| i.message)) {
             Ok(Some(Message::ReportAck(ack))) => Ok(ack),
             Ok(Some(Message::ErrorReply(error))) => Err(format!(
                 "report refused ({}): {}",
@@ -280,7 +339,8 @@ impl RouterClient {
         let query_id = self.nonces.next();
         let mut waiter = self.waiter(query_id);
         self.send(CatalogQuery { query_id }.into()).await?;
-        match tokio::time::timeout(timeout, waiter.receiver.recv()).await {
+        let answer = tokio::time::timeout(timeout, waiter.receiver.recv()).await;
+        match answer.map(|incoming| incoming.map(|i| i.message)) {
             Ok(Some(Message::Catalog(catalog))) => Ok(catalog),
             Ok(Some(Message::ErrorReply(error))) => Err(error.reason),
             Ok(Some(other)) => Err(format!("unexpected answer {}", other.name())),

@@ -35,6 +35,11 @@ pub struct ProviderConfig {
     pub data_dir: PathBuf,
     /// How long a request whose ticket has not arrived yet waits for it.
     pub ticket_wait_ms: u64,
+    /// R-HA-3: `SessionStart`s signed while the router connection is down
+    /// (reconnecting) are kept, at most this many, and sent first once it is back;
+    /// one more is dropped with a warning. Messages, 1 ..= 1024 (the link resends at
+    /// most 1024 unanswered messages).
+    pub session_start_queue_max: u64,
     /// Largest request body accepted.
     pub request_bytes_max: u64,
     /// Largest non-streamed upstream answer relayed.
@@ -120,6 +125,7 @@ impl Default for ProviderConfig {
             tickets_max: 100_000,
             data_dir: PathBuf::from("provider-data"),
             ticket_wait_ms: 2_000,
+            session_start_queue_max: 1_024,
             request_bytes_max: 4 * 1024 * 1024,
             response_bytes_max: 16 * 1024 * 1024,
             upstream_timeout_ms: 600_000,
@@ -180,6 +186,13 @@ impl NodeConfig for ProviderConfig {
             if value == 0 {
                 return Err(format!("{name} must be above 0"));
             }
+        }
+        let window = yellowstone_wire::nonce::RESEND_WINDOW as u64;
+        if !(1..=window).contains(&self.session_start_queue_max) {
+            return Err(format!(
+                "session_start_queue_max is {}, must be 1 ..= {window} (the unanswered messages a link resends)",
+                self.session_start_queue_max
+            ));
         }
         if !(100..=600_000).contains(&self.upstream_health_interval_ms) {
             return Err(format!(

@@ -6,7 +6,10 @@
 
 use super::tickets::ClaimError;
 use super::Provider;
-use crate::inference::{recover_requester, SESSION_HEADER, SIGNATURE_HEADER};
+use crate::inference::{
+    check_presented_ticket, recover_requester, PresentedTicketError, SESSION_HEADER,
+    SIGNATURE_HEADER, TICKET_HEADER,
+};
 use crate::openai::{
     body_or_error, method_not_allowed, unknown_url, ApiError, ChatRequest, ChunkSummary, Endpoint,
     SseSplitter, Usage,
@@ -37,6 +40,8 @@ pub fn router(provider: Arc<Provider>) -> Router {
         .fallback(unknown_url)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
+        // Every error carries `x-should-retry` (outsider review 3 finding 13).
+        .layer(axum::middleware::from_fn(crate::openai::retry_hints))
         .with_state(provider)
 }
 
@@ -210,6 +215,41 @@ async fn serve(
     // R-NODE-4: only OpenAI's documented fields reach the model server, each
     // bounded (`n_predict`, `n: 64`, `ignore_eos`… would pass TokenMax by).
     request.check_fields(endpoint)?;
+    // Outsider review 3 finding 2 (R-HA-3): the user's copy of the router-signed
+    // ticket, checked whenever it is presented (a forged or altered one is refused
+    // even when this provider holds the session's ticket), kept when this provider
+    // has none (its copy was lost with a failed-over leader).
+    if let Some(value) = headers.get(TICKET_HEADER) {
+        let refused = |error: PresentedTicketError| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "ticket_invalid",
+                error.to_string(),
+            )
+        };
+        let value = value
+            .to_str()
+            .map_err(|_| refused(PresentedTicketError::Malformed("not visible ASCII".into())))?;
+        let router = provider
+            .router_address()
+            .ok_or_else(|| refused(PresentedTicketError::RouterUnknown))?;
+        let presented = check_presented_ticket(
+            value,
+            provider.config.network_id,
+            router,
+            provider.key.address(),
+            session,
+        )
+        .map_err(refused)?;
+        let mut tickets = provider.tickets.lock().unwrap_or_else(|e| e.into_inner());
+        if !tickets.contains(session) {
+            tracing::info!(session, "no ticket from the router for this session: the one the user presented verifies as the router's, kept (R-HA-3)");
+            tickets.insert(presented, crate::unix_ms());
+            provider.stats.tickets_held.set(tickets.len() as i64);
+            provider.stats.tickets_presented.inc();
+        }
+    }
     let ticket = claim(provider, session, signer).await?;
     let model = provider.models.get(&ticket.model_id).ok_or_else(|| {
         ApiError::new(

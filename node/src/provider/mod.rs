@@ -16,7 +16,7 @@ mod http;
 pub mod tickets;
 
 use crate::cli::{NodeConfig, Started};
-use crate::link::{Backoff, Link, LinkConfig, Nonces};
+use crate::link::{Backoff, Link, LinkConfig, Nonces, SendQueue};
 use crate::metrics::{Labels, Metrics};
 use config::{parse_hash, ModelOffer, ProviderConfig};
 use prometheus_client::metrics::counter::Counter;
@@ -47,6 +47,9 @@ pub struct ProviderMetrics {
     pub tokens: Counter,
     pub tickets_held: Gauge,
     pub tickets_received: Counter,
+    /// R-HA-3: tickets kept from a user's `X-Yellowstone-Ticket` (the router's copy
+    /// had not arrived: lost with a failed-over leader, or still on its way).
+    pub tickets_presented: Counter,
     pub probes_answered: Counter,
     pub router_connects: Family<Labels, Counter>,
     /// R-HA-3: router connections the liveness watch ended (`router_liveness_ms`).
@@ -71,6 +74,10 @@ impl ProviderMetrics {
             tickets_received: metrics.counter(
                 "provider_tickets_received",
                 "Router-signed session tickets received.",
+            ),
+            tickets_presented: metrics.counter(
+                "provider_tickets_presented",
+                "Router-signed session tickets kept from a user's X-Yellowstone-Ticket header (the router's copy had not arrived: lost with a failed-over leader, or still on its way; R-HA-3).",
             ),
             probes_answered: metrics.counter("provider_probes_answered", "Probes answered."),
             router_connects: metrics.counter_family(
@@ -107,6 +114,12 @@ pub struct Provider {
     /// message queued, so that messages from the router loop and from the HTTP
     /// handlers (`SessionStart`) reach the router in nonce order (R-ID-4).
     pub link: tokio::sync::Mutex<Option<Link>>,
+    /// R-HA-3: `SessionStart`s signed while no connection was up, sent first on the
+    /// next one (`session_start_queue_max` at most).
+    session_starts_queued: SendQueue,
+    /// R-ID-5: the router's address as the last connection logged in to it (a
+    /// group's members share one key), to check a ticket a user presents.
+    router_seen: Mutex<Option<yellowstone_wire::Address>>,
     /// R-PROV-4: whether each model server (by `upstream_base_url`) is up; a server
     /// not checked yet counts as up.
     upstream_health: Mutex<BTreeMap<String, bool>>,
@@ -186,6 +199,10 @@ impl Provider {
             .map_err(|e| e.to_string())?
         };
         stats.tickets_held.set(tickets.len() as i64);
+        let session_starts_queued = SendQueue::new(
+            config.session_start_queue_max as usize,
+            "session_start_queue_max",
+        );
         Ok(Arc::new(Provider {
             tickets: Mutex::new(tickets),
             config,
@@ -197,6 +214,8 @@ impl Provider {
             stats,
             nonces: Nonces::default(),
             link: tokio::sync::Mutex::new(None),
+            session_starts_queued,
+            router_seen: Mutex::new(None),
             upstream_health: Mutex::new(BTreeMap::new()),
             upstream_activity,
             endpoint: OnceLock::new(),
@@ -217,25 +236,37 @@ impl Provider {
     }
 
     /// R-SESSION-1: signs to the router that the session's inference began (its
-    /// answer, an `Ack` or a refusal, is only logged by the router loop).
+    /// answer, an `Ack` or a refusal, is only logged by the router loop). Made while
+    /// the connection is down, it is queued (`session_start_queue_max`) and sent first
+    /// on the next connection, then resent after later losses until answered (R-HA-3).
     pub async fn start_session(&self, session_id: u64) {
         let from = self.key.address();
-        let sent = self
-            .send_signed(|nonce| {
-                SessionStart {
-                    from,
-                    nonce,
-                    session_id,
-                    ..SessionStart::default()
-                }
-                .into()
-            })
-            .await;
-        if !sent {
-            tracing::warn!(
+        let link = self.link.lock().await;
+        let nonce = self.nonces.next();
+        let message: Message = SessionStart {
+            from,
+            nonce,
+            session_id,
+            ..SessionStart::default()
+        }
+        .into();
+        if let Some(link) = link.as_ref() {
+            if link.send(message.clone()).await.is_ok() {
+                return;
+            }
+        }
+        // Still under the link lock: the router loop sends the queue on the next
+        // connection before its registration (a later nonce).
+        match self.session_starts_queued.push(nonce, message) {
+            Ok(()) => tracing::warn!(
                 session = session_id,
-                "not connected to the router: session start not signed"
-            );
+                "router connection down: session start queued until it is back (R-HA-3)"
+            ),
+            Err(full) => tracing::warn!(
+                session = session_id,
+                %full,
+                "router connection down: session start not sent"
+            ),
         }
     }
 
@@ -289,6 +320,13 @@ impl Provider {
             ping_after: Duration::from_millis(self.config.router_ping_ms),
             liveness: Duration::from_millis(self.config.router_liveness_ms),
         })
+    }
+
+    /// R-ID-5: the router's address: `router_address` if configured, else the one
+    /// the last connection logged in to; None before any connection.
+    pub fn router_address(&self) -> Option<yellowstone_wire::Address> {
+        let seen = *self.router_seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.or_else(|| self.config.router_address.parse().ok())
     }
 
     /// Marks an answer in flight until the guard drops (graceful stop waits for it).
@@ -484,12 +522,21 @@ async fn serve_router(
     mut inbound: tokio::sync::mpsc::Receiver<crate::link::Incoming>,
     endpoint: &str,
 ) -> bool {
+    // Under the link lock, in nonce order: the session starts signed while no
+    // connection was up, then the registration (R-ID-4).
+    let mut current = provider.link.lock().await;
+    *provider
+        .router_seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(link.router());
+    provider.session_starts_queued.flush(link).await;
     let registration = provider.registration(endpoint, provider.nonces.next());
     let register_nonce = registration.claimed_origin().map_or(0, |(_, n)| n);
     if link.send(registration).await.is_err() {
         return false;
     }
-    *provider.link.lock().await = Some(link.clone());
+    *current = Some(link.clone());
+    drop(current);
     let registered = serve_link(provider, link, &mut inbound, endpoint, register_nonce).await;
     *provider.link.lock().await = None;
     registered

@@ -201,6 +201,9 @@ pub struct Tuning {
     /// R-HA-3: the consumer's router lines, given the address it would use (the
     /// recording proxy's); None: `router_addr` = that address.
     pub consumer_routers: Option<Box<dyn FnOnce(SocketAddr) -> String>>,
+    /// The provider's router address, given the one it would use (the recording
+    /// proxy's); None: that address.
+    pub provider_router: Option<Box<dyn FnOnce(SocketAddr) -> SocketAddr>>,
 }
 
 impl Stack {
@@ -239,6 +242,10 @@ impl Stack {
         ]);
         let proxy = RecordingProxy::start(router.ready.listen);
         let standin = NodeProcess::start(STANDIN, &["--listen", "127.0.0.1:0"], dir.path());
+        let provider_router = match tuning.provider_router {
+            Some(route) => route(proxy.addr),
+            None => proxy.addr,
+        };
         // The demo catalog's model 1: its weights are this string (yellowstone_wire::demo).
         std::fs::write(path("model-1.weights"), b"yellowstone-demo-model-1").unwrap();
         std::fs::write(
@@ -248,7 +255,7 @@ impl Stack {
                  metrics_listen = \"127.0.0.1:0\"\n{}\n[[models]]\nmodel_id = 1\n\
                  weights_file = \"model-1.weights\"\nupstream_base_url = \"http://{}/v1\"\n\
                  upstream_model = \"standin\"\nprice_wei_per_token = \"{PRICE_WEI_PER_TOKEN}\"\ncapacity = 8\n",
-                proxy.addr,
+                provider_router,
                 tuning.provider,
                 standin.field("listen"),
             ),
@@ -314,8 +321,16 @@ impl Stack {
         format!("http://{}{path}", self.standin.field("listen"))
     }
 
-    /// Sets the stand-in's switches.
+    /// Sets the stand-in's switches named in `mode`, the others back to their start
+    /// values (`POST /standin/reset`, then `POST /standin/mode`).
     pub async fn standin_mode(&self, mode: serde_json::Value) {
+        let reset = self
+            .http
+            .post(self.standin_url("/standin/reset"))
+            .send()
+            .await
+            .unwrap();
+        assert!(reset.status().is_success());
         let response = self
             .http
             .post(self.standin_url("/standin/mode"))
@@ -552,4 +567,71 @@ pub async fn openai_error(response: reqwest::Response, status: u16) -> serde_jso
     let body: serde_json::Value = response.json().await.expect("a JSON error body");
     assert!(body["error"].is_object(), "no error object: {body}");
     body
+}
+
+/// A TCP proxy that can be cut: `cut()` closes every connection through it and
+/// closes each new one at once until `restore()` (what a node sees while its router
+/// is down or being failed over). Clones share one proxy; `start` sets the target.
+#[derive(Clone)]
+pub struct SwitchProxy {
+    pub addr: SocketAddr,
+    listener: Arc<Mutex<Option<std::net::TcpListener>>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+    live: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl SwitchProxy {
+    /// Binds a loopback port (forwarding starts with `start`).
+    pub fn bind() -> SwitchProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        SwitchProxy {
+            addr: listener.local_addr().unwrap(),
+            listener: Arc::new(Mutex::new(Some(listener))),
+            down: Arc::default(),
+            live: Arc::default(),
+        }
+    }
+
+    /// Forwards every connection to `target` (while not cut).
+    pub fn start(&self, target: SocketAddr) {
+        let listener = self.listener.lock().unwrap().take().expect("started once");
+        let (down, live) = (self.down.clone(), self.live.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering;
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                if down.load(Ordering::Acquire) {
+                    let _ = client.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                live.lock().unwrap().push(client.try_clone().unwrap());
+                live.lock().unwrap().push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    /// Closes every connection and refuses new ones (accepted, closed at once).
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::Release);
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Forwards new connections again.
+    pub fn restore(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::Release);
+    }
 }

@@ -16,6 +16,10 @@ def client(market):
 
 
 def set_standin(market, **mode):
+    # The switches not named go back to their start values (/standin/mode alone
+    # changes only the ones it names).
+    reset = urllib.request.Request(market["standin"] + "/standin/reset", data=b"", method="POST")
+    urllib.request.urlopen(reset, timeout=10).read()
     request = urllib.request.Request(
         market["standin"] + "/standin/mode",
         data=json.dumps(mode).encode(),
