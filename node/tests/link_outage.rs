@@ -370,58 +370,29 @@ async fn standin_mode_keeps_the_switches_the_body_does_not_name() {
     );
     let http = reqwest::Client::new();
     let url = |path: &str| format!("http://{}{path}", standin.field("listen"));
-    let mode: serde_json::Value = http
-        .post(url("/standin/mode"))
-        .json(&json!({"fail": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // POSTs `body` to `path`; the stand-in's mode after it: (fail, ms a token, tokens).
+    let switch = |path: &'static str, body: serde_json::Value| {
+        let request = http.post(url(path)).json(&body);
+        async move {
+            let mode: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+            (
+                mode["fail"].as_bool(),
+                mode["delay_ms_per_token"].as_u64(),
+                mode["tokens"].as_u64(),
+            )
+        }
+    };
     assert_eq!(
-        (
-            mode["fail"].as_bool(),
-            mode["delay_ms_per_token"].as_u64(),
-            mode["tokens"].as_u64()
-        ),
-        (Some(true), Some(10), Some(7)),
-        "{mode}"
+        switch("/standin/mode", json!({"fail": true})).await,
+        (Some(true), Some(10), Some(7))
     );
-    let mode: serde_json::Value = http
-        .post(url("/standin/mode"))
-        .json(&json!({"tokens": 3}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        (
-            mode["fail"].as_bool(),
-            mode["delay_ms_per_token"].as_u64(),
-            mode["tokens"].as_u64()
-        ),
-        (Some(true), Some(10), Some(3)),
-        "{mode}"
+        switch("/standin/mode", json!({"tokens": 3})).await,
+        (Some(true), Some(10), Some(3))
     );
-    let mode: serde_json::Value = http
-        .post(url("/standin/reset"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        (
-            mode["fail"].as_bool(),
-            mode["delay_ms_per_token"].as_u64(),
-            mode["tokens"].as_u64()
-        ),
-        (Some(false), Some(10), Some(7)),
-        "{mode}"
+        switch("/standin/reset", json!({})).await,
+        (Some(false), Some(10), Some(7))
     );
     let refused = http
         .post(url("/standin/mode"))
