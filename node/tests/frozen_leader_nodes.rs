@@ -152,16 +152,40 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
     let frozen_at = Instant::now();
     cluster.pause(leader);
 
-    // An application asks at the moment of the freeze and retries what it is told to
-    // retry: its completion succeeds within the bound.
+    // An application asks at the moment of the freeze, once, without retrying (the
+    // outsider's `openai` app with retries off): the consumer resends its RFC on the
+    // next connection, or holds one made while it reconnects, and the completion
+    // succeeds within the bound. A second asks during the reconnection itself.
     let started_ms = now_ms();
-    let completion = {
+    let once = |label: &'static str, after: Duration| {
         let (http, url) = (http.clone(), url.clone());
         tokio::spawn(async move {
-            let answer = complete_within(&http, &url, &chat("at the freeze"), RECOVERY).await;
+            tokio::time::sleep(after).await;
+            let answer = match http
+                .post(&url)
+                .json(&chat(label))
+                .timeout(RECOVERY)
+                .send()
+                .await
+            {
+                Ok(response) if response.status() == 200 => {
+                    let text = response.text().await.unwrap_or_default();
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .map_err(|e| format!("{e}: {text}"))
+                }
+                Ok(response) => Err(format!(
+                    "{}: {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                )),
+                Err(error) => Err(error.to_string()),
+            };
             (answer, frozen_at.elapsed())
         })
     };
+    let completion = once("at the freeze", Duration::ZERO);
+    // Past the liveness watch (500 ms + 2 s): the link is being replaced.
+    let during_reconnect = once("while reconnecting", Duration::from_millis(2_550));
 
     // The provider leaves the frozen leader and registers with the new one.
     let registered = tokio::task::block_in_place(|| {
@@ -178,6 +202,12 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
         )
     });
     eprintln!("first completion {recovered:?} after the freeze");
+    let (second, second_at) = during_reconnect.await.expect("the second completion task");
+    let second = second.unwrap_or_else(|last| {
+        panic!("a completion asked while the consumer reconnected was refused: {last}")
+    });
+    assert_eq!(second["object"], "chat.completion", "{second}");
+    eprintln!("completion asked while reconnecting answered {second_at:?} after the freeze");
     // Each node left the frozen leader by its liveness watch, once.
     let provider_metrics = provider_node.field("metrics");
     for (metrics, series) in [
@@ -195,10 +225,10 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
     let tokens = answer["usage"]["completion_tokens"].as_u64().unwrap_or(0);
     assert!(tokens > 0, "{answer}");
 
-    // Both completions are reported and acknowledged as earned.
+    // The three completions are reported and acknowledged as earned.
     let earned = "yellowstone_consumer_reports_total{outcome=\"pass\",ack=\"earned\"}";
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node_metric(&http, &consumer_metrics, earned).await < 2.0 {
+    while node_metric(&http, &consumer_metrics, earned).await < 3.0 {
         assert!(
             Instant::now() < deadline,
             "the completion after the freeze was not acknowledged as earned"
@@ -213,7 +243,8 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
         .expect("the new leader");
     assert_ne!(new_leader, leader);
     let first_tokens = first["usage"]["completion_tokens"].as_u64().unwrap_or(0);
-    let expected = u128::from(first_tokens + tokens) * PRICE_WEI_PER_TOKEN;
+    let second_tokens = second["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    let expected = u128::from(first_tokens + tokens + second_tokens) * PRICE_WEI_PER_TOKEN;
     let post_block = started_ms.saturating_sub(cluster.genesis_ms) / BLOCK_MS;
     let new_leader_client = cluster.members[new_leader].client;
     let state = tokio::task::block_in_place(|| {
@@ -243,9 +274,9 @@ async fn issue_25_nodes_leave_a_frozen_leader_the_provider_registers_again_and_a
     });
     assert_eq!(
         state.credited_wei, expected,
-        "credited {} wei, expected {expected} ({first_tokens} + {tokens} tokens at \
-         {PRICE_WEI_PER_TOKEN}): each completion credited once, the one after the freeze \
-         included",
+        "credited {} wei, expected {expected} ({first_tokens} + {tokens} + {second_tokens} \
+         tokens at {PRICE_WEI_PER_TOKEN}): each completion credited once, the ones after \
+         the freeze included",
         state.credited_wei
     );
     assert!(

@@ -62,6 +62,12 @@ impl Drop for Waiter<'_> {
     }
 }
 
+/// How often an RFC that found no router connection looks for the next one.
+const RECONNECT_POLL: Duration = Duration::from_millis(50);
+/// Beyond the liveness bound, how long an RFC waits for a replaced connection (an
+/// election and a reconnect; docs/replication.md).
+const RECONNECT_MARGIN: Duration = Duration::from_secs(2);
+
 impl RouterClient {
     /// `silent` counts the connections the liveness watch ends (a metric's counter);
     /// `report_queue_max`: reports kept while the connection is down, at most.
@@ -261,23 +267,39 @@ impl RouterClient {
         tokens_max: u64,
         ttl: Duration,
     ) -> Result<(SessionTicket, Bytes), RfcOutcome> {
-        let mut waiter = self
-            .send_in_order(
-                |nonce| {
-                    Rfc {
-                        from: self.key.address(),
-                        nonce,
-                        model_id,
-                        tokens_max,
-                        expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
-                        ..Rfc::default()
-                    }
-                    .into()
-                },
-                None,
-            )
-            .await
-            .map_err(RfcOutcome::RouterDown)?;
+        // R-HA-3: an RFC that finds no connection (the link is being replaced after a
+        // frozen or dead leader) waits for the next one, at most the liveness bound
+        // and 2 s more (time for the group to elect and for the link to reconnect),
+        // and never past the RFC's own life. It was never written, so sending it (under
+        // a new nonce) on the next connection cannot make a second session.
+        let patience = (self.config.liveness + RECONNECT_MARGIN).min(ttl);
+        let given_up_at = tokio::time::Instant::now() + patience;
+        let mut waiter = loop {
+            let sent = self
+                .send_in_order(
+                    |nonce| {
+                        Rfc {
+                            from: self.key.address(),
+                            nonce,
+                            model_id,
+                            tokens_max,
+                            expires_at_ms: crate::unix_ms() + ttl.as_millis() as u64,
+                            ..Rfc::default()
+                        }
+                        .into()
+                    },
+                    None,
+                )
+                .await;
+            match sent {
+                Ok(waiter) => break waiter,
+                Err(down) if tokio::time::Instant::now() + RECONNECT_POLL < given_up_at => {
+                    tracing::debug!(reason = %down, "RFC waits for the router connection");
+                    tokio::time::sleep(RECONNECT_POLL).await;
+                }
+                Err(down) => return Err(RfcOutcome::RouterDown(down)),
+            }
+        };
         // A little past the expiry: the router answers "expired" itself then.
         let waited = ttl + Duration::from_secs(2);
         let deadline = tokio::time::Instant::now() + waited;
