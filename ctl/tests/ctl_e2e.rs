@@ -71,19 +71,7 @@ fn fails(router: &str, key: Option<&Path>, args: &[&str], code: i32) -> String {
 }
 
 fn rfc_tokens_left(user: &mut client::Client, tokens_max: u64) -> u64 {
-    let nonce = user.next_nonce();
-    user.send_signed(
-        Rfc {
-            from: user.address(),
-            nonce,
-            model_id: 1,
-            tokens_max,
-            expires_at_ms: now_ms() + 30_000,
-            signature: Signature::default(),
-        }
-        .into(),
-    )
-    .unwrap();
+    let nonce = send_rfc(user, tokens_max);
     expect(user, Duration::from_secs(10), |m| match m {
         Message::RfcAccepted(a) if a.nonce == nonce => Some(a.tokens_left),
         Message::ErrorReply(e) if e.ref_nonce == nonce => panic!("rfc refused: {e:?}"),

@@ -351,6 +351,25 @@ pub mod market {
         probe
     }
 
+    /// Sends a signed RFC from `user` for model 1 of `tokens_max` tokens, valid 30 s;
+    /// returns its nonce (the answers name it).
+    pub fn send_rfc(user: &mut Client, tokens_max: u64) -> u64 {
+        let nonce = user.next_nonce();
+        user.send_signed(
+            Rfc {
+                from: user.address(),
+                nonce,
+                model_id: 1,
+                tokens_max,
+                expires_at_ms: now_ms() + 30_000,
+                signature: Signature::default(),
+            }
+            .into(),
+        )
+        .expect("send an RFC");
+        nonce
+    }
+
     pub fn fund(operator: &mut Client, entries: &[(Address, u128)]) {
         let nonce = operator.next_nonce();
         let entries = entries

@@ -184,24 +184,6 @@ fn add_learner(group: &Group, via: usize, learner_id: u64) {
     assert_eq!(code, 0, "cluster add --learner: {out}{err}");
 }
 
-/// Sends an RFC for model 1 of `tokens_max` tokens, valid 30 s; returns its nonce.
-fn send_rfc(user: &mut yellowstone_wire::client::Client, tokens_max: u64) -> u64 {
-    let nonce = user.next_nonce();
-    user.send_signed(
-        Rfc {
-            from: user.address(),
-            nonce,
-            model_id: 1,
-            tokens_max,
-            expires_at_ms: now_ms() + 30_000,
-            signature: Signature::default(),
-        }
-        .into(),
-    )
-    .expect("send an RFC");
-    nonce
-}
-
 fn gauge(metrics: SocketAddr, name: &str) -> Option<i64> {
     let text = try_metrics_text(metrics).ok()?;
     metric_text_value(&text, name)?.parse().ok()

@@ -520,20 +520,7 @@ pub fn fund_and_request_ticket(
     funded.extend(also_fund.iter().map(|a| (*a, 5 * WEI_PER_MOR)));
     fund(&mut operator, &funded);
     let mut client = connect(router, user.clone());
-    let nonce = client.next_nonce();
-    client
-        .send_signed(
-            Rfc {
-                from: user.address(),
-                nonce,
-                model_id: 1,
-                tokens_max,
-                expires_at_ms: now_ms() + 30_000,
-                signature: Signature::default(),
-            }
-            .into(),
-        )
-        .unwrap();
+    send_rfc(&mut client, tokens_max);
     expect(&mut client, Duration::from_secs(10), |m| match m {
         Message::SessionTicket(t) => Some(t.clone()),
         Message::ErrorReply(e) => panic!("rfc refused: {e:?}"),
